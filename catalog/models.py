@@ -1,0 +1,125 @@
+"""The model catalog: models (Hugging Face, NGC, custom), Profile Bundles and MaaS mappings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from projects.models import Organization, Project
+
+
+class ModelSource(models.TextChoices):
+    HUGGINGFACE = "huggingface", "Hugging Face"
+    NGC = "ngc", "NVIDIA NIM (NGC)"
+    CUSTOM = "custom", "Custom"
+
+
+class CatalogModel(models.Model):
+    """A catalog entry: what can be deployed. Has zero or more deployments."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=200, help_text="Display name, unique in the organization.")
+    source = models.CharField(max_length=20, choices=ModelSource.choices)
+    description = models.TextField(blank=True)
+    # Hugging Face
+    repo_id = models.CharField(max_length=200, blank=True)
+    revision = models.CharField(max_length=64, blank=True, help_text="Pinned commit sha.")
+    # NGC / NIM
+    ngc_image = models.CharField(max_length=300, blank=True, help_text="e.g. nvcr.io/nim/meta/llama-3.1-8b-instruct")
+    ngc_tag = models.CharField(max_length=100, blank=True)
+    ngc_tags = models.JSONField(default=list, blank=True, help_text="Known tags, for in-place updates.")
+    # Custom
+    storage_uri = models.CharField(max_length=500, blank=True)
+    artifact = models.FileField(upload_to="artifacts/%Y/%m/", blank=True)
+    artifact_sha256 = models.CharField(max_length=64, blank=True)
+    # Facts used by MaaS mappings and the GPU estimate
+    task = models.CharField(max_length=50, blank=True, help_text="Pipeline tag, e.g. text-generation.")
+    library = models.CharField(max_length=50, blank=True)
+    license = models.CharField(max_length=100, blank=True)
+    gated = models.BooleanField(default=False)
+    parameters = models.BigIntegerField(null=True, blank=True)
+    dtype = models.CharField(max_length=20, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    config = models.JSONField(default=dict, blank=True, help_text="Architecture facts from config.json.")
+    tags = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="model_name_unique_in_org")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("catalog:model_detail", args=[self.pk])
+
+
+class Engine(models.TextChoices):
+    VLLM = "vllm", "vLLM"
+    NIM = "nim", "NVIDIA NIM"
+    TGI = "tgi", "Text Generation Inference"
+    TEI = "tei", "Text Embeddings Inference"
+
+
+class ProfileBundle(models.Model):
+    """A versioned recipe for running a model. Editing creates a new version; old ones stay."""
+
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="bundles",
+        help_text="Empty for the built-in bundles every organization sees.",
+    )
+    name = models.CharField(max_length=100)
+    version = models.PositiveIntegerField(default=1)
+    engine = models.CharField(max_length=20, choices=Engine.choices)
+    image = models.CharField(max_length=300)
+    default_args = models.JSONField(default=list, blank=True)
+    variables = models.JSONField(default=list, blank=True, help_text="[{name, type, default, description}]")
+    labels = models.JSONField(default=dict, blank=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    ENGINE_LABEL = "modeldeck.io/inference-engine"
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name", "version"], name="bundle_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    def engine_label(self) -> str:
+        return self.labels.get(self.ENGINE_LABEL, self.engine)
+
+
+class MaaSMapping(models.Model):
+    """A project's rule: models matching (source + filters) deploy with this bundle. First match wins."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="maas_mappings")
+    position = models.PositiveIntegerField(default=0)
+    source = models.CharField(max_length=20, choices=ModelSource.choices)
+    task = models.CharField(max_length=50, blank=True)
+    name_pattern = models.CharField(max_length=200, blank=True, help_text="Shell-style pattern, e.g. meta-llama/*")
+    min_parameters = models.BigIntegerField(null=True, blank=True)
+    max_parameters = models.BigIntegerField(null=True, blank=True)
+    license = models.CharField(max_length=100, blank=True)
+    bundle = models.ForeignKey(ProfileBundle, on_delete=models.PROTECT, related_name="mappings")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "position", "id"]
+
+    def __str__(self) -> str:
+        return f"Rule {self.position}: {self.source} → {self.bundle}"

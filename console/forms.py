@@ -1,0 +1,37 @@
+"""Shared form plumbing: field-by-field HTMX validation that never loses what the user typed."""
+
+from __future__ import annotations
+
+from django import forms
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+VALIDATE_PARAM = "_validate"
+
+
+class StyledForm(forms.Form):
+    """Base for console forms; validation errors from services land on the right field."""
+
+    def add_service_error(self, exc) -> None:
+        # Django's ValidationError may carry a dict (field → messages) or plain messages.
+        if hasattr(exc, "error_dict"):
+            for field, errors in exc.error_dict.items():
+                target = field if field in self.fields else None
+                for error in errors:
+                    self.add_error(target, error)
+        else:
+            for message in exc.messages:
+                self.add_error(None, message)
+
+
+def field_validation_response(request: HttpRequest, form: forms.BaseForm, validate_url: str) -> HttpResponse | None:
+    """If this is an htmx request to validate one field, answer with that field alone."""
+    name = request.POST.get(VALIDATE_PARAM)
+    if not (getattr(request, "htmx", False) and name and name in form.fields):
+        return None
+    form.is_valid()  # runs clean(); we show only this field's errors
+    bound = form[name]
+    html = render_to_string(
+        "console/htmx/field.html", {"field": bound, "validate_url": validate_url}, request=request
+    )
+    return HttpResponse(html)

@@ -1,0 +1,108 @@
+"""Run the whole console in the foreground: web (ASGI), Celery worker and beat, and the sandbox.
+
+Ctrl-C stops all of them. This is what `make run` calls after migrating.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+def _url_port(url: str) -> str:
+    return url.rsplit(":", 1)[-1].split("/")[0]
+
+
+class Command(BaseCommand):
+    help = "Start web, worker, beat and the sandbox compute pool together; Ctrl-C stops them all."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=settings.MODELDECK_PORT)
+        parser.add_argument("--no-sandbox", action="store_true", help="Do not start the sandbox compute pool.")
+
+    def handle(self, *args, host: str, port: int, no_sandbox: bool, **options) -> None:
+        python = sys.executable
+        env = os.environ.copy()
+        env.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+        env["PYTHONUNBUFFERED"] = "1"
+        logs = Path(settings.MODELDECK_DATA_DIR) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+
+        commands: list[tuple[str, list[str]]] = []
+        if not no_sandbox and importlib.util.find_spec("deployments.sandbox.__main__"):
+            commands.append((
+                "sandbox",
+                [python, "-m", "deployments.sandbox",
+                 "--kube-port", _url_port(settings.SANDBOX_KUBE_URL),
+                 "--engine-port", _url_port(settings.SANDBOX_ENGINE_URL)],
+            ))
+        if settings.EMBEDDED and "MODELDECK_HF_ENDPOINT" not in os.environ and importlib.util.find_spec("catalog.offline_hub"):
+            # No network is assumed in the embedded demo: serve the recorded Hub snapshot through
+            # the same client code. Set MODELDECK_HF_ENDPOINT=https://huggingface.co to use the live Hub.
+            env["MODELDECK_HF_ENDPOINT"] = "http://127.0.0.1:8092"
+            commands.append(("offline-hub", [python, "-m", "catalog.offline_hub", "--port", "8092"]))
+            if importlib.util.find_spec("catalog.offline_ngc") and "MODELDECK_NGC_API_URL" not in os.environ:
+                env["MODELDECK_NGC_API_URL"] = "http://127.0.0.1:8095"
+                commands.append(("offline-ngc", [python, "-m", "catalog.offline_ngc", "--port", "8095"]))
+        commands += [
+            ("web", [python, "-m", "uvicorn", "console.asgi:application", "--host", host, "--port", str(port),
+                     "--no-access-log", "--lifespan", "off"]),
+            ("worker", [python, "-m", "celery", "-A", "console", "worker", "--loglevel", "INFO",
+                        "--concurrency", "2", "--without-gossip", "--without-mingle", "-n", "worker@%h"]),
+            ("beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel", "INFO",
+                      "--schedule", str(Path(settings.MODELDECK_DATA_DIR) / "celerybeat-schedule")]),
+        ]
+
+        processes: list[tuple[str, subprocess.Popen]] = []
+        stopping = False
+
+        def stop(*_args) -> None:
+            nonlocal stopping
+            if stopping:
+                return
+            stopping = True
+            self.stdout.write("\nStopping ModelDeck…")
+            for _name, proc in reversed(processes):
+                if proc.poll() is None:
+                    proc.terminate()
+            deadline = time.monotonic() + 10
+            for _name, proc in processes:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        for name, cmd in commands:
+            self.stdout.write(f"starting {name}: {' '.join(cmd[1:])}")
+            processes.append((name, subprocess.Popen(cmd, env=env)))
+            if name in {"sandbox", "offline-hub", "offline-ngc"}:
+                time.sleep(0.5)
+
+        url = f"http://{host}:{port}/"
+        login = "admin / " + (settings.MODELDECK_ADMIN_PASSWORD or "(password not set)")
+        self.stdout.write(self.style.SUCCESS(
+            f"\nModelDeck is starting on {url}\n  sign in: {login}\n  API:     {url}api/v1/  (schema: {url}api/schema/)\n"
+            f"  health:  {url}healthz\nPress Ctrl-C to stop everything.\n"
+        ))
+        try:
+            while not stopping:
+                for name, proc in processes:
+                    code = proc.poll()
+                    if code is not None and not stopping:
+                        self.stderr.write(f"{name} exited with code {code}; stopping the rest.")
+                        stop()
+                        raise SystemExit(code or 1)
+                time.sleep(0.5)
+        finally:
+            stop()

@@ -1,0 +1,211 @@
+"""Django settings for ModelDeck, read from the environment through strict helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from console.env import (
+    EnvError,
+    database_from_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_str,
+    redis_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    REDIS_URL = redis_url("REDIS_URL", env_str("REDIS_URL"))
+    DATABASES = {
+        "default": database_from_url(
+            "DATABASE_URL", env_str("DATABASE_URL", "sqlite:///modeldeck.sqlite3")
+        )
+    }
+    # Embedded mode: no external services at all (SQLite, filesystem Celery transport).
+    EMBEDDED = REDIS_URL is None
+    DEBUG = env_bool("DEBUG", EMBEDDED)
+    SECRET_KEY = env_str("SECRET_KEY")
+    if SECRET_KEY is None:
+        if not EMBEDDED:
+            raise EnvError("SECRET_KEY must be set when REDIS_URL is set (production mode).")
+        SECRET_KEY = "modeldeck-embedded-insecure-key-change-me"
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+    MODELDECK_PORT = env_int("MODELDECK_PORT", 8000, minimum=1, maximum=65535)
+    MODELDECK_ADMIN_PASSWORD = env_str("MODELDECK_ADMIN_PASSWORD", "admin" if EMBEDDED else None)
+    MODELDECK_DATA_DIR = Path(env_str("MODELDECK_DATA_DIR", str(BASE_DIR / "var")))
+    # Key for secrets at rest (tokens, kubeconfigs); derived from SECRET_KEY unless given.
+    MODELDECK_ENCRYPTION_KEY = env_str("MODELDECK_ENCRYPTION_KEY")
+    HF_ENDPOINT = env_str("MODELDECK_HF_ENDPOINT", "https://huggingface.co")
+    NGC_API_URL = env_str("MODELDECK_NGC_API_URL", "https://api.ngc.nvidia.com")
+    HUB_TIMEOUT_SECONDS = env_int("MODELDECK_HUB_TIMEOUT", 10, minimum=1, maximum=300)
+    SANDBOX_KUBE_URL = env_str("MODELDECK_SANDBOX_KUBE_URL", "http://127.0.0.1:8093")
+    SANDBOX_ENGINE_URL = env_str("MODELDECK_SANDBOX_ENGINE_URL", "http://127.0.0.1:8094")
+    GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
+except EnvError as exc:  # pragma: no cover - exercised by starting with a bad value
+    sys.stderr.write(f"ModelDeck configuration error: {exc}\n")
+    raise SystemExit(2) from exc
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_htmx",
+    "django_celery_beat",
+    "guardian",
+    "console",
+    "projects",
+    "catalog",
+    "deployments",
+    "sharing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "console.middleware.CurrentOrganizationMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+ASGI_APPLICATION = "console.asgi.application"
+WSGI_APPLICATION = "console.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "console.context_processors.console",
+            ],
+        },
+    }
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 5}},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = MODELDECK_DATA_DIR / "staticfiles"
+# Serve straight from the finders: no collectstatic step needed to run.
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+WHITENOISE_AUTOREFRESH = DEBUG
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "console.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ModelDeck API",
+    "DESCRIPTION": "Deploy AI/ML models onto Kubernetes GPU clusters and serve them behind API keys.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from the vendored sidecar package: no CDN at run time.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# Celery: Redis in production; kombu's filesystem transport when embedded, which (unlike
+# memory://) works between the web process, the worker and beat.
+CELERY_DIR = MODELDECK_DATA_DIR / "celery"
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+else:
+    for sub in ("out", "processed"):
+        (CELERY_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(CELERY_DIR / "out"),
+        "data_folder_out": str(CELERY_DIR / "out"),
+        "processed_folder": str(CELERY_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the body's hx-headers, not the cookie
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# Periodic work, installed into django-celery-beat's tables when beat starts.
+CELERY_BEAT_SCHEDULE: dict = {
+    "console-health-ping": {"task": "console.health_ping", "schedule": 30.0},
+}
+if not REDIS_URL:
+    # The filesystem transport polls; keep the wait between polls short so work starts quickly.
+    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.5

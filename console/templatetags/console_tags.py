@@ -1,0 +1,27 @@
+"""Template helpers shared by every app's pages."""
+
+from __future__ import annotations
+
+from django import template
+
+register = template.Library()
+
+
+@register.inclusion_tag("console/htmx/field.html", takes_context=True)
+def form_field(context, field, wide: bool = False):
+    return {"field": field, "validate_url": context.get("validate_url", ""), "wide": wide}
+
+
+@register.inclusion_tag("console/quota_bar.html")
+def quota_bar(used: int, quota: int):
+    percent = 100 if quota == 0 and used else (0 if quota == 0 else min(100, round(100 * used / quota)))
+    level = "bad" if percent >= 100 else "warn" if percent >= 80 else ""
+    return {"used": used, "quota": quota, "percent": percent, "level": level}
+
+
+@register.filter
+def get_item(mapping, key):
+    try:
+        return mapping.get(key)
+    except AttributeError:
+        return None

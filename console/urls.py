@@ -1,0 +1,34 @@
+"""URLs of the console: the shell, each app's pages, the REST API and its schema."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from console import views
+from console.api_root import api_root
+
+api_v1 = [
+    path("", api_root, name="api-root"),
+    path("", include("projects.api.urls")),
+    path("", include("catalog.api.urls")),
+    path("", include("deployments.api.urls")),
+    path("", include("sharing.api.urls")),
+]
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("org/switch/", views.org_switch, name="org-switch"),
+    path("settings/", views.settings_page, name="settings"),
+    path("healthz", views.healthz, name="healthz"),
+    path("projects/", include("projects.urls")),
+    path("catalog/", include("catalog.urls")),
+    path("", include("deployments.urls")),
+    path("hub/", include("console.urls_devhub")),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,94 @@
+"""The console shell: dashboard, organization switcher, settings, health and placeholder pages."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from console import health
+from console.middleware import SESSION_KEY
+from projects import services as project_services
+from projects.models import IntegrationKind
+from projects.selectors import is_org_admin, organizations_for_user, projects_for_user
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    result = health.report()
+    return JsonResponse(result, status=200 if result["status"] == "ok" else 503)
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    org = request.organization
+    context: dict = {"organization": org}
+    if org is not None:
+        projects = list(projects_for_user(request.user, org))
+        context.update(
+            projects=projects,
+            org_used=org.gpu_used(),
+            org_quota=org.gpu_quota,
+        )
+        # Sections the later parts of the product add (deployments, usage) plug in here.
+        from deployments.models import DeploymentState, ModelDeployment
+
+        deployments = ModelDeployment.objects.filter(project__organization=org)
+        context["deployment_count"] = deployments.count()
+        context["running_count"] = deployments.filter(state=DeploymentState.RUNNING).count()
+        context["failed_count"] = deployments.filter(state=DeploymentState.FAILED).count()
+        context["model_count"] = org.models.count()
+    return render(request, "console/dashboard.html", context)
+
+
+@login_required
+@require_POST
+def org_switch(request: HttpRequest) -> HttpResponse:
+    wanted = request.POST.get("organization", "")
+    org = organizations_for_user(request.user).filter(pk=int(wanted) if wanted.isdigit() else -1).first()
+    if org is None:
+        messages.error(request, "You are not a member of that organization.")
+    else:
+        request.session[SESSION_KEY] = org.pk
+        messages.success(request, f"Switched to {org.name}.")
+    return redirect("dashboard")
+
+
+@login_required
+def settings_page(request: HttpRequest) -> HttpResponse:
+    org = request.organization
+    if org is None:
+        return render(request, "console/settings.html", {"organization": None})
+    if request.method == "POST":
+        raw = request.POST.get("gpu_quota", "")
+        try:
+            project_services.organization_quota_set(
+                user=request.user, organization=org, gpu_quota=int(raw) if raw.strip().lstrip("-").isdigit() else -1
+            )
+            messages.success(request, f"The organization's GPU quota is now {raw}.")
+            return redirect("settings")
+        except PermissionDenied as exc:
+            messages.error(request, str(exc))
+        except ValidationError as exc:
+            messages.error(request, "; ".join(exc.messages) if raw.strip().lstrip("-").isdigit() else f"“{raw}” is not a whole number of GPUs.")
+    projects = projects_for_user(request.user, org).prefetch_related("integrations")
+    rows = []
+    for project in projects:
+        by_kind = {i.kind: i for i in project.integrations.all()}
+        rows.append({"project": project, "integrations": [(k, by_kind.get(k.value)) for k in IntegrationKind]})
+    return render(
+        request,
+        "console/settings.html",
+        {"organization": org, "rows": rows, "is_admin": is_org_admin(request.user, org), "org_used": org.gpu_used()},
+    )
+
+
+def coming_soon(title: str, summary: str, meanwhile: str):
+    @login_required
+    def view(request: HttpRequest) -> HttpResponse:
+        return render(request, "console/coming_soon.html", {"title": title, "summary": summary, "meanwhile": meanwhile})
+
+    return view

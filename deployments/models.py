@@ -1,0 +1,190 @@
+"""Compute pools, endpoints, model deployments, their revisions, events and usage records."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from catalog.models import CatalogModel, ProfileBundle
+from console.crypto import EncryptedTextField
+from projects.models import Organization, Project
+
+
+class PoolKind(models.TextChoices):
+    KUBECONFIG = "kubeconfig", "Kubeconfig"
+    IN_CLUSTER = "in_cluster", "In-cluster service account"
+    SANDBOX = "sandbox", "Sandbox (simulated, offline demo)"
+
+
+class ComputePool(models.Model):
+    """A Kubernetes cluster deployments can land on."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pools")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=PoolKind.choices)
+    kubeconfig = EncryptedTextField(blank=True)
+    api_url = models.CharField(max_length=300, blank=True, help_text="Sandbox only: the emulator's URL.")
+    engine_label = models.CharField(max_length=50, help_text="Inference engine this pool runs, e.g. vllm.")
+    region = models.CharField(max_length=50, blank=True)
+    description = models.TextField(blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_check = models.JSONField(default=dict, blank=True, help_text="Server version, nodes, GPUs.")
+    reachable = models.BooleanField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="pool_name_unique_in_org")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Endpoint(models.Model):
+    """Where deployments are exposed on the gateway; one model can have many."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="endpoints")
+    name = models.CharField(max_length=100)
+    path = models.CharField(max_length=200, help_text="Path on the gateway, e.g. /llama-chat")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="endpoint_name_unique_in_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeploymentState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DEPLOYING = "deploying", "Deploying"
+    RUNNING = "running", "Running"
+    FAILED = "failed", "Failed"
+    DEACTIVATED = "deactivated", "Deactivated"
+    DELETING = "deleting", "Deleting"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class ModelDeployment(models.Model):
+    """Binds model + endpoint + bundle + pool + project; its spec lives in revisions."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deployments")
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="deployments")
+    endpoint = models.ForeignKey(Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments")
+    bundle = models.ForeignKey(ProfileBundle, on_delete=models.PROTECT, related_name="deployments")
+    pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="deployments")
+    name = models.CharField(max_length=50)
+    description = models.TextField(blank=True)
+    state = models.CharField(max_length=20, choices=DeploymentState.choices, default=DeploymentState.PENDING)
+    state_reason = models.TextField(blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    current_revision = models.ForeignKey(
+        "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The revision the deployment should run.",
+    )
+    serving_revision = models.ForeignKey(
+        "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The revision the Service points at (blue-green).",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="deployment_name_unique_in_project")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("deployments:detail", args=[self.pk])
+
+    def spec(self) -> dict:
+        return self.current_revision.spec if self.current_revision else {}
+
+
+class Revision(models.Model):
+    """An immutable snapshot of a deployment's spec."""
+
+    deployment = models.ForeignKey(ModelDeployment, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    spec = models.JSONField()
+    reason = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deployment", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "number"], name="revision_number_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} r{self.number}"
+
+
+class DeploymentEvent(models.Model):
+    deployment = models.ForeignKey(ModelDeployment, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=10, default="Normal")  # Normal | Warning, as in Kubernetes
+    reason = models.CharField(max_length=100)
+    message = models.TextField(blank=True)
+    source = models.CharField(max_length=20, default="console")  # console | kubernetes
+    count = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-last_seen_at", "-id"]
+        indexes = [models.Index(fields=["deployment", "-last_seen_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.reason}"
+
+
+class UsageRecord(models.Model):
+    """One gateway request: who called what, the tokens the engine reported, and the cost."""
+
+    request_id = models.CharField(max_length=64, unique=True)  # makes a late or repeated flush harmless
+    deployment = models.ForeignKey(
+        ModelDeployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records"
+    )
+    deployment_name = models.CharField(max_length=100, blank=True)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="usage_records",
+        help_text="The caller's organization.",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    api_key_prefix = models.CharField(max_length=20, blank=True)
+    route = models.CharField(max_length=50)  # chat.completions | completions | embeddings
+    status_code = models.PositiveSmallIntegerField()
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.FloatField()
+    ttft_ms = models.FloatField(null=True, blank=True)
+    stream = models.BooleanField(default=False)
+    cost = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    currency = models.CharField(max_length=3, default="USD")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["organization", "created_at"]),
+            models.Index(fields=["deployment", "created_at"]),
+            models.Index(fields=["api_key_id", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.route} {self.status_code}"

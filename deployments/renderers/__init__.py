@@ -1,0 +1,135 @@
+"""Manifest renderers: a deployment revision in, Kubernetes objects out. Pure functions, no I/O.
+
+The blue-green contract with the driver: `render(spec)` gives one revision's objects (the
+shared model cache PVC, if any, then the revision's own Deployment `<name>-r<revision>`);
+`render_service(spec)` gives the Service `<name>` that selects that revision's pods. The driver
+applies the Deployment, waits until it is ready, applies the Service, then deletes the older
+revisions' Deployments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from . import nim, tei, tgi, vllm
+from .common import (
+    ANNOTATION_ENGINE,
+    ANNOTATION_MODEL,
+    ANNOTATION_SERVED_MODEL_NAME,
+    COMPONENT,
+    CONTAINER_NAME,
+    GPU_RESOURCE,
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT_ID,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PROJECT,
+    LABEL_REVISION,
+    LABEL_VERSION,
+    MANAGED_BY,
+    MANAGED_SELECTOR,
+    PORT_NAME,
+    SERVICE_PORT,
+    Engine,
+    ObjectNames,
+    build_deployment,
+    build_model_cache_pvc,
+    build_service,
+    deployment_selector,
+    merge_args,
+    object_names,
+    selector_labels,
+    service_host,
+)
+from .spec import ENGINES, ModelCache, RenderSpec, SpecError, validate_common
+
+ENGINE_REGISTRY: dict[str, Engine] = {
+    e.name: e for e in (vllm.ENGINE, nim.ENGINE, tgi.ENGINE, tei.ENGINE)
+}
+assert set(ENGINE_REGISTRY) == set(ENGINES)
+
+
+def engine_for(spec: RenderSpec) -> Engine:
+    try:
+        return ENGINE_REGISTRY[spec.engine]
+    except KeyError:
+        raise SpecError("engine", f"must be one of {', '.join(ENGINES)}") from None
+
+
+def validate_spec(spec: RenderSpec) -> None:
+    """Raise SpecError for the first thing in the spec that can't be rendered."""
+    validate_common(spec)
+    engine = engine_for(spec)
+    engine.validate(spec)
+    engine.check_env(spec)
+    engine.build(spec)  # argument clashes are found while the arguments are put together
+
+
+def render(spec: RenderSpec) -> list[dict[str, Any]]:
+    """One revision's objects, in the order to apply them: [PVC,] Deployment."""
+    validate_spec(spec)
+    objects: list[dict[str, Any]] = []
+    pvc = build_model_cache_pvc(spec)
+    if pvc is not None:
+        objects.append(pvc)
+    objects.append(build_deployment(spec, engine_for(spec)))
+    return objects
+
+
+def render_service(spec: RenderSpec) -> dict[str, Any]:
+    """The deployment's Service, selecting the pods of `spec.revision` only."""
+    validate_spec(spec)
+    return build_service(spec)
+
+
+def render_all(spec: RenderSpec) -> list[dict[str, Any]]:
+    """Everything, Service last: what the Manifests tab shows and `apply -f` round-trips."""
+    return [*render(spec), render_service(spec)]
+
+
+def render_yaml(spec: RenderSpec) -> str:
+    """All objects as one multi-document YAML stream, keys in Kubernetes' usual order."""
+    return yaml.safe_dump_all(render_all(spec), sort_keys=False, explicit_start=True, width=120)
+
+
+__all__ = [
+    "ANNOTATION_ENGINE",
+    "ANNOTATION_MODEL",
+    "ANNOTATION_SERVED_MODEL_NAME",
+    "COMPONENT",
+    "CONTAINER_NAME",
+    "ENGINES",
+    "ENGINE_REGISTRY",
+    "GPU_RESOURCE",
+    "LABEL_COMPONENT",
+    "LABEL_DEPLOYMENT_ID",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_NAME",
+    "LABEL_PROJECT",
+    "LABEL_REVISION",
+    "LABEL_VERSION",
+    "MANAGED_BY",
+    "MANAGED_SELECTOR",
+    "PORT_NAME",
+    "SERVICE_PORT",
+    "Engine",
+    "ModelCache",
+    "ObjectNames",
+    "RenderSpec",
+    "SpecError",
+    "deployment_selector",
+    "engine_for",
+    "merge_args",
+    "object_names",
+    "render",
+    "render_all",
+    "render_service",
+    "render_yaml",
+    "selector_labels",
+    "service_host",
+    "validate_spec",
+]

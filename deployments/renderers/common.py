@@ -1,0 +1,585 @@
+"""What every engine's manifests share: names, labels, the pod shell, the Service, the cache PVC."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import GPU_PRODUCT_LABEL, RenderSpec, SpecError, is_dns1123_subdomain
+
+# --- Labels and annotations -------------------------------------------------------------------
+
+LABEL_DEPLOYMENT_ID = "modeldeck.io/deployment-id"
+LABEL_REVISION = "modeldeck.io/revision"
+LABEL_PROJECT = "modeldeck.io/project"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+
+MANAGED_BY = "modeldeck"
+COMPONENT = "inference"
+
+# The one selector that finds everything ModelDeck created, in any namespace (the poller's).
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+ANNOTATION_ENGINE = "modeldeck.io/engine"
+ANNOTATION_MODEL = "modeldeck.io/model"
+ANNOTATION_SERVED_MODEL_NAME = "modeldeck.io/served-model-name"
+# Lets `kubectl logs` and `kubectl exec` pick the engine's container without a -c.
+ANNOTATION_DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+
+# --- Fixed shapes -----------------------------------------------------------------------------
+
+CONTAINER_NAME = "inference"
+PORT_NAME = "http"
+# The Service always listens on 80 and targets the pods' named port, so the gateway need not
+# know the engine, and a blue-green switch from one engine to another keeps the same URL.
+SERVICE_PORT = 80
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+CACHE_VOLUME = "model-cache"
+# Hugging Face-based engines (vLLM, TGI, TEI) all keep the Hub's layout under the same mount,
+# so a revision that switches between them finds the weights already downloaded.
+HF_CACHE_MOUNT_PATH = "/model-cache"
+HF_HOME = f"{HF_CACHE_MOUNT_PATH}/huggingface"
+HF_HUB_CACHE = f"{HF_HOME}/hub"
+SHM_VOLUME = "dshm"
+MODEL_SOURCE_VOLUME = "model-source"
+MODEL_MOUNT_PATH = "/mnt/models"
+
+PROBE_PERIOD_SECONDS = 10
+# The Deployment's progress deadline also covers pulling the image, which the startup probe
+# does not: engine images are 5-20 GB. Without this the Deployment reports
+# ProgressDeadlineExceeded while the model is still downloading, and the poller fails it.
+IMAGE_PULL_ALLOWANCE_SECONDS = 900
+# Endpoints controllers and kube-proxy take a moment to stop sending traffic to a pod that is
+# going away; the engine keeps serving meanwhile instead of refusing connections.
+PRESTOP_SLEEP_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class ObjectNames:
+    """Names of the objects a revision renders to, for the driver's get/delete calls."""
+
+    namespace: str
+    deployment: str  # this revision's Deployment
+    service: str  # the deployment's Service, shared by all revisions
+    model_cache: str | None  # the PVC, shared by all revisions; None without a model cache
+
+
+def deployment_object_name(deployment_name: str, revision: int) -> str:
+    return f"{deployment_name}-r{revision}"
+
+
+def model_cache_name(deployment_name: str) -> str:
+    return f"{deployment_name}-model-cache"
+
+
+def object_names(spec: RenderSpec) -> ObjectNames:
+    return ObjectNames(
+        namespace=spec.namespace,
+        deployment=deployment_object_name(spec.deployment_name, spec.revision),
+        service=spec.deployment_name,
+        model_cache=model_cache_name(spec.deployment_name) if spec.model_cache else None,
+    )
+
+
+def deployment_selector(deployment_id: int, revision: int | None = None) -> str:
+    """Label selector for one deployment's objects (or one revision's), for list/delete calls."""
+    selector = f"{MANAGED_SELECTOR},{LABEL_DEPLOYMENT_ID}={deployment_id}"
+    if revision is not None:
+        selector += f",{LABEL_REVISION}={revision}"
+    return selector
+
+
+def service_host(spec: RenderSpec) -> str:
+    """In-cluster host name of the deployment's Service (port SERVICE_PORT)."""
+    return f"{spec.deployment_name}.{spec.namespace}.svc"
+
+
+def selector_labels(spec: RenderSpec) -> dict[str, str]:
+    """What picks one revision's pods: the Deployment's (immutable) selector and the Service's."""
+    return {LABEL_DEPLOYMENT_ID: str(spec.deployment_id), LABEL_REVISION: str(spec.revision)}
+
+
+def deployment_labels(spec: RenderSpec) -> dict[str, str]:
+    """Labels of objects that outlive a revision (the model cache PVC).
+
+    They carry no revision: a sweep that deletes an old revision's objects by label must never
+    catch the cache every revision shares.
+    """
+    labels = {
+        LABEL_NAME: spec.engine,
+        LABEL_INSTANCE: spec.deployment_name,
+        LABEL_COMPONENT: COMPONENT,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_DEPLOYMENT_ID: str(spec.deployment_id),
+    }
+    if spec.project:
+        labels[LABEL_PROJECT] = spec.project
+    return labels
+
+
+def revision_labels(spec: RenderSpec) -> dict[str, str]:
+    """Labels of one revision's objects (and of the Service, which points at one revision)."""
+    labels = deployment_labels(spec)
+    labels[LABEL_VERSION] = str(spec.revision)
+    labels[LABEL_REVISION] = str(spec.revision)
+    return labels
+
+
+def merge_metadata(ours: Mapping[str, str], users: Mapping[str, str]) -> dict[str, str]:
+    """User labels/annotations added to ours; on a clash ours win, since the poller, the
+    selectors and the driver all depend on them."""
+    merged = dict(ours)
+    for key in sorted(users):
+        merged.setdefault(key, users[key])
+    return merged
+
+
+def model_annotations(spec: RenderSpec) -> dict[str, str]:
+    return {
+        ANNOTATION_ENGINE: spec.engine,
+        ANNOTATION_MODEL: spec.model_ref,
+        ANNOTATION_SERVED_MODEL_NAME: spec.served_name(),
+    }
+
+
+# --- Engine arguments -------------------------------------------------------------------------
+
+
+def _is_flag(token: str) -> bool:
+    # "-1" or "-.5" is a (negative) value, "-tp" is a short flag.
+    return token.startswith("-") and len(token) > 1 and not (token[1].isdigit() or token[1] == ".")
+
+
+def flag_key(token: str) -> str:
+    """The identity of a flag: `--x=1`, `--x 1` and `--no-x` all set the same thing."""
+    name = token.split("=", 1)[0]
+    if name.startswith("--no-"):
+        name = "--" + name[len("--no-") :]
+    return name
+
+
+def _options(args: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """Split argv into (flag key, tokens) groups; tokens before the first flag get key None."""
+    groups: list[tuple[str | None, list[str]]] = []
+    for token in args:
+        if _is_flag(token):
+            groups.append((flag_key(token), [token]))
+        elif groups:
+            groups[-1][1].append(token)
+        else:
+            groups.append((None, [token]))
+    return groups
+
+
+def merge_args(*sources: Sequence[str]) -> list[str]:
+    """Concatenate argument lists where a later list wins for a flag an earlier one also sets.
+
+    `merge_args(["--a", "1", "--b"], ["--a", "2"])` gives `["--b", "--a", "2"]`. A flag repeated
+    inside one list is kept as is, since some flags are meant to repeat. Positional arguments
+    before the first flag (vLLM's model) are never dropped.
+    """
+    merged: list[tuple[str | None, list[str]]] = []
+    for source in sources:
+        groups = _options(source)
+        overridden = {key for key, _ in groups if key is not None}
+        merged = [(key, tokens) for key, tokens in merged if key is None or key not in overridden]
+        merged.extend(groups)
+    return [token for _, tokens in merged for token in tokens]
+
+
+def flags_in(args: Sequence[str]) -> set[str]:
+    return {key for key, _ in _options(args) if key is not None}
+
+
+def engine_var_flags(engine_vars: Mapping[str, str], *, negatable: bool) -> list[str]:
+    """Profile Bundle variables as CLI flags: `gpu_memory_utilization=0.9` becomes
+    `--gpu-memory-utilization 0.9`; "true" becomes a bare flag; "false" becomes `--no-flag`
+    for engines whose booleans are negatable (vLLM) and is left out for the others, whose
+    boolean flags are off unless given. An empty value means "not set"."""
+    args: list[str] = []
+    for key in sorted(engine_vars):
+        value = engine_vars[key].strip()
+        name = key.replace("_", "-")
+        if not value:
+            continue
+        if value.lower() == "true":
+            args.append(f"--{name}")
+        elif value.lower() == "false":
+            if negatable:
+                args.append(f"--no-{name}")
+        else:
+            args += [f"--{name}", value]
+    return args
+
+
+def engine_args(
+    spec: RenderSpec, base: Sequence[str], reserved: frozenset[str], *, negatable: bool
+) -> list[str]:
+    """ModelDeck's flags, then the bundle's variables, default args and the deployment's extra
+    args, each later one winning. Flags ModelDeck depends on (port, host, served name) may not
+    be overridden: probes and the Service would point at nothing."""
+    var_args = engine_var_flags(spec.engine_vars, negatable=negatable)
+    for field_name, args in (
+        ("engine_vars", var_args),
+        ("bundle_args", spec.bundle_args),
+        ("extra_args", spec.extra_args),
+    ):
+        clash = sorted(flags_in(args) & reserved)
+        if clash:
+            raise SpecError(field_name, f"{clash[0]} is set by ModelDeck and can't be overridden")
+    return merge_args(base, var_args, spec.bundle_args, spec.extra_args)
+
+
+# --- Model location ---------------------------------------------------------------------------
+
+_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where an engine finds the weights: a Hub id, a URI it reads itself, or a mounted path."""
+
+    ref: str  # what the engine is told to load
+    revision: str | None = None  # Hub revision, only for Hugging Face models
+    volume: dict[str, Any] | None = None
+    mount: dict[str, Any] | None = None
+
+
+def parse_pvc_uri(uri: str) -> tuple[str, str]:
+    """`pvc://claim/some/dir` -> ("claim", "some/dir")."""
+    rest = uri[len("pvc://") :]
+    claim, _, path = rest.partition("/")
+    path = path.strip("/")
+    if not is_dns1123_subdomain(claim):
+        raise SpecError("model_ref", f"{claim!r} is not a valid PersistentVolumeClaim name")
+    if path and any(part in ("", ".", "..") for part in path.split("/")):
+        raise SpecError("model_ref", "the path inside the claim may not contain '.', '..' or '//'")
+    return claim, path
+
+
+def check_model_source(
+    spec: RenderSpec, *, sources: tuple[str, ...], schemes: tuple[str, ...]
+) -> None:
+    """Refuse model sources the engine can't load, at deploy time rather than as a crash loop."""
+    if spec.model_source not in sources:
+        raise SpecError("model_source", f"{spec.engine} can't serve {spec.model_source} models")
+    if spec.model_source == "huggingface" and not _HF_REPO_ID.match(spec.model_ref):
+        raise SpecError("model_ref", "must be a Hugging Face repo id such as org/model")
+    if spec.model_source == "custom":
+        scheme = spec.model_ref.split("://", 1)[0] if "://" in spec.model_ref else ""
+        if scheme not in schemes:
+            allowed = ", ".join(f"{s}://" for s in schemes)
+            raise SpecError("model_ref", f"{spec.engine} loads custom models from {allowed} only")
+        if scheme == "pvc":
+            parse_pvc_uri(spec.model_ref)
+
+
+def locate_model(spec: RenderSpec) -> ModelLocation:
+    if spec.model_source == "huggingface":
+        return ModelLocation(ref=spec.model_ref, revision=spec.model_revision)
+    if spec.model_ref.startswith("pvc://"):
+        # The whole claim is mounted read-only: an engine has no business writing to the
+        # user's model store, and several revisions may read it at once.
+        claim, path = parse_pvc_uri(spec.model_ref)
+        return ModelLocation(
+            ref=f"{MODEL_MOUNT_PATH}/{path}" if path else MODEL_MOUNT_PATH,
+            volume={
+                "name": MODEL_SOURCE_VOLUME,
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            },
+            mount={"name": MODEL_SOURCE_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
+        )
+    # s3:// and other URIs are handed to the engine as is (vLLM reads them itself); credentials
+    # come through secret_env, loader flags through extra_args.
+    return ModelLocation(ref=spec.model_ref)
+
+
+# --- The engine contract ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """The engine-specific part of the pod: how to start the server and what it needs."""
+
+    command: tuple[str, ...] = ()  # empty: the image's entrypoint
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # set by ModelDeck, in this order
+    default_env: Mapping[str, str] = field(default_factory=dict)  # the user's env may override
+    secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    volumes: tuple[dict[str, Any], ...] = ()
+    volume_mounts: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One inference engine: its fixed facts, its rules, and how it fills the pod."""
+
+    name: str
+    default_port: int
+    startup_path: str
+    readiness_path: str
+    liveness_path: str
+    cache_mount_path: str
+    owned_env: frozenset[str]  # env vars ModelDeck sets; the user's env may not
+    validate: Callable[[RenderSpec], None]
+    build: Callable[[RenderSpec], EngineParts]
+    default_image_pull_secrets: tuple[str, ...] = ()
+    pod_security_context: Mapping[str, Any] = field(default_factory=dict)
+
+    def port(self, spec: RenderSpec) -> int:
+        return spec.port or self.default_port
+
+    def check_env(self, spec: RenderSpec) -> None:
+        clash = sorted(set(spec.env) & self.owned_env)
+        if clash:
+            raise SpecError("env", f"{clash[0]} is set by ModelDeck for {self.name}")
+
+
+# --- Objects ----------------------------------------------------------------------------------
+
+
+def _metadata(
+    name: str, spec: RenderSpec, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": merge_metadata(labels, spec.labels),
+    }
+    merged_annotations = merge_metadata(annotations, spec.annotations)
+    if merged_annotations:
+        metadata["annotations"] = merged_annotations
+    return metadata
+
+
+def build_model_cache_pvc(spec: RenderSpec) -> dict[str, Any] | None:
+    if spec.model_cache is None:
+        return None
+    pvc_spec: dict[str, Any] = {
+        "accessModes": [spec.model_cache.access_mode],
+        "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": spec.model_cache.size}},
+    }
+    if spec.model_cache.storage_class:
+        pvc_spec["storageClassName"] = spec.model_cache.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(
+            model_cache_name(spec.deployment_name), spec, deployment_labels(spec), {}
+        ),
+        "spec": pvc_spec,
+    }
+
+
+def build_service(spec: RenderSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec.deployment_name, spec, revision_labels(spec), {}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec),
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "port": SERVICE_PORT,
+                    "targetPort": PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def _probe(path: str, *, period: int, timeout: int, failure_threshold: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "successThreshold": 1,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def startup_failure_threshold(spec: RenderSpec) -> int:
+    return math.ceil(spec.startup_budget_seconds / PROBE_PERIOD_SECONDS)
+
+
+def _tolerations(spec: RenderSpec) -> list[dict[str, Any]]:
+    tolerations = [copy.deepcopy(dict(t)) for t in spec.tolerations]
+    if spec.gpus > 0:
+        covered = any(
+            t.get("key") == GPU_RESOURCE or (not t.get("key") and t.get("operator") == "Exists")
+            for t in tolerations
+        )
+        # GPU nodes are commonly tainted so that only GPU workloads land there.
+        if not covered:
+            tolerations.append(dict(GPU_TOLERATION))
+    return tolerations
+
+
+def _node_selector(spec: RenderSpec) -> dict[str, str]:
+    selector = {key: spec.node_selector[key] for key in sorted(spec.node_selector)}
+    if spec.gpu_type:
+        # validate_common() refuses a node selector that contradicts gpu_type.
+        selector[GPU_PRODUCT_LABEL] = spec.gpu_type
+    return selector
+
+
+def _env(spec: RenderSpec, parts: EngineParts) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in parts.env]
+    plain = {**parts.default_env, **spec.env}
+    env += [{"name": name, "value": plain[name]} for name in sorted(plain)]
+    # Only a reference travels with the manifest; the value stays in the Secret.
+    env += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for name, (secret, key) in sorted(parts.secret_env.items())
+    ]
+    return env
+
+
+def _resources(spec: RenderSpec) -> dict[str, Any]:
+    # No CPU limit: CFS throttling of the tokenizer and scheduler threads shows up directly as
+    # latency, and the CPU request already reserves the node's share.
+    requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    limits: dict[str, Any] = {"memory": spec.memory}
+    if spec.gpus > 0:
+        # Extended resources can't be overcommitted: Kubernetes requires requests == limits.
+        requests[GPU_RESOURCE] = str(spec.gpus)
+        limits[GPU_RESOURCE] = str(spec.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
+    parts = engine.build(spec)
+    port = engine.port(spec)
+    cache_volume: dict[str, Any] = {"name": CACHE_VOLUME}
+    if spec.model_cache is not None:
+        cache_volume["persistentVolumeClaim"] = {
+            "claimName": model_cache_name(spec.deployment_name)
+        }
+    else:
+        cache_volume["emptyDir"] = {}
+    volumes = [
+        {
+            "name": SHM_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size_or_default()},
+        },
+        cache_volume,
+        *(copy.deepcopy(v) for v in parts.volumes),
+    ]
+    mounts = [
+        {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+        {"name": CACHE_VOLUME, "mountPath": engine.cache_mount_path},
+        *(copy.deepcopy(m) for m in parts.volume_mounts),
+    ]
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+    }
+    if parts.command:
+        container["command"] = list(parts.command)
+    if parts.args:
+        container["args"] = list(parts.args)
+    container.update(
+        {
+            "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+            "env": _env(spec, parts),
+            "resources": _resources(spec),
+            "volumeMounts": mounts,
+            # Until the weights are downloaded and loaded the server isn't listening; the
+            # startup probe holds off the other two for up to the whole startup budget.
+            "startupProbe": _probe(
+                engine.startup_path,
+                period=PROBE_PERIOD_SECONDS,
+                timeout=5,
+                failure_threshold=startup_failure_threshold(spec),
+            ),
+            "readinessProbe": _probe(
+                engine.readiness_path, period=PROBE_PERIOD_SECONDS, timeout=5, failure_threshold=3
+            ),
+            # Lenient: a server busy with a large batch answers health checks late, and
+            # restarting it then would throw away minutes of loading at peak load.
+            "livenessProbe": _probe(
+                engine.liveness_path, period=15, timeout=10, failure_threshold=6
+            ),
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    )
+
+    pod_security_context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    pod_security_context.update(copy.deepcopy(dict(engine.pod_security_context)))
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,  # hundreds of *_SERVICE_HOST vars help nobody, and can clash
+        "automountServiceAccountToken": False,  # the engine never talks to the Kubernetes API
+        "terminationGracePeriodSeconds": spec.termination_grace_seconds + PRESTOP_SLEEP_SECONDS,
+        "securityContext": pod_security_context,
+    }
+    pull_secrets = (
+        spec.image_pull_secrets
+        if spec.image_pull_secrets is not None
+        else engine.default_image_pull_secrets
+    )
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
+    node_selector = _node_selector(spec)
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.affinity:
+        pod_spec["affinity"] = copy.deepcopy(dict(spec.affinity))
+
+    labels = revision_labels(spec)
+    annotations = model_annotations(spec)
+    pod_annotations = {**annotations, ANNOTATION_DEFAULT_CONTAINER: CONTAINER_NAME}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            deployment_object_name(spec.deployment_name, spec.revision), spec, labels, annotations
+        ),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(spec)},
+            # A replica is never taken away before its replacement is ready.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            # A revision's pod template never changes (revisions are immutable), so old
+            # ReplicaSets are only clutter.
+            "revisionHistoryLimit": 1,
+            "progressDeadlineSeconds": spec.startup_budget_seconds + IMAGE_PULL_ALLOWANCE_SECONDS,
+            "template": {
+                "metadata": {
+                    "labels": merge_metadata(labels, spec.labels),
+                    "annotations": merge_metadata(pod_annotations, spec.annotations),
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

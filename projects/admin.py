@@ -1,0 +1,60 @@
+from django.contrib import admin
+
+from projects.models import GpuReservation, Integration, Membership, Organization, Project, ProjectMember
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "gpu_quota", "gpu_used", "created_at"]
+    search_fields = ["name", "slug"]
+    inlines = [MembershipInline]
+
+    @admin.display(description="GPUs used")
+    def gpu_used(self, obj: Organization) -> int:
+        return obj.gpu_used()
+
+
+class ProjectMemberInline(admin.TabularInline):
+    model = ProjectMember
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "organization", "slug", "gpu_quota", "created_at"]
+    list_filter = ["organization"]
+    search_fields = ["name", "slug"]
+    inlines = [ProjectMemberInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["slug"] if obj else []
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["organization", "role"]
+
+
+@admin.register(GpuReservation)
+class GpuReservationAdmin(admin.ModelAdmin):
+    list_display = ["holder", "project", "gpus", "updated_at"]
+    readonly_fields = ["holder", "project", "gpus"]
+
+
+@admin.register(Integration)
+class IntegrationAdmin(admin.ModelAdmin):
+    # The secret itself is never shown, not even to operators.
+    list_display = ["project", "kind", "secret_last4", "check_ok", "checked_at", "updated_at"]
+    exclude = ["secret"]
+    readonly_fields = ["project", "kind", "secret_last4", "check_ok", "check_message", "checked_at", "updated_by"]
+
+    def has_add_permission(self, request):
+        return False

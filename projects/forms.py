@@ -1,0 +1,62 @@
+"""Forms of the projects pages; the service does the writing."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.validators import MaxValueValidator, MinValueValidator
+
+from console.forms import StyledForm
+from projects.models import GPU_QUOTA_MAX, IntegrationKind, Organization, Project, slug_validator
+
+
+class ProjectForm(StyledForm):
+    name = forms.CharField(max_length=100)
+    slug = forms.CharField(
+        max_length=30,
+        validators=[slug_validator],
+        help_text="Becomes the Kubernetes namespace <organization>-<slug>; cannot change later.",
+    )
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    gpu_quota = forms.IntegerField(
+        label="GPU quota",
+        initial=4,
+        validators=[MinValueValidator(0), MaxValueValidator(GPU_QUOTA_MAX)],
+        error_messages={"invalid": "Enter the GPU quota as a whole number, e.g. 4."},
+        help_text="The most GPUs this project's deployments may hold together.",
+        widget=forms.TextInput(attrs={"inputmode": "numeric"}),
+    )
+
+    def __init__(self, *args, organization: Organization, instance: Project | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.organization = organization
+        self.instance = instance
+        if instance is not None:
+            self.fields["slug"].disabled = True
+            self.fields["slug"].required = False
+            self.fields["slug"].help_text = f"Namespace {instance.namespace()} (fixed)."
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        others = Project.objects.filter(organization=self.organization, name__iexact=name)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        if others.exists():
+            raise forms.ValidationError(f"A project named “{name}” already exists in {self.organization.name}.")
+        return name
+
+    def clean_slug(self) -> str:
+        if self.instance is not None:
+            return self.instance.slug
+        slug = self.cleaned_data["slug"]
+        if Project.objects.filter(organization=self.organization, slug=slug).exists():
+            raise forms.ValidationError(f"The slug “{slug}” is taken in {self.organization.name}.")
+        return slug
+
+
+class IntegrationForm(StyledForm):
+    kind = forms.ChoiceField(choices=IntegrationKind.choices, widget=forms.HiddenInput)
+    secret = forms.CharField(
+        label="Token",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Stored encrypted. After saving only its last four characters are shown.",
+    )

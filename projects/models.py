@@ -1,0 +1,164 @@
+"""Organizations (tenants), their members, projects, GPU quotas, integrations and API keys."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Sum
+from django.urls import reverse
+
+from console.crypto import EncryptedTextField
+
+# A project's slug becomes part of a Kubernetes namespace: DNS-1123 label rules.
+slug_validator = RegexValidator(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "Use lowercase letters, digits and dashes; start and end with a letter or digit.",
+)
+GPU_QUOTA_MAX = 100_000
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.CharField(max_length=30, unique=True, validators=[slug_validator])
+    gpu_quota = models.PositiveIntegerField(
+        default=8,
+        validators=[MaxValueValidator(GPU_QUOTA_MAX)],
+        help_text="GPUs all projects of this organization may hold together.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def gpu_used(self) -> int:
+        return GpuReservation.objects.filter(project__organization=self).aggregate(
+            total=Sum("gpus")
+        )["total"] or 0
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+    VIEWER = "viewer", "Viewer"
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organization"], name="one_membership_per_org")]
+        ordering = ["organization__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Project(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=100)
+    slug = models.CharField(
+        max_length=30,
+        validators=[slug_validator],
+        help_text="Part of the Kubernetes namespace on every compute pool; cannot change later.",
+    )
+    description = models.TextField(blank=True)
+    gpu_quota = models.PositiveIntegerField(
+        default=4,
+        validators=[MaxValueValidator(GPU_QUOTA_MAX)],
+        help_text="GPUs this project's deployments may hold together.",
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="ProjectMember", related_name="projects", blank=True
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "slug"], name="project_slug_unique_in_org"),
+            models.UniqueConstraint(fields=["organization", "name"], name="project_name_unique_in_org"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("projects:detail", args=[self.pk])
+
+    def namespace(self) -> str:
+        return f"{self.organization.slug}-{self.slug}"
+
+    def gpu_used(self) -> int:
+        return self.gpu_reservations.aggregate(total=Sum("gpus"))["total"] or 0
+
+    def gpu_used_percent(self) -> int:
+        if not self.gpu_quota:
+            return 100 if self.gpu_used() else 0
+        return min(100, round(100 * self.gpu_used() / self.gpu_quota))
+
+
+class ProjectMember(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_member_row_per_project")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project}"
+
+
+class GpuReservation(models.Model):
+    """GPUs held in a project's quota by one holder (e.g. ``deployment:42``).
+
+    A ledger rather than a counter: used GPUs are derived by summing, so a crashed
+    update can never leave a stale total behind.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="gpu_reservations")
+    holder = models.CharField(max_length=100, unique=True)
+    gpus = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.holder}: {self.gpus} GPU(s) in {self.project}"
+
+
+class IntegrationKind(models.TextChoices):
+    HUGGINGFACE = "huggingface", "Hugging Face token"
+    NGC = "ngc", "NGC API key"
+
+
+class Integration(models.Model):
+    """A project's credential for an outside service, encrypted at rest, never shown again."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="integrations")
+    kind = models.CharField(max_length=20, choices=IntegrationKind.choices)
+    secret = EncryptedTextField()
+    secret_last4 = models.CharField(max_length=4, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    check_ok = models.BooleanField(null=True, blank=True)
+    check_message = models.CharField(max_length=500, blank=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "kind"], name="one_integration_per_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for {self.project}"

@@ -1,0 +1,211 @@
+"""Writes for organizations, projects, quotas and integrations."""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from console.crypto import last4
+from projects.models import (
+    GpuReservation,
+    Integration,
+    Membership,
+    Organization,
+    Project,
+    ProjectMember,
+    Role,
+)
+from projects.selectors import can_change, is_org_admin
+
+log = logging.getLogger(__name__)
+
+
+class QuotaExceeded(ValidationError):
+    """A GPU request does not fit the project's or the organization's quota."""
+
+
+def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
+    if user is not None and not can_change(user, organization):
+        raise PermissionDenied("Viewers cannot change projects; ask an organization admin for the member role.")
+
+
+def organization_create(*, name: str, slug: str, gpu_quota: int = 8, admin: AbstractBaseUser | None = None) -> Organization:
+    with transaction.atomic():
+        org = Organization(name=name, slug=slug, gpu_quota=gpu_quota)
+        org.full_clean()
+        org.save()
+        if admin is not None:
+            Membership.objects.create(user=admin, organization=org, role=Role.ADMIN)
+    return org
+
+
+def membership_set(*, organization: Organization, user: AbstractBaseUser, role: str) -> Membership:
+    membership, _ = Membership.objects.update_or_create(
+        organization=organization, user=user, defaults={"role": role}
+    )
+    membership.full_clean()
+    return membership
+
+
+def _check_org_quota_fits_projects(organization: Organization) -> None:
+    used = organization.gpu_used()
+    if organization.gpu_quota < used:
+        raise ValidationError({"gpu_quota": f"The organization already uses {used} GPUs; the quota cannot go below that."})
+
+
+def project_create(
+    *,
+    user: AbstractBaseUser | None,
+    organization: Organization,
+    name: str,
+    slug: str,
+    description: str = "",
+    gpu_quota: int = 4,
+) -> Project:
+    _require_change(user, organization)
+    project = Project(
+        organization=organization,
+        name=name,
+        slug=slug,
+        description=description,
+        gpu_quota=gpu_quota,
+        created_by=user if user is not None and user.is_authenticated else None,
+    )
+    project.full_clean()
+    with transaction.atomic():
+        project.save()
+        if user is not None and user.is_authenticated:
+            ProjectMember.objects.create(project=project, user=user, role=Role.ADMIN)
+    log.info("project created", extra={"project": project.pk, "organization": organization.pk})
+    return project
+
+
+def project_update(
+    *,
+    user: AbstractBaseUser | None,
+    project: Project,
+    name: str,
+    description: str,
+    gpu_quota: int,
+) -> Project:
+    _require_change(user, project.organization)
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        locked.name = name
+        locked.description = description
+        locked.gpu_quota = gpu_quota
+        locked.full_clean()
+        used = locked.gpu_used()
+        if gpu_quota < used:
+            raise ValidationError({"gpu_quota": f"Deployments in this project hold {used} GPUs; the quota cannot go below that."})
+        locked.save()
+    return locked
+
+
+def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
+    _require_change(user, project.organization)
+    if project.gpu_used():
+        raise ValidationError("This project still holds GPUs; delete or deactivate its deployments first.")
+    project.delete()
+
+
+def quota_reserve(*, project: Project, holder: str, gpus: int) -> GpuReservation | None:
+    """Set the GPUs ``holder`` keeps in ``project`` to ``gpus``, within both quotas.
+
+    Locks the organization row, then the project row (always in that order, so two
+    reservations can't deadlock), then sums what is held: two concurrent requests are
+    serialized and can never overshoot. Call inside the caller's transaction to make the
+    reservation and the change it pays for one unit.
+    """
+    if gpus < 0:
+        raise ValidationError({"gpus": "GPU count cannot be negative."})
+    with transaction.atomic():
+        org = Organization.objects.select_for_update().get(pk=project.organization_id)
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        current = GpuReservation.objects.filter(holder=holder).first()
+        held_by_holder = current.gpus if current else 0
+        if gpus <= held_by_holder:
+            # Shrinking or unchanged never needs a check: it can only free quota.
+            pass
+        else:
+            project_used = (
+                GpuReservation.objects.filter(project=locked).exclude(holder=holder).aggregate(t=Sum("gpus"))["t"] or 0
+            )
+            if project_used + gpus > locked.gpu_quota:
+                raise QuotaExceeded(
+                    f"Project “{locked.name}” has a quota of {locked.gpu_quota} GPUs, {project_used} are in use: "
+                    f"{gpus} more do not fit. Free GPUs or raise the project's quota."
+                )
+            org_used = (
+                GpuReservation.objects.filter(project__organization=org).exclude(holder=holder).aggregate(t=Sum("gpus"))["t"]
+                or 0
+            )
+            if org_used + gpus > org.gpu_quota:
+                raise QuotaExceeded(
+                    f"Organization “{org.name}” has a quota of {org.gpu_quota} GPUs, {org_used} are in use: "
+                    f"{gpus} more do not fit. Free GPUs or ask for a larger organization quota."
+                )
+        if gpus == 0:
+            GpuReservation.objects.filter(holder=holder).delete()
+            return None
+        if current:
+            current.gpus = gpus
+            current.project = locked
+            current.save(update_fields=["gpus", "project", "updated_at"])
+            return current
+        return GpuReservation.objects.create(project=locked, holder=holder, gpus=gpus)
+
+
+def quota_release(*, holder: str) -> None:
+    GpuReservation.objects.filter(holder=holder).delete()
+
+
+def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organization, gpu_quota: int) -> Organization:
+    if user is not None and not is_org_admin(user, organization):
+        raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
+    with transaction.atomic():
+        org = Organization.objects.select_for_update().get(pk=organization.pk)
+        org.gpu_quota = gpu_quota
+        org.full_clean()
+        _check_org_quota_fits_projects(org)
+        org.save(update_fields=["gpu_quota"])
+    return org
+
+
+def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: str, secret: str) -> Integration:
+    """Store a project's credential encrypted; it is never shown again, only its last 4 characters."""
+    _require_change(user, project.organization)
+    secret = secret.strip()
+    if not secret:
+        raise ValidationError({"secret": "Paste the token or key; it cannot be empty."})
+    with transaction.atomic():
+        integration, _ = Integration.objects.select_for_update().get_or_create(
+            project=project, kind=kind, defaults={"secret": secret}
+        )
+        integration.secret = secret
+        integration.secret_last4 = last4(secret)
+        integration.check_ok = None
+        integration.checked_at = None
+        integration.check_message = ""
+        integration.updated_by = user if user is not None and user.is_authenticated else None
+        integration.full_clean()
+        integration.save()
+    return integration
+
+
+def integration_delete(*, user: AbstractBaseUser | None, integration: Integration) -> None:
+    _require_change(user, integration.project.organization)
+    integration.delete()
+
+
+def integration_record_check(*, integration: Integration, ok: bool, message: str) -> Integration:
+    integration.check_ok = ok
+    integration.check_message = message[:500]
+    integration.checked_at = timezone.now()
+    integration.save(update_fields=["check_ok", "check_message", "checked_at"])
+    return integration

@@ -1,0 +1,1 @@
+"""Sharing deployments with organizations, access policies and the audit log (governance)."""

@@ -1,0 +1,95 @@
+// ModelDeck console behaviour: confirmation dialogs, sortable/filterable tables, copy buttons.
+(function () {
+  "use strict";
+
+  // Destructive forms carry data-confirm; ask in a real dialog before they submit.
+  function confirmDialog(message, okLabel) {
+    return new Promise(function (resolve) {
+      var dialog = document.getElementById("confirm-dialog");
+      dialog.querySelector("[data-confirm-message]").textContent = message;
+      var ok = dialog.querySelector("[data-confirm-ok]");
+      ok.textContent = okLabel || "Confirm";
+      function close(result) { dialog.close(); ok.onclick = null; cancel.onclick = null; resolve(result); }
+      var cancel = dialog.querySelector("[data-confirm-cancel]");
+      ok.onclick = function () { close(true); };
+      cancel.onclick = function () { close(false); };
+      dialog.showModal();
+    });
+  }
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.dataset || !form.dataset.confirm || form.dataset.confirmed === "1") return;
+    event.preventDefault();
+    confirmDialog(form.dataset.confirm, form.dataset.confirmOk).then(function (yes) {
+      if (!yes) return;
+      form.dataset.confirmed = "1";
+      if (form.requestSubmit) form.requestSubmit(event.submitter || undefined); else form.submit();
+      setTimeout(function () { form.dataset.confirmed = ""; }, 0);
+    });
+  }, true);
+
+  // Tables: click a .sortable header to sort; an input[data-filter-table] filters rows.
+  function cellValue(row, index) {
+    var cell = row.children[index];
+    if (!cell) return "";
+    return cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent.trim();
+  }
+  function initTables(root) {
+    root.querySelectorAll("table.table th.sortable").forEach(function (th) {
+      if (th.dataset.bound) return;
+      th.dataset.bound = "1";
+      th.addEventListener("click", function () {
+        var table = th.closest("table"), tbody = table.tBodies[0];
+        var index = Array.prototype.indexOf.call(th.parentNode.children, th);
+        var asc = !th.classList.contains("sorted-asc");
+        table.querySelectorAll("th").forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
+        th.classList.add(asc ? "sorted-asc" : "sorted-desc");
+        var rows = Array.prototype.slice.call(tbody.rows);
+        rows.sort(function (a, b) {
+          var x = cellValue(a, index), y = cellValue(b, index);
+          var nx = parseFloat(x), ny = parseFloat(y);
+          var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y, undefined, { numeric: true, sensitivity: "base" });
+          return asc ? cmp : -cmp;
+        });
+        rows.forEach(function (r) { tbody.appendChild(r); });
+      });
+    });
+    root.querySelectorAll("[data-filter-table]").forEach(function (input) {
+      if (input.dataset.bound) return;
+      input.dataset.bound = "1";
+      var table = document.getElementById(input.dataset.filterTable);
+      input.addEventListener("input", function () {
+        var q = input.value.toLowerCase();
+        Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+          row.hidden = q && row.textContent.toLowerCase().indexOf(q) === -1;
+        });
+      });
+    });
+    root.querySelectorAll("[data-filter-select]").forEach(function (select) {
+      if (select.dataset.bound) return;
+      select.dataset.bound = "1";
+      var table = document.getElementById(select.dataset.filterSelect);
+      var column = parseInt(select.dataset.column, 10);
+      select.addEventListener("change", function () {
+        var v = select.value.toLowerCase();
+        Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+          row.hidden = v && cellValue(row, column).toLowerCase() !== v;
+        });
+      });
+    });
+  }
+
+  // Copy buttons: data-copy-target names an element whose text is copied.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target]");
+    if (!button) return;
+    var source = document.getElementById(button.dataset.copyTarget);
+    var text = source ? (source.value !== undefined && source.tagName === "INPUT" ? source.value : source.textContent) : "";
+    function done() { var old = button.textContent; button.textContent = "Copied"; setTimeout(function () { button.textContent = old; }, 1500); }
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, done);
+    else { var t = document.createElement("textarea"); t.value = text; document.body.appendChild(t); t.select(); try { document.execCommand("copy"); } catch (e) {} t.remove(); done(); }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () { initTables(document); });
+  document.addEventListener("htmx:afterSettle", function (e) { initTables(e.target); });
+})();

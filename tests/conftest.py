@@ -1,0 +1,92 @@
+"""Fixtures every test can use: real services, the owner/member/viewer/outsider set, clients."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from projects.models import Organization, Project, Role
+from tests.factories import MembershipFactory, OrganizationFactory, ProjectFactory, UserFactory
+
+TEST_OUTPUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-output")
+
+
+def pytest_configure(config) -> None:
+    os.makedirs(TEST_OUTPUT, exist_ok=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_real_services(django_db_blocker) -> None:
+    """The suite only counts on PostgreSQL and Redis; refuse to pass on SQLite or without Redis."""
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql" and not os.environ.get(
+        "MODELDECK_ALLOW_SQLITE_TESTS"
+    ):
+        pytest.exit("The test suite runs on PostgreSQL: use `make test` (it sets DATABASE_URL).", returncode=3)
+    if not settings.REDIS_URL:
+        pytest.exit("The test suite needs Redis: use `make test` (it sets REDIS_URL).", returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _celery_eager():
+    """Run Celery tasks in-process; override_settings does not reach Celery's config."""
+    from console.celery import app
+
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+@pytest.fixture
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.ping()
+    return client
+
+
+@dataclass
+class Tenants:
+    org: Organization
+    project: Project
+    owner: object
+    member: object
+    viewer: object
+    other_org: Organization
+    other_project: Project
+    outsider: object
+
+
+@pytest.fixture
+def tenants(db) -> Tenants:
+    org = OrganizationFactory(name="Acme", slug="acme", gpu_quota=16)
+    owner = MembershipFactory(organization=org, role=Role.ADMIN, user=UserFactory(username="owner")).user
+    member = MembershipFactory(organization=org, role=Role.MEMBER, user=UserFactory(username="member")).user
+    viewer = MembershipFactory(organization=org, role=Role.VIEWER, user=UserFactory(username="viewer")).user
+    project = ProjectFactory(organization=org, name="Research", slug="research", gpu_quota=8)
+    other_org = OrganizationFactory(name="Globex", slug="globex")
+    outsider = MembershipFactory(organization=other_org, role=Role.ADMIN, user=UserFactory(username="outsider")).user
+    other_project = ProjectFactory(organization=other_org, name="Secret", slug="secret")
+    return Tenants(org, project, owner, member, viewer, other_org, other_project, outsider)
+
+
+def login(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def owner_client(tenants) -> Client:
+    return login(tenants.owner)
+
+
+@pytest.fixture
+def outsider_client(tenants) -> Client:
+    return login(tenants.outsider)
