@@ -252,10 +252,16 @@ def parse_image(image: str) -> tuple[str, str | None, str]:
 
 
 def _version_key(tag: str) -> tuple[int, tuple[int, ...], str]:
-    # Version tags first, highest first; moving tags (latest, 1, 1.2) after them.
-    numbers = tuple(int(n) for n in re.findall(r"\d+", tag))
-    is_full_version = bool(re.fullmatch(r"\d+\.\d+\.\d+.*", tag))
-    return (0 if is_full_version else 1, tuple(-n for n in numbers), tag)
+    # Full versions first, highest first; then moving tags: latest, then 1.2, 1.1, 1.
+    numbers = tuple(int(n) for n in re.findall(r"\d+", tag))[:4]
+    padded = numbers + (0,) * (4 - len(numbers))
+    if re.fullmatch(r"\d+\.\d+\.\d+.*", tag):
+        rank = 0
+    elif not numbers:
+        rank = 1
+    else:
+        rank = 2
+    return (rank, tuple(-n for n in padded), tag)
 
 
 # --- public functions ------------------------------------------------------------------

@@ -11,3 +11,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("modeldeck")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The gateway keeps its tasks (usage flush) beside its code, not in deployments/tasks.py.
+app.autodiscover_tasks(["deployments.gateway"])

@@ -205,6 +205,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Periodic work, installed into django-celery-beat's tables when beat starts.
 CELERY_BEAT_SCHEDULE: dict = {
     "console-health-ping": {"task": "console.health_ping", "schedule": 30.0},
+    # Flow 3: one list call per kind per pool, then every deployment's state.
+    "deployments-sync-status": {"task": "deployments.sync_status", "schedule": 5.0},
+    # Flow 4: usage buffered in Redis by the gateway, written to the database in batches.
+    "gateway-flush-usage": {"task": "deployments.gateway.flush_usage", "schedule": 5.0},
 }
 if not REDIS_URL:
     # The filesystem transport polls; keep the wait between polls short so work starts quickly.

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from catalog.models import CatalogModel, ProfileBundle
 from console.crypto import EncryptedTextField
-from projects.models import Organization, Project
+from projects.models import Environment, Organization, Project
 
 
 class PoolKind(models.TextChoices):
@@ -75,6 +75,9 @@ class ModelDeployment(models.Model):
     endpoint = models.ForeignKey(Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments")
     bundle = models.ForeignKey(ProfileBundle, on_delete=models.PROTECT, related_name="deployments")
     pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="deployments")
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
+    )
     name = models.CharField(max_length=50)
     description = models.TextField(blank=True)
     state = models.CharField(max_length=20, choices=DeploymentState.choices, default=DeploymentState.PENDING)

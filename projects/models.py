@@ -162,3 +162,54 @@ class Integration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for {self.project}"
+
+
+class Environment(models.Model):
+    """dev / staging / prod … of a project, with policies deployments in it must keep."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environments")
+    name = models.CharField(max_length=50)
+    slug = models.CharField(max_length=30, validators=[slug_validator])
+    description = models.TextField(blank=True)
+    allowed_pools = models.ManyToManyField(
+        "deployments.ComputePool", blank=True, related_name="environments",
+        help_text="Empty: any pool (subject to the pool-label policy).",
+    )
+    allowed_pool_labels = models.JSONField(
+        default=dict, blank=True, help_text='Pool attributes allowed, e.g. {"region": ["us-east-1"]}.'
+    )
+    allowed_gpu_types = models.JSONField(default=list, blank=True, help_text="Empty: any GPU type.")
+    max_replicas = models.PositiveIntegerField(null=True, blank=True)
+    max_gpus_per_replica = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "name"]
+        constraints = [models.UniqueConstraint(fields=["project", "slug"], name="environment_slug_unique_in_project")]
+
+    def __str__(self) -> str:
+        return f"{self.project} / {self.name}"
+
+
+class APIKey(models.Model):
+    """A user's key for the gateway. Only a keyed hash is stored; the secret is shown once."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True, help_text="First characters, to recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    deployments = models.ManyToManyField(
+        "deployments.ModelDeployment", blank=True, related_name="api_keys",
+        help_text="Empty: every deployment the key's owner may call.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

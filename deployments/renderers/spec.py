@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -93,9 +94,8 @@ class RenderSpec:
     gpu_type: str | None = None  # value of the nvidia.com/gpu.product node label
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (secret, key)
-    image_pull_secrets: tuple[str, ...] | None = (
-        None  # None: the engine's default (NIM: ngc-secret)
-    )
+    # None means the engine's default (NIM: ngc-secret); () means none at all.
+    image_pull_secrets: tuple[str, ...] | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -113,22 +113,18 @@ class RenderSpec:
     termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
 
     def __post_init__(self) -> None:
-        # Freeze what the caller handed in: lists become tuples, mappings are copied.
+        # Detach from what the caller handed in: lists become tuples, mappings are copied.
         set_ = object.__setattr__
         for name in ("env", "labels", "annotations", "node_selector", "engine_vars"):
             set_(self, name, dict(getattr(self, name) or {}))
         set_(self, "secret_env", {k: tuple(v) for k, v in dict(self.secret_env or {}).items()})
         for name in ("bundle_args", "extra_args"):
             set_(self, name, tuple(getattr(self, name) or ()))
-        set_(
-            self,
-            "tolerations",
-            tuple(dict(t) if isinstance(t, Mapping) else t for t in self.tolerations or ()),
-        )
+        set_(self, "tolerations", tuple(copy.deepcopy(t) for t in self.tolerations or ()))
         if self.image_pull_secrets is not None:
             set_(self, "image_pull_secrets", tuple(self.image_pull_secrets))
-        if self.affinity is not None and isinstance(self.affinity, Mapping):
-            set_(self, "affinity", dict(self.affinity))
+        if self.affinity is not None:
+            set_(self, "affinity", copy.deepcopy(self.affinity))
         if isinstance(self.model_cache, Mapping):
             set_(self, "model_cache", ModelCache(**self.model_cache))
 
@@ -348,6 +344,11 @@ def _check_tolerations(tolerations: Sequence[Mapping[str, Any]]) -> None:
             raise SpecError("tolerations", "operator is Equal or Exists")
         if toleration.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
             raise SpecError("tolerations", "effect is NoSchedule, PreferNoSchedule or NoExecute")
+        # The API server's own rules for the combinations, refused there with a 422.
+        if toleration.get("operator") == "Exists" and toleration.get("value"):
+            raise SpecError("tolerations", "an Exists toleration takes no value")
+        if "tolerationSeconds" in toleration and toleration.get("effect") != "NoExecute":
+            raise SpecError("tolerations", "tolerationSeconds only goes with effect NoExecute")
 
 
 def _check_args(name: str, args: Sequence[str]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import random
-import string
 import threading
 import uuid
 from collections import deque
@@ -557,14 +556,14 @@ class ObjectStore:
         old_meta, meta = old["metadata"], new.setdefault("metadata", {})
         if subresource == "status":
             # A status write changes status only (and never metadata a controller doesn't own).
-            status = new.get("status")
+            status, fields = new.get("status"), meta.get("managedFields", MISSING)
             new = clone(old)
             if status is None:
                 new.pop("status", None)
             else:
                 new["status"] = status
-            if manager:
-                new["metadata"]["managedFields"] = meta.get("managedFields")
+            if fields is not MISSING:
+                new["metadata"]["managedFields"] = fields
             meta = new["metadata"]
         elif rt.has_status:
             if "status" in old:
@@ -618,11 +617,11 @@ class ObjectStore:
                 return None
             if expect_rv is not None and old["metadata"]["resourceVersion"] != expect_rv:
                 return None
-            return self._commit(rt, old, obj, manager=None, subresource="", validate_object=False,) if not rt.has_status else self._internal_full(rt, old, obj)
+            return self._internal_full(rt, old, obj)
 
     def _internal_full(self, rt: ResourceType, old: dict, obj: dict) -> dict:
-        # Controllers write spec and status of objects with a status subresource together.
-        new = clone(obj)
+        # Controllers write spec and status together. `obj` must be a fresh object (a clone).
+        new = obj
         meta = new["metadata"]
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
         if rt.has_generation:
@@ -807,13 +806,7 @@ class ObjectStore:
                 )
             new = clone(old)
             new["spec"]["replicas"] = replicas
-            obj = self._commit(rt, old, new, manager=None, subresource="", dry_run=dry_run)
-            if manager and obj is not old and not dry_run:
-                fields = _update_managers(rt, old, obj, manager, "scale", old["metadata"].get("managedFields"))
-                updated = clone(obj)
-                updated["metadata"]["managedFields"] = fields
-                with_fields = self._internal_full(rt, obj, updated)
-                obj = with_fields
+            obj = self._commit(rt, old, new, manager=manager, subresource="scale", dry_run=dry_run)
             return self.scale_of(rt, obj)
 
     # -- bulk helpers ----------------------------------------------------------------------
@@ -948,5 +941,4 @@ __all__ = [
     "ListResult",
     "ObjectStore",
     "random_suffix",
-    "string",
 ]

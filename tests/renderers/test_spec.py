@@ -63,6 +63,11 @@ from .specs import make_spec
         ({"image_pull_secrets": ("Bad Secret",)}, "image_pull_secrets"),
         ({"tolerations": [{"key": "a", "operator": "Sometimes"}]}, "tolerations"),
         ({"tolerations": [{"key": "a", "colour": "blue"}]}, "tolerations"),
+        ({"tolerations": [{"key": "a", "operator": "Exists", "value": "b"}]}, "tolerations"),
+        (
+            {"tolerations": [{"key": "a", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+            "tolerations",
+        ),
         ({"affinity": {"nodeSelector": {}}}, "affinity"),
         ({"extra_args": ["serve-fast"]}, "extra_args"),
         ({"bundle_args": ["model", "--x"]}, "bundle_args"),
