@@ -19,6 +19,18 @@ def pytest_configure(config) -> None:
     os.makedirs(TEST_OUTPUT, exist_ok=True)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """Let several test runs share one PostgreSQL server (MODELDECK_TEST_DB_SUFFIX)."""
+    suffix = os.environ.get("MODELDECK_TEST_DB_SUFFIX")
+    if suffix:
+        from django.conf import settings as django_settings
+
+        db = django_settings.DATABASES["default"]
+        db.setdefault("TEST", {})
+        db["TEST"]["NAME"] = f"test_{db['NAME']}_{suffix}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _require_real_services(django_db_blocker) -> None:
     """The suite only counts on PostgreSQL and Redis; refuse to pass on SQLite or without Redis."""
