@@ -1,4 +1,4 @@
-"""GPU memory estimate for serving a model: weights + KV cache + overhead, and how many GPUs that takes.
+"""GPU memory estimate for serving a model: weights + KV cache + overhead, and the GPUs that takes.
 
 Pure functions, no I/O. Every intermediate figure is returned so that the UI can show the
 arithmetic rather than a bare number. Figures are an estimate of what an engine such as vLLM
@@ -252,7 +252,9 @@ def estimate_memory(
     if parameters <= 0:
         raise ValueError("parameters must be positive")
     if min(num_layers, num_kv_heads, head_dim, context_length, concurrency) <= 0:
-        raise ValueError("layers, KV heads, head dim, context length and concurrency must be positive")
+        raise ValueError(
+            "layers, KV heads, head dim, context length and concurrency must be positive"
+        )
     if not 0 < gpu_memory_utilization <= 1:
         raise ValueError("gpu_memory_utilization must be in (0, 1]")
 
@@ -264,7 +266,9 @@ def estimate_memory(
         try:
             gpu = GPU_TYPES[gpu]
         except KeyError:
-            raise ValueError(f"Unknown GPU type {gpu!r}; expected one of {', '.join(GPU_TYPES)}.") from None
+            raise ValueError(
+                f"Unknown GPU type {gpu!r}; expected one of {', '.join(GPU_TYPES)}."
+            ) from None
 
     bytes_per_param = BYTES_PER_PARAM[dtype]
     w_bytes = parameters * bytes_per_param

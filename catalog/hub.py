@@ -1,4 +1,4 @@
-"""The catalog's Hugging Face Hub client: search models, read a model's facts, pin revisions, check tokens.
+"""The catalog's Hugging Face Hub client: search models, read their facts, pin revisions, check tokens.
 
 Built on the real `huggingface_hub.HfApi` (endpoint configurable, so the offline Hub in
 `catalog.offline_hub` or a mirror works the same as https://huggingface.co). Every function is
@@ -21,29 +21,28 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
 
 # Before huggingface_hub is imported: it reads these once. Never set HF_HUB_OFFLINE: it would
 # also block a local endpoint such as the offline Hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator, Mapping  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from contextvars import ContextVar  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from datetime import datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Literal  # noqa: E402
-
 import huggingface_hub  # noqa: E402
 from huggingface_hub import HfApi, constants  # noqa: E402
 from huggingface_hub.errors import (  # noqa: E402
     GatedRepoError,
-    HFValidationError,
     HfHubHTTPError,
+    HFValidationError,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -611,7 +610,7 @@ def search_models(
         items.append(
             HubModel(
                 repo_id=info.id,
-                author=info.author or info.id.partition("/")[0] or None,
+                author=info.author or (info.id.split("/")[0] if "/" in info.id else None),
                 task=info.pipeline_tag,
                 library=info.library_name,
                 downloads=info.downloads or 0,
@@ -648,7 +647,10 @@ def model_detail(
         with _bounded(endpoint, timeout):
             info = api.model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout)
             if not info.sha:
-                raise HubError(f"The Hub at {endpoint} did not say which commit {repo_id} is at", "bad_response")
+                raise HubError(
+                    f"The Hub at {endpoint} did not say which commit {repo_id} is at",
+                    "bad_response",
+                )
             siblings = info.siblings or []
             config = None
             if any(s.rfilename == "config.json" for s in siblings):
@@ -664,7 +666,9 @@ def model_detail(
     card = info.card_data
     license_ = getattr(card, "license", None) if card is not None else None
     if not license_:
-        license_ = next((t.split(":", 1)[1] for t in info.tags or () if t.startswith("license:")), None)
+        license_ = next(
+            (t.split(":", 1)[1] for t in info.tags or () if t.startswith("license:")), None
+        )
     return ModelDetail(
         repo_id=info.id,
         revision=revision,
@@ -682,7 +686,9 @@ def model_detail(
         parameters=info.safetensors.total if info.safetensors else None,
         parameters_by_dtype=by_dtype,
         dtype=_checkpoint_dtype(config, by_dtype),
-        files=tuple(HubFile(path=s.rfilename, size=s.size, lfs=s.lfs is not None) for s in siblings),
+        files=tuple(
+            HubFile(path=s.rfilename, size=s.size, lfs=s.lfs is not None) for s in siblings
+        ),
         config=config,
     )
 
@@ -719,7 +725,9 @@ def pin_revision(
             exc, endpoint=endpoint, timeout=timeout, token=token, repo_id=repo_id, revision=revision
         ) from exc
     if not info.sha:
-        raise HubError(f"The Hub at {endpoint} did not say which commit {repo_id} is at", "bad_response")
+        raise HubError(
+            f"The Hub at {endpoint} did not say which commit {repo_id} is at", "bad_response"
+        )
     return info.sha
 
 

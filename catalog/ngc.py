@@ -1,4 +1,4 @@
-"""The catalog's NVIDIA NGC client: list NIM container images, read an image's tags, check an API key.
+"""The catalog's NVIDIA NGC client: list NIM container images, read their tags, check an API key.
 
 NGC endpoints used (shapes as the NIM Operator and OpenShift AI's NIM integration read them):
 
@@ -126,10 +126,10 @@ class _Budget:
         return remaining
 
 
-def _authn_url(api_url: str, authn_url: str | None) -> str:
+def _authn_url(base_url: str, authn_url: str | None) -> str:
     if authn_url:
         return authn_url.rstrip("/")
-    return DEFAULT_AUTHN_URL if api_url.rstrip("/") == DEFAULT_API_URL else api_url.rstrip("/")
+    return DEFAULT_AUTHN_URL if base_url.rstrip("/") == DEFAULT_API_URL else base_url.rstrip("/")
 
 
 def _key_kind(api_key: str) -> str:
@@ -156,14 +156,17 @@ def _request(
         ) from exc
     except httpx.TransportError as exc:
         raise NgcError(
-            f"NGC at {base_url} could not be reached ({exc}); check the URL and the network", "unreachable"
+            f"NGC at {base_url} could not be reached ({exc}); check the URL and the network",
+            "unreachable",
         ) from exc
     if response.status_code >= 400:
         raise _status_error(response, base_url=base_url, subject=subject)
     try:
         return response.json()
     except ValueError as exc:
-        raise NgcError(f"NGC at {base_url} answered something that is not JSON", "bad_response") from exc
+        raise NgcError(
+            f"NGC at {base_url} answered something that is not JSON", "bad_response"
+        ) from exc
 
 
 def _status_error(response: httpx.Response, *, base_url: str, subject: str | None) -> NgcError:
@@ -183,21 +186,27 @@ def _status_error(response: httpx.Response, *, base_url: str, subject: str | Non
     if status == 404:
         return NgcError(f"{what} was not found on NGC (check the image name)", "not_found")
     if status == 451:
-        return NgcError(f"{what} is not available in your region (451)", "unavailable_for_legal_reasons")
+        return NgcError(
+            f"{what} is not available in your region (451)", "unavailable_for_legal_reasons"
+        )
     if status == 429:
-        return NgcError("NGC is rate-limiting requests (429); wait a minute and try again", "rate_limited")
+        return NgcError(
+            "NGC is rate-limiting requests (429); wait a minute and try again", "rate_limited"
+        )
     if status >= 500:
-        return NgcError(f"NGC at {base_url} is failing (HTTP {status}); try again later", "server_error")
+        return NgcError(
+            f"NGC at {base_url} is failing (HTTP {status}); try again later", "server_error"
+        )
     return NgcError(f"NGC at {base_url} answered HTTP {status}", "ngc_error")
 
 
 def _bearer(
-    client: httpx.Client, budget: _Budget, api_key: str, *, api_url: str, authn_url: str | None
+    client: httpx.Client, budget: _Budget, api_key: str, *, base_url: str, authn_url: str | None
 ) -> str:
     """The Bearer token for API calls: the personal key itself, or a token exchanged for a legacy key."""
     if _key_kind(api_key) == "personal":
         return api_key
-    authn = _authn_url(api_url, authn_url)
+    authn = _authn_url(base_url, authn_url)
     body = _request(
         client,
         budget,
@@ -214,7 +223,9 @@ def _bearer(
 
 
 def _client() -> httpx.Client:
-    return httpx.Client(headers={"Accept": "application/json", "User-Agent": "modeldeck"}, follow_redirects=True)
+    return httpx.Client(
+        headers={"Accept": "application/json", "User-Agent": "modeldeck"}, follow_redirects=True
+    )
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -233,7 +244,9 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-_IMAGE_REF = re.compile(r"^(?:nvcr\.io/)?(?P<path>[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*){1,2})(?::[\w][\w.-]*)?$")
+_IMAGE_REF = re.compile(
+    r"^(?:nvcr\.io/)?(?P<path>[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*){1,2})(?::[\w][\w.-]*)?$"
+)
 
 
 def parse_image(image: str) -> tuple[str, str | None, str]:
@@ -269,7 +282,7 @@ def _version_key(tag: str) -> tuple[int, tuple[int, ...], str]:
 
 def list_nim_images(
     *,
-    api_url: str = DEFAULT_API_URL,
+    base_url: str = DEFAULT_API_URL,
     query: str = "",
     org: str = NIM_ORG,
     page: int = 1,
@@ -281,7 +294,7 @@ def list_nim_images(
         raise ValueError("page must be 1 or more")
     if not 1 <= page_size <= 100:
         raise ValueError("page_size must be between 1 and 100")
-    api_url = api_url.rstrip("/")
+    base_url = base_url.rstrip("/")
     q = {
         "query": query.strip() or "*:*",
         "filters": [{"field": "orgName", "value": org}],
@@ -295,12 +308,12 @@ def list_nim_images(
             client,
             budget,
             "GET",
-            f"{api_url}/v2/search/catalog/resources/CONTAINER",
-            base_url=api_url,
+            f"{base_url}/v2/search/catalog/resources/CONTAINER",
+            base_url=base_url,
             params={"q": json.dumps(q)},
         )
     if not isinstance(body, Mapping):
-        raise NgcError(f"NGC at {api_url} answered an unexpected search result", "bad_response")
+        raise NgcError(f"NGC at {base_url} answered an unexpected search result", "bad_response")
     items: list[NimImage] = []
     seen: set[str] = set()
     for group in body.get("results") or ():
@@ -329,7 +342,9 @@ def list_nim_images(
                     description=res.get("description") or "",
                     latest_tag=attributes.get("latestTag"),
                     size_bytes=_as_int(attributes.get("size")),
-                    updated_at=_parse_time(res.get("dateModified") or attributes.get("latestTagPushedDate")),
+                    updated_at=_parse_time(
+                        res.get("dateModified") or attributes.get("latestTagPushedDate")
+                    ),
                     labels=labels,
                 )
             )
@@ -342,7 +357,7 @@ def list_nim_images(
 
 def image_tags(
     *,
-    api_url: str = DEFAULT_API_URL,
+    base_url: str = DEFAULT_API_URL,
     authn_url: str | None = None,
     api_key: str,
     image: str,
@@ -353,23 +368,23 @@ def image_tags(
         raise NgcError("No NGC API key is set: NIM image details need one", "unauthorized")
     org, team, name = parse_image(image)
     resource_id = "/".join(p for p in (org, team, name) if p)
-    api_url = api_url.rstrip("/")
+    base_url = base_url.rstrip("/")
     path = f"/v2/org/{org}/team/{team}/repos/{name}" if team else f"/v2/org/{org}/repos/{name}"
     budget = _Budget(timeout)
     with _client() as client:
-        bearer = _bearer(client, budget, api_key.strip(), api_url=api_url, authn_url=authn_url)
+        bearer = _bearer(client, budget, api_key.strip(), base_url=base_url, authn_url=authn_url)
         body = _request(
             client,
             budget,
             "GET",
-            api_url + path,
-            base_url=api_url,
+            base_url + path,
+            base_url=base_url,
             subject=f"NIM image {resource_id}",
             params={"resolve-labels": "true"},
             headers={"Authorization": f"Bearer {bearer}"},
         )
     if not isinstance(body, Mapping):
-        raise NgcError(f"NGC at {api_url} answered unexpected image details", "bad_response")
+        raise NgcError(f"NGC at {base_url} answered unexpected image details", "bad_response")
     tags = tuple(sorted({str(t) for t in body.get("tags") or ()}, key=_version_key))
     return NimImageTags(
         resource_id=resource_id,
@@ -384,7 +399,7 @@ def image_tags(
 
 def check_key(
     *,
-    api_url: str = DEFAULT_API_URL,
+    base_url: str = DEFAULT_API_URL,
     authn_url: str | None = None,
     api_key: str | None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -394,19 +409,19 @@ def check_key(
         return KeyCheck(ok=False, code="no_key", message="No NGC API key is set")
     api_key = api_key.strip()
     kind = _key_kind(api_key)
-    api_url = api_url.rstrip("/")
+    base_url = base_url.rstrip("/")
     try:
         budget = _Budget(timeout)
         with _client() as client:
             if kind == "legacy":
-                _bearer(client, budget, api_key, api_url=api_url, authn_url=authn_url)
+                _bearer(client, budget, api_key, base_url=base_url, authn_url=authn_url)
                 return KeyCheck(ok=True, kind=kind, message="NGC accepted the API key (legacy key)")
             body = _request(
                 client,
                 budget,
                 "POST",
-                f"{api_url}/v3/keys/get-caller-info",
-                base_url=api_url,
+                f"{base_url}/v3/keys/get-caller-info",
+                base_url=base_url,
                 data={"credentials": api_key},
                 headers={"Authorization": f"Bearer {api_key}"},
             )
@@ -414,4 +429,6 @@ def check_key(
         return KeyCheck(ok=False, code=error.code, kind=kind, message=error.message)
     org = body.get("orgName") if isinstance(body, Mapping) else None
     where = f" for organization {org}" if org else ""
-    return KeyCheck(ok=True, kind=kind, org=org, message=f"NGC accepted the personal API key{where}")
+    return KeyCheck(
+        ok=True, kind=kind, org=org, message=f"NGC accepted the personal API key{where}"
+    )

@@ -1,4 +1,4 @@
-"""A local, Hub-shaped HTTP server answering from a recorded snapshot: the offline demo's Hub and the tests' Hub.
+"""A local Hub-shaped HTTP server answering from a recorded snapshot: for the offline demo and tests.
 
 It speaks the parts of the Hugging Face Hub API that `catalog.hub` uses, in the Hub's own JSON
 shapes and headers, so the real `huggingface_hub` client runs against it unchanged:
@@ -44,7 +44,17 @@ Mode = Literal["normal", "error", "stall"]
 
 # Files this server can return the bytes of; everything else is a weight file stored in LFS
 # whose size is known but whose bytes are not part of the snapshot.
-_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack", ".model")
+_LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".onnx",
+    ".h5",
+    ".msgpack",
+    ".model",
+)
 _LFS_POINTER_SIZE = 134
 
 
@@ -112,6 +122,9 @@ class StubServer:
     def stall(self) -> None:
         self._stopping.wait(self.stall_seconds)
 
+    def is_stopping(self) -> bool:
+        return self._stopping.is_set()
+
 
 class StubHandler(BaseHTTPRequestHandler):
     """JSON request handler: keep-alive HTTP/1.1, always a Content-Length, quiet logs."""
@@ -141,7 +154,9 @@ class StubHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def send_json(self, status: int, payload: Any, *, headers: Mapping[str, str] | None = None) -> None:
+    def send_json(
+        self, status: int, payload: Any, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.send_body(status, json.dumps(payload).encode(), headers=headers)
 
     def bearer_token(self) -> str | None:
@@ -156,17 +171,23 @@ class StubHandler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(length) if length > 0 else b""
         if self.stub.mode == "stall":
             self.stub.stall()
-            if self.stub._stopping.is_set():
+            if self.stub.is_stopping():
                 self.close_connection = True
                 return
-        if self.stub.mode == "error":
-            self.send_json(
-                500,
-                {"error": "Internal Error - We're working hard to fix this as soon as possible!"},
-                headers={"X-Error-Message": "Internal Error"},
-            )
-            return
-        self.route()
+        try:
+            if self.stub.mode == "error":
+                self.send_json(
+                    500,
+                    {
+                        "error": "Internal Error - We're working hard to fix this as soon as possible!"
+                    },
+                    headers={"X-Error-Message": "Internal Error"},
+                )
+            else:
+                self.route()
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (a timeout test, typically) before we answered.
+            self.close_connection = True
 
     def route(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -241,10 +262,16 @@ def load_hub_snapshot(path: Path = HUB_SNAPSHOT) -> list[HubRepo]:
         repo.files["config.json"] = config
         repo.files["README.md"] = _model_card(record)
         if record.get("pipeline_tag") == "text-generation":
-            gen = {k: record["config"][k] for k in ("bos_token_id", "eos_token_id") if k in record["config"]}
+            gen = {
+                k: record["config"][k]
+                for k in ("bos_token_id", "eos_token_id")
+                if k in record["config"]
+            }
             repo.files["generation_config.json"] = json.dumps(gen, indent=2).encode() + b"\n"
         for entry in record.get("files", []):
-            repo.sizes[entry["path"]] = len(repo.files[entry["path"]]) if entry["path"] in repo.files else entry["size"]
+            repo.sizes[entry["path"]] = (
+                len(repo.files[entry["path"]]) if entry["path"] in repo.files else entry["size"]
+            )
         repos.append(repo)
     return repos
 
@@ -260,9 +287,18 @@ def _is_lfs(path: str) -> bool:
 
 # Properties of a model in the Hub's list answer when neither `expand` nor `full` is asked for.
 _LIST_DEFAULT_FIELDS = (
-    "_id", "id", "likes", "trendingScore", "private", "downloads", "tags",
-    "pipeline_tag", "library_name", "createdAt", "modelId",
-)  # fmt: skip
+    "_id",
+    "id",
+    "likes",
+    "trendingScore",
+    "private",
+    "downloads",
+    "tags",
+    "pipeline_tag",
+    "library_name",
+    "createdAt",
+    "modelId",
+)
 _SORT_KEYS = {"downloads", "likes", "trendingScore", "lastModified", "createdAt"}
 # Hub error messages, word for word where huggingface_hub looks at them.
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
@@ -280,7 +316,11 @@ class HubHandler(StubHandler):
         token = self.bearer_token()
         grant = hub.grant_for(token) if token else None
         if token and grant is None:
-            self.send_json(401, {"error": INVALID_CREDENTIALS}, headers={"X-Error-Message": INVALID_CREDENTIALS})
+            self.send_json(
+                401,
+                {"error": INVALID_CREDENTIALS},
+                headers={"X-Error-Message": INVALID_CREDENTIALS},
+            )
             return
 
         if raw_segments[:2] == ["api", "whoami-v2"]:
@@ -310,7 +350,9 @@ class HubHandler(StubHandler):
         self.send_json(404, {"error": "Sorry, we can't find the page you are looking for."})
 
     def hub_error(self, status: int, code: str, message: str) -> None:
-        self.send_json(status, {"error": message}, headers={"X-Error-Code": code, "X-Error-Message": message})
+        self.send_json(
+            status, {"error": message}, headers={"X-Error-Code": code, "X-Error-Message": message}
+        )
 
     def repo_not_found(self, grant: TokenGrant | None) -> None:
         # Without a token the Hub answers 401 for a missing repo, so as not to reveal which
@@ -327,7 +369,11 @@ class HubHandler(StubHandler):
 
     def whoami(self, grant: TokenGrant | None) -> None:
         if grant is None:
-            self.send_json(401, {"error": INVALID_CREDENTIALS}, headers={"X-Error-Message": INVALID_CREDENTIALS})
+            self.send_json(
+                401,
+                {"error": INVALID_CREDENTIALS},
+                headers={"X-Error-Message": INVALID_CREDENTIALS},
+            )
             return
         self.send_json(
             200,
@@ -389,7 +435,8 @@ class HubHandler(StubHandler):
 
         try:
             limit = int(one("limit") or hub.max_page_size)
-            offset = int(base64.urlsafe_b64decode(one("cursor") or "MA==").decode()) if one("cursor") else 0
+            cursor = one("cursor")
+            offset = int(base64.urlsafe_b64decode(cursor).decode()) if cursor else 0
         except ValueError:
             self.send_json(400, {"error": "Invalid limit or cursor"})
             return
@@ -400,19 +447,30 @@ class HubHandler(StubHandler):
         full = (one("full") or "").lower() == "true"
         with_card = (one("cardData") or "").lower() == "true"
         with_config = (one("config") or "").lower() == "true"
-        body = [self.list_item(r, expand=expand, full=full, card=with_card, config=with_config) for r in page]
+        body = [
+            self.list_item(r, expand=expand, full=full, card=with_card, config=with_config)
+            for r in page
+        ]
 
         headers = {}
         if offset + page_size < len(items):
             # Like the Hub: the next link repeats the query with an opaque cursor.
             params = [(k, v) for k, vs in query.items() if k != "cursor" for v in vs]
-            params.append(("cursor", base64.urlsafe_b64encode(str(offset + page_size).encode()).decode()))
+            params.append(
+                ("cursor", base64.urlsafe_b64encode(str(offset + page_size).encode()).decode())
+            )
             host = self.headers.get("Host") or f"{hub.host}:{hub.port}"
             headers["Link"] = f'<http://{host}/api/models?{urlencode(params)}>; rel="next"'
         self.send_json(200, body, headers=headers)
 
     def list_item(
-        self, record: Mapping[str, Any], *, expand: Iterable[str], full: bool, card: bool, config: bool
+        self,
+        record: Mapping[str, Any],
+        *,
+        expand: Iterable[str],
+        full: bool,
+        card: bool,
+        config: bool,
     ) -> dict[str, Any]:
         doc = self.stub.public_doc(record)
         expand = list(expand)
@@ -428,7 +486,11 @@ class HubHandler(StubHandler):
         if card:
             item["cardData"] = doc["cardData"]
         if config:
-            item["config"] = {k: record["config"][k] for k in ("architectures", "model_type") if k in record["config"]}
+            item["config"] = {
+                k: record["config"][k]
+                for k in ("architectures", "model_type")
+                if k in record["config"]
+            }
         return item
 
     def model_info(
@@ -465,7 +527,11 @@ class HubHandler(StubHandler):
         doc["siblings"] = siblings
         doc["spaces"] = []
         doc["usedStorage"] = sum(repo.sizes.values())
-        doc["config"] = {k: repo.record["config"][k] for k in ("architectures", "model_type") if k in repo.record["config"]}
+        doc["config"] = {
+            k: repo.record["config"][k]
+            for k in ("architectures", "model_type")
+            if k in repo.record["config"]
+        }
         expand = query.get("expand", []) + query.get("expand[]", [])
         if expand:
             doc = {k: doc[k] for k in ("_id", "id", *expand) if k in doc}
@@ -516,7 +582,9 @@ class HubHandler(StubHandler):
         else:
             self.send_json(
                 403,
-                {"error": "The offline Hub has file sizes, not weights; it cannot serve this file."},
+                {
+                    "error": "The offline Hub has file sizes, not weights; it cannot serve this file."
+                },
                 headers={"X-Error-Message": "The offline Hub does not serve weight files"},
             )
 
@@ -537,7 +605,9 @@ class OfflineHub(StubServer):
         max_page_size: int = 1000,
     ) -> None:
         super().__init__(host=host, port=port)
-        self.repos: dict[str, HubRepo] = {r.repo_id: r for r in (repos if repos is not None else load_hub_snapshot())}
+        self.repos: dict[str, HubRepo] = {
+            r.repo_id: r for r in (repos if repos is not None else load_hub_snapshot())
+        }
         self.tokens: dict[str, TokenGrant] = dict(tokens or {})
         self.accept_any_token = accept_any_token
         # The Hub caps a page at 1000 models; tests lower it to exercise `Link` pagination.
@@ -582,7 +652,9 @@ DEMO_TOKEN = "hf_offline_demo_token"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve ModelDeck's recorded Hugging Face Hub snapshot.")
+    parser = argparse.ArgumentParser(
+        description="Serve ModelDeck's recorded Hugging Face Hub snapshot."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8092)
     parser.add_argument(
@@ -593,16 +665,23 @@ def main(argv: list[str] | None = None) -> None:
         help="Add a token to the allow-list (with access to gated repos). Repeatable.",
     )
     parser.add_argument(
-        "--accept-any-token", action="store_true", help="Treat every token as valid, with gated access."
+        "--accept-any-token",
+        action="store_true",
+        help="Treat every token as valid, with gated access.",
     )
     args = parser.parse_args(argv)
     tokens = {DEMO_TOKEN: TokenGrant(user="demo")}
     for item in args.token:
         token, _, user = item.partition("=")
         tokens[token] = TokenGrant(user=user or "user")
-    hub = OfflineHub(host=args.host, port=args.port, tokens=tokens, accept_any_token=args.accept_any_token)
+    hub = OfflineHub(
+        host=args.host, port=args.port, tokens=tokens, accept_any_token=args.accept_any_token
+    )
     print(f"Offline Hub: {len(hub.repos)} models at http://{args.host}:{args.port}", flush=True)
-    print(f"  set MODELDECK_HF_ENDPOINT=http://{args.host}:{args.port}; demo token: {DEMO_TOKEN}", flush=True)
+    print(
+        f"  set MODELDECK_HF_ENDPOINT=http://{args.host}:{args.port}; demo token: {DEMO_TOKEN}",
+        flush=True,
+    )
     hub.serve_forever()
 
 

@@ -1,4 +1,4 @@
-"""A local, NGC-shaped HTTP server answering from a recorded snapshot of NIM images: the offline demo's and the tests' NGC.
+"""A local NGC-shaped HTTP server answering from a snapshot of NIM images: for the offline demo and tests.
 
 It answers the NGC endpoints `catalog.ngc` calls, in NGC's JSON shapes:
 
@@ -53,7 +53,13 @@ def load_ngc_snapshot(path: Path = NGC_SNAPSHOT) -> list[dict[str, Any]]:
 
 
 def _status(code: str, description: str) -> dict[str, Any]:
-    return {"requestStatus": {"statusCode": code, "statusDescription": description, "requestId": secrets.token_hex(8)}}
+    return {
+        "requestStatus": {
+            "statusCode": code,
+            "statusDescription": description,
+            "requestId": secrets.token_hex(8),
+        }
+    }
 
 
 class NgcHandler(StubHandler):
@@ -63,19 +69,19 @@ class NgcHandler(StubHandler):
         parts = urlsplit(self.path)
         segments = [unquote(s) for s in parts.path.split("/") if s]
         query = parse_qs(parts.query, keep_blank_values=True)
-        if self.command == "GET" and segments == ["v2", "search", "catalog", "resources", "CONTAINER"]:
-            self.search(query)
-        elif self.command == "GET" and segments == ["token"]:
-            self.token()
-        elif self.command == "POST" and segments == ["v3", "keys", "get-caller-info"]:
-            self.caller_info()
-        elif self.command == "GET" and len(segments) == 7 and segments[0] == "v2" and segments[1] == "org" \
-                and segments[3] == "team" and segments[5] == "repos":  # fmt: skip
-            self.repo(segments[2], segments[4], segments[6])
-        elif self.command == "GET" and len(segments) == 5 and segments[:2] == ["v2", "org"] and segments[3] == "repos":
-            self.repo(segments[2], None, segments[4])
-        else:
-            self.send_json(404, _status("NOT_FOUND", "Resource not found"))
+        match (self.command, segments):
+            case ("GET", ["v2", "search", "catalog", "resources", "CONTAINER"]):
+                self.search(query)
+            case ("GET", ["token"]):
+                self.token()
+            case ("POST", ["v3", "keys", "get-caller-info"]):
+                self.caller_info()
+            case ("GET", ["v2", "org", org, "team", team, "repos", name]):
+                self.repo(org, team, name)
+            case ("GET", ["v2", "org", org, "repos", name]):
+                self.repo(org, None, name)
+            case _:
+                self.send_json(404, _status("NOT_FOUND", "Resource not found"))
 
     # --- auth --------------------------------------------------------------------------
 
@@ -96,13 +102,17 @@ class NgcHandler(StubHandler):
         token = self.bearer_token()
         if not token:
             return None
-        return self.stub.keys.get(token) if token.startswith("nvapi-") else self.stub.issued.get(token)
+        return (
+            self.stub.keys.get(token) if token.startswith("nvapi-") else self.stub.issued.get(token)
+        )
 
     def token(self) -> None:
         key = self._key_from_authn_header()
         grant = self.stub.keys.get(key) if key else None
         if grant is None:
-            self.send_json(401, {"error": "invalid_credentials", "error_description": "Invalid API key"})
+            self.send_json(
+                401, {"error": "invalid_credentials", "error_description": "Invalid API key"}
+            )
             return
         token = "ngc-" + secrets.token_urlsafe(24)
         self.stub.issued[token] = grant
@@ -119,7 +129,9 @@ class NgcHandler(StubHandler):
             200,
             {
                 "requestStatus": {"statusCode": "SUCCESS"},
-                "type": "PERSONAL_KEY" if NgcKeyGrant.kind_of(key or "") == "personal" else "API_KEY",
+                "type": "PERSONAL_KEY"
+                if NgcKeyGrant.kind_of(key or "") == "personal"
+                else "API_KEY",
                 "orgName": grant.org,
                 "products": [{"name": "nv-ai-enterprise"}] if grant.nim_entitled else [],
                 "user": {"email": grant.user},
@@ -135,10 +147,14 @@ class NgcHandler(StubHandler):
                 raise ValueError
             page, page_size = int(q.get("page", 0)), int(q.get("pageSize", 25))
         except ValueError:
-            self.send_json(400, {"title": "Bad Request", "status": 400, "detail": "q must be a JSON object"})
+            self.send_json(
+                400, {"title": "Bad Request", "status": 400, "detail": "q must be a JSON object"}
+            )
             return
         text = str(q.get("query") or "*:*").strip()
-        filters = {f.get("field"): f.get("value") for f in q.get("filters") or [] if isinstance(f, dict)}
+        filters = {
+            f.get("field"): f.get("value") for f in q.get("filters") or [] if isinstance(f, dict)
+        }
         if ":" in text and text != "*:*":
             # "orgName:nim" style: a field query, as the odh and NIM operator clients send.
             field, _, value = text.partition(":")
@@ -176,7 +192,9 @@ class NgcHandler(StubHandler):
                     + [{"field": "resourceType", "value": "container"}],
                     "groupBy": "resourceType",
                 },
-                "results": [{"totalCount": len(images), "groupValue": "CONTAINER", "resources": resources}]
+                "results": [
+                    {"totalCount": len(images), "groupValue": "CONTAINER", "resources": resources}
+                ]
                 if resources
                 else [],
             },
@@ -219,7 +237,11 @@ class NgcHandler(StubHandler):
         if not grant.nim_entitled:
             self.send_json(403, _status("FORBIDDEN", "Access Denied"))
             return
-        body = {k: v for k, v in image.items() if k not in ("resourceId", "orgName", "teamName", "dateCreated")}
+        body = {
+            k: v
+            for k, v in image.items()
+            if k not in ("resourceId", "orgName", "teamName", "dateCreated")
+        }
         body["namespace"] = f"{org}/{team}" if team else org
         self.send_json(200, body)
 
@@ -250,12 +272,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve ModelDeck's recorded NGC NIM snapshot.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8095)
-    parser.add_argument("--key", action="append", default=[], help="Add an API key to the allow-list. Repeatable.")
+    parser.add_argument(
+        "--key", action="append", default=[], help="Add an API key to the allow-list. Repeatable."
+    )
     args = parser.parse_args(argv)
     keys = {key: NgcKeyGrant() for key in [DEMO_KEY, *args.key]}
     ngc = OfflineNgc(host=args.host, port=args.port, keys=keys)
-    print(f"Offline NGC: {len(ngc.images)} NIM images at http://{args.host}:{args.port}", flush=True)
-    print(f"  set MODELDECK_NGC_API_URL=http://{args.host}:{args.port}; demo key: {DEMO_KEY}", flush=True)
+    print(
+        f"Offline NGC: {len(ngc.images)} NIM images at http://{args.host}:{args.port}", flush=True
+    )
+    print(
+        f"  set MODELDECK_NGC_API_URL=http://{args.host}:{args.port}; demo key: {DEMO_KEY}",
+        flush=True,
+    )
     ngc.serve_forever()
 
 

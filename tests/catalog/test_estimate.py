@@ -50,7 +50,11 @@ def test_llama_31_8b_matches_published_figures() -> None:
 
 def test_llama_31_70b_matches_published_figures() -> None:
     est = estimate_memory(
-        parameters=70_553_706_496, num_layers=80, num_kv_heads=8, head_dim=128, context_length=128_000
+        parameters=70_553_706_496,
+        num_layers=80,
+        num_kv_heads=8,
+        head_dim=128,
+        context_length=128_000,
     )
     # 70.55e9 × 2 = 141.1e9 bytes ≈ 140 GB; KV 2 × 80 × 8 × 128 × 2 = 327680 B/token × 128000 = 39.06 GiB.
     assert within_5_percent(est.weights_gb, 140)
@@ -59,7 +63,11 @@ def test_llama_31_70b_matches_published_figures() -> None:
 
 def test_qwen25_72b() -> None:
     est = estimate_memory(
-        parameters=72_700_000_000, num_layers=80, num_kv_heads=8, head_dim=128, context_length=32_768
+        parameters=72_700_000_000,
+        num_layers=80,
+        num_kv_heads=8,
+        head_dim=128,
+        context_length=32_768,
     )
     # 72.7e9 params × 2 bytes = 145.4e9 bytes ≈ 145 GB.
     assert within_5_percent(est.weights_gb, 145)
@@ -85,7 +93,9 @@ def test_smaller_dtypes_shrink_weights_and_kv_follows_the_weights() -> None:
     assert int4.weights_bytes == bf16.weights_bytes / 4
     assert fp8.kv_bytes_per_token == bf16.kv_bytes_per_token / 2  # fp8 cache, like vLLM's "auto"
     assert int4.kv_dtype == "bf16"  # 4-bit weights keep a 16-bit cache
-    assert llama_31_8b(dtype="int4", kv_dtype="fp8", context_length=8192).kv_bytes_per_token == 65_536
+    assert (
+        llama_31_8b(dtype="int4", kv_dtype="fp8", context_length=8192).kv_bytes_per_token == 65_536
+    )
 
 
 def test_concurrency_multiplies_the_kv_cache() -> None:
@@ -169,7 +179,10 @@ def test_dtype_names_from_configs_safetensors_and_engines() -> None:
 
 
 def test_kv_cache_bytes_per_token_formula() -> None:
-    assert kv_cache_bytes_per_token(num_layers=28, num_kv_heads=4, head_dim=128) == 2 * 28 * 4 * 128 * 2
+    assert (
+        kv_cache_bytes_per_token(num_layers=28, num_kv_heads=4, head_dim=128)
+        == 2 * 28 * 4 * 128 * 2
+    )
 
 
 def test_weights_from_safetensors_counts_each_dtype() -> None:
@@ -180,7 +193,9 @@ def test_gpu_table_has_the_common_data_centre_gpus() -> None:
     memory = {key: gpu.memory_gib for key, gpu in GPU_TYPES.items()}
     assert memory["H100-80GB"] == 80 and memory["H200"] == 141 and memory["B200"] == 180
     assert memory["A100-40GB"] == 40 and memory["A100-80GB"] == 80
-    assert memory["L40S"] == 48 and memory["L4"] == 24 and memory["A10G"] == 24 and memory["T4"] == 16
+    assert (
+        memory["L40S"] == 48 and memory["L4"] == 24 and memory["A10G"] == 24 and memory["T4"] == 16
+    )
     assert GPU_TYPES["T4"].memory_bytes == 16 * GIB
 
 
@@ -201,7 +216,12 @@ def test_estimate_for_config_uses_the_models_facts() -> None:
     assert est.dtype == "bf16"
     assert est.context_length == 131_072  # the model's maximum unless told otherwise
     assert est.kv_cache_bytes == 131_072 * 131_072
-    assert estimate_for_config(parameters=8_030_261_248, config=facts, context_length=4096).kv_cache_tokens == 4096
+    assert (
+        estimate_for_config(
+            parameters=8_030_261_248, config=facts, context_length=4096
+        ).kv_cache_tokens
+        == 4096
+    )
 
 
 def test_estimate_for_config_names_missing_facts() -> None:

@@ -40,7 +40,9 @@ def test_search_by_task_and_library_finds_only_matching_models(offline_hub: Offl
     assert page.has_next is False
 
 
-def test_search_by_author_is_sorted_by_downloads(offline_hub: OfflineHub, hub_snapshot: dict) -> None:
+def test_search_by_author_is_sorted_by_downloads(
+    offline_hub: OfflineHub, hub_snapshot: dict
+) -> None:
     page = search_models(endpoint=offline_hub.url, author="Qwen", sort="downloads")
     assert ids(page) == expected_order(hub_snapshot, "downloads", lambda m: m["author"] == "Qwen")
     assert len(page.items) == 4
@@ -52,7 +54,9 @@ def test_search_by_author_is_sorted_by_downloads(offline_hub: OfflineHub, hub_sn
     ("sort", "key"),
     [("likes", "likes"), ("trending", "trendingScore"), ("last_modified", "lastModified")],
 )
-def test_search_sorts_as_asked(offline_hub: OfflineHub, hub_snapshot: dict, sort: str, key: str) -> None:
+def test_search_sorts_as_asked(
+    offline_hub: OfflineHub, hub_snapshot: dict, sort: str, key: str
+) -> None:
     page = search_models(endpoint=offline_hub.url, sort=sort, limit=6)  # type: ignore[arg-type]
     assert ids(page) == expected_order(hub_snapshot, key)[:6]
 
@@ -67,7 +71,9 @@ def test_search_query_matches_part_of_the_name(offline_hub: OfflineHub) -> None:
     }
 
 
-def test_search_pages_follow_the_hubs_link_header(offline_hub: OfflineHub, hub_snapshot: dict) -> None:
+def test_search_pages_follow_the_hubs_link_header(
+    offline_hub: OfflineHub, hub_snapshot: dict
+) -> None:
     everything = expected_order(hub_snapshot, "downloads")
     first = search_models(endpoint=offline_hub.url, sort="downloads", limit=5, page=1)
     offline_hub.requests.clear()
@@ -132,7 +138,11 @@ def test_model_detail_has_commit_parameters_files_and_config(
     config = detail.config
     assert config is not None
     assert config.architecture == "LlamaForCausalLM"
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (32, 4096, 32)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (
+        32,
+        4096,
+        32,
+    )
     assert config.num_key_value_heads == 8
     assert config.head_dim == 128  # not in config.json: 4096 / 32
     assert config.max_position_embeddings == 131_072
@@ -151,7 +161,9 @@ def test_model_detail_of_an_open_model_needs_no_token(offline_hub: OfflineHub) -
     assert detail.config.max_position_embeddings == 32_768
 
 
-def test_model_detail_reads_the_text_config_of_a_vision_language_model(offline_hub: OfflineHub) -> None:
+def test_model_detail_reads_the_text_config_of_a_vision_language_model(
+    offline_hub: OfflineHub,
+) -> None:
     detail = model_detail(endpoint=offline_hub.url, repo_id="llava-hf/llava-1.5-7b-hf")
     config = detail.config
     assert config is not None
@@ -163,7 +175,9 @@ def test_model_detail_reads_the_text_config_of_a_vision_language_model(offline_h
 
 
 def test_model_detail_reports_experts_and_quantization(offline_hub: OfflineHub) -> None:
-    mixtral = model_detail(endpoint=offline_hub.url, token=ALICE_TOKEN, repo_id="mistralai/Mixtral-8x7B-Instruct-v0.1")
+    mixtral = model_detail(
+        endpoint=offline_hub.url, token=ALICE_TOKEN, repo_id="mistralai/Mixtral-8x7B-Instruct-v0.1"
+    )
     assert mixtral.config is not None
     assert (mixtral.config.num_experts, mixtral.config.num_experts_per_token) == (8, 2)
     gpt_oss = model_detail(endpoint=offline_hub.url, repo_id="openai/gpt-oss-20b")
@@ -173,8 +187,12 @@ def test_model_detail_reports_experts_and_quantization(offline_hub: OfflineHub) 
     assert gpt_oss.config.head_dim == 64  # given explicitly: 2880 / 64 heads would be 45
 
 
-def test_model_detail_takes_the_dtype_from_safetensors_when_config_has_none(offline_hub: OfflineHub) -> None:
-    detail = model_detail(endpoint=offline_hub.url, repo_id="sentence-transformers/all-MiniLM-L6-v2")
+def test_model_detail_takes_the_dtype_from_safetensors_when_config_has_none(
+    offline_hub: OfflineHub,
+) -> None:
+    detail = model_detail(
+        endpoint=offline_hub.url, repo_id="sentence-transformers/all-MiniLM-L6-v2"
+    )
     assert detail.config is not None and detail.config.dtype is None
     assert detail.dtype == "fp32"
     assert detail.config.num_key_value_heads == 12  # plain multi-head attention
@@ -208,7 +226,9 @@ def test_model_detail_never_uses_the_servers_own_token(
 # --- pinning ---------------------------------------------------------------------------
 
 
-def test_pin_revision_turns_a_branch_into_a_commit(offline_hub: OfflineHub, hub_snapshot: dict) -> None:
+def test_pin_revision_turns_a_branch_into_a_commit(
+    offline_hub: OfflineHub, hub_snapshot: dict
+) -> None:
     sha = hub_snapshot[QWEN_SMALL]["sha"]
     assert pin_revision(endpoint=offline_hub.url, repo_id=QWEN_SMALL) == sha
     assert pin_revision(endpoint=offline_hub.url, repo_id=QWEN_SMALL, revision=sha[:10]) == sha
@@ -274,7 +294,9 @@ def test_bad_token_is_rejected_everywhere(offline_hub: OfflineHub) -> None:
         with pytest.raises(HubError) as err:
             call()
         assert err.value.code == "unauthorized"
-        assert err.value.message.startswith("The Hub rejected the token (401): it is invalid or expired")
+        assert err.value.message.startswith(
+            "The Hub rejected the token (401): it is invalid or expired"
+        )
 
 
 def test_hub_answering_500_fails_fast_with_a_clear_message(offline_hub: OfflineHub) -> None:
@@ -289,7 +311,10 @@ def test_hub_answering_500_fails_fast_with_a_clear_message(offline_hub: OfflineH
         # huggingface_hub alone would retry with 1+2+4+8+8 s of back-off.
         assert time.monotonic() - started < 2
         assert err.value.code == "server_error"
-        assert err.value.message == f"The Hub at {offline_hub.url} is failing (HTTP 500); try again later"
+        assert (
+            err.value.message
+            == f"The Hub at {offline_hub.url} is failing (HTTP 500); try again later"
+        )
 
 
 @pytest.mark.parametrize("call", ["search", "detail", "pin"])
@@ -354,21 +379,52 @@ def test_check_token_against_a_stalled_hub_times_out(offline_hub: OfflineHub) ->
 
 
 def test_parse_config_understands_other_naming_schemes() -> None:
-    gpt2 = hub.parse_config({"architectures": ["GPT2LMHeadModel"], "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257})
-    assert (gpt2.num_hidden_layers, gpt2.hidden_size, gpt2.num_key_value_heads, gpt2.head_dim) == (12, 768, 12, 64)
+    gpt2 = hub.parse_config(
+        {
+            "architectures": ["GPT2LMHeadModel"],
+            "n_layer": 12,
+            "n_embd": 768,
+            "n_head": 12,
+            "n_positions": 1024,
+            "vocab_size": 50257,
+        }
+    )
+    assert (gpt2.num_hidden_layers, gpt2.hidden_size, gpt2.num_key_value_heads, gpt2.head_dim) == (
+        12,
+        768,
+        12,
+        64,
+    )
     assert gpt2.max_position_embeddings == 1024
 
-    falcon = hub.parse_config({"num_hidden_layers": 32, "hidden_size": 4544, "num_attention_heads": 71, "multi_query": True})
+    falcon = hub.parse_config(
+        {
+            "num_hidden_layers": 32,
+            "hidden_size": 4544,
+            "num_attention_heads": 71,
+            "multi_query": True,
+        }
+    )
     assert falcon.num_key_value_heads == 1
 
     nested = hub.parse_config(
         {
             "architectures": ["Mistral3ForConditionalGeneration"],
-            "text_config": {"num_hidden_layers": 40, "hidden_size": 5120, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 131072, "torch_dtype": "bfloat16"},
+            "text_config": {
+                "num_hidden_layers": 40,
+                "hidden_size": 5120,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "head_dim": 128,
+                "max_position_embeddings": 131072,
+                "torch_dtype": "bfloat16",
+            },
         }
     )
     assert nested.nested and nested.num_hidden_layers == 40 and nested.head_dim == 128
     assert nested.architecture == "Mistral3ForConditionalGeneration"
 
-    awq = hub.parse_config({"num_hidden_layers": 1, "quantization_config": {"quant_method": "awq", "bits": 4}})
+    awq = hub.parse_config(
+        {"num_hidden_layers": 1, "quantization_config": {"quant_method": "awq", "bits": 4}}
+    )
     assert awq.quantization == "awq-4bit"

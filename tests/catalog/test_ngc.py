@@ -15,7 +15,7 @@ LLAMA_NIM = "nim/meta/llama-3.1-8b-instruct"
 
 
 def test_list_nim_images_most_popular_first(offline_ngc: OfflineNgc, ngc_snapshot: dict) -> None:
-    page = list_nim_images(api_url=offline_ngc.url, page_size=5)
+    page = list_nim_images(base_url=offline_ngc.url, page_size=5)
     expected = sorted(ngc_snapshot.values(), key=lambda i: -i["weightPopular"])
     assert [i.resource_id for i in page.items] == [i["resourceId"] for i in expected[:5]]
     assert page.total == len(ngc_snapshot) and page.has_next
@@ -31,23 +31,23 @@ def test_list_nim_images_most_popular_first(offline_ngc: OfflineNgc, ngc_snapsho
 
 
 def test_list_nim_images_pages(offline_ngc: OfflineNgc, ngc_snapshot: dict) -> None:
-    first = list_nim_images(api_url=offline_ngc.url, page_size=5, page=1)
-    last = list_nim_images(api_url=offline_ngc.url, page_size=5, page=3)
+    first = list_nim_images(base_url=offline_ngc.url, page_size=5, page=1)
+    last = list_nim_images(base_url=offline_ngc.url, page_size=5, page=3)
     assert len(last.items) == len(ngc_snapshot) - 10 and not last.has_next
     assert not {i.resource_id for i in first.items} & {i.resource_id for i in last.items}
 
 
 def test_list_nim_images_searches_names_and_descriptions(offline_ngc: OfflineNgc) -> None:
-    page = list_nim_images(api_url=offline_ngc.url, query="embed")
+    page = list_nim_images(base_url=offline_ngc.url, query="embed")
     assert {i.resource_id for i in page.items} == {
         "nim/nvidia/nv-embedqa-e5-v5",
         "nim/nvidia/llama-3.2-nv-embedqa-1b-v2",
     }
-    assert list_nim_images(api_url=offline_ngc.url, query="no-such-model").items == ()
+    assert list_nim_images(base_url=offline_ngc.url, query="no-such-model").items == ()
 
 
 def test_image_tags_with_a_personal_key(offline_ngc: OfflineNgc) -> None:
-    tags = image_tags(api_url=offline_ngc.url, api_key=NGC_PERSONAL_KEY, image=LLAMA_NIM)
+    tags = image_tags(base_url=offline_ngc.url, api_key=NGC_PERSONAL_KEY, image=LLAMA_NIM)
     assert tags.tags[:5] == ("1.3.3", "1.2.2", "1.1.2", "1.1.1", "1.1.0")
     assert "latest" in tags.tags
     assert tags.latest_tag == "1.3.3"
@@ -58,7 +58,7 @@ def test_image_tags_with_a_personal_key(offline_ngc: OfflineNgc) -> None:
 
 def test_image_tags_with_a_legacy_key_exchanges_it_for_a_token(offline_ngc: OfflineNgc) -> None:
     tags = image_tags(
-        api_url=offline_ngc.url,
+        base_url=offline_ngc.url,
         api_key=NGC_LEGACY_KEY,
         image="nvcr.io/nim/mistralai/mistral-7b-instruct-v0.3:1.0.0",
     )
@@ -91,51 +91,56 @@ def test_image_tags_with_a_legacy_key_exchanges_it_for_a_token(offline_ngc: Offl
             "not_found",
             "NIM image nim/meta/llama-9-imaginary was not found on NGC",
         ),
-        (NGC_PERSONAL_KEY, "Not An Image", "invalid_name", "'Not An Image' is not an NGC image name"),
+        (
+            NGC_PERSONAL_KEY,
+            "Not An Image",
+            "invalid_name",
+            "'Not An Image' is not an NGC image name",
+        ),
     ],
 )
 def test_image_tags_errors_say_what_is_wrong(
     offline_ngc: OfflineNgc, key: str, image: str, code: str, message: str
 ) -> None:
     with pytest.raises(NgcError) as err:
-        image_tags(api_url=offline_ngc.url, api_key=key, image=image)
+        image_tags(base_url=offline_ngc.url, api_key=key, image=image)
     assert err.value.code == code
     assert err.value.message.startswith(message)
 
 
 def test_image_tags_needs_a_key(offline_ngc: OfflineNgc) -> None:
     with pytest.raises(NgcError) as err:
-        image_tags(api_url=offline_ngc.url, api_key="", image=LLAMA_NIM)
+        image_tags(base_url=offline_ngc.url, api_key="", image=LLAMA_NIM)
     assert err.value.code == "unauthorized" and "No NGC API key" in err.value.message
 
 
 def test_check_key_personal_names_the_organization(offline_ngc: OfflineNgc) -> None:
-    result = check_key(api_url=offline_ngc.url, api_key=NGC_PERSONAL_KEY)
+    result = check_key(base_url=offline_ngc.url, api_key=NGC_PERSONAL_KEY)
     assert result.ok and result.kind == "personal" and result.org == "modeldeck-test"
     assert result.message == "NGC accepted the personal API key for organization modeldeck-test"
 
 
 def test_check_key_legacy(offline_ngc: OfflineNgc) -> None:
-    result = check_key(api_url=offline_ngc.url, api_key=NGC_LEGACY_KEY)
+    result = check_key(base_url=offline_ngc.url, api_key=NGC_LEGACY_KEY)
     assert result.ok and result.kind == "legacy"
 
 
 @pytest.mark.parametrize("key", ["nvapi-revoked", "revoked-legacy-key"])
 def test_check_key_rejected(offline_ngc: OfflineNgc, key: str) -> None:
-    result = check_key(api_url=offline_ngc.url, api_key=key)
+    result = check_key(base_url=offline_ngc.url, api_key=key)
     assert not result.ok and result.code == "unauthorized"
     assert "invalid, expired or revoked" in result.message
 
 
 def test_check_key_without_a_key(offline_ngc: OfflineNgc) -> None:
-    result = check_key(api_url=offline_ngc.url, api_key=None)
+    result = check_key(base_url=offline_ngc.url, api_key=None)
     assert not result.ok and result.code == "no_key" and not offline_ngc.requests
 
 
 def test_ngc_answering_500(offline_ngc: OfflineNgc) -> None:
     offline_ngc.mode = "error"
     with pytest.raises(NgcError) as err:
-        list_nim_images(api_url=offline_ngc.url)
+        list_nim_images(base_url=offline_ngc.url)
     assert err.value.code == "server_error"
     assert err.value.message == f"NGC at {offline_ngc.url} is failing (HTTP 500); try again later"
 
@@ -146,7 +151,7 @@ def test_stalled_ngc_times_out_within_the_bound(offline_ngc: OfflineNgc) -> None
     started = time.monotonic()
     with pytest.raises(NgcError) as err:
         # A legacy key means two requests (exchange + call): the bound is for both together.
-        image_tags(api_url=offline_ngc.url, api_key=NGC_LEGACY_KEY, image=LLAMA_NIM, timeout=1)
+        image_tags(base_url=offline_ngc.url, api_key=NGC_LEGACY_KEY, image=LLAMA_NIM, timeout=1)
     assert 0.9 < time.monotonic() - started < 3
     assert err.value.code == "timeout"
     assert err.value.message == (
@@ -155,7 +160,7 @@ def test_stalled_ngc_times_out_within_the_bound(offline_ngc: OfflineNgc) -> None
 
 
 def test_unreachable_ngc(closed_port_url: str) -> None:
-    result = check_key(api_url=closed_port_url, api_key=NGC_PERSONAL_KEY)
+    result = check_key(base_url=closed_port_url, api_key=NGC_PERSONAL_KEY)
     assert not result.ok and result.code == "unreachable"
     assert result.message.startswith(f"NGC at {closed_port_url} could not be reached")
 
