@@ -17,12 +17,22 @@ def check(integration: Integration) -> tuple[bool, str]:
         if integration.kind == IntegrationKind.HUGGINGFACE:
             from catalog import hub
 
-            result = hub.check_token(endpoint=settings.HF_ENDPOINT, token=integration.secret)
+            result = hub.check_token(
+                endpoint=settings.HF_ENDPOINT,
+                token=integration.secret,
+                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+            )
         else:
             from catalog import ngc
 
-            result = ngc.check_key(base_url=settings.NGC_API_URL, api_key=integration.secret)
+            result = ngc.check_key(
+                base_url=settings.NGC_API_URL,
+                api_key=integration.secret,
+                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+            )
         return bool(result.ok), str(result.message)
     except Exception as exc:  # the check reports any failure in words to the user
-        log.warning("integration check failed", exc_info=True, extra={"integration": integration.pk})
+        log.warning(
+            "integration check failed", exc_info=True, extra={"integration": integration.pk}
+        )
         return False, f"The check could not run: {exc}"

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
+from django.utils.deconstruct import deconstructible
 
 from projects.models import Organization, Project
+
+
+@deconstructible
+class ArtifactStorage(FileSystemStorage):
+    """Uploaded model artifacts under settings.MODELDECK_DATA_DIR/artifacts, read at use time."""
+
+    # Properties instead of FileSystemStorage's cached values so that the data directory a
+    # process (or a test) configures is the one used, not the one seen at import.
+    @property
+    def base_location(self) -> str:  # type: ignore[override]
+        return os.path.join(str(settings.MODELDECK_DATA_DIR), "artifacts")
+
+    @property
+    def location(self) -> str:  # type: ignore[override]
+        return os.path.abspath(self.base_location)
 
 
 class ModelSource(models.TextChoices):
@@ -26,23 +46,36 @@ class CatalogModel(models.Model):
     repo_id = models.CharField(max_length=200, blank=True)
     revision = models.CharField(max_length=64, blank=True, help_text="Pinned commit sha.")
     # NGC / NIM
-    ngc_image = models.CharField(max_length=300, blank=True, help_text="e.g. nvcr.io/nim/meta/llama-3.1-8b-instruct")
+    ngc_image = models.CharField(
+        max_length=300, blank=True, help_text="e.g. nvcr.io/nim/meta/llama-3.1-8b-instruct"
+    )
     ngc_tag = models.CharField(max_length=100, blank=True)
-    ngc_tags = models.JSONField(default=list, blank=True, help_text="Known tags, for in-place updates.")
+    ngc_tags = models.JSONField(
+        default=list, blank=True, help_text="Known tags, for in-place updates."
+    )
     # Custom
     storage_uri = models.CharField(max_length=500, blank=True)
-    artifact = models.FileField(upload_to="artifacts/%Y/%m/", blank=True)
+    artifact = models.FileField(
+        upload_to="%Y/%m/", blank=True, storage=ArtifactStorage(), max_length=300
+    )
     artifact_sha256 = models.CharField(max_length=64, blank=True)
     # Facts used by MaaS mappings and the GPU estimate
-    task = models.CharField(max_length=50, blank=True, help_text="Pipeline tag, e.g. text-generation.")
+    task = models.CharField(
+        max_length=50, blank=True, help_text="Pipeline tag, e.g. text-generation."
+    )
     library = models.CharField(max_length=50, blank=True)
     license = models.CharField(max_length=100, blank=True)
     gated = models.BooleanField(default=False)
     parameters = models.BigIntegerField(null=True, blank=True)
     dtype = models.CharField(max_length=20, blank=True)
     size_bytes = models.BigIntegerField(null=True, blank=True)
-    config = models.JSONField(default=dict, blank=True, help_text="Architecture facts from config.json.")
+    config = models.JSONField(
+        default=dict, blank=True, help_text="Architecture facts from config.json."
+    )
     tags = models.JSONField(default=list, blank=True)
+    files = models.JSONField(
+        default=list, blank=True, help_text="[{path, size}] at the pinned revision."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -52,7 +85,9 @@ class CatalogModel(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "name"], name="model_name_unique_in_org")
+            models.UniqueConstraint(
+                fields=["organization", "name"], name="model_name_unique_in_org"
+            )
         ]
 
     def __str__(self) -> str:
@@ -60,6 +95,14 @@ class CatalogModel(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("catalog:model_detail", args=[self.pk])
+
+    def source_ref(self) -> str:
+        """Where the weights come from, in one line: repo@sha, image:tag, or a storage URI."""
+        if self.source == ModelSource.HUGGINGFACE:
+            return f"{self.repo_id}@{self.revision[:12]}" if self.revision else self.repo_id
+        if self.source == ModelSource.NGC:
+            return f"{self.ngc_image}:{self.ngc_tag}" if self.ngc_tag else self.ngc_image
+        return self.storage_uri or (self.artifact.name if self.artifact else "")
 
 
 class Engine(models.TextChoices):
@@ -73,7 +116,11 @@ class ProfileBundle(models.Model):
     """A versioned recipe for running a model. Editing creates a new version; old ones stay."""
 
     organization = models.ForeignKey(
-        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="bundles",
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="bundles",
         help_text="Empty for the built-in bundles every organization sees.",
     )
     name = models.CharField(max_length=100)
@@ -81,7 +128,9 @@ class ProfileBundle(models.Model):
     engine = models.CharField(max_length=20, choices=Engine.choices)
     image = models.CharField(max_length=300)
     default_args = models.JSONField(default=list, blank=True)
-    variables = models.JSONField(default=list, blank=True, help_text="[{name, type, default, description}]")
+    variables = models.JSONField(
+        default=list, blank=True, help_text="[{name, type, default, description}]"
+    )
     labels = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(
@@ -94,7 +143,15 @@ class ProfileBundle(models.Model):
     class Meta:
         ordering = ["name", "-version"]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "name", "version"], name="bundle_version_unique")
+            models.UniqueConstraint(
+                fields=["organization", "name", "version"], name="bundle_version_unique"
+            ),
+            # PostgreSQL treats NULLs as distinct, so built-ins (organization NULL) need their own.
+            models.UniqueConstraint(
+                fields=["name", "version"],
+                condition=Q(organization__isnull=True),
+                name="builtin_bundle_version_unique",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -102,6 +159,22 @@ class ProfileBundle(models.Model):
 
     def engine_label(self) -> str:
         return self.labels.get(self.ENGINE_LABEL, self.engine)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.organization_id is None
+
+    def get_absolute_url(self) -> str:
+        return reverse("catalog:bundle_detail", args=[self.pk])
+
+    def versions(self) -> models.QuerySet[ProfileBundle]:
+        """Every version of this bundle, newest first."""
+        return ProfileBundle.objects.filter(
+            organization_id=self.organization_id, name=self.name
+        ).order_by("-version")
+
+    def latest(self) -> ProfileBundle:
+        return self.versions().first() or self
 
 
 class MaaSMapping(models.Model):
@@ -111,7 +184,9 @@ class MaaSMapping(models.Model):
     position = models.PositiveIntegerField(default=0)
     source = models.CharField(max_length=20, choices=ModelSource.choices)
     task = models.CharField(max_length=50, blank=True)
-    name_pattern = models.CharField(max_length=200, blank=True, help_text="Shell-style pattern, e.g. meta-llama/*")
+    name_pattern = models.CharField(
+        max_length=200, blank=True, help_text="Shell-style pattern, e.g. meta-llama/*"
+    )
     min_parameters = models.BigIntegerField(null=True, blank=True)
     max_parameters = models.BigIntegerField(null=True, blank=True)
     license = models.CharField(max_length=100, blank=True)
