@@ -204,7 +204,9 @@ def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
 
 LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_SUBDOMAIN_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 
 
 def label_key_problem(key: str) -> str | None:
@@ -292,7 +294,9 @@ def parse_label_selector(text: str | None) -> Selector:
     requirements: Selector = []
     for term in _split_terms(text):
         if not term:
-            raise bad_request(f"unable to parse requirement: found '', expected: identifier in {text!r}")
+            raise bad_request(
+                f"unable to parse requirement: found '', expected: identifier in {text!r}"
+            )
         if m := _SET_TERM_RE.match(term):
             key, op, raw = m.group(1), m.group(2), m.group(3)
             values = frozenset(v.strip() for v in raw.split(",") if v.strip())
@@ -429,14 +433,16 @@ def parse_field_selector(text: str | None, rt: ResourceType) -> list[FieldRequir
             raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
         key = key.strip()
         if key not in allowed:
-            raise bad_request(f'field label not supported: {key}')
+            raise bad_request(f"field label not supported: {key}")
         requirements.append(FieldRequirement(tuple(key.split(".")), equal, value.strip()))
     return requirements
 
 
 # -- quantities ----------------------------------------------------------------------------
 
-QUANTITY_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))((?:[KMGTPE]i)|[numkMGTPE]|[eE][+-]?\d+)?$")
+QUANTITY_RE = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))((?:[KMGTPE]i)|[numkMGTPE]|[eE][+-]?\d+)?$"
+)
 _SUFFIX = {
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
@@ -561,7 +567,9 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
         elif isinstance(value, list):
             merge_key = _merge_key(key, value, current if isinstance(current, list) else None)
             if any(isinstance(v, dict) and v.get("$patch") == "replace" for v in value):
-                result[key] = [clone(v) for v in value if not (isinstance(v, dict) and "$patch" in v)]
+                result[key] = [
+                    clone(v) for v in value if not (isinstance(v, dict) and "$patch" in v)
+                ]
             elif merge_key and isinstance(current, list):
                 result[key] = _merge_list(current, value, merge_key)
             elif key in _PRIMITIVE_MERGE_LISTS and isinstance(current, list):

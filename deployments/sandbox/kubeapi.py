@@ -138,6 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in separate writes; without this, Nagle's algorithm and
+        # delayed ACKs add ~40 ms to every keep-alive request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
@@ -190,6 +193,7 @@ class KubeEmulator:
         self._faults: list[_Fault] = []
         self._latency = 0.0
         self._write_listeners: list[Callable[[], None]] = []
+        self._json_cache: dict[tuple[str, str, str], tuple[dict, bytes]] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._down = False
@@ -260,6 +264,13 @@ class KubeEmulator:
         elif not down and self._down:
             self._down = False
             self._listen()
+
+    def set_down_for(self, seconds: float) -> None:
+        """An outage of `seconds` (from now), then back up by itself."""
+        self.set_down(True)
+        timer = threading.Timer(seconds, self.set_down, args=(False,))
+        timer.daemon = True
+        timer.start()
 
     @property
     def is_down(self) -> bool:
@@ -394,7 +405,9 @@ class KubeEmulator:
                     "type": "ClusterIP",
                     "clusterIP": "10.96.0.1",
                     "clusterIPs": ["10.96.0.1"],
-                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+                    "ports": [
+                        {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}
+                    ],
                     "sessionAffinity": "None",
                 },
                 "status": {"loadBalancer": {}},
@@ -512,7 +525,7 @@ class KubeEmulator:
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
-                headers = {"Retry-After": "1"} if fault.status in (429, 503) else {}
+                headers = {"Retry-After": "1"} if fault.status == 429 else {}
                 message = fault.message
                 if fault.status == 500:
                     message = f"Internal error occurred: {fault.message}"
@@ -535,6 +548,11 @@ class KubeEmulator:
                 resource=options.get("resource"),
             )
             return Response(200, _json({"armed": True}))
+        if path == f"{CONTROL_PREFIX}/outage" and method == "POST":
+            # Answer first, then go down: the caller gets its reply.
+            seconds = float(json.loads(body or b"{}").get("seconds", 5))
+            threading.Timer(0.05, self.set_down_for, args=(seconds,)).start()
+            return Response(200, _json({"down_for": seconds}))
         if path == f"{CONTROL_PREFIX}/latency" and method == "POST":
             self.set_latency(float(json.loads(body or b"{}").get("seconds", 0)))
             return Response(200, _json({"latency": self._latency}))
@@ -587,7 +605,9 @@ class KubeEmulator:
             raise self._not_found_path()
         collection = not route.name
         route.verb = {
-            "GET": "watch" if collection and _truthy(query.get("watch")) else ("list" if collection else "get"),
+            "GET": "watch"
+            if collection and _truthy(query.get("watch"))
+            else ("list" if collection else "get"),
             "HEAD": "get",
             "POST": "create",
             "PUT": "update",
@@ -611,7 +631,7 @@ class KubeEmulator:
         if route.verb not in rt.verbs and not route.subresource:
             raise ApiError(
                 405,
-                f"{route.verb} is not supported on resources of kind \"{rt.group_resource}\"",
+                f'{route.verb} is not supported on resources of kind "{rt.group_resource}"',
                 "MethodNotAllowed",
             )
         ns = route.namespace or ""
@@ -646,15 +666,15 @@ class KubeEmulator:
         if method == "POST":
             if route.name:
                 raise ApiError(405, "POST is not supported on a named resource", "MethodNotAllowed")
-            obj = store.create(rt, ns, self._decode(body, handler), manager=manager, dry_run=dry_run)
+            obj = store.create(
+                rt, ns, self._decode(body, handler), manager=manager, dry_run=dry_run
+            )
             self._wrote(dry_run)
             return Response(201, _json(obj))
 
         if method == "PUT":
             if not route.name:
                 raise ApiError(405, "PUT is not supported on a collection", "MethodNotAllowed")
-            if rt.plural == "namespaces" and route.subresource == "finalize":
-                route.subresource = "status"
             obj = store.replace(
                 rt, ns, route.name, self._decode(body, handler),
                 subresource=route.subresource, manager=manager, dry_run=dry_run,
@@ -715,17 +735,32 @@ class KubeEmulator:
                 listener()
 
     def _list_body(self, rt: ResourceType, result: Any) -> bytes:
-        # Typed lists of built-in kinds carry no kind/apiVersion per item (CR lists do).
-        items = result.items
-        if not rt.custom:
-            items = [{k: v for k, v in obj.items() if k != "kind" and k != "apiVersion"} for obj in items]
         metadata: dict = {"resourceVersion": result.resource_version}
         if result.continue_token:
             metadata["continue"] = result.continue_token
             metadata["remainingItemCount"] = result.remaining
-        return _json(
-            {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": metadata, "items": items}
+        head = _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": metadata})
+        items = b",".join(self._item_json(rt, obj) for obj in result.items)
+        return head[:-1] + b',"items":[' + items + b"]}"
+
+    def _item_json(self, rt: ResourceType, obj: dict) -> bytes:
+        """An object's JSON as a list item, cached per resourceVersion (objects are immutable)."""
+        meta = obj["metadata"]
+        key = (rt.key, meta.get("namespace", ""), meta["name"])
+        cached = self._json_cache.get(key)
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        # Typed lists of built-in kinds carry no kind/apiVersion per item (CR lists do).
+        item = (
+            obj
+            if rt.custom
+            else {k: v for k, v in obj.items() if k != "kind" and k != "apiVersion"}
         )
+        data = _json(item)
+        if len(self._json_cache) > 200_000:
+            self._json_cache.clear()
+        self._json_cache[key] = (obj, data)
+        return data
 
     def _patch_type(self, handler: _Handler, rt: ResourceType) -> str:
         content_type = handler.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -746,9 +781,7 @@ class KubeEmulator:
                     return yaml.safe_load(body)
                 except yaml.YAMLError as yexc:
                     raise bad_request(f"error converting YAML to JSON: {yexc}") from None
-            raise bad_request(
-                f"couldn't get version/kind; json parse error: {exc}"
-            ) from None
+            raise bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
 
     @staticmethod
     def _delete_options(body: bytes, query: dict[str, str]) -> dict:
@@ -822,7 +855,7 @@ class KubeEmulator:
         tail = query.get("tailLines")
         if tail and tail.isdigit():
             lines = text.splitlines(keepends=True)
-            text = "".join(lines[-int(tail):]) if int(tail) else ""
+            text = "".join(lines[-int(tail) :]) if int(tail) else ""
         return Response(200, text.encode(), "text/plain")
 
     def _scale(
@@ -841,7 +874,9 @@ class KubeEmulator:
             return Response(200, _json(self.store.scale_of(rt, self.store.get(rt, ns, name))))
         if method == "PUT":
             sent = self._decode(body, handler)
-            scale = self.store.write_scale(rt, ns, name, lambda _old: sent, manager=manager, dry_run=dry_run)
+            scale = self.store.write_scale(
+                rt, ns, name, lambda _old: sent, manager=manager, dry_run=dry_run
+            )
         elif method == "PATCH":
             patch_type = self._patch_type(handler, rt)
             patch = self._decode(body, handler, yaml_ok=True)
@@ -862,7 +897,12 @@ class KubeEmulator:
     # -- watch -------------------------------------------------------------------------
 
     def _start_watch(
-        self, rt: ResourceType, namespace: str | None, labels: Any, fields: Any, query: dict[str, str]
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        labels: Any,
+        fields: Any,
+        query: dict[str, str],
     ) -> _Watch:
         events: queue.Queue = queue.Queue()
 
@@ -883,7 +923,9 @@ class KubeEmulator:
         since = query.get("resourceVersion", "")
         with self.store.lock:
             if since in ("", "0"):
-                initial = [("ADDED", obj) for obj in self.store.list(rt, namespace, labels, fields).items]
+                initial = [
+                    ("ADDED", obj) for obj in self.store.list(rt, namespace, labels, fields).items
+                ]
             else:
                 if not since.isdigit():
                     raise bad_request(f"invalid resource version: {since}")

@@ -270,7 +270,11 @@ class Registry:
                         "acceptedNames": {"plural": rt.plural, "kind": rt.kind},
                         "storedVersions": [rt.version],
                         "conditions": [
-                            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"},
+                            {
+                                "type": "Established",
+                                "status": "True",
+                                "reason": "InitialNamesAccepted",
+                            },
                             {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
                         ],
                     },

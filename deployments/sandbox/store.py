@@ -192,7 +192,9 @@ class ObjectStore:
         old = bucket.get(meta["name"])
         meta["resourceVersion"] = self._bump()
         bucket[meta["name"]] = obj
-        old_owners = {ref.get("uid") for ref in (old or {}).get("metadata", {}).get("ownerReferences") or []}
+        old_owners = {
+            ref.get("uid") for ref in (old or {}).get("metadata", {}).get("ownerReferences") or []
+        }
         new_owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
         ref = (rt.key, ns, meta["name"])
         for uid in old_owners - new_owners:
@@ -231,17 +233,20 @@ class ObjectStore:
         dry_run: bool = False,
         internal: bool = False,
     ) -> dict:
-        """POST semantics. `internal` writes (the simulated controllers) skip validation."""
-        obj = self._prepare_body(rt, namespace, body)
+        """POST semantics. `internal` writes (the simulated controllers) skip validation and
+        hand over `body` (it is stored as is, not copied)."""
+        obj = self._prepare_body(rt, namespace, body, copy=not internal)
         meta = obj["metadata"]
+        # The manager owns what it sent, not what defaulting adds.
+        sent_paths = {p for p, _ in leaf_items(obj, "main")} if manager else set()
         with self.lock:
             if rt.namespaced and not self.namespace_exists(meta["namespace"]):
                 raise namespace_not_found(meta["namespace"])
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta["generateName"] + random_suffix()
             apply_defaults(rt, obj)
+            self._initial_status(rt, obj)
             if not internal:
-                self._initial_status(rt, obj)
                 check_types(rt, obj)
                 validate(rt, obj, None)
             if self.try_get(rt, meta.get("namespace", ""), meta["name"]) is not None:
@@ -254,7 +259,7 @@ class ObjectStore:
                 self._allocate_service(obj, None)
             if manager:
                 entry = ManagedEntry(manager, operation, rt.api_version, meta["creationTimestamp"])
-                entry.paths = {p for p, _ in leaf_items(obj, "main")}
+                entry.paths = sent_paths
                 meta["managedFields"] = [entry.render()]
             if dry_run:
                 meta["resourceVersion"] = ""
@@ -264,10 +269,12 @@ class ObjectStore:
                 self._create_default_service_account(meta["name"])
             return stored
 
-    def _prepare_body(self, rt: ResourceType, namespace: str, body: Any) -> dict:
+    def _prepare_body(
+        self, rt: ResourceType, namespace: str, body: Any, *, copy: bool = True
+    ) -> dict:
         if not isinstance(body, dict):
             raise bad_request(f"the body of the request is not a {rt.kind} object")
-        obj = clone(body)
+        obj = clone(body) if copy else body
         self._check_type_meta(rt, obj)
         meta = obj.get("metadata")
         if meta is None:
@@ -334,7 +341,12 @@ class ObjectStore:
             for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
                 if key not in keys:
                     tolerations.append(
-                        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+                        {
+                            "key": key,
+                            "operator": "Exists",
+                            "effect": "NoExecute",
+                            "tolerationSeconds": 300,
+                        }
                     )
 
     def _allocate_service(self, obj: dict, old: dict | None) -> None:
@@ -430,10 +442,16 @@ class ObjectStore:
                 raise bad_request(
                     f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
                 )
-            sent_rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+            sent_rv = (
+                (patch.get("metadata") or {}).get("resourceVersion")
+                if isinstance(patch, dict)
+                else None
+            )
             if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
                 raise conflict(rt, name)
-            obj = self._commit(rt, old, new, manager=manager, subresource=subresource, dry_run=dry_run)
+            obj = self._commit(
+                rt, old, new, manager=manager, subresource=subresource, dry_run=dry_run
+            )
             return obj, False
 
     def _patched(self, rt: ResourceType, target: dict, patch_type: str, patch: Any) -> dict:
@@ -504,23 +522,14 @@ class ObjectStore:
                 )
                 return obj, True
             applied = {p for p, _ in leaf_items(config, scope)}
-            entries = [ManagedEntry.parse(raw) for raw in old["metadata"].get("managedFields") or []]
+            entries = [
+                ManagedEntry.parse(raw) for raw in old["metadata"].get("managedFields") or []
+            ]
             own = next(
                 (e for e in entries
                  if e.manager == manager and e.operation == "Apply" and e.subresource == subresource),
                 None,
             )  # fmt: skip
-            conflicts: list[tuple[ManagedEntry, Path]] = []
-            for entry in entries:
-                if entry is own or (entry.subresource == "status") != (scope == "status"):
-                    continue
-                for path in entry.paths & applied:
-                    if get_path(old, path) != get_path(config, path):
-                        conflicts.append((entry, path))
-            if conflicts and not force:
-                raise apply_conflict(rt, name, conflicts)
-            for entry, path in conflicts:
-                entry.paths.discard(path)
             new = clone(old)
             others = set().union(*(e.paths for e in entries if e is not own))
             for path in (own.paths if own else set()) - applied:
@@ -532,8 +541,23 @@ class ObjectStore:
                 for key, value in config.items():
                     if key != "status":
                         new[key] = _apply_merge(new.get(key), value)
+            apply_defaults(rt, new)
+            # A conflict is a field another manager owns that this apply would change.
+            conflicts: list[tuple[ManagedEntry, Path]] = []
+            for entry in entries:
+                if entry is own or (entry.subresource == "status") != (scope == "status"):
+                    continue
+                for path in entry.paths & applied:
+                    if get_path(old, path) != get_path(new, path):
+                        conflicts.append((entry, path))
+            if conflicts and not force:
+                raise apply_conflict(rt, name, conflicts)
+            for entry, path in conflicts:
+                entry.paths.discard(path)
             if own is None:
-                own = ManagedEntry(manager, "Apply", rt.api_version, now_rfc3339(), subresource=subresource)
+                own = ManagedEntry(
+                    manager, "Apply", rt.api_version, now_rfc3339(), subresource=subresource
+                )
                 entries.append(own)
             if own.paths != applied:
                 own.paths, own.time = applied, now_rfc3339()
@@ -570,7 +594,13 @@ class ObjectStore:
                 new["status"] = old["status"]
             else:
                 new.pop("status", None)
-        for key in ("name", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        for key in (
+            "name",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if key in old_meta:
                 meta[key] = old_meta[key]
             else:
@@ -587,7 +617,9 @@ class ObjectStore:
             check_types(rt, new)
             validate(rt, new, old)
         if rt.has_generation:
-            meta["generation"] = old_meta.get("generation", 1) + (1 if _spec_changed(old, new) else 0)
+            meta["generation"] = old_meta.get("generation", 1) + (
+                1 if _spec_changed(old, new) else 0
+            )
         if manager:
             meta["managedFields"] = _update_managers(
                 rt, old, new, manager, subresource, meta.get("managedFields")
@@ -685,7 +717,11 @@ class ObjectStore:
                         "Conflict",
                     )
             if dry_run:
-                return obj if rt.plural in ("pods", "namespaces") else success_status(rt, name, meta["uid"])
+                return (
+                    obj
+                    if rt.plural in ("pods", "namespaces")
+                    else success_status(rt, name, meta["uid"])
+                )
             if meta.get("finalizers"):
                 if meta.get("deletionTimestamp"):
                     return obj
@@ -713,7 +749,9 @@ class ObjectStore:
             self._remove_cascading(rt, namespace, name, orphan=False)
             return True
 
-    def _remove_cascading(self, rt: ResourceType, namespace: str, name: str, *, orphan: bool) -> None:
+    def _remove_cascading(
+        self, rt: ResourceType, namespace: str, name: str, *, orphan: bool
+    ) -> None:
         obj = self._unstore(rt, namespace, name)
         if obj is None:
             return
@@ -732,7 +770,9 @@ class ObjectStore:
                 if dependent is not None:
                     freed = clone(dependent)
                     freed["metadata"]["ownerReferences"] = [
-                        r for r in freed["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
+                        r
+                        for r in freed["metadata"].get("ownerReferences") or []
+                        if r.get("uid") != uid
                     ] or None
                     if freed["metadata"]["ownerReferences"] is None:
                         del freed["metadata"]["ownerReferences"]
@@ -755,7 +795,9 @@ class ObjectStore:
             if not dry_run:
                 for obj in found:
                     meta = obj["metadata"]
-                    self.delete(rt, meta.get("namespace", ""), meta["name"], propagation=propagation)
+                    self.delete(
+                        rt, meta.get("namespace", ""), meta["name"], propagation=propagation
+                    )
             return found
 
     # -- scale subresource ---------------------------------------------------------------
@@ -802,7 +844,14 @@ class ObjectStore:
                 raise invalid(
                     rt,
                     name,
-                    [FieldError("Invalid", "spec.replicas", replicas, "must be greater than or equal to 0")],
+                    [
+                        FieldError(
+                            "Invalid",
+                            "spec.replicas",
+                            replicas,
+                            "must be greater than or equal to 0",
+                        )
+                    ],
                 )
             new = clone(old)
             new["spec"]["replicas"] = replicas
@@ -865,7 +914,9 @@ def _update_managers(
     return [e.render() for e in entries if e.paths] or None
 
 
-def apply_conflict(rt: ResourceType, name: str, conflicts: list[tuple[ManagedEntry, Path]]) -> ApiError:
+def apply_conflict(
+    rt: ResourceType, name: str, conflicts: list[tuple[ManagedEntry, Path]]
+) -> ApiError:
     causes = []
     lines = []
     for entry, path in conflicts:

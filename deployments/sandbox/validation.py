@@ -23,7 +23,9 @@ from deployments.sandbox.apimachinery import (
 from deployments.sandbox.resources import ResourceType
 
 DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_SUBDOMAIN_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 DNS1035_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 IANA_SVC_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])*$")
 ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -272,7 +274,9 @@ def validate_metadata(rt: ResourceType, meta: dict) -> list[FieldError]:
     errors: list[FieldError] = []
     name = meta.get("name") or ""
     if not name:
-        errors.append(FieldError("Required", "metadata.name", detail="name or generateName is required"))
+        errors.append(
+            FieldError("Required", "metadata.name", detail="name or generateName is required")
+        )
     elif rt.plural in _DNS1035_NAMED:
         if len(name) > 63 or not DNS1035_LABEL_RE.match(name):
             errors.append(FieldError("Invalid", "metadata.name", name, DNS1035_MSG))
@@ -320,7 +324,9 @@ def _validate_workload(spec: dict, path: str, *, deployment: bool) -> list[Field
     replicas = spec.get("replicas", 1)
     if isinstance(replicas, int) and replicas < 0:
         errors.append(
-            FieldError("Invalid", f"{path}.replicas", replicas, "must be greater than or equal to 0")
+            FieldError(
+                "Invalid", f"{path}.replicas", replicas, "must be greater than or equal to 0"
+            )
         )
     selector = spec.get("selector")
     template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
@@ -365,7 +371,10 @@ def _validate_strategy(spec: dict, path: str) -> list[FieldError]:
     if kind not in ("RollingUpdate", "Recreate"):
         errors.append(
             FieldError(
-                "NotSupported", f"{path}.strategy.type", kind, supported=["Recreate", "RollingUpdate"]
+                "NotSupported",
+                f"{path}.strategy.type",
+                kind,
+                supported=["Recreate", "RollingUpdate"],
             )
         )
     elif kind == "Recreate" and strategy.get("rollingUpdate") is not None:
@@ -435,18 +444,24 @@ def validate_pod_spec(spec: dict, path: str, *, template: bool) -> list[FieldErr
     names: set[str] = set()
     for key in ("initContainers", "containers"):
         for i, container in enumerate(spec.get(key) or []):
-            errors += _validate_container(container or {}, f"{path}.{key}[{i}]", names, volume_names)
+            errors += _validate_container(
+                container or {}, f"{path}.{key}[{i}]", names, volume_names
+            )
     policy = spec.get("restartPolicy", "Always")
     allowed = ["Always"] if template else ["Always", "OnFailure", "Never"]
     if policy not in allowed:
-        errors.append(FieldError("NotSupported", f"{path}.restartPolicy", policy, supported=allowed))
+        errors.append(
+            FieldError("NotSupported", f"{path}.restartPolicy", policy, supported=allowed)
+        )
     errors += validate_labels(spec.get("nodeSelector"), f"{path}.nodeSelector")
     for i, toleration in enumerate(spec.get("tolerations") or []):
         tpath = f"{path}.tolerations[{i}]"
         operator = toleration.get("operator", "Equal")
         if operator not in ("Equal", "Exists"):
             errors.append(
-                FieldError("NotSupported", f"{tpath}.operator", operator, supported=["Equal", "Exists"])
+                FieldError(
+                    "NotSupported", f"{tpath}.operator", operator, supported=["Equal", "Exists"]
+                )
             )
         if operator == "Exists" and toleration.get("value"):
             errors.append(
@@ -493,12 +508,19 @@ def _validate_container(
         elif not 1 <= number <= 65535:
             errors.append(
                 FieldError(
-                    "Invalid", f"{ppath}.containerPort", number, "must be between 1 and 65535, inclusive"
+                    "Invalid",
+                    f"{ppath}.containerPort",
+                    number,
+                    "must be between 1 and 65535, inclusive",
                 )
             )
         pname = port.get("name")
         if pname:
-            if len(pname) > 15 or not IANA_SVC_NAME_RE.match(pname) or not re.search("[a-z]", pname):
+            if (
+                len(pname) > 15
+                or not IANA_SVC_NAME_RE.match(pname)
+                or not re.search("[a-z]", pname)
+            ):
                 errors.append(
                     FieldError(
                         "Invalid",
@@ -514,7 +536,9 @@ def _validate_container(
         protocol = port.get("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             errors.append(
-                FieldError("NotSupported", f"{ppath}.protocol", protocol, supported=["SCTP", "TCP", "UDP"])
+                FieldError(
+                    "NotSupported", f"{ppath}.protocol", protocol, supported=["SCTP", "TCP", "UDP"]
+                )
             )
     for i, env in enumerate(container.get("env") or []):
         ename = (env or {}).get("name", "")
@@ -568,7 +592,10 @@ def _validate_resources(resources: dict, path: str) -> list[FieldError]:
             if request != request.to_integral_value():
                 errors.append(
                     FieldError(
-                        "Invalid", f"{path}.requests[{name}]", resources["requests"][name], "must be an integer"
+                        "Invalid",
+                        f"{path}.requests[{name}]",
+                        resources["requests"][name],
+                        "must be an integer",
                     )
                 )
             if limit is None:
@@ -626,13 +653,18 @@ def _validate_service(spec: dict) -> list[FieldError]:
             errors.append(FieldError("Required", f"{ppath}.port"))
         elif not 1 <= number <= 65535:
             errors.append(
-                FieldError("Invalid", f"{ppath}.port", number, "must be between 1 and 65535, inclusive")
+                FieldError(
+                    "Invalid", f"{ppath}.port", number, "must be between 1 and 65535, inclusive"
+                )
             )
         target = port.get("targetPort")
         if isinstance(target, int) and not isinstance(target, bool) and not 1 <= target <= 65535:
             errors.append(
                 FieldError(
-                    "Invalid", f"{ppath}.targetPort", target, "must be between 1 and 65535, inclusive"
+                    "Invalid",
+                    f"{ppath}.targetPort",
+                    target,
+                    "must be between 1 and 65535, inclusive",
                 )
             )
         elif isinstance(target, str) and not (
@@ -649,7 +681,9 @@ def _validate_service(spec: dict) -> list[FieldError]:
         protocol = port.get("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             errors.append(
-                FieldError("NotSupported", f"{ppath}.protocol", protocol, supported=["SCTP", "TCP", "UDP"])
+                FieldError(
+                    "NotSupported", f"{ppath}.protocol", protocol, supported=["SCTP", "TCP", "UDP"]
+                )
             )
     errors += validate_labels(spec.get("selector"), "spec.selector")
     return errors
@@ -686,7 +720,9 @@ def _validate_data(rt: ResourceType, obj: dict, old: dict | None) -> list[FieldE
         for section in ("data", "binaryData"):
             if obj.get(section) != old.get(section):
                 errors.append(
-                    FieldError("Forbidden", section, detail="field is immutable when `immutable` is set")
+                    FieldError(
+                        "Forbidden", section, detail="field is immutable when `immutable` is set"
+                    )
                 )
     if rt.plural == "secrets" and old is not None and obj.get("type") != old.get("type"):
         errors.append(FieldError("Invalid", "type", obj.get("type"), "field is immutable"))
@@ -742,7 +778,10 @@ def _validate_immutable(rt: ResourceType, obj: dict, old: dict) -> list[FieldErr
         if old_ip and spec.get("clusterIP") not in (None, old_ip):
             errors.append(
                 FieldError(
-                    "Invalid", "spec.clusterIPs[0]", spec.get("clusterIP"), "may not change once set"
+                    "Invalid",
+                    "spec.clusterIPs[0]",
+                    spec.get("clusterIP"),
+                    "may not change once set",
                 )
             )
     if rt.plural == "pods":
@@ -750,7 +789,8 @@ def _validate_immutable(rt: ResourceType, obj: dict, old: dict) -> list[FieldErr
         def mutable_stripped(pod_spec: dict) -> dict:
             stripped = {k: v for k, v in pod_spec.items() if k not in ("activeDeadlineSeconds",)}
             stripped["containers"] = [
-                {k: v for k, v in c.items() if k != "image"} for c in pod_spec.get("containers") or []
+                {k: v for k, v in c.items() if k != "image"}
+                for c in pod_spec.get("containers") or []
             ]
             return stripped
 
