@@ -27,6 +27,7 @@ urlpatterns = [
     path("catalog/", include("catalog.urls")),
     path("", include("deployments.urls")),
     path("hub/", include("console.urls_devhub")),
+    path("", include("sharing.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

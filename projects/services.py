@@ -24,6 +24,21 @@ from projects.selectors import can_change, is_org_admin
 
 log = logging.getLogger(__name__)
 
+PROJECT_FIELDS = ["name", "slug", "description", "gpu_quota"]
+
+
+def _audit(**kwargs) -> None:
+    # Imported late: sharing depends on projects, not the other way round.
+    from sharing.audit import audit_record
+
+    audit_record(**kwargs)
+
+
+def _snapshot(obj, fields: list[str]) -> dict:
+    from sharing.audit import snapshot
+
+    return snapshot(obj, fields)
+
 
 class QuotaExceeded(ValidationError):
     """A GPU request does not fit the project's or the organization's quota."""
@@ -81,6 +96,8 @@ def project_create(
         project.save()
         if user is not None and user.is_authenticated:
             ProjectMember.objects.create(project=project, user=user, role=Role.ADMIN)
+        _audit(actor=user, organization=organization, action="create", obj=project, before=None,
+               after=_snapshot(project, PROJECT_FIELDS))
     log.info("project created", extra={"project": project.pk, "organization": organization.pk})
     return project
 
@@ -96,6 +113,7 @@ def project_update(
     _require_change(user, project.organization)
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
+        before = _snapshot(locked, PROJECT_FIELDS)
         locked.name = name
         locked.description = description
         locked.gpu_quota = gpu_quota
@@ -104,6 +122,9 @@ def project_update(
         if gpu_quota < used:
             raise ValidationError({"gpu_quota": f"Deployments in this project hold {used} GPUs; the quota cannot go below that."})
         locked.save()
+        _audit(actor=user, organization=locked.organization,
+               action="quota_change" if before["gpu_quota"] != gpu_quota else "update",
+               obj=locked, before=before, after=_snapshot(locked, PROJECT_FIELDS))
     return locked
 
 
@@ -111,7 +132,10 @@ def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
     _require_change(user, project.organization)
     if project.gpu_used():
         raise ValidationError("This project still holds GPUs; delete or deactivate its deployments first.")
-    project.delete()
+    with transaction.atomic():
+        _audit(actor=user, organization=project.organization, action="delete", obj=project,
+               before=_snapshot(project, PROJECT_FIELDS), after=None)
+        project.delete()
 
 
 def quota_reserve(*, project: Project, holder: str, gpus: int) -> GpuReservation | None:
@@ -170,10 +194,13 @@ def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organ
         raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=organization.pk)
+        before = {"gpu_quota": org.gpu_quota}
         org.gpu_quota = gpu_quota
         org.full_clean()
         _check_org_quota_fits_projects(org)
         org.save(update_fields=["gpu_quota"])
+        _audit(actor=user, organization=org, action="quota_change", obj=org, before=before,
+               after={"gpu_quota": org.gpu_quota})
     return org
 
 
@@ -184,9 +211,9 @@ def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: st
     if not secret:
         raise ValidationError({"secret": "Paste the token or key; it cannot be empty."})
     with transaction.atomic():
-        integration, _ = Integration.objects.select_for_update().get_or_create(
-            project=project, kind=kind, defaults={"secret": secret}
-        )
+        existing = Integration.objects.select_for_update().filter(project=project, kind=kind).first()
+        before = {"kind": kind, "secret_last4": existing.secret_last4} if existing else None
+        integration = existing or Integration(project=project, kind=kind)
         integration.secret = secret
         integration.secret_last4 = last4(secret)
         integration.check_ok = None
@@ -195,12 +222,17 @@ def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: st
         integration.updated_by = user if user is not None and user.is_authenticated else None
         integration.full_clean()
         integration.save()
+        _audit(actor=user, organization=project.organization, action="integration_change", obj=integration,
+               before=before, after={"kind": kind, "secret_last4": integration.secret_last4})
     return integration
 
 
 def integration_delete(*, user: AbstractBaseUser | None, integration: Integration) -> None:
     _require_change(user, integration.project.organization)
-    integration.delete()
+    with transaction.atomic():
+        _audit(actor=user, organization=integration.project.organization, action="integration_change",
+               obj=integration, before={"kind": integration.kind, "secret_last4": integration.secret_last4}, after=None)
+        integration.delete()
 
 
 def integration_record_check(*, integration: Integration, ok: bool, message: str) -> Integration:

@@ -17,6 +17,8 @@ TEST_OUTPUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-out
 
 def pytest_configure(config) -> None:
     os.makedirs(TEST_OUTPUT, exist_ok=True)
+    # PBKDF2 costs ~0.3 s a user; the fixture set makes four per test. Tests don't test hashing.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(scope="session")

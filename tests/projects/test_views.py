@@ -126,3 +126,16 @@ def test_org_switch_only_to_own_organizations(owner_client, tenants):
     owner_client.post(reverse("org-switch"), {"organization": tenants.other_org.pk})
     page = owner_client.get("/").content.decode()
     assert "Globex" not in page
+
+
+@pytest.mark.django_db
+def test_project_and_integration_changes_are_audited_without_secrets(owner_client, tenants):
+    from sharing.models import AuditEntry
+
+    owner_client.post(reverse("projects:edit", args=[tenants.project.pk]), {"name": "Research", "description": "", "gpu_quota": "6"})
+    entry = AuditEntry.objects.get(action="quota_change", object_id=str(tenants.project.pk))
+    assert entry.actor == tenants.owner and entry.diff["gpu_quota"] == [8, 6]
+    owner_client.post(reverse("projects:integrations", args=[tenants.project.pk]), {"kind": "ngc", "secret": "nvapi-topsecret-9z9z"})
+    change = AuditEntry.objects.get(action="integration_change")
+    assert "topsecret" not in str(change.before) + str(change.after) + str(change.diff)
+    assert change.after["secret_last4"] == "9z9z"

@@ -1,0 +1,216 @@
+"""The audit log's write side: record a change with a field-level diff of before and after."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import decimal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.db import models
+
+from projects.models import Organization
+from sharing.models import AuditEntry
+
+# Keys whose values never go into the log, only the fact that they changed.
+SECRET_KEYS = frozenset({"secret", "kubeconfig", "token", "key_hash", "password", "api_key"})
+REDACTED = "••••••"
+
+# Short, stable names for the object types the product talks about (URLs use them).
+OBJECT_TYPES = {
+    "deployments.modeldeployment": "deployment",
+    "deployments.revision": "revision",
+    "deployments.computepool": "pool",
+    "deployments.endpoint": "endpoint",
+    "projects.project": "project",
+    "projects.organization": "organization",
+    "projects.environment": "environment",
+    "projects.apikey": "api_key",
+    "projects.integration": "integration",
+    "catalog.catalogmodel": "model",
+    "catalog.profilebundle": "bundle",
+    "catalog.maasmapping": "maas_mapping",
+}
+
+
+# Who is asking, set per request by AuditContextMiddleware so services needn't pass the request.
+_request_meta: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "audit_request_meta", default=None
+)
+
+
+class AuditContextMiddleware:
+    """Remembers the request id (X-Request-ID, or a new one) and client IP for audit entries."""
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request_id = (request.headers.get("X-Request-ID") or uuid.uuid4().hex)[:64]
+        # Behind a proxy REMOTE_ADDR is the proxy; the deployment's proxy settings decide trust.
+        token = _request_meta.set(
+            {"request_id": request_id, "ip": request.META.get("REMOTE_ADDR") or None}
+        )
+        try:
+            return self.get_response(request)
+        finally:
+            _request_meta.reset(token)
+
+
+def object_type_of(obj: models.Model) -> str:
+    return OBJECT_TYPES.get(obj._meta.label_lower, obj._meta.model_name)
+
+
+def _jsonable(value: Any) -> Any:
+    """Make a value JSON-safe the same way every time, so diffs compare like with like."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, models.Model):
+        return value.pk
+    return value
+
+
+def redact(data: dict | None) -> dict | None:
+    if data is None:
+        return None
+    out: dict = {}
+    for key, value in data.items():
+        if key in SECRET_KEYS and value not in (None, ""):
+            out[key] = REDACTED
+        elif isinstance(value, dict):
+            out[key] = redact(value)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten(data: dict | None, prefix: str = "") -> dict[str, Any]:
+    """{"resources": {"gpus": 1}} → {"resources.gpus": 1}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in (data or {}).items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def compute_diff(before: dict | None, after: dict | None) -> dict[str, list]:
+    """Field-level changes as {"dotted.path": [old, new]}; a missing side is None."""
+    old, new = flatten(before), flatten(after)
+    diff: dict[str, list] = {}
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            diff[key] = [a, b]
+    return diff
+
+
+def snapshot(obj: models.Model, fields: list[str] | None = None) -> dict:
+    """A JSON-safe dict of a model's concrete fields (FKs as ids), for before/after."""
+    data: dict = {}
+    for field in obj._meta.concrete_fields:
+        if fields is not None and field.name not in fields:
+            continue
+        data[field.name] = _jsonable(getattr(obj, field.attname))
+    return data
+
+
+def deployment_snapshot(deployment: models.Model) -> dict:
+    """What the log keeps of a deployment: where it runs, its state, and the current spec."""
+    revision = getattr(deployment, "current_revision", None)
+    return _jsonable(
+        {
+            "name": deployment.name,
+            "state": deployment.state,
+            "pool": deployment.pool_id,
+            "environment": deployment.environment_id,
+            "endpoint": deployment.endpoint_id,
+            "revision": revision.number if revision else None,
+            "spec": revision.spec if revision else {},
+        }
+    )
+
+
+def audit_record(
+    *,
+    actor: Any,
+    organization: Organization,
+    action: str,
+    obj: models.Model,
+    before: dict | None,
+    after: dict | None,
+    request_id: str = "",
+    ip: str | None = None,
+) -> AuditEntry:
+    """Append one entry. Call inside the service's transaction so the change and its record are one unit.
+
+    Call it before deleting ``obj`` (its id is kept). Request id and IP come from
+    AuditContextMiddleware when not given.
+    """
+    meta = _request_meta.get() or {}
+    request_id = request_id or meta.get("request_id", "")
+    ip = ip or meta.get("ip")
+    raw_before = _jsonable(before) if before is not None else None
+    raw_after = _jsonable(after) if after is not None else None
+    # Diff the real values (so a changed secret shows as changed), then hide them.
+    diff = {
+        path: [REDACTED if v not in (None, "") else v for v in pair]
+        if path.rsplit(".", 1)[-1] in SECRET_KEYS
+        else pair
+        for path, pair in compute_diff(raw_before, raw_after).items()
+    }
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    entry = AuditEntry(
+        organization=organization,
+        actor=user,
+        actor_repr=user.get_username() if user else "system",
+        action=action,
+        object_type=object_type_of(obj),
+        object_id=str(obj.pk),
+        object_repr=str(obj)[:200],
+        before=redact(raw_before),
+        after=redact(raw_after),
+        diff=diff,
+        request_id=request_id[:64],
+        ip=ip or None,
+    )
+    entry.full_clean()
+    entry.save()
+    return entry
+
+
+def audit_deployment(
+    *, actor: Any, deployment: models.Model, action: str, before: dict | None
+) -> AuditEntry:
+    """Record a deployment change; the after-state is re-read so state claims made by UPDATE show.
+
+    Usage in a deployments service, inside its transaction::
+
+        before = deployment_snapshot(locked)      # before changing anything
+        ...                                        # the change
+        audit_deployment(actor=user, deployment=locked, action="deactivate", before=before)
+    """
+    fresh = (
+        type(deployment)
+        .objects.select_related("current_revision", "project__organization")
+        .get(pk=deployment.pk)
+    )
+    return audit_record(
+        actor=actor,
+        organization=fresh.project.organization,
+        action=action,
+        obj=fresh,
+        before=before,
+        after=deployment_snapshot(fresh),
+    )

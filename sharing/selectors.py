@@ -1,0 +1,218 @@
+"""Reads for governance: audit log, shared deployments, environments, quotas — scoped to the user."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from projects.models import Environment, GpuReservation, Organization, Project
+from projects.selectors import organizations_for_user, project_get, projects_for_user
+from sharing.models import AccessKind, AccessPolicy, AuditEntry, DeploymentShare, ShareMode
+
+
+def audit_entries_for_user(
+    user: Any,
+    organization: Organization | None = None,
+    *,
+    action: str = "",
+    object_type: str = "",
+    object_id: str = "",
+    actor: str = "",
+    q: str = "",
+    since: datetime.date | datetime.datetime | None = None,
+    until: datetime.date | datetime.datetime | None = None,
+) -> QuerySet[AuditEntry]:
+    """Entries of the user's organizations (or one of them), filtered; newest first."""
+    qs = AuditEntry.objects.filter(organization__in=organizations_for_user(user)).select_related(
+        "actor", "organization"
+    )
+    if organization is not None:
+        qs = qs.filter(organization=organization)
+    if action:
+        qs = qs.filter(action=action)
+    if object_type:
+        qs = qs.filter(object_type=object_type)
+    if object_id:
+        qs = qs.filter(object_id=str(object_id))
+    if actor:
+        match = Q(actor_repr__iexact=actor) | Q(actor__username__iexact=actor)
+        if str(actor).isdigit():
+            match |= Q(actor_id=int(actor))
+        qs = qs.filter(match)
+    if q:
+        qs = qs.filter(
+            Q(object_repr__icontains=q)
+            | Q(actor_repr__icontains=q)
+            | Q(object_type__icontains=q)
+            | Q(action__icontains=q)
+            | Q(object_id=q)
+        )
+    if since is not None:
+        qs = qs.filter(created_at__date__gte=since)
+    if until is not None:
+        qs = qs.filter(created_at__date__lte=until)
+    return qs.order_by("-created_at", "-id")
+
+
+def audit_entry_get(user: Any, pk: int) -> AuditEntry:
+    entry = audit_entries_for_user(user).filter(pk=pk).first()
+    if entry is None:
+        raise Http404("No such audit entry.")
+    return entry
+
+
+def deployments_visible_to(user: Any):
+    """Deployments of the user's organizations (the governance pages' own scoping)."""
+    from deployments.models import ModelDeployment
+
+    return ModelDeployment.objects.filter(project__in=projects_for_user(user)).select_related(
+        "project__organization", "pool", "environment"
+    )
+
+
+def deployment_get(user: Any, pk: int):
+    deployment = deployments_visible_to(user).filter(pk=pk).first()
+    if deployment is None:
+        raise Http404("No such deployment.")
+    return deployment
+
+
+def shared_deployments_for_org(organization: Organization | int):
+    """Other organizations' deployments this organization may see (shared with all or with it).
+
+    Takes the organization or its id (the gateway has only ids). Public deployments are callable
+    by anyone, but only sharing makes them listed here.
+    """
+    from deployments.models import ModelDeployment
+
+    org_id = organization.pk if isinstance(organization, Organization) else int(organization)
+    return (
+        ModelDeployment.objects.exclude(project__organization_id=org_id)
+        .filter(
+            Q(share__mode=ShareMode.ALL)
+            | Q(share__mode=ShareMode.SPECIFIC, share__organizations__id=org_id)
+        )
+        .select_related("project__organization", "share", "access_policy")
+        .distinct()
+    )
+
+
+def public_deployments(served_model_name: str | None = None):
+    """Deployments anyone may call without an API key (for the gateway's keyless path).
+
+    Served model names are unique per organization only: with a name, more than one row means
+    the name is ambiguous without a key, and the gateway should ask for one.
+    """
+    from deployments.models import ModelDeployment
+
+    qs = ModelDeployment.objects.filter(access_policy__kind=AccessKind.PUBLIC).select_related(
+        "current_revision", "project__organization", "pool"
+    )
+    if served_model_name is not None:
+        qs = qs.filter(current_revision__spec__served_model_name=served_model_name)
+    return qs.order_by("pk")
+
+
+def share_for(deployment) -> DeploymentShare:
+    """The deployment's share row, or an unsaved default (not shared)."""
+    try:
+        return deployment.share
+    except DeploymentShare.DoesNotExist:
+        return DeploymentShare(deployment=deployment)
+
+
+def access_policy_for(deployment) -> AccessPolicy:
+    try:
+        return deployment.access_policy
+    except AccessPolicy.DoesNotExist:
+        return AccessPolicy(deployment=deployment)
+
+
+def environments_for_user(user: Any, project: Project | None = None) -> QuerySet[Environment]:
+    qs = Environment.objects.filter(project__in=projects_for_user(user)).select_related(
+        "project__organization"
+    )
+    if project is not None:
+        qs = qs.filter(project=project)
+    return qs.prefetch_related("allowed_pools")
+
+
+def environment_get(user: Any, pk: int) -> Environment:
+    environment = environments_for_user(user).filter(pk=pk).first()
+    if environment is None:
+        raise Http404("No such environment.")
+    return environment
+
+
+def project_for_user(user: Any, pk: int) -> Project:
+    return project_get(user, pk)
+
+
+def quota_overview(user: Any, organization: Organization) -> dict:
+    """Projects of the organization with GPU use vs quota and who holds the GPUs."""
+    from deployments.models import ModelDeployment
+
+    projects = list(projects_for_user(user, organization).order_by("name"))
+    reservations = GpuReservation.objects.filter(project__in=projects).order_by("-gpus", "holder")
+    by_project: dict[int, list[GpuReservation]] = {}
+    deployment_ids = []
+    for r in reservations:
+        by_project.setdefault(r.project_id, []).append(r)
+        kind, _, ident = r.holder.partition(":")
+        if kind == "deployment" and ident.isdigit():
+            deployment_ids.append(int(ident))
+    names = dict(
+        ModelDeployment.objects.filter(
+            pk__in=deployment_ids, project__organization=organization
+        ).values_list("pk", "name")
+    )
+    rows = []
+    for project in projects:
+        holders = []
+        for r in by_project.get(project.pk, []):
+            kind, _, ident = r.holder.partition(":")
+            dep_id = int(ident) if kind == "deployment" and ident.isdigit() else None
+            holders.append(
+                {
+                    "holder": r.holder,
+                    "gpus": r.gpus,
+                    "deployment_id": dep_id if dep_id in names else None,
+                    "name": names.get(dep_id, r.holder),
+                }
+            )
+        used = sum(h["gpus"] for h in holders)
+        percent = (
+            100
+            if project.gpu_quota == 0 and used
+            else (0 if project.gpu_quota == 0 else round(100 * used / project.gpu_quota))
+        )
+        rows.append(
+            {
+                "project": project,
+                "used": used,
+                "quota": project.gpu_quota,
+                "percent": percent,
+                "level": "over" if percent >= 100 and used else "near" if percent >= 80 else "",
+                "holders": holders,
+            }
+        )
+    org_used = organization.gpu_used()
+    org_percent = (
+        100
+        if organization.gpu_quota == 0 and org_used
+        else (0 if organization.gpu_quota == 0 else round(100 * org_used / organization.gpu_quota))
+    )
+    return {
+        "rows": rows,
+        "org_used": org_used,
+        "org_quota": organization.gpu_quota,
+        "org_percent": org_percent,
+        "org_level": "over"
+        if org_percent >= 100 and org_used
+        else "near"
+        if org_percent >= 80
+        else "",
+    }

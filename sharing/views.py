@@ -1,0 +1,456 @@
+"""Governance pages: audit log, object history, deployment sharing, environments, GPU quotas."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.http import require_POST
+
+from console.forms import field_validation_response
+from projects.models import Organization
+from projects.selectors import can_change, is_org_admin, project_get
+from sharing import permissions, selectors, services
+from sharing.forms import (
+    AccessForm,
+    AuditFilterForm,
+    EnvironmentForm,
+    PromoteForm,
+    QuotaForm,
+    ShareForm,
+)
+from sharing.models import AccessKind, ShareMode
+
+PAGE_SIZE = 50
+
+
+def _organization(request: HttpRequest) -> Organization:
+    if request.organization is None:
+        raise Http404("You are not a member of any organization.")
+    return request.organization
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+def _link(url_name: str, *args) -> str:
+    try:
+        return reverse(url_name, args=args)
+    except NoReverseMatch:  # the page belongs to a part of the product not built yet
+        return ""
+
+
+# ---------------------------------------------------------------- audit log
+
+
+@login_required
+def audit(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    form = AuditFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    entries = selectors.audit_entries_for_user(
+        request.user,
+        org,
+        **{k: v for k, v in filters.items() if v not in (None, "")},
+    )
+    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    object_types = (
+        selectors.audit_entries_for_user(request.user, org)
+        .order_by()
+        .values_list("object_type", flat=True)
+        .distinct()
+    )
+    context = {
+        "form": form,
+        "page": page,
+        "entries": page.object_list,
+        "query": query.urlencode(),
+        "organization": org,
+        "object_types": sorted(object_types),
+    }
+    if request.htmx and request.htmx.target == "audit-results":
+        return render(request, "sharing/htmx/audit_results.html", context)
+    return render(request, "sharing/audit.html", context)
+
+
+def _check_object_visible(user, org: Organization, object_type: str, object_id: str) -> None:
+    """The object must belong to the user's organization; unknown types must have entries there."""
+    if not object_id.isdigit():
+        return
+    pk = int(object_id)
+    if object_type == "deployment":
+        deployment = selectors.deployment_get(user, pk)
+        if deployment.project.organization_id != org.pk:
+            raise Http404
+    elif object_type == "project":
+        if project_get(user, pk).organization_id != org.pk:
+            raise Http404
+    elif object_type == "environment":
+        if selectors.environment_get(user, pk).project.organization_id != org.pk:
+            raise Http404
+    elif object_type == "organization":
+        if pk != org.pk:
+            raise Http404
+
+
+@login_required
+def object_history(request: HttpRequest, object_type: str, object_id: str) -> HttpResponse:
+    """One object's changes; a fragment other pages embed with hx-get (a full page otherwise)."""
+    org = _organization(request)
+    entries = selectors.audit_entries_for_user(
+        request.user, org, object_type=object_type, object_id=object_id
+    )
+    known = object_type in {"deployment", "project", "environment", "organization"}
+    if known and object_id.isdigit():
+        _check_object_visible(request.user, org, object_type, object_id)
+    elif not entries.exists():
+        raise Http404("No history for that object.")
+    context = {
+        "entries": entries[:100],
+        "object_type": object_type,
+        "object_id": object_id,
+        "object_repr": entries[0].object_repr if entries else f"{object_type} {object_id}",
+    }
+    if request.htmx:
+        return render(request, "sharing/htmx/object_history.html", context)
+    return render(request, "sharing/object_history.html", context)
+
+
+# ---------------------------------------------------------------- sharing
+
+
+@login_required
+def deployment_sharing(request: HttpRequest, deployment_pk: int) -> HttpResponse:
+    deployment = selectors.deployment_get(request.user, deployment_pk)
+    owner = deployment.project.organization
+    share = selectors.share_for(deployment)
+    policy = selectors.access_policy_for(deployment)
+    allowed, reason = permissions.can(request.user, "share", deployment)
+    shared_org_ids = [owner.pk, *share.organization_ids]
+    share_form = ShareForm(
+        initial={"mode": share.mode, "organizations": share.organization_ids}, owner=owner
+    )
+    access_form = AccessForm(
+        initial={"kind": policy.kind, "groups": policy.group_ids, "users": policy.user_ids},
+        # Never list every user of every tenant: with "all organizations" only the owner's show.
+        organization_ids=shared_org_ids if share.mode == ShareMode.SPECIFIC else [owner.pk],
+        user_ids=policy.user_ids,
+    )
+    if request.method == "POST":
+        if not allowed:
+            raise PermissionDenied(reason)
+        which = request.POST.get("form")
+        if which == "share":
+            share_form = ShareForm(request.POST, owner=owner)
+            if share_form.is_valid():
+                try:
+                    services.deployment_share_set(
+                        user=request.user,
+                        deployment=deployment,
+                        mode=share_form.cleaned_data["mode"],
+                        organizations=share_form.cleaned_data["organizations"],
+                    )
+                except ValidationError as exc:
+                    share_form.add_service_error(exc)
+                else:
+                    messages.success(request, "Sharing saved.")
+                    return _redirect(
+                        request, reverse("sharing:deployment_sharing", args=[deployment.pk])
+                    )
+        elif which == "access":
+            access_form = AccessForm(
+                request.POST,
+                organization_ids=list(Organization.objects.values_list("pk", flat=True)),
+            )
+            if access_form.is_valid():
+                data = access_form.cleaned_data
+                try:
+                    services.access_policy_set(
+                        user=request.user,
+                        deployment=deployment,
+                        kind=data["kind"],
+                        groups=data["groups"],
+                        users=data["users"],
+                    )
+                except ValidationError as exc:
+                    access_form.add_service_error(exc)
+                else:
+                    messages.success(request, "Access policy saved.")
+                    return _redirect(
+                        request, reverse("sharing:deployment_sharing", args=[deployment.pk])
+                    )
+        else:
+            return HttpResponse("Say which form: share or access.", status=400)
+    context = {
+        "deployment": deployment,
+        "share": share,
+        "policy": policy,
+        "share_form": share_form,
+        "access_form": access_form,
+        "can_share": allowed,
+        "reason": reason,
+        "is_public": policy.kind == AccessKind.PUBLIC,
+        "deployment_url": _link("deployments:detail", deployment.pk),
+        "history_url": reverse("sharing:object_history", args=["deployment", deployment.pk]),
+    }
+    return render(request, "sharing/deployment_sharing.html", context)
+
+
+# ---------------------------------------------------------------- promotion
+
+
+@login_required
+def deployment_promote(request: HttpRequest, deployment_pk: int) -> HttpResponse:
+    """Pick a revision and a target environment; the plan (or every broken rule) shows before promoting."""
+    deployment = selectors.deployment_get(request.user, deployment_pk)
+    allowed, reason = permissions.can(request.user, "change", deployment)
+    data = (
+        request.POST
+        if request.method == "POST"
+        else (request.GET if "revision" in request.GET else None)
+    )
+    form = PromoteForm(
+        data,
+        deployment=deployment,
+        initial={
+            "revision": deployment.current_revision.number if deployment.current_revision else None
+        },
+    )
+    plan = None
+    if request.method == "POST" and not allowed:
+        raise PermissionDenied(reason)
+    if data is not None and form.is_valid():
+        args = {
+            "user": request.user,
+            "deployment": deployment,
+            "revision_number": form.cleaned_data["revision"],
+            "target_environment": form.cleaned_data["target_environment"],
+        }
+        try:
+            if request.method == "POST" and request.POST.get("confirm") == "1":
+                result = services.promote(**args)
+                target = result if hasattr(result, "project_id") else result.deployment
+                messages.success(
+                    request,
+                    f"Revision {args['revision_number']} promoted to "
+                    f"{args['target_environment'].name} as “{target.name}”.",
+                )
+                return _redirect(
+                    request,
+                    _link("deployments:detail", target.pk)
+                    or reverse("sharing:deployment_promote", args=[deployment.pk]),
+                )
+            plan = services.promotion_plan(**args)
+        except ValidationError as exc:
+            form.add_service_error(exc)
+        except PermissionDenied as exc:
+            form.add_error(None, str(exc))
+    context = {
+        "deployment": deployment,
+        "form": form,
+        "plan": plan,
+        "can_promote": allowed,
+        "reason": reason,
+        "deployment_url": _link("deployments:detail", deployment.pk),
+        "environments_url": reverse("sharing:environments", args=[deployment.project_id]),
+    }
+    if request.htmx:
+        return render(request, "sharing/htmx/promote_form.html", context)
+    return render(request, "sharing/deployment_promote.html", context)
+
+
+# ---------------------------------------------------------------- environments
+
+
+@login_required
+def environments(request: HttpRequest, project_pk: int) -> HttpResponse:
+    project = project_get(request.user, project_pk)
+    envs = selectors.environments_for_user(request.user, project).order_by("name")
+    rows = [{"environment": e, "deployments": e.deployments.count()} for e in envs]
+    return render(
+        request,
+        "sharing/environments.html",
+        {
+            "project": project,
+            "rows": rows,
+            "can_change": can_change(request.user, project.organization),
+        },
+    )
+
+
+def _environment_form_page(request, form, project, environment=None) -> HttpResponse:
+    context = {
+        "form": form,
+        "project": project,
+        "environment": environment,
+        "validate_url": request.path,
+    }
+    if request.htmx and request.method == "POST":
+        return render(request, "sharing/htmx/environment_form.html", context)
+    return render(request, "sharing/environment_form.html", context)
+
+
+@login_required
+def environment_create(request: HttpRequest, project_pk: int) -> HttpResponse:
+    project = project_get(request.user, project_pk)
+    if not can_change(request.user, project.organization):
+        raise PermissionDenied("Viewers cannot create environments.")
+    form = EnvironmentForm(request.POST or None, project=project)
+    if request.method == "POST":
+        partial = field_validation_response(request, form, request.path)
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            try:
+                environment = services.environment_create(
+                    user=request.user, project=project, **form.cleaned_data
+                )
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Environment “{environment.name}” created.")
+                return _redirect(request, reverse("sharing:environments", args=[project.pk]))
+    return _environment_form_page(request, form, project)
+
+
+@login_required
+def environment_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    environment = selectors.environment_get(request.user, pk)
+    project = environment.project
+    if not can_change(request.user, project.organization):
+        raise PermissionDenied("Viewers cannot change environments.")
+    form = EnvironmentForm(
+        request.POST or None,
+        project=project,
+        instance=environment,
+        initial=EnvironmentForm.initial_for(environment),
+    )
+    if request.method == "POST":
+        partial = field_validation_response(request, form, request.path)
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            data = dict(form.cleaned_data)
+            data.pop("slug", None)
+            try:
+                services.environment_update(user=request.user, environment=environment, **data)
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Environment “{data['name']}” saved.")
+                return _redirect(request, reverse("sharing:environments", args=[project.pk]))
+    return _environment_form_page(request, form, project, environment)
+
+
+@login_required
+@require_POST
+def environment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    environment = selectors.environment_get(request.user, pk)
+    project = environment.project
+    try:
+        services.environment_delete(user=request.user, environment=environment)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Environment “{environment.name}” deleted.")
+    return redirect("sharing:environments", project_pk=project.pk)
+
+
+# ---------------------------------------------------------------- quotas
+
+
+@login_required
+def quotas(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    overview = selectors.quota_overview(request.user, org)
+    for row in overview["rows"]:
+        row["error_key"] = f"project-{row['project'].pk}"
+        for holder in row["holders"]:
+            holder["url"] = (
+                _link("deployments:detail", holder["deployment_id"])
+                if holder["deployment_id"]
+                else ""
+            )
+    errors = request.session.pop("quota_errors", {})
+    return render(
+        request,
+        "sharing/quotas.html",
+        {
+            "organization": org,
+            **overview,
+            "is_admin": is_org_admin(request.user, org),
+            "errors": errors,
+        },
+    )
+
+
+def _quota_response(request, ok_message: str, error_key: str, error: str | None) -> HttpResponse:
+    if error:
+        request.session["quota_errors"] = {error_key: error}
+        messages.error(request, error)
+    else:
+        messages.success(request, ok_message)
+    return redirect("sharing:quotas")
+
+
+@login_required
+@require_POST
+def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
+    project = project_get(request.user, project_pk)
+    if not is_org_admin(request.user, project.organization):
+        raise PermissionDenied("Only organization admins can change GPU quotas.")
+    form = QuotaForm(request.POST)
+    error = None
+    if not form.is_valid():
+        error = f"Project “{project.name}”: " + " ".join(
+            m for ms in form.errors.values() for m in ms
+        )
+    else:
+        try:
+            services.project_quota_set(
+                user=request.user, project=project, gpu_quota=form.cleaned_data["gpu_quota"]
+            )
+        except ValidationError as exc:
+            error = f"Project “{project.name}”: " + " ".join(exc.messages)
+    return _quota_response(
+        request,
+        f"Project “{project.name}” may now hold {request.POST.get('gpu_quota')} GPUs.",
+        f"project-{project.pk}",
+        error,
+    )
+
+
+@login_required
+@require_POST
+def quota_organization(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    if not is_org_admin(request.user, org):
+        raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
+    form = QuotaForm(request.POST)
+    error = None
+    if not form.is_valid():
+        error = "Organization quota: " + " ".join(m for ms in form.errors.values() for m in ms)
+    else:
+        try:
+            services.organization_quota_update(
+                user=request.user, organization=org, gpu_quota=form.cleaned_data["gpu_quota"]
+            )
+        except ValidationError as exc:
+            error = "Organization quota: " + " ".join(exc.messages)
+    return _quota_response(
+        request,
+        f"{org.name} may now hold {request.POST.get('gpu_quota')} GPUs.",
+        "organization",
+        error,
+    )

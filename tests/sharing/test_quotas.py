@@ -1,0 +1,105 @@
+"""GPU quotas page: use vs quota per project, near/over highlighted, holders linked, inline edits by admins."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from projects.models import GpuReservation
+from sharing.models import AuditEntry
+from tests.conftest import login
+from tests.factories import ProjectFactory
+from tests.sharing import factories as f
+
+
+@pytest.mark.django_db
+def test_page_shows_use_holders_and_highlights_near_and_over(tenants):
+    dep = f.deployment(tenants.project, name="llama-chat")
+    GpuReservation.objects.create(
+        project=tenants.project, holder=f"deployment:{dep.pk}", gpus=7
+    )  # 7/8 near
+    full = ProjectFactory(organization=tenants.org, name="Vision", gpu_quota=2)
+    GpuReservation.objects.create(project=full, holder="notebook:1", gpus=2)  # 2/2 over
+    calm = ProjectFactory(organization=tenants.org, name="Calm", gpu_quota=10)
+    html = login(tenants.viewer).get(reverse("sharing:quotas")).content.decode()
+    research = html.split(f'id="quota-project-{tenants.project.pk}"')[1].split("</tr>")[0]
+    vision = html.split(f'id="quota-project-{full.pk}"')[1].split("</tr>")[0]
+    calm_row = html.split(f'id="quota-project-{calm.pk}"')[1].split("</tr>")[0]
+    assert "near quota" in research and "llama-chat" in research and "7 / 8 GPUs" in research
+    assert "at or over quota" in vision and "notebook:1" in vision
+    assert "quota" not in calm_row.split("</td>")[0].replace("Calm", "")  # no badge
+    assert "9 / 16 GPUs" in html  # organization total
+    assert "Only organization admins can change quotas." in html and 'name="gpu_quota"' not in html
+
+
+@pytest.mark.django_db
+def test_admin_edits_a_project_quota_inline_and_it_is_audited(tenants):
+    client = login(tenants.owner)
+    response = client.post(
+        reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "12"}
+    )
+    assert response.status_code == 302
+    tenants.project.refresh_from_db()
+    assert tenants.project.gpu_quota == 12
+    entry = AuditEntry.objects.get(action="quota_change", object_type="project")
+    assert entry.diff == {"gpu_quota": [8, 12]} and entry.actor == tenants.owner
+
+
+@pytest.mark.django_db
+def test_quota_below_use_is_refused_with_the_numbers(tenants):
+    GpuReservation.objects.create(project=tenants.project, holder="deployment:999", gpus=5)
+    client = login(tenants.owner)
+    response = client.post(
+        reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "2"}, follow=True
+    )
+    html = response.content.decode()
+    assert "hold 5 GPUs; the quota cannot go below that" in html
+    tenants.project.refresh_from_db()
+    assert tenants.project.gpu_quota == 8 and not AuditEntry.objects.exists()
+    response = client.post(
+        reverse("sharing:quota_project", args=[tenants.project.pk]),
+        {"gpu_quota": "many"},
+        follow=True,
+    )
+    assert "whole number" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_admin_edits_the_organization_quota(tenants):
+    client = login(tenants.owner)
+    client.post(reverse("sharing:quota_organization"), {"gpu_quota": "32"})
+    tenants.org.refresh_from_db()
+    assert tenants.org.gpu_quota == 32
+    assert AuditEntry.objects.get(object_type="organization").diff == {"gpu_quota": [16, 32]}
+
+
+@pytest.mark.django_db
+def test_members_and_viewers_cannot_change_quotas(tenants):
+    for user in (tenants.member, tenants.viewer):
+        client = login(user)
+        assert (
+            client.post(
+                reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "1"}
+            ).status_code
+            == 403
+        )
+        assert (
+            client.post(reverse("sharing:quota_organization"), {"gpu_quota": "1"}).status_code
+            == 403
+        )
+    tenants.project.refresh_from_db()
+    tenants.org.refresh_from_db()
+    assert tenants.project.gpu_quota == 8 and tenants.org.gpu_quota == 16
+
+
+@pytest.mark.django_db
+def test_outsider_cannot_see_or_change_another_organizations_quotas(tenants):
+    client = login(tenants.outsider)
+    html = client.get(reverse("sharing:quotas")).content.decode()
+    assert "Research" not in html and "Secret" in html
+    assert (
+        client.post(
+            reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "1"}
+        ).status_code
+        == 404
+    )
