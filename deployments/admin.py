@@ -1,24 +1,152 @@
-from django.contrib import admin
+"""Django admin for operators: browse everything; changes that matter go through deployments.services."""
 
-from deployments.models import ComputePool, DeploymentEvent, Endpoint, ModelDeployment, Revision, UsageRecord
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from deployments.models import (
+    ComputePool,
+    DeploymentEvent,
+    Endpoint,
+    ModelDeployment,
+    Revision,
+    UsageRecord,
+)
+
+
+def _run(modeladmin, request, queryset, verb: str, call) -> None:
+    """Apply a service to each selected row and say what happened to each."""
+    done, failed = 0, []
+    for obj in queryset:
+        try:
+            call(obj)
+        except (ValidationError, PermissionDenied) as exc:
+            text = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+            failed.append(f"{obj}: {text}")
+        else:
+            done += 1
+    if done:
+        modeladmin.message_user(request, f"{verb}: {done} done.", messages.SUCCESS)
+    for line in failed:
+        modeladmin.message_user(request, line, messages.ERROR)
+
+
+class RevisionInline(admin.TabularInline):
+    model = Revision
+    extra = 0
+    can_delete = False
+    fields = ["number", "reason", "created_by", "created_at"]
+    readonly_fields = fields
+    ordering = ["-number"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class EventInline(admin.TabularInline):
+    model = DeploymentEvent
+    extra = 0
+    can_delete = False
+    fields = ["type", "reason", "message", "source", "count", "last_seen_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(ComputePool)
 class ComputePoolAdmin(admin.ModelAdmin):
-    list_display = ["name", "organization", "kind", "engine_label", "reachable", "last_checked_at"]
-    exclude = ["kubeconfig"]  # encrypted; set through the console
+    list_display = [
+        "name",
+        "organization",
+        "kind",
+        "engine_label",
+        "region",
+        "reachable",
+        "last_checked_at",
+    ]
+    list_filter = ["kind", "reachable"]
+    search_fields = ["name", "organization__name"]
+    exclude = ["kubeconfig"]  # encrypted; set through the console, never shown
+    readonly_fields = ["last_check", "last_checked_at", "reachable"]
+    actions = ["test_connection"]
+
+    @admin.action(description="Test the connection of the selected pools")
+    def test_connection(self, request, queryset):
+        from deployments import services
+
+        _run(
+            self,
+            request,
+            queryset,
+            "Connection tested",
+            lambda p: services.pool_test_connection(user=None, pool=p),
+        )
 
 
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
     list_display = ["name", "project", "path"]
+    search_fields = ["name", "path"]
 
 
 @admin.register(ModelDeployment)
 class ModelDeploymentAdmin(admin.ModelAdmin):
     list_display = ["name", "project", "model", "pool", "state", "updated_at"]
     list_filter = ["state", "pool"]
-    readonly_fields = ["state", "state_reason", "current_revision", "serving_revision"]
+    search_fields = ["name", "project__name", "model__name"]
+    readonly_fields = [
+        "state",
+        "state_reason",
+        "state_changed_at",
+        "current_revision",
+        "serving_revision",
+    ]
+    inlines = [RevisionInline, EventInline]
+    actions = ["deactivate", "activate", "delete_through_service"]
+
+    @admin.action(description="Deactivate (scale to zero, release GPUs)")
+    def deactivate(self, request, queryset):
+        from deployments import services
+
+        _run(
+            self,
+            request,
+            queryset,
+            "Deactivated",
+            lambda d: services.deployment_deactivate(user=None, deployment=d),
+        )
+
+    @admin.action(description="Activate (reserve GPUs, scale up)")
+    def activate(self, request, queryset):
+        from deployments import services
+
+        _run(
+            self,
+            request,
+            queryset,
+            "Activated",
+            lambda d: services.deployment_activate(user=None, deployment=d),
+        )
+
+    @admin.action(description="Delete from the compute pool, then from ModelDeck")
+    def delete_through_service(self, request, queryset):
+        from deployments import services
+
+        _run(
+            self,
+            request,
+            queryset,
+            "Deletion started",
+            lambda d: services.deployment_delete(user=None, deployment=d),
+        )
+
+    def get_actions(self, request):
+        # Deleting rows directly would leave objects on the cluster and GPUs in the quota.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
 
 @admin.register(Revision)
@@ -37,7 +165,10 @@ class DeploymentEventAdmin(admin.ModelAdmin):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "deployment_name", "organization", "route", "status_code", "prompt_tokens", "completion_tokens", "cost", "currency"]
+    list_display = [
+        "created_at", "deployment_name", "organization", "route", "status_code", "prompt_tokens",
+        "completion_tokens", "cost", "currency",
+    ]  # fmt: skip
     list_filter = ["route", "status_code"]
 
     def has_change_permission(self, request, obj=None):

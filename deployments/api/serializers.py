@@ -1,0 +1,211 @@
+"""Serializers of the deployments API: shapes only; the services decide and write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from catalog.models import CatalogModel, ProfileBundle
+from deployments.models import (
+    ComputePool,
+    DeploymentEvent,
+    Endpoint,
+    ModelDeployment,
+    PoolKind,
+    Revision,
+)
+from projects.models import Environment, GpuReservation, Project
+
+
+class ComputePoolSerializer(serializers.ModelSerializer):
+    sandbox = serializers.SerializerMethodField()
+    kubeconfig_set = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ComputePool
+        fields = [
+            "id", "organization", "name", "kind", "sandbox", "engine_label", "api_url", "region", "description",
+            "kubeconfig_set", "reachable", "last_checked_at", "last_check", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_sandbox(self, obj: ComputePool) -> bool:
+        return obj.kind == PoolKind.SANDBOX
+
+    def get_kubeconfig_set(self, obj: ComputePool) -> bool:
+        return bool(obj.kubeconfig)
+
+
+class ComputePoolWriteSerializer(serializers.Serializer):
+    """A kubeconfig goes in and is stored encrypted; it never comes back out."""
+
+    organization = serializers.IntegerField(required=False)
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=PoolKind.choices)
+    engine_label = serializers.CharField(max_length=50)
+    kubeconfig = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, trim_whitespace=False
+    )
+    api_url = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    region = serializers.CharField(required=False, allow_blank=True, max_length=50)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class ComputePoolUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    engine_label = serializers.CharField(max_length=50, required=False)
+    kubeconfig = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, trim_whitespace=False
+    )
+    api_url = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    region = serializers.CharField(required=False, allow_blank=True, max_length=50)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class ConnectionCheckSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    version = serializers.CharField(allow_blank=True, required=False)
+    nodes = serializers.ListField(child=serializers.DictField(), required=False)
+    error = serializers.CharField(allow_blank=True, required=False)
+
+
+class EndpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Endpoint
+        fields = ["id", "project", "name", "path", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        validators: list = []  # uniqueness is the service's job (it gives the message)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        projects = self.context.get("projects")
+        if projects is not None:
+            self.fields["project"].queryset = projects
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    created_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = Revision
+        fields = ["number", "spec", "reason", "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class EventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeploymentEvent
+        fields = [
+            "id",
+            "type",
+            "reason",
+            "message",
+            "source",
+            "count",
+            "created_at",
+            "last_seen_at",
+        ]
+        read_only_fields = fields
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    spec = serializers.SerializerMethodField()
+    served_model_name = serializers.SerializerMethodField()
+    current_revision = serializers.SerializerMethodField()
+    serving_revision = serializers.SerializerMethodField()
+    gpus_held = serializers.SerializerMethodField()
+    sandbox = serializers.SerializerMethodField()
+    created_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = ModelDeployment
+        fields = [
+            "id", "name", "description", "project", "model", "bundle", "pool", "sandbox", "endpoint", "environment",
+            "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
+            "gpus_held", "spec", "created_by", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_spec(self, obj: ModelDeployment) -> dict[str, Any]:
+        return obj.spec()
+
+    def get_served_model_name(self, obj: ModelDeployment) -> str:
+        return obj.spec().get("served_model_name") or obj.name
+
+    def get_current_revision(self, obj: ModelDeployment) -> int | None:
+        return obj.current_revision.number if obj.current_revision else None
+
+    def get_serving_revision(self, obj: ModelDeployment) -> int | None:
+        return obj.serving_revision.number if obj.serving_revision else None
+
+    def get_gpus_held(self, obj: ModelDeployment) -> int:
+        row = GpuReservation.objects.filter(holder=f"deployment:{obj.pk}").first()
+        return row.gpus if row else 0
+
+    def get_sandbox(self, obj: ModelDeployment) -> bool:
+        return obj.pool.kind == PoolKind.SANDBOX
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    """Related objects are looked up among what the caller may see (others are "does not exist")."""
+
+    project = serializers.PrimaryKeyRelatedField(queryset=Project.objects.none())
+    model = serializers.PrimaryKeyRelatedField(queryset=CatalogModel.objects.none())
+    pool = serializers.PrimaryKeyRelatedField(queryset=ComputePool.objects.none())
+    bundle = serializers.PrimaryKeyRelatedField(
+        queryset=ProfileBundle.objects.none(), required=False, allow_null=True
+    )
+    endpoint = serializers.PrimaryKeyRelatedField(
+        queryset=Endpoint.objects.none(), required=False, allow_null=True
+    )
+    environment = serializers.PrimaryKeyRelatedField(
+        queryset=Environment.objects.none(), required=False, allow_null=True
+    )
+    name = serializers.CharField(max_length=50)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    spec = serializers.DictField(required=False, default=dict)
+
+    def __init__(self, *args, querysets: dict[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, qs in (querysets or {}).items():
+            self.fields[name].queryset = qs
+
+
+class DeploymentUpdateSerializer(serializers.Serializer):
+    spec = serializers.DictField(required=False, default=dict)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    model = serializers.PrimaryKeyRelatedField(
+        queryset=CatalogModel.objects.none(), required=False,
+        help_text="Only to confirm the model: a deployment's model can't change in place.",
+    )  # fmt: skip
+
+    def __init__(self, *args, models=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if models is not None:
+            self.fields["model"].queryset = models
+
+
+class ScaleSerializer(serializers.Serializer):
+    min = serializers.IntegerField(min_value=0, max_value=100)
+    max = serializers.IntegerField(min_value=1, max_value=100)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["min"] > attrs["max"]:
+            raise serializers.ValidationError(
+                {"max": f"Must be at least the minimum ({attrs['min']})."}
+            )
+        return attrs
+
+
+class RollbackSerializer(serializers.Serializer):
+    revision = serializers.IntegerField(min_value=1)
+
+
+class NimTagSerializer(serializers.Serializer):
+    tag = serializers.CharField(max_length=128)
+
+
+class ManifestsSerializer(serializers.Serializer):
+    revision = serializers.IntegerField()
+    yaml = serializers.CharField()

@@ -1,0 +1,326 @@
+"""REST endpoints for compute pools, endpoints and model deployments; every write goes through deployments.services."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from deployments import selectors, services
+from deployments.api.serializers import (
+    ComputePoolSerializer,
+    ComputePoolUpdateSerializer,
+    ComputePoolWriteSerializer,
+    ConnectionCheckSerializer,
+    DeploymentCreateSerializer,
+    DeploymentSerializer,
+    DeploymentUpdateSerializer,
+    EndpointSerializer,
+    EventSerializer,
+    ManifestsSerializer,
+    NimTagSerializer,
+    RevisionSerializer,
+    RollbackSerializer,
+    ScaleSerializer,
+)
+from deployments.models import ModelDeployment
+from projects.models import Environment
+from projects.selectors import can_change, organizations_for_user, projects_for_user
+
+
+def _require_change(user, organization) -> None:
+    if not can_change(user, organization):
+        raise PermissionDenied(
+            "Viewers cannot change deployments; ask an organization admin for the member role."
+        )
+
+
+class ComputePoolViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = ComputePoolSerializer
+
+    def get_queryset(self):
+        return selectors.pools_for_user(self.request.user).order_by("organization__name", "name")
+
+    def _organization(self, org_id):
+        orgs = organizations_for_user(self.request.user)
+        org = (
+            orgs.filter(pk=org_id).first()
+            if org_id
+            else (getattr(self.request, "organization", None) or orgs.first())
+        )
+        if org is None:
+            raise Http404("No such organization.")
+        return org
+
+    @extend_schema(request=ComputePoolWriteSerializer, responses={201: ComputePoolSerializer})
+    def create(self, request):
+        body = ComputePoolWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        org = self._organization(data.pop("organization", None))
+        pool = services.pool_create(user=request.user, organization=org, **data)
+        return Response(ComputePoolSerializer(pool).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ComputePoolUpdateSerializer, responses=ComputePoolSerializer)
+    def partial_update(self, request, pk=None):
+        pool = self.get_object()
+        body = ComputePoolUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        pool = services.pool_update(user=request.user, pool=pool, **body.validated_data)
+        return Response(ComputePoolSerializer(pool).data)
+
+    def destroy(self, request, pk=None):
+        pool = self.get_object()
+        services.pool_delete(user=request.user, pool=pool)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses=ConnectionCheckSerializer)
+    @action(detail=True, methods=["post"])
+    def test(self, request, pk=None):
+        """Ask the pool's API server for its version, nodes and GPUs; a failure is an answer, not an error."""
+        pool = self.get_object()
+        result = services.pool_test_connection(user=request.user, pool=pool)
+        return Response(result)
+
+
+class EndpointViewSet(
+    mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet
+):
+    serializer_class = EndpointSerializer
+
+    def get_queryset(self):
+        qs = selectors.endpoints_for_user(self.request.user).order_by("project_id", "name")
+        project = self.request.query_params.get("project")
+        if project and project.isdigit():
+            qs = qs.filter(project_id=int(project))
+        return qs
+
+    def get_serializer_context(self):
+        return {
+            **super().get_serializer_context(),
+            "projects": projects_for_user(self.request.user),
+        }
+
+    @extend_schema(
+        parameters=[OpenApiParameter("project", int, description="Only this project's endpoints.")]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def create(self, request, *args, **kwargs):
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        endpoint = services.endpoint_create(
+            user=request.user, project=data["project"], name=data["name"], path=data["path"]
+        )
+        return Response(EndpointSerializer(endpoint).data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, *args, **kwargs):
+        endpoint = self.get_object()
+        services.endpoint_delete(user=request.user, endpoint=endpoint)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = DeploymentSerializer
+
+    def get_queryset(self):
+        qs = selectors.deployments_for_user(self.request.user).order_by("-created_at")
+        params = self.request.query_params
+        if params.get("project", "").isdigit():
+            qs = qs.filter(project_id=int(params["project"]))
+        if params.get("state"):
+            qs = qs.filter(state=params["state"])
+        return qs
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("project", int, description="Only this project's deployments."),
+            OpenApiParameter(
+                "state", str, description="Only deployments in this state, e.g. running."
+            ),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def _querysets(self) -> dict:
+        from catalog.selectors import bundles_for_user, models_for_user
+
+        user = self.request.user
+        projects = projects_for_user(user)
+        return {
+            "project": projects,
+            "model": models_for_user(user),
+            "pool": selectors.pools_for_user(user),
+            "bundle": bundles_for_user(user),
+            "endpoint": selectors.endpoints_for_user(user),
+            "environment": Environment.objects.filter(project__in=projects),
+        }
+
+    def _read(self, deployment: ModelDeployment, code: int = status.HTTP_200_OK) -> Response:
+        fresh = selectors.deployment_get(self.request.user, deployment.pk)
+        return Response(DeploymentSerializer(fresh).data, status=code)
+
+    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentSerializer})
+    def create(self, request):
+        body = DeploymentCreateSerializer(data=request.data, querysets=self._querysets())
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        _require_change(request.user, data["project"].organization)
+        deployment = services.deployment_create(
+            user=request.user, project=data["project"], model=data["model"], pool=data["pool"], name=data["name"],
+            spec=data.get("spec") or {}, bundle=data.get("bundle"), endpoint=data.get("endpoint"),
+            environment=data.get("environment"), description=data.get("description", ""),
+        )  # fmt: skip
+        return self._read(deployment, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=DeploymentUpdateSerializer,
+        responses=DeploymentSerializer,
+        description="Replace the spec: fields left out return to their defaults. A new revision, rolled out blue-green.",
+    )
+    def update(self, request, pk=None):
+        from deployments.spec import default_spec, merge_spec
+
+        deployment = self.get_object()
+        body = DeploymentUpdateSerializer(data=request.data, models=self._querysets()["model"])
+        body.is_valid(raise_exception=True)
+        spec = merge_spec(default_spec(), body.validated_data["spec"])
+        services.deployment_update(
+            user=request.user,
+            deployment=deployment,
+            spec=spec,
+            reason=body.validated_data["reason"] or "Replaced through the API",
+            model=body.validated_data.get("model"),
+        )
+        return self._read(deployment)
+
+    @extend_schema(
+        request=DeploymentUpdateSerializer,
+        responses=DeploymentSerializer,
+        description="Change some spec fields; the others keep their values.",
+    )
+    def partial_update(self, request, pk=None):
+        deployment = self.get_object()
+        body = DeploymentUpdateSerializer(data=request.data, models=self._querysets()["model"])
+        body.is_valid(raise_exception=True)
+        services.deployment_update(
+            user=request.user,
+            deployment=deployment,
+            spec=body.validated_data["spec"],
+            reason=body.validated_data["reason"] or "Updated through the API",
+            model=body.validated_data.get("model"),
+        )
+        return self._read(deployment)
+
+    def destroy(self, request, pk=None):
+        deployment = self.get_object()
+        services.deployment_delete(user=request.user, deployment=deployment)
+        return Response(status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def deactivate(self, request, pk=None):
+        deployment = self.get_object()
+        services.deployment_deactivate(user=request.user, deployment=deployment)
+        return self._read(deployment)
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request, pk=None):
+        deployment = self.get_object()
+        services.deployment_activate(user=request.user, deployment=deployment)
+        return self._read(deployment)
+
+    @extend_schema(request=RollbackSerializer, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, pk=None):
+        deployment = self.get_object()
+        body = RollbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            services.deployment_rollback(
+                user=request.user,
+                deployment=deployment,
+                revision_number=body.validated_data["revision"],
+            )
+        except ValidationError as exc:
+            if hasattr(exc, "error_dict") and "revision_number" in exc.error_dict:
+                raise ValidationError({"revision": exc.error_dict["revision_number"]}) from None
+            raise
+        return self._read(deployment)
+
+    @extend_schema(request=ScaleSerializer, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def scale(self, request, pk=None):
+        deployment = self.get_object()
+        body = ScaleSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        lo, hi = body.validated_data["min"], body.validated_data["max"]
+        services.deployment_update(
+            user=request.user,
+            deployment=deployment,
+            spec={"replicas": {"min": lo, "max": hi}},
+            reason=f"Scaled to {lo}–{hi} replicas",
+        )
+        return self._read(deployment)
+
+    @extend_schema(request=NimTagSerializer, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"], url_path="nim-tag")
+    def nim_tag(self, request, pk=None):
+        deployment = self.get_object()
+        body = NimTagSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.deployment_set_nim_tag(
+            user=request.user, deployment=deployment, tag=body.validated_data["tag"]
+        )
+        return self._read(deployment)
+
+    @extend_schema(responses=RevisionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def revisions(self, request, pk=None):
+        deployment = self.get_object()
+        return Response(RevisionSerializer(selectors.revisions_of(deployment), many=True).data)
+
+    @extend_schema(responses=EventSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def events(self, request, pk=None):
+        deployment = self.get_object()
+        return Response(EventSerializer(deployment.events.all()[:200], many=True).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "revision", int, description="Revision number (default: the current one)."
+            )
+        ],
+        responses=ManifestsSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def manifests(self, request, pk=None):
+        """The Kubernetes objects a revision renders to, as multi-document YAML."""
+        from deployments import renderers
+        from deployments import spec as spec_module
+
+        deployment = self.get_object()
+        wanted = request.query_params.get("revision", "")
+        if wanted:
+            if not wanted.isdigit():
+                raise ValidationError({"revision": "Give a revision number."})
+            revision = deployment.revisions.filter(number=int(wanted)).first()
+            if revision is None:
+                raise ValidationError({"revision": f"This deployment has no revision {wanted}."})
+        else:
+            revision = deployment.current_revision
+        if revision is None:
+            raise ValidationError({"revision": "This deployment has no revision yet."})
+        try:
+            text = renderers.render_yaml(spec_module.render_spec_for(deployment, revision))
+        except ValueError as exc:
+            raise ValidationError({"spec": f"This revision cannot be rendered: {exc}"}) from None
+        return Response({"revision": revision.number, "yaml": text})

@@ -1,0 +1,959 @@
+"""Forms of the deployments pages: compute pools, endpoints and the deployment form; services write."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import yaml
+from django import forms
+from django.core.exceptions import ValidationError
+
+from console.forms import StyledForm
+from deployments.models import ComputePool, Endpoint, ModelDeployment, PoolKind
+
+SANDBOX_LABEL = "Sandbox (simulated)"
+POOL_KIND_CHOICES = [
+    (PoolKind.KUBECONFIG.value, "Kubeconfig"),
+    (PoolKind.IN_CLUSTER.value, "In-cluster service account"),
+    (PoolKind.SANDBOX.value, SANDBOX_LABEL),
+]
+ENGINE_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+ENV_KEY_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+LABEL_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+QUANTITY_RE = re.compile(r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$")
+PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+MAX_KUBECONFIG_BYTES = 256 * 1024
+
+# Where a spec key (as services and normalize_spec name it) shows up in the deployment form.
+SPEC_FIELD_MAP: dict[str, str] = {
+    "engine": "bundle",
+    "image": "image",
+    "served_model_name": "served_model_name",
+    "replicas.min": "replicas_min",
+    "replicas.max": "replicas_max",
+    "replicas": "replicas_max",
+    "context_length": "context_length",
+    "prompt_caching": "prompt_caching",
+    "resources.cpu": "cpu",
+    "resources.memory": "memory",
+    "resources.gpus": "gpus",
+    "resources.gpu_type": "gpu_type",
+    "resources": "gpus",
+    "gpus": "gpus",
+    "cpu": "cpu",
+    "memory": "memory",
+    "gpu_type": "gpu_type",
+    "env": "env",
+    "labels": "labels",
+    "annotations": "annotations",
+    "tolerations": "tolerations",
+    "node_selector": "node_selector",
+    "affinity": "affinity",
+    "extra_args": "extra_args",
+    "nim_tag": "nim_tag",
+    "rate_limits.organization.rpm": "rl_organization_rpm",
+    "rate_limits.organization.tpm": "rl_organization_tpm",
+    "rate_limits.user.rpm": "rl_user_rpm",
+    "rate_limits.user.tpm": "rl_user_tpm",
+    "rate_limits.api_key.rpm": "rl_api_key_rpm",
+    "rate_limits.api_key.tpm": "rl_api_key_tpm",
+    "pricing.currency": "currency",
+    "pricing.input_per_million": "price_input",
+    "pricing.output_per_million": "price_output",
+    "pool": "pool",
+    "bundle": "bundle",
+    "model": "model",
+    "project": "project",
+    "endpoint": "endpoint",
+    "environment": "environment",
+    "name": "name",
+    "description": "description",
+    "quota": "gpus",
+}
+
+RATE_SCOPES = ("organization", "user", "api_key")
+
+
+def form_field_for(spec_key: str, fields: Any) -> str | None:
+    """The form field a service error about ``spec_key`` belongs to (longest known prefix wins)."""
+    key = spec_key
+    while key:
+        name = SPEC_FIELD_MAP.get(key, key if key in fields else None)
+        if name and name in fields:
+            return name
+        if "." not in key:
+            break
+        key = key.rsplit(".", 1)[0]
+    return None
+
+
+def parse_key_values(text: str, *, what: str, key_re: re.Pattern = LABEL_KEY_RE) -> dict[str, str]:
+    """KEY=VALUE lines into a dict; blank lines and # comments are skipped."""
+    result: dict[str, str] = {}
+    for number, raw in enumerate((text or "").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ValidationError(f"Line {number}: write {what} as KEY=VALUE (got “{line[:40]}”).")
+        key, value = line.split("=", 1)
+        key = key.strip()
+        if not key_re.match(key):
+            raise ValidationError(f"Line {number}: “{key[:60]}” is not a valid {what} name.")
+        if key in result:
+            raise ValidationError(f"Line {number}: “{key}” is given twice.")
+        result[key] = value.strip()
+    return result
+
+
+def format_key_values(mapping: dict | None) -> str:
+    return "\n".join(f"{k}={v}" for k, v in (mapping or {}).items())
+
+
+def parse_structured(text: str, *, expect: type, what: str) -> Any:
+    """A YAML or JSON textarea (JSON is YAML) into a list or dict; empty means None."""
+    if not (text or "").strip():
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValidationError(f"This is not valid YAML or JSON{where}.") from None
+    if value is None:
+        return None
+    if not isinstance(value, expect):
+        kind = (
+            "a list (YAML “- …” items or a JSON [ ])"
+            if expect is list
+            else "a mapping (key: value)"
+        )
+        raise ValidationError(f"{what} must be {kind}.")
+    return value
+
+
+def format_structured(value: Any) -> str:
+    if value in (None, [], {}):
+        return ""
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False).strip()
+
+
+def _textarea(rows: int = 3, placeholder: str = "", mono: bool = True) -> forms.Textarea:
+    attrs: dict[str, Any] = {"rows": rows, "placeholder": placeholder, "spellcheck": "false"}
+    if mono:
+        attrs["class"] = "mono"
+    return forms.Textarea(attrs=attrs)
+
+
+def _int_input(placeholder: str = "") -> forms.TextInput:
+    return forms.TextInput(attrs={"inputmode": "numeric", "placeholder": placeholder})
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute pools
+# ---------------------------------------------------------------------------------------------
+
+
+class PoolForm(StyledForm):
+    name = forms.CharField(max_length=100)
+    kind = forms.ChoiceField(
+        label="Connection",
+        choices=POOL_KIND_CHOICES,
+        initial=PoolKind.KUBECONFIG.value,
+        help_text="How ModelDeck reaches the cluster's Kubernetes API.",
+    )
+    engine_label = forms.CharField(
+        label="Inference engine label",
+        max_length=50,
+        initial="vllm",
+        help_text="Deployments land here only when their bundle's engine label matches, e.g. vllm or nim.",
+    )
+    kubeconfig = forms.CharField(
+        required=False,
+        widget=_textarea(8, "apiVersion: v1\nkind: Config\nclusters: …"),
+        help_text="Paste it or upload the file. Stored encrypted; it is never shown again.",
+    )
+    kubeconfig_file = forms.FileField(label="…or upload a kubeconfig file", required=False)
+    api_url = forms.CharField(
+        label="Sandbox API URL",
+        max_length=300,
+        required=False,
+        help_text="Sandbox only: the simulated Kubernetes API (empty: the console's built-in sandbox).",
+    )
+    region = forms.CharField(max_length=50, required=False)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+    def __init__(self, *args, organization, instance: ComputePool | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.organization = organization
+        self.instance = instance
+        if instance is not None:
+            self.fields["kind"].disabled = True
+            self.fields["kind"].required = False
+            if instance.kind == PoolKind.KUBECONFIG:
+                self.fields["kubeconfig"].help_text = (
+                    "A kubeconfig is stored (encrypted, not shown). Paste or upload a new one to replace it; "
+                    "leave empty to keep it."
+                )
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        others = ComputePool.objects.filter(organization=self.organization, name__iexact=name)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        if others.exists():
+            raise ValidationError(
+                f"A compute pool named “{name}” already exists in {self.organization.name}."
+            )
+        return name
+
+    def clean_kind(self) -> str:
+        if self.instance is not None:
+            return self.instance.kind
+        return self.cleaned_data["kind"]
+
+    def clean_engine_label(self) -> str:
+        label = self.cleaned_data["engine_label"].strip()
+        if not ENGINE_LABEL_RE.match(label):
+            raise ValidationError("Use lowercase letters, digits, '-', '_' or '.', e.g. vllm.")
+        return label
+
+    def clean_kubeconfig_file(self):
+        upload = self.cleaned_data.get("kubeconfig_file")
+        if not upload:
+            return ""
+        if upload.size > MAX_KUBECONFIG_BYTES:
+            raise ValidationError("That file is larger than a kubeconfig can be (256 KiB).")
+        try:
+            return upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("That file is not a text kubeconfig.") from None
+
+    def clean_api_url(self) -> str:
+        url = self.cleaned_data.get("api_url", "").strip()
+        if url and not re.match(r"^https?://[^\s/]+", url):
+            raise ValidationError("Give a URL such as http://127.0.0.1:8093.")
+        return url
+
+    def clean(self) -> dict:
+        data = super().clean()
+        kind = data.get("kind")
+        text = (data.get("kubeconfig_file") or data.get("kubeconfig") or "").strip()
+        data["kubeconfig"] = text
+        if kind == PoolKind.KUBECONFIG and text:
+            try:
+                parsed = yaml.safe_load(text)
+            except yaml.YAMLError:
+                parsed = None
+            if not isinstance(parsed, dict) or not parsed.get("clusters"):
+                self.add_error(
+                    "kubeconfig",
+                    "This does not look like a kubeconfig: it needs a “clusters:” list.",
+                )
+        elif kind == PoolKind.KUBECONFIG and self.instance is None:
+            self.add_error("kubeconfig", "Paste the cluster's kubeconfig or upload the file.")
+        if kind != PoolKind.KUBECONFIG and text:
+            self.add_error("kubeconfig", "Only kubeconfig pools take a kubeconfig.")
+        return data
+
+    def service_kwargs(self) -> dict:
+        data = self.cleaned_data
+        kwargs = {
+            "name": data["name"],
+            "engine_label": data["engine_label"],
+            "region": data.get("region", ""),
+            "description": data.get("description", ""),
+            "api_url": data.get("api_url", ""),
+        }
+        if data.get("kubeconfig"):
+            kwargs["kubeconfig"] = data["kubeconfig"]
+        return kwargs
+
+
+class EndpointForm(StyledForm):
+    project = forms.ModelChoiceField(queryset=None, empty_label=None)
+    name = forms.CharField(max_length=100)
+    path = forms.CharField(
+        max_length=200,
+        help_text="Path on the gateway, e.g. /llama-chat.",
+        widget=forms.TextInput(attrs={"placeholder": "/llama-chat"}),
+    )
+
+    def __init__(self, *args, projects, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+
+    def clean_path(self) -> str:
+        path = self.cleaned_data["path"].strip()
+        if not path.startswith("/"):
+            path = "/" + path
+        if not PATH_RE.match(path) or "//" in path:
+            raise ValidationError(
+                "Use a path such as /llama-chat: letters, digits, '-', '_', '.', '/'."
+            )
+        return path.rstrip("/") or "/"
+
+    def clean(self) -> dict:
+        data = super().clean()
+        project, name = data.get("project"), data.get("name")
+        if (
+            project
+            and name
+            and Endpoint.objects.filter(project=project, name__iexact=name.strip()).exists()
+        ):
+            self.add_error(
+                "name", f"Project “{project.name}” already has an endpoint named “{name}”."
+            )
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment form
+# ---------------------------------------------------------------------------------------------
+
+SECTIONS: list[tuple[str, str, list[str]]] = [
+    ("details", "Details", ["name", "description", "project", "environment"]),
+    ("model", "Model and Endpoint", ["model", "endpoint", "pool", "served_model_name"]),
+    (
+        "engine",
+        "Inference Engine",
+        [
+            "bundle",
+            "image",
+            "nim_tag",
+            "replicas_min",
+            "replicas_max",
+            "context_length",
+            "prompt_caching",
+        ],
+    ),
+    ("resources", "Resources", ["cpu", "memory", "gpus", "gpu_type"]),
+    (
+        "advanced",
+        "Advanced",
+        ["env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "affinity"],
+    ),
+    (
+        "rate",
+        "Rate Limiting",
+        [
+            "rl_organization_rpm",
+            "rl_organization_tpm",
+            "rl_user_rpm",
+            "rl_user_tpm",
+            "rl_api_key_rpm",
+            "rl_api_key_tpm",
+        ],
+    ),
+    ("pricing", "Pricing", ["currency", "price_input", "price_output"]),
+]
+
+
+def _optional_positive_int(
+    value: str, *, what: str, minimum: int = 1, maximum: int | None = None
+) -> int | None:
+    value = (value or "").strip().replace("_", "").replace(",", "")
+    if not value:
+        return None
+    if not re.fullmatch(r"\d+", value):
+        raise ValidationError(f"Enter {what} as a whole number, or leave it empty.")
+    number = int(value)
+    if number < minimum:
+        raise ValidationError(f"{what.capitalize()} must be at least {minimum}.")
+    if maximum is not None and number > maximum:
+        raise ValidationError(f"{what.capitalize()} can be at most {maximum:,}.")
+    return number
+
+
+class DeploymentForm(StyledForm):
+    # Details
+    name = forms.CharField(
+        max_length=50,
+        help_text="Lowercase letters, digits and '-'; unique in the project. Also the Kubernetes name.",
+        widget=forms.TextInput(attrs={"placeholder": "llama-chat", "autocomplete": "off"}),
+    )
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    project = forms.ModelChoiceField(queryset=None, empty_label=None)
+    environment = forms.ModelChoiceField(queryset=None, required=False, empty_label="— none —")
+    # Model and endpoint
+    model = forms.ModelChoiceField(queryset=None, empty_label="Choose a model…")
+    endpoint = forms.ModelChoiceField(
+        queryset=None,
+        required=False,
+        empty_label="— gateway default —",
+        help_text="Where the deployment is exposed on the gateway.",
+    )
+    pool = forms.ModelChoiceField(
+        label="Compute pool",
+        queryset=None,
+        empty_label="Choose a compute pool…",
+        help_text="The pool's engine label must match the bundle's.",
+    )
+    served_model_name = forms.CharField(
+        label="Model name clients send",
+        max_length=100,
+        required=False,
+        help_text="The “model” in API requests; unique in the organization. Empty: the model's own name (e.g. the Hugging Face repo id).",
+    )
+    # Inference engine
+    bundle = forms.ModelChoiceField(
+        label="Profile bundle",
+        queryset=None,
+        required=False,
+        empty_label="Automatic (the project's MaaS mappings choose)",
+    )
+    image = forms.CharField(
+        label="Engine image",
+        max_length=300,
+        required=False,
+        help_text="Empty: the bundle's image.",
+        widget=forms.TextInput(attrs={"placeholder": "vllm/vllm-openai:v0.6.3", "class": "mono"}),
+    )
+    nim_tag = forms.ChoiceField(label="NIM tag", required=False, choices=[("", "— model's tag —")])
+    replicas_min = forms.CharField(label="Replicas (min)", initial="1", widget=_int_input("1"))
+    replicas_max = forms.CharField(label="Replicas (max)", initial="1", widget=_int_input("1"))
+    context_length = forms.CharField(
+        label="Context length",
+        required=False,
+        widget=_int_input("model default"),
+        help_text="Tokens per request (prompt + output). Empty: the model's own maximum.",
+    )
+    prompt_caching = forms.BooleanField(
+        label="Prompt caching (reuse shared prefixes)", required=False, initial=True
+    )
+    # Resources
+    cpu = forms.CharField(
+        label="CPU per replica", initial="4", max_length=20, help_text="Cores, e.g. 4 or 500m."
+    )
+    memory = forms.CharField(
+        label="Memory per replica", initial="16Gi", max_length=20, help_text="e.g. 16Gi."
+    )
+    gpus = forms.CharField(label="GPUs per replica", initial="1", widget=_int_input("1"))
+    gpu_type = forms.CharField(
+        label="GPU type",
+        required=False,
+        max_length=63,
+        help_text="The node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB. Empty: any GPU.",
+        widget=forms.TextInput(attrs={"list": "gpu-products", "placeholder": "any"}),
+    )
+    # Advanced
+    env = forms.CharField(
+        label="Environment variables",
+        required=False,
+        widget=_textarea(3, "VLLM_LOGGING_LEVEL=INFO"),
+        help_text="One KEY=VALUE per line. Credentials come from the project's integrations, not here.",
+    )
+    labels = forms.CharField(
+        required=False, widget=_textarea(3, "team=research"), help_text="KEY=VALUE per line."
+    )
+    annotations = forms.CharField(
+        required=False, widget=_textarea(3, "example.com/owner=ml"), help_text="KEY=VALUE per line."
+    )
+    extra_args = forms.CharField(
+        label="Extra engine arguments",
+        required=False,
+        widget=_textarea(2, "--max-num-seqs 64"),
+        help_text="Passed to the engine after the bundle's arguments; they win over them.",
+    )
+    tolerations = forms.CharField(
+        required=False,
+        widget=_textarea(4, "- key: nvidia.com/gpu\n  operator: Exists\n  effect: NoSchedule"),
+        help_text="YAML or JSON list of Kubernetes tolerations.",
+    )
+    node_selector = forms.CharField(
+        label="Node selector",
+        required=False,
+        widget=_textarea(3, "topology.kubernetes.io/zone: us-east-1a"),
+        help_text="YAML or JSON mapping of node labels.",
+    )
+    affinity = forms.CharField(
+        required=False,
+        widget=_textarea(4, "nodeAffinity: …"),
+        help_text="YAML or JSON Kubernetes affinity.",
+    )
+    # Rate limits: organization / user / API key × RPM / TPM
+    rl_organization_rpm = forms.CharField(
+        label="Organization · requests/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_organization_tpm = forms.CharField(
+        label="Organization · tokens/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_user_rpm = forms.CharField(
+        label="Per user · requests/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_user_tpm = forms.CharField(
+        label="Per user · tokens/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_api_key_rpm = forms.CharField(
+        label="Per API key · requests/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_api_key_tpm = forms.CharField(
+        label="Per API key · tokens/min", required=False, widget=_int_input("unlimited")
+    )
+    # Pricing
+    currency = forms.CharField(
+        max_length=20, initial="USD", widget=forms.TextInput(attrs={"placeholder": "USD"})
+    )
+    price_input = forms.CharField(label="Per 1M input tokens", initial="0.00", max_length=20)
+    price_output = forms.CharField(label="Per 1M output tokens", initial="0.00", max_length=20)
+    # Edit only
+    reason = forms.CharField(
+        label="Reason for this change",
+        max_length=200,
+        required=False,
+        help_text="Shown in the revision history.",
+    )
+
+    LOCKED_ON_EDIT = (
+        "name",
+        "project",
+        "environment",
+        "model",
+        "endpoint",
+        "pool",
+        "bundle",
+        "served_model_name",
+    )
+
+    def __init__(
+        self,
+        *args,
+        user,
+        organization,
+        projects,
+        models,
+        pools,
+        bundles,
+        endpoints,
+        environments,
+        locked_model=None,
+        instance: ModelDeployment | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.organization = organization
+        self.instance = instance
+        self.locked_model = locked_model
+        self.fields["project"].queryset = projects
+        self.fields["model"].queryset = models
+        self.fields["pool"].queryset = pools
+        self.fields["bundle"].queryset = bundles
+        self.fields["endpoint"].queryset = endpoints
+        self.fields["environment"].queryset = environments
+        self.fields["pool"].label_from_instance = _pool_label
+        self.fields["bundle"].label_from_instance = lambda b: (
+            f"{b.name} v{b.version} · {b.get_engine_display()}"
+        )
+        self.fields["endpoint"].label_from_instance = lambda e: (
+            f"{e.name} ({e.path}) · {e.project.name}"
+        )
+        self.fields["environment"].label_from_instance = lambda e: f"{e.name} · {e.project.name}"
+        self.fields["model"].label_from_instance = lambda m: f"{m.name} · {m.get_source_display()}"
+        if locked_model is not None:
+            self.fields["model"].disabled = True
+            self.fields["model"].initial = locked_model.pk
+            self.fields["model"].help_text = "Chosen from the catalog."
+        model = self._current_model()
+        tags = list(getattr(model, "ngc_tags", None) or []) if model is not None else []
+        if model is not None and getattr(model, "ngc_tag", "") and model.ngc_tag not in tags:
+            tags.insert(0, model.ngc_tag)
+        self.fields["nim_tag"].choices = [("", "— model's tag —")] + [(t, t) for t in tags]
+        if instance is not None:
+            for name in self.LOCKED_ON_EDIT:
+                self.fields[name].disabled = True
+                self.fields[name].required = False
+            self.fields["model"].help_text = "Create a new deployment to change the model."
+        else:
+            del self.fields["reason"]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _current_model(self):
+        if self.instance is not None:
+            return self.instance.model
+        if self.locked_model is not None:
+            return self.locked_model
+        raw = self.data.get("model") if self.is_bound else self.initial.get("model")
+        if raw in (None, ""):
+            return None
+        try:
+            return self.fields["model"].queryset.filter(pk=int(getattr(raw, "pk", raw))).first()
+        except (TypeError, ValueError):
+            return None
+
+    def sections(self) -> list[dict]:
+        return [
+            {"id": sid, "title": title, "fields": [self[n] for n in names if n in self.fields]}
+            for sid, title, names in SECTIONS
+        ]
+
+    # -- field cleaning -----------------------------------------------------------------------
+
+    def clean_name(self) -> str:
+        if self.instance is not None:
+            return self.instance.name
+        name = self.cleaned_data["name"].strip()
+        if not NAME_RE.match(name):
+            raise ValidationError(
+                "Use lowercase letters, digits and '-'; start with a letter, end with a letter or digit."
+            )
+        return name
+
+    def clean_served_model_name(self) -> str:
+        value = (self.cleaned_data.get("served_model_name") or "").strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]*", value):
+            raise ValidationError("Use letters, digits and . _ : / - (no spaces).")
+        return value
+
+    def clean_replicas_min(self) -> int:
+        value = _optional_positive_int(
+            self.cleaned_data.get("replicas_min"),
+            what="the minimum replicas",
+            minimum=0,
+            maximum=100,
+        )
+        if value is None:
+            raise ValidationError("Give the minimum number of replicas (0 scales to zero).")
+        return value
+
+    def clean_replicas_max(self) -> int:
+        value = _optional_positive_int(
+            self.cleaned_data.get("replicas_max"),
+            what="the maximum replicas",
+            minimum=1,
+            maximum=100,
+        )
+        if value is None:
+            raise ValidationError("Give the maximum number of replicas.")
+        return value
+
+    def clean_context_length(self) -> int | None:
+        return _optional_positive_int(
+            self.cleaned_data.get("context_length"),
+            what="the context length",
+            minimum=256,
+            maximum=10_000_000,
+        )
+
+    def clean_cpu(self) -> str:
+        value = self.cleaned_data["cpu"].strip()
+        if not QUANTITY_RE.match(value):
+            raise ValidationError("Give CPU as cores (4, 0.5) or millicores (500m).")
+        return value
+
+    def clean_memory(self) -> str:
+        value = self.cleaned_data["memory"].strip()
+        if not QUANTITY_RE.match(value):
+            raise ValidationError("Give memory as a Kubernetes quantity, e.g. 16Gi or 512Mi.")
+        return value
+
+    def clean_gpus(self) -> int:
+        value = _optional_positive_int(
+            self.cleaned_data.get("gpus"), what="GPUs per replica", minimum=0, maximum=64
+        )
+        return 0 if value is None else value
+
+    def clean_gpu_type(self) -> str:
+        value = (self.cleaned_data.get("gpu_type") or "").strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", value):
+            raise ValidationError(
+                "A node label value such as NVIDIA-A100-SXM4-80GB (letters, digits, - _ .)."
+            )
+        return value
+
+    def clean_env(self) -> dict:
+        return parse_key_values(
+            self.cleaned_data.get("env", ""), what="environment variable", key_re=ENV_KEY_RE
+        )
+
+    def clean_labels(self) -> dict:
+        return parse_key_values(self.cleaned_data.get("labels", ""), what="label")
+
+    def clean_annotations(self) -> dict:
+        return parse_key_values(self.cleaned_data.get("annotations", ""), what="annotation")
+
+    def clean_extra_args(self) -> list[str]:
+        text = self.cleaned_data.get("extra_args", "")
+        try:
+            return shlex.split(text.replace("\n", " "))
+        except ValueError as exc:
+            raise ValidationError(
+                f"These arguments don't parse: {exc} (check the quotes)."
+            ) from None
+
+    def clean_tolerations(self) -> list:
+        value = (
+            parse_structured(
+                self.cleaned_data.get("tolerations", ""), expect=list, what="Tolerations"
+            )
+            or []
+        )
+        allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for index, item in enumerate(value, start=1):
+            if not isinstance(item, dict):
+                raise ValidationError(
+                    f"Toleration {index} must be a mapping such as “key: nvidia.com/gpu”."
+                )
+            unknown = set(item) - allowed
+            if unknown:
+                raise ValidationError(
+                    f"Toleration {index}: unknown field “{sorted(unknown)[0]}” (allowed: {', '.join(sorted(allowed))})."
+                )
+        return value
+
+    def clean_node_selector(self) -> dict:
+        value = (
+            parse_structured(
+                self.cleaned_data.get("node_selector", ""), expect=dict, what="The node selector"
+            )
+            or {}
+        )
+        return {str(k): str(v) for k, v in value.items()}
+
+    def clean_affinity(self) -> dict | None:
+        value = parse_structured(
+            self.cleaned_data.get("affinity", ""), expect=dict, what="Affinity"
+        )
+        if value:
+            unknown = set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+            if unknown:
+                raise ValidationError(
+                    f"Affinity takes nodeAffinity, podAffinity or podAntiAffinity, not “{sorted(unknown)[0]}”."
+                )
+        return value or None
+
+    def clean_currency(self) -> str:
+        value = self.cleaned_data["currency"].strip().upper()
+        if not CURRENCY_RE.match(value):
+            raise ValidationError("A three-letter currency code, e.g. USD or EUR.")
+        return value
+
+    def _price(self, name: str) -> str:
+        raw = (self.cleaned_data.get(name) or "").strip() or "0"
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise ValidationError("Enter a price such as 0.50 (per million tokens).") from None
+        if not value.is_finite() or value < 0:
+            raise ValidationError("A price cannot be negative.")
+        if value > Decimal("1000000"):
+            raise ValidationError("That price is too large.")
+        return str(
+            value.quantize(Decimal("0.01"))
+            if value.as_tuple().exponent >= -2
+            else value.normalize()
+        )
+
+    def clean_price_input(self) -> str:
+        return self._price("price_input")
+
+    def clean_price_output(self) -> str:
+        return self._price("price_output")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        for scope in RATE_SCOPES:
+            for unit, what in (("rpm", "requests per minute"), ("tpm", "tokens per minute")):
+                name = f"rl_{scope}_{unit}"
+                if name in self.errors:
+                    continue
+                try:
+                    data[name] = _optional_positive_int(
+                        self.data.get(name, ""), what=what, minimum=1
+                    )
+                except ValidationError as exc:
+                    self.add_error(name, exc)
+        lo, hi = data.get("replicas_min"), data.get("replicas_max")
+        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+            self.add_error("replicas_max", f"The maximum ({hi}) is below the minimum ({lo}).")
+        if self.instance is None:
+            project, name = data.get("project"), data.get("name")
+            if (
+                project is not None
+                and name
+                and ModelDeployment.objects.filter(project=project, name=name).exists()
+            ):
+                self.add_error(
+                    "name", f"Project “{project.name}” already has a deployment named “{name}”."
+                )
+            env = data.get("environment")
+            if env is not None and project is not None and env.project_id != project.pk:
+                self.add_error("environment", f"“{env.name}” is an environment of another project.")
+            endpoint = data.get("endpoint")
+            if endpoint is not None and project is not None and endpoint.project_id != project.pk:
+                self.add_error(
+                    "endpoint", f"“{endpoint.name}” belongs to project “{endpoint.project.name}”."
+                )
+            pool, bundle = data.get("pool"), data.get("bundle")
+            if (
+                pool is not None
+                and bundle is not None
+                and pool.engine_label != bundle.engine_label()
+            ):
+                self.add_error(
+                    "pool",
+                    f"Pool “{pool.name}” runs engine label “{pool.engine_label}”, the bundle needs “{bundle.engine_label()}”.",
+                )
+        self._check_spec_as_typed(data)
+        return data
+
+    def _check_spec_as_typed(self, data: dict) -> None:
+        """Run the spec rules the service will run (engine arguments, Kubernetes syntax) while the
+        user types, so that those errors show on their field before the save."""
+        if any(name in self._errors for names in (s[2] for s in SECTIONS[2:]) for name in names):
+            return
+        model = self.instance.model if self.instance is not None else data.get("model")
+        bundle = self.instance.bundle if self.instance is not None else data.get("bundle")
+        if model is None:
+            return
+        if bundle is None and data.get("project") is not None:
+            try:
+                from catalog.maas import resolve
+
+                bundle = resolve(data["project"], model).bundle
+            except ImportError:
+                bundle = None
+        if bundle is None:
+            return
+        try:
+            spec = self.spec()
+            from deployments.spec import normalize_spec
+
+            normalize_spec(spec, bundle=bundle, model=model)
+        except (KeyError, ImportError):
+            return
+        except ValidationError as exc:
+            if not hasattr(exc, "error_dict"):
+                return
+            for key, errors in exc.error_dict.items():
+                target = form_field_for(key, self.fields)
+                if target is None or target in self._errors:
+                    continue
+                for error in errors:
+                    for message in error.messages:
+                        self.add_error(target, message)
+
+    # -- to and from the spec ---------------------------------------------------------------
+
+    def spec(self) -> dict:
+        """The spec dict services take (the contract in the team brief); normalize_spec fills the rest."""
+        d = self.cleaned_data
+        spec: dict[str, Any] = {
+            "replicas": {"min": d["replicas_min"], "max": d["replicas_max"]},
+            "context_length": d.get("context_length"),
+            "prompt_caching": bool(d.get("prompt_caching")),
+            "resources": {
+                "cpu": d["cpu"],
+                "memory": d["memory"],
+                "gpus": d["gpus"],
+                "gpu_type": d.get("gpu_type", ""),
+            },
+            "env": d.get("env") or {},
+            "labels": d.get("labels") or {},
+            "annotations": d.get("annotations") or {},
+            "tolerations": d.get("tolerations") or [],
+            "node_selector": d.get("node_selector") or {},
+            "affinity": d.get("affinity"),
+            "extra_args": d.get("extra_args") or [],
+            "rate_limits": {
+                scope: {"rpm": d.get(f"rl_{scope}_rpm"), "tpm": d.get(f"rl_{scope}_tpm")}
+                for scope in RATE_SCOPES
+            },
+            "pricing": {
+                "currency": d["currency"],
+                "input_per_million": d["price_input"],
+                "output_per_million": d["price_output"],
+            },
+        }
+        if d.get("image"):
+            spec["image"] = d["image"].strip()
+        if d.get("nim_tag"):
+            spec["nim_tag"] = d["nim_tag"]
+        served = d.get("served_model_name")
+        if served:
+            spec["served_model_name"] = served
+        return spec
+
+    def add_service_error(self, exc) -> None:
+        """Service errors name spec keys ("resources.gpus"); put each on its form field."""
+        if hasattr(exc, "error_dict"):
+            for key, errors in exc.error_dict.items():
+                target = form_field_for(key, self.fields)
+                for error in errors:
+                    for message in error.messages:
+                        if target is None and key not in ("__all__", None):
+                            message = f"{key}: {message}"
+                        self.add_error(target, message)
+        else:
+            for message in exc.messages:
+                self.add_error(None, message)
+
+
+def initial_from_spec(spec: dict) -> dict:
+    """Form initial values for a stored spec (the edit form and "deploy like this")."""
+    replicas = spec.get("replicas") or {}
+    resources = spec.get("resources") or {}
+    limits = spec.get("rate_limits") or {}
+    pricing = spec.get("pricing") or {}
+    initial: dict[str, Any] = {
+        "image": spec.get("image", ""),
+        "served_model_name": spec.get("served_model_name", ""),
+        "nim_tag": spec.get("nim_tag", ""),
+        "replicas_min": str(replicas.get("min", 1)),
+        "replicas_max": str(replicas.get("max", 1)),
+        "context_length": "" if spec.get("context_length") is None else str(spec["context_length"]),
+        "prompt_caching": bool(spec.get("prompt_caching", True)),
+        "cpu": str(resources.get("cpu", "4")),
+        "memory": str(resources.get("memory", "16Gi")),
+        "gpus": str(resources.get("gpus", 1)),
+        "gpu_type": resources.get("gpu_type") or "",
+        "env": format_key_values(spec.get("env")),
+        "labels": format_key_values(spec.get("labels")),
+        "annotations": format_key_values(spec.get("annotations")),
+        "extra_args": " ".join(shlex.quote(a) for a in spec.get("extra_args") or []),
+        "tolerations": format_structured(spec.get("tolerations")),
+        "node_selector": format_structured(spec.get("node_selector")),
+        "affinity": format_structured(spec.get("affinity")),
+        "currency": pricing.get("currency", "USD"),
+        "price_input": str(pricing.get("input_per_million", "0.00")),
+        "price_output": str(pricing.get("output_per_million", "0.00")),
+    }
+    for scope in RATE_SCOPES:
+        for unit in ("rpm", "tpm"):
+            value = (limits.get(scope) or {}).get(unit)
+            initial[f"rl_{scope}_{unit}"] = "" if value is None else str(value)
+    return initial
+
+
+class ScaleForm(StyledForm):
+    replicas_min = forms.IntegerField(label="Minimum replicas", min_value=0, max_value=100)
+    replicas_max = forms.IntegerField(label="Maximum replicas", min_value=1, max_value=100)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        lo, hi = data.get("replicas_min"), data.get("replicas_max")
+        if lo is not None and hi is not None and lo > hi:
+            self.add_error("replicas_max", f"The maximum ({hi}) is below the minimum ({lo}).")
+        return data
+
+
+def _pool_label(pool: ComputePool) -> str:
+    label = f"{pool.name} · engine {pool.engine_label}"
+    if pool.kind == PoolKind.SANDBOX:
+        label += f" · {SANDBOX_LABEL}"
+    if pool.region:
+        label += f" · {pool.region}"
+    return label
+
+
+def spec_json(spec: dict) -> str:
+    return json.dumps(spec, indent=2, sort_keys=True, default=str)

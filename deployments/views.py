@@ -1,0 +1,1030 @@
+"""Deployments pages: compute pools, endpoints, the deployment form, list and detail with actions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.http import require_POST
+
+from console.forms import field_validation_response
+from deployments.forms import (
+    SANDBOX_LABEL,
+    DeploymentForm,
+    EndpointForm,
+    PoolForm,
+    ScaleForm,
+    initial_from_spec,
+)
+from deployments.models import (
+    ComputePool,
+    DeploymentState,
+    ModelDeployment,
+    PoolKind,
+    Revision,
+)
+from projects.models import Environment, GpuReservation
+from projects.selectors import can_change, is_org_admin, projects_for_user
+
+log = logging.getLogger(__name__)
+
+# States the status poll may stop at: nothing will change them without a user acting.
+FINAL_STATES = frozenset(
+    {DeploymentState.RUNNING, DeploymentState.FAILED, DeploymentState.DEACTIVATED}
+)
+STOP_POLLING = 286  # htmx stops an `every` trigger on this status
+TABS = ("overview", "deployment", "events", "manifests")
+
+
+# The DEPLOY-CORE modules are imported when used, so that this module (and with it every URL of
+# the console) loads even while a dependency is being worked on.
+def _services():
+    from deployments import services
+
+    return services
+
+
+def _selectors():
+    from deployments import selectors
+
+    return selectors
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _organization(request: HttpRequest):
+    if request.organization is None:
+        raise Http404("You are not a member of any organization.")
+    return request.organization
+
+
+def _require_change(request: HttpRequest, organization, what: str) -> None:
+    if not can_change(request.user, organization):
+        raise PermissionDenied(
+            f"Viewers cannot {what}; ask an organization admin for the member role."
+        )
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    # htmx follows HX-Redirect with a full page load, so the flash message shows.
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+def _error_text(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return " ".join(
+            str(m) for errors in exc.error_dict.values() for e in errors for m in e.messages
+        )
+    return " ".join(exc.messages)
+
+
+def _url_or_none(name: str, *args) -> str | None:
+    try:
+        return reverse(name, args=args)
+    except NoReverseMatch:
+        return None
+
+
+def is_sandbox(pool: ComputePool | None) -> bool:
+    return pool is not None and pool.kind == PoolKind.SANDBOX
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute pools
+# ---------------------------------------------------------------------------------------------
+
+
+def _pool_get(request: HttpRequest, pk: int) -> ComputePool:
+    return _selectors().pool_get(request.user, pk)
+
+
+@login_required
+def pool_list(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    pools = list(_selectors().pools_for_user(request.user, org))
+    counts: dict[int, int] = {}
+    for pool_id in ModelDeployment.objects.filter(pool__in=pools).values_list("pool_id", flat=True):
+        counts[pool_id] = counts.get(pool_id, 0) + 1
+    for pool in pools:
+        pool.deployment_count = counts.get(pool.pk, 0)
+        pool.gpu_total = sum(
+            int(n.get("gpus") or 0) for n in (pool.last_check or {}).get("nodes", [])
+        )
+    return render(
+        request,
+        "deployments/pool_list.html",
+        {
+            "pools": pools,
+            "can_change": is_org_admin(request.user, org),
+            "sandbox_label": SANDBOX_LABEL,
+        },
+    )
+
+
+def _pool_form_page(
+    request: HttpRequest, form: PoolForm, pool: ComputePool | None = None
+) -> HttpResponse:
+    context = {
+        "form": form,
+        "pool": pool,
+        "validate_url": request.path,
+        "sandbox_label": SANDBOX_LABEL,
+    }
+    if request.htmx and request.method == "POST":
+        return render(request, "deployments/htmx/pool_form.html", context)
+    return render(request, "deployments/pool_form.html", context)
+
+
+@login_required
+def pool_create(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    if not is_org_admin(request.user, org):
+        raise PermissionDenied("Only organization admins can register compute pools.")
+    form = PoolForm(request.POST or None, request.FILES or None, organization=org)
+    if request.method == "POST":
+        partial = field_validation_response(request, form, request.path)
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            try:
+                pool = _services().pool_create(
+                    user=request.user,
+                    organization=org,
+                    kind=form.cleaned_data["kind"],
+                    **form.service_kwargs(),
+                )
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(
+                    request, f"Compute pool “{pool.name}” registered. Test its connection next."
+                )
+                return _redirect(request, reverse("deployments:pool_detail", args=[pool.pk]))
+    return _pool_form_page(request, form)
+
+
+@login_required
+def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    pool = _pool_get(request, pk)
+    deployments = ModelDeployment.objects.filter(pool=pool).select_related("project", "model")
+    nodes = (pool.last_check or {}).get("nodes") or []
+    return render(
+        request,
+        "deployments/pool_detail.html",
+        {
+            "pool": pool,
+            "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes),
+            "gpu_products": _gpu_products([pool]),
+            "check": pool.last_check or {},
+            "deployments": deployments,
+            "can_change": is_org_admin(request.user, pool.organization),
+            "can_test": can_change(request.user, pool.organization),
+            "sandbox_label": SANDBOX_LABEL,
+            "advice": connection_advice((pool.last_check or {}).get("error", "")),
+        },
+    )
+
+
+@login_required
+def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    pool = _pool_get(request, pk)
+    if not is_org_admin(request.user, pool.organization):
+        raise PermissionDenied("Only organization admins can change compute pools.")
+    initial = {
+        "name": pool.name,
+        "kind": pool.kind,
+        "engine_label": pool.engine_label,
+        "api_url": pool.api_url,
+        "region": pool.region,
+        "description": pool.description,
+    }
+    form = PoolForm(
+        request.POST or None,
+        request.FILES or None,
+        organization=pool.organization,
+        instance=pool,
+        initial=initial,
+    )
+    if request.method == "POST":
+        partial = field_validation_response(request, form, request.path)
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            try:
+                _services().pool_update(user=request.user, pool=pool, **form.service_kwargs())
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Compute pool “{pool.name}” saved.")
+                return _redirect(request, reverse("deployments:pool_detail", args=[pool.pk]))
+    return _pool_form_page(request, form, pool)
+
+
+@login_required
+@require_POST
+def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    pool = _pool_get(request, pk)
+    if not is_org_admin(request.user, pool.organization):
+        raise PermissionDenied("Only organization admins can remove compute pools.")
+    try:
+        _services().pool_delete(user=request.user, pool=pool)
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+        return redirect("deployments:pool_detail", pk=pool.pk)
+    messages.success(request, f"Compute pool “{pool.name}” removed.")
+    return redirect("deployments:pools")
+
+
+def connection_advice(error: str) -> str:
+    """What to do about a failed connection test, from the words Kubernetes or the network gave."""
+    text = (error or "").lower()
+    if not text:
+        return ""
+    if "401" in text or "unauthorized" in text:
+        return "The cluster refused the credentials. Check the kubeconfig's user token or client certificate; it may have expired."
+    if "403" in text or "forbidden" in text:
+        return "The credentials work but may not list nodes. Grant the service account get/list on nodes and namespaces (a ClusterRole)."
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return "The cluster's TLS certificate was not trusted. Include certificate-authority-data for the cluster in the kubeconfig."
+    if (
+        "refused" in text
+        or "unreachable" in text
+        or "no route" in text
+        or "name or service not known" in text
+        or "resolve" in text
+    ):
+        return "Nothing answered at the API server address. Check the server URL in the kubeconfig and that this console can reach it (VPN, firewall)."
+    if "timed out" in text or "timeout" in text:
+        return "The API server did not answer in time. Check the network path and that the control plane is up."
+    if "in-cluster" in text or "service account" in text or "serviceaccount" in text:
+        return "In-cluster access needs the console to run inside the cluster with a mounted service account token."
+    return "Check the kubeconfig and that the cluster's API server is reachable from the console, then test again."
+
+
+@login_required
+@require_POST
+def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
+    pool = _pool_get(request, pk)
+    _require_change(request, pool.organization, "test compute pools")
+    try:
+        result = _services().pool_test_connection(user=request.user, pool=pool)
+    except ValidationError as exc:
+        result = {"ok": False, "error": _error_text(exc), "nodes": []}
+    pool.refresh_from_db()
+    context = {
+        "pool": pool,
+        "check": result or {},
+        "advice": connection_advice((result or {}).get("error", "")),
+        "sandbox_label": SANDBOX_LABEL,
+    }
+    if request.htmx:
+        return render(request, "deployments/htmx/pool_check.html", context)
+    if result.get("ok"):
+        messages.success(
+            request, f"Connected to {pool.name}: Kubernetes {result.get('version', '?')}."
+        )
+    else:
+        messages.error(
+            request, f"Could not connect to {pool.name}: {result.get('error', 'unknown error')}"
+        )
+    return redirect("deployments:pool_detail", pk=pool.pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _endpoints(request: HttpRequest, org):
+    return _selectors().endpoints_for_user(request.user, org).select_related("project")
+
+
+@login_required
+def endpoint_list(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    projects = projects_for_user(request.user, org)
+    editable = can_change(request.user, org)
+    form = EndpointForm(
+        request.POST or None, projects=projects, initial={"project": request.GET.get("project")}
+    )
+    if request.method == "POST":
+        _require_change(request, org, "create endpoints")
+        partial = field_validation_response(request, form, request.path)
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                endpoint = _services().endpoint_create(
+                    user=request.user,
+                    project=data["project"],
+                    name=data["name"].strip(),
+                    path=data["path"],
+                )
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Endpoint “{endpoint.name}” ({endpoint.path}) created.")
+                return _redirect(request, reverse("deployments:endpoints"))
+        if request.htmx:
+            return render(
+                request,
+                "deployments/htmx/endpoint_form.html",
+                {"form": form, "validate_url": request.path},
+            )
+    endpoints = _endpoints(request, org).prefetch_related("deployments")
+    return render(
+        request,
+        "deployments/endpoint_list.html",
+        {
+            "endpoints": endpoints,
+            "form": form,
+            "validate_url": reverse("deployments:endpoints"),
+            "can_change": editable,
+            "gateway": settings.GATEWAY_BASE_URL.rstrip("/"),
+        },
+    )
+
+
+@login_required
+@require_POST
+def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    endpoint = _selectors().endpoints_for_user(request.user).filter(pk=pk).first()
+    if endpoint is None:
+        raise Http404("No such endpoint.")
+    _require_change(request, endpoint.project.organization, "delete endpoints")
+    try:
+        _services().endpoint_delete(user=request.user, endpoint=endpoint)
+    except ValidationError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, f"Endpoint “{endpoint.name}” deleted.")
+    return redirect("deployments:endpoints")
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments: list
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_final(deployments) -> bool:
+    return all(d.state in FINAL_STATES for d in deployments)
+
+
+@login_required
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    deployments = list(
+        _selectors()
+        .deployments_for_user(request.user, org)
+        .select_related("project", "model", "pool", "bundle", "endpoint", "current_revision")
+        .order_by("-created_at")
+    )
+    if request.htmx:
+        # The status poll: only reads rows (the sync task writes them), swaps badges out of band.
+        response = render(
+            request, "deployments/htmx/list_status.html", {"deployments": deployments}
+        )
+        if _all_final(deployments):
+            response.status_code = STOP_POLLING
+        return response
+    held = _gpus_held({d.pk for d in deployments})
+    for d in deployments:
+        d.gpus_held = held.get(d.pk, 0)
+        d.served_name = (d.spec() or {}).get("served_model_name") or d.name
+    return render(
+        request,
+        "deployments/list.html",
+        {
+            "deployments": deployments,
+            "can_change": can_change(request.user, org),
+            "states": DeploymentState.choices,
+            "poll": not _all_final(deployments),
+            "running_count": sum(d.state == DeploymentState.RUNNING for d in deployments),
+            "failed_count": sum(d.state == DeploymentState.FAILED for d in deployments),
+            "deactivated_count": sum(d.state == DeploymentState.DEACTIVATED for d in deployments),
+            "gpus_total": sum(d.gpus_held for d in deployments),
+            "projects": sorted({d.project.name for d in deployments}),
+        },
+    )
+
+
+def _gpus_held(pks: set[int]) -> dict[int, int]:
+    holders = {f"deployment:{pk}": pk for pk in pks}
+    return {
+        holders[r.holder]: r.gpus for r in GpuReservation.objects.filter(holder__in=list(holders))
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments: the form
+# ---------------------------------------------------------------------------------------------
+
+
+def _form_choices(request: HttpRequest, org) -> dict[str, Any]:
+    from catalog import selectors as catalog_selectors
+
+    projects = projects_for_user(request.user, org)
+    return {
+        "projects": projects,
+        "models": catalog_selectors.models_for_user(request.user, org),
+        "pools": _selectors().pools_for_user(request.user, org),
+        "bundles": catalog_selectors.bundles_for_user(request.user, org),
+        "endpoints": _endpoints(request, org),
+        "environments": Environment.objects.filter(project__in=projects).select_related("project"),
+    }
+
+
+def _gpu_products(pools) -> list[str]:
+    products: set[str] = set()
+    for pool in pools:
+        for node in (pool.last_check or {}).get("nodes", []) or []:
+            if node.get("gpu_product"):
+                products.add(node["gpu_product"])
+    return sorted(products)
+
+
+def estimate_gpu_key(gpu_type: str) -> str | None:
+    """The estimate's GPU key for a node label value such as NVIDIA-A100-SXM4-80GB (None: unknown)."""
+    from catalog.estimate import GPU_TYPES
+
+    if not gpu_type:
+        return None
+    if gpu_type in GPU_TYPES:
+        return gpu_type
+    parts = set(gpu_type.upper().replace("_", "-").split("-"))
+    for key in sorted(GPU_TYPES, key=len, reverse=True):
+        if all(p.upper() in parts for p in key.split("-")):
+            return key
+    return None
+
+
+def _quota_panel(form: DeploymentForm) -> dict[str, Any]:
+    """What the deployment would hold against the project's quota, before the save refuses it."""
+    data = form.data if form.is_bound else form.initial
+    if form.instance is not None:
+        project = form.instance.project
+    else:
+        project = (
+            form.fields["project"]
+            .queryset.filter(pk=_int_or_none(data.get("project")) or 0)
+            .first()
+        )
+    gpus, replicas = _int_or_none(data.get("gpus")), _int_or_none(data.get("replicas_max"))
+    if project is None or gpus is None or replicas is None:
+        return {}
+    others = GpuReservation.objects.filter(project=project)
+    if form.instance is not None:
+        others = others.exclude(holder=f"deployment:{form.instance.pk}")
+    used = sum(others.values_list("gpus", flat=True))
+    hold = gpus * replicas
+    return {
+        "quota_project": project,
+        "quota_used": used,
+        "quota_total": project.gpu_quota,
+        "quota_hold": hold,
+        "quota_over": used + hold > project.gpu_quota,
+    }
+
+
+def _estimate_panel(form: DeploymentForm) -> dict[str, Any]:
+    """The GPU estimate beside the resources, and a warning when the request is too small."""
+    model = form._current_model()
+    quota = _quota_panel(form)
+    if model is None:
+        return {"estimate_message": "Choose a model to see how many GPUs it needs.", **quota}
+    data = form.data if form.is_bound else {**form.initial}
+    context_length = _int_or_none(data.get("context_length"))
+    gpu_type = (data.get("gpu_type") or "").strip()
+    gpus = _int_or_none(data.get("gpus"))
+    assumed = ""
+    if not gpu_type:
+        # No GPU type asked for: estimate on the GPUs the chosen pool (or any pool) reported.
+        pool = form.fields["pool"].queryset.filter(pk=_int_or_none(data.get("pool")) or 0).first()
+        products = _gpu_products([pool] if pool else form.fields["pool"].queryset)
+        known = [p for p in products if estimate_gpu_key(p)]
+        if known:
+            assumed = known[0]
+    try:
+        from catalog.selectors import model_estimate
+
+        estimate = model_estimate(
+            model, context_length=context_length, gpu_type=estimate_gpu_key(gpu_type or assumed)
+        )
+    except (ImportError, ValueError, TypeError) as exc:
+        log.info("no estimate", extra={"model": model.pk, "error": str(exc)})
+        estimate = None
+    if estimate is None:
+        return {
+            "estimate_message": f"No GPU estimate for {model.name}: its parameter count or architecture is unknown.",
+            **quota,
+        }
+    needed = estimate.gpus or estimate.gpus_min
+    warning = ""
+    if gpus is not None and needed and gpus < needed:
+        warning = (
+            f"{gpus} GPU{'s' if gpus != 1 else ''} per replica is too small: {model.name} needs about "
+            f"{estimate.total_gib:.1f} GiB, that is {needed} × {estimate.gpu.name if estimate.gpu else 'GPU'}."
+        )
+    if getattr(estimate, "exceeds_node", False):
+        warning = warning or "This model does not fit on one node's GPUs at this context length."
+    return {
+        "estimate": estimate,
+        "estimate_needed": needed,
+        "estimate_warning": warning,
+        "estimate_gpu_type": gpu_type,
+        "estimate_assumed_gpu": assumed if estimate.gpu else "",
+        **quota,
+    }
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _bundle_panel(form: DeploymentForm, request: HttpRequest) -> dict[str, Any]:
+    """Which Profile Bundle the deployment gets and why ("bundle X chosen by rule N")."""
+    data = form.data if form.is_bound else form.initial
+    bundle_raw = data.get("bundle")
+    if form.instance is not None:
+        return {
+            "bundle_message": f"Bundle {form.instance.bundle} (fixed for this deployment).",
+            "resolved_bundle": form.instance.bundle,
+        }
+    if bundle_raw:
+        bundle = form.fields["bundle"].queryset.filter(pk=_int_or_none(bundle_raw) or 0).first()
+        if bundle is not None:
+            return {"bundle_message": f"Bundle {bundle} chosen by you.", "resolved_bundle": bundle}
+    model = form._current_model()
+    project = (
+        form.fields["project"].queryset.filter(pk=_int_or_none(data.get("project")) or 0).first()
+    )
+    if project is None:
+        project = form.fields["project"].queryset.first()
+    if model is None or project is None:
+        return {
+            "bundle_message": "Choose a model: the project's MaaS mappings then pick the bundle."
+        }
+    try:
+        from catalog import maas
+
+        resolution = maas.resolve(project, model)
+    except ImportError:
+        return {"bundle_message": "MaaS mappings are not available yet; choose a bundle."}
+    bundle = getattr(resolution, "bundle", None)
+    position = getattr(resolution, "position", None)
+    if bundle is None:
+        message = (
+            getattr(resolution, "message", "")
+            or f"No MaaS mapping of {project.name} matches {model.name}; choose a bundle."
+        )
+        return {"bundle_message": message, "bundle_missing": True}
+    if position is not None:
+        message = f"Bundle {bundle} chosen by rule {position} of {project.name}'s MaaS mappings."
+    else:
+        message = getattr(resolution, "message", "") or f"Bundle {bundle} chosen by default."
+    return {"bundle_message": message, "resolved_bundle": bundle}
+
+
+def _deployment_form_context(request: HttpRequest, form: DeploymentForm, **extra) -> dict[str, Any]:
+    context = {
+        "form": form,
+        "no_pools": "pool" in form.fields and not form.fields["pool"].queryset.exists(),
+        "no_models": "model" in form.fields and not form.fields["model"].queryset.exists(),
+        "validate_url": request.get_full_path(),
+        "gpu_products": _gpu_products(form.fields["pool"].queryset)
+        if "pool" in form.fields
+        else [],
+        "sandbox_label": SANDBOX_LABEL,
+    }
+    context.update(_estimate_panel(form))
+    context.update(_bundle_panel(form, request))
+    context.update(extra)
+    return context
+
+
+def _panel_response(request: HttpRequest, form: DeploymentForm, **extra) -> HttpResponse | None:
+    panel = request.POST.get("_panel") if request.method == "POST" else None
+    if not (request.htmx and panel in {"estimate", "bundle"}):
+        return None
+    context = _deployment_form_context(request, form, **extra)
+    return render(request, f"deployments/htmx/{panel}_panel.html", context)
+
+
+def _render_form(request: HttpRequest, form: DeploymentForm, **extra) -> HttpResponse:
+    context = _deployment_form_context(request, form, **extra)
+    if request.htmx and request.method == "POST":
+        return render(request, "deployments/htmx/deployment_form.html", context)
+    return render(request, "deployments/form.html", context)
+
+
+@login_required
+def deployment_create(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    _require_change(request, org, "deploy models")
+    choices = _form_choices(request, org)
+    locked_model = None
+    model_pk = _int_or_none(request.GET.get("model"))
+    if request.GET.get("model"):
+        from catalog.selectors import model_get
+
+        locked_model = model_get(request.user, model_pk or 0)
+    initial: dict[str, Any] = {
+        "project": _int_or_none(request.GET.get("project"))
+        or (choices["projects"].first().pk if choices["projects"].exists() else None),
+        "replicas_min": "1",
+        "replicas_max": "1",
+        "cpu": "4",
+        "memory": "16Gi",
+        "gpus": "1",
+        "currency": "USD",
+        "price_input": "0.00",
+        "price_output": "0.00",
+        "prompt_caching": True,
+    }
+    if locked_model is not None:
+        initial["model"] = locked_model.pk
+        initial["name"] = _suggest_name(locked_model.name)
+    pools = choices["pools"]
+    if pools.count() == 1:
+        initial["pool"] = pools.first().pk
+    form = DeploymentForm(
+        request.POST or None,
+        initial=initial,
+        user=request.user,
+        organization=org,
+        locked_model=locked_model,
+        **choices,
+    )
+    if request.method == "POST":
+        panel = _panel_response(request, form)
+        if panel is not None:
+            return panel
+        partial = field_validation_response(request, form, request.get_full_path())
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                deployment = _services().deployment_create(
+                    user=request.user,
+                    project=data["project"],
+                    model=data["model"],
+                    pool=data["pool"],
+                    name=data["name"],
+                    spec=form.spec(),
+                    bundle=data.get("bundle"),
+                    endpoint=data.get("endpoint"),
+                    environment=data.get("environment"),
+                    description=data.get("description", ""),
+                )
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(
+                    request,
+                    f"Deployment “{deployment.name}” created; it is being pushed to {deployment.pool.name}.",
+                )
+                return _redirect(request, deployment.get_absolute_url())
+    return _render_form(request, form, locked_model=locked_model)
+
+
+def _suggest_name(model_name: str) -> str:
+    import re
+
+    base = re.sub(r"[^a-z0-9-]+", "-", model_name.split("/")[-1].lower()).strip("-")
+    base = re.sub(r"^[^a-z]+", "", base)[:40].strip("-")
+    return base or "model"
+
+
+def _deployment_get(request: HttpRequest, pk: int) -> ModelDeployment:
+    return _selectors().deployment_get(request.user, pk)
+
+
+@login_required
+def deployment_update(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _deployment_get(request, pk)
+    org = deployment.project.organization
+    _require_change(request, org, "change deployments")
+    choices = _form_choices(request, org)
+    initial = initial_from_spec(deployment.spec())
+    initial.update(
+        name=deployment.name,
+        description=deployment.description,
+        project=deployment.project_id,
+        environment=deployment.environment_id,
+        model=deployment.model_id,
+        endpoint=deployment.endpoint_id,
+        pool=deployment.pool_id,
+        bundle=deployment.bundle_id,
+    )
+    form = DeploymentForm(
+        request.POST or None,
+        initial=initial,
+        user=request.user,
+        organization=org,
+        instance=deployment,
+        **choices,
+    )
+    if request.method == "POST":
+        panel = _panel_response(request, form, deployment=deployment)
+        if panel is not None:
+            return panel
+        partial = field_validation_response(request, form, request.get_full_path())
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            spec = {**deployment.spec(), **form.spec()}
+            # An emptied image or tag field means "the bundle's / the model's default" again.
+            for key in ("image", "nim_tag"):
+                if not form.cleaned_data.get(key):
+                    spec.pop(key, None)
+            try:
+                revision = _services().deployment_update(
+                    user=request.user,
+                    deployment=deployment,
+                    spec=spec,
+                    reason=form.cleaned_data.get("reason") or "Updated from the console",
+                )
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(
+                    request,
+                    f"Revision {revision.number} of “{deployment.name}” created; it serves once ready (blue-green).",
+                )
+                return _redirect(request, deployment.get_absolute_url())
+    return _render_form(request, form, deployment=deployment)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments: detail
+# ---------------------------------------------------------------------------------------------
+
+
+def spec_diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """Changes between two specs as [{"path", "old", "new"}], nested keys joined with dots."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: list[dict[str, Any]] = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                changes.append({"path": sub, "old": None, "new": new[key], "kind": "added"})
+            elif key not in new:
+                changes.append({"path": sub, "old": old[key], "new": None, "kind": "removed"})
+            else:
+                changes.extend(spec_diff(old[key], new[key], sub))
+        return changes
+    if old != new:
+        return [{"path": path or "(spec)", "old": old, "new": new, "kind": "changed"}]
+    return []
+
+
+def _render_manifests(deployment: ModelDeployment, revision: Revision | None) -> tuple[str, str]:
+    """The rendered YAML of a revision, or a sentence saying why it can't be shown."""
+    if revision is None:
+        return "", "This deployment has no revision yet."
+    try:
+        from deployments import renderers
+        from deployments import spec as spec_module
+
+        render_spec = spec_module.render_spec_for(deployment, revision)
+        return renderers.render_yaml(render_spec), ""
+    except ImportError:
+        return "", "Manifests can be shown once the deployment driver is installed."
+    except (ValidationError, ValueError) as exc:
+        message = _error_text(exc) if isinstance(exc, ValidationError) else str(exc)
+        return "", f"This revision cannot be rendered: {message}"
+
+
+def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[str, Any]:
+    spec = deployment.spec() or {}
+    held = _gpus_held({deployment.pk}).get(deployment.pk, 0)
+    return {
+        "d": deployment,
+        "spec": spec,
+        "gpus_held": held,
+        "served_name": spec.get("served_model_name") or deployment.name,
+        "gateway_url": settings.GATEWAY_BASE_URL.rstrip("/") + "/v1",
+        "final": deployment.state in FINAL_STATES,
+        "sandbox": is_sandbox(deployment.pool),
+        "sandbox_label": SANDBOX_LABEL,
+        "can_change": can_change(request.user, deployment.project.organization),
+    }
+
+
+@login_required
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _deployment_get(request, pk)
+    fragment = request.GET.get("fragment")
+    if request.htmx and fragment in {"status", "events"}:
+        context = _detail_context(request, deployment)
+        context["oob_parts"] = True
+        if fragment == "events":
+            limit = 5 if request.GET.get("limit") == "5" else 100
+            context.update(events=deployment.events.all()[:limit], events_limit=limit)
+        response = render(request, f"deployments/htmx/detail_{fragment}.html", context)
+        if context["final"]:
+            response.status_code = STOP_POLLING
+        return response
+    tab = request.GET.get("tab", "overview")
+    if tab not in TABS:
+        tab = "overview"
+    context = _detail_context(request, deployment)
+    revisions = list(deployment.revisions.select_related("created_by").order_by("-number"))
+    context.update(
+        tab=tab,
+        revisions=revisions,
+        usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
+        nim_tags=_nim_tags(deployment),
+        scale_form=ScaleForm(
+            initial={
+                "replicas_min": (context["spec"].get("replicas") or {}).get("min", 1),
+                "replicas_max": (context["spec"].get("replicas") or {}).get("max", 1),
+            }
+        ),
+    )
+    if tab == "overview":
+        context.update(events=deployment.events.all()[:5], events_limit=5)
+    elif tab == "events":
+        context["events"] = deployment.events.all()[:100]
+    elif tab == "deployment":
+        context.update(_revision_context(request, deployment, revisions))
+    elif tab == "manifests":
+        wanted = _int_or_none(request.GET.get("revision"))
+        revision = (
+            next((r for r in revisions if r.number == wanted), None) or deployment.current_revision
+        )
+        context["manifest_revision"] = revision
+        context["manifests"], context["manifest_error"] = _render_manifests(deployment, revision)
+    return render(request, "deployments/detail.html", context)
+
+
+def _revision_context(
+    request: HttpRequest, deployment: ModelDeployment, revisions: list[Revision]
+) -> dict[str, Any]:
+    by_number = {r.number: r for r in revisions}
+    context: dict[str, Any] = {"spec_yaml": _yaml(deployment.spec())}
+    if len(revisions) >= 2:
+        a = _int_or_none(request.GET.get("a")) or revisions[1].number
+        b = _int_or_none(request.GET.get("b")) or revisions[0].number
+        if a in by_number and b in by_number:
+            context.update(diff_a=a, diff_b=b, diff=spec_diff(by_number[a].spec, by_number[b].spec))
+        else:
+            context["diff_error"] = "Choose two revisions of this deployment."
+    return context
+
+
+def _yaml(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=True, default_flow_style=False)
+
+
+def _nim_tags(deployment: ModelDeployment) -> list[str]:
+    model = deployment.model
+    tags = list(model.ngc_tags or [])
+    if model.ngc_tag and model.ngc_tag not in tags:
+        tags.insert(0, model.ngc_tag)
+    return tags if (model.source == "ngc" or deployment.bundle.engine == "nim") else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments: actions (each a POST through a service, confirmed in the page)
+# ---------------------------------------------------------------------------------------------
+
+
+def _action(request: HttpRequest, pk: int, what: str):
+    deployment = _deployment_get(request, pk)
+    _require_change(request, deployment.project.organization, what)
+    return deployment
+
+
+def _after_action(
+    request: HttpRequest, deployment: ModelDeployment, message: str, tab: str = "overview"
+) -> HttpResponse:
+    messages.success(request, message)
+    return _redirect(request, f"{deployment.get_absolute_url()}?tab={tab}")
+
+
+def _action_failed(
+    request: HttpRequest, deployment: ModelDeployment, exc: ValidationError, tab: str = "overview"
+) -> HttpResponse:
+    messages.error(request, _error_text(exc))
+    return _redirect(request, f"{deployment.get_absolute_url()}?tab={tab}")
+
+
+@login_required
+@require_POST
+def deployment_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "deactivate deployments")
+    try:
+        _services().deployment_deactivate(user=request.user, deployment=deployment)
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc)
+    return _after_action(
+        request, deployment, f"“{deployment.name}” deactivated: its GPUs are released."
+    )
+
+
+@login_required
+@require_POST
+def deployment_activate(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "activate deployments")
+    try:
+        _services().deployment_activate(user=request.user, deployment=deployment)
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc)
+    return _after_action(
+        request, deployment, f"“{deployment.name}” activated; it is being pushed again."
+    )
+
+
+@login_required
+@require_POST
+def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "delete deployments")
+    try:
+        _services().deployment_delete(user=request.user, deployment=deployment)
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc)
+    messages.success(request, f"“{deployment.name}” is being deleted from {deployment.pool.name}.")
+    return _redirect(request, reverse("deployments:list"))
+
+
+@login_required
+@require_POST
+def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "roll back deployments")
+    number = _int_or_none(request.POST.get("revision"))
+    if number is None or not deployment.revisions.filter(number=number).exists():
+        messages.error(request, "Choose a revision of this deployment to roll back to.")
+        return _redirect(request, f"{deployment.get_absolute_url()}?tab=deployment")
+    try:
+        revision = _services().deployment_rollback(
+            user=request.user, deployment=deployment, revision_number=number
+        )
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc, "deployment")
+    return _after_action(
+        request,
+        deployment,
+        f"Rolled back to revision {number} as revision {revision.number}.",
+        "deployment",
+    )
+
+
+@login_required
+@require_POST
+def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "scale deployments")
+    form = ScaleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(f"{e}" for errs in form.errors.values() for e in errs))
+        return _redirect(request, deployment.get_absolute_url())
+    lo, hi = form.cleaned_data["replicas_min"], form.cleaned_data["replicas_max"]
+    spec = {**deployment.spec(), "replicas": {"min": lo, "max": hi}}
+    try:
+        _services().deployment_update(
+            user=request.user,
+            deployment=deployment,
+            spec=spec,
+            reason=f"Scaled to {lo}–{hi} replicas",
+        )
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc)
+    return _after_action(request, deployment, f"“{deployment.name}” scaled to {lo}–{hi} replicas.")
+
+
+@login_required
+@require_POST
+def deployment_nim_tag(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "change deployments")
+    tag = (request.POST.get("tag") or "").strip()
+    if tag not in _nim_tags(deployment):
+        messages.error(request, f"“{tag}” is not a known tag of {deployment.model.name}.")
+        return _redirect(request, deployment.get_absolute_url())
+    try:
+        revision = _services().deployment_set_nim_tag(
+            user=request.user, deployment=deployment, tag=tag
+        )
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc)
+    return _after_action(request, deployment, f"NIM tag set to {tag} (revision {revision.number}).")
