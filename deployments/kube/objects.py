@@ -1,0 +1,163 @@
+"""Server-side apply, reads and label-selected deletes of the objects ModelDeck manages."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from deployments.kube.client import (
+    APPLY_CONTENT_TYPE,
+    FIELD_MANAGER,
+    Kube,
+    KubeError,
+    PermanentKubeError,
+    classify,
+    raw,
+)
+from deployments.renderers import LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
+
+# Kinds the driver applies, with the typed calls for each. Only these: a manifest of any
+# other kind is a bug upstream, refused before anything reaches the cluster.
+_APPLY = {
+    "Deployment": ("apps", "patch_namespaced_deployment"),
+    "Service": ("core", "patch_namespaced_service"),
+    "PersistentVolumeClaim": ("core", "patch_namespaced_persistent_volume_claim"),
+    "Secret": ("core", "patch_namespaced_secret"),
+}
+
+
+def ensure_namespace(kube: Kube, namespace: str) -> bool:
+    """Create the project's namespace when missing (one GET when it exists). True if created."""
+    try:
+        raw(kube.core.read_namespace, namespace, kind="Namespace", action="read")
+        return False
+    except KubeError as err:
+        if err.status != 404:
+            raise
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+    }
+    raw(kube.core.patch_namespace, namespace, body, field_manager=FIELD_MANAGER, force=True,
+        _content_type=APPLY_CONTENT_TYPE, kind="Namespace", action="create")  # fmt: skip
+    return True
+
+
+def apply(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply one object as field manager `modeldeck`, forcing ownership: the
+    console is the source of truth for every field it sets. Unchanged objects stay untouched
+    (same resourceVersion), which is what makes a repeated push harmless."""
+    kind = obj["kind"]
+    if kind not in _APPLY:
+        raise PermanentKubeError(f"ModelDeck does not apply {kind} objects.")
+    group, method = _APPLY[kind]
+    api = getattr(kube, group)
+    meta = obj["metadata"]
+    return raw(getattr(api, method), meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER,
+               force=True, _content_type=APPLY_CONTENT_TYPE, kind=kind, action="apply")  # fmt: skip
+
+
+def secret_object(
+    namespace: str, name: str, data: dict[str, str], *, type_: str = "Opaque"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        },
+        "type": type_,
+        # base64 in `data` rather than `stringData`: stringData is write-only and would make
+        # every apply look like a change.
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+    }
+
+
+def docker_config_secret(
+    namespace: str, name: str, registry: str, username: str, password: str
+) -> dict[str, Any]:
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config = {"auths": {registry: {"username": username, "password": password, "auth": auth}}}
+    obj = secret_object(namespace, name, {".dockerconfigjson": json.dumps(config, sort_keys=True)})
+    obj["type"] = "kubernetes.io/dockerconfigjson"
+    return obj
+
+
+def read_deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return raw(
+            kube.apps.read_namespaced_deployment, name, namespace, kind="Deployment", action="read"
+        )
+    except PermanentKubeError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def delete_selected(kube: Kube, namespace: str, selector: str, *, kinds: tuple[str, ...]) -> None:
+    """Delete every object of `kinds` in the namespace matching the label selector."""
+    calls = {
+        "Deployment": kube.apps.delete_collection_namespaced_deployment,
+        "Service": kube.core.delete_collection_namespaced_service,
+        "PersistentVolumeClaim": kube.core.delete_collection_namespaced_persistent_volume_claim,
+    }
+    for kind in kinds:
+        try:
+            raw(calls[kind], namespace, label_selector=selector, propagation_policy="Background",
+                kind=kind, action="delete")  # fmt: skip
+        except PermanentKubeError as err:
+            if err.status != 404:  # the namespace is gone already: nothing to delete
+                raise
+
+
+def count_selected(kube: Kube, namespace: str, selector: str) -> int:
+    """Objects (Deployments, Services, Pods, PVCs) still present for a selector."""
+    total = 0
+    for call in (
+        kube.apps.list_namespaced_deployment,
+        kube.core.list_namespaced_service,
+        kube.core.list_namespaced_pod,
+        kube.core.list_namespaced_persistent_volume_claim,
+    ):
+        try:
+            total += len(
+                raw(call, namespace, label_selector=selector, kind="objects", action="list").get(
+                    "items"
+                )
+                or []
+            )
+        except PermanentKubeError as err:
+            if err.status != 404:
+                raise
+    return total
+
+
+def list_managed(kube: Kube) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Everything labelled as ours across the cluster: exactly two list calls (Deployments, Pods)."""
+    deployments = raw(kube.apps.list_deployment_for_all_namespaces, label_selector=MANAGED_SELECTOR,
+                      kind="Deployments", action="list")  # fmt: skip
+    pods = raw(
+        kube.core.list_pod_for_all_namespaces,
+        label_selector=MANAGED_SELECTOR,
+        kind="Pods",
+        action="list",
+    )
+    return deployments.get("items") or [], pods.get("items") or []
+
+
+__all__ = [
+    "KubeError",
+    "apply",
+    "classify",
+    "count_selected",
+    "delete_selected",
+    "docker_config_secret",
+    "ensure_namespace",
+    "list_managed",
+    "read_deployment",
+    "secret_object",
+]

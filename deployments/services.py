@@ -1,0 +1,654 @@
+"""Writes for compute pools, endpoints and model deployments: one path for every change."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from catalog.models import CatalogModel, ProfileBundle
+from deployments.models import (
+    ComputePool,
+    DeploymentEvent,
+    DeploymentState,
+    Endpoint,
+    ModelDeployment,
+    PoolKind,
+    Revision,
+)
+from deployments.spec import gpu_hold, image_tag, image_with_tag, merge_spec, normalize_spec
+from projects.models import Environment, Organization, Project
+from projects.selectors import can_change, is_org_admin
+from projects.services import quota_reserve
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_ENGINE_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# States in which a deployment holds its GPUs and is meant to run.
+ACTIVE_STATES = (
+    DeploymentState.PENDING,
+    DeploymentState.DEPLOYING,
+    DeploymentState.RUNNING,
+    DeploymentState.FAILED,
+    DeploymentState.UNKNOWN,
+)
+POOL_FIELDS = ("name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description")
+
+
+def holder(deployment: ModelDeployment) -> str:
+    return f"deployment:{deployment.pk}"
+
+
+def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    return user if user is not None and user.is_authenticated else None
+
+
+def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
+    if user is not None and not can_change(user, organization):
+        raise PermissionDenied(
+            "Viewers cannot change deployments; ask an organization admin for the member role."
+        )
+
+
+def _require_admin(user: AbstractBaseUser | None, organization: Organization) -> None:
+    if user is not None and not is_org_admin(user, organization):
+        raise PermissionDenied("Only organization admins can manage compute pools.")
+
+
+def _enqueue_push(deployment_pk: int) -> None:
+    from deployments.tasks import push_deployment
+
+    transaction.on_commit(lambda: push_deployment.delay(deployment_pk))
+
+
+# --- Events and state ---------------------------------------------------------------------------
+
+
+def event_record(
+    deployment: ModelDeployment | int,
+    *,
+    reason: str,
+    message: str = "",
+    type: str = "Normal",  # noqa: A002 - Kubernetes' word
+    source: str = "console",
+) -> DeploymentEvent:
+    """Record an event; a repeat of the same reason and message bumps the count instead."""
+    deployment_id = deployment if isinstance(deployment, int) else deployment.pk
+    reason, message = reason[:100], message[:2000]
+    existing = (
+        DeploymentEvent.objects.filter(
+            deployment_id=deployment_id, reason=reason, message=message, source=source
+        )
+        .order_by("-last_seen_at", "-id")
+        .first()
+    )
+    if existing is not None:
+        DeploymentEvent.objects.filter(pk=existing.pk).update(
+            count=existing.count + 1, last_seen_at=timezone.now()
+        )
+        existing.count += 1
+        return existing
+    return DeploymentEvent.objects.create(
+        deployment_id=deployment_id, type=type, reason=reason, message=message, source=source
+    )
+
+
+def state_claim(
+    deployment: ModelDeployment | int,
+    *,
+    expect: str | tuple[str, ...],
+    state: str,
+    reason: str = "",
+) -> bool:
+    """Move a deployment from `expect` to `state`; False when someone else moved it first."""
+    pk = deployment if isinstance(deployment, int) else deployment.pk
+    expected = (expect,) if isinstance(expect, str) else tuple(expect)
+    changed = ModelDeployment.objects.filter(pk=pk, state__in=expected).update(
+        state=state,
+        state_reason=reason[:2000],
+        state_changed_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    if changed and not isinstance(deployment, int):
+        deployment.state, deployment.state_reason = state, reason[:2000]
+    return bool(changed)
+
+
+# --- Compute pools ------------------------------------------------------------------------------
+
+
+def _clean_pool(pool: ComputePool) -> None:
+    errors: dict[str, str] = {}
+    if pool.kind not in PoolKind.values:
+        errors["kind"] = f"Choose one of {', '.join(PoolKind.values)}."
+    if not _ENGINE_LABEL.match(pool.engine_label or ""):
+        errors["engine_label"] = (
+            "Enter the inference engine this pool runs, e.g. vllm (lower case, no spaces)."
+        )
+    if pool.kind == PoolKind.KUBECONFIG:
+        import yaml
+
+        try:
+            data = yaml.safe_load(pool.kubeconfig or "")
+        except yaml.YAMLError:
+            data = None
+        if not isinstance(data, dict) or not data.get("clusters"):
+            errors["kubeconfig"] = "Paste a kubeconfig with at least one cluster (YAML)."
+    if pool.api_url and not re.match(r"^https?://[^\s]+$", pool.api_url):
+        errors["api_url"] = "Enter an http(s) URL such as http://127.0.0.1:8093."
+    if pool.api_url and pool.kind != PoolKind.SANDBOX:
+        errors["api_url"] = (
+            "Only sandbox pools take an API URL; other pools connect through their kubeconfig."
+        )
+    if errors:
+        raise ValidationError(errors)
+    if (
+        ComputePool.objects.filter(organization_id=pool.organization_id, name=pool.name)
+        .exclude(pk=pool.pk)
+        .exists()
+    ):
+        raise ValidationError(
+            {"name": f"A compute pool named “{pool.name}” already exists in this organization."}
+        )
+    pool.full_clean(
+        validate_constraints=False, exclude=["reachable", "last_check", "last_checked_at"]
+    )
+
+
+def pool_create(
+    *,
+    user: AbstractBaseUser | None,
+    organization: Organization,
+    name: str,
+    kind: str,
+    engine_label: str,
+    kubeconfig: str = "",
+    api_url: str = "",
+    region: str = "",
+    description: str = "",
+) -> ComputePool:
+    _require_admin(user, organization)
+    pool = ComputePool(
+        organization=organization, name=name.strip(), kind=kind, engine_label=engine_label.strip(),
+        kubeconfig=kubeconfig, api_url=api_url.strip(), region=region.strip(), description=description,
+    )  # fmt: skip
+    _clean_pool(pool)
+    with transaction.atomic():
+        pool.save()
+    log.info("compute pool created", extra={"pool": pool.pk, "organization": organization.pk})
+    return pool
+
+
+def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: Any) -> ComputePool:
+    """Change a pool's settings; an empty kubeconfig keeps the stored one (it is never shown)."""
+    _require_admin(user, pool.organization)
+    unknown = sorted(set(fields) - set(POOL_FIELDS))
+    if unknown:
+        raise ValidationError({unknown[0]: "This field can't be changed."})
+    with transaction.atomic():
+        locked = ComputePool.objects.select_for_update().get(pk=pool.pk)
+        for key, value in fields.items():
+            if key == "kubeconfig" and not value:
+                continue
+            setattr(
+                locked,
+                key,
+                value.strip() if isinstance(value, str) and key != "kubeconfig" else value,
+            )
+        if "engine_label" in fields and fields["engine_label"] != pool.engine_label:
+            busy = locked.deployments.count()
+            if busy:
+                raise ValidationError(
+                    {"engine_label": f"{busy} deployment(s) run on this pool with its current engine label; "
+                                     "move or delete them before changing it."}
+                )  # fmt: skip
+        _clean_pool(locked)
+        locked.save()
+    return locked
+
+
+def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
+    _require_admin(user, pool.organization)
+    count = pool.deployments.count()
+    if count:
+        raise ValidationError(
+            f"{count} deployment(s) still use compute pool “{pool.name}”; delete them first."
+        )
+    pool.delete()
+
+
+def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) -> dict[str, Any]:
+    """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool."""
+    from deployments import kube
+
+    if user is not None and not can_change(user, pool.organization):
+        raise PermissionDenied("Viewers cannot test compute pools.")
+    try:
+        result = kube.test_connection(pool)
+    except kube.KubeError as err:
+        result = {"ok": False, "version": "", "nodes": [], "error": err.message}
+    except Exception as exc:  # a check reports any failure in words; it never raises
+        log.warning("pool connection test failed", exc_info=True, extra={"pool": pool.pk})
+        result = {
+            "ok": False,
+            "version": "",
+            "nodes": [],
+            "error": f"The check could not run: {exc}",
+        }
+    result["checked_at"] = timezone.now().isoformat()
+    ComputePool.objects.filter(pk=pool.pk).update(
+        last_check=result, last_checked_at=timezone.now(), reachable=result["ok"]
+    )
+    pool.last_check, pool.reachable = result, result["ok"]
+    return result
+
+
+# --- Endpoints ----------------------------------------------------------------------------------
+
+
+def endpoint_create(
+    *, user: AbstractBaseUser | None, project: Project, name: str, path: str
+) -> Endpoint:
+    _require_change(user, project.organization)
+    name, path = name.strip(), path.strip()
+    if path and not path.startswith("/"):
+        path = "/" + path
+    errors = {}
+    if not name:
+        errors["name"] = "Enter a name."
+    if not _PATH.match(path) or "//" in path or len(path) > 200:
+        errors["path"] = "Enter a path such as /llama-chat (letters, digits, - _ . ~ /)."
+    elif Endpoint.objects.filter(project__organization=project.organization, path=path).exists():
+        errors["path"] = (
+            f"The path {path} is already used by another endpoint of this organization."
+        )
+    if not errors and Endpoint.objects.filter(project=project, name=name).exists():
+        errors["name"] = f"An endpoint named “{name}” already exists in this project."
+    if errors:
+        raise ValidationError(errors)
+    endpoint = Endpoint(project=project, name=name, path=path)
+    endpoint.full_clean()
+    endpoint.save()
+    return endpoint
+
+
+def endpoint_delete(*, user: AbstractBaseUser | None, endpoint: Endpoint) -> None:
+    _require_change(user, endpoint.project.organization)
+    endpoint.delete()  # deployments keep running; they just lose the path (SET_NULL)
+
+
+# --- Deployments --------------------------------------------------------------------------------
+
+
+def _check_environment(
+    environment: Environment | None, pool: ComputePool, spec: dict[str, Any]
+) -> None:
+    if environment is None:
+        return
+    allowed = list(environment.allowed_pools.all())
+    if allowed and pool not in allowed:
+        names = ", ".join(p.name for p in allowed)
+        raise ValidationError(
+            {"pool": f"Environment “{environment.name}” allows only these pools: {names}."}
+        )
+    regions = (environment.allowed_pool_labels or {}).get("region")
+    if regions and pool.region not in regions:
+        raise ValidationError(
+            {"pool": f"Environment “{environment.name}” allows pools in {', '.join(regions)}; "
+                     f"“{pool.name}” is in {pool.region or 'no region'}."}
+        )  # fmt: skip
+    gpu_type = spec["resources"]["gpu_type"]
+    if (
+        environment.allowed_gpu_types
+        and spec["resources"]["gpus"]
+        and gpu_type not in environment.allowed_gpu_types
+    ):
+        raise ValidationError(
+            {"resources.gpu_type": f"Environment “{environment.name}” allows GPU types "
+                                   f"{', '.join(environment.allowed_gpu_types)}."}
+        )  # fmt: skip
+    if environment.max_replicas and spec["replicas"]["max"] > environment.max_replicas:
+        raise ValidationError(
+            {
+                "replicas.max": f"Environment “{environment.name}” allows at most {environment.max_replicas} replicas."
+            }
+        )
+    if (
+        environment.max_gpus_per_replica is not None
+        and spec["resources"]["gpus"] > environment.max_gpus_per_replica
+    ):
+        raise ValidationError(
+            {"resources.gpus": f"Environment “{environment.name}” allows at most "
+                               f"{environment.max_gpus_per_replica} GPUs per replica."}
+        )  # fmt: skip
+
+
+def _check_served_name_free(
+    organization: Organization, served: str, *, exclude: int | None = None
+) -> None:
+    clash = (
+        ModelDeployment.objects.filter(
+            project__organization=organization, current_revision__spec__served_model_name=served
+        )
+        .exclude(pk=exclude)
+        .first()
+    )
+    if clash is not None:
+        raise ValidationError(
+            {"served_model_name": f"Deployment “{clash.name}” already serves the model name “{served}” in this "
+                                  "organization; choose another name."}
+        )  # fmt: skip
+
+
+def _reserve(deployment: ModelDeployment, gpus: int) -> None:
+    """Hold `gpus` in the quota for this deployment; a refusal names the numbers."""
+    try:
+        quota_reserve(project=deployment.project, holder=holder(deployment), gpus=gpus)
+    except ValidationError as exc:
+        raise ValidationError({"resources.gpus": " ".join(exc.messages)}) from None
+
+
+def _new_revision(
+    deployment: ModelDeployment, spec: dict[str, Any], *, user: AbstractBaseUser | None, reason: str
+) -> Revision:
+    last = deployment.revisions.order_by("-number").values_list("number", flat=True).first() or 0
+    revision = Revision(deployment=deployment, number=last + 1, spec=spec, reason=reason[:200],
+                        created_by=_user_or_none(user))  # fmt: skip
+    revision.full_clean(exclude=["deployment"])
+    revision.save()
+    return revision
+
+
+def deployment_create(
+    *,
+    user: AbstractBaseUser | None,
+    project: Project,
+    model: CatalogModel,
+    pool: ComputePool,
+    name: str,
+    spec: dict[str, Any],
+    bundle: ProfileBundle | None = None,
+    endpoint: Endpoint | None = None,
+    environment: Environment | None = None,
+    description: str = "",
+) -> ModelDeployment:
+    """Create a deployment and its revision 1, reserving its GPUs in the same transaction; the
+    push to the pool is queued when the transaction commits."""
+    org = project.organization
+    _require_change(user, org)
+    name = (name or "").strip()
+    if not _NAME.match(name) or len(name) > 50:
+        raise ValidationError(
+            {"name": "Use at most 50 lower-case letters, digits and dashes, starting with a letter "
+                     "(it becomes the Kubernetes Service name)."}
+        )  # fmt: skip
+    if model.organization_id != org.pk:
+        raise ValidationError({"model": "No such model in this organization."})
+    if pool.organization_id != org.pk:
+        raise ValidationError({"pool": "No such compute pool in this organization."})
+    if endpoint is not None and endpoint.project_id != project.pk:
+        raise ValidationError({"endpoint": "The endpoint belongs to another project."})
+    if environment is not None and environment.project_id != project.pk:
+        raise ValidationError({"environment": "The environment belongs to another project."})
+    if bundle is None:
+        from catalog.maas import resolve
+
+        resolution = resolve(project, model)
+        if resolution.bundle is None:
+            raise ValidationError({"bundle": resolution.message})
+        bundle = resolution.bundle
+    if bundle.organization_id not in (None, org.pk):
+        raise ValidationError({"bundle": "No such Profile Bundle in this organization."})
+    if bundle.engine_label() != pool.engine_label:
+        raise ValidationError(
+            {"pool": f"Profile Bundle “{bundle}” needs a pool with engine label “{bundle.engine_label()}”, "
+                     f"but compute pool “{pool.name}” has “{pool.engine_label}”. Pick a matching pool or bundle."}
+        )  # fmt: skip
+    canonical = normalize_spec(spec, bundle=bundle, model=model)
+    _check_environment(environment, pool, canonical)
+    if ModelDeployment.objects.filter(project=project, name=name).exists():
+        raise ValidationError(
+            {"name": f"A deployment named “{name}” already exists in project “{project.name}”."}
+        )
+    _check_served_name_free(org, canonical["served_model_name"])
+
+    try:
+        with transaction.atomic():
+            deployment = ModelDeployment(
+                project=project, model=model, pool=pool, bundle=bundle, endpoint=endpoint,
+                environment=environment, name=name, description=description,
+                state=DeploymentState.PENDING, state_reason="Waiting for the push to the compute pool.",
+                state_changed_at=timezone.now(), created_by=_user_or_none(user),
+            )  # fmt: skip
+            deployment.full_clean(validate_constraints=False)
+            deployment.save()
+            _reserve(deployment, gpu_hold(canonical))
+            revision = _new_revision(deployment, canonical, user=user, reason="Created")
+            deployment.current_revision = revision
+            deployment.save(update_fields=["current_revision"])
+            event_record(deployment, reason="Created",
+                         message=f"Revision 1 created by {user or 'the system'}: {gpu_hold(canonical)} GPU(s) reserved.")  # fmt: skip
+            _enqueue_push(deployment.pk)
+    except IntegrityError:
+        # Two creates racing for the same name: the unique constraint decides.
+        raise ValidationError(
+            {"name": f"A deployment named “{name}” already exists in project “{project.name}”."}
+        ) from None
+    log.info("deployment created", extra={"deployment": deployment.pk, "project": project.pk})
+    return deployment
+
+
+def _locked(deployment: ModelDeployment) -> ModelDeployment:
+    return (
+        ModelDeployment.objects.select_for_update(of=("self",))
+        .select_related(
+            "project", "project__organization", "model", "bundle", "pool", "current_revision"
+        )
+        .get(pk=deployment.pk)
+    )
+
+
+def _revise(
+    *,
+    user: AbstractBaseUser | None,
+    deployment: ModelDeployment,
+    spec: dict[str, Any],
+    reason: str,
+) -> Revision:
+    """A new revision with a canonical spec: quota re-checked, blue-green push queued."""
+    with transaction.atomic():
+        locked = _locked(deployment)
+        if locked.state == DeploymentState.DELETING:
+            raise ValidationError("This deployment is being deleted.")
+        current = locked.current_revision
+        if current is not None and current.spec == spec:
+            return current  # nothing changed: no revision, no push
+        _check_served_name_free(
+            locked.project.organization, spec["served_model_name"], exclude=locked.pk
+        )
+        _check_environment(locked.environment, locked.pool, spec)
+        if locked.state != DeploymentState.DEACTIVATED:
+            _reserve(locked, gpu_hold(spec))
+        revision = _new_revision(locked, spec, user=user, reason=reason or "Updated")
+        locked.current_revision = revision
+        locked.save(update_fields=["current_revision", "updated_at"])
+        if locked.state != DeploymentState.DEACTIVATED:
+            old = locked.state
+            serving = (
+                f"; revision {current.number} keeps serving until it is ready" if current else ""
+            )
+            state_claim(locked, expect=old, state=DeploymentState.DEPLOYING,
+                        reason=f"Rolling out revision {revision.number}{serving}.")  # fmt: skip
+        event_record(locked, reason="RevisionCreated",
+                     message=f"Revision {revision.number}: {reason or 'updated'} (by {user or 'the system'}).")  # fmt: skip
+        _enqueue_push(locked.pk)
+    deployment.refresh_from_db()
+    return revision
+
+
+def deployment_update(
+    *,
+    user: AbstractBaseUser | None,
+    deployment: ModelDeployment,
+    spec: dict[str, Any],
+    reason: str = "",
+    model: CatalogModel | None = None,
+) -> Revision:
+    """Change the spec (given keys replace the current ones); blue-green: the new revision
+    serves only once it is ready. The model itself can't change in place."""
+    _require_change(user, deployment.project.organization)
+    if model is not None and model.pk != deployment.model_id:
+        raise ValidationError(
+            {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
+                      "create a new deployment for the new model and delete this one when it serves."}
+        )  # fmt: skip
+    current = deployment.current_revision.spec if deployment.current_revision else {}
+    if not isinstance(spec, dict):
+        raise ValidationError({"spec": "The spec must be a mapping."})
+    merged = merge_spec(current, spec)
+    if deployment.model.source == "ngc" and spec.get("nim_tag") and "image" not in spec:
+        merged["image"] = image_with_tag(current.get("image", ""), str(spec["nim_tag"]))
+    canonical = normalize_spec(merged, bundle=deployment.bundle, model=deployment.model)
+    return _revise(
+        user=user, deployment=deployment, spec=canonical, reason=reason or "Spec updated"
+    )
+
+
+def deployment_set_nim_tag(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment, tag: str
+) -> Revision:
+    """Move a NIM deployment to another image tag in place (a new revision, blue-green)."""
+    _require_change(user, deployment.project.organization)
+    tag = (tag or "").strip()
+    if deployment.model.source != "ngc":
+        raise ValidationError(
+            {
+                "nim_tag": "Only NIM models from NGC have tags; for other models create a new deployment."
+            }
+        )
+    if not _TAG.match(tag):
+        raise ValidationError({"nim_tag": "Enter an image tag such as 1.3.0."})
+    known = deployment.model.ngc_tags or []
+    if known and tag not in known:
+        raise ValidationError(
+            {
+                "nim_tag": f"NGC lists no tag {tag} for this NIM; known tags: {', '.join(known[:10])}."
+            }
+        )
+    spec = dict(deployment.current_revision.spec)
+    if image_tag(spec["image"]) == tag:
+        return deployment.current_revision
+    spec["image"] = image_with_tag(spec["image"], tag)
+    spec["nim_tag"] = tag
+    canonical = normalize_spec(spec, bundle=deployment.bundle, model=deployment.model)
+    return _revise(user=user, deployment=deployment, spec=canonical, reason=f"NIM tag {tag}")
+
+
+def deployment_rollback(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment, revision_number: int
+) -> Revision:
+    """Re-apply an old revision's spec as a new revision."""
+    _require_change(user, deployment.project.organization)
+    old = deployment.revisions.filter(number=revision_number).first()
+    if old is None:
+        raise ValidationError(
+            {"revision_number": f"This deployment has no revision {revision_number}."}
+        )
+    if deployment.current_revision_id == old.pk:
+        raise ValidationError(
+            {"revision_number": f"Revision {revision_number} is already the current one."}
+        )
+    return _revise(
+        user=user,
+        deployment=deployment,
+        spec=old.spec,
+        reason=f"Rollback to revision {revision_number}",
+    )
+
+
+def deployment_deactivate(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment
+) -> ModelDeployment:
+    """Scale to zero and give the GPUs back to the quota; the spec and the Service stay."""
+    _require_change(user, deployment.project.organization)
+    with transaction.atomic():
+        locked = _locked(deployment)
+        if locked.state == DeploymentState.DEACTIVATED:
+            return locked
+        if not state_claim(locked, expect=ACTIVE_STATES, state=DeploymentState.DEACTIVATED,
+                           reason="Deactivated: scaled to zero, GPUs released."):  # fmt: skip
+            raise ValidationError(
+                f"A deployment that is {locked.get_state_display().lower()} can't be deactivated."
+            )
+        quota_reserve(project=locked.project, holder=holder(locked), gpus=0)
+        event_record(
+            locked,
+            reason="Deactivated",
+            message=f"Scaled to zero by {user or 'the system'}; GPUs released.",
+        )
+        _enqueue_push(locked.pk)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_activate(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment
+) -> ModelDeployment:
+    """Reserve the GPUs again (quota checked) and scale back up."""
+    _require_change(user, deployment.project.organization)
+    with transaction.atomic():
+        locked = _locked(deployment)
+        if locked.state != DeploymentState.DEACTIVATED:
+            raise ValidationError("Only a deactivated deployment can be activated.")
+        gpus = gpu_hold(locked.current_revision.spec)
+        _reserve(locked, gpus)
+        state_claim(locked, expect=DeploymentState.DEACTIVATED, state=DeploymentState.PENDING,
+                    reason="Activated: scaling up.")  # fmt: skip
+        event_record(
+            locked,
+            reason="Activated",
+            message=f"Activated by {user or 'the system'}: {gpus} GPU(s) reserved.",
+        )
+        _enqueue_push(locked.pk)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_delete(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment
+) -> ModelDeployment:
+    """Mark for deletion; the push task deletes the pool's objects and then the row."""
+    _require_change(user, deployment.project.organization)
+    with transaction.atomic():
+        locked = _locked(deployment)
+        if locked.state != DeploymentState.DELETING:
+            state_claim(locked, expect=locked.state, state=DeploymentState.DELETING,
+                        reason="Deleting the deployment's objects from the compute pool.")  # fmt: skip
+            event_record(
+                locked, reason="Deleting", message=f"Deletion requested by {user or 'the system'}."
+            )
+        _enqueue_push(locked.pk)
+    return locked
+
+
+def deployment_finish_delete(deployment_id: int) -> bool:
+    """The pool holds nothing of the deployment any more: release its GPUs and remove the row."""
+    with transaction.atomic():
+        locked = (
+            ModelDeployment.objects.select_for_update()
+            .filter(pk=deployment_id, state=DeploymentState.DELETING)
+            .first()
+        )
+        if locked is None:
+            return False
+        quota_reserve(project=locked.project, holder=holder(locked), gpus=0)
+        locked.delete()
+    return True

@@ -1,0 +1,506 @@
+"""The deployment spec: canonical form, validation, GPU hold, and mapping to the renderers' input."""
+
+from __future__ import annotations
+
+import copy
+import re
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ValidationError
+
+from deployments.renderers import ModelCache, RenderSpec, SpecError, validate_spec
+
+if TYPE_CHECKING:
+    from catalog.models import CatalogModel, ProfileBundle
+    from deployments.models import ModelDeployment, Revision
+
+HF_TOKEN_SECRET = "modeldeck-hf-token"  # Secret name/key the driver creates from the HF integration
+HF_TOKEN_KEY = "token"
+NGC_API_SECRET = "ngc-api"  # the NIM renderer's default reference for NGC_API_KEY
+NGC_API_KEY = "NGC_API_KEY"
+NGC_PULL_SECRET = "ngc-secret"  # docker-registry Secret for nvcr.io
+
+MAX_REPLICAS = 100
+MAX_GPUS_PER_REPLICA = 16
+AUTOSCALING_METRICS = ("concurrency", "requests_per_second", "gpu_utilization")
+RATE_LIMIT_SCOPES = ("organization", "user", "api_key")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+# Field names the renderers report, in the spec's own words, so a form can put the error on
+# the right input.
+_RENDER_FIELD_TO_SPEC = {
+    "replicas": "replicas.min",
+    "cpu": "resources.cpu",
+    "memory": "resources.memory",
+    "gpus": "resources.gpus",
+    "gpu_type": "resources.gpu_type",
+    "model_cache.size": "model_cache.size",
+    "model_cache.storage_class": "model_cache.storage_class",
+    "model_cache.access_mode": "model_cache",
+    "bundle_args": "bundle",
+    "engine_vars": "bundle",
+    "secret_env": "env",
+    "image_pull_secrets": "image",
+    "model_ref": "model",
+    "model_source": "model",
+    "model_revision": "model",
+    "deployment_name": "name",
+}
+
+SPEC_KEYS = (
+    "engine", "image", "served_model_name", "replicas", "context_length", "prompt_caching",
+    "resources", "env", "labels", "annotations", "tolerations", "node_selector", "affinity",
+    "extra_args", "model_cache", "nim_profile", "nim_tag", "autoscaling", "rate_limits", "pricing",
+)  # fmt: skip
+
+
+def default_spec() -> dict[str, Any]:
+    return {
+        "engine": "",
+        "image": "",
+        "served_model_name": "",
+        "replicas": {"min": 1, "max": 1},
+        "context_length": None,
+        "prompt_caching": True,
+        "resources": {"cpu": "4", "memory": "16Gi", "gpus": 1, "gpu_type": ""},
+        "env": {},
+        "labels": {},
+        "annotations": {},
+        "tolerations": [],
+        "node_selector": {},
+        "affinity": None,
+        "extra_args": [],
+        "model_cache": None,
+        "nim_profile": "",
+        "nim_tag": "",
+        "autoscaling": {"enabled": False, "metric": "concurrency", "target": 8},
+        "rate_limits": {scope: {"rpm": None, "tpm": None} for scope in RATE_LIMIT_SCOPES},
+        "pricing": {"currency": "USD", "input_per_million": "0.00", "output_per_million": "0.00"},
+    }
+
+
+def gpu_hold(spec: dict[str, Any]) -> int:
+    """GPUs a (running) deployment holds in the quota: every replica it may scale to."""
+    return int(spec["replicas"]["max"]) * int(spec["resources"]["gpus"])
+
+
+def nim_model_name(ngc_image: str) -> str:
+    """`nvcr.io/nim/meta/llama-3.1-8b-instruct` -> `meta/llama-3.1-8b-instruct`."""
+    ref = ngc_image.split("@", 1)[0]
+    last = ref.rsplit("/", 1)
+    if ":" in last[-1]:
+        ref = ref.rsplit(":", 1)[0]
+    for prefix in ("nvcr.io/nim/", "nvcr.io/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref.split("/", 1)[1] if "/" in ref else ref
+
+
+def image_with_tag(image: str, tag: str) -> str:
+    """Replace (or add) the tag of an image reference."""
+    base = image.split("@", 1)[0]
+    head, _, last = base.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}:{tag}" if head else f"{last}:{tag}"
+
+
+def image_tag(image: str) -> str:
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else ""
+
+
+def _model_defaults(model: CatalogModel, bundle: ProfileBundle) -> dict[str, str]:
+    """The served name and (for NIM images of NGC models) the image a model implies."""
+    if model.source == "ngc":
+        tag = model.ngc_tag or "latest"
+        return {
+            "served_model_name": nim_model_name(model.ngc_image),
+            "image": f"{model.ngc_image}:{tag}",
+        }
+    if model.source == "huggingface":
+        return {"served_model_name": model.repo_id, "image": bundle.image}
+    return {
+        "served_model_name": re.sub(r"[^A-Za-z0-9._/-]+", "-", model.name).strip("-"),
+        "image": bundle.image,
+    }
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def add(self, field: str, message: str) -> None:
+        self.errors.setdefault(field, message)
+
+
+def _as_int(
+    errors: _Errors, field: str, value: Any, *, minimum: int, maximum: int | None = None
+) -> int | None:
+    if isinstance(value, bool):
+        errors.add(field, "Enter a whole number.")
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int):
+        errors.add(field, "Enter a whole number.")
+        return None
+    if value < minimum:
+        errors.add(field, f"Must be at least {minimum}.")
+    elif maximum is not None and value > maximum:
+        errors.add(field, f"Must be at most {maximum}.")
+    return value
+
+
+def _as_bool(errors: _Errors, field: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "false",
+        "1",
+        "0",
+        "yes",
+        "no",
+        "on",
+        "off",
+    ):
+        return value.lower() in ("true", "1", "yes", "on")
+    errors.add(field, "Must be true or false.")
+    return False
+
+
+def _as_str_map(errors: _Errors, field: str, value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        errors.add(field, "Must be a mapping of names to values.")
+        return {}
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        if isinstance(item, (int, float, Decimal)):
+            item = str(item)
+        if not isinstance(key, str) or not isinstance(item, str):
+            errors.add(field, f"{key}: values are strings.")
+            continue
+        out[key] = item
+    return out
+
+
+def merge_spec(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, nested mappings merged key by key (env, labels... replaced whole)."""
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and key not in ("env", "labels", "annotations", "node_selector", "affinity")
+        ):
+            out[key] = merge_spec(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def normalize_spec(
+    spec: dict[str, Any], *, bundle: ProfileBundle, model: CatalogModel
+) -> dict[str, Any]:
+    """Fill a (partial) spec with defaults from the bundle and model; refuse what can't run.
+
+    Raises ValidationError({field: message}) with the spec's dotted field names
+    (`resources.gpus`, `replicas.max`), so forms, the API and `apply -f` point at the culprit.
+    """
+    if not isinstance(spec, dict):
+        raise ValidationError({"spec": "The spec must be a mapping."})
+    errors = _Errors()
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValidationError(
+            {unknown[0]: f"Unknown spec field; known fields: {', '.join(SPEC_KEYS)}."}
+        )
+    for key in ("replicas", "resources", "autoscaling", "rate_limits", "pricing"):
+        if key in spec and not isinstance(spec[key], dict):
+            raise ValidationError({key: "Must be a mapping."})
+
+    model_defaults = _model_defaults(model, bundle)
+    out = merge_spec(default_spec(), spec)
+
+    # Engine and image come from the bundle: the pool is matched on the bundle's engine label.
+    engine = out["engine"] or bundle.engine
+    if engine != bundle.engine:
+        errors.add(
+            "engine",
+            f"The bundle “{bundle}” runs {bundle.engine}, not {engine}; choose another bundle.",
+        )
+    out["engine"] = bundle.engine
+    if not out["image"]:
+        out["image"] = model_defaults["image"]
+    if not isinstance(out["image"], str):
+        errors.add("image", "Must be an image reference such as vllm/vllm-openai:v0.6.3.")
+        out["image"] = ""
+    out["image"] = out["image"].strip()
+
+    nim_tag = out["nim_tag"] or ""
+    if not isinstance(nim_tag, str):
+        errors.add("nim_tag", "Must be a tag such as 1.3.0.")
+        nim_tag = ""
+    if model.source == "ngc":
+        if nim_tag and not spec.get("image"):
+            out["image"] = image_with_tag(out["image"], nim_tag)
+        nim_tag = image_tag(out["image"])
+    elif nim_tag:
+        errors.add("nim_tag", "Only NIM models from NGC have NIM tags.")
+    out["nim_tag"] = nim_tag
+
+    if not out["served_model_name"]:
+        out["served_model_name"] = model_defaults["served_model_name"]
+    if not isinstance(out["served_model_name"], str) or not out["served_model_name"].strip():
+        errors.add("served_model_name", "Enter the model name clients will send.")
+    elif any(c.isspace() for c in out["served_model_name"]) or len(out["served_model_name"]) > 200:
+        errors.add("served_model_name", "May not contain spaces (at most 200 characters).")
+
+    replicas = out["replicas"]
+    rmin = _as_int(errors, "replicas.min", replicas.get("min"), minimum=0, maximum=MAX_REPLICAS)
+    rmax = _as_int(errors, "replicas.max", replicas.get("max"), minimum=1, maximum=MAX_REPLICAS)
+    if rmin is not None and rmax is not None and rmin > rmax:
+        errors.add("replicas.max", f"Must be at least the minimum ({rmin}).")
+    out["replicas"] = {"min": rmin, "max": rmax}
+
+    if out["context_length"] in ("", None):
+        out["context_length"] = None
+    else:
+        out["context_length"] = _as_int(
+            errors, "context_length", out["context_length"], minimum=256, maximum=10_000_000
+        )
+    out["prompt_caching"] = _as_bool(errors, "prompt_caching", out["prompt_caching"])
+
+    res = out["resources"]
+    for key in ("cpu", "memory"):
+        if isinstance(res.get(key), (int, float)) and not isinstance(res.get(key), bool):
+            res[key] = str(res[key])
+    gpus = _as_int(
+        errors, "resources.gpus", res.get("gpus"), minimum=0, maximum=MAX_GPUS_PER_REPLICA
+    )
+    gpu_type = res.get("gpu_type") or ""
+    if not isinstance(gpu_type, str):
+        errors.add(
+            "resources.gpu_type", "Must be a GPU product name such as NVIDIA-A100-SXM4-80GB."
+        )
+        gpu_type = ""
+    out["resources"] = {
+        "cpu": res.get("cpu"),
+        "memory": res.get("memory"),
+        "gpus": gpus,
+        "gpu_type": gpu_type,
+    }
+
+    for key in ("env", "labels", "annotations", "node_selector"):
+        out[key] = _as_str_map(errors, key, out[key])
+    if not isinstance(out["tolerations"] or [], list):
+        errors.add("tolerations", "Must be a list of tolerations.")
+        out["tolerations"] = []
+    out["tolerations"] = out["tolerations"] or []
+    if out["affinity"] in ({}, ""):
+        out["affinity"] = None
+    args = out["extra_args"] or []
+    if isinstance(args, str):
+        args = args.split()
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        errors.add("extra_args", "Must be a list of arguments such as --max-num-seqs 64.")
+        args = []
+    out["extra_args"] = args
+    cache = out["model_cache"]
+    if cache in ({}, "", None):
+        out["model_cache"] = None
+    elif not isinstance(cache, dict) or not cache.get("size"):
+        errors.add("model_cache", "Give at least a size, e.g. {size: 50Gi}.")
+        out["model_cache"] = None
+    else:
+        out["model_cache"] = {
+            "size": str(cache["size"]),
+            "storage_class": str(cache.get("storage_class") or ""),
+        }
+    if not isinstance(out["nim_profile"] or "", str):
+        errors.add("nim_profile", "Must be a profile id or name.")
+    out["nim_profile"] = out["nim_profile"] or ""
+
+    auto = out["autoscaling"]
+    auto_enabled = _as_bool(errors, "autoscaling.enabled", auto.get("enabled", False))
+    metric = auto.get("metric") or "concurrency"
+    if metric not in AUTOSCALING_METRICS:
+        errors.add("autoscaling.metric", f"Choose one of {', '.join(AUTOSCALING_METRICS)}.")
+    target = _as_int(
+        errors, "autoscaling.target", auto.get("target", 8), minimum=1, maximum=100_000
+    )
+    out["autoscaling"] = {"enabled": auto_enabled, "metric": metric, "target": target}
+    if rmin == 0 and not auto_enabled:
+        errors.add(
+            "replicas.min",
+            "Zero replicas only makes sense with autoscaling; deactivate the deployment instead.",
+        )
+
+    limits: dict[str, dict[str, int | None]] = {}
+    for scope in RATE_LIMIT_SCOPES:
+        given = out["rate_limits"].get(scope) or {}
+        if not isinstance(given, dict):
+            errors.add(f"rate_limits.{scope}", "Must be a mapping with rpm and tpm.")
+            given = {}
+        limits[scope] = {}
+        for unit in ("rpm", "tpm"):
+            value = given.get(unit)
+            limits[scope][unit] = (
+                None
+                if value in (None, "")
+                else _as_int(errors, f"rate_limits.{scope}.{unit}", value, minimum=1)
+            )
+    unknown_scopes = sorted(set(out["rate_limits"]) - set(RATE_LIMIT_SCOPES))
+    if unknown_scopes:
+        errors.add("rate_limits", f"Scopes are {', '.join(RATE_LIMIT_SCOPES)}.")
+    out["rate_limits"] = limits
+
+    pricing = out["pricing"]
+    currency = str(pricing.get("currency") or "USD").upper()
+    if not _CURRENCY.match(currency):
+        errors.add("pricing.currency", "Use a three-letter currency code such as USD.")
+    out_pricing: dict[str, str] = {"currency": currency}
+    for key in ("input_per_million", "output_per_million"):
+        try:
+            amount = Decimal(str(pricing.get(key) if pricing.get(key) not in (None, "") else "0"))
+            if not amount.is_finite() or amount < 0:
+                raise InvalidOperation
+            whole, _, frac = f"{amount.quantize(Decimal('0.0001')):f}".partition(".")
+            out_pricing[key] = (
+                f"{whole}.{frac.rstrip('0').ljust(2, '0')}"  # "0.10", "1.25", "0.0005"
+            )
+        except (InvalidOperation, ValueError):
+            errors.add(f"pricing.{key}", "Enter a price such as 0.50 (per million tokens).")
+            out_pricing[key] = "0.00"
+    out["pricing"] = out_pricing
+
+    if errors.errors:
+        raise ValidationError(errors.errors)
+
+    # The renderers know Kubernetes' rules (quantities, label syntax, engine argument clashes);
+    # rendering a stand-in here turns a would-be 422 into a field error now.
+    try:
+        validate_spec(_render_spec(out, model=model, bundle=bundle, deployment_id=1, name="validate",
+                                   namespace="validate", revision=1, project=None, secret_env={},
+                                   image_pull_secrets=None))  # fmt: skip
+    except SpecError as exc:
+        field = _RENDER_FIELD_TO_SPEC.get(exc.field, exc.field)
+        raise ValidationError({field: exc.message[:1].upper() + exc.message[1:] + "."}) from None
+    return out
+
+
+def rendered_replicas(spec: dict[str, Any]) -> int:
+    """Replicas the Deployment asks for: the minimum (an autoscaler would grow it up to max)."""
+    return max(int(spec["replicas"]["min"]), 1)
+
+
+def _render_spec(
+    spec: dict[str, Any],
+    *,
+    model: CatalogModel,
+    bundle: ProfileBundle,
+    deployment_id: int,
+    name: str,
+    namespace: str,
+    revision: int,
+    project: str | None,
+    secret_env: dict[str, tuple[str, str]],
+    image_pull_secrets: tuple[str, ...] | None,
+    replicas: int | None = None,
+) -> RenderSpec:
+    if model.source == "huggingface":
+        model_ref, model_revision = model.repo_id, (model.revision or None)
+    elif model.source == "ngc":
+        model_ref, model_revision = nim_model_name(model.ngc_image), None
+    else:
+        model_ref, model_revision = model.storage_uri, None
+    cache = spec.get("model_cache")
+    engine_vars = {}
+    for var in bundle.variables or []:
+        if isinstance(var, dict) and re.fullmatch(r"[a-z][a-z0-9_]*", str(var.get("name", ""))):
+            default = var.get("default")
+            if default not in (None, ""):
+                engine_vars[var["name"]] = (
+                    str(default).lower() if isinstance(default, bool) else str(default)
+                )
+    res = spec["resources"]
+    return RenderSpec(
+        deployment_id=deployment_id,
+        deployment_name=name,
+        revision=revision,
+        namespace=namespace,
+        engine=spec["engine"],
+        image=spec["image"],
+        model_ref=model_ref,
+        model_source=model.source,
+        model_revision=model_revision,
+        served_model_name=spec["served_model_name"] or None,
+        project=project,
+        replicas=rendered_replicas(spec) if replicas is None else replicas,
+        context_length=spec["context_length"],
+        prompt_caching=spec["prompt_caching"],
+        cpu=res["cpu"],
+        memory=res["memory"],
+        gpus=res["gpus"],
+        gpu_type=res["gpu_type"] or None,
+        env=spec["env"],
+        secret_env=secret_env,
+        image_pull_secrets=image_pull_secrets,
+        labels=spec["labels"],
+        annotations=spec["annotations"],
+        tolerations=tuple(spec["tolerations"]),
+        node_selector=spec["node_selector"],
+        affinity=spec["affinity"],
+        bundle_args=tuple(str(a) for a in (bundle.default_args or [])),
+        extra_args=tuple(spec["extra_args"]),
+        engine_vars=engine_vars,
+        model_cache=ModelCache(size=cache["size"], storage_class=cache.get("storage_class") or None)
+        if cache
+        else None,
+        nim_profile=spec["nim_profile"] or None,
+    )
+
+
+def secret_refs(
+    deployment: ModelDeployment,
+) -> tuple[dict[str, tuple[str, str]], tuple[str, ...] | None]:
+    """Secret-backed env vars and image pull secrets a deployment's pods reference."""
+    from projects.models import IntegrationKind
+
+    kinds = set(deployment.project.integrations.values_list("kind", flat=True))
+    secret_env: dict[str, tuple[str, str]] = {}
+    pull: tuple[str, ...] | None = None
+    if IntegrationKind.HUGGINGFACE in kinds and deployment.model.source == "huggingface":
+        secret_env["HF_TOKEN"] = (HF_TOKEN_SECRET, HF_TOKEN_KEY)
+    if deployment.bundle.engine == "nim" or deployment.model.source == "ngc":
+        if IntegrationKind.NGC in kinds:
+            secret_env["NGC_API_KEY"] = (NGC_API_SECRET, NGC_API_KEY)
+            pull = (NGC_PULL_SECRET,)
+        else:
+            pull = ()  # no key: don't reference a pull secret that will never exist
+    return secret_env, pull
+
+
+def render_spec_for(
+    deployment: ModelDeployment, revision: Revision, *, replicas: int | None = None
+) -> RenderSpec:
+    """The renderers' input for one revision of a deployment (`replicas` overrides, e.g. 0)."""
+    secret_env, pull = secret_refs(deployment)
+    return _render_spec(
+        revision.spec,
+        model=deployment.model,
+        bundle=deployment.bundle,
+        deployment_id=deployment.pk,
+        name=deployment.name,
+        namespace=deployment.project.namespace(),
+        revision=revision.number,
+        project=deployment.project.slug,
+        secret_env=secret_env,
+        image_pull_secrets=pull,
+        replicas=replicas,
+    )

@@ -1,0 +1,425 @@
+"""Celery tasks: push a deployment to its pool (blue-green), and sync every pool's status back.
+
+How state is decided (sync_status, per deployment, from one listing of the pool):
+- Deleting: the push task deletes the objects; the row goes once the pool holds none.
+- Deactivated: stays so; if replicas still run there, the push is queued again.
+- the current revision's Deployment is absent: Pending (never pushed yet) or Deploying (it
+  vanished) and a push is queued — a crash half-way through a push converges here.
+- ready replicas >= the revision's replicas: Running if the Service already points at it,
+  else Deploying and a push is queued to switch the Service (blue-green).
+- a pod reports a reason (Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...): Failed,
+  with Kubernetes' words.
+- otherwise Deploying.
+- the pool can't be reached: Unknown; nothing is deleted, the next cycle decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from celery import shared_task
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from deployments import kube
+from deployments.models import ComputePool, DeploymentState, ModelDeployment
+from deployments.renderers import (
+    LABEL_REVISION,
+    SpecError,
+    deployment_selector,
+    object_names,
+    render,
+    render_service,
+)
+from deployments.services import deployment_finish_delete, event_record, state_claim
+from deployments.spec import (
+    HF_TOKEN_KEY,
+    HF_TOKEN_SECRET,
+    NGC_API_KEY,
+    NGC_API_SECRET,
+    NGC_PULL_SECRET,
+    render_spec_for,
+    rendered_replicas,
+)
+
+log = logging.getLogger(__name__)
+
+PUSH_MAX_RETRIES = 5
+SYNC_WRITE_BATCH = 100
+NGC_REGISTRY = "nvcr.io"
+
+
+# --- Push ---------------------------------------------------------------------------------------
+
+
+def _load(deployment_id: int) -> ModelDeployment | None:
+    return (
+        ModelDeployment.objects.select_related(
+            "project",
+            "project__organization",
+            "model",
+            "bundle",
+            "pool",
+            "current_revision",
+            "serving_revision",
+        )
+        .filter(pk=deployment_id)
+        .first()
+    )
+
+
+def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[str, Any]]:
+    """The Secrets the revision references, built from the project's integrations."""
+    from projects.models import IntegrationKind
+
+    values = {i.kind: i.secret for i in deployment.project.integrations.all()}
+    refs = {secret for secret, _ in rs.secret_env.values()}
+    out = []
+    if HF_TOKEN_SECRET in refs and values.get(IntegrationKind.HUGGINGFACE):
+        out.append(
+            kube.secret_object(
+                namespace, HF_TOKEN_SECRET, {HF_TOKEN_KEY: values[IntegrationKind.HUGGINGFACE]}
+            )
+        )
+    if NGC_API_SECRET in refs and values.get(IntegrationKind.NGC):
+        out.append(
+            kube.secret_object(
+                namespace, NGC_API_SECRET, {NGC_API_KEY: values[IntegrationKind.NGC]}
+            )
+        )
+    if NGC_PULL_SECRET in (rs.image_pull_secrets or ()) and values.get(IntegrationKind.NGC):
+        out.append(kube.docker_config_secret(namespace, NGC_PULL_SECRET, NGC_REGISTRY, "$oauthtoken",
+                                             values[IntegrationKind.NGC]))  # fmt: skip
+    return out
+
+
+def _fail(deployment: ModelDeployment, reason: str, message: str) -> None:
+    """Record an error retrying can't fix; the user changes the spec or the pool."""
+    if deployment.state in (DeploymentState.DEACTIVATED, DeploymentState.DELETING):
+        # Those are the user's choices (and hold no GPUs); keep them, say what went wrong.
+        ModelDeployment.objects.filter(pk=deployment.pk, state=deployment.state).update(
+            state_reason=message[:2000]
+        )
+    else:
+        state_claim(
+            deployment, expect=(deployment.state,), state=DeploymentState.FAILED, reason=message
+        )
+    event_record(deployment, reason=reason, message=message, type="Warning")
+
+
+def _switch_service(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> bool:
+    """Point the Service at `rs.revision`, record it, then remove the older revisions.
+
+    Only while this revision is still the current one: a push that lost a race with a newer
+    update must not move the traffic. The Service is applied before the database records the
+    switch, so a crash in between is seen (serving != current) and repaired by the next push.
+    """
+    revision = deployment.current_revision
+    previous = deployment.serving_revision
+    current_id = (
+        ModelDeployment.objects.filter(pk=deployment.pk)
+        .values_list("current_revision_id", flat=True)
+        .first()
+    )
+    if current_id != revision.pk:
+        return False
+    kube.apply(k, render_service(rs))
+    claimed = ModelDeployment.objects.filter(pk=deployment.pk, current_revision=revision).update(
+        serving_revision=revision, updated_at=timezone.now()
+    )
+    if not claimed:
+        return False  # a newer revision took over meanwhile; its own push moves the traffic
+    deployment.serving_revision = revision
+    if previous is None or previous.pk != revision.pk:
+        old = f" (from revision {previous.number})" if previous is not None else ""
+        event_record(
+            deployment,
+            reason="ServiceSwitched",
+            message=f"Traffic now goes to revision {revision.number}{old}.",
+        )
+    # `revision!=N` also matches objects without the label, so only Deployments are swept:
+    # the model cache PVC (no revision label) must survive. A revision created since this push
+    # started is spared too; its own push applies it.
+    latest = (
+        ModelDeployment.objects.filter(pk=deployment.pk)
+        .values_list("current_revision__number", flat=True)
+        .first()
+    )
+    selector = f"{deployment_selector(deployment.pk)},{LABEL_REVISION}!={rs.revision}"
+    if latest and latest != rs.revision:
+        selector += f",{LABEL_REVISION}!={latest}"
+    kube.delete_selected(k, rs.namespace, selector, kinds=("Deployment",))
+    return True
+
+
+def _teardown(k: kube.Kube, deployment: ModelDeployment) -> None:
+    namespace = deployment.project.namespace()
+    selector = deployment_selector(deployment.pk)
+    kube.delete_selected(
+        k, namespace, selector, kinds=("Deployment", "Service", "PersistentVolumeClaim")
+    )
+    if kube.count_selected(k, namespace, selector) == 0 and deployment_finish_delete(deployment.pk):
+        log.info("deployment deleted", extra={"deployment": deployment.pk})
+
+
+def push(deployment_id: int) -> str:
+    """Make the pool hold what the deployment's current revision says. Safe to run any number
+    of times: unchanged objects are server-side applied as no-ops. Returns what it did, in words.
+
+    Raises TransientKubeError for the caller to retry; permanent errors are recorded instead.
+    """
+    deployment = _load(deployment_id)
+    if deployment is None or deployment.current_revision is None:
+        return "gone"
+    try:
+        with kube.kube_for(deployment.pool) as k:
+            if deployment.state == DeploymentState.DELETING:
+                _teardown(k, deployment)
+                return "teardown"
+            return _push(k, deployment)
+    except kube.PermanentKubeError as err:
+        _fail(deployment, err.reason or "ApplyFailed", err.message)
+        return "failed"
+
+
+def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
+    revision = deployment.current_revision
+    deactivated = deployment.state == DeploymentState.DEACTIVATED
+    try:
+        rs = render_spec_for(deployment, revision, replicas=0 if deactivated else None)
+        objects = render(rs)
+    except SpecError as err:
+        _fail(
+            deployment,
+            "InvalidSpec",
+            f"Revision {revision.number} can't be rendered: {err}. Fix the spec and update the deployment.",
+        )
+        return "failed"
+    names = object_names(rs)
+    if kube.ensure_namespace(k, rs.namespace):
+        event_record(
+            deployment,
+            reason="NamespaceCreated",
+            message=f"Namespace {rs.namespace} created on {deployment.pool.name}.",
+        )
+    for secret in _secrets(deployment, rs.namespace, rs):
+        kube.apply(k, secret)  # values never reach a log or an event
+    for obj in objects:
+        kube.apply(k, obj)
+    if state_claim(deployment, expect=DeploymentState.PENDING, state=DeploymentState.DEPLOYING,
+                   reason=f"Revision {revision.number} applied to {deployment.pool.name}; waiting for pods."):  # fmt: skip
+        event_record(deployment, reason="Applied",
+                     message=f"Deployment {names.deployment} applied in namespace {rs.namespace}.")  # fmt: skip
+    serving = deployment.serving_revision
+    if deactivated or serving is None or serving.pk == revision.pk:
+        # Nothing else serves (first rollout, or scaled to zero): no traffic to protect.
+        _switch_service(k, deployment, rs)
+        return "applied"
+    # Blue-green: the Service keeps selecting the serving revision until this one is ready.
+    observed = kube.read_deployment(k, rs.namespace, names.deployment) or {}
+    ready = int((observed.get("status") or {}).get("readyReplicas") or 0)
+    if ready >= rendered_replicas(revision.spec) and _switch_service(k, deployment, rs):
+        return "switched"
+    return "waiting"
+
+
+@shared_task(
+    bind=True,
+    name="deployments.push_deployment",
+    autoretry_for=(kube.TransientKubeError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=PUSH_MAX_RETRIES,
+)
+def push_deployment(self: Any, deployment_id: int) -> str:
+    try:
+        return push(deployment_id)
+    except kube.TransientKubeError as err:
+        if self.request.retries < PUSH_MAX_RETRIES and not self.request.is_eager:
+            raise  # autoretry_for: bounded backoff with jitter
+        # Out of retries (or run in-process, where nothing could retry later): say so on the
+        # deployment; the next status sync queues a push again.
+        if ModelDeployment.objects.filter(pk=deployment_id).exists():
+            event_record(deployment_id, reason="PushFailed", type="Warning",
+                         message=f"{err.message} The status sync will try again.")  # fmt: skip
+        return "gave-up"
+
+
+# --- Status sync --------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    state: str
+    reason: str
+    push: bool = False
+    problem: kube.Problem | None = None
+
+
+def decide(deployment: ModelDeployment, revisions: dict[int, kube.RevisionObservation]) -> Decision:
+    """The state a deployment is in, given what its pool shows (see the module docstring)."""
+    state = deployment.state
+    if state == DeploymentState.DELETING:
+        return Decision(state, deployment.state_reason, push=True)
+    current = deployment.current_revision
+    if state == DeploymentState.DEACTIVATED:
+        still_running = any(o.replicas > 0 or o.pods > 0 for o in revisions.values() if o.exists)
+        still_running = still_running or any(
+            r != current.number for r, o in revisions.items() if o.exists
+        )
+        return Decision(state, deployment.state_reason, push=still_running)
+    obs = revisions.get(current.number)
+    if obs is None or not obs.exists:
+        if state == DeploymentState.PENDING:
+            return Decision(
+                DeploymentState.PENDING,
+                f"Waiting for revision {current.number} to be applied.",
+                push=True,
+            )
+        if state == DeploymentState.FAILED:
+            # The push was refused for good (e.g. a 422): retrying can't help; a new revision will.
+            return Decision(state, deployment.state_reason)
+        return Decision(
+            DeploymentState.DEPLOYING,
+            f"Revision {current.number}'s Deployment is missing on the pool; applying it again.",
+            push=True,
+        )
+    wanted = rendered_replicas(current.spec)
+    serving = deployment.serving_revision
+    serving_obs = (
+        revisions.get(serving.number) if serving is not None and serving.pk != current.pk else None
+    )
+    keeps = (
+        f" Revision {serving.number} keeps serving."
+        if serving_obs is not None and serving_obs.ready > 0
+        else ""
+    )
+    if obs.ready >= wanted:
+        if serving is None or serving.pk != current.pk:
+            return Decision(
+                DeploymentState.DEPLOYING,
+                f"Revision {current.number} is ready; switching traffic to it.",
+                push=True,
+            )
+        return Decision(
+            DeploymentState.RUNNING,
+            f"Revision {current.number}: {obs.ready}/{wanted} replicas ready.",
+        )
+    problem = obs.problem()
+    if problem is not None:
+        return Decision(DeploymentState.FAILED, f"{problem.text()}{keeps}", problem=problem)
+    return Decision(
+        DeploymentState.DEPLOYING,
+        f"Revision {current.number}: {obs.ready}/{wanted} replicas ready.{keeps}",
+    )
+
+
+def _apply_decision(deployment: ModelDeployment, decision: Decision) -> bool:
+    if decision.state == deployment.state and decision.reason == deployment.state_reason:
+        return False
+    if not state_claim(
+        deployment, expect=deployment.state, state=decision.state, reason=decision.reason
+    ):
+        return False  # a user action moved it meanwhile; the next cycle decides again
+    if decision.problem is not None:
+        event_record(deployment, reason=decision.problem.reason, message=decision.problem.message,
+                     type="Warning", source="kubernetes")  # fmt: skip
+    elif decision.state == DeploymentState.RUNNING and deployment.state_changed_at:
+        event_record(deployment, reason="Running", message=decision.reason, source="kubernetes")
+    return True
+
+
+ACTIVE = (
+    DeploymentState.PENDING,
+    DeploymentState.DEPLOYING,
+    DeploymentState.RUNNING,
+    DeploymentState.FAILED,
+    DeploymentState.UNKNOWN,
+)
+
+
+def sync_pool(pool: ComputePool) -> dict[str, int]:
+    """One status pass over a pool: two list calls (Deployments, Pods), whatever the count.
+
+    Events are not listed: the reasons users need (Unschedulable with the scheduler's message,
+    ImagePullBackOff, CrashLoopBackOff...) are on the pods' status already, so a cycle over
+    1,000 deployments on 5 pools costs 10 list calls.
+    """
+    deployments = list(
+        ModelDeployment.objects.filter(pool=pool)
+        .exclude(current_revision__isnull=True)
+        .select_related("current_revision", "serving_revision", "project", "project__organization")
+    )
+    stats = {"deployments": len(deployments), "changed": 0, "pushed": 0, "list_calls": 0}
+    if not deployments:
+        return stats
+    try:
+        with kube.kube_for(pool) as k:
+            stats["list_calls"] = 2
+            listed_deployments, listed_pods = kube.list_managed(k)
+    except kube.KubeError as err:
+        ComputePool.objects.filter(pk=pool.pk).update(
+            reachable=False, last_checked_at=timezone.now()
+        )
+        what = (
+            "can't be reached"
+            if isinstance(err, kube.PoolUnreachable)
+            else "didn't answer the status check"
+        )
+        reason = (
+            f"Compute pool “{pool.name}” {what}: {err.message} Nothing was changed there; retrying."
+        )
+        for deployment in deployments:
+            if deployment.state in ACTIVE and _apply_decision(
+                deployment, Decision(DeploymentState.UNKNOWN, reason)
+            ):
+                stats["changed"] += 1
+                event_record(
+                    deployment,
+                    reason="PoolUnreachable",
+                    message=reason,
+                    type="Warning",
+                    source="kubernetes",
+                )
+        return stats
+    if pool.reachable is not True:
+        ComputePool.objects.filter(pk=pool.pk).update(
+            reachable=True, last_checked_at=timezone.now()
+        )
+    observed = kube.observe(listed_deployments, listed_pods)
+    to_push = []
+    # Writes go in short batches: one commit per batch instead of per row, without holding
+    # row locks long enough to stall a user's deactivate or update.
+    for start in range(0, len(deployments), SYNC_WRITE_BATCH):
+        with transaction.atomic():
+            for deployment in deployments[start : start + SYNC_WRITE_BATCH]:
+                decision = decide(deployment, observed.get(deployment.pk, {}))
+                if _apply_decision(deployment, decision):
+                    stats["changed"] += 1
+                if decision.push:
+                    to_push.append(deployment.pk)
+    for pk in to_push:
+        stats["pushed"] += 1
+        push_deployment.delay(pk)
+    return stats
+
+
+@shared_task(name="deployments.sync_status")
+def sync_status() -> dict[str, int]:
+    """Every pool with deployments, one listing each (beat runs this every 5 seconds)."""
+    totals = {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0}
+    pools = ComputePool.objects.filter(Q(deployments__isnull=False)).distinct()
+    for pool in pools:
+        try:
+            stats = sync_pool(pool)
+        except Exception:  # one pool's bug must not stop the others' status
+            log.exception("status sync failed", extra={"pool": pool.pk})
+            continue
+        totals["pools"] += 1
+        for key in ("deployments", "changed", "pushed", "list_calls"):
+            totals[key] += stats[key]
+    return totals

@@ -1,0 +1,76 @@
+"""The push task: convergence after a crash half-way, permanent errors recorded once, retries declared."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments import kube
+from deployments.models import DeploymentState
+from deployments.tasks import push, push_deployment, sync_status
+from tests.deployments.conftest import state_of, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_push_interrupted_before_the_service_converges_on_the_next_run(deploy, emulator, cluster):
+    emulator.fail_next(1, 503, verb="patch", resource="services")
+    deployment = deploy("chat")
+
+    # The Deployment went in, the Service did not: the push stopped half-way.
+    assert emulator.get_object("Deployment", "acme-research", "chat-r1") is not None
+    assert emulator.get_object("Service", "acme-research", "chat") is None
+    assert deployment.events.filter(reason="PushFailed").exists()
+
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+
+    assert emulator.get_object("Service", "acme-research", "chat") is not None
+    deployment.refresh_from_db()
+    assert deployment.serving_revision_id == deployment.current_revision_id
+
+
+def test_transient_errors_raise_for_celery_to_retry_without_failing_the_deployment(
+    deploy, emulator
+):
+    emulator.set_down(True)
+    deployment = deploy("chat")
+    assert state_of(deployment) == DeploymentState.PENDING
+
+    with pytest.raises(kube.TransientKubeError):
+        push(deployment.pk)
+
+    assert state_of(deployment) == DeploymentState.PENDING
+    emulator.set_down(False)
+    push(deployment.pk)
+    assert emulator.get_object("Deployment", "acme-research", "chat-r1") is not None
+
+
+def test_push_task_declares_bounded_retries_with_backoff():
+    assert kube.TransientKubeError in push_deployment.autoretry_for
+    assert kube.PermanentKubeError not in push_deployment.autoretry_for
+    assert push_deployment.max_retries == 5
+    assert push_deployment.retry_backoff and push_deployment.retry_jitter
+
+
+def test_a_422_is_recorded_on_the_deployment_and_never_retried(deploy, emulator):
+    emulator.reset_counts()
+    emulator.fail_next(
+        1, 422, verb="patch", resource="deployments",
+        message='Deployment.apps "chat-r1" is invalid: spec.template.spec.containers[0].image: Invalid value: "x"',
+    )  # fmt: skip
+    deployment = deploy("chat")
+
+    assert state_of(deployment) == DeploymentState.FAILED
+    assert deployment.state_reason.startswith("Kubernetes refused the Deployment: ")
+    assert "spec.template.spec.containers[0].image: Invalid value" in deployment.state_reason
+    assert deployment.state_reason.endswith("Fix the spec and update the deployment.")
+    assert deployment.events.filter(type="Warning", reason="Invalid").exists()
+
+    sync_status()
+    sync_status()
+
+    assert emulator.count(verb="patch", resource="deployments") == 1
+    assert state_of(deployment) == DeploymentState.FAILED
+
+
+def test_push_of_a_deleted_deployment_is_a_quiet_no_op(db):
+    assert push(999_999) == "gone"
