@@ -1,4 +1,4 @@
-"""ASGI entry point: the Django console (the gateway joins it under /v1/)."""
+"""ASGI entry point: the inference gateway under /v1/ (and /metrics), the Django console for the rest."""
 
 import os
 
@@ -6,4 +6,9 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+# Imported after Django is set up: the gateway reads models and settings.
+from deployments.gateway.app import mount  # noqa: E402
+
+application = mount(django_application)

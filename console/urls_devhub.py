@@ -2,12 +2,15 @@
 
 from django.urls import path
 
-from console.views import coming_soon
+from console import devhub_views as views
 
 app_name = "devhub"
 
 urlpatterns = [
-    path("models/", coming_soon("Models", "Models you can call, with endpoints and sample requests.", "ask your platform team for an endpoint."), name="models"),
-    path("keys/", coming_soon("API Keys", "Keys for calling models through the gateway.", "no keys can be created."), name="keys"),
-    path("usage/", coming_soon("Usage", "Tokens, requests and cost of your keys.", "no usage is recorded."), name="usage"),
+    path("models/", views.models, name="models"),
+    path("keys/", views.keys, name="keys"),
+    path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),
+    path("usage/", views.usage, name="usage"),
+    path("usage/organization/", views.organization_usage, name="organization_usage"),
+    path("deployments/<int:pk>/usage/", views.deployment_usage, name="deployment_usage"),
 ]

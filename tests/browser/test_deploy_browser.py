@@ -126,7 +126,7 @@ def test_deploy_from_the_catalog_watch_it_run_then_deactivate_and_activate(
     page.fill("#id_price_output", "0.30")
     page.fill("#id_rl_user_rpm", "120")
     page.locator("#id_rl_user_rpm").blur()
-    expect(page.locator("#field-memory .errorlist")).to_have_count(0)
+    expect(page.locator("#field-memory .errorlist li")).to_have_count(0)
     expect(page.locator(".htmx-request")).to_have_count(0)
     expect(page.locator("#id_gpus")).to_have_value("1")
     page.evaluate("window.scrollTo(0, 0)")

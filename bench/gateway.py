@@ -1,0 +1,296 @@
+"""Gateway overhead on loopback: latency (p50/p99) and requests/s direct to the engine vs through the gateway.
+
+Starts the simulated engine and the console (console.asgi: gateway + Django) as two uvicorn
+subprocesses on 127.0.0.1, with a throwaway SQLite database and Redis (REDIS_URL, default DB 7),
+creates one organization, a Running sandbox deployment and an API key, then runs bounded loops:
+
+1. sequential requests (concurrency 1): added latency per request;
+2. concurrent requests: throughput of each path and the ratio;
+3. streams: time to first token (TTFT) direct vs through the gateway;
+4. the upstream pool: httpx.AsyncClient vs aiohttp against the engine (why the gateway uses httpx).
+
+Usage: REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python bench/gateway.py [--requests 2000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench-chat"
+BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Benchmark the gateway please"}],
+    "max_tokens": 8,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    low = int(k)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (k - low)
+
+
+async def run_load(
+    url: str, headers: dict, total: int, concurrency: int, *, stream: bool = False
+) -> tuple[list[float], float, list[float]]:
+    """(latencies ms, wall seconds, ttft ms) of `total` requests with `concurrency` in flight.
+
+    The load generator uses aiohttp: httpx's async pool would be the bottleneck (see section 4).
+    """
+    import aiohttp
+
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    body = {**BODY, "stream": True} if stream else BODY
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        remaining = total
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                async with session.post(url, json=body, headers=headers) as response:
+                    assert response.status == 200, await response.text()
+                    if stream:
+                        first = True
+                        async for _ in response.content.iter_any():
+                            if first:
+                                ttfts.append((time.perf_counter() - t0) * 1000)
+                                first = False
+                    else:
+                        await response.read()
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        # Warm the connections (and the gateway's caches) outside the measurement.
+        for _ in range(min(concurrency, 20)):
+            async with session.post(url, json=BODY, headers=headers) as response:
+                await response.read()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return latencies, wall, ttfts
+
+
+async def upstream_clients(engine_url: str, total: int, concurrency: int) -> dict[str, float]:
+    """Requests/s of httpx.AsyncClient vs aiohttp.ClientSession, both pooled, same engine."""
+    import aiohttp
+    import httpx
+
+    url = engine_url + "/v1/chat/completions"
+    results = {}
+    sem = asyncio.Semaphore(concurrency)
+
+    async with httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=concurrency), trust_env=False
+    ) as client:
+
+        async def one_httpx() -> None:
+            async with sem:
+                r = await client.post(url, json=BODY)
+                r.raise_for_status()
+
+        await asyncio.gather(*(one_httpx() for _ in range(50)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_httpx() for _ in range(total)))
+        results["httpx"] = total / (time.perf_counter() - t0)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def one_aiohttp() -> None:
+            async with sem:
+                async with session.post(url, json=BODY) as r:
+                    r.raise_for_status()
+                    await r.read()
+
+        await asyncio.gather(*(one_aiohttp() for _ in range(50)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_aiohttp() for _ in range(total)))
+        results["aiohttp"] = total / (time.perf_counter() - t0)
+    return results
+
+
+def setup_data(env: dict) -> str:
+    """Migrate the throwaway database and create org, sandbox deployment and key; returns the secret."""
+    code = f"""
+import django, os
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0, interactive=False)
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from projects.models import Organization, Membership, Project
+from catalog.models import CatalogModel, ProfileBundle
+from deployments.models import ComputePool, ModelDeployment, Revision
+from projects.keys import api_key_create
+from tests.gateway.conftest import make_spec
+user = get_user_model().objects.create_user("bench")
+org = Organization.objects.create(name="Bench", slug="bench")
+Membership.objects.create(user=user, organization=org, role="admin")
+project = Project.objects.create(organization=org, name="Bench", slug="bench")
+model = CatalogModel.objects.create(organization=org, name="bench", source="huggingface", repo_id="bench/bench")
+bundle = ProfileBundle.objects.create(organization=org, name="bench-vllm", engine="vllm", image="vllm/vllm-openai:v0.6.3")
+pool = ComputePool.objects.create(organization=org, name="sandbox", kind="sandbox", engine_label="vllm")
+d = ModelDeployment.objects.create(project=project, model=model, bundle=bundle, pool=pool, name="bench", state="running")
+# Limits high enough never to refuse, so the rate-limit script runs at its full cost (3 levels).
+limits = {{lvl: {{"rpm": 10_000_000, "tpm": 10_000_000_000}} for lvl in ("organization", "user", "api_key")}}
+r = Revision.objects.create(deployment=d, number=1, spec=make_spec("{MODEL}", rate_limits=limits,
+    pricing={{"currency": "USD", "input_per_million": "0.50", "output_per_million": "1.50"}}))
+d.current_revision = d.serving_revision = r
+d.save()
+print(api_key_create(user=user, organization=org, name="bench")[1])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if out.returncode:
+        raise SystemExit(out.stderr)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def row(name: str, lat: list[float], wall: float) -> str:
+    return (
+        f"  {name:<22} p50 {statistics.median(lat):7.2f} ms   p99 {percentile(lat, 0.99):7.2f} ms   "
+        f"{len(lat) / wall:8.0f} req/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--sequential", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7")
+    tmp = Path(tempfile.mkdtemp(prefix="modeldeck-bench-"))
+    engine_port, gateway_port = free_port(), free_port()
+    engine_url = f"http://127.0.0.1:{engine_port}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3",
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "modeldeck-bench",
+        "MODELDECK_DATA_DIR": str(tmp),
+        "MODELDECK_SANDBOX_ENGINE_URL": engine_url,
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    secret = setup_data(env)
+    uvicorn = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                *uvicorn,
+                "--port",
+                str(engine_port),
+                "--factory",
+                "deployments.sandbox.engine:SimulatedEngine",
+            ],
+            env=env,
+            cwd=ROOT,
+        ),
+        subprocess.Popen(
+            [*uvicorn, "--port", str(gateway_port), "console.asgi:application"], env=env, cwd=ROOT
+        ),
+    ]
+    try:
+        wait_for(engine_url + "/health")
+        wait_for(f"http://127.0.0.1:{gateway_port}/healthz")
+        direct = engine_url + "/v1/chat/completions"
+        through = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        auth = {"authorization": f"Bearer {secret}"}
+        print(
+            f"ModelDeck gateway bench — loopback, {os.cpu_count()} CPUs, engine with zero simulated latency"
+        )
+        print(f"\nSequential ({args.sequential} requests, concurrency 1):")
+        d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.sequential, 1))
+        g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.sequential, 1))
+        print(row("direct (engine)", d_lat, d_wall))
+        print(row("through gateway", g_lat, g_wall))
+        print(
+            f"  added latency          p50 {statistics.median(g_lat) - statistics.median(d_lat):+7.2f} ms   "
+            f"p99 {percentile(g_lat, 0.99) - percentile(d_lat, 0.99):+7.2f} ms"
+        )
+        print(f"\nConcurrent ({args.requests} requests, concurrency {args.concurrency}):")
+        d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.requests, args.concurrency))
+        g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.requests, args.concurrency))
+        print(row("direct (engine)", d_lat, d_wall))
+        print(row("through gateway", g_lat, g_wall))
+        print(
+            f"  throughput ratio       {(len(g_lat) / g_wall) / (len(d_lat) / d_wall):.2f} (gateway / direct)"
+        )
+        print(f"\nStreams ({args.sequential} requests, concurrency 1):")
+        _, _, d_ttft = asyncio.run(run_load(direct, {}, args.sequential, 1, stream=True))
+        _, _, g_ttft = asyncio.run(run_load(through, auth, args.sequential, 1, stream=True))
+        print(
+            f"  TTFT direct            p50 {statistics.median(d_ttft):7.2f} ms   p99 {percentile(d_ttft, 0.99):7.2f} ms"
+        )
+        print(
+            f"  TTFT through gateway   p50 {statistics.median(g_ttft):7.2f} ms   p99 {percentile(g_ttft, 0.99):7.2f} ms"
+        )
+        print(
+            f"  TTFT added             p50 {statistics.median(g_ttft) - statistics.median(d_ttft):+7.2f} ms"
+        )
+        print(
+            f"\nUpstream pool, {args.requests} requests at concurrency {args.concurrency} straight to the engine:"
+        )
+        for name, rps in asyncio.run(
+            upstream_clients(engine_url, args.requests, args.concurrency)
+        ).items():
+            print(f"  {name:<22} {rps:8.0f} req/s")
+        pending = redis.Redis.from_url(redis_url).llen("modeldeck:gateway:usage")
+        print(f"\nUsage events buffered in Redis for flush_usage: {pending}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

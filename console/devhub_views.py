@@ -1,0 +1,332 @@
+"""Developer Hub pages: models to call (with samples), API keys, and usage (mine, a deployment's, the organization's)."""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from console.forms import field_validation_response
+from deployments.gateway import reports
+from deployments.gateway.forms import APIKeyForm
+from deployments.models import DeploymentState, ModelDeployment, UsageRecord
+from projects.keys import (
+    api_key_create,
+    api_key_get,
+    api_key_revoke,
+    api_key_state,
+    api_keys_for_user,
+)
+from projects.models import Organization
+from projects.selectors import can_change
+
+EMBEDDING_ENGINES = {"tei"}
+
+
+def _organization(request: HttpRequest) -> Organization:
+    if request.organization is None:
+        raise Http404("You are not a member of any organization.")
+    return request.organization
+
+
+def callable_deployments(user, organization: Organization) -> QuerySet[ModelDeployment]:
+    """Deployments the user may call: their organization's, and those shared with it
+    (sharing.selectors.shared_deployments_for_org) — the same set the gateway resolves names in."""
+    if not organization.memberships.filter(user=user).exists():
+        return ModelDeployment.objects.none()
+    from sharing.selectors import shared_deployments_for_org
+
+    shared = shared_deployments_for_org(organization).values("pk")
+    return (
+        ModelDeployment.objects.filter(Q(project__organization=organization) | Q(pk__in=shared))
+        .select_related("current_revision", "project__organization", "model", "pool")
+        .order_by("name")
+        .distinct()
+    )
+
+
+def deployment_for_usage(user, pk: int) -> ModelDeployment:
+    deployment = (
+        ModelDeployment.objects.filter(pk=pk, project__organization__memberships__user=user)
+        .select_related("project__organization", "current_revision")
+        .first()
+    )
+    if deployment is None:
+        raise Http404("No such deployment.")
+    return deployment
+
+
+def gateway_base_url() -> str:
+    return settings.GATEWAY_BASE_URL.rstrip("/") + "/v1"
+
+
+def samples(base_url: str, model_name: str, *, embeddings: bool) -> dict[str, str]:
+    """Ready-to-copy requests; the key comes from $MODELDECK_API_KEY so it never lands in a snippet."""
+    if embeddings:
+        body = {"model": model_name, "input": ["The quick brown fox"]}
+        path = "/embeddings"
+        py_call = f'result = client.embeddings.create(\n    model="{model_name}",\n    input=["The quick brown fox"],\n)\nprint(len(result.data[0].embedding))'
+        js_print = "console.log(data.data[0].embedding.length);"
+    else:
+        body = {"model": model_name, "messages": [{"role": "user", "content": "Hello!"}]}
+        path = "/chat/completions"
+        py_call = (
+            f'reply = client.chat.completions.create(\n    model="{model_name}",\n'
+            '    messages=[{"role": "user", "content": "Hello!"}],\n)\nprint(reply.choices[0].message.content)'
+        )
+        js_print = "console.log(data.choices[0].message.content);"
+    pretty = json.dumps(body, indent=2)
+    curl = (
+        f"curl {base_url}{path} \\\n"
+        '  -H "Authorization: Bearer $MODELDECK_API_KEY" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d '{json.dumps(body)}'"
+    )
+    python = (
+        "import os\n\nfrom openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{base_url}", api_key=os.environ["MODELDECK_API_KEY"])\n'
+        f"{py_call}\n"
+    )
+    javascript = (
+        f'const response = await fetch("{base_url}{path}", {{\n'
+        '  method: "POST",\n'
+        "  headers: {\n"
+        "    Authorization: `Bearer ${process.env.MODELDECK_API_KEY}`,\n"
+        '    "Content-Type": "application/json",\n'
+        "  },\n"
+        f"  body: JSON.stringify({pretty.replace(chr(10), chr(10) + '  ')}),\n"
+        "});\n"
+        "const data = await response.json();\n"
+        f"{js_print}\n"
+    )
+    return {"curl": curl, "python": python, "javascript": javascript}
+
+
+def _limit_labels(rate_limits: dict) -> list[str]:
+    labels = []
+    for level, title in (
+        ("organization", "organization"),
+        ("user", "per user"),
+        ("api_key", "per key"),
+    ):
+        conf = rate_limits.get(level) or {}
+        parts = []
+        if conf.get("rpm") is not None:
+            parts.append(f"{conf['rpm']} requests/min")
+        if conf.get("tpm") is not None:
+            parts.append(f"{conf['tpm']} tokens/min")
+        if parts:
+            labels.append(f"{title}: {', '.join(parts)}")
+    return labels
+
+
+@login_required
+def models(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    base_url = gateway_base_url()
+    rows = []
+    for deployment in callable_deployments(request.user, org):
+        spec = deployment.spec()
+        model_name = spec.get("served_model_name") or deployment.name
+        embeddings = spec.get("engine") in EMBEDDING_ENGINES
+        rows.append(
+            {
+                "deployment": deployment,
+                "shared_by": deployment.project.organization
+                if deployment.project.organization_id != org.pk
+                else None,
+                "model_name": model_name,
+                "running": deployment.state == DeploymentState.RUNNING,
+                "kind": "Embeddings" if embeddings else "Chat / completions",
+                "samples": samples(base_url, model_name, embeddings=embeddings),
+                "limits": _limit_labels(spec.get("rate_limits") or {}),
+                "pricing": spec.get("pricing") or {},
+            }
+        )
+    context = {
+        "rows": rows,
+        "base_url": base_url,
+        "organization": org,
+        "deploy_url": dict(_links([("", "deployments:create", ())]))[""],
+    }
+    return render(request, "devhub/models.html", context)
+
+
+def _key_rows(keys) -> list[dict]:
+    now = timezone.now()
+    return [
+        {"key": key, "state": api_key_state(key, now), "deployments": list(key.deployments.all())}
+        for key in keys
+    ]
+
+
+@login_required
+def keys(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    editable = can_change(request.user, org)
+    deployments = callable_deployments(request.user, org)
+    form = APIKeyForm(request.POST or None, deployments=deployments)
+    created = None
+    if request.method == "POST":
+        if not editable:
+            raise PermissionDenied("Viewers cannot create API keys.")
+        partial = field_validation_response(request, form, request.path)
+        if partial is not None:
+            return partial
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                key, secret = api_key_create(
+                    user=request.user,
+                    organization=org,
+                    name=data["name"],
+                    expires_at=data["expires_at"],
+                    deployments=data["deployments"] or (),
+                )
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                created = {"key": key, "secret": secret}
+                form = APIKeyForm(deployments=deployments)
+    context = {
+        "form": form,
+        "rows": _key_rows(api_keys_for_user(request.user, org)),
+        "created": created,
+        "can_create": editable,
+        "validate_url": request.path,
+        "base_url": gateway_base_url(),
+        "sample_model": next(
+            (
+                d.spec().get("served_model_name")
+                for d in deployments
+                if d.state == DeploymentState.RUNNING
+            ),
+            None,
+        ),
+    }
+    template = (
+        "devhub/htmx/keys_body.html"
+        if request.htmx and request.method == "POST"
+        else "devhub/keys.html"
+    )
+    response = render(request, template, context, status=201 if created else 200)
+    if created:
+        # The only response that ever carries the secret: keep it out of every cache.
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    key = api_key_get(request.user, pk)
+    try:
+        api_key_revoke(user=request.user, key=key)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request,
+            f"Key “{key.name}” ({key.prefix}…) revoked; the gateway refuses it from now on.",
+        )
+    return redirect("devhub:keys")
+
+
+def _links(items) -> list[tuple[str, str | None]]:
+    # Other parts of the console may not have their pages yet: show the crumb unlinked then.
+    out = []
+    for label, name, args in items:
+        try:
+            out.append((label, reverse(name, args=args)))
+        except NoReverseMatch:
+            out.append((label, None))
+    return out
+
+
+def _usage_page(
+    request: HttpRequest,
+    records: QuerySet[UsageRecord],
+    *,
+    title: str,
+    summary: str,
+    scope: str,
+    filename: str,
+    breadcrumbs=None,
+) -> HttpResponse:
+    rng = reports.range_for(request.GET.get("range"))
+    selected = reports.in_range(records, rng)
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(reports.to_csv(selected), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{filename}-{rng.key}.csv"'
+        return response
+    context = {
+        "title": title,
+        "summary": summary,
+        "scope": scope,
+        "breadcrumbs": _links(breadcrumbs or []),
+        "range": rng,
+        "ranges": reports.RANGES.values(),
+        "totals": reports.totals(selected),
+        "series": reports.series(selected, rng),
+        "by_deployment": reports.breakdown(selected, "deployment"),
+        "by_key": reports.breakdown(selected, "key"),
+        "recent": list(selected.select_related("user")[:100]),
+    }
+    template = "devhub/htmx/usage_body.html" if request.htmx else "devhub/usage.html"
+    return render(request, template, context)
+
+
+@login_required
+def usage(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    key_ids = list(api_keys_for_user(request.user, org).values_list("pk", flat=True))
+    records = UsageRecord.objects.filter(organization=org, api_key_id__in=key_ids)
+    return _usage_page(
+        request,
+        records,
+        title="Usage",
+        scope="keys",
+        filename="usage-my-keys",
+        summary="Requests, tokens, cost and latency of your API keys.",
+    )
+
+
+@login_required
+def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = deployment_for_usage(request.user, pk)
+    records = UsageRecord.objects.filter(deployment=deployment)
+    return _usage_page(
+        request,
+        records,
+        title=f"Usage · {deployment.name}",
+        scope="deployment",
+        filename=f"usage-{deployment.name}",
+        summary=f"Every call to {deployment.spec().get('served_model_name') or deployment.name}, from every key.",
+        breadcrumbs=[
+            ("Model Deployments", "deployments:list", ()),
+            (deployment.name, "deployments:detail", (deployment.pk,)),
+        ],
+    )
+
+
+@login_required
+def organization_usage(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    records = UsageRecord.objects.filter(organization=org)
+    return _usage_page(
+        request,
+        records,
+        title=f"Usage · {org.name}",
+        scope="organization",
+        filename=f"usage-{org.slug}",
+        summary="Every call made with this organization's keys, across its deployments.",
+    )

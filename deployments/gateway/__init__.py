@@ -1,0 +1,1 @@
+"""The inference gateway (OpenAI API in front of deployments) and its usage metering."""

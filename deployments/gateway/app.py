@@ -1,0 +1,849 @@
+"""The inference gateway: a raw ASGI app speaking the OpenAI API in front of the deployments.
+
+Per request: API key (in-process cache) → deployment by model name (in-process cache, ≤ 1 s)
+→ access → rate limits and cache generation (one Redis round trip, Lua) → proxy through one
+shared aiohttp pool (streams pass through chunk by chunk) → usage event and token settlement
+(one Redis pipeline after the response) → Prometheus metrics. PostgreSQL is only read on a
+cache miss, and never written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+import aiohttp
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from deployments.gateway import metrics
+from deployments.gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
+from deployments.gateway.errors import GatewayError, error_body
+from deployments.gateway.lookup import load_deployments, load_key
+from deployments.gateway.ratelimit import (
+    Decision,
+    LocalRateLimiter,
+    RedisRateLimiter,
+    estimate_tokens,
+    levels_for,
+)
+from deployments.gateway.upstream import make_session
+from deployments.gateway.usage import (
+    USAGE_LIST_KEY,
+    UsageEvent,
+    cost_of,
+    usage_from_body,
+    usage_from_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+ROUTES = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+MAX_BODY_BYTES = 16 * 1024 * 1024
+RUNNING = "running"
+
+
+def _header(scope: dict, name: bytes) -> str:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise GatewayError(
+                413, "The request body is larger than 16 MiB.", "invalid_request_error"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    headers = []
+    if decision.limit_requests >= 0:
+        headers += [
+            (b"x-ratelimit-limit-requests", str(decision.limit_requests).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, decision.remaining_requests)).encode()),
+            (
+                b"x-ratelimit-reset-requests",
+                f"{max(0, decision.reset_requests_ms) / 1000:.3f}s".encode(),
+            ),
+        ]
+    if decision.limit_tokens >= 0:
+        headers += [
+            (b"x-ratelimit-limit-tokens", str(decision.limit_tokens).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(0, decision.remaining_tokens)).encode()),
+            (
+                b"x-ratelimit-reset-tokens",
+                f"{max(0, decision.reset_tokens_ms) / 1000:.3f}s".encode(),
+            ),
+        ]
+    return headers
+
+
+class Gateway:
+    """One per process (each instance owns its caches, HTTP pool and Redis client)."""
+
+    def __init__(self, *, read_timeout: float | None = None) -> None:
+        self.read_timeout = read_timeout
+        self.cache = GatewayCache()
+        self._session: aiohttp.ClientSession | None = None
+        self._redis = None
+        self._limiter: RedisRateLimiter | LocalRateLimiter | None = None
+        self._load_key = sync_to_async(load_key, thread_sensitive=False)
+        self._load_deployments = sync_to_async(load_deployments, thread_sensitive=False)
+        self._embedded_usage = None
+
+    # ---- plumbing -------------------------------------------------------------------------
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(
+                **({"read_timeout": self.read_timeout} if self.read_timeout else {})
+            )
+        return self._session
+
+    @property
+    def limiter(self) -> RedisRateLimiter | LocalRateLimiter:
+        if self._limiter is None:
+            if settings.REDIS_URL:
+                import redis.asyncio as aioredis
+
+                self._redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=500)
+                self._limiter = RedisRateLimiter(self._redis)
+            else:
+                self._limiter = LocalRateLimiter()
+        return self._limiter
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+            self._limiter = None
+
+    async def lifespan(self, scope, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+            return
+        path = scope["path"]
+        method = scope["method"]
+        if path == "/metrics":
+            body, content_type = metrics.render()
+            await self._send(send, 200, body, content_type=content_type.encode())
+            return
+        request_id = "req_" + uuid.uuid4().hex
+        try:
+            if path == "/v1/models" and method == "GET":
+                await self._models(scope, send, request_id)
+            elif path in ROUTES:
+                if method != "POST":
+                    raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error")
+                await self._inference(scope, receive, send, ROUTES[path], request_id)
+            else:
+                raise GatewayError(
+                    404,
+                    f"Unknown endpoint {method} {path}.",
+                    "invalid_request_error",
+                    code="unknown_url",
+                )
+        except GatewayError as exc:
+            await self._send(
+                send,
+                exc.status,
+                error_body(exc),
+                headers=exc.headers + [(b"x-request-id", request_id.encode())],
+            )
+        except ConnectionAbortedError:
+            return
+        except Exception:
+            log.exception("gateway request failed", extra={"request_id": request_id})
+            error = GatewayError(
+                500,
+                "The gateway failed to handle this request.",
+                "server_error",
+                code="internal_error",
+            )
+            try:
+                await self._send(
+                    send, 500, error_body(error), headers=[(b"x-request-id", request_id.encode())]
+                )
+            except Exception:  # noqa: BLE001 - the response had already started
+                pass
+
+    @staticmethod
+    async def _send(
+        send, status: int, body: bytes, *, content_type: bytes = b"application/json", headers=()
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    # ---- who is calling what --------------------------------------------------------------
+    async def _key(self, scope) -> KeyInfo:
+        from projects.keys import hash_secret, looks_like_secret
+
+        auth = _header(scope, b"authorization")
+        scheme, _, secret = auth.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise GatewayError(
+                401,
+                "You didn't provide an API key. Send it as `Authorization: Bearer mdk_…`.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+        info = None
+        if looks_like_secret(secret):
+            digest = hash_secret(secret)
+            hit, info = self.cache.get_key(digest)
+            if not hit:
+                info = await self._load_key(digest)
+                self.cache.put_key(digest, info)
+        shown = secret[:8] + "…" if len(secret) > 8 else "…"
+        if info is None:
+            raise GatewayError(
+                401,
+                f"Incorrect API key provided: {shown}.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+        if info.revoked:
+            raise GatewayError(
+                401,
+                f"The API key {info.prefix}… has been revoked.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+        if info.expires_at is not None and info.expires_at <= datetime.now(UTC):
+            raise GatewayError(
+                401,
+                f"The API key {info.prefix}… has expired.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+        return info
+
+    async def _deployments(self, organization_id: int) -> dict[str, DeploymentInfo]:
+        found = self.cache.get_deployments(organization_id)
+        if found is None:
+            found = await self._load_deployments(organization_id)
+            self.cache.put_deployments(organization_id, found)
+        return found
+
+    async def _deployment(self, key: KeyInfo, model: str) -> DeploymentInfo:
+        deployment = (await self._deployments(key.organization_id)).get(model)
+        # Same answer whether the name is unknown or another organization's: nothing leaks.
+        if deployment is None:
+            raise GatewayError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
+        if key.deployment_ids and deployment.id not in key.deployment_ids:
+            raise GatewayError(
+                403,
+                f"This API key is limited to other deployments; it may not call `{model}`.",
+                "permission_error",
+                param="model",
+                code="model_not_allowed",
+            )
+        allowed, reason = _may_call(key, deployment)
+        if not allowed:
+            raise GatewayError(
+                403, reason, "permission_error", param="model", code="model_not_allowed"
+            )
+        if deployment.state != RUNNING:
+            if deployment.state == "deactivated":
+                message = f"The deployment serving `{model}` is deactivated; ask its owner to activate it."
+            else:
+                message = f"The deployment serving `{model}` is not running (state: {deployment.state}); only Running deployments answer."
+            raise GatewayError(
+                409, message, "invalid_request_error", param="model", code="deployment_not_running"
+            )
+        return deployment
+
+    async def _generation(self) -> str:
+        limiter = self.limiter
+        if isinstance(limiter, RedisRateLimiter):
+            try:
+                value = await self._redis.get(GENERATION_KEY)
+            except RedisError:
+                log.exception("gateway cannot read the cache generation")
+                raise GatewayError(
+                    503,
+                    "The gateway cannot reach Redis; retry shortly.",
+                    "server_error",
+                    code="redis_unavailable",
+                ) from None
+            return value.decode() if value else "0"
+        return ""
+
+    async def _models(self, scope, send, request_id: str) -> None:
+        generation = await self._generation()
+        if generation != self.cache.generation:
+            self.cache.reset(generation)
+        key = await self._key(scope)
+        deployments = await self._deployments(key.organization_id)
+        data = [
+            {
+                "id": d.served_model_name,
+                "object": "model",
+                "created": d.created,
+                "owned_by": "modeldeck",
+            }
+            for d in sorted(deployments.values(), key=lambda d: d.served_model_name)
+            if d.state == RUNNING
+            and (not key.deployment_ids or d.id in key.deployment_ids)
+            and _may_call(key, d)[0]
+        ]
+        body = json.dumps({"object": "list", "data": data}).encode()
+        await self._send(send, 200, body, headers=[(b"x-request-id", request_id.encode())])
+
+    # ---- inference ------------------------------------------------------------------------
+    async def _ensure_generation(self) -> None:
+        # Read the generation before anything is cached, so every cached row is at least as
+        # new as the generation it is filed under (a revoke in between is then never missed).
+        if self.cache.generation is None:
+            self.cache.reset(await self._generation())
+
+    async def _inference(self, scope, receive, send, route: str, request_id: str) -> None:
+        started = time.perf_counter()
+        await self._ensure_generation()
+        key = await self._key(scope)
+        raw = await _read_body(receive)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise GatewayError(
+                400, "The request body is not valid JSON.", "invalid_request_error"
+            ) from None
+        if not isinstance(body, dict):
+            raise GatewayError(
+                400, "The request body must be a JSON object.", "invalid_request_error"
+            )
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise GatewayError(
+                400, "You must provide a model parameter.", "invalid_request_error", param="model"
+            )
+        stream = bool(body.get("stream")) and route != "embeddings"
+        estimate = estimate_tokens(body)
+
+        for attempt in (1, 2):
+            deployment = await self._deployment(key, model)
+            levels = levels_for(
+                deployment.rate_limits,
+                organization_id=key.organization_id,
+                user_id=key.user_id,
+                api_key_id=key.id,
+            )
+            try:
+                decision = await self.limiter.check(
+                    generation_key=GENERATION_KEY,
+                    expected_generation=self.cache.generation or "",
+                    deployment_id=deployment.id,
+                    levels=levels,
+                    request_id=request_id,
+                    estimate=estimate,
+                )
+            except RedisError:
+                # Fail closed: without the limiter neither limits nor revocations can be enforced.
+                log.exception("gateway rate limiter unavailable")
+                raise GatewayError(
+                    503,
+                    "The gateway's rate limiter is unavailable; retry shortly.",
+                    "server_error",
+                    code="rate_limiter_unavailable",
+                    headers=[(b"retry-after", b"1")],
+                ) from None
+            if not decision.stale:
+                break
+            # A key was revoked somewhere (or first request): forget every cached row, look again.
+            self.cache.reset(decision.generation)
+            if attempt == 1:
+                key = await self._key(scope)
+        else:  # pragma: no cover - the generation moved twice within one request
+            raise GatewayError(
+                503, "The gateway is reloading its configuration; retry.", "server_error"
+            )
+
+        rl_headers = _ratelimit_headers(decision)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(deployment.name, decision.level, decision.kind).inc()
+            metrics.REQUESTS.labels(deployment.name, route, "429").inc()
+            retry_s = (
+                60 if decision.retry_after_ms < 0 else max(1, -(-decision.retry_after_ms // 1000))
+            )
+            who = {"organization": "organization", "user": "user", "api_key": "API key"}[
+                decision.level
+            ]
+            unit = "requests" if decision.kind == "requests" else "tokens"
+            if decision.retry_after_ms < 0:
+                message = f"This request needs about {estimate} tokens, more than the {who} limit of {decision.limit_tokens} tokens per minute on `{model}`; lower max_tokens."
+            else:
+                message = f"Rate limit reached for `{model}`: the {who} limit on {unit} per minute is used up. Retry after {retry_s} s."
+            await self._record(
+                key,
+                deployment,
+                route,
+                request_id,
+                429,
+                0,
+                0,
+                started,
+                None,
+                stream,
+                levels,
+                None,
+                settle=False,
+            )
+            raise GatewayError(
+                429,
+                message,
+                "rate_limit_error",
+                code=f"rate_limit_{decision.level}_{unit}",
+                headers=[(b"retry-after", str(retry_s).encode()), *rl_headers],
+            )
+
+        if stream and route in ("chat.completions", "completions"):
+            # The engine reports usage at the end of a stream only when asked.
+            options = (
+                body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            )
+            body["stream_options"] = {**options, "include_usage": True}
+            raw = json.dumps(body).encode()
+        url = f"{deployment.upstream}/v1/{'chat/completions' if route == 'chat.completions' else route}"
+        headers = {"content-type": "application/json", "x-request-id": request_id}
+        if deployment.sandbox:
+            headers.update(
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in scope["headers"]
+                if k.startswith(b"x-sandbox-")
+            )
+        extra = [(b"x-request-id", request_id.encode()), *rl_headers]
+        if stream:
+            await self._proxy_stream(
+                scope,
+                receive,
+                send,
+                url,
+                raw,
+                headers,
+                extra,
+                key,
+                deployment,
+                route,
+                request_id,
+                started,
+                levels,
+                estimate,
+            )
+        else:
+            await self._proxy(
+                send,
+                url,
+                raw,
+                headers,
+                extra,
+                key,
+                deployment,
+                route,
+                request_id,
+                started,
+                levels,
+                estimate,
+            )
+
+    def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
+        if isinstance(exc, asyncio.TimeoutError):
+            return GatewayError(
+                504,
+                f"The deployment `{deployment.served_model_name}` did not answer in time.",
+                "server_error",
+                code="upstream_timeout",
+            )
+        return GatewayError(
+            502,
+            f"The deployment `{deployment.served_model_name}` could not be reached ({type(exc).__name__}).",
+            "server_error",
+            code="upstream_unreachable",
+        )
+
+    async def _proxy(
+        self,
+        send,
+        url,
+        raw,
+        headers,
+        extra,
+        key,
+        deployment,
+        route,
+        request_id,
+        started,
+        levels,
+        estimate,
+    ) -> None:
+        try:
+            async with self.session.post(url, data=raw, headers=headers) as response:
+                content = await response.read()
+                status = response.status
+                content_type = response.headers.get("content-type", "application/json")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = self._upstream_error(exc, deployment)
+            await self._record(
+                key,
+                deployment,
+                route,
+                request_id,
+                error.status,
+                0,
+                0,
+                started,
+                None,
+                False,
+                levels,
+                0,
+            )
+            raise error from None
+        prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
+        # Metered before the client sees the answer: a crash right after can't lose the record,
+        # and a client that asks for its usage next already finds it buffered.
+        await self._record(
+            key,
+            deployment,
+            route,
+            request_id,
+            status,
+            prompt,
+            completion,
+            started,
+            None,
+            False,
+            levels,
+            prompt + completion,
+        )
+        await self._send(send, status, content, content_type=content_type.encode(), headers=extra)
+
+    async def _proxy_stream(
+        self,
+        scope,
+        receive,
+        send,
+        url,
+        raw,
+        headers,
+        extra,
+        key,
+        deployment,
+        route,
+        request_id,
+        started,
+        levels,
+        estimate,
+    ) -> None:
+        try:
+            response = await self.session.post(url, data=raw, headers=headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = self._upstream_error(exc, deployment)
+            await self._record(
+                key,
+                deployment,
+                route,
+                request_id,
+                error.status,
+                0,
+                0,
+                started,
+                None,
+                True,
+                levels,
+                0,
+            )
+            raise error from None
+        usage = [0, 0]
+        ttft: list[float | None] = [None]
+        status = response.status
+        recorded = [False]
+
+        async def record(outcome: int) -> None:
+            recorded[0] = True
+            tokens = usage[0] + usage[1] if outcome == 200 else estimate
+            await self._record(
+                key,
+                deployment,
+                route,
+                request_id,
+                outcome,
+                usage[0],
+                usage[1],
+                started,
+                ttft[0],
+                True,
+                levels,
+                tokens,
+            )
+
+        async def pump() -> None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (
+                            b"content-type",
+                            response.headers.get("content-type", "text/event-stream").encode(),
+                        ),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                        *extra,
+                    ],
+                }
+            )
+            pending = b""
+            async for chunk in response.content.iter_any():
+                if ttft[0] is None:
+                    ttft[0] = (time.perf_counter() - started) * 1000
+                # Watch for the usage chunk without holding the bytes back from the client.
+                pending += chunk
+                if b"\n\n" in pending:
+                    *events, pending = pending.split(b"\n\n")
+                    for event in events:
+                        if b'"usage"' in event:
+                            _scan_usage(event, usage)
+                if status == 200 and not recorded[0] and b"data: [DONE]" in chunk:
+                    # Meter before the client sees the end of the stream (same reason as _proxy).
+                    await record(200)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if pending and b'"usage"' in pending:
+                _scan_usage(pending, usage)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+
+        pump_task = asyncio.ensure_future(pump())
+        watch_task = asyncio.ensure_future(watch_disconnect())
+        outcome = status
+        failure: GatewayError | None = None
+        try:
+            done, _ = await asyncio.wait(
+                {pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if pump_task not in done:
+                # The client went away: cancelling the pump closes the upstream stream, which
+                # makes the engine stop generating.
+                pump_task.cancel()
+                outcome = 499
+            else:
+                exc = pump_task.exception()
+                if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError):
+                    failure = self._upstream_error(exc, deployment)
+                    outcome = failure.status
+                elif exc is not None:
+                    outcome = 499  # send() failed: the client is gone
+        finally:
+            watch_task.cancel()
+            for task in (pump_task, watch_task):
+                try:
+                    await task
+                except BaseException:  # noqa: B036 - cancelled or failed tasks are accounted above
+                    pass
+            # Closing (not releasing) an unfinished response drops the connection: the engine stops.
+            if outcome == 200:
+                response.release()
+            else:
+                response.close()
+        if not recorded[0]:
+            await record(outcome)
+        if failure is not None and outcome != 499:
+            # Headers may already be out; all that can be done is to end the body.
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:  # noqa: BLE001
+                pass
+
+    # ---- usage ----------------------------------------------------------------------------
+    async def _record(
+        self,
+        key: KeyInfo,
+        deployment: DeploymentInfo,
+        route: str,
+        request_id: str,
+        status: int,
+        prompt: int,
+        completion: int,
+        started: float,
+        ttft: float | None,
+        stream: bool,
+        levels,
+        actual: int | None,
+        *,
+        settle: bool = True,
+    ) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        cost = cost_of(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            input_per_million=deployment.input_per_million,
+            output_per_million=deployment.output_per_million,
+        )
+        event = UsageEvent(
+            request_id=request_id,
+            deployment_id=deployment.id,
+            deployment_name=deployment.name,
+            organization_id=key.organization_id,
+            user_id=key.user_id,
+            api_key_id=key.id,
+            api_key_prefix=key.prefix,
+            route=route,
+            status_code=status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=round(latency_ms, 3),
+            ttft_ms=round(ttft, 3) if ttft is not None else None,
+            stream=stream,
+            cost=str(cost),
+            currency=deployment.currency,
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        metrics.REQUESTS.labels(deployment.name, route, str(status)).inc()
+        if status != 429:
+            metrics.LATENCY.labels(deployment.name, route).observe(latency_ms / 1000)
+        if prompt or completion:
+            metrics.TOKENS.labels(deployment.name, "prompt").inc(prompt)
+            metrics.TOKENS.labels(deployment.name, "completion").inc(completion)
+        if ttft is not None:
+            metrics.TTFT.labels(deployment.name).observe(ttft / 1000)
+        limiter = self.limiter
+        try:
+            if isinstance(limiter, RedisRateLimiter):
+                # Usage and token settlement in one round trip.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(USAGE_LIST_KEY, event.dumps())
+                    if settle and levels and actual is not None:
+                        keys, args = limiter.settle_command(
+                            deployment_id=deployment.id,
+                            levels=levels,
+                            request_id=request_id,
+                            actual=actual,
+                        )
+                        await limiter.settle_script(keys=keys, args=args, client=pipe)
+                    await pipe.execute()
+            else:
+                if settle and levels and actual is not None:
+                    await limiter.settle(
+                        deployment_id=deployment.id,
+                        levels=levels,
+                        request_id=request_id,
+                        actual=actual,
+                    )
+                await sync_to_async(_write_now, thread_sensitive=False)(event)
+        except Exception:  # noqa: BLE001 - metering must never break the response already sent
+            log.exception("gateway usage could not be recorded", extra={"request_id": request_id})
+
+
+def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
+    """The deployment's sharing and access policy (sharing.access), evaluated without I/O."""
+    if deployment.policy is None:
+        # No policy row loaded: only the owner organization's keys reach it (the lookup's rule).
+        return deployment.owner_organization_id in (
+            0,
+            key.organization_id,
+        ), "This deployment is not shared with your organization."
+    from sharing.access import evaluate
+
+    return evaluate(
+        deployment.policy,
+        owner_org_id=deployment.owner_organization_id,
+        caller_org_id=key.organization_id,
+        caller_user_id=key.user_id,
+        caller_group_ids=key.group_ids,
+    )
+
+
+def _scan_usage(event: bytes, usage: list[int]) -> None:
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            continue
+        try:
+            prompt, completion = usage_from_body(json.loads(payload))
+        except ValueError:
+            continue
+        if prompt or completion:
+            usage[0], usage[1] = prompt, completion
+
+
+def _write_now(event: UsageEvent) -> None:
+    """Embedded mode (no Redis): write the record at once; flush_usage's code path, batch of one."""
+    from deployments.gateway.tasks import write_events
+
+    write_events([event.dumps()])
+
+
+def mount(django_app, **options):
+    """One ASGI app: /v1/… and /metrics go to a new Gateway, everything else to Django."""
+    gateway = Gateway(**options)
+
+    async def application(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await gateway.lifespan(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith("/v1/") or path == "/metrics":
+                await gateway(scope, receive, send)
+                return
+        await django_app(scope, receive, send)
+
+    application.gateway = gateway  # type: ignore[attr-defined]
+    return application

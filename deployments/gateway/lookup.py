@@ -1,0 +1,106 @@
+"""The gateway's database reads (only on a cache miss): an API key by hash, an organization's deployments."""
+
+from __future__ import annotations
+
+from django.db import close_old_connections, connection
+
+from deployments.gateway.cache import DeploymentInfo, KeyInfo
+from deployments.gateway.upstream import upstream_base
+from deployments.gateway.usage import price
+from deployments.models import DeploymentState, ModelDeployment, PoolKind
+from projects.models import APIKey
+
+
+def load_key(digest: str) -> KeyInfo | None:
+    close_old_connections()
+    try:
+        return _load_key(digest)
+    finally:
+        # Worker threads outlive requests; misses are rare, so don't keep a connection per thread.
+        connection.close()
+
+
+def _load_key(digest: str) -> KeyInfo | None:
+    key = APIKey.objects.filter(key_hash=digest).first()
+    if key is None:
+        return None
+    return KeyInfo(
+        id=key.pk,
+        prefix=key.prefix,
+        organization_id=key.organization_id,
+        user_id=key.user_id,
+        expires_at=key.expires_at,
+        revoked=key.revoked_at is not None,
+        deployment_ids=frozenset(key.deployments.values_list("pk", flat=True)),
+        group_ids=frozenset(key.user.groups.values_list("pk", flat=True)),
+    )
+
+
+def load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
+    """The organization's deployments by served model name (one query)."""
+    close_old_connections()
+    try:
+        return _load_deployments(organization_id)
+    finally:
+        connection.close()
+
+
+def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
+    own = list(
+        ModelDeployment.objects.filter(project__organization_id=organization_id)
+        .select_related("current_revision", "pool", "project__organization")
+        .order_by("pk")
+    )
+    shared = []
+    snapshot: dict[int, dict] = {}
+    try:
+        from sharing import access
+        from sharing.selectors import shared_deployments_for_org
+    except ImportError:  # pragma: no cover - sharing not installed: own organization only
+        access = None
+    if access is not None:
+        shared = list(
+            shared_deployments_for_org(organization_id)
+            .select_related("current_revision", "pool", "project__organization")
+            .order_by("pk")
+        )
+        snapshot = access.policy_snapshot([d.pk for d in own + shared])
+    by_name: dict[str, DeploymentInfo] = {}
+    for row in own:
+        _add(by_name, _info(row, organization_id, snapshot))
+    # A shared deployment is reachable by its name unless the caller's own organization uses it.
+    for row in shared:
+        info = _info(row, organization_id, snapshot)
+        if info.served_model_name not in by_name:
+            by_name[info.served_model_name] = info
+    return by_name
+
+
+def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict]) -> DeploymentInfo:
+    spec = row.spec()
+    pricing = spec.get("pricing") or {}
+    return DeploymentInfo(
+        id=row.pk,
+        name=row.name,
+        organization_id=organization_id,
+        served_model_name=spec.get("served_model_name") or row.name,
+        state=row.state,
+        upstream=upstream_base(row),
+        rate_limits=spec.get("rate_limits") or {},
+        currency=(pricing.get("currency") or "USD")[:3],
+        input_per_million=price(pricing.get("input_per_million")),
+        output_per_million=price(pricing.get("output_per_million")),
+        created=int(row.created_at.timestamp()),
+        sandbox=row.pool.kind == PoolKind.SANDBOX,
+        owner_organization_id=row.project.organization_id,
+        policy=snapshot.get(row.pk),
+    )
+
+
+def _add(by_name: dict[str, DeploymentInfo], info: DeploymentInfo) -> None:
+    # Names are unique per organization; if a stale row shares one, the running one wins.
+    current = by_name.get(info.served_model_name)
+    if current is None or (
+        current.state != DeploymentState.RUNNING and info.state == DeploymentState.RUNNING
+    ):
+        by_name[info.served_model_name] = info

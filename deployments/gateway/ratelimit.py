@@ -1,0 +1,334 @@
+"""Rate limits (organization / user / API key × requests and tokens per minute) in one Redis round trip.
+
+A sliding-window log per (deployment, level, id): a sorted set of request ids scored by the
+time Redis saw them, a hash of the tokens each holds and a running token total. One Lua
+script expires what fell out of the window, checks every level, and records the request in
+all of them only if none refuses: atomic across any number of gateway processes, exact (no
+fixed-window burst at minute boundaries), and the clock is Redis's own. Tokens are reserved
+from an estimate before the request and settled to the engine's count afterwards.
+
+The same script also checks the cache generation (see cache.py), so a revoked key costs no
+extra round trip to notice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WINDOW_MS = 60_000
+LEVELS = ("organization", "user", "api_key")
+
+CHECK_SCRIPT = r"""
+local gen = redis.call('GET', KEYS[1]) or '0'
+if ARGV[1] ~= '' and ARGV[1] ~= gen then return {-1, gen} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[5])
+local rid = ARGV[2]
+local est = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local function hsum(hk, members)
+  local sum = 0
+  for s = 1, #members, 1000 do
+    local chunk = {}
+    for j = s, math.min(s + 999, #members) do chunk[#chunk + 1] = members[j] end
+    local vals = redis.call('HMGET', hk, unpack(chunk))
+    for _, v in ipairs(vals) do if v then sum = sum + tonumber(v) end end
+    redis.call('HDEL', hk, unpack(chunk))
+  end
+  return sum
+end
+local blocked_level, blocked_kind, retry = 0, 0, 0
+local lim_req, rem_req, reset_req = -1, -1, 0
+local lim_tok, rem_tok, reset_tok = -1, -1, 0
+local counts, totals = {}, {}
+for i = 1, n do
+  local zk, hk, tk = KEYS[(i - 1) * 3 + 2], KEYS[(i - 1) * 3 + 3], KEYS[(i - 1) * 3 + 4]
+  local rpm, tpm = tonumber(ARGV[(i - 1) * 2 + 6]), tonumber(ARGV[(i - 1) * 2 + 7])
+  local expired = redis.call('ZRANGEBYSCORE', zk, '-inf', now - window)
+  if #expired > 0 then
+    local freed = hsum(hk, expired)
+    redis.call('ZREMRANGEBYSCORE', zk, '-inf', now - window)
+    if freed > 0 then redis.call('DECRBY', tk, freed) end
+  end
+  local count = redis.call('ZCARD', zk)
+  local total = tonumber(redis.call('GET', tk) or '0')
+  counts[i], totals[i] = count, total
+  if rpm >= 0 then
+    local oldest = redis.call('ZRANGE', zk, 0, 0, 'WITHSCORES')
+    local reset = 0
+    if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+    if rem_req < 0 or rpm - count < rem_req then lim_req, rem_req, reset_req = rpm, rpm - count, reset end
+    if count >= rpm and blocked_level == 0 then blocked_level, blocked_kind, retry = i, 1, reset end
+  end
+  if tpm >= 0 then
+    local reset = 0
+    if total + est > tpm then
+      if est > tpm then
+        reset = -1
+      else
+        -- Walk the window from its oldest entry until enough tokens would have expired.
+        local entries = redis.call('ZRANGE', zk, 0, -1, 'WITHSCORES')
+        local freed = 0
+        for j = 1, #entries, 2 do
+          freed = freed + tonumber(redis.call('HGET', hk, entries[j]) or '0')
+          if total - freed + est <= tpm then reset = tonumber(entries[j + 1]) + window - now; break end
+        end
+      end
+      if blocked_level == 0 then blocked_level, blocked_kind, retry = i, 2, reset end
+    end
+    if rem_tok < 0 or tpm - total < rem_tok then lim_tok, rem_tok, reset_tok = tpm, tpm - total, reset end
+  end
+end
+if blocked_level > 0 then
+  return {0, gen, blocked_level, blocked_kind, retry, lim_req, rem_req, reset_req, lim_tok, rem_tok, reset_tok}
+end
+for i = 1, n do
+  local zk, hk, tk = KEYS[(i - 1) * 3 + 2], KEYS[(i - 1) * 3 + 3], KEYS[(i - 1) * 3 + 4]
+  redis.call('ZADD', zk, now, rid)
+  redis.call('HSET', hk, rid, est)
+  redis.call('INCRBY', tk, est)
+  redis.call('PEXPIRE', zk, window * 2)
+  redis.call('PEXPIRE', hk, window * 2)
+  redis.call('PEXPIRE', tk, window * 2)
+end
+if rem_req > 0 then rem_req = rem_req - 1 end
+if rem_tok >= 0 then rem_tok = math.max(0, rem_tok - est) end
+return {1, gen, 0, 0, 0, lim_req, rem_req, reset_req, lim_tok, rem_tok, reset_tok}
+"""
+
+SETTLE_SCRIPT = r"""
+local rid, actual = ARGV[1], tonumber(ARGV[2])
+for i = 1, #KEYS, 2 do
+  local hk, tk = KEYS[i], KEYS[i + 1]
+  local old = redis.call('HGET', hk, rid)
+  if old then
+    redis.call('HSET', hk, rid, actual)
+    redis.call('INCRBY', tk, actual - tonumber(old))
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level that has a limit on this deployment: whose counter, and the limits (-1: none)."""
+
+    name: str
+    ident: int
+    rpm: int
+    tpm: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    stale: bool = False
+    generation: str = ""
+    level: str = ""
+    kind: str = ""  # requests | tokens
+    retry_after_ms: int = 0  # -1: the request alone exceeds the token limit
+    limit_requests: int = -1
+    remaining_requests: int = -1
+    reset_requests_ms: int = 0
+    limit_tokens: int = -1
+    remaining_tokens: int = -1
+    reset_tokens_ms: int = 0
+
+
+def levels_for(
+    rate_limits: dict, *, organization_id: int, user_id: int, api_key_id: int
+) -> list[Level]:
+    """Levels of a spec's rate_limits that limit anything (null means unlimited)."""
+    ids = {"organization": organization_id, "user": user_id, "api_key": api_key_id}
+    levels = []
+    for name in LEVELS:
+        conf = (rate_limits or {}).get(name) or {}
+        rpm, tpm = conf.get("rpm"), conf.get("tpm")
+        if rpm is None and tpm is None:
+            continue
+        levels.append(
+            Level(name, ids[name], -1 if rpm is None else int(rpm), -1 if tpm is None else int(tpm))
+        )
+    return levels
+
+
+def _keys(deployment_id: int, level: Level) -> tuple[str, str, str]:
+    base = f"modeldeck:rl:{deployment_id}:{level.name}:{level.ident}"
+    return f"{base}:log", f"{base}:tokens", f"{base}:total"
+
+
+def estimate_tokens(body: dict) -> int:
+    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+    chars = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+    for field in ("prompt", "input"):
+        value = body.get(field)
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            chars += sum(len(v) for v in value if isinstance(v, str))
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(max_tokens, int) or max_tokens < 0:
+        max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
+    return max(1, chars // 4 + max_tokens)
+
+
+class RedisRateLimiter:
+    """Checks and settles with redis.asyncio; one instance per gateway process."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self._check = client.register_script(CHECK_SCRIPT)
+        self._settle = client.register_script(SETTLE_SCRIPT)
+
+    @property
+    def settle_script(self):
+        return self._settle
+
+    async def check(
+        self,
+        *,
+        generation_key: str,
+        expected_generation: str,
+        deployment_id: int,
+        levels: list[Level],
+        request_id: str,
+        estimate: int,
+        window_ms: int = WINDOW_MS,
+    ) -> Decision:
+        keys = [generation_key]
+        args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
+        for level in levels:
+            keys.extend(_keys(deployment_id, level))
+            args.extend([level.rpm, level.tpm])
+        raw = await self._check(keys=keys, args=args)
+        status = int(raw[0])
+        generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
+        if status == -1:
+            return Decision(allowed=False, stale=True, generation=generation)
+        values = [int(v) for v in raw[2:]]
+        blocked_level, blocked_kind, retry = values[0], values[1], values[2]
+        return Decision(
+            allowed=status == 1,
+            generation=generation,
+            level=levels[blocked_level - 1].name if blocked_level else "",
+            kind={1: "requests", 2: "tokens"}.get(blocked_kind, ""),
+            retry_after_ms=retry,
+            limit_requests=values[3],
+            remaining_requests=values[4],
+            reset_requests_ms=values[5],
+            limit_tokens=values[6],
+            remaining_tokens=values[7],
+            reset_tokens_ms=values[8],
+        )
+
+    def settle_command(
+        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
+    ):
+        """Keys and args of the settle script, for the caller's pipeline (one round trip with usage)."""
+        keys: list[str] = []
+        for level in levels:
+            _, hk, tk = _keys(deployment_id, level)
+            keys.extend([hk, tk])
+        return keys, [request_id, actual]
+
+    async def settle(
+        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
+    ) -> None:
+        if not levels:
+            return
+        keys, args = self.settle_command(
+            deployment_id=deployment_id, levels=levels, request_id=request_id, actual=actual
+        )
+        await self._settle(keys=keys, args=args)
+
+
+class LocalRateLimiter:
+    """Embedded mode (no Redis): the same sliding windows in this process only.
+
+    Exact within one process; with several processes each would count alone, which is why
+    production runs with Redis.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._logs: dict[tuple, dict[str, tuple[float, int]]] = {}
+
+    async def check(
+        self,
+        *,
+        generation_key: str,
+        expected_generation: str,
+        deployment_id: int,
+        levels: list[Level],
+        request_id: str,
+        estimate: int,
+        window_ms: int = WINDOW_MS,
+    ) -> Decision:
+        import time
+
+        now = time.monotonic() * 1000
+        best: dict = {
+            "lim_req": -1,
+            "rem_req": -1,
+            "reset_req": 0,
+            "lim_tok": -1,
+            "rem_tok": -1,
+            "reset_tok": 0,
+        }
+        with self._lock:
+            logs = []
+            for level in levels:
+                log = self._logs.setdefault((deployment_id, level.name, level.ident), {})
+                for rid in [r for r, (ts, _) in log.items() if ts <= now - window_ms]:
+                    del log[rid]
+                logs.append(log)
+            for level, log in zip(levels, logs, strict=True):
+                count = len(log)
+                total = sum(t for _, t in log.values())
+                oldest = min((ts for ts, _ in log.values()), default=now)
+                reset = int(oldest + window_ms - now) if log else 0
+                if level.rpm >= 0:
+                    if best["rem_req"] < 0 or level.rpm - count < best["rem_req"]:
+                        best.update(lim_req=level.rpm, rem_req=level.rpm - count, reset_req=reset)
+                    if count >= level.rpm:
+                        return Decision(
+                            False, level=level.name, kind="requests", retry_after_ms=reset
+                        )
+                if level.tpm >= 0:
+                    if best["rem_tok"] < 0 or level.tpm - total < best["rem_tok"]:
+                        best.update(lim_tok=level.tpm, rem_tok=level.tpm - total, reset_tok=reset)
+                    if total + estimate > level.tpm:
+                        retry = -1 if estimate > level.tpm else reset
+                        return Decision(
+                            False, level=level.name, kind="tokens", retry_after_ms=retry
+                        )
+            for log in logs:
+                log[request_id] = (now, estimate)
+        return Decision(
+            True,
+            limit_requests=best["lim_req"],
+            remaining_requests=max(-1, best["rem_req"] - 1),
+            reset_requests_ms=best["reset_req"],
+            limit_tokens=best["lim_tok"],
+            remaining_tokens=max(0, best["rem_tok"] - estimate) if best["rem_tok"] >= 0 else -1,
+            reset_tokens_ms=best["reset_tok"],
+        )
+
+    async def settle(
+        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
+    ) -> None:
+        with self._lock:
+            for level in levels:
+                log = self._logs.get((deployment_id, level.name, level.ident), {})
+                if request_id in log:
+                    log[request_id] = (log[request_id][0], actual)

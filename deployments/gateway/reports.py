@@ -1,0 +1,236 @@
+"""Usage reads for the pages: records in scope, time series (requests, tokens, cost, p50/p95) and totals."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, QuerySet, Sum
+from django.db.models.functions import TruncDay, TruncHour, TruncMinute
+from django.utils import timezone
+
+from deployments.models import UsageRecord
+
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    label: str
+    span: timedelta
+    bucket: str  # minute | hour | day
+
+
+RANGES = {
+    r.key: r
+    for r in (
+        Range("1h", "Last hour", timedelta(hours=1), "minute"),
+        Range("24h", "Last 24 hours", timedelta(hours=24), "hour"),
+        Range("7d", "Last 7 days", timedelta(days=7), "hour"),
+        Range("30d", "Last 30 days", timedelta(days=30), "day"),
+    )
+}
+DEFAULT_RANGE = "24h"
+
+
+def range_for(key: str | None) -> Range:
+    return RANGES.get(key or "", RANGES[DEFAULT_RANGE])
+
+
+class Percentile(Aggregate):
+    """PostgreSQL's percentile_cont; the pages fall back to Python on other databases."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(percentile)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression, percentile: float, **extra):
+        super().__init__(expression, percentile=percentile, **extra)
+
+
+def _truncate(bucket: str):
+    return {"minute": TruncMinute, "hour": TruncHour, "day": TruncDay}[bucket]("created_at")
+
+
+def _python_percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    low = int(k)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (k - low)
+
+
+def in_range(
+    records: QuerySet[UsageRecord], rng: Range, now: datetime | None = None
+) -> QuerySet[UsageRecord]:
+    return records.filter(created_at__gte=(now or timezone.now()) - rng.span)
+
+
+def totals(records: QuerySet[UsageRecord]) -> dict:
+    row = records.aggregate(
+        requests=Count("id"),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost"),
+    )
+    errors = records.filter(status_code__gte=400).count()
+    return {
+        "requests": row["requests"] or 0,
+        "prompt_tokens": row["prompt"] or 0,
+        "completion_tokens": row["completion"] or 0,
+        "cost": row["cost"] or Decimal(0),
+        "errors": errors,
+        "currency": records.values_list("currency", flat=True).first() or "USD",
+        **latency(records.filter(status_code__lt=400)),
+    }
+
+
+def latency(records: QuerySet[UsageRecord]) -> dict:
+    if connection.vendor == "postgresql":
+        row = records.aggregate(
+            p50=Percentile("latency_ms", 0.5), p95=Percentile("latency_ms", 0.95)
+        )
+        return {"p50": row["p50"], "p95": row["p95"]}
+    values = list(records.values_list("latency_ms", flat=True))
+    return {"p50": _python_percentile(values, 0.5), "p95": _python_percentile(values, 0.95)}
+
+
+def series(records: QuerySet[UsageRecord], rng: Range) -> dict:
+    """Chart data: one point per bucket (empty buckets included, so the time axis is honest)."""
+    trunc = _truncate(rng.bucket)
+    rows = (
+        records.annotate(bucket=trunc)
+        .values("bucket")
+        .annotate(
+            requests=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost=Sum("cost"),
+        )
+        .order_by("bucket")
+    )
+    by_bucket = {r["bucket"]: r for r in rows}
+    ok = records.filter(status_code__lt=400).annotate(bucket=trunc)
+    if connection.vendor == "postgresql":
+        lat = {
+            r["bucket"]: r
+            for r in ok.values("bucket").annotate(
+                p50=Percentile("latency_ms", 0.5), p95=Percentile("latency_ms", 0.95)
+            )
+        }
+    else:
+        grouped: dict = {}
+        for bucket, value in ok.values_list("bucket", "latency_ms"):
+            grouped.setdefault(bucket, []).append(value)
+        lat = {
+            b: {"p50": _python_percentile(v, 0.5), "p95": _python_percentile(v, 0.95)}
+            for b, v in grouped.items()
+        }
+    step = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}[
+        rng.bucket
+    ]
+    now = timezone.now()
+    start = now - rng.span
+    start = start.replace(second=0, microsecond=0)
+    if rng.bucket in ("hour", "day"):
+        start = start.replace(minute=0)
+    if rng.bucket == "day":
+        start = start.replace(hour=0)
+    labels, requests, prompt, completion, cost, p50, p95 = [], [], [], [], [], [], []
+    point = start
+    while point <= now:
+        row = by_bucket.get(point, {})
+        lrow = lat.get(point, {})
+        labels.append(
+            point.strftime("%m-%d %H:%M") if rng.bucket != "day" else point.strftime("%Y-%m-%d")
+        )
+        requests.append(row.get("requests", 0))
+        prompt.append(row.get("prompt") or 0)
+        completion.append(row.get("completion") or 0)
+        cost.append(float(row.get("cost") or 0))
+        p50.append(round(lrow["p50"], 2) if lrow.get("p50") is not None else None)
+        p95.append(round(lrow["p95"], 2) if lrow.get("p95") is not None else None)
+        point += step
+    return {
+        "labels": labels,
+        "requests": requests,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cost": cost,
+        "p50": p50,
+        "p95": p95,
+    }
+
+
+def breakdown(records: QuerySet[UsageRecord], by: str) -> list[dict]:
+    """Totals per deployment or per API key, for the tables."""
+    field = {"deployment": "deployment_name", "key": "api_key_prefix", "user": "user__username"}[by]
+    rows = (
+        records.values(field)
+        .annotate(
+            requests=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost=Sum("cost"),
+        )
+        .order_by("-requests")
+    )
+    return [
+        {
+            "name": r[field] or "—",
+            "requests": r["requests"],
+            "prompt_tokens": r["prompt"] or 0,
+            "completion_tokens": r["completion"] or 0,
+            "cost": r["cost"] or Decimal(0),
+        }
+        for r in rows
+    ]
+
+
+CSV_COLUMNS = [
+    "created_at",
+    "request_id",
+    "deployment_name",
+    "route",
+    "status_code",
+    "api_key_prefix",
+    "user",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "stream",
+    "cost",
+    "currency",
+]
+
+
+def to_csv(records: QuerySet[UsageRecord]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for r in records.select_related("user").order_by("created_at").iterator(chunk_size=2000):
+        writer.writerow(
+            [
+                r.created_at.isoformat(),
+                r.request_id,
+                r.deployment_name,
+                r.route,
+                r.status_code,
+                r.api_key_prefix,
+                r.user.get_username() if r.user else "",
+                r.prompt_tokens,
+                r.completion_tokens,
+                f"{r.latency_ms:.2f}",
+                "" if r.ttft_ms is None else f"{r.ttft_ms:.2f}",
+                r.stream,
+                r.cost,
+                r.currency,
+            ]
+        )
+    return out.getvalue()

@@ -1,0 +1,91 @@
+"""Usage metering: the cost of a request and the record the gateway buffers in Redis for the flush."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+USAGE_LIST_KEY = "modeldeck:gateway:usage"
+MILLION = Decimal(1_000_000)
+COST_QUANTUM = Decimal("0.00000001")  # UsageRecord.cost has 8 decimal places
+
+
+def cost_of(
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    input_per_million: Decimal,
+    output_per_million: Decimal,
+) -> Decimal:
+    """tokens × price per 1M, exact in Decimal and quantized to the column's precision."""
+    cost = (
+        Decimal(prompt_tokens) * input_per_million + Decimal(completion_tokens) * output_per_million
+    ) / MILLION
+    return cost.quantize(COST_QUANTUM)
+
+
+def price(value) -> Decimal:
+    try:
+        return Decimal(str(value if value not in (None, "") else "0"))
+    except ArithmeticError:
+        return Decimal(0)
+
+
+@dataclass
+class UsageEvent:
+    """One gateway request, as buffered (JSON) until flush_usage writes it as a UsageRecord."""
+
+    request_id: str
+    deployment_id: int | None
+    deployment_name: str
+    organization_id: int
+    user_id: int | None
+    api_key_id: int | None
+    api_key_prefix: str
+    route: str
+    status_code: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    stream: bool
+    cost: str
+    currency: str
+    created_at: str  # ISO 8601, UTC
+
+    def dumps(self) -> bytes:
+        # vars(), not dataclasses.asdict: no deep copy on the hot path (the fields are flat).
+        return json.dumps(vars(self), separators=(",", ":")).encode()
+
+
+def usage_from_body(payload: dict) -> tuple[int, int]:
+    """(prompt, completion) tokens from an OpenAI-shaped `usage` object; zeros when absent."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    return int(prompt), int(completion)
+
+
+_decoder = json.JSONDecoder()
+
+
+def usage_from_bytes(content: bytes) -> tuple[int, int]:
+    """Usage of a whole JSON response without parsing it all (embeddings can be megabytes).
+
+    Engines put `usage` last; decode just that object, falling back to a full parse.
+    """
+    at = content.rfind(b'"usage"')
+    if at >= 0:
+        colon = content.find(b":", at)
+        try:
+            obj, _ = _decoder.raw_decode(content[colon + 1 :].decode().lstrip())
+            return usage_from_body({"usage": obj})
+        except (ValueError, UnicodeDecodeError):
+            pass
+    try:
+        return usage_from_body(json.loads(content))
+    except ValueError:
+        return 0, 0

@@ -1,0 +1,227 @@
+"""Developer Hub pages: keys (shown once, revoke), models with samples, usage pages and CSV; scoping."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from deployments.models import UsageRecord
+from projects.keys import api_key_create, hash_secret
+from projects.models import APIKey
+from tests.conftest import login
+from tests.gateway.conftest import make_deployment, make_key, start_console
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def deployment(tenants):
+    return make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        pricing={"currency": "EUR", "input_per_million": "1.00", "output_per_million": "3.00"},
+    )
+
+
+def record(deployment, key: APIKey, **fields) -> UsageRecord:
+    defaults = dict(
+        request_id=f"req_{UsageRecord.objects.count()}_{key.pk}",
+        deployment=deployment,
+        deployment_name=deployment.name,
+        organization=key.organization,
+        user=key.user,
+        api_key_id=key.pk,
+        api_key_prefix=key.prefix,
+        route="chat.completions",
+        status_code=200,
+        prompt_tokens=10,
+        completion_tokens=20,
+        latency_ms=42.0,
+        cost=Decimal("0.00007000"),
+        currency="EUR",
+        created_at=timezone.now(),
+    )
+    defaults.update(fields)
+    return UsageRecord.objects.create(**defaults)
+
+
+def test_creating_a_key_shows_the_secret_once_and_stores_only_its_hash(tenants, deployment):
+    client = login(tenants.member)
+    response = client.post(reverse("devhub:keys"), {"name": "support-bot"})
+    assert response.status_code == 201
+    key = APIKey.objects.get()
+    html = response.content.decode()
+    start = html.index('id="new-key-secret"')
+    secret = html[start:].split('value="', 1)[1].split('"', 1)[0]
+    assert secret.startswith("mdk_") and len(secret) == 44
+    assert key.key_hash == hash_secret(secret) and secret not in key.key_hash
+    assert key.prefix == secret[:12]
+    assert response["Cache-Control"] == "no-store"
+    again = client.get(reverse("devhub:keys")).content.decode()
+    assert secret not in again and key.prefix in again
+
+
+def test_key_form_errors_land_on_the_fields(tenants, deployment):
+    client = login(tenants.member)
+    past = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    response = client.post(reverse("devhub:keys"), {"name": " ", "expires_at": past})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "This field is required." in html
+    assert "The expiry must be in the future." in html
+    assert not APIKey.objects.exists()
+
+
+def test_key_limited_to_a_deployment_and_with_expiry(tenants, deployment):
+    client = login(tenants.member)
+    soon = (timezone.now() + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
+    response = client.post(
+        reverse("devhub:keys"), {"name": "ci", "expires_at": soon, "deployments": [deployment.pk]}
+    )
+    assert response.status_code == 201
+    key = APIKey.objects.get()
+    assert list(key.deployments.all()) == [deployment]
+    assert key.expires_at is not None
+
+
+def test_viewer_cannot_create_keys(tenants, deployment):
+    response = login(tenants.viewer).post(reverse("devhub:keys"), {"name": "x"})
+    assert response.status_code == 403
+    assert not APIKey.objects.exists()
+
+
+def test_revoke_with_confirmation_form(tenants, deployment):
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="old")
+    client = login(tenants.member)
+    page = client.get(reverse("devhub:keys")).content.decode()
+    assert "data-confirm=" in page and reverse("devhub:key_revoke", args=[key.pk]) in page
+    response = client.post(reverse("devhub:key_revoke", args=[key.pk]), follow=True)
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert "revoked" in response.content.decode()
+
+
+def test_outsider_gets_404_on_every_devhub_object_url(tenants, deployment):
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="acme key")
+    record(deployment, key)
+    outsider = login(tenants.outsider)
+    assert outsider.post(reverse("devhub:key_revoke", args=[key.pk])).status_code == 404
+    assert outsider.get(reverse("devhub:deployment_usage", args=[deployment.pk])).status_code == 404
+    assert (
+        outsider.get(
+            reverse("devhub:deployment_usage", args=[deployment.pk]) + "?format=csv"
+        ).status_code
+        == 404
+    )
+    key.refresh_from_db()
+    assert key.revoked_at is None
+    # Lists never show the other organization's things either.
+    for name in ("devhub:models", "devhub:keys", "devhub:usage", "devhub:organization_usage"):
+        html = outsider.get(reverse(name)).content.decode()
+        assert "llama-chat" not in html and key.prefix not in html and "acme key" not in html
+
+
+def test_a_member_cannot_revoke_another_members_key_but_an_admin_can(tenants, deployment):
+    key, _ = api_key_create(user=tenants.owner, organization=tenants.org, name="owner's")
+    assert (
+        login(tenants.member).post(reverse("devhub:key_revoke", args=[key.pk])).status_code == 404
+    )
+    mine, _ = api_key_create(user=tenants.member, organization=tenants.org, name="member's")
+    assert (
+        login(tenants.owner).post(reverse("devhub:key_revoke", args=[mine.pk])).status_code == 302
+    )
+    mine.refresh_from_db()
+    assert mine.revoked_at is not None
+
+
+def test_models_page_lists_callable_deployments_with_real_samples(tenants, deployment, settings):
+    settings.GATEWAY_BASE_URL = "https://ai.example.com"
+    make_deployment(
+        tenants.project,
+        "off",
+        served_model_name="off-model",
+        state="deactivated",
+        rate_limits={"user": {"rpm": 60, "tpm": None}, "api_key": {"rpm": 10, "tpm": 5000}},
+    )
+    make_deployment(tenants.other_project, "globex", served_model_name="globex-secret")
+    html = login(tenants.member).get(reverse("devhub:models")).content.decode()
+    assert "https://ai.example.com/v1" in html
+    assert "curl https://ai.example.com/v1/chat/completions" in html
+    assert "base_url=&quot;https://ai.example.com/v1&quot;" in html
+    assert "fetch(&quot;https://ai.example.com/v1/chat/completions&quot;" in html
+    assert "&quot;model&quot;: &quot;llama-chat&quot;" in html
+    assert "off-model" in html and "Not callable right now: the deployment is deactivated" in html
+    assert "globex-secret" not in html
+    assert (
+        "per user: 60 requests/min" in html and "per key: 10 requests/min, 5000 tokens/min" in html
+    )
+    assert "none — unlimited" in html  # llama-chat has no limits
+
+
+def test_models_page_empty_state_has_a_next_step(tenants):
+    html = login(tenants.member).get(reverse("devhub:models")).content.decode()
+    assert "No models to call yet" in html
+
+
+def test_usage_pages_show_totals_and_export_csv(tenants, deployment):
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="mine")
+    other_key, _ = api_key_create(user=tenants.owner, organization=tenants.org, name="owner's")
+    record(deployment, key, prompt_tokens=100, completion_tokens=50, cost=Decimal("0.00025000"))
+    record(deployment, key, created_at=timezone.now() - timedelta(days=3), prompt_tokens=7)
+    record(deployment, other_key, prompt_tokens=1000)
+    client = login(tenants.member)
+    mine = client.get(reverse("devhub:usage")).content.decode()  # last 24 hours, my keys only
+    assert 'id="stat-requests">1<' in mine
+    assert 'id="stat-tokens">100 / 50<' in mine
+    assert 'id="usage-series"' in mine and "chart.umd.min.js" in mine
+    week = client.get(reverse("devhub:usage") + "?range=7d").content.decode()
+    assert 'id="stat-requests">2<' in week
+    deployment_page = client.get(
+        reverse("devhub:deployment_usage", args=[deployment.pk])
+    ).content.decode()
+    assert 'id="stat-requests">2<' in deployment_page  # both keys, last 24 hours
+    org_page = client.get(reverse("devhub:organization_usage") + "?range=30d").content.decode()
+    assert 'id="stat-requests">3<' in org_page
+    csv_response = client.get(reverse("devhub:usage") + "?range=7d&format=csv")
+    assert csv_response["Content-Type"].startswith("text/csv")
+    lines = csv_response.content.decode().strip().splitlines()
+    assert lines[0].startswith("created_at,request_id,deployment_name")
+    assert len(lines) == 3 and all(key.prefix in line for line in lines[1:])
+
+
+def test_usage_range_switch_answers_the_fragment_to_htmx(tenants, deployment):
+    client = login(tenants.member)
+    response = client.get(reverse("devhub:usage") + "?range=1h", HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="usage-body">') and "<html" not in html
+    assert "No requests in last hour" in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_python_sample_runs_as_copied(tenants, engine, settings):
+    server = start_console()
+    try:
+        settings.GATEWAY_BASE_URL = server.url
+        make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+        secret = make_key(tenants.member, tenants.org)
+        from console.devhub_views import gateway_base_url, samples
+
+        code = samples(gateway_base_url(), "llama-chat", embeddings=False)["python"]
+        out = io.StringIO()
+        os.environ["MODELDECK_API_KEY"] = secret
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, "sample.py", "exec"), {})
+        finally:
+            del os.environ["MODELDECK_API_KEY"]
+        assert out.getvalue().strip() == "You said: Hello!"
+    finally:
+        server.stop()

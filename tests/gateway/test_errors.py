@@ -1,0 +1,250 @@
+"""Every gateway refusal: status code and an OpenAI-shaped body the official client understands."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import openai
+import pytest
+from django.utils import timezone
+
+from deployments.models import DeploymentState, ModelDeployment
+from projects.keys import api_key_revoke
+from projects.models import APIKey
+from tests.gateway.conftest import make_deployment, make_key, start_console
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHAT = {"model": "llama-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def assert_openai_error(
+    response: httpx.Response, status: int, type_: str, code: str | None
+) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_ and error["code"] == code
+    assert error["message"]
+    return error
+
+
+@pytest.fixture
+def deployment(tenants, gateway):
+    return make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+
+
+def post(
+    gateway, secret: str | None, body: dict = CHAT, path: str = "/chat/completions", **headers
+) -> httpx.Response:
+    if secret is not None:
+        headers["authorization"] = f"Bearer {secret}"
+    return httpx.post(gateway.base_url + path, json=body, headers=headers, timeout=30)
+
+
+def test_missing_and_wrong_keys_get_401(gateway, deployment):
+    assert_openai_error(post(gateway, None), 401, "invalid_request_error", "invalid_api_key")
+    assert_openai_error(
+        post(gateway, "mdk_" + "x" * 40), 401, "invalid_request_error", "invalid_api_key"
+    )
+    assert_openai_error(
+        post(gateway, "sk-not-ours"), 401, "invalid_request_error", "invalid_api_key"
+    )
+
+
+def test_the_official_client_raises_authentication_error(gateway, deployment):
+    client = openai.OpenAI(api_key="mdk_" + "y" * 40, base_url=gateway.base_url, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        client.chat.completions.create(**CHAT)
+    assert info.value.status_code == 401
+
+
+def test_revoked_key_is_refused_on_the_next_request_by_every_gateway(
+    tenants, deployment, gateway, engine
+):
+    second = start_console()
+    try:
+        secret = make_key(tenants.member, tenants.org)
+        for server in (gateway, second):  # both gateways have the key cached now
+            assert post(server, secret).status_code == 200
+        api_key_revoke(user=tenants.member, key=APIKey.objects.get())
+        for server in (gateway, second):
+            error = assert_openai_error(
+                post(server, secret), 401, "invalid_request_error", "invalid_api_key"
+            )
+            assert "revoked" in error["message"]
+    finally:
+        second.stop()
+
+
+def test_expired_key_is_refused(tenants, deployment, gateway):
+    secret = make_key(tenants.member, tenants.org, expires_at=timezone.now() + timedelta(hours=1))
+    assert post(gateway, secret).status_code == 200
+    APIKey.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    gateway.app.gateway.cache.keys.clear()  # the cached row would also expire by its own date
+    error = assert_openai_error(
+        post(gateway, secret), 401, "invalid_request_error", "invalid_api_key"
+    )
+    assert "expired" in error["message"]
+
+
+def test_expiry_is_enforced_from_the_cached_key_too(tenants, deployment, gateway):
+    secret = make_key(
+        tenants.member, tenants.org, expires_at=timezone.now() + timedelta(seconds=1.5)
+    )
+    assert post(gateway, secret).status_code == 200
+    import time
+
+    time.sleep(1.6)
+    assert_openai_error(post(gateway, secret), 401, "invalid_request_error", "invalid_api_key")
+
+
+def test_unknown_model_is_404_and_never_reveals_other_organizations(tenants, deployment, gateway):
+    make_deployment(tenants.other_project, "globex-llm", served_model_name="globex-secret")
+    secret = make_key(tenants.member, tenants.org)
+    unknown = assert_openai_error(
+        post(gateway, secret, {**CHAT, "model": "nope"}),
+        404,
+        "invalid_request_error",
+        "model_not_found",
+    )
+    foreign = assert_openai_error(
+        post(gateway, secret, {**CHAT, "model": "globex-secret"}),
+        404,
+        "invalid_request_error",
+        "model_not_found",
+    )
+    # Same words for a name that doesn't exist and one that exists elsewhere.
+    assert foreign["message"].replace("globex-secret", "X") == unknown["message"].replace(
+        "nope", "X"
+    )
+
+
+def test_another_organizations_key_gets_404_on_this_organizations_deployment(
+    tenants, deployment, gateway
+):
+    secret = make_key(tenants.outsider, tenants.other_org)
+    assert_openai_error(post(gateway, secret), 404, "invalid_request_error", "model_not_found")
+    client = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(**CHAT)
+    assert [m.id for m in client.models.list()] == []
+
+
+def test_key_limited_to_other_deployments_is_refused(tenants, deployment, gateway):
+    other = make_deployment(tenants.project, "other", served_model_name="other-model")
+    secret = make_key(tenants.member, tenants.org, deployments=[other])
+    assert post(gateway, secret, {**CHAT, "model": "other-model"}).status_code == 200
+    assert_openai_error(post(gateway, secret), 403, "permission_error", "model_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [
+        (DeploymentState.DEACTIVATED, "deactivated"),
+        (DeploymentState.DEPLOYING, "not running (state: deploying)"),
+    ],
+)
+def test_deployment_not_running_is_409_saying_why(tenants, deployment, gateway, state, words):
+    secret = make_key(tenants.member, tenants.org)
+    assert post(gateway, secret).status_code == 200
+    ModelDeployment.objects.filter(pk=deployment.pk).update(state=state)
+    import time
+
+    time.sleep(1.1)  # the gateway re-reads deployment state at most one second later
+    error = assert_openai_error(
+        post(gateway, secret), 409, "invalid_request_error", "deployment_not_running"
+    )
+    assert words in error["message"]
+
+
+def test_engine_unreachable_is_502(tenants, deployment, gateway, settings):
+    secret = make_key(tenants.member, tenants.org)
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there any more
+    settings.SANDBOX_ENGINE_URL = f"http://127.0.0.1:{port}"
+    assert_openai_error(post(gateway, secret), 502, "server_error", "upstream_unreachable")
+
+
+def test_engine_too_slow_is_504(tenants, engine, transactional_db):
+    server = start_console(read_timeout=0.3)
+    try:
+        make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+        secret = make_key(tenants.member, tenants.org)
+        response = post(server, secret, **{"x-sandbox-latency-ms": "1500"})
+        assert_openai_error(response, 504, "server_error", "upstream_timeout")
+    finally:
+        server.stop()
+
+
+def test_engine_errors_pass_through(tenants, deployment, gateway):
+    secret = make_key(tenants.member, tenants.org)
+    response = post(gateway, secret, {**CHAT, "max_tokens": 0})
+    assert_openai_error(response, 400, "invalid_request_error", "integer_below_min_value")
+
+
+def test_bad_json_and_missing_model_are_400(tenants, deployment, gateway):
+    secret = make_key(tenants.member, tenants.org)
+    response = httpx.post(
+        gateway.base_url + "/chat/completions",
+        content=b"{nope",
+        headers={"authorization": f"Bearer {secret}"},
+    )
+    assert_openai_error(response, 400, "invalid_request_error", None)
+    error = assert_openai_error(
+        post(gateway, secret, {"messages": []}), 400, "invalid_request_error", None
+    )
+    assert error["param"] == "model"
+
+
+def test_unknown_endpoint_is_404_in_openai_shape(gateway):
+    response = httpx.get(gateway.base_url + "/fine_tuning/jobs")
+    assert_openai_error(response, 404, "invalid_request_error", "unknown_url")
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream_request(
+    tenants, deployment, gateway, engine
+):
+    import time
+
+    secret = make_key(tenants.member, tenants.org)
+    body = {**CHAT, "stream": True, "max_tokens": 400, "min_tokens": 400}
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST",
+            gateway.base_url + "/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {secret}", "x-sandbox-token-ms": "20"},
+        ) as response:
+            assert response.status_code == 200
+            for _ in response.iter_raw():
+                break
+            assert engine.running == 1
+    # 400 tokens × 20 ms would take 8 s; the engine stops as soon as the gateway lets go.
+    deadline = time.monotonic() + 3
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.running == 0
+    from deployments.gateway.tasks import flush_usage
+    from deployments.models import UsageRecord
+
+    flush_usage()
+    assert UsageRecord.objects.get().status_code == 499
+
+
+def test_redis_down_fails_closed_with_503(tenants, engine, settings, transactional_db):
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    secret = make_key(tenants.member, tenants.org)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    server = start_console()
+    try:
+        response = post(server, secret)
+        assert_openai_error(response, 503, "server_error", "redis_unavailable")
+        assert response.headers.get("x-request-id", "").startswith("req_")
+    finally:
+        server.stop()

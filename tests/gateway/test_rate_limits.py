@@ -1,0 +1,245 @@
+"""Rate limits are exact under concurrency across two gateway processes, at every level alone and together."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from deployments.gateway.tasks import flush_usage
+from deployments.models import UsageRecord
+from tests.factories import MembershipFactory, UserFactory
+from tests.gateway.conftest import make_deployment, make_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# "hello" with max_tokens 4: the gateway reserves 5//4 + 4 = 5 tokens and the engine reports
+# 1 prompt + 4 completion = 5, so settling never frees tokens mid-test and counts stay exact.
+CHAT = {"model": "llama-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+TOKENS_PER_REQUEST = 5
+
+
+def fire(gateways, secrets: list[str], count: int) -> list[httpx.Response]:
+    """`count` concurrent requests, spread over both gateways and the given keys."""
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            calls = [
+                client.post(
+                    gateways[i % len(gateways)].base_url + "/chat/completions",
+                    json=CHAT,
+                    headers={"authorization": f"Bearer {secrets[i % len(secrets)]}"},
+                )
+                for i in range(count)
+            ]
+            return await asyncio.gather(*calls)
+
+    return asyncio.run(run())
+
+
+def statuses(responses) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in responses:
+        out[r.status_code] = out.get(r.status_code, 0) + 1
+    return out
+
+
+def limits(**levels) -> dict:
+    return {name: {"rpm": None, "tpm": None, **conf} for name, conf in levels.items()}
+
+
+@pytest.mark.parametrize("n", [3, 7])
+def test_rpm_lets_exactly_n_of_5n_concurrent_requests_through_two_gateways(
+    tenants, gateways, engine, n
+):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(api_key={"rpm": n}),
+    )
+    secret = make_key(tenants.member, tenants.org)
+    responses = fire(gateways, [secret], 5 * n)
+    assert statuses(responses) == {200: n, 429: 4 * n}
+    assert len(engine.requests) == n  # refused requests never reached the engine
+    refused = next(r for r in responses if r.status_code == 429)
+    error = refused.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_api_key_requests"
+    assert "API key limit on requests per minute" in error["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-limit-requests"] == str(n)
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    ok = next(r for r in responses if r.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-requests"] == str(n)
+
+
+def test_tpm_lets_exactly_the_requests_that_fit_through(tenants, gateways, engine):
+    n = 4
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(api_key={"tpm": n * TOKENS_PER_REQUEST}),
+    )
+    secret = make_key(tenants.member, tenants.org)
+    responses = fire(gateways, [secret], 5 * n)
+    assert statuses(responses) == {200: n, 429: 4 * n}
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limit_api_key_tokens"
+    assert refused.headers["x-ratelimit-limit-tokens"] == str(n * TOKENS_PER_REQUEST)
+    # The reservation was settled to what the engine reported.
+    assert (
+        sum(r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200)
+        == n * TOKENS_PER_REQUEST
+    )
+
+
+def test_tokens_settle_to_the_real_count(tenants, gateway, engine):
+    # Reserve 5 + 200 = 205 per request, use 5: after settling, many more fit than reservations suggest.
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(api_key={"tpm": 250}),
+    )
+    secret = make_key(tenants.member, tenants.org)
+    body = {**CHAT, "max_tokens": 200}
+    for _ in range(10):
+        response = httpx.post(
+            gateway.base_url + "/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["total_tokens"] == 1 + 4  # "You said: hello"
+
+
+def test_request_larger_than_the_token_limit_is_refused_with_a_clear_message(tenants, gateway):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(user={"tpm": 10}),
+    )
+    secret = make_key(tenants.member, tenants.org)
+    response = httpx.post(
+        gateway.base_url + "/chat/completions",
+        json={**CHAT, "max_tokens": 100},
+        headers={"authorization": f"Bearer {secret}"},
+    )
+    assert response.status_code == 429
+    assert "lower max_tokens" in response.json()["error"]["message"]
+
+
+def test_organization_level_counts_every_user_and_key(tenants, gateways, engine):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(organization={"rpm": 4}),
+    )
+    secrets = [make_key(tenants.member, tenants.org), make_key(tenants.owner, tenants.org)]
+    responses = fire(gateways, secrets, 20)
+    assert statuses(responses) == {200: 4, 429: 16}
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == {
+        "rate_limit_organization_requests"
+    }
+
+
+def test_user_level_counts_all_of_a_users_keys_but_not_other_users(tenants, gateways, engine):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(user={"rpm": 3}),
+    )
+    member_keys = [
+        make_key(tenants.member, tenants.org, "a"),
+        make_key(tenants.member, tenants.org, "b"),
+    ]
+    assert statuses(fire(gateways, member_keys, 15)) == {200: 3, 429: 12}
+    owner_key = make_key(tenants.owner, tenants.org)
+    assert statuses(fire(gateways, [owner_key], 15)) == {200: 3, 429: 12}
+
+
+def test_api_key_level_gives_each_key_its_own_budget(tenants, gateways, engine):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(api_key={"rpm": 2}),
+    )
+    first, second = (
+        make_key(tenants.member, tenants.org, "a"),
+        make_key(tenants.member, tenants.org, "b"),
+    )
+    assert statuses(fire(gateways, [first], 10)) == {200: 2, 429: 8}
+    assert statuses(fire(gateways, [second], 10)) == {200: 2, 429: 8}
+
+
+def test_all_levels_together_the_tightest_one_wins(tenants, gateways, engine):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(organization={"rpm": 6}, user={"rpm": 4}, api_key={"rpm": 3}),
+    )
+    alice_1, alice_2 = (
+        make_key(tenants.member, tenants.org, "1"),
+        make_key(tenants.member, tenants.org, "2"),
+    )
+    bob = UserFactory(username="bob")
+    MembershipFactory(user=bob, organization=tenants.org)
+    bob_key = make_key(bob, tenants.org)
+    assert statuses(fire(gateways, [alice_1], 15)) == {200: 3, 429: 12}  # key limit
+    second = fire(gateways, [alice_2], 15)
+    assert statuses(second) == {200: 1, 429: 14}  # user limit: 4 - 3
+    assert {r.json()["error"]["code"] for r in second if r.status_code == 429} == {
+        "rate_limit_user_requests"
+    }
+    third = fire(gateways, [bob_key], 15)
+    assert statuses(third) == {200: 2, 429: 13}  # organization limit: 6 - 4
+    assert {r.json()["error"]["code"] for r in third if r.status_code == 429} == {
+        "rate_limit_organization_requests"
+    }
+    assert len(engine.requests) == 6
+
+
+def test_rate_limited_requests_are_metered_as_429(tenants, gateway):
+    make_deployment(
+        tenants.project,
+        "llama",
+        served_model_name="llama-chat",
+        rate_limits=limits(api_key={"rpm": 1}),
+    )
+    secret = make_key(tenants.member, tenants.org)
+    fire([gateway], [secret], 3)
+    flush_usage()
+    assert sorted(UsageRecord.objects.values_list("status_code", flat=True)) == [200, 429, 429]
+
+
+def test_embedded_mode_limiter_is_exact_in_one_process():
+    """Without Redis (embedded mode) the same sliding windows run in-process."""
+    from deployments.gateway.ratelimit import Level, LocalRateLimiter
+
+    limiter = LocalRateLimiter()
+    levels = [Level("user", 1, 3, -1), Level("api_key", 9, -1, 50)]
+
+    async def run() -> list[bool]:
+        results = []
+        for i in range(6):
+            decision = await limiter.check(
+                generation_key="",
+                expected_generation="",
+                deployment_id=1,
+                levels=levels,
+                request_id=f"r{i}",
+                estimate=20,
+            )
+            results.append(decision.allowed)
+        return results
+
+    # tpm 50 admits two requests of 20 tokens; rpm 3 would admit three.
+    assert asyncio.run(run()) == [True, True, False, False, False, False]
