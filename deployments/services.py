@@ -28,6 +28,43 @@ from projects.services import quota_reserve
 
 log = logging.getLogger(__name__)
 
+POOL_AUDIT_FIELDS = ["name", "kind", "engine_label", "api_url", "region", "description", "kubeconfig"]
+
+
+def _audit_deployment(*, user: AbstractBaseUser | None, deployment: ModelDeployment, action: str,
+                      before: dict | None) -> None:
+    # Late import: sharing depends on deployments' models.
+    from sharing.audit import audit_deployment
+
+    audit_deployment(actor=_user_or_none(user), deployment=deployment, action=action, before=before)
+
+
+def _deployment_snapshot(deployment: ModelDeployment) -> dict:
+    from sharing.audit import deployment_snapshot
+
+    return deployment_snapshot(deployment)
+
+
+def _audit_pool(*, user: AbstractBaseUser | None, pool: ComputePool, action: str,
+                before: dict | None, after: dict | None) -> None:
+    from sharing.audit import audit_record
+
+    audit_record(actor=_user_or_none(user), organization=pool.organization, action=action, obj=pool,
+                 before=before, after=after)
+
+
+def _pool_snapshot(pool: ComputePool) -> dict:
+    from sharing.audit import snapshot
+
+    return snapshot(pool, POOL_AUDIT_FIELDS)
+
+
+def _gateway_forget() -> None:
+    """State changes reach every gateway on its next request, not after its cache expires."""
+    from deployments.gateway.cache import invalidate
+
+    transaction.on_commit(invalidate)
+
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENGINE_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
@@ -183,6 +220,7 @@ def pool_create(
     _clean_pool(pool)
     with transaction.atomic():
         pool.save()
+        _audit_pool(user=user, pool=pool, action="create", before=None, after=_pool_snapshot(pool))
     log.info("compute pool created", extra={"pool": pool.pk, "organization": organization.pk})
     return pool
 
@@ -195,6 +233,7 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
         raise ValidationError({unknown[0]: "This field can't be changed."})
     with transaction.atomic():
         locked = ComputePool.objects.select_for_update().get(pk=pool.pk)
+        before = _pool_snapshot(locked)
         for key, value in fields.items():
             if key == "kubeconfig" and not value:
                 continue
@@ -212,6 +251,7 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
                 )  # fmt: skip
         _clean_pool(locked)
         locked.save()
+        _audit_pool(user=user, pool=locked, action="update", before=before, after=_pool_snapshot(locked))
     return locked
 
 
@@ -222,7 +262,9 @@ def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
         raise ValidationError(
             f"{count} deployment(s) still use compute pool “{pool.name}”; delete them first."
         )
-    pool.delete()
+    with transaction.atomic():
+        _audit_pool(user=user, pool=pool, action="delete", before=_pool_snapshot(pool), after=None)
+        pool.delete()
 
 
 def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) -> dict[str, Any]:
@@ -291,44 +333,12 @@ def endpoint_delete(*, user: AbstractBaseUser | None, endpoint: Endpoint) -> Non
 def _check_environment(
     environment: Environment | None, pool: ComputePool, spec: dict[str, Any]
 ) -> None:
+    """The environment's policies (sharing.policies is their one source); every broken rule named."""
     if environment is None:
         return
-    allowed = list(environment.allowed_pools.all())
-    if allowed and pool not in allowed:
-        names = ", ".join(p.name for p in allowed)
-        raise ValidationError(
-            {"pool": f"Environment “{environment.name}” allows only these pools: {names}."}
-        )
-    regions = (environment.allowed_pool_labels or {}).get("region")
-    if regions and pool.region not in regions:
-        raise ValidationError(
-            {"pool": f"Environment “{environment.name}” allows pools in {', '.join(regions)}; "
-                     f"“{pool.name}” is in {pool.region or 'no region'}."}
-        )  # fmt: skip
-    gpu_type = spec["resources"]["gpu_type"]
-    if (
-        environment.allowed_gpu_types
-        and spec["resources"]["gpus"]
-        and gpu_type not in environment.allowed_gpu_types
-    ):
-        raise ValidationError(
-            {"resources.gpu_type": f"Environment “{environment.name}” allows GPU types "
-                                   f"{', '.join(environment.allowed_gpu_types)}."}
-        )  # fmt: skip
-    if environment.max_replicas and spec["replicas"]["max"] > environment.max_replicas:
-        raise ValidationError(
-            {
-                "replicas.max": f"Environment “{environment.name}” allows at most {environment.max_replicas} replicas."
-            }
-        )
-    if (
-        environment.max_gpus_per_replica is not None
-        and spec["resources"]["gpus"] > environment.max_gpus_per_replica
-    ):
-        raise ValidationError(
-            {"resources.gpus": f"Environment “{environment.name}” allows at most "
-                               f"{environment.max_gpus_per_replica} GPUs per replica."}
-        )  # fmt: skip
+    from sharing.policies import enforce
+
+    enforce(environment=environment, deployment_policies=spec.get("policies"), pool=pool, spec=spec)
 
 
 def _check_served_name_free(
@@ -437,6 +447,7 @@ def deployment_create(
             event_record(deployment, reason="Created",
                          message=f"Revision 1 created by {user or 'the system'}: {gpu_hold(canonical)} GPU(s) reserved.")  # fmt: skip
             _enqueue_push(deployment.pk)
+            _audit_deployment(user=user, deployment=deployment, action="create", before=None)
     except IntegrityError:
         # Two creates racing for the same name: the unique constraint decides.
         raise ValidationError(
@@ -462,10 +473,12 @@ def _revise(
     deployment: ModelDeployment,
     spec: dict[str, Any],
     reason: str,
+    action: str = "update",
 ) -> Revision:
     """A new revision with a canonical spec: quota re-checked, blue-green push queued."""
     with transaction.atomic():
         locked = _locked(deployment)
+        before = _deployment_snapshot(locked)
         if locked.state == DeploymentState.DELETING:
             raise ValidationError("This deployment is being deleted.")
         current = locked.current_revision
@@ -490,6 +503,8 @@ def _revise(
         event_record(locked, reason="RevisionCreated",
                      message=f"Revision {revision.number}: {reason or 'updated'} (by {user or 'the system'}).")  # fmt: skip
         _enqueue_push(locked.pk)
+        _audit_deployment(user=user, deployment=locked, action=action, before=before)
+        _gateway_forget()
     deployment.refresh_from_db()
     return revision
 
@@ -571,6 +586,7 @@ def deployment_rollback(
         deployment=deployment,
         spec=old.spec,
         reason=f"Rollback to revision {revision_number}",
+        action="rollback",
     )
 
 
@@ -581,6 +597,7 @@ def deployment_deactivate(
     _require_change(user, deployment.project.organization)
     with transaction.atomic():
         locked = _locked(deployment)
+        before = _deployment_snapshot(locked)
         if locked.state == DeploymentState.DEACTIVATED:
             return locked
         if not state_claim(locked, expect=ACTIVE_STATES, state=DeploymentState.DEACTIVATED,
@@ -595,6 +612,8 @@ def deployment_deactivate(
             message=f"Scaled to zero by {user or 'the system'}; GPUs released.",
         )
         _enqueue_push(locked.pk)
+        _audit_deployment(user=user, deployment=locked, action="deactivate", before=before)
+        _gateway_forget()
     deployment.refresh_from_db()
     return deployment
 
@@ -606,6 +625,7 @@ def deployment_activate(
     _require_change(user, deployment.project.organization)
     with transaction.atomic():
         locked = _locked(deployment)
+        before = _deployment_snapshot(locked)
         if locked.state != DeploymentState.DEACTIVATED:
             raise ValidationError("Only a deactivated deployment can be activated.")
         gpus = gpu_hold(locked.current_revision.spec)
@@ -618,6 +638,8 @@ def deployment_activate(
             message=f"Activated by {user or 'the system'}: {gpus} GPU(s) reserved.",
         )
         _enqueue_push(locked.pk)
+        _audit_deployment(user=user, deployment=locked, action="activate", before=before)
+        _gateway_forget()
     deployment.refresh_from_db()
     return deployment
 
@@ -629,12 +651,15 @@ def deployment_delete(
     _require_change(user, deployment.project.organization)
     with transaction.atomic():
         locked = _locked(deployment)
+        before = _deployment_snapshot(locked)
         if locked.state != DeploymentState.DELETING:
             state_claim(locked, expect=locked.state, state=DeploymentState.DELETING,
                         reason="Deleting the deployment's objects from the compute pool.")  # fmt: skip
             event_record(
                 locked, reason="Deleting", message=f"Deletion requested by {user or 'the system'}."
             )
+            _audit_deployment(user=user, deployment=locked, action="delete", before=before)
+            _gateway_forget()
         _enqueue_push(locked.pk)
     return locked
 

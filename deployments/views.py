@@ -40,7 +40,7 @@ FINAL_STATES = frozenset(
     {DeploymentState.RUNNING, DeploymentState.FAILED, DeploymentState.DEACTIVATED}
 )
 STOP_POLLING = 286  # htmx stops an `every` trigger on this status
-TABS = ("overview", "deployment", "events", "manifests")
+TABS = ("overview", "deployment", "events", "manifests", "history")
 
 
 # The DEPLOY-CORE modules are imported when used, so that this module (and with it every URL of

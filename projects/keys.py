@@ -60,6 +60,12 @@ def _notify_gateway() -> None:
     invalidate()
 
 
+def _audit(**kwargs) -> None:
+    from sharing.audit import audit_record  # late: sharing depends on projects
+
+    audit_record(**kwargs)
+
+
 def api_key_create(
     *,
     user: AbstractBaseUser,
@@ -112,6 +118,9 @@ def api_key_create(
         key.save()
         if chosen:
             key.deployments.set(chosen)
+        _audit(actor=user, organization=organization, action="key_create", obj=key, before=None,
+               after={"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at,
+                      "deployments": [d.pk for d in chosen]})
     return key, secret
 
 
@@ -125,6 +134,9 @@ def api_key_revoke(*, user: AbstractBaseUser, key: APIKey) -> APIKey:
         )
         # After commit: a gateway re-reading before the commit would cache the old row again.
         transaction.on_commit(_notify_gateway)
+        if updated:
+            _audit(actor=user, organization=key.organization, action="key_revoke", obj=key,
+                   before={"revoked": False}, after={"revoked": True})
     key.refresh_from_db()
     if not updated:
         raise ValidationError("This key was already revoked.")

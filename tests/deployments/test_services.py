@@ -14,7 +14,10 @@ from deployments.models import (
     PoolKind,
 )
 from deployments.services import (
+    deployment_activate,
     deployment_create,
+    deployment_deactivate,
+    deployment_rollback,
     deployment_set_nim_tag,
     deployment_update,
     endpoint_create,
@@ -314,4 +317,20 @@ def test_environment_policies_narrow_what_a_deployment_may_ask_for(
     with pytest.raises(ValidationError) as exc:
         deployment_create(user=tenants.owner, project=tenants.project, model=model, pool=offline_pool, name="chat",
                           bundle=bundle, environment=prod, spec={})  # fmt: skip
-    assert "allows only these pools: allowed" in exc.value.message_dict["pool"][0]
+    assert "allows only the compute pools “allowed”; “offline” is not one of them" in exc.value.message_dict["pool"][0]
+
+
+def test_every_deployment_change_is_audited_with_a_diff(tenants, offline_pool, model, bundle):
+    from sharing.models import AuditEntry
+
+    d = deployment_create(user=tenants.owner, project=tenants.project, model=model, pool=offline_pool,
+                          name="audited", bundle=bundle, spec={})  # fmt: skip
+    deployment_update(user=tenants.owner, deployment=d, spec={"replicas": {"min": 1, "max": 2}})
+    deployment_deactivate(user=tenants.owner, deployment=d)
+    deployment_activate(user=tenants.owner, deployment=d)
+    deployment_rollback(user=tenants.owner, deployment=d, revision_number=1)
+    entries = AuditEntry.objects.filter(object_type="deployment", object_id=str(d.pk)).order_by("id")
+    assert [e.action for e in entries] == ["create", "update", "deactivate", "activate", "rollback"]
+    update = entries[1]
+    assert update.actor == tenants.owner
+    assert any("replicas.max" in key for key in update.diff)
