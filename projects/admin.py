@@ -1,6 +1,13 @@
 from django.contrib import admin
 
-from projects.models import GpuReservation, Integration, Membership, Organization, Project, ProjectMember
+from projects.models import (
+    GpuReservation,
+    Integration,
+    Membership,
+    Organization,
+    Project,
+    ProjectMember,
+)
 
 
 class MembershipInline(admin.TabularInline):
