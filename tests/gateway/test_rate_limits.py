@@ -20,6 +20,15 @@ CHAT = {"model": "llama-chat", "messages": [{"role": "user", "content": "hello"}
 TOKENS_PER_REQUEST = 5
 
 
+def run_in_fresh_loop(coro):
+    """asyncio.run in its own thread: a session-wide Playwright browser keeps a loop running in
+    the main thread, where asyncio.run would refuse to start."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def fire(gateways, secrets: list[str], count: int) -> list[httpx.Response]:
     """`count` concurrent requests, spread over both gateways and the given keys."""
 
@@ -36,7 +45,7 @@ def fire(gateways, secrets: list[str], count: int) -> list[httpx.Response]:
             ]
             return await asyncio.gather(*calls)
 
-    return asyncio.run(run())
+    return run_in_fresh_loop(run())
 
 
 def statuses(responses) -> dict[int, int]:
@@ -242,4 +251,4 @@ def test_embedded_mode_limiter_is_exact_in_one_process():
         return results
 
     # tpm 50 admits two requests of 20 tokens; rpm 3 would admit three.
-    assert asyncio.run(run()) == [True, True, False, False, False, False]
+    assert run_in_fresh_loop(run()) == [True, True, False, False, False, False]

@@ -56,9 +56,10 @@ class Command(BaseCommand):
         commands += [
             ("web", [python, "-m", "uvicorn", "console.asgi:application", "--host", host, "--port", str(port),
                      "--no-access-log", "--lifespan", "off"]),
-            ("worker", [python, "-m", "celery", "-A", "console", "worker", "--loglevel", "INFO",
+            # WARNING: the periodic sync and flush would otherwise log twice every 5 seconds.
+            ("worker", [python, "-m", "celery", "-A", "console", "worker", "--loglevel", "WARNING",
                         "--concurrency", "2", "--without-gossip", "--without-mingle", "-n", "worker@%h"]),
-            ("beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel", "INFO",
+            ("beat", [python, "-m", "celery", "-A", "console", "beat", "--loglevel", "WARNING",
                       "--schedule", str(Path(settings.MODELDECK_DATA_DIR) / "celerybeat-schedule")]),
         ]
 
