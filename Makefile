@@ -31,7 +31,8 @@ lint: install
 
 bench: install
 	bash scripts/ensure_services.sh
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) SECRET_KEY=modeldeck-bench $(PY) bench/run_all.py
+	$(PY) bench/deploy_sync.py
+	REDIS_URL=redis://127.0.0.1:6379/7 $(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) var modeldeck.sqlite3

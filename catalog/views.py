@@ -29,26 +29,14 @@ from catalog.forms import (
 )
 from catalog.models import ModelSource
 from console.forms import field_validation_response
+from console.http import current_organization as _organization
+from console.http import redirect_after_post as _redirect
 from projects.models import IntegrationKind, Project
 from projects.selectors import can_change, project_get, projects_for_user
 
 log = logging.getLogger(__name__)
 
 HUB_PAGE_SIZE = 20
-
-
-def _organization(request: HttpRequest):
-    if request.organization is None:
-        raise Http404("You are not a member of any organization.")
-    return request.organization
-
-
-def _redirect(request: HttpRequest, url: str) -> HttpResponse:
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return redirect(url)
 
 
 def _require_change(request: HttpRequest, organization) -> None:

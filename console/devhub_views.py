@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
+from console.http import current_organization as _organization
 from deployments.gateway import reports
 from deployments.gateway.forms import APIKeyForm
 from deployments.models import DeploymentState, ModelDeployment, UsageRecord
@@ -30,12 +31,6 @@ from projects.models import Organization
 from projects.selectors import can_change
 
 EMBEDDING_ENGINES = {"tei"}
-
-
-def _organization(request: HttpRequest) -> Organization:
-    if request.organization is None:
-        raise Http404("You are not a member of any organization.")
-    return request.organization
 
 
 def callable_deployments(user, organization: Organization) -> QuerySet[ModelDeployment]:

@@ -15,6 +15,8 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
+from console.http import current_organization as _organization
+from console.http import redirect_after_post as _redirect
 from deployments.forms import (
     SANDBOX_LABEL,
     DeploymentForm,
@@ -62,26 +64,11 @@ def _selectors():
 # ---------------------------------------------------------------------------------------------
 
 
-def _organization(request: HttpRequest):
-    if request.organization is None:
-        raise Http404("You are not a member of any organization.")
-    return request.organization
-
-
 def _require_change(request: HttpRequest, organization, what: str) -> None:
     if not can_change(request.user, organization):
         raise PermissionDenied(
             f"Viewers cannot {what}; ask an organization admin for the member role."
         )
-
-
-def _redirect(request: HttpRequest, url: str) -> HttpResponse:
-    # htmx follows HX-Redirect with a full page load, so the flash message shows.
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return redirect(url)
 
 
 def _error_text(exc: ValidationError) -> str:

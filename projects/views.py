@@ -13,18 +13,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
+from console.http import current_organization as _organization
+from console.http import redirect_after_post as _redirect
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
 from projects.models import IntegrationKind
 from projects.selectors import can_change, project_get, projects_for_user
 
 log = logging.getLogger(__name__)
-
-
-def _organization(request: HttpRequest):
-    if request.organization is None:
-        raise Http404("You are not a member of any organization.")
-    return request.organization
 
 
 @login_required
@@ -58,22 +54,18 @@ def project_create(request: HttpRequest) -> HttpResponse:
             return partial
         if form.is_valid():
             try:
-                project = services.project_create(user=request.user, organization=org, **form.cleaned_data)
+                project = services.project_create(
+                    user=request.user, organization=org, **form.cleaned_data
+                )
             except ValidationError as exc:
                 form.add_service_error(exc)
             else:
-                messages.success(request, f"Project “{project.name}” created; its namespace is {project.namespace()}.")
+                messages.success(
+                    request,
+                    f"Project “{project.name}” created; its namespace is {project.namespace()}.",
+                )
                 return _redirect(request, project.get_absolute_url())
     return _form_page(request, form)
-
-
-def _redirect(request: HttpRequest, url: str) -> HttpResponse:
-    # htmx follows HX-Redirect with a full page load, so the flash message shows.
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return redirect(url)
 
 
 @login_required
@@ -100,8 +92,15 @@ def project_edit(request: HttpRequest, pk: int) -> HttpResponse:
     project = project_get(request.user, pk)
     if not can_change(request.user, project.organization):
         raise PermissionDenied("Viewers cannot change projects.")
-    initial = {"name": project.name, "slug": project.slug, "description": project.description, "gpu_quota": project.gpu_quota}
-    form = ProjectForm(request.POST or None, organization=project.organization, instance=project, initial=initial)
+    initial = {
+        "name": project.name,
+        "slug": project.slug,
+        "description": project.description,
+        "gpu_quota": project.gpu_quota,
+    }
+    form = ProjectForm(
+        request.POST or None, organization=project.organization, instance=project, initial=initial
+    )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
         if partial is not None:
@@ -110,8 +109,11 @@ def project_edit(request: HttpRequest, pk: int) -> HttpResponse:
             data = form.cleaned_data
             try:
                 services.project_update(
-                    user=request.user, project=project, name=data["name"],
-                    description=data["description"], gpu_quota=data["gpu_quota"],
+                    user=request.user,
+                    project=project,
+                    name=data["name"],
+                    description=data["description"],
+                    gpu_quota=data["gpu_quota"],
                 )
             except ValidationError as exc:
                 form.add_service_error(exc)
@@ -148,12 +150,25 @@ def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
             except ValidationError as exc:
                 form.add_service_error(exc)
             else:
-                messages.success(request, f"{IntegrationKind(form.cleaned_data['kind']).label} saved.")
+                messages.success(
+                    request, f"{IntegrationKind(form.cleaned_data['kind']).label} saved."
+                )
                 return redirect("projects:integrations", pk=project.pk)
         messages.error(request, "; ".join(f"{e}" for errs in form.errors.values() for e in errs))
     existing = {i.kind: i for i in project.integrations.all()}
-    cards = [{"kind": k, "integration": existing.get(k.value), "form": IntegrationForm(initial={"kind": k.value})} for k in IntegrationKind]
-    return render(request, "projects/integrations.html", {"project": project, "cards": cards, "can_change": editable})
+    cards = [
+        {
+            "kind": k,
+            "integration": existing.get(k.value),
+            "form": IntegrationForm(initial={"kind": k.value}),
+        }
+        for k in IntegrationKind
+    ]
+    return render(
+        request,
+        "projects/integrations.html",
+        {"project": project, "cards": cards, "can_change": editable},
+    )
 
 
 @login_required
@@ -170,7 +185,11 @@ def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     services.integration_record_check(integration=integration, ok=ok, message=message)
     log.info("integration checked", extra={"project": project.pk, "kind": kind, "ok": ok})
     if request.htmx:
-        return render(request, "projects/htmx/integration_status.html", {"integration": integration, "project": project})
+        return render(
+            request,
+            "projects/htmx/integration_status.html",
+            {"integration": integration, "project": project},
+        )
     (messages.success if ok else messages.error)(request, message)
     return redirect(reverse("projects:integrations", args=[project.pk]))
 

@@ -12,6 +12,8 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
+from console.http import current_organization as _organization
+from console.http import redirect_after_post as _redirect
 from projects.models import Organization
 from projects.selectors import can_change, is_org_admin, project_get
 from sharing import permissions, selectors, services
@@ -26,20 +28,6 @@ from sharing.forms import (
 from sharing.models import AccessKind, ShareMode
 
 PAGE_SIZE = 50
-
-
-def _organization(request: HttpRequest) -> Organization:
-    if request.organization is None:
-        raise Http404("You are not a member of any organization.")
-    return request.organization
-
-
-def _redirect(request: HttpRequest, url: str) -> HttpResponse:
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return redirect(url)
 
 
 def _link(url_name: str, *args) -> str:
