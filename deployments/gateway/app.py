@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from deployments.gateway import metrics
 from deployments.gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
 from deployments.gateway.errors import GatewayError, error_body
-from deployments.gateway.lookup import load_deployments, load_key
+from deployments.gateway.lookup import AMBIGUOUS, load_deployments, load_key, load_public_caller
 from deployments.gateway.ratelimit import (
     Decision,
     LocalRateLimiter,
@@ -111,6 +111,7 @@ class Gateway:
         self._limiter: RedisRateLimiter | LocalRateLimiter | None = None
         self._load_key = sync_to_async(load_key, thread_sensitive=False)
         self._load_deployments = sync_to_async(load_deployments, thread_sensitive=False)
+        self._load_public_caller = sync_to_async(load_public_caller, thread_sensitive=False)
         self._embedded_usage = None
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -264,6 +265,29 @@ class Gateway:
             )
         return info
 
+    async def _public_caller(self, model: str) -> KeyInfo:
+        """A request without a key may only call a deployment whose access policy is public."""
+        hit, caller = self.cache.get_public(model)
+        if not hit:
+            caller = await self._load_public_caller(model)
+            self.cache.put_public(model, caller)
+        if caller == AMBIGUOUS:
+            raise GatewayError(
+                401,
+                f"Several public deployments are named `{model}`; send an API key to say which.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+        if caller is None:
+            # The same answer as for any keyless request: nothing says whether the name exists.
+            raise GatewayError(
+                401,
+                "You didn't provide an API key. Send it as `Authorization: Bearer mdk_…`.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+        return caller
+
     async def _deployments(self, organization_id: int) -> dict[str, DeploymentInfo]:
         found = self.cache.get_deployments(organization_id)
         if found is None:
@@ -352,7 +376,8 @@ class Gateway:
     async def _inference(self, scope, receive, send, route: str, request_id: str) -> None:
         started = time.perf_counter()
         await self._ensure_generation()
-        key = await self._key(scope)
+        keyless = not _header(scope, b"authorization")
+        key = None if keyless else await self._key(scope)
         raw = await _read_body(receive)
         try:
             body = json.loads(raw)
@@ -371,6 +396,8 @@ class Gateway:
             )
         stream = bool(body.get("stream")) and route != "embeddings"
         estimate = estimate_tokens(body)
+        if keyless:
+            key = await self._public_caller(model)
 
         for attempt in (1, 2):
             deployment = await self._deployment(key, model)
@@ -404,7 +431,7 @@ class Gateway:
             # A key was revoked somewhere (or first request): forget every cached row, look again.
             self.cache.reset(decision.generation)
             if attempt == 1:
-                key = await self._key(scope)
+                key = await self._public_caller(model) if keyless else await self._key(scope)
         else:  # pragma: no cover - the generation moved twice within one request
             raise GatewayError(
                 503, "The gateway is reloading its configuration; retry.", "server_error"
@@ -739,9 +766,9 @@ class Gateway:
             deployment_id=deployment.id,
             deployment_name=deployment.name,
             organization_id=key.organization_id,
-            user_id=key.user_id,
-            api_key_id=key.id,
-            api_key_prefix=key.prefix,
+            user_id=key.user_id or None,  # keyless public callers have neither
+            api_key_id=key.id or None,
+            api_key_prefix=key.prefix if key.id else "",
             route=route,
             status_code=status,
             prompt_tokens=prompt,

@@ -90,11 +90,14 @@ class GatewayCache:
     generation: int | None = None
     keys: dict[str, tuple[KeyInfo | None, float]] = field(default_factory=dict)
     deployments: dict[int, tuple[dict[str, DeploymentInfo], float]] = field(default_factory=dict)
+    # Keyless callers of public deployments, by model name (None: no such public deployment).
+    public: dict[str, tuple[KeyInfo | str | None, float]] = field(default_factory=dict)
     local_generation: int = 0
 
     def reset(self, generation: int | None) -> None:
         self.keys.clear()
         self.deployments.clear()
+        self.public.clear()
         self.generation = generation
         self.local_generation = _local_generation
 
@@ -120,9 +123,22 @@ class GatewayCache:
     def put_deployments(self, organization_id: int, by_name: dict[str, DeploymentInfo]) -> None:
         self.deployments[organization_id] = (by_name, time.monotonic() + DEPLOYMENT_TTL)
 
+    def get_public(self, model: str) -> tuple[bool, KeyInfo | str | None]:
+        self._check_local()
+        hit = self.public.get(model)
+        if hit is None or hit[1] < time.monotonic():
+            return False, None
+        return True, hit[0]
+
+    def put_public(self, model: str, caller: KeyInfo | str | None) -> None:
+        if len(self.public) > 10_000:  # bound memory against floods of random model names
+            self.public.clear()
+        self.public[model] = (caller, time.monotonic() + DEPLOYMENT_TTL)
+
     def _check_local(self) -> None:
         # Same-process invalidation (embedded mode, tests) without waiting for Redis.
         if self.local_generation != _local_generation:
             self.keys.clear()
             self.deployments.clear()
+            self.public.clear()
             self.local_generation = _local_generation

@@ -36,6 +36,34 @@ def _load_key(digest: str) -> KeyInfo | None:
     )
 
 
+AMBIGUOUS = "ambiguous"
+
+
+def load_public_caller(model: str) -> KeyInfo | str | None:
+    """The caller a keyless request to a public deployment acts as, or None / AMBIGUOUS.
+
+    Served model names are unique per organization only, so without a key a name can match
+    public deployments of several organizations: then the caller must send a key. The caller is
+    anonymous (no user, no key; ids 0 share one rate-limit bucket) and billed to the owner.
+    """
+    close_old_connections()
+    try:
+        from sharing.selectors import public_deployments
+
+        rows = list(public_deployments(model).values_list("pk", "project__organization_id")[:2])
+    finally:
+        connection.close()
+    if not rows:
+        return None
+    if len(rows) > 1:
+        return AMBIGUOUS
+    deployment_id, organization_id = rows[0]
+    return KeyInfo(
+        id=0, prefix="public", organization_id=organization_id, user_id=0, expires_at=None,
+        revoked=False, deployment_ids=frozenset({deployment_id}),
+    )  # fmt: skip
+
+
 def load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
     """The organization's deployments by served model name (one query)."""
     close_old_connections()

@@ -93,3 +93,34 @@ def test_groups_access_policy_lets_group_members_in(tenants, gateway):
     body = {**CHAT, "model": "llama-chat"}
     assert post(gateway, make_key(tenants.member, tenants.org), body).status_code == 200
     assert post(gateway, make_key(tenants.owner, tenants.org), body).status_code == 403
+
+
+def test_public_deployment_answers_without_a_key_and_is_metered_to_its_owner(tenants, gateway):
+    deployment = make_deployment(tenants.project, "open-llm", served_model_name="open-chat")
+    body = {"model": "open-chat", "messages": [{"role": "user", "content": "hello there"}]}
+    keyless = httpx.post(gateway.base_url + "/chat/completions", json=body)
+    assert keyless.status_code == 401  # authenticated policy (the default): a key is needed
+    access_policy_set(user=tenants.owner, deployment=deployment, kind="public")
+    answer = httpx.post(gateway.base_url + "/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "You said: hello there"
+    flush_usage()
+    record = UsageRecord.objects.get()
+    assert record.organization == tenants.org and record.deployment == deployment
+    assert record.api_key_id is None and record.user is None
+    # A name no public deployment has gets the same 401 as any keyless call: nothing leaks.
+    other = httpx.post(gateway.base_url + "/chat/completions", json={**body, "model": "globex-chat"})
+    assert other.status_code == 401 and "didn't provide an API key" in other.json()["error"]["message"]
+    # Back to authenticated: the keyless path closes on the next request.
+    access_policy_set(user=tenants.owner, deployment=deployment, kind="authenticated")
+    assert httpx.post(gateway.base_url + "/chat/completions", json=body).status_code == 401
+
+
+def test_two_public_deployments_with_one_name_need_a_key(tenants, gateway):
+    ours = make_deployment(tenants.project, "open-a", served_model_name="same-name")
+    theirs = make_deployment(tenants.other_project, "open-b", served_model_name="same-name")
+    access_policy_set(user=tenants.owner, deployment=ours, kind="public")
+    access_policy_set(user=tenants.outsider, deployment=theirs, kind="public")
+    body = {"model": "same-name", "messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(gateway.base_url + "/chat/completions", json=body)
+    assert response.status_code == 401 and "Several public deployments" in response.json()["error"]["message"]
