@@ -176,6 +176,8 @@ def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
 def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     """Ask the outside service whether the stored credential works, and say what it answered."""
     project = project_get(request.user, pk)
+    if not can_change(request.user, project.organization):
+        raise PermissionDenied("Viewers cannot run integration checks; the result is saved on the project.")
     integration = project.integrations.filter(kind=kind).first()
     if integration is None:
         raise Http404("That integration is not set.")

@@ -114,7 +114,6 @@ READ_ONLY_PAGES = {
 # POSTs a viewer may legitimately make on its own organization's objects (name → why).
 VIEWER_MAY_POST: dict[str, str] = {
     "catalog:mapping_resolve": "previews which rule would match; changes nothing",
-    "projects:integration_check": "re-checks a stored credential; records only the check's answer",
 }
 
 # A valid body for writes whose view validates the body before asking the service (which
