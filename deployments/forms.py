@@ -58,6 +58,10 @@ SPEC_FIELD_MAP: dict[str, str] = {
     "node_selector": "node_selector",
     "affinity": "affinity",
     "extra_args": "extra_args",
+    "model_cache": "model_cache_size",
+    "model_cache.size": "model_cache_size",
+    "model_cache.storage_class": "model_cache_storage_class",
+    "nim_profile": "nim_profile",
     "nim_tag": "nim_tag",
     "rate_limits.organization.rpm": "rl_organization_rpm",
     "rate_limits.organization.tpm": "rl_organization_tpm",
@@ -339,7 +343,10 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     (
         "advanced",
         "Advanced",
-        ["env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "affinity"],
+        [
+            "env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "affinity",
+            "model_cache_size", "model_cache_storage_class", "nim_profile",
+        ],
     ),
     (
         "rate",
@@ -462,6 +469,26 @@ class DeploymentForm(StyledForm):
         required=False,
         widget=_textarea(2, "--max-num-seqs 64"),
         help_text="Passed to the engine after the bundle's arguments; they win over them.",
+    )
+    model_cache_size = forms.CharField(
+        label="Model cache size",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "none, e.g. 100Gi"}),
+        help_text="A PersistentVolumeClaim shared by every revision, so weights are downloaded once. Empty: no cache.",
+    )
+    model_cache_storage_class = forms.CharField(
+        label="Cache storage class",
+        required=False,
+        max_length=63,
+        widget=forms.TextInput(attrs={"placeholder": "cluster default"}),
+        help_text="Needs ReadWriteMany when more than one replica shares it.",
+    )
+    nim_profile = forms.CharField(
+        label="NIM profile",
+        required=False,
+        max_length=128,
+        widget=forms.TextInput(attrs={"placeholder": "automatic"}),
+        help_text="NIM only: a profile name or hash (NIM_MODEL_PROFILE). Empty: NIM picks one for the GPU.",
     )
     tolerations = forms.CharField(
         required=False,
@@ -654,6 +681,12 @@ class DeploymentForm(StyledForm):
         value = self.cleaned_data["memory"].strip()
         if not QUANTITY_RE.match(value):
             raise ValidationError("Give memory as a Kubernetes quantity, e.g. 16Gi or 512Mi.")
+        return value
+
+    def clean_model_cache_size(self) -> str:
+        value = (self.cleaned_data.get("model_cache_size") or "").strip()
+        if value and not QUANTITY_RE.match(value):
+            raise ValidationError("Give the cache size as a Kubernetes quantity, e.g. 100Gi.")
         return value
 
     def clean_gpus(self) -> int:
@@ -878,6 +911,12 @@ class DeploymentForm(StyledForm):
             spec["image"] = d["image"].strip()
         if d.get("nim_tag"):
             spec["nim_tag"] = d["nim_tag"]
+        spec["model_cache"] = (
+            {"size": d["model_cache_size"], "storage_class": (d.get("model_cache_storage_class") or "").strip()}
+            if d.get("model_cache_size")
+            else None
+        )
+        spec["nim_profile"] = (d.get("nim_profile") or "").strip()
         served = d.get("served_model_name")
         if served:
             spec["served_model_name"] = served
@@ -923,6 +962,9 @@ def initial_from_spec(spec: dict) -> dict:
         "tolerations": format_structured(spec.get("tolerations")),
         "node_selector": format_structured(spec.get("node_selector")),
         "affinity": format_structured(spec.get("affinity")),
+        "model_cache_size": (spec.get("model_cache") or {}).get("size", ""),
+        "model_cache_storage_class": (spec.get("model_cache") or {}).get("storage_class", "") or "",
+        "nim_profile": spec.get("nim_profile") or "",
         "currency": pricing.get("currency", "USD"),
         "price_input": str(pricing.get("input_per_million", "0.00")),
         "price_output": str(pricing.get("output_per_million", "0.00")),

@@ -84,6 +84,19 @@ def test_deploy_through_the_form(owner_client, form_data, tenants):
     assert deployment.revisions.count() == 1
 
 
+def test_model_cache_from_the_form_reaches_the_spec_and_the_manifests(owner_client, form_data, tenants):
+    bad = owner_client.post(reverse("deployments:create"), {**form_data, "model_cache_size": "lots"})
+    assert "quantity, e.g. 100Gi" in bad.content.decode()
+    owner_client.post(
+        reverse("deployments:create"),
+        {**form_data, "model_cache_size": "100Gi", "model_cache_storage_class": "fast-rwx"},
+    )
+    deployment = ModelDeployment.objects.get(project=tenants.project, name="qwen-chat")
+    assert deployment.spec()["model_cache"] == {"size": "100Gi", "storage_class": "fast-rwx"}
+    manifests = owner_client.get(deployment.get_absolute_url() + "?tab=manifests").content.decode()
+    assert "PersistentVolumeClaim" in manifests and "fast-rwx" in manifests
+
+
 def test_model_from_the_catalog_is_preselected_and_locked(owner_client, model, pool, bundle):
     html = owner_client.get(reverse("deployments:create") + f"?model={model.pk}").content.decode()
     assert "Deploying <strong>Qwen2.5 0.5B Instruct</strong>" in html
