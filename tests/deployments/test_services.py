@@ -334,3 +334,52 @@ def test_every_deployment_change_is_audited_with_a_diff(tenants, offline_pool, m
     update = entries[1]
     assert update.actor == tenants.owner
     assert any("replicas.max" in key for key in update.diff)
+
+
+def test_twenty_parallel_scale_ups_never_overshoot_the_organization_quota(tenants, offline_pool, model, bundle):
+    """10 deployments in each of two projects, each holding 1 GPU; the organization may hold 30.
+    All 20 ask at once to grow to 2 replicas (+1 GPU each): exactly 10 fit, the rest are refused."""
+    import threading
+
+    from django.db import connection
+
+    from projects.services import QuotaExceeded
+    from tests.factories import ProjectFactory
+
+    assert connection.vendor == "postgresql"
+    tenants.org.gpu_quota = 30
+    tenants.org.save()
+    second = ProjectFactory(organization=tenants.org, name="Second", slug="second", gpu_quota=100)
+    tenants.project.gpu_quota = 100
+    tenants.project.save()
+    deployments = [
+        deployment_create(user=tenants.owner, project=project, model=model, pool=offline_pool,
+                          name=f"d{i}", bundle=bundle,
+                          spec={"served_model_name": f"m{i}", "replicas": {"min": 1, "max": 1}})
+        for i, project in enumerate([tenants.project, second] * 10)
+    ]  # fmt: skip
+    assert tenants.org.gpu_used() == 20
+    barrier = threading.Barrier(len(deployments))
+    results: list = [None] * len(deployments)
+
+    def scale(i: int, deployment) -> None:
+        try:
+            barrier.wait()
+            results[i] = deployment_update(
+                user=tenants.owner, deployment=deployment, spec={"replicas": {"min": 1, "max": 2}}
+            )
+        except Exception as exc:  # refusals are counted below
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=scale, args=(i, d)) for i, d in enumerate(deployments)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [r for r in results if isinstance(r, ValidationError)]
+    assert len(refused) == 10, [type(r).__name__ + str(r) for r in results if isinstance(r, Exception)]
+    assert all(isinstance(r, QuotaExceeded) or "quota" in str(r).lower() for r in refused)
+    assert tenants.org.gpu_used() == 30
+    assert sum(d.revisions.count() for d in deployments) == 30  # 20 first revisions + 10 scale-ups
