@@ -17,6 +17,7 @@ from deployments.services import (
     deployment_activate,
     deployment_create,
     deployment_deactivate,
+    deployment_delete,
     deployment_rollback,
     deployment_set_nim_tag,
     deployment_update,
@@ -329,8 +330,9 @@ def test_every_deployment_change_is_audited_with_a_diff(tenants, offline_pool, m
     deployment_deactivate(user=tenants.owner, deployment=d)
     deployment_activate(user=tenants.owner, deployment=d)
     deployment_rollback(user=tenants.owner, deployment=d, revision_number=1)
+    deployment_delete(user=tenants.owner, deployment=d)
     entries = AuditEntry.objects.filter(object_type="deployment", object_id=str(d.pk)).order_by("id")
-    assert [e.action for e in entries] == ["create", "update", "deactivate", "activate", "rollback"]
+    assert [e.action for e in entries] == ["create", "update", "deactivate", "activate", "rollback", "delete"]
     update = entries[1]
     assert update.actor == tenants.owner
     assert any("replicas.max" in key for key in update.diff)
