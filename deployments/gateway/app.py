@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -438,6 +439,7 @@ class Gateway:
             )
 
         rl_headers = _ratelimit_headers(decision)
+        call = Call(key, deployment, route, request_id, started, stream, levels, estimate)
         if not decision.allowed:
             metrics.RATE_LIMITED.labels(deployment.name, decision.level, decision.kind).inc()
             metrics.REQUESTS.labels(deployment.name, route, "429").inc()
@@ -452,21 +454,7 @@ class Gateway:
                 message = f"This request needs about {estimate} tokens, more than the {who} limit of {decision.limit_tokens} tokens per minute on `{model}`; lower max_tokens."
             else:
                 message = f"Rate limit reached for `{model}`: the {who} limit on {unit} per minute is used up. Retry after {retry_s} s."
-            await self._record(
-                key,
-                deployment,
-                route,
-                request_id,
-                429,
-                0,
-                0,
-                started,
-                None,
-                stream,
-                levels,
-                None,
-                settle=False,
-            )
+            await self._record(call, 429, settle=False)
             raise GatewayError(
                 429,
                 message,
@@ -492,37 +480,9 @@ class Gateway:
             )
         extra = [(b"x-request-id", request_id.encode()), *rl_headers]
         if stream:
-            await self._proxy_stream(
-                scope,
-                receive,
-                send,
-                url,
-                raw,
-                headers,
-                extra,
-                key,
-                deployment,
-                route,
-                request_id,
-                started,
-                levels,
-                estimate,
-            )
+            await self._proxy_stream(scope, receive, send, call, url, raw, headers, extra)
         else:
-            await self._proxy(
-                send,
-                url,
-                raw,
-                headers,
-                extra,
-                key,
-                deployment,
-                route,
-                request_id,
-                started,
-                levels,
-                estimate,
-            )
+            await self._proxy(send, call, url, raw, headers, extra)
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, asyncio.TimeoutError):
@@ -539,97 +499,32 @@ class Gateway:
             code="upstream_unreachable",
         )
 
-    async def _proxy(
-        self,
-        send,
-        url,
-        raw,
-        headers,
-        extra,
-        key,
-        deployment,
-        route,
-        request_id,
-        started,
-        levels,
-        estimate,
-    ) -> None:
+    async def _proxy(self, send, call: Call, url, raw, headers, extra) -> None:
         try:
             async with self.session.post(url, data=raw, headers=headers) as response:
                 content = await response.read()
                 status = response.status
                 content_type = response.headers.get("content-type", "application/json")
         except (TimeoutError, aiohttp.ClientError) as exc:
-            error = self._upstream_error(exc, deployment)
-            await self._record(
-                key,
-                deployment,
-                route,
-                request_id,
-                error.status,
-                0,
-                0,
-                started,
-                None,
-                False,
-                levels,
-                0,
-            )
+            error = self._upstream_error(exc, call.deployment)
+            await self._record(call, error.status, actual=0)
             raise error from None
         prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
         # Metered before the client sees the answer: a crash right after can't lose the record,
         # and a client that asks for its usage next already finds it buffered.
         await self._record(
-            key,
-            deployment,
-            route,
-            request_id,
-            status,
-            prompt,
-            completion,
-            started,
-            None,
-            False,
-            levels,
-            prompt + completion,
+            call, status, prompt=prompt, completion=completion, actual=prompt + completion
         )
         await self._send(send, status, content, content_type=content_type.encode(), headers=extra)
 
     async def _proxy_stream(
-        self,
-        scope,
-        receive,
-        send,
-        url,
-        raw,
-        headers,
-        extra,
-        key,
-        deployment,
-        route,
-        request_id,
-        started,
-        levels,
-        estimate,
+        self, scope, receive, send, call: Call, url, raw, headers, extra
     ) -> None:
         try:
             response = await self.session.post(url, data=raw, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            error = self._upstream_error(exc, deployment)
-            await self._record(
-                key,
-                deployment,
-                route,
-                request_id,
-                error.status,
-                0,
-                0,
-                started,
-                None,
-                True,
-                levels,
-                0,
-            )
+            error = self._upstream_error(exc, call.deployment)
+            await self._record(call, error.status, actual=0)
             raise error from None
         usage = [0, 0]
         ttft: list[float | None] = [None]
@@ -638,20 +533,9 @@ class Gateway:
 
         async def record(outcome: int) -> None:
             recorded[0] = True
-            tokens = usage[0] + usage[1] if outcome == 200 else estimate
+            tokens = usage[0] + usage[1] if outcome == 200 else call.estimate
             await self._record(
-                key,
-                deployment,
-                route,
-                request_id,
-                outcome,
-                usage[0],
-                usage[1],
-                started,
-                ttft[0],
-                True,
-                levels,
-                tokens,
+                call, outcome, prompt=usage[0], completion=usage[1], ttft=ttft[0], actual=tokens
             )
 
         async def pump() -> None:
@@ -673,7 +557,7 @@ class Gateway:
             pending = b""
             async for chunk in response.content.iter_any():
                 if ttft[0] is None:
-                    ttft[0] = (time.perf_counter() - started) * 1000
+                    ttft[0] = (time.perf_counter() - call.started) * 1000
                 # Watch for the usage chunk without holding the bytes back from the client.
                 pending += chunk
                 if b"\n\n" in pending:
@@ -711,7 +595,7 @@ class Gateway:
             else:
                 exc = pump_task.exception()
                 if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError):
-                    failure = self._upstream_error(exc, deployment)
+                    failure = self._upstream_error(exc, call.deployment)
                     outcome = failure.status
                 elif exc is not None:
                     outcome = 499  # send() failed: the client is gone
@@ -739,22 +623,20 @@ class Gateway:
     # ---- usage ----------------------------------------------------------------------------
     async def _record(
         self,
-        key: KeyInfo,
-        deployment: DeploymentInfo,
-        route: str,
-        request_id: str,
+        call: Call,
         status: int,
-        prompt: int,
-        completion: int,
-        started: float,
-        ttft: float | None,
-        stream: bool,
-        levels,
-        actual: int | None,
         *,
+        prompt: int = 0,
+        completion: int = 0,
+        ttft: float | None = None,
+        actual: int | None = None,
         settle: bool = True,
     ) -> None:
-        latency_ms = (time.perf_counter() - started) * 1000
+        """Meter one request: a usage event and the settled token reservation, one round trip."""
+        key, deployment, route, request_id, levels = (
+            call.key, call.deployment, call.route, call.request_id, call.levels
+        )  # fmt: skip
+        latency_ms = (time.perf_counter() - call.started) * 1000
         cost = cost_of(
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -775,7 +657,7 @@ class Gateway:
             completion_tokens=completion,
             latency_ms=round(latency_ms, 3),
             ttft_ms=round(ttft, 3) if ttft is not None else None,
-            stream=stream,
+            stream=call.stream,
             cost=str(cost),
             currency=deployment.currency,
             created_at=datetime.now(UTC).isoformat(),
@@ -814,6 +696,20 @@ class Gateway:
                 await sync_to_async(_write_now, thread_sensitive=False)(event)
         except Exception:  # noqa: BLE001 - metering must never break the response already sent
             log.exception("gateway usage could not be recorded", extra={"request_id": request_id})
+
+
+@dataclass(slots=True)
+class Call:
+    """One admitted request: who calls what, and the token reservation to settle after it."""
+
+    key: KeyInfo
+    deployment: DeploymentInfo
+    route: str
+    request_id: str
+    started: float
+    stream: bool
+    levels: list
+    estimate: int
 
 
 def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
