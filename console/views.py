@@ -13,7 +13,12 @@ from console import health
 from console.middleware import SESSION_KEY
 from projects import services as project_services
 from projects.models import IntegrationKind
-from projects.selectors import is_org_admin, organizations_for_user, projects_for_user
+from projects.selectors import (
+    is_org_admin,
+    organizations_for_user,
+    projects_for_user,
+    with_gpu_use,
+)
 
 
 @require_GET
@@ -27,7 +32,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     org = request.organization
     context: dict = {"organization": org}
     if org is not None:
-        projects = list(projects_for_user(request.user, org))
+        projects = list(with_gpu_use(projects_for_user(request.user, org)))
         context.update(
             projects=projects,
             org_used=org.gpu_used(),

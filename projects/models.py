@@ -100,6 +100,10 @@ class Project(models.Model):
         return f"{self.organization.slug}-{self.slug}"
 
     def gpu_used(self) -> int:
+        # List pages annotate `gpu_held` (projects.selectors.with_gpu_use): one query, not one a row.
+        held = getattr(self, "gpu_held", None)
+        if held is not None:
+            return held
         return self.gpu_reservations.aggregate(total=Sum("gpus"))["total"] or 0
 
     def gpu_used_percent(self) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from projects.models import Membership, Organization, Project, Role
+from projects.models import GpuReservation, Membership, Organization, Project, Role
 
 
 def organizations_for_user(user: AbstractBaseUser) -> QuerySet[Organization]:
@@ -34,6 +35,17 @@ def projects_for_user(user: AbstractBaseUser, organization: Organization | None 
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs.distinct()
+
+
+def with_gpu_use(projects: QuerySet[Project]) -> QuerySet[Project]:
+    """Annotate each project's held GPUs (read by Project.gpu_used) in the same query."""
+    held = (
+        GpuReservation.objects.filter(project=OuterRef("pk"))
+        .values("project")
+        .annotate(total=Sum("gpus"))
+        .values("total")
+    )
+    return projects.annotate(gpu_held=Coalesce(Subquery(held, output_field=IntegerField()), 0))
 
 
 def project_get(user: AbstractBaseUser, pk: int) -> Project:

@@ -18,7 +18,7 @@ from console.http import redirect_after_post as _redirect
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
 from projects.models import IntegrationKind
-from projects.selectors import can_change, project_get, projects_for_user
+from projects.selectors import can_change, project_get, projects_for_user, with_gpu_use
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    projects = projects_for_user(request.user, org).prefetch_related("memberships")
+    projects = with_gpu_use(projects_for_user(request.user, org)).prefetch_related("memberships")
     return render(
         request,
         "projects/list.html",

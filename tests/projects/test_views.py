@@ -139,3 +139,29 @@ def test_project_and_integration_changes_are_audited_without_secrets(owner_clien
     change = AuditEntry.objects.get(action="integration_change")
     assert "topsecret" not in str(change.before) + str(change.after) + str(change.diff)
     assert change.after["secret_last4"] == "9z9z"
+
+
+@pytest.mark.django_db
+def test_project_list_and_dashboard_do_not_query_once_per_project(owner_client, tenants):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from projects.services import quota_reserve
+    from tests.factories import ProjectFactory
+
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert owner_client.get(url).status_code == 200
+        return len(ctx)
+
+    def add_projects(n: int) -> None:
+        for _ in range(n):
+            project = ProjectFactory(organization=tenants.org, gpu_quota=4)
+            quota_reserve(project=project, holder=f"deployment:p{project.pk}", gpus=1)
+
+    add_projects(2)
+    before = {url: queries(url) for url in ("/", reverse("projects:list"))}
+    add_projects(10)
+    after = {url: queries(url) for url in before}
+    assert after == before
+    assert "1 / 4 GPUs" in owner_client.get(reverse("projects:list")).content.decode()
