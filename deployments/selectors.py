@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from console.diff import changes
 from deployments.models import ComputePool, DeploymentEvent, Endpoint, ModelDeployment, Revision
 from projects.models import Organization
 from projects.selectors import organizations_for_user
@@ -76,31 +77,9 @@ def revisions_of(deployment: ModelDeployment) -> QuerySet[Revision]:
     return deployment.revisions.select_related("created_by").order_by("-number")
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key in sorted(value):
-            out.update(_flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
 def spec_diff(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """Field-by-field changes from spec `a` to spec `b`: [{field, old, new}], dotted field names."""
-    fa, fb = _flatten(a or {}), _flatten(b or {})
-    missing = object()
-    changes = []
-    for key in sorted(set(fa) | set(fb)):
-        old, new = fa.get(key, missing), fb.get(key, missing)
-        if old != new:
-            changes.append(
-                {
-                    "field": key,
-                    "old": None if old is missing else old,
-                    "new": None if new is missing else new,
-                }
-            )
-    return changes
+    return changes(a, b)
 
 
 def revision_diff(a: Revision, b: Revision) -> list[dict[str, Any]]:

@@ -766,24 +766,6 @@ def deployment_update(request: HttpRequest, pk: int) -> HttpResponse:
 # ---------------------------------------------------------------------------------------------
 
 
-def spec_diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
-    """Changes between two specs as [{"path", "old", "new"}], nested keys joined with dots."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        changes: list[dict[str, Any]] = []
-        for key in sorted(set(old) | set(new), key=str):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in old:
-                changes.append({"path": sub, "old": None, "new": new[key], "kind": "added"})
-            elif key not in new:
-                changes.append({"path": sub, "old": old[key], "new": None, "kind": "removed"})
-            else:
-                changes.extend(spec_diff(old[key], new[key], sub))
-        return changes
-    if old != new:
-        return [{"path": path or "(spec)", "old": old, "new": new, "kind": "changed"}]
-    return []
-
-
 def _render_manifests(deployment: ModelDeployment, revision: Revision | None) -> tuple[str, str]:
     """The rendered YAML of a revision, or a sentence saying why it can't be shown."""
     if revision is None:
@@ -873,7 +855,9 @@ def _revision_context(
         a = _int_or_none(request.GET.get("a")) or revisions[1].number
         b = _int_or_none(request.GET.get("b")) or revisions[0].number
         if a in by_number and b in by_number:
-            context.update(diff_a=a, diff_b=b, diff=spec_diff(by_number[a].spec, by_number[b].spec))
+            context.update(
+                diff_a=a, diff_b=b, diff=_selectors().revision_diff(by_number[a], by_number[b])
+            )
         else:
             context["diff_error"] = "Choose two revisions of this deployment."
     return context

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import models
 
+from console.diff import changes, flatten  # noqa: F401 - flatten is part of this module's API
 from projects.models import Organization
 from sharing.models import AuditEntry
 
@@ -93,27 +94,9 @@ def redact(data: dict | None) -> dict | None:
     return out
 
 
-def flatten(data: dict | None, prefix: str = "") -> dict[str, Any]:
-    """{"resources": {"gpus": 1}} → {"resources.gpus": 1}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in (data or {}).items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
-
-
 def compute_diff(before: dict | None, after: dict | None) -> dict[str, list]:
-    """Field-level changes as {"dotted.path": [old, new]}; a missing side is None."""
-    old, new = flatten(before), flatten(after)
-    diff: dict[str, list] = {}
-    for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key), new.get(key)
-        if a != b:
-            diff[key] = [a, b]
-    return diff
+    """Field-level changes as {"dotted.path": [old, new]} (the shape stored on AuditEntry.diff)."""
+    return {c["field"]: [c["old"], c["new"]] for c in changes(before, after)}
 
 
 def snapshot(obj: models.Model, fields: list[str] | None = None) -> dict:
