@@ -95,6 +95,16 @@ def _require_change(user: AbstractBaseUser | None, organization: Organization) -
         )
 
 
+def _require(user: AbstractBaseUser | None, action: str, deployment: ModelDeployment) -> None:
+    """The one permission rule for a deployment (sharing.permissions): org role, project
+    membership and django-guardian grants. ``user=None`` is the system (tasks, apply as admin)."""
+    if user is None:
+        return
+    from sharing.permissions import require
+
+    require(user, action, deployment)
+
+
 def _require_admin(user: AbstractBaseUser | None, organization: Organization) -> None:
     if user is not None and not is_org_admin(user, organization):
         raise PermissionDenied("Only organization admins can manage compute pools.")
@@ -519,7 +529,7 @@ def deployment_update(
 ) -> Revision:
     """Change the spec (given keys replace the current ones); blue-green: the new revision
     serves only once it is ready. The model itself can't change in place."""
-    _require_change(user, deployment.project.organization)
+    _require(user, "change", deployment)
     if model is not None and model.pk != deployment.model_id:
         raise ValidationError(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
@@ -541,7 +551,7 @@ def deployment_set_nim_tag(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, tag: str
 ) -> Revision:
     """Move a NIM deployment to another image tag in place (a new revision, blue-green)."""
-    _require_change(user, deployment.project.organization)
+    _require(user, "change", deployment)
     tag = (tag or "").strip()
     if deployment.model.source != "ngc":
         raise ValidationError(
@@ -571,7 +581,7 @@ def deployment_rollback(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, revision_number: int
 ) -> Revision:
     """Re-apply an old revision's spec as a new revision."""
-    _require_change(user, deployment.project.organization)
+    _require(user, "change", deployment)
     old = deployment.revisions.filter(number=revision_number).first()
     if old is None:
         raise ValidationError(
@@ -594,7 +604,7 @@ def deployment_deactivate(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Scale to zero and give the GPUs back to the quota; the spec and the Service stay."""
-    _require_change(user, deployment.project.organization)
+    _require(user, "deactivate", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -622,7 +632,7 @@ def deployment_activate(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Reserve the GPUs again (quota checked) and scale back up."""
-    _require_change(user, deployment.project.organization)
+    _require(user, "deactivate", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -648,7 +658,7 @@ def deployment_delete(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Mark for deletion; the push task deletes the pool's objects and then the row."""
-    _require_change(user, deployment.project.organization)
+    _require(user, "delete", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)

@@ -34,6 +34,7 @@ from deployments.models import (
 )
 from projects.models import Environment, GpuReservation
 from projects.selectors import can_change, is_org_admin, projects_for_user
+from sharing import permissions
 
 log = logging.getLogger(__name__)
 
@@ -707,9 +708,8 @@ def _deployment_get(request: HttpRequest, pk: int) -> ModelDeployment:
 
 @login_required
 def deployment_update(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _deployment_get(request, pk)
+    deployment = _action(request, pk, "change")
     org = deployment.project.organization
-    _require_change(request, org, "change deployments")
     choices = _form_choices(request, org)
     initial = initial_from_spec(deployment.spec())
     initial.update(
@@ -795,7 +795,7 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "final": deployment.state in FINAL_STATES,
         "sandbox": is_sandbox(deployment.pool),
         "sandbox_label": SANDBOX_LABEL,
-        "can_change": can_change(request.user, deployment.project.organization),
+        "can_change": permissions.can(request.user, "change", deployment)[0],
     }
 
 
@@ -882,9 +882,12 @@ def _nim_tags(deployment: ModelDeployment) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _action(request: HttpRequest, pk: int, what: str):
+def _action(request: HttpRequest, pk: int, action: str):
+    """The deployment, if this user may do ``action`` to it (sharing.permissions decides)."""
     deployment = _deployment_get(request, pk)
-    _require_change(request, deployment.project.organization, what)
+    allowed, reason = permissions.can(request.user, action, deployment)
+    if not allowed:
+        raise PermissionDenied(reason)
     return deployment
 
 
@@ -905,7 +908,7 @@ def _action_failed(
 @login_required
 @require_POST
 def deployment_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _action(request, pk, "deactivate deployments")
+    deployment = _action(request, pk, "deactivate")
     try:
         _services().deployment_deactivate(user=request.user, deployment=deployment)
     except ValidationError as exc:
@@ -918,7 +921,7 @@ def deployment_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_activate(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _action(request, pk, "activate deployments")
+    deployment = _action(request, pk, "deactivate")
     try:
         _services().deployment_activate(user=request.user, deployment=deployment)
     except ValidationError as exc:
@@ -931,7 +934,7 @@ def deployment_activate(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _action(request, pk, "delete deployments")
+    deployment = _action(request, pk, "delete")
     try:
         _services().deployment_delete(user=request.user, deployment=deployment)
     except ValidationError as exc:
@@ -943,7 +946,7 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _action(request, pk, "roll back deployments")
+    deployment = _action(request, pk, "change")
     number = _int_or_none(request.POST.get("revision"))
     if number is None or not deployment.revisions.filter(number=number).exists():
         messages.error(request, "Choose a revision of this deployment to roll back to.")
@@ -965,7 +968,7 @@ def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _action(request, pk, "scale deployments")
+    deployment = _action(request, pk, "change")
     form = ScaleForm(request.POST)
     if not form.is_valid():
         messages.error(request, " ".join(f"{e}" for errs in form.errors.values() for e in errs))
@@ -987,7 +990,7 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_nim_tag(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _action(request, pk, "change deployments")
+    deployment = _action(request, pk, "change")
     tag = (request.POST.get("tag") or "").strip()
     if tag not in _nim_tags(deployment):
         messages.error(request, f"“{tag}” is not a known tag of {deployment.model.name}.")

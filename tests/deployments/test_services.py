@@ -385,3 +385,26 @@ def test_twenty_parallel_scale_ups_never_overshoot_the_organization_quota(tenant
     assert all(isinstance(r, QuotaExceeded) or "quota" in str(r).lower() for r in refused)
     assert tenants.org.gpu_used() == 30
     assert sum(d.revisions.count() for d in deployments) == 30  # 20 first revisions + 10 scale-ups
+
+
+def test_deployment_actions_follow_the_one_permission_rule(tenants, offline_pool, model, bundle):
+    """Services ask sharing.permissions, so a guardian grant or project membership counts
+    exactly as it does on the sharing page — not the organization role alone."""
+    from guardian.shortcuts import assign_perm
+
+    from projects.models import ProjectMember, Role
+
+    d = _create(tenants, model, bundle, offline_pool, name="perm")
+    with pytest.raises(PermissionDenied, match="Viewers cannot change deployments"):
+        deployment_update(user=tenants.viewer, deployment=d, spec={"context_length": 4096})
+    assign_perm("deployments.change_modeldeployment", tenants.viewer, d)
+    revision = deployment_update(user=tenants.viewer, deployment=d, spec={"context_length": 4096})
+    assert revision.number == 2 and revision.created_by == tenants.viewer
+    with pytest.raises(PermissionDenied, match="deactivate or activate"):
+        deployment_deactivate(user=tenants.viewer, deployment=d)  # a change grant is not a deactivate grant
+    ProjectMember.objects.create(project=tenants.project, user=tenants.viewer, role=Role.MEMBER)
+    deployment_deactivate(user=tenants.viewer, deployment=d)
+    d.refresh_from_db()
+    assert d.state == "deactivated"
+    with pytest.raises(PermissionDenied, match="another organization"):
+        deployment_activate(user=tenants.outsider, deployment=d)

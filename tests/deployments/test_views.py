@@ -737,3 +737,18 @@ def test_a_failed_deployment_says_why_and_what_to_do(owner_client, deploy):
     html = response.content.decode()
     assert response.status_code == 286  # failed is final: polling stops
     assert 'id="failure"' in html and "Insufficient nvidia.com/gpu" in html and "Update" in html
+
+
+def test_a_viewer_with_a_change_grant_may_scale_from_the_page(tenants, deploy):
+    from guardian.shortcuts import assign_perm
+
+    deploy = deploy("granted")
+    viewer = login(tenants.viewer)
+    url = reverse("deployments:deployment_scale", args=[deploy.pk])
+    assert viewer.post(url, {"replicas_min": "1", "replicas_max": "2"}).status_code == 403
+    assign_perm("deployments.change_modeldeployment", tenants.viewer, deploy)
+    assert "Update" in viewer.get(deploy.get_absolute_url()).content.decode()
+    response = viewer.post(url, {"replicas_min": "1", "replicas_max": "2"})
+    assert response.status_code == 302
+    deploy.refresh_from_db()
+    assert deploy.spec()["replicas"]["max"] == 2
