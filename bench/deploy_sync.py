@@ -66,9 +66,9 @@ def fixtures():
 def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
     from deployments.models import ComputePool, DeploymentState, ModelDeployment, PoolKind, Revision
     from deployments.renderers import render, render_service
-    from deployments.sandbox.kubeapi import KubeEmulator
     from deployments.spec import normalize_spec, render_spec_for
     from deployments.tasks import sync_status
+    from sandbox.kubeapi import KubeEmulator
 
     emulators = [KubeEmulator() for _ in range(pools)]
     for emulator in emulators:
@@ -150,8 +150,8 @@ def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
 
 def bench_latency(user, project, bundle, model, *, samples: int) -> None:
     from deployments.models import ComputePool, PoolKind
-    from deployments.sandbox.kubelet import SandboxCluster
     from deployments.services import deployment_create
+    from sandbox.kubelet import SandboxCluster
 
     cluster = SandboxCluster(ready_delay=0.5, tick=0.05)
     cluster.start()

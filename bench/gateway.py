@@ -229,7 +229,7 @@ def main() -> None:
                 "--port",
                 str(engine_port),
                 "--factory",
-                "deployments.sandbox.engine:SimulatedEngine",
+                "sandbox.engine:SimulatedEngine",
             ],
             env=env,
             cwd=ROOT,

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, TextIO
 
 from django.db import transaction
 
 from catalog.hub import _checkpoint_dtype, parse_config
 from catalog.models import CatalogModel, MaaSMapping, ModelSource, ProfileBundle
-from catalog.offline_hub import HUB_SNAPSHOT
 from projects.models import Organization, Project
 
 DEMO_REPO_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 DEMO_MODEL_NAME = "qwen2.5-0.5b-instruct"
 # (source, task) → built-in bundle name; the demo project's rules, in order.
+# The demo model's record from the recorded Hub snapshot (sandbox/snapshot), copied so the
+# product never reads the simulators' files.
+DEMO_HUB_SNAPSHOT = Path(__file__).resolve().parent / "demo_model.json"
 DEMO_RULES = [
     (ModelSource.HUGGINGFACE, "text-generation", "vllm"),
     (ModelSource.HUGGINGFACE, "feature-extraction", "tei"),
@@ -23,9 +26,9 @@ DEMO_RULES = [
 ]
 
 
-def _snapshot_record(repo_id: str) -> dict[str, Any]:
+def _snapshot_record(repo_id: str, snapshot: Path) -> dict[str, Any]:
     # The recorded Hub snapshot, so the demo needs no network and pins a real commit.
-    models = json.loads(HUB_SNAPSHOT.read_text())["models"]
+    models = json.loads(snapshot.read_text())["models"]
     return next(m for m in models if m["id"] == repo_id)
 
 
@@ -37,9 +40,9 @@ def _builtin(name: str) -> ProfileBundle | None:
     )
 
 
-def model_fields_from_snapshot(repo_id: str) -> dict[str, Any]:
+def model_fields_from_snapshot(repo_id: str, snapshot: Path = DEMO_HUB_SNAPSHOT) -> dict[str, Any]:
     """A catalog model's fields for `repo_id` from the snapshot, as `hub.model_detail` would give them."""
-    record = _snapshot_record(repo_id)
+    record = _snapshot_record(repo_id, snapshot)
     config = parse_config(record.get("config") or {})
     by_dtype = (record.get("safetensors") or {}).get("parameters") or {}
     files = [

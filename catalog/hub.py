@@ -1,7 +1,7 @@
 """The catalog's Hugging Face Hub client: search models, read their facts, pin revisions, check tokens.
 
 Built on the real `huggingface_hub.HfApi` (endpoint configurable, so the offline Hub in
-`catalog.offline_hub` or a mirror works the same as https://huggingface.co). Every function is
+`sandbox.offline_hub` or a mirror works the same as https://huggingface.co). Every function is
 keyword-only, returns small frozen dataclasses, and raises one exception type, `HubError`,
 whose message can be shown to the user as is.
 

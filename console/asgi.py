@@ -9,6 +9,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 django_application = get_asgi_application()
 
 # Imported after Django is set up: the gateway reads models and settings.
-from deployments.gateway.app import mount  # noqa: E402
+from gateway.app import mount  # noqa: E402
 
 application = mount(django_application)

@@ -12,4 +12,4 @@ app = Celery("modeldeck")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # The gateway keeps its tasks (usage flush) beside its code, not in deployments/tasks.py.
-app.autodiscover_tasks(["deployments.gateway"])
+app.autodiscover_tasks(["gateway"])

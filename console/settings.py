@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "catalog",
     "deployments",
     "sharing",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -210,7 +211,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Flow 3: one list call per kind per pool, then every deployment's state.
     "deployments-sync-status": {"task": "deployments.sync_status", "schedule": 5.0},
     # Flow 4: usage buffered in Redis by the gateway, written to the database in batches.
-    "gateway-flush-usage": {"task": "deployments.gateway.flush_usage", "schedule": 5.0},
+    "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
 }
 if not REDIS_URL:
     # The filesystem transport polls; keep the wait between polls short so work starts quickly.

@@ -26,7 +26,7 @@ urlpatterns = [
     path("projects/", include("projects.urls")),
     path("catalog/", include("catalog.urls")),
     path("", include("deployments.urls")),
-    path("hub/", include("console.urls_devhub")),
+    path("hub/", include("gateway.urls")),
     path("", include("sharing.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -11,7 +11,6 @@ from deployments.models import (
     Endpoint,
     ModelDeployment,
     Revision,
-    UsageRecord,
 )
 
 
@@ -161,15 +160,3 @@ class RevisionAdmin(admin.ModelAdmin):
 class DeploymentEventAdmin(admin.ModelAdmin):
     list_display = ["deployment", "type", "reason", "message", "count", "last_seen_at"]
     list_filter = ["type"]
-
-
-@admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
-    list_display = [
-        "created_at", "deployment_name", "organization", "route", "status_code", "prompt_tokens",
-        "completion_tokens", "cost", "currency",
-    ]  # fmt: skip
-    list_filter = ["route", "status_code"]
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -61,7 +61,7 @@ def _pool_snapshot(pool: ComputePool) -> dict:
 
 def _gateway_forget() -> None:
     """State changes reach every gateway on its next request, not after its cache expires."""
-    from deployments.gateway.cache import invalidate
+    from gateway.cache import invalidate
 
     transaction.on_commit(invalidate)
 

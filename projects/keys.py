@@ -55,7 +55,7 @@ def api_key_state(key: APIKey, now: datetime | None = None) -> str:
 
 def _notify_gateway() -> None:
     # Gateways cache keys in-process; bumping the shared generation makes the next request re-read.
-    from deployments.gateway.cache import invalidate
+    from gateway.cache import invalidate
 
     invalidate()
 

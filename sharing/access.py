@@ -17,9 +17,9 @@ How the gateway uses it (one call per request, no query on the hot path)::
 
 ``may_call`` looks the deployment up in ``access.policy_cache``, an in-process cache filled by
 ``policy_snapshot`` (one query for any number of deployments) and emptied whenever the
-generation counter moves — the gateway's own ``deployments.gateway.cache.GENERATION_KEY`` in
+generation counter moves — the gateway's own ``gateway.cache.GENERATION_KEY`` in
 Redis (the local counter when embedded). Every sharing/access write calls ``bump_generation``
-on commit, which is ``deployments.gateway.cache.invalidate()``, so one bump drops both the
+on commit, which is ``gateway.cache.invalidate()``, so one bump drops both the
 gateway's caches and this one. Entries also expire after ``MAX_AGE_SECONDS`` as a backstop.
 A public deployment needs no API key at all.
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 from django.conf import settings
 
-# The gateway's own counter (deployments/gateway/cache.py): one bump drops both caches.
+# The gateway's own counter (gateway/cache.py): one bump drops both caches.
 GENERATION_KEY = "modeldeck:gateway:generation"
 MAX_AGE_SECONDS = 30.0
 # How long one read of the generation counter is trusted (bounds Redis round trips per process).
@@ -211,7 +211,7 @@ def current_generation() -> Any:
         except Exception:  # Redis down: fall back to the age limit rather than failing calls
             return None
     try:
-        from deployments.gateway.cache import local_generation
+        from gateway.cache import local_generation
     except ImportError:  # pragma: no cover - gateway not installed
         return None
     return local_generation()
@@ -220,7 +220,7 @@ def current_generation() -> Any:
 def bump_generation() -> None:
     """Tell every gateway process that sharing or access changed (call on commit)."""
     try:
-        from deployments.gateway.cache import invalidate
+        from gateway.cache import invalidate
     except ImportError:  # pragma: no cover - gateway not installed: bump the counter ourselves
         if settings.REDIS_URL:
             client = _redis()

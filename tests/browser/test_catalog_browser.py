@@ -66,12 +66,14 @@ def test_search_open_add_and_estimate(
 
 def test_maas_rules_are_added_ordered_and_tried(page, live_server, tenants, screenshot):
     from catalog.demo import model_fields_from_snapshot
+    from sandbox.offline_hub import HUB_SNAPSHOT
+
 
     CatalogModel.objects.create(
         organization=tenants.org,
         name="bge-large",
         source="huggingface",
-        **model_fields_from_snapshot("BAAI/bge-large-en-v1.5"),
+        **model_fields_from_snapshot("BAAI/bge-large-en-v1.5", HUB_SNAPSHOT),
     )
     sign_in(page, live_server, "owner")
     page.goto(f"{live_server.url}/catalog/")

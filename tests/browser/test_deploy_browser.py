@@ -20,8 +20,8 @@ LIVE = 30_000  # ms: the simulated pods need a few seconds to pull and become re
 
 @pytest.fixture
 def sandbox_cluster():
-    """The sandbox emulator and simulated kubelet, as `python -m deployments.sandbox` runs them."""
-    from deployments.sandbox.kubelet import SandboxCluster
+    """The sandbox emulator and simulated kubelet, as `python -m sandbox` runs them."""
+    from sandbox.kubelet import SandboxCluster
 
     cluster = SandboxCluster(ready_delay=1.5, tick=0.1)
     cluster.start()

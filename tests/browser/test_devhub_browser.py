@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from deployments.gateway.tasks import flush_usage
+from gateway.tasks import flush_usage
 from tests.browser.conftest import sign_in
 from tests.gateway.conftest import (  # noqa: F401 - fixtures shared with the gateway tests
     _clean_redis,

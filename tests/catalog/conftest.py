@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from catalog.offline_hub import HUB_SNAPSHOT, OfflineHub, TokenGrant
-from catalog.offline_ngc import NGC_SNAPSHOT, NgcKeyGrant, OfflineNgc
+from sandbox.offline_hub import HUB_SNAPSHOT, OfflineHub, TokenGrant
+from sandbox.offline_ngc import NGC_SNAPSHOT, NgcKeyGrant, OfflineNgc
 
 # Hub tokens: Alice may read every gated repo, Bob none (he never accepted a license).
 ALICE_TOKEN = "hf_alice_has_gated_access"

@@ -121,12 +121,14 @@ def test_custom_model_crud_and_bad_uri(tenants):
 
 def test_estimate_endpoint(tenants):
     from catalog.demo import model_fields_from_snapshot
+    from sandbox.offline_hub import HUB_SNAPSHOT
+
 
     model = CatalogModel.objects.create(
         organization=tenants.org,
         name="llama",
         source="huggingface",
-        **model_fields_from_snapshot(LLAMA_8B),
+        **model_fields_from_snapshot(LLAMA_8B, HUB_SNAPSHOT),
     )
     body = (
         api(tenants.owner)

@@ -10,7 +10,7 @@ from huggingface_hub import constants
 
 from catalog import hub
 from catalog.hub import HubError, check_token, model_detail, pin_revision, search_models
-from catalog.offline_hub import OfflineHub
+from sandbox.offline_hub import OfflineHub
 
 from .conftest import ALICE_TOKEN, BOB_TOKEN, HUB_PAGE_SIZE
 

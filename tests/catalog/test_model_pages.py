@@ -13,6 +13,7 @@ from django.urls import reverse
 from catalog import selectors, services
 from catalog.demo import model_fields_from_snapshot
 from catalog.models import CatalogModel, ProfileBundle
+from sandbox.offline_hub import HUB_SNAPSHOT
 from tests.catalog.catalog_fixtures import LLAMA_8B, QWEN_05B, builtin_bundles  # noqa: F401 - fixture
 from tests.conftest import login
 
@@ -25,7 +26,7 @@ def llama(tenants):
         organization=tenants.org,
         name="llama-8b",
         source="huggingface",
-        **model_fields_from_snapshot(LLAMA_8B),
+        **model_fields_from_snapshot(LLAMA_8B, HUB_SNAPSHOT),
     )
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from catalog.ngc import NgcError, check_key, image_tags, list_nim_images, parse_image
-from catalog.offline_ngc import OfflineNgc
+from sandbox.offline_ngc import OfflineNgc
 
 from .conftest import NGC_LEGACY_KEY, NGC_PERSONAL_KEY, NGC_UNENTITLED_KEY
 

@@ -9,7 +9,7 @@ import pytest
 
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import ComputePool, ModelDeployment, PoolKind
-from deployments.sandbox.kubelet import SandboxCluster
+from sandbox.kubelet import SandboxCluster
 
 BASE_SPEC = {"resources": {"cpu": "2", "memory": "8Gi", "gpus": 1}}
 

@@ -14,9 +14,9 @@ from deployments.models import (
     Revision,
 )
 from deployments.renderers import render, render_service
-from deployments.sandbox.kubeapi import KubeEmulator
 from deployments.spec import normalize_spec, render_spec_for
 from deployments.tasks import sync_status
+from sandbox.kubeapi import KubeEmulator
 from tests.deployments.conftest import state_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

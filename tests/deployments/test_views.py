@@ -702,7 +702,7 @@ def test_quota_preview_warns_before_the_save(owner_client, tenants, model, pool,
 
 
 def test_refused_credentials_say_what_to_do(owner_client, tenants):
-    from deployments.sandbox.kubelet import SandboxCluster
+    from sandbox.kubelet import SandboxCluster
 
     with SandboxCluster(token="only-this-token") as locked:
         pool = ComputePool.objects.create(

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import ComputePool, DeploymentState, ModelDeployment, PoolKind, Revision
-from deployments.sandbox.engine import SimulatedEngine, run_engine_in_thread
 from projects.keys import api_key_create
+from sandbox.engine import SimulatedEngine, run_engine_in_thread
 
 UNLIMITED = {"rpm": None, "tpm": None}
 
@@ -138,7 +138,7 @@ def start_console(**options) -> Server:
     """console.asgi's composition (gateway under /v1, Django for the rest) on a free loopback port."""
     from django.core.asgi import get_asgi_application
 
-    from deployments.gateway.app import mount
+    from gateway.app import mount
 
     app = mount(get_asgi_application(), **options)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

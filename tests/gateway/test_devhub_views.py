@@ -12,7 +12,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from deployments.models import UsageRecord
+from gateway.models import UsageRecord
 from projects.keys import api_key_create, hash_secret
 from projects.models import APIKey
 from tests.conftest import login
@@ -212,7 +212,7 @@ def test_the_python_sample_runs_as_copied(tenants, engine, settings):
         settings.GATEWAY_BASE_URL = server.url
         make_deployment(tenants.project, "llama", served_model_name="llama-chat")
         secret = make_key(tenants.member, tenants.org)
-        from console.devhub_views import gateway_base_url, samples
+        from gateway.views import gateway_base_url, samples
 
         code = samples(gateway_base_url(), "llama-chat", embeddings=False)["python"]
         out = io.StringIO()

@@ -230,8 +230,8 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(
     while engine.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.running == 0
-    from deployments.gateway.tasks import flush_usage
-    from deployments.models import UsageRecord
+    from gateway.models import UsageRecord
+    from gateway.tasks import flush_usage
 
     flush_usage()
     assert UsageRecord.objects.get().status_code == 499

@@ -50,5 +50,5 @@ def test_flush_task_is_registered_under_the_beat_schedule_name():
 
     app.loader.import_default_modules()
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert "deployments.gateway.flush_usage" in scheduled
-    assert "deployments.gateway.flush_usage" in app.tasks
+    assert "gateway.flush_usage" in scheduled
+    assert "gateway.flush_usage" in app.tasks

@@ -8,8 +8,8 @@ from decimal import Decimal
 import openai
 import pytest
 
-from deployments.gateway.tasks import flush_usage
-from deployments.models import UsageRecord
+from gateway.models import UsageRecord
+from gateway.tasks import flush_usage
 from projects.models import APIKey
 from tests.gateway.conftest import make_deployment, make_key
 
@@ -131,8 +131,8 @@ def test_usage_records_and_costs_match_the_engine_tokens(tenants, setup):
 
 
 def test_flush_twice_or_late_never_doubles(setup, _clean_redis):
-    from deployments.gateway.tasks import write_events
-    from deployments.gateway.usage import USAGE_LIST_KEY
+    from gateway.tasks import write_events
+    from gateway.usage import USAGE_LIST_KEY
 
     _, client = setup
     client.chat.completions.create(model="llama-chat", messages=[{"role": "user", "content": "x"}])

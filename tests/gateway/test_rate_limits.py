@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from deployments.gateway.tasks import flush_usage
-from deployments.models import UsageRecord
+from gateway.models import UsageRecord
+from gateway.tasks import flush_usage
 from tests.factories import MembershipFactory, UserFactory
 from tests.gateway.conftest import make_deployment, make_key
 
@@ -231,7 +231,7 @@ def test_rate_limited_requests_are_metered_as_429(tenants, gateway):
 
 def test_embedded_mode_limiter_is_exact_in_one_process():
     """Without Redis (embedded mode) the same sliding windows run in-process."""
-    from deployments.gateway.ratelimit import Level, LocalRateLimiter
+    from gateway.ratelimit import Level, LocalRateLimiter
 
     limiter = LocalRateLimiter()
     levels = [Level("user", 1, 3, -1), Level("api_key", 9, -1, 50)]

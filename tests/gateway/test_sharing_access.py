@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from deployments.gateway.tasks import flush_usage
-from deployments.models import UsageRecord
+from gateway.models import UsageRecord
+from gateway.tasks import flush_usage
 from sharing.services import access_policy_set, deployment_share_set
 from tests.conftest import login
 from tests.gateway.conftest import make_deployment, make_key

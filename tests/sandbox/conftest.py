@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from deployments.sandbox.kubeapi import KubeEmulator
-from deployments.sandbox.kubelet import SandboxCluster
+from sandbox.kubeapi import KubeEmulator
+from sandbox.kubelet import SandboxCluster
 
 APPLY = "application/apply-patch+yaml"
 

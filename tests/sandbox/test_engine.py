@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from deployments.sandbox.engine import SimulatedEngine, count_tokens, embed, run_engine_in_thread
+from sandbox.engine import SimulatedEngine, count_tokens, embed, run_engine_in_thread
 
 
 @pytest.fixture(scope="module")

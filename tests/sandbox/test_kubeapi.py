@@ -12,7 +12,7 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from deployments.sandbox.kubeapi import KubeEmulator
+from sandbox.kubeapi import KubeEmulator
 from tests.sandbox.conftest import APPLY, api_client, apply, deployment
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from deployments.sandbox.kubelet import NodePool, SandboxCluster
+from sandbox.kubelet import NodePool, SandboxCluster
 from tests.sandbox.conftest import apply, deployment, wait_for
 
 NS = "default"

@@ -38,21 +38,21 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
 
         commands: list[tuple[str, list[str]]] = []
-        if not no_sandbox and importlib.util.find_spec("deployments.sandbox.__main__"):
+        if not no_sandbox and importlib.util.find_spec("sandbox.__main__"):
             commands.append((
                 "sandbox",
-                [python, "-m", "deployments.sandbox",
+                [python, "-m", "sandbox",
                  "--kube-port", _url_port(settings.SANDBOX_KUBE_URL),
                  "--engine-port", _url_port(settings.SANDBOX_ENGINE_URL)],
             ))
-        if settings.EMBEDDED and "MODELDECK_HF_ENDPOINT" not in os.environ and importlib.util.find_spec("catalog.offline_hub"):
+        if settings.EMBEDDED and "MODELDECK_HF_ENDPOINT" not in os.environ and importlib.util.find_spec("sandbox.offline_hub"):
             # No network is assumed in the embedded demo: serve the recorded Hub snapshot through
             # the same client code. Set MODELDECK_HF_ENDPOINT=https://huggingface.co to use the live Hub.
             env["MODELDECK_HF_ENDPOINT"] = "http://127.0.0.1:8092"
-            commands.append(("offline-hub", [python, "-m", "catalog.offline_hub", "--port", "8092"]))
-            if importlib.util.find_spec("catalog.offline_ngc") and "MODELDECK_NGC_API_URL" not in os.environ:
+            commands.append(("offline-hub", [python, "-m", "sandbox.offline_hub", "--port", "8092"]))
+            if importlib.util.find_spec("sandbox.offline_ngc") and "MODELDECK_NGC_API_URL" not in os.environ:
                 env["MODELDECK_NGC_API_URL"] = "http://127.0.0.1:8095"
-                commands.append(("offline-ngc", [python, "-m", "catalog.offline_ngc", "--port", "8095"]))
+                commands.append(("offline-ngc", [python, "-m", "sandbox.offline_ngc", "--port", "8095"]))
         commands += [
             ("web", [python, "-m", "uvicorn", "console.asgi:application", "--host", host, "--port", str(port),
                      "--no-access-log", "--lifespan", "off"]),

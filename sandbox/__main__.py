@@ -1,6 +1,6 @@
 """Run the whole sandbox (Kubernetes API emulator + kubelet + engine) until SIGINT/SIGTERM.
 
-    python -m deployments.sandbox --kube-port 6443 --engine-port 8091 \
+    python -m sandbox --kube-port 6443 --engine-port 8091 \
         [--nodes 2 --gpus-per-node 4 --gpu-product NVIDIA-L4 --gpu-memory-gb 24 --ready-delay 3]
 """
 
@@ -11,9 +11,9 @@ import signal
 import sys
 import threading
 
-from deployments.sandbox.engine import SimulatedEngine, run_engine_in_thread
-from deployments.sandbox.kubelet import NodePool, SandboxCluster
-from deployments.sandbox.resources import CUSTOM
+from sandbox.engine import SimulatedEngine, run_engine_in_thread
+from sandbox.kubelet import NodePool, SandboxCluster
+from sandbox.resources import CUSTOM
 
 
 def _pool(text: str) -> NodePool:
@@ -35,7 +35,7 @@ def _pool(text: str) -> NodePool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deployments.sandbox", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--kube-port", type=int, default=6443)
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-engine",
         action="store_true",
-        help="don't serve the engine here (run `uvicorn deployments.sandbox.engine:app` apart)",
+        help="don't serve the engine here (run `uvicorn sandbox.engine:app` apart)",
     )
     return parser
 

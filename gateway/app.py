@@ -22,19 +22,19 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from deployments.gateway import metrics
-from deployments.gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
-from deployments.gateway.errors import GatewayError, error_body
-from deployments.gateway.lookup import AMBIGUOUS, load_deployments, load_key, load_public_caller
-from deployments.gateway.ratelimit import (
+from gateway import metrics
+from gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
+from gateway.errors import GatewayError, error_body
+from gateway.lookup import AMBIGUOUS, load_deployments, load_key, load_public_caller
+from gateway.ratelimit import (
     Decision,
     LocalRateLimiter,
     RedisRateLimiter,
     estimate_tokens,
     levels_for,
 )
-from deployments.gateway.upstream import make_session
-from deployments.gateway.usage import (
+from gateway.upstream import make_session
+from gateway.usage import (
     USAGE_LIST_KEY,
     UsageEvent,
     cost_of,
@@ -748,7 +748,7 @@ def _scan_usage(event: bytes, usage: list[int]) -> None:
 
 def _write_now(event: UsageEvent) -> None:
     """Embedded mode (no Redis): write the record at once; flush_usage's code path, batch of one."""
-    from deployments.gateway.tasks import write_events
+    from gateway.tasks import write_events
 
     write_events([event.dumps()])
 

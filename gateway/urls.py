@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import devhub_views as views
+from gateway import views
 
 app_name = "devhub"
 

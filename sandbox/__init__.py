@@ -1,8 +1,8 @@
 """The sandbox compute pool: a local Kubernetes API, a simulated kubelet and a simulated engine."""
 
-from deployments.sandbox.engine import SimulatedEngine, run_engine_in_thread
-from deployments.sandbox.kubeapi import KubeEmulator
-from deployments.sandbox.kubelet import Kubelet, NodePool, SandboxCluster, start_cluster
+from sandbox.engine import SimulatedEngine, run_engine_in_thread
+from sandbox.kubeapi import KubeEmulator
+from sandbox.kubelet import Kubelet, NodePool, SandboxCluster, start_cluster
 
 __all__ = [
     "KubeEmulator",

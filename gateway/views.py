@@ -17,9 +17,10 @@ from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
-from deployments.gateway import reports
-from deployments.gateway.forms import APIKeyForm
-from deployments.models import DeploymentState, ModelDeployment, UsageRecord
+from deployments.models import DeploymentState, ModelDeployment
+from gateway import reports
+from gateway.forms import APIKeyForm
+from gateway.models import UsageRecord
 from projects.keys import (
     api_key_create,
     api_key_get,

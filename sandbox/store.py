@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.sandbox.apimachinery import (
+from sandbox.apimachinery import (
     MISSING,
     ApiError,
     FieldError,
@@ -44,8 +44,8 @@ from deployments.sandbox.apimachinery import (
     strategic_merge_patch,
     success_status,
 )
-from deployments.sandbox.resources import Registry, ResourceType
-from deployments.sandbox.validation import apply_defaults, check_types, validate
+from sandbox.resources import Registry, ResourceType
+from sandbox.validation import apply_defaults, check_types, validate
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"

@@ -835,6 +835,6 @@ def run_engine_in_thread(
     return f"http://{host}:{sock.getsockname()[1]}", stop
 
 
-# `uvicorn deployments.sandbox.engine:app --port 8091` serves an engine on its own (in its own
+# `uvicorn sandbox.engine:app --port 8091` serves an engine on its own (in its own
 # process, e.g. for benchmarks); configure it with the SANDBOX_ENGINE_* environment variables.
 app = SimulatedEngine()

@@ -13,7 +13,7 @@ from django.db.models import Aggregate, Count, FloatField, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 from django.utils import timezone
 
-from deployments.models import UsageRecord
+from gateway.models import UsageRecord
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from django.db import close_old_connections, connection
 
-from deployments.gateway.cache import DeploymentInfo, KeyInfo
-from deployments.gateway.upstream import upstream_base
-from deployments.gateway.usage import price
 from deployments.models import DeploymentState, ModelDeployment, PoolKind
+from gateway.cache import DeploymentInfo, KeyInfo
+from gateway.upstream import upstream_base
+from gateway.usage import price
 from projects.models import APIKey
 
 

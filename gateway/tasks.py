@@ -12,8 +12,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from deployments.gateway.usage import USAGE_LIST_KEY
-from deployments.models import ModelDeployment, UsageRecord
+from deployments.models import ModelDeployment
+from gateway.models import UsageRecord
+from gateway.usage import USAGE_LIST_KEY
 from projects.models import APIKey, Organization
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def write_events(raw_events: list[bytes]) -> int:
     return len(records)
 
 
-@shared_task(name="deployments.gateway.flush_usage", ignore_result=True)
+@shared_task(name="gateway.flush_usage", ignore_result=True)
 def flush_usage(max_batches: int = 50) -> int:
     """Move buffered usage events into the database, oldest first, in batches.
 

@@ -33,17 +33,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from deployments.sandbox.apimachinery import (
+from sandbox.apimachinery import (
     clone,
     labels_match,
     now_rfc3339,
     parse_quantity,
     selector_from_label_selector,
 )
-from deployments.sandbox.kubeapi import KubeEmulator
-from deployments.sandbox.resources import ResourceType
-from deployments.sandbox.store import qos_class, random_suffix
-from deployments.sandbox.validation import apply_defaults
+from sandbox.kubeapi import KubeEmulator
+from sandbox.resources import ResourceType
+from sandbox.store import qos_class, random_suffix
+from sandbox.validation import apply_defaults
 
 log = logging.getLogger(__name__)
 

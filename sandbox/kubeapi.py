@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from deployments.sandbox.apimachinery import (
+from sandbox.apimachinery import (
     ApiError,
     bad_request,
     clone,
@@ -33,8 +33,8 @@ from deployments.sandbox.apimachinery import (
     parse_label_selector,
     strategic_merge_patch,
 )
-from deployments.sandbox.resources import KUBE_VERSION, Registry, ResourceType
-from deployments.sandbox.store import (
+from sandbox.resources import KUBE_VERSION, Registry, ResourceType
+from sandbox.store import (
     APPLY_PATCH,
     JSON_PATCH,
     MERGE_PATCH,

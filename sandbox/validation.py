@@ -8,7 +8,7 @@ import binascii
 import re
 from typing import Any
 
-from deployments.sandbox.apimachinery import (
+from sandbox.apimachinery import (
     ApiError,
     FieldError,
     bad_request,
@@ -20,7 +20,7 @@ from deployments.sandbox.apimachinery import (
     quantity_string,
     selector_from_label_selector,
 )
-from deployments.sandbox.resources import ResourceType
+from sandbox.resources import ResourceType
 
 DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN_RE = re.compile(

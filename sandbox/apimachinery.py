@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
-from deployments.sandbox.resources import ResourceType
+from sandbox.resources import ResourceType
 
 # -- time ----------------------------------------------------------------------------------
 

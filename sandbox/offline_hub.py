@@ -19,7 +19,7 @@ request answers 500) and `mode = "stall"` (every request hangs `stall_seconds` b
 
 Run it for the console's offline demo:
 
-    python -m catalog.offline_hub --port 8092
+    python -m sandbox.offline_hub --port 8092
     MODELDECK_HF_ENDPOINT=http://127.0.0.1:8092 python manage.py runserver
 """
 

@@ -11,9 +11,9 @@ It answers the NGC endpoints `catalog.ngc` calls, in NGC's JSON shapes:
 - `GET /v2/org/{org}/team/{team}/repos/{name}` — one image's details and tags (needs a Bearer
   token: a personal key or an exchanged token), 401/403/404 with NGC's `requestStatus` body.
 
-Test hooks as in `catalog.offline_hub`: `keys` (allow-list), `mode = "error" | "stall"`, `requests`.
+Test hooks as in `sandbox.offline_hub`: `keys` (allow-list), `mode = "error" | "stall"`, `requests`.
 
-    python -m catalog.offline_ngc --port 8095
+    python -m sandbox.offline_ngc --port 8095
     MODELDECK_NGC_API_URL=http://127.0.0.1:8095
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from catalog.offline_hub import SNAPSHOT_DIR, StubHandler, StubServer
+from sandbox.offline_hub import SNAPSHOT_DIR, StubHandler, StubServer
 
 NGC_SNAPSHOT = SNAPSHOT_DIR / "ngc_nim.json"
 
