@@ -990,7 +990,7 @@ class ScaleForm(StyledForm):
 
 def _pool_label(pool: ComputePool) -> str:
     label = f"{pool.name} · engine {pool.engine_label}"
-    if pool.kind == PoolKind.SANDBOX:
+    if pool.is_sandbox:
         label += f" · {SANDBOX_LABEL}"
     if pool.region:
         label += f" · {pool.region}"

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from catalog.models import CatalogModel, ProfileBundle
 from console.crypto import EncryptedTextField
-from projects.models import Environment, Organization, Project
+from projects.models import Environment, GpuReservation, Organization, Project
 
 
 class PoolKind(models.TextChoices):
@@ -40,6 +40,11 @@ class ComputePool(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_sandbox(self) -> bool:
+        """The built-in simulated cluster: labelled as simulated wherever it appears."""
+        return self.kind == PoolKind.SANDBOX
+
 
 class Endpoint(models.Model):
     """Where deployments are exposed on the gateway; one model can have many."""
@@ -65,6 +70,22 @@ class DeploymentState(models.TextChoices):
     DEACTIVATED = "deactivated", "Deactivated"
     DELETING = "deleting", "Deleting"
     UNKNOWN = "unknown", "Unknown"
+
+
+# States in which a deployment holds its GPUs and is meant to run (everything but deactivated
+# and deleting): deactivate starts from these, the status sync watches them.
+ACTIVE_STATES: tuple[str, ...] = (
+    DeploymentState.PENDING,
+    DeploymentState.DEPLOYING,
+    DeploymentState.RUNNING,
+    DeploymentState.FAILED,
+    DeploymentState.UNKNOWN,
+)
+
+
+def gpu_holder_key(deployment_pk: int) -> str:
+    """The holder name a deployment's GPU reservation is stored under (projects.GpuReservation)."""
+    return f"deployment:{deployment_pk}"
 
 
 class ModelDeployment(models.Model):
@@ -111,6 +132,19 @@ class ModelDeployment(models.Model):
 
     def spec(self) -> dict:
         return self.current_revision.spec if self.current_revision else {}
+
+    def served_name(self) -> str:
+        """The model name clients send: the spec's served_model_name (always set on a canonical
+        spec), else the deployment's own name."""
+        return self.spec().get("served_model_name") or self.name
+
+    def gpu_holder(self) -> str:
+        return gpu_holder_key(self.pk)
+
+    def gpus_held(self) -> int:
+        """GPUs this deployment holds in its project's quota right now (0 when deactivated)."""
+        row = GpuReservation.objects.filter(holder=self.gpu_holder()).only("gpus").first()
+        return row.gpus if row else 0
 
 
 class Revision(models.Model):

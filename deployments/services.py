@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import (
+    ACTIVE_STATES,
     ComputePool,
     DeploymentEvent,
     DeploymentState,
@@ -69,19 +70,7 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENGINE_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-# States in which a deployment holds its GPUs and is meant to run.
-ACTIVE_STATES = (
-    DeploymentState.PENDING,
-    DeploymentState.DEPLOYING,
-    DeploymentState.RUNNING,
-    DeploymentState.FAILED,
-    DeploymentState.UNKNOWN,
-)
 POOL_FIELDS = ("name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description")
-
-
-def holder(deployment: ModelDeployment) -> str:
-    return f"deployment:{deployment.pk}"
 
 
 def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
@@ -191,7 +180,7 @@ def _clean_pool(pool: ComputePool) -> None:
             errors["kubeconfig"] = "Paste a kubeconfig with at least one cluster (YAML)."
     if pool.api_url and not re.match(r"^https?://[^\s]+$", pool.api_url):
         errors["api_url"] = "Enter an http(s) URL such as http://127.0.0.1:8093."
-    if pool.api_url and pool.kind != PoolKind.SANDBOX:
+    if pool.api_url and not pool.is_sandbox:
         errors["api_url"] = (
             "Only sandbox pools take an API URL; other pools connect through their kubeconfig."
         )
@@ -371,7 +360,7 @@ def _check_served_name_free(
 def _reserve(deployment: ModelDeployment, gpus: int) -> None:
     """Hold `gpus` in the quota for this deployment; a refusal names the numbers."""
     try:
-        quota_reserve(project=deployment.project, holder=holder(deployment), gpus=gpus)
+        quota_reserve(project=deployment.project, holder=deployment.gpu_holder(), gpus=gpus)
     except ValidationError as exc:
         raise ValidationError({"resources.gpus": " ".join(exc.messages)}) from None
 
@@ -615,7 +604,7 @@ def deployment_deactivate(
             raise ValidationError(
                 f"A deployment that is {locked.get_state_display().lower()} can't be deactivated."
             )
-        quota_reserve(project=locked.project, holder=holder(locked), gpus=0)
+        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
         event_record(
             locked,
             reason="Deactivated",
@@ -684,6 +673,6 @@ def deployment_finish_delete(deployment_id: int) -> bool:
         )
         if locked is None:
             return False
-        quota_reserve(project=locked.project, holder=holder(locked), gpus=0)
+        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
         locked.delete()
     return True

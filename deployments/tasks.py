@@ -25,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from deployments import kube
-from deployments.models import ComputePool, DeploymentState, ModelDeployment
+from deployments.models import ACTIVE_STATES, ComputePool, DeploymentState, ModelDeployment
 from deployments.renderers import (
     LABEL_REVISION,
     SpecError,
@@ -333,13 +333,6 @@ def _apply_decision(deployment: ModelDeployment, decision: Decision) -> bool:
     return True
 
 
-ACTIVE = (
-    DeploymentState.PENDING,
-    DeploymentState.DEPLOYING,
-    DeploymentState.RUNNING,
-    DeploymentState.FAILED,
-    DeploymentState.UNKNOWN,
-)
 
 
 def sync_pool(pool: ComputePool) -> dict[str, int]:
@@ -374,7 +367,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
             f"Compute pool “{pool.name}” {what}: {err.message} Nothing was changed there; retrying."
         )
         for deployment in deployments:
-            if deployment.state in ACTIVE and _apply_decision(
+            if deployment.state in ACTIVE_STATES and _apply_decision(
                 deployment, Decision(DeploymentState.UNKNOWN, reason)
             ):
                 stats["changed"] += 1

@@ -29,8 +29,8 @@ from deployments.models import (
     ComputePool,
     DeploymentState,
     ModelDeployment,
-    PoolKind,
     Revision,
+    gpu_holder_key,
 )
 from projects.models import Environment, GpuReservation
 from projects.selectors import can_change, is_org_admin, projects_for_user
@@ -85,10 +85,6 @@ def _url_or_none(name: str, *args) -> str | None:
         return reverse(name, args=args)
     except NoReverseMatch:
         return None
-
-
-def is_sandbox(pool: ComputePool | None) -> bool:
-    return pool is not None and pool.kind == PoolKind.SANDBOX
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +389,6 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     held = _gpus_held({d.pk for d in deployments})
     for d in deployments:
         d.gpus_held = held.get(d.pk, 0)
-        d.served_name = (d.spec() or {}).get("served_model_name") or d.name
     return render(
         request,
         "deployments/list.html",
@@ -412,7 +407,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 
 
 def _gpus_held(pks: set[int]) -> dict[int, int]:
-    holders = {f"deployment:{pk}": pk for pk in pks}
+    holders = {gpu_holder_key(pk): pk for pk in pks}
     return {
         holders[r.holder]: r.gpus for r in GpuReservation.objects.filter(holder__in=list(holders))
     }
@@ -790,10 +785,10 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "d": deployment,
         "spec": spec,
         "gpus_held": held,
-        "served_name": spec.get("served_model_name") or deployment.name,
+        "served_name": deployment.served_name(),
         "gateway_url": settings.GATEWAY_BASE_URL.rstrip("/") + "/v1",
         "final": deployment.state in FINAL_STATES,
-        "sandbox": is_sandbox(deployment.pool),
+        "sandbox": deployment.pool.is_sandbox,
         "sandbox_label": SANDBOX_LABEL,
         "can_change": permissions.can(request.user, "change", deployment)[0],
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import close_old_connections, connection
 
-from deployments.models import DeploymentState, ModelDeployment, PoolKind
+from deployments.models import DeploymentState, ModelDeployment
 from gateway.cache import DeploymentInfo, KeyInfo
 from gateway.upstream import upstream_base
 from gateway.usage import price
@@ -111,7 +111,7 @@ def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict])
         id=row.pk,
         name=row.name,
         organization_id=organization_id,
-        served_model_name=spec.get("served_model_name") or row.name,
+        served_model_name=row.served_name(),
         state=row.state,
         upstream=upstream_base(row),
         rate_limits=spec.get("rate_limits") or {},
@@ -119,7 +119,7 @@ def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict])
         input_per_million=price(pricing.get("input_per_million")),
         output_per_million=price(pricing.get("output_per_million")),
         created=int(row.created_at.timestamp()),
-        sandbox=row.pool.kind == PoolKind.SANDBOX,
+        sandbox=row.pool.is_sandbox,
         owner_organization_id=row.project.organization_id,
         policy=snapshot.get(row.pk),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from django.conf import settings
 
-from deployments.models import ModelDeployment, PoolKind
+from deployments.models import ModelDeployment
 from deployments.renderers import SERVICE_PORT
 
 # Generation can take minutes; what matters is how long the engine stays silent.
@@ -16,7 +16,7 @@ MAX_CONNECTIONS = 1000
 
 def upstream_base(deployment: ModelDeployment) -> str:
     """Base URL (without /v1) of the engine serving the deployment."""
-    if deployment.pool.kind == PoolKind.SANDBOX:
+    if deployment.pool.is_sandbox:
         # The simulated engine answers for every sandbox deployment, whatever the model name.
         return settings.SANDBOX_ENGINE_URL.rstrip("/")
     # The Service is named after the deployment, in the project's namespace (renderers.object_names).

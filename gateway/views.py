@@ -132,7 +132,7 @@ def models(request: HttpRequest) -> HttpResponse:
     rows = []
     for deployment in callable_deployments(request.user, org):
         spec = deployment.spec()
-        model_name = spec.get("served_model_name") or deployment.name
+        model_name = deployment.served_name()
         embeddings = spec.get("engine") in EMBEDDING_ENGINES
         rows.append(
             {

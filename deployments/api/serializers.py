@@ -15,7 +15,7 @@ from deployments.models import (
     PoolKind,
     Revision,
 )
-from projects.models import Environment, GpuReservation, Project
+from projects.models import Environment, Project
 
 
 class ComputePoolSerializer(serializers.ModelSerializer):
@@ -31,7 +31,7 @@ class ComputePoolSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_sandbox(self, obj: ComputePool) -> bool:
-        return obj.kind == PoolKind.SANDBOX
+        return obj.is_sandbox
 
     def get_kubeconfig_set(self, obj: ComputePool) -> bool:
         return bool(obj.kubeconfig)
@@ -131,7 +131,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return obj.spec()
 
     def get_served_model_name(self, obj: ModelDeployment) -> str:
-        return obj.spec().get("served_model_name") or obj.name
+        return obj.served_name()
 
     def get_current_revision(self, obj: ModelDeployment) -> int | None:
         return obj.current_revision.number if obj.current_revision else None
@@ -140,11 +140,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return obj.serving_revision.number if obj.serving_revision else None
 
     def get_gpus_held(self, obj: ModelDeployment) -> int:
-        row = GpuReservation.objects.filter(holder=f"deployment:{obj.pk}").first()
-        return row.gpus if row else 0
+        return obj.gpus_held()
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:
-        return obj.pool.kind == PoolKind.SANDBOX
+        return obj.pool.is_sandbox
 
 
 class DeploymentCreateSerializer(serializers.Serializer):
