@@ -13,7 +13,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from console.forms import StyledForm
-from deployments.models import ComputePool, Endpoint, ModelDeployment, PoolKind
+from deployments.models import ComputePool, ModelDeployment, PoolKind
+from deployments.services import deployment_check, deployment_update_spec
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -209,15 +210,8 @@ class PoolForm(StyledForm):
                 )
 
     def clean_name(self) -> str:
-        name = self.cleaned_data["name"].strip()
-        others = ComputePool.objects.filter(organization=self.organization, name__iexact=name)
-        if self.instance is not None:
-            others = others.exclude(pk=self.instance.pk)
-        if others.exists():
-            raise ValidationError(
-                f"A compute pool named “{name}” already exists in {self.organization.name}."
-            )
-        return name
+        # Unique names are the service's rule (services._clean_pool, compared exactly).
+        return self.cleaned_data["name"].strip()
 
     def clean_kind(self) -> str:
         if self.instance is not None:
@@ -295,28 +289,8 @@ class EndpointForm(StyledForm):
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
 
-    def clean_path(self) -> str:
-        path = self.cleaned_data["path"].strip()
-        if not path.startswith("/"):
-            path = "/" + path
-        if not PATH_RE.match(path) or "//" in path:
-            raise ValidationError(
-                "Use a path such as /llama-chat: letters, digits, '-', '_', '.', '/'."
-            )
-        return path.rstrip("/") or "/"
-
-    def clean(self) -> dict:
-        data = super().clean()
-        project, name = data.get("project"), data.get("name")
-        if (
-            project
-            and name
-            and Endpoint.objects.filter(project=project, name__iexact=name.strip()).exists()
-        ):
-            self.add_error(
-                "name", f"Project “{project.name}” already has an endpoint named “{name}”."
-            )
-        return data
+    # Paths and names are checked by services.endpoint_create (the one rule: it normalizes the
+    # path and compares names exactly); the view puts its errors on these fields.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -805,65 +779,25 @@ class DeploymentForm(StyledForm):
                     )
                 except ValidationError as exc:
                     self.add_error(name, exc)
-        lo, hi = data.get("replicas_min"), data.get("replicas_max")
-        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
-            self.add_error("replicas_max", f"The maximum ({hi}) is below the minimum ({lo}).")
-        if self.instance is None:
-            project, name = data.get("project"), data.get("name")
-            if (
-                project is not None
-                and name
-                and ModelDeployment.objects.filter(project=project, name=name).exists()
-            ):
-                self.add_error(
-                    "name", f"Project “{project.name}” already has a deployment named “{name}”."
-                )
-            env = data.get("environment")
-            if env is not None and project is not None and env.project_id != project.pk:
-                self.add_error("environment", f"“{env.name}” is an environment of another project.")
-            endpoint = data.get("endpoint")
-            if endpoint is not None and project is not None and endpoint.project_id != project.pk:
-                self.add_error(
-                    "endpoint", f"“{endpoint.name}” belongs to project “{endpoint.project.name}”."
-                )
-            pool, bundle = data.get("pool"), data.get("bundle")
-            if (
-                pool is not None
-                and bundle is not None
-                and pool.engine_label != bundle.engine_label()
-            ):
-                self.add_error(
-                    "pool",
-                    f"Pool “{pool.name}” runs engine label “{pool.engine_label}”, the bundle needs “{bundle.engine_label()}”.",
-                )
-        self._check_spec_as_typed(data)
+        self._check_with_the_service(data)
         return data
 
-    def _check_spec_as_typed(self, data: dict) -> None:
-        """Run the spec rules the service will run (engine arguments, Kubernetes syntax) while the
-        user types, so that those errors show on their field before the save."""
-        if any(name in self._errors for names in (s[2] for s in SECTIONS[2:]) for name in names):
-            return
-        model = self.instance.model if self.instance is not None else data.get("model")
-        bundle = self.instance.bundle if self.instance is not None else data.get("bundle")
-        if model is None:
-            return
-        if bundle is None and data.get("project") is not None:
-            try:
-                from catalog.maas import resolve
-
-                bundle = resolve(data["project"], model).bundle
-            except ImportError:
-                bundle = None
-        if bundle is None:
-            return
+    def _check_with_the_service(self, data: dict) -> None:
+        """Ask the service's own rules (services.deployment_check / deployment_update_spec) while
+        the user types, and put each error on its field; fields that did not parse keep their
+        parse error. Nothing is written: the quota is checked at the save."""
         try:
-            spec = self.spec()
-            from deployments.spec import normalize_spec
-
-            normalize_spec(spec, bundle=bundle, model=model)
-        except (KeyError, ImportError):
-            return
+            if self.instance is not None:
+                deployment_update_spec(deployment=self.instance, spec=self.spec())
+                return
+            project, model, pool = data.get("project"), data.get("model"), data.get("pool")
+            if project is None or model is None or pool is None:
+                return
+            deployment_check(
+                project=project, model=model, pool=pool, name=data.get("name") or "",
+                spec=self.spec(), bundle=data.get("bundle"), endpoint=data.get("endpoint"),
+                environment=data.get("environment"),
+            )  # fmt: skip
         except ValidationError as exc:
             if not hasattr(exc, "error_dict"):
                 return
@@ -878,44 +812,40 @@ class DeploymentForm(StyledForm):
     # -- to and from the spec ---------------------------------------------------------------
 
     def spec(self) -> dict:
-        """The spec dict services take (the contract in the team brief); normalize_spec fills the rest."""
+        """The form's text parsed into the spec's shape (deployments.spec); a field that did not
+        parse is left out, so the spec's defaults stand in while its parse error is shown."""
         d = self.cleaned_data
+
+        def given(*pairs: tuple[str, str]) -> dict[str, Any]:
+            return {key: d[name] for key, name in pairs if name in d}
+
         spec: dict[str, Any] = {
-            "replicas": {"min": d["replicas_min"], "max": d["replicas_max"]},
-            "context_length": d.get("context_length"),
+            "replicas": given(("min", "replicas_min"), ("max", "replicas_max")),
             "prompt_caching": bool(d.get("prompt_caching")),
-            "resources": {
-                "cpu": d["cpu"],
-                "memory": d["memory"],
-                "gpus": d["gpus"],
-                "gpu_type": d.get("gpu_type", ""),
-            },
-            "env": d.get("env") or {},
-            "labels": d.get("labels") or {},
-            "annotations": d.get("annotations") or {},
-            "tolerations": d.get("tolerations") or [],
-            "node_selector": d.get("node_selector") or {},
-            "affinity": d.get("affinity"),
-            "extra_args": d.get("extra_args") or [],
+            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"), ("gpu_type", "gpu_type")),
             "rate_limits": {
-                scope: {"rpm": d.get(f"rl_{scope}_rpm"), "tpm": d.get(f"rl_{scope}_tpm")}
-                for scope in RATE_SCOPES
+                scope: given(("rpm", f"rl_{scope}_rpm"), ("tpm", f"rl_{scope}_tpm")) for scope in RATE_SCOPES
             },
-            "pricing": {
-                "currency": d["currency"],
-                "input_per_million": d["price_input"],
-                "output_per_million": d["price_output"],
-            },
-        }
+            "pricing": given(("currency", "currency"), ("input_per_million", "price_input"),
+                             ("output_per_million", "price_output")),
+        }  # fmt: skip
+        for key in ("context_length", "affinity"):
+            if key in d:
+                spec[key] = d[key]
+        for key, empty in (("env", {}), ("labels", {}), ("annotations", {}), ("tolerations", []),
+                           ("node_selector", {}), ("extra_args", [])):  # fmt: skip
+            if key in d:
+                spec[key] = d[key] or empty
         if d.get("image"):
             spec["image"] = d["image"].strip()
         if d.get("nim_tag"):
             spec["nim_tag"] = d["nim_tag"]
-        spec["model_cache"] = (
-            {"size": d["model_cache_size"], "storage_class": (d.get("model_cache_storage_class") or "").strip()}
-            if d.get("model_cache_size")
-            else None
-        )
+        if "model_cache_size" in d:
+            spec["model_cache"] = (
+                {"size": d["model_cache_size"], "storage_class": (d.get("model_cache_storage_class") or "").strip()}
+                if d["model_cache_size"]
+                else None
+            )  # fmt: skip
         spec["nim_profile"] = (d.get("nim_profile") or "").strip()
         served = d.get("served_model_name")
         if served:

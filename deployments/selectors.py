@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from catalog.models import CatalogModel
+from catalog.selectors import model_estimate
 from console.diff import changes
-from deployments.models import ComputePool, DeploymentEvent, Endpoint, ModelDeployment, Revision
-from projects.models import Organization
-from projects.selectors import organizations_for_user
+from deployments.models import (
+    ComputePool,
+    DeploymentEvent,
+    Endpoint,
+    ModelDeployment,
+    Revision,
+    gpu_holder_key,
+)
+from deployments.spec import gpu_hold
+from projects.models import GpuReservation, Organization, Project
+from projects.selectors import organizations_for_user, quota_decide
+
+log = logging.getLogger(__name__)
 
 
 def pools_for_user(
@@ -69,6 +84,13 @@ def deployment_get(user: AbstractBaseUser, pk: int) -> ModelDeployment:
     return deployment
 
 
+def gpus_held_by(deployment_pks: Iterable[int]) -> dict[int, int]:
+    """GPUs each deployment holds in its quota, in one query (deployment.gpus_held() for one)."""
+    holders = {gpu_holder_key(pk): pk for pk in deployment_pks}
+    rows = GpuReservation.objects.filter(holder__in=list(holders)).values_list("holder", "gpus")
+    return {holders[holder]: gpus for holder, gpus in rows}
+
+
 def deployment_events(deployment: ModelDeployment, limit: int = 50) -> QuerySet[DeploymentEvent]:
     return deployment.events.all()[:limit]
 
@@ -85,3 +107,135 @@ def spec_diff(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 def revision_diff(a: Revision, b: Revision) -> list[dict[str, Any]]:
     """What changed from revision `a` to revision `b`."""
     return spec_diff(a.spec, b.spec)
+
+
+# --- Previews of the deploy form: the services' own rules, asked without writing ---------------
+
+
+def gpu_products(pools: Iterable[ComputePool]) -> list[str]:
+    """GPU product names (node label values) the pools' last connection checks reported."""
+    products: set[str] = set()
+    for pool in pools:
+        for node in (pool.last_check or {}).get("nodes", []) or []:
+            if node.get("gpu_product"):
+                products.add(node["gpu_product"])
+    return sorted(products)
+
+
+def deployment_quota_preview(
+    *,
+    project: Project,
+    gpus_per_replica: int,
+    replicas_max: int,
+    deployment: ModelDeployment | None = None,
+) -> dict[str, Any]:
+    """What saving would hold against the quotas, decided by the rule quota_reserve applies
+    (the project's quota, then the organization's), without reserving anything."""
+    hold = gpu_hold({"replicas": {"max": replicas_max}, "resources": {"gpus": gpus_per_replica}})
+    holder = deployment.gpu_holder() if deployment is not None else "deployment:preview"
+    decision = quota_decide(
+        project=project, organization=project.organization, holder=holder, gpus=hold
+    )
+    return {
+        "quota_project": project,
+        "quota_used": decision.project_used,
+        "quota_total": decision.project_quota,
+        "quota_hold": hold,
+        "quota_over": decision.refused_by == "project",
+        "quota_refusal": decision.refusal,
+    }
+
+
+def estimate_gpu_key(gpu_type: str) -> str | None:
+    """The estimate's GPU key for a node label value such as NVIDIA-A100-SXM4-80GB (None: unknown)."""
+    from catalog.estimate import GPU_TYPES
+
+    if not gpu_type:
+        return None
+    if gpu_type in GPU_TYPES:
+        return gpu_type
+    parts = set(gpu_type.upper().replace("_", "-").split("-"))
+    for key in sorted(GPU_TYPES, key=len, reverse=True):
+        if all(p.upper() in parts for p in key.split("-")):
+            return key
+    return None
+
+
+def deployment_estimate_preview(
+    *,
+    model: CatalogModel | None,
+    context_length: int | None,
+    gpu_type: str,
+    gpus_per_replica: int | None,
+    pools: Iterable[ComputePool],
+) -> dict[str, Any]:
+    """The GPU memory estimate beside the resources, and a warning when the request is too small.
+    Without a GPU type, it is estimated on the first known GPU the ``pools`` reported."""
+    if model is None:
+        return {"estimate_message": "Choose a model to see how many GPUs it needs."}
+    assumed = ""
+    if not gpu_type:
+        known = [p for p in gpu_products(pools) if estimate_gpu_key(p)]
+        if known:
+            assumed = known[0]
+    try:
+        estimate = model_estimate(
+            model, context_length=context_length, gpu_type=estimate_gpu_key(gpu_type or assumed)
+        )
+    except (ValueError, TypeError) as exc:
+        log.info("no estimate", extra={"model": model.pk, "error": str(exc)})
+        estimate = None
+    if estimate is None:
+        return {
+            "estimate_message": f"No GPU estimate for {model.name}: its parameter count or architecture is unknown."
+        }
+    needed = estimate.gpus or estimate.gpus_min
+    warning = ""
+    gpus = gpus_per_replica
+    if gpus is not None and needed and gpus < needed:
+        warning = (
+            f"{gpus} GPU{'s' if gpus != 1 else ''} per replica is too small: {model.name} needs about "
+            f"{estimate.total_gib:.1f} GiB, that is {needed} × {estimate.gpu.name if estimate.gpu else 'GPU'}."
+        )
+    if getattr(estimate, "exceeds_node", False):
+        warning = warning or "This model does not fit on one node's GPUs at this context length."
+    return {
+        "estimate": estimate,
+        "estimate_needed": needed,
+        "estimate_warning": warning,
+        "estimate_gpu_type": gpu_type,
+        "estimate_assumed_gpu": assumed if estimate.gpu else "",
+    }
+
+
+def connection_advice(error: str) -> str:
+    """What to do about a failed connection test, from the words Kubernetes or the network gave."""
+    text = (error or "").lower()
+    if not text:
+        return ""
+    if "401" in text or "unauthorized" in text:
+        return "The cluster refused the credentials. Check the kubeconfig's user token or client certificate; it may have expired."
+    if "403" in text or "forbidden" in text:
+        return "The credentials work but may not list nodes. Grant the service account get/list on nodes and namespaces (a ClusterRole)."
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return "The cluster's TLS certificate was not trusted. Include certificate-authority-data for the cluster in the kubeconfig."
+    if (
+        "refused" in text
+        or "unreachable" in text
+        or "no route" in text
+        or "name or service not known" in text
+        or "resolve" in text
+    ):
+        return "Nothing answered at the API server address. Check the server URL in the kubeconfig and that this console can reach it (VPN, firewall)."
+    if "timed out" in text or "timeout" in text:
+        return "The API server did not answer in time. Check the network path and that the control plane is up."
+    if "in-cluster" in text or "service account" in text or "serviceaccount" in text:
+        return "In-cluster access needs the console to run inside the cluster with a mounted service account token."
+    return "Check the kubeconfig and that the cluster's API server is reachable from the console, then test again."
+
+
+def deployment_name_suggestion(model_name: str) -> str:
+    """A deployment name (a DNS-1035 label) derived from a catalog model's name."""
+    base = re.sub(r"[^a-z0-9-]+", "-", model_name.split("/")[-1].lower()).strip("-")
+    base = re.sub(r"^[^a-z]+", "", base)[:40].strip("-")
+    return base or "model"

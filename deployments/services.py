@@ -295,18 +295,26 @@ def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) ->
 # --- Endpoints ----------------------------------------------------------------------------------
 
 
+def endpoint_path_normalize(path: str) -> str:
+    """The one spelling of a gateway path: a leading "/", no trailing "/" (except the root)."""
+    path = (path or "").strip()
+    if not path.startswith("/"):
+        path = "/" + path
+    return path.rstrip("/") or "/"
+
+
 def endpoint_create(
     *, user: AbstractBaseUser | None, project: Project, name: str, path: str
 ) -> Endpoint:
+    """Names are unique in a project and compared exactly (as the database constraint does);
+    paths are unique in the organization after normalizing ("chat/" and "/chat" are one path)."""
     _require_change(user, project.organization)
-    name, path = name.strip(), path.strip()
-    if path and not path.startswith("/"):
-        path = "/" + path
+    name, path = (name or "").strip(), endpoint_path_normalize(path)
     errors = {}
     if not name:
         errors["name"] = "Enter a name."
     if not _PATH.match(path) or "//" in path or len(path) > 200:
-        errors["path"] = "Enter a path such as /llama-chat (letters, digits, - _ . ~ /)."
+        errors["path"] = "Use a path such as /llama-chat: letters, digits, '-', '_', '.', '~', '/'."
     elif Endpoint.objects.filter(project__organization=project.organization, path=path).exists():
         errors["path"] = (
             f"The path {path} is already used by another endpoint of this organization."
@@ -376,6 +384,88 @@ def _new_revision(
     return revision
 
 
+def _duplicate_name_message(project: Project, name: str) -> str:
+    return (
+        f"Project “{project.name}” already has a deployment named “{name}”; "
+        "that name already exists in the project."
+    )
+
+
+def deployment_check(
+    *,
+    project: Project,
+    model: CatalogModel | None,
+    pool: ComputePool | None,
+    name: str,
+    spec: dict[str, Any],
+    bundle: ProfileBundle | None = None,
+    endpoint: Endpoint | None = None,
+    environment: Environment | None = None,
+) -> tuple[ProfileBundle, dict[str, Any]]:
+    """Every rule a new deployment must pass, without writing anything: the bundle it gets and
+    its canonical spec. Raises one ValidationError naming every field at fault (spec keys such
+    as ``resources.gpus``), so the form can show them while the user types. The quota is
+    checked at the save, under locks (quota_reserve)."""
+    org = project.organization
+    errors: dict[str, list[str]] = {}
+
+    def refuse(field: str, message: str) -> None:
+        errors.setdefault(field, []).append(message)
+
+    def refuse_all(exc: ValidationError) -> None:
+        for field, messages in exc.message_dict.items() if hasattr(exc, "error_dict") else (
+            ("__all__", exc.messages),
+        ):
+            if field not in errors:
+                errors[field] = list(messages)
+
+    name = (name or "").strip()
+    if not _NAME.match(name) or len(name) > 50:
+        refuse("name", "Use at most 50 lower-case letters, digits and dashes, starting with a letter "
+                       "(it becomes the Kubernetes Service name).")  # fmt: skip
+    elif ModelDeployment.objects.filter(project=project, name=name).exists():
+        refuse("name", _duplicate_name_message(project, name))
+    if model is not None and model.organization_id != org.pk:
+        refuse("model", "No such model in this organization.")
+    if pool is not None and pool.organization_id != org.pk:
+        refuse("pool", "No such compute pool in this organization.")
+    if endpoint is not None and endpoint.project_id != project.pk:
+        refuse("endpoint", f"“{endpoint.name}” belongs to another project.")
+    if environment is not None and environment.project_id != project.pk:
+        refuse("environment", f"“{environment.name}” is an environment of another project.")
+    if model is None or pool is None or errors.keys() & {"model", "pool"}:
+        raise ValidationError(errors or {"model": "Choose a model and a compute pool."})
+    if bundle is None:
+        from catalog.maas import resolve
+
+        resolution = resolve(project, model)
+        if resolution.bundle is None:
+            refuse("bundle", resolution.message)
+            raise ValidationError(errors)
+        bundle = resolution.bundle
+    if bundle.organization_id not in (None, org.pk):
+        refuse("bundle", "No such Profile Bundle in this organization.")
+        raise ValidationError(errors)
+    if bundle.engine_label() != pool.engine_label:
+        refuse("pool", f"Profile Bundle “{bundle}” needs a pool with engine label “{bundle.engine_label()}”, "
+                       f"but compute pool “{pool.name}” has “{pool.engine_label}”. Pick a matching pool or bundle.")  # fmt: skip
+    canonical: dict[str, Any] | None = None
+    try:
+        canonical = normalize_spec(spec, bundle=bundle, model=model)
+    except ValidationError as exc:
+        refuse_all(exc)
+    if canonical is not None:
+        try:
+            _check_environment(environment if "environment" not in errors else None, pool, canonical)
+            _check_served_name_free(org, canonical["served_model_name"])
+        except ValidationError as exc:
+            refuse_all(exc)
+    if errors:
+        raise ValidationError(errors)
+    assert canonical is not None
+    return bundle, canonical
+
+
 def deployment_create(
     *,
     user: AbstractBaseUser | None,
@@ -388,70 +478,48 @@ def deployment_create(
     endpoint: Endpoint | None = None,
     environment: Environment | None = None,
     description: str = "",
+    deactivated: bool = False,
 ) -> ModelDeployment:
     """Create a deployment and its revision 1, reserving its GPUs in the same transaction; the
-    push to the pool is queued when the transaction commits."""
-    org = project.organization
-    _require_change(user, org)
-    name = (name or "").strip()
-    if not _NAME.match(name) or len(name) > 50:
-        raise ValidationError(
-            {"name": "Use at most 50 lower-case letters, digits and dashes, starting with a letter "
-                     "(it becomes the Kubernetes Service name)."}
-        )  # fmt: skip
-    if model.organization_id != org.pk:
-        raise ValidationError({"model": "No such model in this organization."})
-    if pool.organization_id != org.pk:
-        raise ValidationError({"pool": "No such compute pool in this organization."})
-    if endpoint is not None and endpoint.project_id != project.pk:
-        raise ValidationError({"endpoint": "The endpoint belongs to another project."})
-    if environment is not None and environment.project_id != project.pk:
-        raise ValidationError({"environment": "The environment belongs to another project."})
-    if bundle is None:
-        from catalog.maas import resolve
+    push to the pool is queued when the transaction commits.
 
-        resolution = resolve(project, model)
-        if resolution.bundle is None:
-            raise ValidationError({"bundle": resolution.message})
-        bundle = resolution.bundle
-    if bundle.organization_id not in (None, org.pk):
-        raise ValidationError({"bundle": "No such Profile Bundle in this organization."})
-    if bundle.engine_label() != pool.engine_label:
-        raise ValidationError(
-            {"pool": f"Profile Bundle “{bundle}” needs a pool with engine label “{bundle.engine_label()}”, "
-                     f"but compute pool “{pool.name}” has “{pool.engine_label}”. Pick a matching pool or bundle."}
-        )  # fmt: skip
-    canonical = normalize_spec(spec, bundle=bundle, model=model)
-    _check_environment(environment, pool, canonical)
-    if ModelDeployment.objects.filter(project=project, name=name).exists():
-        raise ValidationError(
-            {"name": f"A deployment named “{name}” already exists in project “{project.name}”."}
-        )
-    _check_served_name_free(org, canonical["served_model_name"])
+    ``deactivated=True`` creates it already deactivated, in the same one transaction: it holds
+    no GPUs and nothing is pushed until it is activated (``apply -f`` with ``state: deactivated``).
+    """
+    _require_change(user, project.organization)
+    name = (name or "").strip()
+    bundle, canonical = deployment_check(
+        project=project, model=model, pool=pool, name=name, spec=spec, bundle=bundle,
+        endpoint=endpoint, environment=environment,
+    )  # fmt: skip
+    hold = 0 if deactivated else gpu_hold(canonical)
 
     try:
         with transaction.atomic():
             deployment = ModelDeployment(
                 project=project, model=model, pool=pool, bundle=bundle, endpoint=endpoint,
                 environment=environment, name=name, description=description,
-                state=DeploymentState.PENDING, state_reason="Waiting for the push to the compute pool.",
+                state=DeploymentState.DEACTIVATED if deactivated else DeploymentState.PENDING,
+                state_reason="Created deactivated: no GPUs held, nothing pushed." if deactivated
+                else "Waiting for the push to the compute pool.",
                 state_changed_at=timezone.now(), created_by=_user_or_none(user),
             )  # fmt: skip
             deployment.full_clean(validate_constraints=False)
             deployment.save()
-            _reserve(deployment, gpu_hold(canonical))
+            if hold:
+                _reserve(deployment, hold)
             revision = _new_revision(deployment, canonical, user=user, reason="Created")
             deployment.current_revision = revision
             deployment.save(update_fields=["current_revision"])
             event_record(deployment, reason="Created",
-                         message=f"Revision 1 created by {user or 'the system'}: {gpu_hold(canonical)} GPU(s) reserved.")  # fmt: skip
-            _enqueue_push(deployment.pk)
+                         message=f"Revision 1 created by {user or 'the system'}: {hold} GPU(s) reserved"
+                                 + (" (deactivated)." if deactivated else "."))  # fmt: skip
+            if not deactivated:
+                _enqueue_push(deployment.pk)
             _audit_deployment(user=user, deployment=deployment, action="create", before=None)
     except IntegrityError:
         # Two creates racing for the same name: the unique constraint decides.
-        raise ValidationError(
-            {"name": f"A deployment named “{name}” already exists in project “{project.name}”."}
-        ) from None
+        raise ValidationError({"name": _duplicate_name_message(project, name)}) from None
     log.info("deployment created", extra={"deployment": deployment.pk, "project": project.pk})
     return deployment
 
@@ -508,6 +576,19 @@ def _revise(
     return revision
 
 
+def deployment_update_spec(*, deployment: ModelDeployment, spec: dict[str, Any]) -> dict[str, Any]:
+    """The canonical spec an update to ``spec`` gives (given keys over the current spec; a new NIM
+    tag moves the image's tag), without writing anything: the edit form checks with it as the
+    user types, deployment_update saves it."""
+    current = deployment.current_revision.spec if deployment.current_revision else {}
+    if not isinstance(spec, dict):
+        raise ValidationError({"spec": "The spec must be a mapping."})
+    merged = merge_spec(current, spec)
+    if deployment.model.source == "ngc" and spec.get("nim_tag") and "image" not in spec:
+        merged["image"] = image_with_tag(current.get("image", ""), str(spec["nim_tag"]))
+    return normalize_spec(merged, bundle=deployment.bundle, model=deployment.model)
+
+
 def deployment_update(
     *,
     user: AbstractBaseUser | None,
@@ -524,13 +605,7 @@ def deployment_update(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
                       "create a new deployment for the new model and delete this one when it serves."}
         )  # fmt: skip
-    current = deployment.current_revision.spec if deployment.current_revision else {}
-    if not isinstance(spec, dict):
-        raise ValidationError({"spec": "The spec must be a mapping."})
-    merged = merge_spec(current, spec)
-    if deployment.model.source == "ngc" and spec.get("nim_tag") and "image" not in spec:
-        merged["image"] = image_with_tag(current.get("image", ""), str(spec["nim_tag"]))
-    canonical = normalize_spec(merged, bundle=deployment.bundle, model=deployment.model)
+    canonical = deployment_update_spec(deployment=deployment, spec=spec)
     return _revise(
         user=user, deployment=deployment, spec=canonical, reason=reason or "Spec updated"
     )

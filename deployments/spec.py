@@ -265,7 +265,7 @@ def normalize_spec(
     rmin = _as_int(errors, "replicas.min", replicas.get("min"), minimum=0, maximum=MAX_REPLICAS)
     rmax = _as_int(errors, "replicas.max", replicas.get("max"), minimum=1, maximum=MAX_REPLICAS)
     if rmin is not None and rmax is not None and rmin > rmax:
-        errors.add("replicas.max", f"Must be at least the minimum ({rmin}).")
+        errors.add("replicas.max", f"The maximum ({rmax}) is below the minimum ({rmin}).")
     out["replicas"] = {"min": rmin, "max": rmax}
 
     if out["context_length"] in ("", None):

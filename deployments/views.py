@@ -30,9 +30,8 @@ from deployments.models import (
     DeploymentState,
     ModelDeployment,
     Revision,
-    gpu_holder_key,
 )
-from projects.models import Environment, GpuReservation
+from projects.models import Environment
 from projects.selectors import can_change, is_org_admin, projects_for_user
 from sharing import permissions
 
@@ -172,13 +171,13 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "pool": pool,
             "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes),
-            "gpu_products": _gpu_products([pool]),
+            "gpu_products": _selectors().gpu_products([pool]),
             "check": pool.last_check or {},
             "deployments": deployments,
             "can_change": is_org_admin(request.user, pool.organization),
             "can_test": can_change(request.user, pool.organization),
             "sandbox_label": SANDBOX_LABEL,
-            "advice": connection_advice((pool.last_check or {}).get("error", "")),
+            "advice": _selectors().connection_advice((pool.last_check or {}).get("error", "")),
         },
     )
 
@@ -233,32 +232,6 @@ def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("deployments:pools")
 
 
-def connection_advice(error: str) -> str:
-    """What to do about a failed connection test, from the words Kubernetes or the network gave."""
-    text = (error or "").lower()
-    if not text:
-        return ""
-    if "401" in text or "unauthorized" in text:
-        return "The cluster refused the credentials. Check the kubeconfig's user token or client certificate; it may have expired."
-    if "403" in text or "forbidden" in text:
-        return "The credentials work but may not list nodes. Grant the service account get/list on nodes and namespaces (a ClusterRole)."
-    if "certificate" in text or "ssl" in text or "tls" in text:
-        return "The cluster's TLS certificate was not trusted. Include certificate-authority-data for the cluster in the kubeconfig."
-    if (
-        "refused" in text
-        or "unreachable" in text
-        or "no route" in text
-        or "name or service not known" in text
-        or "resolve" in text
-    ):
-        return "Nothing answered at the API server address. Check the server URL in the kubeconfig and that this console can reach it (VPN, firewall)."
-    if "timed out" in text or "timeout" in text:
-        return "The API server did not answer in time. Check the network path and that the control plane is up."
-    if "in-cluster" in text or "service account" in text or "serviceaccount" in text:
-        return "In-cluster access needs the console to run inside the cluster with a mounted service account token."
-    return "Check the kubeconfig and that the cluster's API server is reachable from the console, then test again."
-
-
 @login_required
 @require_POST
 def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
@@ -272,7 +245,7 @@ def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "pool": pool,
         "check": result or {},
-        "advice": connection_advice((result or {}).get("error", "")),
+        "advice": _selectors().connection_advice((result or {}).get("error", "")),
         "sandbox_label": SANDBOX_LABEL,
     }
     if request.htmx:
@@ -386,7 +359,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         if _all_final(deployments):
             response.status_code = STOP_POLLING
         return response
-    held = _gpus_held({d.pk for d in deployments})
+    held = _selectors().gpus_held_by({d.pk for d in deployments})
     for d in deployments:
         d.gpus_held = held.get(d.pk, 0)
     return render(
@@ -404,13 +377,6 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
             "projects": sorted({d.project.name for d in deployments}),
         },
     )
-
-
-def _gpus_held(pks: set[int]) -> dict[int, int]:
-    holders = {gpu_holder_key(pk): pk for pk in pks}
-    return {
-        holders[r.holder]: r.gpus for r in GpuReservation.objects.filter(holder__in=list(holders))
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,107 +398,37 @@ def _form_choices(request: HttpRequest, org) -> dict[str, Any]:
     }
 
 
-def _gpu_products(pools) -> list[str]:
-    products: set[str] = set()
-    for pool in pools:
-        for node in (pool.last_check or {}).get("nodes", []) or []:
-            if node.get("gpu_product"):
-                products.add(node["gpu_product"])
-    return sorted(products)
-
-
-def estimate_gpu_key(gpu_type: str) -> str | None:
-    """The estimate's GPU key for a node label value such as NVIDIA-A100-SXM4-80GB (None: unknown)."""
-    from catalog.estimate import GPU_TYPES
-
-    if not gpu_type:
-        return None
-    if gpu_type in GPU_TYPES:
-        return gpu_type
-    parts = set(gpu_type.upper().replace("_", "-").split("-"))
-    for key in sorted(GPU_TYPES, key=len, reverse=True):
-        if all(p.upper() in parts for p in key.split("-")):
-            return key
-    return None
+def _form_value(form: DeploymentForm, name: str) -> Any:
+    return (form.data if form.is_bound else form.initial).get(name)
 
 
 def _quota_panel(form: DeploymentForm) -> dict[str, Any]:
-    """What the deployment would hold against the project's quota, before the save refuses it."""
-    data = form.data if form.is_bound else form.initial
+    """The quota preview: the form's text read as numbers, the rule asked of the selector."""
     if form.instance is not None:
         project = form.instance.project
     else:
-        project = (
-            form.fields["project"]
-            .queryset.filter(pk=_int_or_none(data.get("project")) or 0)
-            .first()
-        )
-    gpus, replicas = _int_or_none(data.get("gpus")), _int_or_none(data.get("replicas_max"))
+        pk = _int_or_none(_form_value(form, "project")) or 0
+        project = form.fields["project"].queryset.filter(pk=pk).first()
+    gpus = _int_or_none(_form_value(form, "gpus"))
+    replicas = _int_or_none(_form_value(form, "replicas_max"))
     if project is None or gpus is None or replicas is None:
         return {}
-    others = GpuReservation.objects.filter(project=project)
-    if form.instance is not None:
-        others = others.exclude(holder=f"deployment:{form.instance.pk}")
-    used = sum(others.values_list("gpus", flat=True))
-    hold = gpus * replicas
-    return {
-        "quota_project": project,
-        "quota_used": used,
-        "quota_total": project.gpu_quota,
-        "quota_hold": hold,
-        "quota_over": used + hold > project.gpu_quota,
-    }
+    return _selectors().deployment_quota_preview(
+        project=project, gpus_per_replica=gpus, replicas_max=replicas, deployment=form.instance
+    )
 
 
 def _estimate_panel(form: DeploymentForm) -> dict[str, Any]:
-    """The GPU estimate beside the resources, and a warning when the request is too small."""
-    model = form._current_model()
-    quota = _quota_panel(form)
-    if model is None:
-        return {"estimate_message": "Choose a model to see how many GPUs it needs.", **quota}
-    data = form.data if form.is_bound else {**form.initial}
-    context_length = _int_or_none(data.get("context_length"))
-    gpu_type = (data.get("gpu_type") or "").strip()
-    gpus = _int_or_none(data.get("gpus"))
-    assumed = ""
-    if not gpu_type:
-        # No GPU type asked for: estimate on the GPUs the chosen pool (or any pool) reported.
-        pool = form.fields["pool"].queryset.filter(pk=_int_or_none(data.get("pool")) or 0).first()
-        products = _gpu_products([pool] if pool else form.fields["pool"].queryset)
-        known = [p for p in products if estimate_gpu_key(p)]
-        if known:
-            assumed = known[0]
-    try:
-        from catalog.selectors import model_estimate
-
-        estimate = model_estimate(
-            model, context_length=context_length, gpu_type=estimate_gpu_key(gpu_type or assumed)
-        )
-    except (ImportError, ValueError, TypeError) as exc:
-        log.info("no estimate", extra={"model": model.pk, "error": str(exc)})
-        estimate = None
-    if estimate is None:
-        return {
-            "estimate_message": f"No GPU estimate for {model.name}: its parameter count or architecture is unknown.",
-            **quota,
-        }
-    needed = estimate.gpus or estimate.gpus_min
-    warning = ""
-    if gpus is not None and needed and gpus < needed:
-        warning = (
-            f"{gpus} GPU{'s' if gpus != 1 else ''} per replica is too small: {model.name} needs about "
-            f"{estimate.total_gib:.1f} GiB, that is {needed} × {estimate.gpu.name if estimate.gpu else 'GPU'}."
-        )
-    if getattr(estimate, "exceeds_node", False):
-        warning = warning or "This model does not fit on one node's GPUs at this context length."
-    return {
-        "estimate": estimate,
-        "estimate_needed": needed,
-        "estimate_warning": warning,
-        "estimate_gpu_type": gpu_type,
-        "estimate_assumed_gpu": assumed if estimate.gpu else "",
-        **quota,
-    }
+    pools = form.fields["pool"].queryset
+    pool = pools.filter(pk=_int_or_none(_form_value(form, "pool")) or 0).first()
+    estimate = _selectors().deployment_estimate_preview(
+        model=form._current_model(),
+        context_length=_int_or_none(_form_value(form, "context_length")),
+        gpu_type=(_form_value(form, "gpu_type") or "").strip(),
+        gpus_per_replica=_int_or_none(_form_value(form, "gpus")),
+        pools=[pool] if pool else pools,
+    )
+    return {**estimate, **_quota_panel(form)}
 
 
 def _int_or_none(value) -> int | None:
@@ -592,7 +488,7 @@ def _deployment_form_context(request: HttpRequest, form: DeploymentForm, **extra
         "no_pools": "pool" in form.fields and not form.fields["pool"].queryset.exists(),
         "no_models": "model" in form.fields and not form.fields["model"].queryset.exists(),
         "validate_url": request.get_full_path(),
-        "gpu_products": _gpu_products(form.fields["pool"].queryset)
+        "gpu_products": _selectors().gpu_products(form.fields["pool"].queryset)
         if "pool" in form.fields
         else [],
         "sandbox_label": SANDBOX_LABEL,
@@ -644,7 +540,7 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
     }
     if locked_model is not None:
         initial["model"] = locked_model.pk
-        initial["name"] = _suggest_name(locked_model.name)
+        initial["name"] = _selectors().deployment_name_suggestion(locked_model.name)
     pools = choices["pools"]
     if pools.count() == 1:
         initial["pool"] = pools.first().pk
@@ -689,14 +585,6 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
     return _render_form(request, form, locked_model=locked_model)
 
 
-def _suggest_name(model_name: str) -> str:
-    import re
-
-    base = re.sub(r"[^a-z0-9-]+", "-", model_name.split("/")[-1].lower()).strip("-")
-    base = re.sub(r"^[^a-z]+", "", base)[:40].strip("-")
-    return base or "model"
-
-
 def _deployment_get(request: HttpRequest, pk: int) -> ModelDeployment:
     return _selectors().deployment_get(request.user, pk)
 
@@ -733,16 +621,11 @@ def deployment_update(request: HttpRequest, pk: int) -> HttpResponse:
         if partial is not None:
             return partial
         if form.is_valid():
-            spec = {**deployment.spec(), **form.spec()}
-            # An emptied image or tag field means "the bundle's / the model's default" again.
-            for key in ("image", "nim_tag"):
-                if not form.cleaned_data.get(key):
-                    spec.pop(key, None)
             try:
                 revision = _services().deployment_update(
                     user=request.user,
                     deployment=deployment,
-                    spec=spec,
+                    spec=form.spec(),
                     reason=form.cleaned_data.get("reason") or "Updated from the console",
                 )
             except ValidationError as exc:
@@ -780,7 +663,7 @@ def _render_manifests(deployment: ModelDeployment, revision: Revision | None) ->
 
 def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[str, Any]:
     spec = deployment.spec() or {}
-    held = _gpus_held({deployment.pk}).get(deployment.pk, 0)
+    held = deployment.gpus_held()
     return {
         "d": deployment,
         "spec": spec,

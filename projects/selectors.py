@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
@@ -62,3 +64,43 @@ def can_change(user: AbstractBaseUser, organization: Organization) -> bool:
 
 def is_org_admin(user: AbstractBaseUser, organization: Organization) -> bool:
     return role_in(user, organization) == Role.ADMIN
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    """What quota_reserve decides for ``gpus`` held by one holder: the numbers and any refusal."""
+
+    gpus: int
+    held_by_holder: int
+    project_used: int  # by every other holder of the project
+    project_quota: int
+    organization_used: int  # by every other holder of the organization
+    organization_quota: int
+    refused_by: str = ""  # "project" or "organization": whose quota it does not fit; empty: it fits
+    refusal: str = ""
+
+
+def quota_decide(*, project: Project, organization: Organization, holder: str, gpus: int) -> QuotaDecision:
+    """The one quota rule, project's quota then the organization's. quota_reserve calls it with
+    both rows locked; previews (the deploy form's quota panel) call it as a read."""
+    current = GpuReservation.objects.filter(holder=holder).first()
+    held_by_holder = current.gpus if current else 0
+    others = GpuReservation.objects.exclude(holder=holder)
+    project_used = others.filter(project=project).aggregate(t=Sum("gpus"))["t"] or 0
+    org_used = others.filter(project__organization=organization).aggregate(t=Sum("gpus"))["t"] or 0
+    refused_by, refusal = "", ""
+    # Shrinking or unchanged never needs a check: it can only free quota.
+    if gpus > held_by_holder:
+        if project_used + gpus > project.gpu_quota:
+            refused_by, refusal = "project", (
+                f"Project “{project.name}” has a quota of {project.gpu_quota} GPUs, {project_used} are in use: "
+                f"{gpus} more do not fit. Free GPUs or raise the project's quota."
+            )
+        elif org_used + gpus > organization.gpu_quota:
+            refused_by, refusal = "organization", (
+                f"Organization “{organization.name}” has a quota of {organization.gpu_quota} GPUs, {org_used} are in use: "
+                f"{gpus} more do not fit. Free GPUs or ask for a larger organization quota."
+            )
+    return QuotaDecision(gpus=gpus, held_by_holder=held_by_holder, project_used=project_used,
+                         project_quota=project.gpu_quota, organization_used=org_used,
+                         organization_quota=organization.gpu_quota, refused_by=refused_by, refusal=refusal)  # fmt: skip

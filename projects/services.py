@@ -7,7 +7,6 @@ import logging
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from console.crypto import last4
@@ -20,7 +19,7 @@ from projects.models import (
     ProjectMember,
     Role,
 )
-from projects.selectors import can_change, is_org_admin
+from projects.selectors import can_change, is_org_admin, quota_decide
 
 log = logging.getLogger(__name__)
 
@@ -151,29 +150,10 @@ def quota_reserve(*, project: Project, holder: str, gpus: int) -> GpuReservation
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=project.organization_id)
         locked = Project.objects.select_for_update().get(pk=project.pk)
+        decision = quota_decide(project=locked, organization=org, holder=holder, gpus=gpus)
+        if decision.refusal:
+            raise QuotaExceeded(decision.refusal)
         current = GpuReservation.objects.filter(holder=holder).first()
-        held_by_holder = current.gpus if current else 0
-        if gpus <= held_by_holder:
-            # Shrinking or unchanged never needs a check: it can only free quota.
-            pass
-        else:
-            project_used = (
-                GpuReservation.objects.filter(project=locked).exclude(holder=holder).aggregate(t=Sum("gpus"))["t"] or 0
-            )
-            if project_used + gpus > locked.gpu_quota:
-                raise QuotaExceeded(
-                    f"Project “{locked.name}” has a quota of {locked.gpu_quota} GPUs, {project_used} are in use: "
-                    f"{gpus} more do not fit. Free GPUs or raise the project's quota."
-                )
-            org_used = (
-                GpuReservation.objects.filter(project__organization=org).exclude(holder=holder).aggregate(t=Sum("gpus"))["t"]
-                or 0
-            )
-            if org_used + gpus > org.gpu_quota:
-                raise QuotaExceeded(
-                    f"Organization “{org.name}” has a quota of {org.gpu_quota} GPUs, {org_used} are in use: "
-                    f"{gpus} more do not fit. Free GPUs or ask for a larger organization quota."
-                )
         if gpus == 0:
             GpuReservation.objects.filter(holder=holder).delete()
             return None

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments.management.manifests import (
+from deployments.apply import (
     Context,
     ManifestError,
     apply_documents,

@@ -1,5 +1,6 @@
-"""`apply -f` / `delete -f`: declarative YAML documents (apiVersion modeldeck.io/v1) planned, diffed and
-carried out through the same services as the console and the API."""
+"""The apply service: declarative YAML documents (apiVersion modeldeck.io/v1) planned, diffed and
+carried out through the same services as the console and the API, each document in one
+transaction. `manage.py apply -f` / `delete -f` are thin wrappers around it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import yaml
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Q
 
 from catalog.models import CatalogModel, ProfileBundle
@@ -345,14 +347,12 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
         diff = [{"field": k, "old": None, "new": v} for k, v in sorted(given.items())]
 
         def create() -> ModelDeployment:
-            deployment = services.deployment_create(
+            # A deactivated manifest is created deactivated: no GPUs reserved, nothing pushed.
+            return services.deployment_create(
                 user=ctx.user, project=project, model=refs["model"], pool=refs["pool"], name=name, spec=spec,
                 bundle=refs["bundle"], endpoint=refs["endpoint"], environment=refs["environment"],
-                description=given.get("description", ""),
+                description=given.get("description", ""), deactivated=state == "deactivated",
             )  # fmt: skip
-            if state == "deactivated":
-                services.deployment_deactivate(user=ctx.user, deployment=deployment)
-            return deployment
 
         return Change("ModelDeployment", name, "created", diff, create)
 
@@ -383,13 +383,15 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
         return Change("ModelDeployment", name, "unchanged")
 
     def update() -> None:
+        # Deactivate before a spec change and activate after it, so that the new spec never
+        # reserves GPUs or rolls out while the manifest says the deployment is deactivated.
+        if state == "deactivated" and not is_deactivated:
+            services.deployment_deactivate(user=ctx.user, deployment=existing)
         if any(item["field"] != "state" for item in diff):
             services.deployment_update(
                 user=ctx.user, deployment=existing, spec=desired, reason="apply -f"
             )
-        if state == "deactivated" and not is_deactivated:
-            services.deployment_deactivate(user=ctx.user, deployment=existing)
-        elif state == "active" and is_deactivated:
+        if state == "active" and is_deactivated:
             services.deployment_activate(user=ctx.user, deployment=existing)
 
     return Change("ModelDeployment", name, "configured", diff, update)
@@ -424,9 +426,10 @@ def apply_documents(
     for doc in docs:
         ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
         try:
-            change = PLANNERS[doc["kind"]](ctx, doc)
-            if not dry_run and change.run is not None:
-                change.run()
+            with transaction.atomic():  # one document, one transaction: all of it or none
+                change = PLANNERS[doc["kind"]](ctx, doc)
+                if not dry_run and change.run is not None:
+                    change.run()
             write(change.describe(dry_run=dry_run))
         except (ManifestError, ValidationError, PermissionError) as exc:
             errors += 1
@@ -473,7 +476,8 @@ def delete_documents(
                 write(f"{ref} not found")
                 continue
             if not dry_run:
-                run()
+                with transaction.atomic():
+                    run()
             write(f"{ref} {'would be deleted' if dry_run else 'deleted'}")
         except Exception as exc:  # reported per document, the others go on
             errors += 1
