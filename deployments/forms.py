@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from console.forms import StyledForm
 from deployments.models import ComputePool, ModelDeployment, PoolKind
 from deployments.services import deployment_check, deployment_update_spec
+from deployments.spec import form_field_for
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -23,81 +24,13 @@ POOL_KIND_CHOICES = [
     (PoolKind.SANDBOX.value, SANDBOX_LABEL),
 ]
 ENGINE_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
-NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-QUANTITY_RE = re.compile(r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$")
-PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 MAX_KUBECONFIG_BYTES = 256 * 1024
 
-# Where a spec key (as services and normalize_spec name it) shows up in the deployment form.
-SPEC_FIELD_MAP: dict[str, str] = {
-    "engine": "bundle",
-    "image": "image",
-    "served_model_name": "served_model_name",
-    "replicas.min": "replicas_min",
-    "replicas.max": "replicas_max",
-    "replicas": "replicas_max",
-    "context_length": "context_length",
-    "prompt_caching": "prompt_caching",
-    "resources.cpu": "cpu",
-    "resources.memory": "memory",
-    "resources.gpus": "gpus",
-    "resources.gpu_type": "gpu_type",
-    "resources": "gpus",
-    "gpus": "gpus",
-    "cpu": "cpu",
-    "memory": "memory",
-    "gpu_type": "gpu_type",
-    "env": "env",
-    "labels": "labels",
-    "annotations": "annotations",
-    "tolerations": "tolerations",
-    "node_selector": "node_selector",
-    "affinity": "affinity",
-    "extra_args": "extra_args",
-    "model_cache": "model_cache_size",
-    "model_cache.size": "model_cache_size",
-    "model_cache.storage_class": "model_cache_storage_class",
-    "nim_profile": "nim_profile",
-    "nim_tag": "nim_tag",
-    "rate_limits.organization.rpm": "rl_organization_rpm",
-    "rate_limits.organization.tpm": "rl_organization_tpm",
-    "rate_limits.user.rpm": "rl_user_rpm",
-    "rate_limits.user.tpm": "rl_user_tpm",
-    "rate_limits.api_key.rpm": "rl_api_key_rpm",
-    "rate_limits.api_key.tpm": "rl_api_key_tpm",
-    "pricing.currency": "currency",
-    "pricing.input_per_million": "price_input",
-    "pricing.output_per_million": "price_output",
-    "pool": "pool",
-    "bundle": "bundle",
-    "model": "model",
-    "project": "project",
-    "endpoint": "endpoint",
-    "environment": "environment",
-    "name": "name",
-    "description": "description",
-    "quota": "gpus",
-}
-
 RATE_SCOPES = ("organization", "user", "api_key")
-
-
-def form_field_for(spec_key: str, fields: Any) -> str | None:
-    """The form field a service error about ``spec_key`` belongs to (longest known prefix wins)."""
-    key = spec_key
-    while key:
-        name = SPEC_FIELD_MAP.get(key, key if key in fields else None)
-        if name and name in fields:
-            return name
-        if "." not in key:
-            break
-        key = key.rsplit(".", 1)[0]
-    return None
 
 
 def parse_key_values(text: str, *, what: str, key_re: re.Pattern = LABEL_KEY_RE) -> dict[str, str]:
@@ -338,20 +271,14 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def _optional_positive_int(
-    value: str, *, what: str, minimum: int = 1, maximum: int | None = None
-) -> int | None:
+def _optional_int(value: str, *, what: str) -> int | None:
+    """Text to a whole number (empty: None); the allowed range is the spec's rule."""
     value = (value or "").strip().replace("_", "").replace(",", "")
     if not value:
         return None
     if not re.fullmatch(r"\d+", value):
         raise ValidationError(f"Enter {what} as a whole number, or leave it empty.")
-    number = int(value)
-    if number < minimum:
-        raise ValidationError(f"{what.capitalize()} must be at least {minimum}.")
-    if maximum is not None and number > maximum:
-        raise ValidationError(f"{what.capitalize()} can be at most {maximum:,}.")
-    return number
+    return int(value)
 
 
 class DeploymentForm(StyledForm):
@@ -599,83 +526,47 @@ class DeploymentForm(StyledForm):
 
     # -- field cleaning -----------------------------------------------------------------------
 
+    # The fields below only parse text into the spec's shape (deployments.spec); the rules
+    # (ranges, Kubernetes syntax, name format) are the service's, asked in clean().
+
     def clean_name(self) -> str:
         if self.instance is not None:
             return self.instance.name
-        name = self.cleaned_data["name"].strip()
-        if not NAME_RE.match(name):
-            raise ValidationError(
-                "Use lowercase letters, digits and '-'; start with a letter, end with a letter or digit."
-            )
-        return name
+        return self.cleaned_data["name"].strip()
 
     def clean_served_model_name(self) -> str:
-        value = (self.cleaned_data.get("served_model_name") or "").strip()
-        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]*", value):
-            raise ValidationError("Use letters, digits and . _ : / - (no spaces).")
-        return value
+        return (self.cleaned_data.get("served_model_name") or "").strip()
 
     def clean_replicas_min(self) -> int:
-        value = _optional_positive_int(
-            self.cleaned_data.get("replicas_min"),
-            what="the minimum replicas",
-            minimum=0,
-            maximum=100,
-        )
+        value = _optional_int(self.cleaned_data.get("replicas_min"), what="the minimum replicas")
         if value is None:
             raise ValidationError("Give the minimum number of replicas (0 scales to zero).")
         return value
 
     def clean_replicas_max(self) -> int:
-        value = _optional_positive_int(
-            self.cleaned_data.get("replicas_max"),
-            what="the maximum replicas",
-            minimum=1,
-            maximum=100,
-        )
+        value = _optional_int(self.cleaned_data.get("replicas_max"), what="the maximum replicas")
         if value is None:
             raise ValidationError("Give the maximum number of replicas.")
         return value
 
     def clean_context_length(self) -> int | None:
-        return _optional_positive_int(
-            self.cleaned_data.get("context_length"),
-            what="the context length",
-            minimum=256,
-            maximum=10_000_000,
-        )
+        return _optional_int(self.cleaned_data.get("context_length"), what="the context length")
 
     def clean_cpu(self) -> str:
-        value = self.cleaned_data["cpu"].strip()
-        if not QUANTITY_RE.match(value):
-            raise ValidationError("Give CPU as cores (4, 0.5) or millicores (500m).")
-        return value
+        return self.cleaned_data["cpu"].strip()
 
     def clean_memory(self) -> str:
-        value = self.cleaned_data["memory"].strip()
-        if not QUANTITY_RE.match(value):
-            raise ValidationError("Give memory as a Kubernetes quantity, e.g. 16Gi or 512Mi.")
-        return value
+        return self.cleaned_data["memory"].strip()
 
     def clean_model_cache_size(self) -> str:
-        value = (self.cleaned_data.get("model_cache_size") or "").strip()
-        if value and not QUANTITY_RE.match(value):
-            raise ValidationError("Give the cache size as a Kubernetes quantity, e.g. 100Gi.")
-        return value
+        return (self.cleaned_data.get("model_cache_size") or "").strip()
 
     def clean_gpus(self) -> int:
-        value = _optional_positive_int(
-            self.cleaned_data.get("gpus"), what="GPUs per replica", minimum=0, maximum=64
-        )
+        value = _optional_int(self.cleaned_data.get("gpus"), what="GPUs per replica")
         return 0 if value is None else value
 
     def clean_gpu_type(self) -> str:
-        value = (self.cleaned_data.get("gpu_type") or "").strip()
-        if value and not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", value):
-            raise ValidationError(
-                "A node label value such as NVIDIA-A100-SXM4-80GB (letters, digits, - _ .)."
-            )
-        return value
+        return (self.cleaned_data.get("gpu_type") or "").strip()
 
     def clean_env(self) -> dict:
         return parse_key_values(
@@ -698,24 +589,8 @@ class DeploymentForm(StyledForm):
             ) from None
 
     def clean_tolerations(self) -> list:
-        value = (
-            parse_structured(
-                self.cleaned_data.get("tolerations", ""), expect=list, what="Tolerations"
-            )
-            or []
-        )
-        allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
-        for index, item in enumerate(value, start=1):
-            if not isinstance(item, dict):
-                raise ValidationError(
-                    f"Toleration {index} must be a mapping such as “key: nvidia.com/gpu”."
-                )
-            unknown = set(item) - allowed
-            if unknown:
-                raise ValidationError(
-                    f"Toleration {index}: unknown field “{sorted(unknown)[0]}” (allowed: {', '.join(sorted(allowed))})."
-                )
-        return value
+        text = self.cleaned_data.get("tolerations", "")
+        return parse_structured(text, expect=list, what="Tolerations") or []
 
     def clean_node_selector(self) -> dict:
         value = (
@@ -727,38 +602,19 @@ class DeploymentForm(StyledForm):
         return {str(k): str(v) for k, v in value.items()}
 
     def clean_affinity(self) -> dict | None:
-        value = parse_structured(
-            self.cleaned_data.get("affinity", ""), expect=dict, what="Affinity"
-        )
-        if value:
-            unknown = set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
-            if unknown:
-                raise ValidationError(
-                    f"Affinity takes nodeAffinity, podAffinity or podAntiAffinity, not “{sorted(unknown)[0]}”."
-                )
-        return value or None
+        text = self.cleaned_data.get("affinity", "")
+        return parse_structured(text, expect=dict, what="Affinity") or None
 
     def clean_currency(self) -> str:
-        value = self.cleaned_data["currency"].strip().upper()
-        if not CURRENCY_RE.match(value):
-            raise ValidationError("A three-letter currency code, e.g. USD or EUR.")
-        return value
+        return self.cleaned_data["currency"].strip().upper()
 
     def _price(self, name: str) -> str:
         raw = (self.cleaned_data.get(name) or "").strip() or "0"
         try:
-            value = Decimal(raw)
+            Decimal(raw)
         except InvalidOperation:
             raise ValidationError("Enter a price such as 0.50 (per million tokens).") from None
-        if not value.is_finite() or value < 0:
-            raise ValidationError("A price cannot be negative.")
-        if value > Decimal("1000000"):
-            raise ValidationError("That price is too large.")
-        return str(
-            value.quantize(Decimal("0.01"))
-            if value.as_tuple().exponent >= -2
-            else value.normalize()
-        )
+        return raw
 
     def clean_price_input(self) -> str:
         return self._price("price_input")
@@ -774,9 +630,7 @@ class DeploymentForm(StyledForm):
                 if name in self.errors:
                     continue
                 try:
-                    data[name] = _optional_positive_int(
-                        self.data.get(name, ""), what=what, minimum=1
-                    )
+                    data[name] = _optional_int(self.data.get(name, ""), what=what)
                 except ValidationError as exc:
                     self.add_error(name, exc)
         self._check_with_the_service(data)
@@ -791,7 +645,7 @@ class DeploymentForm(StyledForm):
                 deployment_update_spec(deployment=self.instance, spec=self.spec())
                 return
             project, model, pool = data.get("project"), data.get("model"), data.get("pool")
-            if project is None or model is None or pool is None:
+            if project is None:
                 return
             deployment_check(
                 project=project, model=model, pool=pool, name=data.get("name") or "",

@@ -421,8 +421,8 @@ def deployment_check(
 
     name = (name or "").strip()
     if not _NAME.match(name) or len(name) > 50:
-        refuse("name", "Use at most 50 lower-case letters, digits and dashes, starting with a letter "
-                       "(it becomes the Kubernetes Service name).")  # fmt: skip
+        refuse("name", "Use at most 50 lowercase letters, digits and '-'; start with a letter, end with a "
+                       "letter or digit (it becomes the Kubernetes Service name).")  # fmt: skip
     elif ModelDeployment.objects.filter(project=project, name=name).exists():
         refuse("name", _duplicate_name_message(project, name))
     if model is not None and model.organization_id != org.pk:

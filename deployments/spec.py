@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ValidationError
 
 from deployments.renderers import ModelCache, RenderSpec, SpecError, validate_spec
+from deployments.renderers.spec import AFFINITY_KEYS, TOLERATION_KEYS, is_label_value, is_quantity
 
 if TYPE_CHECKING:
     from catalog.models import CatalogModel, ProfileBundle
@@ -27,26 +28,77 @@ AUTOSCALING_METRICS = ("concurrency", "requests_per_second", "gpu_utilization")
 RATE_LIMIT_SCOPES = ("organization", "user", "api_key")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
-# Field names the renderers report, in the spec's own words, so a form can put the error on
-# the right input.
-_RENDER_FIELD_TO_SPEC = {
-    "replicas": "replicas.min",
-    "cpu": "resources.cpu",
-    "memory": "resources.memory",
-    "gpus": "resources.gpus",
-    "gpu_type": "resources.gpu_type",
-    "model_cache.size": "model_cache.size",
-    "model_cache.storage_class": "model_cache.storage_class",
-    "model_cache.access_mode": "model_cache",
-    "bundle_args": "bundle",
-    "engine_vars": "bundle",
-    "secret_env": "env",
-    "image_pull_secrets": "image",
-    "model_ref": "model",
-    "model_source": "model",
-    "model_revision": "model",
-    "deployment_name": "name",
-}
+# The one table of error keys. Every error about a deployment is reported under a spec key
+# (dotted: `resources.gpus`) or a service argument (`name`, `pool`); each row says which deploy
+# form field shows it and which of the renderers' input fields (RenderSpec) it stands for, so an
+# error the renderers raise is reported in the spec's words.
+ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    # (spec key or service argument, deploy form field, RenderSpec fields)
+    ("engine", "bundle", ("engine",)),
+    ("image", "image", ("image", "image_pull_secrets")),
+    ("served_model_name", "served_model_name", ("served_model_name",)),
+    ("replicas.min", "replicas_min", ("replicas",)),
+    ("replicas.max", "replicas_max", ()),
+    ("replicas", "replicas_max", ()),
+    ("context_length", "context_length", ("context_length",)),
+    ("prompt_caching", "prompt_caching", ("prompt_caching",)),
+    ("resources.cpu", "cpu", ("cpu",)),
+    ("resources.memory", "memory", ("memory",)),
+    ("resources.gpus", "gpus", ("gpus",)),
+    ("resources.gpu_type", "gpu_type", ("gpu_type",)),
+    ("resources", "gpus", ()),
+    ("env", "env", ("env", "secret_env")),
+    ("labels", "labels", ("labels",)),
+    ("annotations", "annotations", ("annotations",)),
+    ("tolerations", "tolerations", ("tolerations",)),
+    ("node_selector", "node_selector", ("node_selector",)),
+    ("affinity", "affinity", ("affinity",)),
+    ("extra_args", "extra_args", ("extra_args",)),
+    ("model_cache", "model_cache_size", ("model_cache.access_mode",)),
+    ("model_cache.size", "model_cache_size", ("model_cache.size",)),
+    ("model_cache.storage_class", "model_cache_storage_class", ("model_cache.storage_class",)),
+    ("nim_profile", "nim_profile", ("nim_profile",)),
+    ("nim_tag", "nim_tag", ()),
+    *(
+        (f"rate_limits.{scope}.{unit}", f"rl_{scope}_{unit}", ())
+        for scope in ("organization", "user", "api_key")
+        for unit in ("rpm", "tpm")
+    ),
+    ("pricing.currency", "currency", ()),
+    ("pricing.input_per_million", "price_input", ()),
+    ("pricing.output_per_million", "price_output", ()),
+    ("bundle", "bundle", ("bundle_args", "engine_vars")),
+    ("model", "model", ("model_ref", "model_source", "model_revision")),
+    ("name", "name", ("deployment_name",)),
+    ("pool", "pool", ()),
+    ("project", "project", ()),
+    ("endpoint", "endpoint", ()),
+    ("environment", "environment", ()),
+    ("description", "description", ()),
+    ("quota", "gpus", ()),
+)
+_SPEC_KEY_OF_RENDER_FIELD = {field: key for key, _, fields in ERROR_KEYS for field in fields}
+_FORM_FIELD_OF_KEY = {key: form_field for key, form_field, _ in ERROR_KEYS}
+
+
+def error_key(render_field: str) -> str:
+    """The spec key an error of the renderers' input field ``render_field`` is reported under."""
+    return _SPEC_KEY_OF_RENDER_FIELD.get(render_field, render_field)
+
+
+def form_field_for(key: str, fields: Any) -> str | None:
+    """The deploy form field that shows an error reported under ``key`` (a spec key, a service
+    argument or a renderer field); the longest known prefix wins; None: no field shows it."""
+    while key:
+        for candidate in (key, error_key(key)):
+            name = _FORM_FIELD_OF_KEY.get(candidate, candidate if candidate in fields else None)
+            if name and name in fields:
+                return name
+        if "." not in key:
+            break
+        key = key.rsplit(".", 1)[0]
+    return None
+
 
 SPEC_KEYS = (
     "engine", "image", "served_model_name", "replicas", "context_length", "prompt_caching",
@@ -283,12 +335,23 @@ def normalize_spec(
     gpus = _as_int(
         errors, "resources.gpus", res.get("gpus"), minimum=0, maximum=MAX_GPUS_PER_REPLICA
     )
+    for key, message in (
+        ("cpu", "Give CPU as cores (4, 0.5) or millicores (500m)."),
+        ("memory", "Give memory as a Kubernetes quantity, e.g. 16Gi or 512Mi."),
+    ):
+        if not is_quantity(res.get(key)):
+            errors.add(f"resources.{key}", message)
     gpu_type = res.get("gpu_type") or ""
     if not isinstance(gpu_type, str):
         errors.add(
             "resources.gpu_type", "Must be a GPU product name such as NVIDIA-A100-SXM4-80GB."
         )
         gpu_type = ""
+    elif gpu_type and not is_label_value(gpu_type):
+        errors.add(
+            "resources.gpu_type",
+            "A node label value such as NVIDIA-A100-SXM4-80GB (letters, digits, - _ .).",
+        )
     out["resources"] = {
         "cpu": res.get("cpu"),
         "memory": res.get("memory"),
@@ -302,8 +365,20 @@ def normalize_spec(
         errors.add("tolerations", "Must be a list of tolerations.")
         out["tolerations"] = []
     out["tolerations"] = out["tolerations"] or []
-    if out["affinity"] in ({}, ""):
+    for index, item in enumerate(out["tolerations"], start=1):
+        if not isinstance(item, dict):
+            errors.add("tolerations", f"Toleration {index} must be a mapping such as “key: nvidia.com/gpu”.")
+        elif set(item) - set(TOLERATION_KEYS):
+            unknown_key = sorted(set(item) - set(TOLERATION_KEYS))[0]
+            errors.add("tolerations", f"Toleration {index}: unknown field “{unknown_key}” "
+                                      f"(allowed: {', '.join(sorted(TOLERATION_KEYS))}).")  # fmt: skip
+    if out["affinity"] in ({}, "", None):
         out["affinity"] = None
+    elif not isinstance(out["affinity"], dict):
+        errors.add("affinity", "Must be a Kubernetes affinity: nodeAffinity, podAffinity, podAntiAffinity.")
+    elif set(out["affinity"]) - set(AFFINITY_KEYS):
+        unknown_key = sorted(set(out["affinity"]) - set(AFFINITY_KEYS))[0]
+        errors.add("affinity", f"Affinity takes nodeAffinity, podAffinity or podAntiAffinity, not “{unknown_key}”.")
     args = out["extra_args"] or []
     if isinstance(args, str):
         args = args.split()
@@ -322,6 +397,8 @@ def normalize_spec(
             "size": str(cache["size"]),
             "storage_class": str(cache.get("storage_class") or ""),
         }
+        if not is_quantity(out["model_cache"]["size"]):
+            errors.add("model_cache.size", "Give the cache size as a Kubernetes quantity, e.g. 100Gi.")
     if not isinstance(out["nim_profile"] or "", str):
         errors.add("nim_profile", "Must be a profile id or name.")
     out["nim_profile"] = out["nim_profile"] or ""
@@ -389,8 +466,8 @@ def normalize_spec(
                                    namespace="validate", revision=1, project=None, secret_env={},
                                    image_pull_secrets=None))  # fmt: skip
     except SpecError as exc:
-        field = _RENDER_FIELD_TO_SPEC.get(exc.field, exc.field)
-        raise ValidationError({field: exc.message[:1].upper() + exc.message[1:] + "."}) from None
+        message = exc.message[:1].upper() + exc.message[1:] + "."
+        raise ValidationError({error_key(exc.field): message}) from None
     return out
 
 

@@ -35,8 +35,10 @@ _QUANTITY = re.compile(
     r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 )
 _ENGINE_VAR = re.compile(r"^[a-z][a-z0-9_]*$")
-_TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
-_AFFINITY_KEYS = frozenset({"nodeAffinity", "podAffinity", "podAntiAffinity"})
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+_TOLERATION_KEYS = frozenset(TOLERATION_KEYS)
+_AFFINITY_KEYS = frozenset(AFFINITY_KEYS)
 
 # Plain env vars that would put a credential into the pod spec (and so into etcd, the Manifests
 # tab and every `kubectl get -o yaml`). Credentials must come from a Secret via secret_env.
@@ -288,8 +290,13 @@ def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = 
         raise SpecError(name, f"must be at most {maximum}")
 
 
+def is_quantity(value: object) -> bool:
+    """A Kubernetes resource quantity such as 4, 500m, 16Gi or 1e9."""
+    return isinstance(value, str) and bool(_QUANTITY.match(value))
+
+
 def _check_quantity(name: str, value: object) -> None:
-    if not isinstance(value, str) or not _QUANTITY.match(value):
+    if not is_quantity(value):
         raise SpecError(name, f"{value!r} is not a Kubernetes quantity such as 4, 500m or 16Gi")
 
 

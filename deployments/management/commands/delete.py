@@ -6,12 +6,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments.management.commands.apply import add_common_arguments, context_from, read_source
 from deployments.apply import (
     ManifestError,
     delete_documents,
     load_documents,
 )
+from deployments.management.commands.apply import add_common_arguments, context_from, read_source
 
 
 class Command(BaseCommand):
