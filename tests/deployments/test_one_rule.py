@@ -138,3 +138,37 @@ def test_a_document_that_fails_half_way_leaves_nothing_behind(tenants, model, bu
     errors = apply_documents(ctx, load_documents(text), dry_run=False, write=out.append)
     assert errors == 1 and "quota of 8 GPUs" in out[0]
     assert not ModelDeployment.objects.filter(name="idle").exists()
+
+
+def _form(tenants, model, bundle, pool, **fields: str) -> dict[str, str]:
+    return {
+        "name": "qwen-chat", "project": str(tenants.project.pk), "model": str(model.pk),
+        "pool": str(pool.pk), "bundle": str(bundle.pk), "replicas_min": "1", "replicas_max": "1",
+        "cpu": "2", "memory": "8Gi", "gpus": "1", "currency": "USD", "price_input": "0.20",
+        "price_output": "0.60", **fields,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "stored"),
+    [
+        # The form allowed only [A-Za-z0-9._:/-] here; the spec (and so the API) any name
+        # without spaces.
+        ("served_model_name", "team+qwen@v1", ("served_model_name",)),
+        # The form's quantity pattern had no exponents; Kubernetes (and the renderers) take them.
+        ("memory", "17e9", ("resources", "memory")),
+        # The form refused prices over 1,000,000 that the API accepted.
+        ("price_input", "2000000", ("pricing", "input_per_million")),
+    ],
+)
+def test_the_form_accepts_what_the_services_rule_accepts(
+    owner_client, tenants, model, bundle, offline_pool, field, value, stored
+):
+    response = owner_client.post(
+        reverse("deployments:create"), _form(tenants, model, bundle, offline_pool, **{field: value})
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    spec = ModelDeployment.objects.get(name="qwen-chat").spec()
+    for key in stored:
+        spec = spec[key]
+    assert spec == ("2000000.00" if field == "price_input" else value)
