@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 
 from console.forms import StyledForm
 from deployments.models import ComputePool, ModelDeployment, PoolKind
-from deployments.services import deployment_check, deployment_update_spec
+from deployments.services import deployment_check, deployment_update_spec, endpoint_check
 from deployments.spec import form_field_for
 
 SANDBOX_LABEL = "Sandbox (simulated)"
@@ -222,8 +222,20 @@ class EndpointForm(StyledForm):
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
 
-    # Paths and names are checked by services.endpoint_create (the one rule: it normalizes the
-    # path and compares names exactly); the view puts its errors on these fields.
+    def clean(self) -> dict:
+        """The service's rule (services.endpoint_check: the path normalized, names compared
+        exactly), asked while the user types."""
+        data = super().clean()
+        if data.get("project") is not None and "name" in data and "path" in data:
+            try:
+                data["name"], data["path"] = endpoint_check(
+                    project=data["project"], name=data["name"], path=data["path"]
+                )
+            except ValidationError as exc:
+                for field, messages in exc.message_dict.items():
+                    for message in messages:
+                        self.add_error(field if field in self.fields else None, message)
+        return data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,14 @@ from deployments.models import (
     PoolKind,
     Revision,
 )
-from deployments.spec import gpu_hold, image_tag, image_with_tag, merge_spec, normalize_spec
+from deployments.spec import (
+    default_spec,
+    gpu_hold,
+    image_tag,
+    image_with_tag,
+    merge_spec,
+    normalize_spec,
+)
 from projects.models import Environment, Organization, Project
 from projects.selectors import can_change, is_org_admin
 from projects.services import quota_reserve
@@ -303,12 +310,11 @@ def endpoint_path_normalize(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-def endpoint_create(
-    *, user: AbstractBaseUser | None, project: Project, name: str, path: str
-) -> Endpoint:
-    """Names are unique in a project and compared exactly (as the database constraint does);
+def endpoint_check(*, project: Project, name: str, path: str) -> tuple[str, str]:
+    """The name and normalized path a new endpoint gets, or a ValidationError naming each field.
+
+    Names are unique in a project and compared exactly (as the database constraint does);
     paths are unique in the organization after normalizing ("chat/" and "/chat" are one path)."""
-    _require_change(user, project.organization)
     name, path = (name or "").strip(), endpoint_path_normalize(path)
     errors = {}
     if not name:
@@ -319,10 +325,18 @@ def endpoint_create(
         errors["path"] = (
             f"The path {path} is already used by another endpoint of this organization."
         )
-    if not errors and Endpoint.objects.filter(project=project, name=name).exists():
+    if name and Endpoint.objects.filter(project=project, name=name).exists():
         errors["name"] = f"An endpoint named “{name}” already exists in this project."
     if errors:
         raise ValidationError(errors)
+    return name, path
+
+
+def endpoint_create(
+    *, user: AbstractBaseUser | None, project: Project, name: str, path: str
+) -> Endpoint:
+    _require_change(user, project.organization)
+    name, path = endpoint_check(project=project, name=name, path=path)
     endpoint = Endpoint(project=project, name=name, path=path)
     endpoint.full_clean()
     endpoint.save()
@@ -576,13 +590,17 @@ def _revise(
     return revision
 
 
-def deployment_update_spec(*, deployment: ModelDeployment, spec: dict[str, Any]) -> dict[str, Any]:
-    """The canonical spec an update to ``spec`` gives (given keys over the current spec; a new NIM
-    tag moves the image's tag), without writing anything: the edit form checks with it as the
-    user types, deployment_update saves it."""
+def deployment_update_spec(
+    *, deployment: ModelDeployment, spec: dict[str, Any], replace: bool = False
+) -> dict[str, Any]:
+    """The canonical spec an update to ``spec`` gives, without writing anything: the edit form
+    checks with it as the user types, deployment_update saves it. The given keys go over the
+    current spec (a new NIM tag moves the image's tag), or with ``replace`` over the defaults."""
     current = deployment.current_revision.spec if deployment.current_revision else {}
     if not isinstance(spec, dict):
         raise ValidationError({"spec": "The spec must be a mapping."})
+    if replace:
+        return normalize_spec(merge_spec(default_spec(), spec), bundle=deployment.bundle, model=deployment.model)
     merged = merge_spec(current, spec)
     if deployment.model.source == "ngc" and spec.get("nim_tag") and "image" not in spec:
         merged["image"] = image_with_tag(current.get("image", ""), str(spec["nim_tag"]))
@@ -596,6 +614,7 @@ def deployment_update(
     spec: dict[str, Any],
     reason: str = "",
     model: CatalogModel | None = None,
+    replace: bool = False,
 ) -> Revision:
     """Change the spec (given keys replace the current ones); blue-green: the new revision
     serves only once it is ready. The model itself can't change in place."""
@@ -605,7 +624,7 @@ def deployment_update(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
                       "create a new deployment for the new model and delete this one when it serves."}
         )  # fmt: skip
-    canonical = deployment_update_spec(deployment=deployment, spec=spec)
+    canonical = deployment_update_spec(deployment=deployment, spec=spec, replace=replace)
     return _revise(
         user=user, deployment=deployment, spec=canonical, reason=reason or "Spec updated"
     )

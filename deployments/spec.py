@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 
-from deployments.renderers import ModelCache, RenderSpec, SpecError, validate_spec
-from deployments.renderers.spec import AFFINITY_KEYS, TOLERATION_KEYS, is_label_value, is_quantity
+from deployments.renderers import (
+    AFFINITY_KEYS,
+    TOLERATION_KEYS,
+    ModelCache,
+    RenderSpec,
+    SpecError,
+    is_label_value,
+    is_quantity,
+    validate_spec,
+)
 
 if TYPE_CHECKING:
     from catalog.models import CatalogModel, ProfileBundle

@@ -361,7 +361,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         return response
     held = _selectors().gpus_held_by({d.pk for d in deployments})
     for d in deployments:
-        d.gpus_held = held.get(d.pk, 0)
+        d.held = held.get(d.pk, 0)  # one query for the list; deployment.gpus_held() reads one
     return render(
         request,
         "deployments/list.html",
@@ -373,7 +373,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
             "running_count": sum(d.state == DeploymentState.RUNNING for d in deployments),
             "failed_count": sum(d.state == DeploymentState.FAILED for d in deployments),
             "deactivated_count": sum(d.state == DeploymentState.DEACTIVATED for d in deployments),
-            "gpus_total": sum(d.gpus_held for d in deployments),
+            "gpus_total": sum(d.held for d in deployments),
             "projects": sorted({d.project.name for d in deployments}),
         },
     )

@@ -185,16 +185,14 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         description="Replace the spec: fields left out return to their defaults. A new revision, rolled out blue-green.",
     )
     def update(self, request, pk=None):
-        from deployments.spec import default_spec, merge_spec
-
         deployment = self.get_object()
         body = DeploymentUpdateSerializer(data=request.data, models=self._querysets()["model"])
         body.is_valid(raise_exception=True)
-        spec = merge_spec(default_spec(), body.validated_data["spec"])
         services.deployment_update(
             user=request.user,
             deployment=deployment,
-            spec=spec,
+            spec=body.validated_data["spec"],
+            replace=True,
             reason=body.validated_data["reason"] or "Replaced through the API",
             model=body.validated_data.get("model"),
         )

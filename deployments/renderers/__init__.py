@@ -44,7 +44,17 @@ from .common import (
     selector_labels,
     service_host,
 )
-from .spec import ENGINES, ModelCache, RenderSpec, SpecError, validate_common
+from .input import (
+    AFFINITY_KEYS,
+    ENGINES,
+    TOLERATION_KEYS,
+    ModelCache,
+    RenderSpec,
+    SpecError,
+    is_label_value,
+    is_quantity,
+    validate_common,
+)
 
 ENGINE_REGISTRY: dict[str, Engine] = {
     e.name: e for e in (vllm.ENGINE, nim.ENGINE, tgi.ENGINE, tei.ENGINE)
@@ -96,6 +106,10 @@ def render_yaml(spec: RenderSpec) -> str:
 
 
 __all__ = [
+    "AFFINITY_KEYS",
+    "TOLERATION_KEYS",
+    "is_label_value",
+    "is_quantity",
     "ANNOTATION_ENGINE",
     "ANNOTATION_MODEL",
     "ANNOTATION_SERVED_MODEL_NAME",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import GPU_PRODUCT_LABEL, RenderSpec, SpecError, is_dns1123_subdomain
+from .input import GPU_PRODUCT_LABEL, RenderSpec, SpecError, is_dns1123_subdomain
 
 # --- Labels and annotations -------------------------------------------------------------------
 

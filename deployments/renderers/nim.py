@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import Engine, EngineParts, check_model_source, locate_model
-from .spec import RenderSpec, SpecError
+from .input import RenderSpec, SpecError
 
 DEFAULT_PORT = 8000
 CACHE_PATH = "/opt/nim/.cache"

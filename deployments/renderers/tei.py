@@ -12,7 +12,7 @@ from .common import (
     engine_args,
     locate_model,
 )
-from .spec import RenderSpec, SpecError
+from .input import RenderSpec, SpecError
 
 DEFAULT_PORT = 8080
 HEALTH_PATH = "/health"

@@ -12,7 +12,7 @@ from .common import (
     engine_args,
     locate_model,
 )
-from .spec import RenderSpec, SpecError
+from .input import RenderSpec, SpecError
 
 # Not TGI's image default (80): a port above 1024 works whatever user the image runs as.
 DEFAULT_PORT = 8080

@@ -11,7 +11,7 @@ from .common import (
     engine_args,
     locate_model,
 )
-from .spec import RenderSpec, SpecError
+from .input import RenderSpec, SpecError
 
 DEFAULT_PORT = 8000
 HEALTH_PATH = "/health"

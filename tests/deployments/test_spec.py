@@ -142,3 +142,25 @@ def test_nim_models_take_image_and_tag_from_ngc_and_reference_the_ngc_key(tenant
 
 def test_nim_tag_on_a_huggingface_model_is_refused(bundle, model):
     assert "nim_tag" in errors_of({"nim_tag": "1.0"}, bundle, model)
+
+
+def test_the_one_table_of_error_keys_names_real_form_fields_and_renderer_fields():
+    from dataclasses import fields
+
+    from deployments.forms import DeploymentForm
+    from deployments.renderers import RenderSpec
+    from deployments.spec import ERROR_KEYS, error_key, form_field_for
+
+    form_fields = set(DeploymentForm.base_fields)
+    render_fields = {f.name for f in fields(RenderSpec)}
+    for key, form_field, renderer_fields in ERROR_KEYS:
+        assert form_field in form_fields, key
+        for name in renderer_fields:
+            assert name.split(".")[0] in render_fields, name
+    # A renderer's complaint is reported in the spec's words and lands on the form's field.
+    assert error_key("replicas") == "replicas.min"
+    assert error_key("bundle_args") == "bundle"
+    assert form_field_for(error_key("gpus"), form_fields) == "gpus"
+    assert form_field_for("rate_limits.api_key.tpm", form_fields) == "rl_api_key_tpm"
+    assert form_field_for("resources.gpus", form_fields) == "gpus"
+    assert form_field_for("autoscaling.metric", form_fields) is None  # no such field in the form

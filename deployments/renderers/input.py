@@ -1,4 +1,6 @@
-"""The renderers' input: one revision of a model deployment, as plain, Django-free data."""
+"""The renderers' input (RenderSpec): one revision of a deployment as plain, Django-free data,
+and the Kubernetes syntax rules every engine shares. The deployment spec itself, its defaults
+and its validation are deployments/spec.py, which builds this input and applies these rules."""
 
 from __future__ import annotations
 
