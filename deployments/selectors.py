@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
@@ -19,22 +20,61 @@ from deployments.models import (
     DeploymentEvent,
     Endpoint,
     ModelDeployment,
+    PoolManager,
     Revision,
     gpu_holder_key,
 )
 from deployments.spec import gpu_hold
 from projects.models import GpuReservation, Organization, Project
-from projects.selectors import organizations_for_user, quota_decide
+from projects.selectors import is_org_admin, organizations_for_user, quota_decide
 
 log = logging.getLogger(__name__)
+
+# --- Who may register, edit and test compute pools (README "Who may register compute pools") ---
+
+
+def is_pool_operator(user: AbstractBaseUser | None) -> bool:
+    """A platform operator: a superuser, or a user given the `operate_computepool` permission."""
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and user.is_active
+        and user.has_perm("deployments.operate_computepool")
+    )
+
+
+def may_register_pool(user: AbstractBaseUser | None, organization: Organization) -> bool:
+    """Operators register pools for any organization; organization admins bring their own
+    cluster only where MODELDECK_ORG_ADMINS_MAY_ADD_POOLS is on."""
+    if is_pool_operator(user):
+        return True
+    return bool(
+        user is not None
+        and settings.ORG_ADMINS_MAY_ADD_POOLS
+        and is_org_admin(user, organization)
+    )
+
+
+def may_manage_pool(user: AbstractBaseUser | None, pool: ComputePool) -> bool:
+    """Edit, test and remove: operators any pool; organization admins (setting on) only the
+    pools their organization brought, never one an operator granted."""
+    if is_pool_operator(user):
+        return True
+    return bool(
+        user is not None
+        and settings.ORG_ADMINS_MAY_ADD_POOLS
+        and pool.managed_by == PoolManager.ORGANIZATION
+        and is_org_admin(user, pool.organization)
+    )
 
 
 def pools_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[ComputePool]:
-    qs = ComputePool.objects.filter(organization__in=organizations_for_user(user)).select_related(
-        "organization"
-    )
+    """The pools granted to the user's organizations; operators see every pool."""
+    qs = ComputePool.objects.select_related("organization")
+    if not is_pool_operator(user):
+        qs = qs.filter(organization__in=organizations_for_user(user))
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs

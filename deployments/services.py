@@ -20,6 +20,7 @@ from deployments.models import (
     Endpoint,
     ModelDeployment,
     PoolKind,
+    PoolManager,
     Revision,
 )
 from deployments.spec import (
@@ -31,12 +32,15 @@ from deployments.spec import (
     normalize_spec,
 )
 from projects.models import Environment, Organization, Project
-from projects.selectors import can_change, is_org_admin
+from projects.selectors import can_change
 from projects.services import quota_reserve
 
 log = logging.getLogger(__name__)
 
-POOL_AUDIT_FIELDS = ["name", "kind", "engine_label", "api_url", "region", "description", "kubeconfig"]
+POOL_AUDIT_FIELDS = [
+    "name", "kind", "engine_label", "api_url", "region", "description", "kubeconfig", "managed_by",
+    "private_addresses_allowed",
+]  # fmt: skip
 
 
 def _audit_deployment(*, user: AbstractBaseUser | None, deployment: ModelDeployment, action: str,
@@ -77,7 +81,10 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENGINE_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-POOL_FIELDS = ("name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description")
+POOL_FIELDS = (
+    "name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description",
+    "private_addresses_allowed",
+)  # fmt: skip
 
 
 def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
@@ -99,11 +106,6 @@ def _require(user: AbstractBaseUser | None, action: str, deployment: ModelDeploy
     from sharing.permissions import require
 
     require(user, action, deployment)
-
-
-def _require_admin(user: AbstractBaseUser | None, organization: Organization) -> None:
-    if user is not None and not is_org_admin(user, organization):
-        raise PermissionDenied("Only organization admins can manage compute pools.")
 
 
 def _enqueue_push(deployment_pk: int) -> None:
@@ -168,29 +170,76 @@ def state_claim(
 # --- Compute pools ------------------------------------------------------------------------------
 
 
-def _clean_pool(pool: ComputePool) -> None:
+def _require_pool_register(user: AbstractBaseUser | None, organization: Organization) -> None:
+    from deployments.selectors import may_register_pool
+
+    if user is not None and not may_register_pool(user, organization):
+        raise PermissionDenied(
+            "Platform operators register compute pools; ask one to grant your organization a pool."
+        )
+
+
+def _require_pool_manage(user: AbstractBaseUser | None, pool: ComputePool) -> None:
+    from deployments.selectors import may_manage_pool
+
+    if user is not None and not may_manage_pool(user, pool):
+        raise PermissionDenied(
+            "Platform operators manage this compute pool; ask one to change or test it."
+        )
+
+
+def _acts_as_operator(user: AbstractBaseUser | None) -> bool:
+    from deployments.selectors import is_pool_operator
+
+    return user is None or is_pool_operator(user)  # None: the system (tasks, migrations)
+
+
+def _clean_pool(pool: ComputePool, *, operator: bool) -> None:
+    """The one rule for a pool's settings, whoever saves it (form, API, apply -f, admin).
+
+    A kubeconfig is reduced here and the reduced copy is what gets stored; the fields that
+    would run a program, read a file or reach another address are refused by name.
+    """
+    from deployments.kube import network
+    from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
+
     errors: dict[str, str] = {}
     if pool.kind not in PoolKind.values:
         errors["kind"] = f"Choose one of {', '.join(PoolKind.values)}."
+    elif not operator and pool.kind != PoolKind.KUBECONFIG:
+        errors["kind"] = (
+            "Organizations bring a cluster by kubeconfig; sandbox and in-cluster pools are "
+            "registered by platform operators."
+        )
     if not _ENGINE_LABEL.match(pool.engine_label or ""):
         errors["engine_label"] = (
             "Enter the inference engine this pool runs, e.g. vllm (lower case, no spaces)."
         )
     if pool.kind == PoolKind.KUBECONFIG:
-        import yaml
-
         try:
-            data = yaml.safe_load(pool.kubeconfig or "")
-        except yaml.YAMLError:
-            data = None
-        if not isinstance(data, dict) or not data.get("clusters"):
-            errors["kubeconfig"] = "Paste a kubeconfig with at least one cluster (YAML)."
+            reduced = reduce_kubeconfig(pool.kubeconfig or "")
+        except KubeconfigRefused as err:
+            errors["kubeconfig"] = err.text()
+        else:
+            pool.kubeconfig = reduced.to_yaml()
+            if pool.needs_public_address():
+                refusal = network.public_address_refusal(reduced.server)
+                if refusal:
+                    errors["kubeconfig"] = f"server: {reduced.host} {refusal}"
+    elif pool.kubeconfig:
+        errors["kubeconfig"] = "Only kubeconfig pools take a kubeconfig."
     if pool.api_url and not re.match(r"^https?://[^\s]+$", pool.api_url):
         errors["api_url"] = "Enter an http(s) URL such as http://127.0.0.1:8093."
-    if pool.api_url and not pool.is_sandbox:
+    elif pool.api_url and not pool.is_sandbox:
         errors["api_url"] = (
             "Only sandbox pools take an API URL; other pools connect through their kubeconfig."
         )
+    elif pool.kind == PoolKind.SANDBOX and "kind" not in errors:
+        refusal = network.sandbox_url_refusal(pool.api_url)
+        if refusal:
+            errors["api_url" if pool.api_url else "kind"] = refusal
+    if pool.private_addresses_allowed and pool.kind != PoolKind.KUBECONFIG:
+        pool.private_addresses_allowed = False  # meaningless elsewhere; keep the row tidy
     if errors:
         raise ValidationError(errors)
     if (
@@ -206,6 +255,16 @@ def _clean_pool(pool: ComputePool) -> None:
     )
 
 
+def _private_addresses_field(value: Any, *, operator: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError({"private_addresses_allowed": "Give true or false."})
+    if value and not operator:
+        raise ValidationError(
+            {"private_addresses_allowed": "Only platform operators can allow private addresses."}
+        )
+    return value
+
+
 def pool_create(
     *,
     user: AbstractBaseUser | None,
@@ -217,13 +276,18 @@ def pool_create(
     api_url: str = "",
     region: str = "",
     description: str = "",
+    private_addresses_allowed: bool = False,
 ) -> ComputePool:
-    _require_admin(user, organization)
+    """Register a pool for (grant it to) an organization: operators, or its admins where allowed."""
+    _require_pool_register(user, organization)
+    operator = _acts_as_operator(user)
     pool = ComputePool(
         organization=organization, name=name.strip(), kind=kind, engine_label=engine_label.strip(),
         kubeconfig=kubeconfig, api_url=api_url.strip(), region=region.strip(), description=description,
+        managed_by=PoolManager.OPERATOR if operator else PoolManager.ORGANIZATION,
+        private_addresses_allowed=_private_addresses_field(private_addresses_allowed, operator=operator),
     )  # fmt: skip
-    _clean_pool(pool)
+    _clean_pool(pool, operator=operator)
     with transaction.atomic():
         pool.save()
         _audit_pool(user=user, pool=pool, action="create", before=None, after=_pool_snapshot(pool))
@@ -231,12 +295,44 @@ def pool_create(
     return pool
 
 
+def pool_validate(
+    *, user: AbstractBaseUser | None, organization: Organization, pool: ComputePool | None = None,
+    **fields: Any,
+) -> None:
+    """Check a create (pool=None) or an update without saving: for forms that can't show an error
+    after the save (Django admin). The same rules as pool_create/pool_update."""
+    if pool is None:
+        _require_pool_register(user, organization)
+        operator = _acts_as_operator(user)
+        draft = ComputePool(
+            organization=organization, managed_by=PoolManager.OPERATOR if operator else PoolManager.ORGANIZATION,
+        )  # fmt: skip
+    else:
+        _require_pool_manage(user, pool)
+        operator = _acts_as_operator(user)
+        draft = ComputePool.objects.get(pk=pool.pk)
+    for key, value in fields.items():
+        if key not in POOL_FIELDS:
+            raise ValidationError({key: "This field can't be changed."})
+        if key == "private_addresses_allowed":
+            value = _private_addresses_field(value, operator=operator)
+        if key == "kubeconfig" and not value and pool is not None:
+            continue
+        setattr(draft, key, value.strip() if isinstance(value, str) and key != "kubeconfig" else value)
+    _clean_pool(draft, operator=operator)
+
+
 def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: Any) -> ComputePool:
     """Change a pool's settings; an empty kubeconfig keeps the stored one (it is never shown)."""
-    _require_admin(user, pool.organization)
+    _require_pool_manage(user, pool)
+    operator = _acts_as_operator(user)
     unknown = sorted(set(fields) - set(POOL_FIELDS))
     if unknown:
         raise ValidationError({unknown[0]: "This field can't be changed."})
+    if "private_addresses_allowed" in fields:
+        fields["private_addresses_allowed"] = _private_addresses_field(
+            fields["private_addresses_allowed"], operator=operator
+        )
     with transaction.atomic():
         locked = ComputePool.objects.select_for_update().get(pk=pool.pk)
         before = _pool_snapshot(locked)
@@ -248,6 +344,13 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
                 key,
                 value.strip() if isinstance(value, str) and key != "kubeconfig" else value,
             )
+        if fields.get("kubeconfig") or ("kind" in fields and fields["kind"] != pool.kind):
+            # New connection settings belong to whoever set them: an operator's are trusted, an
+            # organization's lose an operator's earlier allowance of private addresses.
+            if operator:
+                locked.managed_by = PoolManager.OPERATOR
+            elif not fields.get("private_addresses_allowed"):
+                locked.private_addresses_allowed = False
         if "engine_label" in fields and fields["engine_label"] != pool.engine_label:
             busy = locked.deployments.count()
             if busy:
@@ -255,14 +358,14 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
                     {"engine_label": f"{busy} deployment(s) run on this pool with its current engine label; "
                                      "move or delete them before changing it."}
                 )  # fmt: skip
-        _clean_pool(locked)
+        _clean_pool(locked, operator=operator)
         locked.save()
         _audit_pool(user=user, pool=locked, action="update", before=before, after=_pool_snapshot(locked))
     return locked
 
 
 def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
-    _require_admin(user, pool.organization)
+    _require_pool_manage(user, pool)
     count = pool.deployments.count()
     if count:
         raise ValidationError(
@@ -274,22 +377,25 @@ def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
 
 
 def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) -> dict[str, Any]:
-    """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool."""
+    """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool.
+
+    The stored and returned error is always in ModelDeck's own words (deployments.kube.classify):
+    never the body of what answered, never the text of an exception.
+    """
     from deployments import kube
 
-    if user is not None and not can_change(user, pool.organization):
-        raise PermissionDenied("Viewers cannot test compute pools.")
+    _require_pool_manage(user, pool)
     try:
         result = kube.test_connection(pool)
     except kube.KubeError as err:
         result = {"ok": False, "version": "", "nodes": [], "error": err.message}
-    except Exception as exc:  # a check reports any failure in words; it never raises
+    except Exception:  # a check reports any failure in words; it never raises
         log.warning("pool connection test failed", exc_info=True, extra={"pool": pool.pk})
         result = {
             "ok": False,
             "version": "",
             "nodes": [],
-            "error": f"The check could not run: {exc}",
+            "error": "The check could not run; the server log has the details.",
         }
     result["checked_at"] = timezone.now().isoformat()
     ComputePool.objects.filter(pk=pool.pk).update(

@@ -32,7 +32,7 @@ from deployments.models import (
     Revision,
 )
 from projects.models import Environment
-from projects.selectors import can_change, is_org_admin, projects_for_user
+from projects.selectors import can_change, projects_for_user
 from sharing import permissions
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         "deployments/pool_list.html",
         {
             "pools": pools,
-            "can_change": is_org_admin(request.user, org),
+            "can_change": _selectors().may_register_pool(request.user, org),
             "sandbox_label": SANDBOX_LABEL,
         },
     )
@@ -135,9 +135,16 @@ def _pool_form_page(
 @login_required
 def pool_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not is_org_admin(request.user, org):
-        raise PermissionDenied("Only organization admins can register compute pools.")
-    form = PoolForm(request.POST or None, request.FILES or None, organization=org)
+    if not _selectors().may_register_pool(request.user, org):
+        raise PermissionDenied(
+            "Platform operators register compute pools; ask one to grant your organization a pool."
+        )
+    form = PoolForm(
+        request.POST or None,
+        request.FILES or None,
+        organization=org,
+        operator=_selectors().is_pool_operator(request.user),
+    )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
         if partial is not None:
@@ -174,8 +181,8 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "gpu_products": _selectors().gpu_products([pool]),
             "check": pool.last_check or {},
             "deployments": deployments,
-            "can_change": is_org_admin(request.user, pool.organization),
-            "can_test": can_change(request.user, pool.organization),
+            "can_change": _selectors().may_manage_pool(request.user, pool),
+            "can_test": _selectors().may_manage_pool(request.user, pool),
             "sandbox_label": SANDBOX_LABEL,
             "advice": _selectors().connection_advice((pool.last_check or {}).get("error", "")),
         },
@@ -185,8 +192,8 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not is_org_admin(request.user, pool.organization):
-        raise PermissionDenied("Only organization admins can change compute pools.")
+    if not _selectors().may_manage_pool(request.user, pool):
+        raise PermissionDenied("Platform operators manage this compute pool.")
     initial = {
         "name": pool.name,
         "kind": pool.kind,
@@ -194,6 +201,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "api_url": pool.api_url,
         "region": pool.region,
         "description": pool.description,
+        "private_addresses_allowed": pool.private_addresses_allowed,
     }
     form = PoolForm(
         request.POST or None,
@@ -201,6 +209,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
         organization=pool.organization,
         instance=pool,
         initial=initial,
+        operator=_selectors().is_pool_operator(request.user),
     )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
@@ -221,8 +230,8 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not is_org_admin(request.user, pool.organization):
-        raise PermissionDenied("Only organization admins can remove compute pools.")
+    if not _selectors().may_manage_pool(request.user, pool):
+        raise PermissionDenied("Platform operators manage this compute pool.")
     try:
         _services().pool_delete(user=request.user, pool=pool)
     except ValidationError as exc:
@@ -236,7 +245,8 @@ def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    _require_change(request, pool.organization, "test compute pools")
+    if not _selectors().may_manage_pool(request.user, pool):
+        raise PermissionDenied("Platform operators test this compute pool.")
     try:
         result = _services().pool_test_connection(user=request.user, pool=pool)
     except ValidationError as exc:

@@ -27,7 +27,7 @@ from deployments.api.serializers import (
     ScaleSerializer,
 )
 from deployments.models import ModelDeployment
-from projects.models import Environment
+from projects.models import Environment, Organization
 from projects.selectors import can_change, organizations_for_user, projects_for_user
 
 
@@ -46,6 +46,8 @@ class ComputePoolViewSet(viewsets.ReadOnlyModelViewSet):
 
     def _organization(self, org_id):
         orgs = organizations_for_user(self.request.user)
+        if org_id and selectors.is_pool_operator(self.request.user):
+            orgs = Organization.objects.all()  # operators grant pools to any organization
         org = (
             orgs.filter(pk=org_id).first()
             if org_id
