@@ -64,6 +64,10 @@ class ComputePoolAdminForm(forms.ModelForm):
         "credentials); leave empty to keep the stored one.",
     )  # fmt: skip
 
+    SERVICE_FIELDS = (
+        "name", "kind", "engine_label", "api_url", "region", "description", "private_addresses_allowed",
+    )  # fmt: skip
+
     class Meta:
         model = ComputePool
         fields = [
@@ -72,7 +76,7 @@ class ComputePoolAdminForm(forms.ModelForm):
         ]  # fmt: skip
 
     def service_fields(self) -> dict:
-        data = {k: self.cleaned_data.get(k) for k in self.Meta.fields if k != "organization"}
+        data = {k: self.cleaned_data.get(k) for k in self.SERVICE_FIELDS}
         data = {k: ("" if v is None else v) for k, v in data.items()}
         data["kubeconfig"] = self.cleaned_data.get("new_kubeconfig") or ""
         return data
