@@ -25,6 +25,7 @@ from deployments.forms import (
     ScaleForm,
     initial_from_spec,
 )
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     ComputePool,
     DeploymentState,
@@ -172,11 +173,18 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
     deployments = ModelDeployment.objects.filter(pool=pool).select_related("project", "model")
     nodes = (pool.last_check or {}).get("nodes") or []
+    tls_off = False
+    if pool.kind == PoolKind.KUBECONFIG:
+        try:
+            tls_off = reduce_kubeconfig(pool.kubeconfig or "").insecure_skip_tls_verify
+        except KubeconfigRefused:
+            pass  # the connection test names the refused field
     return render(
         request,
         "deployments/pool_detail.html",
         {
             "pool": pool,
+            "tls_off": tls_off,
             "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes),
             "gpu_products": _selectors().gpu_products([pool]),
             "check": pool.last_check or {},

@@ -206,9 +206,9 @@ def test_deploy_from_the_catalog_watch_it_run_then_deactivate_and_activate(
 
 
 def test_register_a_sandbox_pool_and_test_its_connection(
-    page, live_server, tenants, sandbox_cluster, screenshot
+    page, live_server, tenants, operator, sandbox_cluster, screenshot
 ):
-    sign_in(page, live_server, "owner")
+    sign_in(page, live_server, "operator")  # registering pools is a platform operator's act
     page.click("nav >> text=Compute Pools")
     expect(page.locator(".empty")).to_contain_text("No compute pools yet")
     page.click("text=Register a pool")

@@ -486,3 +486,35 @@ def test_members_and_viewers_cannot_test_pools_any_more(tenants, pool):
     with pytest.raises(PermissionDenied):
         pool_test_connection(user=tenants.member, pool=pool)
     assert login(tenants.member).post(reverse("deployments:pool_test", args=[pool.pk])).status_code == 403
+
+
+def test_insecure_skip_tls_verify_is_accepted_and_the_pool_page_warns(tenants, operator):
+    text = yaml.safe_dump({"clusters": [{"name": "c", "cluster": {"server": PUBLIC_SERVER,
+                                                                  "insecure-skip-tls-verify": True}}]})  # fmt: skip
+    pool = pool_create(user=operator, organization=tenants.org, name="lab", kind="kubeconfig",
+                       engine_label="vllm", kubeconfig=text)  # fmt: skip
+    html = login(tenants.owner).get(reverse("deployments:pool_detail", args=[pool.pk])).content.decode()
+    assert 'id="pool-tls-off"' in html
+    assert kube.client_for(pool).configuration.verify_ssl is False
+
+
+def test_client_certificates_come_from_the_kubeconfig_data_into_private_files():
+    import base64
+    import os
+    import stat
+
+    from deployments.kube.client import configuration_from
+
+    cert = b"-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n"
+    key = b"-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIkey\n-----END EC PRIVATE KEY-----\n"
+    text = yaml.safe_dump({
+        "clusters": [{"name": "c", "cluster": {"server": PUBLIC_SERVER}}],
+        "users": [{"name": "u", "user": {"client-certificate-data": base64.b64encode(cert).decode(),
+                                         "client-key-data": base64.b64encode(key).decode()}}],
+    })  # fmt: skip
+
+    cfg = configuration_from(reduce_kubeconfig(text))
+
+    assert Path(cfg.cert_file).read_bytes() == cert and Path(cfg.key_file).read_bytes() == key
+    assert stat.S_IMODE(os.stat(cfg.key_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(cfg.key_file)).st_mode) == 0o700
