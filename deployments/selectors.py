@@ -253,6 +253,12 @@ def connection_advice(error: str) -> str:
     text = (error or "").lower()
     if not text:
         return ""
+    if "private address" in text:
+        return "Use the cluster's public API server address, or ask a platform operator to allow private addresses for this pool."
+    if "kubeconfig can't be used" in text:
+        return "Replace the kubeconfig with one that carries its credentials inline: kubectl config view --minify --flatten prints one."
+    if "embedded mode" in text or "is not a sandbox" in text:
+        return "Sandbox pools only run in the embedded mode (make run); register the cluster by kubeconfig instead."
     if "401" in text or "unauthorized" in text:
         return "The cluster refused the credentials. Check the kubeconfig's user token or client certificate; it may have expired."
     if "403" in text or "forbidden" in text:

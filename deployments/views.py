@@ -30,6 +30,7 @@ from deployments.models import (
     ComputePool,
     DeploymentState,
     ModelDeployment,
+    PoolKind,
     Revision,
 )
 from projects.models import Environment
