@@ -22,6 +22,14 @@ class PoolManager(models.TextChoices):
     ORGANIZATION = "organization", "Organization admins"
 
 
+class PoolExposure(models.TextChoices):
+    """How the gateway reaches the engines on a pool (DESIGN.md: Compute Pool exposure)."""
+
+    IN_CLUSTER = "in_cluster", "In-cluster Service DNS (ModelDeck runs in this cluster)"
+    INGRESS = "ingress", "Ingress"
+    GATEWAY_API = "gateway_api", "Gateway API (HTTPRoute)"
+
+
 class ComputePool(models.Model):
     """A Kubernetes cluster deployments can land on, granted to one organization.
 
@@ -50,6 +58,26 @@ class ComputePool(models.Model):
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_check = models.JSONField(default=dict, blank=True, help_text="Server version, nodes, GPUs.")
     reachable = models.BooleanField(null=True)
+    exposure = models.CharField(max_length=20, choices=PoolExposure.choices, default=PoolExposure.IN_CLUSTER)
+    exposure_host = models.CharField(
+        max_length=200, blank=True,
+        help_text="Ingress / Gateway API: base host; a deployment answers at <deployment>-<namespace>.<base host>.",
+    )  # fmt: skip
+    exposure_address = models.CharField(
+        max_length=300, blank=True,
+        help_text="Optional http(s)://host:port the gateway connects to instead of resolving the host "
+        "(the load balancer's address when there is no DNS for it).",
+    )  # fmt: skip
+    ingress_class = models.CharField(max_length=253, blank=True, help_text="Ingress: the IngressClass name.")
+    tls_secret = models.CharField(
+        max_length=253, blank=True, help_text="Ingress: TLS Secret for the hosts (empty: plain HTTP)."
+    )
+    gateway_name = models.CharField(max_length=253, blank=True, help_text="Gateway API: the Gateway's name.")
+    gateway_namespace = models.CharField(max_length=63, blank=True, help_text="Gateway API: the Gateway's namespace.")
+    ingress_namespace = models.CharField(
+        max_length=63, blank=True,
+        help_text="Namespace of the ingress controller or gateway proxies: the engines' NetworkPolicy admits it.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -58,6 +86,11 @@ class ComputePool(models.Model):
         permissions = [
             ("operate_computepool", "Can register, edit and test compute pools of every organization"),
         ]
+
+    def operators(self) -> dict[str, bool]:
+        """Inference operators the last "Test connection" found (NIM Operator, KServe, Gateway API)."""
+        found = (self.last_check or {}).get("operators") or {}
+        return {name: bool(found.get(name)) for name in ("nim", "kserve", "gateway_api")}
 
     def __str__(self) -> str:
         return self.name
@@ -145,6 +178,8 @@ class ModelDeployment(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The engine refuses calls without it; only the gateway (and the engine's Secret) know it.
+    engine_credential = EncryptedTextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

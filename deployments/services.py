@@ -876,3 +876,24 @@ def deployment_finish_delete(deployment_id: int) -> bool:
         quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
         locked.delete()
     return True
+
+
+def deployment_engine_credential(*, deployment: ModelDeployment) -> str:
+    """The deployment's engine credential, made once (the engine requires it; the gateway sends it).
+
+    Stored encrypted; concurrent pushes agree on one value: the first writer wins, the others
+    read it back.
+    """
+    import secrets
+
+    if deployment.engine_credential:
+        return deployment.engine_credential
+    value = secrets.token_urlsafe(32)  # URL-safe: goes into a header and the proxy's config as is
+    with transaction.atomic():
+        locked = ModelDeployment.objects.select_for_update().get(pk=deployment.pk)
+        if not locked.engine_credential:
+            locked.engine_credential = value
+            locked.save(update_fields=["engine_credential"])
+            _gateway_forget()
+        deployment.engine_credential = locked.engine_credential
+    return deployment.engine_credential

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from django.core.exceptions import ValidationError
 from deployments.renderers import (
     AFFINITY_KEYS,
     TOLERATION_KEYS,
+    Exposure,
     ModelCache,
     RenderSpec,
     SpecError,
@@ -576,7 +578,7 @@ def render_spec_for(
 ) -> RenderSpec:
     """The renderers' input for one revision of a deployment (`replicas` overrides, e.g. 0)."""
     secret_env, pull = secret_refs(deployment)
-    return _render_spec(
+    rs = _render_spec(
         revision.spec,
         model=deployment.model,
         bundle=deployment.bundle,
@@ -589,3 +591,22 @@ def render_spec_for(
         image_pull_secrets=pull,
         replicas=replicas,
     )
+    pool = deployment.pool
+    return dataclasses.replace(
+        rs, exposure=exposure_for(pool), engine_credential=True,
+        operator="nim-operator" if pool.operators()["nim"] else None,
+    )  # fmt: skip
+
+
+# The namespace ModelDeck itself runs in (in-cluster pools): its gateway calls the engines.
+MODELDECK_NAMESPACE = "modeldeck"
+
+
+def exposure_for(pool: Any) -> Exposure:
+    """The renderers' view of a compute pool's exposure."""
+    admit = {pool.ingress_namespace, MODELDECK_NAMESPACE} - {""}
+    return Exposure(
+        mode=pool.exposure, base_host=pool.exposure_host, ingress_class=pool.ingress_class,
+        tls_secret=pool.tls_secret, gateway_name=pool.gateway_name,
+        gateway_namespace=pool.gateway_namespace, admit_namespaces=tuple(sorted(admit)),
+    )  # fmt: skip

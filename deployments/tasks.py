@@ -34,7 +34,13 @@ from deployments.renderers import (
     render,
     render_service,
 )
-from deployments.services import deployment_finish_delete, event_record, state_claim
+from deployments.renderers.exposure import credential_secret
+from deployments.services import (
+    deployment_engine_credential,
+    deployment_finish_delete,
+    event_record,
+    state_claim,
+)
 from deployments.spec import (
     HF_TOKEN_KEY,
     HF_TOKEN_SECRET,
@@ -151,16 +157,22 @@ def _switch_service(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> bool:
     selector = f"{deployment_selector(deployment.pk)},{LABEL_REVISION}!={rs.revision}"
     if latest and latest != rs.revision:
         selector += f",{LABEL_REVISION}!={latest}"
-    kube.delete_selected(k, rs.namespace, selector, kinds=("Deployment",))
+    # A NIMService carries the revision label like a Deployment; its NIMCache (no revision) stays.
+    kinds = ("Deployment", "NIMService") if deployment.pool.operators()["nim"] else ("Deployment",)
+    kube.delete_selected(k, rs.namespace, selector, kinds=kinds)
     return True
 
 
 def _teardown(k: kube.Kube, deployment: ModelDeployment) -> None:
     namespace = deployment.project.namespace()
     selector = deployment_selector(deployment.pk)
-    kube.delete_selected(
-        k, namespace, selector, kinds=("Deployment", "Service", "PersistentVolumeClaim")
-    )
+    kinds = ["Deployment", "Service", "PersistentVolumeClaim", "Secret", "Ingress", "NetworkPolicy"]
+    operators = deployment.pool.operators()
+    if operators["nim"]:
+        kinds += ["NIMService", "NIMCache"]
+    if operators["gateway_api"] or deployment.pool.exposure == "gateway_api":
+        kinds.append("HTTPRoute")
+    kube.delete_selected(k, namespace, selector, kinds=tuple(kinds))
     if kube.count_selected(k, namespace, selector) == 0 and deployment_finish_delete(deployment.pk):
         log.info("deployment deleted", extra={"deployment": deployment.pk})
 
@@ -205,7 +217,10 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
             reason="NamespaceCreated",
             message=f"Namespace {rs.namespace} created on {deployment.pool.name}.",
         )
-    for secret in _secrets(deployment, rs.namespace, rs):
+    secrets = _secrets(deployment, rs.namespace, rs)
+    if rs.engine_credential:
+        secrets.append(credential_secret(rs, deployment_engine_credential(deployment=deployment)))
+    for secret in secrets:
         kube.apply(k, secret)  # values never reach a log or an event
     for obj in objects:
         kube.apply(k, obj)
@@ -354,6 +369,10 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         with kube.kube_for(pool) as k:
             stats["list_calls"] = 2
             listed_deployments, listed_pods = kube.list_managed(k)
+            listed_nimservices = []
+            if pool.operators()["nim"]:
+                stats["list_calls"] += 1
+                listed_nimservices = kube.list_custom(k, "NIMService")
     except kube.KubeError as err:
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=False, last_checked_at=timezone.now()
@@ -383,7 +402,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=True, last_checked_at=timezone.now()
         )
-    observed = kube.observe(listed_deployments, listed_pods)
+    observed = kube.observe_nimservices(listed_nimservices, kube.observe(listed_deployments, listed_pods))
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
     # row locks long enough to stall a user's deactivate or update.

@@ -25,7 +25,13 @@ from redis.exceptions import RedisError
 from gateway import metrics
 from gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
 from gateway.errors import GatewayError, error_body
-from gateway.lookup import AMBIGUOUS, load_deployments, load_key, load_public_caller
+from gateway.lookup import (
+    AMBIGUOUS,
+    load_deployments,
+    load_endpoint_paths,
+    load_key,
+    load_public_caller,
+)
 from gateway.ratelimit import (
     Decision,
     LocalRateLimiter,
@@ -51,6 +57,17 @@ ROUTES = {
 }
 MAX_BODY_BYTES = 16 * 1024 * 1024
 RUNNING = "running"
+ENDPOINT_PATHS_TTL = 5.0
+
+
+def split_endpoint_path(path: str) -> tuple[str, str]:
+    """`/chat/v1/chat/completions` -> ("/chat", "/v1/chat/completions"); ("", path) without one."""
+    if path.startswith("/v1/"):
+        return "", path
+    at = path.find("/v1/")
+    if at <= 0:
+        return "", path
+    return path[:at], path[at:]
 
 
 def _header(scope: dict, name: bytes) -> str:
@@ -113,6 +130,8 @@ class Gateway:
         self._load_key = sync_to_async(load_key, thread_sensitive=False)
         self._load_deployments = sync_to_async(load_deployments, thread_sensitive=False)
         self._load_public_caller = sync_to_async(load_public_caller, thread_sensitive=False)
+        self._load_endpoint_paths = sync_to_async(load_endpoint_paths, thread_sensitive=False)
+        self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._embedded_usage = None
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -135,6 +154,14 @@ class Gateway:
             else:
                 self._limiter = LocalRateLimiter()
         return self._limiter
+
+    async def is_endpoint_path(self, prefix: str) -> bool:
+        """Whether `prefix` is some Endpoint's path (cached for a few seconds)."""
+        paths, expires = self._endpoint_paths
+        if expires < time.monotonic():
+            paths = await self._load_endpoint_paths()
+            self._endpoint_paths = (paths, time.monotonic() + ENDPOINT_PATHS_TTL)
+        return prefix in paths
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -159,7 +186,8 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self.lifespan(scope, receive, send)
             return
-        path = scope["path"]
+        # `<endpoint path>/v1/...` answers like `/v1/...`, for that endpoint's deployments only.
+        endpoint_path, path = split_endpoint_path(scope["path"])
         method = scope["method"]
         if path == "/metrics":
             body, content_type = metrics.render()
@@ -168,11 +196,11 @@ class Gateway:
         request_id = "req_" + uuid.uuid4().hex
         try:
             if path == "/v1/models" and method == "GET":
-                await self._models(scope, send, request_id)
+                await self._models(scope, send, request_id, endpoint_path)
             elif path in ROUTES:
                 if method != "POST":
                     raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error")
-                await self._inference(scope, receive, send, ROUTES[path], request_id)
+                await self._inference(scope, receive, send, ROUTES[path], request_id, endpoint_path)
             else:
                 raise GatewayError(
                     404,
@@ -296,8 +324,10 @@ class Gateway:
             self.cache.put_deployments(organization_id, found)
         return found
 
-    async def _deployment(self, key: KeyInfo, model: str) -> DeploymentInfo:
+    async def _deployment(self, key: KeyInfo, model: str, endpoint_path: str = "") -> DeploymentInfo:
         deployment = (await self._deployments(key.organization_id)).get(model)
+        if deployment is not None and endpoint_path and deployment.endpoint_path != endpoint_path:
+            deployment = None  # not on this endpoint: the same answer as an unknown name
         # Same answer whether the name is unknown or another organization's: nothing leaks.
         if deployment is None:
             raise GatewayError(
@@ -346,7 +376,7 @@ class Gateway:
             return value.decode() if value else "0"
         return ""
 
-    async def _models(self, scope, send, request_id: str) -> None:
+    async def _models(self, scope, send, request_id: str, endpoint_path: str = "") -> None:
         generation = await self._generation()
         if generation != self.cache.generation:
             self.cache.reset(generation)
@@ -361,6 +391,7 @@ class Gateway:
             }
             for d in sorted(deployments.values(), key=lambda d: d.served_model_name)
             if d.state == RUNNING
+            and (not endpoint_path or d.endpoint_path == endpoint_path)
             and (not key.deployment_ids or d.id in key.deployment_ids)
             and _may_call(key, d)[0]
         ]
@@ -374,7 +405,9 @@ class Gateway:
         if self.cache.generation is None:
             self.cache.reset(await self._generation())
 
-    async def _inference(self, scope, receive, send, route: str, request_id: str) -> None:
+    async def _inference(
+        self, scope, receive, send, route: str, request_id: str, endpoint_path: str = ""
+    ) -> None:
         started = time.perf_counter()
         await self._ensure_generation()
         keyless = not _header(scope, b"authorization")
@@ -401,7 +434,7 @@ class Gateway:
             key = await self._public_caller(model)
 
         for attempt in (1, 2):
-            deployment = await self._deployment(key, model)
+            deployment = await self._deployment(key, model, endpoint_path)
             levels = levels_for(
                 deployment.rate_limits,
                 organization_id=key.organization_id,
@@ -472,6 +505,11 @@ class Gateway:
             raw = json.dumps(body).encode()
         url = f"{deployment.upstream}/v1/{'chat/completions' if route == 'chat.completions' else route}"
         headers = {"content-type": "application/json", "x-request-id": request_id}
+        if deployment.upstream_credential:
+            # The engine's own key (never the caller's): it refuses anyone who bypasses the gateway.
+            headers["authorization"] = f"Bearer {deployment.upstream_credential}"
+        if deployment.upstream_host:
+            headers["host"] = deployment.upstream_host  # the Ingress / HTTPRoute routes on it
         if deployment.sandbox:
             headers.update(
                 (k.decode("latin-1"), v.decode("latin-1"))
@@ -501,7 +539,9 @@ class Gateway:
 
     async def _proxy(self, send, call: Call, url, raw, headers, extra) -> None:
         try:
-            async with self.session.post(url, data=raw, headers=headers) as response:
+            async with self.session.post(
+                url, data=raw, headers=headers, **_tls_name(url, call.deployment)
+            ) as response:
                 content = await response.read()
                 status = response.status
                 content_type = response.headers.get("content-type", "application/json")
@@ -521,7 +561,9 @@ class Gateway:
         self, scope, receive, send, call: Call, url, raw, headers, extra
     ) -> None:
         try:
-            response = await self.session.post(url, data=raw, headers=headers)
+            response = await self.session.post(
+                url, data=raw, headers=headers, **_tls_name(url, call.deployment)
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
             error = self._upstream_error(exc, call.deployment)
             await self._record(call, error.status, actual=0)
@@ -731,6 +773,13 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
     )
 
 
+def _tls_name(url: str, deployment: DeploymentInfo) -> dict:
+    """Through an address (no DNS for the host), TLS must still name and verify the host."""
+    if deployment.upstream_host and url.startswith("https://"):
+        return {"server_hostname": deployment.upstream_host}
+    return {}
+
+
 def _scan_usage(event: bytes, usage: list[int]) -> None:
     for line in event.split(b"\n"):
         if not line.startswith(b"data:"):
@@ -764,6 +813,10 @@ def mount(django_app, **options):
         if scope["type"] == "http":
             path = scope["path"]
             if path.startswith("/v1/") or path == "/metrics":
+                await gateway(scope, receive, send)
+                return
+            prefix, _ = split_endpoint_path(path)
+            if prefix and await gateway.is_endpoint_path(prefix):
                 await gateway(scope, receive, send)
                 return
         await django_app(scope, receive, send)

@@ -81,6 +81,9 @@ class DeploymentInfo:
     sandbox: bool = False  # the simulated engine: test headers (x-sandbox-*) pass through
     owner_organization_id: int = 0  # differs from organization_id when shared with the caller's
     policy: dict | None = None  # sharing.access.policy_snapshot entry (None: sharing not installed)
+    upstream_host: str = ""  # Host header for an Ingress / HTTPRoute reached through an address
+    upstream_credential: str = ""  # the engine's per-deployment key (renderers.exposure)
+    endpoint_path: str = ""  # the Endpoint's path: `<path>/v1/...` answers for this deployment
 
 
 @dataclass

@@ -6,7 +6,7 @@ from django.db import close_old_connections, connection
 
 from deployments.models import DeploymentState, ModelDeployment
 from gateway.cache import DeploymentInfo, KeyInfo
-from gateway.upstream import upstream_base
+from gateway.upstream import upstream_for
 from gateway.usage import price
 from projects.models import APIKey
 
@@ -76,7 +76,7 @@ def load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
 def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
     own = list(
         ModelDeployment.objects.filter(project__organization_id=organization_id)
-        .select_related("current_revision", "pool", "project__organization")
+        .select_related("current_revision", "pool", "project__organization", "endpoint")
         .order_by("pk")
     )
     shared = []
@@ -89,7 +89,7 @@ def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
     if access is not None:
         shared = list(
             shared_deployments_for_org(organization_id)
-            .select_related("current_revision", "pool", "project__organization")
+            .select_related("current_revision", "pool", "project__organization", "endpoint")
             .order_by("pk")
         )
         snapshot = access.policy_snapshot([d.pk for d in own + shared])
@@ -107,13 +107,17 @@ def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
 def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict]) -> DeploymentInfo:
     spec = row.spec()
     pricing = spec.get("pricing") or {}
+    upstream = upstream_for(row)
     return DeploymentInfo(
         id=row.pk,
         name=row.name,
         organization_id=organization_id,
         served_model_name=row.served_name(),
         state=row.state,
-        upstream=upstream_base(row),
+        upstream=upstream.base,
+        upstream_host=upstream.host,
+        upstream_credential=row.engine_credential or "",
+        endpoint_path=row.endpoint.path.rstrip("/") if row.endpoint_id else "",
         rate_limits=spec.get("rate_limits") or {},
         currency=(pricing.get("currency") or "USD")[:3],
         input_per_million=price(pricing.get("input_per_million")),
@@ -132,3 +136,16 @@ def _add(by_name: dict[str, DeploymentInfo], info: DeploymentInfo) -> None:
         current.state != DeploymentState.RUNNING and info.state == DeploymentState.RUNNING
     ):
         by_name[info.served_model_name] = info
+
+
+def load_endpoint_paths() -> frozenset[str]:
+    """Every Endpoint path (any organization): which `<path>/v1/...` URLs are the gateway's."""
+    from deployments.models import Endpoint
+
+    close_old_connections()
+    try:
+        return frozenset(
+            p.rstrip("/") for p in Endpoint.objects.values_list("path", flat=True).distinct() if p.strip("/")
+        )
+    finally:
+        connection.close()

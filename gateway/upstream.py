@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
 from django.conf import settings
 
-from deployments.models import ModelDeployment
+from deployments.models import ModelDeployment, PoolExposure
 from deployments.renderers import SERVICE_PORT
+from deployments.renderers.exposure import host_for
 
 # Generation can take minutes; what matters is how long the engine stays silent.
 CONNECT_TIMEOUT = 5.0
@@ -14,14 +17,37 @@ READ_TIMEOUT = 300.0
 MAX_CONNECTIONS = 1000
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """How to reach one deployment's engine from where the gateway runs."""
+
+    base: str  # URL connected to, without /v1
+    host: str = ""  # Host header (and TLS server name) when `base` is an address, not the host
+
+
+def upstream_for(deployment: ModelDeployment) -> Upstream:
+    """The pool's exposure decides: in-cluster Service DNS, or the deployment's Ingress /
+    HTTPRoute host (renderers.exposure.host_for), optionally through a fixed address."""
+    pool = deployment.pool
+    namespace = deployment.project.namespace()
+    if pool.exposure in (PoolExposure.INGRESS, PoolExposure.GATEWAY_API) and pool.exposure_host:
+        host = host_for(deployment.name, namespace, pool.exposure_host)
+        if pool.exposure_address:
+            return Upstream(pool.exposure_address.rstrip("/"), host)
+        # Ingress terminates TLS when the pool names a certificate; a Gateway's listener decides
+        # for itself, so an https Gateway is given as exposure_address https://...
+        scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
+        return Upstream(f"{scheme}://{host}")
+    if pool.is_sandbox:
+        # The simulated engine answers for every sandbox deployment, whatever the model name.
+        return Upstream(settings.SANDBOX_ENGINE_URL.rstrip("/"))
+    # The Service is named after the deployment, in the project's namespace (renderers.object_names).
+    return Upstream(f"http://{deployment.name}.{namespace}.svc.cluster.local:{SERVICE_PORT}")
+
+
 def upstream_base(deployment: ModelDeployment) -> str:
     """Base URL (without /v1) of the engine serving the deployment."""
-    if deployment.pool.is_sandbox:
-        # The simulated engine answers for every sandbox deployment, whatever the model name.
-        return settings.SANDBOX_ENGINE_URL.rstrip("/")
-    # The Service is named after the deployment, in the project's namespace (renderers.object_names).
-    namespace = deployment.project.namespace()
-    return f"http://{deployment.name}.{namespace}.svc.cluster.local:{SERVICE_PORT}"
+    return upstream_for(deployment).base
 
 
 def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession:

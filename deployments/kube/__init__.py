@@ -16,11 +16,13 @@ from deployments.kube.client import (
     kube_for,
 )
 from deployments.kube.objects import (
+    CUSTOM_KINDS,
     apply,
     count_selected,
     delete_selected,
     docker_config_secret,
     ensure_namespace,
+    list_custom,
     list_managed,
     read_deployment,
     secret_object,
@@ -30,6 +32,7 @@ from deployments.kube.status import (
     RevisionObservation,
     check_cluster,
     observe,
+    observe_nimservices,
     pod_problem,
 )
 
@@ -46,6 +49,7 @@ def test_connection(pool: ComputePool) -> dict[str, Any]:
 test_connection.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite the name
 
 __all__ = [
+    "CUSTOM_KINDS",
     "FIELD_MANAGER",
     "Kube",
     "KubeError",
@@ -63,8 +67,10 @@ __all__ = [
     "docker_config_secret",
     "ensure_namespace",
     "kube_for",
+    "list_custom",
     "list_managed",
     "observe",
+    "observe_nimservices",
     "pod_problem",
     "read_deployment",
     "secret_object",

@@ -201,6 +201,18 @@ class Kube:
     apps: k8s.AppsV1Api
     version: k8s.VersionApi
 
+    @property
+    def networking(self) -> k8s.NetworkingV1Api:
+        return k8s.NetworkingV1Api(self.api_client)
+
+    @property
+    def custom(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.api_client)
+
+    @property
+    def apis(self) -> k8s.ApisApi:
+        return k8s.ApisApi(self.api_client)
+
     def close(self) -> None:
         self.api_client.close()
 

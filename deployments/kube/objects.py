@@ -24,6 +24,15 @@ _APPLY = {
     "Service": ("core", "patch_namespaced_service"),
     "PersistentVolumeClaim": ("core", "patch_namespaced_persistent_volume_claim"),
     "Secret": ("core", "patch_namespaced_secret"),
+    "ConfigMap": ("core", "patch_namespaced_config_map"),
+    "Ingress": ("networking", "patch_namespaced_ingress"),
+    "NetworkPolicy": ("networking", "patch_namespaced_network_policy"),
+}
+# Custom resources: (group, version, plural) for the CustomObjectsApi.
+CUSTOM_KINDS = {
+    "NIMService": ("apps.nvidia.com", "v1alpha1", "nimservices"),
+    "NIMCache": ("apps.nvidia.com", "v1alpha1", "nimcaches"),
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
 }
 
 
@@ -50,11 +59,16 @@ def apply(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
     console is the source of truth for every field it sets. Unchanged objects stay untouched
     (same resourceVersion), which is what makes a repeated push harmless."""
     kind = obj["kind"]
+    meta = obj["metadata"]
+    if kind in CUSTOM_KINDS:
+        group_name, version, plural = CUSTOM_KINDS[kind]
+        return raw(kube.custom.patch_namespaced_custom_object, group_name, version, meta["namespace"],
+                   plural, meta["name"], obj, field_manager=FIELD_MANAGER, force=True,
+                   _content_type=APPLY_CONTENT_TYPE, kind=kind, action="apply")  # fmt: skip
     if kind not in _APPLY:
         raise PermanentKubeError(f"ModelDeck does not apply {kind} objects.")
     group, method = _APPLY[kind]
     api = getattr(kube, group)
-    meta = obj["metadata"]
     return raw(getattr(api, method), meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER,
                force=True, _content_type=APPLY_CONTENT_TYPE, kind=kind, action="apply")  # fmt: skip
 
@@ -104,9 +118,19 @@ def delete_selected(kube: Kube, namespace: str, selector: str, *, kinds: tuple[s
         "Deployment": kube.apps.delete_collection_namespaced_deployment,
         "Service": kube.core.delete_collection_namespaced_service,
         "PersistentVolumeClaim": kube.core.delete_collection_namespaced_persistent_volume_claim,
+        "Secret": kube.core.delete_collection_namespaced_secret,
+        "ConfigMap": kube.core.delete_collection_namespaced_config_map,
+        "Ingress": kube.networking.delete_collection_namespaced_ingress,
+        "NetworkPolicy": kube.networking.delete_collection_namespaced_network_policy,
     }
     for kind in kinds:
         try:
+            if kind in CUSTOM_KINDS:
+                group, version, plural = CUSTOM_KINDS[kind]
+                raw(kube.custom.delete_collection_namespaced_custom_object, group, version, namespace,
+                    plural, label_selector=selector, propagation_policy="Background", kind=kind,
+                    action="delete")  # fmt: skip
+                continue
             raw(calls[kind], namespace, label_selector=selector, propagation_policy="Background",
                 kind=kind, action="delete")  # fmt: skip
         except PermanentKubeError as err:
@@ -149,6 +173,14 @@ def list_managed(kube: Kube) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return deployments.get("items") or [], pods.get("items") or []
 
 
+def list_custom(kube: Kube, kind: str) -> list[dict[str, Any]]:
+    """Every object of a custom kind labelled as ours, across the cluster: one list call."""
+    group, version, plural = CUSTOM_KINDS[kind]
+    found = raw(kube.custom.list_cluster_custom_object, group, version, plural,
+                label_selector=MANAGED_SELECTOR, kind=kind, action="list")  # fmt: skip
+    return found.get("items") or []
+
+
 __all__ = [
     "KubeError",
     "apply",
@@ -157,6 +189,7 @@ __all__ = [
     "delete_selected",
     "docker_config_secret",
     "ensure_namespace",
+    "list_custom",
     "list_managed",
     "read_deployment",
     "secret_object",

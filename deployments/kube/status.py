@@ -144,6 +144,63 @@ def observe(
     return out
 
 
+# NIMService conditions (k8s-nim-operator api/apps/v1alpha1/nimservice_types.go).
+NIM_READY = "NIM_SERVICE_READY"
+NIM_FAILED = "NIM_SERVICE_FAILED"
+
+
+def observe_nimservices(
+    nimservices: list[dict[str, Any]], out: dict[int, dict[int, RevisionObservation]]
+) -> dict[int, dict[int, RevisionObservation]]:
+    """Fold listed NIMServices into the per-revision observations: the operator's Deployment
+    and pods are its own (labelled managed-by k8s-nim-operator), so the NIMService's status is
+    what the sync reads."""
+    for obj in nimservices:
+        dep_id = _int_label(obj, LABEL_DEPLOYMENT_ID)
+        rev = _int_label(obj, LABEL_REVISION)
+        if dep_id is None or rev is None:
+            continue
+        revs = out.setdefault(dep_id, {})
+        obs = revs.setdefault(rev, RevisionObservation(rev, namespace=obj["metadata"].get("namespace", "")))
+        obs.exists = True
+        obs.replicas = int((obj.get("spec") or {}).get("replicas", 1) or 0)
+        status = obj.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        ready = conditions.get(NIM_READY) or {}
+        failed = conditions.get(NIM_FAILED) or {}
+        available = int(status.get("availableReplicas") or 0)
+        if ready.get("status") == "True":
+            available = max(available, obs.replicas)
+        obs.ready = max(obs.ready, available)
+        obs.pods = max(obs.pods, available)
+        if failed.get("status") == "True":
+            obs.problems.insert(0, Problem(failed.get("reason") or "Failed", failed.get("message") or ""))
+    return out
+
+
+# Operators a NIM / KServe deployment can be rendered for, found by API discovery (no RBAC on
+# CRDs needed): group, version, the plurals that must all be served.
+OPERATOR_APIS = {
+    "nim": ("apps.nvidia.com", "v1alpha1", ("nimservices", "nimcaches")),
+    "kserve": ("serving.kserve.io", "v1beta1", ("inferenceservices",)),
+    "gateway_api": ("gateway.networking.k8s.io", "v1", ("httproutes",)),
+}
+
+
+def find_operators(kube: Kube) -> dict[str, bool]:
+    groups = raw(kube.apis.get_api_versions, kind="APIGroupList", action="discover").get("groups") or []
+    served = {g.get("name"): {v.get("version") for v in g.get("versions") or []} for g in groups}
+    found = {}
+    for name, (group, version, plurals) in OPERATOR_APIS.items():
+        ok = version in served.get(group, set())
+        if ok:
+            listed = raw(kube.custom.get_api_resources, group, version, kind=group, action="discover")
+            names = {r.get("name") for r in listed.get("resources") or []}
+            ok = set(plurals) <= names
+        found[name] = ok
+    return found
+
+
 def check_cluster(kube: Kube) -> dict[str, Any]:
     """Server version and the nodes with their allocatable GPUs, GPU product and taints."""
     version = raw(kube.version.get_code, kind="version", action="read")
@@ -168,4 +225,5 @@ def check_cluster(kube: Kube) -> dict[str, Any]:
         )
     version_text = str(version.get("gitVersion", "") or "")
     version_text = version_text if _VERSION.match(version_text) else ""
-    return {"ok": True, "version": version_text, "nodes": out_nodes, "error": ""}
+    return {"ok": True, "version": version_text, "nodes": out_nodes, "error": "",
+            "operators": find_operators(kube)}  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import nim, tei, tgi, vllm
+from . import exposure, nim, nimservice, tei, tgi, vllm
 from .common import (
     ANNOTATION_ENGINE,
     ANNOTATION_MODEL,
@@ -47,6 +47,8 @@ from .common import (
 from .input import (
     AFFINITY_KEYS,
     ENGINES,
+    OPERATORS,
+    Exposure,
     TOLERATION_KEYS,
     ModelCache,
     RenderSpec,
@@ -76,23 +78,47 @@ def validate_spec(spec: RenderSpec) -> None:
     engine.validate(spec)
     engine.check_env(spec)
     engine.build(spec)  # argument clashes are found while the arguments are put together
+    exposure.validate_exposure(spec)
+    exposure.with_credential(spec)
+    if spec.operator is not None and spec.operator not in OPERATORS:
+        raise SpecError("operator", f"must be one of {', '.join(OPERATORS)}")
+
+
+def uses_operator(spec: RenderSpec) -> bool:
+    """NIM on a pool with the NIM Operator renders NIMService + NIMCache instead of a Deployment."""
+    return spec.operator == "nim-operator" and spec.engine == "nim"
 
 
 def render(spec: RenderSpec) -> list[dict[str, Any]]:
-    """One revision's objects, in the order to apply them: [PVC,] Deployment."""
+    """One revision's objects, in the order to apply them: [PVC | NIMCache,] Deployment or
+    NIMService, then the route and NetworkPolicy of the pool's exposure."""
     validate_spec(spec)
+    engine = engine_for(spec)
+    spec = exposure.with_credential(spec)
     objects: list[dict[str, Any]] = []
-    pvc = build_model_cache_pvc(spec)
-    if pvc is not None:
-        objects.append(pvc)
-    objects.append(build_deployment(spec, engine_for(spec)))
+    if uses_operator(spec):
+        objects += nimservice.render(spec)
+    else:
+        pvc = build_model_cache_pvc(spec)
+        if pvc is not None:
+            objects.append(pvc)
+        deployment = build_deployment(spec, engine)
+        if exposure.needs_auth_proxy(spec):
+            deployment = exposure.add_auth_proxy(deployment, spec, engine.port(spec))
+        objects.append(deployment)
+    objects += exposure.exposure_objects(spec, engine.port(spec))
     return objects
 
 
 def render_service(spec: RenderSpec) -> dict[str, Any]:
     """The deployment's Service, selecting the pods of `spec.revision` only."""
     validate_spec(spec)
-    return build_service(spec)
+    service = build_service(spec)
+    target: int | str = exposure.serving_port(spec)
+    if target == "http" and uses_operator(spec):
+        target = engine_for(spec).port(spec)  # the operator names NIM's port `api`, not ours
+    service["spec"]["ports"][0]["targetPort"] = target
+    return service
 
 
 def render_all(spec: RenderSpec) -> list[dict[str, Any]]:
@@ -131,6 +157,7 @@ __all__ = [
     "PORT_NAME",
     "SERVICE_PORT",
     "Engine",
+    "Exposure",
     "ModelCache",
     "ObjectNames",
     "RenderSpec",

@@ -71,6 +71,24 @@ class ModelCache:
 
 
 @dataclass(frozen=True)
+class Exposure:
+    """How the deployment is reached from outside the cluster (the pool's exposure); see
+    renderers/exposure.py. mode: in_cluster | ingress | gateway_api."""
+
+    mode: str = "in_cluster"
+    base_host: str = ""
+    ingress_class: str = ""
+    tls_secret: str = ""
+    gateway_name: str = ""
+    gateway_namespace: str = ""
+    # Namespaces whose pods may call the engines (ingress controller, gateway proxies, ModelDeck).
+    admit_namespaces: tuple[str, ...] = ()
+
+
+OPERATORS = ("nim-operator", "kserve")
+
+
+@dataclass(frozen=True)
 class RenderSpec:
     """Everything a renderer needs to turn one revision into Kubernetes objects.
 
@@ -115,6 +133,10 @@ class RenderSpec:
     port: int | None = None  # None: the engine's default port
     startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS
     termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
+    exposure: Exposure | None = None  # None: in-cluster Service only, no route, no NetworkPolicy
+    # The engine requires the deployment's credential (a Secret ModelDeck owns; renderers/exposure.py).
+    engine_credential: bool = False
+    operator: str | None = None  # render operator-native objects: one of OPERATORS
 
     def __post_init__(self) -> None:
         # Detach from what the caller handed in: lists become tuples, mappings are copied.
@@ -131,6 +153,10 @@ class RenderSpec:
             set_(self, "affinity", copy.deepcopy(self.affinity))
         if isinstance(self.model_cache, Mapping):
             set_(self, "model_cache", ModelCache(**self.model_cache))
+        if isinstance(self.exposure, Mapping):
+            exposure = dict(self.exposure)
+            exposure["admit_namespaces"] = tuple(exposure.get("admit_namespaces") or ())
+            set_(self, "exposure", Exposure(**exposure))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RenderSpec:
