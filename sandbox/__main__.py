@@ -13,7 +13,7 @@ import threading
 
 from sandbox.engine import SimulatedEngine, run_engine_in_thread
 from sandbox.kubelet import NodePool, SandboxCluster
-from sandbox.resources import CUSTOM
+from sandbox.resources import CRD_SETS, CUSTOM
 
 
 def _pool(text: str) -> NodePool:
@@ -53,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         "--ready-delay", type=float, default=3.0, help="seconds from scheduling to Ready"
     )
     parser.add_argument(
-        "--crds", default="", help=f"comma list of CRDs the cluster has: {','.join(CUSTOM)}"
+        "--crds", default="", help=f"comma list of CRDs the cluster has: {','.join(CUSTOM)}, or the sets "
+        f"{','.join(CRD_SETS)} (e.g. --crds nim-operator to have the NIM Operator)"
     )
+    parser.add_argument("--network-port", type=int, default=0,
+                        help="loopback port serving Ingress / HTTPRoute hosts and Service DNS (0: any)")  # fmt: skip
     parser.add_argument("--token", default=None, help="require this bearer token on API requests")
     parser.add_argument(
         "--bad-image", action="append", default=[], help="image (prefix) that fails to pull"
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     pools = [p for p in pools if p.count > 0]
     crds = [c.strip() for c in args.crds.split(",") if c.strip()]
     cluster = SandboxCluster(host=args.host, port=args.kube_port, crds=crds, token=args.token,
+                             network_port=args.network_port,
                              node_pools=pools, ready_delay=args.ready_delay, bad_images=args.bad_image)  # fmt: skip
     kube_url = cluster.start()
     engine_url, stop_engine = "(not served: --no-engine)", lambda: None
@@ -93,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             models=args.model, latency_ms=args.engine_latency_ms, token_ms=args.engine_token_ms
         )
         engine_url, stop_engine = run_engine_in_thread(args.engine_port, args.host, engine=engine)
+        cluster.network.engine_url = engine_url
     if args.kubeconfig:
         cluster.emulator.kubeconfig(args.kubeconfig)
     gpus = sum(p.count * p.gpus_per_node for p in pools)
     print(f"Kubernetes API: {kube_url}", flush=True)
     print(f"Engine:         {engine_url}", flush=True)
+    print(f"Ingress/DNS:    {cluster.network.url} (routes by Host header)", flush=True)
     print(
         f"Nodes: {sum(p.count for p in pools)} ({gpus} GPUs); CRDs: {', '.join(crds) or 'none'}",
         flush=True,

@@ -41,6 +41,7 @@ from sandbox.apimachinery import (
     selector_from_label_selector,
 )
 from sandbox.kubeapi import KubeEmulator
+from sandbox.network import ClusterNetwork
 from sandbox.resources import ResourceType
 from sandbox.store import qos_class, random_suffix
 from sandbox.validation import apply_defaults
@@ -289,6 +290,8 @@ class Kubelet:
         )}  # fmt: skip
         self.crd = {rt.plural: rt for rt in reg.custom_types}
         self._runs: dict[str, _PodRun] = {}
+        self._cache_jobs: dict[tuple[str, str], float] = {}  # NIMCache downloads: started at
+        self._timers_extra = False
         self._events: dict[tuple, tuple[str, str]] = {}  # key -> (namespace, event name)
         self._event_seen: dict[tuple[str, str], float] = {}
         self._failed_scheduling: dict[str, str] = {}
@@ -361,7 +364,8 @@ class Kubelet:
             self._sync_deployments()
             self._sync_operators()
             self._sweep_events()
-            self._timers = any(run.in_transition() for run in self._runs.values())
+            self._timers = self._timers_extra or any(run.in_transition() for run in self._runs.values())
+            self._timers_extra = False
             # Our own writes may need another pass (e.g. a scaled ReplicaSet's pods).
             rv_after = self.store.resource_version
             self._quiet_rv = rv_after if rv_after == rv_before else ""
@@ -1518,8 +1522,9 @@ class Kubelet:
     # -- NIM and KServe operators --------------------------------------------------------
 
     def _sync_operators(self) -> None:
-        for plural, rt in self.crd.items():
-            if plural not in ("nimservices", "inferenceservices"):
+        for plural in ("nimcaches", "nimservices", "inferenceservices"):
+            rt = self.crd.get(plural)
+            if rt is None:
                 continue
             for cr in self.store.objects(rt):
                 if cr["metadata"].get("deletionTimestamp"):
@@ -1529,16 +1534,63 @@ class Kubelet:
                 except (KeyError, TypeError, ValueError, AttributeError):
                     log.exception("cannot reconcile %s %s", rt.kind, cr["metadata"].get("name"))
 
+    def _sync_nimcache(self, rt: ResourceType, cr: dict) -> None:
+        """NIMCache: a PVC `<name>-pvc` (storage.pvc), filled by a download job that the sandbox
+        finishes `ready_delay` after the claim is bound; then state Ready (nimcache_types.go)."""
+        meta, spec = cr["metadata"], cr.get("spec") or {}
+        ns, name = meta["namespace"], meta["name"]
+        pvc_spec = (spec.get("storage") or {}).get("pvc") or {}
+        pvc_name = pvc_spec.get("name") or f"{name}-pvc"
+        pvc_rt = self.rt["persistentvolumeclaims"]
+        pvc = self.store.try_get(pvc_rt, ns, pvc_name)
+        if pvc is None and pvc_spec.get("create"):
+            body = {"metadata": {"name": pvc_name, "namespace": ns, "ownerReferences": [_owner_ref(cr, rt)],
+                                 "labels": {"app.kubernetes.io/managed-by": "k8s-nim-operator"}},
+                    "spec": {"accessModes": [pvc_spec.get("volumeAccessMode") or "ReadWriteOnce"],
+                             "resources": {"requests": {"storage": pvc_spec.get("size") or "50Gi"}}}}  # fmt: skip
+            if pvc_spec.get("storageClass"):
+                body["spec"]["storageClassName"] = pvc_spec["storageClass"]
+            pvc = self.store.create(pvc_rt, ns, body, internal=True)
+        bound = ((pvc or {}).get("status") or {}).get("phase") == "Bound"
+        key = ("nimcache", meta["uid"])
+        if bound and key not in self._cache_jobs:
+            self._cache_jobs[key] = time.monotonic()
+        done = bound and time.monotonic() - self._cache_jobs.get(key, time.monotonic()) >= self.ready_delay
+        if bound and not done:
+            self._timers_extra = True
+        now = now_rfc3339()
+        conditions = list((cr.get("status") or {}).get("conditions") or [])
+        conditions = _set_condition(conditions, "NIM_CACHE_PVC_CREATED", "True" if pvc else "False",
+                                    "PVCCreated", "", now, probe_time=False)  # fmt: skip
+        conditions = _set_condition(conditions, "NIM_CACHE_JOB_COMPLETED", "True" if done else "False",
+                                    "JobCompleted" if done else "JobPending", "", now, probe_time=False)  # fmt: skip
+        status = {"state": "Ready" if done else ("InProgress" if bound else "Pending"), "pvc": pvc_name,
+                  "conditions": conditions, "observedGeneration": meta.get("generation", 1)}  # fmt: skip
+        if status != cr.get("status"):
+            fresh = self.store.try_get(rt, ns, name)
+            if fresh is not None:
+                self.store.update_internal(rt, _revise(fresh, status=status))
+
     def _sync_custom(self, rt: ResourceType, cr: dict) -> None:
         meta, spec = cr["metadata"], cr.get("spec") or {}
         ns, name = meta["namespace"], meta["name"]
+        if rt.plural == "nimcaches":
+            self._sync_nimcache(rt, cr)
+            return
+        waiting_for = ""
         if rt.plural == "nimservices":
+            # As k8s-nim-operator renders it (api/apps/v1alpha1/nimservice_types.go): labels are
+            # the standard ones merged with spec.labels (standard win), selector app=<name>,
+            # port `api`, NIM_CACHE_PATH=/model-store on the cache volume, NGC_API_KEY from
+            # authSecret, sidecarContainers after the NIM container.
             image = spec.get("image") or {}
             port = ((spec.get("expose") or {}).get("service") or {}).get("port", 8000)
             workload = f"{name}"
-            labels = {"app": name, "app.kubernetes.io/name": name,
+            labels = {**dict(spec.get("labels") or {}), "app": name, "app.kubernetes.io/name": name,
+                      "app.kubernetes.io/instance": name, "app.kubernetes.io/part-of": "nim-service",
                       "app.kubernetes.io/managed-by": "k8s-nim-operator"}  # fmt: skip
-            env = list(spec.get("env") or [])
+            env = [{"name": "NIM_CACHE_PATH", "value": "/model-store"},
+                   {"name": "NIM_SERVER_PORT", "value": str(port)}, *list(spec.get("env") or [])]  # fmt: skip
             if spec.get("authSecret"):
                 env.append(
                     {
@@ -1554,9 +1606,28 @@ class Kubelet:
                 "env": env,
                 "ports": [{"name": "api", "containerPort": port}],
                 "resources": spec.get("resources") or {},
+                "volumeMounts": [{"name": "model-store", "mountPath": "/model-store"}],
             }
             replicas = spec.get("replicas", 1)
-            pod_spec: dict = {"containers": [container]}
+            sidecars = [
+                {"name": sc.get("name"), "image": f"{(sc.get('image') or {}).get('repository', '')}:"
+                                                  f"{(sc.get('image') or {}).get('tag', 'latest')}",
+                 **{k: clone(sc[k]) for k in ("command", "args", "env") if sc.get(k)}}
+                for sc in spec.get("sidecarContainers") or [] if isinstance(sc, dict)
+            ]  # fmt: skip
+            storage = spec.get("storage") or {}
+            volume: dict = {"name": "model-store", "emptyDir": {}}
+            cache_name = (storage.get("nimCache") or {}).get("name")
+            if cache_name:
+                cache = self.store.try_get(self.crd["nimcaches"], ns, cache_name) if "nimcaches" in self.crd else None
+                cache_status = (cache or {}).get("status") or {}
+                if cache_status.get("state") != "Ready":
+                    waiting_for = f'NIMCache "{cache_name}" is not ready'
+                volume = {"name": "model-store",
+                          "persistentVolumeClaim": {"claimName": cache_status.get("pvc") or f"{cache_name}-pvc"}}  # fmt: skip
+            elif (storage.get("pvc") or {}).get("name"):
+                volume = {"name": "model-store", "persistentVolumeClaim": {"claimName": storage["pvc"]["name"]}}
+            pod_spec: dict = {"containers": [container, *sidecars], "volumes": [volume]}
             svc_port = {"name": "api", "port": port, "targetPort": port}
             predictor: dict = spec
         else:
@@ -1590,6 +1661,9 @@ class Kubelet:
         if rt.plural == "nimservices" and (spec.get("image") or {}).get("pullSecrets"):
             pod_spec["imagePullSecrets"] = [{"name": s} for s in spec["image"]["pullSecrets"]]
         owner = [_owner_ref(cr, rt)]
+        if waiting_for:
+            self._write_custom_status(rt, cr, {}, workload, svc_port["port"], waiting_for=waiting_for)
+            return
         desired_dep = {
             "metadata": {
                 "name": workload,
@@ -1639,7 +1713,7 @@ class Kubelet:
         return None
 
     def _write_custom_status(
-        self, rt: ResourceType, cr: dict, dep: dict, workload: str, port: int
+        self, rt: ResourceType, cr: dict, dep: dict, workload: str, port: int, *, waiting_for: str = ""
     ) -> None:
         meta = cr["metadata"]
         dep_status = dep.get("status") or {}
@@ -1648,25 +1722,28 @@ class Kubelet:
             dep_status.get("readyReplicas", 0) >= desired
             and dep_status.get("updatedReplicas", 0) >= desired
         )
-        failure = None if ready else self._failure(dep)
+        failure = None if ready or waiting_for else self._failure(dep)
         old = cr.get("status") or {}
         now = now_rfc3339()
         conditions = list(old.get("conditions") or [])
         host = f"{workload}.{meta['namespace']}.svc.cluster.local"
         if rt.plural == "nimservices":
+            # Condition types NIM_SERVICE_READY / NIM_SERVICE_FAILED (nimservice_types.go).
+            ready = ready and not waiting_for
             state = "Ready" if ready else ("Failed" if failure else "NotReady")
             if ready:
-                conditions = _set_condition(conditions, "Ready", "True", "Ready",
+                conditions = _set_condition(conditions, "NIM_SERVICE_READY", "True", "Ready",
                                             f'deployment "{workload}" successfully rolled out', now,
                                             probe_time=False)  # fmt: skip
                 conditions = _set_condition(
-                    conditions, "Failed", "False", "Ready", "", now, probe_time=False
+                    conditions, "NIM_SERVICE_FAILED", "False", "Ready", "", now, probe_time=False
                 )
             else:
-                conditions = _set_condition(conditions, "Ready", "False", "NotReady",
-                                            failure or f'Waiting for deployment "{workload}" rollout to finish',
+                conditions = _set_condition(conditions, "NIM_SERVICE_READY", "False", "NotReady",
+                                            failure or waiting_for
+                                            or f'Waiting for deployment "{workload}" rollout to finish',
                                             now, probe_time=False)  # fmt: skip
-                conditions = _set_condition(conditions, "Failed", "True" if failure else "False",
+                conditions = _set_condition(conditions, "NIM_SERVICE_FAILED", "True" if failure else "False",
                                             "Failed" if failure else "Ready", failure or "", now,
                                             probe_time=False)  # fmt: skip
             status: dict = {
@@ -1775,10 +1852,14 @@ class SandboxCluster:
         port: int = 0,
         crds: Iterable[str] = (),
         token: str | None = None,
+        engine_url: str | None = None,
+        network_port: int = 0,
         **kubelet_options: Any,
     ) -> None:
         self.emulator = KubeEmulator(host, port, crds=crds, token=token)
         self.kubelet = Kubelet(self.emulator, **kubelet_options)
+        # Ingress hosts, HTTPRoute hostnames and Service DNS, served on a loopback port.
+        self.network = ClusterNetwork(self.emulator, engine_url=engine_url, host=host, port=network_port)
 
     @property
     def url(self) -> str:
@@ -1787,9 +1868,11 @@ class SandboxCluster:
     def start(self) -> str:
         url = self.emulator.start()
         self.kubelet.start()
+        self.network.start()
         return url
 
     def stop(self) -> None:
+        self.network.stop()
         self.kubelet.stop()
         self.emulator.stop()
 

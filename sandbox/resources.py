@@ -131,6 +131,10 @@ BUILTIN: tuple[ResourceType, ...] = (
                  ("status", "scale"), has_generation=True, categories=_ALL),
     ResourceType("apps", "v1", "replicasets", "replicaset", "ReplicaSet", True, ("rs",),
                  ("status", "scale"), has_generation=True, categories=_ALL),
+    ResourceType("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", True, ("ing",),
+                 ("status",), has_generation=True),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy",
+                 True, ("netpol",), has_generation=True),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                  "customresourcedefinition", "CustomResourceDefinition", False, ("crd", "crds"),
                  ("status",), has_generation=True, verbs=READ_VERBS),
@@ -147,14 +151,38 @@ CUSTOM: dict[str, ResourceType] = {
         ResourceType("serving.kserve.io", "v1beta1", "inferenceservices", "inferenceservice",
                      "InferenceService", True, ("isvc",), ("status",), has_generation=True,
                      custom=True),
+        ResourceType("serving.kserve.io", "v1alpha1", "servingruntimes", "servingruntime",
+                     "ServingRuntime", True, (), ("status",), has_generation=True, custom=True),
+        ResourceType("gateway.networking.k8s.io", "v1", "gateways", "gateway", "Gateway",
+                     True, ("gtw",), ("status",), has_generation=True, custom=True),
+        ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "httproute", "HTTPRoute",
+                     True, (), ("status",), has_generation=True, custom=True),
     )
 }  # fmt: skip
+
+# What a cluster with an operator installed serves (`--crds nim-operator,kserve,gateway-api`).
+CRD_SETS: dict[str, tuple[str, ...]] = {
+    "nim-operator": ("nimservices", "nimcaches"),
+    "kserve": ("inferenceservices", "servingruntimes"),
+    "gateway-api": ("gateways", "httproutes"),
+}
+
+
+def expand_crds(names: Iterable[str]) -> list[str]:
+    """CRD plurals from plurals or set names (nim-operator, kserve, gateway-api), no repeats."""
+    out: list[str] = []
+    for name in names:
+        for plural in CRD_SETS.get(name, (name,)):
+            if plural not in out:
+                out.append(plural)
+    return out
 
 
 class Registry:
     """The resource types one emulated cluster serves, found by URL parts or by kind."""
 
     def __init__(self, crds: Iterable[str] = ()) -> None:
+        crds = expand_crds(crds)
         unknown = [name for name in crds if name not in CUSTOM]
         if unknown:
             raise ValueError(f"unknown CRDs {unknown}; known: {sorted(CUSTOM)}")

@@ -259,6 +259,19 @@ def validate(rt: ResourceType, obj: dict, old: dict | None) -> None:
         errors += _validate_pvc(spec, (old or {}).get("spec"))
     elif rt.plural == "inferenceservices" and not isinstance(spec.get("predictor"), dict):
         errors.append(FieldError("Required", "spec.predictor"))
+    elif rt.plural == "ingresses":
+        errors += _validate_ingress(spec)
+    elif rt.plural == "networkpolicies":
+        if not isinstance(spec.get("podSelector"), dict):
+            errors.append(FieldError("Required", "spec.podSelector"))
+        for i, kind in enumerate(spec.get("policyTypes") or []):
+            if kind not in ("Ingress", "Egress"):
+                errors.append(FieldError("NotSupported", f"spec.policyTypes[{i}]", kind,
+                                         supported=["Egress", "Ingress"]))  # fmt: skip
+    elif rt.plural == "httproutes":
+        for i, ref in enumerate(spec.get("parentRefs") or []):
+            if not (ref or {}).get("name"):
+                errors.append(FieldError("Required", f"spec.parentRefs[{i}].name"))
     elif rt.plural == "nimservices":
         image = spec.get("image") if isinstance(spec.get("image"), dict) else {}
         for key in ("repository", "tag"):
@@ -268,6 +281,24 @@ def validate(rt: ResourceType, obj: dict, old: dict | None) -> None:
         errors += _validate_immutable(rt, obj, old)
     if errors:
         raise invalid(rt, name, errors)
+
+
+def _validate_ingress(spec: dict) -> list[FieldError]:
+    """networking/v1 Ingress: the parts real validation (pkg/apis/networking/validation) refuses."""
+    errors: list[FieldError] = []
+    for r, rule in enumerate(spec.get("rules") or []):
+        for p, path in enumerate(((rule or {}).get("http") or {}).get("paths") or []):
+            where = f"spec.rules[{r}].http.paths[{p}]"
+            if path.get("pathType") not in ("Exact", "Prefix", "ImplementationSpecific"):
+                errors.append(FieldError("Required", f"{where}.pathType",
+                                         detail="pathType must be specified"))  # fmt: skip
+            service = (path.get("backend") or {}).get("service") or {}
+            if not service.get("name"):
+                errors.append(FieldError("Required", f"{where}.backend.service.name"))
+            port = service.get("port") or {}
+            if not (port.get("number") or port.get("name")):
+                errors.append(FieldError("Required", f"{where}.backend.service.port"))
+    return errors
 
 
 def validate_metadata(rt: ResourceType, meta: dict) -> list[FieldError]:
