@@ -51,6 +51,8 @@ try:
     SANDBOX_KUBE_URLS = [SANDBOX_KUBE_URL]
     ORG_ADMINS_MAY_ADD_POOLS = env_bool("MODELDECK_ORG_ADMINS_MAY_ADD_POOLS", False)
     GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
+    # The namespace ModelDeck's gateway runs in on its own cluster: engines' NetworkPolicies admit it.
+    MODELDECK_NAMESPACE = env_str("MODELDECK_NAMESPACE", "modeldeck")
 except EnvError as exc:  # pragma: no cover - exercised by starting with a bad value
     sys.stderr.write(f"ModelDeck configuration error: {exc}\n")
     raise SystemExit(2) from exc

@@ -16,7 +16,13 @@ from django.db.models import Q
 
 from catalog.models import CatalogModel, ProfileBundle
 from deployments import services
-from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment
+from deployments.models import (
+    POOL_EXPOSURE_FIELDS,
+    ComputePool,
+    DeploymentState,
+    Endpoint,
+    ModelDeployment,
+)
 from deployments.selectors import spec_diff
 from deployments.spec import SPEC_KEYS, normalize_spec
 from projects.models import Environment, Organization, Project
@@ -116,7 +122,8 @@ def _compare(current: dict[str, Any], desired: dict[str, Any]) -> list[dict[str,
 
 # --- ComputePool -----------------------------------------------------------------------------------
 
-POOL_KEYS = ("kind", "engine_label", "kubeconfig", "api_url", "region", "description", "private_addresses_allowed")
+POOL_KEYS = ("kind", "engine_label", "kubeconfig", "api_url", "region", "description", "private_addresses_allowed",
+             *POOL_EXPOSURE_FIELDS)  # fmt: skip
 
 
 def _reduced_or_given(kubeconfig: Any) -> Any:
@@ -150,6 +157,7 @@ def plan_pool(ctx: Context, doc: dict[str, Any]) -> Change:
             engine_label=spec.get("engine_label", ""), kubeconfig=spec.get("kubeconfig", ""),
             api_url=spec.get("api_url", ""), region=spec.get("region", ""), description=spec.get("description", ""),
             private_addresses_allowed=spec.get("private_addresses_allowed", False),
+            **{k: spec[k] for k in POOL_EXPOSURE_FIELDS if k in spec},
         ))  # fmt: skip
     current = {k: getattr(pool, k) for k in POOL_KEYS}
     diff = _compare(current, {**spec, **({"kubeconfig": _reduced_or_given(spec["kubeconfig"])} if "kubeconfig" in spec else {})})

@@ -14,7 +14,13 @@ from django.core.exceptions import ValidationError
 
 from console.forms import StyledForm
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
-from deployments.models import ComputePool, ModelDeployment, PoolKind
+from deployments.models import (
+    POOL_EXPOSURE_FIELDS,
+    ComputePool,
+    ModelDeployment,
+    PoolExposure,
+    PoolKind,
+)
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
 from deployments.spec import form_field_for
 
@@ -135,6 +141,22 @@ class PoolForm(StyledForm):
         help_text="Operators only: lets an organization-managed pool reach a loopback, link-local or "
         "private address.",
     )
+    exposure = forms.ChoiceField(
+        label="Exposure", choices=PoolExposure.choices, initial=PoolExposure.IN_CLUSTER.value,
+        help_text="How the gateway reaches the engines: in-cluster Service DNS only works when "
+        "ModelDeck runs in this cluster.",
+    )  # fmt: skip
+    exposure_host = forms.CharField(label="Base host", max_length=200, required=False,
+                                    help_text=ComputePool._meta.get_field("exposure_host").help_text)  # fmt: skip
+    exposure_address = forms.CharField(label="Connect to address", max_length=300, required=False,
+                                       help_text=ComputePool._meta.get_field("exposure_address").help_text)  # fmt: skip
+    ingress_class = forms.CharField(label="Ingress class", max_length=253, required=False)
+    tls_secret = forms.CharField(label="TLS Secret", max_length=253, required=False,
+                                 help_text=ComputePool._meta.get_field("tls_secret").help_text)  # fmt: skip
+    gateway_name = forms.CharField(label="Gateway name", max_length=253, required=False)
+    gateway_namespace = forms.CharField(label="Gateway namespace", max_length=63, required=False)
+    ingress_namespace = forms.CharField(label="Ingress controller namespace", max_length=63, required=False,
+                                        help_text=ComputePool._meta.get_field("ingress_namespace").help_text)  # fmt: skip
 
     def __init__(
         self, *args, organization, instance: ComputePool | None = None, operator: bool = False, **kwargs
@@ -216,6 +238,7 @@ class PoolForm(StyledForm):
             "region": data.get("region", ""),
             "description": data.get("description", ""),
             "api_url": data.get("api_url", ""),
+            **{name: data.get(name) or "" for name in POOL_EXPOSURE_FIELDS},
         }
         if data.get("kubeconfig"):
             kwargs["kubeconfig"] = data["kubeconfig"]

@@ -30,6 +30,11 @@ class PoolExposure(models.TextChoices):
     GATEWAY_API = "gateway_api", "Gateway API (HTTPRoute)"
 
 
+# How the gateway reaches a pool's engines (the pool's exposure settings).
+POOL_EXPOSURE_FIELDS = ("exposure", "exposure_host", "exposure_address", "ingress_class", "tls_secret",
+                        "gateway_name", "gateway_namespace", "ingress_namespace")  # fmt: skip
+
+
 class ComputePool(models.Model):
     """A Kubernetes cluster deployments can land on, granted to one organization.
 

@@ -14,15 +14,18 @@ from django.utils import timezone
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import (
     ACTIVE_STATES,
+    POOL_EXPOSURE_FIELDS,
     ComputePool,
     DeploymentEvent,
     DeploymentState,
     Endpoint,
     ModelDeployment,
+    PoolExposure,
     PoolKind,
     PoolManager,
     Revision,
 )
+from deployments.renderers.input import is_dns1123_subdomain
 from deployments.spec import (
     default_spec,
     gpu_hold,
@@ -83,7 +86,7 @@ _PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 POOL_FIELDS = (
     "name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description",
-    "private_addresses_allowed",
+    "private_addresses_allowed", *POOL_EXPOSURE_FIELDS,
 )  # fmt: skip
 
 
@@ -194,6 +197,36 @@ def _acts_as_operator(user: AbstractBaseUser | None) -> bool:
     return user is None or is_pool_operator(user)  # None: the system (tasks, migrations)
 
 
+def _exposure_errors(pool: ComputePool) -> dict[str, str]:
+    """The pool's exposure: what its Ingress / HTTPRoute and the gateway's upstream need."""
+    errors: dict[str, str] = {}
+    if pool.exposure not in PoolExposure.values:
+        return {"exposure": f"Choose one of {', '.join(PoolExposure.values)}."}
+    routed = pool.exposure != PoolExposure.IN_CLUSTER
+    if routed and not is_dns1123_subdomain(pool.exposure_host or ""):
+        errors["exposure_host"] = "Enter the base host deployments answer under, e.g. models.example.com."
+    for name in ("ingress_class", "tls_secret", "gateway_name"):
+        value = getattr(pool, name)
+        if value and not is_dns1123_subdomain(value):
+            errors[name] = "Enter a Kubernetes object name (lower case letters, digits, '-' and '.')."
+    for name in ("gateway_namespace", "ingress_namespace"):
+        value = getattr(pool, name)
+        if value and not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", value):
+            errors[name] = "Enter a namespace name (lower case letters, digits and '-')."
+    if pool.exposure == PoolExposure.GATEWAY_API:
+        for name in ("gateway_name", "gateway_namespace"):
+            if not getattr(pool, name):
+                errors.setdefault(name, "The HTTPRoutes attach to this Gateway; enter it.")
+    if pool.exposure_address and not re.match(r"^https?://[^\s/]+/?$", pool.exposure_address):
+        errors["exposure_address"] = "Enter an address such as http://10.0.0.5:80 (no path)."
+    if not routed:
+        for name in ("exposure_host", "exposure_address", "ingress_class", "tls_secret", "gateway_name",
+                     "gateway_namespace"):  # fmt: skip
+            if getattr(pool, name):
+                errors.setdefault(name, "Only pools exposed through an Ingress or a Gateway take this.")
+    return errors
+
+
 def _clean_pool(pool: ComputePool, *, operator: bool) -> None:
     """The one rule for a pool's settings, whoever saves it (form, API, apply -f, admin).
 
@@ -203,7 +236,7 @@ def _clean_pool(pool: ComputePool, *, operator: bool) -> None:
     from deployments.kube import network
     from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 
-    errors: dict[str, str] = {}
+    errors: dict[str, str] = _exposure_errors(pool)
     if pool.kind not in PoolKind.values:
         errors["kind"] = f"Choose one of {', '.join(PoolKind.values)}."
     elif not operator and pool.kind != PoolKind.KUBECONFIG:
@@ -228,6 +261,11 @@ def _clean_pool(pool: ComputePool, *, operator: bool) -> None:
                     errors["kubeconfig"] = f"server: {reduced.host} {refusal}"
     elif pool.kubeconfig:
         errors["kubeconfig"] = "Only kubeconfig pools take a kubeconfig."
+    if pool.exposure_address and "exposure_address" not in errors and pool.needs_public_address():
+        # The gateway connects there with the engine's credential: the same rule as the API server.
+        refusal = network.public_address_refusal(pool.exposure_address)
+        if refusal:
+            errors["exposure_address"] = f"{pool.exposure_address} {refusal}"
     if pool.api_url and not re.match(r"^https?://[^\s]+$", pool.api_url):
         errors["api_url"] = "Enter an http(s) URL such as http://127.0.0.1:8093."
     elif pool.api_url and not pool.is_sandbox:
@@ -277,15 +315,20 @@ def pool_create(
     region: str = "",
     description: str = "",
     private_addresses_allowed: bool = False,
+    **exposure: str,
 ) -> ComputePool:
     """Register a pool for (grant it to) an organization: operators, or its admins where allowed."""
     _require_pool_register(user, organization)
     operator = _acts_as_operator(user)
+    unknown = sorted(set(exposure) - set(POOL_EXPOSURE_FIELDS))  # exposure: POOL_EXPOSURE_FIELDS
+    if unknown:
+        raise ValidationError({unknown[0]: "This is not a compute pool field."})
     pool = ComputePool(
         organization=organization, name=name.strip(), kind=kind, engine_label=engine_label.strip(),
         kubeconfig=kubeconfig, api_url=api_url.strip(), region=region.strip(), description=description,
         managed_by=PoolManager.OPERATOR if operator else PoolManager.ORGANIZATION,
         private_addresses_allowed=_private_addresses_field(private_addresses_allowed, operator=operator),
+        **{key: (value or "").strip() for key, value in exposure.items()},
     )  # fmt: skip
     _clean_pool(pool, operator=operator)
     with transaction.atomic():

@@ -8,6 +8,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from deployments.renderers import (
@@ -598,13 +599,10 @@ def render_spec_for(
     )  # fmt: skip
 
 
-# The namespace ModelDeck itself runs in (in-cluster pools): its gateway calls the engines.
-MODELDECK_NAMESPACE = "modeldeck"
-
-
 def exposure_for(pool: Any) -> Exposure:
     """The renderers' view of a compute pool's exposure."""
-    admit = {pool.ingress_namespace, MODELDECK_NAMESPACE} - {""}
+    # The ingress controller / gateway proxies, and ModelDeck's own namespace (in-cluster pools).
+    admit = {pool.ingress_namespace, settings.MODELDECK_NAMESPACE} - {""}
     return Exposure(
         mode=pool.exposure, base_host=pool.exposure_host, ingress_class=pool.ingress_class,
         tls_secret=pool.tls_secret, gateway_name=pool.gateway_name,

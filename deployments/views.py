@@ -27,6 +27,7 @@ from deployments.forms import (
 )
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
+    POOL_EXPOSURE_FIELDS,
     ComputePool,
     DeploymentState,
     ModelDeployment,
@@ -211,6 +212,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "region": pool.region,
         "description": pool.description,
         "private_addresses_allowed": pool.private_addresses_allowed,
+        **{name: getattr(pool, name) for name in POOL_EXPOSURE_FIELDS},
     }
     form = PoolForm(
         request.POST or None,

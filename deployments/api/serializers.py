@@ -8,10 +8,12 @@ from rest_framework import serializers
 
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import (
+    POOL_EXPOSURE_FIELDS,
     ComputePool,
     DeploymentEvent,
     Endpoint,
     ModelDeployment,
+    PoolExposure,
     PoolKind,
     Revision,
 )
@@ -27,7 +29,7 @@ class ComputePoolSerializer(serializers.ModelSerializer):
         fields = [
             "id", "organization", "name", "kind", "sandbox", "engine_label", "api_url", "region", "description",
             "kubeconfig_set", "managed_by", "private_addresses_allowed", "reachable", "last_checked_at", "last_check",
-            "created_at",
+            "created_at", *POOL_EXPOSURE_FIELDS,
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -57,6 +59,14 @@ class ComputePoolWriteSerializer(serializers.Serializer):
     private_addresses_allowed = serializers.BooleanField(
         required=False, help_text="Operators only: an organization-managed pool may use a private address."
     )
+    exposure = serializers.ChoiceField(choices=PoolExposure.choices, required=False)
+    exposure_host = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    exposure_address = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    ingress_class = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    tls_secret = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    gateway_name = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    gateway_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
+    ingress_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
 
 
 class ComputePoolUpdateSerializer(serializers.Serializer):
@@ -69,6 +79,14 @@ class ComputePoolUpdateSerializer(serializers.Serializer):
     region = serializers.CharField(required=False, allow_blank=True, max_length=50)
     description = serializers.CharField(required=False, allow_blank=True)
     private_addresses_allowed = serializers.BooleanField(required=False)
+    exposure = serializers.ChoiceField(choices=PoolExposure.choices, required=False)
+    exposure_host = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    exposure_address = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    ingress_class = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    tls_secret = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    gateway_name = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    gateway_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
+    ingress_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
 
 
 class ConnectionCheckSerializer(serializers.Serializer):
