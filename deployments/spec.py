@@ -592,11 +592,15 @@ def render_spec_for(
         image_pull_secrets=pull,
         replicas=replicas,
     )
-    pool = deployment.pool
+    operators = deployment.pool.operators()
+    operator = None
+    if operators["nim"] and rs.engine == "nim":
+        operator = "nim-operator"
+    elif operators["kserve"] and rs.engine in ("vllm", "tgi", "tei"):
+        operator = "kserve"
     return dataclasses.replace(
-        rs, exposure=exposure_for(pool), engine_credential=True,
-        operator="nim-operator" if pool.operators()["nim"] else None,
-    )  # fmt: skip
+        rs, exposure=exposure_for(deployment.pool), engine_credential=True, operator=operator
+    )
 
 
 def exposure_for(pool: Any) -> Exposure:

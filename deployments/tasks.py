@@ -158,7 +158,12 @@ def _switch_service(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> bool:
     if latest and latest != rs.revision:
         selector += f",{LABEL_REVISION}!={latest}"
     # A NIMService carries the revision label like a Deployment; its NIMCache (no revision) stays.
-    kinds = ("Deployment", "NIMService") if deployment.pool.operators()["nim"] else ("Deployment",)
+    operators = deployment.pool.operators()
+    kinds = ("Deployment",)
+    if operators["nim"]:
+        kinds += ("NIMService",)
+    if operators["kserve"]:
+        kinds += ("InferenceService", "ServingRuntime")
     kube.delete_selected(k, rs.namespace, selector, kinds=kinds)
     return True
 
@@ -170,6 +175,8 @@ def _teardown(k: kube.Kube, deployment: ModelDeployment) -> None:
     operators = deployment.pool.operators()
     if operators["nim"]:
         kinds += ["NIMService", "NIMCache"]
+    if operators["kserve"]:
+        kinds += ["InferenceService", "ServingRuntime"]
     if operators["gateway_api"] or deployment.pool.exposure == "gateway_api":
         kinds.append("HTTPRoute")
     kube.delete_selected(k, namespace, selector, kinds=tuple(kinds))
@@ -234,7 +241,10 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
         _switch_service(k, deployment, rs)
         return "applied"
     # Blue-green: the Service keeps selecting the serving revision until this one is ready.
-    observed = kube.read_deployment(k, rs.namespace, names.deployment) or {}
+    observed = kube.read_deployment(k, rs.namespace, names.deployment)
+    if observed is None and rs.operator == "kserve":
+        observed = kube.read_deployment(k, rs.namespace, f"{names.deployment}-predictor")
+    observed = observed or {}
     ready = int((observed.get("status") or {}).get("readyReplicas") or 0)
     if ready >= rendered_replicas(revision.spec) and _switch_service(k, deployment, rs):
         return "switched"
@@ -369,10 +379,13 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         with kube.kube_for(pool) as k:
             stats["list_calls"] = 2
             listed_deployments, listed_pods = kube.list_managed(k)
-            listed_nimservices = []
-            if pool.operators()["nim"]:
-                stats["list_calls"] += 1
-                listed_nimservices = kube.list_custom(k, "NIMService")
+            listed_operated = []
+            # One list call per operator kind whose status says whether a revision is ready.
+            for found, kind in ((pool.operators()["nim"], "NIMService"),
+                                (pool.operators()["kserve"], "InferenceService")):  # fmt: skip
+                if found:
+                    stats["list_calls"] += 1
+                    listed_operated += kube.list_custom(k, kind)
     except kube.KubeError as err:
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=False, last_checked_at=timezone.now()
@@ -402,7 +415,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=True, last_checked_at=timezone.now()
         )
-    observed = kube.observe_nimservices(listed_nimservices, kube.observe(listed_deployments, listed_pods))
+    observed = kube.observe_operated(listed_operated, kube.observe(listed_deployments, listed_pods))
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
     # row locks long enough to stall a user's deactivate or update.

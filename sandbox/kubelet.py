@@ -1633,13 +1633,30 @@ class Kubelet:
         else:
             predictor = spec.get("predictor") or {}
             workload = f"{name}-predictor"
-            labels = {"app": f"isvc.{workload}", "component": "predictor",
-                      "serving.kserve.io/inferenceservice": name}  # fmt: skip
-            if predictor.get("containers"):
+            # predictor.labels are added to the component's pods (ComponentExtensionSpec).
+            labels = {**dict(predictor.get("labels") or {}), "app": f"isvc.{workload}",
+                      "component": "predictor", "serving.kserve.io/inferenceservice": name}  # fmt: skip
+            model = predictor.get("model") or {}
+            runtime_pod: dict = {}
+            if model.get("runtime"):
+                # A named ServingRuntime supplies the pod: its `kserve-container` gets the
+                # model's args/env/resources merged in (servingruntime_types.go).
+                runtime = (self.store.try_get(self.crd["servingruntimes"], ns, model["runtime"])
+                           if "servingruntimes" in self.crd else None)  # fmt: skip
+                if runtime is None:
+                    waiting_for = f'specified runtime {model["runtime"]} does not exist'
+                runtime_pod = clone((runtime or {}).get("spec") or {})
+            if runtime_pod.get("containers"):
+                containers = runtime_pod["containers"]
+                main = next((c for c in containers if c.get("name") == "kserve-container"), containers[0])
+                main["args"] = [*(main.get("args") or []), *(model.get("args") or [])]
+                main["env"] = [*(main.get("env") or []), *(model.get("env") or [])]
+                if model.get("resources"):
+                    main["resources"] = clone(model["resources"])
+            elif predictor.get("containers"):
                 containers = clone(predictor["containers"])
                 containers[0].setdefault("name", "kserve-container")
             else:
-                model = predictor.get("model") or {}
                 fmt = (model.get("modelFormat") or {}).get("name", "huggingface")
                 args = list(model.get("args") or [])
                 if model.get("storageUri"):
@@ -1654,7 +1671,11 @@ class Kubelet:
                 }]  # fmt: skip
             replicas = predictor.get("minReplicas", 1)
             pod_spec = {"containers": containers}
-            svc_port = {"name": "http", "port": 80, "targetPort": 8080}
+            for key in ("volumes", "nodeSelector", "tolerations", "affinity", "imagePullSecrets"):
+                if runtime_pod.get(key):
+                    pod_spec[key] = runtime_pod[key]
+            first_port = ((containers[0].get("ports") or [{}])[0]).get("containerPort", 8080)
+            svc_port = {"name": "http", "port": 80, "targetPort": first_port}
         for key in ("nodeSelector", "tolerations", "affinity"):
             if predictor.get(key):
                 pod_spec[key] = clone(predictor[key])
@@ -1760,7 +1781,7 @@ class Kubelet:
             }
         else:
             reason = "" if ready else ("RevisionFailed" if failure else "RevisionMissing")
-            message = failure or ("" if ready else "Predictor is not ready")
+            message = failure or waiting_for or ("" if ready else "Predictor is not ready")
             for kind in ("IngressReady", "PredictorReady", "Ready"):
                 conditions = _set_condition(conditions, kind, "True" if ready else "False",
                                             reason, message, now, probe_time=False)  # fmt: skip

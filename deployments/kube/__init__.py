@@ -32,7 +32,7 @@ from deployments.kube.status import (
     RevisionObservation,
     check_cluster,
     observe,
-    observe_nimservices,
+    observe_operated,
     pod_problem,
 )
 
@@ -70,7 +70,7 @@ __all__ = [
     "list_custom",
     "list_managed",
     "observe",
-    "observe_nimservices",
+    "observe_operated",
     "pod_problem",
     "read_deployment",
     "secret_object",

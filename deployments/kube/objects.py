@@ -33,6 +33,8 @@ CUSTOM_KINDS = {
     "NIMService": ("apps.nvidia.com", "v1alpha1", "nimservices"),
     "NIMCache": ("apps.nvidia.com", "v1alpha1", "nimcaches"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "InferenceService": ("serving.kserve.io", "v1beta1", "inferenceservices"),
+    "ServingRuntime": ("serving.kserve.io", "v1alpha1", "servingruntimes"),
 }
 
 

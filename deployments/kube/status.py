@@ -149,13 +149,16 @@ NIM_READY = "NIM_SERVICE_READY"
 NIM_FAILED = "NIM_SERVICE_FAILED"
 
 
-def observe_nimservices(
-    nimservices: list[dict[str, Any]], out: dict[int, dict[int, RevisionObservation]]
+def observe_operated(
+    operated: list[dict[str, Any]], out: dict[int, dict[int, RevisionObservation]]
 ) -> dict[int, dict[int, RevisionObservation]]:
-    """Fold listed NIMServices into the per-revision observations: the operator's Deployment
-    and pods are its own (labelled managed-by k8s-nim-operator), so the NIMService's status is
-    what the sync reads."""
-    for obj in nimservices:
+    """Fold listed NIMServices and InferenceServices into the per-revision observations: an
+    operator's Deployment and pods are its own (the NIM Operator labels them managed-by
+    k8s-nim-operator), so the custom resource's status is what the sync reads."""
+    for obj in operated:
+        if obj.get("kind") == "InferenceService":
+            _observe_isvc(obj, out)
+            continue
         dep_id = _int_label(obj, LABEL_DEPLOYMENT_ID)
         rev = _int_label(obj, LABEL_REVISION)
         if dep_id is None or rev is None:
@@ -176,6 +179,26 @@ def observe_nimservices(
         if failed.get("status") == "True":
             obs.problems.insert(0, Problem(failed.get("reason") or "Failed", failed.get("message") or ""))
     return out
+
+
+def _observe_isvc(obj: dict[str, Any], out: dict[int, dict[int, RevisionObservation]]) -> None:
+    """KServe InferenceService: condition Ready (and PredictorReady), modelStatus's failure."""
+    dep_id = _int_label(obj, LABEL_DEPLOYMENT_ID)
+    rev = _int_label(obj, LABEL_REVISION)
+    if dep_id is None or rev is None:
+        return
+    revs = out.setdefault(dep_id, {})
+    obs = revs.setdefault(rev, RevisionObservation(rev, namespace=obj["metadata"].get("namespace", "")))
+    obs.exists = True
+    predictor = (obj.get("spec") or {}).get("predictor") or {}
+    obs.replicas = max(obs.replicas, int(predictor.get("minReplicas", 1) or 0))
+    status = obj.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    if (conditions.get("Ready") or {}).get("status") == "True":
+        obs.ready = max(obs.ready, obs.replicas)
+    failure = ((status.get("modelStatus") or {}).get("lastFailureInfo")) or {}
+    if failure:
+        obs.problems.insert(0, Problem(failure.get("reason") or "ModelLoadFailed", failure.get("message") or ""))
 
 
 # Operators a NIM / KServe deployment can be rendered for, found by API discovery (no RBAC on

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import exposure, nim, nimservice, tei, tgi, vllm
+from . import exposure, kserve, nim, nimservice, tei, tgi, vllm
 from .common import (
     ANNOTATION_ENGINE,
     ANNOTATION_MODEL,
@@ -89,6 +89,11 @@ def uses_operator(spec: RenderSpec) -> bool:
     return spec.operator == "nim-operator" and spec.engine == "nim"
 
 
+def uses_kserve(spec: RenderSpec) -> bool:
+    """vLLM, TGI, TEI on a pool with KServe render ServingRuntime + InferenceService."""
+    return spec.operator == "kserve" and spec.engine in kserve.ENGINES
+
+
 def render(spec: RenderSpec) -> list[dict[str, Any]]:
     """One revision's objects, in the order to apply them: [PVC | NIMCache,] Deployment or
     NIMService, then the route and NetworkPolicy of the pool's exposure."""
@@ -98,6 +103,11 @@ def render(spec: RenderSpec) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     if uses_operator(spec):
         objects += nimservice.render(spec)
+    elif uses_kserve(spec):
+        pvc = build_model_cache_pvc(spec)
+        if pvc is not None:
+            objects.append(pvc)
+        objects += kserve.render(spec, engine)
     else:
         pvc = build_model_cache_pvc(spec)
         if pvc is not None:
