@@ -164,3 +164,33 @@ def test_endpoint_path_prefix_answers_only_for_its_own_deployments(gateway, tena
     outsider = {"Authorization": f"Bearer {make_key(tenants.outsider, tenants.other_org)}"}
     denied = httpx.post(f"{gateway.url}/chat/v1/chat/completions", json={**body, "model": "on-chat"}, headers=outsider)
     assert denied.status_code == 404 and denied.json()["error"]["code"] == "model_not_found"
+
+
+def test_gateway_api_pool_is_reached_through_its_httproute(engine_server, settings, tenants, transactional_db,
+                                                          model, bundle):  # fmt: skip
+    from tests.gateway.conftest import start_console
+
+    _, engine_url = engine_server
+    settings.SANDBOX_ENGINE_URL = "http://127.0.0.1:9"  # only the route can answer
+    with SandboxCluster(ready_delay=0.3, tick=0.05, engine_url=engine_url, crds=["gateway-api"]) as cluster:
+        pool = ComputePool.objects.create(
+            organization=tenants.org, name="gw", kind=PoolKind.SANDBOX, api_url=cluster.url, engine_label="vllm",
+            exposure=PoolExposure.GATEWAY_API, exposure_host=BASE_HOST, exposure_address=cluster.network.url,
+            gateway_name="inference", gateway_namespace="gateways", ingress_namespace="gateways",
+        )  # fmt: skip
+        pool_test_connection(user=tenants.owner, pool=pool)
+        deployment = deployment_create(
+            user=tenants.owner, project=tenants.project, model=model, pool=pool, name="qwen", bundle=bundle,
+            spec={**BASE_SPEC, "served_model_name": "qwen"},
+        )  # fmt: skip
+        wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING, timeout=30)
+        route = cluster.emulator.get_object("HTTPRoute", tenants.project.namespace(), "qwen")
+        assert route["spec"]["parentRefs"][0]["name"] == "inference"
+        server = start_console()
+        try:
+            client = OpenAI(base_url=server.base_url, api_key=make_key(tenants.owner, tenants.org))
+            reply = client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": "gw"}])
+            assert reply.choices[0].message.content == "You said: gw"
+            assert cluster.network.requests[-1]["host"] == host_of(tenants)
+        finally:
+            server.stop()
