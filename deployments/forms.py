@@ -142,7 +142,7 @@ class PoolForm(StyledForm):
         "private address.",
     )
     exposure = forms.ChoiceField(
-        label="Exposure", choices=PoolExposure.choices, initial=PoolExposure.IN_CLUSTER.value,
+        label="Exposure", choices=PoolExposure.choices, initial=PoolExposure.IN_CLUSTER.value, required=False,
         help_text="How the gateway reaches the engines: in-cluster Service DNS only works when "
         "ModelDeck runs in this cluster.",
     )  # fmt: skip
@@ -189,6 +189,9 @@ class PoolForm(StyledForm):
         if self.instance is not None:
             return self.instance.kind
         return self.cleaned_data["kind"]
+
+    def clean_exposure(self) -> str:
+        return self.cleaned_data.get("exposure") or PoolExposure.IN_CLUSTER.value
 
     def clean_engine_label(self) -> str:
         label = self.cleaned_data["engine_label"].strip()

@@ -451,6 +451,9 @@ def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) ->
 # --- Endpoints ----------------------------------------------------------------------------------
 
 
+RESERVED_ENDPOINT_PREFIXES = frozenset({"api", "admin", "static", "hub", "metrics", "v1", "healthz"})
+
+
 def endpoint_path_normalize(path: str) -> str:
     """The one spelling of a gateway path: a leading "/", no trailing "/" (except the root)."""
     path = (path or "").strip()
@@ -470,6 +473,9 @@ def endpoint_check(*, project: Project, name: str, path: str) -> tuple[str, str]
         errors["name"] = "Enter a name."
     if not _PATH.match(path) or "//" in path or len(path) > 200:
         errors["path"] = "Use a path such as /llama-chat: letters, digits, '-', '_', '.', '~', '/'."
+    elif path.strip("/").split("/")[0] in RESERVED_ENDPOINT_PREFIXES or "/v1/" in path + "/":
+        # `<path>/v1/...` is routed to the gateway; it must not capture the console's own URLs.
+        errors["path"] = f"{path} is taken by the console or the gateway; choose another path."
     elif Endpoint.objects.filter(project__organization=project.organization, path=path).exists():
         errors["path"] = (
             f"The path {path} is already used by another endpoint of this organization."

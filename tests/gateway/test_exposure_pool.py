@@ -178,3 +178,12 @@ def test_in_cluster_pools_get_no_route(tenants):
 
     kinds = [o["kind"] for o in render(spec_for("vllm", exposure_for(pool)))]
     assert kinds == ["Deployment", "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("path", ["/api", "/v1", "/admin/x", "/chat/v1"])
+def test_endpoint_paths_that_would_capture_console_urls_are_refused(tenants, path):
+    from deployments.services import endpoint_create
+
+    with pytest.raises(ValidationError) as err:
+        endpoint_create(user=tenants.owner, project=tenants.project, name="e", path=path)
+    assert "path" in err.value.message_dict

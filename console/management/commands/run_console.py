@@ -43,7 +43,9 @@ class Command(BaseCommand):
                 "sandbox",
                 [python, "-m", "sandbox",
                  "--kube-port", _url_port(settings.SANDBOX_KUBE_URL),
-                 "--engine-port", _url_port(settings.SANDBOX_ENGINE_URL)],
+                 "--engine-port", _url_port(settings.SANDBOX_ENGINE_URL),
+                 # e.g. nim-operator,kserve,gateway-api: the sandbox serves those operators' CRDs.
+                 "--crds", os.environ.get("MODELDECK_SANDBOX_CRDS", "")],
             ))
         if settings.EMBEDDED and "MODELDECK_HF_ENDPOINT" not in os.environ and importlib.util.find_spec("sandbox.offline_hub"):
             # No network is assumed in the embedded demo: serve the recorded Hub snapshot through
