@@ -36,7 +36,9 @@ CREDENTIAL_ENV = {"vllm": "VLLM_API_KEY", "tgi": "API_KEY", "tei": "API_KEY"}
 
 # NIM for LLMs has no API key setting, so a small nginx in the pod checks the header and proxies
 # to NIM on localhost; the Service and the NetworkPolicy point at it instead of NIM's port.
-# nginx-unprivileged runs as uid 101 and may write its config under /tmp.
+# nginx-unprivileged runs as uid 101 and may write its config under /tmp. The generated script
+# was run with Debian's nginx 1.22 in front of the sandbox engine: no key 401, a wrong key 401,
+# the right key 200 with the engine's answer.
 AUTH_PROXY_NAME = "auth-proxy"
 AUTH_PROXY_IMAGE = "nginxinc/nginx-unprivileged:1.27-alpine"
 AUTH_PROXY_PORT = 8480
