@@ -79,7 +79,7 @@ def validate_spec(spec: RenderSpec) -> None:
     engine.check_env(spec)
     engine.build(spec)  # argument clashes are found while the arguments are put together
     exposure.validate_exposure(spec)
-    exposure.with_credential(spec)
+    exposure.check_credential_env(spec)
     if spec.operator is not None and spec.operator not in OPERATORS:
         raise SpecError("operator", f"must be one of {', '.join(OPERATORS)}")
 

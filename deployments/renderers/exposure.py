@@ -74,13 +74,20 @@ def credential_secret_name(deployment_name: str) -> str:
     return f"{CREDENTIAL_PREFIX}{deployment_name}"
 
 
+def check_credential_env(spec: RenderSpec) -> None:
+    """Every deployment ModelDeck pushes carries a credential, so the variable is refused at
+    save time too, whether or not this spec asks for one."""
+    name = CREDENTIAL_ENV.get(spec.engine, AUTH_PROXY_ENV)
+    if name in spec.env or name in spec.secret_env:
+        raise SpecError("env", f"{name} is set by ModelDeck (the engine's credential)")
+
+
 def with_credential(spec: RenderSpec) -> RenderSpec:
     """The spec with the engine's key env var taken from the deployment's credential Secret."""
     if not spec.engine_credential or spec.engine not in CREDENTIAL_ENV:
         return spec
     name = CREDENTIAL_ENV[spec.engine]
-    if name in spec.env or name in spec.secret_env:
-        raise SpecError("env", f"{name} is set by ModelDeck (the engine's credential)")
+    check_credential_env(spec)
     secret_env = {**spec.secret_env, name: (credential_secret_name(spec.deployment_name), CREDENTIAL_KEY)}
     return dataclasses.replace(spec, secret_env=secret_env)
 

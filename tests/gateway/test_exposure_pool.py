@@ -3,6 +3,7 @@ Ingress or HTTPRoute, the NetworkPolicy, the engine credential per engine."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -169,6 +170,9 @@ def test_a_user_env_var_may_not_replace_the_engine_credential():
     with pytest.raises(SpecError) as err:
         render(spec_for("vllm", None, env={"VLLM_API_KEY": "mine"}))
     assert err.value.field == "env"
+    # Refused when the deploy form validates too (its stand-in spec asks for no credential).
+    with pytest.raises(SpecError):
+        dataclasses.replace(spec_for("tgi", None, env={"API_KEY": "mine"}), engine_credential=False).validate()
 
 
 def test_in_cluster_pools_get_no_route(tenants):
