@@ -24,7 +24,7 @@ from .common import (
     model_annotations,
     revision_labels,
 )
-from .spec import RenderSpec
+from .input import RenderSpec
 
 RUNTIME_VERSION = "serving.kserve.io/v1alpha1"
 ISVC_VERSION = "serving.kserve.io/v1beta1"
