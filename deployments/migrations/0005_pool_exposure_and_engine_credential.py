@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0003_delete_usagerecord'),
+        ('deployments', '0004_computepool_managed_by_and_private_addresses'),
     ]
 
     operations = [
