@@ -50,7 +50,7 @@ def _pool(tenants, cluster, name: str) -> ComputePool:
     pool = ComputePool.objects.create(
         organization=tenants.org, name=name, kind=PoolKind.SANDBOX, api_url=cluster.url, engine_label="nim"
     )
-    pool_test_connection(user=tenants.owner, pool=pool)
+    pool_test_connection(user=None, pool=pool)  # the system, as the periodic check
     return pool
 
 

@@ -53,7 +53,7 @@ def exposed(engine_server, settings, tenants, transactional_db):
         engine_label="vllm", exposure=PoolExposure.INGRESS, exposure_host=BASE_HOST,
         exposure_address=cluster.network.url, ingress_class="nginx", ingress_namespace="ingress-nginx",
     )  # fmt: skip
-    pool_test_connection(user=tenants.owner, pool=pool)
+    pool_test_connection(user=None, pool=pool)  # the system, as the periodic check
     yield cluster, pool
     cluster.stop()
 
@@ -178,7 +178,7 @@ def test_gateway_api_pool_is_reached_through_its_httproute(engine_server, settin
             exposure=PoolExposure.GATEWAY_API, exposure_host=BASE_HOST, exposure_address=cluster.network.url,
             gateway_name="inference", gateway_namespace="gateways", ingress_namespace="gateways",
         )  # fmt: skip
-        pool_test_connection(user=tenants.owner, pool=pool)
+        pool_test_connection(user=None, pool=pool)  # the system, as the periodic check
         deployment = deployment_create(
             user=tenants.owner, project=tenants.project, model=model, pool=pool, name="qwen", bundle=bundle,
             spec={**BASE_SPEC, "served_model_name": "qwen"},

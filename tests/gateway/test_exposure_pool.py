@@ -28,30 +28,30 @@ def api(user) -> APIClient:
     return client
 
 
-def test_pool_service_refuses_an_exposure_it_cannot_render(tenants):
+def test_pool_service_refuses_an_exposure_it_cannot_render(tenants, operator):
     with pytest.raises(ValidationError) as no_host:
-        pool_create(user=tenants.owner, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
+        pool_create(user=operator, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
                     engine_label="vllm", exposure="ingress")  # fmt: skip
     assert "exposure_host" in no_host.value.message_dict
     with pytest.raises(ValidationError) as no_gateway:
-        pool_create(user=tenants.owner, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
+        pool_create(user=operator, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
                     engine_label="vllm", exposure="gateway_api", exposure_host="models.example.com")  # fmt: skip
     assert {"gateway_name", "gateway_namespace"} <= set(no_gateway.value.message_dict)
     with pytest.raises(ValidationError) as bad_address:
-        pool_create(user=tenants.owner, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
+        pool_create(user=operator, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
                     engine_label="vllm", exposure="ingress", exposure_host="models.example.com",
                     exposure_address="10.0.0.5")  # fmt: skip
     assert "exposure_address" in bad_address.value.message_dict
-    pool = pool_create(user=tenants.owner, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
+    pool = pool_create(user=operator, organization=tenants.org, name="edge", kind=PoolKind.SANDBOX,
                        engine_label="vllm", **INGRESS)  # fmt: skip
     assert (pool.exposure, pool.exposure_host, pool.tls_secret) == ("ingress", "models.example.com", "models-tls")
     with pytest.raises(ValidationError) as stray:
-        pool_update(user=tenants.owner, pool=pool, exposure="in_cluster")
+        pool_update(user=operator, pool=pool, exposure="in_cluster")
     assert "exposure_host" in stray.value.message_dict  # host given but nothing would use it
 
 
-def test_pool_form_saves_the_exposure(tenants):
-    client = login(tenants.owner)
+def test_pool_form_saves_the_exposure(tenants, operator):
+    client = login(operator)
     response = client.post(reverse("deployments:pool_create"), {
         "name": "edge", "kind": "sandbox", "engine_label": "vllm", "exposure": "gateway_api",
         "exposure_host": "models.example.com", "gateway_name": "inference", "gateway_namespace": "gateways",
@@ -65,14 +65,15 @@ def test_pool_form_saves_the_exposure(tenants):
     assert login(tenants.outsider).get(reverse("deployments:pool_detail", args=[pool.pk])).status_code == 404
 
 
-def test_rest_api_creates_and_reads_the_exposure(tenants):
-    client = api(tenants.owner)
-    created = client.post("/api/v1/pools/", {"name": "edge", "kind": "sandbox", "engine_label": "vllm", **INGRESS},
+def test_rest_api_creates_and_reads_the_exposure(tenants, operator):
+    client = api(operator)
+    created = client.post("/api/v1/pools/", {"organization": tenants.org.pk, "name": "edge", "kind": "sandbox",
+                                                  "engine_label": "vllm", **INGRESS},
                           format="json")  # fmt: skip
     assert created.status_code == 201, created.content
     data = client.get(f"/api/v1/pools/{created.json()['id']}/").json()
     assert data["exposure"] == "ingress" and data["exposure_host"] == "models.example.com"
-    bad = client.post("/api/v1/pools/", {"name": "x", "kind": "sandbox", "engine_label": "vllm",
+    bad = client.post("/api/v1/pools/", {"organization": tenants.org.pk, "name": "x", "kind": "sandbox", "engine_label": "vllm",
                                          "exposure": "ingress"}, format="json")  # fmt: skip
     assert bad.status_code == 400 and "exposure_host" in bad.json()
     assert api(tenants.outsider).get(f"/api/v1/pools/{created.json()['id']}/").status_code == 404
