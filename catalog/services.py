@@ -19,8 +19,8 @@ from django.db.models import Max
 from catalog import hub, ngc
 from catalog.models import CatalogModel, Engine, MaaSMapping, ModelSource, ProfileBundle
 from catalog.selectors import hf_token, ngc_key
+from console import permissions
 from projects.models import Organization, Project
-from projects.selectors import can_change
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,6 @@ VARIABLE_TYPES = ("string", "integer", "number", "boolean")
 
 def max_artifact_bytes() -> int:
     return int(getattr(settings, "MODELDECK_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES))
-
-
-def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
-    # user=None is the system itself (demo data, migrations, admin scripts).
-    if user is not None and not can_change(user, organization):
-        raise PermissionDenied(
-            "Viewers cannot change the catalog; ask an organization admin for the member role."
-        )
 
 
 def _creator(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
@@ -154,7 +146,7 @@ def model_add_from_hub(
     The Hub is asked (with `project`'s token, if it has one) before anything is written, so a
     Hub that fails or times out leaves nothing behind.
     """
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     _check_project(project, organization)
     repo_id = (repo_id or "").strip()
     if not repo_id:
@@ -219,7 +211,7 @@ def model_add_from_ngc(
     description: str = "",
 ) -> CatalogModel:
     """Add a NIM image at a tag; its known tags are recorded for in-place version updates."""
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     _check_project(project, organization)
     key = ngc_key(project)
     if not key:
@@ -259,7 +251,7 @@ def model_refresh_ngc_tags(
     *, user: AbstractBaseUser | None, model: CatalogModel, project: Project | None
 ) -> CatalogModel:
     """Re-read a NIM model's tags from NGC (what an in-place NIM version update chooses from)."""
-    _require_change(user, model.organization)
+    permissions.require(user, "change", model, what="the catalog")
     if model.source != ModelSource.NGC:
         raise ValidationError("Only NVIDIA NIM models have image tags.")
     key = ngc_key(project)
@@ -321,7 +313,7 @@ def model_add_custom(
     description: str = "",
 ) -> CatalogModel:
     """Add a model from a storage URI or an uploaded artifact (stored with its sha256)."""
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the model a name."})
@@ -364,7 +356,7 @@ def model_update(
     description: str | None = None,
 ) -> CatalogModel:
     """Rename or describe a model; its source and pinned revision never change (add a new entry instead)."""
-    _require_change(user, model.organization)
+    permissions.require(user, "change", model, what="the catalog")
     if name is not None:
         name = name.strip()
         if not name:
@@ -379,7 +371,7 @@ def model_update(
 
 
 def model_delete(*, user: AbstractBaseUser | None, model: CatalogModel) -> None:
-    _require_change(user, model.organization)
+    permissions.require(user, "change", model, what="the catalog")
     count = model.deployments.count()
     if count:
         raise ValidationError(
@@ -530,7 +522,7 @@ def bundle_create(
     description: str = "",
 ) -> ProfileBundle:
     """A new bundle of the organization, at version 1."""
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     name = (name or "").strip()
     fields = _clean_bundle_fields(
         name=name,
@@ -584,7 +576,7 @@ def bundle_update(
                 "Built-in bundles can't be changed; create a bundle in your organization instead."
             )
     else:
-        _require_change(user, bundle.organization)
+        permissions.require(user, "change", bundle, what="the catalog")
     with transaction.atomic():
         versions = ProfileBundle.objects.select_for_update().filter(
             organization=bundle.organization, name=bundle.name
@@ -616,7 +608,7 @@ def bundle_delete(*, user: AbstractBaseUser | None, bundle: ProfileBundle) -> No
     """Delete every version of an organization's bundle, if no rule or deployment uses one."""
     if bundle.organization is None:
         raise PermissionDenied("Built-in bundles can't be deleted.")
-    _require_change(user, bundle.organization)
+    permissions.require(user, "change", bundle, what="the catalog")
     versions = ProfileBundle.objects.filter(organization=bundle.organization, name=bundle.name)
     rules = MaaSMapping.objects.filter(bundle__in=versions).count()
     if rules:
@@ -690,7 +682,7 @@ def mapping_create(
     license: str = "",
 ) -> MaaSMapping:
     """Append a rule at the end of the project's order (move it up to give it precedence)."""
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project, what="the catalog")
     fields = _clean_rule(
         project=project,
         source=source,
@@ -714,7 +706,7 @@ def mapping_create(
 def mapping_update(
     *, user: AbstractBaseUser | None, mapping: MaaSMapping, **changes: Any
 ) -> MaaSMapping:
-    _require_change(user, mapping.project.organization)
+    permissions.require(user, "change", mapping, what="the catalog")
     allowed = {
         "source",
         "bundle",
@@ -747,7 +739,7 @@ def mapping_reorder(
     *, user: AbstractBaseUser | None, project: Project, order: Sequence[int]
 ) -> list[MaaSMapping]:
     """Put the project's rules in the given order of ids (every rule exactly once)."""
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project, what="the catalog")
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)
         rules = {m.pk: m for m in MaaSMapping.objects.filter(project=project)}
@@ -780,7 +772,7 @@ def mapping_move(*, user: AbstractBaseUser | None, mapping: MaaSMapping, directi
 
 
 def mapping_delete(*, user: AbstractBaseUser | None, mapping: MaaSMapping) -> None:
-    _require_change(user, mapping.project.organization)
+    permissions.require(user, "change", mapping, what="the catalog")
     project = mapping.project
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)

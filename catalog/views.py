@@ -28,20 +28,16 @@ from catalog.forms import (
     NgcAddForm,
 )
 from catalog.models import ModelSource
+from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from projects.models import IntegrationKind, Project
-from projects.selectors import can_change, project_get, projects_for_user
+from projects.selectors import project_get, projects_for_user
 
 log = logging.getLogger(__name__)
 
 HUB_PAGE_SIZE = 20
-
-
-def _require_change(request: HttpRequest, organization) -> None:
-    if not can_change(request.user, organization):
-        raise PermissionDenied("Viewers cannot change the catalog.")
 
 
 def _projects(request: HttpRequest):
@@ -92,7 +88,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "facets": selectors.catalog_facets(request.user, org),
         "sources": ModelSource.choices,
         "filters": {"source": source, "task": task, "q": q},
-        "can_change": can_change(request.user, org),
+        "can_change": permissions.can(request.user, "change", org),
         "tab": "models",
     }
     if request.htmx:
@@ -136,7 +132,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "model": model,
         "deployments": deployments,
         "resolutions": resolutions,
-        "can_change": can_change(request.user, model.organization),
+        "can_change": permissions.can(request.user, "change", model),
         "deploy_url": _deploy_url(model),
         "files": sorted(model.files or [], key=lambda f: -(f.get("size") or 0)),
         "config_rows": [
@@ -152,7 +148,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     model = selectors.model_get(request.user, pk)
-    _require_change(request, model.organization)
+    permissions.require(request.user, "change", model, what="the catalog")
     form = ModelEditForm(
         request.POST or None, initial={"name": model.name, "description": model.description}
     )
@@ -282,7 +278,7 @@ def hub_model(request: HttpRequest, repo_id: str) -> HttpResponse:
     }
     form = HubAddForm(request.POST or None, projects=projects, initial=initial)
     if request.method == "POST":
-        _require_change(request, org)
+        permissions.require(request.user, "change", org, what="the catalog")
         if form.is_valid():
             d = form.cleaned_data
             try:
@@ -326,7 +322,7 @@ def hub_model(request: HttpRequest, repo_id: str) -> HttpResponse:
         "project": project,
         "existing": existing,
         "files": sorted(detail.files, key=lambda f: -(f.size or 0)) if detail else [],
-        "can_change": can_change(request.user, org),
+        "can_change": permissions.can(request.user, "change", org),
         "tab": "hub",
     }
     return render(request, "catalog/hub_model.html", context, status=200)
@@ -391,7 +387,7 @@ def ngc_image(request: HttpRequest, resource_id: str) -> HttpResponse:
         },
     )
     if request.method == "POST":
-        _require_change(request, org)
+        permissions.require(request.user, "change", org, what="the catalog")
         if form.is_valid():
             d = form.cleaned_data
             try:
@@ -417,7 +413,7 @@ def ngc_image(request: HttpRequest, resource_id: str) -> HttpResponse:
         "form": form,
         "project": project,
         "projects": projects,
-        "can_change": can_change(request.user, org),
+        "can_change": permissions.can(request.user, "change", org),
         "tab": "ngc",
     }
     return render(request, "catalog/ngc_image.html", context)
@@ -459,7 +455,7 @@ def custom_create(request: HttpRequest) -> HttpResponse:
 @csrf_protect
 def _custom_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    _require_change(request, org)
+    permissions.require(request.user, "change", org, what="the catalog")
     form = CustomModelForm(request.POST or None, request.FILES or None)
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
@@ -509,7 +505,7 @@ def bundle_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "catalog/bundle_list.html",
-        {"bundles": bundles, "can_change": can_change(request.user, org), "tab": "bundles"},
+        {"bundles": bundles, "can_change": permissions.can(request.user, "change", org), "tab": "bundles"},
     )
 
 
@@ -517,7 +513,7 @@ def bundle_list(request: HttpRequest) -> HttpResponse:
 def bundle_detail(request: HttpRequest, pk: int) -> HttpResponse:
     bundle = selectors.bundle_get(request.user, pk)
     org = _organization(request)
-    editable = can_change(request.user, org) and not bundle.is_builtin
+    editable = permissions.can(request.user, "change", org) and not bundle.is_builtin
     return render(
         request,
         "catalog/bundle_detail.html",
@@ -525,7 +521,7 @@ def bundle_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "bundle": bundle,
             "versions": bundle.versions(),
             "can_change": editable,
-            "can_duplicate": can_change(request.user, org),
+            "can_duplicate": permissions.can(request.user, "change", org),
             "tab": "bundles",
         },
     )
@@ -556,7 +552,7 @@ def _bundle_form_page(request, form, *, bundle=None) -> HttpResponse:
 @login_required
 def bundle_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    _require_change(request, org)
+    permissions.require(request.user, "change", org, what="the catalog")
     initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
     source = request.GET.get("from", "")
     if source.isdigit():
@@ -593,7 +589,7 @@ def bundle_edit(request: HttpRequest, pk: int) -> HttpResponse:
         raise PermissionDenied(
             "Built-in bundles can't be changed; create one in your organization."
         )
-    _require_change(request, bundle.organization)
+    permissions.require(request.user, "change", bundle, what="the catalog")
     initial = {
         f: getattr(bundle, f)
         for f in ("name", "engine", "image", "default_args", "variables", "labels", "description")
@@ -645,7 +641,7 @@ def mappings(request: HttpRequest, project_pk: int) -> HttpResponse:
     """A project's rules in order, the form that appends one, and "try a model" against them."""
     project = project_get(request.user, project_pk)
     org = project.organization
-    editable = can_change(request.user, org)
+    editable = permissions.can(request.user, "change", org)
     bundles = selectors.bundles_for_user(request.user, org, latest_only=True)
     form = MappingForm(request.POST or None, bundles=bundles)
     if request.method == "POST":

@@ -9,12 +9,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from console import health
+from console import health, permissions
 from console.middleware import SESSION_KEY
 from projects import services as project_services
 from projects.models import IntegrationKind
 from projects.selectors import (
-    is_org_admin,
     organizations_for_user,
     projects_for_user,
     with_gpu_use,
@@ -87,7 +86,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "console/settings.html",
-        {"organization": org, "rows": rows, "is_admin": is_org_admin(request.user, org), "org_used": org.gpu_used()},
+        {"organization": org, "rows": rows, "is_admin": permissions.can(request.user, "admin", org), "org_used": org.gpu_used()},
     )
 
 

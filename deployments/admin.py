@@ -1,10 +1,12 @@
-"""Django admin for operators: browse everything; changes that matter go through deployments.services."""
+"""Django admin for operators: rows they may see; changes that matter go through deployments.services
+as the signed-in user, so the admin obeys console.permissions like every other entry point."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.contrib import admin
 
+from console.admin import RestrictedAdmin, run_action
+from deployments import services
 from deployments.models import (
     ComputePool,
     DeploymentEvent,
@@ -12,23 +14,6 @@ from deployments.models import (
     ModelDeployment,
     Revision,
 )
-
-
-def _run(modeladmin, request, queryset, verb: str, call) -> None:
-    """Apply a service to each selected row and say what happened to each."""
-    done, failed = 0, []
-    for obj in queryset:
-        try:
-            call(obj)
-        except (ValidationError, PermissionDenied) as exc:
-            text = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-            failed.append(f"{obj}: {text}")
-        else:
-            done += 1
-    if done:
-        modeladmin.message_user(request, f"{verb}: {done} done.", messages.SUCCESS)
-    for line in failed:
-        modeladmin.message_user(request, line, messages.ERROR)
 
 
 class RevisionInline(admin.TabularInline):
@@ -55,7 +40,7 @@ class EventInline(admin.TabularInline):
 
 
 @admin.register(ComputePool)
-class ComputePoolAdmin(admin.ModelAdmin):
+class ComputePoolAdmin(RestrictedAdmin):
     list_display = [
         "name",
         "organization",
@@ -73,25 +58,23 @@ class ComputePoolAdmin(admin.ModelAdmin):
 
     @admin.action(description="Test the connection of the selected pools")
     def test_connection(self, request, queryset):
-        from deployments import services
-
-        _run(
+        run_action(
             self,
             request,
             queryset,
             "Connection tested",
-            lambda p: services.pool_test_connection(user=None, pool=p),
+            lambda p, user: services.pool_test_connection(user=user, pool=p),
         )
 
 
 @admin.register(Endpoint)
-class EndpointAdmin(admin.ModelAdmin):
+class EndpointAdmin(RestrictedAdmin):
     list_display = ["name", "project", "path"]
     search_fields = ["name", "path"]
 
 
 @admin.register(ModelDeployment)
-class ModelDeploymentAdmin(admin.ModelAdmin):
+class ModelDeploymentAdmin(RestrictedAdmin):
     list_display = ["name", "project", "model", "pool", "state", "updated_at"]
     list_filter = ["state", "pool"]
     search_fields = ["name", "project__name", "model__name"]
@@ -107,38 +90,32 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Deactivate (scale to zero, release GPUs)")
     def deactivate(self, request, queryset):
-        from deployments import services
-
-        _run(
+        run_action(
             self,
             request,
             queryset,
             "Deactivated",
-            lambda d: services.deployment_deactivate(user=None, deployment=d),
+            lambda d, user: services.deployment_deactivate(user=user, deployment=d),
         )
 
     @admin.action(description="Activate (reserve GPUs, scale up)")
     def activate(self, request, queryset):
-        from deployments import services
-
-        _run(
+        run_action(
             self,
             request,
             queryset,
             "Activated",
-            lambda d: services.deployment_activate(user=None, deployment=d),
+            lambda d, user: services.deployment_activate(user=user, deployment=d),
         )
 
     @admin.action(description="Delete from the compute pool, then from ModelDeck")
     def delete_through_service(self, request, queryset):
-        from deployments import services
-
-        _run(
+        run_action(
             self,
             request,
             queryset,
             "Deletion started",
-            lambda d: services.deployment_delete(user=None, deployment=d),
+            lambda d, user: services.deployment_delete(user=user, deployment=d),
         )
 
     def get_actions(self, request):
@@ -149,7 +126,7 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Revision)
-class RevisionAdmin(admin.ModelAdmin):
+class RevisionAdmin(RestrictedAdmin):
     list_display = ["deployment", "number", "reason", "created_by", "created_at"]
 
     def has_change_permission(self, request, obj=None):
@@ -157,6 +134,6 @@ class RevisionAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeploymentEvent)
-class DeploymentEventAdmin(admin.ModelAdmin):
+class DeploymentEventAdmin(RestrictedAdmin):
     list_display = ["deployment", "type", "reason", "message", "count", "last_seen_at"]
     list_filter = ["type"]

@@ -7,11 +7,12 @@ import re
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from catalog.models import CatalogModel, ProfileBundle
+from console import permissions
 from deployments.models import (
     ACTIVE_STATES,
     ComputePool,
@@ -31,7 +32,6 @@ from deployments.spec import (
     normalize_spec,
 )
 from projects.models import Environment, Organization, Project
-from projects.selectors import can_change, is_org_admin
 from projects.services import quota_reserve
 
 log = logging.getLogger(__name__)
@@ -82,28 +82,6 @@ POOL_FIELDS = ("name", "kind", "engine_label", "kubeconfig", "api_url", "region"
 
 def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
     return user if user is not None and user.is_authenticated else None
-
-
-def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
-    if user is not None and not can_change(user, organization):
-        raise PermissionDenied(
-            "Viewers cannot change deployments; ask an organization admin for the member role."
-        )
-
-
-def _require(user: AbstractBaseUser | None, action: str, deployment: ModelDeployment) -> None:
-    """The one permission rule for a deployment (sharing.permissions): org role, project
-    membership and django-guardian grants. ``user=None`` is the system (tasks, apply as admin)."""
-    if user is None:
-        return
-    from sharing.permissions import require
-
-    require(user, action, deployment)
-
-
-def _require_admin(user: AbstractBaseUser | None, organization: Organization) -> None:
-    if user is not None and not is_org_admin(user, organization):
-        raise PermissionDenied("Only organization admins can manage compute pools.")
 
 
 def _enqueue_push(deployment_pk: int) -> None:
@@ -218,7 +196,7 @@ def pool_create(
     region: str = "",
     description: str = "",
 ) -> ComputePool:
-    _require_admin(user, organization)
+    permissions.require(user, "admin", organization, what="compute pools")
     pool = ComputePool(
         organization=organization, name=name.strip(), kind=kind, engine_label=engine_label.strip(),
         kubeconfig=kubeconfig, api_url=api_url.strip(), region=region.strip(), description=description,
@@ -233,7 +211,7 @@ def pool_create(
 
 def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: Any) -> ComputePool:
     """Change a pool's settings; an empty kubeconfig keeps the stored one (it is never shown)."""
-    _require_admin(user, pool.organization)
+    permissions.require(user, "admin", pool)
     unknown = sorted(set(fields) - set(POOL_FIELDS))
     if unknown:
         raise ValidationError({unknown[0]: "This field can't be changed."})
@@ -262,7 +240,7 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
 
 
 def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
-    _require_admin(user, pool.organization)
+    permissions.require(user, "admin", pool)
     count = pool.deployments.count()
     if count:
         raise ValidationError(
@@ -277,8 +255,7 @@ def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) ->
     """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool."""
     from deployments import kube
 
-    if user is not None and not can_change(user, pool.organization):
-        raise PermissionDenied("Viewers cannot test compute pools.")
+    permissions.require(user, "change", pool, what="compute pools")
     try:
         result = kube.test_connection(pool)
     except kube.KubeError as err:
@@ -335,7 +312,7 @@ def endpoint_check(*, project: Project, name: str, path: str) -> tuple[str, str]
 def endpoint_create(
     *, user: AbstractBaseUser | None, project: Project, name: str, path: str
 ) -> Endpoint:
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project, what="endpoints")
     name, path = endpoint_check(project=project, name=name, path=path)
     endpoint = Endpoint(project=project, name=name, path=path)
     endpoint.full_clean()
@@ -344,7 +321,7 @@ def endpoint_create(
 
 
 def endpoint_delete(*, user: AbstractBaseUser | None, endpoint: Endpoint) -> None:
-    _require_change(user, endpoint.project.organization)
+    permissions.require(user, "change", endpoint)
     endpoint.delete()  # deployments keep running; they just lose the path (SET_NULL)
 
 
@@ -500,7 +477,8 @@ def deployment_create(
     ``deactivated=True`` creates it already deactivated, in the same one transaction: it holds
     no GPUs and nothing is pushed until it is activated (``apply -f`` with ``state: deactivated``).
     """
-    _require_change(user, project.organization)
+    # The same rule as updating: organization role, project membership (console.permissions).
+    permissions.require(user, "change", project, what="deployments")
     name = (name or "").strip()
     bundle, canonical = deployment_check(
         project=project, model=model, pool=pool, name=name, spec=spec, bundle=bundle,
@@ -618,7 +596,7 @@ def deployment_update(
 ) -> Revision:
     """Change the spec (given keys replace the current ones); blue-green: the new revision
     serves only once it is ready. The model itself can't change in place."""
-    _require(user, "change", deployment)
+    permissions.require(user, "change", deployment)
     if model is not None and model.pk != deployment.model_id:
         raise ValidationError(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
@@ -634,7 +612,7 @@ def deployment_set_nim_tag(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, tag: str
 ) -> Revision:
     """Move a NIM deployment to another image tag in place (a new revision, blue-green)."""
-    _require(user, "change", deployment)
+    permissions.require(user, "change", deployment)
     tag = (tag or "").strip()
     if deployment.model.source != "ngc":
         raise ValidationError(
@@ -664,7 +642,7 @@ def deployment_rollback(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, revision_number: int
 ) -> Revision:
     """Re-apply an old revision's spec as a new revision."""
-    _require(user, "change", deployment)
+    permissions.require(user, "change", deployment)
     old = deployment.revisions.filter(number=revision_number).first()
     if old is None:
         raise ValidationError(
@@ -687,7 +665,7 @@ def deployment_deactivate(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Scale to zero and give the GPUs back to the quota; the spec and the Service stay."""
-    _require(user, "deactivate", deployment)
+    permissions.require(user, "deactivate", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -715,7 +693,7 @@ def deployment_activate(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Reserve the GPUs again (quota checked) and scale back up."""
-    _require(user, "deactivate", deployment)
+    permissions.require(user, "deactivate", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -741,7 +719,7 @@ def deployment_delete(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Mark for deletion; the push task deletes the pool's objects and then the row."""
-    _require(user, "delete", deployment)
+    permissions.require(user, "delete", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)

@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
+from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
@@ -32,8 +33,7 @@ from deployments.models import (
     Revision,
 )
 from projects.models import Environment
-from projects.selectors import can_change, is_org_admin, projects_for_user
-from sharing import permissions
+from projects.selectors import projects_for_user
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,6 @@ def _selectors():
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _require_change(request: HttpRequest, organization, what: str) -> None:
-    if not can_change(request.user, organization):
-        raise PermissionDenied(
-            f"Viewers cannot {what}; ask an organization admin for the member role."
-        )
 
 
 def _error_text(exc: ValidationError) -> str:
@@ -112,7 +105,7 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         "deployments/pool_list.html",
         {
             "pools": pools,
-            "can_change": is_org_admin(request.user, org),
+            "can_change": permissions.can(request.user, "admin", org),
             "sandbox_label": SANDBOX_LABEL,
         },
     )
@@ -135,7 +128,7 @@ def _pool_form_page(
 @login_required
 def pool_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not is_org_admin(request.user, org):
+    if not permissions.can(request.user, "admin", org):
         raise PermissionDenied("Only organization admins can register compute pools.")
     form = PoolForm(request.POST or None, request.FILES or None, organization=org)
     if request.method == "POST":
@@ -174,8 +167,8 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "gpu_products": _selectors().gpu_products([pool]),
             "check": pool.last_check or {},
             "deployments": deployments,
-            "can_change": is_org_admin(request.user, pool.organization),
-            "can_test": can_change(request.user, pool.organization),
+            "can_change": permissions.can(request.user, "admin", pool),
+            "can_test": permissions.can(request.user, "change", pool),
             "sandbox_label": SANDBOX_LABEL,
             "advice": _selectors().connection_advice((pool.last_check or {}).get("error", "")),
         },
@@ -185,7 +178,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not is_org_admin(request.user, pool.organization):
+    if not permissions.can(request.user, "admin", pool):
         raise PermissionDenied("Only organization admins can change compute pools.")
     initial = {
         "name": pool.name,
@@ -221,7 +214,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not is_org_admin(request.user, pool.organization):
+    if not permissions.can(request.user, "admin", pool):
         raise PermissionDenied("Only organization admins can remove compute pools.")
     try:
         _services().pool_delete(user=request.user, pool=pool)
@@ -236,7 +229,7 @@ def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    _require_change(request, pool.organization, "test compute pools")
+    permissions.require(request.user, "change", pool, what="compute pools")
     try:
         result = _services().pool_test_connection(user=request.user, pool=pool)
     except ValidationError as exc:
@@ -274,12 +267,12 @@ def _endpoints(request: HttpRequest, org):
 def endpoint_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     projects = projects_for_user(request.user, org)
-    editable = can_change(request.user, org)
+    editable = permissions.can(request.user, "change", org)
     form = EndpointForm(
         request.POST or None, projects=projects, initial={"project": request.GET.get("project")}
     )
     if request.method == "POST":
-        _require_change(request, org, "create endpoints")
+        permissions.require(request.user, "change", org, what="endpoints")
         partial = field_validation_response(request, form, request.path)
         if partial is not None:
             return partial
@@ -323,7 +316,7 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
     endpoint = _selectors().endpoints_for_user(request.user).filter(pk=pk).first()
     if endpoint is None:
         raise Http404("No such endpoint.")
-    _require_change(request, endpoint.project.organization, "delete endpoints")
+    permissions.require(request.user, "change", endpoint)
     try:
         _services().endpoint_delete(user=request.user, endpoint=endpoint)
     except ValidationError as exc:
@@ -367,7 +360,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         "deployments/list.html",
         {
             "deployments": deployments,
-            "can_change": can_change(request.user, org),
+            "can_change": permissions.can(request.user, "change", org),
             "states": DeploymentState.choices,
             "poll": not _all_final(deployments),
             "running_count": sum(d.state == DeploymentState.RUNNING for d in deployments),
@@ -517,7 +510,7 @@ def _render_form(request: HttpRequest, form: DeploymentForm, **extra) -> HttpRes
 @login_required
 def deployment_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    _require_change(request, org, "deploy models")
+    permissions.require(request.user, "change", org, what="deployments")
     choices = _form_choices(request, org)
     locked_model = None
     model_pk = _int_or_none(request.GET.get("model"))
@@ -673,7 +666,7 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "final": deployment.state in FINAL_STATES,
         "sandbox": deployment.pool.is_sandbox,
         "sandbox_label": SANDBOX_LABEL,
-        "can_change": permissions.can(request.user, "change", deployment)[0],
+        "can_change": permissions.can(request.user, "change", deployment),
     }
 
 
@@ -761,9 +754,9 @@ def _nim_tags(deployment: ModelDeployment) -> list[str]:
 
 
 def _action(request: HttpRequest, pk: int, action: str):
-    """The deployment, if this user may do ``action`` to it (sharing.permissions decides)."""
+    """The deployment, if this user may do ``action`` to it (console.permissions decides)."""
     deployment = _deployment_get(request, pk)
-    allowed, reason = permissions.can(request.user, action, deployment)
+    allowed, reason = permissions.check(request.user, action, deployment)
     if not allowed:
         raise PermissionDenied(reason)
     return deployment

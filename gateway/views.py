@@ -15,6 +15,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from deployments.models import DeploymentState, ModelDeployment
@@ -29,7 +30,6 @@ from projects.keys import (
     api_keys_for_user,
 )
 from projects.models import Organization
-from projects.selectors import can_change
 
 EMBEDDING_ENGINES = {"tei"}
 
@@ -168,7 +168,7 @@ def _key_rows(keys) -> list[dict]:
 @login_required
 def keys(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    editable = can_change(request.user, org)
+    editable = permissions.can(request.user, "change", org)
     deployments = callable_deployments(request.user, org)
     form = APIKeyForm(request.POST or None, deployments=deployments)
     created = None

@@ -1,5 +1,9 @@
+"""Organizations and projects in the Django admin; GPU quotas change only through the services
+(the console's quota page), so the admin shows them read-only."""
+
 from django.contrib import admin
 
+from console.admin import RestrictedAdmin
 from projects.models import (
     GpuReservation,
     Integration,
@@ -17,10 +21,11 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(RestrictedAdmin):
     list_display = ["name", "slug", "gpu_quota", "gpu_used", "created_at"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
+    readonly_fields = ["gpu_quota"]
 
     @admin.display(description="GPUs used")
     def gpu_used(self, obj: Organization) -> int:
@@ -34,30 +39,30 @@ class ProjectMemberInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(RestrictedAdmin):
     list_display = ["name", "organization", "slug", "gpu_quota", "created_at"]
     list_filter = ["organization"]
     search_fields = ["name", "slug"]
     inlines = [ProjectMemberInline]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["slug"] if obj else []
+        return ["slug", "gpu_quota"] if obj else []
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(RestrictedAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["organization", "role"]
 
 
 @admin.register(GpuReservation)
-class GpuReservationAdmin(admin.ModelAdmin):
+class GpuReservationAdmin(RestrictedAdmin):
     list_display = ["holder", "project", "gpus", "updated_at"]
     readonly_fields = ["holder", "project", "gpus"]
 
 
 @admin.register(Integration)
-class IntegrationAdmin(admin.ModelAdmin):
+class IntegrationAdmin(RestrictedAdmin):
     # The secret itself is never shown, not even to operators.
     list_display = ["project", "kind", "secret_last4", "check_ok", "checked_at", "updated_at"]
     exclude = ["secret"]

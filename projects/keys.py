@@ -17,8 +17,9 @@ from django.db.models import QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from console import permissions
 from projects.models import APIKey, Organization
-from projects.selectors import can_change, is_org_admin, role_in
+from projects.selectors import role_in
 
 SECRET_PREFIX = "mdk_"
 # 30 random bytes are 40 url-safe characters: 240 bits, far beyond guessing.
@@ -77,7 +78,7 @@ def api_key_create(
     """Create a key; returns it with its secret, which is never stored and can't be shown again."""
     if role_in(user, organization) is None:
         raise PermissionDenied("You are not a member of this organization.")
-    if not can_change(user, organization):
+    if not permissions.can(user, "change", organization):
         raise PermissionDenied(
             "Viewers cannot create API keys; ask an organization admin for the member role."
         )
@@ -126,7 +127,7 @@ def api_key_create(
 
 def api_key_revoke(*, user: AbstractBaseUser, key: APIKey) -> APIKey:
     """Revoke at once: the gateway refuses the key from its next request on."""
-    if key.user_id != user.pk and not is_org_admin(user, key.organization):
+    if key.user_id != user.pk and not permissions.can(user, "admin", key.organization):
         raise PermissionDenied("Only the key's owner or an organization admin can revoke it.")
     with transaction.atomic():
         updated = APIKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
@@ -164,7 +165,7 @@ def api_key_get(user: AbstractBaseUser, pk: int) -> APIKey:
         raise Http404("No such API key.")
     if key.user_id == user.pk and role_in(user, key.organization) is not None:
         return key
-    if is_org_admin(user, key.organization):
+    if permissions.can(user, "admin", key.organization):
         return key
     raise Http404("No such API key.")
 

@@ -9,7 +9,7 @@ from django.db.models import IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from projects.models import GpuReservation, Membership, Organization, Project, Role
+from projects.models import GpuReservation, Membership, Organization, Project
 
 
 def organizations_for_user(user: AbstractBaseUser) -> QuerySet[Organization]:
@@ -57,13 +57,6 @@ def project_get(user: AbstractBaseUser, pk: int) -> Project:
         raise Http404("No such project.")
     return project
 
-
-def can_change(user: AbstractBaseUser, organization: Organization) -> bool:
-    return role_in(user, organization) in {Role.ADMIN, Role.MEMBER}
-
-
-def is_org_admin(user: AbstractBaseUser, organization: Organization) -> bool:
-    return role_in(user, organization) == Role.ADMIN
 
 
 @dataclass(frozen=True)

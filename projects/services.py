@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from console import permissions
 from console.crypto import last4
 from projects.models import (
     GpuReservation,
@@ -19,7 +20,7 @@ from projects.models import (
     ProjectMember,
     Role,
 )
-from projects.selectors import can_change, is_org_admin, quota_decide
+from projects.selectors import quota_decide
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ def _snapshot(obj, fields: list[str]) -> dict:
 
 class QuotaExceeded(ValidationError):
     """A GPU request does not fit the project's or the organization's quota."""
-
-
-def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
-    if user is not None and not can_change(user, organization):
-        raise PermissionDenied("Viewers cannot change projects; ask an organization admin for the member role.")
 
 
 def organization_create(*, name: str, slug: str, gpu_quota: int = 8, admin: AbstractBaseUser | None = None) -> Organization:
@@ -81,7 +77,7 @@ def project_create(
     description: str = "",
     gpu_quota: int = 4,
 ) -> Project:
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="projects")
     project = Project(
         organization=organization,
         name=name,
@@ -109,10 +105,13 @@ def project_update(
     description: str,
     gpu_quota: int,
 ) -> Project:
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project)
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
         before = _snapshot(locked, PROJECT_FIELDS)
+        if gpu_quota != locked.gpu_quota:
+            # One rule for quotas, whichever page or API asks: organization admins only.
+            permissions.require(user, "admin", locked, what="GPU quotas")
         locked.name = name
         locked.description = description
         locked.gpu_quota = gpu_quota
@@ -128,7 +127,7 @@ def project_update(
 
 
 def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project)
     if project.gpu_used():
         raise ValidationError("This project still holds GPUs; delete or deactivate its deployments first.")
     with transaction.atomic():
@@ -170,8 +169,7 @@ def quota_release(*, holder: str) -> None:
 
 
 def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organization, gpu_quota: int) -> Organization:
-    if user is not None and not is_org_admin(user, organization):
-        raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
+    permissions.require(user, "admin", organization, what="the organization's GPU quota")
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=organization.pk)
         before = {"gpu_quota": org.gpu_quota}
@@ -186,7 +184,7 @@ def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organ
 
 def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: str, secret: str) -> Integration:
     """Store a project's credential encrypted; it is never shown again, only its last 4 characters."""
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project)
     secret = secret.strip()
     if not secret:
         raise ValidationError({"secret": "Paste the token or key; it cannot be empty."})
@@ -208,7 +206,7 @@ def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: st
 
 
 def integration_delete(*, user: AbstractBaseUser | None, integration: Integration) -> None:
-    _require_change(user, integration.project.organization)
+    permissions.require(user, "change", integration.project)
     with transaction.atomic():
         _audit(actor=user, organization=integration.project.organization, action="integration_change",
                obj=integration, before={"kind": integration.kind, "secret_last4": integration.secret_last4}, after=None)

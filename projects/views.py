@@ -12,13 +12,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
 from projects.models import IntegrationKind
-from projects.selectors import can_change, project_get, projects_for_user, with_gpu_use
+from projects.selectors import project_get, projects_for_user, with_gpu_use
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "projects/list.html",
-        {"projects": projects, "can_change": can_change(request.user, org)},
+        {"projects": projects, "can_change": permissions.can(request.user, "change", org)},
     )
 
 
@@ -45,7 +46,7 @@ def _form_page(request: HttpRequest, form: ProjectForm, *, project=None) -> Http
 @login_required
 def project_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not can_change(request.user, org):
+    if not permissions.can(request.user, "change", org):
         raise PermissionDenied("Viewers cannot create projects.")
     form = ProjectForm(request.POST or None, organization=org)
     if request.method == "POST":
@@ -82,7 +83,7 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "members": project.memberships.select_related("user"),
             "deployments": deployments,
             "reservations": project.gpu_reservations.all(),
-            "can_change": can_change(request.user, project.organization),
+            "can_change": permissions.can(request.user, "change", project),
         },
     )
 
@@ -90,7 +91,7 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def project_edit(request: HttpRequest, pk: int) -> HttpResponse:
     project = project_get(request.user, pk)
-    if not can_change(request.user, project.organization):
+    if not permissions.can(request.user, "change", project):
         raise PermissionDenied("Viewers cannot change projects.")
     initial = {
         "name": project.name,
@@ -139,7 +140,7 @@ def project_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
     project = project_get(request.user, pk)
-    editable = can_change(request.user, project.organization)
+    editable = permissions.can(request.user, "change", project)
     if request.method == "POST":
         if not editable:
             raise PermissionDenied("Viewers cannot change integrations.")
@@ -176,7 +177,7 @@ def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
 def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     """Ask the outside service whether the stored credential works, and say what it answered."""
     project = project_get(request.user, pk)
-    if not can_change(request.user, project.organization):
+    if not permissions.can(request.user, "change", project):
         raise PermissionDenied("Viewers cannot run integration checks; the result is saved on the project.")
     integration = project.integrations.filter(kind=kind).first()
     if integration is None:

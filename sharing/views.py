@@ -11,12 +11,13 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
+from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from projects.models import Organization
-from projects.selectors import can_change, is_org_admin, project_get
-from sharing import permissions, selectors, services
+from projects.selectors import project_get
+from sharing import selectors, services
 from sharing.forms import (
     AccessForm,
     AuditFilterForm,
@@ -124,7 +125,7 @@ def deployment_sharing(request: HttpRequest, deployment_pk: int) -> HttpResponse
     owner = deployment.project.organization
     share = selectors.share_for(deployment)
     policy = selectors.access_policy_for(deployment)
-    allowed, reason = permissions.can(request.user, "share", deployment)
+    allowed, reason = permissions.check(request.user, "share", deployment)
     shared_org_ids = [owner.pk, *share.organization_ids]
     share_form = ShareForm(
         initial={"mode": share.mode, "organizations": share.organization_ids}, owner=owner
@@ -202,7 +203,7 @@ def deployment_sharing(request: HttpRequest, deployment_pk: int) -> HttpResponse
 def deployment_promote(request: HttpRequest, deployment_pk: int) -> HttpResponse:
     """Pick a revision and a target environment; the plan (or every broken rule) shows before promoting."""
     deployment = selectors.deployment_get(request.user, deployment_pk)
-    allowed, reason = permissions.can(request.user, "change", deployment)
+    allowed, reason = permissions.check(request.user, "change", deployment)
     data = (
         request.POST
         if request.method == "POST"
@@ -272,7 +273,7 @@ def environments(request: HttpRequest, project_pk: int) -> HttpResponse:
         {
             "project": project,
             "rows": rows,
-            "can_change": can_change(request.user, project.organization),
+            "can_change": permissions.can(request.user, "change", project),
         },
     )
 
@@ -292,7 +293,7 @@ def _environment_form_page(request, form, project, environment=None) -> HttpResp
 @login_required
 def environment_create(request: HttpRequest, project_pk: int) -> HttpResponse:
     project = project_get(request.user, project_pk)
-    if not can_change(request.user, project.organization):
+    if not permissions.can(request.user, "change", project):
         raise PermissionDenied("Viewers cannot create environments.")
     form = EnvironmentForm(request.POST or None, project=project)
     if request.method == "POST":
@@ -316,7 +317,7 @@ def environment_create(request: HttpRequest, project_pk: int) -> HttpResponse:
 def environment_edit(request: HttpRequest, pk: int) -> HttpResponse:
     environment = selectors.environment_get(request.user, pk)
     project = environment.project
-    if not can_change(request.user, project.organization):
+    if not permissions.can(request.user, "change", project):
         raise PermissionDenied("Viewers cannot change environments.")
     form = EnvironmentForm(
         request.POST or None,
@@ -377,7 +378,7 @@ def quotas(request: HttpRequest) -> HttpResponse:
         {
             "organization": org,
             **overview,
-            "is_admin": is_org_admin(request.user, org),
+            "is_admin": permissions.can(request.user, "admin", org),
             "errors": errors,
         },
     )
@@ -396,7 +397,7 @@ def _quota_response(request, ok_message: str, error_key: str, error: str | None)
 @require_POST
 def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
     project = project_get(request.user, project_pk)
-    if not is_org_admin(request.user, project.organization):
+    if not permissions.can(request.user, "admin", project):
         raise PermissionDenied("Only organization admins can change GPU quotas.")
     form = QuotaForm(request.POST)
     error = None
@@ -423,7 +424,7 @@ def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
 @require_POST
 def quota_organization(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not is_org_admin(request.user, org):
+    if not permissions.can(request.user, "admin", org):
         raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
     form = QuotaForm(request.POST)
     error = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -28,14 +28,7 @@ from deployments.api.serializers import (
 )
 from deployments.models import ModelDeployment
 from projects.models import Environment
-from projects.selectors import can_change, organizations_for_user, projects_for_user
-
-
-def _require_change(user, organization) -> None:
-    if not can_change(user, organization):
-        raise PermissionDenied(
-            "Viewers cannot change deployments; ask an organization admin for the member role."
-        )
+from projects.selectors import organizations_for_user, projects_for_user
 
 
 class ComputePoolViewSet(viewsets.ReadOnlyModelViewSet):
@@ -171,7 +164,6 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         body = DeploymentCreateSerializer(data=request.data, querysets=self._querysets())
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        _require_change(request.user, data["project"].organization)
         deployment = services.deployment_create(
             user=request.user, project=data["project"], model=data["model"], pool=data["pool"], name=data["name"],
             spec=data.get("spec") or {}, bundle=data.get("bundle"), endpoint=data.get("endpoint"),

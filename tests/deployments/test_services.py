@@ -388,7 +388,7 @@ def test_twenty_parallel_scale_ups_never_overshoot_the_organization_quota(tenant
 
 
 def test_deployment_actions_follow_the_one_permission_rule(tenants, offline_pool, model, bundle):
-    """Services ask sharing.permissions, so a guardian grant or project membership counts
+    """Services ask console.permissions, so a guardian grant or project membership counts
     exactly as it does on the sharing page — not the organization role alone."""
     from guardian.shortcuts import assign_perm
 
