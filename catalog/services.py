@@ -20,6 +20,7 @@ from catalog import hub, ngc
 from catalog.models import CatalogModel, Engine, MaaSMapping, ModelSource, ProfileBundle
 from catalog.selectors import hf_token, ngc_key
 from console import permissions
+from deployments.models import ModelDeployment
 from projects.models import Organization, Project
 
 log = logging.getLogger(__name__)
@@ -615,7 +616,6 @@ def bundle_delete(*, user: AbstractBaseUser | None, bundle: ProfileBundle) -> No
         raise ValidationError(
             f"{rules} MaaS mapping rule(s) use “{bundle.name}”; change or delete them first."
         )
-    from deployments.models import ModelDeployment
 
     used = ModelDeployment.objects.filter(bundle__in=versions).count()
     if used:

@@ -32,6 +32,7 @@ from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from deployments.models import ModelDeployment
 from projects.models import IntegrationKind, Project
 from projects.selectors import project_get, projects_for_user
 
@@ -122,7 +123,6 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
     if request.htmx:
         return render(request, "catalog/htmx/estimate.html", estimate)
-    from deployments.models import ModelDeployment
 
     deployments = ModelDeployment.objects.filter(model=model).select_related("project", "pool")
     projects = _projects(request)

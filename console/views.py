@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from console import health, permissions
 from console.middleware import SESSION_KEY
+from deployments.models import DeploymentState, ModelDeployment
 from projects import services as project_services
 from projects.models import IntegrationKind
 from projects.selectors import (
@@ -37,8 +38,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             org_used=org.gpu_used(),
             org_quota=org.gpu_quota,
         )
-        # Sections the later parts of the product add (deployments, usage) plug in here.
-        from deployments.models import DeploymentState, ModelDeployment
 
         deployments = ModelDeployment.objects.filter(project__organization=org)
         context["deployment_count"] = deployments.count()

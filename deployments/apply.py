@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 
+from catalog import services as catalog_services
 from catalog.models import CatalogModel, ProfileBundle
 from deployments import services
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment
@@ -165,8 +166,6 @@ def _bundle_named(organization: Organization, name: str) -> ProfileBundle | None
 
 
 def plan_bundle(ctx: Context, doc: dict[str, Any]) -> Change:
-    from catalog import services as catalog_services
-
     name, spec = doc["metadata"]["name"], dict(doc.get("spec") or {})
     unknown = sorted(set(spec) - set(BUNDLE_KEYS))
     if unknown:
@@ -215,8 +214,6 @@ MODEL_KEYS = (
 
 
 def plan_model(ctx: Context, doc: dict[str, Any]) -> Change:
-    from catalog import services as catalog_services
-
     name, spec = doc["metadata"]["name"], dict(doc.get("spec") or {})
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:
@@ -443,8 +440,6 @@ def apply_documents(
 def delete_documents(
     ctx: Context, docs: list[dict[str, Any]], *, dry_run: bool, write: Callable[[str], None]
 ) -> int:
-    from catalog import services as catalog_services
-
     errors = 0
     for doc in reversed(docs):
         kind, name = doc["kind"], doc["metadata"]["name"]

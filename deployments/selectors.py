@@ -11,6 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from catalog.estimate import GPU_TYPES
 from catalog.models import CatalogModel
 from catalog.selectors import model_estimate
 from console.diff import changes
@@ -148,8 +149,6 @@ def deployment_quota_preview(
 
 def estimate_gpu_key(gpu_type: str) -> str | None:
     """The estimate's GPU key for a node label value such as NVIDIA-A100-SXM4-80GB (None: unknown)."""
-    from catalog.estimate import GPU_TYPES
-
     if not gpu_type:
         return None
     if gpu_type in GPU_TYPES:

@@ -6,13 +6,16 @@ import logging
 import re
 from typing import Any
 
+from celery import current_app
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from catalog.maas import resolve
 from catalog.models import CatalogModel, ProfileBundle
 from console import permissions
+from deployments import kube
 from deployments.models import (
     ACTIVE_STATES,
     ComputePool,
@@ -31,8 +34,11 @@ from deployments.spec import (
     merge_spec,
     normalize_spec,
 )
+from gateway.cache import invalidate
 from projects.models import Environment, Organization, Project
 from projects.services import quota_reserve
+from sharing.audit import audit_deployment, audit_record, deployment_snapshot, snapshot
+from sharing.policies import enforce
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +47,25 @@ POOL_AUDIT_FIELDS = ["name", "kind", "engine_label", "api_url", "region", "descr
 
 def _audit_deployment(*, user: AbstractBaseUser | None, deployment: ModelDeployment, action: str,
                       before: dict | None) -> None:
-    # Late import: sharing depends on deployments' models.
-    from sharing.audit import audit_deployment
-
     audit_deployment(actor=_user_or_none(user), deployment=deployment, action=action, before=before)
 
 
 def _deployment_snapshot(deployment: ModelDeployment) -> dict:
-    from sharing.audit import deployment_snapshot
-
     return deployment_snapshot(deployment)
 
 
 def _audit_pool(*, user: AbstractBaseUser | None, pool: ComputePool, action: str,
                 before: dict | None, after: dict | None) -> None:
-    from sharing.audit import audit_record
-
     audit_record(actor=_user_or_none(user), organization=pool.organization, action=action, obj=pool,
                  before=before, after=after)
 
 
 def _pool_snapshot(pool: ComputePool) -> dict:
-    from sharing.audit import snapshot
-
     return snapshot(pool, POOL_AUDIT_FIELDS)
 
 
 def _gateway_forget() -> None:
     """State changes reach every gateway on its next request, not after its cache expires."""
-    from gateway.cache import invalidate
-
     transaction.on_commit(invalidate)
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -84,10 +79,12 @@ def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
     return user if user is not None and user.is_authenticated else None
 
 
-def _enqueue_push(deployment_pk: int) -> None:
-    from deployments.tasks import push_deployment
+# The push task, by name: tasks import services, so services queue tasks without importing them.
+PUSH_TASK = "deployments.push_deployment"
 
-    transaction.on_commit(lambda: push_deployment.delay(deployment_pk))
+
+def _enqueue_push(deployment_pk: int) -> None:
+    transaction.on_commit(lambda: current_app.tasks[PUSH_TASK].delay(deployment_pk))
 
 
 # --- Events and state ---------------------------------------------------------------------------
@@ -253,8 +250,6 @@ def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
 
 def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) -> dict[str, Any]:
     """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool."""
-    from deployments import kube
-
     permissions.require(user, "change", pool, what="compute pools")
     try:
         result = kube.test_connection(pool)
@@ -334,7 +329,6 @@ def _check_environment(
     """The environment's policies (sharing.policies is their one source); every broken rule named."""
     if environment is None:
         return
-    from sharing.policies import enforce
 
     enforce(environment=environment, deployment_policies=spec.get("policies"), pool=pool, spec=spec)
 
@@ -427,7 +421,6 @@ def deployment_check(
     if model is None or pool is None or errors.keys() & {"model", "pool"}:
         raise ValidationError(errors or {"model": "Choose a model and a compute pool."})
     if bundle is None:
-        from catalog.maas import resolve
 
         resolution = resolve(project, model)
         if resolution.bundle is None:

@@ -19,6 +19,7 @@ from deployments.renderers import (
     is_quantity,
     validate_spec,
 )
+from projects.models import IntegrationKind
 
 if TYPE_CHECKING:
     from catalog.models import CatalogModel, ProfileBundle
@@ -555,8 +556,6 @@ def secret_refs(
     deployment: ModelDeployment,
 ) -> tuple[dict[str, tuple[str, str]], tuple[str, ...] | None]:
     """Secret-backed env vars and image pull secrets a deployment's pods reference."""
-    from projects.models import IntegrationKind
-
     kinds = set(deployment.project.integrations.values_list("kind", flat=True))
     secret_env: dict[str, tuple[str, str]] = {}
     pull: tuple[str, ...] | None = None

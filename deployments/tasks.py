@@ -44,6 +44,7 @@ from deployments.spec import (
     render_spec_for,
     rendered_replicas,
 )
+from projects.models import IntegrationKind
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ def _load(deployment_id: int) -> ModelDeployment | None:
 
 def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[str, Any]]:
     """The Secrets the revision references, built from the project's integrations."""
-    from projects.models import IntegrationKind
-
     values = {i.kind: i.secret for i in deployment.project.integrations.all()}
     refs = {secret for secret, _ in rs.secret_env.values()}
     out = []

@@ -33,6 +33,7 @@ from gateway.ratelimit import (
     estimate_tokens,
     levels_for,
 )
+from gateway.tasks import write_events
 from gateway.upstream import make_session
 from gateway.usage import (
     USAGE_LIST_KEY,
@@ -41,6 +42,8 @@ from gateway.usage import (
     usage_from_body,
     usage_from_bytes,
 )
+from projects.keys import hash_secret, looks_like_secret
+from sharing.access import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +226,6 @@ class Gateway:
 
     # ---- who is calling what --------------------------------------------------------------
     async def _key(self, scope) -> KeyInfo:
-        from projects.keys import hash_secret, looks_like_secret
-
         auth = _header(scope, b"authorization")
         scheme, _, secret = auth.partition(" ")
         secret = secret.strip()
@@ -720,7 +721,6 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
             0,
             key.organization_id,
         ), "This deployment is not shared with your organization."
-    from sharing.access import evaluate
 
     return evaluate(
         deployment.policy,
@@ -748,8 +748,6 @@ def _scan_usage(event: bytes, usage: list[int]) -> None:
 
 def _write_now(event: UsageEvent) -> None:
     """Embedded mode (no Redis): write the record at once; flush_usage's code path, batch of one."""
-    from gateway.tasks import write_events
-
     write_events([event.dumps()])
 
 

@@ -9,6 +9,8 @@ from gateway.cache import DeploymentInfo, KeyInfo
 from gateway.upstream import upstream_base
 from gateway.usage import price
 from projects.models import APIKey
+from sharing import access
+from sharing.selectors import public_deployments, shared_deployments_for_org
 
 
 def load_key(digest: str) -> KeyInfo | None:
@@ -48,7 +50,6 @@ def load_public_caller(model: str) -> KeyInfo | str | None:
     """
     close_old_connections()
     try:
-        from sharing.selectors import public_deployments
 
         rows = list(public_deployments(model).values_list("pk", "project__organization_id")[:2])
     finally:
@@ -79,20 +80,12 @@ def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
         .select_related("current_revision", "pool", "project__organization")
         .order_by("pk")
     )
-    shared = []
-    snapshot: dict[int, dict] = {}
-    try:
-        from sharing import access
-        from sharing.selectors import shared_deployments_for_org
-    except ImportError:  # pragma: no cover - sharing not installed: own organization only
-        access = None
-    if access is not None:
-        shared = list(
-            shared_deployments_for_org(organization_id)
-            .select_related("current_revision", "pool", "project__organization")
-            .order_by("pk")
-        )
-        snapshot = access.policy_snapshot([d.pk for d in own + shared])
+    shared = list(
+        shared_deployments_for_org(organization_id)
+        .select_related("current_revision", "pool", "project__organization")
+        .order_by("pk")
+    )
+    snapshot = access.policy_snapshot([d.pk for d in own + shared])
     by_name: dict[str, DeploymentInfo] = {}
     for row in own:
         _add(by_name, _info(row, organization_id, snapshot))

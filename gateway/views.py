@@ -30,6 +30,7 @@ from projects.keys import (
     api_keys_for_user,
 )
 from projects.models import Organization
+from sharing.selectors import shared_deployments_for_org
 
 EMBEDDING_ENGINES = {"tei"}
 
@@ -39,7 +40,6 @@ def callable_deployments(user, organization: Organization) -> QuerySet[ModelDepl
     (sharing.selectors.shared_deployments_for_org) — the same set the gateway resolves names in."""
     if not organization.memberships.filter(user=user).exists():
         return ModelDeployment.objects.none()
-    from sharing.selectors import shared_deployments_for_org
 
     shared = shared_deployments_for_org(organization).values("pk")
     return (

@@ -18,8 +18,11 @@ from django.http import Http404
 from django.utils import timezone
 
 from console import permissions
+from gateway.cache import invalidate
 from projects.models import APIKey, Organization
 from projects.selectors import role_in
+from sharing.audit import audit_record
+from sharing.selectors import shared_deployments_for_org
 
 SECRET_PREFIX = "mdk_"
 # 30 random bytes are 40 url-safe characters: 240 bits, far beyond guessing.
@@ -56,14 +59,10 @@ def api_key_state(key: APIKey, now: datetime | None = None) -> str:
 
 def _notify_gateway() -> None:
     # Gateways cache keys in-process; bumping the shared generation makes the next request re-read.
-    from gateway.cache import invalidate
-
     invalidate()
 
 
 def _audit(**kwargs) -> None:
-    from sharing.audit import audit_record  # late: sharing depends on projects
-
     audit_record(**kwargs)
 
 
@@ -92,7 +91,6 @@ def api_key_create(
     chosen = list(deployments)
     foreign = [d for d in chosen if d.project.organization_id != organization.pk]
     if foreign:
-        from sharing.selectors import shared_deployments_for_org
 
         shared = set(
             shared_deployments_for_org(organization)

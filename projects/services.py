@@ -21,6 +21,7 @@ from projects.models import (
     Role,
 )
 from projects.selectors import quota_decide
+from sharing.audit import audit_record, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,10 @@ PROJECT_FIELDS = ["name", "slug", "description", "gpu_quota"]
 
 
 def _audit(**kwargs) -> None:
-    # Imported late: sharing depends on projects, not the other way round.
-    from sharing.audit import audit_record
-
     audit_record(**kwargs)
 
 
 def _snapshot(obj, fields: list[str]) -> dict:
-    from sharing.audit import snapshot
-
     return snapshot(obj, fields)
 
 

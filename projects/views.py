@@ -12,10 +12,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from catalog import integrations as catalog_integrations
 from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from deployments.models import ModelDeployment
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
 from projects.models import IntegrationKind
@@ -72,7 +74,6 @@ def project_create(request: HttpRequest) -> HttpResponse:
 @login_required
 def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
     project = project_get(request.user, pk)
-    from deployments.models import ModelDeployment
 
     deployments = ModelDeployment.objects.filter(project=project).select_related("model", "pool")
     return render(
@@ -182,7 +183,6 @@ def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     integration = project.integrations.filter(kind=kind).first()
     if integration is None:
         raise Http404("That integration is not set.")
-    from catalog import integrations as catalog_integrations
 
     ok, message = catalog_integrations.check(integration)
     services.integration_record_check(integration=integration, ok=ok, message=message)

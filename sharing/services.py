@@ -13,6 +13,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from console import permissions
+from deployments import services as deployment_services
+from deployments.models import ModelDeployment
 from projects import services as project_services
 from projects.models import Environment, Membership, Organization, Project
 from sharing import access
@@ -367,8 +369,6 @@ def promotion_plan(
     ``served_model_name`` suffixed the same way since it must be unique per organization).
     Refuses (ValidationError on ``target_environment``) with every broken rule named.
     """
-    from deployments.models import ModelDeployment
-
     permissions.require(user, "change", deployment)
     if target_environment.project_id != deployment.project_id:
         raise ValidationError(
@@ -446,8 +446,6 @@ def promote(
     deployment_policies: dict | None = None,
 ) -> Any:
     """Promote a revision into another environment through deployments.services; audited."""
-    from deployments import services as deployment_services
-
     plan = promotion_plan(
         user=user,
         deployment=deployment,

@@ -9,7 +9,9 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from deployments import selectors, services
+from catalog.selectors import bundles_for_user, models_for_user
+from deployments import renderers, selectors, services
+from deployments import spec as spec_module
 from deployments.api.serializers import (
     ComputePoolSerializer,
     ComputePoolUpdateSerializer,
@@ -142,8 +144,6 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         return super().list(request, *args, **kwargs)
 
     def _querysets(self) -> dict:
-        from catalog.selectors import bundles_for_user, models_for_user
-
         user = self.request.user
         projects = projects_for_user(user)
         return {
@@ -294,8 +294,6 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def manifests(self, request, pk=None):
         """The Kubernetes objects a revision renders to, as multi-document YAML."""
-        from deployments import renderers
-        from deployments import spec as spec_module
 
         deployment = self.get_object()
         wanted = request.query_params.get("revision", "")

@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from deployments.models import ComputePool
 from projects.models import GPU_QUOTA_MAX, Environment, Organization
+from projects.selectors import projects_for_user
 from sharing.models import AccessKind, AuditAction, AuditEntry, ShareMode
 
 
@@ -104,7 +105,6 @@ class EnvironmentSerializer(serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         request = self.context.get("request")
         if request is not None:
-            from projects.selectors import projects_for_user
 
             self.fields["project"].queryset = projects_for_user(request.user)
 
