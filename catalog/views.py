@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 
 from django.conf import settings
 from django.contrib import messages
@@ -29,9 +30,8 @@ from catalog.forms import (
 )
 from catalog.models import ModelSource
 from console import permissions
-from console.forms import field_validation_response
+from console.edit import EditView
 from console.http import current_organization as _organization
-from console.http import redirect_after_post as _redirect
 from deployments.models import ModelDeployment
 from projects.models import IntegrationKind, Project
 from projects.selectors import project_get, projects_for_user
@@ -145,37 +145,30 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "catalog/model_detail.html", context)
 
 
-@login_required
-def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(request.user, pk)
-    permissions.require(request.user, "change", model, what="the catalog")
-    form = ModelEditForm(
-        request.POST or None, initial={"name": model.name, "description": model.description}
-    )
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                services.model_update(user=request.user, model=model, **form.cleaned_data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, "Model saved.")
-                return _redirect(request, model.get_absolute_url())
-    return render(
-        request,
-        "catalog/form.html",
-        {
-            "form": form,
-            "validate_url": request.path,
-            "title": f"Edit {model.name}",
-            "back": model.get_absolute_url(),
-            "submit": "Save",
-            "tab": "models",
-        },
-    )
+class ModelEdit(EditView):
+    form_class = ModelEditForm
+    template_name = "catalog/form.html"
+    what = "the catalog"
+
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def form_kwargs(self, request, model):
+        return {"initial": {"name": model.name, "description": model.description}}
+
+    def save(self, request, model, form):
+        services.model_update(user=request.user, model=model, **form.cleaned_data)
+        return model
+
+    def success_message(self, model):
+        return "Model saved."
+
+    def context(self, request, model, form):
+        return {"title": f"Edit {model.name}", "back": model.get_absolute_url(), "submit": "Save",
+                "tab": "models"}  # fmt: skip
+
+
+model_edit = ModelEdit.as_view()
 
 
 @login_required
@@ -262,70 +255,84 @@ def hub_search(request: HttpRequest) -> HttpResponse:
     return render(request, "catalog/hub_search.html", context)
 
 
-@login_required
-def hub_model(request: HttpRequest, repo_id: str) -> HttpResponse:
+class _ImportView(EditView):
+    """Import pages: everyone reads them; adding to the catalog needs the change permission."""
+
+    what = "the catalog"
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def check_permission(self, request, obj):
+        if request.method == "POST":
+            super().check_permission(request, obj)
+
+
+class HubModel(_ImportView):
     """A Hub model's facts before adding it, and the form that adds it pinned to a commit."""
-    org = _organization(request)
-    projects = _projects(request)
-    project = _token_project(request, IntegrationKind.HUGGINGFACE)
-    revision = request.GET.get("revision", "").strip()
-    detail = error = None
-    initial = {
-        "repo_id": repo_id,
-        "name": repo_id,
-        "project": project.pk if project else None,
-        "revision": revision,
-    }
-    form = HubAddForm(request.POST or None, projects=projects, initial=initial)
-    if request.method == "POST":
-        permissions.require(request.user, "change", org, what="the catalog")
-        if form.is_valid():
-            d = form.cleaned_data
-            try:
-                model = services.model_add_from_hub(
-                    user=request.user,
-                    organization=org,
-                    repo_id=d["repo_id"],
-                    revision=d.get("revision") or "",
-                    name=d.get("name") or "",
-                    project=d.get("project"),
-                    description=d.get("description") or "",
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-                if hasattr(exc, "error_dict") and "repo_id" in exc.error_dict:
-                    form.add_error(None, " ".join(exc.error_dict["repo_id"][0].messages))
-            else:
-                messages.success(
-                    request,
-                    f"{model.repo_id} added to the catalog, pinned to {model.revision[:12]}.",
-                )
-                return _redirect(request, model.get_absolute_url())
-    try:
-        detail = hub.model_detail(
-            endpoint=settings.HF_ENDPOINT,
-            token=selectors.hf_token(project),
-            repo_id=repo_id,
-            revision=revision or None,
-            timeout=float(settings.HUB_TIMEOUT_SECONDS),
+
+    form_class = HubAddForm
+    template_name = "catalog/hub_model.html"
+
+    @cached_property
+    def project(self):
+        return _token_project(self.request, IntegrationKind.HUGGINGFACE)
+
+    def form_kwargs(self, request, obj):
+        initial = {
+            "repo_id": self.kwargs["repo_id"],
+            "name": self.kwargs["repo_id"],
+            "project": self.project.pk if self.project else None,
+            "revision": request.GET.get("revision", "").strip(),
+        }
+        return {"projects": _projects(request), "initial": initial}
+
+    def save(self, request, obj, form):
+        d = form.cleaned_data
+        return services.model_add_from_hub(
+            user=request.user, organization=_organization(request), repo_id=d["repo_id"],
+            revision=d.get("revision") or "", name=d.get("name") or "", project=d.get("project"),
+            description=d.get("description") or "",
+        )  # fmt: skip
+
+    def service_error(self, form, exc):
+        super().service_error(form, exc)
+        if hasattr(exc, "error_dict") and "repo_id" in exc.error_dict:
+            form.add_error(None, " ".join(exc.error_dict["repo_id"][0].messages))  # a hidden field
+
+    def success_message(self, model):
+        return f"{model.repo_id} added to the catalog, pinned to {model.revision[:12]}."
+
+    def context(self, request, obj, form):
+        org, repo_id = _organization(request), self.kwargs["repo_id"]
+        revision = request.GET.get("revision", "").strip()
+        detail = error = None
+        try:
+            detail = hub.model_detail(
+                endpoint=settings.HF_ENDPOINT,
+                token=selectors.hf_token(self.project),
+                repo_id=repo_id,
+                revision=revision or None,
+                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+            )
+        except hub.HubError as exc:
+            error = exc.message
+        existing = selectors.models_for_user(request.user, org).filter(
+            source=ModelSource.HUGGINGFACE, repo_id=repo_id
         )
-    except hub.HubError as exc:
-        error = exc.message
-    existing = selectors.models_for_user(request.user, org).filter(
-        source=ModelSource.HUGGINGFACE, repo_id=repo_id
-    )
-    context = {
-        "repo_id": repo_id,
-        "detail": detail,
-        "error": error,
-        "form": form,
-        "project": project,
-        "existing": existing,
-        "files": sorted(detail.files, key=lambda f: -(f.size or 0)) if detail else [],
-        "can_change": permissions.can(request.user, "change", org),
-        "tab": "hub",
-    }
-    return render(request, "catalog/hub_model.html", context, status=200)
+        return {
+            "repo_id": repo_id,
+            "detail": detail,
+            "error": error,
+            "project": self.project,
+            "existing": existing,
+            "files": sorted(detail.files, key=lambda f: -(f.size or 0)) if detail else [],
+            "can_change": permissions.can(request.user, "change", org),
+            "tab": "hub",
+        }
+
+
+hub_model = HubModel.as_view()
 
 
 # --- NVIDIA NGC ---------------------------------------------------------------------------------
@@ -356,67 +363,66 @@ def ngc_images(request: HttpRequest) -> HttpResponse:
     return render(request, "catalog/ngc_images.html", context)
 
 
-@login_required
-def ngc_image(request: HttpRequest, resource_id: str) -> HttpResponse:
-    org = _organization(request)
-    projects = _projects(request)
-    project = _token_project(request, IntegrationKind.NGC)
-    tags = error = None
-    key = selectors.ngc_key(project)
-    if key:
-        try:
-            tags = ngc.image_tags(
-                base_url=settings.NGC_API_URL,
-                api_key=key,
-                image=resource_id,
-                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+class NgcImage(_ImportView):
+    """An NGC image's tags and the form that adds one to the catalog."""
+
+    form_class = NgcAddForm
+    template_name = "catalog/ngc_image.html"
+
+    @cached_property
+    def project(self):
+        return _token_project(self.request, IntegrationKind.NGC)
+
+    @cached_property
+    def tags(self):
+        """(the image's tags or None, the error to show)."""
+        key = selectors.ngc_key(self.project)
+        if not key:
+            return None, (
+                "Choose a project with an NGC API key (set on the project's Integrations page) "
+                "to read this image's tags."
             )
+        try:
+            return ngc.image_tags(
+                base_url=settings.NGC_API_URL, api_key=key, image=self.kwargs["resource_id"],
+                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+            ), None  # fmt: skip
         except ngc.NgcError as exc:
-            error = exc.message
-    else:
-        error = "Choose a project with an NGC API key (set on the project's Integrations page) to read this image's tags."
-    tag_names = tags.tags if tags else ()
-    form = NgcAddForm(
-        request.POST or None,
-        projects=projects,
-        tags=tag_names,
-        initial={
-            "image": resource_id,
-            "project": project.pk if project else None,
+            return None, exc.message
+
+    def form_kwargs(self, request, obj):
+        tags = self.tags[0]
+        initial = {
+            "image": self.kwargs["resource_id"],
+            "project": self.project.pk if self.project else None,
             "tag": tags.latest_tag if tags else None,
-        },
-    )
-    if request.method == "POST":
-        permissions.require(request.user, "change", org, what="the catalog")
-        if form.is_valid():
-            d = form.cleaned_data
-            try:
-                model = services.model_add_from_ngc(
-                    user=request.user,
-                    organization=org,
-                    image=d["image"],
-                    tag=d["tag"],
-                    name=d.get("name") or "",
-                    project=d["project"],
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(
-                    request, f"{model.ngc_image}:{model.ngc_tag} added to the catalog."
-                )
-                return _redirect(request, model.get_absolute_url())
-    context = {
-        "resource_id": resource_id,
-        "tags": tags,
-        "error": error,
-        "form": form,
-        "project": project,
-        "projects": projects,
-        "can_change": permissions.can(request.user, "change", org),
-        "tab": "ngc",
-    }
-    return render(request, "catalog/ngc_image.html", context)
+        }
+        return {"projects": _projects(request), "tags": tags.tags if tags else (), "initial": initial}
+
+    def save(self, request, obj, form):
+        d = form.cleaned_data
+        return services.model_add_from_ngc(
+            user=request.user, organization=_organization(request), image=d["image"], tag=d["tag"],
+            name=d.get("name") or "", project=d["project"],
+        )  # fmt: skip
+
+    def success_message(self, model):
+        return f"{model.ngc_image}:{model.ngc_tag} added to the catalog."
+
+    def context(self, request, obj, form):
+        tags, error = self.tags
+        return {
+            "resource_id": self.kwargs["resource_id"],
+            "tags": tags,
+            "error": error,
+            "project": self.project,
+            "projects": _projects(request),
+            "can_change": permissions.can(request.user, "change", _organization(request)),
+            "tab": "ngc",
+        }
+
+
+ngc_image = NgcImage.as_view()
 
 
 # --- custom models -----------------------------------------------------------------------------
@@ -452,45 +458,44 @@ def custom_create(request: HttpRequest) -> HttpResponse:
     return _custom_create(request)
 
 
-@csrf_protect
-def _custom_create(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    permissions.require(request.user, "change", org, what="the catalog")
-    form = CustomModelForm(request.POST or None, request.FILES or None)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
+class _CustomCreate(EditView):
+    form_class = CustomModelForm
+    template_name = "catalog/form.html"
+    what = "the catalog"
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def form_valid(self, request, form):
         if getattr(request, "artifact_too_large", False):
             form.is_valid()
             form.add_error(
                 "artifact",
                 f"The file is larger than the limit of {services.max_artifact_bytes():,} bytes.",
             )
-        elif form.is_valid():
-            try:
-                model = services.model_add_custom(
-                    user=request.user, organization=org, **form.service_kwargs()
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"“{model.name}” added to the catalog.")
-                return _redirect(request, model.get_absolute_url())
-    return render(
-        request,
-        "catalog/form.html",
-        {
-            "form": form,
-            "validate_url": request.path,
+            return False
+        return form.is_valid()
+
+    def save(self, request, obj, form):
+        return services.model_add_custom(
+            user=request.user, organization=_organization(request), **form.service_kwargs()
+        )
+
+    def success_message(self, model):
+        return f"“{model.name}” added to the catalog."
+
+    def context(self, request, obj, form):
+        return {
             "title": "Add a custom model",
             "multipart": True,
             "intro": "Point at weights in object storage or a PersistentVolumeClaim, or upload a file.",
             "back": reverse("catalog:index"),
             "submit": "Add to catalog",
             "tab": "custom",
-        },
-    )
+        }
+
+
+_custom_create = csrf_protect(_CustomCreate.as_view())
 
 
 # --- Profile Bundles -----------------------------------------------------------------------------
@@ -527,88 +532,72 @@ def bundle_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _bundle_form_page(request, form, *, bundle=None) -> HttpResponse:
-    title = f"New version of {bundle.name}" if bundle else "New Profile Bundle"
-    intro = (
-        f"Saving creates version {bundle.latest().version + 1}; version {bundle.latest().version} and older stay as they are."
-        if bundle
-        else "A reusable recipe: engine, image, default arguments, variables and labels."
-    )
-    return render(
-        request,
-        "catalog/form.html",
-        {
-            "form": form,
-            "validate_url": request.path,
-            "title": title,
-            "intro": intro,
-            "back": reverse("catalog:bundles"),
-            "submit": "Save",
-            "tab": "bundles",
-        },
-    )
+class _BundleEdit(EditView):
+    form_class = BundleForm
+    template_name = "catalog/form.html"
+    what = "the catalog"
+
+    def context(self, request, bundle, form):
+        if bundle is None:
+            title, intro = "New Profile Bundle", "A reusable recipe: engine, image, default arguments, variables and labels."
+        else:
+            version = bundle.latest().version
+            title = f"New version of {bundle.name}"
+            intro = f"Saving creates version {version + 1}; version {version} and older stay as they are."
+        return {"title": title, "intro": intro, "back": reverse("catalog:bundles"), "submit": "Save",
+                "tab": "bundles"}  # fmt: skip
 
 
-@login_required
-def bundle_create(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    permissions.require(request.user, "change", org, what="the catalog")
-    initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
-    source = request.GET.get("from", "")
-    if source.isdigit():
-        # "Duplicate": start from a bundle the user can see, e.g. a built-in one.
-        base = selectors.bundle_get(request.user, int(source))
-        initial = {
-            f: getattr(base, f)
-            for f in ("engine", "image", "default_args", "variables", "description")
-        }
-        initial["name"] = f"{base.name}-{org.slug}"
-        initial["labels"] = {k: v for k, v in base.labels.items() if k != "modeldeck.io/builtin"}
-    form = BundleForm(request.POST or None, initial=initial)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                bundle = services.bundle_create(
-                    user=request.user, organization=org, **form.cleaned_data
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Bundle {bundle} created.")
-                return _redirect(request, bundle.get_absolute_url())
-    return _bundle_form_page(request, form)
+class BundleCreate(_BundleEdit):
+    def permission_target(self, request, obj):
+        return _organization(request)
 
+    def form_kwargs(self, request, obj):
+        initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
+        source = request.GET.get("from", "")
+        if source.isdigit():
+            # "Duplicate": start from a bundle the user can see, e.g. a built-in one.
+            base = selectors.bundle_get(request.user, int(source))
+            initial = {
+                f: getattr(base, f)
+                for f in ("engine", "image", "default_args", "variables", "description")
+            }
+            initial["name"] = f"{base.name}-{_organization(request).slug}"
+            initial["labels"] = {k: v for k, v in base.labels.items() if k != "modeldeck.io/builtin"}
+        return {"initial": initial}
 
-@login_required
-def bundle_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    bundle = selectors.bundle_get(request.user, pk).latest()
-    if bundle.is_builtin:
-        raise PermissionDenied(
-            "Built-in bundles can't be changed; create one in your organization."
+    def save(self, request, obj, form):
+        return services.bundle_create(
+            user=request.user, organization=_organization(request), **form.cleaned_data
         )
-    permissions.require(request.user, "change", bundle, what="the catalog")
-    initial = {
-        f: getattr(bundle, f)
-        for f in ("name", "engine", "image", "default_args", "variables", "labels", "description")
-    }
-    form = BundleForm(request.POST or None, initial=initial, editing=True)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = {k: v for k, v in form.cleaned_data.items() if k != "name"}
-            try:
-                new = services.bundle_update(user=request.user, bundle=bundle, **data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Saved as {new}.")
-                return _redirect(request, new.get_absolute_url())
-    return _bundle_form_page(request, form, bundle=bundle)
+
+    def success_message(self, bundle):
+        return f"Bundle {bundle} created."
+
+
+class BundleEdit(_BundleEdit):
+    def get_object(self, request, pk):
+        bundle = selectors.bundle_get(request.user, pk).latest()
+        if bundle.is_builtin:
+            raise PermissionDenied(
+                "Built-in bundles can't be changed; create one in your organization."
+            )
+        return bundle
+
+    def form_kwargs(self, request, bundle):
+        fields = ("name", "engine", "image", "default_args", "variables", "labels", "description")
+        return {"initial": {f: getattr(bundle, f) for f in fields}, "editing": True}
+
+    def save(self, request, bundle, form):
+        data = {k: v for k, v in form.cleaned_data.items() if k != "name"}
+        return services.bundle_update(user=request.user, bundle=bundle, **data)
+
+    def success_message(self, new):
+        return f"Saved as {new}."
+
+
+bundle_create = BundleCreate.as_view()
+bundle_edit = BundleEdit.as_view()
 
 
 @login_required
@@ -636,42 +625,45 @@ def mappings_index(request: HttpRequest) -> HttpResponse:
     return redirect("catalog:mappings", project_pk=project.pk)
 
 
-@login_required
-def mappings(request: HttpRequest, project_pk: int) -> HttpResponse:
+class Mappings(EditView):
     """A project's rules in order, the form that appends one, and "try a model" against them."""
-    project = project_get(request.user, project_pk)
-    org = project.organization
-    editable = permissions.can(request.user, "change", org)
-    bundles = selectors.bundles_for_user(request.user, org, latest_only=True)
-    form = MappingForm(request.POST or None, bundles=bundles)
-    if request.method == "POST":
-        if not editable:
-            raise PermissionDenied("Viewers cannot change MaaS mappings.")
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                rule = services.mapping_create(
-                    user=request.user, project=project, **form.service_kwargs()
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Rule {rule.position} added.")
-                return _redirect(request, reverse("catalog:mappings", args=[project.pk]))
-    models = selectors.models_for_user(request.user, org)
-    context = {
-        "project": project,
-        "projects": projects_for_user(request.user, org),
-        "rules": selectors.mappings_for_user(request.user, project),
-        "form": form,
-        "validate_url": request.path,
-        "models": models,
-        "can_change": editable,
-        "tab": "mappings",
-    }
-    return render(request, "catalog/mappings.html", context)
+
+    form_class = MappingForm
+    template_name = "catalog/mappings.html"
+    what = "MaaS mappings"
+
+    def get_object(self, request, project_pk):
+        return project_get(request.user, project_pk)
+
+    def check_permission(self, request, project):
+        if request.method == "POST":  # everyone in the organization reads the rules
+            super().check_permission(request, project)
+
+    def form_kwargs(self, request, project):
+        return {"bundles": selectors.bundles_for_user(request.user, project.organization, latest_only=True)}
+
+    def save(self, request, project, form):
+        return services.mapping_create(user=request.user, project=project, **form.service_kwargs())
+
+    def success_message(self, rule):
+        return f"Rule {rule.position} added."
+
+    def success_url(self, request, rule):
+        return reverse("catalog:mappings", args=[rule.project_id])
+
+    def context(self, request, project, form):
+        org = project.organization
+        return {
+            "project": project,
+            "projects": projects_for_user(request.user, org),
+            "rules": selectors.mappings_for_user(request.user, project),
+            "models": selectors.models_for_user(request.user, org),
+            "can_change": permissions.can(request.user, "change", project),
+            "tab": "mappings",
+        }
+
+
+mappings = Mappings.as_view()
 
 
 @login_required

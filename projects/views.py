@@ -14,9 +14,8 @@ from django.views.decorators.http import require_POST
 
 from catalog import integrations as catalog_integrations
 from console import permissions
-from console.forms import field_validation_response
+from console.edit import EditView
 from console.http import current_organization as _organization
-from console.http import redirect_after_post as _redirect
 from deployments.models import ModelDeployment
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
@@ -37,38 +36,27 @@ def project_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _form_page(request: HttpRequest, form: ProjectForm, *, project=None) -> HttpResponse:
-    validate_url = request.path
-    context = {"form": form, "project": project, "validate_url": validate_url}
-    if request.htmx and request.method == "POST":
-        return render(request, "projects/htmx/form.html", context)
-    return render(request, "projects/form.html", context)
+class ProjectCreate(EditView):
+    form_class = ProjectForm
+    template_name, fragment_template = "projects/form.html", "projects/htmx/form.html"
+    what = "projects"
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def form_kwargs(self, request, obj):
+        return {"organization": _organization(request)}
+
+    def save(self, request, obj, form):
+        return services.project_create(
+            user=request.user, organization=_organization(request), **form.cleaned_data
+        )
+
+    def success_message(self, project):
+        return f"Project “{project.name}” created; its namespace is {project.namespace()}."
 
 
-@login_required
-def project_create(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    if not permissions.can(request.user, "change", org):
-        raise PermissionDenied("Viewers cannot create projects.")
-    form = ProjectForm(request.POST or None, organization=org)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                project = services.project_create(
-                    user=request.user, organization=org, **form.cleaned_data
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(
-                    request,
-                    f"Project “{project.name}” created; its namespace is {project.namespace()}.",
-                )
-                return _redirect(request, project.get_absolute_url())
-    return _form_page(request, form)
+project_create = ProjectCreate.as_view()
 
 
 @login_required
@@ -89,40 +77,32 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@login_required
-def project_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    project = project_get(request.user, pk)
-    if not permissions.can(request.user, "change", project):
-        raise PermissionDenied("Viewers cannot change projects.")
-    initial = {
-        "name": project.name,
-        "slug": project.slug,
-        "description": project.description,
-        "gpu_quota": project.gpu_quota,
-    }
-    form = ProjectForm(
-        request.POST or None, organization=project.organization, instance=project, initial=initial
-    )
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                services.project_update(
-                    user=request.user,
-                    project=project,
-                    name=data["name"],
-                    description=data["description"],
-                    gpu_quota=data["gpu_quota"],
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, "Project saved.")
-                return _redirect(request, project.get_absolute_url())
-    return _form_page(request, form, project=project)
+class ProjectEdit(EditView):
+    form_class = ProjectForm
+    template_name, fragment_template = "projects/form.html", "projects/htmx/form.html"
+
+    def get_object(self, request, pk):
+        return project_get(request.user, pk)
+
+    def form_kwargs(self, request, project):
+        initial = {field: getattr(project, field) for field in ("name", "slug", "description", "gpu_quota")}
+        return {"organization": project.organization, "instance": project, "initial": initial}
+
+    def save(self, request, project, form):
+        data = form.cleaned_data
+        return services.project_update(
+            user=request.user, project=project, name=data["name"],
+            description=data["description"], gpu_quota=data["gpu_quota"],
+        )  # fmt: skip
+
+    def success_message(self, project):
+        return "Project saved."
+
+    def context(self, request, project, form):
+        return {"project": project}
+
+
+project_edit = ProjectEdit.as_view()
 
 
 @login_required

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -12,7 +14,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
 from console import permissions
-from console.forms import field_validation_response
+from console.edit import EditView
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from projects.models import Organization
@@ -278,68 +280,64 @@ def environments(request: HttpRequest, project_pk: int) -> HttpResponse:
     )
 
 
-def _environment_form_page(request, form, project, environment=None) -> HttpResponse:
-    context = {
-        "form": form,
-        "project": project,
-        "environment": environment,
-        "validate_url": request.path,
-    }
-    if request.htmx and request.method == "POST":
-        return render(request, "sharing/htmx/environment_form.html", context)
-    return render(request, "sharing/environment_form.html", context)
+class _EnvironmentEdit(EditView):
+    form_class = EnvironmentForm
+    template_name = "sharing/environment_form.html"
+    fragment_template = "sharing/htmx/environment_form.html"
+    what = "environments"
+
+    def success_url(self, request, environment):
+        return reverse("sharing:environments", args=[environment.project_id])
+
+    def success_message(self, environment):
+        return f"Environment “{environment.name}” {self.done}."
 
 
-@login_required
-def environment_create(request: HttpRequest, project_pk: int) -> HttpResponse:
-    project = project_get(request.user, project_pk)
-    if not permissions.can(request.user, "change", project):
-        raise PermissionDenied("Viewers cannot create environments.")
-    form = EnvironmentForm(request.POST or None, project=project)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                environment = services.environment_create(
-                    user=request.user, project=project, **form.cleaned_data
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Environment “{environment.name}” created.")
-                return _redirect(request, reverse("sharing:environments", args=[project.pk]))
-    return _environment_form_page(request, form, project)
+class EnvironmentCreate(_EnvironmentEdit):
+    done = "created"
+
+    @cached_property
+    def project(self):
+        return project_get(self.request.user, self.kwargs["project_pk"])
+
+    def permission_target(self, request, obj):
+        return self.project
+
+    def form_kwargs(self, request, obj):
+        return {"project": self.project}
+
+    def save(self, request, obj, form):
+        return services.environment_create(user=request.user, project=self.project, **form.cleaned_data)
+
+    def context(self, request, obj, form):
+        return {"project": self.project, "environment": None}
 
 
-@login_required
-def environment_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    environment = selectors.environment_get(request.user, pk)
-    project = environment.project
-    if not permissions.can(request.user, "change", project):
-        raise PermissionDenied("Viewers cannot change environments.")
-    form = EnvironmentForm(
-        request.POST or None,
-        project=project,
-        instance=environment,
-        initial=EnvironmentForm.initial_for(environment),
-    )
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = dict(form.cleaned_data)
-            data.pop("slug", None)
-            try:
-                services.environment_update(user=request.user, environment=environment, **data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Environment “{data['name']}” saved.")
-                return _redirect(request, reverse("sharing:environments", args=[project.pk]))
-    return _environment_form_page(request, form, project, environment)
+class EnvironmentEdit(_EnvironmentEdit):
+    done = "saved"
+
+    def get_object(self, request, pk):
+        return selectors.environment_get(request.user, pk)
+
+    def permission_target(self, request, environment):
+        return environment.project
+
+    def form_kwargs(self, request, environment):
+        return {"project": environment.project, "instance": environment,
+                "initial": EnvironmentForm.initial_for(environment)}  # fmt: skip
+
+    def save(self, request, environment, form):
+        data = {key: value for key, value in form.cleaned_data.items() if key != "slug"}
+        services.environment_update(user=request.user, environment=environment, **data)
+        environment.refresh_from_db()
+        return environment
+
+    def context(self, request, environment, form):
+        return {"project": environment.project, "environment": environment}
+
+
+environment_create = EnvironmentCreate.as_view()
+environment_edit = EnvironmentEdit.as_view()
 
 
 @login_required
