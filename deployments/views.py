@@ -18,6 +18,7 @@ from catalog import maas
 from catalog import selectors as catalog_selectors
 from catalog.selectors import model_get
 from console import permissions
+from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
@@ -254,51 +255,44 @@ def _endpoints(request: HttpRequest, org):
     return selectors.endpoints_for_user(request.user, org).select_related("project")
 
 
-@login_required
-def endpoint_list(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    projects = projects_for_user(request.user, org)
-    editable = permissions.can(request.user, "change", org)
-    form = EndpointForm(
-        request.POST or None, projects=projects, initial={"project": request.GET.get("project")}
-    )
-    if request.method == "POST":
-        permissions.require(request.user, "change", org, what="endpoints")
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                endpoint = services.endpoint_create(
-                    user=request.user,
-                    project=data["project"],
-                    name=data["name"].strip(),
-                    path=data["path"],
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Endpoint “{endpoint.name}” ({endpoint.path}) created.")
-                return _redirect(request, reverse("deployments:endpoints"))
-        if request.htmx:
-            return render(
-                request,
-                "deployments/htmx/endpoint_form.html",
-                {"form": form, "validate_url": request.path},
-            )
-    endpoints = _endpoints(request, org).prefetch_related("deployments")
-    return render(
-        request,
-        "deployments/endpoint_list.html",
-        {
-            "endpoints": endpoints,
-            "form": form,
-            "validate_url": reverse("deployments:endpoints"),
-            "can_change": editable,
+class EndpointList(EditView):
+    """The organization's endpoints and the form that adds one."""
+
+    form_class = EndpointForm
+    template_name = "deployments/endpoint_list.html"
+    fragment_template = "deployments/htmx/endpoint_form.html"
+    what = "endpoints"
+
+    def check_permission(self, request, obj):
+        if request.method == "POST":  # everyone in the organization sees the endpoints
+            permissions.require(request.user, "change", _organization(request), what=self.what)
+
+    def form_kwargs(self, request, obj):
+        projects = projects_for_user(request.user, _organization(request))
+        return {"projects": projects, "initial": {"project": request.GET.get("project")}}
+
+    def save(self, request, obj, form):
+        data = form.cleaned_data
+        return services.endpoint_create(
+            user=request.user, project=data["project"], name=data["name"].strip(), path=data["path"]
+        )
+
+    def success_message(self, endpoint):
+        return f"Endpoint “{endpoint.name}” ({endpoint.path}) created."
+
+    def success_url(self, request, endpoint):
+        return reverse("deployments:endpoints")
+
+    def context(self, request, obj, form):
+        org = _organization(request)
+        return {
+            "endpoints": _endpoints(request, org).prefetch_related("deployments"),
+            "can_change": permissions.can(request.user, "change", org),
             "gateway": settings.GATEWAY_BASE_URL.rstrip("/"),
-        },
-    )
+        }
+
+
+endpoint_list = EndpointList.as_view()
 
 
 @login_required
