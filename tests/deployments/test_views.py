@@ -526,7 +526,7 @@ def test_kubeconfig_upload_and_bad_kubeconfig(owner_client, tenants):
     assert "needs a “clusters:” list" in html and 'value="bad"' in html
 
 
-def test_sandbox_pool_test_connection_shows_nodes_and_gpus(owner_client, pool):
+def test_sandbox_pool_test_connection_shows_nodes_and_gpus(owner_client, cluster, pool):
     html = owner_client.post(
         reverse("deployments:pool_test", args=[pool.pk]), HTTP_HX_REQUEST="true"
     ).content.decode()
