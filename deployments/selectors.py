@@ -14,6 +14,7 @@ from django.http import Http404
 from catalog.estimate import GPU_TYPES
 from catalog.models import CatalogModel
 from catalog.selectors import model_estimate
+from console import permissions
 from console.diff import changes
 from deployments.models import (
     ComputePool,
@@ -25,7 +26,7 @@ from deployments.models import (
 )
 from deployments.spec import gpu_hold
 from projects.models import GpuReservation, Organization, Project
-from projects.selectors import organizations_for_user, quota_decide
+from projects.selectors import quota_decide
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ log = logging.getLogger(__name__)
 def pools_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[ComputePool]:
-    qs = ComputePool.objects.filter(organization__in=organizations_for_user(user)).select_related(
-        "organization"
-    )
+    qs = permissions.restrict(ComputePool.objects.select_related("organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs
@@ -51,9 +50,9 @@ def pool_get(user: AbstractBaseUser, pk: int) -> ComputePool:
 def endpoints_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[Endpoint]:
-    qs = Endpoint.objects.filter(
-        project__organization__in=organizations_for_user(user)
-    ).select_related("project", "project__organization")
+    qs = permissions.restrict(
+        Endpoint.objects.select_related("project", "project__organization"), user, "view"
+    )
     if organization is not None:
         qs = qs.filter(project__organization=organization)
     return qs
@@ -69,10 +68,10 @@ def endpoint_get(user: AbstractBaseUser, pk: int) -> Endpoint:
 def deployments_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[ModelDeployment]:
-    qs = ModelDeployment.objects.filter(project__organization__in=organizations_for_user(user)).select_related(
+    qs = permissions.restrict(ModelDeployment.objects.select_related(
         "project", "project__organization", "model", "bundle", "pool", "endpoint", "environment",
         "current_revision", "serving_revision",
-    )  # fmt: skip
+    ), user, "view")  # fmt: skip
     if organization is not None:
         qs = qs.filter(project__organization=organization)
     return qs

@@ -8,9 +8,10 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
+from console import permissions
 from deployments.models import ModelDeployment
 from projects.models import Environment, GpuReservation, Organization, Project
-from projects.selectors import organizations_for_user, project_get, projects_for_user
+from projects.selectors import project_get, projects_for_user
 from sharing.models import AccessKind, AccessPolicy, AuditEntry, DeploymentShare, ShareMode
 
 
@@ -27,9 +28,7 @@ def audit_entries_for_user(
     until: datetime.date | datetime.datetime | None = None,
 ) -> QuerySet[AuditEntry]:
     """Entries of the user's organizations (or one of them), filtered; newest first."""
-    qs = AuditEntry.objects.filter(organization__in=organizations_for_user(user)).select_related(
-        "actor", "organization"
-    )
+    qs = permissions.restrict(AuditEntry.objects.select_related("actor", "organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
     if action:
@@ -67,9 +66,10 @@ def audit_entry_get(user: Any, pk: int) -> AuditEntry:
 
 def deployments_visible_to(user: Any):
     """Deployments of the user's organizations (the governance pages' own scoping)."""
-    return ModelDeployment.objects.filter(project__in=projects_for_user(user)).select_related(
-        "project__organization", "pool", "environment"
-    )
+    return permissions.restrict(
+        ModelDeployment.objects.select_related("project__organization", "pool", "environment"),
+        user, "view",
+    )  # fmt: skip
 
 
 def deployment_get(user: Any, pk: int):
@@ -127,8 +127,8 @@ def access_policy_for(deployment) -> AccessPolicy:
 
 
 def environments_for_user(user: Any, project: Project | None = None) -> QuerySet[Environment]:
-    qs = Environment.objects.filter(project__in=projects_for_user(user)).select_related(
-        "project__organization"
+    qs = permissions.restrict(
+        Environment.objects.select_related("project__organization"), user, "view"
     )
     if project is not None:
         qs = qs.filter(project=project)
