@@ -8,14 +8,13 @@ from functools import cached_property
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_POST
 
 from catalog import hub, maas, ngc, selectors, services
 from catalog.forms import (
@@ -30,7 +29,7 @@ from catalog.forms import (
 )
 from catalog.models import ModelSource
 from console import permissions
-from console.edit import EditView
+from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from deployments.models import ModelDeployment
 from projects.models import IntegrationKind, Project
@@ -171,32 +170,37 @@ class ModelEdit(EditView):
 model_edit = ModelEdit.as_view()
 
 
-@login_required
-@require_POST
-def model_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(request.user, pk)
-    try:
+class ModelDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def act(self, request, model):
         services.model_delete(user=request.user, model=model)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect(model.get_absolute_url())
-    messages.success(request, f"“{model.name}” removed from the catalog.")
-    return redirect("catalog:index")
+
+    def success_message(self, model, result):
+        return f"“{model.name}” removed from the catalog."
+
+    def success_url(self, request, model):
+        return reverse("catalog:index")
+
+    def failure_url(self, request, model):
+        return model.get_absolute_url()
 
 
-@login_required
-@require_POST
-def model_refresh_tags(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(request.user, pk)
-    try:
-        services.model_refresh_ngc_tags(
-            user=request.user, model=model, project=_token_project(request, IntegrationKind.NGC)
-        )
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"{len(model.ngc_tags)} tags read from NGC.")
-    return redirect(model.get_absolute_url())
+class ModelRefreshTags(ActionView):
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def act(self, request, model):
+        project = _token_project(request, IntegrationKind.NGC)
+        services.model_refresh_ngc_tags(user=request.user, model=model, project=project)
+
+    def success_message(self, model, result):
+        return f"{len(model.ngc_tags)} tags read from NGC."
+
+
+model_delete = ModelDelete.as_view()
+model_refresh_tags = ModelRefreshTags.as_view()
 
 
 # --- Hugging Face Hub --------------------------------------------------------------------------
@@ -259,13 +263,10 @@ class _ImportView(EditView):
     """Import pages: everyone reads them; adding to the catalog needs the change permission."""
 
     what = "the catalog"
+    read_by_all = True
 
     def permission_target(self, request, obj):
         return _organization(request)
-
-    def check_permission(self, request, obj):
-        if request.method == "POST":
-            super().check_permission(request, obj)
 
 
 class HubModel(_ImportView):
@@ -600,17 +601,24 @@ bundle_create = BundleCreate.as_view()
 bundle_edit = BundleEdit.as_view()
 
 
-@login_required
-@require_POST
-def bundle_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    bundle = selectors.bundle_get(request.user, pk)
-    try:
+class BundleDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.bundle_get(request.user, pk)
+
+    def act(self, request, bundle):
         services.bundle_delete(user=request.user, bundle=bundle)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect(bundle.get_absolute_url())
-    messages.success(request, f"Bundle {bundle.name} deleted.")
-    return redirect("catalog:bundles")
+
+    def success_message(self, bundle, result):
+        return f"Bundle {bundle.name} deleted."
+
+    def success_url(self, request, bundle):
+        return reverse("catalog:bundles")
+
+    def failure_url(self, request, bundle):
+        return bundle.get_absolute_url()
+
+
+bundle_delete = BundleDelete.as_view()
 
 
 # --- MaaS mappings -------------------------------------------------------------------------------
@@ -631,13 +639,10 @@ class Mappings(EditView):
     form_class = MappingForm
     template_name = "catalog/mappings.html"
     what = "MaaS mappings"
+    read_by_all = True
 
     def get_object(self, request, project_pk):
         return project_get(request.user, project_pk)
-
-    def check_permission(self, request, project):
-        if request.method == "POST":  # everyone in the organization reads the rules
-            super().check_permission(request, project)
 
     def form_kwargs(self, request, project):
         return {"bundles": selectors.bundles_for_user(request.user, project.organization, latest_only=True)}
@@ -684,23 +689,29 @@ def mapping_resolve(request: HttpRequest, project_pk: int) -> HttpResponse:
     return render(request, "catalog/resolution_page.html", context)
 
 
-@login_required
-@require_POST
-def mapping_move(request: HttpRequest, pk: int) -> HttpResponse:
-    rule = selectors.mapping_get(request.user, pk)
-    try:
-        services.mapping_move(
-            user=request.user, mapping=rule, direction=request.POST.get("direction", "")
-        )
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    return redirect("catalog:mappings", project_pk=rule.project_id)
+class _MappingAction(ActionView):
+    def get_object(self, request, pk):
+        return selectors.mapping_get(request.user, pk)
+
+    def success_url(self, request, rule):
+        return reverse("catalog:mappings", args=[rule.project_id])
 
 
-@login_required
-@require_POST
-def mapping_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    rule = selectors.mapping_get(request.user, pk)
-    services.mapping_delete(user=request.user, mapping=rule)
-    messages.success(request, "Rule deleted.")
-    return redirect("catalog:mappings", project_pk=rule.project_id)
+class MappingMove(_MappingAction):
+    def act(self, request, rule):
+        services.mapping_move(user=request.user, mapping=rule, direction=request.POST.get("direction", ""))
+
+    def success_message(self, rule, result):
+        return ""  # the list shows the new order
+
+
+class MappingDelete(_MappingAction):
+    def act(self, request, rule):
+        services.mapping_delete(user=request.user, mapping=rule)
+
+    def success_message(self, rule, result):
+        return "Rule deleted."
+
+
+mapping_move = MappingMove.as_view()
+mapping_delete = MappingDelete.as_view()

@@ -16,7 +16,7 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import ValidationError
 from django.forms import BaseForm
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.views import View
 
 from console import permissions
@@ -30,6 +30,7 @@ class EditView(LoginRequiredMixin, View):
     fragment_template: str | None = None  # the form alone, swapped in by an HTMX POST
     action = "change"  # what console.permissions must allow on the object (or organization)
     what: str | None = None  # how a refusal names the objects ("projects")
+    read_by_all = False  # True: everyone in the organization sees the page; only a POST is asked
 
     # --- what a page says -------------------------------------------------------------------
 
@@ -43,6 +44,8 @@ class EditView(LoginRequiredMixin, View):
 
     def check_permission(self, request: HttpRequest, obj: Any) -> None:
         """Raise PermissionDenied unless console.permissions allows ``action`` here."""
+        if self.read_by_all and request.method != "POST":
+            return
         permissions.require(request.user, self.action, self.permission_target(request, obj), self.what)
 
     def form_kwargs(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
@@ -97,3 +100,41 @@ class EditView(LoginRequiredMixin, View):
         context = {"form": form, "validate_url": request.path, **self.context(request, obj, form)}
         fragment = request.htmx and request.method == "POST" and self.fragment_template
         return render(request, fragment or self.template_name, context)
+
+
+class ActionView(LoginRequiredMixin, View):
+    """A POST that asks one service to act on one object (delete, move, refresh), then says so.
+
+    The object comes from a selector (404 for others); the service asks console.permissions;
+    its ValidationError becomes an error message, never a 500."""
+
+    http_method_names = ["post"]
+
+    def get_object(self, request: HttpRequest, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def act(self, request: HttpRequest, obj: Any) -> Any:
+        """Call the service; what it returns goes to ``success_message``."""
+        raise NotImplementedError
+
+    def success_message(self, obj: Any, result: Any) -> str:
+        """What to tell the user ("" for nothing: the page they land on shows it)."""
+        return "Done."
+
+    def success_url(self, request: HttpRequest, obj: Any) -> str:
+        return obj.get_absolute_url()
+
+    def failure_url(self, request: HttpRequest, obj: Any) -> str:
+        return self.success_url(request, obj)
+
+    def post(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        obj = self.get_object(request, **kwargs)
+        try:
+            result = self.act(request, obj)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return redirect(self.failure_url(request, obj))
+        text = self.success_message(obj, result)
+        if text:
+            messages.success(request, text)
+        return redirect(self.success_url(request, obj))

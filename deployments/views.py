@@ -262,10 +262,10 @@ class EndpointList(EditView):
     template_name = "deployments/endpoint_list.html"
     fragment_template = "deployments/htmx/endpoint_form.html"
     what = "endpoints"
+    read_by_all = True
 
-    def check_permission(self, request, obj):
-        if request.method == "POST":  # everyone in the organization sees the endpoints
-            permissions.require(request.user, "change", _organization(request), what=self.what)
+    def permission_target(self, request, obj):
+        return _organization(request)
 
     def form_kwargs(self, request, obj):
         projects = projects_for_user(request.user, _organization(request))

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from catalog import integrations as catalog_integrations
 from console import permissions
-from console.edit import EditView
+from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from deployments.models import ModelDeployment
 from projects import services
@@ -105,17 +105,24 @@ class ProjectEdit(EditView):
 project_edit = ProjectEdit.as_view()
 
 
-@login_required
-@require_POST
-def project_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    project = project_get(request.user, pk)
-    try:
+class ProjectDelete(ActionView):
+    def get_object(self, request, pk):
+        return project_get(request.user, pk)
+
+    def act(self, request, project):
         services.project_delete(user=request.user, project=project)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect(project.get_absolute_url())
-    messages.success(request, f"Project “{project.name}” deleted.")
-    return redirect("projects:list")
+
+    def success_message(self, project, result):
+        return f"Project “{project.name}” deleted."
+
+    def success_url(self, request, project):
+        return reverse("projects:list")
+
+    def failure_url(self, request, project):
+        return project.get_absolute_url()
+
+
+project_delete = ProjectDelete.as_view()
 
 
 @login_required
@@ -177,13 +184,21 @@ def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     return redirect(reverse("projects:integrations", args=[project.pk]))
 
 
-@login_required
-@require_POST
-def integration_delete(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
-    project = project_get(request.user, pk)
-    integration = project.integrations.filter(kind=kind).first()
-    if integration is None:
-        raise Http404("That integration is not set.")
-    services.integration_delete(user=request.user, integration=integration)
-    messages.success(request, f"{integration.get_kind_display()} removed.")
-    return redirect("projects:integrations", pk=project.pk)
+class IntegrationDelete(ActionView):
+    def get_object(self, request, pk, kind):
+        integration = project_get(request.user, pk).integrations.filter(kind=kind).first()
+        if integration is None:
+            raise Http404("That integration is not set.")
+        return integration
+
+    def act(self, request, integration):
+        services.integration_delete(user=request.user, integration=integration)
+
+    def success_message(self, integration, result):
+        return f"{integration.get_kind_display()} removed."
+
+    def success_url(self, request, integration):
+        return reverse("projects:integrations", args=[integration.project_id])
+
+
+integration_delete = IntegrationDelete.as_view()

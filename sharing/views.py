@@ -14,7 +14,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
 from console import permissions
-from console.edit import EditView
+from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from projects.models import Organization
@@ -340,18 +340,21 @@ environment_create = EnvironmentCreate.as_view()
 environment_edit = EnvironmentEdit.as_view()
 
 
-@login_required
-@require_POST
-def environment_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    environment = selectors.environment_get(request.user, pk)
-    project = environment.project
-    try:
+class EnvironmentDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.environment_get(request.user, pk)
+
+    def act(self, request, environment):
         services.environment_delete(user=request.user, environment=environment)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Environment “{environment.name}” deleted.")
-    return redirect("sharing:environments", project_pk=project.pk)
+
+    def success_message(self, environment, result):
+        return f"Environment “{environment.name}” deleted."
+
+    def success_url(self, request, environment):
+        return reverse("sharing:environments", args=[environment.project_id])
+
+
+environment_delete = EnvironmentDelete.as_view()
 
 
 # ---------------------------------------------------------------- quotas

@@ -28,7 +28,7 @@ BOTTOM_MODULES = {"console.permissions", "sharing.audit", "console.diff", "conso
 ENTRY_MODULES = {
     "console", "console.settings", "console.asgi", "console.wsgi", "console.celery", "console.urls",
     "console.api", "console.api_root", "console.middleware", "console.context_processors",
-    "console.navigation", "console.health", "gateway.app",
+    "console.navigation", "console.health", "console.edit", "gateway.app",
 }  # fmt: skip
 ENTRY_PARTS = {"views", "forms", "admin", "urls", "api", "management", "templatetags", "demo", "apps"}
 
