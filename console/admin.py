@@ -12,6 +12,8 @@ class RestrictedAdmin(admin.ModelAdmin):
 
     Django's model permissions still gate the admin as a whole; this narrows them to rows."""
 
+    change_action = "change"  # "admin" where the console lets only organization admins edit
+
     def get_queryset(self, request):
         return permissions.restrict(super().get_queryset(request), request.user, "view")
 
@@ -37,11 +39,12 @@ class RestrictedAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         allowed = super().has_change_permission(request, obj)
-        return allowed and (obj is None or permissions.can(request.user, "change", obj))
+        return allowed and (obj is None or permissions.can(request.user, self.change_action, obj))
 
     def has_delete_permission(self, request, obj=None):
         allowed = super().has_delete_permission(request, obj)
-        return allowed and (obj is None or permissions.can(request.user, "delete", obj))
+        action = "delete" if self.change_action == "change" else self.change_action
+        return allowed and (obj is None or permissions.can(request.user, action, obj))
 
 
 def run_action(modeladmin, request, queryset, verb: str, call) -> None:

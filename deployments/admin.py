@@ -54,6 +54,7 @@ class ComputePoolAdmin(RestrictedAdmin):
     search_fields = ["name", "organization__name"]
     exclude = ["kubeconfig"]  # encrypted; set through the console, never shown
     readonly_fields = ["last_check", "last_checked_at", "reachable"]
+    change_action = "admin"  # registering and changing pools is an organization admin's act
     actions = ["test_connection"]
 
     @admin.action(description="Test the connection of the selected pools")

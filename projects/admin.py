@@ -26,6 +26,7 @@ class OrganizationAdmin(RestrictedAdmin):
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
     readonly_fields = ["gpu_quota"]
+    change_action = "admin"  # members and roles: organization admins only
 
     @admin.display(description="GPUs used")
     def gpu_used(self, obj: Organization) -> int:
@@ -51,6 +52,7 @@ class ProjectAdmin(RestrictedAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(RestrictedAdmin):
+    change_action = "admin"
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["organization", "role"]
 

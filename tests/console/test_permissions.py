@@ -175,3 +175,39 @@ def test_admin_actions_run_as_the_signed_in_user(tenants, client):
     mine.refresh_from_db()
     assert mine.state != DeploymentState.DEACTIVATED and tenants.project.gpu_used() == 1
     assert client.get(reverse("admin:deployments_modeldeployment_change", args=[foreign.pk])).status_code in (302, 404)
+
+
+def test_every_product_admin_asks_the_permission_module():
+    """A ModelAdmin that skipped console.permissions would show every organization's rows."""
+    from django.contrib import admin
+
+    from console.admin import RestrictedAdmin
+
+    product = {"projects", "catalog", "deployments", "gateway", "sharing"}
+    unrestricted = [
+        f"{model._meta.label}: {type(model_admin).__name__}"
+        for model, model_admin in admin.site._registry.items()
+        if model._meta.app_label in product and not isinstance(model_admin, RestrictedAdmin)
+    ]
+    assert unrestricted == []
+    assert sum(m._meta.app_label in product for m in admin.site._registry) >= 12
+
+
+@pytest.mark.django_db
+def test_a_staff_member_cannot_edit_roles_in_the_admin(tenants, client):
+    """Memberships decide every permission: in the admin, as on the console, only an
+    organization admin may change them — not a member with Django's model permissions."""
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    tenants.member.is_staff = True
+    tenants.member.save()
+    tenants.member.user_permissions.add(*Permission.objects.filter(content_type__app_label="projects"))
+    client.force_login(tenants.member)
+    url = reverse("admin:projects_organization_change", args=[tenants.org.pk])
+    page = client.get(url)
+    assert page.status_code == 200 and 'name="name"' not in page.content.decode()  # read-only view
+    client.post(url, {"name": "Taken over", "slug": "acme"})
+    tenants.org.refresh_from_db()
+    assert tenants.org.name == "Acme"
+    assert client.get(reverse("admin:projects_organization_change", args=[tenants.other_org.pk])).status_code in (302, 404)
