@@ -87,6 +87,11 @@ def _noun(obj: Any) -> str:
     return NOUNS.get(f"{meta.app_label}.{meta.model_name}", str(meta.verbose_name_plural))
 
 
+def _singular(obj: Any) -> str:
+    meta = obj._meta
+    return "deployment" if meta.model_name == "modeldeployment" else str(meta.verbose_name)
+
+
 def check(user: Any, action: str, obj: Any, what: str | None = None) -> tuple[bool, str]:
     """Whether ``user`` may do ``action`` on ``obj``, and if not, why (a sentence for the UI).
 
@@ -102,8 +107,7 @@ def check(user: Any, action: str, obj: Any, what: str | None = None) -> tuple[bo
     role = _role(user, organization)
     noun = what or _noun(obj)
     if role is None:
-        kind = "deployment" if noun == "deployments" else "object"
-        return False, f"This {kind} belongs to another organization."
+        return False, f"This {_singular(obj)} belongs to another organization."
     if action == "view" or role == Role.ADMIN:
         return True, ""
     if action == "admin":
