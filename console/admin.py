@@ -47,6 +47,16 @@ class RestrictedAdmin(admin.ModelAdmin):
         return allowed and (obj is None or permissions.can(request.user, action, obj))
 
 
+def service_action(description: str, verb: str, service, keyword: str):
+    """An admin action that calls ``service(user=<signed-in user>, <keyword>=row)`` for each row."""
+
+    @admin.action(description=description)
+    def action(modeladmin, request, queryset) -> None:
+        run_action(modeladmin, request, queryset, verb, lambda obj, user: service(user=user, **{keyword: obj}))
+
+    return action
+
+
 def run_action(modeladmin, request, queryset, verb: str, call) -> None:
     """Apply a service to each selected row as the signed-in user; say what happened to each."""
     done, failed = 0, []

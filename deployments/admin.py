@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from console.admin import RestrictedAdmin, run_action
+from console.admin import RestrictedAdmin, service_action
 from deployments import services
 from deployments.models import (
     ComputePool,
@@ -57,15 +57,10 @@ class ComputePoolAdmin(RestrictedAdmin):
     change_action = "admin"  # registering and changing pools is an organization admin's act
     actions = ["test_connection"]
 
-    @admin.action(description="Test the connection of the selected pools")
-    def test_connection(self, request, queryset):
-        run_action(
-            self,
-            request,
-            queryset,
-            "Connection tested",
-            lambda p, user: services.pool_test_connection(user=user, pool=p),
-        )
+    test_connection = service_action(
+        "Test the connection of the selected pools", "Connection tested",
+        services.pool_test_connection, "pool",
+    )  # fmt: skip
 
 
 @admin.register(Endpoint)
@@ -89,35 +84,17 @@ class ModelDeploymentAdmin(RestrictedAdmin):
     inlines = [RevisionInline, EventInline]
     actions = ["deactivate", "activate", "delete_through_service"]
 
-    @admin.action(description="Deactivate (scale to zero, release GPUs)")
-    def deactivate(self, request, queryset):
-        run_action(
-            self,
-            request,
-            queryset,
-            "Deactivated",
-            lambda d, user: services.deployment_deactivate(user=user, deployment=d),
-        )
-
-    @admin.action(description="Activate (reserve GPUs, scale up)")
-    def activate(self, request, queryset):
-        run_action(
-            self,
-            request,
-            queryset,
-            "Activated",
-            lambda d, user: services.deployment_activate(user=user, deployment=d),
-        )
-
-    @admin.action(description="Delete from the compute pool, then from ModelDeck")
-    def delete_through_service(self, request, queryset):
-        run_action(
-            self,
-            request,
-            queryset,
-            "Deletion started",
-            lambda d, user: services.deployment_delete(user=user, deployment=d),
-        )
+    deactivate = service_action(
+        "Deactivate (scale to zero, release GPUs)", "Deactivated",
+        services.deployment_deactivate, "deployment",
+    )  # fmt: skip
+    activate = service_action(
+        "Activate (reserve GPUs, scale up)", "Activated", services.deployment_activate, "deployment"
+    )
+    delete_through_service = service_action(
+        "Delete from the compute pool, then from ModelDeck", "Deletion started",
+        services.deployment_delete, "deployment",
+    )  # fmt: skip
 
     def get_actions(self, request):
         # Deleting rows directly would leave objects on the cluster and GPUs in the quota.
