@@ -19,6 +19,7 @@ from projects.selectors import (
     projects_for_user,
     with_gpu_use,
 )
+from sharing.forms import QuotaForm
 
 
 @require_GET
@@ -66,17 +67,20 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     if org is None:
         return render(request, "console/settings.html", {"organization": None})
     if request.method == "POST":
-        raw = request.POST.get("gpu_quota", "")
+        # The same form and service as the quotas page (sharing.views.quota_organization).
+        form = QuotaForm(request.POST)
         try:
-            project_services.organization_quota_set(
-                user=request.user, organization=org, gpu_quota=int(raw) if raw.strip().lstrip("-").isdigit() else -1
-            )
-            messages.success(request, f"The organization's GPU quota is now {raw}.")
-            return redirect("settings")
+            if not form.is_valid():
+                raise ValidationError([m for errors in form.errors.values() for m in errors])
+            quota = form.cleaned_data["gpu_quota"]
+            project_services.organization_quota_set(user=request.user, organization=org, gpu_quota=quota)
         except PermissionDenied as exc:
             messages.error(request, str(exc))
         except ValidationError as exc:
-            messages.error(request, "; ".join(exc.messages) if raw.strip().lstrip("-").isdigit() else f"“{raw}” is not a whole number of GPUs.")
+            messages.error(request, "; ".join(exc.messages))
+        else:
+            messages.success(request, f"The organization's GPU quota is now {quota}.")
+            return redirect("settings")
     projects = projects_for_user(request.user, org).prefetch_related("integrations")
     rows = []
     for project in projects:

@@ -315,17 +315,6 @@ def project_quota_set(*, user: Any, project: Project, gpu_quota: int) -> Project
     return updated
 
 
-def organization_quota_update(
-    *, user: Any, organization: Organization, gpu_quota: int
-) -> Organization:
-    """Change the organization-wide GPU quota; projects.services records the audit entry."""
-    with transaction.atomic():
-        updated = project_services.organization_quota_set(
-            user=user, organization=organization, gpu_quota=gpu_quota
-        )
-    return updated
-
-
 # ---------------------------------------------------------------- promotion
 
 

@@ -17,6 +17,7 @@ from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from projects import services as project_services
 from projects.models import Organization
 from projects.selectors import project_get
 from sharing import selectors, services
@@ -433,7 +434,7 @@ def quota_organization(request: HttpRequest) -> HttpResponse:
         error = "Organization quota: " + " ".join(m for ms in form.errors.values() for m in ms)
     else:
         try:
-            services.organization_quota_update(
+            project_services.organization_quota_set(
                 user=request.user, organization=org, gpu_quota=form.cleaned_data["gpu_quota"]
             )
         except ValidationError as exc:
