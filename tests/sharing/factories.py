@@ -12,7 +12,7 @@ import itertools
 
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import ComputePool, DeploymentState, ModelDeployment, Revision
-from deployments.services import holder, state_claim
+from deployments.services import state_claim
 from deployments.spec import gpu_hold
 from projects.models import Environment, Organization, Project
 from projects.services import quota_reserve
@@ -103,7 +103,7 @@ def deployment(
     dep.current_revision = current
     dep.serving_revision = current
     dep.save(update_fields=["current_revision", "serving_revision"])
-    quota_reserve(project=project, holder=holder(dep), gpus=gpu_hold(current.spec))
+    quota_reserve(project=project, holder=dep.gpu_holder(), gpus=gpu_hold(current.spec))
     state_claim(dep, expect=DeploymentState.PENDING, state=DeploymentState.RUNNING)
     return dep
 
