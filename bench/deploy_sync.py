@@ -64,6 +64,8 @@ def fixtures():
 
 
 def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
+    from django.conf import settings
+
     from deployments.models import ComputePool, DeploymentState, ModelDeployment, PoolKind, Revision
     from deployments.renderers import render, render_service
     from deployments.spec import normalize_spec, render_spec_for
@@ -73,6 +75,8 @@ def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
     emulators = [KubeEmulator() for _ in range(pools)]
     for emulator in emulators:
         emulator.start()
+        # Sandbox pools connect only to sandboxes ModelDeck started: this run started these.
+        settings.SANDBOX_KUBE_URLS.append(emulator.url)
     try:
         pool_rows = [
             ComputePool.objects.create(
@@ -149,12 +153,15 @@ def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
 
 
 def bench_latency(user, project, bundle, model, *, samples: int) -> None:
+    from django.conf import settings
+
     from deployments.models import ComputePool, PoolKind
     from deployments.services import deployment_create
     from sandbox.kubelet import SandboxCluster
 
     cluster = SandboxCluster(ready_delay=0.5, tick=0.05)
     cluster.start()
+    settings.SANDBOX_KUBE_URLS.append(cluster.url)
     try:
         pool = ComputePool.objects.create(organization=project.organization, name="latency", kind=PoolKind.SANDBOX,
                                           api_url=cluster.url, engine_label="vllm")  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
@@ -192,3 +193,43 @@ def restrict(queryset: QuerySet, user: Any, action: str = "view") -> QuerySet:
         )
         allowed |= Q(pk__in=granted.values("pk"))
     return mine.filter(allowed)
+
+
+# --- Compute pools: a platform operator's act (README "Who may register compute pools") ---
+
+
+def is_pool_operator(user: Any) -> bool:
+    """A platform operator: a superuser, or a user given the `operate_computepool` permission."""
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and user.is_active
+        and user.has_perm("deployments.operate_computepool")
+    )
+
+
+def may_register_pool(user: Any, organization: Organization) -> bool:
+    """Operators register pools for any organization; organization admins bring their own
+    cluster only where MODELDECK_ORG_ADMINS_MAY_ADD_POOLS is on."""
+    if is_pool_operator(user):
+        return True
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and settings.ORG_ADMINS_MAY_ADD_POOLS
+        and _role(user, organization) == Role.ADMIN
+    )
+
+
+def may_manage_pool(user: Any, pool: Any) -> bool:
+    """Edit, test and remove: operators any pool; organization admins (setting on) only the
+    pools their organization brought (managed_by "organization"), never one an operator granted."""
+    if is_pool_operator(user):
+        return True
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and settings.ORG_ADMINS_MAY_ADD_POOLS
+        and pool.managed_by == "organization"
+        and _role(user, pool.organization) == Role.ADMIN
+    )

@@ -44,6 +44,12 @@ try:
     HUB_TIMEOUT_SECONDS = env_int("MODELDECK_HUB_TIMEOUT", 10, minimum=1, maximum=300)
     SANDBOX_KUBE_URL = env_str("MODELDECK_SANDBOX_KUBE_URL", "http://127.0.0.1:8093")
     SANDBOX_ENGINE_URL = env_str("MODELDECK_SANDBOX_ENGINE_URL", "http://127.0.0.1:8094")
+    # Compute pools (README "Who may register compute pools"): sandbox pools only in the embedded
+    # mode and only at the sandbox ModelDeck started; organization admins bring their own cluster
+    # only when this is on.
+    SANDBOX_POOLS_ENABLED = EMBEDDED
+    SANDBOX_KUBE_URLS = [SANDBOX_KUBE_URL]
+    ORG_ADMINS_MAY_ADD_POOLS = env_bool("MODELDECK_ORG_ADMINS_MAY_ADD_POOLS", False)
     GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
 except EnvError as exc:  # pragma: no cover - exercised by starting with a bad value
     sys.stderr.write(f"ModelDeck configuration error: {exc}\n")

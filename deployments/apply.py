@@ -17,6 +17,7 @@ from django.db.models import Q
 from catalog import services as catalog_services
 from catalog.models import CatalogModel, ProfileBundle
 from deployments import services
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment
 from deployments.selectors import spec_diff
 from deployments.spec import SPEC_KEYS, normalize_spec
@@ -117,7 +118,18 @@ def _compare(current: dict[str, Any], desired: dict[str, Any]) -> list[dict[str,
 
 # --- ComputePool -----------------------------------------------------------------------------------
 
-POOL_KEYS = ("kind", "engine_label", "kubeconfig", "api_url", "region", "description")
+POOL_KEYS = ("kind", "engine_label", "kubeconfig", "api_url", "region", "description", "private_addresses_allowed")
+
+
+def _reduced_or_given(kubeconfig: Any) -> Any:
+    """Compare with the stored (reduced) copy; a kubeconfig that can't be reduced stays as given,
+    shows as a change, and the service refuses it naming the field."""
+    if not isinstance(kubeconfig, str) or not kubeconfig:
+        return kubeconfig
+    try:
+        return reduce_kubeconfig(kubeconfig).to_yaml()
+    except KubeconfigRefused:
+        return kubeconfig
 
 
 def plan_pool(ctx: Context, doc: dict[str, Any]) -> Change:
@@ -137,9 +149,10 @@ def plan_pool(ctx: Context, doc: dict[str, Any]) -> Change:
             user=ctx.user, organization=ctx.organization, name=name, kind=spec.get("kind", "sandbox"),
             engine_label=spec.get("engine_label", ""), kubeconfig=spec.get("kubeconfig", ""),
             api_url=spec.get("api_url", ""), region=spec.get("region", ""), description=spec.get("description", ""),
+            private_addresses_allowed=spec.get("private_addresses_allowed", False),
         ))  # fmt: skip
     current = {k: getattr(pool, k) for k in POOL_KEYS}
-    diff = _compare(current, spec)
+    diff = _compare(current, {**spec, **({"kubeconfig": _reduced_or_given(spec["kubeconfig"])} if "kubeconfig" in spec else {})})
     for item in diff:
         if item["field"] == "kubeconfig":
             item["old"] = item["new"] = "(secret)"

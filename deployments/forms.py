@@ -13,6 +13,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from console.forms import StyledForm
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import ComputePool, ModelDeployment, PoolKind
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
 from deployments.spec import form_field_for
@@ -128,11 +129,27 @@ class PoolForm(StyledForm):
     )
     region = forms.CharField(max_length=50, required=False)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    private_addresses_allowed = forms.BooleanField(
+        label="Allow a private API server address",
+        required=False,
+        help_text="Operators only: lets an organization-managed pool reach a loopback, link-local or "
+        "private address.",
+    )
 
-    def __init__(self, *args, organization, instance: ComputePool | None = None, **kwargs) -> None:
+    def __init__(
+        self, *args, organization, instance: ComputePool | None = None, operator: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.organization = organization
         self.instance = instance
+        self.operator = operator
+        if not operator:
+            # Organizations bring a cluster by kubeconfig only, and never allow private addresses.
+            del self.fields["private_addresses_allowed"]
+            self.fields["kind"].choices = [
+                (value, label) for value, label in self.fields["kind"].choices
+                if value == PoolKind.KUBECONFIG.value or (instance is not None and value == instance.kind)
+            ]  # fmt: skip
         if instance is not None:
             self.fields["kind"].disabled = True
             self.fields["kind"].required = False
@@ -180,15 +197,11 @@ class PoolForm(StyledForm):
         text = (data.get("kubeconfig_file") or data.get("kubeconfig") or "").strip()
         data["kubeconfig"] = text
         if kind == PoolKind.KUBECONFIG and text:
+            # The service's own rule (deployments.kube.kubeconfig), shown while typing.
             try:
-                parsed = yaml.safe_load(text)
-            except yaml.YAMLError:
-                parsed = None
-            if not isinstance(parsed, dict) or not parsed.get("clusters"):
-                self.add_error(
-                    "kubeconfig",
-                    "This does not look like a kubeconfig: it needs a “clusters:” list.",
-                )
+                reduce_kubeconfig(text)
+            except KubeconfigRefused as err:
+                self.add_error("kubeconfig", err.text())
         elif kind == PoolKind.KUBECONFIG and self.instance is None:
             self.add_error("kubeconfig", "Paste the cluster's kubeconfig or upload the file.")
         if kind != PoolKind.KUBECONFIG and text:
@@ -206,6 +219,8 @@ class PoolForm(StyledForm):
         }
         if data.get("kubeconfig"):
             kwargs["kubeconfig"] = data["kubeconfig"]
+        if "private_addresses_allowed" in self.fields:
+            kwargs["private_addresses_allowed"] = bool(data.get("private_addresses_allowed"))
         return kwargs
 
 

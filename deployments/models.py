@@ -17,8 +17,18 @@ class PoolKind(models.TextChoices):
     SANDBOX = "sandbox", "Sandbox (simulated, offline demo)"
 
 
+class PoolManager(models.TextChoices):
+    OPERATOR = "operator", "Platform operator"
+    ORGANIZATION = "organization", "Organization admins"
+
+
 class ComputePool(models.Model):
-    """A Kubernetes cluster deployments can land on."""
+    """A Kubernetes cluster deployments can land on, granted to one organization.
+
+    Platform operators register pools for organizations; where the setting allows it,
+    organization admins bring their own cluster (`managed_by=organization`), whose API server
+    must then be at a public address unless an operator allows private ones.
+    """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pools")
     name = models.CharField(max_length=100)
@@ -28,6 +38,15 @@ class ComputePool(models.Model):
     engine_label = models.CharField(max_length=50, help_text="Inference engine this pool runs, e.g. vllm.")
     region = models.CharField(max_length=50, blank=True)
     description = models.TextField(blank=True)
+    managed_by = models.CharField(
+        max_length=20, choices=PoolManager.choices, default=PoolManager.OPERATOR,
+        help_text="Who set the pool's connection: a platform operator or the organization's admins.",
+    )  # fmt: skip
+    private_addresses_allowed = models.BooleanField(
+        default=False,
+        help_text="Set by a platform operator: an organization-managed pool's API server may be at a "
+        "loopback, link-local or private address.",
+    )
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_check = models.JSONField(default=dict, blank=True, help_text="Server version, nodes, GPUs.")
     reachable = models.BooleanField(null=True)
@@ -36,6 +55,9 @@ class ComputePool(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["organization", "name"], name="pool_name_unique_in_org")]
+        permissions = [
+            ("operate_computepool", "Can register, edit and test compute pools of every organization"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -44,6 +66,14 @@ class ComputePool(models.Model):
     def is_sandbox(self) -> bool:
         """The built-in simulated cluster: labelled as simulated wherever it appears."""
         return self.kind == PoolKind.SANDBOX
+
+    def needs_public_address(self) -> bool:
+        """A cluster an organization brought may not point the server at its own network."""
+        return (
+            self.kind == PoolKind.KUBECONFIG
+            and self.managed_by == PoolManager.ORGANIZATION
+            and not self.private_addresses_allowed
+        )
 
 
 class Endpoint(models.Model):

@@ -30,11 +30,13 @@ from projects.selectors import quota_decide
 
 log = logging.getLogger(__name__)
 
-
 def pools_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[ComputePool]:
-    qs = permissions.restrict(ComputePool.objects.select_related("organization"), user, "view")
+    """The pools granted to the user's organizations; operators see every pool."""
+    qs = ComputePool.objects.select_related("organization")
+    if not permissions.is_pool_operator(user):
+        qs = permissions.restrict(qs, user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs
@@ -211,6 +213,12 @@ def connection_advice(error: str) -> str:
     text = (error or "").lower()
     if not text:
         return ""
+    if "private address" in text:
+        return "Use the cluster's public API server address, or ask a platform operator to allow private addresses for this pool."
+    if "kubeconfig can't be used" in text:
+        return "Replace the kubeconfig with one that carries its credentials inline: kubectl config view --minify --flatten prints one."
+    if "embedded mode" in text or "is not a sandbox" in text:
+        return "Sandbox pools only run in the embedded mode (make run); register the cluster by kubeconfig instead."
     if "401" in text or "unauthorized" in text:
         return "The cluster refused the credentials. Check the kubeconfig's user token or client certificate; it may have expired."
     if "403" in text or "forbidden" in text:

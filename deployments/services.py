@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import current_app
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -16,6 +16,8 @@ from catalog.maas import resolve
 from catalog.models import CatalogModel, ProfileBundle
 from console import permissions
 from deployments import kube
+from deployments.kube import network
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     ACTIVE_STATES,
     ComputePool,
@@ -24,6 +26,7 @@ from deployments.models import (
     Endpoint,
     ModelDeployment,
     PoolKind,
+    PoolManager,
     Revision,
 )
 from deployments.spec import (
@@ -42,7 +45,10 @@ from sharing.policies import enforce
 
 log = logging.getLogger(__name__)
 
-POOL_AUDIT_FIELDS = ["name", "kind", "engine_label", "api_url", "region", "description", "kubeconfig"]
+POOL_AUDIT_FIELDS = [
+    "name", "kind", "engine_label", "api_url", "region", "description", "kubeconfig", "managed_by",
+    "private_addresses_allowed",
+]  # fmt: skip
 
 
 def _audit_deployment(*, user: AbstractBaseUser | None, deployment: ModelDeployment, action: str,
@@ -72,7 +78,10 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENGINE_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-POOL_FIELDS = ("name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description")
+POOL_FIELDS = (
+    "name", "kind", "engine_label", "kubeconfig", "api_url", "region", "description",
+    "private_addresses_allowed",
+)  # fmt: skip
 
 
 def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
@@ -143,29 +152,68 @@ def state_claim(
 # --- Compute pools ------------------------------------------------------------------------------
 
 
-def _clean_pool(pool: ComputePool) -> None:
+def _require_pool_register(user: AbstractBaseUser | None, organization: Organization) -> None:
+    if user is not None and not permissions.may_register_pool(user, organization):
+        raise PermissionDenied(
+            "Platform operators register compute pools; ask one to grant your organization a pool."
+        )
+
+
+def _require_pool_manage(user: AbstractBaseUser | None, pool: ComputePool) -> None:
+    if user is not None and not permissions.may_manage_pool(user, pool):
+        raise PermissionDenied(
+            "Platform operators manage this compute pool; ask one to change or test it."
+        )
+
+
+def _acts_as_operator(user: AbstractBaseUser | None) -> bool:
+    return user is None or permissions.is_pool_operator(user)  # None: the system (tasks, migrations)
+
+
+def _clean_pool(pool: ComputePool, *, operator: bool) -> None:
+    """The one rule for a pool's settings, whoever saves it (form, API, apply -f, admin).
+
+    A kubeconfig is reduced here and the reduced copy is what gets stored; the fields that
+    would run a program, read a file or reach another address are refused by name.
+    """
+
     errors: dict[str, str] = {}
     if pool.kind not in PoolKind.values:
         errors["kind"] = f"Choose one of {', '.join(PoolKind.values)}."
+    elif not operator and pool.kind != PoolKind.KUBECONFIG:
+        errors["kind"] = (
+            "Organizations bring a cluster by kubeconfig; sandbox and in-cluster pools are "
+            "registered by platform operators."
+        )
     if not _ENGINE_LABEL.match(pool.engine_label or ""):
         errors["engine_label"] = (
             "Enter the inference engine this pool runs, e.g. vllm (lower case, no spaces)."
         )
     if pool.kind == PoolKind.KUBECONFIG:
-        import yaml
-
         try:
-            data = yaml.safe_load(pool.kubeconfig or "")
-        except yaml.YAMLError:
-            data = None
-        if not isinstance(data, dict) or not data.get("clusters"):
-            errors["kubeconfig"] = "Paste a kubeconfig with at least one cluster (YAML)."
+            reduced = reduce_kubeconfig(pool.kubeconfig or "")
+        except KubeconfigRefused as err:
+            errors["kubeconfig"] = err.text()
+        else:
+            pool.kubeconfig = reduced.to_yaml()
+            if pool.needs_public_address():
+                refusal = network.public_address_refusal(reduced.server)
+                if refusal:
+                    errors["kubeconfig"] = f"server: {reduced.host} {refusal}"
+    elif pool.kubeconfig:
+        errors["kubeconfig"] = "Only kubeconfig pools take a kubeconfig."
     if pool.api_url and not re.match(r"^https?://[^\s]+$", pool.api_url):
         errors["api_url"] = "Enter an http(s) URL such as http://127.0.0.1:8093."
-    if pool.api_url and not pool.is_sandbox:
+    elif pool.api_url and not pool.is_sandbox:
         errors["api_url"] = (
             "Only sandbox pools take an API URL; other pools connect through their kubeconfig."
         )
+    elif pool.kind == PoolKind.SANDBOX and "kind" not in errors:
+        refusal = network.sandbox_url_refusal(pool.api_url)
+        if refusal:
+            errors["api_url" if pool.api_url else "kind"] = refusal
+    if pool.private_addresses_allowed and pool.kind != PoolKind.KUBECONFIG:
+        pool.private_addresses_allowed = False  # meaningless elsewhere; keep the row tidy
     if errors:
         raise ValidationError(errors)
     if (
@@ -181,6 +229,16 @@ def _clean_pool(pool: ComputePool) -> None:
     )
 
 
+def _private_addresses_field(value: Any, *, operator: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError({"private_addresses_allowed": "Give true or false."})
+    if value and not operator:
+        raise ValidationError(
+            {"private_addresses_allowed": "Only platform operators can allow private addresses."}
+        )
+    return value
+
+
 def pool_create(
     *,
     user: AbstractBaseUser | None,
@@ -192,13 +250,18 @@ def pool_create(
     api_url: str = "",
     region: str = "",
     description: str = "",
+    private_addresses_allowed: bool = False,
 ) -> ComputePool:
-    permissions.require(user, "admin", organization, what="compute pools")
+    """Register a pool for (grant it to) an organization: operators, or its admins where allowed."""
+    _require_pool_register(user, organization)
+    operator = _acts_as_operator(user)
     pool = ComputePool(
         organization=organization, name=name.strip(), kind=kind, engine_label=engine_label.strip(),
         kubeconfig=kubeconfig, api_url=api_url.strip(), region=region.strip(), description=description,
+        managed_by=PoolManager.OPERATOR if operator else PoolManager.ORGANIZATION,
+        private_addresses_allowed=_private_addresses_field(private_addresses_allowed, operator=operator),
     )  # fmt: skip
-    _clean_pool(pool)
+    _clean_pool(pool, operator=operator)
     with transaction.atomic():
         pool.save()
         _audit_pool(user=user, pool=pool, action="create", before=None, after=_pool_snapshot(pool))
@@ -206,12 +269,44 @@ def pool_create(
     return pool
 
 
+def pool_validate(
+    *, user: AbstractBaseUser | None, organization: Organization, pool: ComputePool | None = None,
+    **fields: Any,
+) -> None:
+    """Check a create (pool=None) or an update without saving: for forms that can't show an error
+    after the save (Django admin). The same rules as pool_create/pool_update."""
+    if pool is None:
+        _require_pool_register(user, organization)
+        operator = _acts_as_operator(user)
+        draft = ComputePool(
+            organization=organization, managed_by=PoolManager.OPERATOR if operator else PoolManager.ORGANIZATION,
+        )  # fmt: skip
+    else:
+        _require_pool_manage(user, pool)
+        operator = _acts_as_operator(user)
+        draft = ComputePool.objects.get(pk=pool.pk)
+    for key, value in fields.items():
+        if key not in POOL_FIELDS:
+            raise ValidationError({key: "This field can't be changed."})
+        if key == "private_addresses_allowed":
+            value = _private_addresses_field(value, operator=operator)
+        if key == "kubeconfig" and not value and pool is not None:
+            continue
+        setattr(draft, key, value.strip() if isinstance(value, str) and key != "kubeconfig" else value)
+    _clean_pool(draft, operator=operator)
+
+
 def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: Any) -> ComputePool:
     """Change a pool's settings; an empty kubeconfig keeps the stored one (it is never shown)."""
-    permissions.require(user, "admin", pool)
+    _require_pool_manage(user, pool)
+    operator = _acts_as_operator(user)
     unknown = sorted(set(fields) - set(POOL_FIELDS))
     if unknown:
         raise ValidationError({unknown[0]: "This field can't be changed."})
+    if "private_addresses_allowed" in fields:
+        fields["private_addresses_allowed"] = _private_addresses_field(
+            fields["private_addresses_allowed"], operator=operator
+        )
     with transaction.atomic():
         locked = ComputePool.objects.select_for_update().get(pk=pool.pk)
         before = _pool_snapshot(locked)
@@ -223,6 +318,13 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
                 key,
                 value.strip() if isinstance(value, str) and key != "kubeconfig" else value,
             )
+        if fields.get("kubeconfig") or ("kind" in fields and fields["kind"] != pool.kind):
+            # New connection settings belong to whoever set them: an operator's are trusted, an
+            # organization's lose an operator's earlier allowance of private addresses.
+            if operator:
+                locked.managed_by = PoolManager.OPERATOR
+            elif not fields.get("private_addresses_allowed"):
+                locked.private_addresses_allowed = False
         if "engine_label" in fields and fields["engine_label"] != pool.engine_label:
             busy = locked.deployments.count()
             if busy:
@@ -230,14 +332,14 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
                     {"engine_label": f"{busy} deployment(s) run on this pool with its current engine label; "
                                      "move or delete them before changing it."}
                 )  # fmt: skip
-        _clean_pool(locked)
+        _clean_pool(locked, operator=operator)
         locked.save()
         _audit_pool(user=user, pool=locked, action="update", before=before, after=_pool_snapshot(locked))
     return locked
 
 
 def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
-    permissions.require(user, "admin", pool)
+    _require_pool_manage(user, pool)
     count = pool.deployments.count()
     if count:
         raise ValidationError(
@@ -249,19 +351,23 @@ def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
 
 
 def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) -> dict[str, Any]:
-    """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool."""
-    permissions.require(user, "change", pool, what="compute pools")
+    """Ask the pool's API server for its version and GPU nodes; the answer is stored on the pool.
+
+    The stored and returned error is always in ModelDeck's own words (deployments.kube.classify):
+    never the body of what answered, never the text of an exception.
+    """
+    _require_pool_manage(user, pool)
     try:
         result = kube.test_connection(pool)
     except kube.KubeError as err:
         result = {"ok": False, "version": "", "nodes": [], "error": err.message}
-    except Exception as exc:  # a check reports any failure in words; it never raises
+    except Exception:  # a check reports any failure in words; it never raises
         log.warning("pool connection test failed", exc_info=True, extra={"pool": pool.pk})
         result = {
             "ok": False,
             "version": "",
             "nodes": [],
-            "error": f"The check could not run: {exc}",
+            "error": "The check could not run; the server log has the details.",
         }
     result["checked_at"] = timezone.now().isoformat()
     ComputePool.objects.filter(pk=pool.pk).update(

@@ -32,10 +32,12 @@ from deployments.forms import (
     ScaleForm,
     initial_from_spec,
 )
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     ComputePool,
     DeploymentState,
     ModelDeployment,
+    PoolKind,
     Revision,
 )
 from projects.models import Environment
@@ -97,7 +99,7 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         "deployments/pool_list.html",
         {
             "pools": pools,
-            "can_change": permissions.can(request.user, "admin", org),
+            "can_change": permissions.may_register_pool(request.user, org),
             "sandbox_label": SANDBOX_LABEL,
         },
     )
@@ -120,9 +122,16 @@ def _pool_form_page(
 @login_required
 def pool_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not permissions.can(request.user, "admin", org):
-        raise PermissionDenied("Only organization admins can register compute pools.")
-    form = PoolForm(request.POST or None, request.FILES or None, organization=org)
+    if not permissions.may_register_pool(request.user, org):
+        raise PermissionDenied(
+            "Platform operators register compute pools; ask one to grant your organization a pool."
+        )
+    form = PoolForm(
+        request.POST or None,
+        request.FILES or None,
+        organization=org,
+        operator=permissions.is_pool_operator(request.user),
+    )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
         if partial is not None:
@@ -150,17 +159,24 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
     deployments = ModelDeployment.objects.filter(pool=pool).select_related("project", "model")
     nodes = (pool.last_check or {}).get("nodes") or []
+    tls_off = False
+    if pool.kind == PoolKind.KUBECONFIG:
+        try:
+            tls_off = reduce_kubeconfig(pool.kubeconfig or "").insecure_skip_tls_verify
+        except KubeconfigRefused:
+            pass  # the connection test names the refused field
     return render(
         request,
         "deployments/pool_detail.html",
         {
             "pool": pool,
+            "tls_off": tls_off,
             "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes),
             "gpu_products": selectors.gpu_products([pool]),
             "check": pool.last_check or {},
             "deployments": deployments,
-            "can_change": permissions.can(request.user, "admin", pool),
-            "can_test": permissions.can(request.user, "change", pool),
+            "can_change": permissions.may_manage_pool(request.user, pool),
+            "can_test": permissions.may_manage_pool(request.user, pool),
             "sandbox_label": SANDBOX_LABEL,
             "advice": selectors.connection_advice((pool.last_check or {}).get("error", "")),
         },
@@ -170,8 +186,8 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not permissions.can(request.user, "admin", pool):
-        raise PermissionDenied("Only organization admins can change compute pools.")
+    if not permissions.may_manage_pool(request.user, pool):
+        raise PermissionDenied("Platform operators manage this compute pool.")
     initial = {
         "name": pool.name,
         "kind": pool.kind,
@@ -179,6 +195,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "api_url": pool.api_url,
         "region": pool.region,
         "description": pool.description,
+        "private_addresses_allowed": pool.private_addresses_allowed,
     }
     form = PoolForm(
         request.POST or None,
@@ -186,6 +203,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
         organization=pool.organization,
         instance=pool,
         initial=initial,
+        operator=permissions.is_pool_operator(request.user),
     )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
@@ -206,8 +224,8 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not permissions.can(request.user, "admin", pool):
-        raise PermissionDenied("Only organization admins can remove compute pools.")
+    if not permissions.may_manage_pool(request.user, pool):
+        raise PermissionDenied("Platform operators manage this compute pool.")
     try:
         services.pool_delete(user=request.user, pool=pool)
     except ValidationError as exc:
@@ -221,7 +239,8 @@ def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    permissions.require(request.user, "change", pool, what="compute pools")
+    if not permissions.may_manage_pool(request.user, pool):
+        raise PermissionDenied("Platform operators test this compute pool.")
     try:
         result = services.pool_test_connection(user=request.user, pool=pool)
     except ValidationError as exc:

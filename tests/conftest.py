@@ -56,6 +56,25 @@ def _celery_eager():
     app.conf.task_always_eager, app.conf.task_eager_propagates = previous
 
 
+@pytest.fixture(autouse=True)
+def _sandbox_pools_as_make_run_starts_them(settings, monkeypatch):
+    """The suite runs outside the embedded mode (PostgreSQL, Redis) yet starts sandbox clusters
+    itself, as `make run` does: sandbox pools are on, and each emulator a test starts counts as a
+    sandbox ModelDeck started. Port 9 (discard) stands for one that has stopped since."""
+    from sandbox.kubeapi import KubeEmulator
+
+    settings.SANDBOX_POOLS_ENABLED = True
+    settings.SANDBOX_KUBE_URLS = [settings.SANDBOX_KUBE_URL, "http://127.0.0.1:9"]
+    start = KubeEmulator.start
+
+    def start_and_register(self) -> str:
+        url = start(self)
+        settings.SANDBOX_KUBE_URLS.append(url.rstrip("/"))
+        return url
+
+    monkeypatch.setattr(KubeEmulator, "start", start_and_register)
+
+
 @pytest.fixture
 def redis_client():
     import redis
@@ -88,6 +107,19 @@ def tenants(db) -> Tenants:
     outsider = MembershipFactory(organization=other_org, role=Role.ADMIN, user=UserFactory(username="outsider")).user
     other_project = ProjectFactory(organization=other_org, name="Secret", slug="secret")
     return Tenants(org, project, owner, member, viewer, other_org, other_project, outsider)
+
+
+@pytest.fixture
+def operator(tenants):
+    """A platform operator: the `operate_computepool` permission (no superuser), and a plain member
+    of Acme so the console has an organization to show them."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = UserFactory(username="operator")
+    user.user_permissions.add(Permission.objects.get(codename="operate_computepool"))
+    MembershipFactory(organization=tenants.org, role=Role.MEMBER, user=user)
+    return get_user_model().objects.get(pk=user.pk)  # without the cached permissions
 
 
 def login(user) -> Client:

@@ -26,7 +26,8 @@ class ComputePoolSerializer(serializers.ModelSerializer):
         model = ComputePool
         fields = [
             "id", "organization", "name", "kind", "sandbox", "engine_label", "api_url", "region", "description",
-            "kubeconfig_set", "reachable", "last_checked_at", "last_check", "created_at",
+            "kubeconfig_set", "managed_by", "private_addresses_allowed", "reachable", "last_checked_at", "last_check",
+            "created_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -38,9 +39,12 @@ class ComputePoolSerializer(serializers.ModelSerializer):
 
 
 class ComputePoolWriteSerializer(serializers.Serializer):
-    """A kubeconfig goes in and is stored encrypted; it never comes back out."""
+    """A kubeconfig goes in, is reduced to server, CA and inline credentials and stored encrypted;
+    it never comes back out."""
 
-    organization = serializers.IntegerField(required=False)
+    organization = serializers.IntegerField(
+        required=False, help_text="The organization the pool is granted to (operators: any)."
+    )
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=PoolKind.choices)
     engine_label = serializers.CharField(max_length=50)
@@ -50,6 +54,9 @@ class ComputePoolWriteSerializer(serializers.Serializer):
     api_url = serializers.CharField(required=False, allow_blank=True, max_length=300)
     region = serializers.CharField(required=False, allow_blank=True, max_length=50)
     description = serializers.CharField(required=False, allow_blank=True)
+    private_addresses_allowed = serializers.BooleanField(
+        required=False, help_text="Operators only: an organization-managed pool may use a private address."
+    )
 
 
 class ComputePoolUpdateSerializer(serializers.Serializer):
@@ -61,6 +68,7 @@ class ComputePoolUpdateSerializer(serializers.Serializer):
     api_url = serializers.CharField(required=False, allow_blank=True, max_length=300)
     region = serializers.CharField(required=False, allow_blank=True, max_length=50)
     description = serializers.CharField(required=False, allow_blank=True)
+    private_addresses_allowed = serializers.BooleanField(required=False)
 
 
 class ConnectionCheckSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from catalog.selectors import bundles_for_user, models_for_user
+from console import permissions
 from deployments import renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
@@ -29,7 +30,7 @@ from deployments.api.serializers import (
     ScaleSerializer,
 )
 from deployments.models import ModelDeployment
-from projects.models import Environment
+from projects.models import Environment, Organization
 from projects.selectors import organizations_for_user, projects_for_user
 
 
@@ -41,6 +42,8 @@ class ComputePoolViewSet(viewsets.ReadOnlyModelViewSet):
 
     def _organization(self, org_id):
         orgs = organizations_for_user(self.request.user)
+        if org_id and permissions.is_pool_operator(self.request.user):
+            orgs = Organization.objects.all()  # operators grant pools to any organization
         org = (
             orgs.filter(pk=org_id).first()
             if org_id

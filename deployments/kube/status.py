@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,13 @@ from deployments.kube.client import Kube, raw
 from deployments.renderers import GPU_RESOURCE, LABEL_DEPLOYMENT_ID, LABEL_REVISION
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# What a connection check stores comes from whatever answers at the pool's address: only values
+# shaped like a Kubernetes version and bounded names are kept.
+_VERSION = re.compile(r"^v?[0-9][0-9A-Za-z.+-]{0,62}$")
+
+
+def _short(value: object, limit: int) -> str:
+    return str(value or "")[:limit]
 
 # Container waiting reasons that mean the pod will not start without someone changing something.
 FAILING_WAITING_REASONS = frozenset(
@@ -149,13 +157,15 @@ def check_cluster(kube: Kube) -> dict[str, Any]:
             gpus = 0
         out_nodes.append(
             {
-                "name": node["metadata"]["name"],
+                "name": _short(node["metadata"]["name"], 253),
                 "gpus": gpus,
-                "gpu_product": (node["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL, ""),
+                "gpu_product": _short((node["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL, ""), 63),
                 "taints": [
-                    f"{t.get('key')}{'=' + t['value'] if t.get('value') else ''}:{t.get('effect')}"
-                    for t in (node.get("spec") or {}).get("taints") or []
+                    _short(f"{t.get('key')}{'=' + t['value'] if t.get('value') else ''}:{t.get('effect')}", 330)
+                    for t in ((node.get("spec") or {}).get("taints") or [])[:20]
                 ],
             }
         )
-    return {"ok": True, "version": version.get("gitVersion", ""), "nodes": out_nodes, "error": ""}
+    version_text = str(version.get("gitVersion", "") or "")
+    version_text = version_text if _VERSION.match(version_text) else ""
+    return {"ok": True, "version": version_text, "nodes": out_nodes, "error": ""}

@@ -122,8 +122,8 @@ def test_deactivate_activate_delete(tenants, deploy):
     assert ModelDeployment.objects.get(pk=deployment.pk).state == DeploymentState.DELETING
 
 
-def test_pools_api_never_returns_the_kubeconfig(tenants, cluster, pool):
-    client = api(tenants.owner)
+def test_pools_api_never_returns_the_kubeconfig(tenants, cluster, pool, operator):
+    client = api(operator)
     ComputePool.objects.filter(pk=pool.pk).update(kubeconfig="secret-kubeconfig-text")
     data = client.get(f"/api/v1/pools/{pool.pk}/").json()
     assert (

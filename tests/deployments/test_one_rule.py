@@ -15,6 +15,7 @@ from deployments import services
 from deployments.apply import Context, apply_documents, load_documents
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment, PoolKind
 from projects.models import GpuReservation
+from tests.conftest import login
 from tests.factories import ProjectFactory
 
 pytestmark = pytest.mark.django_db
@@ -54,7 +55,8 @@ def test_endpoint_names_follow_the_services_exact_rule_in_the_form(owner_client,
     assert Endpoint.objects.count() == 2
 
 
-def test_pool_names_follow_the_services_exact_rule_in_the_form(owner_client, tenants, offline_pool):
+def test_pool_names_follow_the_services_exact_rule_in_the_form(tenants, offline_pool, operator):
+    owner_client = login(operator)  # registering pools is a platform operator's act
     response = owner_client.post(
         reverse("deployments:pool_create"),
         {"name": "Offline", "kind": "sandbox", "engine_label": "vllm"},

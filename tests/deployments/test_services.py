@@ -181,7 +181,7 @@ def test_nim_tag_change_in_place_makes_a_revision_with_the_new_image(tenants, of
     assert "known tags" in exc.value.message_dict["nim_tag"][0]
 
 
-def test_pool_services_check_admin_labels_and_use(tenants, model, bundle, offline_pool):
+def test_pool_services_check_operator_labels_and_use(tenants, model, bundle, offline_pool, operator):
     with pytest.raises(PermissionDenied):
         pool_create(
             user=tenants.member,
@@ -190,9 +190,11 @@ def test_pool_services_check_admin_labels_and_use(tenants, model, bundle, offlin
             kind="sandbox",
             engine_label="vllm",
         )
+    with pytest.raises(PermissionDenied):  # organization admins too, unless the setting allows
+        pool_create(user=tenants.owner, organization=tenants.org, name="p", kind="sandbox", engine_label="vllm")
     with pytest.raises(ValidationError) as exc:
         pool_create(
-            user=tenants.owner,
+            user=operator,
             organization=tenants.org,
             name="p",
             kind="sandbox",
@@ -201,7 +203,7 @@ def test_pool_services_check_admin_labels_and_use(tenants, model, bundle, offlin
     assert "engine_label" in exc.value.message_dict
     with pytest.raises(ValidationError) as exc:
         pool_create(
-            user=tenants.owner,
+            user=operator,
             organization=tenants.org,
             name="offline",
             kind="sandbox",
@@ -210,14 +212,14 @@ def test_pool_services_check_admin_labels_and_use(tenants, model, bundle, offlin
     assert "already exists" in exc.value.message_dict["name"][0]
     _create(tenants, model, bundle, offline_pool)
     with pytest.raises(ValidationError):
-        pool_delete(user=tenants.owner, pool=offline_pool)
+        pool_delete(user=operator, pool=offline_pool)
 
 
-def test_pool_test_connection_reports_nodes_and_gpus(tenants, cluster):
-    pool = pool_create(user=tenants.owner, organization=tenants.org, name="sandbox", kind="sandbox",
+def test_pool_test_connection_reports_nodes_and_gpus(tenants, cluster, operator):
+    pool = pool_create(user=operator, organization=tenants.org, name="sandbox", kind="sandbox",
                        engine_label="vllm", api_url=cluster.url)  # fmt: skip
 
-    result = pool_test_connection(user=tenants.owner, pool=pool)
+    result = pool_test_connection(user=operator, pool=pool)
 
     assert result["ok"] is True
     assert result["version"].startswith("v1.")
@@ -227,8 +229,8 @@ def test_pool_test_connection_reports_nodes_and_gpus(tenants, cluster):
     assert pool.reachable is True and pool.last_check["nodes"]
 
 
-def test_pool_test_connection_says_why_it_failed(tenants, offline_pool):
-    result = pool_test_connection(user=tenants.owner, pool=offline_pool)
+def test_pool_test_connection_says_why_it_failed(tenants, offline_pool, operator):
+    result = pool_test_connection(user=operator, pool=offline_pool)
 
     assert result["ok"] is False
     assert "could not be reached" in result["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from django.db import connection
 from django.urls import reverse
 
@@ -488,15 +489,19 @@ def test_nim_tag_change(owner_client, tenants, pool):
 # --- Compute pools and endpoints ----------------------------------------------------------------
 
 
-def test_register_a_kubeconfig_pool_it_is_encrypted_and_never_shown(owner_client, tenants):
+def test_register_a_kubeconfig_pool_it_is_encrypted_and_never_shown(owner_client, tenants, operator):
+    operator_client = login(operator)
     kubeconfig = "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: 'https://10.9.8.7:6443'}\nusers:\n- name: u\n  user: {token: sekret-token-123}\n"
-    response = owner_client.post(
+    response = operator_client.post(
         reverse("deployments:pool_create"),
         {"name": "prod", "kind": "kubeconfig", "engine_label": "vllm", "kubeconfig": kubeconfig},
     )
     pool = ComputePool.objects.get(organization=tenants.org, name="prod")
     assert response.status_code == 302
-    assert pool.kubeconfig == kubeconfig.strip()
+    # The stored copy is the reduced one: the same server and token, nothing else.
+    stored = yaml.safe_load(pool.kubeconfig)
+    assert stored["clusters"][0]["cluster"] == {"server": "https://10.9.8.7:6443"}
+    assert stored["users"][0]["user"] == {"token": "sekret-token-123"}
     with connection.cursor() as cursor:
         cursor.execute("SELECT kubeconfig FROM deployments_computepool WHERE id = %s", [pool.pk])
         assert "sekret-token-123" not in cursor.fetchone()[0]
@@ -508,8 +513,10 @@ def test_register_a_kubeconfig_pool_it_is_encrypted_and_never_shown(owner_client
         assert "sekret-token-123" not in owner_client.get(url).content.decode()
 
 
-def test_kubeconfig_upload_and_bad_kubeconfig(owner_client, tenants):
+def test_kubeconfig_upload_and_bad_kubeconfig(tenants, operator):
     from django.core.files.uploadedfile import SimpleUploadedFile
+
+    owner_client = login(operator)
 
     upload = SimpleUploadedFile(
         "config", b"clusters:\n- name: c\n  cluster: {server: 'https://h:6443'}\n"
@@ -526,7 +533,8 @@ def test_kubeconfig_upload_and_bad_kubeconfig(owner_client, tenants):
     assert "needs a “clusters:” list" in html and 'value="bad"' in html
 
 
-def test_sandbox_pool_test_connection_shows_nodes_and_gpus(owner_client, cluster, pool):
+def test_sandbox_pool_test_connection_shows_nodes_and_gpus(operator, cluster, pool):
+    owner_client = login(operator)
     html = owner_client.post(
         reverse("deployments:pool_test", args=[pool.pk]), HTTP_HX_REQUEST="true"
     ).content.decode()
@@ -535,7 +543,8 @@ def test_sandbox_pool_test_connection_shows_nodes_and_gpus(owner_client, cluster
     assert "Sandbox (simulated)" in owner_client.get(reverse("deployments:pools")).content.decode()
 
 
-def test_unreachable_pool_says_what_to_do(owner_client, tenants):
+def test_unreachable_pool_says_what_to_do(operator, tenants):
+    owner_client = login(operator)
     pool = ComputePool.objects.create(
         organization=tenants.org,
         name="gone",
@@ -701,7 +710,8 @@ def test_quota_preview_warns_before_the_save(owner_client, tenants, model, pool,
     assert "1 + 8 exceeds the quota of 8 GPUs" in panel
 
 
-def test_refused_credentials_say_what_to_do(owner_client, tenants):
+def test_refused_credentials_say_what_to_do(operator, tenants):
+    owner_client = login(operator)
     from sandbox.kubelet import SandboxCluster
 
     with SandboxCluster(token="only-this-token") as locked:

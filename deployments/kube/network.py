@@ -1,0 +1,93 @@
+"""Which addresses a compute pool may make the ModelDeck server call (server-side request rules)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return ip
+
+
+def is_loopback_host(host: str) -> bool:
+    host = (host or "").strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+def non_public_addresses(host: str, port: int | None) -> list[str]:
+    """The addresses `host` resolves to that are not on the public internet: loopback,
+    link-local (cloud metadata services live there), private, shared, reserved, multicast."""
+    host = (host or "").strip("[]")
+    ip = _ip(host)
+    if ip is not None:
+        addresses = [str(ip)]
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return []  # unresolvable: the connection itself will say so
+        addresses = sorted({info[4][0] for info in infos})
+    bad = []
+    for text in addresses:
+        addr = _ip(text)
+        if addr is None or not addr.is_global or addr.is_multicast:
+            bad.append(str(addr or text))
+    return bad
+
+
+def public_address_refusal(server: str) -> str:
+    """Why a server URL may not be used by a pool that must be public; "" when it may."""
+    parts = urlsplit(server)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    bad = non_public_addresses(host, port)
+    if not bad:
+        return ""
+    return (
+        f"resolves to {', '.join(bad[:3])}, a loopback, link-local or private address. Organizations "
+        "can only register clusters at public addresses; a platform operator can allow private "
+        "addresses for this pool."
+    )
+
+
+def sandbox_urls() -> list[str]:
+    """The sandbox Kubernetes APIs ModelDeck itself started (`make run` starts the first)."""
+    urls = list(getattr(settings, "SANDBOX_KUBE_URLS", None) or [settings.SANDBOX_KUBE_URL])
+    return [u.rstrip("/") for u in urls if u]
+
+
+def sandbox_url_refusal(url: str) -> str:
+    """Why a sandbox pool may not use `url` (empty means the built-in sandbox); "" when it may."""
+    if not getattr(settings, "SANDBOX_POOLS_ENABLED", False):
+        return (
+            "Sandbox pools exist only in the embedded mode (make run without REDIS_URL); register "
+            "a real cluster by kubeconfig instead."
+        )
+    url = (url or settings.SANDBOX_KUBE_URL or "").rstrip("/")
+    host = urlsplit(url).hostname or ""
+    if not is_loopback_host(host):
+        return "A sandbox pool only connects to a loopback address (127.0.0.1) of this machine."
+    if url not in sandbox_urls():
+        return (
+            f"{url} is not a sandbox ModelDeck started; leave the API URL empty to use the "
+            f"built-in sandbox ({settings.SANDBOX_KUBE_URL})."
+        )
+    return ""
