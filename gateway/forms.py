@@ -6,6 +6,7 @@ from django import forms
 from django.utils import timezone
 
 from console.forms import StyledForm
+from projects.models import APIKeyScope
 
 
 class APIKeyForm(StyledForm):
@@ -13,6 +14,12 @@ class APIKeyForm(StyledForm):
         max_length=100,
         help_text="What will use this key, e.g. “support-bot staging”.",
         widget=forms.TextInput(attrs={"placeholder": "support-bot", "autocomplete": "off"}),
+    )
+    scope = forms.ChoiceField(
+        choices=APIKeyScope.choices,
+        initial=APIKeyScope.GATEWAY,
+        label="Use",
+        help_text="Gateway keys call models; REST API keys call /api/v1/ as you (Authorization: Token …).",
     )
     expires_at = forms.DateTimeField(
         required=False,

@@ -49,3 +49,25 @@ class ProjectFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Project {n}")
     slug = factory.Sequence(lambda n: f"proj{n}")
     gpu_quota = 8
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # Through the service, which chooses the project's namespace once.
+        from projects.services import project_create
+
+        return project_create(user=kwargs.pop("created_by", None), **kwargs)
+
+
+def rest_api_client(user, organization=None):
+    """A DRF test client authenticated the way REST clients are: a hashed API key of the REST scope."""
+    from rest_framework.test import APIClient
+
+    from projects.keys import api_key_create
+    from projects.models import APIKeyScope
+
+    if organization is None:
+        organization = Membership.objects.filter(user=user).order_by("pk").first().organization
+    _, secret = api_key_create(user=user, organization=organization, name="tests", scope=APIKeyScope.REST)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {secret}")
+    return client
