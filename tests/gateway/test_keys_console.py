@@ -44,7 +44,7 @@ def test_admin_revokes_another_members_key_in_the_console_and_the_gateway_refuse
     admin = Client(enforce_csrf_checks=True)
     admin.force_login(tenants.owner)
     page = admin.get(reverse("devhub:keys") + "?view=organization").content.decode()
-    row = re.search(r'<tr data-key="%s">.*?</tr>' % re.escape(key.prefix), page, re.S).group(0)
+    row = re.search(rf'<tr data-key="{re.escape(key.prefix)}">.*?</tr>', page, re.S).group(0)
     for shown in ("member", "member&#x27;s bot", key.prefix, "never"):  # owner, name, prefix, last used
         assert shown in row
     assert "data-confirm=" in row and "of member?" in row  # a confirmation naming the owner
