@@ -18,6 +18,7 @@ class APIKeyForm(StyledForm):
     scope = forms.ChoiceField(
         choices=APIKeyScope.choices,
         initial=APIKeyScope.GATEWAY,
+        required=False,  # older clients post only a name: a gateway key
         label="Use",
         help_text="Gateway keys call models; REST API keys call /api/v1/ as you (Authorization: Token …).",
     )
@@ -42,6 +43,9 @@ class APIKeyForm(StyledForm):
         self.fields["deployments"].label_from_instance = lambda d: (
             f"{d.spec().get('served_model_name') or d.name} ({d.project.name})"
         )
+
+    def clean_scope(self) -> str:
+        return self.cleaned_data.get("scope") or APIKeyScope.GATEWAY
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()

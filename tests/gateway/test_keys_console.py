@@ -85,3 +85,13 @@ def test_the_openai_client_works_with_a_key_made_through_rest(tenants, deploymen
     )
     assert reply.choices[0].message.content == "You said: Hello from REST"
     assert [m.id for m in client.models.list().data] == ["llama-chat"]
+
+
+def test_a_rest_key_made_in_the_console_authenticates_the_rest_api(tenants):
+    response = login(tenants.member).post(reverse("devhub:keys"), {"name": "ci", "scope": "rest"})
+    assert response.status_code == 201
+    secret = re.search(r'id="new-key-secret"[^>]*value="([^"]+)"', response.content.decode()).group(1)
+    assert APIKey.objects.get(name="ci").scope == "rest"
+    client = Client(HTTP_AUTHORIZATION=f"Token {secret}")
+    assert client.get("/api/v1/projects/").status_code == 200
+    assert Client(HTTP_AUTHORIZATION="Token " + secret[:-1] + "x").get("/api/v1/projects/").status_code == 401
