@@ -52,10 +52,15 @@ class ProjectFactory(factory.django.DjangoModelFactory):
 
     @classmethod
     def _create(cls, model_class, *args, **kwargs):
-        # Through the service, which chooses the project's namespace once.
-        from projects.services import project_create
+        # The namespace is the service's choice (made once, unique); the rest stays a bare row,
+        # so tests that count audit entries or project members see only their own.
+        from projects.services import project_namespace_choose
 
-        return project_create(user=kwargs.pop("created_by", None), **kwargs)
+        kwargs.setdefault(
+            "kube_namespace",
+            project_namespace_choose(organization=kwargs["organization"], slug=kwargs["slug"]),
+        )
+        return super()._create(model_class, *args, **kwargs)
 
 
 def rest_api_client(user, organization=None):
