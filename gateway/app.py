@@ -23,7 +23,13 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
+from gateway.cache import (
+    GENERATION_KEY,
+    DeploymentInfo,
+    GatewayCache,
+    KeyInfo,
+    user_generation_key,
+)
 from gateway.errors import GatewayError, error_body
 from gateway.lookup import AMBIGUOUS, load_deployments, load_key, load_public_caller
 from gateway.ratelimit import (
@@ -240,6 +246,8 @@ class Gateway:
         if looks_like_secret(secret):
             digest = hash_secret(secret)
             hit, info = self.cache.get_key(digest)
+            if hit and info is not None and info.refusal and await self._user_generation_moved(info):
+                hit = False  # a suspension can end (user reactivated): don't refuse from cache
             if not hit:
                 info = await self._load_key(digest)
                 self.cache.put_key(digest, info)
@@ -265,7 +273,42 @@ class Gateway:
                 "invalid_request_error",
                 code="invalid_api_key",
             )
+        if info.refusal:
+            raise GatewayError(
+                401,
+                f"The API key {info.prefix}… can't be used: {info.refusal}.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
         return info
+
+    async def _user_generation_moved(self, key: KeyInfo) -> bool:
+        """Whether the key's owner changed since it was cached (one GET; off the success path)."""
+        if not key.id or not isinstance(self.limiter, RedisRateLimiter):
+            return False
+        try:
+            value = await self._redis.get(user_generation_key(key.user_id))
+        except RedisError:
+            log.exception("gateway cannot read a user generation")
+            raise GatewayError(
+                503,
+                "The gateway cannot reach Redis; retry shortly.",
+                "server_error",
+                code="redis_unavailable",
+            ) from None
+        return (value.decode() if value else "0") != key.user_generation
+
+    async def _fresh_deployment(self, scope, key: KeyInfo, model: str) -> tuple[KeyInfo, DeploymentInfo]:
+        """_deployment, but a refusal is only given to a key that is still current: a member
+        removed a moment ago gets 401, not a 404/403/409 that tells about the deployment."""
+        try:
+            return key, await self._deployment(key, model)
+        except GatewayError:
+            if not await self._user_generation_moved(key):
+                raise
+        self.cache.forget_user(key.user_id)
+        key = await self._key(scope)
+        return key, await self._deployment(key, model)
 
     async def _public_caller(self, model: str) -> KeyInfo:
         """A request without a key may only call a deployment whose access policy is public."""
@@ -352,6 +395,9 @@ class Gateway:
         if generation != self.cache.generation:
             self.cache.reset(generation)
         key = await self._key(scope)
+        if await self._user_generation_moved(key):
+            self.cache.forget_user(key.user_id)
+            key = await self._key(scope)
         deployments = await self._deployments(key.organization_id)
         data = [
             {
@@ -402,7 +448,10 @@ class Gateway:
             key = await self._public_caller(model)
 
         for attempt in (1, 2):
-            deployment = await self._deployment(key, model)
+            if keyless:
+                deployment = await self._deployment(key, model)
+            else:
+                key, deployment = await self._fresh_deployment(scope, key, model)
             levels = levels_for(
                 deployment.rate_limits,
                 organization_id=key.organization_id,
@@ -417,6 +466,9 @@ class Gateway:
                     levels=levels,
                     request_id=request_id,
                     estimate=estimate,
+                    # The caller's own generation too (public callers have no user).
+                    user_generation_key=user_generation_key(key.user_id) if key.id else "",
+                    expected_user_generation=key.user_generation,
                 )
             except RedisError:
                 # Fail closed: without the limiter neither limits nor revocations can be enforced.
@@ -428,9 +480,16 @@ class Gateway:
                     code="rate_limiter_unavailable",
                     headers=[(b"retry-after", b"1")],
                 ) from None
+            if decision.stale_user:
+                # The caller's key, membership or account changed: re-read only their keys.
+                self.cache.forget_user(key.user_id)
+                if attempt == 1:
+                    key = await self._key(scope)
+                continue
             if not decision.stale:
                 break
-            # A key was revoked somewhere (or first request): forget every cached row, look again.
+            # Deployments or policies changed somewhere (or first request): forget every
+            # cached row, look again.
             self.cache.reset(decision.generation)
             if attempt == 1:
                 key = await self._public_caller(model) if keyless else await self._key(scope)

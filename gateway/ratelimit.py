@@ -7,8 +7,9 @@ all of them only if none refuses: atomic across any number of gateway processes,
 fixed-window burst at minute boundaries), and the clock is Redis's own. Tokens are reserved
 from an estimate before the request and settled to the engine's count afterwards.
 
-The same script also checks the cache generation (see cache.py), so a revoked key costs no
-extra round trip to notice.
+The same script also checks the cache generations (see cache.py): the shared one and, after
+the rate-limit keys, the caller's own (a user generation key and the value cached under), so a
+revoked key or a removed member costs no extra round trip to notice.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ LEVELS = ("organization", "user", "api_key")
 CHECK_SCRIPT = r"""
 local gen = redis.call('GET', KEYS[1]) or '0'
 if ARGV[1] ~= '' and ARGV[1] ~= gen then return {-1, gen} end
+local n = tonumber(ARGV[4])
+local ukey = KEYS[n * 3 + 2]
+if ukey then
+  local ugen = redis.call('GET', ukey) or '0'
+  if ugen ~= ARGV[n * 2 + 6] then return {-2, ugen} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[5])
 local rid = ARGV[2]
 local est = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
 local function hsum(hk, members)
   local sum = 0
   for s = 1, #members, 1000 do
@@ -124,8 +130,9 @@ class Level:
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    stale: bool = False
+    stale: bool = False  # the shared generation moved: drop every cached row
     generation: str = ""
+    stale_user: bool = False  # the caller's user generation moved: drop that user's keys
     level: str = ""
     kind: str = ""  # requests | tokens
     retry_after_ms: int = 0  # -1: the request alone exceeds the token limit
@@ -202,17 +209,24 @@ class RedisRateLimiter:
         request_id: str,
         estimate: int,
         window_ms: int = WINDOW_MS,
+        user_generation_key: str = "",
+        expected_user_generation: str = "",
     ) -> Decision:
         keys = [generation_key]
         args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
         for level in levels:
             keys.extend(_keys(deployment_id, level))
             args.extend([level.rpm, level.tpm])
+        if user_generation_key:
+            keys.append(user_generation_key)
+            args.append(expected_user_generation)
         raw = await self._check(keys=keys, args=args)
         status = int(raw[0])
         generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         if status == -1:
             return Decision(allowed=False, stale=True, generation=generation)
+        if status == -2:
+            return Decision(allowed=False, stale_user=True)
         values = [int(v) for v in raw[2:]]
         blocked_level, blocked_kind, retry = values[0], values[1], values[2]
         return Decision(
@@ -273,6 +287,8 @@ class LocalRateLimiter:
         request_id: str,
         estimate: int,
         window_ms: int = WINDOW_MS,
+        user_generation_key: str = "",  # embedded mode: gateway.cache's local generations instead
+        expected_user_generation: str = "",
     ) -> Decision:
         import time
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from console import permissions
 from console.crypto import last4
+from projects.keys import api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
     GpuReservation,
     Integration,
@@ -51,17 +53,78 @@ def organization_create(*, name: str, slug: str, gpu_quota: int = 8, admin: Abst
 
 
 def membership_set(*, organization: Organization, user: AbstractBaseUser, role: str) -> Membership:
-    membership, _ = Membership.objects.update_or_create(
-        organization=organization, user=user, defaults={"role": role}
-    )
-    membership.full_clean()
+    with transaction.atomic():
+        membership, _ = Membership.objects.update_or_create(
+            organization=organization, user=user, defaults={"role": role}
+        )
+        membership.full_clean()
+        gateway_forget_user(user.pk)
     return membership
+
+
+def membership_remove(*, user: AbstractBaseUser | None, membership: Membership) -> int:
+    """Remove a member from the organization: their project memberships go and every key they
+    hold in it is revoked for good (reason kept); the gateway refuses them on the next request.
+
+    Returns the number of keys revoked. Only organization admins remove members (``user`` None:
+    an operator acting from the Django admin); the last admin can't be removed.
+    """
+    organization = membership.organization
+    permissions.require(user, "admin", organization, what="members")
+    with transaction.atomic():
+        Organization.objects.select_for_update().get(pk=organization.pk)  # serialize removals
+        locked = Membership.objects.filter(pk=membership.pk).select_related("user").first()
+        if locked is None:
+            return 0
+        if user is not None and locked.role == Role.ADMIN and not Membership.objects.filter(
+            organization=organization, role=Role.ADMIN
+        ).exclude(pk=locked.pk).exists():
+            raise ValidationError("This is the organization's last admin; make someone else admin first.")
+        member = locked.user
+        who = user.get_username() if user is not None and user.is_authenticated else "an operator"
+        revoked = api_keys_revoke_for_member(
+            actor=user, organization=organization, member=member,
+            reason=f"Owner {member.get_username()} was removed from {organization.name} by {who}.",
+        )  # fmt: skip
+        ProjectMember.objects.filter(project__organization=organization, user=member).delete()
+        _audit(actor=user, organization=organization, action="delete", obj=locked,
+               before={"user": member.get_username(), "role": locked.role}, after=None)
+        locked.delete()
+        gateway_forget_user(member.pk)
+    log.info("member removed", extra={"organization": organization.pk, "user": member.pk, "keys_revoked": revoked})
+    return revoked
 
 
 def _check_org_quota_fits_projects(organization: Organization) -> None:
     used = organization.gpu_used()
     if organization.gpu_quota < used:
         raise ValidationError({"gpu_quota": f"The organization already uses {used} GPUs; the quota cannot go below that."})
+
+
+# Kubernetes reserves the kube- prefix for its own namespaces, and `default` is where
+# unqualified objects land (kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/).
+RESERVED_NAMESPACE_PREFIXES = ("kube-",)
+RESERVED_NAMESPACES = frozenset({"default"})
+
+
+def _namespace_candidates(organization: Organization, slug: str):
+    readable = f"{organization.slug}-{slug}"
+    if readable not in RESERVED_NAMESPACES and not readable.startswith(RESERVED_NAMESPACE_PREFIXES):
+        yield readable
+    # Organization ids are unique and slugs unique in an organization: only a readable name of
+    # another tenant that happens to look like this can take it, hence the random last resort.
+    yield f"md-{organization.pk}-{slug}"
+    while True:
+        yield f"md-{organization.pk}-{slug[:40]}-{secrets.token_hex(3)}"
+
+
+def project_namespace_choose(*, organization: Organization, slug: str) -> str:
+    """The namespace a new project gets: `<org slug>-<project slug>` when free, else one made
+    unique from the organization's id. Chosen once; Project.kube_namespace is unique."""
+    for candidate in _namespace_candidates(organization, slug):
+        if not Project.objects.filter(kube_namespace=candidate).exists():
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover - the candidates never end
 
 
 def project_create(
@@ -82,6 +145,8 @@ def project_create(
         gpu_quota=gpu_quota,
         created_by=user if user is not None and user.is_authenticated else None,
     )
+    project.full_clean(exclude=["kube_namespace"])  # errors name the fields the user typed
+    project.kube_namespace = project_namespace_choose(organization=organization, slug=slug)
     project.full_clean()
     with transaction.atomic():
         project.save()

@@ -52,6 +52,19 @@ class ProjectFactory(factory.django.DjangoModelFactory):
     slug = factory.Sequence(lambda n: f"proj{n}")
     gpu_quota = 8
 
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # The namespace is the service's choice (made once, unique); the rest stays a bare row,
+        # so tests that count audit entries or project members see only their own.
+        from projects.services import project_namespace_choose
+
+        kwargs.setdefault(
+            "kube_namespace",
+            project_namespace_choose(organization=kwargs["organization"], slug=kwargs["slug"]),
+        )
+        return super()._create(model_class, *args, **kwargs)
+
+
 
 # --- Objects made through the services, so that no test holds a state no service could produce.
 
@@ -82,3 +95,18 @@ def deployment(project: Project, *, user=None, name: str = "chat", gpus: int = 1
         pool=pool or offline_pool(org, name=f"{name}-pool"),
         spec={"served_model_name": name, "resources": {"cpu": "2", "memory": "8Gi", "gpus": gpus}},
     )  # fmt: skip
+
+
+def rest_api_client(user, organization=None):
+    """A DRF test client authenticated the way REST clients are: a hashed API key of the REST scope."""
+    from rest_framework.test import APIClient
+
+    from projects.keys import api_key_create
+    from projects.models import APIKeyScope
+
+    if organization is None:
+        organization = Membership.objects.filter(user=user).order_by("pk").first().organization
+    _, secret = api_key_create(user=user, organization=organization, name="tests", scope=APIKeyScope.REST)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {secret}")
+    return client

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment
+from tests.factories import rest_api_client
 
 pytestmark = pytest.mark.django_db
 
 
 def api(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+    return rest_api_client(user)
 
 
 @pytest.fixture
