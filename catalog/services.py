@@ -397,6 +397,9 @@ def bundles_builtin_ensure() -> None:
     from django.apps import apps
 
     importlib.import_module("catalog.migrations.0004_builtin_profile_bundles").seed(apps, None)
+    importlib.import_module(
+        "catalog.migrations.0005_builtin_nim_bundle_without_modeldeck_settings"
+    ).drop_owned_variables(apps, None)
 
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

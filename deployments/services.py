@@ -30,6 +30,7 @@ from deployments.models import (
     Revision,
 )
 from deployments.spec import (
+    check_ngc_credentials,
     default_spec,
     gpu_hold,
     image_tag,
@@ -542,6 +543,10 @@ def deployment_check(
     canonical: dict[str, Any] | None = None
     try:
         canonical = normalize_spec(spec, bundle=bundle, model=model)
+    except ValidationError as exc:
+        refuse_all(exc)
+    try:
+        check_ngc_credentials(project=project, bundle=bundle, model=model)
     except ValidationError as exc:
         refuse_all(exc)
     if canonical is not None:

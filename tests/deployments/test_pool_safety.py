@@ -259,7 +259,8 @@ def test_a_stored_unreduced_kubeconfig_is_refused_by_the_driver_without_running_
     from deployments.tasks import sync_status
 
     deployment = deployment_create(user=tenants.owner, project=tenants.project, model=model, pool=pool,
-                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0}},
+                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},  # a CPU build: 0 GPUs
+                                         "image": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5"},
                                    bundle=bundle)  # fmt: skip
     sync_status()
     deployment.refresh_from_db()
@@ -344,7 +345,8 @@ def test_deployment_events_never_show_the_remote_body(hostile_server, tenants, o
     pool = pool_create(user=operator, organization=tenants.org, name="hostile", kind="kubeconfig",
                        engine_label="vllm", kubeconfig=_kubeconfig_at(hostile_server["url"]))  # fmt: skip
     deployment = deployment_create(user=tenants.owner, project=tenants.project, model=model, pool=pool,
-                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0}},
+                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},  # a CPU build: 0 GPUs
+                                         "image": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5"},
                                    bundle=bundle)  # fmt: skip
     deployment.refresh_from_db()
 

@@ -93,7 +93,9 @@ def test_model_cache_from_the_form_reaches_the_spec_and_the_manifests(owner_clie
         {**form_data, "model_cache_size": "100Gi", "model_cache_storage_class": "fast-rwx"},
     )
     deployment = ModelDeployment.objects.get(project=tenants.project, name="qwen-chat")
-    assert deployment.spec()["model_cache"] == {"size": "100Gi", "storage_class": "fast-rwx"}
+    assert deployment.spec()["model_cache"] == {
+        "size": "100Gi", "storage_class": "fast-rwx", "access_mode": ""  # "": follows replicas
+    }
     manifests = owner_client.get(deployment.get_absolute_url() + "?tab=manifests").content.decode()
     assert "PersistentVolumeClaim" in manifests and "fast-rwx" in manifests
 
@@ -467,7 +469,9 @@ def test_nim_tag_change(owner_client, tenants, pool):
         ngc_tag="1.1.0", ngc_tags=["1.1.0", "1.3.0"],
     )  # fmt: skip
     from deployments.services import deployment_create
+    from projects.services import integration_set
 
+    integration_set(user=tenants.owner, project=tenants.project, kind="ngc", secret="nvapi-x")
     deployment = deployment_create(
         user=tenants.owner,
         project=tenants.project,
