@@ -19,7 +19,10 @@ def exception_handler(exc, context):
     """Turn service-layer Django errors into DRF's: a bad value is a 400 on its field, never a 500."""
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
-            detail = {field: [str(m) for e in errors for m in e.messages] for field, errors in exc.error_dict.items()}
+            detail = {
+                field: [str(m) for e in errors for m in e.messages]
+                for field, errors in exc.error_dict.items()
+            }
             if "__all__" in detail:
                 detail["non_field_errors"] = detail.pop("__all__")
         else:
@@ -33,7 +36,9 @@ def exception_handler(exc, context):
         # The database refused a value no validator caught (out of range, NUL byte): the
         # request's fault, so a 400; the driver's text is not shown (it can quote other rows).
         log.warning("API value refused by the database: %s", exc)
-        exc = exceptions.ValidationError({"non_field_errors": ["A value is out of range or malformed."]})
+        exc = exceptions.ValidationError(
+            {"non_field_errors": ["A value is out of range or malformed."]}
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         view = context.get("view")
@@ -62,7 +67,9 @@ class IntegerIdMixin:
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        value = kwargs.get(getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk"))
+        value = kwargs.get(
+            getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk")
+        )
         if value is not None and not (str(value).isdigit() and int(value) <= _MAX_ID):
             raise exceptions.NotFound("No such object: ids are whole numbers.")
 
@@ -83,7 +90,9 @@ class RejectNulBytesMiddleware:
             for key, values in request.GET.lists()
             for value in values
         ):
-            return JsonResponse({"detail": "Query parameters must not contain NUL characters."}, status=400)
+            return JsonResponse(
+                {"detail": "Query parameters must not contain NUL characters."}, status=400
+            )
         return self.get_response(request)
 
 

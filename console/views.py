@@ -24,7 +24,8 @@ from projects.selectors import (
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     result = health.report()
-    return JsonResponse(result, status=200 if result["status"] == "ok" else 503)
+    shown = result if health.may_see_details(request) else health.public_view(result)
+    return JsonResponse(shown, status=200 if result["status"] == "ok" else 503)
 
 
 @login_required

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
-from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -11,6 +10,7 @@ from rest_framework.response import Response
 
 from projects import services
 from projects.api.serializers import (
+    NO_SUCH_ORGANIZATION,
     OrganizationQuotaSerializer,
     OrganizationSerializer,
     ProjectSerializer,
@@ -48,7 +48,8 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         else:
             org = orgs.filter(pk=org_id).first()
         if org is None:
-            raise Http404("No such organization.")
+            # The serializer's answer for an id that does not exist: the two can't be told apart.
+            raise ValidationError({"organization": [NO_SUCH_ORGANIZATION]})
         return org
 
     @extend_schema(request=ProjectSerializer, responses={201: ProjectSerializer})

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from deployments.models import ComputePool
 from projects.models import GPU_QUOTA_MAX, Environment, Organization
 from sharing.models import AccessKind, AuditAction, AuditEntry, ShareMode
+from sharing.services import UNKNOWN_USERS
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):
@@ -59,8 +60,12 @@ class SharingSerializer(serializers.Serializer):
     groups = serializers.PrimaryKeyRelatedField(
         queryset=Group.objects.all(), many=True, required=False
     )
+    # An unknown id gets the service's text for another organization's user: no existence oracle.
     users = serializers.PrimaryKeyRelatedField(
-        queryset=get_user_model().objects.all(), many=True, required=False
+        queryset=get_user_model().objects.all(),
+        many=True,
+        required=False,
+        error_messages={"does_not_exist": UNKNOWN_USERS, "incorrect_type": UNKNOWN_USERS},
     )
 
 
@@ -81,6 +86,11 @@ class EnvironmentSerializer(serializers.ModelSerializer):
     allowed_pools = serializers.PrimaryKeyRelatedField(
         many=True, required=False, queryset=ComputePool.objects.all()
     )
+    # Typed (not a bare JSONField): a form-encoded `null` used to reach the NOT NULL column.
+    allowed_pool_labels = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
+    allowed_gpu_types = serializers.ListField(child=serializers.CharField(), required=False)
 
     class Meta:
         model = Environment
