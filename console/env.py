@@ -85,6 +85,10 @@ def database_from_url(name: str, url: str) -> dict:
             # (CONN_MAX_AGE) piled up idle until PostgreSQL said "too many clients". A
             # process-wide psycopg pool bounds them instead; Django requires CONN_MAX_AGE=0 then.
             "CONN_MAX_AGE": 0,
+            # With a pool, Django turns this into psycopg_pool's `check`: one cheap round trip
+            # per checkout, so a connection the server dropped (restart, failover,
+            # pg_terminate_backend) is replaced instead of failing the request.
+            "CONN_HEALTH_CHECKS": True,
             "OPTIONS": _pool_options(),
         }
     raise EnvError(f"{name}={url!r}: only sqlite:/// and postgres:// URLs are supported.")

@@ -86,11 +86,6 @@ class EnvironmentSerializer(serializers.ModelSerializer):
     allowed_pools = serializers.PrimaryKeyRelatedField(
         many=True, required=False, queryset=ComputePool.objects.all()
     )
-    # Typed (not a bare JSONField): a form-encoded `null` used to reach the NOT NULL column.
-    allowed_pool_labels = serializers.DictField(
-        child=serializers.ListField(child=serializers.CharField()), required=False
-    )
-    allowed_gpu_types = serializers.ListField(child=serializers.CharField(), required=False)
 
     class Meta:
         model = Environment
@@ -109,6 +104,17 @@ class EnvironmentSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "created_at"]
         validators: list = []  # uniqueness messages come from the service
+
+    # A form-encoded `null` parses to None past DRF's null check and reached the NOT NULL column.
+    def validate_allowed_pool_labels(self, value):
+        if value is None:
+            raise serializers.ValidationError('Give labels as {"label": ["value", …]}, or {} for any.')
+        return value
+
+    def validate_allowed_gpu_types(self, value):
+        if value is None:
+            raise serializers.ValidationError('Give GPU types as ["L4", …], or [] for any.')
+        return value
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
