@@ -7,9 +7,10 @@ organization has a pool, a bundle, a model, a deployment, an endpoint, an enviro
 rule. The test fails on any 5xx and on any response that does not match the documented schema.
 
 Bounded for `make test` (a few examples per operation, about a minute). Longer runs:
-    MODELDECK_FUZZ_SECONDS=600 make test PYTEST_ARGS="tests/test_api_fuzz.py -q"
-spreads the given seconds over the operations (examples per operation grow until the budget
-is used); MODELDECK_FUZZ_EXAMPLES=N fixes the examples per operation instead.
+    MODELDECK_FUZZ_SECONDS=600 make test PYTEST_ARGS="tests/test_api_fuzz.py -q -s"
+add schemathesis' coverage phase and repeat fresh random rounds (25 examples an operation)
+until the seconds are used; MODELDECK_FUZZ_EXAMPLES=N runs one round of N examples an
+operation instead. Both print the requests sent and the status codes seen.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def fuzz_world(tenants, settings):
     deployment = make_deployment(tenants.project, "fuzz-chat")
     Endpoint.objects.create(project=tenants.project, name="fuzz", path="/fuzz")
     Environment.objects.create(project=tenants.project, name="Dev", slug="dev")
-    MaaSMapping.objects.create(project=tenants.project, source="huggingface", bundle=deployment.bundle)
+    MaaSMapping.objects.create(
+        project=tenants.project, source="huggingface", bundle=deployment.bundle
+    )
     client = Client()
     client.force_login(tenants.owner)
     with OfflineHub() as hub, OfflineNgc() as ngc:
@@ -78,18 +81,11 @@ def fuzz_world(tenants, settings):
         yield {"sessionid": client.cookies["sessionid"].value}
 
 
-def _examples() -> int:
-    if FUZZ_EXAMPLES:
-        return FUZZ_EXAMPLES
-    if FUZZ_SECONDS:
-        return 1_000_000  # the clock in _one_case ends each operation at its share of the budget
-    return DEFAULT_EXAMPLES
-
-
+LONG_RUN = bool(FUZZ_SECONDS or FUZZ_EXAMPLES)
 HYPOTHESIS_SETTINGS = settings(
-    max_examples=_examples(),
+    max_examples=FUZZ_EXAMPLES or (25 if FUZZ_SECONDS else DEFAULT_EXAMPLES),
     deadline=None,
-    derandomize=not (FUZZ_SECONDS or FUZZ_EXAMPLES),
+    derandomize=not LONG_RUN,  # `make test` sends the same requests every time
     database=None,
     suppress_health_check=list(HealthCheck),
     phases=[Phase.explicit, Phase.generate, Phase.shrink],
@@ -105,47 +101,51 @@ def _describe(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
-class _OutOfTime(Exception):
-    """This operation's share of MODELDECK_FUZZ_SECONDS is used up (raised only before a failure)."""
+def _one_round(schema, cookies: dict, *, coverage: bool, stats: dict) -> list[str]:
+    """Every operation once: Hypothesis draws its examples, schemathesis checks each answer."""
+    schema.config.phases.update(
+        phases=["examples", "coverage", "fuzzing"] if coverage else ["examples", "fuzzing"]
+    )
+
+    def one_case(case) -> None:
+        response = case.call_and_validate(
+            cookies=cookies, checks=[not_a_server_error, response_schema_conformance]
+        )
+        stats["requests"] += 1
+        stats.setdefault(response.status_code, 0)
+        stats[response.status_code] += 1
+
+    failures = []
+    for result in get_all_tests(
+        schema=schema, test_func=one_case, settings=HYPOTHESIS_SETTINGS, given_kwargs={}
+    ):
+        operation, test = result.ok()
+        try:
+            test()
+        except (Exception, BaseExceptionGroup) as exc:  # every operation runs; all are listed
+            failures.append(f"{operation.label}: {_describe(exc)}")
+    return failures
 
 
 def test_api_never_answers_5xx_or_off_schema(fuzz_world):
     schema = schemathesis.openapi.from_wsgi("/api/schema/", _FuzzWSGIHandler())
     # Signed in with a real session (below), not with values generated for the security schemes.
     schema.config.generation.update(with_security_parameters=False)
-    if not (FUZZ_SECONDS or FUZZ_EXAMPLES):
-        # In `make test`: random valid and invalid requests only. Schemathesis' coverage phase
-        # (every boundary value of every field, ~70 requests an operation) runs in longer runs.
-        schema.config.phases.update(phases=["examples", "fuzzing"])
     operations = [r.ok() for r in schema.get_all_operations()]
-    share = FUZZ_SECONDS / max(1, len(operations)) if FUZZ_SECONDS else None
-    state = {"started": 0.0, "failed": False}
-
-    def one_case(case) -> None:
-        if share is not None and not state["failed"] and time.monotonic() - state["started"] > share:
-            raise _OutOfTime
-        t0 = time.monotonic()
-        try:
-            response = case.call_and_validate(
-                cookies=fuzz_world, checks=[not_a_server_error, response_schema_conformance]
-            )
-            if os.environ.get("FUZZ_DEBUG"):
-                print("FUZZ", round(time.monotonic() - t0, 3), case.operation.label, response.status_code, case.path_parameters, str(case.body)[:60], response.content[:150])
-        except BaseException:
-            state["failed"] = True  # the clock never cuts a failure short while it shrinks
-            raise
-
-    failures: list[str] = []
-    for result in get_all_tests(
-        schema=schema, test_func=one_case, settings=HYPOTHESIS_SETTINGS, given_kwargs={}
-    ):
-        operation, test = result.ok()
-        state.update(started=time.monotonic(), failed=False)
-        try:
-            test()
-        except _OutOfTime:
-            pass
-        except (Exception, BaseExceptionGroup) as exc:  # every operation runs; all are listed
-            failures.append(f"{operation.label}: {_describe(exc)}")
     assert len(operations) > 50, "the schema lost its operations"
+    started = time.monotonic()
+    stats = {"requests": 0, "rounds": 0}
+    failures: list[str] = []
+    while True:
+        # In `make test`: one round of random valid and invalid requests. Longer runs add
+        # schemathesis' coverage phase (every boundary value of every field, ~70 requests an
+        # operation) in the first round, then draw fresh random rounds until the time is up.
+        failures += _one_round(
+            schema, fuzz_world, coverage=LONG_RUN and stats["rounds"] == 0, stats=stats
+        )
+        stats["rounds"] += 1
+        if failures or not FUZZ_SECONDS or time.monotonic() - started > FUZZ_SECONDS:
+            break
+    if LONG_RUN:
+        print(f"\nAPI fuzz: {time.monotonic() - started:.0f} s, {stats}")
     assert not failures, "\n\n".join(failures)
