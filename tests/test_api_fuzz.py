@@ -22,7 +22,7 @@ import pytest
 import schemathesis
 from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
 from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.test import Client
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
@@ -54,11 +54,15 @@ class _FuzzWSGIHandler(WSGIHandler):
         # Like the test client: keep the test's connection (and its transaction) across requests.
         request_started.disconnect(close_old_connections)
         request_finished.disconnect(close_old_connections)
+        # Each request in a savepoint, as in autocommit production: a statement PostgreSQL
+        # refuses (then answered 4xx) must not abort the test's transaction for all the rest.
+        savepoint = transaction.savepoint()
         try:
             response = super().__call__(environ, start_response)
             response.close()  # sends request_finished now, while the receivers are off
             return response
         finally:
+            transaction.savepoint_rollback(savepoint)
             request_started.connect(close_old_connections)
             request_finished.connect(close_old_connections)
 
