@@ -12,6 +12,7 @@ from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
@@ -461,6 +462,11 @@ def _custom_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     _require_change(request, org)
     form = CustomModelForm(request.POST or None, request.FILES or None)
+    used, quota = services.upload_usage(org)
+    form.fields["artifact"].help_text = (
+        f"{form.fields['artifact'].help_text} Upload storage of {org.name}: "
+        f"{filesizeformat(used)} of {filesizeformat(quota)} used."
+    ).strip()
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
         if partial is not None:
