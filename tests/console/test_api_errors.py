@@ -132,3 +132,35 @@ def test_list_actions_are_paginated_as_the_schema_documents(client, tenants, cat
     # The reorder answer is the whole new order, documented as an array and sent as one.
     reorder = schema["paths"]["/api/v1/mappings/reorder/"]["post"]["responses"]["200"]
     assert reorder["content"]["application/json"]["schema"]["type"] == "array"
+
+
+def test_project_and_sharing_errors_do_not_reveal_other_organizations(tenants):
+    """An outsider learns nothing from the texts: same answer for unknown and foreign ids."""
+    from tests.gateway.conftest import make_deployment
+
+    outsider = Client(raise_request_exception=False)
+    outsider.force_login(tenants.outsider)
+    body = {"name": "Sneak", "slug": "sneak"}
+    foreign = outsider.post(
+        "/api/v1/projects/",
+        {**body, "organization": tenants.org.pk},
+        content_type="application/json",
+    )
+    unknown = outsider.post(
+        "/api/v1/projects/", {**body, "organization": 987654}, content_type="application/json"
+    )
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json() == unknown.json() and "Acme" not in foreign.content.decode()
+
+    # An admin granting access to users: another organization's user and a missing id read alike.
+    theirs = make_deployment(tenants.other_project, "theirs")
+    for user_id in (tenants.owner.pk, 987654):
+        response = outsider.put(
+            f"/api/v1/deployment-sharing/{theirs.pk}/",
+            {"mode": "none", "access": "users", "users": [user_id]},
+            content_type="application/json",
+        )
+        assert response.status_code == 400, response.content
+        text = response.content.decode()
+        assert "owner" not in text and str(user_id) not in text
+        assert "Choose users of this organization" in text
