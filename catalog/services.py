@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Sum
 
 from catalog import hub, ngc
 from catalog.models import CatalogModel, Engine, MaaSMapping, ModelSource, ProfileBundle
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ARTIFACT_BYTES = 20 * 1024**3
 ENGINE_LABEL = ProfileBundle.ENGINE_LABEL
 VARIABLE_TYPES = ("string", "integer", "number", "boolean")
+
+
+class _QuotaExceeded(Exception):
+    """The upload does not fit in what is left of the organization's upload quota."""
 
 
 def max_artifact_bytes() -> int:
@@ -267,13 +271,38 @@ def model_refresh_ngc_tags(
     return model
 
 
-def _store_artifact(artifact: UploadedFile) -> tuple[str, str, int]:
-    """Copy an upload into artifact storage chunk by chunk; return (name, sha256, size)."""
+def upload_usage(organization: Organization) -> tuple[int, int]:
+    """(bytes of uploaded artifacts the organization keeps, its quota: MODELDECK_UPLOAD_QUOTA_MB)."""
+    used = (
+        CatalogModel.objects.filter(organization=organization)
+        .exclude(artifact="")
+        .aggregate(total=Sum("size_bytes"))["total"]
+    )
+    return int(used or 0), int(settings.UPLOAD_QUOTA_BYTES)
+
+
+def _over_quota(used: int, quota: int) -> ValidationError:
+    return ValidationError(
+        {
+            "artifact": f"This upload would exceed your organization's upload storage limit: "
+            f"{used / 1024**2:,.1f} MiB of {quota / 1024**2:,.0f} MiB are used. Delete uploaded "
+            "models you no longer need, or give a storage URI instead."
+        }
+    )
+
+
+def _store_artifact(artifact: UploadedFile, *, room: int | None = None) -> tuple[str, str, int]:
+    """Copy an upload into artifact storage chunk by chunk; return (name, sha256, size).
+
+    `room`: bytes left in the organization's upload quota (the per-file limit applies too).
+    """
     limit = max_artifact_bytes()
     if artifact.size is not None and artifact.size > limit:
         raise ValidationError(
             {"artifact": f"The file is {artifact.size:,} bytes; the limit is {limit:,}."}
         )
+    if room is not None and artifact.size is not None and artifact.size > room:
+        raise _QuotaExceeded
     field = CatalogModel._meta.get_field("artifact")
     storage = field.storage
     base = os.path.basename(artifact.name or "artifact") or "artifact"
@@ -292,6 +321,8 @@ def _store_artifact(artifact: UploadedFile) -> tuple[str, str, int]:
                     raise ValidationError(
                         {"artifact": f"The file is larger than the limit of {limit:,} bytes."}
                     )
+                if room is not None and size > room:
+                    raise _QuotaExceeded
                 digest.update(chunk)
                 out.write(chunk)
     except BaseException:
@@ -338,15 +369,23 @@ def model_add_custom(
     if artifact is None:
         model.storage_uri = validate_storage_uri(storage_uri)
         return _save_new(model)
-    stored, sha256, size = _store_artifact(artifact)
-    model.artifact.name = stored
-    model.artifact_sha256 = sha256
-    model.size_bytes = size
-    try:
-        return _save_new(model)
-    except BaseException:
-        model.artifact.storage.delete(stored)  # nothing left half-way
-        raise
+    with transaction.atomic():
+        # The organization's row lock serializes its uploads: two at once can't both fit the
+        # last free bytes of the quota.
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
+        used, quota = upload_usage(organization)
+        try:
+            stored, sha256, size = _store_artifact(artifact, room=max(0, quota - used))
+        except _QuotaExceeded:
+            raise _over_quota(used, quota) from None
+        model.artifact.name = stored
+        model.artifact_sha256 = sha256
+        model.size_bytes = size
+        try:
+            return _save_new(model)
+        except BaseException:
+            model.artifact.storage.delete(stored)  # nothing left half-way
+            raise
 
 
 def model_update(

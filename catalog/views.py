@@ -13,6 +13,7 @@ from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
@@ -486,6 +487,12 @@ class _CustomCreate(EditView):
         return f"“{model.name}” added to the catalog."
 
     def context(self, request, obj, form):
+        org = _organization(request)
+        used, quota = services.upload_usage(org)
+        form.fields["artifact"].help_text = (
+            f"{form.fields['artifact'].help_text} Upload storage of {org.name}: "
+            f"{filesizeformat(used)} of {filesizeformat(quota)} used."
+        ).strip()
         return {
             "title": "Add a custom model",
             "multipart": True,

@@ -25,7 +25,8 @@ from sharing.forms import QuotaForm
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     result = health.report()
-    return JsonResponse(result, status=200 if result["status"] == "ok" else 503)
+    shown = result if health.may_see_details(request) else health.public_view(result)
+    return JsonResponse(shown, status=200 if result["status"] == "ok" else 503)
 
 
 @login_required

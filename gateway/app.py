@@ -48,6 +48,7 @@ from gateway.usage import (
     usage_from_body,
     usage_from_bytes,
 )
+from gateway.validation import check_body, parse_body
 from projects.keys import hash_secret, looks_like_secret
 from sharing.access import evaluate
 
@@ -171,8 +172,7 @@ class Gateway:
         path = scope["path"]
         method = scope["method"]
         if path == "/metrics":
-            body, content_type = metrics.render()
-            await self._send(send, 200, body, content_type=content_type.encode())
+            await self._metrics(scope, send)
             return
         request_id = "req_" + uuid.uuid4().hex
         try:
@@ -212,6 +212,21 @@ class Gateway:
                 )
             except Exception:  # noqa: BLE001 - the response had already started
                 pass
+
+    async def _metrics(self, scope, send) -> None:
+        token = settings.METRICS_TOKEN
+        if not token:
+            await self._send(send, 404, b'{"detail": "Not found."}')
+        elif not metrics.authorized(_header(scope, b"authorization"), token):
+            await self._send(
+                send,
+                401,
+                b'{"detail": "Send the metrics token as `Authorization: Bearer <token>`."}',
+                headers=[(b"www-authenticate", b'Bearer realm="metrics"')],
+            )
+        else:
+            body, content_type = metrics.render()
+            await self._send(send, 200, body, content_type=content_type.encode())
 
     @staticmethod
     async def _send(
@@ -427,21 +442,10 @@ class Gateway:
         keyless = not _header(scope, b"authorization")
         key = None if keyless else await self._key(scope)
         raw = await _read_body(receive)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise GatewayError(
-                400, "The request body is not valid JSON.", "invalid_request_error"
-            ) from None
-        if not isinstance(body, dict):
-            raise GatewayError(
-                400, "The request body must be a JSON object.", "invalid_request_error"
-            )
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise GatewayError(
-                400, "You must provide a model parameter.", "invalid_request_error", param="model"
-            )
+        # Parsed and checked before anything is counted: a bad body costs no rate-limit tokens.
+        body = parse_body(raw)
+        check_body(body, route)
+        model = body["model"]
         stream = bool(body.get("stream")) and route != "embeddings"
         estimate = estimate_tokens(body)
         if keyless:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WINDOW_MS = 60_000
+MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
 LEVELS = ("organization", "user", "api_key")
 
 CHECK_SCRIPT = r"""
@@ -182,9 +183,11 @@ def estimate_tokens(body: dict) -> int:
         elif isinstance(value, list):
             chars += sum(len(v) for v in value if isinstance(v, str))
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens < 0:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
-    return max(1, chars // 4 + max_tokens)
+    # Bounded whatever the body says (gateway.validation refuses larger max_tokens first): the
+    # Lua script adds reservations as doubles, and an estimate of 2^63 corrupted the window.
+    return max(1, min(chars // 4 + max_tokens, MAX_ESTIMATE))
 
 
 class RedisRateLimiter:

@@ -144,13 +144,15 @@ def _check_users_may_reach(deployment: Any, users: list) -> None:
             "user_id", flat=True
         )
     )
-    strangers = sorted(u.get_username() for u in users if u.pk not in member_ids)
-    if strangers:
-        raise ValidationError(
-            {
-                "users": f"{', '.join(strangers)} cannot see this deployment: share it with their organization first."
-            }
-        )
+    if any(u.pk not in member_ids for u in users):
+        # Generic on purpose: naming the user (or echoing the id) would tell an organization
+        # admin who exists in other organizations.
+        raise ValidationError({"users": UNKNOWN_USERS})
+
+
+UNKNOWN_USERS = (
+    "Choose users of this organization or of an organization the deployment is shared with."
+)
 
 
 # ---------------------------------------------------------------- environments

@@ -278,13 +278,15 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def revisions(self, request, pk=None):
         deployment = self.get_object()
-        return Response(RevisionSerializer(selectors.revisions_of(deployment), many=True).data)
+        page = self.paginate_queryset(selectors.revisions_of(deployment))
+        return self.get_paginated_response(RevisionSerializer(page, many=True).data)
 
     @extend_schema(responses=EventSerializer(many=True))
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         deployment = self.get_object()
-        return Response(EventSerializer(deployment.events.all()[:200], many=True).data)
+        page = self.paginate_queryset(deployment.events.all())
+        return self.get_paginated_response(EventSerializer(page, many=True).data)
 
     @extend_schema(
         parameters=[

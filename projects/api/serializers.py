@@ -5,6 +5,8 @@ from rest_framework import serializers
 from projects.keys import api_key_state
 from projects.models import GPU_QUOTA_MAX, APIKey, APIKeyScope, Organization, Project
 
+NO_SUCH_ORGANIZATION = "No such organization, or you are not a member of it."
+
 
 class OrganizationSerializer(serializers.ModelSerializer):
     gpu_used = serializers.SerializerMethodField()
@@ -25,7 +27,11 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class ProjectSerializer(serializers.ModelSerializer):
-    organization = serializers.PrimaryKeyRelatedField(queryset=Organization.objects.all(), required=False)
+    # Same text for an id that does not exist and one of an organization you are not in.
+    organization = serializers.PrimaryKeyRelatedField(
+        queryset=Organization.objects.all(), required=False,
+        error_messages={"does_not_exist": NO_SUCH_ORGANIZATION},
+    )
     namespace = serializers.SerializerMethodField()
     gpu_used = serializers.SerializerMethodField()
     gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, required=False, default=4)

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from deployments.models import ModelDeployment
 from projects import keys, services
 from projects.api.serializers import (
+    NO_SUCH_ORGANIZATION,
     APIKeyCreatedSerializer,
     APIKeyCreateSerializer,
     APIKeyRevokeSerializer,
@@ -49,20 +50,24 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _organization_for_write(self, request, org_id):
         orgs = organizations_for_user(request.user)
-        if org_id is None:
+        if org_id in (None, ""):
             org = getattr(request, "organization", None) or orgs.first()
+        elif str(org_id).isdigit() and int(org_id) < 2**63:
+            org = orgs.filter(pk=int(org_id)).first()
         else:
-            org = orgs.filter(pk=org_id).first()
+            org = None
         if org is None:
-            raise Http404("No such organization.")
+            # One answer for an id that does not exist and one of another organization.
+            raise Http404(NO_SUCH_ORGANIZATION)
         return org
 
     @extend_schema(request=ProjectSerializer, responses={201: ProjectSerializer})
     def create(self, request):
+        # The organization first: an outsider's id is a 404 before any field is judged.
+        org = self._organization_for_write(request, request.data.get("organization"))
         body = ProjectSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        org = self._organization_for_write(request, data.get("organization").pk if data.get("organization") else None)
         project = services.project_create(
             user=request.user, organization=org, name=data["name"], slug=data["slug"],
             description=data.get("description", ""), gpu_quota=data.get("gpu_quota", 4),

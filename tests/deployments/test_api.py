@@ -90,11 +90,11 @@ def test_update_partial_scale_rollback_revisions_events_manifests(tenants, deplo
     assert rolled.status_code == 200 and rolled.json()["current_revision"] == 5
     missing = client.post(url + "rollback/", {"revision": 99}, format="json")
     assert missing.status_code == 400 and "revision" in missing.json()
-    revisions = client.get(url + "revisions/").json()
+    revisions = client.get(url + "revisions/").json()["results"]
     assert [r["number"] for r in revisions] == [5, 4, 3, 2, 1] and revisions[-1][
         "created_by"
     ] == "owner"
-    events = client.get(url + "events/").json()
+    events = client.get(url + "events/").json()["results"]
     assert any(e["reason"] == "Created" for e in events)
     manifests = client.get(url + "manifests/?revision=2").json()
     assert (
