@@ -48,13 +48,14 @@ def fixtures():
     from django.contrib.auth import get_user_model
 
     from catalog.models import CatalogModel, ProfileBundle
-    from projects.models import Membership, Organization, Project, Role
+    from projects.models import Membership, Organization, Role
+    from projects.services import project_create
 
     user = get_user_model().objects.create(username="bench")
     org = Organization.objects.create(name="Bench", slug="bench", gpu_quota=100_000)
     Membership.objects.create(user=user, organization=org, role=Role.ADMIN)
-    project = Project.objects.create(
-        organization=org, name="Bench", slug="bench", gpu_quota=100_000
+    project = project_create(
+        user=None, organization=org, name="Bench", slug="bench", gpu_quota=100_000
     )
     bundle = ProfileBundle.objects.create(organization=org, name="vllm-bench", engine="vllm",
                                           image="vllm/vllm-openai:v0.6.3")  # fmt: skip

@@ -151,7 +151,8 @@ from django.core.management import call_command
 call_command("migrate", verbosity=0, interactive=False)
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from projects.models import Organization, Membership, Project
+from projects.models import Organization, Membership
+from projects.services import project_create
 from catalog.models import CatalogModel, ProfileBundle
 from deployments.models import ComputePool, ModelDeployment, Revision
 from projects.keys import api_key_create
@@ -159,7 +160,7 @@ from tests.gateway.conftest import make_spec
 user = get_user_model().objects.create_user("bench")
 org = Organization.objects.create(name="Bench", slug="bench")
 Membership.objects.create(user=user, organization=org, role="admin")
-project = Project.objects.create(organization=org, name="Bench", slug="bench")
+project = project_create(user=None, organization=org, name="Bench", slug="bench")
 model = CatalogModel.objects.create(organization=org, name="bench", source="huggingface", repo_id="bench/bench")
 bundle = ProfileBundle.objects.create(organization=org, name="bench-vllm", engine="vllm", image="vllm/vllm-openai:v0.6.3")
 pool = ComputePool.objects.create(organization=org, name="sandbox", kind="sandbox", engine_label="vllm")

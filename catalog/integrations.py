@@ -6,6 +6,7 @@ import logging
 
 from django.conf import settings
 
+from catalog import hub, ngc
 from projects.models import Integration, IntegrationKind
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,6 @@ def check(integration: Integration) -> tuple[bool, str]:
     """Return (ok, message in words). Never raises: a failed check is an answer too."""
     try:
         if integration.kind == IntegrationKind.HUGGINGFACE:
-            from catalog import hub
 
             result = hub.check_token(
                 endpoint=settings.HF_ENDPOINT,
@@ -23,7 +23,6 @@ def check(integration: Integration) -> tuple[bool, str]:
                 timeout=float(settings.HUB_TIMEOUT_SECONDS),
             )
         else:
-            from catalog import ngc
 
             result = ngc.check_key(
                 base_url=settings.NGC_API_URL,

@@ -8,17 +8,16 @@ from django.http import Http404
 
 from catalog import estimate as estimate_lib
 from catalog.models import CatalogModel, MaaSMapping, ProfileBundle
+from console import permissions
 from projects.models import Integration, IntegrationKind, Organization, Project
-from projects.selectors import organizations_for_user, projects_for_user
+from projects.selectors import organizations_for_user
 
 
 def models_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[CatalogModel]:
     """Catalog models of the user's organizations (optionally one of them)."""
-    qs = CatalogModel.objects.filter(organization__in=organizations_for_user(user)).select_related(
-        "organization"
-    )
+    qs = permissions.restrict(CatalogModel.objects.select_related("organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs
@@ -64,8 +63,8 @@ def bundle_get(user: AbstractBaseUser, pk: int) -> ProfileBundle:
 def mappings_for_user(
     user: AbstractBaseUser, project: Project | None = None
 ) -> QuerySet[MaaSMapping]:
-    qs = MaaSMapping.objects.filter(project__in=projects_for_user(user)).select_related(
-        "project", "bundle", "bundle__organization"
+    qs = permissions.restrict(
+        MaaSMapping.objects.select_related("project", "bundle", "bundle__organization"), user, "view"
     )
     if project is not None:
         qs = qs.filter(project=project)

@@ -14,13 +14,14 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Sum
 
 from catalog import hub, ngc
 from catalog.models import CatalogModel, Engine, MaaSMapping, ModelSource, ProfileBundle
 from catalog.selectors import hf_token, ngc_key
+from console import permissions
+from deployments.models import ModelDeployment
 from projects.models import Organization, Project
-from projects.selectors import can_change
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,12 @@ ENGINE_LABEL = ProfileBundle.ENGINE_LABEL
 VARIABLE_TYPES = ("string", "integer", "number", "boolean")
 
 
+class _QuotaExceeded(Exception):
+    """The upload does not fit in what is left of the organization's upload quota."""
+
+
 def max_artifact_bytes() -> int:
     return int(getattr(settings, "MODELDECK_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES))
-
-
-def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
-    # user=None is the system itself (demo data, migrations, admin scripts).
-    if user is not None and not can_change(user, organization):
-        raise PermissionDenied(
-            "Viewers cannot change the catalog; ask an organization admin for the member role."
-        )
 
 
 def _creator(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
@@ -154,7 +151,7 @@ def model_add_from_hub(
     The Hub is asked (with `project`'s token, if it has one) before anything is written, so a
     Hub that fails or times out leaves nothing behind.
     """
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     _check_project(project, organization)
     repo_id = (repo_id or "").strip()
     if not repo_id:
@@ -219,7 +216,7 @@ def model_add_from_ngc(
     description: str = "",
 ) -> CatalogModel:
     """Add a NIM image at a tag; its known tags are recorded for in-place version updates."""
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     _check_project(project, organization)
     key = ngc_key(project)
     if not key:
@@ -259,7 +256,7 @@ def model_refresh_ngc_tags(
     *, user: AbstractBaseUser | None, model: CatalogModel, project: Project | None
 ) -> CatalogModel:
     """Re-read a NIM model's tags from NGC (what an in-place NIM version update chooses from)."""
-    _require_change(user, model.organization)
+    permissions.require(user, "change", model, what="the catalog")
     if model.source != ModelSource.NGC:
         raise ValidationError("Only NVIDIA NIM models have image tags.")
     key = ngc_key(project)
@@ -274,13 +271,38 @@ def model_refresh_ngc_tags(
     return model
 
 
-def _store_artifact(artifact: UploadedFile) -> tuple[str, str, int]:
-    """Copy an upload into artifact storage chunk by chunk; return (name, sha256, size)."""
+def upload_usage(organization: Organization) -> tuple[int, int]:
+    """(bytes of uploaded artifacts the organization keeps, its quota: MODELDECK_UPLOAD_QUOTA_MB)."""
+    used = (
+        CatalogModel.objects.filter(organization=organization)
+        .exclude(artifact="")
+        .aggregate(total=Sum("size_bytes"))["total"]
+    )
+    return int(used or 0), int(settings.UPLOAD_QUOTA_BYTES)
+
+
+def _over_quota(used: int, quota: int) -> ValidationError:
+    return ValidationError(
+        {
+            "artifact": f"This upload would exceed your organization's upload storage limit: "
+            f"{used / 1024**2:,.1f} MiB of {quota / 1024**2:,.0f} MiB are used. Delete uploaded "
+            "models you no longer need, or give a storage URI instead."
+        }
+    )
+
+
+def _store_artifact(artifact: UploadedFile, *, room: int | None = None) -> tuple[str, str, int]:
+    """Copy an upload into artifact storage chunk by chunk; return (name, sha256, size).
+
+    `room`: bytes left in the organization's upload quota (the per-file limit applies too).
+    """
     limit = max_artifact_bytes()
     if artifact.size is not None and artifact.size > limit:
         raise ValidationError(
             {"artifact": f"The file is {artifact.size:,} bytes; the limit is {limit:,}."}
         )
+    if room is not None and artifact.size is not None and artifact.size > room:
+        raise _QuotaExceeded
     field = CatalogModel._meta.get_field("artifact")
     storage = field.storage
     base = os.path.basename(artifact.name or "artifact") or "artifact"
@@ -299,6 +321,8 @@ def _store_artifact(artifact: UploadedFile) -> tuple[str, str, int]:
                     raise ValidationError(
                         {"artifact": f"The file is larger than the limit of {limit:,} bytes."}
                     )
+                if room is not None and size > room:
+                    raise _QuotaExceeded
                 digest.update(chunk)
                 out.write(chunk)
     except BaseException:
@@ -321,7 +345,7 @@ def model_add_custom(
     description: str = "",
 ) -> CatalogModel:
     """Add a model from a storage URI or an uploaded artifact (stored with its sha256)."""
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the model a name."})
@@ -345,15 +369,23 @@ def model_add_custom(
     if artifact is None:
         model.storage_uri = validate_storage_uri(storage_uri)
         return _save_new(model)
-    stored, sha256, size = _store_artifact(artifact)
-    model.artifact.name = stored
-    model.artifact_sha256 = sha256
-    model.size_bytes = size
-    try:
-        return _save_new(model)
-    except BaseException:
-        model.artifact.storage.delete(stored)  # nothing left half-way
-        raise
+    with transaction.atomic():
+        # The organization's row lock serializes its uploads: two at once can't both fit the
+        # last free bytes of the quota.
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
+        used, quota = upload_usage(organization)
+        try:
+            stored, sha256, size = _store_artifact(artifact, room=max(0, quota - used))
+        except _QuotaExceeded:
+            raise _over_quota(used, quota) from None
+        model.artifact.name = stored
+        model.artifact_sha256 = sha256
+        model.size_bytes = size
+        try:
+            return _save_new(model)
+        except BaseException:
+            model.artifact.storage.delete(stored)  # nothing left half-way
+            raise
 
 
 def model_update(
@@ -364,7 +396,7 @@ def model_update(
     description: str | None = None,
 ) -> CatalogModel:
     """Rename or describe a model; its source and pinned revision never change (add a new entry instead)."""
-    _require_change(user, model.organization)
+    permissions.require(user, "change", model, what="the catalog")
     if name is not None:
         name = name.strip()
         if not name:
@@ -379,7 +411,7 @@ def model_update(
 
 
 def model_delete(*, user: AbstractBaseUser | None, model: CatalogModel) -> None:
-    _require_change(user, model.organization)
+    permissions.require(user, "change", model, what="the catalog")
     count = model.deployments.count()
     if count:
         raise ValidationError(
@@ -533,7 +565,7 @@ def bundle_create(
     description: str = "",
 ) -> ProfileBundle:
     """A new bundle of the organization, at version 1."""
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="the catalog")
     name = (name or "").strip()
     fields = _clean_bundle_fields(
         name=name,
@@ -587,7 +619,7 @@ def bundle_update(
                 "Built-in bundles can't be changed; create a bundle in your organization instead."
             )
     else:
-        _require_change(user, bundle.organization)
+        permissions.require(user, "change", bundle, what="the catalog")
     with transaction.atomic():
         versions = ProfileBundle.objects.select_for_update().filter(
             organization=bundle.organization, name=bundle.name
@@ -619,14 +651,13 @@ def bundle_delete(*, user: AbstractBaseUser | None, bundle: ProfileBundle) -> No
     """Delete every version of an organization's bundle, if no rule or deployment uses one."""
     if bundle.organization is None:
         raise PermissionDenied("Built-in bundles can't be deleted.")
-    _require_change(user, bundle.organization)
+    permissions.require(user, "change", bundle, what="the catalog")
     versions = ProfileBundle.objects.filter(organization=bundle.organization, name=bundle.name)
     rules = MaaSMapping.objects.filter(bundle__in=versions).count()
     if rules:
         raise ValidationError(
             f"{rules} MaaS mapping rule(s) use “{bundle.name}”; change or delete them first."
         )
-    from deployments.models import ModelDeployment
 
     used = ModelDeployment.objects.filter(bundle__in=versions).count()
     if used:
@@ -693,7 +724,7 @@ def mapping_create(
     license: str = "",
 ) -> MaaSMapping:
     """Append a rule at the end of the project's order (move it up to give it precedence)."""
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project, what="the catalog")
     fields = _clean_rule(
         project=project,
         source=source,
@@ -717,7 +748,7 @@ def mapping_create(
 def mapping_update(
     *, user: AbstractBaseUser | None, mapping: MaaSMapping, **changes: Any
 ) -> MaaSMapping:
-    _require_change(user, mapping.project.organization)
+    permissions.require(user, "change", mapping, what="the catalog")
     allowed = {
         "source",
         "bundle",
@@ -750,7 +781,7 @@ def mapping_reorder(
     *, user: AbstractBaseUser | None, project: Project, order: Sequence[int]
 ) -> list[MaaSMapping]:
     """Put the project's rules in the given order of ids (every rule exactly once)."""
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project, what="the catalog")
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)
         rules = {m.pk: m for m in MaaSMapping.objects.filter(project=project)}
@@ -783,7 +814,7 @@ def mapping_move(*, user: AbstractBaseUser | None, mapping: MaaSMapping, directi
 
 
 def mapping_delete(*, user: AbstractBaseUser | None, mapping: MaaSMapping) -> None:
-    _require_change(user, mapping.project.organization)
+    permissions.require(user, "change", mapping, what="the catalog")
     project = mapping.project
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)

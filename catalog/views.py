@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_POST
 
 from catalog import hub, maas, ngc, selectors, services
 from catalog.forms import (
@@ -28,20 +29,16 @@ from catalog.forms import (
     NgcAddForm,
 )
 from catalog.models import ModelSource
-from console.forms import field_validation_response
+from console import permissions
+from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
-from console.http import redirect_after_post as _redirect
+from deployments.models import ModelDeployment
 from projects.models import IntegrationKind, Project
-from projects.selectors import can_change, project_get, projects_for_user
+from projects.selectors import project_get, projects_for_user
 
 log = logging.getLogger(__name__)
 
 HUB_PAGE_SIZE = 20
-
-
-def _require_change(request: HttpRequest, organization) -> None:
-    if not can_change(request.user, organization):
-        raise PermissionDenied("Viewers cannot change the catalog.")
 
 
 def _projects(request: HttpRequest):
@@ -92,7 +89,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "facets": selectors.catalog_facets(request.user, org),
         "sources": ModelSource.choices,
         "filters": {"source": source, "task": task, "q": q},
-        "can_change": can_change(request.user, org),
+        "can_change": permissions.can(request.user, "change", org),
         "tab": "models",
     }
     if request.htmx:
@@ -126,7 +123,6 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
     if request.htmx:
         return render(request, "catalog/htmx/estimate.html", estimate)
-    from deployments.models import ModelDeployment
 
     deployments = ModelDeployment.objects.filter(model=model).select_related("project", "pool")
     projects = _projects(request)
@@ -136,7 +132,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "model": model,
         "deployments": deployments,
         "resolutions": resolutions,
-        "can_change": can_change(request.user, model.organization),
+        "can_change": permissions.can(request.user, "change", model),
         "deploy_url": _deploy_url(model),
         "files": sorted(model.files or [], key=lambda f: -(f.get("size") or 0)),
         "config_rows": [
@@ -149,65 +145,63 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "catalog/model_detail.html", context)
 
 
-@login_required
-def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(request.user, pk)
-    _require_change(request, model.organization)
-    form = ModelEditForm(
-        request.POST or None, initial={"name": model.name, "description": model.description}
-    )
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                services.model_update(user=request.user, model=model, **form.cleaned_data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, "Model saved.")
-                return _redirect(request, model.get_absolute_url())
-    return render(
-        request,
-        "catalog/form.html",
-        {
-            "form": form,
-            "validate_url": request.path,
-            "title": f"Edit {model.name}",
-            "back": model.get_absolute_url(),
-            "submit": "Save",
-            "tab": "models",
-        },
-    )
+class ModelEdit(EditView):
+    form_class = ModelEditForm
+    template_name = "catalog/form.html"
+    what = "the catalog"
+
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def form_kwargs(self, request, model):
+        return {"initial": {"name": model.name, "description": model.description}}
+
+    def save(self, request, model, form):
+        services.model_update(user=request.user, model=model, **form.cleaned_data)
+        return model
+
+    def success_message(self, model):
+        return "Model saved."
+
+    def context(self, request, model, form):
+        return {"title": f"Edit {model.name}", "back": model.get_absolute_url(), "submit": "Save",
+                "tab": "models"}  # fmt: skip
 
 
-@login_required
-@require_POST
-def model_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(request.user, pk)
-    try:
+model_edit = ModelEdit.as_view()
+
+
+class ModelDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def act(self, request, model):
         services.model_delete(user=request.user, model=model)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect(model.get_absolute_url())
-    messages.success(request, f"“{model.name}” removed from the catalog.")
-    return redirect("catalog:index")
+
+    def success_message(self, model, result):
+        return f"“{model.name}” removed from the catalog."
+
+    def success_url(self, request, model):
+        return reverse("catalog:index")
+
+    def failure_url(self, request, model):
+        return model.get_absolute_url()
 
 
-@login_required
-@require_POST
-def model_refresh_tags(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(request.user, pk)
-    try:
-        services.model_refresh_ngc_tags(
-            user=request.user, model=model, project=_token_project(request, IntegrationKind.NGC)
-        )
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"{len(model.ngc_tags)} tags read from NGC.")
-    return redirect(model.get_absolute_url())
+class ModelRefreshTags(ActionView):
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def act(self, request, model):
+        project = _token_project(request, IntegrationKind.NGC)
+        services.model_refresh_ngc_tags(user=request.user, model=model, project=project)
+
+    def success_message(self, model, result):
+        return f"{len(model.ngc_tags)} tags read from NGC."
+
+
+model_delete = ModelDelete.as_view()
+model_refresh_tags = ModelRefreshTags.as_view()
 
 
 # --- Hugging Face Hub --------------------------------------------------------------------------
@@ -266,70 +260,81 @@ def hub_search(request: HttpRequest) -> HttpResponse:
     return render(request, "catalog/hub_search.html", context)
 
 
-@login_required
-def hub_model(request: HttpRequest, repo_id: str) -> HttpResponse:
+class _ImportView(EditView):
+    """Import pages: everyone reads them; adding to the catalog needs the change permission."""
+
+    what = "the catalog"
+    read_by_all = True
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+
+class HubModel(_ImportView):
     """A Hub model's facts before adding it, and the form that adds it pinned to a commit."""
-    org = _organization(request)
-    projects = _projects(request)
-    project = _token_project(request, IntegrationKind.HUGGINGFACE)
-    revision = request.GET.get("revision", "").strip()
-    detail = error = None
-    initial = {
-        "repo_id": repo_id,
-        "name": repo_id,
-        "project": project.pk if project else None,
-        "revision": revision,
-    }
-    form = HubAddForm(request.POST or None, projects=projects, initial=initial)
-    if request.method == "POST":
-        _require_change(request, org)
-        if form.is_valid():
-            d = form.cleaned_data
-            try:
-                model = services.model_add_from_hub(
-                    user=request.user,
-                    organization=org,
-                    repo_id=d["repo_id"],
-                    revision=d.get("revision") or "",
-                    name=d.get("name") or "",
-                    project=d.get("project"),
-                    description=d.get("description") or "",
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-                if hasattr(exc, "error_dict") and "repo_id" in exc.error_dict:
-                    form.add_error(None, " ".join(exc.error_dict["repo_id"][0].messages))
-            else:
-                messages.success(
-                    request,
-                    f"{model.repo_id} added to the catalog, pinned to {model.revision[:12]}.",
-                )
-                return _redirect(request, model.get_absolute_url())
-    try:
-        detail = hub.model_detail(
-            endpoint=settings.HF_ENDPOINT,
-            token=selectors.hf_token(project),
-            repo_id=repo_id,
-            revision=revision or None,
-            timeout=float(settings.HUB_TIMEOUT_SECONDS),
+
+    form_class = HubAddForm
+    template_name = "catalog/hub_model.html"
+
+    @cached_property
+    def project(self):
+        return _token_project(self.request, IntegrationKind.HUGGINGFACE)
+
+    def form_kwargs(self, request, obj):
+        initial = {
+            "repo_id": self.kwargs["repo_id"],
+            "name": self.kwargs["repo_id"],
+            "project": self.project.pk if self.project else None,
+            "revision": request.GET.get("revision", "").strip(),
+        }
+        return {"projects": _projects(request), "initial": initial}
+
+    def save(self, request, obj, form):
+        d = form.cleaned_data
+        return services.model_add_from_hub(
+            user=request.user, organization=_organization(request), repo_id=d["repo_id"],
+            revision=d.get("revision") or "", name=d.get("name") or "", project=d.get("project"),
+            description=d.get("description") or "",
+        )  # fmt: skip
+
+    def service_error(self, form, exc):
+        super().service_error(form, exc)
+        if hasattr(exc, "error_dict") and "repo_id" in exc.error_dict:
+            form.add_error(None, " ".join(exc.error_dict["repo_id"][0].messages))  # a hidden field
+
+    def success_message(self, model):
+        return f"{model.repo_id} added to the catalog, pinned to {model.revision[:12]}."
+
+    def context(self, request, obj, form):
+        org, repo_id = _organization(request), self.kwargs["repo_id"]
+        revision = request.GET.get("revision", "").strip()
+        detail = error = None
+        try:
+            detail = hub.model_detail(
+                endpoint=settings.HF_ENDPOINT,
+                token=selectors.hf_token(self.project),
+                repo_id=repo_id,
+                revision=revision or None,
+                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+            )
+        except hub.HubError as exc:
+            error = exc.message
+        existing = selectors.models_for_user(request.user, org).filter(
+            source=ModelSource.HUGGINGFACE, repo_id=repo_id
         )
-    except hub.HubError as exc:
-        error = exc.message
-    existing = selectors.models_for_user(request.user, org).filter(
-        source=ModelSource.HUGGINGFACE, repo_id=repo_id
-    )
-    context = {
-        "repo_id": repo_id,
-        "detail": detail,
-        "error": error,
-        "form": form,
-        "project": project,
-        "existing": existing,
-        "files": sorted(detail.files, key=lambda f: -(f.size or 0)) if detail else [],
-        "can_change": can_change(request.user, org),
-        "tab": "hub",
-    }
-    return render(request, "catalog/hub_model.html", context, status=200)
+        return {
+            "repo_id": repo_id,
+            "detail": detail,
+            "error": error,
+            "project": self.project,
+            "existing": existing,
+            "files": sorted(detail.files, key=lambda f: -(f.size or 0)) if detail else [],
+            "can_change": permissions.can(request.user, "change", org),
+            "tab": "hub",
+        }
+
+
+hub_model = HubModel.as_view()
 
 
 # --- NVIDIA NGC ---------------------------------------------------------------------------------
@@ -360,67 +365,66 @@ def ngc_images(request: HttpRequest) -> HttpResponse:
     return render(request, "catalog/ngc_images.html", context)
 
 
-@login_required
-def ngc_image(request: HttpRequest, resource_id: str) -> HttpResponse:
-    org = _organization(request)
-    projects = _projects(request)
-    project = _token_project(request, IntegrationKind.NGC)
-    tags = error = None
-    key = selectors.ngc_key(project)
-    if key:
-        try:
-            tags = ngc.image_tags(
-                base_url=settings.NGC_API_URL,
-                api_key=key,
-                image=resource_id,
-                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+class NgcImage(_ImportView):
+    """An NGC image's tags and the form that adds one to the catalog."""
+
+    form_class = NgcAddForm
+    template_name = "catalog/ngc_image.html"
+
+    @cached_property
+    def project(self):
+        return _token_project(self.request, IntegrationKind.NGC)
+
+    @cached_property
+    def tags(self):
+        """(the image's tags or None, the error to show)."""
+        key = selectors.ngc_key(self.project)
+        if not key:
+            return None, (
+                "Choose a project with an NGC API key (set on the project's Integrations page) "
+                "to read this image's tags."
             )
+        try:
+            return ngc.image_tags(
+                base_url=settings.NGC_API_URL, api_key=key, image=self.kwargs["resource_id"],
+                timeout=float(settings.HUB_TIMEOUT_SECONDS),
+            ), None  # fmt: skip
         except ngc.NgcError as exc:
-            error = exc.message
-    else:
-        error = "Choose a project with an NGC API key (set on the project's Integrations page) to read this image's tags."
-    tag_names = tags.tags if tags else ()
-    form = NgcAddForm(
-        request.POST or None,
-        projects=projects,
-        tags=tag_names,
-        initial={
-            "image": resource_id,
-            "project": project.pk if project else None,
+            return None, exc.message
+
+    def form_kwargs(self, request, obj):
+        tags = self.tags[0]
+        initial = {
+            "image": self.kwargs["resource_id"],
+            "project": self.project.pk if self.project else None,
             "tag": tags.latest_tag if tags else None,
-        },
-    )
-    if request.method == "POST":
-        _require_change(request, org)
-        if form.is_valid():
-            d = form.cleaned_data
-            try:
-                model = services.model_add_from_ngc(
-                    user=request.user,
-                    organization=org,
-                    image=d["image"],
-                    tag=d["tag"],
-                    name=d.get("name") or "",
-                    project=d["project"],
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(
-                    request, f"{model.ngc_image}:{model.ngc_tag} added to the catalog."
-                )
-                return _redirect(request, model.get_absolute_url())
-    context = {
-        "resource_id": resource_id,
-        "tags": tags,
-        "error": error,
-        "form": form,
-        "project": project,
-        "projects": projects,
-        "can_change": can_change(request.user, org),
-        "tab": "ngc",
-    }
-    return render(request, "catalog/ngc_image.html", context)
+        }
+        return {"projects": _projects(request), "tags": tags.tags if tags else (), "initial": initial}
+
+    def save(self, request, obj, form):
+        d = form.cleaned_data
+        return services.model_add_from_ngc(
+            user=request.user, organization=_organization(request), image=d["image"], tag=d["tag"],
+            name=d.get("name") or "", project=d["project"],
+        )  # fmt: skip
+
+    def success_message(self, model):
+        return f"{model.ngc_image}:{model.ngc_tag} added to the catalog."
+
+    def context(self, request, obj, form):
+        tags, error = self.tags
+        return {
+            "resource_id": self.kwargs["resource_id"],
+            "tags": tags,
+            "error": error,
+            "project": self.project,
+            "projects": _projects(request),
+            "can_change": permissions.can(request.user, "change", _organization(request)),
+            "tab": "ngc",
+        }
+
+
+ngc_image = NgcImage.as_view()
 
 
 # --- custom models -----------------------------------------------------------------------------
@@ -456,45 +460,50 @@ def custom_create(request: HttpRequest) -> HttpResponse:
     return _custom_create(request)
 
 
-@csrf_protect
-def _custom_create(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    _require_change(request, org)
-    form = CustomModelForm(request.POST or None, request.FILES or None)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
+class _CustomCreate(EditView):
+    form_class = CustomModelForm
+    template_name = "catalog/form.html"
+    what = "the catalog"
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def form_valid(self, request, form):
         if getattr(request, "artifact_too_large", False):
             form.is_valid()
             form.add_error(
                 "artifact",
                 f"The file is larger than the limit of {services.max_artifact_bytes():,} bytes.",
             )
-        elif form.is_valid():
-            try:
-                model = services.model_add_custom(
-                    user=request.user, organization=org, **form.service_kwargs()
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"“{model.name}” added to the catalog.")
-                return _redirect(request, model.get_absolute_url())
-    return render(
-        request,
-        "catalog/form.html",
-        {
-            "form": form,
-            "validate_url": request.path,
+            return False
+        return form.is_valid()
+
+    def save(self, request, obj, form):
+        return services.model_add_custom(
+            user=request.user, organization=_organization(request), **form.service_kwargs()
+        )
+
+    def success_message(self, model):
+        return f"“{model.name}” added to the catalog."
+
+    def context(self, request, obj, form):
+        org = _organization(request)
+        used, quota = services.upload_usage(org)
+        form.fields["artifact"].help_text = (
+            f"{form.fields['artifact'].help_text} Upload storage of {org.name}: "
+            f"{filesizeformat(used)} of {filesizeformat(quota)} used."
+        ).strip()
+        return {
             "title": "Add a custom model",
             "multipart": True,
             "intro": "Point at weights in object storage or a PersistentVolumeClaim, or upload a file.",
             "back": reverse("catalog:index"),
             "submit": "Add to catalog",
             "tab": "custom",
-        },
-    )
+        }
+
+
+_custom_create = csrf_protect(_CustomCreate.as_view())
 
 
 # --- Profile Bundles -----------------------------------------------------------------------------
@@ -509,7 +518,7 @@ def bundle_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "catalog/bundle_list.html",
-        {"bundles": bundles, "can_change": can_change(request.user, org), "tab": "bundles"},
+        {"bundles": bundles, "can_change": permissions.can(request.user, "change", org), "tab": "bundles"},
     )
 
 
@@ -517,7 +526,7 @@ def bundle_list(request: HttpRequest) -> HttpResponse:
 def bundle_detail(request: HttpRequest, pk: int) -> HttpResponse:
     bundle = selectors.bundle_get(request.user, pk)
     org = _organization(request)
-    editable = can_change(request.user, org) and not bundle.is_builtin
+    editable = permissions.can(request.user, "change", org) and not bundle.is_builtin
     return render(
         request,
         "catalog/bundle_detail.html",
@@ -525,107 +534,98 @@ def bundle_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "bundle": bundle,
             "versions": bundle.versions(),
             "can_change": editable,
-            "can_duplicate": can_change(request.user, org),
+            "can_duplicate": permissions.can(request.user, "change", org),
             "tab": "bundles",
         },
     )
 
 
-def _bundle_form_page(request, form, *, bundle=None) -> HttpResponse:
-    title = f"New version of {bundle.name}" if bundle else "New Profile Bundle"
-    intro = (
-        f"Saving creates version {bundle.latest().version + 1}; version {bundle.latest().version} and older stay as they are."
-        if bundle
-        else "A reusable recipe: engine, image, default arguments, variables and labels."
-    )
-    return render(
-        request,
-        "catalog/form.html",
-        {
-            "form": form,
-            "validate_url": request.path,
-            "title": title,
-            "intro": intro,
-            "back": reverse("catalog:bundles"),
-            "submit": "Save",
-            "tab": "bundles",
-        },
-    )
+class _BundleEdit(EditView):
+    form_class = BundleForm
+    template_name = "catalog/form.html"
+    what = "the catalog"
+
+    def context(self, request, bundle, form):
+        if bundle is None:
+            title, intro = "New Profile Bundle", "A reusable recipe: engine, image, default arguments, variables and labels."
+        else:
+            version = bundle.latest().version
+            title = f"New version of {bundle.name}"
+            intro = f"Saving creates version {version + 1}; version {version} and older stay as they are."
+        return {"title": title, "intro": intro, "back": reverse("catalog:bundles"), "submit": "Save",
+                "tab": "bundles"}  # fmt: skip
 
 
-@login_required
-def bundle_create(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    _require_change(request, org)
-    initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
-    source = request.GET.get("from", "")
-    if source.isdigit():
-        # "Duplicate": start from a bundle the user can see, e.g. a built-in one.
-        base = selectors.bundle_get(request.user, int(source))
-        initial = {
-            f: getattr(base, f)
-            for f in ("engine", "image", "default_args", "variables", "description")
-        }
-        initial["name"] = f"{base.name}-{org.slug}"
-        initial["labels"] = {k: v for k, v in base.labels.items() if k != "modeldeck.io/builtin"}
-    form = BundleForm(request.POST or None, initial=initial)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                bundle = services.bundle_create(
-                    user=request.user, organization=org, **form.cleaned_data
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Bundle {bundle} created.")
-                return _redirect(request, bundle.get_absolute_url())
-    return _bundle_form_page(request, form)
+class BundleCreate(_BundleEdit):
+    def permission_target(self, request, obj):
+        return _organization(request)
 
+    def form_kwargs(self, request, obj):
+        initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
+        source = request.GET.get("from", "")
+        if source.isdigit():
+            # "Duplicate": start from a bundle the user can see, e.g. a built-in one.
+            base = selectors.bundle_get(request.user, int(source))
+            initial = {
+                f: getattr(base, f)
+                for f in ("engine", "image", "default_args", "variables", "description")
+            }
+            initial["name"] = f"{base.name}-{_organization(request).slug}"
+            initial["labels"] = {k: v for k, v in base.labels.items() if k != "modeldeck.io/builtin"}
+        return {"initial": initial}
 
-@login_required
-def bundle_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    bundle = selectors.bundle_get(request.user, pk).latest()
-    if bundle.is_builtin:
-        raise PermissionDenied(
-            "Built-in bundles can't be changed; create one in your organization."
+    def save(self, request, obj, form):
+        return services.bundle_create(
+            user=request.user, organization=_organization(request), **form.cleaned_data
         )
-    _require_change(request, bundle.organization)
-    initial = {
-        f: getattr(bundle, f)
-        for f in ("name", "engine", "image", "default_args", "variables", "labels", "description")
-    }
-    form = BundleForm(request.POST or None, initial=initial, editing=True)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = {k: v for k, v in form.cleaned_data.items() if k != "name"}
-            try:
-                new = services.bundle_update(user=request.user, bundle=bundle, **data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Saved as {new}.")
-                return _redirect(request, new.get_absolute_url())
-    return _bundle_form_page(request, form, bundle=bundle)
+
+    def success_message(self, bundle):
+        return f"Bundle {bundle} created."
 
 
-@login_required
-@require_POST
-def bundle_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    bundle = selectors.bundle_get(request.user, pk)
-    try:
+class BundleEdit(_BundleEdit):
+    def get_object(self, request, pk):
+        bundle = selectors.bundle_get(request.user, pk).latest()
+        if bundle.is_builtin:
+            raise PermissionDenied(
+                "Built-in bundles can't be changed; create one in your organization."
+            )
+        return bundle
+
+    def form_kwargs(self, request, bundle):
+        fields = ("name", "engine", "image", "default_args", "variables", "labels", "description")
+        return {"initial": {f: getattr(bundle, f) for f in fields}, "editing": True}
+
+    def save(self, request, bundle, form):
+        data = {k: v for k, v in form.cleaned_data.items() if k != "name"}
+        return services.bundle_update(user=request.user, bundle=bundle, **data)
+
+    def success_message(self, new):
+        return f"Saved as {new}."
+
+
+bundle_create = BundleCreate.as_view()
+bundle_edit = BundleEdit.as_view()
+
+
+class BundleDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.bundle_get(request.user, pk)
+
+    def act(self, request, bundle):
         services.bundle_delete(user=request.user, bundle=bundle)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect(bundle.get_absolute_url())
-    messages.success(request, f"Bundle {bundle.name} deleted.")
-    return redirect("catalog:bundles")
+
+    def success_message(self, bundle, result):
+        return f"Bundle {bundle.name} deleted."
+
+    def success_url(self, request, bundle):
+        return reverse("catalog:bundles")
+
+    def failure_url(self, request, bundle):
+        return bundle.get_absolute_url()
+
+
+bundle_delete = BundleDelete.as_view()
 
 
 # --- MaaS mappings -------------------------------------------------------------------------------
@@ -640,42 +640,42 @@ def mappings_index(request: HttpRequest) -> HttpResponse:
     return redirect("catalog:mappings", project_pk=project.pk)
 
 
-@login_required
-def mappings(request: HttpRequest, project_pk: int) -> HttpResponse:
+class Mappings(EditView):
     """A project's rules in order, the form that appends one, and "try a model" against them."""
-    project = project_get(request.user, project_pk)
-    org = project.organization
-    editable = can_change(request.user, org)
-    bundles = selectors.bundles_for_user(request.user, org, latest_only=True)
-    form = MappingForm(request.POST or None, bundles=bundles)
-    if request.method == "POST":
-        if not editable:
-            raise PermissionDenied("Viewers cannot change MaaS mappings.")
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                rule = services.mapping_create(
-                    user=request.user, project=project, **form.service_kwargs()
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Rule {rule.position} added.")
-                return _redirect(request, reverse("catalog:mappings", args=[project.pk]))
-    models = selectors.models_for_user(request.user, org)
-    context = {
-        "project": project,
-        "projects": projects_for_user(request.user, org),
-        "rules": selectors.mappings_for_user(request.user, project),
-        "form": form,
-        "validate_url": request.path,
-        "models": models,
-        "can_change": editable,
-        "tab": "mappings",
-    }
-    return render(request, "catalog/mappings.html", context)
+
+    form_class = MappingForm
+    template_name = "catalog/mappings.html"
+    what = "MaaS mappings"
+    read_by_all = True
+
+    def get_object(self, request, project_pk):
+        return project_get(request.user, project_pk)
+
+    def form_kwargs(self, request, project):
+        return {"bundles": selectors.bundles_for_user(request.user, project.organization, latest_only=True)}
+
+    def save(self, request, project, form):
+        return services.mapping_create(user=request.user, project=project, **form.service_kwargs())
+
+    def success_message(self, rule):
+        return f"Rule {rule.position} added."
+
+    def success_url(self, request, rule):
+        return reverse("catalog:mappings", args=[rule.project_id])
+
+    def context(self, request, project, form):
+        org = project.organization
+        return {
+            "project": project,
+            "projects": projects_for_user(request.user, org),
+            "rules": selectors.mappings_for_user(request.user, project),
+            "models": selectors.models_for_user(request.user, org),
+            "can_change": permissions.can(request.user, "change", project),
+            "tab": "mappings",
+        }
+
+
+mappings = Mappings.as_view()
 
 
 @login_required
@@ -696,23 +696,29 @@ def mapping_resolve(request: HttpRequest, project_pk: int) -> HttpResponse:
     return render(request, "catalog/resolution_page.html", context)
 
 
-@login_required
-@require_POST
-def mapping_move(request: HttpRequest, pk: int) -> HttpResponse:
-    rule = selectors.mapping_get(request.user, pk)
-    try:
-        services.mapping_move(
-            user=request.user, mapping=rule, direction=request.POST.get("direction", "")
-        )
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    return redirect("catalog:mappings", project_pk=rule.project_id)
+class _MappingAction(ActionView):
+    def get_object(self, request, pk):
+        return selectors.mapping_get(request.user, pk)
+
+    def success_url(self, request, rule):
+        return reverse("catalog:mappings", args=[rule.project_id])
 
 
-@login_required
-@require_POST
-def mapping_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    rule = selectors.mapping_get(request.user, pk)
-    services.mapping_delete(user=request.user, mapping=rule)
-    messages.success(request, "Rule deleted.")
-    return redirect("catalog:mappings", project_pk=rule.project_id)
+class MappingMove(_MappingAction):
+    def act(self, request, rule):
+        services.mapping_move(user=request.user, mapping=rule, direction=request.POST.get("direction", ""))
+
+    def success_message(self, rule, result):
+        return ""  # the list shows the new order
+
+
+class MappingDelete(_MappingAction):
+    def act(self, request, rule):
+        services.mapping_delete(user=request.user, mapping=rule)
+
+    def success_message(self, rule, result):
+        return "Rule deleted."
+
+
+mapping_move = MappingMove.as_view()
+mapping_delete = MappingDelete.as_view()

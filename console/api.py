@@ -6,7 +6,8 @@ import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.db import DataError
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, permissions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -18,7 +19,10 @@ def exception_handler(exc, context):
     """Turn service-layer Django errors into DRF's: a bad value is a 400 on its field, never a 500."""
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
-            detail = {field: [str(m) for e in errors for m in e.messages] for field, errors in exc.error_dict.items()}
+            detail = {
+                field: [str(m) for e in errors for m in e.messages]
+                for field, errors in exc.error_dict.items()
+            }
             if "__all__" in detail:
                 detail["non_field_errors"] = detail.pop("__all__")
         else:
@@ -28,6 +32,13 @@ def exception_handler(exc, context):
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, DataError):
+        # The database refused a value no validator caught (out of range, NUL byte): the
+        # request's fault, so a 400; the driver's text is not shown (it can quote other rows).
+        log.warning("API value refused by the database: %s", exc)
+        exc = exceptions.ValidationError(
+            {"non_field_errors": ["A value is out of range or malformed."]}
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         view = context.get("view")
@@ -41,3 +52,54 @@ class OrganizationMember(permissions.IsAuthenticated):
 
 def service_error_response(exc: DjangoValidationError) -> Response:
     return exception_handler(exc, {})
+
+
+# PostgreSQL's bigint: a longer id can name no row, and some drivers refuse it outright.
+_MAX_ID = 2**63 - 1
+
+
+class IntegerIdMixin:
+    """Object ids in URLs are integers: anything else is a 404 in the API's shape, before a query.
+
+    For viewsets that look objects up through selectors (`pk` straight into a filter) rather
+    than GenericAPIView.get_object, which would turn the ValueError into a 404 itself.
+    """
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        value = kwargs.get(
+            getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk")
+        )
+        if value is not None and not (str(value).isdigit() and int(value) <= _MAX_ID):
+            raise exceptions.NotFound("No such object: ids are whole numbers.")
+
+
+class RejectNulBytesMiddleware:
+    """A NUL byte in an API query parameter is a 400, not a database error deep in a filter.
+
+    PostgreSQL text cannot hold NUL; serializers refuse it in bodies (ProhibitNullCharacters),
+    but list filters read query parameters directly.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith("/api/") and any(
+            "\x00" in key or "\x00" in value
+            for key, values in request.GET.lists()
+            for value in values
+        ):
+            return JsonResponse(
+                {"detail": "Query parameters must not contain NUL characters."}, status=400
+            )
+        return self.get_response(request)
+
+
+def api_not_found(request, exception=None):
+    """404 for unknown URLs: JSON in the API's shape under /api/, Django's page elsewhere."""
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return page_not_found(request, exception)

@@ -29,7 +29,9 @@ def env_bool(name: str, default: bool) -> bool:
     raise EnvError(f"{name}={value!r} is not a boolean; use true or false.")
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def env_int(
+    name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     value = env_str(name)
     if value is None:
         return default
@@ -56,7 +58,11 @@ def database_from_url(name: str, url: str) -> dict:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = unquote(parsed.path)
-        if path.startswith("/") and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        if (
+            path.startswith("/")
+            and url.startswith("sqlite:///")
+            and not url.startswith("sqlite:////")
+        ):
             path = path[1:]  # sqlite:///relative.db is relative; sqlite:////abs.db is absolute
         if not path:
             raise EnvError(f"{name}={url!r} has no file path (use sqlite:///modeldeck.sqlite3).")
@@ -75,10 +81,27 @@ def database_from_url(name: str, url: str) -> dict:
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 60,
+            # Under ASGI each request may run on another thread, and persistent connections
+            # (CONN_MAX_AGE) piled up idle until PostgreSQL said "too many clients". A
+            # process-wide psycopg pool bounds them instead; Django requires CONN_MAX_AGE=0 then.
+            "CONN_MAX_AGE": 0,
+            # With a pool, Django turns this into psycopg_pool's `check`: one cheap round trip
+            # per checkout, so a connection the server dropped (restart, failover,
+            # pg_terminate_backend) is replaced instead of failing the request.
             "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": _pool_options(),
         }
     raise EnvError(f"{name}={url!r}: only sqlite:/// and postgres:// URLs are supported.")
+
+
+def _pool_options() -> dict:
+    """psycopg_pool settings for Django's OPTIONS["pool"] (MODELDECK_DB_POOL_MAX=0: no pool)."""
+    max_size = env_int("MODELDECK_DB_POOL_MAX", 4, minimum=0, maximum=100)
+    if max_size == 0:
+        return {}
+    min_size = env_int("MODELDECK_DB_POOL_MIN", 1, minimum=0, maximum=max_size)
+    timeout = env_int("MODELDECK_DB_POOL_TIMEOUT", 10, minimum=1, maximum=600)
+    return {"pool": {"min_size": min_size, "max_size": max_size, "timeout": timeout}}
 
 
 def redis_url(name: str, url: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -29,7 +30,11 @@ def check_broker() -> dict:
         from pathlib import Path
 
         ok = Path(folder).is_dir()
-        return {"ok": ok, "transport": "filesystem (embedded)", **({} if ok else {"error": f"{folder} missing"})}
+        return {
+            "ok": ok,
+            "transport": "filesystem (embedded)",
+            **({} if ok else {"error": f"{folder} missing"}),
+        }
     parsed = urlparse(url)
     safe = f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 6379}"
     try:
@@ -50,7 +55,11 @@ def check_workers() -> dict:
     if beat is None:
         return {"ok": None, "detail": "no heartbeat yet (worker and beat send one every 30 s)"}
     age = (timezone.now() - beat.last_seen_at).total_seconds()
-    return {"ok": age < timedelta(minutes=2).total_seconds(), "last_seen_seconds_ago": round(age, 1), "worker": beat.name}
+    return {
+        "ok": age < timedelta(minutes=2).total_seconds(),
+        "last_seen_seconds_ago": round(age, 1),
+        "worker": beat.name,
+    }
 
 
 def report() -> dict:
@@ -58,4 +67,32 @@ def report() -> dict:
     broker = check_broker()
     workers = check_workers() if database["ok"] else {"ok": None}
     healthy = database["ok"] and broker["ok"]
-    return {"status": "ok" if healthy else "degraded", "database": database, "broker": broker, "workers": workers}
+    return {
+        "status": "ok" if healthy else "degraded",
+        "database": database,
+        "broker": broker,
+        "workers": workers,
+    }
+
+
+def may_see_details(request) -> bool:
+    """Component details (driver errors, hosts, worker names) are for staff and the metrics
+    token's holder; everyone else learns only up or down."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated and user.is_staff:
+        return True
+    return bearer_matches(request.headers.get("Authorization", ""), settings.METRICS_TOKEN)
+
+
+def bearer_matches(authorization: str, token: str | None) -> bool:
+    """`Authorization: Bearer <token>` with the configured token; nothing matches an unset one."""
+    if not token:
+        return False
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+def public_view(result: dict) -> dict:
+    return {"status": result["status"]}

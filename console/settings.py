@@ -18,6 +18,15 @@ from console.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Every asset is vendored and served by ModelDeck itself: nothing loads from another origin.
+# 'unsafe-inline' remains for the few inline <script>/<style> blocks and style attributes of the
+# templates (no eval: htmx runs without it).
+DEFAULT_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
 try:
     REDIS_URL = redis_url("REDIS_URL", env_str("REDIS_URL"))
     DATABASES = {
@@ -53,6 +62,30 @@ try:
     GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
     # The namespace ModelDeck's gateway runs in on its own cluster: engines' NetworkPolicies admit it.
     MODELDECK_NAMESPACE = env_str("MODELDECK_NAMESPACE", "modeldeck")
+    # Prometheus scrapes /metrics with this bearer token; unset, /metrics answers 404.
+    METRICS_TOKEN = env_str("MODELDECK_METRICS_TOKEN")
+    # Bytes of uploaded custom-model artifacts one organization may keep (catalog uploads).
+    UPLOAD_QUOTA_BYTES = (
+        env_int("MODELDECK_UPLOAD_QUOTA_MB", 100 * 1024, minimum=0, maximum=10**9) * 1024 * 1024
+    )
+
+    # Transport security: on by default outside the embedded mode (which serves plain HTTP on
+    # a laptop); each can be turned off where a proxy in front already does it.
+    SECURE_DEFAULT = not EMBEDDED
+    SECURE_SSL_REDIRECT = env_bool("MODELDECK_SSL_REDIRECT", SECURE_DEFAULT)
+    # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto (only if it always sets it).
+    if env_bool("MODELDECK_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int(
+        "MODELDECK_HSTS_SECONDS", 31_536_000 if SECURE_DEFAULT else 0, minimum=0
+    )
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("MODELDECK_HSTS_INCLUDE_SUBDOMAINS", SECURE_DEFAULT)
+    SECURE_HSTS_PRELOAD = env_bool("MODELDECK_HSTS_PRELOAD", False)
+    SESSION_COOKIE_SECURE = env_bool("MODELDECK_SECURE_COOKIES", SECURE_DEFAULT)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    CONTENT_SECURITY_POLICY = env_str("MODELDECK_CSP", DEFAULT_CSP if SECURE_DEFAULT else "off")
+    if CONTENT_SECURITY_POLICY.strip().lower() in {"off", "none", "false"}:
+        CONTENT_SECURITY_POLICY = ""
 except EnvError as exc:  # pragma: no cover - exercised by starting with a bad value
     sys.stderr.write(f"ModelDeck configuration error: {exc}\n")
     raise SystemExit(2) from exc
@@ -68,7 +101,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
@@ -84,9 +116,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "console.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "console.api.RejectNulBytesMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "sharing.audit.AuditContextMiddleware",
@@ -123,7 +157,10 @@ AUTHENTICATION_BACKENDS = [
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row
 
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 5}},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 5},
+    },
 ]
 
 LOGIN_URL = "login"
@@ -147,14 +184,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Hashed ModelDeck API keys (REST scope), not DRF's plaintext authtoken table. First, so
+        # a bad or missing key is a 401 with WWW-Authenticate rather than a 403.
+        "projects.api.authentication.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "console.api.exception_handler",
+    # JSON bodies must be objects (console.api_parsers); forms and multipart as DRF's.
+    "DEFAULT_PARSER_CLASSES": [
+        "console.api_parsers.JSONObjectParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ModelDeck API",
@@ -194,7 +239,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -206,6 +253,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Load balancers and kubelet probes call /healthz over plain HTTP inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+if not SECURE_HSTS_PRELOAD:
+    # Preloading is an opt-in submission to the browsers' lists (MODELDECK_HSTS_PRELOAD), never
+    # a default; `check --deploy` would otherwise warn about it in every correct setup.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the body's hx-headers, not the cookie

@@ -9,22 +9,24 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from console import health
+from console import health, permissions
 from console.middleware import SESSION_KEY
+from deployments.models import DeploymentState, ModelDeployment
 from projects import services as project_services
 from projects.models import IntegrationKind
 from projects.selectors import (
-    is_org_admin,
     organizations_for_user,
     projects_for_user,
     with_gpu_use,
 )
+from sharing.forms import QuotaForm
 
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     result = health.report()
-    return JsonResponse(result, status=200 if result["status"] == "ok" else 503)
+    shown = result if health.may_see_details(request) else health.public_view(result)
+    return JsonResponse(shown, status=200 if result["status"] == "ok" else 503)
 
 
 @login_required
@@ -38,8 +40,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             org_used=org.gpu_used(),
             org_quota=org.gpu_quota,
         )
-        # Sections the later parts of the product add (deployments, usage) plug in here.
-        from deployments.models import DeploymentState, ModelDeployment
 
         deployments = ModelDeployment.objects.filter(project__organization=org)
         context["deployment_count"] = deployments.count()
@@ -68,17 +68,20 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     if org is None:
         return render(request, "console/settings.html", {"organization": None})
     if request.method == "POST":
-        raw = request.POST.get("gpu_quota", "")
+        # The same form and service as the quotas page (sharing.views.quota_organization).
+        form = QuotaForm(request.POST)
         try:
-            project_services.organization_quota_set(
-                user=request.user, organization=org, gpu_quota=int(raw) if raw.strip().lstrip("-").isdigit() else -1
-            )
-            messages.success(request, f"The organization's GPU quota is now {raw}.")
-            return redirect("settings")
+            if not form.is_valid():
+                raise ValidationError([m for errors in form.errors.values() for m in errors])
+            quota = form.cleaned_data["gpu_quota"]
+            project_services.organization_quota_set(user=request.user, organization=org, gpu_quota=quota)
         except PermissionDenied as exc:
             messages.error(request, str(exc))
         except ValidationError as exc:
-            messages.error(request, "; ".join(exc.messages) if raw.strip().lstrip("-").isdigit() else f"“{raw}” is not a whole number of GPUs.")
+            messages.error(request, "; ".join(exc.messages))
+        else:
+            messages.success(request, f"The organization's GPU quota is now {quota}.")
+            return redirect("settings")
     projects = projects_for_user(request.user, org).prefetch_related("integrations")
     rows = []
     for project in projects:
@@ -87,7 +90,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "console/settings.html",
-        {"organization": org, "rows": rows, "is_admin": is_org_admin(request.user, org), "org_used": org.gpu_used()},
+        {"organization": org, "rows": rows, "is_admin": permissions.can(request.user, "admin", org), "org_used": org.gpu_used()},
     )
 
 

@@ -1,11 +1,15 @@
-"""Django admin for operators: browse everything; changes that matter go through deployments.services."""
+"""Django admin for operators: rows they may see; changes that matter go through deployments.services
+as the signed-in user, so the admin obeys console.permissions like every other entry point."""
 
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
 
+from console import permissions
+from console.admin import RestrictedAdmin, service_action
+from deployments import services
 from deployments.models import (
     ComputePool,
     DeploymentEvent,
@@ -13,23 +17,6 @@ from deployments.models import (
     ModelDeployment,
     Revision,
 )
-
-
-def _run(modeladmin, request, queryset, verb: str, call) -> None:
-    """Apply a service to each selected row and say what happened to each."""
-    done, failed = 0, []
-    for obj in queryset:
-        try:
-            call(obj)
-        except (ValidationError, PermissionDenied) as exc:
-            text = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-            failed.append(f"{obj}: {text}")
-        else:
-            done += 1
-    if done:
-        modeladmin.message_user(request, f"{verb}: {done} done.", messages.SUCCESS)
-    for line in failed:
-        modeladmin.message_user(request, line, messages.ERROR)
 
 
 class RevisionInline(admin.TabularInline):
@@ -83,8 +70,6 @@ class ComputePoolAdminForm(forms.ModelForm):
 
     def _post_clean(self) -> None:
         # No model-level save validation here: the service rule below is the one rule.
-        from deployments import services
-
         if self.errors:
             return
         fields = self.service_fields()
@@ -108,7 +93,7 @@ class ComputePoolAdminForm(forms.ModelForm):
 
 
 @admin.register(ComputePool)
-class ComputePoolAdmin(admin.ModelAdmin):
+class ComputePoolAdmin(RestrictedAdmin):
     form = ComputePoolAdminForm
     list_display = [
         "name",
@@ -125,14 +110,25 @@ class ComputePoolAdmin(admin.ModelAdmin):
     readonly_fields = ["managed_by", "last_check", "last_checked_at", "reachable"]
     actions = ["test_connection"]
 
+    test_connection = service_action(
+        "Test the connection of the selected pools", "Connection tested",
+        services.pool_test_connection, "pool",
+    )  # fmt: skip
+
+    def has_change_permission(self, request, obj=None):
+        # Pools are the platform operators' (console.permissions.may_manage_pool), not a role's.
+        allowed = admin.ModelAdmin.has_change_permission(self, request, obj)
+        return allowed and (obj is None or permissions.may_manage_pool(request.user, obj))
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
         form.request_user = request.user
         return form
 
     def save_model(self, request, obj, form, change) -> None:
-        from deployments import services
-
         fields = form.service_fields()
         if change:
             fields = {k: v for k, v in fields.items() if k in form.changed_data or k == "kubeconfig"}
@@ -147,8 +143,6 @@ class ComputePoolAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request, obj) -> None:
-        from deployments import services
-
         services.pool_delete(user=request.user, pool=obj)
 
     def get_actions(self, request):
@@ -156,27 +150,15 @@ class ComputePoolAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # bulk deletes would bypass the service
         return actions
 
-    @admin.action(description="Test the connection of the selected pools")
-    def test_connection(self, request, queryset):
-        from deployments import services
-
-        _run(
-            self,
-            request,
-            queryset,
-            "Connection tested",
-            lambda p: services.pool_test_connection(user=request.user, pool=p),
-        )
-
 
 @admin.register(Endpoint)
-class EndpointAdmin(admin.ModelAdmin):
+class EndpointAdmin(RestrictedAdmin):
     list_display = ["name", "project", "path"]
     search_fields = ["name", "path"]
 
 
 @admin.register(ModelDeployment)
-class ModelDeploymentAdmin(admin.ModelAdmin):
+class ModelDeploymentAdmin(RestrictedAdmin):
     list_display = ["name", "project", "model", "pool", "state", "updated_at"]
     list_filter = ["state", "pool"]
     search_fields = ["name", "project__name", "model__name"]
@@ -190,41 +172,17 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
     inlines = [RevisionInline, EventInline]
     actions = ["deactivate", "activate", "delete_through_service"]
 
-    @admin.action(description="Deactivate (scale to zero, release GPUs)")
-    def deactivate(self, request, queryset):
-        from deployments import services
-
-        _run(
-            self,
-            request,
-            queryset,
-            "Deactivated",
-            lambda d: services.deployment_deactivate(user=None, deployment=d),
-        )
-
-    @admin.action(description="Activate (reserve GPUs, scale up)")
-    def activate(self, request, queryset):
-        from deployments import services
-
-        _run(
-            self,
-            request,
-            queryset,
-            "Activated",
-            lambda d: services.deployment_activate(user=None, deployment=d),
-        )
-
-    @admin.action(description="Delete from the compute pool, then from ModelDeck")
-    def delete_through_service(self, request, queryset):
-        from deployments import services
-
-        _run(
-            self,
-            request,
-            queryset,
-            "Deletion started",
-            lambda d: services.deployment_delete(user=None, deployment=d),
-        )
+    deactivate = service_action(
+        "Deactivate (scale to zero, release GPUs)", "Deactivated",
+        services.deployment_deactivate, "deployment",
+    )  # fmt: skip
+    activate = service_action(
+        "Activate (reserve GPUs, scale up)", "Activated", services.deployment_activate, "deployment"
+    )
+    delete_through_service = service_action(
+        "Delete from the compute pool, then from ModelDeck", "Deletion started",
+        services.deployment_delete, "deployment",
+    )  # fmt: skip
 
     def get_actions(self, request):
         # Deleting rows directly would leave objects on the cluster and GPUs in the quota.
@@ -234,7 +192,7 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Revision)
-class RevisionAdmin(admin.ModelAdmin):
+class RevisionAdmin(RestrictedAdmin):
     list_display = ["deployment", "number", "reason", "created_by", "created_at"]
 
     def has_change_permission(self, request, obj=None):
@@ -242,6 +200,6 @@ class RevisionAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeploymentEvent)
-class DeploymentEventAdmin(admin.ModelAdmin):
+class DeploymentEventAdmin(RestrictedAdmin):
     list_display = ["deployment", "type", "reason", "message", "count", "last_seen_at"]
     list_filter = ["type"]

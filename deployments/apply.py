@@ -14,8 +14,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 
+from catalog import services as catalog_services
 from catalog.models import CatalogModel, ProfileBundle
 from deployments import services
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
@@ -129,8 +131,6 @@ POOL_KEYS = ("kind", "engine_label", "kubeconfig", "api_url", "region", "descrip
 def _reduced_or_given(kubeconfig: Any) -> Any:
     """Compare with the stored (reduced) copy; a kubeconfig that can't be reduced stays as given,
     shows as a change, and the service refuses it naming the field."""
-    from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
-
     if not isinstance(kubeconfig, str) or not kubeconfig:
         return kubeconfig
     try:
@@ -187,8 +187,6 @@ def _bundle_named(organization: Organization, name: str) -> ProfileBundle | None
 
 
 def plan_bundle(ctx: Context, doc: dict[str, Any]) -> Change:
-    from catalog import services as catalog_services
-
     name, spec = doc["metadata"]["name"], dict(doc.get("spec") or {})
     unknown = sorted(set(spec) - set(BUNDLE_KEYS))
     if unknown:
@@ -237,8 +235,6 @@ MODEL_KEYS = (
 
 
 def plan_model(ctx: Context, doc: dict[str, Any]) -> Change:
-    from catalog import services as catalog_services
-
     name, spec = doc["metadata"]["name"], dict(doc.get("spec") or {})
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:
@@ -465,8 +461,6 @@ def apply_documents(
 def delete_documents(
     ctx: Context, docs: list[dict[str, Any]], *, dry_run: bool, write: Callable[[str], None]
 ) -> int:
-    from catalog import services as catalog_services
-
     errors = 0
     for doc in reversed(docs):
         kind, name = doc["kind"], doc["metadata"]["name"]

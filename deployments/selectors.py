@@ -7,74 +7,36 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from catalog.estimate import GPU_TYPES
 from catalog.models import CatalogModel
 from catalog.selectors import model_estimate
+from console import permissions
 from console.diff import changes
 from deployments.models import (
     ComputePool,
     DeploymentEvent,
     Endpoint,
     ModelDeployment,
-    PoolManager,
     Revision,
     gpu_holder_key,
 )
 from deployments.spec import gpu_hold
 from projects.models import GpuReservation, Organization, Project
-from projects.selectors import is_org_admin, organizations_for_user, quota_decide
+from projects.selectors import quota_decide
 
 log = logging.getLogger(__name__)
-
-# --- Who may register, edit and test compute pools (README "Who may register compute pools") ---
-
-
-def is_pool_operator(user: AbstractBaseUser | None) -> bool:
-    """A platform operator: a superuser, or a user given the `operate_computepool` permission."""
-    return bool(
-        user is not None
-        and user.is_authenticated
-        and user.is_active
-        and user.has_perm("deployments.operate_computepool")
-    )
-
-
-def may_register_pool(user: AbstractBaseUser | None, organization: Organization) -> bool:
-    """Operators register pools for any organization; organization admins bring their own
-    cluster only where MODELDECK_ORG_ADMINS_MAY_ADD_POOLS is on."""
-    if is_pool_operator(user):
-        return True
-    return bool(
-        user is not None
-        and settings.ORG_ADMINS_MAY_ADD_POOLS
-        and is_org_admin(user, organization)
-    )
-
-
-def may_manage_pool(user: AbstractBaseUser | None, pool: ComputePool) -> bool:
-    """Edit, test and remove: operators any pool; organization admins (setting on) only the
-    pools their organization brought, never one an operator granted."""
-    if is_pool_operator(user):
-        return True
-    return bool(
-        user is not None
-        and settings.ORG_ADMINS_MAY_ADD_POOLS
-        and pool.managed_by == PoolManager.ORGANIZATION
-        and is_org_admin(user, pool.organization)
-    )
-
 
 def pools_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[ComputePool]:
     """The pools granted to the user's organizations; operators see every pool."""
     qs = ComputePool.objects.select_related("organization")
-    if not is_pool_operator(user):
-        qs = qs.filter(organization__in=organizations_for_user(user))
+    if not permissions.is_pool_operator(user):
+        qs = permissions.restrict(qs, user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs
@@ -90,9 +52,9 @@ def pool_get(user: AbstractBaseUser, pk: int) -> ComputePool:
 def endpoints_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[Endpoint]:
-    qs = Endpoint.objects.filter(
-        project__organization__in=organizations_for_user(user)
-    ).select_related("project", "project__organization")
+    qs = permissions.restrict(
+        Endpoint.objects.select_related("project", "project__organization"), user, "view"
+    )
     if organization is not None:
         qs = qs.filter(project__organization=organization)
     return qs
@@ -108,10 +70,10 @@ def endpoint_get(user: AbstractBaseUser, pk: int) -> Endpoint:
 def deployments_for_user(
     user: AbstractBaseUser, organization: Organization | None = None
 ) -> QuerySet[ModelDeployment]:
-    qs = ModelDeployment.objects.filter(project__organization__in=organizations_for_user(user)).select_related(
+    qs = permissions.restrict(ModelDeployment.objects.select_related(
         "project", "project__organization", "model", "bundle", "pool", "endpoint", "environment",
         "current_revision", "serving_revision",
-    )  # fmt: skip
+    ), user, "view")  # fmt: skip
     if organization is not None:
         qs = qs.filter(project__organization=organization)
     return qs
@@ -188,8 +150,6 @@ def deployment_quota_preview(
 
 def estimate_gpu_key(gpu_type: str) -> str | None:
     """The estimate's GPU key for a node label value such as NVIDIA-A100-SXM4-80GB (None: unknown)."""
-    from catalog.estimate import GPU_TYPES
-
     if not gpu_type:
         return None
     if gpu_type in GPU_TYPES:

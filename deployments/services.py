@@ -6,12 +6,18 @@ import logging
 import re
 from typing import Any
 
+from celery import current_app
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from catalog.maas import resolve
 from catalog.models import CatalogModel, ProfileBundle
+from console import permissions
+from deployments import kube
+from deployments.kube import network
+from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     ACTIVE_STATES,
     POOL_EXPOSURE_FIELDS,
@@ -27,6 +33,7 @@ from deployments.models import (
 )
 from deployments.renderers.input import is_dns1123_subdomain
 from deployments.spec import (
+    check_ngc_credentials,
     default_spec,
     gpu_hold,
     image_tag,
@@ -34,9 +41,11 @@ from deployments.spec import (
     merge_spec,
     normalize_spec,
 )
+from gateway.cache import invalidate
 from projects.models import Environment, Organization, Project
-from projects.selectors import can_change
 from projects.services import quota_reserve
+from sharing.audit import audit_deployment, audit_record, deployment_snapshot, snapshot
+from sharing.policies import enforce
 
 log = logging.getLogger(__name__)
 
@@ -48,36 +57,25 @@ POOL_AUDIT_FIELDS = [
 
 def _audit_deployment(*, user: AbstractBaseUser | None, deployment: ModelDeployment, action: str,
                       before: dict | None) -> None:
-    # Late import: sharing depends on deployments' models.
-    from sharing.audit import audit_deployment
-
     audit_deployment(actor=_user_or_none(user), deployment=deployment, action=action, before=before)
 
 
 def _deployment_snapshot(deployment: ModelDeployment) -> dict:
-    from sharing.audit import deployment_snapshot
-
     return deployment_snapshot(deployment)
 
 
 def _audit_pool(*, user: AbstractBaseUser | None, pool: ComputePool, action: str,
                 before: dict | None, after: dict | None) -> None:
-    from sharing.audit import audit_record
-
     audit_record(actor=_user_or_none(user), organization=pool.organization, action=action, obj=pool,
                  before=before, after=after)
 
 
 def _pool_snapshot(pool: ComputePool) -> dict:
-    from sharing.audit import snapshot
-
     return snapshot(pool, POOL_AUDIT_FIELDS)
 
 
 def _gateway_forget() -> None:
     """State changes reach every gateway on its next request, not after its cache expires."""
-    from gateway.cache import invalidate
-
     transaction.on_commit(invalidate)
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -94,27 +92,12 @@ def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
     return user if user is not None and user.is_authenticated else None
 
 
-def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
-    if user is not None and not can_change(user, organization):
-        raise PermissionDenied(
-            "Viewers cannot change deployments; ask an organization admin for the member role."
-        )
-
-
-def _require(user: AbstractBaseUser | None, action: str, deployment: ModelDeployment) -> None:
-    """The one permission rule for a deployment (sharing.permissions): org role, project
-    membership and django-guardian grants. ``user=None`` is the system (tasks, apply as admin)."""
-    if user is None:
-        return
-    from sharing.permissions import require
-
-    require(user, action, deployment)
+# The push task, by name: tasks import services, so services queue tasks without importing them.
+PUSH_TASK = "deployments.push_deployment"
 
 
 def _enqueue_push(deployment_pk: int) -> None:
-    from deployments.tasks import push_deployment
-
-    transaction.on_commit(lambda: push_deployment.delay(deployment_pk))
+    transaction.on_commit(lambda: current_app.tasks[PUSH_TASK].delay(deployment_pk))
 
 
 # --- Events and state ---------------------------------------------------------------------------
@@ -174,27 +157,21 @@ def state_claim(
 
 
 def _require_pool_register(user: AbstractBaseUser | None, organization: Organization) -> None:
-    from deployments.selectors import may_register_pool
-
-    if user is not None and not may_register_pool(user, organization):
+    if user is not None and not permissions.may_register_pool(user, organization):
         raise PermissionDenied(
             "Platform operators register compute pools; ask one to grant your organization a pool."
         )
 
 
 def _require_pool_manage(user: AbstractBaseUser | None, pool: ComputePool) -> None:
-    from deployments.selectors import may_manage_pool
-
-    if user is not None and not may_manage_pool(user, pool):
+    if user is not None and not permissions.may_manage_pool(user, pool):
         raise PermissionDenied(
             "Platform operators manage this compute pool; ask one to change or test it."
         )
 
 
 def _acts_as_operator(user: AbstractBaseUser | None) -> bool:
-    from deployments.selectors import is_pool_operator
-
-    return user is None or is_pool_operator(user)  # None: the system (tasks, migrations)
+    return user is None or permissions.is_pool_operator(user)  # None: the system (tasks, migrations)
 
 
 def _exposure_errors(pool: ComputePool) -> dict[str, str]:
@@ -233,8 +210,6 @@ def _clean_pool(pool: ComputePool, *, operator: bool) -> None:
     A kubeconfig is reduced here and the reduced copy is what gets stored; the fields that
     would run a program, read a file or reach another address are refused by name.
     """
-    from deployments.kube import network
-    from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 
     errors: dict[str, str] = _exposure_errors(pool)
     if pool.kind not in PoolKind.values:
@@ -425,8 +400,6 @@ def pool_test_connection(*, user: AbstractBaseUser | None, pool: ComputePool) ->
     The stored and returned error is always in ModelDeck's own words (deployments.kube.classify):
     never the body of what answered, never the text of an exception.
     """
-    from deployments import kube
-
     _require_pool_manage(user, pool)
     try:
         result = kube.test_connection(pool)
@@ -490,7 +463,7 @@ def endpoint_check(*, project: Project, name: str, path: str) -> tuple[str, str]
 def endpoint_create(
     *, user: AbstractBaseUser | None, project: Project, name: str, path: str
 ) -> Endpoint:
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project, what="endpoints")
     name, path = endpoint_check(project=project, name=name, path=path)
     endpoint = Endpoint(project=project, name=name, path=path)
     endpoint.full_clean()
@@ -499,7 +472,7 @@ def endpoint_create(
 
 
 def endpoint_delete(*, user: AbstractBaseUser | None, endpoint: Endpoint) -> None:
-    _require_change(user, endpoint.project.organization)
+    permissions.require(user, "change", endpoint)
     endpoint.delete()  # deployments keep running; they just lose the path (SET_NULL)
 
 
@@ -512,7 +485,6 @@ def _check_environment(
     """The environment's policies (sharing.policies is their one source); every broken rule named."""
     if environment is None:
         return
-    from sharing.policies import enforce
 
     enforce(environment=environment, deployment_policies=spec.get("policies"), pool=pool, spec=spec)
 
@@ -605,7 +577,6 @@ def deployment_check(
     if model is None or pool is None or errors.keys() & {"model", "pool"}:
         raise ValidationError(errors or {"model": "Choose a model and a compute pool."})
     if bundle is None:
-        from catalog.maas import resolve
 
         resolution = resolve(project, model)
         if resolution.bundle is None:
@@ -621,6 +592,10 @@ def deployment_check(
     canonical: dict[str, Any] | None = None
     try:
         canonical = normalize_spec(spec, bundle=bundle, model=model)
+    except ValidationError as exc:
+        refuse_all(exc)
+    try:
+        check_ngc_credentials(project=project, bundle=bundle, model=model)
     except ValidationError as exc:
         refuse_all(exc)
     if canonical is not None:
@@ -655,7 +630,8 @@ def deployment_create(
     ``deactivated=True`` creates it already deactivated, in the same one transaction: it holds
     no GPUs and nothing is pushed until it is activated (``apply -f`` with ``state: deactivated``).
     """
-    _require_change(user, project.organization)
+    # The same rule as updating: organization role, project membership (console.permissions).
+    permissions.require(user, "change", project, what="deployments")
     name = (name or "").strip()
     bundle, canonical = deployment_check(
         project=project, model=model, pool=pool, name=name, spec=spec, bundle=bundle,
@@ -773,7 +749,7 @@ def deployment_update(
 ) -> Revision:
     """Change the spec (given keys replace the current ones); blue-green: the new revision
     serves only once it is ready. The model itself can't change in place."""
-    _require(user, "change", deployment)
+    permissions.require(user, "change", deployment)
     if model is not None and model.pk != deployment.model_id:
         raise ValidationError(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
@@ -789,7 +765,7 @@ def deployment_set_nim_tag(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, tag: str
 ) -> Revision:
     """Move a NIM deployment to another image tag in place (a new revision, blue-green)."""
-    _require(user, "change", deployment)
+    permissions.require(user, "change", deployment)
     tag = (tag or "").strip()
     if deployment.model.source != "ngc":
         raise ValidationError(
@@ -819,7 +795,7 @@ def deployment_rollback(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, revision_number: int
 ) -> Revision:
     """Re-apply an old revision's spec as a new revision."""
-    _require(user, "change", deployment)
+    permissions.require(user, "change", deployment)
     old = deployment.revisions.filter(number=revision_number).first()
     if old is None:
         raise ValidationError(
@@ -842,7 +818,7 @@ def deployment_deactivate(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Scale to zero and give the GPUs back to the quota; the spec and the Service stay."""
-    _require(user, "deactivate", deployment)
+    permissions.require(user, "deactivate", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -870,7 +846,7 @@ def deployment_activate(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Reserve the GPUs again (quota checked) and scale back up."""
-    _require(user, "deactivate", deployment)
+    permissions.require(user, "deactivate", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -896,7 +872,7 @@ def deployment_delete(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:
     """Mark for deletion; the push task deletes the pool's objects and then the row."""
-    _require(user, "delete", deployment)
+    permissions.require(user, "delete", deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 
 from deployments.renderers import (
     AFFINITY_KEYS,
+    DEFAULT_STARTUP_BUDGET_SECONDS,
     TOLERATION_KEYS,
     Exposure,
     ModelCache,
@@ -22,6 +23,7 @@ from deployments.renderers import (
     is_quantity,
     validate_spec,
 )
+from projects.models import IntegrationKind
 
 if TYPE_CHECKING:
     from catalog.models import CatalogModel, ProfileBundle
@@ -29,9 +31,11 @@ if TYPE_CHECKING:
 
 HF_TOKEN_SECRET = "modeldeck-hf-token"  # Secret name/key the driver creates from the HF integration
 HF_TOKEN_KEY = "token"
-NGC_API_SECRET = "ngc-api"  # the NIM renderer's default reference for NGC_API_KEY
+# ModelDeck's own Secret names (prefixed, labelled as ModelDeck's when created): an existing
+# `ngc-secret` or `ngc-api` in the namespace is somebody else's and is never taken over.
+NGC_API_SECRET = "modeldeck-ngc-api-key"  # the NIM renderer's default reference for NGC_API_KEY
 NGC_API_KEY = "NGC_API_KEY"
-NGC_PULL_SECRET = "ngc-secret"  # docker-registry Secret for nvcr.io
+NGC_PULL_SECRET = "modeldeck-ngc-pull"  # docker-registry Secret for nvcr.io
 
 MAX_REPLICAS = 100
 MAX_GPUS_PER_REPLICA = 16
@@ -115,6 +119,7 @@ SPEC_KEYS = (
     "engine", "image", "served_model_name", "replicas", "context_length", "prompt_caching",
     "resources", "env", "labels", "annotations", "tolerations", "node_selector", "affinity",
     "extra_args", "model_cache", "nim_profile", "nim_tag", "autoscaling", "rate_limits", "pricing",
+    "startup_budget_seconds", "capacity_grace_seconds",
 )  # fmt: skip
 
 
@@ -140,6 +145,8 @@ def default_spec() -> dict[str, Any]:
         "autoscaling": {"enabled": False, "metric": "concurrency", "target": 8},
         "rate_limits": {scope: {"rpm": None, "tpm": None} for scope in RATE_LIMIT_SCOPES},
         "pricing": {"currency": "USD", "input_per_million": "0.00", "output_per_million": "0.00"},
+        "startup_budget_seconds": None,  # None: sized from the model's weights
+        "capacity_grace_seconds": DEFAULT_CAPACITY_GRACE_SECONDS,
     }
 
 
@@ -407,6 +414,8 @@ def normalize_spec(
         out["model_cache"] = {
             "size": str(cache["size"]),
             "storage_class": str(cache.get("storage_class") or ""),
+            # "": follows replicas (see cache_access_mode()); or a PVC access mode, given.
+            "access_mode": str(cache.get("access_mode") or ""),
         }
         if not is_quantity(out["model_cache"]["size"]):
             errors.add("model_cache.size", "Give the cache size as a Kubernetes quantity, e.g. 100Gi.")
@@ -467,6 +476,9 @@ def normalize_spec(
             out_pricing[key] = "0.00"
     out["pricing"] = out_pricing
 
+    _clean_startup_budget(errors, out)
+    _clean_capacity_grace(errors, out)
+    _check_context_length(errors, out, model=model, bundle=bundle)
     if errors.errors:
         raise ValidationError(errors.errors)
 
@@ -547,19 +559,137 @@ def _render_spec(
         bundle_args=tuple(str(a) for a in (bundle.default_args or [])),
         extra_args=tuple(spec["extra_args"]),
         engine_vars=engine_vars,
-        model_cache=ModelCache(size=cache["size"], storage_class=cache.get("storage_class") or None)
-        if cache
-        else None,
+        model_cache=ModelCache(
+            size=cache["size"], storage_class=cache.get("storage_class") or None,
+            access_mode=cache_access_mode(spec),
+        ) if cache else None,  # fmt: skip
         nim_profile=spec["nim_profile"] or None,
+        startup_budget_seconds=startup_budget_for(spec, model),
+        capacity_grace_seconds=capacity_grace_for(spec),
+        model_bytes=weights_bytes_of(model),
     )
+
+
+# --- Rules for specs that must not reach a cluster wrong (issue: real clusters) -------------------
+# Small and separate on purpose: each one is a rule a user can hit, with its own message.
+
+DEFAULT_CAPACITY_GRACE_SECONDS = 900  # "Waiting for capacity" before Failed: a node can be added
+# Assumed sustained download rate of a model's weights from the Hub into the cache, and the
+# time an engine needs besides (imports, CUDA graphs, warm-up). 50 MB/s is a cautious figure
+# for one pod pulling from huggingface.co; a pod killed at 99% downloaded starts over.
+STARTUP_DOWNLOAD_BYTES_PER_SECOND = 50_000_000
+STARTUP_BASE_SECONDS = 600
+STARTUP_MAX_SECONDS = 86_400
+# RoPE scaling flags (vLLM 0.8.5 --rope-scaling / --hf-overrides, TGI --rope-scaling /
+# --rope-factor): a bundle that sets one may serve beyond the model's trained context.
+ROPE_SCALING_FLAGS = ("--rope-scaling", "--rope-factor", "--rope_scaling", "--hf-overrides")
+
+
+def _clean_startup_budget(errors: _Errors, out: dict[str, Any]) -> None:
+    if out["startup_budget_seconds"] in (None, ""):
+        out["startup_budget_seconds"] = None
+        return
+    out["startup_budget_seconds"] = _as_int(
+        errors, "startup_budget_seconds", out["startup_budget_seconds"], minimum=60,
+        maximum=STARTUP_MAX_SECONDS,
+    )  # fmt: skip
+
+
+def _clean_capacity_grace(errors: _Errors, out: dict[str, Any]) -> None:
+    value = out["capacity_grace_seconds"]
+    out["capacity_grace_seconds"] = _as_int(
+        errors, "capacity_grace_seconds",
+        DEFAULT_CAPACITY_GRACE_SECONDS if value in (None, "") else value, minimum=0, maximum=86_400,
+    )  # fmt: skip
+
+
+def model_max_context(model: CatalogModel) -> int | None:
+    """The longest context the model was trained for (config.json max_position_embeddings)."""
+    value = (model.config or {}).get("max_position_embeddings") if model.config else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def bundle_declares_rope_scaling(bundle: ProfileBundle, spec: dict[str, Any]) -> bool:
+    args = [str(a) for a in (bundle.default_args or [])] + list(spec.get("extra_args") or [])
+    names = {str(v.get("name", "")) for v in bundle.variables or [] if isinstance(v, dict)}
+    return any(a.split("=", 1)[0] in ROPE_SCALING_FLAGS for a in args) or bool(
+        names & {"rope_scaling", "rope_factor"}
+    )
+
+
+def _check_context_length(
+    errors: _Errors, out: dict[str, Any], *, model: CatalogModel, bundle: ProfileBundle
+) -> None:
+    wanted, maximum = out.get("context_length"), model_max_context(model)
+    if not isinstance(wanted, int) or maximum is None or wanted <= maximum:
+        return
+    if bundle_declares_rope_scaling(bundle, out):
+        return
+    errors.add(
+        "context_length",
+        f"{model} was trained for at most {maximum:,} tokens; {wanted:,} needs RoPE scaling, "
+        "which this Profile Bundle does not declare (--rope-scaling). Lower the context length.",
+    )
+
+
+def cache_access_mode(spec: dict[str, Any]) -> str:
+    """The model cache PVC's access mode: as given, else ReadWriteOnce when one replica ever
+    mounts it and ReadWriteMany when several may (replicas on different nodes). RWO is what
+    default EBS/PD/local-path storage offers; RWX there stays Pending."""
+    cache = spec.get("model_cache") or {}
+    if cache.get("access_mode"):
+        return str(cache["access_mode"])
+    return "ReadWriteMany" if int(spec["replicas"]["max"] or 1) > 1 else "ReadWriteOnce"
+
+
+def weights_bytes_of(model: CatalogModel) -> int | None:
+    files = model.files or []
+    total = sum(
+        int(f.get("size") or 0) for f in files
+        if isinstance(f, dict) and str(f.get("path", "")).endswith((".safetensors", ".bin", ".pt"))
+    )  # fmt: skip
+    return total or None
+
+
+def startup_budget_for(spec: dict[str, Any], model: CatalogModel) -> int:
+    """Seconds the startup probe waits for the server: the spec's, else sized from the weights
+    (download at a cautious rate plus a fixed allowance), else the renderers' default."""
+    given = spec.get("startup_budget_seconds")
+    if given:
+        return int(given)
+    weights = weights_bytes_of(model)
+    if not weights:
+        return DEFAULT_STARTUP_BUDGET_SECONDS
+    seconds = STARTUP_BASE_SECONDS + weights // STARTUP_DOWNLOAD_BYTES_PER_SECOND
+    return int(min(max(seconds, STARTUP_BASE_SECONDS), STARTUP_MAX_SECONDS))
+
+
+def capacity_grace_for(spec: dict[str, Any]) -> int:
+    value = spec.get("capacity_grace_seconds")
+    return DEFAULT_CAPACITY_GRACE_SECONDS if value in (None, "") else int(value)
+
+
+def check_ngc_credentials(*, project: Any, bundle: ProfileBundle, model: CatalogModel) -> None:
+    """A NIM (or an NGC model) can't start without the project's NGC API key: the image pull
+    from nvcr.io and NIM's own profile download both need it. Refused at save time, with the
+    fix, instead of ending in ImagePullBackOff / CreateContainerConfigError on the cluster."""
+    from projects.models import IntegrationKind
+
+    if bundle.engine != "nim" and model.source != "ngc":
+        return
+    if project.integrations.filter(kind=IntegrationKind.NGC).exists():
+        return
+    field = "model" if model.source == "ngc" else "bundle"
+    raise ValidationError(
+        {field: f"NVIDIA NIM needs the project's NGC API key (to pull from nvcr.io and download "
+                f"the model); add it under project “{project.name}” → Integrations first."}
+    )  # fmt: skip
 
 
 def secret_refs(
     deployment: ModelDeployment,
 ) -> tuple[dict[str, tuple[str, str]], tuple[str, ...] | None]:
     """Secret-backed env vars and image pull secrets a deployment's pods reference."""
-    from projects.models import IntegrationKind
-
     kinds = set(deployment.project.integrations.values_list("kind", flat=True))
     secret_env: dict[str, tuple[str, str]] = {}
     pull: tuple[str, ...] | None = None

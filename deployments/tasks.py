@@ -7,8 +7,11 @@ How state is decided (sync_status, per deployment, from one listing of the pool)
   vanished) and a push is queued — a crash half-way through a push converges here.
 - ready replicas >= the revision's replicas: Running if the Service already points at it,
   else Deploying and a push is queued to switch the Service (blue-green).
-- a pod reports a reason (Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...): Failed,
-  with Kubernetes' words.
+- a pod can't be scheduled (no node has the GPUs, yet): Deploying, "Waiting for capacity
+  (0/1 scheduled: insufficient nvidia.com/gpu)", for the spec's capacity grace period (default
+  15 minutes: cluster-autoscaler or Karpenter may be adding a node); Failed only after it.
+- a pod reports a reason waiting can't fix (ImagePullBackOff, CrashLoopBackOff, ...): Failed at
+  once, with Kubernetes' words.
 - otherwise Deploying.
 - the pool can't be reached: Unknown; nothing is deleted, the next cycle decides again.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import shared_task
@@ -25,8 +29,15 @@ from django.db.models import Q
 from django.utils import timezone
 
 from deployments import kube
-from deployments.models import ACTIVE_STATES, ComputePool, DeploymentState, ModelDeployment
+from deployments.models import (
+    ACTIVE_STATES,
+    ComputePool,
+    DeploymentEvent,
+    DeploymentState,
+    ModelDeployment,
+)
 from deployments.renderers import (
+    DEFAULT_CAPACITY_GRACE_SECONDS,
     LABEL_REVISION,
     SpecError,
     deployment_selector,
@@ -50,11 +61,14 @@ from deployments.spec import (
     render_spec_for,
     rendered_replicas,
 )
+from projects.models import IntegrationKind
 
 log = logging.getLogger(__name__)
 
 PUSH_MAX_RETRIES = 5
 SYNC_WRITE_BATCH = 100
+# Events read from the pods' Kubernetes events, apart from the reasons the status sync records.
+POD_EVENT_SOURCE = "pod"
 NGC_REGISTRY = "nvcr.io"
 
 
@@ -79,8 +93,6 @@ def _load(deployment_id: int) -> ModelDeployment | None:
 
 def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[str, Any]]:
     """The Secrets the revision references, built from the project's integrations."""
-    from projects.models import IntegrationKind
-
     values = {i.kind: i.secret for i in deployment.project.integrations.all()}
     refs = {secret for secret, _ in rs.secret_env.values()}
     out = []
@@ -228,7 +240,7 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
     if rs.engine_credential:
         secrets.append(credential_secret(rs, deployment_engine_credential(deployment=deployment)))
     for secret in secrets:
-        kube.apply(k, secret)  # values never reach a log or an event
+        kube.apply_secret(k, secret)  # values never reach a log or an event; never takes over another's
     for obj in objects:
         kube.apply(k, obj)
     if state_claim(deployment, expect=DeploymentState.PENDING, state=DeploymentState.DEPLOYING,
@@ -285,8 +297,37 @@ class Decision:
     problem: kube.Problem | None = None
 
 
-def decide(deployment: ModelDeployment, revisions: dict[int, kube.RevisionObservation]) -> Decision:
+def _span(seconds: int) -> str:
+    return f"{seconds // 60} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds} s"
+
+
+def capacity_grace_seconds(spec: dict[str, Any]) -> int:
+    value = spec.get("capacity_grace_seconds")
+    return DEFAULT_CAPACITY_GRACE_SECONDS if value in (None, "") else int(value)
+
+
+def _waiting_for_capacity(
+    obs: kube.RevisionObservation, problem: kube.Problem, wanted: int, grace: int, now: datetime
+) -> Decision | None:
+    """Deploying while unscheduled pods are within the grace period; None once it has passed."""
+    since = obs.unscheduled_since() or now
+    if (now - since).total_seconds() >= grace:
+        return None
+    reason = (
+        f"Waiting for capacity ({obs.scheduled}/{max(wanted, obs.pods)} scheduled: "
+        f"{problem.capacity_summary()}). Failed if no node has room within {_span(grace)}."
+    )
+    event = kube.Problem("WaitingForCapacity", problem.message)
+    return Decision(DeploymentState.DEPLOYING, reason, problem=event)
+
+
+def decide(
+    deployment: ModelDeployment,
+    revisions: dict[int, kube.RevisionObservation],
+    now: datetime | None = None,
+) -> Decision:
     """The state a deployment is in, given what its pool shows (see the module docstring)."""
+    now = now or timezone.now()
     state = deployment.state
     if state == DeploymentState.DELETING:
         return Decision(state, deployment.state_reason, push=True)
@@ -335,6 +376,16 @@ def decide(deployment: ModelDeployment, revisions: dict[int, kube.RevisionObserv
             f"Revision {current.number}: {obs.ready}/{wanted} replicas ready.",
         )
     problem = obs.problem()
+    if problem is not None and problem.is_capacity:
+        grace = capacity_grace_seconds(current.spec)
+        waiting = _waiting_for_capacity(obs, problem, wanted, grace, now)
+        if waiting is not None:
+            waiting.reason += keeps
+            return waiting
+        if grace:
+            problem = kube.Problem(
+                problem.reason, f"{problem.message} (still unscheduled after {_span(grace)})"
+            )
     if problem is not None:
         return Decision(DeploymentState.FAILED, f"{problem.text()}{keeps}", problem=problem)
     return Decision(
@@ -358,14 +409,40 @@ def _apply_decision(deployment: ModelDeployment, decision: Decision) -> bool:
     return True
 
 
+def _record_pod_events(
+    deployments: list[ModelDeployment], events: dict[int, list[kube.PodEvent]]
+) -> None:
+    """Kubernetes' events of each deployment's pods onto its Events tab: one read of what is
+    recorded already, then a write only for what is new or counted higher since."""
+    ids = [d.pk for d in deployments if d.pk in events]
+    if not ids:
+        return
+    recorded = {
+        (e.deployment_id, e.type, e.reason, e.message): e
+        for e in DeploymentEvent.objects.filter(deployment_id__in=ids, source=POD_EVENT_SOURCE)
+    }
+    now = timezone.now()
+    create = []
+    for dep_id in ids:
+        for ev in events[dep_id]:
+            reason, message = ev.reason[:100], ev.message[:2000]
+            row = recorded.get((dep_id, ev.type, reason, message))
+            if row is None:
+                create.append(DeploymentEvent(deployment_id=dep_id, type=ev.type, reason=reason,
+                                              message=message, source=POD_EVENT_SOURCE,
+                                              count=ev.count))  # fmt: skip
+            elif ev.count > row.count:
+                DeploymentEvent.objects.filter(pk=row.pk).update(count=ev.count, last_seen_at=now)
+    if create:
+        DeploymentEvent.objects.bulk_create(create)
 
 
 def sync_pool(pool: ComputePool) -> dict[str, int]:
-    """One status pass over a pool: two list calls (Deployments, Pods), whatever the count.
+    """One status pass over a pool: three list calls (Deployments, Pods, Pod events), whatever
+    the number of deployments: 1,000 deployments on 5 pools cost 15 list calls a cycle.
 
-    Events are not listed: the reasons users need (Unschedulable with the scheduler's message,
-    ImagePullBackOff, CrashLoopBackOff...) are on the pods' status already, so a cycle over
-    1,000 deployments on 5 pools costs 10 list calls.
+    The pods' events (Scheduled, Pulling, Pulled, Started, BackOff...) go to each deployment's
+    Events tab; the state itself is decided from the pods' status, which says the same.
     """
     deployments = list(
         ModelDeployment.objects.filter(pool=pool)
@@ -377,8 +454,9 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         return stats
     try:
         with kube.kube_for(pool) as k:
-            stats["list_calls"] = 2
+            stats["list_calls"] = 3
             listed_deployments, listed_pods = kube.list_managed(k)
+            listed_events = kube.list_pod_events(k)
             listed_operated = []
             # One list call per operator kind whose status says whether a revision is ready.
             for found, kind in ((pool.operators()["nim"], "NIMService"),
@@ -416,6 +494,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
             reachable=True, last_checked_at=timezone.now()
         )
     observed = kube.observe_operated(listed_operated, kube.observe(listed_deployments, listed_pods))
+    _record_pod_events(deployments, kube.events_by_deployment(listed_events, listed_pods))
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
     # row locks long enough to stall a user's deactivate or update.

@@ -14,9 +14,16 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
+from catalog import maas
+from catalog import selectors as catalog_selectors
+from catalog.selectors import model_get
+from console import permissions
+from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from deployments import renderers, selectors, services
+from deployments import spec as spec_module
 from deployments.forms import (
     SANDBOX_LABEL,
     DeploymentForm,
@@ -35,8 +42,7 @@ from deployments.models import (
     Revision,
 )
 from projects.models import Environment
-from projects.selectors import can_change, projects_for_user
-from sharing import permissions
+from projects.selectors import projects_for_user
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +54,9 @@ STOP_POLLING = 286  # htmx stops an `every` trigger on this status
 TABS = ("overview", "deployment", "events", "manifests", "history")
 
 
-# The DEPLOY-CORE modules are imported when used, so that this module (and with it every URL of
-# the console) loads even while a dependency is being worked on.
-def _services():
-    from deployments import services
-
-    return services
-
-
-def _selectors():
-    from deployments import selectors
-
-    return selectors
-
-
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _require_change(request: HttpRequest, organization, what: str) -> None:
-    if not can_change(request.user, organization):
-        raise PermissionDenied(
-            f"Viewers cannot {what}; ask an organization admin for the member role."
-        )
 
 
 def _error_text(exc: ValidationError) -> str:
@@ -95,13 +80,13 @@ def _url_or_none(name: str, *args) -> str | None:
 
 
 def _pool_get(request: HttpRequest, pk: int) -> ComputePool:
-    return _selectors().pool_get(request.user, pk)
+    return selectors.pool_get(request.user, pk)
 
 
 @login_required
 def pool_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    pools = list(_selectors().pools_for_user(request.user, org))
+    pools = list(selectors.pools_for_user(request.user, org))
     counts: dict[int, int] = {}
     for pool_id in ModelDeployment.objects.filter(pool__in=pools).values_list("pool_id", flat=True):
         counts[pool_id] = counts.get(pool_id, 0) + 1
@@ -115,7 +100,7 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         "deployments/pool_list.html",
         {
             "pools": pools,
-            "can_change": _selectors().may_register_pool(request.user, org),
+            "can_change": permissions.may_register_pool(request.user, org),
             "sandbox_label": SANDBOX_LABEL,
         },
     )
@@ -138,7 +123,7 @@ def _pool_form_page(
 @login_required
 def pool_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not _selectors().may_register_pool(request.user, org):
+    if not permissions.may_register_pool(request.user, org):
         raise PermissionDenied(
             "Platform operators register compute pools; ask one to grant your organization a pool."
         )
@@ -146,7 +131,7 @@ def pool_create(request: HttpRequest) -> HttpResponse:
         request.POST or None,
         request.FILES or None,
         organization=org,
-        operator=_selectors().is_pool_operator(request.user),
+        operator=permissions.is_pool_operator(request.user),
     )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
@@ -154,7 +139,7 @@ def pool_create(request: HttpRequest) -> HttpResponse:
             return partial
         if form.is_valid():
             try:
-                pool = _services().pool_create(
+                pool = services.pool_create(
                     user=request.user,
                     organization=org,
                     kind=form.cleaned_data["kind"],
@@ -188,13 +173,13 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "pool": pool,
             "tls_off": tls_off,
             "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes),
-            "gpu_products": _selectors().gpu_products([pool]),
+            "gpu_products": selectors.gpu_products([pool]),
             "check": pool.last_check or {},
             "deployments": deployments,
-            "can_change": _selectors().may_manage_pool(request.user, pool),
-            "can_test": _selectors().may_manage_pool(request.user, pool),
+            "can_change": permissions.may_manage_pool(request.user, pool),
+            "can_test": permissions.may_manage_pool(request.user, pool),
             "sandbox_label": SANDBOX_LABEL,
-            "advice": _selectors().connection_advice((pool.last_check or {}).get("error", "")),
+            "advice": selectors.connection_advice((pool.last_check or {}).get("error", "")),
         },
     )
 
@@ -202,7 +187,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not _selectors().may_manage_pool(request.user, pool):
+    if not permissions.may_manage_pool(request.user, pool):
         raise PermissionDenied("Platform operators manage this compute pool.")
     initial = {
         "name": pool.name,
@@ -220,7 +205,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
         organization=pool.organization,
         instance=pool,
         initial=initial,
-        operator=_selectors().is_pool_operator(request.user),
+        operator=permissions.is_pool_operator(request.user),
     )
     if request.method == "POST":
         partial = field_validation_response(request, form, request.path)
@@ -228,7 +213,7 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
             return partial
         if form.is_valid():
             try:
-                _services().pool_update(user=request.user, pool=pool, **form.service_kwargs())
+                services.pool_update(user=request.user, pool=pool, **form.service_kwargs())
             except ValidationError as exc:
                 form.add_service_error(exc)
             else:
@@ -241,10 +226,10 @@ def pool_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not _selectors().may_manage_pool(request.user, pool):
+    if not permissions.may_manage_pool(request.user, pool):
         raise PermissionDenied("Platform operators manage this compute pool.")
     try:
-        _services().pool_delete(user=request.user, pool=pool)
+        services.pool_delete(user=request.user, pool=pool)
     except ValidationError as exc:
         messages.error(request, _error_text(exc))
         return redirect("deployments:pool_detail", pk=pool.pk)
@@ -256,17 +241,17 @@ def pool_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
-    if not _selectors().may_manage_pool(request.user, pool):
+    if not permissions.may_manage_pool(request.user, pool):
         raise PermissionDenied("Platform operators test this compute pool.")
     try:
-        result = _services().pool_test_connection(user=request.user, pool=pool)
+        result = services.pool_test_connection(user=request.user, pool=pool)
     except ValidationError as exc:
         result = {"ok": False, "error": _error_text(exc), "nodes": []}
     pool.refresh_from_db()
     context = {
         "pool": pool,
         "check": result or {},
-        "advice": _selectors().connection_advice((result or {}).get("error", "")),
+        "advice": selectors.connection_advice((result or {}).get("error", "")),
         "sandbox_label": SANDBOX_LABEL,
     }
     if request.htmx:
@@ -288,65 +273,58 @@ def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _endpoints(request: HttpRequest, org):
-    return _selectors().endpoints_for_user(request.user, org).select_related("project")
+    return selectors.endpoints_for_user(request.user, org).select_related("project")
 
 
-@login_required
-def endpoint_list(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    projects = projects_for_user(request.user, org)
-    editable = can_change(request.user, org)
-    form = EndpointForm(
-        request.POST or None, projects=projects, initial={"project": request.GET.get("project")}
-    )
-    if request.method == "POST":
-        _require_change(request, org, "create endpoints")
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                endpoint = _services().endpoint_create(
-                    user=request.user,
-                    project=data["project"],
-                    name=data["name"].strip(),
-                    path=data["path"],
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Endpoint “{endpoint.name}” ({endpoint.path}) created.")
-                return _redirect(request, reverse("deployments:endpoints"))
-        if request.htmx:
-            return render(
-                request,
-                "deployments/htmx/endpoint_form.html",
-                {"form": form, "validate_url": request.path},
-            )
-    endpoints = _endpoints(request, org).prefetch_related("deployments")
-    return render(
-        request,
-        "deployments/endpoint_list.html",
-        {
-            "endpoints": endpoints,
-            "form": form,
-            "validate_url": reverse("deployments:endpoints"),
-            "can_change": editable,
+class EndpointList(EditView):
+    """The organization's endpoints and the form that adds one."""
+
+    form_class = EndpointForm
+    template_name = "deployments/endpoint_list.html"
+    fragment_template = "deployments/htmx/endpoint_form.html"
+    what = "endpoints"
+    read_by_all = True
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def form_kwargs(self, request, obj):
+        projects = projects_for_user(request.user, _organization(request))
+        return {"projects": projects, "initial": {"project": request.GET.get("project")}}
+
+    def save(self, request, obj, form):
+        data = form.cleaned_data
+        return services.endpoint_create(
+            user=request.user, project=data["project"], name=data["name"].strip(), path=data["path"]
+        )
+
+    def success_message(self, endpoint):
+        return f"Endpoint “{endpoint.name}” ({endpoint.path}) created."
+
+    def success_url(self, request, endpoint):
+        return reverse("deployments:endpoints")
+
+    def context(self, request, obj, form):
+        org = _organization(request)
+        return {
+            "endpoints": _endpoints(request, org).prefetch_related("deployments"),
+            "can_change": permissions.can(request.user, "change", org),
             "gateway": settings.GATEWAY_BASE_URL.rstrip("/"),
-        },
-    )
+        }
+
+
+endpoint_list = EndpointList.as_view()
 
 
 @login_required
 @require_POST
 def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    endpoint = _selectors().endpoints_for_user(request.user).filter(pk=pk).first()
+    endpoint = selectors.endpoints_for_user(request.user).filter(pk=pk).first()
     if endpoint is None:
         raise Http404("No such endpoint.")
-    _require_change(request, endpoint.project.organization, "delete endpoints")
+    permissions.require(request.user, "change", endpoint)
     try:
-        _services().endpoint_delete(user=request.user, endpoint=endpoint)
+        services.endpoint_delete(user=request.user, endpoint=endpoint)
     except ValidationError as exc:
         messages.error(request, _error_text(exc))
     else:
@@ -367,7 +345,7 @@ def _all_final(deployments) -> bool:
 def deployment_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     deployments = list(
-        _selectors()
+        selectors
         .deployments_for_user(request.user, org)
         .select_related("project", "model", "pool", "bundle", "endpoint", "current_revision")
         .order_by("-created_at")
@@ -380,7 +358,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         if _all_final(deployments):
             response.status_code = STOP_POLLING
         return response
-    held = _selectors().gpus_held_by({d.pk for d in deployments})
+    held = selectors.gpus_held_by({d.pk for d in deployments})
     for d in deployments:
         d.held = held.get(d.pk, 0)  # one query for the list; deployment.gpus_held() reads one
     return render(
@@ -388,7 +366,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         "deployments/list.html",
         {
             "deployments": deployments,
-            "can_change": can_change(request.user, org),
+            "can_change": permissions.can(request.user, "change", org),
             "states": DeploymentState.choices,
             "poll": not _all_final(deployments),
             "running_count": sum(d.state == DeploymentState.RUNNING for d in deployments),
@@ -406,13 +384,11 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 
 
 def _form_choices(request: HttpRequest, org) -> dict[str, Any]:
-    from catalog import selectors as catalog_selectors
-
     projects = projects_for_user(request.user, org)
     return {
         "projects": projects,
         "models": catalog_selectors.models_for_user(request.user, org),
-        "pools": _selectors().pools_for_user(request.user, org),
+        "pools": selectors.pools_for_user(request.user, org),
         "bundles": catalog_selectors.bundles_for_user(request.user, org),
         "endpoints": _endpoints(request, org),
         "environments": Environment.objects.filter(project__in=projects).select_related("project"),
@@ -434,7 +410,7 @@ def _quota_panel(form: DeploymentForm) -> dict[str, Any]:
     replicas = _int_or_none(_form_value(form, "replicas_max"))
     if project is None or gpus is None or replicas is None:
         return {}
-    return _selectors().deployment_quota_preview(
+    return selectors.deployment_quota_preview(
         project=project, gpus_per_replica=gpus, replicas_max=replicas, deployment=form.instance
     )
 
@@ -442,7 +418,7 @@ def _quota_panel(form: DeploymentForm) -> dict[str, Any]:
 def _estimate_panel(form: DeploymentForm) -> dict[str, Any]:
     pools = form.fields["pool"].queryset
     pool = pools.filter(pk=_int_or_none(_form_value(form, "pool")) or 0).first()
-    estimate = _selectors().deployment_estimate_preview(
+    estimate = selectors.deployment_estimate_preview(
         model=form._current_model(),
         context_length=_int_or_none(_form_value(form, "context_length")),
         gpu_type=(_form_value(form, "gpu_type") or "").strip(),
@@ -482,12 +458,7 @@ def _bundle_panel(form: DeploymentForm, request: HttpRequest) -> dict[str, Any]:
         return {
             "bundle_message": "Choose a model: the project's MaaS mappings then pick the bundle."
         }
-    try:
-        from catalog import maas
-
-        resolution = maas.resolve(project, model)
-    except ImportError:
-        return {"bundle_message": "MaaS mappings are not available yet; choose a bundle."}
+    resolution = maas.resolve(project, model)
     bundle = getattr(resolution, "bundle", None)
     position = getattr(resolution, "position", None)
     if bundle is None:
@@ -509,7 +480,7 @@ def _deployment_form_context(request: HttpRequest, form: DeploymentForm, **extra
         "no_pools": "pool" in form.fields and not form.fields["pool"].queryset.exists(),
         "no_models": "model" in form.fields and not form.fields["model"].queryset.exists(),
         "validate_url": request.get_full_path(),
-        "gpu_products": _selectors().gpu_products(form.fields["pool"].queryset)
+        "gpu_products": selectors.gpu_products(form.fields["pool"].queryset)
         if "pool" in form.fields
         else [],
         "sandbox_label": SANDBOX_LABEL,
@@ -538,12 +509,11 @@ def _render_form(request: HttpRequest, form: DeploymentForm, **extra) -> HttpRes
 @login_required
 def deployment_create(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    _require_change(request, org, "deploy models")
+    permissions.require(request.user, "change", org, what="deployments")
     choices = _form_choices(request, org)
     locked_model = None
     model_pk = _int_or_none(request.GET.get("model"))
     if request.GET.get("model"):
-        from catalog.selectors import model_get
 
         locked_model = model_get(request.user, model_pk or 0)
     initial: dict[str, Any] = {
@@ -561,7 +531,7 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
     }
     if locked_model is not None:
         initial["model"] = locked_model.pk
-        initial["name"] = _selectors().deployment_name_suggestion(locked_model.name)
+        initial["name"] = selectors.deployment_name_suggestion(locked_model.name)
     pools = choices["pools"]
     if pools.count() == 1:
         initial["pool"] = pools.first().pk
@@ -583,7 +553,7 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                deployment = _services().deployment_create(
+                deployment = services.deployment_create(
                     user=request.user,
                     project=data["project"],
                     model=data["model"],
@@ -607,7 +577,7 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
 
 
 def _deployment_get(request: HttpRequest, pk: int) -> ModelDeployment:
-    return _selectors().deployment_get(request.user, pk)
+    return selectors.deployment_get(request.user, pk)
 
 
 @login_required
@@ -643,7 +613,7 @@ def deployment_update(request: HttpRequest, pk: int) -> HttpResponse:
             return partial
         if form.is_valid():
             try:
-                revision = _services().deployment_update(
+                revision = services.deployment_update(
                     user=request.user,
                     deployment=deployment,
                     spec=form.spec(),
@@ -670,13 +640,8 @@ def _render_manifests(deployment: ModelDeployment, revision: Revision | None) ->
     if revision is None:
         return "", "This deployment has no revision yet."
     try:
-        from deployments import renderers
-        from deployments import spec as spec_module
-
         render_spec = spec_module.render_spec_for(deployment, revision)
         return renderers.render_yaml(render_spec), ""
-    except ImportError:
-        return "", "Manifests can be shown once the deployment driver is installed."
     except (ValidationError, ValueError) as exc:
         message = _error_text(exc) if isinstance(exc, ValidationError) else str(exc)
         return "", f"This revision cannot be rendered: {message}"
@@ -694,7 +659,7 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "final": deployment.state in FINAL_STATES,
         "sandbox": deployment.pool.is_sandbox,
         "sandbox_label": SANDBOX_LABEL,
-        "can_change": permissions.can(request.user, "change", deployment)[0],
+        "can_change": permissions.can(request.user, "change", deployment),
     }
 
 
@@ -755,7 +720,7 @@ def _revision_context(
         b = _int_or_none(request.GET.get("b")) or revisions[0].number
         if a in by_number and b in by_number:
             context.update(
-                diff_a=a, diff_b=b, diff=_selectors().revision_diff(by_number[a], by_number[b])
+                diff_a=a, diff_b=b, diff=selectors.revision_diff(by_number[a], by_number[b])
             )
         else:
             context["diff_error"] = "Choose two revisions of this deployment."
@@ -782,9 +747,9 @@ def _nim_tags(deployment: ModelDeployment) -> list[str]:
 
 
 def _action(request: HttpRequest, pk: int, action: str):
-    """The deployment, if this user may do ``action`` to it (sharing.permissions decides)."""
+    """The deployment, if this user may do ``action`` to it (console.permissions decides)."""
     deployment = _deployment_get(request, pk)
-    allowed, reason = permissions.can(request.user, action, deployment)
+    allowed, reason = permissions.check(request.user, action, deployment)
     if not allowed:
         raise PermissionDenied(reason)
     return deployment
@@ -809,7 +774,7 @@ def _action_failed(
 def deployment_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _action(request, pk, "deactivate")
     try:
-        _services().deployment_deactivate(user=request.user, deployment=deployment)
+        services.deployment_deactivate(user=request.user, deployment=deployment)
     except ValidationError as exc:
         return _action_failed(request, deployment, exc)
     return _after_action(
@@ -822,7 +787,7 @@ def deployment_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
 def deployment_activate(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _action(request, pk, "deactivate")
     try:
-        _services().deployment_activate(user=request.user, deployment=deployment)
+        services.deployment_activate(user=request.user, deployment=deployment)
     except ValidationError as exc:
         return _action_failed(request, deployment, exc)
     return _after_action(
@@ -835,7 +800,7 @@ def deployment_activate(request: HttpRequest, pk: int) -> HttpResponse:
 def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _action(request, pk, "delete")
     try:
-        _services().deployment_delete(user=request.user, deployment=deployment)
+        services.deployment_delete(user=request.user, deployment=deployment)
     except ValidationError as exc:
         return _action_failed(request, deployment, exc)
     messages.success(request, f"“{deployment.name}” is being deleted from {deployment.pool.name}.")
@@ -851,7 +816,7 @@ def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Choose a revision of this deployment to roll back to.")
         return _redirect(request, f"{deployment.get_absolute_url()}?tab=deployment")
     try:
-        revision = _services().deployment_rollback(
+        revision = services.deployment_rollback(
             user=request.user, deployment=deployment, revision_number=number
         )
     except ValidationError as exc:
@@ -875,7 +840,7 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
     lo, hi = form.cleaned_data["replicas_min"], form.cleaned_data["replicas_max"]
     spec = {**deployment.spec(), "replicas": {"min": lo, "max": hi}}
     try:
-        _services().deployment_update(
+        services.deployment_update(
             user=request.user,
             deployment=deployment,
             spec=spec,
@@ -895,7 +860,7 @@ def deployment_nim_tag(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, f"“{tag}” is not a known tag of {deployment.model.name}.")
         return _redirect(request, deployment.get_absolute_url())
     try:
-        revision = _services().deployment_set_nim_tag(
+        revision = services.deployment_set_nim_tag(
             user=request.user, deployment=deployment, tag=tag
         )
     except ValidationError as exc:

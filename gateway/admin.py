@@ -2,11 +2,12 @@
 
 from django.contrib import admin
 
+from console.admin import RestrictedAdmin
 from gateway.models import UsageRecord
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(RestrictedAdmin):
     list_display = [
         "created_at", "deployment_name", "organization", "route", "status_code", "prompt_tokens",
         "completion_tokens", "cost", "currency",

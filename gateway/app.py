@@ -23,7 +23,13 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.cache import GENERATION_KEY, DeploymentInfo, GatewayCache, KeyInfo
+from gateway.cache import (
+    GENERATION_KEY,
+    DeploymentInfo,
+    GatewayCache,
+    KeyInfo,
+    user_generation_key,
+)
 from gateway.errors import GatewayError, error_body
 from gateway.lookup import (
     AMBIGUOUS,
@@ -39,6 +45,7 @@ from gateway.ratelimit import (
     estimate_tokens,
     levels_for,
 )
+from gateway.tasks import write_events
 from gateway.upstream import make_session
 from gateway.usage import (
     USAGE_LIST_KEY,
@@ -47,6 +54,9 @@ from gateway.usage import (
     usage_from_body,
     usage_from_bytes,
 )
+from gateway.validation import check_body, parse_body
+from projects.keys import hash_secret, looks_like_secret
+from sharing.access import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +200,7 @@ class Gateway:
         endpoint_path, path = split_endpoint_path(scope["path"])
         method = scope["method"]
         if path == "/metrics":
-            body, content_type = metrics.render()
-            await self._send(send, 200, body, content_type=content_type.encode())
+            await self._metrics(scope, send)
             return
         request_id = "req_" + uuid.uuid4().hex
         try:
@@ -232,6 +241,21 @@ class Gateway:
             except Exception:  # noqa: BLE001 - the response had already started
                 pass
 
+    async def _metrics(self, scope, send) -> None:
+        token = settings.METRICS_TOKEN
+        if not token:
+            await self._send(send, 404, b'{"detail": "Not found."}')
+        elif not metrics.authorized(_header(scope, b"authorization"), token):
+            await self._send(
+                send,
+                401,
+                b'{"detail": "Send the metrics token as `Authorization: Bearer <token>`."}',
+                headers=[(b"www-authenticate", b'Bearer realm="metrics"')],
+            )
+        else:
+            body, content_type = metrics.render()
+            await self._send(send, 200, body, content_type=content_type.encode())
+
     @staticmethod
     async def _send(
         send, status: int, body: bytes, *, content_type: bytes = b"application/json", headers=()
@@ -251,8 +275,6 @@ class Gateway:
 
     # ---- who is calling what --------------------------------------------------------------
     async def _key(self, scope) -> KeyInfo:
-        from projects.keys import hash_secret, looks_like_secret
-
         auth = _header(scope, b"authorization")
         scheme, _, secret = auth.partition(" ")
         secret = secret.strip()
@@ -267,6 +289,8 @@ class Gateway:
         if looks_like_secret(secret):
             digest = hash_secret(secret)
             hit, info = self.cache.get_key(digest)
+            if hit and info is not None and info.refusal and await self._user_generation_moved(info):
+                hit = False  # a suspension can end (user reactivated): don't refuse from cache
             if not hit:
                 info = await self._load_key(digest)
                 self.cache.put_key(digest, info)
@@ -292,7 +316,44 @@ class Gateway:
                 "invalid_request_error",
                 code="invalid_api_key",
             )
+        if info.refusal:
+            raise GatewayError(
+                401,
+                f"The API key {info.prefix}… can't be used: {info.refusal}.",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
         return info
+
+    async def _user_generation_moved(self, key: KeyInfo) -> bool:
+        """Whether the key's owner changed since it was cached (one GET; off the success path)."""
+        if not key.id or not isinstance(self.limiter, RedisRateLimiter):
+            return False
+        try:
+            value = await self._redis.get(user_generation_key(key.user_id))
+        except RedisError:
+            log.exception("gateway cannot read a user generation")
+            raise GatewayError(
+                503,
+                "The gateway cannot reach Redis; retry shortly.",
+                "server_error",
+                code="redis_unavailable",
+            ) from None
+        return (value.decode() if value else "0") != key.user_generation
+
+    async def _fresh_deployment(
+        self, scope, key: KeyInfo, model: str, endpoint_path: str = ""
+    ) -> tuple[KeyInfo, DeploymentInfo]:
+        """_deployment, but a refusal is only given to a key that is still current: a member
+        removed a moment ago gets 401, not a 404/403/409 that tells about the deployment."""
+        try:
+            return key, await self._deployment(key, model, endpoint_path)
+        except GatewayError:
+            if not await self._user_generation_moved(key):
+                raise
+        self.cache.forget_user(key.user_id)
+        key = await self._key(scope)
+        return key, await self._deployment(key, model, endpoint_path)
 
     async def _public_caller(self, model: str) -> KeyInfo:
         """A request without a key may only call a deployment whose access policy is public."""
@@ -381,6 +442,9 @@ class Gateway:
         if generation != self.cache.generation:
             self.cache.reset(generation)
         key = await self._key(scope)
+        if await self._user_generation_moved(key):
+            self.cache.forget_user(key.user_id)
+            key = await self._key(scope)
         deployments = await self._deployments(key.organization_id)
         data = [
             {
@@ -413,28 +477,20 @@ class Gateway:
         keyless = not _header(scope, b"authorization")
         key = None if keyless else await self._key(scope)
         raw = await _read_body(receive)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise GatewayError(
-                400, "The request body is not valid JSON.", "invalid_request_error"
-            ) from None
-        if not isinstance(body, dict):
-            raise GatewayError(
-                400, "The request body must be a JSON object.", "invalid_request_error"
-            )
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise GatewayError(
-                400, "You must provide a model parameter.", "invalid_request_error", param="model"
-            )
+        # Parsed and checked before anything is counted: a bad body costs no rate-limit tokens.
+        body = parse_body(raw)
+        check_body(body, route)
+        model = body["model"]
         stream = bool(body.get("stream")) and route != "embeddings"
         estimate = estimate_tokens(body)
         if keyless:
             key = await self._public_caller(model)
 
         for attempt in (1, 2):
-            deployment = await self._deployment(key, model, endpoint_path)
+            if keyless:
+                deployment = await self._deployment(key, model, endpoint_path)
+            else:
+                key, deployment = await self._fresh_deployment(scope, key, model, endpoint_path)
             levels = levels_for(
                 deployment.rate_limits,
                 organization_id=key.organization_id,
@@ -449,6 +505,9 @@ class Gateway:
                     levels=levels,
                     request_id=request_id,
                     estimate=estimate,
+                    # The caller's own generation too (public callers have no user).
+                    user_generation_key=user_generation_key(key.user_id) if key.id else "",
+                    expected_user_generation=key.user_generation,
                 )
             except RedisError:
                 # Fail closed: without the limiter neither limits nor revocations can be enforced.
@@ -460,9 +519,16 @@ class Gateway:
                     code="rate_limiter_unavailable",
                     headers=[(b"retry-after", b"1")],
                 ) from None
+            if decision.stale_user:
+                # The caller's key, membership or account changed: re-read only their keys.
+                self.cache.forget_user(key.user_id)
+                if attempt == 1:
+                    key = await self._key(scope)
+                continue
             if not decision.stale:
                 break
-            # A key was revoked somewhere (or first request): forget every cached row, look again.
+            # Deployments or policies changed somewhere (or first request): forget every
+            # cached row, look again.
             self.cache.reset(decision.generation)
             if attempt == 1:
                 key = await self._public_caller(model) if keyless else await self._key(scope)
@@ -762,7 +828,6 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
             0,
             key.organization_id,
         ), "This deployment is not shared with your organization."
-    from sharing.access import evaluate
 
     return evaluate(
         deployment.policy,
@@ -797,8 +862,6 @@ def _scan_usage(event: bytes, usage: list[int]) -> None:
 
 def _write_now(event: UsageEvent) -> None:
     """Embedded mode (no Redis): write the record at once; flush_usage's code path, batch of one."""
-    from gateway.tasks import write_events
-
     write_events([event.dumps()])
 
 

@@ -1,11 +1,19 @@
-"""In-process caches of API keys and deployments for the gateway, invalidated by a Redis generation.
+"""In-process caches of API keys and deployments for the gateway, invalidated by Redis generations.
 
 The hot path must not read PostgreSQL per request. Keys are cached for KEY_TTL seconds and
 deployments for DEPLOYMENT_TTL (≤ 1 s, so a deactivation is seen within a second without any
-hook in the deployment services). A shared generation counter in Redis is bumped by
-`invalidate()` (key revoked, key created); the gateway sends the generation it cached under
-to the rate-limit script, which answers "stale" when it moved, so a revocation takes effect
-on the very next request in every gateway process at no extra round trip.
+hook in the deployment services). Two kinds of generation counters live in Redis:
+
+- the shared one, bumped by `invalidate()` on commit of a deployment, sharing or policy
+  change: every gateway drops everything it cached;
+- one per user, bumped by `invalidate_user()` on commit of anything that decides whether that
+  user's keys are valid (a key revoked, a membership removed or changed, the user deactivated,
+  deleted or moved between groups): gateways drop only that user's keys.
+
+A cached key carries the user generation read *before* its rows were read. The gateway sends
+both generations to the rate-limit script, which answers "stale" when either moved, so a
+revocation or a removed member takes effect on the very next request in every gateway process
+at no extra round trip, and one user's change does not flush anyone else's keys.
 """
 
 from __future__ import annotations
@@ -18,12 +26,21 @@ from decimal import Decimal
 from django.conf import settings
 
 GENERATION_KEY = "modeldeck:gateway:generation"
+USER_GENERATION_KEY = "modeldeck:gateway:user-generation:{user_id}"
+# Far longer than KEY_TTL: a counter that expired and restarted could only meet a cached row
+# filed under its old value if that row outlived the counter, and rows live KEY_TTL at most.
+USER_GENERATION_EXPIRY = 86_400
 KEY_TTL = 30.0
 NEGATIVE_KEY_TTL = 5.0  # unknown secrets: short, so a brand-new key works almost at once
 DEPLOYMENT_TTL = 1.0
 
-# Embedded mode (no Redis): the generation lives in this process only.
+# Embedded mode (no Redis): the generations live in this process only.
 _local_generation = 0
+_local_user_generations: dict[int, int] = {}
+
+
+def user_generation_key(user_id: int) -> str:
+    return USER_GENERATION_KEY.format(user_id=user_id)
 
 
 def invalidate() -> None:
@@ -41,8 +58,30 @@ def invalidate() -> None:
         client.close()
 
 
+def invalidate_user(user_id: int) -> None:
+    """Make every gateway re-read this user's keys on their next use (call on commit)."""
+    _local_user_generations[user_id] = _local_user_generations.get(user_id, 0) + 1
+    if not settings.REDIS_URL:
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        name = user_generation_key(user_id)
+        with client.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.expire(name, USER_GENERATION_EXPIRY)
+            pipe.execute()
+    finally:
+        client.close()
+
+
 def local_generation() -> int:
     return _local_generation
+
+
+def local_user_generation(user_id: int) -> int:
+    return _local_user_generations.get(user_id, 0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +96,13 @@ class KeyInfo:
     revoked: bool
     deployment_ids: frozenset[int]  # empty: not restricted
     group_ids: frozenset[int] = frozenset()  # the user's auth groups, for "groups" access policies
+    # Why the key can't be used although it is not revoked (owner inactive, no longer a member,
+    # REST-only key); empty when it can. Checked live on every cache miss.
+    refusal: str = ""
+    # The owner's generations (see module doc) read before the rows were: Redis's ("" without
+    # Redis) and this process's.
+    user_generation: str = ""
+    local_user_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +137,8 @@ class GatewayCache:
     """Per-process cache; one per gateway app instance."""
 
     generation: int | None = None
-    keys: dict[str, tuple[KeyInfo | None, float]] = field(default_factory=dict)
+    # digest → (key, expiry, the owner's local generation when cached)
+    keys: dict[str, tuple[KeyInfo | None, float, int]] = field(default_factory=dict)
     deployments: dict[int, tuple[dict[str, DeploymentInfo], float]] = field(default_factory=dict)
     # Keyless callers of public deployments, by model name (None: no such public deployment).
     public: dict[str, tuple[KeyInfo | str | None, float]] = field(default_factory=dict)
@@ -109,13 +156,22 @@ class GatewayCache:
         hit = self.keys.get(digest)
         if hit is None or hit[1] < time.monotonic():
             return False, None
-        return True, hit[0]
+        info = hit[0]
+        if info is not None and hit[2] != _local_user_generations.get(info.user_id, 0):
+            return False, None  # changed in this process (embedded mode, tests)
+        return True, info
 
     def put_key(self, digest: str, info: KeyInfo | None) -> None:
         ttl = KEY_TTL if info is not None else NEGATIVE_KEY_TTL
         if len(self.keys) > 50_000:  # bound memory against floods of random secrets
             self.keys.clear()
-        self.keys[digest] = (info, time.monotonic() + ttl)
+        local = info.local_user_generation if info is not None else 0
+        self.keys[digest] = (info, time.monotonic() + ttl, local)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop one user's cached keys (their generation moved); everyone else's stay."""
+        for digest in [d for d, hit in self.keys.items() if hit[0] is not None and hit[0].user_id == user_id]:
+            del self.keys[digest]
 
     def get_deployments(self, organization_id: int) -> dict[str, DeploymentInfo] | None:
         hit = self.deployments.get(organization_id)

@@ -6,6 +6,7 @@ from django import forms
 from django.utils import timezone
 
 from console.forms import StyledForm
+from projects.models import APIKeyScope
 
 
 class APIKeyForm(StyledForm):
@@ -13,6 +14,13 @@ class APIKeyForm(StyledForm):
         max_length=100,
         help_text="What will use this key, e.g. “support-bot staging”.",
         widget=forms.TextInput(attrs={"placeholder": "support-bot", "autocomplete": "off"}),
+    )
+    scope = forms.ChoiceField(
+        choices=APIKeyScope.choices,
+        initial=APIKeyScope.GATEWAY,
+        required=False,  # older clients post only a name: a gateway key
+        label="Use",
+        help_text="Gateway keys call models; REST API keys call /api/v1/ as you (Authorization: Token …).",
     )
     expires_at = forms.DateTimeField(
         required=False,
@@ -35,6 +43,9 @@ class APIKeyForm(StyledForm):
         self.fields["deployments"].label_from_instance = lambda d: (
             f"{d.spec().get('served_model_name') or d.name} ({d.project.name})"
         )
+
+    def clean_scope(self) -> str:
+        return self.cleaned_data.get("scope") or APIKeyScope.GATEWAY
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()

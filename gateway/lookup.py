@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+
+from django.conf import settings
 from django.db import close_old_connections, connection
+from django.db.models import Exists, OuterRef
 
 from deployments.models import DeploymentState, ModelDeployment
-from gateway.cache import DeploymentInfo, KeyInfo
+from gateway.cache import DeploymentInfo, KeyInfo, local_user_generation, user_generation_key
 from gateway.upstream import upstream_for
 from gateway.usage import price
-from projects.models import APIKey
+from projects.models import APIKey, APIKeyScope, Membership
+from sharing import access
+from sharing.selectors import public_deployments, shared_deployments_for_org
+
+_redis_lock = threading.Lock()
+_redis_clients: dict[str, object] = {}
 
 
 def load_key(digest: str) -> KeyInfo | None:
@@ -20,10 +29,48 @@ def load_key(digest: str) -> KeyInfo | None:
         connection.close()
 
 
+def _user_generation(user_id: int) -> str:
+    """The owner's generation in Redis (see gateway.cache), "" without Redis."""
+    if not settings.REDIS_URL:
+        return ""
+    import redis
+
+    with _redis_lock:
+        client = _redis_clients.get(settings.REDIS_URL)
+        if client is None:
+            client = _redis_clients[settings.REDIS_URL] = redis.Redis.from_url(settings.REDIS_URL)
+    value = client.get(user_generation_key(user_id))
+    return value.decode() if value else "0"
+
+
 def _load_key(digest: str) -> KeyInfo | None:
-    key = APIKey.objects.filter(key_hash=digest).first()
-    if key is None:
+    # The owner never changes, so it can be read first; the generations are read next and
+    # everything that can change after that (revocation, membership, activity, groups): a
+    # change committed after these reads bumps a generation this row is then filed under.
+    user_id = APIKey.objects.filter(key_hash=digest).values_list("user_id", flat=True).first()
+    if user_id is None:
         return None
+    local = local_user_generation(user_id)
+    generation = _user_generation(user_id)
+    key = (
+        APIKey.objects.filter(key_hash=digest)
+        .select_related("user")
+        .annotate(
+            owner_is_member=Exists(
+                Membership.objects.filter(user_id=OuterRef("user_id"), organization_id=OuterRef("organization_id"))
+            )
+        )
+        .first()
+    )
+    if key is None:  # deleted in between (its owner was deleted)
+        return None
+    refusal = ""
+    if not key.user.is_active:
+        refusal = "its owner's account is deactivated"
+    elif not key.owner_is_member:
+        refusal = "its owner is no longer a member of the organization"
+    elif key.scope != APIKeyScope.GATEWAY:
+        refusal = "it is a REST API key; create a gateway key to call models"
     return KeyInfo(
         id=key.pk,
         prefix=key.prefix,
@@ -33,6 +80,9 @@ def _load_key(digest: str) -> KeyInfo | None:
         revoked=key.revoked_at is not None,
         deployment_ids=frozenset(key.deployments.values_list("pk", flat=True)),
         group_ids=frozenset(key.user.groups.values_list("pk", flat=True)),
+        refusal=refusal,
+        user_generation=generation,
+        local_user_generation=local,
     )
 
 
@@ -48,7 +98,6 @@ def load_public_caller(model: str) -> KeyInfo | str | None:
     """
     close_old_connections()
     try:
-        from sharing.selectors import public_deployments
 
         rows = list(public_deployments(model).values_list("pk", "project__organization_id")[:2])
     finally:
@@ -79,20 +128,12 @@ def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
         .select_related("current_revision", "pool", "project__organization", "endpoint")
         .order_by("pk")
     )
-    shared = []
-    snapshot: dict[int, dict] = {}
-    try:
-        from sharing import access
-        from sharing.selectors import shared_deployments_for_org
-    except ImportError:  # pragma: no cover - sharing not installed: own organization only
-        access = None
-    if access is not None:
-        shared = list(
-            shared_deployments_for_org(organization_id)
-            .select_related("current_revision", "pool", "project__organization", "endpoint")
-            .order_by("pk")
-        )
-        snapshot = access.policy_snapshot([d.pk for d in own + shared])
+    shared = list(
+        shared_deployments_for_org(organization_id)
+        .select_related("current_revision", "pool", "project__organization", "endpoint")
+        .order_by("pk")
+    )
+    snapshot = access.policy_snapshot([d.pk for d in own + shared])
     by_name: dict[str, DeploymentInfo] = {}
     for row in own:
         _add(by_name, _info(row, organization_id, snapshot))

@@ -17,6 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from console.health import bearer_matches
+
 REQUESTS = Counter(
     "modeldeck_gateway_requests_total", "Gateway requests.", ["deployment", "route", "status"]
 )
@@ -53,3 +55,12 @@ def render() -> tuple[bytes, str]:
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def authorized(authorization: str, token: str | None) -> bool:
+    """/metrics is served only with `Authorization: Bearer <MODELDECK_METRICS_TOKEN>`.
+
+    The labels name every tenant's deployments, so without a token configured the route is
+    off (404), in every mode.
+    """
+    return bearer_matches(authorization, token)

@@ -7,8 +7,9 @@ all of them only if none refuses: atomic across any number of gateway processes,
 fixed-window burst at minute boundaries), and the clock is Redis's own. Tokens are reserved
 from an estimate before the request and settled to the engine's count afterwards.
 
-The same script also checks the cache generation (see cache.py), so a revoked key costs no
-extra round trip to notice.
+The same script also checks the cache generations (see cache.py): the shared one and, after
+the rate-limit keys, the caller's own (a user generation key and the value cached under), so a
+revoked key or a removed member costs no extra round trip to notice.
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WINDOW_MS = 60_000
+MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
 LEVELS = ("organization", "user", "api_key")
 
 CHECK_SCRIPT = r"""
 local gen = redis.call('GET', KEYS[1]) or '0'
 if ARGV[1] ~= '' and ARGV[1] ~= gen then return {-1, gen} end
+local n = tonumber(ARGV[4])
+local ukey = KEYS[n * 3 + 2]
+if ukey then
+  local ugen = redis.call('GET', ukey) or '0'
+  if ugen ~= ARGV[n * 2 + 6] then return {-2, ugen} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[5])
 local rid = ARGV[2]
 local est = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
 local function hsum(hk, members)
   local sum = 0
   for s = 1, #members, 1000 do
@@ -124,8 +131,9 @@ class Level:
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    stale: bool = False
+    stale: bool = False  # the shared generation moved: drop every cached row
     generation: str = ""
+    stale_user: bool = False  # the caller's user generation moved: drop that user's keys
     level: str = ""
     kind: str = ""  # requests | tokens
     retry_after_ms: int = 0  # -1: the request alone exceeds the token limit
@@ -175,9 +183,11 @@ def estimate_tokens(body: dict) -> int:
         elif isinstance(value, list):
             chars += sum(len(v) for v in value if isinstance(v, str))
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens < 0:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
-    return max(1, chars // 4 + max_tokens)
+    # Bounded whatever the body says (gateway.validation refuses larger max_tokens first): the
+    # Lua script adds reservations as doubles, and an estimate of 2^63 corrupted the window.
+    return max(1, min(chars // 4 + max_tokens, MAX_ESTIMATE))
 
 
 class RedisRateLimiter:
@@ -202,17 +212,24 @@ class RedisRateLimiter:
         request_id: str,
         estimate: int,
         window_ms: int = WINDOW_MS,
+        user_generation_key: str = "",
+        expected_user_generation: str = "",
     ) -> Decision:
         keys = [generation_key]
         args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
         for level in levels:
             keys.extend(_keys(deployment_id, level))
             args.extend([level.rpm, level.tpm])
+        if user_generation_key:
+            keys.append(user_generation_key)
+            args.append(expected_user_generation)
         raw = await self._check(keys=keys, args=args)
         status = int(raw[0])
         generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         if status == -1:
             return Decision(allowed=False, stale=True, generation=generation)
+        if status == -2:
+            return Decision(allowed=False, stale_user=True)
         values = [int(v) for v in raw[2:]]
         blocked_level, blocked_kind, retry = values[0], values[1], values[2]
         return Decision(
@@ -273,6 +290,8 @@ class LocalRateLimiter:
         request_id: str,
         estimate: int,
         window_ms: int = WINDOW_MS,
+        user_generation_key: str = "",  # embedded mode: gateway.cache's local generations instead
+        expected_user_generation: str = "",
     ) -> Decision:
         import time
 

@@ -15,6 +15,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from deployments.models import DeploymentState, ModelDeployment
@@ -26,10 +27,11 @@ from projects.keys import (
     api_key_get,
     api_key_revoke,
     api_key_state,
+    api_keys_for_organization,
     api_keys_for_user,
 )
 from projects.models import Organization
-from projects.selectors import can_change
+from sharing.selectors import shared_deployments_for_org
 
 EMBEDDING_ENGINES = {"tei"}
 
@@ -39,7 +41,6 @@ def callable_deployments(user, organization: Organization) -> QuerySet[ModelDepl
     (sharing.selectors.shared_deployments_for_org) — the same set the gateway resolves names in."""
     if not organization.memberships.filter(user=user).exists():
         return ModelDeployment.objects.none()
-    from sharing.selectors import shared_deployments_for_org
 
     shared = shared_deployments_for_org(organization).values("pk")
     return (
@@ -168,7 +169,10 @@ def _key_rows(keys) -> list[dict]:
 @login_required
 def keys(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    editable = can_change(request.user, org)
+    editable = permissions.can(request.user, "change", org)
+    admin = permissions.can(request.user, "admin", org)
+    # Admins may switch to every key of the organization; members only ever see their own.
+    organization_view = admin and request.GET.get("view") == "organization"
     deployments = callable_deployments(request.user, org)
     form = APIKeyForm(request.POST or None, deployments=deployments)
     created = None
@@ -185,6 +189,7 @@ def keys(request: HttpRequest) -> HttpResponse:
                     user=request.user,
                     organization=org,
                     name=data["name"],
+                    scope=data["scope"],
                     expires_at=data["expires_at"],
                     deployments=data["deployments"] or (),
                 )
@@ -195,7 +200,14 @@ def keys(request: HttpRequest) -> HttpResponse:
                 form = APIKeyForm(deployments=deployments)
     context = {
         "form": form,
-        "rows": _key_rows(api_keys_for_user(request.user, org)),
+        "rows": _key_rows(
+            api_keys_for_organization(request.user, org)
+            if organization_view
+            else api_keys_for_user(request.user, org)
+        ),
+        "is_admin": admin,
+        "organization_view": organization_view,
+        "organization": org,
         "created": created,
         "can_create": editable,
         "validate_url": request.path,
@@ -226,14 +238,17 @@ def keys(request: HttpRequest) -> HttpResponse:
 def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     key = api_key_get(request.user, pk)
     try:
-        api_key_revoke(user=request.user, key=key)
+        api_key_revoke(user=request.user, key=key, reason=request.POST.get("reason", ""))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
+        owner = "" if key.user_id == request.user.pk else f" of {key.user.get_username()}"
         messages.success(
             request,
-            f"Key “{key.name}” ({key.prefix}…) revoked; the gateway refuses it from now on.",
+            f"Key “{key.name}” ({key.prefix}…){owner} revoked; the gateway refuses it from now on.",
         )
+    if request.POST.get("view") == "organization":
+        return redirect(reverse("devhub:keys") + "?view=organization")
     return redirect("devhub:keys")
 
 

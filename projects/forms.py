@@ -14,7 +14,7 @@ class ProjectForm(StyledForm):
     slug = forms.CharField(
         max_length=30,
         validators=[slug_validator],
-        help_text="Becomes the Kubernetes namespace <organization>-<slug>; cannot change later.",
+        help_text="Part of the Kubernetes namespace (<organization>-<slug> when free); cannot change later.",
     )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     gpu_quota = forms.IntegerField(

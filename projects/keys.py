@@ -1,4 +1,13 @@
-"""API keys for the gateway: create (secret shown once), revoke, and the selectors that scope them."""
+"""API keys for the gateway and the REST API: create (secret shown once), revoke, authenticate,
+and the selectors that scope them.
+
+A key is valid only while it is not revoked or expired and its owner is an active user and a
+member of the key's organization. The gateway caches keys per process; every change that
+decides validity bumps the owner's generation on commit (`gateway_forget_user`), so the next
+request re-reads them. Removing a member revokes their keys in that organization for good
+(the reason is kept); deactivating a user only suspends them — they are refused while the
+account is inactive and work again if it is reactivated.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +22,16 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from projects.models import APIKey, Organization
-from projects.selectors import can_change, is_org_admin, role_in
+from console import permissions
+from gateway.cache import invalidate_user
+from projects.models import APIKey, APIKeyScope, Membership, Organization
+from projects.selectors import role_in
+from sharing.audit import audit_record
+from sharing.selectors import shared_deployments_for_org
 
 SECRET_PREFIX = "mdk_"
 # 30 random bytes are 40 url-safe characters: 240 bits, far beyond guessing.
@@ -45,24 +58,37 @@ def looks_like_secret(secret: str) -> bool:
 
 
 def api_key_state(key: APIKey, now: datetime | None = None) -> str:
-    """active | expired | revoked — derived, never stored."""
+    """active | expired | revoked | suspended (owner inactive or not a member) — derived, never stored.
+
+    Reads `owner_is_member` when the selector annotated it (with_owner_state), else asks.
+    """
     if key.revoked_at is not None:
         return "revoked"
     if key.expires_at is not None and key.expires_at <= (now or timezone.now()):
         return "expired"
+    member = getattr(key, "owner_is_member", None)
+    if member is None:
+        member = Membership.objects.filter(user_id=key.user_id, organization_id=key.organization_id).exists()
+    if not member or not key.user.is_active:
+        return "suspended"
     return "active"
 
 
-def _notify_gateway() -> None:
-    # Gateways cache keys in-process; bumping the shared generation makes the next request re-read.
-    from gateway.cache import invalidate
+def with_owner_state(keys: QuerySet[APIKey]) -> QuerySet[APIKey]:
+    """Annotate whether each key's owner is still a member (read by api_key_state): one query."""
+    return keys.select_related("user", "organization", "revoked_by").annotate(
+        owner_is_member=Exists(
+            Membership.objects.filter(user_id=OuterRef("user_id"), organization_id=OuterRef("organization_id"))
+        )
+    )
 
-    invalidate()
+
+def gateway_forget_user(user_id: int) -> None:
+    """On commit, make every gateway re-read this user's keys (their validity may have changed)."""
+    transaction.on_commit(lambda: invalidate_user(user_id))
 
 
 def _audit(**kwargs) -> None:
-    from sharing.audit import audit_record  # late: sharing depends on projects
-
     audit_record(**kwargs)
 
 
@@ -73,13 +99,16 @@ def api_key_create(
     name: str,
     expires_at: datetime | None = None,
     deployments: Iterable = (),
+    scope: str = APIKeyScope.GATEWAY,
 ) -> tuple[APIKey, str]:
     """Create a key; returns it with its secret, which is never stored and can't be shown again."""
     if role_in(user, organization) is None:
         raise PermissionDenied("You are not a member of this organization.")
-    if not can_change(user, organization):
+    # A REST key can do no more than its owner's role allows (a viewer's only reads); a gateway
+    # key spends the organization's money, so it needs the member role.
+    if scope == APIKeyScope.GATEWAY and not permissions.can(user, "change", organization):
         raise PermissionDenied(
-            "Viewers cannot create API keys; ask an organization admin for the member role."
+            "Viewers cannot create gateway keys; ask an organization admin for the member role."
         )
     name = (name or "").strip()
     if not name:
@@ -88,10 +117,13 @@ def api_key_create(
         )
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
+    if scope not in APIKeyScope.values:
+        raise ValidationError({"scope": f"Choose one of: {', '.join(APIKeyScope.values)}."})
     chosen = list(deployments)
+    if chosen and scope != APIKeyScope.GATEWAY:
+        raise ValidationError({"deployments": "Only gateway keys can be limited to deployments."})
     foreign = [d for d in chosen if d.project.organization_id != organization.pk]
     if foreign:
-        from sharing.selectors import shared_deployments_for_org
 
         shared = set(
             shared_deployments_for_org(organization)
@@ -112,6 +144,7 @@ def api_key_create(
         prefix=secret[:PREFIX_LENGTH],
         key_hash=hash_secret(secret),
         expires_at=expires_at,
+        scope=scope,
     )
     key.full_clean()
     with transaction.atomic():
@@ -120,20 +153,23 @@ def api_key_create(
             key.deployments.set(chosen)
         _audit(actor=user, organization=organization, action="key_create", obj=key, before=None,
                after={"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at,
-                      "deployments": [d.pk for d in chosen]})
+                      "scope": key.scope, "deployments": [d.pk for d in chosen]})
     return key, secret
 
 
-def api_key_revoke(*, user: AbstractBaseUser, key: APIKey) -> APIKey:
+def api_key_revoke(*, user: AbstractBaseUser, key: APIKey, reason: str = "") -> APIKey:
     """Revoke at once: the gateway refuses the key from its next request on."""
-    if key.user_id != user.pk and not is_org_admin(user, key.organization):
+    if key.user_id != user.pk and not permissions.can(user, "admin", key.organization):
         raise PermissionDenied("Only the key's owner or an organization admin can revoke it.")
+    reason = (reason or "").strip()[:200] or (
+        "Revoked by its owner." if key.user_id == user.pk else f"Revoked by organization admin {user.get_username()}."
+    )
     with transaction.atomic():
         updated = APIKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
+            revoked_at=timezone.now(), revoked_by=user, revoked_reason=reason
         )
         # After commit: a gateway re-reading before the commit would cache the old row again.
-        transaction.on_commit(_notify_gateway)
+        gateway_forget_user(key.user_id)
         if updated:
             _audit(actor=user, organization=key.organization, action="key_revoke", obj=key,
                    before={"revoked": False}, after={"revoked": True})
@@ -141,6 +177,31 @@ def api_key_revoke(*, user: AbstractBaseUser, key: APIKey) -> APIKey:
     if not updated:
         raise ValidationError("This key was already revoked.")
     return key
+
+
+def api_keys_revoke_for_member(
+    *, actor: AbstractBaseUser | None, organization: Organization, member: AbstractBaseUser, reason: str
+) -> int:
+    """Revoke every live key `member` holds in `organization` (they left it); returns how many.
+
+    Called inside the caller's transaction (membership_remove), so both commit together.
+    """
+    with transaction.atomic():
+        keys = list(
+            APIKey.objects.select_for_update().filter(
+                organization=organization, user=member, revoked_at__isnull=True
+            )
+        )
+        now = timezone.now()
+        for key in keys:
+            key.revoked_at = now
+            key.revoked_by = actor if actor is not None and actor.is_authenticated else None
+            key.revoked_reason = reason[:200]
+            key.save(update_fields=["revoked_at", "revoked_by", "revoked_reason"])
+            _audit(actor=actor, organization=organization, action="key_revoke", obj=key,
+                   before={"revoked": False}, after={"revoked": True})
+        gateway_forget_user(member.pk)
+    return len(keys)
 
 
 def api_keys_for_user(
@@ -154,17 +215,26 @@ def api_keys_for_user(
     )
     if organization is not None:
         qs = qs.filter(organization=organization)
-    return qs.distinct()
+    return with_owner_state(qs.distinct())
+
+
+def api_keys_for_organization(user: AbstractBaseUser, organization: Organization) -> QuerySet[APIKey]:
+    """Every key of the organization, for its admins; 404 to outsiders, PermissionDenied to members."""
+    if role_in(user, organization) is None:
+        raise Http404("No such organization.")
+    if not permissions.can(user, "admin", organization):
+        raise PermissionDenied("Only organization admins can see every key of the organization.")
+    return with_owner_state(APIKey.objects.filter(organization=organization)).prefetch_related("deployments")
 
 
 def api_key_get(user: AbstractBaseUser, pk: int) -> APIKey:
     """A key the user owns, or any key of an organization the user administers; 404 otherwise."""
-    key = APIKey.objects.filter(pk=pk).select_related("organization", "user").first()
+    key = with_owner_state(APIKey.objects.filter(pk=pk)).first()
     if key is None or not user.is_authenticated:
         raise Http404("No such API key.")
     if key.user_id == user.pk and role_in(user, key.organization) is not None:
         return key
-    if is_org_admin(user, key.organization):
+    if permissions.can(user, "admin", key.organization):
         return key
     raise Http404("No such API key.")
 
@@ -178,4 +248,28 @@ def api_key_by_secret(secret: str) -> APIKey | None:
     # The index already matched; compare_digest keeps the final check free of timing leaks.
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
+    return key
+
+
+REST_KEY_TOUCH_SECONDS = 60
+
+
+def api_key_authenticate_rest(secret: str) -> APIKey:
+    """The REST-scoped key for a presented secret, checked live; ValidationError says why not.
+
+    REST calls are not the gateway's hot path: every request reads the key and its owner's
+    membership (one query), and last_used_at moves at most once a minute.
+    """
+    key = api_key_by_secret(secret)
+    if key is None:
+        raise ValidationError("Invalid API key.")
+    key = with_owner_state(APIKey.objects.filter(pk=key.pk)).first()
+    state = api_key_state(key) if key is not None else "revoked"
+    if state != "active":
+        raise ValidationError(f"This API key is {state}.")
+    if key.scope != APIKeyScope.REST:
+        raise ValidationError("This is a gateway key; the REST API takes keys of the REST API scope.")
+    now = timezone.now()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > REST_KEY_TOUCH_SECONDS:
+        APIKey.objects.filter(pk=key.pk).exclude(last_used_at__gte=now).update(last_used_at=now)
     return key

@@ -15,6 +15,12 @@ slug_validator = RegexValidator(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
     "Use lowercase letters, digits and dashes; start and end with a letter or digit.",
 )
+# Kubernetes namespace names are RFC 1123 labels: at most 63 characters of [a-z0-9-], starting
+# and ending alphanumeric (kubernetes.io/docs/concepts/overview/working-with-objects/names/).
+namespace_validator = RegexValidator(
+    r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "A namespace is a DNS-1123 label: at most 63 lowercase letters, digits and dashes.",
+)
 GPU_QUOTA_MAX = 100_000
 
 
@@ -68,6 +74,15 @@ class Project(models.Model):
         validators=[slug_validator],
         help_text="Part of the Kubernetes namespace on every compute pool; cannot change later.",
     )
+    # Chosen once by projects.services.project_create (unique across all organizations, a
+    # DNS-1123 label) and never changed: every object on every pool lives in it.
+    kube_namespace = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[namespace_validator],
+        editable=False,
+        help_text="The Kubernetes namespace of this project on every compute pool.",
+    )
     description = models.TextField(blank=True)
     gpu_quota = models.PositiveIntegerField(
         default=4,
@@ -88,6 +103,8 @@ class Project(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["organization", "slug"], name="project_slug_unique_in_org"),
             models.UniqueConstraint(fields=["organization", "name"], name="project_name_unique_in_org"),
+            # A project created without the service would otherwise share the empty namespace.
+            models.CheckConstraint(condition=~models.Q(kube_namespace=""), name="project_namespace_not_empty"),
         ]
 
     def __str__(self) -> str:
@@ -97,7 +114,7 @@ class Project(models.Model):
         return reverse("projects:detail", args=[self.pk])
 
     def namespace(self) -> str:
-        return f"{self.organization.slug}-{self.slug}"
+        return self.kube_namespace
 
     def gpu_used(self) -> int:
         # List pages annotate `gpu_held` (projects.selectors.with_gpu_use): one query, not one a row.
@@ -195,14 +212,27 @@ class Environment(models.Model):
         return f"{self.project} / {self.name}"
 
 
+class APIKeyScope(models.TextChoices):
+    GATEWAY = "gateway", "Gateway: call models"
+    REST = "rest", "REST API: manage ModelDeck as you"
+
+
 class APIKey(models.Model):
-    """A user's key for the gateway. Only a keyed hash is stored; the secret is shown once."""
+    """A user's key for the gateway or the REST API. Only a keyed hash is stored; the secret is shown once.
+
+    Valid only while its owner is an active user and a member of its organization (checked by
+    the gateway and the REST authentication on every request, from caches invalidated on commit).
+    """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, db_index=True, help_text="First characters, to recognise a key.")
     key_hash = models.CharField(max_length=64, unique=True)
+    scope = models.CharField(
+        max_length=10, choices=APIKeyScope.choices, default=APIKeyScope.GATEWAY,
+        help_text="Gateway keys call models; REST API keys act as their owner on /api/v1/.",
+    )  # fmt: skip
     deployments = models.ManyToManyField(
         "deployments.ModelDeployment", blank=True, related_name="api_keys",
         help_text="Empty: every deployment the key's owner may call.",
@@ -211,6 +241,10 @@ class APIKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -9,7 +9,8 @@ from django.db.models import IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from projects.models import GpuReservation, Membership, Organization, Project, Role
+from console import permissions
+from projects.models import GpuReservation, Membership, Organization, Project
 
 
 def organizations_for_user(user: AbstractBaseUser) -> QuerySet[Organization]:
@@ -31,12 +32,10 @@ def role_in(user: AbstractBaseUser, organization: Organization) -> str | None:
 
 def projects_for_user(user: AbstractBaseUser, organization: Organization | None = None) -> QuerySet[Project]:
     """Projects of the organizations the user belongs to (optionally just one of them)."""
-    if not user.is_authenticated:
-        return Project.objects.none()
-    qs = Project.objects.filter(organization__memberships__user=user).select_related("organization")
+    qs = permissions.restrict(Project.objects.select_related("organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
-    return qs.distinct()
+    return qs
 
 
 def with_gpu_use(projects: QuerySet[Project]) -> QuerySet[Project]:
@@ -57,13 +56,6 @@ def project_get(user: AbstractBaseUser, pk: int) -> Project:
         raise Http404("No such project.")
     return project
 
-
-def can_change(user: AbstractBaseUser, organization: Organization) -> bool:
-    return role_in(user, organization) in {Role.ADMIN, Role.MEMBER}
-
-
-def is_org_admin(user: AbstractBaseUser, organization: Organization) -> bool:
-    return role_in(user, organization) == Role.ADMIN
 
 
 @dataclass(frozen=True)

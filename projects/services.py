@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import secrets
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from console import permissions
 from console.crypto import last4
+from projects.keys import api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
     GpuReservation,
     Integration,
@@ -19,7 +22,8 @@ from projects.models import (
     ProjectMember,
     Role,
 )
-from projects.selectors import can_change, is_org_admin, quota_decide
+from projects.selectors import quota_decide
+from sharing.audit import audit_record, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +31,15 @@ PROJECT_FIELDS = ["name", "slug", "description", "gpu_quota"]
 
 
 def _audit(**kwargs) -> None:
-    # Imported late: sharing depends on projects, not the other way round.
-    from sharing.audit import audit_record
-
     audit_record(**kwargs)
 
 
 def _snapshot(obj, fields: list[str]) -> dict:
-    from sharing.audit import snapshot
-
     return snapshot(obj, fields)
 
 
 class QuotaExceeded(ValidationError):
     """A GPU request does not fit the project's or the organization's quota."""
-
-
-def _require_change(user: AbstractBaseUser | None, organization: Organization) -> None:
-    if user is not None and not can_change(user, organization):
-        raise PermissionDenied("Viewers cannot change projects; ask an organization admin for the member role.")
 
 
 def organization_create(*, name: str, slug: str, gpu_quota: int = 8, admin: AbstractBaseUser | None = None) -> Organization:
@@ -59,17 +53,78 @@ def organization_create(*, name: str, slug: str, gpu_quota: int = 8, admin: Abst
 
 
 def membership_set(*, organization: Organization, user: AbstractBaseUser, role: str) -> Membership:
-    membership, _ = Membership.objects.update_or_create(
-        organization=organization, user=user, defaults={"role": role}
-    )
-    membership.full_clean()
+    with transaction.atomic():
+        membership, _ = Membership.objects.update_or_create(
+            organization=organization, user=user, defaults={"role": role}
+        )
+        membership.full_clean()
+        gateway_forget_user(user.pk)
     return membership
+
+
+def membership_remove(*, user: AbstractBaseUser | None, membership: Membership) -> int:
+    """Remove a member from the organization: their project memberships go and every key they
+    hold in it is revoked for good (reason kept); the gateway refuses them on the next request.
+
+    Returns the number of keys revoked. Only organization admins remove members (``user`` None:
+    an operator acting from the Django admin); the last admin can't be removed.
+    """
+    organization = membership.organization
+    permissions.require(user, "admin", organization, what="members")
+    with transaction.atomic():
+        Organization.objects.select_for_update().get(pk=organization.pk)  # serialize removals
+        locked = Membership.objects.filter(pk=membership.pk).select_related("user").first()
+        if locked is None:
+            return 0
+        if user is not None and locked.role == Role.ADMIN and not Membership.objects.filter(
+            organization=organization, role=Role.ADMIN
+        ).exclude(pk=locked.pk).exists():
+            raise ValidationError("This is the organization's last admin; make someone else admin first.")
+        member = locked.user
+        who = user.get_username() if user is not None and user.is_authenticated else "an operator"
+        revoked = api_keys_revoke_for_member(
+            actor=user, organization=organization, member=member,
+            reason=f"Owner {member.get_username()} was removed from {organization.name} by {who}.",
+        )  # fmt: skip
+        ProjectMember.objects.filter(project__organization=organization, user=member).delete()
+        _audit(actor=user, organization=organization, action="delete", obj=locked,
+               before={"user": member.get_username(), "role": locked.role}, after=None)
+        locked.delete()
+        gateway_forget_user(member.pk)
+    log.info("member removed", extra={"organization": organization.pk, "user": member.pk, "keys_revoked": revoked})
+    return revoked
 
 
 def _check_org_quota_fits_projects(organization: Organization) -> None:
     used = organization.gpu_used()
     if organization.gpu_quota < used:
         raise ValidationError({"gpu_quota": f"The organization already uses {used} GPUs; the quota cannot go below that."})
+
+
+# Kubernetes reserves the kube- prefix for its own namespaces, and `default` is where
+# unqualified objects land (kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/).
+RESERVED_NAMESPACE_PREFIXES = ("kube-",)
+RESERVED_NAMESPACES = frozenset({"default"})
+
+
+def _namespace_candidates(organization: Organization, slug: str):
+    readable = f"{organization.slug}-{slug}"
+    if readable not in RESERVED_NAMESPACES and not readable.startswith(RESERVED_NAMESPACE_PREFIXES):
+        yield readable
+    # Organization ids are unique and slugs unique in an organization: only a readable name of
+    # another tenant that happens to look like this can take it, hence the random last resort.
+    yield f"md-{organization.pk}-{slug}"
+    while True:
+        yield f"md-{organization.pk}-{slug[:40]}-{secrets.token_hex(3)}"
+
+
+def project_namespace_choose(*, organization: Organization, slug: str) -> str:
+    """The namespace a new project gets: `<org slug>-<project slug>` when free, else one made
+    unique from the organization's id. Chosen once; Project.kube_namespace is unique."""
+    for candidate in _namespace_candidates(organization, slug):
+        if not Project.objects.filter(kube_namespace=candidate).exists():
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover - the candidates never end
 
 
 def project_create(
@@ -81,7 +136,7 @@ def project_create(
     description: str = "",
     gpu_quota: int = 4,
 ) -> Project:
-    _require_change(user, organization)
+    permissions.require(user, "change", organization, what="projects")
     project = Project(
         organization=organization,
         name=name,
@@ -90,6 +145,8 @@ def project_create(
         gpu_quota=gpu_quota,
         created_by=user if user is not None and user.is_authenticated else None,
     )
+    project.full_clean(exclude=["kube_namespace"])  # errors name the fields the user typed
+    project.kube_namespace = project_namespace_choose(organization=organization, slug=slug)
     project.full_clean()
     with transaction.atomic():
         project.save()
@@ -109,10 +166,13 @@ def project_update(
     description: str,
     gpu_quota: int,
 ) -> Project:
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project)
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
         before = _snapshot(locked, PROJECT_FIELDS)
+        if gpu_quota != locked.gpu_quota:
+            # One rule for quotas, whichever page or API asks: organization admins only.
+            permissions.require(user, "admin", locked, what="GPU quotas")
         locked.name = name
         locked.description = description
         locked.gpu_quota = gpu_quota
@@ -128,7 +188,7 @@ def project_update(
 
 
 def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project)
     if project.gpu_used():
         raise ValidationError("This project still holds GPUs; delete or deactivate its deployments first.")
     with transaction.atomic():
@@ -170,8 +230,7 @@ def quota_release(*, holder: str) -> None:
 
 
 def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organization, gpu_quota: int) -> Organization:
-    if user is not None and not is_org_admin(user, organization):
-        raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
+    permissions.require(user, "admin", organization, what="the organization's GPU quota")
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=organization.pk)
         before = {"gpu_quota": org.gpu_quota}
@@ -186,7 +245,7 @@ def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organ
 
 def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: str, secret: str) -> Integration:
     """Store a project's credential encrypted; it is never shown again, only its last 4 characters."""
-    _require_change(user, project.organization)
+    permissions.require(user, "change", project)
     secret = secret.strip()
     if not secret:
         raise ValidationError({"secret": "Paste the token or key; it cannot be empty."})
@@ -208,7 +267,7 @@ def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: st
 
 
 def integration_delete(*, user: AbstractBaseUser | None, integration: Integration) -> None:
-    _require_change(user, integration.project.organization)
+    permissions.require(user, "change", integration.project)
     with transaction.atomic():
         _audit(actor=user, organization=integration.project.organization, action="integration_change",
                obj=integration, before={"kind": integration.kind, "secret_last4": integration.secret_last4}, after=None)

@@ -12,13 +12,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from console.forms import field_validation_response
+from catalog import integrations as catalog_integrations
+from console import permissions
+from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
-from console.http import redirect_after_post as _redirect
+from deployments.models import ModelDeployment
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
 from projects.models import IntegrationKind
-from projects.selectors import can_change, project_get, projects_for_user, with_gpu_use
+from projects.selectors import project_get, projects_for_user, with_gpu_use
 
 log = logging.getLogger(__name__)
 
@@ -30,48 +32,36 @@ def project_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "projects/list.html",
-        {"projects": projects, "can_change": can_change(request.user, org)},
+        {"projects": projects, "can_change": permissions.can(request.user, "change", org)},
     )
 
 
-def _form_page(request: HttpRequest, form: ProjectForm, *, project=None) -> HttpResponse:
-    validate_url = request.path
-    context = {"form": form, "project": project, "validate_url": validate_url}
-    if request.htmx and request.method == "POST":
-        return render(request, "projects/htmx/form.html", context)
-    return render(request, "projects/form.html", context)
+class ProjectCreate(EditView):
+    form_class = ProjectForm
+    template_name, fragment_template = "projects/form.html", "projects/htmx/form.html"
+    what = "projects"
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def form_kwargs(self, request, obj):
+        return {"organization": _organization(request)}
+
+    def save(self, request, obj, form):
+        return services.project_create(
+            user=request.user, organization=_organization(request), **form.cleaned_data
+        )
+
+    def success_message(self, project):
+        return f"Project “{project.name}” created; its namespace is {project.namespace()}."
 
 
-@login_required
-def project_create(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    if not can_change(request.user, org):
-        raise PermissionDenied("Viewers cannot create projects.")
-    form = ProjectForm(request.POST or None, organization=org)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                project = services.project_create(
-                    user=request.user, organization=org, **form.cleaned_data
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(
-                    request,
-                    f"Project “{project.name}” created; its namespace is {project.namespace()}.",
-                )
-                return _redirect(request, project.get_absolute_url())
-    return _form_page(request, form)
+project_create = ProjectCreate.as_view()
 
 
 @login_required
 def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
     project = project_get(request.user, pk)
-    from deployments.models import ModelDeployment
 
     deployments = ModelDeployment.objects.filter(project=project).select_related("model", "pool")
     return render(
@@ -82,64 +72,63 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "members": project.memberships.select_related("user"),
             "deployments": deployments,
             "reservations": project.gpu_reservations.all(),
-            "can_change": can_change(request.user, project.organization),
+            "can_change": permissions.can(request.user, "change", project),
         },
     )
 
 
-@login_required
-def project_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    project = project_get(request.user, pk)
-    if not can_change(request.user, project.organization):
-        raise PermissionDenied("Viewers cannot change projects.")
-    initial = {
-        "name": project.name,
-        "slug": project.slug,
-        "description": project.description,
-        "gpu_quota": project.gpu_quota,
-    }
-    form = ProjectForm(
-        request.POST or None, organization=project.organization, instance=project, initial=initial
-    )
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                services.project_update(
-                    user=request.user,
-                    project=project,
-                    name=data["name"],
-                    description=data["description"],
-                    gpu_quota=data["gpu_quota"],
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, "Project saved.")
-                return _redirect(request, project.get_absolute_url())
-    return _form_page(request, form, project=project)
+class ProjectEdit(EditView):
+    form_class = ProjectForm
+    template_name, fragment_template = "projects/form.html", "projects/htmx/form.html"
+
+    def get_object(self, request, pk):
+        return project_get(request.user, pk)
+
+    def form_kwargs(self, request, project):
+        initial = {field: getattr(project, field) for field in ("name", "slug", "description", "gpu_quota")}
+        return {"organization": project.organization, "instance": project, "initial": initial}
+
+    def save(self, request, project, form):
+        data = form.cleaned_data
+        return services.project_update(
+            user=request.user, project=project, name=data["name"],
+            description=data["description"], gpu_quota=data["gpu_quota"],
+        )  # fmt: skip
+
+    def success_message(self, project):
+        return "Project saved."
+
+    def context(self, request, project, form):
+        return {"project": project}
 
 
-@login_required
-@require_POST
-def project_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    project = project_get(request.user, pk)
-    try:
+project_edit = ProjectEdit.as_view()
+
+
+class ProjectDelete(ActionView):
+    def get_object(self, request, pk):
+        return project_get(request.user, pk)
+
+    def act(self, request, project):
         services.project_delete(user=request.user, project=project)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect(project.get_absolute_url())
-    messages.success(request, f"Project “{project.name}” deleted.")
-    return redirect("projects:list")
+
+    def success_message(self, project, result):
+        return f"Project “{project.name}” deleted."
+
+    def success_url(self, request, project):
+        return reverse("projects:list")
+
+    def failure_url(self, request, project):
+        return project.get_absolute_url()
+
+
+project_delete = ProjectDelete.as_view()
 
 
 @login_required
 def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
     project = project_get(request.user, pk)
-    editable = can_change(request.user, project.organization)
+    editable = permissions.can(request.user, "change", project)
     if request.method == "POST":
         if not editable:
             raise PermissionDenied("Viewers cannot change integrations.")
@@ -176,12 +165,11 @@ def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
 def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     """Ask the outside service whether the stored credential works, and say what it answered."""
     project = project_get(request.user, pk)
-    if not can_change(request.user, project.organization):
+    if not permissions.can(request.user, "change", project):
         raise PermissionDenied("Viewers cannot run integration checks; the result is saved on the project.")
     integration = project.integrations.filter(kind=kind).first()
     if integration is None:
         raise Http404("That integration is not set.")
-    from catalog import integrations as catalog_integrations
 
     ok, message = catalog_integrations.check(integration)
     services.integration_record_check(integration=integration, ok=ok, message=message)
@@ -196,13 +184,21 @@ def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     return redirect(reverse("projects:integrations", args=[project.pk]))
 
 
-@login_required
-@require_POST
-def integration_delete(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
-    project = project_get(request.user, pk)
-    integration = project.integrations.filter(kind=kind).first()
-    if integration is None:
-        raise Http404("That integration is not set.")
-    services.integration_delete(user=request.user, integration=integration)
-    messages.success(request, f"{integration.get_kind_display()} removed.")
-    return redirect("projects:integrations", pk=project.pk)
+class IntegrationDelete(ActionView):
+    def get_object(self, request, pk, kind):
+        integration = project_get(request.user, pk).integrations.filter(kind=kind).first()
+        if integration is None:
+            raise Http404("That integration is not set.")
+        return integration
+
+    def act(self, request, integration):
+        services.integration_delete(user=request.user, integration=integration)
+
+    def success_message(self, integration, result):
+        return f"{integration.get_kind_display()} removed."
+
+    def success_url(self, request, integration):
+        return reverse("projects:integrations", args=[integration.project_id])
+
+
+integration_delete = IntegrationDelete.as_view()

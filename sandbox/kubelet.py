@@ -1047,7 +1047,12 @@ class Kubelet:
         hopeless: dict[str, str] = {}
         placement: dict[str, tuple[list[_NodeView], Counter]] = {}
         for pod in pending:
-            self._schedule_pod(pod, nodes, used, hopeless, placement)
+            try:
+                self._schedule_pod(pod, nodes, used, hopeless, placement)
+            except (AttributeError, TypeError, ValueError, KeyError):
+                # A pod the API should have refused (stored around validation) stays Pending
+                # alone; it must not stop every other pod's scheduling.
+                log.exception("sandbox scheduler skipped pod %s", pod["metadata"].get("name"))
         pending_uids = {p["metadata"]["uid"] for p in pending}
         self._failed_scheduling = {
             k: v for k, v in self._failed_scheduling.items() if k in pending_uids

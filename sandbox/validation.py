@@ -219,11 +219,67 @@ def check_types(rt: ResourceType, obj: dict) -> None:
             value = port.get("containerPort") if isinstance(port, dict) else None
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 fail("ContainerPort.spec.containers.ports.containerPort", "int32", value)
+    pod_spec = spec if rt.plural == "pods" else (spec.get("template") or {}).get("spec")
+    if isinstance(pod_spec, dict):
+        _check_scheduling_types(pod_spec, fail)
     if rt.plural == "services":
         for port in spec.get("ports") or []:
             value = port.get("port") if isinstance(port, dict) else None
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 fail("ServicePort.spec.ports.port", "int32", value)
+
+
+# The Go types of a pod's scheduling fields, as far as the decoder checks them: a JSON value of
+# the wrong type is a 400 before validation (`nodeAffinity: 5` must be refused here, not reach
+# the scheduler loop).
+_OBJ, _LIST, _STR, _MAP = "object", "array", "string", "map[string]string"
+_SCHEDULING_TYPES: dict[str, Any] = {
+    "nodeSelector": (_MAP, "map[string]string"),
+    "tolerations": (_LIST, "[]v1.Toleration", (_OBJ, "v1.Toleration", {
+        "key": (_STR, "string"), "operator": (_STR, "v1.TolerationOperator"),
+        "value": (_STR, "string"), "effect": (_STR, "v1.TaintEffect"),
+        "tolerationSeconds": ("int", "int64")})),
+    "affinity": (_OBJ, "v1.Affinity", {
+        "nodeAffinity": (_OBJ, "v1.NodeAffinity", {
+            "requiredDuringSchedulingIgnoredDuringExecution": (_OBJ, "v1.NodeSelector", {
+                "nodeSelectorTerms": (_LIST, "[]v1.NodeSelectorTerm", (_OBJ, "v1.NodeSelectorTerm", {
+                    "matchExpressions": (_LIST, "[]v1.NodeSelectorRequirement", (_OBJ, "v1.NodeSelectorRequirement", {})),
+                    "matchFields": (_LIST, "[]v1.NodeSelectorRequirement", (_OBJ, "v1.NodeSelectorRequirement", {}))}))}),
+            "preferredDuringSchedulingIgnoredDuringExecution": (_LIST, "[]v1.PreferredSchedulingTerm", (_OBJ, "v1.PreferredSchedulingTerm", {
+                "weight": ("int", "int32"), "preference": (_OBJ, "v1.NodeSelectorTerm", {})}))}),
+        "podAffinity": (_OBJ, "v1.PodAffinity", {
+            "requiredDuringSchedulingIgnoredDuringExecution": (_LIST, "[]v1.PodAffinityTerm", (_OBJ, "v1.PodAffinityTerm", {})),
+            "preferredDuringSchedulingIgnoredDuringExecution": (_LIST, "[]v1.WeightedPodAffinityTerm", (_OBJ, "v1.WeightedPodAffinityTerm", {}))}),
+        "podAntiAffinity": (_OBJ, "v1.PodAntiAffinity", {
+            "requiredDuringSchedulingIgnoredDuringExecution": (_LIST, "[]v1.PodAffinityTerm", (_OBJ, "v1.PodAffinityTerm", {})),
+            "preferredDuringSchedulingIgnoredDuringExecution": (_LIST, "[]v1.WeightedPodAffinityTerm", (_OBJ, "v1.WeightedPodAffinityTerm", {}))}),
+    }),
+}  # fmt: skip
+
+
+def _check_scheduling_types(pod_spec: dict, fail: Any) -> None:
+    def check(value: Any, shape: tuple, go_field: str) -> None:
+        if value is None:
+            return
+        json_type, go_type = shape[0], shape[1]
+        ok = {
+            _OBJ: isinstance(value, dict),
+            _MAP: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()),
+            _LIST: isinstance(value, list),
+            _STR: isinstance(value, str),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+        }[json_type]
+        if not ok:
+            fail(go_field, go_type, value)
+        if json_type == _OBJ and len(shape) > 2:
+            for key, sub in shape[2].items():
+                check(value.get(key), sub, f"{go_field}.{key}")
+        if json_type == _LIST and len(shape) > 2:
+            for item in value:
+                check(item, shape[2], go_field)
+
+    for key, shape in _SCHEDULING_TYPES.items():
+        check(pod_spec.get(key), shape, f"PodSpec.spec.template.spec.{key}")
 
 
 def _all_containers(rt: ResourceType, obj: dict) -> list[dict]:

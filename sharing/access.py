@@ -33,6 +33,9 @@ from typing import Any
 
 from django.conf import settings
 
+from deployments.models import ModelDeployment
+from gateway.cache import invalidate, local_generation
+
 # The gateway's own counter (gateway/cache.py): one bump drops both caches.
 GENERATION_KEY = "modeldeck:gateway:generation"
 MAX_AGE_SECONDS = 30.0
@@ -56,8 +59,6 @@ DEFAULT_ENTRY = {
 
 def policy_snapshot(deployment_ids: Iterable[int]) -> dict[int, dict]:
     """Sharing and access policy of each deployment, in one query (LEFT JOINs, id lists inline)."""
-    from deployments.models import ModelDeployment
-
     ids = [int(i) for i in deployment_ids]
     if not ids:
         return {}
@@ -210,25 +211,11 @@ def current_generation() -> Any:
             return value.decode() if isinstance(value, bytes) else (value or "0")
         except Exception:  # Redis down: fall back to the age limit rather than failing calls
             return None
-    try:
-        from gateway.cache import local_generation
-    except ImportError:  # pragma: no cover - gateway not installed
-        return None
     return local_generation()
 
 
 def bump_generation() -> None:
     """Tell every gateway process that sharing or access changed (call on commit)."""
-    try:
-        from gateway.cache import invalidate
-    except ImportError:  # pragma: no cover - gateway not installed: bump the counter ourselves
-        if settings.REDIS_URL:
-            client = _redis()
-            try:
-                client.incr(GENERATION_KEY)
-            finally:
-                client.close()
-    else:
-        invalidate()
+    invalidate()
     # This process need not wait for its next generation check.
     policy_cache.clear()

@@ -2,11 +2,12 @@
 
 from django.contrib import admin
 
+from console.admin import RestrictedAdmin
 from sharing.models import AccessPolicy, AuditEntry, DeploymentShare
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(RestrictedAdmin):
     list_display = [
         "created_at",
         "organization",
@@ -30,7 +31,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
         return False
 
 
-class _ServiceOnlyAdmin(admin.ModelAdmin):
+class _ServiceOnlyAdmin(RestrictedAdmin):
     """Changes go through sharing.services (audit + gateway cache), so the admin only shows them."""
 
     def has_add_permission(self, request) -> bool:

@@ -11,6 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db.models import Q
 
 from console.forms import StyledForm
+from deployments.models import ComputePool
 from projects.models import GPU_QUOTA_MAX, Environment, Organization, Project, slug_validator
 from sharing.models import AccessKind, AuditAction, ShareMode
 
@@ -127,7 +128,6 @@ class EnvironmentForm(StyledForm):
         self, *args, project: Project, instance: Environment | None = None, **kwargs
     ) -> None:
         super().__init__(*args, **kwargs)
-        from deployments.models import ComputePool
 
         self.project = project
         self.instance = instance

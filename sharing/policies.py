@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployments.models import ComputePool
+
 DEPLOYMENT_SOURCE = "The deployment's policy"
 
 
@@ -213,7 +215,6 @@ def check_spec(
 def _pool_names(pool_ids: frozenset) -> str:
     if not pool_ids:
         return _names(pool_ids)
-    from deployments.models import ComputePool
 
     names = ComputePool.objects.filter(pk__in=pool_ids).values_list("name", flat=True)
     return ", ".join(f"“{n}”" for n in sorted(names)) or "(deleted pools)"

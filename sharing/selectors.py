@@ -8,8 +8,10 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
+from console import permissions
+from deployments.models import ModelDeployment
 from projects.models import Environment, GpuReservation, Organization, Project
-from projects.selectors import organizations_for_user, project_get, projects_for_user
+from projects.selectors import project_get, projects_for_user
 from sharing.models import AccessKind, AccessPolicy, AuditEntry, DeploymentShare, ShareMode
 
 
@@ -26,9 +28,7 @@ def audit_entries_for_user(
     until: datetime.date | datetime.datetime | None = None,
 ) -> QuerySet[AuditEntry]:
     """Entries of the user's organizations (or one of them), filtered; newest first."""
-    qs = AuditEntry.objects.filter(organization__in=organizations_for_user(user)).select_related(
-        "actor", "organization"
-    )
+    qs = permissions.restrict(AuditEntry.objects.select_related("actor", "organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
     if action:
@@ -66,11 +66,10 @@ def audit_entry_get(user: Any, pk: int) -> AuditEntry:
 
 def deployments_visible_to(user: Any):
     """Deployments of the user's organizations (the governance pages' own scoping)."""
-    from deployments.models import ModelDeployment
-
-    return ModelDeployment.objects.filter(project__in=projects_for_user(user)).select_related(
-        "project__organization", "pool", "environment"
-    )
+    return permissions.restrict(
+        ModelDeployment.objects.select_related("project__organization", "pool", "environment"),
+        user, "view",
+    )  # fmt: skip
 
 
 def deployment_get(user: Any, pk: int):
@@ -86,8 +85,6 @@ def shared_deployments_for_org(organization: Organization | int):
     Takes the organization or its id (the gateway has only ids). Public deployments are callable
     by anyone, but only sharing makes them listed here.
     """
-    from deployments.models import ModelDeployment
-
     org_id = organization.pk if isinstance(organization, Organization) else int(organization)
     return (
         ModelDeployment.objects.exclude(project__organization_id=org_id)
@@ -106,8 +103,6 @@ def public_deployments(served_model_name: str | None = None):
     Served model names are unique per organization only: with a name, more than one row means
     the name is ambiguous without a key, and the gateway should ask for one.
     """
-    from deployments.models import ModelDeployment
-
     qs = ModelDeployment.objects.filter(access_policy__kind=AccessKind.PUBLIC).select_related(
         "current_revision", "project__organization", "pool"
     )
@@ -132,8 +127,8 @@ def access_policy_for(deployment) -> AccessPolicy:
 
 
 def environments_for_user(user: Any, project: Project | None = None) -> QuerySet[Environment]:
-    qs = Environment.objects.filter(project__in=projects_for_user(user)).select_related(
-        "project__organization"
+    qs = permissions.restrict(
+        Environment.objects.select_related("project__organization"), user, "view"
     )
     if project is not None:
         qs = qs.filter(project=project)
@@ -153,8 +148,6 @@ def project_for_user(user: Any, pk: int) -> Project:
 
 def quota_overview(user: Any, organization: Organization) -> dict:
     """Projects of the organization with GPU use vs quota and who holds the GPUs."""
-    from deployments.models import ModelDeployment
-
     projects = list(projects_for_user(user, organization).order_by("name"))
     reservations = GpuReservation.objects.filter(project__in=projects).order_by("-gpus", "holder")
     by_project: dict[int, list[GpuReservation]] = {}

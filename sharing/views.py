@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -11,12 +13,14 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
-from console.forms import field_validation_response
+from console import permissions
+from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from projects import services as project_services
 from projects.models import Organization
-from projects.selectors import can_change, is_org_admin, project_get
-from sharing import permissions, selectors, services
+from projects.selectors import project_get
+from sharing import selectors, services
 from sharing.forms import (
     AccessForm,
     AuditFilterForm,
@@ -124,7 +128,7 @@ def deployment_sharing(request: HttpRequest, deployment_pk: int) -> HttpResponse
     owner = deployment.project.organization
     share = selectors.share_for(deployment)
     policy = selectors.access_policy_for(deployment)
-    allowed, reason = permissions.can(request.user, "share", deployment)
+    allowed, reason = permissions.check(request.user, "share", deployment)
     shared_org_ids = [owner.pk, *share.organization_ids]
     share_form = ShareForm(
         initial={"mode": share.mode, "organizations": share.organization_ids}, owner=owner
@@ -202,7 +206,7 @@ def deployment_sharing(request: HttpRequest, deployment_pk: int) -> HttpResponse
 def deployment_promote(request: HttpRequest, deployment_pk: int) -> HttpResponse:
     """Pick a revision and a target environment; the plan (or every broken rule) shows before promoting."""
     deployment = selectors.deployment_get(request.user, deployment_pk)
-    allowed, reason = permissions.can(request.user, "change", deployment)
+    allowed, reason = permissions.check(request.user, "change", deployment)
     data = (
         request.POST
         if request.method == "POST"
@@ -272,87 +276,86 @@ def environments(request: HttpRequest, project_pk: int) -> HttpResponse:
         {
             "project": project,
             "rows": rows,
-            "can_change": can_change(request.user, project.organization),
+            "can_change": permissions.can(request.user, "change", project),
         },
     )
 
 
-def _environment_form_page(request, form, project, environment=None) -> HttpResponse:
-    context = {
-        "form": form,
-        "project": project,
-        "environment": environment,
-        "validate_url": request.path,
-    }
-    if request.htmx and request.method == "POST":
-        return render(request, "sharing/htmx/environment_form.html", context)
-    return render(request, "sharing/environment_form.html", context)
+class _EnvironmentEdit(EditView):
+    form_class = EnvironmentForm
+    template_name = "sharing/environment_form.html"
+    fragment_template = "sharing/htmx/environment_form.html"
+    what = "environments"
+
+    def success_url(self, request, environment):
+        return reverse("sharing:environments", args=[environment.project_id])
+
+    def success_message(self, environment):
+        return f"Environment “{environment.name}” {self.done}."
 
 
-@login_required
-def environment_create(request: HttpRequest, project_pk: int) -> HttpResponse:
-    project = project_get(request.user, project_pk)
-    if not can_change(request.user, project.organization):
-        raise PermissionDenied("Viewers cannot create environments.")
-    form = EnvironmentForm(request.POST or None, project=project)
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            try:
-                environment = services.environment_create(
-                    user=request.user, project=project, **form.cleaned_data
-                )
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Environment “{environment.name}” created.")
-                return _redirect(request, reverse("sharing:environments", args=[project.pk]))
-    return _environment_form_page(request, form, project)
+class EnvironmentCreate(_EnvironmentEdit):
+    done = "created"
+
+    @cached_property
+    def project(self):
+        return project_get(self.request.user, self.kwargs["project_pk"])
+
+    def permission_target(self, request, obj):
+        return self.project
+
+    def form_kwargs(self, request, obj):
+        return {"project": self.project}
+
+    def save(self, request, obj, form):
+        return services.environment_create(user=request.user, project=self.project, **form.cleaned_data)
+
+    def context(self, request, obj, form):
+        return {"project": self.project, "environment": None}
 
 
-@login_required
-def environment_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    environment = selectors.environment_get(request.user, pk)
-    project = environment.project
-    if not can_change(request.user, project.organization):
-        raise PermissionDenied("Viewers cannot change environments.")
-    form = EnvironmentForm(
-        request.POST or None,
-        project=project,
-        instance=environment,
-        initial=EnvironmentForm.initial_for(environment),
-    )
-    if request.method == "POST":
-        partial = field_validation_response(request, form, request.path)
-        if partial is not None:
-            return partial
-        if form.is_valid():
-            data = dict(form.cleaned_data)
-            data.pop("slug", None)
-            try:
-                services.environment_update(user=request.user, environment=environment, **data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Environment “{data['name']}” saved.")
-                return _redirect(request, reverse("sharing:environments", args=[project.pk]))
-    return _environment_form_page(request, form, project, environment)
+class EnvironmentEdit(_EnvironmentEdit):
+    done = "saved"
+
+    def get_object(self, request, pk):
+        return selectors.environment_get(request.user, pk)
+
+    def permission_target(self, request, environment):
+        return environment.project
+
+    def form_kwargs(self, request, environment):
+        return {"project": environment.project, "instance": environment,
+                "initial": EnvironmentForm.initial_for(environment)}  # fmt: skip
+
+    def save(self, request, environment, form):
+        data = {key: value for key, value in form.cleaned_data.items() if key != "slug"}
+        services.environment_update(user=request.user, environment=environment, **data)
+        environment.refresh_from_db()
+        return environment
+
+    def context(self, request, environment, form):
+        return {"project": environment.project, "environment": environment}
 
 
-@login_required
-@require_POST
-def environment_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    environment = selectors.environment_get(request.user, pk)
-    project = environment.project
-    try:
+environment_create = EnvironmentCreate.as_view()
+environment_edit = EnvironmentEdit.as_view()
+
+
+class EnvironmentDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.environment_get(request.user, pk)
+
+    def act(self, request, environment):
         services.environment_delete(user=request.user, environment=environment)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Environment “{environment.name}” deleted.")
-    return redirect("sharing:environments", project_pk=project.pk)
+
+    def success_message(self, environment, result):
+        return f"Environment “{environment.name}” deleted."
+
+    def success_url(self, request, environment):
+        return reverse("sharing:environments", args=[environment.project_id])
+
+
+environment_delete = EnvironmentDelete.as_view()
 
 
 # ---------------------------------------------------------------- quotas
@@ -377,7 +380,7 @@ def quotas(request: HttpRequest) -> HttpResponse:
         {
             "organization": org,
             **overview,
-            "is_admin": is_org_admin(request.user, org),
+            "is_admin": permissions.can(request.user, "admin", org),
             "errors": errors,
         },
     )
@@ -396,7 +399,7 @@ def _quota_response(request, ok_message: str, error_key: str, error: str | None)
 @require_POST
 def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
     project = project_get(request.user, project_pk)
-    if not is_org_admin(request.user, project.organization):
+    if not permissions.can(request.user, "admin", project):
         raise PermissionDenied("Only organization admins can change GPU quotas.")
     form = QuotaForm(request.POST)
     error = None
@@ -423,7 +426,7 @@ def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
 @require_POST
 def quota_organization(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    if not is_org_admin(request.user, org):
+    if not permissions.can(request.user, "admin", org):
         raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
     form = QuotaForm(request.POST)
     error = None
@@ -431,7 +434,7 @@ def quota_organization(request: HttpRequest) -> HttpResponse:
         error = "Organization quota: " + " ".join(m for ms in form.errors.values() for m in ms)
     else:
         try:
-            services.organization_quota_update(
+            project_services.organization_quota_set(
                 user=request.user, organization=org, gpu_quota=form.cleaned_data["gpu_quota"]
             )
         except ValidationError as exc:

@@ -19,6 +19,9 @@ def pytest_configure(config) -> None:
     os.makedirs(TEST_OUTPUT, exist_ok=True)
     # PBKDF2 costs ~0.3 s a user; the fixture set makes four per test. Tests don't test hashing.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The suite runs in production mode (REDIS_URL set) but speaks plain HTTP to its servers;
+    # HSTS, secure cookies and the CSP stay on (tests/console/test_security_settings.py).
+    settings.SECURE_SSL_REDIRECT = False
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from catalog.api.serializers import (
     NgcTagsQuerySerializer,
     ResolveQuerySerializer,
 )
+from console.api import IntegerIdMixin
 from projects.models import Project
 from projects.selectors import organizations_for_user, project_get
 
@@ -120,7 +121,7 @@ def _plain(value):
     return fix(data)
 
 
-class CatalogModelViewSet(viewsets.GenericViewSet):
+class CatalogModelViewSet(IntegerIdMixin, viewsets.GenericViewSet):
     """Catalog models of your organizations. Create with source huggingface, ngc or custom."""
 
     serializer_class = CatalogModelSerializer
@@ -376,7 +377,7 @@ class NgcViewSet(viewsets.ViewSet):
         return Response(data)
 
 
-class BundleViewSet(viewsets.GenericViewSet):
+class BundleViewSet(IntegerIdMixin, viewsets.GenericViewSet):
     """Profile Bundles: built-in ones and your organizations'. PATCH makes a new version."""
 
     serializer_class = BundleSerializer
@@ -431,11 +432,13 @@ class BundleViewSet(viewsets.GenericViewSet):
     @extend_schema(responses=BundleSerializer(many=True))
     @action(detail=True, methods=["get"])
     def versions(self, request, pk=None):
+        # Paginated like every list route, as the schema says.
         bundle = selectors.bundle_get(request.user, pk)
-        return Response(BundleSerializer(bundle.versions(), many=True).data)
+        page = self.paginate_queryset(bundle.versions())
+        return self.get_paginated_response(BundleSerializer(page, many=True).data)
 
 
-class MappingViewSet(viewsets.GenericViewSet):
+class MappingViewSet(IntegerIdMixin, viewsets.GenericViewSet):
     """MaaS mapping rules of your projects, in order; first match wins."""
 
     serializer_class = MappingSerializer
@@ -492,7 +495,8 @@ class MappingViewSet(viewsets.GenericViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=MappingReorderSerializer, responses=MappingSerializer(many=True))
-    @action(detail=False, methods=["post"])
+    # The answer is the project's whole new order, not a page of it.
+    @action(detail=False, methods=["post"], pagination_class=None)
     def reorder(self, request):
         body = MappingReorderSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -111,7 +111,7 @@ class EndpointSerializer(serializers.ModelSerializer):
 
 
 class RevisionSerializer(serializers.ModelSerializer):
-    created_by = serializers.StringRelatedField()
+    created_by = serializers.StringRelatedField(allow_null=True)
 
     class Meta:
         model = Revision
@@ -142,7 +142,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     serving_revision = serializers.SerializerMethodField()
     gpus_held = serializers.SerializerMethodField()
     sandbox = serializers.SerializerMethodField()
-    created_by = serializers.StringRelatedField()
+    created_by = serializers.StringRelatedField(allow_null=True)
 
     class Meta:
         model = ModelDeployment

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from deployments import selectors, services
+from catalog.selectors import bundles_for_user, models_for_user
+from console import permissions
+from deployments import renderers, selectors, services
+from deployments import spec as spec_module
 from deployments.api.serializers import (
     ComputePoolSerializer,
     ComputePoolUpdateSerializer,
@@ -28,14 +31,7 @@ from deployments.api.serializers import (
 )
 from deployments.models import ModelDeployment
 from projects.models import Environment, Organization
-from projects.selectors import can_change, organizations_for_user, projects_for_user
-
-
-def _require_change(user, organization) -> None:
-    if not can_change(user, organization):
-        raise PermissionDenied(
-            "Viewers cannot change deployments; ask an organization admin for the member role."
-        )
+from projects.selectors import organizations_for_user, projects_for_user
 
 
 class ComputePoolViewSet(viewsets.ReadOnlyModelViewSet):
@@ -46,7 +42,7 @@ class ComputePoolViewSet(viewsets.ReadOnlyModelViewSet):
 
     def _organization(self, org_id):
         orgs = organizations_for_user(self.request.user)
-        if org_id and selectors.is_pool_operator(self.request.user):
+        if org_id and permissions.is_pool_operator(self.request.user):
             orgs = Organization.objects.all()  # operators grant pools to any organization
         org = (
             orgs.filter(pk=org_id).first()
@@ -151,8 +147,6 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         return super().list(request, *args, **kwargs)
 
     def _querysets(self) -> dict:
-        from catalog.selectors import bundles_for_user, models_for_user
-
         user = self.request.user
         projects = projects_for_user(user)
         return {
@@ -173,7 +167,6 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         body = DeploymentCreateSerializer(data=request.data, querysets=self._querysets())
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        _require_change(request.user, data["project"].organization)
         deployment = services.deployment_create(
             user=request.user, project=data["project"], model=data["model"], pool=data["pool"], name=data["name"],
             spec=data.get("spec") or {}, bundle=data.get("bundle"), endpoint=data.get("endpoint"),
@@ -285,13 +278,15 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def revisions(self, request, pk=None):
         deployment = self.get_object()
-        return Response(RevisionSerializer(selectors.revisions_of(deployment), many=True).data)
+        page = self.paginate_queryset(selectors.revisions_of(deployment))
+        return self.get_paginated_response(RevisionSerializer(page, many=True).data)
 
     @extend_schema(responses=EventSerializer(many=True))
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         deployment = self.get_object()
-        return Response(EventSerializer(deployment.events.all()[:200], many=True).data)
+        page = self.paginate_queryset(deployment.events.all())
+        return self.get_paginated_response(EventSerializer(page, many=True).data)
 
     @extend_schema(
         parameters=[
@@ -304,8 +299,6 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def manifests(self, request, pk=None):
         """The Kubernetes objects a revision renders to, as multi-document YAML."""
-        from deployments import renderers
-        from deployments import spec as spec_module
 
         deployment = self.get_object()
         wanted = request.query_params.get("revision", "")

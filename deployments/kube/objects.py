@@ -75,6 +75,30 @@ def apply(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
                force=True, _content_type=APPLY_CONTENT_TYPE, kind=kind, action="apply")  # fmt: skip
 
 
+def apply_secret(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    """Apply a Secret ModelDeck makes from a project's integration, but never take over one it
+    did not create: a forced server-side apply would silently overwrite an operator's Secret of
+    the same name. An existing Secret without ModelDeck's label is refused, permanently."""
+    meta = obj["metadata"]
+    try:
+        existing = raw(kube.core.read_namespaced_secret, meta["name"], meta["namespace"],
+                       kind="Secret", action="read")  # fmt: skip
+    except PermanentKubeError as err:
+        if err.status != 404:
+            raise
+        existing = None
+    if existing is not None:
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+            raise PermanentKubeError(
+                f"Secret {meta['name']} already exists in namespace {meta['namespace']} and was "
+                f"not created by ModelDeck (no {LABEL_MANAGED_BY}={MANAGED_BY} label); it is left "
+                "alone. Remove or rename it there, then update the deployment.",
+                status=409, kind="Secret", reason="SecretNotOwned",
+            )  # fmt: skip
+    return apply(kube, obj)
+
+
 def secret_object(
     namespace: str, name: str, data: dict[str, str], *, type_: str = "Opaque"
 ) -> dict[str, Any]:
@@ -162,6 +186,14 @@ def count_selected(kube: Kube, namespace: str, selector: str) -> int:
     return total
 
 
+def list_pod_events(kube: Kube) -> list[dict[str, Any]]:
+    """Every Pod event in the cluster in one list call (events carry no labels of ours; the
+    caller keeps those of the pods it listed)."""
+    events = raw(kube.core.list_event_for_all_namespaces, field_selector="involvedObject.kind=Pod",
+                 kind="Events", action="list")  # fmt: skip
+    return events.get("items") or []
+
+
 def list_managed(kube: Kube) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Everything labelled as ours across the cluster: exactly two list calls (Deployments, Pods)."""
     deployments = raw(kube.apps.list_deployment_for_all_namespaces, label_selector=MANAGED_SELECTOR,
@@ -186,6 +218,7 @@ def list_custom(kube: Kube, kind: str) -> list[dict[str, Any]]:
 __all__ = [
     "KubeError",
     "apply",
+    "apply_secret",
     "classify",
     "count_selected",
     "delete_selected",
@@ -193,6 +226,7 @@ __all__ = [
     "ensure_namespace",
     "list_custom",
     "list_managed",
+    "list_pod_events",
     "read_deployment",
     "secret_object",
 ]

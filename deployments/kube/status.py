@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from deployments.kube.client import Kube, raw
@@ -37,9 +38,26 @@ FAILING_WAITING_REASONS = frozenset(
 class Problem:
     reason: str
     message: str
+    # Set for a pod the scheduler can't place yet (PodScheduled=False): since when. Such a pod
+    # may still get a node (cluster-autoscaler, Karpenter), unlike an image pull error.
+    unscheduled_since: datetime | None = None
 
     def text(self) -> str:
         return f"{self.reason}: {self.message}" if self.message else self.reason
+
+    @property
+    def is_capacity(self) -> bool:
+        return self.reason == "Unschedulable"
+
+    def capacity_summary(self) -> str:
+        """`0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: ...` ->
+        `insufficient nvidia.com/gpu`: what is missing, without the node counts."""
+        wanting = sorted(set(re.findall(r"Insufficient ([\w./-]*[\w/-])", self.message)))
+        if wanting:
+            return "insufficient " + ", ".join(wanting)
+        head = self.message.split("preemption:", 1)[0].strip().rstrip(".")
+        head = re.sub(r"^\d+/\d+ nodes are available:\s*", "", head)
+        return re.sub(r"\b\d+ (node\(s\) )?", "", head).strip() or "no node fits"
 
 
 @dataclass
@@ -52,10 +70,20 @@ class RevisionObservation:
     replicas: int = 0
     ready: int = 0
     pods: int = 0
+    scheduled: int = 0  # pods with a node
     problems: list[Problem] = field(default_factory=list)
 
     def problem(self) -> Problem | None:
+        """What to tell the user: a problem waiting can't fix (image pull error, crash loop)
+        before one a new node may still fix (unschedulable pods)."""
+        for problem in self.problems:
+            if not problem.is_capacity:
+                return problem
         return self.problems[0] if self.problems else None
+
+    def unscheduled_since(self) -> datetime | None:
+        times = [p.unscheduled_since for p in self.problems if p.is_capacity and p.unscheduled_since]
+        return min(times) if times else None
 
 
 def _int_label(obj: dict[str, Any], key: str) -> int | None:
@@ -71,7 +99,12 @@ def pod_problem(pod: dict[str, Any]) -> Problem | None:
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return Problem(cond.get("reason") or "Unschedulable", cond.get("message") or "")
+            since = _time(cond.get("lastTransitionTime")) or _time(
+                (pod.get("metadata") or {}).get("creationTimestamp")
+            )
+            return Problem(
+                cond.get("reason") or "Unschedulable", cond.get("message") or "", since
+            )
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in FAILING_WAITING_REASONS:
@@ -79,6 +112,19 @@ def pod_problem(pod: dict[str, Any]) -> Problem | None:
     if status.get("phase") == "Failed":
         return Problem(status.get("reason") or "Failed", status.get("message") or "")
     return None
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _pod_scheduled(pod: dict[str, Any]) -> bool:
+    return bool((pod.get("spec") or {}).get("nodeName"))
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
@@ -130,6 +176,8 @@ def observe(
         if obs is None:
             continue
         obs.pods += 1
+        if _pod_scheduled(pod):
+            obs.scheduled += 1
         if _pod_ready(pod):
             key = (_int_label(pod, LABEL_DEPLOYMENT_ID) or 0, obs.revision)
             ready_pods[key] = ready_pods.get(key, 0) + 1
@@ -222,6 +270,41 @@ def find_operators(kube: Kube) -> dict[str, bool]:
             ok = set(plurals) <= names
         found[name] = ok
     return found
+@dataclass(frozen=True)
+class PodEvent:
+    """Kubernetes' events of one deployment's pods, folded by (type, reason, message)."""
+
+    type: str
+    reason: str
+    message: str
+    count: int
+
+
+def events_by_deployment(
+    events: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> dict[int, list[PodEvent]]:
+    """Pod events (Scheduled, Pulling, Pulled, Started, BackOff, FailedScheduling...) grouped
+    by the deployment whose pod they are about, from one list of a pool's events. Repeats over
+    the deployment's pods are summed, so 3 replicas pulling one image read as one line, x3."""
+    owner: dict[tuple[str, str], int] = {}
+    for pod in pods:
+        dep_id = _int_label(pod, LABEL_DEPLOYMENT_ID)
+        meta = pod.get("metadata") or {}
+        if dep_id is not None:
+            owner[(meta.get("namespace", ""), meta.get("name", ""))] = dep_id
+    folded: dict[int, dict[tuple[str, str, str], int]] = {}
+    for event in events:
+        obj = event.get("involvedObject") or {}
+        dep_id = owner.get((obj.get("namespace", ""), obj.get("name", "")))
+        if dep_id is None:
+            continue
+        key = (event.get("type") or "Normal", event.get("reason") or "", event.get("message") or "")
+        bucket = folded.setdefault(dep_id, {})
+        bucket[key] = bucket.get(key, 0) + int(event.get("count") or 1)
+    return {
+        dep_id: [PodEvent(t, r, m, c) for (t, r, m), c in sorted(bucket.items())]
+        for dep_id, bucket in folded.items()
+    }
 
 
 def check_cluster(kube: Kube) -> dict[str, Any]:

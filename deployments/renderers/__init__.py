@@ -38,6 +38,7 @@ from .common import (
     build_deployment,
     build_model_cache_pvc,
     build_service,
+    check_reserved_metadata,
     deployment_selector,
     merge_args,
     object_names,
@@ -46,6 +47,8 @@ from .common import (
 )
 from .input import (
     AFFINITY_KEYS,
+    DEFAULT_CAPACITY_GRACE_SECONDS,
+    DEFAULT_STARTUP_BUDGET_SECONDS,
     ENGINES,
     OPERATORS,
     TOLERATION_KEYS,
@@ -74,6 +77,7 @@ def engine_for(spec: RenderSpec) -> Engine:
 def validate_spec(spec: RenderSpec) -> None:
     """Raise SpecError for the first thing in the spec that can't be rendered."""
     validate_common(spec)
+    check_reserved_metadata(spec)
     engine = engine_for(spec)
     engine.validate(spec)
     engine.check_env(spec)
@@ -146,6 +150,8 @@ __all__ = [
     "TOLERATION_KEYS",
     "is_label_value",
     "is_quantity",
+    "DEFAULT_CAPACITY_GRACE_SECONDS",
+    "DEFAULT_STARTUP_BUDGET_SECONDS",
     "ANNOTATION_ENGINE",
     "ANNOTATION_MODEL",
     "ANNOTATION_SERVED_MODEL_NAME",

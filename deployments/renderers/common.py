@@ -9,6 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.utils.quantity import parse_quantity
+
+from . import flags
+from .flags import FlagTable
 from .input import GPU_PRODUCT_LABEL, RenderSpec, SpecError, is_dns1123_subdomain
 
 # --- Labels and annotations -------------------------------------------------------------------
@@ -135,6 +139,44 @@ def revision_labels(spec: RenderSpec) -> dict[str, str]:
     return labels
 
 
+RESERVED_LABELS = frozenset({
+    LABEL_DEPLOYMENT_ID, LABEL_REVISION, LABEL_PROJECT, LABEL_NAME, LABEL_INSTANCE,
+    LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_VERSION,
+})  # fmt: skip
+RESERVED_ANNOTATIONS = frozenset({
+    ANNOTATION_ENGINE, ANNOTATION_MODEL, ANNOTATION_SERVED_MODEL_NAME, ANNOTATION_DEFAULT_CONTAINER,
+})  # fmt: skip
+
+
+def check_reserved_metadata(spec: RenderSpec) -> None:
+    """Labels and annotations ModelDeck sets itself can't be given: the poller, the selectors
+    and the gateway find objects by them. Said at save time, rather than dropped in silence."""
+    for field_name, given, reserved in (
+        ("labels", spec.labels, RESERVED_LABELS),
+        ("annotations", spec.annotations, RESERVED_ANNOTATIONS),
+    ):
+        clash = sorted(set(given) & reserved)
+        if clash:
+            raise SpecError(
+                field_name, f"{clash[0]} is set by ModelDeck; use a key of your own"
+            )
+
+
+# Images built for CPUs (vLLM's vllm-cpu-release-repo, TGI's -intel-cpu tags, TEI's cpu- tags).
+def is_cpu_image(image: str) -> bool:
+    return "cpu" in image.rsplit("/", 2)[-1].lower() or "cpu" in image.split(":")[0].lower()
+
+
+def check_gpus_for_gpu_image(spec: RenderSpec) -> None:
+    """A GPU build of vLLM or TGI with no GPU crash-loops (no CUDA device): refused unless the
+    image is a CPU build."""
+    if spec.gpus == 0 and not is_cpu_image(spec.image):
+        raise SpecError(
+            "gpus", f"{spec.image} is a GPU build of {spec.engine}: give it at least one GPU, "
+            "or use a CPU image",
+        )  # fmt: skip
+
+
 def merge_metadata(ours: Mapping[str, str], users: Mapping[str, str]) -> dict[str, str]:
     """User labels/annotations added to ours; on a clash ours win, since the poller, the
     selectors and the driver all depend on them."""
@@ -201,34 +243,40 @@ def flags_in(args: Sequence[str]) -> set[str]:
     return {key for key, _ in _options(args) if key is not None}
 
 
-def engine_var_flags(engine_vars: Mapping[str, str], *, negatable: bool) -> list[str]:
+def engine_var_flags(engine_vars: Mapping[str, str], table: FlagTable | None) -> list[str]:
     """Profile Bundle variables as CLI flags: `gpu_memory_utilization=0.9` becomes
-    `--gpu-memory-utilization 0.9`; "true" becomes a bare flag; "false" becomes `--no-flag`
-    for engines whose booleans are negatable (vLLM) and is left out for the others, whose
-    boolean flags are off unless given. An empty value means "not set"."""
+    `--gpu-memory-utilization 0.9`. Booleans follow the flag's real kind in the engine's table:
+    "true" is the bare flag; "false" is `--no-flag` for a BooleanOptionalAction flag, and left
+    out for a store_true one (vLLM 0.8.5 has no `--no-enforce-eager`: it exits 2). A flag that
+    takes a value gets "true"/"false" as its value. An empty value means "not set"."""
     args: list[str] = []
     for key in sorted(engine_vars):
         value = engine_vars[key].strip()
-        name = key.replace("_", "-")
+        name = "--" + key.replace("_", "-")
         if not value:
             continue
-        if value.lower() == "true":
-            args.append(f"--{name}")
+        kind = table.kind(name) if table else None
+        if value.lower() in ("true", "false") and kind == flags.VALUE:
+            args += [name, value.lower()]
+        elif value.lower() == "true":
+            args.append(name)
         elif value.lower() == "false":
-            if negatable:
-                args.append(f"--no-{name}")
+            if kind == flags.NEGATABLE:
+                args.append("--no-" + name[2:])
         else:
-            args += [f"--{name}", value]
+            args += [name, value]
     return args
 
 
 def engine_args(
-    spec: RenderSpec, base: Sequence[str], reserved: frozenset[str], *, negatable: bool
+    spec: RenderSpec, base: Sequence[str], reserved: frozenset[str], *, table: FlagTable | None
 ) -> list[str]:
     """ModelDeck's flags, then the bundle's variables, default args and the deployment's extra
     args, each later one winning. Flags ModelDeck depends on (port, host, served name) may not
-    be overridden: probes and the Service would point at nothing."""
-    var_args = engine_var_flags(spec.engine_vars, negatable=negatable)
+    be overridden: probes and the Service would point at nothing. Where the image's engine
+    version has a recorded flag table, a flag it lacks is refused now rather than as exit 2."""
+    var_args = engine_var_flags(spec.engine_vars, table)
+    exact = flags.table_for(spec.engine, spec.image)
     for field_name, args in (
         ("engine_vars", var_args),
         ("bundle_args", spec.bundle_args),
@@ -237,7 +285,19 @@ def engine_args(
         clash = sorted(flags_in(args) & reserved)
         if clash:
             raise SpecError(field_name, f"{clash[0]} is set by ModelDeck and can't be overridden")
+        problems = exact.problems(args) if exact else []
+        if problems:
+            raise SpecError(field_name, problems[0])
     return merge_args(base, var_args, spec.bundle_args, spec.extra_args)
+
+
+def boolean_flag(table: FlagTable | None, name: str, on: bool) -> list[str]:
+    """`--name` when on; when off, `--no-name` if the flag is negatable, else nothing (a
+    store_true flag is off unless given)."""
+    if on:
+        return [name]
+    kind = table.kind(name) if table else None
+    return ["--no-" + name[2:]] if kind == flags.NEGATABLE else []
 
 
 # --- Model location ---------------------------------------------------------------------------
@@ -335,6 +395,11 @@ class Engine:
     build: Callable[[RenderSpec], EngineParts]
     default_image_pull_secrets: tuple[str, ...] = ()
     pod_security_context: Mapping[str, Any] = field(default_factory=dict)
+    # The image to run when it depends on more than the spec's image (TEI: the GPU's arch).
+    image_for: Callable[[RenderSpec], str] | None = None
+
+    def image(self, spec: RenderSpec) -> str:
+        return self.image_for(spec) if self.image_for else spec.image
 
     def port(self, spec: RenderSpec) -> int:
         return spec.port or self.default_port
@@ -413,6 +478,15 @@ def _probe(path: str, *, period: int, timeout: int, failure_threshold: int) -> d
     }
 
 
+def progress_deadline_seconds(spec: RenderSpec) -> int:
+    """Kubernetes marks the Deployment ProgressDeadlineExceeded (and the poller fails it) when no
+    pod became ready within this: so it covers a wait for capacity, the image pull and the whole
+    startup budget, in that order, or a slow but healthy start would be failed half-way."""
+    return (
+        spec.capacity_grace_seconds + IMAGE_PULL_ALLOWANCE_SECONDS + spec.startup_budget_seconds
+    )
+
+
 def startup_failure_threshold(spec: RenderSpec) -> int:
     return math.ceil(spec.startup_budget_seconds / PROBE_PERIOD_SECONDS)
 
@@ -450,11 +524,51 @@ def _env(spec: RenderSpec, parts: EngineParts) -> list[dict[str, Any]]:
     return env
 
 
+def _bytes(quantity: str) -> int:
+    return int(parse_quantity(quantity))
+
+
+def format_bytes(n: int) -> str:
+    """Bytes as a Kubernetes quantity in the largest binary unit that divides them."""
+    for unit, size in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def pod_memory(spec: RenderSpec) -> str:
+    """The container's memory request and limit: what the engine needs plus /dev/shm.
+
+    /dev/shm is an emptyDir with medium Memory, a tmpfs whose pages are charged to the
+    container's memory cgroup: with 16Gi of NCCL buffers in it, a 16Gi limit leaves the engine
+    nothing and the kernel OOM-kills it. The limit is raised by the shm size instead."""
+    return format_bytes(_bytes(spec.memory) + _bytes(spec.shm_size_or_default()))
+
+
+# The scratch cache (no PVC) holds the weights once, plus the tokenizer, config and whatever
+# the engine compiles (CUDA graphs, TRT-LLM engines): 25% and 5Gi on top of the weights.
+SCRATCH_CACHE_DEFAULT = "50Gi"
+SCRATCH_CACHE_MINIMUM = 10 << 30
+
+
+def scratch_cache_size(spec: RenderSpec) -> str:
+    """sizeLimit of the cache emptyDir, and the pod's ephemeral-storage request for it, so that
+    the scheduler only picks a node with that much disk free and the kubelet does not evict
+    the pod for filling the node's disk."""
+    if not spec.model_bytes:
+        return SCRATCH_CACHE_DEFAULT
+    wanted = max(int(spec.model_bytes * 1.25) + (5 << 30), SCRATCH_CACHE_MINIMUM)
+    return f"{math.ceil(wanted / (1 << 30))}Gi"
+
+
 def _resources(spec: RenderSpec) -> dict[str, Any]:
     # No CPU limit: CFS throttling of the tokenizer and scheduler threads shows up directly as
     # latency, and the CPU request already reserves the node's share.
-    requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
-    limits: dict[str, Any] = {"memory": spec.memory}
+    memory = pod_memory(spec)
+    requests: dict[str, Any] = {"cpu": spec.cpu, "memory": memory}
+    limits: dict[str, Any] = {"memory": memory}
+    if spec.model_cache is None:
+        requests["ephemeral-storage"] = scratch_cache_size(spec)
     if spec.gpus > 0:
         # Extended resources can't be overcommitted: Kubernetes requires requests == limits.
         requests[GPU_RESOURCE] = str(spec.gpus)
@@ -471,7 +585,7 @@ def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
             "claimName": model_cache_name(spec.deployment_name)
         }
     else:
-        cache_volume["emptyDir"] = {}
+        cache_volume["emptyDir"] = {"sizeLimit": scratch_cache_size(spec)}
     volumes = [
         {
             "name": SHM_VOLUME,
@@ -488,7 +602,7 @@ def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": spec.image,
+        "image": engine.image(spec),
         "imagePullPolicy": "IfNotPresent",
     }
     if parts.command:
@@ -573,7 +687,7 @@ def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
             # A revision's pod template never changes (revisions are immutable), so old
             # ReplicaSets are only clutter.
             "revisionHistoryLimit": 1,
-            "progressDeadlineSeconds": spec.startup_budget_seconds + IMAGE_PULL_ALLOWANCE_SECONDS,
+            "progressDeadlineSeconds": progress_deadline_seconds(spec),
             "template": {
                 "metadata": {
                     "labels": merge_metadata(labels, spec.labels),

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from . import k8s_schema
+
 ENGINES = ("vllm", "nim", "tgi", "tei")
 MODEL_SOURCES = ("huggingface", "ngc", "custom")
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
@@ -18,6 +20,10 @@ PVC_ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadO
 # A large model's download plus its load onto the GPUs can take tens of minutes; the default
 # startup budget is generous on purpose, because a pod killed at 99% downloaded starts over.
 DEFAULT_STARTUP_BUDGET_SECONDS = 1800
+
+# How long a pod may wait for a node with room (cluster-autoscaler or Karpenter adding a GPU node
+# takes minutes) before the deployment is Failed.
+DEFAULT_CAPACITY_GRACE_SECONDS = 900
 
 # Long generations are still streaming when a pod is told to stop; give them time to finish.
 DEFAULT_TERMINATION_GRACE_SECONDS = 60
@@ -116,7 +122,7 @@ class RenderSpec:
     gpu_type: str | None = None  # value of the nvidia.com/gpu.product node label
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (secret, key)
-    # None means the engine's default (NIM: ngc-secret); () means none at all.
+    # None means the engine's default (NIM: modeldeck-ngc-pull); () means none at all.
     image_pull_secrets: tuple[str, ...] | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -137,6 +143,8 @@ class RenderSpec:
     # The engine requires the deployment's credential (a Secret ModelDeck owns; renderers/exposure.py).
     engine_credential: bool = False
     operator: str | None = None  # render operator-native objects: one of OPERATORS
+    capacity_grace_seconds: int = DEFAULT_CAPACITY_GRACE_SECONDS
+    model_bytes: int | None = None  # size of the weights, where the catalog knows it
 
     def __post_init__(self) -> None:
         # Detach from what the caller handed in: lists become tuples, mappings are copied.
@@ -262,6 +270,9 @@ def validate_common(spec: RenderSpec) -> None:
         _check_int("port", spec.port, minimum=1, maximum=65535)
     _check_int("startup_budget_seconds", spec.startup_budget_seconds, minimum=30, maximum=86400)
     _check_int("termination_grace_seconds", spec.termination_grace_seconds, minimum=0, maximum=3600)
+    _check_int("capacity_grace_seconds", spec.capacity_grace_seconds, minimum=0, maximum=86400)
+    if spec.model_bytes is not None:
+        _check_int("model_bytes", spec.model_bytes, minimum=0)
     if spec.max_client_batch_size is not None:
         _check_int("max_client_batch_size", spec.max_client_batch_size, minimum=1)
     if spec.nim_profile is not None and not re.fullmatch(r"[A-Za-z0-9._:-]+", spec.nim_profile):
@@ -281,12 +292,7 @@ def validate_common(spec: RenderSpec) -> None:
             if not is_dns1123_subdomain(name):
                 raise SpecError("image_pull_secrets", f"{name!r} is not a valid Secret name")
     _check_tolerations(spec.tolerations)
-    if spec.affinity is not None:
-        if not isinstance(spec.affinity, Mapping) or not set(spec.affinity) <= _AFFINITY_KEYS:
-            raise SpecError(
-                "affinity",
-                "must be a Kubernetes affinity: nodeAffinity, podAffinity, podAntiAffinity",
-            )
+    _check_affinity(spec.affinity)
     for name in ("bundle_args", "extra_args"):
         _check_args(name, getattr(spec, name))
     for key, value in spec.engine_vars.items():
@@ -369,8 +375,25 @@ def _check_metadata(name: str, items: Mapping[str, str], *, values_are_labels: b
             raise SpecError(name, f"{key}: {value!r} is not a valid label value")
 
 
+def _check_affinity(affinity: Any) -> None:
+    """Against Kubernetes' schema and the API server's rules: a wrongly typed affinity must
+    never reach a cluster (`nodeAffinity: 5` once wedged one)."""
+    if affinity is None:
+        return
+    if not isinstance(affinity, Mapping) or not set(affinity) <= _AFFINITY_KEYS:
+        raise SpecError(
+            "affinity", "must be a Kubernetes affinity: nodeAffinity, podAffinity, podAntiAffinity"
+        )
+    errors = k8s_schema.affinity_errors(dict(affinity))
+    if errors:
+        raise SpecError("affinity", errors[0])
+
+
 def _check_tolerations(tolerations: Sequence[Mapping[str, Any]]) -> None:
-    for toleration in tolerations:
+    for index, toleration in enumerate(tolerations):
+        errors = k8s_schema.toleration_errors(toleration, index)
+        if errors:
+            raise SpecError("tolerations", errors[0])
         if not isinstance(toleration, Mapping) or not set(toleration) <= _TOLERATION_KEYS:
             raise SpecError(
                 "tolerations", "each one has only key, operator, value, effect, tolerationSeconds"

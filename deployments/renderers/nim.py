@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import flags
 from .common import Engine, EngineParts, check_model_source, locate_model
 from .input import RenderSpec, SpecError
 
@@ -10,8 +11,10 @@ CACHE_PATH = "/opt/nim/.cache"
 READY_PATH = "/v1/health/ready"
 LIVE_PATH = "/v1/health/live"
 
-DEFAULT_PULL_SECRET = "ngc-secret"  # docker-registry Secret for nvcr.io
-DEFAULT_API_KEY_SECRET = ("ngc-api", "NGC_API_KEY")  # the NGC key NIM downloads engines with
+# Secrets ModelDeck creates from the project's NGC integration. Names of its own (prefixed):
+# a cluster's existing `ngc-secret` / `ngc-api` belong to someone else and are never taken over.
+DEFAULT_PULL_SECRET = "modeldeck-ngc-pull"  # docker-registry Secret for nvcr.io ($oauthtoken)
+DEFAULT_API_KEY_SECRET = ("modeldeck-ngc-api-key", "NGC_API_KEY")  # NIM downloads profiles with it
 # NIM images run as this user; the pod's fsGroup lets it write the model cache volume.
 NIM_UID = 1000
 
@@ -100,6 +103,15 @@ def validate(spec: RenderSpec) -> None:
     clash = sorted(set(engine_var_env(dict(spec.engine_vars))) & OWNED_ENV)
     if clash:
         raise SpecError("engine_vars", f"{clash[0]} is set by ModelDeck")
+    # NIM's "flags" are its documented environment variables; an undocumented one is ignored
+    # by NIM without a word, so a typo'd bundle variable is refused here instead.
+    table = flags.table_for("nim", spec.image)
+    if table is not None:
+        unknown = sorted(set(engine_var_env(dict(spec.engine_vars))) - set(table.env))
+        if unknown:
+            raise SpecError(
+                "engine_vars", f"{unknown[0]} is not a documented NIM {table.version} variable"
+            )
 
 
 ENGINE = Engine(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from . import flags
 from .common import (
     HF_CACHE_MOUNT_PATH,
     HF_HOME,
@@ -12,18 +15,48 @@ from .common import (
     engine_args,
     locate_model,
 )
+from .gpus import compute_capability
 from .input import RenderSpec, SpecError
 
+ENGINE_NAME = "tei"
 DEFAULT_PORT = 8080
 HEALTH_PATH = "/health"
 
 RESERVED_FLAGS = frozenset({"--hostname", "--port", "-p", "--model-id", "--huggingface-hub-cache"})
+
+# TEI publishes one CUDA image per GPU architecture (README "Docker Images", v1.5.1): the plain
+# tag is built for compute capability 8.0 only and refuses other GPUs at start.
+# Volta (7.0) and older are not supported at all.
+ARCH_TAG_PREFIX: dict[tuple[int, int], str] = {
+    (7, 5): "turing-",
+    (8, 0): "",
+    (8, 6): "86-",
+    (8, 9): "89-",
+    (9, 0): "hopper-",
+}
+_TEI_TAG = re.compile(r"^(?:(cpu|turing|hopper|86|89)-)?(\d+\.\d+(?:\.\d+)?)$")
+_TEI_REPO = "text-embeddings-inference"
+
+
+def image_for(spec: RenderSpec) -> str:
+    """The bundle's TEI image with the tag for the GPU type's architecture: `:1.5` on an
+    NVIDIA-H100 becomes `:hopper-1.5`, on a Tesla-T4 `:turing-1.5`. CPU images, unknown GPU
+    types and images that aren't TEI's own tags are left as given."""
+    repo, sep, tag = spec.image.rpartition(":")
+    m = _TEI_TAG.match(tag) if sep and "@" not in spec.image else None
+    if not m or not repo.endswith(_TEI_REPO) or m.group(1) == "cpu" or spec.gpus < 1:
+        return spec.image
+    cc = compute_capability(spec.gpu_type)
+    if cc is None or cc not in ARCH_TAG_PREFIX:
+        return spec.image
+    return f"{repo}:{ARCH_TAG_PREFIX[cc]}{m.group(2)}"
 
 
 def build(spec: RenderSpec) -> EngineParts:
     # context_length and prompt_caching don't apply: an embedding model's input limit is its
     # own, and an encoder keeps no KV cache to reuse.
     model = locate_model(spec)
+    table = flags.best_table(ENGINE_NAME, spec.image)
     base = [
         "--model-id",
         model.ref,
@@ -44,7 +77,7 @@ def build(spec: RenderSpec) -> EngineParts:
         secret_env.setdefault("HF_API_TOKEN", secret_env["HF_TOKEN"])
     return EngineParts(
         # The image's entrypoint is the router, for the CPU and GPU images alike.
-        args=tuple(engine_args(spec, base, RESERVED_FLAGS, negatable=False)),
+        args=tuple(engine_args(spec, base, RESERVED_FLAGS, table=table)),
         env=(("HF_HOME", HF_HOME), ("HUGGINGFACE_HUB_CACHE", HF_HUB_CACHE)),
         default_env={"HF_HUB_DISABLE_TELEMETRY": "1"},
         secret_env=secret_env,
@@ -57,12 +90,19 @@ def validate(spec: RenderSpec) -> None:
     check_model_source(spec, sources=("huggingface", "custom"), schemes=("pvc",))
     if spec.gpus > 1:
         raise SpecError("gpus", "TEI runs a model on one GPU; add replicas to scale out")
+    cc = compute_capability(spec.gpu_type) if spec.gpus else None
+    if cc is not None and cc < (7, 5):
+        raise SpecError(
+            "gpu_type",
+            f"Text Embeddings Inference does not support {spec.gpu_type} (compute capability "
+            f"{cc[0]}.{cc[1]}; it needs 7.5 or newer)",
+        )
     if spec.nim_profile:
         raise SpecError("nim_profile", "only applies to NIM")
 
 
 ENGINE = Engine(
-    name="tei",
+    name=ENGINE_NAME,
     default_port=DEFAULT_PORT,
     startup_path=HEALTH_PATH,
     readiness_path=HEALTH_PATH,
@@ -71,4 +111,5 @@ ENGINE = Engine(
     owned_env=frozenset({"HF_HOME", "HUGGINGFACE_HUB_CACHE"}),
     validate=validate,
     build=build,
+    image_for=image_for,
 )

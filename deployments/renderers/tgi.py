@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from . import flags
 from .common import (
     HF_CACHE_MOUNT_PATH,
     HF_HOME,
     HF_HUB_CACHE,
     Engine,
     EngineParts,
+    check_gpus_for_gpu_image,
     check_model_source,
     engine_args,
     locate_model,
@@ -15,6 +17,7 @@ from .common import (
 from .input import RenderSpec, SpecError
 
 # Not TGI's image default (80): a port above 1024 works whatever user the image runs as.
+ENGINE_NAME = "tgi"
 DEFAULT_PORT = 8080
 HEALTH_PATH = "/health"
 
@@ -23,6 +26,7 @@ RESERVED_FLAGS = frozenset({"--hostname", "--port", "-p", "--model-id", "--huggi
 
 def build(spec: RenderSpec) -> EngineParts:
     model = locate_model(spec)
+    table = flags.best_table(ENGINE_NAME, spec.image)
     base = [
         "--model-id",
         model.ref,
@@ -63,7 +67,7 @@ def build(spec: RenderSpec) -> EngineParts:
         # TGI before 2.0 read the token from the older variable name.
         secret_env.setdefault("HUGGING_FACE_HUB_TOKEN", secret_env["HF_TOKEN"])
     return EngineParts(
-        args=tuple(engine_args(spec, base, RESERVED_FLAGS, negatable=False)),
+        args=tuple(engine_args(spec, base, RESERVED_FLAGS, table=table)),
         env=tuple(env),
         default_env={"USAGE_STATS": "off", "HF_HUB_DISABLE_TELEMETRY": "1"},
         secret_env=secret_env,
@@ -73,13 +77,14 @@ def build(spec: RenderSpec) -> EngineParts:
 
 
 def validate(spec: RenderSpec) -> None:
+    check_gpus_for_gpu_image(spec)
     check_model_source(spec, sources=("huggingface", "custom"), schemes=("pvc",))
     if spec.nim_profile:
         raise SpecError("nim_profile", "only applies to NIM")
 
 
 ENGINE = Engine(
-    name="tgi",
+    name=ENGINE_NAME,
     default_port=DEFAULT_PORT,
     startup_path=HEALTH_PATH,
     readiness_path=HEALTH_PATH,

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from projects import services
+from deployments.models import ModelDeployment
+from projects import keys, services
 from projects.api.serializers import (
+    NO_SUCH_ORGANIZATION,
+    APIKeyCreatedSerializer,
+    APIKeyCreateSerializer,
+    APIKeyRevokeSerializer,
+    APIKeySerializer,
     OrganizationQuotaSerializer,
     OrganizationSerializer,
     ProjectSerializer,
     ProjectUpdateSerializer,
 )
+from projects.models import APIKey
 from projects.selectors import organizations_for_user, projects_for_user
 
 
@@ -43,20 +50,24 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _organization_for_write(self, request, org_id):
         orgs = organizations_for_user(request.user)
-        if org_id is None:
+        if org_id in (None, ""):
             org = getattr(request, "organization", None) or orgs.first()
+        elif str(org_id).isdigit() and int(org_id) < 2**63:
+            org = orgs.filter(pk=int(org_id)).first()
         else:
-            org = orgs.filter(pk=org_id).first()
+            org = None
         if org is None:
-            raise Http404("No such organization.")
+            # One answer for an id that does not exist and one of another organization.
+            raise Http404(NO_SUCH_ORGANIZATION)
         return org
 
     @extend_schema(request=ProjectSerializer, responses={201: ProjectSerializer})
     def create(self, request):
+        # The organization first: an outsider's id is a 404 before any field is judged.
+        org = self._organization_for_write(request, request.data.get("organization"))
         body = ProjectSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        org = self._organization_for_write(request, data.get("organization").pk if data.get("organization") else None)
         project = services.project_create(
             user=request.user, organization=org, name=data["name"], slug=data["slug"],
             description=data.get("description", ""), gpu_quota=data.get("gpu_quota", 4),
@@ -84,3 +95,90 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         except ValidationError:
             raise
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """API keys: yours, and for organization admins every key of the organization.
+
+    The secret is in the create response only. Revoking is a POST (keys are never deleted, so
+    usage stays attributed). The console's Developer Hub calls the same functions (projects.keys).
+    """
+
+    serializer_class = APIKeySerializer
+
+    def get_queryset(self):
+        user = self.request.user
+        params = self.request.query_params
+        org_id = params.get("organization")
+        organization = None
+        if org_id is not None:
+            if not org_id.isdigit():
+                raise ValidationError({"organization": "Give the organization's numeric id."})
+            organization = organizations_for_user(user).filter(pk=int(org_id)).first()
+            if organization is None:
+                raise Http404("No such organization.")
+        if params.get("owner", "me") == "any":
+            if organization is None:
+                raise ValidationError({"organization": "Listing every owner's keys needs ?organization=<id>."})
+            qs = keys.api_keys_for_organization(user, organization)
+        else:
+            qs = keys.api_keys_for_user(user, organization)
+        return qs.order_by("-created_at", "-pk")
+
+    def get_object(self):
+        pk = self.kwargs.get("pk", "")
+        if not str(pk).isdigit():
+            raise Http404("No such API key.")
+        return keys.api_key_get(self.request.user, int(pk))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("organization", int, description="Only keys of this organization."),
+            OpenApiParameter(
+                "owner", str, enum=["me", "any"],
+                description="`me` (default): your keys. `any`: every key of `organization` (its admins only).",
+            ),
+        ]
+    )  # fmt: skip
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=APIKeyCreateSerializer, responses={201: APIKeyCreatedSerializer})
+    def create(self, request):
+        body = APIKeyCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        orgs = organizations_for_user(request.user)
+        if data.get("organization") is not None:
+            organization = orgs.filter(pk=data["organization"]).first()
+        else:
+            organization = getattr(request, "organization", None) or orgs.order_by("pk").first()
+        if organization is None:
+            raise Http404("No such organization.")
+        wanted = set(data.get("deployments") or ())
+        chosen = list(ModelDeployment.objects.filter(pk__in=wanted).select_related("project"))
+        if len(chosen) != len(wanted):
+            # Unknown and foreign ids get the service's answer: nothing says which exist.
+            raise ValidationError(
+                {"deployments": "A key can only be limited to deployments of its organization or shared with it."}
+            )
+        key, secret = keys.api_key_create(
+            user=request.user, organization=organization, name=data["name"], scope=data["scope"],
+            expires_at=data.get("expires_at"), deployments=chosen,
+        )  # fmt: skip
+        key = keys.with_owner_state(APIKey.objects.filter(pk=key.pk)).first()
+        payload = APIKeyCreatedSerializer(key).data
+        payload["secret"] = secret
+        response = Response(payload, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"  # the only response that ever carries the secret
+        return response
+
+    @extend_schema(request=APIKeyRevokeSerializer, responses=APIKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        key = self.get_object()
+        body = APIKeyRevokeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        key = keys.api_key_revoke(user=request.user, key=key, reason=body.validated_data.get("reason", ""))
+        key = keys.with_owner_state(APIKey.objects.filter(pk=key.pk)).first()
+        return Response(APIKeySerializer(key).data)

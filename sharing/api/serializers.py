@@ -8,7 +8,9 @@ from rest_framework import serializers
 
 from deployments.models import ComputePool
 from projects.models import GPU_QUOTA_MAX, Environment, Organization
+from projects.selectors import projects_for_user
 from sharing.models import AccessKind, AuditAction, AuditEntry, ShareMode
+from sharing.services import UNKNOWN_USERS
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):
@@ -59,8 +61,12 @@ class SharingSerializer(serializers.Serializer):
     groups = serializers.PrimaryKeyRelatedField(
         queryset=Group.objects.all(), many=True, required=False
     )
+    # An unknown id gets the service's text for another organization's user: no existence oracle.
     users = serializers.PrimaryKeyRelatedField(
-        queryset=get_user_model().objects.all(), many=True, required=False
+        queryset=get_user_model().objects.all(),
+        many=True,
+        required=False,
+        error_messages={"does_not_exist": UNKNOWN_USERS, "incorrect_type": UNKNOWN_USERS},
     )
 
 
@@ -100,11 +106,21 @@ class EnvironmentSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
         validators: list = []  # uniqueness messages come from the service
 
+    # A form-encoded `null` parses to None past DRF's null check and reached the NOT NULL column.
+    def validate_allowed_pool_labels(self, value):
+        if value is None:
+            raise serializers.ValidationError('Give labels as {"label": ["value", …]}, or {} for any.')
+        return value
+
+    def validate_allowed_gpu_types(self, value):
+        if value is None:
+            raise serializers.ValidationError('Give GPU types as ["L4", …], or [] for any.')
+        return value
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         request = self.context.get("request")
         if request is not None:
-            from projects.selectors import projects_for_user
 
             self.fields["project"].queryset = projects_for_user(request.user)
 

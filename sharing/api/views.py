@@ -8,6 +8,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.response import Response
 
+from deployments.models import ModelDeployment
 from projects.selectors import organizations_for_user
 from sharing import selectors, services
 from sharing.api.serializers import (
@@ -118,7 +119,6 @@ class SharedDeploymentViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
             or organizations_for_user(self.request.user).first()
         )
         if org is None:
-            from deployments.models import ModelDeployment
 
             return ModelDeployment.objects.none()
         return (

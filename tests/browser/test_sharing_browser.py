@@ -59,12 +59,10 @@ def test_share_with_a_second_organization_and_its_user_sees_it(
 
 
 def test_audit_log_search_and_quota_edit(page, live_server, tenants, screenshot):
-    from projects.models import GpuReservation
     from sharing import services
 
-    dep = f.deployment(tenants.project, name="llama-chat")
-    other = f.deployment(tenants.project, name="embedder")
-    GpuReservation.objects.create(project=tenants.project, holder=f"deployment:{dep.pk}", gpus=7)
+    dep = f.deployment(tenants.project, name="llama-chat", revisions=[f.spec(gpus=7)])  # 7/8: near
+    other = f.deployment(tenants.project, name="embedder", revisions=[f.spec(gpus=0)])  # on CPUs
     services.deployment_share_set(user=tenants.owner, deployment=dep, mode="all")
     services.access_policy_set(user=tenants.member, deployment=other, kind="public")
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from projects.services import integration_set
 from tests.catalog.conftest import ALICE_TOKEN, BOB_TOKEN, NGC_PERSONAL_KEY
+from tests.factories import rest_api_client
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 QWEN_05B = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -51,10 +51,7 @@ def ngc_project(tenants):
 
 
 def api(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+    return rest_api_client(user)
 
 
 @pytest.fixture(autouse=True)

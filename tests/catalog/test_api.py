@@ -223,7 +223,7 @@ def test_bundles_create_version_and_list(tenants):
     )
     assert v2.status_code == 201 and v2.json()["version"] == 2 and v2.json()["id"] != pk
     versions = client.get(f"/api/v1/bundles/{pk}/versions/").json()
-    assert [v["version"] for v in versions] == [2, 1]
+    assert versions["count"] == 2 and [v["version"] for v in versions["results"]] == [2, 1]
     names = [(b["name"], b["version"]) for b in client.get("/api/v1/bundles/").json()["results"]]
     assert ("tei-gpu", 2) in names and ("tei-gpu", 1) not in names and ("vllm", 1) in names
     bad = client.post(

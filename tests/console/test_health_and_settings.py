@@ -8,7 +8,24 @@ from console.env import EnvError, database_from_url, env_bool, env_int
 
 
 @pytest.mark.django_db
-def test_healthz_reports_database_and_broker(client):
+def test_healthz_tells_anonymous_callers_only_up_or_down(client, tenants, settings):
+    from console.tasks import health_ping
+
+    health_ping.delay()  # a worker name now exists that must not be shown
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    settings.METRICS_TOKEN = "probe-token"
+    with_token = client.get("/healthz", HTTP_AUTHORIZATION="Bearer probe-token")
+    assert with_token.json()["database"]["ok"] is True
+    client.force_login(tenants.owner)  # an organization admin is not platform staff
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_healthz_reports_database_and_broker(client, tenants):
+    tenants.owner.is_staff = True
+    tenants.owner.save()
+    client.force_login(tenants.owner)
     response = client.get("/healthz")
     body = response.json()
     assert response.status_code == 200, body
@@ -17,9 +34,12 @@ def test_healthz_reports_database_and_broker(client):
 
 
 @pytest.mark.django_db
-def test_health_task_records_a_heartbeat(client):
+def test_health_task_records_a_heartbeat(client, tenants):
     from console.tasks import health_ping
 
+    tenants.owner.is_staff = True
+    tenants.owner.save()
+    client.force_login(tenants.owner)
     health_ping.delay()
     assert client.get("/healthz").json()["workers"]["ok"] is True
 

@@ -1,4 +1,4 @@
-"""Fixtures for deployment tests: a sandbox cluster per test, a sandbox pool pointing at it, a model and bundle."""
+"""Fixtures for deployment tests: a sandbox cluster where a test needs one, a pool, a model and a bundle."""
 
 from __future__ import annotations
 
@@ -34,10 +34,26 @@ def emulator(cluster):
     return cluster.emulator
 
 
+def runs_on_commit_work(request: pytest.FixtureRequest) -> bool:
+    """Whether this test's on-commit callbacks fire (the push is queued on commit).
+
+    In a transactional test every service transaction really commits, so the push runs (Celery
+    is eager in tests). In a plain ``django_db`` test the test's transaction is rolled back and
+    never commits: no push ever runs, so a sandbox there would be started for nothing."""
+    marker = request.node.get_closest_marker("django_db")
+    return "transactional_db" in request.fixturenames or bool(marker and marker.kwargs.get("transaction"))
+
+
 @pytest.fixture
-def pool(tenants, cluster) -> ComputePool:
+def pool(request: pytest.FixtureRequest, tenants) -> ComputePool:
+    """The sandbox pool: backed by a running sandbox where the push runs or the test asks for the
+    cluster itself; elsewhere an unreachable address (port 9), since nothing will call it."""
+    if runs_on_commit_work(request) or {"cluster", "emulator"} & set(request.fixturenames):
+        api_url = request.getfixturevalue("cluster").url
+    else:
+        api_url = "http://127.0.0.1:9"
     return ComputePool.objects.create(
-        organization=tenants.org, name="sandbox", kind=PoolKind.SANDBOX, api_url=cluster.url, engine_label="vllm",
+        organization=tenants.org, name="sandbox", kind=PoolKind.SANDBOX, api_url=api_url, engine_label="vllm",
         description="Simulated pool for tests.",
     )  # fmt: skip
 
@@ -61,7 +77,11 @@ def model(tenants) -> CatalogModel:
 
 @pytest.fixture
 def deploy(tenants, model, bundle, pool) -> Callable[..., ModelDeployment]:
-    """deploy(name, **spec overrides) through the real service (push runs on commit, eagerly)."""
+    """deploy(name, **spec overrides) through the real service.
+
+    The push is queued on commit: in transactional tests it runs (eagerly) against the sandbox;
+    in plain ``django_db`` tests nothing commits, so the deployment stays Pending with its GPUs
+    reserved — use ``deploy_pushed`` where the test needs the push to have run."""
     from deployments.services import deployment_create
 
     def _deploy(name: str = "chat", *, spec: dict | None = None, **kwargs) -> ModelDeployment:
@@ -72,6 +92,19 @@ def deploy(tenants, model, bundle, pool) -> Callable[..., ModelDeployment]:
         )  # fmt: skip
 
     return _deploy
+
+
+@pytest.fixture
+def deploy_pushed(deploy, cluster, django_capture_on_commit_callbacks) -> Callable[..., ModelDeployment]:
+    """deploy(), then run the on-commit push as a real commit would (plain ``django_db`` tests)."""
+
+    def _deploy_pushed(*args, **kwargs) -> ModelDeployment:
+        with django_capture_on_commit_callbacks(execute=True):
+            deployment = deploy(*args, **kwargs)
+        deployment.refresh_from_db()
+        return deployment
+
+    return _deploy_pushed
 
 
 def wait_for(

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment
+from tests.factories import rest_api_client
 
 pytestmark = pytest.mark.django_db
 
 
 def api(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+    return rest_api_client(user)
 
 
 @pytest.fixture
@@ -93,11 +90,11 @@ def test_update_partial_scale_rollback_revisions_events_manifests(tenants, deplo
     assert rolled.status_code == 200 and rolled.json()["current_revision"] == 5
     missing = client.post(url + "rollback/", {"revision": 99}, format="json")
     assert missing.status_code == 400 and "revision" in missing.json()
-    revisions = client.get(url + "revisions/").json()
+    revisions = client.get(url + "revisions/").json()["results"]
     assert [r["number"] for r in revisions] == [5, 4, 3, 2, 1] and revisions[-1][
         "created_by"
     ] == "owner"
-    events = client.get(url + "events/").json()
+    events = client.get(url + "events/").json()["results"]
     assert any(e["reason"] == "Created" for e in events)
     manifests = client.get(url + "manifests/?revision=2").json()
     assert (
@@ -122,7 +119,7 @@ def test_deactivate_activate_delete(tenants, deploy):
     assert ModelDeployment.objects.get(pk=deployment.pk).state == DeploymentState.DELETING
 
 
-def test_pools_api_never_returns_the_kubeconfig(tenants, pool, operator):
+def test_pools_api_never_returns_the_kubeconfig(tenants, cluster, pool, operator):
     client = api(operator)
     ComputePool.objects.filter(pk=pool.pk).update(kubeconfig="secret-kubeconfig-text")
     data = client.get(f"/api/v1/pools/{pool.pk}/").json()

@@ -16,14 +16,15 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments import kube
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import ComputePool, DeploymentState, PoolKind, PoolManager
 from deployments.services import pool_create, pool_test_connection, pool_update
+from projects.models import Role
 from tests.conftest import login
+from tests.factories import MembershipFactory, rest_api_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,9 +34,7 @@ PUBLIC_SERVER = "https://8.8.8.8:6443"  # a public literal: no DNS needed to jud
 
 
 def api(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
+    return rest_api_client(user)  # a hashed REST key, as REST clients authenticate
 
 
 @pytest.fixture
@@ -220,6 +219,7 @@ def test_the_django_admin_refuses_exec_naming_the_field(trap, tenants):
     from django.contrib.auth import get_user_model
 
     root = get_user_model().objects.create_superuser("root", "root@example.com", "pw-secret-123")
+    MembershipFactory(organization=tenants.org, role=Role.MEMBER, user=root)  # REST keys belong to an org
     response = login(root).post(reverse("admin:deployments_computepool_add"), {
         "organization": tenants.org.pk, "name": "adm", "kind": "kubeconfig", "engine_label": "vllm",
         "new_kubeconfig": trap["both"], "api_url": "", "region": "", "description": "",
@@ -259,7 +259,8 @@ def test_a_stored_unreduced_kubeconfig_is_refused_by_the_driver_without_running_
     from deployments.tasks import sync_status
 
     deployment = deployment_create(user=tenants.owner, project=tenants.project, model=model, pool=pool,
-                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0}},
+                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},  # a CPU build: 0 GPUs
+                                         "image": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5"},
                                    bundle=bundle)  # fmt: skip
     sync_status()
     deployment.refresh_from_db()
@@ -344,7 +345,8 @@ def test_deployment_events_never_show_the_remote_body(hostile_server, tenants, o
     pool = pool_create(user=operator, organization=tenants.org, name="hostile", kind="kubeconfig",
                        engine_label="vllm", kubeconfig=_kubeconfig_at(hostile_server["url"]))  # fmt: skip
     deployment = deployment_create(user=tenants.owner, project=tenants.project, model=model, pool=pool,
-                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0}},
+                                   name="chat", spec={"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},  # a CPU build: 0 GPUs
+                                         "image": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5"},
                                    bundle=bundle)  # fmt: skip
     deployment.refresh_from_db()
 
@@ -392,6 +394,7 @@ def test_operators_grant_pools_to_any_organization(tenants):
     from django.contrib.auth import get_user_model
 
     root = get_user_model().objects.create_superuser("root", "root@example.com", "pw-secret-123")
+    MembershipFactory(organization=tenants.org, role=Role.MEMBER, user=root)  # REST keys belong to an org
     response = api(root).post("/api/v1/pools/", {"organization": tenants.other_org.pk, "name": "granted",
                                                  "kind": "kubeconfig", "engine_label": "vllm",
                                                  "kubeconfig": _kubeconfig_at(PUBLIC_SERVER)}, format="json")  # fmt: skip

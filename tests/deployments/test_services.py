@@ -164,6 +164,9 @@ def test_nim_tag_change_in_place_makes_a_revision_with_the_new_image(tenants, of
         organization=tenants.org, name="Llama 3.1 8B NIM", source="ngc",
         ngc_image="nvcr.io/nim/meta/llama-3.1-8b-instruct", ngc_tag="1.3.0", ngc_tags=["1.3.0", "1.4.0"],
     )  # fmt: skip
+    from projects.services import integration_set
+
+    integration_set(user=tenants.owner, project=tenants.project, kind="ngc", secret="nvapi-x")
     deployment = deployment_create(user=tenants.owner, project=tenants.project, model=nim_model, pool=nim_pool,
                                    name="llama", bundle=nim_bundle, spec={})  # fmt: skip
     assert (
@@ -390,7 +393,7 @@ def test_twenty_parallel_scale_ups_never_overshoot_the_organization_quota(tenant
 
 
 def test_deployment_actions_follow_the_one_permission_rule(tenants, offline_pool, model, bundle):
-    """Services ask sharing.permissions, so a guardian grant or project membership counts
+    """Services ask console.permissions, so a guardian grant or project membership counts
     exactly as it does on the sharing page — not the organization role alone."""
     from guardian.shortcuts import assign_perm
 

@@ -134,8 +134,8 @@ def test_nim_models_take_image_and_tag_from_ngc_and_reference_the_ngc_key(tenant
 
     rs = render_spec_for(deployment, revision)
 
-    assert rs.secret_env["NGC_API_KEY"] == ("ngc-api", "NGC_API_KEY")
-    assert rs.image_pull_secrets == ("ngc-secret",)
+    assert rs.secret_env["NGC_API_KEY"] == ("modeldeck-ngc-api-key", "NGC_API_KEY")
+    assert rs.image_pull_secrets == ("modeldeck-ngc-pull",)
     assert rs.model_ref == "meta/llama-3.1-8b-instruct"
     render_yaml(rs)  # renders without error
 

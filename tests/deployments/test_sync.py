@@ -22,8 +22,28 @@ from tests.deployments.conftest import state_of, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_gpu_over_request_fails_with_the_schedulers_message(deploy):
+def test_gpu_over_request_waits_for_capacity_instead_of_failing(deploy):
+    # Pending is not Failed: cluster-autoscaler or Karpenter may be adding a node.
     deployment = deploy("big", spec={"resources": {"cpu": "2", "memory": "8Gi", "gpus": 5}})
+
+    wait_for(lambda: "Waiting for capacity" in (state_of(deployment) and deployment.state_reason))
+
+    assert deployment.state == DeploymentState.DEPLOYING
+    assert deployment.state_reason.startswith(
+        "Waiting for capacity (0/1 scheduled: insufficient nvidia.com/gpu)"
+    )
+    assert "15 min" in deployment.state_reason
+    event = deployment.events.get(reason="WaitingForCapacity")
+    assert event.type == "Warning" and "Insufficient nvidia.com/gpu" in event.message
+    sync_status()
+    assert state_of(deployment) == DeploymentState.DEPLOYING  # still within the grace period
+
+
+def test_gpu_over_request_fails_with_the_schedulers_message_after_the_grace_period(deploy):
+    deployment = deploy(
+        "big",
+        spec={"resources": {"cpu": "2", "memory": "8Gi", "gpus": 5}, "capacity_grace_seconds": 0},
+    )
 
     wait_for(lambda: state_of(deployment) == DeploymentState.FAILED)
 
@@ -58,7 +78,10 @@ def test_crash_loop_surfaces_crash_loop_backoff(deploy):
 
 
 def test_repeated_reason_bumps_the_event_count_instead_of_adding_events(deploy):
-    deployment = deploy("big", spec={"resources": {"cpu": "2", "memory": "8Gi", "gpus": 5}})
+    deployment = deploy(
+        "big",
+        spec={"resources": {"cpu": "2", "memory": "8Gi", "gpus": 5}, "capacity_grace_seconds": 0},
+    )
     wait_for(lambda: state_of(deployment) == DeploymentState.FAILED)
     ModelDeployment.objects.filter(pk=deployment.pk).update(
         state_reason=""
@@ -117,7 +140,7 @@ def _put_running(emulator: KubeEmulator, deployment: ModelDeployment, revision: 
     )  # fmt: skip
 
 
-def test_one_sync_cycle_over_1000_deployments_on_5_pools_makes_at_most_10_list_calls(
+def test_one_sync_cycle_over_1000_deployments_on_5_pools_makes_at_most_15_list_calls(
     tenants, bundle, model
 ):
     emulators = [KubeEmulator() for _ in range(5)]
@@ -125,7 +148,10 @@ def test_one_sync_cycle_over_1000_deployments_on_5_pools_makes_at_most_10_list_c
         emulator.start()
     try:
         spec = normalize_spec(
-            {"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0}}, bundle=bundle, model=model
+            # A CPU build: a GPU image of vLLM with no GPU is refused.
+            {"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},
+             "image": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5"},
+            bundle=bundle, model=model,
         )
         pools = [
             ComputePool.objects.create(
@@ -167,7 +193,7 @@ def test_one_sync_cycle_over_1000_deployments_on_5_pools_makes_at_most_10_list_c
         totals = sync_status()
 
         list_calls = sum(e.count(verb="list") for e in emulators)
-        assert list_calls <= 10
+        assert list_calls <= 15  # Deployments, Pods and Pod events: three per pool
         assert totals["list_calls"] == list_calls
         assert sum(e.count() for e in emulators) == list_calls  # nothing but the listings
         assert ModelDeployment.objects.filter(state=DeploymentState.RUNNING).count() == 1000
@@ -193,3 +219,26 @@ def test_models_from_other_pools_are_not_touched_by_a_pools_outage(
     assert state_of(stranded) == DeploymentState.UNKNOWN
     assert state_of(healthy) == DeploymentState.RUNNING
     assert CatalogModel.objects.count() == 1
+
+
+def test_pods_kubernetes_events_reach_the_events_tab_without_a_call_per_deployment(deploy):
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    sync_status()
+
+    pod_events = deployment.events.filter(source="pod")
+    reasons = set(pod_events.values_list("reason", flat=True))
+    assert {"Scheduled", "Pulling", "Pulled", "Started"} <= reasons
+    pulled = pod_events.get(reason="Pulled")
+    assert "vllm/vllm-openai" in pulled.message
+
+    before = {e.pk: e.count for e in pod_events}
+    sync_status()  # the same events again: nothing new is written
+    assert {e.pk: e.count for e in deployment.events.filter(source="pod")} == before
+
+
+def test_a_pending_pods_failed_scheduling_event_is_shown(deploy):
+    deployment = deploy("big", spec={"resources": {"cpu": "2", "memory": "8Gi", "gpus": 5}})
+    wait_for(lambda: deployment.events.filter(source="pod", reason="FailedScheduling").exists())
+    event = deployment.events.get(source="pod", reason="FailedScheduling")
+    assert event.type == "Warning" and "Insufficient nvidia.com/gpu" in event.message

@@ -93,7 +93,9 @@ def test_model_cache_from_the_form_reaches_the_spec_and_the_manifests(owner_clie
         {**form_data, "model_cache_size": "100Gi", "model_cache_storage_class": "fast-rwx"},
     )
     deployment = ModelDeployment.objects.get(project=tenants.project, name="qwen-chat")
-    assert deployment.spec()["model_cache"] == {"size": "100Gi", "storage_class": "fast-rwx"}
+    assert deployment.spec()["model_cache"] == {
+        "size": "100Gi", "storage_class": "fast-rwx", "access_mode": ""  # "": follows replicas
+    }
     manifests = owner_client.get(deployment.get_absolute_url() + "?tab=manifests").content.decode()
     assert "PersistentVolumeClaim" in manifests and "fast-rwx" in manifests
 
@@ -467,7 +469,9 @@ def test_nim_tag_change(owner_client, tenants, pool):
         ngc_tag="1.1.0", ngc_tags=["1.1.0", "1.3.0"],
     )  # fmt: skip
     from deployments.services import deployment_create
+    from projects.services import integration_set
 
+    integration_set(user=tenants.owner, project=tenants.project, kind="ngc", secret="nvapi-x")
     deployment = deployment_create(
         user=tenants.owner,
         project=tenants.project,
@@ -533,7 +537,7 @@ def test_kubeconfig_upload_and_bad_kubeconfig(tenants, operator):
     assert "needs a “clusters:” list" in html and 'value="bad"' in html
 
 
-def test_sandbox_pool_test_connection_shows_nodes_and_gpus(operator, pool):
+def test_sandbox_pool_test_connection_shows_nodes_and_gpus(operator, cluster, pool):
     owner_client = login(operator)
     html = owner_client.post(
         reverse("deployments:pool_test", args=[pool.pk]), HTTP_HX_REQUEST="true"

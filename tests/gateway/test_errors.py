@@ -202,6 +202,104 @@ def test_bad_json_and_missing_model_are_400(tenants, deployment, gateway):
     assert error["param"] == "model"
 
 
+def _raw(gateway, secret: str | None, content: bytes, path: str = "/chat/completions"):
+    headers = {"content-type": "application/json"}
+    if secret:
+        headers["authorization"] = f"Bearer {secret}"
+    return httpx.post(gateway.base_url + path, content=content, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("with_key", [True, False])
+def test_deeply_nested_json_is_400_with_or_without_a_key(tenants, deployment, gateway, with_key):
+    secret = make_key(tenants.member, tenants.org) if with_key else None
+    for deep in (b"[" * 1000 + b"]" * 1000, b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        error = assert_openai_error(_raw(gateway, secret, deep), 400, "invalid_request_error", None)
+        assert "nested too deeply" in error["message"] or "object" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "content", [b"0", b"[]", b'"x"', b"null", b"\xff\xfe{", b'{"model": "\xc3\x28"}']
+)
+def test_bodies_that_are_not_a_json_object_or_not_utf8_are_400(
+    tenants, deployment, gateway, content
+):
+    secret = make_key(tenants.member, tenants.org)
+    assert_openai_error(_raw(gateway, secret, content), 400, "invalid_request_error", None)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "llama-chat", "messages": 5}, "messages"),
+        ({"model": "llama-chat", "messages": "hi"}, "messages"),
+        ({"model": "llama-chat", "messages": [5]}, "messages[0]"),
+        (
+            {"model": "llama-chat", "messages": [{"role": "user", "content": 7}]},
+            "messages[0].content",
+        ),
+        (
+            {
+                "model": "llama-chat",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": 7}]}],
+            },
+            "messages[0].content[0].text",
+        ),
+        (
+            {"model": "llama-chat", "messages": [{"role": "user", "content": [3]}]},
+            "messages[0].content[0]",
+        ),
+        ({**CHAT, "max_tokens": 2**63}, "max_tokens"),
+        ({**CHAT, "max_tokens": -1}, "max_tokens"),
+        ({**CHAT, "max_tokens": 1.5}, "max_tokens"),
+        ({**CHAT, "max_tokens": "10"}, "max_tokens"),
+        ({**CHAT, "max_completion_tokens": 2**63}, "max_completion_tokens"),
+        ({**CHAT, "stream": "yes"}, "stream"),
+    ],
+)
+def test_values_the_gateway_reads_are_checked_with_a_400_naming_the_parameter(
+    tenants, deployment, gateway, body, param
+):
+    secret = make_key(tenants.member, tenants.org)
+    error = assert_openai_error(
+        post(gateway, secret, body), 400, "invalid_request_error", "invalid_value"
+    )
+    assert error["param"] == param
+
+
+def test_embeddings_and_completions_inputs_are_checked(tenants, deployment, gateway):
+    secret = make_key(tenants.member, tenants.org)
+    bad_input = post(
+        gateway, secret, {"model": "llama-chat", "input": {"a": 1}}, path="/embeddings"
+    )
+    assert (
+        assert_openai_error(bad_input, 400, "invalid_request_error", "invalid_value")["param"]
+        == "input"
+    )
+    bad_prompt = post(
+        gateway, secret, {"model": "llama-chat", "prompt": [1, "a"]}, path="/completions"
+    )
+    assert (
+        assert_openai_error(bad_prompt, 400, "invalid_request_error", "invalid_value")["param"]
+        == "prompt"
+    )
+
+
+def test_huge_max_tokens_leaves_the_rate_limiter_working(tenants, gateway, redis_client):
+    """2^63 once overflowed the limiter's arithmetic and broke the window for the next minute."""
+    make_deployment(
+        tenants.project, "limited", served_model_name="limited",
+        rate_limits={"api_key": {"rpm": 100, "tpm": 100_000}},
+    )  # fmt: skip
+    secret = make_key(tenants.member, tenants.org)
+    body = {"model": "limited", "messages": [{"role": "user", "content": "hi"}]}
+    refused = post(gateway, secret, {**body, "max_tokens": 2**63})
+    assert_openai_error(refused, 400, "invalid_request_error", "invalid_value")
+    ok = post(gateway, secret, {**body, "max_tokens": 16})
+    assert ok.status_code == 200, ok.text
+    # Refused before accounting: only the admitted request counts against the window.
+    assert int(ok.headers["x-ratelimit-remaining-requests"]) == 99
+
+
 def test_unknown_endpoint_is_404_in_openai_shape(gateway):
     response = httpx.get(gateway.base_url + "/fine_tuning/jobs")
     assert_openai_error(response, 404, "invalid_request_error", "unknown_url")
@@ -248,3 +346,16 @@ def test_redis_down_fails_closed_with_503(tenants, engine, settings, transaction
         assert response.headers.get("x-request-id", "").startswith("req_")
     finally:
         server.stop()
+
+
+def test_metrics_are_off_without_a_token_and_need_it_when_set(
+    tenants, deployment, gateway, settings
+):
+    settings.METRICS_TOKEN = None
+    assert httpx.get(gateway.url + "/metrics").status_code == 404
+    settings.METRICS_TOKEN = "scrape-me"
+    assert httpx.get(gateway.url + "/metrics").status_code == 401
+    wrong = httpx.get(gateway.url + "/metrics", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "llama" not in wrong.text
+    right = httpx.get(gateway.url + "/metrics", headers={"authorization": "Bearer scrape-me"})
+    assert right.status_code == 200 and "modeldeck_gateway_requests_total" in right.text

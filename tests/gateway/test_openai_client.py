@@ -145,14 +145,17 @@ def test_flush_twice_or_late_never_doubles(setup, _clean_redis):
     assert _clean_redis.llen(USAGE_LIST_KEY) == 0
 
 
-def test_metrics_expose_requests_tokens_and_latency_by_deployment(setup, gateway):
+def test_metrics_expose_requests_tokens_and_latency_by_deployment(setup, gateway, settings):
     import httpx
 
+    settings.METRICS_TOKEN = "scrape-token"
     _, client = setup
     client.chat.completions.create(
         model="llama-chat", messages=[{"role": "user", "content": "metrics please"}]
     )
-    text = httpx.get(gateway.url + "/metrics").text
+    text = httpx.get(
+        gateway.url + "/metrics", headers={"authorization": "Bearer scrape-token"}
+    ).text
     assert (
         'modeldeck_gateway_requests_total{deployment="llama",route="chat.completions",status="200"}'
         in text

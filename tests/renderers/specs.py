@@ -121,7 +121,7 @@ def big_spec(engine: str, **overrides: Any) -> RenderSpec:
         fields["engine_vars"] = {"pooling": "cls"}
     elif engine == "nim":
         fields["nim_profile"] = "tensorrt_llm-h100-fp8-tp4-throughput"
-        fields["engine_vars"] = {"max_batch_size": "64"}
+        fields["engine_vars"] = {"log_level": "INFO"}  # NIM_LOG_LEVEL, documented
         fields["secret_env"] = {
             "NGC_API_KEY": ("ngc-api", "NGC_API_KEY"),
             "HF_TOKEN": ("hf-token", "token"),

@@ -176,8 +176,8 @@ def test_nim_runs_the_image_with_its_defaults() -> None:
     env = env_of(spec)
     assert container["image"] == "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3"
     assert "command" not in container and "args" not in container  # the image starts NIM itself
-    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}]
-    assert env["NGC_API_KEY"] == ("ngc-api", "NGC_API_KEY")
+    assert pod["imagePullSecrets"] == [{"name": "modeldeck-ngc-pull"}]
+    assert env["NGC_API_KEY"] == ("modeldeck-ngc-api-key", "NGC_API_KEY")
     assert env["NIM_SERVED_MODEL_NAME"] == "meta/llama-3.1-8b-instruct"
     assert env["NIM_CACHE_PATH"] == "/opt/nim/.cache"
     assert env["NIM_SERVER_PORT"] == "8000"
@@ -186,7 +186,7 @@ def test_nim_runs_the_image_with_its_defaults() -> None:
     assert "NIM_MAX_MODEL_LEN" not in env
     assert "NIM_MODEL_NAME" not in env  # the model is in the image
     assert mounts_of(spec)["/opt/nim/.cache"]["name"] == "model-cache"
-    assert {"name": "model-cache", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model-cache", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
     assert container["ports"][0]["containerPort"] == 8000
     assert probe_paths(spec) == ("/v1/health/ready", "/v1/health/ready", "/v1/health/live")
 
@@ -198,7 +198,7 @@ def test_nim_passes_profile_context_length_and_cache_claim() -> None:
     assert env["NIM_MODEL_PROFILE"] == "tensorrt_llm-h100-fp8-tp4-throughput"
     assert env["NIM_MAX_MODEL_LEN"] == "32768"
     assert env["NIM_SERVED_MODEL_NAME"] == "big-model"
-    assert env["NIM_MAX_BATCH_SIZE"] == "64"  # engine variable
+    assert env["NIM_LOG_LEVEL"] == "INFO"  # engine variable
     assert {
         "name": "model-cache",
         "persistentVolumeClaim": {"claimName": "big-model-cache"},

@@ -132,27 +132,30 @@ def test_user_labels_and_annotations_are_merged_everywhere() -> None:
         assert metadata["annotations"]["prometheus.io/scrape"] == "true"
 
 
-def test_users_cannot_override_modeldecks_own_labels_or_annotations() -> None:
-    spec = make_spec(
-        labels={
-            LABEL_MANAGED_BY: "helm",
-            LABEL_DEPLOYMENT_ID: "1",
-            LABEL_REVISION: "1",
-            LABEL_INSTANCE: "other",
-            "modeldeck.io/inference-engine": "vllm",
-        },
-        annotations={"modeldeck.io/engine": "tgi"},
-    )
-    objects = render_all(spec)
-    deployment = by_kind(objects)["Deployment"]
-    for metadata in [o["metadata"] for o in objects] + [deployment["spec"]["template"]["metadata"]]:
-        assert metadata["labels"][LABEL_MANAGED_BY] == "modeldeck"
-        assert metadata["labels"][LABEL_DEPLOYMENT_ID] == "42"
-        assert metadata["labels"][LABEL_REVISION] == "3"
-        assert metadata["labels"][LABEL_INSTANCE] == "chat"
-        # A modeldeck.io key ModelDeck doesn't set itself (the bundle's engine label) passes.
-        assert metadata["labels"]["modeldeck.io/inference-engine"] == "vllm"
-    assert deployment["metadata"]["annotations"]["modeldeck.io/engine"] == "vllm"
+@pytest.mark.parametrize(
+    "labels,annotations",
+    [
+        ({LABEL_MANAGED_BY: "helm"}, {}),
+        ({LABEL_DEPLOYMENT_ID: "1"}, {}),
+        ({LABEL_REVISION: "1"}, {}),
+        ({LABEL_INSTANCE: "other"}, {}),
+        ({}, {"modeldeck.io/engine": "tgi"}),
+    ],
+)
+def test_users_cannot_override_modeldecks_own_labels_or_annotations(
+    labels: dict[str, str], annotations: dict[str, str]
+) -> None:
+    # Refused with a message: they used to be dropped in silence.
+    with pytest.raises(SpecError) as err:
+        render_all(make_spec(labels=labels, annotations=annotations))
+    assert err.value.field == ("labels" if labels else "annotations")
+    assert "is set by ModelDeck" in err.value.message
+
+
+def test_a_modeldeck_io_key_modeldeck_does_not_set_passes() -> None:
+    spec = make_spec(labels={"modeldeck.io/inference-engine": "vllm"})
+    for obj in render_all(spec):
+        assert obj["metadata"]["labels"]["modeldeck.io/inference-engine"] == "vllm"
 
 
 # --- Blue-green -------------------------------------------------------------------------------
@@ -215,7 +218,7 @@ def test_without_a_model_cache_there_is_no_claim_and_the_cache_is_an_empty_dir()
     objects = render(make_spec())
     assert [o["kind"] for o in objects] == ["Deployment"]
     volumes = objects[0]["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "model-cache", "emptyDir": {}} in volumes
+    assert {"name": "model-cache", "emptyDir": {"sizeLimit": "50Gi"}} in volumes
 
 
 def test_object_names_and_selectors_for_the_driver() -> None:
@@ -252,7 +255,10 @@ def test_gpus_are_requested_and_limited_equally(engine: str) -> None:
     gpus = "1" if engine == "tei" else "4"
     assert resources["requests"][GPU_RESOURCE] == resources["limits"][GPU_RESOURCE] == gpus
     assert resources["requests"]["cpu"] == "16"
-    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "128Gi"
+    # 128Gi for the engine plus /dev/shm (16Gi with tensor parallelism, 2Gi on one GPU): the
+    # tmpfs is charged to the container's memory limit.
+    memory = "130Gi" if engine == "tei" else "144Gi"
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == memory
     assert "cpu" not in resources["limits"]
 
 

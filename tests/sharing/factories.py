@@ -1,12 +1,21 @@
-"""Rows the governance tests need from other apps, made with the ORM (not their services)."""
+"""Rows the governance tests need from other apps.
+
+A deployment here is made with the ORM (the tests need several revisions and a running state
+without a cluster), but never in a state no service could produce: it holds its GPUs in the
+project's quota through projects.services.quota_reserve, and reaches Running through
+deployments.services.state_claim, as the status sync does.
+"""
 
 from __future__ import annotations
 
 import itertools
 
 from catalog.models import CatalogModel, ProfileBundle
-from deployments.models import ComputePool, ModelDeployment, Revision
+from deployments.models import ComputePool, DeploymentState, ModelDeployment, Revision
+from deployments.services import state_claim
+from deployments.spec import gpu_hold
 from projects.models import Environment, Organization, Project
+from projects.services import quota_reserve
 
 _seq = itertools.count(1)
 
@@ -87,7 +96,6 @@ def deployment(
         pool=pool_ or pool(org),
         environment=environment,
         name=name or f"dep-{next(_seq)}",
-        state="running",
     )
     current = None
     for number, body in enumerate(revisions or [spec()], start=1):
@@ -95,6 +103,8 @@ def deployment(
     dep.current_revision = current
     dep.serving_revision = current
     dep.save(update_fields=["current_revision", "serving_revision"])
+    quota_reserve(project=project, holder=dep.gpu_holder(), gpus=gpu_hold(current.spec))
+    state_claim(dep, expect=DeploymentState.PENDING, state=DeploymentState.RUNNING)
     return dep
 
 

@@ -14,10 +14,7 @@ from tests.sharing import factories as f
 
 @pytest.mark.django_db
 def test_page_shows_use_holders_and_highlights_near_and_over(tenants):
-    dep = f.deployment(tenants.project, name="llama-chat")
-    GpuReservation.objects.create(
-        project=tenants.project, holder=f"deployment:{dep.pk}", gpus=7
-    )  # 7/8 near
+    f.deployment(tenants.project, name="llama-chat", revisions=[f.spec(gpus=7)])  # 7/8 near
     full = ProjectFactory(organization=tenants.org, name="Vision", gpu_quota=2)
     GpuReservation.objects.create(project=full, holder="notebook:1", gpus=2)  # 2/2 over
     calm = ProjectFactory(organization=tenants.org, name="Calm", gpu_quota=10)

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from projects.models import Membership, Organization, Project, ProjectMember, Role
+from projects.services import project_create
 
 DEMO_HOOKS: list[str] = [
     # Later parts of the product add their demo data here (a sandbox pool, a model ready to deploy).
@@ -35,10 +36,12 @@ class Command(BaseCommand):
                 admin.save()
             org, _ = Organization.objects.get_or_create(slug="demo", defaults={"name": "demo", "gpu_quota": 8})
             Membership.objects.get_or_create(user=admin, organization=org, defaults={"role": Role.ADMIN})
-            project, _ = Project.objects.get_or_create(
-                organization=org, slug="demo",
-                defaults={"name": "demo", "description": "Demo project created by make run.", "gpu_quota": 4, "created_by": admin},
-            )
+            project = Project.objects.filter(organization=org, slug="demo").first()
+            if project is None:  # through the service: it chooses the namespace and adds admin
+                project = project_create(
+                    user=admin, organization=org, name="demo", slug="demo",
+                    description="Demo project created by make run.", gpu_quota=4,
+                )  # fmt: skip
             ProjectMember.objects.get_or_create(project=project, user=admin, defaults={"role": Role.ADMIN})
         for hook in DEMO_HOOKS:
             module_name, func_name = hook.rsplit(".", 1)

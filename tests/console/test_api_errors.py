@@ -1,0 +1,166 @@
+"""The REST API answers bad input with 4xx JSON in its error shape, never a 500 (issue: "500s")."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from catalog.models import CatalogModel, ProfileBundle
+from projects.models import Environment
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client(tenants) -> Client:
+    # A 500 must show up as a status here, not as an exception the test client re-raises.
+    client = Client(raise_request_exception=False)
+    client.force_login(tenants.owner)
+    return client
+
+
+@pytest.fixture
+def catalog(tenants):
+    model = CatalogModel.objects.create(
+        organization=tenants.org, name="m", source="huggingface", repo_id="acme/m"
+    )
+    bundle = ProfileBundle.objects.create(
+        organization=tenants.org, name="b", engine="vllm", image="vllm/vllm-openai:v0.6.3"
+    )
+    return model, bundle
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/models/abc/",
+        "/api/v1/models/null,null/",
+        "/api/v1/models/99999999999999999999999/",
+        "/api/v1/models/abc/estimate/",
+        "/api/v1/bundles/abc/",
+        "/api/v1/bundles/abc/versions/",
+        "/api/v1/mappings/abc/",
+        "/api/v1/deployments/abc/",
+        "/api/v1/projects/1.5/",
+        "/api/v1/no-such-collection/",
+    ],
+)
+def test_ids_that_are_not_whole_numbers_are_a_json_404(client, catalog, url):
+    response = client.get(url)
+    assert response.status_code == 404, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", ["0", "[]", '"x"', "null", "[null, null]", "true"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/models/",
+        "/api/v1/projects/",
+        "/api/v1/bundles/",
+        "/api/v1/mappings/",
+        "/api/v1/models/hub-add/",
+    ],
+)
+def test_json_bodies_that_are_not_objects_are_a_400(client, url, body):
+    response = client.post(url, data=body, content_type="application/json")
+    assert response.status_code == 400, response.content[:200]
+    assert "must be an object" in response.json()["detail"]
+
+
+def test_json_body_that_is_not_an_object_on_an_update_route_is_a_400(client, catalog):
+    model, _ = catalog
+    response = client.patch(
+        f"/api/v1/models/{model.pk}/", data="[1]", content_type="application/json"
+    )
+    assert response.status_code == 400 and "must be an object" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/models/?q=a%00b",
+        "/api/v1/deployments/?state=%00",
+        "/api/v1/audit-entries/?actor=x%00",
+    ],
+)
+def test_nul_byte_in_a_list_filter_is_a_400(client, catalog, url):
+    response = client.get(url)
+    assert response.status_code == 400, response.content[:200]
+    assert "NUL" in response.json()["detail"]
+
+
+def test_multipart_without_boundary_is_a_400(client):
+    response = client.post("/api/v1/models/", data=b"--x--", content_type="multipart/form-data")
+    assert response.status_code == 400 and "boundary" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("data", ["allowed_pool_labels=null", "allowed_gpu_types=null"])
+def test_form_encoded_null_on_patch_is_a_field_error_not_an_integrity_error(client, tenants, data):
+    env = Environment.objects.create(project=tenants.project, name="Dev", slug="dev")
+    response = client.patch(
+        f"/api/v1/environments/{env.pk}/",
+        data=data,
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 400, response.content[:200]
+    assert set(response.json()) == {data.split("=")[0]}
+    env.refresh_from_db()
+    assert env.allowed_pool_labels == {} and env.allowed_gpu_types == []
+
+
+def test_list_actions_are_paginated_as_the_schema_documents(client, tenants, catalog):
+    from tests.gateway.conftest import make_deployment
+
+    _, bundle = catalog
+    deployment = make_deployment(tenants.project, "chat")
+    deployment.events.create(reason="Created")
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    for path, url in [
+        ("/api/v1/bundles/{id}/versions/", f"/api/v1/bundles/{bundle.pk}/versions/"),
+        ("/api/v1/deployments/{id}/revisions/", f"/api/v1/deployments/{deployment.pk}/revisions/"),
+        ("/api/v1/deployments/{id}/events/", f"/api/v1/deployments/{deployment.pk}/events/"),
+    ]:
+        documented = schema["paths"][path]["get"]["responses"]["200"]["content"][
+            "application/json"
+        ]["schema"]
+        assert documented["$ref"].startswith("#/components/schemas/Paginated"), path
+        body = client.get(url + "?limit=1").json()
+        assert set(body) == {"count", "next", "previous", "results"}, url
+        assert body["count"] >= 1 and len(body["results"]) == 1
+    # The reorder answer is the whole new order, documented as an array and sent as one.
+    reorder = schema["paths"]["/api/v1/mappings/reorder/"]["post"]["responses"]["200"]
+    assert reorder["content"]["application/json"]["schema"]["type"] == "array"
+
+
+def test_project_and_sharing_errors_do_not_reveal_other_organizations(tenants):
+    """An outsider learns nothing from the texts: same answer for unknown and foreign ids."""
+    from tests.gateway.conftest import make_deployment
+
+    outsider = Client(raise_request_exception=False)
+    outsider.force_login(tenants.outsider)
+    body = {"name": "Sneak", "slug": "sneak"}
+    foreign = outsider.post(
+        "/api/v1/projects/",
+        {**body, "organization": tenants.org.pk},
+        content_type="application/json",
+    )
+    unknown = outsider.post(
+        "/api/v1/projects/", {**body, "organization": 987654}, content_type="application/json"
+    )
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json() == unknown.json() and "Acme" not in foreign.content.decode()
+
+    # An admin granting access to users: another organization's user and a missing id read alike.
+    theirs = make_deployment(tenants.other_project, "theirs")
+    for user_id in (tenants.owner.pk, 987654):
+        response = outsider.put(
+            f"/api/v1/deployment-sharing/{theirs.pk}/",
+            {"mode": "none", "access": "users", "users": [user_id]},
+            content_type="application/json",
+        )
+        assert response.status_code == 400, response.content
+        text = response.content.decode()
+        assert "owner" not in text and str(user_id) not in text
+        assert "Choose users of this organization" in text
