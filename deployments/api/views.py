@@ -131,7 +131,9 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = DeploymentSerializer
 
     def get_queryset(self):
-        qs = selectors.deployments_for_user(self.request.user).order_by("-created_at")
+        qs = selectors.with_gpus_held(
+            selectors.deployments_for_user(self.request.user).select_related("created_by")
+        ).order_by("-created_at", "-pk")
         params = self.request.query_params
         if params.get("project", "").isdigit():
             qs = qs.filter(project_id=int(params["project"]))
