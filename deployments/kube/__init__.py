@@ -15,6 +15,7 @@ from deployments.kube.client import (
     client_for,
     kube_for,
 )
+from deployments.kube.lean import fingerprints
 from deployments.kube.objects import (
     apply,
     count_selected,
@@ -62,6 +63,7 @@ __all__ = [
     "delete_selected",
     "docker_config_secret",
     "ensure_namespace",
+    "fingerprints",
     "kube_for",
     "list_managed",
     "observe",
