@@ -128,13 +128,15 @@ def paginate(
     filters: Iterable[ListFilter] = (),
     per_page: int = DEFAULT_PER_PAGE,
     prefix: str = "",
+    tiebreak: str | None = "pk",
 ) -> Listing:
     """Filter, sort and slice `queryset` from the request's GET parameters.
 
     `sorts` maps the URL's sort keys to ORM orderings; `-key` reverses. The primary key breaks
     ties, so pages never repeat or skip a row. An unknown sort, page or filter value is ignored
     (the list still renders) rather than answered with an error. `prefix` namespaces the
-    parameters when two lists share one page (e.g. usage tables).
+    parameters when two lists share one page (e.g. usage tables); `tiebreak=None` for
+    aggregate rows (values().annotate()), whose sort keys must then be unique themselves.
     """
     get = request.GET
     p = prefix
@@ -173,7 +175,7 @@ def paginate(
     ordering = [ordering] if isinstance(ordering, str) else list(ordering)
     descending = sort.startswith("-")
     order_by = []
-    for term in [*ordering, "pk"]:
+    for term in [*ordering, *([tiebreak] if tiebreak else [])]:
         flipped = term[1:] if term.startswith("-") else f"-{term}"
         order_by.append(flipped if descending else term)
     qs = qs.order_by(*order_by)

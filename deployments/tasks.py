@@ -365,8 +365,10 @@ def _sync_rows(pool: ComputePool, pks: list[int] | None = None) -> list[ModelDep
         .select_related("current_revision", "serving_revision", "project", "project__organization")
         .order_by("pk")
     )
-    if pks is None:
-        return list(qs)
+    if pks is None or len(pks) * 2 > SYNC_LOAD_BATCH * 10:
+        # Most of a large pool is stale (first cycle, resync): one scan beats many IN lists.
+        wanted = None if pks is None else set(pks)
+        return [row for row in qs.iterator(chunk_size=2000) if wanted is None or row.pk in wanted]
     rows: list[ModelDeployment] = []
     for start in range(0, len(pks), SYNC_LOAD_BATCH):
         rows.extend(qs.filter(pk__in=pks[start : start + SYNC_LOAD_BATCH]))
@@ -452,15 +454,18 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         with transaction.atomic():
             for deployment in deployments[start : start + SYNC_WRITE_BATCH]:
                 decision = decide(deployment, observed.get(deployment.pk, {}))
+                head, prints_of = keys[deployment.pk]
                 changed = _apply_decision(deployment, decision)
                 if changed:
                     stats["changed"] += 1
+                    # The claim wrote exactly this state and reason: the row as the next cycle reads it.
+                    head = (head[0], deployment.state, deployment.state_reason, *head[3:])
+                if decision.push or head[1] not in SETTLED:
+                    cursor.settled.pop(deployment.pk, None)
+                else:
+                    cursor.settled[deployment.pk] = (head, prints_of)
                 if decision.push:
                     to_push.append(deployment.pk)
-                elif not changed and deployment.state in SETTLED:
-                    cursor.settled[deployment.pk] = keys[deployment.pk]
-                else:
-                    cursor.settled.pop(deployment.pk, None)
     for pk in to_push:
         stats["pushed"] += 1
         push_deployment.delay(pk)

@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
+from console.paging import paginate
 from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.forms import APIKeyForm
@@ -32,6 +33,10 @@ from projects.models import Organization
 from projects.selectors import can_change
 
 EMBEDDING_ENGINES = {"tei"}
+RECENT_SORTS = {
+    "time": "created_at", "deployment": "deployment_name", "status": "status_code",
+    "latency": "latency_ms", "cost": "cost",
+}  # fmt: skip
 
 
 def callable_deployments(user, organization: Organization) -> QuerySet[ModelDeployment]:
@@ -261,7 +266,9 @@ def _usage_page(
     rng = reports.range_for(request.GET.get("range"))
     selected = reports.in_range(records, rng)
     if request.GET.get("format") == "csv":
-        response = HttpResponse(reports.to_csv(selected), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(
+            reports.csv_lines(selected), content_type="text/csv; charset=utf-8"
+        )
         response["Content-Disposition"] = f'attachment; filename="{filename}-{rng.key}.csv"'
         return response
     context = {
@@ -273,10 +280,19 @@ def _usage_page(
         "ranges": reports.RANGES.values(),
         "totals": reports.totals(selected),
         "series": reports.series(selected, rng),
-        "by_deployment": reports.breakdown(selected, "deployment"),
-        "by_key": reports.breakdown(selected, "key"),
-        "recent": list(selected.select_related("user")[:100]),
-    }
+        "by_deployment": paginate(
+            request, reports.breakdown_rows(selected, "deployment"), sorts=reports.BREAKDOWN_SORTS,
+            default_sort="-requests", prefix="dep_", per_page=10, tiebreak="name",
+        ),
+        "by_key": paginate(
+            request, reports.breakdown_rows(selected, "key"), sorts=reports.BREAKDOWN_SORTS,
+            default_sort="-requests", prefix="key_", per_page=10, tiebreak="name",
+        ),
+        "recent": paginate(
+            request, selected, sorts=RECENT_SORTS, default_sort="-time", prefix="req_",
+            search=("deployment_name", "api_key_prefix", "route"), per_page=25,
+        ),
+    }  # fmt: skip
     template = "devhub/htmx/usage_body.html" if request.htmx else "devhub/usage.html"
     return render(request, template, context)
 
