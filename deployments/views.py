@@ -100,15 +100,24 @@ def _pool_get(request: HttpRequest, pk: int) -> ComputePool:
     return _selectors().pool_get(request.user, pk)
 
 
+POOL_SORTS = {
+    "name": "name", "kind": "kind", "engine": "engine_label", "region": "region",
+    "deployments": "deployment_count",
+}  # fmt: skip
+
+
 @login_required
 def pool_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    pools = list(_selectors().pools_for_user(request.user, org))
-    counts: dict[int, int] = {}
-    for pool_id in ModelDeployment.objects.filter(pool__in=pools).values_list("pool_id", flat=True):
-        counts[pool_id] = counts.get(pool_id, 0) + 1
-    for pool in pools:
-        pool.deployment_count = counts.get(pool.pk, 0)
+    listing = paginate(
+        request,
+        _selectors().pools_for_user(request.user, org).annotate(deployment_count=Count("deployments")),
+        sorts=POOL_SORTS,
+        default_sort="name",
+        search=("name", "engine_label", "region", "description"),
+        filters=[ListFilter("kind", "Connection", PoolKind.choices)],
+    )
+    for pool in listing.rows:
         pool.gpu_total = sum(
             int(n.get("gpus") or 0) for n in (pool.last_check or {}).get("nodes", [])
         )
@@ -116,7 +125,8 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         request,
         "deployments/pool_list.html",
         {
-            "pools": pools,
+            "pools": listing.rows,
+            "listing": listing,
             "can_change": _selectors().may_register_pool(request.user, org),
             "sandbox_label": SANDBOX_LABEL,
         },

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
-from console.paging import paginate
+from console.paging import ListFilter, paginate
 from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.forms import APIKeyForm
@@ -33,6 +33,11 @@ from projects.models import Organization
 from projects.selectors import can_change
 
 EMBEDDING_ENGINES = {"tei"}
+MODEL_SORTS = {"name": "name", "state": "state", "project": "project__name"}
+KEY_SORTS = {
+    "name": "name", "created": "created_at", "last_used": "last_used_at", "expires": "expires_at",
+}  # fmt: skip
+KEY_SEARCH_LIMIT = 20
 RECENT_SORTS = {
     "time": "created_at", "deployment": "deployment_name", "status": "status_code",
     "latency": "latency_ms", "cost": "cost",
@@ -134,8 +139,13 @@ def _limit_labels(rate_limits: dict) -> list[str]:
 def models(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     base_url = gateway_base_url()
+    listing = paginate(
+        request, callable_deployments(request.user, org), sorts=MODEL_SORTS, default_sort="name",
+        search=("name", "current_revision__spec__served_model_name", "project__name"),
+        filters=[ListFilter("state", "State", DeploymentState.choices)], per_page=10,
+    )  # fmt: skip
     rows = []
-    for deployment in callable_deployments(request.user, org):
+    for deployment in listing.rows:
         spec = deployment.spec()
         model_name = deployment.served_name()
         embeddings = spec.get("engine") in EMBEDDING_ENGINES
@@ -155,6 +165,7 @@ def models(request: HttpRequest) -> HttpResponse:
         )
     context = {
         "rows": rows,
+        "listing": listing,
         "base_url": base_url,
         "organization": org,
         "deploy_url": dict(_links([("", "deployments:create", ())]))[""],
@@ -198,21 +209,23 @@ def keys(request: HttpRequest) -> HttpResponse:
             else:
                 created = {"key": key, "secret": secret}
                 form = APIKeyForm(deployments=deployments)
+    keys_listing = paginate(
+        request, api_keys_for_user(request.user, org), sorts=KEY_SORTS, default_sort="-created",
+        search=("name", "prefix"),
+    )  # fmt: skip
+    running = deployments.filter(state=DeploymentState.RUNNING).first()
     context = {
         "form": form,
-        "rows": _key_rows(api_keys_for_user(request.user, org)),
+        "rows": _key_rows(keys_listing.rows),
+        "listing": keys_listing,
+        "chosen_deployments": _chosen_deployments(form, deployments),
         "created": created,
         "can_create": editable,
         "validate_url": request.path,
         "base_url": gateway_base_url(),
-        "sample_model": next(
-            (
-                d.spec().get("served_model_name")
-                for d in deployments
-                if d.state == DeploymentState.RUNNING
-            ),
-            None,
-        ),
+        "sample_model": (running.spec().get("served_model_name") or running.name)
+        if running
+        else None,
     }
     template = (
         "devhub/htmx/keys_body.html"
@@ -224,6 +237,37 @@ def keys(request: HttpRequest) -> HttpResponse:
         # The only response that ever carries the secret: keep it out of every cache.
         response["Cache-Control"] = "no-store"
     return response
+
+
+def _chosen_deployments(form: APIKeyForm, deployments) -> list[ModelDeployment]:
+    """The deployments already ticked in a posted form (shown again when it has errors)."""
+    if not form.is_bound:
+        return []
+    pks = [v for v in form.data.getlist("deployments")[:KEY_SEARCH_LIMIT * 5] if v.isdigit()]
+    return list(deployments.filter(pk__in=pks)) if pks else []
+
+
+@login_required
+def key_deployment_search(request: HttpRequest) -> HttpResponse:
+    """The key form's deployment picker: up to KEY_SEARCH_LIMIT callable deployments matching q
+    (name, served model name, project), instead of a checkbox per deployment in the form."""
+    org = _organization(request)
+    q = (request.GET.get("q") or "").strip()[:100]
+    found = callable_deployments(request.user, org)
+    if q:
+        found = found.filter(
+            Q(name__icontains=q)
+            | Q(current_revision__spec__served_model_name__icontains=q)
+            | Q(project__name__icontains=q)
+        )
+    exclude = [v for v in request.GET.getlist("deployments") if v.isdigit()]
+    if exclude:
+        found = found.exclude(pk__in=exclude)
+    return render(
+        request,
+        "devhub/htmx/deployment_options.html",
+        {"found": list(found[:KEY_SEARCH_LIMIT]), "q": q, "limit": KEY_SEARCH_LIMIT},
+    )
 
 
 @login_required

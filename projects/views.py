@@ -7,6 +7,7 @@ import logging
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -15,6 +16,7 @@ from django.views.decorators.http import require_POST
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from console.paging import paginate
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
 from projects.models import IntegrationKind
@@ -23,14 +25,27 @@ from projects.selectors import can_change, project_get, projects_for_user, with_
 log = logging.getLogger(__name__)
 
 
+PROJECT_SORTS = {
+    "name": "name", "members": "member_count", "gpus": "gpu_held", "created": "created_at",
+}  # fmt: skip
+
+
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    projects = with_gpu_use(projects_for_user(request.user, org)).prefetch_related("memberships")
+    listing = paginate(
+        request,
+        with_gpu_use(projects_for_user(request.user, org)).annotate(
+            member_count=Count("memberships", distinct=True)
+        ),
+        sorts=PROJECT_SORTS,
+        default_sort="name",
+        search=("name", "slug", "description"),
+    )
     return render(
         request,
         "projects/list.html",
-        {"projects": projects, "can_change": can_change(request.user, org)},
+        {"projects": listing.rows, "listing": listing, "can_change": can_change(request.user, org)},
     )
 
 
