@@ -34,10 +34,15 @@ test: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check .
 
+# Each bench creates (and drops) its own PostgreSQL database; the gateway bench wants an empty
+# Redis database (BENCH_REDIS_URL), which it flushes when done.
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/7
+
 bench: install-dev
 	bash scripts/ensure_services.sh
+	$(PY) bench/console_pages.py
 	$(PY) bench/deploy_sync.py
-	REDIS_URL=redis://127.0.0.1:6379/7 $(PY) bench/gateway.py
+	REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) var modeldeck.sqlite3
