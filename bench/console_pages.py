@@ -31,6 +31,7 @@ def setup_django(database_url: str, data_dir: str) -> None:
     os.environ.pop("REDIS_URL", None)  # embedded mode: no broker or cache outside this process
     os.environ["DATABASE_URL"] = database_url
     os.environ["MODELDECK_DATA_DIR"] = data_dir
+    os.environ["DEBUG"] = "false"  # as in production: cached templates, no SQL log
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
@@ -94,9 +95,10 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def measure(client, name: str, url: str, repeat: int, **headers) -> dict:
-    from django.db import connection
+    from django.db import connection, reset_queries
     from django.test.utils import CaptureQueriesContext
 
+    reset_queries()  # request_started empties the log; an old log would shift the count
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url, **headers)
     assert response.status_code in (200, 286), (name, url, response.status_code)

@@ -9,8 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import CharField, Count, Q, Sum, Value
-from django.db.models.functions import Cast, Concat
+from django.db.models import Count, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -393,7 +392,7 @@ def _poll_ids(request: HttpRequest) -> list[int]:
     return ids
 
 
-def _deployment_stats(qs) -> dict[str, int]:
+def _deployment_stats(qs, org) -> dict[str, int]:
     """The summary cards in two aggregate queries, whatever the number of deployments."""
     counts = qs.aggregate(
         total=Count("pk"),
@@ -402,11 +401,12 @@ def _deployment_stats(qs) -> dict[str, int]:
         deactivated=Count("pk", filter=Q(state=DeploymentState.DEACTIVATED)),
         projects=Count("project", distinct=True),
     )
-    holders = qs.annotate(
-        holder=Concat(Value("deployment:"), Cast("pk", CharField()), output_field=CharField())
-    ).values("holder")
+    # Deployments' reservations in the organization's projects (the list shows one organization).
     counts["gpus"] = (
-        GpuReservation.objects.filter(holder__in=holders).aggregate(n=Sum("gpus"))["n"] or 0
+        GpuReservation.objects.filter(
+            project__organization=org, holder__startswith="deployment:"
+        ).aggregate(n=Sum("gpus"))["n"]
+        or 0
     )
     return counts
 
@@ -453,7 +453,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         {
             "deployments": deployments,
             "listing": listing,
-            "stats": _deployment_stats(visible),
+            "stats": _deployment_stats(visible, org),
             "can_change": can_change(request.user, org),
             "poll_ids": ",".join(map(str, changing)),
         },

@@ -56,8 +56,7 @@ def callable_deployments(user, organization: Organization) -> QuerySet[ModelDepl
         ModelDeployment.objects.filter(Q(project__organization=organization) | Q(pk__in=shared))
         .select_related("current_revision", "project__organization", "model", "pool")
         .order_by("name")
-        .distinct()
-    )
+    )  # no DISTINCT: neither side of the OR joins a many-valued relation
 
 
 def deployment_for_usage(user, pk: int) -> ModelDeployment:
@@ -213,7 +212,7 @@ def keys(request: HttpRequest) -> HttpResponse:
         request, api_keys_for_user(request.user, org), sorts=KEY_SORTS, default_sort="-created",
         search=("name", "prefix"),
     )  # fmt: skip
-    running = deployments.filter(state=DeploymentState.RUNNING).first()
+    running = deployments.filter(state=DeploymentState.RUNNING).order_by("pk").first()
     context = {
         "form": form,
         "rows": _key_rows(keys_listing.rows),
