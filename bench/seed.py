@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +28,8 @@ def bench_database(name: str) -> Iterator[str]:
     """CREATE a database of our own, yield its URL, DROP it afterwards (only the one we made)."""
     import psycopg
 
+    # A stopped bench (SIGTERM, e.g. a timeout) still drops its database on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     db = f"modeldeck_bench_{name}_{os.getpid()}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
