@@ -90,6 +90,12 @@
     else { var t = document.createElement("textarea"); t.value = text; document.body.appendChild(t); t.select(); try { document.execCommand("copy"); } catch (e) {} t.remove(); done(); }
   });
 
+  // Server-side list filters: choosing a value reloads the list with it in the URL.
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest("select[data-submit-on-change]");
+    if (select && select.form) select.form.requestSubmit();
+  });
+
   // Deployment picker (API key form): a ticked search result joins the chosen list, so the
   // next search can replace the results without losing it; unticking a chosen one drops it.
   document.addEventListener("change", function (event) {
