@@ -1,16 +1,18 @@
 """Deployment push and status sync: list calls and seconds of one sync cycle, commit-to-applied latency.
 
-Runs against a throwaway SQLite database (a temporary MODELDECK_DATA_DIR, embedded mode) and
+Runs against a PostgreSQL database of its own (bench/seed.py: created, then dropped) and
 in-process sandbox clusters on free ports:
 
-1. one status-sync cycle over N deployments (default 1,000) spread over P pools (default 5,
+1. status-sync cycles over N deployments (default 10,000) spread over P pools (default 5,
    one emulator each, objects stored as a healthy cluster shows them): the list calls the
-   emulators counted, every other call, and the cycle's wall time;
+   emulators counted, every other call, and the wall time of the first cycle (every row moves
+   Deploying -> Running) and of steady cycles (nothing changes; the median of three is the
+   `sync steady cycle s at N deployments` line);
 2. commit-to-applied latency: `deployment_create` returns (its transaction committed, the push
    queued on commit and run in-process as a Celery worker would) until the Deployment and the
    Service are present in the emulator, over several deployments (p50 / max).
 
-Usage: .venv/bin/python bench/deploy_sync.py [--deployments 1000] [--pools 5] [--latency-samples 20]
+Usage: .venv/bin/python bench/deploy_sync.py [--deployments 10000] [--pools 5] [--latency-samples 20]
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from seed import bench_database, seed_deployments  # noqa: E402  (bench/ is not a package)
 
 
-def setup_django(data_dir: str) -> None:
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)  # embedded mode: nothing outside this process is touched
+def setup_django(data_dir: str, database_url: str) -> None:
+    os.environ.pop("REDIS_URL", None)  # embedded Celery transport: no broker outside this process
     os.environ["MODELDECK_DATA_DIR"] = data_dir
-    os.environ["DATABASE_URL"] = f"sqlite:///{data_dir}/bench.sqlite3"
+    os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     sys.path.insert(0, str(ROOT))
     import django
@@ -67,7 +71,7 @@ def fixtures():
 def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
     from django.conf import settings
 
-    from deployments.models import ComputePool, DeploymentState, ModelDeployment, PoolKind, Revision
+    from deployments.models import ComputePool, DeploymentState, ModelDeployment, PoolKind
     from deployments.renderers import render, render_service
     from deployments.spec import normalize_spec, render_spec_for
     from deployments.tasks import sync_status
@@ -92,24 +96,8 @@ def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
         spec = normalize_spec(
             {"resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}}, bundle=bundle, model=model
         )
-        rows = ModelDeployment.objects.bulk_create(
-            ModelDeployment(
-                project=project,
-                model=model,
-                bundle=bundle,
-                pool=pool_rows[i % pools],
-                name=f"d{i}",
-                state=DeploymentState.DEPLOYING,
-            )  # fmt: skip
-            for i in range(deployments)
-        )
-        revisions = Revision.objects.bulk_create(
-            Revision(deployment=row, number=1, spec={**spec, "served_model_name": row.name})
-            for row in rows
-        )
-        for row, revision in zip(rows, revisions, strict=True):
-            row.current_revision = row.serving_revision = revision
-        ModelDeployment.objects.bulk_update(rows, ["current_revision", "serving_revision"])
+        seed_deployments(project=project, model=model, bundle=bundle, pools=pool_rows,
+                                count=deployments, spec=spec, states=lambda i: DeploymentState.DEPLOYING)  # fmt: skip
         by_pool = dict(zip([p.pk for p in pool_rows], emulators, strict=True))
         for row in ModelDeployment.objects.filter(pool__in=pool_rows).select_related(
             "project__organization", "model", "bundle", "pool", "current_revision"
@@ -138,16 +126,23 @@ def bench_sync(project, bundle, model, *, deployments: int, pools: int) -> None:
         running = ModelDeployment.objects.filter(
             pool__in=pool_rows, state=DeploymentState.RUNNING
         ).count()
+        sync_status()  # settles: nothing left to change
         for emulator in emulators:
             emulator.reset_counts()
-        started = time.perf_counter()
-        sync_status()
-        steady = time.perf_counter() - started
-        steady_calls = sum(e.count() for e in emulators)
+        steady_runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            sync_status()
+            steady_runs.append(time.perf_counter() - started)
+        steady = statistics.median(steady_runs)
+        steady_calls = sum(e.count() for e in emulators) // 3
+        steady_lists = sum(e.count(verb="list") for e in emulators) // 3
         print(f"status sync, {deployments} deployments on {pools} pools:")
         print(f"  first cycle (all move Deploying -> Running): {list_calls} list calls, {all_calls} calls in all, "
               f"{first:.3f} s, {running} Running, {totals['changed']} state changes written")  # fmt: skip
-        print(f"  steady cycle (nothing changes): {steady_calls} calls, {steady:.3f} s")
+        print(f"  steady cycle (nothing changes): {steady_lists} list calls, {steady_calls} calls in all, "
+              f"{', '.join(f'{t:.3f}' for t in steady_runs)} s")  # fmt: skip
+        print(f"sync steady cycle s at {deployments} deployments: {steady:.3f}")
     finally:
         for emulator in emulators:
             emulator.stop()
@@ -189,12 +184,12 @@ def bench_latency(user, project, bundle, model, *, samples: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--deployments", type=int, default=1000)
+    parser.add_argument("--deployments", type=int, default=10_000)
     parser.add_argument("--pools", type=int, default=5)
     parser.add_argument("--latency-samples", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="modeldeck-bench-") as data_dir:
-        setup_django(data_dir)
+    with tempfile.TemporaryDirectory(prefix="modeldeck-bench-") as data_dir, bench_database("sync") as url:
+        setup_django(data_dir, url)
         user, org, project, bundle, model = fixtures()
         bench_sync(project, bundle, model, deployments=args.deployments, pools=args.pools)
         bench_latency(user, project, bundle, model, samples=args.latency_samples)

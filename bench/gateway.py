@@ -1,13 +1,19 @@
 """Gateway overhead on loopback: latency (p50/p99) and requests/s direct to the engine vs through the gateway.
 
 Starts the simulated engine and the console (console.asgi: gateway + Django) as two uvicorn
-subprocesses on 127.0.0.1, with a throwaway SQLite database and Redis (REDIS_URL, default DB 7),
+subprocesses on 127.0.0.1, with a PostgreSQL database of its own (bench/seed.py: created, then
+dropped) and an empty Redis database (REDIS_URL, default DB 7; refused when it holds keys, and
+flushed at the end, when it holds only this run's),
 creates one organization, a Running sandbox deployment and an API key, then runs bounded loops:
 
 1. sequential requests (concurrency 1): added latency per request;
 2. concurrent requests: throughput of each path and the ratio;
 3. streams: time to first token (TTFT) direct vs through the gateway;
 4. the upstream pool: httpx.AsyncClient vs aiohttp against the engine (why the gateway uses httpx).
+
+It ends with the lines compared run to run: `gateway throughput ratio c32` (gateway req/s ÷
+direct req/s at concurrency 32), `gateway cpu ms per request` (CPU seconds the gateway process
+used during the concurrent run, from /proc, per request) and `gateway added p50 ms c1`.
 
 Usage: REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python bench/gateway.py [--requests 2000] [--concurrency 32]
 """
@@ -181,6 +187,12 @@ print(api_key_create(user=user, organization=org, name="bench")[1])
     return out.stdout.strip().splitlines()[-1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def row(name: str, lat: list[float], wall: float) -> str:
     return (
         f"  {name:<22} p50 {statistics.median(lat):7.2f} ms   p99 {percentile(lat, 0.99):7.2f} ms   "
@@ -195,13 +207,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from seed import bench_database
+
+    with bench_database("gateway") as database_url:
+        run(args, redis_url, database_url)
+
+
+def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="modeldeck-bench-"))
     engine_port, gateway_port = free_port(), free_port()
     engine_url = f"http://127.0.0.1:{engine_port}"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "console.settings",
-        "DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3",
+        "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SECRET_KEY": "modeldeck-bench",
         "MODELDECK_DATA_DIR": str(tmp),
@@ -211,7 +231,11 @@ def main() -> None:
     }
     import redis
 
-    redis.Redis.from_url(redis_url).flushdb()
+    if redis.Redis.from_url(redis_url).dbsize():
+        raise SystemExit(
+            f"{redis_url} holds keys: the bench only uses (and at the end flushes) an empty Redis "
+            "database. Pass another with REDIS_URL=redis://127.0.0.1:6379/N."
+        )
     secret = setup_data(env)
     uvicorn = [
         sys.executable,
@@ -253,18 +277,22 @@ def main() -> None:
         g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.sequential, 1))
         print(row("direct (engine)", d_lat, d_wall))
         print(row("through gateway", g_lat, g_wall))
+        added_p50_c1 = statistics.median(g_lat) - statistics.median(d_lat)
         print(
             f"  added latency          p50 {statistics.median(g_lat) - statistics.median(d_lat):+7.2f} ms   "
             f"p99 {percentile(g_lat, 0.99) - percentile(d_lat, 0.99):+7.2f} ms"
         )
         print(f"\nConcurrent ({args.requests} requests, concurrency {args.concurrency}):")
         d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.requests, args.concurrency))
+        cpu_before = cpu_seconds(procs[1].pid)
         g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.requests, args.concurrency))
+        # The warm-up requests run_load sends count too (min(concurrency, 20) of them).
+        cpu_ms = (cpu_seconds(procs[1].pid) - cpu_before) * 1000 / (args.requests + min(args.concurrency, 20))
+        ratio = (len(g_lat) / g_wall) / (len(d_lat) / d_wall)
         print(row("direct (engine)", d_lat, d_wall))
         print(row("through gateway", g_lat, g_wall))
-        print(
-            f"  throughput ratio       {(len(g_lat) / g_wall) / (len(d_lat) / d_wall):.2f} (gateway / direct)"
-        )
+        print(f"  throughput ratio       {ratio:.2f} (gateway / direct)")
+        print(f"  gateway CPU            {cpu_ms:.2f} ms per request")
         print(f"\nStreams ({args.sequential} requests, concurrency 1):")
         _, _, d_ttft = asyncio.run(run_load(direct, {}, args.sequential, 1, stream=True))
         _, _, g_ttft = asyncio.run(run_load(through, auth, args.sequential, 1, stream=True))
@@ -286,11 +314,15 @@ def main() -> None:
             print(f"  {name:<22} {rps:8.0f} req/s")
         pending = redis.Redis.from_url(redis_url).llen("modeldeck:gateway:usage")
         print(f"\nUsage events buffered in Redis for flush_usage: {pending}")
+        print(f"\ngateway throughput ratio c{args.concurrency}: {ratio:.2f}")
+        print(f"gateway cpu ms per request: {cpu_ms:.2f}")
+        print(f"gateway added p50 ms c1: {added_p50_c1:.2f}")
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
+        redis.Redis.from_url(redis_url).flushdb()  # empty when we started: only this run's keys
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
@@ -32,6 +32,7 @@ from catalog.models import ModelSource
 from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
+from console.paging import ListFilter, paginate
 from deployments.models import ModelDeployment
 from projects.models import IntegrationKind, Project
 from projects.selectors import project_get, projects_for_user
@@ -64,29 +65,33 @@ def _deploy_url(model) -> str:
 # --- catalog list and model pages -------------------------------------------------------------
 
 
+MODEL_SORTS = {
+    "name": "name", "source": "source", "task": "task", "parameters": "parameters",
+    "size": "size_bytes", "deployments": "deployment_count", "added": "created_at",
+}  # fmt: skip
+
+
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
+    """The catalog, one page at a time; an htmx request (the filter form) answers the rows alone."""
     org = _organization(request)
-    qs = selectors.models_for_user(request.user, org).annotate(
-        deployment_count=Count("deployments")
+    facets = selectors.catalog_facets(request.user, org)
+    listing = paginate(
+        request,
+        selectors.models_for_user(request.user, org).annotate(deployment_count=Count("deployments")),
+        sorts=MODEL_SORTS,
+        default_sort="name",
+        search=("name", "repo_id", "ngc_image", "description"),
+        filters=[
+            ListFilter("source", "Source", ModelSource.choices),
+            ListFilter("task", "Task", [(t, t) for t in facets["tasks"]]),
+        ],
     )
-    source = request.GET.get("source", "")
-    task = request.GET.get("task", "")
-    q = request.GET.get("q", "").strip()
-    if source in ModelSource.values:
-        qs = qs.filter(source=source)
-    if task:
-        qs = qs.filter(task=task)
-    if q:
-        qs = qs.filter(
-            Q(name__icontains=q)
-            | Q(repo_id__icontains=q)
-            | Q(ngc_image__icontains=q)
-            | Q(description__icontains=q)
-        )
+    source, task, q = (request.GET.get(k, "").strip() for k in ("source", "task", "q"))
     context = {
-        "models": qs,
-        "facets": selectors.catalog_facets(request.user, org),
+        "models": listing.rows,
+        "listing": listing,
+        "facets": facets,
         "sources": ModelSource.choices,
         "filters": {"source": source, "task": task, "q": q},
         "can_change": permissions.can(request.user, "change", org),

@@ -19,7 +19,8 @@ How state is decided (sync_status, per deployment, from one listing of the pool)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,7 @@ from deployments.models import (
 )
 from deployments.renderers import (
     DEFAULT_CAPACITY_GRACE_SECONDS,
+    LABEL_DEPLOYMENT_ID,
     LABEL_REVISION,
     SpecError,
     deployment_selector,
@@ -437,20 +439,65 @@ def _record_pod_events(
         DeploymentEvent.objects.bulk_create(create)
 
 
+# States that change only when the pool's objects, the row, or a user changes them: a row in one
+# of these whose objects and row are as the last cycle left them is not decided again.
+SETTLED = frozenset({DeploymentState.RUNNING, DeploymentState.DEACTIVATED, DeploymentState.FAILED})
+# Every row is decided again at least this often, whatever its fingerprint (like an informer's
+# resync): time-based rules and anything the fingerprint misses still converge.
+SYNC_RESYNC_SECONDS = 60.0
+SYNC_LOAD_BATCH = 1000
+
+
+@dataclass
+class PoolCursor:
+    """What the last cycle saw per deployment of one pool, in this worker process: its row
+    (state, reason, revisions) and its objects' resourceVersions, when deciding changed nothing."""
+
+    settled: dict[int, tuple] = field(default_factory=dict)
+    resynced_at: float = 0.0
+
+
+_cursors: dict[int, PoolCursor] = {}
+
+
+def _sync_rows(pool: ComputePool, pks: list[int] | None = None) -> list[ModelDeployment]:
+    qs = (
+        ModelDeployment.objects.filter(pool=pool)
+        .exclude(current_revision__isnull=True)
+        .select_related("current_revision", "serving_revision", "project", "project__organization")
+        .order_by("pk")
+    )
+    if pks is None or len(pks) * 2 > SYNC_LOAD_BATCH * 10:
+        # Most of a large pool is stale (first cycle, resync): one scan beats many IN lists.
+        wanted = None if pks is None else set(pks)
+        return [row for row in qs.iterator(chunk_size=2000) if wanted is None or row.pk in wanted]
+    rows: list[ModelDeployment] = []
+    for start in range(0, len(pks), SYNC_LOAD_BATCH):
+        rows.extend(qs.filter(pk__in=pks[start : start + SYNC_LOAD_BATCH]))
+    return rows
+
+
 def sync_pool(pool: ComputePool) -> dict[str, int]:
     """One status pass over a pool: three list calls (Deployments, Pods, Pod events), whatever
     the number of deployments: 1,000 deployments on 5 pools cost 15 list calls a cycle.
 
     The pods' events (Scheduled, Pulling, Pulled, Started, BackOff...) go to each deployment's
-    Events tab; the state itself is decided from the pods' status, which says the same.
+    Events tab; the state itself is decided from the pods' status, which says the same. Pools
+    with the NIM Operator or KServe add one list call per custom resource kind.
+
+    A steady cycle stays cheap at 10,000 deployments: lists are decoded lean (kube/lean.py),
+    the rows are first read as a few columns, and a settled row whose objects' resourceVersions
+    and whose row are unchanged since the last cycle is skipped (PoolCursor); only the rest are
+    loaded whole and decided.
     """
-    deployments = list(
+    heads = list(
         ModelDeployment.objects.filter(pool=pool)
         .exclude(current_revision__isnull=True)
-        .select_related("current_revision", "serving_revision", "project", "project__organization")
+        .values_list("pk", "state", "state_reason", "current_revision_id", "serving_revision_id")
     )
-    stats = {"deployments": len(deployments), "changed": 0, "pushed": 0, "list_calls": 0}
-    if not deployments:
+    stats = {"deployments": len(heads), "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
+    if not heads:
+        _cursors.pop(pool.pk, None)
         return stats
     try:
         with kube.kube_for(pool) as k:
@@ -465,6 +512,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
                     stats["list_calls"] += 1
                     listed_operated += kube.list_custom(k, kind)
     except kube.KubeError as err:
+        _cursors.pop(pool.pk, None)
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=False, last_checked_at=timezone.now()
         )
@@ -476,7 +524,8 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         reason = (
             f"Compute pool “{pool.name}” {what}: {err.message} Nothing was changed there; retrying."
         )
-        for deployment in deployments:
+        active = [pk for pk, state, *_ in heads if state in ACTIVE_STATES]
+        for deployment in _sync_rows(pool, active):
             if deployment.state in ACTIVE_STATES and _apply_decision(
                 deployment, Decision(DeploymentState.UNKNOWN, reason)
             ):
@@ -493,7 +542,26 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=True, last_checked_at=timezone.now()
         )
+    cursor = _cursors.setdefault(pool.pk, PoolCursor())
+    now = time.monotonic()
+    if now - cursor.resynced_at >= SYNC_RESYNC_SECONDS:
+        cursor.settled.clear()
+        cursor.resynced_at = now
+    # An operator's custom resource (NIMService, InferenceService) carries the status there.
+    prints = kube.fingerprints(
+        listed_deployments, listed_pods, listed_operated, label=LABEL_DEPLOYMENT_ID
+    )
+    keys = {head[0]: (head, prints.get(head[0], ())) for head in heads}
+    stale = [pk for pk, key in keys.items() if cursor.settled.get(pk) != key]
+    # Forget rows that left the pool (deleted, moved) so the cursor never outgrows it.
+    for gone in cursor.settled.keys() - keys.keys():
+        del cursor.settled[gone]
+    if not stale:
+        return stats
     observed = kube.observe_operated(listed_operated, kube.observe(listed_deployments, listed_pods))
+    deployments = _sync_rows(pool, stale)
+    stats["decided"] = len(deployments)
+    # A settled row's pods changed nothing, so neither did their events: only re-decided rows.
     _record_pod_events(deployments, kube.events_by_deployment(listed_events, listed_pods))
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
@@ -502,8 +570,16 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         with transaction.atomic():
             for deployment in deployments[start : start + SYNC_WRITE_BATCH]:
                 decision = decide(deployment, observed.get(deployment.pk, {}))
-                if _apply_decision(deployment, decision):
+                head, prints_of = keys[deployment.pk]
+                changed = _apply_decision(deployment, decision)
+                if changed:
                     stats["changed"] += 1
+                    # The claim wrote exactly this state and reason: the row as the next cycle reads it.
+                    head = (head[0], deployment.state, deployment.state_reason, *head[3:])
+                if decision.push or head[1] not in SETTLED:
+                    cursor.settled.pop(deployment.pk, None)
+                else:
+                    cursor.settled[deployment.pk] = (head, prints_of)
                 if decision.push:
                     to_push.append(deployment.pk)
     for pk in to_push:
@@ -515,7 +591,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
 @shared_task(name="deployments.sync_status")
 def sync_status() -> dict[str, int]:
     """Every pool with deployments, one listing each (beat runs this every 5 seconds)."""
-    totals = {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0}
+    totals = {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
     pools = ComputePool.objects.filter(Q(deployments__isnull=False)).distinct()
     for pool in pools:
         try:
@@ -524,6 +600,6 @@ def sync_status() -> dict[str, int]:
             log.exception("status sync failed", extra={"pool": pool.pk})
             continue
         totals["pools"] += 1
-        for key in ("deployments", "changed", "pushed", "list_calls"):
+        for key in ("deployments", "changed", "pushed", "list_calls", "decided"):
             totals[key] += stats[key]
     return totals

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -22,6 +23,7 @@ from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from console.paging import ListFilter, paginate
 from deployments import renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.forms import (
@@ -41,7 +43,7 @@ from deployments.models import (
     PoolKind,
     Revision,
 )
-from projects.models import Environment
+from projects.models import Environment, GpuReservation
 from projects.selectors import projects_for_user
 
 log = logging.getLogger(__name__)
@@ -83,15 +85,24 @@ def _pool_get(request: HttpRequest, pk: int) -> ComputePool:
     return selectors.pool_get(request.user, pk)
 
 
+POOL_SORTS = {
+    "name": "name", "kind": "kind", "engine": "engine_label", "region": "region",
+    "deployments": "deployment_count",
+}  # fmt: skip
+
+
 @login_required
 def pool_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    pools = list(selectors.pools_for_user(request.user, org))
-    counts: dict[int, int] = {}
-    for pool_id in ModelDeployment.objects.filter(pool__in=pools).values_list("pool_id", flat=True):
-        counts[pool_id] = counts.get(pool_id, 0) + 1
-    for pool in pools:
-        pool.deployment_count = counts.get(pool.pk, 0)
+    listing = paginate(
+        request,
+        selectors.pools_for_user(request.user, org).annotate(deployment_count=Count("deployments")),
+        sorts=POOL_SORTS,
+        default_sort="name",
+        search=("name", "engine_label", "region", "description"),
+        filters=[ListFilter("kind", "Connection", PoolKind.choices)],
+    )
+    for pool in listing.rows:
         pool.gpu_total = sum(
             int(n.get("gpus") or 0) for n in (pool.last_check or {}).get("nodes", [])
         )
@@ -99,8 +110,9 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         request,
         "deployments/pool_list.html",
         {
-            "pools": pools,
-            "can_change": permissions.may_register_pool(request.user, org),
+            "pools": listing.rows,
+            "listing": listing,
+            "can_change": selectors.may_register_pool(request.user, org),
             "sandbox_label": SANDBOX_LABEL,
         },
     )
@@ -341,39 +353,89 @@ def _all_final(deployments) -> bool:
     return all(d.state in FINAL_STATES for d in deployments)
 
 
+DEPLOYMENT_SORTS = {
+    "name": "name",
+    "state": "state",
+    "model": "model__name",
+    "pool": "pool__name",
+    "project": "project__name",
+    "created": "created_at",
+}
+POLL_MAX_ROWS = 100  # a poll asks for one page's changing rows at most
+
+
+def _poll_ids(request: HttpRequest) -> list[int]:
+    ids = []
+    for part in (request.GET.get("ids") or "").split(",")[:POLL_MAX_ROWS]:
+        if part.strip().isdigit():
+            ids.append(int(part))
+    return ids
+
+
+def _deployment_stats(qs, org) -> dict[str, int]:
+    """The summary cards in two aggregate queries, whatever the number of deployments."""
+    counts = qs.aggregate(
+        total=Count("pk"),
+        running=Count("pk", filter=Q(state=DeploymentState.RUNNING)),
+        failed=Count("pk", filter=Q(state=DeploymentState.FAILED)),
+        deactivated=Count("pk", filter=Q(state=DeploymentState.DEACTIVATED)),
+        projects=Count("project", distinct=True),
+    )
+    # Deployments' reservations in the organization's projects (the list shows one organization).
+    counts["gpus"] = (
+        GpuReservation.objects.filter(
+            project__organization=org, holder__startswith="deployment:"
+        ).aggregate(n=Sum("gpus"))["n"]
+        or 0
+    )
+    return counts
+
+
 @login_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    deployments = list(
-        selectors
-        .deployments_for_user(request.user, org)
-        .select_related("project", "model", "pool", "bundle", "endpoint", "current_revision")
-        .order_by("-created_at")
-    )
+    visible = selectors.deployments_for_user(request.user, org)
     if request.htmx:
-        # The status poll: only reads rows (the sync task writes them), swaps badges out of band.
+        # The status poll: asks only for the rows on the page that were still changing; answers
+        # their badges out of band, and 286 (stop polling) once none of them is changing.
+        rows = list(visible.filter(pk__in=_poll_ids(request)).order_by("pk"))
+        changing = [d.pk for d in rows if d.state not in FINAL_STATES]
         response = render(
-            request, "deployments/htmx/list_status.html", {"deployments": deployments}
+            request,
+            "deployments/htmx/list_status.html",
+            {"deployments": rows, "poll_ids": ",".join(map(str, changing))},
         )
-        if _all_final(deployments):
+        if not changing:
             response.status_code = STOP_POLLING
         return response
-    held = selectors.gpus_held_by({d.pk for d in deployments})
+    listing = paginate(
+        request,
+        selectors.with_gpus_held(visible),
+        sorts=DEPLOYMENT_SORTS,
+        default_sort="-created",
+        search=("name", "model__name", "pool__name", "project__name"),
+        filters=[
+            ListFilter("state", "State", DeploymentState.choices),
+            ListFilter(
+                "project", "Project",
+                [(str(p.pk), p.name) for p in projects_for_user(request.user, org).order_by("name")],
+                field="project_id",
+            ),
+        ],
+    )  # fmt: skip
+    deployments = listing.rows
     for d in deployments:
-        d.held = held.get(d.pk, 0)  # one query for the list; deployment.gpus_held() reads one
+        d.held = d.gpus_reserved  # annotated in the page query (selectors.with_gpus_held)
+    changing = [d.pk for d in deployments if d.state not in FINAL_STATES]
     return render(
         request,
         "deployments/list.html",
         {
             "deployments": deployments,
+            "listing": listing,
+            "stats": _deployment_stats(visible, org),
             "can_change": permissions.can(request.user, "change", org),
-            "states": DeploymentState.choices,
-            "poll": not _all_final(deployments),
-            "running_count": sum(d.state == DeploymentState.RUNNING for d in deployments),
-            "failed_count": sum(d.state == DeploymentState.FAILED for d in deployments),
-            "deactivated_count": sum(d.state == DeploymentState.DEACTIVATED for d in deployments),
-            "gpus_total": sum(d.held for d in deployments),
-            "projects": sorted({d.project.name for d in deployments}),
+            "poll_ids": ",".join(map(str, changing)),
         },
     )
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour, TruncMinute
+from django.db.models import Aggregate, Count, DecimalField, F, FloatField, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
 from django.utils import timezone
 
 from gateway.models import UsageRecord
@@ -192,6 +192,27 @@ def breakdown(records: QuerySet[UsageRecord], by: str) -> list[dict]:
     ]
 
 
+BREAKDOWN_SORTS = {
+    "name": "name",
+    "requests": "requests",
+    "tokens_in": "tokens_in",
+    "tokens_out": "tokens_out",
+    "spend": "spend",
+}
+
+
+def breakdown_rows(records: QuerySet[UsageRecord], by: str) -> QuerySet:
+    """Totals per deployment or per API key as a queryset (name, requests, tokens_in,
+    tokens_out, spend) that the usage page sorts and pages in the database."""
+    field = {"deployment": "deployment_name", "key": "api_key_prefix", "user": "user__username"}[by]
+    return records.values(name=F(field)).annotate(
+        requests=Count("id"),
+        tokens_in=Coalesce(Sum("prompt_tokens"), 0),
+        tokens_out=Coalesce(Sum("completion_tokens"), 0),
+        spend=Coalesce(Sum("cost"), Decimal(0), output_field=DecimalField()),
+    )
+
+
 CSV_COLUMNS = [
     "created_at",
     "request_id",
@@ -210,27 +231,40 @@ CSV_COLUMNS = [
 ]
 
 
-def to_csv(records: QuerySet[UsageRecord]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    for r in records.select_related("user").order_by("created_at").iterator(chunk_size=2000):
-        writer.writerow(
-            [
-                r.created_at.isoformat(),
-                r.request_id,
-                r.deployment_name,
-                r.route,
-                r.status_code,
-                r.api_key_prefix,
-                r.user.get_username() if r.user else "",
-                r.prompt_tokens,
-                r.completion_tokens,
-                f"{r.latency_ms:.2f}",
-                "" if r.ttft_ms is None else f"{r.ttft_ms:.2f}",
-                r.stream,
-                r.cost,
-                r.currency,
-            ]
+class _Line:
+    """A file-like object csv.writer writes one row into; the row is handed back as text."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+CSV_CHUNK = 2000
+
+
+def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
+    """The CSV export one line at a time, read from the database in chunks of CSV_CHUNK rows:
+    memory stays flat however many records the range holds (a StreamingHttpResponse sends it)."""
+    writer = csv.writer(_Line())
+    yield writer.writerow(CSV_COLUMNS)
+    rows = (
+        records.order_by("created_at", "pk")
+        .values_list(
+            "created_at", "request_id", "deployment_name", "route", "status_code",
+            "api_key_prefix", "user__username", "prompt_tokens", "completion_tokens",
+            "latency_ms", "ttft_ms", "stream", "cost", "currency",
         )
-    return out.getvalue()
+        .iterator(chunk_size=CSV_CHUNK)
+    )  # fmt: skip
+    for (created, request_id, name, route, status, prefix, username, prompt, completion,
+         latency, ttft, stream, cost, currency) in rows:  # fmt: skip
+        yield writer.writerow(
+            [
+                created.isoformat(), request_id, name, route, status, prefix, username or "",
+                prompt, completion, f"{latency:.2f}", "" if ttft is None else f"{ttft:.2f}",
+                stream, cost, currency,
+            ]
+        )  # fmt: skip
+
+
+def to_csv(records: QuerySet[UsageRecord]) -> str:
+    return "".join(csv_lines(records))

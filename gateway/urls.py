@@ -9,6 +9,7 @@ app_name = "devhub"
 urlpatterns = [
     path("models/", views.models, name="models"),
     path("keys/", views.keys, name="keys"),
+    path("keys/deployments/", views.key_deployment_search, name="key_deployment_search"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),
     path("usage/", views.usage, name="usage"),
     path("usage/organization/", views.organization_usage, name="organization_usage"),

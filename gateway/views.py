@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import AsyncIterator, Iterator
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -18,6 +22,7 @@ from django.views.decorators.http import require_POST
 from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
+from console.paging import ListFilter, paginate
 from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.forms import APIKeyForm
@@ -34,6 +39,15 @@ from projects.models import Organization
 from sharing.selectors import shared_deployments_for_org
 
 EMBEDDING_ENGINES = {"tei"}
+MODEL_SORTS = {"name": "name", "state": "state", "project": "project__name"}
+KEY_SORTS = {
+    "name": "name", "created": "created_at", "last_used": "last_used_at", "expires": "expires_at",
+}  # fmt: skip
+KEY_SEARCH_LIMIT = 20
+RECENT_SORTS = {
+    "time": "created_at", "deployment": "deployment_name", "status": "status_code",
+    "latency": "latency_ms", "cost": "cost",
+}  # fmt: skip
 
 
 def callable_deployments(user, organization: Organization) -> QuerySet[ModelDeployment]:
@@ -47,8 +61,7 @@ def callable_deployments(user, organization: Organization) -> QuerySet[ModelDepl
         ModelDeployment.objects.filter(Q(project__organization=organization) | Q(pk__in=shared))
         .select_related("current_revision", "project__organization", "model", "pool")
         .order_by("name")
-        .distinct()
-    )
+    )  # no DISTINCT: neither side of the OR joins a many-valued relation
 
 
 def deployment_for_usage(user, pk: int) -> ModelDeployment:
@@ -130,8 +143,13 @@ def _limit_labels(rate_limits: dict) -> list[str]:
 def models(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     base_url = gateway_base_url()
+    listing = paginate(
+        request, callable_deployments(request.user, org), sorts=MODEL_SORTS, default_sort="name",
+        search=("name", "current_revision__spec__served_model_name", "project__name"),
+        filters=[ListFilter("state", "State", DeploymentState.choices)], per_page=10,
+    )  # fmt: skip
     rows = []
-    for deployment in callable_deployments(request.user, org):
+    for deployment in listing.rows:
         spec = deployment.spec()
         model_name = deployment.served_name()
         embeddings = spec.get("engine") in EMBEDDING_ENGINES
@@ -151,6 +169,7 @@ def models(request: HttpRequest) -> HttpResponse:
         )
     context = {
         "rows": rows,
+        "listing": listing,
         "base_url": base_url,
         "organization": org,
         "deploy_url": dict(_links([("", "deployments:create", ())]))[""],
@@ -198,13 +217,21 @@ def keys(request: HttpRequest) -> HttpResponse:
             else:
                 created = {"key": key, "secret": secret}
                 form = APIKeyForm(deployments=deployments)
+    shown = (
+        api_keys_for_organization(request.user, org)
+        if organization_view
+        else api_keys_for_user(request.user, org)
+    )
+    keys_listing = paginate(
+        request, shown, sorts=KEY_SORTS, default_sort="-created",
+        search=("name", "prefix", "user__username") if organization_view else ("name", "prefix"),
+    )  # fmt: skip
+    running = deployments.filter(state=DeploymentState.RUNNING).order_by("pk").first()
     context = {
         "form": form,
-        "rows": _key_rows(
-            api_keys_for_organization(request.user, org)
-            if organization_view
-            else api_keys_for_user(request.user, org)
-        ),
+        "rows": _key_rows(keys_listing.rows),
+        "listing": keys_listing,
+        "chosen_deployments": _chosen_deployments(form, deployments),
         "is_admin": admin,
         "organization_view": organization_view,
         "organization": org,
@@ -212,14 +239,9 @@ def keys(request: HttpRequest) -> HttpResponse:
         "can_create": editable,
         "validate_url": request.path,
         "base_url": gateway_base_url(),
-        "sample_model": next(
-            (
-                d.spec().get("served_model_name")
-                for d in deployments
-                if d.state == DeploymentState.RUNNING
-            ),
-            None,
-        ),
+        "sample_model": (running.spec().get("served_model_name") or running.name)
+        if running
+        else None,
     }
     template = (
         "devhub/htmx/keys_body.html"
@@ -231,6 +253,37 @@ def keys(request: HttpRequest) -> HttpResponse:
         # The only response that ever carries the secret: keep it out of every cache.
         response["Cache-Control"] = "no-store"
     return response
+
+
+def _chosen_deployments(form: APIKeyForm, deployments) -> list[ModelDeployment]:
+    """The deployments already ticked in a posted form (shown again when it has errors)."""
+    if not form.is_bound:
+        return []
+    pks = [v for v in form.data.getlist("deployments")[:KEY_SEARCH_LIMIT * 5] if v.isdigit()]
+    return list(deployments.filter(pk__in=pks)) if pks else []
+
+
+@login_required
+def key_deployment_search(request: HttpRequest) -> HttpResponse:
+    """The key form's deployment picker: up to KEY_SEARCH_LIMIT callable deployments matching q
+    (name, served model name, project), instead of a checkbox per deployment in the form."""
+    org = _organization(request)
+    q = (request.GET.get("q") or "").strip()[:100]
+    found = callable_deployments(request.user, org)
+    if q:
+        found = found.filter(
+            Q(name__icontains=q)
+            | Q(current_revision__spec__served_model_name__icontains=q)
+            | Q(project__name__icontains=q)
+        )
+    exclude = [v for v in request.GET.getlist("deployments") if v.isdigit()]
+    if exclude:
+        found = found.exclude(pk__in=exclude)
+    return render(
+        request,
+        "devhub/htmx/deployment_options.html",
+        {"found": list(found[:KEY_SEARCH_LIMIT]), "q": q, "limit": KEY_SEARCH_LIMIT},
+    )
 
 
 @login_required
@@ -276,7 +329,11 @@ def _usage_page(
     rng = reports.range_for(request.GET.get("range"))
     selected = reports.in_range(records, rng)
     if request.GET.get("format") == "csv":
-        response = HttpResponse(reports.to_csv(selected), content_type="text/csv; charset=utf-8")
+        lines = reports.csv_lines(selected)
+        if isinstance(request, ASGIRequest):
+            # Under ASGI Django would first read a sync iterator whole; hand it an async one.
+            lines = _async_chunks(lines)
+        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{filename}-{rng.key}.csv"'
         return response
     context = {
@@ -288,12 +345,32 @@ def _usage_page(
         "ranges": reports.RANGES.values(),
         "totals": reports.totals(selected),
         "series": reports.series(selected, rng),
-        "by_deployment": reports.breakdown(selected, "deployment"),
-        "by_key": reports.breakdown(selected, "key"),
-        "recent": list(selected.select_related("user")[:100]),
-    }
+        "by_deployment": paginate(
+            request, reports.breakdown_rows(selected, "deployment"), sorts=reports.BREAKDOWN_SORTS,
+            default_sort="-requests", prefix="dep_", per_page=10, tiebreak="name",
+        ),
+        "by_key": paginate(
+            request, reports.breakdown_rows(selected, "key"), sorts=reports.BREAKDOWN_SORTS,
+            default_sort="-requests", prefix="key_", per_page=10, tiebreak="name",
+        ),
+        "recent": paginate(
+            request, selected, sorts=RECENT_SORTS, default_sort="-time", prefix="req_",
+            search=("deployment_name", "api_key_prefix", "route"), per_page=25,
+        ),
+    }  # fmt: skip
     template = "devhub/htmx/usage_body.html" if request.htmx else "devhub/usage.html"
     return render(request, template, context)
+
+
+async def _async_chunks(lines: Iterator[str], lines_per_chunk: int = 1000) -> AsyncIterator[str]:
+    """Pull a sync line iterator (a database cursor) a chunk at a time in one worker thread
+    (thread_sensitive: the same database connection throughout)."""
+
+    def take() -> str:
+        return "".join(itertools.islice(lines, lines_per_chunk))
+
+    while chunk := await sync_to_async(take, thread_sensitive=True)():
+        yield chunk
 
 
 @login_required

@@ -7,6 +7,7 @@ import logging
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -16,6 +17,7 @@ from catalog import integrations as catalog_integrations
 from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
+from console.paging import paginate
 from deployments.models import ModelDeployment
 from projects import services
 from projects.forms import IntegrationForm, ProjectForm
@@ -25,14 +27,27 @@ from projects.selectors import project_get, projects_for_user, with_gpu_use
 log = logging.getLogger(__name__)
 
 
+PROJECT_SORTS = {
+    "name": "name", "members": "member_count", "gpus": "gpu_held", "created": "created_at",
+}  # fmt: skip
+
+
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    projects = with_gpu_use(projects_for_user(request.user, org)).prefetch_related("memberships")
+    listing = paginate(
+        request,
+        with_gpu_use(projects_for_user(request.user, org)).annotate(
+            member_count=Count("memberships", distinct=True)
+        ),
+        sorts=PROJECT_SORTS,
+        default_sort="name",
+        search=("name", "slug", "description"),
+    )
     return render(
         request,
         "projects/list.html",
-        {"projects": projects, "can_change": permissions.can(request.user, "change", org)},
+        {"projects": listing.rows, "listing": listing, "can_change": permissions.can(request.user, "change", org)},
     )
 
 

@@ -25,3 +25,9 @@ def get_item(mapping, key):
         return mapping.get(key)
     except AttributeError:
         return None
+
+
+@register.inclusion_tag("console/htmx/sort_th.html")
+def sort_th(listing, key: str, label: str, css: str = ""):
+    """A table header that sorts the server-side list by `key` (console.paging), keeping filters."""
+    return {"url": listing.sort_url(key), "state": listing.sort_state(key), "label": label, "css": css}

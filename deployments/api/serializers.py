@@ -166,6 +166,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return obj.serving_revision.number if obj.serving_revision else None
 
     def get_gpus_held(self, obj: ModelDeployment) -> int:
+        if hasattr(obj, "gpus_reserved"):  # lists annotate it (selectors.with_gpus_held)
+            return obj.gpus_reserved
         return obj.gpus_held()
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:

@@ -15,6 +15,7 @@ from deployments.kube.client import (
     client_for,
     kube_for,
 )
+from deployments.kube.lean import fingerprints
 from deployments.kube.objects import (
     CUSTOM_KINDS,
     apply,
@@ -73,6 +74,7 @@ __all__ = [
     "docker_config_secret",
     "ensure_namespace",
     "events_by_deployment",
+    "fingerprints",
     "kube_for",
     "list_custom",
     "list_managed",

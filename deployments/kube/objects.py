@@ -15,6 +15,7 @@ from deployments.kube.client import (
     classify,
     raw,
 )
+from deployments.kube.lean import DeploymentList, PodList, list_lean
 from deployments.renderers import LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
 
 # Kinds the driver applies, with the typed calls for each. Only these: a manifest of any
@@ -195,14 +196,12 @@ def list_pod_events(kube: Kube) -> list[dict[str, Any]]:
 
 
 def list_managed(kube: Kube) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Everything labelled as ours across the cluster: exactly two list calls (Deployments, Pods)."""
-    deployments = raw(kube.apps.list_deployment_for_all_namespaces, label_selector=MANAGED_SELECTOR,
-                      kind="Deployments", action="list")  # fmt: skip
-    pods = raw(
-        kube.core.list_pod_for_all_namespaces,
-        label_selector=MANAGED_SELECTOR,
-        kind="Pods",
-        action="list",
+    """Everything labelled as ours across the cluster: exactly two list calls (Deployments, Pods),
+    decoded lean (kube/lean.py: only the fields the status rules read)."""
+    deployments = list_lean(kube.apps.list_deployment_for_all_namespaces, DeploymentList,
+                            label_selector=MANAGED_SELECTOR, kind="Deployments")  # fmt: skip
+    pods = list_lean(
+        kube.core.list_pod_for_all_namespaces, PodList, label_selector=MANAGED_SELECTOR, kind="Pods"
     )
     return deployments.get("items") or [], pods.get("items") or []
 

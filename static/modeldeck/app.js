@@ -90,6 +90,23 @@
     else { var t = document.createElement("textarea"); t.value = text; document.body.appendChild(t); t.select(); try { document.execCommand("copy"); } catch (e) {} t.remove(); done(); }
   });
 
+  // Server-side list filters: choosing a value reloads the list with it in the URL.
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest("select[data-submit-on-change]");
+    if (select && select.form) select.form.requestSubmit();
+  });
+
+  // Deployment picker (API key form): a ticked search result joins the chosen list, so the
+  // next search can replace the results without losing it; unticking a chosen one drops it.
+  document.addEventListener("change", function (event) {
+    var box = event.target.closest("[data-pick-deployment]");
+    if (!box) return;
+    var label = box.closest("[data-deployment-option]"), chosen = document.getElementById("chosen-deployments");
+    if (!label || !chosen) return;
+    if (box.checked) chosen.appendChild(label);
+    else if (label.parentNode === chosen) label.remove();
+  });
+
   document.addEventListener("DOMContentLoaded", function () { initTables(document); });
   document.addEventListener("htmx:afterSettle", function (e) { initTables(e.target); });
 })();

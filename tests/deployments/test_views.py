@@ -305,14 +305,16 @@ def test_list_shows_deployments_and_polls_until_every_state_is_final(owner_clien
     assert (
         "chat" in html and 'hx-trigger="every 3s"' in html and f'id="state-{deployment.pk}"' in html
     )
-    poll = owner_client.get(reverse("deployments:list"), HTTP_HX_REQUEST="true")
+    poll_url = reverse("deployments:list") + f"?ids={deployment.pk}"
+    assert f'hx-get="{poll_url}"' in html
+    poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
     assert (
         poll.status_code == 200
         and 'hx-swap-oob="true"' in poll.content.decode()
         and "Pending" in poll.content.decode()
     )
     _running(deployment)
-    poll = owner_client.get(reverse("deployments:list"), HTTP_HX_REQUEST="true")
+    poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
     assert poll.status_code == 286 and "Running" in poll.content.decode()
     assert (
         'hx-trigger="every 3s"'

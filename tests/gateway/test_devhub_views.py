@@ -192,7 +192,8 @@ def test_usage_pages_show_totals_and_export_csv(tenants, deployment):
     assert 'id="stat-requests">3<' in org_page
     csv_response = client.get(reverse("devhub:usage") + "?range=7d&format=csv")
     assert csv_response["Content-Type"].startswith("text/csv")
-    lines = csv_response.content.decode().strip().splitlines()
+    assert csv_response.streaming  # sent as it is read, never built whole in memory
+    lines = b"".join(csv_response.streaming_content).decode().strip().splitlines()
     assert lines[0].startswith("created_at,request_id,deployment_name")
     assert len(lines) == 3 and all(key.prefix in line for line in lines[1:])
 

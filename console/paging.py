@@ -1,0 +1,204 @@
+"""Server-side pagination, sort and filter for console lists, kept in the URL (?q=&sort=&page=).
+
+One list page reads a constant number of rows whatever the table holds: a COUNT and one slice.
+Views pass a queryset and say which columns sort and which fields the search box matches;
+templates render `console/htmx/list_tools.html` (search + filters), `{% sort_th %}` headers
+and `console/htmx/pager.html`. (NetBox's `utilities/paginator.py` + table ordering, smaller.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+
+PER_PAGE_CHOICES = (10, 25, 50, 100)
+DEFAULT_PER_PAGE = 50
+
+
+@dataclass
+class ListFilter:
+    """A select beside the search box: URL parameter `name`, `choices` [(value, label)], and
+    how a chosen value narrows the queryset (default: `field=value`)."""
+
+    name: str
+    label: str
+    choices: Sequence[tuple[str, str]]
+    field: str = ""
+    apply: Callable[[QuerySet, str], QuerySet] | None = None
+
+    def narrow(self, qs: QuerySet, value: str) -> QuerySet:
+        if self.apply is not None:
+            return self.apply(qs, value)
+        return qs.filter(**{self.field or self.name: value})
+
+
+@dataclass
+class Listing:
+    """One page of a list, with what the templates need to keep sort/filter/page in links."""
+
+    rows: list[Any]
+    total: int
+    page: int
+    per_page: int
+    sort: str
+    query: str
+    params: dict[str, str]
+    filters: list[dict[str, Any]] = field(default_factory=list)
+    path: str = ""
+    prefix: str = ""
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.page > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+    @property
+    def first_index(self) -> int:
+        return 0 if self.total == 0 else (self.page - 1) * self.per_page + 1
+
+    @property
+    def last_index(self) -> int:
+        return min(self.total, self.page * self.per_page)
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.query or any(f["value"] for f in self.filters))
+
+    def url(self, **changes: Any) -> str:
+        """This page's URL with some of this list's parameters changed (None drops one)."""
+        params = dict(self.params)
+        for name, value in changes.items():
+            params[f"{self.prefix}{name}"] = value
+        if str(params.get(f"{self.prefix}page")) == "1":
+            params.pop(f"{self.prefix}page")
+        clean = {k: v for k, v in params.items() if v not in (None, "")}
+        return f"{self.path}?{urlencode(clean)}" if clean else self.path
+
+    def hidden_params(self) -> list[tuple[str, str]]:
+        """Parameters the search form must carry along (sort, other lists' state), not its own."""
+        own = {f"{self.prefix}q", f"{self.prefix}page"} | {f["name"] for f in self.filters}
+        return [(k, v) for k, v in self.params.items() if k not in own]
+
+    def previous_url(self) -> str:
+        return self.url(page=self.page - 1)
+
+    def next_url(self) -> str:
+        return self.url(page=self.page + 1)
+
+    def sort_url(self, key: str) -> str:
+        """Clicking a header sorts by it, or flips the direction when it is the current sort."""
+        new = f"-{key}" if self.sort == key else key
+        return self.url(sort=new, page=None)
+
+    def sort_state(self, key: str) -> str:
+        if self.sort == key:
+            return "asc"
+        if self.sort == f"-{key}":
+            return "desc"
+        return ""
+
+
+def _positive_int(value: str | None, default: int) -> int:
+    try:
+        number = int(value or "")
+    except ValueError:
+        return default
+    return number if number > 0 else default
+
+
+def paginate(
+    request: HttpRequest,
+    queryset: QuerySet,
+    *,
+    sorts: dict[str, str | Sequence[str]],
+    default_sort: str,
+    search: Iterable[str] = (),
+    filters: Iterable[ListFilter] = (),
+    per_page: int = DEFAULT_PER_PAGE,
+    prefix: str = "",
+    tiebreak: str | None = "pk",
+) -> Listing:
+    """Filter, sort and slice `queryset` from the request's GET parameters.
+
+    `sorts` maps the URL's sort keys to ORM orderings; `-key` reverses. The primary key breaks
+    ties, so pages never repeat or skip a row. An unknown sort, page or filter value is ignored
+    (the list still renders) rather than answered with an error. `prefix` namespaces the
+    parameters when two lists share one page (e.g. usage tables); `tiebreak=None` for
+    aggregate rows (values().annotate()), whose sort keys must then be unique themselves.
+    """
+    get = request.GET
+    p = prefix
+    own = {f"{p}q", f"{p}sort", f"{p}page", f"{p}per_page"}
+    filters = tuple(filters)
+    own |= {f"{p}{flt.name}" for flt in filters}
+    # Other lists' parameters on the same page (e.g. the usage page's period) ride along.
+    params: dict[str, str] = {k: v for k, v in get.items() if k not in own and v}
+    query = (get.get(f"{p}q") or "").strip()[:200]
+    sort = get.get(f"{p}sort") or default_sort
+    if sort.lstrip("-") not in sorts:
+        sort = default_sort
+    size = _positive_int(get.get(f"{p}per_page"), per_page)
+    if size not in PER_PAGE_CHOICES:
+        size = per_page
+    qs = queryset
+    search = tuple(search)
+    if query and search:
+        condition = Q()
+        for name in search:
+            condition |= Q(**{f"{name}__icontains": query})
+        qs = qs.filter(condition)
+    filter_state = []
+    for flt in filters:
+        value = get.get(f"{p}{flt.name}") or ""
+        if value not in {str(v) for v, _ in flt.choices}:
+            value = ""
+        if value:
+            qs = flt.narrow(qs, value)
+            params[f"{p}{flt.name}"] = value
+        filter_state.append(
+            {"name": f"{p}{flt.name}", "label": flt.label, "choices": flt.choices, "value": value}
+        )
+    key = sort.lstrip("-")
+    ordering = sorts[key]
+    ordering = [ordering] if isinstance(ordering, str) else list(ordering)
+    descending = sort.startswith("-")
+    order_by = []
+    for term in [*ordering, *([tiebreak] if tiebreak else [])]:
+        flipped = term[1:] if term.startswith("-") else f"-{term}"
+        order_by.append(flipped if descending else term)
+    qs = qs.order_by(*order_by)
+    total = qs.count()
+    pages = max(1, -(-total // size))
+    page = min(_positive_int(get.get(f"{p}page"), 1), pages)
+    start = (page - 1) * size
+    if tiebreak == "pk":
+        # Two steps: the page's keys from a narrow sorted query (only the columns the filter and
+        # sort need), then those rows whole. Sorting 10,000 rows with every select_related
+        # join and JSON column attached was most of a list page's time.
+        keys = list(qs.values_list("pk", flat=True)[start : start + size])
+        found = {row.pk: row for row in queryset.filter(pk__in=keys).order_by()} if keys else {}
+        rows = [found[k] for k in keys if k in found]
+    else:
+        rows = list(qs[start : start + size])
+    if query:
+        params[f"{p}q"] = query
+    if sort != default_sort:
+        params[f"{p}sort"] = sort
+    if size != per_page:
+        params[f"{p}per_page"] = str(size)
+    if page > 1:
+        params[f"{p}page"] = str(page)
+    return Listing(rows=rows, total=total, page=page, per_page=size, sort=sort, query=query,
+                   params=params, filters=filter_state, path=request.path, prefix=p)  # fmt: skip
