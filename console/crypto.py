@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -52,3 +53,13 @@ class EncryptedTextField(models.TextField):
 
 def last4(secret: str) -> str:
     return secret[-4:] if len(secret) >= 8 else ""
+
+
+def bearer_matches(authorization: str, token: str | None) -> bool:
+    """`Authorization: Bearer <token>` with the configured token; nothing matches an unset one."""
+    if not token:
+        return False
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )

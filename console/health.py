@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -10,6 +9,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from console.crypto import bearer_matches
 from console.models import WorkerHeartbeat
 
 
@@ -82,16 +82,6 @@ def may_see_details(request) -> bool:
     if user is not None and user.is_authenticated and user.is_staff:
         return True
     return bearer_matches(request.headers.get("Authorization", ""), settings.METRICS_TOKEN)
-
-
-def bearer_matches(authorization: str, token: str | None) -> bool:
-    """`Authorization: Bearer <token>` with the configured token; nothing matches an unset one."""
-    if not token:
-        return False
-    scheme, _, given = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
 
 
 def public_view(result: dict) -> dict:

@@ -673,8 +673,6 @@ def check_ngc_credentials(*, project: Any, bundle: ProfileBundle, model: Catalog
     """A NIM (or an NGC model) can't start without the project's NGC API key: the image pull
     from nvcr.io and NIM's own profile download both need it. Refused at save time, with the
     fix, instead of ending in ImagePullBackOff / CreateContainerConfigError on the cluster."""
-    from projects.models import IntegrationKind
-
     if bundle.engine != "nim" and model.source != "ngc":
         return
     if project.integrations.filter(kind=IntegrationKind.NGC).exists():

@@ -112,7 +112,7 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         {
             "pools": listing.rows,
             "listing": listing,
-            "can_change": selectors.may_register_pool(request.user, org),
+            "can_change": permissions.may_register_pool(request.user, org),
             "sandbox_label": SANDBOX_LABEL,
         },
     )

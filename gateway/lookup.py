@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.models import Exists, OuterRef
 
-from deployments.models import DeploymentState, ModelDeployment
+from deployments.models import DeploymentState, Endpoint, ModelDeployment
 from gateway.cache import DeploymentInfo, KeyInfo, local_user_generation, user_generation_key
 from gateway.upstream import upstream_for
 from gateway.usage import price
@@ -181,8 +181,6 @@ def _add(by_name: dict[str, DeploymentInfo], info: DeploymentInfo) -> None:
 
 def load_endpoint_paths() -> frozenset[str]:
     """Every Endpoint path (any organization): which `<path>/v1/...` URLs are the gateway's."""
-    from deployments.models import Endpoint
-
     close_old_connections()
     try:
         return frozenset(

@@ -17,7 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from console.health import bearer_matches
+from console.crypto import bearer_matches
 
 REQUESTS = Counter(
     "modeldeck_gateway_requests_total", "Gateway requests.", ["deployment", "route", "status"]

@@ -10,7 +10,11 @@ from django.urls import reverse
 
 from deployments.models import DeploymentState, ModelDeployment
 
-NO_GPU = {"resources": {"cpu": "1", "memory": "1Gi", "gpus": 0}}
+# A CPU build: GPU builds of vLLM are refused with 0 GPUs.
+NO_GPU = {
+    "resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},
+    "image": "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5",
+}
 
 
 @pytest.fixture

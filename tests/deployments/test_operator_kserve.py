@@ -56,7 +56,7 @@ def test_vllm_runs_as_an_inferenceservice_with_its_serving_runtime(tenants, depl
     assert pods and all(p["metadata"]["labels"]["component"] == "predictor" for p in pods)
 
     kserve_cluster.emulator.reset_counts()
-    assert sync_pool(kserve_pool)["list_calls"] == 3
+    assert sync_pool(kserve_pool)["list_calls"] == 4  # Deployments, Pods, Events, InferenceServices
     assert kserve_cluster.emulator.count(verb="list", resource="inferenceservices") == 1
 
 
