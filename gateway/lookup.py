@@ -167,6 +167,7 @@ def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict])
         sandbox=row.pool.is_sandbox,
         owner_organization_id=row.project.organization_id,
         policy=snapshot.get(row.pk),
+        serving_revision_id=row.serving_revision_id or 0,
     )
 
 
