@@ -217,6 +217,28 @@ class ModelDeployment(models.Model):
         return row.gpus if row else 0
 
 
+class ServedName(models.Model):
+    """The served model name a deployment holds in its organization.
+
+    Clients pick a deployment by this name, so two deployments of one organization may never
+    share it; a check-then-act in the service let 10 concurrent creates all succeed, so the
+    database decides (the loser of a race gets a field error, see services._claim_served_name).
+    The spec stays the source of the name; this row is its claim, written in the same
+    transaction as the revision that sets it."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment = models.OneToOneField(ModelDeployment, on_delete=models.CASCADE, related_name="served_name_claim")
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="served_name_unique_in_org")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Revision(models.Model):
     """An immutable snapshot of a deployment's spec."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app
@@ -30,6 +31,7 @@ from deployments.models import (
     PoolKind,
     PoolManager,
     Revision,
+    ServedName,
 )
 from deployments.renderers.input import is_dns1123_subdomain
 from deployments.spec import (
@@ -506,6 +508,22 @@ def _check_served_name_free(
         )  # fmt: skip
 
 
+def _claim_served_name(deployment: ModelDeployment, served: str) -> None:
+    """Hold ``served`` for this deployment in its organization. The unique constraint decides
+    a race that _check_served_name_free (a read) can't: the loser gets a field error."""
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction goes on to raise cleanly
+            ServedName.objects.update_or_create(
+                deployment=deployment,
+                defaults={"organization_id": deployment.project.organization_id, "name": served},
+            )
+    except IntegrityError:
+        raise ValidationError(
+            {"served_model_name": f"Another deployment of this organization already serves the model name "
+                                  f"“{served}”; choose another name."}
+        ) from None  # fmt: skip
+
+
 def _reserve(deployment: ModelDeployment, gpus: int) -> None:
     """Hold `gpus` in the quota for this deployment; a refusal names the numbers."""
     try:
@@ -651,6 +669,7 @@ def deployment_create(
             )  # fmt: skip
             deployment.full_clean(validate_constraints=False)
             deployment.save()
+            _claim_served_name(deployment, canonical["served_model_name"])
             if hold:
                 _reserve(deployment, hold)
             revision = _new_revision(deployment, canonical, user=user, reason="Created")
@@ -670,8 +689,15 @@ def deployment_create(
 
 
 def _locked(deployment: ModelDeployment) -> ModelDeployment:
+    """The row, locked, with what it points at read after the lock was granted.
+
+    Two statements on purpose: after waiting for a lock, PostgreSQL re-reads only the locked
+    row; rows joined in the same statement (the current revision) stay as they were when the
+    statement started, so a merge over them silently reverted the other writer's field (20
+    concurrent PATCHes lost 7 fields). Under READ COMMITTED the second statement sees it all."""
+    ModelDeployment.objects.select_for_update().filter(pk=deployment.pk).values_list("pk").get()
     return (
-        ModelDeployment.objects.select_for_update(of=("self",))
+        ModelDeployment.objects
         .select_related(
             "project", "project__organization", "model", "bundle", "pool", "current_revision"
         )
@@ -683,22 +709,28 @@ def _revise(
     *,
     user: AbstractBaseUser | None,
     deployment: ModelDeployment,
-    spec: dict[str, Any],
+    spec: dict[str, Any] | Callable[[ModelDeployment], dict[str, Any]],
     reason: str,
     action: str = "update",
 ) -> Revision:
-    """A new revision with a canonical spec: quota re-checked, blue-green push queued."""
+    """A new revision with a canonical spec: quota re-checked, blue-green push queued.
+
+    ``spec`` may be a function of the locked row: a change merged over the current spec must
+    be merged under the lock, or two concurrent PATCHes each revert the other's field."""
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
         if locked.state == DeploymentState.DELETING:
             raise ValidationError("This deployment is being deleted.")
+        if callable(spec):
+            spec = spec(locked)
         current = locked.current_revision
         if current is not None and current.spec == spec:
             return current  # nothing changed: no revision, no push
         _check_served_name_free(
             locked.project.organization, spec["served_model_name"], exclude=locked.pk
         )
+        _claim_served_name(locked, spec["served_model_name"])
         _check_environment(locked.environment, locked.pool, spec)
         if locked.state != DeploymentState.DEACTIVATED:
             _reserve(locked, gpu_hold(spec))
@@ -755,10 +787,12 @@ def deployment_update(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
                       "create a new deployment for the new model and delete this one when it serves."}
         )  # fmt: skip
-    canonical = deployment_update_spec(deployment=deployment, spec=spec, replace=replace)
+    # Checked once outside the lock so bad input fails fast, then merged again under it.
+    deployment_update_spec(deployment=deployment, spec=spec, replace=replace)
     return _revise(
-        user=user, deployment=deployment, spec=canonical, reason=reason or "Spec updated"
-    )
+        user=user, deployment=deployment, reason=reason or "Spec updated",
+        spec=lambda locked: deployment_update_spec(deployment=locked, spec=spec, replace=replace),
+    )  # fmt: skip
 
 
 def deployment_set_nim_tag(
@@ -782,13 +816,16 @@ def deployment_set_nim_tag(
                 "nim_tag": f"NGC lists no tag {tag} for this NIM; known tags: {', '.join(known[:10])}."
             }
         )
-    spec = dict(deployment.current_revision.spec)
-    if image_tag(spec["image"]) == tag:
+    if image_tag(deployment.current_revision.spec["image"]) == tag:
         return deployment.current_revision
-    spec["image"] = image_with_tag(spec["image"], tag)
-    spec["nim_tag"] = tag
-    canonical = normalize_spec(spec, bundle=deployment.bundle, model=deployment.model)
-    return _revise(user=user, deployment=deployment, spec=canonical, reason=f"NIM tag {tag}")
+
+    def retagged(locked: ModelDeployment) -> dict[str, Any]:
+        spec = dict(locked.current_revision.spec)
+        spec["image"] = image_with_tag(spec["image"], tag)
+        spec["nim_tag"] = tag
+        return normalize_spec(spec, bundle=locked.bundle, model=locked.model)
+
+    return _revise(user=user, deployment=deployment, spec=retagged, reason=f"NIM tag {tag}")
 
 
 def deployment_rollback(
