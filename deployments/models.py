@@ -180,6 +180,11 @@ class ModelDeployment(models.Model):
         "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The revision the Service points at (blue-green).",
     )
+    push_waiting_since = models.DateTimeField(
+        null=True, blank=True,
+        help_text="A committed change whose push is not queued yet (the task queue was unreachable); "
+                  "the periodic push_waiting task queues it.",
+    )  # fmt: skip
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

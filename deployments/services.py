@@ -98,8 +98,33 @@ def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
 PUSH_TASK = "deployments.push_deployment"
 
 
+WAITING_TO_BE_PUSHED = "Saved; waiting to be pushed (the task queue can't be reached right now)."
+
+
 def _enqueue_push(deployment_pk: int) -> None:
-    transaction.on_commit(lambda: current_app.tasks[PUSH_TASK].delay(deployment_pk))
+    """Queue the push when the transaction commits; the change is marked as waiting in the same
+    transaction, so a queue that is down (or a crash right after the commit) loses nothing:
+    push_waiting queues it later. A failed enqueue never turns a committed change into a 500."""
+    marked = timezone.now()
+    ModelDeployment.objects.filter(pk=deployment_pk).update(push_waiting_since=marked)
+    transaction.on_commit(lambda: push_enqueue(deployment_pk, marked=marked))
+
+
+def push_enqueue(deployment_pk: int, *, marked: Any = None) -> bool:
+    """Send the push task; on success clear the waiting mark (if no newer change set it again)."""
+    try:
+        current_app.tasks[PUSH_TASK].delay(deployment_pk)
+    except Exception as exc:  # kombu's OperationalError and whatever the transport raises
+        log.warning("push not queued, left waiting: %s", exc, extra={"deployment": deployment_pk})
+        ModelDeployment.objects.filter(pk=deployment_pk, push_waiting_since__isnull=False).update(
+            state_reason=WAITING_TO_BE_PUSHED
+        )
+        return False
+    rows = ModelDeployment.objects.filter(pk=deployment_pk)
+    if marked is not None:
+        rows = rows.filter(push_waiting_since__lte=marked)
+    rows.update(push_waiting_since=None)
+    return True
 
 
 # --- Events and state ---------------------------------------------------------------------------

@@ -11,7 +11,12 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from deployments.models import ModelDeployment, Revision
+from deployments import kube
+from deployments.models import DeploymentState, ModelDeployment, Revision
+from deployments.renderers import deployment_selector
+from deployments.services import deployment_delete, deployment_update
+from deployments.tasks import push, sync_status
+from tests.deployments.conftest import state_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -145,3 +150,165 @@ def test_rename_onto_a_taken_served_name_is_a_400(tenants, deploy):
     assert response.status_code == 400
     assert "first" in " ".join(response.json()["served_model_name"])
     assert ModelDeployment.objects.get(pk=second.pk).served_name() == "second"
+
+
+# --- Nothing is left behind ---------------------------------------------------------------------
+
+
+def objects_on_pool(emulator, deployment_id: int, revision: int | None = None) -> list[str]:
+    """Deployments, Services, Pods and PVCs on the cluster labelled with this deployment (read back
+    from the emulator's store, not from ModelDeck's rows)."""
+    selector = dict(part.split("=") for part in deployment_selector(deployment_id, revision).split(","))
+    found = []
+    for kind in ("Deployment", "Service", "Pod", "PersistentVolumeClaim"):
+        for obj in emulator.list_objects(kind, "acme-research"):
+            labels = obj["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in selector.items()):
+                found.append(f"{kind}/{obj['metadata']['name']}")
+    return sorted(found)
+
+
+def test_delete_during_a_slow_push_leaves_no_object(tenants, deploy, emulator, monkeypatch):
+    emulator.set_down(True)
+    deployment = deploy("chat")  # the pool can't be reached: Pending, nothing applied yet
+    emulator.set_down(False)
+    paused, release = threading.Event(), threading.Event()
+    real_apply = kube.apply
+
+    def slow_apply(k, obj):
+        # The push stalls just before it creates the Kubernetes Deployment (a slow API server).
+        if obj.get("kind") == "Deployment" and not paused.is_set():
+            paused.set()
+            release.wait(30)
+        return real_apply(k, obj)
+
+    monkeypatch.setattr(kube, "apply", slow_apply)
+    outcome: list[str] = []
+
+    def slow_push() -> None:
+        try:
+            outcome.append(push(deployment.pk))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=slow_push)
+    thread.start()
+    assert paused.wait(30)
+    # Meanwhile the user deletes: the teardown runs on commit and finishes first.
+    deployment_delete(user=tenants.owner, deployment=deployment)
+    assert not ModelDeployment.objects.filter(pk=deployment.pk).exists()
+    release.set()
+    thread.join(30)
+
+    sync_status()
+    sync_status()
+    assert outcome == ["deleted-meanwhile"]
+    assert objects_on_pool(emulator, deployment.pk) == []
+    assert tenants.project.gpu_used() == 0
+
+
+def test_objects_of_a_deployment_that_is_gone_are_removed_by_the_sync(tenants, deploy, emulator):
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    assert objects_on_pool(emulator, deployment.pk)
+    # The row goes without a teardown (a crash, a restored backup): an orphan of any origin.
+    ModelDeployment.objects.filter(pk=deployment.pk).delete()
+
+    sync_status()
+    sync_status()
+
+    assert objects_on_pool(emulator, deployment.pk) == []
+
+
+def test_a_superseded_revision_that_never_served_is_removed_after_the_grace(tenants, deploy, emulator, monkeypatch):
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    # Revisions 2 and 3 ask for more GPUs than a node has (4 L4 each): they never become ready.
+    for cpu in ("3", "4"):
+        deployment_update(user=tenants.owner, deployment=deployment,
+                          spec={"resources": {"cpu": cpu, "gpus": 8}, "replicas": {"min": 1, "max": 1}})  # fmt: skip
+    deployment.refresh_from_db()
+    assert deployment.current_revision.number == 3 and deployment.serving_revision.number == 1
+    sync_status()
+    assert objects_on_pool(emulator, deployment.pk, 2)  # within the grace: left alone
+
+    monkeypatch.setattr("deployments.tasks.SUPERSEDED_GRACE_SECONDS", 0.0)
+    sync_status()
+
+    assert not [o for o in objects_on_pool(emulator, deployment.pk, 2) if o.startswith("Deployment/")]
+    assert emulator.get_object("Deployment", "acme-research", "chat-r1") is not None  # serving
+    assert emulator.get_object("Deployment", "acme-research", "chat-r3") is not None  # current
+    assert "RevisionRemoved" in set(deployment.events.values_list("reason", flat=True))
+
+
+# --- The task queue is down ---------------------------------------------------------------------
+
+
+class Broker:
+    """Switches Celery between really publishing (not eager) to a broker nobody listens on, and
+    the test suite's in-process worker (eager)."""
+
+    def __init__(self) -> None:
+        from console.celery import app
+
+        self.app = app
+        self.saved = (app.conf.broker_url, app.conf.task_always_eager, app.conf.task_publish_retry_policy)
+
+    def down(self) -> None:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()  # a free port, now closed: connection refused
+        self.app.conf.broker_url = f"redis://127.0.0.1:{port}/0"
+        self.app.conf.task_always_eager = False
+        self.app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
+        self._reset_pool()
+
+    def up(self) -> None:
+        self.app.conf.broker_url, self.app.conf.task_always_eager, self.app.conf.task_publish_retry_policy = self.saved
+        self._reset_pool()
+
+    def _reset_pool(self) -> None:
+        # Forget the connection pools bound to the previous broker URL (what Celery does after a fork).
+        from kombu import pools
+
+        self.app._pool = None
+        self.app.amqp._producer_pool = None
+        pools.reset()
+
+
+@pytest.fixture
+def broker():
+    broker = Broker()
+    yield broker
+    broker.up()
+
+
+def test_broker_down_saves_the_change_and_the_periodic_task_pushes_it(tenants, deploy, emulator, broker):
+    from deployments.tasks import push_waiting
+
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    client = api(tenants.owner)
+    client.raise_request_exception = False  # a 500 is an answer to count, not an exception
+    broker.down()
+
+    response = client.patch(
+        f"/api/v1/deployments/{deployment.pk}/", {"spec": {"extra_args": ["--max-num-seqs", "8"]}}, format="json"
+    )
+
+    assert response.status_code == 200, response.content[:500]
+    body = response.json()
+    assert body["current_revision"] == 2
+    assert "waiting to be pushed" in body["state_reason"]
+    assert emulator.get_object("Deployment", "acme-research", "chat-r2") is None  # not pushed
+    assert push_waiting() == 0  # still down: stays waiting
+
+    broker.up()  # the queue is back (the suite's worker runs in-process)
+    assert push_waiting() == 1
+
+    assert emulator.get_object("Deployment", "acme-research", "chat-r2") is not None
+    assert ModelDeployment.objects.get(pk=deployment.pk).push_waiting_since is None
+    assert push_waiting() == 0
