@@ -251,6 +251,11 @@ class Revision(models.Model):
     number = models.PositiveIntegerField()
     spec = models.JSONField()
     reason = models.CharField(max_length=200, blank=True)
+    pods_revision = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="The revision whose pods run this one, when the change didn't touch the pods "
+                  "(pricing, limits, autoscaling, scale in place); empty: its own pods.",
+    )  # fmt: skip
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -264,6 +269,10 @@ class Revision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment} r{self.number}"
+
+    def pods_number(self) -> int:
+        """The revision number the Kubernetes objects of this revision carry (name, labels)."""
+        return self.pods_revision or self.number
 
 
 class DeploymentEvent(models.Model):

@@ -42,6 +42,8 @@ from deployments.spec import (
     image_with_tag,
     merge_spec,
     normalize_spec,
+    rendered_replicas,
+    rollout_needed,
 )
 from gateway.cache import invalidate
 from projects.models import Environment, Organization, Project
@@ -558,11 +560,13 @@ def _reserve(deployment: ModelDeployment, gpus: int) -> None:
 
 
 def _new_revision(
-    deployment: ModelDeployment, spec: dict[str, Any], *, user: AbstractBaseUser | None, reason: str
+    deployment: ModelDeployment, spec: dict[str, Any], *, user: AbstractBaseUser | None, reason: str,
+    pods_revision: int | None = None,
 ) -> Revision:
+    # Callers hold the deployment's row lock (or create it): numbers stay unique and dense.
     last = deployment.revisions.order_by("-number").values_list("number", flat=True).first() or 0
     revision = Revision(deployment=deployment, number=last + 1, spec=spec, reason=reason[:200],
-                        created_by=_user_or_none(user))  # fmt: skip
+                        created_by=_user_or_none(user), pods_revision=pods_revision)  # fmt: skip
     revision.full_clean(exclude=["deployment"])
     revision.save()
     return revision
@@ -724,7 +728,8 @@ def _locked(deployment: ModelDeployment) -> ModelDeployment:
     return (
         ModelDeployment.objects
         .select_related(
-            "project", "project__organization", "model", "bundle", "pool", "current_revision"
+            "project", "project__organization", "model", "bundle", "pool", "current_revision",
+            "serving_revision",
         )
         .get(pk=deployment.pk)
     )
@@ -759,10 +764,23 @@ def _revise(
         _check_environment(locked.environment, locked.pool, spec)
         if locked.state != DeploymentState.DEACTIVATED:
             _reserve(locked, gpu_hold(spec))
-        revision = _new_revision(locked, spec, user=user, reason=reason or "Updated")
+        rollout = current is None or rollout_needed(current.spec, spec)
+        reason = reason or "Updated"
+        if not rollout:
+            scaled = rendered_replicas(current.spec) != rendered_replicas(spec)
+            reason = f"{reason[:170]} ({'scaled in place' if scaled else 'no rollout needed'})"
+        revision = _new_revision(locked, spec, user=user, reason=reason,
+                                 pods_revision=None if rollout else current.pods_number())  # fmt: skip
         locked.current_revision = revision
-        locked.save(update_fields=["current_revision", "updated_at"])
-        if locked.state != DeploymentState.DEACTIVATED:
+        updated = ["current_revision", "updated_at"]
+        serving = locked.serving_revision
+        if not rollout and serving is not None and serving.pods_number() == revision.pods_number():
+            # Same pods behind the Service: the new revision serves at once (prices and limits
+            # reach the gateway on commit); the push only sets the replica count.
+            locked.serving_revision = revision
+            updated.append("serving_revision")
+        locked.save(update_fields=updated)
+        if rollout and locked.state != DeploymentState.DEACTIVATED:
             old = locked.state
             serving = (
                 f"; revision {current.number} keeps serving until it is ready" if current else ""

@@ -394,10 +394,10 @@ def decide(
     if state == DeploymentState.DEACTIVATED:
         still_running = any(o.replicas > 0 or o.pods > 0 for o in revisions.values() if o.exists)
         still_running = still_running or any(
-            r != current.number for r, o in revisions.items() if o.exists
+            r != current.pods_number() for r, o in revisions.items() if o.exists
         )
         return Decision(state, deployment.state_reason, push=still_running)
-    obs = revisions.get(current.number)
+    obs = revisions.get(current.pods_number())  # a change that needed no rollout reuses pods
     if obs is None or not obs.exists:
         if state == DeploymentState.PENDING:
             return Decision(
@@ -416,7 +416,7 @@ def decide(
     wanted = rendered_replicas(current.spec)
     serving = deployment.serving_revision
     serving_obs = (
-        revisions.get(serving.number) if serving is not None and serving.pk != current.pk else None
+        revisions.get(serving.pods_number()) if serving is not None and serving.pk != current.pk else None
     )
     keeps = (
         f" Revision {serving.number} keeps serving."
@@ -573,11 +573,11 @@ def sweep_orphans(
         current = deployment.current_revision
         if deployment.state == DeploymentState.DELETING or current.created_at > cutoff:
             continue  # the teardown removes everything / give the rollout's own push its time
-        keep = {current.number}
+        keep = {current.pods_number()}
         if deployment.serving_revision is not None:
-            keep.add(deployment.serving_revision.number)
+            keep.add(deployment.serving_revision.pods_number())
         for number, obs in (observed.get(deployment.pk) or {}).items():
-            if obs.exists and number not in keep and number < current.number and obs.namespace:
+            if obs.exists and number not in keep and number < current.pods_number() and obs.namespace:
                 doomed.append((obs.namespace, deployment_selector(deployment.pk, number), ("Deployment",)))
                 event_record(deployment, reason="RevisionRemoved", source="kubernetes",
                              message=f"Revision {number} was superseded and never served; its pods were removed.")  # fmt: skip

@@ -312,3 +312,49 @@ def test_broker_down_saves_the_change_and_the_periodic_task_pushes_it(tenants, d
     assert emulator.get_object("Deployment", "acme-research", "chat-r2") is not None
     assert ModelDeployment.objects.get(pk=deployment.pk).push_waiting_since is None
     assert push_waiting() == 0
+
+
+# --- Changes that don't touch the pods don't roll out -------------------------------------------
+
+
+def test_a_pricing_change_and_a_scale_make_no_new_kubernetes_deployment(tenants, deploy, emulator):
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    first_pod = {p["metadata"]["uid"] for p in emulator.list_objects("Pod", "acme-research")}
+    client = api(tenants.owner)
+    url = f"/api/v1/deployments/{deployment.pk}/"
+
+    priced = client.patch(url, {"spec": {"pricing": {"input_per_million": "0.50"}}}, format="json").json()
+    # Pricing reaches the gateway on commit: the new revision serves at once, nothing rolls out.
+    assert priced["current_revision"] == 2 and priced["serving_revision"] == 2
+    assert priced["state"] == DeploymentState.RUNNING
+    scaled = client.post(url + "scale/", {"min": 2, "max": 2}, format="json")
+    assert scaled.status_code == 200, scaled.content[:300]
+    assert scaled.json()["current_revision"] == 3 and scaled.json()["serving_revision"] == 3
+
+    def two_ready() -> bool:
+        dep = emulator.get_object("Deployment", "acme-research", "chat-r1")
+        return (dep.get("status") or {}).get("readyReplicas") == 2
+
+    wait_for(two_ready)
+    names = [d["metadata"]["name"] for d in emulator.list_objects("Deployment", "acme-research")]
+    assert names == ["chat-r1"]
+    assert emulator.get_object("Deployment", "acme-research", "chat-r1")["spec"]["replicas"] == 2
+    pods = {p["metadata"]["uid"] for p in emulator.list_objects("Pod", "acme-research")}
+    assert first_pod <= pods and len(pods) == 2  # the first pod kept running; one was added
+    assert emulator.get_object("Service", "acme-research", "chat")["spec"]["selector"]["modeldeck.io/revision"] == "1"
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    reasons = list(Revision.objects.filter(deployment=deployment).order_by("number").values_list("reason", flat=True))
+    assert "no rollout needed" in reasons[1] and "scaled in place" in reasons[2]
+
+
+def test_a_change_to_what_the_pods_run_still_rolls_out_blue_green(tenants, deploy, emulator):
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"pricing": {"input_per_million": "1"}})
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"extra_args": ["--max-num-seqs", "8"]})
+
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING and deployment.serving_revision.number == 3)
+    names = [d["metadata"]["name"] for d in emulator.list_objects("Deployment", "acme-research")]
+    assert names == ["chat-r3"]
+    assert emulator.get_object("Deployment", "acme-research", "chat-r3") is not None
