@@ -24,7 +24,7 @@ def claim_existing_names(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0003_delete_usagerecord'),
+        ('deployments', '0004_computepool_managed_by_and_private_addresses'),
         ('projects', '0001_initial'),
     ]
 
