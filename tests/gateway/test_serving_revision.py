@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from deployments.models import DeploymentState, ModelDeployment
+from deployments.services import event_record
 from tests.gateway.conftest import make_deployment, make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,7 +22,9 @@ STALE = 1.1  # the gateway re-reads deployment rows at most one second later
 
 @pytest.fixture
 def deployment(tenants, gateway):
-    return make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    event_record(deployment, reason="Running", message="Revision 1: 1/1 replicas ready.", source="kubernetes")
+    return deployment
 
 
 def post(gateway, secret: str) -> httpx.Response:
@@ -64,7 +67,7 @@ def test_deactivated_deleting_and_never_ready_refuse_with_their_own_codes(tenant
     for state, serving in (
         (DeploymentState.DEACTIVATED, deployment.current_revision_id),
         (DeploymentState.DELETING, deployment.current_revision_id),
-        (DeploymentState.DEPLOYING, None),  # first rollout: no revision has been ready yet
+        (DeploymentState.DEPLOYING, None),  # no revision behind the Service
         (DeploymentState.PENDING, deployment.current_revision_id),  # activated again, no pods yet
     ):
         ModelDeployment.objects.filter(pk=deployment.pk).update(state=state, serving_revision_id=serving)
@@ -74,6 +77,15 @@ def test_deactivated_deleting_and_never_ready_refuse_with_their_own_codes(tenant
         seen[state] = (response.status_code, error["code"])
         assert "llama-chat" in error["message"]
         assert listed(gateway, secret) == []
+
+    # A first rollout: the Service already points at revision 1, but it has never been ready.
+    ModelDeployment.objects.filter(pk=deployment.pk).update(
+        state=DeploymentState.DEPLOYING, serving_revision_id=deployment.current_revision_id
+    )
+    deployment.events.filter(reason="Running").delete()
+    time.sleep(STALE)
+    response = post(gateway, secret)
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "deployment_not_ready")
 
     assert seen == {
         DeploymentState.DEACTIVATED: (409, "deployment_deactivated"),
