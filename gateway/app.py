@@ -80,7 +80,7 @@ def split_endpoint_path(path: str) -> tuple[str, str]:
     return path[:at], path[at:]
 
 
-def refusal(deployment: DeploymentInfo, model: str) -> GatewayError | None:
+def deployment_refusal(deployment: DeploymentInfo, model: str) -> GatewayError | None:
     """Why a deployment can't answer now, or None: the serving revision answers.
 
     Blue-green (DESIGN flow 5): whatever revision is ready and behind the Service keeps
@@ -440,7 +440,7 @@ class Gateway:
             raise GatewayError(
                 403, reason, "permission_error", param="model", code="model_not_allowed"
             )
-        refused = refusal(deployment, model)
+        refused = deployment_refusal(deployment, model)
         if refused is not None:
             raise refused
         return deployment
@@ -478,7 +478,7 @@ class Gateway:
                 "owned_by": "modeldeck",
             }
             for d in sorted(deployments.values(), key=lambda d: d.served_model_name)
-            if refusal(d, d.served_model_name) is None
+            if deployment_refusal(d, d.served_model_name) is None
             and (not endpoint_path or d.endpoint_path == endpoint_path)
             and (not key.deployment_ids or d.id in key.deployment_ids)
             and _may_call(key, d)[0]

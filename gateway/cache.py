@@ -131,7 +131,7 @@ class DeploymentInfo:
     upstream_credential: str = ""  # the engine's per-deployment key (renderers.exposure)
     endpoint_path: str = ""  # the Endpoint's path: `<path>/v1/...` answers for this deployment
     # The revision the Service points at (0: none has ever been ready, see lookup._ever_ran). Requests go to it
-    # whatever the state (Deploying, Updating, Unknown, a failed rollout): see gateway.lookup.refusal.
+    # whatever the state (Deploying, Updating, Unknown, a failed rollout): see gateway.app.deployment_refusal.
     serving_revision_id: int = 0
 
 
