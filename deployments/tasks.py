@@ -52,6 +52,7 @@ from deployments.services import (
     deployment_engine_credential,
     deployment_finish_delete,
     event_record,
+    push_enqueue,
     state_claim,
 )
 from deployments.spec import (
@@ -330,8 +331,6 @@ PUSH_WAITING_BATCH = 500
 def push_waiting() -> int:
     """Queue the push of every change that was committed while the task queue was down (beat
     runs this every 10 seconds; once the broker answers again, they go)."""
-    from deployments.services import push_enqueue
-
     waiting = list(
         ModelDeployment.objects.filter(push_waiting_since__isnull=False)
         .order_by("push_waiting_since")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 from django.db import connection
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from deployments import kube
@@ -17,6 +16,7 @@ from deployments.renderers import deployment_selector
 from deployments.services import deployment_delete, deployment_update
 from deployments.tasks import push, sync_status
 from tests.deployments.conftest import state_of, wait_for
+from tests.factories import rest_api_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,10 +62,7 @@ def lookup(spec: dict, path: str) -> object:
 
 
 def api(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+    return rest_api_client(user)
 
 
 def run_together(calls: list[Callable[[], object]]) -> list[object]:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0006_deployment_push_waiting_since'),
+        ('deployments', '0007_deployment_push_waiting_since'),
     ]
 
     operations = [

@@ -24,7 +24,7 @@ def claim_existing_names(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0004_computepool_managed_by_and_private_addresses'),
+        ('deployments', '0005_pool_exposure_and_engine_credential'),
         ('projects', '0001_initial'),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0005_served_name_unique_in_org'),
+        ('deployments', '0006_served_name_unique_in_org'),
     ]
 
     operations = [
