@@ -119,7 +119,7 @@ def test_ten_concurrent_creates_with_one_served_name_make_exactly_one(tenants, m
     clients = [api(tenants.owner) for _ in range(10)]
     bodies = [
         {"project": tenants.project.pk, "model": model.pk, "pool": pool.pk, "bundle": bundle.pk,
-         "name": f"chat-{i}", "spec": {"resources": {"cpu": "1", "memory": "2Gi", "gpus": 0},
+         "name": f"chat-{i}", "spec": {"resources": {"cpu": "1", "memory": "2Gi", "gpus": 1},
                                        "served_model_name": "shared-name"}}
         for i in range(10)
     ]  # fmt: skip
@@ -130,7 +130,7 @@ def test_ten_concurrent_creates_with_one_served_name_make_exactly_one(tenants, m
     ])  # fmt: skip
 
     codes = sorted(getattr(r, "status_code", repr(r)) for r in responses)
-    assert codes == [201] + [400] * 9
+    assert codes == [201] + [400] * 9, [r.content[:300] for r in responses]
     for response in responses:
         if response.status_code == 400:
             assert "shared-name" in " ".join(response.json()["served_model_name"])
