@@ -272,6 +272,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "console-health-ping": {"task": "console.health_ping", "schedule": 30.0},
     # Flow 3: one list call per kind per pool, then every deployment's state.
     "deployments-sync-status": {"task": "deployments.sync_status", "schedule": 5.0},
+    # Changes committed while the broker was down ("waiting to be pushed").
+    "deployments-push-waiting": {"task": "deployments.push_waiting", "schedule": 10.0},
     # Flow 4: usage buffered in Redis by the gateway, written to the database in batches.
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
 }

@@ -180,6 +180,11 @@ class ModelDeployment(models.Model):
         "Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The revision the Service points at (blue-green).",
     )
+    push_waiting_since = models.DateTimeField(
+        null=True, blank=True,
+        help_text="A committed change whose push is not queued yet (the task queue was unreachable); "
+                  "the periodic push_waiting task queues it.",
+    )  # fmt: skip
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -217,6 +222,28 @@ class ModelDeployment(models.Model):
         return row.gpus if row else 0
 
 
+class ServedName(models.Model):
+    """The served model name a deployment holds in its organization.
+
+    Clients pick a deployment by this name, so two deployments of one organization may never
+    share it; a check-then-act in the service let 10 concurrent creates all succeed, so the
+    database decides (the loser of a race gets a field error, see services._claim_served_name).
+    The spec stays the source of the name; this row is its claim, written in the same
+    transaction as the revision that sets it."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment = models.OneToOneField(ModelDeployment, on_delete=models.CASCADE, related_name="served_name_claim")
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="served_name_unique_in_org")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Revision(models.Model):
     """An immutable snapshot of a deployment's spec."""
 
@@ -224,6 +251,11 @@ class Revision(models.Model):
     number = models.PositiveIntegerField()
     spec = models.JSONField()
     reason = models.CharField(max_length=200, blank=True)
+    pods_revision = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="The revision whose pods run this one, when the change didn't touch the pods "
+                  "(pricing, limits, autoscaling, scale in place); empty: its own pods.",
+    )  # fmt: skip
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -237,6 +269,10 @@ class Revision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment} r{self.number}"
+
+    def pods_number(self) -> int:
+        """The revision number the Kubernetes objects of this revision carry (name, labels)."""
+        return self.pods_revision or self.number
 
 
 class DeploymentEvent(models.Model):

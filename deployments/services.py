@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app
@@ -30,6 +31,7 @@ from deployments.models import (
     PoolKind,
     PoolManager,
     Revision,
+    ServedName,
 )
 from deployments.renderers.input import is_dns1123_subdomain
 from deployments.spec import (
@@ -40,6 +42,8 @@ from deployments.spec import (
     image_with_tag,
     merge_spec,
     normalize_spec,
+    rendered_replicas,
+    rollout_needed,
 )
 from gateway.cache import invalidate
 from projects.models import Environment, Organization, Project
@@ -96,8 +100,33 @@ def _user_or_none(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
 PUSH_TASK = "deployments.push_deployment"
 
 
+WAITING_TO_BE_PUSHED = "Saved; waiting to be pushed (the task queue can't be reached right now)."
+
+
 def _enqueue_push(deployment_pk: int) -> None:
-    transaction.on_commit(lambda: current_app.tasks[PUSH_TASK].delay(deployment_pk))
+    """Queue the push when the transaction commits; the change is marked as waiting in the same
+    transaction, so a queue that is down (or a crash right after the commit) loses nothing:
+    push_waiting queues it later. A failed enqueue never turns a committed change into a 500."""
+    marked = timezone.now()
+    ModelDeployment.objects.filter(pk=deployment_pk).update(push_waiting_since=marked)
+    transaction.on_commit(lambda: push_enqueue(deployment_pk, marked=marked))
+
+
+def push_enqueue(deployment_pk: int, *, marked: Any = None) -> bool:
+    """Send the push task; on success clear the waiting mark (if no newer change set it again)."""
+    try:
+        current_app.tasks[PUSH_TASK].delay(deployment_pk)
+    except Exception as exc:  # kombu's OperationalError and whatever the transport raises
+        log.warning("push not queued, left waiting: %s", exc, extra={"deployment": deployment_pk})
+        ModelDeployment.objects.filter(pk=deployment_pk, push_waiting_since__isnull=False).update(
+            state_reason=WAITING_TO_BE_PUSHED
+        )
+        return False
+    rows = ModelDeployment.objects.filter(pk=deployment_pk)
+    if marked is not None:
+        rows = rows.filter(push_waiting_since__lte=marked)
+    rows.update(push_waiting_since=None)
+    return True
 
 
 # --- Events and state ---------------------------------------------------------------------------
@@ -506,6 +535,22 @@ def _check_served_name_free(
         )  # fmt: skip
 
 
+def _claim_served_name(deployment: ModelDeployment, served: str) -> None:
+    """Hold ``served`` for this deployment in its organization. The unique constraint decides
+    a race that _check_served_name_free (a read) can't: the loser gets a field error."""
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction goes on to raise cleanly
+            ServedName.objects.update_or_create(
+                deployment=deployment,
+                defaults={"organization_id": deployment.project.organization_id, "name": served},
+            )
+    except IntegrityError:
+        raise ValidationError(
+            {"served_model_name": f"Another deployment of this organization already serves the model name "
+                                  f"“{served}”; choose another name."}
+        ) from None  # fmt: skip
+
+
 def _reserve(deployment: ModelDeployment, gpus: int) -> None:
     """Hold `gpus` in the quota for this deployment; a refusal names the numbers."""
     try:
@@ -515,11 +560,13 @@ def _reserve(deployment: ModelDeployment, gpus: int) -> None:
 
 
 def _new_revision(
-    deployment: ModelDeployment, spec: dict[str, Any], *, user: AbstractBaseUser | None, reason: str
+    deployment: ModelDeployment, spec: dict[str, Any], *, user: AbstractBaseUser | None, reason: str,
+    pods_revision: int | None = None,
 ) -> Revision:
+    # Callers hold the deployment's row lock (or create it): numbers stay unique and dense.
     last = deployment.revisions.order_by("-number").values_list("number", flat=True).first() or 0
     revision = Revision(deployment=deployment, number=last + 1, spec=spec, reason=reason[:200],
-                        created_by=_user_or_none(user))  # fmt: skip
+                        created_by=_user_or_none(user), pods_revision=pods_revision)  # fmt: skip
     revision.full_clean(exclude=["deployment"])
     revision.save()
     return revision
@@ -651,6 +698,7 @@ def deployment_create(
             )  # fmt: skip
             deployment.full_clean(validate_constraints=False)
             deployment.save()
+            _claim_served_name(deployment, canonical["served_model_name"])
             if hold:
                 _reserve(deployment, hold)
             revision = _new_revision(deployment, canonical, user=user, reason="Created")
@@ -670,10 +718,18 @@ def deployment_create(
 
 
 def _locked(deployment: ModelDeployment) -> ModelDeployment:
+    """The row, locked, with what it points at read after the lock was granted.
+
+    Two statements on purpose: after waiting for a lock, PostgreSQL re-reads only the locked
+    row; rows joined in the same statement (the current revision) stay as they were when the
+    statement started, so a merge over them silently reverted the other writer's field (20
+    concurrent PATCHes lost 7 fields). Under READ COMMITTED the second statement sees it all."""
+    ModelDeployment.objects.select_for_update().filter(pk=deployment.pk).values_list("pk").get()
     return (
-        ModelDeployment.objects.select_for_update(of=("self",))
+        ModelDeployment.objects
         .select_related(
-            "project", "project__organization", "model", "bundle", "pool", "current_revision"
+            "project", "project__organization", "model", "bundle", "pool", "current_revision",
+            "serving_revision",
         )
         .get(pk=deployment.pk)
     )
@@ -683,29 +739,48 @@ def _revise(
     *,
     user: AbstractBaseUser | None,
     deployment: ModelDeployment,
-    spec: dict[str, Any],
+    spec: dict[str, Any] | Callable[[ModelDeployment], dict[str, Any]],
     reason: str,
     action: str = "update",
 ) -> Revision:
-    """A new revision with a canonical spec: quota re-checked, blue-green push queued."""
+    """A new revision with a canonical spec: quota re-checked, blue-green push queued.
+
+    ``spec`` may be a function of the locked row: a change merged over the current spec must
+    be merged under the lock, or two concurrent PATCHes each revert the other's field."""
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
         if locked.state == DeploymentState.DELETING:
             raise ValidationError("This deployment is being deleted.")
+        if callable(spec):
+            spec = spec(locked)
         current = locked.current_revision
         if current is not None and current.spec == spec:
             return current  # nothing changed: no revision, no push
         _check_served_name_free(
             locked.project.organization, spec["served_model_name"], exclude=locked.pk
         )
+        _claim_served_name(locked, spec["served_model_name"])
         _check_environment(locked.environment, locked.pool, spec)
         if locked.state != DeploymentState.DEACTIVATED:
             _reserve(locked, gpu_hold(spec))
-        revision = _new_revision(locked, spec, user=user, reason=reason or "Updated")
+        rollout = current is None or rollout_needed(current.spec, spec)
+        reason = reason or "Updated"
+        if not rollout:
+            scaled = rendered_replicas(current.spec) != rendered_replicas(spec)
+            reason = f"{reason[:170]} ({'scaled in place' if scaled else 'no rollout needed'})"
+        revision = _new_revision(locked, spec, user=user, reason=reason,
+                                 pods_revision=None if rollout else current.pods_number())  # fmt: skip
         locked.current_revision = revision
-        locked.save(update_fields=["current_revision", "updated_at"])
-        if locked.state != DeploymentState.DEACTIVATED:
+        updated = ["current_revision", "updated_at"]
+        serving = locked.serving_revision
+        if not rollout and serving is not None and serving.pods_number() == revision.pods_number():
+            # Same pods behind the Service: the new revision serves at once (prices and limits
+            # reach the gateway on commit); the push only sets the replica count.
+            locked.serving_revision = revision
+            updated.append("serving_revision")
+        locked.save(update_fields=updated)
+        if rollout and locked.state != DeploymentState.DEACTIVATED:
             old = locked.state
             serving = (
                 f"; revision {current.number} keeps serving until it is ready" if current else ""
@@ -755,10 +830,12 @@ def deployment_update(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
                       "create a new deployment for the new model and delete this one when it serves."}
         )  # fmt: skip
-    canonical = deployment_update_spec(deployment=deployment, spec=spec, replace=replace)
+    # Checked once outside the lock so bad input fails fast, then merged again under it.
+    deployment_update_spec(deployment=deployment, spec=spec, replace=replace)
     return _revise(
-        user=user, deployment=deployment, spec=canonical, reason=reason or "Spec updated"
-    )
+        user=user, deployment=deployment, reason=reason or "Spec updated",
+        spec=lambda locked: deployment_update_spec(deployment=locked, spec=spec, replace=replace),
+    )  # fmt: skip
 
 
 def deployment_set_nim_tag(
@@ -782,13 +859,16 @@ def deployment_set_nim_tag(
                 "nim_tag": f"NGC lists no tag {tag} for this NIM; known tags: {', '.join(known[:10])}."
             }
         )
-    spec = dict(deployment.current_revision.spec)
-    if image_tag(spec["image"]) == tag:
+    if image_tag(deployment.current_revision.spec["image"]) == tag:
         return deployment.current_revision
-    spec["image"] = image_with_tag(spec["image"], tag)
-    spec["nim_tag"] = tag
-    canonical = normalize_spec(spec, bundle=deployment.bundle, model=deployment.model)
-    return _revise(user=user, deployment=deployment, spec=canonical, reason=f"NIM tag {tag}")
+
+    def retagged(locked: ModelDeployment) -> dict[str, Any]:
+        spec = dict(locked.current_revision.spec)
+        spec["image"] = image_with_tag(spec["image"], tag)
+        spec["nim_tag"] = tag
+        return normalize_spec(spec, bundle=locked.bundle, model=locked.model)
+
+    return _revise(user=user, deployment=deployment, spec=retagged, reason=f"NIM tag {tag}")
 
 
 def deployment_rollback(

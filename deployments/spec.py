@@ -494,6 +494,18 @@ def normalize_spec(
     return out
 
 
+# Spec keys the pods never see (the gateway and the autoscaler read them; replicas.max only
+# sizes the quota): changing only these needs no rollout. replicas.min is applied in place.
+NO_ROLLOUT_KEYS = ("rate_limits", "pricing", "autoscaling", "replicas")
+
+
+def rollout_needed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether going from spec `before` to `after` changes what the pods run (a blue-green
+    rollout), rather than the gateway's settings or the replica count (applied in place)."""
+    keys = (set(before) | set(after)) - set(NO_ROLLOUT_KEYS)
+    return any(before.get(key) != after.get(key) for key in keys)
+
+
 def rendered_replicas(spec: dict[str, Any]) -> int:
     """Replicas the Deployment asks for: the minimum (an autoscaler would grow it up to max)."""
     return max(int(spec["replicas"]["min"]), 1)
@@ -714,7 +726,7 @@ def render_spec_for(
         deployment_id=deployment.pk,
         name=deployment.name,
         namespace=deployment.project.namespace(),
-        revision=revision.number,
+        revision=revision.pods_number(),  # a change that didn't touch the pods reuses them
         project=deployment.project.slug,
         secret_env=secret_env,
         image_pull_secrets=pull,

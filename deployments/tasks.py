@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
@@ -52,6 +52,7 @@ from deployments.services import (
     deployment_engine_credential,
     deployment_finish_delete,
     event_record,
+    push_enqueue,
     state_claim,
 )
 from deployments.spec import (
@@ -218,8 +219,41 @@ def push(deployment_id: int) -> str:
         return "failed"
 
 
+def _still_wanted(deployment: ModelDeployment, revision_id: int) -> bool:
+    """The row still exists, isn't being deleted and still wants this revision (read fresh)."""
+    return (
+        ModelDeployment.objects.filter(pk=deployment.pk, current_revision_id=revision_id)
+        .exclude(state=DeploymentState.DELETING)
+        .exists()
+    )
+
+
+def _undo_if_unwanted(k: kube.Kube, deployment: ModelDeployment) -> bool:
+    """After applying: if the deployment was deleted meanwhile, remove what this push created.
+
+    A delete that commits while a (slow) push is applying runs its teardown at once; when the
+    teardown finishes first, the push's objects would outlive the row. Checked after the last
+    apply, so either this check sees the delete or the teardown sees these objects."""
+    row = ModelDeployment.objects.filter(pk=deployment.pk).values_list("state", flat=True).first()
+    if row is None:
+        kube.delete_selected(k, deployment.project.namespace(), deployment_selector(deployment.pk),
+                             kinds=("Deployment", "Service", "PersistentVolumeClaim"))  # fmt: skip
+        log.info("push removed what it applied: deployment deleted meanwhile",
+                 extra={"deployment": deployment.pk})  # fmt: skip
+        return True
+    if row == DeploymentState.DELETING:
+        deployment.state = DeploymentState.DELETING
+        _teardown(k, deployment)
+        return True
+    return False
+
+
 def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
     revision = deployment.current_revision
+    if not _still_wanted(deployment, revision.pk):
+        # Deleted, or a newer revision was committed since this push loaded the row: that
+        # change queued its own push; applying this one now would only leave objects behind.
+        return "superseded"
     deactivated = deployment.state == DeploymentState.DEACTIVATED
     try:
         rs = render_spec_for(deployment, revision, replicas=0 if deactivated else None)
@@ -245,6 +279,8 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
         kube.apply_secret(k, secret)  # values never reach a log or an event; never takes over another's
     for obj in objects:
         kube.apply(k, obj)
+    if _undo_if_unwanted(k, deployment):
+        return "deleted-meanwhile"
     if state_claim(deployment, expect=DeploymentState.PENDING, state=DeploymentState.DEPLOYING,
                    reason=f"Revision {revision.number} applied to {deployment.pool.name}; waiting for pods."):  # fmt: skip
         event_record(deployment, reason="Applied",
@@ -286,6 +322,26 @@ def push_deployment(self: Any, deployment_id: int) -> str:
             event_record(deployment_id, reason="PushFailed", type="Warning",
                          message=f"{err.message} The status sync will try again.")  # fmt: skip
         return "gave-up"
+
+
+PUSH_WAITING_BATCH = 500
+
+
+@shared_task(name="deployments.push_waiting")
+def push_waiting() -> int:
+    """Queue the push of every change that was committed while the task queue was down (beat
+    runs this every 10 seconds; once the broker answers again, they go)."""
+    waiting = list(
+        ModelDeployment.objects.filter(push_waiting_since__isnull=False)
+        .order_by("push_waiting_since")
+        .values_list("pk", "push_waiting_since")[:PUSH_WAITING_BATCH]
+    )
+    sent = 0
+    for pk, marked in waiting:
+        if not push_enqueue(pk, marked=marked):
+            break  # still down: the next run tries again
+        sent += 1
+    return sent
 
 
 # --- Status sync --------------------------------------------------------------------------------
@@ -337,10 +393,10 @@ def decide(
     if state == DeploymentState.DEACTIVATED:
         still_running = any(o.replicas > 0 or o.pods > 0 for o in revisions.values() if o.exists)
         still_running = still_running or any(
-            r != current.number for r, o in revisions.items() if o.exists
+            r != current.pods_number() for r, o in revisions.items() if o.exists
         )
         return Decision(state, deployment.state_reason, push=still_running)
-    obs = revisions.get(current.number)
+    obs = revisions.get(current.pods_number())  # a change that needed no rollout reuses pods
     if obs is None or not obs.exists:
         if state == DeploymentState.PENDING:
             return Decision(
@@ -359,7 +415,7 @@ def decide(
     wanted = rendered_replicas(current.spec)
     serving = deployment.serving_revision
     serving_obs = (
-        revisions.get(serving.number) if serving is not None and serving.pk != current.pk else None
+        revisions.get(serving.pods_number()) if serving is not None and serving.pk != current.pk else None
     )
     keeps = (
         f" Revision {serving.number} keeps serving."
@@ -477,6 +533,67 @@ def _sync_rows(pool: ComputePool, pks: list[int] | None = None) -> list[ModelDep
     return rows
 
 
+# How long a superseded revision that never served may keep its Deployment after the revision
+# that replaced it was created: its own push (_switch_service) normally removes it first.
+SUPERSEDED_GRACE_SECONDS = 30.0
+
+
+def sweep_orphans(
+    pool: ComputePool,
+    known: set[int],
+    deployments: list[ModelDeployment],
+    observed: dict[int, dict[int, kube.RevisionObservation]],
+    *,
+    orphans: bool = True,
+) -> int:
+    """Remove what is labelled as ModelDeck's on the pool but nothing wants any more; returns
+    how many deployments' or revisions' objects were removed.
+
+    - objects of a deployment that has no row (deleted while a push ran, a crash, a restore):
+      its Deployments, Service and model-cache PVC;
+    - Deployments of a revision that is neither current nor serving, older than the current
+      one, once the current one is SUPERSEDED_GRACE_SECONDS old (e.g. a failed rollout that
+      was then replaced: it held GPUs for good).
+    Level-triggered: an orphan of any origin goes within one cycle after its grace."""
+    removed = 0
+    doomed: list[tuple[str, str, tuple[str, ...]]] = []
+    unknown = set(observed) - known if orphans else set()
+    if unknown:
+        # Read again after the listing: a deployment created (or given its first revision)
+        # since the rows above were read is not an orphan.
+        unknown -= set(ModelDeployment.objects.filter(pk__in=unknown).values_list("pk", flat=True))
+    for dep_id in sorted(unknown):
+        namespaces = {o.namespace for o in observed[dep_id].values() if o.namespace}
+        for namespace in namespaces:
+            doomed.append((namespace, deployment_selector(dep_id),
+                           ("Deployment", "Service", "PersistentVolumeClaim")))  # fmt: skip
+    cutoff = timezone.now() - timedelta(seconds=SUPERSEDED_GRACE_SECONDS)
+    for deployment in deployments:
+        current = deployment.current_revision
+        if deployment.state == DeploymentState.DELETING or current.created_at > cutoff:
+            continue  # the teardown removes everything / give the rollout's own push its time
+        keep = {current.pods_number()}
+        if deployment.serving_revision is not None:
+            keep.add(deployment.serving_revision.pods_number())
+        for number, obs in (observed.get(deployment.pk) or {}).items():
+            if obs.exists and number not in keep and number < current.pods_number() and obs.namespace:
+                doomed.append((obs.namespace, deployment_selector(deployment.pk, number), ("Deployment",)))
+                event_record(deployment, reason="RevisionRemoved", source="kubernetes",
+                             message=f"Revision {number} was superseded and never served; its pods were removed.")  # fmt: skip
+    if not doomed:
+        return 0
+    try:
+        with kube.kube_for(pool) as k:
+            for namespace, selector, kinds in doomed:
+                kube.delete_selected(k, namespace, selector, kinds=kinds)
+                removed += 1
+    except kube.KubeError as err:  # the next cycle tries again
+        log.warning("orphan cleanup failed: %s", err.message, extra={"pool": pool.pk})
+    if removed:
+        log.info("orphaned objects removed", extra={"pool": pool.pk, "removed": removed})
+    return removed
+
+
 def sync_pool(pool: ComputePool) -> dict[str, int]:
     """One status pass over a pool: three list calls (Deployments, Pods, Pod events), whatever
     the number of deployments: 1,000 deployments on 5 pools cost 15 list calls a cycle.
@@ -498,7 +615,8 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
     stats = {"deployments": len(heads), "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
     if not heads:
         _cursors.pop(pool.pk, None)
-        return stats
+    # A pool without deployments is still listed (sync_status picks it while it is reachable):
+    # objects left by a deleted deployment are found and removed there too.
     try:
         with kube.kube_for(pool) as k:
             stats["list_calls"] = 3
@@ -556,13 +674,17 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
     # Forget rows that left the pool (deleted, moved) so the cursor never outgrows it.
     for gone in cursor.settled.keys() - keys.keys():
         del cursor.settled[gone]
+    observed = kube.observe_operated(listed_operated, kube.observe(listed_deployments, listed_pods))
+    # Orphans have no row, so no fingerprint makes them stale: swept on every cycle.
+    stats["removed"] = sweep_orphans(pool, set(keys), [], observed)
     if not stale:
         return stats
-    observed = kube.observe_operated(listed_operated, kube.observe(listed_deployments, listed_pods))
     deployments = _sync_rows(pool, stale)
     stats["decided"] = len(deployments)
     # A settled row's pods changed nothing, so neither did their events: only re-decided rows.
     _record_pod_events(deployments, kube.events_by_deployment(listed_events, listed_pods))
+    # Superseded revisions of the rows decided now (every row at least once a resync).
+    stats["removed"] += sweep_orphans(pool, set(keys), deployments, observed, orphans=False)
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
     # row locks long enough to stall a user's deactivate or update.
@@ -592,7 +714,8 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
 def sync_status() -> dict[str, int]:
     """Every pool with deployments, one listing each (beat runs this every 5 seconds)."""
     totals = {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
-    pools = ComputePool.objects.filter(Q(deployments__isnull=False)).distinct()
+    # Reachable pools without deployments too: what a deleted deployment left there is removed.
+    pools = ComputePool.objects.filter(Q(deployments__isnull=False) | Q(reachable=True)).distinct()
     for pool in pools:
         try:
             stats = sync_pool(pool)

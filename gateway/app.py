@@ -80,6 +80,35 @@ def split_endpoint_path(path: str) -> tuple[str, str]:
     return path[:at], path[at:]
 
 
+def deployment_refusal(deployment: DeploymentInfo, model: str) -> GatewayError | None:
+    """Why a deployment can't answer now, or None: the serving revision answers.
+
+    Blue-green (DESIGN flow 5): whatever revision is ready and behind the Service keeps
+    answering while the deployment is Deploying, Updating, Unknown (pool API down, engine up)
+    or Failed after a rollout. Only a deactivated, a deleting, or a never-ready deployment
+    refuses, each with its own code."""
+    state = deployment.state
+    if state == "deactivated":
+        return GatewayError(
+            409, f"The deployment serving `{model}` is deactivated; ask its owner to activate it.",
+            "invalid_request_error", param="model", code="deployment_deactivated",
+        )  # fmt: skip
+    if state == "deleting":
+        return GatewayError(
+            410, f"The deployment serving `{model}` is being deleted; it no longer answers.",
+            "invalid_request_error", param="model", code="deployment_deleted",
+        )  # fmt: skip
+    # Pending: nothing applied yet, or activated again after scaling to zero (no pods run).
+    if not deployment.serving_revision_id or state == "pending":
+        return GatewayError(
+            503, f"The deployment serving `{model}` has no ready revision yet (state: {state}); "
+            "retry once it is Running.",
+            "server_error", param="model", code="deployment_not_ready",
+            headers=[(b"retry-after", b"5")],
+        )  # fmt: skip
+    return None
+
+
 def _header(scope: dict, name: bytes) -> str:
     for key, value in scope.get("headers") or ():
         if key == name:
@@ -411,14 +440,9 @@ class Gateway:
             raise GatewayError(
                 403, reason, "permission_error", param="model", code="model_not_allowed"
             )
-        if deployment.state != RUNNING:
-            if deployment.state == "deactivated":
-                message = f"The deployment serving `{model}` is deactivated; ask its owner to activate it."
-            else:
-                message = f"The deployment serving `{model}` is not running (state: {deployment.state}); only Running deployments answer."
-            raise GatewayError(
-                409, message, "invalid_request_error", param="model", code="deployment_not_running"
-            )
+        refused = deployment_refusal(deployment, model)
+        if refused is not None:
+            raise refused
         return deployment
 
     async def _generation(self) -> str:
@@ -454,7 +478,7 @@ class Gateway:
                 "owned_by": "modeldeck",
             }
             for d in sorted(deployments.values(), key=lambda d: d.served_model_name)
-            if d.state == RUNNING
+            if deployment_refusal(d, d.served_model_name) is None
             and (not endpoint_path or d.endpoint_path == endpoint_path)
             and (not key.deployment_ids or d.id in key.deployment_ids)
             and _may_call(key, d)[0]

@@ -130,6 +130,9 @@ class DeploymentInfo:
     upstream_host: str = ""  # Host header for an Ingress / HTTPRoute reached through an address
     upstream_credential: str = ""  # the engine's per-deployment key (renderers.exposure)
     endpoint_path: str = ""  # the Endpoint's path: `<path>/v1/...` answers for this deployment
+    # The revision the Service points at (0: none has ever been ready, see lookup._ever_ran). Requests go to it
+    # whatever the state (Deploying, Updating, Unknown, a failed rollout): see gateway.app.deployment_refusal.
+    serving_revision_id: int = 0
 
 
 @dataclass

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.models import Exists, OuterRef
 
-from deployments.models import DeploymentState, Endpoint, ModelDeployment
+from deployments.models import DeploymentEvent, DeploymentState, Endpoint, ModelDeployment
 from gateway.cache import DeploymentInfo, KeyInfo, local_user_generation, user_generation_key
 from gateway.upstream import upstream_for
 from gateway.usage import price
@@ -134,18 +134,31 @@ def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
         .order_by("pk")
     )
     snapshot = access.policy_snapshot([d.pk for d in own + shared])
+    ran = _ever_ran([d.pk for d in own + shared])
     by_name: dict[str, DeploymentInfo] = {}
     for row in own:
-        _add(by_name, _info(row, organization_id, snapshot))
+        _add(by_name, _info(row, organization_id, snapshot, ran))
     # A shared deployment is reachable by its name unless the caller's own organization uses it.
     for row in shared:
-        info = _info(row, organization_id, snapshot)
+        info = _info(row, organization_id, snapshot, ran)
         if info.served_model_name not in by_name:
             by_name[info.served_model_name] = info
     return by_name
 
 
-def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict]) -> DeploymentInfo:
+def _ever_ran(ids: list[int]) -> set[int]:
+    """Deployments that have been Running at least once (their "Running" event): a revision of
+    theirs has been ready behind the Service. A first rollout points the Service at its revision
+    before any pod is ready, so serving_revision alone doesn't tell (one query)."""
+    if not ids:
+        return set()
+    rows = DeploymentEvent.objects.filter(deployment_id__in=ids, reason="Running")
+    return set(rows.values_list("deployment_id", flat=True).distinct())
+
+
+def _info(
+    row: ModelDeployment, organization_id: int, snapshot: dict[int, dict], ran: set[int]
+) -> DeploymentInfo:
     spec = row.spec()
     pricing = spec.get("pricing") or {}
     upstream = upstream_for(row)
@@ -167,6 +180,11 @@ def _info(row: ModelDeployment, organization_id: int, snapshot: dict[int, dict])
         sandbox=row.pool.is_sandbox,
         owner_organization_id=row.project.organization_id,
         policy=snapshot.get(row.pk),
+        serving_revision_id=(
+            row.serving_revision_id or 0
+            if row.state == DeploymentState.RUNNING or row.pk in ran
+            else 0
+        ),
     )
 
 

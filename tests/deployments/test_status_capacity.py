@@ -20,7 +20,8 @@ SCHEDULER = (
 
 def _deployment(spec: dict[str, Any] | None = None) -> SimpleNamespace:
     revision = SimpleNamespace(
-        pk=1, number=1, spec={"replicas": {"min": 1, "max": 1}, **(spec or {})}
+        pk=1, number=1, spec={"replicas": {"min": 1, "max": 1}, **(spec or {})},
+        pods_number=lambda: 1,  # Revision.pods_number(): its own pods
     )
     return SimpleNamespace(
         state=DeploymentState.DEPLOYING, state_reason="", current_revision=revision,

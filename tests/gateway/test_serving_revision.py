@@ -1,0 +1,106 @@
+"""The gateway routes to the serving revision: a deployment that has a ready revision behind its
+Service keeps answering while it deploys, updates, fails a rollout or its pool's API is down;
+only deactivated, deleting and never-ready deployments refuse, each with its own error."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from deployments.models import DeploymentState, ModelDeployment
+from deployments.services import event_record
+from tests.gateway.conftest import make_deployment, make_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHAT = {"model": "llama-chat", "messages": [{"role": "user", "content": "hi"}]}
+STALE = 1.1  # the gateway re-reads deployment rows at most one second later
+
+
+@pytest.fixture
+def deployment(tenants, gateway):
+    deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    event_record(deployment, reason="Running", message="Revision 1: 1/1 replicas ready.", source="kubernetes")
+    return deployment
+
+
+def post(gateway, secret: str) -> httpx.Response:
+    return httpx.post(
+        gateway.base_url + "/chat/completions", json=CHAT,
+        headers={"authorization": f"Bearer {secret}"}, timeout=30,
+    )  # fmt: skip
+
+
+def listed(gateway, secret: str) -> list[str]:
+    client = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=0)
+    return [m.id for m in client.models.list()]
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        (DeploymentState.DEPLOYING, "Rolling out revision 2; revision 1 keeps serving until it is ready."),
+        (DeploymentState.UNKNOWN, "Compute pool “sandbox” can't be reached: connection refused."),
+        (DeploymentState.FAILED, "Unschedulable: 0/2 nodes are available. Revision 1 keeps serving."),
+    ],
+)
+def test_serving_revision_answers_whatever_the_rollout_state(tenants, deployment, gateway, engine, state, reason):
+    secret = make_key(tenants.member, tenants.org)
+    client = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=0)
+    assert client.chat.completions.create(**CHAT).choices
+    ModelDeployment.objects.filter(pk=deployment.pk).update(state=state, state_reason=reason)
+    time.sleep(STALE)
+
+    answer = client.chat.completions.create(**CHAT)
+
+    assert answer.choices[0].message.content
+    assert listed(gateway, secret) == ["llama-chat"]
+
+
+def test_deactivated_deleting_and_never_ready_refuse_with_their_own_codes(tenants, deployment, gateway):
+    secret = make_key(tenants.member, tenants.org)
+    assert post(gateway, secret).status_code == 200
+    seen = {}
+    for state, serving in (
+        (DeploymentState.DEACTIVATED, deployment.current_revision_id),
+        (DeploymentState.DELETING, deployment.current_revision_id),
+        (DeploymentState.DEPLOYING, None),  # no revision behind the Service
+        (DeploymentState.PENDING, deployment.current_revision_id),  # activated again, no pods yet
+    ):
+        ModelDeployment.objects.filter(pk=deployment.pk).update(state=state, serving_revision_id=serving)
+        time.sleep(STALE)
+        response = post(gateway, secret)
+        error = response.json()["error"]
+        seen[state] = (response.status_code, error["code"])
+        assert "llama-chat" in error["message"]
+        assert listed(gateway, secret) == []
+
+    # A first rollout: the Service already points at revision 1, but it has never been ready.
+    ModelDeployment.objects.filter(pk=deployment.pk).update(
+        state=DeploymentState.DEPLOYING, serving_revision_id=deployment.current_revision_id
+    )
+    deployment.events.filter(reason="Running").delete()
+    time.sleep(STALE)
+    response = post(gateway, secret)
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "deployment_not_ready")
+
+    assert seen == {
+        DeploymentState.DEACTIVATED: (409, "deployment_deactivated"),
+        DeploymentState.DELETING: (410, "deployment_deleted"),
+        DeploymentState.DEPLOYING: (503, "deployment_not_ready"),
+        DeploymentState.PENDING: (503, "deployment_not_ready"),
+    }
+
+
+def test_never_ready_answer_tells_the_client_when_to_retry(tenants, deployment, gateway):
+    secret = make_key(tenants.member, tenants.org)
+    ModelDeployment.objects.filter(pk=deployment.pk).update(
+        state=DeploymentState.DEPLOYING, serving_revision_id=None
+    )
+    response = post(gateway, secret)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert "no ready revision yet (state: deploying)" in response.json()["error"]["message"]
