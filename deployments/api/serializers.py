@@ -40,7 +40,20 @@ class ComputePoolSerializer(serializers.ModelSerializer):
         return bool(obj.kubeconfig)
 
 
-class ComputePoolWriteSerializer(serializers.Serializer):
+
+class PoolExposureFields(serializers.Serializer):
+    """How the gateway reaches a pool's engines: the same fields on create and update."""
+
+    exposure = serializers.ChoiceField(choices=PoolExposure.choices, required=False)
+    exposure_host = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    exposure_address = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    ingress_class = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    tls_secret = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    gateway_name = serializers.CharField(required=False, allow_blank=True, max_length=253)
+    gateway_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
+    ingress_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
+
+class ComputePoolWriteSerializer(PoolExposureFields):
     """A kubeconfig goes in, is reduced to server, CA and inline credentials and stored encrypted;
     it never comes back out."""
 
@@ -59,17 +72,9 @@ class ComputePoolWriteSerializer(serializers.Serializer):
     private_addresses_allowed = serializers.BooleanField(
         required=False, help_text="Operators only: an organization-managed pool may use a private address."
     )
-    exposure = serializers.ChoiceField(choices=PoolExposure.choices, required=False)
-    exposure_host = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    exposure_address = serializers.CharField(required=False, allow_blank=True, max_length=300)
-    ingress_class = serializers.CharField(required=False, allow_blank=True, max_length=253)
-    tls_secret = serializers.CharField(required=False, allow_blank=True, max_length=253)
-    gateway_name = serializers.CharField(required=False, allow_blank=True, max_length=253)
-    gateway_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
-    ingress_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
 
 
-class ComputePoolUpdateSerializer(serializers.Serializer):
+class ComputePoolUpdateSerializer(PoolExposureFields):
     name = serializers.CharField(max_length=100, required=False)
     engine_label = serializers.CharField(max_length=50, required=False)
     kubeconfig = serializers.CharField(
@@ -79,14 +84,6 @@ class ComputePoolUpdateSerializer(serializers.Serializer):
     region = serializers.CharField(required=False, allow_blank=True, max_length=50)
     description = serializers.CharField(required=False, allow_blank=True)
     private_addresses_allowed = serializers.BooleanField(required=False)
-    exposure = serializers.ChoiceField(choices=PoolExposure.choices, required=False)
-    exposure_host = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    exposure_address = serializers.CharField(required=False, allow_blank=True, max_length=300)
-    ingress_class = serializers.CharField(required=False, allow_blank=True, max_length=253)
-    tls_secret = serializers.CharField(required=False, allow_blank=True, max_length=253)
-    gateway_name = serializers.CharField(required=False, allow_blank=True, max_length=253)
-    gateway_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
-    ingress_namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
 
 
 class ConnectionCheckSerializer(serializers.Serializer):
