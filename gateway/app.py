@@ -171,6 +171,7 @@ class Gateway:
         self._load_public_caller = sync_to_async(load_public_caller, thread_sensitive=False)
         self._load_endpoint_paths = sync_to_async(load_endpoint_paths, thread_sensitive=False)
         self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
+        self._endpoint_paths_lock = asyncio.Lock()
         self._embedded_usage = None
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -198,8 +199,13 @@ class Gateway:
         """Whether `prefix` is some Endpoint's path (cached for a few seconds)."""
         paths, expires = self._endpoint_paths
         if expires < time.monotonic():
-            paths = await self._load_endpoint_paths()
-            self._endpoint_paths = (paths, time.monotonic() + ENDPOINT_PATHS_TTL)
+            # Single flight: requests arriving during a reload wait for it instead of each
+            # starting their own query.
+            async with self._endpoint_paths_lock:
+                paths, expires = self._endpoint_paths
+                if expires < time.monotonic():
+                    paths = await self._load_endpoint_paths()
+                    self._endpoint_paths = (paths, time.monotonic() + ENDPOINT_PATHS_TTL)
         return prefix in paths
 
     async def aclose(self) -> None:

@@ -124,7 +124,6 @@ def api_key_create(
         raise ValidationError({"deployments": "Only gateway keys can be limited to deployments."})
     foreign = [d for d in chosen if d.project.organization_id != organization.pk]
     if foreign:
-
         shared = set(
             shared_deployments_for_org(organization)
             .filter(pk__in=[d.pk for d in foreign])
