@@ -51,13 +51,16 @@ def seed(deployments: int, usage: int):
     from deployments.spec import normalize_spec
     from projects.keys import api_key_create
     from projects.models import Membership, Organization, Project, Role
+    from projects.services import project_namespace_choose
 
     user = get_user_model().objects.create(username="bench", is_staff=True)
     org = Organization.objects.create(name="Bench", slug="bench", gpu_quota=100_000)
     Membership.objects.create(user=user, organization=org, role=Role.ADMIN)
     projects = Project.objects.bulk_create(
-        Project(organization=org, name=f"Project {i}", slug=f"p{i}", gpu_quota=1000) for i in range(50)
-    )
+        Project(organization=org, name=f"Project {i}", slug=f"p{i}", gpu_quota=1000,
+                kube_namespace=project_namespace_choose(organization=org, slug=f"p{i}"))
+        for i in range(50)
+    )  # fmt: skip
     bundle = ProfileBundle.objects.create(organization=org, name="vllm-bench", engine="vllm",
                                           image="vllm/vllm-openai:v0.6.3")  # fmt: skip
     models = CatalogModel.objects.bulk_create(

@@ -23,7 +23,6 @@ from deployments.models import (
     Endpoint,
     ModelDeployment,
     Revision,
-    gpu_holder_key,
 )
 from deployments.spec import gpu_hold
 from projects.models import GpuReservation, Organization, Project
@@ -93,13 +92,6 @@ def deployment_get(user: AbstractBaseUser, pk: int) -> ModelDeployment:
     if deployment is None:
         raise Http404("No such deployment.")
     return deployment
-
-
-def gpus_held_by(deployment_pks: Iterable[int]) -> dict[int, int]:
-    """GPUs each deployment holds in its quota, in one query (deployment.gpus_held() for one)."""
-    holders = {gpu_holder_key(pk): pk for pk in deployment_pks}
-    rows = GpuReservation.objects.filter(holder__in=list(holders)).values_list("holder", "gpus")
-    return {holders[holder]: gpus for holder, gpus in rows}
 
 
 def deployment_events(deployment: ModelDeployment, limit: int = 50) -> QuerySet[DeploymentEvent]:

@@ -349,10 +349,6 @@ def endpoint_delete(request: HttpRequest, pk: int) -> HttpResponse:
 # ---------------------------------------------------------------------------------------------
 
 
-def _all_final(deployments) -> bool:
-    return all(d.state in FINAL_STATES for d in deployments)
-
-
 DEPLOYMENT_SORTS = {
     "name": "name",
     "state": "state",
