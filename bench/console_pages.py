@@ -62,7 +62,7 @@ def seed(deployments: int, usage: int):
         for i in range(50)
     )  # fmt: skip
     bundle = ProfileBundle.objects.create(organization=org, name="vllm-bench", engine="vllm",
-                                          image="vllm/vllm-openai:v0.6.3")  # fmt: skip
+                                          image="public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5")  # fmt: skip
     models = CatalogModel.objects.bulk_create(
         CatalogModel(organization=org, name=f"model-{i}", source="huggingface",
                      repo_id=f"org/model-{i}", task="text-generation" if i % 4 else "feature-extraction")

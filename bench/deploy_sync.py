@@ -62,7 +62,7 @@ def fixtures():
         user=None, organization=org, name="Bench", slug="bench", gpu_quota=100_000
     )
     bundle = ProfileBundle.objects.create(organization=org, name="vllm-bench", engine="vllm",
-                                          image="vllm/vllm-openai:v0.6.3")  # fmt: skip
+                                          image="public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5")  # fmt: skip
     model = CatalogModel.objects.create(organization=org, name="qwen", source="huggingface",
                                         repo_id="Qwen/Qwen2.5-0.5B-Instruct")  # fmt: skip
     return user, org, project, bundle, model

@@ -168,7 +168,7 @@ org = Organization.objects.create(name="Bench", slug="bench")
 Membership.objects.create(user=user, organization=org, role="admin")
 project = project_create(user=None, organization=org, name="Bench", slug="bench")
 model = CatalogModel.objects.create(organization=org, name="bench", source="huggingface", repo_id="bench/bench")
-bundle = ProfileBundle.objects.create(organization=org, name="bench-vllm", engine="vllm", image="vllm/vllm-openai:v0.6.3")
+bundle = ProfileBundle.objects.create(organization=org, name="bench-vllm", engine="vllm", image="public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.8.5")
 pool = ComputePool.objects.create(organization=org, name="sandbox", kind="sandbox", engine_label="vllm")
 d = ModelDeployment.objects.create(project=project, model=model, bundle=bundle, pool=pool, name="bench", state="running")
 # Limits high enough never to refuse, so the rate-limit script runs at its full cost (3 levels).
