@@ -492,6 +492,16 @@ class DeploymentForm(StyledForm):
         required=False,
         help_text="Shown in the revision history.",
     )
+    update_strategy = forms.ChoiceField(
+        label="Update strategy",
+        required=False,
+        initial="blue_green",
+        choices=[
+            ("blue_green", "Blue-green: the serving revision answers until the new one is ready (GPUs of both held meanwhile)"),
+            ("recreate", "Recreate: stop the serving revision first (no extra GPUs; requests refused until ready)"),
+        ],
+        help_text="Only for changes to what the pods run; prices, limits and scaling apply in place.",
+    )
 
     LOCKED_ON_EDIT = (
         "name",
@@ -555,6 +565,7 @@ class DeploymentForm(StyledForm):
             self.fields["model"].help_text = "Create a new deployment to change the model."
         else:
             del self.fields["reason"]
+            del self.fields["update_strategy"]
 
     # -- helpers ------------------------------------------------------------------------------
 

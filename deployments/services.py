@@ -551,12 +551,26 @@ def _claim_served_name(deployment: ModelDeployment, served: str) -> None:
         ) from None  # fmt: skip
 
 
-def _reserve(deployment: ModelDeployment, gpus: int) -> None:
-    """Hold `gpus` in the quota for this deployment; a refusal names the numbers."""
+def _reserve(deployment: ModelDeployment, gpus: int, *, surge: Revision | None = None) -> None:
+    """Hold `gpus` in the quota for this deployment, plus the GPUs of the ``surge`` revision
+    whose pods keep serving beside the new ones during a blue-green rollout; a refusal names
+    the numbers (one the surge alone causes points at the recreate strategy)."""
     try:
-        quota_reserve(project=deployment.project, holder=deployment.gpu_holder(), gpus=gpus)
+        quota_reserve(project=deployment.project, holder=deployment.gpu_holder(), gpus=gpus,
+                      surge=gpu_hold(surge.spec) if surge is not None else 0,
+                      surge_from=f"revision {surge.number}" if surge is not None else "")  # fmt: skip
     except ValidationError as exc:
-        raise ValidationError({"resources.gpus": " ".join(exc.messages)}) from None
+        field = "update_strategy" if getattr(exc, "code", "") == "surge" else "resources.gpus"
+        raise ValidationError({field: " ".join(exc.messages)}) from None
+
+
+# How a change to what the pods run reaches the pool: blue-green (the serving revision answers
+# until the new one is ready; both hold GPUs meanwhile) or recreate (the serving revision stops
+# first: no surge, and requests are refused until the new revision is ready).
+UPDATE_STRATEGIES = ("blue_green", "recreate")
+# The start of a deployment's reason after a rollout failed and was rolled back by itself; the
+# status sync keeps it (the deployment stays Failed, served by the old pods) until the next change.
+UPDATE_FAILED = "Update failed: "
 
 
 def _new_revision(
@@ -735,6 +749,15 @@ def _locked(deployment: ModelDeployment) -> ModelDeployment:
     )
 
 
+def _surge_revision(locked: ModelDeployment, pods: int) -> Revision | None:
+    """The serving revision whose pods run beside revision-pods ``pods`` (a blue-green rollout
+    in progress), whose GPUs the reservation must cover too; None when nothing runs beside."""
+    serving = locked.serving_revision
+    if locked.state == DeploymentState.DEACTIVATED or serving is None or serving.pods_number() == pods:
+        return None
+    return serving
+
+
 def _revise(
     *,
     user: AbstractBaseUser | None,
@@ -742,11 +765,16 @@ def _revise(
     spec: dict[str, Any] | Callable[[ModelDeployment], dict[str, Any]],
     reason: str,
     action: str = "update",
+    update_strategy: str = "blue_green",
 ) -> Revision:
     """A new revision with a canonical spec: quota re-checked, blue-green push queued.
 
     ``spec`` may be a function of the locked row: a change merged over the current spec must
-    be merged under the lock, or two concurrent PATCHes each revert the other's field."""
+    be merged under the lock, or two concurrent PATCHes each revert the other's field.
+    ``update_strategy="recreate"``: a change that rolls out stops the serving revision first
+    (its GPUs are not held twice; requests are refused until the new revision is ready)."""
+    if update_strategy not in UPDATE_STRATEGIES:
+        raise ValidationError({"update_strategy": f"Choose one of {', '.join(UPDATE_STRATEGIES)}."})
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -762,19 +790,28 @@ def _revise(
         )
         _claim_served_name(locked, spec["served_model_name"])
         _check_environment(locked.environment, locked.pool, spec)
-        if locked.state != DeploymentState.DEACTIVATED:
-            _reserve(locked, gpu_hold(spec))
         rollout = current is None or rollout_needed(current.spec, spec)
+        recreate = rollout and update_strategy == "recreate" and locked.serving_revision is not None
+        last = locked.revisions.order_by("-number").values_list("number", flat=True).first() or 0
+        pods = last + 1 if rollout else current.pods_number()
+        if recreate:
+            locked.serving_revision = None  # the push points the Service at the new revision at once
+        if locked.state != DeploymentState.DEACTIVATED:
+            _reserve(locked, gpu_hold(spec), surge=_surge_revision(locked, pods))
         reason = reason or "Updated"
         if not rollout:
             scaled = rendered_replicas(current.spec) != rendered_replicas(spec)
             reason = f"{reason[:170]} ({'scaled in place' if scaled else 'no rollout needed'})"
+        elif recreate:
+            reason = f"{reason[:170]} (recreate)"
         revision = _new_revision(locked, spec, user=user, reason=reason,
                                  pods_revision=None if rollout else current.pods_number())  # fmt: skip
         locked.current_revision = revision
         updated = ["current_revision", "updated_at"]
         serving = locked.serving_revision
-        if not rollout and serving is not None and serving.pods_number() == revision.pods_number():
+        if recreate:
+            updated.append("serving_revision")
+        elif not rollout and serving is not None and serving.pods_number() == revision.pods_number():
             # Same pods behind the Service: the new revision serves at once (prices and limits
             # reach the gateway on commit); the push only sets the replica count.
             locked.serving_revision = revision
@@ -782,11 +819,18 @@ def _revise(
         locked.save(update_fields=updated)
         if rollout and locked.state != DeploymentState.DEACTIVATED:
             old = locked.state
-            serving = (
-                f"; revision {current.number} keeps serving until it is ready" if current else ""
-            )
+            if recreate:
+                serving_note = f"; revision {current.number} is stopped first: requests are refused until it is ready"
+            else:
+                serving_note = (
+                    f"; revision {serving.number} keeps serving until it is ready" if serving is not None else ""
+                )
             state_claim(locked, expect=old, state=DeploymentState.DEPLOYING,
-                        reason=f"Rolling out revision {revision.number}{serving}.")  # fmt: skip
+                        reason=f"Rolling out revision {revision.number}{serving_note}.")  # fmt: skip
+        elif locked.state == DeploymentState.FAILED and locked.state_reason.startswith(UPDATE_FAILED):
+            # A change after a rolled-back update: the sync tells the state of the pods again.
+            state_claim(locked, expect=DeploymentState.FAILED, state=DeploymentState.DEPLOYING,
+                        reason=f"Applying revision {revision.number} in place.")  # fmt: skip
         event_record(locked, reason="RevisionCreated",
                      message=f"Revision {revision.number}: {reason or 'updated'} (by {user or 'the system'}).")  # fmt: skip
         _enqueue_push(locked.pk)
@@ -794,6 +838,67 @@ def _revise(
         _gateway_forget()
     deployment.refresh_from_db()
     return revision
+
+
+def deployment_rollout_failed(*, deployment_id: int, revision_id: int, problem: str) -> Revision | None:
+    """A rollout failed (image pull error, crash loop, no capacity within the grace, progress
+    deadline) while the serving revision still answers: roll back by itself.
+
+    The serving revision's spec becomes a new revision on the same pods (nothing rolls out; the
+    push removes the failed revision's objects), the reservation drops the surge, and the
+    deployment reads "Update failed: <reason>; revision N still serving" (Failed, still served)
+    until the next change; the failed revision stays in the history, to retry (roll back to it)
+    once fixed. Only while that revision is still the current one: a newer change wins.
+    Returns the new revision, or None when there was nothing to roll back."""
+    with transaction.atomic():
+        row = ModelDeployment.objects.filter(pk=deployment_id).first()
+        if row is None:
+            return None
+        locked = _locked(row)
+        failed, serving = locked.current_revision, locked.serving_revision
+        if (
+            failed is None or failed.pk != revision_id or serving is None
+            or serving.pods_number() == failed.pods_number()
+            or locked.state in (DeploymentState.DEACTIVATED, DeploymentState.DELETING)
+        ):  # fmt: skip
+            return None
+        before = _deployment_snapshot(locked)
+        message = f"{UPDATE_FAILED}{problem}; revision {serving.number} still serving."
+        revision = _new_revision(locked, serving.spec, user=None,
+                                 reason=f"Automatic rollback: revision {failed.number} failed",
+                                 pods_revision=serving.pods_number())  # fmt: skip
+        _claim_served_name(locked, serving.spec["served_model_name"])
+        try:
+            _reserve(locked, gpu_hold(serving.spec))  # the surge goes: smaller than before
+        except ValidationError:
+            pass  # held from before the surge rule and grown meanwhile: keep what is held
+        locked.current_revision = locked.serving_revision = revision
+        locked.save(update_fields=["current_revision", "serving_revision", "updated_at"])
+        state_claim(locked, expect=locked.state, state=DeploymentState.FAILED, reason=message)
+        event_record(locked, reason="RolloutFailed", type="Warning",
+                     message=f"Revision {failed.number} failed: {problem}")  # fmt: skip
+        event_record(locked, reason="RolledBack", type="Warning",
+                     message=f"{message} Revision {failed.number}'s objects are removed; roll back to revision "
+                             f"{failed.number} to retry it, or update the deployment.")  # fmt: skip
+        _enqueue_push(locked.pk)
+        _audit_deployment(user=None, deployment=locked, action="rollback", before=before)
+        _gateway_forget()
+    log.info("rollout failed, rolled back", extra={"deployment": deployment_id, "revision": failed.number})
+    return revision
+
+
+def deployment_rollout_done(*, deployment_id: int) -> None:
+    """Traffic reached the current revision's pods: the serving revision's surge is released
+    (the reservation shrinks to what the current spec holds)."""
+    with transaction.atomic():
+        row = ModelDeployment.objects.filter(pk=deployment_id).first()
+        if row is None:
+            return
+        locked = _locked(row)
+        if locked.state in (DeploymentState.DEACTIVATED, DeploymentState.DELETING) or locked.current_revision is None:
+            return
+        if _surge_revision(locked, locked.current_revision.pods_number()) is None:
+            _reserve(locked, gpu_hold(locked.current_revision.spec))
 
 
 def deployment_update_spec(
@@ -821,9 +926,11 @@ def deployment_update(
     reason: str = "",
     model: CatalogModel | None = None,
     replace: bool = False,
+    update_strategy: str = "blue_green",
 ) -> Revision:
     """Change the spec (given keys replace the current ones); blue-green: the new revision
-    serves only once it is ready. The model itself can't change in place."""
+    serves only once it is ready (``update_strategy="recreate"``: the old one stops first).
+    The model itself can't change in place."""
     permissions.require(user, "change", deployment)
     if model is not None and model.pk != deployment.model_id:
         raise ValidationError(
@@ -833,7 +940,7 @@ def deployment_update(
     # Checked once outside the lock so bad input fails fast, then merged again under it.
     deployment_update_spec(deployment=deployment, spec=spec, replace=replace)
     return _revise(
-        user=user, deployment=deployment, reason=reason or "Spec updated",
+        user=user, deployment=deployment, reason=reason or "Spec updated", update_strategy=update_strategy,
         spec=lambda locked: deployment_update_spec(deployment=locked, spec=spec, replace=replace),
     )  # fmt: skip
 
@@ -872,9 +979,11 @@ def deployment_set_nim_tag(
 
 
 def deployment_rollback(
-    *, user: AbstractBaseUser | None, deployment: ModelDeployment, revision_number: int
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment, revision_number: int,
+    update_strategy: str = "blue_green",
 ) -> Revision:
-    """Re-apply an old revision's spec as a new revision."""
+    """Re-apply an old revision's spec as a new revision (also how a failed, rolled-back
+    revision is retried)."""
     permissions.require(user, "change", deployment)
     old = deployment.revisions.filter(number=revision_number).first()
     if old is None:
@@ -891,6 +1000,7 @@ def deployment_rollback(
         spec=old.spec,
         reason=f"Rollback to revision {revision_number}",
         action="rollback",
+        update_strategy=update_strategy,
     )
 
 

@@ -49,8 +49,11 @@ from deployments.renderers import (
 )
 from deployments.renderers.exposure import credential_secret
 from deployments.services import (
+    UPDATE_FAILED,
     deployment_engine_credential,
     deployment_finish_delete,
+    deployment_rollout_done,
+    deployment_rollout_failed,
     event_record,
     push_enqueue,
     state_claim,
@@ -124,6 +127,9 @@ def _fail(deployment: ModelDeployment, reason: str, message: str) -> None:
         ModelDeployment.objects.filter(pk=deployment.pk, state=deployment.state).update(
             state_reason=message[:2000]
         )
+    elif deployment_rollout_failed(deployment_id=deployment.pk, revision_id=deployment.current_revision_id,
+                                   problem=f"{reason}: {message}") is not None:  # fmt: skip
+        return  # a rollout refused for good: the serving revision stays, the rollback says why
     else:
         state_claim(
             deployment, expect=(deployment.state,), state=DeploymentState.FAILED, reason=message
@@ -161,6 +167,13 @@ def _switch_service(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> bool:
             reason="ServiceSwitched",
             message=f"Traffic now goes to revision {revision.number}{old}.",
         )
+    _remove_other_revisions(k, deployment, rs)
+    deployment_rollout_done(deployment_id=deployment.pk)  # the old pods are gone: so is their surge
+    return True
+
+
+def _remove_other_revisions(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> None:
+    """Delete the Deployments (and operator resources) of every revision but `rs.revision`."""
     # `revision!=N` also matches objects without the label, so only Deployments are swept:
     # the model cache PVC (no revision label) must survive. A revision created since this push
     # started is spared too; its own push applies it.
@@ -180,7 +193,6 @@ def _switch_service(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> bool:
     if operators["kserve"]:
         kinds += ("InferenceService", "ServingRuntime")
     kube.delete_selected(k, rs.namespace, selector, kinds=kinds)
-    return True
 
 
 def _teardown(k: kube.Kube, deployment: ModelDeployment) -> None:
@@ -277,6 +289,9 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
         secrets.append(credential_secret(rs, deployment_engine_credential(deployment=deployment)))
     for secret in secrets:
         kube.apply_secret(k, secret)  # values never reach a log or an event; never takes over another's
+    if deployment.serving_revision is None and revision.pods_number() > 1 and not deactivated:
+        # A recreate update: the old revision stops before the new pods ask for its GPUs.
+        _remove_other_revisions(k, deployment, rs)
     for obj in objects:
         kube.apply(k, obj)
     if _undo_if_unwanted(k, deployment):
@@ -353,6 +368,9 @@ class Decision:
     reason: str
     push: bool = False
     problem: kube.Problem | None = None
+    # The current revision's rollout failed while the serving revision still answers: roll back
+    # (deployment_rollout_failed) instead of writing this state.
+    rollback: bool = False
 
 
 def _span(seconds: int) -> str:
@@ -423,6 +441,11 @@ def decide(
         else ""
     )
     if obs.ready >= wanted:
+        if state == DeploymentState.FAILED and deployment.state_reason.startswith(UPDATE_FAILED) and (
+            serving is not None and serving.pk == current.pk
+        ):
+            # Rolled back by itself after a failed update: it says so until the next change.
+            return Decision(state, deployment.state_reason)
         if serving is None or serving.pk != current.pk:
             return Decision(
                 DeploymentState.DEPLOYING,
@@ -445,6 +468,10 @@ def decide(
                 problem.reason, f"{problem.message} (still unscheduled after {_span(grace)})"
             )
     if problem is not None:
+        if keeps:
+            # A rollout that won't get better by waiting: the serving revision stays, this one goes.
+            return Decision(DeploymentState.FAILED, f"{UPDATE_FAILED}{problem.text()}; revision "
+                            f"{serving.number} still serving.", problem=problem, rollback=True)  # fmt: skip
         return Decision(DeploymentState.FAILED, f"{problem.text()}{keeps}", problem=problem)
     return Decision(
         DeploymentState.DEPLOYING,
@@ -576,7 +603,9 @@ def sweep_orphans(
         if deployment.serving_revision is not None:
             keep.add(deployment.serving_revision.pods_number())
         for number, obs in (observed.get(deployment.pk) or {}).items():
-            if obs.exists and number not in keep and number < current.pods_number() and obs.namespace:
+            # Older than the current revision: a rollout superseded, or rolled back after it
+            # failed (the rollback's revision reuses older pods but is numbered after it).
+            if obs.exists and number not in keep and number < current.number and obs.namespace:
                 doomed.append((obs.namespace, deployment_selector(deployment.pk, number), ("Deployment",)))
                 event_record(deployment, reason="RevisionRemoved", source="kubernetes",
                              message=f"Revision {number} was superseded and never served; its pods were removed.")  # fmt: skip
@@ -693,6 +722,13 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
             for deployment in deployments[start : start + SYNC_WRITE_BATCH]:
                 decision = decide(deployment, observed.get(deployment.pk, {}))
                 head, prints_of = keys[deployment.pk]
+                if decision.rollback:
+                    # Under the row lock; queues the push that removes the failed revision.
+                    changed = deployment_rollout_failed(deployment_id=deployment.pk, revision_id=deployment.current_revision_id,
+                                                        problem=decision.problem.text()) is not None  # fmt: skip
+                    cursor.settled.pop(deployment.pk, None)
+                    stats["changed"] += changed
+                    continue
                 changed = _apply_decision(deployment, decision)
                 if changed:
                     stats["changed"] += 1

@@ -676,6 +676,7 @@ def deployment_update(request: HttpRequest, pk: int) -> HttpResponse:
                     deployment=deployment,
                     spec=form.spec(),
                     reason=form.cleaned_data.get("reason") or "Updated from the console",
+                    update_strategy=form.cleaned_data.get("update_strategy") or "blue_green",
                 )
             except ValidationError as exc:
                 form.add_service_error(exc)

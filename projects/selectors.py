@@ -70,29 +70,52 @@ class QuotaDecision:
     organization_quota: int
     refused_by: str = ""  # "project" or "organization": whose quota it does not fit; empty: it fits
     refusal: str = ""
+    # GPUs held on top of ``gpus`` while a blue-green rollout runs (the serving revision's pods
+    # beside the new ones); a refusal that only the surge causes says so (``surge_refused``).
+    surge: int = 0
+    surge_refused: bool = False
 
 
-def quota_decide(*, project: Project, organization: Organization, holder: str, gpus: int) -> QuotaDecision:
+def quota_decide(
+    *, project: Project, organization: Organization, holder: str, gpus: int, surge: int = 0, surge_from: str = ""
+) -> QuotaDecision:
     """The one quota rule, project's quota then the organization's. quota_reserve calls it with
-    both rows locked; previews (the deploy form's quota panel) call it as a read."""
+    both rows locked; previews (the deploy form's quota panel) call it as a read.
+
+    ``surge``: during a blue-green rollout the serving revision's pods (``surge_from``, e.g.
+    "revision 1") keep their GPUs until the new revision is ready, so the holder needs
+    ``gpus + surge`` meanwhile (pods of both revisions held 3 GPUs while the quota showed 2)."""
     current = GpuReservation.objects.filter(holder=holder).first()
     held_by_holder = current.gpus if current else 0
     others = GpuReservation.objects.exclude(holder=holder)
     project_used = others.filter(project=project).aggregate(t=Sum("gpus"))["t"] or 0
     org_used = others.filter(project__organization=organization).aggregate(t=Sum("gpus"))["t"] or 0
-    refused_by, refusal = "", ""
+    refused_by, refusal, surge_refused = "", "", False
+    total = gpus + max(surge, 0)
+    scopes = (
+        ("project", f"Project “{project.name}”", project.gpu_quota, project_used,
+         "Free GPUs or raise the project's quota."),
+        ("organization", f"Organization “{organization.name}”", organization.gpu_quota, org_used,
+         "Free GPUs or ask for a larger organization quota."),
+    )  # fmt: skip
     # Shrinking or unchanged never needs a check: it can only free quota.
-    if gpus > held_by_holder:
-        if project_used + gpus > project.gpu_quota:
-            refused_by, refusal = "project", (
-                f"Project “{project.name}” has a quota of {project.gpu_quota} GPUs, {project_used} are in use: "
-                f"{gpus} more do not fit. Free GPUs or raise the project's quota."
-            )
-        elif org_used + gpus > organization.gpu_quota:
-            refused_by, refusal = "organization", (
-                f"Organization “{organization.name}” has a quota of {organization.gpu_quota} GPUs, {org_used} are in use: "
-                f"{gpus} more do not fit. Free GPUs or ask for a larger organization quota."
-            )
+    if total > held_by_holder:
+        for scope, who, quota, used, advice in scopes:
+            if used + total <= quota:
+                continue
+            refused_by = scope
+            if surge and used + gpus <= quota:
+                surge_refused = True
+                refusal = (
+                    f"A blue-green update holds {gpus} GPUs for the new revision and {surge} for {surge_from or 'the serving revision'}, "
+                    f"which keeps serving until the new one is ready: {total} in all. {who} has a quota of {quota} GPUs, "
+                    f"{used} are in use: they do not fit. Choose the “recreate” update strategy ({surge_from or 'the serving revision'} "
+                    f"stops first; requests are refused until the new revision is ready), or free GPUs."
+                )
+            else:
+                refusal = f"{who} has a quota of {quota} GPUs, {used} are in use: {gpus} more do not fit. {advice}"
+            break
     return QuotaDecision(gpus=gpus, held_by_holder=held_by_holder, project_used=project_used,
                          project_quota=project.gpu_quota, organization_used=org_used,
-                         organization_quota=organization.gpu_quota, refused_by=refused_by, refusal=refusal)  # fmt: skip
+                         organization_quota=organization.gpu_quota, refused_by=refused_by, refusal=refusal,
+                         surge=max(surge, 0), surge_refused=surge_refused)  # fmt: skip

@@ -197,8 +197,11 @@ def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
         project.delete()
 
 
-def quota_reserve(*, project: Project, holder: str, gpus: int) -> GpuReservation | None:
-    """Set the GPUs ``holder`` keeps in ``project`` to ``gpus``, within both quotas.
+def quota_reserve(
+    *, project: Project, holder: str, gpus: int, surge: int = 0, surge_from: str = ""
+) -> GpuReservation | None:
+    """Set the GPUs ``holder`` keeps in ``project`` to ``gpus`` (plus ``surge`` while a blue-green
+    rollout keeps the serving revision's pods beside the new ones), within both quotas.
 
     Locks the organization row, then the project row (always in that order, so two
     reservations can't deadlock), then sums what is held: two concurrent requests are
@@ -210,9 +213,11 @@ def quota_reserve(*, project: Project, holder: str, gpus: int) -> GpuReservation
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=project.organization_id)
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        decision = quota_decide(project=locked, organization=org, holder=holder, gpus=gpus)
+        decision = quota_decide(project=locked, organization=org, holder=holder, gpus=gpus,
+                                surge=surge, surge_from=surge_from)  # fmt: skip
         if decision.refusal:
-            raise QuotaExceeded(decision.refusal)
+            raise QuotaExceeded(decision.refusal, code="surge" if decision.surge_refused else "quota")
+        gpus += decision.surge
         current = GpuReservation.objects.filter(holder=holder).first()
         if gpus == 0:
             GpuReservation.objects.filter(holder=holder).delete()

@@ -199,6 +199,12 @@ class DeploymentCreateSerializer(serializers.Serializer):
 class DeploymentUpdateSerializer(serializers.Serializer):
     spec = serializers.DictField(required=False, default=dict)
     reason = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    update_strategy = serializers.ChoiceField(
+        choices=["blue_green", "recreate"], required=False, default="blue_green",
+        help_text="For a change to what the pods run: blue_green (the serving revision answers until the new "
+                  "one is ready; GPUs of both are held meanwhile) or recreate (it stops first: no extra GPUs, "
+                  "requests are refused until the new revision is ready).",
+    )  # fmt: skip
     model = serializers.PrimaryKeyRelatedField(
         queryset=CatalogModel.objects.none(), required=False,
         help_text="Only to confirm the model: a deployment's model can't change in place.",
@@ -224,6 +230,7 @@ class ScaleSerializer(serializers.Serializer):
 
 class RollbackSerializer(serializers.Serializer):
     revision = serializers.IntegerField(min_value=1)
+    update_strategy = serializers.ChoiceField(choices=["blue_green", "recreate"], required=False, default="blue_green")
 
 
 class NimTagSerializer(serializers.Serializer):

@@ -200,6 +200,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             spec=body.validated_data["spec"],
             replace=True,
             reason=body.validated_data["reason"] or "Replaced through the API",
+            update_strategy=body.validated_data["update_strategy"],
             model=body.validated_data.get("model"),
         )
         return self._read(deployment)
@@ -218,6 +219,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             deployment=deployment,
             spec=body.validated_data["spec"],
             reason=body.validated_data["reason"] or "Updated through the API",
+            update_strategy=body.validated_data["update_strategy"],
             model=body.validated_data.get("model"),
         )
         return self._read(deployment)
@@ -252,6 +254,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
                 user=request.user,
                 deployment=deployment,
                 revision_number=body.validated_data["revision"],
+                update_strategy=body.validated_data["update_strategy"],
             )
         except ValidationError as exc:
             if hasattr(exc, "error_dict") and "revision_number" in exc.error_dict:

@@ -221,6 +221,9 @@ def test_a_superseded_revision_that_never_served_is_removed_after_the_grace(tena
     deployment = deploy("chat")
     wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
     # Revisions 2 and 3 ask for more GPUs than a node has (4 L4 each): they never become ready.
+    # The project's quota covers the blue-green surge (revision 1's GPU beside the new 8).
+    tenants.project.gpu_quota = 16
+    tenants.project.save(update_fields=["gpu_quota"])
     for cpu in ("3", "4"):
         deployment_update(user=tenants.owner, deployment=deployment,
                           spec={"resources": {"cpu": cpu, "gpus": 8}, "replicas": {"min": 1, "max": 1}})  # fmt: skip
