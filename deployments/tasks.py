@@ -12,6 +12,10 @@ How state is decided (sync_status, per deployment, from one listing of the pool)
   15 minutes: cluster-autoscaler or Karpenter may be adding a node); Failed only after it.
 - a pod reports a reason waiting can't fix (ImagePullBackOff, CrashLoopBackOff, ...): Failed at
   once, with Kubernetes' words.
+- either of those (or the capacity grace or the progress deadline passing) while another
+  revision is ready behind the Service: the rollout failed; it rolls back by itself
+  (deployment_rollout_failed) and reads "Update failed: <reason>; revision N still serving"
+  until the next change.
 - otherwise Deploying.
 - the pool can't be reached: Unknown; nothing is deleted, the next cycle decides again.
 """
@@ -25,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -127,8 +132,7 @@ def _fail(deployment: ModelDeployment, reason: str, message: str) -> None:
         ModelDeployment.objects.filter(pk=deployment.pk, state=deployment.state).update(
             state_reason=message[:2000]
         )
-    elif deployment_rollout_failed(deployment_id=deployment.pk, revision_id=deployment.current_revision_id,
-                                   problem=f"{reason}: {message}") is not None:  # fmt: skip
+    elif _roll_back(deployment, Decision(DeploymentState.FAILED, f"{reason}: {message}", rollback=True)):
         return  # a rollout refused for good: the serving revision stays, the rollback says why
     else:
         state_claim(
@@ -479,6 +483,22 @@ def decide(
     )
 
 
+def _roll_back(deployment: ModelDeployment, decision: Decision) -> bool:
+    """Roll a failed rollout back (under the row lock; it queues the push that removes the
+    failed revision). False when there is nothing to roll back to, or the old revision's served
+    name went to another deployment meanwhile: the deployment is then just Failed."""
+    try:
+        done = deployment_rollout_failed(deployment_id=deployment.pk, revision_id=deployment.current_revision_id,
+                                         problem=decision.problem.text() if decision.problem else decision.reason)  # fmt: skip
+    except ValidationError as err:
+        log.warning("automatic rollback refused: %s", err, extra={"deployment": deployment.pk})
+        done = None
+    if done is None:
+        decision.rollback = False
+        return False
+    return True
+
+
 def _apply_decision(deployment: ModelDeployment, decision: Decision) -> bool:
     if decision.state == deployment.state and decision.reason == deployment.state_reason:
         return False
@@ -722,12 +742,9 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
             for deployment in deployments[start : start + SYNC_WRITE_BATCH]:
                 decision = decide(deployment, observed.get(deployment.pk, {}))
                 head, prints_of = keys[deployment.pk]
-                if decision.rollback:
-                    # Under the row lock; queues the push that removes the failed revision.
-                    changed = deployment_rollout_failed(deployment_id=deployment.pk, revision_id=deployment.current_revision_id,
-                                                        problem=decision.problem.text()) is not None  # fmt: skip
+                if decision.rollback and _roll_back(deployment, decision):
                     cursor.settled.pop(deployment.pk, None)
-                    stats["changed"] += changed
+                    stats["changed"] += 1
                     continue
                 changed = _apply_decision(deployment, decision)
                 if changed:
