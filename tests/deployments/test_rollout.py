@@ -202,7 +202,7 @@ def test_the_reservation_covers_the_pods_of_both_revisions_during_a_blue_green_u
 
 
 def test_when_the_quota_cant_cover_the_surge_the_update_says_so_and_recreate_stays_within_it(
-    deploy, emulator, tenants
+    deploy, emulator, tenants, owner_client
 ):
     tenants.project.gpu_quota = 1
     tenants.project.save(update_fields=["gpu_quota"])
@@ -220,6 +220,9 @@ def test_when_the_quota_cant_cover_the_surge_the_update_says_so_and_recreate_sta
     assert deployments_on_pool(emulator) == ["chat-r1"]
     bad = client.patch(url, {"spec": {}, "update_strategy": "sideways"}, format="json")
     assert bad.status_code == 400 and "update_strategy" in bad.json()
+    # The console's edit form offers the same choice.
+    page = owner_client.get(f"/deployments/{deployment.pk}/edit/").content.decode()
+    assert 'name="update_strategy"' in page and 'value="recreate"' in page
 
     with GpuSampler(emulator, deployment.gpu_holder()) as sampler:
         response = client.patch(url, {"spec": {"env": {"LOG_LEVEL": "debug"}}, "update_strategy": "recreate"},
