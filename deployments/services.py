@@ -790,22 +790,33 @@ def _revise(
         )
         _claim_served_name(locked, spec["served_model_name"])
         _check_environment(locked.environment, locked.pool, spec)
+        was_serving = locked.serving_revision
+        base = current  # the revision whose pods the new one reuses when nothing rolls out
         rollout = current is None or rollout_needed(current.spec, spec)
-        recreate = rollout and update_strategy == "recreate" and locked.serving_revision is not None
+        if rollout and was_serving is not None and was_serving.pk != current.pk and (
+            locked.state != DeploymentState.DEACTIVATED and not rollout_needed(was_serving.spec, spec)
+        ):
+            # Back to what the serving pods run (a rollback during a rollout that hangs): they
+            # take it at once; the unfinished rollout's objects go with the push.
+            rollout, base = False, was_serving
+        recreate = rollout and update_strategy == "recreate" and was_serving is not None
         last = locked.revisions.order_by("-number").values_list("number", flat=True).first() or 0
-        pods = last + 1 if rollout else current.pods_number()
+        pods = last + 1 if rollout else base.pods_number()
         if recreate:
             locked.serving_revision = None  # the push points the Service at the new revision at once
         if locked.state != DeploymentState.DEACTIVATED:
             _reserve(locked, gpu_hold(spec), surge=_surge_revision(locked, pods))
         reason = reason or "Updated"
         if not rollout:
-            scaled = rendered_replicas(current.spec) != rendered_replicas(spec)
-            reason = f"{reason[:170]} ({'scaled in place' if scaled else 'no rollout needed'})"
+            scaled = rendered_replicas(base.spec) != rendered_replicas(spec)
+            how = "scaled in place" if scaled else "no rollout needed"
+            if base is not current:
+                how = f"revision {base.number}'s pods; revision {current.number} is removed"
+            reason = f"{reason[:150]} ({how})"
         elif recreate:
             reason = f"{reason[:170]} (recreate)"
         revision = _new_revision(locked, spec, user=user, reason=reason,
-                                 pods_revision=None if rollout else current.pods_number())  # fmt: skip
+                                 pods_revision=None if rollout else base.pods_number())  # fmt: skip
         locked.current_revision = revision
         updated = ["current_revision", "updated_at"]
         serving = locked.serving_revision
@@ -820,17 +831,20 @@ def _revise(
         if rollout and locked.state != DeploymentState.DEACTIVATED:
             old = locked.state
             if recreate:
-                serving_note = f"; revision {current.number} is stopped first: requests are refused until it is ready"
+                serving_note = f"; revision {was_serving.number} is stopped first: requests are refused until it is ready"
             else:
                 serving_note = (
                     f"; revision {serving.number} keeps serving until it is ready" if serving is not None else ""
                 )
             state_claim(locked, expect=old, state=DeploymentState.DEPLOYING,
                         reason=f"Rolling out revision {revision.number}{serving_note}.")  # fmt: skip
-        elif locked.state == DeploymentState.FAILED and locked.state_reason.startswith(UPDATE_FAILED):
-            # A change after a rolled-back update: the sync tells the state of the pods again.
-            state_claim(locked, expect=DeploymentState.FAILED, state=DeploymentState.DEPLOYING,
-                        reason=f"Applying revision {revision.number} in place.")  # fmt: skip
+        elif base is not current or (
+            locked.state == DeploymentState.FAILED and locked.state_reason.startswith(UPDATE_FAILED)
+        ):
+            # Back on the serving pods, or a change after a rolled-back update: the next sync
+            # tells the pods' state again.
+            state_claim(locked, expect=locked.state, state=DeploymentState.DEPLOYING,
+                        reason=f"Applying revision {revision.number} to revision {base.pods_number()}'s pods.")  # fmt: skip
         event_record(locked, reason="RevisionCreated",
                      message=f"Revision {revision.number}: {reason or 'updated'} (by {user or 'the system'}).")  # fmt: skip
         _enqueue_push(locked.pk)

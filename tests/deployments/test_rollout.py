@@ -252,3 +252,27 @@ def test_a_change_that_needs_no_rollout_keeps_the_surge_of_a_rollout_in_progress
     cluster.kubelet.start()
     wait_for(lambda: running_on(deployment, 3))
     assert tenants.project.gpu_used() == 1
+
+
+def test_rolling_back_a_hanging_rollout_to_the_serving_revision_reuses_its_pods_at_once(deploy, emulator, tenants):
+    tenants.project.gpu_quota = 16
+    tenants.project.save(update_fields=["gpu_quota"])
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    uid = emulator.get_object("Deployment", NS, "chat-r1")["metadata"]["uid"]
+    # Revision 2 waits for a node with 8 GPUs (within the default 15-minute capacity grace).
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"resources": {"gpus": 8}})
+    sync_status()
+    assert state_of(deployment) == DeploymentState.DEPLOYING and deployments_on_pool(emulator) == ["chat-r1", "chat-r2"]
+
+    revision = rest_api_client(tenants.owner).post(
+        f"/api/v1/deployments/{deployment.pk}/rollback/", {"revision": 1}, format="json"
+    ).json()
+
+    # Revision 3 is revision 1's spec on revision 1's pods: it serves at once, nothing new starts.
+    assert (revision["current_revision"], revision["serving_revision"]) == (3, 3)
+    assert Revision.objects.get(deployment=deployment, number=3).pods_revision == 1
+    assert deployments_on_pool(emulator) == ["chat-r1"]
+    assert emulator.get_object("Deployment", NS, "chat-r1")["metadata"]["uid"] == uid
+    assert tenants.project.gpu_used() == 1
+    wait_for(lambda: running_on(deployment, 3))
