@@ -74,7 +74,7 @@ def test_a_rollout_whose_image_cant_be_pulled_rolls_back_by_itself(deploy, emula
     assert body["state"] == "failed" and body["state_reason"] == deployment.state_reason
     assert (body["current_revision"], body["serving_revision"]) == (3, 3)
     page = owner_client.get(deployment.get_absolute_url()).content.decode()
-    assert "Update failed: " in page and "revision 1 still serving" in page
+    assert "Update failed: " in page and "revision 1 still serving" in page and "Rolled back:" in page
 
     # It stays so (the sync doesn't flip it back to Running or roll back twice)...
     reason = deployment.state_reason
