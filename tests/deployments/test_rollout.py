@@ -276,3 +276,35 @@ def test_rolling_back_a_hanging_rollout_to_the_serving_revision_reuses_its_pods_
     assert emulator.get_object("Deployment", NS, "chat-r1")["metadata"]["uid"] == uid
     assert tenants.project.gpu_used() == 1
     wait_for(lambda: running_on(deployment, 3))
+
+
+def test_a_rollout_past_its_progress_deadline_is_a_failed_rollout(deploy, emulator, tenants, cluster):
+    from deployments import kube
+    from deployments.tasks import decide
+
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    cluster.kubelet.stop()
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"env": {"LOG_LEVEL": "debug"}})
+    deployment.refresh_from_db()
+    # What the status sync reads when the Deployment controller gives up on revision 2
+    # (Progressing=False, ProgressDeadlineExceeded) while revision 1 is ready.
+    observed = kube.observe(
+        [
+            {"metadata": {"namespace": NS, "labels": {"modeldeck.io/deployment-id": str(deployment.pk),
+                                                      "modeldeck.io/revision": str(n)}},
+             "spec": {"replicas": 1}, "status": status}
+            for n, status in (
+                (1, {"readyReplicas": 1}),
+                (2, {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                     "message": 'ReplicaSet "chat-r2-5d9" has timed out progressing.'}]}),
+            )
+        ],
+        [],
+    )  # fmt: skip
+
+    decision = decide(deployment, observed[deployment.pk])
+
+    assert decision.rollback and decision.state == DeploymentState.FAILED
+    assert decision.reason.startswith("Update failed: ProgressDeadlineExceeded")
+    assert decision.reason.endswith("; revision 1 still serving.")

@@ -1,5 +1,5 @@
-"""Zero downtime, measured: the official openai client sends requests continuously through a live
-gateway to a deployment on a sandbox cluster while it is updated (blue-green), rolled back,
+"""Zero downtime, measured: the official openai client sends requests continuously through two live
+gateways to a deployment on a sandbox cluster while it is updated (blue-green), rolled back,
 scaled up and down, repriced, given new rate limits, fails a rollout (rolled back by itself) and
 loses its Kubernetes API with the engine still up — and not one request fails.
 
@@ -47,22 +47,25 @@ def engine(settings) -> Iterator[SimulatedEngine]:
 
 
 @pytest.fixture
-def gateway(engine, transactional_db):
+def gateways(engine, transactional_db):
+    """Two gateway servers: separate caches and Redis clients, like two processes."""
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.flushdb()  # rate-limit windows and the cache generation start empty
-    server = start_console()
-    yield server
-    server.stop()
+    servers = [start_console(), start_console()]
+    yield servers
+    for server in servers:
+        server.stop()
     client.flushdb()
     client.close()
 
 
 class Traffic:
     """One thread sending chat completions back to back with the official client (no retries),
-    counting answers and failures under the phase that was current when each request started."""
+    to each gateway in turn, counting answers and failures under the phase that was current
+    when each request started."""
 
-    def __init__(self, base_url: str, key: str, model: str) -> None:
-        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=30)
+    def __init__(self, base_urls: list[str], key: str, model: str) -> None:
+        self.clients = [openai.OpenAI(api_key=key, base_url=url, max_retries=0, timeout=30) for url in base_urls]
         self.model = model
         self.phase = "warm-up"
         self.ok: Counter[str] = Counter()
@@ -78,7 +81,8 @@ class Traffic:
             phase = self.phase
             sent += 1
             try:
-                answer = self.client.chat.completions.create(
+                client = self.clients[sent % len(self.clients)]
+                answer = client.chat.completions.create(
                     model=self.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
                 )
                 assert answer.choices[0].message.content
@@ -93,8 +97,8 @@ class Traffic:
 
     def settle(self) -> None:
         """Let the current phase see enough requests, past the gateway's cache refresh."""
-        until = time.monotonic() + STALE
-        wait_for(lambda: time.monotonic() > until and self.ok[self.phase] + self.failed[self.phase] >= MIN_PER_PHASE,
+        after = time.monotonic() + STALE
+        wait_for(lambda: time.monotonic() > after and self.ok[self.phase] + self.failed[self.phase] >= MIN_PER_PHASE,
                  timeout=60, sync=False)  # fmt: skip
 
     def __enter__(self) -> Traffic:
@@ -122,29 +126,34 @@ def ready_replicas(cluster, name: str) -> int:
     return int((dep.get("status") or {}).get("readyReplicas") or 0)
 
 
+def until(predicate, *, sync: bool = True) -> object:
+    """wait_for with room for a loaded machine (the traffic, two gateways and a kubelet share it)."""
+    return wait_for(predicate, timeout=60, sync=sync)
+
+
 def running_on(deployment: ModelDeployment, number: int) -> bool:
     return state_of(deployment) == DeploymentState.RUNNING and deployment.serving_revision.number == number
 
 
 def test_no_request_fails_through_updates_rollbacks_scaling_pricing_limits_a_failed_rollout_and_an_api_outage(
-    deploy, cluster, gateway, tenants
+    deploy, cluster, gateways, tenants
 ):
     deployment = deploy("chat")
-    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    until(lambda: state_of(deployment) == DeploymentState.RUNNING)
     key = make_key(tenants.member, tenants.org)
     owner = tenants.owner
 
-    with Traffic(gateway.base_url, key, "chat") as traffic:
+    with Traffic([gateway.base_url for gateway in gateways], key, "chat") as traffic:
         traffic.settle()
 
         traffic.enter("update (blue-green)")
         deployment_update(user=owner, deployment=deployment, spec={"env": {"LOG_LEVEL": "debug"}})
-        wait_for(lambda: running_on(deployment, 2) and set(kube_deployments(cluster)) == {"chat-r2"})
+        until(lambda: running_on(deployment, 2) and set(kube_deployments(cluster)) == {"chat-r2"})
         traffic.settle()
 
         traffic.enter("rollback")
         deployment_rollback(user=owner, deployment=deployment, revision_number=1)
-        wait_for(lambda: running_on(deployment, 3) and set(kube_deployments(cluster)) == {"chat-r3"})
+        until(lambda: running_on(deployment, 3) and set(kube_deployments(cluster)) == {"chat-r3"})
         traffic.settle()
 
         # Neither a price nor the replica count makes a new Kubernetes Deployment (same uid).
@@ -156,12 +165,12 @@ def test_no_request_fails_through_updates_rollbacks_scaling_pricing_limits_a_fai
 
         traffic.enter("scale up")
         deployment_update(user=owner, deployment=deployment, spec={"replicas": {"min": 2, "max": 2}})
-        wait_for(lambda: ready_replicas(cluster, "chat-r3") == 2 and running_on(deployment, 5))
+        until(lambda: ready_replicas(cluster, "chat-r3") == 2 and running_on(deployment, 5))
         traffic.settle()
 
         traffic.enter("scale down")
         deployment_update(user=owner, deployment=deployment, spec={"replicas": {"min": 1, "max": 1}})
-        wait_for(lambda: ready_replicas(cluster, "chat-r3") == 1 and running_on(deployment, 6))
+        until(lambda: ready_replicas(cluster, "chat-r3") == 1 and running_on(deployment, 6))
         traffic.settle()
         assert kube_deployments(cluster) == before
 
@@ -174,15 +183,15 @@ def test_no_request_fails_through_updates_rollbacks_scaling_pricing_limits_a_fai
 
         traffic.enter("failed rollout, rolled back by itself")
         deployment_update(user=owner, deployment=deployment, spec={"image": "vllm/vllm-openai-doesnotexist:v1"})
-        wait_for(lambda: state_of(deployment) == DeploymentState.FAILED
+        until(lambda: state_of(deployment) == DeploymentState.FAILED
                  and deployment.state_reason.startswith("Update failed: "))  # fmt: skip
-        wait_for(lambda: set(kube_deployments(cluster)) == {"chat-r3"}, sync=False)
+        until(lambda: set(kube_deployments(cluster)) == {"chat-r3"}, sync=False)
         traffic.settle()
 
         traffic.enter("Kubernetes API down, engine up")
         cluster.emulator.set_down(True)
         try:
-            wait_for(lambda: state_of(deployment) == DeploymentState.UNKNOWN)
+            until(lambda: state_of(deployment) == DeploymentState.UNKNOWN)
             traffic.settle()
             sync_status()
             traffic.settle()
@@ -190,7 +199,7 @@ def test_no_request_fails_through_updates_rollbacks_scaling_pricing_limits_a_fai
             cluster.emulator.set_down(False)
 
         traffic.enter("API back")
-        wait_for(lambda: state_of(deployment) != DeploymentState.UNKNOWN)
+        until(lambda: state_of(deployment) != DeploymentState.UNKNOWN)
         traffic.settle()
     connection.close()
 
