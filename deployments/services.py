@@ -877,6 +877,7 @@ def deployment_rollout_failed(*, deployment_id: int, revision_id: int, problem: 
         ):  # fmt: skip
             return None
         before = _deployment_snapshot(locked)
+        problem = problem.strip().rstrip(".")
         message = f"{UPDATE_FAILED}{problem}; revision {serving.number} still serving."
         revision = _new_revision(locked, serving.spec, user=None,
                                  reason=f"Automatic rollback: revision {failed.number} failed",

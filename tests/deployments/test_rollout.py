@@ -308,3 +308,19 @@ def test_a_rollout_past_its_progress_deadline_is_a_failed_rollout(deploy, emulat
     assert decision.rollback and decision.state == DeploymentState.FAILED
     assert decision.reason.startswith("Update failed: ProgressDeadlineExceeded")
     assert decision.reason.endswith("; revision 1 still serving.")
+
+
+def test_a_rollout_the_api_server_refuses_for_good_rolls_back(deploy, emulator, tenants):
+    deployment = deploy("chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    # The push of revision 2's Deployment is refused (422: retrying can't fix it).
+    emulator.fail_next(1, 422, verb="patch", resource="deployments", message="spec.template: Invalid value")
+
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"env": {"LOG_LEVEL": "debug"}})
+
+    assert rolled_back(deployment)
+    assert "refused the Deployment as invalid (HTTP 422)" in deployment.state_reason  # ModelDeck's words
+    assert ".;" not in deployment.state_reason
+    assert deployment.state_reason.endswith("; revision 1 still serving.")
+    assert deployments_on_pool(emulator) == ["chat-r1"] and service_revision(emulator) == "1"
+    assert tenants.project.gpu_used() == 1
