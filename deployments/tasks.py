@@ -61,8 +61,10 @@ from deployments.spec import (
     NGC_API_KEY,
     NGC_API_SECRET,
     NGC_PULL_SECRET,
+    S3_SECRET,
     render_spec_for,
     rendered_replicas,
+    s3_environment,
 )
 from projects.models import IntegrationKind
 
@@ -111,6 +113,9 @@ def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[
                 namespace, NGC_API_SECRET, {NGC_API_KEY: values[IntegrationKind.NGC]}
             )
         )
+    s3 = next((i for i in deployment.project.integrations.all() if i.kind == IntegrationKind.S3), None)
+    if S3_SECRET in refs and s3 is not None:
+        out.append(kube.secret_object(namespace, S3_SECRET, s3_environment(s3)))
     if NGC_PULL_SECRET in (rs.image_pull_secrets or ()) and values.get(IntegrationKind.NGC):
         out.append(kube.docker_config_secret(namespace, NGC_PULL_SECRET, NGC_REGISTRY, "$oauthtoken",
                                              values[IntegrationKind.NGC]))  # fmt: skip

@@ -51,7 +51,8 @@ _AFFINITY_KEYS = frozenset(AFFINITY_KEYS)
 # Plain env vars that would put a credential into the pod spec (and so into etcd, the Manifests
 # tab and every `kubectl get -o yaml`). Credentials must come from a Secret via secret_env.
 CREDENTIAL_ENV_NAMES = frozenset(
-    {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "NGC_API_KEY", "NVIDIA_API_KEY"}
+    {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "NGC_API_KEY", "NVIDIA_API_KEY",
+     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 )
 
 
