@@ -594,6 +594,7 @@ def _render_spec(
         startup_budget_seconds=startup_budget_for(spec, model),
         capacity_grace_seconds=capacity_grace_for(spec),
         model_bytes=weights_bytes_of(model),
+        download_files=download_files_of(model) if source == model.source else (),
     )
 
 
@@ -709,6 +710,25 @@ def check_ngc_credentials(*, project: Any, bundle: ProfileBundle, model: Catalog
         {field: f"NVIDIA NIM needs the project's NGC API key (to pull from nvcr.io and download "
                 f"the model); add it under project “{project.name}” → Integrations first."}
     )  # fmt: skip
+
+
+# What vLLM's loader never reads from a Hub repo (vllm/model_executor/model_loader: the
+# `original/**/*` ignore pattern of LoadConfig, and .bin/.pt weights when safetensors exist;
+# TGI converts .bin only when there are no safetensors): the pre-download Job skips them.
+_NEVER_LOADED = ("original/",)
+_OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".tflite")
+
+
+def download_files_of(model: CatalogModel) -> tuple[str, ...]:
+    """The catalog's file list of a Hub model, less what the engines never load; () when the
+    catalog has no list (the Job then downloads the whole repo)."""
+    if model.source != "huggingface":
+        return ()
+    paths = [str(f.get("path")) for f in model.files or [] if isinstance(f, dict) and f.get("path")]
+    paths = [p for p in paths if not p.startswith(_NEVER_LOADED) and not p.startswith(".")]
+    if any(p.endswith(".safetensors") for p in paths):
+        paths = [p for p in paths if not p.endswith(_OTHER_WEIGHTS)]
+    return tuple(sorted(paths))
 
 
 def reads_s3(model: CatalogModel) -> bool:
