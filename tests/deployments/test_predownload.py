@@ -11,6 +11,7 @@ import pytest
 from deployments.models import DeploymentEvent, ModelDeployment
 from deployments.renderers.download import COMPONENT_DOWNLOAD
 from sandbox.kubelet import SandboxCluster
+from tests.conftest import login
 from tests.deployments.conftest import state_of, wait_for
 from tests.factories import rest_api_client
 
@@ -61,11 +62,14 @@ def test_shared_cache_downloads_in_parts_with_progress_then_the_engine_starts(
     assert emulator.get_object("Deployment", ns, "chat-r1") is None
     assert state_of(deployment) == "deploying" and _reason(deployment).startswith("Downloading weights")
 
-    # Four parts run at once (parallelism), then the last two: "4 of 6 files" on the way.
-    wait_for(lambda: re.search(r"Downloading weights: [1-5] of 6 files", _reason(deployment)))
+    # Four parts run at once (parallelism), then the last two: "4 of 6 files" on the way,
+    # on the deployment's page and in REST alike.
+    page = login(tenants.owner)
+    wait_for(lambda: re.search(r"Downloading weights: [1-5] of 6 files",
+                               page.get(deployment.get_absolute_url()).content.decode()))  # fmt: skip
     assert emulator.get_object("Deployment", ns, "chat-r1") is None
     api_reason = rest_api_client(tenants.owner).get(f"/api/v1/deployments/{deployment.pk}/").json()
-    assert "of 6 files" in str(api_reason)
+    assert "of 6 files" in api_reason["state_reason"]
 
     wait_for(lambda: state_of(deployment) == "running", timeout=30)
     assert emulator.get_object("Deployment", ns, "chat-r1") is not None
@@ -110,3 +114,29 @@ def test_delete_removes_the_job(tenants, deploy, emulator):
     deployment_delete(user=tenants.owner, deployment=deployment)
     wait_for(lambda: not ModelDeployment.objects.filter(pk=deployment.pk).exists(), timeout=30)
     assert _jobs(emulator, tenants.project.namespace()) == []
+
+
+def test_nim_without_the_operator_fills_its_cache_with_download_to_cache(tenants, emulator, cluster):
+    from catalog.models import CatalogModel, ProfileBundle
+    from catalog.services import bundles_builtin_ensure
+    from deployments.models import ComputePool, PoolKind
+    from deployments.services import deployment_create
+    from projects.services import integration_set
+
+    integration_set(user=tenants.owner, project=tenants.project, kind="ngc", secret="nvapi-test-key")
+    bundles_builtin_ensure()
+    pool = ComputePool.objects.create(organization=tenants.org, name="nim-pool", kind=PoolKind.SANDBOX,
+                                      api_url=cluster.url, engine_label="nim")  # fmt: skip
+    model = CatalogModel.objects.create(
+        organization=tenants.org, name="Llama NIM", source="ngc",
+        ngc_image="nvcr.io/nim/meta/llama-3.1-8b-instruct", ngc_tag="1.3.3",
+    )  # fmt: skip
+    deployment = deployment_create(
+        user=tenants.owner, project=tenants.project, model=model, pool=pool, name="llama",
+        bundle=ProfileBundle.objects.get(organization=None, name="nim-llm"),
+        spec={"resources": {"cpu": "4", "memory": "16Gi", "gpus": 1}, "model_cache": {"size": "100Gi"}},
+    )  # fmt: skip
+    [job] = _jobs(emulator, tenants.project.namespace())
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["download-to-cache"]
+    wait_for(lambda: state_of(deployment) == "running", timeout=30)
+    assert emulator.get_object("Deployment", tenants.project.namespace(), "llama-r1") is not None
