@@ -70,3 +70,34 @@ def test_s3_and_pvc_stay_custom_models(tenants):
         model = services.model_add_custom(user=tenants.owner, organization=tenants.org, name=name,
                                           storage_uri=uri)  # fmt: skip
         assert (model.source, model.storage_uri) == ("custom", uri)
+
+
+def _apply(tenants, text: str) -> tuple[int, str]:
+    from deployments.apply import Context, apply_documents, load_documents
+
+    out: list[str] = []
+    errors = apply_documents(Context(user=tenants.owner, organization=tenants.org), load_documents(text),
+                             dry_run=False, write=out.append)  # fmt: skip
+    return errors, "\n".join(out)
+
+
+HF_MODEL = f"""
+apiVersion: modeldeck.io/v1
+kind: Model
+metadata: {{name: qwen-hf}}
+spec: {{source: custom, storage_uri: "hf://{QWEN_05B}"}}
+"""
+
+
+def test_apply_adds_an_hf_uri_as_a_hub_model_and_stays_idempotent(tenants, hub_env):
+    errors, out = _apply(tenants, HF_MODEL)
+    assert errors == 0, out
+    assert CatalogModel.objects.get(name="qwen-hf").source == "huggingface"
+    errors, out = _apply(tenants, HF_MODEL)  # the same file again changes nothing
+    assert errors == 0 and "unchanged" in out, out
+
+
+def test_apply_refuses_a_gs_uri_with_the_catalogs_words(tenants):
+    errors, out = _apply(tenants, HF_MODEL.replace(f"hf://{QWEN_05B}", "gs://bucket/model"))
+    assert errors == 1 and "gs:// cannot be served" in out
+    assert not CatalogModel.objects.exists()
