@@ -512,9 +512,12 @@ def _waiting_for_download(deployment: ModelDeployment, download: kube.Download |
     if download.failed:
         message = f"Downloading the weights failed ({download.name}): {download.message}".rstrip(": ")
         return Decision(DeploymentState.FAILED, message, problem=kube.Problem("DownloadFailed", message))
+    serving = deployment.serving_revision
+    keeps = (f" Revision {serving.number} keeps serving." if serving is not None
+             and serving.pk != deployment.current_revision_id else "")  # fmt: skip
     if download.complete:
-        return Decision(DeploymentState.DEPLOYING, f"Weights downloaded; starting revision {number}.", push=True)
-    return Decision(DeploymentState.DEPLOYING, f"{download.progress()}. Revision {number} starts when it completes.")
+        return Decision(DeploymentState.DEPLOYING, f"Weights downloaded; starting revision {number}.{keeps}", push=True)
+    return Decision(DeploymentState.DEPLOYING, f"{download.progress()}. Revision {number} starts when it completes.{keeps}")
 
 
 def _apply_decision(deployment: ModelDeployment, decision: Decision) -> bool:

@@ -460,7 +460,7 @@ def observe_downloads(
         words = _download_pod_words(pods_of.get((meta.get("namespace", ""), download.name), []))
         if download.failed:
             failed = conditions["Failed"]
-            download.message = " ".join(
+            download.message = "; ".join(
                 part for part in (
                     f"{failed.get('reason') or 'Failed'}: {failed.get('message') or ''}".strip(),
                     words,

@@ -135,3 +135,13 @@ def test_s3_model_runs_with_a_secret_modeldeck_owns(tenants, s3_model, pool, emu
     assert "runai_streamer" in container["args"]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "modeldeck-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.mark.django_db
+def test_checking_s3_credentials_calls_nothing_from_the_server(owner_client, tenants):
+    integration_set(user=tenants.owner, project=tenants.project, kind=IntegrationKind.S3,
+                    secret=json.dumps({**S3_CREDENTIALS, "endpoint_url": "http://127.0.0.1:9"}))  # fmt: skip
+    owner_client.post(reverse("projects:integration_check", args=[tenants.project.pk, "s3"]))
+    integration = tenants.project.integrations.get(kind=IntegrationKind.S3)
+    assert integration.check_ok is True
+    assert "does not call the store itself" in integration.check_message
