@@ -140,3 +140,18 @@ def test_nim_without_the_operator_fills_its_cache_with_download_to_cache(tenants
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["download-to-cache"]
     wait_for(lambda: state_of(deployment) == "running", timeout=30)
     assert emulator.get_object("Deployment", tenants.project.namespace(), "llama-r1") is not None
+
+
+def test_a_rollout_that_downloads_again_keeps_the_old_revision_serving(tenants, deploy, emulator):
+    from deployments.services import deployment_update
+
+    deployment = deploy(spec={"model_cache": {"size": "50Gi"}})
+    wait_for(lambda: state_of(deployment) == "running", timeout=30)
+    # A new image is a new download Job (its pod template is immutable, its name says what it runs).
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"image": "vllm/vllm-openai:v0.8.5"})
+    ns = tenants.project.namespace()
+    assert len(_jobs(emulator, ns)) == 2
+    wait_for(lambda: "Revision 1 keeps serving" in _reason(deployment))
+    assert emulator.get_object("Deployment", ns, "chat-r2") is None
+    assert emulator.get_object("Service", ns, "chat")["spec"]["selector"]["modeldeck.io/revision"] == "1"
+    wait_for(lambda: state_of(deployment) == "running" and deployment.serving_revision.number == 2, timeout=30)
