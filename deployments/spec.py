@@ -93,7 +93,7 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pricing.input_per_million", "price_input", ()),
     ("pricing.output_per_million", "price_output", ()),
     ("bundle", "bundle", ("bundle_args", "engine_vars")),
-    ("model", "model", ("model_ref", "model_source", "model_revision")),
+    ("model", "model", ("model_ref", "model_source", "model_revision", "download_files")),
     ("name", "name", ("deployment_name",)),
     ("pool", "pool", ()),
     ("project", "project", ()),
