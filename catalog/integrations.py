@@ -14,6 +14,16 @@ log = logging.getLogger(__name__)
 
 def check(integration: Integration) -> tuple[bool, str]:
     """Return (ok, message in words). Never raises: a failed check is an answer too."""
+    if integration.kind == IntegrationKind.S3:
+        # The endpoint is the tenant's: the server never calls an address a tenant gave it.
+        fields = integration.s3_settings()
+        ok = bool(fields.get("access_key_id") and fields.get("secret_access_key"))
+        where = fields.get("endpoint_url") or "AWS S3"
+        return ok, (
+            f"Access key and secret are set for {where}. ModelDeck does not call the store itself; "
+            "the deployment's pods use them, and a wrong key shows on the deployment as the "
+            "engine's load error." if ok else "The access key id or secret access key is missing."
+        )
     try:
         if integration.kind == IntegrationKind.HUGGINGFACE:
 

@@ -81,15 +81,28 @@ def _save_new(model: CatalogModel) -> CatalogModel:
 # --- storage URIs ----------------------------------------------------------------------------
 
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-STORAGE_SCHEMES = ("s3", "gs", "pvc", "hf")
-STORAGE_EXAMPLES = "s3://bucket/path, gs://bucket/path, pvc://claim-name/path or hf://owner/name"
+STORAGE_SCHEMES = ("s3", "pvc", "hf")
+STORAGE_EXAMPLES = "s3://bucket/path, pvc://claim-name/path or hf://owner/name"
+# Cloud Storage: vLLM 0.8.5's Run:ai streamer reads s3:// only (gs:// arrived in later vLLM
+# releases), and no other pinned engine reads object stores. GCS serves the S3 API with HMAC keys.
+GCS_REFUSAL = (
+    "gs:// cannot be served by the pinned engines (vLLM 0.8.5's Run:ai streamer reads s3:// only). "
+    "Cloud Storage speaks the S3 API: add the model as s3://{rest} and give the project's S3 "
+    "credentials an HMAC key with the endpoint https://storage.googleapis.com"
+)
 
 
 def validate_storage_uri(uri: str) -> str:
-    """The URI stripped if it is one a deployment can load from, else ValidationError on storage_uri."""
+    """The URI stripped if it is one a deployment can load from, else ValidationError on storage_uri.
+
+    The one rule for the catalog's form, REST and `apply -f` (all add through model_add_custom):
+    a URI the catalog accepts is one some engine serves. s3:// (vLLM's Run:ai streamer, with the
+    project's S3 credentials) and pvc:// are served as custom models; hf:// is accepted here and
+    model_add_custom turns it into a Hugging Face model (repo id, revision pinned by the Hub);
+    gs:// is refused with the way to serve it.
+    """
     uri = (uri or "").strip()
 
     def bad(message: str) -> ValidationError:
@@ -102,6 +115,8 @@ def validate_storage_uri(uri: str) -> str:
     scheme, sep, rest = uri.partition("://")
     if not sep:
         raise bad(f"“{uri}” has no scheme")
+    if scheme == "gs":
+        raise ValidationError({"storage_uri": GCS_REFUSAL.format(rest=rest or "bucket/path") + "."})
     if scheme not in STORAGE_SCHEMES:
         raise bad(
             f"Unsupported scheme “{scheme}://”; ModelDeck loads from {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
@@ -111,9 +126,7 @@ def validate_storage_uri(uri: str) -> str:
         raise bad(
             f"“{head}” is not a valid S3 bucket name (3-63 lowercase letters, digits, dots, dashes)"
         )
-    if scheme == "gs" and not _GCS_BUCKET.match(head):
-        raise bad(f"“{head}” is not a valid Cloud Storage bucket name")
-    if scheme in ("s3", "gs") and not path.strip("/"):
+    if scheme == "s3" and not path.strip("/"):
         raise bad(f"{scheme}://{head} names a bucket but no path to the model in it")
     if scheme == "pvc":
         if not head or not _DNS_SUBDOMAIN.match(head) or ".." in head:
@@ -368,6 +381,18 @@ def model_add_custom(
     )
     if artifact is None:
         model.storage_uri = validate_storage_uri(storage_uri)
+        if model.storage_uri.startswith("hf://"):
+            # A Hub repo under another name: added as what it is, so every engine serves it
+            # and its revision is pinned to a commit like any Hub model.
+            repo_id, _, revision = model.storage_uri[len("hf://") :].partition("@")
+            try:
+                return model_add_from_hub(user=user, organization=organization, repo_id=repo_id,
+                                          revision=revision, name=name, description=description)  # fmt: skip
+            except ValidationError as exc:
+                errors = getattr(exc, "message_dict", {})
+                if set(errors) <= {"repo_id", "revision"}:  # the URI's parts: say it on the URI
+                    raise ValidationError({"storage_uri": [m for ms in errors.values() for m in ms]}) from exc
+                raise
         return _save_new(model)
     with transaction.atomic():
         # The organization's row lock serializes its uploads: two at once can't both fit the

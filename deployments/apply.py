@@ -265,6 +265,13 @@ def plan_model(ctx: Context, doc: dict[str, Any]) -> Change:
         return Change("Model", name, "created", diff, create)
     current = {k: getattr(model, k) for k in MODEL_KEYS}
     desired = dict(spec)
+    uri = str(desired.get("storage_uri") or "")
+    if desired.get("source") == "custom" and uri.startswith("hf://") and model.source == "huggingface":
+        # The catalog added hf://owner/name[@rev] as the Hub model it names: compare as that.
+        repo, _, rev = uri[len("hf://") :].partition("@")
+        desired.pop("storage_uri")
+        desired.pop("task", None)  # the Hub's task, not the file's
+        desired.update(source="huggingface", repo_id=repo, **({"revision": rev} if rev else {}))
     if desired.get("revision") and current["revision"].startswith(desired["revision"]):
         desired["revision"] = current["revision"]  # a short sha names the pinned commit
     diff = _compare(current, desired)

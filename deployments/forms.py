@@ -428,7 +428,9 @@ class DeploymentForm(StyledForm):
         label="Model cache size",
         required=False,
         widget=forms.TextInput(attrs={"placeholder": "none, e.g. 100Gi"}),
-        help_text="A PersistentVolumeClaim shared by every revision, so weights are downloaded once. Empty: no cache.",
+        help_text="A PersistentVolumeClaim shared by every revision, so weights are downloaded once: a "
+                  "download Job fills it before the engine's pods start (NIMCache with the NIM Operator). "
+                  "Empty: no cache.",
     )
     model_cache_storage_class = forms.CharField(
         label="Cache storage class",

@@ -36,6 +36,7 @@ from deployments.models import (
 from deployments.renderers.input import is_dns1123_subdomain
 from deployments.spec import (
     check_ngc_credentials,
+    check_storage_credentials,
     default_spec,
     gpu_hold,
     image_tag,
@@ -657,6 +658,7 @@ def deployment_check(
         refuse_all(exc)
     try:
         check_ngc_credentials(project=project, bundle=bundle, model=model)
+        check_storage_credentials(project=project, model=model)
     except ValidationError as exc:
         refuse_all(exc)
     if canonical is not None:

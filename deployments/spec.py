@@ -36,6 +36,16 @@ HF_TOKEN_KEY = "token"
 NGC_API_SECRET = "modeldeck-ngc-api-key"  # the NIM renderer's default reference for NGC_API_KEY
 NGC_API_KEY = "NGC_API_KEY"
 NGC_PULL_SECRET = "modeldeck-ngc-pull"  # docker-registry Secret for nvcr.io
+# The project's S3 integration as the environment the AWS SDKs and the Run:ai model streamer
+# read (vLLM's s3:// loader; docs.vllm.ai/en/v0.8.5/models/extensions/runai_model_streamer.html
+# and run-ai/runai-model-streamer docs/src/env-vars.md): Secret key = env var name.
+S3_SECRET = "modeldeck-s3"
+S3_ENV = {
+    "access_key_id": "AWS_ACCESS_KEY_ID",
+    "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "region": "AWS_DEFAULT_REGION",
+}
 
 MAX_REPLICAS = 100
 MAX_GPUS_PER_REPLICA = 16
@@ -83,7 +93,7 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pricing.input_per_million", "price_input", ()),
     ("pricing.output_per_million", "price_output", ()),
     ("bundle", "bundle", ("bundle_args", "engine_vars")),
-    ("model", "model", ("model_ref", "model_source", "model_revision")),
+    ("model", "model", ("model_ref", "model_source", "model_revision", "download_files")),
     ("name", "name", ("deployment_name",)),
     ("pool", "pool", ()),
     ("project", "project", ()),
@@ -531,6 +541,11 @@ def _render_spec(
         model_ref, model_revision = nim_model_name(model.ngc_image), None
     else:
         model_ref, model_revision = model.storage_uri, None
+    source = model.source
+    if source == "custom" and model_ref.startswith("hf://"):
+        # Added before the catalog turned hf:// into Hub models: served as the Hub repo it names.
+        model_ref, _, rev = model_ref[len("hf://") :].partition("@")
+        source, model_revision = "huggingface", rev or None
     cache = spec.get("model_cache")
     engine_vars = {}
     for var in bundle.variables or []:
@@ -549,7 +564,7 @@ def _render_spec(
         engine=spec["engine"],
         image=spec["image"],
         model_ref=model_ref,
-        model_source=model.source,
+        model_source=source,
         model_revision=model_revision,
         served_model_name=spec["served_model_name"] or None,
         project=project,
@@ -579,6 +594,7 @@ def _render_spec(
         startup_budget_seconds=startup_budget_for(spec, model),
         capacity_grace_seconds=capacity_grace_for(spec),
         model_bytes=weights_bytes_of(model),
+        download_files=download_files_of(model) if source == model.source else (),
     )
 
 
@@ -696,6 +712,50 @@ def check_ngc_credentials(*, project: Any, bundle: ProfileBundle, model: Catalog
     )  # fmt: skip
 
 
+# What vLLM's loader never reads from a Hub repo (vllm/model_executor/model_loader: the
+# `original/**/*` ignore pattern of LoadConfig, and .bin/.pt weights when safetensors exist;
+# TGI converts .bin only when there are no safetensors): the pre-download Job skips them.
+_NEVER_LOADED = ("original/",)
+_OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".tflite")
+
+
+def download_files_of(model: CatalogModel) -> tuple[str, ...]:
+    """The catalog's file list of a Hub model, less what the engines never load; () when the
+    catalog has no list (the Job then downloads the whole repo)."""
+    if model.source != "huggingface":
+        return ()
+    paths = [str(f.get("path")) for f in model.files or [] if isinstance(f, dict) and f.get("path")]
+    paths = [p for p in paths if not p.startswith(_NEVER_LOADED) and not p.startswith(".")]
+    if any(p.endswith(".safetensors") for p in paths):
+        paths = [p for p in paths if not p.endswith(_OTHER_WEIGHTS)]
+    return tuple(sorted(paths))
+
+
+def reads_s3(model: CatalogModel) -> bool:
+    return model.source == "custom" and (model.storage_uri or "").startswith("s3://")
+
+
+def check_storage_credentials(*, project: Any, model: CatalogModel) -> None:
+    """An s3:// model is streamed by the engine with the project's S3 credentials: without an
+    S3 integration the pods could not read the bucket (unless the nodes had a role, which
+    ModelDeck can't see), so it is refused at save time with the fix."""
+    if not reads_s3(model):
+        return
+    if project.integrations.filter(kind=IntegrationKind.S3).exists():
+        return
+    raise ValidationError(
+        {"model": f"“{model.name}” is read from {model.storage_uri}, which needs the project's S3 "
+                  f"credentials; add them under project “{project.name}” → Integrations → S3 "
+                  "credentials first."}
+    )  # fmt: skip
+
+
+def s3_environment(integration: Any) -> dict[str, str]:
+    """The S3 Secret's data (env var name -> value) from a project's S3 integration."""
+    fields = integration.s3_settings() if integration is not None else {}
+    return {S3_ENV[key]: value for key, value in fields.items() if key in S3_ENV}
+
+
 def secret_refs(
     deployment: ModelDeployment,
 ) -> tuple[dict[str, tuple[str, str]], tuple[str, ...] | None]:
@@ -703,6 +763,10 @@ def secret_refs(
     kinds = set(deployment.project.integrations.values_list("kind", flat=True))
     secret_env: dict[str, tuple[str, str]] = {}
     pull: tuple[str, ...] | None = None
+    if IntegrationKind.S3 in kinds and reads_s3(deployment.model):
+        s3 = deployment.project.integrations.filter(kind=IntegrationKind.S3).first()
+        for name in s3_environment(s3):
+            secret_env[name] = (S3_SECRET, name)
     if IntegrationKind.HUGGINGFACE in kinds and deployment.model.source == "huggingface":
         secret_env["HF_TOKEN"] = (HF_TOKEN_SECRET, HF_TOKEN_KEY)
     if deployment.bundle.engine == "nim" or deployment.model.source == "ngc":

@@ -69,8 +69,10 @@ from deployments.spec import (
     NGC_API_KEY,
     NGC_API_SECRET,
     NGC_PULL_SECRET,
+    S3_SECRET,
     render_spec_for,
     rendered_replicas,
+    s3_environment,
 )
 from projects.models import IntegrationKind
 
@@ -119,10 +121,35 @@ def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[
                 namespace, NGC_API_SECRET, {NGC_API_KEY: values[IntegrationKind.NGC]}
             )
         )
+    s3 = next((i for i in deployment.project.integrations.all() if i.kind == IntegrationKind.S3), None)
+    if S3_SECRET in refs and s3 is not None:
+        out.append(kube.secret_object(namespace, S3_SECRET, s3_environment(s3)))
     if NGC_PULL_SECRET in (rs.image_pull_secrets or ()) and values.get(IntegrationKind.NGC):
         out.append(kube.docker_config_secret(namespace, NGC_PULL_SECRET, NGC_REGISTRY, "$oauthtoken",
                                              values[IntegrationKind.NGC]))  # fmt: skip
     return out
+
+
+DOWNLOADING = "Downloading weights into the model cache"
+
+
+def _download_pending(k: kube.Kube, job: dict[str, Any]) -> str | None:
+    """Start the pre-download Job unless it exists; its name while it has not completed, else
+    None. A Job is applied once (its pod template is immutable, and its name says what it
+    downloads). One that failed is removed and made again: pushes after a failure come from the
+    user (an update, activate), who expects a new try; the status sync never pushes a deployment
+    it failed."""
+    namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    existing = kube.read_job(k, namespace, name)
+    conditions = {c.get("type"): c.get("status") for c in ((existing or {}).get("status") or {}).get("conditions") or []}
+    if conditions.get("Complete") == "True":
+        return None
+    if conditions.get("Failed") == "True":
+        kube.delete_job(k, namespace, name)
+        existing = None
+    if existing is None:
+        kube.apply(k, job)
+    return name
 
 
 def _fail(deployment: ModelDeployment, reason: str, message: str) -> None:
@@ -202,7 +229,7 @@ def _remove_other_revisions(k: kube.Kube, deployment: ModelDeployment, rs: Any) 
 def _teardown(k: kube.Kube, deployment: ModelDeployment) -> None:
     namespace = deployment.project.namespace()
     selector = deployment_selector(deployment.pk)
-    kinds = ["Deployment", "Service", "PersistentVolumeClaim", "Secret", "Ingress", "NetworkPolicy"]
+    kinds = ["Deployment", "Service", "PersistentVolumeClaim", "Secret", "Ingress", "NetworkPolicy", "Job"]
     operators = deployment.pool.operators()
     if operators["nim"]:
         kinds += ["NIMService", "NIMCache"]
@@ -253,7 +280,7 @@ def _undo_if_unwanted(k: kube.Kube, deployment: ModelDeployment) -> bool:
     row = ModelDeployment.objects.filter(pk=deployment.pk).values_list("state", flat=True).first()
     if row is None:
         kube.delete_selected(k, deployment.project.namespace(), deployment_selector(deployment.pk),
-                             kinds=("Deployment", "Service", "PersistentVolumeClaim"))  # fmt: skip
+                             kinds=("Deployment", "Service", "PersistentVolumeClaim", "Job"))  # fmt: skip
         log.info("push removed what it applied: deployment deleted meanwhile",
                  extra={"deployment": deployment.pk})  # fmt: skip
         return True
@@ -296,10 +323,24 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
     if deployment.serving_revision is None and revision.pods_number() > 1 and not deactivated:
         # A recreate update: the old revision stops before the new pods ask for its GPUs.
         _remove_other_revisions(k, deployment, rs)
+    if deactivated:  # scaled to zero: nothing to download for
+        objects = [obj for obj in objects if obj["kind"] != "Job"]
+    downloading = None
     for obj in objects:
+        if obj["kind"] == "Deployment" and downloading is not None:
+            continue  # renderers/download.py: the engine's pods start once the cache is filled
+        if obj["kind"] == "Job":
+            downloading = _download_pending(k, obj)
+            continue
         kube.apply(k, obj)
     if _undo_if_unwanted(k, deployment):
         return "deleted-meanwhile"
+    if downloading is not None:
+        if state_claim(deployment, expect=DeploymentState.PENDING, state=DeploymentState.DEPLOYING,
+                       reason=f"{DOWNLOADING} (Job {downloading}); revision {revision.number} starts when it completes."):  # fmt: skip
+            event_record(deployment, reason="DownloadingWeights",
+                         message=f"Job {downloading} downloads the weights into {names.model_cache}.")  # fmt: skip
+        return "downloading"
     if state_claim(deployment, expect=DeploymentState.PENDING, state=DeploymentState.DEPLOYING,
                    reason=f"Revision {revision.number} applied to {deployment.pool.name}; waiting for pods."):  # fmt: skip
         event_record(deployment, reason="Applied",
@@ -405,6 +446,7 @@ def decide(
     deployment: ModelDeployment,
     revisions: dict[int, kube.RevisionObservation],
     now: datetime | None = None,
+    download: kube.Download | None = None,
 ) -> Decision:
     """The state a deployment is in, given what its pool shows (see the module docstring)."""
     now = now or timezone.now()
@@ -420,6 +462,9 @@ def decide(
         return Decision(state, deployment.state_reason, push=still_running)
     obs = revisions.get(current.pods_number())  # a change that needed no rollout reuses pods
     if obs is None or not obs.exists:
+        waiting = _waiting_for_download(deployment, download)
+        if waiting is not None:
+            return waiting
         if state == DeploymentState.PENDING:
             return Decision(
                 DeploymentState.PENDING,
@@ -497,6 +542,27 @@ def _roll_back(deployment: ModelDeployment, decision: Decision) -> bool:
         decision.rollback = False
         return False
     return True
+def _waiting_for_download(deployment: ModelDeployment, download: kube.Download | None) -> Decision | None:
+    """While the pre-download Job runs the revision's Deployment is held back on purpose: say how
+    far the download is, fail with its reason, or (done) push to start the engine."""
+    if deployment.state not in (DeploymentState.PENDING, DeploymentState.DEPLOYING):
+        return None
+    number = deployment.current_revision.number
+    if download is None:
+        if deployment.state_reason.startswith("Downloading weights"):
+            # The Job has no pod yet (or the pool's Job list was not read): keep the words; the
+            # push re-applies the Job and holds the Deployment again if it is still running.
+            return Decision(deployment.state, deployment.state_reason, push=True)
+        return None
+    if download.failed:
+        message = f"Downloading the weights failed ({download.name}): {download.message}".rstrip(": ")
+        return Decision(DeploymentState.FAILED, message, problem=kube.Problem("DownloadFailed", message))
+    serving = deployment.serving_revision
+    keeps = (f" Revision {serving.number} keeps serving." if serving is not None
+             and serving.pk != deployment.current_revision_id else "")  # fmt: skip
+    if download.complete:
+        return Decision(DeploymentState.DEPLOYING, f"Weights downloaded; starting revision {number}.{keeps}", push=True)
+    return Decision(DeploymentState.DEPLOYING, f"{download.progress()}. Revision {number} starts when it completes.{keeps}")
 
 
 def _apply_decision(deployment: ModelDeployment, decision: Decision) -> bool:
@@ -613,7 +679,7 @@ def sweep_orphans(
         namespaces = {o.namespace for o in observed[dep_id].values() if o.namespace}
         for namespace in namespaces:
             doomed.append((namespace, deployment_selector(dep_id),
-                           ("Deployment", "Service", "PersistentVolumeClaim")))  # fmt: skip
+                           ("Deployment", "Service", "PersistentVolumeClaim", "Job")))  # fmt: skip
     cutoff = timezone.now() - timedelta(seconds=SUPERSEDED_GRACE_SECONDS)
     for deployment in deployments:
         current = deployment.current_revision
@@ -734,13 +800,15 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
     _record_pod_events(deployments, kube.events_by_deployment(listed_events, listed_pods))
     # Superseded revisions of the rows decided now (every row at least once a resync).
     stats["removed"] += sweep_orphans(pool, set(keys), deployments, observed, orphans=False)
+    downloads = _downloads(pool, deployments, observed, listed_pods, stats)
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
     # row locks long enough to stall a user's deactivate or update.
     for start in range(0, len(deployments), SYNC_WRITE_BATCH):
         with transaction.atomic():
             for deployment in deployments[start : start + SYNC_WRITE_BATCH]:
-                decision = decide(deployment, observed.get(deployment.pk, {}))
+                decision = decide(deployment, observed.get(deployment.pk, {}),
+                                  download=downloads.get(deployment.pk))  # fmt: skip
                 head, prints_of = keys[deployment.pk]
                 if decision.rollback and _roll_back(deployment, decision):
                     cursor.settled.pop(deployment.pk, None)
@@ -761,6 +829,32 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         stats["pushed"] += 1
         push_deployment.delay(pk)
     return stats
+
+
+def _downloads(
+    pool: ComputePool,
+    deployments: list[ModelDeployment],
+    observed: dict[int, dict[int, kube.RevisionObservation]],
+    pods: list[dict[str, Any]],
+    stats: dict[str, int],
+) -> dict[int, kube.Download]:
+    """The pool's pre-download Jobs, listed (one call) only in a cycle where a row being decided
+    has no Deployment for its revision yet and has download pods: a steady pool pays nothing."""
+    owners = kube.download_pod_owners(pods)
+    if not any(
+        d.pk in owners and not (observed.get(d.pk, {}).get(d.current_revision.pods_number()) or
+                                kube.RevisionObservation(0)).exists
+        for d in deployments
+    ):  # fmt: skip
+        return {}
+    try:
+        with kube.kube_for(pool) as k:
+            jobs = kube.list_jobs(k)
+    except kube.KubeError as err:  # the next cycle reads them again
+        log.warning("listing download jobs failed: %s", err.message, extra={"pool": pool.pk})
+        return {}
+    stats["list_calls"] += 1
+    return kube.observe_downloads(jobs, pods)
 
 
 @shared_task(name="deployments.sync_status")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
 from console.forms import StyledForm
-from projects.models import GPU_QUOTA_MAX, IntegrationKind, Organization, Project, slug_validator
+from projects.models import (
+    GPU_QUOTA_MAX,
+    S3_FIELDS,
+    IntegrationKind,
+    Organization,
+    Project,
+    slug_validator,
+)
 
 
 class ProjectForm(StyledForm):
@@ -57,6 +66,22 @@ class IntegrationForm(StyledForm):
     kind = forms.ChoiceField(choices=IntegrationKind.choices, widget=forms.HiddenInput)
     secret = forms.CharField(
         label="Token",
+        required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text="Stored encrypted. After saving only its last four characters are shown.",
     )
+    # S3 credentials come as four fields; they are handed to the service as one JSON secret.
+    access_key_id = forms.CharField(required=False, label="Access key id")
+    secret_access_key = forms.CharField(
+        required=False, label="Secret access key",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )  # fmt: skip
+    endpoint_url = forms.CharField(required=False, label="Endpoint URL (S3-compatible stores)")
+    region = forms.CharField(required=False, label="Region")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        s3 = {key: data.pop(key, "") or "" for key in S3_FIELDS}
+        if data.get("kind") == IntegrationKind.S3:
+            data["secret"] = json.dumps(s3)
+        return {"kind": data.get("kind"), "secret": data.get("secret") or ""}

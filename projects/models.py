@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
@@ -161,6 +163,12 @@ class GpuReservation(models.Model):
 class IntegrationKind(models.TextChoices):
     HUGGINGFACE = "huggingface", "Hugging Face token"
     NGC = "ngc", "NGC API key"
+    S3 = "s3", "S3 credentials"
+
+
+# An S3 integration's secret is this JSON object (projects.services.integration_set checks it):
+# the keys are what the AWS SDKs and the Run:ai model streamer read from the environment.
+S3_FIELDS = ("access_key_id", "secret_access_key", "endpoint_url", "region")
 
 
 class Integration(models.Model):
@@ -183,6 +191,17 @@ class Integration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for {self.project}"
+
+    def s3_settings(self) -> dict[str, str]:
+        """An S3 integration's fields (access_key_id, secret_access_key, endpoint_url, region);
+        only those that are set."""
+        try:
+            data = json.loads(self.secret or "{}")
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: str(data[k]) for k in S3_FIELDS if data.get(k)}
 
 
 class Environment(models.Model):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import secrets
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -14,8 +16,10 @@ from console import permissions
 from console.crypto import last4
 from projects.keys import api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
+    S3_FIELDS,
     GpuReservation,
     Integration,
+    IntegrationKind,
     Membership,
     Organization,
     Project,
@@ -254,12 +258,15 @@ def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: st
     secret = secret.strip()
     if not secret:
         raise ValidationError({"secret": "Paste the token or key; it cannot be empty."})
+    shown = secret
+    if kind == IntegrationKind.S3:
+        secret, shown = _clean_s3_secret(secret)
     with transaction.atomic():
         existing = Integration.objects.select_for_update().filter(project=project, kind=kind).first()
         before = {"kind": kind, "secret_last4": existing.secret_last4} if existing else None
         integration = existing or Integration(project=project, kind=kind)
         integration.secret = secret
-        integration.secret_last4 = last4(secret)
+        integration.secret_last4 = last4(shown)
         integration.check_ok = None
         integration.checked_at = None
         integration.check_message = ""
@@ -269,6 +276,41 @@ def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: st
         _audit(actor=user, organization=project.organization, action="integration_change", obj=integration,
                before=before, after={"kind": kind, "secret_last4": integration.secret_last4})
     return integration
+
+
+_S3_REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$|^[a-z0-9][a-z0-9-]{0,62}$")
+_S3_ENDPOINT = re.compile(r"^https?://[^\s/@]+(:\d{1,5})?/?$")
+
+
+def _clean_s3_secret(secret: str) -> tuple[str, str]:
+    """An S3 integration's secret: a JSON object with access_key_id and secret_access_key, and
+    optionally endpoint_url (S3-compatible stores: MinIO, Ceph, Cloud Storage's S3 interop) and
+    region. Returns (canonical JSON, what its last 4 characters are shown of: the key id).
+    The endpoint is only ever used by the deployment's pods in the cluster, never called by
+    ModelDeck's server."""
+    try:
+        data = json.loads(secret)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ValidationError({"secret": "S3 credentials are an access key id and a secret access key "
+                                         "(and optionally an endpoint URL and a region)."})  # fmt: skip
+    unknown = sorted(set(data) - set(S3_FIELDS))
+    if unknown:
+        raise ValidationError({"secret": f"Unknown S3 setting “{unknown[0]}”."})
+    clean = {k: str(data.get(k) or "").strip() for k in S3_FIELDS}
+    for key, words in (("access_key_id", "an access key id"), ("secret_access_key", "a secret access key")):
+        if not clean[key]:
+            raise ValidationError({key: f"Give {words}."})
+        if any(c.isspace() for c in clean[key]) or len(clean[key]) > 256:
+            raise ValidationError({key: "It cannot contain spaces (and is at most 256 characters)."})
+    if clean["endpoint_url"] and not _S3_ENDPOINT.match(clean["endpoint_url"]):
+        raise ValidationError({"endpoint_url": "Give the endpoint as https://host[:port], e.g. "
+                                               "https://minio.example.com or https://storage.googleapis.com."})  # fmt: skip
+    if clean["region"] and not _S3_REGION.match(clean["region"]):
+        raise ValidationError({"region": "Give a region name such as us-east-1."})
+    kept = {k: v for k, v in clean.items() if v}
+    return json.dumps(kept, sort_keys=True), clean["access_key_id"]
 
 
 def integration_delete(*, user: AbstractBaseUser | None, integration: Integration) -> None:

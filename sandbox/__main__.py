@@ -1,7 +1,8 @@
 """Run the whole sandbox (Kubernetes API emulator + kubelet + engine) until SIGINT/SIGTERM.
 
     python -m sandbox --kube-port 6443 --engine-port 8091 \
-        [--nodes 2 --gpus-per-node 4 --gpu-product NVIDIA-L4 --gpu-memory-gb 24 --ready-delay 3]
+        [--nodes 2 --gpus-per-node 4 --gpu-product NVIDIA-L4 --gpu-memory-gb 24 --ready-delay 3
+         --job-duration 10]
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         "--ready-delay", type=float, default=3.0, help="seconds from scheduling to Ready"
     )
     parser.add_argument(
+        "--job-duration", type=float, default=None,
+        help="seconds a Job's pod runs, e.g. a model pre-download (default: the ready delay)",
+    )
+    parser.add_argument(
         "--crds", default="", help=f"comma list of CRDs the cluster has: {','.join(CUSTOM)}, or the sets "
         f"{','.join(CRD_SETS)} (e.g. --crds nim-operator to have the NIM Operator)"
     )
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     crds = [c.strip() for c in args.crds.split(",") if c.strip()]
     cluster = SandboxCluster(host=args.host, port=args.kube_port, crds=crds, token=args.token,
                              network_port=args.network_port,
-                             node_pools=pools, ready_delay=args.ready_delay, bad_images=args.bad_image)  # fmt: skip
+                             node_pools=pools, ready_delay=args.ready_delay, bad_images=args.bad_image,
+                             job_duration=args.job_duration)  # fmt: skip
     kube_url = cluster.start()
     engine_url, stop_engine = "(not served: --no-engine)", lambda: None
     if not args.no_engine:

@@ -137,6 +137,7 @@ class _Container:
     ready: bool = False
     unhealthy_reported: float = 0.0
     waiting_message: str = ""
+    run_for: float | None = None  # a Job's container: seconds it runs before it exits 0
 
     @property
     def container_id(self) -> str:

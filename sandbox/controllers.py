@@ -449,3 +449,126 @@ class WorkloadControllers:
         return pod
 
     # -- PVC binder --------------------------------------------------------------------
+
+
+# The Job controller (pkg/controller/job): pods per completion index, backoffLimit,
+# activeDeadlineSeconds, status counts, completedIndexes and the Complete / Failed conditions.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _index_ranges(indexes: list[int]) -> str:
+    """[0, 1, 2, 4] -> `0-2,4`, as status.completedIndexes writes them."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indexes)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
+class JobController:
+    """Mixed into Kubelet: Jobs make pods until enough succeed, or fail for good."""
+
+    def _sync_jobs(self) -> None:
+        jobs_rt = self.rt["jobs"]
+        pods_by_owner: dict[str, list[dict]] = defaultdict(list)
+        for pod in self.store.objects(self.rt["pods"]):
+            uid = _controller_uid(pod)
+            if uid:
+                pods_by_owner[uid].append(pod)
+        for job in self.store.objects(jobs_rt):
+            if job["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                self._sync_job(job, pods_by_owner.get(job["metadata"]["uid"], []))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.exception("cannot reconcile job %s", job["metadata"].get("name"))
+
+    def _sync_job(self, job: dict, pods: list[dict]) -> None:
+        jobs_rt, pods_rt = self.rt["jobs"], self.rt["pods"]
+        meta, spec = job["metadata"], job.get("spec") or {}
+        old_status = job.get("status") or {}
+        conditions = list(old_status.get("conditions") or [])
+        finished = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                       for c in conditions)  # fmt: skip
+        if finished:
+            return
+        now = now_rfc3339()
+        indexed = spec.get("completionMode") == "Indexed"
+        completions = int(spec.get("completions") or 1)
+        parallelism = int(spec.get("parallelism") or 1)
+        phase = lambda p: (p.get("status") or {}).get("phase")  # noqa: E731
+        succeeded_pods = [p for p in pods if phase(p) == "Succeeded"]
+        failed_pods = [p for p in pods if phase(p) == "Failed"]
+        active = [p for p in pods if phase(p) not in ("Succeeded", "Failed")
+                  and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+        done_indexes = sorted({int((p["metadata"].get("annotations") or {}).get(JOB_INDEX, 0))
+                               for p in succeeded_pods})  # fmt: skip
+        succeeded = len(done_indexes) if indexed else len(succeeded_pods)
+        status: dict = {k: v for k, v in old_status.items() if k not in ("active", "ready", "terminating")}
+        status.setdefault("startTime", now)
+        failure: tuple[str, str] | None = None
+        if len(failed_pods) > int(spec.get("backoffLimit", 6)):
+            failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline is not None and time.time() - _epoch(status["startTime"]) >= float(deadline):
+            failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        if failure is None and succeeded < completions:
+            self._timers_extra = True  # the deadline is a timer of its own
+            busy = {int((p["metadata"].get("annotations") or {}).get(JOB_INDEX, 0)) for p in active}
+            wanted = [i for i in range(completions) if i not in done_indexes and i not in busy] \
+                if indexed else list(range(completions - succeeded - len(active)))  # fmt: skip
+            for index in wanted[: max(0, parallelism - len(active))]:
+                active.append(self._create_job_pod(job, index if indexed else None))
+        if failure is not None:
+            for pod in active:
+                self.store.delete_internal(pods_rt, meta["namespace"], pod["metadata"]["name"])
+            active = []
+            conditions = _set_condition(conditions, "Failed", "True", failure[0], failure[1], now)
+            self.event(job, "Job", "batch/v1", "Warning", failure[0], failure[1], "job-controller")
+        elif succeeded >= completions:
+            conditions = _set_condition(conditions, "Complete", "True", "CompletionsReached",
+                                        "Reached expected number of succeeded pods", now)  # fmt: skip
+            status["completionTime"] = now
+            self.event(job, "Job", "batch/v1", "Normal", "Completed", "Job completed", "job-controller")
+        status.update(active=len(active), succeeded=succeeded, failed=len(failed_pods),
+                      ready=sum(1 for p in active if _pod_ready(p)), terminating=0)  # fmt: skip
+        status = {k: v for k, v in status.items() if v or k in ("ready", "terminating")}
+        if indexed and done_indexes:
+            status["completedIndexes"] = _index_ranges(done_indexes)
+        if conditions:
+            status["conditions"] = conditions
+        if status == old_status:
+            return
+        fresh = self.store.try_get(jobs_rt, meta["namespace"], meta["name"])
+        if fresh is not None:
+            self.store.update_internal(jobs_rt, _revise(fresh, status=status))
+
+    def _create_job_pod(self, job: dict, index: int | None) -> dict:
+        meta, template = job["metadata"], clone((job.get("spec") or {}).get("template") or {})
+        template_meta = template.get("metadata") or {}
+        labels = {**(template_meta.get("labels") or {}), JOB_NAME_LABEL: meta["name"],
+                  JOB_UID_LABEL: meta["uid"], "job-name": meta["name"], "controller-uid": meta["uid"]}  # fmt: skip
+        annotations = dict(template_meta.get("annotations") or {})
+        pod_spec = template.get("spec") or {}
+        prefix = f"{meta['name']}-" if index is None else f"{meta['name']}-{index}-"
+        if index is not None:
+            labels[JOB_INDEX] = str(index)
+            annotations[JOB_INDEX] = str(index)
+            for container in pod_spec.get("containers") or []:
+                container.setdefault("env", []).append({"name": "JOB_COMPLETION_INDEX", "value": str(index)})
+        body = {
+            "metadata": {
+                "name": f"{prefix}{random_suffix()}", "generateName": prefix, "namespace": meta["namespace"],
+                "labels": labels, "annotations": annotations,
+                "ownerReferences": [_owner_ref(job, self.rt["jobs"])],
+            },
+            "spec": pod_spec,
+        }  # fmt: skip
+        pod = self.store.create(self.rt["pods"], meta["namespace"], body, internal=True)
+        self.event(job, "Job", "batch/v1", "Normal", "SuccessfulCreate",
+                   f"Created pod: {pod['metadata']['name']}", "job-controller")  # fmt: skip
+        return pod

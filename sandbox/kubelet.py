@@ -13,6 +13,9 @@ Failure conventions (for tests and demos):
   `SANDBOX_OOM=1` does the same with reason OOMKilled / exit code 137;
 - `SANDBOX_NEVER_READY=1` runs but never passes its readiness probe;
 - `SANDBOX_READY_DELAY=<seconds>` overrides the cluster's ready delay for that container;
+- a pod that does not restart (a Job's: restartPolicy Never / OnFailure) runs for the cluster's
+  `job_duration` (or its container's `SANDBOX_RUN_SECONDS`) and exits 0, phase Succeeded; with
+  `SANDBOX_CRASH=1` it exits 1 instead, its termination message the log's last line;
 - a missing Secret/ConfigMap referenced by env/envFrom gives CreateContainerConfigError;
 - a pod requesting more `nvidia.com/gpu` (cpu, memory) than any node has free stays Pending
   with PodScheduled=False/Unschedulable and a FailedScheduling event.
@@ -35,7 +38,7 @@ from sandbox.cluster_common import (  # NodePool is part of this module's API (s
     _PodRun,
     _revise,
 )
-from sandbox.controllers import WorkloadControllers
+from sandbox.controllers import JobController, WorkloadControllers
 from sandbox.kubeapi import KubeEmulator
 from sandbox.network import ClusterNetwork
 from sandbox.operators import Operators
@@ -45,10 +48,12 @@ from sandbox.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 
-class Kubelet(WorkloadControllers, Scheduler, ContainerRuntime, Operators):
+class Kubelet(WorkloadControllers, JobController, Scheduler, ContainerRuntime, Operators):
     """Runs the simulated control loops over a KubeEmulator's store in a background thread.
 
     ready_delay: seconds from scheduling to Ready (image pull takes the first 40 %).
+    job_duration: seconds a Job's container runs before it exits 0 (None: ready_delay); a
+      container's env SANDBOX_RUN_SECONDS overrides it (e.g. a long model download).
     tick: seconds between passes (writes through the API wake it at once).
     """
 
@@ -66,6 +71,7 @@ class Kubelet(WorkloadControllers, Scheduler, ContainerRuntime, Operators):
         tick: float = 0.2,
         bad_images: Iterable[str] = (),
         event_ttl: float = 3600.0,
+        job_duration: float | None = None,
     ) -> None:
         self.emulator = emulator
         self.store = emulator.store
@@ -79,13 +85,14 @@ class Kubelet(WorkloadControllers, Scheduler, ContainerRuntime, Operators):
             )
         ]
         self.ready_delay = ready_delay
+        self.job_duration = ready_delay if job_duration is None else job_duration
         self.tick = tick
         self.bad_images = tuple(bad_images)
         self.event_ttl = event_ttl
         reg = emulator.registry
         self.rt = {name: reg.lookup(name) for name in (
             "nodes", "pods", "deployments", "replicasets", "events", "persistentvolumeclaims",
-            "secrets", "configmaps", "services",
+            "secrets", "configmaps", "services", "jobs",
         )}  # fmt: skip
         self.crd = {rt.plural: rt for rt in reg.custom_types}
         self._runs: dict[str, _PodRun] = {}
@@ -156,10 +163,12 @@ class Kubelet(WorkloadControllers, Scheduler, ContainerRuntime, Operators):
             self._sync_operators()
             self._sync_deployments()
             self._sync_replicasets()
+            self._sync_jobs()
             self._bind_claims()
             self._schedule()
             self._run_pods()
             self._sync_replicasets()
+            self._sync_jobs()
             self._sync_deployments()
             self._sync_operators()
             self._sweep_events()

@@ -131,6 +131,8 @@ BUILTIN: tuple[ResourceType, ...] = (
                  ("status", "scale"), has_generation=True, categories=_ALL),
     ResourceType("apps", "v1", "replicasets", "replicaset", "ReplicaSet", True, ("rs",),
                  ("status", "scale"), has_generation=True, categories=_ALL),
+    ResourceType("batch", "v1", "jobs", "job", "Job", True, (), ("status",), has_generation=True,
+                 categories=_ALL),
     ResourceType("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", True, ("ing",),
                  ("status",), has_generation=True),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy",

@@ -20,6 +20,9 @@ from sandbox.store import qos_class
 
 log = logging.getLogger(__name__)
 
+# The last line a container that crashes on purpose (SANDBOX_CRASH=1) logs.
+CRASH_LOG_LINE = "RuntimeError: SANDBOX_CRASH=1: the sandbox engine exits on purpose"
+
 
 class ContainerRuntime:
     """Mixed into Kubelet: runs each scheduled pod's containers through their simulated lives."""
@@ -39,9 +42,16 @@ class ContainerRuntime:
                     delay = float(env["SANDBOX_READY_DELAY"])
                 except ValueError:
                     pass
+            run_for = None
+            if (pod.get("spec") or {}).get("restartPolicy") in ("Never", "OnFailure"):
+                run_for = self.job_duration  # a Job's container: it runs to completion
+                try:
+                    run_for = float(env.get("SANDBOX_RUN_SECONDS") or run_for)
+                except ValueError:
+                    pass
             containers[spec["name"]] = _Container(
                 name=spec["name"], image=spec.get("image", ""), env=env, ready_delay=delay,
-                since=time.monotonic(),
+                since=time.monotonic(), run_for=run_for,
             )  # fmt: skip
         n = self._ip_counter
         return _PodRun(
@@ -172,6 +182,9 @@ class ContainerRuntime:
                         "containerID": c.container_id,
                     }
                 }
+                if not oom and self._logs_on_error(pod, c.name):
+                    # terminationMessagePolicy FallbackToLogsOnError: the log's tail.
+                    c.last_terminated["terminated"]["message"] = CRASH_LOG_LINE
                 c.restarts += 1
                 c.ready = False
                 if (pod.get("spec") or {}).get("restartPolicy") == "Never":
@@ -187,6 +200,14 @@ class ContainerRuntime:
                 event("Warning", "BackOff",
                       f"Back-off restarting failed container {c.name} in pod "
                       f"{meta['name']}_{meta['namespace']}({meta['uid']})")  # fmt: skip
+                return True
+            if c.run_for is not None and elapsed >= c.run_for:
+                # A Job's container is done: exit 0, the pod Succeeded once all are.
+                c.last_terminated = {"terminated": {
+                    "exitCode": 0, "reason": "Completed", "startedAt": c.started_at,
+                    "finishedAt": now_rfc3339(), "containerID": c.container_id}}  # fmt: skip
+                c.ready = False
+                enter("terminated")
                 return True
             never_ready = c.env.get("SANDBOX_NEVER_READY") in ("1", "true", "True")
             if never_ready:
@@ -286,10 +307,11 @@ class ContainerRuntime:
             statuses.append(status)
         ever_started = any(c.started_at for c in run.containers.values())
         all_ready = all(c.ready for c in run.containers.values())
-        restart_never = (pod.get("spec") or {}).get("restartPolicy") == "Never"
+        restart_never = (pod.get("spec") or {}).get("restartPolicy") in ("Never", "OnFailure")
         phase = "Running" if ever_started else "Pending"
         if restart_never and all(c.phase == "terminated" for c in run.containers.values()):
-            phase = "Failed"
+            exits = [((c.last_terminated or {}).get("terminated") or {}).get("exitCode") for c in run.containers.values()]
+            phase = "Succeeded" if all(code == 0 for code in exits) else "Failed"
         not_ready = [
             c.name for c in sorted(run.containers.values(), key=lambda c: c.name) if not c.ready
         ]
@@ -327,6 +349,11 @@ class ContainerRuntime:
             "qosClass": old.get("qosClass") or qos_class(pod.get("spec") or {}),
         }
 
+    def _logs_on_error(self, pod: dict, container_name: str) -> bool:
+        spec = next((c for c in (pod.get("spec") or {}).get("containers") or []
+                     if c.get("name") == container_name), {})  # fmt: skip
+        return spec.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+
     def _node_ip(self, node_name: str) -> str:
         node = self.store.try_get(self.rt["nodes"], "", node_name)
         for address in ((node or {}).get("status") or {}).get("addresses") or []:
@@ -357,7 +384,7 @@ class ContainerRuntime:
                 lines += [
                     "Traceback (most recent call last):",
                     '  File "/sandbox/engine.py", line 1, in <module>',
-                    "RuntimeError: SANDBOX_CRASH=1: the sandbox engine exits on purpose",
+                    CRASH_LOG_LINE,
                 ]
         elif c.phase == "running":
             lines.append("INFO Started server process; Uvicorn running on http://0.0.0.0:8000")

@@ -74,6 +74,15 @@ def apply_defaults(rt: ResourceType, obj: dict) -> None:
     elif rt.plural == "replicasets" and isinstance(spec, dict):
         spec.setdefault("replicas", 1)
         _default_template(spec.get("template"))
+    elif rt.plural == "jobs" and isinstance(spec, dict):
+        # batch/v1 JobSpec defaults (pkg/apis/batch/v1/defaults.go).
+        spec.setdefault("completions", 1)
+        spec.setdefault("parallelism", 1)
+        spec.setdefault("backoffLimit", 6)
+        spec.setdefault("completionMode", "NonIndexed")
+        spec.setdefault("suspend", False)
+        spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+        _default_template(spec.get("template"))
     elif rt.plural == "pods" and isinstance(spec, dict):
         default_pod_spec(spec, is_pod=True)
     elif rt.plural == "services" and isinstance(spec, dict):
@@ -307,6 +316,8 @@ def validate(rt: ResourceType, obj: dict, old: dict | None) -> None:
         errors += _validate_workload(spec, "spec", deployment=False)
     elif rt.plural == "pods":
         errors += validate_pod_spec(spec, "spec", template=False)
+    elif rt.plural == "jobs":
+        errors += _validate_job(spec)
     elif rt.plural == "services":
         errors += _validate_service(spec)
     elif rt.plural in ("secrets", "configmaps"):
@@ -851,9 +862,33 @@ def _validate_pvc(spec: dict, old_spec: dict | None) -> list[FieldError]:
     return errors
 
 
+def _validate_job(spec: dict) -> list[FieldError]:
+    """pkg/apis/batch/validation: a Job's pods never restart in place (Never or OnFailure)."""
+    errors: list[FieldError] = []
+    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
+    pod_spec = template.get("spec") if isinstance(template.get("spec"), dict) else {}
+    # A workload template, but the restart policy is the Job's own rule (below).
+    errors += validate_pod_spec(pod_spec, "spec.template.spec", template=False)
+    policy = pod_spec.get("restartPolicy")
+    if policy not in ("Never", "OnFailure"):
+        errors.append(FieldError("NotSupported", "spec.template.spec.restartPolicy", policy,
+                                 supported=["OnFailure", "Never"]))  # fmt: skip
+    if spec.get("completionMode") not in (None, "NonIndexed", "Indexed"):
+        errors.append(FieldError("NotSupported", "spec.completionMode", spec.get("completionMode"),
+                                 supported=["Indexed", "NonIndexed"]))  # fmt: skip
+    if spec.get("completionMode") == "Indexed" and not spec.get("completions"):
+        errors.append(FieldError("Required", "spec.completions",
+                                 detail="when completion mode is Indexed"))  # fmt: skip
+    return errors
+
+
 def _validate_immutable(rt: ResourceType, obj: dict, old: dict) -> list[FieldError]:
     errors: list[FieldError] = []
     spec, old_spec = obj.get("spec") or {}, old.get("spec") or {}
+    if rt.plural == "jobs":
+        for key in ("template", "completionMode", "completions"):
+            if spec.get(key) != old_spec.get(key):
+                errors.append(FieldError("Invalid", f"spec.{key}", spec.get(key), "field is immutable"))
     if rt.plural in ("deployments", "replicasets") and spec.get("selector") != old_spec.get(
         "selector"
     ):

@@ -206,6 +206,10 @@ class Kube:
         return k8s.NetworkingV1Api(self.api_client)
 
     @property
+    def batch(self) -> k8s.BatchV1Api:
+        return k8s.BatchV1Api(self.api_client)
+
+    @property
     def custom(self) -> k8s.CustomObjectsApi:
         return k8s.CustomObjectsApi(self.api_client)
 

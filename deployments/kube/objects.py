@@ -28,6 +28,7 @@ _APPLY = {
     "ConfigMap": ("core", "patch_namespaced_config_map"),
     "Ingress": ("networking", "patch_namespaced_ingress"),
     "NetworkPolicy": ("networking", "patch_namespaced_network_policy"),
+    "Job": ("batch", "patch_namespaced_job"),  # the pre-download Job (renderers/download.py)
 }
 # Custom resources: (group, version, plural) for the CustomObjectsApi.
 CUSTOM_KINDS = {
@@ -149,6 +150,7 @@ def delete_selected(kube: Kube, namespace: str, selector: str, *, kinds: tuple[s
         "ConfigMap": kube.core.delete_collection_namespaced_config_map,
         "Ingress": kube.networking.delete_collection_namespaced_ingress,
         "NetworkPolicy": kube.networking.delete_collection_namespaced_network_policy,
+        "Job": kube.batch.delete_collection_namespaced_job,
     }
     for kind in kinds:
         try:
@@ -173,6 +175,7 @@ def count_selected(kube: Kube, namespace: str, selector: str) -> int:
         kube.core.list_namespaced_service,
         kube.core.list_namespaced_pod,
         kube.core.list_namespaced_persistent_volume_claim,
+        kube.batch.list_namespaced_job,
     ):
         try:
             total += len(
@@ -206,6 +209,32 @@ def list_managed(kube: Kube) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return deployments.get("items") or [], pods.get("items") or []
 
 
+def read_job(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return raw(kube.batch.read_namespaced_job, name, namespace, kind="Job", action="read")
+    except PermanentKubeError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def delete_job(kube: Kube, namespace: str, name: str) -> None:
+    """Remove one Job and its pods (a failed download, before it is tried again)."""
+    try:
+        raw(kube.batch.delete_namespaced_job, name, namespace, propagation_policy="Background",
+            kind="Job", action="delete")  # fmt: skip
+    except PermanentKubeError as err:
+        if err.status != 404:
+            raise
+
+
+def list_jobs(kube: Kube) -> list[dict[str, Any]]:
+    """Every pre-download Job of ours across the cluster: one list call (the status sync's)."""
+    found = raw(kube.batch.list_job_for_all_namespaces, label_selector=MANAGED_SELECTOR,
+                kind="Jobs", action="list")  # fmt: skip
+    return found.get("items") or []
+
+
 def list_custom(kube: Kube, kind: str) -> list[dict[str, Any]]:
     """Every object of a custom kind labelled as ours, across the cluster: one list call."""
     group, version, plural = CUSTOM_KINDS[kind]
@@ -224,6 +253,9 @@ __all__ = [
     "docker_config_secret",
     "ensure_namespace",
     "list_custom",
+    "list_jobs",
+    "delete_job",
+    "read_job",
     "list_managed",
     "list_pod_events",
     "read_deployment",

@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from deployments.kube.client import Kube, raw
-from deployments.renderers import GPU_RESOURCE, LABEL_DEPLOYMENT_ID, LABEL_REVISION
+from deployments.renderers import GPU_RESOURCE, LABEL_COMPONENT, LABEL_DEPLOYMENT_ID, LABEL_REVISION
+from deployments.renderers.download import COMPONENT_DOWNLOAD
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # What a connection check stores comes from whatever answers at the pool's address: only values
@@ -333,3 +334,160 @@ def check_cluster(kube: Kube) -> dict[str, Any]:
     version_text = version_text if _VERSION.match(version_text) else ""
     return {"ok": True, "version": version_text, "nodes": out_nodes, "error": "",
             "operators": find_operators(kube)}  # fmt: skip
+
+
+# --- The pre-download Job (renderers/download.py) -------------------------------------------------
+
+# Set by the renderer on the Job: how many parts (Job indexes) and files it downloads.
+ANNOTATION_DOWNLOAD_PARTS = "modeldeck.io/download-parts"
+ANNOTATION_DOWNLOAD_FILES = "modeldeck.io/download-files"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+@dataclass
+class Download:
+    """A deployment's newest pre-download Job, from the pool's one list of Jobs (and its pods
+    from the pod list the sync reads anyway)."""
+
+    name: str
+    complete: bool = False
+    failed: bool = False
+    parts: int = 1
+    parts_done: int = 0
+    files: int = 0
+    active: int = 0
+    started: datetime | None = None
+    message: str = ""  # why it failed, or what its pod waits for
+    done_indexes: tuple[int, ...] = ()
+
+    def files_done(self) -> int:
+        """Parts are round-robin over the files: the first `files % parts` parts hold one more."""
+        if self.complete:
+            return self.files
+        if not self.files or self.parts <= 1:
+            return 0
+        per, extra = divmod(self.files, self.parts)
+        return sum(per + (1 if index < extra else 0) for index in self.done_indexes)
+
+    def progress(self) -> str:
+        """`Downloading weights: 5 of 12 files` (or the Job's state when it is one part)."""
+        if self.complete:
+            return "Weights downloaded into the model cache."
+        if self.files and self.parts > 1:
+            text = f"Downloading weights: {self.files_done()} of {self.files} files"
+        elif self.files:
+            text = f"Downloading weights: {self.files} files, one download job"
+        else:
+            text = "Downloading weights: the whole repository, one download job"
+        state = "running" if self.active else "starting"
+        text += f" ({state}"
+        if self.started is not None and self.active:
+            minutes = int((datetime.now(self.started.tzinfo) - self.started).total_seconds() // 60)
+            text += f" for {minutes} min" if minutes else ""
+        text += ")"
+        if self.message:
+            text += f"; {self.message}"
+        return text
+
+
+def _indexes(text: Any) -> tuple[int, ...]:
+    """`1,3-5` (status.completedIndexes) -> (1, 3, 4, 5)."""
+    out: list[int] = []
+    for part in str(text or "").split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            out += list(range(int(low), int(high or low) + 1))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def download_pod_owners(pods: list[dict[str, Any]]) -> set[int]:
+    """Deployments that have pre-download pods in the pod list the sync reads anyway: only for
+    those is the pool's Job list worth its call."""
+    owners = set()
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(JOB_NAME_LABEL) and labels.get(LABEL_COMPONENT) == COMPONENT_DOWNLOAD:
+            dep_id = _int_label(pod, LABEL_DEPLOYMENT_ID)
+            if dep_id is not None:
+                owners.add(dep_id)
+    return owners
+
+
+def observe_downloads(
+    jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> dict[int, Download]:
+    """The newest pre-download Job of each deployment, with what its pods say when one fails."""
+    newest: dict[int, dict[str, Any]] = {}
+    for job in jobs:
+        dep_id = _int_label(job, LABEL_DEPLOYMENT_ID)
+        if dep_id is None:
+            continue
+        created = (job.get("metadata") or {}).get("creationTimestamp") or ""
+        if dep_id not in newest or created >= newest[dep_id]["metadata"].get("creationTimestamp", ""):
+            newest[dep_id] = job
+    pods_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        job_name = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+        if job_name:
+            pods_of.setdefault((meta.get("namespace", ""), job_name), []).append(pod)
+    out: dict[int, Download] = {}
+    for dep_id, job in newest.items():
+        meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+        annotations = meta.get("annotations") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        done = tuple(sorted(_indexes(status.get("completedIndexes"))))
+        download = Download(
+            name=meta.get("name", ""),
+            complete=(conditions.get("Complete") or {}).get("status") == "True",
+            failed=(conditions.get("Failed") or {}).get("status") == "True",
+            parts=_int(annotations.get(ANNOTATION_DOWNLOAD_PARTS), _int(spec.get("completions"), 1)),
+            files=_int(annotations.get(ANNOTATION_DOWNLOAD_FILES)),
+            active=_int(status.get("active")),
+            started=_time(status.get("startTime")),
+        )
+        download.done_indexes = done
+        download.parts_done = len(done) if download.parts > 1 else _int(status.get("succeeded"))
+        words = _download_pod_words(pods_of.get((meta.get("namespace", ""), download.name), []))
+        if download.failed:
+            failed = conditions["Failed"]
+            download.message = "; ".join(
+                part for part in (
+                    f"{failed.get('reason') or 'Failed'}: {failed.get('message') or ''}".strip(),
+                    words,
+                ) if part
+            )  # fmt: skip
+        elif words:
+            download.message = words
+        out[dep_id] = download
+    return out
+
+
+def _download_pod_words(pods: list[dict[str, Any]]) -> str:
+    """What the Job's pods say: the last failed attempt's termination message (the downloader's
+    last log lines: 401, repo not found, no space left), else a waiting reason such as
+    ImagePullBackOff."""
+    failures: list[tuple[str, str]] = []
+    waiting = ""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if terminated and _int(terminated.get("exitCode")) != 0:
+                message = str(terminated.get("message") or terminated.get("reason") or "").strip()
+                failures.append((str(terminated.get("finishedAt") or ""), message))
+        problem = pod_problem(pod)
+        if problem is not None and not waiting and problem.reason != "Failed":
+            waiting = problem.text()
+    if failures:
+        last = max(failures)[1]
+        return f"last attempt: {_short(last.splitlines()[-1] if last else '', 500)}" if last else ""
+    return waiting

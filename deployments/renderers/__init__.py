@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import exposure, kserve, nim, nimservice, tei, tgi, vllm
+from . import download, exposure, kserve, nim, nimservice, tei, tgi, vllm
 from .common import (
     ANNOTATION_ENGINE,
     ANNOTATION_MODEL,
@@ -99,8 +99,8 @@ def uses_kserve(spec: RenderSpec) -> bool:
 
 
 def render(spec: RenderSpec) -> list[dict[str, Any]]:
-    """One revision's objects, in the order to apply them: [PVC | NIMCache,] Deployment or
-    NIMService, then the route and NetworkPolicy of the pool's exposure."""
+    """One revision's objects, in the order to apply them: [PVC [, pre-download Job] | NIMCache,]
+    Deployment or NIMService, then the route and NetworkPolicy of the pool's exposure."""
     validate_spec(spec)
     engine = engine_for(spec)
     spec = exposure.with_credential(spec)
@@ -116,6 +116,8 @@ def render(spec: RenderSpec) -> list[dict[str, Any]]:
         pvc = build_model_cache_pvc(spec)
         if pvc is not None:
             objects.append(pvc)
+        if download.needs_download_job(spec, operator=False):
+            objects.append(download.build_job(spec, engine))  # the driver holds the Deployment until it is Complete
         deployment = build_deployment(spec, engine)
         if exposure.needs_auth_proxy(spec):
             deployment = exposure.add_auth_proxy(deployment, spec, engine.port(spec))

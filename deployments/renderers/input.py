@@ -51,7 +51,8 @@ _AFFINITY_KEYS = frozenset(AFFINITY_KEYS)
 # Plain env vars that would put a credential into the pod spec (and so into etcd, the Manifests
 # tab and every `kubectl get -o yaml`). Credentials must come from a Secret via secret_env.
 CREDENTIAL_ENV_NAMES = frozenset(
-    {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "NGC_API_KEY", "NVIDIA_API_KEY"}
+    {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "NGC_API_KEY", "NVIDIA_API_KEY",
+     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 )
 
 
@@ -145,6 +146,8 @@ class RenderSpec:
     operator: str | None = None  # render operator-native objects: one of OPERATORS
     capacity_grace_seconds: int = DEFAULT_CAPACITY_GRACE_SECONDS
     model_bytes: int | None = None  # size of the weights, where the catalog knows it
+    # Hub files the pre-download Job fetches (renderers/download.py); () means the whole repo.
+    download_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Detach from what the caller handed in: lists become tuples, mappings are copied.
@@ -152,7 +155,7 @@ class RenderSpec:
         for name in ("env", "labels", "annotations", "node_selector", "engine_vars"):
             set_(self, name, dict(getattr(self, name) or {}))
         set_(self, "secret_env", {k: tuple(v) for k, v in dict(self.secret_env or {}).items()})
-        for name in ("bundle_args", "extra_args"):
+        for name in ("bundle_args", "extra_args", "download_files"):
             set_(self, name, tuple(getattr(self, name) or ()))
         set_(self, "tolerations", tuple(copy.deepcopy(t) for t in self.tolerations or ()))
         if self.image_pull_secrets is not None:
@@ -302,6 +305,10 @@ def validate_common(spec: RenderSpec) -> None:
             )
         if not isinstance(value, str):
             raise SpecError("engine_vars", f"{key}: values are strings")
+    for path in spec.download_files:
+        if (not isinstance(path, str) or not path or path.startswith("/") or "\0" in path
+                or any(part in ("", ".", "..") for part in path.split("/"))):  # fmt: skip
+            raise SpecError("download_files", f"{path!r} is not a file path inside the repo")
     if spec.model_cache is not None:
         _check_quantity("model_cache.size", spec.model_cache.size)
         if spec.model_cache.storage_class is not None and not is_dns1123_subdomain(

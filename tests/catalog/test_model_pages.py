@@ -156,7 +156,7 @@ def test_upload_over_the_size_limit_is_refused_and_nothing_is_kept(
         ("s3://", "is not a valid S3 bucket name"),
         ("s3://My_Bucket/model", "is not a valid S3 bucket name"),
         ("s3://bucket", "names a bucket but no path"),
-        ("gs://bucket/", "names a bucket but no path"),
+        ("gs://bucket/model", "gs:// cannot be served by the pinned engines"),
         ("pvc:///path", "is not a valid PersistentVolumeClaim name"),
         ("pvc://Models/llama", "is not a valid PersistentVolumeClaim name"),
         ("hf://just-a-name", "is not a Hugging Face repo id"),
@@ -177,10 +177,8 @@ def test_malformed_storage_uri_is_a_clear_error_on_the_field(owner_client, uri, 
     "uri",
     [
         "s3://models-bucket/llama/8b",
-        "gs://my.bucket/path/to/model",
         "pvc://model-cache/llama",
         "pvc://model-cache",
-        "hf://Qwen/Qwen2.5-0.5B-Instruct@main",
     ],
 )
 def test_valid_storage_uris_are_accepted(owner_client, uri):

@@ -93,18 +93,19 @@ def test_strict_validation_catches_an_unknown_field() -> None:
 @pytest.mark.parametrize("spec", [s for _, s in SPECS], ids=SPEC_IDS)
 def test_every_object_carries_modeldecks_labels(spec: RenderSpec) -> None:
     objects = render_all(spec)
-    label_sets = [o["metadata"]["labels"] for o in objects]
-    label_sets.append(by_kind(objects)["Deployment"]["spec"]["template"]["metadata"]["labels"])
-    for labels in label_sets:
+    label_sets = [(o["kind"], o["metadata"]["labels"]) for o in objects]
+    label_sets.append(("Pod", by_kind(objects)["Deployment"]["spec"]["template"]["metadata"]["labels"]))
+    for kind, labels in label_sets:
         assert labels[LABEL_MANAGED_BY] == "modeldeck"
         assert labels[LABEL_NAME] == spec.engine
         assert labels[LABEL_INSTANCE] == spec.deployment_name
-        assert labels[LABEL_COMPONENT] == "inference"
+        # The pre-download Job's pods are told apart from the engine's by their component.
+        assert labels[LABEL_COMPONENT] == ("model-download" if kind == "Job" else "inference")
         assert labels[LABEL_DEPLOYMENT_ID] == str(spec.deployment_id)
         assert labels[LABEL_PROJECT] == "research"
     for obj in objects:
         assert obj["metadata"]["namespace"] == spec.namespace
-        if obj["kind"] != "PersistentVolumeClaim":
+        if obj["kind"] not in ("PersistentVolumeClaim", "Job"):  # both serve every revision
             assert obj["metadata"]["labels"][LABEL_REVISION] == str(spec.revision)
             assert obj["metadata"]["labels"][LABEL_VERSION] == str(spec.revision)
 
