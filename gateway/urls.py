@@ -8,6 +8,8 @@ app_name = "devhub"
 
 urlpatterns = [
     path("models/", views.models, name="models"),
+    path("models/<int:pk>/playground/", views.playground, name="playground"),
+    path("models/<int:pk>/playground/credential/", views.playground_credential, name="playground_credential"),
     path("keys/", views.keys, name="keys"),
     path("keys/deployments/", views.key_deployment_search, name="key_deployment_search"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),

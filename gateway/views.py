@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -28,12 +29,14 @@ from gateway import reports
 from gateway.forms import APIKeyForm
 from gateway.models import UsageRecord
 from projects.keys import (
+    PLAYGROUND_KEY_TTL,
     api_key_create,
     api_key_get,
     api_key_revoke,
     api_key_state,
     api_keys_for_organization,
     api_keys_for_user,
+    playground_key_issue,
 )
 from projects.models import Organization
 from sharing.selectors import shared_deployments_for_org
@@ -418,3 +421,78 @@ def organization_usage(request: HttpRequest) -> HttpResponse:
         filename=f"usage-{org.slug}",
         summary="Every call made with this organization's keys, across its deployments.",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Playground: chat with a deployment through the gateway, as the signed-in user
+# ---------------------------------------------------------------------------------------------
+
+
+def _callable_deployment(request: HttpRequest, pk: int) -> ModelDeployment:
+    deployment = callable_deployments(request.user, _organization(request)).filter(pk=pk).first()
+    if deployment is None:
+        raise Http404("No such deployment.")
+    return deployment
+
+
+def _connect_src_for_gateway(policy: str, base_url: str) -> str:
+    """The console's CSP, with the gateway's origin added to connect-src when it is another one:
+    the playground's fetch goes there."""
+    parts = urlsplit(base_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if not policy or not parts.netloc or "connect-src" not in policy:
+        return policy
+    return policy.replace("connect-src 'self'", f"connect-src 'self' {origin}", 1)
+
+
+@login_required
+def playground(request: HttpRequest, pk: int) -> HttpResponse:
+    """Developer Hub → a model → Playground: the page; the browser calls the gateway itself with a
+    short-lived key from playground_credential (never a stored secret)."""
+    org = _organization(request)
+    deployment = _callable_deployment(request, pk)
+    spec = deployment.spec() or {}
+    base_url = gateway_base_url()
+    context = {
+        "d": deployment,
+        "model_name": deployment.served_name(),
+        "base_url": base_url,
+        "embeddings": spec.get("engine") in EMBEDDING_ENGINES,
+        "running": deployment.state == DeploymentState.RUNNING,
+        "can_use": permissions.can(request.user, "change", org),
+        "own": deployment.project.organization_id == org.pk,
+        "ttl_minutes": int(PLAYGROUND_KEY_TTL.total_seconds() // 60),
+        "max_tokens": min(int(spec.get("context_length") or 4096), 4096),
+    }
+    response = render(request, "devhub/playground.html", context)
+    if settings.CONTENT_SECURITY_POLICY:
+        response["Content-Security-Policy"] = _connect_src_for_gateway(
+            settings.CONTENT_SECURITY_POLICY, base_url
+        )
+    return response
+
+
+@login_required
+@require_POST
+def playground_credential(request: HttpRequest, pk: int) -> JsonResponse:
+    """A fresh short-lived gateway key for the playground (projects.keys.playground_key_issue)."""
+    org = _organization(request)
+    deployment = _callable_deployment(request, pk)
+    try:
+        key, secret = playground_key_issue(user=request.user, organization=org, deployment=deployment)
+    except PermissionDenied as exc:
+        return JsonResponse({"detail": str(exc)}, status=403)
+    except ValidationError as exc:
+        return JsonResponse({"detail": " ".join(exc.messages)}, status=400)
+    response = JsonResponse(
+        {
+            "api_key": secret,
+            "prefix": key.prefix,
+            "expires_at": key.expires_at.isoformat(),
+            "base_url": gateway_base_url(),
+            "model": deployment.served_name(),
+        },
+        status=201,
+    )
+    response["Cache-Control"] = "no-store"
+    return response

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from django.conf import settings
@@ -154,6 +154,46 @@ def api_key_create(
                after={"name": key.name, "prefix": key.prefix, "expires_at": key.expires_at,
                       "scope": key.scope, "deployments": [d.pk for d in chosen]})
     return key, secret
+
+
+# The console's playground calls the gateway like any client, with a key of its own: minted on
+# demand for the signed-in user, limited to one deployment, expiring within minutes, stored hashed
+# like every key. The page holds the secret in memory only; a new one replaces the last.
+PLAYGROUND_KEY_TTL = timedelta(minutes=15)
+PLAYGROUND_KEY_NAME = "Playground · "
+
+
+def playground_key_issue(
+    *, user: AbstractBaseUser, organization: Organization, deployment
+) -> tuple[APIKey, str]:
+    """A short-lived gateway key of `organization` (the caller's) for `user` to try `deployment`
+    (the organization's own or one shared with it) from the console.
+
+    Keys, access policy, rate limits and usage apply as for any key (the gateway sees no
+    difference). The user's earlier playground keys for the deployment are revoked, so at most
+    one is live per user and deployment. The caller has already scoped the deployment to what
+    the user may call (callable_deployments); api_key_create refuses viewers and foreign
+    deployments all the same.
+    """
+    name = (PLAYGROUND_KEY_NAME + deployment.served_name())[:100]
+    now = timezone.now()
+    with transaction.atomic():
+        earlier = list(
+            APIKey.objects.select_for_update().filter(
+                user=user, organization=organization, name=name, revoked_at__isnull=True,
+                expires_at__gt=now, expires_at__lte=now + PLAYGROUND_KEY_TTL, deployments=deployment,
+            )
+        )  # fmt: skip
+        for key in earlier:
+            key.revoked_at, key.revoked_by = now, user
+            key.revoked_reason = "Replaced by a newer playground key."
+            key.save(update_fields=["revoked_at", "revoked_by", "revoked_reason"])
+        if earlier:
+            gateway_forget_user(user.pk)
+        return api_key_create(
+            user=user, organization=organization, name=name, expires_at=now + PLAYGROUND_KEY_TTL,
+            deployments=[deployment], scope=APIKeyScope.GATEWAY,
+        )  # fmt: skip
 
 
 def api_key_revoke(*, user: AbstractBaseUser, key: APIKey, reason: str = "") -> APIKey:
