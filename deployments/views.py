@@ -24,7 +24,7 @@ from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from console.paging import ListFilter, paginate
-from deployments import renderers, selectors, services
+from deployments import observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.forms import (
     SANDBOX_LABEL,
@@ -43,6 +43,7 @@ from deployments.models import (
     PoolKind,
     Revision,
 )
+from gateway import reports
 from projects.models import Environment, GpuReservation
 from projects.selectors import projects_for_user
 
@@ -53,7 +54,7 @@ FINAL_STATES = frozenset(
     {DeploymentState.RUNNING, DeploymentState.FAILED, DeploymentState.DEACTIVATED}
 )
 STOP_POLLING = 286  # htmx stops an `every` trigger on this status
-TABS = ("overview", "deployment", "events", "manifests", "history")
+TABS = ("overview", "replicas", "logs", "metrics", "deployment", "events", "manifests", "history")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -736,6 +737,8 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         if context["final"]:
             response.status_code = STOP_POLLING
         return response
+    if request.htmx and fragment in {"replicas", "logs"}:
+        return _observe_fragment(request, deployment, fragment)
     tab = request.GET.get("tab", "overview")
     if tab not in TABS:
         tab = "overview"
@@ -745,6 +748,8 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         tab=tab,
         revisions=revisions,
         usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
+        playground_url=_url_or_none("devhub:playground", deployment.pk)
+        if deployment.spec().get("engine") not in {"tei"} else None,
         nim_tags=_nim_tags(deployment),
         scale_form=ScaleForm(
             initial={
@@ -759,6 +764,10 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context["events"] = deployment.events.all()[:100]
     elif tab == "deployment":
         context.update(_revision_context(request, deployment, revisions))
+    elif tab == "logs":
+        context.update(_log_choice(request))
+    elif tab == "metrics":
+        context.update(_metrics_context(request, deployment))
     elif tab == "manifests":
         wanted = _int_or_none(request.GET.get("revision"))
         revision = (
@@ -767,6 +776,64 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context["manifest_revision"] = revision
         context["manifests"], context["manifest_error"] = _render_manifests(deployment, revision)
     return render(request, "deployments/detail.html", context)
+
+
+def _log_choice(request: HttpRequest) -> dict[str, Any]:
+    # The log form sends `follow` only when ticked (and `form`); a plain link follows unless follow=0.
+    follow = request.GET.get("follow") == "1" if "form" in request.GET else request.GET.get("follow") != "0"
+    return {
+        "log_pod": (request.GET.get("pod") or "")[:253],
+        "log_container": (request.GET.get("container") or "")[:63],
+        "log_tail": (request.GET.get("tail") or str(observe.DEFAULT_TAIL_LINES))[:6],
+        "log_previous": request.GET.get("previous") == "1",
+        "log_follow": follow,
+        "tail_choices": (50, 200, 1000, 5000),
+    }
+
+
+def _observe_fragment(request: HttpRequest, deployment: ModelDeployment, fragment: str) -> HttpResponse:
+    """The Replicas table or the Logs panel, read live from the pool (loaded and refreshed by htmx)."""
+    context: dict[str, Any] = {"d": deployment}
+    if fragment == "replicas":
+        replicas = observe.deployment_replicas(deployment)
+        context.update(replicas=replicas, rows=[(p, replicas.role(p)) for p in replicas.pods])
+        return render(request, "deployments/htmx/detail_replicas.html", context)
+    choice = _log_choice(request)
+    context.update(choice)
+    options = {"pod": choice["log_pod"], "container": choice["log_container"],
+               "tail": choice["log_tail"], "previous": choice["log_previous"]}  # fmt: skip
+    try:
+        try:
+            context["log"] = observe.deployment_log(deployment, **options)
+        except ValidationError as exc:
+            if "container" not in getattr(exc, "error_dict", {}) or not options["pod"]:
+                raise
+            # Another pod was chosen in the form: its first container, not the last pod's.
+            context["log"] = observe.deployment_log(deployment, **{**options, "container": ""})
+    except ValidationError as exc:
+        context["log_error"] = _error_text(exc)
+    template = "deployments/htmx/detail_log_text.html" if request.GET.get("only") == "text" else "deployments/htmx/detail_logs.html"
+    return render(request, template, context)
+
+
+def _metrics_context(request: HttpRequest, deployment: ModelDeployment) -> dict[str, Any]:
+    range_key = request.GET.get("range")
+    if range_key not in reports.RANGES:
+        range_key = "1h"
+    metrics = observe.deployment_metrics(deployment, range_key)
+    return {
+        "metrics": metrics,
+        "metric_range": range_key,
+        "ranges": reports.RANGES.values(),
+        "metric_totals": [
+            {
+                "revision": r["revision"],
+                "requests": r["total_requests"],
+                "errors": r["total_errors"],
+            }
+            for r in metrics["revisions"]
+        ],
+    }
 
 
 def _revision_context(

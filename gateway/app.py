@@ -789,6 +789,7 @@ class Gateway:
             user_id=key.user_id or None,  # keyless public callers have neither
             api_key_id=key.id or None,
             api_key_prefix=key.prefix if key.id else "",
+            revision_id=deployment.serving_revision_id or None,
             route=route,
             status_code=status,
             prompt_tokens=prompt,

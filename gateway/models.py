@@ -25,6 +25,10 @@ class UsageRecord(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     api_key_id = models.BigIntegerField(null=True, blank=True)
+    # The revision whose pods answered (the Service's): the deployment's Metrics tab per revision.
+    # A plain id, like api_key_id: metering never waits on a foreign key, and revisions go with
+    # their deployment anyway.
+    revision_id = models.BigIntegerField(null=True, blank=True)
     api_key_prefix = models.CharField(max_length=20, blank=True)
     route = models.CharField(max_length=50)  # chat.completions | completions | embeddings
     status_code = models.PositiveSmallIntegerField()

@@ -59,6 +59,7 @@ def write_events(raw_events: list[bytes]) -> int:
             user_id=e["user_id"] if e["user_id"] in user_ids else None,
             api_key_id=e["api_key_id"],
             api_key_prefix=e["api_key_prefix"],
+            revision_id=e.get("revision_id"),
             route=e["route"],
             status_code=e["status_code"],
             prompt_tokens=e["prompt_tokens"],

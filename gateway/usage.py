@@ -53,6 +53,7 @@ class UsageEvent:
     cost: str
     currency: str
     created_at: str  # ISO 8601, UTC
+    revision_id: int | None = None  # the serving revision (older buffered events lack it)
 
     def dumps(self) -> bytes:
         # vars(), not dataclasses.asdict: no deep copy on the hot path (the fields are flat).

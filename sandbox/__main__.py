@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         engine_url, stop_engine = run_engine_in_thread(args.engine_port, args.host, engine=engine)
         cluster.network.engine_url = engine_url
+        cluster.kubelet.engine = engine  # the pods' logs show the requests it answers
     if args.kubeconfig:
         cluster.emulator.kubeconfig(args.kubeconfig)
     gpus = sum(p.count * p.gpus_per_node for p in pools)

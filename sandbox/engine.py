@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -111,6 +111,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    received_at: float = field(default_factory=time.time)  # the pods' logs show it (runtime.pod_log)
 
 
 @dataclass

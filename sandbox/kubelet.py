@@ -116,6 +116,9 @@ class Kubelet(WorkloadControllers, JobController, Scheduler, ContainerRuntime, O
         self._lock = threading.Lock()
         emulator.add_write_listener(self._wake.set)
         emulator.pod_log_provider = self.pod_log
+        # The simulated engine serving this cluster's pods, when in the same process: pods' logs
+        # then show the requests it answered (runtime.pod_log).
+        self.engine: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -359,10 +362,12 @@ class SandboxCluster:
         token: str | None = None,
         engine_url: str | None = None,
         network_port: int = 0,
+        engine: Any = None,
         **kubelet_options: Any,
     ) -> None:
         self.emulator = KubeEmulator(host, port, crds=crds, token=token)
         self.kubelet = Kubelet(self.emulator, **kubelet_options)
+        self.kubelet.engine = engine
         # Ingress hosts, HTTPRoute hostnames and Service DNS, served on a loopback port.
         self.network = ClusterNetwork(self.emulator, engine_url=engine_url, host=host, port=network_port)
 

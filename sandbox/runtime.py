@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sandbox.apimachinery import (
@@ -362,14 +363,26 @@ class ContainerRuntime:
         return "10.0.0.1"
 
     def pod_log(self, pod: dict, container: str, previous: bool) -> str:
-        """Plausible engine logs for `kubectl logs` / read_namespaced_pod_log."""
+        """Plausible engine logs for `kubectl logs` / read_namespaced_pod_log: vLLM-shaped start-up
+        lines from the container's own arguments, the requests the sandbox engine answered for
+        its served model name (when the kubelet knows the engine), and a stats line every
+        STATS_SECONDS while it runs — so a followed log grows."""
         run = self._runs.get(pod["metadata"]["uid"])
         c = run.containers.get(container) if run else None
         if c is None:
             return ""
+        spec = next((s for s in (pod.get("spec") or {}).get("containers") or [] if s.get("name") == container), {})
+        args = [str(a) for a in (spec.get("command") or []) + (spec.get("args") or [])]
+        model = _arg(args, "--model") or (args[args.index("serve") + 1] if "serve" in args[:-1] else "")
+        served = _arg(args, "--served-model-name") or model
+        started = _epoch(c.started_at) if c.started_at else time.time()
+        stamp = _log_stamp
         lines = [
-            f"INFO sandbox engine starting: image={c.image} pod={pod['metadata']['name']}",
-            "INFO loading model weights (simulated)",
+            f"INFO {stamp(started)} sandbox engine starting: image={c.image} pod={pod['metadata']['name']}",
+            f"INFO {stamp(started)} [api_server.py] args: {' '.join(args)[:2000] or '(image defaults)'}",
+            f"INFO {stamp(started)} [config.py] model={model or '(default)'} served_model_name={served or '(default)'}"
+            f" max_model_len={_arg(args, '--max-model-len') or 'auto'}",
+            f"INFO {stamp(started)} loading model weights (simulated)",
         ]
         crashed = c.last_terminated is not None and (
             previous or c.phase in ("crashed", "terminated")
@@ -387,9 +400,53 @@ class ContainerRuntime:
                     CRASH_LOG_LINE,
                 ]
         elif c.phase == "running":
-            lines.append("INFO Started server process; Uvicorn running on http://0.0.0.0:8000")
+            lines.append(f"INFO {stamp(started)} Started server process; Uvicorn running on http://0.0.0.0:8000")
             if c.ready:
-                lines.append('INFO "GET /health HTTP/1.1" 200 OK')
+                lines.append(f'INFO {stamp(started)} "GET /health HTTP/1.1" 200 OK')
+                lines += self._engine_lines(served, started)
         return "\n".join(lines) + "\n"
 
+    STATS_SECONDS = 10.0
+
+    def _engine_lines(self, served: str, started: float) -> list[str]:
+        """Request lines of the engine for this model since the container started, merged in time
+        with a periodic stats line (as vLLM logs them)."""
+        timed: list[tuple[float, str]] = []
+        engine = getattr(self, "engine", None)
+        for r in list(getattr(engine, "requests", ()) or ()):
+            body = r.body if isinstance(r.body, dict) else {}
+            if r.received_at >= started and (not served or body.get("model") == served):
+                timed.append((r.received_at, f'INFO {_log_stamp(r.received_at)} "{r.method} {r.path} HTTP/1.1" 200 OK'
+                                             f" model={body.get('model', '')}"))  # fmt: skip
+        now = time.time()
+        ticks = min(int((now - started) // self.STATS_SECONDS), 500)
+        for i in range(1, ticks + 1):
+            at = started + i * self.STATS_SECONDS
+            window = sum(1 for t, _ in timed if at - self.STATS_SECONDS <= t < at)
+            timed.append((at, f"INFO {_log_stamp(at)} [metrics.py] Avg prompt throughput: {window * 12 / self.STATS_SECONDS:.1f} "
+                              f"tokens/s, Avg generation throughput: {window * 8 / self.STATS_SECONDS:.1f} tokens/s, "
+                              "Running: 0 reqs, Waiting: 0 reqs"))  # fmt: skip
+        return [line for _, line in sorted(timed, key=lambda t: t[0])]
+
     # -- NIM and KServe operators --------------------------------------------------------
+
+
+def _arg(args: list[str], flag: str) -> str:
+    """The value of `--flag value` or `--flag=value` in a container's arguments."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return ""
+
+
+def _epoch(rfc3339: str) -> float:
+    try:
+        return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _log_stamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%m-%d %H:%M:%S")

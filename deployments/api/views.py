@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from catalog.selectors import bundles_for_user, models_for_user
 from console import permissions
-from deployments import renderers, selectors, services
+from deployments import observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
     ComputePoolSerializer,
@@ -331,3 +331,58 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         except ValueError as exc:
             raise ValidationError({"spec": f"This revision cannot be rendered: {exc}"}) from None
         return Response({"revision": revision.number, "yaml": text})
+
+    # ---- what it is doing: replicas, logs, metrics (the deployment page's tabs) -------------
+    @extend_schema(responses={200: dict, 503: dict})
+    @action(detail=True, methods=["get"])
+    def replicas(self, request, pk=None):
+        """The deployment's pods on its pool (serving, rolling out, superseded): node, GPUs,
+        restarts, readiness, age. 503 with the reason when the pool can't be read."""
+        deployment = self.get_object()
+        replicas = observe.deployment_replicas(deployment)
+        payload = observe.replicas_payload(replicas)
+        if replicas.error:
+            return Response({"detail": replicas.error, **payload}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(payload)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("pod", str, description="Pod name (default: the newest ready pod)."),
+            OpenApiParameter("container", str, description="Container (default: the pod's first)."),
+            OpenApiParameter("tail", int, description=f"Lines from the end, 1–5000 (default {observe.DEFAULT_TAIL_LINES})."),
+            OpenApiParameter("previous", bool, description="The container's previous run (after a restart)."),
+        ],
+        responses={200: dict, 503: dict},
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request, pk=None):
+        """The tail of one container's log, from the pool's Kubernetes API; poll it to follow."""
+        deployment = self.get_object()
+        params = request.query_params
+        view = observe.deployment_log(
+            deployment, pod=params.get("pod", "")[:253], container=params.get("container", "")[:63],
+            tail=params.get("tail"), previous=params.get("previous", "").lower() in {"1", "true", "yes"},
+        )  # fmt: skip
+        payload = {
+            "pod": view.pod.name if view.pod else None,
+            "container": view.container or None,
+            "tail": view.tail,
+            "previous": view.previous,
+            "pods": [{"name": p.name, "revision": p.revision, "containers": [c.name for c in p.containers]}
+                     for p in view.pods],  # fmt: skip
+            "lines": view.text.splitlines(),
+        }
+        if view.error:
+            return Response({"detail": view.error, **payload}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(payload)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("range", str, description="1h (default), 24h, 7d or 30d.")],
+        responses=dict,
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, pk=None):
+        """The gateway's measurements of this deployment per revision and time bucket: requests,
+        errors, latency p50/p95 (ms), time to first token p50 (ms), output tokens per second."""
+        deployment = self.get_object()
+        return Response(observe.deployment_metrics(deployment, request.query_params.get("range") or "1h"))
