@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from django.db import transaction
 
 from catalog.hub import _checkpoint_dtype, parse_config
+from catalog.maas import DEFAULT_RULES
 from catalog.models import CatalogModel, MaaSMapping, ModelSource, ProfileBundle
 from projects.models import Organization, Project
 
@@ -18,12 +19,7 @@ DEMO_MODEL_NAME = "qwen2.5-0.5b-instruct"
 # The demo model's record from the recorded Hub snapshot (sandbox/snapshot), copied so the
 # product never reads the simulators' files.
 DEMO_HUB_SNAPSHOT = Path(__file__).resolve().parent / "demo_model.json"
-DEMO_RULES = [
-    (ModelSource.HUGGINGFACE, "text-generation", "vllm"),
-    (ModelSource.HUGGINGFACE, "feature-extraction", "tei"),
-    (ModelSource.HUGGINGFACE, "sentence-similarity", "tei"),
-    (ModelSource.NGC, "", "nim-llm"),
-]
+DEMO_RULES = list(DEFAULT_RULES)  # the demo project predates the defaults: it gets them here
 
 
 def _snapshot_record(repo_id: str, snapshot: Path) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from django.db.models import F, Q
+
 from catalog.models import CatalogModel, MaaSMapping, ModelSource, ProfileBundle
 from projects.models import Project
 
@@ -72,6 +74,27 @@ def rule_mismatch(rule: MaaSMapping, model: CatalogModel) -> str | None:
     if rule.license and rule.license.lower() != (model.license or "").lower():
         return f"license is {model.license or 'unknown'}, the rule wants {rule.license}"
     return None
+
+
+# The rules every new project starts with (catalog.services.mappings_default_apply), in order:
+# (source, task, bundle name). The organization's own bundle of that name wins over the
+# built-in one, so an organization sets its defaults by keeping bundles of these names.
+DEFAULT_RULES: tuple[tuple[str, str, str], ...] = (
+    (ModelSource.HUGGINGFACE, "text-generation", "vllm"),
+    (ModelSource.HUGGINGFACE, "feature-extraction", "tei"),
+    (ModelSource.HUGGINGFACE, "sentence-similarity", "tei"),
+    (ModelSource.NGC, "", "nim-llm"),
+)
+
+
+def default_rule_bundle(organization_id: int, name: str) -> ProfileBundle | None:
+    """The bundle a default rule names: the organization's own newest version, else the built-in."""
+    return (
+        ProfileBundle.objects.filter(name=name)
+        .filter(Q(organization_id=organization_id) | Q(organization__isnull=True))
+        .order_by(F("organization_id").asc(nulls_last=True), "-version")
+        .first()
+    )
 
 
 def resolve(project: Project, model: CatalogModel) -> Resolution:

@@ -16,7 +16,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Sum
 
-from catalog import hub, ngc
+from catalog import hub, maas, ngc
 from catalog.models import CatalogModel, Engine, MaaSMapping, ModelSource, ProfileBundle
 from catalog.selectors import hf_token, ngc_key
 from console import permissions
@@ -734,6 +734,27 @@ def _clean_rule(
         "max_parameters": max_parameters,
         "license": (license or "").strip(),
     }
+
+
+def mappings_default_apply(*, project: Project) -> int:
+    """Give a project the organization's default MaaS rules (catalog.maas.DEFAULT_RULES) after the
+    rules it has, skipping any it already has; returns how many were added. Called by
+    projects.services.project_create inside its transaction, so a deploy from the catalog finds
+    a bundle in a new project without anyone adding rules by hand."""
+    added = 0
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)
+        top = MaaSMapping.objects.filter(project=project).aggregate(top=Max("position"))["top"] or 0
+        for source, task, name in maas.DEFAULT_RULES:
+            bundle = maas.default_rule_bundle(project.organization_id, name)
+            if bundle is None or MaaSMapping.objects.filter(
+                project=project, source=source, task=task, bundle__name=name
+            ).exists():
+                continue
+            top += 1
+            MaaSMapping.objects.create(project=project, position=top, source=source, task=task, bundle=bundle)
+            added += 1
+    return added
 
 
 def mapping_create(

@@ -376,7 +376,9 @@ class DeploymentForm(StyledForm):
         max_length=300,
         required=False,
         help_text="Empty: the bundle's image.",
-        widget=forms.TextInput(attrs={"placeholder": "vllm/vllm-openai:v0.6.3", "class": "mono"}),
+        # The placeholder shows the chosen bundle's image (views._deployment_form_context, and
+        # app.js when the bundle panel changes).
+        widget=forms.TextInput(attrs={"placeholder": "the bundle's image", "class": "mono"}),
     )
     nim_tag = forms.ChoiceField(label="NIM tag", required=False, choices=[("", "— model's tag —")])
     replicas_min = forms.CharField(label="Replicas (min)", initial="1", widget=_int_input("1"))

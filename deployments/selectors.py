@@ -246,3 +246,23 @@ def deployment_name_suggestion(model_name: str) -> str:
     base = re.sub(r"[^a-z0-9-]+", "-", model_name.split("/")[-1].lower()).strip("-")
     base = re.sub(r"^[^a-z]+", "", base)[:40].strip("-")
     return base or "model"
+
+
+def default_project_for(user: AbstractBaseUser, projects: QuerySet[Project], wanted: int | None = None) -> Project | None:
+    """The project the deploy form starts on, among `projects` (those the user may deploy to):
+    the one they came from (`wanted`, e.g. ?project= from a project's page), else the one they
+    last deployed into, else the only project they are a member of, else the first by name."""
+    if wanted:
+        chosen = projects.filter(pk=wanted).first()
+        if chosen is not None:
+            return chosen
+    last = (
+        ModelDeployment.objects.filter(created_by=user, project__in=projects.values("pk"))
+        .order_by("-created_at").values_list("project_id", flat=True).first()
+    )  # fmt: skip
+    if last is not None:
+        return projects.filter(pk=last).first()
+    member_of = list(projects.filter(memberships__user=user).values_list("pk", flat=True)[:2])
+    if len(member_of) == 1:
+        return projects.filter(pk=member_of[0]).first()
+    return projects.first()

@@ -547,6 +547,8 @@ def _deployment_form_context(request: HttpRequest, form: DeploymentForm, **extra
     context.update(_estimate_panel(form))
     context.update(_bundle_panel(form, request))
     context.update(extra)
+    if context.get("resolved_bundle") is not None and "image" in form.fields:
+        form.fields["image"].widget.attrs["placeholder"] = context["resolved_bundle"].image
     return context
 
 
@@ -575,9 +577,11 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
     if request.GET.get("model"):
 
         locked_model = model_get(request.user, model_pk or 0)
+    project = selectors.default_project_for(
+        request.user, choices["projects"], _int_or_none(request.GET.get("project"))
+    )
     initial: dict[str, Any] = {
-        "project": _int_or_none(request.GET.get("project"))
-        or (choices["projects"].first().pk if choices["projects"].exists() else None),
+        "project": project.pk if project is not None else None,
         "replicas_min": "1",
         "replicas_max": "1",
         "cpu": "4",

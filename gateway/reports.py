@@ -261,7 +261,7 @@ def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
             [
                 created.isoformat(), request_id, name, route, status, prefix, username or "",
                 prompt, completion, f"{latency:.2f}", "" if ttft is None else f"{ttft:.2f}",
-                stream, cost, currency,
+                stream, f"{cost:f}", currency,  # fixed-point: a zero cost is 0.00000000, not 0E-8
             ]
         )  # fmt: skip
 

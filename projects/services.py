@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
 from projects.keys import api_keys_revoke_for_member, gateway_forget_user
@@ -156,6 +157,7 @@ def project_create(
         project.save()
         if user is not None and user.is_authenticated:
             ProjectMember.objects.create(project=project, user=user, role=Role.ADMIN)
+        mappings_default_apply(project=project)  # the organization's default MaaS rules
         _audit(actor=user, organization=organization, action="create", obj=project, before=None,
                after=_snapshot(project, PROJECT_FIELDS))
     log.info("project created", extra={"project": project.pk, "organization": organization.pk})

@@ -19,6 +19,11 @@
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!form.dataset || !form.dataset.confirm || form.dataset.confirmed === "1") return;
+    // data-confirm-field/-value: ask only when that field is given that value (e.g. access → public).
+    if (form.dataset.confirmField) {
+      var chosen = form.elements[form.dataset.confirmField];
+      if (!chosen || chosen.value !== form.dataset.confirmValue) return;
+    }
     event.preventDefault();
     confirmDialog(form.dataset.confirm, form.dataset.confirmOk).then(function (yes) {
       if (!yes) return;
@@ -105,6 +110,33 @@
     if (!label || !chosen) return;
     if (box.checked) chosen.appendChild(label);
     else if (label.parentNode === chosen) label.remove();
+  });
+
+  // Narrow screens: the sidebar folds away behind the Menu button (Escape or the backdrop close it).
+  function setNav(open) {
+    var button = document.getElementById("nav-toggle"), backdrop = document.querySelector(".nav-backdrop");
+    document.body.classList.toggle("nav-open", open);
+    if (button) button.setAttribute("aria-expanded", String(open));
+    if (backdrop) backdrop.hidden = !open;
+  }
+  document.addEventListener("click", function (event) {
+    if (event.target.closest("#nav-toggle")) setNav(!document.body.classList.contains("nav-open"));
+    else if (event.target.closest("[data-nav-close]")) setNav(false);
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && document.body.classList.contains("nav-open")) setNav(false);
+  });
+
+  // Deploy form: the engine image placeholder is the chosen bundle's image (its version included).
+  document.addEventListener("htmx:afterSettle", function () {
+    var panel = document.getElementById("bundle-panel"), image = document.getElementById("id_image");
+    if (panel && image) image.placeholder = panel.dataset.bundleImage || "the bundle's image";
+  });
+
+  // A followed pod log stays scrolled to its newest line.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var log = document.getElementById("log-text"), follow = document.getElementById("log-follow");
+    if (log && follow && follow.checked && event.target.contains(log)) log.scrollTop = log.scrollHeight;
   });
 
   document.addEventListener("DOMContentLoaded", function () { initTables(document); });

@@ -109,7 +109,7 @@ def test_deployments_page_at_390px_has_no_sideways_scroll(browser, tenants, live
     from deployments.models import ModelDeployment
     from tests.gateway.conftest import make_deployment
 
-    make_deployment(tenants.project, "a-deployment-with-a-really-long-name-that-goes-on-and-on-for-ever")
+    make_deployment(tenants.project, "a-deployment-with-a-really-long-name-that-goes-on1")
     make_deployment(tenants.project, "short")
     assert ModelDeployment.objects.count() == 2
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
@@ -124,7 +124,7 @@ def test_deployments_page_at_390px_has_no_sideways_scroll(browser, tenants, live
         # The sidebar is folded away; the menu button opens it over the page and it closes again.
         nav = page.locator(".sidebar")
         assert not nav.is_visible() or nav.bounding_box()["x"] + nav.bounding_box()["width"] <= 0
-        long_name = page.locator("a[title='a-deployment-with-a-really-long-name-that-goes-on-and-on-for-ever']")
+        long_name = page.locator("a[title='a-deployment-with-a-really-long-name-that-goes-on1']")
         expect(long_name.first).to_be_visible()
         box = long_name.first.bounding_box()
         assert box["x"] + box["width"] <= 390
@@ -136,8 +136,13 @@ def test_deployments_page_at_390px_has_no_sideways_scroll(browser, tenants, live
         page.click("#nav-toggle")
         expect(page.locator(".sidebar")).to_be_visible()
         expect(page.locator(".sidebar a:has-text('Model Deployments')")).to_be_in_viewport()
+        page.wait_for_timeout(400)  # the menu slides in
         page.screenshot(path=screenshot_path.replace(".png", "-menu.png"))
+        page.mouse.click(380, 400)  # the backdrop beside the open menu closes it
+        expect(page.locator(".sidebar")).to_be_hidden()
         page.click("#nav-toggle")
+        page.keyboard.press("Escape")
+        expect(page.locator(".sidebar")).to_be_hidden()
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0
     finally:

@@ -47,6 +47,12 @@ def test_share_with_a_second_organization_and_its_user_sees_it(
     # Public access warns that no key is needed.
     page.check("#access-form input[name=kind][value=public]")
     page.click("#access-form button:has-text('Save access policy')")
+    # Going public asks first; cancelling keeps the policy as it was.
+    expect(page.locator("#confirm-dialog")).to_contain_text("without an API key")
+    page.click("#confirm-dialog [data-confirm-cancel]")
+    expect(page.locator("#public-warning")).to_have_count(0)
+    page.click("#access-form button:has-text('Save access policy')")
+    page.click("#confirm-dialog [data-confirm-ok]")
     expect(page.locator("#public-warning")).to_contain_text("without an API key")
     screenshot("sharing-public-warning")
 
