@@ -18,7 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from console import permissions
 from console.forms import field_validation_response
@@ -446,6 +446,7 @@ def _connect_src_for_gateway(policy: str, base_url: str) -> str:
 
 
 @login_required
+@require_safe
 def playground(request: HttpRequest, pk: int) -> HttpResponse:
     """Developer Hub → a model → Playground: the page; the browser calls the gateway itself with a
     short-lived key from playground_credential (never a stored secret)."""

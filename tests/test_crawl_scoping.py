@@ -63,6 +63,8 @@ PAGE_ARGS: dict[str, dict] = {
     "deployments:pool_test": {"pk": "pool"},
     "devhub:key_revoke": {"pk": "api_key"},
     "devhub:deployment_usage": {"pk": "deployment"},
+    "devhub:playground": {"pk": "deployment"},
+    "devhub:playground_credential": {"pk": "deployment"},
     "sharing:object_history": {"object_type": lit("deployment"), "object_id": "deployment"},
     "sharing:deployment_sharing": {"deployment_pk": "deployment"},
     "sharing:deployment_promote": {"deployment_pk": "deployment"},
@@ -107,6 +109,7 @@ READ_ONLY_PAGES = {
     "deployments:detail",
     "deployments:pool_detail",
     "devhub:deployment_usage",
+    "devhub:playground",
     "sharing:object_history",
     "sharing:environments",
 }
