@@ -1,10 +1,14 @@
-"""Puts the user's current organization on the request (chosen in the switcher, kept in the session)."""
+"""Puts the user's current organization on the request (chosen in the switcher, kept in the
+session); serves static files to ASGI servers without Django's sync-iterator warning."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from projects.models import Membership
 
@@ -30,3 +34,22 @@ class CurrentOrganizationMiddleware:
                 request.organization = chosen.organization
                 request.role = chosen.role
         return self.get_response(request)
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise, with the file handed to an ASGI server as an async iterator: Django would
+    otherwise read the sync one whole and warn once per static file ("StreamingHttpResponse must
+    consume synchronous iterators") — five times on the first page of `make run`."""
+
+    @staticmethod
+    def serve(static_file, request):
+        response = WhiteNoiseMiddleware.serve(static_file, request)
+        if isinstance(request, ASGIRequest) and getattr(response, "streaming", False) and not response.is_async:
+            response.streaming_content = _file_chunks(iter(response.streaming_content))
+        return response
+
+
+async def _file_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Read a local file's chunks in a worker thread, so the event loop never waits on the disk."""
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk

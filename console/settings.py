@@ -51,8 +51,16 @@ try:
     HF_ENDPOINT = env_str("MODELDECK_HF_ENDPOINT", "https://huggingface.co")
     NGC_API_URL = env_str("MODELDECK_NGC_API_URL", "https://api.ngc.nvidia.com")
     HUB_TIMEOUT_SECONDS = env_int("MODELDECK_HUB_TIMEOUT", 10, minimum=1, maximum=300)
-    SANDBOX_KUBE_URL = env_str("MODELDECK_SANDBOX_KUBE_URL", "http://127.0.0.1:8093")
-    SANDBOX_ENGINE_URL = env_str("MODELDECK_SANDBOX_ENGINE_URL", "http://127.0.0.1:8094")
+    # `make run`'s helper servers listen next to the console, so two instances on one machine
+    # (different MODELDECK_PORT) don't collide: offline Hub +92, Kubernetes API +93, engine +94,
+    # offline NGC +95 (8092–8095 for the default 8000). run_console picks free ports for any
+    # of them that is taken, and hands the URLs to its processes.
+    HELPER_PORTS = {
+        name: (MODELDECK_PORT + offset if MODELDECK_PORT + offset <= 65535 else MODELDECK_PORT - 100 + offset)
+        for name, offset in (("hub", 92), ("kube", 93), ("engine", 94), ("ngc", 95))
+    }
+    SANDBOX_KUBE_URL = env_str("MODELDECK_SANDBOX_KUBE_URL", f"http://127.0.0.1:{HELPER_PORTS['kube']}")
+    SANDBOX_ENGINE_URL = env_str("MODELDECK_SANDBOX_ENGINE_URL", f"http://127.0.0.1:{HELPER_PORTS['engine']}")
     # Compute pools (README "Who may register compute pools"): sandbox pools only in the embedded
     # mode and only at the sandbox ModelDeck started; organization admins bring their own cluster
     # only when this is on.
@@ -117,7 +125,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "console.security.ContentSecurityPolicyMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "console.middleware.StaticFilesMiddleware",  # WhiteNoise, async-friendly under ASGI
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "console.api.RejectNulBytesMiddleware",

@@ -44,3 +44,9 @@ def bootstrap(
             f"endpoint {endpoint.path} {'created' if endpoint_created else 'already there'}. "
             "Deploy the demo model from the catalog."
         )
+
+
+def sandbox_pool_moved(old_url: str, new_url: str) -> int:
+    """`make run` found the sandbox's usual port taken and started it on another: the demo's
+    sandbox pools follow it (only pools of the sandbox kind at the old address); returns how many."""
+    return ComputePool.objects.filter(kind=PoolKind.SANDBOX, api_url=old_url).update(api_url=new_url)

@@ -29,6 +29,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -678,10 +679,11 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host, port=args.port, tokens=tokens, accept_any_token=args.accept_any_token
     )
     print(f"Offline Hub: {len(hub.repos)} models at http://{args.host}:{args.port}", flush=True)
-    print(
-        f"  set MODELDECK_HF_ENDPOINT=http://{args.host}:{args.port}; demo token: {DEMO_TOKEN}",
-        flush=True,
-    )
+    url = f"http://{args.host}:{args.port}"
+    # `make run` already points ModelDeck here (and passes that on): the hint is only for a
+    # hand-started hub.
+    setting = "" if os.environ.get("MODELDECK_HF_ENDPOINT") == url else f"set MODELDECK_HF_ENDPOINT={url}; "
+    print(f"  {setting}demo token: {DEMO_TOKEN}", flush=True)
     hub.serve_forever()
 
 

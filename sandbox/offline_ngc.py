@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -281,10 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Offline NGC: {len(ngc.images)} NIM images at http://{args.host}:{args.port}", flush=True
     )
-    print(
-        f"  set MODELDECK_NGC_API_URL=http://{args.host}:{args.port}; demo key: {DEMO_KEY}",
-        flush=True,
-    )
+    url = f"http://{args.host}:{args.port}"
+    setting = "" if os.environ.get("MODELDECK_NGC_API_URL") == url else f"set MODELDECK_NGC_API_URL={url}; "
+    print(f"  {setting}demo key: {DEMO_KEY}", flush=True)
     ngc.serve_forever()
 
 

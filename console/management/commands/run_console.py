@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +17,36 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from deployments.demo import sandbox_pool_moved
 
-def _url_port(url: str) -> str:
-    return url.rsplit(":", 1)[-1].split("/")[0]
+
+def _url_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[-1].split("/")[0])
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def helper_port(host: str, wanted: int, taken: set[int]) -> int:
+    """The helper's port derived from MODELDECK_PORT (settings.HELPER_PORTS) when it is free, else
+    any free one: a second instance, or another program on that port, never makes it collide."""
+    port = wanted if wanted not in taken and _free(host, wanted) else _any_free_port(host)
+    while port in taken:
+        port = _any_free_port(host)
+    taken.add(port)
+    return port
 
 
 class Command(BaseCommand):
@@ -38,23 +66,33 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
 
         commands: list[tuple[str, list[str]]] = []
+        loopback = "127.0.0.1"
+        taken = {port}
         if not no_sandbox and importlib.util.find_spec("sandbox.__main__"):
+            kube_port = helper_port(loopback, _url_port(settings.SANDBOX_KUBE_URL), taken)
+            engine_port = helper_port(loopback, _url_port(settings.SANDBOX_ENGINE_URL), taken)
+            kube_url, engine_url = f"http://{loopback}:{kube_port}", f"http://{loopback}:{engine_port}"
+            env["MODELDECK_SANDBOX_KUBE_URL"], env["MODELDECK_SANDBOX_ENGINE_URL"] = kube_url, engine_url
+            if kube_url != settings.SANDBOX_KUBE_URL:
+                self.stdout.write(f"port {_url_port(settings.SANDBOX_KUBE_URL)} is taken: the sandbox's "
+                                  f"Kubernetes API listens on {kube_port}")  # fmt: skip
+                sandbox_pool_moved(settings.SANDBOX_KUBE_URL, kube_url)
             commands.append((
                 "sandbox",
-                [python, "-m", "sandbox",
-                 "--kube-port", _url_port(settings.SANDBOX_KUBE_URL),
-                 "--engine-port", _url_port(settings.SANDBOX_ENGINE_URL),
+                [python, "-m", "sandbox", "--kube-port", str(kube_port), "--engine-port", str(engine_port),
                  # e.g. nim-operator,kserve,gateway-api: the sandbox serves those operators' CRDs.
                  "--crds", os.environ.get("MODELDECK_SANDBOX_CRDS", "")],
-            ))
+            ))  # fmt: skip
         if settings.EMBEDDED and "MODELDECK_HF_ENDPOINT" not in os.environ and importlib.util.find_spec("sandbox.offline_hub"):
             # No network is assumed in the embedded demo: serve the recorded Hub snapshot through
             # the same client code. Set MODELDECK_HF_ENDPOINT=https://huggingface.co to use the live Hub.
-            env["MODELDECK_HF_ENDPOINT"] = "http://127.0.0.1:8092"
-            commands.append(("offline-hub", [python, "-m", "sandbox.offline_hub", "--port", "8092"]))
+            hub_port = helper_port(loopback, settings.HELPER_PORTS["hub"], taken)
+            env["MODELDECK_HF_ENDPOINT"] = f"http://{loopback}:{hub_port}"
+            commands.append(("offline-hub", [python, "-m", "sandbox.offline_hub", "--port", str(hub_port)]))
             if importlib.util.find_spec("sandbox.offline_ngc") and "MODELDECK_NGC_API_URL" not in os.environ:
-                env["MODELDECK_NGC_API_URL"] = "http://127.0.0.1:8095"
-                commands.append(("offline-ngc", [python, "-m", "sandbox.offline_ngc", "--port", "8095"]))
+                ngc_port = helper_port(loopback, settings.HELPER_PORTS["ngc"], taken)
+                env["MODELDECK_NGC_API_URL"] = f"http://{loopback}:{ngc_port}"
+                commands.append(("offline-ngc", [python, "-m", "sandbox.offline_ngc", "--port", str(ngc_port)]))
         commands += [
             ("web", [python, "-m", "uvicorn", "console.asgi:application", "--host", host, "--port", str(port),
                      "--no-access-log", "--lifespan", "off"]),
