@@ -1,0 +1,39 @@
+"""`make run`'s helper servers: ports follow MODELDECK_PORT, and a taken one is replaced by a free one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from console.management.commands.run_console import helper_port
+
+
+def test_helper_ports_follow_modeldeck_port():
+    env = {**os.environ, "MODELDECK_PORT": "9100", "DJANGO_SETTINGS_MODULE": "console.settings"}
+    for name in ("MODELDECK_SANDBOX_KUBE_URL", "MODELDECK_SANDBOX_ENGINE_URL"):
+        env.pop(name, None)
+    out = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings as s; "
+         "print(s.HELPER_PORTS['hub'], s.SANDBOX_KUBE_URL, s.SANDBOX_ENGINE_URL, s.HELPER_PORTS['ngc'])"],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    assert out == ["9192", "http://127.0.0.1:9193", "http://127.0.0.1:9194", "9195"]
+
+
+def test_a_taken_helper_port_is_replaced_by_a_free_one():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken_port = busy.getsockname()[1]
+        taken: set[int] = set()
+        chosen = helper_port("127.0.0.1", taken_port, taken)
+        assert chosen != taken_port and chosen in taken
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", chosen))  # really free
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert helper_port("127.0.0.1", port, set()) == port  # the derived one when it is free
+    assert helper_port("127.0.0.1", port, {port}) != port  # never twice the same port in one run
