@@ -30,6 +30,7 @@ from deployments.api.serializers import (
     ScaleSerializer,
 )
 from deployments.models import ModelDeployment
+from projects.keys import playground_key_issue
 from projects.models import Environment, Organization
 from projects.selectors import organizations_for_user, projects_for_user
 
@@ -386,3 +387,21 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         errors, latency p50/p95 (ms), time to first token p50 (ms), output tokens per second."""
         deployment = self.get_object()
         return Response(observe.deployment_metrics(deployment, request.query_params.get("range") or "1h"))
+
+    @extend_schema(request=None, responses={201: dict})
+    @action(detail=True, methods=["post"], url_path="playground-key")
+    def playground_key(self, request, pk=None):
+        """What the console's playground gets: a gateway key for you, limited to this deployment,
+        valid for 15 minutes; it revokes your previous playground key for it. Shown once."""
+        deployment = self.get_object()
+        key, secret = playground_key_issue(
+            user=request.user, organization=deployment.project.organization, deployment=deployment
+        )
+        response = Response(
+            {"api_key": secret, "prefix": key.prefix, "expires_at": key.expires_at,
+             "model": deployment.served_name(), "deployment": deployment.pk},
+            status=status.HTTP_201_CREATED,
+        )  # fmt: skip
+        response["Cache-Control"] = "no-store"
+        return response
+

@@ -23,7 +23,7 @@
     }
     function per(field, type, suffix, dash) {
       return m.revisions.map(function (rev, i) {
-        var color = COLORS[i % COLORS.length];
+        var color = COLORS[i % COLORS.length] + (dash ? "88" : "");  // p95: the same hue, lighter
         return {
           label: name(rev) + (suffix || ""), data: rev[field], borderColor: color, backgroundColor: color,
           spanGaps: true, pointRadius: 2, borderDash: dash || [], stack: type === "bar" ? "s" : undefined,

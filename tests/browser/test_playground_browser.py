@@ -99,6 +99,13 @@ def test_playground_conversation_streams_and_its_usage_appears(
     assert "llama" in page.locator("#usage-table tbody tr").first.inner_text()
     screenshot("playground-usage")
 
+    # The deployment's Metrics tab counts the two calls under the revision that served them.
+    assert {r.revision_id for r in UsageRecord.objects.all()} == {deployment.serving_revision_id}
+    page.goto(f"{console.url}/deployments/{deployment.pk}/?tab=metrics")
+    assert "r1: 2 requests, 0 errors" in page.locator("#metric-totals").inner_text()
+    page.wait_for_function("window.modeldeckMetricCharts && window.modeldeckMetricCharts.length === 5")
+    screenshot("deployment-metrics")
+
 
 def test_playground_refuses_viewers_and_outsiders(page, tenants, console):
     deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat")

@@ -158,3 +158,21 @@ def test_going_public_asks_for_confirmation_and_only_then(tenants):
     form = form[: form.index(">")]
     assert 'data-confirm-field="kind"' in form and 'data-confirm-value="public"' in form
     assert "without an API key" in form
+
+
+def test_the_playground_key_is_in_the_rest_api_too(tenants):
+    from rest_framework.test import APIClient
+
+    deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    client = APIClient()
+    client.force_authenticate(tenants.member)
+    response = client.post(f"/api/v1/deployments/{deployment.pk}/playground-key/")
+    assert response.status_code == 201 and response["Cache-Control"] == "no-store"
+    key = APIKey.objects.get(key_hash=hash_secret(response.json()["api_key"]))
+    assert list(key.deployments.all()) == [deployment] and key.expires_at is not None
+    viewer = APIClient()
+    viewer.force_authenticate(tenants.viewer)
+    assert viewer.post(f"/api/v1/deployments/{deployment.pk}/playground-key/").status_code == 403
+    outsider = APIClient()
+    outsider.force_authenticate(tenants.outsider)
+    assert outsider.post(f"/api/v1/deployments/{deployment.pk}/playground-key/").status_code == 404
