@@ -109,17 +109,24 @@ def test_deployments_page_at_390px_has_no_sideways_scroll(browser, tenants, live
     from deployments.models import ModelDeployment
     from tests.gateway.conftest import make_deployment
 
-    make_deployment(tenants.project, "a-deployment-with-a-really-long-name-that-goes-on1")
+    long = make_deployment(tenants.project, "a-deployment-with-a-really-long-name-that-goes-on1")
     make_deployment(tenants.project, "short")
     assert ModelDeployment.objects.count() == 2
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
     page = context.new_page()
     try:
         sign_in(page, live_server, "owner")
-        for path in ("/deployments/", "/", "/hub/models/", "/catalog/"):
+        for path in ("/deployments/", "/", "/hub/models/", "/catalog/", f"/deployments/{long.pk}/",
+                     f"/deployments/{long.pk}/?tab=logs", f"/deployments/{long.pk}/?tab=metrics",
+                     f"/hub/models/{long.pk}/playground/", "/hub/usage/", "/hub/keys/", "/projects/", "/pools/"):
             page.goto(f"{live_server.url}{path}")
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px"
+            widest = page.evaluate(
+                """() => Array.from(document.querySelectorAll('body *'))
+                   .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+                   .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)"""
+            )
+            assert overflow <= 0, f"{path} scrolls sideways by {overflow}px: {widest}"
         page.goto(f"{live_server.url}/deployments/")
         # The sidebar is folded away; the menu button opens it over the page and it closes again.
         nav = page.locator(".sidebar")
