@@ -188,6 +188,8 @@ def playground_key_issue(
             key.revoked_at, key.revoked_by = now, user
             key.revoked_reason = "Replaced by a newer playground key."
             key.save(update_fields=["revoked_at", "revoked_by", "revoked_reason"])
+            _audit(actor=user, organization=organization, action="key_revoke", obj=key,
+                   before={"revoked": False}, after={"revoked": True})
         if earlier:
             gateway_forget_user(user.pk)
         return api_key_create(
