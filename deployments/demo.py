@@ -46,7 +46,12 @@ def bootstrap(
         )
 
 
-def sandbox_pool_moved(old_url: str, new_url: str) -> int:
-    """`make run` found the sandbox's usual port taken and started it on another: the demo's
-    sandbox pools follow it (only pools of the sandbox kind at the old address); returns how many."""
-    return ComputePool.objects.filter(kind=PoolKind.SANDBOX, api_url=old_url).update(api_url=new_url)
+def sandbox_pools_follow(url: str) -> int:
+    """`make run` started the sandbox at `url` (its usual port, or a free one when that was
+    taken): sandbox pools point there — a sandbox pool may only ever address the sandbox this
+    ModelDeck started (deployments.kube.network), so one left at another run's port would only
+    be refused. Returns how many moved."""
+    return (
+        ComputePool.objects.filter(kind=PoolKind.SANDBOX).exclude(api_url="").exclude(api_url=url)
+        .update(api_url=url)
+    )  # fmt: skip

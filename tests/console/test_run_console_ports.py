@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from console.management.commands.run_console import helper_port
 
 
@@ -37,3 +39,19 @@ def test_a_taken_helper_port_is_replaced_by_a_free_one():
         port = free.getsockname()[1]
     assert helper_port("127.0.0.1", port, set()) == port  # the derived one when it is free
     assert helper_port("127.0.0.1", port, {port}) != port  # never twice the same port in one run
+
+
+@pytest.mark.django_db
+def test_sandbox_pools_follow_the_sandbox_make_run_started(tenants):
+    from deployments.demo import sandbox_pools_follow
+    from deployments.models import ComputePool, PoolKind
+
+    old = ComputePool.objects.create(organization=tenants.org, name="sandbox", kind=PoolKind.SANDBOX,
+                                     api_url="http://127.0.0.1:39375", engine_label="vllm")  # fmt: skip
+    other = ComputePool.objects.create(organization=tenants.org, name="gpu", kind=PoolKind.KUBECONFIG,
+                                       api_url="https://10.0.0.1:6443", engine_label="vllm")  # fmt: skip
+    assert sandbox_pools_follow("http://127.0.0.1:18493") == 1
+    old.refresh_from_db()
+    other.refresh_from_db()
+    assert old.api_url == "http://127.0.0.1:18493" and other.api_url == "https://10.0.0.1:6443"
+    assert sandbox_pools_follow("http://127.0.0.1:18493") == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from deployments.demo import sandbox_pool_moved
+from deployments.demo import sandbox_pools_follow
 
 
 def _url_port(url: str) -> int:
@@ -76,7 +76,8 @@ class Command(BaseCommand):
             if kube_url != settings.SANDBOX_KUBE_URL:
                 self.stdout.write(f"port {_url_port(settings.SANDBOX_KUBE_URL)} is taken: the sandbox's "
                                   f"Kubernetes API listens on {kube_port}")  # fmt: skip
-                sandbox_pool_moved(settings.SANDBOX_KUBE_URL, kube_url)
+            if sandbox_pools_follow(kube_url):
+                self.stdout.write(f"sandbox compute pools now point at {kube_url}")
             commands.append((
                 "sandbox",
                 [python, "-m", "sandbox", "--kube-port", str(kube_port), "--engine-port", str(engine_port),
