@@ -25,7 +25,7 @@ SECTIONS: list[tuple[str, list[NavItem]]] = [
             NavItem("Model Deployments", "deployments:list", "▶", ("/deployments/",)),
             NavItem("Compute Pools", "deployments:pools", "▦", ("/pools/",)),
             NavItem("Projects", "projects:list", "▣", ("/projects/",)),
-            NavItem("Settings", "settings", "⚙", ("/settings/", "/audit/", "/quotas/")),
+            NavItem("Settings", "settings", "⚙", ("/settings/", "/audit/", "/quotas/", "/organization/")),
         ],
     ),
     (

@@ -72,6 +72,21 @@ try:
     MODELDECK_NAMESPACE = env_str("MODELDECK_NAMESPACE", "modeldeck")
     # Prometheus scrapes /metrics with this bearer token; unset, /metrics answers 404.
     METRICS_TOKEN = env_str("MODELDECK_METRICS_TOKEN")
+    # Organization invitations (projects.services.invitation_create): the link's lifetime, and
+    # mail through SMTP when MODELDECK_EMAIL_HOST is set (else printed to the log; the admin
+    # also sees the link once). MODELDECK_PUBLIC_URL builds absolute links outside a request.
+    INVITATION_DAYS = env_int("MODELDECK_INVITATION_DAYS", 7, minimum=1, maximum=90)
+    PUBLIC_URL = env_str("MODELDECK_PUBLIC_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
+    EMAIL_HOST = env_str("MODELDECK_EMAIL_HOST", "")
+    EMAIL_PORT = env_int("MODELDECK_EMAIL_PORT", 587, minimum=1, maximum=65535)
+    EMAIL_HOST_USER = env_str("MODELDECK_EMAIL_USER", "")
+    EMAIL_HOST_PASSWORD = env_str("MODELDECK_EMAIL_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("MODELDECK_EMAIL_TLS", True)
+    DEFAULT_FROM_EMAIL = env_str("MODELDECK_EMAIL_FROM", "ModelDeck <modeldeck@localhost>")
+    EMAIL_BACKEND = (
+        "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+        else "django.core.mail.backends.console.EmailBackend"
+    )
     # Bytes of uploaded custom-model artifacts one organization may keep (catalog uploads).
     UPLOAD_QUOTA_BYTES = (
         env_int("MODELDECK_UPLOAD_QUOTA_MB", 100 * 1024, minimum=0, maximum=10**9) * 1024 * 1024

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from console import views
 from console.api_root import api_root
+from projects.urls import org_urlpatterns
 
 api_v1 = [
     path("", api_root, name="api-root"),
@@ -24,6 +25,7 @@ urlpatterns = [
     path("settings/", views.settings_page, name="settings"),
     path("healthz", views.healthz, name="healthz"),
     path("projects/", include("projects.urls")),
+    path("organization/", include((org_urlpatterns, "org"))),
     path("catalog/", include("catalog.urls")),
     path("", include("deployments.urls")),
     path("hub/", include("gateway.urls")),

@@ -14,6 +14,7 @@ from projects.models import (
     IntegrationKind,
     Organization,
     Project,
+    Role,
     slug_validator,
 )
 
@@ -85,3 +86,23 @@ class IntegrationForm(StyledForm):
         if data.get("kind") == IntegrationKind.S3:
             data["secret"] = json.dumps(s3)
         return {"kind": data.get("kind"), "secret": data.get("secret") or ""}
+
+
+class MemberAddForm(StyledForm):
+    username = forms.CharField(label="Username or email", max_length=254)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
+class InvitationForm(StyledForm):
+    email = forms.EmailField(max_length=254)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
+class InvitationSignupForm(StyledForm):
+    username = forms.CharField(max_length=150)
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+
+class GroupForm(StyledForm):
+    name = forms.CharField(max_length=80)
+    description = forms.CharField(max_length=300, required=False)

@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Sum
 from django.urls import reverse
+from django.utils import timezone
 
 from console.crypto import EncryptedTextField
 
@@ -270,3 +271,67 @@ class APIKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class OrganizationGroup(models.Model):
+    """A named group of an organization's members; access policies name them ("groups" kind).
+
+    Membership rides on Django's ``auth.Group`` (``user.groups``), which the gateway already reads
+    for a key's owner; this row makes the group belong to one organization, so no tenant sees,
+    names or fills another's groups.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="groups")
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="organization_group")
+    name = models.CharField(max_length=80)
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="group_name_unique_in_org")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("org:group_detail", args=[self.pk])
+
+
+class Invitation(models.Model):
+    """An invitation to join an organization, sent by email as a one-time link.
+
+    Only a keyed hash of the link's token is stored; the link works once, until ``expires_at``,
+    and not after it is revoked.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.email} to {self.organization}"
+
+    def state(self, now=None) -> str:
+        """pending | accepted | revoked | expired — derived, never stored."""
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= (now or timezone.now()):
+            return "expired"
+        return "pending"

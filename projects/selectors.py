@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from console import permissions
-from projects.models import GpuReservation, Membership, Organization, Project
+from projects.models import (
+    GpuReservation,
+    Invitation,
+    Membership,
+    Organization,
+    OrganizationGroup,
+    Project,
+)
 
 
 def organizations_for_user(user: AbstractBaseUser) -> QuerySet[Organization]:
@@ -119,3 +126,56 @@ def quota_decide(
                          project_quota=project.gpu_quota, organization_used=org_used,
                          organization_quota=organization.gpu_quota, refused_by=refused_by, refusal=refusal,
                          surge=max(surge, 0), surge_refused=surge_refused)  # fmt: skip
+
+
+# --- Organization settings: members, invitations, groups (scoped like every selector) ---
+
+
+def members_for(user: AbstractBaseUser, organization: Organization) -> QuerySet[Membership]:
+    """The organization's memberships, for any of its members; none for anyone else."""
+    return permissions.restrict(
+        Membership.objects.filter(organization=organization).select_related("user"), user, "view"
+    )
+
+
+def membership_get(user: AbstractBaseUser, pk: int) -> Membership:
+    """A membership of one of the user's organizations; 404 otherwise."""
+    row = permissions.restrict(Membership.objects.select_related("user", "organization"), user, "view").filter(pk=pk).first()
+    if row is None:
+        raise Http404("No such member.")
+    return row
+
+
+def member_user_get(user: AbstractBaseUser, organization: Organization, user_pk: int):
+    """A member of ``organization`` by user id, for another member; 404 otherwise."""
+    row = members_for(user, organization).filter(user_id=user_pk).first()
+    if row is None:
+        raise Http404("No such member.")
+    return row.user
+
+
+def invitations_for(user: AbstractBaseUser, organization: Organization) -> QuerySet[Invitation]:
+    """Invitations (email addresses) are for the organization's admins only."""
+    return permissions.restrict(
+        Invitation.objects.filter(organization=organization).select_related("created_by", "accepted_by"), user, "admin"
+    )
+
+
+def invitation_get(user: AbstractBaseUser, pk: int) -> Invitation:
+    row = permissions.restrict(Invitation.objects.select_related("organization"), user, "admin").filter(pk=pk).first()
+    if row is None:
+        raise Http404("No such invitation.")
+    return row
+
+
+def groups_for(user: AbstractBaseUser, organization: Organization) -> QuerySet[OrganizationGroup]:
+    return permissions.restrict(
+        OrganizationGroup.objects.filter(organization=organization).select_related("group"), user, "view"
+    ).annotate(member_count=Count("group__user", distinct=True))
+
+
+def group_get(user: AbstractBaseUser, pk: int) -> OrganizationGroup:
+    row = permissions.restrict(OrganizationGroup.objects.select_related("group", "organization"), user, "view").filter(pk=pk).first()
+    if row is None:
+        raise Http404("No such group.")
+    return row

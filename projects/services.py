@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import re
 import secrets
+from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,8 +28,10 @@ from projects.models import (
     GpuReservation,
     Integration,
     IntegrationKind,
+    Invitation,
     Membership,
     Organization,
+    OrganizationGroup,
     Project,
     ProjectMember,
     Role,
@@ -92,6 +101,9 @@ def membership_remove(*, user: AbstractBaseUser | None, membership: Membership) 
             reason=f"Owner {member.get_username()} was removed from {organization.name} by {who}.",
         )  # fmt: skip
         ProjectMember.objects.filter(project__organization=organization, user=member).delete()
+        # Out of the organization's groups too (access policies name them); the m2m signal
+        # makes the gateway re-read the user's groups.
+        member.groups.remove(*Group.objects.filter(organization_group__organization=organization))
         _audit(actor=user, organization=organization, action="delete", obj=locked,
                before={"user": member.get_username(), "role": locked.role}, after=None)
         locked.delete()
@@ -329,3 +341,304 @@ def integration_record_check(*, integration: Integration, ok: bool, message: str
     integration.checked_at = timezone.now()
     integration.save(update_fields=["check_ok", "check_message", "checked_at"])
     return integration
+
+
+# --- Members, invitations, project membership and groups (organization settings) ---
+
+MEMBER_NOT_FOUND = "No user with that username or email; invite them by email instead."
+NOT_A_MEMBER = "Only members of this organization can be added; add or invite them to the organization first."
+
+
+def _actor(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    return user if user is not None and user.is_authenticated else None
+
+
+def _check_role(role: str) -> None:
+    if role not in Role.values:
+        raise ValidationError({"role": f"Choose one of: {', '.join(Role.values)}."})
+
+
+def _member_state(membership: Membership) -> dict:
+    return {"user": membership.user.get_username(), "role": membership.role}
+
+
+def member_add(*, user: AbstractBaseUser | None, organization: Organization, username: str, role: str = Role.MEMBER) -> Membership:
+    """Add an existing user (by username or email) to the organization with a role."""
+    permissions.require(user, "admin", organization, what="members")
+    _check_role(role)
+    name = (username or "").strip()
+    if not name:
+        raise ValidationError({"username": "Type a username or an email address."})
+    User = get_user_model()
+    found = User.objects.filter(username__iexact=name, is_active=True).first() or (
+        User.objects.filter(email__iexact=name, is_active=True).order_by("pk").first() if "@" in name else None
+    )
+    if found is None:
+        raise ValidationError({"username": MEMBER_NOT_FOUND})
+    with transaction.atomic():
+        Organization.objects.select_for_update().get(pk=organization.pk)
+        if Membership.objects.filter(organization=organization, user=found).exists():
+            raise ValidationError({"username": f"{found.get_username()} is already a member of {organization.name}."})
+        membership = Membership(organization=organization, user=found, role=role)
+        membership.full_clean()
+        membership.save()
+        _audit(actor=user, organization=organization, action="create", obj=membership, before=None,
+               after=_member_state(membership))
+        gateway_forget_user(found.pk)
+    return membership
+
+
+def member_role_set(*, user: AbstractBaseUser | None, membership: Membership, role: str) -> Membership:
+    """Change a member's role; the organization always keeps at least one admin."""
+    organization = membership.organization
+    permissions.require(user, "admin", organization, what="members")
+    _check_role(role)
+    with transaction.atomic():
+        Organization.objects.select_for_update().get(pk=organization.pk)  # serialize with removals
+        locked = Membership.objects.select_related("user").get(pk=membership.pk)
+        before = _member_state(locked)
+        if locked.role == Role.ADMIN and role != Role.ADMIN and not Membership.objects.filter(
+            organization=organization, role=Role.ADMIN
+        ).exclude(pk=locked.pk).exists():
+            raise ValidationError({"role": "This is the organization's last admin; make someone else admin first."})
+        locked.role = role
+        locked.full_clean()
+        locked.save(update_fields=["role"])
+        _audit(actor=user, organization=organization, action="update", obj=locked, before=before,
+               after=_member_state(locked))
+        gateway_forget_user(locked.user_id)
+    return locked
+
+
+def _invitation_hash(token: str) -> str:
+    key = hashlib.sha256(("modeldeck-invitations:" + (settings.MODELDECK_ENCRYPTION_KEY or settings.SECRET_KEY)).encode()).digest()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+
+
+def invitation_link(token: str, base_url: str | None = None) -> str:
+    return f"{(base_url or settings.PUBLIC_URL).rstrip('/')}/organization/invitations/{token}/"
+
+
+def invitation_create(
+    *, user: AbstractBaseUser | None, organization: Organization, email: str, role: str = Role.MEMBER,
+    base_url: str | None = None,
+) -> tuple[Invitation, str]:
+    """Invite an email address: a one-time link (its token stored only as a keyed hash) that
+    expires after MODELDECK_INVITATION_DAYS. Returns the invitation and the link, shown once."""
+    permissions.require(user, "admin", organization, what="members")
+    _check_role(role)
+    email = (email or "").strip()
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation(
+        organization=organization, email=email, role=role, token_hash=_invitation_hash(token),
+        created_by=_actor(user), expires_at=timezone.now() + timedelta(days=settings.INVITATION_DAYS),
+    )
+    invitation.full_clean()
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise ValidationError({"email": f"A member of {organization.name} already has this email address."})
+    link = invitation_link(token, base_url)
+    with transaction.atomic():
+        # A new invitation replaces a pending one for the same address: only the newest link works.
+        Invitation.objects.filter(
+            organization=organization, email__iexact=email, accepted_at__isnull=True, revoked_at__isnull=True
+        ).update(revoked_at=timezone.now())
+        invitation.save()
+        _audit(actor=user, organization=organization, action="create", obj=invitation, before=None,
+               after={"email": email, "role": role, "expires_at": invitation.expires_at})
+        who = user.get_username() if _actor(user) else "An administrator"
+
+        def send() -> None:
+            try:
+                send_mail(
+                    f"You are invited to {organization.name} on ModelDeck",
+                    f"{who} invited you to join {organization.name} on ModelDeck as {Role(role).label.lower()}.\n\n"
+                    f"Open this link to accept (it works once, until {invitation.expires_at:%Y-%m-%d %H:%M} UTC):\n{link}\n",
+                    None, [email],
+                )
+            except OSError:  # the mail server is down: the admin still has the link to pass on
+                log.warning("invitation mail not sent", extra={"invitation": invitation.pk}, exc_info=True)
+
+        transaction.on_commit(send)
+    return invitation, link
+
+
+def invitation_revoke(*, user: AbstractBaseUser | None, invitation: Invitation) -> Invitation:
+    permissions.require(user, "admin", invitation.organization, what="members")
+    with transaction.atomic():
+        updated = Invitation.objects.filter(
+            pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True
+        ).update(revoked_at=timezone.now())
+        if not updated:
+            raise ValidationError("This invitation was already accepted or revoked.")
+        _audit(actor=user, organization=invitation.organization, action="delete", obj=invitation,
+               before={"email": invitation.email, "role": invitation.role}, after=None)
+    invitation.refresh_from_db()
+    return invitation
+
+
+INVITATION_INVALID = "This invitation link is not valid: it was used, revoked or mistyped."
+
+
+def invitation_by_token(token: str) -> Invitation:
+    """The pending invitation of a link; ValidationError (one text for every failure but expiry)."""
+    invitation = Invitation.objects.select_related("organization").filter(
+        token_hash=_invitation_hash(token or "")
+    ).first()
+    if invitation is None or invitation.state() in ("accepted", "revoked"):
+        raise ValidationError(INVITATION_INVALID)
+    if invitation.state() == "expired":
+        raise ValidationError("This invitation has expired; ask an admin of the organization for a new one.")
+    return invitation
+
+
+def invitation_accept(*, user: AbstractBaseUser, token: str) -> Membership:
+    """The signed-in user joins the invitation's organization with its role; the link is spent."""
+    if user is None or not user.is_authenticated:
+        raise ValidationError("Sign in or create an account first.")
+    with transaction.atomic():
+        invitation = invitation_by_token(token)
+        claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
+            accepted_at=timezone.now(), accepted_by=user
+        )
+        if not claimed:  # a concurrent accept won
+            raise ValidationError(INVITATION_INVALID)
+        organization = invitation.organization
+        membership, created = Membership.objects.get_or_create(
+            organization=organization, user=user, defaults={"role": invitation.role}
+        )
+        _audit(actor=user, organization=organization, action="update", obj=invitation,
+               before={"accepted": False}, after={"accepted": True, "user": user.get_username()})
+        if created:
+            _audit(actor=user, organization=organization, action="create", obj=membership, before=None,
+                   after=_member_state(membership))
+        gateway_forget_user(user.pk)
+    return membership
+
+
+def invitation_signup(*, token: str, username: str, password: str) -> Membership:
+    """Create an account for an invited address and accept the invitation with it, in one step."""
+    User = get_user_model()
+    invitation = invitation_by_token(token)
+    username = (username or "").strip()
+    errors: dict[str, list[str]] = {}
+    if not username:
+        errors["username"] = ["Choose a username."]
+    elif User.objects.filter(username__iexact=username).exists():
+        errors["username"] = ["That username is taken; sign in instead if it is yours."]
+    try:
+        validate_password(password or "", User(username=username, email=invitation.email))
+    except ValidationError as exc:
+        errors["password"] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        account = User(username=username, email=invitation.email)
+        account.set_password(password)
+        account.full_clean()
+        account.save()
+        return invitation_accept(user=account, token=token)
+
+
+def project_member_set(*, user: AbstractBaseUser | None, project: Project, member: AbstractBaseUser, role: str) -> ProjectMember:
+    """Add an organization member to a project (or change their project role)."""
+    permissions.require(user, "admin", project.organization, what="project members")
+    _check_role(role)
+    if not Membership.objects.filter(organization=project.organization, user=member).exists():
+        raise ValidationError({"user": NOT_A_MEMBER})
+    with transaction.atomic():
+        row = ProjectMember.objects.select_for_update().filter(project=project, user=member).first()
+        before = {"user": member.get_username(), "role": row.role} if row else None
+        row = row or ProjectMember(project=project, user=member)
+        row.role = role
+        row.full_clean()
+        row.save()
+        _audit(actor=user, organization=project.organization, action="update" if before else "create", obj=row,
+               before=before, after={"user": member.get_username(), "role": role, "project": project.name})
+    return row
+
+
+def project_member_remove(*, user: AbstractBaseUser | None, project_member: ProjectMember) -> None:
+    project = project_member.project
+    permissions.require(user, "admin", project.organization, what="project members")
+    with transaction.atomic():
+        _audit(actor=user, organization=project.organization, action="delete", obj=project_member,
+               before={"user": project_member.user.get_username(), "role": project_member.role, "project": project.name},
+               after=None)
+        project_member.delete()
+
+
+def _group_state(group: OrganizationGroup) -> dict:
+    return {
+        "name": group.name,
+        "description": group.description,
+        "members": sorted(group.group.user_set.values_list("username", flat=True)),
+    }
+
+
+def _auth_group_name(organization: Organization, name: str) -> str:
+    # auth.Group names are unique platform-wide; the organization's id keeps tenants apart.
+    return f"org{organization.pk}:{name}"[:150]
+
+
+def group_create(*, user: AbstractBaseUser | None, organization: Organization, name: str, description: str = "") -> OrganizationGroup:
+    permissions.require(user, "admin", organization, what="groups")
+    name = (name or "").strip()
+    group = OrganizationGroup(organization=organization, name=name, description=(description or "").strip())
+    group.full_clean(exclude=["group"])
+    with transaction.atomic():
+        group.group = Group.objects.create(name=_auth_group_name(organization, name))
+        group.save()
+        _audit(actor=user, organization=organization, action="create", obj=group, before=None, after=_group_state(group))
+    return group
+
+
+def group_update(*, user: AbstractBaseUser | None, group: OrganizationGroup, name: str, description: str = "") -> OrganizationGroup:
+    permissions.require(user, "admin", group.organization, what="groups")
+    with transaction.atomic():
+        locked = OrganizationGroup.objects.select_for_update().select_related("group").get(pk=group.pk)
+        before = _group_state(locked)
+        locked.name = (name or "").strip()
+        locked.description = (description or "").strip()
+        locked.full_clean()
+        locked.save()
+        Group.objects.filter(pk=locked.group_id).update(name=_auth_group_name(locked.organization, locked.name))
+        _audit(actor=user, organization=locked.organization, action="update", obj=locked, before=before,
+               after=_group_state(locked))
+    return locked
+
+
+def group_delete(*, user: AbstractBaseUser | None, group: OrganizationGroup) -> None:
+    """Delete a group; access policies naming it then admit nobody through it."""
+    permissions.require(user, "admin", group.organization, what="groups")
+    with transaction.atomic():
+        _audit(actor=user, organization=group.organization, action="delete", obj=group, before=_group_state(group),
+               after=None)
+        auth_group = group.group
+        auth_group.user_set.clear()  # the signal makes the gateway re-read its members
+        auth_group.delete()  # cascades to the OrganizationGroup row
+
+
+def group_member_add(*, user: AbstractBaseUser | None, group: OrganizationGroup, member: AbstractBaseUser) -> OrganizationGroup:
+    permissions.require(user, "admin", group.organization, what="groups")
+    if not Membership.objects.filter(organization=group.organization, user=member).exists():
+        raise ValidationError({"user": NOT_A_MEMBER})
+    with transaction.atomic():
+        locked = OrganizationGroup.objects.select_for_update().select_related("group").get(pk=group.pk)
+        before = _group_state(locked)
+        if member.groups.filter(pk=locked.group_id).exists():
+            raise ValidationError({"user": f"{member.get_username()} is already in {locked.name}."})
+        member.groups.add(locked.group)
+        _audit(actor=user, organization=locked.organization, action="update", obj=locked, before=before,
+               after=_group_state(locked))
+    return locked
+
+
+def group_member_remove(*, user: AbstractBaseUser | None, group: OrganizationGroup, member: AbstractBaseUser) -> OrganizationGroup:
+    permissions.require(user, "admin", group.organization, what="groups")
+    with transaction.atomic():
+        locked = OrganizationGroup.objects.select_for_update().select_related("group").get(pk=group.pk)
+        before = _group_state(locked)
+        member.groups.remove(locked.group)
+        _audit(actor=user, organization=locked.organization, action="update", obj=locked, before=before,
+               after=_group_state(locked))
+    return locked

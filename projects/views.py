@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.contrib import messages
+from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
@@ -17,11 +18,19 @@ from catalog import integrations as catalog_integrations
 from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
-from console.paging import paginate
+from console.middleware import SESSION_KEY as ORG_SESSION_KEY
+from console.paging import ListFilter, paginate
 from deployments.models import ModelDeployment
-from projects import services
-from projects.forms import IntegrationForm, ProjectForm
-from projects.models import IntegrationKind
+from projects import selectors, services
+from projects.forms import (
+    GroupForm,
+    IntegrationForm,
+    InvitationForm,
+    InvitationSignupForm,
+    MemberAddForm,
+    ProjectForm,
+)
+from projects.models import IntegrationKind, Role
 from projects.selectors import project_get, projects_for_user, with_gpu_use
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,10 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "deployments": deployments,
             "reservations": project.gpu_reservations.all(),
             "can_change": permissions.can(request.user, "change", project),
+            "is_admin": permissions.can(request.user, "admin", project.organization),
+            "candidates": selectors.members_for(request.user, project.organization)
+            .exclude(user__project_memberships__project=project).order_by("user__username")[:500],
+            "roles": Role.choices,
         },
     )
 
@@ -217,3 +230,251 @@ class IntegrationDelete(ActionView):
 
 
 integration_delete = IntegrationDelete.as_view()
+
+
+# --- Organization settings: members, invitations, groups; project membership ---
+
+
+def _service(request: HttpRequest, call, success: str) -> bool:
+    """Run a service call; its ValidationError becomes an error message (PermissionDenied: 403)."""
+    try:
+        result = call()
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return False
+    if success:
+        messages.success(request, success.format(result=result))
+    return True
+
+
+MEMBER_SORTS = {"user": "user__username", "email": "user__email", "role": "role", "joined": "created_at"}
+
+
+@login_required
+def org_members(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    is_admin = permissions.can(request.user, "admin", org)
+    invite_link = None
+    member_form, invite_form = MemberAddForm(), InvitationForm()
+    if request.method == "POST":
+        if not is_admin:
+            raise PermissionDenied("Only organization admins can manage members.")
+        if request.POST.get("form") == "invite":
+            invite_form = InvitationForm(request.POST)
+            if invite_form.is_valid():
+                try:
+                    invitation, invite_link = services.invitation_create(
+                        user=request.user, organization=org, base_url=request.build_absolute_uri("/"),
+                        **invite_form.cleaned_data,
+                    )
+                except ValidationError as exc:
+                    invite_form.add_service_error(exc)
+                else:
+                    messages.success(request, f"Invitation for {invitation.email} created and mailed. "
+                                              "Copy the link below now: it is not shown again.")
+                    invite_form = InvitationForm()
+        else:
+            member_form = MemberAddForm(request.POST)
+            if member_form.is_valid():
+                try:
+                    membership = services.member_add(user=request.user, organization=org, **member_form.cleaned_data)
+                except ValidationError as exc:
+                    member_form.add_service_error(exc)
+                else:
+                    messages.success(request, f"{membership.user.get_username()} added as {membership.get_role_display().lower()}.")
+                    return redirect("org:members")
+    listing = paginate(
+        request, selectors.members_for(request.user, org), sorts=MEMBER_SORTS, default_sort="user",
+        search=("user__username", "user__email", "user__first_name", "user__last_name"),
+        filters=[ListFilter("role", "Role", Role.choices)],
+    )
+    invitations = selectors.invitations_for(request.user, org).filter(
+        accepted_at__isnull=True, revoked_at__isnull=True
+    )[:50] if is_admin else []
+    return render(request, "projects/org/members.html", {
+        "organization": org, "listing": listing, "members": listing.rows, "is_admin": is_admin,
+        "member_form": member_form, "invite_form": invite_form, "invite_link": invite_link,
+        "invitations": invitations, "roles": Role.choices,
+    })  # fmt: skip
+
+
+@login_required
+@require_POST
+def org_member_role(request: HttpRequest, pk: int) -> HttpResponse:
+    membership = selectors.membership_get(request.user, pk)
+    _service(request, lambda: services.member_role_set(
+        user=request.user, membership=membership, role=request.POST.get("role", "")),
+        f"{membership.user.get_username()} is now {{result.role}}.")  # fmt: skip
+    return redirect("org:members")
+
+
+@login_required
+@require_POST
+def org_member_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    membership = selectors.membership_get(request.user, pk)
+    name = membership.user.get_username()
+    _service(request, lambda: services.membership_remove(user=request.user, membership=membership),
+             f"{name} removed from {membership.organization.name}; {{result}} of their API keys revoked.")
+    return redirect("org:members")
+
+
+@login_required
+@require_POST
+def org_invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    invitation = selectors.invitation_get(request.user, pk)
+    _service(request, lambda: services.invitation_revoke(user=request.user, invitation=invitation),
+             f"Invitation of {invitation.email} revoked; its link no longer works.")
+    return redirect("org:members")
+
+
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    """The one-time link: join as the signed-in user, or create an account for the invited address."""
+    try:
+        invitation = services.invitation_by_token(token)
+    except ValidationError as exc:
+        return render(request, "projects/org/invitation.html", {"error": " ".join(exc.messages)}, status=404)
+    signup = InvitationSignupForm()
+    if request.method == "POST":
+        if request.user.is_authenticated:
+            try:
+                membership = services.invitation_accept(user=request.user, token=token)
+            except ValidationError as exc:
+                return render(request, "projects/org/invitation.html", {"error": " ".join(exc.messages)}, status=404)
+        else:
+            signup = InvitationSignupForm(request.POST)
+            membership = None
+            if signup.is_valid():
+                try:
+                    membership = services.invitation_signup(token=token, **signup.cleaned_data)
+                except ValidationError as exc:
+                    signup.add_service_error(exc)
+            if membership is None:
+                return render(request, "projects/org/invitation.html", {"invitation": invitation, "form": signup})
+            auth_login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+        request.session[ORG_SESSION_KEY] = membership.organization_id
+        messages.success(request, f"Welcome to {membership.organization.name}.")
+        return redirect("dashboard")
+    return render(request, "projects/org/invitation.html", {"invitation": invitation, "form": signup})
+
+
+GROUP_SORTS = {"name": "name", "members": "member_count", "created": "created_at"}
+
+
+@login_required
+def org_groups(request: HttpRequest) -> HttpResponse:
+    org = _organization(request)
+    is_admin = permissions.can(request.user, "admin", org)
+    form = GroupForm()
+    if request.method == "POST":
+        if not is_admin:
+            raise PermissionDenied("Only organization admins can manage groups.")
+        form = GroupForm(request.POST)
+        if form.is_valid():
+            try:
+                group = services.group_create(user=request.user, organization=org, **form.cleaned_data)
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, f"Group “{group.name}” created. Add its members below.")
+                return redirect(group.get_absolute_url())
+    listing = paginate(request, selectors.groups_for(request.user, org), sorts=GROUP_SORTS, default_sort="name",
+                       search=("name", "description"))
+    return render(request, "projects/org/groups.html", {
+        "organization": org, "listing": listing, "groups": listing.rows, "is_admin": is_admin, "form": form,
+    })  # fmt: skip
+
+
+@login_required
+def org_group_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    group = selectors.group_get(request.user, pk)
+    is_admin = permissions.can(request.user, "admin", group.organization)
+    form = GroupForm(initial={"name": group.name, "description": group.description})
+    if request.method == "POST":
+        if not is_admin:
+            raise PermissionDenied("Only organization admins can manage groups.")
+        form = GroupForm(request.POST)
+        if form.is_valid():
+            try:
+                group = services.group_update(user=request.user, group=group, **form.cleaned_data)
+            except ValidationError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(request, "Group saved.")
+                return redirect(group.get_absolute_url())
+    listing = paginate(
+        request, group.group.user_set.all(), sorts={"user": "username", "email": "email"}, default_sort="user",
+        search=("username", "email"),
+    )
+    candidates = selectors.members_for(request.user, group.organization).exclude(
+        user__groups=group.group
+    ).order_by("user__username")[:500]
+    return render(request, "projects/org/group_detail.html", {
+        "group": group, "listing": listing, "users": listing.rows, "is_admin": is_admin, "form": form,
+        "candidates": candidates,
+    })  # fmt: skip
+
+
+@login_required
+@require_POST
+def org_group_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    group = selectors.group_get(request.user, pk)
+    if _service(request, lambda: services.group_delete(user=request.user, group=group),
+                f"Group “{group.name}” deleted."):
+        return redirect("org:groups")
+    return redirect(group.get_absolute_url())
+
+
+def _member_from_post(request: HttpRequest, organization) -> object:
+    raw = request.POST.get("user", "")
+    if not raw.isdigit():
+        raise Http404("No such member.")
+    return selectors.member_user_get(request.user, organization, int(raw))
+
+
+@login_required
+@require_POST
+def org_group_member_add(request: HttpRequest, pk: int) -> HttpResponse:
+    group = selectors.group_get(request.user, pk)
+    permissions.require(request.user, "admin", group.organization, what="groups")
+    member = _member_from_post(request, group.organization)
+    _service(request, lambda: services.group_member_add(user=request.user, group=group, member=member),
+             f"{member.get_username()} added to {group.name}.")
+    return redirect(group.get_absolute_url())
+
+
+@login_required
+@require_POST
+def org_group_member_remove(request: HttpRequest, pk: int, user_pk: int) -> HttpResponse:
+    group = selectors.group_get(request.user, pk)
+    permissions.require(request.user, "admin", group.organization, what="groups")
+    member = group.group.user_set.filter(pk=user_pk).first()
+    if member is None:
+        raise Http404("Not a member of this group.")
+    _service(request, lambda: services.group_member_remove(user=request.user, group=group, member=member),
+             f"{member.get_username()} removed from {group.name}.")
+    return redirect(group.get_absolute_url())
+
+
+@login_required
+@require_POST
+def project_member_add(request: HttpRequest, pk: int) -> HttpResponse:
+    project = project_get(request.user, pk)
+    permissions.require(request.user, "admin", project.organization, what="project members")
+    member = _member_from_post(request, project.organization)
+    _service(request, lambda: services.project_member_set(
+        user=request.user, project=project, member=member, role=request.POST.get("role", Role.MEMBER)),
+        f"{member.get_username()} is now a {{result.role}} of {project.name}.")  # fmt: skip
+    return redirect(project.get_absolute_url())
+
+
+@login_required
+@require_POST
+def project_member_remove(request: HttpRequest, pk: int, user_pk: int) -> HttpResponse:
+    project = project_get(request.user, pk)
+    permissions.require(request.user, "admin", project.organization, what="project members")
+    row = project.memberships.filter(user_id=user_pk).select_related("user").first()
+    if row is None:
+        raise Http404("Not a member of this project.")
+    _service(request, lambda: services.project_member_remove(user=request.user, project_member=row),
+             f"{row.user.get_username()} removed from {project.name}.")
+    return redirect(project.get_absolute_url())

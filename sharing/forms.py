@@ -69,6 +69,11 @@ class AccessForm(StyledForm):
             .distinct()
             .order_by("username")
         )
+        # The owner's groups (the first id) and platform-wide ones, never another tenant's.
+        owner_id = organization_ids[0] if organization_ids else None
+        self.fields["groups"].queryset = Group.objects.filter(
+            Q(organization_group__isnull=True) | Q(organization_group__organization_id=owner_id)
+        ).order_by("name")
 
     def clean(self) -> dict:
         data = super().clean()

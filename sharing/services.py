@@ -107,6 +107,11 @@ def access_policy_set(
     if kind == AccessKind.USERS:
         _check_users_may_reach(deployment, users)
     owner = deployment.project.organization
+    if kind == AccessKind.GROUPS and Group.objects.filter(
+        pk__in=[g.pk for g in groups], organization_group__isnull=False
+    ).exclude(organization_group__organization=owner).exists():
+        # One answer whether the group exists elsewhere or not: no tenant learns another's groups.
+        raise ValidationError({"groups": "Choose groups of this deployment's organization."})
     with transaction.atomic():
         policy, _ = AccessPolicy.objects.select_for_update().get_or_create(deployment=deployment)
         before = _policy_state(policy)

@@ -73,6 +73,15 @@ PAGE_ARGS: dict[str, dict] = {
     "sharing:environment_edit": {"pk": "environment"},
     "sharing:environment_delete": {"pk": "environment"},
     "sharing:quota_project": {"project_pk": "project"},
+    "projects:member_add": {"pk": "project"},
+    "projects:member_remove": {"pk": "project", "user_pk": "admin"},
+    "org:member_role": {"pk": "membership"},
+    "org:member_remove": {"pk": "membership"},
+    "org:invitation_revoke": {"pk": "invitation"},
+    "org:group_detail": {"pk": "group"},
+    "org:group_delete": {"pk": "group"},
+    "org:group_member_add": {"pk": "group"},
+    "org:group_member_remove": {"pk": "group", "user_pk": "admin"},
 }
 
 # REST router basename → world object its {pk} names (actions "<basename>-<action>" included).
@@ -95,6 +104,7 @@ API_BASENAMES: dict[str, str] = {
 NOT_TENANT_OBJECTS: dict[str, str] = {
     "catalog:hub_model": "a public Hugging Face repo id, not an organization's object",
     "catalog:ngc_image": "a public NGC image id, not an organization's object",
+    "org:invitation_accept": "a one-time invitation token (random, hashed at rest), not an id",
 }
 # Namespaces outside tenant scoping.
 EXEMPT_NAMESPACES = {"admin"}  # the Django admin is for staff operators, across organizations
@@ -211,7 +221,8 @@ class World:
     def build(self, organization, project, admin) -> None:
         from catalog.models import MaaSMapping
         from deployments.models import Endpoint
-        from projects.models import APIKey, Integration
+        from projects import services as project_services
+        from projects.models import APIKey, Integration, Membership
         from sharing.audit import audit_record
 
         n = next(_seq)
@@ -244,7 +255,16 @@ class World:
             before={"replicas": 1},
             after={"replicas": 2},
         )
+        group = project_services.group_create(user=admin, organization=organization, name=f"crawl-{n}")
+        admin.groups.add(group.group)
+        invitation, _ = project_services.invitation_create(
+            user=admin, organization=organization, email=f"crawl-{n}@example.com"
+        )
         self.objects.update(
+            admin=admin,
+            membership=Membership.objects.get(organization=organization, user=admin),
+            group=group,
+            invitation=invitation,
             organization=organization,
             project=project,
             pool=pool,

@@ -1,0 +1,228 @@
+"""Organization settings in the console: members, invitations, roles, project membership, groups."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
+
+from projects import services
+from projects.keys import api_key_create, api_key_state
+from projects.models import (
+    APIKeyScope,
+    Invitation,
+    Membership,
+    OrganizationGroup,
+    ProjectMember,
+    Role,
+)
+from sharing.forms import AccessForm
+from sharing.models import AuditEntry
+from tests.conftest import login
+from tests.factories import UserFactory
+
+
+@pytest.mark.django_db
+def test_admin_adds_an_existing_user_by_email_and_it_is_audited(owner_client, tenants):
+    newcomer = UserFactory(username="newcomer", email="new@example.com")
+    response = owner_client.post(reverse("org:members"), {"form": "add", "username": "NEW@example.com", "role": "viewer"})
+    assert response.status_code == 302
+    membership = Membership.objects.get(organization=tenants.org, user=newcomer)
+    assert membership.role == Role.VIEWER
+    entry = AuditEntry.objects.get(object_type="member", object_id=str(membership.pk))
+    assert entry.action == "create" and entry.after == {"user": "newcomer", "role": "viewer"}
+
+
+@pytest.mark.django_db
+def test_adding_an_unknown_user_is_a_field_error(owner_client, tenants):
+    response = owner_client.post(reverse("org:members"), {"form": "add", "username": "nobody", "role": "member"})
+    assert response.status_code == 200
+    assert "invite them by email instead" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_invitation_link_works_once_and_is_stored_hashed(owner_client, tenants, client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(
+            reverse("org:members"), {"form": "invite", "email": "ada@example.com", "role": "member"}
+        )
+    assert response.status_code == 200
+    html = response.content.decode()
+    link = re.search(r'value="(http://testserver/organization/invitations/[^"]+/)"', html).group(1)
+    token = link.rstrip("/").rsplit("/", 1)[1]
+    assert len(mail.outbox) == 1 and link in mail.outbox[0].body and mail.outbox[0].to == ["ada@example.com"]
+    invitation = Invitation.objects.get(email="ada@example.com")
+    assert token not in invitation.token_hash and len(invitation.token_hash) == 64
+    assert AuditEntry.objects.filter(object_type="invitation", action="create").exists()
+
+    path = link.removeprefix("http://testserver")
+    page = client.get(path)
+    assert page.status_code == 200 and "Join Acme" in page.content.decode()
+    weak = client.post(path, {"username": "ada", "password": "1"})
+    assert weak.status_code == 200 and not get_user_model().objects.filter(username="ada").exists()
+    joined = client.post(path, {"username": "ada", "password": "a-Long-enough-pw-42"})
+    assert joined.status_code == 302
+    ada = get_user_model().objects.get(username="ada")
+    assert ada.email == "ada@example.com"
+    assert Membership.objects.get(organization=tenants.org, user=ada).role == Role.MEMBER
+    # Spent: a second use is refused.
+    again = login(tenants.viewer).get(path)
+    assert again.status_code == 404 and "not valid" in again.content.decode()
+
+
+@pytest.mark.django_db
+def test_expired_and_revoked_invitations_are_refused(owner_client, tenants):
+    invitation, link = services.invitation_create(user=tenants.owner, organization=tenants.org, email="x@example.com")
+    path = "/" + link.split("/", 3)[3]
+    Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    response = login(tenants.viewer).post(path)
+    assert response.status_code == 404 and "expired" in response.content.decode()
+    assert not Membership.objects.filter(user__email="x@example.com").exists()
+
+    invitation, link = services.invitation_create(user=tenants.owner, organization=tenants.org, email="y@example.com")
+    assert owner_client.post(reverse("org:invitation_revoke", args=[invitation.pk])).status_code == 302
+    response = owner_client.get("/" + link.split("/", 3)[3])
+    assert response.status_code == 404
+
+
+@pytest.mark.django_db
+def test_removing_a_member_needs_confirmation_and_revokes_their_keys(owner_client, tenants):
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="app")
+    group = services.group_create(user=tenants.owner, organization=tenants.org, name="ml")
+    services.group_member_add(user=tenants.owner, group=group, member=tenants.member)
+    membership = Membership.objects.get(organization=tenants.org, user=tenants.member)
+    page = owner_client.get(reverse("org:members")).content.decode()
+    remove_url = reverse("org:member_remove", args=[membership.pk])
+    form = re.search(rf'<form method="post" action="{remove_url}"[^>]*>', page).group(0)
+    assert "data-confirm=" in form and "API keys" in form
+    response = owner_client.post(remove_url)
+    assert response.status_code == 302
+    assert not Membership.objects.filter(pk=membership.pk).exists()
+    key.refresh_from_db()
+    assert api_key_state(key) == "revoked" and "removed from Acme" in key.revoked_reason
+    assert not tenants.member.groups.filter(pk=group.group_id).exists()
+    assert AuditEntry.objects.filter(object_type="member", action="delete").exists()
+
+
+@pytest.mark.django_db
+def test_the_last_admin_can_neither_leave_nor_be_demoted(owner_client, tenants):
+    own = Membership.objects.get(organization=tenants.org, user=tenants.owner)
+    owner_client.post(reverse("org:member_role", args=[own.pk]), {"role": "member"})
+    own.refresh_from_db()
+    assert own.role == Role.ADMIN
+    owner_client.post(reverse("org:member_remove", args=[own.pk]))
+    assert Membership.objects.filter(pk=own.pk).exists()
+
+
+@pytest.mark.django_db
+def test_viewers_and_members_cannot_manage_members(tenants):
+    target = Membership.objects.get(organization=tenants.org, user=tenants.viewer)
+    for user in (tenants.viewer, tenants.member):
+        client = login(user)
+        assert client.get(reverse("org:members")).status_code == 200  # reading is fine
+        assert client.post(reverse("org:members"), {"form": "add", "username": "outsider", "role": "admin"}).status_code == 403
+        assert client.post(reverse("org:member_role", args=[target.pk]), {"role": "admin"}).status_code == 403
+        assert client.post(reverse("org:member_remove", args=[target.pk])).status_code == 403
+    assert not Membership.objects.filter(organization=tenants.org, user=tenants.outsider).exists()
+
+
+@pytest.mark.django_db
+def test_another_organizations_members_and_groups_are_404(outsider_client, tenants):
+    membership = Membership.objects.get(organization=tenants.org, user=tenants.member)
+    group = services.group_create(user=tenants.owner, organization=tenants.org, name="ml")
+    for url in (
+        reverse("org:member_role", args=[membership.pk]),
+        reverse("org:member_remove", args=[membership.pk]),
+        reverse("org:group_detail", args=[group.pk]),
+        reverse("org:group_delete", args=[group.pk]),
+        reverse("org:group_member_add", args=[group.pk]),
+    ):
+        assert outsider_client.post(url, {"role": "viewer", "user": tenants.outsider.pk}).status_code == 404, url
+    # Their own admin page never lists Acme's people.
+    html = outsider_client.get(reverse("org:members")).content.decode()
+    assert "owner" not in html and "outsider" in html
+
+
+@pytest.mark.django_db
+def test_members_table_is_paginated_and_searchable(owner_client, tenants):
+    for n in range(12):
+        services.membership_set(organization=tenants.org, user=UserFactory(username=f"bulk{n:02d}"), role="viewer")
+    page = owner_client.get(reverse("org:members"), {"per_page": 10}).content.decode()
+    assert "1–10 of 15" in page and "Next" in page
+    found = owner_client.get(reverse("org:members"), {"q": "bulk07"}).content.decode()
+    assert "bulk07" in found and "bulk08" not in found
+
+
+@pytest.mark.django_db
+def test_admin_puts_a_member_in_a_group_and_a_groups_policy_admits_them(owner_client, tenants):
+    response = owner_client.post(reverse("org:groups"), {"name": "ML team", "description": "research"})
+    group = OrganizationGroup.objects.get(organization=tenants.org, name="ML team")
+    assert response.status_code == 302 and response["Location"] == group.get_absolute_url()
+    response = owner_client.post(reverse("org:group_member_add", args=[group.pk]), {"user": tenants.member.pk})
+    assert response.status_code == 302
+    assert tenants.member.groups.filter(pk=group.group_id).exists()
+    # Someone outside the organization can't be put in it.
+    response = owner_client.post(reverse("org:group_member_add", args=[group.pk]), {"user": tenants.outsider.pk})
+    assert response.status_code == 404
+    entry = AuditEntry.objects.filter(object_type="group", action="update").latest("pk")
+    assert entry.diff["members"][1] == ["member"]
+
+    # The access form offers this organization's groups, never another's.
+    theirs = services.group_create(user=tenants.outsider, organization=tenants.other_org, name="secret-team")
+    choices = AccessForm(organization_ids=[tenants.org.pk]).fields["groups"].queryset
+    assert group.group in choices and theirs.group not in choices
+
+    response = owner_client.post(
+        reverse("org:group_member_remove", args=[group.pk, tenants.member.pk]))
+    assert response.status_code == 302 and not tenants.member.groups.filter(pk=group.group_id).exists()
+
+
+@pytest.mark.django_db
+def test_groups_policy_cannot_name_another_organizations_group(tenants):
+    from django.core.exceptions import ValidationError
+
+    from sharing.services import access_policy_set
+    from tests.factories import deployment
+
+    dep = deployment(tenants.project, user=tenants.owner)
+    theirs = services.group_create(user=tenants.outsider, organization=tenants.other_org, name="secret-team")
+    with pytest.raises(ValidationError) as exc:
+        access_policy_set(user=tenants.owner, deployment=dep, kind="groups", groups=[theirs.group])
+    assert "groups" in exc.value.message_dict
+
+
+@pytest.mark.django_db
+def test_project_membership_is_managed_on_the_project_page(owner_client, tenants):
+    url = reverse("projects:member_add", args=[tenants.project.pk])
+    assert owner_client.post(url, {"user": tenants.viewer.pk, "role": "member"}).status_code == 302
+    row = ProjectMember.objects.get(project=tenants.project, user=tenants.viewer)
+    assert row.role == Role.MEMBER
+    # Lifted: the viewer may now change that project's objects.
+    from console import permissions
+
+    assert permissions.can(tenants.viewer, "change", tenants.project)
+    page = owner_client.get(tenants.project.get_absolute_url()).content.decode()
+    assert "data-confirm=\"Remove viewer from project" in page
+    assert owner_client.post(url, {"user": tenants.outsider.pk, "role": "member"}).status_code == 404
+    remove = reverse("projects:member_remove", args=[tenants.project.pk, tenants.viewer.pk])
+    assert login(tenants.member).post(remove).status_code == 403
+    assert owner_client.post(remove).status_code == 302
+    assert not ProjectMember.objects.filter(pk=row.pk).exists()
+    assert AuditEntry.objects.filter(object_type="project_member", action="delete").exists()
+
+
+@pytest.mark.django_db
+def test_rest_key_of_removed_member_stops_working(tenants):
+    from rest_framework.test import APIClient
+
+    _, secret = api_key_create(user=tenants.member, organization=tenants.org, name="cli", scope=APIKeyScope.REST)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {secret}")
+    assert client.get("/api/v1/projects/").status_code == 200
+    services.membership_remove(user=tenants.owner, membership=Membership.objects.get(organization=tenants.org, user=tenants.member))
+    assert client.get("/api/v1/projects/").status_code == 401
