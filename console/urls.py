@@ -7,6 +7,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from console import views
 from console.api_root import api_root
+from deployments.api.apply import ApplyDeleteView, ApplyView
+from projects.api.auth import TokenExchangeView
 from projects.urls import org_urlpatterns
 
 api_v1 = [
@@ -15,6 +17,9 @@ api_v1 = [
     path("", include("catalog.api.urls")),
     path("", include("deployments.api.urls")),
     path("", include("sharing.api.urls")),
+    path("apply/", ApplyView.as_view(), name="apply"),
+    path("apply/delete/", ApplyDeleteView.as_view(), name="apply-delete"),
+    path("auth/token/", TokenExchangeView.as_view(), name="auth-token"),
 ]
 
 urlpatterns = [

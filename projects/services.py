@@ -19,6 +19,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
@@ -333,6 +334,14 @@ def integration_delete(*, user: AbstractBaseUser | None, integration: Integratio
         _audit(actor=user, organization=integration.project.organization, action="integration_change",
                obj=integration, before={"kind": integration.kind, "secret_last4": integration.secret_last4}, after=None)
         integration.delete()
+
+
+def integration_check(*, user: AbstractBaseUser | None, integration: Integration) -> Integration:
+    """Ask the outside service whether the stored credential works; the answer is saved on it."""
+    permissions.require(user, "change", integration.project, what="integration checks")
+    ok, message = integration_checks.check(integration)
+    log.info("integration checked", extra={"project": integration.project_id, "kind": integration.kind, "ok": ok})
+    return integration_record_check(integration=integration, ok=ok, message=message)
 
 
 def integration_record_check(*, integration: Integration, ok: bool, message: str) -> Integration:

@@ -14,7 +14,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from catalog import integrations as catalog_integrations
 from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
@@ -198,10 +197,8 @@ def integration_check(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     integration = project.integrations.filter(kind=kind).first()
     if integration is None:
         raise Http404("That integration is not set.")
-
-    ok, message = catalog_integrations.check(integration)
-    services.integration_record_check(integration=integration, ok=ok, message=message)
-    log.info("integration checked", extra={"project": project.pk, "kind": kind, "ok": ok})
+    integration = services.integration_check(user=request.user, integration=integration)
+    ok, message = integration.check_ok, integration.check_message
     if request.htmx:
         return render(
             request,

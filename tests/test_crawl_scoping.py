@@ -98,6 +98,16 @@ API_BASENAMES: dict[str, str] = {
     "audit-entry": "audit_entry",
     "environment": "environment",
     "api-key": "api_key",
+    "member": "membership",
+    "invitation": "invitation",
+    "group": "group",
+}
+# Router routes with more arguments than {pk}: route name → {argument: world object | lit(value)}.
+API_ARGS: dict[str, dict] = {
+    "project-member": {"pk": "project", "user_id": "admin"},
+    "project-integration": {"pk": "project", "kind": lit("huggingface")},
+    "project-integration-check": {"pk": "project", "kind": lit("huggingface")},
+    "group-member": {"pk": "group", "user_id": "admin"},
 }
 
 # Patterns whose arguments are not objects of an organization, with the reason.
@@ -197,6 +207,9 @@ def _api_object(name: str) -> str | None:
 def mapping_for(route: Route) -> dict | None:
     if route.name is None:
         return None
+    if route.api and route.name in API_ARGS:
+        spec = API_ARGS[route.name]
+        return spec if set(spec) == set(route.args) else None
     if route.api:
         obj = _api_object(route.name)
         if obj is None or set(route.args) != {"pk"}:

@@ -3,7 +3,18 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from projects.keys import api_key_state
-from projects.models import GPU_QUOTA_MAX, APIKey, APIKeyScope, Organization, Project
+from projects.models import (
+    GPU_QUOTA_MAX,
+    APIKey,
+    APIKeyScope,
+    Integration,
+    IntegrationKind,
+    Invitation,
+    Organization,
+    OrganizationGroup,
+    Project,
+    Role,
+)
 
 NO_SUCH_ORGANIZATION = "No such organization, or you are not a member of it."
 
@@ -109,3 +120,121 @@ class APIKeyCreateSerializer(serializers.Serializer):
 
 class APIKeyRevokeSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class MemberSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    organization = serializers.IntegerField(source="organization_id", read_only=True)
+    user_id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.CharField(source="user.email", read_only=True)
+    role = serializers.ChoiceField(choices=Role.choices)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class MemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=254, help_text="An existing user's username or email.")
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+    organization = serializers.IntegerField(required=False, min_value=1)
+
+
+class MemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MemberRemovedSerializer(serializers.Serializer):
+    keys_revoked = serializers.IntegerField()
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    organization = serializers.IntegerField(source="organization_id", read_only=True)
+    invited_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    state = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "organization", "email", "role", "invited_by", "created_at", "expires_at", "accepted_at",
+                  "revoked_at", "state"]
+        read_only_fields = fields
+
+    def get_state(self, obj: Invitation) -> str:
+        return obj.state()
+
+
+class InvitationCreatedSerializer(InvitationSerializer):
+    link = serializers.CharField(read_only=True, help_text="The one-time link. In this response only.")
+
+    class Meta(InvitationSerializer.Meta):
+        fields = [*InvitationSerializer.Meta.fields, "link"]
+        read_only_fields = fields
+
+
+class InvitationCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField(max_length=254)
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+    organization = serializers.IntegerField(required=False, min_value=1)
+
+
+class InvitationAcceptSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200)
+
+
+class GroupSerializer(serializers.ModelSerializer):
+    organization = serializers.IntegerField(source="organization_id", read_only=True)
+    members = serializers.SerializerMethodField()
+
+    class Meta:
+        model = OrganizationGroup
+        fields = ["id", "organization", "name", "description", "members", "created_at"]
+        read_only_fields = ["id", "organization", "members", "created_at"]
+        validators: list = []  # the service checks uniqueness and says so
+
+    def get_members(self, obj: OrganizationGroup) -> list[dict]:
+        return [{"id": u.pk, "username": u.username} for u in obj.group.user_set.order_by("username")]
+
+
+class GroupWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=80)
+    description = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    organization = serializers.IntegerField(required=False, min_value=1)
+
+
+class UserRefSerializer(serializers.Serializer):
+    user = serializers.IntegerField(min_value=1, help_text="The user's id (a member of the organization).")
+
+
+class ProjectMemberSerializer(serializers.Serializer):
+    user = serializers.IntegerField(source="user_id", min_value=1)
+    username = serializers.CharField(source="user.username", read_only=True)
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+class IntegrationSerializer(serializers.ModelSerializer):
+    """A project's integration as listed: never the secret (write-only), only its last 4 characters."""
+
+    secret = serializers.CharField(write_only=True, max_length=4000, trim_whitespace=True)
+    kind = serializers.ChoiceField(choices=IntegrationKind.choices)
+
+    class Meta:
+        model = Integration
+        fields = ["kind", "secret", "secret_last4", "check_ok", "check_message", "checked_at", "updated_at"]
+        read_only_fields = ["secret_last4", "check_ok", "check_message", "checked_at", "updated_at"]
+        validators: list = []
+
+
+class UsageRecordSerializer(serializers.Serializer):
+    created_at = serializers.DateTimeField()
+    request_id = serializers.CharField()
+    deployment = serializers.IntegerField(source="deployment_id", allow_null=True)
+    deployment_name = serializers.CharField()
+    route = serializers.CharField()
+    status_code = serializers.IntegerField()
+    api_key_prefix = serializers.CharField()
+    user = serializers.CharField(source="user.username", default=None)
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    latency_ms = serializers.FloatField()
+    ttft_ms = serializers.FloatField(allow_null=True)
+    stream = serializers.BooleanField()
+    cost = serializers.DecimalField(max_digits=18, decimal_places=8, coerce_to_string=True)
+    currency = serializers.CharField()

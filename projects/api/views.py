@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from deployments.models import ModelDeployment
 from projects import keys, services
+from projects.api.org import ProjectSettingsMixin
 from projects.api.serializers import (
     NO_SUCH_ORGANIZATION,
     APIKeyCreatedSerializer,
@@ -42,7 +43,7 @@ class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(OrganizationSerializer(org, context={"request": request}).data)
 
 
-class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class ProjectViewSet(ProjectSettingsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = ProjectSerializer
 
     def get_queryset(self):
