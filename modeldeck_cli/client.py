@@ -1,0 +1,81 @@
+"""A small REST client: the base URL, the token, and errors in words (never a traceback)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class CLIError(Exception):
+    """Something to tell the user, with the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        if "detail" in body and len(body) == 1:
+            return str(body["detail"])
+        parts = []
+        for key, value in body.items():
+            text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(text if key in ("detail", "non_field_errors") else f"{key}: {text}")
+        return "; ".join(parts)
+    return str(body)
+
+
+class Client:
+    def __init__(self, url: str, token: str = "", timeout: float = 30.0) -> None:
+        if not url:
+            raise CLIError("No ModelDeck URL: run `modeldeck login --url URL …` or set MODELDECK_URL.")
+        if not url.startswith(("http://", "https://")):
+            raise CLIError(f"{url!r} is not an http(s) URL.")
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "modeldeck-cli"}
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CLIError(f"Can't reach {self.url}: {exc}") from None
+        if response.status_code in ok:
+            return response
+        if response.status_code == 401:
+            raise CLIError(f"Not signed in ({_detail(response)}). Run `modeldeck login`.")
+        if response.status_code == 404:
+            raise CLIError(f"Not found: {_detail(response)}")
+        raise CLIError(f"{response.status_code}: {_detail(response)}")
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def post(self, path: str, body: dict, *, ok: tuple[int, ...] = (200, 201)) -> httpx.Response:
+        return self.request("POST", path, json=body, ok=ok)
+
+    def list_all(self, path: str, **params: Any) -> list[dict]:
+        """Every row of a paginated list (LimitOffset pages: follow `next`)."""
+        page = self.get(path, **params)
+        if isinstance(page, list):
+            return page
+        rows = list(page.get("results", []))
+        while page.get("next"):
+            nxt = page["next"]
+            try:
+                response = self.http.get(nxt)
+            except httpx.HTTPError as exc:
+                raise CLIError(f"Can't reach {self.url}: {exc}") from None
+            if response.status_code != 200:
+                raise CLIError(f"{response.status_code}: {_detail(response)}")
+            page = response.json()
+            rows.extend(page.get("results", []))
+        return rows
