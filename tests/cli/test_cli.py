@@ -1,0 +1,130 @@
+"""The `modeldeck` command from a separate virtual environment, against a live server.
+
+The client venv gets only the project itself (`pip install --no-deps .`: the package
+`modeldeck_cli` and its console script); httpx and PyYAML come from the project venv's
+site-packages through a .pth file, so nothing is downloaded. The command runs as a subprocess
+and talks to the live server over HTTP, as from a laptop.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import stat
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from deployments.models import DeploymentState, ModelDeployment
+from tests.deployments.conftest import state_of, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def client_venv(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("client") / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (Path(purelib) / "modeldeck-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check", str(ROOT)],
+        check=True, cwd=build, env={**os.environ, "PIP_NO_INPUT": "1"},
+    )  # fmt: skip
+    assert (venv / "bin" / "modeldeck").exists()
+    return venv
+
+
+def run(venv: Path, home: Path, *args: str, env: dict | None = None, input: str | None = None):
+    environment = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+        **(env or {}),
+    }  # fmt: skip
+    return subprocess.run(
+        [str(venv / "bin" / "modeldeck"), *args], capture_output=True, text=True, env=environment,
+        timeout=60, input=input, cwd=home,
+    )  # fmt: skip
+
+
+def test_the_cli_imports_nothing_of_the_server():
+    allowed = set(sys.stdlib_module_names) | {"httpx", "yaml", "modeldeck_cli"}
+    for path in (ROOT / "modeldeck_cli").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_login_apply_running_and_dry_run_diff_from_a_client_venv(
+    client_venv, demo, cluster, live_server, tmp_path, login_limits_reset
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    # Django is not even loaded by the client.
+    probe = subprocess.run([str(client_venv / "bin" / "python"), "-c",
+                            "import sys, modeldeck_cli.main; print('django' in sys.modules)"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert probe.stdout.strip() == "False"
+
+    bad = run(client_venv, home, "login", "--url", live_server.url, "--username", "admin", "--password", "wrong")
+    assert bad.returncode == 1 and "Wrong username or password" in bad.stderr
+    login = run(client_venv, home, "login", "--url", live_server.url, "--username", "admin",
+                "--password", "cli-Test-password-1")  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    config = home / ".config" / "modeldeck" / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    saved = json.loads(config.read_text())
+    assert saved["url"] == live_server.url and saved["token"].startswith("mdk_") and saved["organization"] == "demo"
+
+    manifest = tmp_path / "qwen.yaml"
+    manifest.write_text((EXAMPLES / "qwen-deployment.yaml").read_text())
+    applied = run(client_venv, home, "apply", "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    assert "modeldeployment/qwen-chat created" in applied.stdout
+    deployment = ModelDeployment.objects.get(name="qwen-chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    listed = run(client_venv, home, "get", "deployments")
+    assert listed.returncode == 0 and "qwen-chat" in listed.stdout and "running" in listed.stdout.lower()
+
+    again = run(client_venv, home, "apply", "-f", str(manifest))
+    assert again.returncode == 0 and "modeldeployment/qwen-chat unchanged" in again.stdout
+
+    manifest.write_text(manifest.read_text().replace("replicas: {min: 1, max: 1}", "replicas: {min: 1, max: 2}"))
+    dry = run(client_venv, home, "apply", "-f", str(manifest), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "modeldeployment/qwen-chat would be configured:" in dry.stdout and "replicas.max: 1 → 2" in dry.stdout
+    assert deployment.revisions.count() == 1  # a dry run changes nothing
+
+    described = run(client_venv, home, "describe", "deployment", "qwen-chat")
+    assert described.returncode == 0 and "served_model_name: qwen-chat" in described.stdout and "events:" in described.stdout
+    models = run(client_venv, home, "get", "models", "-o", "json")
+    assert any(m["name"] == "qwen2.5-0.5b-instruct" for m in json.loads(models.stdout))
+    pools = run(client_venv, home, "get", "pools")
+    assert "sandbox" in pools.stdout
+
+    # MODELDECK_URL / MODELDECK_TOKEN instead of the saved login; a wrong token is a clear error.
+    (home / ".config" / "modeldeck" / "config.json").unlink()
+    by_env = run(client_venv, home, "get", "pools", env={"MODELDECK_URL": live_server.url, "MODELDECK_TOKEN": saved["token"]})
+    assert by_env.returncode == 0 and "sandbox" in by_env.stdout
+    wrong = run(client_venv, home, "get", "pools", env={"MODELDECK_URL": live_server.url, "MODELDECK_TOKEN": "mdk_wrongwrongwrongwrong"})
+    assert wrong.returncode == 1 and "Not signed in" in wrong.stderr and "Traceback" not in wrong.stderr
+    with_token = run(client_venv, home, "login", "--url", live_server.url, "--token", saved["token"])
+    assert with_token.returncode == 0 and json.loads(config.read_text())["token"] == saved["token"]
+
+    deleted = run(client_venv, home, "delete", "-f", str(manifest))
+    assert deleted.returncode == 0 and "modeldeployment/qwen-chat deleted" in deleted.stdout
