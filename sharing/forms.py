@@ -73,7 +73,10 @@ class AccessForm(StyledForm):
         owner_id = organization_ids[0] if organization_ids else None
         self.fields["groups"].queryset = Group.objects.filter(
             Q(organization_group__isnull=True) | Q(organization_group__organization_id=owner_id)
-        ).order_by("name")
+        ).select_related("organization_group").order_by("name")
+        self.fields["groups"].label_from_instance = lambda g: (
+            g.organization_group.name if hasattr(g, "organization_group") else g.name
+        )
 
     def clean(self) -> dict:
         data = super().clean()
