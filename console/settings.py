@@ -234,6 +234,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "IntegrationKindEnum": "projects.models.IntegrationKind",
+        "PoolKindEnum": "deployments.models.PoolKind",
+    },
 }
 
 # Celery: Redis in production; kombu's filesystem transport when embedded, which (unlike

@@ -99,7 +99,7 @@ def cmd_login(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 def _apply(args: argparse.Namespace, out: Callable[[str], None], path: str) -> int:
     client = _client(args)
     body: dict[str, Any] = {"manifest": _read(args.filename), "dry_run": bool(args.dry_run)}
-    response = client.request("POST", path, json=body, ok=(200, 400))
+    response = client.request("POST", path, json=body, ok=(200, 400, 422))
     data = response.json()
     if "lines" not in data:  # the manifest itself was refused (not YAML, wrong apiVersion …)
         raise CLIError("; ".join(" ".join(v) if isinstance(v, list) else str(v) for v in data.values()))

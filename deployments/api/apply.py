@@ -78,14 +78,14 @@ class _ApplyBase(APIView):
         ctx = Context(user=request.user, organization=organization, dry_run=data["dry_run"])
         errors = type(self).run(ctx, docs, dry_run=data["dry_run"], write=lines.append)
         payload = {"dry_run": data["dry_run"], "errors": errors, "lines": lines}
-        # Some documents may have been applied: the body says which; the status says not all were.
-        return Response(payload, status=status.HTTP_400_BAD_REQUEST if errors else status.HTTP_200_OK)
+        # Some documents may have been applied: the body says which; 422 says not all were.
+        return Response(payload, status=status.HTTP_422_UNPROCESSABLE_ENTITY if errors else status.HTTP_200_OK)
 
 
 class ApplyView(_ApplyBase):
     """Create or update what the manifests describe (`modeldeck apply -f`)."""
 
-    @extend_schema(request=ApplySerializer, responses={200: ApplyResultSerializer, 400: ApplyResultSerializer})
+    @extend_schema(request=ApplySerializer, responses={200: ApplyResultSerializer, 422: ApplyResultSerializer})
     def post(self, request: Request) -> Response:
         return super().post(request)
 
@@ -95,6 +95,6 @@ class ApplyDeleteView(_ApplyBase):
 
     run = staticmethod(delete_documents)
 
-    @extend_schema(request=ApplySerializer, responses={200: ApplyResultSerializer, 400: ApplyResultSerializer})
+    @extend_schema(request=ApplySerializer, responses={200: ApplyResultSerializer, 422: ApplyResultSerializer})
     def post(self, request: Request) -> Response:
         return super().post(request)

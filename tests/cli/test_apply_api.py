@@ -80,7 +80,7 @@ def test_apply_is_scoped_and_checks_roles_per_document(tenants):
     assert outsider.post("/api/v1/apply/", {"manifest": manifest, "organization": tenants.org.pk},
                          format="json").status_code == 404  # fmt: skip
     refused = rest_api_client(tenants.viewer).post("/api/v1/apply/", {"manifest": manifest}, format="json")
-    assert refused.status_code == 400 and refused.json()["errors"] == 1
+    assert refused.status_code == 422 and refused.json()["errors"] == 1
     assert refused.json()["lines"][0].startswith("error: endpoint/ep:")
     ok = rest_api_client(tenants.member).post("/api/v1/apply/", {"manifest": manifest}, format="json")
     assert ok.status_code == 200 and ok.json()["lines"] == ["endpoint/ep created:\n  path: (none) → /ep"]
