@@ -534,6 +534,8 @@ def invitation_signup(*, token: str, username: str, password: str) -> Membership
         errors["username"] = ["Choose a username."]
     elif User.objects.filter(username__iexact=username).exists():
         errors["username"] = ["That username is taken; sign in instead if it is yours."]
+    if User.objects.filter(email__iexact=invitation.email).exists():
+        errors["username"] = [f"An account with {invitation.email} exists already: sign in with it to accept."]
     try:
         validate_password(password or "", User(username=username, email=invitation.email))
     except ValidationError as exc:

@@ -285,9 +285,11 @@ def org_members(request: HttpRequest) -> HttpResponse:
         search=("user__username", "user__email", "user__first_name", "user__last_name"),
         filters=[ListFilter("role", "Role", Role.choices)],
     )
-    invitations = selectors.invitations_for(request.user, org).filter(
-        accepted_at__isnull=True, revoked_at__isnull=True
-    )[:50] if is_admin else []
+    invitations = paginate(
+        request, selectors.invitations_for(request.user, org).filter(accepted_at__isnull=True, revoked_at__isnull=True),
+        sorts={"email": "email", "expires": "expires_at"}, default_sort="expires", search=("email",),
+        prefix="inv_", per_page=10,
+    ) if is_admin else None  # fmt: skip
     return render(request, "projects/org/members.html", {
         "organization": org, "listing": listing, "members": listing.rows, "is_admin": is_admin,
         "member_form": member_form, "invite_form": invite_form, "invite_link": invite_link,

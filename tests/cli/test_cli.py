@@ -117,6 +117,18 @@ def test_login_apply_running_and_dry_run_diff_from_a_client_venv(
     pools = run(client_venv, home, "get", "pools")
     assert "sandbox" in pools.stdout
 
+    # `logs` reads GET /api/v1/deployments/{id}/logs/ (added with the deployment page's Logs tab).
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("deployment-logs", args=[deployment.pk])
+    except NoReverseMatch:
+        missing = run(client_venv, home, "logs", "qwen-chat")
+        assert missing.returncode == 1 and "Not found" in missing.stderr and "Traceback" not in missing.stderr
+    else:
+        logs = run(client_venv, home, "logs", "qwen-chat", "--tail", "20")
+        assert logs.returncode == 0 and logs.stdout.strip(), logs.stderr
+
     # MODELDECK_URL / MODELDECK_TOKEN instead of the saved login; a wrong token is a clear error.
     (home / ".config" / "modeldeck" / "config.json").unlink()
     by_env = run(client_venv, home, "get", "pools", env={"MODELDECK_URL": live_server.url, "MODELDECK_TOKEN": saved["token"]})

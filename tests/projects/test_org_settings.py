@@ -226,3 +226,26 @@ def test_rest_key_of_removed_member_stops_working(tenants):
     assert client.get("/api/v1/projects/").status_code == 200
     services.membership_remove(user=tenants.owner, membership=Membership.objects.get(organization=tenants.org, user=tenants.member))
     assert client.get("/api/v1/projects/").status_code == 401
+
+
+@pytest.mark.django_db
+def test_signup_on_an_invitation_for_an_existing_address_asks_to_sign_in(client, tenants):
+    _, link = services.invitation_create(user=tenants.owner, organization=tenants.org, email="outsider@example.com")
+    path = "/" + link.split("/", 3)[3]
+    response = client.post(path, {"username": "someone-else", "password": "a-Long-enough-pw-42"})
+    assert response.status_code == 200 and "sign in with it to accept" in response.content.decode()
+    assert not get_user_model().objects.filter(username="someone-else").exists()
+    # Signed in, the existing account joins.
+    joined = login(tenants.outsider).post(path)
+    assert joined.status_code == 302
+    assert Membership.objects.get(organization=tenants.org, user=tenants.outsider).role == Role.MEMBER
+
+
+@pytest.mark.django_db
+def test_pending_invitations_are_a_paginated_table(owner_client, tenants):
+    for n in range(12):
+        services.invitation_create(user=tenants.owner, organization=tenants.org, email=f"p{n:02d}@example.com")
+    page = owner_client.get(reverse("org:members")).content.decode()
+    assert "1–10 of 12" in page
+    found = owner_client.get(reverse("org:members"), {"inv_q": "p03@"}).content.decode()
+    assert "p03@example.com" in found and "p04@example.com" not in found
