@@ -8,8 +8,10 @@ from projects import services
 from projects.models import (
     GpuReservation,
     Integration,
+    Invitation,
     Membership,
     Organization,
+    OrganizationGroup,
     Project,
     ProjectMember,
 )
@@ -94,6 +96,29 @@ class IntegrationAdmin(RestrictedAdmin):
     list_display = ["project", "kind", "secret_last4", "check_ok", "checked_at", "updated_at"]
     exclude = ["secret"]
     readonly_fields = ["project", "kind", "secret_last4", "check_ok", "check_message", "checked_at", "updated_by"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(OrganizationGroup)
+class OrganizationGroupAdmin(RestrictedAdmin):
+    # Changed in Settings → Groups (projects.services: audited, organization members only).
+    list_display = ["name", "organization", "description", "created_at"]
+    list_filter = ["organization"]
+    readonly_fields = ["organization", "group", "name", "description"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(RestrictedAdmin):
+    # Only the token's hash is stored; invitations are made and revoked in Settings → Members.
+    list_display = ["email", "organization", "role", "created_by", "expires_at", "accepted_at", "revoked_at"]
+    list_filter = ["organization", "role"]
+    exclude = ["token_hash"]
+    readonly_fields = ["organization", "email", "role", "created_by", "expires_at", "accepted_at", "accepted_by", "revoked_at"]
 
     def has_add_permission(self, request):
         return False

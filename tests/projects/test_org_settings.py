@@ -249,3 +249,20 @@ def test_pending_invitations_are_a_paginated_table(owner_client, tenants):
     assert "1–10 of 12" in page
     found = owner_client.get(reverse("org:members"), {"inv_q": "p03@"}).content.decode()
     assert "p03@example.com" in found and "p04@example.com" not in found
+
+
+@pytest.mark.django_db
+def test_django_admin_lists_groups_and_invitations_of_the_admins_organization_only(tenants):
+    from django.contrib.auth.models import Permission
+
+    services.group_create(user=tenants.owner, organization=tenants.org, name="acme-team")
+    services.group_create(user=tenants.outsider, organization=tenants.other_org, name="globex-team")
+    services.invitation_create(user=tenants.owner, organization=tenants.org, email="a@example.com")
+    tenants.owner.is_staff = True
+    tenants.owner.save()
+    tenants.owner.user_permissions.add(*Permission.objects.filter(codename__in=["view_organizationgroup", "view_invitation"]))
+    client = login(tenants.owner)
+    groups = client.get(reverse("admin:projects_organizationgroup_changelist")).content.decode()
+    assert "acme-team" in groups and "globex-team" not in groups
+    invitations = client.get(reverse("admin:projects_invitation_changelist"))
+    assert invitations.status_code == 200 and "a@example.com" in invitations.content.decode()
