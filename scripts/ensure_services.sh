@@ -55,3 +55,10 @@ if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium chromium-driver || { [ "${CI:-}" = "true" ] && fail "could not install chromium"; log "WARNING: chromium missing; browser tests will fail"; }
 fi
 log "chromium ok"
+
+# tests/deploy renders the install manifests with `kubectl kustomize` (offline; Debian's package).
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "installing Debian's kubectl (kubernetes-client) for the install-manifest tests"
+  apt_install kubernetes-client || { [ "${CI:-}" = "true" ] && fail "could not install kubectl"; log "WARNING: kubectl missing; tests/deploy will skip"; }
+fi
+log "kubectl ok"
