@@ -293,14 +293,14 @@ class ProjectSettingsMixin:
         return integration
 
     @extend_schema(request=None, responses={204: None})
-    @action(detail=True, methods=["delete"], url_path=r"integrations/(?P<kind>[a-z]+)", url_name="integration")
+    @action(detail=True, methods=["delete"], url_path=r"integrations/(?P<kind>[a-z0-9]+)", url_name="integration")
     def integration_delete(self, request, pk=None, kind=None):
         integration = self._integration(request, kind)
         services.integration_delete(user=request.user, integration=integration)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=None, responses=IntegrationSerializer)
-    @action(detail=True, methods=["post"], url_path=r"integrations/(?P<kind>[a-z]+)/check", url_name="integration-check")
+    @action(detail=True, methods=["post"], url_path=r"integrations/(?P<kind>[a-z0-9]+)/check", url_name="integration-check")
     def integration_check(self, request, pk=None, kind=None):
         """Ask Hugging Face / NGC whether the stored credential works; the answer is saved."""
         integration = services.integration_check(user=request.user, integration=self._integration(request, kind))

@@ -212,7 +212,11 @@ class ProjectMemberSerializer(serializers.Serializer):
 class IntegrationSerializer(serializers.ModelSerializer):
     """A project's integration as listed: never the secret (write-only), only its last 4 characters."""
 
-    secret = serializers.CharField(write_only=True, max_length=4000, trim_whitespace=True)
+    secret = serializers.CharField(
+        write_only=True, max_length=4000, trim_whitespace=True,
+        help_text='The token or key. For `s3`: a JSON object {"access_key_id", "secret_access_key", '
+                  '"endpoint_url", "region"} as a string, as the console\'s four fields make it.',
+    )  # fmt: skip
     kind = serializers.ChoiceField(choices=IntegrationKind.choices)
 
     class Meta:

@@ -41,6 +41,7 @@ BUILTIN_RESOURCES = {
     "ConfigMap": ("", "configmaps"),
     "Ingress": ("networking.k8s.io", "ingresses"),
     "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
+    "Job": ("batch", "jobs"),
 }
 EXTERNAL_SECRET = "modeldeck-secrets"
 SECRET_KEYS = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "MODELDECK_ENCRYPTION_KEY")

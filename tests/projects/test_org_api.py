@@ -147,3 +147,18 @@ def test_usage_records_csv_and_summary_match_the_console(tenants, owner_client):
     assert api.get("/api/v1/usage/?scope=everything").status_code == 400
     assert api.get("/api/v1/usage/?range=1y").status_code == 400
     assert rest_api_client(tenants.outsider).get(f"/api/v1/usage/?scope=deployment&deployment={dep.pk}").status_code == 404
+
+
+def test_s3_credentials_over_rest_are_write_only_and_validated(tenants):
+    import json
+
+    api = rest_api_client(tenants.owner)
+    url = f"/api/v1/projects/{tenants.project.pk}/integrations/"
+    secret = json.dumps({"access_key_id": "AKIAEXAMPLE1234", "secret_access_key": "wJalrXUtnFEMI/K7MDENG",
+                         "endpoint_url": "https://minio.example.com"})  # fmt: skip
+    saved = api.post(url, {"kind": "s3", "secret": secret}, format="json")
+    assert saved.status_code == 200 and saved.json()["secret_last4"] == "1234"
+    assert "wJalrXUtnFEMI" not in saved.content.decode() + api.get(url).content.decode()
+    bad = api.post(url, {"kind": "s3", "secret": json.dumps({"access_key_id": "AKIA"})}, format="json")
+    assert bad.status_code == 400 and "secret_access_key" in bad.json()
+    assert api.delete(f"{url}s3/").status_code == 204
