@@ -304,6 +304,15 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Flow 4: usage buffered in Redis by the gateway, written to the database in batches.
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
 }
+# Flow 6: the autoscaler (deployments/autoscale.py) reads the gateway's load over the last
+# MODELDECK_AUTOSCALE_WINDOW_SECONDS every MODELDECK_AUTOSCALE_TICK_SECONDS; the gateway holds at
+# most MODELDECK_GATEWAY_HOLD_QUEUE requests per deployment (per process) while one starts.
+MODELDECK_AUTOSCALE_TICK_SECONDS = env_int("MODELDECK_AUTOSCALE_TICK_SECONDS", 2, minimum=1, maximum=60)
+MODELDECK_AUTOSCALE_WINDOW_SECONDS = env_int("MODELDECK_AUTOSCALE_WINDOW_SECONDS", 10, minimum=2, maximum=120)
+MODELDECK_GATEWAY_HOLD_QUEUE = env_int("MODELDECK_GATEWAY_HOLD_QUEUE", 100, minimum=0, maximum=100_000)
+CELERY_BEAT_SCHEDULE["deployments-autoscale"] = {
+    "task": "deployments.autoscale", "schedule": float(MODELDECK_AUTOSCALE_TICK_SECONDS),
+}
 if not REDIS_URL:
     # The filesystem transport polls; keep the wait between polls short so work starts quickly.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.5

@@ -216,6 +216,22 @@ class ModelDeployment(models.Model):
     def gpu_holder(self) -> str:
         return gpu_holder_key(self.pk)
 
+    def replicas_wanted(self, spec: dict | None = None) -> int:
+        """Replicas the pool should run for `spec` (default: the current one): the autoscaler's
+        count within [min, max] when the spec autoscales, else the minimum (at least one)."""
+        spec = self.spec() if spec is None else spec
+        replicas = spec.get("replicas") or {"min": 1, "max": 1}
+        start = max(int(replicas["min"]), 1)
+        if not (spec.get("autoscaling") or {}).get("enabled"):
+            return start
+        try:
+            desired = self.scale.desired
+        except DeploymentScale.DoesNotExist:
+            desired = None
+        if desired is None:
+            return start
+        return min(max(int(desired), int(replicas["min"])), int(replicas["max"]))
+
     def gpus_held(self) -> int:
         """GPUs this deployment holds in its project's quota right now (0 when deactivated)."""
         row = GpuReservation.objects.filter(holder=self.gpu_holder()).only("gpus").first()
@@ -291,3 +307,40 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment}: {self.reason}"
+
+
+class DeploymentScale(models.Model):
+    """What the autoscaler decided for a deployment and what the pool shows (one row each).
+
+    Written by deployments/autoscale.py (each tick, only when something changed) and read by
+    the push (ModelDeployment.replicas_wanted), the REST `scale` field and the console."""
+
+    deployment = models.OneToOneField(ModelDeployment, on_delete=models.CASCADE, primary_key=True,
+                                      related_name="scale")  # fmt: skip
+    desired = models.PositiveIntegerField(null=True, blank=True, help_text="Replicas asked of the pool; empty: the start count.")
+    wanted = models.PositiveIntegerField(default=0, help_text="What the load asks for before the quota (desired ≤ wanted).")
+    ready = models.PositiveIntegerField(default=0, help_text="Ready replicas the pool showed last.")
+    pods = models.PositiveIntegerField(default=0, help_text="Pods that exist (ready or not): GPUs still in use.")
+    reason = models.CharField(max_length=300, blank=True)
+    load = models.FloatField(default=0.0, help_text="The spec's metric, last measured.")
+    low_since = models.DateTimeField(null=True, blank=True, help_text="Since when the load asks for fewer replicas.")
+    idle_since = models.DateTimeField(null=True, blank=True, help_text="Since when no request came.")
+    changed_at = models.DateTimeField(null=True, blank=True)
+    observed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}: {self.desired} desired, {self.ready} ready"
+
+
+class ScaleSample(models.Model):
+    """One point of the deployment page's chart: desired vs. ready replicas and the load."""
+
+    deployment = models.ForeignKey(ModelDeployment, on_delete=models.CASCADE, related_name="scale_samples")
+    at = models.DateTimeField()
+    desired = models.PositiveIntegerField()
+    ready = models.PositiveIntegerField()
+    load = models.FloatField()
+
+    class Meta:
+        ordering = ["deployment", "at"]
+        indexes = [models.Index(fields=["deployment", "at"])]

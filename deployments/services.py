@@ -24,6 +24,7 @@ from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
     DeploymentEvent,
+    DeploymentScale,
     DeploymentState,
     Endpoint,
     ModelDeployment,
@@ -558,7 +559,7 @@ def _reserve(deployment: ModelDeployment, gpus: int, *, surge: Revision | None =
     the numbers (one the surge alone causes points at the recreate strategy)."""
     try:
         quota_reserve(project=deployment.project, holder=deployment.gpu_holder(), gpus=gpus,
-                      surge=gpu_hold(surge.spec) if surge is not None else 0,
+                      surge=gpu_hold(surge.spec, deployment.replicas_wanted(surge.spec)) if surge is not None else 0,
                       surge_from=f"revision {surge.number}" if surge is not None else "")  # fmt: skip
     except ValidationError as exc:
         field = "update_strategy" if getattr(exc, "code", "") == "surge" else "resources.gpus"
@@ -807,7 +808,8 @@ def _revise(
         if recreate:
             locked.serving_revision = None  # the push points the Service at the new revision at once
         if locked.state != DeploymentState.DEACTIVATED:
-            _reserve(locked, gpu_hold(spec), surge=_surge_revision(locked, pods))
+            # Autoscaled: what runs now (the autoscaler's count within the new [min, max]).
+            _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)), surge=_surge_revision(locked, pods))
         reason = reason or "Updated"
         if not rollout:
             scaled = rendered_replicas(base.spec) != rendered_replicas(spec)
@@ -886,7 +888,7 @@ def deployment_rollout_failed(*, deployment_id: int, revision_id: int, problem: 
                                  pods_revision=serving.pods_number())  # fmt: skip
         _claim_served_name(locked, serving.spec["served_model_name"])
         try:
-            _reserve(locked, gpu_hold(serving.spec))  # the surge goes: smaller than before
+            _reserve(locked, gpu_hold(serving.spec, locked.replicas_wanted(serving.spec)))  # the surge goes
         except ValidationError:
             pass  # held from before the surge rule and grown meanwhile: keep what is held
         locked.current_revision = locked.serving_revision = revision
@@ -915,7 +917,8 @@ def deployment_rollout_done(*, deployment_id: int) -> None:
         if locked.state in (DeploymentState.DEACTIVATED, DeploymentState.DELETING) or locked.current_revision is None:
             return
         if _surge_revision(locked, locked.current_revision.pods_number()) is None:
-            _reserve(locked, gpu_hold(locked.current_revision.spec))
+            spec = locked.current_revision.spec
+            _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)))
 
 
 def deployment_update_spec(
@@ -930,6 +933,11 @@ def deployment_update_spec(
     if replace:
         return normalize_spec(merge_spec(default_spec(), spec), bundle=deployment.bundle, model=deployment.model)
     merged = merge_spec(current, spec)
+    if not isinstance(spec.get("autoscaling"), dict) or "scale_to_zero_after_seconds" not in spec["autoscaling"]:
+        # The stored idle window belongs to min 0: a new minimum above 0 drops it (and 0 again
+        # brings the default back) instead of refusing the scale.
+        if isinstance(merged.get("autoscaling"), dict):
+            merged["autoscaling"].pop("scale_to_zero_after_seconds", None)
     if deployment.model.source == "ngc" and spec.get("nim_tag") and "image" not in spec:
         merged["image"] = image_with_tag(current.get("image", ""), str(spec["nim_tag"]))
     return normalize_spec(merged, bundle=deployment.bundle, model=deployment.model)
@@ -1059,8 +1067,9 @@ def deployment_activate(
         before = _deployment_snapshot(locked)
         if locked.state != DeploymentState.DEACTIVATED:
             raise ValidationError("Only a deactivated deployment can be activated.")
-        gpus = gpu_hold(locked.current_revision.spec)
+        gpus = gpu_hold(locked.current_revision.spec)  # autoscaled: starts again at its minimum
         _reserve(locked, gpus)
+        DeploymentScale.objects.filter(deployment=locked).update(desired=None, low_since=None, idle_since=None)
         state_claim(locked, expect=DeploymentState.DEACTIVATED, state=DeploymentState.PENDING,
                     reason="Activated: scaling up.")  # fmt: skip
         event_record(

@@ -49,7 +49,16 @@ S3_ENV = {
 
 MAX_REPLICAS = 100
 MAX_GPUS_PER_REPLICA = 16
-AUTOSCALING_METRICS = ("concurrency", "requests_per_second", "gpu_utilization")
+# What the gateway measures per deployment (gateway/load.py); the target is per replica, except
+# latency_p95_ms: the p95 in milliseconds to stay under.
+AUTOSCALING_METRICS = ("concurrency", "requests_per_second", "output_tokens_per_second", "latency_p95_ms")
+AUTOSCALING_DEFAULTS = {
+    "scale_down_delay_seconds": 120,
+    "scale_to_zero_after_seconds": 600,
+    "cold_start_hold_seconds": 300,
+}
+MAX_SCALE_DELAY_SECONDS = 86_400  # a day: a window longer than that is a typo
+MAX_COLD_START_HOLD_SECONDS = 3_600  # the gateway holds a request at most an hour
 RATE_LIMIT_SCOPES = ("organization", "user", "api_key")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -89,6 +98,12 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         for scope in ("organization", "user", "api_key")
         for unit in ("rpm", "tpm")
     ),
+    ("autoscaling.enabled", "autoscale_enabled", ()),
+    ("autoscaling.metric", "autoscale_metric", ()),
+    ("autoscaling.target", "autoscale_target", ()),
+    ("autoscaling.scale_down_delay_seconds", "autoscale_scale_down_delay", ()),
+    ("autoscaling.scale_to_zero_after_seconds", "autoscale_scale_to_zero_after", ()),
+    ("autoscaling.cold_start_hold_seconds", "autoscale_cold_start_hold", ()),
     ("pricing.currency", "currency", ()),
     ("pricing.input_per_million", "price_input", ()),
     ("pricing.output_per_million", "price_output", ()),
@@ -152,7 +167,10 @@ def default_spec() -> dict[str, Any]:
         "model_cache": None,
         "nim_profile": "",
         "nim_tag": "",
-        "autoscaling": {"enabled": False, "metric": "concurrency", "target": 8},
+        # enabled None: decided by the replicas (min below max autoscales), see normalize_spec.
+        "autoscaling": {"enabled": None, "metric": "concurrency", "target": 8,
+                        "scale_down_delay_seconds": None, "scale_to_zero_after_seconds": None,
+                        "cold_start_hold_seconds": None},  # fmt: skip
         "rate_limits": {scope: {"rpm": None, "tpm": None} for scope in RATE_LIMIT_SCOPES},
         "pricing": {"currency": "USD", "input_per_million": "0.00", "output_per_million": "0.00"},
         "startup_budget_seconds": None,  # None: sized from the model's weights
@@ -160,9 +178,32 @@ def default_spec() -> dict[str, Any]:
     }
 
 
-def gpu_hold(spec: dict[str, Any]) -> int:
-    """GPUs a (running) deployment holds in the quota: every replica it may scale to."""
-    return int(spec["replicas"]["max"]) * int(spec["resources"]["gpus"])
+def autoscaled(spec: dict[str, Any]) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+def start_replicas(spec: dict[str, Any]) -> int:
+    """Replicas a deployment starts (and is activated) with: the minimum, at least one."""
+    return max(int(spec["replicas"]["min"]), 1)
+
+
+def replicas_within(spec: dict[str, Any], replicas: int | None) -> int:
+    """Replicas an autoscaled deployment runs: the autoscaler's count (None: the start count),
+    within the spec's [min, max]; a deployment without autoscaling runs its start count."""
+    if not autoscaled(spec) or replicas is None:
+        return start_replicas(spec)
+    return min(max(int(replicas), int(spec["replicas"]["min"])), int(spec["replicas"]["max"]))
+
+
+def gpu_hold(spec: dict[str, Any], replicas: int | None = None) -> int:
+    """GPUs a (running) deployment holds in the quota. Without autoscaling: every replica it may
+    scale to (max). With autoscaling: the replicas it runs now (`replicas`, the autoscaler's
+    count; None: the start count, i.e. the minimum) — each scale-up reserves more first
+    (deployments/autoscale.py), each scale-down gives back once the pods are gone."""
+    per_replica = int(spec["resources"]["gpus"])
+    if autoscaled(spec):
+        return replicas_within(spec, replicas) * per_replica
+    return int(spec["replicas"]["max"]) * per_replica
 
 
 def nim_model_name(ngc_image: str) -> str:
@@ -433,20 +474,7 @@ def normalize_spec(
         errors.add("nim_profile", "Must be a profile id or name.")
     out["nim_profile"] = out["nim_profile"] or ""
 
-    auto = out["autoscaling"]
-    auto_enabled = _as_bool(errors, "autoscaling.enabled", auto.get("enabled", False))
-    metric = auto.get("metric") or "concurrency"
-    if metric not in AUTOSCALING_METRICS:
-        errors.add("autoscaling.metric", f"Choose one of {', '.join(AUTOSCALING_METRICS)}.")
-    target = _as_int(
-        errors, "autoscaling.target", auto.get("target", 8), minimum=1, maximum=100_000
-    )
-    out["autoscaling"] = {"enabled": auto_enabled, "metric": metric, "target": target}
-    if rmin == 0 and not auto_enabled:
-        errors.add(
-            "replicas.min",
-            "Zero replicas only makes sense with autoscaling; deactivate the deployment instead.",
-        )
+    _clean_autoscaling(errors, out, rmin, rmax)
 
     limits: dict[str, dict[str, int | None]] = {}
     for scope in RATE_LIMIT_SCOPES:
@@ -517,8 +545,59 @@ def rollout_needed(before: dict[str, Any], after: dict[str, Any]) -> bool:
 
 
 def rendered_replicas(spec: dict[str, Any]) -> int:
-    """Replicas the Deployment asks for: the minimum (an autoscaler would grow it up to max)."""
-    return max(int(spec["replicas"]["min"]), 1)
+    """Replicas the Deployment starts with: the minimum, at least one (the autoscaler, when the
+    spec enables it, moves the count within [min, max]: ModelDeployment.replicas_wanted)."""
+    return start_replicas(spec)
+
+
+def _clean_autoscaling(errors: _Errors, out: dict[str, Any], rmin: int | None, rmax: int | None) -> None:
+    """autoscaling: metric, target, the three windows; `enabled` unset means "min below max"."""
+    auto = out["autoscaling"]
+    unknown = sorted(set(auto) - {"enabled", "metric", "target", *AUTOSCALING_DEFAULTS})
+    if unknown:
+        errors.add(f"autoscaling.{unknown[0]}", "Unknown autoscaling field; known: enabled, metric, target, "
+                   + ", ".join(AUTOSCALING_DEFAULTS) + ".")
+    enabled = auto.get("enabled")
+    if enabled in (None, ""):
+        enabled = rmin is not None and rmax is not None and rmin < rmax
+    else:
+        enabled = _as_bool(errors, "autoscaling.enabled", enabled)
+    metric = auto.get("metric") or "concurrency"
+    if metric not in AUTOSCALING_METRICS:
+        errors.add("autoscaling.metric", f"Choose one of {', '.join(AUTOSCALING_METRICS)} (what the gateway "
+                                         "measures per deployment).")  # fmt: skip
+    target = auto.get("target", 8)
+    if isinstance(target, str):
+        try:
+            target = float(target.strip())
+        except ValueError:
+            pass
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or target != target:
+        errors.add("autoscaling.target", "Enter a number above 0: the load per replica to aim for "
+                                         "(for latency_p95_ms, the p95 in milliseconds to stay under).")  # fmt: skip
+        target = None
+    elif target <= 0 or target > 1_000_000:
+        errors.add("autoscaling.target", "The target must be above 0 and at most 1,000,000.")
+    elif float(target).is_integer():
+        target = int(target)
+    windows: dict[str, int | None] = {}
+    for key, default in AUTOSCALING_DEFAULTS.items():
+        value = auto.get(key)
+        if value in (None, ""):
+            windows[key] = None if key == "scale_to_zero_after_seconds" and rmin != 0 else default
+            continue
+        low = 1 if key == "cold_start_hold_seconds" else 0
+        high = MAX_COLD_START_HOLD_SECONDS if key == "cold_start_hold_seconds" else MAX_SCALE_DELAY_SECONDS
+        windows[key] = _as_int(errors, f"autoscaling.{key}", value, minimum=low, maximum=high)
+    if auto.get("scale_to_zero_after_seconds") not in (None, "") and rmin not in (0, None):
+        errors.add("autoscaling.scale_to_zero_after_seconds",
+                   f"Scaling to zero needs replicas.min 0 (it is {rmin}); clear this field or set the minimum to 0.")
+    out["autoscaling"] = {"enabled": enabled, "metric": metric, "target": target, **windows}
+    if rmin == 0 and not enabled:
+        errors.add(
+            "replicas.min",
+            "Zero replicas only makes sense with autoscaling; deactivate the deployment instead.",
+        )
 
 
 def _render_spec(
@@ -794,7 +873,8 @@ def render_spec_for(
         project=deployment.project.slug,
         secret_env=secret_env,
         image_pull_secrets=pull,
-        replicas=replicas,
+        # The autoscaler's count within [min, max] (the start count without autoscaling).
+        replicas=deployment.replicas_wanted(revision.spec) if replicas is None else replicas,
     )
     operators = deployment.pool.operators()
     operator = None

@@ -35,6 +35,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from deployments import kube
+from deployments.autoscale import autoscale_all
+from deployments.autoscale import autoscale_wake as autoscale_wake_now
 from deployments.models import (
     ACTIVE_STATES,
     ComputePool,
@@ -71,7 +73,6 @@ from deployments.spec import (
     NGC_PULL_SECRET,
     S3_SECRET,
     render_spec_for,
-    rendered_replicas,
     s3_environment,
 )
 from projects.models import IntegrationKind
@@ -98,6 +99,7 @@ def _load(deployment_id: int) -> ModelDeployment | None:
             "pool",
             "current_revision",
             "serving_revision",
+            "scale",
         )
         .filter(pk=deployment_id)
         .first()
@@ -356,7 +358,7 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
         observed = kube.read_deployment(k, rs.namespace, f"{names.deployment}-predictor")
     observed = observed or {}
     ready = int((observed.get("status") or {}).get("readyReplicas") or 0)
-    if ready >= rendered_replicas(revision.spec) and _switch_service(k, deployment, rs):
+    if ready >= deployment.replicas_wanted(revision.spec) and _switch_service(k, deployment, rs):
         return "switched"
     return "waiting"
 
@@ -479,7 +481,7 @@ def decide(
             f"Revision {current.number}'s Deployment is missing on the pool; applying it again.",
             push=True,
         )
-    wanted = rendered_replicas(current.spec)
+    wanted = deployment.replicas_wanted(current.spec)  # the autoscaler's count, if it autoscales
     serving = deployment.serving_revision
     serving_obs = (
         revisions.get(serving.pods_number()) if serving is not None and serving.pk != current.pk else None
@@ -633,7 +635,7 @@ def _sync_rows(pool: ComputePool, pks: list[int] | None = None) -> list[ModelDep
     qs = (
         ModelDeployment.objects.filter(pool=pool)
         .exclude(current_revision__isnull=True)
-        .select_related("current_revision", "serving_revision", "project", "project__organization")
+        .select_related("current_revision", "serving_revision", "project", "project__organization", "scale")
         .order_by("pk")
     )
     if pks is None or len(pks) * 2 > SYNC_LOAD_BATCH * 10:
@@ -873,3 +875,19 @@ def sync_status() -> dict[str, int]:
         for key in ("deployments", "changed", "pushed", "list_calls", "decided"):
             totals[key] += stats[key]
     return totals
+
+
+# --- Autoscaling (deployments/autoscale.py has the rule) ----------------------------------------
+
+
+@shared_task(name="deployments.autoscale")
+def autoscale() -> dict[str, int]:
+    """Every autoscaled deployment: load → desired replicas (beat runs this every few seconds)."""
+    return autoscale_all()
+
+
+@shared_task(name="deployments.autoscale_wake")
+def autoscale_wake(deployment_id: int) -> int | None:
+    """The gateway holds a request for a deployment at zero: scale it up now, not at the next tick."""
+    scale = autoscale_wake_now(deployment_id)
+    return None if scale is None else scale.desired

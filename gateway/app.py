@@ -22,7 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from gateway import metrics
+from gateway import load, metrics
 from gateway.cache import (
     GENERATION_KEY,
     DeploymentInfo,
@@ -173,6 +173,8 @@ class Gateway:
         self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._endpoint_paths_lock = asyncio.Lock()
         self._embedded_usage = None
+        self.holds = load.ColdStartHolds(bound=settings.MODELDECK_GATEWAY_HOLD_QUEUE)
+        self._wake = sync_to_async(load.wake, thread_sensitive=False)
 
     # ---- plumbing -------------------------------------------------------------------------
     @property
@@ -592,6 +594,7 @@ class Gateway:
                 headers=[(b"retry-after", str(retry_s).encode()), *rl_headers],
             )
 
+        await self._admit(call)  # load for the autoscaler; held here while scaling from zero
         if stream and route in ("chat.completions", "completions"):
             # The engine reports usage at the end of a stream only when asked.
             options = (
@@ -617,6 +620,39 @@ class Gateway:
             await self._proxy_stream(scope, receive, send, call, url, raw, headers, extra)
         else:
             await self._proxy(send, call, url, raw, headers, extra)
+
+    async def _admit(self, call: Call) -> None:
+        """Count the request in its deployment's load (one round trip); at zero replicas, hold it
+        until a replica is ready (the first held request asks for a scale-up), up to the spec's
+        cold_start_hold_seconds, in a bounded queue; past either, 503 "model is starting"."""
+        if not isinstance(self.limiter, RedisRateLimiter):
+            return  # embedded mode: no shared measurement, no autoscaler
+        deployment = call.deployment
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                load.admit_commands(pipe, deployment.id, call.request_id, time.time())
+                scale = load.parse_scale((await pipe.execute())[-1])
+            call.admitted = True
+        except RedisError:
+            log.warning("gateway load not measured", exc_info=True)
+            return
+        if not scale.at_zero or not deployment.cold_start_hold_seconds:
+            return
+        try:
+            ready = await self.holds.hold(
+                self._redis, deployment.id, timeout=deployment.cold_start_hold_seconds, wake=self._wake
+            )
+            why = "its start is taking longer than the deployment holds requests"
+        except load.QueueFull:
+            ready, why = False, "too many requests are already waiting for it"
+        if ready:
+            return
+        await self._record(call, 503, actual=0)
+        raise GatewayError(
+            503, f"The model `{deployment.served_model_name}` is starting (scaled to zero) and "
+            f"{why}; retry shortly.", "server_error", param="model", code="model_starting",
+            headers=[(b"retry-after", b"10")],
+        )  # fmt: skip
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, asyncio.TimeoutError):
@@ -815,6 +851,9 @@ class Gateway:
                 # Usage and token settlement in one round trip.
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.rpush(USAGE_LIST_KEY, event.dumps())
+                    if call.admitted:
+                        load.finish_commands(pipe, deployment.id, request_id, time.time(),
+                                             latency_ms, completion)  # fmt: skip
                     if settle and levels and actual is not None:
                         keys, args = limiter.settle_command(
                             deployment_id=deployment.id,
@@ -849,6 +888,7 @@ class Call:
     stream: bool
     levels: list
     estimate: int
+    admitted: bool = False  # counted in flight (gateway/load.py): the finish must uncount it
 
 
 def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:

@@ -133,6 +133,9 @@ class DeploymentInfo:
     # The revision the Service points at (0: none has ever been ready, see lookup._ever_ran). Requests go to it
     # whatever the state (Deploying, Updating, Unknown, a failed rollout): see gateway.app.deployment_refusal.
     serving_revision_id: int = 0
+    # Autoscaled with min 0 (deployments/autoscale.py): how long a request waits for a replica
+    # while the deployment scales up from zero (spec autoscaling.cold_start_hold_seconds); 0: never held.
+    cold_start_hold_seconds: int = 0
 
 
 @dataclass

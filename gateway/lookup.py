@@ -185,7 +185,16 @@ def _info(
             if row.state == DeploymentState.RUNNING or row.pk in ran
             else 0
         ),
+        cold_start_hold_seconds=cold_start_hold(spec),
     )
+
+
+def cold_start_hold(spec: dict) -> int:
+    """Seconds the gateway holds a request while the deployment scales up from zero (0: never)."""
+    auto, replicas = spec.get("autoscaling") or {}, spec.get("replicas") or {}
+    if not auto.get("enabled") or replicas.get("min") != 0:
+        return 0
+    return int(auto.get("cold_start_hold_seconds") or 0)
 
 
 def _add(by_name: dict[str, DeploymentInfo], info: DeploymentInfo) -> None:
