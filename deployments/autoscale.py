@@ -323,3 +323,24 @@ def autoscale_wake(deployment_id: int) -> DeploymentScale | None:
     if scale is not None:
         publish([(deployment_id, scale.desired or 0, scale.ready)])
     return scale
+
+
+def record_ready(deployments: list[ModelDeployment], observed: dict[int, dict[int, Any]]) -> None:
+    """The status sync's observation of each decided row: ready replicas and pods of the
+    revision it runs (one statement; only rows whose numbers changed)."""
+    now = timezone.now()
+    rows = []
+    for deployment in deployments:
+        revision = deployment.current_revision
+        obs = (observed.get(deployment.pk) or {}).get(revision.pods_number()) if revision else None
+        ready, pods = (obs.ready, obs.pods) if obs is not None and obs.exists else (0, 0)
+        try:
+            scale = deployment.scale
+        except DeploymentScale.DoesNotExist:
+            scale = None
+        if scale is not None and scale.observed_at is not None and (scale.ready, scale.pods) == (ready, pods):
+            continue
+        rows.append(DeploymentScale(deployment_id=deployment.pk, ready=ready, pods=pods, observed_at=now))
+    if rows:
+        DeploymentScale.objects.bulk_create(rows, update_conflicts=True, unique_fields=["deployment"],
+                                            update_fields=["ready", "pods", "observed_at"])  # fmt: skip

@@ -320,6 +320,14 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
             "rl_api_key_tpm",
         ],
     ),
+    (
+        "autoscaling",
+        "Autoscaling",
+        [
+            "autoscale_enabled", "autoscale_metric", "autoscale_target", "autoscale_scale_down_delay",
+            "autoscale_scale_to_zero_after", "autoscale_cold_start_hold",
+        ],
+    ),
     ("pricing", "Pricing", ["currency", "price_input", "price_output"]),
 ]
 
@@ -483,6 +491,42 @@ class DeploymentForm(StyledForm):
     rl_api_key_tpm = forms.CharField(
         label="Per API key · tokens/min", required=False, widget=_int_input("unlimited")
     )
+    # Autoscaling (deployments/autoscale.py; the gateway measures the load)
+    autoscale_enabled = forms.BooleanField(
+        label="Scale with load", required=False,
+        help_text="ModelDeck adds replicas when the load per replica passes the target and removes them "
+        "when it stays below, between the minimum and maximum replicas above. A minimum of 0 lets an "
+        "idle model give back all its GPUs; the next request then waits while it starts.",
+    )  # fmt: skip
+    autoscale_metric = forms.ChoiceField(
+        label="Scale on", initial="concurrency", required=False,
+        choices=[
+            ("concurrency", "Requests in flight (concurrency)"),
+            ("requests_per_second", "Requests per second"),
+            ("output_tokens_per_second", "Output tokens per second"),
+            ("latency_p95_ms", "Latency (p95, milliseconds)"),
+        ],
+        help_text="What the gateway measures for this model.",
+    )  # fmt: skip
+    autoscale_target = forms.CharField(
+        label="Target per replica", initial="8", max_length=20, required=False,
+        help_text="How much of that load one replica should carry, e.g. 4 requests in flight. For "
+        "latency: the p95 to stay under; a replica is added while it is above.",
+    )  # fmt: skip
+    autoscale_scale_down_delay = forms.CharField(
+        label="Wait before scaling down (seconds)", required=False, widget=_int_input("120"),
+        help_text="The load must stay low this long before a replica is removed, so a short lull "
+        "doesn't cost a cold start.",
+    )  # fmt: skip
+    autoscale_scale_to_zero_after = forms.CharField(
+        label="Scale to zero after idle (seconds)", required=False, widget=_int_input("600"),
+        help_text="Only with a minimum of 0: with no request for this long, the last replica stops.",
+    )  # fmt: skip
+    autoscale_cold_start_hold = forms.CharField(
+        label="Hold requests while starting (seconds)", required=False, widget=_int_input("300"),
+        help_text="At zero replicas, a request waits this long for the model to start before it gets "
+        "a 503 “model is starting”.",
+    )  # fmt: skip
     # Pricing
     currency = forms.CharField(
         max_length=20, initial="USD", widget=forms.TextInput(attrs={"placeholder": "USD"})
@@ -684,6 +728,21 @@ class DeploymentForm(StyledForm):
             raise ValidationError("Enter a price such as 0.50 (per million tokens).") from None
         return raw
 
+    def _seconds(self, name: str) -> int | None:
+        return _optional_int(self.cleaned_data.get(name), what="a number of seconds")
+
+    def clean_autoscale_scale_down_delay(self) -> int | None:
+        return self._seconds("autoscale_scale_down_delay")
+
+    def clean_autoscale_scale_to_zero_after(self) -> int | None:
+        return self._seconds("autoscale_scale_to_zero_after")
+
+    def clean_autoscale_cold_start_hold(self) -> int | None:
+        return self._seconds("autoscale_cold_start_hold")
+
+    def clean_autoscale_target(self) -> str:
+        return (self.cleaned_data.get("autoscale_target") or "").strip()
+
     def clean_price_input(self) -> str:
         return self._price("price_input")
 
@@ -750,7 +809,16 @@ class DeploymentForm(StyledForm):
             },
             "pricing": given(("currency", "currency"), ("input_per_million", "price_input"),
                              ("output_per_million", "price_output")),
+            "autoscaling": {
+                "enabled": bool(d.get("autoscale_enabled")),
+                **given(("metric", "autoscale_metric"), ("target", "autoscale_target"),
+                        ("scale_down_delay_seconds", "autoscale_scale_down_delay"),
+                        ("scale_to_zero_after_seconds", "autoscale_scale_to_zero_after"),
+                        ("cold_start_hold_seconds", "autoscale_cold_start_hold")),
+            },
         }  # fmt: skip
+        # Blank boxes: the spec's defaults (target 8, the three windows' defaults).
+        spec["autoscaling"] = {k: v for k, v in spec["autoscaling"].items() if v not in (None, "")}
         for key in ("context_length", "affinity"):
             if key in d:
                 spec[key] = d[key]
@@ -821,6 +889,18 @@ def initial_from_spec(spec: dict) -> dict:
         "price_input": str(pricing.get("input_per_million", "0.00")),
         "price_output": str(pricing.get("output_per_million", "0.00")),
     }
+    auto = spec.get("autoscaling") or {}
+    initial.update({
+        "autoscale_enabled": bool(auto.get("enabled")),
+        "autoscale_metric": auto.get("metric") or "concurrency",
+        "autoscale_target": str(auto.get("target", 8)),
+        "autoscale_scale_down_delay": "" if auto.get("scale_down_delay_seconds") is None
+        else str(auto["scale_down_delay_seconds"]),
+        "autoscale_scale_to_zero_after": "" if auto.get("scale_to_zero_after_seconds") is None
+        else str(auto["scale_to_zero_after_seconds"]),
+        "autoscale_cold_start_hold": "" if auto.get("cold_start_hold_seconds") is None
+        else str(auto["cold_start_hold_seconds"]),
+    })  # fmt: skip
     for scope in RATE_SCOPES:
         for unit in ("rpm", "tpm"):
             value = (limits.get(scope) or {}).get(unit)

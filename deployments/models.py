@@ -232,6 +232,31 @@ class ModelDeployment(models.Model):
             return start
         return min(max(int(desired), int(replicas["min"])), int(replicas["max"]))
 
+    def scale_status(self) -> dict:
+        """The REST `scale` field and the page's headline: replicas asked for, ready, and why."""
+        try:
+            scale = self.scale
+        except DeploymentScale.DoesNotExist:
+            scale = None
+        spec = self.spec()
+        if self.state in (DeploymentState.DEACTIVATED, DeploymentState.DELETING) or not spec:
+            return {"desired": 0, "ready": scale.ready if scale else 0,
+                    "reason": "Deactivated: no replicas." if self.state == DeploymentState.DEACTIVATED
+                    else "Being deleted."}  # fmt: skip
+        desired = self.replicas_wanted(spec)
+        if scale is not None and scale.observed_at is not None:
+            ready = scale.ready
+        else:
+            ready = desired if self.state == DeploymentState.RUNNING else 0
+        auto = spec.get("autoscaling") or {}
+        if scale is not None and scale.reason:
+            reason = scale.reason
+        elif auto.get("enabled"):
+            reason = f"Autoscaling on {auto.get('metric')}, target {auto.get('target')}; no change yet."
+        else:
+            reason = f"Fixed at {desired} replica{'s' if desired != 1 else ''} (autoscaling off)."
+        return {"desired": desired, "ready": ready, "reason": reason}
+
     def gpus_held(self) -> int:
         """GPUs this deployment holds in its project's quota right now (0 when deactivated)."""
         row = GpuReservation.objects.filter(holder=self.gpu_holder()).only("gpus").first()

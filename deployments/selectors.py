@@ -72,7 +72,7 @@ def deployments_for_user(
 ) -> QuerySet[ModelDeployment]:
     qs = permissions.restrict(ModelDeployment.objects.select_related(
         "project", "project__organization", "model", "bundle", "pool", "endpoint", "environment",
-        "current_revision", "serving_revision",
+        "current_revision", "serving_revision", "scale",
     ), user, "view")  # fmt: skip
     if organization is not None:
         qs = qs.filter(project__organization=organization)

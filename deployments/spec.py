@@ -167,7 +167,7 @@ def default_spec() -> dict[str, Any]:
         "model_cache": None,
         "nim_profile": "",
         "nim_tag": "",
-        # enabled None: decided by the replicas (min below max autoscales), see normalize_spec.
+        # enabled None: decided in normalize_spec (_clean_autoscaling).
         "autoscaling": {"enabled": None, "metric": "concurrency", "target": 8,
                         "scale_down_delay_seconds": None, "scale_to_zero_after_seconds": None,
                         "cold_start_hold_seconds": None},  # fmt: skip
@@ -474,7 +474,8 @@ def normalize_spec(
         errors.add("nim_profile", "Must be a profile id or name.")
     out["nim_profile"] = out["nim_profile"] or ""
 
-    _clean_autoscaling(errors, out, rmin, rmax)
+    given_auto = spec.get("autoscaling")
+    _clean_autoscaling(errors, out, rmin, isinstance(given_auto, dict) and "enabled" not in given_auto)
 
     limits: dict[str, dict[str, int | None]] = {}
     for scope in RATE_LIMIT_SCOPES:
@@ -550,8 +551,8 @@ def rendered_replicas(spec: dict[str, Any]) -> int:
     return start_replicas(spec)
 
 
-def _clean_autoscaling(errors: _Errors, out: dict[str, Any], rmin: int | None, rmax: int | None) -> None:
-    """autoscaling: metric, target, the three windows; `enabled` unset means "min below max"."""
+def _clean_autoscaling(errors: _Errors, out: dict[str, Any], rmin: int | None, given_section: bool) -> None:
+    """autoscaling: metric, target, the three windows; `enabled` unset: see below."""
     auto = out["autoscaling"]
     unknown = sorted(set(auto) - {"enabled", "metric", "target", *AUTOSCALING_DEFAULTS})
     if unknown:
@@ -559,7 +560,9 @@ def _clean_autoscaling(errors: _Errors, out: dict[str, Any], rmin: int | None, r
                    + ", ".join(AUTOSCALING_DEFAULTS) + ".")
     enabled = auto.get("enabled")
     if enabled in (None, ""):
-        enabled = rmin is not None and rmax is not None and rmin < rmax
+        # Not said: an autoscaling section written without `enabled` (the YAML in the docs), or a
+        # minimum of 0 (only autoscaling can leave zero), turns it on; a bare spec keeps a fixed count.
+        enabled = rmin == 0 or given_section
     else:
         enabled = _as_bool(errors, "autoscaling.enabled", enabled)
     metric = auto.get("metric") or "concurrency"

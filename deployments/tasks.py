@@ -35,7 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from deployments import kube
-from deployments.autoscale import autoscale_all
+from deployments.autoscale import autoscale_all, record_ready
 from deployments.autoscale import autoscale_wake as autoscale_wake_now
 from deployments.models import (
     ACTIVE_STATES,
@@ -803,6 +803,7 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
     # Superseded revisions of the rows decided now (every row at least once a resync).
     stats["removed"] += sweep_orphans(pool, set(keys), deployments, observed, orphans=False)
     downloads = _downloads(pool, deployments, observed, listed_pods, stats)
+    record_ready(deployments, observed)  # the REST `scale.ready` of every deployment
     to_push = []
     # Writes go in short batches: one commit per batch instead of per row, without holding
     # row locks long enough to stall a user's deactivate or update.

@@ -138,6 +138,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     current_revision = serializers.SerializerMethodField()
     serving_revision = serializers.SerializerMethodField()
     gpus_held = serializers.SerializerMethodField()
+    scale = serializers.SerializerMethodField()
     sandbox = serializers.SerializerMethodField()
     created_by = serializers.StringRelatedField(allow_null=True)
 
@@ -146,7 +147,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "description", "project", "model", "bundle", "pool", "sandbox", "endpoint", "environment",
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
-            "gpus_held", "spec", "created_by", "created_at", "updated_at",
+            "gpus_held", "scale", "spec", "created_by", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -166,6 +167,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
         if hasattr(obj, "gpus_reserved"):  # lists annotate it (selectors.with_gpus_held)
             return obj.gpus_reserved
         return obj.gpus_held()
+
+    def get_scale(self, obj: ModelDeployment) -> dict[str, Any]:
+        """{"desired", "ready", "reason"}: the autoscaler's count and what the pool shows."""
+        return obj.scale_status()
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:
         return obj.pool.is_sandbox

@@ -70,7 +70,7 @@ def test_partial_nested_values_keep_the_other_defaults(bundle, model):
         ({"rate_limits": {"user": {"rpm": -1}}}, "rate_limits.user.rpm"),
         ({"pricing": {"output_per_million": "cheap"}}, "pricing.output_per_million"),
         ({"extra_args": ["--port", "9000"]}, "extra_args"),
-        ({"replicas": {"min": 0, "max": 1}}, "replicas.min"),
+        ({"replicas": {"min": 0, "max": 1}, "autoscaling": {"enabled": False}}, "replicas.min"),
         ({"colour": "blue"}, "colour"),
     ],
 )
@@ -163,4 +163,4 @@ def test_the_one_table_of_error_keys_names_real_form_fields_and_renderer_fields(
     assert form_field_for(error_key("gpus"), form_fields) == "gpus"
     assert form_field_for("rate_limits.api_key.tpm", form_fields) == "rl_api_key_tpm"
     assert form_field_for("resources.gpus", form_fields) == "gpus"
-    assert form_field_for("autoscaling.metric", form_fields) is None  # no such field in the form
+    assert form_field_for("autoscaling.metric", form_fields) == "autoscale_metric"
