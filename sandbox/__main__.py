@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -51,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool", type=_pool, action="append", default=[],
                         help="extra node pool name:count:gpus:product:memory_gb[:taint] (repeatable)")  # fmt: skip
     parser.add_argument(
-        "--ready-delay", type=float, default=3.0, help="seconds from scheduling to Ready"
+        "--ready-delay", type=float, default=float(os.environ.get("SANDBOX_COLD_START_SECONDS") or 3.0),
+        help="seconds from scheduling to Ready: the pods' cold start (env SANDBOX_COLD_START_SECONDS)"
     )
     parser.add_argument(
         "--job-duration", type=float, default=None,

@@ -18,6 +18,13 @@ env SANDBOX_ENGINE_LATENCY_MS / SANDBOX_ENGINE_TOKEN_MS). Request headers for te
 `x-sandbox-latency-ms`, `x-sandbox-token-ms`, `x-sandbox-status: <code>` (answer that error),
 `x-sandbox-completion-tokens: <n>` (reply exactly n tokens), `x-sandbox-fail-after-tokens: <n>`
 (drop the connection after n streamed tokens), `x-sandbox-max-model-len: <n>`.
+
+Load: with `concurrency_ms` (constructor, env SANDBOX_ENGINE_CONCURRENCY_MS, or header
+`x-sandbox-concurrency-ms`) the wait before the first token grows by that much for every other
+request the replica is serving: latency + concurrency_ms × (requests per replica − 1). Requests
+per replica is what the sandbox network measured for the Service (`x-sandbox-replica-load`:
+in-flight requests over Ready pods), else this engine's own running count (one replica). So a
+deployment's latency rises with its load and falls when the autoscaler adds replicas.
 """
 
 from __future__ import annotations
@@ -150,6 +157,7 @@ class SimulatedEngine:
         latency_ms: float | None = None,
         token_ms: float | None = None,
         max_model_len: int = 32768,
+        concurrency_ms: float | None = None,
         embedding_dims: int = 384,
         strict_models: bool = False,
         record: int = 200,
@@ -164,6 +172,9 @@ class SimulatedEngine:
             token_ms if token_ms is not None else _env_float("SANDBOX_ENGINE_TOKEN_MS", 0)
         )
         self.max_model_len = max_model_len
+        self.concurrency_ms = (
+            concurrency_ms if concurrency_ms is not None else _env_float("SANDBOX_ENGINE_CONCURRENCY_MS", 0)
+        )
         self.embedding_dims = embedding_dims
         self.strict_models = strict_models
         self.created = int(time.time())
@@ -280,16 +291,20 @@ class SimulatedEngine:
         return model
 
     def _timing(self, headers: dict[str, str]) -> tuple[float, float]:
-        latency, token = self.latency_ms, self.token_ms
+        latency, token, per_request = self.latency_ms, self.token_ms, self.concurrency_ms
         try:
             if "x-sandbox-latency-ms" in headers:
                 latency = float(headers["x-sandbox-latency-ms"])
             if "x-sandbox-token-ms" in headers:
                 token = float(headers["x-sandbox-token-ms"])
+            if "x-sandbox-concurrency-ms" in headers:
+                per_request = float(headers["x-sandbox-concurrency-ms"])
+            load = float(headers.get("x-sandbox-replica-load") or self.running)
         except ValueError:
             raise _invalid(
-                "headers", "x-sandbox-latency-ms / x-sandbox-token-ms must be numbers"
+                "headers", "x-sandbox-latency-ms / x-sandbox-token-ms / x-sandbox-concurrency-ms must be numbers"
             ) from None
+        latency += max(per_request, 0.0) * max(load - 1.0, 0.0)
         return max(latency, 0.0) / 1000, max(token, 0.0) / 1000
 
     def _sampling(self, body: dict, *, completion: bool) -> dict:

@@ -59,6 +59,9 @@ class ClusterNetwork:
         self.host = host
         self.port = port
         self.requests: list[dict[str, Any]] = []  # what reached an engine: host, path, service
+        self._lock = threading.Lock()
+        self._turns: dict[tuple[str, str], int] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -137,6 +140,12 @@ class ClusterNetwork:
 
     def endpoint(self, namespace: str, service_name: str, port: int | str) -> tuple[dict, dict, int | str]:
         """A Ready pod behind the Service and the container serving its targetPort."""
+        found = self.endpoints(namespace, service_name, port)
+        return found[0][0], found[0][1], found[0][2]
+
+    def endpoints(self, namespace: str, service_name: str, port: int | str) -> list[tuple[dict, dict, int | str]]:
+        """Every Ready pod behind the Service with its container, or Refused(503) when none."""
+        found: list[tuple[dict, dict, int | str]] = []
         service = self.store.try_get(self.emulator.registry.lookup("services"), namespace, service_name)
         if service is None:
             raise Refused(503, "503 Service Temporarily Unavailable")
@@ -158,8 +167,10 @@ class ClusterNetwork:
                 continue
             container = self._container_for(pod, target)
             if container is not None:
-                return pod, container, target
-        raise Refused(503, "503 Service Temporarily Unavailable")
+                found.append((pod, container, target))
+        if not found:
+            raise Refused(503, "503 Service Temporarily Unavailable")
+        return found
 
     @staticmethod
     def _container_for(pod: dict, target: int | str) -> dict | None:
@@ -220,7 +231,13 @@ class ClusterNetwork:
         path = urlsplit(handler.path).path
         try:
             namespace, service, port = self.resolve(host, path)
-            pod, container, _ = self.endpoint(namespace, service, port)
+            ready = self.endpoints(namespace, service, port)
+            # Round robin over the Ready pods, and the load each one carries (the engine's latency).
+            with self._lock:
+                turn = self._turns.get((namespace, service), 0)
+                self._turns[(namespace, service)] = turn + 1
+                in_flight = self._in_flight.get((namespace, service), 0) + 1
+            pod, container, _ = ready[turn % len(ready)]
             key = self.required_key(pod, container)
             if key and path.startswith("/v1") and handler.headers.get("Authorization") != f"Bearer {key}":
                 raise Refused(401, {"error": "Unauthorized"})
@@ -228,7 +245,13 @@ class ClusterNetwork:
                 raise Refused(502, "502 Bad Gateway: no engine behind the sandbox network")
             self.requests.append({"host": host, "path": path, "namespace": namespace, "service": service,
                                   "pod": pod["metadata"]["name"]})  # fmt: skip
-            self._forward(handler, body)
+            with self._lock:
+                self._in_flight[(namespace, service)] = self._in_flight.get((namespace, service), 0) + 1
+            try:
+                self._forward(handler, body, replica_load=in_flight / len(ready))
+            finally:
+                with self._lock:
+                    self._in_flight[(namespace, service)] -= 1
         except Refused as refused:
             data = refused.body if isinstance(refused.body, bytes) else (
                 json.dumps(refused.body).encode() if isinstance(refused.body, dict) else refused.body.encode()
@@ -239,12 +262,13 @@ class ClusterNetwork:
             handler.end_headers()
             handler.wfile.write(data)
 
-    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes, *, replica_load: float = 1.0) -> None:
         target = urlsplit(self.engine_url or "")
         conn = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=300)
         try:
             headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_HEADERS}
             headers["Content-Length"] = str(len(body))
+            headers["x-sandbox-replica-load"] = f"{replica_load:.3f}"
             conn.request(handler.command, handler.path, body=body, headers=headers)
             response = conn.getresponse()
             handler.send_response(response.status)
