@@ -266,3 +266,28 @@ def default_project_for(user: AbstractBaseUser, projects: QuerySet[Project], wan
     if len(member_of) == 1:
         return projects.filter(pk=member_of[0]).first()
     return projects.first()
+
+
+def scale_history(deployment: ModelDeployment, *, hours: int = 1) -> dict[str, Any]:
+    """The deployment page's autoscaling chart (desired vs. ready replicas and the load over the
+    last hour) and its scaling events, newest first."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import ScaleSample
+
+    since = timezone.now() - timedelta(hours=hours)
+    rows = list(ScaleSample.objects.filter(deployment=deployment, at__gte=since).order_by("at")
+                .values_list("at", "desired", "ready", "load"))  # fmt: skip
+    metric = ((deployment.spec().get("autoscaling") or {}).get("metric")) or "concurrency"
+    return {
+        "series": {
+            "labels": [timezone.localtime(at).strftime("%H:%M:%S") for at, *_ in rows],
+            "desired": [d for _, d, _, _ in rows],
+            "ready": [r for _, _, r, _ in rows],
+            "load": [v for *_, v in rows],
+            "metric": metric.replace("_", " "),
+        },
+        "events": list(deployment.events.filter(source="autoscaler")[:10]),
+    }

@@ -763,7 +763,8 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         ),
     )
     if tab == "overview":
-        context.update(events=deployment.events.all()[:5], events_limit=5)
+        context.update(events=deployment.events.all()[:5], events_limit=5,
+                       scale=deployment.scale_status(), autoscaling=selectors.scale_history(deployment))  # fmt: skip
     elif tab == "events":
         context["events"] = deployment.events.all()[:100]
     elif tab == "deployment":

@@ -174,6 +174,7 @@ class Gateway:
         self._endpoint_paths_lock = asyncio.Lock()
         self._embedded_usage = None
         self.holds = load.ColdStartHolds(bound=settings.MODELDECK_GATEWAY_HOLD_QUEUE)
+        self.measure_load = True  # bench/autoscale.py compares the added latency on vs. off
         self._wake = sync_to_async(load.wake, thread_sensitive=False)
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -625,7 +626,7 @@ class Gateway:
         """Count the request in its deployment's load (one round trip); at zero replicas, hold it
         until a replica is ready (the first held request asks for a scale-up), up to the spec's
         cold_start_hold_seconds, in a bounded queue; past either, 503 "model is starting"."""
-        if not isinstance(self.limiter, RedisRateLimiter):
+        if not self.measure_load or not isinstance(self.limiter, RedisRateLimiter):
             return  # embedded mode: no shared measurement, no autoscaler
         deployment = call.deployment
         try:
