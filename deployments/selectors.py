@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import CharField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, Concat
 from django.http import Http404
+from django.utils import timezone
 
 from catalog.estimate import GPU_TYPES
 from catalog.models import CatalogModel
@@ -23,6 +25,7 @@ from deployments.models import (
     Endpoint,
     ModelDeployment,
     Revision,
+    ScaleSample,
 )
 from deployments.spec import gpu_hold
 from projects.models import GpuReservation, Organization, Project
@@ -271,12 +274,6 @@ def default_project_for(user: AbstractBaseUser, projects: QuerySet[Project], wan
 def scale_history(deployment: ModelDeployment, *, hours: int = 1) -> dict[str, Any]:
     """The deployment page's autoscaling chart (desired vs. ready replicas and the load over the
     last hour) and its scaling events, newest first."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from deployments.models import ScaleSample
-
     since = timezone.now() - timedelta(hours=hours)
     rows = list(ScaleSample.objects.filter(deployment=deployment, at__gte=since).order_by("at")
                 .values_list("at", "desired", "ready", "load"))  # fmt: skip
