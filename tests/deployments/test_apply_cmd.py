@@ -145,3 +145,34 @@ def test_custom_bundle_example_applies_and_versions(demo, cluster, tmp_path):
     from catalog.models import ProfileBundle
 
     assert ProfileBundle.objects.get(name="vllm-small", version=2).variables[0]["default"] == 0.7
+
+
+AUTOSCALED = (
+    "replicas: {min: 0, max: 3}\n"
+    "  autoscaling:\n"
+    "    metric: concurrency\n"
+    "    target: 4\n"
+    "    scale_down_delay_seconds: 120\n"
+    "    scale_to_zero_after_seconds: 600\n"
+    "    cold_start_hold_seconds: 300"
+)
+
+
+def test_apply_accepts_the_autoscaling_section_and_names_a_bad_field(demo, cluster, tmp_path):
+    bad = _example(tmp_path, "qwen-deployment.yaml", cluster.url,
+                   ("replicas: {min: 1, max: 1}", AUTOSCALED.replace("target: 4", "target: 0")))  # fmt: skip
+    out = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("apply", "-f", bad, stdout=out)
+    assert "error: modeldeployment/qwen-chat: autoscaling.target:" in out.getvalue()
+
+    good = _example(tmp_path, "qwen-deployment.yaml", cluster.url, ("replicas: {min: 1, max: 1}", AUTOSCALED))
+    assert "modeldeployment/qwen-chat created" in run("apply", "-f", good)
+
+    deployment = ModelDeployment.objects.get(name="qwen-chat")
+    assert deployment.spec()["autoscaling"] == {
+        "enabled": True, "metric": "concurrency", "target": 4, "scale_down_delay_seconds": 120,
+        "scale_to_zero_after_seconds": 600, "cold_start_hold_seconds": 300,
+    }  # fmt: skip
+    assert deployment.gpus_held() == 1  # the start replica, not max
+    assert run("apply", "-f", good).count("unchanged") == 3
