@@ -126,3 +126,35 @@ def test_gateway_measurement_is_read_back_per_deployment(redis_client):
     gateway_load.admit_commands(pipe, 7, "r9", now)
     assert gateway_load.parse_scale(pipe.execute()[-1]).at_zero is True
     redis_client.flushdb()
+
+
+@pytest.mark.django_db
+def test_console_form_has_the_autoscaling_section_and_the_page_charts_the_last_hour(owner_client, outsider_client, deploy):
+    from django.urls import reverse
+    from django.utils import timezone
+
+    from deployments.models import DeploymentScale, ScaleSample
+    from deployments.services import event_record
+
+    form = owner_client.get(reverse("deployments:create")).content.decode()
+    assert "</span>Autoscaling</h2>" in form and 'id="id_autoscale_metric"' in form
+    assert "A minimum of 0 lets an idle model give back all its GPUs" in form
+
+    deployment = deploy("chat", spec={"replicas": {"min": 0, "max": 3}, "autoscaling": {"target": 2}})
+    now = timezone.now()
+    DeploymentScale.objects.create(deployment=deployment, desired=2, ready=1, reason="1 → 2: 3.5 in flight, "
+                                   "target 2 per replica", observed_at=now)  # fmt: skip
+    ScaleSample.objects.bulk_create([
+        ScaleSample(deployment=deployment, at=now - timedelta(minutes=m), desired=2, ready=1, load=3.5)
+        for m in (90, 30, 1)
+    ])  # fmt: skip
+    event_record(deployment, reason="Autoscaled", message="1 → 2: 3.5 in flight, target 2 per replica",
+                 source="autoscaler")  # fmt: skip
+
+    page = owner_client.get(deployment.get_absolute_url()).content.decode()
+
+    assert 'id="chart-scale"' in page and 'id="scale-series"' in page
+    assert page.count('"desired": [2, 2]') == 1  # the last hour only: 2 of the 3 samples
+    assert "<strong>1</strong> ready of <strong>2</strong> desired" in page
+    assert "1 → 2: 3.5 in flight, target 2 per replica" in page
+    assert outsider_client.get(deployment.get_absolute_url()).status_code == 404
