@@ -180,6 +180,7 @@ def autoscale_step(
             return None
         spec = locked.current_revision.spec
         scale, _ = DeploymentScale.objects.get_or_create(deployment=locked)
+        before, first_observation = _fields(scale), scale.observed_at is None and observed is not None
         current = locked.replicas_wanted(spec) if scale.desired is not None else start_replicas(spec)
         if observed is not None:
             scale.ready, scale.pods = observed
@@ -210,10 +211,15 @@ def autoscale_step(
             scale.desired = desired
             scale.changed_at = now
             push = changed
-        scale.save()
+        if first_observation or _fields(scale) != before:  # a steady deployment costs no write per tick
+            scale.save()
         if push:
             transaction.on_commit(lambda: push_enqueue(locked.pk))
     return scale
+
+
+def _fields(scale: DeploymentScale) -> tuple:
+    return tuple(getattr(scale, f.attname) for f in DeploymentScale._meta.concrete_fields if f.attname != "observed_at")
 
 
 def publish(scales: list[tuple[int, int, int]]) -> None:

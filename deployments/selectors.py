@@ -27,7 +27,7 @@ from deployments.models import (
     Revision,
     ScaleSample,
 )
-from deployments.spec import gpu_hold
+from deployments.spec import autoscaled, gpu_hold, start_replicas
 from projects.models import GpuReservation, Organization, Project
 from projects.selectors import quota_decide
 
@@ -288,3 +288,22 @@ def scale_history(deployment: ModelDeployment, *, hours: int = 1) -> dict[str, A
         },
         "events": list(deployment.events.filter(source="autoscaler")[:10]),
     }
+
+
+def gpu_holders(project: Project) -> list[dict[str, Any]]:
+    """A project's GPU reservations, each split into what its minimum reserves and what the
+    autoscaler added on top (the quota page's "reserved vs. autoscaled")."""
+    by_holder = {
+        d.gpu_holder(): d
+        for d in ModelDeployment.objects.filter(project=project).select_related("current_revision")
+    }
+    rows = []
+    for reservation in GpuReservation.objects.filter(project=project).order_by("holder"):
+        deployment = by_holder.get(reservation.holder)
+        spec = deployment.spec() if deployment is not None else {}
+        reserved = reservation.gpus
+        if spec and autoscaled(spec):
+            reserved = min(reservation.gpus, start_replicas(spec) * int(spec["resources"]["gpus"]))
+        rows.append({"holder": reservation.holder, "deployment": deployment, "gpus": reservation.gpus,
+                     "reserved": reserved, "autoscaled": reservation.gpus - reserved})  # fmt: skip
+    return rows

@@ -20,6 +20,7 @@ from console.http import current_organization as _organization
 from console.middleware import SESSION_KEY as ORG_SESSION_KEY
 from console.paging import ListFilter, paginate
 from deployments.models import ModelDeployment
+from deployments.selectors import gpu_holders
 from projects import selectors, services
 from projects.forms import (
     GroupForm,
@@ -94,7 +95,7 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "project": project,
             "members": project.memberships.select_related("user"),
             "deployments": deployments,
-            "reservations": project.gpu_reservations.all(),
+            "reservations": gpu_holders(project),
             "can_change": permissions.can(request.user, "change", project),
             "is_admin": permissions.can(request.user, "admin", project.organization),
             "candidates": selectors.members_for(request.user, project.organization)

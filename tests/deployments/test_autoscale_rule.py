@@ -158,3 +158,21 @@ def test_console_form_has_the_autoscaling_section_and_the_page_charts_the_last_h
     assert "<strong>1</strong> ready of <strong>2</strong> desired" in page
     assert "1 → 2: 3.5 in flight, target 2 per replica" in page
     assert outsider_client.get(deployment.get_absolute_url()).status_code == 404
+
+
+@pytest.mark.django_db
+def test_quota_page_splits_reserved_from_autoscaled_use(owner_client, tenants, deploy):
+    from django.urls import reverse
+
+    from deployments.selectors import gpu_holders
+    from projects.services import quota_reserve
+
+    deployment = deploy("chat", spec={"replicas": {"min": 1, "max": 3}, "autoscaling": {"target": 2}})
+    fixed = deploy("fixed", spec={"replicas": {"min": 2, "max": 2}})
+    quota_reserve(project=tenants.project, holder=deployment.gpu_holder(), gpus=3)  # the autoscaler grew it
+
+    rows = {r["holder"]: (r["reserved"], r["autoscaled"], r["gpus"]) for r in gpu_holders(tenants.project)}
+
+    assert rows == {deployment.gpu_holder(): (1, 2, 3), fixed.gpu_holder(): (2, 0, 2)}
+    page = owner_client.get(reverse("projects:detail", args=[tenants.project.pk])).content.decode()
+    assert "Autoscaled" in page and f'<a href="{deployment.get_absolute_url()}">chat</a>' in page

@@ -253,3 +253,18 @@ def test_health_and_recorded_requests(
     assert app.requests[-1].headers["x-modeldeck-deployment"] == "42"
     assert app.requests[-1].body["messages"][0]["content"] == "Hello there, engine!"
     assert "vllm:generation_tokens_total" in http.get("/metrics").text
+
+
+def test_latency_grows_with_the_requests_each_replica_serves(http: httpx.Client) -> None:
+    def took(load: str) -> float:
+        started = time.perf_counter()
+        response = http.post("/v1/chat/completions", json=chat_body(), headers={
+            "x-sandbox-concurrency-ms": "100", "x-sandbox-replica-load": load})  # fmt: skip
+        assert response.status_code == 200
+        return time.perf_counter() - started
+
+    alone, crowded = took("1"), took("4")  # 4 requests per replica: 3 × 100 ms more
+
+    assert alone < 0.25 <= crowded
+    bad = http.post("/v1/chat/completions", json=chat_body(), headers={"x-sandbox-concurrency-ms": "lots"})
+    assert bad.status_code == 400
