@@ -132,13 +132,21 @@ class EventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ScaleSerializer(serializers.Serializer):
+    """Replicas asked of the pool (the autoscaler's count, or the fixed one), ready, and why."""
+
+    desired = serializers.IntegerField()
+    ready = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
 class DeploymentSerializer(serializers.ModelSerializer):
     spec = serializers.SerializerMethodField()
     served_model_name = serializers.SerializerMethodField()
     current_revision = serializers.SerializerMethodField()
     serving_revision = serializers.SerializerMethodField()
     gpus_held = serializers.SerializerMethodField()
-    scale = serializers.SerializerMethodField()
+    scale = ScaleSerializer(source="scale_status", read_only=True)
     sandbox = serializers.SerializerMethodField()
     created_by = serializers.StringRelatedField(allow_null=True)
 
@@ -167,10 +175,6 @@ class DeploymentSerializer(serializers.ModelSerializer):
         if hasattr(obj, "gpus_reserved"):  # lists annotate it (selectors.with_gpus_held)
             return obj.gpus_reserved
         return obj.gpus_held()
-
-    def get_scale(self, obj: ModelDeployment) -> dict[str, Any]:
-        """{"desired", "ready", "reason"}: the autoscaler's count and what the pool shows."""
-        return obj.scale_status()
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:
         return obj.pool.is_sandbox
