@@ -195,6 +195,12 @@ def replicas_within(spec: dict[str, Any], replicas: int | None) -> int:
     return min(max(int(replicas), int(spec["replicas"]["min"])), int(spec["replicas"]["max"]))
 
 
+def replicas_for(deployment: Any, spec: dict[str, Any]) -> int:
+    """Replicas the pool should run for `spec`: the autoscaler's count within [min, max] when it
+    autoscales (ModelDeployment.replicas_wanted), else the start count."""
+    return deployment.replicas_wanted(spec) if autoscaled(spec) else start_replicas(spec)
+
+
 def gpu_hold(spec: dict[str, Any], replicas: int | None = None) -> int:
     """GPUs a (running) deployment holds in the quota. Without autoscaling: every replica it may
     scale to (max). With autoscaling: the replicas it runs now (`replicas`, the autoscaler's

@@ -73,6 +73,7 @@ from deployments.spec import (
     NGC_PULL_SECRET,
     S3_SECRET,
     render_spec_for,
+    replicas_for,
     s3_environment,
 )
 from projects.models import IntegrationKind
@@ -358,7 +359,7 @@ def _push(k: kube.Kube, deployment: ModelDeployment) -> str:
         observed = kube.read_deployment(k, rs.namespace, f"{names.deployment}-predictor")
     observed = observed or {}
     ready = int((observed.get("status") or {}).get("readyReplicas") or 0)
-    if ready >= deployment.replicas_wanted(revision.spec) and _switch_service(k, deployment, rs):
+    if ready >= replicas_for(deployment, revision.spec) and _switch_service(k, deployment, rs):
         return "switched"
     return "waiting"
 
@@ -481,7 +482,7 @@ def decide(
             f"Revision {current.number}'s Deployment is missing on the pool; applying it again.",
             push=True,
         )
-    wanted = deployment.replicas_wanted(current.spec)  # the autoscaler's count, if it autoscales
+    wanted = replicas_for(deployment, current.spec)  # the autoscaler's count, if it autoscales
     serving = deployment.serving_revision
     serving_obs = (
         revisions.get(serving.pods_number()) if serving is not None and serving.pk != current.pk else None
