@@ -28,6 +28,7 @@ from gateway.cache import (
     DeploymentInfo,
     GatewayCache,
     KeyInfo,
+    async_redis,
     user_generation_key,
 )
 from gateway.errors import GatewayError, error_body
@@ -42,13 +43,13 @@ from gateway.ratelimit import (
     Decision,
     LocalRateLimiter,
     RedisRateLimiter,
-    estimate_tokens,
     levels_for,
+    reservation,
 )
 from gateway.tasks import write_events
 from gateway.upstream import make_session
 from gateway.usage import (
-    USAGE_LIST_KEY,
+    USAGE_STREAM_KEY,
     UsageEvent,
     cost_of,
     usage_from_body,
@@ -68,6 +69,9 @@ ROUTES = {
 MAX_BODY_BYTES = 16 * 1024 * 1024
 RUNNING = "running"
 ENDPOINT_PATHS_TTL = 5.0
+# How long a request waits for its organization's routing table to reload after a change before
+# it is answered from the previous table (a small table reloads well within it).
+STALE_WAIT = 0.25
 
 
 def split_endpoint_path(path: str) -> tuple[str, str]:
@@ -172,6 +176,7 @@ class Gateway:
         self._load_endpoint_paths = sync_to_async(load_endpoint_paths, thread_sensitive=False)
         self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._endpoint_paths_lock = asyncio.Lock()
+        self._reloads: dict[int, asyncio.Future] = {}
         self._embedded_usage = None
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -187,9 +192,7 @@ class Gateway:
     def limiter(self) -> RedisRateLimiter | LocalRateLimiter:
         if self._limiter is None:
             if settings.REDIS_URL:
-                import redis.asyncio as aioredis
-
-                self._redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=500)
+                self._redis = async_redis(max_connections=500)
                 self._limiter = RedisRateLimiter(self._redis)
             else:
                 self._limiter = LocalRateLimiter()
@@ -221,6 +224,11 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if isinstance(self.limiter, RedisRateLimiter):
+                    try:
+                        await self.limiter.load_scripts()  # SCRIPT LOAD; NOSCRIPT reloads later
+                    except RedisError:
+                        log.warning("gateway could not preload its Redis scripts", exc_info=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -414,11 +422,35 @@ class Gateway:
         return caller
 
     async def _deployments(self, organization_id: int) -> dict[str, DeploymentInfo]:
-        found = self.cache.get_deployments(organization_id)
-        if found is None:
-            found = await self._load_deployments(organization_id)
-            self.cache.put_deployments(organization_id, found)
-        return found
+        """The organization's routing table: no I/O while it is current. When the generation
+        moved, one reload per organization runs (single flight); requests wait for it at most
+        STALE_WAIT and are then answered from the old table until the new one is in."""
+        table, current = self.cache.get_deployments(organization_id)
+        if current:
+            return table
+        reload = self._reloads.get(organization_id)
+        if reload is None:
+            reload = asyncio.ensure_future(self._reload_deployments(organization_id))
+            self._reloads[organization_id] = reload
+        if table is None:
+            return await asyncio.shield(reload)
+        try:
+            return await asyncio.wait_for(asyncio.shield(reload), STALE_WAIT)
+        except TimeoutError:
+            return table
+        except Exception:  # noqa: BLE001 - the database is unreachable: keep serving what we know
+            log.exception("gateway cannot reload the routing table of organization %s", organization_id)
+            return table
+
+    async def _reload_deployments(self, organization_id: int) -> dict[str, DeploymentInfo]:
+        # The generation is read before the rows: rows are at least as new as what they're filed under.
+        generation = self.cache.generation
+        try:
+            table = await self._load_deployments(organization_id)
+            self.cache.put_deployments(organization_id, table, generation)
+            return table
+        finally:
+            self._reloads.pop(organization_id, None)
 
     async def _deployment(self, key: KeyInfo, model: str, endpoint_path: str = "") -> DeploymentInfo:
         deployment = (await self._deployments(key.organization_id)).get(model)
@@ -470,7 +502,7 @@ class Gateway:
     async def _models(self, scope, send, request_id: str, endpoint_path: str = "") -> None:
         generation = await self._generation()
         if generation != self.cache.generation:
-            self.cache.reset(generation)
+            self.cache.moved(generation)
         key = await self._key(scope)
         if await self._user_generation_moved(key):
             self.cache.forget_user(key.user_id)
@@ -512,7 +544,6 @@ class Gateway:
         check_body(body, route)
         model = body["model"]
         stream = bool(body.get("stream")) and route != "embeddings"
-        estimate = estimate_tokens(body)
         if keyless:
             key = await self._public_caller(model)
 
@@ -527,6 +558,8 @@ class Gateway:
                 user_id=key.user_id,
                 api_key_id=key.id,
             )
+            # Reserved now, settled to the engine's count when the request finishes (_record).
+            estimate, cap = reservation(body, route, levels)
             try:
                 decision = await self.limiter.check(
                     generation_key=GENERATION_KEY,
@@ -559,7 +592,7 @@ class Gateway:
                 break
             # Deployments or policies changed somewhere (or first request): forget every
             # cached row, look again.
-            self.cache.reset(decision.generation)
+            self.cache.moved(decision.generation)
             if attempt == 1:
                 key = await self._public_caller(model) if keyless else await self._key(scope)
         else:  # pragma: no cover - the generation moved twice within one request
@@ -592,12 +625,15 @@ class Gateway:
                 headers=[(b"retry-after", str(retry_s).encode()), *rl_headers],
             )
 
+        if cap is not None:
+            body["max_tokens"] = cap  # the reservation's completion part is then a bound
         if stream and route in ("chat.completions", "completions"):
             # The engine reports usage at the end of a stream only when asked.
             options = (
                 body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             )
             body["stream_options"] = {**options, "include_usage": True}
+        if cap is not None or stream:
             raw = json.dumps(body).encode()
         url = f"{deployment.upstream}/v1/{'chat/completions' if route == 'chat.completions' else route}"
         headers = {"content-type": "application/json", "x-request-id": request_id}
@@ -812,18 +848,15 @@ class Gateway:
         limiter = self.limiter
         try:
             if isinstance(limiter, RedisRateLimiter):
-                # Usage and token settlement in one round trip.
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.rpush(USAGE_LIST_KEY, event.dumps())
-                    if settle and levels and actual is not None:
-                        keys, args = limiter.settle_command(
-                            deployment_id=deployment.id,
-                            levels=levels,
-                            request_id=request_id,
-                            actual=actual,
-                        )
-                        await limiter.settle_script(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
+                # Token settlement and the usage event: one command, one round trip.
+                await limiter.finish(
+                    stream_key=USAGE_STREAM_KEY,
+                    event=event.dumps(),
+                    deployment_id=deployment.id,
+                    levels=levels if settle else [],
+                    request_id=request_id,
+                    actual=actual if settle else None,
+                )
             else:
                 if settle and levels and actual is not None:
                     await limiter.settle(

@@ -14,7 +14,10 @@ revoked key or a removed member costs no extra round trip to notice.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+from redis.exceptions import NoScriptError
 
 WINDOW_MS = 60_000
 MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
@@ -34,6 +37,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[5])
 local rid = ARGV[2]
 local est = tonumber(ARGV[3])
+-- Run twice (a client retry after a dropped connection): the first run's admission stands.
+if n > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1 then
+  return {1, gen, 0, 0, 0, -1, -1, 0, -1, -1, 0}
+end
 local function hsum(hk, members)
   local sum = 0
   for s = 1, #members, 1000 do
@@ -104,18 +111,24 @@ if rem_tok >= 0 then rem_tok = math.max(0, rem_tok - est) end
 return {1, gen, 0, 0, 0, lim_req, rem_req, reset_req, lim_tok, rem_tok, reset_tok}
 """
 
-SETTLE_SCRIPT = r"""
+# After the response, one command: settle every level's reservation to the engine's count
+# (refund or charge the difference) and append the usage event to the stream. Running it twice
+# changes nothing but a duplicate stream entry, which the writer's unique request_id absorbs.
+FINISH_SCRIPT = r"""
 local rid, actual = ARGV[1], tonumber(ARGV[2])
-for i = 1, #KEYS, 2 do
+for i = 2, #KEYS, 2 do
   local hk, tk = KEYS[i], KEYS[i + 1]
   local old = redis.call('HGET', hk, rid)
-  if old then
+  if old and actual then
     redis.call('HSET', hk, rid, actual)
     redis.call('INCRBY', tk, actual - tonumber(old))
   end
 end
-return 1
+return redis.call('XADD', KEYS[1], '*', 'e', ARGV[3])
 """
+
+SCRIPTS = {"admit": CHECK_SCRIPT, "finish": FINISH_SCRIPT}
+SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,8 @@ def _keys(deployment_id: int, level: Level) -> tuple[str, str, str]:
     return f"{base}:log", f"{base}:tokens", f"{base}:total"
 
 
-def estimate_tokens(body: dict) -> int:
-    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+def prompt_estimate(body: dict) -> int:
+    """Prompt tokens before the engine counts them: characters / 4 (settled to its count later)."""
     chars = 0
     for message in body.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
@@ -182,25 +195,64 @@ def estimate_tokens(body: dict) -> int:
             chars += len(value)
         elif isinstance(value, list):
             chars += sum(len(v) for v in value if isinstance(v, str))
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+    return chars // 4
+
+
+def _max_tokens(body: dict) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    return value
+
+
+def estimate_tokens(body: dict) -> int:
+    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+    max_tokens = _max_tokens(body)
+    if max_tokens is None:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
     # Bounded whatever the body says (gateway.validation refuses larger max_tokens first): the
     # Lua script adds reservations as doubles, and an estimate of 2^63 corrupted the window.
-    return max(1, min(chars // 4 + max_tokens, MAX_ESTIMATE))
+    return max(1, min(prompt_estimate(body) + max_tokens, MAX_ESTIMATE))
+
+
+# A request without max_tokens to a deployment with a token limit is capped at this many
+# completion tokens (and at what the tightest limit leaves after its prompt): the reservation
+# is then an upper bound of the completion, so the limit is never passed by more than what the
+# prompt estimate missed — never by a whole unbounded reply.
+DEFAULT_COMPLETION_CAP = 1024
+
+
+def reservation(body: dict, route: str, levels: list[Level]) -> tuple[int, int | None]:
+    """(tokens to reserve, max_tokens the gateway must forward, or None to forward the body as is)."""
+    limits = [level.tpm for level in levels if level.tpm >= 0]
+    if not limits or route == "embeddings" or _max_tokens(body) is not None:
+        return estimate_tokens(body), None
+    prompt = prompt_estimate(body)
+    cap = max(1, min(DEFAULT_COMPLETION_CAP, min(limits) - prompt))
+    return max(1, min(prompt + cap, MAX_ESTIMATE)), cap
 
 
 class RedisRateLimiter:
-    """Checks and settles with redis.asyncio; one instance per gateway process."""
+    """Admission and finish with redis.asyncio; one instance per gateway process.
+
+    Each is one EVALSHA (one round trip): the scripts are loaded once (SCRIPT LOAD at start, and
+    again after a NOSCRIPT, e.g. a restarted Redis), never through redis-py's Script objects,
+    which send SCRIPT EXISTS before every pipeline.
+    """
 
     def __init__(self, client) -> None:
         self.client = client
-        self._check = client.register_script(CHECK_SCRIPT)
-        self._settle = client.register_script(SETTLE_SCRIPT)
 
-    @property
-    def settle_script(self):
-        return self._settle
+    async def load_scripts(self) -> None:
+        for text in SCRIPTS.values():
+            await self.client.script_load(text)
+
+    async def _run(self, name: str, keys: list, args: list):
+        try:
+            return await self.client.evalsha(SHAS[name], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(SCRIPTS[name])
+            return await self.client.evalsha(SHAS[name], len(keys), *keys, *args)
 
     async def check(
         self,
@@ -223,13 +275,15 @@ class RedisRateLimiter:
         if user_generation_key:
             keys.append(user_generation_key)
             args.append(expected_user_generation)
-        raw = await self._check(keys=keys, args=args)
+        raw = await self._run("admit", keys, args)
         status = int(raw[0])
         generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         if status == -1:
             return Decision(allowed=False, stale=True, generation=generation)
         if status == -2:
             return Decision(allowed=False, stale_user=True)
+        if status == 1 and not levels:
+            return Decision(allowed=True, generation=generation)
         values = [int(v) for v in raw[2:]]
         blocked_level, blocked_kind, retry = values[0], values[1], values[2]
         return Decision(
@@ -246,25 +300,23 @@ class RedisRateLimiter:
             reset_tokens_ms=values[8],
         )
 
-    def settle_command(
-        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
-    ):
-        """Keys and args of the settle script, for the caller's pipeline (one round trip with usage)."""
-        keys: list[str] = []
-        for level in levels:
-            _, hk, tk = _keys(deployment_id, level)
-            keys.extend([hk, tk])
-        return keys, [request_id, actual]
-
-    async def settle(
-        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
+    async def finish(
+        self,
+        *,
+        stream_key: str,
+        event: bytes,
+        deployment_id: int,
+        levels: list[Level],
+        request_id: str,
+        actual: int | None,
     ) -> None:
-        if not levels:
-            return
-        keys, args = self.settle_command(
-            deployment_id=deployment_id, levels=levels, request_id=request_id, actual=actual
-        )
-        await self._settle(keys=keys, args=args)
+        """Settle the reservation to `actual` tokens (None: leave it) and queue the usage event."""
+        keys = [stream_key]
+        if actual is not None:
+            for level in levels:
+                _, hk, tk = _keys(deployment_id, level)
+                keys.extend([hk, tk])
+        await self._run("finish", keys, [request_id, "" if actual is None else actual, event])
 
 
 class LocalRateLimiter:
