@@ -312,8 +312,8 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
             upstream_clients(engine_url, args.requests, args.concurrency)
         ).items():
             print(f"  {name:<22} {rps:8.0f} req/s")
-        pending = redis.Redis.from_url(redis_url).llen("modeldeck:gateway:usage")
-        print(f"\nUsage events buffered in Redis for flush_usage: {pending}")
+        pending = redis.Redis.from_url(redis_url).xlen("modeldeck:gateway:usage-stream")
+        print(f"\nUsage events queued in the Redis stream for flush_usage: {pending}")
         print(f"\ngateway throughput ratio c{args.concurrency}: {ratio:.2f}")
         print(f"gateway cpu ms per request: {cpu_ms:.2f}")
         print(f"gateway added p50 ms c1: {added_p50_c1:.2f}")

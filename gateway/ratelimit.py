@@ -14,6 +14,7 @@ revoked key or a removed member costs no extra round trip to notice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -242,17 +243,63 @@ class RedisRateLimiter:
 
     def __init__(self, client) -> None:
         self.client = client
+        # Commands issued in the same event-loop turn leave together in one pipeline (one write,
+        # one read), each request still awaiting only its own reply.
+        self._batch: list[tuple[str, list, list, asyncio.Future]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()  # strong references to the batches in flight
 
     async def load_scripts(self) -> None:
         for text in SCRIPTS.values():
             await self.client.script_load(text)
 
     async def _run(self, name: str, keys: list, args: list):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._batch.append((name, keys, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send_batch)
+        return await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch, self._scheduled = self._batch, [], False
+        task = asyncio.ensure_future(self._execute(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: list) -> None:
         try:
-            return await self.client.evalsha(SHAS[name], len(keys), *keys, *args)
-        except NoScriptError:
-            await self.client.script_load(SCRIPTS[name])
-            return await self.client.evalsha(SHAS[name], len(keys), *keys, *args)
+            results = await self._pipeline(batch)
+            if any(isinstance(r, NoScriptError) for r in results):
+                await self.load_scripts()  # a restarted or flushed Redis: load, run those again
+                again = [item for item, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+                retried = iter(await self._pipeline(again))
+                results = [next(retried) if isinstance(r, NoScriptError) else r for r in results]
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _pipeline(self, batch: list) -> list:
+        if len(batch) == 1:
+            name, keys, args, _ = batch[0]
+            try:
+                return [await self.client.evalsha(SHAS[name], len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", SHAS[name], len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
 
     async def check(
         self,
