@@ -603,8 +603,7 @@ class Gateway:
         rl_headers = _ratelimit_headers(decision)
         call = Call(key, deployment, route, request_id, started, stream, levels, estimate)
         if not decision.allowed:
-            metrics.RATE_LIMITED.labels(deployment.name, decision.level, decision.kind).inc()
-            metrics.REQUESTS.labels(deployment.name, route, "429").inc()
+            _child(metrics.RATE_LIMITED, deployment.name, decision.level, decision.kind).inc()
             retry_s = (
                 60 if decision.retry_after_ms < 0 else max(1, -(-decision.retry_after_ms // 1000))
             )
@@ -837,14 +836,14 @@ class Gateway:
             currency=deployment.currency,
             created_at=datetime.now(UTC).isoformat(),
         )
-        metrics.REQUESTS.labels(deployment.name, route, str(status)).inc()
+        _child(metrics.REQUESTS, deployment.name, route, str(status)).inc()
         if status != 429:
-            metrics.LATENCY.labels(deployment.name, route).observe(latency_ms / 1000)
+            _child(metrics.LATENCY, deployment.name, route).observe(latency_ms / 1000)
         if prompt or completion:
-            metrics.TOKENS.labels(deployment.name, "prompt").inc(prompt)
-            metrics.TOKENS.labels(deployment.name, "completion").inc(completion)
+            _child(metrics.TOKENS, deployment.name, "prompt").inc(prompt)
+            _child(metrics.TOKENS, deployment.name, "completion").inc(completion)
         if ttft is not None:
-            metrics.TTFT.labels(deployment.name).observe(ttft / 1000)
+            _child(metrics.TTFT, deployment.name).observe(ttft / 1000)
         limiter = self.limiter
         try:
             if isinstance(limiter, RedisRateLimiter):
@@ -900,6 +899,20 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
         caller_user_id=key.user_id,
         caller_group_ids=key.group_ids,
     )
+
+
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    """metric.labels(*labels), looked up once: labels() takes a lock and builds keys every call."""
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        if len(_children) > 100_000:  # bounded, like the label sets themselves should be
+            _children.clear()
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _tls_name(url: str, deployment: DeploymentInfo) -> dict:
