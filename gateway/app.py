@@ -45,6 +45,7 @@ from gateway.ratelimit import (
     RedisRateLimiter,
     levels_for,
     reservation,
+    spend_keys,
 )
 from gateway.tasks import write_events
 from gateway.upstream import make_session
@@ -571,6 +572,8 @@ class Gateway:
                     # The caller's own generation too (public callers have no user).
                     user_generation_key=user_generation_key(key.user_id) if key.id else "",
                     expected_user_generation=key.user_generation,
+                    budgets=tuple(b for b in key.budgets if b.currency == deployment.currency),
+                    month=_month(),
                 )
             except RedisError:
                 # Fail closed: without the limiter neither limits nor revocations can be enforced.
@@ -602,6 +605,9 @@ class Gateway:
 
         rl_headers = _ratelimit_headers(decision)
         call = Call(key, deployment, route, request_id, started, stream, levels, estimate)
+        if decision.kind == "budget":
+            await self._record(call, 429, settle=False)
+            raise budget_exceeded(decision.budget, model)
         if not decision.allowed:
             _child(metrics.RATE_LIMITED, deployment.name, decision.level, decision.kind).inc()
             retry_s = (
@@ -855,7 +861,12 @@ class Gateway:
                     levels=levels if settle else [],
                     request_id=request_id,
                     actual=actual if settle else None,
-                )
+                    cost=cost,
+                    spend=spend_keys(
+                        _month(), deployment.currency, organization_id=key.organization_id,
+                        user_id=key.user_id, api_key_id=key.id,
+                    ) if cost else [],
+                )  # fmt: skip
             else:
                 if settle and levels and actual is not None:
                     await limiter.settle(
@@ -898,6 +909,23 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
         caller_org_id=key.organization_id,
         caller_user_id=key.user_id,
         caller_group_ids=key.group_ids,
+    )
+
+
+def _month() -> str:
+    """The budget month (UTC), e.g. 2026-11."""
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+def budget_exceeded(budget, model: str) -> GatewayError:
+    """429 with OpenAI's `insufficient_quota` type: a monthly budget is spent."""
+    who = {"organization": "organization's", "user": "user's", "api_key": "API key's"}[budget.level]
+    return GatewayError(
+        429,
+        f"The {who} monthly budget of {budget.limit} {budget.currency} is used up; requests to "
+        f"`{model}` resume when the budget is raised or next month begins.",
+        "insufficient_quota",
+        code=f"budget_{budget.level}_exceeded",
     )
 
 

@@ -181,6 +181,9 @@ class KeyInfo:
     # Redis) and this process's.
     user_generation: str = ""
     local_user_generation: int = 0
+    # Monthly spend limits of the key's organization, user and the key itself
+    # (gateway.ratelimit.budgets_for); enforced in the admission script.
+    budgets: tuple = ()
 
 
 @dataclass(frozen=True)

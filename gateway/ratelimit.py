@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
+from decimal import Decimal
 
 from redis.exceptions import NoScriptError
 
@@ -28,7 +29,11 @@ CHECK_SCRIPT = r"""
 local gen = redis.call('GET', KEYS[1]) or '0'
 if ARGV[1] ~= '' and ARGV[1] ~= gen then return {-1, gen} end
 local n = tonumber(ARGV[4])
-local ukey = KEYS[n * 3 + 2]
+-- Monthly budgets: the last m keys (spend so far) and the m arguments before the last (limits).
+local m = tonumber(ARGV[#ARGV])
+local nk = #KEYS - m
+local ukey = nil
+if nk == n * 3 + 2 then ukey = KEYS[nk] end
 if ukey then
   local ugen = redis.call('GET', ukey) or '0'
   if ugen ~= ARGV[n * 2 + 6] then return {-2, ugen} end
@@ -41,6 +46,12 @@ local est = tonumber(ARGV[3])
 -- Run twice (a client retry after a dropped connection): the first run's admission stands.
 if n > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1 then
   return {1, gen, 0, 0, 0, -1, -1, 0, -1, -1, 0}
+end
+for j = 1, m do
+  local spent = tonumber(redis.call('GET', KEYS[nk + j]) or '0')
+  if spent >= tonumber(ARGV[#ARGV - m + j - 1]) then
+    return {0, gen, j, 3, -2, -1, -1, 0, -1, -1, 0}
+  end
 end
 local function hsum(hk, members)
   local sum = 0
@@ -116,13 +127,21 @@ return {1, gen, 0, 0, 0, lim_req, rem_req, reset_req, lim_tok, rem_tok, reset_to
 # (refund or charge the difference) and append the usage event to the stream. Running it twice
 # changes nothing but a duplicate stream entry, which the writer's unique request_id absorbs.
 FINISH_SCRIPT = r"""
-local rid, actual = ARGV[1], tonumber(ARGV[2])
-for i = 2, #KEYS, 2 do
+local rid, actual, b = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
+for i = 2, #KEYS - b, 2 do
   local hk, tk = KEYS[i], KEYS[i + 1]
   local old = redis.call('HGET', hk, rid)
   if old and actual then
     redis.call('HSET', hk, rid, actual)
     redis.call('INCRBY', tk, actual - tonumber(old))
+  end
+end
+-- Spend (cost in 1e-8 units) on the monthly budget counters, once per request id.
+local units = tonumber(ARGV[4])
+if b > 0 and units > 0 and redis.call('SET', KEYS[#KEYS - b + 1], '1', 'NX', 'EX', 3600) then
+  for j = #KEYS - b + 2, #KEYS do
+    redis.call('INCRBY', KEYS[j], units)
+    redis.call('EXPIRE', KEYS[j], tonumber(ARGV[6]))
   end
 end
 return redis.call('XADD', KEYS[1], '*', 'e', ARGV[3])
@@ -157,6 +176,53 @@ class Decision:
     limit_tokens: int = -1
     remaining_tokens: int = -1
     reset_tokens_ms: int = 0
+    budget: Budget | None = None  # the budget used up (kind "budget")
+
+
+BUDGET_UNITS = 10**8  # spend counters count cost in 1e-8 of the currency (UsageRecord.cost's places)
+BUDGET_EXPIRY_S = 40 * 86_400  # a month's counters outlive the month, then go
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A monthly spend limit of one organization, user or API key, in one currency."""
+
+    level: str  # organization | user | api_key
+    ident: int
+    limit: Decimal
+    currency: str = "USD"
+
+
+def budgets_for(
+    *,
+    organization_id: int,
+    user_id: int,
+    api_key_id: int,
+    organization: Decimal | int | str | None = None,
+    user: Decimal | int | str | None = None,
+    api_key: Decimal | int | str | None = None,
+    currency: str = "USD",
+) -> tuple[Budget, ...]:
+    """The budgets that limit anything, from plain numbers (None: no budget at that level)."""
+    out = []
+    for level, ident, limit in (
+        ("organization", organization_id, organization),
+        ("user", user_id, user),
+        ("api_key", api_key_id, api_key),
+    ):
+        if limit is not None and ident:
+            out.append(Budget(level, ident, Decimal(str(limit)), currency[:3].upper()))
+    return tuple(out)
+
+
+def budget_key(month: str, currency: str, level: str, ident: int) -> str:
+    return f"modeldeck:budget:{month}:{currency}:{level}:{ident}"
+
+
+def spend_keys(month: str, currency: str, *, organization_id: int, user_id: int, api_key_id: int) -> list[str]:
+    """The month's spend counters a request adds its cost to (every level it has an id for)."""
+    ids = (("organization", organization_id), ("user", user_id), ("api_key", api_key_id))
+    return [budget_key(month, currency, level, ident) for level, ident in ids if ident]
 
 
 def levels_for(
@@ -313,6 +379,8 @@ class RedisRateLimiter:
         window_ms: int = WINDOW_MS,
         user_generation_key: str = "",
         expected_user_generation: str = "",
+        budgets: tuple[Budget, ...] = (),
+        month: str = "",
     ) -> Decision:
         keys = [generation_key]
         args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
@@ -322,6 +390,10 @@ class RedisRateLimiter:
         if user_generation_key:
             keys.append(user_generation_key)
             args.append(expected_user_generation)
+        for budget in budgets:
+            keys.append(budget_key(month, budget.currency, budget.level, budget.ident))
+            args.append(int(budget.limit * BUDGET_UNITS))
+        args.append(len(budgets))
         raw = await self._run("admit", keys, args)
         status = int(raw[0])
         generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
@@ -333,6 +405,12 @@ class RedisRateLimiter:
             return Decision(allowed=True, generation=generation)
         values = [int(v) for v in raw[2:]]
         blocked_level, blocked_kind, retry = values[0], values[1], values[2]
+        if blocked_kind == 3:
+            budget = budgets[blocked_level - 1]
+            return Decision(
+                allowed=False, generation=generation, level=budget.level, kind="budget",
+                retry_after_ms=retry, budget=budget,
+            )  # fmt: skip
         return Decision(
             allowed=status == 1,
             generation=generation,
@@ -356,14 +434,23 @@ class RedisRateLimiter:
         levels: list[Level],
         request_id: str,
         actual: int | None,
+        cost: Decimal = Decimal(0),
+        spend: list[str] = (),  # type: ignore[assignment]
     ) -> None:
-        """Settle the reservation to `actual` tokens (None: leave it) and queue the usage event."""
+        """Settle the reservation to `actual` tokens (None: leave it), add `cost` to the `spend`
+        counters (budgets) and queue the usage event: one command."""
         keys = [stream_key]
         if actual is not None:
             for level in levels:
                 _, hk, tk = _keys(deployment_id, level)
                 keys.extend([hk, tk])
-        await self._run("finish", keys, [request_id, "" if actual is None else actual, event])
+        units = int(cost * BUDGET_UNITS)
+        if spend and units > 0:
+            keys.append(f"modeldeck:budget:counted:{request_id}")
+            keys.extend(spend)
+        b = len(keys) - 1 - (2 * len(levels) if actual is not None else 0)
+        args = [request_id, "" if actual is None else actual, event, units, b, BUDGET_EXPIRY_S]
+        await self._run("finish", keys, args)
 
 
 class LocalRateLimiter:
@@ -391,6 +478,8 @@ class LocalRateLimiter:
         window_ms: int = WINDOW_MS,
         user_generation_key: str = "",  # embedded mode: gateway.cache's local generations instead
         expected_user_generation: str = "",
+        budgets: tuple = (),  # budgets need Redis's shared counters: not enforced embedded
+        month: str = "",
     ) -> Decision:
         import time
 
