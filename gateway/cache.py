@@ -125,17 +125,25 @@ def user_generation_key(user_id: int) -> str:
     return USER_GENERATION_KEY.format(user_id=user_id)
 
 
+_clients: dict[str, object] = {}
+
+
+def _shared_client():
+    """One sync client per URL for the invalidations (status sync bumps can come by thousands)."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = sync_redis(url)
+    return client
+
+
 def invalidate() -> None:
     """Make every gateway drop its cached keys on its next request (call after revoking a key)."""
     global _local_generation
     _local_generation += 1
     if not settings.REDIS_URL:
         return
-    client = sync_redis()
-    try:
-        client.incr(GENERATION_KEY)
-    finally:
-        client.close()
+    _shared_client().incr(GENERATION_KEY)
 
 
 def invalidate_user(user_id: int) -> None:
@@ -143,15 +151,11 @@ def invalidate_user(user_id: int) -> None:
     _local_user_generations[user_id] = _local_user_generations.get(user_id, 0) + 1
     if not settings.REDIS_URL:
         return
-    client = sync_redis()
-    try:
-        name = user_generation_key(user_id)
-        with client.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, USER_GENERATION_EXPIRY)
-            pipe.execute()
-    finally:
-        client.close()
+    name = user_generation_key(user_id)
+    with _shared_client().pipeline(transaction=True) as pipe:
+        pipe.incr(name)
+        pipe.expire(name, USER_GENERATION_EXPIRY)
+        pipe.execute()
 
 
 def local_generation() -> int:
