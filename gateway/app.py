@@ -178,6 +178,7 @@ class Gateway:
         self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._endpoint_paths_lock = asyncio.Lock()
         self._reloads: dict[int, asyncio.Future] = {}
+        self._key_loads: dict[str, asyncio.Future] = {}
         self._embedded_usage = None
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -336,8 +337,7 @@ class Gateway:
             if hit and info is not None and info.refusal and await self._user_generation_moved(info):
                 hit = False  # a suspension can end (user reactivated): don't refuse from cache
             if not hit:
-                info = await self._load_key(digest)
-                self.cache.put_key(digest, info)
+                info = await self._key_once(digest)
         shown = secret[:8] + "…" if len(secret) > 8 else "…"
         if info is None:
             raise GatewayError(
@@ -368,6 +368,22 @@ class Gateway:
                 code="invalid_api_key",
             )
         return info
+
+    async def _key_once(self, digest: str) -> KeyInfo | None:
+        """Load a key's row once however many requests need it at the same time (single flight)."""
+        load = self._key_loads.get(digest)
+        if load is None:
+
+            async def run() -> KeyInfo | None:
+                try:
+                    info = await self._load_key(digest)
+                    self.cache.put_key(digest, info)
+                    return info
+                finally:
+                    self._key_loads.pop(digest, None)
+
+            load = self._key_loads[digest] = asyncio.ensure_future(run())
+        return await asyncio.shield(load)
 
     async def _user_generation_moved(self, key: KeyInfo) -> bool:
         """Whether the key's owner changed since it was cached (one GET; off the success path)."""

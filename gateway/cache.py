@@ -34,7 +34,9 @@ USER_GENERATION_KEY = "modeldeck:gateway:user-generation:{user_id}"
 # Far longer than KEY_TTL: a counter that expired and restarted could only meet a cached row
 # filed under its old value if that row outlived the counter, and rows live KEY_TTL at most.
 USER_GENERATION_EXPIRY = 86_400
-KEY_TTL = 30.0
+# The admission script checks the owner's generation on every request, so a cached key is never
+# used after a change to its validity; the TTL only bounds memory and missed invalidations.
+KEY_TTL = 300.0
 NEGATIVE_KEY_TTL = 5.0  # unknown secrets: short, so a brand-new key works almost at once
 DEPLOYMENT_TTL = 1.0  # keyless (public) callers by model name
 TABLE_TTL = 60.0  # backstop: a routing table is reloaded this often even if no invalidation came

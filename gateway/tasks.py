@@ -35,48 +35,26 @@ def write_events(raw_events: list[bytes]) -> int:
             events.append(json.loads(raw))
         except ValueError:
             log.error("dropping an unreadable usage event: %r", raw[:200])
+    events = [e for e in events if isinstance(e, dict)]
     if not events:
         return 0
+
+    def ids(field: str) -> set[int]:
+        return {e[field] for e in events if type(e.get(field)) is int}
+
     # Rows the events point at may be gone by now (a deleted deployment, user or organization).
-    dep_ids = set(
-        ModelDeployment.objects.filter(
-            pk__in={e["deployment_id"] for e in events if e["deployment_id"]}
-        ).values_list("pk", flat=True)
-    )
-    org_ids = set(
-        Organization.objects.filter(pk__in={e["organization_id"] for e in events}).values_list(
-            "pk", flat=True
-        )
-    )
-    user_ids = set(
-        get_user_model()
-        .objects.filter(pk__in={e["user_id"] for e in events if e["user_id"]})
-        .values_list("pk", flat=True)
-    )
-    records = [
-        UsageRecord(
-            request_id=e["request_id"],
-            deployment_id=e["deployment_id"] if e["deployment_id"] in dep_ids else None,
-            deployment_name=e["deployment_name"][:100],
-            organization_id=e["organization_id"],
-            user_id=e["user_id"] if e["user_id"] in user_ids else None,
-            api_key_id=e["api_key_id"],
-            api_key_prefix=e["api_key_prefix"],
-            revision_id=e.get("revision_id"),
-            route=e["route"],
-            status_code=e["status_code"],
-            prompt_tokens=e["prompt_tokens"],
-            completion_tokens=e["completion_tokens"],
-            latency_ms=e["latency_ms"],
-            ttft_ms=e["ttft_ms"],
-            stream=e["stream"],
-            cost=Decimal(e["cost"]),
-            currency=e["currency"],
-            created_at=datetime.fromisoformat(e["created_at"]),
-        )
-        for e in events
-        if e["organization_id"] in org_ids
-    ]
+    dep_ids = set(ModelDeployment.objects.filter(pk__in=ids("deployment_id")).values_list("pk", flat=True))
+    org_ids = set(Organization.objects.filter(pk__in=ids("organization_id")).values_list("pk", flat=True))
+    user_ids = set(get_user_model().objects.filter(pk__in=ids("user_id")).values_list("pk", flat=True))
+    records = []
+    for e in events:
+        if e.get("organization_id") not in org_ids:
+            continue
+        try:
+            records.append(_record(e, dep_ids, user_ids))
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            # Not what a gateway writes: kept out so it can't block every batch after it.
+            log.error("dropping a malformed usage event: %r", e)
     with transaction.atomic():
         UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=500)
         # last_used_at only moves forward, whatever order batches arrive in.
@@ -143,6 +121,29 @@ def consume_usage(
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _record(e: dict, dep_ids: set, user_ids: set) -> UsageRecord:
+    return UsageRecord(
+        request_id=e["request_id"],
+        deployment_id=e["deployment_id"] if e["deployment_id"] in dep_ids else None,
+        deployment_name=e["deployment_name"][:100],
+        organization_id=e["organization_id"],
+        user_id=e["user_id"] if e["user_id"] in user_ids else None,
+        api_key_id=e["api_key_id"],
+        api_key_prefix=e["api_key_prefix"],
+        revision_id=e.get("revision_id"),
+        route=e["route"],
+        status_code=e["status_code"],
+        prompt_tokens=e["prompt_tokens"],
+        completion_tokens=e["completion_tokens"],
+        latency_ms=e["latency_ms"],
+        ttft_ms=e["ttft_ms"],
+        stream=e["stream"],
+        cost=Decimal(e["cost"]),
+        currency=e["currency"],
+        created_at=datetime.fromisoformat(e["created_at"]),
+    )
 
 
 @shared_task(name="gateway.flush_usage", ignore_result=True)

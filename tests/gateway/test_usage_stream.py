@@ -139,3 +139,18 @@ def test_entries_of_a_dead_consumer_are_claimed_and_written_once(tenants, gatewa
     assert _clean_redis.xpending(USAGE_STREAM_KEY, USAGE_GROUP)["pending"] == 0
     assert consume_usage(_clean_redis, "worker-3", claim_idle_ms=0) == 0
     assert UsageRecord.objects.count() == 12
+
+
+def test_a_malformed_entry_does_not_block_the_ones_after_it(tenants, gateway, _clean_redis):
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    secret = make_key(tenants.member, tenants.org)
+    flush_usage(max_batches=0)  # the group exists
+    _clean_redis.xadd(USAGE_STREAM_KEY, {"e": b'{"organization_id": %d, "cost": "x"}' % tenants.org.pk})
+    _clean_redis.xadd(USAGE_STREAM_KEY, {"e": b"not json"})
+    response = httpx.post(
+        gateway.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {secret}"}
+    )
+    assert flush_usage() == 1
+    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [response.headers["x-request-id"]]
+    assert _clean_redis.xlen(USAGE_STREAM_KEY) == 0
+    assert _clean_redis.xpending(USAGE_STREAM_KEY, USAGE_GROUP)["pending"] == 0
