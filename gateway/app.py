@@ -564,7 +564,10 @@ class Gateway:
         if keyless:
             key = await self._public_caller(model)
 
-        for attempt in (1, 2):
+        # The shared generation is checked once: after one reload (or STALE_WAIT of it) the table
+        # in hand answers, however often other changes land meanwhile (a busy sync, rollouts).
+        reloaded = False
+        for attempt in (1, 2, 3):
             if keyless:
                 deployment = await self._deployment(key, model, endpoint_path)
             else:
@@ -580,7 +583,7 @@ class Gateway:
             try:
                 decision = await self.limiter.check(
                     generation_key=GENERATION_KEY,
-                    expected_generation=self.cache.generation or "",
+                    expected_generation="" if reloaded else (self.cache.generation or ""),
                     deployment_id=deployment.id,
                     levels=levels,
                     request_id=request_id,
@@ -604,17 +607,18 @@ class Gateway:
             if decision.stale_user:
                 # The caller's key, membership or account changed: re-read only their keys.
                 self.cache.forget_user(key.user_id)
-                if attempt == 1:
+                if attempt < 3:
                     key = await self._key(scope)
                 continue
             if not decision.stale:
                 break
-            # Deployments or policies changed somewhere (or first request): forget every
-            # cached row, look again.
+            # Deployments or policies changed somewhere: the routing tables reload (once per
+            # organization), and this request looks again.
             self.cache.moved(decision.generation)
-            if attempt == 1:
+            reloaded = True
+            if attempt < 3:
                 key = await self._public_caller(model) if keyless else await self._key(scope)
-        else:  # pragma: no cover - the generation moved twice within one request
+        else:  # pragma: no cover - the caller's own generation moved twice within one request
             raise GatewayError(
                 503, "The gateway is reloading its configuration; retry.", "server_error"
             )
