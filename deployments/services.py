@@ -181,6 +181,8 @@ def state_claim(
     )
     if changed and not isinstance(deployment, int):
         deployment.state, deployment.state_reason = state, reason[:2000]
+    if changed:
+        _gateway_forget()  # gateways keep routing tables until the generation moves
     return bool(changed)
 
 

@@ -76,6 +76,7 @@ from deployments.spec import (
     replicas_for,
     s3_environment,
 )
+from gateway.cache import invalidate
 from projects.models import IntegrationKind
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def _switch_service(k: kube.Kube, deployment: ModelDeployment, rs: Any) -> bool:
     )
     if not claimed:
         return False  # a newer revision took over meanwhile; its own push moves the traffic
+    transaction.on_commit(invalidate)  # the gateways' routing tables name the serving revision
     deployment.serving_revision = revision
     if previous is None or previous.pk != revision.pk:
         old = f" (from revision {previous.number})" if previous is not None else ""

@@ -28,6 +28,7 @@ from gateway.cache import (
     DeploymentInfo,
     GatewayCache,
     KeyInfo,
+    async_redis,
     user_generation_key,
 )
 from gateway.errors import GatewayError, error_body
@@ -42,13 +43,14 @@ from gateway.ratelimit import (
     Decision,
     LocalRateLimiter,
     RedisRateLimiter,
-    estimate_tokens,
     levels_for,
+    reservation,
+    spend_keys,
 )
 from gateway.tasks import write_events
 from gateway.upstream import make_session
 from gateway.usage import (
-    USAGE_LIST_KEY,
+    USAGE_STREAM_KEY,
     UsageEvent,
     cost_of,
     usage_from_body,
@@ -68,6 +70,9 @@ ROUTES = {
 MAX_BODY_BYTES = 16 * 1024 * 1024
 RUNNING = "running"
 ENDPOINT_PATHS_TTL = 5.0
+# How long a request waits for its organization's routing table to reload after a change before
+# it is answered from the previous table (a small table reloads well within it).
+STALE_WAIT = 0.25
 
 
 def split_endpoint_path(path: str) -> tuple[str, str]:
@@ -172,6 +177,8 @@ class Gateway:
         self._load_endpoint_paths = sync_to_async(load_endpoint_paths, thread_sensitive=False)
         self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._endpoint_paths_lock = asyncio.Lock()
+        self._reloads: dict[int, asyncio.Future] = {}
+        self._key_loads: dict[str, asyncio.Future] = {}
         self._embedded_usage = None
         self.holds = load.ColdStartHolds(bound=settings.MODELDECK_GATEWAY_HOLD_QUEUE)
         self.measure_load = True  # bench/autoscale.py compares the added latency on vs. off
@@ -190,9 +197,7 @@ class Gateway:
     def limiter(self) -> RedisRateLimiter | LocalRateLimiter:
         if self._limiter is None:
             if settings.REDIS_URL:
-                import redis.asyncio as aioredis
-
-                self._redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=500)
+                self._redis = async_redis(max_connections=500)
                 self._limiter = RedisRateLimiter(self._redis)
             else:
                 self._limiter = LocalRateLimiter()
@@ -224,6 +229,11 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if isinstance(self.limiter, RedisRateLimiter):
+                    try:
+                        await self.limiter.load_scripts()  # SCRIPT LOAD; NOSCRIPT reloads later
+                    except RedisError:
+                        log.warning("gateway could not preload its Redis scripts", exc_info=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -330,8 +340,7 @@ class Gateway:
             if hit and info is not None and info.refusal and await self._user_generation_moved(info):
                 hit = False  # a suspension can end (user reactivated): don't refuse from cache
             if not hit:
-                info = await self._load_key(digest)
-                self.cache.put_key(digest, info)
+                info = await self._key_once(digest)
         shown = secret[:8] + "…" if len(secret) > 8 else "…"
         if info is None:
             raise GatewayError(
@@ -362,6 +371,22 @@ class Gateway:
                 code="invalid_api_key",
             )
         return info
+
+    async def _key_once(self, digest: str) -> KeyInfo | None:
+        """Load a key's row once however many requests need it at the same time (single flight)."""
+        load = self._key_loads.get(digest)
+        if load is None:
+
+            async def run() -> KeyInfo | None:
+                try:
+                    info = await self._load_key(digest)
+                    self.cache.put_key(digest, info)
+                    return info
+                finally:
+                    self._key_loads.pop(digest, None)
+
+            load = self._key_loads[digest] = asyncio.ensure_future(run())
+        return await asyncio.shield(load)
 
     async def _user_generation_moved(self, key: KeyInfo) -> bool:
         """Whether the key's owner changed since it was cached (one GET; off the success path)."""
@@ -417,11 +442,35 @@ class Gateway:
         return caller
 
     async def _deployments(self, organization_id: int) -> dict[str, DeploymentInfo]:
-        found = self.cache.get_deployments(organization_id)
-        if found is None:
-            found = await self._load_deployments(organization_id)
-            self.cache.put_deployments(organization_id, found)
-        return found
+        """The organization's routing table: no I/O while it is current. When the generation
+        moved, one reload per organization runs (single flight); requests wait for it at most
+        STALE_WAIT and are then answered from the old table until the new one is in."""
+        table, current = self.cache.get_deployments(organization_id)
+        if current:
+            return table
+        reload = self._reloads.get(organization_id)
+        if reload is None:
+            reload = asyncio.ensure_future(self._reload_deployments(organization_id))
+            self._reloads[organization_id] = reload
+        if table is None:
+            return await asyncio.shield(reload)
+        try:
+            return await asyncio.wait_for(asyncio.shield(reload), STALE_WAIT)
+        except TimeoutError:
+            return table
+        except Exception:  # noqa: BLE001 - the database is unreachable: keep serving what we know
+            log.exception("gateway cannot reload the routing table of organization %s", organization_id)
+            return table
+
+    async def _reload_deployments(self, organization_id: int) -> dict[str, DeploymentInfo]:
+        # The generation is read before the rows: rows are at least as new as what they're filed under.
+        generation = self.cache.generation
+        try:
+            table = await self._load_deployments(organization_id)
+            self.cache.put_deployments(organization_id, table, generation)
+            return table
+        finally:
+            self._reloads.pop(organization_id, None)
 
     async def _deployment(self, key: KeyInfo, model: str, endpoint_path: str = "") -> DeploymentInfo:
         deployment = (await self._deployments(key.organization_id)).get(model)
@@ -473,7 +522,7 @@ class Gateway:
     async def _models(self, scope, send, request_id: str, endpoint_path: str = "") -> None:
         generation = await self._generation()
         if generation != self.cache.generation:
-            self.cache.reset(generation)
+            self.cache.moved(generation)
         key = await self._key(scope)
         if await self._user_generation_moved(key):
             self.cache.forget_user(key.user_id)
@@ -515,11 +564,13 @@ class Gateway:
         check_body(body, route)
         model = body["model"]
         stream = bool(body.get("stream")) and route != "embeddings"
-        estimate = estimate_tokens(body)
         if keyless:
             key = await self._public_caller(model)
 
-        for attempt in (1, 2):
+        # The shared generation is checked once: after one reload (or STALE_WAIT of it) the table
+        # in hand answers, however often other changes land meanwhile (a busy sync, rollouts).
+        reloaded = False
+        for attempt in (1, 2, 3):
             if keyless:
                 deployment = await self._deployment(key, model, endpoint_path)
             else:
@@ -530,10 +581,12 @@ class Gateway:
                 user_id=key.user_id,
                 api_key_id=key.id,
             )
+            # Reserved now, settled to the engine's count when the request finishes (_record).
+            estimate, cap = reservation(body, route, levels)
             try:
                 decision = await self.limiter.check(
                     generation_key=GENERATION_KEY,
-                    expected_generation=self.cache.generation or "",
+                    expected_generation="" if reloaded else (self.cache.generation or ""),
                     deployment_id=deployment.id,
                     levels=levels,
                     request_id=request_id,
@@ -541,6 +594,8 @@ class Gateway:
                     # The caller's own generation too (public callers have no user).
                     user_generation_key=user_generation_key(key.user_id) if key.id else "",
                     expected_user_generation=key.user_generation,
+                    budgets=tuple(b for b in key.budgets if b.currency == deployment.currency),
+                    month=_month(),
                 )
             except RedisError:
                 # Fail closed: without the limiter neither limits nor revocations can be enforced.
@@ -555,26 +610,29 @@ class Gateway:
             if decision.stale_user:
                 # The caller's key, membership or account changed: re-read only their keys.
                 self.cache.forget_user(key.user_id)
-                if attempt == 1:
+                if attempt < 3:
                     key = await self._key(scope)
                 continue
             if not decision.stale:
                 break
-            # Deployments or policies changed somewhere (or first request): forget every
-            # cached row, look again.
-            self.cache.reset(decision.generation)
-            if attempt == 1:
+            # Deployments or policies changed somewhere: the routing tables reload (once per
+            # organization), and this request looks again.
+            self.cache.moved(decision.generation)
+            reloaded = True
+            if attempt < 3:
                 key = await self._public_caller(model) if keyless else await self._key(scope)
-        else:  # pragma: no cover - the generation moved twice within one request
+        else:  # pragma: no cover - the caller's own generation moved twice within one request
             raise GatewayError(
                 503, "The gateway is reloading its configuration; retry.", "server_error"
             )
 
         rl_headers = _ratelimit_headers(decision)
         call = Call(key, deployment, route, request_id, started, stream, levels, estimate)
+        if decision.kind == "budget":
+            await self._record(call, 429, settle=False)
+            raise budget_exceeded(decision.budget, model)
         if not decision.allowed:
-            metrics.RATE_LIMITED.labels(deployment.name, decision.level, decision.kind).inc()
-            metrics.REQUESTS.labels(deployment.name, route, "429").inc()
+            _child(metrics.RATE_LIMITED, deployment.name, decision.level, decision.kind).inc()
             retry_s = (
                 60 if decision.retry_after_ms < 0 else max(1, -(-decision.retry_after_ms // 1000))
             )
@@ -596,12 +654,15 @@ class Gateway:
             )
 
         await self._admit(call)  # load for the autoscaler; held here while scaling from zero
+        if cap is not None:
+            body["max_tokens"] = cap  # the reservation's completion part is then a bound
         if stream and route in ("chat.completions", "completions"):
             # The engine reports usage at the end of a stream only when asked.
             options = (
                 body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             )
             body["stream_options"] = {**options, "include_usage": True}
+        if cap is not None or stream:
             raw = json.dumps(body).encode()
         url = f"{deployment.upstream}/v1/{'chat/completions' if route == 'chat.completions' else route}"
         headers = {"content-type": "application/json", "x-request-id": request_id}
@@ -654,6 +715,12 @@ class Gateway:
             f"{why}; retry shortly.", "server_error", param="model", code="model_starting",
             headers=[(b"retry-after", b"10")],
         )  # fmt: skip
+
+    async def _load_finish(self, deployment_id: int, request_id: str, latency_ms: float, completion: int) -> None:
+        """Take a finished request out of its deployment's load (the autoscaler's counters)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            load.finish_commands(pipe, deployment_id, request_id, time.time(), latency_ms, completion)
+            await pipe.execute()
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, asyncio.TimeoutError):
@@ -838,32 +905,35 @@ class Gateway:
             currency=deployment.currency,
             created_at=datetime.now(UTC).isoformat(),
         )
-        metrics.REQUESTS.labels(deployment.name, route, str(status)).inc()
+        _child(metrics.REQUESTS, deployment.name, route, str(status)).inc()
         if status != 429:
-            metrics.LATENCY.labels(deployment.name, route).observe(latency_ms / 1000)
+            _child(metrics.LATENCY, deployment.name, route).observe(latency_ms / 1000)
         if prompt or completion:
-            metrics.TOKENS.labels(deployment.name, "prompt").inc(prompt)
-            metrics.TOKENS.labels(deployment.name, "completion").inc(completion)
+            _child(metrics.TOKENS, deployment.name, "prompt").inc(prompt)
+            _child(metrics.TOKENS, deployment.name, "completion").inc(completion)
         if ttft is not None:
-            metrics.TTFT.labels(deployment.name).observe(ttft / 1000)
+            _child(metrics.TTFT, deployment.name).observe(ttft / 1000)
         limiter = self.limiter
         try:
             if isinstance(limiter, RedisRateLimiter):
-                # Usage and token settlement in one round trip.
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.rpush(USAGE_LIST_KEY, event.dumps())
-                    if call.admitted:
-                        load.finish_commands(pipe, deployment.id, request_id, time.time(),
-                                             latency_ms, completion)  # fmt: skip
-                    if settle and levels and actual is not None:
-                        keys, args = limiter.settle_command(
-                            deployment_id=deployment.id,
-                            levels=levels,
-                            request_id=request_id,
-                            actual=actual,
-                        )
-                        await limiter.settle_script(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
+                # Token settlement and the usage event: one command; the autoscaler's load
+                # counters go out beside it (same moment, not one more wait).
+                finishing = [limiter.finish(
+                    stream_key=USAGE_STREAM_KEY,
+                    event=event.dumps(),
+                    deployment_id=deployment.id,
+                    levels=levels if settle else [],
+                    request_id=request_id,
+                    actual=actual if settle else None,
+                    cost=cost,
+                    spend=spend_keys(
+                        _month(), deployment.currency, organization_id=key.organization_id,
+                        user_id=key.user_id, api_key_id=key.id,
+                    ) if cost else [],
+                )]  # fmt: skip
+                if call.admitted:
+                    finishing.append(self._load_finish(deployment.id, request_id, latency_ms, completion))
+                await asyncio.gather(*finishing)
             else:
                 if settle and levels and actual is not None:
                     await limiter.settle(
@@ -908,6 +978,37 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
         caller_user_id=key.user_id,
         caller_group_ids=key.group_ids,
     )
+
+
+def _month() -> str:
+    """The budget month (UTC), e.g. 2026-11."""
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+def budget_exceeded(budget, model: str) -> GatewayError:
+    """429 with OpenAI's `insufficient_quota` type: a monthly budget is spent."""
+    who = {"organization": "organization's", "user": "user's", "api_key": "API key's"}[budget.level]
+    return GatewayError(
+        429,
+        f"The {who} monthly budget of {budget.limit} {budget.currency} is used up; requests to "
+        f"`{model}` resume when the budget is raised or next month begins.",
+        "insufficient_quota",
+        code=f"budget_{budget.level}_exceeded",
+    )
+
+
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    """metric.labels(*labels), looked up once: labels() takes a lock and builds keys every call."""
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        if len(_children) > 100_000:  # bounded, like the label sets themselves should be
+            _children.clear()
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _tls_name(url: str, deployment: DeploymentInfo) -> dict:

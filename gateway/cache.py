@@ -1,11 +1,15 @@
 """In-process caches of API keys and deployments for the gateway, invalidated by Redis generations.
 
-The hot path must not read PostgreSQL per request. Keys are cached for KEY_TTL seconds and
-deployments for DEPLOYMENT_TTL (≤ 1 s, so a deactivation is seen within a second without any
-hook in the deployment services). Two kinds of generation counters live in Redis:
+The hot path must not read PostgreSQL per request. Keys are cached for KEY_TTL seconds; an
+organization's routing table (its deployments and those shared with it: state, upstream,
+access policy, limits, pricing) is kept until the shared generation moves, or at most
+TABLE_TTL as a backstop, and reloaded one at a time per organization and process (single
+flight) while the old table keeps answering (gateway.app `_deployments`). Two kinds of
+generation counters live in Redis:
 
-- the shared one, bumped by `invalidate()` on commit of a deployment, sharing or policy
-  change: every gateway drops everything it cached;
+- the shared one, bumped by `invalidate()` on commit of a deployment (a state change, the
+  serving revision switching, an edit), sharing or policy change: every gateway reloads its
+  routing tables;
 - one per user, bumped by `invalidate_user()` on commit of anything that decides whether that
   user's keys are valid (a key revoked, a membership removed or changed, the user deactivated,
   deleted or moved between groups): gateways drop only that user's keys.
@@ -30,9 +34,89 @@ USER_GENERATION_KEY = "modeldeck:gateway:user-generation:{user_id}"
 # Far longer than KEY_TTL: a counter that expired and restarted could only meet a cached row
 # filed under its old value if that row outlived the counter, and rows live KEY_TTL at most.
 USER_GENERATION_EXPIRY = 86_400
-KEY_TTL = 30.0
+# The admission script checks the owner's generation on every request, so a cached key is never
+# used after a change to its validity; the TTL only bounds memory and missed invalidations.
+KEY_TTL = 300.0
 NEGATIVE_KEY_TTL = 5.0  # unknown secrets: short, so a brand-new key works almost at once
-DEPLOYMENT_TTL = 1.0
+DEPLOYMENT_TTL = 1.0  # keyless (public) callers by model name
+TABLE_TTL = 60.0  # backstop: a routing table is reloaded this often even if no invalidation came
+
+# Every Redis client of the gateway (its asyncio pool, the lookups' and the usage consumer's sync
+# clients) is made here, so all of them survive a Redis restart the same way: a command that
+# meets a dropped connection is retried once on a fresh one, and a pooled connection idle for
+# longer than HEALTH_CHECK_INTERVAL is PINGed before use (a stale one is replaced, not failed).
+HEALTH_CHECK_INTERVAL = 10
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+RETRY_BACKOFF_S = 0.05
+
+
+def redis_options() -> dict:
+    return {
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+    }
+
+
+def sync_redis(url: str | None = None, **options):
+    """A redis.Redis that retries once on a dropped connection and health-checks idle ones."""
+    import redis
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url or settings.REDIS_URL,
+        retry=Retry(ConstantBackoff(RETRY_BACKOFF_S), 1),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **redis_options(),
+        **options,
+    )
+
+
+def _packing_connection_class():
+    """redis.asyncio's Connection, packing commands with hiredis's C encoder when installed.
+
+    redis-py's asyncio connection packs every argument in Python (its sync twin uses hiredis);
+    on the gateway's two commands per request that was the largest single cost in the profile.
+    """
+    from redis.asyncio.connection import Connection
+
+    try:
+        from hiredis import pack_command
+    except ImportError:  # hiredis is optional: the pure-Python packer
+        return Connection
+
+    class PackingConnection(Connection):
+        def pack_command(self, *args):
+            if isinstance(args[0], str) and " " in args[0]:
+                args = (*args[0].split(), *args[1:])  # "SCRIPT LOAD": separate words
+            try:
+                return [pack_command(args)]
+            except TypeError:  # an argument hiredis doesn't take (memoryview): the Python packer
+                return super().pack_command(*args)
+
+    return PackingConnection
+
+
+def async_redis(url: str | None = None, **options):
+    """The asyncio twin of sync_redis (the gateway's pool)."""
+    import redis
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ConstantBackoff
+
+    if (url or settings.REDIS_URL).startswith("redis://"):
+        options.setdefault("connection_class", _packing_connection_class())
+    return aioredis.Redis.from_url(
+        url or settings.REDIS_URL,
+        retry=Retry(ConstantBackoff(RETRY_BACKOFF_S), 1),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **redis_options(),
+        **options,
+    )
+
 
 # Embedded mode (no Redis): the generations live in this process only.
 _local_generation = 0
@@ -43,19 +127,25 @@ def user_generation_key(user_id: int) -> str:
     return USER_GENERATION_KEY.format(user_id=user_id)
 
 
+_clients: dict[str, object] = {}
+
+
+def _shared_client():
+    """One sync client per URL for the invalidations (status sync bumps can come by thousands)."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = sync_redis(url)
+    return client
+
+
 def invalidate() -> None:
     """Make every gateway drop its cached keys on its next request (call after revoking a key)."""
     global _local_generation
     _local_generation += 1
     if not settings.REDIS_URL:
         return
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    try:
-        client.incr(GENERATION_KEY)
-    finally:
-        client.close()
+    _shared_client().incr(GENERATION_KEY)
 
 
 def invalidate_user(user_id: int) -> None:
@@ -63,17 +153,11 @@ def invalidate_user(user_id: int) -> None:
     _local_user_generations[user_id] = _local_user_generations.get(user_id, 0) + 1
     if not settings.REDIS_URL:
         return
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    try:
-        name = user_generation_key(user_id)
-        with client.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, USER_GENERATION_EXPIRY)
-            pipe.execute()
-    finally:
-        client.close()
+    name = user_generation_key(user_id)
+    with _shared_client().pipeline(transaction=True) as pipe:
+        pipe.incr(name)
+        pipe.expire(name, USER_GENERATION_EXPIRY)
+        pipe.execute()
 
 
 def local_generation() -> int:
@@ -103,6 +187,9 @@ class KeyInfo:
     # Redis) and this process's.
     user_generation: str = ""
     local_user_generation: int = 0
+    # Monthly spend limits of the key's organization, user and the key itself
+    # (gateway.ratelimit.budgets_for); enforced in the admission script.
+    budgets: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -145,7 +232,10 @@ class GatewayCache:
     generation: int | None = None
     # digest → (key, expiry, the owner's local generation when cached)
     keys: dict[str, tuple[KeyInfo | None, float, int]] = field(default_factory=dict)
-    deployments: dict[int, tuple[dict[str, DeploymentInfo], float]] = field(default_factory=dict)
+    # organization → (deployments by served name, the generation they were loaded under, expiry)
+    deployments: dict[int, tuple[dict[str, DeploymentInfo], str | None, float]] = field(
+        default_factory=dict
+    )
     # Keyless callers of public deployments, by model name (None: no such public deployment).
     public: dict[str, tuple[KeyInfo | str | None, float]] = field(default_factory=dict)
     local_generation: int = 0
@@ -179,14 +269,26 @@ class GatewayCache:
         for digest in [d for d, hit in self.keys.items() if hit[0] is not None and hit[0].user_id == user_id]:
             del self.keys[digest]
 
-    def get_deployments(self, organization_id: int) -> dict[str, DeploymentInfo] | None:
+    def get_deployments(
+        self, organization_id: int
+    ) -> tuple[dict[str, DeploymentInfo] | None, bool]:
+        """(the table or None, whether it is current: same generation and not past TABLE_TTL)."""
+        self._check_local()
         hit = self.deployments.get(organization_id)
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
+        if hit is None:
+            return None, False
+        return hit[0], hit[1] == self.generation and hit[2] >= time.monotonic()
 
-    def put_deployments(self, organization_id: int, by_name: dict[str, DeploymentInfo]) -> None:
-        self.deployments[organization_id] = (by_name, time.monotonic() + DEPLOYMENT_TTL)
+    def put_deployments(
+        self, organization_id: int, by_name: dict[str, DeploymentInfo], generation: str | None
+    ) -> None:
+        self.deployments[organization_id] = (by_name, generation, time.monotonic() + TABLE_TTL)
+
+    def moved(self, generation: str) -> None:
+        """The shared generation moved: routing tables become stale (kept, to answer while they
+        reload); keys stay (their validity follows the per-user generations)."""
+        self.generation = generation
+        self.public.clear()
 
     def get_public(self, model: str) -> tuple[bool, KeyInfo | str | None]:
         self._check_local()

@@ -9,7 +9,13 @@ from django.db import close_old_connections, connection
 from django.db.models import Exists, OuterRef
 
 from deployments.models import DeploymentEvent, DeploymentState, Endpoint, ModelDeployment
-from gateway.cache import DeploymentInfo, KeyInfo, local_user_generation, user_generation_key
+from gateway.cache import (
+    DeploymentInfo,
+    KeyInfo,
+    local_user_generation,
+    sync_redis,
+    user_generation_key,
+)
 from gateway.upstream import upstream_for
 from gateway.usage import price
 from projects.models import APIKey, APIKeyScope, Membership
@@ -33,12 +39,10 @@ def _user_generation(user_id: int) -> str:
     """The owner's generation in Redis (see gateway.cache), "" without Redis."""
     if not settings.REDIS_URL:
         return ""
-    import redis
-
     with _redis_lock:
         client = _redis_clients.get(settings.REDIS_URL)
         if client is None:
-            client = _redis_clients[settings.REDIS_URL] = redis.Redis.from_url(settings.REDIS_URL)
+            client = _redis_clients[settings.REDIS_URL] = sync_redis()
     value = client.get(user_generation_key(user_id))
     return value.decode() if value else "0"
 

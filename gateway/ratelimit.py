@@ -14,7 +14,12 @@ revoked key or a removed member costs no extra round trip to notice.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from dataclasses import dataclass
+from decimal import Decimal
+
+from redis.exceptions import NoScriptError
 
 WINDOW_MS = 60_000
 MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
@@ -24,7 +29,11 @@ CHECK_SCRIPT = r"""
 local gen = redis.call('GET', KEYS[1]) or '0'
 if ARGV[1] ~= '' and ARGV[1] ~= gen then return {-1, gen} end
 local n = tonumber(ARGV[4])
-local ukey = KEYS[n * 3 + 2]
+-- Monthly budgets: the last m keys (spend so far) and the m arguments before the last (limits).
+local m = tonumber(ARGV[#ARGV])
+local nk = #KEYS - m
+local ukey = nil
+if nk == n * 3 + 2 then ukey = KEYS[nk] end
 if ukey then
   local ugen = redis.call('GET', ukey) or '0'
   if ugen ~= ARGV[n * 2 + 6] then return {-2, ugen} end
@@ -34,6 +43,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[5])
 local rid = ARGV[2]
 local est = tonumber(ARGV[3])
+-- Run twice (a client retry after a dropped connection): the first run's admission stands.
+if n > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1 then
+  return {1, gen, 0, 0, 0, -1, -1, 0, -1, -1, 0}
+end
+for j = 1, m do
+  local spent = tonumber(redis.call('GET', KEYS[nk + j]) or '0')
+  if spent >= tonumber(ARGV[#ARGV - m + j - 1]) then
+    return {0, gen, j, 3, -2, -1, -1, 0, -1, -1, 0}
+  end
+end
 local function hsum(hk, members)
   local sum = 0
   for s = 1, #members, 1000 do
@@ -104,18 +123,32 @@ if rem_tok >= 0 then rem_tok = math.max(0, rem_tok - est) end
 return {1, gen, 0, 0, 0, lim_req, rem_req, reset_req, lim_tok, rem_tok, reset_tok}
 """
 
-SETTLE_SCRIPT = r"""
-local rid, actual = ARGV[1], tonumber(ARGV[2])
-for i = 1, #KEYS, 2 do
+# After the response, one command: settle every level's reservation to the engine's count
+# (refund or charge the difference) and append the usage event to the stream. Running it twice
+# changes nothing but a duplicate stream entry, which the writer's unique request_id absorbs.
+FINISH_SCRIPT = r"""
+local rid, actual, b = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
+for i = 2, #KEYS - b, 2 do
   local hk, tk = KEYS[i], KEYS[i + 1]
   local old = redis.call('HGET', hk, rid)
-  if old then
+  if old and actual then
     redis.call('HSET', hk, rid, actual)
     redis.call('INCRBY', tk, actual - tonumber(old))
   end
 end
-return 1
+-- Spend (cost in 1e-8 units) on the monthly budget counters, once per request id.
+local units = tonumber(ARGV[4])
+if b > 0 and units > 0 and redis.call('SET', KEYS[#KEYS - b + 1], '1', 'NX', 'EX', 3600) then
+  for j = #KEYS - b + 2, #KEYS do
+    redis.call('INCRBY', KEYS[j], units)
+    redis.call('EXPIRE', KEYS[j], tonumber(ARGV[6]))
+  end
+end
+return redis.call('XADD', KEYS[1], '*', 'e', ARGV[3])
 """
+
+SCRIPTS = {"admit": CHECK_SCRIPT, "finish": FINISH_SCRIPT}
+SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 
 @dataclass(frozen=True)
@@ -143,6 +176,53 @@ class Decision:
     limit_tokens: int = -1
     remaining_tokens: int = -1
     reset_tokens_ms: int = 0
+    budget: Budget | None = None  # the budget used up (kind "budget")
+
+
+BUDGET_UNITS = 10**8  # spend counters count cost in 1e-8 of the currency (UsageRecord.cost's places)
+BUDGET_EXPIRY_S = 40 * 86_400  # a month's counters outlive the month, then go
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A monthly spend limit of one organization, user or API key, in one currency."""
+
+    level: str  # organization | user | api_key
+    ident: int
+    limit: Decimal
+    currency: str = "USD"
+
+
+def budgets_for(
+    *,
+    organization_id: int,
+    user_id: int,
+    api_key_id: int,
+    organization: Decimal | int | str | None = None,
+    user: Decimal | int | str | None = None,
+    api_key: Decimal | int | str | None = None,
+    currency: str = "USD",
+) -> tuple[Budget, ...]:
+    """The budgets that limit anything, from plain numbers (None: no budget at that level)."""
+    out = []
+    for level, ident, limit in (
+        ("organization", organization_id, organization),
+        ("user", user_id, user),
+        ("api_key", api_key_id, api_key),
+    ):
+        if limit is not None and ident:
+            out.append(Budget(level, ident, Decimal(str(limit)), currency[:3].upper()))
+    return tuple(out)
+
+
+def budget_key(month: str, currency: str, level: str, ident: int) -> str:
+    return f"modeldeck:budget:{month}:{currency}:{level}:{ident}"
+
+
+def spend_keys(month: str, currency: str, *, organization_id: int, user_id: int, api_key_id: int) -> list[str]:
+    """The month's spend counters a request adds its cost to (every level it has an id for)."""
+    ids = (("organization", organization_id), ("user", user_id), ("api_key", api_key_id))
+    return [budget_key(month, currency, level, ident) for level, ident in ids if ident]
 
 
 def levels_for(
@@ -167,8 +247,8 @@ def _keys(deployment_id: int, level: Level) -> tuple[str, str, str]:
     return f"{base}:log", f"{base}:tokens", f"{base}:total"
 
 
-def estimate_tokens(body: dict) -> int:
-    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+def prompt_estimate(body: dict) -> int:
+    """Prompt tokens before the engine counts them: characters / 4 (settled to its count later)."""
     chars = 0
     for message in body.get("messages") or []:
         content = message.get("content") if isinstance(message, dict) else None
@@ -182,25 +262,110 @@ def estimate_tokens(body: dict) -> int:
             chars += len(value)
         elif isinstance(value, list):
             chars += sum(len(v) for v in value if isinstance(v, str))
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+    return chars // 4
+
+
+def _max_tokens(body: dict) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    return value
+
+
+def estimate_tokens(body: dict) -> int:
+    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+    max_tokens = _max_tokens(body)
+    if max_tokens is None:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
     # Bounded whatever the body says (gateway.validation refuses larger max_tokens first): the
     # Lua script adds reservations as doubles, and an estimate of 2^63 corrupted the window.
-    return max(1, min(chars // 4 + max_tokens, MAX_ESTIMATE))
+    return max(1, min(prompt_estimate(body) + max_tokens, MAX_ESTIMATE))
+
+
+# A request without max_tokens to a deployment with a token limit is capped at this many
+# completion tokens (and at what the tightest limit leaves after its prompt): the reservation
+# is then an upper bound of the completion, so the limit is never passed by more than what the
+# prompt estimate missed — never by a whole unbounded reply.
+DEFAULT_COMPLETION_CAP = 1024
+
+
+def reservation(body: dict, route: str, levels: list[Level]) -> tuple[int, int | None]:
+    """(tokens to reserve, max_tokens the gateway must forward, or None to forward the body as is)."""
+    limits = [level.tpm for level in levels if level.tpm >= 0]
+    if not limits or route == "embeddings" or _max_tokens(body) is not None:
+        return estimate_tokens(body), None
+    prompt = prompt_estimate(body)
+    cap = max(1, min(DEFAULT_COMPLETION_CAP, min(limits) - prompt))
+    return max(1, min(prompt + cap, MAX_ESTIMATE)), cap
 
 
 class RedisRateLimiter:
-    """Checks and settles with redis.asyncio; one instance per gateway process."""
+    """Admission and finish with redis.asyncio; one instance per gateway process.
+
+    Each is one EVALSHA (one round trip): the scripts are loaded once (SCRIPT LOAD at start, and
+    again after a NOSCRIPT, e.g. a restarted Redis), never through redis-py's Script objects,
+    which send SCRIPT EXISTS before every pipeline.
+    """
 
     def __init__(self, client) -> None:
         self.client = client
-        self._check = client.register_script(CHECK_SCRIPT)
-        self._settle = client.register_script(SETTLE_SCRIPT)
+        # Commands issued in the same event-loop turn leave together in one pipeline (one write,
+        # one read), each request still awaiting only its own reply.
+        self._batch: list[tuple[str, list, list, asyncio.Future]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()  # strong references to the batches in flight
 
-    @property
-    def settle_script(self):
-        return self._settle
+    async def load_scripts(self) -> None:
+        for text in SCRIPTS.values():
+            await self.client.script_load(text)
+
+    async def _run(self, name: str, keys: list, args: list):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._batch.append((name, keys, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send_batch)
+        return await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch, self._scheduled = self._batch, [], False
+        task = asyncio.ensure_future(self._execute(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: list) -> None:
+        try:
+            results = await self._pipeline(batch)
+            if any(isinstance(r, NoScriptError) for r in results):
+                await self.load_scripts()  # a restarted or flushed Redis: load, run those again
+                again = [item for item, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+                retried = iter(await self._pipeline(again))
+                results = [next(retried) if isinstance(r, NoScriptError) else r for r in results]
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _pipeline(self, batch: list) -> list:
+        if len(batch) == 1:
+            name, keys, args, _ = batch[0]
+            try:
+                return [await self.client.evalsha(SHAS[name], len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", SHAS[name], len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
 
     async def check(
         self,
@@ -214,6 +379,8 @@ class RedisRateLimiter:
         window_ms: int = WINDOW_MS,
         user_generation_key: str = "",
         expected_user_generation: str = "",
+        budgets: tuple[Budget, ...] = (),
+        month: str = "",
     ) -> Decision:
         keys = [generation_key]
         args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
@@ -223,15 +390,27 @@ class RedisRateLimiter:
         if user_generation_key:
             keys.append(user_generation_key)
             args.append(expected_user_generation)
-        raw = await self._check(keys=keys, args=args)
+        for budget in budgets:
+            keys.append(budget_key(month, budget.currency, budget.level, budget.ident))
+            args.append(int(budget.limit * BUDGET_UNITS))
+        args.append(len(budgets))
+        raw = await self._run("admit", keys, args)
         status = int(raw[0])
         generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         if status == -1:
             return Decision(allowed=False, stale=True, generation=generation)
         if status == -2:
             return Decision(allowed=False, stale_user=True)
+        if status == 1 and not levels:
+            return Decision(allowed=True, generation=generation)
         values = [int(v) for v in raw[2:]]
         blocked_level, blocked_kind, retry = values[0], values[1], values[2]
+        if blocked_kind == 3:
+            budget = budgets[blocked_level - 1]
+            return Decision(
+                allowed=False, generation=generation, level=budget.level, kind="budget",
+                retry_after_ms=retry, budget=budget,
+            )  # fmt: skip
         return Decision(
             allowed=status == 1,
             generation=generation,
@@ -246,25 +425,32 @@ class RedisRateLimiter:
             reset_tokens_ms=values[8],
         )
 
-    def settle_command(
-        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
-    ):
-        """Keys and args of the settle script, for the caller's pipeline (one round trip with usage)."""
-        keys: list[str] = []
-        for level in levels:
-            _, hk, tk = _keys(deployment_id, level)
-            keys.extend([hk, tk])
-        return keys, [request_id, actual]
-
-    async def settle(
-        self, *, deployment_id: int, levels: list[Level], request_id: str, actual: int
+    async def finish(
+        self,
+        *,
+        stream_key: str,
+        event: bytes,
+        deployment_id: int,
+        levels: list[Level],
+        request_id: str,
+        actual: int | None,
+        cost: Decimal = Decimal(0),
+        spend: list[str] = (),  # type: ignore[assignment]
     ) -> None:
-        if not levels:
-            return
-        keys, args = self.settle_command(
-            deployment_id=deployment_id, levels=levels, request_id=request_id, actual=actual
-        )
-        await self._settle(keys=keys, args=args)
+        """Settle the reservation to `actual` tokens (None: leave it), add `cost` to the `spend`
+        counters (budgets) and queue the usage event: one command."""
+        keys = [stream_key]
+        if actual is not None:
+            for level in levels:
+                _, hk, tk = _keys(deployment_id, level)
+                keys.extend([hk, tk])
+        units = int(cost * BUDGET_UNITS)
+        if spend and units > 0:
+            keys.append(f"modeldeck:budget:counted:{request_id}")
+            keys.extend(spend)
+        b = len(keys) - 1 - (2 * len(levels) if actual is not None else 0)
+        args = [request_id, "" if actual is None else actual, event, units, b, BUDGET_EXPIRY_S]
+        await self._run("finish", keys, args)
 
 
 class LocalRateLimiter:
@@ -292,6 +478,8 @@ class LocalRateLimiter:
         window_ms: int = WINDOW_MS,
         user_generation_key: str = "",  # embedded mode: gateway.cache's local generations instead
         expected_user_generation: str = "",
+        budgets: tuple = (),  # budgets need Redis's shared counters: not enforced embedded
+        month: str = "",
     ) -> Decision:
         import time
 

@@ -1,9 +1,11 @@
-"""Celery task that drains the gateway's usage buffer from Redis into UsageRecord rows."""
+"""Celery task that writes the gateway's usage events (a Redis Stream, see gateway.usage) as UsageRecord rows."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from datetime import datetime
 from decimal import Decimal
 
@@ -13,8 +15,9 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from deployments.models import ModelDeployment
+from gateway.cache import sync_redis
 from gateway.models import UsageRecord
-from gateway.usage import USAGE_LIST_KEY
+from gateway.usage import CLAIM_IDLE_MS, USAGE_GROUP, USAGE_LIST_KEY, USAGE_STREAM_KEY
 from projects.models import APIKey, Organization
 
 log = logging.getLogger(__name__)
@@ -32,48 +35,26 @@ def write_events(raw_events: list[bytes]) -> int:
             events.append(json.loads(raw))
         except ValueError:
             log.error("dropping an unreadable usage event: %r", raw[:200])
+    events = [e for e in events if isinstance(e, dict)]
     if not events:
         return 0
+
+    def ids(field: str) -> set[int]:
+        return {e[field] for e in events if type(e.get(field)) is int}
+
     # Rows the events point at may be gone by now (a deleted deployment, user or organization).
-    dep_ids = set(
-        ModelDeployment.objects.filter(
-            pk__in={e["deployment_id"] for e in events if e["deployment_id"]}
-        ).values_list("pk", flat=True)
-    )
-    org_ids = set(
-        Organization.objects.filter(pk__in={e["organization_id"] for e in events}).values_list(
-            "pk", flat=True
-        )
-    )
-    user_ids = set(
-        get_user_model()
-        .objects.filter(pk__in={e["user_id"] for e in events if e["user_id"]})
-        .values_list("pk", flat=True)
-    )
-    records = [
-        UsageRecord(
-            request_id=e["request_id"],
-            deployment_id=e["deployment_id"] if e["deployment_id"] in dep_ids else None,
-            deployment_name=e["deployment_name"][:100],
-            organization_id=e["organization_id"],
-            user_id=e["user_id"] if e["user_id"] in user_ids else None,
-            api_key_id=e["api_key_id"],
-            api_key_prefix=e["api_key_prefix"],
-            revision_id=e.get("revision_id"),
-            route=e["route"],
-            status_code=e["status_code"],
-            prompt_tokens=e["prompt_tokens"],
-            completion_tokens=e["completion_tokens"],
-            latency_ms=e["latency_ms"],
-            ttft_ms=e["ttft_ms"],
-            stream=e["stream"],
-            cost=Decimal(e["cost"]),
-            currency=e["currency"],
-            created_at=datetime.fromisoformat(e["created_at"]),
-        )
-        for e in events
-        if e["organization_id"] in org_ids
-    ]
+    dep_ids = set(ModelDeployment.objects.filter(pk__in=ids("deployment_id")).values_list("pk", flat=True))
+    org_ids = set(Organization.objects.filter(pk__in=ids("organization_id")).values_list("pk", flat=True))
+    user_ids = set(get_user_model().objects.filter(pk__in=ids("user_id")).values_list("pk", flat=True))
+    records = []
+    for e in events:
+        if e.get("organization_id") not in org_ids:
+            continue
+        try:
+            records.append(_record(e, dep_ids, user_ids))
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            # Not what a gateway writes: kept out so it can't block every batch after it.
+            log.error("dropping a malformed usage event: %r", e)
     with transaction.atomic():
         UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=500)
         # last_used_at only moves forward, whatever order batches arrive in.
@@ -90,19 +71,105 @@ def write_events(raw_events: list[bytes]) -> int:
     return len(records)
 
 
+def _ensure_group(client) -> None:
+    import redis
+
+    try:
+        # From the stream's start: entries queued before the group existed are read too.
+        client.xgroup_create(USAGE_STREAM_KEY, USAGE_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _write_entries(client, entries) -> int:
+    """Write one batch of stream entries, then acknowledge (and delete) them: after the commit."""
+    if not entries:
+        return 0
+    written = write_events([fields[b"e"] for _, fields in entries if fields and b"e" in fields])
+    ids = [entry_id for entry_id, _ in entries]
+    pipe = client.pipeline(transaction=False)
+    pipe.xack(USAGE_STREAM_KEY, USAGE_GROUP, *ids)
+    pipe.xdel(USAGE_STREAM_KEY, *ids)
+    pipe.execute()
+    return written
+
+
+def consume_usage(
+    client, consumer: str, *, max_batches: int = 50, claim_idle_ms: int = CLAIM_IDLE_MS
+) -> int:
+    """One consumer's pass over the stream: first what dead consumers left pending (idle longer
+    than claim_idle_ms), then new entries. Returns the records written."""
+    _ensure_group(client)
+    written = 0
+    start = "0-0"
+    for _ in range(max_batches):
+        start, entries, *_ = client.xautoclaim(
+            USAGE_STREAM_KEY, USAGE_GROUP, consumer, claim_idle_ms, start_id=start, count=BATCH
+        )
+        written += _write_entries(client, entries)
+        if start in (b"0-0", "0-0"):
+            break
+    for _ in range(max_batches):
+        response = client.xreadgroup(USAGE_GROUP, consumer, {USAGE_STREAM_KEY: ">"}, count=BATCH)
+        entries = response[0][1] if response else []
+        written += _write_entries(client, entries)
+        if len(entries) < BATCH:
+            break
+    return written
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _record(e: dict, dep_ids: set, user_ids: set) -> UsageRecord:
+    return UsageRecord(
+        request_id=e["request_id"],
+        deployment_id=e["deployment_id"] if e["deployment_id"] in dep_ids else None,
+        deployment_name=e["deployment_name"][:100],
+        organization_id=e["organization_id"],
+        user_id=e["user_id"] if e["user_id"] in user_ids else None,
+        api_key_id=e["api_key_id"],
+        api_key_prefix=e["api_key_prefix"],
+        revision_id=e.get("revision_id"),
+        route=e["route"],
+        status_code=e["status_code"],
+        prompt_tokens=e["prompt_tokens"],
+        completion_tokens=e["completion_tokens"],
+        latency_ms=e["latency_ms"],
+        ttft_ms=e["ttft_ms"],
+        stream=e["stream"],
+        cost=Decimal(e["cost"]),
+        currency=e["currency"],
+        created_at=datetime.fromisoformat(e["created_at"]),
+    )
+
+
 @shared_task(name="gateway.flush_usage", ignore_result=True)
 def flush_usage(max_batches: int = 50) -> int:
-    """Move buffered usage events into the database, oldest first, in batches.
+    """Move queued usage events into the database, oldest first, in batches.
 
-    Read a batch, insert it (ignore_conflicts on request_id), then trim it from the list: a
-    crash between insert and trim re-inserts nothing next time. A lock keeps two flushes
-    from trimming each other's batches when beat runs late and fires twice.
+    The stream's consumer group lets several flushes run at once (each reads other entries);
+    an entry is acknowledged only after its batch committed, and request_id is unique, so a
+    crash anywhere re-inserts nothing. The list of older versions is drained under a lock.
     """
     if not settings.REDIS_URL:
         return 0  # embedded mode writes usage directly
+
+    client = sync_redis()
+    try:
+        written = consume_usage(client, consumer_name(), max_batches=max_batches)
+        if client.exists(USAGE_LIST_KEY):
+            written += _drain_list(client, max_batches)
+    finally:
+        client.close()
+    return written
+
+
+def _drain_list(client, max_batches: int) -> int:
     import redis
 
-    client = redis.Redis.from_url(settings.REDIS_URL)
     lock = client.lock(LOCK_KEY, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         return 0
@@ -121,5 +188,4 @@ def flush_usage(max_batches: int = 50) -> int:
             lock.release()
         except redis.exceptions.LockError:
             pass
-        client.close()
     return written

@@ -66,5 +66,8 @@ def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession
         ),
         # Engines are inside the cluster or on loopback: never route them through a proxy.
         trust_env=False,
+        # One session serves every tenant: a cookie one engine sets must never reach another
+        # (and keeping none saves the jar's work on every request).
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
     )

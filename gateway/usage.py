@@ -1,4 +1,12 @@
-"""Usage metering: the cost of a request and the record the gateway buffers in Redis for the flush."""
+"""Usage metering: the cost of a request and the event the gateway queues in Redis for the writer.
+
+Events go to a Redis Stream (USAGE_STREAM_KEY) in the same command that settles the request's
+token reservation, before the client sees the answer. A consumer group (USAGE_GROUP) reads them
+(gateway.tasks.flush_usage), writes UsageRecords and acknowledges each entry only after the
+database commit; entries a dead consumer read but never acknowledged are claimed (XAUTOCLAIM)
+by the next one after CLAIM_IDLE_MS. No loss needs Redis persistence: AOF with
+`appendfsync everysec` (README, "Usage metering").
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,10 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
+USAGE_STREAM_KEY = "modeldeck:gateway:usage-stream"
+USAGE_GROUP = "usage-writers"
+CLAIM_IDLE_MS = 30_000  # a consumer that holds entries this long without acknowledging is dead
+# Before the stream: events waited in this list. flush_usage still drains it (upgrades).
 USAGE_LIST_KEY = "modeldeck:gateway:usage"
 MILLION = Decimal(1_000_000)
 COST_QUANTUM = Decimal("0.00000001")  # UsageRecord.cost has 8 decimal places

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from deployments.models import DeploymentState, ModelDeployment
+from gateway.cache import invalidate
 from projects.keys import api_key_revoke
 from projects.models import APIKey
 from tests.gateway.conftest import make_deployment, make_key, start_console
@@ -143,9 +144,7 @@ def test_deactivated_deployment_is_409_saying_why(tenants, deployment, gateway):
     secret = make_key(tenants.member, tenants.org)
     assert post(gateway, secret).status_code == 200
     ModelDeployment.objects.filter(pk=deployment.pk).update(state=DeploymentState.DEACTIVATED)
-    import time
-
-    time.sleep(1.1)  # the gateway re-reads deployment state at most one second later
+    invalidate()  # what deployments.services does on commit of every state change
     error = assert_openai_error(
         post(gateway, secret), 409, "invalid_request_error", "deployment_deactivated"
     )

@@ -132,17 +132,17 @@ def test_usage_records_and_costs_match_the_engine_tokens(tenants, setup):
 
 def test_flush_twice_or_late_never_doubles(setup, _clean_redis):
     from gateway.tasks import write_events
-    from gateway.usage import USAGE_LIST_KEY
+    from gateway.usage import USAGE_STREAM_KEY
 
     _, client = setup
     client.chat.completions.create(model="llama-chat", messages=[{"role": "user", "content": "x"}])
-    buffered = _clean_redis.lrange(USAGE_LIST_KEY, 0, -1)
+    buffered = [fields[b"e"] for _, fields in _clean_redis.xrange(USAGE_STREAM_KEY)]
     assert len(buffered) == 1
-    write_events(buffered)  # a flush that crashed after inserting, before trimming
+    write_events(buffered)  # a flush that crashed after inserting, before acknowledging
     flush_usage()
     flush_usage()
     assert UsageRecord.objects.count() == 1
-    assert _clean_redis.llen(USAGE_LIST_KEY) == 0
+    assert _clean_redis.xlen(USAGE_STREAM_KEY) == 0  # acknowledged and deleted
 
 
 def test_metrics_expose_requests_tokens_and_latency_by_deployment(setup, gateway, settings):

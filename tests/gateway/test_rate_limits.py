@@ -9,6 +9,7 @@ import pytest
 
 from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
+from projects.models import APIKey
 from tests.factories import MembershipFactory, UserFactory
 from tests.gateway.conftest import make_deployment, make_key
 
@@ -252,3 +253,100 @@ def test_embedded_mode_limiter_is_exact_in_one_process():
 
     # tpm 50 admits two requests of 20 tokens; rpm 3 would admit three.
     assert run_in_fresh_loop(run()) == [True, True, False, False, False, False]
+
+
+def test_token_limit_is_never_passed_by_more_than_one_requests_max_tokens(tenants, gateways, engine):
+    """The overshoot case: 2,000 tokens/min, requests without max_tokens whose replies are long
+    (600 tokens). Reserving prompt + a default 256 let 7 run at once and used 4,200 tokens; the
+    gateway now forwards a completion cap and reserves it, then settles to the engine's count."""
+    from gateway.ratelimit import DEFAULT_COMPLETION_CAP
+
+    tpm = 2000
+    make_deployment(
+        tenants.project, "llama", served_model_name="llama-chat",
+        rate_limits=limits(api_key={"tpm": tpm}),
+    )  # fmt: skip
+    secret = make_key(tenants.member, tenants.org)
+    body = {"model": "llama-chat", "messages": [{"role": "user", "content": "write a long story"}]}
+
+    async def burst() -> list[httpx.Response]:
+        headers = {
+            "authorization": f"Bearer {secret}",
+            "x-sandbox-completion-tokens": "600",
+            "x-sandbox-latency-ms": "100",
+        }
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            return await asyncio.gather(*(
+                client.post(gateways[i % 2].base_url + "/chat/completions", json=body)
+                for i in range(20)
+            ))  # fmt: skip
+
+    used = 0
+    for _ in range(4):  # bursts, each after the previous one settled
+        responses = run_in_fresh_loop(burst())
+        assert set(statuses(responses)) <= {200, 429}
+        used += sum(r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200)
+    assert 0 < used <= tpm + DEFAULT_COMPLETION_CAP, used
+    # The cap went to the engine (the body had none); the reply was not cut below it.
+    forwarded = [r.body for r in engine.requests]
+    assert all(b["max_tokens"] <= DEFAULT_COMPLETION_CAP for b in forwarded)
+
+
+def test_without_a_token_limit_the_body_goes_to_the_engine_as_sent(tenants, gateway, engine):
+    make_deployment(
+        tenants.project, "llama", served_model_name="llama-chat",
+        rate_limits=limits(api_key={"rpm": 100}),
+    )  # fmt: skip
+    secret = make_key(tenants.member, tenants.org)
+    response = httpx.post(
+        gateway.base_url + "/chat/completions",
+        json={"model": "llama-chat", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {secret}", "x-sandbox-completion-tokens": "1500"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 1500
+    assert "max_tokens" not in engine.requests[-1].body
+
+
+def test_a_monthly_budget_stops_a_key_across_two_gateways(tenants, gateways, engine):
+    """Budgets (plain numbers in, gateway.ratelimit.budgets_for): spend is counted in Redis from
+    the same metering as usage, so both gateways refuse once it passes the limit."""
+    import dataclasses
+
+    from gateway.ratelimit import budgets_for
+
+    pricing = {"currency": "USD", "input_per_million": "1000", "output_per_million": "1000"}
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=pricing)
+    secret = make_key(tenants.member, tenants.org)
+    key_id = APIKey.objects.get(user=tenants.member).pk
+    # Each request costs 5 tokens × $1,000 per million = $0.005; a budget of 2 cents on the key.
+    budgets = budgets_for(
+        organization_id=tenants.org.pk, user_id=tenants.member.pk, api_key_id=key_id,
+        api_key="0.02", user="5", currency="USD",
+    )  # fmt: skip
+    for server in gateways:  # what the lookup will attach to the key once budgets are stored
+        app = server.app.gateway
+        original = app._load_key
+
+        async def with_budgets(digest, original=original):
+            info = await original(digest)
+            return dataclasses.replace(info, budgets=budgets) if info is not None else None
+
+        app._load_key = with_budgets
+    codes = []
+    for i in range(8):
+        response = httpx.post(
+            gateways[i % 2].base_url + "/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        codes.append(response.status_code)
+        if response.status_code == 429:
+            error = response.json()["error"]
+            assert error["type"] == "insufficient_quota"
+            assert error["code"] == "budget_api_key_exceeded"
+            assert "0.02 USD" in error["message"]
+    assert codes == [200, 200, 200, 200, 429, 429, 429, 429]
+    flush_usage()
+    assert sorted(UsageRecord.objects.values_list("status_code", flat=True)) == [200] * 4 + [429] * 4

@@ -4,20 +4,22 @@ only deactivated, deleting and never-ready deployments refuse, each with its own
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
 
 from deployments.models import DeploymentState, ModelDeployment
 from deployments.services import event_record
+from gateway.cache import invalidate
 from tests.gateway.conftest import make_deployment, make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT = {"model": "llama-chat", "messages": [{"role": "user", "content": "hi"}]}
-STALE = 1.1  # the gateway re-reads deployment rows at most one second later
+def changed() -> None:
+    """What the services do on commit of a state change (deployments.services.state_claim,
+    _gateway_forget): the raw updates below stand for them."""
+    invalidate()
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def test_serving_revision_answers_whatever_the_rollout_state(tenants, deployment
     client = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=0)
     assert client.chat.completions.create(**CHAT).choices
     ModelDeployment.objects.filter(pk=deployment.pk).update(state=state, state_reason=reason)
-    time.sleep(STALE)
+    changed()
 
     answer = client.chat.completions.create(**CHAT)
 
@@ -71,7 +73,7 @@ def test_deactivated_deleting_and_never_ready_refuse_with_their_own_codes(tenant
         (DeploymentState.PENDING, deployment.current_revision_id),  # activated again, no pods yet
     ):
         ModelDeployment.objects.filter(pk=deployment.pk).update(state=state, serving_revision_id=serving)
-        time.sleep(STALE)
+        changed()
         response = post(gateway, secret)
         error = response.json()["error"]
         seen[state] = (response.status_code, error["code"])
@@ -83,7 +85,7 @@ def test_deactivated_deleting_and_never_ready_refuse_with_their_own_codes(tenant
         state=DeploymentState.DEPLOYING, serving_revision_id=deployment.current_revision_id
     )
     deployment.events.filter(reason="Running").delete()
-    time.sleep(STALE)
+    changed()
     response = post(gateway, secret)
     assert (response.status_code, response.json()["error"]["code"]) == (503, "deployment_not_ready")
 
