@@ -303,6 +303,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "deployments-push-waiting": {"task": "deployments.push_waiting", "schedule": 10.0},
     # Flow 4: usage buffered in Redis by the gateway, written to the database in batches.
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
+    # Usage records into the hourly rollups the usage pages read (gateway/rollup.py).
+    "gateway-fold-usage": {"task": "gateway.fold_usage", "schedule": 10.0},
 }
 if not REDIS_URL:
     # The filesystem transport polls; keep the wait between polls short so work starts quickly.

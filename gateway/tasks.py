@@ -1,4 +1,5 @@
-"""Celery task that drains the gateway's usage buffer from Redis into UsageRecord rows."""
+"""Celery tasks: drain the gateway's usage buffer from Redis into UsageRecord rows; fold new
+records into the hourly usage rollups."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from deployments.models import ModelDeployment
+from gateway import rollup
 from gateway.models import UsageRecord
 from gateway.usage import USAGE_LIST_KEY
 from projects.models import APIKey, Organization
@@ -123,3 +125,10 @@ def flush_usage(max_batches: int = 50) -> int:
             pass
         client.close()
     return written
+
+
+@shared_task(name="gateway.fold_usage", ignore_result=True)
+def fold_usage() -> int:
+    """Fold the usage records committed since the last run into the hourly rollups (safe to
+    run twice at once: gateway/rollup.py claims each batch on the cursor row)."""
+    return rollup.fold()
