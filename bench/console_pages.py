@@ -2,7 +2,7 @@
 
 Creates its own PostgreSQL database (bench/seed.py; dropped at the end), seeds 10,000
 deployments on 5 pools, 500 catalog models, 50 projects, 20 API keys and 100,000 usage records
-with bulk_create, then requests every list page in-process with Django's test client (no
+with bulk_create, folds the usage records into the hourly rollups (gateway/rollup.py), then requests every list page in-process with Django's test client (no
 network, no server: the figure is the view, its queries and its template) and prints, per page,
 p50/p95 milliseconds, queries and response size; then the streamed usage CSV. Ends with:
 
@@ -132,6 +132,15 @@ def main() -> None:
         started = time.perf_counter()
         user, rows = seed(args.deployments, args.usage)
         print(f"seeded {args.deployments} deployments and {args.usage} usage records in {time.perf_counter() - started:.1f} s")
+        from gateway.rollup import fold
+
+        started = time.perf_counter()
+        folded = fold(max_batches=1000)  # what the gateway.fold_usage beat task does every 10 s
+        print(f"usage rollup: folded {folded} records in {time.perf_counter() - started:.1f} s")
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")  # as autovacuum would soon after a bulk load
         from django.test import Client
 
         from deployments.models import DeploymentState

@@ -120,7 +120,7 @@ def _positive_int(value: str | None, default: int) -> int:
 
 def paginate(
     request: HttpRequest,
-    queryset: QuerySet,
+    queryset: QuerySet | None,
     *,
     sorts: dict[str, str | Sequence[str]],
     default_sort: str,
@@ -129,6 +129,8 @@ def paginate(
     per_page: int = DEFAULT_PER_PAGE,
     prefix: str = "",
     tiebreak: str | None = "pk",
+    total: int | None = None,
+    fetch: Callable[[list[str], int, int], tuple[list[Any], int]] | None = None,
 ) -> Listing:
     """Filter, sort and slice `queryset` from the request's GET parameters.
 
@@ -137,6 +139,10 @@ def paginate(
     (the list still renders) rather than answered with an error. `prefix` namespaces the
     parameters when two lists share one page (e.g. usage tables); `tiebreak=None` for
     aggregate rows (values().annotate()), whose sort keys must then be unique themselves.
+    `total`: the row count when the caller knows it already (used only while no search or
+    filter narrows the list: one COUNT less). `fetch(order_by, offset, limit) -> (rows, total)`
+    reads a page of rows that are not a queryset (e.g. a grouped UNION in raw SQL) in one query;
+    `queryset` is then unused.
     """
     get = request.GET
     p = prefix
@@ -178,20 +184,20 @@ def paginate(
     for term in [*ordering, *([tiebreak] if tiebreak else [])]:
         flipped = term[1:] if term.startswith("-") else f"-{term}"
         order_by.append(flipped if descending else term)
-    qs = qs.order_by(*order_by)
-    total = qs.count()
-    pages = max(1, -(-total // size))
-    page = min(_positive_int(get.get(f"{p}page"), 1), pages)
-    start = (page - 1) * size
-    if tiebreak == "pk":
-        # Two steps: the page's keys from a narrow sorted query (only the columns the filter and
-        # sort need), then those rows whole. Sorting 10,000 rows with every select_related
-        # join and JSON column attached was most of a list page's time.
-        keys = list(qs.values_list("pk", flat=True)[start : start + size])
-        found = {row.pk: row for row in queryset.filter(pk__in=keys).order_by()} if keys else {}
-        rows = [found[k] for k in keys if k in found]
+    if fetch is not None:
+        page = _positive_int(get.get(f"{p}page"), 1)
+        rows, total = fetch(order_by, (page - 1) * size, size)
+        pages = max(1, -(-total // size))
+        if page > pages:  # past the end: the last page, as for a queryset
+            page = pages
+            rows, total = fetch(order_by, (page - 1) * size, size)
     else:
-        rows = list(qs[start : start + size])
+        qs = qs.order_by(*order_by)
+        narrowed = bool(query and search) or any(f["value"] for f in filter_state)
+        total = qs.count() if total is None or narrowed else total
+        pages = max(1, -(-total // size))
+        page = min(_positive_int(get.get(f"{p}page"), 1), pages)
+        rows = _page_rows(queryset, qs, tiebreak, (page - 1) * size, size)
     if query:
         params[f"{p}q"] = query
     if sort != default_sort:
@@ -202,3 +208,16 @@ def paginate(
         params[f"{p}page"] = str(page)
     return Listing(rows=rows, total=total, page=page, per_page=size, sort=sort, query=query,
                    params=params, filters=filter_state, path=request.path, prefix=p)  # fmt: skip
+
+
+def _page_rows(
+    queryset: QuerySet, qs: QuerySet, tiebreak: str | None, start: int, size: int
+) -> list:
+    if tiebreak == "pk":
+        # Two steps: the page's keys from a narrow sorted query (only the columns the filter and
+        # sort need), then those rows whole. Sorting 10,000 rows with every select_related
+        # join and JSON column attached was most of a list page's time.
+        keys = list(qs.values_list("pk", flat=True)[start : start + size])
+        found = {row.pk: row for row in queryset.filter(pk__in=keys).order_by()} if keys else {}
+        return [found[k] for k in keys if k in found]
+    return list(qs[start : start + size])

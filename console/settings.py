@@ -303,6 +303,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "deployments-push-waiting": {"task": "deployments.push_waiting", "schedule": 10.0},
     # Flow 4: usage buffered in Redis by the gateway, written to the database in batches.
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
+    # Usage records into the hourly rollups the usage pages read (gateway/rollup.py).
+    "gateway-fold-usage": {"task": "gateway.fold_usage", "schedule": 10.0},
 }
 # Flow 6: the autoscaler (deployments/autoscale.py) reads the gateway's load over the last
 # MODELDECK_AUTOSCALE_WINDOW_SECONDS every MODELDECK_AUTOSCALE_TICK_SECONDS; the gateway holds at

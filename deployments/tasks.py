@@ -714,12 +714,40 @@ def sweep_orphans(
     return removed
 
 
-def sync_pool(pool: ComputePool) -> dict[str, int]:
-    """One status pass over a pool: three list calls (Deployments, Pods, Pod events), whatever
-    the number of deployments: 1,000 deployments on 5 pools cost 15 list calls a cycle.
+def _stale_rows(
+    pool: ComputePool,
+    heads: list[tuple],
+    listed_deployments: list[dict[str, Any]],
+    listed_pods: list[dict[str, Any]],
+    listed_operated: list[dict[str, Any]],
+) -> tuple[PoolCursor, dict[int, tuple], list[int]]:
+    """The pool's cursor, each row's key (its head and its objects' fingerprints), and the rows
+    to decide again: those whose key differs from what the cursor kept (all after a resync)."""
+    cursor = _cursors.setdefault(pool.pk, PoolCursor())
+    now = time.monotonic()
+    if now - cursor.resynced_at >= SYNC_RESYNC_SECONDS:
+        cursor.settled.clear()
+        cursor.resynced_at = now
+    # An operator's custom resource (NIMService, InferenceService) carries the status there.
+    prints = kube.fingerprints(
+        listed_deployments, listed_pods, listed_operated, label=LABEL_DEPLOYMENT_ID
+    )
+    keys = {head[0]: (head, prints.get(head[0], ())) for head in heads}
+    stale = [pk for pk, key in keys.items() if cursor.settled.get(pk) != key]
+    # Forget rows that left the pool (deleted, moved) so the cursor never outgrows it.
+    for gone in cursor.settled.keys() - keys.keys():
+        del cursor.settled[gone]
+    return cursor, keys, stale
 
-    The pods' events (Scheduled, Pulling, Pulled, Started, BackOff...) go to each deployment's
-    Events tab; the state itself is decided from the pods' status, which says the same. Pools
+
+def sync_pool(pool: ComputePool) -> dict[str, int]:
+    """One status pass over a pool: two list calls (Deployments, Pods) whatever the number of
+    deployments, and a third (Pod events) only in a cycle that decides some row again: a steady
+    cycle over 5 pools costs 10 list calls, a cycle where rows change 15.
+
+    The pods' events (Scheduled, Pulling, Pulled, Started, BackOff...) go to the Events tab of
+    the deployments decided in this cycle (a settled row's pods changed nothing, so neither did
+    their events); the state itself is decided from the pods' status, which says the same. Pools
     with the NIM Operator or KServe add one list call per custom resource kind.
 
     A steady cycle stays cheap at 10,000 deployments: lists are decoded lean (kube/lean.py),
@@ -739,9 +767,8 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
     # objects left by a deleted deployment are found and removed there too.
     try:
         with kube.kube_for(pool) as k:
-            stats["list_calls"] = 3
+            stats["list_calls"] = 2
             listed_deployments, listed_pods = kube.list_managed(k)
-            listed_events = kube.list_pod_events(k)
             listed_operated = []
             # One list call per operator kind whose status says whether a revision is ready.
             for found, kind in ((pool.operators()["nim"], "NIMService"),
@@ -749,6 +776,14 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
                 if found:
                     stats["list_calls"] += 1
                     listed_operated += kube.list_custom(k, kind)
+            cursor, keys, stale = _stale_rows(
+                pool, heads, listed_deployments, listed_pods, listed_operated
+            )
+            # Events go only to rows decided again: none to decide, no events to read.
+            listed_events = []
+            if stale:
+                stats["list_calls"] += 1
+                listed_events = kube.list_pod_events(k)
     except kube.KubeError as err:
         _cursors.pop(pool.pk, None)
         ComputePool.objects.filter(pk=pool.pk).update(
@@ -780,20 +815,6 @@ def sync_pool(pool: ComputePool) -> dict[str, int]:
         ComputePool.objects.filter(pk=pool.pk).update(
             reachable=True, last_checked_at=timezone.now()
         )
-    cursor = _cursors.setdefault(pool.pk, PoolCursor())
-    now = time.monotonic()
-    if now - cursor.resynced_at >= SYNC_RESYNC_SECONDS:
-        cursor.settled.clear()
-        cursor.resynced_at = now
-    # An operator's custom resource (NIMService, InferenceService) carries the status there.
-    prints = kube.fingerprints(
-        listed_deployments, listed_pods, listed_operated, label=LABEL_DEPLOYMENT_ID
-    )
-    keys = {head[0]: (head, prints.get(head[0], ())) for head in heads}
-    stale = [pk for pk, key in keys.items() if cursor.settled.get(pk) != key]
-    # Forget rows that left the pool (deleted, moved) so the cursor never outgrows it.
-    for gone in cursor.settled.keys() - keys.keys():
-        del cursor.settled[gone]
     observed = kube.observe_operated(listed_operated, kube.observe(listed_deployments, listed_pods))
     # Orphans have no row, so no fingerprint makes them stale: swept on every cycle.
     stats["removed"] = sweep_orphans(pool, set(keys), [], observed)

@@ -52,3 +52,155 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.route} {self.status_code}"
+
+
+# Latency histogram of the key and deployment rollups: upper bounds in milliseconds of bins
+# lat00..lat19; lat20 counts what is slower. Percentiles read from it are interpolated inside a
+# bin (gateway/reports.py).
+LATENCY_BOUNDS_MS = (
+    25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 750, 1000, 1500, 2000, 3000, 5000,
+    10000, 30000, 60000,
+)  # fmt: skip
+LATENCY_BINS = tuple(f"lat{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost")
+
+
+class UsageSums(models.Model):
+    """What a rollup row adds up over its records: requests, errors (status >= 400), tokens, cost."""
+
+    hour = models.DateTimeField(help_text="Start of the hour (UTC) the records fall in.")
+    currency = models.CharField(max_length=3, default="USD")
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=8, default=0)
+
+    SUMS: tuple[str, ...] = SUMS
+
+    class Meta:
+        abstract = True
+
+
+class UsageLatencySums(UsageSums):
+    """Sums and the latency histogram of the successful requests (status < 400)."""
+
+    SUMS = (*SUMS, *LATENCY_BINS)
+
+    class Meta:
+        abstract = True
+
+
+for _name in LATENCY_BINS:
+    UsageLatencySums.add_to_class(_name, models.IntegerField(default=0))
+
+
+class UsageHour(UsageSums):
+    """Hourly usage per organization, project, deployment, key and user, folded from UsageRecords
+    by gateway/rollup.py (ids 0 stand for none: a row outlives the deployment, key or user).
+    Narrow on purpose: the usage pages' per-deployment table reads many of these rows."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    project_id = models.BigIntegerField(default=0)
+    deployment_id = models.BigIntegerField(default=0)
+    deployment_name = models.CharField(max_length=100, blank=True)
+    api_key_id = models.BigIntegerField(default=0)
+    api_key_prefix = models.CharField(max_length=20, blank=True)
+    user_id = models.BigIntegerField(default=0)
+
+    DIMENSIONS = ("hour", "organization_id", "project_id", "deployment_id", "deployment_name",
+                  "api_key_id", "api_key_prefix", "user_id", "currency")  # fmt: skip
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "organization", "project_id", "deployment_id", "deployment_name",
+                        "api_key_id", "api_key_prefix", "user_id", "currency"],
+                name="usagehour_one_row_per_group",
+            )  # fmt: skip
+        ]
+        indexes = [
+            models.Index(fields=["organization", "hour"]),
+            models.Index(fields=["deployment_id", "hour"]),
+        ]
+
+
+class UsageKeyHour(UsageLatencySums):
+    """Hourly usage per organization and key, with latency: the same fold grouped coarser, so
+    totals and charts of a key's or an organization's usage read a few rows per hour."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    api_key_id = models.BigIntegerField(default=0)
+    api_key_prefix = models.CharField(max_length=20, blank=True)
+
+    DIMENSIONS = ("hour", "organization_id", "api_key_id", "api_key_prefix", "currency")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "organization", "api_key_id", "api_key_prefix", "currency"],
+                name="usagekeyhour_one_row_per_group",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "hour"])]
+
+
+class UsageDeploymentHour(UsageLatencySums):
+    """Hourly usage per deployment from every caller, with latency: a deployment's usage page."""
+
+    deployment_id = models.BigIntegerField()
+
+    DIMENSIONS = ("hour", "deployment_id", "currency")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment_id", "hour", "currency"], name="usagedeploymenthour_one_row_per_group"
+            )
+        ]
+
+
+class UsageNameKeyHour(UsageSums):
+    """Hourly usage per organization, deployment name and key: the "by deployment" table of a
+    user's keys reads these narrow rows instead of UsageHour's."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment_name = models.CharField(max_length=100, blank=True)
+    api_key_id = models.BigIntegerField(default=0)
+
+    DIMENSIONS = ("hour", "organization_id", "deployment_name", "api_key_id", "currency")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "hour", "deployment_name", "api_key_id", "currency"],
+                name="usagenamekeyhour_one_row_per_group",
+            )
+        ]
+
+
+class UsageNameHour(UsageSums):
+    """Hourly usage per organization and deployment name: the organization's "by deployment"
+    table (one row per deployment and hour, whatever the number of keys)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment_name = models.CharField(max_length=100, blank=True)
+
+    DIMENSIONS = ("hour", "organization_id", "deployment_name", "currency")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "hour", "deployment_name", "currency"],
+                name="usagenamehour_one_row_per_group",
+            )
+        ]
+
+
+class UsageRollupCursor(models.Model):
+    """How far the rollups are folded: every UsageRecord with id <= last_id is in them, none
+    above it. One row; a fold claims the move from its last_id to the next (compare-and-set)."""
+
+    name = models.CharField(max_length=20, primary_key=True)
+    last_id = models.BigIntegerField(default=0)
+    folded_at = models.DateTimeField(null=True, blank=True)

@@ -1,19 +1,34 @@
-"""Usage reads for the pages: records in scope, time series (requests, tokens, cost, p50/p95) and totals."""
+"""Usage reads for the pages: totals, time series (requests, tokens, cost, p50/p95) and
+breakdowns from the hourly rollups (gateway/rollup.py) plus the records not folded yet; the
+request list and the CSV from the records themselves."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
-from django.db.models import Aggregate, Count, DecimalField, F, FloatField, Q, QuerySet, Sum
+from django.db.models import Aggregate, Count, F, FloatField, Max, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
 from django.utils import timezone
 
-from gateway.models import UsageRecord
+from gateway.models import (
+    LATENCY_BINS,
+    LATENCY_BOUNDS_MS,
+    UsageDeploymentHour,
+    UsageHour,
+    UsageKeyHour,
+    UsageNameHour,
+    UsageNameKeyHour,
+    UsageRecord,
+    UsageRollupCursor,
+)
+from gateway.rollup import CURSOR, record_sums
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,16 @@ class Range:
     label: str
     span: timedelta
     bucket: str  # minute | hour | day
+
+    def start(self, now: datetime) -> datetime:
+        """The first bucket's start: the range begins on a bucket boundary (UTC), so the
+        totals are exactly the sum of the chart's buckets and of the rollup's hours."""
+        start = (now - self.span).astimezone(UTC).replace(second=0, microsecond=0)
+        if self.bucket in ("hour", "day"):
+            start = start.replace(minute=0)
+        if self.bucket == "day":
+            start = start.replace(hour=0)
+        return start
 
 
 RANGES = {
@@ -34,162 +59,203 @@ RANGES = {
     )
 }
 DEFAULT_RANGE = "24h"
+STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 
 
 def range_for(key: str | None) -> Range:
     return RANGES.get(key or "", RANGES[DEFAULT_RANGE])
 
 
-class Percentile(Aggregate):
-    """PostgreSQL's percentile_cont; the pages fall back to Python on other databases."""
+@dataclass(frozen=True)
+class Scope:
+    """Whose usage a page shows: an organization's (optionally only some of its keys), or one
+    deployment's (every caller's)."""
 
-    function = "percentile_cont"
-    template = "%(function)s(%(percentile)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
+    organization_id: int | None = None
+    api_key_ids: tuple[int, ...] | None = None
+    deployment_id: int | None = None
 
-    def __init__(self, expression, percentile: float, **extra):
-        super().__init__(expression, percentile=percentile, **extra)
+    def records(self) -> QuerySet[UsageRecord]:
+        qs = UsageRecord.objects.all()
+        if self.organization_id is not None:
+            qs = qs.filter(organization_id=self.organization_id)
+        if self.api_key_ids is not None:
+            qs = qs.filter(api_key_id__in=self.api_key_ids)
+        if self.deployment_id is not None:
+            qs = qs.filter(deployment_id=self.deployment_id)
+        return qs
 
+    def fine(self) -> QuerySet[UsageHour]:
+        qs = UsageHour.objects.all()
+        if self.organization_id is not None:
+            qs = qs.filter(organization_id=self.organization_id)
+        if self.api_key_ids is not None:
+            qs = qs.filter(api_key_id__in=self.api_key_ids)
+        if self.deployment_id is not None:
+            qs = qs.filter(deployment_id=self.deployment_id)
+        return qs
 
-def _truncate(bucket: str):
-    return {"minute": TruncMinute, "hour": TruncHour, "day": TruncDay}[bucket]("created_at")
+    def per_deployment_name(self) -> QuerySet:
+        """The smallest rollup that has deployment names for this scope."""
+        if self.deployment_id is not None:
+            return self.fine()
+        qs = (
+            UsageNameHour.objects.all()
+            if self.api_key_ids is None
+            else UsageNameKeyHour.objects.all()
+        )
+        if self.organization_id is not None:
+            qs = qs.filter(organization_id=self.organization_id)
+        if self.api_key_ids is not None:
+            qs = qs.filter(api_key_id__in=self.api_key_ids)
+        return qs
 
+    def coarse(self) -> QuerySet:
+        """The smallest rollup with latency that holds this scope: per deployment when one is
+        asked for, else per key."""
+        if self.deployment_id is not None:
+            return UsageDeploymentHour.objects.filter(deployment_id=self.deployment_id)
+        return self.per_key()
 
-def _python_percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * p
-    low = int(k)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (k - low)
+    def per_key(self) -> QuerySet:
+        """The smallest rollup that has the keys: per key, or the fine one for a deployment."""
+        if self.deployment_id is not None:
+            return self.fine()
+        qs = UsageKeyHour.objects.all()
+        if self.organization_id is not None:
+            qs = qs.filter(organization_id=self.organization_id)
+        if self.api_key_ids is not None:
+            qs = qs.filter(api_key_id__in=self.api_key_ids)
+        return qs
 
 
 def in_range(
     records: QuerySet[UsageRecord], rng: Range, now: datetime | None = None
 ) -> QuerySet[UsageRecord]:
-    return records.filter(created_at__gte=(now or timezone.now()) - rng.span)
+    """The records of the range (from its first bucket's start, as the totals count them)."""
+    return records.filter(created_at__gte=rng.start(now or timezone.now()))
 
 
-def totals(records: QuerySet[UsageRecord]) -> dict:
-    row = records.aggregate(
-        requests=Count("id"),
-        prompt=Sum("prompt_tokens"),
-        completion=Sum("completion_tokens"),
-        cost=Sum("cost"),
+def _folded_up_to() -> Subquery:
+    # Read in the same statement as the rollup rows: one snapshot, so a fold committing
+    # meanwhile can neither hide a record nor count it twice.
+    return Coalesce(
+        Subquery(UsageRollupCursor.objects.filter(name=CURSOR).values("last_id")[:1]), Value(0)
     )
-    errors = records.filter(status_code__gte=400).count()
+
+
+def _tail(scope: Scope, rng: Range, now: datetime) -> QuerySet[UsageRecord]:
+    """The records of the range not in the rollups yet (all of them for minute buckets)."""
+    records = in_range(scope.records(), rng, now)
+    if rng.bucket == "minute":
+        return records
+    return records.filter(pk__gt=_folded_up_to())
+
+
+def _rollup_sums() -> dict[str, Any]:
     return {
-        "requests": row["requests"] or 0,
-        "prompt_tokens": row["prompt"] or 0,
-        "completion_tokens": row["completion"] or 0,
-        "cost": row["cost"] or Decimal(0),
-        "errors": errors,
-        "currency": records.values_list("currency", flat=True).first() or "USD",
-        **latency(records.filter(status_code__lt=400)),
+        "n_requests": Sum("requests"),
+        "n_errors": Sum("errors"),
+        "n_prompt": Sum("prompt_tokens"),
+        "n_completion": Sum("completion_tokens"),
+        "n_cost": Sum("cost"),
+        **{f"n_{b}": Sum(b) for b in LATENCY_BINS},
     }
 
 
-def latency(records: QuerySet[UsageRecord]) -> dict:
-    if connection.vendor == "postgresql":
-        row = records.aggregate(
-            p50=Percentile("latency_ms", 0.5), p95=Percentile("latency_ms", 0.95)
-        )
-        return {"p50": row["p50"], "p95": row["p95"]}
-    values = list(records.values_list("latency_ms", flat=True))
-    return {"p50": _python_percentile(values, 0.5), "p95": _python_percentile(values, 0.95)}
+def _percentile(bins: Sequence[int], p: float) -> float | None:
+    """The p-quantile of a latency histogram, interpolated linearly inside its bin (the open
+    last bin answers its lower bound)."""
+    total = sum(bins)
+    if not total:
+        return None
+    rank = p * total
+    seen = 0
+    lower = 0.0
+    for count, upper in zip(bins, (*LATENCY_BOUNDS_MS, None), strict=True):
+        if count and seen + count >= rank:
+            if upper is None:
+                return lower
+            return lower + (upper - lower) * (rank - seen) / count
+        seen += count
+        lower = float(upper) if upper is not None else lower
+    return lower
 
 
-def series(records: QuerySet[UsageRecord], rng: Range) -> dict:
-    """Chart data: one point per bucket (empty buckets included, so the time axis is honest)."""
-    trunc = _truncate(rng.bucket)
-    rows = (
-        records.annotate(bucket=trunc)
-        .values("bucket")
-        .annotate(
-            requests=Count("id"),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cost=Sum("cost"),
+def summary(scope: Scope, rng: Range, now: datetime) -> tuple[dict, dict]:
+    """Totals and chart series of a scope over a range, in one query: rollup hours plus the
+    records not folded yet. Sums are exact; latency p50/p95 come from the histogram."""
+    columns = ["n_requests", "n_errors", "n_prompt", "n_completion", "n_cost",
+               *(f"n_{b}" for b in LATENCY_BINS)]  # fmt: skip
+    if rng.bucket == "minute":
+        rows = list(
+            _tail(scope, rng, now)
+            .values(bucket=TruncMinute("created_at", tzinfo=UTC))
+            .annotate(currency_max=Max("currency"), **record_sums())
+            .order_by()
+            .values_list("bucket", "currency_max", *columns)
         )
-        .order_by("bucket")
-    )
-    by_bucket = {r["bucket"]: r for r in rows}
-    ok = records.filter(status_code__lt=400).annotate(bucket=trunc)
-    if connection.vendor == "postgresql":
-        lat = {
-            r["bucket"]: r
-            for r in ok.values("bucket").annotate(
-                p50=Percentile("latency_ms", 0.5), p95=Percentile("latency_ms", 0.95)
-            )
-        }
     else:
-        grouped: dict = {}
-        for bucket, value in ok.values_list("bucket", "latency_ms"):
-            grouped.setdefault(bucket, []).append(value)
-        lat = {
-            b: {"p50": _python_percentile(v, 0.5), "p95": _python_percentile(v, 0.95)}
-            for b, v in grouped.items()
-        }
-    step = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}[
-        rng.bucket
-    ]
-    now = timezone.now()
-    start = now - rng.span
-    start = start.replace(second=0, microsecond=0)
-    if rng.bucket in ("hour", "day"):
-        start = start.replace(minute=0)
-    if rng.bucket == "day":
-        start = start.replace(hour=0)
+        rolled = (
+            scope.coarse()
+            .filter(hour__gte=rng.start(now))
+            .values(bucket=F("hour"))
+            .annotate(currency_max=Max("currency"), **_rollup_sums())
+            .order_by()
+            .values_list("bucket", "currency_max", *columns)
+        )
+        tail = (
+            _tail(scope, rng, now)
+            .values(bucket=TruncHour("created_at", tzinfo=UTC))
+            .annotate(currency_max=Max("currency"), **record_sums())
+            .order_by()
+            .values_list("bucket", "currency_max", *columns)
+        )
+        rows = list(rolled.union(tail, all=True))
+    step = STEPS[rng.bucket]
+    by_bucket: dict[datetime, list] = {}
+    currency = None
+    for bucket, row_currency, *values in rows:
+        # PostgreSQL sums bigints as numeric: back to int (cost stays a Decimal).
+        sums = [Decimal(v or 0) if i == 4 else int(v or 0) for i, v in enumerate(values)]
+        bucket = bucket.astimezone(UTC)
+        if rng.bucket == "day":
+            bucket = bucket.replace(hour=0)
+        currency = currency or row_currency
+        got = by_bucket.get(bucket)
+        by_bucket[bucket] = sums if got is None else [a + b for a, b in zip(got, sums, strict=True)]
+    zero = [0] * len(columns)
+    all_sums = [sum(values) for values in zip(zero, *by_bucket.values(), strict=True)]
+    start = rng.start(now)
     labels, requests, prompt, completion, cost, p50, p95 = [], [], [], [], [], [], []
     point = start
     while point <= now:
-        row = by_bucket.get(point, {})
-        lrow = lat.get(point, {})
+        sums = by_bucket.get(point, zero)
         labels.append(
             point.strftime("%m-%d %H:%M") if rng.bucket != "day" else point.strftime("%Y-%m-%d")
         )
-        requests.append(row.get("requests", 0))
-        prompt.append(row.get("prompt") or 0)
-        completion.append(row.get("completion") or 0)
-        cost.append(float(row.get("cost") or 0))
-        p50.append(round(lrow["p50"], 2) if lrow.get("p50") is not None else None)
-        p95.append(round(lrow["p95"], 2) if lrow.get("p95") is not None else None)
+        requests.append(sums[0])
+        prompt.append(sums[2])
+        completion.append(sums[3])
+        cost.append(float(sums[4]))
+        bins = sums[5:]
+        lo, hi = _percentile(bins, 0.5), _percentile(bins, 0.95)
+        p50.append(None if lo is None else round(lo, 2))
+        p95.append(None if hi is None else round(hi, 2))
         point += step
-    return {
-        "labels": labels,
-        "requests": requests,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cost": cost,
-        "p50": p50,
-        "p95": p95,
+    totals = {
+        "requests": all_sums[0],
+        "errors": all_sums[1],
+        "prompt_tokens": all_sums[2],
+        "completion_tokens": all_sums[3],
+        "cost": Decimal(all_sums[4]),
+        "currency": currency or "USD",
+        "p50": _percentile(all_sums[5:], 0.5),
+        "p95": _percentile(all_sums[5:], 0.95),
     }
-
-
-def breakdown(records: QuerySet[UsageRecord], by: str) -> list[dict]:
-    """Totals per deployment or per API key, for the tables."""
-    field = {"deployment": "deployment_name", "key": "api_key_prefix", "user": "user__username"}[by]
-    rows = (
-        records.values(field)
-        .annotate(
-            requests=Count("id"),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cost=Sum("cost"),
-        )
-        .order_by("-requests")
-    )
-    return [
-        {
-            "name": r[field] or "—",
-            "requests": r["requests"],
-            "prompt_tokens": r["prompt"] or 0,
-            "completion_tokens": r["completion"] or 0,
-            "cost": r["cost"] or Decimal(0),
-        }
-        for r in rows
-    ]
+    series = {"labels": labels, "requests": requests, "prompt_tokens": prompt,
+              "completion_tokens": completion, "cost": cost, "p50": p50, "p95": p95}  # fmt: skip
+    return totals, series
 
 
 BREAKDOWN_SORTS = {
@@ -199,18 +265,76 @@ BREAKDOWN_SORTS = {
     "tokens_out": "tokens_out",
     "spend": "spend",
 }
+CENT_MILLIONTH = Decimal("1e-8")  # the records' cost precision (SQLite sums it as a float)
+_BREAKDOWN_FIELDS = {"deployment": "deployment_name", "key": "api_key_prefix"}
 
 
-def breakdown_rows(records: QuerySet[UsageRecord], by: str) -> QuerySet:
-    """Totals per deployment or per API key as a queryset (name, requests, tokens_in,
-    tokens_out, spend) that the usage page sorts and pages in the database."""
-    field = {"deployment": "deployment_name", "key": "api_key_prefix", "user": "user__username"}[by]
-    return records.values(name=F(field)).annotate(
-        requests=Count("id"),
-        tokens_in=Coalesce(Sum("prompt_tokens"), 0),
-        tokens_out=Coalesce(Sum("completion_tokens"), 0),
-        spend=Coalesce(Sum("cost"), Decimal(0), output_field=DecimalField()),
-    )
+def _sql(qs: QuerySet) -> tuple[str, tuple] | None:
+    try:
+        sql, params = qs.query.sql_with_params()
+    except EmptyResultSet:  # e.g. a user with no keys: this part has no rows
+        return None
+    return sql, tuple(params)
+
+
+def breakdown_fetch(scope: Scope, rng: Range, now: datetime, by: str):
+    """Totals per deployment or per API key (name, requests, tokens_in, tokens_out, spend),
+    sorted and paged in the database: a `fetch(order_by, offset, limit) -> (rows, total)` for
+    console.paging.paginate. The rollup's groups and the tail's are added up in one statement."""
+    field = _BREAKDOWN_FIELDS[by]
+    names = ("name", "requests", "tokens_in", "tokens_out", "spend")
+    sums = record_sums()
+    tail = (
+        _tail(scope, rng, now).values(name=F(field))
+        .annotate(requests=sums["n_requests"], tokens_in=sums["n_prompt"],
+                  tokens_out=sums["n_completion"], spend=sums["n_cost"])
+        .order_by().values_list(*names)
+    )  # fmt: skip
+    parts = [_sql(tail)]
+    if rng.bucket != "minute":
+        rollup = scope.per_key() if by == "key" else scope.per_deployment_name()
+        rolled = (
+            rollup.filter(hour__gte=rng.start(now)).values(name=F(field))
+            .annotate(requests=Sum("requests"), tokens_in=Sum("prompt_tokens"),
+                      tokens_out=Sum("completion_tokens"), spend=Sum("cost"))
+            .order_by().values_list(*names)
+        )  # fmt: skip
+        parts.insert(0, _sql(rolled))
+    parts = [part for part in parts if part is not None]
+    union = " UNION ALL ".join(f"SELECT * FROM ({sql}) part{i}" for i, (sql, _) in enumerate(parts))
+    params = tuple(p for _, ps in parts for p in ps)
+
+    def fetch(order_by: list[str], offset: int, limit: int) -> tuple[list[dict], int]:
+        if not parts:
+            return [], 0
+        terms = []
+        for term in order_by:
+            column = term.lstrip("-")
+            if column not in names:  # only our own column names reach the SQL
+                raise ValueError(column)
+            terms.append(f"{column} {'DESC' if term.startswith('-') else 'ASC'}")
+        # ORDER BY names the outer SELECT's output columns (the sums), in PostgreSQL and SQLite;
+        # COUNT(*) OVER () is the number of groups, so the pager needs no second query.
+        sql = (f"SELECT name, SUM(requests) AS requests, SUM(tokens_in) AS tokens_in, "
+               f"SUM(tokens_out) AS tokens_out, SUM(spend) AS spend, COUNT(*) OVER () "
+               f"FROM ({union}) u GROUP BY name ORDER BY {', '.join(terms)} LIMIT %s OFFSET %s")  # fmt: skip
+        with connection.cursor() as cur:
+            cur.execute(sql, (*params, limit, offset))
+            found = cur.fetchall()
+        rows = [
+            {"name": name, "requests": int(requests), "tokens_in": int(tokens_in or 0),
+             "tokens_out": int(tokens_out or 0), "spend": Decimal(str(spend or 0)).quantize(CENT_MILLIONTH)}
+            for name, requests, tokens_in, tokens_out, spend, _ in found
+        ]  # fmt: skip
+        return rows, (found[0][5] if found else 0)
+
+    return fetch
+
+
+def breakdown(scope: Scope, rng: Range, now: datetime, by: str, *, limit: int = 1000) -> list[dict]:
+    """The largest `limit` rows of a breakdown, most requests first (for the REST API)."""
+    rows, _ = breakdown_fetch(scope, rng, now, by)(["-requests", "name"], 0, limit)
+    return rows
 
 
 CSV_COLUMNS = [
@@ -268,6 +392,32 @@ def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
 
 def to_csv(records: QuerySet[UsageRecord]) -> str:
     return "".join(csv_lines(records))
+
+
+class Percentile(Aggregate):
+    """PostgreSQL's percentile_cont (revision_metrics reads records; the usage pages use the
+    rollups' histograms). Other databases fall back to Python."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(percentile)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression, percentile: float, **extra):
+        super().__init__(expression, percentile=percentile, **extra)
+
+
+def _truncate(bucket: str):
+    return {"minute": TruncMinute, "hour": TruncHour, "day": TruncDay}[bucket]("created_at")
+
+
+def _python_percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    low = int(k)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (k - low)
 
 
 def revision_metrics(records: QuerySet[UsageRecord], rng: Range, revisions: dict[int, int]) -> dict:

@@ -1,4 +1,5 @@
-"""Celery task that writes the gateway's usage events (a Redis Stream, see gateway.usage) as UsageRecord rows."""
+"""Celery tasks: write the gateway's usage events (a Redis Stream, see gateway.usage) as UsageRecord
+rows; fold new records into the hourly usage rollups."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from deployments.models import ModelDeployment
+from gateway import rollup
 from gateway.cache import sync_redis
 from gateway.models import UsageRecord
 from gateway.usage import CLAIM_IDLE_MS, USAGE_GROUP, USAGE_LIST_KEY, USAGE_STREAM_KEY
@@ -189,3 +191,10 @@ def _drain_list(client, max_batches: int) -> int:
         except redis.exceptions.LockError:
             pass
     return written
+
+
+@shared_task(name="gateway.fold_usage", ignore_result=True)
+def fold_usage() -> int:
+    """Fold the usage records committed since the last run into the hourly rollups (safe to
+    run twice at once: gateway/rollup.py claims each batch on the cursor row)."""
+    return rollup.fold()

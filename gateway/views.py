@@ -27,7 +27,6 @@ from console.paging import ListFilter, paginate
 from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.forms import APIKeyForm
-from gateway.models import UsageRecord
 from projects.keys import (
     PLAYGROUND_KEY_TTL,
     api_key_create,
@@ -321,7 +320,7 @@ def _links(items) -> list[tuple[str, str | None]]:
 
 def _usage_page(
     request: HttpRequest,
-    records: QuerySet[UsageRecord],
+    whose: reports.Scope,
     *,
     title: str,
     summary: str,
@@ -330,7 +329,8 @@ def _usage_page(
     breadcrumbs=None,
 ) -> HttpResponse:
     rng = reports.range_for(request.GET.get("range"))
-    selected = reports.in_range(records, rng)
+    now = timezone.now()
+    selected = reports.in_range(whose.records(), rng, now)
     if request.GET.get("format") == "csv":
         lines = reports.csv_lines(selected)
         if isinstance(request, ASGIRequest):
@@ -339,6 +339,7 @@ def _usage_page(
         response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{filename}-{rng.key}.csv"'
         return response
+    totals, series = reports.summary(whose, rng, now)
     context = {
         "title": title,
         "summary": summary,
@@ -346,19 +347,23 @@ def _usage_page(
         "breadcrumbs": _links(breadcrumbs or []),
         "range": rng,
         "ranges": reports.RANGES.values(),
-        "totals": reports.totals(selected),
-        "series": reports.series(selected, rng),
+        "totals": totals,
+        "series": series,
         "by_deployment": paginate(
-            request, reports.breakdown_rows(selected, "deployment"), sorts=reports.BREAKDOWN_SORTS,
-            default_sort="-requests", prefix="dep_", per_page=10, tiebreak="name",
+            request, None, fetch=reports.breakdown_fetch(whose, rng, now, "deployment"),
+            sorts=reports.BREAKDOWN_SORTS, default_sort="-requests", prefix="dep_", per_page=10,
+            tiebreak="name",
         ),
         "by_key": paginate(
-            request, reports.breakdown_rows(selected, "key"), sorts=reports.BREAKDOWN_SORTS,
-            default_sort="-requests", prefix="key_", per_page=10, tiebreak="name",
+            request, None, fetch=reports.breakdown_fetch(whose, rng, now, "key"),
+            sorts=reports.BREAKDOWN_SORTS, default_sort="-requests", prefix="key_", per_page=10,
+            tiebreak="name",
         ),
+        # Unsearched, the list holds exactly the requests the totals counted: no COUNT.
         "recent": paginate(
             request, selected, sorts=RECENT_SORTS, default_sort="-time", prefix="req_",
             search=("deployment_name", "api_key_prefix", "route"), per_page=25,
+            total=totals["requests"],
         ),
     }  # fmt: skip
     template = "devhub/htmx/usage_body.html" if request.htmx else "devhub/usage.html"
@@ -379,11 +384,10 @@ async def _async_chunks(lines: Iterator[str], lines_per_chunk: int = 1000) -> As
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    key_ids = list(api_keys_for_user(request.user, org).values_list("pk", flat=True))
-    records = UsageRecord.objects.filter(organization=org, api_key_id__in=key_ids)
+    key_ids = tuple(api_keys_for_user(request.user, org).values_list("pk", flat=True))
     return _usage_page(
         request,
-        records,
+        reports.Scope(organization_id=org.pk, api_key_ids=key_ids),
         title="Usage",
         scope="keys",
         filename="usage-my-keys",
@@ -394,10 +398,9 @@ def usage(request: HttpRequest) -> HttpResponse:
 @login_required
 def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = deployment_for_usage(request.user, pk)
-    records = UsageRecord.objects.filter(deployment=deployment)
     return _usage_page(
         request,
-        records,
+        reports.Scope(deployment_id=deployment.pk),
         title=f"Usage · {deployment.name}",
         scope="deployment",
         filename=f"usage-{deployment.name}",
@@ -412,10 +415,9 @@ def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def organization_usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    records = UsageRecord.objects.filter(organization=org)
     return _usage_page(
         request,
-        records,
+        reports.Scope(organization_id=org.pk),
         title=f"Usage · {org.name}",
         scope="organization",
         filename=f"usage-{org.slug}",

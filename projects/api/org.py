@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.http import Http404, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import renderers, status, viewsets
 from rest_framework.decorators import action
@@ -15,7 +16,6 @@ from rest_framework.response import Response
 
 from console import permissions
 from gateway import reports
-from gateway.models import UsageRecord
 from gateway.views import deployment_for_usage
 from projects import selectors, services
 from projects.api.serializers import (
@@ -343,25 +343,28 @@ class UsageViewSet(viewsets.GenericViewSet):
     serializer_class = UsageRecordSerializer
     renderer_classes = [renderers.JSONRenderer, renderers.BrowsableAPIRenderer, CSVRenderer]
 
-    def records(self, request):
+    def whose(self, request) -> tuple[reports.Scope, reports.Range]:
         scope = request.query_params.get("scope", "keys")
         if scope == "deployment":
             # The Developer Hub's own selector for a deployment's usage page: same rule, same 404.
             deployment = deployment_for_usage(request.user, _pk(request.query_params.get("deployment", "")))
-            records = UsageRecord.objects.filter(deployment=deployment)
+            whose = reports.Scope(deployment_id=deployment.pk)
         elif scope == "organization":
-            records = UsageRecord.objects.filter(organization=organization_of(request))
+            whose = reports.Scope(organization_id=organization_of(request).pk)
         elif scope == "keys":
             org = organization_of(request)
-            key_ids = list(api_keys_for_user(request.user, org).values_list("pk", flat=True))
-            records = UsageRecord.objects.filter(organization=org, api_key_id__in=key_ids)
+            key_ids = tuple(api_keys_for_user(request.user, org).values_list("pk", flat=True))
+            whose = reports.Scope(organization_id=org.pk, api_key_ids=key_ids)
         else:
             raise ValidationError({"scope": "Choose one of: keys, organization, deployment."})
         rng_key = request.query_params.get("range") or reports.DEFAULT_RANGE
         if rng_key not in reports.RANGES:
             raise ValidationError({"range": f"Choose one of: {', '.join(reports.RANGES)}."})
-        rng = reports.range_for(rng_key)
-        return reports.in_range(records, rng), rng
+        return whose, reports.range_for(rng_key)
+
+    def records(self, request):
+        whose, rng = self.whose(request)
+        return reports.in_range(whose.records(), rng), rng
 
     @extend_schema(parameters=USAGE_PARAMS, responses=UsageRecordSerializer(many=True))
     def list(self, request):
@@ -377,11 +380,20 @@ class UsageViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["get"], renderer_classes=[renderers.JSONRenderer])
     def summary(self, request):
         """Totals, the time series and the per-deployment and per-key breakdowns of the usage page."""
-        records, rng = self.records(request)
+        # The same reads as the console's usage page: the hourly rollups plus the unfolded tail.
+        whose, rng = self.whose(request)
+        now = timezone.now()
+        totals, series = reports.summary(whose, rng, now)
+
+        def rows(by: str) -> list[dict]:
+            return [{"name": r["name"] or "—", "requests": r["requests"], "prompt_tokens": r["tokens_in"],
+                     "completion_tokens": r["tokens_out"], "cost": r["spend"]}
+                    for r in reports.breakdown(whose, rng, now, by)]  # fmt: skip
+
         return Response(_plain({
             "range": rng.key,
-            "totals": reports.totals(records),
-            "series": reports.series(records, rng),
-            "by_deployment": reports.breakdown(records, "deployment"),
-            "by_key": reports.breakdown(records, "key"),
+            "totals": totals,
+            "series": series,
+            "by_deployment": rows("deployment"),
+            "by_key": rows("key"),
         }))  # fmt: skip

@@ -140,7 +140,7 @@ def _put_running(emulator: KubeEmulator, deployment: ModelDeployment, revision: 
     )  # fmt: skip
 
 
-def test_one_sync_cycle_over_1000_deployments_on_5_pools_makes_at_most_15_list_calls(
+def test_sync_over_1000_deployments_on_5_pools_lists_15_times_then_10_when_steady(
     tenants, bundle, model
 ):
     emulators = [KubeEmulator() for _ in range(5)]
@@ -197,6 +197,17 @@ def test_one_sync_cycle_over_1000_deployments_on_5_pools_makes_at_most_15_list_c
         assert totals["list_calls"] == list_calls
         assert sum(e.count() for e in emulators) == list_calls  # nothing but the listings
         assert ModelDeployment.objects.filter(state=DeploymentState.RUNNING).count() == 1000
+
+        sync_status()  # settles every pool's cursor
+        for emulator in emulators:
+            emulator.reset_counts()
+        steady = sync_status()
+
+        # Nothing to decide again: Deployments and Pods per pool, no Pod events.
+        list_calls = sum(e.count(verb="list") for e in emulators)
+        assert list_calls <= 10 and steady["list_calls"] == list_calls
+        assert steady["decided"] == 0
+        assert sum(e.count(resource="events") for e in emulators) == 0
     finally:
         for emulator in emulators:
             emulator.stop()
