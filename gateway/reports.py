@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
@@ -347,3 +347,61 @@ def revision_metrics(records: QuerySet[UsageRecord], rng: Range, revisions: dict
         "starts": [p.isoformat() for p in points],
         "revisions": ordered,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Monthly budgets: month-to-date spend against each budget that applies (the usage pages)
+# ---------------------------------------------------------------------------------------------
+
+BUDGET_WARN_PERCENT = 80
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    label: str
+    limit: Decimal
+    spent: Decimal
+    currency: str
+
+    @property
+    def percent(self) -> int:
+        if self.limit <= 0:
+            return 100
+        return int(min(Decimal(999), self.spent * 100 / self.limit))
+
+    @property
+    def level(self) -> str:
+        """ok | warn (≥ 80 %) | bad (used up: the gateway refuses)."""
+        if self.spent >= self.limit:
+            return "bad"
+        return "warn" if self.percent >= BUDGET_WARN_PERCENT else "ok"
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    """The budget month's first instant (UTC), as the gateway counts it (gateway.app._month)."""
+    now = (now or timezone.now()).astimezone(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def budget_rows(organization, user, keys, members=()) -> list[BudgetRow]:
+    """The budgets of `organization`, of `user` in it, of `members` (memberships), and of `keys`
+    that have one, each with this month's spend from the usage records."""
+    currency = organization.budget_currency
+    month = UsageRecord.objects.filter(
+        organization=organization, currency=currency, created_at__gte=month_start()
+    )
+
+    def spent(**filters) -> Decimal:
+        return month.filter(**filters).aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
+
+    rows = []
+    if organization.monthly_budget is not None:
+        rows.append(BudgetRow(f"Organization {organization.name}", organization.monthly_budget, spent(), currency))
+    for membership in members:
+        if membership.monthly_budget is not None:
+            who = "You" if membership.user_id == user.pk else f"Member {membership.user.get_username()}"
+            rows.append(BudgetRow(who, membership.monthly_budget, spent(user_id=membership.user_id), currency))
+    for key in keys:
+        if key.monthly_budget is not None:
+            rows.append(BudgetRow(f"Key {key.name} ({key.prefix}…)", key.monthly_budget, spent(api_key_id=key.pk), currency))
+    return rows

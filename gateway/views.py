@@ -38,7 +38,7 @@ from projects.keys import (
     api_keys_for_user,
     playground_key_issue,
 )
-from projects.models import Organization
+from projects.models import Membership, Organization
 from sharing.selectors import shared_deployments_for_org
 
 EMBEDDING_ENGINES = {"tei"}
@@ -328,6 +328,7 @@ def _usage_page(
     scope: str,
     filename: str,
     breadcrumbs=None,
+    budgets=(),
 ) -> HttpResponse:
     rng = reports.range_for(request.GET.get("range"))
     selected = reports.in_range(records, rng)
@@ -344,6 +345,7 @@ def _usage_page(
         "summary": summary,
         "scope": scope,
         "breadcrumbs": _links(breadcrumbs or []),
+        "budgets": budgets,
         "range": rng,
         "ranges": reports.RANGES.values(),
         "totals": reports.totals(selected),
@@ -381,6 +383,10 @@ def usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     key_ids = list(api_keys_for_user(request.user, org).values_list("pk", flat=True))
     records = UsageRecord.objects.filter(organization=org, api_key_id__in=key_ids)
+    budgets = reports.budget_rows(
+        org, request.user, api_keys_for_user(request.user, org).filter(revoked_at__isnull=True),
+        members=Membership.objects.filter(organization=org, user=request.user),
+    )
     return _usage_page(
         request,
         records,
@@ -388,6 +394,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         scope="keys",
         filename="usage-my-keys",
         summary="Requests, tokens, cost and latency of your API keys.",
+        budgets=budgets,
     )
 
 
@@ -413,6 +420,8 @@ def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
 def organization_usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     records = UsageRecord.objects.filter(organization=org)
+    members = Membership.objects.filter(organization=org, monthly_budget__isnull=False).select_related("user")
+    budgets = reports.budget_rows(org, request.user, (), members=members)
     return _usage_page(
         request,
         records,
@@ -420,6 +429,7 @@ def organization_usage(request: HttpRequest) -> HttpResponse:
         scope="organization",
         filename=f"usage-{org.slug}",
         summary="Every call made with this organization's keys, across its deployments.",
+        budgets=budgets,
     )
 
 
