@@ -14,6 +14,7 @@ from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinut
 from django.utils import timezone
 
 from gateway.models import UsageRecord
+from projects.models import APIKey, APIKeyScope, Membership
 
 
 @dataclass(frozen=True)
@@ -405,3 +406,40 @@ def budget_rows(organization, user, keys, members=()) -> list[BudgetRow]:
         if key.monthly_budget is not None:
             rows.append(BudgetRow(f"Key {key.name} ({key.prefix}…)", key.monthly_budget, spent(api_key_id=key.pk), currency))
     return rows
+
+
+def budgets_overview(user, organization, *, admin: bool) -> dict:
+    """Every budget `user` may see in `organization` with this month's spend (the Budgets page and
+    GET /api/v1/budgets/): the organization's; every member's and every live gateway key's for
+    admins, else their own membership and keys. Three queries for the spend, whatever the size."""
+    currency = organization.budget_currency
+    month = UsageRecord.objects.filter(organization=organization, currency=currency, created_at__gte=month_start())
+    total = month.aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
+    members = Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
+    keys = APIKey.objects.filter(organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True)
+    if not admin:
+        members = members.filter(user=user)
+        keys = keys.filter(user=user)
+    keys = keys.select_related("user").order_by("user__username", "name", "pk")
+    by_user = dict(month.filter(user_id__isnull=False).values_list("user_id").annotate(s=Sum("cost")))
+    by_key = dict(month.filter(api_key_id__isnull=False).values_list("api_key_id").annotate(s=Sum("cost")))
+
+    def row(limit, spent) -> dict:
+        b = BudgetRow("", limit, spent, currency) if limit is not None else None
+        return {"monthly_budget": limit, "spent": spent, "percent": b.percent if b else None,
+                "level": b.level if b else "none"}  # fmt: skip
+
+    return {
+        "organization": {"id": organization.pk, "name": organization.name, "budget_currency": currency,
+                         **row(organization.monthly_budget, total)},
+        "members": [
+            {"id": m.pk, "user": m.user_id, "username": m.user.get_username(), "role": m.role,
+             **row(m.monthly_budget, by_user.get(m.user_id, Decimal(0)))}
+            for m in members
+        ],
+        "keys": [
+            {"id": k.pk, "name": k.name, "prefix": k.prefix, "owner": k.user.get_username(), "owner_id": k.user_id,
+             **row(k.monthly_budget, by_key.get(k.pk, Decimal(0)))}
+            for k in keys
+        ],
+    }  # fmt: skip

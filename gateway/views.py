@@ -28,6 +28,7 @@ from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.forms import APIKeyForm
 from gateway.models import UsageRecord
+from projects import services as project_services
 from projects.keys import (
     PLAYGROUND_KEY_TTL,
     api_key_create,
@@ -507,3 +508,42 @@ def playground_credential(request: HttpRequest, pk: int) -> JsonResponse:
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets: monthly spend limits of the organization, its members and keys
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+def budgets(request: HttpRequest) -> HttpResponse:
+    """Admins set the organization's and members' budgets; a key's owner (or an admin) its key's.
+    A refused amount is shown on its own field (400); the gateway follows a change on commit."""
+    org = _organization(request)
+    admin = permissions.can(request.user, "admin", org)
+    errors: dict[str, str] = {}
+    status = 200
+    if request.method == "POST":
+        level = request.POST.get("level", "")
+        target = request.POST.get("target", "")
+        try:
+            project_services.budget_set(
+                user=request.user, organization=org, level=level, target=target,
+                amount=request.POST.get("monthly_budget", ""),
+                currency=request.POST.get("budget_currency") if level == "organization" else None,
+            )  # fmt: skip
+        except ValidationError as exc:
+            messages_by_field = exc.message_dict if hasattr(exc, "error_dict") else {"monthly_budget": exc.messages}
+            errors[f"{level}:{target}"] = " ".join(m for ms in messages_by_field.values() for m in ms)
+            status = 400
+        else:
+            messages.success(request, "Budget saved; the gateway enforces it from the next request.")
+            return redirect("devhub:budgets")
+    overview = reports.budgets_overview(request.user, org, admin=admin)
+    for row in overview["members"]:
+        row["error"] = errors.get(f"member:{row['user']}", "")
+    for row in overview["keys"]:
+        row["error"] = errors.get(f"key:{row['id']}", "")
+    overview["organization"]["error"] = errors.get("organization:", "")
+    context = {"overview": overview, "is_admin": admin, "organization": org}
+    return render(request, "devhub/budgets.html", context, status=status)

@@ -18,6 +18,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 
 from catalog import integrations as integration_checks
@@ -25,7 +26,7 @@ from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
 from gateway.cache import invalidate_user
-from projects.keys import api_keys_revoke_for_member, gateway_forget_user
+from projects.keys import api_key_get, api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
     BUDGET_DECIMAL_PLACES,
     BUDGET_MAX_DIGITS,
@@ -766,3 +767,31 @@ def api_key_budget_set(*, user: AbstractBaseUser, key: APIKey, amount: object) -
             _budgets_forget([row.user_id])
     key.monthly_budget = row.monthly_budget
     return key
+
+
+BUDGET_LEVELS = ("organization", "member", "key")
+
+
+def budget_set(
+    *, user: AbstractBaseUser, organization: Organization, level: str, target: object = None,
+    amount: object = None, currency: str | None = None,
+) -> Organization | Membership | APIKey:
+    """One entry for the console's Budgets page and POST /api/v1/budgets/: `level` organization
+    (target ignored), member (target: the member's user id) or key (target: the key's id), all in
+    `organization`. A target outside it, or one the user may not see, is a 404."""
+    if level not in BUDGET_LEVELS:
+        raise ValidationError({"level": f"Choose one of: {', '.join(BUDGET_LEVELS)}."})
+    if level == "organization":
+        return organization_budget_set(user=user, organization=organization, amount=amount, currency=currency)
+    ident = str(target or "")
+    if not ident.isdigit() or int(ident) >= 2**63:
+        raise ValidationError({"target": "Give the member's user id or the key's id."})
+    if level == "member":
+        membership = Membership.objects.filter(organization=organization, user_id=int(ident)).first()
+        if membership is None:
+            raise Http404("No such member.")
+        return member_budget_set(user=user, membership=membership, amount=amount)
+    key = api_key_get(user, int(ident))  # 404 unless the user owns it or administers its organization
+    if key.organization_id != organization.pk:
+        raise Http404("No such API key.")
+    return api_key_budget_set(user=user, key=key, amount=amount)

@@ -1,7 +1,7 @@
 from rest_framework.routers import SimpleRouter
 
 from projects.api.org import GroupViewSet, InvitationViewSet, MemberViewSet, UsageViewSet
-from projects.api.views import APIKeyViewSet, OrganizationViewSet, ProjectViewSet
+from projects.api.views import APIKeyViewSet, BudgetViewSet, OrganizationViewSet, ProjectViewSet
 
 router = SimpleRouter()
 router.register("organizations", OrganizationViewSet, basename="organization")
@@ -11,4 +11,5 @@ router.register("members", MemberViewSet, basename="member")
 router.register("invitations", InvitationViewSet, basename="invitation")
 router.register("groups", GroupViewSet, basename="group")
 router.register("usage", UsageViewSet, basename="usage")
+router.register("budgets", BudgetViewSet, basename="budget")
 urlpatterns = router.urls

@@ -9,7 +9,9 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from console import permissions
 from deployments.models import ModelDeployment
+from gateway import reports
 from projects import keys, services
 from projects.api.org import ProjectSettingsMixin
 from projects.api.serializers import (
@@ -18,6 +20,8 @@ from projects.api.serializers import (
     APIKeyCreateSerializer,
     APIKeyRevokeSerializer,
     APIKeySerializer,
+    BudgetOverviewSerializer,
+    BudgetSetSerializer,
     OrganizationQuotaSerializer,
     OrganizationSerializer,
     ProjectSerializer,
@@ -183,3 +187,45 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         key = keys.api_key_revoke(user=request.user, key=key, reason=body.validated_data.get("reason", ""))
         key = keys.with_owner_state(APIKey.objects.filter(pk=key.pk)).first()
         return Response(APIKeySerializer(key).data)
+
+
+class BudgetViewSet(viewsets.ViewSet):
+    """Monthly budgets of an organization, its members and its gateway keys, with this month's
+    spend: GET lists what the console's Budgets page shows you; POST sets one (the same service,
+    projects.services.budget_set). `?organization=<id>` (or `organization` in the body) picks the
+    organization, else your current / first one."""
+
+    def _organization(self, request, org_id):
+        orgs = organizations_for_user(request.user)
+        if org_id in (None, ""):
+            org = getattr(request, "organization", None) or orgs.order_by("pk").first()
+        elif str(org_id).isdigit() and int(org_id) < 2**63:
+            org = orgs.filter(pk=int(org_id)).first()
+        else:
+            raise ValidationError({"organization": "Give the organization's numeric id."})
+        if org is None:
+            raise Http404("No such organization.")
+        return org
+
+    @extend_schema(
+        parameters=[OpenApiParameter("organization", int, description="The organization (default: your first).")],
+        responses=BudgetOverviewSerializer,
+    )
+    def list(self, request):
+        org = self._organization(request, request.query_params.get("organization"))
+        admin = permissions.can(request.user, "admin", org)
+        return Response(BudgetOverviewSerializer(reports.budgets_overview(request.user, org, admin=admin)).data)
+
+    @extend_schema(request=BudgetSetSerializer, responses=BudgetOverviewSerializer)
+    def create(self, request):
+        body = BudgetSetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        org = self._organization(request, data.get("organization"))
+        services.budget_set(
+            user=request.user, organization=org, level=data["level"], target=data.get("target"),
+            amount=request.data.get("monthly_budget"), currency=data.get("budget_currency"),
+        )  # fmt: skip
+        org.refresh_from_db()
+        admin = permissions.can(request.user, "admin", org)
+        return Response(BudgetOverviewSerializer(reports.budgets_overview(request.user, org, admin=admin)).data)
