@@ -427,7 +427,7 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
     def row(limit, spent) -> dict:
         b = BudgetRow("", limit, spent, currency) if limit is not None else None
         return {"monthly_budget": limit, "spent": spent, "percent": b.percent if b else None,
-                "level": b.level if b else "none"}  # fmt: skip
+                "budget_state": b.level if b else "none"}  # fmt: skip
 
     return {
         "organization": {"id": organization.pk, "name": organization.name, "budget_currency": currency,

@@ -264,7 +264,9 @@ class BudgetRowSerializer(serializers.Serializer):
     monthly_budget = serializers.DecimalField(max_digits=14, decimal_places=4, allow_null=True)
     spent = serializers.DecimalField(max_digits=18, decimal_places=8)
     percent = serializers.IntegerField(allow_null=True)
-    level = serializers.ChoiceField(choices=["none", "ok", "warn", "bad"])
+    budget_state = serializers.ChoiceField(
+        choices=["none", "ok", "warn", "bad"], help_text="none: no budget; warn: 80 % spent or more; bad: used up (refused)"
+    )
 
 
 class BudgetOrganizationSerializer(BudgetRowSerializer):

@@ -7,6 +7,7 @@ from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from console import permissions
@@ -189,11 +190,13 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(APIKeySerializer(key).data)
 
 
-class BudgetViewSet(viewsets.ViewSet):
+class BudgetView(GenericAPIView):
     """Monthly budgets of an organization, its members and its gateway keys, with this month's
-    spend: GET lists what the console's Budgets page shows you; POST sets one (the same service,
-    projects.services.budget_set). `?organization=<id>` (or `organization` in the body) picks the
-    organization, else your current / first one."""
+    spend: GET shows what the console's Budgets page shows you; POST sets one (the same service,
+    projects.services.budget_set) and answers the new overview. `?organization=<id>` (or
+    `organization` in the body) picks the organization, else your current / first one."""
+
+    serializer_class = BudgetOverviewSerializer
 
     def _organization(self, request, org_id):
         orgs = organizations_for_user(request.user)
@@ -207,17 +210,19 @@ class BudgetViewSet(viewsets.ViewSet):
             raise Http404("No such organization.")
         return org
 
+    def _overview(self, request, org) -> Response:
+        admin = permissions.can(request.user, "admin", org)
+        return Response(BudgetOverviewSerializer(reports.budgets_overview(request.user, org, admin=admin)).data)
+
     @extend_schema(
         parameters=[OpenApiParameter("organization", int, description="The organization (default: your first).")],
         responses=BudgetOverviewSerializer,
     )
-    def list(self, request):
-        org = self._organization(request, request.query_params.get("organization"))
-        admin = permissions.can(request.user, "admin", org)
-        return Response(BudgetOverviewSerializer(reports.budgets_overview(request.user, org, admin=admin)).data)
+    def get(self, request):
+        return self._overview(request, self._organization(request, request.query_params.get("organization")))
 
     @extend_schema(request=BudgetSetSerializer, responses=BudgetOverviewSerializer)
-    def create(self, request):
+    def post(self, request):
         body = BudgetSetSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -227,5 +232,4 @@ class BudgetViewSet(viewsets.ViewSet):
             amount=request.data.get("monthly_budget"), currency=data.get("budget_currency"),
         )  # fmt: skip
         org.refresh_from_db()
-        admin = permissions.can(request.user, "admin", org)
-        return Response(BudgetOverviewSerializer(reports.budgets_overview(request.user, org, admin=admin)).data)
+        return self._overview(request, org)

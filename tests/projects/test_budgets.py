@@ -58,7 +58,7 @@ def test_rest_sets_and_lists_budgets_through_the_services(tenants):
     r = client.post("/api/v1/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": 10}, format="json")
     assert r.status_code == 200
     member_row = next(m for m in r.json()["members"] if m["user"] == tenants.member.pk)
-    assert member_row["monthly_budget"] == "10.0000" and member_row["level"] == "ok"
+    assert member_row["monthly_budget"] == "10.0000" and member_row["budget_state"] == "ok"
     # The key's owner sets a lower budget on their key; not above their own budget.
     owner_of_key = rest_api_client(tenants.member)
     r = owner_of_key.post("/api/v1/budgets/", {"level": "key", "target": key.pk, "monthly_budget": "11"}, format="json")
