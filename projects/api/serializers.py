@@ -131,6 +131,10 @@ class MemberSerializer(serializers.Serializer):
     username = serializers.CharField(source="user.username", read_only=True)
     email = serializers.CharField(source="user.email", read_only=True)
     role = serializers.ChoiceField(choices=Role.choices)
+    monthly_budget = serializers.DecimalField(
+        max_digits=14, decimal_places=4, read_only=True, allow_null=True,
+        help_text="Set through POST /api/v1/budgets/ (level member).",
+    )  # fmt: skip
     created_at = serializers.DateTimeField(read_only=True)
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 
 from projects.models import APIKey, Membership
 from projects.services import api_key_budget_set, member_budget_set, organization_budget_set
@@ -128,3 +129,18 @@ def test_the_budgets_page_is_a_post_with_csrf_and_shows_each_budget(tenants):
     assert 'aria-label="Monthly budget of member"' in admin_page
     key.refresh_from_db()
     assert key.monthly_budget == Decimal("1.5")
+
+
+def test_an_admin_sets_a_members_budget_from_the_members_page(tenants):
+    admin = login(tenants.owner)
+    page = admin.get(reverse("org:members")).content.decode()
+    assert 'aria-label="Monthly budget of member"' in page
+    response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "7.5"})
+    assert response.status_code == 302
+    page = admin.get(reverse("org:members")).content.decode()
+    assert 'value="7.5000"' in page
+    members = rest_api_client(tenants.owner).get("/api/v1/members/").json()
+    rows = members["results"] if isinstance(members, dict) else members
+    assert {m["username"]: m["monthly_budget"] for m in rows}["member"] == "7.5000"
+    # Members see the amount, not the form.
+    assert 'aria-label="Monthly budget of member"' not in login(tenants.member).get(reverse("org:members")).content.decode()
