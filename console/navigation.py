@@ -34,6 +34,7 @@ SECTIONS: list[tuple[str, list[NavItem]]] = [
             NavItem("Models", "devhub:models", "◉", ("/hub/models",)),
             NavItem("API Keys", "devhub:keys", "◈", ("/hub/keys",)),
             NavItem("Usage", "devhub:usage", "▨", ("/hub/usage",)),
+            NavItem("Budgets", "devhub:budgets", "◔", ("/hub/budgets",)),
         ],
     ),
 ]

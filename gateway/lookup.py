@@ -6,7 +6,7 @@ import threading
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Subquery
 
 from deployments.models import DeploymentEvent, DeploymentState, Endpoint, ModelDeployment
 from gateway.cache import (
@@ -16,6 +16,7 @@ from gateway.cache import (
     sync_redis,
     user_generation_key,
 )
+from gateway.ratelimit import budgets_for
 from gateway.upstream import upstream_for
 from gateway.usage import price
 from projects.models import APIKey, APIKeyScope, Membership
@@ -58,11 +59,16 @@ def _load_key(digest: str) -> KeyInfo | None:
     generation = _user_generation(user_id)
     key = (
         APIKey.objects.filter(key_hash=digest)
-        .select_related("user")
+        .select_related("user", "organization")
         .annotate(
             owner_is_member=Exists(
                 Membership.objects.filter(user_id=OuterRef("user_id"), organization_id=OuterRef("organization_id"))
-            )
+            ),
+            member_budget=Subquery(
+                Membership.objects.filter(
+                    user_id=OuterRef("user_id"), organization_id=OuterRef("organization_id")
+                ).values("monthly_budget")[:1]
+            ),
         )
         .first()
     )
@@ -87,6 +93,13 @@ def _load_key(digest: str) -> KeyInfo | None:
         refusal=refusal,
         user_generation=generation,
         local_user_generation=local,
+        # Budgets are read with the row: changing one bumps the owner's generation on commit
+        # (projects.services.budget_set), like every other change to what the key may do.
+        budgets=budgets_for(
+            organization_id=key.organization_id, user_id=key.user_id, api_key_id=key.pk,
+            organization=key.organization.monthly_budget, user=key.member_budget,
+            api_key=key.monthly_budget, currency=key.organization.budget_currency,
+        ),  # fmt: skip
     )
 
 

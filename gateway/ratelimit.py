@@ -188,7 +188,7 @@ class Budget:
     """A monthly spend limit of one organization, user or API key, in one currency."""
 
     level: str  # organization | user | api_key
-    ident: int
+    ident: int | str  # the user level is "<organization>.<user>": a member's budget is per organization
     limit: Decimal
     currency: str = "USD"
 
@@ -205,24 +205,33 @@ def budgets_for(
 ) -> tuple[Budget, ...]:
     """The budgets that limit anything, from plain numbers (None: no budget at that level)."""
     out = []
-    for level, ident, limit in (
-        ("organization", organization_id, organization),
-        ("user", user_id, user),
-        ("api_key", api_key_id, api_key),
-    ):
+    for level, ident, limit in _levels(organization_id, user_id, api_key_id, (organization, user, api_key)):
         if limit is not None and ident:
             out.append(Budget(level, ident, Decimal(str(limit)), currency[:3].upper()))
     return tuple(out)
 
 
-def budget_key(month: str, currency: str, level: str, ident: int) -> str:
+def _levels(organization_id: int, user_id: int, api_key_id: int, values=(None, None, None)):
+    # A user's spend is counted per organization they spend in (their membership's budget).
+    member = f"{organization_id}.{user_id}" if organization_id and user_id else ""
+    return (
+        ("organization", organization_id, values[0]),
+        ("user", member, values[1]),
+        ("api_key", api_key_id, values[2]),
+    )
+
+
+def budget_key(month: str, currency: str, level: str, ident: int | str) -> str:
     return f"modeldeck:budget:{month}:{currency}:{level}:{ident}"
 
 
 def spend_keys(month: str, currency: str, *, organization_id: int, user_id: int, api_key_id: int) -> list[str]:
     """The month's spend counters a request adds its cost to (every level it has an id for)."""
-    ids = (("organization", organization_id), ("user", user_id), ("api_key", api_key_id))
-    return [budget_key(month, currency, level, ident) for level, ident in ids if ident]
+    return [
+        budget_key(month, currency, level, ident)
+        for level, ident, _ in _levels(organization_id, user_id, api_key_id)
+        if ident
+    ]
 
 
 def levels_for(

@@ -13,6 +13,7 @@ urlpatterns = [
     path("keys/", views.keys, name="keys"),
     path("keys/deployments/", views.key_deployment_search, name="key_deployment_search"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),
+    path("budgets/", views.budgets, name="budgets"),
     path("usage/", views.usage, name="usage"),
     path("usage/organization/", views.organization_usage, name="organization_usage"),
     path("deployments/<int:pk>/usage/", views.deployment_usage, name="deployment_usage"),

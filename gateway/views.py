@@ -27,6 +27,7 @@ from console.paging import ListFilter, paginate
 from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.forms import APIKeyForm
+from projects import services as project_services
 from projects.keys import (
     PLAYGROUND_KEY_TTL,
     api_key_create,
@@ -37,7 +38,7 @@ from projects.keys import (
     api_keys_for_user,
     playground_key_issue,
 )
-from projects.models import Organization
+from projects.models import Membership, Organization
 from sharing.selectors import shared_deployments_for_org
 
 EMBEDDING_ENGINES = {"tei"}
@@ -327,6 +328,7 @@ def _usage_page(
     scope: str,
     filename: str,
     breadcrumbs=None,
+    budgets=(),
 ) -> HttpResponse:
     rng = reports.range_for(request.GET.get("range"))
     now = timezone.now()
@@ -345,6 +347,7 @@ def _usage_page(
         "summary": summary,
         "scope": scope,
         "breadcrumbs": _links(breadcrumbs or []),
+        "budgets": budgets,
         "range": rng,
         "ranges": reports.RANGES.values(),
         "totals": totals,
@@ -385,6 +388,10 @@ async def _async_chunks(lines: Iterator[str], lines_per_chunk: int = 1000) -> As
 def usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     key_ids = tuple(api_keys_for_user(request.user, org).values_list("pk", flat=True))
+    budgets = reports.budget_rows(
+        org, request.user, api_keys_for_user(request.user, org).filter(revoked_at__isnull=True),
+        members=Membership.objects.filter(organization=org, user=request.user),
+    )
     return _usage_page(
         request,
         reports.Scope(organization_id=org.pk, api_key_ids=key_ids),
@@ -392,6 +399,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         scope="keys",
         filename="usage-my-keys",
         summary="Requests, tokens, cost and latency of your API keys.",
+        budgets=budgets,
     )
 
 
@@ -415,6 +423,8 @@ def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def organization_usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
+    members = Membership.objects.filter(organization=org, monthly_budget__isnull=False).select_related("user")
+    budgets = reports.budget_rows(org, request.user, (), members=members)
     return _usage_page(
         request,
         reports.Scope(organization_id=org.pk),
@@ -422,6 +432,7 @@ def organization_usage(request: HttpRequest) -> HttpResponse:
         scope="organization",
         filename=f"usage-{org.slug}",
         summary="Every call made with this organization's keys, across its deployments.",
+        budgets=budgets,
     )
 
 
@@ -499,3 +510,42 @@ def playground_credential(request: HttpRequest, pk: int) -> JsonResponse:
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets: monthly spend limits of the organization, its members and keys
+# ---------------------------------------------------------------------------------------------
+
+
+@login_required
+def budgets(request: HttpRequest) -> HttpResponse:
+    """Admins set the organization's and members' budgets; a key's owner (or an admin) its key's.
+    A refused amount is shown on its own field (400); the gateway follows a change on commit."""
+    org = _organization(request)
+    admin = permissions.can(request.user, "admin", org)
+    errors: dict[str, str] = {}
+    status = 200
+    if request.method == "POST":
+        level = request.POST.get("level", "")
+        target = request.POST.get("target", "")
+        try:
+            project_services.budget_set(
+                user=request.user, organization=org, level=level, target=target,
+                amount=request.POST.get("monthly_budget", ""),
+                currency=request.POST.get("budget_currency") if level == "organization" else None,
+            )  # fmt: skip
+        except ValidationError as exc:
+            messages_by_field = exc.message_dict if hasattr(exc, "error_dict") else {"monthly_budget": exc.messages}
+            errors[f"{level}:{target}"] = " ".join(m for ms in messages_by_field.values() for m in ms)
+            status = 400
+        else:
+            messages.success(request, "Budget saved; the gateway enforces it from the next request.")
+            return redirect("devhub:budgets")
+    overview = reports.budgets_overview(request.user, org, admin=admin)
+    for row in overview["members"]:
+        row["error"] = errors.get(f"member:{row['user']}", "")
+    for row in overview["keys"]:
+        row["error"] = errors.get(f"key:{row['id']}", "")
+    overview["organization"]["error"] = errors.get("organization:", "")
+    context = {"overview": overview, "is_admin": admin, "organization": org}
+    return render(request, "devhub/budgets.html", context, status=status)

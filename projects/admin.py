@@ -21,6 +21,7 @@ class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
+    readonly_fields = ["monthly_budget"]  # budgets change on the Budgets page (audited, reach the gateway)
 
 
 @admin.register(Organization)
@@ -28,7 +29,7 @@ class OrganizationAdmin(RestrictedAdmin):
     list_display = ["name", "slug", "gpu_quota", "gpu_used", "created_at"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
-    readonly_fields = ["gpu_quota"]
+    readonly_fields = ["gpu_quota", "monthly_budget", "budget_currency"]  # through their services (audited)
     change_action = "admin"  # members and roles: organization admins only
 
     def save_formset(self, request, form, formset, change):
@@ -72,8 +73,9 @@ class ProjectAdmin(RestrictedAdmin):
 @admin.register(Membership)
 class MembershipAdmin(RestrictedAdmin):
     change_action = "admin"
-    list_display = ["user", "organization", "role", "created_at"]
+    list_display = ["user", "organization", "role", "monthly_budget", "created_at"]
     list_filter = ["organization", "role"]
+    readonly_fields = ["monthly_budget"]
 
     # Deleting a membership removes the member: their keys in the organization are revoked.
     def delete_model(self, request, obj):

@@ -25,6 +25,17 @@ namespace_validator = RegexValidator(
     "A namespace is a DNS-1123 label: at most 63 lowercase letters, digits and dashes.",
 )
 GPU_QUOTA_MAX = 100_000
+# Monthly budgets (projects.services.budget_set): amounts in the organization's budget currency,
+# to the cent's hundredth; enforced by the gateway (gateway.ratelimit), empty means no limit.
+BUDGET_MAX_DIGITS = 14
+BUDGET_DECIMAL_PLACES = 4
+
+
+def budget_field(help_text: str) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=BUDGET_MAX_DIGITS, decimal_places=BUDGET_DECIMAL_PLACES, null=True, blank=True,
+        help_text=help_text,
+    )  # fmt: skip
 
 
 class Organization(models.Model):
@@ -34,6 +45,10 @@ class Organization(models.Model):
         default=8,
         validators=[MaxValueValidator(GPU_QUOTA_MAX)],
         help_text="GPUs all projects of this organization may hold together.",
+    )
+    monthly_budget = budget_field("Spend per calendar month (UTC) of all the organization's keys; empty: no limit.")
+    budget_currency = models.CharField(
+        max_length=3, default="USD", help_text="Currency of every budget in this organization (the deployments' pricing currency)."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -59,6 +74,7 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    monthly_budget = budget_field("This member's spend per month in the organization; empty: no limit.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -265,6 +281,7 @@ class APIKey(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     revoked_reason = models.CharField(max_length=200, blank=True)
+    monthly_budget = budget_field("This key's spend per month; empty: no limit of its own.")
 
     class Meta:
         ordering = ["-created_at"]

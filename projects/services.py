@@ -9,23 +9,29 @@ import logging
 import re
 import secrets
 from datetime import timedelta
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.contrib.auth.password_validation import validate_password
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 
 from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
-from projects.keys import api_keys_revoke_for_member, gateway_forget_user
+from gateway.cache import invalidate_user
+from projects.keys import api_key_get, api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
+    BUDGET_DECIMAL_PLACES,
+    BUDGET_MAX_DIGITS,
     S3_FIELDS,
+    APIKey,
     GpuReservation,
     Integration,
     IntegrationKind,
@@ -653,3 +659,139 @@ def group_member_remove(*, user: AbstractBaseUser | None, group: OrganizationGro
         _audit(actor=user, organization=locked.organization, action="update", obj=locked, before=before,
                after=_group_state(locked))
     return locked
+# ---------------------------------------------------------------------------------------------
+# Monthly budgets: organization, member (user in the organization) and API key
+# ---------------------------------------------------------------------------------------------
+
+BUDGET_FIELD = "monthly_budget"
+
+
+def budget_parse(value: object) -> Decimal | None:
+    """A budget amount from a form, JSON or a number: None (no limit) or a Decimal ≥ 0 with at
+    most BUDGET_DECIMAL_PLACES places; anything else is a field error on `monthly_budget`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValidationError({BUDGET_FIELD: "Enter an amount such as 25 or 0.05, or leave it empty for no limit."})
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValidationError(
+            {BUDGET_FIELD: f"“{str(value)[:40]}” is not an amount; enter a number such as 25 or 0.05."}
+        ) from None
+    if not amount.is_finite():
+        raise ValidationError({BUDGET_FIELD: "Enter a finite amount."})
+    if amount < 0:
+        raise ValidationError({BUDGET_FIELD: "A budget can't be negative; 0 stops all spending, empty means no limit."})
+    if amount != amount.quantize(Decimal(1).scaleb(-BUDGET_DECIMAL_PLACES), rounding=ROUND_DOWN):
+        raise ValidationError({BUDGET_FIELD: f"Use at most {BUDGET_DECIMAL_PLACES} decimal places."})
+    if amount >= Decimal(10) ** (BUDGET_MAX_DIGITS - BUDGET_DECIMAL_PLACES):
+        raise ValidationError({BUDGET_FIELD: "That amount is too large."})
+    return amount.quantize(Decimal(1).scaleb(-BUDGET_DECIMAL_PLACES))
+
+
+def _budgets_forget(user_ids: list[int]) -> None:
+    """On commit, every gateway re-reads these users' keys (their budgets travel with the key)."""
+    transaction.on_commit(lambda: [invalidate_user(pk) for pk in user_ids])
+
+
+def organization_budget_set(
+    *, user: AbstractBaseUser | None, organization: Organization, amount: object, currency: str | None = None
+) -> Organization:
+    """Set (or clear, None) the organization's monthly budget; organization admins only."""
+    permissions.require(user, "admin", organization, what="the organization's budget")
+    value = budget_parse(amount)
+    if currency is not None:
+        currency = str(currency).strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", currency):
+            raise ValidationError({"budget_currency": "Use a three-letter currency code such as USD or EUR."})
+    with transaction.atomic():
+        org = Organization.objects.select_for_update().get(pk=organization.pk)
+        before = {BUDGET_FIELD: org.monthly_budget, "budget_currency": org.budget_currency}
+        org.monthly_budget = value
+        if currency is not None:
+            org.budget_currency = currency
+        org.save(update_fields=[BUDGET_FIELD, "budget_currency"])
+        after = {BUDGET_FIELD: org.monthly_budget, "budget_currency": org.budget_currency}
+        if before != after:
+            _audit(actor=user, organization=org, action="budget_change", obj=org, before=before, after=after)
+            _budgets_forget(list(Membership.objects.filter(organization=org).values_list("user_id", flat=True)))
+    return org
+
+
+def member_budget_set(*, user: AbstractBaseUser | None, membership: Membership, amount: object) -> Membership:
+    """Set (or clear) one member's monthly budget in the organization; organization admins only."""
+    permissions.require(user, "admin", membership.organization, what="members' budgets")
+    value = budget_parse(amount)
+    with transaction.atomic():
+        row = Membership.objects.select_for_update().select_related("user", "organization").get(pk=membership.pk)
+        before = {BUDGET_FIELD: row.monthly_budget, "user": row.user.get_username()}
+        row.monthly_budget = value
+        row.save(update_fields=[BUDGET_FIELD])
+        if before[BUDGET_FIELD] != value:
+            _audit(actor=user, organization=row.organization, action="budget_change", obj=row,
+                   before=before, after={BUDGET_FIELD: value, "user": row.user.get_username()})
+            _budgets_forget([row.user_id])
+    return row
+
+
+def api_key_budget_set(*, user: AbstractBaseUser, key: APIKey, amount: object) -> APIKey:
+    """Set (or clear) a key's own monthly budget: its owner or an organization admin. It can't be
+    above the owner's or the organization's budget (those apply to the key anyway)."""
+    if key.user_id != getattr(user, "pk", None) and not permissions.can(user, "admin", key.organization):
+        raise PermissionDenied("Only the key's owner or an organization admin can set its budget.")
+    value = budget_parse(amount)
+    with transaction.atomic():
+        row = APIKey.objects.select_for_update().select_related("organization").get(pk=key.pk)
+        if row.revoked_at is not None:
+            raise ValidationError({BUDGET_FIELD: "This key is revoked."})
+        org = row.organization
+        member = Membership.objects.filter(user_id=row.user_id, organization=org).first()
+        ceilings = [
+            (b, who) for b, who in (
+                (member.monthly_budget if member else None, "its owner's"),
+                (org.monthly_budget, "the organization's"),
+            ) if b is not None
+        ]  # fmt: skip
+        for ceiling, who in ceilings:
+            if value is not None and value > ceiling:
+                raise ValidationError(
+                    {BUDGET_FIELD: f"A key's budget can't be above {who} monthly budget of {ceiling.normalize():f} {org.budget_currency}."}
+                )
+        before = {BUDGET_FIELD: row.monthly_budget}
+        row.monthly_budget = value
+        row.save(update_fields=[BUDGET_FIELD])
+        if before[BUDGET_FIELD] != value:
+            _audit(actor=user, organization=org, action="budget_change", obj=row, before=before,
+                   after={BUDGET_FIELD: value})
+            _budgets_forget([row.user_id])
+    key.monthly_budget = row.monthly_budget
+    return key
+
+
+BUDGET_LEVELS = ("organization", "member", "key")
+
+
+def budget_set(
+    *, user: AbstractBaseUser, organization: Organization, level: str, target: object = None,
+    amount: object = None, currency: str | None = None,
+) -> Organization | Membership | APIKey:
+    """One entry for the console's Budgets page and POST /api/v1/budgets/: `level` organization
+    (target ignored), member (target: the member's user id) or key (target: the key's id), all in
+    `organization`. A target outside it, or one the user may not see, is a 404."""
+    if level not in BUDGET_LEVELS:
+        raise ValidationError({"level": f"Choose one of: {', '.join(BUDGET_LEVELS)}."})
+    if level == "organization":
+        return organization_budget_set(user=user, organization=organization, amount=amount, currency=currency)
+    ident = str(target or "")
+    if not ident.isdigit() or int(ident) >= 2**63:
+        raise ValidationError({"target": "Give the member's user id or the key's id."})
+    if level == "member":
+        membership = Membership.objects.filter(organization=organization, user_id=int(ident)).first()
+        if membership is None:
+            raise Http404("No such member.")
+        return member_budget_set(user=user, membership=membership, amount=amount)
+    key = api_key_get(user, int(ident))  # 404 unless the user owns it or administers its organization
+    if key.organization_id != organization.pk:
+        raise Http404("No such API key.")
+    return api_key_budget_set(user=user, key=key, amount=amount)

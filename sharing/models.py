@@ -21,6 +21,7 @@ class AuditAction(models.TextChoices):
     KEY_CREATE = "key_create", "API key create"
     KEY_REVOKE = "key_revoke", "API key revoke"
     QUOTA_CHANGE = "quota_change", "Quota change"
+    BUDGET_CHANGE = "budget_change", "Budget change"
     INTEGRATION_CHANGE = "integration_change", "Integration change"
     PROMOTE = "promote", "Promote"
 

@@ -94,6 +94,7 @@ CONSOLE_TO_API: dict[str, list[str]] = {
     "devhub:models": ["deployment-list", "shared-deployment-list"],
     "devhub:keys": ["api-key-list"],
     "devhub:key_revoke": ["api-key-revoke"],
+    "devhub:budgets": ["budget-list"],
     "devhub:usage": ["usage-list", "usage-summary"],
     "devhub:organization_usage": ["usage-list", "usage-summary"],
     "devhub:deployment_usage": ["usage-list", "usage-summary"],

@@ -25,8 +25,9 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "gpu_quota", "gpu_used", "role", "created_at"]
-        read_only_fields = ["id", "name", "slug", "created_at"]
+        fields = ["id", "name", "slug", "gpu_quota", "gpu_used", "role", "monthly_budget", "budget_currency", "created_at"]
+        # Budgets change through POST /api/v1/budgets/ (projects.services.budget_set).
+        read_only_fields = ["id", "name", "slug", "monthly_budget", "budget_currency", "created_at"]
 
     def get_gpu_used(self, obj: Organization) -> int:
         return obj.gpu_used()
@@ -85,6 +86,7 @@ class APIKeySerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "prefix", "scope", "organization", "owner", "owner_id", "deployments",
             "created_at", "last_used_at", "expires_at", "revoked_at", "revoked_reason", "state",
+            "monthly_budget",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -129,6 +131,10 @@ class MemberSerializer(serializers.Serializer):
     username = serializers.CharField(source="user.username", read_only=True)
     email = serializers.CharField(source="user.email", read_only=True)
     role = serializers.ChoiceField(choices=Role.choices)
+    monthly_budget = serializers.DecimalField(
+        max_digits=14, decimal_places=4, read_only=True, allow_null=True,
+        help_text="Set through POST /api/v1/budgets/ (level member).",
+    )  # fmt: skip
     created_at = serializers.DateTimeField(read_only=True)
 
 
@@ -242,3 +248,53 @@ class UsageRecordSerializer(serializers.Serializer):
     stream = serializers.BooleanField()
     cost = serializers.DecimalField(max_digits=18, decimal_places=8, coerce_to_string=True)
     currency = serializers.CharField()
+
+
+class BudgetSetSerializer(serializers.Serializer):
+    """POST /api/v1/budgets/: `monthly_budget` is read as sent (a number, a string or null) and
+    checked by projects.services.budget_parse, so every client gets the same field errors."""
+
+    level = serializers.ChoiceField(choices=["organization", "member", "key"])
+    target = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1,
+        help_text="member: the member's user id; key: the key's id; organization: not used.",
+    )  # fmt: skip
+    organization = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    monthly_budget = serializers.JSONField(allow_null=True, help_text='An amount such as "25" or "0.05"; null: no limit.')
+    budget_currency = serializers.CharField(required=False, max_length=3, help_text="organization level only")
+
+
+class BudgetRowSerializer(serializers.Serializer):
+    monthly_budget = serializers.DecimalField(max_digits=14, decimal_places=4, allow_null=True)
+    spent = serializers.DecimalField(max_digits=18, decimal_places=8)
+    percent = serializers.IntegerField(allow_null=True)
+    budget_state = serializers.ChoiceField(
+        choices=["none", "ok", "warn", "bad"], help_text="none: no budget; warn: 80 % spent or more; bad: used up (refused)"
+    )
+
+
+class BudgetOrganizationSerializer(BudgetRowSerializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    budget_currency = serializers.CharField()
+
+
+class BudgetMemberSerializer(BudgetRowSerializer):
+    id = serializers.IntegerField()
+    user = serializers.IntegerField()
+    username = serializers.CharField()
+    role = serializers.CharField()
+
+
+class BudgetKeySerializer(BudgetRowSerializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    owner = serializers.CharField()
+    owner_id = serializers.IntegerField()
+
+
+class BudgetOverviewSerializer(serializers.Serializer):
+    organization = BudgetOrganizationSerializer()
+    members = BudgetMemberSerializer(many=True)
+    keys = BudgetKeySerializer(many=True)

@@ -1,7 +1,8 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from projects.api.org import GroupViewSet, InvitationViewSet, MemberViewSet, UsageViewSet
-from projects.api.views import APIKeyViewSet, OrganizationViewSet, ProjectViewSet
+from projects.api.views import APIKeyViewSet, BudgetView, OrganizationViewSet, ProjectViewSet
 
 router = SimpleRouter()
 router.register("organizations", OrganizationViewSet, basename="organization")
@@ -11,4 +12,4 @@ router.register("members", MemberViewSet, basename="member")
 router.register("invitations", InvitationViewSet, basename="invitation")
 router.register("groups", GroupViewSet, basename="group")
 router.register("usage", UsageViewSet, basename="usage")
-urlpatterns = router.urls
+urlpatterns = [*router.urls, path("budgets/", BudgetView.as_view(), name="budget-list")]

@@ -7,9 +7,12 @@ from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
+from console import permissions
 from deployments.models import ModelDeployment
+from gateway import reports
 from projects import keys, services
 from projects.api.org import ProjectSettingsMixin
 from projects.api.serializers import (
@@ -18,6 +21,8 @@ from projects.api.serializers import (
     APIKeyCreateSerializer,
     APIKeyRevokeSerializer,
     APIKeySerializer,
+    BudgetOverviewSerializer,
+    BudgetSetSerializer,
     OrganizationQuotaSerializer,
     OrganizationSerializer,
     ProjectSerializer,
@@ -183,3 +188,48 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         key = keys.api_key_revoke(user=request.user, key=key, reason=body.validated_data.get("reason", ""))
         key = keys.with_owner_state(APIKey.objects.filter(pk=key.pk)).first()
         return Response(APIKeySerializer(key).data)
+
+
+class BudgetView(GenericAPIView):
+    """Monthly budgets of an organization, its members and its gateway keys, with this month's
+    spend: GET shows what the console's Budgets page shows you; POST sets one (the same service,
+    projects.services.budget_set) and answers the new overview. `?organization=<id>` (or
+    `organization` in the body) picks the organization, else your current / first one."""
+
+    serializer_class = BudgetOverviewSerializer
+
+    def _organization(self, request, org_id):
+        orgs = organizations_for_user(request.user)
+        if org_id in (None, ""):
+            org = getattr(request, "organization", None) or orgs.order_by("pk").first()
+        elif str(org_id).isdigit() and int(org_id) < 2**63:
+            org = orgs.filter(pk=int(org_id)).first()
+        else:
+            raise ValidationError({"organization": "Give the organization's numeric id."})
+        if org is None:
+            raise Http404("No such organization.")
+        return org
+
+    def _overview(self, request, org) -> Response:
+        admin = permissions.can(request.user, "admin", org)
+        return Response(BudgetOverviewSerializer(reports.budgets_overview(request.user, org, admin=admin)).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("organization", int, description="The organization (default: your first).")],
+        responses=BudgetOverviewSerializer,
+    )
+    def get(self, request):
+        return self._overview(request, self._organization(request, request.query_params.get("organization")))
+
+    @extend_schema(request=BudgetSetSerializer, responses=BudgetOverviewSerializer)
+    def post(self, request):
+        body = BudgetSetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        org = self._organization(request, data.get("organization"))
+        services.budget_set(
+            user=request.user, organization=org, level=data["level"], target=data.get("target"),
+            amount=request.data.get("monthly_budget"), currency=data.get("budget_currency"),
+        )  # fmt: skip
+        org.refresh_from_db()
+        return self._overview(request, org)

@@ -1,0 +1,89 @@
+"""Monthly budgets end to end: stored through the services, loaded with the key, enforced by two
+gateways from the same metering, shown on the usage page, audited."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from gateway.tasks import flush_usage
+from projects.models import APIKey, Membership
+from projects.services import api_key_budget_set, member_budget_set, organization_budget_set
+from sharing.models import AuditEntry
+from tests.conftest import login
+from tests.gateway.conftest import make_deployment, make_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# 1 prompt + 4 completion tokens at $1,000 per million each way: $0.005 a request.
+CHAT = {"model": "llama-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+PRICING = {"currency": "USD", "input_per_million": "1000", "output_per_million": "1000"}
+
+
+def call(server, secret: str):
+    client = openai.OpenAI(api_key=secret, base_url=server.base_url, max_retries=0)
+    return client.chat.completions.create(**CHAT)
+
+
+def test_a_few_cents_budget_stops_a_key_across_two_gateways(tenants, gateways, engine):
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    key = APIKey.objects.get(user=tenants.member)
+    # Both gateways have the key cached before any budget exists (spend so far: 1 cent).
+    for server in gateways:
+        assert call(server, secret).usage.total_tokens == 5
+
+    # The owner sets 2 cents on their key; the admin 2.5 cents on the organization. Each change
+    # reaches both gateways on commit, although they hold the key in their caches.
+    api_key_budget_set(user=tenants.member, key=key, amount="0.02")
+    organization_budget_set(user=tenants.owner, organization=tenants.org, amount="0.025")
+    outcomes = []
+    for i in range(6):
+        try:
+            call(gateways[i % 2], secret)
+            outcomes.append(200)
+        except openai.RateLimitError as exc:
+            outcomes.append(429)
+            error = exc.body
+            assert error["type"] == "insufficient_quota"
+            assert error["code"] == "budget_api_key_exceeded"
+            assert "API key's monthly budget of 0.0200 USD is used up" in error["message"]
+    assert outcomes == [200, 200, 429, 429, 429, 429]  # 2 + 2 requests = 0.02 spent
+
+    # The usage page: the key's budget used up (error), the organization's at 80 % (warning).
+    flush_usage()
+    page = login(tenants.member).get("/hub/usage/").content.decode()
+    assert 'data-level="bad"' in page and "Key test key" in page
+    assert "0.0200 / 0.0200 USD (100%)" in page
+    assert "0.0200 / 0.0250 USD (80%)" in page and "80% of this budget is spent." in page
+    budgets_page = login(tenants.member).get("/hub/budgets/").content.decode()
+    assert '<span class="badge bad">100%</span>' in budgets_page  # the key's row
+    assert 'data-level="warn"' in budgets_page and "80% of this budget is spent." in budgets_page
+
+    # Clearing the key's budget lets it spend up to the organization's: one more request, then
+    # the organization's budget stops it.
+    api_key_budget_set(user=tenants.member, key=key, amount="")
+    assert call(gateways[0], secret).usage.total_tokens == 5
+    with pytest.raises(openai.RateLimitError) as info:
+        call(gateways[1], secret)
+    assert info.value.body["code"] == "budget_organization_exceeded"
+
+    changes = AuditEntry.objects.filter(action="budget_change").order_by("pk")
+    assert [(e.actor_id, e.diff.get("monthly_budget")) for e in changes] == [
+        (tenants.member.pk, [None, "0.0200"]),
+        (tenants.owner.pk, [None, "0.0250"]),
+        (tenants.member.pk, ["0.0200", None]),
+    ]
+
+
+def test_a_member_budget_counts_only_their_spend_in_that_organization(tenants, gateways, engine):
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    mine = make_key(tenants.member, tenants.org, name="mine")
+    theirs = make_key(tenants.owner, tenants.org, name="theirs")
+    membership = Membership.objects.get(user=tenants.member, organization=tenants.org)
+    member_budget_set(user=tenants.owner, membership=membership, amount="0.005")
+    call(gateways[0], mine)
+    with pytest.raises(openai.RateLimitError) as info:
+        call(gateways[1], mine)
+    assert info.value.body["code"] == "budget_user_exceeded"
+    assert call(gateways[1], theirs).usage.total_tokens == 5  # the admin has no budget
