@@ -32,7 +32,8 @@ from projects.models import Environment, Organization, Project
 API_VERSION = "modeldeck.io/v1"
 # Things other kinds refer to come first; deletes go the other way round.
 KIND_ORDER = ("ComputePool", "ProfileBundle", "Model", "Endpoint", "ModelDeployment")
-DEPLOYMENT_KEYS = ("model", "pool", "bundle", "endpoint", "environment", "description", "state")
+# update_strategy (blue_green | recreate) says how this apply rolls a change out; it is not stored.
+DEPLOYMENT_KEYS = ("model", "pool", "bundle", "endpoint", "environment", "description", "state", "update_strategy")
 
 
 class ManifestError(Exception):
@@ -353,6 +354,9 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
     state = given.get("state", "active")
     if state not in ("active", "deactivated"):
         raise ManifestError("spec.state is active or deactivated")
+    strategy = given.get("update_strategy", "blue_green")
+    if strategy not in services.UPDATE_STRATEGIES:
+        raise ManifestError(f"spec.update_strategy is one of {', '.join(services.UPDATE_STRATEGIES)}")
     spec = {k: v for k, v in given.items() if k in SPEC_KEYS}
     existing = (
         ModelDeployment.objects.filter(project=project, name=name)
@@ -414,7 +418,8 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
             services.deployment_deactivate(user=ctx.user, deployment=existing)
         if any(item["field"] != "state" for item in diff):
             services.deployment_update(
-                user=ctx.user, deployment=existing, spec=desired, reason="apply -f"
+                user=ctx.user, deployment=existing, spec=desired, reason="apply -f",
+                update_strategy=strategy,
             )
         if state == "active" and is_deactivated:
             services.deployment_activate(user=ctx.user, deployment=existing)

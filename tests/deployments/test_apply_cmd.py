@@ -176,3 +176,39 @@ def test_apply_accepts_the_autoscaling_section_and_names_a_bad_field(demo, clust
     }  # fmt: skip
     assert deployment.gpus_held() == 1  # the start replica, not max
     assert run("apply", "-f", good).count("unchanged") == 3
+
+
+def test_apply_rolls_out_with_the_update_strategy_the_file_names(demo, cluster, tmp_path):
+    qwen = _example(tmp_path, "qwen-deployment.yaml", cluster.url)
+    run("apply", "-f", qwen)
+    deployment = ModelDeployment.objects.get(name="qwen-chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    deployment.project.gpu_quota = deployment.gpus_held()  # no room for a blue-green surge
+    deployment.project.save(update_fields=["gpu_quota"])
+    anchor = "  replicas: {min: 1, max: 1}\n"
+    text = Path(qwen).read_text()
+    assert anchor in text
+
+    def variant(name: str, lines: str) -> str:
+        path = tmp_path / name
+        path.write_text(text.replace(anchor, anchor + lines, 1))
+        return str(path)
+
+    out = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("apply", "-f", variant("bad.yaml", "  update_strategy: sideways\n"), stdout=out)
+    assert "spec.update_strategy is one of blue_green, recreate" in out.getvalue()
+
+    out = io.StringIO()
+    with pytest.raises(CommandError):  # blue-green (the default) would hold both revisions' GPUs
+        call_command("apply", "-f", variant("surge.yaml", "  env: {LOG_LEVEL: debug}\n"), stdout=out)
+    assert "recreate" in out.getvalue()
+    assert deployment.revisions.count() == 1
+
+    good = variant("good.yaml", "  env: {LOG_LEVEL: debug}\n  update_strategy: recreate\n")
+    assert "modeldeployment/qwen-chat configured" in run("apply", "-f", good)
+    deployment.refresh_from_db()
+    assert deployment.current_revision.number == 2
+    assert "(recreate)" in deployment.current_revision.reason
+    # The strategy is how a change rolls out, not part of the spec: the same file is unchanged.
+    assert "modeldeployment/qwen-chat unchanged" in run("apply", "-f", good)
