@@ -37,6 +37,7 @@ from django.utils import timezone
 from deployments import kube
 from deployments.autoscale import autoscale_all, record_ready
 from deployments.autoscale import autoscale_wake as autoscale_wake_now
+from deployments.controller import controller_sync
 from deployments.models import (
     ACTIVE_STATES,
     ComputePool,
@@ -899,6 +900,14 @@ def sync_status() -> dict[str, int]:
         totals["pools"] += 1
         for key in ("deployments", "changed", "pushed", "list_calls", "decided"):
             totals[key] += stats[key]
+        # ModelDeployment resources on pools that serve the CRD: after the sync, so the status
+        # written back is this cycle's.
+        if pool.serves_modeldeployments():
+            try:
+                controller_sync(pool)
+                totals["list_calls"] += 1
+            except Exception:
+                log.exception("ModelDeployment controller failed", extra={"pool": pool.pk})
     return totals
 
 

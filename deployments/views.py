@@ -723,7 +723,9 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "final": deployment.state in FINAL_STATES,
         "sandbox": deployment.pool.is_sandbox,
         "sandbox_label": SANDBOX_LABEL,
-        "can_change": permissions.can(request.user, "change", deployment),
+        # A ModelDeployment resource manages it: read-only here, the message says where to change it.
+        "can_change": permissions.can(request.user, "change", deployment) and not deployment.managed_by_resource,
+        "managed_message": deployment.managed_message(),
     }
 
 
