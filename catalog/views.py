@@ -87,6 +87,8 @@ def index(request: HttpRequest) -> HttpResponse:
             ListFilter("task", "Task", [(t, t) for t in facets["tasks"]]),
         ],
     )
+    for row in listing.rows:  # the suggested runtime and why, shown in the Runtime column
+        row.runtime = maas.suggest_runtime(row)
     source, task, q = (request.GET.get(k, "").strip() for k in ("source", "task", "q"))
     context = {
         "models": listing.rows,
@@ -137,6 +139,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "model": model,
         "deployments": deployments,
         "resolutions": resolutions,
+        "runtime": maas.suggest_runtime(model),
         "can_change": permissions.can(request.user, "change", model),
         "deploy_url": _deploy_url(model),
         "files": sorted(model.files or [], key=lambda f: -(f.get("size") or 0)),

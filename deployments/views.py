@@ -517,6 +517,10 @@ def _bundle_panel(form: DeploymentForm, request: HttpRequest) -> dict[str, Any]:
         return {
             "bundle_message": "Choose a model: the project's MaaS mappings then pick the bundle."
         }
+    return {**_bundle_resolved(project, model), "runtime": maas.suggest_runtime(model)}
+
+
+def _bundle_resolved(project: Any, model: Any) -> dict[str, Any]:
     resolution = maas.resolve(project, model)
     bundle = getattr(resolution, "bundle", None)
     position = getattr(resolution, "position", None)
