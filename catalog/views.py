@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import cached_property
 
 from django.conf import settings
@@ -11,13 +12,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET
 
-from catalog import hub, maas, ngc, selectors, services
+from catalog import artifacts, hub, maas, ngc, selectors, services
 from catalog.forms import (
     BundleForm,
     CustomModelForm,
@@ -102,6 +104,20 @@ def index(request: HttpRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "catalog/htmx/model_rows.html", context)
     return render(request, "catalog/index.html", context)
+
+
+@require_GET
+def artifact_download(request: HttpRequest, token: str) -> HttpResponse:
+    """Stream an uploaded model artifact to a pod holding a signed, unexpired URL for it; any
+    other token is a 404 that says nothing about which models exist."""
+    model = artifacts.artifact_for_token(token)
+    if model is None:
+        raise Http404("No such artifact, or the link has expired.")
+    response = FileResponse(model.artifact.open("rb"), as_attachment=True,
+                            filename=os.path.basename(model.artifact.name))  # fmt: skip
+    response["X-Checksum-Sha256"] = model.artifact_sha256
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _estimate_context(model, data) -> dict:

@@ -68,6 +68,9 @@ try:
     SANDBOX_KUBE_URLS = [SANDBOX_KUBE_URL]
     ORG_ADMINS_MAY_ADD_POOLS = env_bool("MODELDECK_ORG_ADMINS_MAY_ADD_POOLS", False)
     GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
+    # Where pods fetch uploaded artifacts (TorchServe's .mar) from, and how long a signed link lasts.
+    ARTIFACT_BASE_URL = env_str("MODELDECK_ARTIFACT_BASE_URL", GATEWAY_BASE_URL)
+    ARTIFACT_URL_TTL = env_int("MODELDECK_ARTIFACT_URL_TTL", 900, minimum=30, maximum=86_400)
     # The namespace ModelDeck's gateway runs in on its own cluster: engines' NetworkPolicies admit it.
     MODELDECK_NAMESPACE = env_str("MODELDECK_NAMESPACE", "modeldeck")
     # Prometheus scrapes /metrics with this bearer token; unset, /metrics answers 404.

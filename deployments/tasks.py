@@ -29,11 +29,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from catalog.artifacts import artifact_url
 from deployments import kube
 from deployments.autoscale import autoscale_all, record_ready
 from deployments.autoscale import autoscale_wake as autoscale_wake_now
@@ -56,6 +58,7 @@ from deployments.renderers import (
     render_service,
 )
 from deployments.renderers.exposure import credential_secret
+from deployments.renderers.torchserve import ARTIFACT_URL_KEY
 from deployments.services import (
     UPDATE_FAILED,
     deployment_engine_credential,
@@ -132,6 +135,10 @@ def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[
     if NGC_PULL_SECRET in (rs.image_pull_secrets or ()) and values.get(IntegrationKind.NGC):
         out.append(kube.docker_config_secret(namespace, NGC_PULL_SECRET, NGC_REGISTRY, "$oauthtoken",
                                              values[IntegrationKind.NGC]))  # fmt: skip
+    if rs.artifact_url_secret and deployment.model.artifact:
+        # A fresh short-lived link on every push; pods read it when they start (renderers/torchserve.py).
+        url = artifact_url(deployment.model, base_url=settings.ARTIFACT_BASE_URL)
+        out.append(kube.secret_object(namespace, rs.artifact_url_secret, {ARTIFACT_URL_KEY: url}))
     return out
 
 
