@@ -181,7 +181,8 @@ def test_a_managed_deployment_is_read_only_in_rest_and_console(tenants, crd_pool
 
     page = owner.get(f"/deployments/{deployment.pk}/").content.decode()
     assert "Managed by ModelDeployment" in page and f"{ns}/edge-chat" in page
-    response = owner.post(f"/deployments/{deployment.pk}/deactivate/")
+    response = owner.post(f"/deployments/{deployment.pk}/deactivate/", follow=True)
+    assert response.status_code == 200 and "change it there" in response.content.decode()
     deployment.refresh_from_db()
     assert deployment.state != DeploymentState.DEACTIVATED
     with pytest.raises(Exception, match="change it there"):
