@@ -308,6 +308,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
     # Usage records into the hourly rollups the usage pages read (gateway/rollup.py).
     "gateway-fold-usage": {"task": "gateway.fold_usage", "schedule": 10.0},
+    # Signed artifact links in the pods' Secrets renewed well before they expire (TorchServe).
+    "deployments-refresh-artifact-links": {
+        "task": "deployments.refresh_artifact_links", "schedule": max(10.0, ARTIFACT_URL_TTL / 3),
+    },  # fmt: skip
 }
 # Flow 6: the autoscaler (deployments/autoscale.py) reads the gateway's load over the last
 # MODELDECK_AUTOSCALE_WINDOW_SECONDS every MODELDECK_AUTOSCALE_TICK_SECONDS; the gateway holds at

@@ -21,6 +21,7 @@ from deployments.models import ComputePool, DeploymentState, PoolKind
 from deployments.renderers import render
 from deployments.services import deployment_create
 from deployments.spec import render_spec_for
+from deployments.tasks import refresh_artifact_links
 from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
 from sandbox.engine import torchserve_scores
@@ -56,7 +57,7 @@ def uploaded(tenants, settings, tmp_path):
 
 
 def test_a_mar_upload_deploys_on_torchserve_and_answers_through_the_gateway(
-    tenants, gateway, engine, ts_cluster, torchserve_bundle, uploaded, settings
+    tenants, gateway, engine, ts_cluster, torchserve_bundle, uploaded, settings, monkeypatch
 ):
     settings.ARTIFACT_BASE_URL = gateway.url
     pool = ComputePool.objects.create(
@@ -114,6 +115,14 @@ def test_a_mar_upload_deploys_on_torchserve_and_answers_through_the_gateway(
     flush_usage()
     routes = sorted(UsageRecord.objects.filter(deployment_id=deployment.pk).values_list("route", "status_code"))
     assert routes == [("explanations", 200), ("predictions", 200)]
+
+    # Later pods (restarts, scale-ups) find a link still valid: the beat task renews it.
+    later = signing.time.time() + settings.ARTIFACT_URL_TTL - 10
+    monkeypatch.setattr(signing.time, "time", lambda: later)
+    assert refresh_artifact_links() == 1
+    secret = ts_cluster.emulator.get_object("Secret", ns, secret_name)
+    renewed = base64.b64decode(secret["data"]["url"]).decode()
+    assert renewed != url and artifact_for_token(renewed.rstrip("/").rsplit("/", 1)[1]) == uploaded
 
 
 def test_torchserve_manifests_validate_and_non_mar_models_are_refused(tenants, torchserve_bundle, uploaded, tmp_path):
