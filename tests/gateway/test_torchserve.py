@@ -112,9 +112,15 @@ def test_a_mar_upload_deploys_on_torchserve_and_answers_through_the_gateway(
     assert requests.post(f"{gateway.url}/v1/deployments/resnet/classify", data=image,
                          headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 404  # fmt: skip
 
+    # The OpenAI routes say where a TorchServe model answers instead of proxying a 404.
+    chat = requests.post(f"{gateway.url}/v1/chat/completions", timeout=10,
+                         json={"model": "resnet", "messages": [{"role": "user", "content": "hi"}]},
+                         headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert chat.status_code == 400 and "/v1/deployments/resnet/predictions" in chat.json()["error"]["message"]
+
     flush_usage()
     routes = sorted(UsageRecord.objects.filter(deployment_id=deployment.pk).values_list("route", "status_code"))
-    assert routes == [("explanations", 200), ("predictions", 200)]
+    assert routes == [("chat.completions", 400), ("explanations", 200), ("predictions", 200)]
 
     # Later pods (restarts, scale-ups) find a link still valid: the beat task renews it.
     later = signing.time.time() + settings.ARTIFACT_URL_TTL - 10
