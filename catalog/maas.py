@@ -136,3 +136,75 @@ def resolve(project: Project, model: CatalogModel) -> Resolution:
             f"({facts}): add a rule for it or pick a bundle."
         )
     return Resolution(bundle=None, rule=None, position=None, message=message, checks=tuple(checks))
+
+
+# --- Runtime suggestion ------------------------------------------------------------------------
+
+# Tasks (Hugging Face pipeline tags) each built-in runtime serves.
+TEXT_GENERATION_TASKS = frozenset(
+    {"text-generation", "text2text-generation", "conversational", "image-text-to-text"}
+)
+EMBEDDING_TASKS = frozenset({"feature-extraction", "sentence-similarity"})
+RERANKER_TASKS = frozenset({"text-ranking", "text-classification"})
+RUNTIME_LABELS = {"vllm": "vLLM", "tei": "TEI", "torchserve": "TorchServe", "nim": "NVIDIA NIM"}
+
+
+@dataclass(frozen=True)
+class RuntimeSuggestion:
+    """The runtime a model would run on and why; ``engine`` is "" when no built-in one fits."""
+
+    engine: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return RUNTIME_LABELS.get(self.engine, "No built-in runtime")
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.reason}"
+
+
+def _is_torch_archive(model: CatalogModel) -> bool:
+    name = model.artifact.name if model.artifact else model.storage_uri
+    return (name or "").lower().endswith(".mar")
+
+
+def suggest_runtime(model: CatalogModel) -> RuntimeSuggestion:
+    """The runtime the catalog and the deploy form suggest for a model, with the reason.
+
+    Only a suggestion: a chosen Profile Bundle, a MaaS rule or an image on the deployment
+    overrides it. NGC images carry their own engine (NIM); `.mar` archives are TorchServe's
+    format; otherwise the model's task decides (text generation → vLLM, embeddings and
+    rerankers → TEI), and a task none of them serves is said plainly.
+    """
+    if model.source == ModelSource.NGC:
+        return RuntimeSuggestion(
+            "nim", "an NGC NIM image ships its own optimized engine; NVIDIA NIM runs it as is."
+        )
+    if _is_torch_archive(model):
+        return RuntimeSuggestion(
+            "torchserve",
+            "a .mar file is a TorchServe model archive (handler and weights together).",
+        )
+    task = (model.task or "").lower()
+    if task in TEXT_GENERATION_TASKS:
+        return RuntimeSuggestion(
+            "vllm", f"task {task}: vLLM serves text generation (OpenAI chat and completions)."
+        )
+    if task in EMBEDDING_TASKS:
+        return RuntimeSuggestion(
+            "tei", f"task {task}: Text Embeddings Inference serves embedding models."
+        )
+    if task in RERANKER_TASKS:
+        return RuntimeSuggestion(
+            "tei", f"task {task}: Text Embeddings Inference serves rerankers and classifiers."
+        )
+    if not task:
+        return RuntimeSuggestion(
+            "", "the model's task is unknown, so no runtime can be suggested; pick a Profile Bundle "
+            "or give an image.",
+        )  # fmt: skip
+    return RuntimeSuggestion(
+        "", f"no built-in runtime serves {task} models (vLLM: text generation; TEI: embeddings and "
+        "rerankers; TorchServe: .mar archives; NIM: NGC images); pick a Profile Bundle or give an image.",
+    )  # fmt: skip

@@ -110,6 +110,7 @@ class Engine(models.TextChoices):
     NIM = "nim", "NVIDIA NIM"
     TGI = "tgi", "Text Generation Inference"
     TEI = "tei", "Text Embeddings Inference"
+    TORCHSERVE = "torchserve", "TorchServe"
 
 
 class ProfileBundle(models.Model):

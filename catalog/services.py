@@ -464,6 +464,7 @@ def bundles_builtin_ensure() -> None:
     importlib.import_module(
         "catalog.migrations.0005_builtin_nim_bundle_without_modeldeck_settings"
     ).drop_owned_variables(apps, None)
+    importlib.import_module("catalog.migrations.0006_builtin_torchserve_bundle").seed(apps, None)
 
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -9,6 +9,8 @@ app_name = "catalog"
 urlpatterns = [
     path("", views.index, name="index"),
     path("models/new/", views.custom_create, name="custom_create"),
+    # No session: the signed, expiring token is the permission (catalog/artifacts.py).
+    path("artifacts/<str:token>/", views.artifact_download, name="artifact_download"),
     path("models/<int:pk>/", views.model_detail, name="model_detail"),
     path("models/<int:pk>/edit/", views.model_edit, name="model_edit"),
     path("models/<int:pk>/delete/", views.model_delete, name="model_delete"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import cached_property
 
 from django.conf import settings
@@ -11,13 +12,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET
 
-from catalog import hub, maas, ngc, selectors, services
+from catalog import artifacts, hub, maas, ngc, selectors, services
 from catalog.forms import (
     BundleForm,
     CustomModelForm,
@@ -87,6 +89,8 @@ def index(request: HttpRequest) -> HttpResponse:
             ListFilter("task", "Task", [(t, t) for t in facets["tasks"]]),
         ],
     )
+    for row in listing.rows:  # the suggested runtime and why, shown in the Runtime column
+        row.runtime = maas.suggest_runtime(row)
     source, task, q = (request.GET.get(k, "").strip() for k in ("source", "task", "q"))
     context = {
         "models": listing.rows,
@@ -100,6 +104,20 @@ def index(request: HttpRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "catalog/htmx/model_rows.html", context)
     return render(request, "catalog/index.html", context)
+
+
+@require_GET
+def artifact_download(request: HttpRequest, token: str) -> HttpResponse:
+    """Stream an uploaded model artifact to a pod holding a signed, unexpired URL for it; any
+    other token is a 404 that says nothing about which models exist."""
+    model = artifacts.artifact_for_token(token)
+    if model is None:
+        raise Http404("No such artifact, or the link has expired.")
+    response = FileResponse(model.artifact.open("rb"), as_attachment=True,
+                            filename=os.path.basename(model.artifact.name))  # fmt: skip
+    response["X-Checksum-Sha256"] = model.artifact_sha256
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _estimate_context(model, data) -> dict:
@@ -137,6 +155,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "model": model,
         "deployments": deployments,
         "resolutions": resolutions,
+        "runtime": maas.suggest_runtime(model),
         "can_change": permissions.can(request.user, "change", model),
         "deploy_url": _deploy_url(model),
         "files": sorted(model.files or [], key=lambda f: -(f.get("size") or 0)),

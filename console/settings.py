@@ -68,6 +68,9 @@ try:
     SANDBOX_KUBE_URLS = [SANDBOX_KUBE_URL]
     ORG_ADMINS_MAY_ADD_POOLS = env_bool("MODELDECK_ORG_ADMINS_MAY_ADD_POOLS", False)
     GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
+    # Where pods fetch uploaded artifacts (TorchServe's .mar) from, and how long a signed link lasts.
+    ARTIFACT_BASE_URL = env_str("MODELDECK_ARTIFACT_BASE_URL", GATEWAY_BASE_URL)
+    ARTIFACT_URL_TTL = env_int("MODELDECK_ARTIFACT_URL_TTL", 900, minimum=30, maximum=86_400)
     # The namespace ModelDeck's gateway runs in on its own cluster: engines' NetworkPolicies admit it.
     MODELDECK_NAMESPACE = env_str("MODELDECK_NAMESPACE", "modeldeck")
     # Prometheus scrapes /metrics with this bearer token; unset, /metrics answers 404.
@@ -305,6 +308,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 5.0},
     # Usage records into the hourly rollups the usage pages read (gateway/rollup.py).
     "gateway-fold-usage": {"task": "gateway.fold_usage", "schedule": 10.0},
+    # Signed artifact links in the pods' Secrets renewed well before they expire (TorchServe).
+    "deployments-refresh-artifact-links": {
+        "task": "deployments.refresh_artifact_links", "schedule": max(10.0, ARTIFACT_URL_TTL / 3),
+    },  # fmt: skip
 }
 # Flow 6: the autoscaler (deployments/autoscale.py) reads the gateway's load over the last
 # MODELDECK_AUTOSCALE_WINDOW_SECONDS every MODELDECK_AUTOSCALE_TICK_SECONDS; the gateway holds at

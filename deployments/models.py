@@ -97,6 +97,11 @@ class ComputePool(models.Model):
         found = (self.last_check or {}).get("operators") or {}
         return {name: bool(found.get(name)) for name in ("nim", "kserve", "gateway_api")}
 
+    def serves_modeldeployments(self) -> bool:
+        """The last "Test connection" found the ModelDeployment CRD (modeldeck.io/v1): the status
+        sync lists those resources here (deployments/controller.py)."""
+        return bool(((self.last_check or {}).get("operators") or {}).get("modeldeck"))
+
     def __str__(self) -> str:
         return self.name
 
@@ -190,6 +195,11 @@ class ModelDeployment(models.Model):
     )
     # The engine refuses calls without it; only the gateway (and the engine's Secret) know it.
     engine_credential = EncryptedTextField(blank=True)
+    managed_by_resource = models.CharField(
+        max_length=317, blank=True,
+        help_text="namespace/name of the ModelDeployment resource on this deployment's pool that "
+                  "manages it (deployments/controller.py); empty: managed in ModelDeck.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -256,6 +266,15 @@ class ModelDeployment(models.Model):
         else:
             reason = f"Fixed at {desired} replica{'s' if desired != 1 else ''} (autoscaling off)."
         return {"desired": desired, "ready": ready, "reason": reason}
+
+    def managed_message(self) -> str:
+        """Why a user can't change this deployment here, or "" when they can."""
+        if not self.managed_by_resource:
+            return ""
+        return (
+            f"Managed by ModelDeployment {self.managed_by_resource} on pool {self.pool.name}; "
+            "change it there."
+        )
 
     def gpus_held(self) -> int:
         """GPUs this deployment holds in its project's quota right now (0 when deactivated)."""

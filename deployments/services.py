@@ -923,6 +923,13 @@ def deployment_rollout_done(*, deployment_id: int) -> None:
             _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)))
 
 
+def _refuse_if_managed(user: AbstractBaseUser | None, deployment: ModelDeployment) -> None:
+    """A deployment a ModelDeployment resource manages changes only there: its controller (the
+    system, ``user=None``) is the one writer, so console, REST and ``apply -f`` are refused."""
+    if user is not None and deployment.managed_by_resource:
+        raise ValidationError(deployment.managed_message(), code="managed")
+
+
 def deployment_update_spec(
     *, deployment: ModelDeployment, spec: dict[str, Any], replace: bool = False
 ) -> dict[str, Any]:
@@ -959,6 +966,7 @@ def deployment_update(
     serves only once it is ready (``update_strategy="recreate"``: the old one stops first).
     The model itself can't change in place."""
     permissions.require(user, "change", deployment)
+    _refuse_if_managed(user, deployment)
     if model is not None and model.pk != deployment.model_id:
         raise ValidationError(
             {"model": f"A deployment's model can't be changed in place ({deployment.model} → {model}); "
@@ -977,6 +985,7 @@ def deployment_set_nim_tag(
 ) -> Revision:
     """Move a NIM deployment to another image tag in place (a new revision, blue-green)."""
     permissions.require(user, "change", deployment)
+    _refuse_if_managed(user, deployment)
     tag = (tag or "").strip()
     if deployment.model.source != "ngc":
         raise ValidationError(
@@ -1012,6 +1021,7 @@ def deployment_rollback(
     """Re-apply an old revision's spec as a new revision (also how a failed, rolled-back
     revision is retried)."""
     permissions.require(user, "change", deployment)
+    _refuse_if_managed(user, deployment)
     old = deployment.revisions.filter(number=revision_number).first()
     if old is None:
         raise ValidationError(
@@ -1036,6 +1046,7 @@ def deployment_deactivate(
 ) -> ModelDeployment:
     """Scale to zero and give the GPUs back to the quota; the spec and the Service stay."""
     permissions.require(user, "deactivate", deployment)
+    _refuse_if_managed(user, deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -1064,6 +1075,7 @@ def deployment_activate(
 ) -> ModelDeployment:
     """Reserve the GPUs again (quota checked) and scale back up."""
     permissions.require(user, "deactivate", deployment)
+    _refuse_if_managed(user, deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
@@ -1091,6 +1103,7 @@ def deployment_delete(
 ) -> ModelDeployment:
     """Mark for deletion; the push task deletes the pool's objects and then the row."""
     permissions.require(user, "delete", deployment)
+    _refuse_if_managed(user, deployment)
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from deployments.renderers import (
     is_quantity,
     validate_spec,
 )
+from deployments.renderers.torchserve import artifact_url_secret_name
 from projects.models import IntegrationKind
 
 if TYPE_CHECKING:
@@ -627,6 +629,9 @@ def _render_spec(
         model_ref, model_revision = model.repo_id, (model.revision or None)
     elif model.source == "ngc":
         model_ref, model_revision = nim_model_name(model.ngc_image), None
+    elif getattr(model, "artifact", None):
+        # An uploaded file: the pod fetches it from ModelDeck (renderers/torchserve.py).
+        model_ref, model_revision = f"artifact://{model.pk}/{os.path.basename(model.artifact.name)}", None
     else:
         model_ref, model_revision = model.storage_uri, None
     source = model.source
@@ -683,6 +688,9 @@ def _render_spec(
         capacity_grace_seconds=capacity_grace_for(spec),
         model_bytes=weights_bytes_of(model),
         download_files=download_files_of(model) if source == model.source else (),
+        # Stand-in models (previews, flag checks) have no artifact field.
+        model_sha256=(model.artifact_sha256 or None) if getattr(model, "artifact", None) else None,
+        artifact_url_secret=artifact_url_secret_name(name) if getattr(model, "artifact", None) else None,
     )
 
 

@@ -29,14 +29,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from catalog.artifacts import artifact_url
 from deployments import kube
 from deployments.autoscale import autoscale_all, record_ready
 from deployments.autoscale import autoscale_wake as autoscale_wake_now
+from deployments.controller import controller_sync
 from deployments.models import (
     ACTIVE_STATES,
     ComputePool,
@@ -55,6 +58,7 @@ from deployments.renderers import (
     render_service,
 )
 from deployments.renderers.exposure import credential_secret
+from deployments.renderers.torchserve import ARTIFACT_URL_KEY, artifact_url_secret_name
 from deployments.services import (
     UPDATE_FAILED,
     deployment_engine_credential,
@@ -131,6 +135,10 @@ def _secrets(deployment: ModelDeployment, namespace: str, rs: Any) -> list[dict[
     if NGC_PULL_SECRET in (rs.image_pull_secrets or ()) and values.get(IntegrationKind.NGC):
         out.append(kube.docker_config_secret(namespace, NGC_PULL_SECRET, NGC_REGISTRY, "$oauthtoken",
                                              values[IntegrationKind.NGC]))  # fmt: skip
+    if rs.artifact_url_secret and deployment.model.artifact:
+        # A fresh short-lived link on every push; pods read it when they start (renderers/torchserve.py).
+        url = artifact_url(deployment.model, base_url=settings.ARTIFACT_BASE_URL)
+        out.append(kube.secret_object(namespace, rs.artifact_url_secret, {ARTIFACT_URL_KEY: url}))
     return out
 
 
@@ -899,6 +907,14 @@ def sync_status() -> dict[str, int]:
         totals["pools"] += 1
         for key in ("deployments", "changed", "pushed", "list_calls", "decided"):
             totals[key] += stats[key]
+        # ModelDeployment resources on pools that serve the CRD: after the sync, so the status
+        # written back is this cycle's.
+        if pool.serves_modeldeployments():
+            try:
+                controller_sync(pool)
+                totals["list_calls"] += 1
+            except Exception:
+                log.exception("ModelDeployment controller failed", extra={"pool": pool.pk})
     return totals
 
 
@@ -916,3 +932,33 @@ def autoscale_wake(deployment_id: int) -> int | None:
     """The gateway holds a request for a deployment at zero: scale it up now, not at the next tick."""
     scale = autoscale_wake_now(deployment_id)
     return None if scale is None else scale.desired
+
+
+@shared_task(name="deployments.refresh_artifact_links")
+def refresh_artifact_links() -> int:
+    """Renew the signed link in each active deployment's artifact Secret (beat, every third of
+    MODELDECK_ARTIFACT_URL_TTL), so a pod that starts long after the push (a restart, a
+    scale-up) still fetches its archive. One Secret write per such deployment; returns how many."""
+    rows = (
+        ModelDeployment.objects.filter(state__in=ACTIVE_STATES)
+        .exclude(model__artifact="")
+        .select_related("model", "pool", "project")
+        .order_by("pool_id")
+    )
+    by_pool: dict[int, list[ModelDeployment]] = {}
+    for deployment in rows:
+        by_pool.setdefault(deployment.pool_id, []).append(deployment)
+    renewed = 0
+    for deployments in by_pool.values():
+        pool = deployments[0].pool
+        try:
+            with kube.kube_for(pool) as k:
+                for deployment in deployments:
+                    url = artifact_url(deployment.model, base_url=settings.ARTIFACT_BASE_URL)
+                    kube.apply_secret(k, kube.secret_object(deployment.project.namespace(),
+                                                            artifact_url_secret_name(deployment.name),
+                                                            {ARTIFACT_URL_KEY: url}))  # fmt: skip
+                    renewed += 1
+        except kube.KubeError as err:  # the next round tries again; the old link is still valid
+            log.warning("artifact link renewal failed: %s", err.message, extra={"pool": pool.pk})
+    return renewed

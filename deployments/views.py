@@ -517,6 +517,10 @@ def _bundle_panel(form: DeploymentForm, request: HttpRequest) -> dict[str, Any]:
         return {
             "bundle_message": "Choose a model: the project's MaaS mappings then pick the bundle."
         }
+    return {**_bundle_resolved(project, model), "runtime": maas.suggest_runtime(model)}
+
+
+def _bundle_resolved(project: Any, model: Any) -> dict[str, Any]:
     resolution = maas.resolve(project, model)
     bundle = getattr(resolution, "bundle", None)
     position = getattr(resolution, "position", None)
@@ -723,7 +727,9 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "final": deployment.state in FINAL_STATES,
         "sandbox": deployment.pool.is_sandbox,
         "sandbox_label": SANDBOX_LABEL,
-        "can_change": permissions.can(request.user, "change", deployment),
+        # A ModelDeployment resource manages it: read-only here, the message says where to change it.
+        "can_change": permissions.can(request.user, "change", deployment) and not deployment.managed_by_resource,
+        "managed_message": deployment.managed_message(),
     }
 
 

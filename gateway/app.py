@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import aiohttp
 from asgiref.sync import sync_to_async
@@ -73,6 +74,9 @@ ENDPOINT_PATHS_TTL = 5.0
 # How long a request waits for its organization's routing table to reload after a change before
 # it is answered from the previous table (a small table reloads well within it).
 STALE_WAIT = 0.25
+
+
+TORCHSERVE_PREFIX = "/v1/deployments/"
 
 
 def split_endpoint_path(path: str) -> tuple[str, str]:
@@ -254,6 +258,8 @@ class Gateway:
         try:
             if path == "/v1/models" and method == "GET":
                 await self._models(scope, send, request_id, endpoint_path)
+            elif path.startswith(TORCHSERVE_PREFIX):
+                await self._torchserve(scope, receive, send, path, request_id, endpoint_path)
             elif path in ROUTES:
                 if method != "POST":
                     raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error")
@@ -551,19 +557,13 @@ class Gateway:
         if self.cache.generation is None:
             self.cache.reset(await self._generation())
 
-    async def _inference(
-        self, scope, receive, send, route: str, request_id: str, endpoint_path: str = ""
-    ) -> None:
-        started = time.perf_counter()
-        await self._ensure_generation()
-        keyless = not _header(scope, b"authorization")
-        key = None if keyless else await self._key(scope)
-        raw = await _read_body(receive)
-        # Parsed and checked before anything is counted: a bad body costs no rate-limit tokens.
-        body = parse_body(raw)
-        check_body(body, route)
-        model = body["model"]
-        stream = bool(body.get("stream")) and route != "embeddings"
+    async def _admission(
+        self, scope, key: KeyInfo | None, keyless: bool, model: str, route: str, request_id: str,
+        started: float, stream: bool, endpoint_path: str, *, reserve,
+    ) -> tuple[Call, list, int | None]:
+        """Who may call `model`, and within which limits: the key (or a public deployment), the
+        deployment's access policy, rate limits and budgets (`reserve(levels)` gives the token
+        reservation and the max_tokens cap); a refusal raises, a 429 is metered."""
         if keyless:
             key = await self._public_caller(model)
 
@@ -582,7 +582,7 @@ class Gateway:
                 api_key_id=key.id,
             )
             # Reserved now, settled to the engine's count when the request finishes (_record).
-            estimate, cap = reservation(body, route, levels)
+            estimate, cap = reserve(levels)
             try:
                 decision = await self.limiter.check(
                     generation_key=GENERATION_KEY,
@@ -652,6 +652,31 @@ class Gateway:
                 code=f"rate_limit_{decision.level}_{unit}",
                 headers=[(b"retry-after", str(retry_s).encode()), *rl_headers],
             )
+        return call, rl_headers, cap
+
+    async def _inference(
+        self, scope, receive, send, route: str, request_id: str, endpoint_path: str = ""
+    ) -> None:
+        started = time.perf_counter()
+        await self._ensure_generation()
+        keyless = not _header(scope, b"authorization")
+        key = None if keyless else await self._key(scope)
+        raw = await _read_body(receive)
+        # Parsed and checked before anything is counted: a bad body costs no rate-limit tokens.
+        body = parse_body(raw)
+        check_body(body, route)
+        model = body["model"]
+        stream = bool(body.get("stream")) and route != "embeddings"
+        call, rl_headers, cap = await self._admission(
+            scope, key, keyless, model, route, request_id, started, stream, endpoint_path,
+            reserve=lambda levels: reservation(body, route, levels),
+        )
+        deployment = call.deployment
+        if deployment.engine == "torchserve":
+            await self._record(call, 400, actual=0)
+            raise GatewayError(400, f"`{model}` is a TorchServe model: POST to "
+                               f"{TORCHSERVE_PREFIX}{model}/predictions (or /explanations).",
+                               "invalid_request_error", param="model", code="not_openai_compatible")  # fmt: skip
 
         await self._admit(call)  # load for the autoscaler; held here while scaling from zero
         if cap is not None:
@@ -682,6 +707,57 @@ class Gateway:
             await self._proxy_stream(scope, receive, send, call, url, raw, headers, extra)
         else:
             await self._proxy(send, call, url, raw, headers, extra)
+
+    # ---- TorchServe: /v1/deployments/<served name>/predictions | /explanations -----------------
+    async def _torchserve(self, scope, receive, send, path: str, request_id: str, endpoint_path: str) -> None:
+        """A TorchServe deployment's inference API behind the same key, access policy, limits
+        and usage as the OpenAI routes. The body (an image, JSON, text) goes through untouched;
+        usage records the call (no tokens: TorchServe's handlers report none)."""
+        name, _, action = path[len(TORCHSERVE_PREFIX) :].rpartition("/")
+        if action not in ("predictions", "explanations") or not name or "/" in name:
+            raise GatewayError(404, f"Unknown endpoint {scope['method']} {path}; use "
+                               f"{TORCHSERVE_PREFIX}<model>/predictions or /explanations.",
+                               "invalid_request_error", code="unknown_url")  # fmt: skip
+        if scope["method"] != "POST":
+            raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error")
+        started = time.perf_counter()
+        await self._ensure_generation()
+        keyless = not _header(scope, b"authorization")
+        key = None if keyless else await self._key(scope)
+        raw = await _read_body(receive)
+        call, rl_headers, _ = await self._admission(
+            scope, key, keyless, name, action, request_id, started, False, endpoint_path,
+            reserve=lambda levels: (0, None),
+        )
+        deployment = call.deployment
+        if deployment.engine != "torchserve":
+            await self._record(call, 400, actual=0)
+            raise GatewayError(
+                400, f"`{name}` is not served by TorchServe; call it at /v1/chat/completions, "
+                "/v1/completions or /v1/embeddings.", "invalid_request_error", code="not_torchserve",
+            )  # fmt: skip
+        await self._admit(call)  # load for the autoscaler; held while scaling from zero
+        headers = {"content-type": _header(scope, b"content-type") or "application/octet-stream",
+                   "x-request-id": request_id}  # fmt: skip
+        if deployment.upstream_credential:
+            headers["authorization"] = f"Bearer {deployment.upstream_credential}"
+        if deployment.upstream_host:
+            headers["host"] = deployment.upstream_host
+        if deployment.sandbox:
+            headers.update((k.decode("latin-1"), v.decode("latin-1"))
+                           for k, v in scope["headers"] if k.startswith(b"x-sandbox-"))  # fmt: skip
+        url = f"{deployment.upstream}/{action}/{quote(deployment.served_model_name, safe='')}"
+        try:
+            async with self.session.post(url, data=raw, headers=headers, **_tls_name(url, deployment)) as response:
+                content, status = await response.read(), response.status
+                content_type = response.headers.get("content-type", "application/json")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = self._upstream_error(exc, deployment)
+            await self._record(call, error.status, actual=0)
+            raise error from None
+        await self._record(call, status, actual=0)
+        await self._send(send, status, content, content_type=content_type.encode(),
+                         headers=[(b"x-request-id", request_id.encode()), *rl_headers])  # fmt: skip
 
     async def _admit(self, call: Call) -> None:
         """Count the request in its deployment's load (one round trip); at zero replicas, hold it

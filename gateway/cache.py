@@ -223,6 +223,7 @@ class DeploymentInfo:
     # Autoscaled with min 0 (deployments/autoscale.py): how long a request waits for a replica
     # while the deployment scales up from zero (spec autoscaling.cold_start_hold_seconds); 0: never held.
     cold_start_hold_seconds: int = 0
+    engine: str = ""  # torchserve answers /v1/deployments/<name>/predictions, the others /v1/...
 
 
 @dataclass

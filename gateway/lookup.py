@@ -184,6 +184,7 @@ def _info(
         name=row.name,
         organization_id=organization_id,
         served_model_name=row.served_name(),
+        engine=spec.get("engine", ""),
         state=row.state,
         upstream=upstream.base,
         upstream_host=upstream.host,

@@ -58,6 +58,19 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
 
+TORCHSERVE_LABELS = ("tabby", "tiger_cat", "egyptian_cat", "lynx", "persian_cat")
+
+
+def torchserve_scores(body: bytes) -> dict[str, float]:
+    """What the sandbox's TorchServe answers to a prediction: top-5 class scores, as TorchServe's
+    image_classifier handler returns them, derived from the body's sha256 and summing to 1."""
+    digest = hashlib.sha256(body).digest()
+    weights = [digest[i] + 1 for i in range(len(TORCHSERVE_LABELS))]
+    total = sum(weights)
+    pairs = sorted(zip(TORCHSERVE_LABELS, weights, strict=True), key=lambda p: -p[1])
+    return {label: round(w / total, 6) for label, w in pairs}
+
+
 def count_tokens(text: str) -> int:
     """The engine's tokenizer: words (`\\w+`) and single punctuation characters."""
     return len(TOKEN_RE.findall(text))
@@ -225,6 +238,8 @@ class SimulatedEngine:
                 raise EngineError(404, f"The model `{name}` does not exist.", type_="NotFoundError",
                                   param="model", code="model_not_found")  # fmt: skip
             return await _send_json(send, 200, card)
+        if path.startswith(("/predictions/", "/explanations/")):
+            return await self._torchserve(method, path, headers, receive, send)
         handlers = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
@@ -260,6 +275,30 @@ class SimulatedEngine:
             await handler(body, headers, receive, send)
         finally:
             self.running -= 1
+
+    async def _torchserve(
+        self, method: str, path: str, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        """TorchServe's inference API (https://pytorch.org/serve/inference_api.html): any body
+        (an image, JSON, text) in, the handler's JSON out. Deterministic: the scores are derived
+        from the sha256 of the body, so a test can predict them (`torchserve_scores`)."""
+        kind, _, name = path.strip("/").partition("/")
+        if method != "POST":
+            raise EngineError(405, "Method Not Allowed", type_="MethodNotAllowedException")
+        if not name or "/" in name.rstrip("/"):
+            raise EngineError(404, f"Model not found: {name}", type_="ModelNotFoundException")
+        raw = await _read_body(receive)
+        self.request_count += 1
+        self.requests.append(RecordedRequest(method, path, headers, raw))
+        forced = headers.get("x-sandbox-status")
+        if forced and forced.isdigit() and int(forced) >= 400:
+            raise _forced_error(int(forced))
+        scores = torchserve_scores(raw)
+        if kind == "explanations":
+            return await _send_json(
+                send, 200, [{"attributions": [round(v - 0.5, 6) for v in scores.values()]}]
+            )
+        return await _send_json(send, 200, scores)
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -159,6 +159,9 @@ CUSTOM: dict[str, ResourceType] = {
                      True, ("gtw",), ("status",), has_generation=True, custom=True),
         ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "httproute", "HTTPRoute",
                      True, (), ("status",), has_generation=True, custom=True),
+        # ModelDeck's own CRD (deploy/crds/modeldeployment.yaml), read by its controller.
+        ResourceType("modeldeck.io", "v1", "modeldeployments", "modeldeployment", "ModelDeployment",
+                     True, ("mdep",), ("status",), has_generation=True, custom=True),
     )
 }  # fmt: skip
 
@@ -167,6 +170,7 @@ CRD_SETS: dict[str, tuple[str, ...]] = {
     "nim-operator": ("nimservices", "nimcaches"),
     "kserve": ("inferenceservices", "servingruntimes"),
     "gateway-api": ("gateways", "httproutes"),
+    "modeldeck": ("modeldeployments",),
 }
 
 

@@ -24,6 +24,8 @@ class AuditAction(models.TextChoices):
     BUDGET_CHANGE = "budget_change", "Budget change"
     INTEGRATION_CHANGE = "integration_change", "Integration change"
     PROMOTE = "promote", "Promote"
+    RESOURCE_APPLY = "resource_apply", "Applied from a ModelDeployment resource"
+    RESOURCE_DELETED = "resource_deleted", "ModelDeployment resource deleted"
 
 
 class AuditEntry(models.Model):

@@ -115,6 +115,7 @@ NOT_TENANT_OBJECTS: dict[str, str] = {
     "catalog:hub_model": "a public Hugging Face repo id, not an organization's object",
     "catalog:ngc_image": "a public NGC image id, not an organization's object",
     "org:invitation_accept": "a one-time invitation token (random, hashed at rest), not an id",
+    "catalog:artifact_download": "a signed, expiring token is the permission (tests/gateway/test_torchserve.py)",
 }
 # Namespaces outside tenant scoping.
 EXEMPT_NAMESPACES = {"admin"}  # the Django admin is for staff operators, across organizations

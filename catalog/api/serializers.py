@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from catalog.maas import suggest_runtime
 from catalog.models import CatalogModel, Engine, MaaSMapping, ModelSource, ProfileBundle
 
 
@@ -11,6 +12,7 @@ class CatalogModelSerializer(serializers.ModelSerializer):
     source_ref = serializers.CharField(read_only=True)
     deployment_count = serializers.SerializerMethodField()
     artifact = serializers.SerializerMethodField()
+    suggested_runtime = serializers.SerializerMethodField()
 
     class Meta:
         model = CatalogModel
@@ -40,10 +42,16 @@ class CatalogModelSerializer(serializers.ModelSerializer):
             "tags",
             "files",
             "deployment_count",
+            "suggested_runtime",
             "created_at",
             "updated_at",
         ]
         read_only_fields = fields
+
+    def get_suggested_runtime(self, obj: CatalogModel) -> dict[str, str]:
+        """{engine, label, reason}; engine "" when no built-in runtime serves the model."""
+        found = suggest_runtime(obj)
+        return {"engine": found.engine, "label": found.label, "reason": found.reason}
 
     def get_deployment_count(self, obj: CatalogModel) -> int:
         return obj.deployments.count()

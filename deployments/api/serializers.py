@@ -148,6 +148,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     gpus_held = serializers.SerializerMethodField()
     scale = ScaleSerializer(source="scale_status", read_only=True)
     sandbox = serializers.SerializerMethodField()
+    managed_by = serializers.SerializerMethodField()
     created_by = serializers.StringRelatedField(allow_null=True)
 
     class Meta:
@@ -155,7 +156,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "description", "project", "model", "bundle", "pool", "sandbox", "endpoint", "environment",
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
-            "gpus_held", "scale", "spec", "created_by", "created_at", "updated_at",
+            "gpus_held", "scale", "spec", "managed_by", "created_by", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -178,6 +179,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:
         return obj.pool.is_sandbox
+
+    def get_managed_by(self, obj: ModelDeployment) -> str:
+        """Where to change a deployment a ModelDeployment resource manages; "" otherwise."""
+        return obj.managed_message()
 
 
 class DeploymentCreateSerializer(serializers.Serializer):

@@ -28,10 +28,12 @@ from deployments.kube.objects import (
     list_custom,
     list_jobs,
     list_managed,
+    list_modeldeployments,
     list_pod_events,
     read_deployment,
     read_job,
     secret_object,
+    write_modeldeployment_status,
 )
 from deployments.kube.status import (
     Download,
@@ -90,6 +92,7 @@ __all__ = [
     "download_pod_owners",
     "Download",
     "list_managed",
+    "list_modeldeployments",
     "list_pod_events",
     "observe",
     "observe_operated",
@@ -97,4 +100,5 @@ __all__ = [
     "read_deployment",
     "secret_object",
     "test_connection",
+    "write_modeldeployment_status",
 ]

@@ -243,6 +243,27 @@ def list_custom(kube: Kube, kind: str) -> list[dict[str, Any]]:
     return found.get("items") or []
 
 
+# ModelDeck's own CRD, which users create and ModelDeck reads (deployments/controller.py).
+MODELDEPLOYMENT_API = ("modeldeck.io", "v1", "modeldeployments")
+
+
+def list_modeldeployments(kube: Kube) -> list[dict[str, Any]]:
+    """Every ModelDeployment resource of the cluster, whoever made it: one list call."""
+    group, version, plural = MODELDEPLOYMENT_API
+    found = raw(kube.custom.list_cluster_custom_object, group, version, plural,
+                kind="ModelDeployment", action="list")  # fmt: skip
+    return found.get("items") or []
+
+
+def write_modeldeployment_status(kube: Kube, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Replace a ModelDeployment's status through its status subresource (a merge patch: the
+    spec, which the user owns, is never written)."""
+    group, version, plural = MODELDEPLOYMENT_API
+    raw(kube.custom.patch_namespaced_custom_object_status, group, version, namespace, plural, name,
+        {"status": status}, _content_type="application/merge-patch+json",
+        kind="ModelDeployment", action="status")  # fmt: skip
+
+
 __all__ = [
     "KubeError",
     "apply",
@@ -257,6 +278,8 @@ __all__ = [
     "delete_job",
     "read_job",
     "list_managed",
+    "list_modeldeployments",
+    "write_modeldeployment_status",
     "list_pod_events",
     "read_deployment",
     "secret_object",

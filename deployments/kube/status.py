@@ -256,6 +256,8 @@ OPERATOR_APIS = {
     "nim": ("apps.nvidia.com", "v1alpha1", ("nimservices", "nimcaches")),
     "kserve": ("serving.kserve.io", "v1beta1", ("inferenceservices",)),
     "gateway_api": ("gateway.networking.k8s.io", "v1", ("httproutes",)),
+    # Not an operator: ModelDeck's own CRD (deploy/crds/modeldeployment.yaml), which it controls.
+    "modeldeck": ("modeldeck.io", "v1", ("modeldeployments",)),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import download, exposure, kserve, nim, nimservice, tei, tgi, vllm
+from . import download, exposure, kserve, nim, nimservice, tei, tgi, torchserve, vllm
 from .common import (
     ANNOTATION_ENGINE,
     ANNOTATION_MODEL,
@@ -62,7 +62,7 @@ from .input import (
 )
 
 ENGINE_REGISTRY: dict[str, Engine] = {
-    e.name: e for e in (vllm.ENGINE, nim.ENGINE, tgi.ENGINE, tei.ENGINE)
+    e.name: e for e in (vllm.ENGINE, nim.ENGINE, tgi.ENGINE, tei.ENGINE, torchserve.ENGINE)
 }
 assert set(ENGINE_REGISTRY) == set(ENGINES)
 

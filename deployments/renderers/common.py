@@ -378,6 +378,7 @@ class EngineParts:
     secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     volumes: tuple[dict[str, Any], ...] = ()
     volume_mounts: tuple[dict[str, Any], ...] = ()
+    init_containers: tuple[dict[str, Any], ...] = ()  # run before the engine (TorchServe: fetch the .mar)
 
 
 @dataclass(frozen=True)
@@ -644,6 +645,7 @@ def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
     pod_security_context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     pod_security_context.update(copy.deepcopy(dict(engine.pod_security_context)))
     pod_spec: dict[str, Any] = {
+        **({"initContainers": list(parts.init_containers)} if parts.init_containers else {}),
         "containers": [container],
         "volumes": volumes,
         "enableServiceLinks": False,  # hundreds of *_SERVICE_HOST vars help nobody, and can clash

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import k8s_schema
 
-ENGINES = ("vllm", "nim", "tgi", "tei")
+ENGINES = ("vllm", "nim", "tgi", "tei", "torchserve")
 MODEL_SOURCES = ("huggingface", "ngc", "custom")
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
 PVC_ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany")
@@ -148,6 +148,10 @@ class RenderSpec:
     model_bytes: int | None = None  # size of the weights, where the catalog knows it
     # Hub files the pre-download Job fetches (renderers/download.py); () means the whole repo.
     download_files: tuple[str, ...] = ()
+    # An uploaded artifact (model_ref artifact://<model id>/<file>): its sha256, checked in the
+    # pod, and the Secret holding the short-lived signed URL the pod fetches it from.
+    model_sha256: str | None = None
+    artifact_url_secret: str | None = None
 
     def __post_init__(self) -> None:
         # Detach from what the caller handed in: lists become tuples, mappings are copied.

@@ -152,6 +152,8 @@ def builtin_bundles(db: Any) -> list[Any]:
 def test_every_builtin_bundle_renders_only_real_flags(builtin_bundles: list[Any]) -> None:
     failures = {}
     for bundle in builtin_bundles:
+        if bundle.engine == "torchserve":
+            continue  # no flag table: its command line is ModelDeck's own (renderers/torchserve.py)
         spec = {"resources": {"gpus": _gpus(bundle), "cpu": "2", "memory": "8Gi"}}
         problems = check(bundle, spec)
         if problems:
