@@ -81,8 +81,9 @@ class Command(BaseCommand):
             commands.append((
                 "sandbox",
                 [python, "-m", "sandbox", "--kube-port", str(kube_port), "--engine-port", str(engine_port),
-                 # e.g. nim-operator,kserve,gateway-api: the sandbox serves those operators' CRDs.
-                 "--crds", os.environ.get("MODELDECK_SANDBOX_CRDS", "")],
+                 # e.g. nim-operator,kserve,gateway-api: the sandbox serves those operators' CRDs;
+                 # ModelDeck's own ModelDeployment CRD is there by default (its controller).
+                 "--crds", os.environ.get("MODELDECK_SANDBOX_CRDS", "modeldeck")],
             ))  # fmt: skip
         if settings.EMBEDDED and "MODELDECK_HF_ENDPOINT" not in os.environ and importlib.util.find_spec("sandbox.offline_hub"):
             # No network is assumed in the embedded demo: serve the recorded Hub snapshot through
