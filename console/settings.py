@@ -67,6 +67,9 @@ try:
     SANDBOX_POOLS_ENABLED = EMBEDDED
     SANDBOX_KUBE_URLS = [SANDBOX_KUBE_URL]
     ORG_ADMINS_MAY_ADD_POOLS = env_bool("MODELDECK_ORG_ADMINS_MAY_ADD_POOLS", False)
+    # External deployments (deployments/external.py) may point at loopback / private addresses
+    # only when the operator allows it (an on-prem network the gateway can reach; tests).
+    EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = env_bool("MODELDECK_EXTERNAL_PRIVATE_ADDRESSES", False)
     GATEWAY_BASE_URL = env_str("MODELDECK_GATEWAY_URL", f"http://127.0.0.1:{MODELDECK_PORT}")
     # Where pods fetch uploaded artifacts (TorchServe's .mar) from, and how long a signed link lasts.
     ARTIFACT_BASE_URL = env_str("MODELDECK_ARTIFACT_BASE_URL", GATEWAY_BASE_URL)

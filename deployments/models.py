@@ -161,14 +161,37 @@ def gpu_holder_key(deployment_pk: int) -> str:
     return f"deployment:{deployment_pk}"
 
 
+class DeploymentKind(models.TextChoices):
+    MANAGED = "managed", "Managed (runs on a compute pool)"
+    EXTERNAL = "external", "External (an OpenAI-compatible URL of your own)"
+
+
 class ModelDeployment(models.Model):
-    """Binds model + endpoint + bundle + pool + project; its spec lives in revisions."""
+    """Binds model + endpoint + bundle + pool + project; its spec lives in revisions.
+
+    An ``external`` deployment runs nothing: the gateway sends its requests to ``external_url``
+    (with ``external_credential``), and to ``overflow`` (a managed deployment of the same
+    organization) when that one fails, is slow, throttles or is busy (deployments/external.py)."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deployments")
     model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="deployments")
     endpoint = models.ForeignKey(Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments")
-    bundle = models.ForeignKey(ProfileBundle, on_delete=models.PROTECT, related_name="deployments")
-    pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="deployments")
+    bundle = models.ForeignKey(
+        ProfileBundle, null=True, blank=True, on_delete=models.PROTECT, related_name="deployments",
+        help_text="Empty only for an external deployment.",
+    )
+    pool = models.ForeignKey(
+        ComputePool, null=True, blank=True, on_delete=models.PROTECT, related_name="deployments",
+        help_text="Empty only for an external deployment.",
+    )
+    kind = models.CharField(max_length=10, choices=DeploymentKind.choices, default=DeploymentKind.MANAGED)
+    external_url = models.URLField(max_length=500, blank=True, help_text="External: the OpenAI-compatible base URL (…/v1).")
+    # The external endpoint's own key; only the gateway sends it (never shown back, last 4 aside).
+    external_credential = EncryptedTextField(blank=True)
+    overflow = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="overflow_for",
+        help_text="External: the managed deployment that takes requests the external one can't.",
+    )
     environment = models.ForeignKey(
         Environment, null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
     )
@@ -206,7 +229,11 @@ class ModelDeployment(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.UniqueConstraint(fields=["project", "name"], name="deployment_name_unique_in_project")
+            models.UniqueConstraint(fields=["project", "name"], name="deployment_name_unique_in_project"),
+            models.CheckConstraint(
+                condition=models.Q(kind="external") | models.Q(pool__isnull=False, bundle__isnull=False),
+                name="deployment_managed_has_pool",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -214,6 +241,10 @@ class ModelDeployment(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("deployments:detail", args=[self.pk])
+
+    @property
+    def is_external(self) -> bool:
+        return self.kind == DeploymentKind.EXTERNAL
 
     def spec(self) -> dict:
         return self.current_revision.spec if self.current_revision else {}

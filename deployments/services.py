@@ -785,6 +785,8 @@ def _revise(
         before = _deployment_snapshot(locked)
         if locked.state == DeploymentState.DELETING:
             raise ValidationError("This deployment is being deleted.")
+        if locked.pool_id is None:  # deployments/external.py owns its changes
+            raise ValidationError("An external deployment changes by its URL, key and overflow only.")
         if callable(spec):
             spec = spec(locked)
         current = locked.current_revision

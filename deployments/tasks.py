@@ -255,6 +255,18 @@ def _teardown(k: kube.Kube, deployment: ModelDeployment) -> None:
         log.info("deployment deleted", extra={"deployment": deployment.pk})
 
 
+def _push_external(deployment: ModelDeployment) -> str:
+    """An external deployment has nothing on any pool: deleting removes the row, activating
+    makes it Running again (deployments/external.py)."""
+    if deployment.state == DeploymentState.DELETING:
+        deployment_finish_delete(deployment.pk)
+        return "teardown"
+    if deployment.state in (DeploymentState.PENDING, DeploymentState.DEPLOYING, DeploymentState.UNKNOWN):
+        state_claim(deployment, expect=deployment.state, state=DeploymentState.RUNNING,
+                    reason="External endpoint: the gateway checks its health.")  # fmt: skip
+    return "external"
+
+
 def push(deployment_id: int) -> str:
     """Make the pool hold what the deployment's current revision says. Safe to run any number
     of times: unchanged objects are server-side applied as no-ops. Returns what it did, in words.
@@ -264,6 +276,8 @@ def push(deployment_id: int) -> str:
     deployment = _load(deployment_id)
     if deployment is None or deployment.current_revision is None:
         return "gone"
+    if deployment.pool_id is None:
+        return _push_external(deployment)
     try:
         with kube.kube_for(deployment.pool) as k:
             if deployment.state == DeploymentState.DELETING:

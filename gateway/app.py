@@ -23,7 +23,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from gateway import load, metrics
+from gateway import load, metrics, overflow
 from gateway.cache import (
     GENERATION_KEY,
     DeploymentInfo,
@@ -703,7 +703,9 @@ class Gateway:
                 if k.startswith(b"x-sandbox-")
             )
         extra = [(b"x-request-id", request_id.encode()), *rl_headers]
-        if stream:
+        if deployment.external:  # its own URL or its overflow deployment (gateway/overflow.py)
+            await overflow.serve(self, scope, receive, send, call, raw, headers, extra)
+        elif stream:
             await self._proxy_stream(scope, receive, send, call, url, raw, headers, extra)
         else:
             await self._proxy(send, call, url, raw, headers, extra)
@@ -970,6 +972,7 @@ class Gateway:
             api_key_id=key.id or None,
             api_key_prefix=key.prefix if key.id else "",
             revision_id=deployment.serving_revision_id or None,
+            served_by=call.served_by,
             route=route,
             status_code=status,
             prompt_tokens=prompt,
@@ -1036,6 +1039,7 @@ class Call:
     levels: list
     estimate: int
     admitted: bool = False  # counted in flight (gateway/load.py): the finish must uncount it
+    served_by: str = ""  # external deployments: "external" or "overflow" (gateway/overflow.py)
 
 
 def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:

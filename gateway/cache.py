@@ -224,6 +224,11 @@ class DeploymentInfo:
     # while the deployment scales up from zero (spec autoscaling.cold_start_hold_seconds); 0: never held.
     cold_start_hold_seconds: int = 0
     engine: str = ""  # torchserve answers /v1/deployments/<name>/predictions, the others /v1/...
+    # An external deployment (deployments/external.py): `upstream` is its own URL; its options
+    # (timeout, concurrency threshold, breaker) and its overflow deployment (gateway/overflow.py).
+    external: bool = False
+    external_options: dict | None = None
+    overflow: DeploymentInfo | None = None
 
 
 @dataclass

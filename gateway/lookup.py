@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.models import Exists, OuterRef, Subquery
 
+from deployments.external import base_url, external_url_refusal
 from deployments.models import DeploymentEvent, DeploymentState, Endpoint, ModelDeployment
 from gateway.cache import (
     DeploymentInfo,
@@ -142,16 +143,16 @@ def load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
 def _load_deployments(organization_id: int) -> dict[str, DeploymentInfo]:
     own = list(
         ModelDeployment.objects.filter(project__organization_id=organization_id)
-        .select_related("current_revision", "pool", "project__organization", "endpoint")
+        .select_related("current_revision", "pool", "project__organization", "endpoint", *OVERFLOW_RELATED)
         .order_by("pk")
     )
     shared = list(
         shared_deployments_for_org(organization_id)
-        .select_related("current_revision", "pool", "project__organization", "endpoint")
+        .select_related("current_revision", "pool", "project__organization", "endpoint", *OVERFLOW_RELATED)
         .order_by("pk")
     )
     snapshot = access.policy_snapshot([d.pk for d in own + shared])
-    ran = _ever_ran([d.pk for d in own + shared])
+    ran = _ever_ran([d.pk for d in own + shared] + [d.overflow_id for d in own + shared if d.overflow_id])
     by_name: dict[str, DeploymentInfo] = {}
     for row in own:
         _add(by_name, _info(row, organization_id, snapshot, ran))
@@ -173,11 +174,17 @@ def _ever_ran(ids: list[int]) -> set[int]:
     return set(rows.values_list("deployment_id", flat=True).distinct())
 
 
+# An external deployment's overflow target is read in the same query.
+OVERFLOW_RELATED = ("overflow__current_revision", "overflow__pool", "overflow__project__organization")
+
+
 def _info(
     row: ModelDeployment, organization_id: int, snapshot: dict[int, dict], ran: set[int]
 ) -> DeploymentInfo:
     spec = row.spec()
     pricing = spec.get("pricing") or {}
+    if row.is_external:
+        return _external_info(row, organization_id, snapshot, ran)
     upstream = upstream_for(row)
     return DeploymentInfo(
         id=row.pk,
@@ -213,6 +220,35 @@ def cold_start_hold(spec: dict) -> int:
     if not auto.get("enabled") or replicas.get("min") != 0:
         return 0
     return int(auto.get("cold_start_hold_seconds") or 0)
+
+
+def _external_info(
+    row: ModelDeployment, organization_id: int, snapshot: dict[int, dict], ran: set[int]
+) -> DeploymentInfo:
+    """The external URL as the upstream (checked again here: a name may resolve elsewhere now),
+    the overflow deployment as a nested info (gateway/overflow.py)."""
+    spec = row.spec()
+    pricing = spec.get("pricing") or {}
+    refused = bool(external_url_refusal(row.external_url))
+    target = row.overflow
+    overflow = None
+    if target is not None and not target.is_external and target.pool_id:
+        overflow = _info(target, organization_id, snapshot, ran)
+    return DeploymentInfo(
+        id=row.pk, name=row.name, organization_id=organization_id,
+        served_model_name=row.served_name(), state=row.state,
+        # A refused address is never called: an unroutable upstream fails over (or answers 502).
+        upstream="http://0.0.0.0:9" if refused else base_url(row.external_url)[: -len("/v1")],
+        upstream_credential=row.external_credential or "",
+        endpoint_path=row.endpoint.path.rstrip("/") if row.endpoint_id else "",
+        rate_limits=spec.get("rate_limits") or {}, currency=(pricing.get("currency") or "USD")[:3],
+        input_per_million=price(pricing.get("input_per_million")),
+        output_per_million=price(pricing.get("output_per_million")),
+        created=int(row.created_at.timestamp()), owner_organization_id=row.project.organization_id,
+        policy=snapshot.get(row.pk),
+        serving_revision_id=row.serving_revision_id or 0 if row.state == DeploymentState.RUNNING else 0,
+        external=True, external_options=spec.get("external") or {}, overflow=overflow,
+    )  # fmt: skip
 
 
 def _add(by_name: dict[str, DeploymentInfo], info: DeploymentInfo) -> None:

@@ -29,6 +29,9 @@ class UsageRecord(models.Model):
     # A plain id, like api_key_id: metering never waits on a foreign key, and revisions go with
     # their deployment anyway.
     revision_id = models.BigIntegerField(null=True, blank=True)
+    # An external deployment's requests: "external" (its own URL answered) or "overflow" (its
+    # overflow deployment did); empty for every other deployment.
+    served_by = models.CharField(max_length=10, blank=True, default="")
     api_key_prefix = models.CharField(max_length=20, blank=True)
     route = models.CharField(max_length=50)  # chat.completions | completions | embeddings
     status_code = models.PositiveSmallIntegerField()

@@ -135,6 +135,7 @@ def _record(e: dict, dep_ids: set, user_ids: set) -> UsageRecord:
         api_key_id=e["api_key_id"],
         api_key_prefix=e["api_key_prefix"],
         revision_id=e.get("revision_id"),
+        served_by=str(e.get("served_by") or "")[:10],
         route=e["route"],
         status_code=e["status_code"],
         prompt_tokens=e["prompt_tokens"],

@@ -66,6 +66,7 @@ class UsageEvent:
     currency: str
     created_at: str  # ISO 8601, UTC
     revision_id: int | None = None  # the serving revision (older buffered events lack it)
+    served_by: str = ""  # an external deployment's: "external" or "overflow"
 
     def dumps(self) -> bytes:
         # vars(), not dataclasses.asdict: no deep copy on the hot path (the fields are flat).

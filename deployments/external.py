@@ -1,0 +1,244 @@
+"""External deployments: a model served on the tenant's own infrastructure (an OpenAI-compatible
+URL with its own key), optionally overflowing to a managed deployment of the same organization.
+
+The rules here: which URLs a tenant may make the gateway call (`external_url_refusal`, the
+kubeconfig-server rules of deployments/kube/network.py), which deployment may take the overflow,
+and the options the gateway's overflow decision reads (`spec["external"]`: timeout, concurrency
+threshold, breaker). The gateway side is gateway/overflow.py. Nothing is pushed to a cluster:
+no pool, no bundle, no GPUs held.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from catalog.models import CatalogModel
+from console import permissions
+from deployments.kube import network
+from deployments.models import DeploymentKind, DeploymentState, Endpoint, ModelDeployment
+from deployments.services import (
+    _NAME,
+    _audit_deployment,
+    _check_served_name_free,
+    _claim_served_name,
+    _deployment_snapshot,
+    _duplicate_name_message,
+    _gateway_forget,
+    _locked,
+    _new_revision,
+    _user_or_none,
+    event_record,
+)
+from deployments.spec import default_spec
+from projects.models import Project
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30
+MAX_TIMEOUT_S = 600
+MAX_CONCURRENCY = 100_000
+# The breaker opens after this many failures in a row and lets one probe through after the cooldown.
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_COOLDOWN_S = 30
+OPTION_FIELDS = ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")
+
+
+def external_url_refusal(url: str) -> str:
+    """Why the gateway may not call `url` for a tenant; "" when it may.
+
+    http(s) only, no user:password@, no fragment; the host must resolve to public addresses
+    (no loopback, link-local / metadata, private) unless the operator allows private ones
+    (MODELDECK_EXTERNAL_PRIVATE_ADDRESSES) — the rule organization-managed pools follow."""
+    url = (url or "").strip()
+    if not url:
+        return "Enter the endpoint's base URL, e.g. https://llm.example.com/v1."
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return f"Only http:// and https:// URLs can be called, not {parts.scheme or 'a bare path'}."
+    if not parts.hostname:
+        return "The URL has no host."
+    if parts.username or parts.password:
+        return "Put the credential in the API key field, not in the URL."
+    if parts.fragment or parts.query:
+        return "The base URL takes no query or fragment."
+    try:
+        _ = parts.port
+    except ValueError:
+        return "The URL's port is not a number between 1 and 65535."
+    if settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED:
+        return ""
+    if network.is_loopback_host(parts.hostname):
+        return "A loopback address is this server itself; a platform operator can allow private addresses."
+    bad = network.non_public_addresses(parts.hostname, parts.port)
+    if bad:
+        return (
+            f"{parts.hostname} resolves to {', '.join(bad[:3])}, a loopback, link-local or private "
+            "address; external endpoints must be public unless a platform operator allows private addresses."
+        )
+    return ""
+
+
+def base_url(url: str) -> str:
+    """The URL the gateway appends `/chat/completions` etc. to: always ends in /v1."""
+    url = url.strip().rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _int_option(errors: dict, options: dict, field: str, default: int, low: int, high: int) -> int:
+    value = options.get(field, default)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        errors[field] = f"A whole number between {low} and {high}."
+        return default
+    if not low <= number <= high:
+        errors[field] = f"A whole number between {low} and {high}."
+    return number
+
+
+def _options(options: dict[str, Any], errors: dict) -> dict[str, int]:
+    return {
+        "timeout_s": _int_option(errors, options, "timeout_s", DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S),
+        # 0: no threshold (only errors, time-outs and 429 send requests to the overflow).
+        "max_concurrency": _int_option(errors, options, "max_concurrency", 0, 0, MAX_CONCURRENCY),
+        "failure_threshold": _int_option(errors, options, "failure_threshold", DEFAULT_FAILURE_THRESHOLD, 1, 100),
+        "cooldown_s": _int_option(errors, options, "cooldown_s", DEFAULT_COOLDOWN_S, 1, 3600),
+    }
+
+
+def _overflow(project: Project, overflow: Any, errors: dict, *, exclude: int | None) -> ModelDeployment | None:
+    if overflow in (None, ""):
+        return None
+    org = project.organization_id
+    rows = ModelDeployment.objects.filter(project__organization_id=org, kind=DeploymentKind.MANAGED)
+    if isinstance(overflow, ModelDeployment):
+        found = rows.filter(pk=overflow.pk).first()
+    elif isinstance(overflow, int) or (isinstance(overflow, str) and overflow.isdigit()):
+        found = rows.filter(pk=int(overflow)).first()
+    elif isinstance(overflow, str):
+        # By name: in the project first, else the organization's only one of that name.
+        found = rows.filter(project=project, name=overflow).first()
+        if found is None:
+            named = list(rows.filter(name=overflow)[:2])
+            found = named[0] if len(named) == 1 else None
+    else:
+        found = None
+    if found is None or found.pk == exclude:
+        errors["overflow"] = (
+            "Choose a managed deployment of this organization (by id or name) to take the overflow."
+        )
+        return None
+    return found
+
+
+def external_check(
+    *, project: Project, name: str, url: str, overflow: Any = None, served_model_name: str = "",
+    options: dict[str, Any] | None = None, exclude: int | None = None,
+) -> tuple[str, ModelDeployment | None, dict[str, Any]]:
+    """Field errors (a ValidationError) or (url, overflow deployment, canonical spec)."""
+    errors: dict[str, str] = {}
+    name = (name or "").strip()
+    if exclude is None:
+        if not _NAME.match(name) or len(name) > 50:
+            errors["name"] = "Lowercase letters, digits and dashes, starting with a letter (at most 50)."
+        elif ModelDeployment.objects.filter(project=project, name=name).exists():
+            errors["name"] = _duplicate_name_message(project, name)
+    refusal = external_url_refusal(url)
+    if refusal:
+        errors["external_url"] = refusal
+    target = _overflow(project, overflow, errors, exclude=exclude)
+    served = (served_model_name or "").strip() or name
+    if len(served) > 200 or any(c.isspace() for c in served):
+        errors["served_model_name"] = "At most 200 characters, no spaces."
+    opts = _options(options or {}, errors)
+    if errors:
+        raise ValidationError(errors)
+    spec = default_spec()
+    spec.update(engine="external", image="", served_model_name=served, replicas={"min": 0, "max": 0},
+                resources={"cpu": "0", "memory": "0", "gpus": 0, "gpu_type": ""},
+                external={**opts, "overflow": target.name if target else ""})  # fmt: skip
+    _check_served_name_free(project.organization, served, exclude=exclude)
+    return url.strip(), target, spec
+
+
+def external_deployment_create(
+    *, user: AbstractBaseUser | None, project: Project, model: CatalogModel, name: str, url: str,
+    credential: str = "", overflow: Any = None, served_model_name: str = "",
+    options: dict[str, Any] | None = None, endpoint: Endpoint | None = None, description: str = "",
+) -> ModelDeployment:
+    """An external deployment: Running at once (the gateway's breaker decides what answers)."""
+    permissions.require(user, "change", project, what="deployments")
+    if model.organization_id not in (None, project.organization_id):
+        raise ValidationError({"model": "Choose a model of this organization's catalog."})
+    url, target, spec = external_check(project=project, name=name, url=url, overflow=overflow,
+                                       served_model_name=served_model_name, options=options)  # fmt: skip
+    name = name.strip()
+    try:
+        with transaction.atomic():
+            deployment = ModelDeployment(
+                project=project, model=model, pool=None, bundle=None, kind=DeploymentKind.EXTERNAL,
+                external_url=url, external_credential=credential or "", overflow=target,
+                endpoint=endpoint, name=name, description=description, state=DeploymentState.RUNNING,
+                state_reason="External endpoint: the gateway checks its health.",
+                state_changed_at=timezone.now(), created_by=_user_or_none(user),
+            )  # fmt: skip
+            deployment.full_clean(validate_constraints=False)
+            deployment.save()
+            _claim_served_name(deployment, spec["served_model_name"])
+            revision = _new_revision(deployment, spec, user=user, reason="Created")
+            deployment.current_revision = deployment.serving_revision = revision
+            deployment.save(update_fields=["current_revision", "serving_revision"])
+            event_record(deployment, reason="Running", message=f"External endpoint {url}"
+                         + (f", overflow to {target.name}." if target else "."))  # fmt: skip
+            _audit_deployment(user=user, deployment=deployment, action="create", before=None)
+            _gateway_forget()
+    except IntegrityError:
+        raise ValidationError({"name": _duplicate_name_message(project, name)}) from None
+    return deployment
+
+
+def external_deployment_update(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment, **fields: Any
+) -> ModelDeployment:
+    """Change URL, credential (empty keeps it), overflow, served name or options; a new revision."""
+    permissions.require(user, "change", deployment.project, what="deployments")
+    if not deployment.is_external:
+        raise ValidationError({"kind": "Only an external deployment has an external URL."})
+    unknown = set(fields) - {"url", "credential", "overflow", "served_model_name", "options", "description"}
+    if unknown:
+        raise ValidationError({k: "Not a field of an external deployment." for k in sorted(unknown)})
+    with transaction.atomic():
+        locked = _locked(deployment)
+        before = _deployment_snapshot(locked)
+        current = locked.spec().get("external", {})
+        options = {k: current.get(k) for k in OPTION_FIELDS} | dict(fields.get("options") or {})
+        url, target, spec = external_check(
+            project=locked.project, name=locked.name, url=fields.get("url", locked.external_url),
+            overflow=fields.get("overflow", locked.overflow_id), exclude=locked.pk,
+            served_model_name=fields.get("served_model_name", locked.served_name()), options=options,
+        )  # fmt: skip
+        spec["rate_limits"] = locked.spec().get("rate_limits", spec["rate_limits"])
+        spec["pricing"] = locked.spec().get("pricing", spec["pricing"])
+        locked.external_url, locked.overflow = url, target
+        if fields.get("credential"):
+            locked.external_credential = fields["credential"]
+        if "description" in fields:
+            locked.description = fields["description"] or ""
+        locked.save(update_fields=["external_url", "overflow", "external_credential", "description", "updated_at"])
+        _claim_served_name(locked, spec["served_model_name"])
+        revision = _new_revision(locked, spec, user=user, reason="External endpoint changed")
+        locked.current_revision = locked.serving_revision = revision
+        locked.save(update_fields=["current_revision", "serving_revision"])
+        _audit_deployment(user=user, deployment=locked, action="update", before=before)
+        _gateway_forget()
+    return locked

@@ -1,0 +1,216 @@
+"""External deployments on the gateway: the circuit breaker, the concurrency threshold and the
+overflow to a managed deployment (the rules of deployments/external.py, applied per request).
+
+State lives in Redis so every gateway process shares it (a process-local copy without Redis):
+  gw:ext:<id>:cb        hash {fails, open_until (ms)}; open: requests skip the external URL
+  gw:ext:<id>:probe     one request may try the external URL after the cooldown (half-open)
+  gw:ext:<id>:inflight  requests on the external URL right now (the concurrency threshold)
+The health check (gateway.tasks.check_external_endpoints) closes or opens the breaker too.
+
+What sends a request to the overflow: the breaker is open, the external endpoint is at its
+concurrency threshold, or it answers 5xx / 429, times out or can't be reached. Streams follow
+the first two only (once a stream's headers reach the client it can't change servers); their
+first byte errors feed the breaker through the health check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import GatewayError
+from gateway.usage import usage_from_bytes
+
+INFLIGHT_TTL_S = 600  # a crashed process's counts fade out
+SERVED_EXTERNAL = "external"
+SERVED_OVERFLOW = "overflow"
+
+_local: dict[str, Any] = {}  # without Redis: this process only
+
+
+def _k(deployment_id: int, part: str) -> str:
+    return f"gw:ext:{deployment_id}:{part}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Breaker:
+    """One external deployment's breaker and in-flight count, over an async Redis client (or not)."""
+
+    def __init__(self, redis, deployment_id: int, options: dict) -> None:
+        self.redis, self.id = redis, deployment_id
+        self.threshold = int(options.get("failure_threshold") or 3)
+        self.cooldown_ms = int(options.get("cooldown_s") or 30) * 1000
+        self.max_concurrency = int(options.get("max_concurrency") or 0)
+        self.dirty = False  # failures recorded: a success must close the breaker
+
+    async def allow(self) -> bool:
+        now = _now_ms()
+        if self.redis is None:
+            fails, open_until = _local.get(_k(self.id, "cb"), (0, 0))
+        else:
+            fails, open_until = await self.redis.hmget(_k(self.id, "cb"), "fails", "open_until")
+            fails, open_until = int(fails or 0), int(open_until or 0)
+        self.dirty = bool(fails)
+        if not open_until:
+            return True
+        if now < open_until:
+            return False
+        # Half-open: one request per cooldown tries the external endpoint again.
+        if self.redis is None:
+            if _local.get(_k(self.id, "probe"), 0) > now:
+                return False
+            _local[_k(self.id, "probe")] = now + self.cooldown_ms
+            return True
+        return bool(await self.redis.set(_k(self.id, "probe"), 1, nx=True, px=self.cooldown_ms))
+
+    async def success(self) -> None:
+        if not self.dirty:
+            return
+        if self.redis is None:
+            _local.pop(_k(self.id, "cb"), None)
+        else:
+            await self.redis.delete(_k(self.id, "cb"), _k(self.id, "probe"))
+
+    async def failure(self) -> None:
+        key = _k(self.id, "cb")
+        if self.redis is None:
+            fails, _ = _local.get(key, (0, 0))
+            fails += 1
+            _local[key] = (fails, _now_ms() + self.cooldown_ms if fails >= self.threshold else 0)
+            return
+        fails = await self.redis.hincrby(key, "fails", 1)
+        if fails >= self.threshold:
+            await self.redis.hset(key, "open_until", _now_ms() + self.cooldown_ms)
+        await self.redis.expire(key, max(3600, self.cooldown_ms // 1000 * 4))
+
+    async def enter(self) -> bool:
+        """Count one request on the external URL; False (not counted) past the threshold."""
+        if not self.max_concurrency:
+            return True
+        key = _k(self.id, "inflight")
+        if self.redis is None:
+            if _local.get(key, 0) >= self.max_concurrency:
+                return False
+            _local[key] = _local.get(key, 0) + 1
+            return True
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, INFLIGHT_TTL_S)
+            count, _ = await pipe.execute()
+        if count > self.max_concurrency:
+            await self.redis.decr(key)
+            return False
+        return True
+
+    async def leave(self) -> None:
+        if not self.max_concurrency:
+            return
+        key = _k(self.id, "inflight")
+        if self.redis is None:
+            _local[key] = max(0, _local.get(key, 1) - 1)
+        else:
+            await self.redis.decr(key)
+
+
+def _overflow_request(overflow, raw: bytes, scope: dict, request_id: str) -> tuple[bytes, dict]:
+    """The body with the overflow deployment's served name, and its engine's headers."""
+    body = json.loads(raw)
+    body["model"] = overflow.served_model_name
+    headers = {"content-type": "application/json", "x-request-id": request_id}
+    if overflow.upstream_credential:
+        headers["authorization"] = f"Bearer {overflow.upstream_credential}"
+    if overflow.upstream_host:
+        headers["host"] = overflow.upstream_host
+    if overflow.sandbox:
+        headers.update(
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.startswith(b"x-sandbox-")
+        )
+    return json.dumps(body).encode(), headers
+
+
+def _path(route: str) -> str:
+    return "chat/completions" if route == "chat.completions" else route
+
+
+async def serve(gw, scope, receive, send, call, raw: bytes, headers: dict, extra: list) -> None:
+    """Answer one admitted request of an external deployment (gateway.app._inference calls this
+    instead of its own proxy): the external URL, or the overflow deployment when it can't."""
+    deployment = call.deployment
+    options = deployment.external_options or {}
+    overflow = deployment.overflow
+    breaker = Breaker(gw._redis, deployment.id, options)
+    url = f"{deployment.upstream}/v1/{_path(call.route)}"
+    tried = False
+    if await breaker.allow() and await breaker.enter():
+        tried = True
+        try:
+            if call.stream:
+                # Streams are not retried elsewhere once started (see the module's doc).
+                call.served_by = SERVED_EXTERNAL
+                await gw._proxy_stream(scope, receive, send, call, url, raw, headers, extra)
+                return
+            outcome = await _try_external(gw, send, call, url, raw, headers, extra, options, overflow)
+        finally:
+            await breaker.leave()
+        if outcome == "served":
+            await breaker.success()
+            return
+        await breaker.failure()
+        if outcome == "answered":
+            return
+    if overflow is None:
+        # Nothing to overflow to: the breaker's or the threshold's refusal, in the gateway's words.
+        if tried:
+            raise GatewayError(
+                502, f"The external endpoint of `{deployment.served_model_name}` failed.", "server_error",
+                code="upstream_unreachable",
+            )
+        raise GatewayError(
+            503, f"The external endpoint of `{deployment.served_model_name}` is unavailable (circuit "
+            "open or at its concurrency limit) and no overflow deployment is set.", "server_error",
+            code="external_unavailable", headers=[(b"retry-after", b"5")],
+        )  # fmt: skip
+    body, o_headers = _overflow_request(overflow, raw, scope, call.request_id)
+    o_url = f"{overflow.upstream}/v1/{_path(call.route)}"
+    call.served_by = SERVED_OVERFLOW
+    # The record stays the external deployment's; the TLS name is the overflow's.
+    call.deployment = replace(deployment, upstream_host=overflow.upstream_host)
+    if call.stream:
+        await gw._proxy_stream(scope, receive, send, call, o_url, body, o_headers, extra)
+    else:
+        await gw._proxy(send, call, o_url, body, o_headers, extra)
+
+
+async def _try_external(gw, send, call, url, raw, headers, extra, options, overflow) -> str:
+    """served (2xx–4xx but 429, sent), answered (a failure sent as is: no overflow), failed."""
+    timeout = aiohttp.ClientTimeout(total=float(options.get("timeout_s") or 30))
+    try:
+        async with gw.session.post(url, data=raw, headers=headers, timeout=timeout) as response:
+            content = await response.read()
+            status = response.status
+            content_type = response.headers.get("content-type", "application/json")
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        if overflow is not None:
+            return "failed"
+        await Breaker(gw._redis, call.deployment.id, options).failure()
+        error = gw._upstream_error(exc, call.deployment)
+        call.served_by = SERVED_EXTERNAL
+        await gw._record(call, error.status, actual=0)
+        raise error from None
+    failed = status >= 500 or status == 429
+    if failed and overflow is not None:
+        return "failed"
+    prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
+    call.served_by = SERVED_EXTERNAL
+    await gw._record(call, status, prompt=prompt, completion=completion, actual=prompt + completion)
+    await gw._send(send, status, content, content_type=content_type.encode(), headers=extra)
+    return "answered" if failed else "served"

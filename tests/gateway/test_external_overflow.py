@@ -1,0 +1,170 @@
+"""External deployments through the gateway: an on-prem OpenAI-shaped server (a local one on a free
+port; loopback allowed by the operator setting) that starts failing sends the next requests to
+the overflow deployment, with 0 failed requests for the official openai client."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+import redis
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from catalog.models import CatalogModel
+from deployments.external import external_deployment_create, external_url_refusal
+from gateway.models import UsageRecord
+from gateway.tasks import flush_usage
+from sandbox.engine import SimulatedEngine, run_engine_in_thread
+from tests.gateway.conftest import make_deployment, make_key
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET = "onprem-secret-1234"
+
+
+class OnPrem:
+    """An OpenAI-compatible server of the tenant's own: answers with the simulated engine while
+    `mode` is "ok"; "500" / "429" answer that status; it checks its own bearer key."""
+
+    def __init__(self) -> None:
+        self.engine = SimulatedEngine()
+        self.mode = "ok"
+        self.hits: list[str] = []  # the model names it was asked for
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.engine(scope, receive, send)
+        headers = dict(scope["headers"])
+        if scope["path"].endswith("/models") or headers.get(b"authorization") != f"Bearer {SECRET}".encode():
+            if scope["path"].endswith("/models") and headers.get(b"authorization") == f"Bearer {SECRET}".encode():
+                return await self.engine(scope, receive, send)
+            return await _json(send, 401, {"error": {"message": "bad key"}})
+        self.hits.append(scope["path"])
+        if self.mode != "ok":
+            return await _json(send, int(self.mode), {"error": {"message": f"on-prem {self.mode}"}})
+        return await self.engine(scope, receive, send)
+
+
+async def _json(send, status, payload):
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+def onprem(settings):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = True  # the operator setting: a local server
+    server = OnPrem()
+    url, stop = run_engine_in_thread(engine=server)
+    yield server, url
+    stop()
+
+
+@pytest.fixture
+def external(tenants, gateway, onprem, engine):
+    server, url = onprem
+    managed = make_deployment(tenants.project, "burst", served_model_name="burst-chat")
+    model = CatalogModel.objects.create(organization=tenants.org, name="onprem-llama", source="huggingface",
+                                        repo_id="acme/onprem")  # fmt: skip
+    deployment = external_deployment_create(
+        user=tenants.owner, project=tenants.project, model=model, name="onprem", url=url + "/v1",
+        credential=SECRET, overflow="burst", served_model_name="llama-onprem",
+        options={"timeout_s": 5, "failure_threshold": 2, "cooldown_s": 60},
+    )  # fmt: skip
+    client = openai.OpenAI(api_key=make_key(tenants.member, tenants.org), base_url=gateway.base_url, max_retries=0)
+    return deployment, managed, client, server
+
+
+def _ask(client, n: int, start: int = 0) -> list[str]:
+    replies = []
+    for i in range(start, start + n):
+        reply = client.chat.completions.create(
+            model="llama-onprem", messages=[{"role": "user", "content": f"question {i}"}]
+        )
+        replies.append(reply.choices[0].message.content)
+    return replies
+
+
+def test_failing_external_endpoint_overflows_with_no_failed_request(external, engine):
+    deployment, managed, client, server = external
+    assert _ask(client, 3) == [f"You said: question {i}" for i in range(3)]
+    assert len(server.hits) == 3 and not engine.requests  # the on-prem server answered, with its key
+
+    server.mode = "500"  # it starts failing
+    replies = _ask(client, 10, start=3)
+    assert replies == [f"You said: question {i}" for i in range(3, 13)]  # 0 failed requests
+    # Two failures open the breaker (failure_threshold 2): the rest never try the on-prem server.
+    assert len(server.hits) == 3 + 2
+    assert len(engine.requests) == 10
+    assert {r.body["model"] for r in engine.requests} == {"burst-chat"}  # the overflow's own name
+
+    breaker = redis.Redis.from_url(settings.REDIS_URL).hgetall(f"gw:ext:{deployment.pk}:cb")
+    assert int(breaker[b"fails"]) == 2 and int(breaker[b"open_until"]) > 0
+
+    flush_usage()
+    rows = UsageRecord.objects.filter(deployment=deployment)
+    assert rows.count() == 13 and set(rows.values_list("status_code", flat=True)) == {200}
+    assert rows.filter(served_by="external").count() == 3
+    assert rows.filter(served_by="overflow").count() == 10
+
+
+def test_429_and_unreachable_go_to_the_overflow(external, engine, onprem):
+    deployment, managed, client, server = external
+    server.mode = "429"
+    assert _ask(client, 1) == ["You said: question 0"]
+    assert len(server.hits) == 1 and len(engine.requests) == 1
+
+
+def test_concurrency_threshold_sends_the_excess_to_the_overflow(external, engine):
+    deployment, managed, client, server = external
+    # Two requests already on the on-prem server (another gateway process counted them).
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    from deployments.external import external_deployment_update
+
+    external_deployment_update(user=None, deployment=deployment, options={"max_concurrency": 2})
+    r.set(f"gw:ext:{deployment.pk}:inflight", 2)
+    assert _ask(client, 2) == ["You said: question 0", "You said: question 1"]
+    assert not server.hits and len(engine.requests) == 2
+    r.set(f"gw:ext:{deployment.pk}:inflight", 0)
+    assert _ask(client, 1) == ["You said: question 0"]
+    assert len(server.hits) == 1
+
+
+def test_without_overflow_the_callers_see_the_external_error(tenants, gateway, onprem, engine):
+    server, url = onprem
+    model = CatalogModel.objects.create(organization=tenants.org, name="m", source="huggingface", repo_id="a/b")
+    external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="solo",
+                               url=url, credential=SECRET)  # fmt: skip
+    client = openai.OpenAI(api_key=make_key(tenants.member, tenants.org), base_url=gateway.base_url, max_retries=0)
+    server.mode = "500"
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="solo", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("http://127.0.0.1:8000/v1", "loopback"),
+        ("http://169.254.169.254/latest", "link-local"),
+        ("http://10.0.0.5/v1", "private"),
+        ("file:///etc/passwd", "Only http"),
+        ("https://user:pw@example.com/v1", "API key field"),
+        ("gopher://example.com", "Only http"),
+    ],
+)
+def test_tenant_urls_are_checked_like_pool_servers(settings, url, words):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False
+    assert words in external_url_refusal(url)
+
+
+def test_a_refused_url_is_a_field_error_and_overflow_is_scoped(tenants, settings):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False
+    model = CatalogModel.objects.create(organization=tenants.org, name="m", source="huggingface", repo_id="a/b")
+    other = make_deployment(tenants.other_project, "theirs")
+    with pytest.raises(ValidationError) as info:
+        external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="x",
+                                   url="http://127.0.0.1/v1", overflow=other.pk)  # fmt: skip
+    assert set(info.value.message_dict) == {"external_url", "overflow"}
