@@ -315,6 +315,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "deployments-refresh-artifact-links": {
         "task": "deployments.refresh_artifact_links", "schedule": max(10.0, ARTIFACT_URL_TTL / 3),
     },  # fmt: skip
+    # External deployments: health check → the breaker every gateway shares (gateway/overflow.py).
+    "gateway-check-external": {"task": "gateway.check_external_endpoints", "schedule": 15.0},
 }
 # Flow 6: the autoscaler (deployments/autoscale.py) reads the gateway's load over the last
 # MODELDECK_AUTOSCALE_WINDOW_SECONDS every MODELDECK_AUTOSCALE_TICK_SECONDS; the gateway holds at

@@ -21,7 +21,9 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import httpx
 
+from deployments.external import base_url, external_url_refusal
 from gateway.errors import GatewayError
 from gateway.usage import usage_from_bytes
 
@@ -214,3 +216,39 @@ async def _try_external(gw, send, call, url, raw, headers, extra, options, overf
     await gw._record(call, status, prompt=prompt, completion=completion, actual=prompt + completion)
     await gw._send(send, status, content, content_type=content_type.encode(), headers=extra)
     return "answered" if failed else "served"
+
+
+# ---- the health check (gateway.tasks.check_external_endpoints, sync, in Celery) ----------------
+HEALTH_TIMEOUT_S = 5.0
+
+
+def probe(url: str, credential: str) -> tuple[bool, str]:
+    """GET <base>/models with the endpoint's key: (healthy, what was seen, in our words)."""
+    refusal = external_url_refusal(url)
+    if refusal:
+        return False, refusal
+    headers = {"authorization": f"Bearer {credential}"} if credential else {}
+    try:
+        with httpx.Client(timeout=HEALTH_TIMEOUT_S, trust_env=False, follow_redirects=False) as client:
+            response = client.get(base_url(url) + "/models", headers=headers)
+    except httpx.HTTPError as exc:
+        return False, f"unreachable ({type(exc).__name__})"
+    if response.status_code >= 500 or response.status_code == 429:
+        return False, f"answered {response.status_code}"
+    return True, f"answered {response.status_code}"
+
+
+def record_health(client, deployment_id: int, options: dict, healthy: bool) -> None:
+    """The health check's verdict on the shared breaker (a sync Redis client): healthy closes
+    it; unhealthy opens it at once (a failed check is not a passing blip)."""
+    key = _k(deployment_id, "cb")
+    if healthy:
+        if client.hget(key, "open_until"):
+            client.delete(key, _k(deployment_id, "probe"))
+        return
+    cooldown_ms = int(options.get("cooldown_s") or 30) * 1000
+    threshold = int(options.get("failure_threshold") or 3)
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, mapping={"fails": threshold, "open_until": _now_ms() + cooldown_ms})
+    pipe.expire(key, max(3600, cooldown_ms // 1000 * 4))
+    pipe.execute()

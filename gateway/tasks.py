@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from deployments.models import ModelDeployment
-from gateway import rollup
+from gateway import overflow, rollup
 from gateway.cache import sync_redis
 from gateway.models import UsageRecord
 from gateway.usage import CLAIM_IDLE_MS, USAGE_GROUP, USAGE_LIST_KEY, USAGE_STREAM_KEY
@@ -199,3 +199,25 @@ def fold_usage() -> int:
     """Fold the usage records committed since the last run into the hourly rollups (safe to
     run twice at once: gateway/rollup.py claims each batch on the cursor row)."""
     return rollup.fold()
+
+
+@shared_task(name="gateway.check_external_endpoints")
+def check_external_endpoints() -> dict[str, int]:
+    """Health-check every running external deployment (beat, every 15 s): open or close the
+    breaker all gateway processes share (gateway/overflow.py)."""
+    if not settings.REDIS_URL:
+        return {"checked": 0}
+    client = sync_redis()
+    rows = ModelDeployment.objects.filter(kind="external", state="running").select_related("current_revision")
+    counts = {"checked": 0, "healthy": 0}
+    try:
+        for row in rows.iterator():
+            healthy, seen = overflow.probe(row.external_url, row.external_credential)
+            overflow.record_health(client, row.pk, row.spec().get("external") or {}, healthy)
+            counts["checked"] += 1
+            counts["healthy"] += healthy
+            if not healthy:
+                log.info("external endpoint unhealthy", extra={"deployment": row.pk, "seen": seen})
+    finally:
+        client.close()
+    return counts

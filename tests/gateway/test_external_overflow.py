@@ -168,3 +168,28 @@ def test_a_refused_url_is_a_field_error_and_overflow_is_scoped(tenants, settings
         external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="x",
                                    url="http://127.0.0.1/v1", overflow=other.pk)  # fmt: skip
     assert set(info.value.message_dict) == {"external_url", "overflow"}
+
+
+def test_the_health_check_opens_and_closes_the_shared_breaker(external, engine):
+    from gateway.tasks import check_external_endpoints
+
+    deployment, managed, client, server = external
+    key = f"gw:ext:{deployment.pk}:cb"
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    server.mode = "500"  # /v1/models with the right key still answers: the server is up
+    assert check_external_endpoints() == {"checked": 1, "healthy": 1}
+    assert not r.exists(key)
+
+    server.engine, saved = None, server.engine  # now it crashes on every call
+    try:
+        result = check_external_endpoints()
+    finally:
+        server.engine = saved
+    assert result == {"checked": 1, "healthy": 0} and r.hget(key, "open_until")
+    server.mode = "ok"
+    assert _ask(client, 1) == ["You said: question 0"]
+    assert not server.hits and len(engine.requests) == 1  # breaker open: the overflow answered
+
+    assert check_external_endpoints() == {"checked": 1, "healthy": 1}
+    assert not r.exists(key)
+    assert _ask(client, 1) == ["You said: question 0"] and len(server.hits) == 1
