@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from catalog.models import CatalogModel, ProfileBundle
+from console.crypto import last4
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
@@ -150,6 +151,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     sandbox = serializers.SerializerMethodField()
     managed_by = serializers.SerializerMethodField()
     created_by = serializers.StringRelatedField(allow_null=True)
+    external_key_last4 = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelDeployment
@@ -157,6 +159,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "id", "name", "description", "project", "model", "bundle", "pool", "sandbox", "endpoint", "environment",
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
             "gpus_held", "scale", "spec", "managed_by", "created_by", "created_at", "updated_at",
+            "kind", "external_url", "external_key_last4", "overflow",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -178,7 +181,50 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return obj.gpus_held()
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:
-        return obj.pool.is_sandbox
+        return obj.pool is not None and obj.pool.is_sandbox
+
+    def get_external_key_last4(self, obj: ModelDeployment) -> str:
+        return last4(obj.external_credential) if obj.external_credential else ""
+
+
+class ExternalCreateSerializer(serializers.Serializer):
+    """POST /api/v1/deployments/ with kind "external" (deployments/external.py)."""
+
+    kind = serializers.ChoiceField(choices=["external"])
+    project = serializers.PrimaryKeyRelatedField(queryset=Project.objects.none())
+    model = serializers.PrimaryKeyRelatedField(queryset=CatalogModel.objects.none())
+    endpoint = serializers.PrimaryKeyRelatedField(queryset=Endpoint.objects.none(), required=False, allow_null=True)
+    name = serializers.CharField(max_length=50)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    external_url = serializers.CharField(max_length=500, help_text="The OpenAI-compatible base URL (…/v1).")
+    api_key = serializers.CharField(required=False, allow_blank=True, default="", write_only=True,
+                                    help_text="The endpoint's own key; stored encrypted, never returned.")
+    overflow = serializers.CharField(required=False, allow_blank=True, allow_null=True, default=None,
+                                     help_text="A managed deployment of the organization (id or name).")
+    served_model_name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+    options = serializers.DictField(required=False, default=dict,
+                                    help_text="timeout_s, max_concurrency (0: none), failure_threshold, cooldown_s.")
+
+    def __init__(self, *args, querysets: dict[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, qs in (querysets or {}).items():
+            if name in self.fields:
+                self.fields[name].queryset = qs
+
+
+class ExternalUpdateSerializer(serializers.Serializer):
+    external_url = serializers.CharField(max_length=500, required=False)
+    api_key = serializers.CharField(required=False, allow_blank=True, write_only=True,
+                                    help_text="Empty or left out: keep the stored key.")
+    overflow = serializers.CharField(required=False, allow_blank=True, allow_null=True)
+    served_model_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    options = serializers.DictField(required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+    def service_fields(self) -> dict[str, Any]:
+        data = dict(self.validated_data)
+        renamed = {"external_url": "url", "api_key": "credential"}
+        return {renamed.get(k, k): v for k, v in data.items()}
 
     def get_managed_by(self, obj: ModelDeployment) -> str:
         """Where to change a deployment a ModelDeployment resource manages; "" otherwise."""

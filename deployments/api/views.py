@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from catalog.selectors import bundles_for_user, models_for_user
 from console import permissions
-from deployments import observe, renderers, selectors, services
+from deployments import external, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
     ComputePoolSerializer,
@@ -23,6 +23,8 @@ from deployments.api.serializers import (
     DeploymentUpdateSerializer,
     EndpointSerializer,
     EventSerializer,
+    ExternalCreateSerializer,
+    ExternalUpdateSerializer,
     ManifestsSerializer,
     NimTagSerializer,
     RevisionSerializer,
@@ -174,8 +176,11 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         fresh = selectors.deployment_get(self.request.user, deployment.pk)
         return Response(DeploymentSerializer(fresh).data, status=code)
 
-    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentSerializer})
+    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentSerializer},
+                   description='With "kind": "external" the body is ExternalCreate (deployments/external.py).')
     def create(self, request):
+        if isinstance(request.data, dict) and request.data.get("kind") == "external":
+            return self._create_external(request)
         body = DeploymentCreateSerializer(data=request.data, querysets=self._querysets())
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -206,13 +211,32 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         )
         return self._read(deployment)
 
+    def _create_external(self, request) -> Response:
+        body = ExternalCreateSerializer(data=request.data, querysets=self._querysets())
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        deployment = external.external_deployment_create(
+            user=request.user, project=data["project"], model=data["model"], name=data["name"],
+            url=data["external_url"], credential=data["api_key"], overflow=data["overflow"] or None,
+            served_model_name=data["served_model_name"], options=data["options"],
+            endpoint=data.get("endpoint"), description=data["description"],
+        )  # fmt: skip
+        return self._read(deployment, status.HTTP_201_CREATED)
+
     @extend_schema(
         request=DeploymentUpdateSerializer,
         responses=DeploymentSerializer,
-        description="Change some spec fields; the others keep their values.",
-    )
+        description="Change some spec fields; the others keep their values. An external deployment "
+                    "takes external_url, api_key, overflow, served_model_name, options, description.",
+    )  # fmt: skip
     def partial_update(self, request, pk=None):
         deployment = self.get_object()
+        if deployment.is_external:
+            body = ExternalUpdateSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            permissions.require(request.user, "change", deployment.project, what="deployments")
+            external.external_deployment_update(user=request.user, deployment=deployment, **body.service_fields())
+            return self._read(deployment)
         body = DeploymentUpdateSerializer(data=request.data, models=self._querysets()["model"])
         body.is_valid(raise_exception=True)
         services.deployment_update(

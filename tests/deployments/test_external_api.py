@@ -1,0 +1,85 @@
+"""External deployments in the REST API: create, read (the key never comes back), update,
+scoping (404 across organizations), field errors for refused URLs, and delete (nothing on a pool)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.kube import network
+from deployments.models import ModelDeployment
+from tests.factories import rest_api_client
+
+pytestmark = pytest.mark.django_db
+
+
+def _public_example_com(monkeypatch):
+    """example.com's addresses are public; answer for them without the network (the rest as is)."""
+    real = network.non_public_addresses
+    monkeypatch.setattr(network, "non_public_addresses",
+                        lambda host, port: [] if host.endswith("example.com") else real(host, port))  # fmt: skip
+
+
+@pytest.fixture
+def body(tenants, model, deploy):
+    managed = deploy("burst")
+    return {
+        "kind": "external", "project": tenants.project.pk, "model": model.pk, "name": "onprem",
+        "external_url": "https://llm.example.com/v1", "api_key": "sk-onprem-abcdef1234",
+        "overflow": str(managed.pk), "served_model_name": "llama-onprem", "options": {"timeout_s": 10},
+    }  # fmt: skip
+
+
+def test_create_read_update_an_external_deployment(tenants, body, monkeypatch):
+    _public_example_com(monkeypatch)
+    client = rest_api_client(tenants.owner)
+    response = client.post("/api/v1/deployments/", body, format="json")
+    assert response.status_code == 201, response.json()
+    data = response.json()
+    assert (data["kind"], data["state"], data["pool"], data["bundle"]) == ("external", "running", None, None)
+    assert data["external_key_last4"] == "1234" and "api_key" not in data
+    assert data["spec"]["external"]["timeout_s"] == 10 and data["spec"]["external"]["overflow"] == "burst"
+    row = ModelDeployment.objects.get(pk=data["id"])
+    assert row.external_credential == "sk-onprem-abcdef1234"
+    stored = ModelDeployment.objects.filter(pk=row.pk).values_list("external_credential", flat=True)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_credential FROM deployments_modeldeployment WHERE id=%s", [row.pk])
+        assert "sk-onprem" not in cursor.fetchone()[0]  # encrypted at rest
+    assert stored  # (the ORM decrypts)
+
+    patched = client.patch(f"/api/v1/deployments/{row.pk}/", {"options": {"max_concurrency": 4}}, format="json")
+    assert patched.status_code == 200, patched.json()
+    assert patched.json()["spec"]["external"]["max_concurrency"] == 4
+    assert patched.json()["current_revision"] == 2 and patched.json()["external_key_last4"] == "1234"
+
+    bad = client.patch(f"/api/v1/deployments/{row.pk}/", {"external_url": "http://169.254.169.254/"}, format="json")
+    assert bad.status_code == 400 and "external_url" in bad.json()
+
+    assert rest_api_client(tenants.outsider).get(f"/api/v1/deployments/{row.pk}/").status_code == 404
+    assert rest_api_client(tenants.outsider).patch(
+        f"/api/v1/deployments/{row.pk}/", {"external_url": "https://x.example.com"}, format="json"
+    ).status_code == 404
+
+
+def test_refused_url_and_foreign_overflow_are_field_errors(tenants, body):
+    body["external_url"] = "file:///etc/passwd"
+    body["overflow"] = "no-such-deployment"
+    response = rest_api_client(tenants.owner).post("/api/v1/deployments/", body, format="json")
+    assert response.status_code == 400
+    assert {"external_url", "overflow"} <= set(response.json())
+    assert not ModelDeployment.objects.filter(kind="external").exists()
+
+
+def test_a_viewer_may_not_create_one(tenants, body):
+    response = rest_api_client(tenants.viewer).post("/api/v1/deployments/", body, format="json")
+    assert response.status_code in (403, 404)
+
+
+def test_delete_removes_the_row_with_nothing_pushed(tenants, body, monkeypatch, django_capture_on_commit_callbacks):
+    _public_example_com(monkeypatch)
+    client = rest_api_client(tenants.owner)
+    pk = client.post("/api/v1/deployments/", body, format="json").json()["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.delete(f"/api/v1/deployments/{pk}/").status_code == 202
+    assert not ModelDeployment.objects.filter(pk=pk).exists()
