@@ -16,7 +16,7 @@ from django.db.models import Q
 
 from catalog import services as catalog_services
 from catalog.models import CatalogModel, ProfileBundle
-from deployments import services
+from deployments import external, services
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
@@ -345,8 +345,67 @@ def _deployment_refs(ctx: Context, project: Project, spec: dict[str, Any]) -> di
     return refs
 
 
+EXTERNAL_KEYS = ("kind", "model", "url", "api_key", "overflow", "served_model_name", "options", "endpoint",
+                 "description")  # fmt: skip
+
+
+def _plan_external(ctx: Context, doc: dict[str, Any]) -> Change:
+    """`spec.kind: external`: an OpenAI-compatible URL with its key and an optional overflow
+    deployment (by name), through deployments/external.py. The key is write-only: a document
+    without `api_key` keeps the stored one."""
+    name, given = doc["metadata"]["name"], dict(doc.get("spec") or {})
+    project = ctx.project(doc)
+    unknown = sorted(set(given) - set(EXTERNAL_KEYS))
+    if unknown:
+        raise ManifestError(f"spec.{unknown[0]} is not a field of an external ModelDeployment")
+    if given.get("options") is not None and not isinstance(given["options"], dict):
+        raise ManifestError("spec.options is a mapping (timeout_s, max_concurrency, failure_threshold, cooldown_s)")
+    existing = ModelDeployment.objects.filter(project=project, name=name).select_related("current_revision").first()
+    if existing is None:
+        refs = {"model": None, "endpoint": None}
+        if not given.get("model"):
+            raise ManifestError("spec.model is required (a catalog model's name)")
+        refs["model"] = CatalogModel.objects.filter(organization=ctx.organization, name=given["model"]).first()
+        if refs["model"] is None:
+            raise ManifestError(f"no catalog model named {given['model']!r} (apply a Model document first)")
+        if given.get("endpoint"):
+            refs["endpoint"] = Endpoint.objects.filter(project=project, name=given["endpoint"]).first()
+            if refs["endpoint"] is None:
+                raise ManifestError(f"project {project.slug} has no endpoint {given['endpoint']!r}")
+        shown = {k: ("(set)" if k == "api_key" else v) for k, v in sorted(given.items())}
+        diff = [{"field": k, "old": None, "new": v} for k, v in shown.items()]
+        return Change("ModelDeployment", name, "created", diff, lambda: external.external_deployment_create(
+            user=ctx.user, project=project, model=refs["model"], name=name, url=str(given.get("url") or ""),
+            credential=str(given.get("api_key") or ""), overflow=given.get("overflow") or None,
+            served_model_name=str(given.get("served_model_name") or ""), options=given.get("options") or {},
+            endpoint=refs["endpoint"], description=str(given.get("description") or ""),
+        ))  # fmt: skip
+    if not existing.is_external:
+        raise ManifestError(f"modeldeployment/{name} is a managed deployment; its kind can't change in place")
+    current = existing.spec().get("external") or {}
+    old = {"url": existing.external_url, "overflow": current.get("overflow") or None,
+           "served_model_name": existing.served_name(), "description": existing.description,
+           "options": {k: current.get(k) for k in external.OPTION_FIELDS}}  # fmt: skip
+    new = {"url": given.get("url", old["url"]), "overflow": given.get("overflow", old["overflow"]) or None,
+           "served_model_name": given.get("served_model_name") or old["served_model_name"],
+           "description": given.get("description", old["description"]),
+           "options": old["options"] | dict(given.get("options") or {})}  # fmt: skip
+    diff = [{"field": k, "old": old[k], "new": new[k]} for k in old if old[k] != new[k]]
+    if given.get("api_key") and given["api_key"] != existing.external_credential:
+        diff.append({"field": "api_key", "old": "(set)", "new": "(changed)"})
+    if not diff:
+        return Change("ModelDeployment", name, "unchanged")
+    return Change("ModelDeployment", name, "configured", diff, lambda: external.external_deployment_update(
+        user=ctx.user, deployment=existing, url=new["url"], overflow=new["overflow"],
+        served_model_name=new["served_model_name"], options=new["options"], description=new["description"],
+        credential=str(given.get("api_key") or ""),
+    ))  # fmt: skip
+
+
 def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
     name, given = doc["metadata"]["name"], dict(doc.get("spec") or {})
+    if given.get("kind") == "external":
+        return _plan_external(ctx, doc)
     project = ctx.project(doc)
     unknown = sorted(set(given) - set(DEPLOYMENT_KEYS) - set(SPEC_KEYS))
     if unknown:

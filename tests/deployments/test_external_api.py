@@ -83,3 +83,46 @@ def test_delete_removes_the_row_with_nothing_pushed(tenants, body, monkeypatch, 
     with django_capture_on_commit_callbacks(execute=True):
         assert client.delete(f"/api/v1/deployments/{pk}/").status_code == 202
     assert not ModelDeployment.objects.filter(pk=pk).exists()
+
+
+MANIFEST = """
+apiVersion: modeldeck.io/v1
+kind: ModelDeployment
+metadata: {{name: onprem, project: {project}}}
+spec:
+  kind: external
+  model: {model}
+  url: https://llm.example.com/v1
+  api_key: sk-from-file-9876
+  overflow: burst
+  served_model_name: llama-onprem
+  options: {{max_concurrency: {concurrency}}}
+"""
+
+
+def test_apply_creates_then_configures_then_leaves_unchanged(tenants, model, deploy, monkeypatch):
+    from deployments.apply import Context, apply_documents, load_documents
+
+    _public_example_com(monkeypatch)
+    deploy("burst")
+    ctx = Context(user=tenants.owner, organization=tenants.org)
+    out: list[str] = []
+
+    def apply(concurrency: int) -> int:
+        text = MANIFEST.format(project=tenants.project.slug, model=model.name, concurrency=concurrency)
+        return apply_documents(ctx, load_documents(text), dry_run=False, write=out.append)
+
+    assert apply(8) == 0, out
+    row = ModelDeployment.objects.get(name="onprem")
+    assert row.is_external and row.overflow.name == "burst" and row.external_credential == "sk-from-file-9876"
+    assert "sk-from-file" not in "\n".join(out)  # the key is never echoed
+    assert apply(8) == 0 and "unchanged" in out[-1]
+    assert apply(16) == 0 and "configured" in out[-1] and "max_concurrency" in out[-1]
+    row.refresh_from_db()
+    assert row.spec()["external"]["max_concurrency"] == 16
+
+    bad = MANIFEST.format(project=tenants.project.slug, model=model.name, concurrency=1).replace(
+        "https://llm.example.com/v1", "http://127.0.0.1:6379"
+    ).replace("name: onprem", "name: local")
+    assert apply_documents(ctx, load_documents(bad), dry_run=False, write=out.append) == 1
+    assert "loopback" in out[-1] and not ModelDeployment.objects.filter(name="local").exists()
