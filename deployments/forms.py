@@ -931,3 +931,70 @@ def _pool_label(pool: ComputePool) -> str:
 
 def spec_json(spec: dict) -> str:
     return json.dumps(spec, indent=2, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# External deployments (deployments/external.py)
+# ---------------------------------------------------------------------------------------------
+
+
+class ExternalDeploymentForm(StyledForm):
+    """An OpenAI-compatible URL of the organization's own, with its key and an optional overflow
+    deployment. Create: every field; edit (``instance``): project, model and name stay."""
+
+    project = forms.ModelChoiceField(queryset=None, empty_label=None)
+    model = forms.ModelChoiceField(queryset=None, help_text="The catalog model the endpoint serves.")
+    name = forms.CharField(max_length=50)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    external_url = forms.CharField(
+        label="Endpoint URL", max_length=500,
+        widget=forms.TextInput(attrs={"placeholder": "https://llm.example.com/v1"}),
+        help_text="Its OpenAI-compatible base URL. Public addresses only, unless a platform operator allows private ones.",
+    )  # fmt: skip
+    api_key = forms.CharField(
+        label="API key", required=False, widget=forms.PasswordInput(render_value=False),
+        help_text="Sent as a bearer token by the gateway only; stored encrypted, never shown again.",
+    )  # fmt: skip
+    served_model_name = forms.CharField(
+        required=False, max_length=200, help_text="The model name clients send; empty: the deployment's name."
+    )
+    overflow = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="No overflow",
+        help_text="A managed deployment of this organization (it may sit at zero replicas) that takes requests "
+                  "when the endpoint fails, times out, answers 429 or is at its concurrency threshold.",
+    )  # fmt: skip
+    timeout_s = forms.IntegerField(label="Time-out (s)", min_value=1, max_value=600, initial=30)
+    max_concurrency = forms.IntegerField(
+        label="Concurrency threshold", min_value=0, max_value=100_000, initial=0,
+        help_text="Requests in flight past which the overflow takes the rest (0: no threshold).",
+    )  # fmt: skip
+    failure_threshold = forms.IntegerField(
+        min_value=1, max_value=100, initial=3, help_text="Failures in a row that open the circuit breaker."
+    )
+    cooldown_s = forms.IntegerField(
+        label="Cool-down (s)", min_value=1, max_value=3600, initial=30,
+        help_text="How long an open breaker sends everything to the overflow before one request tries again.",
+    )  # fmt: skip
+
+    def __init__(self, *args, projects, models, overflows, instance=None, **kwargs) -> None:
+        self.instance = instance
+        if instance is not None:  # what a bound form shows comes from its data instead
+            options = instance.spec().get("external") or {}
+            kwargs["initial"] = {
+                "external_url": instance.external_url, "served_model_name": instance.served_name(),
+                "overflow": instance.overflow_id, "description": instance.description,
+                **{k: options.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")},
+            }  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+        self.fields["model"].queryset = models
+        self.fields["overflow"].queryset = overflows
+        if instance is not None:
+            for name in ("project", "model", "name"):
+                del self.fields[name]
+            self.fields["api_key"].help_text = "Empty: keep the stored key (…" + (
+                instance.external_credential[-4:] if len(instance.external_credential or "") >= 8 else ""
+            ) + ")."
+
+    def options(self) -> dict[str, Any]:
+        return {k: self.cleaned_data.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")}

@@ -185,7 +185,7 @@ class ModelDeployment(models.Model):
         help_text="Empty only for an external deployment.",
     )
     kind = models.CharField(max_length=10, choices=DeploymentKind.choices, default=DeploymentKind.MANAGED)
-    external_url = models.URLField(max_length=500, blank=True, help_text="External: the OpenAI-compatible base URL (…/v1).")
+    external_url = models.CharField(max_length=500, blank=True, help_text="External: the OpenAI-compatible base URL (…/v1).")
     # The external endpoint's own key; only the gateway sends it (never shown back, last 4 aside).
     external_credential = EncryptedTextField(blank=True)
     overflow = models.ForeignKey(

@@ -10,6 +10,8 @@ urlpatterns = [
     path("deployments/", views.deployment_list, name="list"),
     path("deployments/new/", views.deployment_create, name="create"),
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
+    path("deployments/external/new/", views.external_create, name="external_create"),
+    path("deployments/<int:pk>/external/", views.external_edit, name="external_edit"),
     path("deployments/<int:pk>/edit/", views.deployment_update, name="deployment_update"),
     path("deployments/<int:pk>/scale/", views.deployment_scale, name="deployment_scale"),
     path(

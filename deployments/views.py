@@ -19,17 +19,19 @@ from catalog import maas
 from catalog import selectors as catalog_selectors
 from catalog.selectors import model_get
 from console import permissions
+from console.crypto import last4
 from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from console.paging import ListFilter, paginate
-from deployments import observe, renderers, selectors, services
+from deployments import external, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.forms import (
     SANDBOX_LABEL,
     DeploymentForm,
     EndpointForm,
+    ExternalDeploymentForm,
     PoolForm,
     ScaleForm,
     initial_from_spec,
@@ -38,12 +40,15 @@ from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
+    DeploymentKind,
     DeploymentState,
     ModelDeployment,
     PoolKind,
     Revision,
 )
 from gateway import reports
+from gateway.overflow import breaker_state as overflow_state
+from gateway.reports import served_split
 from projects.models import Environment, GpuReservation
 from projects.selectors import projects_for_user
 
@@ -725,7 +730,7 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
         "served_name": deployment.served_name(),
         "gateway_url": settings.GATEWAY_BASE_URL.rstrip("/") + "/v1",
         "final": deployment.state in FINAL_STATES,
-        "sandbox": deployment.pool.is_sandbox,
+        "sandbox": deployment.pool is not None and deployment.pool.is_sandbox,
         "sandbox_label": SANDBOX_LABEL,
         # A ModelDeployment resource manages it: read-only here, the message says where to change it.
         "can_change": permissions.can(request.user, "change", deployment) and not deployment.managed_by_resource,
@@ -736,6 +741,8 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
 @login_required
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _deployment_get(request, pk)
+    if deployment.is_external:
+        return _external_detail(request, deployment)
     fragment = request.GET.get("fragment")
     if request.htmx and fragment in {"status", "events"}:
         context = _detail_context(request, deployment)
@@ -940,7 +947,8 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
         services.deployment_delete(user=request.user, deployment=deployment)
     except ValidationError as exc:
         return _action_failed(request, deployment, exc)
-    messages.success(request, f"“{deployment.name}” is being deleted from {deployment.pool.name}.")
+    where = deployment.pool.name if deployment.pool is not None else "the gateway"
+    messages.success(request, f"“{deployment.name}” is being deleted from {where}.")
     return _redirect(request, reverse("deployments:list"))
 
 
@@ -1003,3 +1011,94 @@ def deployment_nim_tag(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         return _action_failed(request, deployment, exc)
     return _after_action(request, deployment, f"NIM tag set to {tag} (revision {revision.number}).")
+
+
+# ---------------------------------------------------------------------------------------------
+# External deployments: an OpenAI-compatible URL with overflow (deployments/external.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _external_form_kwargs(request: HttpRequest, org, instance: ModelDeployment | None) -> dict[str, Any]:
+    overflows = selectors.deployments_for_user(request.user).filter(
+        project__organization=org, kind=DeploymentKind.MANAGED
+    )
+    return {
+        "projects": projects_for_user(request.user, org),
+        "models": catalog_selectors.models_for_user(request.user, org),
+        "overflows": overflows.order_by("name"),
+        "instance": instance,
+    }
+
+
+class ExternalCreate(EditView):
+    form_class = ExternalDeploymentForm
+    template_name = "deployments/external_form.html"
+    fragment_template = "deployments/htmx/external_form.html"
+
+    def check_permission(self, request, obj) -> None:
+        return None  # the service asks "change" on the chosen project (a viewer gets its refusal)
+
+    def form_kwargs(self, request, obj) -> dict[str, Any]:
+        return _external_form_kwargs(request, _organization(request), None)
+
+    def save(self, request, obj, form) -> ModelDeployment:
+        data = form.cleaned_data
+        try:
+            return external.external_deployment_create(
+                user=request.user, project=data["project"], model=data["model"], name=data["name"],
+                url=data["external_url"], credential=data["api_key"], overflow=data["overflow"],
+                served_model_name=data["served_model_name"], options=form.options(),
+                description=data["description"],
+            )  # fmt: skip
+        except PermissionDenied as exc:
+            raise ValidationError({"project": str(exc) or "You may not deploy into this project."}) from None
+
+    def success_message(self, saved) -> str:
+        return f"External deployment “{saved.name}” created; the gateway sends its requests to {saved.external_url}."
+
+
+class ExternalEdit(EditView):
+    form_class = ExternalDeploymentForm
+    template_name = "deployments/external_form.html"
+    fragment_template = "deployments/htmx/external_form.html"
+
+    def get_object(self, request, **kwargs) -> ModelDeployment:
+        deployment = selectors.deployment_get(request.user, kwargs["pk"])
+        if not deployment.is_external:
+            raise Http404("Not an external deployment.")
+        return deployment
+
+    def form_kwargs(self, request, obj) -> dict[str, Any]:
+        return _external_form_kwargs(request, obj.project.organization, obj)
+
+    def save(self, request, obj, form) -> ModelDeployment:
+        data = form.cleaned_data
+        return external.external_deployment_update(
+            user=request.user, deployment=obj, url=data["external_url"], credential=data["api_key"],
+            overflow=data["overflow"], served_model_name=data["served_model_name"], options=form.options(),
+            description=data["description"],
+        )  # fmt: skip
+
+    def success_message(self, saved) -> str:
+        return f"“{saved.name}” updated."
+
+    def context(self, request, obj, form) -> dict[str, Any]:
+        return {"d": obj}
+
+
+external_create = ExternalCreate.as_view()
+external_edit = ExternalEdit.as_view()
+
+
+def _external_detail(request: HttpRequest, deployment: ModelDeployment) -> HttpResponse:
+    """An external deployment's page: where it points, its breaker, and who served its requests."""
+    context = _detail_context(request, deployment)
+    context.update(
+        options=(deployment.spec().get("external") or {}),
+        key_last4=last4(deployment.external_credential or ""),
+        breaker=overflow_state(deployment.pk),
+        split=served_split(deployment.pk),
+        events=deployment.events.all()[:10],
+        usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
+    )
+    return render(request, "deployments/external_detail.html", context)

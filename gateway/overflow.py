@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+import redis
+from django.conf import settings
 
 from deployments.external import base_url, external_url_refusal
 from gateway.errors import GatewayError
@@ -252,3 +254,22 @@ def record_health(client, deployment_id: int, options: dict, healthy: bool) -> N
     pipe.hset(key, mapping={"fails": threshold, "open_until": _now_ms() + cooldown_ms})
     pipe.expire(key, max(3600, cooldown_ms // 1000 * 4))
     pipe.execute()
+
+
+def breaker_state(deployment_id: int) -> dict[str, Any]:
+    """What the deployment page shows: closed / open (until when) / half-open, failures, in flight."""
+    if not settings.REDIS_URL:
+        fails, open_until = _local.get(_k(deployment_id, "cb"), (0, 0))
+        inflight = _local.get(_k(deployment_id, "inflight"), 0)
+    else:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        try:
+            fails, open_until = client.hmget(_k(deployment_id, "cb"), "fails", "open_until")
+            inflight = client.get(_k(deployment_id, "inflight"))
+        finally:
+            client.close()
+    fails, open_until, inflight = int(fails or 0), int(open_until or 0), int(inflight or 0)
+    now = _now_ms()
+    state = "closed" if not open_until else ("open" if now < open_until else "half-open")
+    return {"state": state, "failures": fails, "retry_in_s": max(0, (open_until - now) // 1000) if open_until else 0,
+            "in_flight": max(0, inflight)}  # fmt: skip

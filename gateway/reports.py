@@ -593,3 +593,25 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
             for k in keys
         ],
     }  # fmt: skip
+
+
+def served_split(deployment_id: int, *, days: int = 30) -> list[dict]:
+    """An external deployment's requests by who answered them (UsageRecord.served_by): its own
+    URL or its overflow deployment, with errors, tokens and p50 latency (last `days` days)."""
+    since = timezone.now() - timedelta(days=days)
+    rows = (
+        UsageRecord.objects.filter(deployment_id=deployment_id, created_at__gte=since)
+        .values("served_by")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=400)),
+            tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
+        )
+        .order_by("served_by")
+    )
+    total = sum(r["requests"] for r in rows) or 1
+    labels = {"external": "External endpoint", "overflow": "Overflow deployment", "": "Unrecorded"}
+    return [
+        {**r, "label": labels.get(r["served_by"], r["served_by"]), "share": round(100 * r["requests"] / total, 1)}
+        for r in rows
+    ]

@@ -17,6 +17,7 @@ from deployments.external import external_deployment_create, external_url_refusa
 from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
 from sandbox.engine import SimulatedEngine, run_engine_in_thread
+from tests.conftest import login
 from tests.gateway.conftest import make_deployment, make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,6 +79,10 @@ def external(tenants, gateway, onprem, engine):
     return deployment, managed, client, server
 
 
+def tenants_owner(deployment):
+    return deployment.created_by
+
+
 def _ask(client, n: int, start: int = 0) -> list[str]:
     replies = []
     for i in range(start, start + n):
@@ -109,6 +114,11 @@ def test_failing_external_endpoint_overflows_with_no_failed_request(external, en
     assert rows.count() == 13 and set(rows.values_list("status_code", flat=True)) == {200}
     assert rows.filter(served_by="external").count() == 3
     assert rows.filter(served_by="overflow").count() == 10
+    # The deployment page shows the split.
+    page = login(tenants_owner(deployment)).get(deployment.get_absolute_url()).content.decode()
+    assert '<tr data-served-by="external"><td>External endpoint</td><td class="num">3</td>' in page
+    assert '<tr data-served-by="overflow"><td>Overflow deployment</td><td class="num">10</td>' in page
+    assert 'id="breaker-state">open' in page
 
 
 def test_429_and_unreachable_go_to_the_overflow(external, engine, onprem):

@@ -1,0 +1,79 @@
+"""External deployments in the console: the form (field errors, never a 500), the page with the
+breaker and the served split, edit keeping the key, scoping (404 across organizations)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.kube import network
+from deployments.models import ModelDeployment
+from tests.conftest import login
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def public_example_com(monkeypatch):
+    real = network.non_public_addresses
+    monkeypatch.setattr(network, "non_public_addresses",
+                        lambda host, port: [] if host.endswith("example.com") else real(host, port))  # fmt: skip
+
+
+def _form(tenants, model, overflow, **changes):
+    data = {
+        "project": tenants.project.pk, "model": model.pk, "name": "onprem", "external_url": "https://llm.example.com/v1",
+        "api_key": "sk-onprem-abcdef1234", "served_model_name": "llama-onprem", "overflow": overflow.pk,
+        "timeout_s": "20", "max_concurrency": "5", "failure_threshold": "3", "cooldown_s": "30", "description": "",
+    }  # fmt: skip
+    data.update(changes)
+    return data
+
+
+def test_create_show_edit_and_scope(tenants, model, deploy, public_example_com):
+    burst = deploy("burst")
+    client = login(tenants.owner)
+    assert client.get("/deployments/external/new/").status_code == 200
+    response = client.post("/deployments/external/new/", _form(tenants, model, burst))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    row = ModelDeployment.objects.get(name="onprem")
+    assert row.is_external and row.overflow == burst and row.spec()["external"]["max_concurrency"] == 5
+
+    page = client.get(row.get_absolute_url()).content.decode()
+    assert "https://llm.example.com/v1" in page and "1234" in page and "sk-onprem" not in page
+    assert 'id="breaker-state">closed' in page and "No requests yet." in page
+    assert 'id="external-badge"' in page
+
+    edit = client.post(f"/deployments/{row.pk}/external/", {**_form(tenants, model, burst, api_key=""), "timeout_s": "40"})
+    assert edit.status_code == 302
+    row.refresh_from_db()
+    assert row.external_credential == "sk-onprem-abcdef1234"  # an empty key field keeps the stored one
+    assert row.spec()["external"]["timeout_s"] == 40
+
+    outsider = login(tenants.outsider)
+    assert outsider.get(row.get_absolute_url()).status_code == 404
+    assert outsider.get(f"/deployments/{row.pk}/external/").status_code == 404
+    assert outsider.post(f"/deployments/{row.pk}/external/", _form(tenants, model, burst)).status_code == 404
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "file:///etc/passwd", "http://127.0.0.1:5432"])
+def test_refused_urls_are_field_errors(tenants, model, deploy, url):
+    burst = deploy("burst")
+    response = login(tenants.owner).post("/deployments/external/new/", _form(tenants, model, burst, external_url=url))
+    assert response.status_code == 200
+    assert response.context["form"].errors["external_url"]
+    assert not ModelDeployment.objects.filter(name="onprem").exists()
+
+
+def test_another_orgs_deployment_is_not_an_overflow_choice(tenants, model, deploy, public_example_com):
+    from tests.gateway.conftest import make_deployment
+
+    theirs = make_deployment(tenants.other_project, "theirs")
+    response = login(tenants.owner).post("/deployments/external/new/", _form(tenants, model, theirs))
+    assert response.status_code == 200 and response.context["form"].errors["overflow"]
+
+
+def test_a_viewer_gets_a_refusal_not_a_deployment(tenants, model, deploy, public_example_com):
+    burst = deploy("burst")
+    response = login(tenants.viewer).post("/deployments/external/new/", _form(tenants, model, burst))
+    assert response.status_code in (200, 403)
+    assert not ModelDeployment.objects.filter(name="onprem").exists()
