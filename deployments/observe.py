@@ -45,6 +45,9 @@ def _pods_numbers(deployment: ModelDeployment) -> tuple[int | None, int | None]:
 def deployment_replicas(deployment: ModelDeployment) -> Replicas:
     """The deployment's pods on its pool (one list call, plus one of nodes for the GPU type)."""
     serving, rolling_out = _pods_numbers(deployment)
+    if deployment.pool is None:
+        return Replicas([], serving, rolling_out, error=(
+            f"An external deployment runs no pods here; its endpoint is {deployment.external_url}."))  # fmt: skip
     try:
         with kube_for(deployment.pool) as kube:
             pods = list_pods(kube, deployment.project.namespace(), deployment.pk)

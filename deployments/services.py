@@ -786,7 +786,7 @@ def _revise(
         if locked.state == DeploymentState.DELETING:
             raise ValidationError("This deployment is being deleted.")
         if locked.pool_id is None:  # deployments/external.py owns its changes
-            raise ValidationError("An external deployment changes by its URL, key and overflow only.")
+            raise ValidationError({"kind": EXTERNAL_ONLY})
         if callable(spec):
             spec = spec(locked)
         current = locked.current_revision
@@ -932,12 +932,18 @@ def _refuse_if_managed(user: AbstractBaseUser | None, deployment: ModelDeploymen
         raise ValidationError(deployment.managed_message(), code="managed")
 
 
+EXTERNAL_ONLY = ("An external deployment has no replicas, engine or spec to change; edit its URL, key, "
+                 "overflow and options instead (PATCH external_url, api_key, overflow, options).")
+
+
 def deployment_update_spec(
     *, deployment: ModelDeployment, spec: dict[str, Any], replace: bool = False
 ) -> dict[str, Any]:
     """The canonical spec an update to ``spec`` gives, without writing anything: the edit form
     checks with it as the user types, deployment_update saves it. The given keys go over the
     current spec (a new NIM tag moves the image's tag), or with ``replace`` over the defaults."""
+    if deployment.pool_id is None:  # deployments/external.py owns its changes
+        raise ValidationError({"kind": EXTERNAL_ONLY})
     current = deployment.current_revision.spec if deployment.current_revision else {}
     if not isinstance(spec, dict):
         raise ValidationError({"spec": "The spec must be a mapping."})

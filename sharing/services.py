@@ -366,6 +366,10 @@ def promotion_plan(
     Refuses (ValidationError on ``target_environment``) with every broken rule named.
     """
     permissions.require(user, "change", deployment)
+    if getattr(deployment, "pool_id", 0) is None:  # an external deployment (deployments/external.py)
+        raise ValidationError(
+            {"target_environment": "An external deployment runs nothing to promote; add the endpoint in the other environment."}
+        )
     if target_environment.project_id != deployment.project_id:
         raise ValidationError(
             {"target_environment": "Promote only into an environment of the same project."}

@@ -340,6 +340,8 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         """The Kubernetes objects a revision renders to, as multi-document YAML."""
 
         deployment = self.get_object()
+        if deployment.is_external:
+            raise ValidationError({"kind": "An external deployment has no Kubernetes objects."})
         wanted = request.query_params.get("revision", "")
         if wanted:
             if not wanted.isdigit():

@@ -126,3 +126,21 @@ def test_apply_creates_then_configures_then_leaves_unchanged(tenants, model, dep
     ).replace("name: onprem", "name: local")
     assert apply_documents(ctx, load_documents(bad), dry_run=False, write=out.append) == 1
     assert "loopback" in out[-1] and not ModelDeployment.objects.filter(name="local").exists()
+
+
+def test_routes_of_managed_deployments_answer_in_words_for_an_external_one(tenants, body, monkeypatch):
+    from tests.conftest import login
+
+    _public_example_com(monkeypatch)
+    client = rest_api_client(tenants.owner)
+    pk = client.post("/api/v1/deployments/", body, format="json").json()["id"]
+    manifests = client.get(f"/api/v1/deployments/{pk}/manifests/")
+    assert manifests.status_code == 400 and "no Kubernetes objects" in str(manifests.json())
+    replicas = client.get(f"/api/v1/deployments/{pk}/replicas/")
+    assert replicas.status_code == 503 and "external deployment runs no pods" in replicas.json()["detail"]
+    scale = client.post(f"/api/v1/deployments/{pk}/scale/", {"min": 1, "max": 2}, format="json")
+    assert scale.status_code == 400 and "external deployment" in str(scale.json())
+    put = client.put(f"/api/v1/deployments/{pk}/", {"spec": {}}, format="json")
+    assert put.status_code == 400
+    listing = login(tenants.owner).get("/deployments/").content.decode()
+    assert "onprem" in listing and '<span class="badge">External</span>' in listing
