@@ -16,7 +16,7 @@ from django.db.models import Q
 
 from catalog import services as catalog_services
 from catalog.models import CatalogModel, ProfileBundle
-from deployments import external, services
+from deployments import external, galleries, services
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
@@ -33,7 +33,8 @@ API_VERSION = "modeldeck.io/v1"
 # Things other kinds refer to come first; deletes go the other way round.
 KIND_ORDER = ("ComputePool", "ProfileBundle", "Model", "Endpoint", "ModelDeployment")
 # update_strategy (blue_green | recreate) says how this apply rolls a change out; it is not stored.
-DEPLOYMENT_KEYS = ("model", "pool", "bundle", "endpoint", "environment", "description", "state", "update_strategy")
+DEPLOYMENT_KEYS = ("model", "pool", "bundle", "endpoint", "environment", "description", "state", "update_strategy",
+                   "resource_template")
 
 
 class ManifestError(Exception):
@@ -416,7 +417,12 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
     strategy = given.get("update_strategy", "blue_green")
     if strategy not in services.UPDATE_STRATEGIES:
         raise ManifestError(f"spec.update_strategy is one of {', '.join(services.UPDATE_STRATEGIES)}")
-    spec = {k: v for k, v in given.items() if k in SPEC_KEYS}
+    # A resource template is copied into the spec (deployments/galleries.py): the spec's own
+    # `resources` keys win; a later change to the template reaches this deployment only when
+    # the document is applied again.
+    spec = galleries.resolve_template(
+        project, {k: v for k, v in given.items() if k in SPEC_KEYS}, given.get("resource_template")
+    )
     existing = (
         ModelDeployment.objects.filter(project=project, name=name)
         .select_related("model", "bundle", "pool", "endpoint", "current_revision")

@@ -419,3 +419,78 @@ class ScaleSample(models.Model):
     class Meta:
         ordering = ["deployment", "at"]
         indexes = [models.Index(fields=["deployment", "at"])]
+
+
+# --- Galleries: reusable resource templates and data sources (deployments/galleries.py) --------
+
+
+class GalleryScope(models.Model):
+    """Organization-wide (project empty) or one project's; names unique in their scope."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+        help_text="Empty: shared by every project of the organization.",
+    )  # fmt: skip
+    name = models.CharField(max_length=63)
+    description = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def scope_label(self) -> str:
+        return self.project.name if self.project_id else "Organization"
+
+
+class ResourceTemplate(GalleryScope):
+    """A compute preset (CPU, memory, GPU type and count, shared memory). Chosen at deploy time
+    it is copied into the spec: changing it never changes a running deployment."""
+
+    cpu = models.CharField(max_length=20)
+    memory = models.CharField(max_length=20)
+    gpus = models.PositiveSmallIntegerField(default=0)
+    gpu_type = models.CharField(max_length=100, blank=True)
+    shm_size = models.CharField(max_length=20, blank=True, help_text="Shared memory (/dev/shm), e.g. 16Gi.")
+
+    class Meta(GalleryScope.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], condition=models.Q(project__isnull=True),
+                                    name="resource_template_name_unique_in_org"),
+            models.UniqueConstraint(fields=["project", "name"], condition=models.Q(project__isnull=False),
+                                    name="resource_template_name_unique_in_project"),
+        ]  # fmt: skip
+
+
+class DataSourceKind(models.TextChoices):
+    PVC = "pvc", "PersistentVolumeClaim"
+    S3 = "s3", "S3 bucket"
+    HF_CACHE = "hf_cache", "Hugging Face cache (PVC)"
+    NGC_CACHE = "ngc_cache", "NGC / NIM cache (PVC)"
+
+
+class DataSource(GalleryScope):
+    """A reusable storage definition: a claim (PVC, HF or NGC cache) or an S3 bucket with its
+    credentials (the S3 integration's fields, stored encrypted)."""
+
+    kind = models.CharField(max_length=20, choices=DataSourceKind.choices)
+    claim_name = models.CharField(max_length=253, blank=True, help_text="PVC kinds: the claim's name.")
+    uri = models.CharField(max_length=500, blank=True, help_text="S3: s3://bucket/prefix.")
+    mount_path = models.CharField(max_length=300, blank=True)
+    credentials = EncryptedTextField(blank=True)  # S3: JSON of projects.models.S3_FIELDS
+
+    class Meta(GalleryScope.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], condition=models.Q(project__isnull=True),
+                                    name="data_source_name_unique_in_org"),
+            models.UniqueConstraint(fields=["project", "name"], condition=models.Q(project__isnull=False),
+                                    name="data_source_name_unique_in_project"),
+        ]  # fmt: skip

@@ -249,6 +249,11 @@ class DeploymentCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=50)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     spec = serializers.DictField(required=False, default=dict)
+    resource_template = serializers.CharField(
+        required=False, allow_blank=True, default="",
+        help_text="A resource template's name (the project's, else the organization's): its CPU, memory and "
+                  "GPUs are copied into spec.resources (keys given in the spec win).",
+    )  # fmt: skip
 
     def __init__(self, *args, querysets: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

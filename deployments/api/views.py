@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from catalog.selectors import bundles_for_user, models_for_user
 from console import permissions
-from deployments import external, observe, renderers, selectors, services
+from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
     ComputePoolSerializer,
@@ -184,9 +184,10 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         body = DeploymentCreateSerializer(data=request.data, querysets=self._querysets())
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        spec = galleries.resolve_template(data["project"], data.get("spec") or {}, data.get("resource_template"))
         deployment = services.deployment_create(
             user=request.user, project=data["project"], model=data["model"], pool=data["pool"], name=data["name"],
-            spec=data.get("spec") or {}, bundle=data.get("bundle"), endpoint=data.get("endpoint"),
+            spec=spec, bundle=data.get("bundle"), endpoint=data.get("endpoint"),
             environment=data.get("environment"), description=data.get("description", ""),
         )  # fmt: skip
         return self._read(deployment, status.HTTP_201_CREATED)

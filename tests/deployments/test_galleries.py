@@ -1,0 +1,109 @@
+"""Galleries: resource templates and data sources, organization-wide or per project; chosen by
+name in REST and apply -f and copied into the spec (a later template change leaves running
+deployments alone); scoped (404 across organizations); bad input is a field error."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.models import DataSource, ModelDeployment, ResourceTemplate
+from tests.factories import rest_api_client
+
+pytestmark = pytest.mark.django_db
+
+TEMPLATE = {"name": "a100-large", "cpu": "8", "memory": "64Gi", "gpus": 2, "gpu_type": "nvidia-a100", "shm_size": "16Gi"}
+
+
+def test_template_crud_and_scoping(tenants):
+    owner = rest_api_client(tenants.owner)
+    created = owner.post("/api/v1/resource-templates/", TEMPLATE, format="json")
+    assert created.status_code == 201, created.json()
+    data = created.json()
+    assert data["scope"] == "Organization" and data["gpus"] == 2 and data["project"] is None
+    pk = data["id"]
+    assert owner.patch(f"/api/v1/resource-templates/{pk}/", {"gpus": 4}, format="json").json()["gpus"] == 4
+    outsider = rest_api_client(tenants.outsider)
+    assert outsider.get(f"/api/v1/resource-templates/{pk}/").status_code == 404
+    assert outsider.patch(f"/api/v1/resource-templates/{pk}/", {"gpus": 1}, format="json").status_code == 404
+    assert outsider.delete(f"/api/v1/resource-templates/{pk}/").status_code == 404
+    assert [t["name"] for t in outsider.get("/api/v1/resource-templates/").json()["results"]] == []
+    dup = owner.post("/api/v1/resource-templates/", TEMPLATE, format="json")
+    assert dup.status_code == 400 and "name" in dup.json()
+    # A project's own template of the same name is another scope.
+    proj = owner.post("/api/v1/resource-templates/", {**TEMPLATE, "project": tenants.project.pk, "gpus": 1}, format="json")
+    assert proj.status_code == 201 and proj.json()["scope"] == tenants.project.name
+    assert owner.delete(f"/api/v1/resource-templates/{pk}/").status_code == 204
+    assert not ResourceTemplate.objects.filter(pk=pk).exists()
+
+
+@pytest.mark.parametrize("field, value", [("cpu", "lots"), ("memory", ""), ("gpus", 99), ("shm_size", "16 gigs"), ("name", "Bad Name")])
+def test_bad_template_fields_are_400s_naming_them(tenants, field, value):
+    response = rest_api_client(tenants.owner).post("/api/v1/resource-templates/", {**TEMPLATE, field: value}, format="json")
+    assert response.status_code == 400 and field in response.json()
+
+
+def test_only_admins_make_organization_wide_entries(tenants):
+    member = rest_api_client(tenants.member)
+    refused = member.post("/api/v1/resource-templates/", TEMPLATE, format="json")
+    assert refused.status_code == 403
+    allowed = member.post("/api/v1/resource-templates/", {**TEMPLATE, "project": tenants.project.pk}, format="json")
+    assert allowed.status_code == 201
+
+
+def test_deploy_with_a_template_copies_it_and_a_later_change_leaves_the_deployment(tenants, model, bundle, pool):
+    owner = rest_api_client(tenants.owner)
+    pk = owner.post("/api/v1/resource-templates/", {**TEMPLATE, "gpus": 1, "gpu_type": ""}, format="json").json()["id"]
+    body = {"project": tenants.project.pk, "model": model.pk, "pool": pool.pk, "bundle": bundle.pk, "name": "chat",
+            "resource_template": "a100-large", "spec": {"served_model_name": "qwen-chat"}}  # fmt: skip
+    response = owner.post("/api/v1/deployments/", body, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["spec"]["resources"] == {"cpu": "8", "memory": "64Gi", "gpus": 1, "gpu_type": ""}
+    owner.patch(f"/api/v1/resource-templates/{pk}/", {"cpu": "2", "memory": "8Gi"}, format="json")
+    deployment = ModelDeployment.objects.get(name="chat")
+    assert deployment.spec()["resources"]["cpu"] == "8" and deployment.current_revision.number == 1
+
+    missing = owner.post("/api/v1/deployments/", {**body, "name": "other", "resource_template": "nope"}, format="json")
+    assert missing.status_code == 400 and "resource_template" in missing.json()
+
+
+def test_apply_picks_a_template_by_name(tenants, model, bundle, pool):
+    from deployments.apply import Context, apply_documents, load_documents
+    from deployments.galleries import template_create
+
+    template_create(user=tenants.owner, organization=tenants.org, project=tenants.project, name="small",
+                    cpu="2", memory="8Gi", gpus=1)  # fmt: skip
+    doc = f"""
+apiVersion: modeldeck.io/v1
+kind: ModelDeployment
+metadata: {{name: chat, project: {tenants.project.slug}}}
+spec: {{model: {model.name}, pool: {pool.name}, bundle: {bundle.name}, resource_template: small, served_model_name: c1}}
+"""
+    out: list[str] = []
+    assert apply_documents(Context(user=tenants.owner, organization=tenants.org), load_documents(doc),
+                           dry_run=False, write=out.append) == 0, out  # fmt: skip
+    assert ModelDeployment.objects.get(name="chat").spec()["resources"]["memory"] == "8Gi"
+
+
+def test_data_sources_s3_credentials_are_write_only_and_checked(tenants):
+    owner = rest_api_client(tenants.owner)
+    body = {"name": "weights", "kind": "s3", "uri": "s3://acme-models/llama", "project": tenants.project.pk,
+            "credentials": {"access_key_id": "AKIAEXAMPLE1234", "secret_access_key": "s3cr3t-value"}}  # fmt: skip
+    created = owner.post("/api/v1/data-sources/", body, format="json")
+    assert created.status_code == 201, created.json()
+    data = created.json()
+    assert data["credentials_last4"] == "1234" and "credentials" not in data
+    row = DataSource.objects.get(pk=data["id"])
+    assert "s3cr3t-value" in row.credentials
+    patched = owner.patch(f"/api/v1/data-sources/{row.pk}/", {"description": "llama weights"}, format="json")
+    assert patched.status_code == 200
+    row.refresh_from_db()
+    assert "s3cr3t-value" in row.credentials  # kept when not given
+    bad = owner.post("/api/v1/data-sources/", {**body, "name": "w2", "uri": "http://x", "credentials": {"access_key_id": ""}},
+                     format="json")  # fmt: skip
+    assert bad.status_code == 400 and "uri" in bad.json()
+    pvc = owner.post("/api/v1/data-sources/", {"name": "hf", "kind": "hf_cache", "claim_name": "hf-cache",
+                                              "mount_path": "/root/.cache/huggingface"}, format="json")  # fmt: skip
+    assert pvc.status_code == 201 and pvc.json()["claim_name"] == "hf-cache"
+    assert owner.post("/api/v1/data-sources/", {"name": "x", "kind": "pvc", "claim_name": "Bad Claim"},
+                      format="json").status_code == 400  # fmt: skip
+    assert rest_api_client(tenants.outsider).get(f"/api/v1/data-sources/{row.pk}/").status_code == 404
