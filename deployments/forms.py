@@ -17,6 +17,7 @@ from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
+    DataSourceKind,
     ModelDeployment,
     PoolExposure,
     PoolKind,
@@ -998,3 +999,38 @@ class ExternalDeploymentForm(StyledForm):
 
     def options(self) -> dict[str, Any]:
         return {k: self.cleaned_data.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Galleries (deployments/galleries.py)
+# ---------------------------------------------------------------------------------------------
+
+
+class _GalleryForm(StyledForm):
+    project = forms.ModelChoiceField(queryset=None, required=False, empty_label="Organization-wide (admins)")
+    name = forms.CharField(max_length=63)
+    description = forms.CharField(required=False, max_length=300)
+
+    def __init__(self, *args, projects, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+
+
+class ResourceTemplateForm(_GalleryForm):
+    cpu = forms.CharField(label="CPU", max_length=20, initial="4", help_text="e.g. 4 or 500m")
+    memory = forms.CharField(max_length=20, initial="16Gi")
+    gpus = forms.IntegerField(label="GPUs", min_value=0, max_value=16, initial=1)
+    gpu_type = forms.CharField(label="GPU type", required=False, max_length=100, help_text="e.g. nvidia-a100 (empty: any)")
+    shm_size = forms.CharField(label="Shared memory", required=False, max_length=20, help_text="e.g. 16Gi")
+
+
+class DataSourceForm(_GalleryForm):
+    kind = forms.ChoiceField(choices=DataSourceKind.choices)
+    claim_name = forms.CharField(label="Claim name", required=False, max_length=253, help_text="PVC, HF and NGC caches.")
+    uri = forms.CharField(label="Bucket", required=False, max_length=500, help_text="S3: s3://bucket/prefix")
+    mount_path = forms.CharField(required=False, max_length=300, help_text="e.g. /data")
+    credentials = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text='S3: {"access_key_id": …, "secret_access_key": …, "endpoint_url": …, "region": …}; stored '
+                  "encrypted, never shown again.",
+    )  # fmt: skip

@@ -25,14 +25,16 @@ from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from console.paging import ListFilter, paginate
-from deployments import external, observe, renderers, selectors, services
+from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.forms import (
     SANDBOX_LABEL,
+    DataSourceForm,
     DeploymentForm,
     EndpointForm,
     ExternalDeploymentForm,
     PoolForm,
+    ResourceTemplateForm,
     ScaleForm,
     initial_from_spec,
 )
@@ -40,10 +42,12 @@ from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
+    DataSource,
     DeploymentKind,
     DeploymentState,
     ModelDeployment,
     PoolKind,
+    ResourceTemplate,
     Revision,
 )
 from gateway import reports
@@ -1102,3 +1106,92 @@ def _external_detail(request: HttpRequest, deployment: ModelDeployment) -> HttpR
         usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
     )
     return render(request, "deployments/external_detail.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Galleries: resource templates and data sources (deployments/galleries.py)
+# ---------------------------------------------------------------------------------------------
+
+GALLERIES = {
+    "templates": {
+        "title": "Resource templates", "form": ResourceTemplateForm, "model": ResourceTemplate,
+        "rows": galleries.templates_for_user, "create": galleries.template_create,
+        "intro": "Compute presets: CPU, memory, GPU type and count, shared memory. Chosen in the deploy form or "
+                 "apply -f (spec.resource_template), a template is copied into the deployment: changing it later "
+                 "changes no running deployment until that one is updated.",
+        "fields": ("cpu", "memory", "gpus", "gpu_type", "shm_size"),
+    },
+    "data-sources": {
+        "title": "Data sources", "form": DataSourceForm, "model": DataSource,
+        "rows": galleries.data_sources_for_user, "create": galleries.data_source_create,
+        "intro": "Reusable storage: a PersistentVolumeClaim, an S3 bucket with its credentials, a Hugging Face "
+                 "or NGC cache.",
+        "fields": ("kind", "claim_name", "uri", "mount_path"),
+    },
+}  # fmt: skip
+
+
+class GalleryList(EditView):
+    """One gallery (templates or data sources): a paginated table and the form that adds one."""
+
+    template_name = "deployments/gallery_list.html"
+    read_by_all = True
+
+    def dispatch(self, request, *args, **kwargs):
+        self.gallery = GALLERIES.get(kwargs.get("gallery", ""))
+        if self.gallery is None:
+            raise Http404("No such gallery.")
+        self.form_class = self.gallery["form"]
+        return super().dispatch(request, *args, **kwargs)
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def check_permission(self, request, obj) -> None:
+        return None  # reading: any member; writing: the service asks (admin org-wide, project writers)
+
+    def form_kwargs(self, request, obj):
+        return {"projects": projects_for_user(request.user, _organization(request))}
+
+    def save(self, request, obj, form):
+        data = dict(form.cleaned_data)
+        project = data.pop("project")
+        try:
+            return self.gallery["create"](user=request.user, organization=_organization(request), project=project, **data)
+        except PermissionDenied as exc:
+            raise ValidationError({"project": str(exc)}) from None
+
+    def success_message(self, saved):
+        return f"“{saved.name}” added to {self.gallery['title'].lower()}."
+
+    def success_url(self, request, saved):
+        return request.path
+
+    def context(self, request, obj, form):
+        org = _organization(request)
+        listing = paginate(
+            request, self.gallery["rows"](request.user, org),
+            sorts={"name": "name", "scope": ("project__name", "name"), "updated": "updated_at"},
+            default_sort="name", search=("name", "description", "project__name"),
+        )  # fmt: skip
+        return {"gallery": self.gallery, "listing": listing, "rows": listing.rows,
+                "can_change": permissions.can(request.user, "change", org)}  # fmt: skip
+
+
+gallery_list = GalleryList.as_view()
+
+
+@login_required
+@require_POST
+def gallery_delete(request: HttpRequest, gallery: str, pk: int) -> HttpResponse:
+    entry = GALLERIES.get(gallery)
+    if entry is None:
+        raise Http404("No such gallery.")
+    obj = galleries.gallery_get(entry["model"], request.user, pk)
+    try:
+        galleries.gallery_delete(user=request.user, obj=obj)
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"“{obj.name}” deleted; deployments made with it keep what they copied.")
+    return redirect("deployments:gallery", gallery=gallery)

@@ -107,3 +107,31 @@ def test_data_sources_s3_credentials_are_write_only_and_checked(tenants):
     assert owner.post("/api/v1/data-sources/", {"name": "x", "kind": "pvc", "claim_name": "Bad Claim"},
                       format="json").status_code == 400  # fmt: skip
     assert rest_api_client(tenants.outsider).get(f"/api/v1/data-sources/{row.pk}/").status_code == 404
+
+
+def test_console_pages_list_add_and_delete(tenants):
+    from tests.conftest import login
+
+    client = login(tenants.owner)
+    base = "/galleries/templates/"
+    assert client.get(base).status_code == 200
+    added = client.post(base, {"name": "small", "cpu": "2", "memory": "8Gi", "gpus": "1", "project": ""})
+    assert added.status_code == 302
+    listing = client.get(base).content.decode()
+    assert 'data-name="small"' in listing
+    bad = client.post(base, {"name": "big", "cpu": "two", "memory": "8Gi", "gpus": "1"})
+    assert bad.status_code == 200 and bad.context["form"].errors["cpu"]
+    row = ResourceTemplate.objects.get(name="small")
+    assert login(tenants.outsider).post(f"{base}{row.pk}/delete/").status_code == 404
+    assert ResourceTemplate.objects.filter(pk=row.pk).exists()
+    assert client.post(f"{base}{row.pk}/delete/").status_code == 302
+    assert not ResourceTemplate.objects.filter(pk=row.pk).exists()
+
+    sources = base.replace("templates", "data-sources")
+    assert client.get(sources).status_code == 200
+    member = login(tenants.member)
+    refused = member.post(sources, {"name": "hf", "kind": "hf_cache", "claim_name": "hf-cache"})
+    assert refused.status_code == 200 and refused.context["form"].errors["project"]  # org-wide: admins only
+    assert member.post(sources, {"name": "hf", "kind": "hf_cache", "claim_name": "hf-cache",
+                                 "project": tenants.project.pk}).status_code == 302  # fmt: skip
+    assert client.get("/galleries/nope/").status_code == 404
