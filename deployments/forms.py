@@ -21,6 +21,7 @@ from deployments.models import (
     ModelDeployment,
     PoolExposure,
     PoolKind,
+    ResourceTemplate,
 )
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
 from deployments.spec import form_field_for
@@ -300,7 +301,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
             "prompt_caching",
         ],
     ),
-    ("resources", "Resources", ["cpu", "memory", "gpus", "gpu_type"]),
+    ("resources", "Resources", ["resource_template", "cpu", "memory", "gpus", "gpu_type"]),
     (
         "advanced",
         "Advanced",
@@ -402,6 +403,11 @@ class DeploymentForm(StyledForm):
         label="Prompt caching (reuse shared prefixes)", required=False, initial=True
     )
     # Resources
+    resource_template = forms.ModelChoiceField(
+        queryset=ResourceTemplate.objects.none(), required=False, empty_label="None: the values below",
+        help_text="A preset from the gallery (this project's or the organization's): its CPU, memory, GPUs and GPU "
+                  "type are copied in when saved; changing the template later leaves this deployment as it is.",
+    )  # fmt: skip
     cpu = forms.CharField(
         label="CPU per replica", initial="4", max_length=20, help_text="Cores, e.g. 4 or 500m."
     )
@@ -589,6 +595,13 @@ class DeploymentForm(StyledForm):
         self.fields["bundle"].queryset = bundles
         self.fields["endpoint"].queryset = endpoints
         self.fields["environment"].queryset = environments
+        self.fields["resource_template"].queryset = ResourceTemplate.objects.filter(
+            organization=organization
+        ).select_related("project").order_by("name")
+        self.fields["resource_template"].label_from_instance = lambda t: (
+            f"{t.name} · {t.cpu} CPU, {t.memory}, {t.gpus} GPU{'' if t.gpus == 1 else 's'}"
+            f"{' ' + t.gpu_type if t.gpu_type else ''} · {t.scope_label}"
+        )
         self.fields["pool"].label_from_instance = _pool_label
         self.fields["bundle"].label_from_instance = lambda b: (
             f"{b.name} v{b.version} · {b.get_engine_display()}"
@@ -761,8 +774,24 @@ class DeploymentForm(StyledForm):
                     data[name] = _optional_int(self.data.get(name, ""), what=what)
                 except ValidationError as exc:
                     self.add_error(name, exc)
+        self._copy_template(data)
         self._check_with_the_service(data)
         return data
+
+    def _copy_template(self, data: dict) -> None:
+        """A chosen resource template's values replace the resource fields (a copy: the
+        deployment keeps them whatever happens to the template later)."""
+        template = data.get("resource_template")
+        if template is None:
+            return
+        project = data.get("project") or (self.instance.project if self.instance is not None else None)
+        if template.project_id and project is not None and template.project_id != project.pk:
+            self.add_error("resource_template", f"“{template.name}” belongs to project “{template.project.name}”.")
+            return
+        for name, value in (("cpu", template.cpu), ("memory", template.memory), ("gpus", template.gpus),
+                            ("gpu_type", template.gpu_type)):  # fmt: skip
+            data[name] = value
+            self._errors.pop(name, None)
 
     def _check_with_the_service(self, data: dict) -> None:
         """Ask the service's own rules (services.deployment_check / deployment_update_spec) while

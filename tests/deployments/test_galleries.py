@@ -135,3 +135,25 @@ def test_console_pages_list_add_and_delete(tenants):
     assert member.post(sources, {"name": "hf", "kind": "hf_cache", "claim_name": "hf-cache",
                                  "project": tenants.project.pk}).status_code == 302  # fmt: skip
     assert client.get("/galleries/nope/").status_code == 404
+
+
+def test_deploy_form_copies_the_chosen_template(owner_client, tenants, model, bundle, pool):
+    from django.urls import reverse
+
+    from deployments.galleries import template_create, template_update
+    from tests.deployments.test_views import GOOD
+
+    template = template_create(user=tenants.owner, organization=tenants.org, name="two-gpu", cpu="6",
+                               memory="48Gi", gpus=1, gpu_type="NVIDIA-A100-SXM4-80GB")  # fmt: skip
+    html = owner_client.get(reverse("deployments:create")).content.decode()
+    assert 'id="id_resource_template"' in html and "two-gpu · 6 CPU, 48Gi, 1 GPU" in html
+    data = {**GOOD, "project": str(tenants.project.pk), "model": str(model.pk), "pool": str(pool.pk),
+            "bundle": str(bundle.pk), "resource_template": str(template.pk)}  # fmt: skip
+    response = owner_client.post(reverse("deployments:create"), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    deployment = ModelDeployment.objects.get(name=GOOD["name"])
+    resources = deployment.spec()["resources"]
+    assert (resources["cpu"], resources["memory"], resources["gpu_type"]) == ("6", "48Gi", "NVIDIA-A100-SXM4-80GB")
+    template_update(user=tenants.owner, template=template, cpu="1", memory="2Gi")
+    deployment.refresh_from_db()
+    assert deployment.spec()["resources"]["cpu"] == "6"  # the running deployment keeps its copy
