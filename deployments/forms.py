@@ -792,6 +792,7 @@ class DeploymentForm(StyledForm):
                             ("gpu_type", template.gpu_type)):  # fmt: skip
             data[name] = value
             self._errors.pop(name, None)
+        self.template_shm = template.shm_size
 
     def _check_with_the_service(self, data: dict) -> None:
         """Ask the service's own rules (services.deployment_check / deployment_update_spec) while
@@ -833,7 +834,8 @@ class DeploymentForm(StyledForm):
         spec: dict[str, Any] = {
             "replicas": given(("min", "replicas_min"), ("max", "replicas_max")),
             "prompt_caching": bool(d.get("prompt_caching")),
-            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"), ("gpu_type", "gpu_type")),
+            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"), ("gpu_type", "gpu_type"))
+            | ({"shm_size": self.template_shm} if getattr(self, "template_shm", "") else {}),
             "rate_limits": {
                 scope: given(("rpm", f"rl_{scope}_rpm"), ("tpm", f"rl_{scope}_tpm")) for scope in RATE_SCOPES
             },

@@ -77,6 +77,8 @@ def apply_template(spec: dict[str, Any], template: ResourceTemplate) -> dict[str
     a document or form may start from a template and change one value)."""
     given = spec.get("resources") if isinstance(spec.get("resources"), dict) else {}
     resources = {"cpu": template.cpu, "memory": template.memory, "gpus": template.gpus, "gpu_type": template.gpu_type}
+    if template.shm_size:
+        resources["shm_size"] = template.shm_size  # rendered as the /dev/shm emptyDir's size
     return {**spec, "resources": {**resources, **given}}
 
 

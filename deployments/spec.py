@@ -435,6 +435,14 @@ def normalize_spec(
         "gpus": gpus,
         "gpu_type": gpu_type,
     }
+    # Shared memory (/dev/shm), e.g. from a resource template (deployments/galleries.py); kept
+    # only when given, so specs saved before it existed stay as they were (no diff, no rollout).
+    shm = res.get("shm_size")
+    if shm not in (None, ""):
+        if not is_quantity(str(shm)):
+            errors.add("resources.shm_size", "Give shared memory as a Kubernetes quantity, e.g. 16Gi.")
+        else:
+            out["resources"]["shm_size"] = str(shm)
 
     for key in ("env", "labels", "annotations", "node_selector"):
         out[key] = _as_str_map(errors, key, out[key])
@@ -668,6 +676,7 @@ def _render_spec(
         memory=res["memory"],
         gpus=res["gpus"],
         gpu_type=res["gpu_type"] or None,
+        shm_size=res.get("shm_size") or None,
         env=spec["env"],
         secret_env=secret_env,
         image_pull_secrets=image_pull_secrets,

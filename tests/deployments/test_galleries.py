@@ -57,7 +57,15 @@ def test_deploy_with_a_template_copies_it_and_a_later_change_leaves_the_deployme
             "resource_template": "a100-large", "spec": {"served_model_name": "qwen-chat"}}  # fmt: skip
     response = owner.post("/api/v1/deployments/", body, format="json")
     assert response.status_code == 201, response.json()
-    assert response.json()["spec"]["resources"] == {"cpu": "8", "memory": "64Gi", "gpus": 1, "gpu_type": ""}
+    assert response.json()["spec"]["resources"] == {"cpu": "8", "memory": "64Gi", "gpus": 1, "gpu_type": "",
+                                                    "shm_size": "16Gi"}  # fmt: skip
+    # The shared memory reaches the pod: /dev/shm's emptyDir is the template's size.
+    manifests = owner.get(f"/api/v1/deployments/{response.json()['id']}/manifests/").json()["yaml"]
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(manifests) if d and d.get("kind") == "Deployment"]
+    volumes = docs[0]["spec"]["template"]["spec"]["volumes"]
+    assert {"medium": "Memory", "sizeLimit": "16Gi"} in [v.get("emptyDir") for v in volumes]
     owner.patch(f"/api/v1/resource-templates/{pk}/", {"cpu": "2", "memory": "8Gi"}, format="json")
     deployment = ModelDeployment.objects.get(name="chat")
     assert deployment.spec()["resources"]["cpu"] == "8" and deployment.current_revision.number == 1
