@@ -423,6 +423,7 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
     spec = galleries.resolve_template(
         project, {k: v for k, v in given.items() if k in SPEC_KEYS}, given.get("resource_template")
     )
+    spec = galleries.resolve_data_sources(project, spec)
     existing = (
         ModelDeployment.objects.filter(project=project, name=name)
         .select_related("model", "bundle", "pool", "endpoint", "current_revision")

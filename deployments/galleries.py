@@ -93,6 +93,31 @@ def resolve_template(project: Project, spec: dict[str, Any], name: Any) -> dict[
     return apply_template(spec, template)
 
 
+def resolve_data_sources(project: Project, spec: dict[str, Any]) -> dict[str, Any]:
+    """`data_sources` given by name (REST, apply -f): each copied from the gallery (the project's,
+    else the organization's) as {name, kind, claim_name, mount_path}; a mapping given in full
+    stays as is (normalize_spec checks it)."""
+    names = spec.get("data_sources")
+    if not isinstance(names, list) or not any(isinstance(n, str) for n in names):
+        return spec
+    rows = DataSource.objects.filter(organization_id=project.organization_id)
+    copied = []
+    for item in names:
+        if not isinstance(item, str):
+            copied.append(item)
+            continue
+        source = rows.filter(project=project, name=item).first() or rows.filter(project__isnull=True, name=item).first()
+        if source is None:
+            raise ValidationError({"data_sources": f"No data source named “{item}” in project “{project.name}” "
+                                                   "or its organization."})  # fmt: skip
+        if source.kind == DataSourceKind.S3:
+            raise ValidationError({"data_sources": f"“{item}” is an S3 bucket: give it as the model's storage "
+                                                   "(s3://…) instead; only claims are mounted."})  # fmt: skip
+        copied.append({"name": source.name, "kind": source.kind, "claim_name": source.claim_name,
+                       "mount_path": source.mount_path or f"/data/{source.name}"})  # fmt: skip
+    return {**spec, "data_sources": copied}
+
+
 # --- writes ----------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from deployments.renderers import (
     is_quantity,
     validate_spec,
 )
+from deployments.renderers.input import is_dns1123_subdomain
 from deployments.renderers.torchserve import artifact_url_secret_name
 from projects.models import IntegrationKind
 
@@ -146,7 +147,7 @@ SPEC_KEYS = (
     "engine", "image", "served_model_name", "replicas", "context_length", "prompt_caching",
     "resources", "env", "labels", "annotations", "tolerations", "node_selector", "affinity",
     "extra_args", "model_cache", "nim_profile", "nim_tag", "autoscaling", "rate_limits", "pricing",
-    "startup_budget_seconds", "capacity_grace_seconds",
+    "startup_budget_seconds", "capacity_grace_seconds", "data_sources",
 )  # fmt: skip
 
 
@@ -435,6 +436,7 @@ def normalize_spec(
         "gpus": gpus,
         "gpu_type": gpu_type,
     }
+    _clean_data_sources(errors, out)
     # Shared memory (/dev/shm), e.g. from a resource template (deployments/galleries.py); kept
     # only when given, so specs saved before it existed stay as they were (no diff, no rollout).
     shm = res.get("shm_size")
@@ -677,6 +679,7 @@ def _render_spec(
         gpus=res["gpus"],
         gpu_type=res["gpu_type"] or None,
         shm_size=res.get("shm_size") or None,
+        data_volumes=tuple((d["claim_name"], d["mount_path"]) for d in spec.get("data_sources") or ()),
         env=spec["env"],
         secret_env=secret_env,
         image_pull_secrets=image_pull_secrets,
@@ -716,6 +719,39 @@ STARTUP_MAX_SECONDS = 86_400
 # RoPE scaling flags (vLLM 0.8.5 --rope-scaling / --hf-overrides, TGI --rope-scaling /
 # --rope-factor): a bundle that sets one may serve beyond the model's trained context.
 ROPE_SCALING_FLAGS = ("--rope-scaling", "--rope-factor", "--rope_scaling", "--hf-overrides")
+
+
+DATA_SOURCE_CLAIM_KINDS = ("pvc", "hf_cache", "ngc_cache")
+_MOUNT = re.compile(r"^/[A-Za-z0-9._/-]*$")
+
+
+def _clean_data_sources(errors: _Errors, out: dict[str, Any]) -> None:
+    """`data_sources`: claims copied from the gallery at save (deployments/galleries.py), each
+    {name, kind, claim_name, mount_path}, mounted read-only into the engine container. Kept only
+    when given, so older specs stay as they were."""
+    given = out.get("data_sources")
+    if given in (None, []):
+        out.pop("data_sources", None)
+        return
+    if not isinstance(given, list) or len(given) > 8:
+        errors.add("data_sources", "A list of at most 8 data sources from the gallery.")
+        out.pop("data_sources", None)
+        return
+    clean, paths = [], set()
+    for item in given:
+        if not isinstance(item, dict) or item.get("kind") not in DATA_SOURCE_CLAIM_KINDS:
+            errors.add("data_sources", "Only claim data sources (PVC, HF or NGC cache) can be mounted; "
+                                       "give them by name from the gallery.")  # fmt: skip
+            continue
+        claim, mount = str(item.get("claim_name") or ""), str(item.get("mount_path") or "")
+        if not is_dns1123_subdomain(claim):
+            errors.add("data_sources", f"“{claim}” is not a PersistentVolumeClaim name.")
+        if not _MOUNT.match(mount) or ".." in mount or mount in ("/", "/dev/shm") or mount in paths:
+            errors.add("data_sources", f"Data source “{item.get('name')}” needs its own absolute mount path.")
+        paths.add(mount)
+        clean.append({"name": str(item.get("name") or ""), "kind": item["kind"], "claim_name": claim,
+                      "mount_path": mount})  # fmt: skip
+    out["data_sources"] = clean
 
 
 def _clean_startup_budget(errors: _Errors, out: dict[str, Any]) -> None:

@@ -185,6 +185,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         spec = galleries.resolve_template(data["project"], data.get("spec") or {}, data.get("resource_template"))
+        spec = galleries.resolve_data_sources(data["project"], spec)
         deployment = services.deployment_create(
             user=request.user, project=data["project"], model=data["model"], pool=data["pool"], name=data["name"],
             spec=spec, bundle=data.get("bundle"), endpoint=data.get("endpoint"),

@@ -594,11 +594,14 @@ def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
         },
         cache_volume,
         *(copy.deepcopy(v) for v in parts.volumes),
+        *({"name": f"data-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+          for i, (claim, _) in enumerate(spec.data_volumes)),
     ]
     mounts = [
         {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
         {"name": CACHE_VOLUME, "mountPath": engine.cache_mount_path},
         *(copy.deepcopy(m) for m in parts.volume_mounts),
+        *({"name": f"data-{i}", "mountPath": path, "readOnly": True} for i, (_, path) in enumerate(spec.data_volumes)),
     ]
 
     container: dict[str, Any] = {

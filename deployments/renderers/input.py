@@ -137,6 +137,8 @@ class RenderSpec:
     nim_profile: str | None = None
     max_client_batch_size: int | None = None  # TEI only
     shm_size: str | None = None  # None: see shm_size_or_default()
+    # Gallery data sources (deployments/galleries.py): (claim name, mount path), mounted read-only.
+    data_volumes: tuple[tuple[str, str], ...] = ()
     port: int | None = None  # None: the engine's default port
     startup_budget_seconds: int = DEFAULT_STARTUP_BUDGET_SECONDS
     termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS

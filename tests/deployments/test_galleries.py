@@ -165,3 +165,36 @@ def test_deploy_form_copies_the_chosen_template(owner_client, tenants, model, bu
     template_update(user=tenants.owner, template=template, cpu="1", memory="2Gi")
     deployment.refresh_from_db()
     assert deployment.spec()["resources"]["cpu"] == "6"  # the running deployment keeps its copy
+
+
+
+
+def test_claim_data_sources_are_copied_and_mounted_read_only(tenants, model, bundle, pool):
+    import kubernetes_validate
+    import yaml
+
+    from deployments.galleries import data_source_create
+
+    owner = rest_api_client(tenants.owner)
+    data_source_create(user=tenants.owner, organization=tenants.org, name="hf", kind="hf_cache",
+                       claim_name="hf-cache", mount_path="/hf")  # fmt: skip
+    data_source_create(user=tenants.owner, organization=tenants.org, project=tenants.project, name="bucket",
+                       kind="s3", uri="s3://acme-models/x",
+                       credentials={"access_key_id": "AKIA12345678", "secret_access_key": "s"})  # fmt: skip
+    body = {"project": tenants.project.pk, "model": model.pk, "pool": pool.pk, "bundle": bundle.pk, "name": "chat",
+            "spec": {"served_model_name": "c", "data_sources": ["hf"]}}  # fmt: skip
+    response = owner.post("/api/v1/deployments/", body, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["spec"]["data_sources"] == [
+        {"name": "hf", "kind": "hf_cache", "claim_name": "hf-cache", "mount_path": "/hf"}
+    ]
+    text = owner.get(f"/api/v1/deployments/{response.json()['id']}/manifests/").json()["yaml"]
+    deployment = next(d for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment")
+    kubernetes_validate.validate(deployment, "1.30", strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "data-0", "persistentVolumeClaim": {"claimName": "hf-cache", "readOnly": True}} in pod["volumes"]
+    assert {"name": "data-0", "mountPath": "/hf", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+    for names, words in ((["nope"], "No data source"), (["bucket"], "S3 bucket")):
+        bad = owner.post("/api/v1/deployments/", {**body, "name": "x", "spec": {"data_sources": names}}, format="json")
+        assert bad.status_code == 400 and words in str(bad.json())
