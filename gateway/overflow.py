@@ -186,12 +186,38 @@ async def serve(gw, scope, receive, send, call, raw: bytes, headers: dict, extra
     body, o_headers = _overflow_request(overflow, raw, scope, call.request_id)
     o_url = f"{overflow.upstream}/v1/{_path(call.route)}"
     call.served_by = SERVED_OVERFLOW
+    woken = await _admit_overflow(gw, call, overflow)
     # The record stays the external deployment's; the TLS name is the overflow's.
     call.deployment = replace(deployment, upstream_host=overflow.upstream_host)
-    if call.stream:
-        await gw._proxy_stream(scope, receive, send, call, o_url, body, o_headers, extra)
-    else:
-        await gw._proxy(send, call, o_url, body, o_headers, extra)
+    try:
+        if call.stream:
+            await gw._proxy_stream(scope, receive, send, call, o_url, body, o_headers, extra)
+        else:
+            await gw._proxy(send, call, o_url, body, o_headers, extra)
+    finally:
+        if woken is not None and woken.admitted:
+            try:
+                await gw._load_finish(overflow.id, call.request_id, (time.perf_counter() - call.started) * 1000, 0)
+            except Exception:  # noqa: BLE001 - the load count is best effort, the answer is out
+                pass
+
+
+async def _admit_overflow(gw, call, overflow):
+    """The overflow deployment may sit at zero replicas: count the request in its load too, so
+    the autoscaler scales it up and the request waits for it (gateway.app's `_admit`, up to the
+    overflow's cold_start_hold_seconds). Refused there (still starting), the caller gets that
+    503 and the external deployment's own count is taken back."""
+    admit = getattr(gw, "_admit", None)
+    if admit is None:
+        return None
+    woken = replace(call, deployment=overflow, admitted=False)
+    try:
+        await admit(woken)
+    except GatewayError:
+        if call.admitted:
+            await gw._load_finish(call.deployment.id, call.request_id, 0.0, 0)
+        raise
+    return woken
 
 
 async def _try_external(gw, send, call, url, raw, headers, extra, options, overflow) -> str:
