@@ -1039,8 +1039,10 @@ class ExternalCreate(EditView):
     template_name = "deployments/external_form.html"
     fragment_template = "deployments/htmx/external_form.html"
 
-    def check_permission(self, request, obj) -> None:
-        return None  # the service asks "change" on the chosen project (a viewer gets its refusal)
+    what = "deployments"
+
+    def permission_target(self, request, obj):
+        return _organization(request)  # the service asks again on the chosen project
 
     def form_kwargs(self, request, obj) -> dict[str, Any]:
         return _external_form_kwargs(request, _organization(request), None)
@@ -1144,11 +1146,12 @@ class GalleryList(EditView):
         self.form_class = self.gallery["form"]
         return super().dispatch(request, *args, **kwargs)
 
-    def permission_target(self, request, obj):
-        return _organization(request)
+    what = "gallery entries"
 
-    def check_permission(self, request, obj) -> None:
-        return None  # reading: any member; writing: the service asks (admin org-wide, project writers)
+    def permission_target(self, request, obj):
+        # Reading: any member; writing: a writer of the organization here, and the service asks
+        # again (organization-wide entries: admins; a project's: its writers).
+        return _organization(request)
 
     def form_kwargs(self, request, obj):
         return {"projects": projects_for_user(request.user, _organization(request))}
@@ -1188,10 +1191,6 @@ def gallery_delete(request: HttpRequest, gallery: str, pk: int) -> HttpResponse:
     if entry is None:
         raise Http404("No such gallery.")
     obj = galleries.gallery_get(entry["model"], request.user, pk)
-    try:
-        galleries.gallery_delete(user=request.user, obj=obj)
-    except PermissionDenied as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"“{obj.name}” deleted; deployments made with it keep what they copied.")
+    galleries.gallery_delete(user=request.user, obj=obj)  # a refusal is a 403 with its reason
+    messages.success(request, f"“{obj.name}” deleted; deployments made with it keep what they copied.")
     return redirect("deployments:gallery", gallery=gallery)

@@ -58,6 +58,8 @@ PAGE_ARGS: dict[str, dict] = {
     "deployments:deployment_delete": {"pk": "deployment"},
     "deployments:endpoint_delete": {"pk": "endpoint"},
     "deployments:pool_detail": {"pk": "pool"},
+    "deployments:external_edit": {"pk": "external"},
+    "deployments:gallery_delete": {"gallery": lit("templates"), "pk": "resource_template"},
     "deployments:pool_edit": {"pk": "pool"},
     "deployments:pool_delete": {"pk": "pool"},
     "deployments:pool_test": {"pk": "pool"},
@@ -101,6 +103,8 @@ API_BASENAMES: dict[str, str] = {
     "member": "membership",
     "invitation": "invitation",
     "group": "group",
+    "resource-template": "resource_template",
+    "data-source": "data_source",
 }
 # Router routes with more arguments than {pk}: route name → {argument: world object | lit(value)}.
 API_ARGS: dict[str, dict] = {
@@ -116,6 +120,7 @@ NOT_TENANT_OBJECTS: dict[str, str] = {
     "catalog:ngc_image": "a public NGC image id, not an organization's object",
     "org:invitation_accept": "a one-time invitation token (random, hashed at rest), not an id",
     "catalog:artifact_download": "a signed, expiring token is the permission (tests/gateway/test_torchserve.py)",
+    "deployments:gallery": "which gallery (templates or data-sources), listing the caller's own organization",
 }
 # Namespaces outside tenant scoping.
 EXEMPT_NAMESPACES = {"admin"}  # the Django admin is for staff operators, across organizations
@@ -274,7 +279,19 @@ class World:
         invitation, _ = project_services.invitation_create(
             user=admin, organization=organization, email=f"crawl-{n}@example.com"
         )
+        from deployments.external import external_deployment_create
+        from deployments.models import DataSource, ResourceTemplate
+
+        external = external_deployment_create(
+            user=None, project=project, model=model, name=f"crawl-ext-{n}", url="https://llm.example.com/v1",
+            served_model_name=f"crawl-ext-{n}",
+        )  # fmt: skip
+        template = ResourceTemplate.objects.create(organization=organization, name=f"crawl-t-{n}", cpu="1", memory="1Gi")
+        source = DataSource.objects.create(organization=organization, name=f"crawl-d-{n}", kind="pvc", claim_name="c")
         self.objects.update(
+            external=external,
+            resource_template=template,
+            data_source=source,
             admin=admin,
             membership=Membership.objects.get(organization=organization, user=admin),
             group=group,
