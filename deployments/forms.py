@@ -17,6 +17,7 @@ from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
     ComputePool,
+    DataSource,
     DataSourceKind,
     ModelDeployment,
     PoolExposure,
@@ -301,7 +302,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
             "prompt_caching",
         ],
     ),
-    ("resources", "Resources", ["resource_template", "cpu", "memory", "gpus", "gpu_type"]),
+    ("resources", "Resources", ["resource_template", "cpu", "memory", "gpus", "gpu_type", "data_sources"]),
     (
         "advanced",
         "Advanced",
@@ -407,6 +408,11 @@ class DeploymentForm(StyledForm):
         queryset=ResourceTemplate.objects.none(), required=False, empty_label="None: the values below",
         help_text="A preset from the gallery (this project's or the organization's): its CPU, memory, GPUs and GPU "
                   "type are copied in when saved; changing the template later leaves this deployment as it is.",
+    )  # fmt: skip
+    data_sources = forms.ModelMultipleChoiceField(
+        queryset=DataSource.objects.none(), required=False,
+        help_text="Claims from the gallery (PVC, HF or NGC cache), mounted read-only at their mount path; copied "
+                  "in when saved.",
     )  # fmt: skip
     cpu = forms.CharField(
         label="CPU per replica", initial="4", max_length=20, help_text="Cores, e.g. 4 or 500m."
@@ -598,6 +604,12 @@ class DeploymentForm(StyledForm):
         self.fields["resource_template"].queryset = ResourceTemplate.objects.filter(
             organization=organization
         ).select_related("project").order_by("name")
+        self.fields["data_sources"].queryset = DataSource.objects.filter(
+            organization=organization, kind__in=("pvc", "hf_cache", "ngc_cache")
+        ).select_related("project").order_by("name")
+        self.fields["data_sources"].label_from_instance = lambda d: (
+            f"{d.name} · {d.get_kind_display()} {d.claim_name} → {d.mount_path or '/data/' + d.name} · {d.scope_label}"
+        )
         self.fields["resource_template"].label_from_instance = lambda t: (
             f"{t.name} · {t.cpu} CPU, {t.memory}, {t.gpus} GPU{'' if t.gpus == 1 else 's'}"
             f"{' ' + t.gpu_type if t.gpu_type else ''} · {t.scope_label}"
@@ -775,8 +787,22 @@ class DeploymentForm(StyledForm):
                 except ValidationError as exc:
                     self.add_error(name, exc)
         self._copy_template(data)
+        self._copy_data_sources(data)
         self._check_with_the_service(data)
         return data
+
+    def _copy_data_sources(self, data: dict) -> None:
+        """Chosen data sources, copied as the spec keeps them (deployments/galleries.py)."""
+        chosen = list(data.get("data_sources") or [])
+        project = data.get("project") or (self.instance.project if self.instance is not None else None)
+        for source in chosen:
+            if source.project_id and project is not None and source.project_id != project.pk:
+                self.add_error("data_sources", f"“{source.name}” belongs to project “{source.project.name}”.")
+                return
+        self.copied_data_sources = [
+            {"name": d.name, "kind": d.kind, "claim_name": d.claim_name, "mount_path": d.mount_path or f"/data/{d.name}"}
+            for d in chosen
+        ]
 
     def _copy_template(self, data: dict) -> None:
         """A chosen resource template's values replace the resource fields (a copy: the
@@ -854,6 +880,8 @@ class DeploymentForm(StyledForm):
         for key in ("context_length", "affinity"):
             if key in d:
                 spec[key] = d[key]
+        if getattr(self, "copied_data_sources", None):
+            spec["data_sources"] = self.copied_data_sources
         for key, empty in (("env", {}), ("labels", {}), ("annotations", {}), ("tolerations", []),
                            ("node_selector", {}), ("extra_args", [])):  # fmt: skip
             if key in d:

@@ -167,6 +167,24 @@ def test_deploy_form_copies_the_chosen_template(owner_client, tenants, model, bu
     assert deployment.spec()["resources"]["cpu"] == "6"  # the running deployment keeps its copy
 
 
+def test_deploy_form_mounts_chosen_data_sources(owner_client, tenants, model, bundle, pool):
+    from django.urls import reverse
+
+    from deployments.galleries import data_source_create
+    from tests.deployments.test_views import GOOD
+
+    source = data_source_create(user=tenants.owner, organization=tenants.org, name="weights", kind="pvc",
+                                claim_name="weights-claim", mount_path="/weights")  # fmt: skip
+    assert 'weights · PersistentVolumeClaim weights-claim → /weights' in owner_client.get(reverse("deployments:create")).content.decode()
+    data = {**GOOD, "project": str(tenants.project.pk), "model": str(model.pk), "pool": str(pool.pk),
+            "bundle": str(bundle.pk), "data_sources": [str(source.pk)]}  # fmt: skip
+    response = owner_client.post(reverse("deployments:create"), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    spec = ModelDeployment.objects.get(name=GOOD["name"]).spec()
+    assert spec["data_sources"] == [{"name": "weights", "kind": "pvc", "claim_name": "weights-claim",
+                                     "mount_path": "/weights"}]  # fmt: skip
+
+
 
 
 def test_claim_data_sources_are_copied_and_mounted_read_only(tenants, model, bundle, pool):
