@@ -183,6 +183,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def get_sandbox(self, obj: ModelDeployment) -> bool:
         return obj.pool is not None and obj.pool.is_sandbox
 
+    def get_managed_by(self, obj: ModelDeployment) -> str:
+        """Where to change a deployment a ModelDeployment resource manages; "" otherwise."""
+        return obj.managed_message()
+
     def get_external_key_last4(self, obj: ModelDeployment) -> str:
         return last4(obj.external_credential) if obj.external_credential else ""
 
@@ -225,10 +229,6 @@ class ExternalUpdateSerializer(serializers.Serializer):
         data = dict(self.validated_data)
         renamed = {"external_url": "url", "api_key": "credential"}
         return {renamed.get(k, k): v for k, v in data.items()}
-
-    def get_managed_by(self, obj: ModelDeployment) -> str:
-        """Where to change a deployment a ModelDeployment resource manages; "" otherwise."""
-        return obj.managed_message()
 
 
 class DeploymentCreateSerializer(serializers.Serializer):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gateway', '0002_usagerecord_revision_id'),
+        ('gateway', '0003_usage_rollup'),
     ]
 
     operations = [

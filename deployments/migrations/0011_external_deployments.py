@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('catalog', '0005_builtin_nim_bundle_without_modeldeck_settings'),
-        ('deployments', '0009_autoscaling_scale_state'),
+        ('deployments', '0010_deployment_managed_by_resource'),
         ('projects', '0004_integration_kind_s3'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0010_external_deployments'),
+        ('deployments', '0011_external_deployments'),
         ('projects', '0005_organization_groups_and_invitations'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
