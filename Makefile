@@ -43,6 +43,7 @@ bench: install-dev
 	$(PY) bench/console_pages.py
 	$(PY) bench/deploy_sync.py
 	REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/gateway.py
+	BENCH_REDIS_URL=$(BENCH_REDIS_URL) $(PY) bench/autoscale.py
 
 clean:
 	rm -rf $(VENV) var modeldeck.sqlite3
