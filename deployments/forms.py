@@ -284,7 +284,7 @@ class EndpointForm(StyledForm):
 # ---------------------------------------------------------------------------------------------
 
 SECTIONS: list[tuple[str, str, list[str]]] = [
-    ("details", "Details", ["name", "description", "project", "environment"]),
+    ("details", "Details", ["name", "description", "project", "environment", "policies"]),
     ("model", "Model and Endpoint", ["model", "endpoint", "pool", "served_model_name"]),
     (
         "engine",
@@ -304,8 +304,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "advanced",
         "Advanced",
         [
-            "env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "affinity",
-            "model_cache_size", "model_cache_storage_class", "nim_profile",
+            "env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "node_pools",
+            "affinity", "model_cache_size", "model_cache_storage_class", "nim_profile",
         ],
     ),
     (
@@ -352,6 +352,13 @@ class DeploymentForm(StyledForm):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     project = forms.ModelChoiceField(queryset=None, empty_label=None)
     environment = forms.ModelChoiceField(queryset=None, required=False, empty_label="— none —")
+    policies = forms.CharField(
+        label="Deployment policies",
+        required=False,
+        widget=_textarea(3, "max_replicas: 2\nallowed_gpu_types: [NVIDIA-L4]"),
+        help_text="YAML or JSON: allowed_pools, allowed_pool_labels, allowed_gpu_types, max_replicas, "
+        "max_gpus_per_replica. They narrow the environment's policies, never widen them.",
+    )
     # Model and endpoint
     model = forms.ModelChoiceField(queryset=None, empty_label="Choose a model…")
     endpoint = forms.ModelChoiceField(
@@ -411,8 +418,9 @@ class DeploymentForm(StyledForm):
     gpu_type = forms.CharField(
         label="GPU type",
         required=False,
-        max_length=63,
-        help_text="The node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB. Empty: any GPU.",
+        max_length=600,
+        help_text="The node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB; several, comma-"
+        "separated, for any of them (first preferred). Empty: any GPU.",
         widget=forms.TextInput(attrs={"list": "gpu-products", "placeholder": "any"}),
     )
     # Advanced
@@ -466,6 +474,13 @@ class DeploymentForm(StyledForm):
         required=False,
         widget=_textarea(3, "topology.kubernetes.io/zone: us-east-1a"),
         help_text="YAML or JSON mapping of node labels.",
+    )
+    node_pools = forms.CharField(
+        label="Node-pool priority",
+        required=False,
+        widget=_textarea(3, "run.ai/node-pool=a100\nrun.ai/node-pool=l4"),
+        help_text="One node pool per line, first preferred: label key=value[,value]. The pods may "
+        "run only on these pools, on the first that has room.",
     )
     affinity = forms.CharField(
         required=False,
@@ -677,8 +692,21 @@ class DeploymentForm(StyledForm):
         value = _optional_int(self.cleaned_data.get("gpus"), what="GPUs per replica")
         return 0 if value is None else value
 
-    def clean_gpu_type(self) -> str:
-        return (self.cleaned_data.get("gpu_type") or "").strip()
+    def clean_gpu_type(self) -> list[str]:
+        text = self.cleaned_data.get("gpu_type") or ""
+        return [t.strip() for t in re.split(r"[,\s]+", text) if t.strip()]
+
+    def clean_node_pools(self) -> list[dict[str, Any]]:
+        pools = []
+        for number, line in enumerate((self.cleaned_data.get("node_pools") or "").splitlines(), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            key, sep, values = line.partition("=")
+            if not sep or not key.strip() or not values.strip():
+                raise ValidationError(f"Line {number}: write a node pool as key=value (values comma-separated).")
+            pools.append({"key": key.strip(), "values": [v.strip() for v in values.split(",") if v.strip()]})
+        return pools
 
     def clean_env(self) -> dict:
         return parse_key_values(
@@ -712,6 +740,10 @@ class DeploymentForm(StyledForm):
             or {}
         )
         return {str(k): str(v) for k, v in value.items()}
+
+    def clean_policies(self) -> dict:
+        text = self.cleaned_data.get("policies", "")
+        return parse_structured(text, expect=dict, what="The policies") or {}
 
     def clean_affinity(self) -> dict | None:
         text = self.cleaned_data.get("affinity", "")
@@ -803,7 +835,7 @@ class DeploymentForm(StyledForm):
         spec: dict[str, Any] = {
             "replicas": given(("min", "replicas_min"), ("max", "replicas_max")),
             "prompt_caching": bool(d.get("prompt_caching")),
-            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"), ("gpu_type", "gpu_type")),
+            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus")),
             "rate_limits": {
                 scope: given(("rpm", f"rl_{scope}_rpm"), ("tpm", f"rl_{scope}_tpm")) for scope in RATE_SCOPES
             },
@@ -819,7 +851,11 @@ class DeploymentForm(StyledForm):
         }  # fmt: skip
         # Blank boxes: the spec's defaults (target 8, the three windows' defaults).
         spec["autoscaling"] = {k: v for k, v in spec["autoscaling"].items() if v not in (None, "")}
-        for key in ("context_length", "affinity"):
+        if "gpu_type" in d:  # one GPU type, or several (any of them, the first preferred)
+            types = d["gpu_type"]
+            spec["resources"]["gpu_type"] = types[0] if types else ""
+            spec["resources"]["gpu_types"] = types if len(types) > 1 else []
+        for key in ("context_length", "affinity", "policies", "node_pools"):
             if key in d:
                 spec[key] = d[key]
         for key, empty in (("env", {}), ("labels", {}), ("annotations", {}), ("tolerations", []),
@@ -874,7 +910,8 @@ def initial_from_spec(spec: dict) -> dict:
         "cpu": str(resources.get("cpu", "4")),
         "memory": str(resources.get("memory", "16Gi")),
         "gpus": str(resources.get("gpus", 1)),
-        "gpu_type": resources.get("gpu_type") or "",
+        "gpu_type": ", ".join(resources.get("gpu_types") or [resources.get("gpu_type") or ""]).strip(", "),
+        "node_pools": "\n".join(f"{p['key']}={','.join(p['values'])}" for p in spec.get("node_pools") or []),
         "env": format_key_values(spec.get("env")),
         "labels": format_key_values(spec.get("labels")),
         "annotations": format_key_values(spec.get("annotations")),
@@ -882,6 +919,7 @@ def initial_from_spec(spec: dict) -> dict:
         "tolerations": format_structured(spec.get("tolerations")),
         "node_selector": format_structured(spec.get("node_selector")),
         "affinity": format_structured(spec.get("affinity")),
+        "policies": format_structured(spec.get("policies")) if spec.get("policies") else "",
         "model_cache_size": (spec.get("model_cache") or {}).get("size", ""),
         "model_cache_storage_class": (spec.get("model_cache") or {}).get("storage_class", "") or "",
         "nim_profile": spec.get("nim_profile") or "",

@@ -177,6 +177,11 @@ def deployment_estimate_preview(
     Without a GPU type, it is estimated on the first known GPU the ``pools`` reported."""
     if model is None:
         return {"estimate_message": "Choose a model to see how many GPUs it needs."}
+    flavors = [t for t in re.split(r"[,\s]+", gpu_type or "") if t]
+    if len(flavors) > 1:
+        # Several GPU types: the pods may land on any, so size for the one with least memory.
+        known = [(GPU_TYPES[key].memory_gib, t) for t in flavors if (key := estimate_gpu_key(t))]
+        gpu_type = min(known)[1] if known else flavors[0]
     assumed = ""
     if not gpu_type:
         known = [p for p in gpu_products(pools) if estimate_gpu_key(p)]

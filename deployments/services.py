@@ -515,8 +515,9 @@ def endpoint_delete(*, user: AbstractBaseUser | None, endpoint: Endpoint) -> Non
 def _check_environment(
     environment: Environment | None, pool: ComputePool, spec: dict[str, Any]
 ) -> None:
-    """The environment's policies (sharing.policies is their one source); every broken rule named."""
-    if environment is None:
+    """The environment's policies narrowed by the deployment's own (spec ``policies``;
+    sharing.policies is their one source); every broken rule named."""
+    if environment is None and not spec.get("policies"):
         return
 
     enforce(environment=environment, deployment_policies=spec.get("policies"), pool=pool, spec=spec)

@@ -17,6 +17,7 @@ from deployments.renderers import (
     TOLERATION_KEYS,
     Exposure,
     ModelCache,
+    NodePool,
     RenderSpec,
     SpecError,
     is_label_value,
@@ -80,6 +81,7 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("resources.memory", "memory", ("memory",)),
     ("resources.gpus", "gpus", ("gpus",)),
     ("resources.gpu_type", "gpu_type", ("gpu_type",)),
+    ("resources.gpu_types", "gpu_type", ("gpu_types",)),
     ("resources", "gpus", ()),
     ("env", "env", ("env", "secret_env")),
     ("labels", "labels", ("labels",)),
@@ -87,6 +89,8 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tolerations", "tolerations", ("tolerations",)),
     ("node_selector", "node_selector", ("node_selector",)),
     ("affinity", "affinity", ("affinity",)),
+    ("node_pools", "node_pools", ("node_pools",)),
+    ("policies", "policies", ()),
     ("extra_args", "extra_args", ("extra_args",)),
     ("model_cache", "model_cache_size", ("model_cache.access_mode",)),
     ("model_cache.size", "model_cache_size", ("model_cache.size",)),
@@ -144,7 +148,17 @@ SPEC_KEYS = (
     "engine", "image", "served_model_name", "replicas", "context_length", "prompt_caching",
     "resources", "env", "labels", "annotations", "tolerations", "node_selector", "affinity",
     "extra_args", "model_cache", "nim_profile", "nim_tag", "autoscaling", "rate_limits", "pricing",
-    "startup_budget_seconds", "capacity_grace_seconds",
+    "startup_budget_seconds", "capacity_grace_seconds", "node_pools", "policies",
+)  # fmt: skip
+# Optional keys added after deployments existed: left out of the canonical spec while empty, so
+# revisions saved before them still compare equal (no rollout, no new revision for nothing).
+OPTIONAL_SPEC_KEYS = ("node_pools", "policies")
+MAX_NODE_POOLS = 16
+MAX_GPU_TYPES = 8
+# The deployment-level policy rules (sharing.policies reads them; same names as an environment's).
+POLICY_KEYS = (
+    "allowed_pools", "allowed_pool_labels", "allowed_gpu_types", "max_replicas",
+    "max_gpus_per_replica",
 )  # fmt: skip
 
 
@@ -323,11 +337,18 @@ def merge_spec(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         if (
             isinstance(value, dict)
             and isinstance(out.get(key), dict)
-            and key not in ("env", "labels", "annotations", "node_selector", "affinity")
+            and key not in ("env", "labels", "annotations", "node_selector", "affinity", "policies")
         ):
             out[key] = merge_spec(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    resources = given.get("resources")
+    if isinstance(resources, dict) and isinstance(out.get("resources"), dict):
+        # gpu_type is the first of gpu_types: giving one alone replaces both.
+        if "gpu_type" in resources and "gpu_types" not in resources:
+            out["resources"].pop("gpu_types", None)
+        elif "gpu_types" in resources and "gpu_type" not in resources:
+            out["resources"]["gpu_type"] = ""
     return out
 
 
@@ -416,23 +437,15 @@ def normalize_spec(
     ):
         if not is_quantity(res.get(key)):
             errors.add(f"resources.{key}", message)
-    gpu_type = res.get("gpu_type") or ""
-    if not isinstance(gpu_type, str):
-        errors.add(
-            "resources.gpu_type", "Must be a GPU product name such as NVIDIA-A100-SXM4-80GB."
-        )
-        gpu_type = ""
-    elif gpu_type and not is_label_value(gpu_type):
-        errors.add(
-            "resources.gpu_type",
-            "A node label value such as NVIDIA-A100-SXM4-80GB (letters, digits, - _ .).",
-        )
+    gpu_types = _clean_gpu_types(errors, res)
     out["resources"] = {
         "cpu": res.get("cpu"),
         "memory": res.get("memory"),
         "gpus": gpus,
-        "gpu_type": gpu_type,
+        "gpu_type": gpu_types[0] if gpu_types else "",
     }
+    if len(gpu_types) > 1:  # several flavors: any of them, the first preferred
+        out["resources"]["gpu_types"] = gpu_types
 
     for key in ("env", "labels", "annotations", "node_selector"):
         out[key] = _as_str_map(errors, key, out[key])
@@ -523,6 +536,8 @@ def normalize_spec(
 
     _clean_startup_budget(errors, out)
     _clean_capacity_grace(errors, out)
+    _clean_node_pools(errors, out)
+    _clean_policies(errors, out)
     _check_context_length(errors, out, model=model, bundle=bundle)
     if errors.errors:
         raise ValidationError(errors.errors)
@@ -541,7 +556,7 @@ def normalize_spec(
 
 # Spec keys the pods never see (the gateway and the autoscaler read them; replicas.max only
 # sizes the quota): changing only these needs no rollout. replicas.min is applied in place.
-NO_ROLLOUT_KEYS = ("rate_limits", "pricing", "autoscaling", "replicas")
+NO_ROLLOUT_KEYS = ("rate_limits", "pricing", "autoscaling", "replicas", "policies")
 
 
 def rollout_needed(before: dict[str, Any], after: dict[str, Any]) -> bool:
@@ -663,6 +678,8 @@ def _render_spec(
         memory=res["memory"],
         gpus=res["gpus"],
         gpu_type=res["gpu_type"] or None,
+        gpu_types=tuple(res.get("gpu_types") or ()),
+        node_pools=tuple(NodePool(p["key"], tuple(p["values"])) for p in spec.get("node_pools") or ()),
         env=spec["env"],
         secret_env=secret_env,
         image_pull_secrets=image_pull_secrets,
@@ -905,3 +922,132 @@ def exposure_for(pool: Any) -> Exposure:
         tls_secret=pool.tls_secret, gateway_name=pool.gateway_name,
         gateway_namespace=pool.gateway_namespace, admit_namespaces=tuple(sorted(admit)),
     )  # fmt: skip
+
+
+# --- GPU flavors, node-pool priority, deployment policies (issue 16) ---------------------------
+
+
+def _clean_gpu_types(errors: _Errors, res: dict[str, Any]) -> list[str]:
+    """`resources.gpu_type` (one GPU product, or a list) and `resources.gpu_types` (a list, in
+    order of preference) as one list; the canonical gpu_type is its first."""
+    one, many = res.get("gpu_type") or "", res.get("gpu_types") or []
+    if isinstance(one, list):
+        one, many = "", many or one
+    if not isinstance(one, str):
+        errors.add("resources.gpu_type", "Must be a GPU product name such as NVIDIA-A100-SXM4-80GB.")
+        return []
+    if not isinstance(many, list) or not all(isinstance(v, str) for v in many):
+        errors.add("resources.gpu_types", "Must be a list of GPU product names, first preferred.")
+        return []
+    types: list[str] = []
+    for value in ([] if one in many else [one]) + list(many):
+        value = value.strip()
+        if value and value not in types:
+            types.append(value)
+    for value in types:
+        if not is_label_value(value):
+            key = "resources.gpu_types" if len(types) > 1 else "resources.gpu_type"
+            errors.add(key, f"“{value}” is not a node label value such as NVIDIA-A100-SXM4-80GB "
+                            "(letters, digits, - _ .).")  # fmt: skip
+            return []
+    if len(types) > MAX_GPU_TYPES:
+        errors.add("resources.gpu_types", f"At most {MAX_GPU_TYPES} GPU types.")
+        return []
+    return types
+
+
+def _clean_node_pools(errors: _Errors, out: dict[str, Any]) -> None:
+    """An ordered list of node pools, each a node label key and its values; first preferred."""
+    given = out.get("node_pools")
+    out.pop("node_pools", None)
+    if given in (None, "", []):
+        return
+    if not isinstance(given, list):
+        errors.add("node_pools", "Must be a list of node pools such as {key: run.ai/node-pool, values: [a100]}.")
+        return
+    pools: list[dict[str, Any]] = []
+    for index, item in enumerate(given, start=1):
+        if isinstance(item, str) and "=" in item:  # the short form, key=value[,value]
+            key, _, values = item.partition("=")
+            item = {"key": key.strip(), "values": [v.strip() for v in values.split(",")]}
+        if not isinstance(item, dict) or set(item) - {"key", "values"}:
+            errors.add("node_pools", f"Node pool {index} must be a mapping with key and values.")
+            return
+        key, values = item.get("key"), item.get("values")
+        if isinstance(values, str):
+            values = [v.strip() for v in values.split(",")]
+        if not isinstance(key, str) or not key.strip():
+            errors.add("node_pools", f"Node pool {index}: give the node label key, e.g. run.ai/node-pool.")
+            return
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or not [
+            v for v in values if v.strip()
+        ]:
+            errors.add("node_pools", f"Node pool {index} ({key}): give one or more label values.")
+            return
+        entry = {"key": key.strip(), "values": [v.strip() for v in values if v.strip()]}
+        if entry in pools:
+            errors.add("node_pools", f"Node pool {index} ({key}) is listed twice.")
+            return
+        pools.append(entry)
+    if len(pools) > MAX_NODE_POOLS:
+        errors.add("node_pools", f"At most {MAX_NODE_POOLS} node pools.")
+        return
+    out["node_pools"] = pools
+
+
+def _clean_policies(errors: _Errors, out: dict[str, Any]) -> None:
+    """The deployment's own policies: the environment's rule types, which may only narrow it
+    (sharing.policies checks that and the spec against them)."""
+    given = out.get("policies")
+    out.pop("policies", None)
+    if given in (None, "", {}):
+        return
+    if not isinstance(given, dict):
+        errors.add("policies", f"Must be a mapping of rules: {', '.join(POLICY_KEYS)}.")
+        return
+    unknown = sorted(set(given) - set(POLICY_KEYS))
+    if unknown:
+        errors.add(f"policies.{unknown[0]}", f"Unknown policy rule; the rules are {', '.join(POLICY_KEYS)}.")
+        return
+    policies: dict[str, Any] = {}
+    for key in ("max_replicas", "max_gpus_per_replica"):
+        if given.get(key) not in (None, ""):
+            value = _as_int(errors, f"policies.{key}", given[key], minimum=0)
+            if value is not None:
+                policies[key] = value
+    for key in ("allowed_gpu_types", "allowed_pools"):
+        values = given.get(key)
+        if values in (None, "", []):
+            continue
+        if isinstance(values, str):
+            values = [v.strip() for v in values.split(",")]
+        ok = isinstance(values, list) and all(
+            isinstance(v, str) or (key == "allowed_pools" and isinstance(v, int) and not isinstance(v, bool))
+            for v in values
+        )  # fmt: skip
+        if not ok:
+            what = "compute pool names" if key == "allowed_pools" else "GPU types"
+            errors.add(f"policies.{key}", f"Give a list of {what}.")
+            continue
+        cleaned = [v.strip() if isinstance(v, str) else v for v in values]
+        cleaned = [v for v in cleaned if v != ""]
+        if cleaned:
+            policies[key] = cleaned
+    labels = given.get("allowed_pool_labels")
+    if labels not in (None, "", {}):
+        if not isinstance(labels, dict):
+            errors.add("policies.allowed_pool_labels", 'Give a mapping such as {region: [us-east-1]}.')
+        else:
+            clean_labels: dict[str, list[str]] = {}
+            for label, values in labels.items():
+                if isinstance(values, str):
+                    values = [values]
+                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                    errors.add("policies.allowed_pool_labels", f"{label}: give a list of values.")
+                    break
+                if values:
+                    clean_labels[str(label)] = values
+            if clean_labels:
+                policies["allowed_pool_labels"] = clean_labels
+    if policies:
+        out["policies"] = policies

@@ -393,7 +393,8 @@ def promotion_plan(
     target_pool = pool or (existing.pool if existing else deployment.pool)
     violations = check_spec(
         environment=target_environment,
-        deployment_policies=deployment_policies,
+        # The revision's own policies travel with it unless the promotion gives others.
+        deployment_policies=spec.get("policies") if deployment_policies is None else deployment_policies,
         pool=target_pool,
         spec=spec,
     )
