@@ -12,6 +12,7 @@ import yaml
 from django import forms
 from django.core.exceptions import ValidationError
 
+from catalog.ngc import NimProfile
 from console.forms import StyledForm
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
@@ -22,7 +23,7 @@ from deployments.models import (
     PoolKind,
 )
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
-from deployments.spec import form_field_for
+from deployments.spec import form_field_for, nim_profile_fits_gpu
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -621,6 +622,7 @@ class DeploymentForm(StyledForm):
         if model is not None and getattr(model, "ngc_tag", "") and model.ngc_tag not in tags:
             tags.insert(0, model.ngc_tag)
         self.fields["nim_tag"].choices = [("", "— model's tag —")] + [(t, t) for t in tags]
+        self._offer_nim_profiles(model)
         if instance is not None:
             for name in self.LOCKED_ON_EDIT:
                 self.fields[name].disabled = True
@@ -644,6 +646,26 @@ class DeploymentForm(StyledForm):
             return self.fields["model"].queryset.filter(pk=int(getattr(raw, "pk", raw))).first()
         except (TypeError, ValueError):
             return None
+
+    def _offer_nim_profiles(self, model) -> None:
+        """Where the catalog knows the image's profiles, a choice of them for the deployment's
+        GPU type(s), "automatic" first; the service checks the choice (deployments.spec)."""
+        profiles = [p for p in getattr(model, "nim_profiles", None) or [] if isinstance(p, dict)]
+        if not profiles:
+            return
+        data = self.data if self.is_bound else self.initial
+        types = [t for t in re.split(r"[,\s]+", str(data.get("gpu_type") or "")) if t]
+        current = str(data.get("nim_profile") or "")
+        choices = [("", "Automatic — NIM picks the best profile for the GPU")]
+        for p in profiles:
+            if nim_profile_fits_gpu(p, types) or current in (p.get("id"), p.get("name")):
+                choices.append((p["id"], NimProfile.from_dict(p).label()))
+        field = self.fields["nim_profile"]
+        field.widget = forms.Select(choices=choices)
+        field.help_text = (
+            f"{len(choices) - 1} of {len(profiles)} profiles of this NIM fit "
+            f"{', '.join(types) if types else 'any GPU'} (NIM_MODEL_PROFILE)."
+        )
 
     def sections(self) -> list[dict]:
         return [

@@ -491,7 +491,8 @@ def normalize_spec(
             errors.add("model_cache.size", "Give the cache size as a Kubernetes quantity, e.g. 100Gi.")
     if not isinstance(out["nim_profile"] or "", str):
         errors.add("nim_profile", "Must be a profile id or name.")
-    out["nim_profile"] = out["nim_profile"] or ""
+        out["nim_profile"] = ""
+    out["nim_profile"] = (out["nim_profile"] or "").strip()
 
     given_auto = spec.get("autoscaling")
     _clean_autoscaling(errors, out, rmin, isinstance(given_auto, dict) and "enabled" not in given_auto)
@@ -538,6 +539,7 @@ def normalize_spec(
     _clean_capacity_grace(errors, out)
     _clean_node_pools(errors, out)
     _clean_policies(errors, out)
+    _check_nim_profile(errors, out, model=model)
     _check_context_length(errors, out, model=model, bundle=bundle)
     if errors.errors:
         raise ValidationError(errors.errors)
@@ -1051,3 +1053,52 @@ def _clean_policies(errors: _Errors, out: dict[str, Any]) -> None:
                 policies["allowed_pool_labels"] = clean_labels
     if policies:
         out["policies"] = policies
+
+
+def _gpu_tokens(label: str) -> set[str]:
+    return set(re.split(r"[-_\s]+", label.upper())) - {""}
+
+
+def nim_profile_fits_gpu(profile: dict[str, Any], gpu_types: list[str]) -> bool:
+    """Whether a NIM profile may run on every one of ``gpu_types`` (node label values such as
+    NVIDIA-H100-80GB-HBM3): a generic profile (no GPU tag) anywhere, an optimized one only on
+    its GPU (its tag's words all in the label: H100 fits NVIDIA-H100-80GB-HBM3, L4 not L40S)."""
+    gpu = str(profile.get("gpu") or "")
+    if not gpu or not gpu_types:
+        return True
+    return all(_gpu_tokens(gpu) <= _gpu_tokens(t) for t in gpu_types)
+
+
+def nim_profile_named(model: CatalogModel, value: str) -> dict[str, Any] | None:
+    """The catalog's profile of ``model`` with id or name ``value``."""
+    return next(
+        (p for p in model.nim_profiles or [] if isinstance(p, dict) and value in (p.get("id"), p.get("name"))),
+        None,
+    )  # fmt: skip
+
+
+def _check_nim_profile(errors: _Errors, out: dict[str, Any], *, model: CatalogModel) -> None:
+    """A chosen NIM profile must be one the image offers (where the catalog knows them), fit
+    the GPU type(s), and use as many GPUs as a replica gets (TP × PP). Stored by its id, the
+    value NIM_MODEL_PROFILE takes."""
+    value = out["nim_profile"]
+    if not value or not (model.nim_profiles or []):
+        return
+    profile = nim_profile_named(model, value)
+    if profile is None:
+        names = ", ".join(str(p.get("name")) for p in model.nim_profiles[:8] if isinstance(p, dict))
+        errors.add("nim_profile", f"{model} offers no profile “{value}”; its profiles: {names}. "
+                                  "Leave it empty for automatic.")  # fmt: skip
+        return
+    res = out["resources"]
+    types = res.get("gpu_types") or ([res["gpu_type"]] if res.get("gpu_type") else [])
+    if not nim_profile_fits_gpu(profile, types):
+        errors.add("nim_profile", f"Profile {profile['name']} is built for {profile['gpu']} GPUs; the "
+                                  f"deployment asks for {', '.join(types)}.")  # fmt: skip
+        return
+    needed = int(profile.get("tp") or 1) * int(profile.get("pp") or 1)
+    if isinstance(res.get("gpus"), int) and res["gpus"] != needed:
+        errors.add("nim_profile", f"Profile {profile['name']} runs on {needed} GPU{'s' if needed != 1 else ''} "
+                                  f"per replica (TP{profile.get('tp')}); set GPUs per replica to {needed}.")  # fmt: skip
+        return
+    out["nim_profile"] = str(profile["id"])

@@ -554,7 +554,7 @@ def _deployment_form_context(request: HttpRequest, form: DeploymentForm, **extra
 
 def _panel_response(request: HttpRequest, form: DeploymentForm, **extra) -> HttpResponse | None:
     panel = request.POST.get("_panel") if request.method == "POST" else None
-    if not (request.htmx and panel in {"estimate", "bundle"}):
+    if not (request.htmx and panel in {"estimate", "bundle", "nim_profile"}):
         return None
     context = _deployment_form_context(request, form, **extra)
     return render(request, f"deployments/htmx/{panel}_panel.html", context)

@@ -41,6 +41,7 @@ PAGE_ARGS: dict[str, dict] = {
     "catalog:model_edit": {"pk": "model"},
     "catalog:model_delete": {"pk": "model"},
     "catalog:model_refresh_tags": {"pk": "model"},
+    "catalog:model_set_nim_profiles": {"pk": "model"},
     "catalog:bundle_detail": {"pk": "bundle"},
     "catalog:bundle_edit": {"pk": "bundle"},
     "catalog:bundle_delete": {"pk": "bundle"},
