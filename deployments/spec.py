@@ -91,6 +91,8 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("affinity", "affinity", ("affinity",)),
     ("node_pools", "node_pools", ("node_pools",)),
     ("policies", "policies", ()),
+    ("bundle_version", "bundle", ()),
+    ("bundle_vars", "bundle", ()),
     ("extra_args", "extra_args", ("extra_args",)),
     ("model_cache", "model_cache_size", ("model_cache.access_mode",)),
     ("model_cache.size", "model_cache_size", ("model_cache.size",)),
@@ -149,10 +151,11 @@ SPEC_KEYS = (
     "resources", "env", "labels", "annotations", "tolerations", "node_selector", "affinity",
     "extra_args", "model_cache", "nim_profile", "nim_tag", "autoscaling", "rate_limits", "pricing",
     "startup_budget_seconds", "capacity_grace_seconds", "node_pools", "policies",
+    "bundle_version", "bundle_vars",
 )  # fmt: skip
 # Optional keys added after deployments existed: left out of the canonical spec while empty, so
 # revisions saved before them still compare equal (no rollout, no new revision for nothing).
-OPTIONAL_SPEC_KEYS = ("node_pools", "policies")
+OPTIONAL_SPEC_KEYS = ("node_pools", "policies", "bundle_vars")
 MAX_NODE_POOLS = 16
 MAX_GPU_TYPES = 8
 # The deployment-level policy rules (sharing.policies reads them; same names as an environment's).
@@ -337,7 +340,8 @@ def merge_spec(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         if (
             isinstance(value, dict)
             and isinstance(out.get(key), dict)
-            and key not in ("env", "labels", "annotations", "node_selector", "affinity", "policies")
+            and key not in ("env", "labels", "annotations", "node_selector", "affinity", "policies",
+                            "bundle_vars")
         ):
             out[key] = merge_spec(out[key], value)
         else:
@@ -540,6 +544,7 @@ def normalize_spec(
     _clean_node_pools(errors, out)
     _clean_policies(errors, out)
     _check_nim_profile(errors, out, model=model)
+    _clean_bundle_choice(errors, out, bundle=bundle)
     _check_context_length(errors, out, model=model, bundle=bundle)
     if errors.errors:
         raise ValidationError(errors.errors)
@@ -652,14 +657,7 @@ def _render_spec(
         model_ref, _, rev = model_ref[len("hf://") :].partition("@")
         source, model_revision = "huggingface", rev or None
     cache = spec.get("model_cache")
-    engine_vars = {}
-    for var in bundle.variables or []:
-        if isinstance(var, dict) and re.fullmatch(r"[a-z][a-z0-9_]*", str(var.get("name", ""))):
-            default = var.get("default")
-            if default not in (None, ""):
-                engine_vars[var["name"]] = (
-                    str(default).lower() if isinstance(default, bool) else str(default)
-                )
+    engine_vars = bundle_variables(bundle, spec)
     res = spec["resources"]
     return RenderSpec(
         deployment_id=deployment_id,
@@ -890,10 +888,12 @@ def render_spec_for(
 ) -> RenderSpec:
     """The renderers' input for one revision of a deployment (`replicas` overrides, e.g. 0)."""
     secret_env, pull = secret_refs(deployment)
+    # The version this revision runs (a rollout to another version leaves older revisions theirs).
+    bundle = bundle_of_version(deployment.bundle, revision.spec.get("bundle_version")) or deployment.bundle
     rs = _render_spec(
         revision.spec,
         model=deployment.model,
-        bundle=deployment.bundle,
+        bundle=bundle,
         deployment_id=deployment.pk,
         name=deployment.name,
         namespace=deployment.project.namespace(),
@@ -1102,3 +1102,62 @@ def _check_nim_profile(errors: _Errors, out: dict[str, Any], *, model: CatalogMo
                                   f"per replica (TP{profile.get('tp')}); set GPUs per replica to {needed}.")  # fmt: skip
         return
     out["nim_profile"] = str(profile["id"])
+
+
+def bundle_of_version(bundle: ProfileBundle, version: Any) -> ProfileBundle | None:
+    """Version ``version`` of ``bundle`` (same name, same owner); None when there is none."""
+    if version in (None, "") or version == bundle.version:
+        return bundle
+    if isinstance(version, bool) or not str(version).isdigit():
+        return None
+    return bundle.versions().filter(version=int(version)).first()
+
+
+def with_bundle_version(spec: dict[str, Any], bundle: ProfileBundle) -> dict[str, Any]:
+    """A stored spec with its bundle version filled in: revisions saved before specs recorded
+    it ran the deployment's bundle of the time, ``bundle``."""
+    return spec if "bundle_version" in spec else {**spec, "bundle_version": bundle.version}
+
+
+def bundle_variables(bundle: ProfileBundle, spec: dict[str, Any]) -> dict[str, str]:
+    """The bundle's variables as the engine gets them: each default, overridden by the
+    deployment's value (spec ``bundle_vars``); empty values are left out."""
+    values: dict[str, str] = {}
+    given = spec.get("bundle_vars") or {}
+    for var in bundle.variables or []:
+        if isinstance(var, dict) and re.fullmatch(r"[a-z][a-z0-9_]*", str(var.get("name", ""))):
+            value = given.get(var["name"], var.get("default"))
+            if value not in (None, ""):
+                values[var["name"]] = str(value).lower() if isinstance(value, bool) else str(value)
+    return values
+
+
+def _clean_bundle_choice(errors: _Errors, out: dict[str, Any], *, bundle: ProfileBundle) -> None:
+    """``bundle_version``: which version of the deployment's Profile Bundle a revision runs (the
+    service resolves it and passes that version in); ``bundle_vars``: values for its variables."""
+    version = out.pop("bundle_version", None)
+    if version not in (None, ""):
+        version = _as_int(errors, "bundle_version", version, minimum=1)
+        if version is not None and version != bundle.version:
+            errors.add("bundle_version", f"This revision runs {bundle}; version {version} was asked.")
+    out["bundle_version"] = bundle.version  # every revision says which version it runs
+    given = out.pop("bundle_vars", None)
+    if given in (None, "", {}):
+        return
+    if not isinstance(given, dict):
+        errors.add("bundle_vars", "Must be a mapping of the bundle's variables to values.")
+        return
+    names = [str(v.get("name")) for v in bundle.variables or [] if isinstance(v, dict)]
+    values: dict[str, str] = {}
+    for name, value in given.items():
+        if name not in names:
+            known = ", ".join(names) or "none"
+            errors.add("bundle_vars", f"{bundle} has no variable “{name}” (its variables: {known}).")
+            return
+        if isinstance(value, (dict, list)):
+            errors.add("bundle_vars", f"{name}: give a single value.")
+            return
+        if value not in (None, ""):
+            values[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    if values:
+        out["bundle_vars"] = values

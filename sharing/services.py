@@ -15,6 +15,7 @@ from django.db import transaction
 from console import permissions
 from deployments import services as deployment_services
 from deployments.models import ModelDeployment
+from deployments.spec import bundle_of_version
 from projects import services as project_services
 from projects.models import Environment, Membership, Organization, Project
 from sharing import access
@@ -423,7 +424,8 @@ def promotion_plan(
             "pool": target_pool,
             "name": name,
             "spec": spec,
-            "bundle": deployment.bundle,
+            # The bundle version the promoted revision runs.
+            "bundle": bundle_of_version(deployment.bundle, spec.get("bundle_version")) or deployment.bundle,
             "environment": target_environment,
             "description": reason,
         },

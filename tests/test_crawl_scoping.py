@@ -56,6 +56,7 @@ PAGE_ARGS: dict[str, dict] = {
     "deployments:deployment_activate": {"pk": "deployment"},
     "deployments:deployment_rollback": {"pk": "deployment"},
     "deployments:deployment_nim_tag": {"pk": "deployment"},
+    "deployments:deployment_bundle": {"pk": "deployment"},
     "deployments:deployment_delete": {"pk": "deployment"},
     "deployments:endpoint_delete": {"pk": "endpoint"},
     "deployments:pool_detail": {"pk": "pool"},

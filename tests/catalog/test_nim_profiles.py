@@ -20,7 +20,6 @@ from deployments.models import ComputePool, PoolKind
 from deployments.renderers import render
 from deployments.services import deployment_create
 from deployments.spec import render_spec_for
-from projects.services import integration_set
 from tests.catalog.catalog_fixtures import builtin_bundles, ngc_env, ngc_project  # noqa: F401 - fixtures
 from tests.catalog.conftest import NGC_PERSONAL_KEY, NGC_UNENTITLED_KEY
 
