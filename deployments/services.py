@@ -48,6 +48,7 @@ from deployments.spec import (
     merge_spec,
     normalize_spec,
     rendered_replicas,
+    resource_hold,
     rollout_needed,
     with_bundle_version,
 )
@@ -560,17 +561,31 @@ def _claim_served_name(deployment: ModelDeployment, served: str) -> None:
         ) from None  # fmt: skip
 
 
-def _reserve(deployment: ModelDeployment, gpus: int, *, surge: Revision | None = None) -> None:
+RELEASE_ALL = {"cpu_millicores": 0, "memory_bytes": 0, "deployments": 0}  # nothing held beside GPUs
+
+
+def _reserve(
+    deployment: ModelDeployment, gpus: int, spec: dict[str, Any] | None = None, *, surge: Revision | None = None
+) -> None:
     """Hold `gpus` in the quota for this deployment, plus the GPUs of the ``surge`` revision
-    whose pods keep serving beside the new ones during a blue-green rollout; a refusal names
-    the numbers (one the surge alone causes points at the recreate strategy)."""
+    whose pods keep serving beside the new ones during a blue-green rollout, and the CPU, memory
+    and deployment count of `spec`; a refusal names the numbers and lands on the field it is
+    about (one the surge alone causes points at the recreate strategy)."""
+    extra = resource_hold(spec) if spec is not None else {}
     try:
         quota_reserve(project=deployment.project, holder=deployment.gpu_holder(), gpus=gpus,
                       surge=gpu_hold(surge.spec, deployment.replicas_wanted(surge.spec)) if surge is not None else 0,
-                      surge_from=f"revision {surge.number}" if surge is not None else "")  # fmt: skip
+                      surge_from=f"revision {surge.number}" if surge is not None else "", **extra)  # fmt: skip
     except ValidationError as exc:
+        text = " ".join(exc.messages)
         field = "update_strategy" if getattr(exc, "code", "") == "surge" else "resources.gpus"
-        raise ValidationError({field: " ".join(exc.messages)}) from None
+        if "CPU cores" in text:
+            field = "resources.cpu"
+        elif "GiB of memory" in text:
+            field = "resources.memory"
+        elif "active deployments" in text:
+            field = "quota"
+        raise ValidationError({field: text}) from None
 
 
 # How a change to what the pods run reaches the pool: blue-green (the serving revision answers
@@ -723,8 +738,8 @@ def deployment_create(
             deployment.full_clean(validate_constraints=False)
             deployment.save()
             _claim_served_name(deployment, canonical["served_model_name"])
-            if hold:
-                _reserve(deployment, hold)
+            if not deactivated:
+                _reserve(deployment, hold, canonical)
             revision = _new_revision(deployment, canonical, user=user, reason="Created")
             deployment.current_revision = revision
             deployment.save(update_fields=["current_revision"])
@@ -818,7 +833,7 @@ def _revise(
             locked.serving_revision = None  # the push points the Service at the new revision at once
         if locked.state != DeploymentState.DEACTIVATED:
             # Autoscaled: what runs now (the autoscaler's count within the new [min, max]).
-            _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)), surge=_surge_revision(locked, pods))
+            _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)), spec, surge=_surge_revision(locked, pods))
         reason = reason or "Updated"
         if not rollout:
             scaled = rendered_replicas(base.spec) != rendered_replicas(spec)
@@ -1125,7 +1140,7 @@ def deployment_deactivate(
             raise ValidationError(
                 f"A deployment that is {locked.get_state_display().lower()} can't be deactivated."
             )
-        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
+        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0, **RELEASE_ALL)
         event_record(
             locked,
             reason="Deactivated",
@@ -1149,7 +1164,7 @@ def deployment_activate(
         if locked.state != DeploymentState.DEACTIVATED:
             raise ValidationError("Only a deactivated deployment can be activated.")
         gpus = gpu_hold(locked.current_revision.spec)  # autoscaled: starts again at its minimum
-        _reserve(locked, gpus)
+        _reserve(locked, gpus, locked.current_revision.spec)
         DeploymentScale.objects.filter(deployment=locked).update(desired=None, low_since=None, idle_since=None)
         state_claim(locked, expect=DeploymentState.DEACTIVATED, state=DeploymentState.PENDING,
                     reason="Activated: scaling up.")  # fmt: skip
@@ -1195,7 +1210,7 @@ def deployment_finish_delete(deployment_id: int) -> bool:
         )
         if locked is None:
             return False
-        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
+        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0, **RELEASE_ALL)
         locked.delete()
     return True
 

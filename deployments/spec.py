@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from kubernetes.utils.quantity import parse_quantity
 
 from deployments.renderers import (
     AFFINITY_KEYS,
@@ -227,6 +228,18 @@ def gpu_hold(spec: dict[str, Any], replicas: int | None = None) -> int:
     if autoscaled(spec):
         return replicas_within(spec, replicas) * per_replica
     return int(spec["replicas"]["max"]) * per_replica
+
+
+def resource_hold(spec: dict[str, Any]) -> dict[str, int]:
+    """CPU (millicores), memory (bytes) and the deployment itself that an active deployment
+    holds in the quotas beyond GPUs: like GPUs, every replica it may scale to."""
+    replicas = int(spec["replicas"]["max"])
+    res = spec["resources"]
+    return {
+        "cpu_millicores": int(parse_quantity(str(res["cpu"])) * 1000) * replicas,
+        "memory_bytes": int(parse_quantity(str(res["memory"]))) * replicas,
+        "deployments": 1,
+    }
 
 
 def nim_model_name(ngc_image: str) -> str:

@@ -470,8 +470,9 @@ def _quota_panel(form: DeploymentForm) -> dict[str, Any]:
     if project is None or gpus is None or replicas is None:
         return {}
     return selectors.deployment_quota_preview(
-        project=project, gpus_per_replica=gpus, replicas_max=replicas, deployment=form.instance
-    )
+        project=project, gpus_per_replica=gpus, replicas_max=replicas, deployment=form.instance,
+        cpu=str(_form_value(form, "cpu") or "").strip(), memory=str(_form_value(form, "memory") or "").strip(),
+    )  # fmt: skip
 
 
 def _estimate_panel(form: DeploymentForm) -> dict[str, Any]:

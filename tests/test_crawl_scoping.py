@@ -84,6 +84,7 @@ PAGE_ARGS: dict[str, dict] = {
     "org:group_delete": {"pk": "group"},
     "org:group_member_add": {"pk": "group"},
     "org:group_member_remove": {"pk": "group", "user_pk": "admin"},
+    "sharing:quota_limits_project": {"project_pk": "project"},
 }
 
 # REST router basename → world object its {pk} names (actions "<basename>-<action>" included).
