@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0003_drop_plaintext_authtoken'),
+        ('projects', '0004_integration_kind_s3'),
     ]
 
     operations = [
