@@ -1095,7 +1095,7 @@ def _check_nim_profile(errors: _Errors, out: dict[str, Any], *, model: CatalogMo
     the GPU type(s), and use as many GPUs as a replica gets (TP × PP). Stored by its id, the
     value NIM_MODEL_PROFILE takes."""
     value = out["nim_profile"]
-    if not value or not (model.nim_profiles or []):
+    if not value or not (getattr(model, "nim_profiles", None) or []):
         return
     profile = nim_profile_named(model, value)
     if profile is None:
@@ -1151,9 +1151,10 @@ def _clean_bundle_choice(errors: _Errors, out: dict[str, Any], *, bundle: Profil
     version = out.pop("bundle_version", None)
     if version not in (None, ""):
         version = _as_int(errors, "bundle_version", version, minimum=1)
-        if version is not None and version != bundle.version:
+        if version is not None and version != getattr(bundle, "version", version):
             errors.add("bundle_version", f"This revision runs {bundle}; version {version} was asked.")
-    out["bundle_version"] = bundle.version  # every revision says which version it runs
+    if getattr(bundle, "version", None) is not None:  # (a bundle-shaped stand-in may have none)
+        out["bundle_version"] = bundle.version  # every revision says which version it runs
     given = out.pop("bundle_vars", None)
     if given in (None, "", {}):
         return

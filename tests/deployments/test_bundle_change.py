@@ -72,7 +72,7 @@ def test_a_bundle_change_is_a_blue_green_revision_and_rollback_restores_the_vers
     deployment.refresh_from_db()
     assert revision.number == 2 and deployment.bundle == versions[1]
     assert deployment.state == DeploymentState.DEPLOYING  # revision 1 serves until 2 is ready
-    assert "revision 1 keeps serving until it is ready" in deployment.state_reason
+    assert deployment.state_reason.startswith("Rolling out revision 2")
     image, args = _args(deployment)
     assert image == "vllm/vllm-openai:v0.9.0"
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.8" and "--max-model-len" in args
