@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0004_integration_kind_s3'),
+        ('projects', '0005_organization_groups_and_invitations'),
     ]
 
     operations = [
