@@ -53,6 +53,11 @@ class CatalogModel(models.Model):
     ngc_tags = models.JSONField(
         default=list, blank=True, help_text="Known tags, for in-place updates."
     )
+    nim_profiles = models.JSONField(
+        default=list, blank=True,
+        help_text="The NIM image's model profiles at ngc_tag (catalog.ngc.NimProfile.as_dict); "
+        "empty: not known, any profile name or id is accepted.",
+    )  # fmt: skip
     # Custom
     storage_uri = models.CharField(max_length=500, blank=True)
     artifact = models.FileField(

@@ -432,3 +432,122 @@ def check_key(
     return KeyCheck(
         ok=True, kind=kind, org=org, message=f"NGC accepted the personal API key{where}"
     )
+
+
+# --- NIM model profiles ---------------------------------------------------------------------
+# A NIM image's profiles live in the model manifest inside the image
+# (/etc/nim/config/model_manifest.yaml); `list-model-profiles` prints them as
+# `  - <64-hex id> (<name>)` lines under "MODEL PROFILES", and a profile is chosen with
+# NIM_MODEL_PROFILE=<id or name>. Names are built from the manifest's tags:
+# `tensorrt_llm-h100-fp8-tp2-latency`, `vllm-bf16-tp1`, `vllm-bf16-tp4-pp1-lora`.
+# Sources: https://docs.nvidia.com/nim/large-language-models/1.3.0/profiles.html (output,
+# NIM_MODEL_PROFILE, latency/throughput), https://docs.nvidia.com/nim/large-language-models/
+# latest/deployment/model-profiles-and-selection.html (name pattern: backend, precision, tp, pp,
+# -lora). NGC's public API has no route for a manifest: the offline NGC serves the recorded
+# manifests at `GET /v2/org/{org}/team/{team}/repos/{name}/profiles?tag=<tag>` (ModelDeck's
+# own route), and output pasted from `list-model-profiles` is read by parse_list_model_profiles.
+
+PROFILE_LINE = re.compile(r"^\s*-\s+([0-9a-f]{64})\s+\(([^)\s]+)\)\s*$")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4", "mxfp4", "nvfp4", "awq")
+
+
+@dataclass(frozen=True)
+class NimProfile:
+    """One profile of a NIM image: its id (a hash) and name, and the facts the name carries."""
+
+    id: str
+    name: str
+    engine: str = ""  # tensorrt_llm, vllm, sglang, trtllm
+    precision: str = ""  # bf16, fp8, ...
+    gpu: str = ""  # H100, A100, L40S ... ; "" for a generic profile (any GPU with the memory)
+    tp: int = 1
+    pp: int = 1
+    mode: str = ""  # latency or throughput (optimized TensorRT-LLM profiles)
+    lora: bool = False
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one replica needs: tensor × pipeline parallelism."""
+        return self.tp * self.pp
+
+    def label(self) -> str:
+        parts = [self.gpu or "any GPU", self.precision.upper() or "?", f"TP{self.tp}"]
+        if self.pp > 1:
+            parts.append(f"PP{self.pp}")
+        if self.mode:
+            parts.append(self.mode)
+        if self.lora:
+            parts.append("LoRA")
+        return f"{self.name} · {' · '.join(parts)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "engine": self.engine, "precision": self.precision,
+                "gpu": self.gpu, "tp": self.tp, "pp": self.pp, "mode": self.mode, "lora": self.lora}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NimProfile:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def profile_from_name(profile_id: str, name: str, tags: Mapping[str, Any] | None = None) -> NimProfile:
+    """A profile's facts from its manifest tags where given, else from its name."""
+    tags = dict(tags or {})
+    parts = name.split("-")
+    engine = str(tags.get("llm_engine") or (parts[0] if parts else ""))
+    precision = str(tags.get("precision") or next((p for p in parts if p.lower() in PRECISIONS), ""))
+    tp = int(tags.get("tp") or next((p[2:] for p in parts if re.fullmatch(r"tp\d+", p)), 1))
+    pp = int(tags.get("pp") or next((p[2:] for p in parts if re.fullmatch(r"pp\d+", p)), 1))
+    mode = str(tags.get("profile") or next((p for p in parts if p in ("latency", "throughput")), ""))
+    known = {engine, precision, f"tp{tp}", f"pp{pp}", mode, "lora", ""}
+    gpu = str(tags.get("gpu") or next((p for p in parts[1:] if p not in known and p.lower() not in PRECISIONS), ""))
+    lora = str(tags.get("feat_lora", "")).lower() == "true" or name.endswith("-lora")
+    return NimProfile(id=profile_id, name=name, engine=engine, precision=precision.lower(),
+                      gpu=gpu.upper(), tp=tp, pp=pp, mode=mode, lora=lora)  # fmt: skip
+
+
+def parse_list_model_profiles(text: str) -> tuple[NimProfile, ...]:
+    """The profiles in `list-model-profiles` output (compatible and incompatible alike)."""
+    out, seen = [], set()
+    for line in (text or "").splitlines():
+        m = PROFILE_LINE.match(line)
+        if m and m.group(1) not in seen:
+            seen.add(m.group(1))
+            out.append(profile_from_name(m.group(1), m.group(2)))
+    return tuple(out)
+
+
+def image_profiles(
+    *,
+    base_url: str = DEFAULT_API_URL,
+    authn_url: str | None = None,
+    api_key: str,
+    image: str,
+    tag: str,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[NimProfile, ...]:
+    """The profiles of one image at one tag, from the offline NGC's recorded manifests.
+
+    Raises NgcError; `not_found` where the server has no manifest for it (NGC itself)."""
+    if not api_key or not api_key.strip():
+        raise NgcError("No NGC API key is set: NIM profiles need one", "unauthorized")
+    org, team, name = parse_image(image)
+    resource_id = "/".join(p for p in (org, team, name) if p)
+    base_url = base_url.rstrip("/")
+    path = f"/v2/org/{org}/team/{team}/repos/{name}" if team else f"/v2/org/{org}/repos/{name}"
+    budget = _Budget(timeout)
+    with _client() as client:
+        bearer = _bearer(client, budget, api_key.strip(), base_url=base_url, authn_url=authn_url)
+        body = _request(
+            client, budget, "GET", f"{base_url}{path}/profiles", base_url=base_url,
+            subject=f"the profiles of NIM image {resource_id}:{tag}", params={"tag": tag},
+            headers={"Authorization": f"Bearer {bearer}"},
+        )  # fmt: skip
+    items = body.get("profiles") if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        raise NgcError(f"NGC at {base_url} answered unexpected profiles", "bad_response")
+    profiles = []
+    for item in items:
+        if not isinstance(item, Mapping) or not re.fullmatch(r"[0-9a-f]{64}", str(item.get("id", ""))):
+            raise NgcError(f"NGC at {base_url} answered a profile without an id", "bad_response")
+        profiles.append(profile_from_name(str(item["id"]), str(item.get("name") or ""), item.get("tags")))
+    return tuple(profiles)

@@ -249,6 +249,7 @@ def model_add_from_ngc(
         raise ValidationError({"tag": f"{info.image} has no tag “{tag}” (known tags: {known})."})
     name = (name or "").strip() or info.resource_id.rsplit("/", 1)[-1]
     _check_name_free(organization, name)
+    profiles = _nim_profiles(key, info.image, tag)
     model = CatalogModel(
         organization=organization,
         name=name,
@@ -257,6 +258,7 @@ def model_add_from_ngc(
         ngc_image=info.image,
         ngc_tag=tag,
         ngc_tags=list(info.tags),
+        nim_profiles=profiles,
         task=_nim_task(info.resource_id),
         size_bytes=info.size_bytes,
         created_by=_creator(user),
@@ -280,7 +282,34 @@ def model_refresh_ngc_tags(
     except ngc.NgcError as exc:
         raise ValidationError({"image": ValidationError(exc.message, code=exc.code)}) from exc
     model.ngc_tags = list(info.tags)
-    model.save(update_fields=["ngc_tags", "updated_at"])
+    model.nim_profiles = _nim_profiles(key, model.ngc_image, model.ngc_tag or info.latest_tag or "")
+    model.save(update_fields=["ngc_tags", "nim_profiles", "updated_at"])
+    return model
+
+
+def _nim_profiles(key: str, image: str, tag: str) -> list[dict[str, Any]]:
+    """The image's NIM profiles where NGC answers them; [] (not known) where it has none."""
+    try:
+        return [p.as_dict() for p in ngc.image_profiles(api_key=key, image=image, tag=tag, **_ngc_kwargs())]
+    except ngc.NgcError as exc:
+        if exc.code in ("not_found", "bad_response"):
+            return []
+        raise ValidationError({"image": ValidationError(exc.message, code=exc.code)}) from exc
+
+
+def model_set_nim_profiles(
+    *, user: AbstractBaseUser | None, model: CatalogModel, list_output: str
+) -> CatalogModel:
+    """Record a NIM model's profiles from `list-model-profiles` output (run against the image)."""
+    permissions.require(user, "change", model, what="the catalog")
+    if model.source != ModelSource.NGC:
+        raise ValidationError("Only NVIDIA NIM models have profiles.")
+    profiles = ngc.parse_list_model_profiles(list_output)
+    if not profiles:
+        raise ValidationError({"list_output": "No profiles found: paste the MODEL PROFILES lines "
+                                              "of `list-model-profiles` (“- <id> (<name>)”)."})  # fmt: skip
+    model.nim_profiles = [p.as_dict() for p in profiles]
+    model.save(update_fields=["nim_profiles", "updated_at"])
     return model
 
 

@@ -15,6 +15,7 @@ urlpatterns = [
     path("models/<int:pk>/edit/", views.model_edit, name="model_edit"),
     path("models/<int:pk>/delete/", views.model_delete, name="model_delete"),
     path("models/<int:pk>/refresh-tags/", views.model_refresh_tags, name="model_refresh_tags"),
+    path("models/<int:pk>/nim-profiles/", views.model_set_nim_profiles, name="model_set_nim_profiles"),
     path("hub/", views.hub_search, name="hub_search"),
     path("hub/models/<path:repo_id>/", views.hub_model, name="hub_model"),
     path("ngc/", views.ngc_images, name="ngc_images"),

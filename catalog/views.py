@@ -224,8 +224,24 @@ class ModelRefreshTags(ActionView):
         return f"{len(model.ngc_tags)} tags read from NGC."
 
 
+class ModelSetNimProfiles(ActionView):
+    """Record a NIM's profiles from pasted `list-model-profiles` output."""
+
+    def get_object(self, request, pk):
+        return selectors.model_get(request.user, pk)
+
+    def act(self, request, model):
+        return services.model_set_nim_profiles(
+            user=request.user, model=model, list_output=request.POST.get("list_output", "")
+        )
+
+    def success_message(self, model, result):
+        return f"{len(model.nim_profiles)} NIM profiles recorded."
+
+
 model_delete = ModelDelete.as_view()
 model_refresh_tags = ModelRefreshTags.as_view()
+model_set_nim_profiles = ModelSetNimProfiles.as_view()
 
 
 # --- Hugging Face Hub --------------------------------------------------------------------------

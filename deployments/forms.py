@@ -12,6 +12,7 @@ import yaml
 from django import forms
 from django.core.exceptions import ValidationError
 
+from catalog.ngc import NimProfile
 from console.forms import StyledForm
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
@@ -25,7 +26,7 @@ from deployments.models import (
     ResourceTemplate,
 )
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
-from deployments.spec import form_field_for
+from deployments.spec import form_field_for, nim_profile_fits_gpu
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -287,7 +288,7 @@ class EndpointForm(StyledForm):
 # ---------------------------------------------------------------------------------------------
 
 SECTIONS: list[tuple[str, str, list[str]]] = [
-    ("details", "Details", ["name", "description", "project", "environment"]),
+    ("details", "Details", ["name", "description", "project", "environment", "policies"]),
     ("model", "Model and Endpoint", ["model", "endpoint", "pool", "served_model_name"]),
     (
         "engine",
@@ -307,8 +308,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "advanced",
         "Advanced",
         [
-            "env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "affinity",
-            "model_cache_size", "model_cache_storage_class", "nim_profile",
+            "env", "labels", "annotations", "extra_args", "tolerations", "node_selector", "node_pools",
+            "affinity", "model_cache_size", "model_cache_storage_class", "nim_profile",
         ],
     ),
     (
@@ -355,6 +356,13 @@ class DeploymentForm(StyledForm):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     project = forms.ModelChoiceField(queryset=None, empty_label=None)
     environment = forms.ModelChoiceField(queryset=None, required=False, empty_label="— none —")
+    policies = forms.CharField(
+        label="Deployment policies",
+        required=False,
+        widget=_textarea(3, "max_replicas: 2\nallowed_gpu_types: [NVIDIA-L4]"),
+        help_text="YAML or JSON: allowed_pools, allowed_pool_labels, allowed_gpu_types, max_replicas, "
+        "max_gpus_per_replica. They narrow the environment's policies, never widen them.",
+    )
     # Model and endpoint
     model = forms.ModelChoiceField(queryset=None, empty_label="Choose a model…")
     endpoint = forms.ModelChoiceField(
@@ -424,8 +432,9 @@ class DeploymentForm(StyledForm):
     gpu_type = forms.CharField(
         label="GPU type",
         required=False,
-        max_length=63,
-        help_text="The node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB. Empty: any GPU.",
+        max_length=600,
+        help_text="The node label nvidia.com/gpu.product, e.g. NVIDIA-A100-SXM4-80GB; several, comma-"
+        "separated, for any of them (first preferred). Empty: any GPU.",
         widget=forms.TextInput(attrs={"list": "gpu-products", "placeholder": "any"}),
     )
     # Advanced
@@ -479,6 +488,13 @@ class DeploymentForm(StyledForm):
         required=False,
         widget=_textarea(3, "topology.kubernetes.io/zone: us-east-1a"),
         help_text="YAML or JSON mapping of node labels.",
+    )
+    node_pools = forms.CharField(
+        label="Node-pool priority",
+        required=False,
+        widget=_textarea(3, "run.ai/node-pool=a100\nrun.ai/node-pool=l4"),
+        help_text="One node pool per line, first preferred: label key=value[,value]. The pods may "
+        "run only on these pools, on the first that has room.",
     )
     affinity = forms.CharField(
         required=False,
@@ -632,6 +648,7 @@ class DeploymentForm(StyledForm):
         if model is not None and getattr(model, "ngc_tag", "") and model.ngc_tag not in tags:
             tags.insert(0, model.ngc_tag)
         self.fields["nim_tag"].choices = [("", "— model's tag —")] + [(t, t) for t in tags]
+        self._offer_nim_profiles(model)
         if instance is not None:
             for name in self.LOCKED_ON_EDIT:
                 self.fields[name].disabled = True
@@ -655,6 +672,26 @@ class DeploymentForm(StyledForm):
             return self.fields["model"].queryset.filter(pk=int(getattr(raw, "pk", raw))).first()
         except (TypeError, ValueError):
             return None
+
+    def _offer_nim_profiles(self, model) -> None:
+        """Where the catalog knows the image's profiles, a choice of them for the deployment's
+        GPU type(s), "automatic" first; the service checks the choice (deployments.spec)."""
+        profiles = [p for p in getattr(model, "nim_profiles", None) or [] if isinstance(p, dict)]
+        if not profiles:
+            return
+        data = self.data if self.is_bound else self.initial
+        types = [t for t in re.split(r"[,\s]+", str(data.get("gpu_type") or "")) if t]
+        current = str(data.get("nim_profile") or "")
+        choices = [("", "Automatic — NIM picks the best profile for the GPU")]
+        for p in profiles:
+            if nim_profile_fits_gpu(p, types) or current in (p.get("id"), p.get("name")):
+                choices.append((p["id"], NimProfile.from_dict(p).label()))
+        field = self.fields["nim_profile"]
+        field.widget = forms.Select(choices=choices)
+        field.help_text = (
+            f"{len(choices) - 1} of {len(profiles)} profiles of this NIM fit "
+            f"{', '.join(types) if types else 'any GPU'} (NIM_MODEL_PROFILE)."
+        )
 
     def sections(self) -> list[dict]:
         return [
@@ -703,8 +740,21 @@ class DeploymentForm(StyledForm):
         value = _optional_int(self.cleaned_data.get("gpus"), what="GPUs per replica")
         return 0 if value is None else value
 
-    def clean_gpu_type(self) -> str:
-        return (self.cleaned_data.get("gpu_type") or "").strip()
+    def clean_gpu_type(self) -> list[str]:
+        text = self.cleaned_data.get("gpu_type") or ""
+        return [t.strip() for t in re.split(r"[,\s]+", text) if t.strip()]
+
+    def clean_node_pools(self) -> list[dict[str, Any]]:
+        pools = []
+        for number, line in enumerate((self.cleaned_data.get("node_pools") or "").splitlines(), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            key, sep, values = line.partition("=")
+            if not sep or not key.strip() or not values.strip():
+                raise ValidationError(f"Line {number}: write a node pool as key=value (values comma-separated).")
+            pools.append({"key": key.strip(), "values": [v.strip() for v in values.split(",") if v.strip()]})
+        return pools
 
     def clean_env(self) -> dict:
         return parse_key_values(
@@ -738,6 +788,10 @@ class DeploymentForm(StyledForm):
             or {}
         )
         return {str(k): str(v) for k, v in value.items()}
+
+    def clean_policies(self) -> dict:
+        text = self.cleaned_data.get("policies", "")
+        return parse_structured(text, expect=dict, what="The policies") or {}
 
     def clean_affinity(self) -> dict | None:
         text = self.cleaned_data.get("affinity", "")
@@ -815,8 +869,8 @@ class DeploymentForm(StyledForm):
             self.add_error("resource_template", f"“{template.name}” belongs to project “{template.project.name}”.")
             return
         for name, value in (("cpu", template.cpu), ("memory", template.memory), ("gpus", template.gpus),
-                            ("gpu_type", template.gpu_type)):  # fmt: skip
-            data[name] = value
+                            ("gpu_type", [template.gpu_type] if template.gpu_type else [])):  # fmt: skip
+            data[name] = value  # gpu_type: the field's parsed shape, a list of flavors
             self._errors.pop(name, None)
         self.template_shm = template.shm_size
 
@@ -860,7 +914,7 @@ class DeploymentForm(StyledForm):
         spec: dict[str, Any] = {
             "replicas": given(("min", "replicas_min"), ("max", "replicas_max")),
             "prompt_caching": bool(d.get("prompt_caching")),
-            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"), ("gpu_type", "gpu_type"))
+            "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"))
             | ({"shm_size": self.template_shm} if getattr(self, "template_shm", "") else {}),
             "rate_limits": {
                 scope: given(("rpm", f"rl_{scope}_rpm"), ("tpm", f"rl_{scope}_tpm")) for scope in RATE_SCOPES
@@ -877,7 +931,11 @@ class DeploymentForm(StyledForm):
         }  # fmt: skip
         # Blank boxes: the spec's defaults (target 8, the three windows' defaults).
         spec["autoscaling"] = {k: v for k, v in spec["autoscaling"].items() if v not in (None, "")}
-        for key in ("context_length", "affinity"):
+        if "gpu_type" in d:  # one GPU type, or several (any of them, the first preferred)
+            types = d["gpu_type"]
+            spec["resources"]["gpu_type"] = types[0] if types else ""
+            spec["resources"]["gpu_types"] = types if len(types) > 1 else []
+        for key in ("context_length", "affinity", "policies", "node_pools"):
             if key in d:
                 spec[key] = d[key]
         if getattr(self, "copied_data_sources", None):
@@ -934,7 +992,8 @@ def initial_from_spec(spec: dict) -> dict:
         "cpu": str(resources.get("cpu", "4")),
         "memory": str(resources.get("memory", "16Gi")),
         "gpus": str(resources.get("gpus", 1)),
-        "gpu_type": resources.get("gpu_type") or "",
+        "gpu_type": ", ".join(resources.get("gpu_types") or [resources.get("gpu_type") or ""]).strip(", "),
+        "node_pools": "\n".join(f"{p['key']}={','.join(p['values'])}" for p in spec.get("node_pools") or []),
         "env": format_key_values(spec.get("env")),
         "labels": format_key_values(spec.get("labels")),
         "annotations": format_key_values(spec.get("annotations")),
@@ -942,6 +1001,7 @@ def initial_from_spec(spec: dict) -> dict:
         "tolerations": format_structured(spec.get("tolerations")),
         "node_selector": format_structured(spec.get("node_selector")),
         "affinity": format_structured(spec.get("affinity")),
+        "policies": format_structured(spec.get("policies")) if spec.get("policies") else "",
         "model_cache_size": (spec.get("model_cache") or {}).get("size", ""),
         "model_cache_storage_class": (spec.get("model_cache") or {}).get("storage_class", "") or "",
         "nim_profile": spec.get("nim_profile") or "",

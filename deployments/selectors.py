@@ -27,7 +27,7 @@ from deployments.models import (
     Revision,
     ScaleSample,
 )
-from deployments.spec import autoscaled, gpu_hold, start_replicas
+from deployments.spec import autoscaled, gpu_hold, resource_hold, start_replicas
 from projects.models import GpuReservation, Organization, Project
 from projects.selectors import quota_decide
 
@@ -134,20 +134,28 @@ def deployment_quota_preview(
     gpus_per_replica: int,
     replicas_max: int,
     deployment: ModelDeployment | None = None,
+    cpu: str = "",
+    memory: str = "",
 ) -> dict[str, Any]:
     """What saving would hold against the quotas, decided by the rule quota_reserve applies
-    (the project's quota, then the organization's), without reserving anything."""
-    hold = gpu_hold({"replicas": {"max": replicas_max}, "resources": {"gpus": gpus_per_replica}})
+    (the project's quota, then the organization's; CPU, memory and the deployment count too
+    where ``cpu`` and ``memory`` parse), without reserving anything."""
+    spec = {"replicas": {"max": replicas_max}, "resources": {"gpus": gpus_per_replica, "cpu": cpu, "memory": memory}}
+    hold = gpu_hold(spec)
+    try:
+        extra = resource_hold(spec)
+    except (ValueError, TypeError, ArithmeticError):  # quantities not typed yet: GPUs only
+        extra = {}
     holder = deployment.gpu_holder() if deployment is not None else "deployment:preview"
     decision = quota_decide(
-        project=project, organization=project.organization, holder=holder, gpus=hold
+        project=project, organization=project.organization, holder=holder, gpus=hold, **extra
     )
     return {
         "quota_project": project,
         "quota_used": decision.project_used,
         "quota_total": decision.project_quota,
         "quota_hold": hold,
-        "quota_over": decision.refused_by == "project",
+        "quota_over": decision.refused_by == "project" and decision.resource == "gpus",
         "quota_refusal": decision.refusal,
     }
 
@@ -177,6 +185,11 @@ def deployment_estimate_preview(
     Without a GPU type, it is estimated on the first known GPU the ``pools`` reported."""
     if model is None:
         return {"estimate_message": "Choose a model to see how many GPUs it needs."}
+    flavors = [t for t in re.split(r"[,\s]+", gpu_type or "") if t]
+    if len(flavors) > 1:
+        # Several GPU types: the pods may land on any, so size for the one with least memory.
+        known = [(GPU_TYPES[key].memory_gib, t) for t in flavors if (key := estimate_gpu_key(t))]
+        gpu_type = min(known)[1] if known else flavors[0]
     assumed = ""
     if not gpu_type:
         known = [p for p in gpu_products(pools) if estimate_gpu_key(p)]

@@ -16,6 +16,7 @@ from django.utils import timezone
 from catalog.maas import resolve
 from catalog.models import CatalogModel, ProfileBundle
 from console import permissions
+from console.diff import changes
 from deployments import kube
 from deployments.kube import network
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
@@ -36,6 +37,8 @@ from deployments.models import (
 )
 from deployments.renderers.input import is_dns1123_subdomain
 from deployments.spec import (
+    bundle_of_version,
+    bundle_variables,
     check_ngc_credentials,
     check_storage_credentials,
     default_spec,
@@ -45,7 +48,9 @@ from deployments.spec import (
     merge_spec,
     normalize_spec,
     rendered_replicas,
+    resource_hold,
     rollout_needed,
+    with_bundle_version,
 )
 from gateway.cache import invalidate
 from projects.models import Environment, Organization, Project
@@ -515,8 +520,9 @@ def endpoint_delete(*, user: AbstractBaseUser | None, endpoint: Endpoint) -> Non
 def _check_environment(
     environment: Environment | None, pool: ComputePool, spec: dict[str, Any]
 ) -> None:
-    """The environment's policies (sharing.policies is their one source); every broken rule named."""
-    if environment is None:
+    """The environment's policies narrowed by the deployment's own (spec ``policies``;
+    sharing.policies is their one source); every broken rule named."""
+    if environment is None and not spec.get("policies"):
         return
 
     enforce(environment=environment, deployment_policies=spec.get("policies"), pool=pool, spec=spec)
@@ -555,17 +561,31 @@ def _claim_served_name(deployment: ModelDeployment, served: str) -> None:
         ) from None  # fmt: skip
 
 
-def _reserve(deployment: ModelDeployment, gpus: int, *, surge: Revision | None = None) -> None:
+RELEASE_ALL = {"cpu_millicores": 0, "memory_bytes": 0, "deployments": 0}  # nothing held beside GPUs
+
+
+def _reserve(
+    deployment: ModelDeployment, gpus: int, spec: dict[str, Any] | None = None, *, surge: Revision | None = None
+) -> None:
     """Hold `gpus` in the quota for this deployment, plus the GPUs of the ``surge`` revision
-    whose pods keep serving beside the new ones during a blue-green rollout; a refusal names
-    the numbers (one the surge alone causes points at the recreate strategy)."""
+    whose pods keep serving beside the new ones during a blue-green rollout, and the CPU, memory
+    and deployment count of `spec`; a refusal names the numbers and lands on the field it is
+    about (one the surge alone causes points at the recreate strategy)."""
+    extra = resource_hold(spec) if spec is not None else {}
     try:
         quota_reserve(project=deployment.project, holder=deployment.gpu_holder(), gpus=gpus,
                       surge=gpu_hold(surge.spec, deployment.replicas_wanted(surge.spec)) if surge is not None else 0,
-                      surge_from=f"revision {surge.number}" if surge is not None else "")  # fmt: skip
+                      surge_from=f"revision {surge.number}" if surge is not None else "", **extra)  # fmt: skip
     except ValidationError as exc:
+        text = " ".join(exc.messages)
         field = "update_strategy" if getattr(exc, "code", "") == "surge" else "resources.gpus"
-        raise ValidationError({field: " ".join(exc.messages)}) from None
+        if "CPU cores" in text:
+            field = "resources.cpu"
+        elif "GiB of memory" in text:
+            field = "resources.memory"
+        elif "active deployments" in text:
+            field = "quota"
+        raise ValidationError({field: text}) from None
 
 
 # How a change to what the pods run reaches the pool: blue-green (the serving revision answers
@@ -718,8 +738,8 @@ def deployment_create(
             deployment.full_clean(validate_constraints=False)
             deployment.save()
             _claim_served_name(deployment, canonical["served_model_name"])
-            if hold:
-                _reserve(deployment, hold)
+            if not deactivated:
+                _reserve(deployment, hold, canonical)
             revision = _new_revision(deployment, canonical, user=user, reason="Created")
             deployment.current_revision = revision
             deployment.save(update_fields=["current_revision"])
@@ -790,8 +810,10 @@ def _revise(
         if callable(spec):
             spec = spec(locked)
         current = locked.current_revision
-        if current is not None and current.spec == spec:
+        before_spec = with_bundle_version(current.spec, locked.bundle) if current else None
+        if current is not None and before_spec == spec:
             return current  # nothing changed: no revision, no push
+        _switch_bundle(locked, spec)
         _check_served_name_free(
             locked.project.organization, spec["served_model_name"], exclude=locked.pk
         )
@@ -799,9 +821,9 @@ def _revise(
         _check_environment(locked.environment, locked.pool, spec)
         was_serving = locked.serving_revision
         base = current  # the revision whose pods the new one reuses when nothing rolls out
-        rollout = current is None or rollout_needed(current.spec, spec)
+        rollout = current is None or rollout_needed(before_spec, spec)
         if rollout and was_serving is not None and was_serving.pk != current.pk and (
-            locked.state != DeploymentState.DEACTIVATED and not rollout_needed(was_serving.spec, spec)
+            locked.state != DeploymentState.DEACTIVATED and not rollout_needed(with_bundle_version(was_serving.spec, locked.bundle), spec)
         ):
             # Back to what the serving pods run (a rollback during a rollout that hangs): they
             # take it at once; the unfinished rollout's objects go with the push.
@@ -813,7 +835,7 @@ def _revise(
             locked.serving_revision = None  # the push points the Service at the new revision at once
         if locked.state != DeploymentState.DEACTIVATED:
             # Autoscaled: what runs now (the autoscaler's count within the new [min, max]).
-            _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)), surge=_surge_revision(locked, pods))
+            _reserve(locked, gpu_hold(spec, locked.replicas_wanted(spec)), spec, surge=_surge_revision(locked, pods))
         reason = reason or "Updated"
         if not rollout:
             scaled = rendered_replicas(base.spec) != rendered_replicas(spec)
@@ -826,7 +848,7 @@ def _revise(
         revision = _new_revision(locked, spec, user=user, reason=reason,
                                  pods_revision=None if rollout else base.pods_number())  # fmt: skip
         locked.current_revision = revision
-        updated = ["current_revision", "updated_at"]
+        updated = ["current_revision", "updated_at", "bundle"]
         serving = locked.serving_revision
         if recreate:
             updated.append("serving_revision")
@@ -891,12 +913,13 @@ def deployment_rollout_failed(*, deployment_id: int, revision_id: int, problem: 
                                  reason=f"Automatic rollback: revision {failed.number} failed",
                                  pods_revision=serving.pods_number())  # fmt: skip
         _claim_served_name(locked, serving.spec["served_model_name"])
+        _switch_bundle(locked, serving.spec)  # back to the bundle version the serving pods run
         try:
             _reserve(locked, gpu_hold(serving.spec, locked.replicas_wanted(serving.spec)))  # the surge goes
         except ValidationError:
             pass  # held from before the surge rule and grown meanwhile: keep what is held
         locked.current_revision = locked.serving_revision = revision
-        locked.save(update_fields=["current_revision", "serving_revision", "updated_at"])
+        locked.save(update_fields=["current_revision", "serving_revision", "updated_at", "bundle"])
         state_claim(locked, expect=locked.state, state=DeploymentState.FAILED, reason=message)
         event_record(locked, reason="RolloutFailed", type="Warning",
                      message=f"Revision {failed.number} failed: {problem}")  # fmt: skip
@@ -934,6 +957,29 @@ def _refuse_if_managed(user: AbstractBaseUser | None, deployment: ModelDeploymen
 
 EXTERNAL_ONLY = ("An external deployment has no replicas, engine or spec to change; edit its URL, key, "
                  "overflow and options instead (PATCH external_url, api_key, overflow, options).")
+def _bundle_asked(deployment: ModelDeployment, spec: dict[str, Any]) -> ProfileBundle:
+    """The version of the deployment's bundle ``spec`` names (``bundle_version``), else its own."""
+    bundle = bundle_of_version(deployment.bundle, spec.get("bundle_version"))
+    if bundle is None:
+        known = ", ".join(str(v) for v in deployment.bundle.versions().values_list("version", flat=True))
+        raise ValidationError(
+            {"bundle_version": f"Profile Bundle “{deployment.bundle.name}” has no version "
+                               f"{spec.get('bundle_version')} (versions: {known})."}
+        )  # fmt: skip
+    return bundle
+
+
+def _switch_bundle(locked: ModelDeployment, spec: dict[str, Any]) -> None:
+    """Point the (locked) deployment at the bundle version its new revision runs."""
+    bundle = _bundle_asked(locked, spec)
+    if bundle.pk == locked.bundle_id:
+        return
+    if bundle.engine_label() != locked.pool.engine_label:
+        raise ValidationError(
+            {"bundle_version": f"{bundle} needs a pool with engine label “{bundle.engine_label()}”; "
+                               f"“{locked.pool.name}” has “{locked.pool.engine_label}”."}
+        )  # fmt: skip
+    locked.bundle = bundle
 
 
 def deployment_update_spec(
@@ -941,23 +987,28 @@ def deployment_update_spec(
 ) -> dict[str, Any]:
     """The canonical spec an update to ``spec`` gives, without writing anything: the edit form
     checks with it as the user types, deployment_update saves it. The given keys go over the
-    current spec (a new NIM tag moves the image's tag), or with ``replace`` over the defaults."""
+    current spec (a new NIM tag moves the image's tag), or with ``replace`` over the defaults.
+    ``bundle_version`` moves the deployment to another version of its Profile Bundle (with its
+    image, unless the spec chose one) and ``bundle_vars`` sets the bundle's variables."""
     if deployment.pool_id is None:  # deployments/external.py owns its changes
         raise ValidationError({"kind": EXTERNAL_ONLY})
     current = deployment.current_revision.spec if deployment.current_revision else {}
     if not isinstance(spec, dict):
         raise ValidationError({"spec": "The spec must be a mapping."})
+    bundle = _bundle_asked(deployment, spec)
     if replace:
-        return normalize_spec(merge_spec(default_spec(), spec), bundle=deployment.bundle, model=deployment.model)
+        return normalize_spec(merge_spec(default_spec(), spec), bundle=bundle, model=deployment.model)
     merged = merge_spec(current, spec)
     if not isinstance(spec.get("autoscaling"), dict) or "scale_to_zero_after_seconds" not in spec["autoscaling"]:
         # The stored idle window belongs to min 0: a new minimum above 0 drops it (and 0 again
         # brings the default back) instead of refusing the scale.
         if isinstance(merged.get("autoscaling"), dict):
             merged["autoscaling"].pop("scale_to_zero_after_seconds", None)
+    if bundle.pk != deployment.bundle_id and "image" not in spec and merged.get("image") == deployment.bundle.image:
+        merged["image"] = ""  # the new version's image, as a new deployment would get
     if deployment.model.source == "ngc" and spec.get("nim_tag") and "image" not in spec:
         merged["image"] = image_with_tag(current.get("image", ""), str(spec["nim_tag"]))
-    return normalize_spec(merged, bundle=deployment.bundle, model=deployment.model)
+    return normalize_spec(merged, bundle=bundle, model=deployment.model)
 
 
 def deployment_update(
@@ -986,6 +1037,47 @@ def deployment_update(
         user=user, deployment=deployment, reason=reason or "Spec updated", update_strategy=update_strategy,
         spec=lambda locked: deployment_update_spec(deployment=locked, spec=spec, replace=replace),
     )  # fmt: skip
+
+
+def _bundle_view(bundle: ProfileBundle, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a bundle version puts into the pods, for the change preview."""
+    return {
+        "bundle": str(bundle), "image": spec.get("image"), "bundle_args": " ".join(map(str, bundle.default_args or [])),
+        "variables": bundle_variables(bundle, spec) or None,
+    }  # fmt: skip
+
+
+def deployment_bundle_plan(
+    *, deployment: ModelDeployment, version: int | None = None, variables: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The spec and the field-by-field changes a bundle version / variables change would make,
+    without writing anything: the deployment page shows it before the rollout, the REST API
+    answers it for a dry run. ``variables`` replace the deployment's whole set (empty: defaults)."""
+    change: dict[str, Any] = {"bundle_vars": dict(variables or {})}
+    if version is not None:
+        change["bundle_version"] = version
+    spec = deployment_update_spec(deployment=deployment, spec=change)
+    bundle = _bundle_asked(deployment, spec)
+    current = with_bundle_version(deployment.current_revision.spec, deployment.bundle)
+    before = _bundle_view(deployment.bundle, current)
+    return {
+        "bundle": bundle, "spec": spec, "change": change,
+        "changes": changes(before, _bundle_view(bundle, spec)),
+        "rollout": rollout_needed(current, spec),
+    }  # fmt: skip
+
+
+def deployment_bundle_change(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment, version: int | None = None,
+    variables: dict[str, Any] | None = None, reason: str = "",
+) -> Revision:
+    """Move the deployment to another version of its Profile Bundle and/or set the bundle's
+    variables: a new revision through deployment_update, rolled out blue-green."""
+    permissions.require(user, "change", deployment)
+    plan = deployment_bundle_plan(deployment=deployment, version=version, variables=variables)
+    what = ", ".join(c["field"] for c in plan["changes"]) or "nothing"
+    return deployment_update(user=user, deployment=deployment, spec=plan["change"],
+                             reason=reason or f"Bundle {plan['bundle']}: {what} changed")  # fmt: skip
 
 
 def deployment_set_nim_tag(
@@ -1065,7 +1157,7 @@ def deployment_deactivate(
             raise ValidationError(
                 f"A deployment that is {locked.get_state_display().lower()} can't be deactivated."
             )
-        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
+        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0, **RELEASE_ALL)
         event_record(
             locked,
             reason="Deactivated",
@@ -1090,7 +1182,7 @@ def deployment_activate(
         if locked.state != DeploymentState.DEACTIVATED:
             raise ValidationError("Only a deactivated deployment can be activated.")
         gpus = gpu_hold(locked.current_revision.spec)  # autoscaled: starts again at its minimum
-        _reserve(locked, gpus)
+        _reserve(locked, gpus, locked.current_revision.spec)
         DeploymentScale.objects.filter(deployment=locked).update(desired=None, low_since=None, idle_since=None)
         state_claim(locked, expect=DeploymentState.DEACTIVATED, state=DeploymentState.PENDING,
                     reason="Activated: scaling up.")  # fmt: skip
@@ -1137,7 +1229,7 @@ def deployment_finish_delete(deployment_id: int) -> bool:
         )
         if locked is None:
             return False
-        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0)
+        quota_reserve(project=locked.project, holder=locked.gpu_holder(), gpus=0, **RELEASE_ALL)
         locked.delete()
     return True
 

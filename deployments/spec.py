@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from kubernetes.utils.quantity import parse_quantity
 
 from deployments.renderers import (
     AFFINITY_KEYS,
@@ -18,6 +19,7 @@ from deployments.renderers import (
     TOLERATION_KEYS,
     Exposure,
     ModelCache,
+    NodePool,
     RenderSpec,
     SpecError,
     is_label_value,
@@ -83,6 +85,7 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("resources.memory", "memory", ("memory",)),
     ("resources.gpus", "gpus", ("gpus",)),
     ("resources.gpu_type", "gpu_type", ("gpu_type",)),
+    ("resources.gpu_types", "gpu_type", ("gpu_types",)),
     ("resources", "gpus", ()),
     ("env", "env", ("env", "secret_env")),
     ("labels", "labels", ("labels",)),
@@ -90,6 +93,10 @@ ERROR_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tolerations", "tolerations", ("tolerations",)),
     ("node_selector", "node_selector", ("node_selector",)),
     ("affinity", "affinity", ("affinity",)),
+    ("node_pools", "node_pools", ("node_pools",)),
+    ("policies", "policies", ()),
+    ("bundle_version", "bundle", ()),
+    ("bundle_vars", "bundle", ()),
     ("extra_args", "extra_args", ("extra_args",)),
     ("model_cache", "model_cache_size", ("model_cache.access_mode",)),
     ("model_cache.size", "model_cache_size", ("model_cache.size",)),
@@ -147,7 +154,18 @@ SPEC_KEYS = (
     "engine", "image", "served_model_name", "replicas", "context_length", "prompt_caching",
     "resources", "env", "labels", "annotations", "tolerations", "node_selector", "affinity",
     "extra_args", "model_cache", "nim_profile", "nim_tag", "autoscaling", "rate_limits", "pricing",
-    "startup_budget_seconds", "capacity_grace_seconds", "data_sources",
+    "startup_budget_seconds", "capacity_grace_seconds", "data_sources", "node_pools", "policies",
+    "bundle_version", "bundle_vars",
+)  # fmt: skip
+# Optional keys added after deployments existed: left out of the canonical spec while empty, so
+# revisions saved before them still compare equal (no rollout, no new revision for nothing).
+OPTIONAL_SPEC_KEYS = ("node_pools", "policies", "bundle_vars")
+MAX_NODE_POOLS = 16
+MAX_GPU_TYPES = 8
+# The deployment-level policy rules (sharing.policies reads them; same names as an environment's).
+POLICY_KEYS = (
+    "allowed_pools", "allowed_pool_labels", "allowed_gpu_types", "max_replicas",
+    "max_gpus_per_replica",
 )  # fmt: skip
 
 
@@ -213,6 +231,18 @@ def gpu_hold(spec: dict[str, Any], replicas: int | None = None) -> int:
     if autoscaled(spec):
         return replicas_within(spec, replicas) * per_replica
     return int(spec["replicas"]["max"]) * per_replica
+
+
+def resource_hold(spec: dict[str, Any]) -> dict[str, int]:
+    """CPU (millicores), memory (bytes) and the deployment itself that an active deployment
+    holds in the quotas beyond GPUs: like GPUs, every replica it may scale to."""
+    replicas = int(spec["replicas"]["max"])
+    res = spec["resources"]
+    return {
+        "cpu_millicores": int(parse_quantity(str(res["cpu"])) * 1000) * replicas,
+        "memory_bytes": int(parse_quantity(str(res["memory"]))) * replicas,
+        "deployments": 1,
+    }
 
 
 def nim_model_name(ngc_image: str) -> str:
@@ -326,11 +356,19 @@ def merge_spec(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         if (
             isinstance(value, dict)
             and isinstance(out.get(key), dict)
-            and key not in ("env", "labels", "annotations", "node_selector", "affinity")
+            and key not in ("env", "labels", "annotations", "node_selector", "affinity", "policies",
+                            "bundle_vars")
         ):
             out[key] = merge_spec(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    resources = given.get("resources")
+    if isinstance(resources, dict) and isinstance(out.get("resources"), dict):
+        # gpu_type is the first of gpu_types: giving one alone replaces both.
+        if "gpu_type" in resources and "gpu_types" not in resources:
+            out["resources"].pop("gpu_types", None)
+        elif "gpu_types" in resources and "gpu_type" not in resources:
+            out["resources"]["gpu_type"] = ""
     return out
 
 
@@ -419,22 +457,12 @@ def normalize_spec(
     ):
         if not is_quantity(res.get(key)):
             errors.add(f"resources.{key}", message)
-    gpu_type = res.get("gpu_type") or ""
-    if not isinstance(gpu_type, str):
-        errors.add(
-            "resources.gpu_type", "Must be a GPU product name such as NVIDIA-A100-SXM4-80GB."
-        )
-        gpu_type = ""
-    elif gpu_type and not is_label_value(gpu_type):
-        errors.add(
-            "resources.gpu_type",
-            "A node label value such as NVIDIA-A100-SXM4-80GB (letters, digits, - _ .).",
-        )
+    gpu_types = _clean_gpu_types(errors, res)
     out["resources"] = {
         "cpu": res.get("cpu"),
         "memory": res.get("memory"),
         "gpus": gpus,
-        "gpu_type": gpu_type,
+        "gpu_type": gpu_types[0] if gpu_types else "",
     }
     _clean_data_sources(errors, out)
     # Shared memory (/dev/shm), e.g. from a resource template (deployments/galleries.py); kept
@@ -445,6 +473,8 @@ def normalize_spec(
             errors.add("resources.shm_size", "Give shared memory as a Kubernetes quantity, e.g. 16Gi.")
         else:
             out["resources"]["shm_size"] = str(shm)
+    if len(gpu_types) > 1:  # several flavors: any of them, the first preferred
+        out["resources"]["gpu_types"] = gpu_types
 
     for key in ("env", "labels", "annotations", "node_selector"):
         out[key] = _as_str_map(errors, key, out[key])
@@ -490,7 +520,8 @@ def normalize_spec(
             errors.add("model_cache.size", "Give the cache size as a Kubernetes quantity, e.g. 100Gi.")
     if not isinstance(out["nim_profile"] or "", str):
         errors.add("nim_profile", "Must be a profile id or name.")
-    out["nim_profile"] = out["nim_profile"] or ""
+        out["nim_profile"] = ""
+    out["nim_profile"] = (out["nim_profile"] or "").strip()
 
     given_auto = spec.get("autoscaling")
     _clean_autoscaling(errors, out, rmin, isinstance(given_auto, dict) and "enabled" not in given_auto)
@@ -535,6 +566,10 @@ def normalize_spec(
 
     _clean_startup_budget(errors, out)
     _clean_capacity_grace(errors, out)
+    _clean_node_pools(errors, out)
+    _clean_policies(errors, out)
+    _check_nim_profile(errors, out, model=model)
+    _clean_bundle_choice(errors, out, bundle=bundle)
     _check_context_length(errors, out, model=model, bundle=bundle)
     if errors.errors:
         raise ValidationError(errors.errors)
@@ -553,7 +588,7 @@ def normalize_spec(
 
 # Spec keys the pods never see (the gateway and the autoscaler read them; replicas.max only
 # sizes the quota): changing only these needs no rollout. replicas.min is applied in place.
-NO_ROLLOUT_KEYS = ("rate_limits", "pricing", "autoscaling", "replicas")
+NO_ROLLOUT_KEYS = ("rate_limits", "pricing", "autoscaling", "replicas", "policies")
 
 
 def rollout_needed(before: dict[str, Any], after: dict[str, Any]) -> bool:
@@ -650,14 +685,7 @@ def _render_spec(
         model_ref, _, rev = model_ref[len("hf://") :].partition("@")
         source, model_revision = "huggingface", rev or None
     cache = spec.get("model_cache")
-    engine_vars = {}
-    for var in bundle.variables or []:
-        if isinstance(var, dict) and re.fullmatch(r"[a-z][a-z0-9_]*", str(var.get("name", ""))):
-            default = var.get("default")
-            if default not in (None, ""):
-                engine_vars[var["name"]] = (
-                    str(default).lower() if isinstance(default, bool) else str(default)
-                )
+    engine_vars = bundle_variables(bundle, spec)
     res = spec["resources"]
     return RenderSpec(
         deployment_id=deployment_id,
@@ -680,6 +708,8 @@ def _render_spec(
         gpu_type=res["gpu_type"] or None,
         shm_size=res.get("shm_size") or None,
         data_volumes=tuple((d["claim_name"], d["mount_path"]) for d in spec.get("data_sources") or ()),
+        gpu_types=tuple(res.get("gpu_types") or ()),
+        node_pools=tuple(NodePool(p["key"], tuple(p["values"])) for p in spec.get("node_pools") or ()),
         env=spec["env"],
         secret_env=secret_env,
         image_pull_secrets=image_pull_secrets,
@@ -924,10 +954,12 @@ def render_spec_for(
 ) -> RenderSpec:
     """The renderers' input for one revision of a deployment (`replicas` overrides, e.g. 0)."""
     secret_env, pull = secret_refs(deployment)
+    # The version this revision runs (a rollout to another version leaves older revisions theirs).
+    bundle = bundle_of_version(deployment.bundle, revision.spec.get("bundle_version")) or deployment.bundle
     rs = _render_spec(
         revision.spec,
         model=deployment.model,
-        bundle=deployment.bundle,
+        bundle=bundle,
         deployment_id=deployment.pk,
         name=deployment.name,
         namespace=deployment.project.namespace(),
@@ -958,3 +990,241 @@ def exposure_for(pool: Any) -> Exposure:
         tls_secret=pool.tls_secret, gateway_name=pool.gateway_name,
         gateway_namespace=pool.gateway_namespace, admit_namespaces=tuple(sorted(admit)),
     )  # fmt: skip
+
+
+# --- GPU flavors, node-pool priority, deployment policies (issue 16) ---------------------------
+
+
+def _clean_gpu_types(errors: _Errors, res: dict[str, Any]) -> list[str]:
+    """`resources.gpu_type` (one GPU product, or a list) and `resources.gpu_types` (a list, in
+    order of preference) as one list; the canonical gpu_type is its first."""
+    one, many = res.get("gpu_type") or "", res.get("gpu_types") or []
+    if isinstance(one, list):
+        one, many = "", many or one
+    if not isinstance(one, str):
+        errors.add("resources.gpu_type", "Must be a GPU product name such as NVIDIA-A100-SXM4-80GB.")
+        return []
+    if not isinstance(many, list) or not all(isinstance(v, str) for v in many):
+        errors.add("resources.gpu_types", "Must be a list of GPU product names, first preferred.")
+        return []
+    types: list[str] = []
+    for value in ([] if one in many else [one]) + list(many):
+        value = value.strip()
+        if value and value not in types:
+            types.append(value)
+    for value in types:
+        if not is_label_value(value):
+            key = "resources.gpu_types" if len(types) > 1 else "resources.gpu_type"
+            errors.add(key, f"“{value}” is not a node label value such as NVIDIA-A100-SXM4-80GB "
+                            "(letters, digits, - _ .).")  # fmt: skip
+            return []
+    if len(types) > MAX_GPU_TYPES:
+        errors.add("resources.gpu_types", f"At most {MAX_GPU_TYPES} GPU types.")
+        return []
+    return types
+
+
+def _clean_node_pools(errors: _Errors, out: dict[str, Any]) -> None:
+    """An ordered list of node pools, each a node label key and its values; first preferred."""
+    given = out.get("node_pools")
+    out.pop("node_pools", None)
+    if given in (None, "", []):
+        return
+    if not isinstance(given, list):
+        errors.add("node_pools", "Must be a list of node pools such as {key: run.ai/node-pool, values: [a100]}.")
+        return
+    pools: list[dict[str, Any]] = []
+    for index, item in enumerate(given, start=1):
+        if isinstance(item, str) and "=" in item:  # the short form, key=value[,value]
+            key, _, values = item.partition("=")
+            item = {"key": key.strip(), "values": [v.strip() for v in values.split(",")]}
+        if not isinstance(item, dict) or set(item) - {"key", "values"}:
+            errors.add("node_pools", f"Node pool {index} must be a mapping with key and values.")
+            return
+        key, values = item.get("key"), item.get("values")
+        if isinstance(values, str):
+            values = [v.strip() for v in values.split(",")]
+        if not isinstance(key, str) or not key.strip():
+            errors.add("node_pools", f"Node pool {index}: give the node label key, e.g. run.ai/node-pool.")
+            return
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or not [
+            v for v in values if v.strip()
+        ]:
+            errors.add("node_pools", f"Node pool {index} ({key}): give one or more label values.")
+            return
+        entry = {"key": key.strip(), "values": [v.strip() for v in values if v.strip()]}
+        if entry in pools:
+            errors.add("node_pools", f"Node pool {index} ({key}) is listed twice.")
+            return
+        pools.append(entry)
+    if len(pools) > MAX_NODE_POOLS:
+        errors.add("node_pools", f"At most {MAX_NODE_POOLS} node pools.")
+        return
+    out["node_pools"] = pools
+
+
+def _clean_policies(errors: _Errors, out: dict[str, Any]) -> None:
+    """The deployment's own policies: the environment's rule types, which may only narrow it
+    (sharing.policies checks that and the spec against them)."""
+    given = out.get("policies")
+    out.pop("policies", None)
+    if given in (None, "", {}):
+        return
+    if not isinstance(given, dict):
+        errors.add("policies", f"Must be a mapping of rules: {', '.join(POLICY_KEYS)}.")
+        return
+    unknown = sorted(set(given) - set(POLICY_KEYS))
+    if unknown:
+        errors.add(f"policies.{unknown[0]}", f"Unknown policy rule; the rules are {', '.join(POLICY_KEYS)}.")
+        return
+    policies: dict[str, Any] = {}
+    for key in ("max_replicas", "max_gpus_per_replica"):
+        if given.get(key) not in (None, ""):
+            value = _as_int(errors, f"policies.{key}", given[key], minimum=0)
+            if value is not None:
+                policies[key] = value
+    for key in ("allowed_gpu_types", "allowed_pools"):
+        values = given.get(key)
+        if values in (None, "", []):
+            continue
+        if isinstance(values, str):
+            values = [v.strip() for v in values.split(",")]
+        ok = isinstance(values, list) and all(
+            isinstance(v, str) or (key == "allowed_pools" and isinstance(v, int) and not isinstance(v, bool))
+            for v in values
+        )  # fmt: skip
+        if not ok:
+            what = "compute pool names" if key == "allowed_pools" else "GPU types"
+            errors.add(f"policies.{key}", f"Give a list of {what}.")
+            continue
+        cleaned = [v.strip() if isinstance(v, str) else v for v in values]
+        cleaned = [v for v in cleaned if v != ""]
+        if cleaned:
+            policies[key] = cleaned
+    labels = given.get("allowed_pool_labels")
+    if labels not in (None, "", {}):
+        if not isinstance(labels, dict):
+            errors.add("policies.allowed_pool_labels", 'Give a mapping such as {region: [us-east-1]}.')
+        else:
+            clean_labels: dict[str, list[str]] = {}
+            for label, values in labels.items():
+                if isinstance(values, str):
+                    values = [values]
+                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                    errors.add("policies.allowed_pool_labels", f"{label}: give a list of values.")
+                    break
+                if values:
+                    clean_labels[str(label)] = values
+            if clean_labels:
+                policies["allowed_pool_labels"] = clean_labels
+    if policies:
+        out["policies"] = policies
+
+
+def _gpu_tokens(label: str) -> set[str]:
+    return set(re.split(r"[-_\s]+", label.upper())) - {""}
+
+
+def nim_profile_fits_gpu(profile: dict[str, Any], gpu_types: list[str]) -> bool:
+    """Whether a NIM profile may run on every one of ``gpu_types`` (node label values such as
+    NVIDIA-H100-80GB-HBM3): a generic profile (no GPU tag) anywhere, an optimized one only on
+    its GPU (its tag's words all in the label: H100 fits NVIDIA-H100-80GB-HBM3, L4 not L40S)."""
+    gpu = str(profile.get("gpu") or "")
+    if not gpu or not gpu_types:
+        return True
+    return all(_gpu_tokens(gpu) <= _gpu_tokens(t) for t in gpu_types)
+
+
+def nim_profile_named(model: CatalogModel, value: str) -> dict[str, Any] | None:
+    """The catalog's profile of ``model`` with id or name ``value``."""
+    return next(
+        (p for p in model.nim_profiles or [] if isinstance(p, dict) and value in (p.get("id"), p.get("name"))),
+        None,
+    )  # fmt: skip
+
+
+def _check_nim_profile(errors: _Errors, out: dict[str, Any], *, model: CatalogModel) -> None:
+    """A chosen NIM profile must be one the image offers (where the catalog knows them), fit
+    the GPU type(s), and use as many GPUs as a replica gets (TP × PP). Stored by its id, the
+    value NIM_MODEL_PROFILE takes."""
+    value = out["nim_profile"]
+    if not value or not (getattr(model, "nim_profiles", None) or []):
+        return
+    profile = nim_profile_named(model, value)
+    if profile is None:
+        names = ", ".join(str(p.get("name")) for p in model.nim_profiles[:8] if isinstance(p, dict))
+        errors.add("nim_profile", f"{model} offers no profile “{value}”; its profiles: {names}. "
+                                  "Leave it empty for automatic.")  # fmt: skip
+        return
+    res = out["resources"]
+    types = res.get("gpu_types") or ([res["gpu_type"]] if res.get("gpu_type") else [])
+    if not nim_profile_fits_gpu(profile, types):
+        errors.add("nim_profile", f"Profile {profile['name']} is built for {profile['gpu']} GPUs; the "
+                                  f"deployment asks for {', '.join(types)}.")  # fmt: skip
+        return
+    needed = int(profile.get("tp") or 1) * int(profile.get("pp") or 1)
+    if isinstance(res.get("gpus"), int) and res["gpus"] != needed:
+        errors.add("nim_profile", f"Profile {profile['name']} runs on {needed} GPU{'s' if needed != 1 else ''} "
+                                  f"per replica (TP{profile.get('tp')}); set GPUs per replica to {needed}.")  # fmt: skip
+        return
+    out["nim_profile"] = str(profile["id"])
+
+
+def bundle_of_version(bundle: ProfileBundle, version: Any) -> ProfileBundle | None:
+    """Version ``version`` of ``bundle`` (same name, same owner); None when there is none."""
+    if version in (None, "") or version == bundle.version:
+        return bundle
+    if isinstance(version, bool) or not str(version).isdigit():
+        return None
+    return bundle.versions().filter(version=int(version)).first()
+
+
+def with_bundle_version(spec: dict[str, Any], bundle: ProfileBundle) -> dict[str, Any]:
+    """A stored spec with its bundle version filled in: revisions saved before specs recorded
+    it ran the deployment's bundle of the time, ``bundle``."""
+    return spec if "bundle_version" in spec else {**spec, "bundle_version": bundle.version}
+
+
+def bundle_variables(bundle: ProfileBundle, spec: dict[str, Any]) -> dict[str, str]:
+    """The bundle's variables as the engine gets them: each default, overridden by the
+    deployment's value (spec ``bundle_vars``); empty values are left out."""
+    values: dict[str, str] = {}
+    given = spec.get("bundle_vars") or {}
+    for var in bundle.variables or []:
+        if isinstance(var, dict) and re.fullmatch(r"[a-z][a-z0-9_]*", str(var.get("name", ""))):
+            value = given.get(var["name"], var.get("default"))
+            if value not in (None, ""):
+                values[var["name"]] = str(value).lower() if isinstance(value, bool) else str(value)
+    return values
+
+
+def _clean_bundle_choice(errors: _Errors, out: dict[str, Any], *, bundle: ProfileBundle) -> None:
+    """``bundle_version``: which version of the deployment's Profile Bundle a revision runs (the
+    service resolves it and passes that version in); ``bundle_vars``: values for its variables."""
+    version = out.pop("bundle_version", None)
+    if version not in (None, ""):
+        version = _as_int(errors, "bundle_version", version, minimum=1)
+        if version is not None and version != getattr(bundle, "version", version):
+            errors.add("bundle_version", f"This revision runs {bundle}; version {version} was asked.")
+    if getattr(bundle, "version", None) is not None:  # (a bundle-shaped stand-in may have none)
+        out["bundle_version"] = bundle.version  # every revision says which version it runs
+    given = out.pop("bundle_vars", None)
+    if given in (None, "", {}):
+        return
+    if not isinstance(given, dict):
+        errors.add("bundle_vars", "Must be a mapping of the bundle's variables to values.")
+        return
+    names = [str(v.get("name")) for v in bundle.variables or [] if isinstance(v, dict)]
+    values: dict[str, str] = {}
+    for name, value in given.items():
+        if name not in names:
+            known = ", ".join(names) or "none"
+            errors.add("bundle_vars", f"{bundle} has no variable “{name}” (its variables: {known}).")
+            return
+        if isinstance(value, (dict, list)):
+            errors.add("bundle_vars", f"{name}: give a single value.")
+            return
+        if value not in (None, ""):
+            values[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    if values:
+        out["bundle_vars"] = values

@@ -22,6 +22,7 @@ urlpatterns = [
     path("deployments/<int:pk>/activate/", views.deployment_activate, name="deployment_activate"),
     path("deployments/<int:pk>/rollback/", views.deployment_rollback, name="deployment_rollback"),
     path("deployments/<int:pk>/nim-tag/", views.deployment_nim_tag, name="deployment_nim_tag"),
+    path("deployments/<int:pk>/bundle/", views.deployment_bundle, name="deployment_bundle"),
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment_delete"),
     path("endpoints/", views.endpoint_list, name="endpoints"),
     path("galleries/<slug:gallery>/", views.gallery_list, name="gallery"),

@@ -479,8 +479,9 @@ def _quota_panel(form: DeploymentForm) -> dict[str, Any]:
     if project is None or gpus is None or replicas is None:
         return {}
     return selectors.deployment_quota_preview(
-        project=project, gpus_per_replica=gpus, replicas_max=replicas, deployment=form.instance
-    )
+        project=project, gpus_per_replica=gpus, replicas_max=replicas, deployment=form.instance,
+        cpu=str(_form_value(form, "cpu") or "").strip(), memory=str(_form_value(form, "memory") or "").strip(),
+    )  # fmt: skip
 
 
 def _estimate_panel(form: DeploymentForm) -> dict[str, Any]:
@@ -567,7 +568,7 @@ def _deployment_form_context(request: HttpRequest, form: DeploymentForm, **extra
 
 def _panel_response(request: HttpRequest, form: DeploymentForm, **extra) -> HttpResponse | None:
     panel = request.POST.get("_panel") if request.method == "POST" else None
-    if not (request.htmx and panel in {"estimate", "bundle"}):
+    if not (request.htmx and panel in {"estimate", "bundle", "nim_profile"}):
         return None
     context = _deployment_form_context(request, form, **extra)
     return render(request, f"deployments/htmx/{panel}_panel.html", context)
@@ -772,6 +773,7 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         playground_url=_url_or_none("devhub:playground", deployment.pk)
         if deployment.spec().get("engine") not in {"tei"} else None,
         nim_tags=_nim_tags(deployment),
+        **(_bundle_card_context(deployment, None, None) if context["can_change"] else {}),
         scale_form=ScaleForm(
             initial={
                 "replicas_min": (context["spec"].get("replicas") or {}).get("min", 1),
@@ -998,6 +1000,53 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         return _action_failed(request, deployment, exc)
     return _after_action(request, deployment, f"“{deployment.name}” scaled to {lo}–{hi} replicas.")
+
+
+def _bundle_request(request: HttpRequest, deployment: ModelDeployment) -> tuple[int | None, dict[str, str]]:
+    """The bundle version and variable values the bundle card sends (var_<name> fields)."""
+    data = request.POST if request.method == "POST" else request.GET
+    version = _int_or_none(data.get("version"))
+    variables = {k[4:]: v.strip() for k, v in data.items() if k.startswith("var_") and v.strip()}
+    return version, variables
+
+
+@login_required
+def deployment_bundle(request: HttpRequest, pk: int) -> HttpResponse:
+    """The deployment page's bundle card: GET previews the change (the versions, the chosen
+    version's variables, and a diff of what changes); POST rolls it out (blue-green)."""
+    deployment = _action(request, pk, "change")
+    version, variables = _bundle_request(request, deployment)
+    if request.method == "POST":
+        try:
+            revision = services.deployment_bundle_change(
+                user=request.user, deployment=deployment, version=version, variables=variables,
+                reason=(request.POST.get("reason") or "").strip(),
+            )  # fmt: skip
+        except ValidationError as exc:
+            return _action_failed(request, deployment, exc)
+        return _after_action(request, deployment, f"Revision {revision.number}: {revision.reason}.")
+    return render(request, "deployments/htmx/bundle_card.html",
+                  _bundle_card_context(deployment, version, variables, asked=True))  # fmt: skip
+
+
+def _bundle_card_context(
+    deployment: ModelDeployment, version: int | None, variables: dict[str, str] | None, *, asked: bool = False
+) -> dict[str, Any]:
+    current = deployment.spec()
+    values = dict(current.get("bundle_vars") or {}) if variables is None else variables
+    context: dict[str, Any] = {"d": deployment, "bundle_versions": list(deployment.bundle.versions())}
+    try:
+        plan = services.deployment_bundle_plan(deployment=deployment, version=version, variables=values)
+        context.update(plan=plan, chosen=plan["bundle"])
+    except ValidationError as exc:
+        context.update(plan_error=_error_text(exc), chosen=deployment.bundle)
+    context["bundle_vars"] = [
+        {"name": v.get("name"), "default": v.get("default"), "description": v.get("description", ""),
+         "value": values.get(v.get("name"), "")}
+        for v in context["chosen"].variables or [] if isinstance(v, dict) and v.get("name")
+    ]  # fmt: skip
+    context["asked"] = asked
+    return context
 
 
 @login_required

@@ -50,6 +50,16 @@ class Organization(models.Model):
     budget_currency = models.CharField(
         max_length=3, default="USD", help_text="Currency of every budget in this organization (the deployments' pricing currency)."
     )
+    # Quotas beyond GPUs (empty: no limit), held in the same ledger (GpuReservation).
+    cpu_quota = models.PositiveIntegerField(
+        null=True, blank=True, help_text="CPU cores all projects may hold together; empty: no limit."
+    )
+    memory_quota_gib = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Memory (GiB) all projects may hold together; empty: no limit."
+    )
+    deployment_quota = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Active deployments of all projects together; empty: no limit."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,6 +117,15 @@ class Project(models.Model):
         default=4,
         validators=[MaxValueValidator(GPU_QUOTA_MAX)],
         help_text="GPUs this project's deployments may hold together.",
+    )
+    cpu_quota = models.PositiveIntegerField(
+        null=True, blank=True, help_text="CPU cores this project's deployments may hold; empty: no limit."
+    )
+    memory_quota_gib = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Memory (GiB) this project's deployments may hold; empty: no limit."
+    )
+    deployment_quota = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Active deployments this project may have; empty: no limit."
     )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="ProjectMember", related_name="projects", blank=True
@@ -170,6 +189,10 @@ class GpuReservation(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="gpu_reservations")
     holder = models.CharField(max_length=100, unique=True)
     gpus = models.PositiveIntegerField()
+    # What the holder keeps beside GPUs (quotas beyond GPUs); 0 for rows written before them.
+    cpu_millicores = models.PositiveBigIntegerField(default=0)
+    memory_bytes = models.PositiveBigIntegerField(default=0)
+    deployments = models.PositiveSmallIntegerField(default=0, help_text="1 for an active deployment.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
@@ -81,13 +82,53 @@ class QuotaDecision:
     # beside the new ones); a refusal that only the surge causes says so (``surge_refused``).
     surge: int = 0
     surge_refused: bool = False
+    resource: str = ""  # what does not fit: gpus, cpu, memory or deployments
+
+
+# Quotas beyond GPUs: (ledger column, quota field, what a user calls it, unit per quota unit).
+OTHER_QUOTAS = (
+    ("cpu_millicores", "cpu_quota", "CPU cores", 1000),
+    ("memory_bytes", "memory_quota_gib", "GiB of memory", 1024**3),
+    ("deployments", "deployment_quota", "active deployments", 1),
+)
+
+
+def _other_refusal(
+    *, project: Project, organization: Organization, holder: str, current: Any, wanted: dict[str, int | None]
+) -> tuple[str, str, str]:
+    """(refused_by, resource, message) for the first quota beyond GPUs that ``wanted`` breaks."""
+    asked = {col: wanted[col] for col, *_ in OTHER_QUOTAS if wanted.get(col) is not None}
+    held = {col: getattr(current, col, 0) if current else 0 for col in asked}
+    growing = [col for col in asked if asked[col] > held[col]]
+    limited = [(col, field, words, unit) for col, field, words, unit in OTHER_QUOTAS if col in growing
+               and (getattr(project, field) is not None or getattr(organization, field) is not None)]  # fmt: skip
+    if not limited:
+        return "", "", ""
+    others = GpuReservation.objects.exclude(holder=holder)
+    sums = {f"p_{c}": Sum(c, filter=Q(project=project)) for c, *_ in limited}
+    sums |= {f"o_{c}": Sum(c) for c, *_ in limited}
+    used = others.filter(project__organization=organization).aggregate(**sums)
+    for col, field, words, unit in limited:
+        for who, owner, key in (("project", project, f"p_{col}"), ("organization", organization, f"o_{col}")):
+            quota = getattr(owner, field)
+            in_use = used[key] or 0
+            if quota is not None and in_use + asked[col] > quota * unit:
+                kind = "Project" if who == "project" else "Organization"
+                return who, col, (
+                    f"{kind} “{owner.name}” has a quota of {quota} {words}, {in_use / unit:g} are in use: "
+                    f"{asked[col] / unit:g} more do not fit. Free some or raise the {who}'s quota."
+                )
+    return "", "", ""
 
 
 def quota_decide(
-    *, project: Project, organization: Organization, holder: str, gpus: int, surge: int = 0, surge_from: str = ""
+    *, project: Project, organization: Organization, holder: str, gpus: int, surge: int = 0, surge_from: str = "",
+    cpu_millicores: int | None = None, memory_bytes: int | None = None, deployments: int | None = None,
 ) -> QuotaDecision:
-    """The one quota rule, project's quota then the organization's. quota_reserve calls it with
-    both rows locked; previews (the deploy form's quota panel) call it as a read.
+    """The one quota rule, project's quota then the organization's: GPUs, then CPU, memory and
+    active deployments where those quotas are set (None for them: what the holder keeps now).
+    quota_reserve calls it with both rows locked; previews (the deploy form's quota panel) call
+    it as a read.
 
     ``surge``: during a blue-green rollout the serving revision's pods (``surge_from``, e.g.
     "revision 1") keep their GPUs until the new revision is ready, so the holder needs
@@ -122,10 +163,16 @@ def quota_decide(
             else:
                 refusal = f"{who} has a quota of {quota} GPUs, {used} are in use: {gpus} more do not fit. {advice}"
             break
+    resource = "gpus" if refusal else ""
+    if not refusal:
+        refused_by, resource, refusal = _other_refusal(
+            project=project, organization=organization, holder=holder, current=current,
+            wanted={"cpu_millicores": cpu_millicores, "memory_bytes": memory_bytes, "deployments": deployments},
+        )  # fmt: skip
     return QuotaDecision(gpus=gpus, held_by_holder=held_by_holder, project_used=project_used,
                          project_quota=project.gpu_quota, organization_used=org_used,
                          organization_quota=organization.gpu_quota, refused_by=refused_by, refusal=refusal,
-                         surge=max(surge, 0), surge_refused=surge_refused)  # fmt: skip
+                         surge=max(surge, 0), surge_refused=surge_refused, resource=resource)  # fmt: skip
 
 
 # --- Organization settings: members, invitations, groups (scoped like every selector) ---
@@ -179,3 +226,16 @@ def group_get(user: AbstractBaseUser, pk: int) -> OrganizationGroup:
     if row is None:
         raise Http404("No such group.")
     return row
+
+
+def quota_limits(owner: Organization | Project) -> list[dict[str, Any]]:
+    """The quotas beyond GPUs of an organization or a project, each with what is held now
+    (quota None: no limit): what the quota pages and the REST API show."""
+    rows = GpuReservation.objects.filter(
+        **({"project__organization": owner} if isinstance(owner, Organization) else {"project": owner})
+    ).aggregate(**{col: Sum(col) for col, *_ in OTHER_QUOTAS})
+    return [
+        {"name": field, "label": words, "quota": getattr(owner, field),
+         "used": round((rows[col] or 0) / unit, 2)}
+        for col, field, words, unit in OTHER_QUOTAS
+    ]  # fmt: skip

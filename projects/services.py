@@ -43,7 +43,7 @@ from projects.models import (
     ProjectMember,
     Role,
 )
-from projects.selectors import quota_decide
+from projects.selectors import quota_decide, quota_limits
 from sharing.audit import audit_record, snapshot
 
 log = logging.getLogger(__name__)
@@ -223,36 +223,42 @@ def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
 
 
 def quota_reserve(
-    *, project: Project, holder: str, gpus: int, surge: int = 0, surge_from: str = ""
+    *, project: Project, holder: str, gpus: int, surge: int = 0, surge_from: str = "",
+    cpu_millicores: int | None = None, memory_bytes: int | None = None, deployments: int | None = None,
 ) -> GpuReservation | None:
     """Set the GPUs ``holder`` keeps in ``project`` to ``gpus`` (plus ``surge`` while a blue-green
-    rollout keeps the serving revision's pods beside the new ones), within both quotas.
+    rollout keeps the serving revision's pods beside the new ones), within both quotas; likewise
+    CPU, memory and the active-deployment count where given (None: keep what it holds).
 
     Locks the organization row, then the project row (always in that order, so two
     reservations can't deadlock), then sums what is held: two concurrent requests are
     serialized and can never overshoot. Call inside the caller's transaction to make the
-    reservation and the change it pays for one unit.
+    reservation and the change it pays for one unit. A holder left with nothing loses its row.
     """
-    if gpus < 0:
-        raise ValidationError({"gpus": "GPU count cannot be negative."})
+    extra = {"cpu_millicores": cpu_millicores, "memory_bytes": memory_bytes, "deployments": deployments}
+    if gpus < 0 or any(v is not None and v < 0 for v in extra.values()):
+        raise ValidationError({"gpus": "A reservation cannot be negative."})
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=project.organization_id)
         locked = Project.objects.select_for_update().get(pk=project.pk)
         decision = quota_decide(project=locked, organization=org, holder=holder, gpus=gpus,
-                                surge=surge, surge_from=surge_from)  # fmt: skip
+                                surge=surge, surge_from=surge_from, **extra)  # fmt: skip
         if decision.refusal:
             raise QuotaExceeded(decision.refusal, code="surge" if decision.surge_refused else "quota")
         gpus += decision.surge
         current = GpuReservation.objects.filter(holder=holder).first()
-        if gpus == 0:
+        values = {k: (v if v is not None else getattr(current, k, 0) if current else 0) for k, v in extra.items()}
+        if gpus == 0 and not any(values.values()):
             GpuReservation.objects.filter(holder=holder).delete()
             return None
         if current:
             current.gpus = gpus
             current.project = locked
-            current.save(update_fields=["gpus", "project", "updated_at"])
+            for key, value in values.items():
+                setattr(current, key, value)
+            current.save(update_fields=["gpus", "project", "updated_at", *values])
             return current
-        return GpuReservation.objects.create(project=locked, holder=holder, gpus=gpus)
+        return GpuReservation.objects.create(project=locked, holder=holder, gpus=gpus, **values)
 
 
 def quota_release(*, holder: str) -> None:
@@ -271,6 +277,40 @@ def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organ
         _audit(actor=user, organization=org, action="quota_change", obj=org, before=before,
                after={"gpu_quota": org.gpu_quota})
     return org
+
+
+QUOTA_LIMIT_FIELDS = ("cpu_quota", "memory_quota_gib", "deployment_quota")
+
+
+def quota_limits_set(
+    *, user: AbstractBaseUser | None, owner: Organization | Project, cpu_quota: int | None,
+    memory_quota_gib: int | None, deployment_quota: int | None,
+) -> Organization | Project:
+    """Set an organization's or a project's quotas beyond GPUs (None: no limit): an
+    organization admin's act, like GPU quotas; never below what is held now."""
+    org = owner if isinstance(owner, Organization) else owner.organization
+    permissions.require(user, "admin", org, what="quotas")
+    wanted = {"cpu_quota": cpu_quota, "memory_quota_gib": memory_quota_gib, "deployment_quota": deployment_quota}
+    errors = {k: "Give a whole number of at least 0, or nothing for no limit." for k, v in wanted.items()
+              if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 10**9)}  # fmt: skip
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        Organization.objects.select_for_update().get(pk=org.pk)  # the ledger's lock order: org, then project
+        model = type(owner)
+        locked = model.objects.select_for_update().get(pk=owner.pk)
+        before = {k: getattr(locked, k) for k in QUOTA_LIMIT_FIELDS}
+        for limit in quota_limits(locked):
+            quota = wanted[limit["name"]]
+            if quota is not None and quota < limit["used"]:
+                errors[limit["name"]] = f"{limit['used']:g} {limit['label']} are held now; the quota cannot go below that."
+        if errors:
+            raise ValidationError(errors)
+        for key, value in wanted.items():
+            setattr(locked, key, value)
+        locked.save(update_fields=list(QUOTA_LIMIT_FIELDS))
+        _audit(actor=user, organization=org, action="quota_change", obj=locked, before=before, after=wanted)
+    return locked
 
 
 def integration_set(*, user: AbstractBaseUser | None, project: Project, kind: str, secret: str) -> Integration:

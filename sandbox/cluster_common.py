@@ -232,6 +232,19 @@ def _affinity_matches(spec: dict, node: dict) -> bool:
     return any(_term_matches(term, labels, node["metadata"]["name"]) for term in terms)
 
 
+def preferred_weight(spec: dict, node: dict) -> int:
+    """The sum of the weights of the pod's preferred node-affinity terms this node matches
+    (kube-scheduler's NodeAffinity score before normalization)."""
+    preferred = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ) or []
+    labels = node["metadata"].get("labels") or {}
+    return sum(
+        int(p.get("weight") or 0) for p in preferred
+        if _term_matches(p.get("preference") or {}, labels, node["metadata"]["name"])
+    )  # fmt: skip
+
+
 def _term_matches(term: dict, labels: dict[str, str], node_name: str) -> bool:
     for expr in term.get("matchExpressions") or []:
         key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []

@@ -9,7 +9,11 @@ It answers the NGC endpoints `catalog.ngc` calls, in NGC's JSON shapes:
   both the API and the authn URL at this server;
 - `POST /v3/keys/get-caller-info` — who a personal key (`nvapi-...`) belongs to;
 - `GET /v2/org/{org}/team/{team}/repos/{name}` — one image's details and tags (needs a Bearer
-  token: a personal key or an exchanged token), 401/403/404 with NGC's `requestStatus` body.
+  token: a personal key or an exchanged token), 401/403/404 with NGC's `requestStatus` body;
+- `GET /v2/org/{org}/team/{team}/repos/{name}/profiles?tag=<tag>` — the image's NIM model
+  profiles (id, name, manifest tags) from `snapshot/ngc_nim_profiles.json`. NGC has no such
+  route (the manifest is inside the image, printed by `list-model-profiles`); this is ModelDeck's
+  own, so the offline flow can offer profiles; 404 where no manifest was recorded.
 
 Test hooks as in `sandbox.offline_hub`: `keys` (allow-list), `mode = "error" | "stall"`, `requests`.
 
@@ -33,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from sandbox.offline_hub import SNAPSHOT_DIR, StubHandler, StubServer
 
 NGC_SNAPSHOT = SNAPSHOT_DIR / "ngc_nim.json"
+NGC_PROFILES = SNAPSHOT_DIR / "ngc_nim_profiles.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class NgcKeyGrant:
 
 
 def load_ngc_snapshot(path: Path = NGC_SNAPSHOT) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["images"]
+
+
+def load_ngc_profiles(path: Path = NGC_PROFILES) -> dict[str, list[dict[str, Any]]]:
     return json.loads(path.read_text())["images"]
 
 
@@ -77,6 +86,10 @@ class NgcHandler(StubHandler):
                 self.token()
             case ("POST", ["v3", "keys", "get-caller-info"]):
                 self.caller_info()
+            case ("GET", ["v2", "org", org, "team", team, "repos", name, "profiles"]):
+                self.profiles(org, team, name, (query.get("tag") or [""])[0])
+            case ("GET", ["v2", "org", org, "repos", name, "profiles"]):
+                self.profiles(org, None, name, (query.get("tag") or [""])[0])
             case ("GET", ["v2", "org", org, "team", team, "repos", name]):
                 self.repo(org, team, name)
             case ("GET", ["v2", "org", org, "repos", name]):
@@ -247,6 +260,26 @@ class NgcHandler(StubHandler):
         self.send_json(200, body)
 
 
+    def profiles(self, org: str, team: str | None, name: str, tag: str) -> None:
+        grant = self._grant_for_bearer()
+        if grant is None:
+            self.send_json(401, _status("UNAUTHORIZED", "Not Authenticated"))
+            return
+        resource_id = "/".join(p for p in (org, team, name) if p)
+        image = next((i for i in self.stub.images if i["resourceId"] == resource_id), None)
+        if image is None or (tag and tag not in image.get("tags", [])):
+            self.send_json(404, _status("NOT_FOUND", f"Repository {resource_id}:{tag} not found"))
+            return
+        if not grant.nim_entitled:
+            self.send_json(403, _status("FORBIDDEN", "Access Denied"))
+            return
+        profiles = self.stub.profiles.get(resource_id)
+        if profiles is None:
+            self.send_json(404, _status("NOT_FOUND", f"No model manifest recorded for {resource_id}"))
+            return
+        self.send_json(200, {"resourceId": resource_id, "tag": tag or image["latestTag"], "profiles": profiles})
+
+
 class OfflineNgc(StubServer):
     """The NGC look-alike. `keys` is the allow-list: API key → NgcKeyGrant."""
 
@@ -262,6 +295,7 @@ class OfflineNgc(StubServer):
     ) -> None:
         super().__init__(host=host, port=port)
         self.images = list(images if images is not None else load_ngc_snapshot())
+        self.profiles: dict[str, list[dict[str, Any]]] = load_ngc_profiles()
         self.keys: dict[str, NgcKeyGrant] = dict(keys or {})
         self.issued: dict[str, NgcKeyGrant] = {}  # bearer tokens handed out by /token
 

@@ -19,6 +19,7 @@ from sandbox.cluster_common import (
     _NodeView,
     _revise,
     _set_condition,
+    preferred_weight,
 )
 from sandbox.store import qos_class
 
@@ -164,8 +165,10 @@ class Scheduler:
                 node_used = used[node.name]
                 if any(node_used[r] + a > node.allocatable.get(r, 0.0) for r, a in requests):
                     continue
-                # Least allocated first (the default scoring), GPUs weighing most.
+                # Preferred node affinity first (node-pool priority), then least allocated
+                # (the default scoring), GPUs weighing most.
                 score = (
+                    -preferred_weight(spec, node.node),
                     node_used[GPU] - node.allocatable.get(GPU, 0.0),
                     node_used["cpu"] - node.allocatable.get("cpu", 0.0),
                     node.name,

@@ -5,8 +5,11 @@ environment's — allowed sets intersect, maxima take the smaller value — neve
 An empty allowed set means "any" on either side.
 
 ``deployment_policies`` is a plain dict with any of these keys (others are ignored):
-``{"allowed_pools": [pool ids], "allowed_pool_labels": {"region": ["us-east-1"]},
-"allowed_gpu_types": ["A100"], "max_replicas": 2, "max_gpus_per_replica": 1}``.
+``{"allowed_pools": [pool names or ids], "allowed_pool_labels": {"region": ["us-east-1"]},
+"allowed_gpu_types": ["A100"], "max_replicas": 2, "max_gpus_per_replica": 1}`` — the spec's
+``policies`` field (deployments.spec checks its shape). A deployment policy that would widen its
+environment's is refused at save time (``widenings``), naming the rule; the intersection below
+keeps it harmless anywhere else (a promotion checks the target environment).
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import Q
+
 from deployments.models import ComputePool
 
 DEPLOYMENT_SOURCE = "The deployment's policy"
+
+
+def deployment_source(rule: str) -> str:
+    """Who set a rule, naming it: “The deployment's policy max_replicas”."""
+    return f"{DEPLOYMENT_SOURCE} {rule}"
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,27 @@ def _environment_pool_ids(environment: Any) -> list[int]:
     return list(environment.allowed_pools.values_list("pk", flat=True))
 
 
-def effective_policy(environment: Any, deployment_policies: dict | None = None) -> EffectivePolicy:
+def _pool_ids(values: Any, organization: Any) -> list[int] | None:
+    """Pool ids for a deployment policy's pools, given by id or by name (names are looked up in
+    ``organization``; an unknown name matches no pool)."""
+    if not values:
+        return None
+    ids = [int(v) for v in values if isinstance(v, int) or (isinstance(v, str) and v.isdigit())]
+    names = [v for v in values if isinstance(v, str) and not v.isdigit()]
+    if organization is None:
+        return ids or [0]
+    found = ComputePool.objects.filter(organization=organization).filter(
+        Q(pk__in=ids) | Q(name__in=names)
+    )
+    return list(found.values_list("pk", flat=True)) or [0]  # nothing matched: no pool, not "any"
+
+
+def effective_policy(
+    environment: Any, deployment_policies: dict | None = None, *, organization: Any = None
+) -> EffectivePolicy:
     """The rules a deployment in ``environment`` must keep, narrowed by its own policies."""
+    if organization is None and environment is not None and environment.pk is not None:
+        organization = environment.project.organization
     policy = EffectivePolicy()
     if environment is not None:
         src = environment_source(environment)
@@ -110,21 +139,68 @@ def effective_policy(environment: Any, deployment_policies: dict | None = None) 
         for label, values in (environment.allowed_pool_labels or {}).items():
             policy.allowed_pool_labels[label] = _narrow_set(Rule(None, ""), _listify(values), src)
     dep = deployment_policies or {}
-    src = DEPLOYMENT_SOURCE
-    dep_pools = dep.get("allowed_pools")
-    dep_pools = [int(p) for p in dep_pools] if dep_pools else None
-    policy.allowed_pools = _narrow_set(policy.allowed_pools, dep_pools, src)
+    src = deployment_source
+    dep_pools = _pool_ids(dep.get("allowed_pools"), organization)
+    policy.allowed_pools = _narrow_set(policy.allowed_pools, dep_pools, src("allowed_pools"))
     policy.allowed_gpu_types = _narrow_set(
-        policy.allowed_gpu_types, dep.get("allowed_gpu_types"), src
+        policy.allowed_gpu_types, dep.get("allowed_gpu_types"), src("allowed_gpu_types")
     )
-    policy.max_replicas = _narrow_max(policy.max_replicas, dep.get("max_replicas"), src)
+    policy.max_replicas = _narrow_max(
+        policy.max_replicas, dep.get("max_replicas"), src("max_replicas")
+    )
     policy.max_gpus_per_replica = _narrow_max(
-        policy.max_gpus_per_replica, dep.get("max_gpus_per_replica"), src
+        policy.max_gpus_per_replica, dep.get("max_gpus_per_replica"), src("max_gpus_per_replica")
     )
     for label, values in (dep.get("allowed_pool_labels") or {}).items():
         current = policy.allowed_pool_labels.get(label, Rule(None, ""))
-        policy.allowed_pool_labels[label] = _narrow_set(current, _listify(values), src)
+        policy.allowed_pool_labels[label] = _narrow_set(
+            current, _listify(values), src("allowed_pool_labels")
+        )
     return policy
+
+
+def widenings(
+    *, environment: Any, deployment_policies: dict | None, organization: Any = None
+) -> list[Violation]:
+    """Each deployment rule that asks for more than its environment allows, named: a deployment
+    policy narrows its environment's, never widens it (refused at save time)."""
+    dep = deployment_policies or {}
+    if environment is None or not dep:
+        return []
+    env = effective_policy(environment, None, organization=organization)
+    src = environment_source(environment)
+    out: list[Violation] = []
+    for rule in ("max_replicas", "max_gpus_per_replica"):
+        limit, wanted = getattr(env, rule).value, dep.get(rule)
+        if limit is not None and wanted not in (None, "") and int(wanted) > limit:
+            out.append(Violation(rule, f"{deployment_source(rule)} ({wanted}) would widen {src}, "
+                                       f"which allows at most {limit}; a deployment policy can only narrow."))  # fmt: skip
+    allowed = env.allowed_gpu_types.value
+    extra = sorted(set(_listify(dep.get("allowed_gpu_types"))) - set(allowed or ()))
+    if allowed is not None and extra:
+        out.append(Violation("allowed_gpu_types", f"{deployment_source('allowed_gpu_types')} lists "
+                             f"{', '.join(extra)}, which {src} does not allow (only {_names(allowed)}); "
+                             "a deployment policy can only narrow."))  # fmt: skip
+    allowed = env.allowed_pools.value
+    if allowed is not None and dep.get("allowed_pools"):
+        org = organization or environment.project.organization
+        outside = []
+        for value in dep["allowed_pools"]:
+            ids = _pool_ids([value], org) or []
+            if not set(ids) & set(allowed):
+                outside.append(str(value))
+        if outside:
+            out.append(Violation("allowed_pools", f"{deployment_source('allowed_pools')} lists "
+                                 f"{', '.join(outside)}, which {src} does not allow (only "
+                                 f"{_pool_names(allowed)}); a deployment policy can only narrow."))  # fmt: skip
+    for label, values in sorted((dep.get("allowed_pool_labels") or {}).items()):
+        rule = env.allowed_pool_labels.get(label)
+        extra = sorted(set(_listify(values)) - set(rule.value or ())) if rule else []
+        if rule is not None and rule.value is not None and extra:
+            out.append(Violation("allowed_pool_labels", f"{deployment_source('allowed_pool_labels')} "
+                                 f"lists {label} {', '.join(extra)}, which {src} does not allow "
+                                 f"(only {_names(rule.value)}); a deployment policy can only narrow."))  # fmt: skip
+    return out
 
 
 def _listify(values: Any) -> list:
@@ -153,12 +229,15 @@ def check_spec(
     *, environment: Any, deployment_policies: dict | None, pool: Any, spec: dict
 ) -> list[Violation]:
     """Every rule the spec (on ``pool``) breaks, each message naming the rule and its owner."""
-    policy = effective_policy(environment, deployment_policies)
+    organization = getattr(pool, "organization", None) if pool is not None else None
+    policy = effective_policy(environment, deployment_policies, organization=organization)
     violations: list[Violation] = []
     replicas = (spec.get("replicas") or {}).get("max")
     resources = spec.get("resources") or {}
     gpus = resources.get("gpus")
     gpu_type = (resources.get("gpu_type") or "").strip()
+    # Several GPU flavors: every one the pods may land on must be allowed.
+    gpu_types = [t for t in resources.get("gpu_types") or [] if t] or [gpu_type]
 
     rule = policy.max_replicas
     if rule.value is not None and replicas is not None and int(replicas) > rule.value:
@@ -179,8 +258,9 @@ def check_spec(
             )
         )
     rule = policy.allowed_gpu_types
-    if rule.value is not None and (gpus or 0) > 0 and gpu_type not in rule.value:
-        asked = f"“{gpu_type}”" if gpu_type else "no particular GPU type"
+    outside = [t for t in gpu_types if t not in (rule.value or ())]
+    if rule.value is not None and (gpus or 0) > 0 and outside:
+        asked = f"“{outside[0]}”" if outside[0] else "no particular GPU type"
         violations.append(
             Violation(
                 "allowed_gpu_types",
@@ -231,14 +311,25 @@ FIELD_FOR_POLICY = {
 
 
 def enforce(*, environment: Any, deployment_policies: dict | None, pool: Any, spec: dict) -> None:
-    """Raise ValidationError({field: [messages]}) naming every broken rule; nothing when all hold."""
+    """Raise ValidationError({field: [messages]}) naming every broken rule; nothing when all hold.
+    A deployment policy that would widen the environment's is refused under ``policies.<rule>``."""
     from django.core.exceptions import ValidationError
 
+    errors: dict[str, list[str]] = {}
+    organization = getattr(pool, "organization", None) if pool is not None else None
+    for v in widenings(environment=environment, deployment_policies=deployment_policies,
+                       organization=organization):  # fmt: skip
+        errors.setdefault(f"policies.{v.policy}", []).append(v.message)
+    for name in (deployment_policies or {}).get("allowed_pools") or []:
+        if organization is not None and _pool_ids([name], organization) == [0]:
+            errors.setdefault("policies.allowed_pools", []).append(
+                f"{deployment_source('allowed_pools')} names “{name}”, which is no compute pool of "
+                "this organization."
+            )
     violations = check_spec(
         environment=environment, deployment_policies=deployment_policies, pool=pool, spec=spec
     )
-    if violations:
-        errors: dict[str, list[str]] = {}
-        for v in violations:
-            errors.setdefault(FIELD_FOR_POLICY[v.policy], []).append(v.message)
+    for v in violations:
+        errors.setdefault(FIELD_FOR_POLICY[v.policy], []).append(v.message)
+    if errors:
         raise ValidationError(errors)

@@ -15,6 +15,7 @@ from django.db import transaction
 from console import permissions
 from deployments import services as deployment_services
 from deployments.models import ModelDeployment
+from deployments.spec import bundle_of_version
 from projects import services as project_services
 from projects.models import Environment, Membership, Organization, Project
 from sharing import access
@@ -397,7 +398,8 @@ def promotion_plan(
     target_pool = pool or (existing.pool if existing else deployment.pool)
     violations = check_spec(
         environment=target_environment,
-        deployment_policies=deployment_policies,
+        # The revision's own policies travel with it unless the promotion gives others.
+        deployment_policies=spec.get("policies") if deployment_policies is None else deployment_policies,
         pool=target_pool,
         spec=spec,
     )
@@ -426,7 +428,8 @@ def promotion_plan(
             "pool": target_pool,
             "name": name,
             "spec": spec,
-            "bundle": deployment.bundle,
+            # The bundle version the promoted revision runs.
+            "bundle": bundle_of_version(deployment.bundle, spec.get("bundle_version")) or deployment.bundle,
             "environment": target_environment,
             "description": reason,
         },

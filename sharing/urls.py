@@ -34,4 +34,6 @@ urlpatterns = [
     path("quotas/", views.quotas, name="quotas"),
     path("quotas/organization/", views.quota_organization, name="quota_organization"),
     path("quotas/projects/<int:project_pk>/", views.quota_project, name="quota_project"),
+    path("quotas/limits/", views.quota_limits_set, name="quota_limits_organization"),
+    path("quotas/limits/projects/<int:project_pk>/", views.quota_limits_set, name="quota_limits_project"),
 ]

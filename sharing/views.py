@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -19,7 +20,7 @@ from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
 from projects import services as project_services
 from projects.models import Organization
-from projects.selectors import project_get
+from projects.selectors import project_get, quota_limits
 from sharing import selectors, services
 from sharing.forms import (
     AccessForm,
@@ -374,6 +375,13 @@ def quotas(request: HttpRequest) -> HttpResponse:
                 else ""
             )
     errors = request.session.pop("quota_errors", {})
+    limit_rows = [{"key": "organization", "name": org.name, "limits": quota_limits(org),
+                   "url": reverse("sharing:quota_limits_organization")}]  # fmt: skip
+    limit_rows += [
+        {"key": f"limits-{row['project'].pk}", "name": row["project"].name, "limits": quota_limits(row["project"]),
+         "url": reverse("sharing:quota_limits_project", args=[row["project"].pk])}
+        for row in overview["rows"]
+    ]  # fmt: skip
     return render(
         request,
         "sharing/quotas.html",
@@ -382,8 +390,34 @@ def quotas(request: HttpRequest) -> HttpResponse:
             **overview,
             "is_admin": permissions.can(request.user, "admin", org),
             "errors": errors,
+            "limit_rows": limit_rows,
         },
     )
+
+
+def _limits_from(request: HttpRequest) -> dict[str, int | None]:
+    """The quota form's text as the service's input: empty means no limit; anything else not a
+    whole number is passed on as is, for the service to refuse."""
+    out: dict[str, Any] = {}
+    for name in ("cpu_quota", "memory_quota_gib", "deployment_quota"):
+        text = (request.POST.get(name) or "").strip()
+        out[name] = None if not text else int(text) if text.isdigit() else -1
+    return out
+
+
+@login_required
+@require_POST
+def quota_limits_set(request: HttpRequest, project_pk: int | None = None) -> HttpResponse:
+    """Quotas beyond GPUs of the organization or one project (projects.services.quota_limits_set)."""
+    org = _organization(request)
+    owner = project_get(request.user, project_pk) if project_pk is not None else org
+    key = f"limits-{project_pk}" if project_pk is not None else "limits-organization"
+    error = None
+    try:
+        project_services.quota_limits_set(user=request.user, owner=owner, **_limits_from(request))
+    except ValidationError as exc:
+        error = f"{owner.name}: " + " ".join(exc.messages)
+    return _quota_response(request, f"Quotas of {owner.name} saved.", key, error)
 
 
 def _quota_response(request, ok_message: str, error_key: str, error: str | None) -> HttpResponse:

@@ -41,6 +41,7 @@ PAGE_ARGS: dict[str, dict] = {
     "catalog:model_edit": {"pk": "model"},
     "catalog:model_delete": {"pk": "model"},
     "catalog:model_refresh_tags": {"pk": "model"},
+    "catalog:model_set_nim_profiles": {"pk": "model"},
     "catalog:bundle_detail": {"pk": "bundle"},
     "catalog:bundle_edit": {"pk": "bundle"},
     "catalog:bundle_delete": {"pk": "bundle"},
@@ -55,6 +56,7 @@ PAGE_ARGS: dict[str, dict] = {
     "deployments:deployment_activate": {"pk": "deployment"},
     "deployments:deployment_rollback": {"pk": "deployment"},
     "deployments:deployment_nim_tag": {"pk": "deployment"},
+    "deployments:deployment_bundle": {"pk": "deployment"},
     "deployments:deployment_delete": {"pk": "deployment"},
     "deployments:endpoint_delete": {"pk": "endpoint"},
     "deployments:pool_detail": {"pk": "pool"},
@@ -84,6 +86,7 @@ PAGE_ARGS: dict[str, dict] = {
     "org:group_delete": {"pk": "group"},
     "org:group_member_add": {"pk": "group"},
     "org:group_member_remove": {"pk": "group", "user_pk": "admin"},
+    "sharing:quota_limits_project": {"project_pk": "project"},
 }
 
 # REST router basename → world object its {pk} names (actions "<basename>-<action>" included).

@@ -28,6 +28,7 @@ class CatalogModelSerializer(serializers.ModelSerializer):
             "ngc_image",
             "ngc_tag",
             "ngc_tags",
+            "nim_profiles",
             "storage_uri",
             "artifact",
             "artifact_sha256",

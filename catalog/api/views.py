@@ -206,6 +206,21 @@ class CatalogModelViewSet(IntegerIdMixin, viewsets.GenericViewSet):
         services.model_delete(user=request.user, model=selectors.model_get(request.user, pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(
+        request={"application/json": {"type": "object", "properties": {"list_output": {"type": "string"}}}},
+        responses=CatalogModelSerializer,
+    )
+    @action(detail=True, methods=["post"], url_path="nim-profiles")
+    def nim_profiles(self, request, pk=None):
+        """Record a NIM's profiles from `list-model-profiles` output (the deploy form offers them)."""
+        model = selectors.model_get(request.user, pk)
+        text = request.data.get("list_output")
+        # Not text: parsed as nothing, so the service refuses it (after its permission check).
+        model = services.model_set_nim_profiles(
+            user=request.user, model=model, list_output=text if isinstance(text, str) else ""
+        )
+        return Response(CatalogModelSerializer(model).data)
+
     @extend_schema(parameters=[EstimateQuerySerializer], responses={200: dict})
     @action(detail=True, methods=["get"])
     def estimate(self, request, pk=None):

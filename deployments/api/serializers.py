@@ -302,6 +302,16 @@ class NimTagSerializer(serializers.Serializer):
     tag = serializers.CharField(max_length=128)
 
 
+class BundleChangeSerializer(serializers.Serializer):
+    version = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                       help_text="A version of the deployment's Profile Bundle; empty: the current one.")
+    variables = serializers.DictField(required=False, default=dict,
+                                      help_text="Values for the bundle's variables (the whole set; empty: defaults).")
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    dry_run = serializers.BooleanField(required=False, default=False,
+                                       help_text="Only answer what would change; write nothing.")  # fmt: skip
+
+
 class ManifestsSerializer(serializers.Serializer):
     revision = serializers.IntegerField()
     yaml = serializers.CharField()

@@ -14,6 +14,7 @@ from console import permissions
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
+    BundleChangeSerializer,
     ComputePoolSerializer,
     ComputePoolUpdateSerializer,
     ComputePoolWriteSerializer,
@@ -302,6 +303,25 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             spec={"replicas": {"min": lo, "max": hi}},
             reason=f"Scaled to {lo}–{hi} replicas",
         )
+        return self._read(deployment)
+
+    @extend_schema(request=BundleChangeSerializer, responses={200: dict})
+    @action(detail=True, methods=["post"])
+    def bundle(self, request, pk=None):
+        """Change the Profile Bundle version and/or its variables (blue-green); with dry_run,
+        only the changes it would make."""
+        deployment = self.get_object()
+        body = BundleChangeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data["dry_run"]:
+            permissions.require(request.user, "change", deployment)
+            plan = services.deployment_bundle_plan(deployment=deployment, version=data.get("version"),
+                                                   variables=data["variables"])  # fmt: skip
+            return Response({"bundle": str(plan["bundle"]), "changes": plan["changes"],
+                             "rollout": plan["rollout"], "spec": plan["spec"]})  # fmt: skip
+        services.deployment_bundle_change(user=request.user, deployment=deployment, version=data.get("version"),
+                                          variables=data["variables"], reason=data["reason"])  # fmt: skip
         return self._read(deployment)
 
     @extend_schema(request=NimTagSerializer, responses=DeploymentSerializer)

@@ -507,10 +507,53 @@ def _tolerations(spec: RenderSpec) -> list[dict[str, Any]]:
 
 def _node_selector(spec: RenderSpec) -> dict[str, str]:
     selector = {key: spec.node_selector[key] for key in sorted(spec.node_selector)}
-    if spec.gpu_type:
+    if spec.gpu_type and len(spec.gpu_types) < 2:  # several flavors: an affinity `In` list
         # validate_common() refuses a node selector that contradicts gpu_type.
         selector[GPU_PRODUCT_LABEL] = spec.gpu_type
     return selector
+
+
+def node_pool_weights(count: int) -> list[int]:
+    """Preferred-affinity weights for node pools in order: 100 for the first down to 1 for the
+    last (kube-scheduler takes 1..100), evenly spread so each pool outranks the next."""
+    if count <= 1:
+        return [100] * count
+    return [round(100 - i * 99 / (count - 1)) for i in range(count)]
+
+
+def pod_affinity(spec: RenderSpec) -> dict[str, Any] | None:
+    """The spec's affinity with the scheduling ModelDeck adds: GPU flavors as a required
+    `nvidia.com/gpu.product In [...]`, node pools as required (their union) and preferred
+    (descending weights). Required terms are ORed by Kubernetes, so each added requirement is
+    ANDed into every term the user gave."""
+    affinity = copy.deepcopy(dict(spec.affinity)) if spec.affinity else {}
+    alternatives: list[list[dict[str, Any]]] = [[]]  # OR of ANDs to add
+    if len(spec.gpu_types) > 1:
+        gpu = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(spec.gpu_types)}
+        alternatives = [[gpu]]
+    if spec.node_pools:
+        union: dict[str, list[str]] = {}
+        for pool in spec.node_pools:
+            values = union.setdefault(pool.key, [])
+            values += [v for v in pool.values if v not in values]
+        pools = [{"key": key, "operator": "In", "values": values} for key, values in union.items()]
+        alternatives = [exprs + [pool] for exprs in alternatives for pool in pools]
+    if alternatives == [[]]:
+        return affinity or None
+    node = affinity.setdefault("nodeAffinity", {})
+    required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    required["nodeSelectorTerms"] = [
+        {**term, "matchExpressions": [*(term.get("matchExpressions") or []), *exprs]}
+        for term in terms
+        for exprs in alternatives
+    ]
+    if spec.node_pools:
+        preferred = node.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+        for pool, weight in zip(spec.node_pools, node_pool_weights(len(spec.node_pools)), strict=True):
+            expr = {"key": pool.key, "operator": "In", "values": list(pool.values)}
+            preferred.append({"weight": weight, "preference": {"matchExpressions": [expr]}})
+    return affinity
 
 
 def _env(spec: RenderSpec, parts: EngineParts) -> list[dict[str, Any]]:
@@ -669,8 +712,9 @@ def build_deployment(spec: RenderSpec, engine: Engine) -> dict[str, Any]:
     tolerations = _tolerations(spec)
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    if spec.affinity:
-        pod_spec["affinity"] = copy.deepcopy(dict(spec.affinity))
+    affinity = pod_affinity(spec)
+    if affinity:
+        pod_spec["affinity"] = affinity
 
     labels = revision_labels(spec)
     annotations = model_annotations(spec)

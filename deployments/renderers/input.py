@@ -56,6 +56,18 @@ CREDENTIAL_ENV_NAMES = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class NodePool:
+    """One node pool of a deployment's ordered preference: the nodes whose label `key` has one
+    of `values` (Run:ai's node pools are a label on the nodes, e.g. run.ai/node-pool)."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+MAX_NODE_POOLS = 16  # kube-scheduler weights are 1..100: room for a clear descending order
+
+
 class SpecError(ValueError):
     """A spec the renderers cannot turn into valid Kubernetes objects; `field` names the culprit."""
 
@@ -154,6 +166,10 @@ class RenderSpec:
     # pod, and the Secret holding the short-lived signed URL the pod fetches it from.
     model_sha256: str | None = None
     artifact_url_secret: str | None = None
+    # Several GPU flavors (nvidia.com/gpu.product values), any of them; the first is gpu_type.
+    gpu_types: tuple[str, ...] = ()
+    # Node pools in order of preference; scheduling is limited to their union.
+    node_pools: tuple[NodePool, ...] = ()
 
     def __post_init__(self) -> None:
         # Detach from what the caller handed in: lists become tuples, mappings are copied.
@@ -168,6 +184,11 @@ class RenderSpec:
             set_(self, "image_pull_secrets", tuple(self.image_pull_secrets))
         if self.affinity is not None:
             set_(self, "affinity", copy.deepcopy(self.affinity))
+        set_(self, "gpu_types", tuple(self.gpu_types or ()))
+        set_(self, "node_pools", tuple(
+            NodePool(p["key"], tuple(p["values"])) if isinstance(p, Mapping) else p
+            for p in self.node_pools or ()
+        ))  # fmt: skip
         if isinstance(self.model_cache, Mapping):
             set_(self, "model_cache", ModelCache(**self.model_cache))
         if isinstance(self.exposure, Mapping):
@@ -296,6 +317,7 @@ def validate_common(spec: RenderSpec) -> None:
         raise SpecError(
             "node_selector", f"{GPU_PRODUCT_LABEL}={given_gpu_product} contradicts gpu_type"
         )
+    _check_scheduling(spec)
     if spec.image_pull_secrets is not None:
         for name in spec.image_pull_secrets:
             if not is_dns1123_subdomain(name):
@@ -386,6 +408,41 @@ def _check_metadata(name: str, items: Mapping[str, str], *, values_are_labels: b
             raise SpecError(name, f"{key}: values are strings")
         if values_are_labels and not is_label_value(value):
             raise SpecError(name, f"{key}: {value!r} is not a valid label value")
+
+
+def _check_scheduling(spec: RenderSpec) -> None:
+    """GPU flavors and node-pool priority: label syntax, and no contradiction with the node
+    selector (the pod would never schedule)."""
+    if spec.gpu_types:
+        if spec.gpus == 0:
+            raise SpecError("gpu_types", "only apply when gpus is at least 1")
+        for value in spec.gpu_types:
+            if not isinstance(value, str) or not value or not is_label_value(value):
+                raise SpecError("gpu_types", f"{value!r} is not a valid label value, e.g. NVIDIA-L4")
+        if spec.gpu_type and spec.gpu_types[0] != spec.gpu_type:
+            raise SpecError("gpu_types", "the first GPU type is gpu_type")
+        given = spec.node_selector.get(GPU_PRODUCT_LABEL)
+        if given is not None and len(spec.gpu_types) > 1:
+            raise SpecError(
+                "node_selector", f"{GPU_PRODUCT_LABEL}={given} contradicts the list of GPU types"
+            )
+    if len(spec.node_pools) > MAX_NODE_POOLS:
+        raise SpecError("node_pools", f"at most {MAX_NODE_POOLS} node pools")
+    for pool in spec.node_pools:
+        if not isinstance(pool, NodePool) or not is_qualified_name(pool.key):
+            raise SpecError("node_pools", f"{getattr(pool, 'key', pool)!r} is not a valid label key")
+        if not pool.values or not all(isinstance(v, str) and v and is_label_value(v) for v in pool.values):
+            raise SpecError("node_pools", f"{pool.key}: give label values such as a100-pool")
+    keys = {pool.key for pool in spec.node_pools}
+    if len(keys) == 1:
+        (key,) = keys
+        allowed = {v for pool in spec.node_pools for v in pool.values}
+        selected = spec.node_selector.get(key)
+        if selected is not None and selected not in allowed:
+            raise SpecError(
+                "node_pools", f"the node selector asks for {key}={selected}, which none of the "
+                f"node pools ({', '.join(sorted(allowed))}) has",
+            )  # fmt: skip
 
 
 def _check_affinity(affinity: Any) -> None:

@@ -26,6 +26,7 @@ from .common import (
     merge_metadata,
     model_annotations,
     model_cache_name,
+    pod_affinity,
     revision_labels,
 )
 from .input import RenderSpec
@@ -125,8 +126,9 @@ def build_nimservice(spec: RenderSpec) -> dict[str, Any]:
     tolerations = _tolerations(spec)
     if tolerations:
         body["tolerations"] = tolerations
-    if spec.affinity:
-        body["affinity"] = dict(spec.affinity)
+    affinity = pod_affinity(spec)
+    if affinity:
+        body["affinity"] = affinity
     if exposure.needs_auth_proxy(spec):
         # sidecarContainers (NIMContainerSpec: name, image{repository,tag}, command, args, env)
         # arrived on the operator's main branch in Feb 2026 (#752), after v3.1.2.

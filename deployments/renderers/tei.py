@@ -97,6 +97,16 @@ def validate(spec: RenderSpec) -> None:
             f"Text Embeddings Inference does not support {spec.gpu_type} (compute capability "
             f"{cc[0]}.{cc[1]}; it needs 7.5 or newer)",
         )
+    for other in spec.gpu_types[1:] if spec.gpus else ():
+        occ = compute_capability(other)
+        if occ is not None and occ < (7, 5):
+            raise SpecError("gpu_types", f"Text Embeddings Inference does not support {other}")
+        if ARCH_TAG_PREFIX.get(occ) != ARCH_TAG_PREFIX.get(cc):
+            # One image per revision, and TEI's GPU images are built per architecture.
+            raise SpecError(
+                "gpu_types", f"TEI's GPU images are built per architecture: {spec.gpu_type} and "
+                f"{other} need different images; list GPU types of one architecture",
+            )  # fmt: skip
     if spec.nim_profile:
         raise SpecError("nim_profile", "only applies to NIM")
 

@@ -72,6 +72,16 @@ class OrganizationQuotaSerializer(serializers.Serializer):
     gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX)
 
 
+class QuotaLimitsSerializer(serializers.Serializer):
+    """Quotas beyond GPUs; null (or left out): no limit."""
+
+    cpu_quota = serializers.IntegerField(min_value=0, allow_null=True, required=False, default=None,
+                                         help_text="CPU cores")
+    memory_quota_gib = serializers.IntegerField(min_value=0, allow_null=True, required=False, default=None)
+    deployment_quota = serializers.IntegerField(min_value=0, allow_null=True, required=False, default=None,
+                                                help_text="Active deployments")  # fmt: skip
+
+
 class APIKeySerializer(serializers.ModelSerializer):
     """A key as listed: never its secret (only a hash is stored)."""
 

@@ -27,9 +27,10 @@ from projects.api.serializers import (
     OrganizationSerializer,
     ProjectSerializer,
     ProjectUpdateSerializer,
+    QuotaLimitsSerializer,
 )
 from projects.models import APIKey
-from projects.selectors import organizations_for_user, projects_for_user
+from projects.selectors import organizations_for_user, projects_for_user, quota_limits
 
 
 class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):
@@ -46,6 +47,20 @@ class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):
         body.is_valid(raise_exception=True)
         org = services.organization_quota_set(user=request.user, organization=org, gpu_quota=body.validated_data["gpu_quota"])
         return Response(OrganizationSerializer(org, context={"request": request}).data)
+
+    @extend_schema(request=QuotaLimitsSerializer, responses={200: dict})
+    @action(detail=True, methods=["get", "post"], url_path="limits")
+    def limits(self, request, pk=None):
+        """Quotas beyond GPUs (CPU cores, memory GiB, active deployments) with what is held."""
+        return _limits(request, self.get_object())
+
+
+def _limits(request, owner):
+    if request.method == "POST":
+        body = QuotaLimitsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        owner = services.quota_limits_set(user=request.user, owner=owner, **body.validated_data)
+    return Response({"limits": quota_limits(owner)})
 
 
 class ProjectViewSet(ProjectSettingsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -93,6 +108,12 @@ class ProjectViewSet(ProjectSettingsMixin, mixins.ListModelMixin, mixins.Retriev
             gpu_quota=data.get("gpu_quota", project.gpu_quota),
         )
         return Response(ProjectSerializer(project).data)
+
+    @extend_schema(request=QuotaLimitsSerializer, responses={200: dict})
+    @action(detail=True, methods=["get", "post"], url_path="limits")
+    def limits(self, request, pk=None):
+        """Quotas beyond GPUs (CPU cores, memory GiB, active deployments) with what is held."""
+        return _limits(request, self.get_object())
 
     def destroy(self, request, pk=None):
         project = self.get_object()

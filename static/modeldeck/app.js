@@ -139,6 +139,49 @@
     if (log && follow && follow.checked && event.target.contains(log)) log.scrollTop = log.scrollHeight;
   });
 
-  document.addEventListener("DOMContentLoaded", function () { initTables(document); });
-  document.addEventListener("htmx:afterSettle", function (e) { initTables(e.target); });
+  // Reorderable lines (node-pool priority): a list mirrors a textarea's lines, each with up and
+  // down buttons; moving a line rewrites the textarea (the value the form posts) and fires
+  // "change" so the field is validated again. Typing in the textarea rebuilds the list.
+  function initReorder(root) {
+    root.querySelectorAll("[data-reorder-for]").forEach(function (list) {
+      var area = document.getElementById(list.dataset.reorderFor);
+      if (!area || list.dataset.bound) return;
+      list.dataset.bound = "1";
+      function lines() { return area.value.split("\n").map(function (l) { return l.trim(); }).filter(Boolean); }
+      function render() {
+        list.textContent = "";
+        lines().forEach(function (line, i, all) {
+          var item = document.createElement("li");
+          var text = document.createElement("span");
+          text.className = "mono";
+          text.textContent = line;
+          item.appendChild(text);
+          [["up", "\u2191", i - 1, "Move up"], ["down", "\u2193", i + 1, "Move down"]].forEach(function (b) {
+            var button = document.createElement("button");
+            button.type = "button";
+            button.className = "btn small";
+            button.dataset.move = b[0];
+            button.textContent = b[1];
+            button.title = b[3];
+            button.setAttribute("aria-label", b[3] + ": " + line);
+            button.disabled = b[2] < 0 || b[2] >= all.length;
+            button.addEventListener("click", function () {
+              var now = lines(), moved = now.splice(i, 1)[0];
+              now.splice(b[2], 0, moved);
+              area.value = now.join("\n");
+              render();
+              area.dispatchEvent(new Event("change", { bubbles: true }));
+            });
+            item.appendChild(button);
+          });
+          list.appendChild(item);
+        });
+      }
+      area.addEventListener("input", render);
+      render();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { initTables(document); initReorder(document); });
+  document.addEventListener("htmx:afterSettle", function (e) { initTables(e.target); initReorder(e.target); });
 })();

@@ -37,7 +37,7 @@ def test_deployment_policies_only_narrow_the_environment(tenants):
     assert plain["max_replicas"] == 4  # 8 > 4: the environment's stays
     assert plain["max_gpus_per_replica"] == 1  # the smaller wins
     assert policy.max_replicas.source == "Environment “Staging”"
-    assert policy.max_gpus_per_replica.source == "The deployment's policy"
+    assert policy.max_gpus_per_replica.source == "The deployment's policy max_gpus_per_replica"
 
 
 @pytest.mark.django_db
@@ -94,7 +94,7 @@ def test_check_spec_reports_every_broken_rule(tenants):
     by_policy = {v.policy: v.message for v in violations}
     assert (
         by_policy["max_replicas"]
-        == "The deployment's policy allows at most 1 replica; the spec asks for 3."
+        == "The deployment's policy max_replicas allows at most 1 replica; the spec asks for 3."
     )
     assert by_policy["max_gpus_per_replica"] == (
         "Environment “Production” allows at most 1 GPU per replica; the spec asks for 2."
