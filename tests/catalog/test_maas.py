@@ -44,9 +44,9 @@ def rule(project, bundle, **fields):
     )
 
 
-def test_builtin_bundles_are_seeded_for_the_four_engines():
+def test_builtin_bundles_are_seeded_for_the_five_engines():
     engines = {b.engine for b in ProfileBundle.objects.filter(organization__isnull=True)}
-    assert engines == {"vllm", "nim", "tgi", "tei"}
+    assert engines == {"vllm", "nim", "tgi", "tei", "torchserve"}
     vllm = builtin("vllm")
     assert (
         vllm.image.startswith("vllm/vllm-openai:v0.")
