@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from gateway import load, metrics, overflow
@@ -280,6 +281,17 @@ class Gateway:
             )
         except ConnectionAbortedError:
             return
+        except DatabaseError:
+            # The database is down or its pool is exhausted: a key or route could not be read.
+            # The caller's request was fine; say so and when to retry rather than a bare 500.
+            log.warning("gateway could not read the database", exc_info=True, extra={"request_id": request_id})
+            error = GatewayError(503, "The gateway can't reach its database right now; retry shortly.",
+                                 "server_error", code="database_unavailable")  # fmt: skip
+            try:
+                await self._send(send, 503, error_body(error),
+                                 headers=[(b"retry-after", b"2"), (b"x-request-id", request_id.encode())])  # fmt: skip
+            except Exception:  # noqa: BLE001 - the response had already started
+                pass
         except Exception:
             log.exception("gateway request failed", extra={"request_id": request_id})
             error = GatewayError(

@@ -45,6 +45,10 @@ CONSOLE_TO_API: dict[str, list[str]] = {
     "sharing:object_history": ["audit-entry-list"],
     # Catalog
     "catalog:index": ["catalog-model-list"],
+    "deployments:external_create": ["deployment-list"],
+    "deployments:external_edit": ["deployment-detail"],
+    "deployments:gallery": ["resource-template-list", "data-source-list"],
+    "deployments:gallery_delete": ["resource-template-detail", "data-source-detail"],
     "catalog:custom_create": ["catalog-model-list"],
     "catalog:model_detail": ["catalog-model-detail", "catalog-model-estimate", "catalog-model-bundle"],
     "catalog:model_edit": ["catalog-model-detail"],
@@ -106,6 +110,7 @@ CONSOLE_TO_API: dict[str, list[str]] = {
 }
 
 NO_API: dict[str, str] = {
+    "catalog:artifact_download": "not a console page: the signed, expiring link a TorchServe pod fetches its archive from",
     "dashboard": "a summary of lists each of which has its REST route",
     "login": "browser sign-in; REST clients exchange a password for a key at POST /api/v1/auth/token/",
     "logout": "ends a browser session; REST keys are revoked at /api/v1/keys/{id}/revoke/",

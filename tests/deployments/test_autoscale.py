@@ -56,6 +56,8 @@ class Beat(threading.Thread):
                     sync_status()
                 except Exception as exc:  # noqa: BLE001 - reported by the test
                     self.errors.append(exc)
+                finally:
+                    connection.close()  # as a worker between tasks: the pool is small (4)
                 self.stopped.wait(0.25)
         finally:
             connection.close()
@@ -191,13 +193,13 @@ def test_six_long_requests_with_target_one_and_max_two_ask_for_exactly_two(world
     stop = threading.Event()
 
     def watch() -> None:
-        try:
-            while not stop.is_set():
+        while not stop.is_set():
+            try:
                 scale = scale_of(deployment)
-                seen.append(scale.desired if scale and scale.desired is not None else 0)
-                time.sleep(0.05)
-        finally:
-            connection.close()
+            finally:
+                connection.close()  # back to the small pool between reads: the gateway needs it
+            seen.append(scale.desired if scale and scale.desired is not None else 0)
+            time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

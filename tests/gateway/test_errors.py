@@ -351,3 +351,25 @@ def test_metrics_are_off_without_a_token_and_need_it_when_set(
     assert wrong.status_code == 401 and "llama" not in wrong.text
     right = httpx.get(gateway.url + "/metrics", headers={"authorization": "Bearer scrape-me"})
     assert right.status_code == 200 and "modeldeck_gateway_requests_total" in right.text
+
+
+def test_database_unavailable_is_503_with_retry_after_not_500(tenants, engine, monkeypatch, transactional_db):
+    """The key lookup can't reach PostgreSQL (pool exhausted / server gone): the caller gets a
+    503 in OpenAI's shape with Retry-After, not a bare 500."""
+    import gateway.app
+    from django.db import OperationalError
+
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    secret = make_key(tenants.owner, tenants.org)
+
+    def database_gone(digest: str):
+        raise OperationalError("couldn't get a connection after 10.00 sec")
+
+    monkeypatch.setattr(gateway.app, "load_key", database_gone)
+    server = start_console()
+    try:
+        response = post(server, secret)
+    finally:
+        server.stop()
+    assert_openai_error(response, 503, "server_error", "database_unavailable")
+    assert response.headers["retry-after"] == "2"
