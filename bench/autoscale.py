@@ -149,11 +149,14 @@ def run(args) -> None:
               "autoscaling": {"metric": "concurrency", "target": 4, "scale_down_delay_seconds": 0,
                               "scale_to_zero_after_seconds": 1, "cold_start_hold_seconds": 120}},
     )  # fmt: skip
-    # A deployment with a fixed replica: the measurement runs for every deployment, and this one
-    # stays up whether the measurement (which the autoscaler's idle clock reads) is on or off.
+    # An autoscaled deployment that never leaves one replica (min 1, max 1): the gateway measures
+    # load only for autoscaled deployments, and this one stays up whether the measurement (which
+    # the autoscaler's idle clock reads) is on or off.
     deployment_create(
         user=user, project=project, model=model, pool=direct, name="fixed", bundle=bundle,
-        spec={"served_model_name": "fixed", "resources": {"cpu": "1", "memory": "2Gi", "gpus": 1}},
+        spec={"served_model_name": "fixed", "resources": {"cpu": "1", "memory": "2Gi", "gpus": 1},
+              "replicas": {"min": 1, "max": 1},
+              "autoscaling": {"enabled": True, "metric": "concurrency", "target": 4}},
     )  # fmt: skip
     stop = threading.Event()
 

@@ -777,9 +777,11 @@ class Gateway:
         """Count the request in its deployment's load (one round trip); at zero replicas, hold it
         until a replica is ready (the first held request asks for a scale-up), up to the spec's
         cold_start_hold_seconds, in a bounded queue; past either, 503 "model is starting"."""
+        deployment = call.deployment
         if not self.measure_load or not isinstance(self.limiter, RedisRateLimiter):
             return  # embedded mode: no shared measurement, no autoscaler
-        deployment = call.deployment
+        if not deployment.autoscaled:
+            return  # a fixed replica count: nothing reads its load
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 load.admit_commands(pipe, deployment.id, call.request_id, time.time())

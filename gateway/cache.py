@@ -223,6 +223,9 @@ class DeploymentInfo:
     # Autoscaled with min 0 (deployments/autoscale.py): how long a request waits for a replica
     # while the deployment scales up from zero (spec autoscaling.cold_start_hold_seconds); 0: never held.
     cold_start_hold_seconds: int = 0
+    # The autoscaler acts on it (deployments.spec.autoscaled): only then does the gateway measure
+    # its load (gateway/load.py) — a fixed-size deployment costs no measurement round trip.
+    autoscaled: bool = False
     engine: str = ""  # torchserve answers /v1/deployments/<name>/predictions, the others /v1/...
     # An external deployment (deployments/external.py): `upstream` is its own URL; its options
     # (timeout, concurrency threshold, breaker) and its overflow deployment (gateway/overflow.py).

@@ -10,6 +10,7 @@ from django.db.models import Exists, OuterRef, Subquery
 
 from deployments.external import base_url, external_url_refusal
 from deployments.models import DeploymentEvent, DeploymentState, Endpoint, ModelDeployment
+from deployments.spec import autoscaled
 from gateway.cache import (
     DeploymentInfo,
     KeyInfo,
@@ -211,6 +212,7 @@ def _info(
             else 0
         ),
         cold_start_hold_seconds=cold_start_hold(spec),
+        autoscaled=autoscaled(spec),
     )
 
 
