@@ -24,9 +24,12 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from gateway import load, metrics, overflow
+from gateway import load, metrics, overflow, resp
 from gateway.cache import (
+    CONNECT_TIMEOUT,
     GENERATION_KEY,
+    RETRY_BACKOFF_S,
+    SOCKET_TIMEOUT,
     DeploymentInfo,
     GatewayCache,
     KeyInfo,
@@ -203,7 +206,10 @@ class Gateway:
         if self._limiter is None:
             if settings.REDIS_URL:
                 self._redis = async_redis(max_connections=500)
-                self._limiter = RedisRateLimiter(self._redis)
+                # The scripts of every request go through one lean connection (gateway/resp.py).
+                fast = resp.connect_for(settings.REDIS_URL, connect_timeout=CONNECT_TIMEOUT,
+                                        reply_timeout=SOCKET_TIMEOUT, retry_backoff=RETRY_BACKOFF_S)  # fmt: skip
+                self._limiter = RedisRateLimiter(self._redis, fast=fast)
             else:
                 self._limiter = LocalRateLimiter()
         return self._limiter
@@ -226,6 +232,8 @@ class Gateway:
             await self._session.close()
             self._session = None
         if self._redis is not None:
+            if isinstance(self._limiter, RedisRateLimiter):
+                await self._limiter.aclose()
             await self._redis.aclose()
             self._redis = None
             self._limiter = None
@@ -783,9 +791,9 @@ class Gateway:
         if not deployment.autoscaled:
             return  # a fixed replica count: nothing reads its load
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                load.admit_commands(pipe, deployment.id, call.request_id, time.time())
-                scale = load.parse_scale((await pipe.execute())[-1])
+            commands = load.Commands()
+            load.admit_commands(commands, deployment.id, call.request_id, time.time())
+            scale = load.parse_scale((await self._execute(commands))[-1])
             call.admitted = True
         except RedisError:
             log.warning("gateway load not measured", exc_info=True)
@@ -810,9 +818,25 @@ class Gateway:
 
     async def _load_finish(self, deployment_id: int, request_id: str, latency_ms: float, completion: int) -> None:
         """Take a finished request out of its deployment's load (the autoscaler's counters)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            load.finish_commands(pipe, deployment_id, request_id, time.time(), latency_ms, completion)
-            await pipe.execute()
+        commands = load.Commands()
+        load.finish_commands(commands, deployment_id, request_id, time.time(), latency_ms, completion)
+        await self._execute(commands)
+
+    async def _execute(self, commands: list[tuple]) -> list:
+        """Plain commands in one round trip, on the limiter's lean connection when it has one;
+        the first error reply raises (as a redis-py pipeline does)."""
+        fast = self.limiter.fast if isinstance(self.limiter, RedisRateLimiter) else None
+        if fast is not None:
+            replies = await fast.execute(commands)
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, asyncio.TimeoutError):
@@ -1074,9 +1098,15 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
     )
 
 
+_month_cache: list = ["", 0.0]  # the value, and until when (time.monotonic()) it stands
+
+
 def _month() -> str:
-    """The budget month (UTC), e.g. 2026-11."""
-    return datetime.now(UTC).strftime("%Y-%m")
+    """The budget month (UTC), e.g. 2026-11 (formatted at most once a second: two calls a request)."""
+    now = time.monotonic()
+    if now >= _month_cache[1]:
+        _month_cache[:] = [datetime.now(UTC).strftime("%Y-%m"), now + 1.0]
+    return _month_cache[0]
 
 
 def budget_exceeded(budget, model: str) -> GatewayError:

@@ -89,6 +89,30 @@ def finish_commands(
     pipe.expire(bucket, BUCKET_TTL_SECONDS)
 
 
+class Commands(list):
+    """The calls `admit_commands` / `finish_commands` make on a redis-py pipeline, collected as
+    raw commands for the gateway's lean connection (gateway/resp.py)."""
+
+    def zadd(self, key: str, mapping: dict) -> None:
+        for member, score in mapping.items():
+            self.append(("ZADD", key, score, member))
+
+    def zrem(self, key: str, member: str) -> None:
+        self.append(("ZREM", key, member))
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self.append(("HINCRBY", key, field, amount))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self.append(("EXPIRE", key, seconds))
+
+    def set(self, key: str, value: str, ex: int | None = None) -> None:
+        self.append(("SET", key, value, "EX", ex) if ex else ("SET", key, value))
+
+    def hmget(self, key: str, *fields: str) -> None:
+        self.append(("HMGET", key, *fields))
+
+
 @dataclass(frozen=True)
 class PublishedScale:
     """What the autoscaler last published for a deployment (None fields: not autoscaled)."""

@@ -316,8 +316,9 @@ class RedisRateLimiter:
     which send SCRIPT EXISTS before every pipeline.
     """
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, *, fast=None) -> None:
         self.client = client
+        self.fast = fast  # gateway/resp.py's connection: the scripts' hot path (None: redis.asyncio)
         # Commands issued in the same event-loop turn leave together in one pipeline (one write,
         # one read), each request still awaiting only its own reply.
         self._batch: list[tuple[str, list, list, asyncio.Future]] = []
@@ -364,7 +365,15 @@ class RedisRateLimiter:
             else:
                 future.set_result(result)
 
+    async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
+
     async def _pipeline(self, batch: list) -> list:
+        if self.fast is not None:
+            return await self.fast.execute(
+                [("EVALSHA", SHAS[name], len(keys), *keys, *args) for name, keys, args, _ in batch]
+            )
         if len(batch) == 1:
             name, keys, args, _ = batch[0]
             try:
