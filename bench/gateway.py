@@ -15,7 +15,11 @@ It ends with the lines compared run to run: `gateway throughput ratio c32` (gate
 direct req/s at concurrency 32), `gateway cpu ms per request` (CPU seconds the gateway process
 used during the concurrent run, from /proc, per request) and `gateway added p50 ms c1`.
 
-Usage: REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python bench/gateway.py [--requests 2000] [--concurrency 32]
+The concurrent runs are interleaved (direct, gateway, direct, gateway, ...; --rounds) and the
+ratio is the median of the rounds' ratios, so a neighbour's load on a shared machine weighs on
+both sides of a ratio rather than on one run.
+
+Usage: REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python bench/gateway.py [--requests 2000] [--concurrency 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -193,6 +197,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def redis_cpu_seconds(url: str) -> float:
+    """CPU seconds the Redis server has used (INFO cpu): what the scripts cost it."""
+    import redis
+
+    info = redis.Redis.from_url(url).info("cpu")
+    return info["used_cpu_sys"] + info["used_cpu_user"]
+
+
 def row(name: str, lat: list[float], wall: float) -> str:
     return (
         f"  {name:<22} p50 {statistics.median(lat):7.2f} ms   p99 {percentile(lat, 0.99):7.2f} ms   "
@@ -205,6 +217,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sequential", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/7")
     sys.path.insert(0, str(ROOT / "bench"))
@@ -282,22 +295,39 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
             f"  added latency          p50 {statistics.median(g_lat) - statistics.median(d_lat):+7.2f} ms   "
             f"p99 {percentile(g_lat, 0.99) - percentile(d_lat, 0.99):+7.2f} ms"
         )
-        print(f"\nConcurrent ({args.requests} requests, concurrency {args.concurrency}):")
-        engine_before = cpu_seconds(procs[0].pid)
-        d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.requests, args.concurrency))
-        warm = min(args.concurrency, 20)
-        engine_ms = (cpu_seconds(procs[0].pid) - engine_before) * 1000 / (args.requests + warm)
-        cpu_before = cpu_seconds(procs[1].pid)
-        g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.requests, args.concurrency))
-        # The warm-up requests run_load sends count too (min(concurrency, 20) of them).
-        cpu_ms = (cpu_seconds(procs[1].pid) - cpu_before) * 1000 / (args.requests + min(args.concurrency, 20))
-        ratio = (len(g_lat) / g_wall) / (len(d_lat) / d_wall)
-        print(row("direct (engine)", d_lat, d_wall))
-        print(row("through gateway", g_lat, g_wall))
-        print(f"  throughput ratio       {ratio:.2f} (gateway / direct)")
+        print(
+            f"\nConcurrent ({args.requests} requests, concurrency {args.concurrency}; "
+            f"{args.rounds} rounds, direct and gateway interleaved):"
+        )
+        # Interleaved rounds, the median of their ratios: a neighbour's load on this shared machine
+        # then weighs on both sides of a ratio instead of on one run.
+        warm = min(args.concurrency, 20)  # run_load's warm-up requests count in the CPU too
+        ratios, d_all, g_all, d_walls, g_walls = [], [], [], 0.0, 0.0
+        engine_cpu = gateway_cpu = redis_cpu = 0.0
+        for _ in range(args.rounds):
+            engine_before = cpu_seconds(procs[0].pid)
+            d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.requests, args.concurrency))
+            engine_cpu += cpu_seconds(procs[0].pid) - engine_before
+            cpu_before, redis_before = cpu_seconds(procs[1].pid), redis_cpu_seconds(redis_url)
+            g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.requests, args.concurrency))
+            gateway_cpu += cpu_seconds(procs[1].pid) - cpu_before
+            redis_cpu += redis_cpu_seconds(redis_url) - redis_before
+            ratios.append((len(g_lat) / g_wall) / (len(d_lat) / d_wall))
+            d_all += d_lat
+            g_all += g_lat
+            d_walls += d_wall
+            g_walls += g_wall
+        per_run = args.rounds * (args.requests + warm)
+        ratio = statistics.median(ratios)
+        cpu_ms = gateway_cpu * 1000 / per_run
+        print(row("direct (engine)", d_all, d_walls))
+        print(row("through gateway", g_all, g_walls))
+        print(f"  throughput ratio       {ratio:.2f} (gateway / direct; rounds {', '.join(f'{r:.2f}' for r in ratios)})")
         print(f"  gateway CPU            {cpu_ms:.2f} ms per request")
-        # One process each: when both are CPU-bound the ratio tends to engine CPU ÷ gateway CPU.
-        print(f"  engine CPU             {engine_ms:.2f} ms per request (direct run)")
+        # When all are CPU-bound on this machine's cores the ratio tends to
+        # (engine + client) CPU ÷ (engine + client + gateway + Redis) CPU.
+        print(f"  engine CPU             {engine_cpu * 1000 / per_run:.2f} ms per request (direct runs)")
+        print(f"  Redis CPU              {redis_cpu * 1000 / per_run:.2f} ms per request (gateway runs)")
         print(f"\nStreams ({args.sequential} requests, concurrency 1):")
         _, _, d_ttft = asyncio.run(run_load(direct, {}, args.sequential, 1, stream=True))
         _, _, g_ttft = asyncio.run(run_load(through, auth, args.sequential, 1, stream=True))

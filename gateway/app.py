@@ -10,10 +10,11 @@ cache miss, and never written here.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -81,6 +82,25 @@ STALE_WAIT = 0.25
 
 
 TORCHSERVE_PREFIX = "/v1/deployments/"
+
+
+class _RequestIds:
+    """Unique request ids without a system call each (uuid4 reads os.urandom: ~20 µs here): a
+    random 64-bit prefix per process, drawn again in a forked child, and a counter."""
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix = "req_" + os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_request_id = _RequestIds()
 
 
 def split_endpoint_path(path: str) -> tuple[str, str]:
@@ -263,7 +283,7 @@ class Gateway:
         if path == "/metrics":
             await self._metrics(scope, send)
             return
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = new_request_id()
         try:
             if path == "/v1/models" and method == "GET":
                 await self._models(scope, send, request_id, endpoint_path)
