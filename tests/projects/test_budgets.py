@@ -13,6 +13,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
 from gateway.models import UsageRecord
 from projects.keys import api_key_create
@@ -42,6 +43,7 @@ def test_a_bad_amount_is_a_field_error_in_the_console(tenants, amount, words):
     assert response.status_code == 400
     page = response.content.decode()
     assert 'id="organization-budget-error"' in page and words in page.replace("&#x27;", "'")
+    assert f'value="{escape(amount)}" placeholder="No limit" aria-label="Organization monthly budget"' in page
     tenants.org.refresh_from_db()
     assert tenants.org.monthly_budget is None
 
@@ -198,9 +200,9 @@ def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queri
     assert next(k for k in listed["keys"] if k["name"] == "bot-19")["percent"] == 50
     assert next(m for m in listed["members"] if m["username"] == "owner")["spent"] == "0.00000000"
     html = many["/hub/budgets/"][1].content.decode()
-    row = re.search(r"<tr><td[^>]*>bot-07 .*?</tr>", html, re.S).group(0)
+    row = re.search(r'<tr id="key-budget-\d+"><td><span class="truncate" title="bot-07">.*?</tr>', html, re.S).group(0)
     assert "2.0000" in row and ">20%<" in row
-    row = re.search(r'<tr><td class="truncate" title="m19">.*?</tr>', html, re.S).group(0)
+    row = re.search(r'<tr id="member-budget-\d+"><td><span class="truncate" title="m19">.*?</tr>', html, re.S).group(0)
     assert "5.0000" in row and ">10%<" in row
     assert "52.5000 / 1000.0000 USD (5%)" in html
 
@@ -229,3 +231,30 @@ def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries
     assert html.count("<strong>Member m") == 20
     assert many["/hub/usage/"][1].content.decode().count("<strong>Key own-") == 20
     assert {url: n for url, (n, _) in many.items()} == few
+
+
+def test_a_budget_is_removed_after_a_confirmation_and_a_refused_one_keeps_what_was_typed(tenants):
+    member = Membership.objects.get(user=tenants.member)
+    member_budget_set(user=tenants.owner, membership=member, amount="5")
+    admin = login(tenants.owner)
+    page = admin.get("/hub/budgets/").content.decode()
+    row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', page, re.S).group(0)
+    remove = re.search(r'<form method="post" class="inline budget-remove"[^>]*>', row).group(0)
+    assert 'data-confirm="Remove member\'s monthly budget of 5.0000 USD? The gateway stops enforcing it' in remove
+    # Emptying the field and saving asks the same question; rows without a budget ask nothing.
+    assert 'data-confirm-field="monthly_budget" data-confirm-value=""' in row
+    viewer_row = re.search(rf'<tr id="member-budget-{tenants.viewer.pk}">.*?</tr>', page, re.S).group(0)
+    assert "data-confirm" not in viewer_row and "Remove" not in viewer_row
+
+    response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "-3"})
+    assert response.status_code == 400
+    row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', response.content.decode(), re.S).group(0)
+    assert 'value="-3"' in row and "can&#x27;t be negative" in row
+    member.refresh_from_db()
+    assert member.monthly_budget == Decimal("5")
+
+    assert admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": ""}).status_code == 302
+    member.refresh_from_db()
+    assert member.monthly_budget is None
+    row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', admin.get("/hub/budgets/").content.decode(), re.S).group(0)
+    assert 'value=""' in row and "Remove" not in row
