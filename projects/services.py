@@ -637,10 +637,18 @@ def _auth_group_name(organization: Organization, name: str) -> str:
     return f"org{organization.pk}:{name}"[:150]
 
 
+def _group_name_free(organization: Organization, name: str, but: int | None = None) -> None:
+    # The unique constraint would say so too, but as a form-wide error naming two fields; the
+    # user typed a name, so the refusal belongs on the name.
+    if OrganizationGroup.objects.filter(organization=organization, name=name).exclude(pk=but).exists():
+        raise ValidationError({"name": f"{organization.name} already has a group named “{name}”."})
+
+
 def group_create(*, user: AbstractBaseUser | None, organization: Organization, name: str, description: str = "") -> OrganizationGroup:
     permissions.require(user, "admin", organization, what="groups")
     name = (name or "").strip()
     group = OrganizationGroup(organization=organization, name=name, description=(description or "").strip())
+    _group_name_free(organization, name)
     group.full_clean(exclude=["group"])
     with transaction.atomic():
         group.group = Group.objects.create(name=_auth_group_name(organization, name))
@@ -656,6 +664,7 @@ def group_update(*, user: AbstractBaseUser | None, group: OrganizationGroup, nam
         before = _group_state(locked)
         locked.name = (name or "").strip()
         locked.description = (description or "").strip()
+        _group_name_free(locked.organization, locked.name, but=locked.pk)
         locked.full_clean()
         locked.save()
         Group.objects.filter(pk=locked.group_id).update(name=_auth_group_name(locked.organization, locked.name))

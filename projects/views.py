@@ -360,68 +360,93 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 GROUP_SORTS = {"name": "name", "members": "member_count", "created": "created_at"}
 
 
-@login_required
-def org_groups(request: HttpRequest) -> HttpResponse:
-    org = _organization(request)
-    is_admin = permissions.can(request.user, "admin", org)
-    form = GroupForm()
-    if request.method == "POST":
-        if not is_admin:
-            raise PermissionDenied("Only organization admins can manage groups.")
-        form = GroupForm(request.POST)
-        if form.is_valid():
-            try:
-                group = services.group_create(user=request.user, organization=org, **form.cleaned_data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, f"Group “{group.name}” created. Add its members below.")
-                return redirect(group.get_absolute_url())
-    listing = paginate(request, selectors.groups_for(request.user, org), sorts=GROUP_SORTS, default_sort="name",
-                       search=("name", "description"))
-    return render(request, "projects/org/groups.html", {
-        "organization": org, "listing": listing, "groups": listing.rows, "is_admin": is_admin, "form": form,
-    })  # fmt: skip
+class GroupCreate(EditView):
+    """The organization's groups, and for its admins the form that adds one."""
+
+    form_class = GroupForm
+    template_name = "projects/org/groups.html"
+    action = "admin"
+    what = "groups"
+    read_by_all = True
+
+    def permission_target(self, request, obj):
+        return _organization(request)
+
+    def save(self, request, obj, form):
+        return services.group_create(user=request.user, organization=_organization(request), **form.cleaned_data)
+
+    def success_message(self, group):
+        return f"Group “{group.name}” created. Add its members below."
+
+    def context(self, request, obj, form):
+        org = _organization(request)
+        listing = paginate(request, selectors.groups_for(request.user, org), sorts=GROUP_SORTS, default_sort="name",
+                           search=("name", "description"))
+        return {"organization": org, "listing": listing, "groups": listing.rows,
+                "is_admin": permissions.can(request.user, "admin", org)}  # fmt: skip
 
 
-@login_required
-def org_group_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    group = selectors.group_get(request.user, pk)
-    is_admin = permissions.can(request.user, "admin", group.organization)
-    form = GroupForm(initial={"name": group.name, "description": group.description})
-    if request.method == "POST":
-        if not is_admin:
-            raise PermissionDenied("Only organization admins can manage groups.")
-        form = GroupForm(request.POST)
-        if form.is_valid():
-            try:
-                group = services.group_update(user=request.user, group=group, **form.cleaned_data)
-            except ValidationError as exc:
-                form.add_service_error(exc)
-            else:
-                messages.success(request, "Group saved.")
-                return redirect(group.get_absolute_url())
-    listing = paginate(
-        request, group.group.user_set.all(), sorts={"user": "username", "email": "email"}, default_sort="user",
-        search=("username", "email"),
-    )
-    candidates = selectors.members_for(request.user, group.organization).exclude(
-        user__groups=group.group
-    ).order_by("user__username")[:500]
-    return render(request, "projects/org/group_detail.html", {
-        "group": group, "listing": listing, "users": listing.rows, "is_admin": is_admin, "form": form,
-        "candidates": candidates,
-    })  # fmt: skip
+org_groups = GroupCreate.as_view()
 
 
-@login_required
-@require_POST
-def org_group_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    group = selectors.group_get(request.user, pk)
-    if _service(request, lambda: services.group_delete(user=request.user, group=group),
-                f"Group “{group.name}” deleted."):
-        return redirect("org:groups")
-    return redirect(group.get_absolute_url())
+class GroupEdit(EditView):
+    """A group's page: its members for everyone in the organization; its admins rename it and
+    add or remove members."""
+
+    form_class = GroupForm
+    template_name = "projects/org/group_detail.html"
+    action = "admin"
+    what = "groups"
+    read_by_all = True
+
+    def get_object(self, request, pk):
+        return selectors.group_get(request.user, pk)
+
+    def permission_target(self, request, group):
+        return group.organization
+
+    def form_kwargs(self, request, group):
+        return {"initial": {"name": group.name, "description": group.description}}
+
+    def save(self, request, group, form):
+        return services.group_update(user=request.user, group=group, **form.cleaned_data)
+
+    def success_message(self, group):
+        return "Group saved."
+
+    def context(self, request, group, form):
+        listing = paginate(
+            request, group.group.user_set.all(), sorts={"user": "username", "email": "email"}, default_sort="user",
+            search=("username", "email"),
+        )
+        candidates = selectors.members_for(request.user, group.organization).exclude(
+            user__groups=group.group
+        ).order_by("user__username")[:500]
+        return {"group": group, "listing": listing, "users": listing.rows, "candidates": candidates,
+                "is_admin": permissions.can(request.user, "admin", group.organization)}  # fmt: skip
+
+
+org_group_detail = GroupEdit.as_view()
+
+
+class GroupDelete(ActionView):
+    def get_object(self, request, pk):
+        return selectors.group_get(request.user, pk)
+
+    def act(self, request, group):
+        services.group_delete(user=request.user, group=group)
+
+    def success_message(self, group, result):
+        return f"Group “{group.name}” deleted."
+
+    def success_url(self, request, group):
+        return reverse("org:groups")
+
+    def failure_url(self, request, group):
+        return group.get_absolute_url()
+
+
+org_group_delete = GroupDelete.as_view()
 
 
 def _member_from_post(request: HttpRequest, organization) -> object:

@@ -1,19 +1,27 @@
 """Budgets in the console (Developer Hub → Budgets) and over REST (/api/v1/budgets/): one service,
-field errors for bad amounts, roles, 404 across organizations, audit."""
+field errors for bad amounts, roles, 404 across organizations, audit, and spend read in a number of
+queries that doesn't grow with the number of budgets."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import escape
 
-from projects.models import APIKey, Membership
+from gateway.models import UsageRecord
+from projects.keys import api_key_create
+from projects.models import APIKey, Membership, Role
 from projects.services import api_key_budget_set, member_budget_set, organization_budget_set
 from sharing.models import AuditEntry
 from tests.conftest import login
-from tests.factories import rest_api_client
+from tests.factories import MembershipFactory, UserFactory, rest_api_client
 from tests.gateway.conftest import make_key
 
 pytestmark = pytest.mark.django_db
@@ -35,6 +43,7 @@ def test_a_bad_amount_is_a_field_error_in_the_console(tenants, amount, words):
     assert response.status_code == 400
     page = response.content.decode()
     assert 'id="organization-budget-error"' in page and words in page.replace("&#x27;", "'")
+    assert f'value="{escape(amount)}" placeholder="No limit" aria-label="Organization monthly budget"' in page
     tenants.org.refresh_from_db()
     assert tenants.org.monthly_budget is None
 
@@ -144,3 +153,108 @@ def test_an_admin_sets_a_members_budget_from_the_members_page(tenants):
     assert {m["username"]: m["monthly_budget"] for m in rows}["member"] == "7.5000"
     # Members see the amount, not the form.
     assert 'aria-label="Monthly budget of member"' not in login(tenants.member).get(reverse("org:members")).content.decode()
+
+
+def _members_with_budgets_and_spend(tenants, first: int, last: int) -> None:
+    """Members m<first>..m<last-1>, each with a budget of 50, a gateway key with a budget of 10,
+    and i + 1 metered requests of 0.25 on that key this month (and one last month, not counted)."""
+    last_month = timezone.now().replace(day=1) - timezone.timedelta(days=3)
+    for i in range(first, last):
+        user = MembershipFactory(organization=tenants.org, role=Role.MEMBER, user=UserFactory(username=f"m{i:02d}")).user
+        member_budget_set(user=tenants.owner, membership=Membership.objects.get(user=user), amount="50")
+        key, _ = api_key_create(user=user, organization=tenants.org, name=f"bot-{i:02d}")
+        api_key_budget_set(user=user, key=key, amount="10")
+        for n, at in [(n, timezone.now()) for n in range(i + 1)] + [(99, last_month)]:
+            UsageRecord.objects.create(
+                request_id=f"req-{i}-{n}", organization=tenants.org, user=user, api_key_id=key.pk,
+                api_key_prefix=key.prefix, route="chat.completions", status_code=200, latency_ms=5.0,
+                cost=Decimal("0.25"), currency="USD", created_at=at,
+            )  # fmt: skip
+
+
+def _queries(client, url: str) -> tuple[int, object]:
+    client.get(url)  # sessions, caches and the like warm up outside the count
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(ctx), response
+
+
+def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queries(tenants):
+    organization_budget_set(user=tenants.owner, organization=tenants.org, amount="1000")
+    page, api = login(tenants.owner), rest_api_client(tenants.owner)
+    _members_with_budgets_and_spend(tenants, 0, 2)
+    few = {url: _queries(client, url)[0] for url, client in (("/hub/budgets/", page), ("/api/v1/budgets/", api))}
+    _members_with_budgets_and_spend(tenants, 2, 20)
+    many = {url: _queries(client, url) for url, client in (("/hub/budgets/", page), ("/api/v1/budgets/", api))}
+    assert {url: n for url, (n, _) in many.items()} == few  # 2 or 20 members and keys: the same queries
+
+    listed = many["/api/v1/budgets/"][1].json()
+    # m07 made 8 requests of 0.25 this month (last month's doesn't count): 2 of a 10 budget, 4 of 50.
+    assert listed["organization"]["spent"] == f"{Decimal('0.25') * sum(range(1, 21)):.8f}"  # 52.5
+    member = next(m for m in listed["members"] if m["username"] == "m07")
+    assert (member["spent"], member["percent"], member["budget_state"]) == ("2.00000000", 4, "ok")
+    key = next(k for k in listed["keys"] if k["name"] == "bot-07")
+    assert (key["spent"], key["percent"], key["budget_state"]) == ("2.00000000", 20, "ok")
+    # m19: 20 × 0.25 = 5, half of the key's budget; the owner spent nothing.
+    assert next(k for k in listed["keys"] if k["name"] == "bot-19")["percent"] == 50
+    assert next(m for m in listed["members"] if m["username"] == "owner")["spent"] == "0.00000000"
+    html = many["/hub/budgets/"][1].content.decode()
+    row = re.search(r'<tr id="key-budget-\d+"><td><span class="truncate" title="bot-07">.*?</tr>', html, re.S).group(0)
+    assert "2.0000" in row and ">20%<" in row
+    row = re.search(r'<tr id="member-budget-\d+"><td><span class="truncate" title="m19">.*?</tr>', html, re.S).group(0)
+    assert "5.0000" in row and ">10%<" in row
+    assert "52.5000 / 1000.0000 USD (5%)" in html
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway.reports.budget_rows (the usage pages' budget card) still sums each budget's spend "
+    "in its own query: 13 → 31 queries for 2 → 20 member budgets; its fix touches gateway/",
+)
+def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries(tenants):
+    organization_budget_set(user=tenants.owner, organization=tenants.org, amount="1000")
+    owner = login(tenants.owner)
+    _members_with_budgets_and_spend(tenants, 0, 2)
+    for i in range(2):
+        key, _ = api_key_create(user=tenants.owner, organization=tenants.org, name=f"own-{i:02d}")
+        api_key_budget_set(user=tenants.owner, key=key, amount="5")
+    few = {url: _queries(owner, url)[0] for url in ("/hub/usage/", "/hub/usage/organization/")}
+    _members_with_budgets_and_spend(tenants, 2, 20)
+    for i in range(2, 20):
+        key, _ = api_key_create(user=tenants.owner, organization=tenants.org, name=f"own-{i:02d}")
+        api_key_budget_set(user=tenants.owner, key=key, amount="5")
+    many = {url: _queries(owner, url) for url in ("/hub/usage/", "/hub/usage/organization/")}
+    html = many["/hub/usage/organization/"][1].content.decode()
+    assert "52.5000 / 1000.0000 USD (5%)" in html
+    assert re.search(r"<strong>Member m07</strong><span class=\"figures\">2\.0000 / 50\.0000 USD \(4%\)", html)
+    assert html.count("<strong>Member m") == 20
+    assert many["/hub/usage/"][1].content.decode().count("<strong>Key own-") == 20
+    assert {url: n for url, (n, _) in many.items()} == few
+
+
+def test_a_budget_is_removed_after_a_confirmation_and_a_refused_one_keeps_what_was_typed(tenants):
+    member = Membership.objects.get(user=tenants.member)
+    member_budget_set(user=tenants.owner, membership=member, amount="5")
+    admin = login(tenants.owner)
+    page = admin.get("/hub/budgets/").content.decode()
+    row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', page, re.S).group(0)
+    remove = re.search(r'<form method="post" class="inline budget-remove"[^>]*>', row).group(0)
+    assert 'data-confirm="Remove member\'s monthly budget of 5.0000 USD? The gateway stops enforcing it' in remove
+    # Emptying the field and saving asks the same question; rows without a budget ask nothing.
+    assert 'data-confirm-field="monthly_budget" data-confirm-value=""' in row
+    viewer_row = re.search(rf'<tr id="member-budget-{tenants.viewer.pk}">.*?</tr>', page, re.S).group(0)
+    assert "data-confirm" not in viewer_row and "Remove" not in viewer_row
+
+    response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "-3"})
+    assert response.status_code == 400
+    row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', response.content.decode(), re.S).group(0)
+    assert 'value="-3"' in row and "can&#x27;t be negative" in row
+    member.refresh_from_db()
+    assert member.monthly_budget == Decimal("5")
+
+    assert admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": ""}).status_code == 302
+    member.refresh_from_db()
+    assert member.monthly_budget is None
+    row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', admin.get("/hub/budgets/").content.decode(), re.S).group(0)
+    assert 'value=""' in row and "Remove" not in row

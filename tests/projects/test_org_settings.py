@@ -149,6 +149,75 @@ def test_another_organizations_members_and_groups_are_404(outsider_client, tenan
 
 
 @pytest.mark.django_db
+def test_another_organizations_admin_gets_404_editing_or_deleting_a_group(outsider_client, tenants):
+    group = services.group_create(user=tenants.owner, organization=tenants.org, name="ml", description="research")
+    services.group_member_add(user=tenants.owner, group=group, member=tenants.member)
+    audited = AuditEntry.objects.count()
+    edit, delete = reverse("org:group_detail", args=[group.pk]), reverse("org:group_delete", args=[group.pk])
+    assert outsider_client.get(edit).status_code == 404
+    assert outsider_client.post(edit, {"name": "pwned", "description": ""}).status_code == 404
+    assert outsider_client.post(delete).status_code == 404
+    assert outsider_client.get(delete).status_code == 405  # a delete is a POST only
+    group.refresh_from_db()
+    assert (group.name, group.description) == ("ml", "research")
+    assert tenants.member.groups.filter(pk=group.group_id).exists()
+    assert AuditEntry.objects.count() == audited
+    # Their own groups page lists their organization's groups, never Acme's.
+    assert f'href="{edit}"' not in outsider_client.get(reverse("org:groups")).content.decode()
+    assert f'href="{edit}"' in login(tenants.owner).get(reverse("org:groups")).content.decode()
+
+
+def _field(page: str, name: str) -> str:
+    """The `.field` block of the input `name` in a rendered form (label, input, errors)."""
+    return re.search(rf'<div class="field[^"]*">\s*<label for="id_{name}">.*?</ul>', page, re.S).group(0)
+
+
+@pytest.mark.django_db
+def test_a_taken_group_name_is_a_field_error_and_keeps_what_was_typed(owner_client, tenants):
+    services.group_create(user=tenants.owner, organization=tenants.org, name="ml")
+    response = owner_client.post(reverse("org:groups"), {"name": "ml", "description": "Fine-tuning crew"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    name = _field(page, "name")
+    assert "has-error" in name and "Acme already has a group named “ml”." in name
+    assert 'value="ml"' in name
+    assert 'value="Fine-tuning crew"' in _field(page, "description")
+    assert OrganizationGroup.objects.filter(organization=tenants.org).count() == 1
+    # Another organization may use the same name.
+    assert login(tenants.outsider).post(reverse("org:groups"), {"name": "ml"}).status_code == 302
+
+
+@pytest.mark.django_db
+def test_renaming_a_group_checks_the_name_keeps_the_input_and_is_audited(owner_client, tenants):
+    services.group_create(user=tenants.owner, organization=tenants.org, name="ops")
+    group = services.group_create(user=tenants.owner, organization=tenants.org, name="ml", description="research")
+    url = reverse("org:group_detail", args=[group.pk])
+    for bad, words in (("ops", "already has a group named"), ("x" * 81, "at most 80 characters")):
+        response = owner_client.post(url, {"name": bad, "description": "new words"})
+        assert response.status_code == 200, bad
+        page = response.content.decode()
+        assert "has-error" in _field(page, "name") and words in _field(page, "name")
+        assert f'value="{bad}"' in _field(page, "name") and 'value="new words"' in _field(page, "description")
+        group.refresh_from_db()
+        assert (group.name, group.description) == ("ml", "research")
+    response = owner_client.post(url, {"name": "ML team", "description": "new words"}, follow=True)
+    assert response.redirect_chain == [(url, 302)] and "Group saved." in response.content.decode()
+    group.refresh_from_db()
+    group.group.refresh_from_db()
+    assert (group.name, group.group.name) == ("ML team", f"org{tenants.org.pk}:ML team")
+    entry = AuditEntry.objects.filter(object_type="group", action="update").latest("pk")
+    assert entry.before["name"] == "ml" and entry.after["name"] == "ML team"
+    # Members read the page but can't change or delete the group.
+    member = login(tenants.member)
+    assert member.get(url).status_code == 200
+    assert member.post(url, {"name": "mine"}).status_code == 403
+    assert member.post(reverse("org:group_delete", args=[group.pk])).status_code == 403
+    response = owner_client.post(reverse("org:group_delete", args=[group.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse("org:groups")
+    assert not OrganizationGroup.objects.filter(pk=group.pk).exists()
+
+
+@pytest.mark.django_db
 def test_members_table_is_paginated_and_searchable(owner_client, tenants):
     for n in range(12):
         services.membership_set(organization=tenants.org, user=UserFactory(username=f"bulk{n:02d}"), role="viewer")
