@@ -534,27 +534,35 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+def _month_spend(organization, *, user_ids=(), key_ids=()) -> tuple[Decimal, dict, dict]:
+    """This month's spend in the organization's budget currency: the organization's total, and by
+    user and by API key (absent: nothing spent). Three queries, however many users and keys."""
+    month = UsageRecord.objects.filter(
+        organization=organization, currency=organization.budget_currency, created_at__gte=month_start()
+    )
+    total = month.aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
+    by_user = dict(month.filter(user_id__in=user_ids).values_list("user_id").annotate(s=Sum("cost"))) if user_ids else {}
+    by_key = dict(month.filter(api_key_id__in=key_ids).values_list("api_key_id").annotate(s=Sum("cost"))) if key_ids else {}
+    return total, by_user, by_key
+
+
 def budget_rows(organization, user, keys, members=()) -> list[BudgetRow]:
     """The budgets of `organization`, of `user` in it, of `members` (memberships), and of `keys`
-    that have one, each with this month's spend from the usage records."""
+    that have one, each with this month's spend from the usage records (three queries in all)."""
     currency = organization.budget_currency
-    month = UsageRecord.objects.filter(
-        organization=organization, currency=currency, created_at__gte=month_start()
+    members = [m for m in members if m.monthly_budget is not None]
+    keys = [k for k in keys if k.monthly_budget is not None]
+    total, by_user, by_key = _month_spend(
+        organization, user_ids=[m.user_id for m in members], key_ids=[k.pk for k in keys]
     )
-
-    def spent(**filters) -> Decimal:
-        return month.filter(**filters).aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
-
     rows = []
     if organization.monthly_budget is not None:
-        rows.append(BudgetRow(f"Organization {organization.name}", organization.monthly_budget, spent(), currency))
+        rows.append(BudgetRow(f"Organization {organization.name}", organization.monthly_budget, total, currency))
     for membership in members:
-        if membership.monthly_budget is not None:
-            who = "You" if membership.user_id == user.pk else f"Member {membership.user.get_username()}"
-            rows.append(BudgetRow(who, membership.monthly_budget, spent(user_id=membership.user_id), currency))
+        who = "You" if membership.user_id == user.pk else f"Member {membership.user.get_username()}"
+        rows.append(BudgetRow(who, membership.monthly_budget, by_user.get(membership.user_id, Decimal(0)), currency))
     for key in keys:
-        if key.monthly_budget is not None:
-            rows.append(BudgetRow(f"Key {key.name} ({key.prefix}…)", key.monthly_budget, spent(api_key_id=key.pk), currency))
+        rows.append(BudgetRow(f"Key {key.name} ({key.prefix}…)", key.monthly_budget, by_key.get(key.pk, Decimal(0)), currency))
     return rows
 
 
@@ -563,16 +571,16 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
     GET /api/v1/budgets/): the organization's; every member's and every live gateway key's for
     admins, else their own membership and keys. Three queries for the spend, whatever the size."""
     currency = organization.budget_currency
-    month = UsageRecord.objects.filter(organization=organization, currency=currency, created_at__gte=month_start())
-    total = month.aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
     members = Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
     keys = APIKey.objects.filter(organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True)
     if not admin:
         members = members.filter(user=user)
         keys = keys.filter(user=user)
-    keys = keys.select_related("user").order_by("user__username", "name", "pk")
-    by_user = dict(month.filter(user_id__isnull=False).values_list("user_id").annotate(s=Sum("cost")))
-    by_key = dict(month.filter(api_key_id__isnull=False).values_list("api_key_id").annotate(s=Sum("cost")))
+    members = list(members)
+    keys = list(keys.select_related("user").order_by("user__username", "name", "pk"))
+    total, by_user, by_key = _month_spend(
+        organization, user_ids=[m.user_id for m in members], key_ids=[k.pk for k in keys]
+    )
 
     def row(limit, spent) -> dict:
         b = BudgetRow("", limit, spent, currency) if limit is not None else None

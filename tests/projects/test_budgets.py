@@ -207,11 +207,6 @@ def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queri
     assert "52.5000 / 1000.0000 USD (5%)" in html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway.reports.budget_rows (the usage pages' budget card) still sums each budget's spend "
-    "in its own query: 13 → 31 queries for 2 → 20 member budgets; its fix touches gateway/",
-)
 def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries(tenants):
     organization_budget_set(user=tenants.owner, organization=tenants.org, amount="1000")
     owner = login(tenants.owner)
