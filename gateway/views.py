@@ -539,7 +539,10 @@ def budgets(request: HttpRequest) -> HttpResponse:
             errors[f"{level}:{target}"] = " ".join(m for ms in messages_by_field.values() for m in ms)
             status = 400
         else:
-            messages.success(request, "Budget saved; the gateway enforces it from the next request.")
+            if (request.POST.get("monthly_budget") or "").strip():
+                messages.success(request, "Budget saved; the gateway enforces it from the next request.")
+            else:
+                messages.success(request, "Budget removed; requests are no longer held to it.")
             return redirect("devhub:budgets")
     overview = reports.budgets_overview(request.user, org, admin=admin)
     for row in overview["members"]:

@@ -99,7 +99,7 @@ def test_admin_sets_raises_and_removes_a_members_budget(page, live_server, tenan
     assert membership.monthly_budget == Decimal("0.05")
     member_row.get_by_role("button", name="Remove").click()
     dialog.locator("[data-confirm-ok]").click()
-    expect(page.locator(".messages")).to_contain_text("Budget saved")
+    expect(page.locator(".messages")).to_contain_text("Budget removed")
     expect(member_row.get_by_label("Monthly budget of member")).to_have_value("")
     expect(member_row.locator(".badge")).to_have_count(0)
     expect(member_row).to_contain_text("0.0200")
@@ -115,7 +115,7 @@ def test_admin_sets_raises_and_removes_a_members_budget(page, live_server, tenan
     key_row.get_by_role("button", name="Save").click()
     expect(dialog).to_contain_text("Remove key support-bot's monthly budget of 0.0400 USD?")
     dialog.locator("[data-confirm-ok]").click()
-    expect(page.locator(".messages")).to_contain_text("Budget saved")
+    expect(page.locator(".messages")).to_contain_text("Budget removed")
     expect(key_row.locator(".badge")).to_have_count(0)
     key.refresh_from_db()
     assert key.monthly_budget is None
