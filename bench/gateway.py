@@ -215,7 +215,7 @@ def row(name: str, lat: list[float], wall: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--sequential", type=int, default=300)
+    parser.add_argument("--sequential", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -285,14 +285,21 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         print(
             f"ModelDeck gateway bench — loopback, {os.cpu_count()} CPUs, engine with zero simulated latency"
         )
-        print(f"\nSequential ({args.sequential} requests, concurrency 1):")
-        d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.sequential, 1))
-        g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.sequential, 1))
+        print(
+            f"\nSequential ({args.sequential} requests, concurrency 1; {args.rounds} rounds interleaved):"
+        )
+        d_lat, g_lat, added = [], [], []
+        d_wall = g_wall = 0.0
+        for _ in range(args.rounds):
+            d, dw, _ = asyncio.run(run_load(direct, {}, args.sequential // args.rounds, 1))
+            g, gw, _ = asyncio.run(run_load(through, auth, args.sequential // args.rounds, 1))
+            added.append(statistics.median(g) - statistics.median(d))
+            d_lat, g_lat, d_wall, g_wall = d_lat + d, g_lat + g, d_wall + dw, g_wall + gw
         print(row("direct (engine)", d_lat, d_wall))
         print(row("through gateway", g_lat, g_wall))
-        added_p50_c1 = statistics.median(g_lat) - statistics.median(d_lat)
+        added_p50_c1 = statistics.median(added)  # the median of the rounds' added p50s
         print(
-            f"  added latency          p50 {statistics.median(g_lat) - statistics.median(d_lat):+7.2f} ms   "
+            f"  added latency          p50 {added_p50_c1:+7.2f} ms   "
             f"p99 {percentile(g_lat, 0.99) - percentile(d_lat, 0.99):+7.2f} ms"
         )
         print(
@@ -322,12 +329,18 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         cpu_ms = gateway_cpu * 1000 / per_run
         print(row("direct (engine)", d_all, d_walls))
         print(row("through gateway", g_all, g_walls))
-        print(f"  throughput ratio       {ratio:.2f} (gateway / direct; rounds {', '.join(f'{r:.2f}' for r in ratios)})")
+        print(
+            f"  throughput ratio       {ratio:.2f} (gateway / direct; rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
         print(f"  gateway CPU            {cpu_ms:.2f} ms per request")
         # When all are CPU-bound on this machine's cores the ratio tends to
         # (engine + client) CPU ÷ (engine + client + gateway + Redis) CPU.
-        print(f"  engine CPU             {engine_cpu * 1000 / per_run:.2f} ms per request (direct runs)")
-        print(f"  Redis CPU              {redis_cpu * 1000 / per_run:.2f} ms per request (gateway runs)")
+        print(
+            f"  engine CPU             {engine_cpu * 1000 / per_run:.2f} ms per request (direct runs)"
+        )
+        print(
+            f"  Redis CPU              {redis_cpu * 1000 / per_run:.2f} ms per request (gateway runs)"
+        )
         print(f"\nStreams ({args.sequential} requests, concurrency 1):")
         _, _, d_ttft = asyncio.run(run_load(direct, {}, args.sequential, 1, stream=True))
         _, _, g_ttft = asyncio.run(run_load(through, auth, args.sequential, 1, stream=True))

@@ -130,12 +130,16 @@ class RespConnection:
         self._connecting: asyncio.Future | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the connection lives in
 
     # ---- connection ------------------------------------------------------------------------
     async def _connection(self) -> _Protocol:
         protocol = self._protocol
-        if protocol is not None and protocol.lost is None:
+        loop = asyncio.get_running_loop()
+        if protocol is not None and protocol.lost is None and self._loop is loop:
             return protocol
+        if self._loop is not loop:  # used from another event loop (tests): start afresh there
+            self._loop, self._protocol, self._connecting, self._watchdog = loop, None, None, None
         if self._closed:
             raise RedisConnectionError("The gateway's Redis connection is closed.")
         if self._connecting is None:  # one connect at a time; everyone else waits for it
@@ -223,12 +227,12 @@ class RespConnection:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._watchdog is not None:
+        same_loop = self._loop is asyncio.get_running_loop()  # else that loop owns (and ended) it
+        if self._watchdog is not None and same_loop:
             self._watchdog.cancel()
-            self._watchdog = None
-        if self._protocol is not None and self._protocol.transport is not None:
+        if self._protocol is not None and self._protocol.transport is not None and same_loop:
             self._protocol.transport.close()
-        self._protocol = None
+        self._protocol = self._watchdog = None
 
 
 def connect_for(url: str, **options) -> RespConnection | None:

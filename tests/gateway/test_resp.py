@@ -199,3 +199,10 @@ def test_only_plain_redis_urls_take_the_lean_path():
         connect_for("unix:///tmp/redis.sock?db=2", connect_timeout=1, reply_timeout=1) is not None
     )
     assert connect_for("rediss://cache.example:6380/0", connect_timeout=1, reply_timeout=1) is None
+
+
+def test_the_connection_follows_the_event_loop_it_is_used_from():
+    conn = _connection(settings.REDIS_URL)
+    assert asyncio.run(conn.execute([("ECHO", "first loop")])) == [b"first loop"]
+    assert asyncio.run(conn.execute([("ECHO", "second loop")])) == [b"second loop"]
+    asyncio.run(conn.aclose())
