@@ -251,7 +251,16 @@ SPECTACULAR_SETTINGS = {
 CELERY_DIR = MODELDECK_DATA_DIR / "celery"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+    # The gateway's Redis settings (gateway/cache.py redis_options): a connection idle for 10 s is
+    # checked before use, a timed-out read is retried, dead peers are found by TCP keepalive.
+    # (No socket_timeout: kombu blocks on BRPOP with its own.)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
+        "health_check_interval": 10,
+        "socket_connect_timeout": 2,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
+    CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 else:
     for sub in ("out", "processed", "control"):
         (CELERY_DIR / sub).mkdir(parents=True, exist_ok=True)
@@ -273,7 +282,18 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Passed to redis-py's pool: the same resilience as the gateway's clients.
+            "OPTIONS": {
+                "health_check_interval": 10,
+                "socket_timeout": 5,
+                "socket_connect_timeout": 2,
+                "socket_keepalive": True,
+                "retry_on_timeout": True,
+            },
+        }
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
