@@ -2,9 +2,9 @@
 
 Per request: API key (in-process cache) → deployment by model name (in-process cache, ≤ 1 s)
 → access → rate limits and cache generation (one Redis round trip, Lua) → proxy through one
-shared aiohttp pool (streams pass through chunk by chunk) → usage event and token settlement
-(one Redis pipeline after the response) → Prometheus metrics. PostgreSQL is only read on a
-cache miss, and never written here.
+shared keep-alive pool (gateway/h1.py; streams through aiohttp, chunk by chunk) → usage event
+and token settlement (one Redis pipeline after the response) → Prometheus metrics. PostgreSQL
+is only read on a cache miss, and never written here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from gateway import load, metrics, overflow, resp
+from gateway import h1, load, metrics, overflow, resp
 from gateway.cache import (
     CONNECT_TIMEOUT,
     GENERATION_KEY,
@@ -54,7 +54,7 @@ from gateway.ratelimit import (
     spend_keys,
 )
 from gateway.tasks import write_events
-from gateway.upstream import make_session
+from gateway.upstream import make_pool, make_session
 from gateway.usage import (
     USAGE_STREAM_KEY,
     UsageEvent,
@@ -197,6 +197,7 @@ class Gateway:
         self.read_timeout = read_timeout
         self.cache = GatewayCache()
         self._session: aiohttp.ClientSession | None = None
+        self._pool: h1.UpstreamPool | None = None
         self._redis = None
         self._limiter: RedisRateLimiter | LocalRateLimiter | None = None
         self._load_key = sync_to_async(load_key, thread_sensitive=False)
@@ -220,6 +221,15 @@ class Gateway:
                 **({"read_timeout": self.read_timeout} if self.read_timeout else {})
             )
         return self._session
+
+    @property
+    def pool(self) -> h1.UpstreamPool:
+        """Non-streaming requests' connections (gateway/h1.py); streams go through `session`."""
+        if self._pool is None:
+            self._pool = make_pool(
+                **({"read_timeout": self.read_timeout} if self.read_timeout else {})
+            )
+        return self._pool
 
     @property
     def limiter(self) -> RedisRateLimiter | LocalRateLimiter:
@@ -251,6 +261,9 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._redis is not None:
             if isinstance(self._limiter, RedisRateLimiter):
                 await self._limiter.aclose()
@@ -875,23 +888,20 @@ class Gateway:
 
     async def _proxy(self, send, call: Call, url, raw, headers, extra) -> None:
         try:
-            async with self.session.post(
-                url, data=raw, headers=headers, **_tls_name(url, call.deployment)
-            ) as response:
-                content = await response.read()
-                status = response.status
-                content_type = response.headers.get("content-type", "application/json")
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            response = await self.pool.post(url, raw, headers, **_tls_name(url, call.deployment))
+        except (TimeoutError, h1.UpstreamError) as exc:
             error = self._upstream_error(exc, call.deployment)
             await self._record(call, error.status, actual=0)
             raise error from None
+        content, status = response.content, response.status
+        content_type = response.content_type or b"application/json"
         prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
         # Metered before the client sees the answer: a crash right after can't lose the record,
         # and a client that asks for its usage next already finds it buffered.
         await self._record(
             call, status, prompt=prompt, completion=completion, actual=prompt + completion
         )
-        await self._send(send, status, content, content_type=content_type.encode(), headers=extra)
+        await self._send(send, status, content, content_type=content_type, headers=extra)
 
     async def _proxy_stream(
         self, scope, receive, send, call: Call, url, raw, headers, extra

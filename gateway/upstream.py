@@ -1,4 +1,4 @@
-"""Where the gateway sends a deployment's requests, and the one shared upstream connection pool."""
+"""Where the gateway sends a deployment's requests, and the shared upstream connection pools."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from django.conf import settings
 from deployments.models import ModelDeployment, PoolExposure
 from deployments.renderers import SERVICE_PORT
 from deployments.renderers.exposure import host_for
+from gateway.h1 import UpstreamPool
 
 # Generation can take minutes; what matters is how long the engine stays silent.
 CONNECT_TIMEOUT = 5.0
@@ -70,4 +71,12 @@ def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession
         # (and keeping none saves the jar's work on every request).
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
+    )
+
+
+def make_pool(*, read_timeout: float = READ_TIMEOUT) -> UpstreamPool:
+    """The pool for non-streaming requests (gateway/h1.py: a fraction of aiohttp's CPU per
+    request); streams keep the aiohttp session. Must be created inside the running loop."""
+    return UpstreamPool(
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, max_connections=MAX_CONNECTIONS
     )

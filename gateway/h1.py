@@ -1,0 +1,421 @@
+"""A lean HTTP/1.1 keep-alive client for the gateway's non-streaming calls to the engines.
+
+Why it exists: against the simulated engine, aiohttp's ClientSession.post + read costs ~204 µs
+of CPU per request, an asyncio Protocol feeding httptools' parser ~50 µs — and the gateway spends
+~390 µs per proxied request in all (bench/gateway.py). This module is that Protocol plus what a
+shared pool needs: keep-alive (LIFO, bounded, idle connections closed after KEEPALIVE_SECONDS),
+one retry of the keep-alive race, connect and read timeouts, TLS with a server-name override,
+write flow control.
+
+What it deliberately doesn't do: HTTP/2, proxies or any environment setting, redirects, cookies,
+compression, methods other than POST, streamed bodies either way. Streams, the overflow path
+and TorchServe keep aiohttp (gateway/upstream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import ssl
+from urllib.parse import urlsplit
+
+import httptools
+
+KEEPALIVE_SECONDS = 15.0
+MAX_IDLE_PER_HOST = 256
+# Bodies up to this size go out in one write (one send); larger ones aren't copied to join the head.
+_JOIN_LIMIT = 64 * 1024
+_UNSAFE_VALUE = re.compile(r"[\r\n\0]")
+_NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+
+
+class UpstreamError(ConnectionError):
+    """The engine could not be reached, or its answer was cut short or not HTTP/1.1 (a 502)."""
+
+
+class ConnectError(UpstreamError):
+    """Connecting failed: refused, unreachable, no such host."""
+
+
+class TLSError(UpstreamError):
+    """The TLS handshake failed (a certificate not valid for the host, an unknown CA, ...)."""
+
+
+class ServerDisconnected(UpstreamError):
+    """The connection closed or was reset before the whole response arrived."""
+
+    def __init__(self, message: str, *, before_response: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response  # not one byte of the response had arrived
+
+
+class InvalidResponse(UpstreamError):
+    """What came back is not an HTTP/1.1 response."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """Connecting took longer than connect_timeout, or the engine was silent for read_timeout."""
+
+
+class UpstreamResponse:
+    """A complete response: status, headers as (lower-case name, value) bytes pairs, body."""
+
+    __slots__ = ("status", "headers", "content")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of the header `name` (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def content_type(self) -> bytes | None:
+        return self.header(b"content-type")
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, Host header, request target) of an http(s) URL; a handful per
+    deployment, hence the cache."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    netloc = parts.netloc.rpartition("@")[2]  # never the credentials
+    if _UNSAFE_VALUE.search(target) or " " in target or _UNSAFE_VALUE.search(netloc):
+        raise ValueError(f"Unsafe characters in URL: {url!r}")
+    return parts.scheme, parts.hostname, port, netloc, target
+
+
+def _request_head(target: str, host: str, headers: dict[str, str], length: int) -> bytes:
+    lines = []
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "host":
+            host = value  # an Ingress / HTTPRoute routes on it
+        elif lowered == "content-length":
+            continue  # ours, from the body
+        elif _NOT_TOKEN.search(name) or _UNSAFE_VALUE.search(value):
+            # Some values come from callers (x-sandbox-*): never let one add a header or a request.
+            raise ValueError(f"Refusing to send the header {name!r}: {value!r}")
+        else:
+            lines.append(f"{name}: {value}\r\n")
+    if _UNSAFE_VALUE.search(host):
+        raise ValueError(f"Refusing to send the Host header {host!r}")
+    head = f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {length}\r\n{''.join(lines)}\r\n"
+    return head.encode("latin-1")
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to an engine, carrying one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple, read_timeout: float) -> None:
+        self.loop = loop
+        self.key = key
+        self.read_timeout = read_timeout
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.keep_alive = False
+        self.paused = False
+        self.waiter: asyncio.Future | None = None  # the response being awaited
+        self.drained: asyncio.Future | None = None  # set while a write waits on pause_writing
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+        self.received = False  # any byte of the current response
+        self.headers_done = False
+        self.framed = False  # the body has a length (Content-Length or chunked), else ends at EOF
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+
+    async def exchange(self, head: bytes, body: bytes) -> UpstreamResponse:
+        loop = self.loop
+        self.waiter = waiter = loop.create_future()
+        self.received = self.headers_done = self.framed = self.keep_alive = False
+        self.last_activity = loop.time()
+        # One timer per request; it re-arms itself from the last activity rather than being
+        # replaced on every chunk (aiohttp's sock_read: the longest silence, not a total).
+        self.timer = loop.call_at(self.last_activity + self.read_timeout, self._check_silence)
+        try:
+            try:
+                if len(body) <= _JOIN_LIMIT:
+                    self.transport.write(head + body)
+                else:
+                    self.transport.write(head)
+                    self.transport.write(body)
+            except (OSError, RuntimeError) as exc:  # the transport closed under us
+                raise ServerDisconnected(f"{exc}", before_response=True) from exc
+            if self.paused and not waiter.done():
+                self.drained = loop.create_future()
+                await self.drained
+            return await waiter
+        finally:
+            self.timer.cancel()
+            self.waiter = self.drained = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.close()  # bytes nobody asked for: the connection can't be trusted any more
+            return
+        self.received = True
+        self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(InvalidResponse(f"The engine's response is not HTTP/1.1 ({exc})"))
+
+    def eof_received(self) -> None:
+        return None  # let the transport close; connection_lost decides what the EOF meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.headers_done and not self.framed and exc is None:
+            self.keep_alive = False
+            self._finish()  # a body without a length ends where the connection does
+        else:
+            failure = ServerDisconnected(
+                "The engine closed the connection before it answered"
+                if not self.received
+                else "The engine closed the connection in the middle of its response",
+                before_response=not self.received,
+            )
+            failure.__cause__ = exc
+            self._fail(failure)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.last_activity = self.loop.time()  # the engine is reading: not silent
+        self._wake_writer()
+
+    # ---- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.body = []
+        self.headers_done = self.framed = False
+        if self.waiter is None or self.waiter.done():
+            self.close()  # a second response to one request
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            self.framed = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            self.headers_done = False
+            return  # 100 Continue, 103 Early Hints: the answer comes after them
+        self.keep_alive = self.parser.should_keep_alive()
+        self._finish()
+
+    # ---- outcomes ------------------------------------------------------------------------
+    def _finish(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            response = UpstreamResponse(
+                self.parser.get_status_code(), self.headers, b"".join(self.body)
+            )
+            waiter.set_result(response)
+        self._wake_writer()
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def _check_silence(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        due = self.last_activity + self.read_timeout
+        if self.loop.time() >= due - 0.001:
+            self._fail(UpstreamTimeout(f"The engine sent nothing for {self.read_timeout:g} s"))
+        else:
+            self.timer = self.loop.call_at(due, self._check_silence)
+
+
+class UpstreamPool:
+    """Keep-alive connections to the engines, shared by every request of one gateway process.
+
+    Create it inside the running loop (like the aiohttp session). Idle connections are kept per
+    (scheme, host, port, TLS server name), most recently used first, at most
+    `max_idle_per_host` of them, and closed after `keepalive` seconds unused.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive: float = KEEPALIVE_SECONDS,
+        max_idle_per_host: int = MAX_IDLE_PER_HOST,
+        max_connections: int = 1000,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.max_idle_per_host = max_idle_per_host
+        self._slots = asyncio.Semaphore(max_connections)  # requests in flight, one connection each
+        self._ssl_context = ssl_context
+        self._idle: dict[tuple, list[_Connection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None
+    ) -> UpstreamResponse:
+        """POST `body` to `url`; the whole response. Raises UpstreamTimeout (a TimeoutError) or
+        an UpstreamError; ValueError for a URL or header that can't be sent safely."""
+        scheme, host, port, netloc, target = _split(url)
+        head = _request_head(target, netloc, headers, len(body))
+        key = (scheme, host, port, server_hostname if scheme == "https" else None)
+        async with self._slots:
+            connection = self._take_idle(key)
+            if connection is not None:
+                try:
+                    return await self._exchange(connection, head, body)
+                except ServerDisconnected as exc:
+                    if not exc.before_response:
+                        raise
+                    # The engine closed the idle connection as the request went out, so it never
+                    # answered it: once more on a fresh connection (never more than once).
+            connection = await self._connect(key)
+            return await self._exchange(connection, head, body)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+    async def _exchange(
+        self, connection: _Connection, head: bytes, body: bytes
+    ) -> UpstreamResponse:
+        try:
+            response = await connection.exchange(head, body)
+        except BaseException:
+            connection.close()  # after an error or a cancellation, nothing on it can be trusted
+            raise
+        if connection.keep_alive and not connection.closed and not connection.paused:
+            self._release(connection)
+        else:
+            connection.close()
+        return response
+
+    async def _connect(self, key: tuple) -> _Connection:
+        scheme, host, port, server_hostname = key
+        loop = asyncio.get_running_loop()
+        tls = self._tls() if scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(loop, key, self.read_timeout),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=(server_hostname or host) if tls else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"Connecting to {host}:{port} took over {self.connect_timeout:g} s"
+            ) from exc
+        except ssl.SSLError as exc:  # before OSError: it is one
+            raise TLSError(f"TLS with {server_hostname or host}:{port} failed: {exc}") from exc
+        except OSError as exc:
+            raise ConnectError(f"Connecting to {host}:{port} failed: {exc}") from exc
+        return connection
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()  # loads the CA store once
+        return self._ssl_context
+
+    def _take_idle(self, key: tuple) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.loop.time() - connection.idle_since >= self.keepalive:
+                # The most recently used one is too old, so every one under it is.
+                for stale in (connection, *idle):
+                    stale.close()
+                idle.clear()
+                return None
+            if not connection.closed and not connection.transport.is_closing():
+                return connection
+        return None
+
+    def _release(self, connection: _Connection) -> None:
+        if self._closed:
+            connection.close()
+            return
+        idle = self._idle.setdefault(connection.key, [])
+        if len(idle) >= self.max_idle_per_host:
+            connection.close()
+            return
+        connection.idle_since = connection.loop.time()
+        idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = connection.loop.call_later(self.keepalive, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for `keepalive` seconds (and those the engine closed)."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        oldest = None
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for connection in idle:
+                if connection.closed or now - connection.idle_since >= self.keepalive:
+                    connection.close()
+                else:
+                    keep.append(connection)
+            if keep:
+                self._idle[key] = keep
+                first = keep[0].idle_since  # the lists are in the order they went idle
+                oldest = first if oldest is None else min(oldest, first)
+            else:
+                del self._idle[key]
+        if oldest is not None:
+            self._sweeper = loop.call_at(oldest + self.keepalive, self._sweep)

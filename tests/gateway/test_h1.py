@@ -1,0 +1,629 @@
+"""The gateway's HTTP/1.1 upstream pool (gateway/h1.py) against real servers on loopback: the
+simulated engine, and small scripted asyncio servers for what an engine rarely does on purpose
+(closing an idle connection as a request arrives, going silent, answering garbage, TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime
+import json
+import re
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+import pytest
+import uvloop
+
+from gateway.h1 import (
+    ConnectError,
+    InvalidResponse,
+    ServerDisconnected,
+    TLSError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+)
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Run a coroutine function in a fresh event loop of each kind (the gateway runs under
+    uvicorn's choice, uvloop when installed), in its own thread (see test_rate_limits)."""
+
+    def runner(main):
+        start = uvloop.run if request.param == "uvloop" else asyncio.run
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(start, main()).result(timeout=60)
+
+    return runner
+
+
+def make_pool(**options) -> UpstreamPool:
+    return UpstreamPool(**{"connect_timeout": 2.0, "read_timeout": 5.0, **options})
+
+
+# ---- a scripted HTTP/1.1 server ----------------------------------------------------------------
+@dataclass
+class Seen:
+    connections: int = 0
+    closed: int = 0  # connections that ended (the client's close or the script's)
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)  # (head, body)
+
+
+async def read_request(reader: asyncio.StreamReader, seen: Seen) -> tuple[bytes, bytes] | None:
+    """One request (head, body), or None when the client closed the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+    body = await reader.readexactly(length)
+    seen.requests.append((head, body))
+    return head, body
+
+
+def response(body: bytes = b'{"ok": true}', status: int = 200, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+        % (status, len(body), extra, body)
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve(script, tls: ssl.SSLContext | None = None):
+    """Serve `script(reader, writer, seen, index)` for each connection; yields (port, seen)."""
+    seen = Seen()
+
+    async def on_connection(reader, writer):
+        seen.connections += 1
+        try:
+            await script(reader, writer, seen, seen.connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            seen.closed += 1
+            writer.close()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1], seen
+    finally:
+        server.close()
+
+
+async def answer_all(reader, writer, seen, index):
+    """A keep-alive server: answers every request on the connection."""
+    while await read_request(reader, seen) is not None:
+        writer.write(response())
+        await writer.drain()
+
+
+async def until(condition, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- against the simulated engine ---------------------------------------------------------------
+def test_the_engine_answers_through_the_pool_with_content_length_and_chunked_bodies(
+    run, engine_server
+):
+    _, base = engine_server
+
+    async def main():
+        pool = make_pool()
+        try:
+            plain = await pool.post(f"{base}/v1/chat/completions", json.dumps(CHAT).encode(), JSON)
+            # A stream comes back chunked; the pool hands over the whole decoded body.
+            streamed = await pool.post(
+                f"{base}/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode(), JSON
+            )
+            refused = await pool.post(
+                f"{base}/v1/chat/completions", json.dumps({**CHAT, "max_tokens": 0}).encode(), JSON
+            )
+            return plain, streamed, refused
+        finally:
+            await pool.aclose()
+
+    plain, streamed, refused = run(main)
+    assert plain.status == 200 and plain.content_type == b"application/json"
+    assert plain.header(b"content-length") == str(len(plain.content)).encode()
+    answer = json.loads(plain.content)
+    assert answer["choices"][0]["message"]["content"] == "You said: hello there"
+    assert answer["usage"]["prompt_tokens"] == 2
+    assert streamed.status == 200 and streamed.header(b"transfer-encoding") == b"chunked"
+    assert streamed.content_type.startswith(b"text/event-stream")
+    assert streamed.content.endswith(b"data: [DONE]\n\n") and streamed.content.count(b"data: ") > 3
+    assert refused.status == 400 and json.loads(refused.content)["error"]
+
+
+def test_a_large_request_body_reaches_the_engine(run, engine_server):
+    _, base = engine_server
+    words = 800_000  # ~4.8 MB of "hello "
+
+    async def main():
+        pool = make_pool()
+        try:
+            body = {**CHAT, "messages": [{"role": "user", "content": "hello " * words}]}
+            headers = {**JSON, "x-sandbox-max-model-len": str(2 * words)}
+            return await pool.post(f"{base}/v1/chat/completions", json.dumps(body).encode(), headers)
+        finally:
+            await pool.aclose()
+
+    answer = run(main)
+    assert answer.status == 200
+    assert json.loads(answer.content)["usage"]["prompt_tokens"] == words
+
+
+# ---- scripted servers ----------------------------------------------------------------------------
+def test_connections_are_kept_alive_and_reused(run):
+    async def main():
+        async with serve(answer_all) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/v1/x"
+            for _ in range(20):
+                assert (await pool.post(url, b"{}", JSON)).status == 200
+            sequential = seen.connections
+            answers = await asyncio.gather(*(pool.post(url, b"{}", JSON) for _ in range(8)))
+            concurrent = seen.connections
+            for _ in range(20):
+                await pool.post(url, b"{}", JSON)
+            await pool.aclose()
+            await until(lambda: seen.closed == seen.connections)
+            return sequential, concurrent, seen.connections, answers, len(seen.requests)
+
+    sequential, concurrent, total, answers, requests = run(main)
+    assert sequential == 1
+    assert all(a.status == 200 for a in answers) and concurrent <= 8
+    assert total == concurrent  # the concurrent burst's connections serve what follows
+    assert requests == 48
+
+
+def test_the_request_head_carries_host_length_and_the_given_headers(run):
+    async def main():
+        async with serve(answer_all) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/v1/chat/completions?x=1"
+            await pool.post(url, b"abc", {**JSON, "x-request-id": "req_1", "content-length": "99"})
+            await pool.post(url, b"", {"host": "llama.team.models.example.com"})
+            await pool.aclose()
+            return port, seen.requests
+
+    port, requests = run(main)
+    (first, body), (second, _) = requests
+    lines = first.decode().split("\r\n")
+    assert lines[0] == "POST /v1/chat/completions?x=1 HTTP/1.1"
+    assert f"host: 127.0.0.1:{port}" in lines and "x-request-id: req_1" in lines
+    assert [line for line in lines if line.startswith("content-length")] == ["content-length: 3"]
+    assert body == b"abc"
+    hosts = [line for line in second.decode().split("\r\n") if line.lower().startswith("host:")]
+    assert hosts == ["host: llama.team.models.example.com"]  # an Ingress routes on it
+
+
+def test_a_chunked_answer_arriving_in_pieces_is_decoded(run):
+    async def script(reader, writer, seen, index):
+        while await read_request(reader, seen) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+            for piece in (b"hel", b"lo ", b"world"):
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"0\r\n\r\n")
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            answers = [await pool.post(f"http://127.0.0.1:{port}/", b"", {}) for _ in range(2)]
+            await pool.aclose()
+            return answers, seen.connections
+
+    answers, connections = run(main)
+    assert [a.content for a in answers] == [b"hello world"] * 2
+    assert answers[0].content_type == b"text/plain"
+    assert connections == 1
+
+
+def test_an_interim_100_continue_is_skipped(run):
+    async def script(reader, writer, seen, index):
+        while await read_request(reader, seen) is not None:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + response(b"final"))
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            answers = [await pool.post(f"http://127.0.0.1:{port}/", b"", {}) for _ in range(2)]
+            await pool.aclose()
+            return answers, seen.connections
+
+    answers, connections = run(main)
+    assert [(a.status, a.content) for a in answers] == [(200, b"final")] * 2
+    assert connections == 1
+
+
+def test_a_body_without_length_ends_at_eof_and_the_connection_is_not_reused(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b" of it")
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            answers = [await pool.post(f"http://127.0.0.1:{port}/", b"", {}) for _ in range(2)]
+            await pool.aclose()
+            return answers, seen.connections
+
+    answers, connections = run(main)
+    assert [a.content for a in answers] == [b"until the end of it"] * 2
+    assert connections == 2
+
+
+def test_a_keep_alive_connection_the_engine_closes_as_a_request_arrives_is_retried_once(run):
+    """The engine answers the first request of a connection, and closes it on the next one
+    without answering (its idle timeout fired as the request went out)."""
+
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(response())
+        await writer.drain()
+        await read_request(reader, seen)  # ...and closes without a word
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/"
+            answers = [await pool.post(url, b"%d" % i, {}) for i in range(3)]
+            await pool.aclose()
+            return answers, seen
+
+    answers, seen = run(main)
+    assert [a.status for a in answers] == [200] * 3
+    # Each retry went to a fresh connection, and each request was answered exactly once.
+    assert seen.connections == 3
+    assert [body for _, body in seen.requests] == [b"0", b"1", b"1", b"2", b"2"]
+
+
+def test_an_idle_connection_the_engine_closed_is_not_used(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(response())  # keep-alive by the headers, then closes anyway
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/"
+            first = await pool.post(url, b"", {})
+            await until(lambda: seen.closed == 1)
+            await asyncio.sleep(0.05)
+            second = await pool.post(url, b"", {})
+            await pool.aclose()
+            return first, second, seen
+
+    first, second, seen = run(main)
+    assert first.status == second.status == 200
+    assert seen.connections == 2 and len(seen.requests) == 2
+
+
+def test_a_fresh_connection_closed_without_an_answer_is_an_error_not_a_retry(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)  # and close
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            with pytest.raises(ServerDisconnected) as info:
+                await pool.post(f"http://127.0.0.1:{port}/", b"", {})
+            await pool.aclose()
+            return info.value, seen
+
+    error, seen = run(main)
+    assert isinstance(error, UpstreamError) and not isinstance(error, TimeoutError)
+    assert seen.connections == 1 and len(seen.requests) == 1
+
+
+def test_a_reused_connection_is_retried_only_once(run):
+    """The first connection answers once; every later request, on any connection, is dropped."""
+
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        if index == 1:
+            writer.write(response())
+            await writer.drain()
+            await read_request(reader, seen)
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/"
+            await pool.post(url, b"", {})
+            with pytest.raises(ServerDisconnected):
+                await pool.post(url, b"", {})
+            await pool.aclose()
+            return seen
+
+    seen = run(main)
+    assert seen.connections == 2 and len(seen.requests) == 3
+
+
+def test_a_response_cut_short_is_an_error_and_not_retried(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            with pytest.raises(ServerDisconnected) as info:
+                await pool.post(f"http://127.0.0.1:{port}/", b"", {})
+            await pool.aclose()
+            return info.value, seen.connections
+
+    error, connections = run(main)
+    assert not error.before_response and connections == 1
+
+
+def test_garbage_instead_of_http_is_an_invalid_response(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await reader.read()  # until the client closes
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            with pytest.raises(InvalidResponse):
+                await pool.post(f"http://127.0.0.1:{port}/", b"", {})
+            await until(lambda: seen.closed == 1)  # the pool closed its side
+            await pool.aclose()
+
+    run(main)
+
+
+def test_an_engine_silent_longer_than_the_read_timeout_times_out(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        await reader.read()  # silent until the client closes
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(read_timeout=0.2)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamTimeout) as info:
+                await pool.post(f"http://127.0.0.1:{port}/", b"", {})
+            elapsed = asyncio.get_running_loop().time() - started
+            await until(lambda: seen.closed == 1)  # the pool closed its side at once
+            await pool.aclose()
+            return info.value, elapsed
+
+    error, elapsed = run(main)
+    assert isinstance(error, TimeoutError)  # the gateway's 504 upstream_timeout
+    assert 0.15 < elapsed < 1.0
+
+
+def test_the_read_timeout_is_the_longest_silence_not_the_whole_answer(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(8):  # 0.8 s in all, never more than 0.1 s apart
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\n.\r\n")
+        writer.write(b"0\r\n\r\n")
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(read_timeout=0.4)
+            answer = await pool.post(f"http://127.0.0.1:{port}/", b"", {})
+            await pool.aclose()
+            return answer
+
+    assert run(main).content == b"." * 8
+
+
+def test_a_refused_port_is_a_connection_error(run):
+    port = free_port()  # nothing listens there any more
+
+    async def main():
+        pool = make_pool()
+        with pytest.raises(ConnectError) as info:
+            await pool.post(f"http://127.0.0.1:{port}/", b"", {})
+        await pool.aclose()
+        return info.value
+
+    error = run(main)
+    assert isinstance(error, UpstreamError) and not isinstance(error, TimeoutError)
+    assert isinstance(error.__cause__, ConnectionRefusedError)
+
+
+def test_an_unknown_host_is_a_connection_error(run):
+    async def main():
+        pool = make_pool()
+        with pytest.raises(ConnectError):
+            await pool.post("http://no-such-engine.invalid/v1/x", b"", {})
+        await pool.aclose()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-sandbox-latency-ms": "1\r\nx-injected: yes"},
+        {"x-sandbox-note": "a\nb"},
+        {"x-sandbox-note": "a\0b"},
+        {"x-bad\r\nname": "1"},
+        {"x bad": "1"},
+        {"host": "engine\r\nx-injected: yes"},
+    ],
+)
+def test_header_names_or_values_with_line_breaks_are_refused(run, headers):
+    async def main():
+        async with serve(answer_all) as (port, seen):
+            pool = make_pool()
+            with pytest.raises(ValueError):
+                await pool.post(f"http://127.0.0.1:{port}/", b"", headers)
+            await pool.aclose()
+            return seen.connections
+
+    assert run(main) == 0  # refused before anything was sent
+
+
+def test_a_cancelled_request_closes_its_connection(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        await reader.read()  # until the client closes
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            task = asyncio.ensure_future(pool.post(f"http://127.0.0.1:{port}/", b"", {}))
+            await until(lambda: len(seen.requests) == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await until(lambda: seen.closed == 1)  # the engine sees the client go (and stops)
+            await pool.aclose()
+
+    run(main)
+
+
+def test_idle_connections_are_closed_after_the_keepalive(run):
+    async def main():
+        async with serve(answer_all) as (port, seen):
+            pool = make_pool(keepalive=0.2)
+            url = f"http://127.0.0.1:{port}/"
+            await asyncio.gather(*(pool.post(url, b"", {}) for _ in range(3)))
+            opened = seen.connections
+            await until(lambda: seen.closed == opened)
+            await pool.post(url, b"", {})
+            await pool.aclose()
+            return opened, seen.connections
+
+    opened, total = run(main)
+    assert total == opened + 1
+
+
+def test_idle_connections_beyond_the_bound_are_closed(run):
+    async def main():
+        async with serve(answer_all) as (port, seen):
+            pool = make_pool(max_idle_per_host=2)
+            url = f"http://127.0.0.1:{port}/"
+            await asyncio.gather(*(pool.post(url, b"", {}) for _ in range(6)))
+            opened = seen.connections
+            await until(lambda: seen.closed == opened - 2)
+            await pool.aclose()
+            return opened
+
+    assert run(main) == 6
+
+
+def test_large_bodies_both_ways_with_a_slow_reader(run):
+    """An 8 MB request to an engine that reads it slowly (the pool waits on the transport's
+    flow control), echoed back as an 8 MB response."""
+    payload = bytes(range(256)) * (32 * 1024)
+
+    async def script(reader, writer, seen, index):
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            length = int(re.search(rb"content-length: (\d+)", head).group(1))
+            body = bytearray()
+            while len(body) < length:
+                body += await reader.read(min(256 * 1024, length - len(body)))
+                await asyncio.sleep(0.002)
+            seen.requests.append((head, bytes(body)))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(read_timeout=2.0)
+            answers = [await pool.post(f"http://127.0.0.1:{port}/", payload, {}) for _ in range(2)]
+            await pool.aclose()
+            return answers, seen
+
+    answers, seen = run(main)
+    assert [a.content == payload for a in answers] == [True, True]
+    assert [body == payload for _, body in seen.requests] == [True, True]
+    assert seen.connections == 1
+
+
+# ---- TLS -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for engine.models.example.test (and nothing else)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "engine.models.example.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("engine.models.example.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_tls_through_an_address_verifies_the_given_server_name(run, certificate):
+    cert, key = certificate
+    names: list[str | None] = []
+
+    async def main():
+        server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_side.load_cert_chain(cert, key)
+        server_side.sni_callback = lambda sslobj, name, context: names.append(name)
+        client_side = ssl.create_default_context(cafile=str(cert))
+        async with serve(answer_all, tls=server_side) as (port, seen):
+            pool = make_pool(ssl_context=client_side)
+            url = f"https://127.0.0.1:{port}/v1/x"
+            host = {"host": "engine.models.example.test"}
+            answers = [
+                await pool.post(url, b"", host, server_hostname="engine.models.example.test")
+                for _ in range(2)
+            ]
+            # Without the name, TLS checks the certificate against 127.0.0.1: refused.
+            with pytest.raises(TLSError) as info:
+                await pool.post(url, b"", host)
+            await pool.aclose()
+            return answers, info.value, seen
+
+    answers, error, seen = run(main)
+    assert [a.status for a in answers] == [200, 200]
+    assert names[0] == "engine.models.example.test"
+    assert isinstance(error.__cause__, ssl.SSLCertVerificationError)
+    assert len(seen.requests) == 2  # one connection for both, none sent on the refused one
