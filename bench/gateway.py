@@ -9,7 +9,8 @@ creates one organization, a Running sandbox deployment and an API key, then runs
 1. sequential requests (concurrency 1): added latency per request;
 2. concurrent requests: throughput of each path and the ratio;
 3. streams: time to first token (TTFT) direct vs through the gateway;
-4. the upstream pool: httpx.AsyncClient vs aiohttp against the engine (why the gateway uses httpx).
+4. the upstream pools: httpx.AsyncClient vs aiohttp vs gateway/h1.py against the engine (why the
+   gateway sends non-streaming requests through gateway/h1.py and streams through aiohttp).
 
 It ends with the lines compared run to run: `gateway throughput ratio c32` (gateway req/s ÷
 direct req/s at concurrency 32), `gateway cpu ms per request` (CPU seconds the gateway process
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -115,9 +117,13 @@ async def run_load(
 
 
 async def upstream_clients(engine_url: str, total: int, concurrency: int) -> dict[str, float]:
-    """Requests/s of httpx.AsyncClient vs aiohttp.ClientSession, both pooled, same engine."""
+    """Requests/s of httpx.AsyncClient vs aiohttp.ClientSession vs gateway.h1.UpstreamPool, all
+    pooled, same engine."""
     import aiohttp
     import httpx
+
+    sys.path.insert(0, str(ROOT))
+    from gateway.h1 import UpstreamPool  # the checkout's module; no Django needed
 
     url = engine_url + "/v1/chat/completions"
     results = {}
@@ -149,6 +155,20 @@ async def upstream_clients(engine_url: str, total: int, concurrency: int) -> dic
         t0 = time.perf_counter()
         await asyncio.gather(*(one_aiohttp() for _ in range(total)))
         results["aiohttp"] = total / (time.perf_counter() - t0)
+
+    pool = UpstreamPool(connect_timeout=5, read_timeout=300)
+    payload = json.dumps(BODY).encode()
+
+    async def one_h1() -> None:
+        async with sem:
+            r = await pool.post(url, payload, {"content-type": "application/json"})
+            assert r.status == 200, r.status
+
+    await asyncio.gather(*(one_h1() for _ in range(50)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_h1() for _ in range(total)))
+    results["gateway.h1"] = total / (time.perf_counter() - t0)
+    await pool.aclose()
     return results
 
 

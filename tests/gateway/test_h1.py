@@ -69,9 +69,11 @@ async def read_request(reader: asyncio.StreamReader, seen: Seen) -> tuple[bytes,
 
 
 def response(body: bytes = b'{"ok": true}', status: int = 200, extra: bytes = b"") -> bytes:
-    return (
-        b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
-        % (status, len(body), extra, body)
+    return b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        status,
+        len(body),
+        extra,
+        body,
     )
 
 
@@ -158,7 +160,9 @@ def test_a_large_request_body_reaches_the_engine(run, engine_server):
         try:
             body = {**CHAT, "messages": [{"role": "user", "content": "hello " * words}]}
             headers = {**JSON, "x-sandbox-max-model-len": str(2 * words)}
-            return await pool.post(f"{base}/v1/chat/completions", json.dumps(body).encode(), headers)
+            return await pool.post(
+                f"{base}/v1/chat/completions", json.dumps(body).encode(), headers
+            )
         finally:
             await pool.aclose()
 
@@ -215,7 +219,9 @@ def test_the_request_head_carries_host_length_and_the_given_headers(run):
 def test_a_chunked_answer_arriving_in_pieces_is_decoded(run):
     async def script(reader, writer, seen, index):
         while await read_request(reader, seen) is not None:
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
             for piece in (b"hel", b"lo ", b"world"):
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 await writer.drain()
@@ -316,6 +322,31 @@ def test_an_idle_connection_the_engine_closed_is_not_used(run):
     first, second, seen = run(main)
     assert first.status == second.status == 200
     assert seen.connections == 2 and len(seen.requests) == 2
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["same-write", "while-idle"])
+def test_a_connection_that_sent_more_than_one_answer_is_not_reused(run, later):
+    async def script(reader, writer, seen, index):
+        while await read_request(reader, seen) is not None:
+            writer.write(response(b"first"))
+            if later:
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(response(b"unasked"))
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/"
+            first = await pool.post(url, b"", {})
+            await asyncio.sleep(0.1)
+            second = await pool.post(url, b"", {})
+            await pool.aclose()
+            return first, second, seen.connections
+
+    first, second, connections = run(main)
+    assert first.content == second.content == b"first"
+    assert connections == 2
 
 
 def test_a_fresh_connection_closed_without_an_answer_is_an_error_not_a_retry(run):
@@ -583,7 +614,10 @@ def certificate(tmp_path_factory):
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("engine.models.example.test")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("engine.models.example.test")]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
