@@ -24,8 +24,9 @@ import httptools
 
 KEEPALIVE_SECONDS = 15.0
 MAX_IDLE_PER_HOST = 256
-# Bodies up to this size go out in one write (one send); larger ones aren't copied to join the head.
-_JOIN_LIMIT = 64 * 1024
+# Bodies up to this size go out in one write with the head (one send); larger ones in slices of
+# it, each when the transport has room (its buffer never holds a copy of a whole 16 MB body).
+_CHUNK = 256 * 1024
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 
@@ -143,24 +144,34 @@ class _Connection(asyncio.Protocol):
         self.received = self.headers_done = self.framed = self.keep_alive = False
         self.last_activity = loop.time()
         # One timer per request; it re-arms itself from the last activity rather than being
-        # replaced on every chunk (aiohttp's sock_read: the longest silence, not a total).
+        # replaced on every chunk (aiohttp's sock_read: the longest silence, not a total). The
+        # engine reading the request (resume_writing) counts as activity too.
         self.timer = loop.call_at(self.last_activity + self.read_timeout, self._check_silence)
         try:
             try:
-                if len(body) <= _JOIN_LIMIT:
+                if len(body) <= _CHUNK:
                     self.transport.write(head + body)
                 else:
-                    self.transport.write(head)
-                    self.transport.write(body)
+                    await self._write_in_slices(head, body)
             except (OSError, RuntimeError) as exc:  # the transport closed under us
                 raise ServerDisconnected(f"{exc}", before_response=True) from exc
-            if self.paused and not waiter.done():
-                self.drained = loop.create_future()
-                await self.drained
             return await waiter
         finally:
             self.timer.cancel()
             self.waiter = self.drained = None
+
+    async def _write_in_slices(self, head: bytes, body: bytes) -> None:
+        self.transport.write(head)
+        view = memoryview(body)
+        for offset in range(0, len(body), _CHUNK):
+            if self.paused:
+                self.drained = self.loop.create_future()
+                await self.drained
+                if self.waiter.done():
+                    # Answered (say, 413) or failed before taking it all. Still paused, so the
+                    # connection is not reused: the engine may still expect the rest.
+                    return
+            self.transport.write(view[offset : offset + _CHUNK])
 
     def close(self) -> None:
         if not self.closed:
@@ -246,6 +257,7 @@ class _Connection(asyncio.Protocol):
             response = UpstreamResponse(
                 self.parser.get_status_code(), self.headers, b"".join(self.body)
             )
+            self.headers, self.body = [], []  # an idle connection holds no response
             waiter.set_result(response)
         self._wake_writer()
 

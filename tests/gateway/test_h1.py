@@ -25,6 +25,7 @@ from gateway.h1 import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
+    _Connection,
 )
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
@@ -78,7 +79,7 @@ def response(body: bytes = b'{"ok": true}', status: int = 200, extra: bytes = b"
 
 
 @contextlib.asynccontextmanager
-async def serve(script, tls: ssl.SSLContext | None = None):
+async def serve(script, tls: ssl.SSLContext | None = None, receive_buffer: int = 0):
     """Serve `script(reader, writer, seen, index)` for each connection; yields (port, seen)."""
     seen = Seen()
 
@@ -92,7 +93,11 @@ async def serve(script, tls: ssl.SSLContext | None = None):
             seen.closed += 1
             writer.close()
 
-    server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=tls)
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(on_connection, sock=sock, ssl=tls)
     try:
         yield server.sockets[0].getsockname()[1], seen
     finally:
@@ -462,6 +467,106 @@ def test_the_read_timeout_is_the_longest_silence_not_the_whole_answer(run):
             return answer
 
     assert run(main).content == b"." * 8
+
+
+def test_a_slow_upload_is_not_silence_but_an_engine_that_stops_reading_is(run, monkeypatch):
+    """An 8 MB body the engine reads for ~1.6 s in all, never pausing 0.5 s: no timeout; the
+    same body to an engine that stops reading after 256 KB: a timeout. Small socket buffers
+    both sides, as over a slow network: the body waits on the pool's side, which hands it to
+    the transport a slice at a time (flow control), never all 8 MB at once."""
+    payload = b"x" * (8 * 1024 * 1024)
+    made = _Connection.connection_made
+    transports = []
+
+    def small_send_buffer(self, transport):
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        transports.append(transport)
+        made(self, transport)
+
+    monkeypatch.setattr(_Connection, "connection_made", small_send_buffer)
+
+    async def script(reader, writer, seen, index):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))
+        received = 0
+        while received < length:
+            received += len(await reader.read(256 * 1024))
+            if index == 2:
+                await reader.read()  # stops reading the body: silent until the client closes
+                return
+            await asyncio.sleep(0.05)
+        writer.write(response())
+
+    async def main():
+        async with serve(script, receive_buffer=65536) as (port, seen):
+            pool = make_pool(read_timeout=0.5)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            upload = asyncio.ensure_future(pool.post(f"http://127.0.0.1:{port}/", payload, {}))
+            buffered = 0
+            while not upload.done():
+                if transports:
+                    buffered = max(buffered, transports[0].get_write_buffer_size())
+                await asyncio.sleep(0.005)
+            answer, upload = upload.result(), loop.time() - started
+            await pool.aclose()
+            pool = make_pool(read_timeout=0.5)
+            with pytest.raises(UpstreamTimeout):
+                await pool.post(f"http://127.0.0.1:{port}/", payload, {})
+            await pool.aclose()
+            return answer, upload, buffered
+
+    answer, upload, buffered = run(main)
+    assert answer.status == 200 and upload > 1.0  # longer than the read timeout, yet fine
+    assert 0 < buffered < 1024 * 1024
+
+
+def test_an_answer_before_the_whole_body_was_read_ends_the_upload(run):
+    """An engine refusing a 16 MB body at once (413) without reading it: the pool stops
+    writing, returns the answer, and never reuses the connection."""
+
+    async def script(reader, writer, seen, index):
+        seen.requests.append((await reader.readuntil(b"\r\n\r\n"), b""))
+        if index == 1:
+            writer.write(response(b"too large", status=413))
+            await writer.drain()
+            await asyncio.sleep(0.3)  # not reading: the pool's writes stall meanwhile
+            await reader.read()
+        else:
+            await reader.readexactly(16 * 1024 * 1024)
+            writer.write(response())
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            url = f"http://127.0.0.1:{port}/"
+            refused = await pool.post(url, b"x" * (16 * 1024 * 1024), {})
+            accepted = await pool.post(url, b"x" * (16 * 1024 * 1024), {})
+            await pool.aclose()
+            return refused, accepted, seen.connections
+
+    refused, accepted, connections = run(main)
+    assert (refused.status, refused.content) == (413, b"too large")
+    assert accepted.status == 200 and connections == 2
+
+
+def test_connecting_includes_the_tls_handshake_and_times_out(run):
+    async def script(reader, writer, seen, index):
+        await reader.read()  # accepts, never answers the TLS handshake
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(connect_timeout=0.3)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeout) as info:
+                await pool.post(f"https://127.0.0.1:{port}/", b"", {})
+            elapsed = loop.time() - started
+            await pool.aclose()
+            return info.value, elapsed
+
+    error, elapsed = run(main)
+    assert isinstance(error, TimeoutError) and 0.25 < elapsed < 2.0
 
 
 def test_a_refused_port_is_a_connection_error(run):
