@@ -55,6 +55,10 @@ class InvalidResponse(UpstreamError):
     """What came back is not an HTTP/1.1 response."""
 
 
+class InvalidURL(UpstreamError):
+    """The deployment's URL is not one this client can call (not http(s), unsafe characters)."""
+
+
 class UpstreamTimeout(TimeoutError):
     """Connecting took longer than connect_timeout, or the engine was silent for read_timeout."""
 
@@ -85,14 +89,17 @@ class UpstreamResponse:
 def _split(url: str) -> tuple[str, str, int, str, str]:
     """(scheme, host, port, Host header, request target) of an http(s) URL; a handful per
     deployment, hence the cache."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a bad IPv6 literal or port
+        raise InvalidURL(f"Not a valid URL: {url!r}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"Not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise InvalidURL(f"Not an http(s) URL: {url!r}")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     netloc = parts.netloc.rpartition("@")[2]  # never the credentials
     if _UNSAFE_VALUE.search(target) or " " in target or _UNSAFE_VALUE.search(netloc):
-        raise ValueError(f"Unsafe characters in URL: {url!r}")
+        raise InvalidURL(f"Unsafe characters in URL: {url!r}")
     return parts.scheme, parts.hostname, port, netloc, target
 
 
@@ -314,7 +321,7 @@ class UpstreamPool:
         self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None
     ) -> UpstreamResponse:
         """POST `body` to `url`; the whole response. Raises UpstreamTimeout (a TimeoutError) or
-        an UpstreamError; ValueError for a URL or header that can't be sent safely."""
+        an UpstreamError; ValueError for a header that can't be sent safely."""
         scheme, host, port, netloc, target = _split(url)
         head = _request_head(target, netloc, headers, len(body))
         key = (scheme, host, port, server_hostname if scheme == "https" else None)

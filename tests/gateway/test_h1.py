@@ -20,6 +20,7 @@ import uvloop
 from gateway.h1 import (
     ConnectError,
     InvalidResponse,
+    InvalidURL,
     ServerDisconnected,
     TLSError,
     UpstreamError,
@@ -615,6 +616,19 @@ def test_header_names_or_values_with_line_breaks_are_refused(run, headers):
             return seen.connections
 
     assert run(main) == 0  # refused before anything was sent
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "http:///v1/x", "http://127.0.0.1:8000/v1/a b", "http://[::1/x"]
+)
+def test_a_url_the_pool_cannot_call_is_refused(run, url):
+    async def main():
+        pool = make_pool()
+        with pytest.raises(InvalidURL):
+            await pool.post(url, b"", {})
+        await pool.aclose()
+
+    run(main)
 
 
 def test_a_cancelled_request_closes_its_connection(run):
