@@ -356,8 +356,9 @@ def test_metrics_are_off_without_a_token_and_need_it_when_set(
 def test_database_unavailable_is_503_with_retry_after_not_500(tenants, engine, monkeypatch, transactional_db):
     """The key lookup can't reach PostgreSQL (pool exhausted / server gone): the caller gets a
     503 in OpenAI's shape with Retry-After, not a bare 500."""
-    import gateway.app
     from django.db import OperationalError
+
+    import gateway.app
 
     make_deployment(tenants.project, "llama", served_model_name="llama-chat")
     secret = make_key(tenants.owner, tenants.org)
