@@ -3,8 +3,10 @@
 Per request: API key (in-process cache) → deployment by model name (in-process cache, ≤ 1 s)
 → access → rate limits and cache generation (one Redis round trip, Lua) → proxy through one
 shared keep-alive pool (gateway/h1.py; streams through aiohttp, chunk by chunk) → usage event
-and token settlement (one Redis pipeline after the response) → Prometheus metrics. PostgreSQL
-is only read on a cache miss, and never written here.
+and token settlement (one more round trip, answered before the client gets the response's end)
+→ Prometheus metrics. Both scripts go over gateway/resp.py's one connection per process, the
+commands of one event-loop turn in one write. PostgreSQL is only read on a cache miss, and
+never written here.
 """
 
 from __future__ import annotations
