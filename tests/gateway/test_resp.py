@@ -5,6 +5,7 @@ a silent server timed out, AUTH and SELECT from the URL."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,13 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.resp import RespConnection, connect_for
+
+
+def _run(coroutine):
+    """asyncio.run in a thread of its own: the suite's main thread may already run a loop
+    (Playwright's sync API), where asyncio.run refuses (see test_rate_limits)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=60)
 
 
 def _free_port() -> int:
@@ -89,7 +97,7 @@ def test_concurrent_callers_get_their_own_replies_in_one_write():
             await conn.aclose()
         return results
 
-    results = asyncio.run(main())
+    results = _run(main())
     assert [echo for _, echo in results] == [f"caller-{i}".encode() for i in range(200)]
     assert sorted(count for count, _ in results) == list(range(1, 201))
 
@@ -104,7 +112,7 @@ def test_error_replies_are_redis_py_exceptions_in_place():
         finally:
             await conn.aclose()
 
-    noscript, unknown, echo = asyncio.run(main())
+    noscript, unknown, echo = _run(main())
     assert isinstance(noscript, NoScriptError)
     assert isinstance(unknown, ResponseError) and not isinstance(unknown, NoScriptError)
     assert "unknown command" in str(unknown).lower()
@@ -119,11 +127,11 @@ def test_select_and_auth_come_from_the_url(private_redis):
         finally:
             await conn.aclose()
 
-    asyncio.run(main())
+    _run(main())
     assert redis.Redis.from_url(private_redis.url).get("where") == b"db3"  # db 3, authenticated
     wrong = _connection(private_redis.url.replace("s3cret", "wrong"))
     with pytest.raises(RedisConnectionError):  # AuthenticationError is one: refused, not hung
-        asyncio.run(wrong.execute([("PING",)]))
+        _run(wrong.execute([("PING",)]))
 
 
 def test_a_killed_connection_is_retried_once_and_a_restart_costs_nothing_after(private_redis):
@@ -147,7 +155,7 @@ def test_a_killed_connection_is_retried_once_and_a_restart_costs_nothing_after(p
             admin.close()
             await conn.aclose()
 
-    refused_in, after = asyncio.run(main())
+    refused_in, after = _run(main())
     assert refused_in < 2.0  # Redis down is refused at once (connect refused), never hanging
     assert after == [b"PONG"]
 
@@ -183,7 +191,7 @@ def test_a_silent_server_times_out_and_fails_everything_waiting():
         return results, elapsed
 
     try:
-        results, elapsed = asyncio.run(main())
+        results, elapsed = _run(main())
     finally:
         listener.close()
         for sock, _ in accepted:
@@ -203,6 +211,6 @@ def test_only_plain_redis_urls_take_the_lean_path():
 
 def test_the_connection_follows_the_event_loop_it_is_used_from():
     conn = _connection(settings.REDIS_URL)
-    assert asyncio.run(conn.execute([("ECHO", "first loop")])) == [b"first loop"]
-    assert asyncio.run(conn.execute([("ECHO", "second loop")])) == [b"second loop"]
-    asyncio.run(conn.aclose())
+    assert _run(conn.execute([("ECHO", "first loop")])) == [b"first loop"]
+    assert _run(conn.execute([("ECHO", "second loop")])) == [b"second loop"]
+    _run(conn.aclose())
