@@ -217,6 +217,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (the load generator), user + system."""
+    times = os.times()
+    return times.user + times.system
+
+
 def redis_cpu_seconds(url: str) -> float:
     """CPU seconds the Redis server has used (INFO cpu): what the scripts cost it."""
     import redis
@@ -330,15 +336,18 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         # then weighs on both sides of a ratio instead of on one run.
         warm = min(args.concurrency, 20)  # run_load's warm-up requests count in the CPU too
         ratios, d_all, g_all, d_walls, g_walls = [], [], [], 0.0, 0.0
-        engine_cpu = gateway_cpu = redis_cpu = 0.0
+        engine_cpu = gateway_cpu = redis_cpu = client_cpu = g_engine_cpu = 0.0
         for _ in range(args.rounds):
             engine_before = cpu_seconds(procs[0].pid)
             d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.requests, args.concurrency))
             engine_cpu += cpu_seconds(procs[0].pid) - engine_before
             cpu_before, redis_before = cpu_seconds(procs[1].pid), redis_cpu_seconds(redis_url)
+            engine_before, client_before = cpu_seconds(procs[0].pid), own_cpu_seconds()
             g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.requests, args.concurrency))
             gateway_cpu += cpu_seconds(procs[1].pid) - cpu_before
             redis_cpu += redis_cpu_seconds(redis_url) - redis_before
+            client_cpu += own_cpu_seconds() - client_before
+            g_engine_cpu += cpu_seconds(procs[0].pid) - engine_before
             ratios.append((len(g_lat) / g_wall) / (len(d_lat) / d_wall))
             d_all += d_lat
             g_all += g_lat
@@ -360,6 +369,15 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         )
         print(
             f"  Redis CPU              {redis_cpu * 1000 / per_run:.2f} ms per request (gateway runs)"
+        )
+        # Every process of a gateway run shares this machine's cores: their CPU per request bounds
+        # the gateway's requests/s whatever the gateway does with its own share.
+        total = (gateway_cpu + redis_cpu + client_cpu + g_engine_cpu) * 1000 / per_run
+        cores = os.cpu_count() or 1
+        print(
+            f"  all processes          {total:.2f} ms CPU per request through the gateway "
+            f"(client {client_cpu * 1000 / per_run:.2f}, engine {g_engine_cpu * 1000 / per_run:.2f}); "
+            f"at most {cores * 1000 / total:.0f} req/s on {cores} cores"
         )
         print(f"\nStreams ({args.sequential} requests, concurrency 1):")
         _, _, d_ttft = asyncio.run(run_load(direct, {}, args.sequential, 1, stream=True))
