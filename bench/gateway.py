@@ -373,6 +373,14 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         print(
             f"  TTFT added             p50 {statistics.median(g_ttft) - statistics.median(d_ttft):+7.2f} ms"
         )
+        print(f"\nStreams ({args.requests} requests, concurrency {args.concurrency}):")
+        cpu_before = cpu_seconds(procs[1].pid)
+        s_lat, s_wall, _ = asyncio.run(
+            run_load(through, auth, args.requests, args.concurrency, stream=True)
+        )
+        stream_cpu_ms = (cpu_seconds(procs[1].pid) - cpu_before) * 1000 / (args.requests + warm)
+        print(row("through gateway", s_lat, s_wall))
+        print(f"  gateway CPU            {stream_cpu_ms:.2f} ms per streamed request")
         print(
             f"\nUpstream pool, {args.requests} requests at concurrency {args.concurrency} straight to the engine:"
         )
