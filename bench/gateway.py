@@ -8,9 +8,10 @@ creates one organization, a Running sandbox deployment and an API key, then runs
 
 1. sequential requests (concurrency 1): added latency per request;
 2. concurrent requests: throughput of each path and the ratio;
-3. streams: time to first token (TTFT) direct vs through the gateway;
+3. streams: time to first token (TTFT) direct vs through the gateway, and the gateway's CPU per
+   streamed request at the concurrency of 2;
 4. the upstream pools: httpx.AsyncClient vs aiohttp vs gateway/h1.py against the engine (why the
-   gateway sends non-streaming requests through gateway/h1.py and streams through aiohttp).
+   gateway sends the engines' requests, streamed or not, through gateway/h1.py).
 
 It ends with the lines compared run to run: `gateway throughput ratio c32` (gateway req/s ÷
 direct req/s at concurrency 32), `gateway cpu ms per request` (CPU seconds the gateway process
