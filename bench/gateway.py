@@ -8,9 +8,10 @@ creates one organization, a Running sandbox deployment and an API key, then runs
 
 1. sequential requests (concurrency 1): added latency per request;
 2. concurrent requests: throughput of each path and the ratio;
-3. streams: time to first token (TTFT) direct vs through the gateway;
+3. streams: time to first token (TTFT) direct vs through the gateway, and the gateway's CPU per
+   streamed request at the concurrency of 2;
 4. the upstream pools: httpx.AsyncClient vs aiohttp vs gateway/h1.py against the engine (why the
-   gateway sends non-streaming requests through gateway/h1.py and streams through aiohttp).
+   gateway sends the engines' requests, streamed or not, through gateway/h1.py).
 
 It ends with the lines compared run to run: `gateway throughput ratio c32` (gateway req/s ÷
 direct req/s at concurrency 32), `gateway cpu ms per request` (CPU seconds the gateway process
@@ -391,6 +392,14 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         print(
             f"  TTFT added             p50 {statistics.median(g_ttft) - statistics.median(d_ttft):+7.2f} ms"
         )
+        print(f"\nStreams ({args.requests} requests, concurrency {args.concurrency}):")
+        cpu_before = cpu_seconds(procs[1].pid)
+        s_lat, s_wall, _ = asyncio.run(
+            run_load(through, auth, args.requests, args.concurrency, stream=True)
+        )
+        stream_cpu_ms = (cpu_seconds(procs[1].pid) - cpu_before) * 1000 / (args.requests + warm)
+        print(row("through gateway", s_lat, s_wall))
+        print(f"  gateway CPU            {stream_cpu_ms:.2f} ms per streamed request")
         print(
             f"\nUpstream pool, {args.requests} requests at concurrency {args.concurrency} straight to the engine:"
         )

@@ -2,11 +2,11 @@
 
 Per request: API key (in-process cache) → deployment by model name (in-process cache, ≤ 1 s)
 → access → rate limits and cache generation (one Redis round trip, Lua) → proxy through one
-shared keep-alive pool (gateway/h1.py; streams through aiohttp, chunk by chunk) → usage event
-and token settlement (one more round trip, answered before the client gets the response's end)
-→ Prometheus metrics. Both scripts go over gateway/resp.py's one connection per process, the
-commands of one event-loop turn in one write. PostgreSQL is only read on a cache miss, and
-never written here.
+shared keep-alive pool (gateway/h1.py, streams chunk by chunk; external endpoints through
+aiohttp) → usage event and token settlement (one more round trip, answered before the client
+gets the response's end) → Prometheus metrics. Both scripts go over gateway/resp.py's one
+connection per process, the commands of one event-loop turn in one write. PostgreSQL is only
+read on a cache miss, and never written here.
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ class Gateway:
 
     @property
     def pool(self) -> h1.UpstreamPool:
-        """Non-streaming requests' connections (gateway/h1.py); streams go through `session`."""
+        """Connections to the engines (gateway/h1.py), streamed or not; external endpoints and
+        TorchServe go through `session`."""
         if self._pool is None:
             self._pool = make_pool(
                 **({"read_timeout": self.read_timeout} if self.read_timeout else {})
@@ -909,10 +910,18 @@ class Gateway:
         self, scope, receive, send, call: Call, url, raw, headers, extra
     ) -> None:
         try:
-            response = await self.session.post(
-                url, data=raw, headers=headers, **_tls_name(url, call.deployment)
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            if call.deployment.external:
+                # An external endpoint or its overflow (gateway/overflow.py) keeps aiohttp.
+                response = _SessionStream(
+                    await self.session.post(
+                        url, data=raw, headers=headers, **_tls_name(url, call.deployment)
+                    )
+                )
+            else:
+                response = await self.pool.stream(
+                    url, raw, headers, **_tls_name(url, call.deployment)
+                )
+        except (TimeoutError, aiohttp.ClientError, h1.UpstreamError) as exc:
             error = self._upstream_error(exc, call.deployment)
             await self._record(call, error.status, actual=0)
             raise error from None
@@ -934,10 +943,7 @@ class Gateway:
                     "type": "http.response.start",
                     "status": status,
                     "headers": [
-                        (
-                            b"content-type",
-                            response.headers.get("content-type", "text/event-stream").encode(),
-                        ),
+                        (b"content-type", response.content_type or b"text/event-stream"),
                         (b"cache-control", b"no-cache"),
                         (b"x-accel-buffering", b"no"),
                         *extra,
@@ -945,7 +951,7 @@ class Gateway:
                 }
             )
             pending = b""
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 if ttft[0] is None:
                     ttft[0] = (time.perf_counter() - call.started) * 1000
                 # Watch for the usage chunk without holding the bytes back from the client.
@@ -984,7 +990,7 @@ class Gateway:
                 outcome = 499
             else:
                 exc = pump_task.exception()
-                if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError):
+                if isinstance(exc, aiohttp.ClientError | h1.UpstreamError | asyncio.TimeoutError):
                     failure = self._upstream_error(exc, call.deployment)
                     outcome = failure.status
                 elif exc is not None:
@@ -1215,3 +1221,24 @@ def mount(django_app, **options):
 
     application.gateway = gateway  # type: ignore[attr-defined]
     return application
+
+
+class _SessionStream:
+    """An aiohttp response as _proxy_stream reads an h1.UpstreamStream (external endpoints)."""
+
+    __slots__ = ("status", "content_type", "_response")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        content_type = response.headers.get("content-type")
+        self.content_type = content_type.encode() if content_type is not None else None
+
+    def iter_chunks(self):
+        return self._response.content.iter_any()
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()

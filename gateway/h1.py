@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 keep-alive client for the gateway's non-streaming calls to the engines.
+"""A lean HTTP/1.1 keep-alive client for the gateway's calls to the engines, streamed or not.
 
 Why it exists: against the simulated engine, aiohttp's ClientSession.post + read costs ~204 µs
 of CPU per request, an asyncio Protocol feeding httptools' parser ~50 µs — and the gateway spends
@@ -7,14 +7,20 @@ shared pool needs: keep-alive (LIFO, bounded, idle connections closed after KEEP
 one retry of the keep-alive race, connect and read timeouts, TLS with a server-name override,
 write flow control.
 
+Streams (`UpstreamPool.stream`): the same connection in another mode, handing the body over as
+it arrives; at most `max_buffered` bytes wait for a slow reader before the connection stops
+reading from the engine (TCP's window then stops the engine's writes), and a stream closed before
+its end drops the connection, which is how the engine learns to stop generating.
+
 What it deliberately doesn't do: HTTP/2, proxies or any environment setting, redirects, cookies,
-compression, methods other than POST, streamed bodies either way. Streams, the overflow path
-and TorchServe keep aiohttp (gateway/upstream.py).
+compression, methods other than POST, streamed request bodies. External endpoints (the overflow
+path) and TorchServe keep aiohttp (gateway/upstream.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import re
 import ssl
@@ -27,6 +33,8 @@ MAX_IDLE_PER_HOST = 256
 # Bodies up to this size go out in one write with the head (one send); larger ones in slices of
 # it, each when the transport has room (its buffer never holds a copy of a whole 16 MB body).
 _CHUNK = 256 * 1024
+# A stream's body waiting for its reader, beyond which the connection stops reading the engine.
+MAX_BUFFERED = 256 * 1024
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _NOT_TOKEN = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 
@@ -85,6 +93,84 @@ class UpstreamResponse:
         return self.header(b"content-type")
 
 
+class UpstreamStream:
+    """A response whose head has arrived: status, headers as in UpstreamResponse; the body comes
+    through `iter_chunks()`. End it with `release()` (read to its end: the connection may serve
+    another request) or `close()` (drops the connection: the engine stops generating)."""
+
+    __slots__ = ("status", "headers", "_connection", "_pool")
+
+    def __init__(self, connection: _Connection, pool: UpstreamPool) -> None:
+        self.status = connection.parser.get_status_code()
+        self.headers, connection.headers = connection.headers, []
+        self._connection: _Connection | None = connection
+        self._pool = pool
+
+    header = UpstreamResponse.header
+    content_type = UpstreamResponse.content_type
+
+    async def iter_chunks(self):
+        """The body's bytes as they arrive (what has arrived since the last one, joined). Raises
+        UpstreamTimeout after read_timeout of silence, ServerDisconnected if the body is cut
+        short; either, or a cancellation, closes the connection."""
+        connection = self._connection
+        if connection is None:
+            return
+        chunks = connection.chunks
+        try:
+            while True:
+                if chunks:
+                    chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    chunks.clear()
+                    connection.buffered = 0
+                    if connection.reading_paused:
+                        connection.resume()
+                    yield chunk
+                elif connection.error is not None:
+                    raise connection.error
+                elif connection.done:
+                    return
+                else:
+                    connection.readable = connection.loop.create_future()
+                    await connection.readable
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived."""
+        return self._connection is not None and self._connection.done
+
+    def release(self) -> None:
+        """Back to the pool if the body was read to its end and the engine keeps the connection
+        alive; else closed."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        connection.readable = None
+        if (
+            connection.done
+            and not connection.chunks
+            and connection.keep_alive
+            and not connection.closed
+            and not connection.paused
+            and not connection.reading_paused
+        ):
+            self._pool._release(connection)
+        else:
+            connection.close()
+        self._pool._slots.release()
+
+    def close(self) -> None:
+        """Drop the connection (whatever is left of the body is not read)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        connection.close()
+        self._pool._slots.release()
+
+
 @functools.lru_cache(maxsize=1024)
 def _split(url: str) -> tuple[str, str, int, str, str]:
     """(scheme, host, port, Host header, request target) of an http(s) URL; a handful per
@@ -125,17 +211,32 @@ def _request_head(target: str, host: str, headers: dict[str, str], length: int) 
 class _Connection(asyncio.Protocol):
     """One connection to an engine, carrying one request at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple, read_timeout: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: tuple,
+        read_timeout: float,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
         self.loop = loop
         self.key = key
         self.read_timeout = read_timeout
+        self.max_buffered = max_buffered
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self.keep_alive = False
         self.paused = False
-        self.waiter: asyncio.Future | None = None  # the response being awaited
+        self.waiter: asyncio.Future | None = None  # the response (a stream's head) being awaited
+        self.in_flight = False  # a request whose response has not fully arrived (nor failed)
+        self.streaming = False  # hand the body over as it arrives (UpstreamStream)
+        self.chunks: collections.deque[bytes] = collections.deque()  # a stream's unread body
+        self.buffered = 0  # bytes in `chunks`
+        self.reading_paused = False  # stopped reading: the stream's reader is behind
+        self.readable: asyncio.Future | None = None  # set while the stream's reader waits
+        self.done = False  # a stream's body has fully arrived
+        self.error: BaseException | None = None  # why a stream's body failed
         self.drained: asyncio.Future | None = None  # set while a write waits on pause_writing
         self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
@@ -145,10 +246,15 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
 
-    async def exchange(self, head: bytes, body: bytes) -> UpstreamResponse:
+    async def exchange(
+        self, head: bytes, body: bytes, *, streaming: bool = False
+    ) -> UpstreamResponse | None:
+        """Send the request; the whole response, or (streaming) None once its head arrived, the
+        body then coming into `chunks` until `done` or `error`."""
         loop = self.loop
         self.waiter = waiter = loop.create_future()
         self.received = self.headers_done = self.framed = self.keep_alive = False
+        self.in_flight, self.streaming, self.done, self.error = True, streaming, False, None
         self.last_activity = loop.time()
         # One timer per request; it re-arms itself from the last activity rather than being
         # replaced on every chunk (aiohttp's sock_read: the longest silence, not a total). The
@@ -164,7 +270,8 @@ class _Connection(asyncio.Protocol):
                 raise ServerDisconnected(f"{exc}", before_response=True) from exc
             return await waiter
         finally:
-            self.timer.cancel()
+            if not (streaming and self.in_flight):
+                self.timer.cancel()  # else a stream's body is still coming: silence still counts
             self.waiter = self.drained = None
 
     async def _write_in_slices(self, head: bytes, body: bytes) -> None:
@@ -181,17 +288,25 @@ class _Connection(asyncio.Protocol):
             self.transport.write(view[offset : offset + _CHUNK])
 
     def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if not self.closed:
             self.closed = True
             self.transport.abort()
+
+    def resume(self) -> None:
+        """The stream's reader caught up: read from the engine again."""
+        self.reading_paused = False
+        self.last_activity = self.loop.time()  # the wait was the reader's, not the engine's
+        if not self.closed:
+            self.transport.resume_reading()
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self.in_flight:
             self.close()  # bytes nobody asked for: the connection can't be trusted any more
             return
         self.received = True
@@ -206,8 +321,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.timer is not None and not self.in_flight:
+            self.timer.cancel()
+        if not self.in_flight:
             return
         if self.headers_done and not self.framed and exc is None:
             self.keep_alive = False
@@ -235,7 +351,7 @@ class _Connection(asyncio.Protocol):
         self.headers = []
         self.body = []
         self.headers_done = self.framed = False
-        if self.waiter is None or self.waiter.done():
+        if not self.in_flight:
             self.close()  # a second response to one request
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -246,9 +362,23 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        if self.streaming and self.parser.get_status_code() >= 200:
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # the head: the stream's reader takes it from here
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.streaming:
+            self.body.append(body)
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        self._wake_reader()
+        if self.buffered > self.max_buffered and not self.reading_paused:
+            # The reader (the client behind it) is slower than the engine: stop reading, so the
+            # socket's buffers fill and TCP stops the engine, rather than buffering the stream.
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
         if self.parser.get_status_code() < 200:
@@ -259,6 +389,13 @@ class _Connection(asyncio.Protocol):
 
     # ---- outcomes ------------------------------------------------------------------------
     def _finish(self) -> None:
+        self.in_flight = False
+        self.timer.cancel()
+        if self.streaming:
+            self.done = True
+            self._wake_reader()
+            self._wake_writer()
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             response = UpstreamResponse(
@@ -269,19 +406,29 @@ class _Connection(asyncio.Protocol):
         self._wake_writer()
 
     def _fail(self, exc: BaseException) -> None:
+        self.in_flight = False
+        self.timer.cancel()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+        elif self.streaming:
+            self.error = exc  # the head is out: the failure reaches the stream's reader
+            self._wake_reader()
         self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        if self.readable is not None and not self.readable.done():
+            self.readable.set_result(None)
 
     def _wake_writer(self) -> None:
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
     def _check_silence(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self.in_flight:
             return
+        if self.reading_paused:
+            self.last_activity = self.loop.time()  # waiting on the stream's reader, not the engine
         due = self.last_activity + self.read_timeout
         if self.loop.time() >= due - 0.001:
             self._fail(UpstreamTimeout(f"The engine sent nothing for {self.read_timeout:g} s"))
@@ -305,12 +452,14 @@ class UpstreamPool:
         keepalive: float = KEEPALIVE_SECONDS,
         max_idle_per_host: int = MAX_IDLE_PER_HOST,
         max_connections: int = 1000,
+        max_buffered: int = MAX_BUFFERED,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive = keepalive
         self.max_idle_per_host = max_idle_per_host
+        self.max_buffered = max_buffered
         self._slots = asyncio.Semaphore(max_connections)  # requests in flight, one connection each
         self._ssl_context = ssl_context
         self._idle: dict[tuple, list[_Connection]] = {}
@@ -337,6 +486,39 @@ class UpstreamPool:
                     # answered it: once more on a fresh connection (never more than once).
             connection = await self._connect(key)
             return await self._exchange(connection, head, body)
+
+    async def stream(
+        self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None
+    ) -> UpstreamStream:
+        """POST `body` to `url`; returns once the response's head has arrived, the body then
+        read through the stream (which must be released or closed: it holds a connection).
+        Raises as `post` does; the keep-alive race is retried only before any byte came back."""
+        scheme, host, port, netloc, target = _split(url)
+        head = _request_head(target, netloc, headers, len(body))
+        key = (scheme, host, port, server_hostname if scheme == "https" else None)
+        await self._slots.acquire()  # held until the stream is released or closed
+        try:
+            connection = self._take_idle(key)
+            if connection is not None:
+                try:
+                    await self._start(connection, head, body)
+                    return UpstreamStream(connection, self)
+                except ServerDisconnected as exc:
+                    if not exc.before_response:
+                        raise
+            connection = await self._connect(key)
+            await self._start(connection, head, body)
+            return UpstreamStream(connection, self)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _start(self, connection: _Connection, head: bytes, body: bytes) -> None:
+        try:
+            await connection.exchange(head, body, streaming=True)
+        except BaseException:
+            connection.close()  # after an error or a cancellation, nothing on it can be trusted
+            raise
 
     async def aclose(self) -> None:
         self._closed = True
@@ -369,7 +551,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, key, self.read_timeout),
+                    lambda: _Connection(loop, key, self.read_timeout, self.max_buffered),
                     host,
                     port,
                     ssl=tls,

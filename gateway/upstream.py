@@ -75,8 +75,9 @@ def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession
 
 
 def make_pool(*, read_timeout: float = READ_TIMEOUT) -> UpstreamPool:
-    """The pool for non-streaming requests (gateway/h1.py: a fraction of aiohttp's CPU per
-    request); streams keep the aiohttp session. Must be created inside the running loop."""
+    """The pool for the engines' requests, streamed or not (gateway/h1.py: a fraction of
+    aiohttp's CPU per request); external endpoints and TorchServe keep the aiohttp session.
+    Must be created inside the running loop."""
     return UpstreamPool(
         connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, max_connections=MAX_CONNECTIONS
     )

@@ -327,6 +327,62 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(
     assert UsageRecord.objects.get().status_code == 499
 
 
+def stream_text(gateway, secret: str, **headers) -> tuple[int, bytes]:
+    """(status, the whole body as the client received it) of a streamed chat completion."""
+    body = {**CHAT, "stream": True, "max_tokens": 6, "min_tokens": 6}
+    headers["authorization"] = f"Bearer {secret}"
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST", gateway.base_url + "/chat/completions", json=body, headers=headers
+        ) as response:
+            return response.status_code, b"".join(response.iter_raw())
+
+
+def recorded_status() -> int:
+    from gateway.models import UsageRecord
+    from gateway.tasks import flush_usage
+
+    flush_usage()
+    return UsageRecord.objects.get().status_code
+
+
+def test_an_engine_dying_mid_stream_ends_the_body_and_is_recorded_as_502(
+    tenants, deployment, gateway, engine
+):
+    secret = make_key(tenants.member, tenants.org)
+    status, received = stream_text(gateway, secret, **{"x-sandbox-fail-after-tokens": "2"})
+    # The head was out: the client sees the first tokens, then the body ends without [DONE].
+    assert status == 200
+    assert received.count(b"data: {") == 3 and b"[DONE]" not in received
+    assert recorded_status() == 502
+
+
+def test_an_engine_silent_mid_stream_past_the_read_timeout_ends_the_body_as_504(
+    tenants, engine, transactional_db
+):
+    import time
+
+    server = start_console(read_timeout=0.5)
+    try:
+        make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+        secret = make_key(tenants.member, tenants.org)
+        started = time.monotonic()
+        # 1.5 s between tokens: silent past the gateway's read timeout after the first one.
+        status, received = stream_text(server, secret, **{"x-sandbox-token-ms": "1500"})
+        elapsed = time.monotonic() - started
+        assert status == 200 and b"[DONE]" not in received
+        assert received.count(b"data: {") == 2  # the role, then the first token
+        assert elapsed < 1.4
+        # The gateway dropped the engine's connection: it stops generating.
+        deadline = time.monotonic() + 2
+        while engine.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.running == 0
+        assert recorded_status() == 504
+    finally:
+        server.stop()
+
+
 def test_redis_down_fails_closed_with_503(tenants, engine, settings, transactional_db):
     make_deployment(tenants.project, "llama", served_model_name="llama-chat")
     secret = make_key(tenants.member, tenants.org)

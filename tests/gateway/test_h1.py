@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
+import hashlib
 import json
 import re
 import socket
@@ -780,3 +781,318 @@ def test_tls_through_an_address_verifies_the_given_server_name(run, certificate)
     assert names[0] == "engine.models.example.test"
     assert isinstance(error.__cause__, ssl.SSLCertVerificationError)
     assert len(seen.requests) == 2  # one connection for both, none sent on the refused one
+
+
+# ---- streams (UpstreamPool.stream) ---------------------------------------------------------------
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def read_all(stream) -> list[bytes]:
+    return [piece async for piece in stream.iter_chunks()]
+
+
+def test_the_engine_streams_through_the_pool_event_by_event(run, engine_server):
+    _, base = engine_server
+    body = json.dumps({**CHAT, "stream": True, "max_tokens": 16}).encode()
+
+    async def main():
+        pool = make_pool()
+        try:
+            stream = await pool.stream(f"{base}/v1/chat/completions", body, JSON)
+            pieces = await read_all(stream)
+            complete = stream.complete
+            stream.release()
+            refused = await pool.stream(
+                f"{base}/v1/chat/completions", json.dumps({**CHAT, "max_tokens": 0}).encode(), JSON
+            )
+            refusal = b"".join(await read_all(refused))
+            refused.release()
+            return stream, pieces, complete, refused, refusal
+        finally:
+            await pool.aclose()
+
+    stream, pieces, complete, refused, refusal = run(main)
+    assert stream.status == 200 and stream.content_type.startswith(b"text/event-stream")
+    assert complete
+    whole = b"".join(pieces)
+    assert whole.endswith(b"data: [DONE]\n\n") and whole.count(b"data: ") > 3
+    events = [json.loads(e[6:]) for e in whole.split(b"\n\n") if e.startswith(b"data: {")]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == "You said: hello there"
+    assert refused.status == 400 and json.loads(refusal)["error"]
+
+
+def test_a_stream_hands_over_each_chunk_before_the_engine_sends_the_next(run):
+    """The engine sends the rest only once the client has the first chunk: a client that waited
+    for the whole body would never see it."""
+
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(CHUNKED_HEAD + chunk(b"data: first\n\n"))
+        await writer.drain()
+        await seen.got_first.wait()
+        writer.write(chunk(b"data: second\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def main():
+        async with serve(script) as (port, seen):
+            seen.got_first = asyncio.Event()
+            pool = make_pool()
+            stream = await pool.stream(f"http://127.0.0.1:{port}/", b"{}", JSON)
+            pieces = []
+            async with asyncio.timeout(3):
+                async for piece in stream.iter_chunks():
+                    pieces.append(piece)
+                    seen.got_first.set()
+            stream.release()
+            await pool.aclose()
+            return stream.status, pieces
+
+    status, pieces = run(main)
+    assert status == 200
+    assert pieces == [b"data: first\n\n", b"data: second\n\n"]
+
+
+def test_a_stream_without_length_ends_at_eof_and_its_connection_is_not_reused(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: a\n\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"data: b\n\n")
+        await writer.drain()
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            bodies = []
+            for _ in range(2):
+                stream = await pool.stream(f"http://127.0.0.1:{port}/", b"", {})
+                bodies.append(b"".join(await read_all(stream)))
+                stream.release()
+            await pool.aclose()
+            return bodies, seen.connections
+
+    bodies, connections = run(main)
+    assert bodies == [b"data: a\n\ndata: b\n\n"] * 2
+    assert connections == 2
+
+
+def test_a_stream_read_to_its_end_and_released_reuses_the_connection(run):
+    async def script(reader, writer, seen, index):
+        while await read_request(reader, seen) is not None:
+            writer.write(CHUNKED_HEAD)
+            for piece in (b"data: 1\n\n", b"data: [DONE]\n\n"):
+                await asyncio.sleep(0.01)
+                writer.write(chunk(piece))
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def main():
+        async with serve(script) as (port, seen):
+            # One connection slot: a stream that didn't give its slot back would block the next.
+            pool = make_pool(max_connections=1)
+            url = f"http://127.0.0.1:{port}/"
+            bodies = []
+            async with asyncio.timeout(3):
+                for _ in range(3):
+                    stream = await pool.stream(url, b"{}", JSON)
+                    bodies.append(b"".join(await read_all(stream)))
+                    stream.release()
+                reused = seen.connections
+                # Released before its end: the connection can't carry another request.
+                stream = await pool.stream(url, b"{}", JSON)
+                stream.release()
+                await pool.post(url, b"{}", JSON)
+            await pool.aclose()
+            return bodies, reused, seen.connections
+
+    bodies, reused, total = run(main)
+    assert bodies == [b"data: 1\n\ndata: [DONE]\n\n"] * 3
+    assert reused == 1 and total == 2
+
+
+def test_closing_a_stream_midway_makes_the_engine_see_the_disconnect(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(CHUNKED_HEAD + chunk(b"data: token\n\n"))
+        await writer.drain()
+        seen.rest = await reader.read()  # b"" once the client hangs up
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(max_connections=1)
+            stream = await pool.stream(f"http://127.0.0.1:{port}/", b"", {})
+            async for piece in stream.iter_chunks():
+                assert piece == b"data: token\n\n"
+                break
+            stream.close()
+            await until(lambda: seen.closed == 1)
+            # Its slot is free again.
+            async with asyncio.timeout(1):
+                await pool.aclose()
+            return seen.rest
+
+    assert run(main) == b""
+
+
+@pytest.mark.parametrize("waiting_for", ["head", "body"])
+def test_a_cancelled_stream_closes_its_connection(run, waiting_for):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        if waiting_for == "body":
+            writer.write(CHUNKED_HEAD + chunk(b"data: 1\n\n"))
+            await writer.drain()
+        await reader.read()  # until the client closes
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(max_connections=1)
+            got = []
+
+            async def consume():
+                stream = await pool.stream(f"http://127.0.0.1:{port}/", b"", {})
+                async for piece in stream.iter_chunks():
+                    got.append(piece)
+
+            task = asyncio.ensure_future(consume())
+            await until(lambda: len(got) == 1 if waiting_for == "body" else len(seen.requests) == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await until(lambda: seen.closed == 1)  # the engine sees the client go (and stops)
+            # The slot came back: another stream can start.
+            async with asyncio.timeout(1):
+                next_one = asyncio.ensure_future(pool.stream(f"http://127.0.0.1:{port}/", b"", {}))
+                await until(lambda: seen.connections == 2)
+                next_one.cancel()
+            await pool.aclose()
+
+    run(main)
+
+
+def test_a_stream_silent_longer_than_the_read_timeout_times_out_midway(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(CHUNKED_HEAD)
+        for _ in range(5):  # 0.5 s of steady tokens, never 0.3 s apart: no timeout
+            await asyncio.sleep(0.1)
+            writer.write(chunk(b"data: t\n\n"))
+        await reader.read()  # then silent until the client closes
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool(read_timeout=0.3)
+            stream = await pool.stream(f"http://127.0.0.1:{port}/", b"", {})
+            got = []
+            with pytest.raises(UpstreamTimeout):
+                async for piece in stream.iter_chunks():
+                    got.append(piece)
+            await until(lambda: seen.closed == 1)  # the pool closed its side
+            stream.close()  # already closed: nothing more happens
+            await pool.aclose()
+            return b"".join(got)
+
+    assert run(main) == b"data: t\n\n" * 5
+
+
+def test_a_stream_cut_short_is_an_error_after_what_arrived(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(CHUNKED_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        # ...and the connection closes without the last chunk
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            stream = await pool.stream(f"http://127.0.0.1:{port}/", b"", {})
+            got = []
+            with pytest.raises(ServerDisconnected) as info:
+                async for piece in stream.iter_chunks():
+                    got.append(piece)
+            await pool.aclose()
+            return got, info.value, seen.connections
+
+    got, error, connections = run(main)
+    assert got == [b"data: 1\n\n"]
+    assert not error.before_response and connections == 1  # not retried
+
+
+def test_a_stream_on_a_keep_alive_connection_the_engine_closed_is_retried_before_any_byte(run):
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.write(CHUNKED_HEAD + chunk(b"data: %d\n\n" % index) + b"0\r\n\r\n")
+        await writer.drain()
+        await read_request(reader, seen)  # ...and closes without a word
+
+    async def main():
+        async with serve(script) as (port, seen):
+            pool = make_pool()
+            bodies = []
+            for _ in range(2):
+                stream = await pool.stream(f"http://127.0.0.1:{port}/", b"x", {})
+                bodies.append(b"".join(await read_all(stream)))
+                stream.release()
+            await pool.aclose()
+            return bodies, seen
+
+    bodies, seen = run(main)
+    assert bodies == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert seen.connections == 2 and len(seen.requests) == 3
+
+
+def test_a_slow_reader_holds_the_engine_back_instead_of_buffering_the_stream(run):
+    """16 MB streamed as fast as the engine can; the reader takes one chunk and then waits
+    longer than the read timeout: the client holds at most about `max_buffered` bytes, the
+    engine's writes block (TCP's window), and nothing times out; read on, every byte arrives."""
+    total = 16 * 1024 * 1024
+    piece = bytes(range(256)) * 256  # 64 KB
+
+    async def script(reader, writer, seen, index):
+        await read_request(reader, seen)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        for _ in range(total // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+            seen.sent += len(piece)
+        await reader.read()
+
+    async def main():
+        async with serve(script) as (port, seen):
+            seen.sent = 0
+            pool = make_pool(read_timeout=0.5, max_buffered=64 * 1024)
+            stream = await pool.stream(f"http://127.0.0.1:{port}/", b"", {})
+            connection = stream._connection
+            chunks = stream.iter_chunks()
+            first = await anext(chunks)
+            received, digest = len(first), hashlib.sha256(first)
+            most_buffered = 0
+            for _ in range(40):  # 0.8 s without reading
+                await asyncio.sleep(0.02)
+                most_buffered = max(most_buffered, connection.buffered)
+            sent_while_paused = seen.sent
+            paused = connection.reading_paused
+            async for data in chunks:
+                received += len(data)
+                digest.update(data)
+            stream.release()
+            await pool.aclose()
+            return most_buffered, paused, sent_while_paused, received, digest.digest()
+
+    most_buffered, paused, sent_while_paused, received, digest = run(main)
+    assert paused
+    # The bound plus what one read from the socket may add past it.
+    assert most_buffered <= 64 * 1024 + 256 * 1024
+    # The engine stopped: far from the 16 MB it would have sent to a client buffering it all.
+    assert sent_while_paused < 4 * 1024 * 1024
+    assert received == total
+    assert digest == hashlib.sha256(piece * (total // len(piece))).digest()
