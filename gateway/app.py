@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -959,13 +960,13 @@ class Gateway:
                 if b"\n\n" in pending:
                     *events, pending = pending.split(b"\n\n")
                     for event in events:
-                        if b'"usage"' in event:
+                        if b'"usage"' in event and _USAGE_OBJECT.search(event):
                             _scan_usage(event, usage)
                 if status == 200 and not recorded[0] and b"data: [DONE]" in chunk:
                     # Meter before the client sees the end of the stream (same reason as _proxy).
                     await record(200)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if pending and b'"usage"' in pending:
+            if pending and b'"usage"' in pending and _USAGE_OBJECT.search(pending):
                 _scan_usage(pending, usage)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -1178,6 +1179,11 @@ def _tls_name(url: str, deployment: DeploymentInfo) -> dict:
     if deployment.upstream_host and url.startswith("https://"):
         return {"server_hostname": deployment.upstream_host}
     return {}
+
+
+# Engines asked for usage in a stream send `"usage": null` in every chunk and the counts in the
+# last: only an event with a usage object is decoded (not every token's chunk).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 def _scan_usage(event: bytes, usage: list[int]) -> None:
