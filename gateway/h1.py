@@ -189,6 +189,15 @@ def _split(url: str) -> tuple[str, str, int, str, str]:
     return parts.scheme, parts.hostname, port, netloc, target
 
 
+def _prepare(
+    url: str, body: bytes, headers: dict[str, str], server_hostname: str | None
+) -> tuple[tuple, bytes]:
+    """The pool key (scheme, host, port, TLS server name) and the request's head for `url`."""
+    scheme, host, port, netloc, target = _split(url)
+    key = (scheme, host, port, server_hostname if scheme == "https" else None)
+    return key, _request_head(target, netloc, headers, len(body))
+
+
 def _request_head(target: str, host: str, headers: dict[str, str], length: int) -> bytes:
     lines = []
     for name, value in headers.items():
@@ -471,21 +480,9 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """POST `body` to `url`; the whole response. Raises UpstreamTimeout (a TimeoutError) or
         an UpstreamError; ValueError for a header that can't be sent safely."""
-        scheme, host, port, netloc, target = _split(url)
-        head = _request_head(target, netloc, headers, len(body))
-        key = (scheme, host, port, server_hostname if scheme == "https" else None)
+        key, head = _prepare(url, body, headers, server_hostname)
         async with self._slots:
-            connection = self._take_idle(key)
-            if connection is not None:
-                try:
-                    return await self._exchange(connection, head, body)
-                except ServerDisconnected as exc:
-                    if not exc.before_response:
-                        raise
-                    # The engine closed the idle connection as the request went out, so it never
-                    # answered it: once more on a fresh connection (never more than once).
-            connection = await self._connect(key)
-            return await self._exchange(connection, head, body)
+            return await self._on_connection(key, lambda c: self._exchange(c, head, body))
 
     async def stream(
         self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None
@@ -493,32 +490,34 @@ class UpstreamPool:
         """POST `body` to `url`; returns once the response's head has arrived, the body then
         read through the stream (which must be released or closed: it holds a connection).
         Raises as `post` does; the keep-alive race is retried only before any byte came back."""
-        scheme, host, port, netloc, target = _split(url)
-        head = _request_head(target, netloc, headers, len(body))
-        key = (scheme, host, port, server_hostname if scheme == "https" else None)
+        key, head = _prepare(url, body, headers, server_hostname)
         await self._slots.acquire()  # held until the stream is released or closed
         try:
-            connection = self._take_idle(key)
-            if connection is not None:
-                try:
-                    await self._start(connection, head, body)
-                    return UpstreamStream(connection, self)
-                except ServerDisconnected as exc:
-                    if not exc.before_response:
-                        raise
-            connection = await self._connect(key)
-            await self._start(connection, head, body)
-            return UpstreamStream(connection, self)
+            return await self._on_connection(key, lambda c: self._start(c, head, body))
         except BaseException:
             self._slots.release()
             raise
 
-    async def _start(self, connection: _Connection, head: bytes, body: bytes) -> None:
+    async def _on_connection(self, key: tuple, run):
+        """`run(connection)` on an idle connection to `key` when there is one; when the engine had
+        closed that one as the request went out (not one byte came back, so it never answered
+        it), once more on a fresh connection — never more than once."""
+        connection = self._take_idle(key)
+        if connection is not None:
+            try:
+                return await run(connection)
+            except ServerDisconnected as exc:
+                if not exc.before_response:
+                    raise
+        return await run(await self._connect(key))
+
+    async def _start(self, connection: _Connection, head: bytes, body: bytes) -> UpstreamStream:
         try:
             await connection.exchange(head, body, streaming=True)
         except BaseException:
             connection.close()  # after an error or a cancellation, nothing on it can be trusted
             raise
+        return UpstreamStream(connection, self)
 
     async def aclose(self) -> None:
         self._closed = True
