@@ -246,18 +246,25 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Every Redis client (the gateway's, Django's cache, Celery's broker): a pooled connection idle
+# for longer than health_check_interval is PINGed before use, reads time out, dead peers are found
+# by TCP keepalive (gateway/cache.py redis_options adds the one retry on a dropped connection).
+REDIS_CLIENT_OPTIONS = {
+    "health_check_interval": 10,
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 2.0,
+    "socket_keepalive": True,
+}
+
 # Celery: Redis in production; kombu's filesystem transport when embedded, which (unlike
 # memory://) works between the web process, the worker and beat.
 CELERY_DIR = MODELDECK_DATA_DIR / "celery"
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    # The gateway's Redis settings (gateway/cache.py redis_options): a connection idle for 10 s is
-    # checked before use, a timed-out read is retried, dead peers are found by TCP keepalive.
-    # (No socket_timeout: kombu blocks on BRPOP with its own.)
+    # The gateway's Redis client options (REDIS_CLIENT_OPTIONS) and a retried timed-out read;
+    # no socket_timeout: kombu blocks on BRPOP with its own.
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
-        "health_check_interval": 10,
-        "socket_connect_timeout": 2,
-        "socket_keepalive": True,
+        **{k: v for k, v in REDIS_CLIENT_OPTIONS.items() if k != "socket_timeout"},
         "retry_on_timeout": True,
     }
     CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -286,13 +293,7 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             # Passed to redis-py's pool: the same resilience as the gateway's clients.
-            "OPTIONS": {
-                "health_check_interval": 10,
-                "socket_timeout": 5,
-                "socket_connect_timeout": 2,
-                "socket_keepalive": True,
-                "retry_on_timeout": True,
-            },
+            "OPTIONS": {**REDIS_CLIENT_OPTIONS, "retry_on_timeout": True},
         }
     }
 else:

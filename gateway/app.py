@@ -30,14 +30,13 @@ from redis.exceptions import RedisError
 
 from gateway import h1, load, metrics, overflow, resp
 from gateway.cache import (
-    CONNECT_TIMEOUT,
     GENERATION_KEY,
     RETRY_BACKOFF_S,
-    SOCKET_TIMEOUT,
     DeploymentInfo,
     GatewayCache,
     KeyInfo,
     async_redis,
+    redis_options,
     user_generation_key,
 )
 from gateway.errors import GatewayError, error_body
@@ -241,8 +240,9 @@ class Gateway:
             if settings.REDIS_URL:
                 self._redis = async_redis(max_connections=500)
                 # The scripts of every request go through one lean connection (gateway/resp.py).
-                fast = resp.connect_for(settings.REDIS_URL, connect_timeout=CONNECT_TIMEOUT,
-                                        reply_timeout=SOCKET_TIMEOUT, retry_backoff=RETRY_BACKOFF_S)  # fmt: skip
+                options = redis_options()
+                fast = resp.connect_for(settings.REDIS_URL, connect_timeout=options["socket_connect_timeout"],
+                                        reply_timeout=options["socket_timeout"], retry_backoff=RETRY_BACKOFF_S)  # fmt: skip
                 self._limiter = RedisRateLimiter(self._redis, fast=fast)
             else:
                 self._limiter = LocalRateLimiter()
@@ -828,9 +828,8 @@ class Gateway:
         if not deployment.autoscaled:
             return  # a fixed replica count: nothing reads its load
         try:
-            commands = load.Commands()
-            load.admit_commands(commands, deployment.id, call.request_id, time.time())
-            scale = load.parse_scale((await self._execute(commands))[-1])
+            commands = load.admit_commands(deployment.id, call.request_id, time.time())
+            scale = load.parse_scale((await self.limiter.execute(commands))[-1])
             call.admitted = True
         except RedisError:
             log.warning("gateway load not measured", exc_info=True)
@@ -855,25 +854,8 @@ class Gateway:
 
     async def _load_finish(self, deployment_id: int, request_id: str, latency_ms: float, completion: int) -> None:
         """Take a finished request out of its deployment's load (the autoscaler's counters)."""
-        commands = load.Commands()
-        load.finish_commands(commands, deployment_id, request_id, time.time(), latency_ms, completion)
-        await self._execute(commands)
-
-    async def _execute(self, commands: list[tuple]) -> list:
-        """Plain commands in one round trip, on the limiter's lean connection when it has one;
-        the first error reply raises (as a redis-py pipeline does)."""
-        fast = self.limiter.fast if isinstance(self.limiter, RedisRateLimiter) else None
-        if fast is not None:
-            replies = await fast.execute(commands)
-        else:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        commands = load.finish_commands(deployment_id, request_id, time.time(), latency_ms, completion)
+        await self.limiter.execute(commands)
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, asyncio.TimeoutError):

@@ -44,20 +44,13 @@ TABLE_TTL = 60.0  # backstop: a routing table is reloaded this often even if no 
 # Every Redis client of the gateway (its asyncio pool, the lookups' and the usage consumer's sync
 # clients) is made here, so all of them survive a Redis restart the same way: a command that
 # meets a dropped connection is retried once on a fresh one, and a pooled connection idle for
-# longer than HEALTH_CHECK_INTERVAL is PINGed before use (a stale one is replaced, not failed).
-HEALTH_CHECK_INTERVAL = 10
-SOCKET_TIMEOUT = 5.0
-CONNECT_TIMEOUT = 2.0
+# longer than settings.REDIS_CLIENT_OPTIONS' health_check_interval is PINGed before use (a stale
+# one is replaced, not failed). Django's cache and Celery's broker get the same options.
 RETRY_BACKOFF_S = 0.05
 
 
 def redis_options() -> dict:
-    return {
-        "health_check_interval": HEALTH_CHECK_INTERVAL,
-        "socket_timeout": SOCKET_TIMEOUT,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_keepalive": True,
-    }
+    return dict(settings.REDIS_CLIENT_OPTIONS)
 
 
 def sync_redis(url: str | None = None, **options):

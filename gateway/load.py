@@ -1,8 +1,8 @@
 """Per-deployment load, measured by the gateway in Redis for the autoscaler, and requests held at zero.
 
 Every gateway process writes the same keys, so the autoscaler (deployments/autoscale.py) sees
-the sum. Per request, two fixed-size command groups, each one round trip (no Lua, so they fold
-into any pipeline the gateway already sends: `admit_commands` / `finish_commands` only append):
+the sum. Per request, two fixed-size command groups, each one round trip (no Lua: plain commands that
+`admit_commands` / `finish_commands` return, sent with RedisRateLimiter.execute):
 
 - at admit: the request joins the deployment's in-flight set (ZADD, scored by its start), the
   current 1-second bucket counts it (HINCRBY), the "last request" time is set, and the
@@ -67,50 +67,30 @@ def latency_bin(latency_ms: float) -> int:
 # ---- the gateway's side: two small command groups per request ------------------------------
 
 
-def admit_commands(pipe: Any, deployment_id: int, request_id: str, now: float) -> None:
-    """Append the admit commands (4 writes, 1 read: the last result is the scale)."""
+def admit_commands(deployment_id: int, request_id: str, now: float) -> list[tuple]:
+    """The admit commands (4 writes, 1 read: the last reply is the scale)."""
     bucket = bucket_key(deployment_id, int(now // BUCKET_SECONDS))
-    pipe.zadd(in_flight_key(deployment_id), {request_id: now})
-    pipe.hincrby(bucket, "r", 1)
-    pipe.expire(bucket, BUCKET_TTL_SECONDS)
-    pipe.set(last_key(deployment_id), f"{now:.3f}", ex=IN_FLIGHT_MAX_AGE_SECONDS * 8)
-    pipe.hmget(scale_key(deployment_id), "desired", "ready")
+    return [
+        ("ZADD", in_flight_key(deployment_id), now, request_id),
+        ("HINCRBY", bucket, "r", 1),
+        ("EXPIRE", bucket, BUCKET_TTL_SECONDS),
+        ("SET", last_key(deployment_id), f"{now:.3f}", "EX", IN_FLIGHT_MAX_AGE_SECONDS * 8),
+        ("HMGET", scale_key(deployment_id), "desired", "ready"),
+    ]
 
 
 def finish_commands(
-    pipe: Any, deployment_id: int, request_id: str, now: float, latency_ms: float, output_tokens: int
-) -> None:
-    """Append the finish commands (5 writes)."""
+    deployment_id: int, request_id: str, now: float, latency_ms: float, output_tokens: int
+) -> list[tuple]:
+    """The finish commands (5 writes)."""
     bucket = bucket_key(deployment_id, int(now // BUCKET_SECONDS))
-    pipe.zrem(in_flight_key(deployment_id), request_id)
-    pipe.hincrby(bucket, "t", int(output_tokens))
-    pipe.hincrby(bucket, "b", int(latency_ms))  # busy milliseconds: average concurrency
-    pipe.hincrby(bucket, f"l{latency_bin(latency_ms)}", 1)
-    pipe.expire(bucket, BUCKET_TTL_SECONDS)
-
-
-class Commands(list):
-    """The calls `admit_commands` / `finish_commands` make on a redis-py pipeline, collected as
-    raw commands for the gateway's lean connection (gateway/resp.py)."""
-
-    def zadd(self, key: str, mapping: dict) -> None:
-        for member, score in mapping.items():
-            self.append(("ZADD", key, score, member))
-
-    def zrem(self, key: str, member: str) -> None:
-        self.append(("ZREM", key, member))
-
-    def hincrby(self, key: str, field: str, amount: int) -> None:
-        self.append(("HINCRBY", key, field, amount))
-
-    def expire(self, key: str, seconds: int) -> None:
-        self.append(("EXPIRE", key, seconds))
-
-    def set(self, key: str, value: str, ex: int | None = None) -> None:
-        self.append(("SET", key, value, "EX", ex) if ex else ("SET", key, value))
-
-    def hmget(self, key: str, *fields: str) -> None:
-        self.append(("HMGET", key, *fields))
+    return [
+        ("ZREM", in_flight_key(deployment_id), request_id),
+        ("HINCRBY", bucket, "t", int(output_tokens)),
+        ("HINCRBY", bucket, "b", int(latency_ms)),  # busy milliseconds: average concurrency
+        ("HINCRBY", bucket, f"l{latency_bin(latency_ms)}", 1),
+        ("EXPIRE", bucket, BUCKET_TTL_SECONDS),
+    ]
 
 
 @dataclass(frozen=True)

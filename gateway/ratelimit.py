@@ -369,6 +369,21 @@ class RedisRateLimiter:
         if self.fast is not None:
             await self.fast.aclose()
 
+    async def execute(self, commands: list[tuple]) -> list:
+        """Plain commands (gateway/load.py's) in one round trip, on the lean connection when there
+        is one; the first error reply raises, as a redis-py pipeline does."""
+        if self.fast is not None:
+            replies = await self.fast.execute(commands)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def _pipeline(self, batch: list) -> list:
         if self.fast is not None:
             return await self.fast.execute(

@@ -107,10 +107,11 @@ def test_gateway_measurement_is_read_back_per_deployment(redis_client):
     redis_client.flushdb()
     now = time.time()
     pipe = redis_client.pipeline(transaction=False)
-    for i in range(4):
-        gateway_load.admit_commands(pipe, 7, f"r{i}", now)
-    gateway_load.finish_commands(pipe, 7, "r0", now, latency_ms=150.0, output_tokens=20)
-    gateway_load.finish_commands(pipe, 7, "r1", now, latency_ms=3000.0, output_tokens=40)
+    commands = [c for i in range(4) for c in gateway_load.admit_commands(7, f"r{i}", now)]
+    commands += gateway_load.finish_commands(7, "r0", now, latency_ms=150.0, output_tokens=20)
+    commands += gateway_load.finish_commands(7, "r1", now, latency_ms=3000.0, output_tokens=40)
+    for command in commands:
+        pipe.execute_command(*command)
     raw = pipe.execute()
     assert gateway_load.parse_scale(raw[4]).at_zero is False  # not autoscaled: nothing published
 
@@ -123,7 +124,8 @@ def test_gateway_measurement_is_read_back_per_deployment(redis_client):
     assert loads[8] == Load()
     pipe = redis_client.pipeline(transaction=False)
     gateway_load.publish_scale(pipe, 7, desired=0, ready=0)
-    gateway_load.admit_commands(pipe, 7, "r9", now)
+    for command in gateway_load.admit_commands(7, "r9", now):
+        pipe.execute_command(*command)
     assert gateway_load.parse_scale(pipe.execute()[-1]).at_zero is True
     redis_client.flushdb()
 
