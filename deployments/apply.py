@@ -26,7 +26,7 @@ from deployments.models import (
     ModelDeployment,
 )
 from deployments.selectors import spec_diff
-from deployments.spec import SPEC_KEYS, normalize_spec
+from deployments.spec import SPEC_KEYS, clean_limits_and_pricing, merge_spec, normalize_spec
 from projects.models import Environment, Organization, Project
 
 API_VERSION = "modeldeck.io/v1"
@@ -347,7 +347,19 @@ def _deployment_refs(ctx: Context, project: Project, spec: dict[str, Any]) -> di
 
 
 EXTERNAL_KEYS = ("kind", "model", "url", "api_key", "overflow", "served_model_name", "options", "endpoint",
-                 "description")  # fmt: skip
+                 "description", "rate_limits", "pricing")  # fmt: skip
+
+
+def _terms(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Rate limits and pricing a document gives, over the stored ones, in their canonical form
+    (so "0.5" and "0.50" are no change); as given when they don't check (apply reports why)."""
+    merged = {key: merge_spec(stored.get(key) or {}, given[key]) if isinstance(given.get(key), dict)
+              else given.get(key, stored.get(key)) for key in ("rate_limits", "pricing")}  # fmt: skip
+    try:
+        limits, pricing = clean_limits_and_pricing(merged["rate_limits"], merged["pricing"])
+    except ValidationError:
+        return merged
+    return {"rate_limits": limits, "pricing": pricing}
 
 
 def _plan_external(ctx: Context, doc: dict[str, Any]) -> Change:
@@ -380,17 +392,20 @@ def _plan_external(ctx: Context, doc: dict[str, Any]) -> Change:
             credential=str(given.get("api_key") or ""), overflow=given.get("overflow") or None,
             served_model_name=str(given.get("served_model_name") or ""), options=given.get("options") or {},
             endpoint=refs["endpoint"], description=str(given.get("description") or ""),
+            rate_limits=given.get("rate_limits"), pricing=given.get("pricing"),
         ))  # fmt: skip
     if not existing.is_external:
         raise ManifestError(f"modeldeployment/{name} is a managed deployment; its kind can't change in place")
-    current = existing.spec().get("external") or {}
+    stored = existing.spec()
+    current = stored.get("external") or {}
     old = {"url": existing.external_url, "overflow": current.get("overflow") or None,
            "served_model_name": existing.served_name(), "description": existing.description,
-           "options": {k: current.get(k) for k in external.OPTION_FIELDS}}  # fmt: skip
+           "options": {k: current.get(k) for k in external.OPTION_FIELDS},
+           "rate_limits": stored.get("rate_limits"), "pricing": stored.get("pricing")}  # fmt: skip
     new = {"url": given.get("url", old["url"]), "overflow": given.get("overflow", old["overflow"]) or None,
            "served_model_name": given.get("served_model_name") or old["served_model_name"],
            "description": given.get("description", old["description"]),
-           "options": old["options"] | dict(given.get("options") or {})}  # fmt: skip
+           "options": old["options"] | dict(given.get("options") or {}), **_terms(stored, given)}  # fmt: skip
     diff = [{"field": k, "old": old[k], "new": new[k]} for k in old if old[k] != new[k]]
     if given.get("api_key") and given["api_key"] != existing.external_credential:
         diff.append({"field": "api_key", "old": "(set)", "new": "(changed)"})
@@ -399,7 +414,7 @@ def _plan_external(ctx: Context, doc: dict[str, Any]) -> Change:
     return Change("ModelDeployment", name, "configured", diff, lambda: external.external_deployment_update(
         user=ctx.user, deployment=existing, url=new["url"], overflow=new["overflow"],
         served_model_name=new["served_model_name"], options=new["options"], description=new["description"],
-        credential=str(given.get("api_key") or ""),
+        credential=str(given.get("api_key") or ""), rate_limits=new["rate_limits"], pricing=new["pricing"],
     ))  # fmt: skip
 
 

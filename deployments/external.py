@@ -37,7 +37,7 @@ from deployments.services import (
     _user_or_none,
     event_record,
 )
-from deployments.spec import default_spec
+from deployments.spec import clean_limits_and_pricing, default_spec, merge_spec
 from projects.models import Project
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,15 @@ def _overflow(project: Project, overflow: Any, errors: dict, *, exclude: int | N
 def external_check(
     *, project: Project, name: str, url: str, overflow: Any = None, served_model_name: str = "",
     options: dict[str, Any] | None = None, exclude: int | None = None,
+    rate_limits: Any = None, pricing: Any = None,
 ) -> tuple[str, ModelDeployment | None, dict[str, Any]]:
-    """Field errors (a ValidationError) or (url, overflow deployment, canonical spec)."""
+    """Field errors (a ValidationError) or (url, overflow deployment, canonical spec). Rate limits
+    and pricing are checked as a managed deployment's (spec field names: `pricing.currency`)."""
     errors: dict[str, str] = {}
+    try:
+        limits, prices = clean_limits_and_pricing(rate_limits, pricing)
+    except ValidationError as exc:
+        errors.update({key: messages[0] for key, messages in exc.message_dict.items()})
     name = (name or "").strip()
     if exclude is None:
         if not _NAME.match(name) or len(name) > 50:
@@ -166,6 +172,7 @@ def external_check(
     spec = default_spec()
     spec.update(engine="external", image="", served_model_name=served, replicas={"min": 0, "max": 0},
                 resources={"cpu": "0", "memory": "0", "gpus": 0, "gpu_type": ""},
+                rate_limits=limits, pricing=prices,
                 external={**opts, "overflow": target.name if target else ""})  # fmt: skip
     _check_served_name_free(project.organization, served, exclude=exclude)
     return url.strip(), target, spec
@@ -175,13 +182,16 @@ def external_deployment_create(
     *, user: AbstractBaseUser | None, project: Project, model: CatalogModel, name: str, url: str,
     credential: str = "", overflow: Any = None, served_model_name: str = "",
     options: dict[str, Any] | None = None, endpoint: Endpoint | None = None, description: str = "",
+    rate_limits: dict[str, Any] | None = None, pricing: dict[str, Any] | None = None,
 ) -> ModelDeployment:
-    """An external deployment: Running at once (the gateway's breaker decides what answers)."""
+    """An external deployment: Running at once (the gateway's breaker decides what answers).
+    Rate limits and pricing work as a managed deployment's: the gateway enforces and meters them."""
     permissions.require(user, "change", project, what="deployments")
     if model.organization_id not in (None, project.organization_id):
         raise ValidationError({"model": "Choose a model of this organization's catalog."})
     url, target, spec = external_check(project=project, name=name, url=url, overflow=overflow,
-                                       served_model_name=served_model_name, options=options)  # fmt: skip
+                                       served_model_name=served_model_name, options=options,
+                                       rate_limits=rate_limits, pricing=pricing)  # fmt: skip
     name = name.strip()
     try:
         with transaction.atomic():
@@ -207,28 +217,40 @@ def external_deployment_create(
     return deployment
 
 
+def _over(current: Any, given: Any) -> Any:
+    """`given` over the stored mapping, key by key (a non-mapping is left for the check to refuse)."""
+    if given is None:
+        return current
+    if not isinstance(given, dict) or not isinstance(current, dict):
+        return given
+    return merge_spec(current, given)
+
+
 def external_deployment_update(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, **fields: Any
 ) -> ModelDeployment:
-    """Change URL, credential (empty keeps it), overflow, served name or options; a new revision."""
+    """Change URL, credential (empty keeps it), overflow, served name, options, rate limits or
+    pricing (the given keys over the current ones, as a managed deployment's update); a new revision."""
     permissions.require(user, "change", deployment.project, what="deployments")
     if not deployment.is_external:
         raise ValidationError({"kind": "Only an external deployment has an external URL."})
-    unknown = set(fields) - {"url", "credential", "overflow", "served_model_name", "options", "description"}
+    unknown = set(fields) - {"url", "credential", "overflow", "served_model_name", "options", "description",
+                             "rate_limits", "pricing"}  # fmt: skip
     if unknown:
         raise ValidationError({k: "Not a field of an external deployment." for k in sorted(unknown)})
     with transaction.atomic():
         locked = _locked(deployment)
         before = _deployment_snapshot(locked)
-        current = locked.spec().get("external", {})
+        stored = locked.spec()
+        current = stored.get("external", {})
         options = {k: current.get(k) for k in OPTION_FIELDS} | dict(fields.get("options") or {})
         url, target, spec = external_check(
             project=locked.project, name=locked.name, url=fields.get("url", locked.external_url),
             overflow=fields.get("overflow", locked.overflow_id), exclude=locked.pk,
             served_model_name=fields.get("served_model_name", locked.served_name()), options=options,
+            rate_limits=_over(stored.get("rate_limits"), fields.get("rate_limits")),
+            pricing=_over(stored.get("pricing"), fields.get("pricing")),
         )  # fmt: skip
-        spec["rate_limits"] = locked.spec().get("rate_limits", spec["rate_limits"])
-        spec["pricing"] = locked.spec().get("pricing", spec["pricing"])
         locked.external_url, locked.overflow = url, target
         if fields.get("credential"):
             locked.external_credential = fields["credential"]

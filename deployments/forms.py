@@ -346,7 +346,86 @@ def _optional_int(value: str, *, what: str) -> int | None:
     return int(value)
 
 
-class DeploymentForm(StyledForm):
+class GatewayTermsForm(StyledForm):
+    """Rate limits and pricing, what the gateway enforces and meters: the same fields for a
+    managed deployment (DeploymentForm) and an external one (ExternalDeploymentForm)."""
+
+    # Rate limits: organization / user / API key × RPM / TPM
+    rl_organization_rpm = forms.CharField(
+        label="Organization · requests/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_organization_tpm = forms.CharField(
+        label="Organization · tokens/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_user_rpm = forms.CharField(
+        label="Per user · requests/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_user_tpm = forms.CharField(
+        label="Per user · tokens/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_api_key_rpm = forms.CharField(
+        label="Per API key · requests/min", required=False, widget=_int_input("unlimited")
+    )
+    rl_api_key_tpm = forms.CharField(
+        label="Per API key · tokens/min", required=False, widget=_int_input("unlimited")
+    )
+    # Pricing
+    # Empty: USD, free (the spec's defaults).
+    currency = forms.CharField(
+        max_length=20, initial="USD", required=False, widget=forms.TextInput(attrs={"placeholder": "USD"})
+    )
+    price_input = forms.CharField(label="Per 1M input tokens", initial="0.00", max_length=20, required=False)
+    price_output = forms.CharField(label="Per 1M output tokens", initial="0.00", max_length=20, required=False)
+
+    LIMIT_FIELDS = tuple(f"rl_{scope}_{unit}" for scope in RATE_SCOPES for unit in ("rpm", "tpm"))
+    PRICE_FIELDS = ("currency", "price_input", "price_output")
+
+    def clean_currency(self) -> str:
+        return (self.cleaned_data.get("currency") or "").strip().upper() or "USD"
+
+    def _price(self, name: str) -> str:
+        raw = (self.cleaned_data.get(name) or "").strip() or "0"
+        try:
+            Decimal(raw)
+        except InvalidOperation:
+            raise ValidationError("Enter a price such as 0.50 (per million tokens).") from None
+        return raw
+
+    def clean_price_input(self) -> str:
+        return self._price("price_input")
+
+    def clean_price_output(self) -> str:
+        return self._price("price_output")
+
+    def rate_limits(self) -> dict[str, dict[str, Any]]:
+        """The spec's `rate_limits` from the form (text; the spec's check turns it into numbers)."""
+        d = self.cleaned_data
+        return {
+            scope: {unit: d[f"rl_{scope}_{unit}"] for unit in ("rpm", "tpm") if f"rl_{scope}_{unit}" in d}
+            for scope in RATE_SCOPES
+        }
+
+    def pricing(self) -> dict[str, Any]:
+        d = self.cleaned_data
+        pairs = (("currency", "currency"), ("input_per_million", "price_input"), ("output_per_million", "price_output"))
+        return {key: d[name] for key, name in pairs if name in d}
+
+    def add_service_error(self, exc) -> None:
+        """Service errors name spec keys ("resources.gpus"); put each on its form field."""
+        if hasattr(exc, "error_dict"):
+            for key, errors in exc.error_dict.items():
+                target = form_field_for(key, self.fields)
+                for error in errors:
+                    for message in error.messages:
+                        if target is None and key not in ("__all__", None):
+                            message = f"{key}: {message}"
+                        self.add_error(target, message)
+        else:
+            for message in exc.messages:
+                self.add_error(None, message)
+
+
+class DeploymentForm(GatewayTermsForm):
     # Details
     name = forms.CharField(
         max_length=50,
@@ -501,25 +580,6 @@ class DeploymentForm(StyledForm):
         widget=_textarea(4, "nodeAffinity: …"),
         help_text="YAML or JSON Kubernetes affinity.",
     )
-    # Rate limits: organization / user / API key × RPM / TPM
-    rl_organization_rpm = forms.CharField(
-        label="Organization · requests/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_organization_tpm = forms.CharField(
-        label="Organization · tokens/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_user_rpm = forms.CharField(
-        label="Per user · requests/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_user_tpm = forms.CharField(
-        label="Per user · tokens/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_api_key_rpm = forms.CharField(
-        label="Per API key · requests/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_api_key_tpm = forms.CharField(
-        label="Per API key · tokens/min", required=False, widget=_int_input("unlimited")
-    )
     # Autoscaling (deployments/autoscale.py; the gateway measures the load)
     autoscale_enabled = forms.BooleanField(
         label="Scale with load", required=False,
@@ -556,12 +616,6 @@ class DeploymentForm(StyledForm):
         help_text="At zero replicas, a request waits this long for the model to start before it gets "
         "a 503 “model is starting”.",
     )  # fmt: skip
-    # Pricing
-    currency = forms.CharField(
-        max_length=20, initial="USD", widget=forms.TextInput(attrs={"placeholder": "USD"})
-    )
-    price_input = forms.CharField(label="Per 1M input tokens", initial="0.00", max_length=20)
-    price_output = forms.CharField(label="Per 1M output tokens", initial="0.00", max_length=20)
     # Edit only
     reason = forms.CharField(
         label="Reason for this change",
@@ -797,17 +851,6 @@ class DeploymentForm(StyledForm):
         text = self.cleaned_data.get("affinity", "")
         return parse_structured(text, expect=dict, what="Affinity") or None
 
-    def clean_currency(self) -> str:
-        return self.cleaned_data["currency"].strip().upper()
-
-    def _price(self, name: str) -> str:
-        raw = (self.cleaned_data.get(name) or "").strip() or "0"
-        try:
-            Decimal(raw)
-        except InvalidOperation:
-            raise ValidationError("Enter a price such as 0.50 (per million tokens).") from None
-        return raw
-
     def _seconds(self, name: str) -> int | None:
         return _optional_int(self.cleaned_data.get(name), what="a number of seconds")
 
@@ -823,11 +866,6 @@ class DeploymentForm(StyledForm):
     def clean_autoscale_target(self) -> str:
         return (self.cleaned_data.get("autoscale_target") or "").strip()
 
-    def clean_price_input(self) -> str:
-        return self._price("price_input")
-
-    def clean_price_output(self) -> str:
-        return self._price("price_output")
 
     def clean(self) -> dict:
         data = super().clean()
@@ -916,11 +954,8 @@ class DeploymentForm(StyledForm):
             "prompt_caching": bool(d.get("prompt_caching")),
             "resources": given(("cpu", "cpu"), ("memory", "memory"), ("gpus", "gpus"))
             | ({"shm_size": self.template_shm} if getattr(self, "template_shm", "") else {}),
-            "rate_limits": {
-                scope: given(("rpm", f"rl_{scope}_rpm"), ("tpm", f"rl_{scope}_tpm")) for scope in RATE_SCOPES
-            },
-            "pricing": given(("currency", "currency"), ("input_per_million", "price_input"),
-                             ("output_per_million", "price_output")),
+            "rate_limits": self.rate_limits(),
+            "pricing": self.pricing(),
             "autoscaling": {
                 "enabled": bool(d.get("autoscale_enabled")),
                 **given(("metric", "autoscale_metric"), ("target", "autoscale_target"),
@@ -959,20 +994,6 @@ class DeploymentForm(StyledForm):
         if served:
             spec["served_model_name"] = served
         return spec
-
-    def add_service_error(self, exc) -> None:
-        """Service errors name spec keys ("resources.gpus"); put each on its form field."""
-        if hasattr(exc, "error_dict"):
-            for key, errors in exc.error_dict.items():
-                target = form_field_for(key, self.fields)
-                for error in errors:
-                    for message in error.messages:
-                        if target is None and key not in ("__all__", None):
-                            message = f"{key}: {message}"
-                        self.add_error(target, message)
-        else:
-            for message in exc.messages:
-                self.add_error(None, message)
 
 
 def initial_from_spec(spec: dict) -> dict:
@@ -1058,7 +1079,7 @@ def spec_json(spec: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class ExternalDeploymentForm(StyledForm):
+class ExternalDeploymentForm(GatewayTermsForm):
     """An OpenAI-compatible URL of the organization's own, with its key and an optional overflow
     deployment. Create: every field; edit (``instance``): project, model and name stay."""
 
@@ -1104,6 +1125,8 @@ class ExternalDeploymentForm(StyledForm):
                 "external_url": instance.external_url, "served_model_name": instance.served_name(),
                 "overflow": instance.overflow_id, "description": instance.description,
                 **{k: options.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")},
+                **{k: v for k, v in initial_from_spec(instance.spec()).items()
+                   if k in self.LIMIT_FIELDS + self.PRICE_FIELDS},
             }  # fmt: skip
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
@@ -1118,6 +1141,11 @@ class ExternalDeploymentForm(StyledForm):
 
     def options(self) -> dict[str, Any]:
         return {k: self.cleaned_data.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")}
+
+    def endpoint_fields(self) -> list[forms.BoundField]:
+        """Everything but the rate limits and pricing (the template shows those in sections)."""
+        terms = set(self.LIMIT_FIELDS + self.PRICE_FIELDS)
+        return [field for field in self if field.name not in terms]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -526,6 +526,33 @@ def normalize_spec(
     given_auto = spec.get("autoscaling")
     _clean_autoscaling(errors, out, rmin, isinstance(given_auto, dict) and "enabled" not in given_auto)
 
+    _clean_limits_and_pricing(errors, out)
+
+    _clean_startup_budget(errors, out)
+    _clean_capacity_grace(errors, out)
+    _clean_node_pools(errors, out)
+    _clean_policies(errors, out)
+    _check_nim_profile(errors, out, model=model)
+    _clean_bundle_choice(errors, out, bundle=bundle)
+    _check_context_length(errors, out, model=model, bundle=bundle)
+    if errors.errors:
+        raise ValidationError(errors.errors)
+
+    # The renderers know Kubernetes' rules (quantities, label syntax, engine argument clashes);
+    # rendering a stand-in here turns a would-be 422 into a field error now.
+    try:
+        validate_spec(_render_spec(out, model=model, bundle=bundle, deployment_id=1, name="validate",
+                                   namespace="validate", revision=1, project=None, secret_env={},
+                                   image_pull_secrets=None))  # fmt: skip
+    except SpecError as exc:
+        message = exc.message[:1].upper() + exc.message[1:] + "."
+        raise ValidationError({error_key(exc.field): message}) from None
+    return out
+
+
+def _clean_limits_and_pricing(errors: _Errors, out: dict[str, Any]) -> None:
+    """Rate limits (whole numbers ≥ 1 or None per scope and unit) and pricing (a currency code,
+    prices per million tokens as decimal strings), in place: what the gateway reads."""
     limits: dict[str, dict[str, int | None]] = {}
     for scope in RATE_LIMIT_SCOPES:
         given = out["rate_limits"].get(scope) or {}
@@ -564,26 +591,21 @@ def normalize_spec(
             out_pricing[key] = "0.00"
     out["pricing"] = out_pricing
 
-    _clean_startup_budget(errors, out)
-    _clean_capacity_grace(errors, out)
-    _clean_node_pools(errors, out)
-    _clean_policies(errors, out)
-    _check_nim_profile(errors, out, model=model)
-    _clean_bundle_choice(errors, out, bundle=bundle)
-    _check_context_length(errors, out, model=model, bundle=bundle)
+
+def clean_limits_and_pricing(rate_limits: Any, pricing: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A deployment's rate limits and pricing in their canonical form, for deployments that have
+    no managed spec to go through (external ones); ValidationError with the spec's field names."""
+    for key, value in (("rate_limits", rate_limits), ("pricing", pricing)):
+        if value is not None and not isinstance(value, dict):
+            raise ValidationError({key: "Must be a mapping."})
+    defaults = default_spec()
+    out = {"rate_limits": merge_spec(defaults["rate_limits"], rate_limits or {}),
+           "pricing": merge_spec(defaults["pricing"], pricing or {})}  # fmt: skip
+    errors = _Errors()
+    _clean_limits_and_pricing(errors, out)
     if errors.errors:
         raise ValidationError(errors.errors)
-
-    # The renderers know Kubernetes' rules (quantities, label syntax, engine argument clashes);
-    # rendering a stand-in here turns a would-be 422 into a field error now.
-    try:
-        validate_spec(_render_spec(out, model=model, bundle=bundle, deployment_id=1, name="validate",
-                                   namespace="validate", revision=1, project=None, secret_env={},
-                                   image_pull_secrets=None))  # fmt: skip
-    except SpecError as exc:
-        message = exc.message[:1].upper() + exc.message[1:] + "."
-        raise ValidationError({error_key(exc.field): message}) from None
-    return out
+    return out["rate_limits"], out["pricing"]
 
 
 # Spec keys the pods never see (the gateway and the autoscaler read them; replicas.max only

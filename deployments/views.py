@@ -1103,7 +1103,7 @@ class ExternalCreate(EditView):
                 user=request.user, project=data["project"], model=data["model"], name=data["name"],
                 url=data["external_url"], credential=data["api_key"], overflow=data["overflow"],
                 served_model_name=data["served_model_name"], options=form.options(),
-                description=data["description"],
+                description=data["description"], rate_limits=form.rate_limits(), pricing=form.pricing(),
             )  # fmt: skip
         except PermissionDenied as exc:
             raise ValidationError({"project": str(exc) or "You may not deploy into this project."}) from None
@@ -1131,7 +1131,7 @@ class ExternalEdit(EditView):
         return external.external_deployment_update(
             user=request.user, deployment=obj, url=data["external_url"], credential=data["api_key"],
             overflow=data["overflow"], served_model_name=data["served_model_name"], options=form.options(),
-            description=data["description"],
+            description=data["description"], rate_limits=form.rate_limits(), pricing=form.pricing(),
         )  # fmt: skip
 
     def success_message(self, saved) -> str:
@@ -1150,6 +1150,7 @@ def _external_detail(request: HttpRequest, deployment: ModelDeployment) -> HttpR
     context = _detail_context(request, deployment)
     context.update(
         options=(deployment.spec().get("external") or {}),
+        limit_scopes=(("organization", "Organization"), ("user", "Per user"), ("api_key", "Per API key")),
         key_last4=last4(deployment.external_credential or ""),
         breaker=overflow_state(deployment.pk),
         split=served_split(deployment.pk),

@@ -191,6 +191,11 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return last4(obj.external_credential) if obj.external_credential else ""
 
 
+RATE_LIMITS_HELP = ("As a managed deployment's spec.rate_limits: organization, user, api_key, each "
+                    "{rpm, tpm}; null or left out: unlimited.")  # fmt: skip
+PRICING_HELP = "As a managed deployment's spec.pricing: currency, input_per_million, output_per_million."
+
+
 class ExternalCreateSerializer(serializers.Serializer):
     """POST /api/v1/deployments/ with kind "external" (deployments/external.py)."""
 
@@ -208,6 +213,8 @@ class ExternalCreateSerializer(serializers.Serializer):
     served_model_name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
     options = serializers.DictField(required=False, default=dict,
                                     help_text="timeout_s, max_concurrency (0: none), failure_threshold, cooldown_s.")
+    rate_limits = serializers.DictField(required=False, default=None, allow_null=True, help_text=RATE_LIMITS_HELP)
+    pricing = serializers.DictField(required=False, default=None, allow_null=True, help_text=PRICING_HELP)
 
     def __init__(self, *args, querysets: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -224,6 +231,8 @@ class ExternalUpdateSerializer(serializers.Serializer):
     served_model_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
     options = serializers.DictField(required=False)
     description = serializers.CharField(required=False, allow_blank=True)
+    rate_limits = serializers.DictField(required=False, help_text=RATE_LIMITS_HELP + " Given keys over the current ones.")
+    pricing = serializers.DictField(required=False, help_text=PRICING_HELP + " Given keys over the current ones.")
 
     def service_fields(self) -> dict[str, Any]:
         data = dict(self.validated_data)

@@ -223,6 +223,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             url=data["external_url"], credential=data["api_key"], overflow=data["overflow"] or None,
             served_model_name=data["served_model_name"], options=data["options"],
             endpoint=data.get("endpoint"), description=data["description"],
+            rate_limits=data["rate_limits"], pricing=data["pricing"],
         )  # fmt: skip
         return self._read(deployment, status.HTTP_201_CREATED)
 
@@ -230,7 +231,8 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         request=DeploymentUpdateSerializer,
         responses=DeploymentSerializer,
         description="Change some spec fields; the others keep their values. An external deployment "
-                    "takes external_url, api_key, overflow, served_model_name, options, description.",
+                    "takes external_url, api_key, overflow, served_model_name, options, description, "
+                    "rate_limits, pricing.",
     )  # fmt: skip
     def partial_update(self, request, pk=None):
         deployment = self.get_object()

@@ -203,3 +203,33 @@ def test_the_health_check_opens_and_closes_the_shared_breaker(external, engine):
     assert check_external_endpoints() == {"checked": 1, "healthy": 1}
     assert not r.exists(key)
     assert _ask(client, 1) == ["You said: question 0"] and len(server.hits) == 1
+
+
+def test_an_external_deployments_limits_and_pricing_are_enforced_and_metered(tenants, gateway, onprem, engine):
+    from decimal import Decimal
+
+    server, url = onprem
+    model = CatalogModel.objects.create(organization=tenants.org, name="m", source="huggingface", repo_id="a/b")
+    deployment = external_deployment_create(
+        user=tenants.owner, project=tenants.project, model=model, name="priced", url=url, credential=SECRET,
+        rate_limits={"api_key": {"rpm": 2}}, pricing={"input_per_million": "100", "output_per_million": "300"},
+    )  # fmt: skip
+    client = openai.OpenAI(api_key=make_key(tenants.member, tenants.org), base_url=gateway.base_url, max_retries=0)
+
+    def ask():
+        return client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi there"}])
+
+    assert ask().choices[0].message.content == "You said: hi there"
+    ask()
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask()
+    assert "api_key" in str(refused.value) or "API key" in str(refused.value)
+    assert len(server.hits) == 2  # the third never reached the endpoint
+
+    flush_usage()
+    rows = UsageRecord.objects.filter(deployment=deployment, status_code=200)
+    assert rows.count() == 2
+    for row in rows:
+        assert row.prompt_tokens > 0 and row.completion_tokens > 0
+        expected = (row.prompt_tokens * Decimal(100) + row.completion_tokens * Decimal(300)) / Decimal(10**6)
+        assert row.cost == expected and row.cost > 0
