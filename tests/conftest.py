@@ -87,6 +87,20 @@ def redis_client():
     return client
 
 
+@pytest.fixture
+def pinned_budget_month(monkeypatch):
+    """The budget month as it is when the test starts, for the gateway's spend counters in Redis
+    (gateway.app._month) and the pages' month-to-date spend (gateway.reports.month_start): a test
+    started at 23:59:59 on a month's last day must not see its spend split over two months.
+    Returns the month's first instant (UTC)."""
+    from gateway import app, reports
+
+    start = reports.month_start()
+    monkeypatch.setattr(app, "_month", lambda: start.strftime("%Y-%m"))
+    monkeypatch.setattr(reports, "month_start", lambda now=None: start)
+    return start
+
+
 @dataclass
 class Tenants:
     org: Organization

@@ -43,7 +43,9 @@ def spend(gateway, secret: str) -> int:  # noqa: F811
     return 200
 
 
-def test_admin_sets_raises_and_removes_a_members_budget(page, live_server, tenants, gateway, screenshot):  # noqa: F811
+def test_admin_sets_raises_and_removes_a_members_budget(
+    page, live_server, tenants, gateway, screenshot, pinned_budget_month  # noqa: F811
+):
     make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
     secret = make_key(tenants.member, tenants.org, name="support-bot")
     assert [spend(gateway, secret) for _ in range(2)] == [200, 200]  # 0.01 USD this month

@@ -135,13 +135,13 @@ def test_outsiders_get_404_on_every_tab_and_route(deploy, tenants):
         assert client.get(f"/deployments/{deployment.pk}/?fragment={fragment}", **HTMX).status_code == 404
 
 
-def _record(deployment, revision, *, status=200, latency=100.0, ttft=20.0, completion=10, ago=timedelta(0)):
+def _record(deployment, revision, *, now, status=200, latency=100.0, ttft=20.0, completion=10, ago=timedelta(0)):
     n = UsageRecord.objects.count()
     return UsageRecord.objects.create(
         request_id=f"req_{n}", deployment=deployment, deployment_name=deployment.name,
         organization=deployment.project.organization, route="chat.completions", status_code=status,
         prompt_tokens=5, completion_tokens=completion, latency_ms=latency, ttft_ms=ttft,
-        revision_id=revision.pk if revision else None, created_at=timezone.now() - ago,
+        revision_id=revision.pk if revision else None, created_at=now - ago,
     )  # fmt: skip
 
 
@@ -152,11 +152,14 @@ def test_metrics_are_per_revision_from_the_gateways_records(deploy, tenants):
     r1 = deployment.current_revision
     r2 = deployment_update(user=tenants.owner, deployment=deployment,
                            spec={**deployment.spec(), "context_length": 4096})  # fmt: skip
+    # One instant for all: records read "3 minutes ago" one by one could straddle a minute
+    # boundary and split r1's latencies over two buckets (p50 200 becomes 150 and 300).
+    now = timezone.now()
     for latency in (100.0, 200.0, 300.0):
-        _record(deployment, r1, latency=latency, ago=timedelta(minutes=3))
-    _record(deployment, r1, status=500, ago=timedelta(minutes=3))
-    _record(deployment, r2, latency=50.0, ttft=5.0, completion=120)
-    _record(deployment, r2, ago=timedelta(hours=3))  # outside the last hour
+        _record(deployment, r1, now=now, latency=latency, ago=timedelta(minutes=3))
+    _record(deployment, r1, now=now, status=500, ago=timedelta(minutes=3))
+    _record(deployment, r2, now=now, latency=50.0, ttft=5.0, completion=120)
+    _record(deployment, r2, now=now, ago=timedelta(hours=3))  # outside the last hour
 
     client = login(tenants.member)
     data = client.get(f"/api/v1/deployments/{deployment.pk}/metrics/").json()

@@ -25,7 +25,7 @@ def call(server, secret: str):
     return client.chat.completions.create(**CHAT)
 
 
-def test_a_few_cents_budget_stops_a_key_across_two_gateways(tenants, gateways, engine):
+def test_a_few_cents_budget_stops_a_key_across_two_gateways(tenants, gateways, engine, pinned_budget_month):
     make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
     secret = make_key(tenants.member, tenants.org)
     key = APIKey.objects.get(user=tenants.member)
@@ -76,7 +76,7 @@ def test_a_few_cents_budget_stops_a_key_across_two_gateways(tenants, gateways, e
     ]
 
 
-def test_a_member_budget_counts_only_their_spend_in_that_organization(tenants, gateways, engine):
+def test_a_member_budget_counts_only_their_spend_in_that_organization(tenants, gateways, engine, pinned_budget_month):
     make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
     mine = make_key(tenants.member, tenants.org, name="mine")
     theirs = make_key(tenants.owner, tenants.org, name="theirs")
@@ -87,3 +87,30 @@ def test_a_member_budget_counts_only_their_spend_in_that_organization(tenants, g
         call(gateways[1], mine)
     assert info.value.body["code"] == "budget_user_exceeded"
     assert call(gateways[1], theirs).usage.total_tokens == 5  # the admin has no budget
+
+
+def test_the_budget_month_is_the_utc_calendar_month_in_the_gateway_and_the_pages(monkeypatch):
+    """The gateway's Redis counters (gateway.app._month) and the pages' month-to-date spend
+    (gateway.reports.month_start) turn over together, at midnight UTC on the 1st: also on
+    Dec 31 → Jan 1, and for a time given in another zone (the tests that spend pin the month)."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from gateway import app, reports
+
+    last_instant = datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    new_year = datetime(2027, 1, 1, tzinfo=UTC)
+    assert reports.month_start(last_instant) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert reports.month_start(new_year) == new_year
+    paris = timezone(timedelta(hours=1))  # 00:30 on Jan 1 in Paris is still December in UTC
+    assert reports.month_start(datetime(2027, 1, 1, 0, 30, tzinfo=paris)) == datetime(2026, 12, 1, tzinfo=UTC)
+
+    for at, month in ((last_instant, "2026-12"), (new_year, "2027-01")):
+
+        class Clock(datetime):
+            @classmethod
+            def now(cls, tz=None, at=at):
+                return at.astimezone(tz)
+
+        monkeypatch.setattr(app, "datetime", Clock)
+        monkeypatch.setattr(app, "_month_cache", ["", 0.0])  # not formatted yet
+        assert app._month() == month == reports.month_start(at).strftime("%Y-%m")

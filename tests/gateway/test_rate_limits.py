@@ -309,7 +309,7 @@ def test_without_a_token_limit_the_body_goes_to_the_engine_as_sent(tenants, gate
     assert "max_tokens" not in engine.requests[-1].body
 
 
-def test_a_monthly_budget_stops_a_key_across_two_gateways(tenants, gateways, engine):
+def test_a_monthly_budget_stops_a_key_across_two_gateways(tenants, gateways, engine, pinned_budget_month):
     """Budgets (plain numbers in, gateway.ratelimit.budgets_for): spend is counted in Redis from
     the same metering as usage, so both gateways refuse once it passes the limit."""
     import dataclasses

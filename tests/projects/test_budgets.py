@@ -5,6 +5,7 @@ queries that doesn't grow with the number of budgets."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -15,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
 
+from gateway import reports
 from gateway.models import UsageRecord
 from projects.keys import api_key_create
 from projects.models import APIKey, Membership, Role
@@ -157,8 +159,9 @@ def test_an_admin_sets_a_members_budget_from_the_members_page(tenants):
 
 def _members_with_budgets_and_spend(tenants, first: int, last: int) -> None:
     """Members m<first>..m<last-1>, each with a budget of 50, a gateway key with a budget of 10,
-    and i + 1 metered requests of 0.25 on that key this month (and one last month, not counted)."""
-    last_month = timezone.now().replace(day=1) - timezone.timedelta(days=3)
+    and i + 1 metered requests of 0.25 on that key this month (and one last month, not counted).
+    The tests calling it pin the budget month (pinned_budget_month): "now" may pass midnight."""
+    last_month = reports.month_start() - timedelta(days=3)
     for i in range(first, last):
         user = MembershipFactory(organization=tenants.org, role=Role.MEMBER, user=UserFactory(username=f"m{i:02d}")).user
         member_budget_set(user=tenants.owner, membership=Membership.objects.get(user=user), amount="50")
@@ -180,7 +183,7 @@ def _queries(client, url: str) -> tuple[int, object]:
     return len(ctx), response
 
 
-def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queries(tenants):
+def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queries(tenants, pinned_budget_month):
     organization_budget_set(user=tenants.owner, organization=tenants.org, amount="1000")
     page, api = login(tenants.owner), rest_api_client(tenants.owner)
     _members_with_budgets_and_spend(tenants, 0, 2)
@@ -207,7 +210,7 @@ def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queri
     assert "52.5000 / 1000.0000 USD (5%)" in html
 
 
-def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries(tenants):
+def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries(tenants, pinned_budget_month):
     organization_budget_set(user=tenants.owner, organization=tenants.org, amount="1000")
     owner = login(tenants.owner)
     _members_with_budgets_and_spend(tenants, 0, 2)
