@@ -211,16 +211,18 @@ def test_six_long_requests_with_target_one_and_max_two_ask_for_exactly_two(world
 
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(call, range(6)))
+    # Timed from the load's end, not from when ready == 2 was seen: a second replica that turns
+    # Ready late on a busy machine would leave less than the delay between the two.
+    load_ended_at = time.monotonic()
     assert statuses == [200] * 6
     until(lambda: (scale_of(deployment).ready == 2))
-    scaled_up_at = time.monotonic()
 
     # ... and back down to the minimum once the load has stayed low for the delay.
     until(lambda: scale_of(deployment).desired == 1, timeout=20)
     stop.set()
     watcher.join()
     assert max(seen) == 2 and 2 in seen  # reached exactly 2, never more
-    assert time.monotonic() - scaled_up_at >= 1.0
+    assert time.monotonic() - load_ended_at >= 1.0  # the load stayed low for the delay first
     up = deployment.events.get(reason="Autoscaled", message__startswith="1 → 2")
     assert "in flight, target 1 per replica" in up.message
     down = deployment.events.get(reason="Autoscaled", message__startswith="2 → 1")
@@ -256,9 +258,12 @@ def test_full_queue_and_past_hold_time_get_503_model_starting_with_retry_after(w
     url, secret = world.gateway().base_url + "/chat/completions", world.key()
     headers = {"authorization": f"Bearer {secret}"}
 
+    holds = world.gateway().app.gateway.holds
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(httpx.post, url, json=CHAT, headers=headers, timeout=60)
-        time.sleep(0.3)  # the first one waits in the queue
+        # The first one waits in the queue (a fixed 0.3 s sleep lost the race to a slow first
+        # request on a busy machine: the second one was queued and the first refused).
+        until(lambda: holds.waiting.get(deployment.pk) == 1, step=0.01)
         second = httpx.post(url, json=CHAT, headers=headers, timeout=60)
         assert second.status_code == 503 and second.headers["retry-after"] == "10"
         error = second.json()["error"]

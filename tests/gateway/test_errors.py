@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from deployments.models import DeploymentState, ModelDeployment
+from gateway import app as gateway_app
 from gateway.cache import invalidate
 from projects.keys import api_key_revoke
 from projects.models import APIKey
@@ -90,15 +91,31 @@ def test_expired_key_is_refused(tenants, deployment, gateway):
     assert "expired" in error["message"]
 
 
-def test_expiry_is_enforced_from_the_cached_key_too(tenants, deployment, gateway):
-    secret = make_key(
-        tenants.member, tenants.org, expires_at=timezone.now() + timedelta(seconds=1.5)
-    )
-    assert post(gateway, secret).status_code == 200
-    import time
+def test_expiry_is_enforced_from_the_cached_key_too(tenants, deployment, gateway, monkeypatch):
+    secret = make_key(tenants.member, tenants.org, expires_at=timezone.now() + timedelta(hours=1))
+    assert post(gateway, secret).status_code == 200  # the key is cached now
+    app = gateway.app.gateway
+    loads = []
+    load_key = app._load_key
 
-    time.sleep(1.6)
-    assert_openai_error(post(gateway, secret), 401, "invalid_request_error", "invalid_api_key")
+    async def counting_key(digest):
+        loads.append(digest)
+        return await load_key(digest)
+
+    # The gateway's clock moves past the expiry (a real 1.5 s expiry raced a slow first request).
+    real = gateway_app.datetime
+
+    class TwoHoursLater(real):
+        @classmethod
+        def now(cls, tz=None):
+            return real.now(tz) + timedelta(hours=2)
+
+    monkeypatch.setattr(app, "_load_key", counting_key)
+    monkeypatch.setattr(gateway_app, "datetime", TwoHoursLater)
+    error = assert_openai_error(
+        post(gateway, secret), 401, "invalid_request_error", "invalid_api_key"
+    )
+    assert "expired" in error["message"] and loads == []  # refused from the cached row
 
 
 def test_unknown_model_is_404_and_never_reveals_other_organizations(tenants, deployment, gateway):
@@ -366,13 +383,23 @@ def test_an_engine_silent_mid_stream_past_the_read_timeout_ends_the_body_as_504(
     try:
         make_deployment(tenants.project, "llama", served_model_name="llama-chat")
         secret = make_key(tenants.member, tenants.org)
-        started = time.monotonic()
-        # 1.5 s between tokens: silent past the gateway's read timeout after the first one.
-        status, received = stream_text(server, secret, **{"x-sandbox-token-ms": "1500"})
-        elapsed = time.monotonic() - started
+        # 1.5 s between tokens: silent past the gateway's read timeout after the first one. The
+        # silence is timed from the first bytes, not from the request: a slow first request on a
+        # busy machine (key and routing table loads) must not eat the margin.
+        body = {**CHAT, "stream": True, "max_tokens": 6, "min_tokens": 6}
+        headers = {"authorization": f"Bearer {secret}", "x-sandbox-token-ms": "1500"}
+        with httpx.Client(timeout=30) as client:
+            with client.stream(
+                "POST", server.base_url + "/chat/completions", json=body, headers=headers
+            ) as response:
+                status, chunks = response.status_code, response.iter_raw()
+                received = next(chunks)
+                first_bytes_at = time.monotonic()
+                received += b"".join(chunks)
+                silent_for = time.monotonic() - first_bytes_at
         assert status == 200 and b"[DONE]" not in received
         assert received.count(b"data: {") == 2  # the role, then the first token
-        assert elapsed < 1.4
+        assert silent_for < 1.4  # cut at the read timeout (0.5 s), before the next token (1.5 s)
         # The gateway dropped the engine's connection: it stops generating.
         deadline = time.monotonic() + 2
         while engine.running and time.monotonic() < deadline:

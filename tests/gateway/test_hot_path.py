@@ -3,6 +3,7 @@ reload at a time), and the flush task's registration."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -49,7 +50,6 @@ def test_a_change_reloads_the_table_once_and_the_old_one_answers_meanwhile(tenan
     the previous table instead of waiting for it."""
     import asyncio
 
-    from gateway.app import STALE_WAIT
     from gateway.cache import GENERATION_KEY
     from tests.gateway.test_rate_limits import run_in_fresh_loop
 
@@ -61,10 +61,13 @@ def test_a_change_reloads_the_table_once_and_the_old_one_answers_meanwhile(tenan
     app = gateway.app.gateway
     load_deployments = app._load_deployments
     loads, loaded = [], []
+    release = threading.Event()
 
     async def slow_load(org_id):
         loads.append(org_id)
-        await asyncio.sleep(STALE_WAIT * 4)  # a table of 10,000 deployments takes seconds
+        # A table of 10,000 deployments takes seconds: this one takes until the burst is answered
+        # (a fixed sleep raced 32 requests on a busy machine).
+        await asyncio.to_thread(release.wait, 30)
         table = await load_deployments(org_id)
         loaded.append(org_id)
         return table
@@ -77,11 +80,17 @@ def test_a_change_reloads_the_table_once_and_the_old_one_answers_meanwhile(tenan
             responses = await asyncio.gather(*(client.post("/chat/completions", json=body) for _ in range(32)))
             return responses, list(loaded)
 
-    responses, loaded_when_answered = run_in_fresh_loop(burst())
+    try:
+        responses, loaded_when_answered = run_in_fresh_loop(burst())
+    finally:
+        release.set()
     assert [r.status_code for r in responses] == [200] * 32
     assert len(loads) == 1  # one reload for all of them
     assert loaded_when_answered == []  # all answered from the old table, the reload still running
-    time.sleep(STALE_WAIT * 5)
+    deadline = time.monotonic() + 10
+    while not loaded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loaded == [tenants.org.pk]
     assert httpx.post(gateway.base_url + "/chat/completions", json=body, headers=headers).status_code == 200
     assert len(loads) == 1  # the new table is in: no further reloads
 
