@@ -113,8 +113,10 @@ def apply(apps: client.AppsV1Api, namespace: str, body: dict, **kwargs: Any) -> 
     )  # fmt: skip
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 1.5, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy; return its value or fail with the last one."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until `predicate()` is truthy; return its value or fail with the last one. The
+    timeout only bounds a failing wait: with the fast timings a condition takes well under a
+    second here, two to three times that on a busy CI machine (1.5 s was too close)."""
     deadline = time.monotonic() + timeout
     value = predicate()
     while not value:

@@ -492,19 +492,23 @@ def test_an_outage_is_a_connection_error_and_recovery_works(emulator: KubeEmulat
 
 def test_watch_streams_changes(core: client.CoreV1Api, ns: str) -> None:
     seen: list[tuple[str, str]] = []
+    # Watch from the list's resourceVersion, as clients do: a watch that connected after the
+    # writes (a fixed 0.1 s head start, on a busy machine) saw one ADDED of the patched object.
+    since = core.list_namespaced_config_map(ns).metadata.resource_version
 
     def consume() -> None:
-        for event in watch.Watch().stream(core.list_namespaced_config_map, ns, timeout_seconds=1):
+        for event in watch.Watch().stream(
+            core.list_namespaced_config_map, ns, resource_version=since, timeout_seconds=10
+        ):
             seen.append((event["type"], event["object"].metadata.name))
             if len(seen) == 2:
                 break
 
     reader = threading.Thread(target=consume)
     reader.start()
-    time.sleep(0.1)
     core.create_namespaced_config_map(ns, {"metadata": {"name": "a"}})
     core.patch_namespaced_config_map("a", ns, {"data": {"k": "v"}})
-    reader.join(timeout=2)
+    reader.join(timeout=15)
     assert seen == [("ADDED", "a"), ("MODIFIED", "a")]
 
 
