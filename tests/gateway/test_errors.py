@@ -400,8 +400,9 @@ def test_an_engine_silent_mid_stream_past_the_read_timeout_ends_the_body_as_504(
         assert status == 200 and b"[DONE]" not in received
         assert received.count(b"data: {") == 2  # the role, then the first token
         assert silent_for < 1.4  # cut at the read timeout (0.5 s), before the next token (1.5 s)
-        # The gateway dropped the engine's connection: it stops generating.
-        deadline = time.monotonic() + 2
+        # The gateway dropped the engine's connection: it stops generating (the engine notices
+        # after its 1.5 s pause, ~1 s from here; left alone, its 6 tokens would take 7.5 s).
+        deadline = time.monotonic() + 4
         while engine.running and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine.running == 0
