@@ -19,7 +19,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import aiohttp
@@ -1119,14 +1119,17 @@ def _may_call(key: KeyInfo, deployment: DeploymentInfo) -> tuple[bool, str]:
     )
 
 
-_month_cache: list = ["", 0.0]  # the value, and until when (time.monotonic()) it stands
+_month_cache: list = ["", 0.0, 0.0]  # the value, and the epoch seconds [from, until) it stands for
 
 
-def _month() -> str:
-    """The budget month (UTC), e.g. 2026-11 (formatted at most once a second: two calls a request)."""
-    now = time.monotonic()
-    if now >= _month_cache[1]:
-        _month_cache[:] = [datetime.now(UTC).strftime("%Y-%m"), now + 1.0]
+def _month(now: float | None = None) -> str:
+    """The budget month (UTC), e.g. 2026-11: formatted once a month (a request asks twice),
+    and exactly at its first instant, so spend never lands on the month before."""
+    now = time.time() if now is None else now
+    if not _month_cache[1] <= now < _month_cache[2]:  # a new month, or the clock was set back
+        start = datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=32)).replace(day=1)
+        _month_cache[:] = [start.strftime("%Y-%m"), start.timestamp(), end.timestamp()]
     return _month_cache[0]
 
 

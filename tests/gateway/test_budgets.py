@@ -104,13 +104,9 @@ def test_the_budget_month_is_the_utc_calendar_month_in_the_gateway_and_the_pages
     paris = timezone(timedelta(hours=1))  # 00:30 on Jan 1 in Paris is still December in UTC
     assert reports.month_start(datetime(2027, 1, 1, 0, 30, tzinfo=paris)) == datetime(2026, 12, 1, tzinfo=UTC)
 
-    for at, month in ((last_instant, "2026-12"), (new_year, "2027-01")):
-
-        class Clock(datetime):
-            @classmethod
-            def now(cls, tz=None, at=at):
-                return at.astimezone(tz)
-
-        monkeypatch.setattr(app, "datetime", Clock)
-        monkeypatch.setattr(app, "_month_cache", ["", 0.0])  # not formatted yet
-        assert app._month() == month == reports.month_start(at).strftime("%Y-%m")
+    # The gateway formats the month once and keeps it, but not a microsecond past its end, nor
+    # when the clock is set back into the month before.
+    monkeypatch.setattr(app, "_month_cache", ["", 0.0, 0.0])
+    for at, month in ((last_instant, "2026-12"), (new_year, "2027-01"), (new_year + timedelta(days=3), "2027-01"),
+                      (last_instant, "2026-12")):  # fmt: skip
+        assert app._month(at.timestamp()) == month == reports.month_start(at).strftime("%Y-%m")
