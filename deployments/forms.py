@@ -26,7 +26,7 @@ from deployments.models import (
     ResourceTemplate,
 )
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
-from deployments.spec import form_field_for, nim_profile_fits_gpu
+from deployments.spec import clean_limits_and_pricing, form_field_for, nim_profile_fits_gpu
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -1141,6 +1141,14 @@ class ExternalDeploymentForm(GatewayTermsForm):
 
     def options(self) -> dict[str, Any]:
         return {k: self.cleaned_data.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")}
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        try:  # the service checks them again; here so they show with the form's other errors
+            clean_limits_and_pricing(self.rate_limits(), self.pricing())
+        except ValidationError as exc:
+            self.add_service_error(exc)
+        return data
 
     def endpoint_fields(self) -> list[forms.BoundField]:
         """Everything but the rate limits and pricing (the template shows those in sections)."""

@@ -186,3 +186,11 @@ def test_apply_sets_them_and_a_same_price_written_differently_is_no_change(tenan
     assert apply("free") == 1 and "pricing.input_per_million" in out[-1], out
     row.refresh_from_db()
     assert row.spec()["pricing"]["input_per_million"] == "0.75"
+
+
+def test_the_forms_own_errors_and_the_terms_errors_show_together(tenants, model):
+    response = login(tenants.owner).post("/deployments/external/new/",
+                                         {**_form(tenants, model, rl_api_key_tpm="-3", price_input="lots"), "model": ""})  # fmt: skip
+    errors = response.context["form"].errors
+    assert set(errors) >= {"model", "rl_api_key_tpm", "price_input"}
+    assert not ModelDeployment.objects.filter(name="onprem").exists()
