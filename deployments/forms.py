@@ -1135,9 +1135,12 @@ class ExternalDeploymentForm(GatewayTermsForm):
         if instance is not None:
             for name in ("project", "model", "name"):
                 del self.fields[name]
-            self.fields["api_key"].help_text = "Empty: keep the stored key (…" + (
-                instance.external_credential[-4:] if len(instance.external_credential or "") >= 8 else ""
-            ) + ")."
+            stored = instance.external_credential or ""
+            self.fields["api_key"].help_text = (
+                "Empty: no key is sent (none is stored)." if not stored
+                else f"Empty: keep the stored key (…{stored[-4:]})." if len(stored) >= 8
+                else "Empty: keep the stored key."
+            )  # fmt: skip
 
     def options(self) -> dict[str, Any]:
         return {k: self.cleaned_data.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")}

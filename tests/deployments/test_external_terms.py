@@ -113,6 +113,7 @@ def test_the_console_form_sets_shows_and_edits_them(tenants, model):
 
     edit_page = client.get(f"/deployments/{row.pk}/external/").content.decode()
     assert 'name="rl_user_rpm" value="30"' in edit_page and 'name="price_output" value="0.60"' in edit_page
+    assert "Empty: keep the stored key (…1234)." in edit_page
     edited = client.post(f"/deployments/{row.pk}/external/", _form(tenants, model, api_key="", rl_user_rpm="",
                                                                       price_output="1.25"))  # fmt: skip
     assert edited.status_code == 302
@@ -123,6 +124,10 @@ def test_the_console_form_sets_shows_and_edits_them(tenants, model):
 
 def test_a_viewer_sees_them_but_no_edit_link(tenants, model):
     row = _create(tenants, model, rate_limits={"user": {"rpm": 7}})
+    row.external_credential = ""
+    row.save(update_fields=["external_credential"])
+    assert "Empty: no key is sent (none is stored)." in login(tenants.owner).get(
+        f"/deployments/{row.pk}/external/").content.decode()
     page = login(tenants.viewer).get(row.get_absolute_url()).content.decode()
     assert '<dd data-scope="user">7 requests/min</dd>' in page and "Change them" not in page
     assert login(tenants.outsider).get(row.get_absolute_url()).status_code == 404
