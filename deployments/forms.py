@@ -397,8 +397,21 @@ class GatewayTermsForm(StyledForm):
     def clean_price_output(self) -> str:
         return self._price("price_output")
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        for scope in RATE_SCOPES:
+            for unit, what in (("rpm", "requests per minute"), ("tpm", "tokens per minute")):
+                name = f"rl_{scope}_{unit}"
+                if name in self.errors:
+                    continue
+                try:
+                    data[name] = _optional_int(self.data.get(name, ""), what=what)
+                except ValidationError as exc:
+                    self.add_error(name, exc)
+        return data
+
     def rate_limits(self) -> dict[str, dict[str, Any]]:
-        """The spec's `rate_limits` from the form (text; the spec's check turns it into numbers)."""
+        """The spec's `rate_limits` from the form (whole numbers or None; the spec checks the range)."""
         d = self.cleaned_data
         return {
             scope: {unit: d[f"rl_{scope}_{unit}"] for unit in ("rpm", "tpm") if f"rl_{scope}_{unit}" in d}
@@ -866,18 +879,8 @@ class DeploymentForm(GatewayTermsForm):
     def clean_autoscale_target(self) -> str:
         return (self.cleaned_data.get("autoscale_target") or "").strip()
 
-
     def clean(self) -> dict:
         data = super().clean()
-        for scope in RATE_SCOPES:
-            for unit, what in (("rpm", "requests per minute"), ("tpm", "tokens per minute")):
-                name = f"rl_{scope}_{unit}"
-                if name in self.errors:
-                    continue
-                try:
-                    data[name] = _optional_int(self.data.get(name, ""), what=what)
-                except ValidationError as exc:
-                    self.add_error(name, exc)
         self._copy_template(data)
         self._copy_data_sources(data)
         self._check_with_the_service(data)

@@ -199,3 +199,18 @@ def test_the_forms_own_errors_and_the_terms_errors_show_together(tenants, model)
     errors = response.context["form"].errors
     assert set(errors) >= {"model", "rl_api_key_tpm", "price_input"}
     assert not ModelDeployment.objects.filter(name="onprem").exists()
+
+
+def test_the_external_form_reads_limits_as_the_deploy_form_does(tenants, model):
+    client = login(tenants.owner)
+    response = client.post("/deployments/external/new/", _form(tenants, model, rl_api_key_tpm="50,000",
+                                                               rl_user_rpm="1_000"))  # fmt: skip
+    assert response.status_code == 302, response.context["form"].errors
+    limits = ModelDeployment.objects.get(name="onprem").spec()["rate_limits"]
+    assert limits["api_key"]["tpm"] == 50_000 and limits["user"]["rpm"] == 1_000
+
+    bad = client.post("/deployments/external/new/", _form(tenants, model, name="other", rl_user_rpm="lots"))
+    assert bad.context["form"].errors["rl_user_rpm"] == [
+        "Enter requests per minute as a whole number, or leave it empty."
+    ]
+
