@@ -439,6 +439,9 @@ class GatewayTermsForm(StyledForm):
 
 
 class DeploymentForm(GatewayTermsForm):
+    # Django puts a base form's fields first; the page's order is the order errors are listed in.
+    field_order = [name for _, _, names in SECTIONS for name in names]
+
     # Details
     name = forms.CharField(
         max_length=50,

@@ -768,3 +768,11 @@ def test_a_viewer_with_a_change_grant_may_scale_from_the_page(tenants, deploy):
     assert response.status_code == 302
     deploy.refresh_from_db()
     assert deploy.spec()["replicas"]["max"] == 2
+
+
+def test_the_forms_error_summary_lists_fields_in_the_pages_order(owner_client, form_data):
+    html = owner_client.post(reverse("deployments:create"), {**form_data, "name": "", "rl_user_rpm": "lots",
+                                                             "price_output": "cheap"}).content.decode()  # fmt: skip
+    summary = html[html.index('id="form-errors"'):]
+    positions = [summary.index(f'href="#field-{name}"') for name in ("name", "rl_user_rpm", "price_output")]
+    assert positions == sorted(positions), positions
