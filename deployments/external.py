@@ -217,20 +217,23 @@ def external_deployment_create(
     return deployment
 
 
-def _over(current: Any, given: Any) -> Any:
-    """`given` over the stored mapping, key by key (a non-mapping is left for the check to refuse)."""
-    if given is None:
-        return current
-    if not isinstance(given, dict) or not isinstance(current, dict):
-        return given
-    return merge_spec(current, given)
+def _over(stored: dict[str, Any], fields: dict[str, Any], key: str) -> Any:
+    """fields[key] over the stored mapping, key by key; left out: as stored; null: the defaults
+    (unlimited, free), as at create (a non-mapping is left for the check to refuse)."""
+    if key not in fields:
+        return stored.get(key)
+    given, current = fields[key], stored.get(key)
+    if isinstance(given, dict) and isinstance(current, dict):
+        return merge_spec(current, given)
+    return given
 
 
 def external_deployment_update(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment, **fields: Any
 ) -> ModelDeployment:
     """Change URL, credential (empty keeps it), overflow, served name, options, rate limits or
-    pricing (the given keys over the current ones, as a managed deployment's update); a new revision."""
+    pricing (the given keys over the current ones, as a managed deployment's update; null: back to
+    unlimited / free); a new revision."""
     permissions.require(user, "change", deployment.project, what="deployments")
     if not deployment.is_external:
         raise ValidationError({"kind": "Only an external deployment has an external URL."})
@@ -248,8 +251,7 @@ def external_deployment_update(
             project=locked.project, name=locked.name, url=fields.get("url", locked.external_url),
             overflow=fields.get("overflow", locked.overflow_id), exclude=locked.pk,
             served_model_name=fields.get("served_model_name", locked.served_name()), options=options,
-            rate_limits=_over(stored.get("rate_limits"), fields.get("rate_limits")),
-            pricing=_over(stored.get("pricing"), fields.get("pricing")),
+            rate_limits=_over(stored, fields, "rate_limits"), pricing=_over(stored, fields, "pricing"),
         )  # fmt: skip
         locked.external_url, locked.overflow = url, target
         if fields.get("credential"):

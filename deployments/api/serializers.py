@@ -231,8 +231,11 @@ class ExternalUpdateSerializer(serializers.Serializer):
     served_model_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
     options = serializers.DictField(required=False)
     description = serializers.CharField(required=False, allow_blank=True)
-    rate_limits = serializers.DictField(required=False, help_text=RATE_LIMITS_HELP + " Given keys over the current ones.")
-    pricing = serializers.DictField(required=False, help_text=PRICING_HELP + " Given keys over the current ones.")
+    rate_limits = serializers.DictField(required=False, allow_null=True, help_text=(
+        "As a managed deployment's spec.rate_limits: organization, user, api_key, each {rpm, tpm}. The given "
+        "keys go over the current ones (null lifts a limit or a scope's); null: unlimited; left out: unchanged."))  # fmt: skip
+    pricing = serializers.DictField(required=False, allow_null=True, help_text=PRICING_HELP + (
+        " The given keys go over the current ones; null: USD, free; left out: unchanged."))  # fmt: skip
 
     def service_fields(self) -> dict[str, Any]:
         data = dict(self.validated_data)

@@ -214,3 +214,35 @@ def test_the_external_form_reads_limits_as_the_deploy_form_does(tenants, model):
         "Enter requests per minute as a whole number, or leave it empty."
     ]
 
+
+def test_patch_with_null_lifts_every_limit_and_makes_it_free(tenants, model):
+    row = _create(tenants, model, rate_limits={"user": {"rpm": 5}, "api_key": {"tpm": 900}},
+                  pricing={"currency": "EUR", "input_per_million": "2"})  # fmt: skip
+    client = rest_api_client(tenants.owner)
+    patched = client.patch(f"/api/v1/deployments/{row.pk}/", {"rate_limits": None}, format="json")
+    assert patched.status_code == 200, patched.json()
+    assert patched.json()["spec"]["rate_limits"] == {"organization": UNLIMITED, "user": UNLIMITED,
+                                                     "api_key": UNLIMITED}  # fmt: skip
+    assert patched.json()["spec"]["pricing"]["currency"] == "EUR"
+    patched = client.patch(f"/api/v1/deployments/{row.pk}/", {"pricing": None}, format="json")
+    assert patched.status_code == 200, patched.json()
+    assert patched.json()["spec"]["pricing"] == {"currency": "USD", "input_per_million": "0.00",
+                                                 "output_per_million": "0.00"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ({"rate_limits": {"user": 5}}, "rate_limits.user"),
+        ({"rate_limits": {"user": {"rpm": [1]}}}, "rate_limits.user.rpm"),
+        ({"rate_limits": "60/min"}, "rate_limits"),
+        ({"pricing": {"currency": {"code": "USD"}}}, "pricing.currency"),
+        ({"pricing": {"input_per_million": "1e40"}}, "pricing.input_per_million"),
+    ],
+)
+def test_patch_with_values_of_the_wrong_shape_is_a_400_on_their_key(tenants, model, body, key):
+    row = _create(tenants, model, rate_limits={"user": {"rpm": 5}})
+    response = rest_api_client(tenants.owner).patch(f"/api/v1/deployments/{row.pk}/", body, format="json")
+    assert response.status_code == 400 and key in response.json(), response.json()
+    assert ModelDeployment.objects.get(pk=row.pk).spec()["rate_limits"]["user"]["rpm"] == 5
+
