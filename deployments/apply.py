@@ -398,10 +398,11 @@ def _plan_external(ctx: Context, doc: dict[str, Any]) -> Change:
         raise ManifestError(f"modeldeployment/{name} is a managed deployment; its kind can't change in place")
     stored = existing.spec()
     current = stored.get("external") or {}
+    # The stored terms in canonical form too: a revision without them reads as unlimited and free.
     old = {"url": existing.external_url, "overflow": current.get("overflow") or None,
            "served_model_name": existing.served_name(), "description": existing.description,
            "options": {k: current.get(k) for k in external.OPTION_FIELDS},
-           "rate_limits": stored.get("rate_limits"), "pricing": stored.get("pricing")}  # fmt: skip
+           **_terms(stored, {})}  # fmt: skip
     new = {"url": given.get("url", old["url"]), "overflow": given.get("overflow", old["overflow"]) or None,
            "served_model_name": given.get("served_model_name") or old["served_model_name"],
            "description": given.get("description", old["description"]),

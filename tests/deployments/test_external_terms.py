@@ -246,3 +246,20 @@ def test_patch_with_values_of_the_wrong_shape_is_a_400_on_their_key(tenants, mod
     assert response.status_code == 400 and key in response.json(), response.json()
     assert ModelDeployment.objects.get(pk=row.pk).spec()["rate_limits"]["user"]["rpm"] == 5
 
+
+def test_reapplying_a_document_without_terms_is_no_change_even_if_the_stored_spec_lacks_them(tenants, model):
+    ctx = Context(user=tenants.owner, organization=tenants.org)
+    out: list[str] = []
+    text = MANIFEST.replace("  rate_limits: {{api_key: {{rpm: 120}}}}\n", "").replace(
+        "  pricing: {{input_per_million: {price}, output_per_million: 1.5}}\n", "")
+    text = text.format(project=tenants.project.slug, model=model.name)
+    assert apply_documents(ctx, load_documents(text), dry_run=False, write=out.append) == 0, out
+    assert apply_documents(ctx, load_documents(text), dry_run=False, write=out.append) == 0
+    assert "unchanged" in out[-1], out
+
+    # A revision written without the keys (the gateway reads it as unlimited and free).
+    revision = ModelDeployment.objects.get(name="onprem").current_revision
+    revision.spec = {k: v for k, v in revision.spec.items() if k not in ("rate_limits", "pricing")}
+    revision.save(update_fields=["spec"])
+    assert apply_documents(ctx, load_documents(text), dry_run=False, write=out.append) == 0
+    assert "unchanged" in out[-1], out
