@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -177,8 +177,15 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         fresh = selectors.deployment_get(self.request.user, deployment.pk)
         return Response(DeploymentSerializer(fresh).data, status=code)
 
-    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentSerializer},
-                   description='With "kind": "external" the body is ExternalCreate (deployments/external.py).')
+    @extend_schema(
+        request=PolymorphicProxySerializer(
+            component_name="NewDeployment", resource_type_field_name=None,
+            serializers=[DeploymentCreateSerializer, ExternalCreateSerializer],
+        ),
+        responses={201: DeploymentSerializer},
+        description='A managed deployment (DeploymentCreate), or with "kind": "external" an external '
+                    "endpoint (ExternalCreate: its URL, key, overflow, options, rate limits and pricing).",
+    )  # fmt: skip
     def create(self, request):
         if isinstance(request.data, dict) and request.data.get("kind") == "external":
             return self._create_external(request)
@@ -228,7 +235,10 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         return self._read(deployment, status.HTTP_201_CREATED)
 
     @extend_schema(
-        request=DeploymentUpdateSerializer,
+        request=PolymorphicProxySerializer(
+            component_name="DeploymentChange", resource_type_field_name=None,
+            serializers=[DeploymentUpdateSerializer, ExternalUpdateSerializer],
+        ),
         responses=DeploymentSerializer,
         description="Change some spec fields; the others keep their values. An external deployment "
                     "takes external_url, api_key, overflow, served_model_name, options, description, "

@@ -263,3 +263,18 @@ def test_reapplying_a_document_without_terms_is_no_change_even_if_the_stored_spe
     revision.save(update_fields=["spec"])
     assert apply_documents(ctx, load_documents(text), dry_run=False, write=out.append) == 0
     assert "unchanged" in out[-1], out
+
+
+def test_the_schema_describes_both_bodies_of_create_and_patch(tenants):
+    schema = rest_api_client(tenants.owner).get("/api/schema/?format=json").json()
+    operations = schema["paths"]["/api/v1/deployments/"]["post"], schema["paths"]["/api/v1/deployments/{id}/"]["patch"]
+    components = schema["components"]["schemas"]
+
+    def bodies(operation) -> set[str]:
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        return {choice["$ref"].rsplit("/", 1)[1] for choice in components[ref]["oneOf"]}
+
+    assert bodies(operations[0]) == {"DeploymentCreateRequest", "ExternalCreateRequest"}
+    assert bodies(operations[1]) == {"PatchedDeploymentUpdateRequest", "PatchedExternalUpdateRequest"}
+    for name in ("ExternalCreateRequest", "PatchedExternalUpdateRequest"):
+        assert {"rate_limits", "pricing", "external_url"} <= set(components[name]["properties"])
