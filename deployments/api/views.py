@@ -208,6 +208,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     )
     def update(self, request, pk=None):
         deployment = self.get_object()
+        permissions.require(request.user, "change", deployment)  # a reader learns nothing from the body's errors
         body = DeploymentUpdateSerializer(data=request.data, models=self._querysets()["model"])
         body.is_valid(raise_exception=True)
         services.deployment_update(
@@ -246,12 +247,14 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     )  # fmt: skip
     def partial_update(self, request, pk=None):
         deployment = self.get_object()
+        # Allowed first: a reader learns nothing from the body's errors.
         if deployment.is_external:
+            permissions.require(request.user, "change", deployment.project, what="deployments")
             body = ExternalUpdateSerializer(data=request.data)
             body.is_valid(raise_exception=True)
-            permissions.require(request.user, "change", deployment.project, what="deployments")
             external.external_deployment_update(user=request.user, deployment=deployment, **body.service_fields())
             return self._read(deployment)
+        permissions.require(request.user, "change", deployment)
         body = DeploymentUpdateSerializer(data=request.data, models=self._querysets()["model"])
         body.is_valid(raise_exception=True)
         services.deployment_update(

@@ -278,3 +278,16 @@ def test_the_schema_describes_both_bodies_of_create_and_patch(tenants):
     assert bodies(operations[1]) == {"PatchedDeploymentUpdateRequest", "PatchedExternalUpdateRequest"}
     for name in ("ExternalCreateRequest", "PatchedExternalUpdateRequest"):
         assert {"rate_limits", "pricing", "external_url"} <= set(components[name]["properties"])
+
+
+def test_a_reader_gets_403_before_any_word_about_the_body(tenants, model, deploy):
+    external = _create(tenants, model)
+    managed = deploy("burst")
+    viewer = rest_api_client(tenants.viewer)
+    bad = {"rate_limits": "60/min", "spec": "not a mapping", "external_url": "file:///etc/passwd"}
+    assert viewer.patch(f"/api/v1/deployments/{external.pk}/", bad, format="json").status_code == 403
+    assert viewer.patch(f"/api/v1/deployments/{managed.pk}/", bad, format="json").status_code == 403
+    assert viewer.put(f"/api/v1/deployments/{managed.pk}/", bad, format="json").status_code == 403
+    owner = rest_api_client(tenants.owner)
+    assert owner.patch(f"/api/v1/deployments/{external.pk}/", bad, format="json").status_code == 400
+    assert owner.put(f"/api/v1/deployments/{managed.pk}/", bad, format="json").status_code == 400
