@@ -26,7 +26,7 @@ from deployments.models import (
     ModelDeployment,
 )
 from deployments.selectors import spec_diff
-from deployments.spec import SPEC_KEYS, clean_limits_and_pricing, merge_spec, normalize_spec
+from deployments.spec import SPEC_KEYS, clean_limits_and_pricing, normalize_spec
 from projects.models import Environment, Organization, Project
 
 API_VERSION = "modeldeck.io/v1"
@@ -353,12 +353,11 @@ EXTERNAL_KEYS = ("kind", "model", "url", "api_key", "overflow", "served_model_na
 def _terms(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """Rate limits and pricing a document gives, over the stored ones, in their canonical form
     (so "0.5" and "0.50" are no change); as given when they don't check (apply reports why)."""
-    merged = {key: merge_spec(stored.get(key) or {}, given[key]) if isinstance(given.get(key), dict)
-              else given.get(key, stored.get(key)) for key in ("rate_limits", "pricing")}  # fmt: skip
+    limits, pricing = external.terms_over(stored, given)
     try:
-        limits, pricing = clean_limits_and_pricing(merged["rate_limits"], merged["pricing"])
+        limits, pricing = clean_limits_and_pricing(limits, pricing)
     except ValidationError:
-        return merged
+        pass
     return {"rate_limits": limits, "pricing": pricing}
 
 

@@ -217,15 +217,20 @@ def external_deployment_create(
     return deployment
 
 
-def _over(stored: dict[str, Any], fields: dict[str, Any], key: str) -> Any:
-    """fields[key] over the stored mapping, key by key; left out: as stored; null: the defaults
-    (unlimited, free), as at create (a non-mapping is left for the check to refuse)."""
-    if key not in fields:
-        return stored.get(key)
-    given, current = fields[key], stored.get(key)
-    if isinstance(given, dict) and isinstance(current, dict):
-        return merge_spec(current, given)
-    return given
+def terms_over(stored: dict[str, Any], fields: dict[str, Any]) -> tuple[Any, Any]:
+    """(rate_limits, pricing): each of `fields`' over the stored spec's, key by key; left out: as
+    stored; null: the defaults (unlimited, free), as at create (a non-mapping is left for the
+    check to refuse). The update and `apply -f`'s plan both read them so."""
+
+    def over(key: str) -> Any:
+        if key not in fields:
+            return stored.get(key)
+        given, current = fields[key], stored.get(key)
+        if isinstance(given, dict) and isinstance(current, dict):
+            return merge_spec(current, given)
+        return given
+
+    return over("rate_limits"), over("pricing")
 
 
 def external_deployment_update(
@@ -246,12 +251,13 @@ def external_deployment_update(
         before = _deployment_snapshot(locked)
         stored = locked.spec()
         current = stored.get("external", {})
+        limits, prices = terms_over(stored, fields)
         options = {k: current.get(k) for k in OPTION_FIELDS} | dict(fields.get("options") or {})
         url, target, spec = external_check(
             project=locked.project, name=locked.name, url=fields.get("url", locked.external_url),
             overflow=fields.get("overflow", locked.overflow_id), exclude=locked.pk,
             served_model_name=fields.get("served_model_name", locked.served_name()), options=options,
-            rate_limits=_over(stored, fields, "rate_limits"), pricing=_over(stored, fields, "pricing"),
+            rate_limits=limits, pricing=prices,
         )  # fmt: skip
         locked.external_url, locked.overflow = url, target
         if fields.get("credential"):

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 
 from catalog.ngc import NimProfile
 from console.forms import StyledForm
+from deployments.external import OPTION_FIELDS
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
@@ -346,29 +347,21 @@ def _optional_int(value: str, *, what: str) -> int | None:
     return int(value)
 
 
+def _limit_field(label: str) -> forms.CharField:
+    return forms.CharField(label=label, required=False, widget=_int_input("unlimited"))
+
+
 class GatewayTermsForm(StyledForm):
     """Rate limits and pricing, what the gateway enforces and meters: the same fields for a
     managed deployment (DeploymentForm) and an external one (ExternalDeploymentForm)."""
 
     # Rate limits: organization / user / API key × RPM / TPM
-    rl_organization_rpm = forms.CharField(
-        label="Organization · requests/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_organization_tpm = forms.CharField(
-        label="Organization · tokens/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_user_rpm = forms.CharField(
-        label="Per user · requests/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_user_tpm = forms.CharField(
-        label="Per user · tokens/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_api_key_rpm = forms.CharField(
-        label="Per API key · requests/min", required=False, widget=_int_input("unlimited")
-    )
-    rl_api_key_tpm = forms.CharField(
-        label="Per API key · tokens/min", required=False, widget=_int_input("unlimited")
-    )
+    rl_organization_rpm = _limit_field("Organization · requests/min")
+    rl_organization_tpm = _limit_field("Organization · tokens/min")
+    rl_user_rpm = _limit_field("Per user · requests/min")
+    rl_user_tpm = _limit_field("Per user · tokens/min")
+    rl_api_key_rpm = _limit_field("Per API key · requests/min")
+    rl_api_key_tpm = _limit_field("Per API key · tokens/min")
     # Pricing
     # Empty: USD, free (the spec's defaults).
     currency = forms.CharField(
@@ -1130,7 +1123,7 @@ class ExternalDeploymentForm(GatewayTermsForm):
             kwargs["initial"] = {
                 "external_url": instance.external_url, "served_model_name": instance.served_name(),
                 "overflow": instance.overflow_id, "description": instance.description,
-                **{k: options.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")},
+                **{k: options.get(k) for k in OPTION_FIELDS},
                 **{k: v for k, v in initial_from_spec(instance.spec()).items()
                    if k in self.LIMIT_FIELDS + self.PRICE_FIELDS},
             }  # fmt: skip
@@ -1149,7 +1142,7 @@ class ExternalDeploymentForm(GatewayTermsForm):
             )  # fmt: skip
 
     def options(self) -> dict[str, Any]:
-        return {k: self.cleaned_data.get(k) for k in ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")}
+        return {k: self.cleaned_data.get(k) for k in OPTION_FIELDS}
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -55,6 +55,7 @@ from gateway.ratelimit import (
     reservation,
     spend_keys,
 )
+from gateway.reports import month_start
 from gateway.tasks import write_events
 from gateway.upstream import make_pool, make_session
 from gateway.usage import (
@@ -1127,8 +1128,8 @@ def _month(now: float | None = None) -> str:
     and exactly at its first instant, so spend never lands on the month before."""
     now = time.time() if now is None else now
     if not _month_cache[1] <= now < _month_cache[2]:  # a new month, or the clock was set back
-        start = datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = (start + timedelta(days=32)).replace(day=1)
+        start = month_start(datetime.fromtimestamp(now, UTC))
+        end = month_start(start + timedelta(days=32))
         _month_cache[:] = [start.strftime("%Y-%m"), start.timestamp(), end.timestamp()]
     return _month_cache[0]
 
