@@ -7,7 +7,10 @@ flushed at the end, when it holds only this run's),
 creates one organization, a Running sandbox deployment and an API key, then runs bounded loops:
 
 1. sequential requests (concurrency 1): added latency per request;
-2. concurrent requests: throughput of each path and the ratio;
+2. concurrent requests: throughput of each path and the ratio; then again with the gateway in
+   one process per core (uvicorn --workers N: WEB_CONCURRENCY, or N web pods, in production),
+   which shows whether more gateway processes help on a machine the load generator, engine and
+   Redis share;
 3. streams: time to first token (TTFT) direct vs through the gateway, and the gateway's CPU per
    streamed request at the concurrency of 2;
 4. the upstream pools: httpx.AsyncClient vs aiohttp vs gateway/h1.py against the engine (why the
@@ -171,6 +174,56 @@ async def upstream_clients(engine_url: str, total: int, concurrency: int) -> dic
     results["gateway.h1"] = total / (time.perf_counter() - t0)
     await pool.aclose()
     return results
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (uvicorn --workers: the master and its workers)."""
+    total = cpu_seconds(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            total += cpu_seconds(int(child))
+        except FileNotFoundError:  # a worker that just ended
+            pass
+    return total
+
+
+def scaled_out(
+    args: argparse.Namespace, env: dict, uvicorn: list, engine_url: str, auth: dict, direct: str
+) -> tuple[float, float, int]:
+    """The concurrent run again with the gateway in one process per core (uvicorn --workers N;
+    WEB_CONCURRENCY=N in production, or N web pods): (median ratio, gateway CPU ms per request
+    over all its processes, N)."""
+    workers = os.cpu_count() or 1
+    port = free_port()
+    proc = subprocess.Popen(
+        [*uvicorn, "--workers", str(workers), "--port", str(port), "console.asgi:application"],
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        through = f"http://127.0.0.1:{port}/v1/chat/completions"
+        print(
+            f"\nConcurrent with the gateway in {workers} processes (uvicorn --workers {workers}; "
+            f"{args.rounds} rounds, interleaved):"
+        )
+        ratios, cpu = [], 0.0
+        for _ in range(args.rounds):
+            d_lat, d_wall, _ = asyncio.run(run_load(direct, {}, args.requests, args.concurrency))
+            before = tree_cpu_seconds(proc.pid)
+            g_lat, g_wall, _ = asyncio.run(run_load(through, auth, args.requests, args.concurrency))
+            cpu += tree_cpu_seconds(proc.pid) - before
+            ratios.append((len(g_lat) / g_wall) / (len(d_lat) / d_wall))
+        ratio = statistics.median(ratios)
+        cpu_ms = cpu * 1000 / (args.rounds * (args.requests + min(args.concurrency, 20)))
+        print(
+            f"  throughput ratio       {ratio:.2f} (gateway / direct; rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+        print(f"  gateway CPU            {cpu_ms:.2f} ms per request (all {workers} processes)")
+        return ratio, cpu_ms, workers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def setup_data(env: dict) -> str:
@@ -380,6 +433,7 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
             f"(client {client_cpu * 1000 / per_run:.2f}, engine {g_engine_cpu * 1000 / per_run:.2f}); "
             f"at most {cores * 1000 / total:.0f} req/s on {cores} cores"
         )
+        multi_ratio, multi_cpu_ms, workers = scaled_out(args, env, uvicorn, engine_url, auth, direct)
         print(f"\nStreams ({args.sequential} requests, concurrency 1):")
         _, _, d_ttft = asyncio.run(run_load(direct, {}, args.sequential, 1, stream=True))
         _, _, g_ttft = asyncio.run(run_load(through, auth, args.sequential, 1, stream=True))
@@ -412,6 +466,8 @@ def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
         print(f"\ngateway throughput ratio c{args.concurrency}: {ratio:.2f}")
         print(f"gateway cpu ms per request: {cpu_ms:.2f}")
         print(f"gateway added p50 ms c1: {added_p50_c1:.2f}")
+        print(f"gateway throughput ratio c{args.concurrency} with {workers} processes: {multi_ratio:.2f}")
+        print(f"gateway cpu ms per request with {workers} processes: {multi_cpu_ms:.2f}")
     finally:
         for proc in procs:
             proc.terminate()

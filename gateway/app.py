@@ -6,7 +6,8 @@ shared keep-alive pool (gateway/h1.py, streams chunk by chunk; external endpoint
 aiohttp) → usage event and token settlement (one more round trip, answered before the client
 gets the response's end) → Prometheus metrics. Both scripts go over gateway/resp.py's one
 connection per process, the commands of one event-loop turn in one write. PostgreSQL is only
-read on a cache miss, and never written here.
+read on a cache miss (and for a budget's month-to-date spend when Redis has lost its counter),
+and never written here.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from gateway.lookup import (
     load_deployments,
     load_endpoint_paths,
     load_key,
+    load_month_spend,
     load_public_caller,
 )
 from gateway.ratelimit import (
@@ -207,6 +209,8 @@ class Gateway:
         self._load_deployments = sync_to_async(load_deployments, thread_sensitive=False)
         self._load_public_caller = sync_to_async(load_public_caller, thread_sensitive=False)
         self._load_endpoint_paths = sync_to_async(load_endpoint_paths, thread_sensitive=False)
+        self._load_month_spend = sync_to_async(load_month_spend, thread_sensitive=False)
+        self._seeding: dict[tuple, asyncio.Future] = {}  # budget counters being seeded (single flight)
         self._endpoint_paths: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._endpoint_paths_lock = asyncio.Lock()
         self._reloads: dict[int, asyncio.Future] = {}
@@ -628,7 +632,8 @@ class Gateway:
         # The shared generation is checked once: after one reload (or STALE_WAIT of it) the table
         # in hand answers, however often other changes land meanwhile (a busy sync, rollouts).
         reloaded = False
-        for attempt in (1, 2, 3):
+        seeded = False
+        for attempt in (1, 2, 3, 4):
             if keyless:
                 deployment = await self._deployment(key, model, endpoint_path)
             else:
@@ -641,6 +646,8 @@ class Gateway:
             )
             # Reserved now, settled to the engine's count when the request finishes (_record).
             estimate, cap = reserve(levels)
+            budgets = tuple(b for b in key.budgets if b.currency == deployment.currency)
+            month = _month()
             try:
                 decision = await self.limiter.check(
                     generation_key=GENERATION_KEY,
@@ -652,8 +659,9 @@ class Gateway:
                     # The caller's own generation too (public callers have no user).
                     user_generation_key=user_generation_key(key.user_id) if key.id else "",
                     expected_user_generation=key.user_generation,
-                    budgets=tuple(b for b in key.budgets if b.currency == deployment.currency),
-                    month=_month(),
+                    budgets=budgets,
+                    month=month,
+                    seed=not seeded,
                 )
             except RedisError:
                 # Fail closed: without the limiter neither limits nor revocations can be enforced.
@@ -665,10 +673,16 @@ class Gateway:
                     code="rate_limiter_unavailable",
                     headers=[(b"retry-after", b"1")],
                 ) from None
+            if decision.unseeded:
+                # Redis lacks a budget's counter (it restarted, or the budget is new this month):
+                # the month's spend so far comes from the usage records, then this request asks again.
+                await self._seed_budgets(budgets, month)
+                seeded = True
+                continue
             if decision.stale_user:
                 # The caller's key, membership or account changed: re-read only their keys.
                 self.cache.forget_user(key.user_id)
-                if attempt < 3:
+                if attempt < 4:
                     key = await self._key(scope)
                 continue
             if not decision.stale:
@@ -677,7 +691,7 @@ class Gateway:
             # organization), and this request looks again.
             self.cache.moved(decision.generation)
             reloaded = True
-            if attempt < 3:
+            if attempt < 4:
                 key = await self._public_caller(model) if keyless else await self._key(scope)
         else:  # pragma: no cover - the caller's own generation moved twice within one request
             raise GatewayError(
@@ -711,6 +725,33 @@ class Gateway:
                 headers=[(b"retry-after", str(retry_s).encode()), *rl_headers],
             )
         return call, rl_headers, cap
+
+    async def _seed_budgets(self, budgets: tuple, month: str) -> None:
+        """Check the month's spend counters of `budgets` against the usage records: one read per
+        process at a time for the same counters (every request that finds them missing waits for
+        it). Unreadable records fail the request closed (503): a budget is not enforced from zero."""
+        ident = (month, budgets)
+        flight = self._seeding.get(ident)
+        if flight is None:
+
+            async def seed() -> None:
+                spent = await self._load_month_spend(budgets, month)
+                await self.limiter.seed_budgets(month, budgets, spent)
+
+            flight = self._seeding[ident] = asyncio.ensure_future(seed())
+            # Retrieved here too, so a failure nobody waits for any more is not reported as lost.
+            flight.add_done_callback(lambda f: (self._seeding.pop(ident, None), f.cancelled() or f.exception()))
+        try:
+            await asyncio.shield(flight)
+        except (DatabaseError, RedisError):
+            log.exception("gateway budget counters could not be seeded")
+            raise GatewayError(
+                503,
+                "The gateway cannot read this month's spend to check a budget; retry shortly.",
+                "server_error",
+                code="budget_unavailable",
+                headers=[(b"retry-after", b"1")],
+            ) from None
 
     async def _inference(
         self, scope, receive, send, route: str, request_id: str, endpoint_path: str = ""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Exists, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce
 
 from deployments.external import base_url, external_url_refusal
 from deployments.models import DeploymentEvent, DeploymentState, Endpoint, ModelDeployment
@@ -18,7 +21,8 @@ from gateway.cache import (
     sync_redis,
     user_generation_key,
 )
-from gateway.ratelimit import budgets_for
+from gateway.models import UsageRecord
+from gateway.ratelimit import Budget, budgets_for
 from gateway.upstream import upstream_for
 from gateway.usage import price
 from projects.models import APIKey, APIKeyScope, Membership
@@ -35,6 +39,30 @@ def load_key(digest: str) -> KeyInfo | None:
         return _load_key(digest)
     finally:
         # Worker threads outlive requests; misses are rare, so don't keep a connection per thread.
+        connection.close()
+
+
+def load_month_spend(budgets: tuple[Budget, ...], month: str) -> list[Decimal]:
+    """Each budget's spend in `month` ("2026-11", UTC) from the usage records, in its currency: what
+    seeds a counter Redis lost (a restart) or never held (a budget set this month). One query each."""
+    close_old_connections()
+    try:
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+        end = (start + timedelta(days=32)).replace(day=1)
+        records = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+        spent = []
+        for budget in budgets:
+            if budget.level == "organization":
+                mine = records.filter(organization_id=int(budget.ident))
+            elif budget.level == "user":  # "<organization>.<user>": their spend in that organization
+                organization_id, user_id = (int(part) for part in str(budget.ident).split("."))
+                mine = records.filter(organization_id=organization_id, user_id=user_id)
+            else:
+                mine = records.filter(api_key_id=int(budget.ident))
+            total = mine.filter(currency=budget.currency).aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
+            spent.append(total)
+        return spent
+    finally:
         connection.close()
 
 

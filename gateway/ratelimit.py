@@ -47,8 +47,12 @@ local est = tonumber(ARGV[3])
 if n > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1 then
   return {1, gen, 0, 0, 0, -1, -1, 0, -1, -1, 0}
 end
+-- A counter (a hash: s spent, k checked against the usage records) that was never checked (Redis
+-- restarted and lost the month, or the budget is new) is seeded first (flag before the limits).
 for j = 1, m do
-  local spent = tonumber(redis.call('GET', KEYS[nk + j]) or '0')
+  local counter = redis.call('HMGET', KEYS[nk + j], 's', 'k')
+  if not counter[2] and ARGV[#ARGV - m - 1] == '1' then return {-3, gen, j} end
+  local spent = tonumber(counter[1] or '0')
   if spent >= tonumber(ARGV[#ARGV - m + j - 1]) then
     return {0, gen, j, 3, -2, -1, -1, 0, -1, -1, 0}
   end
@@ -136,15 +140,32 @@ for i = 2, #KEYS - b, 2 do
     redis.call('INCRBY', tk, actual - tonumber(old))
   end
 end
--- Spend (cost in 1e-8 units) on the monthly budget counters, once per request id.
+-- Spend (cost in 1e-8 units) on the monthly budget counters, once per request id; a counter's
+-- expiry is set when this creates it.
 local units = tonumber(ARGV[4])
-if b > 0 and units > 0 and redis.call('SET', KEYS[#KEYS - b + 1], '1', 'NX', 'EX', 3600) then
+if b > 0 and units > 0 and redis.call('SET', KEYS[#KEYS - b + 1], '1', 'NX', 'EX', tonumber(ARGV[6])) then
   for j = #KEYS - b + 2, #KEYS do
-    redis.call('INCRBY', KEYS[j], units)
-    redis.call('EXPIRE', KEYS[j], tonumber(ARGV[6]))
+    if redis.call('HINCRBY', KEYS[j], 's', units) == units then
+      redis.call('EXPIRE', KEYS[j], tonumber(ARGV[7]))
+    end
   end
 end
 return redis.call('XADD', KEYS[1], '*', 'e', ARGV[3])
+"""
+
+# A counter checked against the usage records: the spend it holds or the records' (what Redis
+# counted since it lost the month is in both, or not yet in the records), whichever is more.
+# Rare (after a Redis restart, or a budget's first request of the month): sent as EVAL.
+SEED_SCRIPT = r"""
+for i = 1, #KEYS do
+  if redis.call('HEXISTS', KEYS[i], 'k') == 0 then
+    local held = tonumber(redis.call('HGET', KEYS[i], 's') or '0')
+    if tonumber(ARGV[i]) > held then redis.call('HSET', KEYS[i], 's', ARGV[i]) end
+    redis.call('HSET', KEYS[i], 'k', '1')
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[#ARGV]))
+  end
+end
+return #KEYS
 """
 
 SCRIPTS = {"admit": CHECK_SCRIPT, "finish": FINISH_SCRIPT}
@@ -177,10 +198,14 @@ class Decision:
     remaining_tokens: int = -1
     reset_tokens_ms: int = 0
     budget: Budget | None = None  # the budget used up (kind "budget")
+    unseeded: bool = False  # a budget's counter is missing: seed them (seed_budgets), then ask again
 
 
 BUDGET_UNITS = 10**8  # spend counters count cost in 1e-8 of the currency (UsageRecord.cost's places)
 BUDGET_EXPIRY_S = 40 * 86_400  # a month's counters outlive the month, then go
+# A request's finish counts its cost once however often it runs (a batch resent after a dropped
+# connection comes within seconds); the marker stays this long.
+COUNTED_EXPIRY_S = 600
 
 
 @dataclass(frozen=True)
@@ -222,7 +247,8 @@ def _levels(organization_id: int, user_id: int, api_key_id: int, values=(None, N
 
 
 def budget_key(month: str, currency: str, level: str, ident: int | str) -> str:
-    return f"modeldeck:budget:{month}:{currency}:{level}:{ident}"
+    # Hashes (s, k); the plain counters before them were named modeldeck:budget:… (left to expire).
+    return f"modeldeck:spend:{month}:{currency}:{level}:{ident}"
 
 
 def spend_keys(month: str, currency: str, *, organization_id: int, user_id: int, api_key_id: int) -> list[str]:
@@ -414,6 +440,7 @@ class RedisRateLimiter:
         expected_user_generation: str = "",
         budgets: tuple[Budget, ...] = (),
         month: str = "",
+        seed: bool = True,
     ) -> Decision:
         keys = [generation_key]
         args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
@@ -423,6 +450,8 @@ class RedisRateLimiter:
         if user_generation_key:
             keys.append(user_generation_key)
             args.append(expected_user_generation)
+        if budgets:
+            args.append("1" if seed else "0")
         for budget in budgets:
             keys.append(budget_key(month, budget.currency, budget.level, budget.ident))
             args.append(int(budget.limit * BUDGET_UNITS))
@@ -432,6 +461,8 @@ class RedisRateLimiter:
         generation = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         if status == -1:
             return Decision(allowed=False, stale=True, generation=generation)
+        if status == -3:
+            return Decision(allowed=False, generation=generation, unseeded=True)
         if status == -2:
             return Decision(allowed=False, stale_user=True)
         if status == 1 and not levels:
@@ -482,8 +513,15 @@ class RedisRateLimiter:
             keys.append(f"modeldeck:budget:counted:{request_id}")
             keys.extend(spend)
         b = len(keys) - 1 - (2 * len(levels) if actual is not None else 0)
-        args = [request_id, "" if actual is None else actual, event, units, b, BUDGET_EXPIRY_S]
+        args = [request_id, "" if actual is None else actual, event, units, b, COUNTED_EXPIRY_S, BUDGET_EXPIRY_S]
         await self._run("finish", keys, args)
+
+    async def seed_budgets(self, month: str, budgets: tuple[Budget, ...], spent: list[Decimal]) -> None:
+        """Check the month's spend counters of `budgets` against `spent` (the usage records'):
+        each holds the larger from then on; one another gateway checked first stands."""
+        keys = [budget_key(month, b.currency, b.level, b.ident) for b in budgets]
+        units = [int(amount * BUDGET_UNITS) for amount in spent]
+        await self.execute([("EVAL", SEED_SCRIPT, len(keys), *keys, *units, BUDGET_EXPIRY_S)])
 
 
 class LocalRateLimiter:
@@ -513,6 +551,7 @@ class LocalRateLimiter:
         expected_user_generation: str = "",
         budgets: tuple = (),  # budgets need Redis's shared counters: not enforced embedded
         month: str = "",
+        seed: bool = True,
     ) -> Decision:
         import time
 

@@ -110,3 +110,82 @@ def test_the_budget_month_is_the_utc_calendar_month_in_the_gateway_and_the_pages
     for at, month in ((last_instant, "2026-12"), (new_year, "2027-01"), (new_year + timedelta(days=3), "2027-01"),
                       (last_instant, "2026-12")):  # fmt: skip
         assert app._month(at.timestamp()) == month == reports.month_start(at).strftime("%Y-%m")
+
+
+def test_a_budget_holds_when_redis_loses_its_counters(tenants, gateways, engine, pinned_budget_month, _clean_redis):
+    """Redis without persistence restarts mid-month: the counters are gone, the usage records are
+    not. The next admission checks the counter against the records, so the month's spend still
+    counts (before, the budget started again from zero)."""
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    key = APIKey.objects.get(user=tenants.member)
+    api_key_budget_set(user=tenants.member, key=key, amount="0.015")  # three requests
+    for server in gateways:
+        call(server, secret)
+    assert flush_usage() == 2  # 0.01 spent, in the database
+    _clean_redis.flushdb()  # the restart: counters, generations, scripts, the usage stream
+
+    assert call(gateways[0], secret).usage.total_tokens == 5  # 0.015: the third request
+    for server in gateways:
+        with pytest.raises(openai.RateLimitError) as info:
+            call(server, secret)
+        assert info.value.body["code"] == "budget_api_key_exceeded"
+
+
+def test_a_budget_set_after_spend_redis_never_counted_starts_from_the_records(tenants, gateway, engine, pinned_budget_month, _clean_redis):
+    """Spend this month that only the usage records hold (metered before a Redis restart) counts
+    at every level: the organization, the member in it, the key; spend in another currency or
+    another month does not."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from gateway.models import UsageRecord
+
+    deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    key = APIKey.objects.get(user=tenants.member)
+
+    def spent(amount: str, *, currency="USD", when=None, **who) -> None:
+        UsageRecord.objects.create(
+            request_id=f"r{UsageRecord.objects.count()}", deployment=deployment, organization=tenants.org,
+            route="chat.completions", status_code=200, latency_ms=1.0, cost=Decimal(amount), currency=currency,
+            created_at=when or timezone.now(), **who,
+        )  # fmt: skip
+
+    spent("0.009", user=tenants.member, api_key_id=key.pk)
+    spent("5", currency="EUR", user=tenants.member, api_key_id=key.pk)
+    spent("5", user=tenants.member, api_key_id=key.pk, when=pinned_budget_month - timedelta(seconds=1))
+    membership = Membership.objects.get(user=tenants.member, organization=tenants.org)
+    for setter in (
+        lambda a: api_key_budget_set(user=tenants.member, key=key, amount=a),
+        lambda a: member_budget_set(user=tenants.owner, membership=membership, amount=a),
+        lambda a: organization_budget_set(user=tenants.owner, organization=tenants.org, amount=a),
+    ):
+        setter("0.01")
+        call(gateway, secret)  # 0.009 + 0.005: the budget is passed by this one, in flight
+        with pytest.raises(openai.RateLimitError):
+            call(gateway, secret)
+        setter("")
+        spent("-0.005", user=tenants.member, api_key_id=key.pk)  # back to 0.009 for the next level
+        flush_usage()
+        _clean_redis.flushdb()  # no counter left: the next level's starts from the records
+
+
+def test_unreadable_usage_records_fail_a_budgeted_request_closed(tenants, gateway, engine, pinned_budget_month):
+    from django.db import DatabaseError
+
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    theirs = make_key(tenants.owner, tenants.org, name="theirs")
+    api_key_budget_set(user=tenants.member, key=APIKey.objects.get(user=tenants.member), amount="1")
+
+    async def unreadable(budgets, month):
+        raise DatabaseError("the database is down")
+
+    gateway.app.gateway._load_month_spend = unreadable
+    with pytest.raises(openai.InternalServerError) as info:
+        call(gateway, secret)
+    assert info.value.status_code == 503 and info.value.body["code"] == "budget_unavailable"
+    assert call(gateway, theirs).usage.total_tokens == 5  # no budget: nothing to read
