@@ -9,7 +9,7 @@ from django import forms
 
 from catalog import estimate as estimate_lib
 from catalog.models import Engine, ModelSource
-from catalog.services import STORAGE_EXAMPLES, validate_storage_uri
+from catalog.services import STORAGE_EXAMPLES, bundle_field_errors, validate_storage_uri
 from console.forms import StyledForm
 
 HUB_TASKS = [
@@ -253,6 +253,19 @@ class BundleForm(StyledForm):
         super().__init__(*args, **kwargs)
         if editing:
             self.fields["name"].disabled = True
+
+    def clean(self):
+        data = super().clean()
+        # The service's rules (name, image, labels) beside the form's own errors (a JSON field
+        # that doesn't parse), so one submit shows them all; a field with an error keeps only it.
+        errors = bundle_field_errors(
+            name=data.get("name") or "", engine=data.get("engine") or "", image=data.get("image") or "",
+            default_args=data.get("default_args"), variables=data.get("variables"), labels=data.get("labels"),
+        )  # fmt: skip
+        for key, messages in errors.items():
+            if key in self.fields and key not in self.errors:
+                self.add_error(key, messages)
+        return data
 
 
 class MappingForm(StyledForm):

@@ -607,6 +607,20 @@ def _clean_bundle_fields(
     }
 
 
+def bundle_field_errors(
+    *, name: str, engine: str, image: str, default_args: Any, variables: Any, labels: Any
+) -> dict[str, list[str]]:
+    """The rules bundle_create and bundle_update apply to a bundle's fields, as field errors (the
+    bundle form shows them beside its own)."""
+    try:
+        _clean_bundle_fields(
+            name=name, engine=engine, image=image, default_args=default_args, variables=variables, labels=labels
+        )
+    except ValidationError as exc:
+        return exc.message_dict
+    return {}
+
+
 def bundle_create(
     *,
     user: AbstractBaseUser | None,

@@ -14,7 +14,8 @@ from django.core.exceptions import ValidationError
 
 from catalog.ngc import NimProfile
 from console.forms import StyledForm
-from deployments.external import OPTION_FIELDS
+from deployments.external import OPTION_FIELDS, external_check
+from deployments.galleries import TEMPLATE_FIELDS, template_errors
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
     POOL_EXPOSURE_FIELDS,
@@ -27,7 +28,7 @@ from deployments.models import (
     ResourceTemplate,
 )
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
-from deployments.spec import clean_limits_and_pricing, form_field_for, nim_profile_fits_gpu
+from deployments.spec import form_field_for, nim_profile_fits_gpu
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -1146,10 +1147,25 @@ class ExternalDeploymentForm(GatewayTermsForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        try:  # the service checks them again; here so they show with the form's other errors
-            clean_limits_and_pricing(self.rate_limits(), self.pricing())
+        project = self.instance.project if self.instance is not None else data.get("project")
+        if project is None:
+            return data
+        # The service's checks (it runs them again on save), so every error shows at once, beside
+        # the form's own: a field that already has one keeps only that.
+        try:
+            external_check(
+                project=project,
+                name=self.instance.name if self.instance is not None else data.get("name") or "",
+                url=data.get("external_url") or "", overflow=data.get("overflow"),
+                served_model_name=data.get("served_model_name") or "", options=self.options(),
+                exclude=self.instance.pk if self.instance is not None else None,
+                rate_limits=self.rate_limits(), pricing=self.pricing(),
+            )  # fmt: skip
         except ValidationError as exc:
-            self.add_service_error(exc)
+            for key, messages in exc.message_dict.items():
+                target = form_field_for(key, self.fields)
+                if target not in self.errors:
+                    self.add_error(target, messages if target else [f"{key}: {m}" for m in messages])
         return data
 
     def endpoint_fields(self) -> list[forms.BoundField]:
@@ -1179,6 +1195,16 @@ class ResourceTemplateForm(_GalleryForm):
     gpus = forms.IntegerField(label="GPUs", min_value=0, max_value=16, initial=1)
     gpu_type = forms.CharField(label="GPU type", required=False, max_length=100, help_text="e.g. nvidia-a100 (empty: any)")
     shm_size = forms.CharField(label="Shared memory", required=False, max_length=20, help_text="e.g. 16Gi")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        # The service's rules (CPU and memory quantities, the name) beside the form's own errors,
+        # so one submit shows them all; a field that already has an error keeps only that.
+        fields = {k: data.get(k) for k in TEMPLATE_FIELDS}
+        for key, message in template_errors(data.get("name") or "", fields).items():
+            if key in self.fields and key not in self.errors:
+                self.add_error(key, message)
+        return data
 
 
 class DataSourceForm(_GalleryForm):

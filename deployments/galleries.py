@@ -205,6 +205,14 @@ def _save(obj, user, action: str, before: dict | None) -> None:
         raise ValidationError({"name": f"{where[0].upper()}{where[1:]} already has one named “{obj.name}”."}) from None
 
 
+def template_errors(name: str, fields: dict[str, Any]) -> dict[str, str]:
+    """The rules template_create applies, as field errors (the form shows them with its own)."""
+    errors: dict[str, str] = {}
+    _name(errors, name)
+    _template_fields(fields, errors)
+    return errors
+
+
 def template_create(*, user, organization: Organization, name: str, project: Project | None = None,
                     **fields: Any) -> ResourceTemplate:  # fmt: skip
     _scope(user, organization, project)

@@ -224,3 +224,16 @@ def test_viewer_cannot_change_rules(tenants):
         == 403
     )
     assert MaaSMapping.objects.count() == 1
+
+
+def test_the_bundle_form_shows_every_error_at_once(owner_client):
+    """Variables that aren't JSON, a bad name and an image without a tag: one submit names all
+    three (the service's name and image rules beside the form's JSON error)."""
+    response = owner_client.post("/catalog/bundles/new/", {
+        "name": "Bad Name", "engine": "vllm", "image": "vllm", "default_args": "[]",
+        "variables": "{not json", "labels": "{}",
+    })  # fmt: skip
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert {"name", "image", "variables"} <= set(errors), errors
+    assert len(errors["variables"]) == 1

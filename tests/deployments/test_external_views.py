@@ -77,3 +77,19 @@ def test_a_viewer_gets_a_refusal_not_a_deployment(tenants, model, deploy, public
     response = login(tenants.viewer).post("/deployments/external/new/", _form(tenants, model, burst))
     assert response.status_code in (200, 403)
     assert not ModelDeployment.objects.filter(name="onprem").exists()
+
+
+def test_every_error_shows_at_once(tenants, model, deploy):
+    """No model, a URL with a credential and another scheme, a negative time-out, a bad rate limit:
+    one submit names them all (the service's URL rule beside the form's required model)."""
+    burst = deploy("burst")
+    client = login(tenants.owner)
+    data = _form(tenants, model, burst, external_url="ftp://user:pw@example.com/v1?x=1", timeout_s="-3",
+                 rl_api_key_rpm="lots")
+    response = client.post("/deployments/external/new/", {**data, "model": ""})
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert set(errors) >= {"model", "external_url", "timeout_s", "rl_api_key_rpm"}, errors
+    assert errors["external_url"] == ["Only http:// and https:// URLs can be called, not ftp."]
+    assert len(errors["timeout_s"]) == 1  # the form's own message, not the service's again
+    assert not ModelDeployment.objects.filter(name="onprem").exists()

@@ -129,6 +129,11 @@ def test_console_pages_list_add_and_delete(tenants):
     assert 'data-name="small"' in listing
     bad = client.post(base, {"name": "big", "cpu": "two", "memory": "8Gi", "gpus": "1"})
     assert bad.status_code == 200 and bad.context["form"].errors["cpu"]
+    # Every error at once: the service's quantity and name rules beside the form's GPU range.
+    worse = client.post(base, {"name": "Big One", "cpu": "-3", "memory": "lots", "gpus": "-1"})
+    assert worse.status_code == 200
+    assert set(worse.context["form"].errors) == {"name", "cpu", "memory", "gpus"}
+    assert len(worse.context["form"].errors["gpus"]) == 1
     row = ResourceTemplate.objects.get(name="small")
     assert login(tenants.outsider).post(f"{base}{row.pk}/delete/").status_code == 404
     assert ResourceTemplate.objects.filter(pk=row.pk).exists()
