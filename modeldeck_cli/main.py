@@ -18,7 +18,7 @@ from modeldeck_cli.client import Client, CLIError
 
 KINDS = {
     # name (and aliases) → (collection path, table columns)
-    "deployments": ("/api/v1/deployments/", ["id", "name", "state", "served_model_name", "current_revision", "gpus_held", "pool"]),
+    "deployments": ("/api/v1/deployments/", ["id", "name", "state", "served_model_name", "current_revision", "gpus_held", "pool_name:pool"]),
     "models": ("/api/v1/models/", ["id", "name", "source", "source_ref", "task", "deployment_count"]),
     "pools": ("/api/v1/pools/", ["id", "name", "kind", "engine_label", "region", "reachable"]),
 }
@@ -58,9 +58,11 @@ def _read(paths: Sequence[str]) -> str:
 
 
 def _print_table(rows: list[dict], columns: list[str], out: Callable[[str], None]) -> None:
-    cells = [[c.upper().replace("_", " ") for c in columns]]
+    # A column is a field name, or "field:header"; an empty value shows as "-".
+    keys = [c.split(":")[0] for c in columns]
+    cells = [[c.split(":")[-1].upper().replace("_", " ") for c in columns]]
     for row in rows:
-        cells.append(["" if row.get(c) is None else str(row.get(c)) for c in columns])
+        cells.append([str(row[k]) if row.get(k) not in (None, "") else "-" for k in keys])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for r in cells:
         out("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

@@ -23,8 +23,10 @@ class ProjectForm(StyledForm):
     name = forms.CharField(max_length=100)
     slug = forms.CharField(
         max_length=30,
+        required=False,
         validators=[slug_validator],
-        help_text="Part of the Kubernetes namespace (<organization>-<slug> when free); cannot change later.",
+        help_text="Part of the Kubernetes namespace (<organization>-<slug> when free); cannot change later. "
+        "Empty: made from the name.",
     )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     gpu_quota = forms.IntegerField(
@@ -58,7 +60,7 @@ class ProjectForm(StyledForm):
         if self.instance is not None:
             return self.instance.slug
         slug = self.cleaned_data["slug"]
-        if Project.objects.filter(organization=self.organization, slug=slug).exists():
+        if slug and Project.objects.filter(organization=self.organization, slug=slug).exists():
             raise forms.ValidationError(f"The slug “{slug}” is taken in {self.organization.name}.")
         return slug
 

@@ -20,6 +20,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
+from django.utils.text import slugify
 
 from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
@@ -151,16 +152,28 @@ def project_namespace_choose(*, organization: Organization, slug: str) -> str:
     raise AssertionError("unreachable")  # pragma: no cover - the candidates never end
 
 
+def slug_from_name(name: str, organization: Organization) -> str:
+    """A free slug made from a project's name: "ML Team" → ml-team (then ml-team-2, …)."""
+    base = slugify(name or "").replace("_", "-")[:26].strip("-") or "project"
+    taken = set(Project.objects.filter(organization=organization, slug__startswith=base).values_list("slug", flat=True))
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
 def project_create(
     *,
     user: AbstractBaseUser | None,
     organization: Organization,
     name: str,
-    slug: str,
+    slug: str = "",
     description: str = "",
     gpu_quota: int = 4,
 ) -> Project:
+    """A new project; an empty `slug` is made from the name."""
     permissions.require(user, "change", organization, what="projects")
+    slug = (slug or "").strip() or slug_from_name(name, organization)
     project = Project(
         organization=organization,
         name=name,

@@ -152,11 +152,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
     managed_by = serializers.SerializerMethodField()
     created_by = serializers.StringRelatedField(allow_null=True)
     external_key_last4 = serializers.SerializerMethodField()
+    pool_name = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelDeployment
         fields = [
-            "id", "name", "description", "project", "model", "bundle", "pool", "sandbox", "endpoint", "environment",
+            "id", "name", "description", "project", "model", "bundle", "pool", "pool_name", "sandbox", "endpoint", "environment",
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
             "gpus_held", "scale", "spec", "managed_by", "created_by", "created_at", "updated_at",
             "kind", "external_url", "external_key_last4", "overflow",
@@ -179,6 +180,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
         if hasattr(obj, "gpus_reserved"):  # lists annotate it (selectors.with_gpus_held)
             return obj.gpus_reserved
         return obj.gpus_held()
+
+    def get_pool_name(self, obj: ModelDeployment) -> str:
+        """The compute pool's name ("" for an external deployment, which runs on none)."""
+        return obj.pool.name if obj.pool is not None else ""
 
     def get_sandbox(self, obj: ModelDeployment) -> bool:
         return obj.pool is not None and obj.pool.is_sandbox

@@ -52,6 +52,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = ["id", "organization", "name", "slug", "namespace", "description", "gpu_quota", "gpu_used", "created_at", "updated_at"]
         read_only_fields = ["id", "namespace", "gpu_used", "created_at", "updated_at"]
+        extra_kwargs = {"slug": {"required": False, "allow_blank": True, "help_text": "Empty or left out: made from the name."}}
         # Uniqueness is the service's job (it gives the message); skip DRF's own validators.
         validators: list = []
 

@@ -90,7 +90,7 @@ class ProjectViewSet(ProjectSettingsMixin, mixins.ListModelMixin, mixins.Retriev
         body.is_valid(raise_exception=True)
         data = body.validated_data
         project = services.project_create(
-            user=request.user, organization=org, name=data["name"], slug=data["slug"],
+            user=request.user, organization=org, name=data["name"], slug=data.get("slug", ""),
             description=data.get("description", ""), gpu_quota=data.get("gpu_quota", 4),
         )
         return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)

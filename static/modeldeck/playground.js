@@ -227,6 +227,15 @@
     event.preventDefault();
     var input = el("pg-input"), text = input.value;
     if (!text.trim()) return;
+    // Say so rather than send another number than the one shown (the message stays in the box).
+    var maxTokens = el("pg-max-tokens");
+    if (maxTokens.value === "" || !maxTokens.checkValidity()) {
+      showError("Max tokens: a whole number from " + maxTokens.min + " to " + maxTokens.max + ".");
+      maxTokens.setAttribute("aria-invalid", "true");
+      maxTokens.focus();
+      return;
+    }
+    maxTokens.removeAttribute("aria-invalid");
     input.value = "";
     send(text);
   });

@@ -117,3 +117,21 @@ def test_playground_refuses_viewers_and_outsiders(page, tenants, console):
     sign_in(page, console, "outsider")
     response = page.goto(f"{console.url}/hub/models/{deployment.pk}/playground/")
     assert response.status == 404
+
+
+def test_an_out_of_range_max_tokens_is_named_not_replaced(page, tenants, console, engine):  # noqa: F811
+    deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    sign_in(page, console, "member")
+    page.goto(f"{console.url}/hub/models/{deployment.pk}/playground/")
+    page.fill("#pg-max-tokens", "-10")
+    page.fill("#pg-input", "hello there")
+    page.click("#pg-send")
+    error = page.locator("#pg-error")
+    error.wait_for(state="visible")
+    assert "Max tokens: a whole number from 1 to" in error.inner_text()
+    assert page.input_value("#pg-input") == "hello there"  # nothing sent, nothing lost
+    assert page.locator(".pg-user").count() == 0 and not engine.requests
+    page.fill("#pg-max-tokens", "16")
+    page.click("#pg-send")
+    page.wait_for_selector(".pg-assistant[data-done='1']")
+    assert engine.requests and error.is_hidden()

@@ -100,6 +100,8 @@ def test_login_apply_running_and_dry_run_diff_from_a_client_venv(
     wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
     listed = run(client_venv, home, "get", "deployments")
     assert listed.returncode == 0 and "qwen-chat" in listed.stdout and "running" in listed.stdout.lower()
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split()[-1] == "POOL" and row.split()[-1] == deployment.pool.name  # its name, not its id
 
     again = run(client_venv, home, "apply", "-f", str(manifest))
     assert again.returncode == 0 and "modeldeployment/qwen-chat unchanged" in again.stdout

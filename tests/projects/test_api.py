@@ -21,6 +21,9 @@ def test_create_and_list_projects(tenants):
     assert response.json()["namespace"] == "acme-api-made"
     names = [p["name"] for p in client.get("/api/v1/projects/").json()["results"]]
     assert "API made" in names and "Secret" not in names
+    # No slug: made from the name, like the console's form (the same service).
+    unslugged = client.post("/api/v1/projects/", {"name": "API made"[::-1] + " Two"}, format="json")
+    assert unslugged.status_code == 201 and unslugged.json()["slug"] == "edam-ipa-two", unslugged.json()
 
 
 @pytest.mark.django_db

@@ -22,6 +22,15 @@ def test_create_project_through_the_form(owner_client, tenants):
 
 
 @pytest.mark.django_db
+def test_an_empty_slug_is_made_from_the_name(owner_client, tenants):
+    for name in ("ML Team", "ML_Team!", "日本"):
+        response = owner_client.post(reverse("projects:create"), {"name": name, "slug": "", "gpu_quota": "1"})
+        assert response.status_code == 302, response.content.decode()[:500]
+    slugs = list(Project.objects.filter(organization=tenants.org).order_by("pk").values_list("slug", flat=True))
+    assert slugs[-3:] == ["ml-team", "ml-team-2", "project"]  # each a valid, free namespace part
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     "quota, message",
     [("-1", "greater than or equal to 0"), ("two", "whole number"), ("", "required")],
