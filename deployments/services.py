@@ -541,7 +541,7 @@ def _check_served_name_free(
     if clash is not None:
         raise ValidationError(
             {"served_model_name": f"Deployment “{clash.name}” already serves the model name “{served}” in this "
-                                  "organization; choose another name."}
+                                  "organization; give this one another model name for clients."}
         )  # fmt: skip
 
 
@@ -612,8 +612,8 @@ def _new_revision(
 
 def _duplicate_name_message(project: Project, name: str) -> str:
     return (
-        f"Project “{project.name}” already has a deployment named “{name}”; "
-        "that name already exists in the project."
+        f"Project “{project.name}” already has a deployment named “{name}”; choose another name, "
+        "or update that deployment instead."
     )
 
 
@@ -687,7 +687,9 @@ def deployment_check(
     if canonical is not None:
         try:
             _check_environment(environment if "environment" not in errors else None, pool, canonical)
-            _check_served_name_free(org, canonical["served_model_name"])
+            # A served name that is the deployment's taken name: the name's error says it already.
+            if not ("name" in errors and canonical["served_model_name"] == name):
+                _check_served_name_free(org, canonical["served_model_name"])
         except ValidationError as exc:
             refuse_all(exc)
     if errors:

@@ -1171,14 +1171,15 @@ GALLERIES = {
         "intro": "Compute presets: CPU, memory, GPU type and count, shared memory. Chosen in the deploy form or "
                  "apply -f (spec.resource_template), a template is copied into the deployment: changing it later "
                  "changes no running deployment until that one is updated.",
-        "fields": ("cpu", "memory", "gpus", "gpu_type", "shm_size"),
+        "fields": (("cpu", "CPU"), ("memory", "Memory"), ("gpus", "GPUs"), ("gpu_type", "GPU type"),
+                   ("shm_size", "Shared memory")),
     },
     "data-sources": {
         "title": "Data sources", "form": DataSourceForm, "model": DataSource,
         "rows": galleries.data_sources_for_user, "create": galleries.data_source_create,
         "intro": "Reusable storage: a PersistentVolumeClaim, an S3 bucket with its credentials, a Hugging Face "
                  "or NGC cache.",
-        "fields": ("kind", "claim_name", "uri", "mount_path"),
+        "fields": (("kind", "Kind"), ("claim_name", "Claim"), ("uri", "Bucket"), ("mount_path", "Mount path")),
     },
 }  # fmt: skip
 

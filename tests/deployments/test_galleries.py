@@ -122,7 +122,9 @@ def test_console_pages_list_add_and_delete(tenants):
 
     client = login(tenants.owner)
     base = "/galleries/templates/"
-    assert client.get(base).status_code == 200
+    empty = client.get(base).content.decode()
+    assert "Nothing here yet: add one with the form." in empty and "No matches" not in empty
+    assert "<th>GPU type</th>" in empty and "GPUTYPE" not in empty.upper().replace("GPU TYPE", "")
     added = client.post(base, {"name": "small", "cpu": "2", "memory": "8Gi", "gpus": "1", "project": ""})
     assert added.status_code == 302
     listing = client.get(base).content.decode()

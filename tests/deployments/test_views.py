@@ -201,6 +201,9 @@ def test_duplicate_name_in_the_project_is_an_error_on_the_name(owner_client, for
         reverse("deployments:create"), {**form_data, "_validate": "name"}, HTTP_HX_REQUEST="true"
     )
     assert "already has a deployment named “qwen-chat”" in response.content.decode()
+    full = owner_client.post(reverse("deployments:create"), form_data)  # the served name is the same name
+    errors = full.context["form"].errors
+    assert "name" in errors and "served_model_name" not in errors, errors  # said once, on the name
 
 
 def test_service_errors_land_on_the_right_field(owner_client, form_data, deploy, tenants):
