@@ -420,9 +420,10 @@ class ContainerRuntime:
                                              f" model={body.get('model', '')}"))  # fmt: skip
         now = time.time()
         ticks = min(int((now - started) // self.STATS_SECONDS), 500)
+        received = [t for t, _ in timed]  # the requests only, not the stats lines added below
         for i in range(1, ticks + 1):
             at = started + i * self.STATS_SECONDS
-            window = sum(1 for t, _ in timed if at - self.STATS_SECONDS <= t < at)
+            window = sum(1 for t in received if at - self.STATS_SECONDS <= t < at)
             timed.append((at, f"INFO {_log_stamp(at)} [metrics.py] Avg prompt throughput: {window * 12 / self.STATS_SECONDS:.1f} "
                               f"tokens/s, Avg generation throughput: {window * 8 / self.STATS_SECONDS:.1f} tokens/s, "
                               "Running: 0 reqs, Waiting: 0 reqs"))  # fmt: skip

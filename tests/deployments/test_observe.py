@@ -181,3 +181,17 @@ def test_metrics_are_per_revision_from_the_gateways_records(deploy, tenants):
     page = client.get(f"/deployments/{deployment.pk}/?tab=metrics").content.decode()
     assert 'id="deployment-metrics"' in page and "r1: 4 requests, 1 error" in page and "r2: 1 request, 0 errors" in page
     assert "vendor/chartjs/chart.umd.min.js" in page and "modeldeck/metrics.js" in page
+
+
+def test_an_idle_sandbox_engine_logs_zero_throughput():
+    """The stats line every 10 s counts requests in its window, not the stats lines before it
+    (an idle engine logged 1.2 tokens/s forever)."""
+    import time
+    from types import SimpleNamespace
+
+    from sandbox.runtime import ContainerRuntime
+
+    idle = SimpleNamespace(STATS_SECONDS=10.0, engine=SimpleNamespace(requests=[]))
+    lines = ContainerRuntime._engine_lines(idle, "qwen", time.time() - 45)
+    assert len(lines) == 4
+    assert all("Avg prompt throughput: 0.0 tokens/s, Avg generation throughput: 0.0" in line for line in lines)
