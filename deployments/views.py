@@ -765,10 +765,12 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if tab not in TABS:
         tab = "overview"
     context = _detail_context(request, deployment)
-    revisions = list(deployment.revisions.select_related("created_by").order_by("-number"))
+    # Numbers only for the pickers (a deployment scaled often has hundreds of revisions); the
+    # Deployment tab's table reads one page of rows.
+    revision_numbers = list(deployment.revisions.order_by("-number").values_list("number", flat=True))
     context.update(
         tab=tab,
-        revisions=revisions,
+        revision_numbers=revision_numbers,
         usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
         playground_url=_url_or_none("devhub:playground", deployment.pk)
         if deployment.spec().get("engine") not in {"tei"} else None,
@@ -787,16 +789,14 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     elif tab == "events":
         context["events"] = deployment.events.all()[:100]
     elif tab == "deployment":
-        context.update(_revision_context(request, deployment, revisions))
+        context.update(_revision_context(request, deployment, revision_numbers))
     elif tab == "logs":
         context.update(_log_choice(request))
     elif tab == "metrics":
         context.update(_metrics_context(request, deployment))
     elif tab == "manifests":
         wanted = _int_or_none(request.GET.get("revision"))
-        revision = (
-            next((r for r in revisions if r.number == wanted), None) or deployment.current_revision
-        )
+        revision = deployment.revisions.filter(number=wanted).first() or deployment.current_revision
         context["manifest_revision"] = revision
         context["manifests"], context["manifest_error"] = _render_manifests(deployment, revision)
     return render(request, "deployments/detail.html", context)
@@ -861,13 +861,18 @@ def _metrics_context(request: HttpRequest, deployment: ModelDeployment) -> dict[
 
 
 def _revision_context(
-    request: HttpRequest, deployment: ModelDeployment, revisions: list[Revision]
+    request: HttpRequest, deployment: ModelDeployment, numbers: list[int]
 ) -> dict[str, Any]:
-    by_number = {r.number: r for r in revisions}
-    context: dict[str, Any] = {"spec_yaml": _yaml(deployment.spec())}
-    if len(revisions) >= 2:
-        a = _int_or_none(request.GET.get("a")) or revisions[1].number
-        b = _int_or_none(request.GET.get("b")) or revisions[0].number
+    """The Deployment tab: the spec, a page of revisions (25, newest first) and a comparison."""
+    listing = paginate(
+        request, deployment.revisions.select_related("created_by"), sorts={"number": "number"},
+        default_sort="-number", per_page=25, prefix="rev_", total=len(numbers),
+    )  # fmt: skip
+    context: dict[str, Any] = {"spec_yaml": _yaml(deployment.spec()), "revision_listing": listing}
+    if len(numbers) >= 2:
+        a = _int_or_none(request.GET.get("a")) or numbers[1]
+        b = _int_or_none(request.GET.get("b")) or numbers[0]
+        by_number = {r.number: r for r in deployment.revisions.filter(number__in={a, b})}
         if a in by_number and b in by_number:
             context.update(
                 diff_a=a, diff_b=b, diff=selectors.revision_diff(by_number[a], by_number[b])

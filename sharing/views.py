@@ -18,6 +18,7 @@ from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from console.paging import paginate
 from projects import services as project_services
 from projects.models import Organization
 from projects.selectors import project_get, quota_limits
@@ -109,11 +110,14 @@ def object_history(request: HttpRequest, object_type: str, object_id: str) -> Ht
         _check_object_visible(request.user, org, object_type, object_id)
     elif not entries.exists():
         raise Http404("No history for that object.")
+    # Pages of 25, newest first (a deployment scaled every few minutes has hundreds of changes).
+    listing = paginate(request, entries, sorts={"when": "created_at"}, default_sort="-when", per_page=25)
     context = {
-        "entries": entries[:100],
+        "listing": listing,
+        "entries": listing.rows,
         "object_type": object_type,
         "object_id": object_id,
-        "object_repr": entries[0].object_repr if entries else f"{object_type} {object_id}",
+        "object_repr": listing.rows[0].object_repr if listing.rows else f"{object_type} {object_id}",
     }
     if request.htmx:
         return render(request, "sharing/htmx/object_history.html", context)

@@ -389,6 +389,27 @@ def test_revision_diff_between_any_two_revisions(owner_client, deploy, tenants):
     )
 
 
+def test_many_revisions_come_in_pages_and_the_pickers_list_every_number(owner_client, deploy, django_assert_max_num_queries):
+    from deployments.models import Revision
+
+    deployment = deploy("chat")
+    spec = deployment.current_revision.spec
+    Revision.objects.bulk_create(
+        Revision(deployment=deployment, number=n, spec=spec, reason=f"Scale {n}") for n in range(2, 61)
+    )
+    url = reverse("deployments:detail", args=[deployment.pk])
+    first = owner_client.get(url + "?tab=deployment").content.decode()
+    table = first[first.index('id="revisions-table"'):first.index("</table>", first.index('id="revisions-table"'))]
+    assert table.count("<tr>") == 26 and "Scale 60" in table and "Scale 35" not in table  # header + 25
+    assert "1–25 of 60" in first and 'value="1"' in first  # the compare pickers still offer r1
+    second = owner_client.get(url + "?tab=deployment&rev_page=3").content.decode()
+    assert "Scale 10" in second and "Scale 11" not in second and "51–60 of 60" in second
+    with django_assert_max_num_queries(30):  # a page of rows, not 60 (or 6,000)
+        owner_client.get(url + "?tab=deployment&a=2&b=60")
+    manifests = owner_client.get(url + "?tab=manifests&revision=7").content.decode()
+    assert "r7" in manifests
+
+
 def test_edit_form_locks_the_model_and_makes_a_revision(owner_client, deploy, form_data):
     deployment = deploy("chat")
     url = reverse("deployments:deployment_update", args=[deployment.pk])

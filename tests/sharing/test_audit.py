@@ -196,6 +196,21 @@ def test_object_history_fragment_shows_one_objects_changes(tenants):
 
 
 @pytest.mark.django_db
+def test_a_long_object_history_comes_in_pages_of_25(tenants):
+    a, _, _ = _entries(tenants)
+    for n in range(2, 31):  # 30 changes in all
+        audit_record(actor=tenants.owner, organization=tenants.org, action="update", obj=a,
+                     before={"replicas": n - 1}, after={"replicas": n})  # fmt: skip
+    url = reverse("sharing:object_history", args=["deployment", a.pk])
+    client = login(tenants.owner)
+    first = client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert first.count("<tr><td") == 25 and "1–25 of 30" in first and 'rel="next"' in first
+    assert 'hx-boost="true"' in first  # the pager's links load into the box, not a new page
+    second = client.get(url, {"page": 2}, HTTP_HX_REQUEST="true").content.decode()
+    assert second.count("<tr><td") == 5 and "26–30 of 30" in second
+
+
+@pytest.mark.django_db
 def test_outsider_gets_404_on_another_organizations_object_history(tenants):
     a, b, other = _entries(tenants)
     client = login(tenants.outsider)
