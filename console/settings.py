@@ -272,6 +272,9 @@ else:
     for sub in ("out", "processed", "control"):
         (CELERY_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport with whole-file messages (console/broker.py: a worker once
+    # read a message still being written and stopped).
+    CELERY_BROKER_TRANSPORT = "console.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_DIR / "out"),
         "data_folder_out": str(CELERY_DIR / "out"),
