@@ -1,5 +1,6 @@
 """Run the whole console in the foreground: web (ASGI), Celery worker and beat, and the sandbox.
 
+A process that exits is started again, and the others keep running (console/supervisor.py);
 Ctrl-C stops all of them. This is what `make run` calls after migrating.
 """
 
@@ -7,9 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from console.supervisor import Supervisor
 from deployments.demo import sandbox_pools_follow
 
 
@@ -50,7 +50,7 @@ def helper_port(host: str, wanted: int, taken: set[int]) -> int:
 
 
 class Command(BaseCommand):
-    help = "Start web, worker, beat and the sandbox compute pool together; Ctrl-C stops them all."
+    help = "Start web, worker, beat and the sandbox compute pool together, restarting any that exits; Ctrl-C stops them all."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
@@ -105,30 +105,13 @@ class Command(BaseCommand):
                       "--schedule", str(Path(settings.MODELDECK_DATA_DIR) / "celerybeat-schedule")]),
         ]
 
-        processes: list[tuple[str, subprocess.Popen]] = []
-        stopping = False
+        def log(line: str) -> None:
+            self.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} run_console: {line}")
 
-        def stop(*_args) -> None:
-            nonlocal stopping
-            if stopping:
-                return
-            stopping = True
-            self.stdout.write("\nStopping ModelDeck…")
-            for _name, proc in reversed(processes):
-                if proc.poll() is None:
-                    proc.terminate()
-            deadline = time.monotonic() + 10
-            for _name, proc in processes:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        supervisor = Supervisor(env=env, log=log)
         for name, cmd in commands:
             self.stdout.write(f"starting {name}: {' '.join(cmd[1:])}")
-            processes.append((name, subprocess.Popen(cmd, env=env)))
+            supervisor.start(name, cmd)
             if name in {"sandbox", "offline-hub", "offline-ngc"}:
                 time.sleep(0.5)
 
@@ -138,14 +121,8 @@ class Command(BaseCommand):
             f"\nModelDeck is starting on {url}\n  sign in: {login}\n  API:     {url}api/v1/  (schema: {url}api/schema/)\n"
             f"  health:  {url}healthz\nPress Ctrl-C to stop everything.\n"
         ))
-        try:
-            while not stopping:
-                for name, proc in processes:
-                    code = proc.poll()
-                    if code is not None and not stopping:
-                        self.stderr.write(f"{name} exited with code {code}; stopping the rest.")
-                        stop()
-                        raise SystemExit(code or 1)
-                time.sleep(0.5)
-        finally:
-            stop()
+        # A process that exits is started again (console/supervisor.py); one that keeps exiting
+        # stops the run with the reason.
+        code = supervisor.run()
+        if code:
+            raise SystemExit(code)

@@ -1,0 +1,147 @@
+"""Keeps `make run`'s processes up: one that exits is started again after a pause, the others go on.
+
+A process that exits is started again after 1 s, then 2, 4, 8… (at most 30 s) while it keeps
+exiting; exits older than the window (120 s) are forgotten. One that exits `limit` (5) times
+within the window would only keep failing (a taken port, a broken install), so the supervisor
+stops everything and says which process and how it last exited. The web server is treated like
+the others: it is restarted, and pages are unreachable only while it starts again. SIGINT (Ctrl-C)
+and SIGTERM stop every process, each given 10 s to finish before it is killed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class GaveUp(Exception):
+    """A process kept exiting; the message says which and how."""
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    exits: deque[float] = field(default_factory=deque)  # monotonic times, within the window
+    restart_at: float | None = None  # a restart is due then
+
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        log: Callable[[str], None],
+        first_delay: float = 1.0,
+        max_delay: float = 30.0,
+        limit: int = 5,
+        window: float = 120.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.env = env
+        self.log = log
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.limit, self.window = limit, window
+        self.stop_timeout = stop_timeout
+        self.children: list[Child] = []
+        self.stop_signal: int | None = None
+
+    def start(self, name: str, command: list[str]) -> Child:
+        child = Child(name=name, command=command)
+        self.children.append(child)
+        self._spawn(child)
+        return child
+
+    def _spawn(self, child: Child) -> None:
+        child.restart_at = None
+        child.started_at = time.monotonic()
+        child.process = subprocess.Popen(child.command, env=self.env)
+
+    def check(self) -> None:
+        """One pass: note the processes that exited, restart those whose pause is over.
+        Raises GaveUp when one exited `limit` times within the window."""
+        now = time.monotonic()
+        for child in self.children:
+            if self.stop_signal is not None:
+                return
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._spawn(child)
+                    self.log(f"{child.name} started again (pid {child.pid()})")
+                continue
+            code = child.process.poll() if child.process is not None else None
+            if code is None:
+                continue
+            child.exits.append(now)
+            while child.exits and child.exits[0] < now - self.window:
+                child.exits.popleft()
+            ran = now - child.started_at
+            if len(child.exits) >= self.limit:
+                raise GaveUp(
+                    f"{child.name} has exited {len(child.exits)} times within {self.window:.0f} s "
+                    f"(last: {describe_exit(code)} after {ran:.0f} s); stopping ModelDeck, "
+                    "its log above says why."
+                )
+            delay = min(self.max_delay, self.first_delay * 2 ** (len(child.exits) - 1))
+            child.restart_at = now + delay
+            self.log(
+                f"{child.name} {describe_exit(code)} after {ran:.0f} s; starting it again in {delay:g} s "
+                f"(exit {len(child.exits)} of {self.limit - 1} allowed within {self.window:.0f} s)"
+            )
+
+    def stop(self) -> None:
+        """Terminate the running processes, newest first; kill any still alive after the timeout."""
+        running = [
+            c.process
+            for c in reversed(self.children)
+            if c.process is not None and c.process.poll() is None
+        ]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + self.stop_timeout
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def run(self, tick: float = 0.5) -> int:
+        """Supervise until SIGINT/SIGTERM (exit status 0) or a process keeps exiting (1)."""
+
+        def on_signal(signum: int, _frame) -> None:
+            # Only a flag: the loop stops between two passes, never half way through a restart.
+            self.stop_signal = signum
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.stop_signal is None:
+                self.check()
+                time.sleep(tick)
+            self.log(f"{signal.Signals(self.stop_signal).name}: stopping every process")
+            return 0
+        except GaveUp as exc:
+            self.log(str(exc))
+            return 1
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,130 @@
+"""`make run` supervises its processes (console/supervisor.py): one that exits is started again
+and the others keep running; one that keeps exiting stops the run; SIGTERM stops every process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from console.supervisor import GaveUp, Supervisor
+
+ROOT = Path(__file__).resolve().parents[2]
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+
+
+def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def supervisor():
+    lines: list[str] = []
+    supervisor = Supervisor(
+        env=dict(os.environ), log=lines.append, first_delay=0.2, limit=3, window=60
+    )
+    supervisor.lines = lines
+    yield supervisor
+    supervisor.stop()
+
+
+def test_a_killed_worker_is_started_again_and_web_keeps_running(supervisor):
+    web = supervisor.start("web", SLEEPER)
+    worker = supervisor.start("worker", SLEEPER)
+    web_pid, old_worker_pid = web.pid(), worker.pid()
+    os.kill(old_worker_pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        supervisor.check()
+        return worker.pid() != old_worker_pid
+
+    _until(restarted)
+    assert _alive(worker.pid()) and not _alive(old_worker_pid)
+    assert web.pid() == web_pid and _alive(web_pid)
+    assert supervisor.lines == [
+        "worker was killed by SIGKILL after 0 s; starting it again in 0.2 s (exit 1 of 2 allowed within 60 s)",
+        f"worker started again (pid {worker.pid()})",
+    ]
+    supervisor.stop()
+    assert not _alive(web_pid) and not _alive(worker.pid())
+
+
+def test_the_pause_before_a_restart_doubles_while_it_keeps_exiting(supervisor):
+    worker = supervisor.start("worker", [sys.executable, "-c", "raise SystemExit(3)"])
+    starts = [time.monotonic()]
+    seen_pids = {worker.pid()}
+
+    def started_again() -> bool:
+        supervisor.check()
+        if worker.pid() not in seen_pids:
+            seen_pids.add(worker.pid())
+            starts.append(time.monotonic())
+        return len(starts) == 3
+
+    _until(started_again)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert 0.2 <= gaps[0] < 0.4 + 0.3 and 0.4 <= gaps[1] < 0.8 + 0.3
+    assert "starting it again in 0.4 s (exit 2 of 2 allowed within 60 s)" in supervisor.lines[-2]
+
+
+def test_a_process_that_keeps_exiting_stops_the_run_with_the_reason(supervisor):
+    web = supervisor.start("web", SLEEPER)
+    supervisor.start("worker", [sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(GaveUp) as gave_up:
+        deadline = time.monotonic() + 15  # 0.2 + 0.4 s of pauses, and three Python start-ups
+        while time.monotonic() < deadline:
+            supervisor.check()
+            time.sleep(0.02)
+    assert str(gave_up.value) == (
+        "worker has exited 3 times within 60 s (last: exited with code 3 after 0 s); "
+        "stopping ModelDeck, its log above says why."
+    )
+    assert _alive(web.pid())  # the caller stops the rest (run() does, in its finally)
+    supervisor.stop()
+    assert not _alive(web.pid())
+
+
+RUN = """
+import os, sys
+from console.supervisor import Supervisor
+supervisor = Supervisor(env=dict(os.environ), log=lambda line: print(line, flush=True), first_delay=0.1)
+children = [supervisor.start(name, [sys.executable, "-c", "import time; time.sleep(120)"]) for name in ("web", "worker")]
+print(*[child.pid() for child in children], flush=True)
+sys.exit(supervisor.run(tick=0.05))
+"""
+
+
+def test_sigterm_stops_every_process_even_after_a_restart():
+    run = subprocess.Popen([sys.executable, "-c", RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        web_pid, worker_pid = map(int, run.stdout.readline().split())
+        os.kill(worker_pid, signal.SIGKILL)
+        assert run.stdout.readline().startswith("worker was killed by SIGKILL")
+        restarted = run.stdout.readline()
+        assert restarted.startswith("worker started again (pid ")
+        new_worker_pid = int(restarted.rsplit(" ", 1)[1].rstrip(")\n"))
+        assert _alive(web_pid) and _alive(new_worker_pid)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=15) == 0
+        assert run.stdout.read() == "SIGTERM: stopping every process\n"
+        assert not _alive(web_pid) and not _alive(new_worker_pid)
+    finally:
+        if run.poll() is None:
+            run.kill()
