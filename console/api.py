@@ -8,6 +8,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.http import Http404, JsonResponse
+from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions, permissions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -97,9 +98,14 @@ class RejectNulBytesMiddleware:
 
 
 def api_not_found(request, exception=None):
-    """404 for unknown URLs: JSON in the API's shape under /api/, Django's page elsewhere."""
-    from django.views.defaults import page_not_found
-
+    """404 for unknown URLs: JSON in the API's shape under /api/, templates/404.html elsewhere."""
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Not found."}, status=404)
     return page_not_found(request, exception)
+
+
+def api_server_error(request):
+    """500: JSON in the API's shape under /api/, templates/500.html (no context) elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Server error."}, status=500)
+    return server_error(request)

@@ -36,7 +36,9 @@ try:
     }
     # Embedded mode: no external services at all (SQLite, filesystem Celery transport).
     EMBEDDED = REDIS_URL is None
-    DEBUG = env_bool("DEBUG", EMBEDDED)
+    # Off in every mode, the embedded demo too: Django's technical pages list the URL patterns
+    # and show tracebacks. DEBUG=1 turns them on while developing.
+    DEBUG = env_bool("DEBUG", False)
     SECRET_KEY = env_str("SECRET_KEY")
     if SECRET_KEY is None:
         if not EMBEDDED:

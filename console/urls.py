@@ -29,6 +29,7 @@ urlpatterns = [
     path("org/switch/", views.org_switch, name="org-switch"),
     path("settings/", views.settings_page, name="settings"),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("projects/", include("projects.urls")),
     path("organization/", include((org_urlpatterns, "org"))),
     path("catalog/", include("catalog.urls")),
@@ -42,3 +43,4 @@ urlpatterns = [
 ]
 
 handler404 = "console.api.api_not_found"
+handler500 = "console.api.api_server_error"

@@ -1,12 +1,13 @@
-"""The console shell: dashboard, organization switcher, settings, health and placeholder pages."""
+"""The console shell: dashboard, organization switcher, settings, health, favicon and placeholder pages."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_POST
 
 from console import health, permissions
@@ -20,6 +21,12 @@ from projects.selectors import (
     with_gpu_use,
 )
 from sharing.forms import QuotaForm
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """Browsers ask for /favicon.ico on pages that don't link the icon (the admin, JSON)."""
+    return HttpResponseRedirect(static("modeldeck/favicon.svg"))
 
 
 @require_GET
