@@ -110,19 +110,20 @@ class Supervisor:
     def stop(self) -> None:
         """Terminate the running processes, newest first; kill any still alive after the timeout."""
         running = [
-            c.process
-            for c in reversed(self.children)
-            if c.process is not None and c.process.poll() is None
+            child
+            for child in reversed(self.children)
+            if child.process is not None and child.process.poll() is None
         ]
-        for process in running:
-            process.terminate()
+        for child in running:
+            child.process.terminate()
         deadline = time.monotonic() + self.stop_timeout
-        for process in running:
+        for child in running:
             try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                self.log(f"{child.name} did not stop within {self.stop_timeout:g} s; killing it")
+                child.process.kill()
+                child.process.wait()
 
     def run(self, tick: float = 0.5) -> int:
         """Supervise until SIGINT/SIGTERM (exit status 0) or a process keeps exiting (1)."""

@@ -128,3 +128,20 @@ def test_sigterm_stops_every_process_even_after_a_restart():
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
+    lines: list[str] = []
+    supervisor = Supervisor(env=dict(os.environ), log=lines.append, stop_timeout=0.5)
+    ready = tmp_path / "ready"
+    stubborn = supervisor.start("sandbox", [
+        sys.executable, "-c",
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "pathlib.Path(sys.argv[1]).touch(); time.sleep(120)", str(ready),
+    ])  # fmt: skip
+    _until(ready.exists)
+    started = time.monotonic()
+    supervisor.stop()
+    assert time.monotonic() - started < 5
+    assert not _alive(stubborn.pid())
+    assert lines == ["sandbox did not stop within 0.5 s; killing it"]
