@@ -6,10 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from console.management.commands.run_console import helper_port
+from console.management.commands.run_console import helper_port, web_port_taken
 
 
 def test_helper_ports_follow_modeldeck_port():
@@ -55,3 +56,32 @@ def test_sandbox_pools_follow_the_sandbox_make_run_started(tenants):
     other.refresh_from_db()
     assert old.api_url == "http://127.0.0.1:18493" and other.api_url == "https://10.0.0.1:6443"
     assert sandbox_pools_follow("http://127.0.0.1:18493") == 0
+
+
+def test_a_port_left_in_time_wait_by_an_earlier_run_is_not_taken():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's listener
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its port goes to TIME_WAIT
+        client.close()
+    assert not web_port_taken("127.0.0.1", port)
+
+
+def test_make_run_refuses_a_web_port_something_listens_on():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert web_port_taken("127.0.0.1", port)
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "console.settings"}
+        result = subprocess.run(
+            [sys.executable, "manage.py", "run_console", "--no-sandbox", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"Port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "starting" not in result.stdout  # nothing was started

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from console.supervisor import Supervisor
 from deployments.demo import sandbox_pools_follow
@@ -39,6 +39,19 @@ def _any_free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
+def web_port_taken(host: str, port: int) -> bool:
+    """Whether something already listens there. SO_REUSEADDR as uvicorn binds: a port only held
+    by connections closing (TIME_WAIT) after an earlier run is not taken."""
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return True
+    return False
+
+
 def helper_port(host: str, wanted: int, taken: set[int]) -> int:
     """The helper's port derived from MODELDECK_PORT (settings.HELPER_PORTS) when it is free, else
     any free one: a second instance, or another program on that port, never makes it collide."""
@@ -58,6 +71,12 @@ class Command(BaseCommand):
         parser.add_argument("--no-sandbox", action="store_true", help="Do not start the sandbox compute pool.")
 
     def handle(self, *args, host: str, port: int, no_sandbox: bool, **options) -> None:
+        if web_port_taken(host, port):
+            # Else the web server would fail, be started again and fail until the supervisor gives up.
+            raise CommandError(
+                f"Port {port} on {host} is in use (another `make run`, or another program); "
+                "stop it, or set MODELDECK_PORT to a free port."
+            )
         python = sys.executable
         env = os.environ.copy()
         env.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
