@@ -26,6 +26,7 @@ from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
+from deployments.models import DeploymentState
 from gateway.cache import invalidate_user
 from projects.keys import api_key_get, api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
@@ -225,11 +226,34 @@ def project_update(
     return locked
 
 
+def _deployments_left_message(project: Project) -> str:
+    """Why a project with deployments can't go, naming them ("" when it has none)."""
+    left = list(project.deployments.order_by("name").only("name", "state"))
+    if not left:
+        return ""
+    shown = ", ".join(f"“{d.name}” ({d.get_state_display().lower()})" for d in left[:5])
+    if len(left) > 5:
+        shown += f" and {len(left) - 5} more"
+    noun = "deployment" if len(left) == 1 else "deployments"
+    text = (f"Project “{project.name}” still has {len(left)} {noun}: {shown}. "
+            "Delete them first (each deployment's page has Delete); a project is deleted only "
+            "once it has none, so no deployment is ever removed with it.")  # fmt: skip
+    if any(d.state == DeploymentState.DELETING for d in left):
+        text += " A deployment being deleted is gone once its compute pool has removed its objects."
+    return text
+
+
 def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
+    """Delete an empty project: its members, integrations, MaaS rules, environments and
+    endpoints go with it; deployments never do (it is refused while it has any)."""
     permissions.require(user, "change", project)
-    if project.gpu_used():
-        raise ValidationError("This project still holds GPUs; delete or deactivate its deployments first.")
     with transaction.atomic():
+        # The same lock order as quota_reserve, so a deploy in flight finishes (and is counted
+        # below) or waits for the delete.
+        Organization.objects.select_for_update().get(pk=project.organization_id)
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        if refusal := _deployments_left_message(project):
+            raise ValidationError({"deployments": refusal})
         _audit(actor=user, organization=project.organization, action="delete", obj=project,
                before=_snapshot(project, PROJECT_FIELDS), after=None)
         project.delete()
