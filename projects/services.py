@@ -19,6 +19,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
 from django.http import Http404
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -124,7 +125,7 @@ def membership_remove(*, user: AbstractBaseUser | None, membership: Membership) 
 def _check_org_quota_fits_projects(organization: Organization) -> None:
     used = organization.gpu_used()
     if organization.gpu_quota < used:
-        raise ValidationError({"gpu_quota": f"The organization already uses {used} GPUs; the quota cannot go below that."})
+        raise ValidationError({"gpu_quota": f"The organization already uses {used} GPU{pluralize(used)}; the quota cannot go below that."})
 
 
 # Kubernetes reserves the kube- prefix for its own namespaces, and `default` is where
@@ -218,7 +219,7 @@ def project_update(
         locked.full_clean()
         used = locked.gpu_used()
         if gpu_quota < used:
-            raise ValidationError({"gpu_quota": f"Deployments in this project hold {used} GPUs; the quota cannot go below that."})
+            raise ValidationError({"gpu_quota": f"Deployments in this project hold {used} GPU{pluralize(used)}; the quota cannot go below that."})
         locked.save()
         _audit(actor=user, organization=locked.organization,
                action="quota_change" if before["gpu_quota"] != gpu_quota else "update",

@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
@@ -379,11 +380,12 @@ def quotas(request: HttpRequest) -> HttpResponse:
                 else ""
             )
     errors = request.session.pop("quota_errors", {})
-    limit_rows = [{"key": "organization", "name": org.name, "limits": quota_limits(org),
+    # The organization and a project may share a name ("demo"): each row says which it is.
+    limit_rows = [{"key": "limits-organization", "kind": "Organization", "name": org.name, "limits": quota_limits(org),
                    "url": reverse("sharing:quota_limits_organization")}]  # fmt: skip
     limit_rows += [
-        {"key": f"limits-{row['project'].pk}", "name": row["project"].name, "limits": quota_limits(row["project"]),
-         "url": reverse("sharing:quota_limits_project", args=[row["project"].pk])}
+        {"key": f"limits-{row['project'].pk}", "kind": "Project", "name": row["project"].name,
+         "limits": quota_limits(row["project"]), "url": reverse("sharing:quota_limits_project", args=[row["project"].pk])}
         for row in overview["rows"]
     ]  # fmt: skip
     return render(
@@ -421,15 +423,16 @@ def quota_limits_set(request: HttpRequest, project_pk: int | None = None) -> Htt
         project_services.quota_limits_set(user=request.user, owner=owner, **_limits_from(request))
     except ValidationError as exc:
         error = f"{owner.name}: " + " ".join(exc.messages)
-    return _quota_response(request, f"Quotas of {owner.name} saved.", key, error)
+    return _quota_response(request, f"Quotas of {owner.name} saved.", key, error, f"quota-{key}")
 
 
-def _quota_response(request, ok_message: str, error_key: str, error: str | None) -> HttpResponse:
+def _quota_response(request, ok_message: str, error_key: str, error: str | None, anchor: str) -> HttpResponse:
+    """Back to the quotas page. An error is shown once, under the field it is about (the page
+    scrolls there), not also in the banner at the top."""
     if error:
         request.session["quota_errors"] = {error_key: error}
-        messages.error(request, error)
-    else:
-        messages.success(request, ok_message)
+        return redirect(f"{reverse('sharing:quotas')}#{anchor}")
+    messages.success(request, ok_message)
     return redirect("sharing:quotas")
 
 
@@ -452,11 +455,13 @@ def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
             )
         except ValidationError as exc:
             error = f"Project “{project.name}”: " + " ".join(exc.messages)
+    gpus = form.cleaned_data["gpu_quota"] if error is None else 0
     return _quota_response(
         request,
-        f"Project “{project.name}” may now hold {request.POST.get('gpu_quota')} GPUs.",
+        f"Project “{project.name}” may now hold {gpus} GPU{pluralize(gpus)}.",
         f"project-{project.pk}",
         error,
+        f"quota-project-{project.pk}",
     )
 
 
@@ -477,9 +482,7 @@ def quota_organization(request: HttpRequest) -> HttpResponse:
             )
         except ValidationError as exc:
             error = "Organization quota: " + " ".join(exc.messages)
+    gpus = form.cleaned_data["gpu_quota"] if error is None else 0
     return _quota_response(
-        request,
-        f"{org.name} may now hold {request.POST.get('gpu_quota')} GPUs.",
-        "organization",
-        error,
+        request, f"{org.name} may now hold {gpus} GPU{pluralize(gpus)}.", "organization", error, "org-quota"
     )

@@ -62,6 +62,41 @@ def test_quota_below_use_is_refused_with_the_numbers(tenants):
 
 
 @pytest.mark.django_db
+def test_quota_error_is_shown_once_under_its_field_in_good_english(tenants):
+    GpuReservation.objects.create(project=tenants.project, holder="deployment:999", gpus=1)
+    client = login(tenants.owner)
+    response = client.post(reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "0"})
+    assert response.status_code == 302
+    assert response.url == f"{reverse('sharing:quotas')}#quota-project-{tenants.project.pk}"  # scrolls to it
+    html = client.get(response.url).content.decode()
+    assert html.count("Deployments in this project hold 1 GPU; the quota cannot go below that.") == 1
+    row = html.split(f'id="quota-project-{tenants.project.pk}"')[1].split("</tr>")[0]
+    assert "hold 1 GPU;" in row and 'class="messages"' not in html
+    # The organization's quota: the same words, in its own card.
+    response = client.post(reverse("sharing:quota_organization"), {"gpu_quota": "0"}, follow=True)
+    html = response.content.decode()
+    assert html.count("The organization already uses 1 GPU; the quota cannot go below that.") == 1
+    assert "already uses 1 GPU;" in html.split('id="org-quota"')[1].split("</form>")[0]
+    # A saved quota says so in the banner, in the singular where it is one.
+    response = client.post(reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "1"}, follow=True)
+    assert "Project “Research” may now hold 1 GPU." in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_quotas_beyond_gpus_say_which_row_is_the_organization(tenants):
+    # The audit's sandbox: organization "demo" with a project "demo".
+    tenants.org.name = "Research"
+    tenants.org.save(update_fields=["name"])
+    html = login(tenants.owner).get(reverse("sharing:quotas")).content.decode()
+    limits = html.split('id="quota-limits"')[1]
+    org_row = limits.split('id="quota-limits-organization"')[1].split("</td>")[0]
+    project_row = limits.split(f'id="quota-limits-{tenants.project.pk}"')[1].split("</td>")[0]
+    assert "Organization</span> Research" in org_row
+    assert "Project</span> Research" in project_row
+    assert 'aria-label="CPU cores quota of project Research"' in limits
+
+
+@pytest.mark.django_db
 def test_admin_edits_the_organization_quota(tenants):
     client = login(tenants.owner)
     client.post(reverse("sharing:quota_organization"), {"gpu_quota": "32"})
