@@ -118,6 +118,11 @@ def revision_diff(a: Revision, b: Revision) -> list[dict[str, Any]]:
 # --- Previews of the deploy form: the services' own rules, asked without writing ---------------
 
 
+def pool_gpus_held(pool: ComputePool) -> int:
+    """GPUs the deployments on ``pool`` hold in their projects' quotas right now."""
+    return sum(with_gpus_held(ModelDeployment.objects.filter(pool=pool)).values_list("gpus_reserved", flat=True))
+
+
 def gpu_products(pools: Iterable[ComputePool]) -> list[str]:
     """GPU product names (node label values) the pools' last connection checks reported."""
     products: set[str] = set()

@@ -13,6 +13,7 @@ from django.db.models import Count, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from catalog import maas
@@ -113,9 +114,9 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         filters=[ListFilter("kind", "Connection", PoolKind.choices)],
     )
     for pool in listing.rows:
-        pool.gpu_total = sum(
-            int(n.get("gpus") or 0) for n in (pool.last_check or {}).get("nodes", [])
-        )
+        check = pool.last_check or {}
+        # None: not counted (never tested, or the last test failed), which is not 0 GPUs.
+        pool.gpu_total = sum(int(n.get("gpus") or 0) for n in check.get("nodes") or []) if check.get("ok") else None
     return render(
         request,
         "deployments/pool_list.html",
@@ -181,7 +182,6 @@ def pool_create(request: HttpRequest) -> HttpResponse:
 def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     pool = _pool_get(request, pk)
     deployments = ModelDeployment.objects.filter(pool=pool).select_related("project", "model")
-    nodes = (pool.last_check or {}).get("nodes") or []
     tls_off = False
     if pool.kind == PoolKind.KUBECONFIG:
         try:
@@ -192,18 +192,33 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "deployments/pool_detail.html",
         {
-            "pool": pool,
             "tls_off": tls_off,
-            "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes),
-            "gpu_products": selectors.gpu_products([pool]),
-            "check": pool.last_check or {},
             "deployments": deployments,
             "can_change": permissions.may_manage_pool(request.user, pool),
             "can_test": permissions.may_manage_pool(request.user, pool),
-            "sandbox_label": SANDBOX_LABEL,
-            "advice": selectors.connection_advice((pool.last_check or {}).get("error", "")),
+            **_pool_cards(pool, pool.last_check or {}),
         },
     )
+
+
+def _pool_cards(pool: ComputePool, check: dict[str, Any]) -> dict[str, Any]:
+    """What the Connection and GPUs cards show, from one connection check: the page and Test
+    connection's answer (which swaps both cards) render the same, so they never disagree.
+
+    ``pool.last_checked_at`` is not when it was tested: the status sync stamps it each time it
+    reaches (or fails to reach) the pool; the test's own time is in the check."""
+    nodes = (check.get("nodes") or []) if check.get("ok") else []
+    return {
+        "pool": pool,
+        "check": check,
+        "tested_at": parse_datetime(check.get("checked_at") or ""),
+        # None: not counted (never tested, or the last test failed), which is not 0 GPUs.
+        "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes) if check.get("ok") else None,
+        "gpu_products": sorted({n["gpu_product"] for n in nodes if n.get("gpu_product")}),
+        "gpus_held": selectors.pool_gpus_held(pool),
+        "sandbox_label": SANDBOX_LABEL,
+        "advice": selectors.connection_advice(check.get("error", "")),
+    }
 
 
 @login_required
@@ -270,14 +285,9 @@ def pool_test(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         result = {"ok": False, "error": _error_text(exc), "nodes": []}
     pool.refresh_from_db()
-    context = {
-        "pool": pool,
-        "check": result or {},
-        "advice": selectors.connection_advice((result or {}).get("error", "")),
-        "sandbox_label": SANDBOX_LABEL,
-    }
     if request.htmx:
-        return render(request, "deployments/htmx/pool_check.html", context)
+        # The Connection card, and the GPUs card out of band: both from this test.
+        return render(request, "deployments/htmx/pool_test.html", _pool_cards(pool, result or {}))
     if result.get("ok"):
         messages.success(
             request, f"Connected to {pool.name}: Kubernetes {result.get('version', '?')}."
