@@ -23,7 +23,13 @@ from django.utils import timezone
 from catalog.models import CatalogModel
 from console import permissions
 from deployments.kube import network
-from deployments.models import DeploymentKind, DeploymentState, Endpoint, ModelDeployment
+from deployments.models import (
+    EXTERNAL_RUNNING_REASON,
+    DeploymentKind,
+    DeploymentState,
+    Endpoint,
+    ModelDeployment,
+)
 from deployments.services import (
     _NAME,
     _audit_deployment,
@@ -199,7 +205,7 @@ def external_deployment_create(
                 project=project, model=model, pool=None, bundle=None, kind=DeploymentKind.EXTERNAL,
                 external_url=url, external_credential=credential or "", overflow=target,
                 endpoint=endpoint, name=name, description=description, state=DeploymentState.RUNNING,
-                state_reason="External endpoint: the gateway checks its health.",
+                state_reason=EXTERNAL_RUNNING_REASON,
                 state_changed_at=timezone.now(), created_by=_user_or_none(user),
             )  # fmt: skip
             deployment.full_clean(validate_constraints=False)

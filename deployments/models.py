@@ -166,6 +166,11 @@ class DeploymentKind(models.TextChoices):
     EXTERNAL = "external", "External (an OpenAI-compatible URL of your own)"
 
 
+# An external deployment's state says it is in service, not that its URL answers: the gateway's
+# circuit breaker follows that (gateway/overflow.py), and only where a health check runs.
+EXTERNAL_RUNNING_REASON = "External endpoint: the gateway sends its requests to the URL; the circuit breaker, not this state, follows its health."
+
+
 class ModelDeployment(models.Model):
     """Binds model + endpoint + bundle + pool + project; its spec lives in revisions.
 

@@ -42,6 +42,7 @@ from deployments.autoscale import autoscale_wake as autoscale_wake_now
 from deployments.controller import controller_sync
 from deployments.models import (
     ACTIVE_STATES,
+    EXTERNAL_RUNNING_REASON,
     ComputePool,
     DeploymentEvent,
     DeploymentState,
@@ -263,7 +264,7 @@ def _push_external(deployment: ModelDeployment) -> str:
         return "teardown"
     if deployment.state in (DeploymentState.PENDING, DeploymentState.DEPLOYING, DeploymentState.UNKNOWN):
         state_claim(deployment, expect=deployment.state, state=DeploymentState.RUNNING,
-                    reason="External endpoint: the gateway checks its health.")  # fmt: skip
+                    reason=EXTERNAL_RUNNING_REASON)  # fmt: skip
     return "external"
 
 

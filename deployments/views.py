@@ -52,6 +52,7 @@ from deployments.models import (
     Revision,
 )
 from gateway import reports
+from gateway.overflow import HEALTH_INTERVAL_S, health_checks_run
 from gateway.overflow import breaker_state as overflow_state
 from gateway.reports import served_split
 from projects.models import Environment, GpuReservation
@@ -1168,6 +1169,8 @@ def _external_detail(request: HttpRequest, deployment: ModelDeployment) -> HttpR
         limit_scopes=(("organization", "Organization"), ("user", "Per user"), ("api_key", "Per API key")),
         key_last4=last4(deployment.external_credential or ""),
         breaker=overflow_state(deployment.pk),
+        health_checked=health_checks_run(),
+        health_interval_s=HEALTH_INTERVAL_S,
         split=served_split(deployment.pk),
         events=deployment.events.all()[:10],
         usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),

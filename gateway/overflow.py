@@ -248,6 +248,14 @@ async def _try_external(gw, send, call, url, raw, headers, extra, options, overf
 
 # ---- the health check (gateway.tasks.check_external_endpoints, sync, in Celery) ----------------
 HEALTH_TIMEOUT_S = 5.0
+HEALTH_INTERVAL_S = 15  # console/settings.py's beat schedule "gateway-check-external"
+
+
+def health_checks_run() -> bool:
+    """Whether the health check runs: it needs Redis, where the breaker all gateway processes
+    share lives. Without it (the embedded mode) each process keeps its own breaker, fed only by
+    real requests, and nothing probes the endpoints."""
+    return bool(settings.REDIS_URL)
 
 
 def probe(url: str, credential: str) -> tuple[bool, str]:

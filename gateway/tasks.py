@@ -205,7 +205,7 @@ def fold_usage() -> int:
 def check_external_endpoints() -> dict[str, int]:
     """Health-check every running external deployment (beat, every 15 s): open or close the
     breaker all gateway processes share (gateway/overflow.py)."""
-    if not settings.REDIS_URL:
+    if not overflow.health_checks_run():
         return {"checked": 0}
     client = sync_redis()
     rows = ModelDeployment.objects.filter(kind="external", state="running").select_related("current_revision")

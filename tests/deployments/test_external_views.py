@@ -93,3 +93,23 @@ def test_every_error_shows_at_once(tenants, model, deploy):
     assert errors["external_url"] == ["Only http:// and https:// URLs can be called, not ftp."]
     assert len(errors["timeout_s"]) == 1  # the form's own message, not the service's again
     assert not ModelDeployment.objects.filter(name="onprem").exists()
+
+
+@pytest.mark.parametrize("redis", [True, False])
+def test_the_page_says_whether_a_health_check_runs(tenants, model, settings, public_example_com, redis):
+    from deployments.external import external_deployment_create
+
+    row = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem",
+                                     url="https://llm.example.com/v1")  # fmt: skip
+    if not redis:
+        settings.REDIS_URL = None  # the embedded mode (make run): gateway.check_external_endpoints checks nothing
+    page = login(tenants.owner).get(row.get_absolute_url()).content.decode()
+    if redis:
+        assert "A health check every 15 s opens and closes the breaker" in page
+        assert 'id="no-health-check"' not in page
+    else:
+        assert "A health check every" not in page.split('id="no-health-check"')[0]
+        assert "No health check runs here:</strong> this console runs without Redis" in page
+        assert "the state stays Running even when the endpoint is down" in page
+    # The state's reason promises no health check either way.
+    assert "the gateway checks its health" not in page and "not this state, follows its health" in page
