@@ -235,9 +235,9 @@ def _deployments_left_message(project: Project) -> str:
     shown = ", ".join(f"“{d.name}” ({d.get_state_display().lower()})" for d in left[:5])
     if len(left) > 5:
         shown += f" and {len(left) - 5} more"
-    noun = "deployment" if len(left) == 1 else "deployments"
+    noun, them = ("deployment", "it") if len(left) == 1 else ("deployments", "them")
     text = (f"Project “{project.name}” still has {len(left)} {noun}: {shown}. "
-            "Delete them first (each deployment's page has Delete); a project is deleted only "
+            f"Delete {them} first (each deployment's page has Delete); a project is deleted only "
             "once it has none, so no deployment is ever removed with it.")  # fmt: skip
     if any(d.state == DeploymentState.DELETING for d in left):
         text += " A deployment being deleted is gone once its compute pool has removed its objects."

@@ -61,6 +61,14 @@ def test_deployment_being_deleted_still_blocks_and_says_why(tenants, tmp_project
     assert "“old-chat” (deleting)" in message and "once its compute pool has removed its objects" in message
 
 
+def test_one_deployment_left_is_named_in_the_singular(tenants):
+    project = ProjectFactory(organization=tenants.org, name="solo", slug="solo")
+    deployment(project, user=tenants.owner, name="only")
+    with pytest.raises(ValidationError) as exc:
+        project_delete(user=tenants.owner, project=project)
+    assert "still has 1 deployment: “only” (pending). Delete it first" in " ".join(exc.value.messages)
+
+
 def test_empty_project_is_deleted(tenants):
     project = ProjectFactory(organization=tenants.org, name="empty", slug="empty")
     project_delete(user=tenants.owner, project=project)
