@@ -15,7 +15,9 @@ Usage: .venv/bin/python bench/console_pages.py [--deployments 10000] [--usage 10
 from __future__ import annotations
 
 import argparse
+import html
 import os
+import re
 import sys
 import tempfile
 import time
@@ -108,7 +110,7 @@ def measure(client, name: str, url: str, repeat: int, **headers) -> dict:
 
     with connection.execute_wrapper(count):
         response = client.get(url, **headers)
-    assert response.status_code in (200, 286), (name, url, response.status_code)
+    assert response.status_code in (200, 204, 286), (name, url, response.status_code)
     size = len(response.content)
     times = []
     for _ in range(repeat):
@@ -143,14 +145,18 @@ def main() -> None:
             cursor.execute("ANALYZE")  # as autovacuum would soon after a bulk load
         from django.test import Client
 
-        from deployments.models import DeploymentState
-
         client = Client()
         client.force_login(user)
-        changing = [r.pk for r in rows if r.state not in (DeploymentState.RUNNING, DeploymentState.FAILED)][:50]
+        # The list's status poll as the page asks for it: every row of the first page with its
+        # version; then the same rows as if every one had changed since (all rows sent back).
+        page = client.get("/deployments/").content.decode()
+        poll = html.unescape(re.search(r'hx-get="([^"]+)" hx-trigger="[^"]+" hx-swap="none" id="status-poll"', page).group(1))
+        stale = re.sub(r"\.[0-9a-f]+", ".0", poll)
         pages = [
             ("deployments list", "/deployments/", {}),
-            ("deployments status poll", "/deployments/?ids=" + ",".join(map(str, changing)), {"HTTP_HX_REQUEST": "true"}),
+            ("deployments status poll", poll, {"HTTP_HX_REQUEST": "true"}),
+            ("deployments poll, all changed", stale, {"HTTP_HX_REQUEST": "true"}),
+            ("deployments stats, on change", "/deployments/?fragment=stats", {"HTTP_HX_REQUEST": "true"}),
             ("catalog", "/catalog/", {}),
             ("developer hub models", "/hub/models/", {}),
             ("developer hub keys", "/hub/keys/", {}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -88,6 +89,32 @@ def with_gpus_held(qs: QuerySet[ModelDeployment]) -> QuerySet[ModelDeployment]:
     holder = Concat(Value("deployment:"), Cast(OuterRef("pk"), CharField()), output_field=CharField())
     held = GpuReservation.objects.filter(holder=holder).values("gpus")[:1]
     return qs.annotate(gpus_reserved=Coalesce(Subquery(held), 0))
+
+
+# What a deployment's row and status card show that can change after the page was rendered. Not
+# every writer moves `updated_at` (state_claim does, a failure recorded on a deactivated row does
+# not), so the columns themselves are compared.
+VERSION_FIELDS = (
+    "state", "state_reason", "state_changed_at", "updated_at", "name", "managed_by_resource",
+    "current_revision_id", "serving_revision_id", "bundle_id", "pool_id", "environment_id",
+    "gpus_reserved",
+)  # fmt: skip
+
+
+def _version(values: Iterable[Any]) -> str:
+    return hashlib.blake2b("\x1f".join(map(str, values)).encode(), digest_size=4).hexdigest()
+
+
+def deployment_version(deployment: ModelDeployment) -> str:
+    """A short marker of what the status poll watches; `deployment` comes from `with_gpus_held`."""
+    return _version(getattr(deployment, field) for field in VERSION_FIELDS)
+
+
+def deployment_versions(qs: QuerySet[ModelDeployment], pks: Iterable[int]) -> dict[int, str]:
+    """The markers of the rows `pks` of `qs` (one query over those rows only, never the table);
+    a row missing from the answer is gone or no longer visible."""
+    rows = with_gpus_held(qs.filter(pk__in=list(pks))).values_list("pk", *VERSION_FIELDS)
+    return {row[0]: _version(row[1:]) for row in rows}
 
 
 def deployment_get(user: AbstractBaseUser, pk: int) -> ModelDeployment:

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -378,15 +378,58 @@ DEPLOYMENT_SORTS = {
     "project": "project__name",
     "created": "created_at",
 }
-POLL_MAX_ROWS = 100  # a poll asks for one page's changing rows at most
+POLL_MAX_ROWS = 100  # a poll asks for one page's rows at most (the largest page size)
 
 
-def _poll_ids(request: HttpRequest) -> list[int]:
-    ids = []
+def _poll_rows(request: HttpRequest) -> dict[int, str]:
+    """A status poll's `ids`: `pk.version` for each row on the page, in the page's order (a bare
+    pk, from a page rendered before versions existed, counts as changed)."""
+    rows: dict[int, str] = {}
     for part in (request.GET.get("ids") or "").split(",")[:POLL_MAX_ROWS]:
-        if part.strip().isdigit():
-            ids.append(int(part))
-    return ids
+        pk, _, version = part.strip().partition(".")
+        if pk.isdigit():
+            rows[int(pk)] = version
+    return rows
+
+
+def _poll_ids(versions: dict[int, str]) -> str:
+    return ",".join(f"{pk}.{version}" for pk, version in versions.items())
+
+
+def _deployment_status_poll(
+    request: HttpRequest, visible: QuerySet[ModelDeployment]
+) -> HttpResponse:
+    """The list's status poll. It watches every row on the page, final states included (a Running
+    deployment can be deactivated elsewhere, or fail later): 204 when none of them changed, else
+    the changed rows out of band and the poll with their new versions; rows deleted (or no longer
+    visible) are removed, and 286 stops the poll once none is left to watch."""
+    asked = _poll_rows(request)
+    versions = selectors.deployment_versions(visible, asked)
+    changed = [pk for pk, version in versions.items() if asked[pk] != version]
+    if not changed and len(versions) == len(asked):
+        return HttpResponse(status=204)
+    rows = list(selectors.with_gpus_held(visible.filter(pk__in=changed)))
+    # The rendered row's own version, not the one read a moment earlier: the next poll compares
+    # against what the page shows.
+    versions.update((d.pk, selectors.deployment_version(d)) for d in rows)
+    vanished = set(changed) - {d.pk for d in rows}  # deleted between the two reads
+    watched = {pk: versions[pk] for pk in asked if pk in versions and pk not in vanished}
+    response = render(
+        request,
+        "deployments/htmx/list_status.html",
+        {
+            "deployments": rows,
+            "gone": [pk for pk in asked if pk not in watched],
+            "poll_ids": _poll_ids(watched),
+        },
+    )
+    if rows:
+        # The summary cards count the whole organization: they are read again, in a request of
+        # their own, only after a change, so the poll itself stays within the page's rows.
+        response["HX-Trigger"] = "deployments-changed"
+    if not watched:
+        response.status_code = STOP_POLLING
+    return response
 
 
 def _deployment_stats(qs, org) -> dict[str, int]:
@@ -412,19 +455,10 @@ def _deployment_stats(qs, org) -> dict[str, int]:
 def deployment_list(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     visible = selectors.deployments_for_user(request.user, org)
+    if request.htmx and request.GET.get("fragment") == "stats":
+        return render(request, "deployments/htmx/list_stats.html", {"stats": _deployment_stats(visible, org)})
     if request.htmx:
-        # The status poll: asks only for the rows on the page that were still changing; answers
-        # their badges out of band, and 286 (stop polling) once none of them is changing.
-        rows = list(visible.filter(pk__in=_poll_ids(request)).order_by("pk"))
-        changing = [d.pk for d in rows if d.state not in FINAL_STATES]
-        response = render(
-            request,
-            "deployments/htmx/list_status.html",
-            {"deployments": rows, "poll_ids": ",".join(map(str, changing))},
-        )
-        if not changing:
-            response.status_code = STOP_POLLING
-        return response
+        return _deployment_status_poll(request, visible)
     listing = paginate(
         request,
         selectors.with_gpus_held(visible),
@@ -440,10 +474,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
             ),
         ],
     )  # fmt: skip
-    deployments = listing.rows
-    for d in deployments:
-        d.held = d.gpus_reserved  # annotated in the page query (selectors.with_gpus_held)
-    changing = [d.pk for d in deployments if d.state not in FINAL_STATES]
+    deployments = listing.rows  # annotated with gpus_reserved (selectors.with_gpus_held)
     return render(
         request,
         "deployments/list.html",
@@ -452,7 +483,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
             "listing": listing,
             "stats": _deployment_stats(visible, org),
             "can_change": permissions.can(request.user, "change", org),
-            "poll_ids": ",".join(map(str, changing)),
+            "poll_ids": _poll_ids({d.pk: selectors.deployment_version(d) for d in deployments}),
         },
     )
 
@@ -736,11 +767,22 @@ def _render_manifests(deployment: ModelDeployment, revision: Revision | None) ->
         return "", f"This revision cannot be rendered: {message}"
 
 
-def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[str, Any]:
+def _status_version(request: HttpRequest, pk: int) -> str:
+    """The version the status poll compares (selectors.deployment_version), "" for a deployment
+    the user can't see. Read before the deployment itself: a change made in between is then
+    seen by the next poll instead of being lost."""
+    visible = selectors.deployments_for_user(request.user)
+    return selectors.deployment_versions(visible, [pk]).get(pk, "")
+
+
+def _detail_context(
+    request: HttpRequest, deployment: ModelDeployment, version: str = ""
+) -> dict[str, Any]:
     spec = deployment.spec() or {}
     held = deployment.gpus_held()
     return {
         "d": deployment,
+        "version": version,
         "spec": spec,
         "gpus_held": held,
         "served_name": deployment.served_name(),
@@ -756,26 +798,34 @@ def _detail_context(request: HttpRequest, deployment: ModelDeployment) -> dict[s
 
 @login_required
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    fragment = request.GET.get("fragment")
+    # The status poll (status card, page header) runs in final states too: a deployment that is
+    # Running can be deactivated elsewhere or fail later. It answers 204 while nothing changed.
+    polled = request.htmx and fragment == "status"
+    version = _status_version(request, pk) if polled or not request.htmx else ""
+    if polled and version and request.GET.get("v") == version:
+        return HttpResponse(status=204)
     deployment = _deployment_get(request, pk)
     if deployment.is_external:
         return _external_detail(request, deployment)
-    fragment = request.GET.get("fragment")
     if request.htmx and fragment in {"status", "events"}:
-        context = _detail_context(request, deployment)
+        context = _detail_context(request, deployment, version)
         context["oob_parts"] = True
         if fragment == "events":
             limit = 5 if request.GET.get("limit") == "5" else 100
             context.update(events=deployment.events.all()[:limit], events_limit=limit)
         response = render(request, f"deployments/htmx/detail_{fragment}.html", context)
-        if context["final"]:
-            response.status_code = STOP_POLLING
+        if fragment == "status":
+            response["HX-Trigger"] = "deployment-changed"  # the events table reads again once
+        elif context["final"]:
+            response.status_code = STOP_POLLING  # until the next deployment-changed
         return response
     if request.htmx and fragment in {"replicas", "logs"}:
         return _observe_fragment(request, deployment, fragment)
     tab = request.GET.get("tab", "overview")
     if tab not in TABS:
         tab = "overview"
-    context = _detail_context(request, deployment)
+    context = _detail_context(request, deployment, version)
     # Numbers only for the pickers (a deployment scaled often has hundreds of revisions); the
     # Deployment tab's table reads one page of rows.
     revision_numbers = list(deployment.revisions.order_by("-number").values_list("number", flat=True))

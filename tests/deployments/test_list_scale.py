@@ -1,5 +1,6 @@
 """Deployment lists stay constant in the number of rows: pages, sort and filter in the URL,
-a status poll for the page's changing rows only, REST lists with a fixed number of queries."""
+a status poll over the page's rows only (204 while none changed), REST lists with a fixed
+number of queries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import re
 import pytest
 from django.urls import reverse
 
+from deployments.external import external_deployment_create
+from deployments.kube import network
 from deployments.models import DeploymentState, ModelDeployment
+from deployments.services import deployment_deactivate, state_claim
 
 # A CPU build: GPU builds of vLLM are refused with 0 GPUs.
 NO_GPU = {
@@ -52,32 +56,102 @@ def test_list_pages_sorts_and_filters_on_the_server(owner_client, many):
     assert odd.status_code == 200 and len(_names(odd.content.decode())) == 12
 
 
-def test_status_poll_asks_only_for_changing_rows_on_the_page(owner_client, many):
+def _poll_url(html: str) -> str:
+    div = re.search(r'<div hx-get="([^"]+)" hx-trigger="every 3s"[^>]* id="status-poll"', html)
+    return div.group(1).replace("&amp;", "&")
+
+
+def _polled_ids(poll_url: str) -> list[int]:
+    return [int(part.split(".")[0]) for part in poll_url.split("ids=")[1].split(",")]
+
+
+def test_status_poll_watches_every_row_on_the_page_and_nothing_else(owner_client, many):
     rows = many(12)
     ModelDeployment.objects.filter(pk__in=[r.pk for r in rows]).update(state=DeploymentState.RUNNING)
-    changing = rows[:2]
-    ModelDeployment.objects.filter(pk__in=[r.pk for r in changing]).update(
-        state=DeploymentState.DEPLOYING
-    )
     url = reverse("deployments:list")
     html = owner_client.get(url, {"sort": "name", "per_page": 10}).content.decode()
-    poll_url = re.search(r'id="status-poll"', html) and re.search(
-        r'hx-get="([^"]+)" hx-trigger="every 3s"', html
-    ).group(1)
-    assert poll_url == f"{url}?ids={changing[0].pk},{changing[1].pk}"
+    poll_url = _poll_url(html)
+    # Every row of the page, Running ones included (they can still change), none of page 2.
+    assert _polled_ids(poll_url) == [r.pk for r in rows[:10]]
+    quiet = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
+    assert quiet.status_code == 204 and quiet.content == b""
+    # A page rendered before rows carried versions (bare ids) gets its rows and the versions.
+    old = owner_client.get(f"{url}?ids={rows[0].pk},{rows[1].pk}", HTTP_HX_REQUEST="true")
+    body = old.content.decode()
+    assert old.status_code == 200 and body.count('hx-swap-oob="true"') == 3  # two rows, the poll
+    assert owner_client.get(_poll_url(body), HTTP_HX_REQUEST="true").status_code == 204
+
+
+def test_a_running_row_changes_when_the_deployment_is_changed_elsewhere(owner_client, tenants, many):
+    rows = many(3)
+    ModelDeployment.objects.filter(pk__in=[r.pk for r in rows]).update(
+        state=DeploymentState.RUNNING, state_reason="Revision 1: 1/1 replicas ready."
+    )
+    url = reverse("deployments:list")
+    poll_url = _poll_url(owner_client.get(url).content.decode())
+    assert owner_client.get(poll_url, HTTP_HX_REQUEST="true").status_code == 204
+
+    # Deactivated through the service (what the REST API and another tab call).
+    deployment_deactivate(user=tenants.owner, deployment=rows[1])
     poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
     body = poll.content.decode()
-    assert poll.status_code == 200 and body.count('id="state-') == 2
-    assert f"ids={changing[0].pk},{changing[1].pk}" in body  # keeps polling the same rows
-    ModelDeployment.objects.filter(pk=changing[0].pk).update(state=DeploymentState.RUNNING)
-    poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true").content.decode()
-    assert f"ids={changing[1].pk}\"" in poll  # the settled row drops out of the next poll
-    ModelDeployment.objects.filter(pk=changing[1].pk).update(state=DeploymentState.FAILED)
-    last = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
-    assert last.status_code == 286 and "Failed" in last.content.decode()
-    # A page whose rows are all final doesn't poll at all.
-    page2 = owner_client.get(url, {"sort": "name", "per_page": 10, "page": 2}).content.decode()
-    assert 'hx-trigger="every 3s"' not in page2
+    assert poll.status_code == 200
+    row = re.search(rf'<tr id="deployment-row-{rows[1].pk}" hx-swap-oob="true">.*?</tr>', body, re.S)
+    assert row and "Deactivated" in row.group(0) and "GPUs released" in row.group(0)
+    assert f"deployment-row-{rows[0].pk}" not in body and f"deployment-row-{rows[2].pk}" not in body
+    # The summary cards (the whole organization) are read again in a request of their own.
+    assert poll["HX-Trigger"] == "deployments-changed"
+    stats = owner_client.get(url, {"fragment": "stats"}, HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="deployment-stats"' in stats and "0 failed · 1 deactivated" in stats
+    # The poll goes on with the new version of that row: quiet again until the next change.
+    next_url = _poll_url(body)
+    assert _polled_ids(next_url) == _polled_ids(poll_url) and next_url != poll_url
+    assert owner_client.get(next_url, HTTP_HX_REQUEST="true").status_code == 204
+
+    # A Running deployment that fails later (the status sync's write) shows too.
+    state_claim(rows[0], expect=DeploymentState.RUNNING, state=DeploymentState.FAILED,
+                reason="Back-off pulling image")  # fmt: skip
+    body = owner_client.get(next_url, HTTP_HX_REQUEST="true").content.decode()
+    assert f'id="deployment-row-{rows[0].pk}"' in body and "Failed" in body and "Back-off pulling image" in body
+
+
+def test_status_poll_removes_deleted_rows_and_stops_when_none_is_left(owner_client, many):
+    rows = many(2)
+    poll_url = _poll_url(owner_client.get(reverse("deployments:list")).content.decode())
+    ModelDeployment.objects.filter(pk=rows[0].pk).delete()
+    poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
+    body = poll.content.decode()
+    assert poll.status_code == 200
+    assert f'<tr id="deployment-row-{rows[0].pk}" hx-swap-oob="delete">' in body
+    assert _polled_ids(_poll_url(body)) == [rows[1].pk]
+    ModelDeployment.objects.filter(pk=rows[1].pk).delete()
+    assert owner_client.get(poll_url, HTTP_HX_REQUEST="true").status_code == 286  # nothing to watch
+
+
+def test_status_poll_queries_are_constant_for_a_full_page(
+    owner_client, many, django_assert_max_num_queries
+):
+    rows = many(100)
+    html = owner_client.get(reverse("deployments:list"), {"per_page": 100}).content.decode()
+    poll_url = _poll_url(html)
+    assert len(_polled_ids(poll_url)) == 100
+    # Nothing changed: one query over the page's rows (plus the session and the user).
+    with django_assert_max_num_queries(4):
+        assert owner_client.get(poll_url, HTTP_HX_REQUEST="true").status_code == 204
+    # Every row changed: one more query reads them all, whatever their number.
+    ModelDeployment.objects.filter(pk__in=[r.pk for r in rows]).update(state=DeploymentState.RUNNING)
+    with django_assert_max_num_queries(5):
+        body = owner_client.get(poll_url, HTTP_HX_REQUEST="true").content.decode()
+    assert body.count("hx-swap-oob=") == 101 and body.count(">Running<") == 100
+
+
+def test_an_external_deployment_shows_no_bundle(owner_client, tenants, model, monkeypatch):
+    monkeypatch.setattr(network, "non_public_addresses", lambda host, port: [])
+    external = external_deployment_create(user=tenants.owner, project=tenants.project, model=model,
+                                          name="onprem", url="https://llm.example.com/v1")  # fmt: skip
+    html = owner_client.get(reverse("deployments:list")).content.decode()
+    row = re.search(rf'<tr id="deployment-row-{external.pk}".*?</tr>', html, re.S).group(0)
+    assert "None" not in row and "—" in row and ">External<" in row
 
 
 def test_status_poll_never_shows_another_organizations_rows(outsider_client, many):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from django.db import connection
@@ -9,6 +11,7 @@ from django.urls import reverse
 
 from catalog.models import CatalogModel, MaaSMapping, ProfileBundle
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment, PoolKind
+from deployments.services import deployment_deactivate
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
@@ -302,41 +305,63 @@ def test_empty_list_points_to_the_catalog(owner_client):
     assert "No model deployments yet" in html and reverse("catalog:index") in html
 
 
-def test_list_shows_deployments_and_polls_until_every_state_is_final(owner_client, deploy):
+def test_list_shows_deployments_and_keeps_polling_once_every_state_is_final(owner_client, deploy):
     deployment = deploy("chat")
     html = owner_client.get(reverse("deployments:list")).content.decode()
     assert (
         "chat" in html and 'hx-trigger="every 3s"' in html and f'id="state-{deployment.pk}"' in html
     )
-    poll_url = reverse("deployments:list") + f"?ids={deployment.pk}"
-    assert f'hx-get="{poll_url}"' in html
-    poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
-    assert (
-        poll.status_code == 200
-        and 'hx-swap-oob="true"' in poll.content.decode()
-        and "Pending" in poll.content.decode()
-    )
+    poll_url = re.search(r'hx-get="([^"]+)" hx-trigger="every 3s"', html).group(1)
+    assert poll_url.startswith(reverse("deployments:list") + f"?ids={deployment.pk}.")
+    assert owner_client.get(poll_url, HTTP_HX_REQUEST="true").status_code == 204  # unchanged
     _running(deployment)
     poll = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
-    assert poll.status_code == 286 and "Running" in poll.content.decode()
-    assert (
-        'hx-trigger="every 3s"'
-        not in owner_client.get(reverse("deployments:list")).content.decode()
-    )
+    body = poll.content.decode()
+    assert poll.status_code == 200 and 'hx-swap-oob="true"' in body and "Running" in body
+    # Every row Running: the page still polls, since a Running row can change too.
+    assert 'hx-trigger="every 3s"' in owner_client.get(reverse("deployments:list")).content.decode()
 
 
-def test_detail_status_fragment_stops_polling_when_final(owner_client, deploy):
+def _status_poll_url(html: str) -> str:
+    return re.search(r'hx-get="([^"]*fragment=status[^"]*)"', html).group(1).replace("&amp;", "&")
+
+
+def test_detail_status_poll_answers_204_until_the_deployment_changes(owner_client, tenants, deploy):
     deployment = deploy("chat")
     url = reverse("deployments:detail", args=[deployment.pk])
     pending = owner_client.get(url + "?fragment=status", HTTP_HX_REQUEST="true")
     assert pending.status_code == 200 and 'hx-trigger="every 3s"' in pending.content.decode()
+    poll_url = _status_poll_url(pending.content.decode())
+    assert "&v=" in poll_url and owner_client.get(poll_url, HTTP_HX_REQUEST="true").status_code == 204
     _running(deployment)
-    final = owner_client.get(url + "?fragment=status", HTTP_HX_REQUEST="true")
+    final = owner_client.get(poll_url, HTTP_HX_REQUEST="true")
     html = final.content.decode()
-    assert final.status_code == 286 and "Running" in html and "1/1 replicas ready" in html
+    assert final.status_code == 200 and "Running" in html and "1/1 replicas ready" in html
+    assert final["HX-Trigger"] == "deployment-changed"  # the events table reads again
     assert (
         'id="head-state-' in html and 'id="deactivate-button"' in html
     )  # header badge and buttons follow
+    # Running is final, yet the card keeps polling: deactivated elsewhere, the page follows.
+    poll_url = _status_poll_url(html)
+    assert owner_client.get(poll_url, HTTP_HX_REQUEST="true").status_code == 204
+    deployment_deactivate(user=tenants.owner, deployment=deployment)
+    html = owner_client.get(poll_url, HTTP_HX_REQUEST="true").content.decode()
+    assert "Deactivated" in html and 'id="activate-button"' in html and 'id="deactivate-button"' not in html
+
+
+def test_detail_header_polls_on_every_tab_in_a_final_state(owner_client, deploy):
+    deployment = _running(deploy("chat"))
+    html = owner_client.get(deployment.get_absolute_url() + "?tab=events").content.decode()
+    poll = re.search(r'<div hidden id="header-poll"[^>]*>', html).group(0)
+    assert 'hx-trigger="every 3s"' in poll and 'hx-select="#header-poll"' in poll
+    # Its answer carries the header-poll again with the new version, so the next poll is quiet.
+    assert owner_client.get(_status_poll_url(poll), HTTP_HX_REQUEST="true").status_code == 204
+    ModelDeployment.objects.filter(pk=deployment.pk).update(state=DeploymentState.FAILED)
+    changed = owner_client.get(_status_poll_url(poll), HTTP_HX_REQUEST="true").content.decode()
+    again = re.search(r'<div hidden id="header-poll"[^>]*>', changed).group(0)
+    assert owner_client.get(_status_poll_url(again), HTTP_HX_REQUEST="true").status_code == 204
+    # The events table of a final deployment reads again when the status poll reports a change.
+    assert 'hx-trigger="deployment-changed from:body"' in html
 
 
 # --- Detail tabs --------------------------------------------------------------------------------
@@ -775,7 +800,7 @@ def test_a_failed_deployment_says_why_and_what_to_do(owner_client, deploy):
         deployment.get_absolute_url() + "?fragment=status", HTTP_HX_REQUEST="true"
     )
     html = response.content.decode()
-    assert response.status_code == 286  # failed is final: polling stops
+    assert response.status_code == 200
     assert 'id="failure"' in html and "Insufficient nvidia.com/gpu" in html and "Update" in html
 
 
