@@ -820,6 +820,9 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         elif context["final"]:
             response.status_code = STOP_POLLING  # until the next deployment-changed
         return response
+    if request.htmx and fragment == "scale":
+        context = {"d": deployment, "scale": deployment.scale_status()}
+        return render(request, "deployments/htmx/detail_scale.html", context)
     if request.htmx and fragment in {"replicas", "logs"}:
         return _observe_fragment(request, deployment, fragment)
     tab = request.GET.get("tab", "overview")

@@ -347,6 +347,11 @@ def test_detail_status_poll_answers_204_until_the_deployment_changes(owner_clien
     deployment_deactivate(user=tenants.owner, deployment=deployment)
     html = owner_client.get(poll_url, HTTP_HX_REQUEST="true").content.decode()
     assert "Deactivated" in html and 'id="activate-button"' in html and 'id="deactivate-button"' not in html
+    # The overview's Scale headline reads again on that change.
+    overview = owner_client.get(url).content.decode()
+    assert 'id="scale-headline"' in overview and 'hx-trigger="deployment-changed from:body"' in overview
+    scale = owner_client.get(url + "?fragment=scale", HTTP_HX_REQUEST="true").content.decode()
+    assert "<strong>0</strong> desired" in scale and "Deactivated: no replicas." in scale
 
 
 def test_detail_header_polls_on_every_tab_in_a_final_state(owner_client, deploy):
