@@ -579,11 +579,11 @@ def _reserve(
     except ValidationError as exc:
         text = " ".join(exc.messages)
         field = "update_strategy" if getattr(exc, "code", "") == "surge" else "resources.gpus"
-        if "CPU cores" in text:
+        if "CPU core" in text:
             field = "resources.cpu"
         elif "GiB of memory" in text:
             field = "resources.memory"
-        elif "active deployments" in text:
+        elif "active deployment" in text:
             field = "quota"
         raise ValidationError({field: text}) from None
 

@@ -115,10 +115,26 @@ def _other_refusal(
             if quota is not None and in_use + asked[col] > quota * unit:
                 kind = "Project" if who == "project" else "Organization"
                 return who, col, (
-                    f"{kind} “{owner.name}” has a quota of {quota} {words}, {in_use / unit:g} are in use: "
-                    f"{asked[col] / unit:g} more do not fit. Free some or raise the {who}'s quota."
+                    f"{kind} “{owner.name}” has a quota of {_count(quota, words)}, {_in_use(in_use / unit)}: "
+                    f"{_more(asked[col] / unit)}. Free some or raise the {who}'s quota."
                 )
     return "", "", ""
+
+
+_SINGULAR = {"GPUs": "GPU", "CPU cores": "CPU core", "active deployments": "active deployment"}
+
+
+def _count(n: float, plural: str) -> str:
+    """ "1 GPU", "4 GPUs": the noun in the singular for exactly one."""
+    return f"{n:g} {_SINGULAR.get(plural, plural) if n == 1 else plural}"
+
+
+def _in_use(n: float) -> str:
+    return f"{n:g} {'is' if n == 1 else 'are'} in use"
+
+
+def _more(n: float) -> str:
+    return f"{n:g} more {'does' if n == 1 else 'do'} not fit"
 
 
 def quota_decide(
@@ -161,7 +177,7 @@ def quota_decide(
                     f"stops first; requests are refused until the new revision is ready), or free GPUs."
                 )
             else:
-                refusal = f"{who} has a quota of {quota} GPUs, {used} are in use: {gpus} more do not fit. {advice}"
+                refusal = f"{who} has a quota of {_count(quota, 'GPUs')}, {_in_use(used)}: {_more(gpus)}. {advice}"
             break
     resource = "gpus" if refusal else ""
     if not refusal:

@@ -86,7 +86,7 @@ def test_name_must_be_unique_in_the_project(tenants, model, bundle, offline_pool
     with pytest.raises(ValidationError) as exc:
         _create(tenants, model, bundle, offline_pool, name="chat")
 
-    assert "already exists" in exc.value.message_dict["name"][0]
+    assert "already has a deployment named" in exc.value.message_dict["name"][0]
 
 
 def test_bad_names_and_specs_are_field_errors(tenants, model, bundle, offline_pool):

@@ -30,7 +30,7 @@ def test_cpu_memory_and_deployment_quotas_refuse_with_the_numbers():
     with pytest.raises(QuotaExceeded, match=r"Organization “.*” has a quota of 64 GiB of memory, 40 are in use: 32 more"):
         quota_reserve(project=project, holder="b", gpus=0, cpu_millicores=2000, memory_bytes=32 * GIB, deployments=1)
     quota_reserve(project=project, holder="b", gpus=0, cpu_millicores=2000, memory_bytes=8 * GIB, deployments=1)
-    with pytest.raises(QuotaExceeded, match=r"has a quota of 2 active deployments, 2 are in use: 1 more do not fit"):
+    with pytest.raises(QuotaExceeded, match=r"has a quota of 2 active deployments, 2 are in use: 1 more does not fit"):
         quota_reserve(project=project, holder="c", gpus=0, deployments=1)
     # GPUs only (what the autoscaler asks): the other holdings stay as they were.
     quota_reserve(project=project, holder="a", gpus=3)
@@ -110,7 +110,7 @@ def test_deployments_hold_cpu_memory_and_a_slot_and_give_them_back(tenants, mode
     assert (row.gpus, row.cpu_millicores, row.memory_bytes, row.deployments) == (2, 4000, 16 * GIB, 1)
     with pytest.raises(ValidationError) as exc:
         deploy("second")
-    assert "quota of 1 active deployments, 1 are in use" in " ".join(exc.value.message_dict["quota"])
+    assert "quota of 1 active deployment, 1 is in use" in " ".join(exc.value.message_dict["quota"])
     deployment_services.deployment_deactivate(user=tenants.owner, deployment=first)
     assert not GpuReservation.objects.exists()
     second = deploy("second")
