@@ -116,6 +116,7 @@ NO_API: dict[str, str] = {
     "logout": "ends a browser session; REST keys are revoked at /api/v1/keys/{id}/revoke/",
     "org-switch": "the browser's current organization; REST calls name it (`organization`) or use the key's",
     "healthz": "a probe for load balancers and kubelets, not a capability",
+    "favicon": "a redirect to the console's icon for browsers that ask for /favicon.ico, not a capability",
     "devhub:key_deployment_search": "a typeahead of the key form; REST lists deployments at /api/v1/deployments/",
     "devhub:playground": "the playground's API is the gateway's OpenAI API itself (/v1/chat/completions)",
 }
