@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_required
@@ -294,6 +295,7 @@ def org_members(request: HttpRequest) -> HttpResponse:
     return render(request, "projects/org/members.html", {
         "organization": org, "listing": listing, "members": listing.rows, "is_admin": is_admin,
         "member_form": member_form, "invite_form": invite_form, "invite_link": invite_link,
+        "mail_configured": bool(settings.EMAIL_HOST),
         "invitations": invitations, "roles": Role.choices,
     })  # fmt: skip
 
