@@ -88,6 +88,17 @@ def redis_client():
 
 
 @pytest.fixture
+def public_example_com(monkeypatch):
+    """example.com's addresses are public: external endpoints' URL rule answers for them without
+    the network (every other host as it would)."""
+    from deployments.kube import network
+
+    real = network.non_public_addresses
+    monkeypatch.setattr(network, "non_public_addresses",
+                        lambda host, port: [] if host.endswith("example.com") else real(host, port))  # fmt: skip
+
+
+@pytest.fixture
 def pinned_budget_month(monkeypatch):
     """The budget month as it is when the test starts, for the gateway's spend counters in Redis
     (gateway.app._month) and the pages' month-to-date spend (gateway.reports.month_start): a test

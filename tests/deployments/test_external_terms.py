@@ -9,21 +9,14 @@ from django.core.exceptions import ValidationError
 
 from deployments.apply import Context, apply_documents, load_documents
 from deployments.external import external_deployment_create, external_deployment_update
-from deployments.kube import network
 from deployments.models import ModelDeployment
 from tests.conftest import login
 from tests.factories import rest_api_client
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("public_example_com")]
 
 UNLIMITED = {"rpm": None, "tpm": None}
 
-
-@pytest.fixture(autouse=True)
-def public_example_com(monkeypatch):
-    real = network.non_public_addresses
-    monkeypatch.setattr(network, "non_public_addresses",
-                        lambda host, port: [] if host.endswith("example.com") else real(host, port))  # fmt: skip
 
 
 def _create(tenants, model, **terms) -> ModelDeployment:

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.kube import network
 from deployments.models import ModelDeployment
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def public_example_com(monkeypatch):
-    real = network.non_public_addresses
-    monkeypatch.setattr(network, "non_public_addresses",
-                        lambda host, port: [] if host.endswith("example.com") else real(host, port))  # fmt: skip
 
 
 def _form(tenants, model, overflow, **changes):

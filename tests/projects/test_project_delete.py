@@ -10,7 +10,6 @@ from django.urls import reverse
 from catalog.models import CatalogModel
 from deployments import services as deployment_services
 from deployments.external import external_deployment_create
-from deployments.kube import network
 from deployments.models import ModelDeployment
 from projects.models import Project
 from projects.services import project_delete
@@ -19,12 +18,6 @@ from tests.factories import ProjectFactory, deployment, rest_api_client
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def public_example_com(monkeypatch):
-    real = network.non_public_addresses
-    monkeypatch.setattr(network, "non_public_addresses",
-                        lambda host, port: [] if host.endswith("example.com") else real(host, port))  # fmt: skip
 
 
 @pytest.fixture
