@@ -54,12 +54,12 @@ def test_search_open_add_and_estimate(
     assert model.revision == hub_snapshot[REPO]["sha"]
 
     # The estimate is on the page and recalculates (htmx) when the GPU type and load change.
-    expect(page.locator('[data-estimate="weights"]')).to_have_text("1.0 GB")
+    expect(page.locator('[data-estimate="weights"]')).to_have_text("0.9 GiB")
     page.fill("#id_context_length", "32768")
     page.fill("#id_concurrency", "16")
     page.select_option("#id_gpu_type", "T4")
     # 12 KiB/token × 32768 × 16 = 6 GiB (6.4 GB) of KV cache: with the weights it fits one T4
-    expect(page.locator('[data-estimate="kv"]')).to_have_text("6.4 GB")
+    expect(page.locator('[data-estimate="kv"]')).to_have_text("6.0 GiB")
     expect(page.locator('[data-estimate="gpus"]')).to_contain_text("1 × NVIDIA T4 16GB")
     screenshot("catalog-model-estimate")
 

@@ -57,7 +57,8 @@ def test_empty_catalog_says_what_to_do_next(owner_client):
 
 def test_model_page_shows_the_llama_8b_estimate(owner_client, llama):
     html = owner_client.get(llama.get_absolute_url()).content.decode()
-    assert 'data-estimate="weights">16.1 GB<' in html
+    # GiB, as the deploy form and the GPUs' own memory; the decimal GB figure is the tooltip.
+    assert 'title="16.1 GB (decimal)">15.0 GiB<' in html
     assert "128 KiB/token" in html
     assert "8,030,261,248" in html and "Deploy" in html and f"?model={llama.pk}" in html
     assert 'id="deployment-count">0<' in html and "No deployments yet" in html
@@ -73,7 +74,7 @@ def test_estimate_recalculates_for_context_concurrency_and_gpu(owner_client, lla
     assert "<html" not in html
     # 128 KiB × 8192 × 8 = 8 GiB = 8.6 GB of KV cache; 16.1 GB weights + 8.6 GB don't fit one L4
     # (24 GiB × 0.9 − 2 GiB = 21 GB usable), so two.
-    assert 'data-estimate="kv">8.6 GB<' in html and "65,536 tokens" in html
+    assert 'data-estimate="kv" title="8.6 GB (decimal)">8.0 GiB<' in html and "65,536 tokens" in html
     assert "Needs <strong>2 × NVIDIA L4 24GB</strong>" in html
     html = owner_client.get(
         llama.get_absolute_url(),
