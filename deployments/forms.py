@@ -28,7 +28,7 @@ from deployments.models import (
     ResourceTemplate,
 )
 from deployments.services import deployment_check, deployment_update_spec, endpoint_check
-from deployments.spec import form_field_for, nim_profile_fits_gpu
+from deployments.spec import RATE_LIMIT_SCOPE_LABELS, form_field_for, nim_profile_fits_gpu
 
 SANDBOX_LABEL = "Sandbox (simulated)"
 POOL_KIND_CHOICES = [
@@ -357,12 +357,12 @@ class GatewayTermsForm(StyledForm):
     managed deployment (DeploymentForm) and an external one (ExternalDeploymentForm)."""
 
     # Rate limits: organization / user / API key × RPM / TPM
-    rl_organization_rpm = _limit_field("Organization · requests/min")
-    rl_organization_tpm = _limit_field("Organization · tokens/min")
-    rl_user_rpm = _limit_field("Per user · requests/min")
-    rl_user_tpm = _limit_field("Per user · tokens/min")
-    rl_api_key_rpm = _limit_field("Per API key · requests/min")
-    rl_api_key_tpm = _limit_field("Per API key · tokens/min")
+    rl_organization_rpm = _limit_field(f"{RATE_LIMIT_SCOPE_LABELS['organization']} · requests/min")
+    rl_organization_tpm = _limit_field(f"{RATE_LIMIT_SCOPE_LABELS['organization']} · tokens/min")
+    rl_user_rpm = _limit_field(f"{RATE_LIMIT_SCOPE_LABELS['user']} · requests/min")
+    rl_user_tpm = _limit_field(f"{RATE_LIMIT_SCOPE_LABELS['user']} · tokens/min")
+    rl_api_key_rpm = _limit_field(f"{RATE_LIMIT_SCOPE_LABELS['api_key']} · requests/min")
+    rl_api_key_tpm = _limit_field(f"{RATE_LIMIT_SCOPE_LABELS['api_key']} · tokens/min")
     # Pricing
     # Empty: USD, free (the spec's defaults).
     currency = forms.CharField(

@@ -65,6 +65,8 @@ AUTOSCALING_DEFAULTS = {
 MAX_SCALE_DELAY_SECONDS = 86_400  # a day: a window longer than that is a typo
 MAX_COLD_START_HOLD_SECONDS = 3_600  # the gateway holds a request at most an hour
 RATE_LIMIT_SCOPES = ("organization", "user", "api_key")
+# One wording wherever a scope is named: the deploy forms, the deployment pages, the Developer Hub.
+RATE_LIMIT_SCOPE_LABELS = {"organization": "Organization", "user": "Per user", "api_key": "Per API key"}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 # The one table of error keys. Every error about a deployment is reported under a spec key

@@ -1219,7 +1219,7 @@ def _external_detail(request: HttpRequest, deployment: ModelDeployment) -> HttpR
     context = _detail_context(request, deployment)
     context.update(
         options=(deployment.spec().get("external") or {}),
-        limit_scopes=(("organization", "Organization"), ("user", "Per user"), ("api_key", "Per API key")),
+        limit_scopes=tuple(spec_module.RATE_LIMIT_SCOPE_LABELS.items()),
         key_last4=last4(deployment.external_credential or ""),
         breaker=overflow_state(deployment.pk),
         health_checked=health_checks_run(),

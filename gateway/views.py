@@ -25,6 +25,7 @@ from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.paging import ListFilter, paginate
 from deployments.models import DeploymentState, ModelDeployment
+from deployments.spec import RATE_LIMIT_SCOPE_LABELS
 from gateway import reports
 from gateway.forms import APIKeyForm
 from projects import services as project_services
@@ -126,11 +127,7 @@ def samples(base_url: str, model_name: str, *, embeddings: bool) -> dict[str, st
 
 def _limit_labels(rate_limits: dict) -> list[str]:
     labels = []
-    for level, title in (
-        ("organization", "organization"),
-        ("user", "per user"),
-        ("api_key", "per key"),
-    ):
+    for level, title in RATE_LIMIT_SCOPE_LABELS.items():
         conf = rate_limits.get(level) or {}
         parts = []
         if conf.get("rpm") is not None:

@@ -161,7 +161,7 @@ def test_models_page_lists_callable_deployments_with_real_samples(tenants, deplo
     assert "off-model" in html and "Not callable right now: the deployment is deactivated" in html
     assert "globex-secret" not in html
     assert (
-        "per user: 60 requests/min" in html and "per key: 10 requests/min, 5000 tokens/min" in html
+        "Per user: 60 requests/min" in html and "Per API key: 10 requests/min, 5000 tokens/min" in html
     )
     assert "none — unlimited" in html  # llama-chat has no limits
 
