@@ -45,6 +45,7 @@ from deployments.services import (
 )
 from deployments.spec import clean_limits_and_pricing, default_spec, merge_spec
 from projects.models import Project
+from projects.services import project_lock
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def external_deployment_create(
     name = name.strip()
     try:
         with transaction.atomic():
+            project_lock(project=project)  # a delete of the project waits for this, or this for it
             deployment = ModelDeployment(
                 project=project, model=model, pool=None, bundle=None, kind=DeploymentKind.EXTERNAL,
                 external_url=url, external_credential=credential or "", overflow=target,

@@ -178,7 +178,9 @@ class ModelDeployment(models.Model):
     (with ``external_credential``), and to ``overflow`` (a managed deployment of the same
     organization) when that one fails, is slow, throttles or is busy (deployments/external.py)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deployments")
+    # PROTECT: a project goes only once it has no deployment (projects.services.project_delete);
+    # a deployment never disappears as a side effect, with its revisions, events and usage links.
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="deployments")
     model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="deployments")
     endpoint = models.ForeignKey(Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments")
     bundle = models.ForeignKey(

@@ -54,7 +54,7 @@ from deployments.spec import (
 )
 from gateway.cache import invalidate
 from projects.models import Environment, Organization, Project
-from projects.services import quota_reserve
+from projects.services import project_lock, quota_reserve
 from sharing.audit import audit_deployment, audit_record, deployment_snapshot, snapshot
 from sharing.policies import enforce
 
@@ -729,6 +729,7 @@ def deployment_create(
 
     try:
         with transaction.atomic():
+            project_lock(project=project)  # a delete of the project waits for this, or this for it
             deployment = ModelDeployment(
                 project=project, model=model, pool=pool, bundle=bundle, endpoint=endpoint,
                 environment=environment, name=name, description=description,

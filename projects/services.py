@@ -18,6 +18,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.http import Http404
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
@@ -227,11 +228,15 @@ def project_update(
     return locked
 
 
-def _deployments_left_message(project: Project) -> str:
-    """Why a project with deployments can't go, naming them ("" when it has none)."""
-    left = list(project.deployments.order_by("name").only("name", "state"))
+def _deployments_left(project: Project) -> list:
+    return list(project.deployments.only("name", "state"))
+
+
+def _deployments_left_message(project: Project, left: list) -> str:
+    """Why a project with deployments ``left`` can't go, naming them ("" when it has none)."""
     if not left:
         return ""
+    left = sorted(left, key=lambda d: d.name)
     shown = ", ".join(f"“{d.name}” ({d.get_state_display().lower()})" for d in left[:5])
     if len(left) > 5:
         shown += f" and {len(left) - 5} more"
@@ -244,20 +249,38 @@ def _deployments_left_message(project: Project) -> str:
     return text
 
 
+def project_lock(*, project: Project) -> Project:
+    """Lock the project's organization row, then the project row (quota_reserve's order, so no
+    deadlock), inside the caller's transaction; a project deleted meanwhile is a field error.
+
+    Every change that adds a deployment takes it before inserting, and project_delete takes it
+    before counting: a deploy and a delete of its project are serialized, one sees the other."""
+    Organization.objects.select_for_update().filter(pk=project.organization_id).values_list("pk").first()
+    locked = Project.objects.select_for_update().filter(pk=project.pk).first()
+    if locked is None:
+        raise ValidationError({"project": f"Project “{project.name}” has been deleted."})
+    return locked
+
+
 def project_delete(*, user: AbstractBaseUser | None, project: Project) -> None:
-    """Delete an empty project: its members, integrations, MaaS rules, environments and
-    endpoints go with it; deployments never do (it is refused while it has any)."""
+    """Delete an empty project: its members, integrations, MaaS rules, environments, endpoints
+    and project-scoped templates and data sources go with it; deployments never do (refused
+    while it has any, and ModelDeployment.project is PROTECT, so a row the count missed stops
+    the delete instead of being cascaded away). Usage keeps no link to the project row."""
     permissions.require(user, "change", project)
-    with transaction.atomic():
-        # The same lock order as quota_reserve, so a deploy in flight finishes (and is counted
-        # below) or waits for the delete.
-        Organization.objects.select_for_update().get(pk=project.organization_id)
-        project = Project.objects.select_for_update().get(pk=project.pk)
-        if refusal := _deployments_left_message(project):
-            raise ValidationError({"deployments": refusal})
-        _audit(actor=user, organization=project.organization, action="delete", obj=project,
-               before=_snapshot(project, PROJECT_FIELDS), after=None)
-        project.delete()
+    try:
+        with transaction.atomic():
+            project = project_lock(project=project)
+            if refusal := _deployments_left_message(project, _deployments_left(project)):
+                raise ValidationError({"deployments": refusal})
+            _audit(actor=user, organization=project.organization, action="delete", obj=project,
+                   before=_snapshot(project, PROJECT_FIELDS), after=None)  # fmt: skip
+            project.delete()
+    except ProtectedError as exc:
+        # The deployments that stopped it, read again: the collector loaded only their keys.
+        stopped = project.deployments.filter(pk__in=[obj.pk for obj in exc.protected_objects])
+        refusal = _deployments_left_message(project, list(stopped.only("name", "state")))
+        raise ValidationError({"deployments": refusal or f"Project “{project.name}” is still in use."}) from None
 
 
 def quota_reserve(
