@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from queue import Empty
 
 import pytest
 from kombu import Connection
+from kombu.exceptions import ChannelError
 from kombu.transport import virtual
+from kombu.utils.json import loads
 
 from console import broker
 from tests.console.test_security_settings import ROOT, _settings
@@ -105,9 +108,10 @@ def test_large_messages_written_while_a_consumer_drains_all_arrive_whole(folders
 def test_an_unreadable_message_is_set_aside_and_the_next_one_delivered(folders, caplog):
     out = Path(folders["data_folder_in"])
     # What kombu's own writer leaves visible for a moment (an empty file), and plain garbage.
-    empty = out / f"{broker.message_name('tasks')}"
+    # Named as from an earlier millisecond: in the same one, the uuid would decide the order.
+    empty = out / f"0{broker.message_name('tasks')}"
     empty.write_bytes(b"")
-    garbage = out / f"{broker.message_name('tasks')}"
+    garbage = out / f"0{broker.message_name('tasks')}"
     garbage.write_bytes(b'{"half": "writ')
     with _connection(folders) as connection:
         queue = connection.SimpleQueue("tasks")
@@ -172,3 +176,174 @@ def test_the_embedded_mode_s_celery_app_uses_this_transport(tmp_path):
         "CELERY_BROKER_TRANSPORT",
     )
     assert production == {"CELERY_BROKER_TRANSPORT": None}
+
+
+# --- What a killed process leaves behind ----------------------------------------------------
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def _claim(folders: dict, queue: str, body: dict, suffix: str) -> Path:
+    """A message of `queue` as a consumer leaves it once it has claimed it (renamed it to the
+    message's name + `suffix`) and was killed before it removed it."""
+    with _connection(folders) as connection:
+        connection.SimpleQueue(queue).put(body)
+    out = Path(folders["data_folder_in"])
+    [path] = [p for p in out.iterdir() if p.name.endswith(f".{queue}.msg")]
+    claimed = path.with_name(path.name + suffix)
+    path.rename(claimed)
+    return claimed
+
+
+def _drain(folders: dict, queue: str) -> list:
+    got = []
+    with _connection(folders) as connection:
+        inbox = connection.SimpleQueue(queue)
+        while True:
+            try:
+                message = inbox.get(timeout=0.5)
+            except Empty:
+                return got
+            got.append(message.payload)
+            message.ack()
+
+
+def test_a_message_claimed_by_a_process_that_died_is_delivered_again(folders, monkeypatch, caplog):
+    dead = _dead_pid()
+    orphaned = _claim(folders, "a", {"n": "orphaned"}, f".{dead}.claimed")
+    older_version = _claim(folders, "b", {"n": "claimed before pids were kept"}, ".claimed")
+    mine = _claim(folders, "c", {"n": "being read"}, f".{os.getpid()}.claimed")
+    # Younger than CLAIM_STALE_S, a claim stays: its pid may be another host's or container's.
+    assert _drain(folders, "a") == [] and orphaned.exists()
+
+    monkeypatch.setattr(broker, "CLAIM_STALE_S", 0, raising=False)  # as if a minute went by
+    with caplog.at_level(logging.WARNING, logger="console.broker"):
+        assert _drain(folders, "a") == [{"n": "orphaned"}]
+        assert _drain(folders, "b") == [{"n": "claimed before pids were kept"}]
+        # Its claimer (this process) is alive: never taken from it.
+        assert _drain(folders, "c") == []
+    assert not orphaned.exists() and not older_version.exists() and mine.exists()
+    assert f"the process that claimed it ({dead}) is gone" in caplog.text
+
+
+def test_a_message_file_its_writer_never_finished_is_removed_at_the_next_sweep(
+    folders, monkeypatch
+):
+    out = Path(folders["data_folder_out"])
+    stale = out / (broker.message_name("tasks") + broker.WRITING_SUFFIX)
+    stale.write_bytes(b'{"half": "writ')
+    long_ago = time.time() - 120
+    os.utime(stale, (long_ago, long_ago))
+    fresh = out / (broker.message_name("tasks") + broker.WRITING_SUFFIX)
+    fresh.write_bytes(b'{"being": "writ')  # a writer at work right now
+    table = Path(folders["control_folder"]) / f"celery.exchange.{'0' * 32}{broker.WRITING_SUFFIX}"
+    table.write_bytes(b"[")
+    os.utime(table, (long_ago, long_ago))
+
+    with _connection(folders) as connection:
+        channel = connection.default_channel
+        with pytest.raises(Empty):
+            channel._get("tasks")
+        assert not stale.exists() and not table.exists() and fresh.exists()
+
+        # At most one sweep every SWEEP_EVERY_S: polling stays a listing of the folder.
+        os.utime(fresh, (long_ago, long_ago))
+        with pytest.raises(Empty):
+            channel._get("tasks")
+        assert fresh.exists()
+        monkeypatch.setattr(broker, "monotonic", lambda: time.monotonic() + broker.SWEEP_EVERY_S)
+        with pytest.raises(Empty):
+            channel._get("tasks")
+        assert not fresh.exists()
+
+
+# --- The exchange table ------------------------------------------------------------------------
+
+
+def test_the_exchange_table_is_replaced_whole_never_seen_empty(folders, monkeypatch):
+    """Readers look at the table at the instant its new content is complete but not yet in
+    place: they see no table or the previous one, never an empty or partial file."""
+    seen: list = []
+    real_replace = os.replace
+
+    with _connection(folders) as writer, _connection(folders) as reader:
+
+        def replace_after_a_read(src, dst):
+            if str(dst).endswith(".exchange"):
+                seen.append([q.queue for q in reader.default_channel.get_table("jobs")])
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(broker.os, "replace", replace_after_a_read)
+        writer.default_channel._queue_bind("jobs", "one", None, "one")
+        writer.default_channel._queue_bind("jobs", "two", None, "two")
+        monkeypatch.setattr(broker.os, "replace", real_replace)
+        assert seen == [[], ["one"]]
+        assert [q.queue for q in reader.default_channel.get_table("jobs")] == ["two", "one"]
+
+
+def test_a_publisher_reading_a_table_being_created_gets_it_whole(folders):
+    """kombu's own writer creates the file, then writes it: a reader in between saw "" and the
+    publish failed with a JSONDecodeError. It now reads again until the table is there."""
+    table = Path(folders["control_folder"]) / "jobs.exchange"
+    table.write_bytes(b"")
+
+    def finish_writing() -> None:
+        time.sleep(0.1)
+        table.write_bytes(b'[["one", "", "one"]]')
+
+    writer = threading.Thread(target=finish_writing)
+    writer.start()
+    with _connection(folders) as connection:
+        assert [q.queue for q in connection.default_channel.get_table("jobs")] == ["one"]
+    writer.join()
+
+
+def test_a_table_that_stays_unreadable_fails_the_publish_and_the_next_bind_rewrites_it(
+    folders, monkeypatch
+):
+    monkeypatch.setattr(broker, "TABLE_READ_PAUSE_S", 0.001, raising=False)
+    table = Path(folders["control_folder"]) / "jobs.exchange"
+    table.write_bytes(b'[["one", "", "o')  # a writer killed half way
+    with _connection(folders) as connection:
+        channel = connection.default_channel
+        with pytest.raises(ChannelError):  # the sender learns it (a push is left waiting)
+            channel.get_table("jobs")
+        channel._queue_bind("jobs", "two", None, "two")
+        assert [q.queue for q in channel.get_table("jobs")] == ["two"]
+        assert loads(table.read_text()) == [["two", "", "two"]]
+
+
+def _bind_all_at_once(folders: dict, exchange: str, count: int) -> list:
+    """`count` threads, each with its own connection, bind a queue each to `exchange` at once."""
+    barrier = threading.Barrier(count)
+    errors: list = []
+
+    def bind(n: int) -> None:
+        try:
+            with _connection(folders) as connection:
+                channel = connection.default_channel
+                barrier.wait()
+                channel._queue_bind(exchange, f"q{n}", None, f"q{n}")
+        except Exception as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bind, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_workers_binding_at_the_first_start_keep_every_binding(folders):
+    """Eight processes bind their queues to a table that doesn't exist yet, all at once."""
+    for round_ in range(10):
+        exchange = f"first-start-{round_}"
+        assert _bind_all_at_once(folders, exchange, 8) == []
+        with _connection(folders) as connection:
+            bound = {q.queue for q in connection.default_channel.get_table(exchange)}
+        assert bound == {f"q{n}" for n in range(8)}
