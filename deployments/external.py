@@ -28,6 +28,7 @@ from deployments.models import (
     DeploymentKind,
     DeploymentState,
     Endpoint,
+    EndpointHealth,
     ModelDeployment,
 )
 from deployments.services import (
@@ -267,12 +268,16 @@ def external_deployment_update(
             served_model_name=fields.get("served_model_name", locked.served_name()), options=options,
             rate_limits=limits, pricing=prices,
         )  # fmt: skip
+        if url != locked.external_url:
+            # The last verdict was about the old URL: not checked yet (the next check, within 15 s).
+            locked.health, locked.health_detail, locked.health_checked_at = EndpointHealth.UNKNOWN, "", None
         locked.external_url, locked.overflow = url, target
         if fields.get("credential"):
             locked.external_credential = fields["credential"]
         if "description" in fields:
             locked.description = fields["description"] or ""
-        locked.save(update_fields=["external_url", "overflow", "external_credential", "description", "updated_at"])
+        locked.save(update_fields=["external_url", "overflow", "external_credential", "description", "updated_at",
+                                   "health", "health_detail", "health_checked_at"])  # fmt: skip
         _claim_served_name(locked, spec["served_model_name"])
         revision = _new_revision(locked, spec, user=user, reason="External endpoint changed")
         locked.current_revision = locked.serving_revision = revision
@@ -280,3 +285,33 @@ def external_deployment_update(
         _audit_deployment(user=user, deployment=locked, action="update", before=before)
         _gateway_forget()
     return locked
+
+
+HEALTH_EVENTS = {
+    EndpointHealth.HEALTHY: ("EndpointReachable", "Normal", "The endpoint answers"),
+    EndpointHealth.UNHEALTHY: ("EndpointUnreachable", "Warning", "The endpoint is unreachable"),
+}
+
+
+def external_health_record(*, deployment: ModelDeployment, healthy: bool, detail: str) -> bool:
+    """The health check's verdict on `deployment`'s URL, as probed (`deployment.external_url`).
+
+    Every check moves `health_checked_at`; only a change of verdict records an event and makes
+    the gateways reload their routing tables (where, without Redis, their breakers learn it), so a
+    steady state costs them nothing. A verdict about a URL changed since the probe is dropped.
+    Returns whether the verdict changed."""
+    health = EndpointHealth.HEALTHY if healthy else EndpointHealth.UNHEALTHY
+    detail = (detail or "")[:300]
+    now = timezone.now()
+    rows = ModelDeployment.objects.filter(pk=deployment.pk, kind=DeploymentKind.EXTERNAL,
+                                          external_url=deployment.external_url)  # fmt: skip
+    with transaction.atomic():
+        # Claimed like a state: of two checks that saw the same change, one records it.
+        changed = rows.exclude(health=health).update(health=health, health_detail=detail, health_checked_at=now)
+        if not changed:
+            rows.update(health_detail=detail, health_checked_at=now)
+            return False
+        reason, kind, words = HEALTH_EVENTS[health]
+        event_record(deployment, reason=reason, type=kind, message=f"{words}: {detail}." if detail else f"{words}.")
+        _gateway_forget()
+    return True

@@ -166,9 +166,20 @@ class DeploymentKind(models.TextChoices):
     EXTERNAL = "external", "External (an OpenAI-compatible URL of your own)"
 
 
-# An external deployment's state says it is in service, not that its URL answers: the gateway's
-# circuit breaker follows that (gateway/overflow.py), and only where a health check runs.
-EXTERNAL_RUNNING_REASON = "External endpoint: the gateway sends its requests to the URL; the circuit breaker, not this state, follows its health."
+# An external deployment's state says it is in service, not that its URL answers: its health
+# (the last check's verdict, below) and the gateway's circuit breaker (gateway/overflow.py) say that.
+EXTERNAL_RUNNING_REASON = (
+    "External endpoint: the gateway sends its requests to the URL; its health, checked every 15 s, "
+    "shows beside this state."
+)
+
+
+class EndpointHealth(models.TextChoices):
+    """An external endpoint's last health check (gateway.tasks.check_external_endpoints)."""
+
+    UNKNOWN = "unknown", "Not checked yet"
+    HEALTHY = "healthy", "Reachable"
+    UNHEALTHY = "unhealthy", "Unreachable"
 
 
 class ModelDeployment(models.Model):
@@ -225,6 +236,10 @@ class ModelDeployment(models.Model):
     )
     # The engine refuses calls without it; only the gateway (and the engine's Secret) know it.
     engine_credential = EncryptedTextField(blank=True)
+    # External only: the health check's last verdict on the URL (deployments.external.external_health_record).
+    health = models.CharField(max_length=10, choices=EndpointHealth.choices, default=EndpointHealth.UNKNOWN)
+    health_detail = models.CharField(max_length=300, blank=True, help_text="What the last check saw, in words.")
+    health_checked_at = models.DateTimeField(null=True, blank=True)
     managed_by_resource = models.CharField(
         max_length=317, blank=True,
         help_text="namespace/name of the ModelDeployment resource on this deployment's pool that "

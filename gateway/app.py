@@ -37,6 +37,7 @@ from gateway.cache import (
     GatewayCache,
     KeyInfo,
     async_redis,
+    embedded_generation,
     redis_options,
     user_generation_key,
 )
@@ -535,6 +536,9 @@ class Gateway:
         generation = self.cache.generation
         try:
             table = await self._load_deployments(organization_id)
+            if not isinstance(self.limiter, RedisRateLimiter):
+                # Without Redis, this process's breakers learn the health check's verdicts here.
+                overflow.learn(table.values())
             self.cache.put_deployments(organization_id, table, generation)
             return table
         finally:
@@ -585,7 +589,7 @@ class Gateway:
                     code="redis_unavailable",
                 ) from None
             return value.decode() if value else "0"
-        return ""
+        return embedded_generation()
 
     async def _models(self, scope, send, request_id: str, endpoint_path: str = "") -> None:
         generation = await self._generation()
@@ -618,6 +622,12 @@ class Gateway:
         # new as the generation it is filed under (a revoke in between is then never missed).
         if self.cache.generation is None:
             self.cache.reset(await self._generation())
+        elif not isinstance(self.limiter, RedisRateLimiter):
+            # Without Redis the admission can't see the shared generation move: look here (a
+            # file read at most once a second, gateway.cache.embedded_generation).
+            generation = embedded_generation()
+            if generation != self.cache.generation:
+                self.cache.moved(generation)
 
     async def _admission(
         self, scope, key: KeyInfo | None, keyless: bool, model: str, route: str, request_id: str,

@@ -14,6 +14,11 @@ generation counters live in Redis:
   user's keys are valid (a key revoked, a membership removed or changed, the user deactivated,
   deleted or moved between groups): gateways drop only that user's keys.
 
+Without Redis (the embedded mode) the generations live in each process, and the shared one is
+also written to a file in the data directory, which the gateway reads at most once a second
+(`embedded_generation`): the Celery worker runs in another process than the gateway, and what it
+commits (an external endpoint's health verdict, a state the status sync saw) must reach it too.
+
 A cached key carries the user generation read *before* its rows were read. The gateway sends
 both generations to the rate-limit script, which answers "stale" when either moved, so a
 revocation or a removed member takes effect on the very next request in every gateway process
@@ -22,10 +27,13 @@ at no extra round trip, and one user's change does not flush anyone else's keys.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 from django.conf import settings
 
@@ -111,9 +119,44 @@ def async_redis(url: str | None = None, **options):
     )
 
 
-# Embedded mode (no Redis): the generations live in this process only.
+log = logging.getLogger(__name__)
+
+# Embedded mode (no Redis): the generations live in this process, the shared one in a file too.
 _local_generation = 0
 _local_user_generations: dict[int, int] = {}
+EMBEDDED_GENERATION_FILE = "gateway-generation"
+EMBEDDED_GENERATION_POLL_S = 1.0
+_embedded_read: list = [0.0, ""]  # when the file was read last (monotonic), what it said
+
+
+def _embedded_generation_path() -> Path:
+    return Path(settings.MODELDECK_DATA_DIR) / EMBEDDED_GENERATION_FILE
+
+
+def _write_embedded_generation() -> None:
+    """A new value (unique across processes), replaced whole: a reader never sees half of it."""
+    path = _embedded_generation_path()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(f"{time.time_ns()}.{os.getpid()}.{_local_generation}")
+        os.replace(temporary, path)
+    except OSError:
+        # The process that committed still sees it (its local generation); others at TABLE_TTL.
+        log.warning("cannot write the gateway generation file %s", path, exc_info=True)
+
+
+def embedded_generation() -> str:
+    """The shared generation without Redis: the file's content, read at most once per
+    EMBEDDED_GENERATION_POLL_S ("" while no change was ever written)."""
+    now = time.monotonic()
+    if now - _embedded_read[0] >= EMBEDDED_GENERATION_POLL_S:
+        try:
+            value = _embedded_generation_path().read_text()
+        except OSError:
+            value = ""
+        _embedded_read[:] = [now, value]
+    return _embedded_read[1]
 
 
 def user_generation_key(user_id: int) -> str:
@@ -137,6 +180,7 @@ def invalidate() -> None:
     global _local_generation
     _local_generation += 1
     if not settings.REDIS_URL:
+        _write_embedded_generation()
         return
     _shared_client().incr(GENERATION_KEY)
 
@@ -225,6 +269,10 @@ class DeploymentInfo:
     external: bool = False
     external_options: dict | None = None
     overflow: DeploymentInfo | None = None
+    # Its health check's last verdict ("healthy", "unhealthy", "unknown") and when it was made
+    # (epoch seconds, 0: never): without Redis the gateway's breaker learns it (gateway/overflow.py).
+    health: str = ""
+    health_checked_at: float = 0.0
 
 
 @dataclass

@@ -5,7 +5,11 @@ State lives in Redis so every gateway process shares it (a process-local copy wi
   gw:ext:<id>:cb        hash {fails, open_until (ms)}; open: requests skip the external URL
   gw:ext:<id>:probe     one request may try the external URL after the cooldown (half-open)
   gw:ext:<id>:inflight  requests on the external URL right now (the concurrency threshold)
-The health check (gateway.tasks.check_external_endpoints) closes or opens the breaker too.
+The health check (gateway.tasks.check_external_endpoints, every mode) stores its verdict on the
+deployment's row and, with Redis, closes or opens this breaker at once. Without Redis (the
+embedded mode: Celery in other processes than the gateway) a change of verdict reloads the
+gateway's routing tables (gateway.cache), and each process's breaker learns the verdict there
+(`learn`), with no read per request.
 
 What sends a request to the overflow: the breaker is open, the external endpoint is at its
 concurrency threshold, or it answers 5xx / 429, times out or can't be reached. Streams follow
@@ -15,7 +19,10 @@ first byte errors feed the breaker through the health check.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import ssl
 import time
 from dataclasses import replace
 from typing import Any
@@ -34,6 +41,8 @@ SERVED_EXTERNAL = "external"
 SERVED_OVERFLOW = "overflow"
 
 _local: dict[str, Any] = {}  # without Redis: this process only
+# deployments.models.EndpointHealth's values (the gateway keeps to plain strings).
+HEALTHY, UNHEALTHY = "healthy", "unhealthy"
 
 
 def _k(deployment_id: int, part: str) -> str:
@@ -93,6 +102,24 @@ class Breaker:
         if fails >= self.threshold:
             await self.redis.hset(key, "open_until", _now_ms() + self.cooldown_ms)
         await self.redis.expire(key, max(3600, self.cooldown_ms // 1000 * 4))
+
+    def learn(self, health: str, checked_at: float) -> None:
+        """Without Redis: the health check's verdict as the routing table carries it (gateway.lookup),
+        applied once per check seen, as `record_health` applies each one to the shared breaker:
+        unhealthy opens the breaker at once, healthy closes an open one."""
+        if self.redis is not None or not checked_at:
+            return
+        seen = _k(self.id, "verdict")
+        if _local.get(seen) == checked_at:
+            return
+        _local[seen] = checked_at
+        key = _k(self.id, "cb")
+        if health == UNHEALTHY:
+            _local[key] = (self.threshold, _now_ms() + self.cooldown_ms)
+            _local.pop(_k(self.id, "probe"), None)
+        elif health == HEALTHY and _local.get(key, (0, 0))[1]:
+            _local.pop(key, None)
+            _local.pop(_k(self.id, "probe"), None)
 
     async def enter(self) -> bool:
         """Count one request on the external URL; False (not counted) past the threshold."""
@@ -251,13 +278,6 @@ HEALTH_TIMEOUT_S = 5.0
 HEALTH_INTERVAL_S = 15  # console/settings.py's beat schedule "gateway-check-external"
 
 
-def health_checks_run() -> bool:
-    """Whether the health check runs: it needs Redis, where the breaker all gateway processes
-    share lives. Without it (the embedded mode) each process keeps its own breaker, fed only by
-    real requests, and nothing probes the endpoints."""
-    return bool(settings.REDIS_URL)
-
-
 def probe(url: str, credential: str) -> tuple[bool, str]:
     """GET <base>/models with the endpoint's key: (healthy, what was seen, in our words)."""
     refusal = external_url_refusal(url)
@@ -268,10 +288,37 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
         with httpx.Client(timeout=HEALTH_TIMEOUT_S, trust_env=False, follow_redirects=False) as client:
             response = client.get(base_url(url) + "/models", headers=headers)
     except httpx.HTTPError as exc:
-        return False, f"unreachable ({type(exc).__name__})"
+        return False, unreachable_words(exc)
     if response.status_code >= 500 or response.status_code == 429:
-        return False, f"answered {response.status_code}"
-    return True, f"answered {response.status_code}"
+        return False, f"answered HTTP {response.status_code}"
+    return True, f"answered HTTP {response.status_code}"
+
+
+def unreachable_words(exc: httpx.HTTPError) -> str:
+    """Why a probe got no answer, as a person says it ("connection refused"), not a class name."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {HEALTH_TIMEOUT_S:g} s"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection closed without an answer"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "its TLS certificate is not trusted"
+        if isinstance(cause, ssl.SSLError):
+            return "the TLS handshake failed"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "no route to the host"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    for words in ("connection refused", "name or service not known", "certificate verify failed"):
+        if words in text:  # httpcore sometimes keeps only the message
+            return {"name or service not known": "the host name does not resolve",
+                    "certificate verify failed": "its TLS certificate is not trusted"}.get(words, words)  # fmt: skip
+    return f"unreachable ({type(exc).__name__})"
 
 
 def record_health(client, deployment_id: int, options: dict, healthy: bool) -> None:
@@ -307,3 +354,11 @@ def breaker_state(deployment_id: int) -> dict[str, Any]:
     state = "closed" if not open_until else ("open" if now < open_until else "half-open")
     return {"state": state, "failures": fails, "retry_in_s": max(0, (open_until - now) // 1000) if open_until else 0,
             "in_flight": max(0, inflight)}  # fmt: skip
+
+
+def learn(deployments) -> None:
+    """Without Redis: each external deployment's breaker in this process takes the health check's
+    verdict from a freshly loaded routing table (gateway.app `_reload_deployments`)."""
+    for info in deployments:
+        if info.external:
+            Breaker(None, info.id, info.external_options or {}).learn(info.health, info.health_checked_at)

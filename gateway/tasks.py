@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from deployments.external import external_health_record
 from deployments.models import ModelDeployment
 from gateway import overflow, rollup
 from gateway.cache import sync_redis
@@ -203,21 +204,24 @@ def fold_usage() -> int:
 
 @shared_task(name="gateway.check_external_endpoints")
 def check_external_endpoints() -> dict[str, int]:
-    """Health-check every running external deployment (beat, every 15 s): open or close the
-    breaker all gateway processes share (gateway/overflow.py)."""
-    if not overflow.health_checks_run():
-        return {"checked": 0}
-    client = sync_redis()
+    """Health-check every running external deployment (beat, every 15 s, in every mode): the
+    verdict goes on the deployment's row (what the pages and the API show; a change reaches the
+    gateways through their routing tables) and, with Redis, opens or closes the breaker all
+    gateway processes share at once (gateway/overflow.py)."""
+    client = sync_redis() if settings.REDIS_URL else None
     rows = ModelDeployment.objects.filter(kind="external", state="running").select_related("current_revision")
     counts = {"checked": 0, "healthy": 0}
     try:
         for row in rows.iterator():
             healthy, seen = overflow.probe(row.external_url, row.external_credential)
-            overflow.record_health(client, row.pk, row.spec().get("external") or {}, healthy)
+            external_health_record(deployment=row, healthy=healthy, detail=seen)
+            if client is not None:
+                overflow.record_health(client, row.pk, row.spec().get("external") or {}, healthy)
             counts["checked"] += 1
             counts["healthy"] += healthy
             if not healthy:
                 log.info("external endpoint unhealthy", extra={"deployment": row.pk, "seen": seen})
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return counts
