@@ -97,7 +97,7 @@ def with_gpus_held(qs: QuerySet[ModelDeployment]) -> QuerySet[ModelDeployment]:
 VERSION_FIELDS = (
     "state", "state_reason", "state_changed_at", "updated_at", "name", "managed_by_resource",
     "current_revision_id", "serving_revision_id", "bundle_id", "pool_id", "environment_id",
-    "gpus_reserved",
+    "gpus_reserved", "health", "health_detail", "health_checked_at",
 )  # fmt: skip
 
 

@@ -52,7 +52,7 @@ from deployments.models import (
     Revision,
 )
 from gateway import reports
-from gateway.overflow import HEALTH_INTERVAL_S, health_checks_run
+from gateway.overflow import HEALTH_INTERVAL_S
 from gateway.overflow import breaker_state as overflow_state
 from gateway.reports import served_split
 from projects.models import Environment, GpuReservation
@@ -807,7 +807,7 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         return HttpResponse(status=204)
     deployment = _deployment_get(request, pk)
     if deployment.is_external:
-        return _external_detail(request, deployment)
+        return _external_detail(request, deployment, version)
     if request.htmx and fragment in {"status", "events"}:
         context = _detail_context(request, deployment, version)
         context["oob_parts"] = True
@@ -1214,19 +1214,26 @@ external_create = ExternalCreate.as_view()
 external_edit = ExternalEdit.as_view()
 
 
-def _external_detail(request: HttpRequest, deployment: ModelDeployment) -> HttpResponse:
-    """An external deployment's page: where it points, its breaker, and who served its requests."""
-    context = _detail_context(request, deployment)
+def _external_detail(request: HttpRequest, deployment: ModelDeployment, version: str = "") -> HttpResponse:
+    """An external deployment's page: where it points, its health and breaker, and who served its
+    requests. Its status poll (fragment=status) gets the status card, the header's badges and the
+    actions once the deployment or its last health check changed (204 before: deployment_detail)."""
+    context = _detail_context(request, deployment, version)
     context.update(
         options=(deployment.spec().get("external") or {}),
+        breaker=overflow_state(deployment.pk),
+        shared_breaker=bool(settings.REDIS_URL),
+        health_interval_s=HEALTH_INTERVAL_S,
+        usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
+    )
+    if request.htmx and request.GET.get("fragment") == "status":
+        context["oob_parts"] = True
+        return render(request, "deployments/htmx/external_status.html", context)
+    context.update(
         limit_scopes=tuple(spec_module.RATE_LIMIT_SCOPE_LABELS.items()),
         key_last4=last4(deployment.external_credential or ""),
-        breaker=overflow_state(deployment.pk),
-        health_checked=health_checks_run(),
-        health_interval_s=HEALTH_INTERVAL_S,
         split=served_split(deployment.pk),
         events=deployment.events.all()[:10],
-        usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),
     )
     return render(request, "deployments/external_detail.html", context)
 

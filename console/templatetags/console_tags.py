@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import template
+from django.utils import timezone
 
 register = template.Library()
 
@@ -31,3 +32,24 @@ def get_item(mapping, key):
 def sort_th(listing, key: str, label: str, css: str = ""):
     """A table header that sorts the server-side list by `key` (console.paging), keeping filters."""
     return {"url": listing.sort_url(key), "state": listing.sort_state(key), "label": label, "css": css}
+
+
+@register.filter
+def seconds_since(when) -> int:
+    return max(0, int((timezone.now() - when).total_seconds())) if when else 0
+
+
+@register.filter
+def ago(when) -> str:
+    """How long ago, to the second under a minute ("10 s ago"). On a page, a `<time data-ago="<seconds
+    since>">` keeps counting the same way (static/modeldeck/app.js)."""
+    if not when:
+        return ""
+    seconds = seconds_since(when)
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"

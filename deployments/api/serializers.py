@@ -161,6 +161,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
             "gpus_held", "scale", "spec", "managed_by", "created_by", "created_at", "updated_at",
             "kind", "external_url", "external_key_last4", "overflow",
+            # External: the health check's last verdict on the URL (managed: "unknown", never checked).
+            "health", "health_detail", "health_checked_at",
         ]  # fmt: skip
         read_only_fields = fields
 

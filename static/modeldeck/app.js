@@ -133,6 +133,22 @@
     if (panel && image) image.placeholder = panel.dataset.bundleImage || "the bundle's image";
   });
 
+  // "last checked 10 s ago" keeps counting between polls (console_tags.ago's words): a check that
+  // stopped running shows as an old one, not as the moment the page was drawn.
+  function ago(seconds) {
+    if (seconds < 60) return seconds + " s ago";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min ago";
+    if (seconds < 86400) return Math.floor(seconds / 3600) + " h ago";
+    return Math.floor(seconds / 86400) + " d ago";
+  }
+  // Counted from the age the server gave (data-ago, seconds), so a browser clock set wrong doesn't matter.
+  setInterval(function () {
+    document.querySelectorAll("time[data-ago]").forEach(function (el) {
+      if (!el.dataset.since) el.dataset.since = Date.now() - 1000 * (parseInt(el.dataset.ago, 10) || 0);
+      el.textContent = ago(Math.max(0, Math.floor((Date.now() - el.dataset.since) / 1000)));
+    });
+  }, 1000);
+
   // A followed pod log stays scrolled to its newest line.
   document.addEventListener("htmx:afterSettle", function (event) {
     var log = document.getElementById("log-text"), follow = document.getElementById("log-follow");

@@ -3,6 +3,8 @@ breaker and the served split, edit keeping the key, scoping (404 across organiza
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from deployments.models import ModelDeployment
@@ -89,20 +91,78 @@ def test_every_error_shows_at_once(tenants, model, deploy):
 
 
 @pytest.mark.parametrize("redis", [True, False])
-def test_the_page_says_whether_a_health_check_runs(tenants, model, settings, public_example_com, redis):
+def test_the_page_says_a_health_check_runs_in_every_mode(tenants, model, settings, public_example_com, redis):
     from deployments.external import external_deployment_create
 
     row = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem",
                                      url="https://llm.example.com/v1")  # fmt: skip
     if not redis:
-        settings.REDIS_URL = None  # the embedded mode (make run): gateway.check_external_endpoints checks nothing
+        settings.REDIS_URL = None  # the embedded mode (make run): the worker and beat run the check too
     page = login(tenants.owner).get(row.get_absolute_url()).content.decode()
+    assert "Every 15 s a health check asks the endpoint for its models" in page
+    assert "No health check runs here" not in page and "the state stays Running even when" not in page
     if redis:
-        assert "A health check every 15 s opens and closes the breaker" in page
-        assert 'id="no-health-check"' not in page
+        assert "opens and closes the circuit breaker every gateway process shares" in page
     else:
-        assert "A health check every" not in page.split('id="no-health-check"')[0]
-        assert "No health check runs here:</strong> this console runs without Redis" in page
-        assert "the state stays Running even when the endpoint is down" in page
-    # The state's reason promises no health check either way.
-    assert "the gateway checks its health" not in page and "not this state, follows its health" in page
+        assert "each gateway process's breaker learns the check's verdict when it changes" in page
+    assert "its health, checked every 15 s, shows beside this state" in page  # the state's reason
+
+
+def _poll_url(page: str) -> str:
+    return re.search(r'hx-get="([^"]*fragment=status[^"]*)"', page).group(1).replace("&amp;", "&")
+
+
+def test_the_page_list_and_api_show_the_endpoints_health(tenants, model, public_example_com):
+    from deployments.external import external_deployment_create, external_health_record
+    from tests.factories import rest_api_client
+
+    row = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem",
+                                     url="https://llm.example.com/v1")  # fmt: skip
+    client = login(tenants.owner)
+    page = client.get(row.get_absolute_url()).content.decode()
+    assert f'id="head-health-{row.pk}"><span class="badge plain" data-health="unknown"' in page
+    assert "Endpoint not checked yet" in page and "the first check comes within 15 s" in page
+    listing = client.get("/deployments/").content.decode()
+    assert "Endpoint not checked yet" in listing.split(f'id="deployment-row-{row.pk}"')[1].split("</tr>")[0]
+    list_poll = re.search(r'hx-get="(/deployments/\?ids=[^"]+)"', listing).group(1)
+    page_poll = _poll_url(page)
+    hx = {"HTTP_HX_REQUEST": "true"}
+    # Nothing changed: both polls answer 204 (no body).
+    assert client.get(page_poll, **hx).status_code == 204
+    assert client.get(list_poll, **hx).status_code == 204
+
+    # The health check (gateway.tasks.check_external_endpoints) finds the endpoint dead.
+    assert external_health_record(deployment=row, healthy=False, detail="connection refused")
+
+    status = client.get(page_poll, **hx)
+    assert status.status_code == 200
+    fragment = status.content.decode()
+    assert f'id="head-health-{row.pk}" hx-swap-oob="true"><span class="badge bad" data-health="unhealthy"' in fragment
+    assert "<strong>Endpoint unreachable:</strong> connection refused." in fragment
+    assert 'id="health-detail">connection refused · last checked <time' in fragment
+    assert "Running</span>" in fragment  # the state stays, the health is beside it
+    assert client.get(_poll_url(fragment), **hx).status_code == 204  # unchanged again
+
+    rows = client.get(list_poll, **hx)
+    assert rows.status_code == 200
+    changed = rows.content.decode().split(f'id="deployment-row-{row.pk}"')[1].split("</tr>")[0]
+    assert "Endpoint unreachable" in changed and "connection refused · last checked" in changed
+    assert "Running" in changed
+
+    page = client.get(row.get_absolute_url()).content.decode()
+    assert "<strong>Endpoint unreachable:</strong> connection refused." in page
+    assert "Callers get an error (503" in page  # no overflow deployment
+
+    data = rest_api_client(tenants.owner).get(f"/api/v1/deployments/{row.pk}/").json()
+    assert (data["state"], data["health"], data["health_detail"]) == ("running", "unhealthy", "connection refused")
+    assert data["health_checked_at"]
+    listed = rest_api_client(tenants.owner).get("/api/v1/deployments/").json()
+    assert [d["health"] for d in listed["results"] if d["id"] == row.pk] == ["unhealthy"]
+
+    # Another organization's user sees none of it.
+    outsider = login(tenants.outsider)
+    assert outsider.get(row.get_absolute_url()).status_code == 404
+    assert outsider.get(page_poll, **hx).status_code == 404
+    gone = outsider.get(list_poll, **hx)
+    assert "connection refused" not in gone.content.decode() and gone.status_code == 286
+    assert rest_api_client(tenants.outsider).get(f"/api/v1/deployments/{row.pk}/").status_code == 404

@@ -1,0 +1,204 @@
+"""External endpoints' health check in the embedded mode (no Redis, `make run`): the Celery task
+records each endpoint's verdict on its deployment, and a gateway in another process (as under
+console/supervisor.py) stops sending requests to an endpoint the check found dead."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+from django.utils import timezone
+
+from catalog.models import CatalogModel
+from deployments.external import external_deployment_create
+from deployments.models import ModelDeployment
+from gateway import cache
+from gateway.tasks import check_external_endpoints
+from tests.gateway.conftest import make_deployment, make_key
+from tests.gateway.test_external_overflow import SECRET, OnPrem, _json
+from tests.gateway.test_usage_stream import ROOT, _database_url, _free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class FlakyOnPrem(OnPrem):
+    """OnPrem whose health endpoint (GET …/models) can answer a status of its own while chat
+    completions still work: requests that reach it are counted, whatever the check says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models_status: int | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].endswith("/models") and self.models_status:
+            return await _json(send, self.models_status, {"error": {"message": "down"}})
+        return await super().__call__(scope, receive, send)
+
+
+@pytest.fixture
+def embedded(settings, tmp_path):
+    """The embedded mode's settings in this process (the Celery worker's, under `make run`)."""
+    settings.REDIS_URL = None
+    settings.MODELDECK_DATA_DIR = tmp_path
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = True  # the operator setting: local servers
+    return tmp_path
+
+
+@pytest.fixture
+def flaky():
+    from sandbox.engine import run_engine_in_thread
+
+    server = FlakyOnPrem()
+    url, stop = run_engine_in_thread(engine=server)
+    yield server, url
+    stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def _external(tenants, name: str, url: str, **kwargs) -> ModelDeployment:
+    model, _ = CatalogModel.objects.get_or_create(organization=tenants.org, name="onprem-llama",
+                                                  defaults={"source": "huggingface", "repo_id": "acme/onprem"})  # fmt: skip
+    return external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name=name,
+                                      url=url, **kwargs)  # fmt: skip
+
+
+def test_the_check_records_health_without_redis(tenants, embedded, flaky):
+    server, url = flaky
+    live = _external(tenants, "live", url + "/v1", credential=SECRET)
+    dead = _external(tenants, "dead", f"http://127.0.0.1:{_closed_port()}/v1")
+    assert live.health == dead.health == "unknown"
+
+    assert check_external_endpoints() == {"checked": 2, "healthy": 1}
+    live.refresh_from_db()
+    dead.refresh_from_db()
+    assert (live.health, live.health_detail) == ("healthy", "answered HTTP 200")
+    assert (dead.health, dead.health_detail) == ("unhealthy", "connection refused")
+    assert dead.health_checked_at and timezone.now() - dead.health_checked_at < timezone.timedelta(seconds=30)
+    event = dead.events.get(reason="EndpointUnreachable")
+    assert event.type == "Warning" and event.message == "The endpoint is unreachable: connection refused."
+    assert dead.state == "running"  # the lifecycle state is not the health
+
+    # A steady state: the check's time moves, nothing else; the gateways are not told.
+    generation = (embedded / cache.EMBEDDED_GENERATION_FILE).read_text()
+    first = dead.health_checked_at
+    check_external_endpoints()
+    dead.refresh_from_db()
+    assert dead.health_checked_at > first and dead.events.filter(reason="EndpointUnreachable").count() == 1
+    assert (embedded / cache.EMBEDDED_GENERATION_FILE).read_text() == generation
+
+    # The live one stops answering its health check: a change, which the gateways are told of.
+    server.models_status = 503
+    assert check_external_endpoints() == {"checked": 2, "healthy": 0}
+    live.refresh_from_db()
+    assert (live.health, live.health_detail) == ("unhealthy", "answered HTTP 503")
+    assert (embedded / cache.EMBEDDED_GENERATION_FILE).read_text() != generation
+
+
+def test_the_check_keeps_refusing_private_addresses(tenants, embedded, flaky, settings):
+    server, url = flaky
+    row = _external(tenants, "live", url + "/v1", credential=SECRET)
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False  # the operator takes the permission back
+    assert check_external_endpoints() == {"checked": 1, "healthy": 0}
+    row.refresh_from_db()
+    assert row.health == "unhealthy" and "loopback" in row.health_detail
+    assert server.hits == [] and not server.engine.requests  # never called
+
+
+def test_a_changed_url_is_not_checked_yet(tenants, embedded, flaky):
+    from deployments.external import external_deployment_update
+
+    server, url = flaky
+    row = _external(tenants, "live", f"http://127.0.0.1:{_closed_port()}/v1")
+    check_external_endpoints()
+    row.refresh_from_db()
+    assert row.health == "unhealthy"
+    row = external_deployment_update(user=tenants.owner, deployment=row, url=url + "/v1", credential=SECRET)
+    row.refresh_from_db()
+    assert (row.health, row.health_detail, row.health_checked_at) == ("unknown", "", None)
+
+
+def _start_embedded_gateway(engine_url: str, data_dir) -> tuple[subprocess.Popen, str]:
+    """console.asgi in a process of its own without Redis: the web process of `make run`."""
+    import httpx
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "console.settings", "DATABASE_URL": _database_url(),
+        "SECRET_KEY": "modeldeck-test", "MODELDECK_DATA_DIR": str(data_dir),
+        "MODELDECK_SANDBOX_ENGINE_URL": engine_url, "MODELDECK_EXTERNAL_PRIVATE_ADDRESSES": "1",
+        "PYTHONPATH": str(ROOT),
+    })  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the gateway process did not start") from None
+            time.sleep(0.1)
+
+
+def _ask(client, model: str) -> str:
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    return reply.choices[0].message.content
+
+
+def test_embedded_gateway_stops_sending_to_an_endpoint_the_check_found_dead(
+    tenants, embedded, flaky, engine, engine_server
+):
+    server, url = flaky
+    make_deployment(tenants.project, "burst", served_model_name="burst-chat")
+    # A breaker that real failures alone would open only after 50: here the check decides.
+    options = {"timeout_s": 5, "failure_threshold": 50, "cooldown_s": 60}
+    _external(tenants, "onprem", url + "/v1", credential=SECRET, overflow="burst",
+              served_model_name="llama-onprem", options=options)  # fmt: skip
+    _external(tenants, "solo", url + "/v1", credential=SECRET, served_model_name="solo", options=options)
+    proc, gateway_url = _start_embedded_gateway(engine_server[1], embedded)
+    try:
+        client = openai.OpenAI(api_key=make_key(tenants.member, tenants.org), base_url=gateway_url + "/v1",
+                               max_retries=0)  # fmt: skip
+        assert check_external_endpoints() == {"checked": 2, "healthy": 2}
+        assert _ask(client, "llama-onprem") == "You said: hi" and _ask(client, "solo") == "You said: hi"
+        assert len(server.hits) == 2 and not engine.requests  # the on-prem server answered both
+
+        # Its health endpoint fails: the check, in this process, finds it dead. Its chat
+        # completions would still answer, so any request sent there would be counted.
+        server.models_status = 503
+        assert check_external_endpoints() == {"checked": 2, "healthy": 0}
+        time.sleep(cache.EMBEDDED_GENERATION_POLL_S + 0.2)  # the gateway reads the change at most once a second
+        assert [_ask(client, "llama-onprem") for _ in range(5)] == ["You said: hi"] * 5
+        assert len(server.hits) == 2  # not one more request to the dead endpoint
+        assert len(engine.requests) == 5 and {r.body["model"] for r in engine.requests} == {"burst-chat"}
+        with pytest.raises(openai.APIStatusError) as refused:  # no overflow: a clear 503, not a hang
+            _ask(client, "solo")
+        assert refused.value.status_code == 503 and refused.value.code == "external_unavailable"
+        assert len(server.hits) == 2
+
+        # It answers its health check again: the next check closes the breaker.
+        server.models_status = None
+        assert check_external_endpoints() == {"checked": 2, "healthy": 2}
+        time.sleep(cache.EMBEDDED_GENERATION_POLL_S + 0.2)
+        assert _ask(client, "llama-onprem") == "You said: hi"
+        assert len(server.hits) == 3 and len(engine.requests) == 5
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
