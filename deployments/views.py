@@ -1219,9 +1219,11 @@ def _external_detail(request: HttpRequest, deployment: ModelDeployment, version:
     requests. Its status poll (fragment=status) gets the status card, the header's badges and the
     actions once the deployment or its last health check changed (204 before: deployment_detail)."""
     context = _detail_context(request, deployment, version)
+    options = deployment.spec().get("external") or {}
+    checked_at = deployment.health_checked_at.timestamp() if deployment.health_checked_at else 0.0
     context.update(
-        options=(deployment.spec().get("external") or {}),
-        breaker=overflow_state(deployment.pk),
+        options=options,
+        breaker=overflow_state(deployment.pk, (deployment.health, checked_at, options)),
         shared_breaker=bool(settings.REDIS_URL),
         health_interval_s=HEALTH_INTERVAL_S,
         usage_url=_url_or_none("devhub:deployment_usage", deployment.pk),

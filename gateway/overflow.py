@@ -337,9 +337,14 @@ def record_health(client, deployment_id: int, options: dict, healthy: bool) -> N
     pipe.execute()
 
 
-def breaker_state(deployment_id: int) -> dict[str, Any]:
-    """What the deployment page shows: closed / open (until when) / half-open, failures, in flight."""
+def breaker_state(deployment_id: int, verdict: tuple[str, float, dict] | None = None) -> dict[str, Any]:
+    """What the deployment page shows: closed / open (until when) / half-open, failures, in flight.
+    Without Redis the page is drawn by the gateway's own process: its breaker learns the health
+    check's `verdict` (health, checked at, options) first, as the next routing table load would."""
     if not settings.REDIS_URL:
+        if verdict is not None:
+            health, checked_at, options = verdict
+            Breaker(None, deployment_id, options).learn(health, checked_at)
         fails, open_until = _local.get(_k(deployment_id, "cb"), (0, 0))
         inflight = _local.get(_k(deployment_id, "inflight"), 0)
     else:

@@ -108,6 +108,23 @@ def test_the_page_says_a_health_check_runs_in_every_mode(tenants, model, setting
     assert "its health, checked every 15 s, shows beside this state" in page  # the state's reason
 
 
+def test_without_redis_the_page_shows_the_breaker_the_check_opened(tenants, model, settings, public_example_com):
+    """Embedded, the page is drawn by the gateway's own process: its breaker has learnt the verdict."""
+    from deployments.external import external_deployment_create, external_health_record
+
+    settings.REDIS_URL = None
+    row = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem",
+                                     url="https://llm.example.com/v1")  # fmt: skip
+    client = login(tenants.owner)
+    assert 'id="breaker-state">closed' in client.get(row.get_absolute_url()).content.decode()
+    external_health_record(deployment=row, healthy=False, detail="connection refused")
+    page = client.get(row.get_absolute_url()).content.decode()
+    assert 'id="breaker-state">open · retries in' in page
+    external_health_record(deployment=row, healthy=True, detail="answered HTTP 200")
+    page = client.get(row.get_absolute_url()).content.decode()
+    assert 'id="breaker-state">closed' in page and 'data-health="healthy"' in page
+
+
 def _poll_url(page: str) -> str:
     return re.search(r'hx-get="([^"]*fragment=status[^"]*)"', page).group(1).replace("&amp;", "&")
 
