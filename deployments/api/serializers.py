@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
@@ -153,6 +154,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     created_by = serializers.StringRelatedField(allow_null=True)
     external_key_last4 = serializers.SerializerMethodField()
     pool_name = serializers.SerializerMethodField()
+    # External only (null for a managed deployment, whose state says it all): the last health check.
+    health = serializers.SerializerMethodField(help_text="healthy, unhealthy or unknown (not checked yet).")
+    health_detail = serializers.SerializerMethodField(help_text="What the last check saw, in words.")
+    health_checked_at = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelDeployment
@@ -161,7 +166,6 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
             "gpus_held", "scale", "spec", "managed_by", "created_by", "created_at", "updated_at",
             "kind", "external_url", "external_key_last4", "overflow",
-            # External: the health check's last verdict on the URL (managed: "unknown", never checked).
             "health", "health_detail", "health_checked_at",
         ]  # fmt: skip
         read_only_fields = fields
@@ -193,6 +197,15 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def get_managed_by(self, obj: ModelDeployment) -> str:
         """Where to change a deployment a ModelDeployment resource manages; "" otherwise."""
         return obj.managed_message()
+
+    def get_health(self, obj: ModelDeployment) -> str | None:
+        return obj.health if obj.is_external else None
+
+    def get_health_detail(self, obj: ModelDeployment) -> str | None:
+        return obj.health_detail if obj.is_external else None
+
+    def get_health_checked_at(self, obj: ModelDeployment) -> datetime | None:
+        return obj.health_checked_at if obj.is_external else None
 
     def get_external_key_last4(self, obj: ModelDeployment) -> str:
         return last4(obj.external_credential) if obj.external_credential else ""

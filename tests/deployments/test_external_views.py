@@ -132,6 +132,7 @@ def _poll_url(page: str) -> str:
 def test_the_page_list_and_api_show_the_endpoints_health(tenants, model, public_example_com):
     from deployments.external import external_deployment_create, external_health_record
     from tests.factories import rest_api_client
+    from tests.gateway.conftest import make_deployment
 
     row = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem",
                                      url="https://llm.example.com/v1")  # fmt: skip
@@ -175,6 +176,9 @@ def test_the_page_list_and_api_show_the_endpoints_health(tenants, model, public_
     assert data["health_checked_at"]
     listed = rest_api_client(tenants.owner).get("/api/v1/deployments/").json()
     assert [d["health"] for d in listed["results"] if d["id"] == row.pk] == ["unhealthy"]
+    managed = make_deployment(tenants.project, "burst")
+    data = rest_api_client(tenants.owner).get(f"/api/v1/deployments/{managed.pk}/").json()
+    assert (data["health"], data["health_detail"], data["health_checked_at"]) == (None, None, None)  # nothing checked
 
     # Another organization's user sees none of it.
     outsider = login(tenants.outsider)
