@@ -272,6 +272,7 @@ class DeploymentInfo:
     # Its health check's last verdict ("healthy", "unhealthy", "unknown") and when it was made
     # (epoch seconds, 0: never): without Redis the gateway's breaker learns it (gateway/overflow.py).
     health: str = ""
+    health_detail: str = ""
     health_checked_at: float = 0.0
 
 

@@ -278,7 +278,8 @@ def _external_info(
         policy=snapshot.get(row.pk),
         serving_revision_id=row.serving_revision_id or 0 if row.state == DeploymentState.RUNNING else 0,
         external=True, external_options=spec.get("external") or {}, overflow=overflow,
-        health=row.health, health_checked_at=row.health_checked_at.timestamp() if row.health_checked_at else 0.0,
+        health=row.health, health_detail=row.health_detail,
+        health_checked_at=row.health_checked_at.timestamp() if row.health_checked_at else 0.0,
     )  # fmt: skip
 
 

@@ -205,9 +205,12 @@ async def serve(gw, scope, receive, send, call, raw: bytes, headers: dict, extra
                 502, f"The external endpoint of `{deployment.served_model_name}` failed.", "server_error",
                 code="upstream_unreachable",
             )
+        why = "circuit open or at its concurrency limit"
+        if deployment.health == UNHEALTHY and deployment.health_detail:
+            why = f"its health check: {deployment.health_detail}"
         raise GatewayError(
-            503, f"The external endpoint of `{deployment.served_model_name}` is unavailable (circuit "
-            "open or at its concurrency limit) and no overflow deployment is set.", "server_error",
+            503, f"The external endpoint of `{deployment.served_model_name}` is unavailable ({why}) "
+            "and no overflow deployment is set.", "server_error",
             code="external_unavailable", headers=[(b"retry-after", b"5")],
         )  # fmt: skip
     body, o_headers = _overflow_request(overflow, raw, scope, call.request_id)

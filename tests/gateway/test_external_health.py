@@ -191,6 +191,7 @@ def test_embedded_gateway_stops_sending_to_an_endpoint_the_check_found_dead(
         with pytest.raises(openai.APIStatusError) as refused:  # no overflow: a clear 503, not a hang
             _ask(client, "solo")
         assert refused.value.status_code == 503 and refused.value.code == "external_unavailable"
+        assert "(its health check: answered HTTP 503)" in refused.value.message
         assert len(server.hits) == 2
 
         # It answers its health check again: the next check closes the breaker.
