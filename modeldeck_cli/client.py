@@ -10,9 +10,20 @@ import httpx
 class CLIError(Exception):
     """Something to tell the user, with the exit status."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = 1, http_status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.http_status = http_status  # the server's answer, when there was one
+
+
+def unreachable(url: str, exc: httpx.HTTPError) -> CLIError:
+    """A transport failure in words: the address is wrong or the server is down, not a traceback."""
+    if isinstance(exc, httpx.ConnectError):
+        reason = "connection refused" if "refused" in str(exc).lower() else (str(exc) or "can't connect")
+        return CLIError(f"{url} is unreachable ({reason}): check the server URL and that the server is up.")
+    if isinstance(exc, httpx.TimeoutException):
+        return CLIError(f"{url} did not answer in time.")
+    return CLIError(f"Can't reach {url}: {exc}")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -47,14 +58,17 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise CLIError(f"Can't reach {self.url}: {exc}") from None
+            raise unreachable(self.url, exc) from None
         if response.status_code in ok:
             return response
-        if response.status_code == 401:
-            raise CLIError(f"Not signed in ({_detail(response)}). Run `modeldeck login`.")
-        if response.status_code == 404:
-            raise CLIError(f"Not found: {_detail(response)}")
-        raise CLIError(f"{response.status_code}: {_detail(response)}")
+        code = response.status_code
+        if code == 401:
+            raise CLIError(f"Not signed in ({_detail(response)}). Run `modeldeck login`.", http_status=code)
+        if code == 403:
+            raise CLIError(f"You lack the permission for this: {_detail(response)}", http_status=code)
+        if code == 404:
+            raise CLIError(f"Not found: {_detail(response)}", http_status=code)
+        raise CLIError(f"{code}: {_detail(response)}", http_status=code)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
@@ -73,7 +87,7 @@ class Client:
             try:
                 response = self.http.get(nxt)
             except httpx.HTTPError as exc:
-                raise CLIError(f"Can't reach {self.url}: {exc}") from None
+                raise unreachable(self.url, exc) from None
             if response.status_code != 200:
                 raise CLIError(f"{response.status_code}: {_detail(response)}")
             page = response.json()

@@ -1,24 +1,30 @@
-"""The `modeldeck` command: login, apply -f, delete -f, get, describe, logs — over the REST API."""
+"""The `modeldeck` command: login, apply -f, delete -f, get, describe, logs, and operating a
+deployment (scale, deactivate, activate, rollback, history), keys, usage and chat — over the REST
+API (chat: the gateway)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import yaml
 
 from modeldeck_cli import config
-from modeldeck_cli.client import Client, CLIError
+from modeldeck_cli.client import Client, CLIError, unreachable
 
 KINDS = {
     # name (and aliases) → (collection path, table columns)
-    "deployments": ("/api/v1/deployments/", ["id", "name", "state", "served_model_name", "current_revision", "gpus_held", "pool_name:pool"]),
+    "deployments": ("/api/v1/deployments/", ["id", "name", "status", "served_model_name", "current_revision", "gpus_held", "pool_name:pool"]),
     "models": ("/api/v1/models/", ["id", "name", "source", "source_ref", "task", "deployment_count"]),
     "pools": ("/api/v1/pools/", ["id", "name", "kind", "engine_label", "region", "reachable"]),
 }
@@ -123,13 +129,31 @@ def cmd_delete(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 def _find(client: Client, kind: str, ref: str) -> dict:
     path, _ = KINDS[kind]
     if ref.isdigit():
-        return client.get(f"{path}{ref}/")
+        try:
+            return client.get(f"{path}{ref}/")
+        except CLIError as exc:
+            if exc.http_status == 404:
+                raise CLIError(f"No {kind[:-1]} with id {ref}.") from None
+            raise
     matches = [row for row in client.list_all(path) if row.get("name") == ref]
     if not matches:
         raise CLIError(f"No {kind[:-1]} named {ref!r}.")
     if len(matches) > 1:
         raise CLIError(f"Several {kind} are named {ref!r} (ids {', '.join(str(m['id']) for m in matches)}); give the id.")
     return matches[0]
+
+
+HEALTH_WORDS = {"healthy": "endpoint reachable", "unhealthy": "endpoint unreachable", "unknown": "endpoint not checked yet"}
+
+
+def _status(row: dict) -> str:
+    """A deployment's state as the console shows it; an external one's endpoint health beside
+    "Running" (only then is it checked): "Running (endpoint unreachable)"."""
+    state = str(row.get("state") or "")
+    text = state.capitalize()
+    if row.get("kind") == "external" and state == "running" and row.get("health"):
+        text += f" ({HEALTH_WORDS.get(row['health'], 'endpoint ' + row['health'])})"
+    return text
 
 
 def cmd_get(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -141,6 +165,8 @@ def cmd_get(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     elif args.output == "yaml":
         out(yaml.safe_dump(rows, sort_keys=False).rstrip())
     else:
+        if args.kind == "deployments":
+            rows = [{**row, "status": _status(row)} for row in rows]
         _print_table(rows, columns, out)
     return 0
 
@@ -198,6 +224,307 @@ def cmd_logout(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+# --- operating a deployment: scale, deactivate, activate, rollback, history -------------------
+
+
+def _deployment(client: Client, ref: str) -> dict:
+    return _find(client, "deployments", ref)
+
+
+def _action(client: Client, deployment: dict, action: str, body: dict | None = None) -> dict:
+    return client.post(f"/api/v1/deployments/{deployment['id']}/{action}/", body or {}).json()
+
+
+def _when(value: Any) -> str:
+    """An API timestamp as "2026-12-01 07:40" (UTC), or "-"."""
+    if not value:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def _replicas(lo: int, hi: int) -> str:
+    return f"{lo} replica{'s' if lo != 1 else ''}" if lo == hi else f"{lo}–{hi} replicas"
+
+
+def cmd_scale(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    if args.replicas is None and args.min is None and args.max is None:
+        raise CLIError("Say how many: --replicas N, or --min and/or --max (the autoscaler's bounds).")
+    if args.replicas is not None and (args.min is not None or args.max is not None):
+        raise CLIError("Give either --replicas or --min/--max, not both.")
+    client = _client(args)
+    deployment = _deployment(client, args.name)
+    if args.replicas is not None:
+        lo = hi = args.replicas
+    else:
+        # One bound given: the other keeps its value (the API takes both).
+        current = (deployment.get("spec") or {}).get("replicas") or {}
+        lo = args.min if args.min is not None else current.get("min", 1)
+        hi = args.max if args.max is not None else current.get("max", max(lo, 1))
+    data = _action(client, deployment, "scale", {"min": lo, "max": hi})
+    out(f"deployment/{data['name']} scaled to {_replicas(lo, hi)} (revision {data.get('current_revision')}).")
+    return 0
+
+
+def cmd_deactivate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    data = _action(client, _deployment(client, args.name), "deactivate")
+    out(f"deployment/{data['name']} deactivated: scaled to zero, its GPUs released (state {_status(data)}).")
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    data = _action(client, _deployment(client, args.name), "activate")
+    out(f"deployment/{data['name']} activated: scaling back up (state {_status(data)}).")
+    return 0
+
+
+def _revisions(client: Client, deployment: dict) -> list[dict]:
+    return client.list_all(f"/api/v1/deployments/{deployment['id']}/revisions/")
+
+
+def cmd_rollback(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    deployment = _deployment(client, args.name)
+    target = args.to
+    if target is None:
+        # As `kubectl rollout undo`: the revision before the current one.
+        current = deployment.get("current_revision") or 0
+        earlier = [r["number"] for r in _revisions(client, deployment) if r["number"] < current]
+        if not earlier:
+            raise CLIError(f"{deployment['name']} has no revision before revision {current}: nothing to roll back to.")
+        target = max(earlier)
+    data = _action(client, deployment, "rollback", {"revision": target, "update_strategy": args.strategy})
+    how = "blue-green" if args.strategy == "blue_green" else "recreating its pods"
+    out(f"deployment/{data['name']} rolled back to revision {target} as revision {data.get('current_revision')} "
+        f"({how}; `modeldeck history {data['name']}` shows which serves).")  # fmt: skip
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    deployment = _deployment(client, args.name)
+    revisions = _revisions(client, deployment)
+    if args.output == "json":
+        out(json.dumps(revisions, indent=2, default=str))
+        return 0
+    rows = []
+    for r in revisions:
+        marks = [m for m, n in (("current", deployment.get("current_revision")),
+                                ("serving", deployment.get("serving_revision"))) if r["number"] == n]  # fmt: skip
+        rows.append({"revision": r["number"], "created": _when(r.get("created_at")), "by": r.get("created_by"),
+                     "summary": r.get("reason"), "serves": ", ".join(marks)})  # fmt: skip
+    _print_table(rows, ["revision", "created", "by", "summary", "serves"], out)
+    return 0
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+KEYS_PATH = "/api/v1/keys/"
+_RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _expiry(value: str | None) -> str | None:
+    """--expires as the API's datetime: 30d, 12h, 90m, 2w from now; a date (end of that day, UTC);
+    or an ISO 8601 datetime. None: never."""
+    if value is None or value.lower() in ("never", "none", ""):
+        return None
+    relative = _RELATIVE.match(value.strip().lower())
+    if relative:
+        moment = datetime.now(UTC) + timedelta(**{_UNITS[relative[2]]: int(relative[1])})
+        return moment.isoformat(timespec="seconds")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CLIError(f"--expires {value!r}: give 30d, 12h, 2w, a date (2027-01-31) or a datetime.") from None
+    if len(value.strip()) == 10:  # a bare date: valid through that day
+        moment = moment.replace(hour=23, minute=59, second=59)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat(timespec="seconds")
+
+
+def _deployment_names(client: Client) -> dict[int, str]:
+    return {d["id"]: d["name"] for d in client.list_all("/api/v1/deployments/")}
+
+
+def cmd_keys_list(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    keys = client.list_all(KEYS_PATH)
+    if args.output == "json":
+        out(json.dumps(keys, indent=2, default=str))
+        return 0
+    names = _deployment_names(client) if any(k.get("deployments") for k in keys) else {}
+    rows = [{**k, "deployments": ", ".join(names.get(d, str(d)) for d in k.get("deployments") or []) or "all",
+             "created": _when(k.get("created_at")), "expires": _when(k.get("expires_at")) if k.get("expires_at") else "never",
+             "last_used": _when(k.get("last_used_at"))}
+            for k in keys]  # fmt: skip
+    _print_table(rows, ["id", "name", "prefix", "scope", "state", "deployments", "created", "expires", "last_used"], out)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    body: dict[str, Any] = {"name": args.name, "scope": args.scope}
+    expires = _expiry(args.expires)
+    if expires:
+        body["expires_at"] = expires
+    refs = [ref.strip() for value in args.deployments or [] for ref in value.split(",") if ref.strip()]
+    if refs:
+        body["deployments"] = [_deployment(client, ref)["id"] for ref in refs]
+    key = client.post(KEYS_PATH, body, ok=(201,)).json()
+    if args.output == "json":
+        out(json.dumps(key, indent=2, default=str))
+        return 0
+    limited = f", limited to {', '.join(refs)}" if refs else ""
+    expiry = f", expires {_when(key.get('expires_at'))} UTC" if key.get("expires_at") else ", never expires"
+    out(f"API key {key['name']!r} created (id {key['id']}, prefix {key['prefix']}, scope {key['scope']}{expiry}{limited}).")
+    out("Its secret is shown this once and can't be shown again — store it now:")
+    out("")
+    out(f"    {key['secret']}")
+    out("")
+    if key["scope"] == "gateway":
+        out("Use it as the gateway's Bearer key, e.g. MODELDECK_API_KEY for `modeldeck chat`.")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    ref = args.key.strip()
+    if ref.isdigit():
+        key_id = int(ref)
+    else:
+        # The prefix as listed (mdk_ + 8 characters), or the whole secret pasted.
+        matches = [k for k in client.list_all(KEYS_PATH) if k["prefix"] == ref or ref.startswith(k["prefix"])]
+        live = [k for k in matches if k.get("state") != "revoked"] or matches
+        if not live:
+            raise CLIError(f"No API key of yours with prefix {ref!r} (`modeldeck keys list` shows them).")
+        if len(live) > 1:
+            raise CLIError(f"Several keys have the prefix {ref!r} (ids {', '.join(str(k['id']) for k in live)}); give the id.")
+        key_id = live[0]["id"]
+    try:
+        key = client.post(f"{KEYS_PATH}{key_id}/revoke/", {"reason": args.reason} if args.reason else {}).json()
+    except CLIError as exc:
+        if exc.http_status == 404:
+            raise CLIError(f"No API key with id {key_id} that you can see.") from None
+        raise
+    out(f"API key {key['name']!r} ({key['prefix']}) revoked: the gateway refuses it from now on.")
+    return 0
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+RANGE_WORDS = {"1h": "the last hour", "24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
+
+
+def cmd_usage(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    summary = client.get("/api/v1/usage/summary/", range=args.range, scope="keys")
+    if args.output == "json":
+        out(json.dumps({"range": summary["range"], "totals": summary["totals"],
+                        "by_deployment": summary["by_deployment"]}, indent=2, default=str))  # fmt: skip
+        return 0
+    totals = summary["totals"]
+    currency = totals.get("currency") or "USD"
+    out(f"Calls with your API keys over {RANGE_WORDS.get(summary['range'], summary['range'])}:")
+    rows = [{**r, "deployment": r["name"], "cost": f"{r['cost']} {currency}"} for r in summary["by_deployment"]]
+    if not rows:
+        out("(no calls)")
+        return 0
+    rows.append({"deployment": "TOTAL", "requests": totals["requests"], "prompt_tokens": totals["prompt_tokens"],
+                 "completion_tokens": totals["completion_tokens"], "cost": f"{totals['cost']} {currency}"})  # fmt: skip
+    _print_table(rows, ["deployment", "requests", "prompt_tokens", "completion_tokens", "cost"], out)
+    return 0
+
+
+# --- chat through the gateway ----------------------------------------------------------------
+
+
+def _gateway_error(response: httpx.Response, model: str, name: str) -> CLIError:
+    try:
+        error = response.json().get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+    except ValueError:
+        message = response.text.strip()[:300]
+    message = message or response.reason_phrase
+    code = response.status_code
+    if code == 401:
+        return CLIError(f"The gateway refused the API key: {message}", http_status=code)
+    if code == 403:
+        return CLIError(f"You lack the permission to call {name}: {message}", http_status=code)
+    if code == 404:
+        return CLIError(f"No deployment named {name} on the gateway (model {model!r}): {message}", http_status=code)
+    return CLIError(f"The gateway answered {code}: {message}", http_status=code)
+
+
+def cmd_chat(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    api_key = args.api_key or os.environ.get("MODELDECK_API_KEY", "")
+    if not api_key:
+        raise CLIError("No gateway key: give --api-key or set MODELDECK_API_KEY (`modeldeck keys create NAME` makes one).")
+    settings = config.resolve(args.url, args.token)
+    # The gateway answers under /v1 of ModelDeck's own address unless it has one of its own
+    # (MODELDECK_GATEWAY_URL on the server): the REST API does not say which, so it can be given.
+    gateway = (args.gateway_url or os.environ.get("MODELDECK_GATEWAY_URL") or settings.url).rstrip("/")
+    if not gateway:
+        raise CLIError("No gateway URL: give --gateway-url, set MODELDECK_GATEWAY_URL, or `modeldeck login` first.")
+    gateway = gateway.removesuffix("/v1")
+    model = args.name
+    if settings.token and settings.url:
+        # Signed in: NAME is the deployment (name or id), called by its served model name.
+        model = _deployment(Client(settings.url, settings.token), args.name)["served_model_name"]
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": prompt}]
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": "text/event-stream", "User-Agent": "modeldeck-cli"}
+    if not gateway.startswith(("http://", "https://")):
+        raise CLIError(f"{gateway!r} is not an http(s) URL.")
+    url = f"{gateway}/v1/chat/completions"
+    wrote = False
+    try:
+        with httpx.Client(timeout=httpx.Timeout(args.timeout, connect=10.0)) as http, \
+                http.stream("POST", url, json=body, headers=headers) as response:  # fmt: skip
+            if response.status_code != 200:
+                response.read()
+                raise _gateway_error(response, model, args.name)
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                if chunk.get("error"):  # an error after the stream began
+                    error = chunk["error"]
+                    raise CLIError(f"The answer broke off: {error.get('message') if isinstance(error, dict) else error}")
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+                        wrote = True
+    except httpx.HTTPError as exc:
+        raise unreachable(gateway, exc) from None
+    finally:
+        if wrote:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    return 0
+
+
 # --- argument parsing ------------------------------------------------------------------------
 
 
@@ -244,6 +571,94 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     logs.set_defaults(run=cmd_logs)
+
+    scale = sub.add_parser(
+        "scale", parents=[common], help="set a deployment's replicas (fixed, or the autoscaler's bounds)",
+        description="Scale in place (a new revision, no rollout of new pods). --replicas N fixes the count; "
+                    "--min/--max set the bounds the autoscaler keeps to (the one left out keeps its value).",
+    )  # fmt: skip
+    scale.add_argument("name", help="deployment name or id")
+    scale.add_argument("--replicas", type=int, metavar="N", help="run exactly N replicas (min = max = N)")
+    scale.add_argument("--min", type=int, metavar="N", help="the autoscaler's minimum (0: scale to zero when idle)")
+    scale.add_argument("--max", type=int, metavar="N", help="the autoscaler's maximum")
+    scale.set_defaults(run=cmd_scale)
+
+    deactivate = sub.add_parser("deactivate", parents=[common], help="scale a deployment to zero and release its GPUs",
+                                description="Scale to zero and give the GPUs back to the quota; the spec stays, "
+                                            "`modeldeck activate` brings it back.")  # fmt: skip
+    deactivate.add_argument("name", help="deployment name or id")
+    deactivate.set_defaults(run=cmd_deactivate)
+
+    activate = sub.add_parser("activate", parents=[common], help="bring a deactivated deployment back",
+                              description="Reserve the GPUs again (the quota is checked) and scale back up.")
+    activate.add_argument("name", help="deployment name or id")
+    activate.set_defaults(run=cmd_activate)
+
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="re-apply an earlier revision (default: the previous one)",
+        description="Re-apply an earlier revision's spec as a new revision, rolled out blue-green: the serving "
+                    "revision answers until the new one is ready. `modeldeck history NAME` lists the revisions.",
+    )  # fmt: skip
+    rollback.add_argument("name", help="deployment name or id")
+    rollback.add_argument("--to", type=int, metavar="REVISION", help="revision number (default: the one before the current)")
+    rollback.add_argument("--strategy", choices=["blue_green", "recreate"], default="blue_green",
+                          help="blue_green (default) or recreate (stop first: no extra GPUs, refused requests meanwhile)")
+    rollback.set_defaults(run=cmd_rollback)
+
+    history = sub.add_parser("history", parents=[common], help="a deployment's revisions, newest first",
+                             description="Revisions: number, when, by whom, what changed, and which is current "
+                                         "(the spec asked for) and serving (the one the gateway sends requests to).")  # fmt: skip
+    history.add_argument("name", help="deployment name or id")
+    history.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    history.set_defaults(run=cmd_history)
+
+    keys = sub.add_parser("keys", help="your API keys: list, create, revoke",
+                          description="API keys of your organization: gateway keys call models; REST keys "
+                                      "manage ModelDeck as you (what `modeldeck login` saves).")  # fmt: skip
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_list = keys_sub.add_parser("list", parents=[common], help="your keys (never their secrets)")
+    keys_list.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    keys_list.set_defaults(run=cmd_keys_list)
+    keys_create = keys_sub.add_parser("create", parents=[common], help="a new key; its secret is printed once",
+                                      description="Create a key. Its secret is printed this once: ModelDeck "
+                                                  "stores only a hash and can't show it again.")  # fmt: skip
+    keys_create.add_argument("name", help="what the key is for, e.g. the application that uses it")
+    keys_create.add_argument("--expires", metavar="WHEN",
+                             help="30d, 12h, 2w, a date (2027-01-31: through that day, UTC) or an ISO datetime; "
+                                  "default: never")  # fmt: skip
+    keys_create.add_argument("--deployments", action="append", metavar="NAMES",
+                             help="limit the key to these deployments (names or ids, comma-separated; repeatable); "
+                                  "default: every one you may call")  # fmt: skip
+    keys_create.add_argument("--scope", choices=["gateway", "rest"], default="gateway",
+                             help="gateway (default): call models; rest: the REST API as you")
+    keys_create.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    keys_create.set_defaults(run=cmd_keys_create)
+    keys_revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key (the gateway refuses it at once)")
+    keys_revoke.add_argument("key", metavar="PREFIX_OR_ID", help="the key's id or prefix as `keys list` shows it")
+    keys_revoke.add_argument("--reason", help="kept with the key, for the audit trail")
+    keys_revoke.set_defaults(run=cmd_keys_revoke)
+
+    usage = sub.add_parser("usage", parents=[common], help="your calls per deployment: requests, tokens, cost",
+                           description="Totals per deployment of the calls made with your API keys.")
+    usage.add_argument("--range", choices=list(RANGE_WORDS), default="24h", help="default 24h")
+    usage.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    usage.set_defaults(run=cmd_usage)
+
+    chat = sub.add_parser(
+        "chat", parents=[common], help="one chat completion through the gateway, streamed to stdout",
+        description="Send one prompt to a deployment through the OpenAI-compatible gateway with a gateway key "
+                    "and print the answer as it streams. Signed in, NAME is a deployment (name or id) and is "
+                    "called by its served model name; without a login, NAME is the served model name itself.",
+    )  # fmt: skip
+    chat.add_argument("name", help="deployment name or id (or, without a login, its served model name)")
+    chat.add_argument("prompt", help="the user message (- reads it from stdin)")
+    chat.add_argument("--api-key", help="a gateway key (default: MODELDECK_API_KEY)")
+    chat.add_argument("--gateway-url", help="the gateway's address (default: MODELDECK_GATEWAY_URL, else ModelDeck's URL)")
+    chat.add_argument("--system", help="a system message sent before the prompt")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer (default 300)")
+    chat.set_defaults(run=cmd_chat)
     return p
 
 
