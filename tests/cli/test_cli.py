@@ -10,49 +10,19 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import stat
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 from deployments.models import DeploymentState, ModelDeployment
+from tests.cli.conftest import run
 from tests.deployments.conftest import state_of, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-
-@pytest.fixture(scope="session")
-def client_venv(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("client") / "venv"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-    (Path(purelib) / "modeldeck-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    build = tmp_path_factory.mktemp("build")
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check", str(ROOT)],
-        check=True, cwd=build, env={**os.environ, "PIP_NO_INPUT": "1"},
-    )  # fmt: skip
-    assert (venv / "bin" / "modeldeck").exists()
-    return venv
-
-
-def run(venv: Path, home: Path, *args: str, env: dict | None = None, input: str | None = None):
-    environment = {
-        "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-        **(env or {}),
-    }  # fmt: skip
-    return subprocess.run(
-        [str(venv / "bin" / "modeldeck"), *args], capture_output=True, text=True, env=environment,
-        timeout=60, input=input, cwd=home,
-    )  # fmt: skip
 
 
 def test_the_cli_imports_nothing_of_the_server():

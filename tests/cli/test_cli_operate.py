@@ -1,0 +1,251 @@
+"""Operating a deployment from the terminal with `modeldeck` (scale, deactivate, activate,
+rollback, history), API keys, usage and a chat through the gateway — the client venv of
+test_cli.py, a subprocess against a live server, every action through the REST API."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from deployments.models import DeploymentState, ModelDeployment
+from gateway.tasks import flush_usage
+from projects.keys import api_key_create
+from projects.models import APIKey, APIKeyScope, Organization, Role
+from projects.services import member_add
+from tests.cli.conftest import run
+from tests.deployments.conftest import state_of, wait_for
+from tests.gateway.conftest import (  # noqa: F401 - fixtures shared with the gateway tests
+    _clean_redis,
+    engine,
+    engine_server,
+    start_console,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PASSWORD = "cli-Test-password-1"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def _signed_in(venv: Path, tmp_path: Path, url: str) -> Path:
+    """A HOME where admin has run `modeldeck login` against `url`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    login = run(venv, home, "login", "--url", url, "--username", "admin", "--password", PASSWORD)
+    assert login.returncode == 0, login.stderr
+    return home
+
+
+def _qwen_running(venv: Path, home: Path, tmp_path: Path) -> ModelDeployment:
+    manifest = tmp_path / "qwen.yaml"
+    manifest.write_text((EXAMPLES / "qwen-deployment.yaml").read_text())
+    applied = run(venv, home, "apply", "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    deployment = ModelDeployment.objects.get(name="qwen-chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    return deployment
+
+
+def _viewer_token(admin) -> str:
+    """A REST key of `viewer`, a viewer of the demo organization (reads only)."""
+    viewer = get_user_model().objects.create_user("viewer", password=PASSWORD)
+    org = Organization.objects.get(slug="demo")
+    member_add(user=admin, organization=org, username="viewer", role=Role.VIEWER)
+    _, secret = api_key_create(user=viewer, organization=org, name="viewer cli", scope=APIKeyScope.REST)
+    return secret
+
+
+def _replicas(deployment: ModelDeployment) -> dict:
+    deployment.refresh_from_db()
+    return deployment.spec()["replicas"]
+
+
+def _failed_in_words(result, *words: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scale_history_rollback_deactivate_activate_from_the_terminal(
+    client_venv, demo, cluster, live_server, tmp_path, login_limits_reset
+):
+    home = _signed_in(client_venv, tmp_path, live_server.url)
+    deployment = _qwen_running(client_venv, home, tmp_path)
+
+    scaled = run(client_venv, home, "scale", "qwen-chat", "--replicas", "2")
+    assert scaled.returncode == 0, scaled.stderr
+    assert "deployment/qwen-chat scaled to 2 replicas (revision 2)" in scaled.stdout
+    assert _replicas(deployment) == {"min": 2, "max": 2}
+    # One bound: the other keeps its value (the autoscaler's range).
+    bounds = run(client_venv, home, "scale", str(deployment.pk), "--max", "3")
+    assert bounds.returncode == 0 and "scaled to 2–3 replicas (revision 3)" in bounds.stdout, bounds.stderr
+    assert _replicas(deployment) == {"min": 2, "max": 3}
+
+    history = run(client_venv, home, "history", "qwen-chat")
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert lines[0].split() == ["REVISION", "CREATED", "BY", "SUMMARY", "SERVES"]
+    assert [line.split()[0] for line in lines[1:]] == ["3", "2", "1"]  # newest first
+    assert "Scaled to 2–3 replicas" in lines[1] and "admin" in lines[1] and "current" in lines[1]
+    deployment.refresh_from_db()
+    serving = deployment.serving_revision.number
+    assert "serving" in lines[1 + 3 - serving]
+
+    # No --to: the revision before the current one, re-applied as a new revision.
+    undone = run(client_venv, home, "rollback", "qwen-chat")
+    assert undone.returncode == 0, undone.stderr
+    assert "deployment/qwen-chat rolled back to revision 2 as revision 4" in undone.stdout
+    assert _replicas(deployment) == {"min": 2, "max": 2}
+    to_first = run(client_venv, home, "rollback", "qwen-chat", "--to", "1")
+    assert to_first.returncode == 0 and "rolled back to revision 1 as revision 5" in to_first.stdout, to_first.stderr
+    assert _replicas(deployment) == {"min": 1, "max": 1}
+    assert "Rollback to revision 1" in run(client_venv, home, "history", "qwen-chat").stdout.splitlines()[1]
+    same = run(client_venv, home, "rollback", "qwen-chat", "--to", "5")
+    _failed_in_words(same, "Revision 5 is already the current one")
+
+    off = run(client_venv, home, "deactivate", "qwen-chat")
+    assert off.returncode == 0 and "deployment/qwen-chat deactivated" in off.stdout, off.stderr
+    assert state_of(deployment) == DeploymentState.DEACTIVATED
+    assert "Deactivated" in run(client_venv, home, "get", "deployments").stdout
+    on = run(client_venv, home, "activate", "qwen-chat")
+    assert on.returncode == 0 and "deployment/qwen-chat activated" in on.stdout, on.stderr
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+
+    # A name nobody has: said in words, exit 1, for every command.
+    for args in (["scale", "nope", "--replicas", "1"], ["deactivate", "nope"], ["activate", "nope"],
+                 ["rollback", "nope"], ["history", "nope"]):  # fmt: skip
+        _failed_in_words(run(client_venv, home, *args), "No deployment named 'nope'")
+    _failed_in_words(run(client_venv, home, "history", "999999"), "No deployment with id 999999")
+
+    # A viewer sees the deployment but may not change it: the server's reason, not a traceback.
+    as_viewer = {"MODELDECK_URL": live_server.url, "MODELDECK_TOKEN": _viewer_token(demo)}
+    revisions = deployment.revisions.count()
+    _failed_in_words(run(client_venv, home, "scale", "qwen-chat", "--replicas", "4", env=as_viewer),
+                     "You lack the permission", "Viewers cannot change deployments")  # fmt: skip
+    _failed_in_words(run(client_venv, home, "rollback", "qwen-chat", env=as_viewer), "You lack the permission")
+    _failed_in_words(run(client_venv, home, "deactivate", "qwen-chat", env=as_viewer),
+                     "You lack the permission", "Viewers cannot deactivate or activate deployments")  # fmt: skip
+    assert deployment.revisions.count() == revisions and state_of(deployment) == DeploymentState.RUNNING
+    assert run(client_venv, home, "history", "qwen-chat", env=as_viewer).returncode == 0  # reading is allowed
+
+    # A server that is not there.
+    gone = run(client_venv, home, "scale", "qwen-chat", "--replicas", "1", "--url", f"http://127.0.0.1:{_closed_port()}")
+    _failed_in_words(gone, "is unreachable (connection refused)", "check the server URL")
+
+    for command in ("scale", "deactivate", "activate", "rollback", "history", "usage", "chat"):
+        helped = run(client_venv, home, command, "--help")
+        assert helped.returncode == 0 and "usage: modeldeck " + command in helped.stdout
+    for action in ("list", "create", "revoke"):
+        assert run(client_venv, home, "keys", action, "--help").returncode == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_keys_chat_through_the_gateway_and_usage(
+    client_venv, demo, cluster, engine, tmp_path, login_limits_reset  # noqa: F811
+):
+    console = start_console()  # console.asgi's composition: REST and the gateway (/v1) on one address
+    try:
+        home = _signed_in(client_venv, tmp_path, console.url)
+        deployment = _qwen_running(client_venv, home, tmp_path)
+
+        created = run(client_venv, home, "keys", "create", "cli-chat", "--deployments", "qwen-chat", "--expires", "30d")
+        assert created.returncode == 0, created.stderr
+        assert "shown this once" in created.stdout
+        secret = next(line.strip() for line in created.stdout.splitlines() if line.startswith("    mdk_"))
+        key = APIKey.objects.get(name="cli-chat")
+        assert secret.startswith(key.prefix) and secret not in key.key_hash
+        assert list(key.deployments.all()) == [deployment] and key.scope == "gateway"
+        assert timedelta(days=29) < key.expires_at - timezone.now() <= timedelta(days=30)
+
+        listed = run(client_venv, home, "keys", "list")
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if key.prefix in line)
+        assert "cli-chat" in row and "gateway" in row and "active" in row and "qwen-chat" in row
+        assert secret not in listed.stdout
+
+        # The chat streams through the real gateway to the deployment's engine.
+        chat = run(client_venv, home, "chat", "qwen-chat", "Hello there, gateway", env={"MODELDECK_API_KEY": secret})
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout == "You said: Hello there, gateway\n"
+        sent = engine.requests[-1]
+        assert sent.body["model"] == "qwen-chat" and sent.body["stream"] is True
+        # Without a login: the served model name, the gateway given by flag; the prompt from stdin.
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        piped = run(client_venv, bare, "chat", "qwen-chat", "-", "--api-key", secret, "--gateway-url", console.base_url,
+                    input="Again please")  # fmt: skip
+        assert piped.returncode == 0 and piped.stdout == "You said: Again please\n", piped.stderr
+        _failed_in_words(run(client_venv, home, "chat", "nope", "hi", env={"MODELDECK_API_KEY": secret}),
+                         "No deployment named 'nope'")  # fmt: skip
+        _failed_in_words(run(client_venv, bare, "chat", "nope", "hi", "--api-key", secret, "--gateway-url", console.url),
+                         "No deployment named nope on the gateway")  # fmt: skip
+        _failed_in_words(run(client_venv, home, "chat", "qwen-chat", "hi"), "No gateway key", "MODELDECK_API_KEY")
+
+        flush_usage()
+        usage = run(client_venv, home, "usage", "--range", "7d")
+        assert usage.returncode == 0, usage.stderr
+        lines = usage.stdout.splitlines()
+        assert lines[0] == "Calls with your API keys over the last 7 days:"
+        assert lines[1].split()[:4] == ["DEPLOYMENT", "REQUESTS", "PROMPT", "TOKENS"]
+        qwen = next(line.split() for line in lines if line.startswith("qwen-chat"))
+        total = next(line.split() for line in lines if line.startswith("TOTAL"))
+        assert qwen[1] == "2" and total[1] == "2" and qwen[-1] == "USD"
+        _failed_in_words(run(client_venv, home, "usage", env={"MODELDECK_TOKEN": "mdk_wrongwrongwrongwrong"}),
+                         "Not signed in")  # fmt: skip
+
+        # Revoked by its prefix: the gateway refuses it at once.
+        revoked = run(client_venv, home, "keys", "revoke", key.prefix, "--reason", "leaked in a log")
+        assert revoked.returncode == 0 and f"({key.prefix}) revoked" in revoked.stdout, revoked.stderr
+        key.refresh_from_db()
+        assert key.revoked_at is not None and key.revoked_reason == "leaked in a log"
+        _failed_in_words(run(client_venv, home, "chat", "qwen-chat", "hi", env={"MODELDECK_API_KEY": secret}),
+                         "The gateway refused the API key")  # fmt: skip
+        _failed_in_words(run(client_venv, home, "keys", "revoke", "mdk_zzzzzzzz"), "No API key of yours with prefix")
+
+        # An id that is no key of yours: 404 in words; a viewer may not make gateway keys: 403.
+        _failed_in_words(run(client_venv, home, "keys", "revoke", str(key.pk + 1000)), "No API key with id")
+        as_viewer = {"MODELDECK_TOKEN": _viewer_token(demo)}
+        _failed_in_words(run(client_venv, home, "keys", "create", "mine", env=as_viewer),
+                         "You lack the permission", "Viewers cannot create gateway keys")  # fmt: skip
+        assert not APIKey.objects.filter(name="mine").exists()
+    finally:
+        console.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_get_deployments_shows_an_external_endpoints_health(
+    client_venv, demo, cluster, live_server, tmp_path, settings, login_limits_reset
+):
+    from catalog.models import CatalogModel
+    from deployments.external import external_deployment_create
+    from gateway.tasks import check_external_endpoints
+
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = True  # the operator setting: a local URL
+    org = Organization.objects.get(slug="demo")
+    external_deployment_create(
+        user=demo, project=org.projects.get(slug="demo"), model=CatalogModel.objects.filter(organization=org).first(),
+        name="onprem", url=f"http://127.0.0.1:{_closed_port()}/v1",
+    )  # fmt: skip
+    home = _signed_in(client_venv, tmp_path, live_server.url)
+
+    before = run(client_venv, home, "get", "deployments")
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
+    assert "Running (endpoint not checked yet)" in next(line for line in before.stdout.splitlines() if "onprem" in line)
+
+    assert check_external_endpoints()["healthy"] == 0  # the real check: connection refused
+    after = run(client_venv, home, "get", "deployment", "onprem")
+    assert after.returncode == 0, after.stderr
+    assert "Running (endpoint unreachable)" in after.stdout.splitlines()[1]
+    _failed_in_words(run(client_venv, home, "get", "deployment", "offprem"), "No deployment named 'offprem'")
