@@ -262,10 +262,13 @@ def cmd_scale(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if args.replicas is not None:
         lo = hi = args.replicas
     else:
-        # One bound given: the other keeps its value (the API takes both).
+        # One bound given: the other keeps its value (the API takes both), moved only as far as
+        # the given one needs (--min 5 over a maximum of 3 makes it 5).
         current = (deployment.get("spec") or {}).get("replicas") or {}
         lo = args.min if args.min is not None else current.get("min", 1)
-        hi = args.max if args.max is not None else current.get("max", max(lo, 1))
+        hi = args.max if args.max is not None else max(current.get("max", 1), lo, 1)
+        if args.min is None:
+            lo = min(lo, hi)
     data = _action(client, deployment, "scale", {"min": lo, "max": hi})
     out(f"deployment/{data['name']} scaled to {_replicas(lo, hi)} (revision {data.get('current_revision')}).")
     return 0

@@ -121,6 +121,10 @@ def test_scale_history_rollback_deactivate_activate_from_the_terminal(
     on = run(client_venv, home, "activate", "qwen-chat")
     assert on.returncode == 0 and "deployment/qwen-chat activated" in on.stdout, on.stderr
     wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    # A minimum above the maximum takes the maximum with it (the API takes both bounds).
+    raised = run(client_venv, home, "scale", "qwen-chat", "--min", "2")
+    assert raised.returncode == 0 and "scaled to 2 replicas" in raised.stdout, raised.stderr
+    assert _replicas(deployment) == {"min": 2, "max": 2}
 
     # A name nobody has: said in words, exit 1, for every command.
     for args in (["scale", "nope", "--replicas", "1"], ["deactivate", "nope"], ["activate", "nope"],
