@@ -472,16 +472,18 @@ def cmd_chat(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if not api_key:
         raise CLIError("No gateway key: give --api-key or set MODELDECK_API_KEY (`modeldeck keys create NAME` makes one).")
     settings = config.resolve(args.url, args.token)
-    # The gateway answers under /v1 of ModelDeck's own address unless it has one of its own
-    # (MODELDECK_GATEWAY_URL on the server): the REST API does not say which, so it can be given.
-    gateway = (args.gateway_url or os.environ.get("MODELDECK_GATEWAY_URL") or settings.url).rstrip("/")
+    model, served_at = args.name, ""
+    if settings.token and settings.url:
+        # Signed in: NAME is the deployment (name or id), called by its served model name at the
+        # gateway address the server gives for it.
+        deployment = _deployment(Client(settings.url, settings.token), args.name)
+        model, served_at = deployment["served_model_name"], deployment.get("gateway_url") or ""
+    # Not signed in, the gateway answers under /v1 of ModelDeck's own address unless it has one of
+    # its own (MODELDECK_GATEWAY_URL on the server): it can be given.
+    gateway = (args.gateway_url or os.environ.get("MODELDECK_GATEWAY_URL") or served_at or settings.url).rstrip("/")
     if not gateway:
         raise CLIError("No gateway URL: give --gateway-url, set MODELDECK_GATEWAY_URL, or `modeldeck login` first.")
     gateway = gateway.removesuffix("/v1")
-    model = args.name
-    if settings.token and settings.url:
-        # Signed in: NAME is the deployment (name or id), called by its served model name.
-        model = _deployment(Client(settings.url, settings.token), args.name)["served_model_name"]
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": prompt}]
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
@@ -656,7 +658,7 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("name", help="deployment name or id (or, without a login, its served model name)")
     chat.add_argument("prompt", help="the user message (- reads it from stdin)")
     chat.add_argument("--api-key", help="a gateway key (default: MODELDECK_API_KEY)")
-    chat.add_argument("--gateway-url", help="the gateway's address (default: MODELDECK_GATEWAY_URL, else ModelDeck's URL)")
+    chat.add_argument("--gateway-url", help="the gateway's address (default: MODELDECK_GATEWAY_URL, else the one the server gives for the deployment, else ModelDeck's URL)")
     chat.add_argument("--system", help="a system message sent before the prompt")
     chat.add_argument("--max-tokens", type=int)
     chat.add_argument("--temperature", type=float)

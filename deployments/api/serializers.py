@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from catalog.models import CatalogModel, ProfileBundle
@@ -158,6 +159,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
     health = serializers.SerializerMethodField(help_text="healthy, unhealthy or unknown (not checked yet).")
     health_detail = serializers.SerializerMethodField(help_text="What the last check saw, in words.")
     health_checked_at = serializers.SerializerMethodField()
+    gateway_url = serializers.SerializerMethodField(
+        help_text="The OpenAI-compatible base URL to call it at, with served_model_name as the model."
+    )
 
     class Meta:
         model = ModelDeployment
@@ -166,7 +170,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "state", "state_reason", "state_changed_at", "served_model_name", "current_revision", "serving_revision",
             "gpus_held", "scale", "spec", "managed_by", "created_by", "created_at", "updated_at",
             "kind", "external_url", "external_key_last4", "overflow",
-            "health", "health_detail", "health_checked_at",
+            "health", "health_detail", "health_checked_at", "gateway_url",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -206,6 +210,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_health_checked_at(self, obj: ModelDeployment) -> datetime | None:
         return obj.health_checked_at if obj.is_external else None
+
+    def get_gateway_url(self, obj: ModelDeployment) -> str:
+        return settings.GATEWAY_BASE_URL.rstrip("/") + "/v1"
 
     def get_external_key_last4(self, obj: ModelDeployment) -> str:
         return last4(obj.external_credential) if obj.external_credential else ""

@@ -156,9 +156,10 @@ def test_scale_history_rollback_deactivate_activate_from_the_terminal(
 
 @pytest.mark.django_db(transaction=True)
 def test_keys_chat_through_the_gateway_and_usage(
-    client_venv, demo, cluster, engine, tmp_path, login_limits_reset  # noqa: F811
+    client_venv, demo, cluster, engine, tmp_path, login_limits_reset, settings  # noqa: F811
 ):
     console = start_console()  # console.asgi's composition: REST and the gateway (/v1) on one address
+    settings.GATEWAY_BASE_URL = console.url  # MODELDECK_GATEWAY_URL: the REST API gives it per deployment
     try:
         home = _signed_in(client_venv, tmp_path, console.url)
         deployment = _qwen_running(client_venv, home, tmp_path)
@@ -184,6 +185,13 @@ def test_keys_chat_through_the_gateway_and_usage(
         assert chat.stdout == "You said: Hello there, gateway\n"
         sent = engine.requests[-1]
         assert sent.body["model"] == "qwen-chat" and sent.body["stream"] is True
+        # Signed in, the CLI calls the gateway where the server says it is (its gateway_url).
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            settings.GATEWAY_BASE_URL = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        _failed_in_words(run(client_venv, home, "chat", "qwen-chat", "hi", env={"MODELDECK_API_KEY": secret}),
+                         settings.GATEWAY_BASE_URL)  # fmt: skip
+        settings.GATEWAY_BASE_URL = console.url
         # Without a login: the served model name, the gateway given by flag; the prompt from stdin.
         bare = tmp_path / "bare"
         bare.mkdir()
