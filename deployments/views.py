@@ -25,7 +25,7 @@ from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
-from console.paging import ListFilter, paginate
+from console.paging import ListFilter, Listing, paginate
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.forms import (
@@ -854,6 +854,8 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context["events"] = deployment.events.all()[:100]
     elif tab == "deployment":
         context.update(_revision_context(request, deployment, revision_numbers))
+    elif tab == "history":
+        context["revision_listing"] = _revision_listing(request, deployment, len(revision_numbers))
     elif tab == "logs":
         context.update(_log_choice(request))
     elif tab == "metrics":
@@ -928,11 +930,10 @@ def _revision_context(
     request: HttpRequest, deployment: ModelDeployment, numbers: list[int]
 ) -> dict[str, Any]:
     """The Deployment tab: the spec, a page of revisions (25, newest first) and a comparison."""
-    listing = paginate(
-        request, deployment.revisions.select_related("created_by"), sorts={"number": "number"},
-        default_sort="-number", per_page=25, prefix="rev_", total=len(numbers),
-    )  # fmt: skip
-    context: dict[str, Any] = {"spec_yaml": _yaml(deployment.spec()), "revision_listing": listing}
+    context: dict[str, Any] = {
+        "spec_yaml": _yaml(deployment.spec()),
+        "revision_listing": _revision_listing(request, deployment, len(numbers)),
+    }
     if len(numbers) >= 2:
         a = _int_or_none(request.GET.get("a")) or numbers[1]
         b = _int_or_none(request.GET.get("b")) or numbers[0]
@@ -944,6 +945,14 @@ def _revision_context(
         else:
             context["diff_error"] = "Choose two revisions of this deployment."
     return context
+
+
+def _revision_listing(request: HttpRequest, deployment: ModelDeployment, total: int) -> Listing:
+    """A page of revisions (25, newest first), on the Deployment and the History tab."""
+    return paginate(
+        request, deployment.revisions.select_related("created_by"), sorts={"number": "number"},
+        default_sort="-number", per_page=25, prefix="rev_", total=total,
+    )  # fmt: skip
 
 
 def _yaml(value: Any) -> str:
@@ -1031,21 +1040,20 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _action(request, pk, "change")
+    # Back to the tab the rollback was asked from: the Deployment tab's or the History tab's table.
+    tab = "history" if request.POST.get("tab") == "history" else "deployment"
     number = _int_or_none(request.POST.get("revision"))
     if number is None or not deployment.revisions.filter(number=number).exists():
         messages.error(request, "Choose a revision of this deployment to roll back to.")
-        return _redirect(request, f"{deployment.get_absolute_url()}?tab=deployment")
+        return _redirect(request, f"{deployment.get_absolute_url()}?tab={tab}")
     try:
         revision = services.deployment_rollback(
             user=request.user, deployment=deployment, revision_number=number
         )
     except ValidationError as exc:
-        return _action_failed(request, deployment, exc, "deployment")
+        return _action_failed(request, deployment, exc, tab)
     return _after_action(
-        request,
-        deployment,
-        f"Rolled back to revision {number} as revision {revision.number}.",
-        "deployment",
+        request, deployment, f"Rolled back to revision {number} as revision {revision.number}.", tab
     )
 
 

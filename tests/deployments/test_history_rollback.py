@@ -1,0 +1,85 @@
+"""The History tab's revision table: "Roll back to this revision" on each older revision, confirmed,
+through the same view and service as the Deployment tab's rollback (QA audit, N2)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.urls import reverse
+
+from deployments.models import ModelDeployment, Revision
+from deployments.services import deployment_update
+from tests.conftest import login
+
+pytestmark = pytest.mark.django_db
+
+BUTTON = "Roll back to this revision"
+
+
+def _three_revisions(deploy, tenants) -> ModelDeployment:
+    deployment = deploy("chat")
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"context_length": 2048}, reason="Shorter")
+    deployment_update(user=tenants.owner, deployment=deployment, spec={"context_length": 1024}, reason="Shorter still")
+    # r2 serves while r3 rolls out: neither is offered.
+    ModelDeployment.objects.filter(pk=deployment.pk).update(
+        serving_revision=deployment.revisions.get(number=2)
+    )
+    deployment.refresh_from_db()
+    return deployment
+
+
+def _rollback_forms(html: str) -> dict[int, str]:
+    table = html[html.index('id="history-revisions-table"'):html.index("</table>", html.index('id="history-revisions-table"'))]
+    forms = re.findall(r"<form .*?</form>", table, re.S)
+    return {int(re.search(r'name="revision" value="(\d+)"', f).group(1)): f for f in forms}
+
+
+def test_history_tab_offers_a_confirmed_rollback_on_older_revisions(owner_client, deploy, tenants):
+    deployment = _three_revisions(deploy, tenants)
+    html = owner_client.get(deployment.get_absolute_url() + "?tab=history").content.decode()
+    forms = _rollback_forms(html)
+    assert set(forms) == {1}  # not on r3 (current) nor r2 (serving)
+    form = forms[1]
+    assert 'method="post"' in form and BUTTON in form and "csrfmiddlewaretoken" in form
+    assert f'action="{reverse("deployments:deployment_rollback", args=[deployment.pk])}"' in form
+    assert 'data-confirm="Roll “chat” back to revision 1?' in form and 'data-confirm-ok="Roll back"' in form
+
+    response = owner_client.post(
+        reverse("deployments:deployment_rollback", args=[deployment.pk]), {"revision": "1", "tab": "history"}
+    )
+    assert response.status_code == 302 and response["Location"].endswith("?tab=history")
+    deployment.refresh_from_db()
+    current = deployment.current_revision
+    assert current.number == 4 and current.reason == "Rollback to revision 1"
+    assert current.spec == deployment.revisions.get(number=1).spec
+    page = owner_client.get(response["Location"]).content.decode()
+    assert "Rolled back to revision 1 as revision 4." in page
+    assert set(_rollback_forms(page)) == {1, 3}  # r4 is current now, r2 still serves
+
+
+def test_history_tab_rollback_pages_with_the_revision_table(owner_client, deploy):
+    deployment = deploy("chat")
+    spec = deployment.current_revision.spec
+    Revision.objects.bulk_create(
+        Revision(deployment=deployment, number=n, spec=spec, reason=f"Scale {n}") for n in range(2, 31)
+    )
+    url = deployment.get_absolute_url() + "?tab=history"
+    first = owner_client.get(url).content.decode()
+    assert "1–25 of 30" in first and set(_rollback_forms(first)) == set(range(6, 31))  # current is r1
+    second = owner_client.get(url + "&rev_page=2").content.decode()
+    assert set(_rollback_forms(second)) == {2, 3, 4, 5}
+    assert re.search(r'rel="prev" href="[^"]*tab=history', second)  # the pager stays on the tab
+
+
+def test_viewer_sees_no_rollback_and_outsider_gets_404(deploy, tenants, outsider_client):
+    deployment = _three_revisions(deploy, tenants)
+    viewer = login(tenants.viewer)
+    html = viewer.get(deployment.get_absolute_url() + "?tab=history").content.decode()
+    assert 'id="history-revisions-table"' in html and BUTTON not in html
+    url = reverse("deployments:deployment_rollback", args=[deployment.pk])
+    assert viewer.post(url, {"revision": "1", "tab": "history"}).status_code == 403
+    assert outsider_client.get(deployment.get_absolute_url() + "?tab=history").status_code == 404
+    assert outsider_client.post(url, {"revision": "1", "tab": "history"}).status_code == 404
+    deployment.refresh_from_db()
+    assert deployment.current_revision.number == 3
