@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.http import Http404, JsonResponse
-from django.views.defaults import page_not_found, server_error
+from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
 from rest_framework import exceptions, permissions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -109,3 +109,17 @@ def api_server_error(request):
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Server error."}, status=500)
     return server_error(request)
+
+
+def api_bad_request(request, exception=None):
+    """400 (a malformed request Django refused): JSON under /api/, templates/400.html elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Bad request."}, status=400)
+    return bad_request(request, exception)
+
+
+def api_permission_denied(request, exception=None):
+    """403 from a page view: JSON under /api/ (DRF answers its own), templates/403.html elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": str(exception or "") or "Not allowed."}, status=403)
+    return permission_denied(request, exception)

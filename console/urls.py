@@ -42,5 +42,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
+handler400 = "console.api.api_bad_request"
+handler403 = "console.api.api_permission_denied"
 handler404 = "console.api.api_not_found"
 handler500 = "console.api.api_server_error"

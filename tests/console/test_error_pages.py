@@ -10,6 +10,7 @@ import sys
 
 from django.template import loader
 from django.test import Client
+from django.urls import reverse
 
 from tests.console.test_security_settings import PRODUCTION, ROOT, _env, _settings
 
@@ -78,6 +79,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
 django.setup()
 from django.conf import settings
 from django.test import Client
+from django.urls import reverse
 client = Client()
 answers = {path: (r.status_code, r.get("Content-Type"), r.get("Location"))
            for path in %r for r in [client.get(path)]}
@@ -118,3 +120,58 @@ def test_the_favicon_redirects_to_the_svg_icon(db):
     response = Client().get("/favicon.ico")
     assert response.status_code == 302 and response["Location"] == "/static/modeldeck/favicon.svg"
     assert Client().get(response["Location"]).status_code == 200
+
+
+# --- 403, 400 and the CSRF failure: branded pages in the console, JSON in the API -----------------
+
+
+def test_a_refused_page_shows_the_branded_403_with_the_reason(tenants):
+    from tests.conftest import login
+
+    response = login(tenants.viewer).get(reverse("deployments:create"))
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "<h1>Not allowed</h1>" in page and 'id="error-403"' in page
+    assert 'class="sidebar"' in page and 'href="/">Go to the dashboard</a>' in page
+    assert "403 Forbidden" not in page  # not Django's plain page
+
+
+def test_a_malformed_request_shows_the_branded_400_and_the_api_answers_json(db):
+    client = Client(HTTP_HOST="not-a-host-we-serve.invalid")
+    response = client.get("/deployments/")
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Bad request" in page and "reload the page and try again" in page
+    assert 'href="/static/modeldeck/app.css"' in page and "Bad Request (400)" not in page
+    response = client.get("/api/v1/")
+    assert response.status_code == 400 and response.json() == {"detail": "Bad request."}
+
+
+def test_a_stale_form_token_says_to_reload_and_try_again(tenants):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(tenants.owner)
+    response = client.post(reverse("org-switch"), {"organization": tenants.org.pk})
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "This page has expired" in page and "reload the page and try again" in page
+    assert "CSRF verification failed" not in page and 'href="/static/modeldeck/app.css"' in page
+    # The API keeps its JSON: DRF checks the token of a session-signed call itself.
+    response = client.post("/api/v1/projects/", {"name": "x"}, content_type="application/json")
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+
+
+def test_the_gateway_keeps_its_json_errors(transactional_db):
+    import httpx
+
+    from tests.gateway.conftest import start_console
+
+    server = start_console()
+    try:
+        response = httpx.post(
+            server.url + "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert response.status_code == 401  # no key
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["error"]["message"]
+    finally:
+        server.stop()
