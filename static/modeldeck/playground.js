@@ -92,9 +92,17 @@
     el("pg-rate").textContent = rate;
   }
 
+  // The API's own words, whatever shape the refusal has: OpenAI's {error: {message, code}}, an
+  // engine's {error: "..."} or {message}, a framework's {detail}; the status and code after them.
   function errorText(status, data) {
     var err = (data && data.error) || {};
-    return (err.message || ("The gateway answered HTTP " + status + ".")) + (err.code ? " (" + err.code + ")" : "");
+    if (typeof err === "string") err = { message: err };
+    var message = err.message || (data && (data.message || (typeof data.detail === "string" && data.detail))) ||
+      (status ? "The gateway refused the request." : "The answer stopped with an error.");
+    var about = [];
+    if (status) about.push("HTTP " + status);
+    if (err.code && typeof err.code === "string") about.push(err.code);
+    return message + (about.length ? " (" + about.join(", ") + ")" : "");
   }
 
   // One call to the gateway; a 401 (key expired or replaced in another tab) gets one retry with a new key.
@@ -149,9 +157,10 @@
     busy = true;
     el("pg-send").disabled = true;
     showError("");
+    document.querySelectorAll("#pg-messages .pg-refused").forEach(function (b) { b.remove(); });
     var conversation = messages.concat([{ role: "user", content: text }]);
     var body = requestBody(conversation);
-    bubble("user", text);
+    var question = bubble("user", text);
     var target = bubble("assistant", "…");
     target.parentNode.classList.add("pg-pending");
     var stats = { prompt: null, completion: null, ttft: null, latency: null };
@@ -159,7 +168,11 @@
     renderCode(body);
     call(body, false).then(function (response) {
       if (!response.ok) {
-        return response.json().catch(function () { return null; }).then(function (data) { throw new Error(errorText(response.status, data)); });
+        return response.text().then(function (raw) {
+          var data = null;
+          try { data = JSON.parse(raw); } catch (e) { data = raw ? { message: raw.slice(0, 300) } : null; }
+          throw new Error(errorText(response.status, data));
+        });
       }
       if (body.stream) return readStream(response, target, stats, started);
       return response.json().then(function (data) {
@@ -176,8 +189,16 @@
       target.parentNode.dataset.done = "1";
       showStats(stats);
     }).catch(function (error) {
-      target.parentNode.remove();
-      showError(error.message || String(error));
+      // Said in the output area, where the answer would have been; the refused turn is not part
+      // of the conversation, and its text goes back into the box to edit or send again.
+      var refused = target.parentNode;
+      refused.classList.remove("pg-pending");
+      refused.classList.add("pg-refused");
+      refused.setAttribute("role", "alert");
+      refused.querySelector(".pg-who").textContent = "Not answered";
+      target.textContent = error.message || String(error);
+      question.parentNode.remove();
+      if (!el("pg-input").value) el("pg-input").value = text;
     }).then(function () {
       busy = false;
       el("pg-send").disabled = false;

@@ -4,6 +4,7 @@ key, the stats show, "show code" gives the same request, and the call shows on U
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
@@ -135,3 +136,37 @@ def test_an_out_of_range_max_tokens_is_named_not_replaced(page, tenants, console
     page.click("#pg-send")
     page.wait_for_selector(".pg-assistant[data-done='1']")
     assert engine.requests and error.is_hidden()
+
+
+def test_a_refused_call_shows_the_gateways_message_and_keeps_the_prompt(page, screenshot, tenants, console, engine):  # noqa: F811
+    deployment = make_deployment(
+        tenants.project, "llama", served_model_name="llama-chat", rate_limits={"user": {"rpm": 1, "tpm": None}}
+    )
+    sign_in(page, console, "member")
+    page.goto(f"{console.url}/hub/models/{deployment.pk}/playground/")
+    page.fill("#pg-input", "first")
+    page.click("#pg-send")
+    page.wait_for_selector(".pg-assistant[data-done='1']")
+    page.fill("#pg-input", "a second question over the limit")
+    page.click("#pg-send")
+    # Said in the output area, where the answer would have been, in the API's words.
+    refused = page.locator("#pg-messages .pg-refused")
+    refused.wait_for(state="visible")
+    text = refused.inner_text()
+    assert "Rate limit reached for `llama-chat`" in text and "HTTP 429" in text, text
+    assert page.input_value("#pg-input") == "a second question over the limit"  # nothing lost
+    assert page.locator(".pg-user").count() == 1  # the refused turn is not in the conversation
+    assert len(engine.requests) == 1
+    page.set_viewport_size({"width": 1280, "height": 900})
+    screenshot("playground-refused")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(400)  # the sidebar slides away at a phone's width
+    screenshot("playground-refused-390px")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.click("#pg-clear")
+    page.fill("#pg-max-tokens", "16")
+    with page.expect_response("**/chat/completions") as answer:
+        page.click("#pg-send")
+    assert answer.value.status == 429  # still limited: said again, the box still holds the prompt
+    expect(page.locator("#pg-messages .pg-refused")).to_have_count(1)
+    assert page.input_value("#pg-input") == "a second question over the limit"
