@@ -1,0 +1,171 @@
+"""Code samples and wide tables on a desktop (1280 px) and a phone (390 px): a long curl line wraps
+inside its card, never cut off or widening the page (QA audit, N7); the audit log's rows stack as
+cards on a phone and every other wide table scrolls inside its own card (QA audit, N15)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from playwright.sync_api import expect
+
+from deployments.models import Revision
+from sharing.audit import audit_record
+from tests.browser.conftest import sign_in
+from tests.conftest import TEST_OUTPUT
+from tests.gateway.conftest import make_deployment
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+LONG_NAME = "a-deployment-with-a-really-long-name-that-goes-on1"
+WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+# Each visible sample: its lines all visible (no part hidden past the right edge) and within its card.
+SAMPLES = """(selector) => Array.from(document.querySelectorAll(selector)).filter(p => p.offsetParent).map(p => {
+  const box = p.getBoundingClientRect(), card = p.closest('.card').getBoundingClientRect();
+  return {id: p.id, hidden: p.scrollWidth - p.clientWidth, outside: Math.round(box.right - card.right),
+          text: p.textContent};
+})"""
+PAGE_OVERFLOW = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+# Every table either fits the viewport or sits in a box that scrolls it sideways and itself fits.
+TABLES_OUT = """() => { const vw = document.documentElement.clientWidth;
+  return Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent).filter(t => {
+    let box = t;
+    for (let e = t.parentElement; e; e = e.parentElement) {
+      if (['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) { box = e; break; }
+    }
+    return box.getBoundingClientRect().right > vw + 1;
+  }).map(t => t.id || t.className); }"""
+
+
+@pytest.fixture
+def phone_and_desktop(browser):
+    contexts = []
+
+    def open_page(kind: str):
+        context = browser.new_context(viewport=WIDTHS[kind], device_scale_factor=1 if kind == "desktop" else 2)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=os.path.join(TEST_OUTPUT, f"{name}.png"), full_page=True)
+
+
+def _assert_samples_readable(page, selector: str, where: str) -> None:
+    samples = page.evaluate(SAMPLES, selector)
+    assert samples, f"no sample on {where}"
+    for sample in samples:
+        assert sample["hidden"] <= 0, f"{where}: {sample['id']} hides {sample['hidden']} px of its lines"
+        assert sample["outside"] <= 0, f"{where}: {sample['id']} sticks out of its card"
+        assert LONG_NAME in sample["text"]  # wrapped on screen, the text itself unchanged
+    assert page.evaluate(PAGE_OVERFLOW) <= 0, f"{where} scrolls sideways"
+
+
+@pytest.mark.parametrize("kind", ["desktop", "phone"])
+def test_curl_samples_wrap_inside_their_card(phone_and_desktop, tenants, live_server, kind):
+    deployment = make_deployment(tenants.project, LONG_NAME)
+    page = phone_and_desktop(kind)
+    sign_in(page, live_server, "member")
+
+    page.goto(f"{live_server.url}/deployments/{deployment.pk}/")
+    _assert_samples_readable(page, "#curl-sample", "deployment overview")
+    _shot(page, f"sample-deployment-{kind}")
+
+    page.goto(f"{live_server.url}/hub/models/")
+    for lang in ("curl", "python", "javascript"):
+        page.click(f"[data-sample-tab='{lang}']")
+        _assert_samples_readable(page, f"#sample-{deployment.pk}-{lang}", f"hub models ({lang})")
+    page.click("[data-sample-tab='curl']")
+    _shot(page, f"sample-hub-models-{kind}")
+
+    page.goto(f"{live_server.url}/hub/keys/")
+    page.fill("#id_name", "sample key")
+    page.click("button:has-text('Create key')")
+    expect(page.locator("#new-key-sample")).to_be_visible()
+    _assert_samples_readable(page, "#new-key-sample", "new key")
+    _shot(page, f"sample-new-key-{kind}")
+
+    page.goto(f"{live_server.url}/hub/models/{deployment.pk}/playground/")
+    page.fill("#pg-input", "Hello")
+    page.click("#pg-show-code")
+    for lang in ("curl", "python", "javascript"):
+        page.click(f"[data-code-tab='{lang}']")
+        _assert_samples_readable(page, f"#pg-code-{lang}", f"playground ({lang})")
+    page.click("[data-code-tab='curl']")
+    _shot(page, f"sample-playground-{kind}")
+
+
+def test_audit_rows_stack_on_a_phone_and_wide_tables_scroll_in_their_card(
+    phone_and_desktop, tenants, live_server
+):
+    deployment = make_deployment(tenants.project, LONG_NAME)
+    r2 = Revision.objects.create(deployment=deployment, number=2, spec={**deployment.current_revision.spec, "context_length": 2048})
+    type(deployment).objects.filter(pk=deployment.pk).update(current_revision=r2, serving_revision=r2)
+    long_args = ["--max-num-seqs", "256", "--enable-chunked-prefill", "--speculative-config",
+                 '{"model":"acme/draft-model-with-a-long-name","num_speculative_tokens":5,"method":"eagle"}']  # fmt: skip
+    for n in range(3):
+        audit_record(
+            actor=tenants.owner, organization=tenants.org, action="update", obj=deployment,
+            before={"spec": {"extra_args": [], "env": {}}},
+            after={"spec": {"extra_args": long_args, "env": {f"VLLM_SETTING_{n}": "x" * 120}}},
+        )  # fmt: skip
+
+    page = phone_and_desktop("phone")
+    sign_in(page, live_server, "owner")
+    page.goto(f"{live_server.url}/audit/")
+    expect(page.locator("#audit-table tbody tr")).to_have_count(3)
+    assert page.evaluate(PAGE_OVERFLOW) <= 0, "the audit log scrolls sideways"
+    table = page.locator("#audit-table").bounding_box()
+    card = page.locator("#audit-table").locator("xpath=ancestor::div[contains(@class,'card')][1]").bounding_box()
+    assert table["width"] <= card["width"], f"the audit table is {table['width']} px wide in a {card['width']} px card"
+    changes = page.locator("#audit-table tbody tr").first.locator("td[data-label='Changes']")
+    assert changes.bounding_box()["x"] + changes.bounding_box()["width"] <= 390  # read without scrolling
+    _shot(page, "audit-390px")
+    page.fill("input[name=q]", LONG_NAME[:20])  # the htmx partial, swapped in: the same cards
+    page.wait_for_timeout(800)
+    expect(page.locator("#audit-table tbody tr")).to_have_count(3)
+    assert page.locator("#audit-table").bounding_box()["width"] <= card["width"]
+
+    paths = [
+        f"/deployments/{deployment.pk}/?tab=history", f"/deployments/{deployment.pk}/?tab=deployment&a=1&b=2",
+        f"/audit/history/deployment/{deployment.pk}/", "/deployments/", "/hub/usage/", "/hub/keys/", "/quotas/",
+        "/projects/", "/pools/", "/catalog/", "/hub/budgets/",
+    ]  # fmt: skip
+    for path in paths:
+        page.goto(f"{live_server.url}{path}")
+        page.wait_for_timeout(300)  # htmx-loaded tables (the History tab's change history)
+        assert page.evaluate(PAGE_OVERFLOW) <= 0, f"{path} scrolls sideways"
+        assert page.evaluate(TABLES_OUT) == [], f"{path}: a table runs past the screen"
+    page.goto(f"{live_server.url}/deployments/{deployment.pk}/?tab=history")
+    page.wait_for_timeout(300)
+    rollback = page.locator("#history-revisions-table button:has-text('Roll back to this revision')")
+    box = rollback.bounding_box()
+    assert box["x"] + box["width"] <= 390  # in view on a phone, no sideways scrolling to find it
+    _shot(page, "deployment-history-390px")
+
+    desktop = phone_and_desktop("desktop")
+    sign_in(desktop, live_server, "owner")
+    desktop.goto(f"{live_server.url}/deployments/{deployment.pk}/?tab=history")
+    expect(desktop.locator("#history-revisions-table thead")).to_be_visible()
+    _shot(desktop, "deployment-history-1280px")
+    desktop.click("#history-revisions-table button:has-text('Roll back to this revision')")
+    dialog = desktop.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()  # the product's confirmation, before anything is posted
+    expect(dialog).to_contain_text(f"Roll “{LONG_NAME}” back to revision 1?")
+    desktop.screenshot(path=os.path.join(TEST_OUTPUT, "deployment-history-rollback-confirm.png"))
+    dialog.locator("[data-confirm-cancel]").click()
+    expect(dialog).to_be_hidden()
+    assert deployment.revisions.count() == 2  # cancelled: nothing rolled back
+    desktop.goto(f"{live_server.url}/audit/")
+    expect(desktop.locator("#audit-table thead")).to_be_visible()  # a plain table on a desktop
+    width = desktop.evaluate("document.getElementById('audit-table').parentElement.closest('.card').clientWidth")
+    assert desktop.locator("#audit-table").bounding_box()["width"] <= width  # long values wrap
+    assert desktop.evaluate(PAGE_OVERFLOW) <= 0
+    _shot(desktop, "audit-1280px")
