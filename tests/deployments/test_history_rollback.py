@@ -21,7 +21,7 @@ def _three_revisions(deploy, tenants) -> ModelDeployment:
     deployment = deploy("chat")
     deployment_update(user=tenants.owner, deployment=deployment, spec={"context_length": 2048}, reason="Shorter")
     deployment_update(user=tenants.owner, deployment=deployment, spec={"context_length": 1024}, reason="Shorter still")
-    # r2 serves while r3 rolls out: neither is offered.
+    # r2 serves while r3 rolls out: rolling back to r2 is offered (it stops the rollout), r3 is not.
     ModelDeployment.objects.filter(pk=deployment.pk).update(
         serving_revision=deployment.revisions.get(number=2)
     )
@@ -39,7 +39,7 @@ def test_history_tab_offers_a_confirmed_rollback_on_older_revisions(owner_client
     deployment = _three_revisions(deploy, tenants)
     html = owner_client.get(deployment.get_absolute_url() + "?tab=history").content.decode()
     forms = _rollback_forms(html)
-    assert set(forms) == {1}  # not on r3 (current) nor r2 (serving)
+    assert set(forms) == {1, 2}  # not on r3 (current); r2 (serving) is, as on the Deployment tab
     form = forms[1]
     assert 'method="post"' in form and BUTTON in form and "csrfmiddlewaretoken" in form
     assert f'action="{reverse("deployments:deployment_rollback", args=[deployment.pk])}"' in form
@@ -55,7 +55,7 @@ def test_history_tab_offers_a_confirmed_rollback_on_older_revisions(owner_client
     assert current.spec == deployment.revisions.get(number=1).spec
     page = owner_client.get(response["Location"]).content.decode()
     assert "Rolled back to revision 1 as revision 4." in page
-    assert set(_rollback_forms(page)) == {1, 3}  # r4 is current now, r2 still serves
+    assert set(_rollback_forms(page)) == {1, 2, 3}  # r4 is current now
 
 
 def test_history_tab_rollback_pages_with_the_revision_table(owner_client, deploy):
