@@ -14,6 +14,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -269,8 +270,10 @@ def external_deployment_update(
             rate_limits=limits, pricing=prices,
         )  # fmt: skip
         if url != locked.external_url:
-            # The last verdict was about the old URL: not checked yet (the next check, within 15 s).
+            # The last verdict was about the old URL: not checked yet; the new one is, at once.
             locked.health, locked.health_detail, locked.health_checked_at = EndpointHealth.UNKNOWN, "", None
+            pk = locked.pk
+            transaction.on_commit(lambda: health_check_enqueue(pk))
         locked.external_url, locked.overflow = url, target
         if fields.get("credential"):
             locked.external_credential = fields["credential"]
@@ -285,6 +288,21 @@ def external_deployment_update(
         _audit_deployment(user=user, deployment=locked, action="update", before=before)
         _gateway_forget()
     return locked
+
+
+# The one-deployment health check (gateway.tasks), by name: tasks import this module.
+HEALTH_CHECK_TASK = "gateway.check_external_endpoint"
+
+
+def health_check_enqueue(deployment_pk: int) -> bool:
+    """Queue a health check of one external deployment (its URL changed); a queue that can't be
+    reached loses nothing: the round every 15 s checks it anyway."""
+    try:
+        current_app.tasks[HEALTH_CHECK_TASK].delay(deployment_pk)
+    except Exception as exc:  # kombu's OperationalError and whatever the transport raises
+        log.warning("health check not queued: %s", exc, extra={"deployment": deployment_pk})
+        return False
+    return True
 
 
 HEALTH_EVENTS = {

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from decimal import Decimal
 
@@ -202,25 +203,56 @@ def fold_usage() -> int:
     return rollup.fold()
 
 
+# Probes at once: a round of dead endpoints (each waits out overflow.HEALTH_TIMEOUT_S) takes about
+# one time-out per this many, not one per endpoint, so it keeps within the 15 s between rounds.
+HEALTH_CHECK_THREADS = 8
+
+
 @shared_task(name="gateway.check_external_endpoints")
 def check_external_endpoints() -> dict[str, int]:
     """Health-check every running external deployment (beat, every 15 s, in every mode): the
     verdict goes on the deployment's row (what the pages and the API show; a change reaches the
     gateways through their routing tables) and, with Redis, opens or closes the breaker all
     gateway processes share at once (gateway/overflow.py)."""
-    client = sync_redis() if settings.REDIS_URL else None
-    rows = ModelDeployment.objects.filter(kind="external", state="running").select_related("current_revision")
+    return _check_endpoints(ModelDeployment.objects.all())
+
+
+@shared_task(name="gateway.check_external_endpoint", ignore_result=True)
+def check_external_endpoint(deployment_id: int) -> dict[str, int]:
+    """Health-check one external deployment now (queued on commit when its URL changed, so its
+    page shows the new URL's verdict within seconds, not at the next round); nothing if it is
+    gone, not external or not running."""
+    return _check_endpoints(ModelDeployment.objects.filter(pk=deployment_id))
+
+
+def _check_endpoints(qs) -> dict[str, int]:
+    """Probe the running external deployments of `qs` concurrently (HTTP only in the threads);
+    each verdict is recorded here, in this thread, as it comes."""
+    rows = list(qs.filter(kind="external", state="running").select_related("current_revision"))
     counts = {"checked": 0, "healthy": 0}
+    if not rows:
+        return counts
+    client = sync_redis() if settings.REDIS_URL else None
     try:
-        for row in rows.iterator():
-            healthy, seen = overflow.probe(row.external_url, row.external_credential)
-            external_health_record(deployment=row, healthy=healthy, detail=seen)
-            if client is not None:
-                overflow.record_health(client, row.pk, row.spec().get("external") or {}, healthy)
-            counts["checked"] += 1
-            counts["healthy"] += healthy
-            if not healthy:
-                log.info("external endpoint unhealthy", extra={"deployment": row.pk, "seen": seen})
+        with ThreadPoolExecutor(max_workers=min(HEALTH_CHECK_THREADS, len(rows)),
+                                thread_name_prefix="health-check") as pool:  # fmt: skip
+            probes = {
+                pool.submit(overflow.probe, row.external_url, row.external_credential): row for row in rows
+            }
+            for done in as_completed(probes):
+                row = probes[done]
+                try:
+                    healthy, seen = done.result()
+                except Exception:  # a broken probe says nothing of the endpoint; the others still count
+                    log.exception("external endpoint not checked", extra={"deployment": row.pk})
+                    continue
+                external_health_record(deployment=row, healthy=healthy, detail=seen)
+                if client is not None:
+                    overflow.record_health(client, row.pk, row.spec().get("external") or {}, healthy)
+                counts["checked"] += 1
+                counts["healthy"] += healthy
+                if not healthy:
+                    log.info("external endpoint unhealthy", extra={"deployment": row.pk, "seen": seen})
     finally:
         if client is not None:
             client.close()

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import openai
@@ -114,7 +115,8 @@ def test_the_check_keeps_refusing_private_addresses(tenants, embedded, flaky, se
     assert server.hits == [] and not server.engine.requests  # never called
 
 
-def test_a_changed_url_is_not_checked_yet(tenants, embedded, flaky):
+@pytest.mark.django_db  # not a transaction test: the commit is the captured callbacks'
+def test_a_changed_url_is_checked_at_once(tenants, embedded, flaky, django_capture_on_commit_callbacks):
     from deployments.external import external_deployment_update
 
     server, url = flaky
@@ -122,9 +124,99 @@ def test_a_changed_url_is_not_checked_yet(tenants, embedded, flaky):
     check_external_endpoints()
     row.refresh_from_db()
     assert row.health == "unhealthy"
-    row = external_deployment_update(user=tenants.owner, deployment=row, url=url + "/v1", credential=SECRET)
+    # A change that keeps the URL asks for no check: the verdict stays.
+    with django_capture_on_commit_callbacks(execute=True):
+        external_deployment_update(user=tenants.owner, deployment=row, description="moved soon")
     row.refresh_from_db()
+    assert row.health == "unhealthy" and row.health_detail == "connection refused"
+
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        row = external_deployment_update(user=tenants.owner, deployment=row, url=url + "/v1", credential=SECRET)
+    row.refresh_from_db()
+    # Saved: the old verdict is gone (it was about the old URL); nothing is checked before the commit.
     assert (row.health, row.health_detail, row.health_checked_at) == ("unknown", "", None)
+    for callback in queued:  # the commit: the check of this one deployment runs (Celery, eager here)
+        callback()
+    row.refresh_from_db()
+    assert (row.health, row.health_detail) == ("healthy", "answered HTTP 200") and row.health_checked_at
+
+
+class SilentServer:
+    """An endpoint that accepts connections and never answers: a probe waits out its time-out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def silent_servers():
+    servers: list[SilentServer] = []
+
+    def start(count: int) -> list[SilentServer]:
+        servers.extend(SilentServer() for _ in range(count))
+        return servers[-count:]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_a_round_of_dead_endpoints_takes_about_one_time_out(tenants, embedded, flaky, silent_servers, monkeypatch):
+    from gateway import overflow, tasks
+
+    timeout = 1.0
+    monkeypatch.setattr(overflow, "HEALTH_TIMEOUT_S", timeout)
+    probe, running, peak = overflow.probe, [0], [0]
+    lock = threading.Lock()
+
+    def counted_probe(url: str, credential: str) -> tuple[bool, str]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return probe(url, credential)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(overflow, "probe", counted_probe)
+    _, live_url = flaky
+    dead = [_external(tenants, f"dead-{i}", s.url) for i, s in enumerate(silent_servers(tasks.HEALTH_CHECK_THREADS - 1))]
+    live = _external(tenants, "live", live_url + "/v1", credential=SECRET)
+
+    started = time.monotonic()
+    assert check_external_endpoints() == {"checked": len(dead) + 1, "healthy": 1}
+    elapsed = time.monotonic() - started
+    # One after another they would take 7 time-outs; at once, about one.
+    assert elapsed < 2 * timeout, f"a round of {len(dead) + 1} took {elapsed:.1f} s"
+    assert peak[0] == tasks.HEALTH_CHECK_THREADS
+    for row in dead:
+        row.refresh_from_db()
+        assert (row.health, row.health_detail) == ("unhealthy", "no answer within 1 s")
+    live.refresh_from_db()
+    assert live.health == "healthy"
+
+    # The pool is bounded: more endpoints than threads wait for a free one.
+    dead += [_external(tenants, f"more-{i}", s.url) for i, s in enumerate(silent_servers(4))]
+    peak[0] = 0
+    assert check_external_endpoints() == {"checked": len(dead) + 1, "healthy": 1}
+    assert peak[0] == tasks.HEALTH_CHECK_THREADS
 
 
 def _start_embedded_gateway(engine_url: str, data_dir) -> tuple[subprocess.Popen, str]:
