@@ -118,7 +118,27 @@ def _positive_int(value: str | None, default: int) -> int:
     return number if number > 0 else default
 
 
-def paginate(
+@dataclass
+class ListQuery:
+    """A list's rows as a request asks for them, filtered and sorted, before any COUNT or slice:
+    `paginate`'s first half, which a poll can read a page of keys from in one query."""
+
+    qs: QuerySet | None  # None when `paginate` reads its rows through a `fetch`
+    order_by: list[str]
+    page: int  # as asked; `paginate` moves a page past the end to the last one
+    size: int
+    sort: str
+    query: str
+    params: dict[str, str]  # the list's state for links, without the page
+    filters: list[dict[str, Any]]
+    narrowed: bool
+
+    @property
+    def start(self) -> int:
+        return (self.page - 1) * self.size
+
+
+def list_query(
     request: HttpRequest,
     queryset: QuerySet | None,
     *,
@@ -129,24 +149,13 @@ def paginate(
     per_page: int = DEFAULT_PER_PAGE,
     prefix: str = "",
     tiebreak: str | None = "pk",
-    total: int | None = None,
-    fetch: Callable[[list[str], int, int], tuple[list[Any], int]] | None = None,
-) -> Listing:
-    """Filter, sort and slice `queryset` from the request's GET parameters.
-
-    `sorts` maps the URL's sort keys to ORM orderings; `-key` reverses. The primary key breaks
-    ties, so pages never repeat or skip a row. An unknown sort, page or filter value is ignored
-    (the list still renders) rather than answered with an error. `prefix` namespaces the
-    parameters when two lists share one page (e.g. usage tables); `tiebreak=None` for
-    aggregate rows (values().annotate()), whose sort keys must then be unique themselves.
-    `total`: the row count when the caller knows it already (used only while no search or
-    filter narrows the list: one COUNT less). `fetch(order_by, offset, limit) -> (rows, total)`
-    reads a page of rows that are not a queryset (e.g. a grouped UNION in raw SQL) in one query;
-    `queryset` is then unused.
-    """
+    ignore: Iterable[str] = (),
+) -> ListQuery:
+    """Filter and sort `queryset` from the request's GET parameters (see `paginate`); `ignore`:
+    parameters that are no list's state (a poll's own) and never ride along in links."""
     get = request.GET
     p = prefix
-    own = {f"{p}q", f"{p}sort", f"{p}page", f"{p}per_page"}
+    own = {f"{p}q", f"{p}sort", f"{p}page", f"{p}per_page", *ignore}
     filters = tuple(filters)
     own |= {f"{p}{flt.name}" for flt in filters}
     # Other lists' parameters on the same page (e.g. the usage page's period) ride along.
@@ -184,30 +193,65 @@ def paginate(
     for term in [*ordering, *([tiebreak] if tiebreak else [])]:
         flipped = term[1:] if term.startswith("-") else f"-{term}"
         order_by.append(flipped if descending else term)
-    if fetch is not None:
-        page = _positive_int(get.get(f"{p}page"), 1)
-        rows, total = fetch(order_by, (page - 1) * size, size)
-        pages = max(1, -(-total // size))
-        if page > pages:  # past the end: the last page, as for a queryset
-            page = pages
-            rows, total = fetch(order_by, (page - 1) * size, size)
-    else:
+    if qs is not None:
         qs = qs.order_by(*order_by)
-        narrowed = bool(query and search) or any(f["value"] for f in filter_state)
-        total = qs.count() if total is None or narrowed else total
-        pages = max(1, -(-total // size))
-        page = min(_positive_int(get.get(f"{p}page"), 1), pages)
-        rows = _page_rows(queryset, qs, tiebreak, (page - 1) * size, size)
     if query:
         params[f"{p}q"] = query
     if sort != default_sort:
         params[f"{p}sort"] = sort
     if size != per_page:
         params[f"{p}per_page"] = str(size)
+    narrowed = bool(query and search) or any(f["value"] for f in filter_state)
+    return ListQuery(qs=qs, order_by=order_by, page=_positive_int(get.get(f"{p}page"), 1), size=size,
+                     sort=sort, query=query, params=params, filters=filter_state, narrowed=narrowed)  # fmt: skip
+
+
+def paginate(
+    request: HttpRequest,
+    queryset: QuerySet | None,
+    *,
+    sorts: dict[str, str | Sequence[str]],
+    default_sort: str,
+    search: Iterable[str] = (),
+    filters: Iterable[ListFilter] = (),
+    per_page: int = DEFAULT_PER_PAGE,
+    prefix: str = "",
+    tiebreak: str | None = "pk",
+    total: int | None = None,
+    fetch: Callable[[list[str], int, int], tuple[list[Any], int]] | None = None,
+    ignore: Iterable[str] = (),
+) -> Listing:
+    """Filter, sort and slice `queryset` from the request's GET parameters.
+
+    `sorts` maps the URL's sort keys to ORM orderings; `-key` reverses. The primary key breaks
+    ties, so pages never repeat or skip a row. An unknown sort, page or filter value is ignored
+    (the list still renders) rather than answered with an error. `prefix` namespaces the
+    parameters when two lists share one page (e.g. usage tables); `tiebreak=None` for
+    aggregate rows (values().annotate()), whose sort keys must then be unique themselves.
+    `total`: the row count when the caller knows it already (used only while no search or
+    filter narrows the list: one COUNT less). `fetch(order_by, offset, limit) -> (rows, total)`
+    reads a page of rows that are not a queryset (e.g. a grouped UNION in raw SQL) in one query;
+    `queryset` is then unused. `ignore`: see `list_query`.
+    """
+    lq = list_query(request, queryset, sorts=sorts, default_sort=default_sort,
+                    search=search, filters=filters, per_page=per_page, prefix=prefix, tiebreak=tiebreak,
+                    ignore=ignore)  # fmt: skip
+    size, page, params = lq.size, lq.page, lq.params
+    if fetch is not None:
+        rows, total = fetch(lq.order_by, (page - 1) * size, size)
+        pages = max(1, -(-total // size))
+        if page > pages:  # past the end: the last page, as for a queryset
+            page = pages
+            rows, total = fetch(lq.order_by, (page - 1) * size, size)
+    else:
+        total = lq.qs.count() if total is None or lq.narrowed else total
+        pages = max(1, -(-total // size))
+        page = min(page, pages)
+        rows = _page_rows(queryset, lq.qs, tiebreak, (page - 1) * size, size)
     if page > 1:
-        params[f"{p}page"] = str(page)
-    return Listing(rows=rows, total=total, page=page, per_page=size, sort=sort, query=query,
-                   params=params, filters=filter_state, path=request.path, prefix=p)  # fmt: skip
+        params[f"{prefix}page"] = str(page)
+    return Listing(rows=rows, total=total, page=page, per_page=size, sort=lq.sort, query=lq.query,
+                   params=params, filters=lq.filters, path=request.path, prefix=prefix)  # fmt: skip
 
 
 def _page_rows(

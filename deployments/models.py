@@ -156,6 +156,23 @@ ACTIVE_STATES: tuple[str, ...] = (
 )
 
 
+# States a deployment passes through on its way to another (a push, a rollout or a scale,
+# waiting for capacity, a delete): what is on screen is about to change.
+TRANSITIONAL_STATES: tuple[str, ...] = (
+    DeploymentState.PENDING,
+    DeploymentState.DEPLOYING,
+    DeploymentState.DELETING,
+)
+
+
+def in_transition(state: str, kind: str, health: str) -> bool:
+    """Whether a deployment in `state` (of `kind`, its endpoint's `health`) is about to change by
+    itself: a transitional state, or an external endpoint whose first check is still to come."""
+    return state in TRANSITIONAL_STATES or (
+        kind == DeploymentKind.EXTERNAL and state == DeploymentState.RUNNING and health == EndpointHealth.UNKNOWN
+    )
+
+
 def gpu_holder_key(deployment_pk: int) -> str:
     """The holder name a deployment's GPU reservation is stored under (projects.GpuReservation)."""
     return f"deployment:{deployment_pk}"
@@ -267,6 +284,9 @@ class ModelDeployment(models.Model):
     @property
     def is_external(self) -> bool:
         return self.kind == DeploymentKind.EXTERNAL
+
+    def in_transition(self) -> bool:
+        return in_transition(self.state, self.kind, self.health)
 
     def spec(self) -> dict:
         return self.current_revision.spec if self.current_revision else {}

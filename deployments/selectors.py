@@ -27,6 +27,7 @@ from deployments.models import (
     ModelDeployment,
     Revision,
     ScaleSample,
+    in_transition,
 )
 from deployments.spec import autoscaled, gpu_hold, resource_hold, start_replicas
 from projects.models import GpuReservation, Organization, Project
@@ -115,6 +116,14 @@ def deployment_versions(qs: QuerySet[ModelDeployment], pks: Iterable[int]) -> di
     a row missing from the answer is gone or no longer visible."""
     rows = with_gpus_held(qs.filter(pk__in=list(pks))).values_list("pk", *VERSION_FIELDS)
     return {row[0]: _version(row[1:]) for row in rows}
+
+
+def deployment_page_versions(qs: QuerySet[ModelDeployment], start: int, size: int) -> list[tuple[int, str, bool]]:
+    """(pk, marker, in transition) of the rows `start`…`start + size` of `qs` (filtered and sorted
+    as a list page shows them), in one query over that page: what a list's poll compares."""
+    rows = with_gpus_held(qs).values_list("pk", "kind", *VERSION_FIELDS)[start : start + size]
+    state, health = VERSION_FIELDS.index("state"), VERSION_FIELDS.index("health")
+    return [(pk, _version(values), in_transition(values[state], kind, values[health])) for pk, kind, *values in rows]
 
 
 def deployment_get(user: AbstractBaseUser, pk: int) -> ModelDeployment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -25,7 +26,7 @@ from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
-from console.paging import ListFilter, Listing, paginate
+from console.paging import ListFilter, Listing, list_query, paginate
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.forms import (
@@ -379,6 +380,10 @@ DEPLOYMENT_SORTS = {
     "created": "created_at",
 }
 POLL_MAX_ROWS = 100  # a poll asks for one page's rows at most (the largest page size)
+# The list polls this often (seconds) while a row on the page is in transition, else slowly: a
+# change elsewhere (a deactivate, a failure, a deployment added) still shows within that time.
+POLL_FAST_S, POLL_SLOW_S = 3, 15
+POLL_OWN = ("ids",)  # the poll's own parameter; the rest of its URL is the page's (sort, filters, page)
 
 
 def _poll_rows(request: HttpRequest) -> dict[int, str]:
@@ -392,43 +397,84 @@ def _poll_rows(request: HttpRequest) -> dict[int, str]:
     return rows
 
 
-def _poll_ids(versions: dict[int, str]) -> str:
-    return ",".join(f"{pk}.{version}" for pk, version in versions.items())
+def _poll(versions: dict[int, str], changing: bool, params: dict[str, str]) -> dict[str, Any]:
+    """What the poll's element carries: the rows shown with their versions, then the page's own
+    parameters (so it reads the page the user is on), and how often to ask."""
+    query = urlencode({"ids": ",".join(f"{pk}.{version}" for pk, version in versions.items()), **params})
+    return {"poll_url": f"{reverse('deployments:list')}?{query}", "poll_every": POLL_FAST_S if changing else POLL_SLOW_S}
+
+
+def _deployment_listing_options(request: HttpRequest, org, *, poll: bool = False) -> dict[str, Any]:
+    """The list's sorts, search and filters: the page and its poll read the same rows. The poll
+    reads the projects (the filter's choices) only when the page is filtered by one."""
+    projects = []
+    if not poll or request.GET.get("project"):
+        projects = [(str(p.pk), p.name) for p in projects_for_user(request.user, org).order_by("name")]
+    return {
+        "sorts": DEPLOYMENT_SORTS,
+        "default_sort": "-created",
+        "search": ("name", "model__name", "pool__name", "project__name"),
+        "filters": [
+            ListFilter("state", "State", DeploymentState.choices),
+            ListFilter("project", "Project", projects, field="project_id"),
+        ],
+        "ignore": POLL_OWN,
+    }
+
+
+def _deployment_listing(request: HttpRequest, visible: QuerySet[ModelDeployment], org) -> dict[str, Any]:
+    """One page of the list, as the page and a poll that saw its rows change draw it."""
+    listing = paginate(request, selectors.with_gpus_held(visible), **_deployment_listing_options(request, org))
+    deployments = listing.rows  # annotated with gpus_reserved (selectors.with_gpus_held)
+    versions = {d.pk: selectors.deployment_version(d) for d in deployments}
+    changing = any(d.in_transition() for d in deployments)
+    return {"deployments": deployments, "listing": listing, **_poll(versions, changing, listing.params)}
 
 
 def _deployment_status_poll(
-    request: HttpRequest, visible: QuerySet[ModelDeployment]
+    request: HttpRequest, visible: QuerySet[ModelDeployment], org
 ) -> HttpResponse:
-    """The list's status poll. It watches every row on the page, final states included (a Running
-    deployment can be deactivated elsewhere, or fail later): 204 when none of them changed, else
-    the changed rows out of band and the poll with their new versions; rows deleted (or no longer
-    visible) are removed, and 286 stops the poll once none is left to watch."""
+    """The list's status poll, over the page the user is on (its sort, filters and page ride in
+    the URL). It reads that page's rows again in one query: 204 when they are the same rows, each
+    unchanged; the changed ones out of band when only rows changed (final states included: a
+    Running deployment can be deactivated elsewhere, or fail later); the whole table body when the
+    page now holds other rows (one added or deleted elsewhere, a row that sorts elsewhere now)."""
     asked = _poll_rows(request)
-    versions = selectors.deployment_versions(visible, asked)
+    lq = list_query(request, visible, **_deployment_listing_options(request, org, poll=True))
+    current = selectors.deployment_page_versions(lq.qs, lq.start, lq.size)
+    if [pk for pk, _, _ in current] != list(asked):
+        if current and not asked:
+            # The page showed no row (maybe not even a table): drawn whole, with its summary cards.
+            response = HttpResponse()
+            response["HX-Refresh"] = "true"
+            return response
+        response = render(request, "deployments/htmx/list_body.html", _deployment_listing(request, visible, org))
+        response["HX-Trigger"] = "deployments-changed"
+        return response
+    versions = {pk: version for pk, version, _ in current}
+    changing = {pk for pk, _, moving in current if moving}
     changed = [pk for pk, version in versions.items() if asked[pk] != version]
-    if not changed and len(versions) == len(asked):
+    if not changed:
         return HttpResponse(status=204)
     rows = list(selectors.with_gpus_held(visible.filter(pk__in=changed)))
     # The rendered row's own version, not the one read a moment earlier: the next poll compares
     # against what the page shows.
-    versions.update((d.pk, selectors.deployment_version(d)) for d in rows)
+    for d in rows:
+        versions[d.pk] = selectors.deployment_version(d)
+        changing.discard(d.pk)
+        if d.in_transition():
+            changing.add(d.pk)
     vanished = set(changed) - {d.pk for d in rows}  # deleted between the two reads
-    watched = {pk: versions[pk] for pk in asked if pk in versions and pk not in vanished}
+    watched = {pk: version for pk, version in versions.items() if pk not in vanished}
+    page_params = {**lq.params, **({"page": str(lq.page)} if lq.page > 1 else {})}
     response = render(
         request,
         "deployments/htmx/list_status.html",
-        {
-            "deployments": rows,
-            "gone": [pk for pk in asked if pk not in watched],
-            "poll_ids": _poll_ids(watched),
-        },
+        {"deployments": rows, "gone": sorted(vanished), **_poll(watched, bool(changing - vanished), page_params)},
     )
-    if rows:
-        # The summary cards count the whole organization: they are read again, in a request of
-        # their own, only after a change, so the poll itself stays within the page's rows.
-        response["HX-Trigger"] = "deployments-changed"
-    if not watched:
-        response.status_code = STOP_POLLING
+    # The summary cards count the whole organization: they are read again, in a request of
+    # their own, only after a change, so the poll itself stays within the page's rows.
+    response["HX-Trigger"] = "deployments-changed"
     return response
 
 
@@ -458,32 +504,14 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     if request.htmx and request.GET.get("fragment") == "stats":
         return render(request, "deployments/htmx/list_stats.html", {"stats": _deployment_stats(visible, org)})
     if request.htmx:
-        return _deployment_status_poll(request, visible)
-    listing = paginate(
-        request,
-        selectors.with_gpus_held(visible),
-        sorts=DEPLOYMENT_SORTS,
-        default_sort="-created",
-        search=("name", "model__name", "pool__name", "project__name"),
-        filters=[
-            ListFilter("state", "State", DeploymentState.choices),
-            ListFilter(
-                "project", "Project",
-                [(str(p.pk), p.name) for p in projects_for_user(request.user, org).order_by("name")],
-                field="project_id",
-            ),
-        ],
-    )  # fmt: skip
-    deployments = listing.rows  # annotated with gpus_reserved (selectors.with_gpus_held)
+        return _deployment_status_poll(request, visible, org)
     return render(
         request,
         "deployments/list.html",
         {
-            "deployments": deployments,
-            "listing": listing,
+            **_deployment_listing(request, visible, org),
             "stats": _deployment_stats(visible, org),
             "can_change": permissions.can(request.user, "change", org),
-            "poll_ids": _poll_ids({d.pk: selectors.deployment_version(d) for d in deployments}),
         },
     )
 
