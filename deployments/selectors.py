@@ -120,8 +120,12 @@ def deployment_versions(qs: QuerySet[ModelDeployment], pks: Iterable[int]) -> di
 
 def deployment_page_versions(qs: QuerySet[ModelDeployment], start: int, size: int) -> list[tuple[int, str, bool]]:
     """(pk, marker, in transition) of the rows `start`…`start + size` of `qs` (filtered and sorted
-    as a list page shows them), in one query over that page: what a list's poll compares."""
-    rows = with_gpus_held(qs).values_list("pk", "kind", *VERSION_FIELDS)[start : start + size]
+    as a list page shows them), in one query: what a list's poll compares."""
+    # The page's keys by the narrow sorted query, then their columns: annotated over the whole
+    # sorted set, the GPU subquery ran once per row of the organization (10,000: 3x the time).
+    page = qs.values("pk")[start : start + size]
+    rows = with_gpus_held(ModelDeployment.objects.filter(pk__in=page)).order_by(*qs.query.order_by)
+    rows = rows.values_list("pk", "kind", *VERSION_FIELDS)
     state, health = VERSION_FIELDS.index("state"), VERSION_FIELDS.index("health")
     return [(pk, _version(values), in_transition(values[state], kind, values[health])) for pk, kind, *values in rows]
 
