@@ -24,7 +24,7 @@ from console import permissions
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.paging import ListFilter, paginate
-from deployments.models import DeploymentState, ModelDeployment
+from deployments.models import DeploymentState, EndpointHealth, ModelDeployment
 from deployments.spec import RATE_LIMIT_SCOPE_LABELS
 from gateway import reports
 from gateway.forms import APIKeyForm
@@ -161,6 +161,9 @@ def models(request: HttpRequest) -> HttpResponse:
                 else None,
                 "model_name": model_name,
                 "running": deployment.state == DeploymentState.RUNNING,
+                # Its endpoint failed the health check: the overflow answers, else the gateway's 503.
+                "unreachable": deployment.is_external and deployment.state == DeploymentState.RUNNING
+                and deployment.health == EndpointHealth.UNHEALTHY,
                 "kind": "Embeddings" if embeddings else "Chat / completions",
                 "samples": samples(base_url, model_name, embeddings=embeddings),
                 "limits": _limit_labels(spec.get("rate_limits") or {}),

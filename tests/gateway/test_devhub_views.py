@@ -129,6 +129,47 @@ def test_outsider_gets_404_on_every_devhub_object_url(tenants, deployment):
         assert "llama-chat" not in html and key.prefix not in html and "acme key" not in html
 
 
+def test_an_unreachable_external_endpoint_shows_on_the_hub_and_the_dashboard(tenants, deployment, public_example_com):
+    from catalog.models import CatalogModel
+    from deployments.external import external_deployment_create, external_health_record
+
+    model = CatalogModel.objects.create(organization=tenants.org, name="onprem", source="huggingface", repo_id="acme/onprem")
+
+    def external(name: str, **kwargs):
+        return external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name=name,
+                                          url=f"https://{name}.example.com/v1", **kwargs)  # fmt: skip
+
+    dead, covered, fine = external("dead"), external("covered", overflow="llama"), external("fine")
+    external_health_record(deployment=dead, healthy=False, detail="connection refused")
+    external_health_record(deployment=covered, healthy=False, detail="answered HTTP 503")
+    external_health_record(deployment=fine, healthy=True, detail="answered HTTP 200")
+
+    html = login(tenants.member).get(reverse("devhub:models")).content.decode()
+    cards = {name: html.split(f'data-model="{name}"')[1].split('<dl class="facts"')[0] for name in ("dead", "covered", "fine", "llama-chat")}
+    # No overflow: not callable, in the gateway's own terms (its 503), with what the check saw.
+    assert "Not callable right now: its endpoint is unreachable (connection refused · last checked" in cards["dead"]
+    assert "The gateway answers 503 until the endpoint answers its health check again" in cards["dead"]
+    assert 'data-health="unhealthy"' in cards["dead"] and "Endpoint unreachable" in cards["dead"]
+    # An overflow deployment answers meanwhile: callable, and said so.
+    assert "Not callable" not in cards["covered"]
+    assert "Its endpoint is unreachable right now (answered HTTP 503 · last checked" in cards["covered"]
+    assert "sends your requests to its overflow deployment" in cards["covered"]
+    assert "callout" not in cards["fine"] and "Endpoint reachable" in cards["fine"]
+    assert "callout" not in cards["llama-chat"] and "Endpoint" not in cards["llama-chat"]  # a managed one: no check
+
+    dashboard = login(tenants.member).get(reverse("dashboard")).content.decode()
+    assert '<span style="color:var(--bad)">' not in dashboard  # nothing failed
+    assert ">2 endpoints unreachable</a>" in dashboard
+    external_health_record(deployment=covered, healthy=True, detail="answered HTTP 200")
+    assert ">1 endpoint unreachable</a>" in login(tenants.member).get(reverse("dashboard")).content.decode()
+    external_health_record(deployment=dead, healthy=True, detail="answered HTTP 200")
+    assert "unreachable" not in login(tenants.member).get(reverse("dashboard")).content.decode()
+    external_health_record(deployment=dead, healthy=False, detail="connection refused")
+    outsider = login(tenants.outsider)  # another organization's: none of it
+    assert "unreachable" not in outsider.get(reverse("dashboard")).content.decode()
+    assert "connection refused" not in outsider.get(reverse("devhub:models")).content.decode()
+
+
 def test_a_member_cannot_revoke_another_members_key_but_an_admin_can(tenants, deployment):
     key, _ = api_key_create(user=tenants.owner, organization=tenants.org, name="owner's")
     assert (
