@@ -169,3 +169,30 @@ def test_audit_rows_stack_on_a_phone_and_wide_tables_scroll_in_their_card(
     assert desktop.locator("#audit-table").bounding_box()["width"] <= width  # long values wrap
     assert desktop.evaluate(PAGE_OVERFLOW) <= 0
     _shot(desktop, "audit-1280px")
+
+
+def test_the_hub_says_an_external_endpoint_is_unreachable_on_a_desktop_and_a_phone(
+    phone_and_desktop, live_server, tenants, public_example_com
+):
+    from catalog.models import CatalogModel
+    from deployments.external import external_deployment_create, external_health_record
+
+    make_deployment(tenants.project, "chat", served_model_name="qwen-chat")  # a managed one beside it
+    model = CatalogModel.objects.create(organization=tenants.org, name="onprem", source="huggingface", repo_id="acme/onprem")
+    dead = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem-llama",
+                                      url="https://llm.example.com/v1")  # fmt: skip
+    external_health_record(deployment=dead, healthy=False, detail="connection refused")
+    for kind in WIDTHS:
+        page = phone_and_desktop(kind)
+        sign_in(page, live_server, "member")
+        page.goto(f"{live_server.url}/hub/models/")
+        card = page.locator('[data-model="onprem-llama"]')
+        expect(card.locator(".badge[data-health]")).to_have_text("Endpoint unreachable")
+        callout = card.locator('.callout[data-health="unhealthy"]')
+        expect(callout).to_contain_text("Not callable right now: its endpoint is unreachable (connection refused · last checked")
+        expect(callout).to_contain_text("The gateway answers 503")
+        callout_box, card_box = callout.bounding_box(), card.bounding_box()
+        assert callout_box["x"] + callout_box["width"] <= card_box["x"] + card_box["width"] + 1
+        assert page.evaluate(PAGE_OVERFLOW) <= 0  # nothing widens the page on a phone
+        expect(page.locator('[data-model="qwen-chat"] .callout')).to_have_count(0)
+        _shot(page, f"hub-external-unreachable-{kind}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -148,6 +149,7 @@ def test_an_unreachable_external_endpoint_shows_on_the_hub_and_the_dashboard(ten
     cards = {name: html.split(f'data-model="{name}"')[1].split('<dl class="facts"')[0] for name in ("dead", "covered", "fine", "llama-chat")}
     # No overflow: not callable, in the gateway's own terms (its 503), with what the check saw.
     assert "Not callable right now: its endpoint is unreachable (connection refused · last checked" in cards["dead"]
+    assert re.search(r"</time>\). The gateway answers 503", cards["dead"])  # no space before the bracket
     assert "The gateway answers 503 until the endpoint answers its health check again" in cards["dead"]
     assert 'data-health="unhealthy"' in cards["dead"] and "Endpoint unreachable" in cards["dead"]
     # An overflow deployment answers meanwhile: callable, and said so.
