@@ -169,7 +169,9 @@ def in_transition(state: str, kind: str, health: str) -> bool:
     """Whether a deployment in `state` (of `kind`, its endpoint's `health`) is about to change by
     itself: a transitional state, or an external endpoint whose first check is still to come."""
     return state in TRANSITIONAL_STATES or (
-        kind == DeploymentKind.EXTERNAL and state == DeploymentState.RUNNING and health == EndpointHealth.UNKNOWN
+        kind == DeploymentKind.EXTERNAL
+        and state == DeploymentState.RUNNING
+        and health == EndpointHealth.UNKNOWN
     )
 
 

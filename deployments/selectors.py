@@ -118,7 +118,9 @@ def deployment_versions(qs: QuerySet[ModelDeployment], pks: Iterable[int]) -> di
     return {row[0]: _version(row[1:]) for row in rows}
 
 
-def deployment_page_versions(qs: QuerySet[ModelDeployment], start: int, size: int) -> list[tuple[int, str, bool]]:
+def deployment_page_versions(
+    qs: QuerySet[ModelDeployment], start: int, size: int
+) -> list[tuple[int, str, bool]]:
     """(pk, marker, in transition) of the rows `start`…`start + size` of `qs` (filtered and sorted
     as a list page shows them), in one query: what a list's poll compares."""
     # The page's keys by the narrow sorted query, then their columns: annotated over the whole
@@ -127,7 +129,10 @@ def deployment_page_versions(qs: QuerySet[ModelDeployment], start: int, size: in
     rows = with_gpus_held(ModelDeployment.objects.filter(pk__in=page)).order_by(*qs.query.order_by)
     rows = rows.values_list("pk", "kind", *VERSION_FIELDS)
     state, health = VERSION_FIELDS.index("state"), VERSION_FIELDS.index("health")
-    return [(pk, _version(values), in_transition(values[state], kind, values[health])) for pk, kind, *values in rows]
+    return [
+        (pk, _version(values), in_transition(values[state], kind, values[health]))
+        for pk, kind, *values in rows
+    ]
 
 
 def deployment_get(user: AbstractBaseUser, pk: int) -> ModelDeployment:

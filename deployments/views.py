@@ -400,8 +400,11 @@ def _poll_rows(request: HttpRequest) -> dict[int, str]:
 def _poll(versions: dict[int, str], changing: bool, params: dict[str, str]) -> dict[str, Any]:
     """What the poll's element carries: the rows shown with their versions, then the page's own
     parameters (so it reads the page the user is on), and how often to ask."""
-    query = urlencode({"ids": ",".join(f"{pk}.{version}" for pk, version in versions.items()), **params})
-    return {"poll_url": f"{reverse('deployments:list')}?{query}", "poll_every": POLL_FAST_S if changing else POLL_SLOW_S}
+    ids = ",".join(f"{pk}.{version}" for pk, version in versions.items())
+    return {
+        "poll_url": f"{reverse('deployments:list')}?{urlencode({'ids': ids, **params}, safe=',')}",
+        "poll_every": POLL_FAST_S if changing else POLL_SLOW_S,
+    }
 
 
 def _deployment_listing_options(request: HttpRequest, org, *, poll: bool = False) -> dict[str, Any]:
@@ -470,7 +473,8 @@ def _deployment_status_poll(
     response = render(
         request,
         "deployments/htmx/list_status.html",
-        {"deployments": rows, "gone": sorted(vanished), **_poll(watched, bool(changing - vanished), page_params)},
+        {"deployments": rows, "gone": sorted(vanished),
+         **_poll(watched, bool(changing - vanished), page_params)},  # fmt: skip
     )
     # The summary cards count the whole organization: they are read again, in a request of
     # their own, only after a change, so the poll itself stays within the page's rows.
