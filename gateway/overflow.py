@@ -19,6 +19,7 @@ first byte errors feed the breaker through the health check.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import socket
@@ -288,13 +289,24 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
         return False, refusal
     headers = {"authorization": f"Bearer {credential}"} if credential else {}
     try:
-        with httpx.Client(timeout=HEALTH_TIMEOUT_S, trust_env=False, follow_redirects=False) as client:
-            response = client.get(base_url(url) + "/models", headers=headers)
+        status = asyncio.run(_status_of(base_url(url) + "/models", headers))
+    except TimeoutError:
+        return False, f"no answer within {HEALTH_TIMEOUT_S:g} s"
     except httpx.HTTPError as exc:
         return False, unreachable_words(exc)
-    if response.status_code >= 500 or response.status_code == 429:
-        return False, f"answered HTTP {response.status_code}"
-    return True, f"answered HTTP {response.status_code}"
+    if status >= 500 or status == 429:
+        return False, f"answered HTTP {status}"
+    return True, f"answered HTTP {status}"
+
+
+async def _status_of(url: str, headers: dict[str, str]) -> int:
+    """The status of a GET, within HEALTH_TIMEOUT_S in all: httpx's time-outs are per read, so
+    an endpoint trickling its headers a byte at a time would hold a sync probe (and one of the
+    health check's few threads) for ever. The body is never read."""
+    async with asyncio.timeout(HEALTH_TIMEOUT_S):
+        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, trust_env=False, follow_redirects=False) as client:
+            async with client.stream("GET", url, headers=headers) as response:
+                return response.status_code
 
 
 def unreachable_words(exc: httpx.HTTPError) -> str:

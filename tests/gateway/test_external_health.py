@@ -219,6 +219,36 @@ def test_a_round_of_dead_endpoints_takes_about_one_time_out(tenants, embedded, f
     assert peak[0] == tasks.HEALTH_CHECK_THREADS
 
 
+def test_an_endpoint_trickling_its_answer_is_cut_at_the_time_out_in_all(monkeypatch):
+    """httpx's time-outs are per read: a header line sent a byte at a time, each byte within the
+    time-out, held a probe (and one of the check's threads) as long as it kept sending."""
+    from gateway import overflow
+
+    monkeypatch.setattr(overflow, "HEALTH_TIMEOUT_S", 0.6)
+    monkeypatch.setattr(overflow, "external_url_refusal", lambda url: "")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400:
+                if stop.wait(0.05):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        started = time.monotonic()
+        assert overflow.probe(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", "") == (False, "no answer within 0.6 s")
+        assert time.monotonic() - started < 1.5  # the trickle goes on for 20 s
+    finally:
+        stop.set()
+        sock.close()
+
+
 def _start_embedded_gateway(engine_url: str, data_dir) -> tuple[subprocess.Popen, str]:
     """console.asgi in a process of its own without Redis: the web process of `make run`."""
     import httpx
