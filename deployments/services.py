@@ -585,7 +585,7 @@ def _reserve(
             field = "resources.memory"
         elif "active deployment" in text:
             field = "quota"
-        raise ValidationError({field: text}) from None
+        raise ValidationError({field: ValidationError(text, code=getattr(exc, "code", None))}) from None
 
 
 # How a change to what the pods run reaches the pool: blue-green (the serving revision answers

@@ -888,6 +888,12 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context.update(_revision_context(request, deployment, revision_numbers))
     elif tab == "history":
         context["revision_listing"] = _revision_listing(request, deployment, len(revision_numbers))
+    if tab in ("deployment", "history") and context["can_change"]:
+        # A blue-green rollback refused for its surge alone comes back here to be offered again
+        # with the "recreate" strategy (deployment_rollback).
+        offer = _int_or_none(request.GET.get("recreate"))
+        if offer in revision_numbers and offer != deployment.current_revision.number:
+            context["offer_recreate"] = offer
     elif tab == "logs":
         context.update(_log_choice(request))
     elif tab == "metrics":
@@ -1068,6 +1074,13 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return _redirect(request, reverse("deployments:list"))
 
 
+def _surge_refused(exc: ValidationError) -> bool:
+    """Whether the quota refused only a blue-green update's surge (QuotaExceeded code "surge"),
+    however the service nested it."""
+    errors = [e for errs in exc.error_dict.values() for e in errs] if hasattr(exc, "error_dict") else exc.error_list
+    return any(getattr(e, "code", None) == "surge" for e in errors)
+
+
 @login_required
 @require_POST
 def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
@@ -1078,11 +1091,17 @@ def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
     if number is None or not deployment.revisions.filter(number=number).exists():
         messages.error(request, "Choose a revision of this deployment to roll back to.")
         return _redirect(request, f"{deployment.get_absolute_url()}?tab={tab}")
+    strategy = "recreate" if request.POST.get("strategy") == "recreate" else "blue_green"
     try:
         revision = services.deployment_rollback(
-            user=request.user, deployment=deployment, revision_number=number
+            user=request.user, deployment=deployment, revision_number=number, update_strategy=strategy
         )
     except ValidationError as exc:
+        if strategy == "blue_green" and _surge_refused(exc):
+            # Only the blue-green surge does not fit: the revision table offers the same rollback
+            # by recreating, which the refusal names (the console had no way to choose it).
+            messages.error(request, _error_text(exc))
+            return _redirect(request, f"{deployment.get_absolute_url()}?tab={tab}&recreate={number}")
         return _action_failed(request, deployment, exc, tab)
     return _after_action(
         request, deployment, f"Rolled back to revision {number} as revision {revision.number}.", tab

@@ -618,8 +618,13 @@ def served_split(deployment_id: int, *, days: int = 30) -> list[dict]:
         .order_by("served_by")
     )
     total = sum(r["requests"] for r in rows) or 1
-    labels = {"external": "External endpoint", "overflow": "Overflow deployment", "": "Unrecorded"}
-    return [
-        {**r, "label": labels.get(r["served_by"], r["served_by"]), "share": round(100 * r["requests"] / total, 1)}
-        for r in rows
-    ]
+    labels = {"external": "External endpoint", "overflow": "Overflow deployment"}
+
+    def label(row: dict) -> str:
+        if row["served_by"]:
+            return labels.get(row["served_by"], row["served_by"])
+        # Nobody served them: the gateway refused them (a limit, a budget, an open breaker), or
+        # they are older than the served_by column.
+        return "Refused by the gateway" if row["errors"] == row["requests"] else "Not recorded"
+
+    return [{**r, "label": label(r), "share": round(100 * r["requests"] / total, 1)} for r in rows]

@@ -171,9 +171,9 @@ def quota_decide(
             if surge and used + gpus <= quota:
                 surge_refused = True
                 refusal = (
-                    f"A blue-green update holds {gpus} GPUs for the new revision and {surge} for {surge_from or 'the serving revision'}, "
-                    f"which keeps serving until the new one is ready: {total} in all. {who} has a quota of {quota} GPUs, "
-                    f"{used} are in use: they do not fit. Choose the “recreate” update strategy ({surge_from or 'the serving revision'} "
+                    f"A blue-green update holds {_count(gpus, 'GPUs')} for the new revision and {surge} for {surge_from or 'the serving revision'}, "
+                    f"which keeps serving until the new one is ready: {total} in all. {who} has a quota of {_count(quota, 'GPUs')}, "
+                    f"{_in_use(used)} by other deployments: they do not fit. Choose the “recreate” update strategy ({surge_from or 'the serving revision'} "
                     f"stops first; requests are refused until the new revision is ready), or free GPUs."
                 )
             else:

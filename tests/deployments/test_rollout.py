@@ -215,7 +215,7 @@ def test_when_the_quota_cant_cover_the_surge_the_update_says_so_and_recreate_sta
 
     assert refused.status_code == 400, refused.content[:300]
     message = " ".join(refused.json()["update_strategy"])
-    assert "2 in all" in message and "quota of 1 GPUs" in message and "recreate" in message
+    assert "2 in all" in message and "quota of 1 GPU," in message and "recreate" in message
     assert Revision.objects.filter(deployment=deployment).count() == 1
     assert deployments_on_pool(emulator) == ["chat-r1"]
     bad = client.patch(url, {"spec": {}, "update_strategy": "sideways"}, format="json")

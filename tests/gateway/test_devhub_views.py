@@ -159,6 +159,16 @@ def test_an_unreachable_external_endpoint_shows_on_the_hub_and_the_dashboard(ten
     assert "callout" not in cards["fine"] and "Endpoint reachable" in cards["fine"]
     assert "callout" not in cards["llama-chat"] and "Endpoint" not in cards["llama-chat"]  # a managed one: no check
 
+    # The playground says it too (QA: its header kept a green "Running" over every 503).
+    playground = login(tenants.member).get(reverse("devhub:playground", args=[dead.pk])).content.decode()
+    assert 'id="playground-health-' in playground and "Endpoint unreachable" in playground
+    assert "Its endpoint is unreachable right now (connection refused · last checked" in playground
+    assert "the gateway answers 503 until the endpoint answers" in playground
+    playground = login(tenants.member).get(reverse("devhub:playground", args=[covered.pk])).content.decode()
+    assert "sends your calls to its overflow deployment meanwhile" in playground
+    playground = login(tenants.member).get(reverse("devhub:playground", args=[fine.pk])).content.decode()
+    assert "Endpoint reachable" in playground and "unreachable" not in playground
+
     dashboard = login(tenants.member).get(reverse("dashboard")).content.decode()
     assert '<span style="color:var(--bad)">' not in dashboard  # nothing failed
     assert ">2 endpoints unreachable</a>" in dashboard
