@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -425,6 +426,17 @@ def cmd_keys_revoke(args: argparse.Namespace, out: Callable[[str], None]) -> int
 # --- usage -----------------------------------------------------------------------------------
 
 RANGE_WORDS = {"1h": "the last hour", "24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
+MICRO = Decimal("0.000001")
+
+
+def _money(value: Any, currency: str) -> str:
+    """A cost with six decimals, the same for every row and the total: the server sends the
+    rows' sums as "0.00000000" and the total as "0"."""
+    try:
+        amount = Decimal(str(value or 0))
+    except InvalidOperation:
+        return f"{value} {currency}"
+    return f"{amount.quantize(MICRO, rounding=ROUND_HALF_UP):f} {currency}"
 
 
 def cmd_usage(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -437,12 +449,12 @@ def cmd_usage(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     totals = summary["totals"]
     currency = totals.get("currency") or "USD"
     out(f"Calls with your API keys over {RANGE_WORDS.get(summary['range'], summary['range'])}:")
-    rows = [{**r, "deployment": r["name"], "cost": f"{r['cost']} {currency}"} for r in summary["by_deployment"]]
+    rows = [{**r, "deployment": r["name"], "cost": _money(r["cost"], currency)} for r in summary["by_deployment"]]
     if not rows:
         out("(no calls)")
         return 0
     rows.append({"deployment": "TOTAL", "requests": totals["requests"], "prompt_tokens": totals["prompt_tokens"],
-                 "completion_tokens": totals["completion_tokens"], "cost": f"{totals['cost']} {currency}"})  # fmt: skip
+                 "completion_tokens": totals["completion_tokens"], "cost": _money(totals["cost"], currency)})  # fmt: skip
     _print_table(rows, ["deployment", "requests", "prompt_tokens", "completion_tokens", "cost"], out)
     return 0
 

@@ -4,6 +4,7 @@ test_cli.py, a subprocess against a live server, every action through the REST A
 
 from __future__ import annotations
 
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -213,6 +214,8 @@ def test_keys_chat_through_the_gateway_and_usage(
         qwen = next(line.split() for line in lines if line.startswith("qwen-chat"))
         total = next(line.split() for line in lines if line.startswith("TOTAL"))
         assert qwen[1] == "2" and total[1] == "2" and qwen[-1] == "USD"
+        # One format for every cost, rows and total alike: six decimals.
+        assert re.fullmatch(r"\d+\.\d{6}", qwen[-2]) and re.fullmatch(r"\d+\.\d{6}", total[-2]), (qwen, total)
         _failed_in_words(run(client_venv, home, "usage", env={"MODELDECK_TOKEN": "mdk_wrongwrongwrongwrong"}),
                          "Not signed in")  # fmt: skip
 
