@@ -31,6 +31,11 @@ def _detail(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text.strip()[:500] or response.reason_phrase
+    return body_text(body)
+
+
+def body_text(body: Any) -> str:
+    """An error body in one line: its detail, else "field: message; …"."""
     if isinstance(body, dict):
         if "detail" in body and len(body) == 1:
             return str(body["detail"])

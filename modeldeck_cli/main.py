@@ -21,7 +21,7 @@ import httpx
 import yaml
 
 from modeldeck_cli import config
-from modeldeck_cli.client import Client, CLIError, unreachable
+from modeldeck_cli.client import Client, CLIError, body_text, unreachable
 
 KINDS = {
     # name (and aliases) → (collection path, table columns)
@@ -253,11 +253,31 @@ def _replicas(lo: int, hi: int) -> str:
     return f"{lo} replica{'s' if lo != 1 else ''}" if lo == hi else f"{lo}–{hi} replicas"
 
 
+def _scale_refused(args: argparse.Namespace, errors: Any) -> CLIError:
+    """The server's refusal of min/max (a bound above its limit) said about the flag given."""
+    if not isinstance(errors, dict) or not errors or not set(errors) <= {"min", "max"}:
+        return CLIError(f"400: {body_text(errors)}", http_status=400)
+    if args.replicas is not None:
+        flag, value, field = "--replicas", args.replicas, "max" if "max" in errors else "min"
+    else:
+        given = [k for k in ("min", "max") if getattr(args, k) is not None]
+        field = next((k for k in given if k in errors), given[0])
+        flag, value = f"--{field}", getattr(args, field)
+    messages = errors.get(field) or next(iter(errors.values()))
+    message = " ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
+    return CLIError(f"{flag} {value}: {message}", http_status=400)
+
+
 def cmd_scale(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if args.replicas is None and args.min is None and args.max is None:
         raise CLIError("Say how many: --replicas N, or --min and/or --max (the autoscaler's bounds).")
     if args.replicas is not None and (args.min is not None or args.max is not None):
         raise CLIError("Give either --replicas or --min/--max, not both.")
+    # Said about the flag given: the API takes min and max and would name both.
+    for flag, value, least in (("--replicas", args.replicas, 1), ("--min", args.min, 0), ("--max", args.max, 1)):
+        if value is not None and value < least:
+            hint = " (`modeldeck deactivate NAME` scales to zero, --min 0 when idle)" if flag != "--min" else ""
+            raise CLIError(f"{flag} {value}: give a whole number of replicas, at least {least}{hint}.")
     client = _client(args)
     deployment = _deployment(client, args.name)
     if args.replicas is not None:
@@ -270,7 +290,10 @@ def cmd_scale(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         hi = args.max if args.max is not None else max(current.get("max", 1), lo, 1)
         if args.min is None:
             lo = min(lo, hi)
-    data = _action(client, deployment, "scale", {"min": lo, "max": hi})
+    response = client.post(f"/api/v1/deployments/{deployment['id']}/scale/", {"min": lo, "max": hi}, ok=(200, 400))
+    data = response.json()
+    if response.status_code == 400:
+        raise _scale_refused(args, data)
     out(f"deployment/{data['name']} scaled to {_replicas(lo, hi)} (revision {data.get('current_revision')}).")
     return 0
 

@@ -127,6 +127,17 @@ def test_scale_history_rollback_deactivate_activate_from_the_terminal(
     assert raised.returncode == 0 and "scaled to 2 replicas" in raised.stdout, raised.stderr
     assert _replicas(deployment) == {"min": 2, "max": 2}
 
+    # A count the API refuses: said about the flag given, not about the API's min and max fields.
+    revisions = deployment.revisions.count()
+    for args, words in ((["--replicas", "-1"], "--replicas -1: give a whole number of replicas, at least 1"),
+                        (["--min", "-2"], "--min -2: give a whole number of replicas, at least 0"),
+                        (["--max", "0"], "--max 0: give a whole number of replicas, at least 1"),
+                        (["--replicas", "500"], "--replicas 500: Ensure this value is less than or equal to 100")):  # fmt: skip
+        refused = run(client_venv, home, "scale", "qwen-chat", *args)
+        _failed_in_words(refused, words)
+        assert "min:" not in refused.stderr and "max:" not in refused.stderr, refused.stderr
+    assert deployment.revisions.count() == revisions
+
     # A name nobody has: said in words, exit 1, for every command.
     for args in (["scale", "nope", "--replicas", "1"], ["deactivate", "nope"], ["activate", "nope"],
                  ["rollback", "nope"], ["history", "nope"]):  # fmt: skip
