@@ -280,6 +280,11 @@ def cmd_scale(args: argparse.Namespace, out: Callable[[str], None]) -> int:
             raise CLIError(f"{flag} {value}: give a whole number of replicas, at least {least}{hint}.")
     client = _client(args)
     deployment = _deployment(client, args.name)
+    if deployment.get("kind") == "external":
+        raise CLIError(
+            f"{deployment['name']} is an external endpoint: the model runs on your organization's own "
+            "infrastructure, so ModelDeck has no replicas of it to scale. Scale it where it runs."
+        )
     if args.replicas is not None:
         lo = hi = args.replicas
     else:

@@ -275,3 +275,7 @@ def test_get_deployments_shows_an_external_endpoints_health(
     assert after.returncode == 0, after.stderr
     assert "Running (endpoint unreachable)" in after.stdout.splitlines()[1]
     _failed_in_words(run(client_venv, home, "get", "deployment", "offprem"), "No deployment named 'offprem'")
+    # Nothing of it runs here: no replicas to scale, said in words rather than in REST terms.
+    scaled = run(client_venv, home, "scale", "onprem", "--replicas", "2")
+    _failed_in_words(scaled, "onprem is an external endpoint", "own infrastructure", "no replicas of it to scale")
+    assert "PATCH" not in scaled.stderr, scaled.stderr
