@@ -10,10 +10,11 @@ import httpx
 class CLIError(Exception):
     """Something to tell the user, with the exit status."""
 
-    def __init__(self, message: str, status: int = 1, http_status: int | None = None) -> None:
+    def __init__(self, message: str, status: int = 1, http_status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.http_status = http_status  # the server's answer, when there was one
+        self.detail = detail  # and its reason, as the server put it
 
 
 def unreachable(url: str, exc: httpx.HTTPError) -> CLIError:
@@ -66,14 +67,14 @@ class Client:
             raise unreachable(self.url, exc) from None
         if response.status_code in ok:
             return response
-        code = response.status_code
+        code, detail = response.status_code, _detail(response)
         if code == 401:
-            raise CLIError(f"Not signed in ({_detail(response)}). Run `modeldeck login`.", http_status=code)
+            raise CLIError(f"Not signed in ({detail}). Run `modeldeck login`.", http_status=code, detail=detail)
         if code == 403:
-            raise CLIError(f"You lack the permission for this: {_detail(response)}", http_status=code)
+            raise CLIError(f"You lack the permission for this: {detail}", http_status=code, detail=detail)
         if code == 404:
-            raise CLIError(f"Not found: {_detail(response)}", http_status=code)
-        raise CLIError(f"{code}: {_detail(response)}", http_status=code)
+            raise CLIError(f"Not found: {detail}", http_status=code, detail=detail)
+        raise CLIError(f"{code}: {detail}", http_status=code, detail=detail)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()

@@ -86,7 +86,12 @@ def cmd_login(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if args.token:
         settings.token = args.token
         who = Client(settings.url, args.token)
-        orgs = who.get("/api/v1/organizations/")
+        try:
+            orgs = who.get("/api/v1/organizations/")
+        except CLIError as exc:
+            if exc.http_status == 401:  # not "run `modeldeck login`": that is what the user is doing
+                raise CLIError(f"{settings.url} refused the token ({exc.detail.rstrip('.')}).", http_status=401) from None
+            raise
         rows = orgs.get("results", orgs) if isinstance(orgs, dict) else orgs
         settings.organization = rows[0]["slug"] if rows else ""
         settings.username = ""
@@ -96,7 +101,9 @@ def cmd_login(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         body = {"username": username, "password": password, "name": f"modeldeck CLI on {socket.gethostname()}"[:100]}
         if args.organization:
             body["organization"] = args.organization
-        response = client.request("POST", "/api/v1/auth/token/", json=body, ok=(201,))
+        response = client.request("POST", "/api/v1/auth/token/", json=body, ok=(201, 401))
+        if response.status_code == 401:
+            raise CLIError(f"Wrong username or password for {settings.url}.", http_status=401)
         data = response.json()
         settings.token, settings.organization, settings.username = data["token"], data["organization_slug"], data["username"]
     path = config.save(settings)

@@ -52,7 +52,8 @@ def test_login_apply_running_and_dry_run_diff_from_a_client_venv(
     assert probe.stdout.strip() == "False"
 
     bad = run(client_venv, home, "login", "--url", live_server.url, "--username", "admin", "--password", "wrong")
-    assert bad.returncode == 1 and "Wrong username or password" in bad.stderr
+    # Said as the answer to this login, not "Not signed in … Run `modeldeck login`".
+    assert bad.returncode == 1 and bad.stderr == f"error: Wrong username or password for {live_server.url}.\n", bad.stderr
     login = run(client_venv, home, "login", "--url", live_server.url, "--username", "admin",
                 "--password", "cli-Test-password-1")  # fmt: skip
     assert login.returncode == 0, login.stderr
@@ -107,6 +108,9 @@ def test_login_apply_running_and_dry_run_diff_from_a_client_venv(
     assert by_env.returncode == 0 and "sandbox" in by_env.stdout
     wrong = run(client_venv, home, "get", "pools", env={"MODELDECK_URL": live_server.url, "MODELDECK_TOKEN": "mdk_wrongwrongwrongwrong"})
     assert wrong.returncode == 1 and "Not signed in" in wrong.stderr and "Traceback" not in wrong.stderr
+    bad_token = run(client_venv, home, "login", "--url", live_server.url, "--token", "mdk_wrongwrongwrongwrong")
+    assert bad_token.returncode == 1 and f"{live_server.url} refused the token" in bad_token.stderr, bad_token.stderr
+    assert "Run `modeldeck login`" not in bad_token.stderr
     with_token = run(client_venv, home, "login", "--url", live_server.url, "--token", saved["token"])
     assert with_token.returncode == 0 and json.loads(config.read_text())["token"] == saved["token"]
 
