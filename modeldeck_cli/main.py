@@ -340,9 +340,24 @@ def cmd_rollback(args: argparse.Namespace, out: Callable[[str], None]) -> int:
             raise CLIError(f"{deployment['name']} has no revision before revision {current}: nothing to roll back to.")
         target = max(earlier)
     data = _action(client, deployment, "rollback", {"revision": target, "update_strategy": args.strategy})
-    how = "blue-green" if args.strategy == "blue_green" else "recreating its pods"
-    out(f"deployment/{data['name']} rolled back to revision {target} as revision {data.get('current_revision')} "
-        f"({how}; `modeldeck history {data['name']}` shows which serves).")  # fmt: skip
+    name, number = data["name"], data.get("current_revision")
+    if number == deployment.get("current_revision"):
+        out(f"deployment/{name}: revision {number} already has revision {target}'s spec; nothing changed.")
+        return 0
+    # What the server did, not what --strategy asked: a rollback that changes only the replicas
+    # scales in place, one back to the serving pods stops the rollout; the new revision's reason
+    # says which ("Rollback to revision 2 (scaled in place)"), the state what runs meanwhile.
+    page = client.get(f"/api/v1/deployments/{data['id']}/revisions/")
+    rows = page.get("results", []) if isinstance(page, dict) else page
+    reason = next((r.get("reason") or "" for r in rows if r.get("number") == number), "")
+    how = re.search(r"\(([^()]*)\)$", reason)
+    line = f"deployment/{name} rolled back to revision {target} as revision {number}"
+    line += f" ({how[1]})." if how and how[1] != "recreate" else "."
+    if data.get("state") == "deploying" and data.get("state_reason"):
+        line += f" {data['state_reason']}"  # "Rolling out revision 8; revision 7 keeps serving until it is ready."
+    out(line)
+    if data.get("serving_revision") != number:
+        out(f"`modeldeck history {name}` shows which revision serves.")
     return 0
 
 
@@ -648,8 +663,10 @@ def parser() -> argparse.ArgumentParser:
 
     rollback = sub.add_parser(
         "rollback", parents=[common], help="re-apply an earlier revision (default: the previous one)",
-        description="Re-apply an earlier revision's spec as a new revision, rolled out blue-green: the serving "
-                    "revision answers until the new one is ready. `modeldeck history NAME` lists the revisions.",
+        description="Re-apply an earlier revision's spec as a new revision. A change to the pods rolls out "
+                    "blue-green (the serving revision answers until the new one is ready) or, with --strategy "
+                    "recreate, stops them first; a change of replicas only scales in place. The command prints "
+                    "what the server did. `modeldeck history NAME` lists the revisions.",
     )  # fmt: skip
     rollback.add_argument("name", help="deployment name or id")
     rollback.add_argument("--to", type=int, metavar="REVISION", help="revision number (default: the one before the current)")

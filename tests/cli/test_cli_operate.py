@@ -106,12 +106,16 @@ def test_scale_history_rollback_deactivate_activate_from_the_terminal(
     # No --to: the revision before the current one, re-applied as a new revision.
     undone = run(client_venv, home, "rollback", "qwen-chat")
     assert undone.returncode == 0, undone.stderr
-    assert "deployment/qwen-chat rolled back to revision 2 as revision 4" in undone.stdout
+    # What the server did, not the strategy asked for: only the autoscaler's bounds changed.
+    assert "deployment/qwen-chat rolled back to revision 2 as revision 4 (no rollout needed)." in undone.stdout
+    assert "blue-green" not in undone.stdout
     assert _replicas(deployment) == {"min": 2, "max": 2}
     to_first = run(client_venv, home, "rollback", "qwen-chat", "--to", "1")
-    assert to_first.returncode == 0 and "rolled back to revision 1 as revision 5" in to_first.stdout, to_first.stderr
+    assert to_first.returncode == 0 and "rolled back to revision 1 as revision 5 (scaled in place)." in to_first.stdout, to_first.stderr
     assert _replicas(deployment) == {"min": 1, "max": 1}
     assert "Rollback to revision 1" in run(client_venv, home, "history", "qwen-chat").stdout.splitlines()[1]
+    again = run(client_venv, home, "rollback", "qwen-chat", "--to", "1")  # the same spec: no new revision
+    assert again.returncode == 0 and "revision 5 already has revision 1's spec; nothing changed" in again.stdout, again.stderr
     same = run(client_venv, home, "rollback", "qwen-chat", "--to", "5")
     _failed_in_words(same, "Revision 5 is already the current one")
 
@@ -126,6 +130,16 @@ def test_scale_history_rollback_deactivate_activate_from_the_terminal(
     raised = run(client_venv, home, "scale", "qwen-chat", "--min", "2")
     assert raised.returncode == 0 and "scaled to 2 replicas" in raised.stdout, raised.stderr
     assert _replicas(deployment) == {"min": 2, "max": 2}
+    # A rollback that changes what the pods run rolls out, and says so as the server does.
+    manifest = tmp_path / "qwen.yaml"
+    manifest.write_text(manifest.read_text().replace("context_length: 4096", "context_length: 8192"))
+    assert run(client_venv, home, "apply", "-f", str(manifest)).returncode == 0
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING and deployment.serving_revision.number == 7)
+    rolled = run(client_venv, home, "rollback", "qwen-chat")
+    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.stdout.startswith("deployment/qwen-chat rolled back to revision 6 as revision 8. Rolling out "
+                                    "revision 8; revision 7 keeps serving until it is ready."), rolled.stdout  # fmt: skip
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
 
     # A count the API refuses: said about the flag given, not about the API's min and max fields.
     revisions = deployment.revisions.count()
