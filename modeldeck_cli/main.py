@@ -204,8 +204,11 @@ def cmd_logs(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         response = client.request("GET", path, params={
             k: v for k, v in {"pod": args.pod, "container": args.container, "tail": args.tail,
                               "previous": "true" if args.previous else None}.items() if v is not None
-        }, ok=(200, 503))  # fmt: skip
+        }, ok=(200, 409, 503))  # fmt: skip
         data = response.json()
+        if response.status_code == 409:  # an external deployment: its pods are not ModelDeck's
+            raise CLIError(f"{data.get('detail') or 'It runs no pods here.'} ModelDeck has no log of it: "
+                           "read the logs where it runs.")  # fmt: skip
         if response.status_code == 503:
             raise CLIError(data.get("detail") or "The pool can't be read right now.")
         lines = data.get("lines", [])

@@ -397,16 +397,23 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         return Response({"revision": revision.number, "yaml": text})
 
     # ---- what it is doing: replicas, logs, metrics (the deployment page's tabs) -------------
-    @extend_schema(responses={200: dict, 503: dict})
+    @staticmethod
+    def _unreadable(deployment: ModelDeployment) -> int:
+        # An external deployment has no pods here, for good: a conflict with what it is (409),
+        # not an outage to retry (503, which Django also logs as a server error).
+        return status.HTTP_409_CONFLICT if deployment.is_external else status.HTTP_503_SERVICE_UNAVAILABLE
+
+    @extend_schema(responses={200: dict, 409: dict, 503: dict})
     @action(detail=True, methods=["get"])
     def replicas(self, request, pk=None):
         """The deployment's pods on its pool (serving, rolling out, superseded): node, GPUs,
-        restarts, readiness, age. 503 with the reason when the pool can't be read."""
+        restarts, readiness, age. 503 with the reason when the pool can't be read; 409 for an
+        external deployment, which runs no pods here."""
         deployment = self.get_object()
         replicas = observe.deployment_replicas(deployment)
         payload = observe.replicas_payload(replicas)
         if replicas.error:
-            return Response({"detail": replicas.error, **payload}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response({"detail": replicas.error, **payload}, status=self._unreadable(deployment))
         return Response(payload)
 
     @extend_schema(
@@ -416,11 +423,12 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter("tail", int, description=f"Lines from the end, 1–5000 (default {observe.DEFAULT_TAIL_LINES})."),
             OpenApiParameter("previous", bool, description="The container's previous run (after a restart)."),
         ],
-        responses={200: dict, 503: dict},
+        responses={200: dict, 409: dict, 503: dict},
     )
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
-        """The tail of one container's log, from the pool's Kubernetes API; poll it to follow."""
+        """The tail of one container's log, from the pool's Kubernetes API; poll it to follow.
+        503 with the reason when the pool can't be read; 409 for an external deployment."""
         deployment = self.get_object()
         params = request.query_params
         view = observe.deployment_log(
@@ -437,7 +445,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             "lines": view.text.splitlines(),
         }
         if view.error:
-            return Response({"detail": view.error, **payload}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response({"detail": view.error, **payload}, status=self._unreadable(deployment))
         return Response(payload)
 
     @extend_schema(

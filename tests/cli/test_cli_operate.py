@@ -293,3 +293,5 @@ def test_get_deployments_shows_an_external_endpoints_health(
     scaled = run(client_venv, home, "scale", "onprem", "--replicas", "2")
     _failed_in_words(scaled, "onprem is an external endpoint", "own infrastructure", "no replicas of it to scale")
     assert "PATCH" not in scaled.stderr, scaled.stderr
+    _failed_in_words(run(client_venv, home, "logs", "onprem"), "An external deployment runs no pods here",
+                     "ModelDeck has no log of it")  # fmt: skip

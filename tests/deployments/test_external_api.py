@@ -3,6 +3,8 @@ scoping (404 across organizations), field errors for refused URLs, and delete (n
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from deployments.models import ModelDeployment
@@ -118,15 +120,21 @@ def test_apply_creates_then_configures_then_leaves_unchanged(tenants, model, dep
     assert "loopback" in out[-1] and not ModelDeployment.objects.filter(name="local").exists()
 
 
-def test_routes_of_managed_deployments_answer_in_words_for_an_external_one(tenants, body, public_example_com):
+def test_routes_of_managed_deployments_answer_in_words_for_an_external_one(tenants, body, public_example_com, caplog):
     from tests.conftest import login
 
     client = rest_api_client(tenants.owner)
     pk = client.post("/api/v1/deployments/", body, format="json").json()["id"]
     manifests = client.get(f"/api/v1/deployments/{pk}/manifests/")
     assert manifests.status_code == 400 and "no Kubernetes objects" in str(manifests.json())
-    replicas = client.get(f"/api/v1/deployments/{pk}/replicas/")
-    assert replicas.status_code == 503 and "external deployment runs no pods" in replicas.json()["detail"]
+    # No pods here, for good: a conflict (409), not an outage (503) that Django logs as an error.
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        replicas = client.get(f"/api/v1/deployments/{pk}/replicas/")
+        logs = client.get(f"/api/v1/deployments/{pk}/logs/")
+    assert replicas.status_code == 409 and "external deployment runs no pods" in replicas.json()["detail"]
+    assert logs.status_code == 409 and "external deployment runs no pods" in logs.json()["detail"]
+    assert logs.json()["lines"] == [] and logs.json()["pods"] == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     scale = client.post(f"/api/v1/deployments/{pk}/scale/", {"min": 1, "max": 2}, format="json")
     assert scale.status_code == 400 and "external deployment" in str(scale.json())
     put = client.put(f"/api/v1/deployments/{pk}/", {"spec": {}}, format="json")
