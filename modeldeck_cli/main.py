@@ -286,7 +286,7 @@ def cmd_scale(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     # Said about the flag given: the API takes min and max and would name both.
     for flag, value, least in (("--replicas", args.replicas, 1), ("--min", args.min, 0), ("--max", args.max, 1)):
         if value is not None and value < least:
-            hint = " (`modeldeck deactivate NAME` scales to zero, --min 0 when idle)" if flag != "--min" else ""
+            hint = " (none: `modeldeck deactivate NAME`, or --min 0 to scale to zero when idle)" if flag != "--min" else ""
             raise CLIError(f"{flag} {value}: give a whole number of replicas, at least {least}{hint}.")
     client = _client(args)
     deployment = _deployment(client, args.name)
