@@ -289,7 +289,7 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
         return False, refusal
     headers = {"authorization": f"Bearer {credential}"} if credential else {}
     try:
-        status = asyncio.run(_status_of(base_url(url) + "/models", headers))
+        status = _run_apart(_status_of(base_url(url) + "/models", headers))
     except TimeoutError:
         return False, f"no answer within {HEALTH_TIMEOUT_S:g} s"
     except httpx.HTTPError as exc:
@@ -297,6 +297,19 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
     if status >= 500 or status == 429:
         return False, f"answered HTTP {status}"
     return True, f"answered HTTP {status}"
+
+
+def _run_apart(coroutine):
+    """asyncio.run, on a thread of its own when this one already runs an event loop (a caller
+    inside async code, e.g. a task run eagerly from the console's ASGI thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def _status_of(url: str, headers: dict[str, str]) -> int:
