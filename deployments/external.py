@@ -58,6 +58,11 @@ MAX_CONCURRENCY = 100_000
 DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_COOLDOWN_S = 30
 OPTION_FIELDS = ("timeout_s", "max_concurrency", "failure_threshold", "cooldown_s")
+# Named in the refusal so whoever runs the server knows which switch (README, "Settings").
+PRIVATE_ADDRESSES_HOW = (
+    "a platform operator can allow private addresses by starting ModelDeck with "
+    "MODELDECK_EXTERNAL_PRIVATE_ADDRESSES=true."
+)
 
 
 def external_url_refusal(url: str) -> str:
@@ -85,12 +90,12 @@ def external_url_refusal(url: str) -> str:
     if settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED:
         return ""
     if network.is_loopback_host(parts.hostname):
-        return "A loopback address is this server itself; a platform operator can allow private addresses."
+        return f"A loopback address is this server itself; {PRIVATE_ADDRESSES_HOW}"
     bad = network.non_public_addresses(parts.hostname, parts.port)
     if bad:
         return (
             f"{parts.hostname} resolves to {', '.join(bad[:3])}, a loopback, link-local or private "
-            "address; external endpoints must be public unless a platform operator allows private addresses."
+            f"address; external endpoints must be public, but {PRIVATE_ADDRESSES_HOW}"
         )
     return ""
 
@@ -311,6 +316,17 @@ HEALTH_EVENTS = {
 }
 
 
+def health_event(health: str, detail: str) -> dict[str, str]:
+    """The event of a change of verdict, worded once: the probe's "answered HTTP 200" would
+    repeat the verb after "The endpoint answers", so a healthy verdict shows only its status."""
+    reason, kind, words = HEALTH_EVENTS[health]
+    if not detail:
+        return {"reason": reason, "type": kind, "message": f"{words}."}
+    if health == EndpointHealth.HEALTHY:
+        return {"reason": reason, "type": kind, "message": f"{words} ({detail.removeprefix('answered ')})."}
+    return {"reason": reason, "type": kind, "message": f"{words}: {detail}."}
+
+
 def external_health_record(*, deployment: ModelDeployment, healthy: bool, detail: str) -> bool:
     """The health check's verdict on `deployment`'s URL, as probed (`deployment.external_url`).
 
@@ -329,7 +345,6 @@ def external_health_record(*, deployment: ModelDeployment, healthy: bool, detail
         if not changed:
             rows.update(health_detail=detail, health_checked_at=now)
             return False
-        reason, kind, words = HEALTH_EVENTS[health]
-        event_record(deployment, reason=reason, type=kind, message=f"{words}: {detail}." if detail else f"{words}.")
+        event_record(deployment, **health_event(health, detail))
         _gateway_forget()
     return True

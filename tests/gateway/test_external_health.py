@@ -84,6 +84,8 @@ def test_the_check_records_health_without_redis(tenants, embedded, flaky):
     dead.refresh_from_db()
     assert (live.health, live.health_detail) == ("healthy", "answered HTTP 200")
     assert (dead.health, dead.health_detail) == ("unhealthy", "connection refused")
+    # Worded once: not "The endpoint answers: answered HTTP 200."
+    assert live.events.get(reason="EndpointReachable").message == "The endpoint answers (HTTP 200)."
     assert dead.health_checked_at and timezone.now() - dead.health_checked_at < timezone.timedelta(seconds=30)
     event = dead.events.get(reason="EndpointUnreachable")
     assert event.type == "Warning" and event.message == "The endpoint is unreachable: connection refused."

@@ -170,6 +170,12 @@ def test_tenant_urls_are_checked_like_pool_servers(settings, url, words):
     assert words in external_url_refusal(url)
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/v1", "http://10.0.0.5/v1"])
+def test_a_private_url_refusal_names_the_setting_that_allows_it(settings, url):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False
+    assert "MODELDECK_EXTERNAL_PRIVATE_ADDRESSES=true" in external_url_refusal(url)
+
+
 def test_a_refused_url_is_a_field_error_and_overflow_is_scoped(tenants, settings):
     settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False
     model = CatalogModel.objects.create(organization=tenants.org, name="m", source="huggingface", repo_id="a/b")
