@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django import template
 from django.utils import timezone
 
@@ -18,6 +20,16 @@ def quota_bar(used: int, quota: int):
     percent = 100 if quota == 0 and used else (0 if quota == 0 else min(100, round(100 * used / quota)))
     level = "bad" if percent >= 100 else "warn" if percent >= 80 else ""
     return {"used": used, "quota": quota, "percent": percent, "level": level}
+
+
+# A refusal that already names someone to turn to ("ask one…", "Only organization admins…",
+# "Platform operators manage…") needs no generic "an admin can give you another role" after it.
+WHOM_TO_ASK = re.compile(r"\b(ask|admins?|operators?|owner)\b", re.IGNORECASE)
+
+
+@register.filter
+def names_whom_to_ask(reason) -> bool:
+    return bool(WHOM_TO_ASK.search(str(reason or "")))
 
 
 @register.filter

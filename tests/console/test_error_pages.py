@@ -136,6 +136,20 @@ def test_a_refused_page_shows_the_branded_403_with_the_reason(tenants):
     assert "403 Forbidden" not in page  # not Django's plain page
 
 
+def test_a_refusal_that_names_whom_to_ask_drops_the_generic_role_line(tenants):
+    from console.templatetags.console_tags import names_whom_to_ask
+    from tests.conftest import login
+
+    response = login(tenants.viewer).get(reverse("deployments:pool_create"))
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "Platform operators register compute pools; ask one" in page
+    assert "can give you another role" not in page  # it would contradict "ask a platform operator"
+    # A reason that names nobody keeps the generic pointer.
+    assert not names_whom_to_ask("Viewers cannot change integrations.") and not names_whom_to_ask(None)
+    assert names_whom_to_ask("Only organization admins can manage members.")
+
+
 def test_a_malformed_request_shows_the_branded_400_and_the_api_answers_json(db):
     client = Client(HTTP_HOST="not-a-host-we-serve.invalid")
     response = client.get("/deployments/")
