@@ -308,9 +308,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"refusal_without_traceback": {"()": "console.log_filters.RefusalWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Logger filters run before any handler (caplog's too): a 403 is one line, no traceback.
+        "django.request": {"filters": ["refusal_without_traceback"]},
+    },
 }
 
 # Load balancers and kubelet probes call /healthz over plain HTTP inside the cluster.

@@ -150,6 +150,19 @@ def test_a_refusal_that_names_whom_to_ask_drops_the_generic_role_line(tenants):
     assert names_whom_to_ask("Only organization admins can manage members.")
 
 
+def test_a_refusal_logs_one_line_without_a_traceback(tenants, caplog):
+    import logging
+
+    from tests.conftest import login
+
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        response = login(tenants.viewer).get(reverse("deployments:pool_create"))
+    assert response.status_code == 403
+    [record] = [r for r in caplog.records if r.name == "django.request"]
+    assert record.getMessage() == f"Forbidden (Permission denied): {reverse('deployments:pool_create')}"
+    assert record.exc_info is None and "Traceback" not in caplog.text
+
+
 def test_a_malformed_request_shows_the_branded_400_and_the_api_answers_json(db):
     client = Client(HTTP_HOST="not-a-host-we-serve.invalid")
     response = client.get("/deployments/")
