@@ -12,7 +12,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from console import health, permissions
 from console.middleware import SESSION_KEY
-from deployments.models import DeploymentKind, DeploymentState, EndpointHealth, ModelDeployment
+from deployments.models import DeploymentState, ModelDeployment
+from deployments.selectors import ENDPOINT_UNREACHABLE
 from projects import services as project_services
 from projects.models import IntegrationKind
 from projects.selectors import (
@@ -52,10 +53,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         context["deployment_count"] = deployments.count()
         context["running_count"] = deployments.filter(state=DeploymentState.RUNNING).count()
         context["failed_count"] = deployments.filter(state=DeploymentState.FAILED).count()
-        # Running external deployments whose endpoint failed its last health check.
-        context["unreachable_count"] = deployments.filter(
-            kind=DeploymentKind.EXTERNAL, state=DeploymentState.RUNNING, health=EndpointHealth.UNHEALTHY
-        ).count()
+        context["unreachable_count"] = deployments.filter(ENDPOINT_UNREACHABLE).count()
         context["model_count"] = org.models.count()
     return render(request, "console/dashboard.html", context)
 

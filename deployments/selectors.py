@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import CharField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import CharField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, Concat
 from django.http import Http404
 from django.utils import timezone
@@ -23,7 +23,10 @@ from console.diff import changes
 from deployments.models import (
     ComputePool,
     DeploymentEvent,
+    DeploymentKind,
+    DeploymentState,
     Endpoint,
+    EndpointHealth,
     ModelDeployment,
     Revision,
     ScaleSample,
@@ -34,6 +37,10 @@ from projects.models import GpuReservation, Organization, Project
 from projects.selectors import quota_decide
 
 log = logging.getLogger(__name__)
+
+# Running external deployments whose endpoint failed its last health check: "Running" says the
+# lifecycle, this the health; the dashboard and the deployments list count them the same way.
+ENDPOINT_UNREACHABLE = Q(kind=DeploymentKind.EXTERNAL, state=DeploymentState.RUNNING, health=EndpointHealth.UNHEALTHY)
 
 def pools_for_user(
     user: AbstractBaseUser, organization: Organization | None = None

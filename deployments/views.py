@@ -489,6 +489,7 @@ def _deployment_stats(qs, org) -> dict[str, int]:
         running=Count("pk", filter=Q(state=DeploymentState.RUNNING)),
         failed=Count("pk", filter=Q(state=DeploymentState.FAILED)),
         deactivated=Count("pk", filter=Q(state=DeploymentState.DEACTIVATED)),
+        unreachable=Count("pk", filter=selectors.ENDPOINT_UNREACHABLE),
         projects=Count("project", distinct=True),
     )
     # Deployments' reservations in the organization's projects (the list shows one organization).

@@ -187,3 +187,25 @@ def test_the_page_list_and_api_show_the_endpoints_health(tenants, model, public_
     gone = outsider.get(list_poll, **hx)
     assert "connection refused" not in gone.content.decode() and f"deployment-row-{row.pk}" not in gone.content.decode()
     assert rest_api_client(tenants.outsider).get(f"/api/v1/deployments/{row.pk}/").status_code == 404
+
+
+def test_the_lists_summary_counts_unreachable_endpoints(tenants, model, public_example_com):
+    from deployments.external import external_deployment_create, external_health_record
+
+    row = external_deployment_create(user=tenants.owner, project=tenants.project, model=model, name="onprem",
+                                     url="https://llm.example.com/v1")  # fmt: skip
+    client = login(tenants.owner)
+
+    def running_card() -> str:
+        html = client.get("/deployments/").content.decode()
+        return html.split('<div class="label">Running</div>')[1].split("</div></div>")[0]
+
+    assert "unreachable" not in running_card()  # not checked yet is not unreachable
+    external_health_record(deployment=row, healthy=False, detail="connection refused")
+    assert "0 failed · 0 deactivated · <a" in running_card() and ">1 endpoint unreachable</a>" in running_card()
+    # The fragment the poll reads again after a row changed says the same.
+    stats = client.get("/deployments/?fragment=stats", HTTP_HX_REQUEST="true").content.decode()
+    assert ">1 endpoint unreachable</a>" in stats
+    external_health_record(deployment=row, healthy=True, detail="answered HTTP 200")
+    assert "unreachable" not in running_card()
+    assert "unreachable" not in login(tenants.outsider).get("/deployments/").content.decode()
