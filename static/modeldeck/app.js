@@ -198,6 +198,39 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { initTables(document); initReorder(document); });
+  // A form that comes back with errors shows its first error: htmx swaps the form in place, so
+  // the page would keep the scroll of the submit button at the bottom and the "Not saved" banner
+  // and field errors above it would stay out of view. The banner (it lists every error) if the
+  // form has one, else the first field in error; focused, so a screen reader reads it out.
+  function showFirstError(root) {
+    var banner = root.querySelector(".form-errors");
+    var item = root.querySelector(".errorlist li");
+    var field = root.querySelector(".field.has-error") || (item && item.closest(".field"));
+    var target = banner || field || item;
+    if (!target) return false;
+    target.scrollIntoView({ block: "center" });
+    var input = !banner && field && field.querySelector("input:not([type=hidden]), select, textarea");
+    if (input) { input.focus({ preventScroll: true }); return true; }
+    if (!target.hasAttribute("tabindex")) target.setAttribute("tabindex", "-1");
+    target.focus({ preventScroll: true });
+    return true;
+  }
+  var shownFor = null;
+  document.addEventListener("htmx:afterSettle", function (event) {
+    // Only the answer to a submitted form: a field validated as the user types swaps in its own
+    // error list (the request comes from the field's div) and must not move the page or the focus.
+    var from = event.detail && event.detail.elt, xhr = event.detail && event.detail.xhr;
+    if (!from || from.tagName !== "FORM" || !xhr || shownFor === xhr) return;
+    if (event.target.isConnected && showFirstError(event.target)) shownFor = xhr;
+  });
+  // A form posted without htmx and drawn again with its errors: the same, once the page is there.
+  function showFirstErrorOnLoad() {
+    var form = Array.prototype.find.call(document.forms, function (f) {
+      return f.querySelector(".form-errors, .field.has-error, .errorlist li");
+    });
+    if (form) showFirstError(form);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { initTables(document); initReorder(document); showFirstErrorOnLoad(); });
   document.addEventListener("htmx:afterSettle", function (e) { initTables(e.target); initReorder(e.target); });
 })();
