@@ -72,9 +72,25 @@
     return body;
   }
 
+  // The gateway words its messages in Markdown ("Rate limit reached for `tiny`"): a `span` shows
+  // as <code>. Every part goes in as text (textContent, a text node), never as HTML, so whatever
+  // the message holds is shown, not run. An unpaired backtick leaves the message as written.
+  function setMessageText(node, text) {
+    text = String(text || "");
+    var parts = text.split("`");
+    node.textContent = "";
+    if (parts.length < 3 || parts.length % 2 === 0) { node.textContent = text; return; }
+    parts.forEach(function (part, i) {
+      if (i % 2 === 0) { if (part) node.appendChild(document.createTextNode(part)); return; }
+      var code = document.createElement("code");
+      code.textContent = part;
+      node.appendChild(code);
+    });
+  }
+
   function showError(text) {
     var box = el("pg-error");
-    box.textContent = text;
+    setMessageText(box, text);
     box.hidden = !text;
   }
 
@@ -196,7 +212,7 @@
       refused.classList.add("pg-refused");
       refused.setAttribute("role", "alert");
       refused.querySelector(".pg-who").textContent = "Not answered";
-      target.textContent = error.message || String(error);
+      setMessageText(target, error.message || String(error));
       question.parentNode.remove();
       if (!el("pg-input").value) el("pg-input").value = text;
     }).then(function () {

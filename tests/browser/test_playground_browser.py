@@ -153,7 +153,9 @@ def test_a_refused_call_shows_the_gateways_message_and_keeps_the_prompt(page, sc
     refused = page.locator("#pg-messages .pg-refused")
     refused.wait_for(state="visible")
     text = refused.inner_text()
-    assert "Rate limit reached for `llama-chat`" in text and "HTTP 429" in text, text
+    assert "Rate limit reached for llama-chat" in text and "HTTP 429" in text, text
+    # The gateway's Markdown `llama-chat` shows as code, not with its backticks.
+    assert "`" not in text and refused.locator(".pg-text code").all_inner_texts() == ["llama-chat"]
     assert page.input_value("#pg-input") == "a second question over the limit"  # nothing lost
     assert page.locator(".pg-user").count() == 1  # the refused turn is not in the conversation
     assert len(engine.requests) == 1
@@ -161,7 +163,13 @@ def test_a_refused_call_shows_the_gateways_message_and_keeps_the_prompt(page, sc
     screenshot("playground-refused")
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(400)  # the sidebar slides away at a phone's width
+    page.evaluate("window.scrollTo(0, 0)")
+    # On a phone the chat comes first, its box within the first screen; the settings after it.
+    chat, settings_card = page.locator(".playground-chat").bounding_box(), page.locator(".playground-settings").bounding_box()
+    assert chat["y"] < settings_card["y"]
+    assert page.locator("#pg-input").bounding_box()["y"] < 844
     screenshot("playground-refused-390px")
+    page.screenshot(path=screenshot("playground-refused-390px").replace(".png", "-viewport.png"))
     page.set_viewport_size({"width": 1280, "height": 900})
     page.click("#pg-clear")
     page.fill("#pg-max-tokens", "16")
