@@ -14,7 +14,6 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -23,6 +22,7 @@ from django.utils import timezone
 
 from catalog.models import CatalogModel
 from console import permissions
+from console.queue import enqueue
 from deployments.kube import network
 from deployments.models import (
     EXTERNAL_RUNNING_REASON,
@@ -302,12 +302,7 @@ HEALTH_CHECK_TASK = "gateway.check_external_endpoint"
 def health_check_enqueue(deployment_pk: int) -> bool:
     """Queue a health check of one external deployment (its URL changed); a queue that can't be
     reached loses nothing: the round every 15 s checks it anyway."""
-    try:
-        current_app.tasks[HEALTH_CHECK_TASK].delay(deployment_pk)
-    except Exception as exc:  # kombu's OperationalError and whatever the transport raises
-        log.warning("health check not queued: %s", exc, extra={"deployment": deployment_pk})
-        return False
-    return True
+    return enqueue(HEALTH_CHECK_TASK, deployment_pk, what="health check", deployment=deployment_pk)
 
 
 HEALTH_EVENTS = {

@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from celery import current_app
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
@@ -17,6 +16,7 @@ from catalog.maas import resolve
 from catalog.models import CatalogModel, ProfileBundle
 from console import permissions
 from console.diff import changes
+from console.queue import enqueue
 from deployments import kube
 from deployments.kube import network
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
@@ -121,10 +121,7 @@ def _enqueue_push(deployment_pk: int) -> None:
 
 def push_enqueue(deployment_pk: int, *, marked: Any = None) -> bool:
     """Send the push task; on success clear the waiting mark (if no newer change set it again)."""
-    try:
-        current_app.tasks[PUSH_TASK].delay(deployment_pk)
-    except Exception as exc:  # kombu's OperationalError and whatever the transport raises
-        log.warning("push not queued, left waiting: %s", exc, extra={"deployment": deployment_pk})
+    if not enqueue(PUSH_TASK, deployment_pk, what="push (left waiting)", deployment=deployment_pk):
         ModelDeployment.objects.filter(pk=deployment_pk, push_waiting_since__isnull=False).update(
             state_reason=WAITING_TO_BE_PUSHED
         )

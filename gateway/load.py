@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from console.queue import enqueue
+
 log = logging.getLogger(__name__)
 
 BUCKET_SECONDS = 1
@@ -281,13 +283,11 @@ WAKE_TASK = "deployments.autoscale_wake"
 def wake(deployment_id: int) -> None:
     """Queue the autoscaler's immediate step for a deployment at zero (by name: the gateway's
     domain modules don't import tasks). Runs in a worker thread of the gateway."""
-    from celery import current_app
     from django.db import close_old_connections, connection
 
     close_old_connections()
     try:
-        current_app.tasks[WAKE_TASK].delay(deployment_id)
-    except Exception:  # noqa: BLE001 - the next autoscaler tick sees the held request anyway
-        log.warning("scale-up from zero not queued", exc_info=True, extra={"deployment": deployment_id})
+        # Not queued: the next autoscaler tick sees the held request anyway.
+        enqueue(WAKE_TASK, deployment_id, what="scale-up from zero", deployment=deployment_id)
     finally:
         connection.close()  # eager tasks (tests, embedded) used this thread's connection
