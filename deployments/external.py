@@ -227,6 +227,8 @@ def external_deployment_create(
                          + (f", overflow to {target.name}." if target else "."))  # fmt: skip
             _audit_deployment(user=user, deployment=deployment, action="create", before=None)
             _gateway_forget()
+            pk = deployment.pk
+            transaction.on_commit(lambda: health_check_enqueue(pk))  # its first verdict now, not at the next round
     except IntegrityError:
         raise ValidationError({"name": _duplicate_name_message(project, name)}) from None
     return deployment
@@ -300,8 +302,8 @@ HEALTH_CHECK_TASK = "gateway.check_external_endpoint"
 
 
 def health_check_enqueue(deployment_pk: int) -> bool:
-    """Queue a health check of one external deployment (its URL changed); a queue that can't be
-    reached loses nothing: the round every 15 s checks it anyway."""
+    """Queue a health check of one external deployment (it is new, or its URL changed); a queue
+    that can't be reached loses nothing: the round every 15 s checks it anyway."""
     return enqueue(HEALTH_CHECK_TASK, deployment_pk, what="health check", deployment=deployment_pk)
 
 

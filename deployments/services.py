@@ -955,8 +955,9 @@ def _refuse_if_managed(user: AbstractBaseUser | None, deployment: ModelDeploymen
         raise ValidationError(deployment.managed_message(), code="managed")
 
 
-EXTERNAL_ONLY = ("An external deployment has no replicas, engine or spec to change; edit its URL, key, "
-                 "overflow and options instead (PATCH external_url, api_key, overflow, options).")
+EXTERNAL_ONLY = ("An external deployment runs on its owner's infrastructure: it has no replicas, engine or spec "
+                 "to change here. Change its URL, API key, overflow, options, rate limits or pricing instead "
+                 "(its Edit page; in the API, PATCH external_url, api_key, overflow, options, rate_limits, pricing).")
 def _bundle_asked(deployment: ModelDeployment, spec: dict[str, Any]) -> ProfileBundle:
     """The version of the deployment's bundle ``spec`` names (``bundle_version``), else its own."""
     bundle = bundle_of_version(deployment.bundle, spec.get("bundle_version"))

@@ -184,6 +184,11 @@ def cmd_describe(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     obj = _find(client, args.kind, args.name)
     out(yaml.safe_dump(obj, sort_keys=False).rstrip())
     if args.kind == "deployments":
+        # In words, as the console's status card: "Running (endpoint unreachable: connection refused)".
+        status = _status(obj)
+        if obj.get("kind") == "external" and obj.get("health") == "unhealthy" and obj.get("health_detail"):
+            status = status[:-1] + f": {obj['health_detail']})"
+        out(f"status: {status}")
         events = client.get(f"/api/v1/deployments/{obj['id']}/events/")
         events = events.get("results", events) if isinstance(events, dict) else events
         out("events:")

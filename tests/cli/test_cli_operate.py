@@ -278,6 +278,8 @@ def test_get_deployments_shows_an_external_endpoints_health(
         name="onprem", url=f"http://127.0.0.1:{_closed_port()}/v1",
     )  # fmt: skip
     home = _signed_in(client_venv, tmp_path, live_server.url)
+    # Its first check ran on the create's commit; as it stands until that check has answered:
+    ModelDeployment.objects.filter(name="onprem").update(health="unknown", health_detail="", health_checked_at=None)
 
     before = run(client_venv, home, "get", "deployments")
     assert before.returncode == 0, before.stderr
@@ -288,6 +290,8 @@ def test_get_deployments_shows_an_external_endpoints_health(
     after = run(client_venv, home, "get", "deployment", "onprem")
     assert after.returncode == 0, after.stderr
     assert "Running (endpoint unreachable)" in after.stdout.splitlines()[1]
+    described = run(client_venv, home, "describe", "deployment", "onprem")
+    assert "status: Running (endpoint unreachable: connection refused)" in described.stdout.splitlines(), described.stdout
     _failed_in_words(run(client_venv, home, "get", "deployment", "offprem"), "No deployment named 'offprem'")
     # Nothing of it runs here: no replicas to scale, said in words rather than in REST terms.
     scaled = run(client_venv, home, "scale", "onprem", "--replicas", "2")

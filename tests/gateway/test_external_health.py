@@ -143,6 +143,19 @@ def test_a_changed_url_is_checked_at_once(tenants, embedded, flaky, django_captu
     assert (row.health, row.health_detail) == ("healthy", "answered HTTP 200") and row.health_checked_at
 
 
+@pytest.mark.django_db  # not a transaction test: the commit is the captured callbacks'
+def test_a_new_endpoint_is_checked_at_once(tenants, embedded, flaky, django_capture_on_commit_callbacks):
+    server, url = flaky
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        row = _external(tenants, "live", url + "/v1", credential=SECRET)
+    row.refresh_from_db()
+    assert row.health == "unknown" and not row.health_checked_at  # nothing probed before the commit
+    for callback in queued:  # the commit: its first verdict comes now, not at the next round
+        callback()
+    row.refresh_from_db()
+    assert (row.health, row.health_detail) == ("healthy", "answered HTTP 200") and row.health_checked_at
+
+
 class SilentServer:
     """An endpoint that accepts connections and never answers: a probe waits out its time-out."""
 
