@@ -286,3 +286,8 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict:
+        # Folders, not a host: without this kombu logs "No hostname was supplied" at every start.
+        return {}

@@ -6,16 +6,33 @@ within the window would only keep failing (a taken port, a broken install), so t
 stops everything and says which process and how it last exited. The web server is treated like
 the others: it is restarted, and pages are unreachable only while it starts again. SIGINT (Ctrl-C)
 and SIGTERM stop every process, each given 10 s to finish before it is killed.
+
+Each process runs in a process group of its own, so a signal to `make run`'s group (Ctrl-C, or
+`kill -TERM -- -<pgid>`) reaches the supervisor only, which stops the processes one by one: the
+Celery worker then finishes its pool's tasks and stops them itself (a signal to the whole group
+reached its pool processes too, which died mid-task and were logged as errors). Each also gets
+SIGTERM if the supervisor dies (PR_SET_PDEATHSIG), so killing the supervisor orphans nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class GaveUp(Exception):
@@ -73,7 +90,10 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         child.restart_at = None
         child.started_at = time.monotonic()
-        child.process = subprocess.Popen(child.command, env=self.env)
+        # A group of its own (see the module's docstring); the supervisor is single-threaded, so a
+        # preexec_fn is safe here.
+        child.process = subprocess.Popen(child.command, env=self.env, process_group=0,
+                                         preexec_fn=_die_with_parent)  # fmt: skip
 
     def check(self) -> None:
         """One pass: note the processes that exited, restart those whose pause is over.
@@ -90,6 +110,10 @@ class Supervisor:
             code = child.process.poll() if child.process is not None else None
             if code is None:
                 continue
+            try:  # what it left behind in its group (a killed Celery worker's pool) goes with it
+                os.killpg(child.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             child.exits.append(now)
             while child.exits and child.exits[0] < now - self.window:
                 child.exits.popleft()
@@ -122,7 +146,10 @@ class Supervisor:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.log(f"{child.name} did not stop within {self.stop_timeout:g} s; killing it")
-                child.process.kill()
+                try:
+                    os.killpg(child.process.pid, signal.SIGKILL)  # and its own children (a pool)
+                except ProcessLookupError:
+                    pass
                 child.process.wait()
 
     def run(self, tick: float = 0.5) -> int:

@@ -158,7 +158,8 @@ def test_two_consumers_never_get_the_same_message(folders):
 def test_the_embedded_mode_s_celery_app_uses_this_transport(tmp_path):
     code = (
         "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'console.settings'; django.setup(); "
-        "from console.celery import app; print(type(app.connection_for_write().transport).__module__)"
+        "from console.celery import app; connection = app.connection_for_write(); connection.connect(); connection.info(); "
+        "print(type(connection.transport).__module__); connection.release()"
     )
     env = {
         "PATH": "/usr/bin:/bin",
@@ -170,6 +171,7 @@ def test_the_embedded_mode_s_celery_app_uses_this_transport(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "console.broker"
+    assert "No hostname was supplied" not in result.stderr  # folders, not a host: no warning at start
     production = _settings(
         tmp_path,
         {"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": "x" * 50},

@@ -145,3 +145,82 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
     assert time.monotonic() - started < 5
     assert not _alive(stubborn.pid())
     assert lines == ["sandbox did not stop within 0.5 s; killing it"]
+
+
+# A child that counts the SIGTERMs it gets (one line each in its file), then exits after 0.3 s,
+# and, with an argument, starts a grandchild of its own first (as the Celery worker its pool).
+COUNTER = """
+import os, signal, subprocess, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+def on_term(signum, frame):
+    out.write("TERM\\n")
+    time.sleep(0.3)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+if len(sys.argv) > 2:
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    open(sys.argv[2], "w").write(str(grandchild.pid))
+out.write("ready\\n")
+time.sleep(120)
+"""
+
+RUN_COUNTERS = """
+import os, sys
+from console.supervisor import Supervisor
+supervisor = Supervisor(env=dict(os.environ), log=lambda line: print(line, flush=True), first_delay=0.1)
+children = [supervisor.start(name, [sys.executable, "-c", sys.argv[1], sys.argv[2] + name, sys.argv[2] + name + ".pid"])
+            for name in ("web", "worker")]
+print(*[child.pid() for child in children], flush=True)
+sys.exit(supervisor.run(tick=0.05))
+"""
+
+
+def _start_counters(tmp_path: Path) -> tuple[subprocess.Popen, list[int], list[Path]]:
+    # A session of its own, as `setsid make run`: the group a `kill -- -<pgid>` signals.
+    run = subprocess.Popen([sys.executable, "-c", RUN_COUNTERS, COUNTER, f"{tmp_path}/"], cwd=ROOT,
+                           stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    pids = list(map(int, run.stdout.readline().split()))
+    files = [tmp_path / name for name in ("web", "worker")]
+    _until(lambda: all(f.exists() and "ready" in f.read_text() for f in files))
+    return run, pids, files
+
+
+def test_a_signal_to_the_whole_group_reaches_each_process_once_through_the_supervisor(tmp_path):
+    run, pids, files = _start_counters(tmp_path)
+    grandchildren = [int((tmp_path / f"{name}.pid").read_text()) for name in ("web", "worker")]
+    try:
+        os.killpg(run.pid, signal.SIGTERM)  # `kill -TERM -- -<pgid>` of `make run`
+        assert run.wait(timeout=15) == 0
+        # One SIGTERM each, the supervisor's: not the group's as well (which reached a Celery
+        # worker's pool processes directly, killing them mid-task).
+        assert [f.read_text().splitlines() for f in files] == [["ready", "TERM"]] * 2
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        for pid in grandchildren:  # this test's children don't stop their own (Celery does)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+
+
+def test_a_killed_supervisor_takes_its_processes_with_it(tmp_path):
+    run, pids, files = _start_counters(tmp_path)
+    grandchildren = [int((tmp_path / f"{name}.pid").read_text()) for name in ("web", "worker")]
+    try:
+        run.kill()  # SIGKILL: no stop() runs
+        run.wait(timeout=5)
+        _until(lambda: not any(_alive(pid) for pid in pids))  # PR_SET_PDEATHSIG: SIGTERM each
+        assert [f.read_text().splitlines() for f in files] == [["ready", "TERM"]] * 2
+    finally:
+        for pid in [*pids, *grandchildren]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_what_a_killed_process_left_in_its_group_goes_with_it(supervisor, tmp_path):
+    out = tmp_path / "worker"
+    worker = supervisor.start("worker", [sys.executable, "-c", COUNTER, str(out), str(tmp_path / "pool.pid")])
+    _until(lambda: out.exists() and "ready" in out.read_text())
+    pool = int((tmp_path / "pool.pid").read_text())
+    os.kill(worker.pid(), signal.SIGKILL)  # the worker dies; its pool process would be orphaned
+    _until(lambda: (supervisor.check(), not _alive(pool))[1])
