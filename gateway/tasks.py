@@ -204,8 +204,11 @@ def fold_usage() -> int:
 
 
 # Probes at once: a round of dead endpoints (each waits out overflow.HEALTH_TIMEOUT_S) takes about
-# one time-out per this many, not one per endpoint, so it keeps within the 15 s between rounds.
+# one time-out per this many, not one per endpoint, so it keeps within the 15 s between rounds:
+# at least 8 threads, one per 2 endpoints beyond that (a round of dead ones then takes about two
+# time-outs, 10 s), at most 64 (128 dead endpoints; past that, rounds take longer than 15 s).
 HEALTH_CHECK_THREADS = 8
+HEALTH_CHECK_MAX_THREADS = 64
 
 
 @shared_task(name="gateway.check_external_endpoints")
@@ -234,8 +237,8 @@ def _check_endpoints(qs) -> dict[str, int]:
         return counts
     client = sync_redis() if settings.REDIS_URL else None
     try:
-        with ThreadPoolExecutor(max_workers=min(HEALTH_CHECK_THREADS, len(rows)),
-                                thread_name_prefix="health-check") as pool:  # fmt: skip
+        threads = min(len(rows), max(HEALTH_CHECK_THREADS, min(HEALTH_CHECK_MAX_THREADS, -(-len(rows) // 2))))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="health-check") as pool:
             probes = {
                 pool.submit(overflow.probe, row.external_url, row.external_credential): row for row in rows
             }

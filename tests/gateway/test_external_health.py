@@ -234,6 +234,38 @@ def test_a_round_of_dead_endpoints_takes_about_one_time_out(tenants, embedded, f
     assert peak[0] == tasks.HEALTH_CHECK_THREADS
 
 
+def test_more_dead_endpoints_get_more_threads_so_a_round_keeps_within_two_time_outs(
+    tenants, embedded, silent_servers, monkeypatch
+):
+    from gateway import overflow, tasks
+
+    monkeypatch.setattr(overflow, "HEALTH_TIMEOUT_S", 0.5)
+    # As 8 and 64 threads, scaled down: 2 at least, one per 2 endpoints, 5 at most.
+    monkeypatch.setattr(tasks, "HEALTH_CHECK_THREADS", 2)
+    monkeypatch.setattr(tasks, "HEALTH_CHECK_MAX_THREADS", 5)
+    probe, running, peak = overflow.probe, [0], [0]
+    lock = threading.Lock()
+
+    def counted_probe(url: str, credential: str) -> tuple[bool, str]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return probe(url, credential)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(overflow, "probe", counted_probe)
+    dead = [_external(tenants, f"dead-{i}", s.url) for i, s in enumerate(silent_servers(8))]
+    assert check_external_endpoints() == {"checked": 8, "healthy": 0}
+    assert peak[0] == 4  # one thread per 2: the round takes two time-outs, not four
+    dead += [_external(tenants, f"more-{i}", s.url) for i, s in enumerate(silent_servers(4))]
+    peak[0] = 0
+    assert check_external_endpoints() == {"checked": 12, "healthy": 0}
+    assert peak[0] == 5  # the cap
+
+
 def test_an_endpoint_trickling_its_answer_is_cut_at_the_time_out_in_all(monkeypatch):
     """httpx's time-outs are per read: a header line sent a byte at a time, each byte within the
     time-out, held a probe (and one of the check's threads) as long as it kept sending."""
