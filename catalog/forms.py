@@ -10,6 +10,7 @@ from django import forms
 from catalog import estimate as estimate_lib
 from catalog.models import Engine, ModelSource
 from catalog.services import STORAGE_EXAMPLES, bundle_field_errors, validate_storage_uri
+from console.api_parsers import MAX_JSON_DEPTH, json_depth_exceeds
 from console.forms import StyledForm
 
 HUB_TASKS = [
@@ -220,8 +221,12 @@ class JSONListField(forms.CharField):
             return self.kind()
         try:
             parsed = json.loads(value)
+        except RecursionError:
+            raise forms.ValidationError(f"Nested too deeply: at most {MAX_JSON_DEPTH} levels of lists and objects.") from None
         except ValueError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}).") from None
+        if json_depth_exceeds(parsed):
+            raise forms.ValidationError(f"Nested too deeply: at most {MAX_JSON_DEPTH} levels of lists and objects.")
         if not isinstance(parsed, self.kind):
             raise forms.ValidationError(
                 f"Expected a JSON {'list' if self.kind is list else 'object'}."

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import os
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -68,6 +68,10 @@ RATE_LIMIT_SCOPES = ("organization", "user", "api_key")
 # One wording wherever a scope is named: the deploy forms, the deployment pages, the Developer Hub.
 RATE_LIMIT_SCOPE_LABELS = {"organization": "Organization", "user": "Per user", "api_key": "Per API key"}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+PRICE_QUANTUM = Decimal("0.0001")  # prices per million tokens keep 4 decimal places
+# Per million tokens. UsageRecord.cost keeps 10 whole digits: below this limit a record would
+# need a billion tokens in one request to overflow it, where 1e20 overflowed at ten tokens.
+PRICE_LIMIT = Decimal(10_000_000)
 
 # The one table of error keys. Every error about a deployment is reported under a spec key
 # (dotted: `resources.gpus`) or a service argument (`name`, `pool`); each row says which deploy
@@ -580,17 +584,25 @@ def _clean_limits_and_pricing(errors: _Errors, out: dict[str, Any]) -> None:
         errors.add("pricing.currency", "Use a three-letter currency code such as USD.")
     out_pricing: dict[str, str] = {"currency": currency}
     for key in ("input_per_million", "output_per_million"):
-        try:
-            amount = Decimal(str(pricing.get(key) if pricing.get(key) not in (None, "") else "0"))
-            if not amount.is_finite() or amount < 0:
-                raise InvalidOperation
-            whole, _, frac = f"{amount.quantize(Decimal('0.0001')):f}".partition(".")
-            out_pricing[key] = (
-                f"{whole}.{frac.rstrip('0').ljust(2, '0')}"  # "0.10", "1.25", "0.0005"
-            )
-        except (InvalidOperation, ValueError):
+        out_pricing[key] = "0.00"
+        given = pricing.get(key)
+        if isinstance(given, bool | dict | list):
             errors.add(f"pricing.{key}", "Enter a price such as 0.50 (per million tokens).")
-            out_pricing[key] = "0.00"
+            continue
+        try:
+            amount = Decimal(str(given if given not in (None, "") else "0"))
+        except (InvalidOperation, ValueError):
+            amount = Decimal("NaN")
+        if not amount.is_finite() or amount < 0:
+            errors.add(f"pricing.{key}", "Enter a price such as 0.50 (per million tokens).")
+        elif amount >= PRICE_LIMIT:
+            errors.add(f"pricing.{key}", f"Enter a price below {PRICE_LIMIT:,} per million tokens.")
+        elif amount != amount.quantize(PRICE_QUANTUM, rounding=ROUND_DOWN):
+            # Rounding silently would charge something other than what was typed.
+            errors.add(f"pricing.{key}", "Use at most 4 decimal places (0.0001 per million tokens).")
+        else:
+            whole, _, frac = f"{amount.quantize(PRICE_QUANTUM):f}".partition(".")
+            out_pricing[key] = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"  # "0.10", "1.25", "0.0005"
     out["pricing"] = out_pricing
 
 

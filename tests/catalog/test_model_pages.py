@@ -276,6 +276,8 @@ def test_bundle_edit_makes_a_new_version_and_keeps_the_old(owner_client, tenants
         ),
         ("variables", '[{"name": "Bad Name", "type": "string"}]', "is not a valid name"),
         ("default_args", "not json", "Not valid JSON"),
+        ("default_args", "[" * 5000 + "]" * 5000, "Nested too deeply"),
+        ("variables", "[" * 40 + "]" * 40, "Nested too deeply"),
         ("labels", '{"bad key!": "x"}', "is not a valid Kubernetes label"),
     ],
 )

@@ -69,6 +69,23 @@ def test_json_bodies_that_are_not_objects_are_a_400(client, url, body):
     assert "must be an object" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("depth", [33, 5000, 100000])
+@pytest.mark.parametrize(
+    "url", ["/api/v1/projects/", "/api/v1/deployments/", "/api/v1/auth/token/", "/api/v1/apply/"]
+)
+def test_json_bodies_nested_too_deeply_are_a_400(client, url, depth):
+    body = '{"a": ' + "[" * depth + "]" * depth + "}"
+    response = client.post(url, data=body, content_type="application/json")
+    assert response.status_code == 400, response.content[:200]
+    assert "nested too deeply" in response.json()["detail"]
+
+
+def test_a_json_body_of_ordinary_depth_still_reaches_the_view(client):
+    body = '{"name": "p", "x": ' + "[" * 31 + "]" * 31 + "}"
+    response = client.post("/api/v1/projects/", data=body, content_type="application/json")
+    assert "nested too deeply" not in response.content.decode()
+
+
 def test_json_body_that_is_not_an_object_on_an_update_route_is_a_400(client, catalog):
     model, _ = catalog
     response = client.patch(

@@ -231,6 +231,10 @@ def test_patch_with_null_lifts_every_limit_and_makes_it_free(tenants, model):
         ({"rate_limits": "60/min"}, "rate_limits"),
         ({"pricing": {"currency": {"code": "USD"}}}, "pricing.currency"),
         ({"pricing": {"input_per_million": "1e40"}}, "pricing.input_per_million"),
+        ({"pricing": {"input_per_million": "1e20"}}, "pricing.input_per_million"),
+        ({"pricing": {"output_per_million": "0.0000000001"}}, "pricing.output_per_million"),
+        ({"pricing": {"output_per_million": 0.00001}}, "pricing.output_per_million"),
+        ({"pricing": {"input_per_million": True}}, "pricing.input_per_million"),
     ],
 )
 def test_patch_with_values_of_the_wrong_shape_is_a_400_on_their_key(tenants, model, body, key):
