@@ -201,6 +201,8 @@ class MaaSMapping(models.Model):
 
     class Meta:
         ordering = ["project", "position", "id"]
+        verbose_name = "MaaS mapping"  # Django's default splits the name into "maa s mapping"
+        verbose_name_plural = "MaaS mappings"
 
     def __str__(self) -> str:
         return f"Rule {self.position}: {self.source} → {self.bundle}"

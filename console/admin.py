@@ -47,6 +47,21 @@ class RestrictedAdmin(admin.ModelAdmin):
         return allowed and (obj is None or permissions.can(request.user, action, obj))
 
 
+class RecordAdmin(RestrictedAdmin):
+    """Records the product writes (revisions, events, usage): operators read them, never add,
+    edit or delete one (deleting a deployment's serving revision or a usage record would break
+    rollback and billing)."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 def service_action(description: str, verb: str, service, keyword: str):
     """An admin action that calls ``service(user=<signed-in user>, <keyword>=row)`` for each row."""
 

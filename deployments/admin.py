@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from console import permissions
-from console.admin import RestrictedAdmin, service_action
+from console.admin import RecordAdmin, RestrictedAdmin, service_action
 from deployments import services
 from deployments.models import (
     ComputePool,
@@ -192,14 +192,11 @@ class ModelDeploymentAdmin(RestrictedAdmin):
 
 
 @admin.register(Revision)
-class RevisionAdmin(RestrictedAdmin):
+class RevisionAdmin(RecordAdmin):
     list_display = ["deployment", "number", "reason", "created_by", "created_at"]
-
-    def has_change_permission(self, request, obj=None):
-        return False  # revisions are immutable
 
 
 @admin.register(DeploymentEvent)
-class DeploymentEventAdmin(RestrictedAdmin):
+class DeploymentEventAdmin(RecordAdmin):
     list_display = ["deployment", "type", "reason", "message", "count", "last_seen_at"]
     list_filter = ["type"]

@@ -2,17 +2,14 @@
 
 from django.contrib import admin
 
-from console.admin import RestrictedAdmin
+from console.admin import RecordAdmin
 from gateway.models import UsageRecord
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(RestrictedAdmin):
+class UsageRecordAdmin(RecordAdmin):
     list_display = [
         "created_at", "deployment_name", "organization", "route", "status_code", "prompt_tokens",
         "completion_tokens", "cost", "currency",
     ]  # fmt: skip
     list_filter = ["route", "status_code"]
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.utils import timezone
@@ -30,6 +31,20 @@ WHOM_TO_ASK = re.compile(r"\b(ask|admins?|operators?|owner)\b", re.IGNORECASE)
 @register.filter
 def names_whom_to_ask(reason) -> bool:
     return bool(WHOM_TO_ASK.search(str(reason or "")))
+
+
+@register.filter
+def money(value) -> str:
+    """An amount of money with 2 to 4 decimal places: 25 → "25.00", 0.0005 → "0.0005",
+    1.2500 → "1.25" (the budgets' and prices' precision is 4; "0.0000 / 25.0000" read as noise)."""
+    if value is None or value == "":
+        return ""
+    try:
+        amount = Decimal(str(value)).quantize(Decimal("0.0001"))
+    except (InvalidOperation, ValueError):
+        return str(value)
+    whole, _, frac = f"{amount:f}".partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 @register.filter

@@ -55,10 +55,10 @@ def test_admin_sets_raises_and_removes_a_members_budget(
 
     page.goto(live_server.url + reverse("devhub:budgets"))
     member_row = page.locator(f"#member-budget-{tenants.member.pk}")
-    expect(member_row).to_contain_text("0.0100")
+    expect(member_row).to_contain_text("0.01")
     expect(member_row.locator(".badge")).to_have_count(0)  # no budget, no percentage
     expect(member_row.get_by_role("button", name="Remove")).to_have_count(0)
-    expect(page.locator("#organization-spent")).to_have_text("Spent this month: 0.0100 USD, no limit.")
+    expect(page.locator("#organization-spent")).to_have_text("Spent this month: 0.01 USD, no limit.")
 
     # A refused amount stays in its field, as typed, with the reason under it.
     member_row.get_by_label("Monthly budget of member").fill("ten cents")
@@ -78,7 +78,7 @@ def test_admin_sets_raises_and_removes_a_members_budget(
     # The gateway follows: one more request fits (0.015 spent), the next is refused; the page says so.
     assert [spend(gateway, secret) for _ in range(2)] == [200, 429]
     page.reload()
-    expect(member_row).to_contain_text("0.0150")
+    expect(member_row).to_contain_text("0.015")
     expect(member_row.locator(".badge.bad")).to_have_text("120%")
     page.screenshot(path="/tmp/budgets.png", full_page=True)
     screenshot("budgets-member-over-budget")
@@ -93,7 +93,7 @@ def test_admin_sets_raises_and_removes_a_members_budget(
     # Remove asks first; Cancel keeps the budget, Remove budget clears it.
     dialog = page.locator("#confirm-dialog")
     member_row.get_by_role("button", name="Remove").click()
-    expect(dialog).to_contain_text("Remove member's monthly budget of 0.0500 USD?")
+    expect(dialog).to_contain_text("Remove member's monthly budget of 0.05 USD?")
     screenshot("budgets-remove-confirmation")
     dialog.locator("[data-confirm-cancel]").click()
     expect(dialog).not_to_be_visible()
@@ -104,7 +104,7 @@ def test_admin_sets_raises_and_removes_a_members_budget(
     expect(page.locator(".messages")).to_contain_text("Budget removed")
     expect(member_row.get_by_label("Monthly budget of member")).to_have_value("")
     expect(member_row.locator(".badge")).to_have_count(0)
-    expect(member_row).to_contain_text("0.0200")
+    expect(member_row).to_contain_text("0.02")
     membership.refresh_from_db()
     assert membership.monthly_budget is None
 
@@ -115,7 +115,7 @@ def test_admin_sets_raises_and_removes_a_members_budget(
     expect(key_row.locator(".badge")).to_have_text("50%")
     key_row.get_by_label("Monthly budget of key support-bot").fill("")
     key_row.get_by_role("button", name="Save").click()
-    expect(dialog).to_contain_text("Remove key support-bot's monthly budget of 0.0400 USD?")
+    expect(dialog).to_contain_text("Remove key support-bot's monthly budget of 0.04 USD?")
     dialog.locator("[data-confirm-ok]").click()
     expect(page.locator(".messages")).to_contain_text("Budget removed")
     expect(key_row.locator(".badge")).to_have_count(0)

@@ -211,3 +211,26 @@ def test_a_staff_member_cannot_edit_roles_in_the_admin(tenants, client):
     tenants.org.refresh_from_db()
     assert tenants.org.name == "Acme"
     assert client.get(reverse("admin:projects_organization_change", args=[tenants.other_org.pk])).status_code in (302, 404)
+
+
+@pytest.mark.django_db
+def test_records_are_read_only_in_the_admin_even_for_a_superuser(tenants, client):
+    """Revisions, events and usage records were addable and deletable in the admin: deleting a
+    deployment's serving revision broke rollback, deleting usage changed the bill."""
+    from django.contrib.auth import get_user_model
+    from django.urls import reverse
+
+    from deployments.models import Revision
+    from tests.factories import deployment
+
+    row = deployment(tenants.project, name="mine")
+    revision = Revision.objects.filter(deployment=row).first() or Revision.objects.create(
+        deployment=row, number=1, spec=row.spec(), reason="test")  # fmt: skip
+    root = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(root)
+    for name in ("deployments_revision", "deployments_deploymentevent", "gateway_usagerecord"):
+        assert client.get(reverse(f"admin:{name}_add")).status_code == 403, name
+    response = client.post(reverse("admin:deployments_revision_delete", args=[revision.pk]), {"post": "yes"})
+    assert response.status_code == 403 and Revision.objects.filter(pk=revision.pk).exists()
+    index = client.get(reverse("admin:index")).content.decode()
+    assert "MaaS mappings" in index and "Maa s" not in index

@@ -54,8 +54,8 @@ def test_a_few_cents_budget_stops_a_key_across_two_gateways(tenants, gateways, e
     flush_usage()
     page = login(tenants.member).get("/hub/usage/").content.decode()
     assert 'data-level="bad"' in page and "Key test key" in page
-    assert "0.0200 / 0.0200 USD (100%)" in page
-    assert "0.0200 / 0.0250 USD (80%)" in page and "80% of this budget is spent." in page
+    assert "0.02 / 0.02 USD (100%)" in page
+    assert "0.02 / 0.025 USD (80%)" in page and "80% of this budget is spent." in page
     budgets_page = login(tenants.member).get("/hub/budgets/").content.decode()
     assert '<span class="badge bad">100%</span>' in budgets_page  # the key's row
     assert 'data-level="warn"' in budgets_page and "80% of this budget is spent." in budgets_page

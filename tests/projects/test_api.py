@@ -72,3 +72,13 @@ def test_schema_and_root_are_served(tenants):
     assert schema.status_code == 200 and b"/api/v1/projects/" in schema.content
     assert "projects" in client.get("/api/v1/").json()
     assert client.get("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_every_collection_the_root_lists_answers_a_get(tenants):
+    """The root listed /promotions/, which only takes a POST: following it gave a 405."""
+    client = api(tenants.owner)
+    listed = client.get("/api/v1/").json()
+    assert len(listed) >= 15 and "promotions" not in listed
+    failing = {name: status for name, url in listed.items() if (status := client.get(url).status_code) != 200}
+    assert failing == {}

@@ -138,7 +138,7 @@ def test_the_budgets_page_is_a_post_with_csrf_and_shows_each_budget(tenants):
     client.force_login(tenants.member)
     assert client.post("/hub/budgets/", {"level": "key", "target": key.pk, "monthly_budget": "1"}).status_code == 403
     page = client.get("/hub/budgets/").content.decode()
-    assert "billing-bot" in page and 'value="1.5000"' in page and "20.0000 USD" in page
+    assert "billing-bot" in page and 'value="1.50"' in page and "20.00 USD" in page
     admin_page = login(tenants.owner).get("/hub/budgets/").content.decode()
     assert 'aria-label="Monthly budget of member"' in admin_page
     key.refresh_from_db()
@@ -207,10 +207,10 @@ def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queri
     assert next(m for m in listed["members"] if m["username"] == "owner")["spent"] == "0.00000000"
     html = many["/hub/budgets/"][1].content.decode()
     row = re.search(r'<tr id="key-budget-\d+"><td><span class="truncate" title="bot-07">.*?</tr>', html, re.S).group(0)
-    assert "2.0000" in row and ">20%<" in row
+    assert "2.00" in row and ">20%<" in row
     row = re.search(r'<tr id="member-budget-\d+"><td><span class="truncate" title="m19">.*?</tr>', html, re.S).group(0)
-    assert "5.0000" in row and ">10%<" in row
-    assert "52.5000 / 1000.0000 USD (5%)" in html
+    assert "5.00" in row and ">10%<" in row
+    assert "52.50 / 1000.00 USD (5%)" in html
 
 
 def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries(tenants, pinned_budget_month):
@@ -227,8 +227,8 @@ def test_the_usage_pages_budget_card_reads_spend_in_a_constant_number_of_queries
         api_key_budget_set(user=tenants.owner, key=key, amount="5")
     many = {url: _queries(owner, url) for url in ("/hub/usage/", "/hub/usage/organization/")}
     html = many["/hub/usage/organization/"][1].content.decode()
-    assert "52.5000 / 1000.0000 USD (5%)" in html
-    assert re.search(r"<strong>Member m07</strong><span class=\"figures\">2\.0000 / 50\.0000 USD \(4%\)", html)
+    assert "52.50 / 1000.00 USD (5%)" in html
+    assert re.search(r"<strong>Member m07</strong><span class=\"figures\">2\.00 / 50\.00 USD \(4%\)", html)
     assert html.count("<strong>Member m") == 20
     assert many["/hub/usage/"][1].content.decode().count("<strong>Key own-") == 20
     assert {url: n for url, (n, _) in many.items()} == few
@@ -241,7 +241,7 @@ def test_a_budget_is_removed_after_a_confirmation_and_a_refused_one_keeps_what_w
     page = admin.get("/hub/budgets/").content.decode()
     row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', page, re.S).group(0)
     remove = re.search(r'<form method="post" class="inline budget-remove"[^>]*>', row).group(0)
-    assert 'data-confirm="Remove member\'s monthly budget of 5.0000 USD? The gateway stops enforcing it' in remove
+    assert 'data-confirm="Remove member\'s monthly budget of 5.00 USD? The gateway stops enforcing it' in remove
     # Emptying the field and saving asks the same question; rows without a budget ask nothing.
     assert 'data-confirm-field="monthly_budget" data-confirm-value=""' in row
     viewer_row = re.search(rf'<tr id="member-budget-{tenants.viewer.pk}">.*?</tr>', page, re.S).group(0)

@@ -169,6 +169,19 @@ def test_audit_page_lists_the_organizations_entries_with_diffs_and_searches(tena
 
 
 @pytest.mark.django_db
+def test_audit_pages_link_to_each_other_keeping_the_filters(tenants):
+    row = f.deployment(tenants.project, name="llama-chat")
+    for n in range(51):
+        audit_record(actor=tenants.owner, organization=tenants.org, action="update", obj=row,
+                     before={"replicas": n}, after={"replicas": n + 1})  # fmt: skip
+    client = login(tenants.owner)
+    html = client.get(reverse("sharing:audit")).content.decode()
+    assert 'href="?page=2">Older</a>' in html
+    html = client.get(reverse("sharing:audit"), {"q": "llama", "page": "2"}).content.decode()
+    assert 'href="?q=llama&amp;page=1">Newer</a>' in html and "Page 2 of 2" in html
+
+
+@pytest.mark.django_db
 def test_audit_htmx_search_returns_only_the_results_fragment(tenants):
     _entries(tenants)
     response = login(tenants.owner).get(
