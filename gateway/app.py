@@ -60,7 +60,7 @@ from gateway.ratelimit import (
 )
 from gateway.reports import month_start
 from gateway.tasks import write_events
-from gateway.upstream import make_pool, make_session
+from gateway.upstream import UpstreamRedirect, is_redirect, make_pool, make_session
 from gateway.usage import (
     USAGE_STREAM_KEY,
     UsageEvent,
@@ -859,7 +859,8 @@ class Gateway:
                            for k, v in scope["headers"] if k.startswith(b"x-sandbox-"))  # fmt: skip
         url = f"{deployment.upstream}/{action}/{quote(deployment.served_model_name, safe='')}"
         try:
-            async with self.session.post(url, data=raw, headers=headers, **_tls_name(url, deployment)) as response:
+            async with self.session.post(url, data=raw, headers=headers, allow_redirects=False,
+                                         **_tls_name(url, deployment)) as response:  # fmt: skip
                 content, status = await response.read(), response.status
                 content_type = response.headers.get("content-type", "application/json")
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -910,6 +911,8 @@ class Gateway:
         await self.limiter.execute(commands)
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
+        if isinstance(exc, UpstreamRedirect):
+            return redirect_error(exc.status, deployment)
         if isinstance(exc, asyncio.TimeoutError):
             return GatewayError(
                 504,
@@ -932,6 +935,9 @@ class Gateway:
             await self._record(call, error.status, actual=0)
             raise error from None
         content, status = response.content, response.status
+        if is_redirect(status):  # never passed on (gateway/upstream.py, UpstreamRedirect)
+            await self._record(call, 502, actual=0)
+            raise redirect_error(status, call.deployment)
         content_type = response.content_type or b"application/json"
         prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
         # Metered before the client sees the answer: a crash right after can't lose the record,
@@ -949,7 +955,8 @@ class Gateway:
                 # An external endpoint or its overflow (gateway/overflow.py) keeps aiohttp.
                 response = _SessionStream(
                     await self.session.post(
-                        url, data=raw, headers=headers, **_tls_name(url, call.deployment)
+                        url, data=raw, headers=headers, allow_redirects=False,
+                        **_tls_name(url, call.deployment),
                     )
                 )
             else:
@@ -960,9 +967,13 @@ class Gateway:
             error = self._upstream_error(exc, call.deployment)
             await self._record(call, error.status, actual=0)
             raise error from None
+        status = response.status
+        if is_redirect(status):  # the engine's own 3xx (the session raises on an external's)
+            response.close()
+            await self._record(call, 502, actual=0)
+            raise redirect_error(status, call.deployment)
         usage = [0, 0]
         ttft: list[float | None] = [None]
-        status = response.status
         recorded = [False]
 
         async def record(outcome: int) -> None:
@@ -1183,6 +1194,17 @@ def _month(now: float | None = None) -> str:
         end = month_start(start + timedelta(days=32))
         _month_cache[:] = [start.strftime("%Y-%m"), start.timestamp(), end.timestamp()]
     return _month_cache[0]
+
+
+def redirect_error(status: int, deployment: DeploymentInfo) -> GatewayError:
+    """502 for an upstream's 3xx: the gateway follows no redirect, and says neither where it
+    pointed nor what was there (the target could be an address the tenant may not reach)."""
+    fix = " Point the endpoint at its final URL." if deployment.external else ""
+    return GatewayError(
+        502, f"The upstream of `{deployment.served_model_name}` answered with a redirect ({status}) "
+        f"to another address; ModelDeck does not follow upstream redirects.{fix}", "server_error",
+        code="upstream_redirect",
+    )  # fmt: skip
 
 
 def budget_exceeded(budget, model: str) -> GatewayError:
