@@ -119,7 +119,15 @@ def split_endpoint_path(path: str) -> tuple[str, str]:
     return path[:at], path[at:]
 
 
-def deployment_refusal(deployment: DeploymentInfo, model: str) -> GatewayError | None:
+class DeploymentRefused(GatewayError):
+    """deployment_refusal's answer, with the deployment it is about (the usage event names it)."""
+
+    def __init__(self, *args, deployment: DeploymentInfo, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deployment = deployment
+
+
+def deployment_refusal(deployment: DeploymentInfo, model: str) -> DeploymentRefused | None:
     """Why a deployment can't answer now, or None: the serving revision answers.
 
     Blue-green (DESIGN flow 5): whatever revision is ready and behind the Service keeps
@@ -128,22 +136,22 @@ def deployment_refusal(deployment: DeploymentInfo, model: str) -> GatewayError |
     refuses, each with its own code."""
     state = deployment.state
     if state == "deactivated":
-        return GatewayError(
+        return DeploymentRefused(
             409, f"The deployment serving `{model}` is deactivated; ask its owner to activate it.",
-            "invalid_request_error", param="model", code="deployment_deactivated",
+            "invalid_request_error", param="model", code="deployment_deactivated", deployment=deployment,
         )  # fmt: skip
     if state == "deleting":
-        return GatewayError(
+        return DeploymentRefused(
             410, f"The deployment serving `{model}` is being deleted; it no longer answers.",
-            "invalid_request_error", param="model", code="deployment_deleted",
+            "invalid_request_error", param="model", code="deployment_deleted", deployment=deployment,
         )  # fmt: skip
     # Pending: nothing applied yet, or activated again after scaling to zero (no pods run).
     if not deployment.serving_revision_id or state == "pending":
-        return GatewayError(
+        return DeploymentRefused(
             503, f"The deployment serving `{model}` has no ready revision yet (state: {state}); "
             "retry once it is Running.",
             "server_error", param="model", code="deployment_not_ready",
-            headers=[(b"retry-after", b"5")],
+            headers=[(b"retry-after", b"5")], deployment=deployment,
         )  # fmt: skip
     return None
 
@@ -644,10 +652,17 @@ class Gateway:
         reloaded = False
         seeded = False
         for attempt in (1, 2, 3, 4):
-            if keyless:
-                deployment = await self._deployment(key, model, endpoint_path)
-            else:
-                key, deployment = await self._fresh_deployment(scope, key, model, endpoint_path)
+            try:
+                if keyless:
+                    deployment = await self._deployment(key, model, endpoint_path)
+                else:
+                    key, deployment = await self._fresh_deployment(scope, key, model, endpoint_path)
+            except DeploymentRefused as refused:
+                # Deactivated, being deleted, not ready: metered like a 429 (the Usage page shows
+                # the refusals), on the same usage stream; nothing was reserved, nothing to settle.
+                call = Call(key, refused.deployment, route, request_id, started, stream, [], 0)
+                await self._record(call, refused.status, settle=False, refused=True)
+                raise
             levels = levels_for(
                 deployment.rate_limits,
                 organization_id=key.organization_id,
@@ -1073,8 +1088,10 @@ class Gateway:
         ttft: float | None = None,
         actual: int | None = None,
         settle: bool = True,
+        refused: bool = False,
     ) -> None:
-        """Meter one request: a usage event and the settled token reservation, one round trip."""
+        """Meter one request: a usage event and the settled token reservation, one round trip.
+        A request `refused` before it was admitted (and a 429) has no latency worth a histogram."""
         key, deployment, route, request_id, levels = (
             call.key, call.deployment, call.route, call.request_id, call.levels
         )  # fmt: skip
@@ -1107,7 +1124,7 @@ class Gateway:
             created_at=datetime.now(UTC).isoformat(),
         )
         _child(metrics.REQUESTS, deployment.name, route, str(status)).inc()
-        if status != 429:
+        if status != 429 and not refused:
             _child(metrics.LATENCY, deployment.name, route).observe(latency_ms / 1000)
         if prompt or completion:
             _child(metrics.TOKENS, deployment.name, "prompt").inc(prompt)
