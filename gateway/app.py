@@ -60,7 +60,7 @@ from gateway.ratelimit import (
 )
 from gateway.reports import month_start
 from gateway.tasks import write_events
-from gateway.upstream import make_pool, make_session
+from gateway.upstream import UpstreamRedirect, is_redirect, make_pool, make_session
 from gateway.usage import (
     USAGE_STREAM_KEY,
     UsageEvent,
@@ -119,7 +119,15 @@ def split_endpoint_path(path: str) -> tuple[str, str]:
     return path[:at], path[at:]
 
 
-def deployment_refusal(deployment: DeploymentInfo, model: str) -> GatewayError | None:
+class DeploymentRefused(GatewayError):
+    """deployment_refusal's answer, with the deployment it is about (the usage event names it)."""
+
+    def __init__(self, *args, deployment: DeploymentInfo, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deployment = deployment
+
+
+def deployment_refusal(deployment: DeploymentInfo, model: str) -> DeploymentRefused | None:
     """Why a deployment can't answer now, or None: the serving revision answers.
 
     Blue-green (DESIGN flow 5): whatever revision is ready and behind the Service keeps
@@ -128,22 +136,22 @@ def deployment_refusal(deployment: DeploymentInfo, model: str) -> GatewayError |
     refuses, each with its own code."""
     state = deployment.state
     if state == "deactivated":
-        return GatewayError(
+        return DeploymentRefused(
             409, f"The deployment serving `{model}` is deactivated; ask its owner to activate it.",
-            "invalid_request_error", param="model", code="deployment_deactivated",
+            "invalid_request_error", param="model", code="deployment_deactivated", deployment=deployment,
         )  # fmt: skip
     if state == "deleting":
-        return GatewayError(
+        return DeploymentRefused(
             410, f"The deployment serving `{model}` is being deleted; it no longer answers.",
-            "invalid_request_error", param="model", code="deployment_deleted",
+            "invalid_request_error", param="model", code="deployment_deleted", deployment=deployment,
         )  # fmt: skip
     # Pending: nothing applied yet, or activated again after scaling to zero (no pods run).
     if not deployment.serving_revision_id or state == "pending":
-        return GatewayError(
+        return DeploymentRefused(
             503, f"The deployment serving `{model}` has no ready revision yet (state: {state}); "
             "retry once it is Running.",
             "server_error", param="model", code="deployment_not_ready",
-            headers=[(b"retry-after", b"5")],
+            headers=[(b"retry-after", b"5")], deployment=deployment,
         )  # fmt: skip
     return None
 
@@ -644,10 +652,17 @@ class Gateway:
         reloaded = False
         seeded = False
         for attempt in (1, 2, 3, 4):
-            if keyless:
-                deployment = await self._deployment(key, model, endpoint_path)
-            else:
-                key, deployment = await self._fresh_deployment(scope, key, model, endpoint_path)
+            try:
+                if keyless:
+                    deployment = await self._deployment(key, model, endpoint_path)
+                else:
+                    key, deployment = await self._fresh_deployment(scope, key, model, endpoint_path)
+            except DeploymentRefused as refused:
+                # Deactivated, being deleted, not ready: metered like a 429 (the Usage page shows
+                # the refusals), on the same usage stream; nothing was reserved, nothing to settle.
+                call = Call(key, refused.deployment, route, request_id, started, stream, [], 0)
+                await self._record(call, refused.status, settle=False, refused=True)
+                raise
             levels = levels_for(
                 deployment.rate_limits,
                 organization_id=key.organization_id,
@@ -859,7 +874,8 @@ class Gateway:
                            for k, v in scope["headers"] if k.startswith(b"x-sandbox-"))  # fmt: skip
         url = f"{deployment.upstream}/{action}/{quote(deployment.served_model_name, safe='')}"
         try:
-            async with self.session.post(url, data=raw, headers=headers, **_tls_name(url, deployment)) as response:
+            async with self.session.post(url, data=raw, headers=headers, allow_redirects=False,
+                                         **_tls_name(url, deployment)) as response:  # fmt: skip
                 content, status = await response.read(), response.status
                 content_type = response.headers.get("content-type", "application/json")
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -910,6 +926,8 @@ class Gateway:
         await self.limiter.execute(commands)
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
+        if isinstance(exc, UpstreamRedirect):
+            return redirect_error(exc.status, deployment)
         if isinstance(exc, asyncio.TimeoutError):
             return GatewayError(
                 504,
@@ -932,6 +950,9 @@ class Gateway:
             await self._record(call, error.status, actual=0)
             raise error from None
         content, status = response.content, response.status
+        if is_redirect(status):  # never passed on (gateway/upstream.py, UpstreamRedirect)
+            await self._record(call, 502, actual=0)
+            raise redirect_error(status, call.deployment)
         content_type = response.content_type or b"application/json"
         prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
         # Metered before the client sees the answer: a crash right after can't lose the record,
@@ -949,7 +970,8 @@ class Gateway:
                 # An external endpoint or its overflow (gateway/overflow.py) keeps aiohttp.
                 response = _SessionStream(
                     await self.session.post(
-                        url, data=raw, headers=headers, **_tls_name(url, call.deployment)
+                        url, data=raw, headers=headers, allow_redirects=False,
+                        **_tls_name(url, call.deployment),
                     )
                 )
             else:
@@ -960,9 +982,13 @@ class Gateway:
             error = self._upstream_error(exc, call.deployment)
             await self._record(call, error.status, actual=0)
             raise error from None
+        status = response.status
+        if is_redirect(status):  # the engine's own 3xx (the session raises on an external's)
+            response.close()
+            await self._record(call, 502, actual=0)
+            raise redirect_error(status, call.deployment)
         usage = [0, 0]
         ttft: list[float | None] = [None]
-        status = response.status
         recorded = [False]
 
         async def record(outcome: int) -> None:
@@ -1062,8 +1088,10 @@ class Gateway:
         ttft: float | None = None,
         actual: int | None = None,
         settle: bool = True,
+        refused: bool = False,
     ) -> None:
-        """Meter one request: a usage event and the settled token reservation, one round trip."""
+        """Meter one request: a usage event and the settled token reservation, one round trip.
+        A request `refused` before it was admitted (and a 429) has no latency worth a histogram."""
         key, deployment, route, request_id, levels = (
             call.key, call.deployment, call.route, call.request_id, call.levels
         )  # fmt: skip
@@ -1096,7 +1124,7 @@ class Gateway:
             created_at=datetime.now(UTC).isoformat(),
         )
         _child(metrics.REQUESTS, deployment.name, route, str(status)).inc()
-        if status != 429:
+        if status != 429 and not refused:
             _child(metrics.LATENCY, deployment.name, route).observe(latency_ms / 1000)
         if prompt or completion:
             _child(metrics.TOKENS, deployment.name, "prompt").inc(prompt)
@@ -1183,6 +1211,17 @@ def _month(now: float | None = None) -> str:
         end = month_start(start + timedelta(days=32))
         _month_cache[:] = [start.strftime("%Y-%m"), start.timestamp(), end.timestamp()]
     return _month_cache[0]
+
+
+def redirect_error(status: int, deployment: DeploymentInfo) -> GatewayError:
+    """502 for an upstream's 3xx: the gateway follows no redirect, and says neither where it
+    pointed nor what was there (the target could be an address the tenant may not reach)."""
+    fix = " Point the endpoint at its final URL." if deployment.external else ""
+    return GatewayError(
+        502, f"The upstream of `{deployment.served_model_name}` answered with a redirect ({status}) "
+        f"to another address; ModelDeck does not follow upstream redirects.{fix}", "server_error",
+        code="upstream_redirect",
+    )  # fmt: skip
 
 
 def budget_exceeded(budget, model: str) -> GatewayError:

@@ -35,6 +35,7 @@ from django.conf import settings
 
 from deployments.external import base_url, external_url_refusal
 from gateway.errors import GatewayError
+from gateway.upstream import is_redirect
 from gateway.usage import usage_from_bytes
 
 INFLIGHT_TTL_S = 600  # a crashed process's counts fade out
@@ -255,7 +256,7 @@ async def _try_external(gw, send, call, url, raw, headers, extra, options, overf
     """served (2xx–4xx but 429, sent), answered (a failure sent as is: no overflow), failed."""
     timeout = aiohttp.ClientTimeout(total=float(options.get("timeout_s") or 30))
     try:
-        async with gw.session.post(url, data=raw, headers=headers, timeout=timeout) as response:
+        async with gw.session.post(url, data=raw, headers=headers, timeout=timeout, allow_redirects=False) as response:
             content = await response.read()
             status = response.status
             content_type = response.headers.get("content-type", "application/json")
@@ -296,6 +297,10 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
         return False, unreachable_words(exc)
     if status >= 500 or status == 429:
         return False, f"answered HTTP {status}"
+    if is_redirect(status):
+        # Not followed (here or by the gateway): requests to it would all fail with a 502.
+        return False, (f"answered with a redirect (HTTP {status}) to another address; ModelDeck does not "
+                       "follow upstream redirects, point the endpoint at its final URL")
     return True, f"answered HTTP {status}"
 
 

@@ -51,6 +51,31 @@ def upstream_base(deployment: ModelDeployment) -> str:
     return upstream_for(deployment).base
 
 
+class UpstreamRedirect(aiohttp.ClientError):
+    """An upstream answered 3xx. Never followed: a tenant's public URL could send the gateway on to
+    loopback or a metadata address and hand that answer back (external_url_refusal checks only
+    the URL the tenant typed). Neither the target nor the body is kept, so neither can leak."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered HTTP {status} (a redirect)")
+        self.status = status
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400
+
+
+async def _refuse_redirects(request: aiohttp.ClientRequest, handler) -> aiohttp.ClientResponse:
+    """The session's middleware: every call, whatever its allow_redirects, stops at a 3xx (the
+    connection is dropped unread) and raises UpstreamRedirect, which callers take as an
+    upstream failure like any other aiohttp.ClientError."""
+    response = await handler(request)
+    if is_redirect(response.status):
+        response.close()
+        raise UpstreamRedirect(response.status)
+    return response
+
+
 def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession:
     """The pool every request of one gateway process shares (keep-alive to each engine).
 
@@ -71,6 +96,8 @@ def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession
         # (and keeping none saves the jar's work on every request).
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
+        # Redirects are never followed, on any call through this session (UpstreamRedirect).
+        middlewares=(_refuse_redirects,),
     )
 
 

@@ -4,6 +4,8 @@ only deactivated, deleting and never-ready deployments refuse, each with its own
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import httpx
 import openai
 import pytest
@@ -11,6 +13,10 @@ import pytest
 from deployments.models import DeploymentState, ModelDeployment
 from deployments.services import event_record
 from gateway.cache import invalidate
+from gateway.models import UsageRecord
+from gateway.tasks import flush_usage
+from tests.conftest import login
+from tests.factories import rest_api_client
 from tests.gateway.conftest import make_deployment, make_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,3 +112,32 @@ def test_never_ready_answer_tells_the_client_when_to_retry(tenants, deployment, 
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert "no ready revision yet (state: deploying)" in response.json()["error"]["message"]
+
+
+def test_refusals_are_metered_with_zero_tokens_and_listed_in_usage(tenants, deployment, gateway):
+    """Like a 429: each refused request is a usage record (its status, no tokens, no cost), on
+    the Usage page and in the API, under the caller's key."""
+    secret = make_key(tenants.member, tenants.org, name="refused key")
+    for state, serving in (
+        (DeploymentState.DEACTIVATED, deployment.current_revision_id),
+        (DeploymentState.DELETING, deployment.current_revision_id),
+        (DeploymentState.DEPLOYING, None),
+    ):
+        ModelDeployment.objects.filter(pk=deployment.pk).update(state=state, serving_revision_id=serving)
+        changed()
+        assert post(gateway, secret).status_code in (409, 410, 503)
+
+    assert flush_usage() == 3
+    rows = UsageRecord.objects.filter(deployment=deployment).order_by("created_at")
+    assert [r.status_code for r in rows] == [409, 410, 503]
+    for row in rows:
+        assert (row.prompt_tokens, row.completion_tokens, row.cost) == (0, 0, Decimal(0))
+        assert row.user == tenants.member and row.api_key_id and row.route == "chat.completions"
+        assert row.deployment_name == "llama"
+
+    listed_codes = sorted(r["status_code"] for r in rest_api_client(tenants.member).get("/api/v1/usage/").json()["results"])
+    assert listed_codes == [409, 410, 503]
+    page = login(tenants.member).get("/hub/usage/?format=csv")
+    assert sorted(line.split(",")[4] for line in b"".join(page.streaming_content).decode().splitlines()[1:]) == [
+        "409", "410", "503",
+    ]  # fmt: skip
