@@ -114,6 +114,9 @@ def validate_storage_uri(uri: str) -> str:
         raise bad("A storage URI cannot contain spaces")
     scheme, sep, rest = uri.partition("://")
     if not sep:
+        other, colon, _ = uri.partition(":")
+        if colon and other.isalpha():  # "javascript:…", "file:/etc": a scheme, but not one of ours
+            raise bad(f"“{other}:” is not a storage scheme ModelDeck loads from")
         raise bad(f"“{uri}” has no scheme")
     if scheme == "gs":
         raise ValidationError({"storage_uri": GCS_REFUSAL.format(rest=rest or "bucket/path") + "."})

@@ -163,6 +163,7 @@ def test_upload_over_the_size_limit_is_refused_and_nothing_is_kept(
         ("hf://just-a-name", "is not a Hugging Face repo id"),
         ("hf://org/name@", "Nothing follows “@”"),
         ("models/llama", "has no scheme"),
+        ("javascript:alert(1)", "“javascript:” is not a storage scheme"),
         ("s3://bucket/with space", "cannot contain spaces"),
     ],
 )
