@@ -243,3 +243,11 @@ def test_load_documents_is_a_manifest_error_for_each_problem():
     for text in ("", SMALL_ALIAS, "a: [1", "- 1"):
         with pytest.raises(ManifestError):
             load_documents(text)
+
+
+def test_an_image_name_in_an_error_keeps_the_users_spelling(tenants, model, bundle, offline_pool):
+    errors, out = _apply(tenants, NEW.replace("gpus: 1}", "gpus: 0}"), dry_run=False)
+    assert errors == 1
+    # The error sentence starts with the image: its first letter used to be upper-cased ("Vllm/…").
+    assert out == ["error: modeldeployment/chat: resources.gpus: “vllm/vllm-openai:v0.6.3” is a GPU build of vllm: "
+                   "give it at least one GPU, or use a CPU image."]  # fmt: skip
