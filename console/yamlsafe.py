@@ -1,11 +1,11 @@
 """The one YAML loader for text a tenant sends (apply files, YAML/JSON form fields, kubeconfigs).
 
 `yaml.safe_load` still expands anchors and aliases: a few hundred bytes of "billion laughs"
-become a structure that every later walk (diff, normalize, JSON) pays for exponentially, in a
-request and, on SQLite, under the write lock. This loader refuses anchors and aliases from the
-parser's events (before anything is composed or built), bounds the text's size, the nesting depth (PyYAML's composer
-recurses: a deep one would be a RecursionError, a 500) and the number of documents, and says
-where in words: "line N, column M", never PyYAML's "<unicode string>".
+become a structure that every later walk (diff, normalize, str, JSON) pays for exponentially,
+in a request and, on SQLite, under the write lock. This loader refuses anchors and aliases from
+the parser's events, before anything is composed or built; it bounds the text's size, the
+nesting depth (a composer recursing that deep would be a RecursionError, a 500) and the number
+of documents; and it says where in words, "line N, column M", never PyYAML's "<unicode string>".
 """
 
 from __future__ import annotations
