@@ -5,6 +5,7 @@ transaction. `manage.py apply -f` / `delete -f` are thin wrappers around it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.db.models import Q
 
 from catalog import services as catalog_services
 from catalog.models import CatalogModel, ProfileBundle
+from console import yamlsafe
 from deployments import external, galleries, services
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import (
@@ -96,22 +98,34 @@ class Context:
         raise ManifestError("metadata.project is required (the organization has several projects)")
 
 
-def load_documents(text: str) -> list[dict[str, Any]]:
+def load_documents(text: str, *, source: str = "") -> list[dict[str, Any]]:
+    """The documents of one file (`source` names it in errors, when known), through the one loader
+    of tenant YAML: no anchors or aliases, bounded size, depth and document count."""
+    name = f"{source}: " if source else ""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"not valid YAML: {exc}") from None
+        docs = [d for d in yamlsafe.load_all(text) if d is not None]
+    except yamlsafe.YamlRefused as exc:
+        if exc.syntax:
+            at = f" at {exc.where}" if exc.where else ""
+            raise ManifestError(f"{source or 'The file'} is not valid YAML{at}: {exc.problem}") from None
+        raise ManifestError(f"{name}{exc}") from None
+    if not docs:
+        raise ManifestError(
+            f"{source or 'The file'} has no documents; expected one or more `kind: ModelDeployment` documents "
+            f"(or {', '.join(KIND_ORDER[:-1])}), each with `apiVersion: {API_VERSION}`."
+        )
     for i, doc in enumerate(docs, start=1):
+        where = f"{name}document {i}"
         if not isinstance(doc, dict):
-            raise ManifestError(f"document {i} is not a mapping")
+            raise ManifestError(f"{where} is not a mapping")
         if doc.get("apiVersion") != API_VERSION:
-            raise ManifestError(f"document {i}: apiVersion must be {API_VERSION}")
+            raise ManifestError(f"{where}: apiVersion must be {API_VERSION}")
         if doc.get("kind") not in KIND_ORDER:
-            raise ManifestError(f"document {i}: kind must be one of {', '.join(KIND_ORDER)}")
+            raise ManifestError(f"{where}: kind must be one of {', '.join(KIND_ORDER)}")
         if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
-            raise ManifestError(f"document {i}: metadata.name is required")
+            raise ManifestError(f"{where}: metadata.name is required")
         if not isinstance(doc.get("spec") or {}, dict):
-            raise ManifestError(f"document {i}: spec must be a mapping")
+            raise ManifestError(f"{where}: spec must be a mapping")
     return docs
 
 
@@ -444,15 +458,9 @@ def plan_deployment(ctx: Context, doc: dict[str, Any]) -> Change:
         .select_related("model", "bundle", "pool", "endpoint", "current_revision")
         .first()
     )
-    try:
-        refs = _deployment_refs(ctx, project, given)
-    except ManifestError:
-        if existing is None and ctx.dry_run and given.get("model") and given.get("pool"):
-            # Dry run of a file that also creates the model/pool: show the intent.
-            return Change(
-                "ModelDeployment", name, "created", [{"field": "spec", "old": None, "new": given}]
-            )
-        raise
+    # A dry run sees the model and pool an earlier document of the file creates: apply_documents
+    # carries those out too, and rolls them back.
+    refs = _deployment_refs(ctx, project, given)
     if existing is None:
         diff = [{"field": k, "old": None, "new": v} for k, v in sorted(given.items())]
 
@@ -525,22 +533,48 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
+class _DryRun(Exception):
+    """Raised at the end of a dry run to roll back everything it carried out."""
+
+
 def apply_documents(
     ctx: Context, docs: Iterable[dict[str, Any]], *, dry_run: bool, write: Callable[[str], None]
 ) -> int:
-    """Plan and (unless dry_run) carry out each document in dependency order; returns the error count.
+    """Plan and carry out each document in dependency order; returns the error count.
 
     Each document is planned right before it is applied, so a deployment sees the model
-    created by an earlier document of the same file.
+    created by an earlier document of the same file. A dry run is the same apply, through the
+    same services, inside one transaction that is rolled back at the end: it reports every
+    error the real apply would (a bad engine argument, the quota, …), and leaves nothing behind
+    — no rows, no audit entries, and no push or other on-commit work, which never runs.
     """
+    if not dry_run:
+        return _apply_each(ctx, docs, dry_run=False, write=write)
+    errors = 0
+    try:
+        with transaction.atomic():
+            errors = _apply_each(ctx, docs, dry_run=True, write=write)
+            raise _DryRun
+    except _DryRun:
+        pass
+    return errors
+
+
+def _apply_each(
+    ctx: Context, docs: Iterable[dict[str, Any]], *, dry_run: bool, write: Callable[[str], None]
+) -> int:
     errors = 0
     for doc in docs:
         ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
         try:
-            with transaction.atomic():  # one document, one transaction: all of it or none
+            # A real apply plans (and so validates) before the document's write transaction opens,
+            # so a slow plan holds no lock; a dry run keeps each document in a savepoint, so that a
+            # database error in one leaves the others' transaction usable.
+            with transaction.atomic() if dry_run else nullcontext():
                 change = PLANNERS[doc["kind"]](ctx, doc)
-                if not dry_run and change.run is not None:
-                    change.run()
+                if change.run is not None:
+                    with transaction.atomic():  # one document, one transaction: all of it or none
+                        change.run()
             write(change.describe(dry_run=dry_run))
         except (ManifestError, ValidationError, PermissionError) as exc:
             errors += 1

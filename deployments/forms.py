@@ -13,6 +13,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from catalog.ngc import NimProfile
+from console import yamlsafe
 from console.forms import StyledForm
 from deployments.external import OPTION_FIELDS, external_check
 from deployments.galleries import TEMPLATE_FIELDS, template_errors
@@ -74,11 +75,12 @@ def parse_structured(text: str, *, expect: type, what: str) -> Any:
     if not (text or "").strip():
         return None
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValidationError(f"This is not valid YAML or JSON{where}.") from None
+        value = yamlsafe.load(text)
+    except yamlsafe.YamlRefused as exc:
+        if exc.syntax:
+            where = f" at {exc.where}" if exc.where else ""
+            raise ValidationError(f"This is not valid YAML or JSON{where}.") from None
+        raise ValidationError(f"Line {exc.line}, column {exc.column}: {exc.problem}" if exc.where else exc.problem) from None
     if value is None:
         return None
     if not isinstance(value, expect):

@@ -50,17 +50,35 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(settings.url, settings.token)
 
 
+def _check_syntax(text: str, name: str) -> None:
+    """Say which file is not YAML, and where: the server sees the files joined into one text, so
+    its line numbers would not be the file's. Only the parser's events: nothing is built here
+    (the server's loader decides what it accepts)."""
+    try:
+        for _event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            pass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise CLIError(f"{name} is not valid YAML{at}: {exc.problem or exc.context}") from None
+    except (yaml.YAMLError, UnicodeError):
+        raise CLIError(f"{name} is not valid YAML (it holds a character YAML does not allow).") from None
+
+
 def _read(paths: Sequence[str]) -> str:
     texts = []
     for path in paths:
         if path == "-":
             texts.append(sys.stdin.read())
-            continue
-        try:
-            with open(path, encoding="utf-8") as fh:
-                texts.append(fh.read())
-        except OSError as exc:
-            raise CLIError(f"can't read {path}: {exc.strerror}") from None
+        else:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    texts.append(fh.read())
+            except OSError as exc:
+                raise CLIError(f"can't read {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise CLIError(f"can't read {path}: it is not UTF-8 text") from None
+        _check_syntax(texts[-1], "stdin" if path == "-" else path)
     return "\n---\n".join(texts)
 
 
@@ -122,7 +140,10 @@ def _apply(args: argparse.Namespace, out: Callable[[str], None], path: str) -> i
     for line in data["lines"]:
         out(line)
     if data["errors"]:
-        raise CLIError(f"{data['errors']} document(s) could not be {'deleted' if path.endswith('delete/') else 'applied'}")
+        verb = "deleted" if path.endswith("delete/") else "applied"
+        if args.dry_run:
+            raise CLIError(f"{data['errors']} document(s) would not be {verb}; nothing was changed (dry run)")
+        raise CLIError(f"{data['errors']} document(s) could not be {verb}")
     return 0
 
 

@@ -31,7 +31,7 @@ MAX_MANIFEST_CHARS = 1_000_000
 
 class ApplySerializer(serializers.Serializer):
     manifest = serializers.CharField(
-        required=False, max_length=MAX_MANIFEST_CHARS, trim_whitespace=False,
+        required=False, allow_blank=True, max_length=MAX_MANIFEST_CHARS, trim_whitespace=False,
         help_text="The YAML (or JSON) text of one or more documents, as in `apply -f FILE`.",
     )
     documents = serializers.ListField(

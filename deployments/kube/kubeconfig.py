@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from console import yamlsafe
+
 MAX_KUBECONFIG_BYTES = 256 * 1024
 
 # Fields that make a client run a program, read a file of the server or reach another URL:
@@ -219,12 +221,14 @@ def reduce_kubeconfig(data: str | dict[str, Any]) -> ReducedKubeconfig:
         if len(data.encode("utf-8", "replace")) > MAX_KUBECONFIG_BYTES:
             raise KubeconfigRefused("", "The kubeconfig is larger than a kubeconfig can be (256 KiB).")
         try:
-            doc = yaml.safe_load(data)
-        except yaml.YAMLError as exc:
+            doc = yamlsafe.load(data)
+        except yamlsafe.YamlRefused as exc:
             # Only the position: the YAML error's snippet would show the line, token and all.
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            raise KubeconfigRefused("", f"The kubeconfig is not valid YAML{where}.") from None
+            where = f" ({exc.where})" if exc.where else ""
+            if exc.syntax:
+                raise KubeconfigRefused("", f"The kubeconfig is not valid YAML{where}.") from None
+            raise KubeconfigRefused("", f"Line {exc.line}, column {exc.column}: {exc.problem}" if exc.where
+                                    else exc.problem) from None
     else:
         doc = data
     if not isinstance(doc, dict):

@@ -158,7 +158,7 @@ def check_reserved_metadata(spec: RenderSpec) -> None:
         clash = sorted(set(given) & reserved)
         if clash:
             raise SpecError(
-                field_name, f"{clash[0]} is set by ModelDeck; use a key of your own"
+                field_name, f"“{clash[0]}” is set by ModelDeck; use a key of your own"
             )
 
 
@@ -172,7 +172,7 @@ def check_gpus_for_gpu_image(spec: RenderSpec) -> None:
     image is a CPU build."""
     if spec.gpus == 0 and not is_cpu_image(spec.image):
         raise SpecError(
-            "gpus", f"{spec.image} is a GPU build of {spec.engine}: give it at least one GPU, "
+            "gpus", f"“{spec.image}” is a GPU build of {spec.engine}: give it at least one GPU, "
             "or use a CPU image",
         )  # fmt: skip
 
@@ -332,14 +332,14 @@ def check_model_source(
 ) -> None:
     """Refuse model sources the engine can't load, at deploy time rather than as a crash loop."""
     if spec.model_source not in sources:
-        raise SpecError("model_source", f"{spec.engine} can't serve {spec.model_source} models")
+        raise SpecError("model_source", f"the {spec.engine} engine can't serve {spec.model_source} models")
     if spec.model_source == "huggingface" and not _HF_REPO_ID.match(spec.model_ref):
         raise SpecError("model_ref", "must be a Hugging Face repo id such as org/model")
     if spec.model_source == "custom":
         scheme = spec.model_ref.split("://", 1)[0] if "://" in spec.model_ref else ""
         if scheme not in schemes:
             allowed = ", ".join(f"{s}://" for s in schemes)
-            raise SpecError("model_ref", f"{spec.engine} loads custom models from {allowed} only")
+            raise SpecError("model_ref", f"the {spec.engine} engine loads custom models from {allowed} only")
         if scheme == "pvc":
             parse_pvc_uri(spec.model_ref)
 
@@ -408,7 +408,7 @@ class Engine:
     def check_env(self, spec: RenderSpec) -> None:
         clash = sorted(set(spec.env) & self.owned_env)
         if clash:
-            raise SpecError("env", f"{clash[0]} is set by ModelDeck for {self.name}")
+            raise SpecError("env", f"“{clash[0]}” is set by ModelDeck for {self.name}")
 
 
 # --- Objects ----------------------------------------------------------------------------------

@@ -332,7 +332,7 @@ def validate_common(spec: RenderSpec) -> None:
                 "engine_vars", f"{key!r} must be snake_case, e.g. gpu_memory_utilization"
             )
         if not isinstance(value, str):
-            raise SpecError("engine_vars", f"{key}: values are strings")
+            raise SpecError("engine_vars", f"“{key}”: values are strings")
     for path in spec.download_files:
         if (not isinstance(path, str) or not path or path.startswith("/") or "\0" in path
                 or any(part in ("", ".", "..") for part in path.split("/"))):  # fmt: skip
@@ -383,21 +383,21 @@ def _check_env(spec: RenderSpec) -> None:
         if not _ENV_NAME.match(name):
             raise SpecError("env", f"{name!r} is not a valid environment variable name")
         if not isinstance(value, str):
-            raise SpecError("env", f"{name}: values are strings")
+            raise SpecError("env", f"“{name}”: values are strings")
         if name in CREDENTIAL_ENV_NAMES:
-            raise SpecError("env", f"{name} is a credential: reference a Secret through secret_env")
+            raise SpecError("env", f"“{name}” is a credential: reference a Secret through secret_env")
         if name in spec.secret_env:
-            raise SpecError("env", f"{name} is also set from a Secret")
+            raise SpecError("env", f"“{name}” is also set from a Secret")
     for name, ref in spec.secret_env.items():
         if not _ENV_NAME.match(name):
             raise SpecError("secret_env", f"{name!r} is not a valid environment variable name")
         if len(ref) != 2 or not all(isinstance(part, str) for part in ref):
-            raise SpecError("secret_env", f"{name}: expected (secret name, key)")
+            raise SpecError("secret_env", f"“{name}”: expected (secret name, key)")
         secret, key = ref
         if not is_dns1123_subdomain(secret):
-            raise SpecError("secret_env", f"{name}: {secret!r} is not a valid Secret name")
+            raise SpecError("secret_env", f"“{name}”: {secret!r} is not a valid Secret name")
         if not _SECRET_KEY.match(key):
-            raise SpecError("secret_env", f"{name}: {key!r} is not a valid Secret key")
+            raise SpecError("secret_env", f"“{name}”: {key!r} is not a valid Secret key")
 
 
 def _check_metadata(name: str, items: Mapping[str, str], *, values_are_labels: bool) -> None:
@@ -405,9 +405,9 @@ def _check_metadata(name: str, items: Mapping[str, str], *, values_are_labels: b
         if not is_qualified_name(key):
             raise SpecError(name, f"{key!r} is not a valid key")
         if not isinstance(value, str):
-            raise SpecError(name, f"{key}: values are strings")
+            raise SpecError(name, f"“{key}”: values are strings")
         if values_are_labels and not is_label_value(value):
-            raise SpecError(name, f"{key}: {value!r} is not a valid label value")
+            raise SpecError(name, f"“{key}”: {value!r} is not a valid label value")
 
 
 def _check_scheduling(spec: RenderSpec) -> None:

@@ -102,7 +102,7 @@ def validate(spec: RenderSpec) -> None:
         raise SpecError("max_client_batch_size", "only applies to TGI and TEI")
     clash = sorted(set(engine_var_env(dict(spec.engine_vars))) & OWNED_ENV)
     if clash:
-        raise SpecError("engine_vars", f"{clash[0]} is set by ModelDeck")
+        raise SpecError("engine_vars", f"“{clash[0]}” is set by ModelDeck")
     # NIM's "flags" are its documented environment variables; an undocumented one is ignored
     # by NIM without a word, so a typo'd bundle variable is refused here instead.
     table = flags.table_for("nim", spec.image)

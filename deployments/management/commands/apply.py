@@ -67,10 +67,12 @@ class Command(BaseCommand):
         ctx = context_from(options)
         try:
             docs = [
-                doc for path in options["filename"] for doc in load_documents(read_source(path))
+                doc for path in options["filename"] for doc in load_documents(read_source(path), source="stdin" if path == "-" else path)
             ]
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
         errors = apply_documents(ctx, docs, dry_run=options["dry_run"], write=self.stdout.write)
+        if errors and options["dry_run"]:
+            raise CommandError(f"{errors} document(s) would not be applied; nothing was changed (dry run)")
         if errors:
             raise CommandError(f"{errors} document(s) could not be applied")

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         ctx = context_from(options)
         try:
             docs = [
-                doc for path in options["filename"] for doc in load_documents(read_source(path))
+                doc for path in options["filename"] for doc in load_documents(read_source(path), source="stdin" if path == "-" else path)
             ]
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
