@@ -282,22 +282,90 @@ def _keys(deployment_id: int, level: Level) -> tuple[str, str, str]:
     return f"{base}:log", f"{base}:tokens", f"{base}:total"
 
 
+# Non-text content parts, in tokens, before the engine counts them (the reservation is settled
+# to its count afterwards; this only has to keep a burst of such requests from passing as ~0).
+# Images: OpenAI's published vision costs (platform.openai.com/docs/guides/vision, "Calculating
+# costs"): 85 tokens at detail "low", and 765 for a 1024×1024 image at "high" or "auto" (85 + 4
+# tiles of 512 px × 170), taken for any other image since its size is unknown until decoded.
+# Open models' encoders are in that range (LLaVA-1.5: 576 per image).
+IMAGE_LOW_DETAIL_TOKENS = 85
+IMAGE_TOKENS = 765
+# Audio, video, files and any other part: no smaller per-part figure is published, so the same
+# as an image (OpenAI's realtime guide counts user audio at 1 token per 100 ms: 765 are 76 s).
+MEDIA_PART_TOKENS = 765
+IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+
+
+def _chars_in(value: object) -> int:
+    """Characters of every string in a JSON value, keys included (tool definitions, tool calls:
+    the engine's template renders them into the prompt), without serialising it again."""
+    chars, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, dict):
+            chars += sum(len(k) for k in item if isinstance(k, str))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return chars
+
+
+def _part_estimate(part: dict) -> tuple[int, int]:
+    """(characters, tokens) of one chat content part."""
+    text = part.get("text")
+    if isinstance(text, str):
+        return len(text), 0
+    kind = part.get("type")
+    if kind == "refusal" and isinstance(part.get("refusal"), str):
+        return len(part["refusal"]), 0
+    if kind in IMAGE_PART_TYPES:
+        image = part.get(kind) if isinstance(part.get(kind), dict) else part
+        return 0, IMAGE_LOW_DETAIL_TOKENS if image.get("detail") == "low" else IMAGE_TOKENS
+    return 0, MEDIA_PART_TOKENS
+
+
 def prompt_estimate(body: dict) -> int:
-    """Prompt tokens before the engine counts them: characters / 4 (settled to its count later)."""
-    chars = 0
+    """Prompt tokens before the engine counts them (settled to its count later): characters / 4
+    of the text, token ids one each, and a fixed figure per image or other media part.
+
+    Cheap on the hot path: a token-id array counts by its length, nothing is serialised again.
+    """
+    chars = tokens = 0
     for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            chars += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+            for part in content:
+                if isinstance(part, dict):
+                    c, t = _part_estimate(part)
+                    chars, tokens = chars + c, tokens + t
+        for field in ("tool_calls", "function_call"):
+            if message.get(field):
+                chars += _chars_in(message[field])
+    for field in ("tools", "functions"):
+        if body.get(field):
+            chars += _chars_in(body[field])
     for field in ("prompt", "input"):
         value = body.get(field)
         if isinstance(value, str):
             chars += len(value)
-        elif isinstance(value, list):
-            chars += sum(len(v) for v in value if isinstance(v, str))
-    return chars // 4
+        elif isinstance(value, list) and value:
+            # gateway.validation admits a list of strings, of token ids, or of token-id lists
+            # (one kind per list): token ids count one each, by the list's length.
+            if isinstance(value[0], int):
+                tokens += len(value)
+                continue
+            for item in value:
+                if isinstance(item, str):
+                    chars += len(item)
+                elif isinstance(item, list):
+                    tokens += len(item)
+    return chars // 4 + tokens
 
 
 def _max_tokens(body: dict) -> int | None:
@@ -308,7 +376,7 @@ def _max_tokens(body: dict) -> int | None:
 
 
 def estimate_tokens(body: dict) -> int:
-    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+    """Tokens to reserve before the engine answers: the prompt's estimate plus max_tokens."""
     max_tokens = _max_tokens(body)
     if max_tokens is None:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
