@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -246,9 +248,12 @@ def _levels(organization_id: int, user_id: int, api_key_id: int, values=(None, N
     )
 
 
+SPEND_PREFIX = "modeldeck:spend:"
+
+
 def budget_key(month: str, currency: str, level: str, ident: int | str) -> str:
     # Hashes (s, k); the plain counters before them were named modeldeck:budget:… (left to expire).
-    return f"modeldeck:spend:{month}:{currency}:{level}:{ident}"
+    return f"{SPEND_PREFIX}{month}:{currency}:{level}:{ident}"
 
 
 def spend_keys(month: str, currency: str, *, organization_id: int, user_id: int, api_key_id: int) -> list[str]:
@@ -593,17 +598,26 @@ class RedisRateLimiter:
 
 
 class LocalRateLimiter:
-    """Embedded mode (no Redis): the same sliding windows in this process only.
+    """Embedded mode (no Redis): the same sliding windows and monthly budgets in this process only.
 
-    Exact within one process; with several processes each would count alone, which is why
-    production runs with Redis.
+    Exact within one process, and the embedded mode runs one (`make run`: one uvicorn process
+    serves the console and the gateway). With several processes each would count alone, which
+    is why production runs with Redis.
+
+    Budgets follow the Redis scripts step for step: a month's spend counter per organization,
+    member (`<organization>.<user>`) and key holds cost in 1e-8 units and whether it was checked
+    against the usage records; an unchecked one makes `check` answer "unseeded" and the gateway
+    seeds it (`seed_budgets`, the larger of the two), a counter at its budget refuses before any
+    rate limit, and `count_spend` adds an answered request's cost once per request id. Usage
+    records are written at once in this mode, so a restarted process seeds from exact records.
     """
 
     def __init__(self) -> None:
-        import threading
-
         self._lock = threading.Lock()
         self._logs: dict[tuple, dict[str, tuple[float, int]]] = {}
+        self._month = ""  # the latest month counted in: a later one drops the counters before it
+        self._spend: dict[str, list] = {}  # budget_key → [spent (1e-8 units), checked]
+        self._counted: dict[str, float] = {}  # request ids whose cost counted → until (monotonic s)
 
     async def check(
         self,
@@ -617,12 +631,10 @@ class LocalRateLimiter:
         window_ms: int = WINDOW_MS,
         user_generation_key: str = "",  # embedded mode: gateway.cache's local generations instead
         expected_user_generation: str = "",
-        budgets: tuple = (),  # budgets need Redis's shared counters: not enforced embedded
+        budgets: tuple[Budget, ...] = (),
         month: str = "",
         seed: bool = True,
     ) -> Decision:
-        import time
-
         now = time.monotonic() * 1000
         best: dict = {
             "lim_req": -1,
@@ -633,6 +645,10 @@ class LocalRateLimiter:
             "reset_tok": 0,
         }
         with self._lock:
+            if budgets:
+                refused = self._check_budgets(budgets, month, seed)
+                if refused is not None:
+                    return refused
             logs = []
             for level in levels:
                 log = self._logs.setdefault((deployment_id, level.name, level.ident), {})
@@ -679,3 +695,46 @@ class LocalRateLimiter:
                 log = self._logs.get((deployment_id, level.name, level.ident), {})
                 if request_id in log:
                     log[request_id] = (log[request_id][0], actual)
+
+    def _check_budgets(self, budgets: tuple[Budget, ...], month: str, seed: bool) -> Decision | None:
+        """The admission script's budget step (under the lock): None when every budget has room."""
+        self._turn_month(month)
+        for budget in budgets:
+            counter = self._spend.get(budget_key(month, budget.currency, budget.level, budget.ident))
+            if (counter is None or not counter[1]) and seed:
+                return Decision(False, unseeded=True)
+            if (counter[0] if counter else 0) >= int(budget.limit * BUDGET_UNITS):
+                return Decision(False, level=budget.level, kind="budget", retry_after_ms=-2, budget=budget)
+        return None
+
+    async def seed_budgets(self, month: str, budgets: tuple[Budget, ...], spent: list[Decimal]) -> None:
+        """Check the month's spend counters of `budgets` against `spent` (the usage records'):
+        each holds the larger from then on (what it counted since is in both, or not yet written)."""
+        with self._lock:
+            for budget, amount in zip(budgets, spent, strict=True):
+                counter = self._spend.setdefault(budget_key(month, budget.currency, budget.level, budget.ident), [0, False])
+                if not counter[1]:
+                    counter[0], counter[1] = max(counter[0], int(amount * BUDGET_UNITS)), True
+
+    def count_spend(self, *, request_id: str, cost: Decimal, spend: list[str]) -> None:
+        """Add an answered request's `cost` to the `spend` counters (spend_keys), once per request id."""
+        units = int(cost * BUDGET_UNITS)
+        if not spend or units <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            while self._counted and next(iter(self._counted.values())) < now:
+                del self._counted[next(iter(self._counted))]
+            if request_id in self._counted:
+                return
+            self._counted[request_id] = now + COUNTED_EXPIRY_S
+            self._turn_month(spend[0][len(SPEND_PREFIX) :].split(":", 1)[0])
+            for key in spend:
+                self._spend.setdefault(key, [0, False])[0] += units
+
+    def _turn_month(self, month: str) -> None:
+        """A new month drops the counters of the months before (Redis lets them expire)."""
+        if month > self._month:  # "YYYY-MM" sorts as time does
+            self._month = month
+            current = f"{SPEND_PREFIX}{month}:"
+            self._spend = {k: v for k, v in self._spend.items() if k.startswith(current)}
