@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
 from gateway import h1, load, metrics, overflow, resp
@@ -1160,6 +1160,11 @@ class Gateway:
                         request_id=request_id,
                         actual=actual,
                     )
+                if cost:  # budgets: the in-process counters the finish script keeps in Redis
+                    limiter.count_spend(request_id=request_id, cost=cost, spend=spend_keys(
+                        _month(), deployment.currency, organization_id=key.organization_id,
+                        user_id=key.user_id, api_key_id=key.id,
+                    ))  # fmt: skip
                 await sync_to_async(_write_now, thread_sensitive=False)(event)
         except Exception:  # noqa: BLE001 - metering must never break the response already sent
             log.exception("gateway usage could not be recorded", extra={"request_id": request_id})
@@ -1279,7 +1284,10 @@ def _scan_usage(event: bytes, usage: list[int]) -> None:
 
 def _write_now(event: UsageEvent) -> None:
     """Embedded mode (no Redis): write the record at once; flush_usage's code path, batch of one."""
-    write_events([event.dumps()])
+    try:
+        write_events([event.dumps()])
+    finally:
+        connection.close()  # back to the pool: this executor thread would hold it (gateway.lookup's rule)
 
 
 def mount(django_app, **options):

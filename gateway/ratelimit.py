@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -246,9 +248,12 @@ def _levels(organization_id: int, user_id: int, api_key_id: int, values=(None, N
     )
 
 
+SPEND_PREFIX = "modeldeck:spend:"
+
+
 def budget_key(month: str, currency: str, level: str, ident: int | str) -> str:
     # Hashes (s, k); the plain counters before them were named modeldeck:budget:… (left to expire).
-    return f"modeldeck:spend:{month}:{currency}:{level}:{ident}"
+    return f"{SPEND_PREFIX}{month}:{currency}:{level}:{ident}"
 
 
 def spend_keys(month: str, currency: str, *, organization_id: int, user_id: int, api_key_id: int) -> list[str]:
@@ -282,22 +287,90 @@ def _keys(deployment_id: int, level: Level) -> tuple[str, str, str]:
     return f"{base}:log", f"{base}:tokens", f"{base}:total"
 
 
+# Non-text content parts, in tokens, before the engine counts them (the reservation is settled
+# to its count afterwards; this only has to keep a burst of such requests from passing as ~0).
+# Images: OpenAI's published vision costs (platform.openai.com/docs/guides/vision, "Calculating
+# costs"): 85 tokens at detail "low", and 765 for a 1024×1024 image at "high" or "auto" (85 + 4
+# tiles of 512 px × 170), taken for any other image since its size is unknown until decoded.
+# Open models' encoders are in that range (LLaVA-1.5: 576 per image).
+IMAGE_LOW_DETAIL_TOKENS = 85
+IMAGE_TOKENS = 765
+# Audio, video, files and any other part: no smaller per-part figure is published, so the same
+# as an image (OpenAI's realtime guide counts user audio at 1 token per 100 ms: 765 are 76 s).
+MEDIA_PART_TOKENS = 765
+IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+
+
+def _chars_in(value: object) -> int:
+    """Characters of every string in a JSON value, keys included (tool definitions, tool calls:
+    the engine's template renders them into the prompt), without serialising it again."""
+    chars, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, dict):
+            chars += sum(len(k) for k in item if isinstance(k, str))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return chars
+
+
+def _part_estimate(part: dict) -> tuple[int, int]:
+    """(characters, tokens) of one chat content part."""
+    text = part.get("text")
+    if isinstance(text, str):
+        return len(text), 0
+    kind = part.get("type")
+    if kind == "refusal" and isinstance(part.get("refusal"), str):
+        return len(part["refusal"]), 0
+    if kind in IMAGE_PART_TYPES:
+        image = part.get(kind) if isinstance(part.get(kind), dict) else part
+        return 0, IMAGE_LOW_DETAIL_TOKENS if image.get("detail") == "low" else IMAGE_TOKENS
+    return 0, MEDIA_PART_TOKENS
+
+
 def prompt_estimate(body: dict) -> int:
-    """Prompt tokens before the engine counts them: characters / 4 (settled to its count later)."""
-    chars = 0
+    """Prompt tokens before the engine counts them (settled to its count later): characters / 4
+    of the text, token ids one each, and a fixed figure per image or other media part.
+
+    Cheap on the hot path: a token-id array counts by its length, nothing is serialised again.
+    """
+    chars = tokens = 0
     for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            chars += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+            for part in content:
+                if isinstance(part, dict):
+                    c, t = _part_estimate(part)
+                    chars, tokens = chars + c, tokens + t
+        for field in ("tool_calls", "function_call"):
+            if message.get(field):
+                chars += _chars_in(message[field])
+    for field in ("tools", "functions"):
+        if body.get(field):
+            chars += _chars_in(body[field])
     for field in ("prompt", "input"):
         value = body.get(field)
         if isinstance(value, str):
             chars += len(value)
-        elif isinstance(value, list):
-            chars += sum(len(v) for v in value if isinstance(v, str))
-    return chars // 4
+        elif isinstance(value, list) and value:
+            # gateway.validation admits a list of strings, of token ids, or of token-id lists
+            # (one kind per list): token ids count one each, by the list's length.
+            if isinstance(value[0], int):
+                tokens += len(value)
+                continue
+            for item in value:
+                if isinstance(item, str):
+                    chars += len(item)
+                elif isinstance(item, list):
+                    tokens += len(item)
+    return chars // 4 + tokens
 
 
 def _max_tokens(body: dict) -> int | None:
@@ -308,7 +381,7 @@ def _max_tokens(body: dict) -> int | None:
 
 
 def estimate_tokens(body: dict) -> int:
-    """Tokens to reserve before the engine answers: prompt characters / 4 plus max_tokens."""
+    """Tokens to reserve before the engine answers: the prompt's estimate plus max_tokens."""
     max_tokens = _max_tokens(body)
     if max_tokens is None:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
@@ -525,17 +598,26 @@ class RedisRateLimiter:
 
 
 class LocalRateLimiter:
-    """Embedded mode (no Redis): the same sliding windows in this process only.
+    """Embedded mode (no Redis): the same sliding windows and monthly budgets in this process only.
 
-    Exact within one process; with several processes each would count alone, which is why
-    production runs with Redis.
+    Exact within one process, and the embedded mode runs one (`make run`: one uvicorn process
+    serves the console and the gateway). With several processes each would count alone, which
+    is why production runs with Redis.
+
+    Budgets follow the Redis scripts step for step: a month's spend counter per organization,
+    member (`<organization>.<user>`) and key holds cost in 1e-8 units and whether it was checked
+    against the usage records; an unchecked one makes `check` answer "unseeded" and the gateway
+    seeds it (`seed_budgets`, the larger of the two), a counter at its budget refuses before any
+    rate limit, and `count_spend` adds an answered request's cost once per request id. Usage
+    records are written at once in this mode, so a restarted process seeds from exact records.
     """
 
     def __init__(self) -> None:
-        import threading
-
         self._lock = threading.Lock()
         self._logs: dict[tuple, dict[str, tuple[float, int]]] = {}
+        self._month = ""  # the latest month counted in: a later one drops the counters before it
+        self._spend: dict[str, list] = {}  # budget_key → [spent (1e-8 units), checked]
+        self._counted: dict[str, float] = {}  # request ids whose cost counted → until (monotonic s)
 
     async def check(
         self,
@@ -549,12 +631,10 @@ class LocalRateLimiter:
         window_ms: int = WINDOW_MS,
         user_generation_key: str = "",  # embedded mode: gateway.cache's local generations instead
         expected_user_generation: str = "",
-        budgets: tuple = (),  # budgets need Redis's shared counters: not enforced embedded
+        budgets: tuple[Budget, ...] = (),
         month: str = "",
         seed: bool = True,
     ) -> Decision:
-        import time
-
         now = time.monotonic() * 1000
         best: dict = {
             "lim_req": -1,
@@ -565,6 +645,10 @@ class LocalRateLimiter:
             "reset_tok": 0,
         }
         with self._lock:
+            if budgets:
+                refused = self._check_budgets(budgets, month, seed)
+                if refused is not None:
+                    return refused
             logs = []
             for level in levels:
                 log = self._logs.setdefault((deployment_id, level.name, level.ident), {})
@@ -611,3 +695,46 @@ class LocalRateLimiter:
                 log = self._logs.get((deployment_id, level.name, level.ident), {})
                 if request_id in log:
                     log[request_id] = (log[request_id][0], actual)
+
+    def _check_budgets(self, budgets: tuple[Budget, ...], month: str, seed: bool) -> Decision | None:
+        """The admission script's budget step (under the lock): None when every budget has room."""
+        self._turn_month(month)
+        for budget in budgets:
+            counter = self._spend.get(budget_key(month, budget.currency, budget.level, budget.ident))
+            if (counter is None or not counter[1]) and seed:
+                return Decision(False, unseeded=True)
+            if (counter[0] if counter else 0) >= int(budget.limit * BUDGET_UNITS):
+                return Decision(False, level=budget.level, kind="budget", retry_after_ms=-2, budget=budget)
+        return None
+
+    async def seed_budgets(self, month: str, budgets: tuple[Budget, ...], spent: list[Decimal]) -> None:
+        """Check the month's spend counters of `budgets` against `spent` (the usage records'):
+        each holds the larger from then on (what it counted since is in both, or not yet written)."""
+        with self._lock:
+            for budget, amount in zip(budgets, spent, strict=True):
+                counter = self._spend.setdefault(budget_key(month, budget.currency, budget.level, budget.ident), [0, False])
+                if not counter[1]:
+                    counter[0], counter[1] = max(counter[0], int(amount * BUDGET_UNITS)), True
+
+    def count_spend(self, *, request_id: str, cost: Decimal, spend: list[str]) -> None:
+        """Add an answered request's `cost` to the `spend` counters (spend_keys), once per request id."""
+        units = int(cost * BUDGET_UNITS)
+        if not spend or units <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            while self._counted and next(iter(self._counted.values())) < now:
+                del self._counted[next(iter(self._counted))]
+            if request_id in self._counted:
+                return
+            self._counted[request_id] = now + COUNTED_EXPIRY_S
+            self._turn_month(spend[0][len(SPEND_PREFIX) :].split(":", 1)[0])
+            for key in spend:
+                self._spend.setdefault(key, [0, False])[0] += units
+
+    def _turn_month(self, month: str) -> None:
+        """A new month drops the counters of the months before (Redis lets them expire)."""
+        if month > self._month:  # "YYYY-MM" sorts as time does
+            self._month = month
+            current = f"{SPEND_PREFIX}{month}:"
+            self._spend = {k: v for k, v in self._spend.items() if k.startswith(current)}

@@ -11,7 +11,7 @@ from projects.models import APIKey, Membership
 from projects.services import api_key_budget_set, member_budget_set, organization_budget_set
 from sharing.models import AuditEntry
 from tests.conftest import login
-from tests.gateway.conftest import make_deployment, make_key
+from tests.gateway.conftest import make_deployment, make_key, start_console
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -189,3 +189,137 @@ def test_unreadable_usage_records_fail_a_budgeted_request_closed(tenants, gatewa
         call(gateway, secret)
     assert info.value.status_code == 503 and info.value.body["code"] == "budget_unavailable"
     assert call(gateway, theirs).usage.total_tokens == 5  # no budget: nothing to read
+
+
+# ---- the embedded mode (`make run`: no Redis, one gateway process) --------------------------
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def either_gateway(request, engine, transactional_db, settings, tmp_path):
+    """One gateway with Redis (RedisRateLimiter) and one in the embedded mode (LocalRateLimiter):
+    a test using it asserts that both enforce budgets alike."""
+    if request.param == "embedded":
+        settings.REDIS_URL = None
+        settings.MODELDECK_DATA_DIR = tmp_path
+    server = start_console()
+    yield server
+    server.stop()
+
+
+def test_a_used_up_budget_refuses_the_next_request_with_or_without_redis(tenants, either_gateway, engine, pinned_budget_month):
+    """The embedded mode (make run) enforces budgets as the Redis path does, with the same 429:
+    before, its limiter ignored them although the Budgets page says they are enforced."""
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    api_key_budget_set(user=tenants.member, key=APIKey.objects.get(user=tenants.member), amount="0.015")
+    outcomes, errors = [], []
+    for _ in range(5):
+        try:
+            call(either_gateway, secret)
+            outcomes.append(200)
+        except openai.RateLimitError as exc:
+            outcomes.append(exc.status_code)
+            errors.append(exc.body)
+    assert outcomes == [200, 200, 200, 429, 429]  # 3 × 0.005 = 0.015 spent
+    assert errors[0] == {
+        "message": "The API key's monthly budget of 0.0150 USD is used up; requests to `llama-chat` "
+        "resume when the budget is raised or next month begins.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "budget_api_key_exceeded",
+    }
+    assert engine.requests and len(engine.requests) == 3  # refused requests never reached it
+    # Raising the budget lets the key spend again at once.
+    api_key_budget_set(user=tenants.member, key=APIKey.objects.get(user=tenants.member), amount="0.02")
+    assert call(either_gateway, secret).usage.total_tokens == 5
+    with pytest.raises(openai.RateLimitError):
+        call(either_gateway, secret)
+
+
+@pytest.mark.parametrize("level", ["api_key", "user", "organization"])
+def test_embedded_budgets_start_from_the_usage_records_and_survive_a_restart(tenants, engine, pinned_budget_month, settings, tmp_path, level):
+    """The embedded gateway's counters start from the month's usage records (only this month's,
+    in the budget's currency), at every level, and a restarted gateway process starts from them
+    again: usage is written at once in this mode, so nothing spent is forgotten."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from gateway.models import UsageRecord
+
+    settings.REDIS_URL = None
+    settings.MODELDECK_DATA_DIR = tmp_path
+    deployment = make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    key = APIKey.objects.get(user=tenants.member)
+
+    def spent(amount: str, *, currency="USD", when=None) -> None:
+        UsageRecord.objects.create(
+            request_id=f"r{UsageRecord.objects.count()}", deployment=deployment, organization=tenants.org,
+            user=tenants.member, api_key_id=key.pk, route="chat.completions", status_code=200,
+            latency_ms=1.0, cost=Decimal(amount), currency=currency, created_at=when or timezone.now(),
+        )  # fmt: skip
+
+    spent("0.009")
+    spent("5", currency="EUR")
+    spent("5", when=pinned_budget_month - timedelta(seconds=1))
+    membership = Membership.objects.get(user=tenants.member, organization=tenants.org)
+    {
+        "api_key": lambda: api_key_budget_set(user=tenants.member, key=key, amount="0.015"),
+        "user": lambda: member_budget_set(user=tenants.owner, membership=membership, amount="0.015"),
+        "organization": lambda: organization_budget_set(user=tenants.owner, organization=tenants.org, amount="0.015"),
+    }[level]()  # fmt: skip
+    server = start_console()
+    try:
+        call(server, secret)  # 0.009 + 0.005 = 0.014: one more fits
+        call(server, secret)  # 0.019: passed by this one, in flight
+        with pytest.raises(openai.RateLimitError) as info:
+            call(server, secret)
+        assert info.value.body["code"] == f"budget_{level}_exceeded"
+    finally:
+        server.stop()
+    restarted = start_console()
+    try:
+        with pytest.raises(openai.RateLimitError) as info:
+            call(restarted, secret)
+        assert info.value.body["code"] == f"budget_{level}_exceeded"
+    finally:
+        restarted.stop()
+
+
+def test_the_embedded_limiter_counts_a_cost_once_per_request_and_each_month_apart():
+    """LocalRateLimiter's counters as the Redis scripts keep them: seeded before the first check
+    of a month, a request's cost added once however often its finish runs, a new month apart."""
+    import asyncio
+    import concurrent.futures
+    from decimal import Decimal
+
+    from gateway.ratelimit import LocalRateLimiter, budgets_for, spend_keys
+
+    budgets = budgets_for(organization_id=1, user_id=2, api_key_id=3, api_key="0.01")
+    limiter = LocalRateLimiter()
+
+    def check(month: str, seed: bool = True):
+        return limiter.check(
+            generation_key="", expected_generation="", deployment_id=1, levels=[], request_id="r",
+            estimate=1, budgets=budgets, month=month, seed=seed,
+        )  # fmt: skip
+
+    async def run() -> None:
+        assert (await check("2026-11")).unseeded
+        assert (await check("2026-11", seed=False)).allowed  # the ask after a seed: as in Redis
+        await limiter.seed_budgets("2026-11", budgets, [Decimal("0.006")])
+        keys = spend_keys("2026-11", "USD", organization_id=1, user_id=2, api_key_id=3)
+        for _ in range(2):  # the same request's finish twice: counted once
+            limiter.count_spend(request_id="r1", cost=Decimal("0.003"), spend=keys)
+        assert (await check("2026-11")).allowed  # 0.009
+        limiter.count_spend(request_id="r2", cost=Decimal("0.001"), spend=keys)
+        refused = await check("2026-11")  # 0.010: used up
+        assert (refused.allowed, refused.kind, refused.level, refused.budget) == (False, "budget", "api_key", budgets[0])
+        assert (await check("2026-12")).unseeded  # December starts from its own records
+        await limiter.seed_budgets("2026-12", budgets, [Decimal(0)])
+        assert (await check("2026-12")).allowed
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # a fresh loop (Playwright holds one)
+        pool.submit(asyncio.run, run()).result()

@@ -8,6 +8,12 @@ import httpx
 import pytest
 
 from gateway.models import UsageRecord
+from gateway.ratelimit import (
+    IMAGE_LOW_DETAIL_TOKENS,
+    IMAGE_TOKENS,
+    MEDIA_PART_TOKENS,
+    prompt_estimate,
+)
 from gateway.tasks import flush_usage
 from projects.models import APIKey
 from tests.factories import MembershipFactory, UserFactory
@@ -350,3 +356,90 @@ def test_a_monthly_budget_stops_a_key_across_two_gateways(tenants, gateways, eng
     assert codes == [200, 200, 200, 200, 429, 429, 429, 429]
     flush_usage()
     assert sorted(UsageRecord.objects.values_list("status_code", flat=True)) == [200] * 4 + [429] * 4
+
+
+# A prompt the character count missed: token ids, token-id lists, images and audio in chat
+# content parts. Each is far above 1,000 tokens, which the estimate used to put at about 0.
+BIG_PROMPTS = {
+    "completions, token ids": ("completions", {"prompt": list(range(5000)), "max_tokens": 16}),
+    "completions, token-id lists": ("completions", {"prompt": [[7] * 2500, [9] * 2500], "max_tokens": 16}),
+    "embeddings, token ids": ("embeddings", {"input": list(range(5000))}),
+    "embeddings, token-id lists": ("embeddings", {"input": [[7] * 2500, [9] * 2500]}),
+    "chat, image parts": ("chat/completions", {"max_tokens": 16, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what differs?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.png", "detail": "high"}},
+    ]}]}),  # fmt: skip
+    "chat, audio parts": ("chat/completions", {"max_tokens": 16, "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    ]}]}),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(BIG_PROMPTS))
+def test_a_prompt_without_much_text_is_counted_against_the_token_limit(tenants, gateway, engine, case):
+    """The TPM bypass: a prompt given as token ids or media parts was estimated at ~0 tokens, so
+    it passed a 1,000 tokens-per-minute limit however large it was. Now it is refused before the
+    engine sees it, like any prompt over the limit."""
+    make_deployment(
+        tenants.project, "llama", served_model_name="llama-chat",
+        rate_limits=limits(api_key={"tpm": 1000}),
+    )  # fmt: skip
+    secret = make_key(tenants.member, tenants.org)
+    path, body = BIG_PROMPTS[case]
+    response = httpx.post(
+        f"{gateway.base_url}/{path}",
+        json={"model": "llama-chat", **body},
+        headers={"authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == "rate_limit_api_key_tokens"
+    assert "more than the API key limit of 1000 tokens per minute" in error["message"]
+    assert not engine.requests  # refused before the engine
+
+
+def test_a_burst_of_token_id_prompts_gets_only_what_the_token_limit_holds(tenants, gateways, engine):
+    """Ten concurrent completions of 2,000 token ids each against 5,000 tokens a minute: two fit.
+    Estimated at ~16 tokens each, all ten went through (20,000 tokens) before any was settled."""
+    make_deployment(
+        tenants.project, "llama", served_model_name="llama-chat",
+        rate_limits=limits(api_key={"tpm": 5000}),
+    )  # fmt: skip
+    secret = make_key(tenants.member, tenants.org)
+    body = {"model": "llama-chat", "prompt": [42] * 2000, "max_tokens": 16}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {secret}"}) as client:
+            return await asyncio.gather(*(
+                client.post(gateways[i % 2].base_url + "/completions", json=body) for i in range(10)
+            ))  # fmt: skip
+
+    responses = run_in_fresh_loop(burst())
+    assert statuses(responses) == {200: 2, 429: 8}
+    assert sum(r.json()["usage"]["prompt_tokens"] for r in responses if r.status_code == 200) == 4000
+
+
+def test_the_prompt_estimate_counts_token_ids_media_parts_and_tools():
+    assert prompt_estimate({"prompt": "hello world!"}) == 3  # characters / 4, as before
+    assert prompt_estimate({"prompt": ["abcd", "efgh"]}) == 2
+    assert prompt_estimate({"prompt": [1, 2, 3]}) == 3
+    assert prompt_estimate({"input": [[1, 2], [3, 4, 5]]}) == 5
+    assert prompt_estimate({"prompt": []}) == 0
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    low = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==" * 1000, "format": "wav"}}
+    text = {"type": "text", "text": "abcd" * 10}
+    messages = [{"role": "user", "content": [text, image, low, audio]}]
+    assert prompt_estimate({"messages": messages}) == 10 + IMAGE_TOKENS + IMAGE_LOW_DETAIL_TOKENS + MEDIA_PART_TOKENS
+    # Tool definitions and earlier tool calls are rendered into the prompt: their strings count.
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "description": "x" * 394}}}
+    asked = {"messages": [{"role": "user", "content": "hi"}]}
+    assert prompt_estimate({**asked, "tools": [tool]}) >= prompt_estimate(asked) + 100
+    assert prompt_estimate({**asked, "functions": [tool["function"]]}) >= prompt_estimate(asked) + 100
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "y" * 400}},
+    ]}  # fmt: skip
+    assert prompt_estimate({"messages": [call]}) >= 100
