@@ -738,7 +738,7 @@ class Gateway:
             ]
             unit = "requests" if decision.kind == "requests" else "tokens"
             if decision.retry_after_ms < 0:
-                message = f"This request needs about {estimate} tokens, more than the {who} limit of {decision.limit_tokens} tokens per minute on `{model}`; lower max_tokens."
+                message = f"This request needs about {estimate} tokens, more than the {who} limit of {decision.limit_tokens} tokens per minute on `{model}` (its prompt plus the completion it may produce); shorten the prompt or lower max_tokens."
             else:
                 message = f"Rate limit reached for `{model}`: the {who} limit on {unit} per minute is used up. Retry after {retry_s} s."
             await self._record(call, 429, settle=False)
