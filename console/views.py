@@ -76,6 +76,7 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     org = request.organization
     if org is None:
         return render(request, "console/settings.html", {"organization": None})
+    quota_error, status = "", 200
     if request.method == "POST":
         # The same form and service as the quotas page (sharing.views.quota_organization).
         form = QuotaForm(request.POST)
@@ -87,7 +88,8 @@ def settings_page(request: HttpRequest) -> HttpResponse:
         except PermissionDenied as exc:
             messages.error(request, str(exc))
         except ValidationError as exc:
-            messages.error(request, "; ".join(exc.messages))
+            # Refused: the page again with what was typed in the field and the reason under it.
+            quota_error, status = " ".join(exc.messages), 400
         else:
             messages.success(request, f"The organization's GPU quota is now {quota}.")
             return redirect("settings")
@@ -99,8 +101,10 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "console/settings.html",
-        {"organization": org, "rows": rows, "is_admin": permissions.can(request.user, "admin", org), "org_used": org.gpu_used()},
-    )
+        {"organization": org, "rows": rows, "is_admin": permissions.can(request.user, "admin", org), "org_used": org.gpu_used(),
+         "quota_error": quota_error},
+        status=status,
+    )  # fmt: skip
 
 
 def coming_soon(title: str, summary: str, meanwhile: str):

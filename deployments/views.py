@@ -116,9 +116,8 @@ def pool_list(request: HttpRequest) -> HttpResponse:
         filters=[ListFilter("kind", "Connection", PoolKind.choices)],
     )
     for pool in listing.rows:
-        check = pool.last_check or {}
-        # None: not counted (never tested, or the last test failed), which is not 0 GPUs.
-        pool.gpu_total = sum(int(n.get("gpus") or 0) for n in check.get("nodes") or []) if check.get("ok") else None
+        pool.gpu_total = _pool_gpu_total(pool.last_check or {})
+        pool.connection = _pool_connection(pool)
     return render(
         request,
         "deployments/pool_list.html",
@@ -203,6 +202,28 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+def _pool_gpu_total(check: dict[str, Any]) -> int | None:
+    """GPUs the pool's last connection test counted: what the list and the pool's page show.
+    None: not counted (never tested, or the last test failed), which is not 0 GPUs."""
+    if not check.get("ok"):
+        return None
+    return sum(int(n.get("gpus") or 0) for n in check.get("nodes") or [])
+
+
+def _pool_connection(pool: ComputePool) -> str:
+    """The list's Status, from the same sources as the pool's page: the last connection test,
+    else what the status sync last found. "untested": neither has looked at it yet."""
+    check = pool.last_check or {}
+    if check:
+        # The sync's later failure outranks an old good test; its success adds nothing new.
+        if check.get("ok") and pool.reachable is False:
+            return "unreachable"
+        return "connected" if check.get("ok") else "failed"
+    if pool.reachable is None:
+        return "untested"
+    return "reachable" if pool.reachable else "unreachable"
+
+
 def _pool_cards(pool: ComputePool, check: dict[str, Any]) -> dict[str, Any]:
     """What the Connection and GPUs cards show, from one connection check: the page and Test
     connection's answer (which swaps both cards) render the same, so they never disagree.
@@ -214,8 +235,7 @@ def _pool_cards(pool: ComputePool, check: dict[str, Any]) -> dict[str, Any]:
         "pool": pool,
         "check": check,
         "tested_at": parse_datetime(check.get("checked_at") or ""),
-        # None: not counted (never tested, or the last test failed), which is not 0 GPUs.
-        "gpu_total": sum(int(n.get("gpus") or 0) for n in nodes) if check.get("ok") else None,
+        "gpu_total": _pool_gpu_total(check),
         "gpu_products": sorted({n["gpu_product"] for n in nodes if n.get("gpu_product")}),
         "gpus_held": selectors.pool_gpus_held(pool),
         "sandbox_label": SANDBOX_LABEL,

@@ -1,11 +1,15 @@
-"""Organizations and projects in the Django admin; GPU quotas change only through the services
-(the console's quota page), so the admin shows them read-only."""
+"""Organizations and projects in the Django admin. An organization's GPU quota is set here
+through projects.services.organization_quota_set as the signed-in operator (checked and audited
+as on the console); budgets and project quotas stay read-only here (their console pages)."""
 
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from console.admin import RestrictedAdmin
 from projects import services
 from projects.models import (
+    GPU_QUOTA_VALIDATORS,
     GpuReservation,
     Integration,
     Invitation,
@@ -24,13 +28,62 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ["monthly_budget"]  # budgets change on the Budgets page (audited, reach the gateway)
 
 
+class OrganizationAdminForm(forms.ModelForm):
+    gpu_quota = forms.IntegerField(
+        label="GPU quota", validators=GPU_QUOTA_VALIDATORS,
+        error_messages={"invalid": "Enter the GPU quota as a whole number, e.g. 8."},
+        help_text="GPUs all projects of this organization may hold together; never below what they hold now.",
+    )  # fmt: skip
+    request_user = None  # set by OrganizationAdmin.get_form: the service asks as this user
+
+    class Meta:
+        model = Organization
+        fields = ["name", "slug", "gpu_quota"]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors or not self.instance.pk or "gpu_quota" not in self.changed_data:
+            return
+        # The rules organization_quota_set applies (admins only, not below use), asked before
+        # anything is saved, so a refusal is an error on the field, not a half-saved page.
+        stored = Organization.objects.get(pk=self.instance.pk)
+        try:
+            services.organization_quota_check(
+                user=self.request_user, organization=stored, gpu_quota=self.cleaned_data["gpu_quota"]
+            )
+        except ValidationError as exc:
+            self.add_error("gpu_quota", exc.message_dict.get("gpu_quota", exc.messages) if hasattr(exc, "error_dict") else exc.messages)
+        except PermissionDenied as exc:
+            self.add_error("gpu_quota", str(exc))
+
+
 @admin.register(Organization)
 class OrganizationAdmin(RestrictedAdmin):
+    form = OrganizationAdminForm
     list_display = ["name", "slug", "gpu_quota", "gpu_used", "created_at"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
-    readonly_fields = ["gpu_quota", "monthly_budget", "budget_currency"]  # through their services (audited)
+    readonly_fields = ["monthly_budget", "budget_currency"]  # the Budgets page (audited, reaches the gateway)
     change_action = "admin"  # members and roles: organization admins only
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.request_user = request.user
+        return form
+
+    def save_model(self, request, obj, form, change):
+        quota = form.cleaned_data.get("gpu_quota")
+        if not change:  # made by the service, then the form's other fields saved onto it
+            obj.pk = services.organization_create(name=obj.name, slug=obj.slug, gpu_quota=quota).pk
+            obj._state.adding = False
+            return super().save_model(request, obj, form, change)
+        stored = Organization.objects.get(pk=obj.pk)
+        obj.gpu_quota = stored.gpu_quota  # the quota is the service's to write, below
+        super().save_model(request, obj, form, change)
+        if quota != stored.gpu_quota:
+            obj.gpu_quota = services.organization_quota_set(
+                user=request.user, organization=stored, gpu_quota=quota
+            ).gpu_quota
 
     def save_formset(self, request, form, formset, change):
         if formset.model is not Membership:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 from django import forms
-from django.core.validators import MaxValueValidator, MinValueValidator
 
 from console.forms import StyledForm
 from projects.models import (
-    GPU_QUOTA_MAX,
+    GPU_QUOTA_VALIDATORS,
     S3_FIELDS,
     IntegrationKind,
     Organization,
@@ -32,7 +31,7 @@ class ProjectForm(StyledForm):
     gpu_quota = forms.IntegerField(
         label="GPU quota",
         initial=4,
-        validators=[MinValueValidator(0), MaxValueValidator(GPU_QUOTA_MAX)],
+        validators=GPU_QUOTA_VALIDATORS,
         error_messages={"invalid": "Enter the GPU quota as a whole number, e.g. 4."},
         help_text="The most GPUs this project's deployments may hold together.",
         widget=forms.TextInput(attrs={"inputmode": "numeric"}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Sum
 from django.urls import reverse
@@ -25,6 +25,17 @@ namespace_validator = RegexValidator(
     "A namespace is a DNS-1123 label: at most 63 lowercase letters, digits and dashes.",
 )
 GPU_QUOTA_MAX = 100_000
+# A GPU quota's bounds, in words (not Django's "Ensure this value is less than or equal to …"):
+# the model's full_clean in projects.services applies them, and the forms and serializers
+# that parse a quota reuse these, so console and REST refuse alike.
+GPU_QUOTA_ERRORS = {
+    "min_value": "A GPU quota can't be negative; 0 allows no GPUs.",
+    "max_value": f"At most {GPU_QUOTA_MAX:,} GPUs.",
+}
+GPU_QUOTA_VALIDATORS = [
+    MinValueValidator(0, GPU_QUOTA_ERRORS["min_value"]),
+    MaxValueValidator(GPU_QUOTA_MAX, GPU_QUOTA_ERRORS["max_value"]),
+]
 # Monthly budgets (projects.services.budget_set): amounts in the organization's budget currency,
 # to the cent's hundredth; enforced by the gateway (gateway.ratelimit), empty means no limit.
 BUDGET_MAX_DIGITS = 14
@@ -43,7 +54,7 @@ class Organization(models.Model):
     slug = models.CharField(max_length=30, unique=True, validators=[slug_validator])
     gpu_quota = models.PositiveIntegerField(
         default=8,
-        validators=[MaxValueValidator(GPU_QUOTA_MAX)],
+        validators=GPU_QUOTA_VALIDATORS,
         help_text="GPUs all projects of this organization may hold together.",
     )
     monthly_budget = budget_field("Spend per calendar month (UTC) of all the organization's keys; empty: no limit.")
@@ -115,7 +126,7 @@ class Project(models.Model):
     description = models.TextField(blank=True)
     gpu_quota = models.PositiveIntegerField(
         default=4,
-        validators=[MaxValueValidator(GPU_QUOTA_MAX)],
+        validators=GPU_QUOTA_VALIDATORS,
         help_text="GPUs this project's deployments may hold together.",
     )
     cpu_quota = models.PositiveIntegerField(

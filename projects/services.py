@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -326,14 +327,26 @@ def quota_release(*, holder: str) -> None:
     GpuReservation.objects.filter(holder=holder).delete()
 
 
+def organization_quota_check(*, user: AbstractBaseUser | None, organization: Organization, gpu_quota: int) -> None:
+    """Raise what organization_quota_set would refuse, without writing: for a form that must
+    refuse before it saves anything else (the Django admin's organization page)."""
+    permissions.require(user, "admin", organization, what="the organization's GPU quota")
+    candidate = copy.copy(organization)
+    candidate.gpu_quota = gpu_quota
+    candidate.clean_fields(exclude=[f.name for f in Organization._meta.concrete_fields if f.name != "gpu_quota"])
+    _check_org_quota_fits_projects(candidate)
+
+
 def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organization, gpu_quota: int) -> Organization:
+    """The console's quota pages, POST /api/v1/organizations/<id>/quota/ and the Django admin:
+    organization admins only, never below what is held, audited."""
     permissions.require(user, "admin", organization, what="the organization's GPU quota")
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=organization.pk)
         before = {"gpu_quota": org.gpu_quota}
+        organization_quota_check(user=user, organization=org, gpu_quota=gpu_quota)
         org.gpu_quota = gpu_quota
         org.full_clean()
-        _check_org_quota_fits_projects(org)
         org.save(update_fields=["gpu_quota"])
         _audit(actor=user, organization=org, action="quota_change", obj=org, before=before,
                after={"gpu_quota": org.gpu_quota})
@@ -341,6 +354,7 @@ def organization_quota_set(*, user: AbstractBaseUser | None, organization: Organ
 
 
 QUOTA_LIMIT_FIELDS = ("cpu_quota", "memory_quota_gib", "deployment_quota")
+QUOTA_LIMIT_MAX = 10**9  # well inside the columns (PositiveIntegerField: up to 2,147,483,647)
 
 
 def quota_limits_set(
@@ -352,8 +366,8 @@ def quota_limits_set(
     org = owner if isinstance(owner, Organization) else owner.organization
     permissions.require(user, "admin", org, what="quotas")
     wanted = {"cpu_quota": cpu_quota, "memory_quota_gib": memory_quota_gib, "deployment_quota": deployment_quota}
-    errors = {k: "Give a whole number of at least 0, or nothing for no limit." for k, v in wanted.items()
-              if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 10**9)}  # fmt: skip
+    errors = {k: f"Give a whole number from 0 to {QUOTA_LIMIT_MAX:,}, or nothing for no limit." for k, v in wanted.items()
+              if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > QUOTA_LIMIT_MAX)}  # fmt: skip
     if errors:
         raise ValidationError(errors)
     with transaction.atomic():

@@ -7,12 +7,12 @@ from collections.abc import Iterable
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MinValueValidator
 from django.db.models import Q
 
 from console.forms import StyledForm
 from deployments.models import ComputePool
-from projects.models import GPU_QUOTA_MAX, Environment, Organization, Project, slug_validator
+from projects.models import GPU_QUOTA_VALIDATORS, Environment, Organization, Project, slug_validator
 from sharing.models import AccessKind, AuditAction, ShareMode
 
 
@@ -205,7 +205,7 @@ class EnvironmentForm(StyledForm):
 class QuotaForm(StyledForm):
     gpu_quota = forms.IntegerField(
         label="GPU quota",
-        validators=[MinValueValidator(0), MaxValueValidator(GPU_QUOTA_MAX)],
+        validators=GPU_QUOTA_VALIDATORS,
         error_messages={"invalid": "Enter the GPU quota as a whole number, e.g. 4."},
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +24,7 @@ from console.paging import paginate
 from projects import services as project_services
 from projects.models import Organization
 from projects.selectors import project_get, quota_limits
+from projects.services import QUOTA_LIMIT_FIELDS
 from sharing import selectors, services
 from sharing.forms import (
     AccessForm,
@@ -367,19 +369,26 @@ environment_delete = EnvironmentDelete.as_view()
 # ---------------------------------------------------------------- quotas
 
 
-@login_required
-def quotas(request: HttpRequest) -> HttpResponse:
+def _quotas_page(
+    request: HttpRequest, *, errors: dict[str, str] | None = None, typed: dict[str, Any] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The quotas page. A refused form (400) is shown as typed, with the reason under it:
+    ``errors`` and ``typed`` are keyed by the form that was refused ("organization",
+    "project-<pk>", "limits-organization", "limits-<pk>")."""
+    errors, typed = errors or {}, typed or {}
     org = _organization(request)
     overview = selectors.quota_overview(request.user, org)
     for row in overview["rows"]:
         row["error_key"] = f"project-{row['project'].pk}"
+        row["error"] = errors.get(row["error_key"], "")
+        row["typed"] = typed.get(row["error_key"], {}).get("gpu_quota", "")
         for holder in row["holders"]:
             holder["url"] = (
                 _link("deployments:detail", holder["deployment_id"])
                 if holder["deployment_id"]
                 else ""
             )
-    errors = request.session.pop("quota_errors", {})
     # The organization and a project may share a name ("demo"): each row says which it is.
     limit_rows = [{"key": "limits-organization", "kind": "Organization", "name": org.name, "limits": quota_limits(org),
                    "url": reverse("sharing:quota_limits_organization")}]  # fmt: skip
@@ -388,6 +397,13 @@ def quotas(request: HttpRequest) -> HttpResponse:
          "limits": quota_limits(row["project"]), "url": reverse("sharing:quota_limits_project", args=[row["project"].pk])}
         for row in overview["rows"]
     ]  # fmt: skip
+    for row in limit_rows:
+        row["error"] = errors.get(row["key"], "")
+        refused = typed.get(row["key"])
+        for limit in row["limits"]:
+            # What the input shows: the stored quota, or what was typed when the form was refused.
+            limit["shown"] = refused.get(limit["name"], "") if refused is not None else limit["quota"]
+            limit["invalid"] = refused is not None and limit["name"] in refused.get("refused_fields", ())
     return render(
         request,
         "sharing/quotas.html",
@@ -395,19 +411,27 @@ def quotas(request: HttpRequest) -> HttpResponse:
             "organization": org,
             **overview,
             "is_admin": permissions.can(request.user, "admin", org),
-            "errors": errors,
+            "org_error": errors.get("organization", ""),
+            "org_typed": typed.get("organization", {}).get("gpu_quota", ""),
             "limit_rows": limit_rows,
         },
+        status=status,
     )
+
+
+@login_required
+def quotas(request: HttpRequest) -> HttpResponse:
+    return _quotas_page(request)
 
 
 def _limits_from(request: HttpRequest) -> dict[str, int | None]:
     """The quota form's text as the service's input: empty means no limit; anything else not a
-    whole number is passed on as is, for the service to refuse."""
+    whole number is passed on as -1, for the service to refuse in its own words."""
     out: dict[str, Any] = {}
-    for name in ("cpu_quota", "memory_quota_gib", "deployment_quota"):
+    for name in QUOTA_LIMIT_FIELDS:
         text = (request.POST.get(name) or "").strip()
-        out[name] = None if not text else int(text) if text.isdigit() else -1
+        # ASCII digits only: "²".isdigit() is true but int() refuses it.
+        out[name] = None if not text else int(text) if text.isascii() and text.isdigit() else -1
     return out
 
 
@@ -418,22 +442,35 @@ def quota_limits_set(request: HttpRequest, project_pk: int | None = None) -> Htt
     org = _organization(request)
     owner = project_get(request.user, project_pk) if project_pk is not None else org
     key = f"limits-{project_pk}" if project_pk is not None else "limits-organization"
-    error = None
     try:
         project_services.quota_limits_set(user=request.user, owner=owner, **_limits_from(request))
     except ValidationError as exc:
-        error = f"{owner.name}: " + " ".join(exc.messages)
-    return _quota_response(request, f"Quotas of {owner.name} saved.", key, error, f"quota-{key}")
-
-
-def _quota_response(request, ok_message: str, error_key: str, error: str | None, anchor: str) -> HttpResponse:
-    """Back to the quotas page. An error is shown once, under the field it is about (the page
-    scrolls there), not also in the banner at the top."""
-    if error:
-        request.session["quota_errors"] = {error_key: error}
-        return redirect(f"{reverse('sharing:quotas')}#{anchor}")
-    messages.success(request, ok_message)
+        fields = exc.message_dict if hasattr(exc, "error_dict") else {}
+        labels = {limit["name"]: limit["label"] for limit in quota_limits(owner)}
+        words = [f"{labels.get(name, name).capitalize()}: {' '.join(ms)}" for name, ms in fields.items()] or exc.messages
+        typed = {name: request.POST.get(name, "") for name in QUOTA_LIMIT_FIELDS}
+        typed["refused_fields"] = tuple(fields)
+        return _quotas_page(request, errors={key: f"{owner.name}: " + " ".join(words)}, typed={key: typed}, status=400)
+    messages.success(request, f"Quotas of {owner.name} saved.")
     return redirect("sharing:quotas")
+
+
+def _gpu_quota_set(request: HttpRequest, set_quota: Callable[[int], Any]) -> int | None:
+    """Parse the GPU quota form and hand it to the service; the GPUs now allowed, or None when
+    refused (the page is then rendered by the caller with the reason under the field)."""
+    form = QuotaForm(request.POST)
+    if not form.is_valid():
+        raise ValidationError(" ".join(m for ms in form.errors.values() for m in ms))
+    set_quota(form.cleaned_data["gpu_quota"])
+    return form.cleaned_data["gpu_quota"]
+
+
+def _quota_refused(request: HttpRequest, key: str, who: str, exc: ValidationError) -> HttpResponse:
+    """The page again, 400, the typed value kept in its field and the reason under it."""
+    return _quotas_page(
+        request, errors={key: f"{who}: " + " ".join(exc.messages)},
+        typed={key: {"gpu_quota": request.POST.get("gpu_quota", "")}}, status=400,
+    )  # fmt: skip
 
 
 @login_required
@@ -442,27 +479,14 @@ def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
     project = project_get(request.user, project_pk)
     if not permissions.can(request.user, "admin", project):
         raise PermissionDenied("Only organization admins can change GPU quotas.")
-    form = QuotaForm(request.POST)
-    error = None
-    if not form.is_valid():
-        error = f"Project “{project.name}”: " + " ".join(
-            m for ms in form.errors.values() for m in ms
-        )
-    else:
-        try:
-            services.project_quota_set(
-                user=request.user, project=project, gpu_quota=form.cleaned_data["gpu_quota"]
-            )
-        except ValidationError as exc:
-            error = f"Project “{project.name}”: " + " ".join(exc.messages)
-    gpus = form.cleaned_data["gpu_quota"] if error is None else 0
-    return _quota_response(
-        request,
-        f"Project “{project.name}” may now hold {gpus} GPU{pluralize(gpus)}.",
-        f"project-{project.pk}",
-        error,
-        f"quota-project-{project.pk}",
-    )
+    key = f"project-{project.pk}"
+    try:
+        gpus = _gpu_quota_set(request, lambda quota: services.project_quota_set(
+            user=request.user, project=project, gpu_quota=quota))  # fmt: skip
+    except ValidationError as exc:
+        return _quota_refused(request, key, f"Project “{project.name}”", exc)
+    messages.success(request, f"Project “{project.name}” may now hold {gpus} GPU{pluralize(gpus)}.")
+    return redirect("sharing:quotas")
 
 
 @login_required
@@ -471,18 +495,10 @@ def quota_organization(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     if not permissions.can(request.user, "admin", org):
         raise PermissionDenied("Only organization admins can change the organization's GPU quota.")
-    form = QuotaForm(request.POST)
-    error = None
-    if not form.is_valid():
-        error = "Organization quota: " + " ".join(m for ms in form.errors.values() for m in ms)
-    else:
-        try:
-            project_services.organization_quota_set(
-                user=request.user, organization=org, gpu_quota=form.cleaned_data["gpu_quota"]
-            )
-        except ValidationError as exc:
-            error = "Organization quota: " + " ".join(exc.messages)
-    gpus = form.cleaned_data["gpu_quota"] if error is None else 0
-    return _quota_response(
-        request, f"{org.name} may now hold {gpus} GPU{pluralize(gpus)}.", "organization", error, "org-quota"
-    )
+    try:
+        gpus = _gpu_quota_set(request, lambda quota: project_services.organization_quota_set(
+            user=request.user, organization=org, gpu_quota=quota))  # fmt: skip
+    except ValidationError as exc:
+        return _quota_refused(request, "organization", "Organization quota", exc)
+    messages.success(request, f"{org.name} may now hold {gpus} GPU{pluralize(gpus)}.")
+    return redirect("sharing:quotas")

@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from projects.keys import api_key_state
 from projects.models import (
+    GPU_QUOTA_ERRORS,
     GPU_QUOTA_MAX,
     APIKey,
     APIKeyScope,
@@ -46,7 +47,7 @@ class ProjectSerializer(serializers.ModelSerializer):
     )
     namespace = serializers.SerializerMethodField()
     gpu_used = serializers.SerializerMethodField()
-    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, required=False, default=4)
+    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, error_messages=GPU_QUOTA_ERRORS, required=False, default=4)
 
     class Meta:
         model = Project
@@ -66,20 +67,20 @@ class ProjectSerializer(serializers.ModelSerializer):
 class ProjectUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
-    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, required=False)
+    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, error_messages=GPU_QUOTA_ERRORS, required=False)
 
 
 class OrganizationQuotaSerializer(serializers.Serializer):
-    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX)
+    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, error_messages=GPU_QUOTA_ERRORS)
 
 
 class QuotaLimitsSerializer(serializers.Serializer):
-    """Quotas beyond GPUs; null (or left out): no limit."""
+    """Quotas beyond GPUs; null (or left out): no limit. Bounds: projects.services.quota_limits_set."""
 
-    cpu_quota = serializers.IntegerField(min_value=0, allow_null=True, required=False, default=None,
+    cpu_quota = serializers.IntegerField(allow_null=True, required=False, default=None,
                                          help_text="CPU cores")
-    memory_quota_gib = serializers.IntegerField(min_value=0, allow_null=True, required=False, default=None)
-    deployment_quota = serializers.IntegerField(min_value=0, allow_null=True, required=False, default=None,
+    memory_quota_gib = serializers.IntegerField(allow_null=True, required=False, default=None)
+    deployment_quota = serializers.IntegerField(allow_null=True, required=False, default=None,
                                                 help_text="Active deployments")  # fmt: skip
 
 
@@ -266,11 +267,12 @@ class BudgetSetSerializer(serializers.Serializer):
     checked by projects.services.budget_parse, so every client gets the same field errors."""
 
     level = serializers.ChoiceField(choices=["organization", "member", "key"])
+    # Ids are checked where they are looked up (projects.services.budget_set, the view's
+    # organization), which name the field in words rather than as 9223372036854775807.
     target = serializers.IntegerField(
-        required=False, min_value=1, max_value=2**63 - 1,
-        help_text="member: the member's user id; key: the key's id; organization: not used.",
+        required=False, help_text="member: the member's user id; key: the key's id; organization: not used.",
     )  # fmt: skip
-    organization = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    organization = serializers.IntegerField(required=False)
     monthly_budget = serializers.JSONField(allow_null=True, help_text='An amount such as "25" or "0.05"; null: no limit.')
     budget_currency = serializers.CharField(required=False, max_length=3, help_text="organization level only")
 

@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from deployments.models import ComputePool
-from projects.models import GPU_QUOTA_MAX, Environment, Organization
+from projects.models import GPU_QUOTA_ERRORS, GPU_QUOTA_MAX, Environment, Organization
 from projects.selectors import projects_for_user
 from sharing.models import AccessKind, AuditAction, AuditEntry, ShareMode
 from sharing.services import UNKNOWN_USERS
@@ -126,7 +126,7 @@ class EnvironmentSerializer(serializers.ModelSerializer):
 
 
 class QuotaSerializer(serializers.Serializer):
-    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX)
+    gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, error_messages=GPU_QUOTA_ERRORS)
 
 
 class PromotionSerializer(serializers.Serializer):

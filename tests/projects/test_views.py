@@ -33,7 +33,7 @@ def test_an_empty_slug_is_made_from_the_name(owner_client, tenants):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "quota, message",
-    [("-1", "greater than or equal to 0"), ("two", "whole number"), ("", "required")],
+    [("-1", "be negative; 0 allows no GPUs"), ("two", "whole number"), ("", "required")],
 )
 def test_bad_quota_is_an_error_on_the_field_and_keeps_the_other_fields(owner_client, quota, message):
     response = owner_client.post(

@@ -1,0 +1,60 @@
+"""The Django admin's organization page sets the GPU quota through organization_quota_set, as the
+signed-in operator: checked and audited as on the console."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from projects.models import GpuReservation, Membership
+from sharing.models import AuditEntry
+from tests.conftest import login
+
+
+def _change_form(tenants, **changes) -> dict:
+    org = tenants.org
+    members = list(Membership.objects.filter(organization=org).order_by("pk"))
+    data = {
+        "name": org.name, "slug": org.slug, "gpu_quota": str(org.gpu_quota),
+        "cpu_quota": "", "memory_quota_gib": "", "deployment_quota": "",
+        "memberships-TOTAL_FORMS": str(len(members)), "memberships-INITIAL_FORMS": str(len(members)),
+        "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    for i, m in enumerate(members):
+        data |= {f"memberships-{i}-id": str(m.pk), f"memberships-{i}-organization": str(org.pk),
+                 f"memberships-{i}-user": str(m.user_id), f"memberships-{i}-role": m.role}  # fmt: skip
+    return data | changes
+
+
+def _superuser_client(tenants):
+    tenants.owner.is_staff = tenants.owner.is_superuser = True
+    tenants.owner.save()
+    return login(tenants.owner)
+
+
+@pytest.mark.django_db
+def test_admin_sets_an_organizations_gpu_quota_through_the_service(tenants):
+    client = _superuser_client(tenants)
+    url = reverse("admin:projects_organization_change", args=[tenants.org.pk])
+    assert 'name="gpu_quota"' in client.get(url).content.decode()
+    assert client.get(url).context["inline_admin_formsets"][0].formset.prefix == "memberships"
+    response = client.post(url, _change_form(tenants, gpu_quota="40"))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    tenants.org.refresh_from_db()
+    assert tenants.org.gpu_quota == 40
+    entry = AuditEntry.objects.get(action="quota_change", object_type="organization")
+    assert entry.diff == {"gpu_quota": [16, 40]} and entry.actor == tenants.owner
+
+
+@pytest.mark.django_db
+def test_admin_quota_below_use_or_out_of_range_is_refused_on_the_field(tenants):
+    GpuReservation.objects.create(project=tenants.project, holder="deployment:999", gpus=5)
+    client = _superuser_client(tenants)
+    url = reverse("admin:projects_organization_change", args=[tenants.org.pk])
+    for typed, reason in (("3", "The organization already uses 5 GPUs; the quota cannot go below that."),
+                          ("99999999999999999999", "At most 100,000 GPUs.")):  # fmt: skip
+        response = client.post(url, _change_form(tenants, gpu_quota=typed, name="Renamed"))
+        assert response.status_code == 200
+        assert reason in response.context["adminform"].form.errors["gpu_quota"]
+    tenants.org.refresh_from_db()
+    assert (tenants.org.gpu_quota, tenants.org.name) == (16, "Acme") and not AuditEntry.objects.exists()
