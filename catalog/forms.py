@@ -9,7 +9,13 @@ from django import forms
 
 from catalog import estimate as estimate_lib
 from catalog.models import Engine, ModelSource
-from catalog.services import STORAGE_EXAMPLES, bundle_field_errors, validate_storage_uri
+from catalog.services import (
+    MAX_PARAMETERS,
+    PARAMETERS_TOO_MANY,
+    STORAGE_EXAMPLES,
+    bundle_field_errors,
+    validate_storage_uri,
+)
 from console.api_parsers import MAX_JSON_DEPTH, json_depth_exceeds
 from console.forms import StyledForm
 
@@ -285,10 +291,12 @@ class MappingForm(StyledForm):
         help_text="Shell-style, e.g. meta-llama/* or *-Instruct; empty: any name.",
     )
     min_billions = forms.DecimalField(
-        required=False, min_value=0, decimal_places=3, label="Smallest (billions of parameters)"
+        required=False, min_value=0, max_value=MAX_PARAMETERS // BILLION, decimal_places=3,
+        label="Smallest (billions of parameters)", error_messages={"max_value": PARAMETERS_TOO_MANY},
     )
     max_billions = forms.DecimalField(
-        required=False, min_value=0, decimal_places=3, label="Largest (billions of parameters)"
+        required=False, min_value=0, max_value=MAX_PARAMETERS // BILLION, decimal_places=3,
+        label="Largest (billions of parameters)", error_messages={"max_value": PARAMETERS_TOO_MANY},
     )
     license = forms.CharField(
         max_length=100, required=False, help_text="e.g. apache-2.0; empty: any license."

@@ -30,6 +30,11 @@ DEFAULT_MAX_ARTIFACT_BYTES = 20 * 1024**3
 ENGINE_LABEL = ProfileBundle.ENGINE_LABEL
 VARIABLE_TYPES = ("string", "integer", "number", "boolean")
 
+# A rule's size bounds: a million billion parameters is beyond any model (the largest are a few
+# thousand billion), and the column (bigint) would overflow a few thousand times further on.
+MAX_PARAMETERS = 10**15
+PARAMETERS_TOO_MANY = "At most 1,000,000 billion parameters."
+
 
 class _QuotaExceeded(Exception):
     """The upload does not fit in what is left of the organization's upload quota."""
@@ -764,6 +769,8 @@ def _clean_rule(
     ):
         if value is not None and value < 0:
             errors[field_name] = "A parameter count cannot be negative."
+        elif value is not None and value > MAX_PARAMETERS:
+            errors[field_name] = PARAMETERS_TOO_MANY
     if (
         min_parameters is not None
         and max_parameters is not None

@@ -54,6 +54,9 @@ S3_ENV = {
 
 MAX_REPLICAS = 100
 MAX_GPUS_PER_REPLICA = 16
+# Requests or tokens per minute: a billion is beyond any engine; a bound keeps 10^20 out of the
+# Redis scripts' doubles and the X-RateLimit headers.
+RATE_LIMIT_MAX = 1_000_000_000
 # What the gateway measures per deployment (gateway/load.py); the target is per replica, except
 # latency_p95_ms: the p95 in milliseconds to stay under.
 AUTOSCALING_METRICS = ("concurrency", "requests_per_second", "output_tokens_per_second", "latency_p95_ms")
@@ -312,9 +315,9 @@ def _as_int(
         errors.add(field, "Enter a whole number.")
         return None
     if value < minimum:
-        errors.add(field, f"Must be at least {minimum}.")
+        errors.add(field, f"Must be at least {minimum:,}.")
     elif maximum is not None and value > maximum:
-        errors.add(field, f"Must be at most {maximum}.")
+        errors.add(field, f"Must be at most {maximum:,}.")
     return value
 
 
@@ -571,7 +574,7 @@ def _clean_limits_and_pricing(errors: _Errors, out: dict[str, Any]) -> None:
             limits[scope][unit] = (
                 None
                 if value in (None, "")
-                else _as_int(errors, f"rate_limits.{scope}.{unit}", value, minimum=1)
+                else _as_int(errors, f"rate_limits.{scope}.{unit}", value, minimum=1, maximum=RATE_LIMIT_MAX)
             )
     unknown_scopes = sorted(set(out["rate_limits"]) - set(RATE_LIMIT_SCOPES))
     if unknown_scopes:
@@ -1114,9 +1117,9 @@ def _clean_policies(errors: _Errors, out: dict[str, Any]) -> None:
         errors.add(f"policies.{unknown[0]}", f"Unknown policy rule; the rules are {', '.join(POLICY_KEYS)}.")
         return
     policies: dict[str, Any] = {}
-    for key in ("max_replicas", "max_gpus_per_replica"):
+    for key, most in (("max_replicas", MAX_REPLICAS), ("max_gpus_per_replica", MAX_GPUS_PER_REPLICA)):
         if given.get(key) not in (None, ""):
-            value = _as_int(errors, f"policies.{key}", given[key], minimum=0)
+            value = _as_int(errors, f"policies.{key}", given[key], minimum=0, maximum=most)
             if value is not None:
                 policies[key] = value
     for key in ("allowed_gpu_types", "allowed_pools"):
@@ -1239,7 +1242,7 @@ def _clean_bundle_choice(errors: _Errors, out: dict[str, Any], *, bundle: Profil
     service resolves it and passes that version in); ``bundle_vars``: values for its variables."""
     version = out.pop("bundle_version", None)
     if version not in (None, ""):
-        version = _as_int(errors, "bundle_version", version, minimum=1)
+        version = _as_int(errors, "bundle_version", version, minimum=1, maximum=2**31 - 1)
         if version is not None and version != getattr(bundle, "version", version):
             errors.add("bundle_version", f"This revision runs {bundle}; version {version} was asked.")
     if getattr(bundle, "version", None) is not None:  # (a bundle-shaped stand-in may have none)

@@ -289,6 +289,8 @@ def test_mappings_crud_reorder_and_resolve(tenants):
         f"/api/v1/mappings/{a['id']}/", {"min_parameters": 10, "max_parameters": 1}, format="json"
     )
     assert inverted.status_code == 400 and "max_parameters" in inverted.json()
+    huge = client.patch(f"/api/v1/mappings/{a['id']}/", {"min_parameters": 10**20}, format="json")
+    assert huge.status_code == 400 and huge.json()["min_parameters"] == ["At most 1,000,000 billion parameters."]
     assert client.delete(f"/api/v1/mappings/{a['id']}/").status_code == 204
     assert list(MaaSMapping.objects.values_list("position", flat=True)) == [1]
     no_match = client.get(

@@ -68,6 +68,8 @@ def test_partial_nested_values_keep_the_other_defaults(bundle, model):
         ({"context_length": 12}, "context_length"),
         ({"autoscaling": {"metric": "vibes"}}, "autoscaling.metric"),
         ({"rate_limits": {"user": {"rpm": -1}}}, "rate_limits.user.rpm"),
+        ({"rate_limits": {"user": {"tpm": 99999999999999999999}}}, "rate_limits.user.tpm"),
+        ({"policies": {"max_replicas": "99999999999999999999"}}, "policies.max_replicas"),
         ({"pricing": {"output_per_million": "cheap"}}, "pricing.output_per_million"),
         ({"extra_args": ["--port", "9000"]}, "extra_args"),
         ({"replicas": {"min": 0, "max": 1}, "autoscaling": {"enabled": False}}, "replicas.min"),
@@ -76,6 +78,12 @@ def test_partial_nested_values_keep_the_other_defaults(bundle, model):
 )
 def test_bad_values_are_errors_on_the_named_field(bundle, model, spec, field):
     assert field in errors_of(spec, bundle, model)
+
+
+def test_bounds_are_said_with_thousands_separators(bundle, model):
+    errors = errors_of({"rate_limits": {"api_key": {"rpm": 10**20}}, "context_length": 10**9}, bundle, model)
+    assert errors["rate_limits.api_key.rpm"] == ["Must be at most 1,000,000,000."]
+    assert errors["context_length"] == ["Must be at most 10,000,000."]
 
 
 def test_render_spec_maps_the_revision_and_references_the_hf_token_secret(tenants, bundle, model):
