@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
-from deployments.kube.network import is_public_address
+from deployments.kube.network import is_public_address, public_address_refusal
 from deployments.models import ModelDeployment, PoolExposure
 from deployments.renderers import SERVICE_PORT
 from deployments.renderers.exposure import host_for
@@ -22,6 +22,8 @@ from gateway.h1 import UpstreamPool
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 300.0
 MAX_CONNECTIONS = 1000
+# Where a deployment whose address is refused points: nothing listens, the call fails as a 502.
+REFUSED_UPSTREAM = "http://0.0.0.0:9"
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,17 @@ def upstream_for(deployment: ModelDeployment) -> Upstream:
     if pool.exposure in (PoolExposure.INGRESS, PoolExposure.GATEWAY_API) and pool.exposure_host:
         host = host_for(deployment.name, namespace, pool.exposure_host)
         if pool.exposure_address:
-            return Upstream(pool.exposure_address.rstrip("/"), host)
-        # Ingress terminates TLS when the pool names a certificate; a Gateway's listener decides
-        # for itself, so an https Gateway is given as exposure_address https://...
-        scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
-        return Upstream(f"{scheme}://{host}")
+            upstream = Upstream(pool.exposure_address.rstrip("/"), host)
+        else:
+            # Ingress terminates TLS when the pool names a certificate; a Gateway's listener
+            # decides for itself, so an https Gateway is given as exposure_address https://...
+            scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
+            upstream = Upstream(f"{scheme}://{host}")
+        if pool.needs_public_address() and public_address_refusal(upstream.base):
+            # An organization typed the base host (and address): the rule its API server follows,
+            # checked here as the routing table loads (the name may resolve elsewhere by now).
+            return Upstream(REFUSED_UPSTREAM)
+        return upstream
     if pool.is_sandbox:
         # The simulated engine answers for every sandbox deployment, whatever the model name.
         return Upstream(settings.SANDBOX_ENGINE_URL.rstrip("/"))

@@ -19,6 +19,7 @@ from aiohttp.resolver import ThreadedResolver
 from django.conf import settings as django_settings
 
 from deployments.kube import network
+from deployments.models import ComputePool, PoolExposure, PoolKind, PoolManager
 from gateway import upstream
 from gateway.models import UsageRecord
 from gateway.tasks import check_external_endpoints, flush_usage
@@ -226,3 +227,31 @@ def test_the_external_session_keeps_the_dns_cache():
 
     connector = asyncio.run(run())
     assert connector.use_dns_cache and isinstance(connector._resolver, PublicOnlyResolver)
+
+
+# ---- a compute pool's exposure host: typed by an organization's admin ---------------------------
+
+
+@pytest.mark.parametrize("address", ["", "http://lb.rebind.example:80"])
+def test_an_organizations_exposure_host_at_a_private_address_is_never_the_upstream(tenants, monkeypatch, address):
+    """Where organizations bring their own cluster (MODELDECK_ORG_ADMINS_MAY_ADD_POOLS), their
+    admin types the pool's base host (and address) the gateway sends the engines' requests to:
+    the rule their API server follows applies."""
+    real = network.non_public_addresses
+    monkeypatch.setattr(network, "non_public_addresses",
+                        lambda host, port: ["127.0.0.1"] if host.endswith("rebind.example") else real(host, port))  # fmt: skip
+    pool = ComputePool.objects.create(
+        organization=tenants.org, name="byo", kind=PoolKind.KUBECONFIG, engine_label="vllm",
+        managed_by=PoolManager.ORGANIZATION, exposure=PoolExposure.INGRESS, exposure_host="rebind.example",
+        exposure_address=address,
+    )  # fmt: skip
+    deployment = make_deployment(tenants.project, "chat")
+    deployment.pool = pool
+    assert upstream.upstream_for(deployment) == upstream.Upstream(upstream.REFUSED_UPSTREAM)
+
+    # An operator's pool, or one an operator allowed private addresses: its own network is fine.
+    pool.private_addresses_allowed = True
+    expected = upstream.upstream_for(deployment)
+    assert expected.base == (address or f"http://chat-{tenants.project.namespace()}.rebind.example")
+    pool.private_addresses_allowed, pool.managed_by = False, PoolManager.OPERATOR
+    assert upstream.upstream_for(deployment) == expected
