@@ -60,7 +60,13 @@ from gateway.ratelimit import (
 )
 from gateway.reports import month_start
 from gateway.tasks import write_events
-from gateway.upstream import UpstreamRedirect, is_redirect, make_pool, make_session
+from gateway.upstream import (
+    UpstreamRedirect,
+    is_redirect,
+    make_pool,
+    make_session,
+    private_address_refusal,
+)
 from gateway.usage import (
     USAGE_STREAM_KEY,
     UsageEvent,
@@ -211,6 +217,7 @@ class Gateway:
         self.read_timeout = read_timeout
         self.cache = GatewayCache()
         self._session: aiohttp.ClientSession | None = None
+        self._external_session: aiohttp.ClientSession | None = None
         self._pool: h1.UpstreamPool | None = None
         self._redis = None
         self._limiter: RedisRateLimiter | LocalRateLimiter | None = None
@@ -237,6 +244,16 @@ class Gateway:
                 **({"read_timeout": self.read_timeout} if self.read_timeout else {})
             )
         return self._session
+
+    @property
+    def external_session(self) -> aiohttp.ClientSession:
+        """External endpoints' URLs (a tenant typed them): connects to public addresses only,
+        whatever the name resolves to at connect time (gateway/upstream.py PublicOnlyResolver)."""
+        if self._external_session is None:
+            self._external_session = make_session(
+                public_only=True, **({"read_timeout": self.read_timeout} if self.read_timeout else {})
+            )
+        return self._external_session
 
     @property
     def pool(self) -> h1.UpstreamPool:
@@ -279,6 +296,9 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._external_session is not None:
+            await self._external_session.close()
+            self._external_session = None
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
@@ -928,6 +948,12 @@ class Gateway:
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, UpstreamRedirect):
             return redirect_error(exc.status, deployment)
+        refused = private_address_refusal(exc)
+        if refused is not None:
+            return GatewayError(
+                502, f"The external endpoint of `{deployment.served_model_name}` was not called: {refused}.",
+                "server_error", code="upstream_private_address",
+            )  # fmt: skip
         if isinstance(exc, asyncio.TimeoutError):
             return GatewayError(
                 504,
@@ -967,9 +993,11 @@ class Gateway:
     ) -> None:
         try:
             if call.deployment.external:
-                # An external endpoint or its overflow (gateway/overflow.py) keeps aiohttp.
+                # An external endpoint or its overflow (gateway/overflow.py) keeps aiohttp; only
+                # the overflow (a managed engine) may be at a cluster-internal address.
+                session = self.session if call.served_by == overflow.SERVED_OVERFLOW else self.external_session
                 response = _SessionStream(
-                    await self.session.post(
+                    await session.post(
                         url, data=raw, headers=headers, allow_redirects=False,
                         **_tls_name(url, call.deployment),
                     )

@@ -29,13 +29,12 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
-import httpx
 import redis
 from django.conf import settings
 
 from deployments.external import base_url, external_url_refusal
 from gateway.errors import GatewayError
-from gateway.upstream import is_redirect
+from gateway.upstream import UpstreamRedirect, is_redirect, make_session, private_address_refusal
 from gateway.usage import usage_from_bytes
 
 INFLIGHT_TTL_S = 600  # a crashed process's counts fade out
@@ -256,7 +255,7 @@ async def _try_external(gw, send, call, url, raw, headers, extra, options, overf
     """served (2xx–4xx but 429, sent), answered (a failure sent as is: no overflow), failed."""
     timeout = aiohttp.ClientTimeout(total=float(options.get("timeout_s") or 30))
     try:
-        async with gw.session.post(url, data=raw, headers=headers, timeout=timeout, allow_redirects=False) as response:
+        async with gw.external_session.post(url, data=raw, headers=headers, timeout=timeout, allow_redirects=False) as response:
             content = await response.read()
             status = response.status
             content_type = response.headers.get("content-type", "application/json")
@@ -293,7 +292,7 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
         status = _run_apart(_status_of(base_url(url) + "/models", headers))
     except TimeoutError:
         return False, f"no answer within {HEALTH_TIMEOUT_S:g} s"
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         return False, unreachable_words(exc)
     if status >= 500 or status == 429:
         return False, f"answered HTTP {status}"
@@ -318,20 +317,26 @@ def _run_apart(coroutine):
 
 
 async def _status_of(url: str, headers: dict[str, str]) -> int:
-    """The status of a GET, within HEALTH_TIMEOUT_S in all: httpx's time-outs are per read, so
-    an endpoint trickling its headers a byte at a time would hold a sync probe (and one of the
-    health check's few threads) for ever. The body is never read."""
+    """The status of a GET, within HEALTH_TIMEOUT_S in all (a per-read time-out would let an
+    endpoint trickling its headers a byte at a time hold a sync probe, and one of the health
+    check's few threads, for ever). The body is never read. Through the gateway's own kind of
+    session for external endpoints: public addresses only, checked when connecting (DNS
+    rebinding), and no redirect followed."""
     async with asyncio.timeout(HEALTH_TIMEOUT_S):
-        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, trust_env=False, follow_redirects=False) as client:
-            async with client.stream("GET", url, headers=headers) as response:
-                return response.status_code
+        async with make_session(read_timeout=HEALTH_TIMEOUT_S, public_only=True) as session:
+            try:
+                async with session.get(url, headers=headers, allow_redirects=False) as response:
+                    return response.status
+            except UpstreamRedirect as exc:
+                return exc.status
 
 
-def unreachable_words(exc: httpx.HTTPError) -> str:
+def unreachable_words(exc: aiohttp.ClientError) -> str:
     """Why a probe got no answer, as a person says it ("connection refused"), not a class name."""
-    if isinstance(exc, httpx.TimeoutException):
-        return f"no answer within {HEALTH_TIMEOUT_S:g} s"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    refused = private_address_refusal(exc)
+    if refused is not None:
+        return str(refused)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the connection closed without an answer"
     cause: BaseException | None = exc
     while cause is not None:
@@ -345,10 +350,10 @@ def unreachable_words(exc: httpx.HTTPError) -> str:
             return "the TLS handshake failed"
         if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             return "no route to the host"
-        cause = cause.__cause__ or cause.__context__
+        cause = getattr(cause, "os_error", None) or cause.__cause__ or cause.__context__
     text = str(exc).lower()
     for words in ("connection refused", "name or service not known", "certificate verify failed"):
-        if words in text:  # httpcore sometimes keeps only the message
+        if words in text:  # in case only the message was kept
             return {"name or service not known": "the host name does not resolve",
                     "certificate verify failed": "its TLS certificate is not trusted"}.get(words, words)  # fmt: skip
     return f"unreachable ({type(exc).__name__})"

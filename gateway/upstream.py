@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
+from deployments.kube.network import is_public_address, public_address_refusal
 from deployments.models import ModelDeployment, PoolExposure
 from deployments.renderers import SERVICE_PORT
 from deployments.renderers.exposure import host_for
@@ -16,6 +22,8 @@ from gateway.h1 import UpstreamPool
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 300.0
 MAX_CONNECTIONS = 1000
+# Where a deployment whose address is refused points: nothing listens, the call fails as a 502.
+REFUSED_UPSTREAM = "http://0.0.0.0:9"
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,17 @@ def upstream_for(deployment: ModelDeployment) -> Upstream:
     if pool.exposure in (PoolExposure.INGRESS, PoolExposure.GATEWAY_API) and pool.exposure_host:
         host = host_for(deployment.name, namespace, pool.exposure_host)
         if pool.exposure_address:
-            return Upstream(pool.exposure_address.rstrip("/"), host)
-        # Ingress terminates TLS when the pool names a certificate; a Gateway's listener decides
-        # for itself, so an https Gateway is given as exposure_address https://...
-        scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
-        return Upstream(f"{scheme}://{host}")
+            upstream = Upstream(pool.exposure_address.rstrip("/"), host)
+        else:
+            # Ingress terminates TLS when the pool names a certificate; a Gateway's listener
+            # decides for itself, so an https Gateway is given as exposure_address https://...
+            scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
+            upstream = Upstream(f"{scheme}://{host}")
+        if pool.needs_public_address() and public_address_refusal(upstream.base):
+            # An organization typed the base host (and address): the rule its API server follows,
+            # checked here as the routing table loads (the name may resolve elsewhere by now).
+            return Upstream(REFUSED_UPSTREAM)
+        return upstream
     if pool.is_sandbox:
         # The simulated engine answers for every sandbox deployment, whatever the model name.
         return Upstream(settings.SANDBOX_ENGINE_URL.rstrip("/"))
@@ -76,8 +90,87 @@ async def _refuse_redirects(request: aiohttp.ClientRequest, handler) -> aiohttp.
     return response
 
 
-def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession:
+class PrivateAddressRefused(aiohttp.ClientOSError):
+    """A tenant's host name resolved (at connect time) only to addresses ModelDeck doesn't call
+    for tenants, or the URL is such an address. Never connected to. An OSError, so aiohttp wraps
+    it when the resolver raises it (ClientConnectorDNSError, `private_address_refusal` finds it),
+    and a ClientError, so every caller takes it as an upstream failure."""
+
+    def __init__(self, host: str, addresses: list[str], *, literal: bool = False) -> None:
+        self.host, self.addresses = host, addresses
+        shown = ", ".join(addresses[:3])
+        what = f"{host} is a private address" if literal else f"{host} resolved to a private address ({shown})"
+        super().__init__(f"{what}; ModelDeck only calls public addresses for external endpoints")
+
+
+def private_address_refusal(exc: BaseException | None) -> PrivateAddressRefused | None:
+    """The PrivateAddressRefused behind an aiohttp error (raised as is or wrapped), or None."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, PrivateAddressRefused):
+            return exc
+        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def _public_only() -> bool:
+    # Read per connection, not cached: on-prem installs and tests turn the operator setting on.
+    return not settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """DNS rebinding: external_url_refusal resolves a tenant's host when the URL is saved and the
+    routing table loads, but the connection resolves it again, and the tenant's DNS may answer
+    127.0.0.1 or 169.254.169.254 by then (or the name didn't resolve at all at check time). This
+    resolver sits where aiohttp connects: every address deployments.kube.network's rule refuses
+    is dropped, and with none left the connection is never made. The connector's DNS cache
+    (ttl_dns_cache) keeps what this returns, so the hot path pays nothing more."""
+
+    def __init__(self, resolver: AbstractResolver | None = None) -> None:
+        self._resolver = resolver or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        if not _public_only():
+            return results
+        public = [result for result in results if is_public_address(result["host"])]
+        if not public:
+            raise PrivateAddressRefused(host, sorted({result["host"] for result in results}))
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_private_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False  # a name: the resolver decides
+    return not is_public_address(host)
+
+
+async def _refuse_private_literals(request: aiohttp.ClientRequest, handler) -> aiohttp.ClientResponse:
+    """aiohttp connects to an IP-literal URL without asking the resolver: the same rule, here."""
+    host = request.url.raw_host or ""
+    if _public_only() and _is_private_literal(host):
+        raise PrivateAddressRefused(host, [host], literal=True)
+    return await handler(request)
+
+
+def make_session(
+    *, read_timeout: float = READ_TIMEOUT, public_only: bool = False
+) -> aiohttp.ClientSession:
     """The pool every request of one gateway process shares (keep-alive to each engine).
+
+    public_only: the session for URLs a tenant typed (external endpoints, their health check):
+    it connects only to public addresses (PublicOnlyResolver) unless the operator allows private
+    ones (MODELDECK_EXTERNAL_PRIVATE_ADDRESSES). Engines' sessions don't: their addresses are the
+    platform's (cluster Services, the sandbox on loopback).
 
     aiohttp rather than httpx: on the same engine and concurrency, bench/gateway.py measures
     aiohttp's pool at several times httpx.AsyncClient's requests/s (httpcore's async pool
@@ -85,7 +178,8 @@ def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession
     """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60
+            limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60,
+            resolver=PublicOnlyResolver() if public_only else None,
         ),
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout
@@ -97,7 +191,7 @@ def make_session(*, read_timeout: float = READ_TIMEOUT) -> aiohttp.ClientSession
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
         # Redirects are never followed, on any call through this session (UpstreamRedirect).
-        middlewares=(_refuse_redirects,),
+        middlewares=(_refuse_private_literals, _refuse_redirects) if public_only else (_refuse_redirects,),
     )
 
 

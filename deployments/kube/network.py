@@ -21,6 +21,15 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+def is_public_address(text: str) -> bool:
+    """The one rule for an address the server may call on a tenant's behalf: on the public
+    internet (not loopback, link-local — cloud metadata services live there —, private, shared,
+    reserved or multicast). Check-time (`non_public_addresses`) and connect-time
+    (gateway/upstream.py's resolver) both ask this."""
+    addr = _ip(text)
+    return addr is not None and addr.is_global and not addr.is_multicast
+
+
 def is_loopback_host(host: str) -> bool:
     host = (host or "").strip("[]").lower()
     if host in LOOPBACK_NAMES:
@@ -42,12 +51,7 @@ def non_public_addresses(host: str, port: int | None) -> list[str]:
         except (OSError, UnicodeError):
             return []  # unresolvable: the connection itself will say so
         addresses = sorted({info[4][0] for info in infos})
-    bad = []
-    for text in addresses:
-        addr = _ip(text)
-        if addr is None or not addr.is_global or addr.is_multicast:
-            bad.append(str(addr or text))
-    return bad
+    return [str(_ip(text) or text) for text in addresses if not is_public_address(text)]
 
 
 def public_address_refusal(server: str) -> str:
