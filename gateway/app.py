@@ -894,8 +894,10 @@ class Gateway:
                            for k, v in scope["headers"] if k.startswith(b"x-sandbox-"))  # fmt: skip
         url = f"{deployment.upstream}/{action}/{quote(deployment.served_model_name, safe='')}"
         try:
-            async with self.session.post(url, data=raw, headers=headers, allow_redirects=False,
-                                         **_tls_name(url, deployment)) as response:  # fmt: skip
+            # An organization's own cluster: the session that connects to public addresses only.
+            session = self.external_session if deployment.public_only else self.session
+            async with session.post(url, data=raw, headers=headers, allow_redirects=False,
+                                    **_tls_name(url, deployment)) as response:  # fmt: skip
                 content, status = await response.read(), response.status
                 content_type = response.headers.get("content-type", "application/json")
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -948,6 +950,13 @@ class Gateway:
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, UpstreamRedirect):
             return redirect_error(exc.status, deployment)
+        if isinstance(exc, h1.PrivateAddress):
+            return GatewayError(
+                502, f"The deployment `{deployment.served_model_name}` was not called: its cluster's exposure "
+                f"address {exc.host} resolved only to {', '.join(exc.addresses[:3])}; ModelDeck only calls public "
+                "addresses for an organization's own cluster (a platform operator can allow private addresses "
+                "for the pool).", "server_error", code="upstream_private_address",
+            )  # fmt: skip
         refused = private_address_refusal(exc)
         if refused is not None:
             return GatewayError(
@@ -970,7 +979,9 @@ class Gateway:
 
     async def _proxy(self, send, call: Call, url, raw, headers, extra) -> None:
         try:
-            response = await self.pool.post(url, raw, headers, **_tls_name(url, call.deployment))
+            response = await self.pool.post(
+                url, raw, headers, public_only=call.deployment.public_only, **_tls_name(url, call.deployment)
+            )
         except (TimeoutError, h1.UpstreamError) as exc:
             error = self._upstream_error(exc, call.deployment)
             await self._record(call, error.status, actual=0)
@@ -1004,7 +1015,8 @@ class Gateway:
                 )
             else:
                 response = await self.pool.stream(
-                    url, raw, headers, **_tls_name(url, call.deployment)
+                    url, raw, headers, public_only=call.deployment.public_only,
+                    **_tls_name(url, call.deployment),
                 )
         except (TimeoutError, aiohttp.ClientError, h1.UpstreamError) as exc:
             error = self._upstream_error(exc, call.deployment)

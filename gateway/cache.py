@@ -253,6 +253,9 @@ class DeploymentInfo:
     policy: dict | None = None  # sharing.access.policy_snapshot entry (None: sharing not installed)
     upstream_host: str = ""  # Host header for an Ingress / HTTPRoute reached through an address
     upstream_credential: str = ""  # the engine's per-deployment key (renderers.exposure)
+    # The pool is an organization's own cluster (ComputePool.needs_public_address): the gateway
+    # connects to its exposure host only at public addresses, checked when it connects.
+    public_only: bool = False
     endpoint_path: str = ""  # the Endpoint's path: `<path>/v1/...` answers for this deployment
     # The revision the Service points at (0: none has ever been ready, see lookup._ever_ran). Requests go to it
     # whatever the state (Deploying, Updating, Unknown, a failed rollout): see gateway.app.deployment_refusal.

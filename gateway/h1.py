@@ -23,6 +23,7 @@ import asyncio
 import collections
 import functools
 import re
+import socket
 import ssl
 from urllib.parse import urlsplit
 
@@ -45,6 +46,15 @@ class UpstreamError(ConnectionError):
 
 class ConnectError(UpstreamError):
     """Connecting failed: refused, unreachable, no such host."""
+
+
+class PrivateAddress(ConnectError):
+    """A public-only host (an organization's cluster) resolved only to addresses the platform
+    does not call for tenants: never connected to."""
+
+    def __init__(self, host: str, addresses: list[str]) -> None:
+        super().__init__(f"{host} resolved only to {', '.join(addresses[:3])}, not a public address")
+        self.host, self.addresses = host, addresses
 
 
 class TLSError(UpstreamError):
@@ -190,11 +200,13 @@ def _split(url: str) -> tuple[str, str, int, str, str]:
 
 
 def _prepare(
-    url: str, body: bytes, headers: dict[str, str], server_hostname: str | None
+    url: str, body: bytes, headers: dict[str, str], server_hostname: str | None, public_only: bool = False
 ) -> tuple[tuple, bytes]:
-    """The pool key (scheme, host, port, TLS server name) and the request's head for `url`."""
+    """The pool key (scheme, host, port, TLS server name, public only) and the request's head for
+    `url`. Public-only connections are kept apart: one to a platform engine is never reused for
+    an address an organization gave."""
     scheme, host, port, netloc, target = _split(url)
-    key = (scheme, host, port, server_hostname if scheme == "https" else None)
+    key = (scheme, host, port, server_hostname if scheme == "https" else None, public_only)
     return key, _request_head(target, netloc, headers, len(body))
 
 
@@ -445,6 +457,12 @@ class _Connection(asyncio.Protocol):
             self.timer = self.loop.call_at(due, self._check_silence)
 
 
+async def lookup(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to (the loop's resolver: uvloop's own, not socket's)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
 class UpstreamPool:
     """Keep-alive connections to the engines, shared by every request of one gateway process.
 
@@ -463,8 +481,10 @@ class UpstreamPool:
         max_connections: int = 1000,
         max_buffered: int = MAX_BUFFERED,
         ssl_context: ssl.SSLContext | None = None,
+        address_allowed=lambda address: False,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.address_allowed = address_allowed  # for public_only requests: may this IP be called
         self.read_timeout = read_timeout
         self.keepalive = keepalive
         self.max_idle_per_host = max_idle_per_host
@@ -476,21 +496,23 @@ class UpstreamPool:
         self._closed = False
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None
+        self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None,
+        public_only: bool = False,
     ) -> UpstreamResponse:
         """POST `body` to `url`; the whole response. Raises UpstreamTimeout (a TimeoutError) or
         an UpstreamError; ValueError for a header that can't be sent safely."""
-        key, head = _prepare(url, body, headers, server_hostname)
+        key, head = _prepare(url, body, headers, server_hostname, public_only)
         async with self._slots:
             return await self._on_connection(key, lambda c: self._exchange(c, head, body))
 
     async def stream(
-        self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None
+        self, url: str, body: bytes, headers: dict[str, str], *, server_hostname: str | None = None,
+        public_only: bool = False,
     ) -> UpstreamStream:
         """POST `body` to `url`; returns once the response's head has arrived, the body then
         read through the stream (which must be released or closed: it holds a connection).
         Raises as `post` does; the keep-alive race is retried only before any byte came back."""
-        key, head = _prepare(url, body, headers, server_hostname)
+        key, head = _prepare(url, body, headers, server_hostname, public_only)
         await self._slots.acquire()  # held until the stream is released or closed
         try:
             return await self._on_connection(key, lambda c: self._start(c, head, body))
@@ -544,14 +566,18 @@ class UpstreamPool:
         return response
 
     async def _connect(self, key: tuple) -> _Connection:
-        scheme, host, port, server_hostname = key
+        scheme, host, port, server_hostname, public_only = key
         loop = asyncio.get_running_loop()
         tls = self._tls() if scheme == "https" else None
         try:
             async with asyncio.timeout(self.connect_timeout):
+                # An organization's cluster (public_only): resolved here, every address the
+                # platform's rule refuses dropped, and the connection made to what is left — the
+                # name can't resolve elsewhere between a check and the connect (DNS rebinding).
+                target = await self._public_addresses(loop, host, port) if public_only else host
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop, key, self.read_timeout, self.max_buffered),
-                    host,
+                    target,
                     port,
                     ssl=tls,
                     server_hostname=(server_hostname or host) if tls else None,
@@ -560,11 +586,28 @@ class UpstreamPool:
             raise UpstreamTimeout(
                 f"Connecting to {host}:{port} took over {self.connect_timeout:g} s"
             ) from exc
+        except UpstreamError:  # PrivateAddress, ConnectError from the lookup: already in words
+            raise
         except ssl.SSLError as exc:  # before OSError: it is one
             raise TLSError(f"TLS with {server_hostname or host}:{port} failed: {exc}") from exc
         except OSError as exc:
             raise ConnectError(f"Connecting to {host}:{port} failed: {exc}") from exc
         return connection
+
+    async def _public_addresses(self, loop, host: str, port: int) -> str:
+        """The first public address of `host` (an IP literal is its own); PrivateAddress when
+        it has none. The rule is the platform's one (a callable given to the pool)."""
+        literal = host.strip("[]")
+        if self.address_allowed(literal):
+            return literal
+        try:
+            addresses = await lookup(loop, literal, port)
+        except OSError as exc:
+            raise ConnectError(f"Resolving {host} failed: {exc}") from exc
+        public = [address for address in addresses if self.address_allowed(address)]
+        if not public:
+            raise PrivateAddress(host, sorted(set(addresses)))
+        return public[0]
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:

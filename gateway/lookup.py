@@ -225,6 +225,7 @@ def _info(
         upstream=upstream.base,
         upstream_host=upstream.host,
         upstream_credential=row.engine_credential or "",
+        public_only=row.pool.needs_public_address(),
         endpoint_path=row.endpoint.path.rstrip("/") if row.endpoint_id else "",
         rate_limits=spec.get("rate_limits") or {},
         currency=(pricing.get("currency") or "USD")[:3],

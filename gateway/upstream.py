@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
-from deployments.kube.network import is_public_address, public_address_refusal
+from deployments.kube.network import is_public_address
 from deployments.models import ModelDeployment, PoolExposure
 from deployments.renderers import SERVICE_PORT
 from deployments.renderers.exposure import host_for
@@ -22,8 +22,6 @@ from gateway.h1 import UpstreamPool
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 300.0
 MAX_CONNECTIONS = 1000
-# Where a deployment whose address is refused points: nothing listens, the call fails as a 502.
-REFUSED_UPSTREAM = "http://0.0.0.0:9"
 
 
 @dataclass(frozen=True)
@@ -48,10 +46,9 @@ def upstream_for(deployment: ModelDeployment) -> Upstream:
             # decides for itself, so an https Gateway is given as exposure_address https://...
             scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
             upstream = Upstream(f"{scheme}://{host}")
-        if pool.needs_public_address() and public_address_refusal(upstream.base):
-            # An organization typed the base host (and address): the rule its API server follows,
-            # checked here as the routing table loads (the name may resolve elsewhere by now).
-            return Upstream(REFUSED_UPSTREAM)
+        # An organization typed the base host (and address) where organizations bring their own
+        # clusters: the gateway's pool connects only to public addresses for it (public_only,
+        # gateway/h1.py), resolving the name when it connects, not here (no DNS in a table load).
         return upstream
     if pool.is_sandbox:
         # The simulated engine answers for every sandbox deployment, whatever the model name.
@@ -200,5 +197,6 @@ def make_pool(*, read_timeout: float = READ_TIMEOUT) -> UpstreamPool:
     aiohttp's CPU per request); external endpoints and TorchServe keep the aiohttp session.
     Must be created inside the running loop."""
     return UpstreamPool(
-        connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, max_connections=MAX_CONNECTIONS
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, max_connections=MAX_CONNECTIONS,
+        address_allowed=is_public_address,  # for an organization's cluster (public_only requests)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -205,3 +206,22 @@ def gateways(engine, transactional_db):
     yield servers
     for server in servers:
         server.stop()
+
+
+def run_coroutine(make):
+    """asyncio.run in a thread of its own: in the whole suite's order a browser test's event loop
+    can still be running in the main thread, where asyncio.run refuses to start."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(make())
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

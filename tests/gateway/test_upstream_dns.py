@@ -7,7 +7,6 @@ check IP-literal URLs there too: a 502 in words, and the private server never ge
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -19,8 +18,9 @@ from aiohttp.resolver import ThreadedResolver
 from django.conf import settings as django_settings
 
 from deployments.kube import network
-from deployments.models import ComputePool, PoolExposure, PoolKind, PoolManager
-from gateway import upstream
+from deployments.models import ComputePool, ModelDeployment, PoolExposure, PoolKind, PoolManager
+from gateway import h1, upstream
+from gateway.cache import invalidate
 from gateway.models import UsageRecord
 from gateway.tasks import check_external_endpoints, flush_usage
 from gateway.upstream import (
@@ -30,7 +30,7 @@ from gateway.upstream import (
     private_address_refusal,
 )
 from sandbox.engine import run_engine_in_thread
-from tests.gateway.conftest import make_deployment, make_key
+from tests.gateway.conftest import make_deployment, make_key, run_coroutine
 from tests.gateway.test_upstream_redirects import SECRET_BODY, Private, _chat, _external
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,6 +73,11 @@ def rebinding_dns(monkeypatch, settings):
                          "proto": 0, "flags": 0}]  # fmt: skip
             return await super().resolve(host, port, family)
 
+    async def lookup(loop, host, port):  # the engines' pool (gateway/h1.py)
+        return [answers[host]] if host in answers else await real_lookup(loop, host, port)
+
+    real_lookup = h1.lookup
+    monkeypatch.setattr(h1, "lookup", lookup)
     monkeypatch.setattr(network, "non_public_addresses", check)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(aiohttp.connector, "DefaultResolver", TenantResolver)  # the connector's default
@@ -147,7 +152,7 @@ def _get(url: str) -> int:
             async with session.get(url, allow_redirects=False) as response:
                 return response.status
 
-    return asyncio.run(call())
+    return run_coroutine(call)
 
 
 def _refusal(url: str) -> str:
@@ -206,7 +211,7 @@ def _resolve(*answers: str) -> list[str]:
         resolver = PublicOnlyResolver(_Answers(*answers))
         return [result["host"] for result in await resolver.resolve("llm.example", 443)]
 
-    return asyncio.run(run())
+    return run_coroutine(run)
 
 
 def test_the_resolver_passes_public_addresses_and_drops_private_ones(settings):
@@ -225,33 +230,56 @@ def test_the_external_session_keeps_the_dns_cache():
         async with make_session(public_only=True) as session:
             return session.connector
 
-    connector = asyncio.run(run())
+    connector = run_coroutine(run)
     assert connector.use_dns_cache and isinstance(connector._resolver, PublicOnlyResolver)
 
 
 # ---- a compute pool's exposure host: typed by an organization's admin ---------------------------
 
 
-@pytest.mark.parametrize("address", ["", "http://lb.rebind.example:80"])
-def test_an_organizations_exposure_host_at_a_private_address_is_never_the_upstream(tenants, monkeypatch, address):
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("address", ["http://127.0.0.1:{port}", "http://lb.rebind.example:{port}"])
+def test_an_organizations_exposure_address_is_called_only_at_a_public_address(
+    tenants, gateway, private, rebinding_dns, address, stream
+):
     """Where organizations bring their own cluster (MODELDECK_ORG_ADMINS_MAY_ADD_POOLS), their
-    admin types the pool's base host (and address) the gateway sends the engines' requests to:
-    the rule their API server follows applies."""
-    real = network.non_public_addresses
-    monkeypatch.setattr(network, "non_public_addresses",
-                        lambda host, port: ["127.0.0.1"] if host.endswith("rebind.example") else real(host, port))  # fmt: skip
+    admin types the pool's exposure host and address, where the gateway sends the engines'
+    requests: the engines' pool resolves it when it connects and calls public addresses only
+    (a check when the table loads would resolve the name once more than the connection does)."""
+    rebinding_dns["lb.rebind.example"] = "127.0.0.1"
     pool = ComputePool.objects.create(
         organization=tenants.org, name="byo", kind=PoolKind.KUBECONFIG, engine_label="vllm",
-        managed_by=PoolManager.ORGANIZATION, exposure=PoolExposure.INGRESS, exposure_host="rebind.example",
-        exposure_address=address,
+        managed_by=PoolManager.ORGANIZATION, exposure=PoolExposure.INGRESS, exposure_host="models.example",
+        exposure_address=address.format(port=private.port),
     )  # fmt: skip
     deployment = make_deployment(tenants.project, "chat")
-    deployment.pool = pool
-    assert upstream.upstream_for(deployment) == upstream.Upstream(upstream.REFUSED_UPSTREAM)
+    ModelDeployment.objects.filter(pk=deployment.pk).update(pool=pool)
+    key = make_key(tenants.member, tenants.org)
 
-    # An operator's pool, or one an operator allowed private addresses: its own network is fine.
-    pool.private_addresses_allowed = True
-    expected = upstream.upstream_for(deployment)
-    assert expected.base == (address or f"http://chat-{tenants.project.namespace()}.rebind.example")
-    pool.private_addresses_allowed, pool.managed_by = False, PoolManager.OPERATOR
-    assert upstream.upstream_for(deployment) == expected
+    response = _chat(gateway, key, "chat", stream=stream)
+    assert response.status_code == 502, response.text
+    assert SECRET_BODY not in response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_private_address", error
+    assert "resolved only to 127.0.0.1; ModelDeck only calls public addresses" in error["message"]
+    assert private.hits == []
+
+    # A platform operator allowed private addresses for this pool: its own network is called.
+    # (At its literal address: the loop's own connect resolves names past this test's fake DNS.)
+    ComputePool.objects.filter(pk=pool.pk).update(
+        private_addresses_allowed=True, exposure_address=f"http://127.0.0.1:{private.port}"
+    )
+    invalidate()
+    deadline = time.monotonic() + 10
+    while not private.hits and time.monotonic() < deadline:
+        _chat(gateway, key, "chat", stream=stream)
+    assert private.hits, "the allowed pool's address was never called"
+
+
+def test_the_engines_pool_keeps_public_only_connections_apart():
+    """A connection made to a platform engine is never reused for an organization's address."""
+    from gateway.h1 import _prepare  # noqa: PLC0415 - the pool's key, a private helper
+
+    platform, _ = _prepare("http://10.0.0.5:80/v1/chat/completions", b"{}", {}, None, False)
+    tenant, _ = _prepare("http://10.0.0.5:80/v1/chat/completions", b"{}", {}, None, True)
+    assert platform != tenant

@@ -5,8 +5,6 @@ streaming chat, the overflow, managed engines, TorchServe and the health check."
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import redis
 import requests
@@ -19,7 +17,7 @@ from gateway.models import UsageRecord
 from gateway.tasks import check_external_endpoints, flush_usage
 from gateway.upstream import UpstreamRedirect, make_session
 from sandbox.engine import run_engine_in_thread
-from tests.gateway.conftest import make_deployment, make_key
+from tests.gateway.conftest import make_deployment, make_key, run_coroutine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -220,7 +218,7 @@ def test_the_upstream_session_refuses_redirects_even_when_a_call_asks_to_follow(
             await session.close()
 
     with pytest.raises(UpstreamRedirect) as refused:
-        asyncio.run(call())
+        run_coroutine(call)
     assert refused.value.status == 302 and caught.url_text not in str(refused.value)
     assert caught.hits == []
 
