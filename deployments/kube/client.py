@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from deployments.kube.kubeconfig import KubeconfigRefused, ReducedKubeconfig, reduce_kubeconfig
-from deployments.kube.network import public_address_refusal, sandbox_url_refusal
+from deployments.kube.network import pinned_public_server, sandbox_url_refusal
 
 if TYPE_CHECKING:
     from deployments.models import ComputePool
@@ -278,6 +279,14 @@ def configuration_from(reduced: ReducedKubeconfig) -> k8s.Configuration:
     return cfg
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def configuration_for(pool: ComputePool) -> k8s.Configuration:
     if pool.kind == "sandbox":
         refusal = sandbox_url_refusal(pool.api_url)
@@ -297,13 +306,18 @@ def configuration_for(pool: ComputePool) -> k8s.Configuration:
             ) from None  # fmt: skip
     elif pool.kind == "kubeconfig":
         reduced = pool_kubeconfig(pool)
+        cfg = configuration_from(reduced)
         if pool.needs_public_address():
-            refusal = public_address_refusal(reduced.server)
+            # Called at the address this lookup checked (not a second lookup at connect time,
+            # which a tenant's DNS could answer with 127.0.0.1); TLS still names the host.
+            pinned, refusal = pinned_public_server(reduced.server)
             if refusal:
                 raise PermanentKubeError(
-                    f"The compute pool's API server {reduced.host} {refusal}", reason="AddressRefused"
+                    f"The compute pool's API server {refusal}", reason="AddressRefused"
                 )
-        cfg = configuration_from(reduced)
+            cfg.host = pinned.rstrip("/")
+            if not cfg.tls_server_name and not _is_address(reduced.host):
+                cfg.tls_server_name = reduced.host
     else:
         raise PermanentKubeError(f"Unknown compute pool kind {pool.kind!r}.")
     # Retries are ours (Celery, bounded); urllib3's own would multiply the wait on a dead pool.

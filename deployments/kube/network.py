@@ -72,6 +72,38 @@ def public_address_refusal(server: str) -> str:
     )
 
 
+def pinned_public_server(server: str) -> tuple[str, str]:
+    """(the server URL with its host replaced by the one public address it is called at, the
+    refusal) — one lookup, checked and then used, so the connection can't resolve the name to
+    another address in between (DNS rebinding). A name that doesn't resolve is refused too."""
+    parts = urlsplit(server)
+    host = (parts.hostname or "").strip("[]")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    ip = _ip(host)
+    if ip is not None:
+        addresses = [str(ip)]
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return "", f"{host} does not resolve; check the name in the kubeconfig's server address."
+        addresses = sorted({info[4][0] for info in infos})
+    bad = [text for text in addresses if not is_public_address(text)]
+    if bad or not addresses:
+        return "", (
+            f"{host} resolves to {', '.join(bad[:3])}, a loopback, link-local or private address. Organizations "
+            "can only register clusters at public addresses; a platform operator can allow private "
+            "addresses for this pool."
+        )
+    address = addresses[0]
+    shown = f"[{address}]" if ":" in address else address
+    netloc = f"{shown}:{port}" if port else shown
+    return parts._replace(netloc=netloc).geturl(), ""
+
+
 def sandbox_urls() -> list[str]:
     """The sandbox Kubernetes APIs ModelDeck itself started (`make run` starts the first)."""
     urls = list(getattr(settings, "SANDBOX_KUBE_URLS", None) or [settings.SANDBOX_KUBE_URL])

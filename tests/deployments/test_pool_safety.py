@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from deployments import kube
+from deployments.kube.client import PermanentKubeError, configuration_for
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import ComputePool, DeploymentState, PoolKind, PoolManager
 from deployments.services import pool_create, pool_test_connection, pool_update
@@ -521,3 +523,37 @@ def test_client_certificates_come_from_the_kubeconfig_data_into_private_files():
     assert Path(cfg.cert_file).read_bytes() == cert and Path(cfg.key_file).read_bytes() == key
     assert stat.S_IMODE(os.stat(cfg.key_file).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(cfg.key_file)).st_mode) == 0o700
+
+
+def test_an_organization_pool_is_called_at_the_address_its_check_resolved(tenants, monkeypatch):
+    """DNS rebinding: the check resolved the name, and urllib3 resolved it again to connect (a
+    tenant's DNS can answer a public address first and 127.0.0.1 next). The client is now given
+    the address the check judged, with TLS still naming the host; a name that doesn't resolve
+    is refused, not let through to a second lookup."""
+    answers = {"kube.rebind.example": ["93.184.216.34"]}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host in answers:
+            if not answers[host]:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[host]]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pool = ComputePool.objects.create(organization=tenants.org, name="byo", kind=PoolKind.KUBECONFIG,
+                                      managed_by=PoolManager.ORGANIZATION, engine_label="vllm",
+                                      kubeconfig=_kubeconfig_at("https://kube.rebind.example:6443"))  # fmt: skip
+    cfg = configuration_for(pool)
+    assert (cfg.host, cfg.tls_server_name) == ("https://93.184.216.34:6443", "kube.rebind.example")
+
+    answers["kube.rebind.example"] = ["127.0.0.1"]
+    with pytest.raises(PermanentKubeError, match="resolves to 127.0.0.1"):
+        configuration_for(pool)
+    answers["kube.rebind.example"] = []
+    with pytest.raises(PermanentKubeError, match="does not resolve"):
+        configuration_for(pool)
+    # An operator's pool (or one allowed private addresses) is called by its name, as configured.
+    ComputePool.objects.filter(pk=pool.pk).update(private_addresses_allowed=True)
+    pool.refresh_from_db()
+    assert configuration_for(pool).host == "https://kube.rebind.example:6443"
