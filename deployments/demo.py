@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from typing import TextIO
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
 from deployments.models import ComputePool, Endpoint, PoolKind
+from deployments.services import pool_test_connection
 from projects.models import Organization, Project
 
 SANDBOX_POOL_NAME = "sandbox"
@@ -55,3 +58,26 @@ def sandbox_pools_follow(url: str) -> int:
         ComputePool.objects.filter(kind=PoolKind.SANDBOX).exclude(api_url="").exclude(api_url=url)
         .update(api_url=url)
     )  # fmt: skip
+
+
+def sandbox_pools_test(url: str, *, wait_seconds: float = 30.0) -> int:
+    """`make run`: once the sandbox at `url` answers, test the connection of the sandbox pools no
+    one has tested yet, so the first look at Compute Pools shows the sandbox Connected with its
+    8 GPUs, not "Not tested yet". Returns how many were tested (0 if the sandbox never answered
+    within `wait_seconds`). Runs in run_console's own process, beside the supervised ones."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/version", timeout=1):  # noqa: S310 - the sandbox this run started
+                break
+        except OSError:
+            if time.monotonic() >= deadline:
+                return 0
+            time.sleep(0.25)
+    try:
+        pools = list(ComputePool.objects.filter(kind=PoolKind.SANDBOX, api_url=url, last_checked_at__isnull=True))
+        for pool in pools:
+            pool_test_connection(user=None, pool=pool)  # None: the system, as tasks call it
+        return len(pools)
+    finally:
+        close_old_connections()

@@ -85,3 +85,26 @@ def test_make_run_refuses_a_web_port_something_listens_on():
     assert result.returncode == 1
     assert f"Port {port} on 127.0.0.1 is in use" in result.stderr
     assert "starting" not in result.stdout  # nothing was started
+
+
+@pytest.mark.django_db(transaction=True)  # it closes its connection, as a thread of its own must
+def test_make_run_tests_the_untested_sandbox_pool_once_its_sandbox_answers(tenants):
+    """A new user's first look at Compute Pools said "Not tested yet" and "GPUs —" for the sandbox
+    make run had just started; run_console now tests it once the sandbox answers."""
+    from deployments.demo import sandbox_pools_test
+    from deployments.models import ComputePool, PoolKind
+    from sandbox.kubelet import SandboxCluster
+
+    cluster = SandboxCluster(ready_delay=0.3, tick=0.05)
+    cluster.start()
+    try:
+        pool = ComputePool.objects.create(organization=tenants.org, name="sandbox", kind=PoolKind.SANDBOX,
+                                          api_url=cluster.url, engine_label="vllm")  # fmt: skip
+        assert sandbox_pools_test(cluster.url, wait_seconds=5) == 1
+        pool.refresh_from_db()
+        assert pool.reachable and pool.last_check["ok"] and pool.last_checked_at is not None
+        assert sum(node.get("gpus", 0) for node in pool.last_check["nodes"]) == 8, pool.last_check
+        assert sandbox_pools_test(cluster.url, wait_seconds=5) == 0  # tested once, not at every start
+    finally:
+        cluster.stop()
+    assert sandbox_pools_test("http://127.0.0.1:9", wait_seconds=0.5) == 0  # never answered: nothing

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from console.supervisor import Supervisor
-from deployments.demo import sandbox_pools_follow
+from deployments.demo import sandbox_pools_follow, sandbox_pools_test
 
 
 def _url_port(url: str) -> int:
@@ -85,6 +86,7 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
 
         commands: list[tuple[str, list[str]]] = []
+        sandbox_url = ""
         loopback = "127.0.0.1"
         taken = {port}
         if not no_sandbox and importlib.util.find_spec("sandbox.__main__"):
@@ -95,6 +97,8 @@ class Command(BaseCommand):
             if kube_url != settings.SANDBOX_KUBE_URL:
                 self.stdout.write(f"port {_url_port(settings.SANDBOX_KUBE_URL)} is taken: the sandbox's "
                                   f"Kubernetes API listens on {kube_port}")  # fmt: skip
+            sandbox_url = kube_url
+            settings.SANDBOX_KUBE_URL = kube_url  # this process tests the pools at it (sandbox_pools_test)
             if sandbox_pools_follow(kube_url):
                 self.stdout.write(f"sandbox compute pools now point at {kube_url}")
             commands.append((
@@ -133,6 +137,11 @@ class Command(BaseCommand):
             supervisor.start(name, cmd)
             if name in {"sandbox", "offline-hub", "offline-ngc"}:
                 time.sleep(0.5)
+
+        if sandbox_url:
+            # The first look at Compute Pools: the sandbox Connected with its GPUs counted.
+            threading.Thread(target=sandbox_pools_test, args=(sandbox_url,), daemon=True,
+                             name="sandbox-pool-test").start()  # fmt: skip
 
         url = f"http://{host}:{port}/"
         login = "admin / " + (settings.MODELDECK_ADMIN_PASSWORD or "(password not set)")
