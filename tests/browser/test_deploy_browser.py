@@ -238,7 +238,7 @@ def test_register_a_sandbox_pool_and_test_its_connection(
     expect(page.locator("#pool-nodes")).to_contain_text("sandbox-gpu-0")
     assert ComputePool.objects.get(name="laptop sandbox").reachable is True
     page.click("nav >> text=Compute Pools")
-    expect(page.locator("#pools-table")).to_contain_text("Reachable")
+    expect(page.locator("#pools-table")).to_contain_text("Connected")
     expect(page.locator("#pools-table")).to_contain_text("Sandbox (simulated)")
     screenshot("pool-list")
 
