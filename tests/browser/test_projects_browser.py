@@ -32,7 +32,7 @@ def test_create_project_with_field_errors_that_keep_the_input(page, live_server,
 
     page.fill("#id_gpu_quota", "-1")
     page.click("button:has-text('Create project')")
-    expect(page.locator("#field-gpu_quota .errorlist")).to_contain_text("greater than or equal to 0")
+    expect(page.locator("#field-gpu_quota .errorlist")).to_contain_text("A GPU quota can't be negative")
     expect(page.locator("#id_slug")).to_have_value("speech")
     assert not Project.objects.filter(slug="speech").exists()
 
