@@ -41,17 +41,23 @@ def is_loopback_host(host: str) -> bool:
 def non_public_addresses(host: str, port: int | None) -> list[str]:
     """The addresses `host` resolves to that are not on the public internet: loopback,
     link-local (cloud metadata services live there), private, shared, reserved, multicast."""
-    host = (host or "").strip("[]")
+    addresses = _addresses((host or "").strip("[]"), port)
+    if addresses is None:
+        return []  # unresolvable: the connection itself will say so
+    return [str(_ip(text) or text) for text in addresses if not is_public_address(text)]
+
+
+def _addresses(host: str, port: int | None) -> list[str] | None:
+    """What `host` is called at: itself when an IP literal, else its addresses (None when the name
+    does not resolve)."""
     ip = _ip(host)
     if ip is not None:
-        addresses = [str(ip)]
-    else:
-        try:
-            infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return []  # unresolvable: the connection itself will say so
-        addresses = sorted({info[4][0] for info in infos})
-    return [str(_ip(text) or text) for text in addresses if not is_public_address(text)]
+        return [str(ip)]
+    try:
+        infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    return sorted({info[4][0] for info in infos})
 
 
 def public_address_refusal(server: str) -> str:
@@ -82,15 +88,9 @@ def pinned_public_server(server: str) -> tuple[str, str]:
         port = parts.port
     except ValueError:
         port = None
-    ip = _ip(host)
-    if ip is not None:
-        addresses = [str(ip)]
-    else:
-        try:
-            infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return "", f"{host} does not resolve; check the name in the kubeconfig's server address."
-        addresses = sorted({info[4][0] for info in infos})
+    addresses = _addresses(host, port)
+    if addresses is None:
+        return "", f"{host} does not resolve; check the name in the kubeconfig's server address."
     bad = [text for text in addresses if not is_public_address(text)]
     if bad or not addresses:
         return "", (
