@@ -18,7 +18,7 @@ def test_admin_sets_the_quota_and_bad_input_or_a_member_is_refused_in_words(tena
     page = login(tenants.owner).post(url, {"gpu_quota": "lots"}, follow=True).content.decode()
     assert "Enter the GPU quota as a whole number" in page
     page = login(tenants.owner).post(url, {"gpu_quota": "-3"}, follow=True).content.decode()
-    assert "greater than or equal to 0" in page
+    assert "A GPU quota can&#x27;t be negative" in page
     page = login(tenants.member).post(url, {"gpu_quota": "40"}, follow=True).content.decode()
     assert "Only organization admins" in page
     tenants.org.refresh_from_db()
