@@ -1003,10 +1003,13 @@ class Gateway:
         self, scope, receive, send, call: Call, url, raw, headers, extra
     ) -> None:
         try:
-            if call.deployment.external:
+            to_overflow = call.served_by == overflow.SERVED_OVERFLOW
+            if call.deployment.external and not (to_overflow and call.deployment.public_only):
                 # An external endpoint or its overflow (gateway/overflow.py) keeps aiohttp; only
-                # the overflow (a managed engine) may be at a cluster-internal address.
-                session = self.session if call.served_by == overflow.SERVED_OVERFLOW else self.external_session
+                # the overflow (a managed engine) may be at a cluster-internal address. An
+                # overflow on an organization's own cluster goes through the engines' pool, which
+                # calls it at public addresses only (below).
+                session = self.session if to_overflow else self.external_session
                 response = _SessionStream(
                     await session.post(
                         url, data=raw, headers=headers, allow_redirects=False,

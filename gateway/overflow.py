@@ -218,8 +218,9 @@ async def serve(gw, scope, receive, send, call, raw: bytes, headers: dict, extra
     o_url = f"{overflow.upstream}/v1/{_path(call.route)}"
     call.served_by = SERVED_OVERFLOW
     woken = await _admit_overflow(gw, call, overflow)
-    # The record stays the external deployment's; the TLS name is the overflow's.
-    call.deployment = replace(deployment, upstream_host=overflow.upstream_host)
+    # The record stays the external deployment's; the TLS name is the overflow's, and so is the
+    # rule for its address (an organization's own cluster: public addresses only).
+    call.deployment = replace(deployment, upstream_host=overflow.upstream_host, public_only=overflow.public_only)
     try:
         if call.stream:
             await gw._proxy_stream(scope, receive, send, call, o_url, body, o_headers, extra)

@@ -283,3 +283,52 @@ def test_the_engines_pool_keeps_public_only_connections_apart():
     platform, _ = _prepare("http://10.0.0.5:80/v1/chat/completions", b"{}", {}, None, False)
     tenant, _ = _prepare("http://10.0.0.5:80/v1/chat/completions", b"{}", {}, None, True)
     assert platform != tenant
+
+
+# ---- an external deployment's overflow onto an organization's own cluster (security review) ----
+# The overflow request kept the external deployment's public_only (False), and its stream went
+# through the platform's aiohttp session: the organization's exposure address was called at
+# loopback and its answer handed back.
+
+
+def _org_pool(tenants, port):
+    # An organization admin's own cluster. exposure_address passed the save-time lookup (public);
+    # the name now resolves to loopback (DNS rebinding) - "localhost" stands for it here. Without
+    # exposure_address, exposure_host is never resolved at save at all (a wildcard DNS name such
+    # as <x>.127.0.0.1.nip.io needs no rebinding; port 80/443 then).
+    return ComputePool.objects.create(
+        organization=tenants.org, name="byo", kind=PoolKind.KUBECONFIG, engine_label="vllm",
+        managed_by=PoolManager.ORGANIZATION, exposure=PoolExposure.INGRESS, exposure_host="models.example",
+        exposure_address=f"http://localhost:{port}",
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_direct_call_to_an_organizations_cluster_at_loopback_is_refused(tenants, gateway, private, settings, stream):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False
+    pool = _org_pool(tenants, private.port)
+    burst = make_deployment(tenants.project, "burst", served_model_name="burst-chat")
+    ModelDeployment.objects.filter(pk=burst.pk).update(pool=pool)
+    invalidate()
+    response = _chat(gateway, make_key(tenants.member, tenants.org), "burst-chat", stream=stream)
+    assert response.status_code == 502 and private.hits == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_overflow_to_an_organizations_cluster_is_called_only_at_public_addresses(
+    tenants, gateway, private, settings, stream
+):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = False
+    pool = _org_pool(tenants, private.port)
+    burst = make_deployment(tenants.project, "burst", served_model_name="burst-chat")
+    ModelDeployment.objects.filter(pk=burst.pk).update(pool=pool)
+    # The external endpoint: any URL; held at its concurrency threshold so every request overflows.
+    external = _external(tenants, "onprem", "https://api.openai.example/v1", overflow="burst",
+                         options={"max_concurrency": 1})
+    redis.Redis.from_url(django_settings.REDIS_URL).set(f"gw:ext:{external.pk}:inflight", 1)
+    invalidate()
+
+    response = _chat(gateway, make_key(tenants.member, tenants.org), "onprem", stream=stream)
+    assert private.hits == [], f"loopback reached: {private.hits} -> {response.status_code} {response.text[:120]}"
+    assert SECRET_BODY not in response.text
+    assert response.status_code == 502
