@@ -62,6 +62,7 @@ from gateway.reports import month_start
 from gateway.tasks import write_events
 from gateway.upstream import (
     UpstreamRedirect,
+    is_passed_on,
     is_redirect,
     make_pool,
     make_session,
@@ -987,7 +988,7 @@ class Gateway:
             await self._record(call, error.status, actual=0)
             raise error from None
         content, status = response.content, response.status
-        if is_redirect(status):  # never passed on (gateway/upstream.py, UpstreamRedirect)
+        if not is_passed_on(status):  # a 3xx, 1xx or > 599 (gateway/upstream.py, UpstreamRedirect)
             await self._record(call, 502, actual=0)
             raise redirect_error(status, call.deployment)
         content_type = response.content_type or b"application/json"
@@ -1026,7 +1027,7 @@ class Gateway:
             await self._record(call, error.status, actual=0)
             raise error from None
         status = response.status
-        if is_redirect(status):  # the engine's own 3xx (the session raises on an external's)
+        if not is_passed_on(status):  # the engine's own 3xx/1xx (the session raises on an external's)
             response.close()
             await self._record(call, 502, actual=0)
             raise redirect_error(status, call.deployment)
@@ -1264,6 +1265,12 @@ def _month(now: float | None = None) -> str:
 def redirect_error(status: int, deployment: DeploymentInfo) -> GatewayError:
     """502 for an upstream's 3xx: the gateway follows no redirect, and says neither where it
     pointed nor what was there (the target could be an address the tenant may not reach)."""
+    if not is_redirect(status):
+        return GatewayError(
+            502, f"The upstream of `{deployment.served_model_name}` answered with HTTP status {status}, "
+            "which ModelDeck does not pass on (only 2xx, 4xx and 5xx answers are).", "server_error",
+            code="upstream_bad_status",
+        )  # fmt: skip
     fix = " Point the endpoint at its final URL." if deployment.external else ""
     return GatewayError(
         502, f"The upstream of `{deployment.served_model_name}` answered with a redirect ({status}) "

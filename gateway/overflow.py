@@ -34,7 +34,13 @@ from django.conf import settings
 
 from deployments.external import base_url, external_url_refusal
 from gateway.errors import GatewayError
-from gateway.upstream import UpstreamRedirect, is_redirect, make_session, private_address_refusal
+from gateway.upstream import (
+    UpstreamRedirect,
+    is_passed_on,
+    is_redirect,
+    make_session,
+    private_address_refusal,
+)
 from gateway.usage import usage_from_bytes
 
 INFLIGHT_TTL_S = 600  # a crashed process's counts fade out
@@ -301,6 +307,8 @@ def probe(url: str, credential: str) -> tuple[bool, str]:
         # Not followed (here or by the gateway): requests to it would all fail with a 502.
         return False, (f"answered with a redirect (HTTP {status}) to another address; ModelDeck does not "
                        "follow upstream redirects, point the endpoint at its final URL")
+    if not is_passed_on(status):  # 101 Switching Protocols, a status beyond 599: every call a 502
+        return False, f"answered HTTP {status}, which is not an answer ModelDeck passes on"
     return True, f"answered HTTP {status}"
 
 

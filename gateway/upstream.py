@@ -76,12 +76,19 @@ def is_redirect(status: int) -> bool:
     return 300 <= status < 400
 
 
+def is_passed_on(status: int) -> bool:
+    """A final answer the gateway hands to its caller: 2xx, 4xx, 5xx. Never a 3xx (a redirect it
+    does not follow), a 1xx (101 Switching Protocols would turn the caller's connection over to
+    the upstream) or a status beyond 599 (no HTTP status; the ASGI server can't send it)."""
+    return 200 <= status < 300 or 400 <= status < 600
+
+
 async def _refuse_redirects(request: aiohttp.ClientRequest, handler) -> aiohttp.ClientResponse:
     """The session's middleware: every call, whatever its allow_redirects, stops at a 3xx (the
     connection is dropped unread) and raises UpstreamRedirect, which callers take as an
     upstream failure like any other aiohttp.ClientError."""
     response = await handler(request)
-    if is_redirect(response.status):
+    if not is_passed_on(response.status):  # a 3xx, and the statuses no caller may be handed
         response.close()
         raise UpstreamRedirect(response.status)
     return response

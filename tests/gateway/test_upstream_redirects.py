@@ -5,6 +5,9 @@ streaming chat, the overflow, managed engines, TorchServe and the health check."
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 import redis
 import requests
@@ -221,4 +224,63 @@ def test_the_upstream_session_refuses_redirects_even_when_a_call_asks_to_follow(
         run_coroutine(call)
     assert refused.value.status == 302 and caught.url_text not in str(refused.value)
     assert caught.hits == []
+
+
+# ---- statuses that are no answer to pass on (security review) ----------------------------------
+# A 101 Switching Protocols reached the caller as a final 101 and the health check called the
+# endpoint healthy; a status beyond 599 crashed the ASGI server's send (KeyError) and dropped the
+# caller's connection. (The health check asks /models and never follows or passes on either.)
+
+ODD_ANSWERS = {
+    "101": b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n" + SECRET_BODY.encode(),
+    "199": b"HTTP/1.1 199 Weird\r\ncontent-length: 6\r\n\r\nSECRET",
+    "600": b"HTTP/1.1 600 Weird\r\ncontent-length: 6\r\n\r\nSECRET",
+    "http10_302": b"HTTP/1.0 302 Found\r\nlocation: http://169.254.169.254/\r\n\r\nSECRET",
+}
+
+
+def _raw_server(answer: bytes):
+    """An upstream that answers its health check 200 and every other request with `answer`."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    hits: list[bytes] = []
+
+    def run() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(65536)
+                hits.append(data.split(b"\r\n", 1)[0])
+                if data.startswith(b"GET /v1/models"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 27\r\n\r\n"
+                                 b'{"object":"list","data":[]}')  # fmt: skip
+                else:
+                    conn.sendall(answer)
+
+    threading.Thread(target=run, daemon=True).start()
+    return server, server.getsockname()[1], hits
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("kind", list(ODD_ANSWERS))
+def test_an_upstream_status_that_is_no_answer_is_a_502_in_words(tenants, gateway, settings, kind, stream):
+    settings.EXTERNAL_PRIVATE_ADDRESSES_ALLOWED = True
+    server, port, hits = _raw_server(ODD_ANSWERS[kind])
+    try:
+        _external(tenants, "onprem", f"http://127.0.0.1:{port}/v1", options={"failure_threshold": 10})
+        response = _chat(gateway, make_key(tenants.member, tenants.org), "onprem", stream=stream)
+        assert response.status_code == 502, (response.status_code, response.text[:200])
+        assert "SECRET" not in response.text and "location" not in {k.lower() for k in response.headers}
+        # (A 199 is informational: the client waits for a final answer the upstream never sends.)
+        expected = {"101": "upstream_bad_status", "199": "upstream_unreachable", "600": "upstream_bad_status",
+                    "http10_302": "upstream_redirect"}[kind]  # fmt: skip
+        assert response.json()["error"]["code"] == expected, response.json()
+        assert any(hit.startswith(b"POST") for hit in hits)
+    finally:
+        server.close()
 
