@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
+from console.money import money_text
 from gateway import h1, load, metrics, overflow, resp
 from gateway.cache import (
     GENERATION_KEY,
@@ -1284,7 +1285,7 @@ def budget_exceeded(budget, model: str) -> GatewayError:
     who = {"organization": "organization's", "user": "user's", "api_key": "API key's"}[budget.level]
     return GatewayError(
         429,
-        f"The {who} monthly budget of {budget.limit} {budget.currency} is used up; requests to "
+        f"The {who} monthly budget of {money_text(budget.limit)} {budget.currency} is used up; requests to "
         f"`{model}` resume when the budget is raised or next month begins.",
         "insufficient_quota",
         code=f"budget_{budget.level}_exceeded",

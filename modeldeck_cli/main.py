@@ -773,3 +773,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] | None = 
         return exc.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `modeldeck history x | head`: the reader has gone; no traceback, as other Unix tools.
+        # stdout is pointed at devnull so Python's flush at exit doesn't raise it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE

@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from console.admin import RestrictedAdmin
+from console.admin import RecordAdmin, RestrictedAdmin
 from projects import services
 from projects.models import (
     GPU_QUOTA_VALIDATORS,
@@ -140,9 +140,11 @@ class MembershipAdmin(RestrictedAdmin):
 
 
 @admin.register(GpuReservation)
-class GpuReservationAdmin(RestrictedAdmin):
+class GpuReservationAdmin(RecordAdmin):
+    """The quota ledger the deployment services keep: read here, never written by hand (a row
+    added or deleted would make the projects' GPU use wrong)."""
+
     list_display = ["holder", "project", "gpus", "updated_at"]
-    readonly_fields = ["holder", "project", "gpus"]
 
 
 @admin.register(Integration)

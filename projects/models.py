@@ -207,6 +207,9 @@ class GpuReservation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        verbose_name = "GPU reservation"  # Django's default reads "gpu reservation"
+
     def __str__(self) -> str:
         return f"{self.holder}: {self.gpus} GPU(s) in {self.project}"
 

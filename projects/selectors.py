@@ -176,6 +176,11 @@ def quota_decide(
                     f"{_in_use(used)} by other deployments: they do not fit. Choose the “recreate” update strategy ({surge_from or 'the serving revision'} "
                     f"stops first; requests are refused until the new revision is ready), or free GPUs."
                 )
+            elif held_by_holder:
+                # An update: `used` leaves out what this deployment holds now (the page's figure
+                # includes it), and it asks for `gpus` in all, not that many more.
+                refusal = (f"{who} has a quota of {_count(quota, 'GPUs')}, {_in_use(used)} by other deployments: "
+                           f"this one's {_count(gpus, 'GPUs')} {'does' if gpus == 1 else 'do'} not fit. {advice}")  # fmt: skip
             else:
                 refusal = f"{who} has a quota of {_count(quota, 'GPUs')}, {_in_use(used)}: {_more(gpus)}. {advice}"
             break

@@ -809,7 +809,8 @@ def budget_parse(value: object) -> Decimal | None:
         raise ValidationError({BUDGET_FIELD: "A budget can't be negative; 0 stops all spending, empty means no limit."})
     # The size first: quantizing 1e30 to 4 places needs more digits than Decimal's context has.
     if amount >= Decimal(10) ** (BUDGET_MAX_DIGITS - BUDGET_DECIMAL_PLACES):
-        raise ValidationError({BUDGET_FIELD: "That amount is too large."})
+        most = Decimal(10) ** (BUDGET_MAX_DIGITS - BUDGET_DECIMAL_PLACES) - 1
+        raise ValidationError({BUDGET_FIELD: f"That amount is too large; at most {most:,}."})
     if amount != amount.quantize(Decimal(1).scaleb(-BUDGET_DECIMAL_PLACES), rounding=ROUND_DOWN):
         raise ValidationError({BUDGET_FIELD: f"Use at most {BUDGET_DECIMAL_PLACES} decimal places."})
     return amount.quantize(Decimal(1).scaleb(-BUDGET_DECIMAL_PLACES))

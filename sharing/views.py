@@ -14,6 +14,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import NoReverseMatch, reverse
+from django.utils.text import capfirst
 from django.views.decorators.http import require_POST
 
 from console import permissions
@@ -447,10 +448,11 @@ def quota_limits_set(request: HttpRequest, project_pk: int | None = None) -> Htt
     except ValidationError as exc:
         fields = exc.message_dict if hasattr(exc, "error_dict") else {}
         labels = {limit["name"]: limit["label"] for limit in quota_limits(owner)}
-        words = [f"{labels.get(name, name).capitalize()}: {' '.join(ms)}" for name, ms in fields.items()] or exc.messages
+        words = [f"{capfirst(labels.get(name, name))}: {' '.join(ms)}" for name, ms in fields.items()] or exc.messages
         typed = {name: request.POST.get(name, "") for name in QUOTA_LIMIT_FIELDS}
         typed["refused_fields"] = tuple(fields)
-        return _quotas_page(request, errors={key: f"{owner.name}: " + " ".join(words)}, typed={key: typed}, status=400)
+        who = f"Project “{owner.name}”" if project_pk is not None else f"Organization “{owner.name}”"
+        return _quotas_page(request, errors={key: f"{who}: " + " ".join(words)}, typed={key: typed}, status=400)
     messages.success(request, f"Quotas of {owner.name} saved.")
     return redirect("sharing:quotas")
 

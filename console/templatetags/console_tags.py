@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.utils import timezone
+
+from console.money import money_text
 
 register = template.Library()
 
@@ -35,16 +36,8 @@ def names_whom_to_ask(reason) -> bool:
 
 @register.filter
 def money(value) -> str:
-    """An amount of money with 2 to 4 decimal places: 25 → "25.00", 0.0005 → "0.0005",
-    1.2500 → "1.25" (the budgets' and prices' precision is 4; "0.0000 / 25.0000" read as noise)."""
-    if value is None or value == "":
-        return ""
-    try:
-        amount = Decimal(str(value)).quantize(Decimal("0.0001"))
-    except (InvalidOperation, ValueError):
-        return str(value)
-    whole, _, frac = f"{amount:f}".partition(".")
-    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+    """An amount with 2 to 4 decimal places (console.money): "0.02 / 0.025 USD", not "0.0200"."""
+    return money_text(value)
 
 
 @register.filter

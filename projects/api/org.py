@@ -366,6 +366,10 @@ class UsageViewSet(viewsets.GenericViewSet):
         whose, rng = self.whose(request)
         return reports.in_range(whose.records(), rng), rng
 
+    def get_queryset(self):
+        """The caller's records in range (the browsable API's page asks for it too)."""
+        return self.records(self.request)[0]
+
     @extend_schema(parameters=USAGE_PARAMS, responses=UsageRecordSerializer(many=True))
     def list(self, request):
         records, rng = self.records(request)

@@ -9,7 +9,9 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from deployments.models import Revision
+from deployments.models import ComputePool, PoolKind, Revision
+from projects.keys import api_key_create
+from projects.services import api_key_budget_set
 from sharing.audit import audit_record
 from tests.browser.conftest import sign_in
 from tests.conftest import TEST_OUTPUT
@@ -196,3 +198,32 @@ def test_the_hub_says_an_external_endpoint_is_unreachable_on_a_desktop_and_a_pho
         assert page.evaluate(PAGE_OVERFLOW) <= 0  # nothing widens the page on a phone
         expect(page.locator('[data-model="qwen-chat"] .callout')).to_have_count(0)
         _shot(page, f"hub-external-unreachable-{kind}")
+
+
+def test_budgets_and_a_pools_nodes_fit_a_phone(phone_and_desktop, tenants, live_server):
+    """QA: on a phone the Budgets page's key input was 22 px wide (its value unreadable, Save cut
+    off at the edge) and a pool's nodes table widened the page to 449 px."""
+    key, _ = api_key_create(user=tenants.owner, organization=tenants.org, name="support-bot-with-a-long-name")
+    api_key_budget_set(user=tenants.owner, key=key, amount="0.20")
+    pool = ComputePool.objects.create(
+        organization=tenants.org, name="gpu", kind=PoolKind.SANDBOX, api_url="http://127.0.0.1:9", engine_label="vllm",
+        last_check={"ok": True, "version": "v1.30.0", "error": "", "nodes": [
+            {"name": f"gpu-node-with-a-long-name-{n}", "gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3",
+             "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]} for n in range(2)]},
+    )  # fmt: skip
+    page = phone_and_desktop("phone")
+    sign_in(page, live_server, "owner")
+    page.goto(f"{live_server.url}/hub/budgets/")
+    field = page.get_by_label("Monthly budget of key support-bot-with-a-long-name")
+    expect(field).to_have_value("0.20")
+    assert field.bounding_box()["width"] >= 100, field.bounding_box()
+    save = page.locator(f"#key-budget-{key.pk} button", has_text="Save")
+    assert save.bounding_box()["x"] + save.bounding_box()["width"] <= 390
+    assert page.evaluate(PAGE_OVERFLOW) <= 0 and page.evaluate(TABLES_OUT) == []
+    _shot(page, "budgets-390px")
+
+    page.goto(f"{live_server.url}/pools/{pool.pk}/")
+    expect(page.locator("#pool-nodes")).to_contain_text("gpu-node-with-a-long-name-0")
+    assert page.evaluate(PAGE_OVERFLOW) <= 0, "the pool page scrolls sideways"
+    assert page.evaluate(TABLES_OUT) == []
+    _shot(page, "pool-nodes-390px")

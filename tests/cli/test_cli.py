@@ -116,3 +116,14 @@ def test_login_apply_running_and_dry_run_diff_from_a_client_venv(
 
     deleted = run(client_venv, home, "delete", "-f", str(manifest))
     assert deleted.returncode == 0 and "modeldeployment/qwen-chat deleted" in deleted.stdout
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(tmp_path):
+    """`modeldeck history x | head` printed a BrokenPipeError traceback once head had its lines."""
+    code = ("import sys\nfrom modeldeck_cli.main import main\n"
+            "def write(line):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "sys.exit(main(['logout'], out=write))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr

@@ -228,9 +228,11 @@ def test_records_are_read_only_in_the_admin_even_for_a_superuser(tenants, client
         deployment=row, number=1, spec=row.spec(), reason="test")  # fmt: skip
     root = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
     client.force_login(root)
-    for name in ("deployments_revision", "deployments_deploymentevent", "gateway_usagerecord"):
+    for name in ("deployments_revision", "deployments_deploymentevent", "gateway_usagerecord",
+                 "projects_gpureservation"):
         assert client.get(reverse(f"admin:{name}_add")).status_code == 403, name
     response = client.post(reverse("admin:deployments_revision_delete", args=[revision.pk]), {"post": "yes"})
     assert response.status_code == 403 and Revision.objects.filter(pk=revision.pk).exists()
     index = client.get(reverse("admin:index")).content.decode()
     assert "MaaS mappings" in index and "Maa s" not in index
+    assert "GPU reservations" in index and "Gpu reservations" not in index

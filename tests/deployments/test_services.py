@@ -150,7 +150,8 @@ def test_update_over_quota_is_refused_and_keeps_the_old_revision(
     with pytest.raises(ValidationError) as exc:
         deployment_update(user=tenants.owner, deployment=deployment, spec={"replicas": {"max": 9}})
 
-    assert "do not fit" in exc.value.message_dict["resources.gpus"][0]
+    # Its own GPU is not counted as "in use" against it, and 9 is what it asks for in all.
+    assert "0 are in use by other deployments: this one's 9 GPUs do not fit" in exc.value.message_dict["resources.gpus"][0]
     assert deployment.revisions.count() == 1
     assert tenants.project.gpu_used() == 1
 

@@ -47,7 +47,7 @@ def test_a_few_cents_budget_stops_a_key_across_two_gateways(tenants, gateways, e
             error = exc.body
             assert error["type"] == "insufficient_quota"
             assert error["code"] == "budget_api_key_exceeded"
-            assert "API key's monthly budget of 0.0200 USD is used up" in error["message"]
+            assert "API key's monthly budget of 0.02 USD is used up" in error["message"]
     assert outcomes == [200, 200, 429, 429, 429, 429]  # 2 + 2 requests = 0.02 spent
 
     # The usage page: the key's budget used up (error), the organization's at 80 % (warning).
@@ -222,7 +222,7 @@ def test_a_used_up_budget_refuses_the_next_request_with_or_without_redis(tenants
             errors.append(exc.body)
     assert outcomes == [200, 200, 200, 429, 429]  # 3 × 0.005 = 0.015 spent
     assert errors[0] == {
-        "message": "The API key's monthly budget of 0.0150 USD is used up; requests to `llama-chat` "
+        "message": "The API key's monthly budget of 0.015 USD is used up; requests to `llama-chat` "
         "resume when the budget is raised or next month begins.",
         "type": "insufficient_quota",
         "param": None,
