@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.parsers import JSONParser
 
 # No body of this API nests deeper than a spec's mappings (about 6 levels); 32 leaves room and
@@ -45,3 +45,17 @@ class JSONObjectParser(JSONParser):
         if json_depth_exceeds(data):
             raise exceptions.ParseError(TOO_DEEP)
         return data
+
+
+class BoundedJSONField(serializers.JSONField):
+    """A JSON value in a field: in a form or multipart body DRF parses its text with json.loads,
+    past the body parser's depth check, where "[[[…" raised RecursionError (a 500)."""
+
+    def to_internal_value(self, data):
+        try:
+            value = super().to_internal_value(data)
+        except RecursionError:
+            raise serializers.ValidationError(TOO_DEEP.replace("JSON body", "value")) from None
+        if json_depth_exceeds(value):
+            raise serializers.ValidationError(TOO_DEEP.replace("JSON body", "value"))
+        return value

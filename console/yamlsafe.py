@@ -44,7 +44,27 @@ class _Refused(yaml.MarkedYAMLError):
 
 
 # libyaml when PyYAML has it (three times faster on a large file); the same rules either way.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[misc,valid-type]
+    """Only what JSON has: strings, numbers, booleans, null, lists and mappings. A date or a
+    time stays the text it was typed as (an impossible one, 2001-02-30, raised ValueError, a 500),
+    and bytes (!!binary), sets, ordered pairs are refused in words."""
+
+
+def _as_text(loader, node):
+    return loader.construct_scalar(node)
+
+
+def _not_json(loader, node):
+    raise _Refused(problem=f"YAML type {node.tag.rsplit(':', 1)[-1]} isn't accepted; use strings, numbers, "
+                   "true/false, null, lists and mappings.", problem_mark=node.start_mark)  # fmt: skip
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _as_text)
+for _tag in ("binary", "set", "omap", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _not_json)
 
 
 def _check_events(text: str, max_documents: int) -> None:
@@ -93,6 +113,12 @@ def _refused(exc: yaml.YAMLError | UnicodeError, text: str) -> YamlRefused:
     return YamlRefused(problem, line=line, column=column, syntax=True)
 
 
+def _unreadable(exc: Exception) -> YamlRefused:
+    if "integer string conversion" in str(exc):
+        return YamlRefused("A number has more than 4,300 digits.")
+    return YamlRefused(f"A value can't be read: {str(exc)[:120]}")
+
+
 def _check_size(text: str, max_chars: int) -> None:
     if len(text) > max_chars:
         raise YamlRefused(f"The text is {len(text):,} characters; at most {max_chars:,} are accepted.")
@@ -106,6 +132,8 @@ def load_all(text: str, *, max_chars: int = MAX_CHARS, max_documents: int = MAX_
         return list(yaml.load_all(text, Loader=_Loader))
     except (yaml.YAMLError, UnicodeError) as exc:
         raise _refused(exc, text) from None
+    except (ValueError, OverflowError) as exc:  # a scalar its constructor can't build (an int of 5,000 digits)
+        raise _unreadable(exc) from None
 
 
 def load(text: str, *, max_chars: int = MAX_CHARS) -> Any:
@@ -116,3 +144,5 @@ def load(text: str, *, max_chars: int = MAX_CHARS) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
     except (yaml.YAMLError, UnicodeError) as exc:
         raise _refused(exc, text) from None
+    except (ValueError, OverflowError) as exc:  # a scalar its constructor can't build (an int of 5,000 digits)
+        raise _unreadable(exc) from None

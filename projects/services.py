@@ -426,7 +426,7 @@ def _clean_s3_secret(secret: str) -> tuple[str, str]:
     ModelDeck's server."""
     try:
         data = json.loads(secret)
-    except ValueError:
+    except (ValueError, RecursionError):  # "[[[…" nested past the parser's limit is no object either
         data = None
     if not isinstance(data, dict):
         raise ValidationError({"secret": "S3 credentials are an access key id and a secret access key "

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.response import Response
 
+from console.api_parsers import BoundedJSONField
 from deployments import galleries
 from deployments.models import DataSource, DataSourceKind, ResourceTemplate
 from projects.selectors import organizations_for_user, projects_for_user
@@ -67,7 +68,7 @@ class DataSourceWriteSerializer(serializers.Serializer):
     claim_name = serializers.CharField(required=False, allow_blank=True, default="")
     uri = serializers.CharField(required=False, allow_blank=True, default="")
     mount_path = serializers.CharField(required=False, allow_blank=True, default="")
-    credentials = serializers.JSONField(required=False, write_only=True,
+    credentials = BoundedJSONField(required=False, write_only=True,
                                         help_text="S3: access_key_id, secret_access_key, endpoint_url, region.")  # fmt: skip
 
 
@@ -76,7 +77,7 @@ class DataSourceUpdateSerializer(serializers.Serializer):
     claim_name = serializers.CharField(required=False, allow_blank=True)
     uri = serializers.CharField(required=False, allow_blank=True)
     mount_path = serializers.CharField(required=False, allow_blank=True)
-    credentials = serializers.JSONField(required=False, write_only=True, help_text="Absent: keep the stored ones.")
+    credentials = BoundedJSONField(required=False, write_only=True, help_text="Absent: keep the stored ones.")
 
 
 class _GalleryViewSet(viewsets.ReadOnlyModelViewSet):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from console.api_parsers import BoundedJSONField
 from projects.keys import api_key_state
 from projects.models import (
     GPU_QUOTA_ERRORS,
@@ -273,7 +274,7 @@ class BudgetSetSerializer(serializers.Serializer):
         required=False, help_text="member: the member's user id; key: the key's id; organization: not used.",
     )  # fmt: skip
     organization = serializers.IntegerField(required=False)
-    monthly_budget = serializers.JSONField(allow_null=True, help_text='An amount such as "25" or "0.05"; null: no limit.')
+    monthly_budget = BoundedJSONField(allow_null=True, help_text='An amount such as "25" or "0.05"; null: no limit.')
     budget_currency = serializers.CharField(required=False, max_length=3, help_text="organization level only")
 
 

@@ -7,6 +7,7 @@ from django.test import Client
 
 from catalog.models import CatalogModel, ProfileBundle
 from projects.models import Environment
+from tests.factories import rest_api_client
 
 pytestmark = pytest.mark.django_db
 
@@ -181,3 +182,41 @@ def test_project_and_sharing_errors_do_not_reveal_other_organizations(tenants):
         text = response.content.decode()
         assert "owner" not in text and str(user_id) not in text
         assert "Choose users of this organization" in text
+
+
+# ---- JSON nested too deeply where the body parser's check doesn't look (security review) -------
+# JSON carried as a string (an S3 secret, a data source's credentials) or a form field DRF's
+# JSONField parses: RecursionError, a 500.
+
+DEEP = "[" * 3000  # under the integration secret's 4,000 characters
+
+
+def _raising_client(user):
+    client = rest_api_client(user)
+    client.raise_request_exception = False
+    return client
+
+
+def test_integration_secret_as_deep_json_string(tenants):
+    r = _raising_client(tenants.owner).post(f"/api/v1/projects/{tenants.project.pk}/integrations/",
+                                    {"kind": "s3", "secret": DEEP}, format="json")
+    assert r.status_code == 400, (r.status_code, r.content[:200])
+
+
+def test_data_source_credentials_as_deep_json_string(tenants):
+    r = _raising_client(tenants.owner).post("/api/v1/data-sources/", {"name": "w", "kind": "s3", "uri": "s3://acme-models/x",
+                                    "project": tenants.project.pk, "credentials": DEEP}, format="json")
+    assert r.status_code == 400, (r.status_code, r.content[:200])
+
+
+def test_data_source_credentials_in_a_multipart_form(tenants):
+    r = _raising_client(tenants.owner).post("/api/v1/data-sources/", {"name": "w", "kind": "s3", "uri": "s3://acme-models/x",
+                                    "project": tenants.project.pk, "credentials": DEEP}, format="multipart")
+    assert r.status_code == 400, (r.status_code, r.content[:200])
+
+
+def test_budget_as_deep_json_in_a_form(tenants):
+    # projects/api/serializers.py monthly_budget = serializers.JSONField (form input is json.loads-ed)
+    r = _raising_client(tenants.owner).post("/api/v1/budgets/", {"monthly_budget": DEEP, "level": "organization"},
+                                    format="multipart")
+    assert r.status_code == 400, (r.status_code, r.content[:200])

@@ -251,3 +251,58 @@ def test_an_image_name_in_an_error_keeps_the_users_spelling(tenants, model, bund
     # The error sentence starts with the image: its first letter used to be upper-cased ("Vllm/…").
     assert out == ["error: modeldeployment/chat: resources.gpus: “vllm/vllm-openai:v0.6.3” is a GPU build of vllm: "
                    "give it at least one GPU, or use a CPU image."]  # fmt: skip
+
+
+# ---- YAML values that are not JSON's (security review) ----------------------------------------
+# An impossible date (2001-02-30), an impossible time or an int of 4,301 digits raised a bare
+# ValueError: a 500 on apply and on a pool's kubeconfig. Dates now stay text; !!binary, !!set,
+# !!omap are refused in words.
+
+BAD = {
+    "impossible_date": "a: 2001-02-30\n",
+    "bad_time": "a: 2001-02-28 25:00:00\n",
+    "int_over_4300_digits": "a: " + "9" * 4301 + "\n",
+}
+
+
+def _raising_client(user):
+    client = rest_api_client(user)
+    client.raise_request_exception = False
+    return client
+
+
+@pytest.mark.parametrize("text", list(BAD.values()), ids=list(BAD))
+def test_apply_manifest_is_a_400_not_a_500(tenants, text):
+    response = _raising_client(tenants.member).post("/api/v1/apply/", {"manifest": text, "dry_run": True}, format="json")
+    assert response.status_code == 400, (response.status_code, response.content[:200])
+
+
+ENDPOINT = "apiVersion: modeldeck.io/v1\nkind: Endpoint\nmetadata: {{name: ep, project: research}}\nspec:\n  path: {path}\n"
+
+
+@pytest.mark.parametrize("path", ["!!binary L2Vw", "!!set {/ep}", "!!omap [a: 1]"])
+def test_apply_refuses_yaml_types_json_lacks_in_words(tenants, path):
+    response = _raising_client(tenants.member).post(
+        "/api/v1/apply/", {"manifest": ENDPOINT.format(path=path), "dry_run": True}, format="json"
+    )
+    assert response.status_code == 400, (response.status_code, response.content[:300])
+    assert "isn't accepted; use strings, numbers" in response.content.decode()
+
+
+@pytest.mark.parametrize("path", ["2024-01-01", "!!timestamp 2024-01-01"])
+def test_a_date_in_yaml_stays_the_text_typed(tenants, path):
+    response = _raising_client(tenants.member).post(
+        "/api/v1/apply/", {"manifest": ENDPOINT.format(path=path), "dry_run": True}, format="json"
+    )
+    assert response.status_code == 200, (response.status_code, response.content[:300])
+    assert f"/{path.removeprefix('!!timestamp ')}" in response.json()["lines"][0]
+
+
+KUBECONFIG = "clusters:\n- name: c\n  cluster: {server: 'https://93.184.216.34', x: 2001-02-30}\n"
+
+
+def test_pool_kubeconfig_bad_date_is_a_400(tenants, settings):
+    settings.ORG_ADMINS_MAY_ADD_POOLS = True
+    response = _raising_client(tenants.owner).post("/api/v1/pools/", {"name": "byo", "kind": "kubeconfig", "engine_label": "vllm",
+                                                            "kubeconfig": KUBECONFIG}, format="json")
+    assert response.status_code == 400, (response.status_code, response.content[:300])
