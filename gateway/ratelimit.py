@@ -299,6 +299,7 @@ IMAGE_TOKENS = 765
 # as an image (OpenAI's realtime guide counts user audio at 1 token per 100 ms: 765 are 76 s).
 MEDIA_PART_TOKENS = 765
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+PROMPT_FIELDS = ("tools", "functions", "documents", "chat_template", "chat_template_kwargs")
 
 
 def _chars_in(value: object) -> int:
@@ -317,18 +318,24 @@ def _chars_in(value: object) -> int:
     return chars
 
 
+TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", None})
+
+
 def _part_estimate(part: dict) -> tuple[int, int]:
-    """(characters, tokens) of one chat content part."""
-    text = part.get("text")
-    if isinstance(text, str):
-        return len(text), 0
+    """(characters, tokens) of one chat content part: its strings, plus a fixed figure for an
+    image or other media part (decided by its type, whatever else it carries: an image part with
+    an empty "text" counted 0)."""
     kind = part.get("type")
+    text = part.get("text")
+    chars = len(text) if isinstance(text, str) else 0
     if kind == "refusal" and isinstance(part.get("refusal"), str):
-        return len(part["refusal"]), 0
+        chars += len(part["refusal"])
+    if kind in TEXT_PART_TYPES:
+        return chars, 0
     if kind in IMAGE_PART_TYPES:
         image = part.get(kind) if isinstance(part.get(kind), dict) else part
-        return 0, IMAGE_LOW_DETAIL_TOKENS if image.get("detail") == "low" else IMAGE_TOKENS
-    return 0, MEDIA_PART_TOKENS
+        return chars, IMAGE_LOW_DETAIL_TOKENS if image.get("detail") == "low" else IMAGE_TOKENS
+    return chars, MEDIA_PART_TOKENS
 
 
 def prompt_estimate(body: dict) -> int:
@@ -349,10 +356,14 @@ def prompt_estimate(body: dict) -> int:
                 if isinstance(part, dict):
                     c, t = _part_estimate(part)
                     chars, tokens = chars + c, tokens + t
-        for field in ("tool_calls", "function_call"):
-            if message.get(field):
-                chars += _chars_in(message[field])
-    for field in ("tools", "functions"):
+        # Every other field of a message the engine's template may render (tool calls, a
+        # reasoning model's reasoning_content, a name): by its strings.
+        for field, value in message.items():
+            if value and field not in ("role", "content"):
+                chars += _chars_in(value)
+    # Request fields templates render into the prompt: tool definitions, RAG documents (vLLM's
+    # `documents`), a template of the caller's own and its arguments.
+    for field in PROMPT_FIELDS:
         if body.get(field):
             chars += _chars_in(body[field])
     for field in ("prompt", "input"):
@@ -380,14 +391,26 @@ def _max_tokens(body: dict) -> int | None:
     return value
 
 
+def _choices(body: dict) -> int:
+    """How many completions the engine writes: n (and best_of, which it writes before choosing),
+    each up to max_tokens."""
+    most = 1
+    for field in ("n", "best_of"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            most = value
+    return min(most, MAX_CHOICES)
+
+
 def estimate_tokens(body: dict) -> int:
-    """Tokens to reserve before the engine answers: the prompt's estimate plus max_tokens."""
+    """Tokens to reserve before the engine answers: the prompt's estimate plus max_tokens for
+    each completion asked for (n, best_of)."""
     max_tokens = _max_tokens(body)
     if max_tokens is None:
         max_tokens = 0 if "input" in body else 256  # embeddings produce no completion tokens
     # Bounded whatever the body says (gateway.validation refuses larger max_tokens first): the
     # Lua script adds reservations as doubles, and an estimate of 2^63 corrupted the window.
-    return max(1, min(prompt_estimate(body) + max_tokens, MAX_ESTIMATE))
+    return max(1, min(prompt_estimate(body) + max_tokens * _choices(body), MAX_ESTIMATE))
 
 
 # A request without max_tokens to a deployment with a token limit is capped at this many
@@ -395,6 +418,7 @@ def estimate_tokens(body: dict) -> int:
 # is then an upper bound of the completion, so the limit is never passed by more than what the
 # prompt estimate missed — never by a whole unbounded reply.
 DEFAULT_COMPLETION_CAP = 1024
+MAX_CHOICES = 128  # n / best_of counted up to this (engines cap them lower: vLLM's n is ≤ its max_num_seqs)
 
 
 def reservation(body: dict, route: str, levels: list[Level]) -> tuple[int, int | None]:
@@ -403,8 +427,9 @@ def reservation(body: dict, route: str, levels: list[Level]) -> tuple[int, int |
     if not limits or route == "embeddings" or _max_tokens(body) is not None:
         return estimate_tokens(body), None
     prompt = prompt_estimate(body)
-    cap = max(1, min(DEFAULT_COMPLETION_CAP, min(limits) - prompt))
-    return max(1, min(prompt + cap, MAX_ESTIMATE)), cap
+    choices = _choices(body)
+    cap = max(1, min(DEFAULT_COMPLETION_CAP, (min(limits) - prompt) // choices))
+    return max(1, min(prompt + cap * choices, MAX_ESTIMATE)), cap
 
 
 class RedisRateLimiter:

@@ -443,3 +443,37 @@ def test_the_prompt_estimate_counts_token_ids_media_parts_and_tools():
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "y" * 400}},
     ]}  # fmt: skip
     assert prompt_estimate({"messages": [call]}) >= 100
+
+
+# ---- shapes whose size the estimate missed (security review) -----------------------------------
+# Image parts carrying an empty "text", an assistant turn's reasoning_content, vLLM's RAG
+# `documents`, and n / best_of completions of max_tokens each were counted as ~nothing.
+
+BIG = "lorem " * 8000  # 48,000 characters: ~12,000 tokens by the gateway's own chars/4 rule
+IMG = {"url": "https://example.com/huge.png", "detail": "high"}
+CASES = {
+    # Images count 765 each, unless the part also carries an empty `text` key: then 0.
+    "image parts with an empty text key": ("chat/completions", {"max_tokens": 16, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "text": "", "image_url": IMG} for _ in range(40)]}]}),
+    # vLLM chat templates (Qwen3, DeepSeek-R1, ...) render an assistant turn's reasoning_content.
+    "reasoning_content in history": ("chat/completions", {"max_tokens": 16, "messages": [
+        {"role": "assistant", "content": "", "reasoning_content": BIG}, {"role": "user", "content": "go on"}]}),
+    # vLLM ChatCompletionRequest.documents: RAG templates (Command-R, Granite) put them in the prompt.
+    "documents": ("chat/completions", {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}],
+                                      "documents": [{"title": "t", "text": BIG}]}),
+    # n choices of max_tokens each: reserved once.
+    "n=64": ("chat/completions", {"max_tokens": 500, "n": 64, "messages": [{"role": "user", "content": "hi"}]}),
+    "best_of/n on completions": ("completions", {"max_tokens": 500, "n": 20, "best_of": 20, "prompt": "hi"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_shapes_that_hid_their_size_are_refused_by_a_small_token_limit(tenants, gateway, engine, case):
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat",
+                    rate_limits=limits(api_key={"tpm": 1000}))
+    path, body = CASES[case]
+    response = httpx.post(f"{gateway.base_url}/{path}", json={"model": "llama-chat", **body},
+                          headers={"authorization": f"Bearer {make_key(tenants.member, tenants.org)}"}, timeout=30)
+    forwarded = engine.requests[-1] if engine.requests else None
+    assert response.status_code == 429, (response.status_code, str(forwarded)[:200])
+    assert not engine.requests  # refused before the engine
