@@ -27,7 +27,25 @@ def is_public_address(text: str) -> bool:
     reserved or multicast). Check-time (`non_public_addresses`) and connect-time
     (gateway/upstream.py's resolver) both ask this."""
     addr = _ip(text)
-    return addr is not None and addr.is_global and not addr.is_multicast
+    if addr is None or not addr.is_global or addr.is_multicast:
+        return False
+    embedded = _embedded_ipv4(addr)
+    return embedded is None or (embedded.is_global and not embedded.is_multicast)
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: a NAT64 gateway forwards to the IPv4 inside
+
+
+def _embedded_ipv4(addr) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries to somewhere (6to4, NAT64, IPv4-compatible): Python
+    calls 2002:7f00:1:: or 64:ff9b::7f00:1 global, yet they lead to 127.0.0.1 where routed."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return None
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in NAT64 or int(addr) >> 32 == 0:  # NAT64, or ::a.b.c.d (IPv4-compatible, deprecated)
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
 
 
 def is_loopback_host(host: str) -> bool:

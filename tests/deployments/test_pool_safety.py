@@ -557,3 +557,15 @@ def test_an_organization_pool_is_called_at_the_address_its_check_resolved(tenant
     ComputePool.objects.filter(pk=pool.pk).update(private_addresses_allowed=True)
     pool.refresh_from_db()
     assert configuration_for(pool).host == "https://kube.rebind.example:6443"
+
+
+@pytest.mark.parametrize(("address", "public"), [
+    ("2002:7f00:1::", False), ("64:ff9b::7f00:1", False), ("64:ff9b::a9fe:a9fe", False), ("::7f00:1", False),
+    ("64:ff9b::808:808", True), ("2002:808:808::", True), ("2606:4700::1111", True), ("8.8.8.8", True),
+])  # fmt: skip
+def test_ipv6_forms_that_carry_a_private_ipv4_are_not_public(address, public):
+    """6to4, NAT64 and IPv4-compatible addresses are 'global' to Python, yet where routed they
+    lead to the IPv4 inside them: 127.0.0.1, 169.254.169.254 (security review)."""
+    from deployments.kube.network import is_public_address  # noqa: PLC0415 - the one rule, under test
+
+    assert is_public_address(address) is public
