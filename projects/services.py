@@ -29,7 +29,7 @@ from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
-from deployments.models import DeploymentState
+from deployments.models import DeploymentState, ModelDeployment
 from gateway.cache import invalidate_user
 from projects.keys import api_key_get, api_keys_revoke_for_member, gateway_forget_user
 from projects.models import (
@@ -831,6 +831,8 @@ def organization_budget_set(
         currency = str(currency).strip().upper()
         if not re.fullmatch(r"[A-Z]{3}", currency):
             raise ValidationError({"budget_currency": "Use a three-letter currency code such as USD or EUR."})
+    if currency is not None and currency != organization.budget_currency:
+        _budget_currency_check(organization, currency)
     with transaction.atomic():
         org = Organization.objects.select_for_update().get(pk=organization.pk)
         before = {BUDGET_FIELD: org.monthly_budget, "budget_currency": org.budget_currency}
@@ -843,6 +845,24 @@ def organization_budget_set(
             _audit(actor=user, organization=org, action="budget_change", obj=org, before=before, after=after)
             _budgets_forget(list(Membership.objects.filter(organization=org).values_list("user_id", flat=True)))
     return org
+
+
+def _budget_currency_check(organization: Organization, currency: str) -> None:
+    """A budget counts the spend priced in its own currency: one in EUR over deployments priced
+    in USD would count nothing and never stop a request. Refused while the organization's
+    deployments are priced in other currencies only (none yet: any currency)."""
+    priced = {
+        code for code in ModelDeployment.objects.filter(project__organization=organization)
+        .exclude(state=DeploymentState.DELETING)
+        .values_list("current_revision__spec__pricing__currency", flat=True).distinct()
+        if isinstance(code, str) and code
+    }  # fmt: skip
+    if priced and currency not in priced:
+        raise ValidationError({"budget_currency": (
+            f"No deployment of {organization.name} is priced in {currency} (they are priced in "
+            f"{', '.join(sorted(priced))}): a budget counts only spend in its own currency, so this one would "
+            f"count nothing. Keep {' or '.join(sorted(priced))}, or price the deployments in {currency} first."
+        )})  # fmt: skip
 
 
 def member_budget_set(*, user: AbstractBaseUser | None, membership: Membership, amount: object) -> Membership:

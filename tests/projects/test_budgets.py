@@ -206,9 +206,9 @@ def test_the_budgets_page_and_rest_list_read_spend_in_a_constant_number_of_queri
     assert next(k for k in listed["keys"] if k["name"] == "bot-19")["percent"] == 50
     assert next(m for m in listed["members"] if m["username"] == "owner")["spent"] == "0.00000000"
     html = many["/hub/budgets/"][1].content.decode()
-    row = re.search(r'<tr id="key-budget-\d+"><td><span class="truncate" title="bot-07">.*?</tr>', html, re.S).group(0)
+    row = re.search(r'<tr id="key-budget-\d+"><td data-label="Key"><span class="truncate" title="bot-07">.*?</tr>', html, re.S).group(0)
     assert "2.00" in row and ">20%<" in row
-    row = re.search(r'<tr id="member-budget-\d+"><td><span class="truncate" title="m19">.*?</tr>', html, re.S).group(0)
+    row = re.search(r'<tr id="member-budget-\d+"><td data-label="Member"><span class="truncate" title="m19">.*?</tr>', html, re.S).group(0)
     assert "5.00" in row and ">10%<" in row
     assert "52.50 / 1000.00 USD (5%)" in html
 
@@ -259,3 +259,33 @@ def test_a_budget_is_removed_after_a_confirmation_and_a_refused_one_keeps_what_w
     assert member.monthly_budget is None
     row = re.search(rf'<tr id="member-budget-{tenants.member.pk}">.*?</tr>', admin.get("/hub/budgets/").content.decode(), re.S).group(0)
     assert 'value=""' in row and "Remove" not in row
+
+
+def test_a_budget_currency_no_deployment_is_priced_in_is_refused_in_words(tenants):
+    """QA: an organization budget of 0.01 EUR over deployments priced in USD never stopped a
+    request (spend is counted per currency) and showed 0.00 EUR spent."""
+    from tests.factories import deployment  # noqa: PLC0415 - a priced deployment for this test only
+
+    deployment(tenants.project, name="priced-in-usd")
+    response = rest_api_client(tenants.owner).post(
+        "/api/v1/budgets/", {"level": "organization", "monthly_budget": "0.01", "budget_currency": "EUR"}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert "No deployment of" in response.json()["budget_currency"][0] and "priced in USD" in response.json()["budget_currency"][0]
+    tenants.org.refresh_from_db()
+    assert (tenants.org.monthly_budget, tenants.org.budget_currency) == (None, "USD")
+    ok = rest_api_client(tenants.owner).post(
+        "/api/v1/budgets/", {"level": "organization", "monthly_budget": "0.01", "budget_currency": "USD"}, format="json"
+    )
+    assert ok.status_code == 200, ok.content
+
+
+def test_the_budgets_page_says_why_a_currency_is_refused(tenants):
+    from tests.factories import deployment  # noqa: PLC0415 - a priced deployment for this test only
+
+    deployment(tenants.project, name="priced-in-usd")
+    response = login(tenants.owner).post(
+        "/hub/budgets/", {"level": "organization", "monthly_budget": "0.01", "budget_currency": "EUR"}
+    )
+    assert response.status_code == 400
+    assert "is priced in EUR (they are priced in USD)" in response.content.decode()
