@@ -596,8 +596,10 @@ def _clean_limits_and_pricing(errors: _Errors, out: dict[str, Any]) -> None:
             amount = Decimal(str(given if given not in (None, "") else "0"))
         except (InvalidOperation, ValueError):
             amount = Decimal("NaN")
-        if not amount.is_finite() or amount < 0:
+        if not amount.is_finite():
             errors.add(f"pricing.{key}", "Enter a price such as 0.50 (per million tokens).")
+        elif amount < 0:
+            errors.add(f"pricing.{key}", "A price can't be negative; 0 makes the model free.")
         elif amount >= PRICE_LIMIT:
             errors.add(f"pricing.{key}", f"Enter a price below {PRICE_LIMIT:,} per million tokens.")
         elif amount != amount.quantize(PRICE_QUANTUM, rounding=ROUND_DOWN):

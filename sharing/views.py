@@ -487,7 +487,10 @@ def quota_project(request: HttpRequest, project_pk: int) -> HttpResponse:
             user=request.user, project=project, gpu_quota=quota))  # fmt: skip
     except ValidationError as exc:
         return _quota_refused(request, key, f"Project “{project.name}”", exc)
-    messages.success(request, f"Project “{project.name}” may now hold {gpus} GPU{pluralize(gpus)}.")
+    org_quota = project.organization.gpu_quota
+    beyond = (f" The organization's quota of {org_quota} GPU{pluralize(org_quota)} still caps all its projects together."
+              if gpus > org_quota else "")  # fmt: skip
+    messages.success(request, f"Project “{project.name}” may now hold {gpus} GPU{pluralize(gpus)}.{beyond}")
     return redirect("sharing:quotas")
 
 

@@ -86,6 +86,11 @@ def test_bounds_are_said_with_thousands_separators(bundle, model):
     assert errors["context_length"] == ["Must be at most 10,000,000."]
 
 
+def test_a_negative_price_says_so(bundle, model):
+    errors = errors_of({"pricing": {"input_per_million": "-1"}}, bundle, model)
+    assert errors["pricing.input_per_million"] == ["A price can't be negative; 0 makes the model free."]
+
+
 def test_render_spec_maps_the_revision_and_references_the_hf_token_secret(tenants, bundle, model):
     pool = ComputePool.objects.create(
         organization=tenants.org, name="p", kind=PoolKind.SANDBOX, engine_label="vllm"

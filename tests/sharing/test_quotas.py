@@ -79,6 +79,13 @@ def test_quota_error_is_shown_once_under_its_field_in_good_english(tenants):
     # A saved quota says so in the banner, in the singular where it is one.
     response = client.post(reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": "1"}, follow=True)
     assert "Project “Research” may now hold 1 GPU." in response.content.decode()
+    assert "still caps" not in response.content.decode()
+    # Above the organization's quota: allowed (it caps all projects together), and said so.
+    tenants.org.refresh_from_db()
+    above = tenants.org.gpu_quota + 92
+    response = client.post(reverse("sharing:quota_project", args=[tenants.project.pk]), {"gpu_quota": str(above)}, follow=True)
+    assert (f"may now hold {above} GPUs. The organization&#x27;s quota of {tenants.org.gpu_quota} GPUs still caps all "
+            "its projects together.") in response.content.decode()
 
 
 @pytest.mark.django_db
