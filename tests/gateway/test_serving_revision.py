@@ -141,3 +141,7 @@ def test_refusals_are_metered_with_zero_tokens_and_listed_in_usage(tenants, depl
     assert sorted(line.split(",")[4] for line in b"".join(page.streaming_content).decode().splitlines()[1:]) == [
         "409", "410", "503",
     ]  # fmt: skip
+    # The Usage page says what each refusal was, not only its number.
+    html = login(tenants.member).get("/hub/usage/").content.decode()
+    for words in ("deactivated", "deleted", "not ready"):
+        assert f'<span class="muted small">{words}</span>' in html, words
