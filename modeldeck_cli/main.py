@@ -54,15 +54,26 @@ def _check_syntax(text: str, name: str) -> None:
     """Say which file is not YAML, and where: the server sees the files joined into one text, so
     its line numbers would not be the file's. Only the parser's events: nothing is built here
     (the server's loader decides what it accepts)."""
+    documents = 0
     try:
-        for _event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-            pass
+        for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                # The server refuses them too, but at a line of the files joined together.
+                mark = event.start_mark
+                raise CLIError(f"{name}: line {mark.line + 1}, column {mark.column + 1}: YAML anchors and aliases "
+                               "(&name / *name) aren't accepted; write the values out.")  # fmt: skip
+            if isinstance(event, yaml.CollectionStartEvent) or (isinstance(event, yaml.ScalarEvent) and event.value):
+                documents = 1  # something in it (an empty document, "---" alone, is one empty scalar)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise CLIError(f"{name} is not valid YAML{at}: {exc.problem or exc.context}") from None
     except (yaml.YAMLError, UnicodeError):
         raise CLIError(f"{name} is not valid YAML (it holds a character YAML does not allow).") from None
+    if not documents:
+        # Alone, the server says so; joined with other files it would pass unnoticed.
+        raise CLIError(f"{name} has no documents; expected one or more `kind: ModelDeployment` documents "
+                       "(or ComputePool, ProfileBundle, Model, Endpoint).")  # fmt: skip
 
 
 def _read(paths: Sequence[str]) -> str:

@@ -127,3 +127,21 @@ def test_a_closed_pipe_ends_the_cli_quietly(tmp_path):
                           env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_apply_names_the_file_and_its_own_line_for_anchors_and_empty_files(tmp_path):
+    """With several -f files the server sees them joined: an anchor in the second file was
+    reported at line 50 of the whole, and an empty file among others passed unnoticed."""
+    from modeldeck_cli.main import CLIError, _read  # noqa: PLC0415 - the file reader, under test
+
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("apiVersion: modeldeck.io/v1\nkind: Endpoint\nmetadata: {name: a}\nspec: {path: /a}\n" * 1)
+    anchored = tmp_path / "anchor.yaml"
+    anchored.write_text("apiVersion: modeldeck.io/v1\nkind: Endpoint\nmetadata: &m {name: b}\nspec: {path: /b}\n")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n---\n")
+    with pytest.raises(CLIError, match=r"anchor\.yaml: line 3, column 11: YAML anchors and aliases"):
+        _read([str(pool), str(anchored)])
+    with pytest.raises(CLIError, match=r"empty\.yaml has no documents"):
+        _read([str(pool), str(empty)])
+    assert "kind: Endpoint" in _read([str(pool)])

@@ -46,11 +46,11 @@ def test_dry_run_and_refused_files_from_the_cli(client_venv, demo, cluster, live
     aliases.write_text("apiVersion: modeldeck.io/v1\nkind: Endpoint\nmetadata: {name: ep}\nspec: {path: &p /ep, x: *p}\n")
     refused = run(client_venv, home, "apply", "-f", str(aliases))
     assert refused.returncode == 1
-    assert refused.stderr == ("error: line 4, column 14: YAML anchors and aliases (&name / *name) aren't accepted; "
+    assert refused.stderr == (f"error: {aliases}: line 4, column 14: YAML anchors and aliases (&name / *name) aren't accepted; "
                               "write the values out.\n")  # fmt: skip
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
     refused = run(client_venv, home, "apply", "-f", str(empty))
     assert refused.returncode == 1
-    assert refused.stderr.startswith("error: The file has no documents; expected one or more `kind: ModelDeployment`")
+    assert refused.stderr.startswith(f"error: {empty} has no documents; expected one or more `kind: ModelDeployment`")
