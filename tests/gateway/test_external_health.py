@@ -192,11 +192,11 @@ def silent_servers():
         server.close()
 
 
-def test_a_round_of_dead_endpoints_takes_about_one_time_out(tenants, embedded, flaky, silent_servers, monkeypatch):
-    from gateway import overflow, tasks
+def _count_probes_at_once(monkeypatch) -> list[int]:
+    """Wrap the health check's probe: the returned list's one item is the most probes that ran
+    at the same time (set it back to 0 between rounds)."""
+    from gateway import overflow  # noqa: PLC0415 - patched per test
 
-    timeout = 1.0
-    monkeypatch.setattr(overflow, "HEALTH_TIMEOUT_S", timeout)
     probe, running, peak = overflow.probe, [0], [0]
     lock = threading.Lock()
 
@@ -211,6 +211,15 @@ def test_a_round_of_dead_endpoints_takes_about_one_time_out(tenants, embedded, f
                 running[0] -= 1
 
     monkeypatch.setattr(overflow, "probe", counted_probe)
+    return peak
+
+
+def test_a_round_of_dead_endpoints_takes_about_one_time_out(tenants, embedded, flaky, silent_servers, monkeypatch):
+    from gateway import overflow, tasks
+
+    timeout = 1.0
+    monkeypatch.setattr(overflow, "HEALTH_TIMEOUT_S", timeout)
+    peak = _count_probes_at_once(monkeypatch)
     _, live_url = flaky
     dead = [_external(tenants, f"dead-{i}", s.url) for i, s in enumerate(silent_servers(tasks.HEALTH_CHECK_THREADS - 1))]
     live = _external(tenants, "live", live_url + "/v1", credential=SECRET)
@@ -243,20 +252,7 @@ def test_more_dead_endpoints_get_more_threads_so_a_round_keeps_within_two_time_o
     # As 8 and 64 threads, scaled down: 2 at least, one per 2 endpoints, 5 at most.
     monkeypatch.setattr(tasks, "HEALTH_CHECK_THREADS", 2)
     monkeypatch.setattr(tasks, "HEALTH_CHECK_MAX_THREADS", 5)
-    probe, running, peak = overflow.probe, [0], [0]
-    lock = threading.Lock()
-
-    def counted_probe(url: str, credential: str) -> tuple[bool, str]:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        try:
-            return probe(url, credential)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(overflow, "probe", counted_probe)
+    peak = _count_probes_at_once(monkeypatch)
     dead = [_external(tenants, f"dead-{i}", s.url) for i, s in enumerate(silent_servers(8))]
     assert check_external_endpoints() == {"checked": 8, "healthy": 0}
     assert peak[0] == 4  # one thread per 2: the round takes two time-outs, not four
