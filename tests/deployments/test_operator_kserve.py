@@ -56,8 +56,10 @@ def test_vllm_runs_as_an_inferenceservice_with_its_serving_runtime(tenants, depl
     assert pods and all(p["metadata"]["labels"]["component"] == "predictor" for p in pods)
 
     kserve_cluster.emulator.reset_counts()
-    # Deployments, Pods, InferenceServices; the pods' Events only in a cycle that decides a row again.
-    assert sync_pool(kserve_pool)["list_calls"] == 3
+    # Deployments, Pods, InferenceServices; the pods' Events only in a cycle that decides a row
+    # again (on a loaded machine the simulated kubelet may still be changing a pod: then 4).
+    calls = sync_pool(kserve_pool)["list_calls"]
+    assert calls == 3 + kserve_cluster.emulator.count(verb="list", resource="events") <= 4
     assert kserve_cluster.emulator.count(verb="list", resource="inferenceservices") == 1
 
 
