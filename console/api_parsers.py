@@ -10,6 +10,7 @@ from rest_framework.parsers import JSONParser
 # limit, which a 900-level body would reach in some view's recursion even after parsing.
 MAX_JSON_DEPTH = 32
 TOO_DEEP = f"The JSON body is nested too deeply (more than {MAX_JSON_DEPTH} levels)."
+VALUE_TOO_DEEP = f"The value is nested too deeply (more than {MAX_JSON_DEPTH} levels)."
 
 
 def json_depth_exceeds(data: object, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -55,7 +56,7 @@ class BoundedJSONField(serializers.JSONField):
         try:
             value = super().to_internal_value(data)
         except RecursionError:
-            raise serializers.ValidationError(TOO_DEEP.replace("JSON body", "value")) from None
+            raise serializers.ValidationError(VALUE_TOO_DEEP) from None
         if json_depth_exceeds(value):
-            raise serializers.ValidationError(TOO_DEEP.replace("JSON body", "value"))
+            raise serializers.ValidationError(VALUE_TOO_DEEP)
         return value

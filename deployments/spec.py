@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from kubernetes.utils.quantity import parse_quantity
 
+from console.money import money_text
 from deployments.renderers import (
     AFFINITY_KEYS,
     DEFAULT_STARTUP_BUDGET_SECONDS,
@@ -606,8 +607,7 @@ def _clean_limits_and_pricing(errors: _Errors, out: dict[str, Any]) -> None:
             # Rounding silently would charge something other than what was typed.
             errors.add(f"pricing.{key}", "Use at most 4 decimal places (0.0001 per million tokens).")
         else:
-            whole, _, frac = f"{amount.quantize(PRICE_QUANTUM):f}".partition(".")
-            out_pricing[key] = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"  # "0.10", "1.25", "0.0005"
+            out_pricing[key] = money_text(amount)  # "0.10", "1.25", "0.0005"
     out["pricing"] = out_pricing
 
 

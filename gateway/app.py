@@ -951,7 +951,7 @@ class Gateway:
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, UpstreamRedirect):
-            return redirect_error(exc.status, deployment)
+            return refused_status_error(exc.status, deployment)
         if isinstance(exc, h1.PrivateAddress):
             return GatewayError(
                 502, f"The deployment `{deployment.served_model_name}` was not called: its cluster's exposure "
@@ -991,7 +991,7 @@ class Gateway:
         content, status = response.content, response.status
         if not is_passed_on(status):  # a 3xx, 1xx or > 599 (gateway/upstream.py, UpstreamRedirect)
             await self._record(call, 502, actual=0)
-            raise redirect_error(status, call.deployment)
+            raise refused_status_error(status, call.deployment)
         content_type = response.content_type or b"application/json"
         prompt, completion = usage_from_bytes(content) if status == 200 else (0, 0)
         # Metered before the client sees the answer: a crash right after can't lose the record,
@@ -1031,7 +1031,7 @@ class Gateway:
         if not is_passed_on(status):  # the engine's own 3xx/1xx (the session raises on an external's)
             response.close()
             await self._record(call, 502, actual=0)
-            raise redirect_error(status, call.deployment)
+            raise refused_status_error(status, call.deployment)
         usage = [0, 0]
         ttft: list[float | None] = [None]
         recorded = [False]
@@ -1263,9 +1263,10 @@ def _month(now: float | None = None) -> str:
     return _month_cache[0]
 
 
-def redirect_error(status: int, deployment: DeploymentInfo) -> GatewayError:
-    """502 for an upstream's 3xx: the gateway follows no redirect, and says neither where it
-    pointed nor what was there (the target could be an address the tenant may not reach)."""
+def refused_status_error(status: int, deployment: DeploymentInfo) -> GatewayError:
+    """502 for an upstream status the gateway never passes on (is_passed_on), in words. For a 3xx:
+    the gateway follows no redirect, and says neither where it pointed nor what was there (the
+    target could be an address the tenant may not reach)."""
     if not is_redirect(status):
         return GatewayError(
             502, f"The upstream of `{deployment.served_model_name}` answered with HTTP status {status}, "

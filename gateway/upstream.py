@@ -40,16 +40,13 @@ def upstream_for(deployment: ModelDeployment) -> Upstream:
     if pool.exposure in (PoolExposure.INGRESS, PoolExposure.GATEWAY_API) and pool.exposure_host:
         host = host_for(deployment.name, namespace, pool.exposure_host)
         if pool.exposure_address:
-            upstream = Upstream(pool.exposure_address.rstrip("/"), host)
-        else:
-            # Ingress terminates TLS when the pool names a certificate; a Gateway's listener
-            # decides for itself, so an https Gateway is given as exposure_address https://...
-            scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
-            upstream = Upstream(f"{scheme}://{host}")
-        # An organization typed the base host (and address) where organizations bring their own
-        # clusters: the gateway's pool connects only to public addresses for it (public_only,
-        # gateway/h1.py), resolving the name when it connects, not here (no DNS in a table load).
-        return upstream
+            # An organization's own cluster: the engines' pool calls it at public addresses only,
+            # resolved when it connects (DeploymentInfo.public_only, gateway/h1.py), not here.
+            return Upstream(pool.exposure_address.rstrip("/"), host)
+        # Ingress terminates TLS when the pool names a certificate; a Gateway's listener decides
+        # for itself, so an https Gateway is given as exposure_address https://...
+        scheme = "https" if pool.exposure == PoolExposure.INGRESS and pool.tls_secret else "http"
+        return Upstream(f"{scheme}://{host}")
     if pool.is_sandbox:
         # The simulated engine answers for every sandbox deployment, whatever the model name.
         return Upstream(settings.SANDBOX_ENGINE_URL.rstrip("/"))
@@ -63,12 +60,12 @@ def upstream_base(deployment: ModelDeployment) -> str:
 
 
 class UpstreamRedirect(aiohttp.ClientError):
-    """An upstream answered 3xx. Never followed: a tenant's public URL could send the gateway on to
+    """An upstream answered 3xx (or another status no caller is handed, is_passed_on). Never followed: a tenant's public URL could send the gateway on to
     loopback or a metadata address and hand that answer back (external_url_refusal checks only
     the URL the tenant typed). Neither the target nor the body is kept, so neither can leak."""
 
     def __init__(self, status: int) -> None:
-        super().__init__(f"upstream answered HTTP {status} (a redirect)")
+        super().__init__(f"upstream answered HTTP {status}, which is never passed on")
         self.status = status
 
 

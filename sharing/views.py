@@ -457,9 +457,9 @@ def quota_limits_set(request: HttpRequest, project_pk: int | None = None) -> Htt
     return redirect("sharing:quotas")
 
 
-def _gpu_quota_set(request: HttpRequest, set_quota: Callable[[int], Any]) -> int | None:
-    """Parse the GPU quota form and hand it to the service; the GPUs now allowed, or None when
-    refused (the page is then rendered by the caller with the reason under the field)."""
+def _gpu_quota_set(request: HttpRequest, set_quota: Callable[[int], Any]) -> int:
+    """Parse the GPU quota form and hand it to the service; the GPUs now allowed. A refusal (the
+    form's or the service's) raises ValidationError, which the caller shows under the field."""
     form = QuotaForm(request.POST)
     if not form.is_valid():
         raise ValidationError(" ".join(m for ms in form.errors.values() for m in ms))

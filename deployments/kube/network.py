@@ -78,17 +78,16 @@ def _addresses(host: str, port: int | None) -> list[str] | None:
     return sorted({info[4][0] for info in infos})
 
 
-def public_address_refusal(server: str) -> str:
-    """Why a server URL may not be used by a pool that must be public; "" when it may."""
+def _host_port(server: str) -> tuple[str, int | None]:
     parts = urlsplit(server)
-    host = parts.hostname or ""
     try:
         port = parts.port
     except ValueError:
         port = None
-    bad = non_public_addresses(host, port)
-    if not bad:
-        return ""
+    return (parts.hostname or "").strip("[]"), port
+
+
+def _private_refusal(bad: list[str]) -> str:
     return (
         f"resolves to {', '.join(bad[:3])}, a loopback, link-local or private address. Organizations "
         "can only register clusters at public addresses; a platform operator can allow private "
@@ -96,30 +95,25 @@ def public_address_refusal(server: str) -> str:
     )
 
 
+def public_address_refusal(server: str) -> str:
+    """Why a server URL may not be used by a pool that must be public; "" when it may."""
+    bad = non_public_addresses(*_host_port(server))
+    return _private_refusal(bad) if bad else ""
+
+
 def pinned_public_server(server: str) -> tuple[str, str]:
     """(the server URL with its host replaced by the one public address it is called at, the
     refusal) — one lookup, checked and then used, so the connection can't resolve the name to
     another address in between (DNS rebinding). A name that doesn't resolve is refused too."""
-    parts = urlsplit(server)
-    host = (parts.hostname or "").strip("[]")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
+    host, port = _host_port(server)
     addresses = _addresses(host, port)
-    if addresses is None:
+    if not addresses:
         return "", f"{host} does not resolve; check the name in the kubeconfig's server address."
     bad = [text for text in addresses if not is_public_address(text)]
-    if bad or not addresses:
-        return "", (
-            f"{host} resolves to {', '.join(bad[:3])}, a loopback, link-local or private address. Organizations "
-            "can only register clusters at public addresses; a platform operator can allow private "
-            "addresses for this pool."
-        )
-    address = addresses[0]
-    shown = f"[{address}]" if ":" in address else address
-    netloc = f"{shown}:{port}" if port else shown
-    return parts._replace(netloc=netloc).geturl(), ""
+    if bad:
+        return "", f"{host} {_private_refusal(bad)}"
+    shown = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
+    return urlsplit(server)._replace(netloc=f"{shown}:{port}" if port else shown).geturl(), ""
 
 
 def sandbox_urls() -> list[str]:
