@@ -21,6 +21,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from urllib.parse import quote
 
 import aiohttp
@@ -52,9 +53,14 @@ from gateway.lookup import (
     load_public_caller,
 )
 from gateway.ratelimit import (
+    BUDGET_HELD,
+    BUDGET_TOO_COSTLY,
+    BUDGET_UNITS,
     Decision,
     LocalRateLimiter,
     RedisRateLimiter,
+    budget_key,
+    hold_units,
     levels_for,
     reservation,
     spend_keys,
@@ -664,8 +670,9 @@ class Gateway:
         started: float, stream: bool, endpoint_path: str, *, reserve,
     ) -> tuple[Call, list, int | None]:
         """Who may call `model`, and within which limits: the key (or a public deployment), the
-        deployment's access policy, rate limits and budgets (`reserve(levels)` gives the token
-        reservation and the max_tokens cap); a refusal raises, a 429 is metered."""
+        deployment's access policy, rate limits and budgets (`reserve(levels, deployment, budgets)`
+        gives the token reservation, the max_tokens cap and what the request may cost, held on
+        its budgets until it finishes); a refusal raises, a 429 is metered."""
         if keyless:
             key = await self._public_caller(model)
 
@@ -691,9 +698,9 @@ class Gateway:
                 user_id=key.user_id,
                 api_key_id=key.id,
             )
-            # Reserved now, settled to the engine's count when the request finishes (_record).
-            estimate, cap = reserve(levels)
             budgets = tuple(b for b in key.budgets if b.currency == deployment.currency)
+            # Reserved now, settled to the engine's count when the request finishes (_record).
+            estimate, cap, hold = reserve(levels, deployment, budgets)
             month = _month()
             try:
                 decision = await self.limiter.check(
@@ -709,6 +716,7 @@ class Gateway:
                     budgets=budgets,
                     month=month,
                     seed=not seeded,
+                    hold=hold,
                 )
             except RedisError:
                 # Fail closed: without the limiter neither limits nor revocations can be enforced.
@@ -749,7 +757,9 @@ class Gateway:
         call = Call(key, deployment, route, request_id, started, stream, levels, estimate)
         if decision.kind == "budget":
             await self._record(call, 429, settle=False)
-            raise budget_exceeded(decision.budget, model)
+            raise budget_exceeded(decision, model, hold)
+        if hold and decision.allowed:
+            call.held = tuple(budget_key(month, b.currency, b.level, b.ident) for b in budgets)
         if not decision.allowed:
             _child(metrics.RATE_LIMITED, deployment.name, decision.level, decision.kind).inc()
             retry_s = (
@@ -815,7 +825,7 @@ class Gateway:
         stream = bool(body.get("stream")) and route != "embeddings"
         call, rl_headers, cap = await self._admission(
             scope, key, keyless, model, route, request_id, started, stream, endpoint_path,
-            reserve=lambda levels: reservation(body, route, levels),
+            reserve=lambda levels, deployment, budgets: _reserve(body, route, levels, deployment, budgets),
         )
         deployment = call.deployment
         if deployment.engine == "torchserve":
@@ -875,7 +885,7 @@ class Gateway:
         raw = await _read_body(receive)
         call, rl_headers, _ = await self._admission(
             scope, key, keyless, name, action, request_id, started, False, endpoint_path,
-            reserve=lambda levels: (0, None),
+            reserve=lambda levels, deployment, budgets: (0, None, 0),
         )
         deployment = call.deployment
         if deployment.engine != "torchserve":
@@ -1193,6 +1203,7 @@ class Gateway:
                         _month(), deployment.currency, organization_id=key.organization_id,
                         user_id=key.user_id, api_key_id=key.id,
                     ) if cost else [],
+                    held=call.held,
                 )]  # fmt: skip
                 if call.admitted:
                     finishing.append(self._load_finish(deployment.id, request_id, latency_ms, completion))
@@ -1205,6 +1216,8 @@ class Gateway:
                         request_id=request_id,
                         actual=actual,
                     )
+                if call.held:
+                    limiter.release(request_id=request_id, held=call.held)
                 if cost:  # budgets: the in-process counters the finish script keeps in Redis
                     limiter.count_spend(request_id=request_id, cost=cost, spend=spend_keys(
                         _month(), deployment.currency, organization_id=key.organization_id,
@@ -1227,6 +1240,7 @@ class Call:
     stream: bool
     levels: list
     estimate: int
+    held: tuple = ()  # the budget counters holding what this request may cost (until _record)
     admitted: bool = False  # counted in flight (gateway/load.py): the finish must uncount it
     served_by: str = ""  # external deployments: "external" or "overflow" (gateway/overflow.py)
 
@@ -1281,16 +1295,46 @@ def refused_status_error(status: int, deployment: DeploymentInfo) -> GatewayErro
     )  # fmt: skip
 
 
-def budget_exceeded(budget, model: str) -> GatewayError:
-    """429 with OpenAI's `insufficient_quota` type: a monthly budget is spent."""
+def budget_exceeded(decision: Decision, model: str, hold: int) -> GatewayError:
+    """429 with OpenAI's `insufficient_quota` type: a monthly budget is spent, has less left than
+    this request may cost (`hold`, 1e-8 units), or what it has left is held by requests running."""
+    budget = decision.budget
     who = {"organization": "organization's", "user": "user's", "api_key": "API key's"}[budget.level]
+    limit = f"{money_text(budget.limit)} {budget.currency}"
+    left = f"{money_text(decision.budget_left.quantize(Decimal('0.0001'), ROUND_FLOOR))} {budget.currency}"
+    headers = []
+    if decision.retry_after_ms == BUDGET_TOO_COSTLY:
+        may_cost = (Decimal(hold) / BUDGET_UNITS).quantize(Decimal("0.0001"), ROUND_CEILING)
+        message = (
+            f"This request to `{model}` may cost up to {money_text(may_cost)} {budget.currency} (its prompt and "
+            f"the completion it may write), more than the {left} left of the {who} monthly budget of "
+            f"{limit}; lower max_tokens or shorten the prompt."
+        )
+    elif decision.retry_after_ms == BUDGET_HELD:
+        message = (
+            f"Requests to `{model}` still running hold the rest of the {who} monthly budget of {limit} "
+            f"({left} left before they are charged); retry when they finish."
+        )
+        headers = [(b"retry-after", b"1")]
+    else:
+        message = (
+            f"The {who} monthly budget of {limit} is used up; requests to `{model}` resume when the budget "
+            f"is raised or next month begins."
+        )
     return GatewayError(
-        429,
-        f"The {who} monthly budget of {money_text(budget.limit)} {budget.currency} is used up; requests to "
-        f"`{model}` resume when the budget is raised or next month begins.",
-        "insufficient_quota",
-        code=f"budget_{budget.level}_exceeded",
+        429, message, "insufficient_quota", code=f"budget_{budget.level}_exceeded", headers=headers
     )
+
+
+def _reserve(body: dict, route: str, levels: list, deployment: DeploymentInfo, budgets: tuple) -> tuple:
+    """(tokens to reserve, max_tokens cap or None, what the request may cost in 1e-8 units): a
+    caller with a budget on a priced deployment holds its estimated cost until it finishes."""
+    priced = deployment.input_per_million or deployment.output_per_million
+    budgeted = bool(budgets and priced)
+    estimate, cap = reservation(body, route, levels, budgeted=budgeted)
+    if not budgeted:
+        return estimate, cap, 0
+    return estimate, cap, hold_units(body, estimate, deployment.input_per_million, deployment.output_per_million)
 
 
 _children: dict[tuple, object] = {}

@@ -19,13 +19,23 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from redis.exceptions import NoScriptError
 
 WINDOW_MS = 60_000
 MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
 LEVELS = ("organization", "user", "api_key")
+
+BUDGET_UNITS = 10**8  # spend counters count cost in 1e-8 of the currency (UsageRecord.cost's places)
+BUDGET_EXPIRY_S = 40 * 86_400  # a month's counters outlive the month, then go
+# A request's finish counts its cost once however often it runs (a batch resent after a dropped
+# connection comes within seconds); the marker stays this long.
+COUNTED_EXPIRY_S = 600
+# An admitted request holds its estimated cost on its budgets until it finishes, or this long
+# (a gateway that stopped mid-request): a longer stream is then charged when it ends, as before.
+BUDGET_HOLD_MS = 15 * 60_000
+MAX_HOLD_UNITS = 2**53  # a reservation stays exact as the script's doubles
 
 CHECK_SCRIPT = r"""
 local gen = redis.call('GET', KEYS[1]) or '0'
@@ -49,15 +59,44 @@ local est = tonumber(ARGV[3])
 if n > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1 then
   return {1, gen, 0, 0, 0, -1, -1, 0, -1, -1, 0}
 end
--- A counter (a hash: s spent, k checked against the usage records) that was never checked (Redis
+-- Budgets, before the limits: the seed flag, this request's reservation (its estimated cost in
+-- 1e-8 units) and how long a reservation holds (ms).
+local bseed, bunits, bhold = '0', 0, 0
+if m > 0 then
+  bseed, bunits, bhold = ARGV[#ARGV - m - 3], tonumber(ARGV[#ARGV - m - 2]), tonumber(ARGV[#ARGV - m - 1])
+end
+if m > 0 and bunits > 0 and redis.call('HEXISTS', KEYS[nk + 1], 'r:' .. rid) == 1 then
+  return {1, gen, 0, 0, 0, -1, -1, 0, -1, -1, 0}  -- run twice: it holds already (see above)
+end
+-- A counter (a hash: s spent, k checked against the usage records, h held by admitted requests
+-- still running, r:<request id> each one's "units:deadline") that was never checked (Redis
 -- restarted and lost the month, or the budget is new) is seeded first (flag before the limits).
+-- A budget admits a request only if what it may cost fits beside what is spent and held.
 for j = 1, m do
-  local counter = redis.call('HMGET', KEYS[nk + j], 's', 'k')
-  if not counter[2] and ARGV[#ARGV - m - 1] == '1' then return {-3, gen, j} end
-  local spent = tonumber(counter[1] or '0')
-  if spent >= tonumber(ARGV[#ARGV - m + j - 1]) then
-    return {0, gen, j, 3, -2, -1, -1, 0, -1, -1, 0}
+  local bk = KEYS[nk + j]
+  local counter = redis.call('HMGET', bk, 's', 'k', 'h', 'x')
+  if not counter[2] and bseed == '1' then return {-3, gen, j} end
+  local spent, held = tonumber(counter[1] or '0'), tonumber(counter[3] or '0')
+  local limit = tonumber(ARGV[#ARGV - m + j - 1])
+  if spent >= limit then return {0, gen, j, 3, -2, 0} end
+  if spent + bunits > limit then return {0, gen, j, 3, -4, limit - spent} end
+  if spent + held + bunits > limit and now - tonumber(counter[4] or '0') >= 1000 then
+    -- Reservations past their deadline (a gateway that stopped mid-request) are let go first:
+    -- looked for at most once a second per counter (x: when), not by every refused request.
+    redis.call('HSET', bk, 'x', now)
+    local fields, freed = redis.call('HGETALL', bk), 0
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 2) == 'r:' then
+        local units, deadline = string.match(fields[i + 1], '^(%d+):(%d+)$')
+        if tonumber(deadline) <= now then
+          freed = freed + tonumber(units)
+          redis.call('HDEL', bk, fields[i])
+        end
+      end
+    end
+    if freed > 0 then held = redis.call('HINCRBY', bk, 'h', -freed) end
   end
+  if spent + held + bunits > limit then return {0, gen, j, 3, -3, limit - spent} end
 end
 local function hsum(hk, members)
   local sum = 0
@@ -124,17 +163,29 @@ for i = 1, n do
   redis.call('PEXPIRE', hk, window * 2)
   redis.call('PEXPIRE', tk, window * 2)
 end
+if bunits > 0 then
+  for j = 1, m do
+    local bk = KEYS[nk + j]
+    if redis.call('HSETNX', bk, 'r:' .. rid, string.format('%d:%d', bunits, now + bhold)) == 1 then
+      if redis.call('HINCRBY', bk, 'h', bunits) == bunits and redis.call('TTL', bk) < 0 then
+        redis.call('EXPIRE', bk, BUDGET_EXPIRY_S)
+      end
+    end
+  end
+end
 if rem_req > 0 then rem_req = rem_req - 1 end
 if rem_tok >= 0 then rem_tok = math.max(0, rem_tok - est) end
 return {1, gen, 0, 0, 0, lim_req, rem_req, reset_req, lim_tok, rem_tok, reset_tok}
-"""
+""".replace("BUDGET_EXPIRY_S", str(BUDGET_EXPIRY_S))
 
 # After the response, one command: settle every level's reservation to the engine's count
-# (refund or charge the difference) and append the usage event to the stream. Running it twice
-# changes nothing but a duplicate stream entry, which the writer's unique request_id absorbs.
+# (refund or charge the difference), let go of the budgets' reservations, add the cost to the
+# month's spend and append the usage event to the stream. Running it twice changes nothing but a
+# duplicate stream entry, which the writer's unique request_id absorbs.
 FINISH_SCRIPT = r"""
 local rid, actual, b = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
-for i = 2, #KEYS - b, 2 do
+local hb = tonumber(ARGV[8])
+for i = 2, #KEYS - b - hb, 2 do
   local hk, tk = KEYS[i], KEYS[i + 1]
   local old = redis.call('HGET', hk, rid)
   if old and actual then
@@ -142,11 +193,18 @@ for i = 2, #KEYS - b, 2 do
     redis.call('INCRBY', tk, actual - tonumber(old))
   end
 end
+for j = #KEYS - hb + 1, #KEYS do
+  local held = redis.call('HGET', KEYS[j], 'r:' .. rid)
+  if held then
+    redis.call('HDEL', KEYS[j], 'r:' .. rid)
+    redis.call('HINCRBY', KEYS[j], 'h', -tonumber(string.match(held, '^(%d+)')))
+  end
+end
 -- Spend (cost in 1e-8 units) on the monthly budget counters, once per request id; a counter's
 -- expiry is set when this creates it.
-local units = tonumber(ARGV[4])
-if b > 0 and units > 0 and redis.call('SET', KEYS[#KEYS - b + 1], '1', 'NX', 'EX', tonumber(ARGV[6])) then
-  for j = #KEYS - b + 2, #KEYS do
+local units, first = tonumber(ARGV[4]), #KEYS - hb - b + 1
+if b > 0 and units > 0 and redis.call('SET', KEYS[first], '1', 'NX', 'EX', tonumber(ARGV[6])) then
+  for j = first + 1, #KEYS - hb do
     if redis.call('HINCRBY', KEYS[j], 's', units) == units then
       redis.call('EXPIRE', KEYS[j], tonumber(ARGV[7]))
     end
@@ -199,15 +257,14 @@ class Decision:
     limit_tokens: int = -1
     remaining_tokens: int = -1
     reset_tokens_ms: int = 0
-    budget: Budget | None = None  # the budget used up (kind "budget")
+    budget: Budget | None = None  # the budget that refused (kind "budget"); why: retry_after_ms
+    budget_left: Decimal = Decimal(0)  # what that budget has left this month (BUDGET_TOO_COSTLY, BUDGET_HELD)
     unseeded: bool = False  # a budget's counter is missing: seed them (seed_budgets), then ask again
 
 
-BUDGET_UNITS = 10**8  # spend counters count cost in 1e-8 of the currency (UsageRecord.cost's places)
-BUDGET_EXPIRY_S = 40 * 86_400  # a month's counters outlive the month, then go
-# A request's finish counts its cost once however often it runs (a batch resent after a dropped
-# connection comes within seconds); the marker stays this long.
-COUNTED_EXPIRY_S = 600
+# Why a budget refused (Decision.retry_after_ms of kind "budget"): spent; this request may cost
+# more than is left; requests in flight hold what is left (retry when they finish).
+BUDGET_SPENT, BUDGET_HELD, BUDGET_TOO_COSTLY = -2, -3, -4
 
 
 @dataclass(frozen=True)
@@ -421,15 +478,32 @@ DEFAULT_COMPLETION_CAP = 1024
 MAX_CHOICES = 128  # n / best_of counted up to this (engines cap them lower: vLLM's n is ≤ its max_num_seqs)
 
 
-def reservation(body: dict, route: str, levels: list[Level]) -> tuple[int, int | None]:
-    """(tokens to reserve, max_tokens the gateway must forward, or None to forward the body as is)."""
+def reservation(body: dict, route: str, levels: list[Level], *, budgeted: bool = False) -> tuple[int, int | None]:
+    """(tokens to reserve, max_tokens the gateway must forward, or None to forward the body as is).
+
+    A caller with a token limit or a priced budget (`budgeted`) gets a completion cap when the
+    body has none: the reservation is then an upper bound on what the request may use and cost.
+    """
     limits = [level.tpm for level in levels if level.tpm >= 0]
-    if not limits or route == "embeddings" or _max_tokens(body) is not None:
+    if not (limits or budgeted) or route == "embeddings" or _max_tokens(body) is not None:
         return estimate_tokens(body), None
     prompt = prompt_estimate(body)
     choices = _choices(body)
-    cap = max(1, min(DEFAULT_COMPLETION_CAP, (min(limits) - prompt) // choices))
+    cap = DEFAULT_COMPLETION_CAP
+    if limits:
+        cap = max(1, min(cap, (min(limits) - prompt) // choices))
     return max(1, min(prompt + cap * choices, MAX_ESTIMATE)), cap
+
+
+def hold_units(body: dict, estimate: int, input_per_million: Decimal, output_per_million: Decimal) -> int:
+    """What an admitted request may cost, in 1e-8 units (rounded up), held on its budgets until it
+    finishes: the prompt's estimate at the input price, the rest of its token reservation (the
+    completions it may write) at the output price."""
+    if not (input_per_million or output_per_million):
+        return 0
+    prompt = min(prompt_estimate(body), estimate)
+    cost = (prompt * input_per_million + (estimate - prompt) * output_per_million) * BUDGET_UNITS / 1_000_000
+    return min(int(cost.to_integral_value(ROUND_CEILING)), MAX_HOLD_UNITS)
 
 
 class RedisRateLimiter:
@@ -539,7 +613,10 @@ class RedisRateLimiter:
         budgets: tuple[Budget, ...] = (),
         month: str = "",
         seed: bool = True,
+        hold: int = 0,
     ) -> Decision:
+        """Admit one request or say why not; `hold` is what it may cost (1e-8 units, hold_units),
+        held on `budgets` until its finish lets go of it."""
         keys = [generation_key]
         args: list = [expected_generation, request_id, estimate, len(levels), window_ms]
         for level in levels:
@@ -549,7 +626,7 @@ class RedisRateLimiter:
             keys.append(user_generation_key)
             args.append(expected_user_generation)
         if budgets:
-            args.append("1" if seed else "0")
+            args.extend(["1" if seed else "0", min(hold, MAX_HOLD_UNITS), BUDGET_HOLD_MS])
         for budget in budgets:
             keys.append(budget_key(month, budget.currency, budget.level, budget.ident))
             args.append(int(budget.limit * BUDGET_UNITS))
@@ -571,7 +648,7 @@ class RedisRateLimiter:
             budget = budgets[blocked_level - 1]
             return Decision(
                 allowed=False, generation=generation, level=budget.level, kind="budget",
-                retry_after_ms=retry, budget=budget,
+                retry_after_ms=retry, budget=budget, budget_left=Decimal(values[3]) / BUDGET_UNITS,
             )  # fmt: skip
         return Decision(
             allowed=status == 1,
@@ -598,9 +675,11 @@ class RedisRateLimiter:
         actual: int | None,
         cost: Decimal = Decimal(0),
         spend: list[str] = (),  # type: ignore[assignment]
+        held: tuple[str, ...] = (),
     ) -> None:
-        """Settle the reservation to `actual` tokens (None: leave it), add `cost` to the `spend`
-        counters (budgets) and queue the usage event: one command."""
+        """Settle the reservation to `actual` tokens (None: leave it), let go of what the request
+        held on the `held` budget counters, add `cost` to the `spend` counters and queue the usage
+        event: one command."""
         keys = [stream_key]
         if actual is not None:
             for level in levels:
@@ -611,7 +690,10 @@ class RedisRateLimiter:
             keys.append(f"modeldeck:budget:counted:{request_id}")
             keys.extend(spend)
         b = len(keys) - 1 - (2 * len(levels) if actual is not None else 0)
-        args = [request_id, "" if actual is None else actual, event, units, b, COUNTED_EXPIRY_S, BUDGET_EXPIRY_S]
+        keys.extend(held)
+        args = [
+            request_id, "" if actual is None else actual, event, units, b, COUNTED_EXPIRY_S, BUDGET_EXPIRY_S, len(held),
+        ]  # fmt: skip
         await self._run("finish", keys, args)
 
     async def seed_budgets(self, month: str, budgets: tuple[Budget, ...], spent: list[Decimal]) -> None:
@@ -641,7 +723,9 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._logs: dict[tuple, dict[str, tuple[float, int]]] = {}
         self._month = ""  # the latest month counted in: a later one drops the counters before it
-        self._spend: dict[str, list] = {}  # budget_key → [spent (1e-8 units), checked]
+        # budget_key → [spent (1e-8 units), checked, held, {request id: (held units, deadline ms)},
+        # when lapsed holds were last looked for (ms)]
+        self._spend: dict[str, list] = {}
         self._counted: dict[str, float] = {}  # request ids whose cost counted → until (monotonic s)
 
     async def check(
@@ -659,6 +743,7 @@ class LocalRateLimiter:
         budgets: tuple[Budget, ...] = (),
         month: str = "",
         seed: bool = True,
+        hold: int = 0,
     ) -> Decision:
         now = time.monotonic() * 1000
         best: dict = {
@@ -671,7 +756,7 @@ class LocalRateLimiter:
         }
         with self._lock:
             if budgets:
-                refused = self._check_budgets(budgets, month, seed)
+                refused = self._check_budgets(budgets, month, seed, hold, now, request_id)
                 if refused is not None:
                     return refused
             logs = []
@@ -702,6 +787,12 @@ class LocalRateLimiter:
                         )
             for log in logs:
                 log[request_id] = (now, estimate)
+            if hold > 0:
+                for budget in budgets:
+                    counter = self._counter(budget_key(month, budget.currency, budget.level, budget.ident))
+                    if request_id not in counter[3]:
+                        counter[3][request_id] = (hold, now + BUDGET_HOLD_MS)
+                        counter[2] += hold
         return Decision(
             True,
             limit_requests=best["lim_req"],
@@ -721,23 +812,60 @@ class LocalRateLimiter:
                 if request_id in log:
                     log[request_id] = (log[request_id][0], actual)
 
-    def _check_budgets(self, budgets: tuple[Budget, ...], month: str, seed: bool) -> Decision | None:
-        """The admission script's budget step (under the lock): None when every budget has room."""
+    def _counter(self, key: str) -> list:
+        return self._spend.setdefault(key, [0, False, 0, {}, 0.0])
+
+    def _check_budgets(
+        self, budgets: tuple[Budget, ...], month: str, seed: bool, hold: int, now: float, request_id: str
+    ) -> Decision | None:
+        """The admission script's budget step (under the lock): None when every budget has room
+        for what this request may cost beside what is spent and held."""
         self._turn_month(month)
         for budget in budgets:
             counter = self._spend.get(budget_key(month, budget.currency, budget.level, budget.ident))
             if (counter is None or not counter[1]) and seed:
                 return Decision(False, unseeded=True)
-            if (counter[0] if counter else 0) >= int(budget.limit * BUDGET_UNITS):
-                return Decision(False, level=budget.level, kind="budget", retry_after_ms=-2, budget=budget)
+            if counter is not None and request_id in counter[3]:
+                return None  # asked again: it holds already
+            spent, held = (counter[0], counter[2]) if counter else (0, 0)
+            limit = int(budget.limit * BUDGET_UNITS)
+            why = None
+            if spent >= limit:
+                why = BUDGET_SPENT
+            elif spent + hold > limit:
+                why = BUDGET_TOO_COSTLY
+            elif spent + held + hold > limit:
+                # Reservations past their deadline are let go first, looked for at most once a
+                # second per counter (as the script does).
+                if now - counter[4] >= 1000:
+                    counter[4] = now
+                    for rid, (units, deadline) in list(counter[3].items()):
+                        if deadline <= now:
+                            del counter[3][rid]
+                            counter[2] -= units
+                if spent + counter[2] + hold > limit:
+                    why = BUDGET_HELD
+            if why is not None:
+                return Decision(
+                    False, level=budget.level, kind="budget", retry_after_ms=why, budget=budget,
+                    budget_left=Decimal(max(0, limit - spent)) / BUDGET_UNITS,
+                )  # fmt: skip
         return None
+
+    def release(self, *, request_id: str, held: tuple[str, ...]) -> None:
+        """Let go of what a finished request held on its budget counters (once, however often)."""
+        with self._lock:
+            for key in held:
+                counter = self._spend.get(key)
+                if counter is not None and request_id in counter[3]:
+                    counter[2] -= counter[3].pop(request_id)[0]
 
     async def seed_budgets(self, month: str, budgets: tuple[Budget, ...], spent: list[Decimal]) -> None:
         """Check the month's spend counters of `budgets` against `spent` (the usage records'):
         each holds the larger from then on (what it counted since is in both, or not yet written)."""
         with self._lock:
             for budget, amount in zip(budgets, spent, strict=True):
-                counter = self._spend.setdefault(budget_key(month, budget.currency, budget.level, budget.ident), [0, False])
+                counter = self._counter(budget_key(month, budget.currency, budget.level, budget.ident))
                 if not counter[1]:
                     counter[0], counter[1] = max(counter[0], int(amount * BUDGET_UNITS)), True
 
@@ -755,7 +883,7 @@ class LocalRateLimiter:
             self._counted[request_id] = now + COUNTED_EXPIRY_S
             self._turn_month(spend[0][len(SPEND_PREFIX) :].split(":", 1)[0])
             for key in spend:
-                self._spend.setdefault(key, [0, False])[0] += units
+                self._counter(key)[0] += units
 
     def _turn_month(self, month: str) -> None:
         """A new month drops the counters of the months before (Redis lets them expire)."""

@@ -163,10 +163,11 @@ def test_a_budget_set_after_spend_redis_never_counted_starts_from_the_records(te
         lambda a: member_budget_set(user=tenants.owner, membership=membership, amount=a),
         lambda a: organization_budget_set(user=tenants.owner, organization=tenants.org, amount=a),
     ):
-        setter("0.01")
-        call(gateway, secret)  # 0.009 + 0.005: the budget is passed by this one, in flight
-        with pytest.raises(openai.RateLimitError):
+        setter("0.014")
+        call(gateway, secret)  # 0.009 + 0.005: exactly the budget
+        with pytest.raises(openai.RateLimitError) as info:
             call(gateway, secret)
+        assert "is used up" in info.value.body["message"]
         setter("")
         spent("-0.005", user=tenants.member, api_key_id=key.pk)  # back to 0.009 for the next level
         flush_usage()
@@ -273,10 +274,10 @@ def test_embedded_budgets_start_from_the_usage_records_and_survive_a_restart(ten
     server = start_console()
     try:
         call(server, secret)  # 0.009 + 0.005 = 0.014: one more fits
-        call(server, secret)  # 0.019: passed by this one, in flight
         with pytest.raises(openai.RateLimitError) as info:
-            call(server, secret)
+            call(server, secret)  # it may cost 0.005: more than the 0.001 left
         assert info.value.body["code"] == f"budget_{level}_exceeded"
+        assert "more than the 0.001 USD left" in info.value.body["message"]
     finally:
         server.stop()
     restarted = start_console()
@@ -323,3 +324,178 @@ def test_the_embedded_limiter_counts_a_cost_once_per_request_and_each_month_apar
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # a fresh loop (Playwright holds one)
         pool.submit(asyncio.run, run()).result()
+
+
+# ---- what a request may cost is held on its budgets from admission to finish ------------------
+
+
+def test_concurrent_requests_never_spend_past_a_budget_with_or_without_redis(tenants, either_gateway, engine, pinned_budget_month):
+    """30 requests at once against a budget worth 10 of them: each holds what it may cost while it
+    runs, so exactly 10 are served and the month's spend is the budget, never more. Before, every
+    request was checked against what was spent when it arrived (nothing yet) and all 30 were served:
+    3× the budget."""
+    import concurrent.futures
+
+    import httpx
+
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    key = APIKey.objects.get(user=tenants.member)
+    api_key_budget_set(user=tenants.member, key=key, amount="0.05")  # 10 × 0.005
+
+    def one(_):
+        return httpx.post(
+            either_gateway.base_url + "/chat/completions", json=CHAT, timeout=60,
+            headers={"authorization": f"Bearer {secret}", "x-sandbox-latency-ms": "400"},
+        )  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        responses = list(pool.map(one, range(30)))
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) == 10 and codes.count(429) == 20, codes
+    refusals = [r.json()["error"] for r in responses if r.status_code == 429]
+    assert {e["type"] for e in refusals} == {"insufficient_quota"}
+    assert {e["code"] for e in refusals} == {"budget_api_key_exceeded"}
+    held = [r for r in responses if r.status_code == 429 and "still running hold" in r.json()["error"]["message"]]
+    assert held and all(r.headers["retry-after"] == "1" for r in held)  # they may retry: held, not spent
+    assert len(engine.requests) == 10
+    flush_usage()
+    from decimal import Decimal
+
+    from django.db.models import Sum
+
+    from gateway.models import UsageRecord
+
+    assert UsageRecord.objects.filter(api_key_id=key.pk).aggregate(s=Sum("cost"))["s"] == Decimal("0.05")
+    with pytest.raises(openai.RateLimitError) as info:  # afterwards: spent, not held
+        call(either_gateway, secret)
+    assert "is used up" in info.value.body["message"]
+
+
+def test_a_request_that_may_cost_more_than_a_budget_has_left_is_refused_before_the_engine(tenants, gateway, engine, pinned_budget_month):
+    """One request asking for 2,000 completion tokens at $1,000 per million may cost 2.001 USD:
+    against a 0.05 budget it is refused in words before the engine sees it (before, it was served
+    and charged 40× the budget). The same prompt asking for 4 tokens is served."""
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    organization_budget_set(user=tenants.owner, organization=tenants.org, amount="0.05")
+    client = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(**{**CHAT, "max_tokens": 2000}, extra_headers={"x-sandbox-completion-tokens": "2000"})
+    assert info.value.body == {
+        "message": "This request to `llama-chat` may cost up to 2.001 USD (its prompt and the completion it may "
+        "write), more than the 0.05 USD left of the organization's monthly budget of 0.05 USD; lower max_tokens "
+        "or shorten the prompt.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "budget_organization_exceeded",
+    }
+    assert "retry-after" not in info.value.response.headers  # waiting would not help
+    assert not engine.requests
+    assert client.chat.completions.create(**CHAT).usage.total_tokens == 5
+
+
+def test_a_budgeted_request_without_max_tokens_is_capped_so_its_cost_is_bounded(tenants, gateway, engine, pinned_budget_month):
+    """With a budget on a priced deployment the completion of a request without max_tokens is
+    capped (1,024 tokens, as with a token limit), so what it may cost is known when it is
+    admitted; without a budget the body goes to the engine as sent."""
+    import httpx
+
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    body = {"model": "llama-chat", "messages": [{"role": "user", "content": "hello"}]}
+    headers = {"authorization": f"Bearer {secret}", "x-sandbox-completion-tokens": "1500"}
+    response = httpx.post(gateway.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200 and "max_tokens" not in engine.requests[-1].body
+
+    api_key_budget_set(user=tenants.member, key=APIKey.objects.get(user=tenants.member), amount="5")
+    response = httpx.post(gateway.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200
+    assert engine.requests[-1].body["max_tokens"] == 1024
+    assert response.json()["usage"]["completion_tokens"] == 1024
+
+
+def test_a_failed_request_lets_go_of_what_it_held(tenants, gateway, engine, pinned_budget_month):
+    """An engine error costs nothing and gives back what the request held: the budget of one
+    request serves the next one, then is spent."""
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat", pricing=PRICING)
+    secret = make_key(tenants.member, tenants.org)
+    api_key_budget_set(user=tenants.member, key=APIKey.objects.get(user=tenants.member), amount="0.005")
+    client = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(**CHAT, extra_headers={"x-sandbox-status": "500"})
+    assert call(gateway, secret).usage.total_tokens == 5
+    with pytest.raises(openai.RateLimitError) as info:
+        call(gateway, secret)
+    assert "is used up" in info.value.body["message"]
+
+
+@pytest.mark.parametrize("kind", ["redis", "embedded"])
+def test_a_reservation_is_let_go_by_its_finish_or_after_its_deadline(kind, monkeypatch, settings):
+    """The limiters alone: a request's hold is given back when it finishes, once however often the
+    finish runs, and a hold whose request never finished (a gateway stopped mid-request) is let go
+    after BUDGET_HOLD_MS, so a crash does not keep a budget blocked (found by the first refusal
+    after it lapses, at most once a second per counter)."""
+    import time
+    from decimal import Decimal
+
+    from gateway import ratelimit
+    from gateway.cache import async_redis
+    from gateway.ratelimit import (
+        BUDGET_HELD,
+        BUDGET_TOO_COSTLY,
+        LocalRateLimiter,
+        RedisRateLimiter,
+        budget_key,
+        budgets_for,
+        spend_keys,
+    )
+    from tests.gateway.conftest import run_coroutine
+
+    monkeypatch.setattr(ratelimit, "BUDGET_HOLD_MS", 300)
+    budgets = budgets_for(organization_id=1, user_id=2, api_key_id=3, api_key="0.01")
+    held = tuple(budget_key("2026-11", b.currency, b.level, b.ident) for b in budgets)
+    spend = spend_keys("2026-11", "USD", organization_id=1, user_id=2, api_key_id=3)
+    unit = Decimal("0.006")  # more than half the budget: one at a time
+    hold = int(unit * ratelimit.BUDGET_UNITS)
+
+    async def run() -> None:
+        client = async_redis(settings.REDIS_URL) if kind == "redis" else None
+        limiter = RedisRateLimiter(client) if client else LocalRateLimiter()
+
+        async def check(rid: str, amount: int = hold):
+            return await limiter.check(
+                generation_key="modeldeck:test:gen", expected_generation="", deployment_id=1, levels=[],
+                request_id=rid, estimate=1, budgets=budgets, month="2026-11", seed=False, hold=amount,
+            )  # fmt: skip
+
+        async def finish(rid: str, cost: Decimal):
+            if client:
+                await limiter.finish(stream_key="modeldeck:test:stream", event=b"{}", deployment_id=1, levels=[],
+                                     request_id=rid, actual=None, cost=cost, spend=spend, held=held)  # fmt: skip
+            else:
+                limiter.release(request_id=rid, held=held)
+                limiter.count_spend(request_id=rid, cost=cost, spend=spend)
+
+        try:
+            await limiter.seed_budgets("2026-11", budgets, [Decimal(0)])
+            assert (await check("r1")).allowed
+            refused = await check("r2")
+            assert (refused.allowed, refused.retry_after_ms, refused.budget_left) == (False, BUDGET_HELD, Decimal("0.01"))
+            assert (await check("r1")).allowed  # the same request asked again holds once
+            for _ in range(2):
+                await finish("r1", Decimal("0.001"))  # it cost less than it held
+            assert (await check("r3")).allowed  # 0.001 spent + 0.006 held ≤ 0.01
+            refused = await check("r4")
+            assert refused.retry_after_ms == BUDGET_HELD
+            # r3 never finishes: its hold lapses after 0.3 s, and lapsed holds are looked for at
+            # most once a second per counter (the last look was r2's refusal).
+            time.sleep(1.1)
+            assert (await check("r4")).allowed
+            refused = await check("r5", amount=hold * 2)  # 0.012 > the 0.009 left
+            assert (refused.retry_after_ms, refused.budget_left) == (BUDGET_TOO_COSTLY, Decimal("0.009"))
+        finally:
+            if client:
+                await client.aclose()
+
+    run_coroutine(run)
