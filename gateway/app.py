@@ -779,7 +779,12 @@ class Gateway:
                 message,
                 "rate_limit_error",
                 code=f"rate_limit_{decision.level}_{unit}",
-                headers=[(b"retry-after", str(retry_s).encode()), *rl_headers],
+                headers=[
+                    (b"retry-after", str(retry_s).encode()),
+                    # A request over the token limit on its own never passes: clients don't retry it.
+                    *([(b"x-should-retry", b"false")] if decision.retry_after_ms < 0 else []),
+                    *rl_headers,
+                ],
             )
         return call, rl_headers, cap
 
@@ -1302,7 +1307,8 @@ def budget_exceeded(decision: Decision, model: str, hold: int) -> GatewayError:
     who = {"organization": "organization's", "user": "user's", "api_key": "API key's"}[budget.level]
     limit = f"{money_text(budget.limit)} {budget.currency}"
     left = f"{money_text(decision.budget_left.quantize(Decimal('0.0001'), ROUND_FLOOR))} {budget.currency}"
-    headers = []
+    # The official clients retry a 429 unless told not to: only the held case can pass later.
+    headers = [(b"x-should-retry", b"false")]
     if decision.retry_after_ms == BUDGET_TOO_COSTLY:
         may_cost = (Decimal(hold) / BUDGET_UNITS).quantize(Decimal("0.0001"), ROUND_CEILING)
         message = (
@@ -1315,7 +1321,7 @@ def budget_exceeded(decision: Decision, model: str, hold: int) -> GatewayError:
             f"Requests to `{model}` still running hold the rest of the {who} monthly budget of {limit} "
             f"({left} left before they are charged); retry when they finish."
         )
-        headers = [(b"retry-after", b"1")]
+        headers = [(b"retry-after", b"1"), (b"x-should-retry", b"true")]
     else:
         message = (
             f"The {who} monthly budget of {limit} is used up; requests to `{model}` resume when the budget "

@@ -394,6 +394,15 @@ def test_a_request_that_may_cost_more_than_a_budget_has_left_is_refused_before_t
     assert not engine.requests
     assert client.chat.completions.create(**CHAT).usage.total_tokens == 5
 
+    # The official client, retrying 429s by default, asks once: the answer says not to retry.
+    retrying = openai.OpenAI(api_key=secret, base_url=gateway.base_url, max_retries=2)
+    with pytest.raises(openai.RateLimitError):
+        retrying.chat.completions.create(**{**CHAT, "max_tokens": 2000})
+    flush_usage()
+    from gateway.models import UsageRecord
+
+    assert UsageRecord.objects.filter(status_code=429).count() == 2  # one each time, no retries
+
 
 def test_a_budgeted_request_without_max_tokens_is_capped_so_its_cost_is_bounded(tenants, gateway, engine, pinned_budget_month):
     """With a budget on a priced deployment the completion of a request without max_tokens is

@@ -398,6 +398,7 @@ def test_a_prompt_without_much_text_is_counted_against_the_token_limit(tenants, 
     error = response.json()["error"]
     assert error["code"] == "rate_limit_api_key_tokens"
     assert "more than the API key limit of 1000 tokens per minute" in error["message"]
+    assert response.headers["x-should-retry"] == "false"  # it never fits: the clients don't retry
     assert not engine.requests  # refused before the engine
 
 
