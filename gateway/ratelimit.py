@@ -80,7 +80,9 @@ for j = 1, m do
   local limit = tonumber(ARGV[#ARGV - m + j - 1])
   if spent >= limit then return {0, gen, j, 3, -2, 0} end
   if spent + bunits > limit then return {0, gen, j, 3, -4, limit - spent} end
-  if spent + held + bunits > limit and now - tonumber(counter[4] or '0') >= 1000 then
+  -- A request that costs nothing (an unpriced deployment) is refused only by a used-up budget.
+  local over = bunits > 0 and spent + held + bunits > limit
+  if over and now - tonumber(counter[4] or '0') >= 1000 then
     -- Reservations past their deadline (a gateway that stopped mid-request) are let go first:
     -- looked for at most once a second per counter (x: when), not by every refused request.
     redis.call('HSET', bk, 'x', now)
@@ -96,7 +98,7 @@ for j = 1, m do
     end
     if freed > 0 then held = redis.call('HINCRBY', bk, 'h', -freed) end
   end
-  if spent + held + bunits > limit then return {0, gen, j, 3, -3, limit - spent} end
+  if over and spent + held + bunits > limit then return {0, gen, j, 3, -3, limit - spent} end
 end
 local function hsum(hk, members)
   local sum = 0
@@ -834,7 +836,7 @@ class LocalRateLimiter:
                 why = BUDGET_SPENT
             elif spent + hold > limit:
                 why = BUDGET_TOO_COSTLY
-            elif spent + held + hold > limit:
+            elif hold > 0 and spent + held + hold > limit:  # an unpriced request: only a used-up budget
                 # Reservations past their deadline are let go first, looked for at most once a
                 # second per counter (as the script does).
                 if now - counter[4] >= 1000:

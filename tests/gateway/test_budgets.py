@@ -497,6 +497,7 @@ def test_a_reservation_is_let_go_by_its_finish_or_after_its_deadline(kind, monke
             assert (await check("r3")).allowed  # 0.001 spent + 0.006 held ≤ 0.01
             refused = await check("r4")
             assert refused.retry_after_ms == BUDGET_HELD
+            assert (await check("free", amount=0)).allowed  # an unpriced request holds nothing
             # r3 never finishes: its hold lapses after 0.3 s, and lapsed holds are looked for at
             # most once a second per counter (the last look was r2's refusal).
             time.sleep(1.1)
