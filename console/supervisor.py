@@ -5,7 +5,10 @@ exiting; exits older than the window (120 s) are forgotten. One that exits `limi
 within the window would only keep failing (a taken port, a broken install), so the supervisor
 stops everything and says which process and how it last exited. The web server is treated like
 the others: it is restarted, and pages are unreachable only while it starts again. SIGINT (Ctrl-C)
-and SIGTERM stop every process, each given 10 s to finish before it is killed.
+and SIGTERM stop every process, each given 10 s to finish before it is killed: first the ones that
+use the others (web, worker, beat), then the services they call (`start(..., service=True)`: the
+sandbox, the offline Hub), so a task the worker finishes on its way out still reaches them (it
+used to find the sandbox's Kubernetes API gone and log "ModelDeployment list failed").
 
 Each process runs in a process group of its own, so a signal to `make run`'s group (Ctrl-C, or
 `kill -TERM -- -<pgid>`) reaches the supervisor only, which stops the processes one by one: the
@@ -47,6 +50,7 @@ class Child:
     started_at: float = 0.0
     exits: deque[float] = field(default_factory=deque)  # monotonic times, within the window
     restart_at: float | None = None  # a restart is due then
+    service: bool = False  # called by the others: stopped after them
 
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
@@ -81,8 +85,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.stop_signal: int | None = None
 
-    def start(self, name: str, command: list[str]) -> Child:
-        child = Child(name=name, command=command)
+    def start(self, name: str, command: list[str], *, service: bool = False) -> Child:
+        child = Child(name=name, command=command, service=service)
         self.children.append(child)
         self._spawn(child)
         return child
@@ -132,12 +136,13 @@ class Supervisor:
             )
 
     def stop(self) -> None:
-        """Terminate the running processes, newest first; kill any still alive after the timeout."""
-        running = [
-            child
-            for child in reversed(self.children)
-            if child.process is not None and child.process.poll() is None
-        ]
+        """Terminate the running processes, newest first, the services after the others have
+        exited; kill any still alive after the timeout."""
+        for service in (False, True):
+            self._stop([child for child in reversed(self.children) if child.service is service])
+
+    def _stop(self, children: list[Child]) -> None:
+        running = [child for child in children if child.process is not None and child.process.poll() is None]
         for child in running:
             child.process.terminate()
         deadline = time.monotonic() + self.stop_timeout

@@ -224,3 +224,37 @@ def test_what_a_killed_process_left_in_its_group_goes_with_it(supervisor, tmp_pa
     pool = int((tmp_path / "pool.pid").read_text())
     os.kill(worker.pid(), signal.SIGKILL)  # the worker dies; its pool process would be orphaned
     _until(lambda: (supervisor.check(), not _alive(pool))[1])
+
+
+# A process that, when told to stop, writes whether the service (its pid in argv[2]) still runs.
+CLIENT = """
+import os, signal, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+def on_term(signum, frame):
+    try:
+        os.kill(int(open(sys.argv[2]).read()), 0)
+        out.write("service up\\n")
+    except (OSError, ValueError):
+        out.write("service gone\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+out.write("ready\\n")
+time.sleep(120)
+"""
+
+
+def test_the_services_stop_after_the_processes_that_call_them(supervisor, tmp_path):
+    """Ctrl-C stops web, worker and beat first and the sandbox after them: a worker finishing its
+    task on the way out still reaches the sandbox's Kubernetes API (with all stopped at once, the
+    sync task found it gone and logged "ModelDeployment list failed" on every Ctrl-C)."""
+    service_out, service_pid = tmp_path / "sandbox", tmp_path / "sandbox.pid"
+    service = supervisor.start("sandbox", [sys.executable, "-c", COUNTER, str(service_out)], service=True)
+    service_pid.write_text(str(service.pid()))
+    outs = [tmp_path / name for name in ("web", "worker")]
+    for out in outs:
+        supervisor.start(out.name, [sys.executable, "-c", CLIENT, str(out), str(service_pid)])
+    _until(lambda: all(f.exists() and "ready" in f.read_text() for f in [service_out, *outs]))
+    supervisor.stop()
+    assert [f.read_text().splitlines() for f in outs] == [["ready", "service up"]] * 2
+    assert service_out.read_text().splitlines() == ["ready", "TERM"]
+    assert not _alive(service.pid())

@@ -134,8 +134,9 @@ class Command(BaseCommand):
         supervisor = Supervisor(env=env, log=log)
         for name, cmd in commands:
             self.stdout.write(f"starting {name}: {' '.join(cmd[1:])}")
-            supervisor.start(name, cmd)
-            if name in {"sandbox", "offline-hub", "offline-ngc"}:
+            service = name in {"sandbox", "offline-hub", "offline-ngc"}
+            supervisor.start(name, cmd, service=service)  # the services stop after web and worker
+            if service:
                 time.sleep(0.5)
 
         if sandbox_url:
