@@ -273,7 +273,9 @@ class BudgetSetSerializer(serializers.Serializer):
     target = serializers.IntegerField(
         required=False, help_text="member: the member's user id; key: the key's id; organization: not used.",
     )  # fmt: skip
-    organization = serializers.IntegerField(required=False)
+    organization = serializers.IntegerField(
+        required=False, help_text="The organization's id (default: your current / first one).",
+    )  # fmt: skip
     monthly_budget = BoundedJSONField(allow_null=True, help_text='An amount such as "25" or "0.05"; null: no limit.')
     budget_currency = serializers.CharField(required=False, max_length=3, help_text="organization level only")
 

@@ -289,3 +289,17 @@ def test_the_budgets_page_says_why_a_currency_is_refused(tenants):
     )
     assert response.status_code == 400
     assert "is priced in EUR (they are priced in USD)" in response.content.decode()
+
+
+def test_options_documents_the_fields_a_budget_post_reads(tenants):
+    """OPTIONS described POST with the overview it answers (organization, members, keys), not
+    with the body it reads."""
+    for user in (tenants.owner, tenants.member):
+        response = rest_api_client(user).options("/api/v1/budgets/")
+        assert response.status_code == 200, response.content
+        post = response.json()["actions"]["POST"]
+        assert set(post) == {"level", "target", "organization", "monthly_budget", "budget_currency"}
+        assert [c["value"] for c in post["level"]["choices"]] == ["organization", "member", "key"]
+        assert post["level"]["required"] is True and post["target"]["required"] is False
+        assert "null: no limit" in post["monthly_budget"]["help_text"]
+        assert post["budget_currency"]["max_length"] == 3
