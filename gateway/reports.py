@@ -27,6 +27,7 @@ from gateway.models import (
     UsageNameKeyHour,
     UsageRecord,
     UsageRollupCursor,
+    status_words,
 )
 from gateway.rollup import CURSOR, record_sums
 from projects.models import APIKey, APIKeyScope, Membership
@@ -344,6 +345,7 @@ CSV_COLUMNS = [
     "deployment_name",
     "route",
     "status_code",
+    "error",  # a refused or failed request's status in words (the Usage page's), empty when answered
     "api_key_prefix",
     "user",
     "prompt_tokens",
@@ -384,7 +386,8 @@ def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
          latency, ttft, stream, cost, currency) in rows:  # fmt: skip
         yield writer.writerow(
             [
-                created.isoformat(), request_id, name, route, status, prefix, username or "",
+                created.isoformat(), request_id, name, route, status, status_words(status) if status >= 400 else "",
+                prefix, username or "",
                 prompt, completion, f"{latency:.2f}", "" if ttft is None else f"{ttft:.2f}",
                 stream, f"{cost:f}", currency,  # fixed-point: a zero cost is 0.00000000, not 0E-8
             ]
