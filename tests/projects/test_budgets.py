@@ -78,7 +78,7 @@ def test_rest_sets_and_lists_budgets_through_the_services(tenants):
     owner_of_key = rest_api_client(tenants.member)
     r = owner_of_key.post("/api/v1/budgets/", {"level": "key", "target": key.pk, "monthly_budget": "11"}, format="json")
     assert r.status_code == 400
-    assert "above its owner's monthly budget of 10 EUR" in r.json()["monthly_budget"][0]
+    assert "above its owner's monthly budget of 10.00 EUR" in r.json()["monthly_budget"][0]
     r = owner_of_key.post("/api/v1/budgets/", {"level": "key", "target": key.pk, "monthly_budget": "0.05"}, format="json")
     assert r.status_code == 200
     assert [k["monthly_budget"] for k in r.json()["keys"]] == ["0.0500"]
@@ -152,7 +152,7 @@ def test_an_admin_sets_a_members_budget_from_the_members_page(tenants):
     response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "7.5"})
     assert response.status_code == 302
     page = admin.get(reverse("org:members")).content.decode()
-    assert 'value="7.5000"' in page
+    assert 'value="7.50"' in page  # as the Budgets page shows it (console.money)
     members = rest_api_client(tenants.owner).get("/api/v1/members/").json()
     rows = members["results"] if isinstance(members, dict) else members
     assert {m["username"]: m["monthly_budget"] for m in rows}["member"] == "7.5000"
