@@ -289,6 +289,11 @@ class BudgetRowSerializer(serializers.Serializer):
     )
 
 
+class BudgetAppliesFirstSerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=["member", "organization"], help_text="member: the key's owner's budget")
+    monthly_budget = serializers.DecimalField(max_digits=14, decimal_places=4)
+
+
 class BudgetOrganizationSerializer(BudgetRowSerializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -300,6 +305,9 @@ class BudgetMemberSerializer(BudgetRowSerializer):
     user = serializers.IntegerField()
     username = serializers.CharField()
     role = serializers.CharField()
+    applies_first = BudgetAppliesFirstSerializer(
+        allow_null=True, help_text="The organization's budget when it is lower than this member's: it stops them first.",
+    )  # fmt: skip
 
 
 class BudgetKeySerializer(BudgetRowSerializer):
@@ -308,6 +316,11 @@ class BudgetKeySerializer(BudgetRowSerializer):
     prefix = serializers.CharField()
     owner = serializers.CharField()
     owner_id = serializers.IntegerField()
+    applies_first = BudgetAppliesFirstSerializer(
+        allow_null=True,
+        help_text="The owner's (member) or the organization's budget when it is lower than this key's own "
+        "(the owner's was lowered after the key's was set): it stops the key first.",
+    )
 
 
 class BudgetOverviewSerializer(serializers.Serializer):
