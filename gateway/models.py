@@ -57,6 +57,23 @@ class UsageRecord(models.Model):
         return f"{self.request_id} {self.route} {self.status_code}"
 
 
+# What the gateway's statuses mean on a usage row: the Usage page beside the number, the CSV's
+# `error` column (the record keeps the status, not the error body's code).
+STATUS_WORDS = {
+    200: "answered", 400: "bad request", 401: "bad key", 403: "not allowed", 404: "no such model",
+    409: "deactivated", 410: "deleted", 413: "too large", 429: "limit or budget", 499: "caller left",
+    500: "gateway error", 502: "upstream error", 503: "not ready", 504: "upstream timeout",
+}  # fmt: skip
+
+
+def status_words(status: int | str | None) -> str:
+    """409 → "deactivated"; "" for a status without words (or not a number)."""
+    try:
+        return STATUS_WORDS.get(int(status or ""), "")
+    except (TypeError, ValueError):
+        return ""
+
+
 # Latency histogram of the key and deployment rollups: upper bounds in milliseconds of bins
 # lat00..lat25; lat26 counts what is slower. Percentiles read from it are interpolated inside a
 # bin (gateway/reports.py). The bins below 25 ms are for the fast calls (embeddings, rerankers,

@@ -27,6 +27,7 @@ from gateway.models import (
     UsageNameKeyHour,
     UsageRecord,
     UsageRollupCursor,
+    status_words,
 )
 from gateway.rollup import CURSOR, record_sums
 from projects.models import APIKey, APIKeyScope, Membership
@@ -344,6 +345,7 @@ CSV_COLUMNS = [
     "deployment_name",
     "route",
     "status_code",
+    "error",  # a refused or failed request's status in words (the Usage page's), empty when answered
     "api_key_prefix",
     "user",
     "prompt_tokens",
@@ -384,7 +386,8 @@ def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
          latency, ttft, stream, cost, currency) in rows:  # fmt: skip
         yield writer.writerow(
             [
-                created.isoformat(), request_id, name, route, status, prefix, username or "",
+                created.isoformat(), request_id, name, route, status, status_words(status) if status >= 400 else "",
+                prefix, username or "",
                 prompt, completion, f"{latency:.2f}", "" if ttft is None else f"{ttft:.2f}",
                 stream, f"{cost:f}", currency,  # fixed-point: a zero cost is 0.00000000, not 0E-8
             ]
@@ -534,16 +537,28 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+def _month_records(organization) -> QuerySet[UsageRecord]:
+    """The records a budget of the organization counts: this month's, in its budget currency."""
+    return UsageRecord.objects.filter(
+        organization=organization, currency=organization.budget_currency, created_at__gte=month_start()
+    )
+
+
 def _month_spend(organization, *, user_ids=(), key_ids=()) -> tuple[Decimal, dict, dict]:
     """This month's spend in the organization's budget currency: the organization's total, and by
     user and by API key (absent: nothing spent). Three queries, however many users and keys."""
-    month = UsageRecord.objects.filter(
-        organization=organization, currency=organization.budget_currency, created_at__gte=month_start()
-    )
+    month = _month_records(organization)
     total = month.aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
     by_user = dict(month.filter(user_id__in=user_ids).values_list("user_id").annotate(s=Sum("cost"))) if user_ids else {}
     by_key = dict(month.filter(api_key_id__in=key_ids).values_list("api_key_id").annotate(s=Sum("cost"))) if key_ids else {}
     return total, by_user, by_key
+
+
+def members_month_spend(organization, user_ids: list[int]) -> dict[int, Decimal]:
+    """This month's spend of these members in the budget currency (one query; absent: nothing)."""
+    if not user_ids:
+        return {}
+    return dict(_month_records(organization).filter(user_id__in=user_ids).values_list("user_id").annotate(s=Sum("cost")))
 
 
 def budget_rows(organization, user, keys, members=()) -> list[BudgetRow]:
@@ -566,10 +581,25 @@ def budget_rows(organization, user, keys, members=()) -> list[BudgetRow]:
     return rows
 
 
+def budget_applies_first(own: Decimal | None, *ceilings: tuple[str, Decimal | None]) -> dict | None:
+    """The budget above this one that is lower than it, so stops its requests first (the lowest;
+    the nearer on a tie): {"level": "member" | "organization", "monthly_budget": …}, or None.
+    A key's own budget stays as set when its owner's is lowered below it: raising the owner's
+    again brings it back into play, and the pages say which one applies."""
+    if own is None:
+        return None
+    first = None
+    for level, amount in ceilings:
+        if amount is not None and amount < own and (first is None or amount < first["monthly_budget"]):
+            first = {"level": level, "monthly_budget": amount}
+    return first
+
+
 def budgets_overview(user, organization, *, admin: bool) -> dict:
     """Every budget `user` may see in `organization` with this month's spend (the Budgets page and
     GET /api/v1/budgets/): the organization's; every member's and every live gateway key's for
-    admins, else their own membership and keys. Three queries for the spend, whatever the size."""
+    admins, else their own membership and keys; on a member's or key's row, the lower budget above
+    it that applies first (budget_applies_first). Three queries for the spend, whatever the size."""
     currency = organization.budget_currency
     members = Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
     keys = APIKey.objects.filter(organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True)
@@ -581,6 +611,9 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
     total, by_user, by_key = _month_spend(
         organization, user_ids=[m.user_id for m in members], key_ids=[k.pk for k in keys]
     )
+    # A key's owner is among `members` (admins see every member; a member, themself and own keys).
+    owners_budgets = {m.user_id: m.monthly_budget for m in members}
+    org_budget = ("organization", organization.monthly_budget)
 
     def row(limit, spent) -> dict:
         b = BudgetRow("", limit, spent, currency) if limit is not None else None
@@ -592,12 +625,15 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
                          **row(organization.monthly_budget, total)},
         "members": [
             {"id": m.pk, "user": m.user_id, "username": m.user.get_username(), "role": m.role,
-             **row(m.monthly_budget, by_user.get(m.user_id, Decimal(0)))}
+             **row(m.monthly_budget, by_user.get(m.user_id, Decimal(0))),
+             "applies_first": budget_applies_first(m.monthly_budget, org_budget)}
             for m in members
         ],
         "keys": [
             {"id": k.pk, "name": k.name, "prefix": k.prefix, "owner": k.user.get_username(), "owner_id": k.user_id,
-             **row(k.monthly_budget, by_key.get(k.pk, Decimal(0)))}
+             **row(k.monthly_budget, by_key.get(k.pk, Decimal(0))),
+             "applies_first": budget_applies_first(
+                 k.monthly_budget, ("member", owners_budgets.get(k.user_id)), org_budget)}
             for k in keys
         ],
     }  # fmt: skip

@@ -540,7 +540,12 @@ def budgets(request: HttpRequest) -> HttpResponse:
             status = 400
         else:
             if (request.POST.get("monthly_budget") or "").strip():
-                messages.success(request, "Budget saved; the gateway enforces it from the next request.")
+                org.refresh_from_db()  # the service saved its own copy
+                messages.success(
+                    request, "Budget saved; the gateway enforces it from the next request." + _applies_first_words(
+                        reports.budgets_overview(request.user, org, admin=admin), level, target
+                    ),
+                )  # fmt: skip
             else:
                 messages.success(request, "Budget removed; requests are no longer held to it.")
             return redirect("devhub:budgets")
@@ -552,3 +557,21 @@ def budgets(request: HttpRequest) -> HttpResponse:
     overview["organization"]["error"] = errors.get("organization:", "")
     context = {"overview": overview, "is_admin": admin, "organization": org}
     return render(request, "devhub/budgets.html", context, status=status)
+
+
+def _applies_first_words(overview: dict, level: str, target: str) -> str:
+    """After an organization's or member's budget is set: the members' and keys' own budgets it is
+    now below, in words ("" when none). Theirs stay as set; this lower one applies first."""
+    if level == "organization":
+        held = [f"member {m['username']}" for m in overview["members"]
+                if (m["applies_first"] or {}).get("level") == "organization"]
+        held += [f"key {k['name']}" for k in overview["keys"] if (k["applies_first"] or {}).get("level") == "organization"]
+    elif level == "member":
+        held = [f"key {k['name']}" for k in overview["keys"]
+                if str(k["owner_id"]) == target and (k["applies_first"] or {}).get("level") == "member"]
+    else:
+        return ""
+    if not held:
+        return ""
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    return f" It is lower than the own budget of {shown}: this one applies first; theirs stay as set."

@@ -29,6 +29,7 @@ from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
+from console.money import money_text
 from deployments.models import DeploymentState, ModelDeployment
 from gateway.cache import invalidate_user
 from projects.keys import api_key_get, api_keys_revoke_for_member, gateway_forget_user
@@ -902,7 +903,7 @@ def api_key_budget_set(*, user: AbstractBaseUser, key: APIKey, amount: object) -
         for ceiling, who in ceilings:
             if value is not None and value > ceiling:
                 raise ValidationError(
-                    {BUDGET_FIELD: f"A key's budget can't be above {who} monthly budget of {ceiling.normalize():f} {org.budget_currency}."}
+                    {BUDGET_FIELD: f"A key's budget can't be above {who} monthly budget of {money_text(ceiling)} {org.budget_currency}."}
                 )
         before = {BUDGET_FIELD: row.monthly_budget}
         row.monthly_budget = value

@@ -22,6 +22,7 @@ from console.middleware import SESSION_KEY as ORG_SESSION_KEY
 from console.paging import ListFilter, paginate
 from deployments.models import ModelDeployment
 from deployments.selectors import gpu_holders
+from gateway import reports
 from projects import selectors, services
 from projects.forms import (
     GroupForm,
@@ -292,8 +293,10 @@ def org_members(request: HttpRequest) -> HttpResponse:
         sorts={"email": "email", "expires": "expires_at"}, default_sort="expires", search=("email",),
         prefix="inv_", per_page=10,
     ) if is_admin else None  # fmt: skip
+    # Spent this month by the members shown: their budget fields ask before a budget that small.
+    spent = reports.members_month_spend(org, [m.user_id for m in listing.rows]) if is_admin else {}
     return render(request, "projects/org/members.html", {
-        "organization": org, "listing": listing, "members": listing.rows, "is_admin": is_admin,
+        "organization": org, "listing": listing, "members": listing.rows, "is_admin": is_admin, "spent": spent,
         "member_form": member_form, "invite_form": invite_form, "invite_link": invite_link,
         "mail_configured": bool(settings.EMAIL_HOST),
         "invitations": invitations, "roles": Role.choices,

@@ -8,6 +8,7 @@ from django import template
 from django.utils import timezone
 
 from console.money import money_text
+from gateway.models import status_words as usage_status_words
 
 register = template.Library()
 
@@ -40,21 +41,10 @@ def money(value) -> str:
     return money_text(value)
 
 
-# What the gateway's statuses mean on a usage row (its error codes are not stored with the record).
-STATUS_WORDS = {
-    200: "answered", 400: "bad request", 401: "bad key", 403: "not allowed", 404: "no such model",
-    409: "deactivated", 410: "deleted", 413: "too large", 429: "limit or budget", 499: "caller left",
-    500: "gateway error", 502: "upstream error", 503: "not ready", 504: "upstream timeout",
-}  # fmt: skip
-
-
 @register.filter
 def status_words(status) -> str:
-    """409 → "deactivated": a usage row's status in words."""
-    try:
-        return STATUS_WORDS.get(int(status), "")
-    except (TypeError, ValueError):
-        return ""
+    """409 → "deactivated": a usage row's status in words (gateway.models.status_words)."""
+    return usage_status_words(status)
 
 
 @register.filter

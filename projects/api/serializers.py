@@ -273,7 +273,9 @@ class BudgetSetSerializer(serializers.Serializer):
     target = serializers.IntegerField(
         required=False, help_text="member: the member's user id; key: the key's id; organization: not used.",
     )  # fmt: skip
-    organization = serializers.IntegerField(required=False)
+    organization = serializers.IntegerField(
+        required=False, help_text="The organization's id (default: your current / first one).",
+    )  # fmt: skip
     monthly_budget = BoundedJSONField(allow_null=True, help_text='An amount such as "25" or "0.05"; null: no limit.')
     budget_currency = serializers.CharField(required=False, max_length=3, help_text="organization level only")
 
@@ -287,6 +289,11 @@ class BudgetRowSerializer(serializers.Serializer):
     )
 
 
+class BudgetAppliesFirstSerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=["member", "organization"], help_text="member: the key's owner's budget")
+    monthly_budget = serializers.DecimalField(max_digits=14, decimal_places=4)
+
+
 class BudgetOrganizationSerializer(BudgetRowSerializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -298,6 +305,9 @@ class BudgetMemberSerializer(BudgetRowSerializer):
     user = serializers.IntegerField()
     username = serializers.CharField()
     role = serializers.CharField()
+    applies_first = BudgetAppliesFirstSerializer(
+        allow_null=True, help_text="The organization's budget when it is lower than this member's: it stops them first.",
+    )  # fmt: skip
 
 
 class BudgetKeySerializer(BudgetRowSerializer):
@@ -306,6 +316,11 @@ class BudgetKeySerializer(BudgetRowSerializer):
     prefix = serializers.CharField()
     owner = serializers.CharField()
     owner_id = serializers.IntegerField()
+    applies_first = BudgetAppliesFirstSerializer(
+        allow_null=True,
+        help_text="The owner's (member) or the organization's budget when it is lower than this key's own "
+        "(the owner's was lowered after the key's was set): it stops the key first.",
+    )
 
 
 class BudgetOverviewSerializer(serializers.Serializer):

@@ -217,6 +217,11 @@ class BudgetView(GenericAPIView):
 
     serializer_class = BudgetOverviewSerializer
 
+    def get_serializer_class(self):
+        # OPTIONS documents POST with what POST reads (DRF's metadata asks for the serializer
+        # of each method it describes), not with the overview it answers.
+        return BudgetSetSerializer if self.request.method == "POST" else BudgetOverviewSerializer
+
     def _organization(self, request, org_id):
         orgs = organizations_for_user(request.user)
         if org_id in (None, ""):

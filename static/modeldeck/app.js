@@ -16,16 +16,30 @@
       dialog.showModal();
     });
   }
+  // The question a form asks before it submits, or null. data-confirm-field/-value: ask only when
+  // that field is given that value (access → public, a budget emptied). data-confirm-at-most: ask
+  // data-confirm-at-most-message when the field holds an amount at most that (a budget no larger
+  // than what is already spent stops every request).
+  function confirmQuestion(form) {
+    var data = form.dataset;
+    var field = data.confirmField ? form.elements[data.confirmField] : null;
+    if (field && data.confirmAtMost !== undefined) {
+      var typed = field.value.trim(), amount = Number(typed);
+      if (typed !== "" && isFinite(amount) && amount >= 0 && amount <= Number(data.confirmAtMost)) {
+        return { message: data.confirmAtMostMessage, ok: data.confirmAtMostOk };
+      }
+    }
+    if (!data.confirm) return null;
+    if (data.confirmField && (!field || data.confirmValue === undefined || field.value !== data.confirmValue)) return null;
+    return { message: data.confirm, ok: data.confirmOk };
+  }
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    if (!form.dataset || !form.dataset.confirm || form.dataset.confirmed === "1") return;
-    // data-confirm-field/-value: ask only when that field is given that value (e.g. access → public).
-    if (form.dataset.confirmField) {
-      var chosen = form.elements[form.dataset.confirmField];
-      if (!chosen || chosen.value !== form.dataset.confirmValue) return;
-    }
+    if (!form.dataset || form.dataset.confirmed === "1") return;
+    var question = confirmQuestion(form);
+    if (!question) return;
     event.preventDefault();
-    confirmDialog(form.dataset.confirm, form.dataset.confirmOk).then(function (yes) {
+    confirmDialog(question.message, question.ok).then(function (yes) {
       if (!yes) return;
       form.dataset.confirmed = "1";
       if (form.requestSubmit) form.requestSubmit(event.submitter || undefined); else form.submit();

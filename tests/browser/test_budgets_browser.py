@@ -1,6 +1,8 @@
 """An admin sets a member's monthly budget on the Budgets page, sees it beside what the member
 spent through the gateway this month, raises it once the gateway refuses, then removes it after
-the confirmation; a key's budget emptied and saved asks the same question."""
+the confirmation; a key's budget emptied and saved asks the same question. A budget at most what
+is already spent (0 included) asks first and says every request is refused; a key's budget above
+its owner's lowered one says the owner's applies first."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from decimal import Decimal
 import openai
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 from playwright.sync_api import expect
 
+from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
 from projects.models import APIKey, Membership
 from sharing.models import AuditEntry
@@ -126,3 +130,75 @@ def test_admin_sets_raises_and_removes_a_members_budget(
     assert [e.diff.get("monthly_budget") for e in changes] == [
         [None, "0.0125"], ["0.0125", "0.0500"], ["0.0500", None], [None, "0.0400"], ["0.0400", None],
     ]
+
+
+def test_a_budget_at_most_what_is_spent_asks_first_and_a_lowered_owners_budget_applies_first(
+    page, live_server, tenants, screenshot, pinned_budget_month
+):
+    from projects.keys import api_key_create  # noqa: PLC0415 - keys without the gateway, for this test only
+
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="support-bot")
+    idle, _ = api_key_create(user=tenants.member, organization=tenants.org, name="idle-bot")
+    UsageRecord.objects.create(
+        request_id="spent-1", organization=tenants.org, user=tenants.member, api_key_id=key.pk,
+        api_key_prefix=key.prefix, route="chat.completions", status_code=200, latency_ms=5.0,
+        cost=Decimal("0.015"), currency="USD", created_at=timezone.now(),
+    )  # fmt: skip
+    membership = Membership.objects.get(organization=tenants.org, user=tenants.member)
+    sign_in(page, live_server, "owner")
+    page.goto(live_server.url + reverse("devhub:budgets"))
+    dialog = page.locator("#confirm-dialog")
+    member_row = page.locator(f"#member-budget-{tenants.member.pk}")
+    field = member_row.get_by_label("Monthly budget of member")
+
+    # Below what the member spent: asked first, in words; Cancel posts nothing.
+    field.fill("0.01")
+    member_row.get_by_role("button", name="Save").click()
+    expect(dialog).to_contain_text("0.015 USD is already spent this month, so a monthly budget of that or less is used up at once")
+    expect(dialog).to_contain_text("the gateway refuses every request made with member's API keys with 429 (insufficient_quota) "
+                                   "until next month begins (UTC) or the budget is raised.")  # fmt: skip
+    expect(dialog.locator("[data-confirm-ok]")).to_have_text("Set budget")
+    screenshot("budgets-stop-confirmation")
+    dialog.locator("[data-confirm-cancel]").click()
+    expect(dialog).not_to_be_visible()
+    membership.refresh_from_db()
+    assert membership.monthly_budget is None
+    member_row.get_by_role("button", name="Save").click()
+    dialog.locator("[data-confirm-ok]").click()
+    expect(page.locator(".messages")).to_contain_text("Budget saved")
+    expect(member_row.locator(".badge.bad")).to_have_text("150%")
+    membership.refresh_from_db()
+    assert membership.monthly_budget == Decimal("0.01")
+
+    # Above what was spent: saved without a question.
+    field.fill("1")
+    member_row.get_by_role("button", name="Save").click()
+    expect(page.locator(".messages")).to_contain_text("Budget saved")
+    expect(member_row.locator(".badge")).to_have_text("1%")
+    expect(dialog).not_to_be_visible()
+
+    # A key that spent nothing: only 0 asks, and says so.
+    idle_row = page.locator(f"#key-budget-{idle.pk}")
+    idle_row.get_by_label("Monthly budget of key idle-bot").fill("0")
+    idle_row.get_by_role("button", name="Save").click()
+    expect(dialog).to_contain_text("A monthly budget of 0 stops all spending: the gateway refuses every request made with key idle-bot")
+    dialog.locator("[data-confirm-ok]").click()
+    expect(page.locator(".messages")).to_contain_text("Budget saved")
+    idle.refresh_from_db()
+    assert idle.monthly_budget == Decimal(0)
+
+    # The key's own budget, then its owner's lowered below it: the owner's applies first, said twice.
+    key_row = page.locator(f"#key-budget-{key.pk}")
+    key_row.get_by_label("Monthly budget of key support-bot").fill("0.5")
+    key_row.get_by_role("button", name="Save").click()
+    expect(page.locator(".messages")).to_contain_text("Budget saved")
+    field.fill("0.2")
+    member_row.get_by_role("button", name="Save").click()
+    expect(page.locator(".messages")).to_contain_text(
+        "It is lower than the own budget of key support-bot: this one applies first; theirs stay as set."
+    )
+    expect(key_row.get_by_label("Monthly budget of key support-bot")).to_have_value("0.50")
+    expect(key_row.locator(".applies-first")).to_have_text(
+        "The owner's budget of 0.20 USD applies first: it is lower than this key's, so requests are refused once it is used up."
+    )
+    screenshot("budgets-owner-applies-first")

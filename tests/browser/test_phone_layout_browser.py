@@ -227,3 +227,59 @@ def test_budgets_and_a_pools_nodes_fit_a_phone(phone_and_desktop, tenants, live_
     assert page.evaluate(PAGE_OVERFLOW) <= 0, "the pool page scrolls sideways"
     assert page.evaluate(TABLES_OUT) == []
     _shot(page, "pool-nodes-390px")
+
+
+# Cloud node names: dotted, dashed, and one longer than any screen.
+NODE_NAMES = [
+    "ip-10-0-123-45.eu-west-1.compute.internal",
+    "gke-production-inference-h100-pool-7f3c9a2b-x8k2",
+    "aks-gpunodepool-12345678-vmss000000-with-a-name-longer-than-any-phone-is-wide",
+]
+# Per node row: its name (text, title, lines it takes) and how far its cells reach right.
+NODE_ROWS = """() => Array.from(document.querySelectorAll('#pool-nodes tbody tr')).map(row => {
+  const name = row.cells[0].querySelector('.node-name') || row.cells[0], text = document.createRange();
+  text.selectNodeContents(name);
+  return {text: name.textContent, title: name.title, cut: name.scrollWidth > name.clientWidth + 1,
+          lines: new Set(Array.from(text.getClientRects()).map(r => Math.round(r.top))).size,
+          right: Math.max(...Array.from(row.cells).map(c => c.getBoundingClientRect().right))};
+})"""
+
+
+def test_a_pools_long_node_names_read_whole_on_a_phone_and_on_one_line_on_a_desktop(
+    phone_and_desktop, tenants, live_server
+):
+    """QA: at 390 px the nodes table squeezed its Node column and broke names hard over three
+    lines ("eu-" / "west-" / "1.compute.internal") while GPU product and taints sat off screen."""
+    pool = ComputePool.objects.create(
+        organization=tenants.org, name="gpu", kind=PoolKind.SANDBOX, api_url="http://127.0.0.1:9", engine_label="vllm",
+        last_check={"ok": True, "version": "v1.30.0", "error": "", "nodes": [
+            {"name": name, "gpus": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3",
+             "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]} for name in NODE_NAMES]},
+    )  # fmt: skip
+    phone = phone_and_desktop("phone")
+    sign_in(phone, live_server, "owner")
+    phone.goto(f"{live_server.url}/pools/{pool.pk}/")
+    expect(phone.locator("#pool-nodes tbody tr")).to_have_count(3)
+    assert phone.evaluate(PAGE_OVERFLOW) <= 0 and phone.evaluate(TABLES_OUT) == []
+    rows = phone.evaluate(NODE_ROWS)
+    for name, row in zip(NODE_NAMES, rows, strict=True):
+        assert (row["text"], row["title"], row["cut"]) == (name, name, False), row  # whole, nothing hidden
+        assert row["right"] <= 390, f"{name}: a cell of its row is off screen ({row['right']} px)"
+    # Each node is a card as wide as the screen: its name wraps at its dashes, not over 3 narrow lines.
+    assert [row["lines"] <= 2 for row in rows] == [True, True, False], rows
+    card = phone.locator("#pool-nodes tbody tr").first
+    expect(card.locator("td[data-label='Taints']")).to_contain_text("nvidia.com/gpu=present:NoSchedule")
+    _shot(phone, "pool-long-node-names-390px")
+
+    desktop = phone_and_desktop("desktop")
+    sign_in(desktop, live_server, "owner")
+    desktop.goto(f"{live_server.url}/pools/{pool.pk}/")
+    rows = desktop.evaluate(NODE_ROWS)
+    assert [row["lines"] for row in rows] == [1, 1, 1], rows  # one line each, never broken
+    assert [row["cut"] for row in rows] == [False, False, True]  # only the longest is cut...
+    assert [row["title"] for row in rows] == NODE_NAMES  # ...and every name is whole in its title
+    assert desktop.evaluate(PAGE_OVERFLOW) <= 0
+    scroll = desktop.evaluate("(() => { const box = document.getElementById('pool-nodes').parentElement; "
+                              "return box.scrollWidth - box.clientWidth; })()")  # fmt: skip
+    assert scroll <= 0, f"the nodes table needs {scroll} px more than its card on a desktop"
+    _shot(desktop, "pool-long-node-names-1280px")

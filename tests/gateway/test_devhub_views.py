@@ -249,6 +249,9 @@ def test_usage_pages_show_totals_and_export_csv(tenants, deployment):
     lines = b"".join(csv_response.streaming_content).decode().strip().splitlines()
     assert lines[0].startswith("created_at,request_id,deployment_name")
     assert len(lines) == 3 and all(key.prefix in line for line in lines[1:])
+    header = lines[0].split(",")
+    assert header[4:6] == ["status_code", "error"]
+    assert [line.split(",")[4:6] for line in lines[1:]] == [["200", ""]] * 2  # answered: no error words
 
 
 def test_usage_range_switch_answers_the_fragment_to_htmx(tenants, deployment):

@@ -138,8 +138,12 @@ def test_refusals_are_metered_with_zero_tokens_and_listed_in_usage(tenants, depl
     listed_codes = sorted(r["status_code"] for r in rest_api_client(tenants.member).get("/api/v1/usage/").json()["results"])
     assert listed_codes == [409, 410, 503]
     page = login(tenants.member).get("/hub/usage/?format=csv")
-    assert sorted(line.split(",")[4] for line in b"".join(page.streaming_content).decode().splitlines()[1:]) == [
-        "409", "410", "503",
+    header, *lines = (line.split(",") for line in b"".join(page.streaming_content).decode().splitlines())
+    status, error = header.index("status_code"), header.index("error")
+    # The CSV says what each refusal was too, beside its number (the Usage page's words).
+    assert (status, error) == (4, 5)
+    assert sorted((line[status], line[error]) for line in lines) == [
+        ("409", "deactivated"), ("410", "deleted"), ("503", "not ready"),
     ]  # fmt: skip
     # The Usage page says what each refusal was, not only its number.
     html = login(tenants.member).get("/hub/usage/").content.decode()

@@ -78,7 +78,7 @@ def test_rest_sets_and_lists_budgets_through_the_services(tenants):
     owner_of_key = rest_api_client(tenants.member)
     r = owner_of_key.post("/api/v1/budgets/", {"level": "key", "target": key.pk, "monthly_budget": "11"}, format="json")
     assert r.status_code == 400
-    assert "above its owner's monthly budget of 10 EUR" in r.json()["monthly_budget"][0]
+    assert "above its owner's monthly budget of 10.00 EUR" in r.json()["monthly_budget"][0]
     r = owner_of_key.post("/api/v1/budgets/", {"level": "key", "target": key.pk, "monthly_budget": "0.05"}, format="json")
     assert r.status_code == 200
     assert [k["monthly_budget"] for k in r.json()["keys"]] == ["0.0500"]
@@ -152,7 +152,7 @@ def test_an_admin_sets_a_members_budget_from_the_members_page(tenants):
     response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "7.5"})
     assert response.status_code == 302
     page = admin.get(reverse("org:members")).content.decode()
-    assert 'value="7.5000"' in page
+    assert 'value="7.50"' in page  # as the Budgets page shows it (console.money)
     members = rest_api_client(tenants.owner).get("/api/v1/members/").json()
     rows = members["results"] if isinstance(members, dict) else members
     assert {m["username"]: m["monthly_budget"] for m in rows}["member"] == "7.5000"
@@ -245,7 +245,7 @@ def test_a_budget_is_removed_after_a_confirmation_and_a_refused_one_keeps_what_w
     # Emptying the field and saving asks the same question; rows without a budget ask nothing.
     assert 'data-confirm-field="monthly_budget" data-confirm-value=""' in row
     viewer_row = re.search(rf'<tr id="member-budget-{tenants.viewer.pk}">.*?</tr>', page, re.S).group(0)
-    assert "data-confirm" not in viewer_row and "Remove" not in viewer_row
+    assert 'data-confirm="' not in viewer_row and "Remove" not in viewer_row
 
     response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "-3"})
     assert response.status_code == 400
@@ -289,3 +289,116 @@ def test_the_budgets_page_says_why_a_currency_is_refused(tenants):
     )
     assert response.status_code == 400
     assert "is priced in EUR (they are priced in USD)" in response.content.decode()
+
+
+def test_options_documents_the_fields_a_budget_post_reads(tenants):
+    """OPTIONS described POST with the overview it answers (organization, members, keys), not
+    with the body it reads."""
+    for user in (tenants.owner, tenants.member):
+        response = rest_api_client(user).options("/api/v1/budgets/")
+        assert response.status_code == 200, response.content
+        post = response.json()["actions"]["POST"]
+        assert set(post) == {"level", "target", "organization", "monthly_budget", "budget_currency"}
+        assert [c["value"] for c in post["level"]["choices"]] == ["organization", "member", "key"]
+        assert post["level"]["required"] is True and post["target"]["required"] is False
+        assert "null: no limit" in post["monthly_budget"]["help_text"]
+        assert post["budget_currency"]["max_length"] == 3
+
+
+def _spend(tenants, user, key, cost: str, n: int = 0) -> None:
+    UsageRecord.objects.create(
+        request_id=f"spent-{key.pk}-{n}", organization=tenants.org, user=user, api_key_id=key.pk,
+        api_key_prefix=key.prefix, route="chat.completions", status_code=200, latency_ms=5.0,
+        cost=Decimal(cost), currency="USD", created_at=timezone.now(),
+    )  # fmt: skip
+
+
+def _form(page: str, row_id: str) -> str:
+    row = re.search(rf'<(?:tr|div) [^>]*id="{row_id}"[^>]*>.*?</(?:tr|div)>', page, re.S).group(0)
+    return re.search(r'<form method="post" class="row"[^>]*>', row).group(0)
+
+
+def test_a_budget_at_most_what_is_spent_asks_first_in_the_console_and_not_over_rest(tenants, pinned_budget_month):
+    """QA: setting a budget to 0, or below what was already spent this month, stopped every request
+    at once without a word. The console asks first (the product's confirmation) and says what
+    happens; the REST API just does it."""
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="support-bot")
+    idle, _ = api_key_create(user=tenants.member, organization=tenants.org, name="idle-bot")
+    _spend(tenants, tenants.member, key, "0.015")
+    member_budget_set(user=tenants.owner, membership=Membership.objects.get(user=tenants.member), amount="5")
+    page = login(tenants.owner).get("/hub/budgets/").content.decode()
+
+    member_form = _form(page, f"member-budget-{tenants.member.pk}")
+    assert 'data-confirm-field="monthly_budget"' in member_form and 'data-confirm-at-most="0.01500000"' in member_form
+    assert (
+        'data-confirm-at-most-message="0.015 USD is already spent this month, so a monthly budget of that or less is '
+        "used up at once: the gateway refuses every request made with member&#x27;s API keys with 429 "
+        '(insufficient_quota) until next month begins (UTC) or the budget is raised. Set it?"'
+    ) in member_form
+    assert 'data-confirm-at-most-ok="Set budget"' in member_form
+    assert "data-confirm=\"Remove member's monthly budget" in member_form.replace("&#x27;", "'")  # emptied: still the removal
+    # Nothing spent: only 0 stops it, and the question says so. No budget yet: it still asks.
+    idle_form = _form(page, f"key-budget-{idle.pk}")
+    assert 'data-confirm-at-most="0E-8"' in idle_form or 'data-confirm-at-most="0"' in idle_form
+    assert ("A monthly budget of 0 stops all spending: the gateway refuses every request made with key idle-bot "
+            "with 429 (insufficient_quota)") in idle_form  # fmt: skip
+    assert 'data-confirm="' not in idle_form  # no budget to remove
+    org_form = re.search(r'<div class="card" id="organization-budget">.*?<form method="post" class="row"[^>]*>', page, re.S).group(0)
+    assert 'data-confirm-at-most="0.01500000"' in org_form and "made with Acme&#x27;s API keys" in org_form.replace(
+        tenants.org.name, "Acme"
+    )
+    # The Members page's budget field asks the same.
+    members_page = login(tenants.owner).get(reverse("org:members")).content.decode()
+    assert members_page.count('data-confirm-at-most="0.01500000"') == 1
+    assert "0.015 USD is already spent this month" in members_page
+
+    # REST: no question, the budget is set and used up at once.
+    r = rest_api_client(tenants.owner).post(
+        "/api/v1/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "0.01"}, format="json"
+    )
+    assert r.status_code == 200
+    row = next(m for m in r.json()["members"] if m["user"] == tenants.member.pk)
+    assert (row["monthly_budget"], row["budget_state"]) == ("0.0100", "bad")
+
+
+def test_a_keys_budget_above_its_owners_lowered_budget_says_the_owners_applies_first(tenants):
+    """QA: a key's budget of 10 stayed beside its owner's budget lowered to 5 with nothing saying
+    which one the gateway holds the key to. The key keeps its own (raising the owner's brings it
+    back); the pages and the API say the owner's applies first."""
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="support-bot")
+    membership = Membership.objects.get(user=tenants.member)
+    member_budget_set(user=tenants.owner, membership=membership, amount="50")
+    api_key_budget_set(user=tenants.member, key=key, amount="10")
+    admin = login(tenants.owner)
+    response = admin.post("/hub/budgets/", {"level": "member", "target": tenants.member.pk, "monthly_budget": "5"}, follow=True)
+    page = response.content.decode().replace("&#x27;", "'")
+    assert ("Budget saved; the gateway enforces it from the next request. It is lower than the own budget of key "
+            "support-bot: this one applies first; theirs stay as set.") in page  # fmt: skip
+    key.refresh_from_db()
+    assert key.monthly_budget == Decimal("10")  # kept as set
+    row = re.search(rf'<tr id="key-budget-{key.pk}">.*?</tr>', page, re.S).group(0)
+    assert 'value="10.00"' in row
+    assert "The owner's budget of 5.00 USD applies first: it is lower than this key's" in row
+    # The key's owner sees it too, and the API says which one applies.
+    own = login(tenants.member).get("/hub/budgets/").content.decode().replace("&#x27;", "'")
+    assert "The owner's budget of 5.00 USD applies first" in own
+    listed = rest_api_client(tenants.member).get("/api/v1/budgets/").json()
+    assert listed["keys"][0]["applies_first"] == {"level": "member", "monthly_budget": "5.0000"}
+    assert listed["members"][0]["applies_first"] is None
+
+    # The organization's lowered below both: it applies first to the member and the key.
+    response = admin.post("/hub/budgets/", {"level": "organization", "monthly_budget": "2", "budget_currency": "USD"}, follow=True)
+    page = response.content.decode().replace("&#x27;", "'")
+    assert "It is lower than the own budget of member member, key support-bot: this one applies first" in page
+    assert "The organization's budget of 2.00 USD applies first: it is lower than this member's" in page
+    row = re.search(rf'<tr id="key-budget-{key.pk}">.*?</tr>', page, re.S).group(0)
+    assert "The organization's budget of 2.00 USD applies first: it is lower than this key's" in row
+    listed = rest_api_client(tenants.owner).get("/api/v1/budgets/").json()
+    assert next(k for k in listed["keys"] if k["id"] == key.pk)["applies_first"] == {
+        "level": "organization", "monthly_budget": "2.0000",
+    }  # fmt: skip
+    # Raised again above the key's: the key's own budget is the one that applies, nothing is said.
+    organization_budget_set(user=tenants.owner, organization=tenants.org, amount=None)
+    member_budget_set(user=tenants.owner, membership=membership, amount="20")
+    page = admin.get("/hub/budgets/").content.decode()
+    assert 'class="help small applies-first"' not in page
