@@ -79,11 +79,16 @@ def test_admin_sets_raises_and_removes_a_members_budget(
     membership.refresh_from_db()
     assert membership.monthly_budget == Decimal("0.0125")
 
-    # The gateway follows: one more request fits (0.015 spent), the next is refused; the page says so.
+    # The gateway follows: a request may cost 0.005, more than the 0.0025 left, so it is refused.
+    assert spend(gateway, secret) == 429
+    # Raised to 0.015: one more request fits exactly, the next is refused; the page says so.
+    member_row.get_by_label("Monthly budget of member").fill("0.015")
+    member_row.get_by_role("button", name="Save").click()
+    expect(page.locator(".messages")).to_contain_text("Budget saved")
     assert [spend(gateway, secret) for _ in range(2)] == [200, 429]
     page.reload()
     expect(member_row).to_contain_text("0.015")
-    expect(member_row.locator(".badge.bad")).to_have_text("120%")
+    expect(member_row.locator(".badge.bad")).to_have_text("100%")
     page.screenshot(path="/tmp/budgets.png", full_page=True)
     screenshot("budgets-member-over-budget")
 
@@ -128,7 +133,8 @@ def test_admin_sets_raises_and_removes_a_members_budget(
 
     changes = AuditEntry.objects.filter(action="budget_change").order_by("pk")
     assert [e.diff.get("monthly_budget") for e in changes] == [
-        [None, "0.0125"], ["0.0125", "0.0500"], ["0.0500", None], [None, "0.0400"], ["0.0400", None],
+        [None, "0.0125"], ["0.0125", "0.0150"], ["0.0150", "0.0500"], ["0.0500", None], [None, "0.0400"],
+        ["0.0400", None],
     ]
 
 
