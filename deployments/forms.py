@@ -1052,8 +1052,14 @@ def initial_from_spec(spec: dict) -> dict:
 
 
 class ScaleForm(StyledForm):
-    replicas_min = forms.IntegerField(label="Minimum replicas", min_value=0, max_value=100)
-    replicas_max = forms.IntegerField(label="Maximum replicas", min_value=1, max_value=100)
+    replicas_min = forms.IntegerField(
+        label="Minimum replicas", min_value=0, max_value=100,
+        error_messages={k: "Give a whole number from 0 to 100." for k in ("required", "invalid", "min_value", "max_value")},
+    )  # fmt: skip
+    replicas_max = forms.IntegerField(
+        label="Maximum replicas", min_value=1, max_value=100,
+        error_messages={k: "Give a whole number from 1 to 100." for k in ("required", "invalid", "min_value", "max_value")},
+    )  # fmt: skip
 
     def clean(self) -> dict:
         data = super().clean()
