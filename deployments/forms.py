@@ -656,6 +656,17 @@ class DeploymentForm(GatewayTermsForm):
         "bundle",
         "served_model_name",
     )
+    # Said under each of them on the Update form: greyed out with the create form's hint ("Empty:
+    # the model's own name") it read as a bug.
+    LOCKED_WHY = {
+        "name": "Fixed once deployed: it names the Kubernetes objects.",
+        "project": "Fixed once deployed: the deployment runs in this project's namespace.",
+        "environment": "Fixed once deployed; Promote takes a revision to another environment.",
+        "model": "Create a new deployment to change the model.",
+        "pool": "Fixed once deployed; create a new deployment to run on another pool.",
+        "bundle": "Change the bundle's version on the deployment's page (Profile Bundle card).",
+        "served_model_name": "Fixed once deployed: clients call the model by this name.",
+    }
 
     def __init__(
         self,
@@ -719,7 +730,7 @@ class DeploymentForm(GatewayTermsForm):
             for name in self.LOCKED_ON_EDIT:
                 self.fields[name].disabled = True
                 self.fields[name].required = False
-            self.fields["model"].help_text = "Create a new deployment to change the model."
+                self.fields[name].help_text = self.LOCKED_WHY.get(name, "Fixed once deployed.")
         else:
             del self.fields["reason"]
             del self.fields["update_strategy"]

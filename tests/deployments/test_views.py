@@ -461,6 +461,23 @@ def test_edit_form_locks_the_model_and_makes_a_revision(owner_client, deploy, fo
     assert deployment.spec()["resources"]["memory"] == "12Gi"
 
 
+def test_edit_form_says_why_each_locked_field_cannot_change(owner_client, deploy):
+    """QA: the Update form greyed out the model name clients send under the create form's hint
+    ("Empty: the model's own name"), with no word on why it could not be changed."""
+    deployment = deploy("chat")
+    html = owner_client.get(reverse("deployments:deployment_update", args=[deployment.pk])).content.decode()
+
+    def hint(name: str) -> str:
+        field = re.search(rf'<(?:input|select)[^>]* name="{name}"[^>]*>', html).group(0)
+        assert " disabled" in field, name
+        return re.search(rf'id="id_{name}_helptext"[^>]*>([^<]*)<', html).group(1).strip()
+
+    assert hint("served_model_name") == "Fixed once deployed: clients call the model by this name."
+    assert hint("name") == "Fixed once deployed: it names the Kubernetes objects."
+    assert "Profile Bundle card" in hint("bundle") and "another pool" in hint("pool")
+    assert "Empty: the model's own name" not in html
+
+
 # --- Actions ------------------------------------------------------------------------------------
 
 
