@@ -838,6 +838,8 @@ def _detail_context(
         "version": version,
         "spec": spec,
         "gpus_held": held,
+        # What Activate reserves (the service's own rule: autoscaled, it starts at its minimum).
+        "activate_gpus": spec_module.gpu_hold(spec) if deployment.state == DeploymentState.DEACTIVATED else None,
         "served_name": deployment.served_name(),
         "gateway_url": settings.GATEWAY_BASE_URL.rstrip("/") + "/v1",
         "final": deployment.state in FINAL_STATES,

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from catalog.models import CatalogModel, MaaSMapping, ProfileBundle
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment, PoolKind
-from deployments.services import deployment_deactivate
+from deployments.services import deployment_deactivate, deployment_update
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
@@ -490,9 +490,25 @@ def test_deactivate_releases_gpus_and_activate_takes_them_back(owner_client, dep
     assert deployment.state == DeploymentState.DEACTIVATED and tenants.project.gpu_used() == 0
     html = owner_client.get(deployment.get_absolute_url()).content.decode()
     assert 'id="activate-button"' in html and "data-confirm=" in html
+    # The confirmation says what the service reserves, in words (was "1 × 1 GPU(s) in the quota").
+    assert "It reserves 1 GPU of the quota and is pushed to" in html and "GPU(s)" not in html
     owner_client.post(reverse("deployments:deployment_activate", args=[deployment.pk]))
     deployment.refresh_from_db()
     assert deployment.state == DeploymentState.PENDING and tenants.project.gpu_used() == 1
+
+
+def test_activating_an_autoscaled_deployment_says_it_reserves_its_minimum(owner_client, deploy, tenants):
+    """QA: the Activate confirmation said max × GPUs per replica ("4 × 1 GPU(s)"); an autoscaled
+    deployment starts again at its minimum, which is what deployment_activate reserves."""
+    deployment = deploy("chat")
+    spec = deployment.spec()
+    spec = {**spec, "replicas": {"min": 2, "max": 4}, "autoscaling": {**spec["autoscaling"], "enabled": True}}
+    deployment_update(user=tenants.owner, deployment=deployment, spec=spec)
+    deployment_deactivate(user=tenants.owner, deployment=deployment)
+    html = owner_client.get(deployment.get_absolute_url()).content.decode()
+    assert "Activate “chat”? It reserves 2 GPUs of the quota and is pushed to sandbox again." in html
+    owner_client.post(reverse("deployments:deployment_activate", args=[deployment.pk]))
+    assert tenants.project.gpu_used() == 2
 
 
 def test_scale_rollback_and_delete(owner_client, deploy, tenants):
