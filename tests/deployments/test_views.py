@@ -478,6 +478,18 @@ def test_edit_form_says_why_each_locked_field_cannot_change(owner_client, deploy
     assert "Empty: the model's own name" not in html
 
 
+def test_a_deployment_pk_past_64_bits_is_a_404_that_never_reaches_the_database(owner_client, deploy):
+    """QA: /deployments/999999999999999999999/ was a 500 on `make run`'s SQLite (OverflowError in
+    the status version's IN (...)); PostgreSQL happened to answer an empty list."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    deploy("chat")
+    with CaptureQueriesContext(connection) as queries:
+        assert owner_client.get("/deployments/999999999999999999999/").status_code == 404
+    assert not [q["sql"] for q in queries.captured_queries if "999999999999999999999" in q["sql"]]
+
+
 # --- Actions ------------------------------------------------------------------------------------
 
 
