@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 
 from catalog.ngc import NimProfile
 from console import yamlsafe
-from console.forms import StyledForm
+from console.forms import IdsChoiceField, StyledForm
 from deployments.external import OPTION_FIELDS, external_check
 from deployments.galleries import TEMPLATE_FIELDS, template_errors
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
@@ -508,7 +508,7 @@ class DeploymentForm(GatewayTermsForm):
         help_text="A preset from the gallery (this project's or the organization's): its CPU, memory, GPUs and GPU "
                   "type are copied in when saved; changing the template later leaves this deployment as it is.",
     )  # fmt: skip
-    data_sources = forms.ModelMultipleChoiceField(
+    data_sources = IdsChoiceField(
         queryset=DataSource.objects.none(), required=False,
         help_text="Claims from the gallery (PVC, HF or NGC cache), mounted read-only at their mount path; copied "
                   "in when saved.",
