@@ -474,10 +474,12 @@ def model_update(
 
 def model_delete(*, user: AbstractBaseUser | None, model: CatalogModel) -> None:
     permissions.require(user, "change", model, what="the catalog")
-    count = model.deployments.count()
-    if count:
+    names = sorted(model.deployments.values_list("name", flat=True))
+    if names:  # named, so the user knows which to delete (was "has 2 deployment(s)")
+        shown = ", ".join(f"“{n}”" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        noun, them = ("deployment", "it") if len(names) == 1 else ("deployments", "them")
         raise ValidationError(
-            f"{model.name} has {count} deployment(s); delete them before the model."
+            f"{model.name} has {len(names)} {noun}: {shown}; delete {them} before the model."
         )
     artifact = model.artifact.name if model.artifact else ""
     model.delete()
@@ -739,7 +741,7 @@ def bundle_delete(*, user: AbstractBaseUser | None, bundle: ProfileBundle) -> No
     used = ModelDeployment.objects.filter(bundle__in=versions).count()
     if used:
         raise ValidationError(
-            f"{used} deployment(s) run with “{bundle.name}”; it can't be deleted."
+            f"{used} deployment{'' if used == 1 else 's'} run{'s' if used == 1 else ''} with “{bundle.name}”; it can't be deleted."
         )
     versions.delete()
 

@@ -7,6 +7,21 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
 VALIDATE_PARAM = "_validate"
+MAX_ID = 2**63 - 1
+
+
+class IdsChoiceField(forms.ModelMultipleChoiceField):
+    """Several objects by id (checkboxes). A value that can be no id (past 64 bits) is refused in
+    the field's words before the query: Django's IN (...) check let SQLite raise an OverflowError,
+    a 500 on `make run`."""
+
+    def _check_values(self, value):
+        for pk in value:
+            if not str(pk).isdigit() or int(pk) > MAX_ID:
+                raise forms.ValidationError(  # as for any id that isn't on the list
+                    self.error_messages["invalid_choice"], code="invalid_choice", params={"value": pk}
+                )
+        return super()._check_values(value)
 
 
 class StyledForm(forms.Form):

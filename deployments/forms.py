@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 
 from catalog.ngc import NimProfile
 from console import yamlsafe
-from console.forms import StyledForm
+from console.forms import IdsChoiceField, StyledForm
 from deployments.external import OPTION_FIELDS, external_check
 from deployments.galleries import TEMPLATE_FIELDS, template_errors
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
@@ -508,7 +508,7 @@ class DeploymentForm(GatewayTermsForm):
         help_text="A preset from the gallery (this project's or the organization's): its CPU, memory, GPUs and GPU "
                   "type are copied in when saved; changing the template later leaves this deployment as it is.",
     )  # fmt: skip
-    data_sources = forms.ModelMultipleChoiceField(
+    data_sources = IdsChoiceField(
         queryset=DataSource.objects.none(), required=False,
         help_text="Claims from the gallery (PVC, HF or NGC cache), mounted read-only at their mount path; copied "
                   "in when saved.",
@@ -656,6 +656,17 @@ class DeploymentForm(GatewayTermsForm):
         "bundle",
         "served_model_name",
     )
+    # Said under each of them on the Update form: greyed out with the create form's hint ("Empty:
+    # the model's own name") it read as a bug.
+    LOCKED_WHY = {
+        "name": "Fixed once deployed: it names the Kubernetes objects.",
+        "project": "Fixed once deployed: the deployment runs in this project's namespace.",
+        "environment": "Fixed once deployed; Promote takes a revision to another environment.",
+        "model": "Create a new deployment to change the model.",
+        "pool": "Fixed once deployed; create a new deployment to run on another pool.",
+        "bundle": "Change the bundle's version on the deployment's page (Profile Bundle card).",
+        "served_model_name": "Fixed once deployed: clients call the model by this name.",
+    }
 
     def __init__(
         self,
@@ -719,7 +730,7 @@ class DeploymentForm(GatewayTermsForm):
             for name in self.LOCKED_ON_EDIT:
                 self.fields[name].disabled = True
                 self.fields[name].required = False
-            self.fields["model"].help_text = "Create a new deployment to change the model."
+                self.fields[name].help_text = self.LOCKED_WHY.get(name, "Fixed once deployed.")
         else:
             del self.fields["reason"]
             del self.fields["update_strategy"]
@@ -1052,8 +1063,14 @@ def initial_from_spec(spec: dict) -> dict:
 
 
 class ScaleForm(StyledForm):
-    replicas_min = forms.IntegerField(label="Minimum replicas", min_value=0, max_value=100)
-    replicas_max = forms.IntegerField(label="Maximum replicas", min_value=1, max_value=100)
+    replicas_min = forms.IntegerField(
+        label="Minimum replicas", min_value=0, max_value=100,
+        error_messages={k: "Give a whole number from 0 to 100." for k in ("required", "invalid", "min_value", "max_value")},
+    )  # fmt: skip
+    replicas_max = forms.IntegerField(
+        label="Maximum replicas", min_value=1, max_value=100,
+        error_messages={k: "Give a whole number from 1 to 100." for k in ("required", "invalid", "min_value", "max_value")},
+    )  # fmt: skip
 
     def clean(self) -> dict:
         data = super().clean()

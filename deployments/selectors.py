@@ -121,7 +121,10 @@ def deployment_version(deployment: ModelDeployment) -> str:
 def deployment_versions(qs: QuerySet[ModelDeployment], pks: Iterable[int]) -> dict[int, str]:
     """The markers of the rows `pks` of `qs` (one query over those rows only, never the table);
     a row missing from the answer is gone or no longer visible."""
-    rows = with_gpus_held(qs.filter(pk__in=list(pks))).values_list("pk", *VERSION_FIELDS)
+    # A pk past 64 bits (a typed URL, /deployments/999999999999999999999/) can't be a row, and
+    # SQLite refuses it in an IN (...) with an OverflowError: a 500 instead of a 404.
+    wanted = [pk for pk in pks if 0 < pk < 2**63]
+    rows = with_gpus_held(qs.filter(pk__in=wanted)).values_list("pk", *VERSION_FIELDS)
     return {row[0]: _version(row[1:]) for row in rows}
 
 

@@ -744,7 +744,7 @@ def deployment_create(
             deployment.current_revision = revision
             deployment.save(update_fields=["current_revision"])
             event_record(deployment, reason="Created",
-                         message=f"Revision 1 created by {user or 'the system'}: {hold} GPU(s) reserved"
+                         message=f"Revision 1 created by {user or 'the system'}: {hold} GPU{'' if hold == 1 else 's'} reserved"
                                  + (" (deactivated)." if deactivated else "."))  # fmt: skip
             if not deactivated:
                 _enqueue_push(deployment.pk)
@@ -1190,7 +1190,7 @@ def deployment_activate(
         event_record(
             locked,
             reason="Activated",
-            message=f"Activated by {user or 'the system'}: {gpus} GPU(s) reserved.",
+            message=f"Activated by {user or 'the system'}: {gpus} GPU{'' if gpus == 1 else 's'} reserved.",
         )
         _enqueue_push(locked.pk)
         _audit_deployment(user=user, deployment=locked, action="activate", before=before)

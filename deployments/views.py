@@ -838,6 +838,8 @@ def _detail_context(
         "version": version,
         "spec": spec,
         "gpus_held": held,
+        # What Activate reserves (the service's own rule: autoscaled, it starts at its minimum).
+        "activate_gpus": spec_module.gpu_hold(spec) if deployment.state == DeploymentState.DEACTIVATED else None,
         "served_name": deployment.served_name(),
         "gateway_url": settings.GATEWAY_BASE_URL.rstrip("/") + "/v1",
         "final": deployment.state in FINAL_STATES,
@@ -893,10 +895,11 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         if deployment.spec().get("engine") not in {"tei"} else None,
         nim_tags=_nim_tags(deployment),
         **(_bundle_card_context(deployment, None, None) if context["can_change"] else {}),
+        # After a refused scale (_scale_failed) the card shows what was asked, to correct it.
         scale_form=ScaleForm(
             initial={
-                "replicas_min": (context["spec"].get("replicas") or {}).get("min", 1),
-                "replicas_max": (context["spec"].get("replicas") or {}).get("max", 1),
+                name: request.GET.get(name, (context["spec"].get("replicas") or {}).get(key, 1))
+                for name, key in (("replicas_min", "min"), ("replicas_max", "max"))
             }
         ),
     )
@@ -1135,8 +1138,8 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _action(request, pk, "change")
     form = ScaleForm(request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(f"{e}" for errs in form.errors.values() for e in errs))
-        return _redirect(request, deployment.get_absolute_url())
+        words = [f"{form.fields[n].label}: {e}" for n, errs in form.errors.items() for e in errs]
+        return _scale_failed(request, deployment, form, " ".join(words))
     lo, hi = form.cleaned_data["replicas_min"], form.cleaned_data["replicas_max"]
     spec = {**deployment.spec(), "replicas": {"min": lo, "max": hi}}
     try:
@@ -1147,8 +1150,15 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
             reason=f"Scaled to {lo}–{hi} replicas",
         )
     except ValidationError as exc:
-        return _action_failed(request, deployment, exc)
+        return _scale_failed(request, deployment, form, _error_text(exc))
     return _after_action(request, deployment, f"“{deployment.name}” scaled to {lo}–{hi} replicas.")
+
+
+def _scale_failed(request: HttpRequest, deployment: ModelDeployment, form: ScaleForm, message: str) -> HttpResponse:
+    """Back to the page with the refusal, the Scale card showing what was asked (not the old values)."""
+    messages.error(request, message)
+    asked = {name: (form.data.get(name) or "")[:20] for name in ("replicas_min", "replicas_max")}
+    return _redirect(request, f"{deployment.get_absolute_url()}?{urlencode({'tab': 'overview', **asked})}")
 
 
 def _bundle_request(request: HttpRequest, deployment: ModelDeployment) -> tuple[int | None, dict[str, str]]:

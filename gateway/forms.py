@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.utils import timezone
 
-from console.forms import StyledForm
+from console.forms import IdsChoiceField, StyledForm
 from projects.models import APIKeyScope
 
 
@@ -29,7 +29,7 @@ class APIKeyForm(StyledForm):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
     )
-    deployments = forms.ModelMultipleChoiceField(
+    deployments = IdsChoiceField(
         queryset=None,
         required=False,
         label="Limit to deployments",

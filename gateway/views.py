@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
 from console import permissions
-from console.forms import field_validation_response
+from console.forms import MAX_ID, field_validation_response
 from console.http import current_organization as _organization
 from console.paging import ListFilter, paginate
 from deployments.models import DeploymentState, EndpointHealth, ModelDeployment
@@ -262,7 +262,7 @@ def _chosen_deployments(form: APIKeyForm, deployments) -> list[ModelDeployment]:
     """The deployments already ticked in a posted form (shown again when it has errors)."""
     if not form.is_bound:
         return []
-    pks = [v for v in form.data.getlist("deployments")[:KEY_SEARCH_LIMIT * 5] if v.isdigit()]
+    pks = [v for v in form.data.getlist("deployments")[:KEY_SEARCH_LIMIT * 5] if v.isdigit() and int(v) <= MAX_ID]
     return list(deployments.filter(pk__in=pks)) if pks else []
 
 
@@ -279,7 +279,7 @@ def key_deployment_search(request: HttpRequest) -> HttpResponse:
             | Q(current_revision__spec__served_model_name__icontains=q)
             | Q(project__name__icontains=q)
         )
-    exclude = [v for v in request.GET.getlist("deployments") if v.isdigit()]
+    exclude = [v for v in request.GET.getlist("deployments") if v.isdigit() and int(v) <= MAX_ID]
     if exclude:
         found = found.exclude(pk__in=exclude)
     return render(

@@ -635,13 +635,26 @@ def cmd_chat(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 # --- argument parsing ------------------------------------------------------------------------
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser refuses what it doesn't know itself, with its own usage: argparse left
+    that to the top parser, so `modeldeck scale chat 3` printed `usage: modeldeck [-h] COMMAND`."""
+
+    hint = ""  # said after the refusal, e.g. how this command takes a count
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({self.hint})" if self.hint else ""))
+        return parsed, extras
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="ModelDeck's address (default: MODELDECK_URL, then the saved login).")
     common.add_argument("--token", help="A REST API key (default: MODELDECK_TOKEN, then the saved login).")
 
     p = argparse.ArgumentParser(prog="modeldeck", description="Deploy and manage models on ModelDeck from anywhere (REST API).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     login = sub.add_parser("login", parents=[common], help="sign in and save the token")
     login.add_argument("--username", "-u")
@@ -689,6 +702,7 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--min", type=int, metavar="N", help="the autoscaler's minimum (0: scale to zero when idle)")
     scale.add_argument("--max", type=int, metavar="N", help="the autoscaler's maximum")
     scale.set_defaults(run=cmd_scale)
+    scale.hint = "give the count as --replicas N, or the autoscaler's bounds as --min N --max N"
 
     deactivate = sub.add_parser("deactivate", parents=[common], help="scale a deployment to zero and release its GPUs",
                                 description="Scale to zero and give the GPUs back to the quota; the spec stays, "

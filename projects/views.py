@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from console import permissions
 from console.edit import ActionView, EditView
+from console.forms import MAX_ID
 from console.http import current_organization as _organization
 from console.middleware import SESSION_KEY as ORG_SESSION_KEY
 from console.paging import ListFilter, paginate
@@ -173,13 +174,17 @@ def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
                     request, f"{IntegrationKind(form.cleaned_data['kind']).label} saved."
                 )
                 return redirect("projects:integrations", pk=project.pk)
-        messages.error(request, "; ".join(f"{e}" for errs in form.errors.values() for e in errs))
+        messages.error(request, _integration_errors(form))
+    else:
+        form = None
     existing = {i.kind: i for i in project.integrations.all()}
     cards = [
         {
             "kind": k,
             "integration": existing.get(k.value),
-            "form": IntegrationForm(initial={"kind": k.value}),
+            # The card that was posted keeps what was typed (never a secret) and its errors.
+            "form": form if form is not None and form.data.get("kind") == k.value
+            else IntegrationForm(initial={"kind": k.value}),
         }
         for k in IntegrationKind
     ]
@@ -188,6 +193,19 @@ def project_integrations(request: HttpRequest, pk: int) -> HttpResponse:
         "projects/integrations.html",
         {"project": project, "cards": cards, "can_change": editable},
     )
+
+
+def _integration_errors(form: IntegrationForm) -> str:
+    """The refusal in words, each error after the field it is about ("Secret access key: …")."""
+    kind = form.data.get("kind")
+    parts = []
+    for name, errors in form.errors.items():
+        if name == "secret" and kind in IntegrationKind.values:
+            label = IntegrationKind(kind).label
+        else:
+            label = form.fields[name].label if name in form.fields else ""
+        parts += [f"{label}: {e}" if label else f"{e}" for e in errors]
+    return "; ".join(parts)
 
 
 @login_required
@@ -456,7 +474,7 @@ org_group_delete = GroupDelete.as_view()
 
 def _member_from_post(request: HttpRequest, organization) -> object:
     raw = request.POST.get("user", "")
-    if not raw.isdigit():
+    if not raw.isdigit() or int(raw) > MAX_ID:  # past 64 bits: no user, and SQLite can't bind it
         raise Http404("No such member.")
     return selectors.member_user_get(request.user, organization, int(raw))
 

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group
 from django.core.validators import MinValueValidator
 from django.db.models import Q
 
-from console.forms import StyledForm
+from console.forms import IdsChoiceField, StyledForm
 from deployments.models import ComputePool
 from projects.models import GPU_QUOTA_VALIDATORS, Environment, Organization, Project, slug_validator
 from sharing.models import AccessKind, AuditAction, ShareMode
@@ -20,7 +20,7 @@ class ShareForm(StyledForm):
     mode = forms.ChoiceField(
         choices=ShareMode.choices, widget=forms.RadioSelect, label="Share with"
     )
-    organizations = forms.ModelMultipleChoiceField(
+    organizations = IdsChoiceField(
         queryset=Organization.objects.none(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
@@ -44,7 +44,7 @@ class AccessForm(StyledForm):
     kind = forms.ChoiceField(
         choices=AccessKind.choices, widget=forms.RadioSelect, label="Who may call it"
     )
-    groups = forms.ModelMultipleChoiceField(
+    groups = IdsChoiceField(
         queryset=Group.objects.all().order_by("name"),
         required=False,
         widget=forms.CheckboxSelectMultiple,

@@ -29,7 +29,7 @@ from catalog.api.serializers import (
     NgcTagsQuerySerializer,
     ResolveQuerySerializer,
 )
-from console.api import IntegerIdMixin
+from console.api import IntegerIdMixin, filter_by_id
 from projects.models import Project
 from projects.selectors import organizations_for_user, project_get
 
@@ -132,8 +132,7 @@ class CatalogModelViewSet(IntegerIdMixin, viewsets.GenericViewSet):
         for name in ("source", "task"):
             if params.get(name):
                 qs = qs.filter(**{name: params[name]})
-        if str(params.get("organization", "")).isdigit():
-            qs = qs.filter(organization_id=params["organization"])
+        qs = filter_by_id(qs, "organization_id", params.get("organization"))
         if params.get("q"):
             qs = qs.filter(name__icontains=params["q"])
         return qs.order_by("organization_id", "name")
@@ -460,9 +459,7 @@ class MappingViewSet(IntegerIdMixin, viewsets.GenericViewSet):
 
     def get_queryset(self):
         qs = selectors.mappings_for_user(self.request.user)
-        if str(self.request.query_params.get("project", "")).isdigit():
-            qs = qs.filter(project_id=self.request.query_params["project"])
-        return qs
+        return filter_by_id(qs, "project_id", self.request.query_params.get("project"))
 
     def list(self, request):
         page = self.paginate_queryset(self.get_queryset())

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.response import Response
 
+from console.api import filter_by_id
 from console.api_parsers import BoundedJSONField
 from deployments import galleries
 from deployments.models import DataSource, DataSourceKind, ResourceTemplate
@@ -87,9 +88,7 @@ class _GalleryViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         qs = galleries.visible(self.model, self.request.user, None).order_by("name", "pk")
-        if self.request.query_params.get("project", "").isdigit():
-            qs = qs.filter(project_id=int(self.request.query_params["project"]))
-        return qs
+        return filter_by_id(qs, "project_id", self.request.query_params.get("project"))
 
     def _scope(self, data: dict):
         orgs = organizations_for_user(self.request.user)

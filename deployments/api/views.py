@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from catalog.selectors import bundles_for_user, models_for_user
 from console import permissions
+from console.api import filter_by_id
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
@@ -95,10 +96,7 @@ class EndpointViewSet(
 
     def get_queryset(self):
         qs = selectors.endpoints_for_user(self.request.user).order_by("project_id", "name")
-        project = self.request.query_params.get("project")
-        if project and project.isdigit():
-            qs = qs.filter(project_id=int(project))
-        return qs
+        return filter_by_id(qs, "project_id", self.request.query_params.get("project"))
 
     def get_serializer_context(self):
         return {
@@ -135,8 +133,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             selectors.deployments_for_user(self.request.user).select_related("created_by")
         ).order_by("-created_at", "-pk")
         params = self.request.query_params
-        if params.get("project", "").isdigit():
-            qs = qs.filter(project_id=int(params["project"]))
+        qs = filter_by_id(qs, "project_id", params.get("project"))
         if params.get("state"):
             qs = qs.filter(state=params["state"])
         return qs

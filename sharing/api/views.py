@@ -8,6 +8,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.response import Response
 
+from console.api import filter_by_id
 from deployments.models import ModelDeployment
 from projects.selectors import organizations_for_user
 from sharing import selectors, services
@@ -133,10 +134,7 @@ class EnvironmentViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         qs = selectors.environments_for_user(self.request.user).order_by("project", "name")
-        project = self.request.query_params.get("project")
-        if project and project.isdigit():
-            qs = qs.filter(project_id=int(project))
-        return qs
+        return filter_by_id(qs, "project_id", self.request.query_params.get("project"))
 
     def create(self, request):
         body = self.get_serializer(data=request.data)

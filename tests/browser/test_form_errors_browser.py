@@ -36,3 +36,36 @@ def test_a_refused_form_scrolls_to_its_first_error(page, live_server, tenants, s
     page.locator("#id_description").press("Tab")
     page.wait_for_timeout(1200)  # the field's validation answer (delay 600 ms) has been swapped in
     assert page.evaluate("window.scrollY") == before
+
+
+def test_a_refused_scale_keeps_the_replicas_asked_and_names_the_field(page, live_server, tenants, screenshot):
+    """QA: the Scale card came back with the old 1–1 after a refusal (what was asked was lost), and
+    an empty field said "This field is required. This field is required." without saying which."""
+    from tests.gateway.conftest import make_deployment
+
+    deployment = make_deployment(tenants.project, "chat")
+    sign_in(page, live_server, "owner")
+    page.goto(f"{live_server.url}/deployments/{deployment.pk}/")
+
+    def scale(lo: str, hi: str) -> None:
+        page.fill("#id_replicas_min", lo)
+        page.fill("#id_replicas_max", hi)
+        page.locator("form:has(#id_replicas_min) button:has-text('Scale')").click()
+        page.locator("#confirm-dialog [data-confirm-ok]").click()
+        page.wait_for_load_state("networkidle")
+
+    scale("2", "20")  # 20 GPUs: over the project's quota of 8
+    expect(page.locator(".messages")).to_contain_text("quota of 8 GPUs")
+    expect(page.locator("#id_replicas_min")).to_have_value("2")
+    expect(page.locator("#id_replicas_max")).to_have_value("20")
+    screenshot("scale-refused-keeps-input")
+
+    scale("", "")
+    expect(page.locator(".messages")).to_contain_text(
+        "Minimum replicas: Give a whole number from 0 to 100. Maximum replicas: Give a whole number from 1 to 100."
+    )
+    scale("3", "4")
+    expect(page.locator(".messages")).to_contain_text("scaled to 3–4 replicas")
+    expect(page.locator("#id_replicas_max")).to_have_value("4")
+    deployment.refresh_from_db()
+    assert deployment.spec()["replicas"] == {"min": 3, "max": 4}

@@ -283,3 +283,57 @@ def test_a_pools_long_node_names_read_whole_on_a_phone_and_on_one_line_on_a_desk
                               "return box.scrollWidth - box.clientWidth; })()")  # fmt: skip
     assert scroll <= 0, f"the nodes table needs {scroll} px more than its card on a desktop"
     _shot(desktop, "pool-long-node-names-1280px")
+
+
+# Side cards beside a list or form: stacked under it on a phone, beside it on a desktop (QA: the
+# endpoints table was squeezed into a 145 px column with the New endpoint card beside it, the
+# galleries likewise, and the pool form's "Three ways to connect" card sat past the right edge).
+SIDE_BY_SIDE = """(grid) => { const [main, side] = Array.from(document.querySelector(grid).children)
+  .map(e => e.getBoundingClientRect());
+  return {mainWidth: main.width, sideLeft: side.left, sideTop: side.top, mainBottom: main.bottom, sideRight: side.right}; }"""
+
+
+@pytest.mark.parametrize("kind", ["desktop", "phone"])
+def test_side_cards_stack_under_their_list_on_a_phone(phone_and_desktop, tenants, operator, live_server, kind):
+    from deployments.models import Endpoint
+
+    Endpoint.objects.create(project=tenants.project, name="chat", path="/chat")
+    page = phone_and_desktop(kind)
+    sign_in(page, live_server, "operator")
+    for path in ("/endpoints/", "/galleries/data-sources/", "/pools/new/"):
+        page.goto(f"{live_server.url}{path}")
+        box = page.evaluate(SIDE_BY_SIDE, ".grid")
+        width = page.evaluate("document.documentElement.clientWidth")
+        if kind == "phone":
+            assert box["mainWidth"] >= 340, f"{path}: the list is {box['mainWidth']} px wide on a phone"
+            assert box["sideTop"] >= box["mainBottom"], f"{path}: the side card is not under the list"
+            assert page.evaluate(PAGE_OVERFLOW) <= 0, f"{path} scrolls sideways"
+        else:
+            assert box["sideTop"] < box["mainBottom"] and box["sideLeft"] > width / 2, f"{path}: side card not beside"
+        assert box["sideRight"] <= width + 1, f"{path}: the side card runs past the screen"
+        _shot(page, f"side-card{path.replace('/', '-')}{kind}")
+
+
+UNBROKEN = "q" * 90  # a served model name with no dash to break at
+
+
+@pytest.mark.parametrize("kind", ["desktop", "phone"])
+def test_a_long_unbroken_model_name_wraps_in_its_card(phone_and_desktop, tenants, live_server, kind):
+    """QA: a 90-character served model name ran out of the "Call it" card over the Summary beside
+    it on a desktop, and widened the Playground and the deployment's Usage page to 767-876 px on a
+    phone (their subtitles name it)."""
+    deployment = make_deployment(tenants.project, "chat", served_model_name=UNBROKEN)
+    page = phone_and_desktop(kind)
+    sign_in(page, live_server, "member")
+    page.goto(f"{live_server.url}/deployments/{deployment.pk}/")
+    name = page.locator("dd", has_text=UNBROKEN).first
+    card = name.locator("xpath=ancestor::div[contains(@class,'card')][1]").bounding_box()
+    box = name.bounding_box()
+    assert box["x"] + box["width"] <= card["x"] + card["width"] + 1, "the model name runs out of its card"
+    assert page.evaluate(PAGE_OVERFLOW) <= 0
+    _shot(page, f"long-model-name-overview-{kind}")
+    for path in (f"/hub/models/{deployment.pk}/playground/", f"/hub/deployments/{deployment.pk}/usage/"):
+        page.goto(f"{live_server.url}{path}")
+        expect(page.locator(".page-head p").first).to_contain_text(UNBROKEN)  # all of it, wrapped
+        assert page.evaluate(PAGE_OVERFLOW) <= 0, f"{path} scrolls sideways"
+    _shot(page, f"long-model-name-usage-{kind}")

@@ -366,3 +366,16 @@ def test_duplicating_a_builtin_bundle_prefills_the_form(owner_client, tenants):
     html = owner_client.get(reverse("catalog:bundle_create") + f"?from={vllm.pk}").content.decode()
     assert 'value="vllm-acme"' in html and vllm.image in html and "gpu_memory_utilization" in html
     assert "modeldeck.io/builtin" not in html
+
+
+def test_deleting_a_model_with_deployments_names_them(owner_client, tenants):
+    """QA: the refusal said "has 2 deployment(s)" without saying which to delete first."""
+    from tests.gateway.conftest import make_deployment
+
+    first = make_deployment(tenants.project, "chat")
+    second = make_deployment(tenants.project, "chat-b")
+    type(second).objects.filter(pk=second.pk).update(model=first.model)
+    response = owner_client.post(reverse("catalog:model_delete", args=[first.model.pk]), follow=True)
+    assert (f"{first.model.name} has 2 deployments: “chat”, “chat-b”; delete them before the model."
+            in response.content.decode())  # fmt: skip
+    assert CatalogModel.objects.filter(pk=first.model.pk).exists()

@@ -145,3 +145,22 @@ def test_apply_names_the_file_and_its_own_line_for_anchors_and_empty_files(tmp_p
     with pytest.raises(CLIError, match=r"empty\.yaml has no documents"):
         _read([str(pool), str(empty)])
     assert "kind: Endpoint" in _read([str(pool)])
+
+
+def test_a_command_refuses_an_unknown_argument_with_its_own_usage(tmp_path):
+    """QA: `modeldeck scale chat 3` answered with the top parser's `usage: modeldeck [-h] COMMAND`
+    and no word on how scale takes a count."""
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's modeldeck_cli
+    code = "import sys\nfrom modeldeck_cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                              env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": root})  # fmt: skip
+
+    done = cli("scale", "chat", "3")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: modeldeck scale ")
+    assert ("modeldeck scale: error: unrecognized arguments: 3 (give the count as --replicas N, "
+            "or the autoscaler's bounds as --min N --max N)") in done.stderr  # fmt: skip
+    done = cli("keys", "create", "--name", "bot")
+    assert done.returncode == 2 and "modeldeck keys create: error: unrecognized arguments: --name" in done.stderr

@@ -176,3 +176,30 @@ def test_the_playground_key_is_in_the_rest_api_too(tenants):
     outsider = APIClient()
     outsider.force_authenticate(tenants.outsider)
     assert outsider.post(f"/api/v1/deployments/{deployment.pk}/playground-key/").status_code == 404
+
+
+def test_ids_past_64_bits_in_a_form_are_refused_before_the_database(tenants):
+    """QA: on `make run`'s SQLite a key limited to deployment 999999999999999999999, or a group
+    member of that id, was a 500 (OverflowError binding the number in IN (...) / WHERE)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from projects.services import group_create
+
+    huge = "999999999999999999999"
+    client = login(tenants.owner)
+    make_deployment(tenants.project, "chat")
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(reverse("devhub:keys"), {"name": "bot", "scope": "gateway", "deployments": [huge]})
+    assert response.status_code == 200
+    assert f"{huge} is not one of the available choices" in response.content.decode()
+    assert not APIKey.objects.filter(name="bot").exists()
+    with CaptureQueriesContext(connection) as search:
+        found = client.get(reverse("devhub:key_deployment_search"), {"q": "chat", "deployments": huge})
+    assert found.status_code == 200 and "chat" in found.content.decode()
+    group = group_create(user=tenants.owner, organization=tenants.org, name="ops")
+    with CaptureQueriesContext(connection) as more:
+        response = client.post(reverse("org:group_member_add", args=[group.pk]), {"user": huge})
+    assert response.status_code == 404
+    sql = [q["sql"] for q in queries.captured_queries + search.captured_queries + more.captured_queries]
+    assert not [s for s in sql if huge in s]

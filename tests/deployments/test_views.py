@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from catalog.models import CatalogModel, MaaSMapping, ProfileBundle
 from deployments.models import ComputePool, DeploymentState, Endpoint, ModelDeployment, PoolKind
-from deployments.services import deployment_deactivate
+from deployments.services import deployment_deactivate, deployment_update
 from tests.conftest import login
 
 pytestmark = pytest.mark.django_db
@@ -461,6 +461,35 @@ def test_edit_form_locks_the_model_and_makes_a_revision(owner_client, deploy, fo
     assert deployment.spec()["resources"]["memory"] == "12Gi"
 
 
+def test_edit_form_says_why_each_locked_field_cannot_change(owner_client, deploy):
+    """QA: the Update form greyed out the model name clients send under the create form's hint
+    ("Empty: the model's own name"), with no word on why it could not be changed."""
+    deployment = deploy("chat")
+    html = owner_client.get(reverse("deployments:deployment_update", args=[deployment.pk])).content.decode()
+
+    def hint(name: str) -> str:
+        field = re.search(rf'<(?:input|select)[^>]* name="{name}"[^>]*>', html).group(0)
+        assert " disabled" in field, name
+        return re.search(rf'id="id_{name}_helptext"[^>]*>([^<]*)<', html).group(1).strip()
+
+    assert hint("served_model_name") == "Fixed once deployed: clients call the model by this name."
+    assert hint("name") == "Fixed once deployed: it names the Kubernetes objects."
+    assert "Profile Bundle card" in hint("bundle") and "another pool" in hint("pool")
+    assert "Empty: the model's own name" not in html
+
+
+def test_a_deployment_pk_past_64_bits_is_a_404_that_never_reaches_the_database(owner_client, deploy):
+    """QA: /deployments/999999999999999999999/ was a 500 on `make run`'s SQLite (OverflowError in
+    the status version's IN (...)); PostgreSQL happened to answer an empty list."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    deploy("chat")
+    with CaptureQueriesContext(connection) as queries:
+        assert owner_client.get("/deployments/999999999999999999999/").status_code == 404
+    assert not [q["sql"] for q in queries.captured_queries if "999999999999999999999" in q["sql"]]
+
+
 # --- Actions ------------------------------------------------------------------------------------
 
 
@@ -473,9 +502,25 @@ def test_deactivate_releases_gpus_and_activate_takes_them_back(owner_client, dep
     assert deployment.state == DeploymentState.DEACTIVATED and tenants.project.gpu_used() == 0
     html = owner_client.get(deployment.get_absolute_url()).content.decode()
     assert 'id="activate-button"' in html and "data-confirm=" in html
+    # The confirmation says what the service reserves, in words (was "1 × 1 GPU(s) in the quota").
+    assert "It reserves 1 GPU of the quota and is pushed to" in html and "GPU(s)" not in html
     owner_client.post(reverse("deployments:deployment_activate", args=[deployment.pk]))
     deployment.refresh_from_db()
     assert deployment.state == DeploymentState.PENDING and tenants.project.gpu_used() == 1
+
+
+def test_activating_an_autoscaled_deployment_says_it_reserves_its_minimum(owner_client, deploy, tenants):
+    """QA: the Activate confirmation said max × GPUs per replica ("4 × 1 GPU(s)"); an autoscaled
+    deployment starts again at its minimum, which is what deployment_activate reserves."""
+    deployment = deploy("chat")
+    spec = deployment.spec()
+    spec = {**spec, "replicas": {"min": 2, "max": 4}, "autoscaling": {**spec["autoscaling"], "enabled": True}}
+    deployment_update(user=tenants.owner, deployment=deployment, spec=spec)
+    deployment_deactivate(user=tenants.owner, deployment=deployment)
+    html = owner_client.get(deployment.get_absolute_url()).content.decode()
+    assert "Activate “chat”? It reserves 2 GPUs of the quota and is pushed to sandbox again." in html
+    owner_client.post(reverse("deployments:deployment_activate", args=[deployment.pk]))
+    assert tenants.project.gpu_used() == 2
 
 
 def test_scale_rollback_and_delete(owner_client, deploy, tenants):
