@@ -345,6 +345,8 @@ def _optional_int(value: str, *, what: str) -> int | None:
     value = (value or "").strip().replace("_", "").replace(",", "")
     if not value:
         return None
+    if re.fullmatch(r"-\d+", value):
+        raise ValidationError(f"Enter {what} as a whole number of 0 or more, or leave it empty.")
     if not re.fullmatch(r"\d+", value):
         raise ValidationError(f"Enter {what} as a whole number, or leave it empty.")
     return int(value)

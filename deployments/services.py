@@ -408,8 +408,8 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
             busy = locked.deployments.count()
             if busy:
                 raise ValidationError(
-                    {"engine_label": f"{busy} deployment(s) run on this pool with its current engine label; "
-                                     "move or delete them before changing it."}
+                    {"engine_label": f"{_deployments_text(busy, 'runs', 'run')} on this pool with its current engine "
+                                     f"label; move or delete {'it' if busy == 1 else 'them'} before changing it."}
                 )  # fmt: skip
         _clean_pool(locked, operator=operator)
         locked.save()
@@ -417,12 +417,18 @@ def pool_update(*, user: AbstractBaseUser | None, pool: ComputePool, **fields: A
     return locked
 
 
+def _deployments_text(count: int, one: str, many: str) -> str:
+    """"1 deployment runs" / "3 deployments run": the count with its verb."""
+    return f"1 deployment {one}" if count == 1 else f"{count} deployments {many}"
+
+
 def pool_delete(*, user: AbstractBaseUser | None, pool: ComputePool) -> None:
     _require_pool_manage(user, pool)
     count = pool.deployments.count()
     if count:
         raise ValidationError(
-            f"{count} deployment(s) still use compute pool “{pool.name}”; delete them first."
+            f"{_deployments_text(count, 'still uses', 'still use')} compute pool “{pool.name}”; "
+            f"delete {'it' if count == 1 else 'them'} first."
         )
     with transaction.atomic():
         _audit_pool(user=user, pool=pool, action="delete", before=_pool_snapshot(pool), after=None)

@@ -33,7 +33,7 @@ from deployments.api.serializers import (
     RollbackSerializer,
     ScaleSerializer,
 )
-from deployments.models import ModelDeployment
+from deployments.models import DeploymentState, ModelDeployment
 from projects.keys import playground_key_issue
 from projects.models import Environment, Organization
 from projects.selectors import organizations_for_user, projects_for_user
@@ -135,6 +135,11 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         params = self.request.query_params
         qs = filter_by_id(qs, "project_id", params.get("project"))
         if params.get("state"):
+            if params["state"] not in DeploymentState.values:
+                # A typo matched nothing and answered an empty list, as if nothing were running.
+                raise ValidationError(
+                    {"state": f"Unknown state “{params['state'][:40]}”; one of: {', '.join(DeploymentState.values)}."}
+                )
             qs = qs.filter(state=params["state"])
         return qs
 

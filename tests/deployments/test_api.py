@@ -258,3 +258,25 @@ def test_the_model_cannot_change_in_place(tenants, deploy):
     )
     deployment.refresh_from_db()
     assert deployment.model_id != other.pk and deployment.current_revision.number == 1
+
+
+def test_listing_by_an_unknown_state_says_which_states_there_are(tenants, deploy):
+    """QA: ?state=zzz answered an empty list, as if nothing were in that state."""
+    deploy("chat")
+    client = api(tenants.owner)
+    assert [d["name"] for d in client.get("/api/v1/deployments/?state=pending").json()["results"]] == ["chat"]
+    response = client.get("/api/v1/deployments/?state=Runing")
+    assert response.status_code == 400
+    assert "Unknown state “Runing”; one of: pending, deploying, running, failed" in str(response.json())
+
+
+def test_a_pool_in_use_says_how_many_deployments_in_words(tenants, deploy, pool, operator):
+    """QA: "1 deployment(s) still use compute pool …"."""
+    from django.core.exceptions import ValidationError
+
+    from deployments.services import pool_delete
+
+    deploy("chat")
+    with pytest.raises(ValidationError) as info:
+        pool_delete(user=operator, pool=pool)
+    assert info.value.messages == [f"1 deployment still uses compute pool “{pool.name}”; delete it first."]

@@ -138,7 +138,8 @@ def test_locked_model_is_used_even_if_the_post_names_another(
         ("node_selector", "- a", "must be a mapping"),
         ("affinity", "nodeAfinity: {}", "nodeAffinity, podAffinity"),
         ("extra_args", '--x "unclosed', "check the quotes"),
-        ("rl_organization_tpm", "-5", "whole number"),
+        ("rl_organization_tpm", "-5", "whole number of 0 or more"),
+        ("replicas_max", "-3", "whole number of 0 or more"),  # QA: "-3 is a whole number"
         ("currency", "dollars", "three-letter"),
         ("price_input", "cheap", "0.50"),
     ],
