@@ -14,6 +14,8 @@ from rest_framework import exceptions, permissions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from console.forms import MAX_ID
+
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +59,6 @@ def service_error_response(exc: DjangoValidationError) -> Response:
 
 
 # PostgreSQL's bigint: a longer id can name no row, and some drivers refuse it outright.
-_MAX_ID = 2**63 - 1
 
 
 class IntegerIdMixin:
@@ -72,7 +73,7 @@ class IntegerIdMixin:
         value = kwargs.get(
             getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk")
         )
-        if value is not None and not (str(value).isdigit() and int(value) <= _MAX_ID):
+        if value is not None and not (str(value).isdigit() and int(value) <= MAX_ID):
             raise exceptions.NotFound("No such object: ids are whole numbers.")
 
 
@@ -83,7 +84,7 @@ def filter_by_id(qs: QuerySet, field: str, value: object) -> QuerySet:
     text = str(value or "")
     if not text.isdigit():
         return qs
-    return qs.filter(**{field: int(text)}) if int(text) <= _MAX_ID else qs.none()
+    return qs.filter(**{field: int(text)}) if int(text) <= MAX_ID else qs.none()
 
 
 class RejectNulBytesMiddleware:

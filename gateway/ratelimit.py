@@ -19,9 +19,11 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 
 from redis.exceptions import NoScriptError
+
+from gateway.usage import cost_of
 
 WINDOW_MS = 60_000
 MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
@@ -498,14 +500,17 @@ def reservation(body: dict, route: str, levels: list[Level], *, budgeted: bool =
 
 
 def hold_units(body: dict, estimate: int, input_per_million: Decimal, output_per_million: Decimal) -> int:
-    """What an admitted request may cost, in 1e-8 units (rounded up), held on its budgets until it
-    finishes: the prompt's estimate at the input price, the rest of its token reservation (the
-    completions it may write) at the output price."""
+    """What an admitted request may cost, in 1e-8 units, held on its budgets until it finishes:
+    what its finish would charge (usage.cost_of) for the prompt's estimate and the rest of its
+    token reservation (the completions it may write)."""
     if not (input_per_million or output_per_million):
         return 0
     prompt = min(prompt_estimate(body), estimate)
-    cost = (prompt * input_per_million + (estimate - prompt) * output_per_million) * BUDGET_UNITS / 1_000_000
-    return min(int(cost.to_integral_value(ROUND_CEILING)), MAX_HOLD_UNITS)
+    cost = cost_of(
+        prompt_tokens=prompt, completion_tokens=estimate - prompt,
+        input_per_million=input_per_million, output_per_million=output_per_million,
+    )  # fmt: skip
+    return int(cost * BUDGET_UNITS)
 
 
 class RedisRateLimiter:
