@@ -339,6 +339,20 @@ def breakdown(scope: Scope, rng: Range, now: datetime, by: str, *, limit: int = 
     return rows
 
 
+def key_names(organization_id: int, prefixes: set[str]) -> dict[str, str]:
+    """The names of `organization_id`'s keys with these prefixes, for usage tables that group by
+    prefix (the records keep the prefix so a deleted key's usage still reads). Other
+    organizations' keys (callers of a shared deployment) keep their prefix only: their names are
+    theirs. One query."""
+    prefixes = {p for p in prefixes if p}
+    if not prefixes:
+        return {}
+    return dict(
+        APIKey.objects.filter(organization_id=organization_id, prefix__in=prefixes)
+        .order_by("pk").values_list("prefix", "name")  # two keys sharing a prefix: the newer's name
+    )
+
+
 CSV_COLUMNS = [
     "created_at",
     "request_id",

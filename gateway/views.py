@@ -329,7 +329,10 @@ def _usage_page(
     filename: str,
     breadcrumbs=None,
     budgets=(),
+    key_names: dict[str, str] | None = None,
 ) -> HttpResponse:
+    """`key_names`: prefix → name of the keys the page may name, when the caller has read them
+    already (else the organization's keys on the page are looked up: one query)."""
     rng = reports.range_for(request.GET.get("range"))
     now = timezone.now()
     selected = reports.in_range(whose.records(), rng, now)
@@ -369,6 +372,14 @@ def _usage_page(
             total=totals["requests"],
         ),
     }  # fmt: skip
+    # Tables group and search by the recorded prefix; the page shows the key's name beside it.
+    shown = {row["name"] for row in context["by_key"].rows} | {r.api_key_prefix for r in context["recent"].rows}
+    if key_names is None:
+        key_names = reports.key_names(_organization(request).pk, shown) if totals["requests"] else {}
+    for row in context["by_key"].rows:
+        row["key_name"] = key_names.get(row["name"] or "", "")
+    for r in context["recent"].rows:
+        r.key_name = key_names.get(r.api_key_prefix, "")
     template = "devhub/htmx/usage_body.html" if request.htmx else "devhub/usage.html"
     return render(request, template, context)
 
@@ -387,7 +398,8 @@ async def _async_chunks(lines: Iterator[str], lines_per_chunk: int = 1000) -> As
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
-    key_ids = tuple(api_keys_for_user(request.user, org).values_list("pk", flat=True))
+    mine = list(api_keys_for_user(request.user, org).values_list("pk", "prefix", "name"))
+    key_ids = tuple(pk for pk, _, _ in mine)
     budgets = reports.budget_rows(
         org, request.user, api_keys_for_user(request.user, org).filter(revoked_at__isnull=True),
         members=Membership.objects.filter(organization=org, user=request.user),
@@ -400,6 +412,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         filename="usage-my-keys",
         summary="Requests, tokens, cost and latency of your API keys.",
         budgets=budgets,
+        key_names={prefix: name for _, prefix, name in mine},
     )
 
 

@@ -378,6 +378,9 @@ class UsageViewSet(viewsets.GenericViewSet):
             response["Content-Disposition"] = f'attachment; filename="usage-{rng.key}.csv"'
             return response
         page = self.paginate_queryset(records.select_related("user").order_by("-created_at", "-pk"))
+        names = reports.key_names(organization_of(request).pk, {r.api_key_prefix for r in page})
+        for r in page:
+            r.api_key_name = names.get(r.api_key_prefix, "")
         return self.get_paginated_response(UsageRecordSerializer(page, many=True).data)
 
     @extend_schema(parameters=USAGE_PARAMS, responses=dict)
@@ -394,10 +397,16 @@ class UsageViewSet(viewsets.GenericViewSet):
                      "completion_tokens": r["tokens_out"], "cost": r["spend"]}
                     for r in reports.breakdown(whose, rng, now, by)]  # fmt: skip
 
+        by_key = rows("key")
+        # A key row's name is its recorded prefix; api_key_name is the key's name where it is
+        # one of your organization's keys (the console's usage tables show both).
+        names = reports.key_names(organization_of(request).pk, {r["name"] for r in by_key})
+        for row in by_key:
+            row["api_key_name"] = names.get(row["name"], "")
         return Response(_plain({
             "range": rng.key,
             "totals": totals,
             "series": series,
             "by_deployment": rows("deployment"),
-            "by_key": rows("key"),
+            "by_key": by_key,
         }))  # fmt: skip

@@ -253,6 +253,10 @@ class UsageRecordSerializer(serializers.Serializer):
     route = serializers.CharField()
     status_code = serializers.IntegerField()
     api_key_prefix = serializers.CharField()
+    api_key = serializers.IntegerField(source="api_key_id", allow_null=True)
+    api_key_name = serializers.CharField(
+        default="", help_text="The key's name when it is one of your organization's keys; empty otherwise."
+    )
     user = serializers.CharField(source="user.username", default=None)
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()

@@ -282,3 +282,27 @@ def test_the_python_sample_runs_as_copied(tenants, engine, settings):
         assert out.getvalue().strip() == "You said: Hello!"
     finally:
         server.stop()
+
+
+def test_usage_tables_name_the_organizations_keys_and_only_prefix_others(tenants, deployment):
+    """Usage groups by the recorded prefix; the page and the API name your organization's keys
+    beside it. A caller from another organization (a shared deployment) keeps its prefix only."""
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="support-bot")
+    foreign, _ = api_key_create(user=tenants.outsider, organization=tenants.other_org, name="globex-secret-name")
+    record(deployment, key)
+    record(deployment, foreign, organization=tenants.other_org)
+    client = login(tenants.member)
+    mine = client.get(reverse("devhub:usage")).content.decode()
+    by_key = mine[mine.index('id="by-key"'):mine.index("</table>", mine.index('id="by-key"'))]
+    assert "support-bot" in by_key and f"{key.prefix}…" in by_key
+    recent = mine[mine.index('id="usage-table"'):]
+    assert "support-bot" in recent
+    page = login(tenants.owner).get(reverse("devhub:deployment_usage", args=[deployment.pk])).content.decode()
+    assert "support-bot" in page and f"{foreign.prefix}…" in page
+    assert "globex-secret-name" not in page
+    api = login(tenants.owner)
+    rows = api.get("/api/v1/usage/", {"scope": "deployment", "deployment": deployment.pk}).json()["results"]
+    named = {r["api_key_prefix"]: (r["api_key"], r["api_key_name"]) for r in rows}
+    assert named == {key.prefix: (key.pk, "support-bot"), foreign.prefix: (foreign.pk, "")}
+    summary = api.get("/api/v1/usage/summary/", {"scope": "deployment", "deployment": deployment.pk}).json()
+    assert {r["name"]: r["api_key_name"] for r in summary["by_key"]} == {key.prefix: "support-bot", foreign.prefix: ""}
