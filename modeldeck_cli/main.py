@@ -243,6 +243,11 @@ def cmd_logs(args: argparse.Namespace, out: Callable[[str], None]) -> int:
                               "previous": "true" if args.previous else None}.items() if v is not None
         }, ok=(200, 409, 503))  # fmt: skip
         data = response.json()
+        if response.status_code == 409 and data.get("deployment_state") == "deactivated":
+            name = deployment["name"]
+            raise CLIError(f"{name} is deactivated: it is scaled to zero and has no running pods, so there is "
+                           f"no log to read. `modeldeck activate {args.deployment}` starts its pods again (its GPUs are "
+                           "reserved again; the quota is checked).")  # fmt: skip
         if response.status_code == 409:  # an external deployment: its pods are not ModelDeck's
             raise CLIError(f"{data.get('detail') or 'It runs no pods here.'} ModelDeck has no log of it: "
                            "read the logs where it runs.")  # fmt: skip

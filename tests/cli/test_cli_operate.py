@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from deployments import observe
 from deployments.models import DeploymentState, ModelDeployment
 from gateway.tasks import flush_usage
 from projects.keys import api_key_create
@@ -299,3 +300,34 @@ def test_get_deployments_shows_an_external_endpoints_health(
     assert "PATCH" not in scaled.stderr, scaled.stderr
     _failed_in_words(run(client_venv, home, "logs", "onprem"), "An external deployment runs no pods here",
                      "ModelDeck has no log of it")  # fmt: skip
+
+
+
+@pytest.mark.django_db(transaction=True)
+def test_logs_of_a_deactivated_deployment_say_so_and_how_to_activate_it(
+    client_venv, demo, cluster, live_server, tmp_path, login_limits_reset
+):
+    """`modeldeck logs` on a deactivated deployment said only "This deployment has no pods on its
+    compute pool right now." (the API's 503, logged as a server error), as if the pool were down."""
+    home = _signed_in(client_venv, tmp_path, live_server.url)
+    deployment = _qwen_running(client_venv, home, tmp_path)
+    running = run(client_venv, home, "logs", "qwen-chat", "--tail", "5")
+    assert running.returncode == 0 and running.stdout.strip(), running.stderr
+
+    off = run(client_venv, home, "deactivate", "qwen-chat")
+    assert off.returncode == 0, off.stderr
+    wait_for(lambda: not observe.deployment_replicas(deployment).pods)
+    for ref in ("qwen-chat", str(deployment.pk)):
+        logs = run(client_venv, home, "logs", ref)
+        _failed_in_words(logs, "qwen-chat is deactivated", "no running pods",
+                         f"`modeldeck activate {ref}` starts its pods again")  # fmt: skip
+        assert logs.stdout == "" and "right now" not in logs.stderr and "read the logs where it runs" not in logs.stderr
+    # Following stops at once with the same words, rather than polling nothing.
+    _failed_in_words(run(client_venv, home, "logs", "qwen-chat", "-f"), "qwen-chat is deactivated")
+
+    # The command it names brings the pods, and their log, back.
+    on = run(client_venv, home, "activate", "qwen-chat")
+    assert on.returncode == 0, on.stderr
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    back = run(client_venv, home, "logs", "qwen-chat", "--tail", "5")
+    assert back.returncode == 0 and back.stdout.strip(), back.stderr
