@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ import yaml
 
 from modeldeck_cli import config
 from modeldeck_cli.client import Client, CLIError, body_text, unreachable
+from modeldeck_cli.money import money_text
 
 KINDS = {
     # name (and aliases) → (collection path, table columns)
@@ -521,17 +521,12 @@ def cmd_keys_revoke(args: argparse.Namespace, out: Callable[[str], None]) -> int
 # --- usage -----------------------------------------------------------------------------------
 
 RANGE_WORDS = {"1h": "the last hour", "24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
-MICRO = Decimal("0.000001")
 
 
 def _money(value: Any, currency: str) -> str:
-    """A cost with six decimals, the same for every row and the total: the server sends the
-    rows' sums as "0.00000000" and the total as "0"."""
-    try:
-        amount = Decimal(str(value or 0))
-    except InvalidOperation:
-        return f"{value} {currency}"
-    return f"{amount.quantize(MICRO, rounding=ROUND_HALF_UP):f} {currency}"
+    """A cost as the console's Usage pages show it: "0.0125 USD", "2.50 USD", "0.0000052 USD"
+    (the server sends the rows' sums as "0.01250000" and the total as "0.0125")."""
+    return f"{money_text(value or 0)} {currency}"
 
 
 def cmd_usage(args: argparse.Namespace, out: Callable[[str], None]) -> int:

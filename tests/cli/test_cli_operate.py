@@ -4,17 +4,19 @@ test_cli.py, a subprocess against a live server, every action through the REST A
 
 from __future__ import annotations
 
-import re
 import socket
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from console.money import money_text
 from deployments import observe
 from deployments.models import DeploymentState, ModelDeployment
+from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
 from projects.keys import api_key_create
 from projects.models import APIKey, APIKeyScope, Organization, Role
@@ -240,8 +242,9 @@ def test_keys_chat_through_the_gateway_and_usage(
         qwen = next(line.split() for line in lines if line.startswith("qwen-chat"))
         total = next(line.split() for line in lines if line.startswith("TOTAL"))
         assert qwen[1] == "2" and total[1] == "2" and qwen[-1] == "USD"
-        # One format for every cost, rows and total alike: six decimals.
-        assert re.fullmatch(r"\d+\.\d{6}", qwen[-2]) and re.fullmatch(r"\d+\.\d{6}", total[-2]), (qwen, total)
+        # Every cost as the console shows it (console.money.money_text), rows and total alike.
+        spent = sum(UsageRecord.objects.filter(deployment=deployment).values_list("cost", flat=True), Decimal(0))
+        assert spent > 0 and qwen[-2] == total[-2] == money_text(spent), (qwen, total, spent)
         _failed_in_words(run(client_venv, home, "usage", env={"MODELDECK_TOKEN": "mdk_wrongwrongwrongwrong"}),
                          "Not signed in")  # fmt: skip
 
