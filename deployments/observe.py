@@ -12,11 +12,16 @@ from django.utils import timezone
 
 from deployments.kube.client import KubeError, kube_for
 from deployments.kube.pods import MAX_TAIL_LINES, Pod, list_pods, read_log
-from deployments.models import ModelDeployment
+from deployments.models import DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.models import UsageRecord
 
 DEFAULT_TAIL_LINES = 200
+NO_PODS = "This deployment has no pods on its compute pool right now."
+DEACTIVATED_NO_PODS = (
+    "This deployment is deactivated: it is scaled to zero and has no running pods, so there is no "
+    "log to read. Activate it to start its pods again."
+)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class LogView:
     previous: bool
     text: str = ""
     error: str = ""
+    deactivated: bool = False  # no pods because it was deactivated: a state to change, not an outage
 
 
 def deployment_log(
@@ -121,7 +127,10 @@ def deployment_log(
         ready = [p for p in replicas.pods if p.ready]
         view.pod = (ready or replicas.pods or [None])[0]
     if view.pod is None:
-        view.error = "This deployment has no pods on its compute pool right now."
+        # A deactivated deployment's last pods may still be stopping (their log is read above);
+        # once they are gone, say why there are none rather than "right now".
+        view.deactivated = deployment.state == DeploymentState.DEACTIVATED
+        view.error = DEACTIVATED_NO_PODS if view.deactivated else NO_PODS
         return view
     names = [c.name for c in view.pod.containers]
     if container and container not in names:

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ import yaml
 
 from modeldeck_cli import config
 from modeldeck_cli.client import Client, CLIError, body_text, unreachable
+from modeldeck_cli.money import money_text
 
 KINDS = {
     # name (and aliases) → (collection path, table columns)
@@ -243,6 +243,11 @@ def cmd_logs(args: argparse.Namespace, out: Callable[[str], None]) -> int:
                               "previous": "true" if args.previous else None}.items() if v is not None
         }, ok=(200, 409, 503))  # fmt: skip
         data = response.json()
+        if response.status_code == 409 and data.get("deployment_state") == "deactivated":
+            name = deployment["name"]
+            raise CLIError(f"{name} is deactivated: it is scaled to zero and has no running pods, so there is "
+                           f"no log to read. `modeldeck activate {args.deployment}` starts its pods again (its GPUs are "
+                           "reserved again; the quota is checked).")  # fmt: skip
         if response.status_code == 409:  # an external deployment: its pods are not ModelDeck's
             raise CLIError(f"{data.get('detail') or 'It runs no pods here.'} ModelDeck has no log of it: "
                            "read the logs where it runs.")  # fmt: skip
@@ -268,6 +273,7 @@ def cmd_logout(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     settings = config.load()
     settings.token = ""
     config.save(settings)
+    config.forget_playground_keys()  # the short-lived keys `chat` got as this login
     out("Signed out: the token is gone from this machine (revoke it in the console to end it everywhere).")
     return 0
 
@@ -516,17 +522,12 @@ def cmd_keys_revoke(args: argparse.Namespace, out: Callable[[str], None]) -> int
 # --- usage -----------------------------------------------------------------------------------
 
 RANGE_WORDS = {"1h": "the last hour", "24h": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
-MICRO = Decimal("0.000001")
 
 
 def _money(value: Any, currency: str) -> str:
-    """A cost with six decimals, the same for every row and the total: the server sends the
-    rows' sums as "0.00000000" and the total as "0"."""
-    try:
-        amount = Decimal(str(value or 0))
-    except InvalidOperation:
-        return f"{value} {currency}"
-    return f"{amount.quantize(MICRO, rounding=ROUND_HALF_UP):f} {currency}"
+    """A cost as the console's Usage pages show it: "0.0125 USD", "2.50 USD", "0.0000052 USD"
+    (the server sends the rows' sums as "0.01250000" and the total as "0.0125")."""
+    return f"{money_text(value or 0)} {currency}"
 
 
 def cmd_usage(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -569,41 +570,44 @@ def _gateway_error(response: httpx.Response, model: str, name: str) -> CLIError:
     return CLIError(f"The gateway answered {code}: {message}", http_status=code)
 
 
-def cmd_chat(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    api_key = args.api_key or os.environ.get("MODELDECK_API_KEY", "")
-    if not api_key:
-        raise CLIError("No gateway key: give --api-key or set MODELDECK_API_KEY (`modeldeck keys create NAME` makes one).")
-    settings = config.resolve(args.url, args.token)
-    model, served_at = args.name, ""
-    if settings.token and settings.url:
-        # Signed in: NAME is the deployment (name or id), called by its served model name at the
-        # gateway address the server gives for it.
-        deployment = _deployment(Client(settings.url, settings.token), args.name)
-        model, served_at = deployment["served_model_name"], deployment.get("gateway_url") or ""
-    # Not signed in, the gateway answers under /v1 of ModelDeck's own address unless it has one of
-    # its own (MODELDECK_GATEWAY_URL on the server): it can be given.
-    gateway = (args.gateway_url or os.environ.get("MODELDECK_GATEWAY_URL") or served_at or settings.url).rstrip("/")
-    if not gateway:
-        raise CLIError("No gateway URL: give --gateway-url, set MODELDECK_GATEWAY_URL, or `modeldeck login` first.")
-    gateway = gateway.removesuffix("/v1")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": prompt}]
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-    if args.max_tokens is not None:
-        body["max_tokens"] = args.max_tokens
-    if args.temperature is not None:
-        body["temperature"] = args.temperature
+# Signed in without a gateway key, `chat` gets the console playground's key: 15 minutes, this
+# deployment only, and each one revokes the one before. Kept while it has more than this left, so
+# that chats in a row reuse it rather than mint (and revoke) a key each.
+PLAYGROUND_KEY_MIN_LEFT = timedelta(minutes=1)
+
+
+def _playground_key(client: Client, deployment: dict, token: str, *, fresh: bool = False) -> tuple[str, bool]:
+    """A short-lived gateway key for `deployment`: the cached one unless `fresh`, else a new one
+    from POST /api/v1/deployments/{id}/playground-key/. Returns the key and whether it was cached."""
+    slot = config.key_slot(client.url, deployment["id"], token)
+    if not fresh:
+        cached = config.cached_playground_key(slot, min_left=PLAYGROUND_KEY_MIN_LEFT)
+        if cached:
+            return cached, True
+    try:
+        issued = client.post(f"/api/v1/deployments/{deployment['id']}/playground-key/", {}, ok=(201,)).json()
+    except CLIError as exc:
+        if exc.http_status == 403:
+            raise CLIError(f"You lack the permission to get a gateway key for {deployment['name']}: {exc.detail} "
+                           "(a gateway key you were given works: --api-key or MODELDECK_API_KEY).",
+                           http_status=403, detail=exc.detail) from None  # fmt: skip
+        raise
+    config.remember_playground_key(slot, issued["api_key"], str(issued["expires_at"]))
+    return issued["api_key"], False
+
+
+def _stream_chat(url: str, body: dict, api_key: str, timeout: float, name: str) -> None:
+    """POST one streamed chat completion and write the answer to stdout as it comes. A refusal
+    raises before anything is written (the caller may retry it)."""
     headers = {"Authorization": f"Bearer {api_key}", "Accept": "text/event-stream", "User-Agent": "modeldeck-cli"}
-    if not gateway.startswith(("http://", "https://")):
-        raise CLIError(f"{gateway!r} is not an http(s) URL.")
-    url = f"{gateway}/v1/chat/completions"
+    gateway = url.removesuffix("/v1/chat/completions")
     wrote = False
     try:
-        with httpx.Client(timeout=httpx.Timeout(args.timeout, connect=10.0)) as http, \
+        with httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0)) as http, \
                 http.stream("POST", url, json=body, headers=headers) as response:  # fmt: skip
             if response.status_code != 200:
                 response.read()
-                raise _gateway_error(response, model, args.name)
+                raise _gateway_error(response, body["model"], name)
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -629,6 +633,51 @@ def cmd_chat(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         if wrote:
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+def cmd_chat(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    api_key = args.api_key or os.environ.get("MODELDECK_API_KEY", "")
+    settings = config.resolve(args.url, args.token)
+    signed_in = bool(settings.token and settings.url)
+    if not api_key and not signed_in:
+        raise CLIError("No gateway key: give --api-key or set MODELDECK_API_KEY (`modeldeck keys create NAME` makes "
+                       "one), or `modeldeck login` first: signed in, chat gets a short-lived key by itself.")  # fmt: skip
+    model, served_at, client, deployment = args.name, "", None, None
+    if signed_in:
+        # Signed in: NAME is the deployment (name or id), called by its served model name at the
+        # gateway address the server gives for it.
+        client = Client(settings.url, settings.token)
+        deployment = _deployment(client, args.name)
+        model, served_at = deployment["served_model_name"], deployment.get("gateway_url") or ""
+    # Not signed in, the gateway answers under /v1 of ModelDeck's own address unless it has one of
+    # its own (MODELDECK_GATEWAY_URL on the server): it can be given.
+    gateway = (args.gateway_url or os.environ.get("MODELDECK_GATEWAY_URL") or served_at or settings.url).rstrip("/")
+    if not gateway:
+        raise CLIError("No gateway URL: give --gateway-url, set MODELDECK_GATEWAY_URL, or `modeldeck login` first.")
+    gateway = gateway.removesuffix("/v1")
+    if not gateway.startswith(("http://", "https://")):
+        raise CLIError(f"{gateway!r} is not an http(s) URL.")
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": prompt}]
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
+    url = f"{gateway}/v1/chat/completions"
+    cached = False
+    if not api_key:
+        assert client is not None and deployment is not None  # signed in
+        api_key, cached = _playground_key(client, deployment, settings.token)
+    try:
+        _stream_chat(url, body, api_key, args.timeout, args.name)
+    except CLIError as exc:
+        if not (cached and exc.http_status == 401):
+            raise
+        # The kept key was revoked (a newer one was issued elsewhere, e.g. the console's
+        # playground) or has expired by the server's clock: one new key, one more try.
+        api_key, _ = _playground_key(client, deployment, settings.token, fresh=True)
+        _stream_chat(url, body, api_key, args.timeout, args.name)
     return 0
 
 
@@ -769,13 +818,17 @@ def parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser(
         "chat", parents=[common], help="one chat completion through the gateway, streamed to stdout",
-        description="Send one prompt to a deployment through the OpenAI-compatible gateway with a gateway key "
-                    "and print the answer as it streams. Signed in, NAME is a deployment (name or id) and is "
-                    "called by its served model name; without a login, NAME is the served model name itself.",
+        description="Send one prompt to a deployment through the OpenAI-compatible gateway and print the "
+                    "answer as it streams. Signed in, NAME is a deployment (name or id) and is called by its "
+                    "served model name; without --api-key or MODELDECK_API_KEY, chat gets a short-lived gateway "
+                    "key for that deployment (as the console's playground: 15 minutes, this deployment only), "
+                    "keeps it in the config folder (mode 0600) and reuses it while it is valid. Without a "
+                    "login, a gateway key is needed and NAME is the served model name itself.",
     )  # fmt: skip
     chat.add_argument("name", help="deployment name or id (or, without a login, its served model name)")
     chat.add_argument("prompt", help="the user message (- reads it from stdin)")
-    chat.add_argument("--api-key", help="a gateway key (default: MODELDECK_API_KEY)")
+    chat.add_argument("--api-key", help="a gateway key (default: MODELDECK_API_KEY; signed in, without one: a "
+                                        "short-lived key for the deployment)")  # fmt: skip
     chat.add_argument("--gateway-url", help="the gateway's address (default: MODELDECK_GATEWAY_URL, else the one the server gives for the deployment, else ModelDeck's URL)")
     chat.add_argument("--system", help="a system message sent before the prompt")
     chat.add_argument("--max-tokens", type=int)

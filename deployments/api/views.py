@@ -430,7 +430,8 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
         """The tail of one container's log, from the pool's Kubernetes API; poll it to follow.
-        503 with the reason when the pool can't be read; 409 for an external deployment."""
+        503 with the reason when the pool can't be read; 409 for an external deployment, and for a
+        deactivated one whose pods are gone (`deployment_state` says which)."""
         deployment = self.get_object()
         params = request.query_params
         view = observe.deployment_log(
@@ -445,9 +446,11 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             "pods": [{"name": p.name, "revision": p.revision, "containers": [c.name for c in p.containers]}
                      for p in view.pods],  # fmt: skip
             "lines": view.text.splitlines(),
+            "deployment_state": deployment.state,
         }
         if view.error:
-            return Response({"detail": view.error, **payload}, status=self._unreadable(deployment))
+            code = status.HTTP_409_CONFLICT if view.deactivated else self._unreadable(deployment)
+            return Response({"detail": view.error, **payload}, status=code)
         return Response(payload)
 
     @extend_schema(

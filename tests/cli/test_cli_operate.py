@@ -4,18 +4,23 @@ test_cli.py, a subprocess against a live server, every action through the REST A
 
 from __future__ import annotations
 
-import re
+import json
 import socket
+import stat
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from console.money import money_text
+from deployments import observe
 from deployments.models import DeploymentState, ModelDeployment
+from gateway.models import UsageRecord
 from gateway.tasks import flush_usage
-from projects.keys import api_key_create
+from projects.keys import PLAYGROUND_KEY_NAME, api_key_create, api_key_revoke, playground_key_issue
 from projects.models import APIKey, APIKeyScope, Organization, Role
 from projects.services import member_add
 from tests.cli.conftest import run
@@ -228,7 +233,6 @@ def test_keys_chat_through_the_gateway_and_usage(
                          "No deployment named 'nope'")  # fmt: skip
         _failed_in_words(run(client_venv, bare, "chat", "nope", "hi", "--api-key", secret, "--gateway-url", console.url),
                          "No deployment named nope on the gateway")  # fmt: skip
-        _failed_in_words(run(client_venv, home, "chat", "qwen-chat", "hi"), "No gateway key", "MODELDECK_API_KEY")
 
         flush_usage()
         usage = run(client_venv, home, "usage", "--range", "7d")
@@ -239,8 +243,9 @@ def test_keys_chat_through_the_gateway_and_usage(
         qwen = next(line.split() for line in lines if line.startswith("qwen-chat"))
         total = next(line.split() for line in lines if line.startswith("TOTAL"))
         assert qwen[1] == "2" and total[1] == "2" and qwen[-1] == "USD"
-        # One format for every cost, rows and total alike: six decimals.
-        assert re.fullmatch(r"\d+\.\d{6}", qwen[-2]) and re.fullmatch(r"\d+\.\d{6}", total[-2]), (qwen, total)
+        # Every cost as the console shows it (console.money.money_text), rows and total alike.
+        spent = sum(UsageRecord.objects.filter(deployment=deployment).values_list("cost", flat=True), Decimal(0))
+        assert spent > 0 and qwen[-2] == total[-2] == money_text(spent), (qwen, total, spent)
         _failed_in_words(run(client_venv, home, "usage", env={"MODELDECK_TOKEN": "mdk_wrongwrongwrongwrong"}),
                          "Not signed in")  # fmt: skip
 
@@ -259,6 +264,96 @@ def test_keys_chat_through_the_gateway_and_usage(
         _failed_in_words(run(client_venv, home, "keys", "create", "mine", env=as_viewer),
                          "You lack the permission", "Viewers cannot create gateway keys")  # fmt: skip
         assert not APIKey.objects.filter(name="mine").exists()
+    finally:
+        console.stop()
+
+
+
+def _playground_keys(deployment: ModelDeployment):
+    return APIKey.objects.filter(name__startswith=PLAYGROUND_KEY_NAME, deployments=deployment).order_by("pk")
+
+
+def _key_of_last_call() -> int:
+    flush_usage()
+    return UsageRecord.objects.order_by("-pk").values_list("api_key_id", flat=True).first()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chat_signed_in_without_a_key_gets_a_short_lived_key_and_reuses_it(
+    client_venv, demo, cluster, engine, tmp_path, login_limits_reset, settings  # noqa: F811
+):
+    """Signed in, `chat` asked for --api-key or MODELDECK_API_KEY all the same."""
+    console = start_console()
+    settings.GATEWAY_BASE_URL = console.url
+    try:
+        home = _signed_in(client_venv, tmp_path, console.url)
+        deployment = _qwen_running(client_venv, home, tmp_path)
+        token = json.loads((home / ".config" / "modeldeck" / "config.json").read_text())["token"]
+
+        first = run(client_venv, home, "chat", "qwen-chat", "Hello without a key")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout == "You said: Hello without a key\n"
+        key = _playground_keys(deployment).get()  # the console playground's kind of key
+        assert key.user == demo and key.scope == "gateway" and list(key.deployments.all()) == [deployment]
+        assert timedelta(minutes=14) < key.expires_at - timezone.now() <= timedelta(minutes=15)
+        assert _key_of_last_call() == key.pk
+        kept = home / ".config" / "modeldeck" / "playground-keys.json"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        (slot, entry), = json.loads(kept.read_text()).items()
+        assert slot.startswith(f"{console.url} deployment {deployment.pk} ") and entry["api_key"].startswith(key.prefix)
+        assert token not in kept.read_text()
+
+        # Again: the same key, neither a new one nor the first revoked.
+        again = run(client_venv, home, "chat", str(deployment.pk), "And again")
+        assert again.returncode == 0 and again.stdout == "You said: And again\n", again.stderr
+        assert list(_playground_keys(deployment)) == [key] and _key_of_last_call() == key.pk
+        key.refresh_from_db()
+        assert key.revoked_at is None
+
+        # A minute or less left: a new key (issuing it revokes the kept one).
+        soon = (timezone.now() + timedelta(seconds=50)).isoformat()
+        kept.write_text(json.dumps({slot: {**entry, "expires_at": soon}}))
+        renewed = run(client_venv, home, "chat", "qwen-chat", "Renewed")
+        assert renewed.returncode == 0 and renewed.stdout == "You said: Renewed\n", renewed.stderr
+        first_key, second_key = _playground_keys(deployment)
+        first_key.refresh_from_db()
+        assert first_key == key and first_key.revoked_at is not None and second_key.revoked_at is None
+        assert _key_of_last_call() == second_key.pk
+        assert json.loads(kept.read_text())[slot]["api_key"].startswith(second_key.prefix)
+
+        # The kept key revoked meanwhile (the console's playground issued one): the gateway's 401,
+        # one new key, one retry — the answer, no error.
+        playground_key_issue(user=demo, organization=deployment.project.organization, deployment=deployment)
+        retried = run(client_venv, home, "chat", "qwen-chat", "After a revoke")
+        assert retried.returncode == 0 and retried.stdout == "You said: After a revoke\n", retried.stderr
+        keys = list(_playground_keys(deployment))
+        assert len(keys) == 4 and [k.revoked_at is None for k in keys] == [False, False, False, True]
+        assert _key_of_last_call() == keys[-1].pk
+
+        # A key given takes precedence: no key is issued, and a refused one is not replaced.
+        given, secret = api_key_create(user=demo, organization=deployment.project.organization, name="given")
+        for env, flags in (({"MODELDECK_API_KEY": secret}, []), ({}, ["--api-key", secret])):
+            called = run(client_venv, home, "chat", "qwen-chat", "Mine", *flags, env=env)
+            assert called.returncode == 0 and called.stdout == "You said: Mine\n", called.stderr
+            assert _key_of_last_call() == given.pk
+        api_key_revoke(user=demo, key=given)
+        _failed_in_words(run(client_venv, home, "chat", "qwen-chat", "hi", "--api-key", secret),
+                         "The gateway refused the API key")  # fmt: skip
+        assert _playground_keys(deployment).count() == 4
+
+        # A viewer may not have gateway keys: the API's refusal in words, and no key.
+        refused = run(client_venv, home, "chat", "qwen-chat", "hi", env={"MODELDECK_TOKEN": _viewer_token(demo)})
+        _failed_in_words(refused, "You lack the permission to get a gateway key for qwen-chat",
+                         "Viewers cannot create gateway keys", "--api-key or MODELDECK_API_KEY")  # fmt: skip
+        assert _playground_keys(deployment).count() == 4 and refused.stdout == ""
+
+        # Not signed in and no key: what to give, or to sign in.
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        _failed_in_words(run(client_venv, bare, "chat", "qwen-chat", "hi", "--gateway-url", console.url),
+                         "No gateway key", "MODELDECK_API_KEY", "`modeldeck login`")  # fmt: skip
+        # Signing out forgets the kept keys.
+        assert run(client_venv, home, "logout").returncode == 0 and not kept.exists()
     finally:
         console.stop()
 
@@ -299,3 +394,34 @@ def test_get_deployments_shows_an_external_endpoints_health(
     assert "PATCH" not in scaled.stderr, scaled.stderr
     _failed_in_words(run(client_venv, home, "logs", "onprem"), "An external deployment runs no pods here",
                      "ModelDeck has no log of it")  # fmt: skip
+
+
+
+@pytest.mark.django_db(transaction=True)
+def test_logs_of_a_deactivated_deployment_say_so_and_how_to_activate_it(
+    client_venv, demo, cluster, live_server, tmp_path, login_limits_reset
+):
+    """`modeldeck logs` on a deactivated deployment said only "This deployment has no pods on its
+    compute pool right now." (the API's 503, logged as a server error), as if the pool were down."""
+    home = _signed_in(client_venv, tmp_path, live_server.url)
+    deployment = _qwen_running(client_venv, home, tmp_path)
+    running = run(client_venv, home, "logs", "qwen-chat", "--tail", "5")
+    assert running.returncode == 0 and running.stdout.strip(), running.stderr
+
+    off = run(client_venv, home, "deactivate", "qwen-chat")
+    assert off.returncode == 0, off.stderr
+    wait_for(lambda: not observe.deployment_replicas(deployment).pods)
+    for ref in ("qwen-chat", str(deployment.pk)):
+        logs = run(client_venv, home, "logs", ref)
+        _failed_in_words(logs, "qwen-chat is deactivated", "no running pods",
+                         f"`modeldeck activate {ref}` starts its pods again")  # fmt: skip
+        assert logs.stdout == "" and "right now" not in logs.stderr and "read the logs where it runs" not in logs.stderr
+    # Following stops at once with the same words, rather than polling nothing.
+    _failed_in_words(run(client_venv, home, "logs", "qwen-chat", "-f"), "qwen-chat is deactivated")
+
+    # The command it names brings the pods, and their log, back.
+    on = run(client_venv, home, "activate", "qwen-chat")
+    assert on.returncode == 0, on.stderr
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    back = run(client_venv, home, "logs", "qwen-chat", "--tail", "5")
+    assert back.returncode == 0 and back.stdout.strip(), back.stderr

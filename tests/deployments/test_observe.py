@@ -124,6 +124,27 @@ def test_unreachable_pool_is_said_in_words(deploy, tenants, cluster):
         cluster.emulator.set_down(False)
 
 
+def test_a_deactivated_deployments_logs_say_it_is_deactivated(deploy, tenants):
+    """It answered 503 "no pods on its compute pool right now", as for a pool that is down."""
+    from deployments.observe import deployment_replicas
+    from deployments.services import deployment_deactivate
+
+    deployment = _running(deploy)
+    deployment_deactivate(user=tenants.owner, deployment=deployment)
+    wait_for(lambda: not deployment_replicas(deployment).pods)
+    client = login(tenants.member)
+
+    api = client.get(f"/api/v1/deployments/{deployment.pk}/logs/")
+    assert api.status_code == 409, api.content  # a state to change, not an outage to retry
+    data = api.json()
+    assert data["deployment_state"] == "deactivated" and data["lines"] == [] and data["pods"] == []
+    assert data["detail"].startswith("This deployment is deactivated: it is scaled to zero and has no running pods")
+    assert "Activate it to start its pods again." in data["detail"]
+    # The Logs tab says the same.
+    fragment = client.get(f"/deployments/{deployment.pk}/?fragment=logs", **HTMX).content.decode()
+    assert 'id="log-error"' in fragment and "This deployment is deactivated: it is scaled to zero" in fragment
+
+
 def test_outsiders_get_404_on_every_tab_and_route(deploy, tenants):
     deployment = _running(deploy)
     client = login(tenants.outsider)
