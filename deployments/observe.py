@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from deployments.kube.client import KubeError, kube_for
 from deployments.kube.pods import MAX_TAIL_LINES, Pod, list_pods, read_log
-from deployments.models import DeploymentState, ModelDeployment
+from deployments.models import DeploymentScale, DeploymentState, ModelDeployment
 from gateway import reports
 from gateway.models import UsageRecord
 
@@ -21,6 +21,10 @@ NO_PODS = "This deployment has no pods on its compute pool right now."
 DEACTIVATED_NO_PODS = (
     "This deployment is deactivated: it is scaled to zero and has no running pods, so there is no "
     "log to read. Activate it to start its pods again."
+)
+IDLE_AT_ZERO = (
+    "This deployment is scaled to zero while idle (its autoscaling): it has no running pods, so there "
+    "is no log to read. The next request through the gateway starts a pod; its log shows here then."
 )
 
 
@@ -105,6 +109,7 @@ class LogView:
     text: str = ""
     error: str = ""
     deactivated: bool = False  # no pods because it was deactivated: a state to change, not an outage
+    idle: bool = False  # no pods because the autoscaler scaled it to zero: the next request starts one
 
 
 def deployment_log(
@@ -130,7 +135,8 @@ def deployment_log(
         # A deactivated deployment's last pods may still be stopping (their log is read above);
         # once they are gone, say why there are none rather than "right now".
         view.deactivated = deployment.state == DeploymentState.DEACTIVATED
-        view.error = DEACTIVATED_NO_PODS if view.deactivated else NO_PODS
+        view.idle = not view.deactivated and DeploymentScale.objects.filter(deployment=deployment, desired=0).exists()
+        view.error = DEACTIVATED_NO_PODS if view.deactivated else IDLE_AT_ZERO if view.idle else NO_PODS
         return view
     names = [c.name for c in view.pod.containers]
     if container and container not in names:

@@ -237,6 +237,7 @@ def cmd_logs(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     deployment = _find(client, "deployments", args.deployment)
     path = f"/api/v1/deployments/{deployment['id']}/logs/"
     seen: list[str] = []
+    said_idle = False
     while True:
         response = client.request("GET", path, params={
             k: v for k, v in {"pod": args.pod, "container": args.container, "tail": args.tail,
@@ -248,9 +249,21 @@ def cmd_logs(args: argparse.Namespace, out: Callable[[str], None]) -> int:
             raise CLIError(f"{name} is deactivated: it is scaled to zero and has no running pods, so there is "
                            f"no log to read. `modeldeck activate {args.deployment}` starts its pods again (its GPUs are "
                            "reserved again; the quota is checked).")  # fmt: skip
+        if response.status_code == 409 and data.get("scaled_to_zero"):
+            # Idle at zero: following waits for the pod the next request starts.
+            if not args.follow:
+                raise CLIError(data.get("detail") or "It is scaled to zero while idle.")
+            if not said_idle:
+                print(data.get("detail"), file=sys.stderr)
+                said_idle = True
+            time.sleep(args.interval)
+            continue
         if response.status_code == 409:  # an external deployment: its pods are not ModelDeck's
             raise CLIError(f"{data.get('detail') or 'It runs no pods here.'} ModelDeck has no log of it: "
                            "read the logs where it runs.")  # fmt: skip
+        if response.status_code == 503 and said_idle:  # woken: its pod is being created
+            time.sleep(args.interval)
+            continue
         if response.status_code == 503:
             raise CLIError(data.get("detail") or "The pool can't be read right now.")
         lines = data.get("lines", [])

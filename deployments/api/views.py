@@ -430,8 +430,9 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
         """The tail of one container's log, from the pool's Kubernetes API; poll it to follow.
-        503 with the reason when the pool can't be read; 409 for an external deployment, and for a
-        deactivated one whose pods are gone (`deployment_state` says which)."""
+        503 with the reason when the pool can't be read; 409 for an external deployment, for a
+        deactivated one whose pods are gone (`deployment_state` says which) and for one its
+        autoscaling scaled to zero while idle (`scaled_to_zero`: the next request starts a pod)."""
         deployment = self.get_object()
         params = request.query_params
         view = observe.deployment_log(
@@ -449,8 +450,8 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             "deployment_state": deployment.state,
         }
         if view.error:
-            code = status.HTTP_409_CONFLICT if view.deactivated else self._unreadable(deployment)
-            return Response({"detail": view.error, **payload}, status=code)
+            code = status.HTTP_409_CONFLICT if view.deactivated or view.idle else self._unreadable(deployment)
+            return Response({"detail": view.error, "scaled_to_zero": view.idle, **payload}, status=code)
         return Response(payload)
 
     @extend_schema(

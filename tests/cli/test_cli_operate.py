@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import subprocess
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -425,3 +427,47 @@ def test_logs_of_a_deactivated_deployment_say_so_and_how_to_activate_it(
     wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
     back = run(client_venv, home, "logs", "qwen-chat", "--tail", "5")
     assert back.returncode == 0 and back.stdout.strip(), back.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_logs_of_a_deployment_idle_at_zero_say_the_next_request_starts_a_pod(
+    client_venv, demo, cluster, live_server, tmp_path, login_limits_reset
+):
+    """Scaled to zero by its autoscaling, `logs` said "no pods on its compute pool right now" (a
+    503, as for a pool that is down); following now waits for the pod the next request starts."""
+    from deployments.models import DeploymentScale
+    from deployments.tasks import push
+
+    home = _signed_in(client_venv, tmp_path, live_server.url)
+    manifest = tmp_path / "qwen.yaml"
+    manifest.write_text((EXAMPLES / "qwen-deployment.yaml").read_text().replace(
+        "replicas: {min: 1, max: 1}",
+        "replicas: {min: 0, max: 1}\n  autoscaling: {metric: concurrency, target: 1, scale_to_zero_after_seconds: 60}",
+    ))  # fmt: skip
+    assert run(client_venv, home, "apply", "-f", str(manifest)).returncode == 0
+    deployment = ModelDeployment.objects.get(name="qwen-chat")
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    DeploymentScale.objects.update_or_create(deployment=deployment, defaults={"desired": 0})  # the autoscaler's verdict
+    push(deployment.pk)
+    wait_for(lambda: not observe.deployment_replicas(deployment).pods)
+
+    _failed_in_words(run(client_venv, home, "logs", "qwen-chat"), "scaled to zero while idle",
+                     "The next request through the gateway starts a pod")  # fmt: skip
+    environment = {"PATH": f"{client_venv / 'bin'}:/usr/bin:/bin", "HOME": str(home),
+                   "XDG_CONFIG_HOME": str(home / ".config")}  # fmt: skip
+    follow = subprocess.Popen(
+        [str(client_venv / "bin" / "modeldeck"), "logs", "qwen-chat", "-f", "--interval", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=home,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        assert follow.poll() is None  # still following, not failed
+        DeploymentScale.objects.filter(deployment=deployment).update(desired=1)  # a request woke it
+        push(deployment.pk)
+        wait_for(lambda: any(p.ready for p in observe.deployment_replicas(deployment).pods))
+        time.sleep(2)
+    finally:
+        follow.terminate()
+        out, err = follow.communicate(timeout=10)
+    assert err.count("scaled to zero while idle") == 1, err  # said once, not every poll
+    assert out.strip(), (out, err)  # the new pod's log followed

@@ -160,6 +160,10 @@ def test_idle_deployment_goes_to_zero_after_the_window_and_gives_its_gpus_back(w
     client.force_authenticate(tenants.owner)
     scale = client.get(f"/api/v1/deployments/{deployment.pk}/").json()["scale"]
     assert scale["desired"] == 0 and scale["ready"] == 0 and scale["reason"].startswith("1 → 0")
+    # Its logs say why there are none and what brings a pod back (was 503 "no pods right now").
+    logs = client.get(f"/api/v1/deployments/{deployment.pk}/logs/")
+    assert logs.status_code == 409 and logs.json()["scaled_to_zero"] is True, logs.content
+    assert "scaled to zero while idle" in logs.json()["detail"] and "The next request" in logs.json()["detail"]
 
 
 def test_request_at_zero_is_held_until_a_replica_is_ready_streams_too(world):
