@@ -36,7 +36,7 @@ def _one_line(page, selector: str) -> list:
 
 
 def test_usage_costs_and_times_keep_to_one_line_at_1280(phone_and_desktop, tenants, live_server):  # noqa: F811
-    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="support-bot")
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="customer-support-bot-production")
     for n, name in enumerate(["qwen-chat-assistant-prod", "llama-3-8b-instruct-rag", "embed"]):
         deployment = make_deployment(tenants.project, name)
         for i in range(3):
@@ -49,6 +49,11 @@ def test_usage_costs_and_times_keep_to_one_line_at_1280(phone_and_desktop, tenan
     assert _one_line(page, "#usage-table tbody td:first-child") == []
     assert _one_line(page, "#usage-table tbody td:last-child") == []
     assert _one_line(page, "#by-deployment tbody td:last-child, #by-key tbody td:last-child") == []
+    # The per-key table names the key over its prefix and still fits its half-width card.
+    assert "customer-support" in page.locator("#by-key tbody").inner_text()
+    assert page.locator("#by-key tbody .key-prefix").first.inner_text() == f"{key.prefix}…"
+    card = page.locator(".card.flush:has(#by-key)")
+    assert card.evaluate("e => e.scrollWidth <= e.clientWidth"), card.evaluate("e => [e.scrollWidth, e.clientWidth]")
 
 
 def test_who_served_keeps_the_share_and_its_percent_together_on_a_phone(phone_and_desktop, tenants, live_server, public_example_com):  # noqa: F811
