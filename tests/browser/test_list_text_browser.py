@@ -1,5 +1,6 @@
 """Free text in lists at 1280 px and 390 px: a group's long description (no spaces, or long words)
-wraps inside the Groups table instead of widening it past the screen."""
+wraps inside the Groups table instead of widening it past the screen; the Compute Pools list is a
+card per pool on a phone, its description as wide as the card, not a sliver of a column."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
+from deployments.models import ComputePool, PoolKind
 from projects.services import group_create
 from tests.browser.conftest import sign_in
 from tests.browser.test_phone_layout_browser import PAGE_OVERFLOW, TABLES_OUT, phone_and_desktop  # noqa: F401
@@ -45,3 +47,44 @@ def test_a_groups_long_description_wraps_in_the_groups_table(phone_and_desktop, 
     assert cell.inner_text().endswith("…") and len(cell.inner_text()) <= 140
     expect(page.locator("#groups-table")).to_contain_text("Application developers")
     _shot(page, f"groups-long-description-{kind}")
+
+
+# Per pool row: the width of the cell holding its name and description, and how far its cells reach right.
+POOL_ROWS = """() => Array.from(document.querySelectorAll('#pools-table tbody tr')).map(row => ({
+  name: row.cells[0].querySelector('a').textContent.trim(),
+  descriptionWidth: (row.cells[0].querySelector('div') || row.cells[0]).getBoundingClientRect().width,
+  right: Math.max(...Array.from(row.cells).map(c => c.getBoundingClientRect().right)),
+  labels: Array.from(row.cells).map(c => c.dataset.label || '')}))"""
+
+
+def test_the_compute_pools_list_is_a_card_per_pool_on_a_phone(phone_and_desktop, tenants, live_server):  # noqa: F811
+    for n, description in enumerate((
+        "H100 nodes in eu-west-1 for production inference; the on-call team owns it, page them first",
+        "A100 spot nodes, cheap but preemptible: batch jobs only",
+    )):
+        ComputePool.objects.create(organization=tenants.org, name=f"gpu-pool-{n}", kind=PoolKind.SANDBOX,
+                                   api_url="http://127.0.0.1:9", engine_label="vllm", region="eu-west-1",
+                                   description=description)  # fmt: skip
+    phone = phone_and_desktop("phone")
+    sign_in(phone, live_server, "owner")
+    phone.goto(f"{live_server.url}/pools/")
+    expect(phone.locator("#pools-table tbody tr")).to_have_count(2)
+    assert phone.evaluate(PAGE_OVERFLOW) <= 0 and phone.evaluate(TABLES_OUT) == []
+    assert phone.evaluate(TABLE_SCROLL, "pools-table")["scroll"] <= 0, "the pools table scrolls inside its card"
+    for row in phone.evaluate(POOL_ROWS):
+        # The description reads across the card (was a column of ~85 px, a word or two a line).
+        assert row["descriptionWidth"] >= 300, row
+        assert row["right"] <= 390, f"{row['name']}: a cell is off screen"
+        assert row["labels"][1:] == ["Connection", "Engine label", "Region", "Status", "GPUs", "Deployments"]
+    expect(phone.locator("#pools-table thead")).to_be_hidden()
+    first = phone.locator("#pools-table tbody tr").first
+    expect(first.locator("td[data-label='Region']")).to_contain_text("eu-west-1")
+    _shot(phone, "pools-list-390px")
+
+    desktop = phone_and_desktop("desktop")
+    sign_in(desktop, live_server, "owner")
+    desktop.goto(f"{live_server.url}/pools/")
+    expect(desktop.locator("#pools-table thead")).to_be_visible()  # a plain table on a desktop
+    assert desktop.evaluate(PAGE_OVERFLOW) <= 0
+    assert desktop.evaluate(TABLE_SCROLL, "pools-table")["scroll"] <= 0
+    _shot(desktop, "pools-list-1280px")
