@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -23,7 +23,7 @@ from django.views.decorators.http import require_POST, require_safe
 from console import permissions
 from console.forms import MAX_ID, field_validation_response
 from console.http import current_organization as _organization
-from console.paging import ListFilter, paginate
+from console.paging import ListFilter, list_query, paginate
 from deployments.models import DeploymentState, EndpointHealth, ModelDeployment
 from deployments.spec import RATE_LIMIT_SCOPE_LABELS
 from gateway import reports
@@ -220,15 +220,24 @@ def keys(request: HttpRequest) -> HttpResponse:
             else:
                 created = {"key": key, "secret": secret}
                 form = APIKeyForm(deployments=deployments)
-    shown = (
-        api_keys_for_organization(request.user, org)
-        if organization_view
-        else api_keys_for_user(request.user, org)
-    )
+    # The playground's short-lived keys (one per visit) stay out of the list unless asked for:
+    # ?playground=include, kept in the list's links like its sort and page.
+    show_playground = request.GET.get("playground") == "include"
+
+    def listed(playground: str) -> QuerySet:
+        if organization_view:
+            return api_keys_for_organization(request.user, org, playground=playground)
+        return api_keys_for_user(request.user, org, playground=playground)
+
+    search = ("name", "prefix", "user__username") if organization_view else ("name", "prefix")
     keys_listing = paginate(
-        request, shown, sorts=KEY_SORTS, default_sort="-created",
-        search=("name", "prefix", "user__username") if organization_view else ("name", "prefix"),
+        request, listed("include" if show_playground else "hide"), sorts=KEY_SORTS,
+        default_sort="-created", search=search,
     )  # fmt: skip
+    # How many of them the search matches (one COUNT): what "Show" adds or "Hide" takes away.
+    playground_count = list_query(
+        request, listed("only"), sorts=KEY_SORTS, default_sort="-created", search=search
+    ).qs.count()
     running = deployments.filter(state=DeploymentState.RUNNING).order_by("pk").first()
     context = {
         "form": form,
@@ -238,6 +247,11 @@ def keys(request: HttpRequest) -> HttpResponse:
         "is_admin": admin,
         "organization_view": organization_view,
         "organization": org,
+        "playground": {
+            "count": playground_count, "shown": show_playground,
+            "ttl_minutes": int(PLAYGROUND_KEY_TTL.total_seconds() // 60),
+            "show_url": keys_listing.url(playground="include"), "hide_url": keys_listing.url(playground=None),
+        },
         "created": created,
         "can_create": editable,
         "validate_url": request.path,
@@ -303,9 +317,10 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             request,
             f"Key “{key.name}” ({key.prefix}…){owner} revoked; the gateway refuses it from now on.",
         )
-    if request.POST.get("view") == "organization":
-        return redirect(reverse("devhub:keys") + "?view=organization")
-    return redirect("devhub:keys")
+    # Back to the list as it was shown: every key of the organization, with the playground's.
+    back = {name: value for name, value in (("view", "organization"), ("playground", "include"))
+            if request.POST.get(name) == value}  # fmt: skip
+    return redirect(reverse("devhub:keys") + (f"?{urlencode(back)}" if back else ""))
 
 
 def _links(items) -> list[tuple[str, str | None]]:

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -245,10 +245,36 @@ def api_keys_revoke_for_member(
     return len(keys)
 
 
+# Which keys a key list shows: the keys people made (`hide`, what lists show by default), those
+# and the playground's (`include`), or the playground's only (`only`).
+PLAYGROUND_CHOICES = ("hide", "include", "only")
+
+
+def playground_keys_q() -> Q:
+    """The keys playground_key_issue mints: gateway keys named "Playground · <model>" that expire
+    at most PLAYGROUND_KEY_TTL after they were made. A key made by hand has another name, or a
+    longer life, or none (never expires), so the name alone never hides it."""
+    return Q(
+        name__startswith=PLAYGROUND_KEY_NAME, scope=APIKeyScope.GATEWAY,
+        expires_at__isnull=False, expires_at__lte=F("created_at") + PLAYGROUND_KEY_TTL,
+    )  # fmt: skip
+
+
+def _playground(qs: QuerySet[APIKey], playground: str) -> QuerySet[APIKey]:
+    if playground == "include":
+        return qs
+    if playground == "hide":
+        return qs.exclude(playground_keys_q())
+    if playground == "only":
+        return qs.filter(playground_keys_q())
+    raise ValidationError({"playground": f"Choose one of: {', '.join(PLAYGROUND_CHOICES)}."})
+
+
 def api_keys_for_user(
-    user: AbstractBaseUser, organization: Organization | None = None
+    user: AbstractBaseUser, organization: Organization | None = None, *, playground: str = "include"
 ) -> QuerySet[APIKey]:
-    """The user's own keys (optionally in one organization)."""
+    """The user's own keys (optionally in one organization); `playground`: hide, include or only
+    the short-lived keys the console's playground made (PLAYGROUND_CHOICES)."""
     if not user.is_authenticated:
         return APIKey.objects.none()
     qs = APIKey.objects.filter(user=user, organization__memberships__user=user).prefetch_related(
@@ -256,16 +282,20 @@ def api_keys_for_user(
     )
     if organization is not None:
         qs = qs.filter(organization=organization)
-    return with_owner_state(qs.distinct())
+    return with_owner_state(_playground(qs, playground).distinct())
 
 
-def api_keys_for_organization(user: AbstractBaseUser, organization: Organization) -> QuerySet[APIKey]:
-    """Every key of the organization, for its admins; 404 to outsiders, PermissionDenied to members."""
+def api_keys_for_organization(
+    user: AbstractBaseUser, organization: Organization, *, playground: str = "include"
+) -> QuerySet[APIKey]:
+    """Every key of the organization, for its admins; 404 to outsiders, PermissionDenied to members.
+    `playground` as for api_keys_for_user."""
     if role_in(user, organization) is None:
         raise Http404("No such organization.")
     if not permissions.can(user, "admin", organization):
         raise PermissionDenied("Only organization admins can see every key of the organization.")
-    return with_owner_state(APIKey.objects.filter(organization=organization)).prefetch_related("deployments")
+    qs = _playground(APIKey.objects.filter(organization=organization), playground)
+    return with_owner_state(qs).prefetch_related("deployments")
 
 
 def api_key_get(user: AbstractBaseUser, pk: int) -> APIKey:

@@ -142,12 +142,15 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             organization = organizations_for_user(user).filter(pk=int(org_id)).first()
             if organization is None:
                 raise Http404("No such organization.")
+        # The list leaves the playground's keys out unless asked, as the console's does (a key's
+        # own URL, get_object, finds any key).
+        playground = params.get("playground", "hide")
         if params.get("owner", "me") == "any":
             if organization is None:
                 raise ValidationError({"organization": "Listing every owner's keys needs ?organization=<id>."})
-            qs = keys.api_keys_for_organization(user, organization)
+            qs = keys.api_keys_for_organization(user, organization, playground=playground)
         else:
-            qs = keys.api_keys_for_user(user, organization)
+            qs = keys.api_keys_for_user(user, organization, playground=playground)
         return qs.order_by("-created_at", "-pk")
 
     def get_object(self):
@@ -162,6 +165,12 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             OpenApiParameter(
                 "owner", str, enum=["me", "any"],
                 description="`me` (default): your keys. `any`: every key of `organization` (its admins only).",
+            ),
+            OpenApiParameter(
+                "playground", str, enum=list(keys.PLAYGROUND_CHOICES),
+                description="The short-lived keys the console's playground makes (one each time it opens, "
+                "named “Playground · <model>”, expiring 15 minutes later): `hide` (default) leaves them "
+                "out, `include` lists them too, `only` lists only them.",
             ),
         ]
     )  # fmt: skip

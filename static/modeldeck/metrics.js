@@ -21,20 +21,21 @@
         type: type, data: { labels: m.labels, datasets: datasets }, options: JSON.parse(JSON.stringify(base)),
       }));
     }
-    function per(field, type, suffix, dash) {
+    // unit: how the tooltip writes a value (static/modeldeck/charts.js).
+    function per(field, type, unit, suffix, dash) {
       return m.revisions.map(function (rev, i) {
         var color = COLORS[i % COLORS.length] + (dash ? "88" : "");  // p95: the same hue, lighter
         return {
-          label: name(rev) + (suffix || ""), data: rev[field], borderColor: color, backgroundColor: color,
+          label: name(rev) + (suffix || ""), data: rev[field], borderColor: color, backgroundColor: color, unit: unit,
           spanGaps: true, pointRadius: 2, borderDash: dash || [], stack: type === "bar" ? "s" : undefined,
         };
       });
     }
-    chart("metric-requests", "bar", per("requests", "bar"));
-    chart("metric-errors", "bar", per("errors", "bar"));
-    chart("metric-latency", "line", per("p50", "line", " p50").concat(per("p95", "line", " p95", [5, 4])));
-    chart("metric-ttft", "line", per("ttft_p50", "line", " p50"));
-    chart("metric-tps", "line", per("tokens_per_second", "line"));
+    chart("metric-requests", "bar", per("requests", "bar", "count"));
+    chart("metric-errors", "bar", per("errors", "bar", "count"));
+    chart("metric-latency", "line", per("p50", "line", "ms", " p50").concat(per("p95", "line", "ms", " p95", [5, 4])));
+    chart("metric-ttft", "line", per("ttft_p50", "line", "ms", " p50"));
+    chart("metric-tps", "line", per("tokens_per_second", "line", "tokens/s"));
   }
   document.addEventListener("DOMContentLoaded", draw);
 })();

@@ -46,7 +46,7 @@ def test_pool_page_before_and_after_test_connection(tenants, operator, pool, dep
     gpus = html.split('id="pool-gpus"')[1].split("</div></div>")[0]
     assert '<div class="value">8</div>' in gpus and "hx-swap-oob" not in gpus
     row = client.get(reverse("deployments:pools")).content.decode().split(url, 1)[1].split("</tr>")[0]
-    assert '<td class="num">8</td>' in row
+    assert '<td class="num" data-label="GPUs">8</td>' in row
 
 
 def test_a_failed_test_does_not_count_zero_gpus(tenants, operator, pool):
@@ -68,7 +68,7 @@ def test_pool_list_says_what_to_do_for_an_untested_pool_and_agrees_with_its_page
     client.post(reverse("deployments:pool_test", args=[pool.pk]), HTTP_HX_REQUEST="true")
     page = client.get(url).content.decode().split('id="pool-gpus"')[1].split("</div></div>")[0]
     row = client.get(reverse("deployments:pools")).content.decode().split(url, 1)[1].split("</tr>")[0]
-    assert '<div class="value">8</div>' in page and '<td class="num">8</td>' in row
+    assert '<div class="value">8</div>' in page and '<td class="num" data-label="GPUs">8</td>' in row
     assert "Connected" in row and "Test connection" not in row and "Not tested" not in row
 
     # The status sync failing later outranks the old good test, on the list as on the page.
