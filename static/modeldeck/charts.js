@@ -41,22 +41,16 @@
     return decimal(value);
   }
 
-  // The Developer Hub's usage charts (templates/devhub/usage.html) name no unit of their own:
-  // known by their canvas, their currency by their card's title, "Cost (USD)".
-  var KNOWN = { "chart-requests": "count", "chart-tokens": "count", "chart-cost": "money", "chart-latency": "ms" };
-
+  // A chart names its unit on its dataset or its canvas (data-unit, data-currency), e.g. the
+  // Developer Hub's usage charts (templates/devhub/htmx/usage_body.html).
   function unitOf(context) {
     var canvas = context.chart.canvas;
-    return context.dataset.unit || (canvas && (canvas.dataset.unit || KNOWN[canvas.id])) || "decimal";
+    return context.dataset.unit || (canvas && canvas.dataset.unit) || "decimal";
   }
 
   function currencyOf(context) {
     var canvas = context.chart.canvas;
-    if (context.dataset.currency) return context.dataset.currency;
-    if (canvas && canvas.dataset.currency) return canvas.dataset.currency;
-    var card = canvas && canvas.closest(".card"), title = card && card.querySelector("h3, h2");
-    var found = title && /\(([A-Z]{3})\)/.exec(title.textContent);
-    return found ? found[1] : "";
+    return context.dataset.currency || (canvas && canvas.dataset.currency) || "";
   }
 
   function label(context) {
