@@ -29,6 +29,7 @@ from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
+from console.ids import parse_id
 from console.money import money_text
 from deployments.models import DeploymentState, ModelDeployment
 from gateway.cache import invalidate_user
@@ -930,15 +931,15 @@ def budget_set(
         raise ValidationError({"level": f"Choose one of: {', '.join(BUDGET_LEVELS)}."})
     if level == "organization":
         return organization_budget_set(user=user, organization=organization, amount=amount, currency=currency)
-    ident = str(target or "")
-    if not ident.isdigit() or int(ident) >= 2**63:
+    ident = parse_id(target)
+    if ident is None:
         raise ValidationError({"target": "Give the member's user id or the key's id."})
     if level == "member":
-        membership = Membership.objects.filter(organization=organization, user_id=int(ident)).first()
+        membership = Membership.objects.filter(organization=organization, user_id=ident).first()
         if membership is None:
             raise Http404("No such member.")
         return member_budget_set(user=user, membership=membership, amount=amount)
-    key = api_key_get(user, int(ident))  # 404 unless the user owns it or administers its organization
+    key = api_key_get(user, ident)  # 404 unless the user owns it or administers its organization
     if key.organization_id != organization.pk:
         raise Http404("No such API key.")
     return api_key_budget_set(user=user, key=key, amount=amount)
