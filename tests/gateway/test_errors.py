@@ -263,6 +263,13 @@ def test_bodies_that_are_not_a_json_object_or_not_utf8_are_400(
         ({**CHAT, "max_tokens": "10"}, "max_tokens"),
         ({**CHAT, "max_completion_tokens": 2**63}, "max_completion_tokens"),
         ({**CHAT, "stream": "yes"}, "stream"),
+        # QA: the budget hold counts n and best_of completions only when they are whole numbers,
+        # while an engine such as vLLM (pydantic, lax) reads "3" and 3.0 as 3 and writes 3 replies.
+        ({**CHAT, "n": "3"}, "n"),
+        ({**CHAT, "n": 3.0}, "n"),
+        ({**CHAT, "n": 129}, "n"),
+        ({**CHAT, "n": 0}, "n"),
+        ({"model": "llama-chat", "prompt": "hi", "best_of": "4"}, "best_of"),
     ],
 )
 def test_values_the_gateway_reads_are_checked_with_a_400_naming_the_parameter(
@@ -273,6 +280,7 @@ def test_values_the_gateway_reads_are_checked_with_a_400_naming_the_parameter(
         post(gateway, secret, body), 400, "invalid_request_error", "invalid_value"
     )
     assert error["param"] == param
+    assert error["message"].startswith(f"`{param}`"), error  # the gateway's words, not the engine's
 
 
 def test_embeddings_and_completions_inputs_are_checked(tenants, deployment, gateway):
