@@ -317,6 +317,23 @@ def test_huge_max_tokens_leaves_the_rate_limiter_working(tenants, gateway, redis
     assert int(ok.headers["x-ratelimit-remaining-requests"]) == 99
 
 
+def test_known_endpoints_answer_head_and_say_which_methods_they_take(tenants, deployment, gateway):
+    """QA: HEAD /v1/models and POST /v1/models were 404 "Unknown endpoint", and no 405 said what
+    the endpoint takes (HTTP requires an Allow header on a 405)."""
+    secret = make_key(tenants.member, tenants.org)
+    auth = {"authorization": f"Bearer {secret}"}
+    head = httpx.head(gateway.base_url + "/models", headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) > 0  # what GET would send
+    wrong = httpx.post(gateway.base_url + "/models", headers=auth, json={})
+    assert_openai_error(wrong, 405, "invalid_request_error", None)
+    assert wrong.headers["allow"] == "GET, HEAD"
+    for path in ("/chat/completions", "/deployments/llama-chat/predictions"):
+        response = httpx.get(gateway.base_url + path, headers=auth)
+        assert_openai_error(response, 405, "invalid_request_error", None)
+        assert response.headers["allow"] == "POST"
+
+
 def test_unknown_endpoint_is_404_in_openai_shape(gateway):
     response = httpx.get(gateway.base_url + "/fine_tuning/jobs")
     assert_openai_error(response, 404, "invalid_request_error", "unknown_url")
