@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from catalog.models import CatalogModel
 from deployments.apply import Context, ManifestError, apply_documents, load_documents
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import ComputePool, Endpoint, ModelDeployment, PoolKind
@@ -72,6 +73,14 @@ def test_nesting_too_deep_is_a_400_not_a_500(tenants, depth, words):
     deep = "apiVersion: modeldeck.io/v1\nkind: Endpoint\nmetadata: {name: ep}\nspec: {x: " + "[" * depth + "]" * depth + "}\n"
     response = _post(tenants.owner, {"manifest": deep})
     assert response.status_code == 400 and words in response.json()["manifest"][0]
+
+
+def test_a_nul_character_in_a_manifest_is_refused_where_it_is(tenants):
+    manifest = 'apiVersion: modeldeck.io/v1\nkind: Model\nmetadata: {name: m}\nspec: {source: custom, storage_uri: "s3://bkt/m", description: "a\\0b"}\n'
+    response = _post(tenants.owner, {"manifest": manifest})
+    assert response.status_code == 400, response.content
+    assert response.json()["manifest"][0].startswith("line 4, column 64: A NUL character")
+    assert not CatalogModel.objects.filter(name="m").exists()
 
 
 def test_an_empty_file_says_so(tenants, tmp_path):
