@@ -89,21 +89,24 @@ def filter_by_id(qs: QuerySet, field: str, value: object) -> QuerySet:
 
 
 class RejectNulBytesMiddleware:
-    """A NUL byte in an API query parameter is a 400, not a database error deep in a filter.
+    """A NUL byte in a query parameter is a 400, not a database error deep in a filter.
 
-    PostgreSQL text cannot hold NUL; serializers refuse it in bodies (ProhibitNullCharacters),
-    but list filters read query parameters directly.
+    PostgreSQL text cannot hold NUL; serializers and form fields refuse it in bodies
+    (ProhibitNullCharacters), but list filters and the console's searches read query
+    parameters directly.
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path.startswith("/api/") and any(
+        if any(
             "\x00" in key or "\x00" in value
             for key, values in request.GET.lists()
             for value in values
         ):
+            if not request.path.startswith("/api/"):
+                return api_bad_request(request)  # the console's "Bad request" page
             return JsonResponse(
                 {"detail": "Query parameters must not contain NUL characters."}, status=400
             )

@@ -111,6 +111,18 @@ def test_nul_byte_in_a_list_filter_is_a_400(client, catalog, url):
 
 @pytest.mark.parametrize(
     "url",
+    ["/deployments/?q=a%00", "/audit/?q=%00", "/catalog/?q=%00", "/hub/keys/?q=%00", "/hub/usage/?req_q=%00",
+     "/pools/?q=%00", "/projects/?q=%00", "/organization/members/?q=%00", "/hub/keys/deployments/?q=%00"],
+)
+def test_nul_byte_in_a_page_query_is_a_400_page(client, catalog, url):
+    """QA: the console's searches put it in a LIKE that PostgreSQL refuses (a 500)."""
+    response = client.get(url)
+    assert response.status_code == 400, response.content[:200]
+    assert "Bad request" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "url",
     [
         "/api/v1/deployments/?project=999999999999999999999",
         "/api/v1/endpoints/?project=999999999999999999999",
