@@ -55,7 +55,8 @@ def _link(url_name: str, *args) -> str:
 def audit(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     form = AuditFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
+    form.is_valid()  # a filter that can't be read is shown as an error; the others still apply
+    filters = getattr(form, "cleaned_data", {})
     entries = selectors.audit_entries_for_user(
         request.user,
         org,
