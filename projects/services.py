@@ -520,6 +520,20 @@ def member_add(*, user: AbstractBaseUser | None, organization: Organization, use
     return membership
 
 
+def member_role_check(*, user: AbstractBaseUser | None, membership: Membership, role: str) -> None:
+    """member_role_set's rules, asked before anything is saved (the Django admin's forms)."""
+    permissions.require(user, "admin", membership.organization, what="members")
+    _check_role(role)
+    _last_admin_check(membership, role)
+
+
+def _last_admin_check(membership: Membership, role: str) -> None:
+    if membership.role == Role.ADMIN and role != Role.ADMIN and not Membership.objects.filter(
+        organization_id=membership.organization_id, role=Role.ADMIN
+    ).exclude(pk=membership.pk).exists():
+        raise ValidationError({"role": "This is the organization's last admin; make someone else admin first."})
+
+
 def member_role_set(*, user: AbstractBaseUser | None, membership: Membership, role: str) -> Membership:
     """Change a member's role; the organization always keeps at least one admin."""
     organization = membership.organization
@@ -529,10 +543,7 @@ def member_role_set(*, user: AbstractBaseUser | None, membership: Membership, ro
         Organization.objects.select_for_update().get(pk=organization.pk)  # serialize with removals
         locked = Membership.objects.select_related("user").get(pk=membership.pk)
         before = _member_state(locked)
-        if locked.role == Role.ADMIN and role != Role.ADMIN and not Membership.objects.filter(
-            organization=organization, role=Role.ADMIN
-        ).exclude(pk=locked.pk).exists():
-            raise ValidationError({"role": "This is the organization's last admin; make someone else admin first."})
+        _last_admin_check(locked, role)
         locked.role = role
         locked.full_clean()
         locked.save(update_fields=["role"])
