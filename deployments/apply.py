@@ -98,6 +98,10 @@ class Context:
         raise ManifestError("metadata.project is required (the organization has several projects)")
 
 
+# YAML reads yes/no/on/off/true/false, numbers and null as other types than text.
+NOT_TEXT = "must be text; put it in quotes (\"yes\", \"1234\")"
+
+
 def load_documents(text: str, *, source: str = "") -> list[dict[str, Any]]:
     """The documents of one file (`source` names it in errors, when known), through the one loader
     of tenant YAML: no anchors or aliases, bounded size, depth and document count."""
@@ -124,6 +128,9 @@ def load_documents(text: str, *, source: str = "") -> list[dict[str, Any]]:
             raise ManifestError(f"{where}: kind must be one of {', '.join(KIND_ORDER)}")
         if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
             raise ManifestError(f"{where}: metadata.name is required")
+        for key in ("name", "project"):
+            if doc["metadata"].get(key) is not None and not isinstance(doc["metadata"][key], str):
+                raise ManifestError(f"{where}: metadata.{key} {NOT_TEXT}")
         if not isinstance(doc.get("spec") or {}, dict):
             raise ManifestError(f"{where}: spec must be a mapping")
     return docs
@@ -255,6 +262,9 @@ def plan_model(ctx: Context, doc: dict[str, Any]) -> Change:
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:
         raise ManifestError(f"spec.{unknown[0]} is not a Model field ({', '.join(MODEL_KEYS)})")
+    for key, value in spec.items():
+        if value is not None and not isinstance(value, str):  # every Model field is text
+            raise ManifestError(f"spec.{key} {NOT_TEXT}")
     model = CatalogModel.objects.filter(organization=ctx.organization, name=name).first()
     source = spec.get("source", "huggingface")
     if model is None:

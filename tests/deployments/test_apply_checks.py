@@ -83,6 +83,25 @@ def test_a_nul_character_in_a_manifest_is_refused_where_it_is(tenants):
     assert not CatalogModel.objects.filter(name="m").exists()
 
 
+@pytest.mark.parametrize(
+    ("manifest", "words"),
+    [
+        ("kind: Endpoint\nmetadata: {name: yes, project: research}\nspec: {path: /y}\n",
+         "document 1: metadata.name must be text"),
+        ("kind: Endpoint\nmetadata: {name: y, project: [research]}\nspec: {path: /y}\n",
+         "document 1: metadata.project must be text"),
+        ("kind: Model\nmetadata: {name: m}\nspec: {source: huggingface, repo_id: acme/m, revision: 1234567}\n",
+         "model/m: spec.revision must be text"),
+    ],
+)
+def test_a_value_yaml_reads_as_no_text_is_said_so_not_a_python_error(tenants, manifest, words):
+    """QA: `name: yes` (a YAML boolean) answered "'bool' object has no attribute 'strip'", an
+    all-digit revision "'int' object has no attribute 'strip'"."""
+    response = _post(tenants.owner, {"manifest": "apiVersion: modeldeck.io/v1\n" + manifest})
+    text = " ".join(response.json().get("manifest") or response.json().get("lines") or [])
+    assert words in text and "put it in quotes" in text and "attribute" not in text, text
+
+
 def test_an_empty_file_says_so(tenants, tmp_path):
     for body in ({"manifest": ""}, {"manifest": "# only a comment\n---\n"}, {"documents": []}):
         response = _post(tenants.owner, body)
