@@ -34,6 +34,7 @@ from catalog.models import ModelSource
 from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
+from console.ids import parse_id
 from console.paging import ListFilter, paginate
 from deployments.models import ModelDeployment
 from projects.models import IntegrationKind, Project
@@ -53,7 +54,7 @@ def _token_project(request: HttpRequest, kind: str) -> Project | None:
     projects = _projects(request)
     wanted = request.GET.get("project") or request.POST.get("project")
     if wanted:
-        return projects.filter(pk=wanted).first() if str(wanted).isdigit() else None
+        return projects.filter(pk=parse_id(wanted)).first() if parse_id(wanted) is not None else None
     return projects.filter(integrations__kind=kind).first()
 
 
@@ -603,9 +604,9 @@ class BundleCreate(_BundleEdit):
     def form_kwargs(self, request, obj):
         initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
         source = request.GET.get("from", "")
-        if source.isdigit():
+        if parse_id(source) is not None:
             # "Duplicate": start from a bundle the user can see, e.g. a built-in one.
-            base = selectors.bundle_get(request.user, int(source))
+            base = selectors.bundle_get(request.user, parse_id(source))
             initial = {
                 f: getattr(base, f)
                 for f in ("engine", "image", "default_args", "variables", "description")
@@ -725,8 +726,8 @@ def mapping_resolve(request: HttpRequest, project_pk: int) -> HttpResponse:
     model_pk = request.GET.get("model", "")
     resolution = None
     model = None
-    if model_pk.isdigit():
-        model = selectors.model_get(request.user, int(model_pk))
+    if parse_id(model_pk) is not None:
+        model = selectors.model_get(request.user, parse_id(model_pk))
         if model.organization_id != project.organization_id:
             raise Http404("No such model.")
         resolution = maas.resolve(project, model)

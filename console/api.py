@@ -14,7 +14,7 @@ from rest_framework import exceptions, permissions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from console.forms import MAX_ID
+from console.ids import parse_id
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class IntegerIdMixin:
         value = kwargs.get(
             getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk")
         )
-        if value is not None and not (str(value).isdigit() and int(value) <= MAX_ID):
+        if value is not None and parse_id(value) is None:
             raise exceptions.NotFound("No such object: ids are whole numbers.")
 
 
@@ -82,27 +82,31 @@ def filter_by_id(qs: QuerySet, field: str, value: object) -> QuerySet:
     any id matches nothing (SQLite can't even bind it: an OverflowError, a 500), anything else is
     not this filter and is ignored."""
     text = str(value or "")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         return qs
-    return qs.filter(**{field: int(text)}) if int(text) <= MAX_ID else qs.none()
+    pk = parse_id(text)
+    return qs.filter(**{field: pk}) if pk is not None else qs.none()
 
 
 class RejectNulBytesMiddleware:
-    """A NUL byte in an API query parameter is a 400, not a database error deep in a filter.
+    """A NUL byte in a query parameter is a 400, not a database error deep in a filter.
 
-    PostgreSQL text cannot hold NUL; serializers refuse it in bodies (ProhibitNullCharacters),
-    but list filters read query parameters directly.
+    PostgreSQL text cannot hold NUL; serializers and form fields refuse it in bodies
+    (ProhibitNullCharacters), but list filters and the console's searches read query
+    parameters directly.
     """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path.startswith("/api/") and any(
+        if any(
             "\x00" in key or "\x00" in value
             for key, values in request.GET.lists()
             for value in values
         ):
+            if not request.path.startswith("/api/"):
+                return api_bad_request(request)  # the console's "Bad request" page
             return JsonResponse(
                 {"detail": "Query parameters must not contain NUL characters."}, status=400
             )

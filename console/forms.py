@@ -6,8 +6,9 @@ from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
+from console.ids import MAX_ID, parse_id  # noqa: F401  MAX_ID: others import it from here
+
 VALIDATE_PARAM = "_validate"
-MAX_ID = 2**63 - 1
 
 
 class IdsChoiceField(forms.ModelMultipleChoiceField):
@@ -17,7 +18,7 @@ class IdsChoiceField(forms.ModelMultipleChoiceField):
 
     def _check_values(self, value):
         for pk in value:
-            if not str(pk).isdigit() or int(pk) > MAX_ID:
+            if parse_id(pk) is None:
                 raise forms.ValidationError(  # as for any id that isn't on the list
                     self.error_messages["invalid_choice"], code="invalid_choice", params={"value": pk}
                 )

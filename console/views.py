@@ -11,6 +11,7 @@ from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_POST
 
 from console import health, permissions
+from console.ids import parse_id
 from console.middleware import SESSION_KEY
 from deployments.models import DeploymentState, ModelDeployment
 from deployments.selectors import ENDPOINT_UNREACHABLE
@@ -62,7 +63,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_POST
 def org_switch(request: HttpRequest) -> HttpResponse:
     wanted = request.POST.get("organization", "")
-    org = organizations_for_user(request.user).filter(pk=int(wanted) if wanted.isdigit() else -1).first()
+    org = organizations_for_user(request.user).filter(pk=parse_id(wanted) or -1).first()
     if org is None:
         messages.error(request, "You are not a member of that organization.")
     else:

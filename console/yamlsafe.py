@@ -5,7 +5,8 @@ become a structure that every later walk (diff, normalize, str, JSON) pays for e
 in a request and, on SQLite, under the write lock. This loader refuses anchors and aliases from
 the parser's events, before anything is composed or built; it bounds the text's size, the
 nesting depth (a composer recursing that deep would be a RecursionError, a 500) and the number
-of documents; and it says where in words, "line N, column M", never PyYAML's "<unicode string>".
+of documents; it refuses a NUL character (a "\\0" escape, which PostgreSQL can't store); and it
+says where in words, "line N, column M", never PyYAML's "<unicode string>".
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 ALIASES_REFUSED = "YAML anchors and aliases (&name / *name) aren't accepted; write the values out."
+NUL_REFUSED = "A NUL character (\\0) can't be stored; remove it."
 MAX_CHARS = 1_000_000
 MAX_DOCUMENTS = 1000
 MAX_DEPTH = 64
@@ -73,6 +75,9 @@ def _check_events(text: str, max_documents: int) -> None:
     for event in yaml.parse(text, Loader=_Loader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _Refused(problem=ALIASES_REFUSED, problem_mark=event.start_mark)
+        if isinstance(event, yaml.ScalarEvent) and "\x00" in event.value:
+            # A "\0" escape: PostgreSQL can store no NUL (a DataError, a 500 on a form).
+            raise _Refused(problem=NUL_REFUSED, problem_mark=event.start_mark)
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:

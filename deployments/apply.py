@@ -98,6 +98,16 @@ class Context:
         raise ManifestError("metadata.project is required (the organization has several projects)")
 
 
+# YAML reads yes/no/on/off/true/false, numbers and null as other types than text.
+NOT_TEXT = "must be text; put it in quotes (\"yes\", \"1234\")"
+
+
+def _require_text(spec: dict[str, Any], keys: Iterable[str]) -> None:
+    for key in keys:
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise ManifestError(f"spec.{key} {NOT_TEXT}")
+
+
 def load_documents(text: str, *, source: str = "") -> list[dict[str, Any]]:
     """The documents of one file (`source` names it in errors, when known), through the one loader
     of tenant YAML: no anchors or aliases, bounded size, depth and document count."""
@@ -124,6 +134,9 @@ def load_documents(text: str, *, source: str = "") -> list[dict[str, Any]]:
             raise ManifestError(f"{where}: kind must be one of {', '.join(KIND_ORDER)}")
         if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
             raise ManifestError(f"{where}: metadata.name is required")
+        for key in ("name", "project"):
+            if doc["metadata"].get(key) is not None and not isinstance(doc["metadata"][key], str):
+                raise ManifestError(f"{where}: metadata.{key} {NOT_TEXT}")
         if not isinstance(doc.get("spec") or {}, dict):
             raise ManifestError(f"{where}: spec must be a mapping")
     return docs
@@ -162,6 +175,7 @@ def plan_pool(ctx: Context, doc: dict[str, Any]) -> Change:
         raise ManifestError(
             f"spec.{unknown[0]} is not a ComputePool field ({', '.join(POOL_KEYS)})"
         )
+    _require_text(spec, (k for k in POOL_KEYS if k != "private_addresses_allowed"))
     pool = ComputePool.objects.filter(organization=ctx.organization, name=name).first()
     if pool is None:
         diff = [
@@ -209,6 +223,7 @@ def plan_bundle(ctx: Context, doc: dict[str, Any]) -> Change:
         raise ManifestError(
             f"spec.{unknown[0]} is not a ProfileBundle field ({', '.join(BUNDLE_KEYS)})"
         )
+    _require_text(spec, ("engine", "image", "description"))
     bundle = _bundle_named(ctx.organization, name)
     if bundle is None:
         diff = [{"field": k, "old": None, "new": v} for k, v in sorted(spec.items())]
@@ -255,6 +270,7 @@ def plan_model(ctx: Context, doc: dict[str, Any]) -> Change:
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:
         raise ManifestError(f"spec.{unknown[0]} is not a Model field ({', '.join(MODEL_KEYS)})")
+    _require_text(spec, MODEL_KEYS)  # every Model field is text
     model = CatalogModel.objects.filter(organization=ctx.organization, name=name).first()
     source = spec.get("source", "huggingface")
     if model is None:
@@ -328,6 +344,7 @@ def plan_endpoint(ctx: Context, doc: dict[str, Any]) -> Change:
 
 def _deployment_refs(ctx: Context, project: Project, spec: dict[str, Any]) -> dict[str, Any]:
     refs: dict[str, Any] = {}
+    _require_text(spec, ("model", "pool", "bundle", "endpoint", "environment"))
     model_name = spec.get("model")
     if not model_name:
         raise ManifestError("spec.model is required (a catalog model's name)")
@@ -337,6 +354,8 @@ def _deployment_refs(ctx: Context, project: Project, spec: dict[str, Any]) -> di
     if refs["model"] is None:
         raise ManifestError(f"no catalog model named {model_name!r} (apply a Model document first)")
     pool_name = spec.get("pool")
+    if not pool_name:
+        raise ManifestError("spec.pool is required (a compute pool's name)")
     refs["pool"] = ComputePool.objects.filter(organization=ctx.organization, name=pool_name).first()
     if refs["pool"] is None:
         raise ManifestError(f"no compute pool named {pool_name!r}")

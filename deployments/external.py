@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from catalog.models import CatalogModel
 from console import permissions
+from console.ids import is_digits, parse_id
 from console.queue import enqueue
 from deployments.kube import network
 from deployments.models import (
@@ -137,8 +138,8 @@ def _overflow(project: Project, overflow: Any, errors: dict, *, exclude: int | N
     rows = ModelDeployment.objects.filter(project__organization_id=org, kind=DeploymentKind.MANAGED)
     if isinstance(overflow, ModelDeployment):
         found = rows.filter(pk=overflow.pk).first()
-    elif isinstance(overflow, int) or (isinstance(overflow, str) and overflow.isdigit()):
-        found = rows.filter(pk=int(overflow)).first()
+    elif isinstance(overflow, int) or is_digits(overflow):
+        found = rows.filter(pk=parse_id(overflow) or -1).first()
     elif isinstance(overflow, str):
         # By name: in the project first, else the organization's only one of that name.
         found = rows.filter(project=project, name=overflow).first()

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from kubernetes.utils.quantity import parse_quantity
 
+from console.ids import is_digits, parse_id
 from console.money import money_text
 from deployments.renderers import (
     AFFINITY_KEYS,
@@ -310,7 +311,7 @@ def _as_int(
     if isinstance(value, bool):
         errors.add(field, "Enter a whole number.")
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and is_digits(value.strip().removeprefix("-")):
         value = int(value.strip())
     if not isinstance(value, int):
         errors.add(field, "Enter a whole number.")
@@ -1215,9 +1216,9 @@ def bundle_of_version(bundle: ProfileBundle, version: Any) -> ProfileBundle | No
     """Version ``version`` of ``bundle`` (same name, same owner); None when there is none."""
     if version in (None, "") or version == bundle.version:
         return bundle
-    if isinstance(version, bool) or not str(version).isdigit():
+    if parse_id(version) is None:
         return None
-    return bundle.versions().filter(version=int(version)).first()
+    return bundle.versions().filter(version=parse_id(version)).first()
 
 
 def with_bundle_version(spec: dict[str, Any], bundle: ProfileBundle) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from console.edit import EditView
 from console.forms import field_validation_response
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from console.ids import parse_id
 from console.paging import ListFilter, Listing, list_query, paginate
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
@@ -412,8 +413,8 @@ def _poll_rows(request: HttpRequest) -> dict[int, str]:
     rows: dict[int, str] = {}
     for part in (request.GET.get("ids") or "").split(",")[:POLL_MAX_ROWS]:
         pk, _, version = part.strip().partition(".")
-        if pk.isdigit():
-            rows[int(pk)] = version
+        if parse_id(pk) is not None:
+            rows[parse_id(pk)] = version
     return rows
 
 

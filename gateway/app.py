@@ -102,6 +102,7 @@ STALE_WAIT = 0.25
 
 
 TORCHSERVE_PREFIX = "/v1/deployments/"
+ALLOW_POST = (b"allow", b"POST")  # a 405 says what the endpoint takes (RFC 9110)
 
 
 class _RequestIds:
@@ -344,13 +345,17 @@ class Gateway:
             return
         request_id = new_request_id()
         try:
-            if path == "/v1/models" and method == "GET":
+            if path == "/v1/models":
+                if method not in ("GET", "HEAD"):  # HEAD: the ASGI server leaves out the body
+                    raise GatewayError(405, f"{path} only accepts GET.", "invalid_request_error",
+                                       headers=[(b"allow", b"GET, HEAD")])  # fmt: skip
                 await self._models(scope, send, request_id, endpoint_path)
             elif path.startswith(TORCHSERVE_PREFIX):
                 await self._torchserve(scope, receive, send, path, request_id, endpoint_path)
             elif path in ROUTES:
                 if method != "POST":
-                    raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error")
+                    raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error",
+                                       headers=[ALLOW_POST])  # fmt: skip
                 await self._inference(scope, receive, send, ROUTES[path], request_id, endpoint_path)
             else:
                 raise GatewayError(
@@ -882,7 +887,7 @@ class Gateway:
                                f"{TORCHSERVE_PREFIX}<model>/predictions or /explanations.",
                                "invalid_request_error", code="unknown_url")  # fmt: skip
         if scope["method"] != "POST":
-            raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error")
+            raise GatewayError(405, f"{path} only accepts POST.", "invalid_request_error", headers=[ALLOW_POST])
         started = time.perf_counter()
         await self._ensure_generation()
         keyless = not _header(scope, b"authorization")

@@ -24,6 +24,7 @@ from decimal import Decimal
 from redis.exceptions import NoScriptError
 
 from gateway.usage import cost_of
+from gateway.validation import MAX_CHOICES  # gateway.validation refuses n / best_of above it
 
 WINDOW_MS = 60_000
 MAX_ESTIMATE = 2**40  # far above any tokens-per-minute limit, exact as a double
@@ -479,7 +480,6 @@ def estimate_tokens(body: dict) -> int:
 # is then an upper bound of the completion, so the limit is never passed by more than what the
 # prompt estimate missed — never by a whole unbounded reply.
 DEFAULT_COMPLETION_CAP = 1024
-MAX_CHOICES = 128  # n / best_of counted up to this (engines cap them lower: vLLM's n is ≤ its max_num_seqs)
 
 
 def reservation(body: dict, route: str, levels: list[Level], *, budgeted: bool = False) -> tuple[int, int | None]:

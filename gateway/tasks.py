@@ -21,7 +21,13 @@ from deployments.models import ModelDeployment
 from gateway import overflow, rollup
 from gateway.cache import sync_redis
 from gateway.models import UsageRecord
-from gateway.usage import CLAIM_IDLE_MS, USAGE_GROUP, USAGE_LIST_KEY, USAGE_STREAM_KEY
+from gateway.usage import (
+    CLAIM_IDLE_MS,
+    MAX_TOKEN_COUNT,
+    USAGE_GROUP,
+    USAGE_LIST_KEY,
+    USAGE_STREAM_KEY,
+)
 from projects.models import APIKey, Organization
 
 log = logging.getLogger(__name__)
@@ -128,6 +134,9 @@ def consumer_name() -> str:
 
 
 def _record(e: dict, dep_ids: set, user_ids: set) -> UsageRecord:
+    for field in ("prompt_tokens", "completion_tokens"):
+        if not 0 <= e[field] <= MAX_TOKEN_COUNT:  # the database would refuse the whole batch
+            raise ValueError(f"{field} out of range")
     return UsageRecord(
         request_id=e["request_id"],
         deployment_id=e["deployment_id"] if e["deployment_id"] in dep_ids else None,

@@ -78,9 +78,19 @@ def usage_from_body(payload: dict) -> tuple[int, int]:
     usage = payload.get("usage") if isinstance(payload, dict) else None
     if not isinstance(usage, dict):
         return 0, 0
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    return int(prompt), int(completion)
+    return _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
+
+
+MAX_TOKEN_COUNT = 2**31 - 1  # what a UsageRecord's PositiveIntegerField holds
+
+
+def _token_count(value: object) -> int:
+    """A count as the engine reported it, if it is one a record can hold; else 0. Not trusted:
+    an external endpoint is the tenant's own server ([1], Infinity, -5 or 3e9 once raised after
+    the answer, or failed every usage flush after it on PostgreSQL)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_COUNT:
+        return 0
+    return value
 
 
 _decoder = json.JSONDecoder()

@@ -15,6 +15,7 @@ from gateway.errors import GatewayError
 # overflow the rate limiter's arithmetic (Lua numbers are doubles; 2^63 lost precision and
 # poisoned the window for a minute).
 MAX_TOKENS_LIMIT = 2**31 - 1
+MAX_CHOICES = 128  # n / best_of: OpenAI's own bound, and what the gateway's holds count up to
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -60,6 +61,15 @@ def check_body(body: dict, route: str) -> None:
         if not _is_int(value) or not 0 <= value <= MAX_TOKENS_LIMIT:
             raise _invalid(
                 f"`{name}` must be a whole number between 0 and {MAX_TOKENS_LIMIT}; got {json.dumps(value)[:40]}.",
+                name,
+            )
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        # Whole numbers only: the token and budget holds count this many completions
+        # (ratelimit._choices), and an engine such as vLLM reads "3" or 3.0 as 3 all the same.
+        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_CHOICES):
+            raise _invalid(
+                f"`{name}` must be a whole number between 1 and {MAX_CHOICES}; got {json.dumps(value)[:40]}.",
                 name,
             )
     if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):

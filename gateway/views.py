@@ -21,8 +21,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
 from console import permissions
-from console.forms import MAX_ID, field_validation_response
+from console.forms import field_validation_response
 from console.http import current_organization as _organization
+from console.ids import parse_id
 from console.paging import ListFilter, list_query, paginate
 from deployments.models import DeploymentState, EndpointHealth, ModelDeployment
 from deployments.spec import RATE_LIMIT_SCOPE_LABELS
@@ -276,7 +277,7 @@ def _chosen_deployments(form: APIKeyForm, deployments) -> list[ModelDeployment]:
     """The deployments already ticked in a posted form (shown again when it has errors)."""
     if not form.is_bound:
         return []
-    pks = [v for v in form.data.getlist("deployments")[:KEY_SEARCH_LIMIT * 5] if v.isdigit() and int(v) <= MAX_ID]
+    pks = [v for v in form.data.getlist("deployments")[:KEY_SEARCH_LIMIT * 5] if parse_id(v) is not None]
     return list(deployments.filter(pk__in=pks)) if pks else []
 
 
@@ -293,7 +294,7 @@ def key_deployment_search(request: HttpRequest) -> HttpResponse:
             | Q(current_revision__spec__served_model_name__icontains=q)
             | Q(project__name__icontains=q)
         )
-    exclude = [v for v in request.GET.getlist("deployments") if v.isdigit() and int(v) <= MAX_ID]
+    exclude = [v for v in request.GET.getlist("deployments") if parse_id(v) is not None]
     if exclude:
         found = found.exclude(pk__in=exclude)
     return render(

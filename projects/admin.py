@@ -18,11 +18,32 @@ from projects.models import (
     OrganizationGroup,
     Project,
     ProjectMember,
+    Role,
 )
+
+
+class MembershipInlineFormSet(forms.BaseInlineFormSet):
+    """A member's row keeps its user, and what is saved leaves the organization an admin (the
+    rule member_role_set applies, asked here so a refusal is an error on the page, not a 500)."""
+
+    def clean(self) -> None:
+        super().clean()
+        admins, demoted = 0, False
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None)
+            if not data or (self.can_delete and self._should_delete_form(form)):
+                continue
+            if form.instance.pk and "user" in form.changed_data:
+                raise ValidationError("A member's row keeps its user: add the other user and remove this one.")
+            admins += data.get("role") == Role.ADMIN
+            demoted |= bool(form.instance.pk) and "role" in form.changed_data and form.initial.get("role") == Role.ADMIN
+        if demoted and not admins:
+            raise ValidationError("This is the organization's last admin; make someone else admin first.")
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipInlineFormSet
     extra = 0
     autocomplete_fields = ["user"]
     readonly_fields = ["monthly_budget"]  # budgets change on the Budgets page (audited, reach the gateway)
@@ -92,8 +113,13 @@ class OrganizationAdmin(RestrictedAdmin):
         instances = formset.save(commit=False)
         for membership in formset.deleted_objects:
             services.membership_remove(user=None, membership=membership)
-        for membership in instances:
-            membership.save()
+        role_changed = {obj.pk for obj, fields in formset.changed_objects if "role" in fields}
+        # New admins first, so that an admin handing over in the same save is never the last one.
+        for membership in sorted(instances, key=lambda m: m.role != Role.ADMIN):
+            if membership.pk in role_changed:  # checked, audited, and the gateway told
+                services.member_role_set(user=request.user, membership=membership, role=membership.role)
+            elif membership.pk is None:
+                membership.save()
         formset.save_m2m()
 
     @admin.display(description="GPUs used")
@@ -123,12 +149,49 @@ class ProjectAdmin(RestrictedAdmin):
         super().save_model(request, obj, form, change)
 
 
+class MembershipAdminForm(forms.ModelForm):
+    request_user = None  # set by MembershipAdmin.get_form: the service asks as this user
+
+    class Meta:
+        model = Membership
+        fields = ["user", "organization", "role"]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors or not self.instance.pk or "role" not in self.changed_data:
+            return
+        try:  # member_role_set's rules (not the last admin), before anything is saved
+            services.member_role_check(
+                user=self.request_user, membership=Membership.objects.get(pk=self.instance.pk),
+                role=self.cleaned_data["role"],
+            )  # fmt: skip
+        except ValidationError as exc:
+            self.add_error("role", exc.message_dict.get("role", exc.messages) if hasattr(exc, "error_dict") else exc.messages)
+        except PermissionDenied as exc:
+            self.add_error("role", str(exc))
+
+
 @admin.register(Membership)
 class MembershipAdmin(RestrictedAdmin):
+    form = MembershipAdminForm
     change_action = "admin"
     list_display = ["user", "organization", "role", "monthly_budget", "created_at"]
     list_filter = ["organization", "role"]
-    readonly_fields = ["monthly_budget"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A membership stays its user's in its organization: another one is added, this removed.
+        return ["user", "organization", "monthly_budget"] if obj else ["monthly_budget"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.request_user = request.user
+        return form
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        if "role" in form.changed_data:  # checked, audited, and the gateway told
+            services.member_role_set(user=request.user, membership=obj, role=obj.role)
 
     # Deleting a membership removes the member: their keys in the organization are revoked.
     def delete_model(self, request, obj):

@@ -29,6 +29,7 @@ from catalog import integrations as integration_checks
 from catalog.services import mappings_default_apply
 from console import permissions
 from console.crypto import last4
+from console.ids import parse_id
 from console.money import money_text
 from deployments.models import DeploymentState, ModelDeployment
 from gateway.cache import invalidate_user
@@ -519,6 +520,20 @@ def member_add(*, user: AbstractBaseUser | None, organization: Organization, use
     return membership
 
 
+def member_role_check(*, user: AbstractBaseUser | None, membership: Membership, role: str) -> None:
+    """member_role_set's rules, asked before anything is saved (the Django admin's forms)."""
+    permissions.require(user, "admin", membership.organization, what="members")
+    _check_role(role)
+    _last_admin_check(membership, role)
+
+
+def _last_admin_check(membership: Membership, role: str) -> None:
+    if membership.role == Role.ADMIN and role != Role.ADMIN and not Membership.objects.filter(
+        organization_id=membership.organization_id, role=Role.ADMIN
+    ).exclude(pk=membership.pk).exists():
+        raise ValidationError({"role": "This is the organization's last admin; make someone else admin first."})
+
+
 def member_role_set(*, user: AbstractBaseUser | None, membership: Membership, role: str) -> Membership:
     """Change a member's role; the organization always keeps at least one admin."""
     organization = membership.organization
@@ -528,10 +543,7 @@ def member_role_set(*, user: AbstractBaseUser | None, membership: Membership, ro
         Organization.objects.select_for_update().get(pk=organization.pk)  # serialize with removals
         locked = Membership.objects.select_related("user").get(pk=membership.pk)
         before = _member_state(locked)
-        if locked.role == Role.ADMIN and role != Role.ADMIN and not Membership.objects.filter(
-            organization=organization, role=Role.ADMIN
-        ).exclude(pk=locked.pk).exists():
-            raise ValidationError({"role": "This is the organization's last admin; make someone else admin first."})
+        _last_admin_check(locked, role)
         locked.role = role
         locked.full_clean()
         locked.save(update_fields=["role"])
@@ -930,15 +942,15 @@ def budget_set(
         raise ValidationError({"level": f"Choose one of: {', '.join(BUDGET_LEVELS)}."})
     if level == "organization":
         return organization_budget_set(user=user, organization=organization, amount=amount, currency=currency)
-    ident = str(target or "")
-    if not ident.isdigit() or int(ident) >= 2**63:
+    ident = parse_id(target)
+    if ident is None:
         raise ValidationError({"target": "Give the member's user id or the key's id."})
     if level == "member":
-        membership = Membership.objects.filter(organization=organization, user_id=int(ident)).first()
+        membership = Membership.objects.filter(organization=organization, user_id=ident).first()
         if membership is None:
             raise Http404("No such member.")
         return member_budget_set(user=user, membership=membership, amount=amount)
-    key = api_key_get(user, int(ident))  # 404 unless the user owns it or administers its organization
+    key = api_key_get(user, ident)  # 404 unless the user owns it or administers its organization
     if key.organization_id != organization.pk:
         raise Http404("No such API key.")
     return api_key_budget_set(user=user, key=key, amount=amount)

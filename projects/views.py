@@ -17,8 +17,8 @@ from django.views.decorators.http import require_POST
 
 from console import permissions
 from console.edit import ActionView, EditView
-from console.forms import MAX_ID
 from console.http import current_organization as _organization
+from console.ids import parse_id
 from console.middleware import SESSION_KEY as ORG_SESSION_KEY
 from console.paging import ListFilter, paginate
 from deployments.models import ModelDeployment
@@ -474,9 +474,9 @@ org_group_delete = GroupDelete.as_view()
 
 def _member_from_post(request: HttpRequest, organization) -> object:
     raw = request.POST.get("user", "")
-    if not raw.isdigit() or int(raw) > MAX_ID:  # past 64 bits: no user, and SQLite can't bind it
+    if parse_id(raw) is None:  # past 64 bits: no user, and SQLite can't bind it
         raise Http404("No such member.")
-    return selectors.member_user_get(request.user, organization, int(raw))
+    return selectors.member_user_get(request.user, organization, parse_id(raw))
 
 
 @login_required

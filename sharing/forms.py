@@ -215,8 +215,8 @@ class AuditFilterForm(forms.Form):
     action = forms.ChoiceField(choices=[("", "Any action"), *AuditAction.choices], required=False)
     object_type = forms.CharField(required=False, label="Object type")
     actor = forms.CharField(required=False)
-    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
 
 
 class PromoteForm(StyledForm):

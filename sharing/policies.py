@@ -19,6 +19,7 @@ from typing import Any
 
 from django.db.models import Q
 
+from console.ids import is_digits, parse_id
 from deployments.models import ComputePool
 
 DEPLOYMENT_SOURCE = "The deployment's policy"
@@ -107,8 +108,8 @@ def _pool_ids(values: Any, organization: Any) -> list[int] | None:
     ``organization``; an unknown name matches no pool)."""
     if not values:
         return None
-    ids = [int(v) for v in values if isinstance(v, int) or (isinstance(v, str) and v.isdigit())]
-    names = [v for v in values if isinstance(v, str) and not v.isdigit()]
+    ids = [parse_id(v) for v in values if parse_id(v) is not None]
+    names = [v for v in values if isinstance(v, str) and not is_digits(v)]
     if organization is None:
         return ids or [0]
     found = ComputePool.objects.filter(organization=organization).filter(

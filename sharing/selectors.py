@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from console import permissions
+from console.ids import parse_id
 from deployments.models import ModelDeployment
 from projects.models import Environment, GpuReservation, Organization, Project
 from projects.selectors import project_get, projects_for_user
@@ -39,8 +40,8 @@ def audit_entries_for_user(
         qs = qs.filter(object_id=str(object_id))
     if actor:
         match = Q(actor_repr__iexact=actor) | Q(actor__username__iexact=actor)
-        if str(actor).isdigit():
-            match |= Q(actor_id=int(actor))
+        if parse_id(actor) is not None:
+            match |= Q(actor_id=parse_id(actor))
         qs = qs.filter(match)
     if q:
         qs = qs.filter(
@@ -155,8 +156,8 @@ def quota_overview(user: Any, organization: Organization) -> dict:
     for r in reservations:
         by_project.setdefault(r.project_id, []).append(r)
         kind, _, ident = r.holder.partition(":")
-        if kind == "deployment" and ident.isdigit():
-            deployment_ids.append(int(ident))
+        if kind == "deployment" and parse_id(ident) is not None:
+            deployment_ids.append(parse_id(ident))
     names = dict(
         ModelDeployment.objects.filter(
             pk__in=deployment_ids, project__organization=organization
@@ -167,7 +168,7 @@ def quota_overview(user: Any, organization: Organization) -> dict:
         holders = []
         for r in by_project.get(project.pk, []):
             kind, _, ident = r.holder.partition(":")
-            dep_id = int(ident) if kind == "deployment" and ident.isdigit() else None
+            dep_id = parse_id(ident) if kind == "deployment" else None
             holders.append(
                 {
                     "holder": r.holder,

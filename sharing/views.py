@@ -21,6 +21,7 @@ from console import permissions
 from console.edit import ActionView, EditView
 from console.http import current_organization as _organization
 from console.http import redirect_after_post as _redirect
+from console.ids import parse_id
 from console.paging import paginate
 from projects import services as project_services
 from projects.models import Organization
@@ -54,7 +55,8 @@ def _link(url_name: str, *args) -> str:
 def audit(request: HttpRequest) -> HttpResponse:
     org = _organization(request)
     form = AuditFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
+    form.is_valid()  # a filter that can't be read is shown as an error; the others still apply
+    filters = getattr(form, "cleaned_data", {})
     entries = selectors.audit_entries_for_user(
         request.user,
         org,
@@ -84,9 +86,9 @@ def audit(request: HttpRequest) -> HttpResponse:
 
 def _check_object_visible(user, org: Organization, object_type: str, object_id: str) -> None:
     """The object must belong to the user's organization; unknown types must have entries there."""
-    if not object_id.isdigit():
+    pk = parse_id(object_id)
+    if pk is None:
         return
-    pk = int(object_id)
     if object_type == "deployment":
         deployment = selectors.deployment_get(user, pk)
         if deployment.project.organization_id != org.pk:
@@ -110,7 +112,7 @@ def object_history(request: HttpRequest, object_type: str, object_id: str) -> Ht
         request.user, org, object_type=object_type, object_id=object_id
     )
     known = object_type in {"deployment", "project", "environment", "organization"}
-    if known and object_id.isdigit():
+    if known and parse_id(object_id) is not None:
         _check_object_visible(request.user, org, object_type, object_id)
     elif not entries.exists():
         raise Http404("No history for that object.")

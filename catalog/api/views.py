@@ -30,6 +30,7 @@ from catalog.api.serializers import (
     ResolveQuerySerializer,
 )
 from console.api import IntegerIdMixin, filter_by_id
+from console.ids import parse_id
 from projects.models import Project
 from projects.selectors import organizations_for_user, project_get
 
@@ -81,7 +82,7 @@ def _upstream_from_validation(exc: ValidationError) -> Response | None:
 
 def _organization(request, org_id=None):
     orgs = organizations_for_user(request.user)
-    if org_id not in (None, "") and not str(org_id).isdigit():
+    if org_id not in (None, "") and parse_id(org_id) is None:
         raise ValidationError({"organization": "Give the organization's id."})
     if org_id in (None, ""):
         org = getattr(request, "organization", None) or orgs.first()
@@ -260,11 +261,11 @@ class CatalogModelViewSet(IntegerIdMixin, viewsets.GenericViewSet):
         """Which Profile Bundle a project's MaaS mappings choose for this model."""
         model = selectors.model_get(request.user, pk)
         project_pk = request.query_params.get("project")
-        if not project_pk or not str(project_pk).isdigit():
+        if parse_id(project_pk) is None:
             return Response(
                 {"project": ["Give the project id."]}, status=status.HTTP_400_BAD_REQUEST
             )
-        return Response(_resolution(request, _project(request, int(project_pk)), model))
+        return Response(_resolution(request, _project(request, parse_id(project_pk)), model))
 
     @extend_schema(parameters=[HubSearchQuerySerializer], responses={200: dict})
     @action(detail=False, methods=["get"], url_path="hub-search")

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from catalog.selectors import bundles_for_user, models_for_user
 from console import permissions
 from console.api import filter_by_id
+from console.ids import parse_id
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
 from deployments.api.serializers import (
@@ -383,7 +384,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
             raise ValidationError({"kind": "An external deployment has no Kubernetes objects."})
         wanted = request.query_params.get("revision", "")
         if wanted:
-            if not wanted.isdigit():
+            if parse_id(wanted) is None:
                 raise ValidationError({"revision": "Give a revision number."})
             revision = deployment.revisions.filter(number=int(wanted)).first()
             if revision is None:

@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from console.ids import parse_id
 from projects.keys import api_key_create
 from projects.models import APIKeyScope, Membership
 
@@ -91,7 +92,7 @@ class TokenExchangeView(APIView):
         wanted = data.get("organization")
         if wanted:
             memberships = memberships.filter(
-                **({"organization_id": int(wanted)} if wanted.isdigit() else {"organization__slug": wanted})
+                **({"organization_id": parse_id(wanted) or -1} if wanted.isdigit() else {"organization__slug": wanted})
             )
         membership = memberships.first()
         if membership is None:

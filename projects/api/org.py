@@ -15,6 +15,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from console import permissions
+from console.ids import parse_id
 from gateway import reports
 from gateway.views import deployment_for_usage
 from projects import selectors, services
@@ -55,8 +56,8 @@ def organization_of(request, value=None) -> Organization:
     orgs = selectors.organizations_for_user(request.user)
     if value in (None, ""):
         org = getattr(request, "organization", None) or orgs.order_by("pk").first()
-    elif str(value).isdigit() and int(value) < 2**63:
-        org = orgs.filter(pk=int(value)).first()
+    elif parse_id(value) is not None:
+        org = orgs.filter(pk=parse_id(value)).first()
     else:
         org = None
     if org is None:
@@ -65,9 +66,10 @@ def organization_of(request, value=None) -> Organization:
 
 
 def _pk(value) -> int:
-    if not str(value).isdigit() or int(value) >= 2**63:
+    pk = parse_id(value)
+    if pk is None:
         raise Http404("Not found.")
-    return int(value)
+    return pk
 
 
 class MemberViewSet(viewsets.GenericViewSet):

@@ -11,6 +11,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from console import permissions
+from console.ids import parse_id
 from deployments.models import ModelDeployment
 from gateway import reports
 from projects import keys, services
@@ -73,8 +74,8 @@ class ProjectViewSet(ProjectSettingsMixin, mixins.ListModelMixin, mixins.Retriev
         orgs = organizations_for_user(request.user)
         if org_id in (None, ""):
             org = getattr(request, "organization", None) or orgs.first()
-        elif str(org_id).isdigit() and int(org_id) < 2**63:
-            org = orgs.filter(pk=int(org_id)).first()
+        elif parse_id(org_id) is not None:
+            org = orgs.filter(pk=parse_id(org_id)).first()
         else:
             org = None
         if org is None:
@@ -137,9 +138,9 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         org_id = params.get("organization")
         organization = None
         if org_id is not None:
-            if not org_id.isdigit():
+            if parse_id(org_id) is None:
                 raise ValidationError({"organization": "Give the organization's numeric id."})
-            organization = organizations_for_user(user).filter(pk=int(org_id)).first()
+            organization = organizations_for_user(user).filter(pk=parse_id(org_id)).first()
             if organization is None:
                 raise Http404("No such organization.")
         # The list leaves the playground's keys out unless asked, as the console's does (a key's
@@ -155,9 +156,9 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     def get_object(self):
         pk = self.kwargs.get("pk", "")
-        if not str(pk).isdigit():
+        if parse_id(pk) is None:
             raise Http404("No such API key.")
-        return keys.api_key_get(self.request.user, int(pk))
+        return keys.api_key_get(self.request.user, parse_id(pk))
 
     @extend_schema(
         parameters=[
@@ -235,8 +236,8 @@ class BudgetView(GenericAPIView):
         orgs = organizations_for_user(request.user)
         if org_id in (None, ""):
             org = getattr(request, "organization", None) or orgs.order_by("pk").first()
-        elif str(org_id).isdigit() and int(org_id) < 2**63:
-            org = orgs.filter(pk=int(org_id)).first()
+        elif parse_id(org_id) is not None:
+            org = orgs.filter(pk=parse_id(org_id)).first()
         else:
             raise ValidationError({"organization": "Give the organization's numeric id."})
         if org is None:

@@ -111,6 +111,18 @@ def test_nul_byte_in_a_list_filter_is_a_400(client, catalog, url):
 
 @pytest.mark.parametrize(
     "url",
+    ["/deployments/?q=a%00", "/audit/?q=%00", "/catalog/?q=%00", "/hub/keys/?q=%00", "/hub/usage/?req_q=%00",
+     "/pools/?q=%00", "/projects/?q=%00", "/organization/members/?q=%00", "/hub/keys/deployments/?q=%00"],
+)
+def test_nul_byte_in_a_page_query_is_a_400_page(client, catalog, url):
+    """QA: the console's searches put it in a LIKE that PostgreSQL refuses (a 500)."""
+    response = client.get(url)
+    assert response.status_code == 400, response.content[:200]
+    assert "Bad request" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "url",
     [
         "/api/v1/deployments/?project=999999999999999999999",
         "/api/v1/endpoints/?project=999999999999999999999",
@@ -132,6 +144,55 @@ def test_a_list_filtered_by_an_id_past_64_bits_is_empty_without_asking_the_datab
     assert response.status_code == 200, response.content[:200]
     assert response.json()["results"] == []
     assert not [q["sql"] for q in queries.captured_queries if "999999999999999999999" in q["sql"]]
+
+
+SUPERSCRIPT_TWO = "\u00b2"  # "²": str.isdigit() says yes, int() refuses it
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/deployments/?project=²",
+        "/api/v1/models/?organization=²",
+        "/api/v1/budgets/?organization=²",
+        "/api/v1/members/?organization=²",
+        "/api/v1/keys/?organization=²",
+        "/api/v1/usage/summary/?organization=²",
+        "/api/v1/audit-entries/?actor=²",
+        "/audit/?actor=²",
+        "/audit/history/deployment/²/",
+        "/hub/keys/deployments/?q=a&deployments=²",
+    ],
+)
+def test_a_superscript_digit_where_an_id_goes_is_no_500(client, catalog, url):
+    """QA: "²" passed the id checks (str.isdigit) and int() raised: a 500 on each of these."""
+    response = client.get(url)
+    assert response.status_code in (200, 400, 404), (url, response.status_code)
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/org/switch/", {"organization": "²"}),
+        ("/hub/budgets/", {"level": "member", "target": "²", "monthly_budget": "1"}),
+        ("/hub/budgets/", {"level": "key", "target": "²", "monthly_budget": "1"}),
+        ("/hub/keys/", {"name": "bot", "scope": "gateway", "deployments": ["²"]}),
+    ],
+)
+def test_a_superscript_digit_posted_where_an_id_goes_is_no_500(client, url, body):
+    response = client.post(url, body)
+    assert response.status_code in (200, 302, 400, 404), (url, response.status_code)
+
+
+def test_a_superscript_digit_as_the_token_organization_is_a_field_error(tenants):
+    tenants.owner.set_password("pw-for-token")
+    tenants.owner.save()
+    response = Client(raise_request_exception=False).post(
+        "/api/v1/auth/token/",
+        {"username": tenants.owner.username, "password": "pw-for-token", "organization": "²"},
+        content_type="application/json",
+    )
+    assert response.status_code == 400 and "organization" in response.json()
 
 
 def test_multipart_without_boundary_is_a_400(client):

@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from catalog.models import CatalogModel
 from deployments.apply import Context, ManifestError, apply_documents, load_documents
 from deployments.kube.kubeconfig import KubeconfigRefused, reduce_kubeconfig
 from deployments.models import ComputePool, Endpoint, ModelDeployment, PoolKind
@@ -72,6 +73,46 @@ def test_nesting_too_deep_is_a_400_not_a_500(tenants, depth, words):
     deep = "apiVersion: modeldeck.io/v1\nkind: Endpoint\nmetadata: {name: ep}\nspec: {x: " + "[" * depth + "]" * depth + "}\n"
     response = _post(tenants.owner, {"manifest": deep})
     assert response.status_code == 400 and words in response.json()["manifest"][0]
+
+
+def test_a_nul_character_in_a_manifest_is_refused_where_it_is(tenants):
+    manifest = 'apiVersion: modeldeck.io/v1\nkind: Model\nmetadata: {name: m}\nspec: {source: custom, storage_uri: "s3://bkt/m", description: "a\\0b"}\n'
+    response = _post(tenants.owner, {"manifest": manifest})
+    assert response.status_code == 400, response.content
+    assert response.json()["manifest"][0].startswith("line 4, column 64: A NUL character")
+    assert not CatalogModel.objects.filter(name="m").exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "words"),
+    [
+        ("kind: Endpoint\nmetadata: {name: yes, project: research}\nspec: {path: /y}\n",
+         "document 1: metadata.name must be text"),
+        ("kind: Endpoint\nmetadata: {name: y, project: [research]}\nspec: {path: /y}\n",
+         "document 1: metadata.project must be text"),
+        ("kind: Model\nmetadata: {name: m}\nspec: {source: huggingface, repo_id: acme/m, revision: 1234567}\n",
+         "model/m: spec.revision must be text"),
+        ("kind: ProfileBundle\nmetadata: {name: b}\nspec: {engine: vllm, image: 5}\n", "profilebundle/b: spec.image must be text"),
+        ("kind: ComputePool\nmetadata: {name: p}\nspec: {kind: sandbox, engine_label: 5}\n",
+         "computepool/p: spec.engine_label must be text"),
+        ("kind: ModelDeployment\nmetadata: {name: d, project: research}\nspec: {model: m, pool: [sandbox]}\n",
+         "modeldeployment/d: spec.pool must be text"),
+    ],
+)
+def test_a_value_yaml_reads_as_no_text_is_said_so_not_a_python_error(tenants, manifest, words):
+    """QA: `name: yes` (a YAML boolean) answered "'bool' object has no attribute 'strip'", an
+    all-digit revision, a bundle's image or a pool's engine label "'int' object has no attribute
+    'strip'", a deployment's pool list "no compute pool named ['sandbox']"."""
+    response = _post(tenants.owner, {"manifest": "apiVersion: modeldeck.io/v1\n" + manifest})
+    text = " ".join(response.json().get("manifest") or response.json().get("lines") or [])
+    assert words in text and "put it in quotes" in text and "attribute" not in text, text
+
+
+def test_a_deployment_without_a_pool_says_the_pool_is_required(tenants):
+    manifest = ("apiVersion: modeldeck.io/v1\nkind: Model\nmetadata: {name: m}\nspec: {source: custom, storage_uri: 's3://bkt/m'}\n"
+                "---\napiVersion: modeldeck.io/v1\nkind: ModelDeployment\nmetadata: {name: d, project: research}\nspec: {model: m}\n")  # fmt: skip
+    response = _post(tenants.owner, {"manifest": manifest, "dry_run": True})
+    assert "error: modeldeployment/d: spec.pool is required (a compute pool's name)" in response.json()["lines"]  # was "no compute pool named None"
 
 
 def test_an_empty_file_says_so(tenants, tmp_path):

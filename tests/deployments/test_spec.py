@@ -74,6 +74,9 @@ def test_partial_nested_values_keep_the_other_defaults(bundle, model):
         ({"extra_args": ["--port", "9000"]}, "extra_args"),
         ({"replicas": {"min": 0, "max": 1}, "autoscaling": {"enabled": False}}, "replicas.min"),
         ({"colour": "blue"}, "colour"),
+        # QA: both passed the digits check and int() raised (a 500 from the API and `apply -f`).
+        ({"replicas": {"max": "\u00b2"}}, "replicas.max"),
+        ({"resources": {"gpus": "--1"}}, "resources.gpus"),
     ],
 )
 def test_bad_values_are_errors_on_the_named_field(bundle, model, spec, field):

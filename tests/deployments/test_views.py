@@ -7,6 +7,7 @@ import re
 import pytest
 import yaml
 from django.db import connection
+from django.test import Client
 from django.urls import reverse
 
 from catalog.models import CatalogModel, MaaSMapping, ProfileBundle
@@ -180,6 +181,19 @@ def test_bad_input_keeps_everything_the_user_typed(owner_client, form_data):
         and 'value="0.60"' in html
     )
     assert "VLLM_LOGGING_LEVEL=INFO" in html and "bogus: 1" in html and "--max-num-seqs 16" in html
+    assert not ModelDeployment.objects.exists()
+
+
+def test_a_nul_character_in_a_yaml_field_is_a_field_error_not_a_500(tenants, form_data):
+    """QA: a YAML "\\0" escape in a toleration's value reached PostgreSQL's jsonb, which can't
+    hold it (DataError, a 500 on the deploy form); `apply -f` reported the driver's words."""
+    client = Client(raise_request_exception=False)
+    client.force_login(tenants.owner)
+    tolerations = '- {key: a, operator: Equal, value: "x\\0y", effect: NoSchedule}'
+    response = client.post(reverse("deployments:create"), {**form_data, "tolerations": tolerations})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Line 1, column 36: A NUL character (\\0) can&#x27;t be stored; remove it." in html
     assert not ModelDeployment.objects.exists()
 
 

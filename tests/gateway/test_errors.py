@@ -263,6 +263,13 @@ def test_bodies_that_are_not_a_json_object_or_not_utf8_are_400(
         ({**CHAT, "max_tokens": "10"}, "max_tokens"),
         ({**CHAT, "max_completion_tokens": 2**63}, "max_completion_tokens"),
         ({**CHAT, "stream": "yes"}, "stream"),
+        # QA: the budget hold counts n and best_of completions only when they are whole numbers,
+        # while an engine such as vLLM (pydantic, lax) reads "3" and 3.0 as 3 and writes 3 replies.
+        ({**CHAT, "n": "3"}, "n"),
+        ({**CHAT, "n": 3.0}, "n"),
+        ({**CHAT, "n": 129}, "n"),
+        ({**CHAT, "n": 0}, "n"),
+        ({"model": "llama-chat", "prompt": "hi", "best_of": "4"}, "best_of"),
     ],
 )
 def test_values_the_gateway_reads_are_checked_with_a_400_naming_the_parameter(
@@ -273,6 +280,7 @@ def test_values_the_gateway_reads_are_checked_with_a_400_naming_the_parameter(
         post(gateway, secret, body), 400, "invalid_request_error", "invalid_value"
     )
     assert error["param"] == param
+    assert error["message"].startswith(f"`{param}`"), error  # the gateway's words, not the engine's
 
 
 def test_embeddings_and_completions_inputs_are_checked(tenants, deployment, gateway):
@@ -307,6 +315,23 @@ def test_huge_max_tokens_leaves_the_rate_limiter_working(tenants, gateway, redis
     assert ok.status_code == 200, ok.text
     # Refused before accounting: only the admitted request counts against the window.
     assert int(ok.headers["x-ratelimit-remaining-requests"]) == 99
+
+
+def test_known_endpoints_answer_head_and_say_which_methods_they_take(tenants, deployment, gateway):
+    """QA: HEAD /v1/models and POST /v1/models were 404 "Unknown endpoint", and no 405 said what
+    the endpoint takes (HTTP requires an Allow header on a 405)."""
+    secret = make_key(tenants.member, tenants.org)
+    auth = {"authorization": f"Bearer {secret}"}
+    head = httpx.head(gateway.base_url + "/models", headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) > 0  # what GET would send
+    wrong = httpx.post(gateway.base_url + "/models", headers=auth, json={})
+    assert_openai_error(wrong, 405, "invalid_request_error", None)
+    assert wrong.headers["allow"] == "GET, HEAD"
+    for path in ("/chat/completions", "/deployments/llama-chat/predictions"):
+        response = httpx.get(gateway.base_url + path, headers=auth)
+        assert_openai_error(response, 405, "invalid_request_error", None)
+        assert response.headers["allow"] == "POST"
 
 
 def test_unknown_endpoint_is_404_in_openai_shape(gateway):

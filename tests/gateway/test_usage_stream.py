@@ -8,6 +8,7 @@ consumer group writes them, acknowledging only after the database commit.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ from django.db import connection
 
 from gateway.models import UsageRecord
 from gateway.tasks import consume_usage, flush_usage
-from gateway.usage import USAGE_GROUP, USAGE_STREAM_KEY
+from gateway.usage import USAGE_GROUP, USAGE_STREAM_KEY, usage_from_body, usage_from_bytes
 from tests.gateway.conftest import make_deployment, make_key
 from tests.gateway.test_rate_limits import run_in_fresh_loop
 
@@ -154,3 +155,42 @@ def test_a_malformed_entry_does_not_block_the_ones_after_it(tenants, gateway, _c
     assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [response.headers["x-request-id"]]
     assert _clean_redis.xlen(USAGE_STREAM_KEY) == 0
     assert _clean_redis.xpending(USAGE_STREAM_KEY, USAGE_GROUP)["pending"] == 0
+
+
+def test_token_counts_no_column_can_hold_are_dropped_without_blocking_the_batch(tenants, gateway, _clean_redis):
+    """QA: an event whose tokens a PositiveIntegerField can't hold (an upstream's usage of 3e9 or
+    -5) failed the whole batch on PostgreSQL, and every flush after it: no usage written at all."""
+    make_deployment(tenants.project, "llama", served_model_name="llama-chat")
+    secret = make_key(tenants.member, tenants.org)
+    flush_usage(max_batches=0)  # the group exists
+    response = httpx.post(
+        gateway.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {secret}"}
+    )
+    (_, fields), = _clean_redis.xrange(USAGE_STREAM_KEY)
+    good = json.loads(fields[b"e"])
+    for n, tokens in enumerate((3_000_000_000, -5)):
+        bad = {**good, "request_id": f"req_bad{n}", "prompt_tokens": tokens}
+        _clean_redis.xadd(USAGE_STREAM_KEY, {"e": json.dumps(bad).encode()})
+    assert flush_usage() == 1
+    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [response.headers["x-request-id"]]
+    assert _clean_redis.xpending(USAGE_STREAM_KEY, USAGE_GROUP)["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 3_000_000_000, "completion_tokens": 1},
+        {"prompt_tokens": -5, "completion_tokens": 1},
+        {"prompt_tokens": [1], "completion_tokens": 1},
+        {"prompt_tokens": float("inf"), "completion_tokens": 1},
+        {"prompt_tokens": "12", "completion_tokens": 1},
+    ],
+)
+def test_an_upstreams_usage_that_is_no_token_count_counts_nothing(usage):
+    """An external endpoint is the tenant's own server: its `usage` is read, never trusted to be
+    whole numbers a record can hold ([1] was a TypeError and Infinity an OverflowError, a 500
+    after the answer with no record; -5 and 3e9 went on to the flush)."""
+    assert usage_from_body({"usage": usage}) == (0, 1)
+    body = ('{"choices": [], "usage": {"prompt_tokens": %s, "completion_tokens": 1}}'
+            % ("Infinity" if usage["prompt_tokens"] == float("inf") else json.dumps(usage["prompt_tokens"])))
+    assert usage_from_bytes(body.encode()) == (0, 1)

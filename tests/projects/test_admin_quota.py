@@ -58,3 +58,41 @@ def test_admin_quota_below_use_or_out_of_range_is_refused_on_the_field(tenants):
         assert reason in response.context["adminform"].form.errors["gpu_quota"]
     tenants.org.refresh_from_db()
     assert (tenants.org.gpu_quota, tenants.org.name) == (16, "Acme") and not AuditEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_admin_role_changes_on_the_organization_page_go_through_the_service_and_keep_an_admin(tenants):
+    """QA: the members inline saved roles straight to the row: no audit entry, and the
+    organization's only admin could be made a viewer."""
+    client = _superuser_client(tenants)  # the owner, Acme's only admin
+    url = reverse("admin:projects_organization_change", args=[tenants.org.pk])
+    users = list(Membership.objects.filter(organization=tenants.org).order_by("pk").values_list("user_id", flat=True))
+    owner, member = users.index(tenants.owner.pk), users.index(tenants.member.pk)
+    refused = client.post(url, _change_form(tenants, **{f"memberships-{owner}-role": "viewer"}))
+    assert refused.status_code == 200 and "last admin" in refused.content.decode()
+    assert Membership.objects.get(organization=tenants.org, user=tenants.owner).role == "admin"
+    handed = client.post(url, _change_form(tenants, **{f"memberships-{owner}-role": "viewer",
+                                                       f"memberships-{member}-role": "admin"}))  # fmt: skip
+    assert handed.status_code == 302, handed.content.decode()[:2000]
+    roles = dict(Membership.objects.filter(organization=tenants.org).values_list("user__username", "role"))
+    assert roles["owner"] == "viewer" and roles["member"] == "admin"
+    assert AuditEntry.objects.filter(action="update", actor=tenants.owner).count() == 2
+
+
+@pytest.mark.django_db
+def test_the_membership_admin_keeps_user_and_organization_and_changes_roles_through_the_service(tenants):
+    """QA: a membership's page moved it to another user or organization (keys and projects left
+    behind) and saved roles unaudited, the last admin's too."""
+    client = _superuser_client(tenants)
+    owner = Membership.objects.get(organization=tenants.org, user=tenants.owner)
+    elsewhere = {"user": str(tenants.outsider.pk), "organization": str(tenants.other_org.pk)}
+    refused = client.post(reverse("admin:projects_membership_change", args=[owner.pk]), {"role": "viewer", **elsewhere})
+    assert refused.status_code == 200 and "last admin" in refused.content.decode()
+    member = Membership.objects.get(organization=tenants.org, user=tenants.member)
+    saved = client.post(reverse("admin:projects_membership_change", args=[member.pk]), {"role": "admin", **elsewhere})
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    member.refresh_from_db()
+    assert (member.user_id, member.organization_id, member.role) == (tenants.member.pk, tenants.org.pk, "admin")
+    owner.refresh_from_db()
+    assert owner.role == "admin"
+    assert AuditEntry.objects.filter(action="update", actor=tenants.owner).count() == 1

@@ -169,6 +169,22 @@ def test_audit_page_lists_the_organizations_entries_with_diffs_and_searches(tena
 
 
 @pytest.mark.django_db
+def test_a_filter_that_cant_be_read_is_shown_and_the_others_still_apply(tenants):
+    """QA: one bad filter (a date typed by hand, an action from an old link) dropped them all:
+    the page listed every entry under the user's filters, the htmx fragment with no word why."""
+    _entries(tenants)
+    client = login(tenants.viewer)
+    for bad in ({"since": "2026-13-45"}, {"action": "nonsense"}):
+        html = client.get(reverse("sharing:audit"), {"actor": "member", **bad}).content.decode()
+        assert "embedder" in html and "llama-chat" not in html, bad
+        assert ("From: Enter a valid date." if "since" in bad else "Action: Select a valid choice.") in html
+        fragment = client.get(reverse("sharing:audit"), {"actor": "member", **bad}, HTTP_HX_REQUEST="true",
+                              HTTP_HX_TARGET="audit-results").content.decode()  # fmt: skip
+        assert "embedder" in fragment and "llama-chat" not in fragment, bad
+        assert "This filter is left out" in fragment, bad
+
+
+@pytest.mark.django_db
 def test_audit_pages_link_to_each_other_keeping_the_filters(tenants):
     row = f.deployment(tenants.project, name="llama-chat")
     for n in range(51):
