@@ -380,6 +380,15 @@ class _Line:
 
 
 CSV_CHUNK = 2000
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(value: str | None) -> str:
+    """A tenant-typed text cell (a username, a deployment name) that a spreadsheet would read as
+    a formula ("=HYPERLINK(…)", "+1", "@SUM") is written with a leading apostrophe (OWASP's CSV
+    injection rule): opened in Excel or LibreOffice it stays text."""
+    value = value or ""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
@@ -400,8 +409,8 @@ def csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
          latency, ttft, stream, cost, currency) in rows:  # fmt: skip
         yield writer.writerow(
             [
-                created.isoformat(), request_id, name, route, status, status_words(status) if status >= 400 else "",
-                prefix, username or "",
+                created.isoformat(), _text_cell(request_id), _text_cell(name), _text_cell(route), status,
+                status_words(status) if status >= 400 else "", _text_cell(prefix), _text_cell(username),
                 prompt, completion, f"{latency:.2f}", "" if ttft is None else f"{ttft:.2f}",
                 stream, f"{cost:f}", currency,  # fixed-point: a zero cost is 0.00000000, not 0E-8
             ]

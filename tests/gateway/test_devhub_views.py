@@ -306,3 +306,18 @@ def test_usage_tables_name_the_organizations_keys_and_only_prefix_others(tenants
     assert named == {key.prefix: (key.pk, "support-bot"), foreign.prefix: (foreign.pk, "")}
     summary = api.get("/api/v1/usage/summary/", {"scope": "deployment", "deployment": deployment.pk}).json()
     assert {r["name"]: r["api_key_name"] for r in summary["by_key"]} == {key.prefix: "support-bot", foreign.prefix: ""}
+
+
+def test_usage_csv_writes_formula_like_text_as_text(tenants, deployment):
+    """A username is typed by a person ("+cmd|…", "@SUM(1)" are valid Django usernames): a
+    spreadsheet opening the export must not run it as a formula (OWASP CSV injection)."""
+    import csv as csvlib
+
+    tenants.member.username = "@SUM(1+1)"
+    tenants.member.save()
+    key, _ = api_key_create(user=tenants.member, organization=tenants.org, name="mine")
+    record(deployment, key, route="-chat")
+    response = login(tenants.member).get(reverse("devhub:usage") + "?format=csv")
+    rows = list(csvlib.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [(r["user"], r["route"], r["deployment_name"]) for r in rows] == [("'@SUM(1+1)", "'-chat", "llama")]
+    assert rows[0]["prompt_tokens"] == "10" and rows[0]["cost"] == "0.00007000"  # figures stay figures
