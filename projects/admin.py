@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
 
+from console import permissions
 from console.admin import RecordAdmin, RestrictedAdmin
 from projects import services
 from projects.models import (
@@ -118,8 +119,10 @@ class OrganizationAdmin(RestrictedAdmin):
         for membership in sorted(instances, key=lambda m: m.role != Role.ADMIN):
             if membership.pk in role_changed:  # checked, audited, and the gateway told
                 services.member_role_set(user=request.user, membership=membership, role=membership.role)
-            elif membership.pk is None:
-                membership.save()
+            elif membership.pk is None:  # checked and audited as the Members page's Add
+                added = services.member_join(user=request.user, organization=membership.organization,
+                                             member=membership.user, role=membership.role)  # fmt: skip
+                membership.pk, membership.created_at = added.pk, added.created_at
         formset.save_m2m()
 
     @admin.display(description="GPUs used")
@@ -158,6 +161,11 @@ class MembershipAdminForm(forms.ModelForm):
 
     def _post_clean(self) -> None:
         super()._post_clean()
+        if not self.errors and not self.instance.pk:  # member_join's permission, said on the field
+            organization = self.cleaned_data.get("organization")
+            if organization is not None and not permissions.can(self.request_user, "admin", organization):
+                self.add_error("organization", f"Only admins of {organization.name} can add its members.")
+            return
         if self.errors or not self.instance.pk or "role" not in self.changed_data:
             return
         try:  # member_role_set's rules (not the last admin), before anything is saved
@@ -188,8 +196,10 @@ class MembershipAdmin(RestrictedAdmin):
         return form
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            return super().save_model(request, obj, form, change)
+        if not change:  # checked and audited as the Members page's Add
+            added = services.member_join(user=request.user, organization=obj.organization, member=obj.user, role=obj.role)
+            obj.pk, obj.created_at = added.pk, added.created_at
+            return
         if "role" in form.changed_data:  # checked, audited, and the gateway told
             services.member_role_set(user=request.user, membership=obj, role=obj.role)
 

@@ -507,16 +507,25 @@ def member_add(*, user: AbstractBaseUser | None, organization: Organization, use
     )
     if found is None:
         raise ValidationError({"username": MEMBER_NOT_FOUND})
+    return member_join(user=user, organization=organization, member=found, role=role)
+
+
+def member_join(*, user: AbstractBaseUser | None, organization: Organization, member: AbstractBaseUser,
+                role: str = Role.MEMBER) -> Membership:
+    """Make `member` (a user already chosen, e.g. in the Django admin) a member of the
+    organization with `role`: checked and audited as member_add."""
+    permissions.require(user, "admin", organization, what="members")
+    _check_role(role)
     with transaction.atomic():
         Organization.objects.select_for_update().get(pk=organization.pk)
-        if Membership.objects.filter(organization=organization, user=found).exists():
-            raise ValidationError({"username": f"{found.get_username()} is already a member of {organization.name}."})
-        membership = Membership(organization=organization, user=found, role=role)
+        if Membership.objects.filter(organization=organization, user=member).exists():
+            raise ValidationError({"username": f"{member.get_username()} is already a member of {organization.name}."})
+        membership = Membership(organization=organization, user=member, role=role)
         membership.full_clean()
         membership.save()
         _audit(actor=user, organization=organization, action="create", obj=membership, before=None,
                after=_member_state(membership))
-        gateway_forget_user(found.pk)
+        gateway_forget_user(member.pk)
     return membership
 
 

@@ -96,3 +96,43 @@ def test_the_membership_admin_keeps_user_and_organization_and_changes_roles_thro
     owner.refresh_from_db()
     assert owner.role == "admin"
     assert AuditEntry.objects.filter(action="update", actor=tenants.owner).count() == 1
+
+
+@pytest.mark.django_db
+def test_adding_a_member_in_the_admin_is_audited_like_the_members_page(tenants):
+    """QA: a membership added on its admin page or the organization's members inline was saved
+    bare: no audit entry, and the gateway's cached view of the user not told."""
+    from tests.factories import UserFactory
+
+    client = _superuser_client(tenants)
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    added = client.post(reverse("admin:projects_membership_add"),
+                        {"user": str(alice.pk), "organization": str(tenants.org.pk), "role": "member"})  # fmt: skip
+    assert added.status_code == 302, added.content.decode()[:2000]
+    data = _change_form(tenants)
+    n = int(data["memberships-TOTAL_FORMS"])
+    data |= {"memberships-TOTAL_FORMS": str(n + 1), f"memberships-{n}-organization": str(tenants.org.pk),
+             f"memberships-{n}-user": str(bob.pk), f"memberships-{n}-role": "viewer"}  # fmt: skip
+    inline = client.post(reverse("admin:projects_organization_change", args=[tenants.org.pk]), data)
+    assert inline.status_code == 302, inline.content.decode()[:2000]
+    for user, role in ((alice, "member"), (bob, "viewer")):
+        membership = Membership.objects.get(organization=tenants.org, user=user)
+        assert membership.role == role
+        entry = AuditEntry.objects.get(action="create", object_id=str(membership.pk), actor=tenants.owner)
+        assert entry.after["role"] == role
+
+
+@pytest.mark.django_db
+def test_a_staff_member_who_is_not_its_admin_cannot_add_members_in_the_admin(tenants):
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import UserFactory
+
+    tenants.member.is_staff = True
+    tenants.member.save()
+    tenants.member.user_permissions.add(*Permission.objects.filter(codename__in=["add_membership", "view_membership"]))
+    carol = UserFactory(username="carol")
+    refused = login(tenants.member).post(reverse("admin:projects_membership_add"),
+                                         {"user": str(carol.pk), "organization": str(tenants.org.pk), "role": "admin"})  # fmt: skip
+    assert refused.status_code == 200 and "Only admins of Acme can add its members." in refused.content.decode()
+    assert not Membership.objects.filter(user=carol).exists()
