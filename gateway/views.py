@@ -584,6 +584,10 @@ def budgets(request: HttpRequest) -> HttpResponse:
     for row in overview["keys"]:
         row["error"] = errors.get(f"key:{row['id']}", "")
     overview["organization"]["error"] = errors.get("organization:", "")
+    shown = {f"member:{row['user']}" for row in overview["members"]} | {f"key:{row['id']}" for row in overview["keys"]}
+    for where, error in errors.items():
+        if where not in shown | {"organization:"}:  # no row to put it under (a stale or edited form)
+            messages.error(request, error)
     context = {"overview": overview, "is_admin": admin, "organization": org}
     return render(request, "devhub/budgets.html", context, status=status)
 

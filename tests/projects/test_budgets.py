@@ -402,3 +402,14 @@ def test_a_keys_budget_above_its_owners_lowered_budget_says_the_owners_applies_f
     member_budget_set(user=tenants.owner, membership=membership, amount="20")
     page = admin.get("/hub/budgets/").content.decode()
     assert 'class="help small applies-first"' not in page
+
+
+@pytest.mark.parametrize(("level", "target"), [("key", "abc"), ("member", ""), ("nonsense", "1")])
+def test_a_budget_post_for_no_row_on_the_page_says_why(tenants, level, target):
+    """QA: a stale or edited form (a member who left, a revoked key, a level the page has no row
+    for) was a 400 with the page and no error anywhere on it."""
+    response = login(tenants.owner).post("/hub/budgets/", {"level": level, "target": target, "monthly_budget": "5"})
+    assert response.status_code == 400
+    page = response.content.decode()
+    errors = re.findall(r'<ul class="messages"><li class="error">([^<]+)</li>', page)
+    assert errors and all(e.strip() for e in errors), page[:3000]
