@@ -339,6 +339,17 @@ def breakdown(scope: Scope, rng: Range, now: datetime, by: str, *, limit: int = 
     return rows
 
 
+def key_name_match(organization_id: int):
+    """For a usage list's search box: records of `organization_id`'s keys whose name contains the
+    query (a subquery: no query of its own)."""
+
+    def match(query: str) -> Q:
+        named = APIKey.objects.filter(organization_id=organization_id, name__icontains=query).values("prefix")
+        return Q(api_key_prefix__in=Subquery(named))
+
+    return match
+
+
 def key_names(organization_id: int, prefixes: set[str]) -> dict[str, str]:
     """The names of `organization_id`'s keys with these prefixes, for usage tables that group by
     prefix (the records keep the prefix so a deleted key's usage still reads). Other

@@ -384,7 +384,8 @@ def _usage_page(
         # Unsearched, the list holds exactly the requests the totals counted: no COUNT.
         "recent": paginate(
             request, selected, sorts=RECENT_SORTS, default_sort="-time", prefix="req_",
-            search=("deployment_name", "api_key_prefix", "route"), per_page=25,
+            search=("deployment_name", "api_key_prefix", "route", reports.key_name_match(_organization(request).pk)),
+            per_page=25,
             total=totals["requests"],
         ),
     }  # fmt: skip

@@ -300,6 +300,12 @@ def test_usage_tables_name_the_organizations_keys_and_only_prefix_others(tenants
     page = login(tenants.owner).get(reverse("devhub:deployment_usage", args=[deployment.pk])).content.decode()
     assert "support-bot" in page and f"{foreign.prefix}…" in page
     assert "globex-secret-name" not in page
+    # The requests' search box finds a key by its name too (your organization's keys).
+    found = login(tenants.owner).get(reverse("devhub:deployment_usage", args=[deployment.pk]), {"req_q": "support"})
+    recent = found.content.decode().split('id="usage-table"', 1)[1]
+    assert recent.count("<tr>") == 2 and "support-bot" in recent and f"{foreign.prefix}…" not in recent  # header + 1
+    hidden = login(tenants.owner).get(reverse("devhub:deployment_usage", args=[deployment.pk]), {"req_q": "globex"})
+    assert "No request matches." in hidden.content.decode()
     api = login(tenants.owner)
     rows = api.get("/api/v1/usage/", {"scope": "deployment", "deployment": deployment.pk}).json()["results"]
     named = {r["api_key_prefix"]: (r["api_key"], r["api_key_name"]) for r in rows}
