@@ -355,6 +355,10 @@ CELERY_BEAT_SCHEDULE: dict = {
 MODELDECK_AUTOSCALE_TICK_SECONDS = env_int("MODELDECK_AUTOSCALE_TICK_SECONDS", 2, minimum=1, maximum=60)
 MODELDECK_AUTOSCALE_WINDOW_SECONDS = env_int("MODELDECK_AUTOSCALE_WINDOW_SECONDS", 10, minimum=2, maximum=120)
 MODELDECK_GATEWAY_HOLD_QUEUE = env_int("MODELDECK_GATEWAY_HOLD_QUEUE", 100, minimum=0, maximum=100_000)
+# Browser apps on these origins may call the gateway (CORS; comma-separated, "*" any, empty none).
+# Keys travel in the Authorization header, never a cookie, so "*" lends a page no credential it
+# doesn't hold: as the OpenAI API and the LiteLLM proxy answer.
+MODELDECK_GATEWAY_CORS_ORIGINS = env_list("MODELDECK_GATEWAY_CORS_ORIGINS", ["*"])
 CELERY_BEAT_SCHEDULE["deployments-autoscale"] = {
     "task": "deployments.autoscale", "schedule": float(MODELDECK_AUTOSCALE_TICK_SECONDS),
 }

@@ -178,6 +178,37 @@ def _header(scope: dict, name: bytes) -> str:
     return ""
 
 
+# ---- CORS: browser apps calling with a key (MODELDECK_GATEWAY_CORS_ORIGINS) --------------------
+CORS_METHODS = b"GET, HEAD, POST, OPTIONS"
+CORS_MAX_AGE = b"600"
+
+
+def cors_origin(origin: str) -> str:
+    """What Access-Control-Allow-Origin says to a request from `origin` ("" : no CORS headers)."""
+    allowed = settings.MODELDECK_GATEWAY_CORS_ORIGINS
+    if "*" in allowed:
+        return "*"
+    return origin if origin in allowed else ""
+
+
+def _cors_headers(allowed: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"access-control-allow-origin", allowed.encode("latin-1")), (b"access-control-expose-headers", b"*")]
+    return headers if allowed == "*" else [*headers, (b"vary", b"origin")]
+
+
+def _with_cors(send, allowed: str):
+    """`send` with the CORS headers added to the response's start (every answer, errors too, so a
+    browser app can read why it was refused)."""
+    extra = _cors_headers(allowed)
+
+    async def cors_send(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return cors_send
+
+
 async def _read_body(receive) -> bytes:
     chunks = []
     size = 0
@@ -343,6 +374,14 @@ class Gateway:
         if path == "/metrics":
             await self._metrics(scope, send)
             return
+        origin = _header(scope, b"origin")  # a browser's request: server-side clients send none
+        if origin:
+            allowed = cors_origin(origin)
+            if method == "OPTIONS" and _header(scope, b"access-control-request-method"):
+                await self._preflight(scope, send, allowed)
+                return
+            if allowed:
+                send = _with_cors(send, allowed)
         request_id = new_request_id()
         try:
             if path == "/v1/models":
@@ -398,6 +437,18 @@ class Gateway:
                 )
             except Exception:  # noqa: BLE001 - the response had already started
                 pass
+
+    async def _preflight(self, scope, send, allowed: str) -> None:
+        """A browser asks before a cross-origin POST with a key: 204 with what may be sent, or
+        without CORS headers (the browser then refuses) for an origin not allowed."""
+        headers = []
+        if allowed:
+            asked = _header(scope, b"access-control-request-headers") or "authorization, content-type"
+            headers = [*_cors_headers(allowed), (b"access-control-allow-methods", CORS_METHODS),
+                       (b"access-control-allow-headers", asked[:1000].encode("latin-1")),
+                       (b"access-control-max-age", CORS_MAX_AGE)]  # fmt: skip
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _metrics(self, scope, send) -> None:
         token = settings.METRICS_TOKEN

@@ -483,3 +483,32 @@ def test_database_unavailable_is_503_with_retry_after_not_500(tenants, engine, m
         server.stop()
     assert_openai_error(response, 503, "server_error", "database_unavailable")
     assert response.headers["retry-after"] == "2"
+
+
+def test_browser_apps_may_call_the_gateway_with_a_key_cors(tenants, deployment, gateway, settings):
+    """A web app on another origin calls the gateway as it calls the OpenAI API: the preflight
+    answers what may be sent, every answer (errors too) carries Access-Control-Allow-Origin. An
+    origin left out of MODELDECK_GATEWAY_CORS_ORIGINS gets no CORS headers: the browser refuses."""
+    secret = make_key(tenants.member, tenants.org)
+    origin = {"origin": "https://app.example.com"}
+    preflight = httpx.options(gateway.base_url + "/chat/completions", headers={
+        **origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type, openai-beta"})  # fmt: skip
+    assert preflight.status_code == 204, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert preflight.headers["access-control-allow-headers"] == "authorization, content-type, openai-beta"
+    ok = post(gateway, secret, **origin)
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "*", ok.text
+    refused = post(gateway, "mdk_wrong", **origin)
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
+    plain = post(gateway, secret)  # a server-side client: nothing added
+    assert "access-control-allow-origin" not in plain.headers
+
+    settings.MODELDECK_GATEWAY_CORS_ORIGINS = ["https://app.example.com"]
+    named = post(gateway, secret, **origin)
+    assert named.headers["access-control-allow-origin"] == "https://app.example.com" and named.headers["vary"] == "origin"
+    other = {"origin": "https://evil.example"}
+    assert "access-control-allow-origin" not in post(gateway, secret, **other).headers
+    refused = httpx.options(gateway.base_url + "/chat/completions", headers={**other, "access-control-request-method": "POST"})
+    assert refused.status_code == 204 and "access-control-allow-origin" not in refused.headers
