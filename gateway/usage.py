@@ -88,6 +88,8 @@ def _token_count(value: object) -> int:
     """A count as the engine reported it, if it is one a record can hold; else 0. Not trusted:
     an external endpoint is the tenant's own server ([1], Infinity, -5 or 3e9 once raised after
     the answer, or failed every usage flush after it on PostgreSQL)."""
+    if isinstance(value, float) and value.is_integer():  # 12.0 from a JSON encoder that writes floats
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_COUNT:
         return 0
     return value

@@ -194,3 +194,10 @@ def test_an_upstreams_usage_that_is_no_token_count_counts_nothing(usage):
     body = ('{"choices": [], "usage": {"prompt_tokens": %s, "completion_tokens": 1}}'
             % ("Infinity" if usage["prompt_tokens"] == float("inf") else json.dumps(usage["prompt_tokens"])))
     assert usage_from_bytes(body.encode()) == (0, 1)
+
+
+def test_a_whole_float_token_count_counts():
+    """12.0 is twelve tokens (an encoder that writes every number as a float); 12.5 is no count."""
+    assert usage_from_body({"usage": {"prompt_tokens": 12.0, "completion_tokens": 3}}) == (12, 3)
+    assert usage_from_bytes(b'{"usage": {"prompt_tokens": 12.0, "completion_tokens": 3.0}}') == (12, 3)
+    assert usage_from_body({"usage": {"prompt_tokens": 12.5, "completion_tokens": 3}}) == (0, 3)
