@@ -1205,6 +1205,40 @@ def deployment_activate(
     return deployment
 
 
+def deployment_retry(
+    *, user: AbstractBaseUser | None, deployment: ModelDeployment
+) -> ModelDeployment:
+    """Push a failed deployment's current revision again, as it is: after what made it fail was
+    fixed outside its spec (the pool's credentials, a node with room, an image pushed since). Its
+    GPUs are still held; the status sync decides again from what the pool then shows."""
+    permissions.require(user, "change", deployment)
+    _refuse_if_managed(user, deployment)
+    with transaction.atomic():
+        locked = _locked(deployment)
+        before = _deployment_snapshot(locked)
+        number = locked.current_revision.number if locked.current_revision else None
+        if locked.pool_id is None:
+            raise ValidationError("An external deployment runs nothing here to apply again; its health check retries by itself.")
+        if locked.state == DeploymentState.FAILED and locked.state_reason.startswith(UPDATE_FAILED):
+            raise ValidationError(
+                "Its update failed and was rolled back: the deployment still answers. Retry the failed "
+                "revision with Roll back to it, or fix it with Update."
+            )
+        if number is None or not state_claim(
+            locked, expect=DeploymentState.FAILED, state=DeploymentState.PENDING,
+            reason=f"Retrying revision {number}: applying it again.",
+        ):  # fmt: skip
+            raise ValidationError(
+                f"Only a failed deployment can be retried; this one is {locked.get_state_display().lower()}."
+            )
+        event_record(locked, reason="Retried", message=f"Revision {number} applied again by {user or 'the system'}.")
+        _enqueue_push(locked.pk)
+        _audit_deployment(user=user, deployment=locked, action="retry", before=before)
+        _gateway_forget()
+    deployment.refresh_from_db()
+    return deployment
+
+
 def deployment_delete(
     *, user: AbstractBaseUser | None, deployment: ModelDeployment
 ) -> ModelDeployment:

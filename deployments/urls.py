@@ -20,6 +20,7 @@ urlpatterns = [
         name="deployment_deactivate",
     ),
     path("deployments/<int:pk>/activate/", views.deployment_activate, name="deployment_activate"),
+    path("deployments/<int:pk>/retry/", views.deployment_retry, name="deployment_retry"),
     path("deployments/<int:pk>/rollback/", views.deployment_rollback, name="deployment_rollback"),
     path("deployments/<int:pk>/nim-tag/", views.deployment_nim_tag, name="deployment_nim_tag"),
     path("deployments/<int:pk>/bundle/", views.deployment_bundle, name="deployment_bundle"),

@@ -1075,6 +1075,17 @@ def deployment_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def deployment_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _action(request, pk, "change")
+    try:
+        services.deployment_retry(user=request.user, deployment=deployment)
+    except ValidationError as exc:
+        return _action_failed(request, deployment, exc)
+    return _after_action(request, deployment, f"“{deployment.name}”: its revision is being applied again.")
+
+
+@login_required
+@require_POST
 def deployment_activate(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _action(request, pk, "deactivate")
     try:

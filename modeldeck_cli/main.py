@@ -1,5 +1,5 @@
 """The `modeldeck` command: login, apply -f, delete -f, get, describe, logs, and operating a
-deployment (scale, deactivate, activate, rollback, history), keys, usage and chat — over the REST
+deployment (scale, deactivate, activate, retry, rollback, history), keys, usage and chat — over the REST
 API (chat: the gateway)."""
 
 from __future__ import annotations
@@ -380,6 +380,13 @@ def cmd_activate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     client = _client(args)
     data = _action(client, _deployment(client, args.name), "activate")
     out(f"deployment/{data['name']} activated: scaling back up (state {_status(data)}).")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    client = _client(args)
+    data = _action(client, _deployment(client, args.name), "retry")
+    out(f"deployment/{data['name']} retried: revision {data.get('current_revision')} is applied again (state {_status(data)}).")
     return 0
 
 
@@ -776,6 +783,12 @@ def parser() -> argparse.ArgumentParser:
                               description="Reserve the GPUs again (the quota is checked) and scale back up.")
     activate.add_argument("name", help="deployment name or id")
     activate.set_defaults(run=cmd_activate)
+
+    retry = sub.add_parser("retry", parents=[common], help="apply a failed deployment's revision again",
+                           description="After a failure's cause was fixed outside the spec (the pool, capacity, "
+                                       "the image): apply the current revision again, as it is.")  # fmt: skip
+    retry.add_argument("name", help="deployment name or id")
+    retry.set_defaults(run=cmd_retry)
 
     rollback = sub.add_parser(
         "rollback", parents=[common], help="re-apply an earlier revision (default: the previous one)",

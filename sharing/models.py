@@ -14,6 +14,7 @@ class AuditAction(models.TextChoices):
     UPDATE = "update", "Update"
     DEACTIVATE = "deactivate", "Deactivate"
     ACTIVATE = "activate", "Activate"
+    RETRY = "retry", "Retry"
     DELETE = "delete", "Delete"
     ROLLBACK = "rollback", "Rollback"
     SHARE = "share", "Share"

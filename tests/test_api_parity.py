@@ -80,6 +80,7 @@ CONSOLE_TO_API: dict[str, list[str]] = {
     "deployments:deployment_scale": ["deployment-scale"],
     "deployments:deployment_deactivate": ["deployment-deactivate"],
     "deployments:deployment_activate": ["deployment-activate"],
+    "deployments:deployment_retry": ["deployment-retry"],
     "deployments:deployment_rollback": ["deployment-rollback"],
     "deployments:deployment_nim_tag": ["deployment-nim-tag"],
     "deployments:deployment_bundle": ["deployment-bundle"],

@@ -54,6 +54,7 @@ PAGE_ARGS: dict[str, dict] = {
     "deployments:deployment_scale": {"pk": "deployment"},
     "deployments:deployment_deactivate": {"pk": "deployment"},
     "deployments:deployment_activate": {"pk": "deployment"},
+    "deployments:deployment_retry": {"pk": "deployment"},
     "deployments:deployment_rollback": {"pk": "deployment"},
     "deployments:deployment_nim_tag": {"pk": "deployment"},
     "deployments:deployment_bundle": {"pk": "deployment"},

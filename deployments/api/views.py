@@ -289,6 +289,15 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         services.deployment_activate(user=request.user, deployment=deployment)
         return self._read(deployment)
 
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """A failed deployment's current revision, applied again as it is (after its cause was
+        fixed outside the spec: the pool, capacity, the image). 400 unless it is failed."""
+        deployment = self.get_object()
+        services.deployment_retry(user=request.user, deployment=deployment)
+        return self._read(deployment)
+
     @extend_schema(request=RollbackSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):

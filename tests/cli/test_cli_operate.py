@@ -410,6 +410,10 @@ def test_logs_of_a_deactivated_deployment_say_so_and_how_to_activate_it(
     running = run(client_venv, home, "logs", "qwen-chat", "--tail", "5")
     assert running.returncode == 0 and running.stdout.strip(), running.stderr
 
+    # Retry is for a failed deployment only, and says so.
+    _failed_in_words(run(client_venv, home, "retry", "qwen-chat"), "Only a failed deployment can be retried",
+                     "this one is running")  # fmt: skip
+
     off = run(client_venv, home, "deactivate", "qwen-chat")
     assert off.returncode == 0, off.stderr
     wait_for(lambda: not observe.deployment_replicas(deployment).pods)

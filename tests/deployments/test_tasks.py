@@ -76,3 +76,51 @@ def test_a_422_is_recorded_on_the_deployment_and_never_retried(deploy, emulator)
 
 def test_push_of_a_deleted_deployment_is_a_quiet_no_op(db):
     assert push(999_999) == "gone"
+
+
+def test_a_failed_deployment_is_retried_as_it_is_once_its_cause_is_gone(deploy, emulator, tenants):
+    """A push refused for a cause outside the spec (here one 403 from the pool: its credentials,
+    since fixed) left the deployment Failed for good: Update had nothing to change and activate
+    needs a deactivated one. Retry applies the same revision again: console, REST, and refusals."""
+    from django.core.exceptions import ValidationError
+    from rest_framework.test import APIClient
+
+    from deployments.services import deployment_retry
+    from sharing.models import AuditEntry
+    from tests.conftest import login
+
+    emulator.fail_next(1, 403, verb="patch", resource="deployments", message="forbidden: token expired")
+    deployment = deploy("chat")
+    assert state_of(deployment) == DeploymentState.FAILED
+    page = login(tenants.member).get(deployment.get_absolute_url()).content.decode()
+    assert 'id="retry-button"' in page and "then <em>Retry</em>" in page
+    viewer = login(tenants.viewer).post(f"/deployments/{deployment.pk}/retry/")
+    assert viewer.status_code == 403 and state_of(deployment) == DeploymentState.FAILED
+
+    response = login(tenants.member).post(f"/deployments/{deployment.pk}/retry/")
+    assert response.status_code == 302
+    wait_for(lambda: state_of(deployment) == DeploymentState.RUNNING)
+    assert deployment.current_revision.number == 1  # the same revision, not a new one
+    assert deployment.events.filter(reason="Retried", message="Revision 1 applied again by member.").exists()
+    assert AuditEntry.objects.filter(action="retry", object_id=str(deployment.pk)).count() == 1
+    assert 'id="retry-button"' not in login(tenants.member).get(deployment.get_absolute_url()).content.decode()
+
+    api = APIClient()
+    api.force_authenticate(tenants.member)
+    refused = api.post(f"/api/v1/deployments/{deployment.pk}/retry/")
+    assert refused.status_code == 400 and "Only a failed deployment can be retried" in str(refused.json())
+    outsider = APIClient()
+    outsider.force_authenticate(tenants.outsider)
+    assert outsider.post(f"/api/v1/deployments/{deployment.pk}/retry/").status_code == 404
+
+    emulator.fail_next(1, 403, verb="patch", resource="deployments", message="forbidden")
+    from deployments.services import deployment_update
+
+    deployment_update(user=tenants.owner, deployment=deployment, spec={**deployment.spec(), "context_length": 2048})
+    wait_for(lambda: state_of(deployment) == DeploymentState.FAILED)
+    deployment.refresh_from_db()
+    # A failed update was rolled back and still serves: Roll back to the failed revision retries it.
+    assert deployment.state_reason.startswith("Update failed: ")
+    with pytest.raises(ValidationError, match="rolled back"):
+        deployment_retry(user=tenants.owner, deployment=deployment)
+    assert 'id="retry-button"' not in login(tenants.member).get(deployment.get_absolute_url()).content.decode()
