@@ -151,16 +151,20 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
 # and, with an argument, starts a grandchild of its own first (as the Celery worker its pool).
 COUNTER = """
 import os, signal, subprocess, sys, time
-out = open(sys.argv[1], "a", buffering=1)
+# Unbuffered: a SIGTERM landing while "ready" is being written must not make the handler's own
+# write a reentrant call on a buffered file (RuntimeError; seen once in CI).
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+def say(text):
+    os.write(fd, text.encode())
 def on_term(signum, frame):
-    out.write("TERM\\n")
+    say("TERM\\n")
     time.sleep(0.3)
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
 if len(sys.argv) > 2:
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     open(sys.argv[2], "w").write(str(grandchild.pid))
-out.write("ready\\n")
+say("ready\\n")
 time.sleep(120)
 """
 
@@ -229,16 +233,20 @@ def test_what_a_killed_process_left_in_its_group_goes_with_it(supervisor, tmp_pa
 # A process that, when told to stop, writes whether the service (its pid in argv[2]) still runs.
 CLIENT = """
 import os, signal, sys, time
-out = open(sys.argv[1], "a", buffering=1)
+# Unbuffered: a SIGTERM landing while "ready" is being written must not make the handler's own
+# write a reentrant call on a buffered file (RuntimeError; seen once in CI).
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+def say(text):
+    os.write(fd, text.encode())
 def on_term(signum, frame):
     try:
         os.kill(int(open(sys.argv[2]).read()), 0)
-        out.write("service up\\n")
+        say("service up\\n")
     except (OSError, ValueError):
-        out.write("service gone\\n")
+        say("service gone\\n")
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
-out.write("ready\\n")
+say("ready\\n")
 time.sleep(120)
 """
 
