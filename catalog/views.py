@@ -54,7 +54,8 @@ def _token_project(request: HttpRequest, kind: str) -> Project | None:
     projects = _projects(request)
     wanted = request.GET.get("project") or request.POST.get("project")
     if wanted:
-        return projects.filter(pk=parse_id(wanted)).first() if parse_id(wanted) is not None else None
+        pk = parse_id(wanted)
+        return projects.filter(pk=pk).first() if pk is not None else None
     return projects.filter(integrations__kind=kind).first()
 
 
@@ -604,9 +605,9 @@ class BundleCreate(_BundleEdit):
     def form_kwargs(self, request, obj):
         initial = {"engine": "vllm", "default_args": [], "variables": [], "labels": {}}
         source = request.GET.get("from", "")
-        if parse_id(source) is not None:
+        if (source_pk := parse_id(source)) is not None:
             # "Duplicate": start from a bundle the user can see, e.g. a built-in one.
-            base = selectors.bundle_get(request.user, parse_id(source))
+            base = selectors.bundle_get(request.user, source_pk)
             initial = {
                 f: getattr(base, f)
                 for f in ("engine", "image", "default_args", "variables", "description")
@@ -726,8 +727,8 @@ def mapping_resolve(request: HttpRequest, project_pk: int) -> HttpResponse:
     model_pk = request.GET.get("model", "")
     resolution = None
     model = None
-    if parse_id(model_pk) is not None:
-        model = selectors.model_get(request.user, parse_id(model_pk))
+    if (model_id := parse_id(model_pk)) is not None:
+        model = selectors.model_get(request.user, model_id)
         if model.organization_id != project.organization_id:
             raise Http404("No such model.")
         resolution = maas.resolve(project, model)

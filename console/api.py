@@ -14,7 +14,7 @@ from rest_framework import exceptions, permissions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from console.ids import parse_id
+from console.ids import is_digits, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def filter_by_id(qs: QuerySet, field: str, value: object) -> QuerySet:
     any id matches nothing (SQLite can't even bind it: an OverflowError, a 500), anything else is
     not this filter and is ignored."""
     text = str(value or "")
-    if not (text.isascii() and text.isdigit()):
+    if not is_digits(text):
         return qs
     pk = parse_id(text)
     return qs.filter(**{field: pk}) if pk is not None else qs.none()

@@ -6,7 +6,7 @@ from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
-from console.ids import MAX_ID, parse_id  # noqa: F401  MAX_ID: others import it from here
+from console.ids import parse_id
 
 VALIDATE_PARAM = "_validate"
 

@@ -20,6 +20,7 @@ from catalog.models import CatalogModel
 from catalog.selectors import model_estimate
 from console import permissions
 from console.diff import changes
+from console.ids import MAX_ID
 from deployments.models import (
     ComputePool,
     DeploymentEvent,
@@ -123,7 +124,7 @@ def deployment_versions(qs: QuerySet[ModelDeployment], pks: Iterable[int]) -> di
     a row missing from the answer is gone or no longer visible."""
     # A pk past 64 bits (a typed URL, /deployments/999999999999999999999/) can't be a row, and
     # SQLite refuses it in an IN (...) with an OverflowError: a 500 instead of a 404.
-    wanted = [pk for pk in pks if 0 < pk < 2**63]
+    wanted = [pk for pk in pks if 0 < pk <= MAX_ID]
     rows = with_gpus_held(qs.filter(pk__in=wanted)).values_list("pk", *VERSION_FIELDS)
     return {row[0]: _version(row[1:]) for row in rows}
 

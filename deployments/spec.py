@@ -1216,9 +1216,10 @@ def bundle_of_version(bundle: ProfileBundle, version: Any) -> ProfileBundle | No
     """Version ``version`` of ``bundle`` (same name, same owner); None when there is none."""
     if version in (None, "") or version == bundle.version:
         return bundle
-    if parse_id(version) is None:
+    number = parse_id(version)
+    if number is None:
         return None
-    return bundle.versions().filter(version=parse_id(version)).first()
+    return bundle.versions().filter(version=number).first()
 
 
 def with_bundle_version(spec: dict[str, Any], bundle: ProfileBundle) -> dict[str, Any]:

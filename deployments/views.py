@@ -413,8 +413,8 @@ def _poll_rows(request: HttpRequest) -> dict[int, str]:
     rows: dict[int, str] = {}
     for part in (request.GET.get("ids") or "").split(",")[:POLL_MAX_ROWS]:
         pk, _, version = part.strip().partition(".")
-        if parse_id(pk) is not None:
-            rows[parse_id(pk)] = version
+        if (row_id := parse_id(pk)) is not None:
+            rows[row_id] = version
     return rows
 
 

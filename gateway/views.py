@@ -351,6 +351,7 @@ def _usage_page(
     already (else the organization's keys on the page are looked up: one query)."""
     rng = reports.range_for(request.GET.get("range"))
     now = timezone.now()
+    viewer_org = _organization(request)  # the keys the page may name are this organization's
     selected = reports.in_range(whose.records(), rng, now)
     if request.GET.get("format") == "csv":
         lines = reports.csv_lines(selected)
@@ -384,7 +385,7 @@ def _usage_page(
         # Unsearched, the list holds exactly the requests the totals counted: no COUNT.
         "recent": paginate(
             request, selected, sorts=RECENT_SORTS, default_sort="-time", prefix="req_",
-            search=("deployment_name", "api_key_prefix", "route", reports.key_name_match(_organization(request).pk)),
+            search=("deployment_name", "api_key_prefix", "route", reports.key_name_match(viewer_org.pk)),
             per_page=25,
             total=totals["requests"],
         ),
@@ -392,7 +393,7 @@ def _usage_page(
     # Tables group and search by the recorded prefix; the page shows the key's name beside it.
     shown = {row["name"] for row in context["by_key"].rows} | {r.api_key_prefix for r in context["recent"].rows}
     if key_names is None:
-        key_names = reports.key_names(_organization(request).pk, shown) if totals["requests"] else {}
+        key_names = reports.key_names(viewer_org.pk, shown) if totals["requests"] else {}
     for row in context["by_key"].rows:
         row["key_name"] = key_names.get(row["name"] or "", "")
     for r in context["recent"].rows:

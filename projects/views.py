@@ -474,9 +474,10 @@ org_group_delete = GroupDelete.as_view()
 
 def _member_from_post(request: HttpRequest, organization) -> object:
     raw = request.POST.get("user", "")
-    if parse_id(raw) is None:  # past 64 bits: no user, and SQLite can't bind it
+    pk = parse_id(raw)
+    if pk is None:  # past 64 bits: no user, and SQLite can't bind it
         raise Http404("No such member.")
-    return selectors.member_user_get(request.user, organization, parse_id(raw))
+    return selectors.member_user_get(request.user, organization, pk)
 
 
 @login_required

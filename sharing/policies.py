@@ -108,7 +108,7 @@ def _pool_ids(values: Any, organization: Any) -> list[int] | None:
     ``organization``; an unknown name matches no pool)."""
     if not values:
         return None
-    ids = [parse_id(v) for v in values if parse_id(v) is not None]
+    ids = [pk for pk in map(parse_id, values) if pk is not None]
     names = [v for v in values if isinstance(v, str) and not is_digits(v)]
     if organization is None:
         return ids or [0]

@@ -40,8 +40,8 @@ def audit_entries_for_user(
         qs = qs.filter(object_id=str(object_id))
     if actor:
         match = Q(actor_repr__iexact=actor) | Q(actor__username__iexact=actor)
-        if parse_id(actor) is not None:
-            match |= Q(actor_id=parse_id(actor))
+        if (actor_id := parse_id(actor)) is not None:
+            match |= Q(actor_id=actor_id)
         qs = qs.filter(match)
     if q:
         qs = qs.filter(
@@ -156,8 +156,8 @@ def quota_overview(user: Any, organization: Organization) -> dict:
     for r in reservations:
         by_project.setdefault(r.project_id, []).append(r)
         kind, _, ident = r.holder.partition(":")
-        if kind == "deployment" and parse_id(ident) is not None:
-            deployment_ids.append(parse_id(ident))
+        if kind == "deployment" and (dep_id := parse_id(ident)) is not None:
+            deployment_ids.append(dep_id)
     names = dict(
         ModelDeployment.objects.filter(
             pk__in=deployment_ids, project__organization=organization

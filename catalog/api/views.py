@@ -260,12 +260,12 @@ class CatalogModelViewSet(IntegerIdMixin, viewsets.GenericViewSet):
     def bundle(self, request, pk=None):
         """Which Profile Bundle a project's MaaS mappings choose for this model."""
         model = selectors.model_get(request.user, pk)
-        project_pk = request.query_params.get("project")
-        if parse_id(project_pk) is None:
+        project_pk = parse_id(request.query_params.get("project"))
+        if project_pk is None:
             return Response(
                 {"project": ["Give the project id."]}, status=status.HTTP_400_BAD_REQUEST
             )
-        return Response(_resolution(request, _project(request, parse_id(project_pk)), model))
+        return Response(_resolution(request, _project(request, project_pk), model))
 
     @extend_schema(parameters=[HubSearchQuerySerializer], responses={200: dict})
     @action(detail=False, methods=["get"], url_path="hub-search")

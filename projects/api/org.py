@@ -56,8 +56,8 @@ def organization_of(request, value=None) -> Organization:
     orgs = selectors.organizations_for_user(request.user)
     if value in (None, ""):
         org = getattr(request, "organization", None) or orgs.order_by("pk").first()
-    elif parse_id(value) is not None:
-        org = orgs.filter(pk=parse_id(value)).first()
+    elif (pk := parse_id(value)) is not None:
+        org = orgs.filter(pk=pk).first()
     else:
         org = None
     if org is None:

@@ -74,8 +74,8 @@ class ProjectViewSet(ProjectSettingsMixin, mixins.ListModelMixin, mixins.Retriev
         orgs = organizations_for_user(request.user)
         if org_id in (None, ""):
             org = getattr(request, "organization", None) or orgs.first()
-        elif parse_id(org_id) is not None:
-            org = orgs.filter(pk=parse_id(org_id)).first()
+        elif (pk := parse_id(org_id)) is not None:
+            org = orgs.filter(pk=pk).first()
         else:
             org = None
         if org is None:
@@ -138,9 +138,9 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         org_id = params.get("organization")
         organization = None
         if org_id is not None:
-            if parse_id(org_id) is None:
+            if (pk := parse_id(org_id)) is None:
                 raise ValidationError({"organization": "Give the organization's numeric id."})
-            organization = organizations_for_user(user).filter(pk=parse_id(org_id)).first()
+            organization = organizations_for_user(user).filter(pk=pk).first()
             if organization is None:
                 raise Http404("No such organization.")
         # The list leaves the playground's keys out unless asked, as the console's does (a key's
@@ -155,10 +155,10 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return qs.order_by("-created_at", "-pk")
 
     def get_object(self):
-        pk = self.kwargs.get("pk", "")
-        if parse_id(pk) is None:
+        pk = parse_id(self.kwargs.get("pk", ""))
+        if pk is None:
             raise Http404("No such API key.")
-        return keys.api_key_get(self.request.user, parse_id(pk))
+        return keys.api_key_get(self.request.user, pk)
 
     @extend_schema(
         parameters=[
@@ -236,8 +236,8 @@ class BudgetView(GenericAPIView):
         orgs = organizations_for_user(request.user)
         if org_id in (None, ""):
             org = getattr(request, "organization", None) or orgs.order_by("pk").first()
-        elif parse_id(org_id) is not None:
-            org = orgs.filter(pk=parse_id(org_id)).first()
+        elif (pk := parse_id(org_id)) is not None:
+            org = orgs.filter(pk=pk).first()
         else:
             raise ValidationError({"organization": "Give the organization's numeric id."})
         if org is None:
