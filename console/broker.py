@@ -32,6 +32,7 @@ from pathlib import Path
 from queue import Empty
 from time import monotonic
 
+from celery.worker import state as worker_state
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem, virtual
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
@@ -286,6 +287,30 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+    # How often an idle consumer lists its folder (kombu: 1 s): a task sent from a page starts
+    # within this, and a worker asked to stop sees it within this (drain_events below).
+    polling_interval = 0.2
+
+    def drain_events(self, connection, timeout=None):
+        """kombu's loop, which also returns (as a timeout) once the worker was asked to stop.
+
+        Celery's worker loop for a transport like this one calls drain_events(timeout=2.0) and
+        looks at its shutdown flag in between; kombu's loop sleeps its polling interval until
+        the 2 s are up, so Ctrl-C of `make run` waited up to 3 s here before the worker began
+        to stop."""
+        started = monotonic()
+        get = self.cycle.get
+        pause = min(self.polling_interval, timeout) if timeout else self.polling_interval
+        while True:
+            try:
+                get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                if worker_state.should_stop is not None or worker_state.should_terminate is not None:
+                    raise TimeoutError() from None
+                if timeout is not None and monotonic() - started >= timeout:
+                    raise TimeoutError() from None
+                time.sleep(pause)
 
     @property
     def default_connection_params(self) -> dict:

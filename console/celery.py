@@ -6,7 +6,7 @@ import gc
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -18,6 +18,7 @@ app.autodiscover_tasks(["gateway"])
 
 
 @worker_process_init.connect
+@worker_ready.connect  # a worker whose tasks run in its own process (make run: --pool threads)
 def _freeze_start_up_objects(**_kwargs) -> None:
     """A pool process starts with Django, the apps and their modules loaded: out of the garbage
     collector's sight from then on (gc.freeze), so a full collection during a status-sync cycle

@@ -23,6 +23,7 @@ How state is decided (sync_status, per deployment, from one listing of the pool)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -907,10 +908,28 @@ def _downloads(
     return kube.observe_downloads(jobs, pods)
 
 
+# One status-sync cycle and one autoscale pass at a time in a worker process. The worker of
+# `make run` runs tasks in threads (run_console): a cycle that outlasts its period would
+# otherwise run beside the next one over the same per-process cursors (_cursors, autoscale's
+# _last_sample). The later one is skipped: beat sends another within seconds.
+_sync_running = threading.Lock()
+_autoscale_running = threading.Lock()
+
+
 @shared_task(name="deployments.sync_status")
 def sync_status() -> dict[str, int]:
     """Every pool with deployments, one listing each (beat runs this every 5 seconds)."""
     totals = {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
+    if not _sync_running.acquire(blocking=False):
+        log.info("status sync skipped: the previous cycle is still running in this process")
+        return totals
+    try:
+        return _sync_all(totals)
+    finally:
+        _sync_running.release()
+
+
+def _sync_all(totals: dict[str, int]) -> dict[str, int]:
     # Reachable pools without deployments too: what a deleted deployment left there is removed.
     pools = ComputePool.objects.filter(Q(deployments__isnull=False) | Q(reachable=True)).distinct()
     for pool in pools:
@@ -939,7 +958,13 @@ def sync_status() -> dict[str, int]:
 @shared_task(name="deployments.autoscale")
 def autoscale() -> dict[str, int]:
     """Every autoscaled deployment: load → desired replicas (beat runs this every few seconds)."""
-    return autoscale_all()
+    if not _autoscale_running.acquire(blocking=False):
+        log.info("autoscale skipped: the previous pass is still running in this process")
+        return {"deployments": 0, "changed": 0}
+    try:
+        return autoscale_all()
+    finally:
+        _autoscale_running.release()
 
 
 @shared_task(name="deployments.autoscale_wake")

@@ -13,7 +13,7 @@ from pathlib import Path
 from queue import Empty
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Queue
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.utils.json import loads
@@ -349,3 +349,31 @@ def test_workers_binding_at_the_first_start_keep_every_binding(folders):
         with _connection(folders) as connection:
             bound = {q.queue for q in connection.default_channel.get_table(exchange)}
         assert bound == {f"q{n}" for n in range(8)}
+
+
+def test_a_consumer_waiting_for_messages_returns_once_the_worker_is_asked_to_stop(folders, monkeypatch):
+    """Celery's loop for this transport calls drain_events(timeout=2.0) and looks at its shutdown
+    flag in between: the wait ends as soon as the flag is up, not when the timeout is over (a
+    wait with no timeout would never end here without it)."""
+
+    from celery.worker import state as worker_state
+
+    with _connection(folders) as connection:
+        consumer = connection.Consumer(Queue("tasks"), callbacks=[lambda body, message: None])
+        consumer.consume()  # declared and consumed, nothing in it
+        outcome: list = []
+
+        def drain() -> None:
+            try:
+                connection.drain_events(timeout=None)
+                outcome.append("delivered")
+            except TimeoutError:
+                outcome.append("stopped")
+
+        waiter = threading.Thread(target=drain, daemon=True)
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and outcome == []  # nothing to deliver: still waiting
+        monkeypatch.setattr(worker_state, "should_stop", 0)  # Celery's warm-shutdown handler
+        waiter.join(10)
+        assert outcome == ["stopped"]

@@ -124,3 +124,66 @@ def test_a_failed_deployment_is_retried_as_it_is_once_its_cause_is_gone(deploy, 
     with pytest.raises(ValidationError, match="rolled back"):
         deployment_retry(user=tenants.owner, deployment=deployment)
     assert 'id="retry-button"' not in login(tenants.member).get(deployment.get_absolute_url()).content.decode()
+
+
+def test_a_sync_cycle_asked_for_while_one_runs_in_the_process_is_skipped(deploy, monkeypatch):
+    """`make run`'s worker runs tasks in threads: a cycle that outlasts beat's period must not run
+    beside the next one over the same per-process cursors."""
+    import threading
+
+    from deployments import tasks
+
+    deployment = deploy("chat")
+    inside, release = threading.Event(), threading.Event()
+    real_sync_pool = tasks.sync_pool
+    calls: list[int] = []
+
+    def slow_sync_pool(pool):
+        calls.append(pool.pk)
+        inside.set()
+        assert release.wait(10)
+        return real_sync_pool(pool)
+
+    monkeypatch.setattr(tasks, "sync_pool", slow_sync_pool)
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(sync_status()))
+    thread.start()
+    try:
+        assert inside.wait(10)
+        skipped = sync_status()  # the first cycle is still inside its pool
+    finally:
+        release.set()
+        thread.join(10)
+    assert skipped == {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
+    assert calls == [deployment.pool_id]  # the second cycle touched nothing
+    assert first["pools"] == 1 and first["deployments"] == 1
+    assert sync_status()["pools"] == 1  # the next one, once the first is done, runs
+
+
+def test_an_autoscale_pass_asked_for_while_one_runs_in_the_process_is_skipped(db, monkeypatch):
+    import threading
+
+    from deployments import tasks
+
+    inside, release = threading.Event(), threading.Event()
+    passes: list[int] = []
+
+    def slow_pass():
+        passes.append(1)
+        inside.set()
+        assert release.wait(10)
+        return {"deployments": 3, "changed": 1}
+
+    monkeypatch.setattr(tasks, "autoscale_all", slow_pass)
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(tasks.autoscale()))
+    thread.start()
+    try:
+        assert inside.wait(10)
+        skipped = tasks.autoscale()
+    finally:
+        release.set()
+        thread.join(10)
+    assert skipped == {"deployments": 0, "changed": 0} and len(passes) == 1
+    assert first == {"deployments": 3, "changed": 1}
+    assert tasks.autoscale() == {"deployments": 3, "changed": 1} and len(passes) == 2
