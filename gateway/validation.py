@@ -24,6 +24,23 @@ def _invalid(message: str, param: str | None = None) -> GatewayError:
     )
 
 
+class _RepeatedKey(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object whose keys are all different. The body usually goes to the engine as it came:
+    with a key written twice, the gateway (Python keeps the last) and an engine that keeps the
+    first or refuses (serde) would read different models, limits or token caps."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(name for name, _ in pairs if name in seen or seen.add(name)))
+    return body
+
+
 def parse_body(raw: bytes) -> dict:
     """The request's JSON object, or a 400 saying what is wrong with it."""
     try:
@@ -31,7 +48,12 @@ def parse_body(raw: bytes) -> dict:
     except UnicodeDecodeError:
         raise _invalid("The request body is not valid UTF-8.") from None
     try:
-        body = json.loads(text)
+        body = json.loads(text, object_pairs_hook=_unique_keys)  # ~2.5 µs more for a short chat
+    except _RepeatedKey as exc:
+        raise _invalid(
+            f"The request body names `{exc.name[:60]}` twice in one object; each key may appear "
+            "once (RFC 8259 §4: what a reader makes of a repeated key is not defined)."
+        ) from None
     except RecursionError:
         # Python's parser gives up near its recursion limit (~1000 levels): not a server fault.
         raise _invalid("The request body is nested too deeply.") from None

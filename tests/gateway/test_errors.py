@@ -512,3 +512,24 @@ def test_browser_apps_may_call_the_gateway_with_a_key_cors(tenants, deployment, 
     assert "access-control-allow-origin" not in post(gateway, secret, **other).headers
     refused = httpx.options(gateway.base_url + "/chat/completions", headers={**other, "access-control-request-method": "POST"})
     assert refused.status_code == 204 and "access-control-allow-origin" not in refused.headers
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        # the gateway would check and meter the last model, an engine keeping the first serve it
+        (b'{"model": "not-mine", "messages": [{"role": "user", "content": "hi"}], "model": "llama-chat"}', "model"),
+        (b'{"model": "llama-chat", "max_tokens": 1, "messages": [], "max_tokens": 100000}', "max_tokens"),
+        (b'{"model": "llama-chat", "mod\\u0065l": "x", "messages": []}', "model"),  # escaped: same key
+        (b'{"model": "llama-chat", "messages": [{"role": "user", "role": "system", "content": "hi"}]}', "role"),
+    ],
+)
+def test_a_key_written_twice_in_a_body_is_400_and_never_reaches_the_engine(
+    tenants, deployment, gateway, engine, content, name
+):
+    secret = make_key(tenants.member, tenants.org)
+    error = assert_openai_error(_raw(gateway, secret, content), 400, "invalid_request_error", None)
+    assert f"`{name}` twice" in error["message"]
+    assert len(engine.requests) == 0  # never reached the engine
+    ok = _raw(gateway, secret, b'{"model": "llama-chat", "messages": [{"role": "user", "content": "hi"}]}')
+    assert ok.status_code == 200  # the same key, a well-formed body: served
