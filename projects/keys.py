@@ -22,7 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -100,8 +100,10 @@ def api_key_create(
     expires_at: datetime | None = None,
     deployments: Iterable = (),
     scope: str = APIKeyScope.GATEWAY,
+    playground: bool = False,
 ) -> tuple[APIKey, str]:
-    """Create a key; returns it with its secret, which is never stored and can't be shown again."""
+    """Create a key; returns it with its secret, which is never stored and can't be shown again.
+    `playground` marks the playground's own keys (playground_key_issue), which lists hide."""
     if role_in(user, organization) is None:
         raise PermissionDenied("You are not a member of this organization.")
     # A REST key can do no more than its owner's role allows (a viewer's only reads); a gateway
@@ -144,6 +146,7 @@ def api_key_create(
         key_hash=hash_secret(secret),
         expires_at=expires_at,
         scope=scope,
+        playground=playground,
     )
     key.full_clean()
     with transaction.atomic():
@@ -180,8 +183,8 @@ def playground_key_issue(
     with transaction.atomic():
         earlier = list(
             APIKey.objects.select_for_update().filter(
-                user=user, organization=organization, name=name, revoked_at__isnull=True,
-                expires_at__gt=now, expires_at__lte=now + PLAYGROUND_KEY_TTL, deployments=deployment,
+                user=user, organization=organization, playground=True, revoked_at__isnull=True,
+                expires_at__gt=now, deployments=deployment,
             )
         )  # fmt: skip
         for key in earlier:
@@ -194,7 +197,7 @@ def playground_key_issue(
             gateway_forget_user(user.pk)
         return api_key_create(
             user=user, organization=organization, name=name, expires_at=now + PLAYGROUND_KEY_TTL,
-            deployments=[deployment], scope=APIKeyScope.GATEWAY,
+            deployments=[deployment], scope=APIKeyScope.GATEWAY, playground=True,
         )  # fmt: skip
 
 
@@ -251,13 +254,9 @@ PLAYGROUND_CHOICES = ("hide", "include", "only")
 
 
 def playground_keys_q() -> Q:
-    """The keys playground_key_issue mints: gateway keys named "Playground · <model>" that expire
-    at most PLAYGROUND_KEY_TTL after they were made. A key made by hand has another name, or a
-    longer life, or none (never expires), so the name alone never hides it."""
-    return Q(
-        name__startswith=PLAYGROUND_KEY_NAME, scope=APIKeyScope.GATEWAY,
-        expires_at__isnull=False, expires_at__lte=F("created_at") + PLAYGROUND_KEY_TTL,
-    )  # fmt: skip
+    """The keys playground_key_issue mints (marked when made). A key made by hand is never one,
+    whatever its name or life."""
+    return Q(playground=True)
 
 
 def _playground(qs: QuerySet[APIKey], playground: str) -> QuerySet[APIKey]:

@@ -319,6 +319,10 @@ class APIKey(models.Model):
     )
     revoked_reason = models.CharField(max_length=200, blank=True)
     monthly_budget = budget_field("This key's spend per month; empty: no limit of its own.")
+    playground = models.BooleanField(
+        default=False, editable=False,
+        help_text="Minted by the console's playground (projects.keys.playground_key_issue); key lists hide these.",
+    )  # fmt: skip
 
     class Meta:
         ordering = ["-created_at"]

@@ -99,7 +99,7 @@ class APIKeySerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "prefix", "scope", "organization", "owner", "owner_id", "deployments",
             "created_at", "last_used_at", "expires_at", "revoked_at", "revoked_reason", "state",
-            "monthly_budget",
+            "monthly_budget", "playground",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -25,15 +25,15 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def keys(tenants):
-    """The member's keys: two made by hand (one named like the playground's but living a day) and
-    three from the playground (qwen opened twice: the first of those two is revoked)."""
+    """The member's keys: two made by hand (one named like the playground's and living as short)
+    and three from the playground (qwen opened twice: the first of those two is revoked)."""
     qwen = make_deployment(tenants.project, "qwen", served_model_name="qwen-chat")
     llama = make_deployment(tenants.project, "llama", served_model_name="llama-8b")
     made = {
         "support-bot": api_key_create(user=tenants.member, organization=tenants.org, name="support-bot")[0],
         "manual": api_key_create(
             user=tenants.member, organization=tenants.org, name="Playground · my own",
-            expires_at=timezone.now() + timedelta(days=1),
+            expires_at=timezone.now() + timedelta(minutes=10),
         )[0],
     }  # fmt: skip
     playground = [
@@ -132,6 +132,8 @@ def test_the_rest_key_list_takes_the_same_choice(tenants, keys):
     assert listed() == listed("?playground=hide") == hand_made
     assert listed("?playground=include") == sorted(hand_made + from_playground)
     assert listed("?playground=only") == from_playground
+    flags = {k["prefix"]: k["playground"] for k in client.get("/api/v1/keys/?playground=include").json()["results"]}
+    assert {prefix for prefix, flag in flags.items() if flag} == set(from_playground)
     refused = client.get("/api/v1/keys/?playground=all")
     assert refused.status_code == 400 and "hide, include, only" in str(refused.json()["playground"])
     # A key's own URL finds a playground key all the same.
@@ -146,3 +148,23 @@ def test_the_playground_filter_is_in_the_schema(tenants):
     params = {p["name"]: p for p in schema["paths"]["/api/v1/keys/"]["get"]["parameters"]}
     assert params["playground"]["schema"]["enum"] == ["hide", "include", "only"]
     assert "`hide` (default)" in params["playground"]["description"]
+
+
+def test_keys_made_before_the_flag_are_told_apart_as_the_lists_did_then(tenants):
+    """projects/migrations/0010: the playground's keys of before are marked; keys made by hand,
+    even named like them, stay listed."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("projects.migrations.0010_api_key_playground_flag")
+    deployment = make_deployment(tenants.project, "qwen", served_model_name="qwen-chat")
+    minted = playground_key_issue(user=tenants.member, organization=tenants.org, deployment=deployment)[0]
+    by_hand = api_key_create(
+        user=tenants.member, organization=tenants.org, name="Playground · mine",
+        expires_at=timezone.now() + timedelta(days=1),
+    )[0]  # fmt: skip
+    APIKey.objects.update(playground=False)  # as the rows were before the field
+    migration.mark_playground_keys(apps, None)
+    assert set(APIKey.objects.filter(playground=True)) == {minted}
+    assert APIKey.objects.get(pk=by_hand.pk).playground is False
