@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.db.models import QuerySet
@@ -130,6 +132,13 @@ def api_server_error(request):
 def api_bad_request(request, exception=None):
     """400 (a malformed request Django refused): JSON under /api/, templates/400.html elsewhere."""
     if request.path.startswith("/api/"):
+        if isinstance(exception, RequestDataTooBig):
+            # Said as such: "Bad request." left `apply -f` of a large manifest with nothing to change.
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            return JsonResponse(
+                {"detail": f"The request body is larger than the server takes ({limit:,} bytes)."},
+                status=413,
+            )
         return JsonResponse({"detail": "Bad request."}, status=400)
     return bad_request(request, exception)
 

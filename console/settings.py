@@ -222,7 +222,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "console.api_defaults.LimitOffsetPagination",
+    "DEFAULT_METADATA_CLASS": "console.api_defaults.RequestBodyMetadata",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "console.api.exception_handler",
     # JSON bodies must be objects (console.api_parsers); forms and multipart as DRF's.

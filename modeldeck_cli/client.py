@@ -27,6 +27,21 @@ def unreachable(url: str, exc: httpx.HTTPError) -> CLIError:
     return CLIError(f"Can't reach {url}: {exc}")
 
 
+def not_the_api(url: str, response: httpx.Response) -> CLIError | None:
+    """A body that is not JSON came from something else at that address: a web page (the
+    console's, or the URL has a path), a proxy. Said as such rather than a JSONDecodeError
+    traceback, or a page of HTML quoted as the error."""
+    kind = response.headers.get("content-type", "").split(";")[0].strip()
+    if not response.content or "json" in kind:
+        return None
+    what = "a web page" if "html" in kind else (kind or "a body")
+    return CLIError(
+        f"{url} answered {response.status_code} with {what}, not the ModelDeck API's JSON: is it "
+        "ModelDeck's address (no path after it)?",
+        http_status=response.status_code,
+    )
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -65,6 +80,8 @@ class Client:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise unreachable(self.url, exc) from None
+        if (wrong := not_the_api(self.url, response)) is not None:
+            raise wrong
         if response.status_code in ok:
             return response
         code, detail = response.status_code, _detail(response)
@@ -94,6 +111,8 @@ class Client:
                 response = self.http.get(nxt)
             except httpx.HTTPError as exc:
                 raise unreachable(self.url, exc) from None
+            if (wrong := not_the_api(self.url, response)) is not None:
+                raise wrong
             if response.status_code != 200:
                 raise CLIError(f"{response.status_code}: {_detail(response)}")
             page = response.json()

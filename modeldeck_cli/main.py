@@ -125,8 +125,13 @@ def cmd_login(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         settings.organization = rows[0]["slug"] if rows else ""
         settings.username = ""
     else:
-        username = args.username or input("Username: ")
-        password = args.password if args.password is not None else getpass.getpass("Password: ")
+        try:
+            username = args.username or input("Username: ")
+            password = args.password if args.password is not None else getpass.getpass("Password: ")
+        except EOFError:  # not a terminal (a script, CI): nothing to prompt
+            print(file=sys.stderr)
+            args.usage.error("no username or password to read (standard input is closed): give "
+                             "--username and --password, or --token")  # fmt: skip
         body = {"username": username, "password": password, "name": f"modeldeck CLI on {socket.gethostname()}"[:100]}
         if args.organization:
             body["organization"] = args.organization
@@ -729,7 +734,7 @@ def parser() -> argparse.ArgumentParser:
     login.add_argument("--username", "-u")
     login.add_argument("--password", "-p", help="(prompted when left out)")
     login.add_argument("--organization", help="slug or id (default: your first organization)")
-    login.set_defaults(run=cmd_login)
+    login.set_defaults(run=cmd_login, usage=login)
 
     sub.add_parser("logout", help="forget the saved token").set_defaults(run=cmd_logout)
 

@@ -351,8 +351,11 @@ class HubHandler(StubHandler):
         self.send_json(404, {"error": "Sorry, we can't find the page you are looking for."})
 
     def hub_error(self, status: int, code: str, message: str) -> None:
+        # Header values are latin-1: a message quoting a typed revision ("\U000c7f0b") failed to
+        # encode and the connection dropped, which the catalog rightly called "unreachable".
+        header = message.encode("ascii", "backslashreplace").decode("ascii")
         self.send_json(
-            status, {"error": message}, headers={"X-Error-Code": code, "X-Error-Message": message}
+            status, {"error": message}, headers={"X-Error-Code": code, "X-Error-Message": header}
         )
 
     def repo_not_found(self, grant: TokenGrant | None) -> None:

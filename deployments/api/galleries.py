@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.response import Response
 
@@ -125,6 +125,10 @@ class _GalleryViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 @extend_schema(tags=["galleries"])
+@extend_schema_view(
+    create=extend_schema(request=ResourceTemplateWriteSerializer, responses={201: ResourceTemplateSerializer}),
+    partial_update=extend_schema(request=ResourceTemplateUpdateSerializer, responses=ResourceTemplateSerializer),
+)
 class ResourceTemplateViewSet(_GalleryViewSet):
     """Compute presets; copied into a deployment's spec when chosen (never changing it later)."""
 
@@ -140,6 +144,10 @@ class ResourceTemplateViewSet(_GalleryViewSet):
 
 
 @extend_schema(tags=["galleries"])
+@extend_schema_view(
+    create=extend_schema(request=DataSourceWriteSerializer, responses={201: DataSourceSerializer}),
+    partial_update=extend_schema(request=DataSourceUpdateSerializer, responses=DataSourceSerializer),
+)
 class DataSourceViewSet(_GalleryViewSet):
     """Storage definitions: a PVC, an S3 bucket with credentials (write-only), an HF or NGC cache."""
 

@@ -270,6 +270,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         )
         return self._read(deployment)
 
+    @extend_schema(responses={202: None}, description="Marked for deletion (202): its objects leave the pool, then the row, in the background.")
     def destroy(self, request, pk=None):
         deployment = self.get_object()
         services.deployment_delete(user=request.user, deployment=deployment)

@@ -110,7 +110,7 @@ class MemberViewSet(viewsets.GenericViewSet):
         membership = services.member_role_set(user=request.user, membership=membership, role=body.validated_data["role"])
         return Response(MemberSerializer(membership).data)
 
-    @extend_schema(responses=MemberRemovedSerializer)
+    @extend_schema(responses={200: MemberRemovedSerializer})
     def destroy(self, request, pk=None):
         membership = selectors.membership_get(request.user, _pk(pk))
         revoked = services.membership_remove(user=request.user, membership=membership)
@@ -245,7 +245,7 @@ class ProjectSettingsMixin:
 
     @extend_schema(methods=["GET"], responses=ProjectMemberSerializer(many=True))
     @extend_schema(methods=["POST"], request=ProjectMemberSerializer, responses=ProjectMemberSerializer)
-    @action(detail=True, methods=["get", "post"], url_path="members", url_name="members")
+    @action(detail=True, methods=["get", "post"], url_path="members", url_name="members", pagination_class=None)
     def members(self, request, pk=None):
         project: Project = self.get_object()
         if request.method == "GET":
@@ -271,7 +271,7 @@ class ProjectSettingsMixin:
 
     @extend_schema(methods=["GET"], responses=IntegrationSerializer(many=True))
     @extend_schema(methods=["POST"], request=IntegrationSerializer, responses=IntegrationSerializer)
-    @action(detail=True, methods=["get", "post"], url_path="integrations", url_name="integrations")
+    @action(detail=True, methods=["get", "post"], url_path="integrations", url_name="integrations", pagination_class=None)
     def integrations(self, request, pk=None):
         """GET: the project's integrations (never a secret). POST {kind, secret}: set one (write-only)."""
         project: Project = self.get_object()

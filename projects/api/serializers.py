@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from console.api_parsers import BoundedJSONField
+from console.ids import MAX_ID
 from projects.keys import api_key_state
 from projects.models import (
     GPU_QUOTA_ERRORS,
@@ -219,11 +220,12 @@ class GroupWriteSerializer(serializers.Serializer):
 
 
 class UserRefSerializer(serializers.Serializer):
-    user = serializers.IntegerField(min_value=1, help_text="The user's id (a member of the organization).")
+    # Bounded: past bigint SQLite can't bind the id (a 500) and PostgreSQL's refusal names no field.
+    user = serializers.IntegerField(min_value=1, max_value=MAX_ID, help_text="The user's id (a member of the organization).")
 
 
 class ProjectMemberSerializer(serializers.Serializer):
-    user = serializers.IntegerField(source="user_id", min_value=1)
+    user = serializers.IntegerField(source="user_id", min_value=1, max_value=MAX_ID)
     username = serializers.CharField(source="user.username", read_only=True)
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 

@@ -279,6 +279,17 @@ def test_missing_revision_is_reported(offline_hub: OfflineHub) -> None:
     assert "'v9-does-not-exist' of Qwen/Qwen2.5-0.5B-Instruct was not found" in err.value.message
 
 
+@pytest.mark.parametrize("revision", ["\U000c7f0b0", "caf\u00e9", "\x0f"])
+def test_a_revision_with_any_characters_is_not_found_rather_than_unreachable(
+    offline_hub: OfflineHub, revision: str
+) -> None:
+    """QA (schemathesis): a revision outside latin-1 made the offline Hub drop the connection
+    while writing its error header, and the catalog said the Hub could not be reached."""
+    with pytest.raises(HubError) as err:
+        model_detail(endpoint=offline_hub.url, repo_id=QWEN_SMALL, revision=revision)
+    assert err.value.code == "revision_not_found", err.value.message
+
+
 def test_invalid_model_name_is_reported(offline_hub: OfflineHub) -> None:
     with pytest.raises(HubError) as err:
         model_detail(endpoint=offline_hub.url, repo_id="not a repo name!")

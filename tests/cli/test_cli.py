@@ -164,3 +164,49 @@ def test_a_command_refuses_an_unknown_argument_with_its_own_usage(tmp_path):
             "or the autoscaler's bounds as --min N --max N)") in done.stderr  # fmt: skip
     done = cli("keys", "create", "--name", "bot")
     assert done.returncode == 2 and "modeldeck keys create: error: unrecognized arguments: --name" in done.stderr
+
+
+def _cli_here(home: Path, *args: str, stdin: str | None = "") -> subprocess.CompletedProcess:
+    """This checkout's `modeldeck ARGS` as a subprocess, with stdin closed unless given."""
+    code = "import sys\nfrom modeldeck_cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                          input=stdin, env={"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})  # fmt: skip
+
+
+def test_login_without_a_terminal_asks_for_the_flags_with_its_usage(tmp_path):
+    """QA: `modeldeck login --url URL` in a script (stdin closed) ended in an EOFError traceback."""
+    done = _cli_here(tmp_path, "login", "--url", "http://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "usage: modeldeck login " in done.stderr
+    assert "give --username and --password, or --token" in done.stderr
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_an_address_that_is_not_the_api_is_said_so_not_a_traceback(tmp_path, status):
+    """QA: a URL with a path, or another web server, answered HTML: a 200 page was a JSONDecodeError
+    traceback, a 404 page was quoted whole as the error."""
+    import http.server  # noqa: PLC0415 - this test's stand-in web server only
+    import threading  # noqa: PLC0415 - idem
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(b"<!doctype html><html><body>" + b"<p>a web page</p>" * 50 + b"</body></html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/console"
+    try:
+        listed = _cli_here(tmp_path, "get", "deployments", "--url", url, "--token", "mdk_x")
+        login = _cli_here(tmp_path, "login", "--url", url, "--token", "mdk_x")
+    finally:
+        server.shutdown()
+    for done in (listed, login):
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr and "<html>" not in done.stderr
+        assert f"{url} answered {status} with a web page, not the ModelDeck API's JSON" in done.stderr

@@ -306,3 +306,12 @@ def test_budget_as_deep_json_in_a_form(tenants):
     r = _raising_client(tenants.owner).post("/api/v1/budgets/", {"monthly_budget": DEEP, "level": "organization"},
                                     format="multipart")
     assert r.status_code == 400, (r.status_code, r.content[:200])
+
+
+def test_a_body_over_the_size_limit_is_a_413_that_says_so(client, settings):
+    """QA: a 3 MB JSON body (a large `apply -f`) was answered "Bad request." and nothing more."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = '{"name": "big", "description": "' + "x" * 2000 + '"}'
+    response = client.post("/api/v1/projects/", data=body, content_type="application/json")
+    assert response.status_code == 413, response.content[:200]
+    assert response.json() == {"detail": "The request body is larger than the server takes (1,000 bytes)."}

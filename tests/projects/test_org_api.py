@@ -96,6 +96,18 @@ def test_project_members_over_rest(tenants):
     assert rest_api_client(tenants.outsider).get(url).status_code == 404
 
 
+@pytest.mark.parametrize("user", [2**63, 2**70])
+def test_a_user_id_past_any_row_is_a_400_on_the_field(tenants, user):
+    """QA (schemathesis-style probe): `{"user": 2**70}` to project members was a 500 on SQLite
+    (`make run`'s database) and, on PostgreSQL, a 400 that named no field."""
+    api = rest_api_client(tenants.owner)
+    group = api.post("/api/v1/groups/", {"name": "ml"}, format="json").json()["id"]
+    for url in (f"/api/v1/projects/{tenants.project.pk}/members/", f"/api/v1/groups/{group}/members/"):
+        response = api.post(url, {"user": user}, format="json")
+        assert response.status_code == 400, (url, response.content[:200])
+        assert "user" in response.json(), response.json()
+
+
 def test_integration_secret_is_write_only_and_the_check_asks_the_hub(tenants, hub_env):  # noqa: F811
     api = rest_api_client(tenants.owner)
     url = f"/api/v1/projects/{tenants.project.pk}/integrations/"
