@@ -477,7 +477,10 @@ def integration_record_check(*, integration: Integration, ok: bool, message: str
 
 # --- Members, invitations, project membership and groups (organization settings) ---
 
-MEMBER_NOT_FOUND = "No user with that username or email; invite them by email instead."
+MEMBER_NOT_FOUND = (
+    "No user you can add with that username or email; invite them by email instead "
+    "(someone who already belongs to another organization joins by accepting an invitation)."
+)
 NOT_A_MEMBER = "Only members of this organization can be added; add or invite them to the organization first."
 
 
@@ -495,7 +498,13 @@ def _member_state(membership: Membership) -> dict:
 
 
 def member_add(*, user: AbstractBaseUser | None, organization: Organization, username: str, role: str = Role.MEMBER) -> Membership:
-    """Add an existing user (by username or email) to the organization with a role."""
+    """Add an existing user (by username or email) to the organization with a role.
+
+    Directly only a user of no organization yet (an account the operator made), one who already
+    shares an organization with the admin, or anyone when a superuser adds them. Someone who
+    belongs to other organizations only joins by accepting an invitation: an admin of one tenant
+    can't pull another tenant's users in, learn their email, or probe which names exist (the
+    answer is the same as for a name that doesn't)."""
     permissions.require(user, "admin", organization, what="members")
     _check_role(role)
     name = (username or "").strip()
@@ -505,9 +514,18 @@ def member_add(*, user: AbstractBaseUser | None, organization: Organization, use
     found = User.objects.filter(username__iexact=name, is_active=True).first() or (
         User.objects.filter(email__iexact=name, is_active=True).order_by("pk").first() if "@" in name else None
     )
-    if found is None:
+    if found is None or not _directly_addable(user, found):
         raise ValidationError({"username": MEMBER_NOT_FOUND})
     return member_join(user=user, organization=organization, member=found, role=role)
+
+
+def _directly_addable(actor: AbstractBaseUser | None, found: AbstractBaseUser) -> bool:
+    if actor is not None and actor.is_superuser:
+        return True
+    theirs = Membership.objects.filter(user=found).values("organization_id")
+    if not theirs.exists():
+        return True
+    return actor is not None and Membership.objects.filter(user=actor, organization_id__in=theirs).exists()
 
 
 def member_join(*, user: AbstractBaseUser | None, organization: Organization, member: AbstractBaseUser,

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from projects import services
 from projects.keys import api_key_create, api_key_state
 from projects.models import APIKey, Invitation, Membership, OrganizationGroup, ProjectMember
 from sharing.models import AuditEntry
@@ -174,3 +175,29 @@ def test_s3_credentials_over_rest_are_write_only_and_validated(tenants):
     bad = api.post(url, {"kind": "s3", "secret": json.dumps({"access_key_id": "AKIA"})}, format="json")
     assert bad.status_code == 400 and "secret_access_key" in bad.json()
     assert api.delete(f"{url}s3/").status_code == 204
+
+
+def test_an_admin_cannot_pull_in_another_organization_s_user_nor_tell_they_exist(tenants):
+    """The outsider, admin of Globex, types Acme's member: the same answer as for a name nobody
+    has, no email shown, nothing joined. Acme's own people, users of no organization yet and a
+    superuser's additions still join directly; anyone else joins by accepting an invitation."""
+    api = rest_api_client(tenants.outsider)
+    UserFactory(username="fresh", email="fresh@example.com")
+    for name in ("member", tenants.member.email, "ghost"):
+        refused = api.post("/api/v1/members/", {"username": name}, format="json")
+        assert refused.status_code == 400, name
+        assert refused.json() == {"username": [services.MEMBER_NOT_FOUND]}, name
+    assert not Membership.objects.filter(user=tenants.member, organization=tenants.other_org).exists()
+    assert tenants.member.email not in str(refused.json())
+    assert api.post("/api/v1/members/", {"username": "fresh"}, format="json").status_code == 201
+
+    # Someone who shares an organization with the admin: Acme's owner joins Globex too, then adds
+    # Acme's member there.
+    services.member_join(user=tenants.outsider, organization=tenants.other_org, member=tenants.owner, role="admin")
+    shared = rest_api_client(tenants.owner).post(
+        f"/api/v1/members/?organization={tenants.other_org.pk}", {"username": "member"}, format="json"
+    )
+    assert shared.status_code == 201, shared.json()
+    root = UserFactory(username="root", is_superuser=True)
+    services.member_join(user=tenants.outsider, organization=tenants.other_org, member=root, role="admin")
+    assert services.member_add(user=root, organization=tenants.other_org, username="viewer").role == "member"
