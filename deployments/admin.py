@@ -162,6 +162,9 @@ class ModelDeploymentAdmin(RestrictedAdmin):
     list_display = ["name", "project", "model", "pool", "state", "updated_at"]
     list_filter = ["state", "pool"]
     search_fields = ["name", "project__name", "model__name"]
+    # Secrets are never shown, not even to operators: the engine's credential lets a caller past
+    # the gateway, the external endpoint's is the user's own key (console: its last 4 only).
+    exclude = ["engine_credential", "external_credential"]
     readonly_fields = [
         "state",
         "state_reason",

@@ -98,6 +98,11 @@ class InvitationForm(StyledForm):
     email = forms.EmailField(max_length=254)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
+    def __init__(self, *args, **kwargs) -> None:
+        # It shares the members page with MemberAddForm: its own ids, so each label finds its field.
+        kwargs.setdefault("auto_id", "id_invite_%s")
+        super().__init__(*args, **kwargs)
+
 
 class InvitationSignupForm(StyledForm):
     username = forms.CharField(max_length=150)

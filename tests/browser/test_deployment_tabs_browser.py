@@ -154,3 +154,28 @@ def test_deployments_page_at_390px_has_no_sideways_scroll(browser, tenants, live
         assert overflow <= 0
     finally:
         context.close()
+
+
+def test_logs_tab_at_390px_keeps_its_pod_picker_inside_the_card(
+    browser, tenants, sandbox, console, status_sync  # noqa: F811
+):
+    """QA pass: the Pod select (a pod's full name · revision · status) stuck out of the Logs card and
+    the page scrolled sideways on a phone; the select now shrinks within its label."""
+    deployment = _deploy(tenants, sandbox)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    try:
+        sign_in(page, console, "member")
+        page.goto(f"{console.url}/deployments/{deployment.pk}/")
+        expect(page.locator(f"#head-state-{deployment.pk}")).to_have_text("Running", timeout=LIVE)
+        page.goto(f"{console.url}/deployments/{deployment.pk}/?tab=logs")
+        expect(page.locator("#log-text")).to_contain_text("Uvicorn running")
+        pod = page.locator("select[name='pod']")
+        expect(pod).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        card = page.locator("#log-panel").evaluate("e => e.closest('.card').getBoundingClientRect().right")
+        assert overflow <= 0, f"the Logs tab scrolls sideways by {overflow}px"
+        assert pod.bounding_box()["x"] + pod.bounding_box()["width"] <= card
+        page.screenshot(path=os.path.join(TEST_OUTPUT, "deployment-logs-390px.png"), full_page=True)
+    finally:
+        context.close()

@@ -890,3 +890,27 @@ def test_the_forms_error_summary_lists_fields_in_the_pages_order(owner_client, f
     summary = html[html.index('id="form-errors"'):]
     positions = [summary.index(f'href="#field-{name}"') for name in ("name", "rl_user_rpm", "price_output")]
     assert positions == sorted(positions), positions
+
+
+def test_admin_deployment_page_never_shows_its_credentials(deploy, tenants):
+    """QA pass: the admin's change form showed the engine credential (and an external endpoint's
+    key) decrypted in a text box; like the integrations' secrets and the kubeconfig, they stay out."""
+    from django.contrib.auth import get_user_model
+
+    from deployments.external import external_deployment_create
+    from deployments.services import deployment_engine_credential
+
+    staff = get_user_model().objects.create_superuser("root", "root@example.com", "pw-secret-123")
+    deployment = deploy("chat")
+    engine_secret = deployment_engine_credential(deployment=deployment)
+    external = external_deployment_create(
+        user=None, project=tenants.project, model=deployment.model, name="ext", url="https://llm.example.com/v1",
+        served_model_name="ext", credential="sk-external-secret-1234",
+    )  # fmt: skip
+    client = login(staff)
+    for obj, secret in ((deployment, engine_secret), (external, "sk-external-secret-1234")):
+        response = client.get(reverse("admin:deployments_modeldeployment_change", args=[obj.pk]))
+        html = response.content.decode()
+        assert response.status_code == 200 and obj.name in html
+        assert secret and secret not in html
+        assert 'name="engine_credential"' not in html and 'name="external_credential"' not in html
