@@ -636,7 +636,10 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
     it that applies first (budget_applies_first). Three queries for the spend, whatever the size."""
     currency = organization.budget_currency
     members = Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
-    keys = APIKey.objects.filter(organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True)
+    # The playground's 15-minute keys spend within their owner's budget; one of their own is moot.
+    keys = APIKey.objects.filter(
+        organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True, playground=False
+    )
     if not admin:
         members = members.filter(user=user)
         keys = keys.filter(user=user)

@@ -413,3 +413,14 @@ def test_a_budget_post_for_no_row_on_the_page_says_why(tenants, level, target):
     page = response.content.decode()
     errors = re.findall(r'<ul class="messages"><li class="error">([^<]+)</li>', page)
     assert errors and all(e.strip() for e in errors), page[:3000]
+
+
+def test_the_playground_s_keys_are_not_listed_for_budgets(tenants):
+    from projects.keys import playground_key_issue
+    from tests.gateway.conftest import make_deployment
+
+    deployment = make_deployment(tenants.project, "qwen", served_model_name="qwen-chat")
+    playground_key_issue(user=tenants.member, organization=tenants.org, deployment=deployment)
+    by_hand, _ = api_key_create(user=tenants.member, organization=tenants.org, name="Playground · mine")
+    listed = rest_api_client(tenants.owner).get("/api/v1/budgets/").json()["keys"]
+    assert [k["id"] for k in listed] == [by_hand.pk]
