@@ -97,7 +97,7 @@ def test_a_refused_form_points_each_field_at_its_own_error_list(tenants):
     field = html.split('name="name"', 1)[1].split(">", 1)[0]
     assert 'aria-describedby="id_name_helptext id_name_error"' in field or 'aria-describedby="id_name_error"' in field
     _refused(client, reverse("org:members"), {"form": "add", "username": "nobody", "role": "member"},
-             "id_username", "No user with that username")  # fmt: skip
+             "id_username", "No user you can add with that username")  # fmt: skip
     _refused(client, reverse("org:members"), {"form": "invite", "email": "not-an-email", "role": "member"},
              "id_invite_email", "Enter a valid email address")  # fmt: skip
     _refused(client, reverse("catalog:custom_create"), {"name": "mine"}, "id_storage_uri", "storage URI")
