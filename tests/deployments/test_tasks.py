@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from deployments import kube
 from deployments.models import DeploymentState
@@ -146,7 +147,14 @@ def test_a_sync_cycle_asked_for_while_one_runs_in_the_process_is_skipped(deploy,
 
     monkeypatch.setattr(tasks, "sync_pool", slow_sync_pool)
     first: dict = {}
-    thread = threading.Thread(target=lambda: first.update(sync_status()))
+
+    def first_cycle() -> None:
+        try:
+            first.update(sync_status())
+        finally:
+            connection.close()  # back to the pool: a thread's connection is never returned otherwise
+
+    thread = threading.Thread(target=first_cycle)
     thread.start()
     try:
         assert inside.wait(10)
