@@ -916,17 +916,22 @@ _sync_running = threading.Lock()
 _autoscale_running = threading.Lock()
 
 
+def _alone(lock: threading.Lock, what: str, skipped: dict[str, int], run) -> dict[str, int]:
+    """`run()` unless another thread of this process holds `lock`; then `skipped`."""
+    if not lock.acquire(blocking=False):
+        log.info("%s skipped: the previous one is still running in this process", what)
+        return skipped
+    try:
+        return run()
+    finally:
+        lock.release()
+
+
 @shared_task(name="deployments.sync_status")
 def sync_status() -> dict[str, int]:
     """Every pool with deployments, one listing each (beat runs this every 5 seconds)."""
     totals = {"pools": 0, "deployments": 0, "changed": 0, "pushed": 0, "list_calls": 0, "decided": 0}
-    if not _sync_running.acquire(blocking=False):
-        log.info("status sync skipped: the previous cycle is still running in this process")
-        return totals
-    try:
-        return _sync_all(totals)
-    finally:
-        _sync_running.release()
+    return _alone(_sync_running, "status sync", dict(totals), lambda: _sync_all(totals))
 
 
 def _sync_all(totals: dict[str, int]) -> dict[str, int]:
@@ -958,13 +963,7 @@ def _sync_all(totals: dict[str, int]) -> dict[str, int]:
 @shared_task(name="deployments.autoscale")
 def autoscale() -> dict[str, int]:
     """Every autoscaled deployment: load → desired replicas (beat runs this every few seconds)."""
-    if not _autoscale_running.acquire(blocking=False):
-        log.info("autoscale skipped: the previous pass is still running in this process")
-        return {"deployments": 0, "changed": 0}
-    try:
-        return autoscale_all()
-    finally:
-        _autoscale_running.release()
+    return _alone(_autoscale_running, "autoscale", {"deployments": 0, "changed": 0}, autoscale_all)
 
 
 @shared_task(name="deployments.autoscale_wake")

@@ -30,6 +30,7 @@ from gateway.models import (
     status_words,
 )
 from gateway.rollup import CURSOR, record_sums
+from projects.keys import playground_keys_q
 from projects.models import APIKey, APIKeyScope, Membership
 
 
@@ -638,8 +639,8 @@ def budgets_overview(user, organization, *, admin: bool) -> dict:
     members = Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
     # The playground's 15-minute keys spend within their owner's budget; one of their own is moot.
     keys = APIKey.objects.filter(
-        organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True, playground=False
-    )
+        organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True
+    ).exclude(playground_keys_q())
     if not admin:
         members = members.filter(user=user)
         keys = keys.filter(user=user)
