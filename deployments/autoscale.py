@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from deployments import kube
@@ -40,6 +41,7 @@ from deployments.models import (
 from deployments.services import event_record, push_enqueue
 from deployments.spec import autoscaled, start_replicas
 from gateway import load as gateway_load
+from gateway import memstore
 from projects.selectors import quota_decide
 from projects.services import quota_reserve
 
@@ -137,6 +139,10 @@ def decide(
 
 
 def _redis() -> Any:
+    """Where the gateways' load is: Redis, or without it (the embedded mode) this process's
+    memory, which its gateway writes and its EmbeddedAutoscaler reads (gateway/memstore.py)."""
+    if not settings.REDIS_URL:
+        return memstore.STORE
     import redis  # the client library, imported where the autoscaler runs (a worker)
 
     return redis.Redis.from_url(settings.REDIS_URL)
@@ -224,7 +230,7 @@ def _fields(scale: DeploymentScale) -> tuple:
 
 def publish(scales: list[tuple[int, int, int]]) -> None:
     """Tell every gateway (deployment, desired, ready): they hold requests while ready is 0."""
-    if not scales or not settings.REDIS_URL:
+    if not scales:
         return
     client = _redis()
     try:
@@ -319,8 +325,6 @@ def autoscale_all(*, window: int | None = None) -> dict[str, int]:
 
 def autoscale_wake(deployment_id: int) -> DeploymentScale | None:
     """A request arrived at a deployment at zero: decide now, not at the next tick."""
-    if not settings.REDIS_URL:
-        return None
     client = _redis()
     try:
         load = gateway_load.read_loads(client, [deployment_id], window=settings.MODELDECK_AUTOSCALE_WINDOW_SECONDS)
@@ -351,3 +355,52 @@ def record_ready(deployments: list[ModelDeployment], observed: dict[int, dict[in
     if rows:
         DeploymentScale.objects.bulk_create(rows, update_conflicts=True, unique_fields=["deployment"],
                                             update_fields=["ready", "pods", "observed_at"])  # fmt: skip
+
+
+class EmbeddedAutoscaler(threading.Thread):
+    """The autoscaler of the embedded mode (`make run`, no Redis), in the process that serves the
+    gateway: the gateway measures into this process's memory (gateway/memstore.py), so the pass
+    must run here, not in the Celery worker (whose `deployments.autoscale` then does nothing).
+    Every `tick` seconds a pass over every autoscaled deployment, as beat does with Redis; a
+    deployment a held request wakes (gateway/load.py `wake`) is decided at once, between passes."""
+
+    def __init__(self, *, tick: float | None = None) -> None:
+        super().__init__(daemon=True, name="embedded-autoscaler")
+        self.tick = float(tick or settings.MODELDECK_AUTOSCALE_TICK_SECONDS)
+        self.stopped = threading.Event()
+        self._nudge = threading.Event()
+        self._woken: set[int] = set()
+        self._lock = threading.Lock()
+
+    def wake(self, deployment_id: int) -> None:
+        with self._lock:
+            self._woken.add(deployment_id)
+        self._nudge.set()
+
+    def run(self) -> None:
+        gateway_load.set_local_wake(self.wake)
+        next_pass = 0.0
+        try:
+            while not self.stopped.is_set():
+                with self._lock:
+                    woken, self._woken = self._woken, set()
+                    self._nudge.clear()
+                try:
+                    for deployment_id in sorted(woken):
+                        autoscale_wake(deployment_id)
+                    if time.monotonic() >= next_pass:
+                        next_pass = time.monotonic() + self.tick
+                        autoscale_all()
+                except Exception:  # noqa: BLE001 - the next pass tries again; the web process goes on
+                    log.exception("embedded autoscaler pass failed")
+                finally:
+                    connection.close()  # this thread's, between passes (as a worker between tasks)
+                self._nudge.wait(max(0.0, next_pass - time.monotonic()))
+        finally:
+            gateway_load.set_local_wake(None)
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._nudge.set()
+        self.join(timeout=10)

@@ -962,13 +962,19 @@ def _sync_all(totals: dict[str, int]) -> dict[str, int]:
 
 @shared_task(name="deployments.autoscale")
 def autoscale() -> dict[str, int]:
-    """Every autoscaled deployment: load → desired replicas (beat runs this every few seconds)."""
+    """Every autoscaled deployment: load → desired replicas (beat runs this every few seconds).
+    Without Redis the web process autoscales (autoscale.EmbeddedAutoscaler): the load is there."""
+    if not settings.REDIS_URL:
+        return {"deployments": 0, "changed": 0}
     return _alone(_autoscale_running, "autoscale", {"deployments": 0, "changed": 0}, autoscale_all)
 
 
 @shared_task(name="deployments.autoscale_wake")
 def autoscale_wake(deployment_id: int) -> int | None:
-    """The gateway holds a request for a deployment at zero: scale it up now, not at the next tick."""
+    """The gateway holds a request for a deployment at zero: scale it up now, not at the next tick.
+    (Without Redis the web process's autoscaler takes the wake itself: gateway/load.py.)"""
+    if not settings.REDIS_URL:
+        return None
     scale = autoscale_wake_now(deployment_id)
     return None if scale is None else scale.desired
 

@@ -31,7 +31,7 @@ from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
 from console.money import money_text
-from gateway import h1, load, metrics, overflow, resp
+from gateway import h1, load, memstore, metrics, overflow, resp
 from gateway.cache import (
     GENERATION_KEY,
     RETRY_BACKOFF_S,
@@ -275,6 +275,7 @@ class Gateway:
         self.holds = load.ColdStartHolds(bound=settings.MODELDECK_GATEWAY_HOLD_QUEUE)
         self.measure_load = True  # bench/autoscale.py compares the added latency on vs. off
         self._wake = sync_to_async(load.wake, thread_sensitive=False)
+        self._embedded_store = memstore.AsyncView(memstore.STORE)  # the holds' "Redis" without one
 
     # ---- plumbing -------------------------------------------------------------------------
     @property
@@ -986,13 +987,14 @@ class Gateway:
         until a replica is ready (the first held request asks for a scale-up), up to the spec's
         cold_start_hold_seconds, in a bounded queue; past either, 503 "model is starting"."""
         deployment = call.deployment
-        if not self.measure_load or not isinstance(self.limiter, RedisRateLimiter):
-            return  # embedded mode: no shared measurement, no autoscaler
-        if not deployment.autoscaled:
+        if not self.measure_load or not deployment.autoscaled:
             return  # a fixed replica count: nothing reads its load
+        embedded = not isinstance(self.limiter, RedisRateLimiter)
         try:
             commands = load.admit_commands(deployment.id, call.request_id, time.time())
-            scale = load.parse_scale((await self.limiter.execute(commands))[-1])
+            # Embedded mode: this process's memory, where its autoscaler reads (gateway/memstore.py).
+            replies = memstore.STORE.execute(commands) if embedded else await self.limiter.execute(commands)
+            scale = load.parse_scale(replies[-1])
             call.admitted = True
         except RedisError:
             log.warning("gateway load not measured", exc_info=True)
@@ -1001,7 +1003,8 @@ class Gateway:
             return
         try:
             ready = await self.holds.hold(
-                self._redis, deployment.id, timeout=deployment.cold_start_hold_seconds, wake=self._wake
+                self._embedded_store if embedded else self._redis, deployment.id,
+                timeout=deployment.cold_start_hold_seconds, wake=self._wake,
             )
             why = "its start is taking longer than the deployment holds requests"
         except load.QueueFull:
@@ -1018,7 +1021,10 @@ class Gateway:
     async def _load_finish(self, deployment_id: int, request_id: str, latency_ms: float, completion: int) -> None:
         """Take a finished request out of its deployment's load (the autoscaler's counters)."""
         commands = load.finish_commands(deployment_id, request_id, time.time(), latency_ms, completion)
-        await self.limiter.execute(commands)
+        if isinstance(self.limiter, RedisRateLimiter):
+            await self.limiter.execute(commands)
+        else:
+            memstore.STORE.execute(commands)
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, UpstreamRedirect):
@@ -1284,6 +1290,8 @@ class Gateway:
                         _month(), deployment.currency, organization_id=key.organization_id,
                         user_id=key.user_id, api_key_id=key.id,
                     ))  # fmt: skip
+                if call.admitted:
+                    await self._load_finish(deployment.id, request_id, latency_ms, completion)
                 await sync_to_async(_write_now, thread_sensitive=False)(event)
         except Exception:  # noqa: BLE001 - metering must never break the response already sent
             log.exception("gateway usage could not be recorded", extra={"request_id": request_id})

@@ -280,11 +280,25 @@ class ColdStartHolds:
 WAKE_TASK = "deployments.autoscale_wake"
 
 
+_local_wake: Callable[[int], None] | None = None
+
+
+def set_local_wake(waker: Callable[[int], None] | None) -> None:
+    """The embedded mode's autoscaler, in this process (deployments.autoscale.EmbeddedAutoscaler),
+    takes the wakes itself: a worker's would read another process's (empty) memory."""
+    global _local_wake  # noqa: PLW0603 - one autoscaler per process
+    _local_wake = waker
+
+
 def wake(deployment_id: int) -> None:
     """Queue the autoscaler's immediate step for a deployment at zero (by name: the gateway's
     domain modules don't import tasks). Runs in a worker thread of the gateway."""
+    from django.conf import settings
     from django.db import close_old_connections, connection
 
+    if _local_wake is not None and not settings.REDIS_URL:
+        _local_wake(deployment_id)
+        return
     close_old_connections()
     try:
         # Not queued: the next autoscaler tick sees the held request anyway.

@@ -18,7 +18,7 @@ from django.db import connection
 from openai import OpenAI
 from rest_framework.test import APIClient
 
-from deployments.autoscale import autoscale_all
+from deployments.autoscale import EmbeddedAutoscaler, autoscale_all
 from deployments.models import (
     ComputePool,
     DeploymentScale,
@@ -29,6 +29,7 @@ from deployments.models import (
 )
 from deployments.services import deployment_create, deployment_deactivate, pool_test_connection
 from deployments.tasks import sync_status
+from gateway import memstore
 from projects.models import Project
 from sandbox.kubelet import SandboxCluster
 from tests.deployments.conftest import BASE_SPEC
@@ -43,16 +44,18 @@ CHAT = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]}
 class Beat(threading.Thread):
     """Celery beat's two periodic tasks that matter here, run in a loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, autoscale: bool = True) -> None:
         super().__init__(daemon=True)
         self.stopped = threading.Event()
         self.errors: list[BaseException] = []
+        self.autoscale = autoscale  # False: the embedded mode's autoscaler runs beside the gateway
 
     def run(self) -> None:
         try:
             while not self.stopped.is_set():
                 try:
-                    autoscale_all()
+                    if self.autoscale:
+                        autoscale_all()
                     sync_status()
                 except Exception as exc:  # noqa: BLE001 - reported by the test
                     self.errors.append(exc)
@@ -68,7 +71,15 @@ class Beat(threading.Thread):
 
 
 @pytest.fixture
-def world(engine_server, settings, tenants, bundle, model):  # noqa: F811 - the imported fixture
+def world(request, engine_server, settings, tenants, bundle, model, tmp_path):  # noqa: F811 - the imported fixture
+    """The sandbox pool behind an ingress, beat, and (on first use) a gateway; with Redis, or
+    (`indirect` param "embedded") without it, as `make run` runs: the gateway measures in its
+    process's memory and EmbeddedAutoscaler decides there, beat only syncs."""
+    embedded = getattr(request, "param", "redis") == "embedded"
+    if embedded:
+        settings.REDIS_URL = None
+        settings.MODELDECK_DATA_DIR = tmp_path
+        memstore.STORE.reset()
     _, engine_url = engine_server
     settings.SANDBOX_ENGINE_URL = "http://127.0.0.1:9"  # only the ingress route can answer
     settings.MODELDECK_AUTOSCALE_WINDOW_SECONDS = 2
@@ -81,7 +92,8 @@ def world(engine_server, settings, tenants, bundle, model):  # noqa: F811 - the 
         exposure_address=cluster.network.url, ingress_class="nginx", ingress_namespace="ingress-nginx",
     )  # fmt: skip
     pool_test_connection(user=None, pool=pool)
-    beat = Beat()
+    beat = Beat(autoscale=not embedded)
+    autoscaler = EmbeddedAutoscaler(tick=0.25) if embedded else None
     servers = []
 
     class World:
@@ -101,12 +113,16 @@ def world(engine_server, settings, tenants, bundle, model):  # noqa: F811 - the 
             )  # fmt: skip
             if not beat.is_alive():
                 beat.start()
+                if autoscaler is not None:
+                    autoscaler.start()
             return deployment
 
         def key(self) -> str:
             return make_key(tenants.owner, tenants.org)
 
     yield World()
+    if autoscaler is not None and autoscaler.is_alive():
+        autoscaler.stop()
     beat.stop()
     for server in servers:
         server.stop()
@@ -166,6 +182,7 @@ def test_idle_deployment_goes_to_zero_after_the_window_and_gives_its_gpus_back(w
     assert "scaled to zero while idle" in logs.json()["detail"] and "The next request" in logs.json()["detail"]
 
 
+@pytest.mark.parametrize("world", ["redis", "embedded"], indirect=True)
 def test_request_at_zero_is_held_until_a_replica_is_ready_streams_too(world):
     deployment = world.deploy(replicas={"min": 0, "max": 1}, autoscaling=TO_ZERO)
     until(lambda: at_zero(world, deployment))
@@ -187,6 +204,7 @@ def test_request_at_zero_is_held_until_a_replica_is_ready_streams_too(world):
     assert text == "You said: hi"
 
 
+@pytest.mark.parametrize("world", ["redis", "embedded"], indirect=True)
 def test_six_long_requests_with_target_one_and_max_two_ask_for_exactly_two(world):
     deployment = world.deploy(
         replicas={"min": 1, "max": 2},
