@@ -679,6 +679,14 @@ def bundle_create(
     return bundle
 
 
+# The console's edit page and the REST API refuse a built-in bundle with the same words; the
+# console's "Duplicate" (a new bundle prefilled from it) and POST /api/v1/bundles/ make the copy.
+BUILTIN_BUNDLE_READ_ONLY = (
+    "Built-in bundles can't be edited; duplicate it to change it: the copy is your "
+    "organization's own bundle."
+)
+
+
 def bundle_update(
     *,
     user: AbstractBaseUser | None,
@@ -694,9 +702,7 @@ def bundle_update(
     so deployments made with them keep their exact recipe."""
     if bundle.organization is None:
         if user is not None and not getattr(user, "is_superuser", False):
-            raise PermissionDenied(
-                "Built-in bundles can't be changed; create a bundle in your organization instead."
-            )
+            raise PermissionDenied(BUILTIN_BUNDLE_READ_ONLY)
     else:
         permissions.require(user, "change", bundle, what="the catalog")
     with transaction.atomic():

@@ -33,6 +33,7 @@ from catalog.forms import (
 from catalog.models import ModelSource
 from console import permissions
 from console.edit import ActionView, EditView
+from console.http import RefusedWithWayOn
 from console.http import current_organization as _organization
 from console.ids import parse_id
 from console.paging import ListFilter, paginate
@@ -629,9 +630,10 @@ class BundleEdit(_BundleEdit):
     def get_object(self, request, pk):
         bundle = selectors.bundle_get(request.user, pk).latest()
         if bundle.is_builtin:
-            raise PermissionDenied(
-                "Built-in bundles can't be changed; create one in your organization."
-            )
+            if permissions.can(request.user, "change", _organization(request)):
+                duplicate = reverse("catalog:bundle_create") + f"?from={bundle.pk}"
+                raise RefusedWithWayOn(services.BUILTIN_BUNDLE_READ_ONLY, label="Duplicate", url=duplicate)
+            raise PermissionDenied(services.BUILTIN_BUNDLE_READ_ONLY)
         return bundle
 
     def form_kwargs(self, request, bundle):

@@ -11,8 +11,10 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.db.models import QuerySet
 from django.http import Http404, JsonResponse
+from django.shortcuts import render
 from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
 from rest_framework import exceptions, permissions
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -38,6 +40,8 @@ def exception_handler(exc, context):
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, exceptions.MethodNotAllowed) and _patch_instead_of_put(context):
+        exc = exceptions.MethodNotAllowed("PUT", detail=PUT_NOT_OFFERED)
     elif isinstance(exc, DataError):
         # The database refused a value no validator caught (out of range, NUL byte): the
         # request's fault, so a 400; the driver's text is not shown (it can quote other rows).
@@ -46,10 +50,31 @@ def exception_handler(exc, context):
             {"non_field_errors": ["A value is out of range or malformed."]}
         )
     response = drf_exception_handler(exc, context)
+    request = context.get("request")
+    renderer = getattr(request, "accepted_renderer", None)
+    if response is not None and renderer is not None and renderer.format not in ("json", "api"):
+        # An error is JSON in its schema's shape even where the answer would have been another
+        # format (GET /usage/?format=csv): the CSV renderer made it an empty body.
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
     if response is None:
         view = context.get("view")
         log.exception("unhandled API error", extra={"view": type(view).__name__ if view else None})
     return response
+
+
+PUT_NOT_OFFERED = (
+    "PUT (replace the whole object) is not offered here; send the fields to change with PATCH."
+)
+
+
+def _patch_instead_of_put(context: dict) -> bool:
+    """A PUT to a route that offers PATCH: its 405 says to use PATCH."""
+    request, view = context.get("request"), context.get("view")
+    return (
+        request is not None
+        and request.method == "PUT"
+        and "patch" in (getattr(view, "action_map", None) or {})
+    )
 
 
 class OrganizationMember(permissions.IsAuthenticated):
@@ -147,4 +172,7 @@ def api_permission_denied(request, exception=None):
     """403 from a page view: JSON under /api/ (DRF answers its own), templates/403.html elsewhere."""
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": str(exception or "") or "Not allowed."}, status=403)
+    way_on = getattr(exception, "way_on", None)
+    if way_on:  # django's permission_denied passes only the reason's text to the template
+        return render(request, "403.html", {"exception": str(exception), "way_on": way_on}, status=403)
     return permission_denied(request, exception)

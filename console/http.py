@@ -1,7 +1,8 @@
-"""Request helpers every app's views share: the current organization and redirects after a POST."""
+"""Request helpers every app's views share: the current organization, redirects after a POST, refusals."""
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
@@ -22,3 +23,12 @@ def redirect_after_post(request: HttpRequest, url: str) -> HttpResponse:
         response["HX-Redirect"] = url
         return response
     return redirect(url)
+
+
+class RefusedWithWayOn(PermissionDenied):
+    """A 403 whose page offers the way that does work (templates/403.html shows it as a button),
+    e.g. "Duplicate" for a built-in bundle that can't be edited."""
+
+    def __init__(self, reason: str, *, label: str, url: str) -> None:
+        super().__init__(reason)
+        self.way_on = {"label": label, "url": url}

@@ -221,7 +221,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Every operation also declares the errors it can answer (console/api_schema.py).
+    "DEFAULT_SCHEMA_CLASS": "console.api_schema.ModelDeckAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "console.api_defaults.LimitOffsetPagination",
     "DEFAULT_METADATA_CLASS": "console.api_defaults.RequestBodyMetadata",
     "PAGE_SIZE": 100,

@@ -257,13 +257,31 @@ def environment_create(
     return environment
 
 
-def environment_update(*, user: Any, environment: Environment, **fields: Any) -> Environment:
-    """Change an environment's name, description or policies (the slug is fixed)."""
+# What each optional field of an environment is when nobody set it (as environment_create makes it).
+ENVIRONMENT_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "allowed_pools": [],
+    "allowed_pool_labels": {},
+    "allowed_gpu_types": [],
+    "max_replicas": None,
+    "max_gpus_per_replica": None,
+}
+
+
+def environment_update(
+    *, user: Any, environment: Environment, replace: bool = False, **fields: Any
+) -> Environment:
+    """Change an environment's name, description or policies (the slug is fixed).
+
+    replace=True (REST PUT): the fields given are the whole environment; those left out go back
+    to their defaults (ENVIRONMENT_DEFAULTS) instead of keeping their values."""
     project = environment.project
     permissions.require(user, "change", project, what="environments")
     unknown = set(fields) - (set(ENVIRONMENT_FIELDS) - {"slug"}) - {"allowed_pools"}
     if unknown:
         raise ValidationError({name: "This field cannot be changed." for name in sorted(unknown)})
+    if replace:
+        fields = {**copy.deepcopy(ENVIRONMENT_DEFAULTS), **fields}
     pools = list(fields.pop("allowed_pools")) if "allowed_pools" in fields else None
     _clean_environment_fields(project, {**fields, "allowed_pools": pools})
     with transaction.atomic():

@@ -160,7 +160,7 @@ WRITE_BODIES: dict[str, dict] = {
     "catalog:mapping_move": {"direction": "up"},
     "sharing:quota_project": {"gpu_quota": "3"},
     "environment-detail": {"max_replicas": 3},
-    "deployment-sharing-detail": {"mode": "all"},
+    "deployment-sharing-detail": {"mode": "all", "access": "authenticated"},
 }
 
 OUTSIDER_OK = {404, 405}

@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.contrib.auth import authenticate
 from django.core.cache import cache
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from console.api_schema import ERROR_RESPONSE
 from console.ids import parse_id
 from projects.keys import api_key_create
 from projects.models import APIKeyScope, Membership
@@ -80,7 +81,11 @@ class TokenExchangeView(APIView):
     permission_classes = [AllowAny]
     throttle_classes = [LoginThrottle]
 
-    @extend_schema(request=TokenRequestSerializer, responses={201: TokenSerializer}, auth=[])
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={201: TokenSerializer, 401: OpenApiResponse(ERROR_RESPONSE, "Wrong username or password.")},
+        auth=[],
+    )
     def post(self, request: Request) -> Response:
         body = TokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -57,7 +57,9 @@ class SharingSerializer(serializers.Serializer):
     organizations = serializers.PrimaryKeyRelatedField(
         queryset=Organization.objects.all(), many=True, required=False
     )
-    access = serializers.ChoiceField(choices=AccessKind.choices, required=False)
+    # Required: a PUT is the whole object, and an `access` left out would have either kept the
+    # old policy (a PATCH in disguise) or widened it to the default.
+    access = serializers.ChoiceField(choices=AccessKind.choices)
     groups = serializers.PrimaryKeyRelatedField(
         queryset=Group.objects.all(), many=True, required=False
     )

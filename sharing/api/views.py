@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.response import Response
 
+from console import permissions
 from console.api import filter_by_id
 from deployments.models import ModelDeployment
 from projects.selectors import organizations_for_user
@@ -23,20 +25,22 @@ from sharing.api.serializers import (
 from sharing.models import AccessKind
 
 
-@extend_schema(
-    parameters=[
-        OpenApiParameter(n, str, required=False)
-        for n in (
-            "action",
-            "object_type",
-            "object_id",
-            "actor",
-            "q",
-            "since",
-            "until",
-            "organization",
-        )
-    ]
+@extend_schema_view(  # the list's filters; reading one entry takes none
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter(n, str, required=False)
+            for n in (
+                "action",
+                "object_type",
+                "object_id",
+                "actor",
+                "q",
+                "since",
+                "until",
+                "organization",
+            )
+        ]
+    )
 )
 class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):
     """The audit log: list and read only — entries can't be created, changed or deleted here."""
@@ -85,19 +89,26 @@ class DeploymentSharingViewSet(viewsets.ViewSet):
     def retrieve(self, request, pk=None):
         return Response(_state(selectors.deployment_get(request.user, int(pk))))
 
-    @extend_schema(request=SharingSerializer, responses=SharingSerializer)
+    @extend_schema(
+        request=SharingSerializer,
+        responses=SharingSerializer,
+        description="Replace who the deployment is shared with and who may call it: `mode` and "
+        "`access` are required; `organizations`, `groups` and `users` left out are empty.",
+    )
     def update(self, request, pk=None):
         deployment = selectors.deployment_get(request.user, int(pk))
+        # Allowed first: a reader learns nothing from the body's errors.
+        permissions.require(request.user, "share", deployment)
         body = SharingSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        services.deployment_share_set(
-            user=request.user,
-            deployment=deployment,
-            mode=data["mode"],
-            organizations=data.get("organizations", []),
-        )
-        if "access" in data:
+        with transaction.atomic():  # both or neither: a refused access policy leaves the sharing too
+            services.deployment_share_set(
+                user=request.user,
+                deployment=deployment,
+                mode=data["mode"],
+                organizations=data.get("organizations", []),
+            )
             services.access_policy_set(
                 user=request.user,
                 deployment=deployment,
@@ -144,20 +155,28 @@ class EnvironmentViewSet(viewsets.ModelViewSet):
         environment = services.environment_create(user=request.user, project=project, **data)
         return Response(self.get_serializer(environment).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(
+        description="Replace the environment: `project`, `name` and `slug` are required (project and "
+        "slug as they are: they cannot change); the fields left out return to their defaults "
+        "(no description, any pool, any GPU type, no limits). PATCH changes only the fields given."
+    )
     def update(self, request, pk=None, partial=False):
         environment = self.get_object()
-        body = self.get_serializer(environment, data=request.data, partial=True)
+        # Allowed first: a reader learns nothing from the body's errors (a PUT lacking fields).
+        permissions.require(request.user, "change", environment.project, what="environments")
+        body = self.get_serializer(environment, data=request.data, partial=partial)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
-        data.pop("project", None)
-        if "slug" in data and data["slug"] != environment.slug:
-            raise DRFValidationError({"slug": ["An environment's slug cannot change."]})
-        data.pop("slug", None)
+        fixed = {"project": "An environment's project cannot change.", "slug": "An environment's slug cannot change."}
+        for field, message in fixed.items():
+            if field in data and data.pop(field) != getattr(environment, field):
+                raise DRFValidationError({field: [message]})
         environment = services.environment_update(
-            user=request.user, environment=environment, **data
+            user=request.user, environment=environment, replace=not partial, **data
         )
         return Response(self.get_serializer(environment).data)
 
+    @extend_schema(description="Change the fields given; the others keep their values.")
     def partial_update(self, request, pk=None):
         return self.update(request, pk, partial=True)
 

@@ -231,10 +231,17 @@ def test_bundles_create_version_and_list(tenants):
     )
     assert bad.status_code == 400 and "image" in bad.json()
     builtin = ProfileBundle.objects.get(organization__isnull=True, name="vllm")
-    assert (
-        client.patch(f"/api/v1/bundles/{builtin.pk}/", {"image": "x:1"}, format="json").status_code
-        == 403
-    )
+    refused = client.patch(f"/api/v1/bundles/{builtin.pk}/", {"image": "x:1"}, format="json")
+    # The console's edit page words it the same.
+    assert refused.status_code == 403 and refused.json() == {
+        "detail": "Built-in bundles can't be edited; duplicate it to change it: the copy is your "
+        "organization's own bundle."
+    }
+    # PATCH makes a new version; there is no PUT, and its 405 says to use PATCH.
+    put = client.put(f"/api/v1/bundles/{pk}/", {"image": "x:1"}, format="json")
+    assert put.status_code == 405 and put.json() == {
+        "detail": "PUT (replace the whole object) is not offered here; send the fields to change with PATCH."
+    }
 
 
 def test_mappings_crud_reorder_and_resolve(tenants):

@@ -302,8 +302,43 @@ def test_builtin_bundles_are_listed_and_cannot_be_edited(owner_client):
     for name in ("vllm", "nim-llm", "tgi", "tei"):
         assert f">{name}<" in listing
     assert owner_client.get(reverse("catalog:bundle_edit", args=[vllm.pk])).status_code == 403
-    with pytest.raises(Exception, match="Built-in bundles can't be changed"):
+    with pytest.raises(Exception, match="Built-in bundles can't be edited"):
         services.bundle_update(user=_FakeUser(), bundle=vllm, image="x:1")
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_editing_a_builtin_bundle_says_why_and_offers_to_duplicate_it(owner_client, method):
+    """QA: an organization admin opening a built-in bundle's edit page got a bare "Not allowed",
+    with "an admin can give you another role" — they are the admin."""
+    vllm = ProfileBundle.objects.get(organization__isnull=True, name="vllm")
+    response = getattr(owner_client, method)(reverse("catalog:bundle_edit", args=[vllm.pk]))
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "Built-in bundles can&#x27;t be edited; duplicate it to change it" in page
+    duplicate = reverse("catalog:bundle_create") + f"?from={vllm.pk}"
+    assert f'<a class="btn primary" href="{duplicate}">Duplicate</a>' in page
+    assert "another role" not in page and "Sign in" not in page
+    assert 'class="sidebar"' in page  # signed in: the console around it, no sign-in card
+    assert ProfileBundle.objects.filter(name="vllm").count() == 1
+
+
+def test_a_viewer_refused_a_builtin_bundle_edit_is_offered_no_duplicate(tenants):
+    vllm = ProfileBundle.objects.get(organization__isnull=True, name="vllm")
+    response = login(tenants.viewer).get(reverse("catalog:bundle_edit", args=[vllm.pk]))
+    page = response.content.decode()
+    assert response.status_code == 403 and "Built-in bundles can&#x27;t be edited" in page
+    assert "?from=" not in page and "Sign in" not in page
+
+
+def test_the_403_page_asks_only_a_signed_out_visitor_to_sign_in(tenants, db):
+    from django.test import Client
+
+    url = reverse("catalog:bundle_edit", args=[ProfileBundle.objects.get(organization__isnull=True, name="vllm").pk])
+    signed_out = Client().get(url)  # login_required: to the sign-in page, not a 403 card
+    assert signed_out.status_code == 302 and signed_out["Location"].startswith(reverse("login"))
+    for user in (tenants.owner, tenants.viewer, tenants.outsider):
+        response = login(user).get(url)
+        assert response.status_code == 403 and "Sign in" not in response.content.decode(), user
 
 
 class _FakeUser:

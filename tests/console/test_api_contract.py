@@ -77,5 +77,6 @@ def test_the_schema_says_what_the_routes_answer(tenants):
     for gallery in ("data-sources", "resource-templates"):
         assert "requestBody" in paths[f"/api/v1/{gallery}/"]["post"]
         assert "requestBody" in paths[f"/api/v1/{gallery}/{{id}}/"]["patch"]
-    assert set(paths["/api/v1/deployments/{id}/"]["delete"]["responses"]) == {"202"}
+    deleted = paths["/api/v1/deployments/{id}/"]["delete"]["responses"]
+    assert {code for code in deleted if code.startswith("2")} == {"202"}  # errors: test_api_schema_errors
     assert body("/api/v1/members/{id}/", "delete", "200") == {"$ref": "#/components/schemas/MemberRemoved"}

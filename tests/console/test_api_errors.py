@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from catalog.models import CatalogModel, ProfileBundle
-from projects.models import Environment
+from projects.models import Environment, Project
 from tests.factories import rest_api_client
 
 pytestmark = pytest.mark.django_db
@@ -315,3 +315,53 @@ def test_a_body_over_the_size_limit_is_a_413_that_says_so(client, settings):
     response = client.post("/api/v1/projects/", data=body, content_type="application/json")
     assert response.status_code == 413, response.content[:200]
     assert response.json() == {"detail": "The request body is larger than the server takes (1,000 bytes)."}
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ('{"name": "a", "name": "b"}', "name"),
+        ('{"name": "p", "description": "x", "quota": {"gpus": 1, "gpus": 2}}', "gpus"),
+        ('{"name": "p", "spec": {"env": [{"name": "A", "value": "1", "value": "2"}]}}', "value"),
+    ],
+)
+def test_a_json_body_naming_a_key_twice_is_a_400_naming_it(client, body, key):
+    # json.loads keeps the last of the two: the project would be made as "b", silently.
+    response = client.post("/api/v1/projects/", data=body, content_type="application/json")
+    assert response.status_code == 400, response.content[:200]
+    assert response.json() == {
+        "detail": f"The JSON body names “{key}” twice in one object; each key may appear once "
+        "(with a key written twice, which value counts is not defined)."
+    }
+    assert not Project.objects.filter(name__in=["a", "b", "p"]).exists()
+
+
+def test_the_same_key_in_two_different_objects_is_fine(client, tenants):
+    body = '{"name": "Twin", "labels": {"name": "x"}}'
+    response = client.post("/api/v1/projects/", data=body, content_type="application/json")
+    assert response.status_code == 201, response.content[:200]
+
+
+def test_a_json_value_in_a_form_naming_a_key_twice_is_a_field_error(tenants):
+    r = _raising_client(tenants.owner).post(
+        "/api/v1/data-sources/",
+        {"name": "w", "kind": "s3", "uri": "s3://acme-models/x", "project": tenants.project.pk,
+         "credentials": '{"access_key_id": "a", "access_key_id": "b"}'},
+        format="multipart",
+    )  # fmt: skip
+    assert r.status_code == 400, (r.status_code, r.content[:200])
+    assert r.json() == {
+        "credentials": [
+            "The value names “access_key_id” twice in one object; each key may appear once "
+            "(with a key written twice, which value counts is not defined)."
+        ]
+    }
+
+
+def test_an_error_asked_for_as_csv_is_still_json(client, tenants):
+    """Found by the fuzzer once errors were in the schema: GET /usage/?format=csv with a bad scope
+    answered 400 with an empty body (the CSV renderer's), no JSON, no reason."""
+    response = client.get("/api/v1/usage/", {"format": "csv", "scope": "nobody"})
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json() == {"scope": ["Choose one of: keys, organization, deployment."]}
+    assert client.get("/api/v1/usage/", {"format": "csv"})["Content-Type"].startswith("text/csv")

@@ -8,6 +8,7 @@ from django.urls import reverse
 from projects.models import Environment
 from sharing.models import AuditEntry
 from tests.conftest import login
+from tests.factories import ProjectFactory
 from tests.sharing import factories as f
 
 
@@ -224,3 +225,80 @@ def test_api_scoping(tenants):
         == 403
     )
     assert viewer.delete(detail).status_code == 403
+
+
+def _restricted_environment(tenants) -> Environment:
+    env = f.environment(
+        tenants.project, name="Production", slug="prod", pools=[f.pool(tenants.org)],
+        description="Live traffic", allowed_pool_labels={"region": ["us-east-1"]},
+        allowed_gpu_types=["H100"], max_replicas=4, max_gpus_per_replica=2,
+    )  # fmt: skip
+    return env
+
+
+@pytest.mark.django_db
+def test_api_put_replaces_the_environment_and_omitted_fields_return_to_their_defaults(tenants):
+    env = _restricted_environment(tenants)
+    body = {"project": tenants.project.pk, "name": "Prod", "slug": "prod", "max_replicas": 2}
+    response = login(tenants.owner).put(
+        reverse("environment-detail", args=[env.pk]), body, content_type="application/json"
+    )
+    assert response.status_code == 200, response.content
+    got = response.json()
+    assert (got["name"], got["max_replicas"]) == ("Prod", 2)
+    # Not sent, so no longer set: a PUT is the whole environment, not a PATCH.
+    assert got["description"] == "" and got["allowed_pools"] == []
+    assert got["allowed_pool_labels"] == {} and got["allowed_gpu_types"] == []
+    assert got["max_gpus_per_replica"] is None
+    env.refresh_from_db()
+    assert env.description == "" and env.max_gpus_per_replica is None and not env.allowed_pools.exists()
+
+
+@pytest.mark.django_db
+def test_api_put_without_the_required_fields_is_a_400_on_them_and_changes_nothing(tenants):
+    env = _restricted_environment(tenants)
+    response = login(tenants.owner).put(
+        reverse("environment-detail", args=[env.pk]), {"max_replicas": 3}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"project", "name", "slug"}
+    env.refresh_from_db()
+    assert (env.max_replicas, env.description) == (4, "Live traffic")
+
+
+@pytest.mark.django_db
+def test_api_patch_changes_only_the_fields_given(tenants):
+    env = _restricted_environment(tenants)
+    response = login(tenants.owner).patch(
+        reverse("environment-detail", args=[env.pk]), {"max_replicas": 3}, content_type="application/json"
+    )
+    assert response.status_code == 200, response.content
+    got = response.json()
+    assert got["max_replicas"] == 3 and got["description"] == "Live traffic"
+    assert got["allowed_gpu_types"] == ["H100"] and len(got["allowed_pools"]) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_api_refuses_to_move_an_environment_or_change_its_slug(tenants, method):
+    env = _restricted_environment(tenants)
+    other = ProjectFactory(organization=tenants.org, name="Other", slug="other")
+    client = login(tenants.owner)
+    detail = reverse("environment-detail", args=[env.pk])
+    full = {"project": tenants.project.pk, "name": "Production", "slug": "prod"}
+    moved = getattr(client, method)(detail, {**full, "project": other.pk}, content_type="application/json")
+    assert moved.status_code == 400
+    assert moved.json() == {"project": ["An environment's project cannot change."]}
+    renamed = getattr(client, method)(detail, {**full, "slug": "live"}, content_type="application/json")
+    assert renamed.json() == {"slug": ["An environment's slug cannot change."]}
+    env.refresh_from_db()
+    assert (env.project_id, env.slug) == (tenants.project.pk, "prod")
+
+
+@pytest.mark.django_db
+def test_api_put_by_a_viewer_is_refused_before_the_body_is_read(tenants):
+    env = _restricted_environment(tenants)
+    response = login(tenants.viewer).put(
+        reverse("environment-detail", args=[env.pk]), {}, content_type="application/json"
+    )
+    assert response.status_code == 403 and "project" not in response.json()

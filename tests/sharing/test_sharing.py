@@ -295,16 +295,45 @@ def test_api_reads_and_sets_sharing_and_access(tenants):
         and body["access"] == "public"
     )
     bad = client.put(
-        url, {"mode": "specific", "organizations": []}, content_type="application/json"
+        url, {"mode": "specific", "organizations": [], "access": "public"}, content_type="application/json"
     )
     assert bad.status_code == 400 and "organizations" in bad.json()
-    assert client.put(url, {"mode": "sideways"}, content_type="application/json").status_code == 400
+    sideways = {"mode": "sideways", "access": "public"}
+    assert client.put(url, sideways, content_type="application/json").status_code == 400
+
+
+@pytest.mark.django_db
+def test_api_put_replaces_sharing_and_access_as_a_whole(tenants):
+    dep = f.deployment(tenants.project)
+    client = login(tenants.owner)
+    url = reverse("deployment-sharing-detail", args=[dep.pk])
+    first = {"mode": "all", "access": "users", "users": [tenants.member.pk]}
+    assert client.put(url, first, content_type="application/json").status_code == 200
+    # `access` left out neither keeps the users policy (a PATCH in disguise) nor widens it.
+    missing = client.put(url, {"mode": "none"}, content_type="application/json")
+    assert missing.status_code == 400 and set(missing.json()) == {"access"}
+    assert client.get(url).json()["access"] == "users" and client.get(url).json()["mode"] == "all"
+    # What a PUT leaves out is empty.
+    body = client.put(url, {"mode": "none", "access": "authenticated"}, content_type="application/json").json()
+    assert (body["mode"], body["organizations"], body["access"], body["users"]) == ("none", [], "authenticated", [])
+
+
+@pytest.mark.django_db
+def test_api_put_refused_for_access_changes_no_sharing_either(tenants):
+    dep = f.deployment(tenants.project)
+    client = login(tenants.owner)
+    url = reverse("deployment-sharing-detail", args=[dep.pk])
+    # The sharing is valid, the access policy is not (groups, but none named).
+    refused = client.put(url, {"mode": "all", "access": "groups"}, content_type="application/json")
+    assert refused.status_code == 400 and "groups" in refused.json()
+    assert client.get(url).json()["mode"] == "none"
 
 
 @pytest.mark.django_db
 def test_api_refuses_viewer_and_hides_from_outsider(tenants):
     dep = f.deployment(tenants.project)
     url = reverse("deployment-sharing-detail", args=[dep.pk])
+    # Refused before the body is read: a viewer learns nothing from its errors.
     response = login(tenants.viewer).put(url, {"mode": "all"}, content_type="application/json")
     assert response.status_code == 403 and "Viewers cannot" in response.json()["detail"]
     assert login(tenants.outsider).get(url).status_code == 404
