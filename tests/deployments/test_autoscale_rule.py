@@ -196,3 +196,17 @@ def test_without_redis_the_autoscaler_pass_is_quiet_and_the_deployment_says_why(
     scale = deployment.scale_status()
     assert scale["desired"] == 1
     assert scale["reason"] == "Autoscaling needs Redis (REDIS_URL), which this ModelDeck runs without: it stays at 1 replica."
+
+
+@pytest.mark.django_db
+def test_the_scale_confirmation_says_what_holds_gpus(owner_client, deploy):
+    # QA: it said "GPUs held change with the maximum." for an autoscaled deployment too, whose GPUs
+    # follow the replicas it runs (a 0–99 range holds none while idle).
+    fixed = deploy("fixed")
+    auto = deploy("auto", spec={"replicas": {"min": 0, "max": 3}, "autoscaling": {"target": 2}})
+
+    assert "? GPUs held change with the maximum.\"" in owner_client.get(fixed.get_absolute_url()).content.decode()
+    page = owner_client.get(auto.get_absolute_url()).content.decode()
+    assert ("Change the replicas of “auto”? The autoscaler keeps it between the new minimum and maximum; "
+            "GPUs are held for the replicas it runs.") in page  # fmt: skip
+    assert "GPUs held change with the maximum" not in page
