@@ -240,12 +240,14 @@ def model_add_from_ngc(
     permissions.require(user, "change", organization, what="the catalog")
     _check_project(project, organization)
     key = ngc_key(project)
-    if not key:
-        where = (
-            f"Project “{project.name}”" if project else "No project was chosen and so no project"
-        )
+    if not key and project is None:
         raise ValidationError(
-            {"project": f"{where} has no NGC API key: set one on the project's Integrations page."}
+            {"project": "Choose a project: its NGC API key reads the image from NGC (set one on the "
+                        "project's Integrations page)."}  # fmt: skip
+        )
+    if not key:
+        raise ValidationError(
+            {"project": f"Project “{project.name}” has no NGC API key: set one on the project's Integrations page."}
         )
     try:
         info = ngc.image_tags(api_key=key, image=image, **_ngc_kwargs())

@@ -22,6 +22,7 @@ from django.http import Http404
 from console import permissions
 from deployments.models import DataSource, DataSourceKind, ResourceTemplate
 from deployments.renderers.input import is_quantity
+from deployments.spec import resource_too_large
 from projects.models import Organization, Project
 from projects.selectors import organizations_for_user
 from projects.services import _clean_s3_secret
@@ -143,6 +144,8 @@ def _template_fields(fields: dict[str, Any], errors: dict) -> dict[str, Any]:
         value = str(out[key] or "").strip()
         if not value or not is_quantity(value):
             errors[key] = f"A Kubernetes quantity, e.g. {example}."
+        elif too_large := resource_too_large(key, value):
+            errors[key] = too_large
         out[key] = value
     try:
         out["gpus"] = int(str(out["gpus"] if out["gpus"] not in (None, "") else 0))

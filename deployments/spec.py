@@ -56,6 +56,10 @@ S3_ENV = {
 
 MAX_REPLICAS = 100
 MAX_GPUS_PER_REPLICA = 16
+# Beyond any node a pod could land on; the bounds also keep max replicas × per replica within
+# the quota ledger's 64-bit counters (a bigger number was a 500 when the quota was reserved).
+MAX_CPU_CORES_PER_REPLICA = 10_000
+MAX_MEMORY_PER_REPLICA = 64 * 2**40  # 64Ti
 # Requests or tokens per minute: a billion is beyond any engine; a bound keeps 10^20 out of the
 # Redis scripts' doubles and the X-RateLimit headers.
 RATE_LIMIT_MAX = 1_000_000_000
@@ -242,6 +246,15 @@ def gpu_hold(spec: dict[str, Any], replicas: int | None = None) -> int:
     if autoscaled(spec):
         return replicas_within(spec, replicas) * per_replica
     return int(spec["replicas"]["max"]) * per_replica
+
+
+def resource_too_large(key: str, quantity: str) -> str:
+    """Why a replica's `cpu` or `memory` (a valid quantity) is more than any node has, or ""."""
+    if key == "cpu" and parse_quantity(quantity) > MAX_CPU_CORES_PER_REPLICA:
+        return f"At most {MAX_CPU_CORES_PER_REPLICA:,} CPU cores per replica."
+    if key == "memory" and parse_quantity(quantity) > MAX_MEMORY_PER_REPLICA:
+        return "At most 64Ti of memory per replica."
+    return ""
 
 
 def resource_hold(spec: dict[str, Any]) -> dict[str, int]:
@@ -468,6 +481,8 @@ def normalize_spec(
     ):
         if not is_quantity(res.get(key)):
             errors.add(f"resources.{key}", message)
+        elif too_large := resource_too_large(key, res[key]):
+            errors.add(f"resources.{key}", too_large)
     gpu_types = _clean_gpu_types(errors, res)
     out["resources"] = {
         "cpu": res.get("cpu"),

@@ -685,6 +685,14 @@ def invitation_accept(*, user: AbstractBaseUser, token: str) -> Membership:
     return membership
 
 
+def _username_errors(User, username: str) -> list[str]:  # noqa: N803 - the user model class
+    try:
+        User._meta.get_field(User.USERNAME_FIELD).run_validators(username)
+    except ValidationError as exc:
+        return exc.messages
+    return []
+
+
 def invitation_signup(*, token: str, username: str, password: str) -> Membership:
     """Create an account for an invited address and accept the invitation with it, in one step."""
     User = get_user_model()
@@ -693,6 +701,8 @@ def invitation_signup(*, token: str, username: str, password: str) -> Membership
     errors: dict[str, list[str]] = {}
     if not username:
         errors["username"] = ["Choose a username."]
+    elif invalid := _username_errors(User, username):
+        errors["username"] = invalid  # said beside the password's, not only once the password passes
     elif User.objects.filter(username__iexact=username).exists():
         errors["username"] = ["That username is taken; sign in instead if it is yours."]
     if User.objects.filter(email__iexact=invitation.email).exists():

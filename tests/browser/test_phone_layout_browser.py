@@ -337,3 +337,24 @@ def test_a_long_unbroken_model_name_wraps_in_its_card(phone_and_desktop, tenants
         expect(page.locator(".page-head p").first).to_contain_text(UNBROKEN)  # all of it, wrapped
         assert page.evaluate(PAGE_OVERFLOW) <= 0, f"{path} scrolls sideways"
     _shot(page, f"long-model-name-usage-{kind}")
+
+
+def test_the_deploy_form_fits_a_phone_with_a_long_hub_repo_id(phone_and_desktop, live_server, tenants):
+    # QA: "Deploy" from the catalog page of HuggingFaceTB/SmolLM2-1.7B-Instruct (added from the Hub
+    # under its repo id, the default name) made the form's one column as wide as the callout's
+    # longest unbreakable piece: the page scrolled sideways, every field cut off at 390 px.
+    deployment = make_deployment(tenants.project, "smol-chat")
+    model = deployment.model
+    model.name = model.repo_id = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    model.revision = "fe8a4ea1ffedaf415f4da2f062534de366a451e6"
+    model.save(update_fields=["name", "repo_id", "revision"])
+    page = phone_and_desktop("phone")
+    sign_in(page, live_server, "owner")
+    for path in (f"/deployments/new/?model={model.pk}", f"/deployments/{deployment.pk}/edit/"):
+        page.goto(f"{live_server.url}{path}")
+        expect(page.locator("#model-locked")).to_contain_text("HuggingFaceTB/SmolLM2-1.7B-Instruct")
+        assert page.evaluate(PAGE_OVERFLOW) <= 0, f"{path} scrolls sideways"
+        for selector in ("#model-locked", "#id_name", "#deploy-submit"):
+            box = page.locator(selector).bounding_box()
+            assert box["x"] + box["width"] <= 390, f"{path}: {selector} runs past the screen"
+        _shot(page, f"deploy-form-long-repo-390px-{path.split('/')[2]}")

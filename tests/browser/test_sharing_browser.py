@@ -135,3 +135,31 @@ def test_create_environment_and_promotion_is_refused_by_its_policy(
         "Environment “Production” allows at most 2 replicas; the spec asks for 4."
     )
     screenshot("promotion-refused")
+
+
+def test_sharing_with_every_organization_asks_first(page, live_server, tenants):
+    # QA: one click on "Save sharing" let every organization's users call the deployment; going
+    # public asked first, this didn't.
+    from sharing.models import DeploymentShare
+
+    dep = f.deployment(tenants.project, name="llama-chat", revisions=[f.spec(served="llama-chat")])
+    sign_in(page, live_server, "owner")
+    page.goto(live_server.url + reverse("sharing:deployment_sharing", args=[dep.pk]))
+    page.check("#share-form input[name=mode][value=all]")
+    page.click("#share-form button:has-text('Save sharing')")
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_contain_text("Share “llama-chat” with every organization on this ModelDeck")
+    expect(dialog).to_contain_text("on Acme's GPUs")
+    page.click("#confirm-dialog [data-confirm-cancel]")
+    page.wait_for_timeout(300)
+    assert not DeploymentShare.objects.filter(deployment=dep, mode="all").exists()  # cancelled: nothing posted
+    assert not AuditEntry.objects.filter(action="share", object_id=str(dep.pk)).exists()
+
+    page.click("#share-form button:has-text('Save sharing')")
+    page.click("#confirm-dialog [data-confirm-ok]")
+    expect(page.locator(".messages")).to_contain_text("Sharing saved.")
+    assert DeploymentShare.objects.get(deployment=dep).mode == "all"
+    # Already shared with all: saving it again (or narrowing it) asks nothing.
+    page.click("#share-form button:has-text('Save sharing')")
+    expect(page.locator(".messages")).to_contain_text("Sharing saved.")
+    expect(dialog).to_be_hidden()

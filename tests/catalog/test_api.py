@@ -194,6 +194,12 @@ def test_ngc_without_key_or_with_unentitled_key(tenants, ngc_env):
         format="json",
     )
     assert no_key.status_code == 400 and "has no NGC API key" in no_key.json()["project"][0]
+    # QA: without a project it read "No project was chosen and so no project has no NGC API key".
+    no_project = client.post("/api/v1/models/", {"source": "ngc", "image": "nim/meta/llama-3.1-8b-instruct"}, format="json")
+    assert no_project.status_code == 400
+    assert no_project.json()["project"] == [
+        "Choose a project: its NGC API key reads the image from NGC (set one on the project's Integrations page)."
+    ]
     integration_set(user=None, project=tenants.project, kind="ngc", secret=NGC_UNENTITLED_KEY)
     denied = client.get(
         "/api/v1/ngc/tags/",

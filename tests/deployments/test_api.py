@@ -46,6 +46,20 @@ def test_bad_spec_is_a_400_naming_the_field(tenants, body):
     assert not ModelDeployment.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [("cpu", "1e308", "At most 10,000 CPU cores per replica."),
+     ("memory", "99999999999999999999Gi", "At most 64Ti of memory per replica.")],
+)  # fmt: skip
+def test_cpu_or_memory_beyond_any_node_is_a_400_on_the_field(tenants, body, field, value, words):
+    # QA: the quota reservation multiplied it into its 64-bit counters: a 500 ("Server error.").
+    body["spec"]["resources"][field] = value
+    response = api(tenants.owner).post("/api/v1/deployments/", body, format="json")
+    assert response.status_code == 400
+    assert response.json()[f"resources.{field}"] == [words]
+    assert not ModelDeployment.objects.exists()
+
+
 def test_over_quota_is_a_400_with_the_numbers(tenants, body):
     body["spec"]["replicas"] = {"min": 3, "max": 3}
     body["spec"]["resources"]["gpus"] = 4

@@ -178,3 +178,35 @@ def test_quota_page_splits_reserved_from_autoscaled_use(owner_client, tenants, d
     assert rows == {deployment.gpu_holder(): (1, 2, 3), fixed.gpu_holder(): (2, 0, 2)}
     page = owner_client.get(reverse("projects:detail", args=[tenants.project.pk])).content.decode()
     assert "Autoscaled" in page and f'<a href="{deployment.get_absolute_url()}">chat</a>' in page
+
+
+@pytest.mark.django_db
+def test_without_redis_the_autoscaler_pass_is_quiet_and_the_deployment_says_why(settings, deploy):
+    # QA: under `make run` (no REDIS_URL) every beat tick raised AttributeError in redis.from_url(None)
+    # as soon as one deployment autoscaled, and its page kept saying "no change yet".
+    from deployments.models import DeploymentState, ModelDeployment
+    from deployments.tasks import autoscale
+
+    deployment = deploy("chat", spec={"replicas": {"min": 0, "max": 3}, "autoscaling": {"target": 2}})
+    ModelDeployment.objects.filter(pk=deployment.pk).update(state=DeploymentState.RUNNING)  # as the sync leaves it
+    deployment.refresh_from_db()
+    settings.REDIS_URL = None
+
+    assert autoscale() == {"deployments": 0, "changed": 0}
+    scale = deployment.scale_status()
+    assert scale["desired"] == 1
+    assert scale["reason"] == "Autoscaling needs Redis (REDIS_URL), which this ModelDeck runs without: it stays at 1 replica."
+
+
+@pytest.mark.django_db
+def test_the_scale_confirmation_says_what_holds_gpus(owner_client, deploy):
+    # QA: it said "GPUs held change with the maximum." for an autoscaled deployment too, whose GPUs
+    # follow the replicas it runs (a 0–99 range holds none while idle).
+    fixed = deploy("fixed")
+    auto = deploy("auto", spec={"replicas": {"min": 0, "max": 3}, "autoscaling": {"target": 2}})
+
+    assert "? GPUs held change with the maximum.\"" in owner_client.get(fixed.get_absolute_url()).content.decode()
+    page = owner_client.get(auto.get_absolute_url()).content.decode()
+    assert ("Change the replicas of “auto”? The autoscaler keeps it between the new minimum and maximum; "
+            "GPUs are held for the replicas it runs.") in page  # fmt: skip
+    assert "GPUs held change with the maximum" not in page

@@ -36,7 +36,8 @@ def test_template_crud_and_scoping(tenants):
     assert not ResourceTemplate.objects.filter(pk=pk).exists()
 
 
-@pytest.mark.parametrize("field, value", [("cpu", "lots"), ("memory", ""), ("gpus", 99), ("shm_size", "16 gigs"), ("name", "Bad Name")])
+@pytest.mark.parametrize("field, value", [("cpu", "lots"), ("memory", ""), ("gpus", 99), ("shm_size", "16 gigs"), ("name", "Bad Name"),
+                                          ("cpu", "1e308"), ("memory", "65Ti")])  # fmt: skip
 def test_bad_template_fields_are_400s_naming_them(tenants, field, value):
     response = rest_api_client(tenants.owner).post("/api/v1/resource-templates/", {**TEMPLATE, field: value}, format="json")
     assert response.status_code == 400 and field in response.json()

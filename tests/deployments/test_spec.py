@@ -61,6 +61,8 @@ def test_partial_nested_values_keep_the_other_defaults(bundle, model):
         ({"resources": {"gpus": "two"}}, "resources.gpus"),
         ({"resources": {"cpu": "lots"}}, "resources.cpu"),
         ({"resources": {"memory": "16 GB"}}, "resources.memory"),
+        ({"resources": {"cpu": "10001"}}, "resources.cpu"),
+        ({"resources": {"memory": "65Ti"}}, "resources.memory"),
         ({"env": {"HF_TOKEN": "hf_x"}}, "env"),
         ({"engine": "tgi"}, "engine"),
         ({"image": "vllm/vllm-openai"}, "image"),

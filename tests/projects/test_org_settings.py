@@ -312,6 +312,25 @@ def test_signup_on_an_invitation_for_an_existing_address_asks_to_sign_in(client,
 
 
 @pytest.mark.django_db
+def test_the_invitation_page_signed_out_says_every_error_at_once_and_offers_sign_in_not_sign_out(client, tenants):
+    # QA: a username such as "<b>bob</b>" was refused only once the password passed (two rounds),
+    # and the signed-out page's top bar had "Sign out" and an organization switcher ("No organization").
+    _, link = services.invitation_create(user=tenants.owner, organization=tenants.org, email="new@example.com")
+    path = "/" + link.split("/", 3)[3]
+    page = client.get(path).content.decode()
+    assert f'href="/login/?next={path}">Sign in</a>' in page
+    assert "Sign out" not in page and 'id="org-switch"' not in page
+
+    response = client.post(path, {"username": "<b>bob</b>", "password": "x"})
+    form = response.context["form"]
+    assert form.errors["username"] == [
+        "Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters."
+    ]
+    assert form.errors["password"][0].startswith("This password is too short.")
+    assert not get_user_model().objects.filter(email="new@example.com").exists()
+
+
+@pytest.mark.django_db
 def test_pending_invitations_are_a_paginated_table(owner_client, tenants):
     for n in range(12):
         services.invitation_create(user=tenants.owner, organization=tenants.org, email=f"p{n:02d}@example.com")
