@@ -290,10 +290,6 @@ def observe_pool(pool: Any, deployments: list[ModelDeployment]) -> dict[int, tup
 def autoscale_all(*, window: int | None = None) -> dict[str, int]:
     """One autoscaler pass: every autoscaled deployment, one load read, one listing per pool."""
     window = window or settings.MODELDECK_AUTOSCALE_WINDOW_SECONDS
-    if not settings.REDIS_URL:
-        # The embedded mode: each gateway measures in its own memory, out of this worker's
-        # reach; autoscaled deployments keep their replicas and say why (scale_status).
-        return {"deployments": 0, "changed": 0}
     deployments = autoscaled_deployments()
     stats = {"deployments": len(deployments), "changed": 0}
     if not deployments:

@@ -336,9 +336,6 @@ class ModelDeployment(models.Model):
         auto = spec.get("autoscaling") or {}
         if scale is not None and scale.reason:
             reason = scale.reason
-        elif auto.get("enabled") and not settings.REDIS_URL:
-            reason = (f"Autoscaling needs Redis (REDIS_URL), which this ModelDeck runs without: it stays at "
-                      f"{desired} replica{'s' if desired != 1 else ''}.")  # fmt: skip
         elif auto.get("enabled"):
             reason = f"Autoscaling on {auto.get('metric')}, target {auto.get('target')}; no change yet."
         else:
