@@ -49,8 +49,9 @@ def _embedded_ipv4(addr) -> ipaddress.IPv4Address | None:
 
 
 def is_loopback_host(host: str) -> bool:
-    host = (host or "").strip("[]").lower()
-    if host in LOOPBACK_NAMES:
+    # "localhost." is the same name fully qualified; RFC 6761 gives every *.localhost to loopback.
+    host = (host or "").strip("[]").lower().rstrip(".")
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     ip = _ip(host)
     return ip is not None and ip.is_loopback

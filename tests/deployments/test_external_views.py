@@ -209,3 +209,15 @@ def test_the_lists_summary_counts_unreachable_endpoints(tenants, model, public_e
     external_health_record(deployment=row, healthy=True, detail="answered HTTP 200")
     assert "unreachable" not in running_card()
     assert "unreachable" not in login(tenants.outsider).get("/deployments/").content.decode()
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST", "api.localhost", "api.localhost."])
+def test_loopback_names_are_refused_even_when_they_do_not_resolve_here(host, monkeypatch):
+    # QA: "localhost." (fully qualified) passed the check when the name did not resolve on this
+    # machine; where it does, the gateway would have called this server. *.localhost is loopback too.
+    from deployments.external import external_url_refusal
+    from deployments.kube import network
+
+    monkeypatch.setattr(network, "_addresses", lambda *_: None)  # unresolvable: only the name can tell
+    assert "loopback" in external_url_refusal(f"http://{host}:8000/v1")
+    assert external_url_refusal("https://llm.example.com/v1") == ""
