@@ -18,6 +18,7 @@ from projects.models import (
     Project,
     Role,
 )
+from projects.services import QUOTA_LIMIT_MAX
 
 NO_SUCH_ORGANIZATION = "No such organization, or you are not a member of it."
 
@@ -76,14 +77,27 @@ class OrganizationQuotaSerializer(serializers.Serializer):
     gpu_quota = serializers.IntegerField(min_value=0, max_value=GPU_QUOTA_MAX, error_messages=GPU_QUOTA_ERRORS)
 
 
-class QuotaLimitsSerializer(serializers.Serializer):
-    """Quotas beyond GPUs; null (or left out): no limit. Bounds: projects.services.quota_limits_set."""
+class _QuotaLimitField(serializers.IntegerField):
+    """A quota beyond GPUs: a whole number, or null / "" / left out for no limit (as the page's
+    empty box); anything else gets the service's words (projects.services.quota_limits_set)."""
 
-    cpu_quota = serializers.IntegerField(allow_null=True, required=False, default=None,
-                                         help_text="CPU cores")
-    memory_quota_gib = serializers.IntegerField(allow_null=True, required=False, default=None)
-    deployment_quota = serializers.IntegerField(allow_null=True, required=False, default=None,
-                                                help_text="Active deployments")  # fmt: skip
+    def __init__(self, **kwargs) -> None:
+        message = f"Give a whole number from 0 to {QUOTA_LIMIT_MAX:,}, or nothing for no limit."
+        super().__init__(allow_null=True, required=False, default=None,
+                         error_messages={"invalid": message, "max_string_length": message}, **kwargs)  # fmt: skip
+
+    def validate_empty_values(self, data):
+        if isinstance(data, str) and not data.strip():
+            return True, None
+        return super().validate_empty_values(data)
+
+
+class QuotaLimitsSerializer(serializers.Serializer):
+    """Quotas beyond GPUs; null, "" or left out: no limit. Bounds: projects.services.quota_limits_set."""
+
+    cpu_quota = _QuotaLimitField(help_text="CPU cores")
+    memory_quota_gib = _QuotaLimitField(help_text="GiB of memory")
+    deployment_quota = _QuotaLimitField(help_text="Active deployments")
 
 
 class APIKeySerializer(serializers.ModelSerializer):

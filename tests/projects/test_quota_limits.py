@@ -139,7 +139,14 @@ def test_rest_and_the_quotas_page(tenants, owner_client):
     assert response.status_code == 200, response.json()
     limits = {limit["name"]: limit["quota"] for limit in response.json()["limits"]}
     assert limits == {"cpu_quota": 16, "memory_quota_gib": None, "deployment_quota": 3}
-    assert client.post(url, {"cpu_quota": "many"}, format="json").status_code == 400
+    many = client.post(url, {"cpu_quota": "many"}, format="json")
+    assert many.status_code == 400
+    assert many.json() == {"cpu_quota": ["Give a whole number from 0 to 1,000,000,000, or nothing for no limit."]}
+    # An empty value is no limit, as the page's empty box (QA: it was "A valid integer is required.").
+    response = client.post(url, {"cpu_quota": "", "deployment_quota": " "}, format="json")
+    assert response.status_code == 200, response.json()
+    assert {limit["name"]: limit["quota"] for limit in response.json()["limits"]}["cpu_quota"] is None
+    client.post(url, {"cpu_quota": 16, "deployment_quota": 3}, format="json")
     assert rest_api_client(tenants.outsider).get(url).status_code == 404
     assert rest_api_client(tenants.member).post(url, {"cpu_quota": 1}, format="json").status_code == 403
     org_url = f"/api/v1/organizations/{tenants.org.pk}/limits/"
