@@ -115,6 +115,16 @@ def filter_by_id(qs: QuerySet, field: str, value: object) -> QuerySet:
     return qs.filter(**{field: pk}) if pk is not None else qs.none()
 
 
+def filter_by_organization(qs: QuerySet, field: str, value: object) -> QuerySet:
+    """?organization=3 or ?organization=acme (its slug): one organization's rows among those the
+    user sees. A superuser's lists span every organization; the CLI narrows them to the one it
+    signed in to, so a name is looked up there (another organization's of the same name aside)."""
+    text = str(value or "").strip()
+    if not text or is_digits(text):
+        return filter_by_id(qs, f"{field}_id", text)
+    return qs.filter(**{f"{field}__slug": text[:100]})
+
+
 class RejectNulBytesMiddleware:
     """A NUL byte in a query parameter is a 400, not a database error deep in a filter.
 

@@ -64,7 +64,8 @@ def body_text(body: Any) -> str:
 
 
 class Client:
-    def __init__(self, url: str, token: str = "", timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str = "", timeout: float = 30.0, organization: str = "") -> None:
+        self.organization = organization  # the slug signed in to: deployments and models are looked up there
         if not url:
             raise CLIError("No ModelDeck URL: run `modeldeck login --url URL …` or set MODELDECK_URL.")
         if not url.startswith(("http://", "https://")):

@@ -58,11 +58,13 @@ def save(settings: Settings) -> Path:
 def resolve(url: str | None = None, token: str | None = None) -> Settings:
     """Flags first, then MODELDECK_URL / MODELDECK_TOKEN, then the config file."""
     stored = load()
+    chosen = token or os.environ.get("MODELDECK_TOKEN") or stored.token
+    mine = chosen == stored.token  # another token's organization and user are not the file's
     return Settings(
         url=(url or os.environ.get("MODELDECK_URL") or stored.url).rstrip("/"),
-        token=token or os.environ.get("MODELDECK_TOKEN") or stored.token,
-        organization=stored.organization,
-        username=stored.username,
+        token=chosen,
+        organization=stored.organization if mine else "",
+        username=stored.username if mine else "",
     )
 
 

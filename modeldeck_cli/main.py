@@ -47,7 +47,14 @@ def _client(args: argparse.Namespace) -> Client:
     settings = config.resolve(args.url, args.token)
     if not settings.token:
         raise CLIError("No token: run `modeldeck login` or set MODELDECK_TOKEN.")
-    return Client(settings.url, settings.token)
+    return Client(settings.url, settings.token, organization=settings.organization)
+
+
+def _scope(client: Client, kind: str) -> dict[str, str]:
+    """Deployments and models are looked up and listed in the organization signed in to: a
+    superuser's API lists span every organization, where another may use the same name."""
+    organization = client.organization
+    return {"organization": organization} if organization and kind in ("deployments", "models") else {}
 
 
 def _check_syntax(text: str, name: str) -> None:
@@ -180,7 +187,7 @@ def _find(client: Client, kind: str, ref: str) -> dict:
             if exc.http_status == 404:
                 raise CLIError(f"No {kind[:-1]} with id {ref}.") from None
             raise
-    matches = [row for row in client.list_all(path) if row.get("name") == ref]
+    matches = [row for row in client.list_all(path, **_scope(client, kind)) if row.get("name") == ref]
     if not matches:
         raise CLIError(f"No {kind[:-1]} named {ref!r}.")
     if len(matches) > 1:
@@ -204,7 +211,7 @@ def _status(row: dict) -> str:
 def cmd_get(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     client = _client(args)
     path, columns = KINDS[args.kind]
-    rows = [_find(client, args.kind, args.name)] if args.name else client.list_all(path)
+    rows = [_find(client, args.kind, args.name)] if args.name else client.list_all(path, **_scope(client, args.kind))
     if args.output == "json":
         out(json.dumps(rows, indent=2, default=str))
     elif args.output == "yaml":

@@ -29,7 +29,7 @@ from catalog.api.serializers import (
     NgcTagsQuerySerializer,
     ResolveQuerySerializer,
 )
-from console.api import IntegerIdMixin, filter_by_id
+from console.api import IntegerIdMixin, filter_by_id, filter_by_organization
 from console.ids import parse_id
 from projects.models import Project
 from projects.selectors import organizations_for_user, project_get
@@ -133,7 +133,7 @@ class CatalogModelViewSet(IntegerIdMixin, viewsets.GenericViewSet):
         for name in ("source", "task"):
             if params.get(name):
                 qs = qs.filter(**{name: params[name]})
-        qs = filter_by_id(qs, "organization_id", params.get("organization"))
+        qs = filter_by_organization(qs, "organization", params.get("organization"))
         if params.get("q"):
             qs = qs.filter(name__icontains=params["q"])
         return qs.order_by("organization_id", "name")

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from catalog.selectors import bundles_for_user, models_for_user
 from console import permissions
-from console.api import filter_by_id
+from console.api import filter_by_id, filter_by_organization
 from console.ids import parse_id
 from deployments import external, galleries, observe, renderers, selectors, services
 from deployments import spec as spec_module
@@ -135,6 +135,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
         ).order_by("-created_at", "-pk")
         params = self.request.query_params
         qs = filter_by_id(qs, "project_id", params.get("project"))
+        qs = filter_by_organization(qs, "project__organization", params.get("organization"))
         if params.get("state"):
             if params["state"] not in DeploymentState.values:
                 # A typo matched nothing and answered an empty list, as if nothing were running.
@@ -156,6 +157,7 @@ class DeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(
         parameters=[
             OpenApiParameter("project", int, description="Only this project's deployments."),
+            OpenApiParameter("organization", str, description="Only this organization's deployments (its id or slug)."),
             OpenApiParameter(
                 "state", str, description="Only deployments in this state, e.g. running."
             ),
