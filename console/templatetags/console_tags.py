@@ -36,6 +36,20 @@ def names_whom_to_ask(reason) -> bool:
 
 
 @register.filter
+def gib(value) -> str:
+    """A memory size given in GiB, as people read it: "8.0 GiB"; under 0.1 GiB in MiB ("48 MiB"),
+    where one decimal of GiB said "0.0" (a small model's KV cache)."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if size >= 0.1 or size <= 0:
+        return f"{size:.1f} GiB" if size > 0 else "0 GiB"
+    mib = size * 1024
+    return f"{mib:.0f} MiB" if mib >= 1 else "< 1 MiB"
+
+
+@register.filter
 def money(value) -> str:
     """An amount with 2 to 4 decimal places (console.money): "0.02 / 0.025 USD", not "0.0200"."""
     return money_text(value)

@@ -246,3 +246,12 @@ def test_decimal_and_binary_units() -> None:
     assert est.weights_gb == est.weights_bytes / GB
     assert est.weights_gib == est.weights_bytes / GIB
     assert est.weights_gib < est.weights_gb
+
+
+def test_memory_under_a_tenth_of_a_gib_is_shown_in_mib_not_as_zero():
+    # QA: a small model's KV cache read "KV cache 0.0 GiB" (e.g. 0.047 GiB).
+    from console.templatetags.console_tags import gib
+
+    assert gib(8.0) == "8.0 GiB" and gib(0.1) == "0.1 GiB" and gib(15.625) == "15.6 GiB"
+    assert gib(0.047) == "48 MiB" and gib(0.0001) == "< 1 MiB" and gib(0) == "0 GiB"
+    assert gib(None) == "" and gib("x") == ""
