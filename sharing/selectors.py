@@ -10,10 +10,25 @@ from django.http import Http404
 
 from console import permissions
 from console.ids import parse_id
+from console.paging import ordering
 from deployments.models import ModelDeployment
 from projects.models import Environment, GpuReservation, Organization, Project
 from projects.selectors import project_get, projects_for_user
 from sharing.models import AccessKind, AccessPolicy, AuditEntry, DeploymentShare, ShareMode
+
+# The audit log's columns a reader sorts by, for the console page (console.paging.paginate) and
+# REST's `?sort=` alike; `-key` reverses. Newest first unless asked otherwise.
+AUDIT_SORTS: dict[str, str | tuple[str, ...]] = {
+    "when": "created_at",
+    "who": ("actor_repr", "-created_at"),
+    "action": ("action", "-created_at"),
+    "object": ("object_repr", "object_type", "-created_at"),
+}
+AUDIT_DEFAULT_SORT = "-when"
+
+
+def audit_sort_choices() -> list[str]:
+    return [choice for key in AUDIT_SORTS for choice in (key, f"-{key}")]
 
 
 def audit_entries_for_user(
@@ -27,8 +42,10 @@ def audit_entries_for_user(
     q: str = "",
     since: datetime.date | datetime.datetime | None = None,
     until: datetime.date | datetime.datetime | None = None,
+    sort: str = AUDIT_DEFAULT_SORT,
 ) -> QuerySet[AuditEntry]:
-    """Entries of the user's organizations (or one of them), filtered; newest first."""
+    """Entries of the user's organizations (or one of them), filtered; in `sort` order (a key of
+    AUDIT_SORTS, `-` for descending; an unknown one is newest first)."""
     qs = permissions.restrict(AuditEntry.objects.select_related("actor", "organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
@@ -55,7 +72,9 @@ def audit_entries_for_user(
         qs = qs.filter(created_at__date__gte=since)
     if until is not None:
         qs = qs.filter(created_at__date__lte=until)
-    return qs.order_by("-created_at", "-id")
+    if sort.lstrip("-") not in AUDIT_SORTS:
+        sort = AUDIT_DEFAULT_SORT
+    return qs.order_by(*ordering(AUDIT_SORTS, sort))
 
 
 def audit_entry_get(user: Any, pk: int) -> AuditEntry:

@@ -35,6 +35,7 @@ from sharing.models import AccessKind
             "since",
             "until",
             "organization",
+            "sort",
         )
     ]
 )
