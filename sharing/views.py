@@ -67,6 +67,7 @@ def audit(request: HttpRequest) -> HttpResponse:
     # and its links carry the filters along as other parameters of the URL.
     listing = paginate(request, entries, sorts=selectors.AUDIT_SORTS,
                        default_sort=selectors.AUDIT_DEFAULT_SORT, per_page=PAGE_SIZE)  # fmt: skip
+    selectors.audit_reference_names(listing.rows)
     object_types = (
         selectors.audit_entries_for_user(request.user, org)
         .order_by()
@@ -121,6 +122,7 @@ def object_history(request: HttpRequest, object_type: str, object_id: str) -> Ht
         raise Http404("No history for that object.")
     # Pages of 25, newest first (a deployment scaled every few minutes has hundreds of changes).
     listing = paginate(request, entries, sorts={"when": "created_at"}, default_sort="-when", per_page=25)
+    selectors.audit_reference_names(listing.rows)
     context = {
         "listing": listing,
         "entries": listing.rows,
