@@ -118,6 +118,19 @@ def _positive_int(value: str | None, default: int) -> int:
     return number if number > 0 else default
 
 
+def ordering(sorts: dict[str, str | Sequence[str]], sort: str, *, tiebreak: str | None = "pk") -> list[str]:
+    """The ORM ordering of a known sort key (`-key` reverses every term, the tiebreak too), for
+    `list_query` and for REST lists that take the same `sort` values as their console page."""
+    terms = sorts[sort.lstrip("-")]
+    terms = [terms] if isinstance(terms, str) else list(terms)
+    descending = sort.startswith("-")
+    order_by = []
+    for term in [*terms, *([tiebreak] if tiebreak else [])]:
+        flipped = term[1:] if term.startswith("-") else f"-{term}"
+        order_by.append(flipped if descending else term)
+    return order_by
+
+
 @dataclass
 class ListQuery:
     """A list's rows as a request asks for them, filtered and sorted, before any COUNT or slice:
@@ -185,14 +198,7 @@ def list_query(
         filter_state.append(
             {"name": f"{p}{flt.name}", "label": flt.label, "choices": flt.choices, "value": value}
         )
-    key = sort.lstrip("-")
-    ordering = sorts[key]
-    ordering = [ordering] if isinstance(ordering, str) else list(ordering)
-    descending = sort.startswith("-")
-    order_by = []
-    for term in [*ordering, *([tiebreak] if tiebreak else [])]:
-        flipped = term[1:] if term.startswith("-") else f"-{term}"
-        order_by.append(flipped if descending else term)
+    order_by = ordering(sorts, sort, tiebreak=tiebreak)
     if qs is not None:
         qs = qs.order_by(*order_by)
     if query:

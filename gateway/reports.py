@@ -13,7 +13,20 @@ from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connection
-from django.db.models import Aggregate, Count, F, FloatField, Max, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import (
+    Aggregate,
+    Count,
+    DecimalField,
+    F,
+    FloatField,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
 from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
 from django.utils import timezone
 
@@ -630,51 +643,135 @@ def budget_applies_first(own: Decimal | None, *ceilings: tuple[str, Decimal | No
     return first
 
 
-def budgets_overview(user, organization, *, admin: bool) -> dict:
-    """Every budget `user` may see in `organization` with this month's spend (the Budgets page and
-    GET /api/v1/budgets/): the organization's; every member's and every live gateway key's for
-    admins, else their own membership and keys; on a member's or key's row, the lower budget above
-    it that applies first (budget_applies_first). Three queries for the spend, whatever the size."""
-    currency = organization.budget_currency
-    members = Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
+# The Budgets page's tables sort by these (console.paging); `spent` is this month's spend.
+BUDGET_MEMBER_SORTS = {"name": "user__username", "budget": "monthly_budget", "spent": "spent"}
+BUDGET_KEY_SORTS = {
+    "name": ("name", "user__username"), "owner": ("user__username", "name"), "budget": "monthly_budget", "spent": "spent",
+}  # fmt: skip
+BUDGET_MEMBER_SEARCH = ("user__username", "user__email", "user__first_name", "user__last_name")
+BUDGET_KEY_SEARCH = ("name", "prefix", "user__username")
+
+
+def _spent_this_month(organization, column: str, outer: str) -> Coalesce:
+    """This month's spend of the outer row's user or key (the usage records' `column` equal to the
+    row's `outer`), as _month_spend counts it: to sort by in the database and to show."""
+    spend = (
+        _month_records(organization).filter(**{column: OuterRef(outer)}).order_by()
+        .values(column).annotate(s=Sum("cost")).values("s")
+    )  # fmt: skip
+    money = DecimalField(max_digits=24, decimal_places=8)
+    return Coalesce(Subquery(spend, output_field=money), Value(Decimal(0)), output_field=money)
+
+
+def budget_members(user, organization, *, admin: bool) -> QuerySet[Membership]:
+    """The memberships whose budgets `user` sees in `organization` (every one for admins, else
+    their own), each with `spent` this month; unordered, for the page's list or the overview."""
+    members = Membership.objects.filter(organization=organization).select_related("user")
+    if not admin:
+        members = members.filter(user=user)
+    return members.annotate(spent=_spent_this_month(organization, "user_id", "user_id"))
+
+
+def budget_keys(user, organization, *, admin: bool) -> QuerySet[APIKey]:
+    """The live gateway keys whose budgets `user` sees (every one for admins, else their own), each
+    with `spent` this month and `owner_budget` (the owner's membership budget); unordered."""
     # The playground's 15-minute keys spend within their owner's budget; one of their own is moot.
     keys = APIKey.objects.filter(
         organization=organization, scope=APIKeyScope.GATEWAY, revoked_at__isnull=True
-    ).exclude(playground_keys_q())
+    ).exclude(playground_keys_q()).select_related("user")
     if not admin:
-        members = members.filter(user=user)
         keys = keys.filter(user=user)
-    members = list(members)
-    keys = list(keys.select_related("user").order_by("user__username", "name", "pk"))
-    total, by_user, by_key = _month_spend(
-        organization, user_ids=[m.user_id for m in members], key_ids=[k.pk for k in keys]
+    owner = Membership.objects.filter(organization=organization, user_id=OuterRef("user_id"))
+    return keys.annotate(
+        spent=_spent_this_month(organization, "api_key_id", "pk"),
+        owner_budget=Subquery(owner.values("monthly_budget")[:1]),
     )
-    # A key's owner is among `members` (admins see every member; a member, themself and own keys).
-    owners_budgets = {m.user_id: m.monthly_budget for m in members}
+
+
+def _budget_row(organization, limit, spent) -> dict:
+    b = BudgetRow("", limit, spent, organization.budget_currency) if limit is not None else None
+    return {"monthly_budget": limit, "spent": spent, "percent": b.percent if b else None,
+            "budget_state": b.level if b else "none"}  # fmt: skip
+
+
+def budget_organization_row(organization) -> dict:
+    """The organization's own budget with this month's spend (one query)."""
+    total = _month_records(organization).aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
+    return {"id": organization.pk, "name": organization.name, "budget_currency": organization.budget_currency,
+            **_budget_row(organization, organization.monthly_budget, total)}  # fmt: skip
+
+
+def budget_member_rows(organization, members) -> list[dict]:
+    """Rows of memberships from `budget_members` (no query): spend, percent and what applies first."""
     org_budget = ("organization", organization.monthly_budget)
+    return [
+        {"id": m.pk, "user": m.user_id, "username": m.user.get_username(), "email": m.user.email, "role": m.role,
+         **_budget_row(organization, m.monthly_budget, m.spent),
+         "applies_first": budget_applies_first(m.monthly_budget, org_budget)}
+        for m in members
+    ]  # fmt: skip
 
-    def row(limit, spent) -> dict:
-        b = BudgetRow("", limit, spent, currency) if limit is not None else None
-        return {"monthly_budget": limit, "spent": spent, "percent": b.percent if b else None,
-                "budget_state": b.level if b else "none"}  # fmt: skip
 
+def budget_key_rows(organization, keys) -> list[dict]:
+    """Rows of keys from `budget_keys` (no query): spend, percent and the lower budget above the
+    key's own that applies first (its owner's or the organization's)."""
+    org_budget = ("organization", organization.monthly_budget)
+    return [
+        {"id": k.pk, "name": k.name, "prefix": k.prefix, "owner": k.user.get_username(), "owner_id": k.user_id,
+         **_budget_row(organization, k.monthly_budget, k.spent),
+         "applies_first": budget_applies_first(k.monthly_budget, ("member", k.owner_budget), org_budget)}
+        for k in keys
+    ]  # fmt: skip
+
+
+def budgets_overview(user, organization, *, admin: bool) -> dict:
+    """Every budget `user` may see in `organization` with this month's spend (GET /api/v1/budgets/,
+    whole lists; the Budgets page pages the same querysets): the organization's; every member's
+    and every live gateway key's for admins, else their own membership and keys; on a member's or
+    key's row, the lower budget above it that applies first (budget_applies_first). Three
+    queries, whatever the size."""
+    members = budget_members(user, organization, admin=admin).order_by("user__username", "pk")
+    keys = budget_keys(user, organization, admin=admin).order_by("user__username", "name", "pk")
     return {
-        "organization": {"id": organization.pk, "name": organization.name, "budget_currency": currency,
-                         **row(organization.monthly_budget, total)},
-        "members": [
-            {"id": m.pk, "user": m.user_id, "username": m.user.get_username(), "role": m.role,
-             **row(m.monthly_budget, by_user.get(m.user_id, Decimal(0))),
-             "applies_first": budget_applies_first(m.monthly_budget, org_budget)}
-            for m in members
-        ],
-        "keys": [
-            {"id": k.pk, "name": k.name, "prefix": k.prefix, "owner": k.user.get_username(), "owner_id": k.user_id,
-             **row(k.monthly_budget, by_key.get(k.pk, Decimal(0))),
-             "applies_first": budget_applies_first(
-                 k.monthly_budget, ("member", owners_budgets.get(k.user_id)), org_budget)}
-            for k in keys
-        ],
-    }  # fmt: skip
+        "organization": budget_organization_row(organization),
+        "members": budget_member_rows(organization, members),
+        "keys": budget_key_rows(organization, keys),
+    }
+
+
+def budgets_applying_first(user, organization, *, admin: bool, level: str, target: object = None) -> list[str]:
+    """After the organization's budget (level "organization") or a member's (level "member",
+    `target` their user id) is set: the members' and keys' own budgets it now applies first to,
+    as "member <name>" / "key <name>", in the overview's order. Only rows whose own budget is
+    above the new one are read (two queries), and budget_applies_first decides."""
+    if level == "organization":
+        ceiling = organization.monthly_budget
+        members = budget_members(user, organization, admin=admin)
+        keys = budget_keys(user, organization, admin=admin)
+    elif level == "member":
+        ceiling = Membership.objects.filter(organization=organization, user_id=target).values_list(
+            "monthly_budget", flat=True
+        ).first()
+        members = Membership.objects.none()
+        keys = budget_keys(user, organization, admin=admin).filter(user_id=target)
+    else:
+        return []
+    if ceiling is None:
+        return []
+    org_budget = ("organization", organization.monthly_budget)
+    held = [
+        f"member {username}"
+        for username, own in members.filter(monthly_budget__gt=ceiling)
+        .order_by("user__username", "pk").values_list("user__username", "monthly_budget")
+        if (budget_applies_first(own, org_budget) or {}).get("level") == level
+    ]
+    held += [
+        f"key {name}"
+        for name, own, owner_budget in keys.filter(monthly_budget__gt=ceiling)
+        .order_by("user__username", "name", "pk").values_list("name", "monthly_budget", "owner_budget")
+        if (budget_applies_first(own, ("member", owner_budget), org_budget) or {}).get("level") == level
+    ]
+    return held
 
 
 def served_split(deployment_id: int, *, days: int = 30) -> list[dict]:

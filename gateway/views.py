@@ -548,10 +548,15 @@ def playground_credential(request: HttpRequest, pk: int) -> JsonResponse:
 # ---------------------------------------------------------------------------------------------
 
 
+BUDGET_PAGE_SIZE = 25
+
+
 @login_required
 def budgets(request: HttpRequest) -> HttpResponse:
     """Admins set the organization's and members' budgets; a key's owner (or an admin) its key's.
-    A refused amount is shown on its own field (400); the gateway follows a change on commit."""
+    The members' and keys' tables are server-side lists (prefixes member_ and key_: search, sort
+    and page of each in the URL), one page of rows whatever the organization's size. A POST goes
+    to the page's own URL and returns there; a refused amount is shown on its own field (400)."""
     org = _organization(request)
     admin = permissions.can(request.user, "admin", org)
     errors: dict[str, str] = {}
@@ -572,40 +577,43 @@ def budgets(request: HttpRequest) -> HttpResponse:
         else:
             if (request.POST.get("monthly_budget") or "").strip():
                 org.refresh_from_db()  # the service saved its own copy
+                held = reports.budgets_applying_first(request.user, org, admin=admin, level=level, target=target)
                 messages.success(
-                    request, "Budget saved; the gateway enforces it from the next request." + _applies_first_words(
-                        reports.budgets_overview(request.user, org, admin=admin), level, target
-                    ),
-                )  # fmt: skip
+                    request, "Budget saved; the gateway enforces it from the next request." + _applies_first_words(held)
+                )
             else:
                 messages.success(request, "Budget removed; requests are no longer held to it.")
-            return redirect("devhub:budgets")
-    overview = reports.budgets_overview(request.user, org, admin=admin)
-    for row in overview["members"]:
+            # Back to the same page, sort and search of both tables: the form posted to this URL.
+            back = reverse("devhub:budgets")
+            return redirect(f"{back}?{request.GET.urlencode()}" if request.GET else back)
+    members = paginate(
+        request, reports.budget_members(request.user, org, admin=admin), sorts=reports.BUDGET_MEMBER_SORTS,
+        default_sort="name", search=reports.BUDGET_MEMBER_SEARCH, prefix="member_", per_page=BUDGET_PAGE_SIZE,
+    )  # fmt: skip
+    keys = paginate(
+        request, reports.budget_keys(request.user, org, admin=admin), sorts=reports.BUDGET_KEY_SORTS,
+        default_sort="owner", search=reports.BUDGET_KEY_SEARCH, prefix="key_", per_page=BUDGET_PAGE_SIZE,
+    )  # fmt: skip
+    members.rows = reports.budget_member_rows(org, members.rows)
+    keys.rows = reports.budget_key_rows(org, keys.rows)
+    organization_row = reports.budget_organization_row(org)
+    for row in members.rows:
         row["error"] = errors.get(f"member:{row['user']}", "")
-    for row in overview["keys"]:
+    for row in keys.rows:
         row["error"] = errors.get(f"key:{row['id']}", "")
-    overview["organization"]["error"] = errors.get("organization:", "")
-    shown = {f"member:{row['user']}" for row in overview["members"]} | {f"key:{row['id']}" for row in overview["keys"]}
+    organization_row["error"] = errors.get("organization:", "")
+    shown = {f"member:{row['user']}" for row in members.rows} | {f"key:{row['id']}" for row in keys.rows}
     for where, error in errors.items():
-        if where not in shown | {"organization:"}:  # no row to put it under (a stale or edited form)
+        if where not in shown | {"organization:"}:  # no row on this page to put it under
             messages.error(request, error)
-    context = {"overview": overview, "is_admin": admin, "organization": org}
+    context = {"organization_row": organization_row, "members": members, "keys": keys, "is_admin": admin,
+               "organization": org}  # fmt: skip
     return render(request, "devhub/budgets.html", context, status=status)
 
 
-def _applies_first_words(overview: dict, level: str, target: str) -> str:
+def _applies_first_words(held: list[str]) -> str:
     """After an organization's or member's budget is set: the members' and keys' own budgets it is
     now below, in words ("" when none). Theirs stay as set; this lower one applies first."""
-    if level == "organization":
-        held = [f"member {m['username']}" for m in overview["members"]
-                if (m["applies_first"] or {}).get("level") == "organization"]
-        held += [f"key {k['name']}" for k in overview["keys"] if (k["applies_first"] or {}).get("level") == "organization"]
-    elif level == "member":
-        held = [f"key {k['name']}" for k in overview["keys"]
-                if str(k["owner_id"]) == target and (k["applies_first"] or {}).get("level") == "member"]
-    else:
-        return ""
     if not held:
         return ""
     shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextvars
 import datetime
 import decimal
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.apps import apps
 from django.db import models
 
 from console.diff import changes, flatten  # noqa: F401 - flatten is part of this module's API
@@ -38,6 +40,66 @@ OBJECT_TYPES = {
     "catalog.profilebundle": "bundle",
     "catalog.maasmapping": "maas_mapping",
 }
+
+
+# Paths of a diff that hold another object's id without being a foreign key of the audited
+# model (those are found on the model): a promotion records its source and target deployments.
+EXTRA_REFERENCES: dict[str, dict[str, str]] = {
+    "deployment": {"deployment": "deployments.modeldeployment"},
+}
+
+
+@functools.cache
+def references_of(object_type: str) -> dict[str, type[models.Model]]:
+    """The top-level diff paths of an object type's entries that are ids of other objects (its
+    model's foreign keys by field name, as `snapshot` and `deployment_snapshot` record them: pool,
+    environment, endpoint, project, model, bundle, …), each with the model it points to."""
+    label = next((label for label, short in OBJECT_TYPES.items() if short == object_type), None)
+    if label is None:
+        return {}
+    model = apps.get_model(label)
+    refs = {
+        field.name: field.related_model
+        for field in model._meta.concrete_fields
+        if field.is_relation and (field.many_to_one or field.one_to_one)
+    }
+    refs.update({path: apps.get_model(target) for path, target in EXTRA_REFERENCES.get(object_type, {}).items()})
+    return refs
+
+
+def reference_id(value: Any) -> int | None:
+    """A diff side that is an object's id (JSON int); slugs, names and flags are not."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def reference_label(obj: models.Model) -> str:
+    """How the log names an object a diff refers to: its name (a Profile Bundle with its version)."""
+    name = getattr(obj, "name", None)
+    if not name:
+        return str(obj)[:200]
+    version = getattr(obj, "version", None)
+    return f"{name} v{version}" if isinstance(version, int) else str(name)
+
+
+def reference_names(object_type: str, diff: dict[str, list]) -> dict[str, list[str | None]]:
+    """{"pool": ["gpu-a", "gpu-b"]}: the names, as they are now, of the objects the diff's id
+    paths point to (None for a side that is no id or no row). One query per kind of object."""
+    refs = references_of(object_type)
+    wanted: dict[type[models.Model], set[int]] = {}
+    for path, pair in diff.items():
+        if path in refs:
+            wanted.setdefault(refs[path], set()).update(i for i in map(reference_id, pair) if i is not None)
+    found = {
+        model: {obj.pk: reference_label(obj) for obj in model._default_manager.filter(pk__in=ids)}
+        for model, ids in wanted.items()
+        if ids
+    }
+    names = {}
+    for path, pair in diff.items():
+        if path in refs and any(reference_id(v) is not None for v in pair):
+            labels = found.get(refs[path], {})
+            names[path] = [labels.get(i) if (i := reference_id(v)) is not None else None for v in pair]
+    return names
 
 
 # Who is asking, set per request by AuditContextMiddleware so services needn't pass the request.
@@ -169,6 +231,9 @@ def audit_record(
         before=redact(raw_before),
         after=redact(raw_after),
         diff=diff,
+        # Names of the objects the diff names by id, as they are at the change: the log reads
+        # "pool: gpu-a → gpu-b" later, whatever is renamed or deleted since.
+        names=reference_names(object_type_of(obj), diff),
         request_id=request_id[:64],
         ip=ip or None,
     )

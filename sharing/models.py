@@ -47,6 +47,10 @@ class AuditEntry(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     diff = models.JSONField(default=dict, blank=True, help_text='{"resources.gpus": [old, new]}')
+    names = models.JSONField(
+        default=dict, blank=True,
+        help_text='{"pool": ["gpu-a", "gpu-b"]}: names of the objects the diff refers to by id, when it was written',
+    )  # fmt: skip
     request_id = models.CharField(max_length=64, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

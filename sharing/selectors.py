@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import datetime
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import Http404
 
 from console import permissions
 from console.ids import parse_id
+from console.paging import ordering
 from deployments.models import ModelDeployment
 from projects.models import Environment, GpuReservation, Organization, Project
 from projects.selectors import project_get, projects_for_user
+from sharing.audit import reference_id, reference_label, references_of
 from sharing.models import AccessKind, AccessPolicy, AuditEntry, DeploymentShare, ShareMode
+
+# The audit log's columns a reader sorts by, for the console page (console.paging.paginate) and
+# REST's `?sort=` alike; `-key` reverses. Newest first unless asked otherwise.
+AUDIT_SORTS: dict[str, str | tuple[str, ...]] = {
+    "when": "created_at",
+    "who": ("actor_repr", "-created_at"),
+    "action": ("action", "-created_at"),
+    "object": ("object_repr", "object_type", "-created_at"),
+}
+AUDIT_DEFAULT_SORT = "-when"
+
+
+def audit_sort_choices() -> list[str]:
+    return [choice for key in AUDIT_SORTS for choice in (key, f"-{key}")]
 
 
 def audit_entries_for_user(
@@ -27,8 +45,10 @@ def audit_entries_for_user(
     q: str = "",
     since: datetime.date | datetime.datetime | None = None,
     until: datetime.date | datetime.datetime | None = None,
+    sort: str = AUDIT_DEFAULT_SORT,
 ) -> QuerySet[AuditEntry]:
-    """Entries of the user's organizations (or one of them), filtered; newest first."""
+    """Entries of the user's organizations (or one of them), filtered; in `sort` order (a key of
+    AUDIT_SORTS, `-` for descending; an unknown one is newest first)."""
     qs = permissions.restrict(AuditEntry.objects.select_related("actor", "organization"), user, "view")
     if organization is not None:
         qs = qs.filter(organization=organization)
@@ -55,7 +75,60 @@ def audit_entries_for_user(
         qs = qs.filter(created_at__date__gte=since)
     if until is not None:
         qs = qs.filter(created_at__date__lte=until)
-    return qs.order_by("-created_at", "-id")
+    if sort.lstrip("-") not in AUDIT_SORTS:
+        sort = AUDIT_DEFAULT_SORT
+    return qs.order_by(*ordering(AUDIT_SORTS, sort))
+
+
+def _in_organization(model: type[Model], organization_id: int) -> Q | None:
+    """The rows of `model` that belong to the organization (the built-in ones every organization
+    sees, such as bundles without one, too); None for a model that belongs to none."""
+    if model is Organization:
+        return Q(pk=organization_id)
+    fields = {f.name: f for f in model._meta.concrete_fields}
+    if "organization" in fields:
+        mine = Q(organization_id=organization_id)
+        return mine | Q(organization__isnull=True) if fields["organization"].null else mine
+    if "project" in fields:
+        return Q(project__organization_id=organization_id)
+    return None
+
+
+def audit_reference_names(entries: Iterable[AuditEntry]) -> None:
+    """Give each entry `diff_names` {path: [old, new]}: the names of the objects its diff refers
+    to by id (pool, environment, endpoint, bundle, …), for the pages to show instead of the ids.
+    The names recorded with the change; for entries older than that, the object's name now,
+    looked up only among the entry's own organization's objects, or "#<id> (deleted)" — never
+    another organization's name. One query per kind of object and organization on the page."""
+    entries = list(entries)
+
+    def recorded(entry: AuditEntry, path: str) -> list[str | None]:
+        return [*((entry.names or {}).get(path) or []), None, None][:2]
+
+    missing: dict[tuple[type[Model], int], set[int]] = defaultdict(set)
+    for entry in entries:
+        refs = references_of(entry.object_type)
+        for path, pair in (entry.diff or {}).items():
+            if path in refs:
+                for value, name in zip(pair, recorded(entry, path), strict=False):
+                    if (pk := reference_id(value)) is not None and not name:
+                        missing[refs[path], entry.organization_id].add(pk)
+    found: dict[tuple[type[Model], int], dict[int, str]] = {}
+    for (model, organization_id), ids in missing.items():
+        scope = _in_organization(model, organization_id)
+        rows = model._default_manager.filter(scope, pk__in=ids) if scope is not None else []
+        found[model, organization_id] = {obj.pk: reference_label(obj) for obj in rows}
+    for entry in entries:
+        refs = references_of(entry.object_type)
+        entry.diff_names = {}
+        for path, pair in (entry.diff or {}).items():
+            if path not in refs or all(reference_id(v) is None for v in pair):
+                continue
+            now = found.get((refs[path], entry.organization_id), {})
+            entry.diff_names[path] = [
+                None if (pk := reference_id(value)) is None else name or now.get(pk) or f"#{pk} (deleted)"
+                for value, name in zip(pair, recorded(entry, path), strict=False)
+            ]
 
 
 def audit_entry_get(user: Any, pk: int) -> AuditEntry:

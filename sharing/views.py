@@ -9,7 +9,6 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
@@ -53,6 +52,8 @@ def _link(url_name: str, *args) -> str:
 
 @login_required
 def audit(request: HttpRequest) -> HttpResponse:
+    """The organization's audit log: the filter form narrows it, the headers sort it and the pager
+    pages it on the server (console.paging), all kept in the URL; htmx swaps #audit-results."""
     org = _organization(request)
     form = AuditFilterForm(request.GET or None)
     form.is_valid()  # a filter that can't be read is shown as an error; the others still apply
@@ -62,9 +63,11 @@ def audit(request: HttpRequest) -> HttpResponse:
         org,
         **{k: v for k, v in filters.items() if v not in (None, "")},
     )
-    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
+    # The form's fields (q included) narrow the queryset above; paginate only sorts and pages,
+    # and its links carry the filters along as other parameters of the URL.
+    listing = paginate(request, entries, sorts=selectors.AUDIT_SORTS,
+                       default_sort=selectors.AUDIT_DEFAULT_SORT, per_page=PAGE_SIZE)  # fmt: skip
+    selectors.audit_reference_names(listing.rows)
     object_types = (
         selectors.audit_entries_for_user(request.user, org)
         .order_by()
@@ -73,9 +76,10 @@ def audit(request: HttpRequest) -> HttpResponse:
     )
     context = {
         "form": form,
-        "page": page,
-        "entries": page.object_list,
-        "query": query.urlencode(),
+        "listing": listing,
+        "entries": listing.rows,
+        # The filter form sends the list's sort and page size along (a new filter starts at page 1).
+        "carried": [(k, v) for k, v in listing.params.items() if k in {"sort", "per_page"}],
         "organization": org,
         "object_types": sorted(object_types),
     }
@@ -118,6 +122,7 @@ def object_history(request: HttpRequest, object_type: str, object_id: str) -> Ht
         raise Http404("No history for that object.")
     # Pages of 25, newest first (a deployment scaled every few minutes has hundreds of changes).
     listing = paginate(request, entries, sorts={"when": "created_at"}, default_sort="-when", per_page=25)
+    selectors.audit_reference_names(listing.rows)
     context = {
         "listing": listing,
         "entries": listing.rows,

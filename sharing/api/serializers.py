@@ -10,6 +10,7 @@ from deployments.models import ComputePool
 from projects.models import GPU_QUOTA_ERRORS, GPU_QUOTA_MAX, Environment, Organization
 from projects.selectors import projects_for_user
 from sharing.models import AccessKind, AuditAction, AuditEntry, ShareMode
+from sharing.selectors import AUDIT_DEFAULT_SORT, audit_sort_choices
 from sharing.services import UNKNOWN_USERS
 
 
@@ -47,6 +48,10 @@ class AuditFilterSerializer(serializers.Serializer):
     since = serializers.DateField(required=False)
     until = serializers.DateField(required=False)
     organization = serializers.IntegerField(required=False)
+    sort = serializers.ChoiceField(
+        choices=audit_sort_choices(), required=False, default=AUDIT_DEFAULT_SORT,
+        help_text="The console's sort: when, who, action or object; a leading - reverses (default -when, newest first).",
+    )  # fmt: skip
 
 
 class SharingSerializer(serializers.Serializer):

@@ -38,6 +38,7 @@ from sharing.models import AccessKind
                 "since",
                 "until",
                 "organization",
+                "sort",
             )
         ]
     )

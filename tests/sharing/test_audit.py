@@ -192,9 +192,9 @@ def test_audit_pages_link_to_each_other_keeping_the_filters(tenants):
                      before={"replicas": n}, after={"replicas": n + 1})  # fmt: skip
     client = login(tenants.owner)
     html = client.get(reverse("sharing:audit")).content.decode()
-    assert 'href="?page=2">Older</a>' in html
+    assert 'rel="next" href="/audit/?page=2"' in html
     html = client.get(reverse("sharing:audit"), {"q": "llama", "page": "2"}).content.decode()
-    assert 'href="?q=llama&amp;page=1">Newer</a>' in html and "Page 2 of 2" in html
+    assert 'rel="prev" href="/audit/?q=llama"' in html and "Page 2 of 2" in html
 
 
 @pytest.mark.django_db
