@@ -173,6 +173,9 @@ def main() -> None:
             ("projects", "/projects/", {}),
             ("usage (my keys)", "/hub/usage/", {}),
             ("usage (organization)", "/hub/usage/organization/", {}),
+            ("budgets", "/hub/budgets/", {}),
+            ("budgets, sorted by spent", "/hub/budgets/?key_sort=-spent&member_sort=-spent", {}),
+            ("audit log", "/audit/", {}),
             ("REST deployments list", "/api/v1/deployments/", {}),
         ]  # fmt: skip
         results = []
