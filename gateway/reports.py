@@ -17,6 +17,7 @@ from django.db.models import (
     Aggregate,
     Count,
     DecimalField,
+    ExpressionWrapper,
     F,
     FloatField,
     Max,
@@ -44,7 +45,7 @@ from gateway.models import (
 )
 from gateway.rollup import CURSOR, record_sums
 from projects.keys import playground_keys_q
-from projects.models import APIKey, APIKeyScope, Membership
+from projects.models import APIKey, APIKeyScope, Membership, Organization
 
 
 @dataclass(frozen=True)
@@ -652,15 +653,25 @@ BUDGET_MEMBER_SEARCH = ("user__username", "user__email", "user__first_name", "us
 BUDGET_KEY_SEARCH = ("name", "prefix", "user__username")
 
 
-def _spent_this_month(organization, column: str, outer: str) -> Coalesce:
-    """This month's spend of the outer row's user or key (the usage records' `column` equal to the
-    row's `outer`), as _month_spend counts it: to sort by in the database and to show."""
-    spend = (
-        _month_records(organization).filter(**{column: OuterRef(outer)}).order_by()
-        .values(column).annotate(s=Sum("cost")).values("s")
-    )  # fmt: skip
-    money = DecimalField(max_digits=24, decimal_places=8)
-    return Coalesce(Subquery(spend, output_field=money), Value(Decimal(0)), output_field=money)
+_MONEY = DecimalField(max_digits=24, decimal_places=8)
+
+
+def _month_sum(rows: QuerySet) -> Coalesce:
+    """Σ cost of `rows` as a scalar subquery (0 when none)."""
+    total = rows.order_by().values("organization_id").annotate(s=Sum("cost")).values("s")
+    return Coalesce(Subquery(total, output_field=_MONEY), Value(Decimal(0)), output_field=_MONEY)
+
+
+def _spent_this_month(organization, *, rollups: dict[str, Any], records: dict[str, Any]) -> ExpressionWrapper:
+    """This month's spend as _month_spend counts it, read as the usage pages read: the hourly
+    key rollups of the month (a few rows per key and hour) plus the records not folded into them
+    yet, in the same statement (gateway/rollup.py). Summing the month's records themselves took
+    0.1-0.2 s per row at 100,000 records, and sorting by it summed every row's."""
+    rolled = UsageKeyHour.objects.filter(
+        organization=organization, currency=organization.budget_currency, hour__gte=month_start(), **rollups
+    )
+    tail = _month_records(organization).filter(pk__gt=_folded_up_to(), **records)
+    return ExpressionWrapper(_month_sum(rolled) + _month_sum(tail), output_field=_MONEY)
 
 
 def budget_members(user, organization, *, admin: bool) -> QuerySet[Membership]:
@@ -669,7 +680,12 @@ def budget_members(user, organization, *, admin: bool) -> QuerySet[Membership]:
     members = Membership.objects.filter(organization=organization).select_related("user")
     if not admin:
         members = members.filter(user=user)
-    return members.annotate(spent=_spent_this_month(organization, "user_id", "user_id"))
+    # A member's spend is that of their keys in the organization (every gateway call has a key;
+    # keys are revoked, never deleted): the key rollups have no user of their own.
+    own_keys = APIKey.objects.filter(organization=organization, user_id=OuterRef(OuterRef("user_id"))).values("pk")
+    return members.annotate(spent=_spent_this_month(
+        organization, rollups={"api_key_id__in": own_keys}, records={"user_id": OuterRef("user_id")},
+    ))  # fmt: skip
 
 
 def budget_keys(user, organization, *, admin: bool) -> QuerySet[APIKey]:
@@ -683,7 +699,7 @@ def budget_keys(user, organization, *, admin: bool) -> QuerySet[APIKey]:
         keys = keys.filter(user=user)
     owner = Membership.objects.filter(organization=organization, user_id=OuterRef("user_id"))
     return keys.annotate(
-        spent=_spent_this_month(organization, "api_key_id", "pk"),
+        spent=_spent_this_month(organization, rollups={"api_key_id": OuterRef("pk")}, records={"api_key_id": OuterRef("pk")}),
         owner_budget=Subquery(owner.values("monthly_budget")[:1]),
     )
 
@@ -696,7 +712,8 @@ def _budget_row(organization, limit, spent) -> dict:
 
 def budget_organization_row(organization) -> dict:
     """The organization's own budget with this month's spend (one query)."""
-    total = _month_records(organization).aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
+    spent = _spent_this_month(organization, rollups={}, records={})
+    total = Organization.objects.filter(pk=organization.pk).annotate(spent=spent).values_list("spent", flat=True).get()
     return {"id": organization.pk, "name": organization.name, "budget_currency": organization.budget_currency,
             **_budget_row(organization, organization.monthly_budget, total)}  # fmt: skip
 

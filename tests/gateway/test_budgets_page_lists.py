@@ -110,3 +110,39 @@ def test_a_member_sees_only_their_own_row_and_keys(tenants, pinned_budget_month)
     assert MEMBER_ROWS.findall(html) == ["u0003"]
     assert KEY_ROWS.findall(html) == ["k0003"]
     assert "u0004" not in html and 'name="member_q"' not in html
+
+
+def test_spend_counts_folded_and_unfolded_records_once_each(tenants, pinned_budget_month):
+    """The Budgets page reads the hourly key rollups plus the records not folded yet (as the usage
+    pages do): a fold between two requests neither hides a record nor counts it twice, and last
+    month's spend and another currency's stay out."""
+    from datetime import timedelta
+
+    from gateway.reports import budget_keys, budget_members, budget_organization_row
+    from gateway.rollup import fold
+
+    _crowd(tenants, 1, 4)  # keys k0001..k0003 spent 0.5, 1.0 and 1.5
+    key = APIKey.objects.get(name="k0002")
+
+    def spend(amount: str, *, when=None, currency="USD") -> None:
+        UsageRecord.objects.create(
+            request_id=f"r{UsageRecord.objects.count()}", organization=tenants.org, user=key.user, api_key_id=key.pk,
+            api_key_prefix=key.prefix, route="chat.completions", status_code=200, latency_ms=5.0,
+            cost=Decimal(amount), currency=currency, created_at=when or timezone.now(),
+        )  # fmt: skip
+
+    spend("5", when=pinned_budget_month - timedelta(seconds=1))  # last month
+    spend("7", currency="EUR")
+    assert fold() > 0  # these and the crowd's are in the rollups now
+    spend("0.25")  # not folded yet
+
+    def shown() -> tuple:
+        keys = {k.name: k.spent for k in budget_keys(tenants.owner, tenants.org, admin=True)}
+        members = {m.user.username: m.spent for m in budget_members(tenants.owner, tenants.org, admin=True)}
+        return keys["k0002"], members["u0002"], budget_organization_row(tenants.org)["spent"]
+
+    assert shown() == (Decimal("1.25"), Decimal("1.25"), Decimal("3.25"))
+    fold()
+    assert shown() == (Decimal("1.25"), Decimal("1.25"), Decimal("3.25"))  # the same after the fold
+    ordered = [k.name for k in budget_keys(tenants.owner, tenants.org, admin=True).order_by("-spent", "pk")]
+    assert ordered == ["k0003", "k0002", "k0001"]  # sorted in the database by the same sum
