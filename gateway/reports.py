@@ -595,19 +595,25 @@ def _month_records(organization) -> QuerySet[UsageRecord]:
 
 def _month_spend(organization, *, user_ids=(), key_ids=()) -> tuple[Decimal, dict, dict]:
     """This month's spend in the organization's budget currency: the organization's total, and by
-    user and by API key (absent: nothing spent). Three queries, however many users and keys."""
-    month = _month_records(organization)
-    total = month.aggregate(s=Coalesce(Sum("cost"), Decimal(0)))["s"]
-    by_user = dict(month.filter(user_id__in=user_ids).values_list("user_id").annotate(s=Sum("cost"))) if user_ids else {}
-    by_key = dict(month.filter(api_key_id__in=key_ids).values_list("api_key_id").annotate(s=Sum("cost"))) if key_ids else {}
+    user and by API key. Three queries, however many users and keys (rollups + unfolded records:
+    `_spent_this_month`)."""
+    total = _organization_month_spend(organization)
+    by_user = members_month_spend(organization, list(user_ids))
+    by_key = dict(
+        APIKey.objects.filter(organization=organization, pk__in=list(key_ids))
+        .annotate(spent=_key_spent(organization)).values_list("pk", "spent")
+    ) if key_ids else {}  # fmt: skip
     return total, by_user, by_key
 
 
 def members_month_spend(organization, user_ids: list[int]) -> dict[int, Decimal]:
-    """This month's spend of these members in the budget currency (one query; absent: nothing)."""
+    """This month's spend of these members in the budget currency (one query)."""
     if not user_ids:
         return {}
-    return dict(_month_records(organization).filter(user_id__in=user_ids).values_list("user_id").annotate(s=Sum("cost")))
+    return dict(
+        Membership.objects.filter(organization=organization, user_id__in=user_ids)
+        .annotate(spent=_member_spent(organization)).values_list("user_id", "spent")
+    )
 
 
 def budget_rows(organization, user, keys, members=()) -> list[BudgetRow]:
@@ -674,18 +680,31 @@ def _spent_this_month(organization, *, rollups: dict[str, Any], records: dict[st
     return ExpressionWrapper(_month_sum(rolled) + _month_sum(tail), output_field=_MONEY)
 
 
+def _key_spent(organization) -> ExpressionWrapper:
+    """For an APIKey queryset: the key's spend this month."""
+    return _spent_this_month(organization, rollups={"api_key_id": OuterRef("pk")}, records={"api_key_id": OuterRef("pk")})
+
+
+def _member_spent(organization) -> ExpressionWrapper:
+    """For a Membership queryset: the member's spend this month, that of their keys in the
+    organization (every gateway call has a key; keys are revoked, never deleted): the key rollups
+    have no user of their own."""
+    own_keys = APIKey.objects.filter(organization=organization, user_id=OuterRef(OuterRef("user_id"))).values("pk")
+    return _spent_this_month(organization, rollups={"api_key_id__in": own_keys}, records={"user_id": OuterRef("user_id")})
+
+
+def _organization_month_spend(organization) -> Decimal:
+    spent = _spent_this_month(organization, rollups={}, records={})
+    return Organization.objects.filter(pk=organization.pk).annotate(spent=spent).values_list("spent", flat=True).get()
+
+
 def budget_members(user, organization, *, admin: bool) -> QuerySet[Membership]:
     """The memberships whose budgets `user` sees in `organization` (every one for admins, else
     their own), each with `spent` this month; unordered, for the page's list or the overview."""
     members = Membership.objects.filter(organization=organization).select_related("user")
     if not admin:
         members = members.filter(user=user)
-    # A member's spend is that of their keys in the organization (every gateway call has a key;
-    # keys are revoked, never deleted): the key rollups have no user of their own.
-    own_keys = APIKey.objects.filter(organization=organization, user_id=OuterRef(OuterRef("user_id"))).values("pk")
-    return members.annotate(spent=_spent_this_month(
-        organization, rollups={"api_key_id__in": own_keys}, records={"user_id": OuterRef("user_id")},
-    ))  # fmt: skip
+    return members.annotate(spent=_member_spent(organization))
 
 
 def budget_keys(user, organization, *, admin: bool) -> QuerySet[APIKey]:
@@ -699,7 +718,7 @@ def budget_keys(user, organization, *, admin: bool) -> QuerySet[APIKey]:
         keys = keys.filter(user=user)
     owner = Membership.objects.filter(organization=organization, user_id=OuterRef("user_id"))
     return keys.annotate(
-        spent=_spent_this_month(organization, rollups={"api_key_id": OuterRef("pk")}, records={"api_key_id": OuterRef("pk")}),
+        spent=_key_spent(organization),
         owner_budget=Subquery(owner.values("monthly_budget")[:1]),
     )
 
@@ -712,8 +731,7 @@ def _budget_row(organization, limit, spent) -> dict:
 
 def budget_organization_row(organization) -> dict:
     """The organization's own budget with this month's spend (one query)."""
-    spent = _spent_this_month(organization, rollups={}, records={})
-    total = Organization.objects.filter(pk=organization.pk).annotate(spent=spent).values_list("spent", flat=True).get()
+    total = _organization_month_spend(organization)
     return {"id": organization.pk, "name": organization.name, "budget_currency": organization.budget_currency,
             **_budget_row(organization, organization.monthly_budget, total)}  # fmt: skip
 
