@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import ValidationError as DRFValidationError
@@ -12,6 +13,7 @@ from rest_framework.response import Response
 from console import permissions
 from console.api import filter_by_id
 from deployments.models import ModelDeployment
+from projects.api.serializers import NO_SUCH_ORGANIZATION
 from projects.selectors import organizations_for_user
 from sharing import selectors, services
 from sharing.api.serializers import (
@@ -61,10 +63,8 @@ class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):
                 .filter(pk=filters.pop("organization"))
                 .first()
             )
-            if org is None:
-                raise DRFValidationError(
-                    {"organization": ["You are not a member of that organization."]}
-                )
+            if org is None:  # as every route answers another organization's id: not found
+                raise Http404(NO_SUCH_ORGANIZATION)
         return selectors.audit_entries_for_user(self.request.user, org, **filters)
 
 

@@ -365,3 +365,15 @@ def test_an_error_asked_for_as_csv_is_still_json(client, tenants):
     assert response.status_code == 400 and response["Content-Type"] == "application/json"
     assert response.json() == {"scope": ["Choose one of: keys, organization, deployment."]}
     assert client.get("/api/v1/usage/", {"format": "csv"})["Content-Type"].startswith("text/csv")
+
+
+@pytest.mark.django_db
+def test_another_organizations_id_as_a_list_filter_is_a_404_as_everywhere(tenants):
+    """QA: /api/v1/audit-entries/?organization=<theirs> answered 400 "You are not a member of that
+    organization." where every route answers another organization's id with 404."""
+    from tests.factories import rest_api_client
+
+    client = rest_api_client(tenants.outsider)
+    response = client.get("/api/v1/audit-entries/", {"organization": tenants.org.pk})
+    assert response.status_code == 404, response.content[:200]
+    assert client.get("/api/v1/audit-entries/", {"organization": tenants.other_org.pk}).status_code == 200
