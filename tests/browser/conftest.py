@@ -28,6 +28,27 @@ def browser():
         browser.close()
 
 
+WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.fixture
+def phone_and_desktop(browser):
+    """open_page("desktop" | "phone"): a page 1280 px or 390 px wide (a phone's at 2× pixels),
+    each in a context of its own, all closed after the test."""
+    contexts = []
+
+    def open_page(kind: str):
+        context = browser.new_context(viewport=WIDTHS[kind], device_scale_factor=1 if kind == "desktop" else 2)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1360, "height": 900})

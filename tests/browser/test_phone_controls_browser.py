@@ -24,12 +24,8 @@ RIGHT_EDGES = """(selector) => ({vw: document.documentElement.clientWidth,
 
 
 @pytest.fixture
-def phone(browser):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    yield page
-    context.close()
+def phone(phone_and_desktop):
+    return phone_and_desktop("phone")
 
 
 def _assert_on_screen(page, *selectors: str) -> None:

@@ -13,14 +13,13 @@ from deployments.models import ComputePool, PoolKind, Revision
 from projects.keys import api_key_create
 from projects.services import api_key_budget_set
 from sharing.audit import audit_record
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import WIDTHS, sign_in
 from tests.conftest import TEST_OUTPUT
 from tests.gateway.conftest import make_deployment
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 LONG_NAME = "a-deployment-with-a-really-long-name-that-goes-on1"
-WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 # Each visible sample: its lines all visible (no part hidden past the right edge) and within its card.
 SAMPLES = """(selector) => Array.from(document.querySelectorAll(selector)).filter(p => p.offsetParent).map(p => {
@@ -38,22 +37,6 @@ TABLES_OUT = """() => { const vw = document.documentElement.clientWidth;
     }
     return box.getBoundingClientRect().right > vw + 1;
   }).map(t => t.id || t.className); }"""
-
-
-@pytest.fixture
-def phone_and_desktop(browser):
-    contexts = []
-
-    def open_page(kind: str):
-        context = browser.new_context(viewport=WIDTHS[kind], device_scale_factor=1 if kind == "desktop" else 2)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
 
 
 def _shot(page, name: str) -> None:

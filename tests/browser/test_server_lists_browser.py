@@ -25,25 +25,6 @@ from tests.sharing import factories as f
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
-
-
-@pytest.fixture
-def open_page(browser):
-    contexts = []
-
-    def make(kind: str):
-        context = browser.new_context(viewport=WIDTHS[kind], device_scale_factor=1)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        return page
-
-    yield make
-    for context in contexts:
-        context.close()
-
-
 def _shot(page, name: str, *, full_page: bool = True, at: str = "") -> None:
     """A screenshot from the top of the page (or with `at` scrolled into view: the viewport only)."""
     if at:
@@ -53,14 +34,14 @@ def _shot(page, name: str, *, full_page: bool = True, at: str = "") -> None:
     page.screenshot(path=os.path.join(TEST_OUTPUT, f"{name}.png"), full_page=full_page and not at)
 
 
-def test_the_audit_log_sorts_on_the_server_and_keeps_the_sort_while_filtering(tenants, live_server, open_page):
+def test_the_audit_log_sorts_on_the_server_and_keeps_the_sort_while_filtering(tenants, live_server, phone_and_desktop):
     deployment = f.deployment(tenants.project, name="llama-chat")
     gpu_a, gpu_b = f.pool(tenants.org, name="a100-west"), f.pool(tenants.org, name="h100-east")
     actors = [tenants.member, tenants.viewer, tenants.owner]
     for i in range(60):
         audit_record(actor=actors[i % 3], organization=tenants.org, action="update" if i % 2 else "deactivate",
                      obj=deployment, before={"replicas": i, "pool": gpu_a.pk}, after={"replicas": i + 1, "pool": gpu_b.pk})  # fmt: skip
-    page = open_page("desktop")
+    page = phone_and_desktop("desktop")
     sign_in(page, live_server, "owner")
     page.goto(f"{live_server.url}/audit/")
     expect(page.locator("#audit-table tbody tr")).to_have_count(50)
@@ -77,7 +58,7 @@ def test_the_audit_log_sorts_on_the_server_and_keeps_the_sort_while_filtering(te
     expect(page.locator("#audit-table tbody tr")).to_have_count(20)
     _shot(page, "audit-sorted-1280px")
 
-    phone = open_page("phone")
+    phone = phone_and_desktop("phone")
     sign_in(phone, live_server, "owner")
     phone.goto(f"{live_server.url}/audit/?sort=-who&per_page=10")
     expect(phone.locator("#audit-table th.server-sort a >> text=Who")).to_be_visible()  # sort links stay on a phone
@@ -100,9 +81,9 @@ def _crowd(tenants, count: int) -> None:
         )  # fmt: skip
 
 
-def test_a_budget_saved_on_page_two_of_a_sorted_table_comes_back_there(tenants, live_server, open_page):
+def test_a_budget_saved_on_page_two_of_a_sorted_table_comes_back_there(tenants, live_server, phone_and_desktop):
     _crowd(tenants, 60)
-    page = open_page("desktop")
+    page = phone_and_desktop("desktop")
     sign_in(page, live_server, "owner")
     page.goto(f"{live_server.url}/hub/budgets/")
     expect(page.locator("#member-budgets-table tbody tr")).to_have_count(25)
@@ -124,7 +105,7 @@ def test_a_budget_saved_on_page_two_of_a_sorted_table_comes_back_there(tenants, 
     assert "member_page=2" in page.url  # the members' table stays where it was
     _shot(page, "budgets-1280px")
 
-    phone = open_page("phone")
+    phone = phone_and_desktop("phone")
     sign_in(phone, live_server, "owner")
     phone.goto(f"{live_server.url}/hub/budgets/?key_sort=-spent&key_per_page=10&member_per_page=10")
     expect(phone.locator("#key-budgets-table th.server-sort a >> text=Spent this month")).to_be_visible()
