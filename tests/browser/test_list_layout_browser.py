@@ -11,7 +11,6 @@ import pytest
 from catalog.models import CatalogModel
 from deployments.external import external_deployment_create, external_health_record
 from tests.browser.conftest import sign_in
-from tests.browser.test_phone_layout_browser import WIDTHS, phone_and_desktop  # noqa: F401
 from tests.conftest import TEST_OUTPUT
 from tests.gateway.conftest import make_deployment
 

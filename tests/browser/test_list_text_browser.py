@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from deployments.models import ComputePool, PoolKind
 from projects.services import group_create
 from tests.browser.conftest import sign_in
-from tests.browser.test_phone_layout_browser import PAGE_OVERFLOW, TABLES_OUT, phone_and_desktop  # noqa: F401
+from tests.browser.test_phone_layout_browser import PAGE_OVERFLOW, TABLES_OUT
 from tests.conftest import TEST_OUTPUT
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

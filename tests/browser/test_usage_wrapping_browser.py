@@ -15,7 +15,6 @@ from catalog.models import CatalogModel
 from deployments.external import external_deployment_create
 from projects.keys import api_key_create
 from tests.browser.conftest import sign_in
-from tests.browser.test_phone_layout_browser import phone_and_desktop  # noqa: F401
 from tests.conftest import TEST_OUTPUT
 from tests.gateway.conftest import make_deployment
 from tests.gateway.test_devhub_views import record
