@@ -989,12 +989,9 @@ class Gateway:
         deployment = call.deployment
         if not self.measure_load or not deployment.autoscaled:
             return  # a fixed replica count: nothing reads its load
-        embedded = not isinstance(self.limiter, RedisRateLimiter)
         try:
             commands = load.admit_commands(deployment.id, call.request_id, time.time())
-            # Embedded mode: this process's memory, where its autoscaler reads (gateway/memstore.py).
-            replies = memstore.STORE.execute(commands) if embedded else await self.limiter.execute(commands)
-            scale = load.parse_scale(replies[-1])
+            scale = load.parse_scale((await self._load_store().execute(commands))[-1])
             call.admitted = True
         except RedisError:
             log.warning("gateway load not measured", exc_info=True)
@@ -1003,8 +1000,8 @@ class Gateway:
             return
         try:
             ready = await self.holds.hold(
-                self._embedded_store if embedded else self._redis, deployment.id,
-                timeout=deployment.cold_start_hold_seconds, wake=self._wake,
+                self._redis if isinstance(self.limiter, RedisRateLimiter) else self._embedded_store,
+                deployment.id, timeout=deployment.cold_start_hold_seconds, wake=self._wake,
             )
             why = "its start is taking longer than the deployment holds requests"
         except load.QueueFull:
@@ -1021,10 +1018,13 @@ class Gateway:
     async def _load_finish(self, deployment_id: int, request_id: str, latency_ms: float, completion: int) -> None:
         """Take a finished request out of its deployment's load (the autoscaler's counters)."""
         commands = load.finish_commands(deployment_id, request_id, time.time(), latency_ms, completion)
-        if isinstance(self.limiter, RedisRateLimiter):
-            await self.limiter.execute(commands)
-        else:
-            memstore.STORE.execute(commands)
+        await self._load_store().execute(commands)
+
+    def _load_store(self) -> RedisRateLimiter | memstore.AsyncView:
+        """Where the autoscaler's load is written: Redis, or without it (the embedded mode) this
+        process's memory, where its autoscaler reads (gateway/memstore.py)."""
+        limiter = self.limiter
+        return limiter if isinstance(limiter, RedisRateLimiter) else self._embedded_store
 
     def _upstream_error(self, exc: Exception, deployment: DeploymentInfo) -> GatewayError:
         if isinstance(exc, UpstreamRedirect):

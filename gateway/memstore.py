@@ -152,9 +152,6 @@ class _Pipeline:
         self._store = store
         self._commands: list[tuple] = []
 
-    def execute_command(self, *command: Any) -> None:
-        self._commands.append(command)
-
     def zremrangebyscore(self, key: str, low: Any, high: Any) -> None:
         self._commands.append(("ZREMRANGEBYSCORE", key, low, high))
 
@@ -176,7 +173,7 @@ class _Pipeline:
     def delete(self, *keys: str) -> None:
         self._commands.append(("DEL", *keys))
 
-    def execute(self, raise_on_error: bool = True) -> list:
+    def execute(self) -> list:
         commands, self._commands = self._commands, []
         return self._store.execute(commands)
 

@@ -689,8 +689,9 @@ def _member_spent(organization) -> ExpressionWrapper:
     """For a Membership queryset: the member's spend this month, that of their keys in the
     organization (every gateway call has a key; keys are revoked, never deleted): the key rollups
     have no user of their own."""
-    own_keys = APIKey.objects.filter(organization=organization, user_id=OuterRef(OuterRef("user_id"))).values("pk")
-    return _spent_this_month(organization, rollups={"api_key_id__in": own_keys}, records={"user_id": OuterRef("user_id")})
+    own_keys = {"api_key_id__in": APIKey.objects.filter(organization=organization, user_id=OuterRef(OuterRef("user_id"))).values("pk")}
+    # The records not folded yet by the same keys: a record counts alike before and after its fold.
+    return _spent_this_month(organization, rollups=own_keys, records=own_keys)
 
 
 def _organization_month_spend(organization) -> Decimal:

@@ -7,19 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
-from django.conf import settings
 
 from gateway import load, memstore
-
-
-@pytest.fixture
-def real_redis():
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def _traffic(run, now: float) -> None:
@@ -43,14 +32,14 @@ def _redis_run(client):
     return run
 
 
-def test_the_same_traffic_reads_back_as_the_same_load_from_memory_and_from_redis(real_redis):
+def test_the_same_traffic_reads_back_as_the_same_load_from_memory_and_from_redis(_clean_redis):
     store = memstore.MemoryStore()
     now = time.time()
     _traffic(store.execute, now)
-    _traffic(_redis_run(real_redis), now)
+    _traffic(_redis_run(_clean_redis), now)
 
     from_memory = load.read_loads(store, [7, 8, 9], window=10, now=now)
-    from_redis = load.read_loads(real_redis, [7, 8, 9], window=10, now=now)
+    from_redis = load.read_loads(_clean_redis, [7, 8, 9], window=10, now=now)
 
     assert from_memory == from_redis
     assert from_memory[7].in_flight == 2 and from_memory[7].requests == 5
@@ -58,14 +47,14 @@ def test_the_same_traffic_reads_back_as_the_same_load_from_memory_and_from_redis
     assert from_memory[9] == load.Load()  # never seen: no load, no last request
 
 
-def test_a_published_scale_is_read_at_admit_and_expires_as_in_redis(real_redis):
+def test_a_published_scale_is_read_at_admit_and_expires_as_in_redis(_clean_redis):
     store = memstore.MemoryStore()
-    for client in (store, real_redis):
+    for client in (store, _clean_redis):
         pipe = client.pipeline()
         load.publish_scale(pipe, 7, desired=2, ready=0)
         pipe.execute()
     admit = load.admit_commands(7, "r", time.time())
-    assert load.parse_scale(store.execute(admit)[-1]) == load.parse_scale(_redis_run(real_redis)(admit)[-1])
+    assert load.parse_scale(store.execute(admit)[-1]) == load.parse_scale(_redis_run(_clean_redis)(admit)[-1])
     assert load.parse_scale(store.execute(admit)[-1]).at_zero
 
     store._expires[load.scale_key(7)] = time.monotonic() - 1  # its TTL (60 s) is over
